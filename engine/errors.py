@@ -1,0 +1,115 @@
+"""The engine's error tree.
+
+Every error the store or the replication engine raises on purpose is an
+:class:`EngineError` with a stable ``code``. The daemon maps codes to HTTP
+status, IMAP ``NO``/``BAD`` and LMTP replies in exactly one place
+(``peerd/errormap.py``); nothing here knows about any protocol.
+
+    EngineError
+    ├── NotFound                       (missing account, mailbox or message)
+    │   ├── NoSuchAccount
+    │   ├── NoSuchMailbox
+    │   └── NoSuchMessage
+    ├── AlreadyExists
+    ├── InvalidArgument                (a bad name, flag, size, ...)
+    ├── OverQuota                      (permanent for this message)
+    ├── MessageTooLarge
+    ├── Corrupt                        (spool bytes do not match their GUID)
+    ├── TemporaryFailure               (retry later: nothing was stored)
+    │   ├── StorageFull                (ENOSPC / EDQUOT on the spool)
+    │   └── DatabaseBusy               (locked or unavailable database)
+    └── SyncError                      (replication; see engine.replication)
+        ├── SyncRefused                (fenced: the receiver owns it or knows a higher epoch)
+        └── SyncProtocolError          (a malformed or oversized request)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AlreadyExists",
+    "Corrupt",
+    "DatabaseBusy",
+    "EngineError",
+    "InvalidArgument",
+    "MessageTooLarge",
+    "NoSuchAccount",
+    "NoSuchMailbox",
+    "NoSuchMessage",
+    "NotFound",
+    "OverQuota",
+    "StorageFull",
+    "SyncError",
+    "SyncProtocolError",
+    "SyncRefused",
+    "TemporaryFailure",
+]
+
+
+class EngineError(Exception):
+    """Base of every deliberate engine error; ``code`` is stable across releases."""
+
+    code = "engine_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(EngineError):
+    code = "not_found"
+
+
+class NoSuchAccount(NotFound):
+    code = "no_such_account"
+
+
+class NoSuchMailbox(NotFound):
+    code = "no_such_mailbox"
+
+
+class NoSuchMessage(NotFound):
+    code = "no_such_message"
+
+
+class AlreadyExists(EngineError):
+    code = "already_exists"
+
+
+class InvalidArgument(EngineError):
+    code = "invalid_argument"
+
+
+class OverQuota(EngineError):
+    code = "over_quota"
+
+
+class MessageTooLarge(EngineError):
+    code = "message_too_large"
+
+
+class Corrupt(EngineError):
+    code = "corrupt"
+
+
+class TemporaryFailure(EngineError):
+    code = "temporary_failure"
+
+
+class StorageFull(TemporaryFailure):
+    code = "storage_full"
+
+
+class DatabaseBusy(TemporaryFailure):
+    code = "database_busy"
+
+
+class SyncError(EngineError):
+    code = "sync_error"
+
+
+class SyncRefused(SyncError):
+    code = "sync_refused"
+
+
+class SyncProtocolError(SyncError):
+    code = "sync_protocol_error"

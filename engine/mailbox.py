@@ -1,0 +1,226 @@
+"""Mailbox operations: create, rename (uniqueid kept), delete, ACL, subscriptions.
+
+How this works: names are IMAP names with ``/`` as the hierarchy separator;
+``INBOX`` is case-insensitive and always spelled ``INBOX`` (RFC 3501 5.1).
+A mailbox's ``uniqueid`` is a random 128-bit hex string given at creation
+(or by the partner, when replication creates it) and never changes, so a
+rename on one node is a rename on the other, not a delete plus a create.
+UIDVALIDITY comes from the clock and is bumped past any value this account
+used before, so a deleted and recreated mailbox never reuses one
+(RFC 3501 2.3.1.1).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from engine import synclog
+from engine.errors import AlreadyExists, InvalidArgument, NoSuchMailbox
+from engine.models import Account, Mailbox, MailboxTombstone, Message, Subscription
+
+__all__ = [
+    "SEPARATOR",
+    "bump_modseq",
+    "create_mailbox",
+    "delete_mailbox",
+    "find_mailbox",
+    "get_mailbox",
+    "get_mailbox_by_uniqueid",
+    "list_mailboxes",
+    "normalize_mailbox_name",
+    "rename_mailbox",
+    "set_acl",
+    "subscribe",
+    "subscriptions",
+    "unsubscribe",
+]
+
+SEPARATOR = "/"
+MAX_NAME = 1000
+
+
+def normalize_mailbox_name(name: str) -> str:
+    if not name or len(name) > MAX_NAME:
+        raise InvalidArgument("mailbox name is empty or too long")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise InvalidArgument("mailbox name contains control characters")
+    parts = name.split(SEPARATOR)
+    if any(part == "" for part in parts):
+        raise InvalidArgument(f"mailbox name {name!r} has an empty level")
+    if parts[0].upper() == "INBOX":
+        parts[0] = "INBOX"
+    return SEPARATOR.join(parts)
+
+
+def find_mailbox(session: Session, account: Account, name: str) -> Mailbox | None:
+    return session.scalar(
+        select(Mailbox).where(Mailbox.account_id == account.id, Mailbox.name == name)
+    )
+
+
+def get_mailbox(session: Session, account: Account, name: str) -> Mailbox:
+    mailbox = find_mailbox(session, account, normalize_mailbox_name(name))
+    if mailbox is None:
+        raise NoSuchMailbox(f"no such mailbox: {name}")
+    return mailbox
+
+
+def get_mailbox_by_uniqueid(session: Session, uniqueid: str) -> Mailbox | None:
+    return session.scalar(select(Mailbox).where(Mailbox.uniqueid == uniqueid))
+
+
+def list_mailboxes(session: Session, account: Account) -> list[Mailbox]:
+    return list(
+        session.scalars(
+            select(Mailbox).where(Mailbox.account_id == account.id).order_by(Mailbox.name)
+        )
+    )
+
+
+def _next_uidvalidity(session: Session, account: Account) -> int:
+    highest = session.scalar(
+        select(func.max(Mailbox.uidvalidity)).where(Mailbox.account_id == account.id)
+    )
+    return max(int(time.time()), int(highest or 0) + 1)
+
+
+def bump_modseq(mailbox: Mailbox) -> int:
+    """Allocate the next modseq of a mailbox (RFC 7162 3.1.1: strictly increasing)."""
+    mailbox.highestmodseq = mailbox.highestmodseq + 1
+    return mailbox.highestmodseq
+
+
+def create_mailbox(
+    session: Session,
+    account: Account,
+    name: str,
+    *,
+    uniqueid: str | None = None,
+    uidvalidity: int | None = None,
+    acl: dict[str, str] | None = None,
+) -> Mailbox:
+    name = normalize_mailbox_name(name)
+    if find_mailbox(session, account, name) is not None:
+        raise AlreadyExists(f"mailbox {name} already exists")
+    mailbox = Mailbox(
+        account_id=account.id,
+        uniqueid=uniqueid or uuid.uuid4().hex,
+        name=name,
+        uidvalidity=uidvalidity or _next_uidvalidity(session, account),
+        last_uid=0,
+        highestmodseq=1,
+        acl=json.dumps(acl if acl is not None else {account.name: "lrswipkxtecda"}, sort_keys=True),
+        checksum=0,
+        exists=0,
+    )
+    session.add(mailbox)
+    session.flush()
+    synclog.record(session, account.name, mailbox.uniqueid, "mailbox")
+    return mailbox
+
+
+def rename_mailbox(session: Session, account: Account, old: str, new: str) -> list[Mailbox]:
+    """Rename a mailbox and its children; uniqueids stay (RFC 3501 6.3.5).
+
+    Renaming INBOX is special in RFC 3501: its messages move to a new mailbox
+    and INBOX stays, empty. That case is handled by the IMAP layer with
+    create + move, since it changes records, not names.
+    """
+    old = normalize_mailbox_name(old)
+    new = normalize_mailbox_name(new)
+    if old == "INBOX":
+        raise InvalidArgument("renaming INBOX moves its messages; use create and move")
+    source = get_mailbox(session, account, old)
+    if find_mailbox(session, account, new) is not None:
+        raise AlreadyExists(f"mailbox {new} already exists")
+    if new.startswith(old + SEPARATOR):
+        raise InvalidArgument("cannot rename a mailbox into itself")
+    moved = [source]
+    prefix = old + SEPARATOR
+    for child in list_mailboxes(session, account):
+        if child.name.startswith(prefix):
+            moved.append(child)
+    for mailbox in moved:
+        target = new + mailbox.name[len(old) :]
+        if mailbox is not source and find_mailbox(session, account, target) is not None:
+            raise AlreadyExists(f"mailbox {target} already exists")
+    for mailbox in moved:
+        mailbox.name = new + mailbox.name[len(old) :]
+        synclog.record(session, account.name, mailbox.uniqueid, "mailbox")
+    for sub in session.scalars(select(Subscription).where(Subscription.account_id == account.id)):
+        if sub.name == old or sub.name.startswith(prefix):
+            renamed = new + sub.name[len(old) :]
+            session.delete(sub)
+            session.flush()
+            if session.get(Subscription, (account.id, renamed)) is None:
+                session.add(Subscription(account_id=account.id, name=renamed))
+    session.flush()
+    return moved
+
+
+def delete_mailbox(session: Session, account: Account, name: str) -> Mailbox:
+    """Delete one mailbox and its records; children stay (RFC 3501 6.3.4).
+
+    A tombstone keeps the uniqueid, so replication can tell a mailbox this
+    node deleted from one it never knew.
+    """
+    name = normalize_mailbox_name(name)
+    if name == "INBOX":
+        raise InvalidArgument("INBOX cannot be deleted")
+    mailbox = get_mailbox(session, account, name)
+    used = session.scalar(
+        select(func.coalesce(func.sum(Message.size), 0)).where(
+            Message.mailbox_id == mailbox.id, Message.expunged.is_(False)
+        )
+    )
+    account.quota_used = max(0, account.quota_used - int(used or 0))
+    session.add(MailboxTombstone(account_id=account.id, uniqueid=mailbox.uniqueid, name=name))
+    session.delete(mailbox)
+    synclog.record(session, account.name, mailbox.uniqueid, "mailbox")
+    session.flush()
+    return mailbox
+
+
+def set_acl(session: Session, account: Account, name: str, acl: dict[str, str]) -> None:
+    mailbox = get_mailbox(session, account, name)
+    mailbox.acl = json.dumps(acl, sort_keys=True)
+    synclog.record(session, account.name, mailbox.uniqueid, "mailbox")
+
+
+def subscriptions(session: Session, account: Account) -> list[str]:
+    return list(
+        session.scalars(
+            select(Subscription.name)
+            .where(Subscription.account_id == account.id)
+            .order_by(Subscription.name)
+        )
+    )
+
+
+def subscribe(session: Session, account: Account, name: str) -> None:
+    name = normalize_mailbox_name(name)
+    if session.get(Subscription, (account.id, name)) is None:
+        session.add(Subscription(account_id=account.id, name=name))
+        synclog.record(session, account.name, "", "sub")
+
+
+def unsubscribe(session: Session, account: Account, name: str) -> None:
+    name = normalize_mailbox_name(name)
+    sub = session.get(Subscription, (account.id, name))
+    if sub is None:
+        raise NoSuchMailbox(f"not subscribed to {name}")
+    session.delete(sub)
+    synclog.record(session, account.name, "", "sub")
+
+
+def touch_exists(session: Session, mailbox: Mailbox) -> None:
+    """Recount a mailbox's live records (used after bulk repairs)."""
+    count = session.scalar(
+        select(func.count()).where(Message.mailbox_id == mailbox.id, Message.expunged.is_(False))
+    )
+    session.execute(update(Mailbox).where(Mailbox.id == mailbox.id).values(exists=int(count or 0)))

@@ -1,0 +1,177 @@
+"""The mail store's tables.
+
+How this works, in Cyrus's terms:
+
+- ``accounts``: one row per mail user, with the password hash and the quota
+  (limit and usage in bytes; usage is kept up to date by every append and
+  expunge in the same transaction).
+- ``mailboxes``: uniqueid (stable across renames; replication matches
+  mailboxes by it), name, uidvalidity, last_uid, highestmodseq, ACL, and a
+  content ``checksum``: the XOR of one 64-bit hash per live record, updated
+  incrementally. Two mailboxes with equal (name, uidvalidity, last_uid, ACL,
+  checksum) hold the same records, so replication skips them without looking
+  at a single message.
+- ``messages``: one row per record: uid, GUID (SHA-1 of the bytes, the spool
+  key), flags (system flags and keywords, ``\\Seen`` included: the account's
+  own seen state, as Cyrus keeps it in the index), internaldate, size, modseq.
+  An expunged record stays as a tombstone (``expunged``) so CONDSTORE/QRESYNC
+  and replication can tell "deleted here" from "never here".
+- ``guid_history``: every GUID an account has ever held. Replication's no-loss
+  rule needs it: a message on the replica whose GUID the owner never had is new
+  mail to keep, not stale mail to delete.
+- ``mailbox_tombstones``: deleted mailboxes by uniqueid, for the same reason.
+- ``subscriptions``, ``duplicates`` (Message-ID delivery suppression),
+  ``message_meta`` (a per-GUID cache computed once at append: what IMAP needs
+  for ENVELOPE/BODYSTRUCTURE without reparsing), and the ``sync_log``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from engine.db import Base, utcnow
+
+__all__ = [
+    "Account",
+    "Duplicate",
+    "GuidHistory",
+    "Mailbox",
+    "MailboxTombstone",
+    "Message",
+    "MessageMeta",
+    "Subscription",
+    "SyncLogRow",
+]
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    quota_limit: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    quota_used: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Mailbox(Base):
+    __tablename__ = "mailboxes"
+    __table_args__ = (UniqueConstraint("account_id", "name", name="uq_mailboxes_account_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    uniqueid: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(String(1024))
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
+    highestmodseq: Mapped[int] = mapped_column(BigInteger, default=1)
+    acl: Mapped[str] = mapped_column(Text, default="{}")
+    checksum: Mapped[int] = mapped_column(BigInteger, default=0)
+    exists: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("mailbox_id", "uid", name="uq_messages_mailbox_uid"),
+        Index("ix_messages_mailbox_modseq", "mailbox_id", "modseq"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id", ondelete="CASCADE"))
+    uid: Mapped[int] = mapped_column(BigInteger)
+    guid: Mapped[str] = mapped_column(String(40), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    internaldate: Mapped[dt.datetime] = mapped_column()
+    flags: Mapped[str] = mapped_column(Text, default="")
+    modseq: Mapped[int] = mapped_column(BigInteger)
+    expunged: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class GuidHistory(Base):
+    __tablename__ = "guid_history"
+
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    guid: Mapped[str] = mapped_column(String(40), primary_key=True)
+
+
+class MailboxTombstone(Base):
+    __tablename__ = "mailbox_tombstones"
+
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    uniqueid: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(1024))
+    deleted_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Subscription(Base):
+    __tablename__ = "subscriptions"
+
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(1024), primary_key=True)
+
+
+class Duplicate(Base):
+    """Message-IDs delivered per mailbox, for duplicate suppression (Cyrus duplicate.db)."""
+
+    __tablename__ = "duplicates"
+
+    mailbox_uniqueid: Mapped[str] = mapped_column(String(32), primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    delivered_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+
+
+class MessageMeta(Base):
+    """A per-GUID cache of what the services parse out of a message once."""
+
+    __tablename__ = "message_meta"
+
+    guid: Mapped[str] = mapped_column(String(40), primary_key=True)
+    meta: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class SyncLogRow(Base):
+    """One account/mailbox with changes not yet replicated, and what kind.
+
+    Written in the same transaction as the change. ``mailbox`` is a uniqueid,
+    or empty for account-level changes (password, quota, subscriptions,
+    creation and deletion). ``kind`` orders the work: new mail first. There is
+    at most one row per (account, mailbox, kind): a new change bumps
+    ``generation`` instead of adding a row, so the log stays bounded by the
+    number of changed mailboxes however long the partner is away.
+    """
+
+    __tablename__ = "sync_log"
+    __table_args__ = (
+        UniqueConstraint("account", "mailbox", "kind", name="uq_sync_log_account_mailbox_kind"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account: Mapped[str] = mapped_column(String(255), index=True)
+    mailbox: Mapped[str] = mapped_column(String(32), default="")
+    kind: Mapped[str] = mapped_column(String(16))
+    generation: Mapped[int] = mapped_column(BigInteger, default=1)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,239 @@
+"""The store: one database, one spool, one writer with group commit.
+
+How this works: every write is a function ``fn(session) -> T`` handed to
+:meth:`Store.write`. A single committer thread takes whatever writes are
+queued, runs each inside its own SAVEPOINT of one transaction (so one failing
+write — over quota, unknown user — rolls back alone), fsyncs the spool
+directories the batch's new messages were renamed into, and commits once. A
+burst of concurrent deliveries thus shares one database commit and one
+directory fsync: group commit, with durability on. While one batch commits,
+the next one queues, so batches grow exactly when the disk is the
+bottleneck.
+
+Reads run on a small thread pool with their own sessions (SQLite in WAL mode
+lets them run beside the writer).
+
+After a commit, listeners get the list of :class:`~engine.synclog.Change`
+the batch made (the rolling replication worker and IMAP IDLE use it), on the
+event loop that started the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session
+
+from engine.db import make_engine
+from engine.errors import DatabaseBusy, EngineError, TemporaryFailure
+from engine.spool import Spool
+from engine.synclog import Change
+
+__all__ = ["Listener", "Store"]
+
+T = TypeVar("T")
+Listener = Callable[[list[Change]], None]
+log = logging.getLogger("peerd.store")
+
+BATCH_MAX = 512
+
+
+@dataclass(slots=True)
+class _Item:
+    fn: Callable[[Session], Any]
+    future: concurrent.futures.Future[Any]
+    dirs: frozenset[Path]
+    replaying: bool
+
+
+@dataclass(slots=True)
+class _Stats:
+    batches: int = 0
+    writes: int = 0
+    largest_batch: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+def translate_db_error(exc: BaseException) -> BaseException:
+    """Database trouble is temporary for the callers: nothing was committed."""
+    if isinstance(exc, OperationalError):
+        return DatabaseBusy(f"database unavailable: {exc.orig}")
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return DatabaseBusy(f"database connection lost: {exc.orig}")
+    return exc
+
+
+class Store:
+    """The mail store of one node."""
+
+    def __init__(self, url: str, data_dir: Path | str) -> None:
+        self.url = url
+        self.data_dir = Path(data_dir)
+        self.spool = Spool(self.data_dir / "spool")
+        self.engine: Engine = make_engine(url, immediate=True)
+        self.read_engine: Engine = make_engine(url)
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._readers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="store-read")
+        self._listeners: list[Listener] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, name="store-commit", daemon=True)
+        self._closed = False
+        self.stats = _Stats()
+        self._thread.start()
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Deliver change notifications on ``loop``."""
+        self._loop = loop
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def close(self) -> None:
+        """Finish every queued write, then stop. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join()
+        self._readers.shutdown(wait=True)
+        self.engine.dispose()
+        self.read_engine.dispose()
+
+    # -- writes ------------------------------------------------------------
+
+    def submit(
+        self,
+        fn: Callable[[Session], T],
+        *,
+        dirs: Iterable[Path] = (),
+        replaying: bool = False,
+    ) -> concurrent.futures.Future[T]:
+        if self._closed:
+            raise TemporaryFailure("the store is shutting down")
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._queue.put(_Item(fn, future, frozenset(dirs), replaying))
+        return future
+
+    async def write(
+        self,
+        fn: Callable[[Session], T],
+        *,
+        dirs: Iterable[Path] = (),
+        replaying: bool = False,
+    ) -> T:
+        return await asyncio.wrap_future(self.submit(fn, dirs=dirs, replaying=replaying))
+
+    def write_sync(
+        self, fn: Callable[[Session], T], *, dirs: Iterable[Path] = (), replaying: bool = False
+    ) -> T:
+        return self.submit(fn, dirs=dirs, replaying=replaying).result()
+
+    # -- reads -------------------------------------------------------------
+
+    def read_sync(self, fn: Callable[[Session], T]) -> T:
+        try:
+            with Session(self.read_engine, expire_on_commit=False) as session, session.begin():
+                return fn(session)
+        except (OperationalError, DBAPIError) as exc:
+            raise translate_db_error(exc) from exc
+
+    async def read(self, fn: Callable[[Session], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self.read_sync, fn)
+
+    async def run_blocking(self, fn: Callable[[], T]) -> T:
+        """Run blocking I/O (spool reads and writes) off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, fn)
+
+    # -- the committer -----------------------------------------------------
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < BATCH_MAX:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Item]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        changes: list[Change] = []
+        try:
+            with Session(self.engine, expire_on_commit=False) as session, session.begin():
+                dirs: set[Path] = set()
+                for item in batch:
+                    session.info["replaying"] = item.replaying
+                    session.info["changes"] = []
+                    savepoint = session.begin_nested()
+                    try:
+                        result = item.fn(session)
+                        savepoint.commit()
+                    except Exception as exc:
+                        if savepoint.is_active:
+                            savepoint.rollback()
+                        if isinstance(exc, OperationalError) or (
+                            isinstance(exc, DBAPIError) and exc.connection_invalidated
+                        ):
+                            # The database itself is in trouble: fail the batch.
+                            raise
+                        outcomes.append((False, exc))
+                        continue
+                    outcomes.append((True, result))
+                    changes.extend(session.info["changes"])
+                    dirs |= item.dirs
+                if dirs:
+                    self.spool.fsync_dirs(dirs)
+        except Exception as exc:
+            error = translate_db_error(exc)
+            if not isinstance(error, EngineError):
+                log.exception("write batch failed")
+                error = TemporaryFailure(f"write failed: {exc}")
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
+        self.stats.batches += 1
+        self.stats.writes += len(batch)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        for item, (ok, value) in zip(batch, outcomes, strict=True):
+            if ok:
+                item.future.set_result(value)
+            else:
+                item.future.set_exception(value)
+        if changes and self._listeners:
+            self._emit(changes)
+
+    def _emit(self, changes: list[Change]) -> None:
+        loop = self._loop
+        for listener in list(self._listeners):
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(listener, changes)
+            else:
+                listener(changes)

@@ -1,0 +1,163 @@
+"""The sync log: what changed locally and is not yet replicated.
+
+How this works (Cyrus sync_log, in a table): every store operation calls
+:func:`record` inside its own transaction, so the change and its log row
+commit or vanish together. A row says *which* account/mailbox changed and
+what kind of change it was, never how: replication compares state, so many
+changes to one mailbox collapse into one row (``generation`` counts them) and
+one sync, and the log can never describe a change wrongly.
+
+A row is deleted only after the partner acknowledged a sync that started
+after the row's last change: :func:`acknowledge` deletes a row only if its
+generation is still the one :func:`pending` read, so a change made during a
+sync is synced again.
+
+Operations applied *from* the partner run with ``session.info["replaying"]``
+set: they notify local listeners (IMAP IDLE) but write no log row, or the two
+nodes would echo every change back and forth.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from engine.db import upsert, utcnow
+from engine.models import SyncLogRow
+
+__all__ = [
+    "KINDS",
+    "Change",
+    "PendingAccount",
+    "acknowledge",
+    "depth",
+    "note",
+    "oldest",
+    "pending",
+    "record",
+]
+
+# Lower rank syncs first: new mail before flag-only changes.
+KINDS = {"account": 0, "mailbox": 1, "append": 2, "expunge": 3, "flags": 4, "seen": 4, "sub": 5}
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A committed local change, told to listeners after the commit."""
+
+    account: str
+    mailbox: str
+    kind: str
+
+
+@dataclass(slots=True)
+class PendingAccount:
+    """The coalesced sync-log rows of one account."""
+
+    account: str
+    rank: int
+    oldest: dt.datetime
+    rows: list[tuple[int, int]] = field(default_factory=list)
+    mailboxes: set[str] = field(default_factory=set)
+    kinds: set[str] = field(default_factory=set)
+    account_level: bool = False
+
+
+def note(session: Session, account: str, mailbox: str, kind: str) -> None:
+    """Tell listeners about a change once the transaction commits."""
+    session.info.setdefault("changes", []).append(Change(account, mailbox, kind))
+
+
+def record(session: Session, account: str, mailbox: str, kind: str) -> None:
+    """Log a change for replication, in the caller's transaction."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown sync log kind {kind!r}")
+    note(session, account, mailbox, kind)
+    if session.info.get("replaying"):
+        return
+    now = utcnow()
+    upsert(
+        session,
+        SyncLogRow.__table__,
+        {
+            "account": account,
+            "mailbox": mailbox,
+            "kind": kind,
+            "generation": 1,
+            "created_at": now,
+            "updated_at": now,
+        },
+        ["account", "mailbox", "kind"],
+        replace=("updated_at",),
+        increment=("generation",),
+    )
+
+
+def pending(session: Session, accounts: Iterable[str] | None = None) -> list[PendingAccount]:
+    """Coalesce the log per account; most urgent (new mail, oldest) first."""
+    query = select(
+        SyncLogRow.id,
+        SyncLogRow.generation,
+        SyncLogRow.account,
+        SyncLogRow.mailbox,
+        SyncLogRow.kind,
+        SyncLogRow.created_at,
+    ).order_by(SyncLogRow.id)
+    if accounts is not None:
+        query = query.where(SyncLogRow.account.in_(list(accounts)))
+    out: dict[str, PendingAccount] = {}
+    for row_id, generation, account, mailbox, kind, created in session.execute(query):
+        rank = KINDS.get(kind, 9)
+        item = out.get(account)
+        if item is None:
+            item = out[account] = PendingAccount(account, rank, created)
+        item.rows.append((row_id, generation))
+        item.rank = min(item.rank, rank)
+        item.oldest = min(item.oldest, created)
+        item.kinds.add(kind)
+        if mailbox:
+            item.mailboxes.add(mailbox)
+        else:
+            item.account_level = True
+    return sorted(out.values(), key=lambda p: (p.rank, p.oldest))
+
+
+def acknowledge(session: Session, rows: Iterable[tuple[int, int]]) -> int:
+    """Drop rows the partner now has; rows changed since they were read stay."""
+    rows = list(rows)
+    removed = 0
+    for i in range(0, len(rows), 200):
+        chunk = rows[i : i + 200]
+        match = or_(*(and_(SyncLogRow.id == r, SyncLogRow.generation == g) for r, g in chunk))
+        result = session.execute(delete(SyncLogRow).where(match))
+        removed += int(result.rowcount)  # type: ignore[attr-defined]
+        # What stays changed during the sync: its oldest pending change is
+        # now no older than its last update.
+        ids = [r for r, _ in chunk]
+        session.execute(
+            update(SyncLogRow)
+            .where(SyncLogRow.id.in_(ids))
+            .values(created_at=SyncLogRow.updated_at)
+        )
+    return removed
+
+
+def depth(session: Session, account: str | None = None) -> int:
+    query = select(func.count()).select_from(SyncLogRow)
+    if account is not None:
+        query = query.where(SyncLogRow.account == account)
+    return int(session.scalar(query) or 0)
+
+
+def oldest(session: Session, account: str | None = None) -> dt.datetime | None:
+    query = select(func.min(SyncLogRow.created_at))
+    if account is not None:
+        query = query.where(SyncLogRow.account == account)
+    value = session.scalar(query)
+    if value is not None and value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value
