@@ -150,13 +150,14 @@ def _conflict_statement(
     stmt = _STATEMENTS.get(cache_key)
     if stmt is not None:
         return stmt
+    from sqlalchemy.dialects import postgresql, sqlite
+
     if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        base: Any = sqlite.insert(table)
     elif dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        base = postgresql.insert(table)
     else:  # pragma: no cover - only the two supported databases
         raise RuntimeError(f"unsupported database {dialect}")
-    base = dialect_insert(table)
     if not replace and not increment:
         stmt = base.on_conflict_do_nothing(index_elements=list(keys))
     else:

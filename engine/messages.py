@@ -81,7 +81,7 @@ def put_meta(session: Session, guid: str, meta: bytes | None) -> None:
         insert_ignore(session, MessageMeta.__table__, {"guid": guid, "meta": meta}, ["guid"])
 
 
-_INSERT_MESSAGE = insert(Message.__table__)
+_INSERT_MESSAGE = insert(Message)
 
 
 def _insert(
