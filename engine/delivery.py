@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select
@@ -152,8 +153,13 @@ def deliver(
     message_id: str | None,
     meta: bytes | None,
     options: DeliveryOptions,
+    guard: Callable[[Session, str], object] | None = None,
 ) -> DeliveryResult:
+    """Deliver to one recipient. ``guard(session, account)`` may refuse by
+    raising; it runs in this transaction (the daemon's ownership fence)."""
     account = resolve_account(session, recipient)
+    if guard is not None:
+        guard(session, account.name)
     mailbox = _target(session, account, recipient.detail)
     if message_id and options.duplicate_window is not None:
         now = dt.datetime.now(dt.UTC)

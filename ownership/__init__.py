@@ -1,0 +1,1 @@
+"""Ownership: which node owns each account, failover, and routing for proxies."""

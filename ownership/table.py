@@ -1,0 +1,128 @@
+"""Reading and changing the ownership table.
+
+How this works: every account has one row (created with the account, owner =
+the node that created it unless told otherwise, epoch 1). :func:`check_owner`
+is the fence every local write path calls (LMTP RCPT, IMAP/POP3 login): it
+raises :class:`NotOwner` naming the owner when this node is not it, or while
+the account is ``moving`` (a switchover is draining it). :func:`adopt` is how
+a row from the partner is taken: only a higher epoch replaces what we know,
+so an epoch never goes down.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from engine.db import utcnow
+from ownership.errors import NotOwner
+from ownership.models import STATES, Ownership
+
+__all__ = [
+    "adopt",
+    "check_owner",
+    "count_by_owner",
+    "create",
+    "delete",
+    "get",
+    "list_rows",
+    "set_owner",
+]
+
+
+def get(session: Session, account: str) -> Ownership | None:
+    return session.get(Ownership, account)
+
+
+def list_rows(session: Session, owner: str | None = None) -> list[Ownership]:
+    query = select(Ownership).order_by(Ownership.account)
+    if owner is not None:
+        query = query.where(Ownership.owner == owner)
+    return list(session.scalars(query))
+
+
+def count_by_owner(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Ownership.owner, func.count()).group_by(Ownership.owner))
+    return {owner: int(n) for owner, n in rows}
+
+
+def create(session: Session, account: str, owner: str, home: str | None = None) -> Ownership:
+    row = Ownership(
+        account=account, owner=owner, home=home or owner, epoch=1, state="normal", reason="created"
+    )
+    session.add(row)
+    return row
+
+
+def delete(session: Session, account: str) -> None:
+    row = session.get(Ownership, account)
+    if row is not None:
+        session.delete(row)
+
+
+def check_owner(session: Session, account: str, node: str) -> Ownership:
+    """The fence: raise :class:`NotOwner` unless ``node`` may write ``account`` now."""
+    row = session.get(Ownership, account)
+    if row is None:
+        # An account with no ownership row is one this node created before
+        # ownership existed, or one being created: it is local.
+        return Ownership(account=account, owner=node, home=node, epoch=0, state="normal")
+    if row.owner != node or row.state == "moving":
+        raise NotOwner(account, row.owner, row.epoch)
+    return row
+
+
+def set_owner(
+    session: Session,
+    account: str,
+    owner: str,
+    *,
+    state: str,
+    reason: str,
+    epoch: int | None = None,
+    home: str | None = None,
+) -> Ownership:
+    """Move ownership, epoch + 1 unless one is given (it must be higher)."""
+    if state not in STATES:
+        raise ValueError(f"unknown ownership state {state!r}")
+    row = session.get(Ownership, account)
+    if row is None:
+        row = create(session, account, owner, home)
+        session.flush()
+    new_epoch = row.epoch + 1 if epoch is None else epoch
+    if new_epoch < row.epoch:
+        raise ValueError(f"epoch {new_epoch} is lower than the known {row.epoch}")
+    row.owner = owner
+    row.epoch = new_epoch
+    row.state = state
+    row.reason = reason
+    row.updated_at = utcnow()
+    if home is not None:
+        row.home = home
+    return row
+
+
+def adopt(
+    session: Session,
+    account: str,
+    *,
+    owner: str,
+    home: str,
+    epoch: int,
+    state: str,
+    reason: str,
+) -> bool:
+    """Take the partner's row if its epoch is higher; True when it changed ours."""
+    row = session.get(Ownership, account)
+    if row is None:
+        session.add(
+            Ownership(
+                account=account, owner=owner, home=home, epoch=epoch, state=state, reason=reason
+            )
+        )
+        return True
+    if epoch <= row.epoch:
+        return False
+    row.owner, row.home, row.epoch, row.state, row.reason = owner, home, epoch, state, reason
+    row.updated_at = utcnow()
+    return True

@@ -1,0 +1,7 @@
+"""``python -m peerd`` is ``peerd``."""
+
+import sys
+
+from peerd.main import main
+
+sys.exit(main())

@@ -1,0 +1,342 @@
+"""The control API: HTTP/JSON under ``/v1`` (aiohttp).
+
+How this works: every route but ``/v1/health`` and ``/v1/openapi.json``
+needs ``Authorization: Bearer <[api] token>``. Handlers call the store
+through the node and return JSON; any error becomes an RFC 9457
+``application/problem+json`` body in one middleware, with the status chosen
+by :mod:`peerd.errormap`. ``peerctl`` is a client of exactly this API.
+Later parts (replication, ownership, routing) add their routes to the same
+application through :func:`add_routes`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy.orm import Session
+
+from engine import accounts as engine_accounts
+from engine import mailbox as engine_mailbox
+from engine import synclog
+from engine.errors import EngineError, InvalidArgument
+from engine.flags import parse_flags
+from engine.models import Account
+from ownership import table as ownership_table
+from ownership.errors import OwnershipError, UnknownNode
+from peerd.errormap import http_status
+from peerd.node import Node
+
+__all__ = ["NODE_KEY", "account_json", "add_routes", "build_app", "json_body", "problem"]
+
+log = logging.getLogger("peerd.api")
+
+NODE_KEY: web.AppKey[Node] = web.AppKey("node", Node)
+PUBLIC = frozenset({"/v1/health", "/v1/openapi.json", "/metrics"})
+MAX_BODY = 1 << 20
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def problem(status: int, title: str, detail: str = "", code: str = "") -> web.Response:
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    if code:
+        body["code"] = code
+    return web.Response(
+        status=status, text=json.dumps(body), content_type="application/problem+json"
+    )
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except (EngineError, OwnershipError) as exc:
+        status = http_status(exc)
+        return problem(status, type(exc).__name__, exc.message, exc.code)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return problem(exc.status, exc.reason)
+    except Exception:
+        log.exception("control API error on %s %s", request.method, request.path)
+        return problem(500, "Internal Server Error", "see the node's log")
+
+
+def auth_middleware(token: str) -> Any:
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in PUBLIC or not request.path.startswith("/v1/"):
+            return await handler(request)
+        given = request.headers.get("Authorization", "").encode()
+        if not token or not hmac.compare_digest(given, expected):
+            response = problem(401, "Unauthorized", "a valid bearer token is required")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="peerd"'
+            return response
+        return await handler(request)
+
+    return check
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise InvalidArgument("request body too large")
+    try:
+        data = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"the body is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidArgument("the body must be a JSON object")
+    return data
+
+
+def _opt_int(data: dict[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgument(f"{key} must be a non-negative integer")
+    return value
+
+
+def _str(data: dict[str, Any], key: str, required: bool = True) -> str | None:
+    value = data.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InvalidArgument(f"{key} must be a non-empty string")
+    return value
+
+
+def account_json(session: Session, account: Account) -> dict[str, Any]:
+    row = ownership_table.get(session, account.name)
+    return {
+        "name": account.name,
+        "quota_limit": account.quota_limit,
+        "quota_used": account.quota_used,
+        "owner": row.owner if row else None,
+        "home": row.home if row else None,
+        "epoch": row.epoch if row else 0,
+        "state": row.state if row else "normal",
+        "created_at": account.created_at.isoformat(),
+    }
+
+
+async def health(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    return web.json_response({"status": "ok", "node": node.name})
+
+
+async def status(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+
+    def read(session: Session) -> dict[str, Any]:
+        oldest = synclog.oldest(session)
+        return {
+            "accounts": len(engine_accounts.list_accounts(session)),
+            "owned": ownership_table.count_by_owner(session),
+            "sync_log_depth": synclog.depth(session),
+            "sync_log_oldest": oldest.isoformat() if oldest else None,
+        }
+
+    body: dict[str, Any] = {"node": node.name, "partner": node.partner}
+    body.update(await node.store.read(read))
+    body["inflight_deliveries"] = node.inflight
+    body["counters"] = dict(node.counters.values)
+    body["store"] = {
+        "batches": node.store.stats.batches,
+        "writes": node.store.stats.writes,
+        "largest_batch": node.store.stats.largest_batch,
+    }
+    for name, provider in node.extra_status.items():
+        body[name] = await provider()
+    return web.json_response(body)
+
+
+async def list_accounts(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    owner = request.query.get("owner")
+
+    def read(session: Session) -> list[dict[str, Any]]:
+        out = [account_json(session, a) for a in engine_accounts.list_accounts(session)]
+        return [a for a in out if owner is None or a["owner"] == owner]
+
+    return web.json_response({"accounts": await node.store.read(read)})
+
+
+async def create_account(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    data = await json_body(request)
+    name = engine_accounts.normalize_account_name(_str(data, "name") or "")
+    password = _str(data, "password", required=False)
+    password_hash = _str(data, "password_hash", required=False)
+    if (password is None) == (password_hash is None):
+        raise InvalidArgument("give exactly one of password and password_hash")
+    quota = _opt_int(data, "quota_limit")
+    owner = _str(data, "owner", required=False) or node.name
+    if owner not in (node.name, node.partner):
+        raise UnknownNode(f"{owner} is neither this node ({node.name}) nor its partner")
+
+    def create(session: Session) -> dict[str, Any]:
+        account = engine_accounts.create_account(
+            session, name, password=password, password_hash=password_hash, quota_limit=quota
+        )
+        if ownership_table.get(session, name) is None:
+            ownership_table.create(session, name, owner)
+        session.flush()
+        return account_json(session, account)
+
+    body = await node.store.write(create)
+    return web.json_response(body, status=201)
+
+
+async def get_account(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    name = request.match_info["name"]
+
+    def read(session: Session) -> dict[str, Any]:
+        account = engine_accounts.get_account(session, name)
+        body = account_json(session, account)
+        body["mailboxes"] = len(engine_mailbox.list_mailboxes(session, account))
+        return body
+
+    return web.json_response(await node.store.read(read))
+
+
+async def delete_account(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    name = request.match_info["name"]
+
+    def delete(session: Session) -> None:
+        node.guard(session, engine_accounts.get_account(session, name).name)
+        engine_accounts.delete_account(session, name)
+        ownership_table.delete(session, name)
+
+    await node.store.write(delete)
+    return web.json_response({"deleted": name})
+
+
+async def set_password(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    name = request.match_info["name"]
+    password = _str(await json_body(request), "password") or ""
+
+    def write(session: Session) -> None:
+        node.guard(session, engine_accounts.get_account(session, name).name)
+        engine_accounts.set_password(session, name, password)
+
+    await node.store.write(write)
+    return web.json_response({"account": name, "password": "changed"})
+
+
+async def set_quota(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    name = request.match_info["name"]
+    limit = _opt_int(await json_body(request), "quota_limit")
+
+    def write(session: Session) -> None:
+        node.guard(session, engine_accounts.get_account(session, name).name)
+        engine_accounts.set_quota(session, name, limit)
+
+    await node.store.write(write)
+    return web.json_response({"account": name, "quota_limit": limit})
+
+
+def mailbox_json(mailbox: Any) -> dict[str, Any]:
+    return {
+        "name": mailbox.name,
+        "uniqueid": mailbox.uniqueid,
+        "uidvalidity": mailbox.uidvalidity,
+        "last_uid": mailbox.last_uid,
+        "highestmodseq": mailbox.highestmodseq,
+        "exists": mailbox.exists,
+        "checksum": f"{mailbox.checksum & 0xFFFFFFFFFFFFFFFF:016x}",
+        "acl": json.loads(mailbox.acl),
+    }
+
+
+async def list_mailboxes(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    name = request.match_info["name"]
+
+    def read(session: Session) -> dict[str, Any]:
+        account = engine_accounts.get_account(session, name)
+        return {
+            "account": account.name,
+            "mailboxes": [mailbox_json(m) for m in engine_mailbox.list_mailboxes(session, account)],
+            "subscriptions": engine_mailbox.subscriptions(session, account),
+        }
+
+    return web.json_response(await node.store.read(read))
+
+
+async def show_mailbox(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    name = request.match_info["name"]
+    mailbox_name = request.match_info["mailbox"]
+    with_expunged = request.query.get("expunged") in ("1", "true", "yes")
+
+    def read(session: Session) -> dict[str, Any]:
+        from sqlalchemy import select
+
+        from engine.models import Message
+
+        account = engine_accounts.get_account(session, name)
+        mailbox = engine_mailbox.get_mailbox(session, account, mailbox_name)
+        query = select(Message).where(Message.mailbox_id == mailbox.id).order_by(Message.uid)
+        if not with_expunged:
+            query = query.where(Message.expunged.is_(False))
+        body = mailbox_json(mailbox)
+        body["messages"] = [
+            {
+                "uid": m.uid,
+                "guid": m.guid,
+                "flags": sorted(parse_flags(m.flags)),
+                "modseq": m.modseq,
+                "size": m.size,
+                "internaldate": m.internaldate.isoformat(),
+                "expunged": m.expunged,
+            }
+            for m in session.scalars(query)
+        ]
+        return body
+
+    return web.json_response(await node.store.read(read))
+
+
+async def openapi(request: web.Request) -> web.Response:
+    from peerd.openapi import document
+
+    return web.json_response(document())
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/health", health)
+    app.router.add_get("/v1/openapi.json", openapi)
+    app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/accounts", list_accounts)
+    app.router.add_post("/v1/accounts", create_account)
+    app.router.add_get("/v1/accounts/{name}", get_account)
+    app.router.add_delete("/v1/accounts/{name}", delete_account)
+    app.router.add_put("/v1/accounts/{name}/password", set_password)
+    app.router.add_put("/v1/accounts/{name}/quota", set_quota)
+    app.router.add_get("/v1/accounts/{name}/mailboxes", list_mailboxes)
+    app.router.add_get("/v1/accounts/{name}/mailboxes/{mailbox:.+}", show_mailbox)
+
+
+def build_app(node: Node) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware(node.config.api.token)],
+        client_max_size=MAX_BODY,
+    )
+    app[NODE_KEY] = node
+    add_routes(app)
+    return app

@@ -1,0 +1,306 @@
+"""``peerctl``: the admin CLI, a client of the node's control API.
+
+How this works: ``-c FILE`` reads the node's config for the API address and
+bearer token (or ``--api URL`` and ``--token``/``$PEERD_TOKEN``). Each
+sub-command is one function that makes one or a few API calls and prints the
+answer for people, or the raw JSON with ``--json``. Any API problem is printed
+as ``peerctl: <title>: <detail>`` and the exit status is non-zero: 1 for a
+refused request, 2 for bad usage, 3 when the node cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from peerd.config import ConfigError, load_config
+
+__all__ = ["ApiError", "Client", "main"]
+
+EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, title: str, detail: str = "") -> None:
+        super().__init__(f"{title}: {detail}" if detail else title)
+        self.status = status
+
+
+@dataclass(slots=True)
+class Client:
+    base: str
+    token: str
+    timeout: float = 600.0
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base.rstrip("/") + path, data=data, method=method)
+        request.add_header("Authorization", f"Bearer {self.token}")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            try:
+                problem = json.loads(exc.read())
+                raise ApiError(
+                    exc.code, problem.get("title", exc.reason), problem.get("detail", "")
+                )
+            except (json.JSONDecodeError, AttributeError):
+                raise ApiError(exc.code, str(exc.reason)) from exc
+        except (urllib.error.URLError, OSError) as exc:
+            raise ConnectionError(f"cannot reach {self.base}: {exc}") from exc
+
+
+def quote(part: str) -> str:
+    return urllib.parse.quote(part, safe="")
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if getattr(args, "password_file", None):
+        with open(args.password_file) as handle:
+            password = handle.readline().rstrip("\r\n")
+    elif getattr(args, "password_stdin", False):
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise ValueError("the passwords differ")
+    else:
+        raise ValueError("give --password-file F or --password-stdin")
+    if not password:
+        raise ValueError("empty password")
+    return password
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "unlimited"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n = n / 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
+    lines += [
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    ]
+    return "\n".join(lines)
+
+
+# -- commands ------------------------------------------------------------------
+
+
+def cmd_account_add(client: Client, args: argparse.Namespace) -> Any:
+    body: dict[str, Any] = {"name": args.user, "password": _read_password(args)}
+    if args.quota is not None:
+        body["quota_limit"] = args.quota
+    if args.owner:
+        body["owner"] = args.owner
+    result = client.call("POST", "/v1/accounts", body)
+    return (
+        result,
+        f"created {result['name']} (owner {result['owner']}, quota {_size(result['quota_limit'])})",
+    )
+
+
+def cmd_account_list(client: Client, args: argparse.Namespace) -> Any:
+    query = f"?owner={quote(args.owner)}" if getattr(args, "owner", None) else ""
+    result = client.call("GET", "/v1/accounts" + query)
+    rows = [
+        [
+            a["name"],
+            a["owner"] or "-",
+            a["home"] or "-",
+            str(a["epoch"]),
+            a["state"],
+            _size(a["quota_used"]),
+            _size(a["quota_limit"]),
+        ]
+        for a in result["accounts"]
+    ]
+    return result, _table(rows, ["ACCOUNT", "OWNER", "HOME", "EPOCH", "STATE", "USED", "QUOTA"])
+
+
+def cmd_account_del(client: Client, args: argparse.Namespace) -> Any:
+    result = client.call("DELETE", f"/v1/accounts/{quote(args.user)}")
+    return result, f"deleted {args.user}"
+
+
+def cmd_account_passwd(client: Client, args: argparse.Namespace) -> Any:
+    body = {"password": _read_password(args)}
+    result = client.call("PUT", f"/v1/accounts/{quote(args.user)}/password", body)
+    return result, f"password changed for {args.user}"
+
+
+def cmd_account_quota(client: Client, args: argparse.Namespace) -> Any:
+    limit = None if args.limit in ("none", "unlimited") else int(args.limit)
+    result = client.call("PUT", f"/v1/accounts/{quote(args.user)}/quota", {"quota_limit": limit})
+    return result, f"quota of {args.user}: {_size(limit)}"
+
+
+def cmd_mailbox_list(client: Client, args: argparse.Namespace) -> Any:
+    result = client.call("GET", f"/v1/accounts/{quote(args.user)}/mailboxes")
+    rows = [
+        [
+            m["name"],
+            m["uniqueid"],
+            str(m["uidvalidity"]),
+            str(m["last_uid"]),
+            str(m["highestmodseq"]),
+            str(m["exists"]),
+            m["checksum"],
+        ]
+        for m in result["mailboxes"]
+    ]
+    text = _table(
+        rows, ["MAILBOX", "UNIQUEID", "UIDVALIDITY", "LAST_UID", "MODSEQ", "EXISTS", "CHECKSUM"]
+    )
+    return result, text
+
+
+def cmd_mailbox_show(client: Client, args: argparse.Namespace) -> Any:
+    query = "?expunged=1" if args.expunged else ""
+    result = client.call(
+        "GET", f"/v1/accounts/{quote(args.user)}/mailboxes/{quote(args.mailbox)}{query}"
+    )
+    head = (
+        f"{result['name']} uniqueid {result['uniqueid']} uidvalidity {result['uidvalidity']} "
+        f"last_uid {result['last_uid']} highestmodseq {result['highestmodseq']} "
+        f"exists {result['exists']} checksum {result['checksum']}"
+    )
+    rows = [
+        [
+            str(m["uid"]),
+            m["guid"],
+            str(m["modseq"]),
+            str(m["size"]),
+            "(" + " ".join(m["flags"]) + ")" + (" EXPUNGED" if m["expunged"] else ""),
+        ]
+        for m in result["messages"]
+    ]
+    return result, head + "\n" + _table(rows, ["UID", "GUID", "MODSEQ", "SIZE", "FLAGS"])
+
+
+def cmd_status(client: Client, args: argparse.Namespace) -> Any:
+    path = "/v1/status"
+    if getattr(args, "user", None):
+        path += f"?account={quote(args.user)}"
+    result = client.call("GET", path)
+    lines = [f"node {result['node']} (partner {result.get('partner') or '-'})"]
+    lines.append(f"accounts {result['accounts']}  owned {result.get('owned')}")
+    lines.append(
+        f"sync log depth {result['sync_log_depth']}  oldest {result.get('sync_log_oldest') or '-'}"
+    )
+    for key, value in result.items():
+        if isinstance(value, dict) and key not in ("owned",):
+            lines.append(f"{key}: " + ", ".join(f"{k}={v}" for k, v in value.items()))
+    return result, "\n".join(lines)
+
+
+Command = Callable[[Client, argparse.Namespace], Any]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="peerctl", description="administer a peerd node")
+    parser.add_argument("-c", "--config", help="the node's TOML file (API address and token)")
+    parser.add_argument("--api", help="control API base URL, e.g. http://127.0.0.1:18080")
+    parser.add_argument("--token", help="bearer token (default: from the config or $PEERD_TOKEN)")
+    parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    account = sub.add_parser("account", help="accounts").add_subparsers(dest="sub", required=True)
+    p = account.add_parser("add", help="create an account")
+    p.add_argument("user")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--password-file")
+    group.add_argument("--password-stdin", action="store_true")
+    p.add_argument("--quota", type=int, help="quota in bytes")
+    p.add_argument("--owner", help="the node that owns it (default: this node)")
+    p.set_defaults(func=cmd_account_add)
+    p = account.add_parser("list", help="list accounts")
+    p.add_argument("--owner")
+    p.set_defaults(func=cmd_account_list)
+    p = account.add_parser("del", help="delete an account and all its mail")
+    p.add_argument("user")
+    p.set_defaults(func=cmd_account_del)
+    p = account.add_parser("passwd", help="change a password")
+    p.add_argument("user")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--password-file")
+    group.add_argument("--password-stdin", action="store_true")
+    p.set_defaults(func=cmd_account_passwd)
+    p = account.add_parser("quota", help="set a quota in bytes, or 'none'")
+    p.add_argument("user")
+    p.add_argument("limit")
+    p.set_defaults(func=cmd_account_quota)
+
+    mailbox = sub.add_parser("mailbox", help="mailboxes").add_subparsers(dest="sub", required=True)
+    p = mailbox.add_parser("list", help="an account's mailboxes")
+    p.add_argument("user")
+    p.set_defaults(func=cmd_mailbox_list)
+    p = mailbox.add_parser("show", help="one mailbox's records: uid, GUID, flags, modseq")
+    p.add_argument("user")
+    p.add_argument("mailbox")
+    p.add_argument("--expunged", action="store_true", help="include expunged records")
+    p.set_defaults(func=cmd_mailbox_show)
+
+    p = sub.add_parser("status", help="node status")
+    p.add_argument("-u", "--user", help="status of one account")
+    p.set_defaults(func=cmd_status)
+    return parser
+
+
+def make_client(args: argparse.Namespace) -> Client:
+    base, token = args.api, args.token or os.environ.get("PEERD_TOKEN", "")
+    if args.config:
+        config = load_config(args.config)
+        if base is None and config.listen.http is not None:
+            base = f"http://{config.listen.http}"
+        token = token or config.api.token
+    if not base:
+        raise ConfigError("give -c FILE or --api URL")
+    return Client(base, token)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        client = make_client(args)
+        result, text = args.func(client, args)
+    except ConfigError as exc:
+        print(f"peerctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:
+        print(f"peerctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ApiError as exc:
+        print(f"peerctl: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except ConnectionError as exc:
+        print(f"peerctl: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    elif text:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""The node's configuration: one TOML file, checked strictly at start.
+
+How this works: each TOML table is a frozen dataclass below; a key's Python
+type says how its TOML value is read (durations like ``"1s"``/``"250ms"``/
+``"3d"``, sizes like ``"50M"``, listen addresses ``"host:port"``). Unknown
+tables or keys are errors, so a typo never silently turns a feature off.
+Option names follow Cyrus where one exists (``sync_host``, ``sync_log``, ...).
+Every key is documented in ``configs/peerd.example.toml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+__all__ = [
+    "Address",
+    "ApiConfig",
+    "Config",
+    "ConfigError",
+    "DatabaseConfig",
+    "ImapConfig",
+    "ListenConfig",
+    "LmtpConfig",
+    "LogConfig",
+    "NodeConfig",
+    "PartnerConfig",
+    "Pop3Config",
+    "ProxyHook",
+    "ReconcileConfig",
+    "RoutingConfig",
+    "SyncConfig",
+    "TlsConfig",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+    "parse_size",
+]
+
+
+# A byte count that the file may write as "50M"; plain ints stay plain.
+Size = Annotated[int, "size"]
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, unreadable or wrong; the message says where."""
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+_DURATION_RE = re.compile(r"\A\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*\Z")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_SIZE_RE = re.compile(r"\A\s*(\d+)\s*([KMGT]i?B?|B)?\s*\Z", re.IGNORECASE)
+
+
+def parse_duration(value: object) -> dt.timedelta:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return dt.timedelta(seconds=float(value))
+    if isinstance(value, str):
+        match = _DURATION_RE.match(value)
+        if match:
+            return dt.timedelta(seconds=float(match.group(1)) * _DURATION_UNITS[match.group(2)])
+    raise ValueError(f"not a duration: {value!r} (use e.g. 500ms, 1s, 5m, 2h, 3d)")
+
+
+def parse_size(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        match = _SIZE_RE.match(value)
+        if match:
+            unit = (match.group(2) or "B")[0].upper()
+            return (
+                int(match.group(1))
+                * {"B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit]
+            )
+    raise ValueError(f"not a size: {value!r} (use bytes or e.g. 50M)")
+
+
+def parse_address(value: object) -> Address:
+    if not isinstance(value, str) or ":" not in value:
+        raise ValueError(f"not a host:port address: {value!r}")
+    host, _, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"not a host:port address: {value!r}")
+    return Address(host, int(port))
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    name: str
+    data_dir: Path = Path("var")
+    local_domains: tuple[str, ...] = ()
+    hostname: str = "localhost"
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    lmtp: Address | None = None
+    imap: Address | None = None
+    pop3: Address | None = None
+    sync: Address | None = None
+    http: Address | None = None
+    socketmap: Address | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SyncConfig:
+    sync_host: str = ""
+    sync_port: int = 2005
+    sync_authname: str = ""
+    sync_password: str = ""
+    sync_compress: bool = False
+    sync_log: bool = True
+    sync_repeat_interval: dt.timedelta = dt.timedelta(seconds=1)
+    sync_reconnect_maxwait: dt.timedelta = dt.timedelta(seconds=20)
+    sync_timeout: dt.timedelta = dt.timedelta(seconds=30)
+    sync_mode: str = "rolling"
+    sync_synchronous_timeout: dt.timedelta = dt.timedelta(seconds=2)
+    sync_concurrency: int = 4
+    sync_tls: bool = False
+    sync_tls_ca: Path | None = None
+    sync_max_request: Size = 256 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class PartnerConfig:
+    name: str = ""
+    api: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LmtpConfig:
+    max_message_size: Size = 50 << 20
+    max_recipients: int = 1000
+    duplicate_window: dt.timedelta = dt.timedelta(days=3)
+    duplicate_suppression: bool = True
+    max_line: int = 4096
+    shutdown_grace: dt.timedelta = dt.timedelta(seconds=10)
+
+
+@dataclass(frozen=True, slots=True)
+class ImapConfig:
+    max_line: int = 64 << 10
+    max_literal: Size = 64 << 20
+    idle_timeout: dt.timedelta = dt.timedelta(minutes=30)
+    login_failure_delay: dt.timedelta = dt.timedelta(seconds=2)
+    max_login_failures: int = 3
+    commands_per_second: int = 500
+    max_sessions_per_account: int = 50
+    starttls: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Pop3Config:
+    max_line: int = 1024
+    idle_timeout: dt.timedelta = dt.timedelta(minutes=10)
+    login_failure_delay: dt.timedelta = dt.timedelta(seconds=2)
+    max_login_failures: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyHook:
+    name: str
+    url: str = ""
+    command: tuple[str, ...] = ()
+    timeout: dt.timedelta = dt.timedelta(seconds=5)
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    auth_http_secret: str = ""
+    auth_http_wait: int = 3
+    imap_address: Address | None = None
+    pop3_address: Address | None = None
+    lmtp_address: Address | None = None
+    partner_imap: Address | None = None
+    partner_pop3: Address | None = None
+    partner_lmtp: Address | None = None
+    hooks: tuple[ProxyHook, ...] = ()
+    directory_url: str = ""
+    pair: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileConfig:
+    schedule: str = "0 3 * * *"
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    format: str = "text"
+    level: str = "INFO"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    node: NodeConfig
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    partner: PartnerConfig = field(default_factory=PartnerConfig)
+    lmtp: LmtpConfig = field(default_factory=LmtpConfig)
+    imap: ImapConfig = field(default_factory=ImapConfig)
+    pop3: Pop3Config = field(default_factory=Pop3Config)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    path: Path | None = None
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.node.data_dir / 'peerd.db'}"
+
+    @property
+    def sync_partner(self) -> Address | None:
+        if not self.sync.sync_host:
+            return None
+        return Address(self.sync.sync_host, self.sync.sync_port)
+
+
+def _convert(value: object, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is Annotated:
+        return parse_size(value) if "size" in hint.__metadata__ else _convert(value, args[0], where)
+    if origin in (types.UnionType, typing.Union):
+        inner = [a for a in args if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(value, inner[0], where)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r}")
+        return value
+    if hint is Path:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a path, got {value!r}")
+        return Path(value)
+    if hint is dt.timedelta:
+        return parse_duration(value)
+    if hint is Address:
+        return parse_address(value)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list, got {value!r}")
+        return tuple(_convert(v, args[0], where) for v in value)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a table, got {value!r}")
+        return _build(hint, value, where)
+    raise TypeError(f"no reader for {hint!r}")  # pragma: no cover - a programming error
+
+
+def _build(cls: Any, table: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - names)
+    if unknown:
+        raise ConfigError(f"[{where}]: unknown key(s) {', '.join(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in table.items():
+        try:
+            kwargs[name] = _convert(value, hints[name], f"{where}.{name}")
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"[{where}] {name}: {exc}") from exc
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"[{where}]: {exc}") from exc
+
+
+def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
+    if "node" not in data or "name" not in data.get("node", {}):
+        raise ConfigError("[node] name is required")
+    sections = {f.name for f in dataclasses.fields(Config)} - {"path"}
+    unknown = sorted(set(data) - sections)
+    if unknown:
+        raise ConfigError(f"unknown table(s) {', '.join('[' + u + ']' for u in unknown)}")
+    hints = typing.get_type_hints(Config)
+    kwargs: dict[str, Any] = {"path": path}
+    for name in sections & set(data):
+        if not isinstance(data[name], dict):
+            raise ConfigError(f"[{name}] must be a table")
+        kwargs[name] = _build(hints[name], data[name], name)
+    config = Config(**kwargs)
+    if config.sync.sync_mode not in ("rolling", "synchronous"):
+        raise ConfigError('[sync] sync_mode must be "rolling" or "synchronous"')
+    if config.log.format not in ("text", "json"):
+        raise ConfigError('[log] format must be "text" or "json"')
+    if not re.fullmatch(r"[a-z0-9][a-z0-9\-]{0,62}", config.node.name):
+        raise ConfigError("[node] name must be lower-case letters, digits and dashes")
+    if config.listen.http is not None and not config.api.token:
+        raise ConfigError("[api] token is required when [listen] http is set")
+    return config
+
+
+def load_config(path: Path | str) -> Config:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return parse_config(data, path)

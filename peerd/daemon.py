@@ -1,0 +1,136 @@
+"""``peerd run``: the daemon's life from start to clean stop.
+
+How this works: read the config, migrate the database (Alembic, always to
+head), open the store, then start each service whose ``[listen]`` address is
+set. Each service is a :class:`Service`: an async ``start`` returning
+something with ``close()``/``wait_closed()``-style shutdown through a
+``stop`` coroutine. When every listener is up, ``READY=1`` goes to systemd.
+
+On SIGTERM or SIGINT: ``STOPPING=1``, stop accepting connections, let
+in-flight deliveries finish (up to ``[lmtp] shutdown_grace``; any still
+running then fails with a 4xx and stores nothing), stop the background
+workers, drain the store's write queue, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+import migrations
+from engine.store import Store
+from peerd.api import build_app
+from peerd.config import Config
+from peerd.logs import setup_logging
+from peerd.node import Node
+from peerd.notify import sd_notify
+
+__all__ = ["Service", "run_daemon", "serve"]
+
+log = logging.getLogger("peerd.daemon")
+
+
+@dataclass(slots=True)
+class Service:
+    """A started part of the daemon and how to stop it."""
+
+    name: str
+    stop: Callable[[], Awaitable[None]]
+
+
+Starter = Callable[[Node, web.Application], Awaitable[list[Service]]]
+
+# Parts that arrive later register here (replication, ownership, IMAP, POP3):
+# each gets the node and the control API application before it starts serving.
+STARTERS: list[Starter] = []
+
+
+def _server_service(name: str, server: asyncio.Server) -> Service:
+    async def stop() -> None:
+        server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 1)
+
+    return Service(name, stop)
+
+
+def default_indexer() -> Callable[[bytes], bytes] | None:
+    """What IMAP wants cached per message, if the IMAP service is installed."""
+    try:
+        from peerd.imap.summary import summarize
+    except ImportError:
+        return None
+
+    def index(data: bytes) -> bytes:
+        summary = summarize(data)
+        meta = summary.to_json()
+        return meta if isinstance(meta, bytes) else meta.encode()
+
+    return index
+
+
+async def serve(config: Config, stop_event: asyncio.Event | None = None) -> None:
+    loop = asyncio.get_running_loop()
+    stop_event = stop_event or asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop_event.set)
+
+    config.node.data_dir.mkdir(parents=True, exist_ok=True)
+    url = config.database_url
+    log.info("node %s: migrating %s", config.node.name, url.split("@")[-1])
+    await asyncio.to_thread(migrations.upgrade, url)
+    store = Store(url, config.node.data_dir)
+    store.bind_loop(loop)
+    node = Node(config, store)
+    node.indexer = default_indexer()
+    app = build_app(node)
+    services: list[Service] = []
+    runner: web.AppRunner | None = None
+    try:
+        for starter in STARTERS:
+            services.extend(await starter(node, app))
+        if config.listen.lmtp is not None:
+            from peerd.lmtp import start_lmtp
+
+            lmtp = config.listen.lmtp
+            services.append(_server_service("lmtp", await start_lmtp(node, lmtp.host, lmtp.port)))
+            log.info("LMTP listening on %s", lmtp)
+        if config.listen.http is not None:
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await runner.setup()
+            site = web.TCPSite(runner, config.listen.http.host, config.listen.http.port)
+            await site.start()
+            log.info("control API listening on %s", config.listen.http)
+        sd_notify("READY=1")
+        log.info("node %s ready", config.node.name)
+        await stop_event.wait()
+    finally:
+        sd_notify("STOPPING=1")
+        log.info("node %s stopping", config.node.name)
+        # Listeners first (no new work), then in-flight deliveries, then
+        # the background workers and the API, then the store.
+        for service in reversed(services):
+            if service.name in ("lmtp", "imap", "pop3", "socketmap"):
+                await service.stop()
+        if not await node.drain(config.lmtp.shutdown_grace):
+            log.warning("in-flight deliveries did not finish in time; they fail with 4xx")
+        for service in reversed(services):
+            if service.name not in ("lmtp", "imap", "pop3", "socketmap"):
+                await service.stop()
+        if runner is not None:
+            await runner.cleanup()
+        await asyncio.to_thread(store.close)
+        log.info("node %s stopped", config.node.name)
+
+
+def run_daemon(config: Config, log_format: str | None = None) -> int:
+    setup_logging(log_format or config.log.format, config.log.level, config.node.name)
+    asyncio.run(serve(config))
+    return 0

@@ -1,0 +1,132 @@
+"""The one place where errors become wire replies.
+
+Engine and ownership errors carry stable codes and know no protocol. This
+module turns them into HTTP status codes (for ``application/problem+json``),
+LMTP replies (RFC 2033 / RFC 3463 enhanced codes) and IMAP response codes
+(RFC 5530). A service never builds an error reply from an exception itself.
+"""
+
+from __future__ import annotations
+
+from engine.errors import (
+    AlreadyExists,
+    Corrupt,
+    DatabaseBusy,
+    EngineError,
+    InvalidArgument,
+    MessageTooLarge,
+    NoSuchAccount,
+    NotFound,
+    OverQuota,
+    StorageFull,
+    SyncProtocolError,
+    SyncRefused,
+    TemporaryFailure,
+)
+from ownership.errors import (
+    NotCaughtUp,
+    NotOwner,
+    OwnershipError,
+    PartnerReachable,
+    PartnerUnreachable,
+    StaleEpoch,
+    UnknownNode,
+)
+
+__all__ = [
+    "S250_OK",
+    "S250_OK_DUPLICATE",
+    "S451_LOCAL_ERROR",
+    "S451_NOT_OWNER",
+    "S452_STORAGE",
+    "S550_NO_SUCH_USER",
+    "S552_OVER_QUOTA",
+    "S552_TOO_BIG",
+    "S554_NUL",
+    "http_status",
+    "imap_code",
+    "lmtp_reply",
+]
+
+# LMTP replies (RFC 2033 4.2, RFC 5321 4.2, RFC 3463 enhanced status codes).
+S250_OK = "250 2.1.5 Delivered"
+S250_OK_DUPLICATE = "250 2.1.5 Delivered (duplicate suppressed)"
+S250_RCPT_OK = "250 2.1.5 Recipient OK"
+S451_LOCAL_ERROR = "451 4.3.0 Temporary failure, try again later"
+S451_NOT_OWNER = "451 4.3.0 Account is served by another node now; try again"
+S452_STORAGE = "452 4.3.1 Insufficient system storage"
+S452_TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
+S550_NO_SUCH_USER = "550 5.1.1 No such user"
+S552_OVER_QUOTA = "552 5.2.2 Mailbox is over quota"
+S552_TOO_BIG = "552 5.3.4 Message too big for system"
+S554_NUL = "554 5.6.0 Message contains NUL characters"
+S501_BAD_ADDRESS = "501 5.1.3 Bad recipient address syntax"
+
+
+def lmtp_reply(exc: BaseException) -> str:
+    """The reply for a recipient whose delivery raised ``exc``."""
+    if isinstance(exc, NoSuchAccount):
+        return S550_NO_SUCH_USER
+    if isinstance(exc, OverQuota):
+        return S552_OVER_QUOTA
+    if isinstance(exc, MessageTooLarge):
+        return S552_TOO_BIG
+    if isinstance(exc, NotOwner):
+        return f"451 4.3.0 Account is served by {exc.owner} now; try again"
+    if isinstance(exc, StorageFull):
+        return S452_STORAGE
+    if isinstance(exc, InvalidArgument):
+        return S501_BAD_ADDRESS
+    # Anything else, database trouble included, is temporary: nothing was
+    # stored, so the MTA must keep the message and retry.
+    return S451_LOCAL_ERROR
+
+
+_HTTP = [
+    (NoSuchAccount, 404),
+    (NotFound, 404),
+    (AlreadyExists, 409),
+    (InvalidArgument, 422),
+    (OverQuota, 422),
+    (MessageTooLarge, 413),
+    (Corrupt, 500),
+    (StorageFull, 507),
+    (DatabaseBusy, 503),
+    (TemporaryFailure, 503),
+    (SyncRefused, 409),
+    (SyncProtocolError, 400),
+    (NotOwner, 409),
+    (StaleEpoch, 409),
+    (PartnerReachable, 409),
+    (PartnerUnreachable, 503),
+    (NotCaughtUp, 409),
+    (UnknownNode, 422),
+]
+
+
+def http_status(exc: EngineError | OwnershipError) -> int:
+    for cls, status in _HTTP:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def imap_code(exc: BaseException) -> tuple[str, str | None]:
+    """(``NO`` or ``BAD``, RFC 5530 response code or None) for an IMAP command."""
+    if isinstance(exc, OverQuota):
+        return "NO", "OVERQUOTA"
+    if isinstance(exc, NotFound):
+        return "NO", "NONEXISTENT"
+    if isinstance(exc, AlreadyExists):
+        return "NO", "ALREADYEXISTS"
+    if isinstance(exc, InvalidArgument):
+        return "BAD", "CLIENTBUG"
+    if isinstance(exc, MessageTooLarge):
+        return "NO", "TOOBIG"
+    if isinstance(exc, NotOwner):
+        return "NO", "UNAVAILABLE"
+    if isinstance(exc, Corrupt):
+        return "NO", "SERVERBUG"
+    if isinstance(exc, TemporaryFailure):
+        return "NO", "UNAVAILABLE"
+    return "NO", "SERVERBUG"

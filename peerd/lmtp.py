@@ -1,0 +1,279 @@
+"""The LMTP service (RFC 2033) on aiosmtpd.
+
+How this works: aiosmtpd speaks the protocol (LHLO, MAIL, RCPT, RSET,
+PIPELINING, 8BITMIME, SIZE); :class:`LmtpHandler` holds the hooks. At RCPT
+the recipient is resolved and fenced (``550 5.1.1`` unknown, ``451`` when
+another node owns the account). After DATA the bytes are spooled once, and
+one delivery per accepted recipient goes to the store, where they share a
+group commit with whatever else is being delivered. Then one reply per
+accepted recipient is sent, in RCPT order (RFC 2033 4.2): some may succeed
+while others fail (over quota, ownership moved in between).
+
+Two departures from aiosmtpd's own DATA handling, in :class:`LmtpServer`:
+the message is read in large blocks rather than line by line (a 400 KB
+message is ~5,000 lines; reading them one await at a time costs more than
+storing the message), and an oversized message gets one ``552`` per
+recipient, not one reply for all (aiosmtpd issue 517).
+
+A delivery in progress is shielded from the connection going away and from
+shutdown: it either commits (and its 250 is sent if the client is still
+there) or fails as a whole; nothing is half-stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import re
+from functools import partial
+from typing import Any
+
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import Envelope
+from aiosmtpd.smtp import Session as SmtpSession
+
+from engine.delivery import (
+    DeliveryOptions,
+    DeliveryResult,
+    Recipient,
+    deliver,
+    message_id_of,
+    parse_recipient,
+    resolve_account,
+)
+from engine.errors import EngineError
+from ownership.errors import OwnershipError
+from peerd.errormap import (
+    S250_OK,
+    S250_OK_DUPLICATE,
+    S250_RCPT_OK,
+    S451_LOCAL_ERROR,
+    S452_TOO_MANY_RCPTS,
+    S501_BAD_ADDRESS,
+    S552_TOO_BIG,
+    S554_NUL,
+    lmtp_reply,
+)
+from peerd.node import Node
+
+__all__ = ["LmtpHandler", "LmtpServer", "start_lmtp"]
+
+log = logging.getLogger("peerd.lmtp")
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+_TERMINATOR = b"\r\n.\r\n"
+
+
+class LmtpHandler:
+    """aiosmtpd hooks: recipient checks and delivery into the store."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        lmtp = node.config.lmtp
+        self.options = DeliveryOptions(
+            local_domains=frozenset(d.lower() for d in node.config.node.local_domains),
+            duplicate_window=lmtp.duplicate_window if lmtp.duplicate_suppression else None,
+        )
+        self.max_recipients = lmtp.max_recipients
+        self.max_size = lmtp.max_message_size
+
+    async def handle_EHLO(
+        self,
+        server: Any,
+        session: SmtpSession,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        """LHLO: advertise PIPELINING and enhanced codes (RFC 2033 4.1, RFC 2920)."""
+        session.host_name = hostname
+        head = [r for r in responses if not r.startswith(("250-AUTH", "250 HELP"))]
+        return [*head, "250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250 HELP"]
+
+    async def handle_RCPT(
+        self,
+        server: Any,
+        session: SmtpSession,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        recipients: list[Recipient] = envelope.__dict__.setdefault("peerd_recipients", [])
+        if len(recipients) >= self.max_recipients:
+            return S452_TOO_MANY_RCPTS
+        try:
+            recipient = parse_recipient(address, self.options.local_domains)
+        except EngineError:
+            return S501_BAD_ADDRESS
+        try:
+            name = await self.node.store.read(lambda s: resolve_account(s, recipient).name)
+            await self.node.check_owner(name)
+        except (EngineError, OwnershipError) as exc:
+            self.node.counters.inc("lmtp_rcpt_refused")
+            return lmtp_reply(exc)
+        recipients.append(recipient)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return S250_RCPT_OK
+
+    async def handle_DATA(self, server: Any, session: SmtpSession, envelope: Envelope) -> str:
+        recipients: list[Recipient] = envelope.__dict__.get("peerd_recipients", [])
+        data = envelope.original_content
+        assert isinstance(data, bytes)
+        self.node.begin()
+        try:
+            # Shielded: once the bytes are here, the delivery runs to its end
+            # even if the client hangs up or the daemon is asked to stop.
+            replies = await asyncio.shield(self._deliver_all(recipients, data))
+        finally:
+            self.node.end()
+        return "\r\n".join(replies)
+
+    async def _deliver_all(self, recipients: list[Recipient], data: bytes) -> list[str]:
+        count = len(recipients)
+        if b"\0" in data:
+            # RFC 5322 2.3 forbids NUL; Cyrus refuses such mail the same way.
+            return [S554_NUL] * count
+        if len(data) > self.max_size:
+            return [S552_TOO_BIG] * count
+        if b"\n" in data and _BARE_LF.search(data):
+            data = _BARE_LF.sub(b"\r\n", data)
+        store = self.node.store
+        indexer = self.node.indexer
+
+        def spool() -> tuple[str, Any, bytes | None]:
+            guid, directory = store.spool.put(data)
+            meta = indexer(data) if indexer is not None else None
+            return guid, directory, meta
+
+        try:
+            guid, directory, meta = await store.run_blocking(spool)
+        except EngineError as exc:
+            self.node.counters.inc("lmtp_temp_failures", count)
+            return [lmtp_reply(exc)] * count
+        internaldate = dt.datetime.now(dt.UTC)
+        message_id = message_id_of(data)
+        futures = [
+            store.write(
+                partial(
+                    deliver,
+                    recipient=recipient,
+                    guid=guid,
+                    size=len(data),
+                    internaldate=internaldate,
+                    message_id=message_id,
+                    meta=meta,
+                    options=self.options,
+                    guard=self.node.guard,
+                ),
+                dirs=[directory],
+            )
+            for recipient in recipients
+        ]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        delivered = [
+            r.account for r in results if isinstance(r, DeliveryResult) and not r.duplicate
+        ]
+        for hook in self.node.after_delivery:
+            await hook(delivered)
+        replies: list[str] = []
+        for result in results:
+            if isinstance(result, DeliveryResult):
+                self.node.counters.inc("lmtp_delivered")
+                replies.append(S250_OK_DUPLICATE if result.duplicate else S250_OK)
+            elif isinstance(result, (EngineError, OwnershipError)):
+                self.node.counters.inc("lmtp_refused")
+                replies.append(lmtp_reply(result))
+            else:
+                log.error("delivery failed unexpectedly: %r", result)
+                self.node.counters.inc("lmtp_temp_failures")
+                replies.append(S451_LOCAL_ERROR)
+        return replies
+
+
+class LmtpServer(LMTP):
+    """aiosmtpd's LMTP with block-wise DATA and per-recipient size errors."""
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        envelope = self.envelope
+        assert envelope is not None
+        if not envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        body = await self._read_body()
+        if body is None:
+            return  # the connection is gone; nothing was stored
+        count = len(envelope.rcpt_tos)
+        if body is _TOO_BIG:
+            await self.push("\r\n".join([S552_TOO_BIG] * count))
+        else:
+            envelope.original_content = body
+            envelope.content = body
+            status = await self._call_handler_hook("DATA")
+            await self.push(status)
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+
+    async def _read_body(self) -> bytes | None:
+        """Read up to the lone dot; undo dot-stuffing (RFC 5321 4.5.2).
+
+        A CRLF is put in front so that a terminator right at the start (an
+        empty message) is found by the same search. What follows the
+        terminator (pipelined commands) is handed back to the reader.
+        """
+        limit = self.data_size_limit or 0
+        buf = bytearray(b"\r\n")
+        searched = 0
+        too_big = False
+        while True:
+            # read() with a huge size returns everything buffered, so the
+            # reader is empty when we hand back what followed the dot.
+            chunk = await self._reader.read(1 << 30)
+            if not chunk:
+                return None
+            buf += chunk
+            end = buf.find(_TERMINATOR, max(0, searched - 4))
+            if end >= 0:
+                rest = bytes(buf[end + 5 :])
+                if rest:
+                    self._reader.feed_data(rest)
+                if too_big:
+                    return _TOO_BIG
+                del buf[end + 2 :]
+                return bytes(buf).replace(b"\r\n..", b"\r\n.")[2:]
+            if limit and len(buf) > limit + 64:
+                # Over the limit: keep reading to the end, keep nothing but
+                # the tail a terminator could straddle.
+                too_big = True
+                del buf[:-4]
+            searched = len(buf)
+
+
+_TOO_BIG = b"\0too big\0"
+
+
+async def start_lmtp(node: Node, host: str, port: int) -> asyncio.Server:
+    handler = LmtpHandler(node)
+    loop = asyncio.get_running_loop()
+    max_size = node.config.lmtp.max_message_size
+
+    def factory() -> LmtpServer:
+        server = LmtpServer(
+            handler,
+            data_size_limit=max_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=node.config.node.hostname,
+            ident="peerd LMTP",
+            timeout=300,
+            loop=loop,
+        )
+        return server
+
+    return await loop.create_server(factory, host, port, reuse_address=True)
