@@ -83,6 +83,10 @@ class Mailbox(Base):
     acl: Mapped[str] = mapped_column(Text, default="{}")
     checksum: Mapped[int] = mapped_column(BigInteger, default=0)
     exists: Mapped[int] = mapped_column(Integer, default=0)
+    # On a replica: the owner's highestmodseq as of the last sync that left
+    # this mailbox equal to the owner's. Changes on either side since then
+    # have higher modseqs, so the next sync exchanges only those. 0: unknown.
+    sync_base: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-24 20:08:58.180649
+Create Date: 2026-11-24 20:18:42.195449
 """
 
 from __future__ import annotations
@@ -114,6 +114,7 @@ def upgrade() -> None:
         sa.Column("acl", sa.Text(), nullable=False),
         sa.Column("checksum", sa.BigInteger(), nullable=False),
         sa.Column("exists", sa.Integer(), nullable=False),
+        sa.Column("sync_base", sa.BigInteger(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["account_id"],
