@@ -137,6 +137,13 @@ async def health(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
+    account = request.query.get("account")
+    if account is not None:
+        name = await node.store.read(lambda s: engine_accounts.get_account(s, account).name)
+        one: dict[str, Any] = {"node": node.name, "account": name}
+        for account_provider in node.account_status:
+            one.update(await account_provider(name))
+        return web.json_response(one)
 
     def read(session: Session) -> dict[str, Any]:
         oldest = synclog.oldest(session)

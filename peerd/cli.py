@@ -30,9 +30,10 @@ EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, title: str, detail: str = "") -> None:
+    def __init__(self, status: int, title: str, detail: str = "", body: Any = None) -> None:
         super().__init__(f"{title}: {detail}" if detail else title)
         self.status = status
+        self.body = body
 
 
 @dataclass(slots=True)
@@ -212,6 +213,59 @@ def cmd_status(client: Client, args: argparse.Namespace) -> Any:
     return result, "\n".join(lines)
 
 
+def cmd_replicate(client: Client, args: argparse.Namespace) -> Any:
+    body: dict[str, Any] = {}
+    if args.all:
+        body["all"] = True
+    elif args.user:
+        body["account"] = args.user
+    else:
+        raise ValueError("give -u USER or --all")
+    if args.mailbox:
+        body["mailboxes"] = args.mailbox
+    if args.compress:
+        body["compress"] = True
+    if args.server:
+        body["target"] = args.server
+    try:
+        result = client.call("POST", "/v1/replicate", body)
+    except ApiError as exc:
+        if exc.status != 502:
+            raise
+        result = exc.body
+    lines: list[str] = []
+    for report in result.get("reports", []):
+        if args.verbose:
+            lines.extend(report["steps"])
+        if args.verbose > 1:
+            lines.extend("  " + r for r in report["requests"])
+        if not args.verbose:
+            lines.append(
+                f"{report['account']}: uploaded {report['uploaded']}, expunged {report['expunged']}, "
+                f"flags {report['setflags']}, copied back {report['copied_back']}, "
+                f"{report['bytes_sent']}/{report['bytes_received']} bytes out/in, "
+                f"{report['seconds'] * 1000:.1f} ms"
+            )
+        for line in report.get("repairs", []):
+            lines.append(f"  repair: {line}")
+    for error in result.get("errors", []):
+        lines.append(f"{error['account']}: FAILED {error['error']}: {error['detail']}")
+    if args.all:
+        lines.append(f"{result['accounts']} accounts in {result['seconds']:.3f} s")
+    if result.get("errors"):
+        print("\n".join(lines))
+        raise ApiError(502, "replication failed", f"{len(result['errors'])} account(s)")
+    return result, "\n".join(lines)
+
+
+def cmd_synclog(client: Client, args: argparse.Namespace) -> Any:
+    body: dict[str, Any] = {"account": args.user}
+    if args.mailbox:
+        body["mailboxes"] = args.mailbox
+    result = client.call("POST", "/v1/synclog", body)
+    return result, f"queued {result['queued']} sync log row(s) for {args.user}"
+
+
 Command = Callable[[Client, argparse.Namespace], Any]
 
 
@@ -258,6 +312,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("mailbox")
     p.add_argument("--expunged", action="store_true", help="include expunged records")
     p.set_defaults(func=cmd_mailbox_show)
+
+    p = sub.add_parser("replicate", help="sync to the partner now (like sync_client -u/-m)")
+    p.add_argument("-u", "--user", help="the account")
+    p.add_argument("--all", action="store_true", help="every account this node owns")
+    p.add_argument("-m", "--mailbox", action="append", help="only this mailbox (repeatable)")
+    p.add_argument("-S", "--server", help="the partner's sync listener host[:port]")
+    p.add_argument("-z", "--compress", action="store_true", help="compress the traffic")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="-v steps, -v -v requests")
+    p.set_defaults(func=cmd_replicate)
+    p = sub.add_parser("synclog", help="queue a row in the rolling sync log (like cyr_synclog)")
+    p.add_argument("-u", "--user", required=True)
+    p.add_argument("-m", "--mailbox", action="append")
+    p.set_defaults(func=cmd_synclog)
 
     p = sub.add_parser("status", help="node status")
     p.add_argument("-u", "--user", help="status of one account")

@@ -94,7 +94,9 @@ async def serve(config: Config, stop_event: asyncio.Event | None = None) -> None
     services: list[Service] = []
     runner: web.AppRunner | None = None
     try:
-        for starter in STARTERS:
+        from peerd import replication
+
+        for starter in [replication.start, *STARTERS]:
             services.extend(await starter(node, app))
         if config.listen.lmtp is not None:
             from peerd.lmtp import start_lmtp

@@ -72,6 +72,7 @@ class Node:
         # (synchronous replication waits there), and when ownership moves.
         self.after_delivery: list[Callable[[list[str]], Awaitable[None]]] = []
         self.extra_status: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {}
+        self.account_status: list[Callable[[str], Awaitable[dict[str, Any]]]] = []
 
     # -- the fence ---------------------------------------------------------
 

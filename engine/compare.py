@@ -1,0 +1,230 @@
+"""Compare an owner's account with its replica's and say what to do. Pure.
+
+How this works (Cyrus's notify → compare → apply, with peerd's no-loss rule):
+the owner's state wins on the replica, except that mail the owner never had
+is never dropped to make the two agree. :func:`compare` returns two things:
+
+- :class:`Repairs`, done on the **owner** first: messages that exist only on
+  the replica and whose GUID the owner has never held (``known`` says which
+  it has) are copied to the owner as new messages with new UIDs (``Pull``);
+  where both sides used one UID for two different messages (a split), the
+  owner's message also moves to a new UID (``Reassign``), since a client may
+  have seen either; a mailbox only the replica has is created on the owner,
+  or merged into the owner's mailbox of the same name. UIDs given by a repair
+  are above both sides' ``last_uid``, so no UID ever names two messages.
+- :class:`Push`, applied on the **replica**: create/rename/delete mailboxes by
+  uniqueid, upsert records (UPLOAD when the replica lacks the GUID, SETFLAGS
+  when it has the record), expunge records, subscriptions, quota, password.
+
+When repairs are needed the caller applies them, reads the owner's state
+again and compares again; the second round has only a push (the pulled GUIDs
+are now known, so the replica's old copies are expunged, not pulled twice).
+
+Records a side did not send are equal on both sides: in ``full`` mode the
+replica sent every live record; in ``delta`` mode both sent only what changed
+after the replica's ``sync_base``, and everything else is the shared base.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.syncstate import AccountState, MailboxSummary, RecordState
+
+__all__ = ["MailboxPush", "Pull", "Push", "Reassign", "Repairs", "compare"]
+
+
+@dataclass(frozen=True, slots=True)
+class Pull:
+    """Copy replica records into an owner mailbox (created if ``target`` is None)."""
+
+    source: str
+    target: str | None
+    name: str
+    adopt_uniqueid: str | None
+    min_last_uid: int
+    records: tuple[RecordState, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Reassign:
+    """Give these owner records new UIDs (their UID names another message on the replica)."""
+
+    uniqueid: str
+    uids: tuple[int, ...]
+    min_last_uid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Repairs:
+    pulls: tuple[Pull, ...] = ()
+    reassigns: tuple[Reassign, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.pulls and not self.reassigns
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxPush:
+    """Make one replica mailbox equal to the owner's ``summary``."""
+
+    summary: MailboxSummary
+    upserts: tuple[RecordState, ...] = ()
+    expunges: tuple[int, ...] = ()
+    create: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Push:
+    account: str
+    delete_account: bool = False
+    account_fields: tuple[str, int | None] | None = None  # (password_hash, quota_limit)
+    create_account: bool = False
+    deletes: tuple[str, ...] = ()
+    mailboxes: tuple[MailboxPush, ...] = ()
+    subscriptions: tuple[str, ...] | None = None
+    unchanged: tuple[str, ...] = field(default=())
+
+    @property
+    def empty(self) -> bool:
+        return (
+            not self.delete_account
+            and self.account_fields is None
+            and not self.deletes
+            and not self.mailboxes
+            and self.subscriptions is None
+        )
+
+
+def compare(
+    owner: AccountState,
+    owner_records: dict[str, tuple[RecordState, ...]],
+    replica: AccountState,
+    known: frozenset[str],
+) -> tuple[Repairs, Push]:
+    """Plan one sync. ``owner_records`` holds the owner's records for every
+    mailbox the replica sent records for or lacks (full: live records; delta:
+    changed since the replica's base plus the UIDs the replica sent)."""
+    if not owner.exists:
+        return Repairs(), Push(owner.name, delete_account=replica.exists)
+    own = owner.by_uniqueid()
+    rep = replica.by_uniqueid()
+    own_by_name = {m.summary.name: uid for uid, m in own.items()}
+    pulls: list[Pull] = []
+    reassigns: list[Reassign] = []
+    deletes: list[str] = []
+    pushes: list[MailboxPush] = []
+    unchanged: list[str] = []
+
+    for uniqueid, replica_box in rep.items():
+        if uniqueid in own:
+            continue
+        live = [r for r in replica_box.records if not r.expunged]
+        target = own_by_name.get(replica_box.summary.name)
+        if uniqueid in owner.tombstones:
+            # The owner deleted this mailbox; only mail it never had survives.
+            keep = tuple(r for r in live if r.guid not in known)
+            if keep:
+                pulls.append(
+                    Pull(
+                        uniqueid,
+                        target,
+                        replica_box.summary.name,
+                        None,
+                        replica_box.summary.last_uid,
+                        keep,
+                    )
+                )
+        elif target is not None:
+            # Created on both sides under one name: merge into the owner's.
+            keep = tuple(r for r in live if r.guid not in known)
+            if keep:
+                last = max(replica_box.summary.last_uid, own[target].summary.last_uid)
+                pulls.append(Pull(uniqueid, target, replica_box.summary.name, None, last, keep))
+        else:
+            # A mailbox the owner never knew (made on the replica during a
+            # split): the owner adopts it, uniqueid and all.
+            pulls.append(
+                Pull(
+                    uniqueid,
+                    None,
+                    replica_box.summary.name,
+                    uniqueid,
+                    replica_box.summary.last_uid,
+                    tuple(live),
+                )
+            )
+            continue
+        deletes.append(uniqueid)
+
+    for uniqueid, mine in own.items():
+        theirs_state = rep.get(uniqueid)
+        records = owner_records.get(uniqueid, ())
+        if theirs_state is None:
+            fresh = tuple(r for r in records if not r.expunged)
+            pushes.append(MailboxPush(mine.summary, upserts=fresh, create=True))
+            continue
+        if theirs_state.mode == "none":
+            unchanged.append(uniqueid)
+            continue
+        complete = theirs_state.mode == "full"
+        theirs = {r.uid: r for r in theirs_state.records}
+        ours = {r.uid: r for r in records}
+        upserts: list[RecordState] = []
+        expunges: list[int] = []
+        conflicts: list[int] = []
+        pulled: list[RecordState] = []
+        for uid in sorted(set(ours) | set(theirs)):
+            o = ours.get(uid)
+            r = theirs.get(uid)
+            o_live = o is not None and not o.expunged
+            r_live = r is not None and not r.expunged
+            if o is not None and o_live:
+                if r is None or not r_live:
+                    upserts.append(o)
+                elif r.guid == o.guid:
+                    if r.flags != o.flags or r.internaldate != o.internaldate:
+                        upserts.append(o)
+                elif r.guid in known:
+                    upserts.append(o)
+                else:
+                    conflicts.append(uid)
+                    pulled.append(r)
+            elif r is not None and r_live:
+                if r.guid in known:
+                    expunges.append(uid)
+                else:
+                    pulled.append(r)
+            elif r is None and o is not None and not complete:
+                # Delta: the owner expunged it after the base the replica holds.
+                expunges.append(uid)
+        last = max(mine.summary.last_uid, theirs_state.summary.last_uid)
+        if conflicts:
+            reassigns.append(Reassign(uniqueid, tuple(conflicts), last))
+        if pulled:
+            pulls.append(Pull(uniqueid, uniqueid, mine.summary.name, None, last, tuple(pulled)))
+        pushes.append(MailboxPush(mine.summary, tuple(upserts), tuple(expunges)))
+
+    account_fields: tuple[str, int | None] | None = None
+    if (
+        not replica.exists
+        or replica.password_hash != owner.password_hash
+        or replica.quota_limit != owner.quota_limit
+    ):
+        account_fields = (owner.password_hash, owner.quota_limit)
+    subscriptions = (
+        owner.subscriptions
+        if not replica.exists or owner.subscriptions != replica.subscriptions
+        else None
+    )
+    push = Push(
+        account=owner.name,
+        account_fields=account_fields,
+        create_account=not replica.exists,
+        deletes=tuple(deletes),
+        mailboxes=tuple(pushes),
+        subscriptions=subscriptions,
+        unchanged=tuple(unchanged),
+    )
+    return Repairs(tuple(pulls), tuple(reassigns)), push

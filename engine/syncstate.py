@@ -1,0 +1,242 @@
+"""What replication compares: account, mailbox and record state, as plain values.
+
+How this works: both sides describe an account the same way. A
+:class:`MailboxSummary` is the cheap part (one row per mailbox: name,
+uidvalidity, last_uid, highestmodseq, ACL, checksum); two equal summaries
+mean equal mailboxes, so no record is looked at. For a mailbox whose summary
+differs, the replica sends its records: all live ones (``full``), or, when it
+holds a ``sync_base`` (the owner's highestmodseq at the last sync that left
+the two equal), only records and expunge tombstones with a higher modseq
+(``delta``): every change either side made since then, and nothing else.
+
+These dataclasses are the engine's vocabulary for the sync protocol; the wire
+encoding lives in :mod:`engine.syncwire`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from engine.models import Account, GuidHistory, Mailbox, MailboxTombstone, Message, Subscription
+
+__all__ = [
+    "AccountState",
+    "MailboxState",
+    "MailboxSummary",
+    "RecordState",
+    "known_guids",
+    "local_records",
+    "read_account_state",
+    "summary_of",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordState:
+    uid: int
+    guid: str
+    flags: str
+    internaldate: int  # seconds since the epoch, UTC
+    size: int
+    modseq: int
+    expunged: bool = False
+
+    @classmethod
+    def of(cls, m: Message) -> RecordState:
+        return cls(
+            m.uid, m.guid, m.flags, int(m.internaldate.timestamp()), m.size, m.modseq, m.expunged
+        )
+
+    def when(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.internaldate, dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxSummary:
+    uniqueid: str
+    name: str
+    uidvalidity: int
+    last_uid: int
+    highestmodseq: int
+    acl: str
+    checksum: int
+    exists: int
+    sync_base: int = 0
+
+    def same_content(self, other: MailboxSummary) -> bool:
+        """Equal as replication sees it (modseqs may differ; content may not)."""
+        return (
+            self.uniqueid == other.uniqueid
+            and self.name == other.name
+            and self.uidvalidity == other.uidvalidity
+            and self.last_uid == other.last_uid
+            and self.acl == other.acl
+            and self.checksum == other.checksum
+            and self.exists == other.exists
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxState:
+    """A mailbox and, when it differs, its records (``mode``: none, full or delta)."""
+
+    summary: MailboxSummary
+    mode: str = "none"
+    records: tuple[RecordState, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AccountState:
+    name: str
+    exists: bool
+    password_hash: str = ""
+    quota_limit: int | None = None
+    subscriptions: tuple[str, ...] = ()
+    mailboxes: tuple[MailboxState, ...] = ()
+    tombstones: frozenset[str] = frozenset()
+
+    def by_uniqueid(self) -> dict[str, MailboxState]:
+        return {m.summary.uniqueid: m for m in self.mailboxes}
+
+
+def summary_of(mailbox: Mailbox) -> MailboxSummary:
+    return MailboxSummary(
+        uniqueid=mailbox.uniqueid,
+        name=mailbox.name,
+        uidvalidity=mailbox.uidvalidity,
+        last_uid=mailbox.last_uid,
+        highestmodseq=mailbox.highestmodseq,
+        acl=mailbox.acl,
+        checksum=mailbox.checksum,
+        exists=mailbox.exists,
+        sync_base=mailbox.sync_base,
+    )
+
+
+def local_records(
+    session: Session,
+    mailbox: Mailbox,
+    *,
+    since: int | None = None,
+    uids: Iterable[int] = (),
+) -> tuple[RecordState, ...]:
+    """Live records (``since`` None), or records and tombstones changed after ``since``
+    plus whatever state the given ``uids`` have."""
+    columns = (
+        Message.uid,
+        Message.guid,
+        Message.flags,
+        Message.internaldate,
+        Message.size,
+        Message.modseq,
+        Message.expunged,
+    )
+    query = select(*columns).where(Message.mailbox_id == mailbox.id)
+    if since is None:
+        query = query.where(Message.expunged.is_(False))
+    else:
+        extra = sorted(set(uids))
+        condition = Message.modseq > since
+        if extra and len(extra) <= 500:
+            condition = or_(condition, Message.uid.in_(extra))
+        elif extra:
+            condition = or_(condition, Message.uid >= extra[0])
+        query = query.where(condition)
+    out = [
+        RecordState(uid, guid, flags, int(when.timestamp()), size, modseq, bool(expunged))
+        for uid, guid, flags, when, size, modseq, expunged in session.execute(
+            query.order_by(Message.uid)
+        )
+    ]
+    return tuple(out)
+
+
+def read_account_state(
+    session: Session,
+    name: str,
+    *,
+    records_for: dict[str, MailboxSummary] | None = None,
+    include: Iterable[str] | None = None,
+) -> AccountState:
+    """This node's state of an account.
+
+    With ``records_for`` (the other side's summaries by uniqueid), records are
+    added for each mailbox whose summary differs from it: a delta since our
+    ``sync_base`` when we hold one not beyond the other side's highestmodseq,
+    else all live records. Mailboxes the other side did not mention get full
+    records. ``include`` limits the mailboxes to these uniqueids.
+    """
+    account = session.scalar(select(Account).where(Account.name == name))
+    if account is None:
+        return AccountState(name=name, exists=False)
+    wanted = set(include) if include is not None else None
+    mailboxes: list[MailboxState] = []
+    for mailbox in session.scalars(
+        select(Mailbox).where(Mailbox.account_id == account.id).order_by(Mailbox.name)
+    ):
+        if wanted is not None and mailbox.uniqueid not in wanted:
+            continue
+        summary = summary_of(mailbox)
+        if records_for is None:
+            mailboxes.append(MailboxState(summary))
+            continue
+        theirs = records_for.get(mailbox.uniqueid)
+        if theirs is not None and theirs.same_content(summary):
+            mailboxes.append(MailboxState(summary))
+        elif theirs is not None and 0 < mailbox.sync_base <= theirs.highestmodseq:
+            records = local_records(session, mailbox, since=mailbox.sync_base)
+            mailboxes.append(MailboxState(summary, "delta", records))
+        else:
+            mailboxes.append(MailboxState(summary, "full", local_records(session, mailbox)))
+    subscriptions = tuple(
+        session.scalars(
+            select(Subscription.name)
+            .where(Subscription.account_id == account.id)
+            .order_by(Subscription.name)
+        )
+    )
+    tombstones = frozenset(
+        session.scalars(
+            select(MailboxTombstone.uniqueid).where(MailboxTombstone.account_id == account.id)
+        )
+    )
+    return AccountState(
+        name=account.name,
+        exists=True,
+        password_hash=account.password_hash,
+        quota_limit=account.quota_limit,
+        subscriptions=subscriptions,
+        mailboxes=tuple(mailboxes),
+        tombstones=tombstones,
+    )
+
+
+def known_guids(session: Session, account: str, guids: Iterable[str]) -> frozenset[str]:
+    """Which of ``guids`` this account has ever held (live, expunged, or deleted)."""
+    wanted = sorted(set(guids))
+    if not wanted:
+        return frozenset()
+    account_id = session.scalar(select(Account.id).where(Account.name == account))
+    if account_id is None:
+        return frozenset()
+    found: set[str] = set()
+    for i in range(0, len(wanted), 500):
+        found.update(
+            session.scalars(
+                select(GuidHistory.guid).where(
+                    GuidHistory.account_id == account_id, GuidHistory.guid.in_(wanted[i : i + 500])
+                )
+            )
+        )
+    return frozenset(found)
+
+
+def acl_dict(acl: str) -> dict[str, str]:
+    value = json.loads(acl)
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}

@@ -1,0 +1,315 @@
+"""The sync protocol's bodies: JSON for state and plans, frames for message bytes.
+
+How this works: this module is the sans-I/O core of the sync protocol. It
+turns :mod:`engine.syncstate` and :mod:`engine.compare` values into bytes
+and back, and validates everything it reads (types, GUID syntax, sizes,
+counts): a malformed or oversized request is a :class:`SyncProtocolError`
+before any state is touched. Records travel as compact arrays
+``[uid, guid, flags, internaldate, size, modseq, expunged]``. Message bytes
+travel as frames, ``<guid> <length>\\n<bytes>`` one after another, and each
+frame's SHA-1 must equal its GUID. Compression (zlib) wraps a whole body
+when the session asks for it. ``docs/protocol.md`` documents every request.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from engine.compare import MailboxPush, Push
+from engine.errors import SyncProtocolError
+from engine.spool import guid_of
+from engine.syncstate import AccountState, MailboxState, MailboxSummary, RecordState
+
+__all__ = [
+    "MAX_FRAME",
+    "compress",
+    "decode_account_state",
+    "decode_frames",
+    "decode_json",
+    "decode_push",
+    "decode_summary",
+    "decompress",
+    "encode_account_state",
+    "encode_frames",
+    "encode_json",
+    "encode_push",
+    "encode_summary",
+    "ownership_of",
+]
+
+_GUID = re.compile(r"\A[0-9a-f]{40}\Z")
+_UNIQUEID = re.compile(r"\A[0-9a-f]{1,32}\Z")
+MAX_FRAME = 512 << 20
+MAX_RECORDS = 5_000_000
+
+
+def encode_json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def decode_json(data: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SyncProtocolError(f"body is not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise SyncProtocolError("body must be a JSON object")
+    return value
+
+
+def compress(data: bytes) -> bytes:
+    return zlib.compress(data, 1)
+
+
+def decompress(data: bytes, limit: int) -> bytes:
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise SyncProtocolError(f"bad compressed body: {exc}") from exc
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise SyncProtocolError(f"body larger than {limit} bytes once decompressed")
+    return out
+
+
+def _int(value: Any, what: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SyncProtocolError(f"{what} must be an integer >= {minimum}")
+    return value
+
+
+def _signed(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not -(2**63) <= value < 2**63:
+        raise SyncProtocolError(f"{what} must be a 64-bit integer")
+    return value
+
+
+def _str(value: Any, what: str, limit: int = 1024) -> str:
+    if not isinstance(value, str) or len(value) > limit:
+        raise SyncProtocolError(f"{what} must be a string of at most {limit} characters")
+    return value
+
+
+def _guid(value: Any) -> str:
+    if not isinstance(value, str) or not _GUID.match(value):
+        raise SyncProtocolError(f"not a GUID: {value!r:.60}")
+    return value
+
+
+def _uniqueid(value: Any) -> str:
+    if not isinstance(value, str) or not _UNIQUEID.match(value):
+        raise SyncProtocolError(f"not a mailbox uniqueid: {value!r:.60}")
+    return value
+
+
+def _list(value: Any, what: str, limit: int = MAX_RECORDS) -> list[Any]:
+    if not isinstance(value, list) or len(value) > limit:
+        raise SyncProtocolError(f"{what} must be a list of at most {limit} items")
+    return value
+
+
+def encode_record(r: RecordState) -> list[Any]:
+    return [r.uid, r.guid, r.flags, r.internaldate, r.size, r.modseq, 1 if r.expunged else 0]
+
+
+def decode_record(value: Any) -> RecordState:
+    if not isinstance(value, list) or len(value) != 7:
+        raise SyncProtocolError(
+            "a record is [uid, guid, flags, internaldate, size, modseq, expunged]"
+        )
+    uid, guid, flags, when, size, modseq, expunged = value
+    return RecordState(
+        _int(uid, "uid", 1),
+        _guid(guid),
+        _str(flags, "flags", 8192),
+        _signed(when, "internaldate"),
+        _int(size, "size"),
+        _int(modseq, "modseq"),
+        bool(expunged),
+    )
+
+
+def encode_summary(s: MailboxSummary) -> dict[str, Any]:
+    return {
+        "uniqueid": s.uniqueid,
+        "name": s.name,
+        "uidvalidity": s.uidvalidity,
+        "last_uid": s.last_uid,
+        "highestmodseq": s.highestmodseq,
+        "acl": s.acl,
+        "checksum": s.checksum,
+        "exists": s.exists,
+        "sync_base": s.sync_base,
+    }
+
+
+def decode_summary(value: Any) -> MailboxSummary:
+    if not isinstance(value, dict):
+        raise SyncProtocolError("a mailbox summary must be an object")
+    return MailboxSummary(
+        uniqueid=_uniqueid(value.get("uniqueid")),
+        name=_str(value.get("name"), "name"),
+        uidvalidity=_int(value.get("uidvalidity"), "uidvalidity", 1),
+        last_uid=_int(value.get("last_uid"), "last_uid"),
+        highestmodseq=_int(value.get("highestmodseq"), "highestmodseq"),
+        acl=_str(value.get("acl", "{}"), "acl", 65536),
+        checksum=_signed(value.get("checksum"), "checksum"),
+        exists=_int(value.get("exists"), "exists"),
+        sync_base=_int(value.get("sync_base", 0), "sync_base"),
+    )
+
+
+def encode_account_state(state: AccountState) -> dict[str, Any]:
+    return {
+        "name": state.name,
+        "exists": state.exists,
+        "password_hash": state.password_hash,
+        "quota_limit": state.quota_limit,
+        "subscriptions": list(state.subscriptions),
+        "tombstones": sorted(state.tombstones),
+        "mailboxes": [
+            {
+                "summary": encode_summary(m.summary),
+                "mode": m.mode,
+                "records": [encode_record(r) for r in m.records],
+            }
+            for m in state.mailboxes
+        ],
+    }
+
+
+def decode_account_state(value: Any) -> AccountState:
+    if not isinstance(value, dict):
+        raise SyncProtocolError("account state must be an object")
+    quota = value.get("quota_limit")
+    mailboxes = []
+    for item in _list(value.get("mailboxes", []), "mailboxes", 100_000):
+        if not isinstance(item, dict):
+            raise SyncProtocolError("a mailbox must be an object")
+        mode = item.get("mode", "none")
+        if mode not in ("none", "full", "delta"):
+            raise SyncProtocolError(f"unknown mailbox mode {mode!r}")
+        records = tuple(decode_record(r) for r in _list(item.get("records", []), "records"))
+        mailboxes.append(MailboxState(decode_summary(item.get("summary")), mode, records))
+    return AccountState(
+        name=_str(value.get("name"), "name", 255),
+        exists=bool(value.get("exists")),
+        password_hash=_str(value.get("password_hash", ""), "password_hash", 255),
+        quota_limit=None if quota is None else _int(quota, "quota_limit"),
+        subscriptions=tuple(
+            _str(s, "subscription") for s in _list(value.get("subscriptions", []), "subscriptions")
+        ),
+        mailboxes=tuple(mailboxes),
+        tombstones=frozenset(
+            _uniqueid(t) for t in _list(value.get("tombstones", []), "tombstones")
+        ),
+    )
+
+
+def encode_push(push: Push) -> dict[str, Any]:
+    return {
+        "account": push.account,
+        "delete_account": push.delete_account,
+        "create_account": push.create_account,
+        "account_fields": list(push.account_fields) if push.account_fields else None,
+        "deletes": list(push.deletes),
+        "subscriptions": list(push.subscriptions) if push.subscriptions is not None else None,
+        "mailboxes": [
+            {
+                "summary": encode_summary(m.summary),
+                "create": m.create,
+                "upserts": [encode_record(r) for r in m.upserts],
+                "expunges": list(m.expunges),
+            }
+            for m in push.mailboxes
+        ],
+    }
+
+
+def decode_push(value: Any) -> Push:
+    if not isinstance(value, dict):
+        raise SyncProtocolError("a push must be an object")
+    fields = value.get("account_fields")
+    account_fields: tuple[str, int | None] | None = None
+    if fields is not None:
+        if not isinstance(fields, list) or len(fields) != 2:
+            raise SyncProtocolError("account_fields is [password_hash, quota_limit]")
+        quota = None if fields[1] is None else _int(fields[1], "quota_limit")
+        account_fields = (_str(fields[0], "password_hash", 255), quota)
+    mailboxes = []
+    for item in _list(value.get("mailboxes", []), "mailboxes", 100_000):
+        if not isinstance(item, dict):
+            raise SyncProtocolError("a mailbox push must be an object")
+        mailboxes.append(
+            MailboxPush(
+                summary=decode_summary(item.get("summary")),
+                upserts=tuple(decode_record(r) for r in _list(item.get("upserts", []), "upserts")),
+                expunges=tuple(
+                    _int(u, "uid", 1) for u in _list(item.get("expunges", []), "expunges")
+                ),
+                create=bool(item.get("create", False)),
+            )
+        )
+    subscriptions = value.get("subscriptions")
+    return Push(
+        account=_str(value.get("account"), "account", 255),
+        delete_account=bool(value.get("delete_account", False)),
+        create_account=bool(value.get("create_account", False)),
+        account_fields=account_fields,
+        deletes=tuple(_uniqueid(u) for u in _list(value.get("deletes", []), "deletes")),
+        mailboxes=tuple(mailboxes),
+        subscriptions=None
+        if subscriptions is None
+        else tuple(_str(s, "subscription") for s in _list(subscriptions, "subscriptions")),
+    )
+
+
+def ownership_of(value: Any) -> tuple[str, str, int, str]:
+    """(owner, home, epoch, state) from a request's ``ownership`` object."""
+    if not isinstance(value, dict):
+        raise SyncProtocolError("ownership must be an object with owner, home, epoch, state")
+    state = value.get("state", "normal")
+    if state not in ("normal", "failed_over", "moving"):
+        raise SyncProtocolError(f"unknown ownership state {state!r}")
+    return (
+        _str(value.get("owner"), "owner", 64),
+        _str(value.get("home"), "home", 64),
+        _int(value.get("epoch"), "epoch", 0),
+        str(state),
+    )
+
+
+def encode_frames(items: Iterable[tuple[str, bytes]]) -> Iterator[bytes]:
+    for guid, data in items:
+        yield f"{guid} {len(data)}\n".encode() + data
+
+
+def decode_frames(data: bytes, limit_count: int = 1_000_000) -> list[tuple[str, bytes]]:
+    """Split and verify frames: every frame's bytes must hash to its GUID."""
+    out: list[tuple[str, bytes]] = []
+    view = memoryview(data)
+    pos = 0
+    while pos < len(data):
+        newline = data.find(b"\n", pos, pos + 80)
+        if newline < 0:
+            raise SyncProtocolError(f"bad frame header at offset {pos}")
+        try:
+            guid_text, length_text = data[pos:newline].decode("ascii").split(" ")
+            length = int(length_text)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise SyncProtocolError(f"bad frame header at offset {pos}") from exc
+        guid = _guid(guid_text)
+        if not 0 <= length <= MAX_FRAME or newline + 1 + length > len(data):
+            raise SyncProtocolError(f"frame for {guid} is truncated or too large")
+        body = bytes(view[newline + 1 : newline + 1 + length])
+        if guid_of(body) != guid:
+            raise SyncProtocolError(f"frame bytes do not match GUID {guid}")
+        out.append((guid, body))
+        pos = newline + 1 + length
+        if len(out) > limit_count:
+            raise SyncProtocolError("too many frames in one request")
+    return out

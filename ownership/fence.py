@@ -1,0 +1,85 @@
+"""The sync fence: may this sender change this account here, at this epoch?
+
+How this works: every sync request names the account and carries the
+sender's ownership row (owner, home, epoch, state). The receiver refuses
+(:class:`SyncRefused`, HTTP 409 on the wire, with its own row so the sender
+can learn) when it owns the account itself at an epoch at least as high, or
+knows a higher epoch than the sender's. Otherwise it adopts the sender's row
+when that is newer (a node never lowers an epoch) and lets the request
+through. The check runs inside the transaction that applies the request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from engine.errors import SyncRefused
+from ownership import table
+from ownership.models import Ownership
+
+__all__ = ["OwnershipView", "SyncFenced", "check_sync", "row_view"]
+
+
+@dataclass(frozen=True, slots=True)
+class OwnershipView:
+    account: str
+    owner: str
+    home: str
+    epoch: int
+    state: str
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "account": self.account,
+            "owner": self.owner,
+            "home": self.home,
+            "epoch": self.epoch,
+            "state": self.state,
+        }
+
+
+def row_view(row: Ownership) -> OwnershipView:
+    return OwnershipView(row.account, row.owner, row.home, row.epoch, row.state)
+
+
+class SyncFenced(SyncRefused):
+    """Refused by the fence; ``current`` is the receiver's row."""
+
+    def __init__(self, message: str, current: OwnershipView | None) -> None:
+        super().__init__(message)
+        self.current = current
+
+
+def check_sync(session: Session, me: str, account: str, sender: OwnershipView) -> OwnershipView:
+    """Raise :class:`SyncFenced` or adopt the sender's row; returns the row in force."""
+    if sender.owner == me:
+        raise SyncFenced(
+            f"the sender says {me} owns {account}; a node does not sync to itself", None
+        )
+    row = table.get(session, account)
+    if row is not None:
+        mine = row_view(row)
+        if row.epoch > sender.epoch:
+            raise SyncFenced(
+                f"stale epoch for {account}: sent {sender.epoch}, known {row.epoch} "
+                f"(owner {row.owner})",
+                mine,
+            )
+        if row.owner == me and row.epoch >= sender.epoch:
+            raise SyncFenced(
+                f"{me} owns {account} at epoch {row.epoch}; refusing changes from "
+                f"{sender.owner} at epoch {sender.epoch}",
+                mine,
+            )
+    table.adopt(
+        session,
+        account,
+        owner=sender.owner,
+        home=sender.home,
+        epoch=sender.epoch,
+        state=sender.state,
+        reason=f"learned from {sender.owner}",
+    )
+    return sender

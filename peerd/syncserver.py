@@ -1,0 +1,317 @@
+"""The sync listener (the csync service, default port 2005): what a replica answers.
+
+How this works: an aiohttp application under ``/sync/v1`` on its own
+listener. The partner authenticates with HTTP Basic as ``sync_authname`` /
+``sync_password`` — the pair's replication admin; anything else is refused
+with 401 and logged. TLS is on when ``[tls] cert``/``key`` are set. Bodies are
+JSON or message frames (:mod:`engine.syncwire`), zlib-compressed when the
+request says ``X-Sync-Encoding: zlib`` (the answer is then compressed too).
+Requests that change an account pass the ownership fence
+(:mod:`ownership.fence`) inside the transaction that applies them; a refusal
+is a 409 whose body carries this node's ownership row. ``docs/protocol.md``
+lists every request.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy.orm import Session
+
+from engine import synclog
+from engine.apply import apply_push
+from engine.errors import EngineError, SyncProtocolError
+from engine.syncstate import known_guids, read_account_state
+from engine.syncwire import (
+    decode_frames,
+    decode_json,
+    decode_push,
+    decode_summary,
+    decompress,
+    encode_account_state,
+    encode_frames,
+    encode_json,
+    encode_summary,
+    ownership_of,
+)
+from ownership import table as ownership_table
+from ownership.fence import OwnershipView, SyncFenced, check_sync, row_view
+from peerd.errormap import http_status
+from peerd.node import Node
+
+__all__ = ["SyncServer", "start_sync_listener"]
+
+log = logging.getLogger("peerd.sync.server")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class SyncServer:
+    """Handlers of the sync listener, bound to one node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        sync = node.config.sync
+        self.max_request = sync.sync_max_request
+        self._expected = (
+            "Basic "
+            + base64.b64encode(f"{sync.sync_authname}:{sync.sync_password}".encode()).decode()
+        ).encode()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.refused = 0
+
+    # -- plumbing ----------------------------------------------------------
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        sync = self.node.config.sync
+        given = request.headers.get("Authorization", "").encode()
+        if (
+            not sync.sync_authname
+            or not sync.sync_password
+            or not hmac.compare_digest(given, self._expected)
+        ):
+            self.refused += 1
+            self.node.counters.inc("sync_auth_failures")
+            log.warning(
+                "sync: refused %s from %s: wrong or missing credentials",
+                request.path,
+                request.remote,
+            )
+            return web.json_response(
+                {"error": "unauthorized", "detail": "sync_authname/sync_password required"},
+                status=401,
+                headers={"WWW-Authenticate": 'Basic realm="peerd-sync"'},
+            )
+        try:
+            return await handler(request)
+        except SyncFenced as exc:
+            self.node.counters.inc("sync_fenced")
+            log.warning("sync: %s", exc.message)
+            body: dict[str, Any] = {"error": exc.code, "detail": exc.message}
+            if exc.current is not None:
+                body["ownership"] = exc.current.to_json()
+            return web.json_response(body, status=409)
+        except EngineError as exc:
+            log.warning("sync: %s refused: %s", request.path, exc.message)
+            return web.json_response(
+                {"error": exc.code, "detail": exc.message}, status=http_status(exc)
+            )
+
+    async def body(self, request: web.Request) -> bytes:
+        if request.content_length is not None and request.content_length > self.max_request:
+            raise SyncProtocolError(
+                f"request of {request.content_length} bytes exceeds {self.max_request}"
+            )
+        raw = await request.read()
+        self.bytes_in += len(raw)
+        self.node.counters.inc("sync_bytes_received", len(raw))
+        if request.headers.get("X-Sync-Encoding") == "zlib":
+            return decompress(raw, self.max_request)
+        return raw
+
+    def reply(
+        self, request: web.Request, data: bytes, content_type: str = "application/json"
+    ) -> web.Response:
+        headers = {}
+        if request.headers.get("X-Sync-Encoding") == "zlib":
+            from engine.syncwire import compress
+
+            data = compress(data)
+            headers["X-Sync-Encoding"] = "zlib"
+        self.bytes_out += len(data)
+        self.node.counters.inc("sync_bytes_sent", len(data))
+        return web.Response(body=data, content_type=content_type, headers=headers)
+
+    @staticmethod
+    def sender(body: dict[str, Any]) -> OwnershipView:
+        account = body.get("account")
+        if not isinstance(account, str) or not account:
+            raise SyncProtocolError("account is required")
+        owner, home, epoch, state = ownership_of(body.get("ownership"))
+        return OwnershipView(account, owner, home, epoch, state)
+
+    # -- requests ----------------------------------------------------------
+
+    async def hello(self, request: web.Request) -> web.Response:
+        await self.body(request)
+        return self.reply(request, encode_json({"node": self.node.name, "service": "peerd-sync/1"}))
+
+    async def user_some(self, request: web.Request) -> web.Response:
+        body = decode_json(await self.body(request))
+        view = self.sender(body)
+        summaries = {}
+        for item in body.get("summaries", []) if isinstance(body.get("summaries"), list) else []:
+            summary = decode_summary(item)
+            summaries[summary.uniqueid] = summary
+
+        def read(session: Session) -> dict[str, Any]:
+            check_sync(session, self.node.name, view.account, view)
+            state = read_account_state(session, view.account, records_for=summaries)
+            return encode_account_state(state)
+
+        # Reads fence too: a node that owns the account never serves its
+        # state as a replica's (the caller would take it as stale).
+        state = await self.node.store.write(read, replaying=True)
+        return self.reply(request, encode_json({"state": state}))
+
+    async def reserve(self, request: web.Request) -> web.Response:
+        """Which of these GUIDs do we lack? (Cyrus RESERVE: held ones are never sent.)"""
+        body = decode_json(await self.body(request))
+        guids = body.get("guids")
+        if not isinstance(guids, list) or len(guids) > 1_000_000:
+            raise SyncProtocolError("guids must be a list")
+        spool = self.node.store.spool
+
+        def missing() -> list[str]:
+            return [g for g in guids if isinstance(g, str) and not spool.has(g)]
+
+        result = await self.node.store.run_blocking(missing)
+        return self.reply(request, encode_json({"missing": result}))
+
+    async def upload(self, request: web.Request) -> web.Response:
+        """Message bytes, as frames; verified, then made durable with one filesystem flush."""
+        data = await self.body(request)
+        spool = self.node.store.spool
+
+        def store() -> int:
+            frames = decode_frames(data)
+            dirs = spool.put_many(frames)
+            spool.fsync_dirs(dirs)
+            return len(frames)
+
+        stored = await self.node.store.run_blocking(store)
+        self.node.counters.inc("sync_messages_received", stored)
+        return self.reply(request, encode_json({"stored": stored}))
+
+    async def apply(self, request: web.Request) -> web.Response:
+        body = decode_json(await self.body(request))
+        view = self.sender(body)
+        push = decode_push(body.get("push"))
+        if push.account != view.account:
+            raise SyncProtocolError("push.account differs from account")
+        spool = self.node.store.spool
+
+        def write(session: Session) -> dict[str, Any]:
+            check_sync(session, self.node.name, view.account, view)
+            result = apply_push(session, push, spool.has)
+            if push.delete_account:
+                ownership_table.delete(session, view.account)
+            return {
+                "summaries": [encode_summary(s) for s in result.summaries],
+                "mismatched": result.mismatched,
+            }
+
+        result = await self.node.store.write(write, replaying=True)
+        self.node.counters.inc("sync_applied")
+        return self.reply(request, encode_json(result))
+
+    async def fetch(self, request: web.Request) -> web.Response:
+        """Bytes of messages only we hold, for the owner's no-loss repairs."""
+        body = decode_json(await self.body(request))
+        view = self.sender(body)
+        guids = body.get("guids")
+        if not isinstance(guids, list) or len(guids) > 100_000:
+            raise SyncProtocolError("guids must be a list")
+
+        def allowed(session: Session) -> frozenset[str]:
+            check_sync(session, self.node.name, view.account, view)
+            return known_guids(session, view.account, [g for g in guids if isinstance(g, str)])
+
+        permitted = await self.node.store.write(allowed, replaying=True)
+        spool = self.node.store.spool
+
+        def read() -> bytes:
+            return b"".join(encode_frames((g, spool.read(g)) for g in sorted(permitted)))
+
+        return self.reply(
+            request, await self.node.store.run_blocking(read), "application/octet-stream"
+        )
+
+    async def ownership(self, request: web.Request) -> web.Response:
+        """Exchange ownership rows: adopt the sender's higher epochs, answer with ours."""
+        body = decode_json(await self.body(request))
+        rows = body.get("rows", [])
+        if not isinstance(rows, list):
+            raise SyncProtocolError("rows must be a list")
+        parsed = []
+        for item in rows:
+            if not isinstance(item, dict) or not isinstance(item.get("account"), str):
+                raise SyncProtocolError("each row needs an account")
+            owner, home, epoch, state = ownership_of(item)
+            parsed.append(OwnershipView(item["account"], owner, home, epoch, state))
+
+        def exchange(session: Session) -> list[dict[str, object]]:
+            for view in parsed:
+                ownership_table.adopt(
+                    session,
+                    view.account,
+                    owner=view.owner,
+                    home=view.home,
+                    epoch=view.epoch,
+                    state=view.state,
+                    reason="learned from partner",
+                )
+            session.flush()
+            return [row_view(r).to_json() for r in ownership_table.list_rows(session)]
+
+        result = await self.node.store.write(exchange, replaying=True)
+        return self.reply(request, encode_json({"rows": result}))
+
+    async def request_sync(self, request: web.Request) -> web.Response:
+        """The partner asks us to sync these accounts to it (it just became their replica)."""
+        body = decode_json(await self.body(request))
+        accounts = body.get("accounts", [])
+        if not isinstance(accounts, list) or len(accounts) > 1_000_000:
+            raise SyncProtocolError("accounts must be a list")
+
+        def queue(session: Session) -> int:
+            n = 0
+            for name in accounts:
+                row = ownership_table.get(session, str(name))
+                if row is not None and row.owner == self.node.name:
+                    synclog.record(session, row.account, "", "account")
+                    n += 1
+            return n
+
+        queued = await self.node.store.write(queue)
+        return self.reply(request, encode_json({"queued": queued}))
+
+    def app(self) -> web.Application:
+        app = web.Application(
+            middlewares=[self.middleware], client_max_size=self.max_request + 1024
+        )
+        app.router.add_post("/sync/v1/hello", self.hello)
+        app.router.add_post("/sync/v1/user_some", self.user_some)
+        app.router.add_post("/sync/v1/reserve", self.reserve)
+        app.router.add_post("/sync/v1/upload", self.upload)
+        app.router.add_post("/sync/v1/apply", self.apply)
+        app.router.add_post("/sync/v1/fetch", self.fetch)
+        app.router.add_post("/sync/v1/ownership", self.ownership)
+        app.router.add_post("/sync/v1/request_sync", self.request_sync)
+        return app
+
+
+def server_tls(node: Node) -> ssl.SSLContext | None:
+    tls = node.config.tls
+    if tls.cert is None or tls.key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert, tls.key)
+    return context
+
+
+async def start_sync_listener(node: Node, host: str, port: int) -> tuple[SyncServer, web.AppRunner]:
+    server = SyncServer(node)
+    runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=server_tls(node), reuse_address=True)
+    await site.start()
+    return server, runner
