@@ -270,6 +270,11 @@ def apply_repairs(session: Session, account_name: str, repairs: Repairs) -> Repa
     account = find_account(session, account_name)
     if account is None:
         raise SyncProtocolError(f"no account {account_name} here to repair")
+    for uniqueid, last_uid in repairs.raise_last_uid:
+        box = get_mailbox_by_uniqueid(session, uniqueid)
+        if box is not None and box.last_uid < last_uid:
+            box.last_uid = last_uid
+            synclog.record(session, account.name, box.uniqueid, "mailbox")
     for reassign in repairs.reassigns:
         mailbox = get_mailbox_by_uniqueid(session, reassign.uniqueid)
         if mailbox is None:

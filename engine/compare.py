@@ -59,10 +59,12 @@ class Reassign:
 class Repairs:
     pulls: tuple[Pull, ...] = ()
     reassigns: tuple[Reassign, ...] = ()
+    # (uniqueid, last_uid): the replica used UIDs we have not; never reuse them.
+    raise_last_uid: tuple[tuple[str, int], ...] = ()
 
     @property
     def empty(self) -> bool:
-        return not self.pulls and not self.reassigns
+        return not self.pulls and not self.reassigns and not self.raise_last_uid
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +115,7 @@ def compare(
     own_by_name = {m.summary.name: uid for uid, m in own.items()}
     pulls: list[Pull] = []
     reassigns: list[Reassign] = []
+    raise_last_uid: list[tuple[str, int]] = []
     deletes: list[str] = []
     pushes: list[MailboxPush] = []
     unchanged: list[str] = []
@@ -200,6 +203,8 @@ def compare(
                 # Delta: the owner expunged it after the base the replica holds.
                 expunges.append(uid)
         last = max(mine.summary.last_uid, theirs_state.summary.last_uid)
+        if last > mine.summary.last_uid and not conflicts and not pulled:
+            raise_last_uid.append((uniqueid, last))
         if conflicts:
             reassigns.append(Reassign(uniqueid, tuple(conflicts), last))
         if pulled:
@@ -227,4 +232,4 @@ def compare(
         subscriptions=subscriptions,
         unchanged=tuple(unchanged),
     )
-    return Repairs(tuple(pulls), tuple(reassigns)), push
+    return Repairs(tuple(pulls), tuple(reassigns), tuple(raise_last_uid)), push

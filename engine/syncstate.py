@@ -32,6 +32,7 @@ __all__ = [
     "RecordState",
     "known_guids",
     "local_records",
+    "owner_view",
     "read_account_state",
     "summary_of",
 ]
@@ -235,6 +236,38 @@ def known_guids(session: Session, account: str, guids: Iterable[str]) -> frozens
             )
         )
     return frozenset(found)
+
+
+def owner_view(
+    session: Session, *, account: str, replica: AccountState, include: set[str] | None = None
+) -> tuple[AccountState, dict[str, tuple[RecordState, ...]], frozenset[str]]:
+    """The owner's side of a compare, given what the replica sent.
+
+    Records are loaded only for mailboxes the replica flagged or lacks: all
+    live records where it sent all of its own (or nothing), the delta since its
+    ``sync_base`` plus the UIDs it sent otherwise. ``known`` tells which of the
+    replica's GUIDs this account ever held.
+    """
+    from engine.mailbox import get_mailbox_by_uniqueid
+
+    own = read_account_state(session, account, include=include)
+    theirs = replica.by_uniqueid()
+    records: dict[str, tuple[RecordState, ...]] = {}
+    for m in own.mailboxes:
+        r = theirs.get(m.summary.uniqueid)
+        if r is not None and r.mode == "none":
+            continue
+        mailbox = get_mailbox_by_uniqueid(session, m.summary.uniqueid)
+        if mailbox is None:
+            continue
+        if r is not None and r.mode == "delta":
+            records[m.summary.uniqueid] = local_records(
+                session, mailbox, since=r.summary.sync_base, uids=[x.uid for x in r.records]
+            )
+        else:
+            records[m.summary.uniqueid] = local_records(session, mailbox)
+    candidates = [r.guid for m in replica.mailboxes for r in m.records if not r.expunged]
+    return own, records, known_guids(session, account, candidates)
 
 
 def acl_dict(acl: str) -> dict[str, str]:

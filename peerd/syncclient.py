@@ -40,14 +40,7 @@ from engine import synclog
 from engine.apply import apply_repairs
 from engine.compare import Push, Repairs, compare
 from engine.errors import SyncError, SyncProtocolError, SyncRefused
-from engine.mailbox import get_mailbox_by_uniqueid
-from engine.syncstate import (
-    AccountState,
-    RecordState,
-    known_guids,
-    local_records,
-    read_account_state,
-)
+from engine.syncstate import AccountState, owner_view, read_account_state
 from engine.syncwire import (
     compress,
     decode_account_state,
@@ -245,7 +238,7 @@ class SyncClient:
             if include is not None:
                 replica = _restrict(replica, include)
             owner_state, owner_records, known = await store.read(
-                partial(self._owner_view, account=account, replica=replica, include=include)
+                partial(owner_view, account=account, replica=replica, include=include)
             )
             report.records_compared += sum(len(r) for r in owner_records.values()) + sum(
                 len(m.records) for m in replica.mailboxes
@@ -287,29 +280,6 @@ class SyncClient:
         if view is None and not state.exists:
             view = OwnershipView(account, self.node.name, self.node.name, 0, "normal")
         return view, rows, summaries, include
-
-    def _owner_view(
-        self, session: Session, *, account: str, replica: AccountState, include: set[str] | None
-    ) -> tuple[AccountState, dict[str, tuple[RecordState, ...]], frozenset[str]]:
-        own = read_account_state(session, account, include=include)
-        theirs = replica.by_uniqueid()
-        records: dict[str, tuple[RecordState, ...]] = {}
-        for m in own.mailboxes:
-            r = theirs.get(m.summary.uniqueid)
-            if r is not None and r.mode == "none":
-                continue
-            mailbox = get_mailbox_by_uniqueid(session, m.summary.uniqueid)
-            if mailbox is None:
-                continue
-            if r is not None and r.mode == "delta":
-                records[m.summary.uniqueid] = local_records(
-                    session, mailbox, since=r.summary.sync_base, uids=[x.uid for x in r.records]
-                )
-            else:
-                records[m.summary.uniqueid] = local_records(session, mailbox)
-        candidates = [r.guid for m in replica.mailboxes for r in m.records if not r.expunged]
-        known = known_guids(session, account, candidates)
-        return own, records, known
 
     async def _repair(
         self,
