@@ -54,7 +54,7 @@ def guid_of(data: bytes) -> str:
 class Spool:
     """The GUID spool under ``root``. Thread-safe: every method may run in any thread."""
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, *, clean: bool = True) -> None:
         self.root = Path(root)
         self.tmp = self.root / "tmp"
         self._counter = 0
@@ -69,9 +69,11 @@ class Spool:
                 created = True
         if created:
             self.fsync_dirs([self.root])
-        # Temp files left by a crash are never referenced: drop them.
-        for leftover in self.tmp.iterdir():
-            leftover.unlink(missing_ok=True)
+        # Temp files left by a crash are never referenced: drop them (only
+        # the daemon that owns the spool does this, at start).
+        if clean:
+            for leftover in self.tmp.iterdir():
+                leftover.unlink(missing_ok=True)
 
     def path(self, guid: str) -> Path:
         if not GUID_RE.match(guid):

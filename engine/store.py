@@ -76,10 +76,12 @@ def translate_db_error(exc: BaseException) -> BaseException:
 class Store:
     """The mail store of one node."""
 
-    def __init__(self, url: str, data_dir: Path | str) -> None:
+    def __init__(self, url: str, data_dir: Path | str, *, owner: bool = True) -> None:
+        """``owner`` False: a second process (an admin tool, a test) opening a
+        running node's store; it must not clean the node's spool."""
         self.url = url
         self.data_dir = Path(data_dir)
-        self.spool = Spool(self.data_dir / "spool")
+        self.spool = Spool(self.data_dir / "spool", clean=owner)
         self.engine: Engine = make_engine(url, immediate=True)
         self.read_engine: Engine = make_engine(url)
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()

@@ -14,6 +14,7 @@ import datetime as dt
 import shutil
 import tempfile
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -56,17 +57,17 @@ def sync(owner: Store, replica: Store, account: str = ACCOUNT) -> dict[str, int]
             }
         )
         theirs = replica.write_sync(
-            lambda s: read_account_state(s, account, records_for=summaries), replaying=True
+            partial(read_account_state, name=account, records_for=summaries), replaying=True
         )
-        own, records, known = owner.read_sync(
-            lambda s: owner_view(s, account=account, replica=theirs)
-        )
+        own, records, known = owner.read_sync(partial(owner_view, account=account, replica=theirs))
         repairs, push = compare(own, records, theirs, known)
         if not repairs.empty:
             guids = {r.guid for p in repairs.pulls for r in p.records}
             frames = [(g, replica.spool.read(g)) for g in sorted(guids)]
             dirs = owner.spool.put_many(frames)
-            result = owner.write_sync(lambda s: apply_repairs(s, account, repairs), dirs=dirs)
+            result = owner.write_sync(
+                partial(apply_repairs, account_name=account, repairs=repairs), dirs=dirs
+            )
             counts["copied"] += result.copied
             counts["reassigned"] += result.reassigned
             continue
@@ -75,7 +76,7 @@ def sync(owner: Store, replica: Store, account: str = ACCOUNT) -> dict[str, int]
         needed = {r.guid for mp in push.mailboxes for r in mp.upserts}
         frames = [(g, owner.spool.read(g)) for g in sorted(needed) if not replica.spool.has(g)]
         replica.spool.fsync_dirs(replica.spool.put_many(frames))
-        replica.write_sync(lambda s: apply_push(s, push, replica.spool.has), replaying=True)
+        replica.write_sync(partial(apply_push, push=push, has=replica.spool.has), replaying=True)
     raise AssertionError(f"sync did not converge: {counts}")
 
 
@@ -156,7 +157,7 @@ def run_op(store: Store, step: tuple[Any, ...], tag: str) -> None:
                 + b"\r\n\r\n"
                 + step[2]
             )
-            guid, directory = store.spool.put(data)
+            guid, _ = store.spool.put(data)
             messages.append(
                 s, acct, box, guid=guid, size=len(data), internaldate=dt.datetime.now(dt.UTC)
             )
