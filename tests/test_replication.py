@@ -1,0 +1,343 @@
+"""Replication between two real daemons on loopback (issue 3).
+
+Changes "behind the owner's back" are made the way they happen for real: by
+writing to the replica's own store (its database and spool) from another
+process, which is what a local delivery or an IMAP client on the replica
+would do. Partners are killed with SIGKILL and restarted for real.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import smtplib
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine import accounts, mailbox, messages
+from engine.store import Store
+from tests.nodes import Node, make_pair, make_single
+from tests.procs import wait_until
+
+
+def deliver(node: Node, rcpt: str, subject: str, body: bytes = b"hello\r\n") -> None:
+    with smtplib.LMTP("127.0.0.1", node.ports["lmtp"]) as lmtp:
+        message = f"Subject: {subject}\r\nMessage-ID: <{subject}@test>\r\n\r\n".encode() + body
+        lmtp.sendmail("sender@example.test", [rcpt], message)
+
+
+def boxes(node: Node, account: str) -> dict[str, Any]:
+    from urllib.parse import quote
+
+    listing = node.call("GET", f"/v1/accounts/{quote(account)}/mailboxes")
+    return {
+        m["uniqueid"]: (m["name"], m["last_uid"], m["checksum"], m["exists"])
+        for m in listing["mailboxes"]
+    }
+
+
+def records(
+    node: Node, account: str, name: str = "INBOX"
+) -> list[tuple[int, str, tuple[str, ...]]]:
+    box = node.mailbox(account, name)
+    return [(m["uid"], m["guid"], tuple(m["flags"])) for m in box["messages"]]
+
+
+def converged(a: Node, b: Node, account: str) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            return boxes(a, account) == boxes(b, account)
+        except urllib.error.HTTPError:
+            return False
+
+    return check
+
+
+def open_store(node: Node) -> Store:
+    """The node's own store, opened from this process (the daemon keeps running)."""
+    return Store(f"sqlite:///{node.db_path}", node.workdir / "var" / node.name, owner=False)
+
+
+def test_delivery_reaches_the_partner_and_replicate_v_prints_the_seed_steps(
+    pair: tuple[Node, Node],
+) -> None:
+    alpha, beta = pair
+    alpha.add_account("dpc22")
+    for i in range(3):
+        deliver(alpha, "dpc22@example.test", f"m{i}")
+    wait_until(converged(alpha, beta, "dpc22"), 10, "beta to have dpc22's mail")
+    assert [r[1] for r in records(alpha, "dpc22")] == [r[1] for r in records(beta, "dpc22")]
+    report = alpha.replicate("dpc22")["reports"][0]
+    assert report["steps"][:2] == ["MAILBOXES INBOX", "USER_SOME dpc22"]
+    assert report["steps"][-1] == "ENDUSER"
+    assert report["uploaded"] == 0 and report["records_compared"] == 0
+
+
+def test_seed_example_replica_damage_is_undone(pair: tuple[Node, Node]) -> None:
+    """The seed's user.dpc22 session: on the replica, expunge UID 1 and set
+    (hello world) on the last UID; replicate; the replica is back."""
+    alpha, beta = pair
+    alpha.add_account("dpc22")
+    for i in range(5):
+        deliver(alpha, "dpc22@example.test", f"seed{i}")
+    wait_until(converged(alpha, beta, "dpc22"), 10, "initial sync")
+    before = records(beta, "dpc22")
+    store = open_store(beta)
+    try:
+
+        def damage(s: Any) -> None:
+            acct = accounts.get_account(s, "dpc22")
+            box = mailbox.get_mailbox(s, acct, "INBOX")
+            messages.expunge(s, acct, box, [1])
+            messages.set_flags(s, acct, box, [5], ["hello", "world"], mode="add")
+
+        store.write_sync(damage)
+    finally:
+        store.close()
+    damaged = records(beta, "dpc22")
+    assert damaged != before and 1 not in [r[0] for r in damaged]
+    report = alpha.replicate("dpc22", mailboxes=["INBOX"])["reports"][0]
+    steps = report["steps"]
+    assert steps[0] == "MAILBOXES INBOX" and "SELECT INBOX" in steps and steps[-1] == "ENDUSER"
+    assert any(s.startswith("SETFLAGS [") for s in steps)
+    assert records(beta, "dpc22") == before == records(alpha, "dpc22")
+
+
+def test_moved_messages_are_never_uploaded_again(pair: tuple[Node, Node]) -> None:
+    alpha, beta = pair
+    alpha.add_account("mover")
+    for i in range(20):
+        deliver(alpha, "mover@example.test", f"move{i}", b"x" * 5000 + b"\r\n")
+    wait_until(converged(alpha, beta, "mover"), 10, "initial sync")
+    store = open_store(alpha)
+    try:
+
+        def move(s: Any) -> None:
+            acct = accounts.get_account(s, "mover")
+            src = mailbox.get_mailbox(s, acct, "INBOX")
+            dst = mailbox.create_mailbox(s, acct, "zzz")
+            messages.move_messages(s, acct, src, dst, list(range(1, 11)))
+
+        store.write_sync(move)
+    finally:
+        store.close()
+    report = alpha.replicate("mover")["reports"][0]
+    assert report["uploaded"] == 0, report["steps"]
+    assert any(s.startswith("RESERVE [10 msgs]") for s in report["steps"]), report["steps"]
+    assert "EXPUNGE [10 msgs]" in report["steps"]
+    assert report["bytes_sent"] < 0.3 * 10 * 5000
+    wait_until(converged(alpha, beta, "mover"), 10, "move replicated")
+    assert len(records(beta, "mover", "zzz")) == 10
+
+
+def test_partner_killed_mid_sync_then_convergence(pair: tuple[Node, Node]) -> None:
+    alpha, beta = pair
+    alpha.add_account("bulk")
+    big = b"y" * 200_000 + b"\r\n"
+    for i in range(40):
+        deliver(alpha, "bulk@example.test", f"bulk{i}", big if i % 4 == 0 else b"small\r\n")
+    beta.kill9()
+    for i in range(40, 60):
+        deliver(alpha, "bulk@example.test", f"bulk{i}")
+    status = alpha.call("GET", "/v1/status")["replication"]
+    assert status["sync_log_depth"] >= 1
+    beta.start()
+    wait_until(converged(alpha, beta, "bulk"), 20, "convergence after the partner's restart")
+    assert len(records(beta, "bulk")) == 60
+    wait_until(
+        lambda: alpha.call("GET", "/v1/status")["replication"]["sync_log_depth"] == 0,
+        10,
+        "log drained",
+    )
+
+
+def test_split_writes_on_both_sides_keep_every_message(pair: tuple[Node, Node]) -> None:
+    alpha, beta = pair
+    alpha.add_account("split")
+    for i in range(3):
+        deliver(alpha, "split@example.test", f"common{i}")
+    wait_until(converged(alpha, beta, "split"), 10, "initial sync")
+    beta.stop()
+    # Beta, cut off, takes mail for the account (as after a failover).
+    store = open_store(beta)
+    try:
+
+        def deliver_on_beta(s: Any) -> None:
+            import datetime as dt
+
+            acct = accounts.get_account(s, "split")
+            box = mailbox.get_mailbox(s, acct, "INBOX")
+            for i in range(2):
+                data = f"Subject: beta-only {i}\r\n\r\nkept\r\n".encode()
+                guid, _ = store.spool.put(data)
+                messages.append(
+                    s, acct, box, guid=guid, size=len(data), internaldate=dt.datetime.now(dt.UTC)
+                )
+
+        store.write_sync(deliver_on_beta)
+    finally:
+        store.close()
+    for i in range(2):
+        deliver(alpha, "split@example.test", f"alpha-only{i}")
+    alpha_guids = {r[1] for r in records(alpha, "split")}
+    beta.start()
+    wait_until(converged(alpha, beta, "split"), 20, "convergence after the split")
+    final_alpha = records(alpha, "split")
+    final_beta = records(beta, "split")
+    assert final_alpha == final_beta
+    assert len(final_alpha) == 7  # 3 common + 2 from each side
+    assert alpha_guids <= {r[1] for r in final_alpha}
+    uids = [r[0] for r in final_alpha]
+    assert len(uids) == len(set(uids))
+    # UIDs 4 and 5 named different messages on the two sides: neither keeps them.
+    assert not {4, 5} & set(uids)
+    assert alpha.call("GET", "/v1/status")["counters"].get("conflicts_repaired", 0) >= 4
+
+
+def test_rename_delete_seen_subscriptions_quota_acl_follow(pair: tuple[Node, Node]) -> None:
+    alpha, beta = pair
+    alpha.add_account("follow", quota_limit=10_000_000)
+    deliver(alpha, "follow@example.test", "f1")
+    wait_until(converged(alpha, beta, "follow"), 10, "initial sync")
+    store = open_store(alpha)
+    try:
+
+        def change(s: Any) -> None:
+            acct = accounts.get_account(s, "follow")
+            mailbox.create_mailbox(s, acct, "Old")
+            mailbox.create_mailbox(s, acct, "Gone")
+            mailbox.subscribe(s, acct, "Old")
+            box = mailbox.get_mailbox(s, acct, "INBOX")
+            messages.set_flags(s, acct, box, [1], ["\\Seen"], mode="add")
+            mailbox.set_acl(s, acct, "INBOX", {"follow": "lrswipkxtecda", "anyone": "lr"})
+            accounts.set_quota(s, "follow", 5_000_000)
+
+        store.write_sync(change)
+        wait_until(converged(alpha, beta, "follow"), 10, "changes replicated")
+        uniqueids = {v[0]: k for k, v in boxes(beta, "follow").items()}
+
+        def rename(s: Any) -> None:
+            acct = accounts.get_account(s, "follow")
+            mailbox.rename_mailbox(s, acct, "Old", "New")
+            mailbox.delete_mailbox(s, acct, "Gone")
+
+        store.write_sync(rename)
+    finally:
+        store.close()
+    wait_until(converged(alpha, beta, "follow"), 10, "rename replicated")
+    after = {v[0]: k for k, v in boxes(beta, "follow").items()}
+    assert after["New"] == uniqueids["Old"]  # renamed by uniqueid
+    assert "Gone" not in after and "Old" not in after
+    listing = beta.call("GET", "/v1/accounts/follow/mailboxes")
+    assert "New" in listing["subscriptions"]
+    inbox = next(m for m in listing["mailboxes"] if m["name"] == "INBOX")
+    assert inbox["acl"] == {"follow": "lrswipkxtecda", "anyone": "lr"}
+    assert records(beta, "follow")[0][2] == ("\\Seen",)
+    assert beta.call("GET", "/v1/accounts/follow")["quota_limit"] == 5_000_000
+
+
+def _sync_post(
+    node: Node, path: str, body: bytes, auth: tuple[str, str] | None
+) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{node.ports['sync']}/sync/v1/{path}", data=body, method="POST"
+    )
+    if auth is not None:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_bad_sync_requests_are_refused_without_state_change(pair: tuple[Node, Node]) -> None:
+    alpha, beta = pair
+    alpha.add_account("fence")
+    deliver(alpha, "fence@example.test", "f")
+    wait_until(converged(alpha, beta, "fence"), 10, "initial sync")
+    before = boxes(beta, "fence")
+    good = ("repl", "repl-secret")
+    status, body = _sync_post(beta, "hello", b"{}", ("repl", "wrong"))
+    assert status == 401
+    status, _ = _sync_post(beta, "hello", b"{}", None)
+    assert status == 401
+    stale = {
+        "account": "fence",
+        "ownership": {"owner": "alpha", "home": "alpha", "epoch": 0, "state": "normal"},
+        "push": {"account": "fence", "deletes": list(before)},
+    }
+    # The account's epoch on beta is 1: epoch 0 is stale.
+    status, body = _sync_post(beta, "apply", json.dumps(stale).encode(), good)
+    assert status == 409 and body["ownership"]["epoch"] == 1
+    # Claiming that beta itself owns it is refused too.
+    mine = dict(stale, ownership={"owner": "beta", "home": "beta", "epoch": 5, "state": "normal"})
+    status, _ = _sync_post(beta, "apply", json.dumps(mine).encode(), good)
+    assert status == 409
+    status, body = _sync_post(beta, "apply", b"{not json", good)
+    assert status == 400 and body["error"] == "sync_protocol_error"
+    bad_record = {
+        "account": "fence",
+        "ownership": {"owner": "alpha", "home": "alpha", "epoch": 1, "state": "normal"},
+        "push": {
+            "account": "fence",
+            "mailboxes": [{"summary": {"uniqueid": "zz"}, "upserts": [[0, "nope"]]}],
+        },
+    }
+    status, _ = _sync_post(beta, "apply", json.dumps(bad_record).encode(), good)
+    assert status == 400
+    status, _ = _sync_post(beta, "upload", b"0" * 40 + b" 5\nabcde", good)
+    assert status == 400  # bytes that do not hash to their GUID
+    assert boxes(beta, "fence") == before
+
+
+def test_compression_gives_identical_results_and_saves_bytes(tmp_path: Path) -> None:
+    alpha, beta = make_pair(tmp_path, {"alpha": {"sync": {"sync_log": False}}})
+    gamma = make_single(tmp_path, "gamma")
+    try:
+        for node in (alpha, beta, gamma):
+            node.start()
+        alpha.add_account("zip")
+        for i in range(30):
+            deliver(alpha, "zip@example.test", f"zip{i}", (b"compressible text line\r\n" * 200))
+        plain = alpha.replicate("zip", compress=False)["reports"][0]
+        packed = alpha.replicate("zip", compress=True, target=f"127.0.0.1:{gamma.ports['sync']}")[
+            "reports"
+        ][0]
+        assert boxes(beta, "zip") == boxes(gamma, "zip") == boxes(alpha, "zip")
+        assert records(beta, "zip") == records(gamma, "zip")
+        assert packed["bytes_sent"] < plain["bytes_sent"] / 3
+    finally:
+        for node in (alpha, beta, gamma):
+            node.stop()
+
+
+@pytest.mark.parametrize("mode", ["synchronous"])
+def test_synchronous_mode_acknowledges_after_the_partner_has_it(tmp_path: Path, mode: str) -> None:
+    alpha, beta = make_pair(
+        tmp_path, {"alpha": {"sync": {"sync_mode": mode, "sync_repeat_interval": "30s"}}}
+    )
+    try:
+        alpha.start()
+        beta.start()
+        alpha.add_account("sync1")
+        time.sleep(0.2)
+        alpha.replicate("sync1")
+        deliver(alpha, "sync1@example.test", "now")
+        # No waiting: the 250 came after beta had it.
+        assert len(records(beta, "sync1")) == 1
+        beta.kill9()
+        started = time.monotonic()
+        deliver(alpha, "sync1@example.test", "partner-down")
+        assert time.monotonic() - started < 10
+        assert alpha.call("GET", "/v1/status")["counters"].get("sync_synchronous_fallbacks", 0) >= 1
+    finally:
+        alpha.stop()
+        beta.stop()
