@@ -22,11 +22,27 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import Corrupt, InvalidArgument, StorageFull, TemporaryFailure
 
-__all__ = ["GUID_RE", "Spool", "guid_of"]
+__all__ = ["GUID_RE", "Spool", "Staged", "guid_of"]
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """Bytes written under a temp name (``tmp``; None when already spooled)."""
+
+    guid: str
+    tmp: Path | None
+    final: Path
+
+
+def _translate(exc: OSError) -> Exception:
+    if exc.errno in _FULL_ERRNOS:
+        return StorageFull(f"spool is full: {exc.strerror}")
+    return TemporaryFailure(f"spool write failed: {exc}")
 
 
 def _load_syncfs() -> Callable[[int], int] | None:
@@ -83,19 +99,20 @@ class Spool:
     def has(self, guid: str) -> bool:
         return self.path(guid).exists()
 
-    def put(self, data: bytes, guid: str | None = None) -> tuple[str, Path]:
-        """Store ``data`` durably (file fsynced, renamed into place).
+    def stage(self, data: bytes, guid: str | None = None) -> Staged:
+        """Write ``data`` to a temp file, not yet durable nor visible.
 
-        Returns the GUID and the directory whose fsync the caller must batch
-        (see :meth:`fsync_dirs`) before committing records that use it. When
-        ``guid`` is given (replication), it must match the bytes.
+        :meth:`commit` makes a list of staged files durable with one flush
+        and renames them into place; the store's committer does that for a
+        whole group commit. When ``guid`` is given (replication), it must
+        match the bytes.
         """
         actual = guid_of(data)
         if guid is not None and guid != actual:
             raise Corrupt(f"bytes do not match GUID {guid} (they hash to {actual})")
         final = self.path(actual)
         if final.exists():
-            return actual, final.parent
+            return Staged(actual, None, final)
         with self._lock:
             self._counter += 1
             n = self._counter
@@ -105,59 +122,56 @@ class Spool:
             try:
                 view = memoryview(data)
                 while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
+                    view = view[os.write(fd, view) :]
             finally:
                 os.close(fd)
-            os.rename(tmp, final)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            if exc.errno in _FULL_ERRNOS:
-                raise StorageFull(f"spool is full: {exc.strerror}") from exc
-            raise TemporaryFailure(f"spool write failed: {exc}") from exc
-        return actual, final.parent
+            raise _translate(exc) from exc
+        return Staged(actual, tmp, final)
+
+    def commit(self, staged: Iterable[Staged]) -> set[Path]:
+        """Make staged files durable (one ``syncfs(2)`` for all of them, or an
+        fsync each where syncfs is missing), then rename them into place.
+
+        Returns the directories to fsync before records that use them commit.
+        """
+        items = list(staged)
+        fresh = [s for s in items if s.tmp is not None]
+        try:
+            if fresh:
+                self._flush_files([s.tmp for s in fresh if s.tmp is not None])
+            for item in fresh:
+                assert item.tmp is not None
+                os.rename(item.tmp, item.final)
+        except OSError as exc:
+            for item in fresh:
+                if item.tmp is not None:
+                    item.tmp.unlink(missing_ok=True)
+            raise _translate(exc) from exc
+        return {item.final.parent for item in items}
+
+    def discard(self, staged: Iterable[Staged]) -> None:
+        for item in staged:
+            if item.tmp is not None:
+                item.tmp.unlink(missing_ok=True)
+
+    def put(self, data: bytes, guid: str | None = None) -> tuple[str, Path]:
+        """Store one message durably now; returns its GUID and the directory to fsync."""
+        item = self.stage(data, guid)
+        (directory,) = self.commit([item])
+        return item.guid, directory
 
     def put_many(self, items: Iterable[tuple[str, bytes]]) -> set[Path]:
-        """Store many verified messages with one flush of the filesystem.
-
-        Each file is written to a temp name without its own fsync; then one
-        ``syncfs(2)`` makes all of them durable at once (falling back to an
-        fsync per file where syncfs is missing), and only then are they
-        renamed into place. Returns the directories to fsync before commit.
-        """
-        pending: list[tuple[Path, Path]] = []
+        """Store many verified messages with one flush of the filesystem."""
+        staged: list[Staged] = []
         try:
             for guid, data in items:
-                final = self.path(guid)
-                if final.exists():
-                    pending.append((final, final))
-                    continue
-                with self._lock:
-                    self._counter += 1
-                    n = self._counter
-                tmp = self.tmp / f"{guid}.{os.getpid()}.{threading.get_ident()}.{n}"
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view) :]
-                finally:
-                    os.close(fd)
-                pending.append((tmp, final))
-            fresh = [(tmp, final) for tmp, final in pending if tmp != final]
-            if fresh:
-                self._flush_files([tmp for tmp, _ in fresh])
-            for tmp, final in fresh:
-                os.rename(tmp, final)
-        except OSError as exc:
-            for tmp, final in pending:
-                if tmp != final:
-                    tmp.unlink(missing_ok=True)
-            if exc.errno in _FULL_ERRNOS:
-                raise StorageFull(f"spool is full: {exc.strerror}") from exc
-            raise TemporaryFailure(f"spool write failed: {exc}") from exc
-        return {final.parent for _, final in pending}
+                staged.append(self.stage(data, guid))
+        except BaseException:
+            self.discard(staged)
+            raise
+        return self.commit(staged)
 
     def _flush_files(self, paths: list[Path]) -> None:
         if _syncfs is not None and len(paths) > 1:

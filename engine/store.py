@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from engine.db import make_engine
 from engine.errors import DatabaseBusy, EngineError, TemporaryFailure
-from engine.spool import Spool
+from engine.spool import Spool, Staged
 from engine.synclog import Change
 
 __all__ = ["Listener", "Store"]
@@ -54,6 +54,7 @@ class _Item:
     future: concurrent.futures.Future[Any]
     dirs: frozenset[Path]
     replaying: bool
+    staged: tuple[Staged, ...] = ()
 
 
 @dataclass(slots=True)
@@ -125,11 +126,12 @@ class Store:
         *,
         dirs: Iterable[Path] = (),
         replaying: bool = False,
+        staged: Iterable[Staged] = (),
     ) -> concurrent.futures.Future[T]:
         if self._closed:
             raise TemporaryFailure("the store is shutting down")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._queue.put(_Item(fn, future, frozenset(dirs), replaying))
+        self._queue.put(_Item(fn, future, frozenset(dirs), replaying, tuple(staged)))
         return future
 
     async def write(
@@ -138,8 +140,12 @@ class Store:
         *,
         dirs: Iterable[Path] = (),
         replaying: bool = False,
+        staged: Iterable[Staged] = (),
     ) -> T:
-        return await asyncio.wrap_future(self.submit(fn, dirs=dirs, replaying=replaying))
+        """Run ``fn`` in the next group commit. ``staged`` spool files are made
+        durable and visible (one flush for the whole batch) before it runs."""
+        future = self.submit(fn, dirs=dirs, replaying=replaying, staged=staged)
+        return await asyncio.wrap_future(future)
 
     def write_sync(
         self, fn: Callable[[Session], T], *, dirs: Iterable[Path] = (), replaying: bool = False
@@ -185,11 +191,23 @@ class Store:
             self._commit(batch)
 
     def _commit(self, batch: list[_Item]) -> None:
+        # A caller that gave up before its turn (a cancelled delivery) is
+        # skipped; once running, a write can no longer be cancelled.
+        batch = [item for item in batch if item.future.set_running_or_notify_cancel()]
+        if not batch:
+            return
         outcomes: list[tuple[bool, Any]] = []
         changes: list[Change] = []
+        staged = [s for item in batch for s in item.staged]
+        try:
+            spooled = self.spool.commit(staged) if staged else set()
+        except EngineError as exc:
+            for item in batch:
+                item.future.set_exception(exc)
+            return
         try:
             with Session(self.engine, expire_on_commit=False) as session, session.begin():
-                dirs: set[Path] = set()
+                dirs: set[Path] = set(spooled)
                 for item in batch:
                     session.info["replaying"] = item.replaying
                     session.info["changes"] = []

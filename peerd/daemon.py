@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -63,14 +64,14 @@ def _server_service(name: str, server: asyncio.Server) -> Service:
 def default_indexer() -> Callable[[bytes], bytes] | None:
     """What IMAP wants cached per message, if the IMAP service is installed."""
     try:
-        from peerd.imap.summary import summarize
+        module = importlib.import_module("peerd.imap.summary")
     except ImportError:
         return None
+    summarize = module.summarize
 
     def index(data: bytes) -> bytes:
-        summary = summarize(data)
-        meta = summary.to_json()
-        return meta if isinstance(meta, bytes) else meta.encode()
+        meta = summarize(data).to_json()
+        return meta if isinstance(meta, bytes) else str(meta).encode()
 
     return index
 

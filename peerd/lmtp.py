@@ -26,12 +26,12 @@ import asyncio
 import datetime as dt
 import logging
 import re
-from functools import partial
 from typing import Any
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import Envelope
 from aiosmtpd.smtp import Session as SmtpSession
+from sqlalchemy.orm import Session
 
 from engine.delivery import (
     DeliveryOptions,
@@ -43,6 +43,7 @@ from engine.delivery import (
     resolve_account,
 )
 from engine.errors import EngineError
+from engine.spool import Staged
 from ownership.errors import OwnershipError
 from peerd.errormap import (
     S250_OK,
@@ -106,9 +107,12 @@ class LmtpHandler:
             recipient = parse_recipient(address, self.options.local_domains)
         except EngineError:
             return S501_BAD_ADDRESS
+
+        def check(session: Session) -> None:
+            self.node.guard(session, resolve_account(session, recipient).name)
+
         try:
-            name = await self.node.store.read(lambda s: resolve_account(s, recipient).name)
-            await self.node.check_owner(name)
+            await self.node.store.read(check)
         except (EngineError, OwnershipError) as exc:
             self.node.counters.inc("lmtp_rcpt_refused")
             return lmtp_reply(exc)
@@ -142,36 +146,50 @@ class LmtpHandler:
         store = self.node.store
         indexer = self.node.indexer
 
-        def spool() -> tuple[str, Any, bytes | None]:
-            guid, directory = store.spool.put(data)
-            meta = indexer(data) if indexer is not None else None
-            return guid, directory, meta
+        def spool() -> tuple[Staged, bytes | None]:
+            staged = store.spool.stage(data)
+            return staged, indexer(data) if indexer is not None else None
 
         try:
-            guid, directory, meta = await store.run_blocking(spool)
+            staged, meta = await store.run_blocking(spool)
         except EngineError as exc:
             self.node.counters.inc("lmtp_temp_failures", count)
             return [lmtp_reply(exc)] * count
         internaldate = dt.datetime.now(dt.UTC)
         message_id = message_id_of(data)
-        futures = [
-            store.write(
-                partial(
-                    deliver,
-                    recipient=recipient,
-                    guid=guid,
-                    size=len(data),
-                    internaldate=internaldate,
-                    message_id=message_id,
-                    meta=meta,
-                    options=self.options,
-                    guard=self.node.guard,
-                ),
-                dirs=[directory],
-            )
-            for recipient in recipients
-        ]
-        results = await asyncio.gather(*futures, return_exceptions=True)
+
+        def deliver_all(session: Session) -> list[DeliveryResult | Exception]:
+            # One write for all recipients, each in its own savepoint: one
+            # over quota or moved away does not undo the others.
+            out: list[DeliveryResult | Exception] = []
+            for recipient in recipients:
+                savepoint = session.begin_nested()
+                try:
+                    out.append(
+                        deliver(
+                            session,
+                            recipient,
+                            guid=staged.guid,
+                            size=len(data),
+                            internaldate=internaldate,
+                            message_id=message_id,
+                            meta=meta,
+                            options=self.options,
+                            guard=self.node.guard,
+                        )
+                    )
+                    savepoint.commit()
+                except (EngineError, OwnershipError) as exc:
+                    savepoint.rollback()
+                    out.append(exc)
+            return out
+
+        try:
+            results: list[Any] = await store.write(deliver_all, staged=[staged])
+        except EngineError as exc:
+            store.spool.discard([staged])
+            self.node.counters.inc("lmtp_temp_failures", count)
+            return [lmtp_reply(exc)] * count
         delivered = [
             r.account for r in results if isinstance(r, DeliveryResult) and not r.duplicate
         ]

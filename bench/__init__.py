@@ -1,0 +1,1 @@
+"""peerd's benchmarks: scripts that print their figures (not tests)."""
