@@ -7,6 +7,7 @@ import signal
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,12 +56,13 @@ class Node:
     def db_path(self) -> Path:
         return self.workdir / "var" / self.name / "peerd.db"
 
-    def start(self, wait: bool = True) -> Node:
+    def start(self, wait: bool = True, preexec: Callable[[], None] | None = None) -> Node:
         self.starts += 1
         self.proc = Proc(
             [sys.executable, "-m", "peerd", "run", "-c", str(self.config)],
             self.workdir / f"{self.name}.log",
             cwd=self.workdir,
+            preexec=preexec,
         ).start()
         if wait:
             self.wait_ready()
