@@ -203,18 +203,17 @@ def burst(
     node: Node, account: str, count: int, threads: int, acked: list[str], stop: threading.Event
 ) -> list[threading.Thread]:
     def run(t: int) -> None:
-        with contextlib.suppress(OSError, smtplib.SMTPException):
-            with lmtp(node) as client:
-                for i in range(count):
-                    if stop.is_set():
-                        return
-                    subject = f"burst-{t}-{i}"
-                    client.sendmail(
-                        "s@example.test",
-                        [f"{account}@example.test"],
-                        msg(subject, b"x" * 3000 + b"\r\n"),
-                    )
-                    acked.append(subject)
+        with contextlib.suppress(OSError, smtplib.SMTPException), lmtp(node) as client:
+            for i in range(count):
+                if stop.is_set():
+                    return
+                subject = f"burst-{t}-{i}"
+                client.sendmail(
+                    "s@example.test",
+                    [f"{account}@example.test"],
+                    msg(subject, b"x" * 3000 + b"\r\n"),
+                )
+                acked.append(subject)
 
     workers = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
     for w in workers:
