@@ -1,0 +1,242 @@
+"""Replication figures with two real daemons on loopback (issue 3's table).
+
+    .venv/bin/python -m bench.replication [--bulk 10000] [--rolling 2000] [--accounts 1000]
+
+1. rolling lag: messages delivered over LMTP to alpha at 50/s over 20 users;
+   for each, the time from its 250 until beta's API shows it (p50/p99/max)
+2. bulk sync: N messages of the benchmark mix to an empty partner (msgs/s, MB/s)
+3. no-op sync right after (ms, and the records compared: per-message work)
+4. move 1,000 messages to a new folder, then sync: bytes on the wire / moved bytes, time
+5. A accounts x 5 mailboxes, all in sync: ``replicate --all`` (s)
+and the machine's ceiling in the same run (write+fsync of the bulk files).
+
+Bulk data is loaded into alpha's store directly (through the engine, before
+alpha starts) so that setting up does not take minutes; every figure is then
+measured through the running daemons.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import smtplib
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import migrations
+from bench.workload import ceiling, message, messages
+from engine import accounts, mailbox
+from engine.messages import append
+from engine.store import Store
+from ownership import table as ownership_table
+from tests.nodes import Node, make_pair
+
+
+def load(node: Node, account: str, payloads: list[bytes]) -> None:
+    """Put messages into a stopped node's INBOX through the engine."""
+    url = f"sqlite:///{node.db_path}"
+    node.db_path.parent.mkdir(parents=True, exist_ok=True)
+    migrations.upgrade(url)
+    store = Store(url, node.workdir / "var" / node.name)
+    try:
+
+        def create(s: Any) -> None:
+            accounts.create_account(s, account, password="pw")
+            ownership_table.create(s, account, node.name)
+
+        store.write_sync(create)
+        for start in range(0, len(payloads), 500):
+            chunk = payloads[start : start + 500]
+            dirs = store.spool.put_many((guid_of(p), p) for p in chunk)
+            guids = [guid_of(p) for p in chunk]
+
+            def fill(s: Any, chunk: list[bytes] = chunk, guids: list[str] = guids) -> None:
+                acct = accounts.get_account(s, account)
+                box = mailbox.get_mailbox(s, acct, "INBOX")
+                now = dt.datetime.now(dt.UTC)
+                for guid, data in zip(guids, chunk, strict=True):
+                    append(s, acct, box, guid=guid, size=len(data), internaldate=now)
+
+            store.write_sync(fill, dirs=dirs)
+    finally:
+        store.close()
+
+
+def guid_of(data: bytes) -> str:
+    from engine.spool import guid_of as sha1
+
+    return sha1(data)
+
+
+def rolling(alpha: Node, beta: Node, count: int, users: int, rate: float) -> list[float]:
+    for u in range(users):
+        alpha.add_account(f"roll{u}")
+    time.sleep(1.0)
+    expected = {f"roll{u}": 0 for u in range(users)}
+    pending: dict[str, list[tuple[int, float]]] = {f"roll{u}": [] for u in range(users)}
+    lags: list[float] = []
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set() or any(pending.values()):
+            with lock:
+                waiting = [u for u, items in pending.items() if items]
+            for user in waiting:
+                have = beta.call("GET", f"/v1/accounts/{user}/mailboxes")["mailboxes"]
+                exists = next((m["exists"] for m in have if m["name"] == "INBOX"), 0)
+                now = time.perf_counter()
+                with lock:
+                    while pending[user] and pending[user][0][0] <= exists:
+                        lags.append(now - pending[user].pop(0)[1])
+            time.sleep(0.001)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    with smtplib.LMTP("127.0.0.1", alpha.ports["lmtp"]) as client:
+        started = time.perf_counter()
+        for i in range(count):
+            user = f"roll{i % users}"
+            target = started + i / rate
+            delay = target - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            client.sendmail(
+                "bench@example.test",
+                [f"{user}@example.test"],
+                message(100_000 + i, f"{user}@example.test"),
+            )
+            acked = time.perf_counter()
+            with lock:
+                expected[user] += 1
+                pending[user].append((expected[user], acked))
+    done.set()
+    poller.join(120)
+    return lags
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--bulk", type=int, default=10_000)
+    parser.add_argument("--rolling", type=int, default=2000)
+    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--rate", type=float, default=50.0)
+    parser.add_argument("--accounts", type=int, default=1000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="peerd-bench-") as tmp:
+        workdir = Path(tmp)
+        alpha, beta = make_pair(workdir, {"alpha": {"sync": {"sync_log": False}}})
+        payloads = messages(args.bulk, "bulk@example.test")
+        total = sum(len(p) for p in payloads)
+        load(alpha, "bulk", payloads)
+        alpha.start()
+        beta.start()
+        try:
+            # 2. bulk sync to the empty partner
+            started = time.perf_counter()
+            report = alpha.replicate("bulk")["reports"][0]
+            bulk_s = time.perf_counter() - started
+            # 3. no-op sync
+            noop: list[tuple[float, int]] = []
+            for _ in range(5):
+                started = time.perf_counter()
+                again = alpha.replicate("bulk")["reports"][0]
+                noop.append((time.perf_counter() - started, again["records_compared"]))
+            # 4. move 1,000 messages to a new folder, then sync
+            alpha.stop()
+            store = Store(f"sqlite:///{alpha.db_path}", workdir / "var" / "alpha")
+            moved_bytes = 0
+            try:
+
+                def move(s: Any) -> int:
+                    from engine.messages import live_records, move_messages
+
+                    acct = accounts.get_account(s, "bulk")
+                    src = mailbox.get_mailbox(s, acct, "INBOX")
+                    dst = mailbox.create_mailbox(s, acct, "Moved")
+                    records = live_records(s, src)[:1000]
+                    move_messages(s, acct, src, dst, [r.uid for r in records])
+                    return sum(r.size for r in records)
+
+                moved_bytes = store.write_sync(move)
+            finally:
+                store.close()
+            alpha.start()
+            started = time.perf_counter()
+            moved = alpha.replicate("bulk")["reports"][0]
+            move_s = time.perf_counter() - started
+            wire = moved["bytes_sent"] + moved["bytes_received"]
+            # 5. many accounts, all in sync
+            alpha.stop()
+            store = Store(f"sqlite:///{alpha.db_path}", workdir / "var" / "alpha")
+            try:
+                for start in range(0, args.accounts, 100):
+
+                    def many(s: Any, start: int = start) -> None:
+                        for a in range(start, min(args.accounts, start + 100)):
+                            acct = accounts.create_account(
+                                s, f"acct{a:04d}", password_hash="$scrypt$x"
+                            )
+                            ownership_table.create(s, acct.name, "alpha")
+                            for name in ("Sent", "Drafts", "Trash", "Archive"):
+                                mailbox.create_mailbox(s, acct, name)
+
+                    store.write_sync(many)
+            finally:
+                store.close()
+            alpha.start()
+            first = alpha.call("POST", "/v1/replicate", {"all": True})
+            started = time.perf_counter()
+            steady = alpha.call("POST", "/v1/replicate", {"all": True})
+            all_s = time.perf_counter() - started
+            # 1. rolling lag (rolling replication on for this part)
+            alpha.stop()
+            text = alpha.config.read_text().replace("sync_log = false", "sync_log = true")
+            alpha.config.write_text(text)
+            alpha.start()
+            lags = rolling(alpha, beta, args.rolling, args.users, args.rate)
+        finally:
+            alpha.stop()
+            beta.stop()
+        ceil_rate, ceil_mbs = ceiling(payloads, str(workdir))
+        print(f"bulk set          {args.bulk} messages, {total / 1e6:.1f} MB")
+        print(
+            f"1 rolling lag     {len(lags)} msgs at {args.rate:.0f}/s over {args.users} users: "
+            f"p50 {pct(lags, 50) * 1000:.1f} ms  p99 {pct(lags, 99) * 1000:.1f} ms  max {max(lags) * 1000:.1f} ms"
+        )
+        print(
+            f"2 bulk sync       {args.bulk / bulk_s:.0f} msgs/s  {total / bulk_s / 1e6:.1f} MB/s  "
+            f"({bulk_s:.2f} s; uploaded {report['uploaded']}, wire {report['bytes_sent'] / 1e6:.1f} MB out)"
+        )
+        print(
+            f"  ceiling         {ceil_rate:.0f} msgs/s  {ceil_mbs:.1f} MB/s (write+fsync per file, Python); "
+            f"bulk = {args.bulk / bulk_s / ceil_rate:.2f} of it"
+        )
+        best = min(noop)
+        print(
+            f"3 no-op sync      {best[0] * 1000:.1f} ms (median {statistics.median(t for t, _ in noop) * 1000:.1f} ms), "
+            f"records compared {best[1]}"
+        )
+        print(
+            f"4 move 1000       {move_s:.3f} s, wire {wire} bytes = {wire / moved_bytes * 100:.2f}% of "
+            f"{moved_bytes / 1e6:.1f} MB moved (uploaded {moved['uploaded']})"
+        )
+        print(
+            f"5 replicate --all {steady['accounts']} accounts x 5 mailboxes in sync: {all_s:.2f} s "
+            f"(first pass {first['seconds']:.2f} s; errors {len(steady['errors'])})"
+        )
+
+
+if __name__ == "__main__":
+    main()
