@@ -19,7 +19,7 @@ from engine.errors import SyncRefused
 from ownership import table
 from ownership.models import Ownership
 
-__all__ = ["OwnershipView", "SyncFenced", "check_sync", "row_view"]
+__all__ = ["OwnershipView", "SyncFenced", "check_sync", "needs_adoption", "row_view"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +52,20 @@ class SyncFenced(SyncRefused):
         self.current = current
 
 
-def check_sync(session: Session, me: str, account: str, sender: OwnershipView) -> OwnershipView:
-    """Raise :class:`SyncFenced` or adopt the sender's row; returns the row in force."""
+def needs_adoption(session: Session, account: str, sender: OwnershipView) -> bool:
+    """Would :func:`check_sync` change our row? (Then it must run in a write.)"""
+    row = table.get(session, account)
+    return row is None or sender.epoch > row.epoch
+
+
+def check_sync(
+    session: Session, me: str, account: str, sender: OwnershipView, *, adopt: bool = True
+) -> OwnershipView:
+    """Raise :class:`SyncFenced` or adopt the sender's row; returns the row in force.
+
+    With ``adopt`` False nothing is written (a read-only request); call
+    :func:`needs_adoption` first and use a write when it says so.
+    """
     if sender.owner == me:
         raise SyncFenced(
             f"the sender says {me} owns {account}; a node does not sync to itself", None
@@ -73,6 +85,8 @@ def check_sync(session: Session, me: str, account: str, sender: OwnershipView) -
                 f"{sender.owner} at epoch {sender.epoch}",
                 mine,
             )
+    if not adopt:
+        return sender
     table.adopt(
         session,
         account,

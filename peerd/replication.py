@@ -138,6 +138,8 @@ class RollingWorker:
                 await self.replicate(account)
         finally:
             self.running.discard(account)
+            # Changes that arrived during this sync are still logged: look again now.
+            self.wake.set()
 
     async def replicate(self, account: str) -> SyncReport | None:
         """One rolling sync of ``account`` with all the failure handling."""

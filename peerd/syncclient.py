@@ -61,7 +61,7 @@ __all__ = ["PartnerDown", "SyncClient", "SyncReport"]
 
 log = logging.getLogger("peerd.sync.client")
 
-UPLOAD_BATCH = 32 << 20
+UPLOAD_BATCH = 8 << 20
 
 
 class PartnerDown(SyncError):
@@ -250,7 +250,8 @@ class SyncClient:
             if not push.empty:
                 await self._push(account, own_row, push, use_zlib, report)
             report.steps.append("ENDUSER")
-            await store.write(partial(synclog.acknowledge, rows=rows))
+            if rows:
+                await store.write(partial(synclog.acknowledge, rows=rows))
             return
         raise SyncProtocolError(f"{account}: repairs did not converge in 4 rounds")
 
@@ -372,6 +373,8 @@ class SyncClient:
             )
 
     async def _upload(self, guids: list[str], use_zlib: bool, report: SyncReport) -> None:
+        """UPLOAD in batches, two in flight: we read and frame the next batch
+        while the partner verifies and stores the previous one."""
         store = self.node.store
         sizes = await store.run_blocking(
             lambda: [store.spool.path(g).stat().st_size for g in guids]
@@ -384,21 +387,24 @@ class SyncClient:
                 size = 0
             batches[-1].append(guid)
             size += length
-        for items in batches:
-            data = await store.run_blocking(
-                lambda items=items: b"".join(  # type: ignore[misc]
-                    encode_frames((g, store.spool.read(g)) for g in items)
+        in_flight = asyncio.Semaphore(2)
+
+        async def send(items: list[str]) -> None:
+            async with in_flight:
+                data = await store.run_blocking(
+                    lambda: b"".join(encode_frames((g, store.spool.read(g)) for g in items))
                 )
-            )
-            await self.call(
-                "upload",
-                data,
-                compressed=use_zlib,
-                report=report,
-                content_type="application/octet-stream",
-            )
-            report.uploaded += len(items)
-            report.upload_bytes += len(data)
+                await self.call(
+                    "upload",
+                    data,
+                    compressed=use_zlib,
+                    report=report,
+                    content_type="application/octet-stream",
+                )
+                report.uploaded += len(items)
+                report.upload_bytes += len(data)
+
+        await asyncio.gather(*(send(items) for items in batches))
         report.steps.append(f"UPLOAD [{report.uploaded} msgs]")
 
 

@@ -41,7 +41,7 @@ from engine.syncwire import (
     ownership_of,
 )
 from ownership import table as ownership_table
-from ownership.fence import OwnershipView, SyncFenced, check_sync, row_view
+from ownership.fence import OwnershipView, SyncFenced, check_sync, needs_adoption, row_view
 from peerd.errormap import http_status
 from peerd.node import Node
 
@@ -153,14 +153,23 @@ class SyncServer:
             summaries[summary.uniqueid] = summary
 
         def read(session: Session) -> dict[str, Any]:
-            check_sync(session, self.node.name, view.account, view)
+            check_sync(session, self.node.name, view.account, view, adopt=False)
             state = read_account_state(session, view.account, records_for=summaries)
             return encode_account_state(state)
 
         # Reads fence too: a node that owns the account never serves its
-        # state as a replica's (the caller would take it as stale).
-        state = await self.node.store.write(read, replaying=True)
+        # state as a replica's (the caller would take it as stale). Only a
+        # newer ownership row costs a write; the common case is a plain read.
+        await self._adopt_if_needed(view)
+        state = await self.node.store.read(read)
         return self.reply(request, encode_json({"state": state}))
+
+    async def _adopt_if_needed(self, view: OwnershipView) -> None:
+        store = self.node.store
+        if await store.read(lambda s: needs_adoption(s, view.account, view)):
+            await store.write(
+                lambda s: check_sync(s, self.node.name, view.account, view), replaying=True
+            )
 
     async def reserve(self, request: web.Request) -> web.Response:
         """Which of these GUIDs do we lack? (Cyrus RESERVE: held ones are never sent.)"""
@@ -222,10 +231,11 @@ class SyncServer:
             raise SyncProtocolError("guids must be a list")
 
         def allowed(session: Session) -> frozenset[str]:
-            check_sync(session, self.node.name, view.account, view)
+            check_sync(session, self.node.name, view.account, view, adopt=False)
             return known_guids(session, view.account, [g for g in guids if isinstance(g, str)])
 
-        permitted = await self.node.store.write(allowed, replaying=True)
+        await self._adopt_if_needed(view)
+        permitted = await self.node.store.read(allowed)
         spool = self.node.store.spool
 
         def read() -> bytes:
