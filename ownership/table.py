@@ -26,7 +26,11 @@ __all__ = [
     "delete",
     "get",
     "list_rows",
+    "mark_moving",
+    "set_home",
     "set_owner",
+    "take_over",
+    "unmark_moving",
 ]
 
 
@@ -126,3 +130,42 @@ def adopt(
     row.owner, row.home, row.epoch, row.state, row.reason = owner, home, epoch, state, reason
     row.updated_at = utcnow()
     return True
+
+
+def take_over(session: Session, me: str, partner: str, reason: str) -> list[Ownership]:
+    """Failover: every account ``partner`` owns becomes ours, epoch + 1."""
+    taken = []
+    for row in list_rows(session, owner=partner):
+        taken.append(set_owner(session, row.account, me, state="failed_over", reason=reason))
+    return taken
+
+
+def mark_moving(session: Session, accounts: list[str], me: str) -> list[str]:
+    """Switchover, step 1: stop local writes for the accounts we own."""
+    moving = []
+    for account in accounts:
+        row = get(session, account)
+        if row is not None and row.owner == me:
+            row.state = "moving"
+            row.reason = "switchover: draining"
+            moving.append(account)
+    return moving
+
+
+def unmark_moving(session: Session, accounts: list[str]) -> None:
+    for account in accounts:
+        row = get(session, account)
+        if row is not None and row.state == "moving":
+            row.state = "normal"
+            row.reason = "switchover aborted"
+
+
+def set_home(session: Session, account: str, home: str) -> Ownership:
+    row = get(session, account)
+    if row is None:
+        raise ValueError(f"no ownership row for {account}")
+    row.home = home
+    row.epoch += 1  # the row changed: the partner must take it
+    row.reason = f"home moved to {home}"
+    row.updated_at = utcnow()
+    return row

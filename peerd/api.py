@@ -36,7 +36,8 @@ __all__ = ["NODE_KEY", "account_json", "add_routes", "build_app", "json_body", "
 log = logging.getLogger("peerd.api")
 
 NODE_KEY: web.AppKey[Node] = web.AppKey("node", Node)
-PUBLIC = frozenset({"/v1/health", "/v1/openapi.json", "/metrics"})
+# nginx's auth_http sends no token: that route checks its own shared secret.
+PUBLIC = frozenset({"/v1/health", "/v1/openapi.json", "/metrics", "/v1/route/nginx"})
 MAX_BODY = 1 << 20
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -157,6 +158,8 @@ async def status(request: web.Request) -> web.Response:
     body: dict[str, Any] = {"node": node.name, "partner": node.partner}
     body.update(await node.store.read(read))
     body["inflight_deliveries"] = node.inflight
+    if node.startup_note:
+        body["startup"] = node.startup_note
     body["counters"] = dict(node.counters.values)
     body["store"] = {
         "batches": node.store.stats.batches,

@@ -266,6 +266,74 @@ def cmd_synclog(client: Client, args: argparse.Namespace) -> Any:
     return result, f"queued {result['queued']} sync log row(s) for {args.user}"
 
 
+def cmd_owner(client: Client, args: argparse.Namespace) -> Any:
+    row = client.call("GET", f"/v1/owner/{quote(args.user)}")
+    return row, (
+        f"{row['account']}: owner {row['owner']} (home {row['home']}), epoch {row['epoch']}, "
+        f"{row['state']} — {row['reason']} at {row['updated_at']}"
+    )
+
+
+def _hooks(report: list[dict[str, Any]]) -> list[str]:
+    return [
+        f"proxy hook {h['hook']}: {'acknowledged' if h['acknowledged'] else 'FAILED ' + h['error'] + ' (retrying)'}"
+        for h in report
+    ]
+
+
+def cmd_failover(client: Client, args: argparse.Namespace) -> Any:
+    result = client.call("POST", "/v1/failover", {"force": bool(args.force)})
+    lines = [f"took {len(result['taken'])} account(s) in {result['seconds']} s"]
+    lines += [
+        f"  {r['account']}: owner {r['owner']}, epoch {r['epoch']}, {r['state']}"
+        for r in result["taken"]
+    ]
+    lines += _hooks(result["hooks"])
+    return result, "\n".join(lines)
+
+
+def cmd_switchover(client: Client, args: argparse.Namespace) -> Any:
+    body: dict[str, Any] = (
+        {"all_from": args.all_from} if args.all_from else {"accounts": args.users}
+    )
+    if not args.all_from and not args.users:
+        raise ValueError("give USER... or --all-from NODE")
+    result = client.call("POST", "/v1/switchover", body)
+    lines = []
+    for part in (result, result.get("forwarded") or {}):
+        for r in part.get("moved", []):
+            lines.append(f"{r['account']}: now owned by {r['owner']} at epoch {r['epoch']}")
+        lines += _hooks(part.get("hooks", []))
+    lines.append(f"done in {result['seconds']} s")
+    return result, "\n".join(lines)
+
+
+def cmd_failback(client: Client, args: argparse.Namespace) -> Any:
+    result = client.call("POST", "/v1/failback", {})
+    if not result.get("requested"):
+        return result, result.get("detail", "nothing to move")
+    moved = result["partner"].get("moved", [])
+    lines = [f"{r['account']}: home again, epoch {r['epoch']}" for r in moved]
+    lines += _hooks(result["partner"].get("hooks", []))
+    return result, "\n".join(lines)
+
+
+def cmd_account_move(client: Client, args: argparse.Namespace) -> Any:
+    row = client.call("POST", f"/v1/accounts/{quote(args.user)}/move", {"to": args.to})
+    return (
+        row,
+        f"{row['account']}: home is now {row['home']} (owner {row['owner']}, epoch {row['epoch']})",
+    )
+
+
+def cmd_route(client: Client, args: argparse.Namespace) -> Any:
+    route = client.call("GET", f"/v1/route/{quote(args.user)}")
+    return route, (
+        f"{route['account']}: {route['owner']} epoch {route['epoch']} imap {route['imap']} "
+        f"pop3 {route['pop3']} lmtp {route['lmtp']}"
+    )
+
+
 Command = Callable[[Client, argparse.Namespace], Any]
 
 
@@ -298,6 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--password-file")
     group.add_argument("--password-stdin", action="store_true")
     p.set_defaults(func=cmd_account_passwd)
+    p = account.add_parser("move", help="change an account's home node")
+    p.add_argument("user")
+    p.add_argument("--to", required=True)
+    p.set_defaults(func=cmd_account_move)
     p = account.add_parser("quota", help="set a quota in bytes, or 'none'")
     p.add_argument("user")
     p.add_argument("limit")
@@ -325,6 +397,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-u", "--user", required=True)
     p.add_argument("-m", "--mailbox", action="append")
     p.set_defaults(func=cmd_synclog)
+
+    p = sub.add_parser("owner", help="an account's owner, home, epoch and state")
+    p.add_argument("user")
+    p.set_defaults(func=cmd_owner)
+    p = sub.add_parser("accounts", help="accounts with their owners (account list)")
+    p.add_argument("--owner")
+    p.set_defaults(func=cmd_account_list)
+    p = sub.add_parser("route", help="where proxies send an account")
+    p.add_argument("user")
+    p.set_defaults(func=cmd_route)
+    p = sub.add_parser("failover", help="take every account of the dead partner")
+    p.add_argument("--force", action="store_true", help="even though the partner answers")
+    p.set_defaults(func=cmd_failover)
+    p = sub.add_parser("switchover", help="move accounts to the other node (both up)")
+    p.add_argument("users", nargs="*")
+    p.add_argument("--all-from", help="every account this node owns... or that NODE owns")
+    p.set_defaults(func=cmd_switchover)
+    p = sub.add_parser("failback", help="bring home every account whose home is this node")
+    p.set_defaults(func=cmd_failback)
 
     p = sub.add_parser("status", help="node status")
     p.add_argument("-u", "--user", help="status of one account")

@@ -159,6 +159,7 @@ class SyncConfig:
 class PartnerConfig:
     name: str = ""
     api: str = ""
+    token: str = ""  # the partner's [api] token; default: ours
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,9 +95,9 @@ async def serve(config: Config, stop_event: asyncio.Event | None = None) -> None
     services: list[Service] = []
     runner: web.AppRunner | None = None
     try:
-        from peerd import replication
+        from peerd import replication, routing
 
-        for starter in [replication.start, *STARTERS]:
+        for starter in [replication.start, routing.start, *STARTERS]:
             services.extend(await starter(node, app))
         if config.listen.lmtp is not None:
             from peerd.lmtp import start_lmtp

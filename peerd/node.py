@@ -73,6 +73,10 @@ class Node:
         self.after_delivery: list[Callable[[list[str]], Awaitable[None]]] = []
         self.extra_status: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {}
         self.account_status: list[Callable[[str], Awaitable[dict[str, Any]]]] = []
+        # Called with the accounts whose ownership is changing (IMAP/POP3
+        # close their sessions with BYE [UNAVAILABLE]).
+        self.on_ownership_change: list[Callable[[list[str]], Awaitable[None]]] = []
+        self.startup_note = ""
 
     # -- the fence ---------------------------------------------------------
 

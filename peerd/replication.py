@@ -43,9 +43,11 @@ from engine.errors import EngineError, InvalidArgument, SyncRefused
 from engine.mailbox import get_mailbox
 from engine.syncwire import encode_json
 from ownership import table as ownership_table
+from peerd import failover
 from peerd.api import NODE_KEY, json_body
 from peerd.config import parse_address
 from peerd.daemon import Service
+from peerd.hooks import Hooks
 from peerd.node import Node
 from peerd.openapi import OPERATIONS, Operation
 from peerd.syncclient import PartnerDown, SyncClient, SyncReport, _Refused
@@ -418,6 +420,11 @@ async def start(node: Node, app: web.Application) -> list[Service]:
     app[CLIENT_KEY] = client
     app.router.add_post("/v1/replicate", replicate_route)
     app.router.add_post("/v1/synclog", synclog_route)
+    hooks = Hooks(node)
+    failover.add_routes(app, client, hooks)
+    node.extra_status["proxy_hooks"] = hooks.status
+    # Return of a node: learn the partner's newer ownership before serving.
+    await failover.exchange_at_start(node, client)
     worker = RollingWorker(node, client)
     node.extra_status["replication"] = worker.status_json
     node.account_status.append(worker.status_json)
@@ -428,6 +435,7 @@ async def start(node: Node, app: web.Application) -> list[Service]:
 
     async def stop() -> None:
         await worker.stop()
+        await hooks.stop()
         await client.close()
 
     services.append(Service("rolling", stop))

@@ -408,6 +408,48 @@ class SyncClient:
         report.steps.append(f"UPLOAD [{report.uploaded} msgs]")
 
 
+async def exchange_rows(node: Node, client: SyncClient) -> list[str]:
+    """Send all our ownership rows; adopt the partner's newer ones.
+
+    Returns the accounts whose owner changed to someone else here.
+    """
+
+    def mine(session: Session) -> list[dict[str, object]]:
+        return [row_view(r).to_json() for r in ownership_table.list_rows(session)]
+
+    rows = await node.store.read(mine)
+    raw = await client.call("ownership", encode_json({"rows": rows}), compressed=False)
+    theirs = decode_json(raw).get("rows", [])
+
+    def adopt(session: Session) -> list[str]:
+        changed = []
+        for item in theirs if isinstance(theirs, list) else []:
+            try:
+                account, owner = str(item["account"]), str(item["owner"])
+                epoch, home, state = int(item["epoch"]), str(item["home"]), str(item["state"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            before = ownership_table.get(session, account)
+            was_mine = before is not None and before.owner == node.name
+            if (
+                ownership_table.adopt(
+                    session,
+                    account,
+                    owner=owner,
+                    home=home,
+                    epoch=epoch,
+                    state=state,
+                    reason=f"learned from {node.partner}",
+                )
+                and was_mine
+                and owner != node.name
+            ):
+                changed.append(account)
+        return changed
+
+    return await node.store.write(adopt)
+
+
 class _Refused(SyncRefused):
     def __init__(self, message: str, current: Any) -> None:
         super().__init__(message)

@@ -1,0 +1,351 @@
+"""Ownership changes in the daemon: failover, switchover, failback, return.
+
+How this works:
+
+- **Return** (:func:`exchange_at_start`): before a node serves anything it
+  sends its ownership rows to the partner and adopts every row the partner
+  knows at a higher epoch. Accounts the partner took over while we were down
+  become replicas here; the rolling worker then finds it no longer owns them,
+  asks the partner to sync them back, and the partner's sync copies any mail
+  we accepted and never replicated (the no-loss rule). If the partner cannot
+  be reached, we serve the accounts we owned at our last known epoch, and
+  ``status`` says so.
+- **Failover** (``POST /v1/failover``): on the survivor, every account the
+  partner owns becomes ours at epoch + 1, state ``failed_over``. Refused while
+  the partner answers, unless forced (use switchover then).
+- **Switchover** (``POST /v1/switchover``), both up, run on the owner: mark the
+  accounts ``moving`` (the fence refuses new local writes), drain them to the
+  partner (a full sync each), flip the owner at epoch + 1 on both nodes, tell
+  the proxies. Asked on the node that does not own them, it is forwarded to
+  the owner.
+- **Failback** (``POST /v1/failback``), on the returned node: asks the partner
+  to switch over every account whose home is this node.
+
+Every change calls the proxy hooks (:mod:`peerd.hooks`) and reports which
+acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from functools import partial
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from sqlalchemy.orm import Session
+
+from engine.errors import EngineError, InvalidArgument
+from ownership import table as ownership_table
+from ownership.errors import PartnerReachable, PartnerUnreachable, UnknownNode
+from ownership.fence import row_view
+from peerd.api import NODE_KEY, json_body
+from peerd.hooks import HOOKS_KEY, Hooks, routes_for
+from peerd.node import Node
+from peerd.openapi import OPERATIONS, Operation
+from peerd.syncclient import PartnerDown, SyncClient, exchange_rows
+
+__all__ = ["add_routes", "exchange_at_start"]
+
+log = logging.getLogger("peerd.failover")
+
+CLIENT: web.AppKey[SyncClient] = web.AppKey("failover_sync_client", SyncClient)
+
+
+async def partner_answers(client: SyncClient, timeout: float = 2.0) -> bool:
+    try:
+        await asyncio.wait_for(client.hello(), timeout)
+    except (PartnerDown, EngineError, TimeoutError):
+        return False
+    return True
+
+
+async def exchange_at_start(node: Node, client: SyncClient) -> None:
+    try:
+        changed = await asyncio.wait_for(exchange_rows(node, client), 5)
+    except (PartnerDown, EngineError, TimeoutError) as exc:
+        node.startup_note = (
+            f"partner unreachable at start ({exc}); serving only the accounts this node "
+            "owned at its last known epoch"
+        )
+        log.warning("%s", node.startup_note)
+        return
+    node.startup_note = (
+        f"ownership exchanged with the partner at start; {len(changed)} row(s) learned"
+    )
+    for account in changed:
+        log.warning("at start: %s is owned by the partner now; this node is its replica", account)
+    if changed:
+        try:
+            await client.call("request_sync", _json({"accounts": changed}), compressed=False)
+        except (PartnerDown, EngineError) as exc:
+            log.warning("could not ask the partner to sync %d account(s): %s", len(changed), exc)
+
+
+def _json(value: Any) -> bytes:
+    from engine.syncwire import encode_json
+
+    return encode_json(value)
+
+
+async def partner_api(node: Node, method: str, path: str, body: Any) -> Any:
+    config = node.config
+    if not config.partner.api:
+        raise PartnerUnreachable("no [partner] api configured")
+    token = config.partner.token or config.api.token
+    timeout = aiohttp.ClientTimeout(total=600)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.request(
+                method,
+                config.partner.api.rstrip("/") + path,
+                json=body,
+                headers={"Authorization": f"Bearer {token}"},
+            ) as response,
+        ):
+            answer = await response.json(content_type=None)
+            if response.status >= 400:
+                detail = answer.get("detail", "") if isinstance(answer, dict) else ""
+                raise PartnerUnreachable(f"partner refused {path}: {response.status} {detail}")
+            return answer
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise PartnerUnreachable(f"partner API unreachable: {exc}") from exc
+
+
+# -- routes -----------------------------------------------------------------------
+
+
+async def owner_route(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    account = request.match_info["account"]
+
+    def read(session: Session) -> dict[str, Any]:
+        row = ownership_table.get(session, account)
+        if row is None:
+            from engine.errors import NoSuchAccount
+
+            raise NoSuchAccount(f"no such account: {account}")
+        body = row_view(row).to_json()
+        body["reason"] = row.reason
+        body["updated_at"] = row.updated_at.isoformat()
+        return body
+
+    return web.json_response(await node.store.read(read))
+
+
+async def failover_route(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    client = request.app[CLIENT]
+    hooks = request.app[HOOKS_KEY]
+    data = await json_body(request)
+    force = data.get("force", False)
+    if not isinstance(force, bool):
+        raise InvalidArgument("force must be true or false")
+    if not node.partner:
+        raise UnknownNode("this node has no partner to take over from")
+    reachable = await partner_answers(client)
+    if reachable and not force:
+        raise PartnerReachable(
+            f"{node.partner} answers on the sync channel: use switchover, or --force"
+        )
+    started = time.perf_counter()
+
+    def take(session: Session) -> list[dict[str, Any]]:
+        rows = ownership_table.take_over(session, node.name, node.partner, "failover")
+        session.flush()
+        return [row_view(r).to_json() for r in rows]
+
+    taken = await node.store.write(take)
+    node.counters.inc("failovers")
+    log.warning("failover: took %d account(s) from %s", len(taken), node.partner)
+    for close in node.on_ownership_change:
+        await close([t["account"] for t in taken])
+    acked = await hooks.notify(await routes_for(node, [t["account"] for t in taken]))
+    return web.json_response(
+        {
+            "taken": taken,
+            "forced_while_partner_answered": reachable,
+            "hooks": acked,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    )
+
+
+async def switchover_route(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    client = request.app[CLIENT]
+    hooks = request.app[HOOKS_KEY]
+    data = await json_body(request)
+    accounts = data.get("accounts")
+    all_from = data.get("all_from")
+    if accounts is None and isinstance(all_from, str):
+        accounts = await node.store.read(
+            lambda s: [r.account for r in ownership_table.list_rows(s, owner=all_from)]
+        )
+    if not isinstance(accounts, list) or not all(isinstance(a, str) for a in accounts):
+        raise InvalidArgument("give accounts (a list) or all_from (a node name)")
+    rows = await node.store.read(
+        lambda s: {a: (r.owner if (r := ownership_table.get(s, a)) else None) for a in accounts}
+    )
+    missing = [a for a, owner in rows.items() if owner is None]
+    if missing:
+        from engine.errors import NoSuchAccount
+
+        raise NoSuchAccount(f"no such account: {', '.join(missing)}")
+    theirs = [a for a, owner in rows.items() if owner != node.name]
+    ours = [a for a, owner in rows.items() if owner == node.name]
+    result: dict[str, Any] = {"moved": [], "forwarded": None, "hooks": []}
+    started = time.perf_counter()
+    if theirs:
+        # The owner runs a switchover; ask it.
+        result["forwarded"] = await partner_api(
+            node, "POST", "/v1/switchover", {"accounts": theirs}
+        )
+    if ours:
+        if not await partner_answers(client):
+            raise PartnerUnreachable(
+                f"{node.partner} does not answer: a switchover needs it (use failover)"
+            )
+        moving = await node.store.write(lambda s: ownership_table.mark_moving(s, ours, node.name))
+        for close in node.on_ownership_change:
+            await close(moving)
+        try:
+            for account in moving:
+                # Drain: a full sync while local writes are refused. Repeat
+                # until nothing is left in the log for it.
+                for _ in range(3):
+                    await client.sync_account(account)
+                    depth = await node.store.read(partial(_depth, account=account))
+                    if depth == 0:
+                        break
+        except EngineError:
+            await node.store.write(lambda s: ownership_table.unmark_moving(s, moving))
+            raise
+
+        def flip(session: Session) -> list[dict[str, Any]]:
+            out = []
+            for account in moving:
+                row = ownership_table.set_owner(
+                    session,
+                    account,
+                    node.partner,
+                    state="normal",
+                    reason=f"switchover from {node.name}",
+                )
+                out.append(row_view(row).to_json())
+            return out
+
+        flipped = await node.store.write(flip)
+        await exchange_rows(node, client)
+        node.counters.inc("switchovers")
+        result["moved"] = flipped
+        result["hooks"] = await hooks.notify(await routes_for(node, moving))
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    return web.json_response(result)
+
+
+def _depth(session: Session, account: str) -> int:
+    from engine import synclog
+
+    return synclog.depth(session, account)
+
+
+async def failback_route(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    accounts = await node.store.read(
+        lambda s: [
+            r.account
+            for r in ownership_table.list_rows(s)
+            if r.home == node.name and r.owner != node.name
+        ]
+    )
+    if not accounts:
+        return web.json_response(
+            {"moved": [], "detail": "every account whose home is here is here"}
+        )
+    answer = await partner_api(node, "POST", "/v1/switchover", {"accounts": accounts})
+    return web.json_response({"requested": accounts, "partner": answer})
+
+
+async def move_route(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    client = request.app[CLIENT]
+    account = request.match_info["name"]
+    data = await json_body(request)
+    target = data.get("to")
+    if target not in (node.name, node.partner):
+        raise UnknownNode(f"{target!r} is neither {node.name} nor {node.partner}")
+
+    def write(session: Session) -> dict[str, Any]:
+        row = ownership_table.set_home(session, account, str(target))
+        return row_view(row).to_json()
+
+    row = await node.store.write(write)
+    try:
+        await exchange_rows(node, client)
+    except (PartnerDown, EngineError) as exc:
+        log.warning("home of %s changed; the partner learns it later: %s", account, exc)
+    return web.json_response(row)
+
+
+OPERATIONS.extend(
+    [
+        Operation("get", "/v1/owner/{account}", "An account's ownership row", responses=(200, 404)),
+        Operation(
+            "post",
+            "/v1/failover",
+            "Take every account the (dead) partner owns",
+            body={
+                "type": "object",
+                "properties": {"force": {"type": "boolean"}},
+                "additionalProperties": False,
+            },
+            responses=(200, 409, 422),
+        ),
+        Operation(
+            "post",
+            "/v1/switchover",
+            "Move accounts to the partner (planned, both up)",
+            body={
+                "type": "object",
+                "properties": {
+                    "accounts": {"type": "array", "items": {"type": "string", "minLength": 1}},
+                    "all_from": {"type": "string", "minLength": 1},
+                },
+                "additionalProperties": False,
+            },
+            responses=(200, 404, 422, 503),
+        ),
+        Operation(
+            "post",
+            "/v1/failback",
+            "Bring home every account whose home is this node",
+            responses=(200, 503),
+        ),
+        Operation(
+            "post",
+            "/v1/accounts/{name}/move",
+            "Change an account's home",
+            body={
+                "type": "object",
+                "required": ["to"],
+                "properties": {"to": {"type": "string", "minLength": 1}},
+                "additionalProperties": False,
+            },
+            responses=(200, 404, 422),
+        ),
+    ]
+)
+
+
+def add_routes(app: web.Application, client: SyncClient, hooks: Hooks) -> None:
+    app[CLIENT] = client
+    app[HOOKS_KEY] = hooks
+    app.router.add_get("/v1/owner/{account}", owner_route)
+    app.router.add_post("/v1/failover", failover_route)
+    app.router.add_post("/v1/switchover", switchover_route)
+    app.router.add_post("/v1/failback", failback_route)
+    app.router.add_post("/v1/accounts/{name}/move", move_route)
