@@ -329,6 +329,9 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    from peerd.metrics import metrics_route
+
+    app.router.add_get("/metrics", metrics_route)
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/openapi.json", openapi)
     app.router.add_get("/v1/status", status)

@@ -227,12 +227,7 @@ def cmd_replicate(client: Client, args: argparse.Namespace) -> Any:
         body["compress"] = True
     if args.server:
         body["target"] = args.server
-    try:
-        result = client.call("POST", "/v1/replicate", body)
-    except ApiError as exc:
-        if exc.status != 502:
-            raise
-        result = exc.body
+    result = client.call("POST", "/v1/replicate", body)
     lines: list[str] = []
     for report in result.get("reports", []):
         if args.verbose:
@@ -334,6 +329,20 @@ def cmd_route(client: Client, args: argparse.Namespace) -> Any:
     )
 
 
+def cmd_reconcile(client: Client, args: argparse.Namespace) -> Any:
+    if not args.user and not args.all:
+        raise ValueError("give -u USER or --all")
+    result = client.call("POST", "/v1/reconcile", {"account": args.user} if args.user else {})
+    text = (
+        f"checked {result['accounts_checked']} account(s) in {result['seconds']} s: "
+        f"{result['mailboxes_repaired']} mailbox(es) repaired, {result['messages_uploaded']} uploaded, "
+        f"{result['messages_copied_back']} copied back"
+    )
+    for failure in result["failures"]:
+        text += f"\n  FAILED {failure}"
+    return result, text
+
+
 Command = Callable[[Client, argparse.Namespace], Any]
 
 
@@ -416,6 +425,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_switchover)
     p = sub.add_parser("failback", help="bring home every account whose home is this node")
     p.set_defaults(func=cmd_failback)
+
+    p = sub.add_parser(
+        "reconcile", help="full compare with the partner now, repairing what differs"
+    )
+    p.add_argument("-u", "--user")
+    p.add_argument("--all", action="store_true")
+    p.set_defaults(func=cmd_reconcile)
 
     p = sub.add_parser("status", help="node status")
     p.add_argument("-u", "--user", help="status of one account")

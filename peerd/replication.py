@@ -43,13 +43,14 @@ from engine.errors import EngineError, InvalidArgument, SyncRefused
 from engine.mailbox import get_mailbox
 from engine.syncwire import encode_json
 from ownership import table as ownership_table
-from peerd import failover
+from peerd import failover, reconcile
 from peerd.api import NODE_KEY, json_body
 from peerd.config import parse_address
 from peerd.daemon import Service
 from peerd.hooks import Hooks
 from peerd.node import Node
 from peerd.openapi import OPERATIONS, Operation
+from peerd.reconcile import Reconciler
 from peerd.syncclient import PartnerDown, SyncClient, SyncReport, _Refused
 from peerd.syncserver import start_sync_listener
 
@@ -340,7 +341,9 @@ async def replicate_route(request: web.Request) -> web.Response:
         "errors": errors,
         "seconds": round(time.perf_counter() - started, 4),
     }
-    return web.json_response(body, status=200 if not errors else 502)
+    # Per-account failures are part of the answer (peerctl exits non-zero on
+    # them); the request itself succeeded.
+    return web.json_response(body)
 
 
 async def synclog_route(request: web.Request) -> web.Response:
@@ -383,7 +386,7 @@ OPERATIONS.extend(
                 },
                 "additionalProperties": False,
             },
-            responses=(200, 404, 422, 502),
+            responses=(200, 404, 422),
         ),
         Operation(
             "post",
@@ -426,6 +429,10 @@ async def start(node: Node, app: web.Application) -> list[Service]:
     # Return of a node: learn the partner's newer ownership before serving.
     await failover.exchange_at_start(node, client)
     worker = RollingWorker(node, client)
+    reconciler = Reconciler(node, client)
+    reconcile.add_routes(app, reconciler)
+    node.extra_status["reconcile"] = reconciler.status
+    reconciler.start_schedule()
     node.extra_status["replication"] = worker.status_json
     node.account_status.append(worker.status_json)
     if config.sync.sync_mode == "synchronous":
@@ -434,6 +441,7 @@ async def start(node: Node, app: web.Application) -> list[Service]:
         worker.start()
 
     async def stop() -> None:
+        reconciler.stop()
         await worker.stop()
         await hooks.stop()
         await client.close()
