@@ -26,6 +26,7 @@ import asyncio
 import datetime as dt
 import logging
 import re
+import time
 from typing import Any
 
 from aiosmtpd.lmtp import LMTP
@@ -63,6 +64,10 @@ __all__ = ["LmtpHandler", "LmtpServer", "start_lmtp"]
 log = logging.getLogger("peerd.lmtp")
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
+RCPT_CACHE_SECONDS = 2.0
+# Smaller messages are hashed and written on the event loop: cheaper than
+# handing them to a thread and back (page-cache writes, no fsync here).
+INLINE_STAGE = 1 << 20
 _TERMINATOR = b"\r\n.\r\n"
 
 
@@ -78,6 +83,7 @@ class LmtpHandler:
         )
         self.max_recipients = lmtp.max_recipients
         self.max_size = lmtp.max_message_size
+        self._accepted: dict[tuple[str, ...], float] = {}
 
     async def handle_EHLO(
         self,
@@ -111,11 +117,20 @@ class LmtpHandler:
         def check(session: Session) -> None:
             self.node.guard(session, resolve_account(session, recipient).name)
 
-        try:
-            await self.node.store.read(check)
-        except (EngineError, OwnershipError) as exc:
-            self.node.counters.inc("lmtp_rcpt_refused")
-            return lmtp_reply(exc)
+        # Recipients that passed recently skip the database: the same check
+        # runs again inside the delivery's own transaction, so a stale "yes"
+        # costs at worst a 4xx after DATA. A "no" is never cached (a new
+        # account must not bounce).
+        now = time.monotonic()
+        if self._accepted.get(recipient.candidates, 0.0) < now:
+            try:
+                await self.node.store.read(check)
+            except (EngineError, OwnershipError) as exc:
+                self.node.counters.inc("lmtp_rcpt_refused")
+                return lmtp_reply(exc)
+            if len(self._accepted) > 100_000:
+                self._accepted.clear()
+            self._accepted[recipient.candidates] = now + RCPT_CACHE_SECONDS
         recipients.append(recipient)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
@@ -151,33 +166,40 @@ class LmtpHandler:
             return staged, indexer(data) if indexer is not None else None
 
         try:
-            staged, meta = await store.run_blocking(spool)
+            if len(data) <= INLINE_STAGE:
+                staged, meta = spool()
+            else:
+                staged, meta = await store.run_blocking(spool)
         except EngineError as exc:
             self.node.counters.inc("lmtp_temp_failures", count)
             return [lmtp_reply(exc)] * count
         internaldate = dt.datetime.now(dt.UTC)
         message_id = message_id_of(data)
 
+        def deliver_one(session: Session, recipient: Recipient) -> DeliveryResult:
+            return deliver(
+                session,
+                recipient,
+                guid=staged.guid,
+                size=len(data),
+                internaldate=internaldate,
+                message_id=message_id,
+                meta=meta,
+                options=self.options,
+                guard=self.node.guard,
+            )
+
         def deliver_all(session: Session) -> list[DeliveryResult | Exception]:
             # One write for all recipients, each in its own savepoint: one
             # over quota or moved away does not undo the others.
             out: list[DeliveryResult | Exception] = []
+            if len(recipients) == 1:
+                # The store already runs each write in its own savepoint.
+                return [deliver_one(session, recipients[0])]
             for recipient in recipients:
                 savepoint = session.begin_nested()
                 try:
-                    out.append(
-                        deliver(
-                            session,
-                            recipient,
-                            guid=staged.guid,
-                            size=len(data),
-                            internaldate=internaldate,
-                            message_id=message_id,
-                            meta=meta,
-                            options=self.options,
-                            guard=self.node.guard,
-                        )
-                    )
+                    out.append(deliver_one(session, recipient))
                     savepoint.commit()
                 except (EngineError, OwnershipError) as exc:
                     savepoint.rollback()
