@@ -105,6 +105,13 @@ async def serve(config: Config, stop_event: asyncio.Event | None = None) -> None
             lmtp = config.listen.lmtp
             services.append(_server_service("lmtp", await start_lmtp(node, lmtp.host, lmtp.port)))
             log.info("LMTP listening on %s", lmtp)
+        if config.listen.imap is not None:
+            from peerd.imap import start_imap
+
+            imap = config.listen.imap
+            _, imap_listener = await start_imap(node, imap.host, imap.port)
+            services.append(_server_service("imap", imap_listener))
+            log.info("IMAP listening on %s", imap)
         if config.listen.http is not None:
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()

@@ -121,6 +121,7 @@ def _sections(
         "database": {"url": f"sqlite:///var/{name}/peerd.db"},
         "listen": {
             "lmtp": f"127.0.0.1:{ports['lmtp']}",
+            "imap": f"127.0.0.1:{ports['imap']}",
             "sync": f"127.0.0.1:{ports['sync']}",
             "http": f"127.0.0.1:{ports['http']}",
         },
@@ -145,7 +146,7 @@ def _sections(
 
 
 def _ports() -> dict[str, int]:
-    return {k: free_port() for k in ("lmtp", "sync", "http")}
+    return {k: free_port() for k in ("lmtp", "imap", "sync", "http")}
 
 
 def make_single(
