@@ -43,7 +43,7 @@ from engine.delivery import (
     parse_recipient,
     resolve_account,
 )
-from engine.errors import EngineError
+from engine.errors import EngineError, TemporaryFailure
 from engine.spool import Staged
 from ownership.errors import OwnershipError
 from peerd.errormap import (
@@ -194,7 +194,8 @@ class LmtpHandler:
             # over quota or moved away does not undo the others.
             out: list[DeliveryResult | Exception] = []
             if len(recipients) == 1:
-                # The store already runs each write in its own savepoint.
+                # The store runs each write in its own savepoint: if this
+                # raises, nothing it wrote (duplicate row included) stays.
                 return [deliver_one(session, recipients[0])]
             for recipient in recipients:
                 savepoint = session.begin_nested()
@@ -208,10 +209,12 @@ class LmtpHandler:
 
         try:
             results: list[Any] = await store.write(deliver_all, staged=[staged])
-        except EngineError as exc:
-            store.spool.discard([staged])
-            self.node.counters.inc("lmtp_temp_failures", count)
-            return [lmtp_reply(exc)] * count
+        except (EngineError, OwnershipError) as exc:
+            if isinstance(exc, TemporaryFailure) or count > 1:
+                store.spool.discard([staged])
+                self.node.counters.inc("lmtp_temp_failures", count)
+                return [lmtp_reply(exc)] * count
+            results = [exc]  # the one recipient was refused (quota, fence, ...)
         delivered = [
             r.account for r in results if isinstance(r, DeliveryResult) and not r.duplicate
         ]

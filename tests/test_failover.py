@@ -26,7 +26,11 @@ def deliver(node: Node, rcpt: str, subject: str) -> tuple[int, bytes]:
 
 
 def guids(node: Node, account: str) -> list[str]:
-    return [m["guid"] for m in node.mailbox(account)["messages"]]
+    try:
+        return [m["guid"] for m in node.mailbox(account)["messages"]]
+    except urllib.error.HTTPError as exc:  # not there yet
+        exc.close()
+        return []
 
 
 def owner(node: Node, account: str) -> dict[str, Any]:
