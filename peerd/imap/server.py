@@ -583,9 +583,9 @@ class Session:
 
     def resolve(self, text: str, uid: bool) -> list[tuple[int, Record]]:
         box = self.box()
+        sequence = SequenceSet.parse(text)  # a bad set is BAD even in an empty mailbox
         if not box.records:
             return []
-        sequence = SequenceSet.parse(text)
         if uid:
             top = box.records[-1].uid
             ranges = sequence.resolve(top)
