@@ -153,7 +153,7 @@ def test_untagged_updates_between_sessions_and_idle_woken_by_lmtp(served: Node) 
         watcher.select("INBOX")
         actor.select("INBOX")
         actor.store("1", "+FLAGS", "(\\Flagged)")
-        typ, _ = watcher.noop()
+        watcher.noop()
         flags = watcher.response("FETCH")[1]
         assert flags and b"\\Flagged" in flags[0]
         # IDLE, woken by an LMTP delivery.
