@@ -1,0 +1,134 @@
+"""Real IMAP clients from Debian's packages against real daemons: mbsync (isync).
+
+mbsync keeps a local Maildir in sync both ways, with flags and folder moves,
+and after a failover the same state file syncs against the other node with no
+UIDVALIDITY change and nothing downloaded again.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.nodes import Node, make_pair
+from tests.proxies import require
+
+
+def deliver(node: Node, n: int) -> None:
+    with smtplib.LMTP("127.0.0.1", node.ports["lmtp"]) as lmtp:
+        lmtp.sendmail(
+            "s@example.test",
+            ["alice@example.test"],
+            f"Subject: mbsync {n}\r\nMessage-ID: <mb{n}@t>\r\n\r\nbody {n}\r\n".encode(),
+        )
+
+
+def mbsync(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["mbsync", "-c", str(config), "-V", "-a"], capture_output=True, text=True, timeout=120)
+
+
+def write_config(path: Path, port: int, maildir: Path) -> None:
+    path.write_text(
+        f"""IMAPAccount peerd
+Host 127.0.0.1
+Port {port}
+User alice
+Pass secret
+SSLType None
+AuthMechs LOGIN
+
+IMAPStore remote
+Account peerd
+
+MaildirStore local
+Path {maildir}/
+Inbox {maildir}/INBOX
+SubFolders Verbatim
+
+Channel mail
+Far :remote:
+Near :local:
+Patterns *
+Create Both
+Expunge Both
+SyncState *
+"""
+    )
+
+
+def files(maildir: Path, folder: str) -> list[Path]:
+    base = maildir / folder
+    return sorted(p for sub in ("cur", "new") for p in (base / sub).glob("*")) if base.exists() else []
+
+
+def server(node: Node, mailbox: str = "INBOX") -> list[dict[str, object]]:
+    return list(node.mailbox("alice", mailbox)["messages"])
+
+
+@pytest.fixture
+def pair(tmp_path: Path):  # type: ignore[no-untyped-def]
+    require("mbsync")
+    alpha, beta = make_pair(tmp_path)
+    try:
+        alpha.start(wait=False)
+        beta.start(wait=False)
+        alpha.wait_ready()
+        beta.wait_ready()
+        alpha.add_account("alice")
+        yield alpha, beta
+    finally:
+        alpha.stop()
+        beta.stop()
+
+
+def test_mbsync_both_ways_flags_moves_and_failover(pair: tuple[Node, Node], tmp_path: Path) -> None:
+    alpha, beta = pair
+    for n in range(3):
+        deliver(alpha, n)
+    maildir = tmp_path / "Maildir"
+    maildir.mkdir()
+    config = tmp_path / "mbsyncrc"
+    write_config(config, alpha.ports["imap"], maildir)
+    result = mbsync(config)
+    assert result.returncode == 0, result.stderr
+    assert len(files(maildir, "INBOX")) == 3
+
+    # Flags and a move made locally go to the server.
+    first, second = files(maildir, "INBOX")[:2]
+    first.rename(first.parent.parent / "cur" / (first.name.split(":")[0] + ":2,FS"))
+    (maildir / "Archive" / "cur").mkdir(parents=True)
+    (maildir / "Archive" / "new").mkdir()
+    (maildir / "Archive" / "tmp").mkdir()
+    second.rename(maildir / "Archive" / "cur" / second.name.split(",U=")[0])
+    result = mbsync(config)
+    assert result.returncode == 0, result.stderr
+    inbox = server(alpha)
+    assert len(inbox) == 2 and any(set(m["flags"]) == {"\\Flagged", "\\Seen"} for m in inbox)  # type: ignore[arg-type]
+    assert len(server(alpha, "Archive")) == 1
+    # And the server's changes come back.
+    deliver(alpha, 3)
+    assert mbsync(config).returncode == 0
+    assert len(files(maildir, "INBOX")) == 3
+
+    # Failover: alpha dies, beta takes over; the same state file syncs
+    # against beta with no UIDVALIDITY change and nothing fetched again.
+    import time
+
+    deadline = time.monotonic() + 10
+    while len(server(beta)) != 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alpha.kill9()
+    beta.call("POST", "/v1/failover", {})
+    write_config(config, beta.ports["imap"], maildir)
+    before = {p.name.split(",")[0] for folder in ("INBOX", "Archive") for p in files(maildir, folder)}
+    result = mbsync(config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "UIDVALIDITY" not in result.stdout + result.stderr
+    after = {p.name.split(",")[0] for folder in ("INBOX", "Archive") for p in files(maildir, folder)}
+    assert after == before  # no message downloaded again
+    deliver(beta, 4)
+    assert mbsync(config).returncode == 0
+    assert len(files(maildir, "INBOX")) == 4
