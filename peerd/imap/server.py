@@ -277,7 +277,7 @@ class Session:
         self.account = result.account
         self.state = "authenticated"
         self.server.sessions.add(self)
-        return f"[CAPABILITY {CAPABILITIES}] LOGIN completed"
+        return f"[CAPABILITY {CAPABILITIES}] LOGIN completed on {self.node.name}"
 
     async def cmd_login(self, cmd: Command, args: list[Any]) -> str | None:
         if len(args) != 2:
