@@ -112,6 +112,12 @@ async def serve(config: Config, stop_event: asyncio.Event | None = None) -> None
             _, imap_listener = await start_imap(node, imap.host, imap.port)
             services.append(_server_service("imap", imap_listener))
             log.info("IMAP listening on %s", imap)
+        if config.listen.pop3 is not None:
+            from peerd.pop3 import start_pop3
+
+            pop3 = config.listen.pop3
+            services.append(_server_service("pop3", await start_pop3(node, pop3.host, pop3.port)))
+            log.info("POP3 listening on %s", pop3)
         if config.listen.http is not None:
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()

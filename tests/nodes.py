@@ -122,6 +122,7 @@ def _sections(
         "listen": {
             "lmtp": f"127.0.0.1:{ports['lmtp']}",
             "imap": f"127.0.0.1:{ports['imap']}",
+            "pop3": f"127.0.0.1:{ports['pop3']}",
             "sync": f"127.0.0.1:{ports['sync']}",
             "http": f"127.0.0.1:{ports['http']}",
         },
@@ -146,7 +147,7 @@ def _sections(
 
 
 def _ports() -> dict[str, int]:
-    return {k: free_port() for k in ("lmtp", "imap", "sync", "http")}
+    return {k: free_port() for k in ("lmtp", "imap", "pop3", "sync", "http")}
 
 
 def make_single(
