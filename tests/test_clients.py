@@ -1,4 +1,4 @@
-"""Real IMAP clients from Debian's packages against real daemons: mbsync (isync).
+"""Real IMAP clients from Debian's packages against real daemons: mbsync (isync), offlineimap.
 
 mbsync keeps a local Maildir in sync both ways, with flags and folder moves,
 and after a failover the same state file syncs against the other node with no
@@ -27,7 +27,9 @@ def deliver(node: Node, n: int) -> None:
 
 
 def mbsync(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["mbsync", "-c", str(config), "-V", "-a"], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        ["mbsync", "-c", str(config), "-V", "-a"], capture_output=True, text=True, timeout=120
+    )
 
 
 def write_config(path: Path, port: int, maildir: Path) -> None:
@@ -61,7 +63,9 @@ SyncState *
 
 def files(maildir: Path, folder: str) -> list[Path]:
     base = maildir / folder
-    return sorted(p for sub in ("cur", "new") for p in (base / sub).glob("*")) if base.exists() else []
+    return (
+        sorted(p for sub in ("cur", "new") for p in (base / sub).glob("*")) if base.exists() else []
+    )
 
 
 def server(node: Node, mailbox: str = "INBOX") -> list[dict[str, object]]:
@@ -123,12 +127,66 @@ def test_mbsync_both_ways_flags_moves_and_failover(pair: tuple[Node, Node], tmp_
     alpha.kill9()
     beta.call("POST", "/v1/failover", {})
     write_config(config, beta.ports["imap"], maildir)
-    before = {p.name.split(",")[0] for folder in ("INBOX", "Archive") for p in files(maildir, folder)}
+    before = {
+        p.name.split(",")[0] for folder in ("INBOX", "Archive") for p in files(maildir, folder)
+    }
     result = mbsync(config)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "UIDVALIDITY" not in result.stdout + result.stderr
-    after = {p.name.split(",")[0] for folder in ("INBOX", "Archive") for p in files(maildir, folder)}
+    after = {
+        p.name.split(",")[0] for folder in ("INBOX", "Archive") for p in files(maildir, folder)
+    }
     assert after == before  # no message downloaded again
     deliver(beta, 4)
     assert mbsync(config).returncode == 0
     assert len(files(maildir, "INBOX")) == 4
+
+
+def test_offlineimap_both_ways(pair: tuple[Node, Node], tmp_path: Path) -> None:
+    require("offlineimap")
+    alpha, _ = pair
+    for n in range(3):
+        deliver(alpha, n)
+    local = tmp_path / "oimail"
+    config = tmp_path / "offlineimaprc"
+    config.write_text(
+        f"""[general]
+accounts = peerd
+metadata = {tmp_path}/oimeta
+[Account peerd]
+localrepository = local
+remoterepository = remote
+[Repository local]
+type = Maildir
+localfolders = {local}
+[Repository remote]
+type = IMAP
+remotehost = 127.0.0.1
+remoteport = {alpha.ports["imap"]}
+remoteuser = alice
+remotepass = secret
+ssl = no
+starttls = no
+"""
+    )
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["offlineimap", "-c", str(config), "-o", "-u", "basic"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        )
+
+    result = run()
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert len(files(local, "INBOX")) == 3
+    target = files(local, "INBOX")[0]
+    target.rename(target.parent.parent / "cur" / (target.name.split(":2,")[0] + ":2,S"))
+    (local / "INBOX" / "new").mkdir(exist_ok=True)
+    deliver(alpha, 3)
+    result = run()
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert len(files(local, "INBOX")) == 4
+    assert sum(1 for m in server(alpha) if "\\Seen" in m["flags"]) == 1  # type: ignore[operator]
