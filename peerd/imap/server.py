@@ -274,6 +274,9 @@ class Session:
                 f"[REFERRAL imap://{result.account}@{host}/] {result.account} is served by {result.owner}",
             )
             return None
+        if self.server.count(result.account) >= self.node.config.imap.max_sessions_per_account:
+            await self.tagged(tag, "NO", "[LIMIT] too many sessions for this account")
+            return None
         self.account = result.account
         self.state = "authenticated"
         self.server.sessions.add(self)
@@ -328,7 +331,12 @@ class Session:
             self.node.guard(session, account)
             return fn(session, engine_accounts.get_account(session, account))
 
-        return await self.node.store.write(guarded, **kwargs)
+        result = await self.node.store.write(guarded, **kwargs)
+        # Our own change: the store's listener tells us too, but possibly
+        # after this command's reply; look now.
+        if self.selected is not None:
+            self.selected.dirty = True
+        return result
 
     async def read(self, fn: Any) -> Any:
         account = self.account
@@ -649,12 +657,12 @@ class Session:
         if mark_seen:
             unseen = [r.uid for _, r in targets if "\\Seen" not in r.flags.split()]
             if unseen:
-                await self.write(
+                result = await self.write(
                     lambda s, acct: engine_messages.set_flags(
                         s, acct, s.get(Mailbox, box.mailbox_id), unseen, ["\\Seen"], mode="add"
                     )
                 )
-                await self.refresh(report=False)
+                self.absorb(result.changed)
                 seqs = box.seq_of()
                 targets = [
                     (seqs[r.uid], box.records[seqs[r.uid] - 1]) for _, r in targets if r.uid in seqs
@@ -662,19 +670,14 @@ class Session:
                 if "FLAGS" not in names:
                     names.append("FLAGS")
         spool = self.node.store.spool
-        chunk: list[bytes] = []
-        size = 0
-        for seq, record in targets:
-            line = await self.node.store.run_blocking(
-                partial(render_fetch, seq, record, names, spool.read)
+        # Rendered off the event loop in groups: one thread hop per group,
+        # not per message, and one large write per group.
+        for start in range(0, len(targets), 256):
+            group = targets[start : start + 256]
+            data = await self.node.store.run_blocking(
+                partial(render_group, group, names, spool.read)
             )
-            chunk.append(line)
-            size += len(line)
-            if size > 1 << 20:
-                await self.send(b"".join(chunk))
-                chunk, size = [], 0
-        if chunk:
-            await self.send(b"".join(chunk))
+            await self.send(data)
         await self.report_changes(expunges=cmd.uid)
         return "FETCH completed"
 
@@ -712,7 +715,7 @@ class Session:
             )
         )
         changed = {m.uid for m in result.changed}
-        await self.refresh(report=False)
+        self.absorb(result.changed)
         seqs = box.seq_of()
         for _, record in targets:
             if record.uid not in seqs:
@@ -810,6 +813,17 @@ class Session:
                 raise Closed
 
     # -- untagged updates ---------------------------------------------------
+
+    def absorb(self, changed: Iterable[Message]) -> None:
+        """Take our own flag changes into the snapshot (they are reported by
+        this command's own FETCH responses, not again later)."""
+        box = self.box()
+        by_uid = {m.uid: m for m in changed}
+        for record in box.records:
+            updated = by_uid.get(record.uid)
+            if updated is not None:
+                record.flags = updated.flags
+                record.modseq = updated.modseq
 
     async def refresh(self, report: bool, expunges: bool = True) -> None:
         box = self.selected
@@ -927,6 +941,10 @@ def _structure(guid: str, reader: Any) -> tuple[bytes, bytes, bytes]:
     if len(_CACHE) > _CACHE_MAX:
         _CACHE.popitem(last=False)
     return value
+
+
+def render_group(group: list[tuple[int, Record]], names: list[str], reader: Any) -> bytes:
+    return b"".join(render_fetch(seq, record, names, reader) for seq, record in group)
 
 
 def render_fetch(seq: int, record: Record, names: Iterable[str], reader: Any) -> bytes:
