@@ -65,7 +65,12 @@ Accounts: alice (owned by alpha), bob (owned by beta); password "secret".
 Deliver a message to each over LMTP:
   .venv/bin/python -c "import smtplib; l=smtplib.LMTP('127.0.0.1', 10024); l.sendmail('me@example.test', ['alice@example.test'], b'Subject: hello alice\r\n\r\nhi\r\n'); l.quit()"
   .venv/bin/python -c "import smtplib; l=smtplib.LMTP('127.0.0.1', 20024); l.sendmail('me@example.test', ['bob@example.test'], b'Subject: hello bob\r\n\r\nhi\r\n'); l.quit()"
-See what arrived:
+Each message is on both nodes within a second (rolling replication):
   .venv/bin/peerctl -c configs/alpha.toml mailbox show alice INBOX
-  .venv/bin/peerctl -c configs/beta.toml mailbox show bob INBOX
+  .venv/bin/peerctl -c configs/beta.toml mailbox show alice INBOX
+Read it with any IMAP client (plain IMAP on loopback, user alice, password secret), e.g.:
+  .venv/bin/python -c "import imaplib; c=imaplib.IMAP4('127.0.0.1', 10143); c.login('alice','secret'); c.select(); print(c.fetch('1:*', '(ENVELOPE)'))"
+  mutt -f imap://alice@127.0.0.1:10143/INBOX      (or mbsync/offlineimap/Thunderbird at 127.0.0.1:10143)
+A login for bob at alpha gets a referral to beta (127.0.0.1:20143), his owner.
+Replication and ownership: .venv/bin/peerctl -c configs/alpha.toml status; see docs/failover.md.
 TXT
