@@ -22,7 +22,7 @@ apt_install() {
   return 1
 }
 
-apt_install postgresql nginx-light libnginx-mod-mail postfix isync offlineimap fetchmail
+apt_install postgresql nginx-light libnginx-mod-mail postfix isync offlineimap fetchmail openssl
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then

@@ -1,0 +1,113 @@
+"""The sync channel over TLS with compression, and a partner whose certificate does not verify."""
+
+from __future__ import annotations
+
+import smtplib
+import subprocess
+from pathlib import Path
+
+from tests.nodes import Node, make_pair
+from tests.procs import wait_until
+
+
+def make_ca(directory: Path, name: str) -> tuple[Path, Path, Path]:
+    """A CA and a certificate for 127.0.0.1 signed by it (openssl CLI)."""
+    ca_key, ca_crt = directory / f"{name}-ca.key", directory / f"{name}-ca.crt"
+    key, csr, crt = directory / f"{name}.key", directory / f"{name}.csr", directory / f"{name}.crt"
+    ext = directory / f"{name}.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(ca_key),
+        "-out",
+        str(ca_crt),
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name} test CA",
+    )
+    run(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(key),
+        "-out",
+        str(csr),
+        "-subj",
+        "/CN=127.0.0.1",
+    )
+    run(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca_crt),
+        "-CAkey",
+        str(ca_key),
+        "-CAcreateserial",
+        "-out",
+        str(crt),
+        "-days",
+        "2",
+        "-extfile",
+        str(ext),
+    )
+    return ca_crt, crt, key
+
+
+def test_replication_over_tls_with_compression(tmp_path: Path) -> None:
+    ca, crt, key = make_ca(tmp_path, "pair")
+    other_ca, _, _ = make_ca(tmp_path, "stranger")
+    tls = {
+        "tls": {"cert": str(crt), "key": str(key)},
+        "sync": {"sync_tls": True, "sync_tls_ca": str(ca), "sync_compress": True},
+    }
+    alpha, beta = make_pair(tmp_path, {"alpha": tls, "beta": tls})
+    try:
+        alpha.start()
+        beta.start()
+        alpha.add_account("tls")
+        with smtplib.LMTP("127.0.0.1", alpha.ports["lmtp"]) as lmtp:
+            lmtp.sendmail(
+                "s@example.test",
+                ["tls@example.test"],
+                b"Subject: over tls\r\n\r\n" + b"text " * 2000 + b"\r\n",
+            )
+        wait_until(lambda: _count(beta) == 1, 10, "replicated over TLS")
+        report = alpha.replicate("tls")["reports"][0]
+        assert report["steps"][-1] == "ENDUSER"
+        # A partner certificate from an unknown CA is refused by the client.
+        alpha.stop()
+        text = alpha.config.read_text().replace(str(ca), str(other_ca))
+        alpha.config.write_text(text)
+        alpha.start()
+        result = alpha.call("POST", "/v1/replicate", {"account": "tls"})
+        assert (
+            result["errors"]
+            and "certificate verify failed" in result["errors"][0]["detail"].lower()
+        )
+    finally:
+        alpha.stop()
+        beta.stop()
+
+
+def _count(node: Node) -> int:
+    import urllib.error
+
+    try:
+        return len(node.mailbox("tls")["messages"])
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return 0
