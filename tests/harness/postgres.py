@@ -1,0 +1,155 @@
+"""A real PostgreSQL server for the test session, in a temp dir, stopped by pid.
+
+Debian keeps the server binaries out of PATH (``/usr/lib/postgresql/15/bin``),
+so that is searched first. PostgreSQL refuses to run as root; under root (CI)
+the server runs as the ``postgres`` system user, which owns the data dir.
+Authentication is ``trust`` and the server listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.harness.procs import Proc, free_port, wait_until
+
+__all__ = ["PgServer", "find_pg_bin", "require_pg"]
+
+
+def find_pg_bin() -> Path | None:
+    """The directory holding initdb, pg_ctl and postgres; the newest Debian one first."""
+
+    def version(path: str) -> tuple[int, ...]:
+        name = Path(path).parent.name
+        return tuple(int(p) for p in name.split(".") if p.isdigit())
+
+    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version, reverse=True):
+        if all(Path(candidate, b).exists() for b in ("initdb", "pg_ctl", "postgres")):
+            return Path(candidate)
+    found = shutil.which("initdb")
+    if found and Path(found).with_name("postgres").exists():
+        return Path(found).parent
+    return None
+
+
+def require_pg() -> Path:
+    """The binaries' directory. Missing: skip on a developer's machine, fail in CI,
+    so CI can never pass while silently not testing PostgreSQL."""
+    bindir = find_pg_bin()
+    if bindir is not None:
+        return bindir
+    if os.environ.get("CI") == "true":
+        pytest.fail("PostgreSQL server binaries are not installed, and CI must test them")
+    pytest.skip("PostgreSQL server binaries (initdb, postgres) not installed")
+
+
+class PgServer:
+    """``PgServer().start()`` ... ``create_database()`` ... ``stop()``."""
+
+    def __init__(self, bindir: Path | None = None) -> None:
+        self.bindir = bindir or require_pg()
+        # Not pytest's tmp_path: that is 0700 root, and the server's user must enter it.
+        self.dir = Path(tempfile.mkdtemp(prefix="peerd-pg-"))
+        self.data = self.dir / "data"
+        self.port = free_port()
+        self.user: str | None = None
+        if os.geteuid() == 0:
+            pwd.getpwnam("postgres")  # KeyError here: the postgresql package is half installed
+            shutil.chown(self.dir, "postgres", "postgres")
+            self.user = "postgres"
+        self.proc: Proc | None = None
+
+    def start(self, timeout: float = 60) -> PgServer:
+        initdb = subprocess.run(
+            [
+                str(self.bindir / "initdb"),
+                *("-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8"),
+                # Only initdb's own final fsync of the fresh cluster is skipped
+                # (a throwaway cluster); the server keeps fsync on, for store
+                # tests about durability.
+                "--no-sync",
+            ],
+            cwd=self.dir,
+            user=self.user,
+            group=self.user,
+            extra_groups=[] if self.user else None,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if initdb.returncode != 0:
+            raise RuntimeError(f"initdb failed:\n{initdb.stdout}{initdb.stderr}")
+        self.proc = Proc(
+            [
+                str(self.bindir / "postgres"),
+                *("-D", str(self.data), "-p", str(self.port)),
+                # The Unix socket goes to our dir: /var/run/postgresql may not exist.
+                *("-k", str(self.dir)),
+                *("-c", "listen_addresses=127.0.0.1"),
+                *("-c", "shared_buffers=32MB"),
+                # Two daemons, each with a pool, plus the tests' own connections.
+                *("-c", "max_connections=200"),
+            ],
+            self.dir / "postgres.log",
+            cwd=self.dir,
+            user=self.user,
+            # SIGINT is PostgreSQL's "fast" shutdown: no waiting for clients to leave.
+            stop_signal=signal.SIGINT,
+        ).start()
+
+        def ready() -> bool:
+            assert self.proc is not None
+            if not self.proc.alive():
+                raise RuntimeError(f"postgres exited:\n{self.proc.tail()}")
+            try:
+                with psycopg.connect(self.dsn("postgres"), connect_timeout=1):
+                    return True
+            except psycopg.OperationalError:
+                return False
+
+        try:
+            wait_until(ready, timeout, "PostgreSQL to accept connections", interval=0.1)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def dsn(self, db: str) -> str:
+        """A libpq DSN (for psycopg itself)."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{db}"
+
+    def url(self, db: str) -> str:
+        """A SQLAlchemy URL with the psycopg (v3) driver."""
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{db}"
+
+    def create_database(self, name: str | None = None) -> str:
+        """CREATE DATABASE and return its SQLAlchemy URL."""
+        name = name or f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
+            # CREATE DATABASE takes no parameters; the name is quoted as an identifier.
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return self.url(name)
+
+    def log(self) -> str:
+        path = self.dir / "postgres.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop(timeout=30)
+        shutil.rmtree(self.dir, ignore_errors=True)
