@@ -1,25 +1,23 @@
-"""Shared fixtures: a real PostgreSQL server, real peerd daemons, clean teardown by pid."""
+"""Shared fixtures. The harness's come first: a real PostgreSQL server for the
+session, a fresh database per test, and a process registry that stops what a
+test started, by pid, even when the test fails."""
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.harness.postgres import PgServer, require_pg
+from tests.harness.procs import Registry
 from tests.nodes import Node, make_pair, make_single
-from tests.pg import PgServer, find_pg_bin
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
-    if find_pg_bin() is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("PostgreSQL is not installed, and CI must test it")
-        pytest.skip("PostgreSQL server binaries not installed")
-    server = PgServer().start()
+    """One PostgreSQL server for the whole session (skipped locally, failed in CI, if missing)."""
+    server = PgServer(require_pg()).start()
     try:
         yield server
     finally:
@@ -28,7 +26,23 @@ def pg_server() -> Iterator[PgServer]:
 
 @pytest.fixture
 def pg_url(pg_server: PgServer) -> str:
-    return pg_server.create_database(f"t_{uuid.uuid4().hex[:12]}")
+    """A fresh database on the session's server: ``postgresql+psycopg://postgres@127.0.0.1:PORT/t_…``."""
+    return pg_server.create_database()
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Registry]:
+    """``procs.start(argv, name)`` / ``procs.add(nginx)``: all stopped at teardown, newest first."""
+    registry = Registry(tmp_path / "logs")
+    try:
+        yield registry
+    finally:
+        errors = registry.stop_all()
+        if errors:
+            pytest.fail("stopping processes failed:\n" + "\n".join(errors))
+
+
+# --- other fixtures below ---
 
 
 @pytest.fixture
