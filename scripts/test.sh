@@ -1,44 +1,104 @@
 #!/usr/bin/env bash
 # Set up and run the whole test suite (the README's second command; CI runs it
-# through .ci/run). Installs what the tests use from Debian and PyPI, then runs
-# ruff, mypy --strict, alembic check and pytest. Extra arguments go to pytest.
+# through .ci/run as root on a clean Debian 12 with no stdin). Installs what the
+# tests use from Debian (only what is missing) and PyPI, then runs ruff,
+# mypy --strict, alembic check and pytest. Extra arguments go to pytest, e.g.
+#   bash scripts/test.sh -x -k failover
+# Runnable from any directory. Exits non-zero on the first failing step.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 
-apt_install() {
-  local missing=()
-  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  echo "postfix postfix/main_mailer_type select No configuration" | $sudo debconf-set-selections
-  for attempt in $(seq 1 30); do
-    if $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
-       && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"; then
+step() { printf '\n== %s\n' "$*"; }
+
+# --- Debian packages ----------------------------------------------------------
+
+# The real servers and clients the tests drive. Server packages do not start a
+# service here (no systemd in these machines); the tests start private ones.
+APT_PACKAGES=(
+  postgresql
+  nginx-light libnginx-mod-mail
+  postfix
+  isync offlineimap fetchmail
+)
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# Another apt/dpkg (unattended-upgrades, a provisioning job) may hold the lock:
+# apt waits for it up to DPkg::Lock::Timeout, and we retry on top of that,
+# because `apt-get update` fails at once on a held lists lock.
+apt_retry() {
+  local attempt
+  for attempt in $(seq 1 20); do
+    if as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get -o DPkg::Lock::Timeout=60 -y -q "$@" </dev/null; then
       return 0
     fi
-    echo "apt-get failed (attempt $attempt); the dpkg lock may be held, retrying" >&2
-    sleep 10
+    echo "apt-get $1 failed (attempt $attempt of 20); is the dpkg lock held? retrying in 15s" >&2
+    sleep 15
   done
+  echo "apt-get $* kept failing; giving up" >&2
   return 1
 }
 
-apt_install postgresql nginx-light libnginx-mod-mail postfix isync offlineimap fetchmail openssl
+apt_install_missing() {
+  local missing=() pkg
+  for pkg in "$@"; do
+    # "install ok installed": dpkg -s alone also succeeds for removed-but-configured packages.
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then
+    echo "Debian packages: all present"
+    return 0
+  fi
+  echo "Debian packages to install: ${missing[*]}"
+  # Postfix asks how to configure itself; the tests write their own main.cf.
+  echo "postfix postfix/main_mailer_type select No configuration" | as_root debconf-set-selections
+  apt_retry update
+  apt_retry install --no-install-recommends "${missing[@]}"
+}
 
+step "apt (Debian packages)"
+apt_install_missing "${APT_PACKAGES[@]}"
+
+# --- Python -------------------------------------------------------------------
+
+step "virtualenv and pip install -e '.[test]'"
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
+  "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || { echo "$PY is $("$PY" -V 2>&1); peerd needs Python 3.11 or newer (set PYTHON=)" >&2; exit 1; }
   "$PY" -m venv .venv
 fi
-.venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e '.[test]'
+.venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || { echo ".venv has $(.venv/bin/python -V 2>&1); remove .venv and rerun with Python 3.11" >&2; exit 1; }
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 
-echo "== ruff"
+# --- static checks ------------------------------------------------------------
+
+step "ruff check"
 .venv/bin/ruff check .
-echo "== mypy --strict"
-.venv/bin/mypy peerd ownership engine migrations
-echo "== alembic check"
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-PEERD_DATABASE_URL="sqlite:///$tmp/check.db" .venv/bin/alembic -c migrations/alembic.ini upgrade head
-PEERD_DATABASE_URL="sqlite:///$tmp/check.db" .venv/bin/alembic -c migrations/alembic.ini check
-echo "== pytest"
-exec .venv/bin/pytest -q "$@"
+
+step "mypy --strict"
+.venv/bin/mypy --strict peerd ownership engine migrations
+
+step "alembic check (models and migrations agree)"
+if [ -f migrations/alembic.ini ]; then
+  # `alembic check` compares the models with a database at head: migrate a
+  # throwaway SQLite database first, then check it.
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  PEERD_DATABASE_URL="sqlite:///$tmp/check.db" .venv/bin/alembic -c migrations/alembic.ini upgrade head
+  PEERD_DATABASE_URL="sqlite:///$tmp/check.db" .venv/bin/alembic -c migrations/alembic.ini check
+  rm -rf "$tmp"
+  trap - EXIT
+else
+  echo "migrations/alembic.ini does not exist yet: skipping alembic check"
+fi
+
+# --- tests --------------------------------------------------------------------
+
+step "pytest $*"
+exec .venv/bin/pytest "$@"
