@@ -58,6 +58,9 @@ def _load_syncfs() -> Callable[[int], int] | None:
 
 
 _syncfs = _load_syncfs()
+# syncfs flushes everything dirty on the filesystem, not just our files: worth
+# it for a replication upload of hundreds of messages, not for a handful.
+SYNCFS_THRESHOLD = 64
 
 GUID_RE = re.compile(r"\A[0-9a-f]{40}\Z")
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -174,7 +177,7 @@ class Spool:
         return self.commit(staged)
 
     def _flush_files(self, paths: list[Path]) -> None:
-        if _syncfs is not None and len(paths) > 1:
+        if _syncfs is not None and len(paths) >= SYNCFS_THRESHOLD:
             fd = os.open(self.tmp, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 if _syncfs(fd) == 0:
