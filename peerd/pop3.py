@@ -81,6 +81,10 @@ class Pop3Session:
         self.mailbox_id = 0
         self.entries: list[Entry] = []
         self.failures = 0
+        self.tls = False
+        from peerd.imap.server import server_tls_context
+
+        self.tls_context = server_tls_context(node)
 
     async def send(self, line: bytes) -> None:
         self.writer.write(line + b"\r\n")
@@ -110,7 +114,7 @@ class Pop3Session:
             args = [w.decode("utf-8", "replace") for w in words[1:] if w]
             handler = getattr(self, f"cmd_{command.lower()}", None)
             if handler is None or (
-                not self.account and command not in ("USER", "PASS", "AUTH", "CAPA", "QUIT")
+                not self.account and command not in ("USER", "PASS", "AUTH", "CAPA", "QUIT", "STLS")
             ):
                 await self.send(
                     ERR + f" unknown command or not allowed now: {command[:20]}".encode()
@@ -127,10 +131,19 @@ class Pop3Session:
     # -- authorization ------------------------------------------------------
 
     async def cmd_capa(self, args: list[str]) -> None:
-        self.writer.write(
-            OK + b" capability list follows\r\n" + b"".join(c + b"\r\n" for c in CAPA) + b".\r\n"
-        )
+        capa = [*CAPA, b"STLS"] if self.tls_context is not None and not self.tls else CAPA
+        listing = b"".join(c + b"\r\n" for c in capa)
+        self.writer.write(OK + b" capability list follows\r\n" + listing + b".\r\n")
         await self.writer.drain()
+
+    async def cmd_stls(self, args: list[str]) -> None:
+        """RFC 2595 4: STLS, in the AUTHORIZATION state only."""
+        if self.tls_context is None or self.tls or self.account:
+            await self.send(ERR + b" STLS not available")
+            return
+        await self.send(OK + b" begin TLS negotiation")
+        await self.writer.start_tls(self.tls_context)
+        self.tls = True
 
     async def cmd_user(self, args: list[str]) -> None:
         self.user = args[0]

@@ -111,3 +111,33 @@ def _count(node: Node) -> int:
     except urllib.error.HTTPError as exc:
         exc.close()
         return 0
+
+
+def test_imap_starttls_and_pop3_stls(tmp_path: Path) -> None:
+    import imaplib
+    import poplib
+    import ssl
+
+    from tests.nodes import make_single
+
+    ca, crt, key = make_ca(tmp_path, "mail")
+    node = make_single(tmp_path, overrides={"tls": {"cert": str(crt), "key": str(key)}})
+    node.start()
+    try:
+        node.add_account("tlsuser")
+        context = ssl.create_default_context(cafile=str(ca))
+        client = imaplib.IMAP4("127.0.0.1", node.ports["imap"], timeout=20)
+        assert "STARTTLS" in client.capabilities
+        client.starttls(context)
+        assert "STARTTLS" not in client.capabilities
+        assert client.login("tlsuser", "secret")[0] == "OK"
+        client.logout()
+        pop = poplib.POP3("127.0.0.1", node.ports["pop3"], timeout=20)
+        assert "STLS" in pop.capa()
+        pop.stls(context)
+        pop.user("tlsuser")
+        pop.pass_("secret")
+        assert pop.stat()[0] == 0
+        pop.quit()
+    finally:
+        node.stop()

@@ -131,6 +131,7 @@ class Session:
         self.failures = 0
         self.idle_wake = asyncio.Event()
         self.closing: str | None = None
+        self.tls = False
 
     # -- I/O ----------------------------------------------------------------
 
@@ -227,8 +228,13 @@ class Session:
 
     # -- any state ----------------------------------------------------------
 
+    def capabilities(self) -> str:
+        if self.server.tls is not None and not self.tls and self.state == "not_authenticated":
+            return CAPABILITIES + " STARTTLS"
+        return CAPABILITIES
+
     async def cmd_capability(self, cmd: Command, args: list[Any]) -> str:
-        await self.untagged(f"CAPABILITY {CAPABILITIES}")
+        await self.untagged(f"CAPABILITY {self.capabilities()}")
         return "CAPABILITY completed"
 
     async def cmd_noop(self, cmd: Command, args: list[Any]) -> str:
@@ -248,8 +254,17 @@ class Session:
         await self.untagged('ID ("name" "peerd" "vendor" "peerd")')
         return "ID completed"
 
-    async def cmd_starttls(self, cmd: Command, args: list[Any]) -> str:
-        raise ProtocolError("STARTTLS is not available: no certificate configured")
+    async def cmd_starttls(self, cmd: Command, args: list[Any]) -> str | None:
+        context = self.server.tls
+        if context is None or self.tls:
+            raise ProtocolError("STARTTLS is not available (no certificate, or TLS is on already)")
+        if self.core.buffer:
+            # RFC 3501 6.2.1: nothing may follow STARTTLS before the handshake.
+            raise ProtocolError("STARTTLS must be the last command sent before the handshake")
+        await self.tagged(cmd.tag, "OK", "Begin TLS negotiation now")
+        await self.writer.start_tls(context)
+        self.tls = True
+        return None
 
     # -- not authenticated --------------------------------------------------
 
@@ -1003,6 +1018,7 @@ class ImapServer:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.sessions: set[Session] = set()
+        self.tls = server_tls_context(node)
         node.store.add_listener(self.on_change)
         node.on_ownership_change.append(self.close_accounts)
 
@@ -1039,8 +1055,17 @@ class ImapServer:
         return sum(1 for s in self.sessions if s.account == account)
 
 
+def server_tls_context(node: Node) -> ssl.SSLContext | None:
+    """The [tls] certificate, for STARTTLS (RFC 3501 6.2.1, RFC 2595)."""
+    tls = node.config.tls
+    if tls.cert is None or tls.key is None or not node.config.imap.starttls:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert, tls.key)
+    return context
+
+
 async def start_imap(node: Node, host: str, port: int) -> tuple[ImapServer, asyncio.Server]:
     server = ImapServer(node)
-    tls: ssl.SSLContext | None = None
-    listener = await asyncio.start_server(server.handle, host, port, ssl=tls, limit=1 << 20)
+    listener = await asyncio.start_server(server.handle, host, port, limit=1 << 20)
     return server, listener
