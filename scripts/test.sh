@@ -19,6 +19,7 @@ APT_PACKAGES=(
   nginx-light libnginx-mod-mail
   postfix
   isync offlineimap fetchmail
+  openssl
 )
 
 as_root() {
