@@ -140,7 +140,11 @@ mail {{
         if check.returncode != 0:
             raise RuntimeError(f"nginx -t failed:\n{check.stderr}\n{self.conf.read_text()}")
         self.proc = Proc(
-            self._argv(), self.root / "nginx.out", cwd=self.root, stop_signal=signal.SIGQUIT
+            self._argv(),
+            self.root / "nginx.out",
+            cwd=self.root,
+            stop_signal=signal.SIGQUIT,
+            die_with_parent=True,
         ).start()
         try:
             for port in (self.imap_port, self.pop3_port, self.lookup_port):

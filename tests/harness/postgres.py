@@ -82,7 +82,7 @@ class PgServer:
             ],
             cwd=self.dir,
             user=self.user,
-            group=self.user,
+            group=pwd.getpwnam(self.user).pw_gid if self.user else None,
             extra_groups=[] if self.user else None,
             capture_output=True,
             text=True,
@@ -106,6 +106,7 @@ class PgServer:
             user=self.user,
             # SIGINT is PostgreSQL's "fast" shutdown: no waiting for clients to leave.
             stop_signal=signal.SIGINT,
+            die_with_parent=True,
         ).start()
 
         def ready() -> bool:

@@ -8,7 +8,9 @@ a fixture can stop all of it at teardown even when the test failed half-way.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -103,6 +105,22 @@ def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 15.0) -> bool
         return False
 
 
+def _die_with_parent(sig: int, parent: int) -> Callable[[], None]:
+    """A preexec_fn: the kernel sends ``sig`` to the child when the thread that
+    started it exits (prctl PR_SET_PDEATHSIG), so a pytest killed by a CI
+    timeout, where no ``finally`` runs, does not leave a server behind."""
+
+    # Loaded here, not in the child: dlopen after fork() in a threaded parent can deadlock.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def preexec() -> None:
+        prctl(1, sig, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), sig)
+
+    return preexec
+
+
 class Stoppable(Protocol):
     def stop(self) -> object: ...
 
@@ -118,7 +136,11 @@ class Proc:
         env: dict[str, str] | None = None,
         user: str | None = None,
         stop_signal: int = signal.SIGTERM,
+        die_with_parent: bool = False,
     ) -> None:
+        """``die_with_parent``: the child gets ``stop_signal`` when the *thread*
+        that starts it exits. Use it only for processes started from the main
+        thread (a session's server), never from a worker or timer thread."""
         self.argv = list(argv)
         self.log = log
         self.cwd = cwd
@@ -128,6 +150,7 @@ class Proc:
         # two seconds after they are signalled, which would spoil a clean stop.
         self.user = user
         self.stop_signal = stop_signal
+        self.die_with_parent = die_with_parent
         self.popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Proc:
@@ -142,8 +165,13 @@ class Proc:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 user=self.user,
-                group=self.user,
+                group=pwd.getpwnam(self.user).pw_gid if self.user else None,
                 extra_groups=[] if self.user else None,
+                preexec_fn=(
+                    _die_with_parent(self.stop_signal, os.getpid())
+                    if self.die_with_parent
+                    else None
+                ),
             )
         return self
 

@@ -12,6 +12,7 @@ import signal
 import smtplib
 import socket
 import socketserver
+import subprocess
 import sys
 import threading
 import tomllib
@@ -236,6 +237,23 @@ def test_kill9_and_stop_pid(tmp_path: Path) -> None:
     # our Popen has not reaped yet counts as gone.
     assert stop_pid(b.pid, timeout=5)
     assert b.wait(5) == -signal.SIGTERM
+
+
+def test_die_with_parent_leaves_nothing_behind_a_killed_parent(tmp_path: Path) -> None:
+    # A parent that dies without cleaning up (like pytest killed by a CI timeout):
+    # a child started with die_with_parent goes too, even one run as another user.
+    user = "nobody" if os.geteuid() == 0 else None
+    code = (
+        "import os; from pathlib import Path; from tests.harness.procs import Proc;"
+        # /bin/sleep: "nobody" cannot run the venv's python under /root.
+        f"p = Proc(['sleep', '60'], Path({str(tmp_path / 'c.log')!r}),"
+        f" user={user!r}, die_with_parent=True).start(); print(p.pid, flush=True); os._exit(0)"
+    )
+    parent = subprocess.run(
+        _python(code), capture_output=True, text=True, timeout=30, cwd=Path(__file__).parents[2]
+    )
+    child = int(parent.stdout.strip())
+    wait_until(lambda: not pid_alive(child), 10, "the orphaned child to die")
 
 
 def test_registry_stops_everything_newest_first_even_if_one_fails(tmp_path: Path) -> None:
