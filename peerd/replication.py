@@ -332,11 +332,23 @@ async def replicate_route(request: web.Request) -> web.Response:
         async with semaphore:
             await one(name)
 
-    await asyncio.gather(*(bounded(a) for a in accounts))
+    skipped = 0
+    if data.get("all") and not mailboxes:
+        # Compare one digest per account first (a few requests for thousands
+        # of accounts); sync only those that differ or have logged changes.
+        differ, _refused = await client.differing(accounts)
+        pending = set(await node.store.read(lambda s: [p.account for p in synclog.pending(s)]))
+        todo = [a for a in accounts if a in differ or a in pending]
+        skipped = len(accounts) - len(todo)
+        accounts_to_sync = todo
+    else:
+        accounts_to_sync = accounts
+    await asyncio.gather(*(bounded(a) for a in accounts_to_sync))
     if client is not request.app[CLIENT_KEY]:
         await client.close()
     body = {
         "accounts": len(accounts),
+        "in_sync": skipped,
         "reports": sorted(reports, key=lambda r: r["account"]),
         "errors": errors,
         "seconds": round(time.perf_counter() - started, 4),

@@ -40,7 +40,7 @@ from engine import synclog
 from engine.apply import apply_repairs
 from engine.compare import Push, Repairs, compare
 from engine.errors import SyncError, SyncProtocolError, SyncRefused
-from engine.syncstate import AccountState, owner_view, read_account_state
+from engine.syncstate import AccountState, account_digests, owner_view, read_account_state
 from engine.syncwire import (
     compress,
     decode_account_state,
@@ -189,6 +189,38 @@ class SyncClient:
                 detail = raw[:200].decode("utf-8", "replace")
             raise SyncProtocolError(f"partner answered {status} to {path}: {detail}")
         return raw
+
+    async def differing(self, accounts: list[str]) -> tuple[set[str], set[str]]:
+        """(accounts that differ on the partner, accounts its fence refuses),
+        comparing one digest per account in batches of 500."""
+        store = self.node.store
+
+        def local(session: Session) -> list[dict[str, Any]]:
+            digests = account_digests(session, accounts)
+            rows = {r.account: r for r in ownership_table.list_rows(session)}
+            out = []
+            for name in accounts:
+                row = rows.get(name)
+                if name in digests and row is not None:
+                    out.append(
+                        {
+                            "account": name,
+                            "ownership": row_view(row).to_json(),
+                            "digest": digests[name],
+                        }
+                    )
+            return out
+
+        items = await store.read(local)
+        differ: set[str] = set(accounts) - {i["account"] for i in items}
+        refused: set[str] = set()
+        for start in range(0, len(items), 500):
+            body = {"accounts": items[start : start + 500]}
+            raw = await self.call("digests", encode_json(body), compressed=self.compress_default)
+            answer = decode_json(raw)
+            differ.update(str(a) for a in answer.get("differ", []))
+            refused.update(str(a) for a in answer.get("refused", []))
+        return differ, refused
 
     async def hello(self) -> dict[str, Any]:
         return decode_json(await self.call("hello", b"{}", compressed=False))

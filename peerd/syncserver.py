@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from engine import synclog
 from engine.apply import apply_push
 from engine.errors import EngineError, SyncProtocolError
-from engine.syncstate import known_guids, read_account_state
+from engine.syncstate import account_digests, known_guids, read_account_state
 from engine.syncwire import (
     decode_frames,
     decode_json,
@@ -275,6 +275,34 @@ class SyncServer:
         result = await self.node.store.write(exchange, replaying=True)
         return self.reply(request, encode_json({"rows": result}))
 
+    async def digests(self, request: web.Request) -> web.Response:
+        """Which of these accounts differ here? One request for many accounts."""
+        body = decode_json(await self.body(request))
+        items = body.get("accounts")
+        if not isinstance(items, list) or len(items) > 100_000:
+            raise SyncProtocolError("accounts must be a list")
+        views: dict[str, tuple[OwnershipView, str]] = {}
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("digest"), str):
+                raise SyncProtocolError("each account needs account, ownership and digest")
+            view = self.sender(item)
+            views[view.account] = (view, item["digest"])
+
+        def read(session: Session) -> dict[str, list[str]]:
+            differ, refused = [], []
+            mine = account_digests(session, views)
+            for name, (view, digest) in views.items():
+                try:
+                    check_sync(session, self.node.name, name, view, adopt=False)
+                except SyncFenced:
+                    refused.append(name)
+                    continue
+                if mine.get(name) != digest or needs_adoption(session, name, view):
+                    differ.append(name)
+            return {"differ": differ, "refused": refused}
+
+        return self.reply(request, encode_json(await self.node.store.read(read)))
+
     async def request_sync(self, request: web.Request) -> web.Response:
         """The partner asks us to sync these accounts to it (it just became their replica)."""
         body = decode_json(await self.body(request))
@@ -306,6 +334,7 @@ class SyncServer:
         app.router.add_post("/sync/v1/fetch", self.fetch)
         app.router.add_post("/sync/v1/ownership", self.ownership)
         app.router.add_post("/sync/v1/request_sync", self.request_sync)
+        app.router.add_post("/sync/v1/digests", self.digests)
         return app
 
 
