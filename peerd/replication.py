@@ -306,6 +306,8 @@ async def replicate_route(request: web.Request) -> web.Response:
         not isinstance(mailboxes, list) or not all(isinstance(m, str) for m in mailboxes)
     ):
         raise InvalidArgument("mailboxes must be a list of names")
+    if not isinstance(data.get("all", False), bool):
+        raise InvalidArgument("all must be true or false")
     if data.get("all"):
         accounts = await node.store.read(
             lambda s: [r.account for r in ownership_table.list_rows(s, owner=node.name)]
@@ -336,7 +338,10 @@ async def replicate_route(request: web.Request) -> web.Response:
     if data.get("all") and not mailboxes:
         # Compare one digest per account first (a few requests for thousands
         # of accounts); sync only those that differ or have logged changes.
-        differ, _refused = await client.differing(accounts)
+        try:
+            differ, _refused = await client.differing(accounts)
+        except EngineError:
+            differ = set(accounts)  # the per-account syncs will say what is wrong
         pending = set(await node.store.read(lambda s: [p.account for p in synclog.pending(s)]))
         todo = [a for a in accounts if a in differ or a in pending]
         skipped = len(accounts) - len(todo)
