@@ -268,3 +268,28 @@ def _exists(node: Node, account: str) -> bool:
         exc.close()
         return False
     return True
+
+
+def test_switchover_closes_the_accounts_sessions(tmp_path: Path) -> None:
+    alpha, beta = make_pair(tmp_path)
+    try:
+        alpha.start()
+        beta.start()
+        alpha.add_account("alice")
+        sock = socket.create_connection(("127.0.0.1", alpha.ports["imap"]), timeout=20)
+        stream = sock.makefile("rb")
+        stream.readline()
+        sock.sendall(b"a LOGIN alice secret\r\nb SELECT INBOX\r\nc IDLE\r\n")
+        while not stream.readline().startswith(b"+"):
+            pass
+        alpha.call("POST", "/v1/switchover", {"accounts": ["alice"]})
+        rest = stream.read()  # the server ends the session
+        assert b"* BYE [UNAVAILABLE]" in rest
+        sock.close()
+        client = connect(alpha, login=False)
+        with pytest.raises(imaplib.IMAP4.error, match="REFERRAL"):
+            client.login("alice", "secret")
+        client.logout()
+    finally:
+        alpha.stop()
+        beta.stop()
