@@ -225,8 +225,12 @@ class CommandReader:
                     # The client waits for "+"; answering the command instead
                     # tells it not to send the octets (RFC 3501 7.5).
                     return self._abandon(self._discard)
-            elif eight:
-                problem = CommandError("literal8 (~{n}) needs BINARY, not offered (RFC 3516)")
+            elif eight or (start > 0 and line[start - 1] not in b" ("):
+                problem = CommandError(
+                    "literal8 (~{n}) needs BINARY, not offered (RFC 3516)"
+                    if eight
+                    else "a literal {n} must follow a space or '(' (RFC 3501 9)"
+                )
                 if sync:
                     return self._abandon(problem)
                 self._discard = problem

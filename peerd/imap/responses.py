@@ -389,6 +389,9 @@ def decode_mailbox(name: str | bytes) -> str:
                 raise CommandError("mailbox name is not valid modified UTF-7") from exc
         i = end + 1
     decoded = "".join(out)
+    # Control characters (C0, DEL, C1) would let a name break a response line.
+    if any(ch < " " or "\x7f" <= ch <= "\x9f" for ch in decoded):
+        raise CommandError("mailbox names cannot hold control characters")
     if encode_mailbox(decoded) != text:
         raise CommandError("mailbox name is not in canonical modified UTF-7 (RFC 3501 5.1.3)")
     return decoded
