@@ -10,7 +10,20 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["Proc", "free_port", "wait_until"]
+__all__ = ["Proc", "free_port", "require", "wait_until"]
+
+
+def require(binary: str) -> None:
+    """Skip when a real client or server is missing on a developer's machine; fail in CI."""
+    import shutil
+
+    import pytest
+
+    if shutil.which(binary):
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{binary} is not installed, and CI must test with it")
+    pytest.skip(f"{binary} not installed")
 
 
 def free_port() -> int:

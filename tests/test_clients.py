@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.nodes import Node, make_pair
-from tests.proxies import require
+from tests.procs import require
 
 
 def deliver(node: Node, n: int) -> None:

@@ -11,8 +11,7 @@ import pytest
 
 from peerd.pop3 import dot_stuff
 from tests.nodes import Node, make_pair
-from tests.procs import wait_until
-from tests.proxies import require
+from tests.procs import require, wait_until
 
 
 def deliver(node: Node, n: int, body: bytes = b"body\r\n") -> None:

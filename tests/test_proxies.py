@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
+from tests.harness.nginx import Nginx
+from tests.harness.postfix import Postfix
 from tests.nodes import Node, make_pair
 from tests.procs import free_port, wait_until
-from tests.proxies import Nginx, Postfix
 
 SECRET = "proxy-secret"
 
@@ -63,7 +64,11 @@ def test_nginx_routes_logins_to_the_owner(routed: Any, tmp_path: Path) -> None:
     alpha.add_account("alice", password="s3cret+x")
     alpha.add_account("bob")
     wait_until(lambda: _exists(beta, "alice") and _exists(beta, "bob"), 10, "accounts replicated")
-    nginx = Nginx(tmp_path / "nginx", [alpha.ports["http"], beta.ports["http"]], SECRET).start()
+    nginx = Nginx(
+        tmp_path / "nginx",
+        lookups=[f"127.0.0.1:{alpha.ports['http']}", f"127.0.0.1:{beta.ports['http']}"],
+        secret=SECRET,
+    ).start()
     try:
         assert "on alpha" in login(nginx.imap_port, "alice", "s3cret+x")
         with pytest.raises(imaplib.IMAP4.error, match="Invalid login"):
@@ -166,7 +171,7 @@ def test_postfix_delivers_to_the_owner_and_follows_a_switchover(
         # the mail is deferred and retried. A reload clears the cache.
         deadline = time.monotonic() + 60
         while count(beta) < 2 and time.monotonic() < deadline:
-            postfix.run("reload")
+            postfix.reload()
             postfix.flush()
             time.sleep(2)
         assert count(beta) == 2, postfix.log()[-2000:]
