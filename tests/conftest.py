@@ -11,7 +11,7 @@ import pytest
 
 from tests.harness.postgres import PgServer, require_pg
 from tests.harness.procs import Registry
-from tests.nodes import Node, make_pair, make_single
+from tests.nodes import Node, make_pair, make_single, running
 
 
 @pytest.fixture(scope="session")
@@ -57,12 +57,5 @@ def node(tmp_path: Path) -> Iterator[Node]:
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[Node, Node]]:
     alpha, beta = make_pair(tmp_path)
-    try:
-        alpha.start(wait=False)
-        beta.start(wait=False)
-        alpha.wait_ready()
-        beta.wait_ready()
+    with running(alpha, beta):
         yield alpha, beta
-    finally:
-        alpha.stop()
-        beta.stop()

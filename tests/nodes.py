@@ -7,7 +7,8 @@ import signal
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,11 @@ def _sections(
             "sync_reconnect_maxwait": "1s",
         }
         sections["partner"] = {"name": partner, "api": f"http://127.0.0.1:{partner_ports['http']}"}
+        sections["routing"] = {
+            "partner_imap": f"127.0.0.1:{partner_ports['imap']}",
+            "partner_pop3": f"127.0.0.1:{partner_ports['pop3']}",
+            "partner_lmtp": f"127.0.0.1:{partner_ports['lmtp']}",
+        }
     else:
         sections["sync"] = {"sync_authname": "repl", "sync_password": "repl-secret"}
     return sections
@@ -148,6 +154,20 @@ def _sections(
 
 def _ports() -> dict[str, int]:
     return {k: free_port() for k in ("lmtp", "imap", "pop3", "sync", "http")}
+
+
+@contextmanager
+def running(*nodes: Node) -> Iterator[tuple[Node, ...]]:
+    """Start the nodes together, wait until each serves, stop them all (by pid) at the end."""
+    try:
+        for node in nodes:
+            node.start(wait=False)
+        for node in nodes:
+            node.wait_ready()
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
 
 
 def make_single(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.nodes import Node, make_pair
+from tests.nodes import Node
 from tests.procs import require
 
 
@@ -73,23 +73,17 @@ def server(node: Node, mailbox: str = "INBOX") -> list[dict[str, object]]:
 
 
 @pytest.fixture
-def pair(tmp_path: Path):  # type: ignore[no-untyped-def]
+def alice(pair: tuple[Node, Node]) -> tuple[Node, Node]:
+    """The pair, with alice owned by alpha."""
+    pair[0].add_account("alice")
+    return pair
+
+
+def test_mbsync_both_ways_flags_moves_and_failover(
+    alice: tuple[Node, Node], tmp_path: Path
+) -> None:
     require("mbsync")
-    alpha, beta = make_pair(tmp_path)
-    try:
-        alpha.start(wait=False)
-        beta.start(wait=False)
-        alpha.wait_ready()
-        beta.wait_ready()
-        alpha.add_account("alice")
-        yield alpha, beta
-    finally:
-        alpha.stop()
-        beta.stop()
-
-
-def test_mbsync_both_ways_flags_moves_and_failover(pair: tuple[Node, Node], tmp_path: Path) -> None:
-    alpha, beta = pair
+    alpha, beta = alice
     for n in range(3):
         deliver(alpha, n)
     maildir = tmp_path / "Maildir"
@@ -142,9 +136,9 @@ def test_mbsync_both_ways_flags_moves_and_failover(pair: tuple[Node, Node], tmp_
     assert len(files(maildir, "INBOX")) == 4
 
 
-def test_offlineimap_both_ways(pair: tuple[Node, Node], tmp_path: Path) -> None:
+def test_offlineimap_both_ways(alice: tuple[Node, Node], tmp_path: Path) -> None:
     require("offlineimap")
-    alpha, _ = pair
+    alpha, _ = alice
     for n in range(3):
         deliver(alpha, n)
     local = tmp_path / "oimail"

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import smtplib
 import urllib.error
-from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.nodes import Node, make_pair
+from tests.nodes import Node
 from tests.procs import wait_until
 
 
@@ -45,30 +42,8 @@ def api_error(call: Any) -> int:
     return 200
 
 
-@pytest.fixture
-def routed_pair(tmp_path: Path) -> Any:
-    alpha, beta = make_pair(tmp_path)
-    for me, other in ((alpha, beta), (beta, alpha)):
-        text = me.config.read_text()
-        text += (
-            "\n[routing]\n"
-            f'partner_lmtp = "127.0.0.1:{other.ports["lmtp"]}"\n'
-            f'partner_imap = "127.0.0.1:{other.ports["lmtp"] + 1}"\n'
-        )
-        me.config.write_text(text)
-    try:
-        alpha.start(wait=False)
-        beta.start(wait=False)
-        alpha.wait_ready()
-        beta.wait_ready()
-        yield alpha, beta
-    finally:
-        alpha.stop()
-        beta.stop()
-
-
-def test_failover_return_and_failback_lose_nothing(routed_pair: tuple[Node, Node]) -> None:
-    alpha, beta = routed_pair
+def test_failover_return_and_failback_lose_nothing(pair: tuple[Node, Node]) -> None:
+    alpha, beta = pair
     alpha.add_account("alice")
     beta.add_account("bob")
     assert deliver(alpha, "alice@example.test", "a1")[0] == 250
@@ -130,8 +105,8 @@ def _has(node: Node, account: str) -> bool:
     return True
 
 
-def test_switchover_moves_accounts_both_ways(routed_pair: tuple[Node, Node]) -> None:
-    alpha, beta = routed_pair
+def test_switchover_moves_accounts_both_ways(pair: tuple[Node, Node]) -> None:
+    alpha, beta = pair
     for name in ("carol", "dave"):
         alpha.add_account(name)
         deliver(alpha, f"{name}@example.test", f"{name}-1")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from peerd.pop3 import dot_stuff
-from tests.nodes import Node, make_pair
+from tests.nodes import Node
 from tests.procs import require, wait_until
 
 
@@ -28,22 +28,14 @@ def test_dot_stuffing() -> None:
 
 
 @pytest.fixture
-def pair(tmp_path: Path):  # type: ignore[no-untyped-def]
-    alpha, beta = make_pair(tmp_path)
-    try:
-        alpha.start(wait=False)
-        beta.start(wait=False)
-        alpha.wait_ready()
-        beta.wait_ready()
-        alpha.add_account("alice")
-        yield alpha, beta
-    finally:
-        alpha.stop()
-        beta.stop()
+def alice(pair: tuple[Node, Node]) -> tuple[Node, Node]:
+    """The pair, with alice owned by alpha."""
+    pair[0].add_account("alice")
+    return pair
 
 
-def test_pop3_commands_and_uidl_across_failover(pair: tuple[Node, Node]) -> None:
-    alpha, beta = pair
+def test_pop3_commands_and_uidl_across_failover(alice: tuple[Node, Node]) -> None:
+    alpha, beta = alice
     deliver(alpha, 1, b".starts with a dot\r\nline\r\n")
     deliver(alpha, 2)
     client = poplib.POP3("127.0.0.1", alpha.ports["pop3"], timeout=20)
@@ -79,9 +71,9 @@ def test_pop3_commands_and_uidl_across_failover(pair: tuple[Node, Node]) -> None
         other.close()
 
 
-def test_fetchmail_fetches_with_uidl(pair: tuple[Node, Node], tmp_path: Path) -> None:
+def test_fetchmail_fetches_with_uidl(alice: tuple[Node, Node], tmp_path: Path) -> None:
     require("fetchmail")
-    alpha, _ = pair
+    alpha, _ = alice
     for n in range(3):
         deliver(alpha, n)
     rc = tmp_path / "fetchmailrc"

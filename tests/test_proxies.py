@@ -15,7 +15,7 @@ import pytest
 
 from tests.harness.nginx import Nginx
 from tests.harness.postfix import Postfix
-from tests.nodes import Node, make_pair
+from tests.nodes import Node, make_pair, running
 from tests.procs import free_port, wait_until
 
 SECRET = "proxy-secret"
@@ -23,28 +23,20 @@ SECRET = "proxy-secret"
 
 @pytest.fixture
 def routed(tmp_path: Path) -> Iterator[tuple[Node, Node]]:
-    alpha, beta = make_pair(tmp_path)
-    for me, other in ((alpha, beta), (beta, alpha)):
-        me.ports["socketmap"] = free_port()
-        text = me.config.read_text().replace(
-            "[listen]\n", f'[listen]\nsocketmap = "127.0.0.1:{me.ports["socketmap"]}"\n'
-        )
-        text += (
-            "\n[routing]\n"
-            f'auth_http_secret = "{SECRET}"\n'
-            f'partner_imap = "127.0.0.1:{other.ports["imap"]}"\n'
-            f'partner_lmtp = "127.0.0.1:{other.ports["lmtp"]}"\n'
-        )
-        me.config.write_text(text)
-    try:
-        alpha.start(wait=False)
-        beta.start(wait=False)
-        alpha.wait_ready()
-        beta.wait_ready()
+    ports = {"alpha": free_port(), "beta": free_port()}
+    alpha, beta = make_pair(
+        tmp_path,
+        {
+            name: {
+                "listen": {"socketmap": f"127.0.0.1:{ports[name]}"},
+                "routing": {"auth_http_secret": SECRET},
+            }
+            for name in ports
+        },
+    )
+    alpha.ports["socketmap"], beta.ports["socketmap"] = ports["alpha"], ports["beta"]
+    with running(alpha, beta):
         yield alpha, beta
-    finally:
-        alpha.stop()
-        beta.stop()
 
 
 def login(port: int, user: str, password: str) -> str:
