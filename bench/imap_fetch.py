@@ -14,7 +14,6 @@ config written into this benchmark's own temp dir, stopped by its pid.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import imaplib
 import os
 import pwd
@@ -26,14 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import migrations
+from bench.load import load
 from bench.workload import messages
-from engine import accounts, mailbox
-from engine.messages import append
-from engine.spool import guid_of
-from engine.store import Store
-from ownership import table as ownership_table
-from tests.nodes import Node, make_single
+from tests.nodes import make_single
 from tests.procs import Proc, free_port, wait_until
 
 
@@ -126,36 +120,6 @@ service imap-login {{
     return proc, port
 
 
-def load_peerd(node: Node, payloads: list[bytes]) -> None:
-    url = f"sqlite:///{node.db_path}"
-    node.db_path.parent.mkdir(parents=True, exist_ok=True)
-    migrations.upgrade(url)
-    store = Store(url, node.workdir / "var" / node.name)
-    try:
-
-        def create(s: Any) -> None:
-            accounts.create_account(s, "bench", password="pw")
-            ownership_table.create(s, "bench", node.name)
-
-        store.write_sync(create)
-        for start in range(0, len(payloads), 500):
-            chunk = payloads[start : start + 500]
-            dirs = store.spool.put_many((guid_of(p), p) for p in chunk)
-
-            def fill(s: Any, chunk: list[bytes] = chunk, start: int = start) -> None:
-                acct = accounts.get_account(s, "bench")
-                box = mailbox.get_mailbox(s, acct, "INBOX")
-                for i, data in enumerate(chunk):
-                    when = dt.datetime(2023, 11, 14, tzinfo=dt.UTC) + dt.timedelta(
-                        seconds=start + i
-                    )
-                    append(s, acct, box, guid=guid_of(data), size=len(data), internaldate=when)
-
-            store.write_sync(fill, dirs=dirs)
-    finally:
-        store.close()
-
-
 def timed(client: imaplib.IMAP4, fn: Callable[[imaplib.IMAP4], Any]) -> tuple[float, Any]:
     started = time.perf_counter()
     result = fn(client)
@@ -191,7 +155,7 @@ def main() -> None:
         root.chmod(0o755)  # Dovecot's own users must reach their files in here
         node = make_single(root / "peerd") if (root / "peerd").mkdir() is None else None
         assert node is not None
-        load_peerd(node, payloads)
+        load(node, "bench", payloads)
         node.start()
         dovecot, port = start_dovecot(root / "dovecot", payloads)
         try:

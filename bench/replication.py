@@ -18,7 +18,6 @@ measured through the running daemons.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import smtplib
 import statistics
 import tempfile
@@ -27,49 +26,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import migrations
+from bench.load import load
 from bench.workload import ceiling, message, messages
 from engine import accounts, mailbox
-from engine.messages import append
 from engine.store import Store
 from ownership import table as ownership_table
 from tests.nodes import Node, make_pair
-
-
-def load(node: Node, account: str, payloads: list[bytes]) -> None:
-    """Put messages into a stopped node's INBOX through the engine."""
-    url = f"sqlite:///{node.db_path}"
-    node.db_path.parent.mkdir(parents=True, exist_ok=True)
-    migrations.upgrade(url)
-    store = Store(url, node.workdir / "var" / node.name)
-    try:
-
-        def create(s: Any) -> None:
-            accounts.create_account(s, account, password="pw")
-            ownership_table.create(s, account, node.name)
-
-        store.write_sync(create)
-        for start in range(0, len(payloads), 500):
-            chunk = payloads[start : start + 500]
-            dirs = store.spool.put_many((guid_of(p), p) for p in chunk)
-            guids = [guid_of(p) for p in chunk]
-
-            def fill(s: Any, chunk: list[bytes] = chunk, guids: list[str] = guids) -> None:
-                acct = accounts.get_account(s, account)
-                box = mailbox.get_mailbox(s, acct, "INBOX")
-                now = dt.datetime.now(dt.UTC)
-                for guid, data in zip(guids, chunk, strict=True):
-                    append(s, acct, box, guid=guid, size=len(data), internaldate=now)
-
-            store.write_sync(fill, dirs=dirs)
-    finally:
-        store.close()
-
-
-def guid_of(data: bytes) -> str:
-    from engine.spool import guid_of as sha1
-
-    return sha1(data)
 
 
 def rolling(alpha: Node, beta: Node, count: int, users: int, rate: float) -> list[float]:
