@@ -237,11 +237,28 @@ class Session:
         await self.untagged(f"CAPABILITY {self.capabilities()}")
         return "CAPABILITY completed"
 
+    async def poll(self) -> None:
+        """Look at the mailbox itself: a change committed by another process or
+        session may reach us through the listener only after this command."""
+        box = self.selected
+        if box is None or box.dirty:
+            return
+        mailbox_id = box.mailbox_id
+        state = await self.node.store.read(
+            lambda s: s.execute(
+                select(Mailbox.highestmodseq, Mailbox.last_uid).where(Mailbox.id == mailbox_id)
+            ).first()
+        )
+        if state is None or tuple(state) != (box.highestmodseq, box.uidnext - 1):
+            box.dirty = True
+
     async def cmd_noop(self, cmd: Command, args: list[Any]) -> str:
+        await self.poll()
         await self.report_changes(expunges=True)
         return "NOOP completed"
 
     async def cmd_check(self, cmd: Command, args: list[Any]) -> str:
+        await self.poll()
         await self.report_changes(expunges=True)
         return "CHECK completed"
 
@@ -791,6 +808,7 @@ class Session:
 
     async def cmd_idle(self, cmd: Command, args: list[Any]) -> str | None:
         await self.send(b"+ idling\r\n")
+        await self.poll()
         deadline = time.monotonic() + self.node.config.imap.idle_timeout.total_seconds()
         while True:
             await self.report_changes(expunges=True)
