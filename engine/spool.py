@@ -140,7 +140,10 @@ class Spool:
         Returns the directories to fsync before records that use them commit.
         """
         items = list(staged)
-        fresh = [s for s in items if s.tmp is not None]
+        # A batch run again after a failed write finds its files in place.
+        fresh = [
+            s for s in items if s.tmp is not None and not (s.final.exists() and not s.tmp.exists())
+        ]
         try:
             if fresh:
                 self._flush_files([s.tmp for s in fresh if s.tmp is not None])

@@ -194,8 +194,10 @@ class Store:
         # A caller that gave up before its turn (a cancelled delivery) is
         # skipped; once running, a write can no longer be cancelled.
         batch = [item for item in batch if item.future.set_running_or_notify_cancel()]
-        if not batch:
-            return
+        if batch:
+            self._commit_running(batch)
+
+    def _commit_running(self, batch: list[_Item]) -> None:
         outcomes: list[tuple[bool, Any]] = []
         changes: list[Change] = []
         staged = [s for item in batch for s in item.staged]
@@ -231,6 +233,13 @@ class Store:
                 if dirs:
                     self.spool.fsync_dirs(dirs)
         except Exception as exc:
+            if len(batch) > 1 and not isinstance(translate_db_error(exc), DatabaseBusy):
+                # One write can break the whole transaction (a failed flush
+                # does): nothing was committed, so run each write again
+                # alone and let only the broken one fail.
+                for item in batch:
+                    self._commit_running([item])
+                return
             error = translate_db_error(exc)
             if not isinstance(error, EngineError):
                 log.exception("write batch failed")

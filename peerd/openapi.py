@@ -43,7 +43,11 @@ OPERATIONS: list[Operation] = [
                 "name": _ACCOUNT_NAME,
                 "password": {"type": "string", "minLength": 1, "maxLength": 1024},
                 "password_hash": {"type": "string", "minLength": 1, "maxLength": 255},
-                "quota_limit": {"type": ["integer", "null"], "minimum": 0},
+                "quota_limit": {
+                    "type": ["integer", "null"],
+                    "minimum": 0,
+                    "maximum": 9223372036854775807,
+                },
                 "owner": {"type": "string", "minLength": 1, "maxLength": 64},
             },
             "additionalProperties": False,
@@ -70,7 +74,13 @@ OPERATIONS: list[Operation] = [
         "Set an account's quota in bytes (null: unlimited)",
         body={
             "type": "object",
-            "properties": {"quota_limit": {"type": ["integer", "null"], "minimum": 0}},
+            "properties": {
+                "quota_limit": {
+                    "type": ["integer", "null"],
+                    "minimum": 0,
+                    "maximum": 9223372036854775807,
+                }
+            },
             "additionalProperties": False,
         },
         responses=(200, 404, 409, 422),

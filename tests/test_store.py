@@ -283,3 +283,20 @@ def test_delivery_plus_addressing_local_domains_and_duplicates(store: Store) -> 
     assert send("alice+Lists@example.test", "<4@x>").duplicate is False  # per mailbox
     with pytest.raises(NoSuchAccount):
         send("carol@example.test", "<5@x>")
+
+
+def test_a_write_that_breaks_the_transaction_fails_alone(store: Store) -> None:
+    store.write_sync(lambda s: accounts.create_account(s, "alice", password="pw"))
+
+    def huge(s: Any) -> None:
+        accounts.get_account(s, "alice").quota_limit = 2**70  # the database cannot hold it
+        s.flush()
+
+    def ok(n: int) -> Any:
+        return lambda s: mailbox.create_mailbox(s, accounts.get_account(s, "alice"), f"Box{n}").name
+
+    futures = [store.submit(ok(1)), store.submit(huge), store.submit(ok(2))]
+    assert futures[0].result() == "Box1" and futures[2].result() == "Box2"
+    assert futures[1].exception() is not None
+    limit = store.read_sync(lambda s: accounts.get_account(s, "alice").quota_limit)
+    assert limit is None
