@@ -121,6 +121,10 @@ def test_api_fuzzed_by_schemathesis(tmp_path: Path) -> None:
                 "60",
                 "--phases",
                 "examples,coverage,fuzzing",
+                # A fixed seed keeps CI reproducible; run without it by hand to
+                # explore further (that is how the quota overflow was found).
+                "--seed",
+                "20261124",
             ],
             capture_output=True,
             text=True,
