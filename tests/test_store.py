@@ -1,23 +1,52 @@
-"""The store, on SQLite and on a real PostgreSQL server; the schema always comes from Alembic."""
+"""The store, on SQLite and on a real PostgreSQL server; the schema always comes from Alembic.
+
+Every test that changes records checks the invariants afterwards, after failed
+operations too: each mailbox's checksum is the XOR of its live records'
+hashes, ``exists`` counts them, and the account's quota usage is the sum of
+their sizes.
+"""
 
 from __future__ import annotations
 
-import concurrent.futures
+import asyncio
 import datetime as dt
-from collections.abc import Iterator
+import hashlib
+import itertools
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
-from sqlalchemy import select
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 import migrations
 from engine import accounts, delivery, mailbox, messages, synclog
-from engine.errors import AlreadyExists, Corrupt, InvalidArgument, NoSuchAccount, OverQuota
+from engine.errors import (
+    AlreadyExists,
+    Corrupt,
+    InvalidArgument,
+    NoSuchAccount,
+    NoSuchMailbox,
+    OverQuota,
+)
 from engine.flags import record_hash
-from engine.models import MailboxTombstone, Message, SyncLogRow
+from engine.models import (
+    Account,
+    Duplicate,
+    Mailbox,
+    MailboxTombstone,
+    Message,
+    Subscription,
+    SyncLogRow,
+)
+from engine.passwords import verify_password
+from engine.spool import Spool
 from engine.store import Store
 
+T = TypeVar("T")
 NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
 
 
@@ -35,16 +64,40 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         s.close()
 
 
-def put(store: Store, text: str) -> tuple[str, int]:
-    data = f"Subject: {text}\r\nMessage-ID: <{text}@t>\r\n\r\n{text}\r\n".encode()
+# -- helpers -------------------------------------------------------------------
+
+
+def payload(text: str, pad: int = 0) -> bytes:
+    return f"Subject: {text}\r\nMessage-ID: <{text}@t>\r\n\r\n{text}{'x' * pad}\r\n".encode()
+
+
+def put(store: Store, text: str, pad: int = 0) -> tuple[str, int]:
+    data = payload(text, pad)
     guid, _ = store.spool.put(data)
     return guid, len(data)
+
+
+def on_account(store: Store, name: str, fn: Callable[[Session, Account], T]) -> T:
+    """Run ``fn(session, account)`` as one write."""
+    return store.write_sync(lambda s: fn(s, accounts.get_account(s, name)))
+
+
+def attempt(store: Store, fn: Callable[[Session], Any]) -> BaseException | None:
+    try:
+        store.write_sync(fn)
+    except Exception as exc:
+        return exc
+    return None
+
+
+def spool_files(store: Store) -> int:
+    return sum(1 for p in store.spool.root.rglob("*") if p.is_file() and p.parent.name != "tmp")
 
 
 def check_invariants(store: Store, name: str = "alice") -> None:
     """checksum == XOR of live record hashes; exists; quota_used == sum of live sizes."""
 
-    def read(s: Any) -> None:
+    def read(s: Session) -> None:
         acct = accounts.get_account(s, name)
         used = 0
         for box in mailbox.list_mailboxes(s, acct):
@@ -54,235 +107,577 @@ def check_invariants(store: Store, name: str = "alice") -> None:
                 xor ^= record_hash(r.uid, r.guid, r.flags, r.internaldate)
             assert box.checksum == xor, box.name
             assert box.exists == len(live), box.name
+            all_records = s.scalars(select(Message).where(Message.mailbox_id == box.id)).all()
+            assert all(r.uid <= box.last_uid for r in all_records), box.name
+            assert all(r.modseq <= box.highestmodseq for r in all_records), box.name
             used += sum(r.size for r in live)
         assert acct.quota_used == used
+        if acct.quota_limit is not None:
+            assert acct.quota_used <= acct.quota_limit
 
     store.read_sync(read)
 
 
-def test_account_lifecycle(store: Store) -> None:
-    store.write_sync(lambda s: accounts.create_account(s, "alice", password="pw", quota_limit=1000))
-    names = store.read_sync(
-        lambda s: [m.name for m in mailbox.list_mailboxes(s, accounts.get_account(s, "alice"))]
-    )
-    assert names == ["INBOX"]
-    with pytest.raises(AlreadyExists):
-        store.write_sync(lambda s: accounts.create_account(s, "alice", password="pw"))
-    with pytest.raises(InvalidArgument):
-        store.write_sync(lambda s: accounts.create_account(s, "bad name", password="pw"))
-    store.write_sync(lambda s: accounts.set_password(s, "alice", "new"))
-    from engine.passwords import verify_password
+def snapshot(store: Store) -> dict[str, Any]:
+    """Everything an operation could change, comparable with ==."""
 
+    def read(s: Session) -> dict[str, Any]:
+        return {
+            "accounts": s.execute(
+                select(
+                    Account.name, Account.quota_limit, Account.quota_used, Account.password_hash
+                ).order_by(Account.name)
+            ).all(),
+            "mailboxes": s.execute(
+                select(
+                    Mailbox.uniqueid,
+                    Mailbox.name,
+                    Mailbox.uidvalidity,
+                    Mailbox.last_uid,
+                    Mailbox.highestmodseq,
+                    Mailbox.checksum,
+                    Mailbox.exists,
+                    Mailbox.acl,
+                ).order_by(Mailbox.uniqueid)
+            ).all(),
+            "messages": s.execute(
+                select(
+                    Message.mailbox_id,
+                    Message.uid,
+                    Message.guid,
+                    Message.flags,
+                    Message.modseq,
+                    Message.size,
+                    Message.expunged,
+                ).order_by(Message.mailbox_id, Message.uid)
+            ).all(),
+            "subscriptions": s.execute(
+                select(Subscription.account_id, Subscription.name).order_by(Subscription.name)
+            ).all(),
+            "tombstones": s.execute(select(MailboxTombstone.uniqueid)).all(),
+            "sync_log": s.execute(
+                select(
+                    SyncLogRow.account, SyncLogRow.mailbox, SyncLogRow.kind, SyncLogRow.generation
+                ).order_by(SyncLogRow.id)
+            ).all(),
+            "duplicates": s.execute(select(Duplicate.mailbox_uniqueid, Duplicate.message_id)).all(),
+        }
+
+    return store.read_sync(read)
+
+
+def sync_rows(store: Store) -> list[tuple[str, str, str, int]]:
+    return [
+        tuple(row)  # type: ignore[misc]
+        for row in store.read_sync(
+            lambda s: s.execute(
+                select(
+                    SyncLogRow.account, SyncLogRow.mailbox, SyncLogRow.kind, SyncLogRow.generation
+                ).order_by(SyncLogRow.id)
+            ).all()
+        )
+    ]
+
+
+def clear_sync_log(store: Store) -> None:
+    store.write_sync(
+        lambda s: synclog.acknowledge(s, [r for p in synclog.pending(s) for r in p.rows])
+    )
+    assert store.read_sync(synclog.depth) == 0
+
+
+def box_state(store: Store, name: str, box: str) -> Mailbox:
+    return store.read_sync(lambda s: mailbox.get_mailbox(s, accounts.get_account(s, name), box))
+
+
+def append_to(
+    store: Store,
+    name: str,
+    box: str,
+    guid: str,
+    size: int,
+    *,
+    flags: list[str] | None = None,
+    internaldate: dt.datetime = NOW,
+) -> Message:
+    def op(s: Session, acct: Account) -> Message:
+        target = mailbox.get_mailbox(s, acct, box)
+        return messages.append(
+            s, acct, target, guid=guid, size=size, flags=flags or (), internaldate=internaldate
+        )
+
+    return on_account(store, name, op)
+
+
+# -- accounts ------------------------------------------------------------------
+
+
+def test_account_create_password_quota_delete(store: Store) -> None:
+    store.write_sync(lambda s: accounts.create_account(s, "alice", password="pw", quota_limit=1000))
+    # Created with a subscribed INBOX, logged for replication in the same transaction.
+    names, subs = store.read_sync(
+        lambda s: (
+            [m.name for m in mailbox.list_mailboxes(s, accounts.get_account(s, "alice"))],
+            mailbox.subscriptions(s, accounts.get_account(s, "alice")),
+        )
+    )
+    assert names == ["INBOX"] and subs == ["INBOX"]
+    assert {(a, k) for a, _, k, _ in sync_rows(store)} == {
+        ("alice", "account"),
+        ("alice", "mailbox"),
+    }
+
+    for bad in ("bad name", "", "a" * 129, "x@", "über"):
+        with pytest.raises(InvalidArgument):
+            store.write_sync(lambda s, bad=bad: accounts.create_account(s, bad, password="pw"))
+    with pytest.raises(InvalidArgument):
+        store.write_sync(lambda s: accounts.create_account(s, "nopw"))
+    with pytest.raises(InvalidArgument):
+        store.write_sync(lambda s: accounts.create_account(s, "neg", password="pw", quota_limit=-1))
+    before = snapshot(store)
+    with pytest.raises(AlreadyExists):
+        store.write_sync(lambda s: accounts.create_account(s, "alice", password="other"))
+    assert snapshot(store) == before  # nothing half-created by any refused create
+
+    # The domain part is case-insensitive, the local part is not.
+    store.write_sync(lambda s: accounts.create_account(s, "John.Doe@Example.ORG", password="pw"))
+    with pytest.raises(AlreadyExists):
+        store.write_sync(
+            lambda s: accounts.create_account(s, "John.Doe@example.org", password="pw")
+        )
+    store.write_sync(lambda s: accounts.create_account(s, "john.doe@example.org", password="pw"))
+
+    store.write_sync(lambda s: accounts.set_password(s, "alice", "new"))
     stored = store.read_sync(lambda s: accounts.get_account(s, "alice").password_hash)
+    assert "new" not in stored and "pw" not in stored
     assert verify_password("new", stored) and not verify_password("pw", stored)
+    with pytest.raises(NoSuchAccount):
+        store.write_sync(lambda s: accounts.set_password(s, "nobody", "x"))
+
+    store.write_sync(lambda s: accounts.set_quota(s, "alice", 5))
+    assert store.read_sync(lambda s: accounts.get_account(s, "alice").quota_limit) == 5
+    with pytest.raises(InvalidArgument):
+        store.write_sync(lambda s: accounts.set_quota(s, "alice", -5))
+    store.write_sync(lambda s: accounts.set_quota(s, "alice", None))
+    assert store.read_sync(lambda s: accounts.get_account(s, "alice").quota_limit) is None
+
+    # Delete takes the mailboxes and records along; the others stay.
+    guid, size = put(store, "del")
+    append_to(store, "alice", "INBOX", guid, size)
+    clear_sync_log(store)
     store.write_sync(lambda s: accounts.delete_account(s, "alice"))
     with pytest.raises(NoSuchAccount):
         store.read_sync(lambda s: accounts.get_account(s, "alice"))
+    with pytest.raises(NoSuchAccount):
+        store.write_sync(lambda s: accounts.delete_account(s, "alice"))
+    left = store.read_sync(
+        lambda s: (
+            s.scalar(select(func.count()).select_from(Message)),
+            s.scalar(select(func.count()).select_from(Mailbox)),
+        )
+    )
+    assert left == (0, 2)  # the two John Doe INBOXes
+    assert sync_rows(store) == [("alice", "", "account", 1)]
 
 
-def test_mailboxes_rename_keeps_uniqueid_and_moves_children(store: Store) -> None:
-    def setup(s: Any) -> dict[str, str]:
-        acct = accounts.create_account(s, "alice", password="pw")
+# -- mailboxes -----------------------------------------------------------------
+
+
+def test_mailboxes_create_rename_delete_and_inbox_rules(store: Store) -> None:
+    store.write_sync(lambda s: accounts.create_account(s, "alice", password="pw"))
+    work_guid, work_size = put(store, "in-work")
+
+    def setup(s: Session, acct: Account) -> dict[str, str]:
         a = mailbox.create_mailbox(s, acct, "Work")
         b = mailbox.create_mailbox(s, acct, "Work/2026")
+        c = mailbox.create_mailbox(s, acct, "Workshop")  # a prefix, not a child
         mailbox.subscribe(s, acct, "Work/2026")
-        return {"Work": a.uniqueid, "Work/2026": b.uniqueid}
+        mailbox.subscribe(s, acct, "Workshop")
+        messages.append(s, acct, a, guid=work_guid, size=work_size, internaldate=NOW)
+        return {"Work": a.uniqueid, "Work/2026": b.uniqueid, "Workshop": c.uniqueid}
 
-    ids = store.write_sync(setup)
-    store.write_sync(
-        lambda s: mailbox.rename_mailbox(s, accounts.get_account(s, "alice"), "Work", "Jobs")
-    )
+    ids = on_account(store, "alice", setup)
+    before = box_state(store, "alice", "Work")
+    on_account(store, "alice", lambda s, a: mailbox.rename_mailbox(s, a, "Work", "Jobs"))
 
-    def read(s: Any) -> tuple[dict[str, str], list[str]]:
+    def read(s: Session) -> tuple[dict[str, str], list[str]]:
         acct = accounts.get_account(s, "alice")
-        return {m.name: m.uniqueid for m in mailbox.list_mailboxes(s, acct)}, mailbox.subscriptions(
-            s, acct
-        )
+        boxes = {m.name: m.uniqueid for m in mailbox.list_mailboxes(s, acct)}
+        return boxes, mailbox.subscriptions(s, acct)
 
     boxes, subs = store.read_sync(read)
-    assert boxes["Jobs"] == ids["Work"] and boxes["Jobs/2026"] == ids["Work/2026"]
-    assert subs == ["INBOX", "Jobs/2026"]
-    store.write_sync(lambda s: mailbox.delete_mailbox(s, accounts.get_account(s, "alice"), "Jobs"))
+    assert boxes == {
+        "INBOX": boxes["INBOX"],
+        "Jobs": ids["Work"],
+        "Jobs/2026": ids["Work/2026"],
+        "Workshop": ids["Workshop"],
+    }
+    assert subs == ["INBOX", "Jobs/2026", "Workshop"]
+    after = box_state(store, "alice", "Jobs")
+    # A rename changes the name only: same records, uidvalidity and checksum.
+    assert (after.uidvalidity, after.last_uid, after.checksum, after.exists) == (
+        before.uidvalidity,
+        before.last_uid,
+        before.checksum,
+        before.exists,
+    )
+    check_invariants(store)
+
+    for old, new, error in (
+        ("INBOX", "Old", InvalidArgument),  # RFC 3501 INBOX rename is the IMAP layer's
+        ("Jobs", "Jobs/Sub", InvalidArgument),  # into itself
+        ("Jobs", "Workshop", AlreadyExists),
+        ("Nope", "Other", NoSuchMailbox),
+        ("Jobs", "bad//name", InvalidArgument),
+    ):
+        before_all = snapshot(store)
+        with pytest.raises(error):
+            on_account(
+                store, "alice", lambda s, a, o=old, n=new: mailbox.rename_mailbox(s, a, o, n)
+            )
+        assert snapshot(store) == before_all, (old, new)
+
+    # INBOX is case-insensitive, always spelled INBOX, and cannot go.
+    with pytest.raises(AlreadyExists):
+        on_account(store, "alice", lambda s, a: mailbox.create_mailbox(s, a, "inbox"))
+    sub = on_account(store, "alice", lambda s, a: mailbox.create_mailbox(s, a, "iNbOx/Sub").name)
+    assert sub == "INBOX/Sub"
+    assert box_state(store, "alice", "inbox").name == "INBOX"
+    for name in ("INBOX", "Inbox"):
+        with pytest.raises(InvalidArgument):
+            on_account(store, "alice", lambda s, a, n=name: mailbox.delete_mailbox(s, a, n))
+
+    # Delete: a tombstone keeps the uniqueid, the quota its records used is
+    # freed, the children stay, a new mailbox of that name is a new mailbox.
+    used_before = store.read_sync(lambda s: accounts.get_account(s, "alice").quota_used)
+    assert used_before == work_size
+    clear_sync_log(store)
+    on_account(store, "alice", lambda s, a: mailbox.delete_mailbox(s, a, "Jobs"))
     tombs = store.read_sync(lambda s: list(s.scalars(select(MailboxTombstone.uniqueid))))
     assert tombs == [ids["Work"]]
-    with pytest.raises(InvalidArgument):
-        store.write_sync(
-            lambda s: mailbox.delete_mailbox(s, accounts.get_account(s, "alice"), "inbox")
+    assert sync_rows(store) == [("alice", ids["Work"], "mailbox", 1)]
+    assert store.read_sync(lambda s: accounts.get_account(s, "alice").quota_used) == 0
+    assert "Jobs/2026" in store.read_sync(read)[0]
+    with pytest.raises(NoSuchMailbox):
+        on_account(store, "alice", lambda s, a: mailbox.delete_mailbox(s, a, "Jobs"))
+    again = on_account(store, "alice", lambda s, a: mailbox.create_mailbox(s, a, "Jobs"))
+    assert again.uniqueid != ids["Work"] and again.uidvalidity > before.uidvalidity
+    check_invariants(store)
+
+
+# -- records -------------------------------------------------------------------
+
+
+def test_append_and_flags_bump_modseq_and_keep_the_checksum(store: Store) -> None:
+    store.write_sync(lambda s: accounts.create_account(s, "alice", password="pw"))
+    seen_modseqs = [box_state(store, "alice", "INBOX").highestmodseq]
+
+    def step() -> None:
+        """After every operation: invariants, and the modseq never goes back."""
+        check_invariants(store)
+        seen_modseqs.append(box_state(store, "alice", "INBOX").highestmodseq)
+        assert seen_modseqs[-1] >= seen_modseqs[-2]
+
+    for i in range(3):
+        guid, size = put(store, f"m{i}")
+        record = append_to(
+            store, "alice", "INBOX", guid, size, flags=["\\seen", "\\Recent", "$Work"]
+        )
+        step()
+        assert record.uid == i + 1 and record.modseq == seen_modseqs[-1] > seen_modseqs[-2]
+        assert record.flags == "$Work \\Seen"  # canonical spelling, \Recent never stored
+
+    def store_flags(uids: list[int], flags: list[str], mode: str, since: int | None = None) -> Any:
+        return on_account(
+            store,
+            "alice",
+            lambda s, a: messages.set_flags(
+                s,
+                a,
+                mailbox.get_mailbox(s, a, "INBOX"),
+                uids,
+                flags,
+                mode=mode,
+                unchangedsince=since,
+            ),
         )
 
+    change = store_flags([1, 2], ["\\Flagged"], "add")
+    step()
+    assert [r.uid for r in change.changed] == [1, 2]
+    assert {r.modseq for r in change.changed} == {seen_modseqs[-1]} and seen_modseqs[
+        -1
+    ] > seen_modseqs[-2]
 
-def test_append_flags_expunge_copy_move_keep_invariants(store: Store) -> None:
+    unchanged = store_flags([1, 2], ["\\Flagged"], "add")  # already set: no new modseq
+    step()
+    assert unchanged.changed == () and seen_modseqs[-1] == seen_modseqs[-2]
+
+    store_flags([2], ["$Work"], "remove")
+    step()
+    store_flags([3], ["\\Answered", "\\Draft"], "replace")
+    step()
+    refused = store_flags([1, 3], ["\\Deleted"], "add", since=seen_modseqs[-3])
+    step()
+    assert refused.modified == (3,) and [r.uid for r in refused.changed] == [1]
+    flags = store.read_sync(
+        lambda s: [
+            r.flags
+            for r in messages.live_records(
+                s, mailbox.get_mailbox(s, accounts.get_account(s, "alice"), "INBOX")
+            )
+        ]
+    )
+    assert flags == ["$Work \\Deleted \\Flagged \\Seen", "\\Flagged \\Seen", "\\Answered \\Draft"]
+
+    # Failed operations change nothing and keep the invariants.
+    for flags_, mode in ((["\\Bogus"], "add"), (["bad flag"], "add"), (["ok"], "toggle")):
+        before = snapshot(store)
+        with pytest.raises(InvalidArgument):
+            store_flags([1], flags_, mode)
+        assert snapshot(store) == before
+        step()
+    before = snapshot(store)
+    with pytest.raises(InvalidArgument):
+        append_to(store, "alice", "INBOX", "0" * 40, 10, internaldate=dt.datetime(2026, 1, 1))
+    assert snapshot(store) == before
+    step()
+
+
+def test_expunge_leaves_tombstones_and_frees_quota(store: Store) -> None:
     store.write_sync(
         lambda s: accounts.create_account(s, "alice", password="pw", quota_limit=10_000)
     )
-    guids = [put(store, f"m{i}") for i in range(4)]
-
-    def fill(s: Any) -> list[int]:
-        acct = accounts.get_account(s, "alice")
-        box = mailbox.get_mailbox(s, acct, "INBOX")
-        return [
-            messages.append(s, acct, box, guid=g, size=n, internaldate=NOW).modseq for g, n in guids
-        ]
-
-    modseqs = store.write_sync(fill)
-    assert modseqs == sorted(set(modseqs))
+    sizes = []
+    for i in range(4):
+        guid, size = put(store, f"e{i}", pad=100 * i)
+        append_to(store, "alice", "INBOX", guid, size)
+        sizes.append(size)
     check_invariants(store)
-    files_before = len(list(store.spool.guids()))
+    on_account(
+        store,
+        "alice",
+        lambda s, a: messages.set_flags(
+            s, a, mailbox.get_mailbox(s, a, "INBOX"), [2, 4], ["\\Deleted"]
+        ),
+    )
+    before = box_state(store, "alice", "INBOX")
+    gone = on_account(
+        store, "alice", lambda s, a: messages.expunge(s, a, mailbox.get_mailbox(s, a, "INBOX"))
+    )
+    assert gone == [2, 4]
+    check_invariants(store)
+    after = box_state(store, "alice", "INBOX")
+    assert after.highestmodseq == before.highestmodseq + 1 and after.exists == 2
+    assert (
+        store.read_sync(lambda s: accounts.get_account(s, "alice").quota_used)
+        == sizes[0] + sizes[2]
+    )
+    tombstones = store.read_sync(
+        lambda s: s.execute(
+            select(Message.uid, Message.modseq)
+            .where(Message.expunged.is_(True))
+            .order_by(Message.uid)
+        ).all()
+    )
+    assert [tuple(t) for t in tombstones] == [(2, after.highestmodseq), (4, after.highestmodseq)]
+    # Expunging what is not there (again, or never) is a no-op without a new modseq.
+    assert (
+        on_account(
+            store,
+            "alice",
+            lambda s, a: messages.expunge(s, a, mailbox.get_mailbox(s, a, "INBOX"), [2, 9]),
+        )
+        == []
+    )
+    assert box_state(store, "alice", "INBOX").highestmodseq == after.highestmodseq
+    # A new append never reuses an expunged UID.
+    guid, size = put(store, "e-new")
+    assert append_to(store, "alice", "INBOX", guid, size).uid == 5
+    check_invariants(store)
 
-    def work(s: Any) -> tuple[Any, Any]:
-        acct = accounts.get_account(s, "alice")
-        inbox = mailbox.get_mailbox(s, acct, "INBOX")
-        change = messages.set_flags(s, acct, inbox, [1, 2], ["\\Seen", "$Label1"], mode="add")
-        assert {r.modseq for r in change.changed} == {inbox.highestmodseq}
-        refused = messages.set_flags(s, acct, inbox, [1], ["\\Flagged"], unchangedsince=1)
-        archive = mailbox.create_mailbox(s, acct, "Archive")
-        copied = messages.copy_messages(s, acct, inbox, archive, [1, 2])
-        moved = messages.move_messages(s, acct, inbox, archive, [3])
-        messages.expunge(s, acct, inbox, [4])
-        return refused, (copied, moved)
 
-    refused, (copied, moved) = store.write_sync(work)
-    assert refused.modified == (1,)
-    assert copied.source_uids == (1, 2) and copied.dest_uids == (1, 2)
+def test_copy_and_move_write_no_spool_files(store: Store) -> None:
+    guids = [put(store, f"c{i}", pad=200) for i in range(3)]
+    # Room for six: three appended, two copied, then a copy of two more is refused.
+    limit = 6 * guids[0][1]
+    store.write_sync(
+        lambda s: accounts.create_account(s, "alice", password="pw", quota_limit=limit)
+    )
+    for guid, size in guids:
+        append_to(store, "alice", "INBOX", guid, size, flags=["\\Seen"])
+    on_account(store, "alice", lambda s, a: mailbox.create_mailbox(s, a, "Archive"))
+    files = spool_files(store)
+    assert files == 3
+    used = store.read_sync(lambda s: accounts.get_account(s, "alice").quota_used)
+
+    def copy(s: Session, a: Account) -> Any:
+        inbox, archive = mailbox.get_mailbox(s, a, "INBOX"), mailbox.get_mailbox(s, a, "Archive")
+        return messages.copy_messages(s, a, inbox, archive, [3, 1, 7])
+
+    copied = on_account(store, "alice", copy)
+    assert copied.source_uids == (1, 3) and copied.dest_uids == (1, 2)
+    check_invariants(store)
+    used_after_copy = store.read_sync(lambda s: accounts.get_account(s, "alice").quota_used)
+    assert used_after_copy == used + guids[0][1] + guids[2][1]  # a copy counts against quota
+
+    def move(s: Session, a: Account) -> Any:
+        inbox, archive = mailbox.get_mailbox(s, a, "INBOX"), mailbox.get_mailbox(s, a, "Archive")
+        return messages.move_messages(s, a, inbox, archive, [2])
+
+    moved = on_account(store, "alice", move)
     assert moved.dest_uids == (3,)
-    assert len(list(store.spool.guids())) == files_before  # copy and move wrote no bytes
     check_invariants(store)
-    expunged = store.read_sync(
+    assert store.read_sync(lambda s: accounts.get_account(s, "alice").quota_used) == used_after_copy
+    archived = store.read_sync(
         lambda s: [
-            (m.uid, m.expunged)
-            for m in s.scalars(select(Message).order_by(Message.id))
-            if m.expunged
+            (r.uid, r.guid, r.flags)
+            for r in messages.live_records(
+                s, mailbox.get_mailbox(s, accounts.get_account(s, "alice"), "Archive")
+            )
         ]
     )
-    assert {uid for uid, _ in expunged} == {3, 4}  # tombstones kept
+    assert archived == [
+        (1, guids[0][0], "\\Seen"),
+        (2, guids[2][0], "\\Seen"),
+        (3, guids[1][0], "\\Seen"),
+    ]
+    assert spool_files(store) == files  # the bytes were never written again
+
+    # A copy that would pass the quota is refused whole.
+    before = snapshot(store)
+    with pytest.raises(OverQuota):
+        on_account(store, "alice", copy)
+    assert snapshot(store) == before
+    check_invariants(store)
 
 
-def test_quota_is_enforced_and_a_failed_write_leaves_nothing(store: Store) -> None:
-    store.write_sync(lambda s: accounts.create_account(s, "alice", password="pw", quota_limit=100))
-    guid, size = put(store, "x" * 200)
+def test_quota_is_enforced_and_an_over_quota_write_changes_nothing(store: Store) -> None:
+    guid, size = put(store, "q", pad=50)
+    store.write_sync(
+        lambda s: accounts.create_account(s, "alice", password="pw", quota_limit=2 * size)
+    )
+    append_to(store, "alice", "INBOX", guid, size)
+    append_to(store, "alice", "INBOX", guid, size)  # exactly at the limit is allowed
+    check_invariants(store)
+    clear_sync_log(store)
+    before = snapshot(store)
+    with pytest.raises(OverQuota):
+        append_to(store, "alice", "INBOX", guid, 1)
+    assert snapshot(store) == before  # no record, no UID, no modseq, no sync-log row
+    check_invariants(store)
+    on_account(
+        store, "alice", lambda s, a: messages.expunge(s, a, mailbox.get_mailbox(s, a, "INBOX"), [1])
+    )
+    assert append_to(store, "alice", "INBOX", guid, size).uid == 3
+    check_invariants(store)
 
-    def over(s: Any) -> None:
+
+# -- the sync log --------------------------------------------------------------
+
+
+def test_sync_log_rows_commit_with_their_change(store: Store) -> None:
+    store.write_sync(lambda s: accounts.create_account(s, "alice", password="pw"))
+    clear_sync_log(store)
+    inbox_id = box_state(store, "alice", "INBOX").uniqueid
+    guid, size = put(store, "s")
+
+    def append_then_fail(s: Session) -> None:
         acct = accounts.get_account(s, "alice")
         messages.append(
             s, acct, mailbox.get_mailbox(s, acct, "INBOX"), guid=guid, size=size, internaldate=NOW
         )
+        mailbox.create_mailbox(s, acct, "New")
+        raise RuntimeError("the caller fails after writing")
 
+    before = snapshot(store)
+    assert isinstance(attempt(store, append_then_fail), RuntimeError)
+    assert snapshot(store) == before and sync_rows(store) == []
+    check_invariants(store)
+
+    # Many changes to one mailbox: one row per kind, its generation counts them.
+    for _ in range(5):
+        append_to(store, "alice", "INBOX", guid, size)
+    for uid in (1, 2):
+        on_account(
+            store,
+            "alice",
+            lambda s, a, u=uid: messages.set_flags(
+                s, a, mailbox.get_mailbox(s, a, "INBOX"), [u], ["\\Flagged"]
+            ),
+        )
+    assert sync_rows(store) == [("alice", inbox_id, "append", 5), ("alice", inbox_id, "flags", 2)]
+
+    # acknowledge() drops what the partner has, keeps what changed since pending().
+    snapshot_rows = store.read_sync(lambda s: synclog.pending(s, ["alice"])[0].rows)
+    append_to(store, "alice", "INBOX", guid, size)  # during the sync
+    assert store.write_sync(lambda s: synclog.acknowledge(s, snapshot_rows)) == 1
+    assert sync_rows(store) == [("alice", inbox_id, "append", 6)]
+    left = store.read_sync(lambda s: synclog.pending(s, ["alice"]))
+    assert len(left) == 1 and left[0].kinds == {"append"} and left[0].mailboxes == {inbox_id}
+
+    # Changes applied from the partner are not logged (no echo).
+    clear_sync_log(store)
     store.write_sync(
-        lambda s: synclog.acknowledge(s, [r for p in synclog.pending(s) for r in p.rows])
+        lambda s: messages.append(
+            s,
+            accounts.get_account(s, "alice"),
+            mailbox.get_mailbox(s, accounts.get_account(s, "alice"), "INBOX"),
+            guid=guid,
+            size=size,
+            internaldate=NOW,
+        ),
+        replaying=True,
     )
-    with pytest.raises(OverQuota):
-        store.write_sync(over)
-    assert store.read_sync(lambda s: synclog.depth(s)) == 0
+    assert sync_rows(store) == []
     check_invariants(store)
 
 
-def test_sync_log_is_one_row_per_mailbox_and_acknowledge_keeps_newer_changes(store: Store) -> None:
-    store.write_sync(lambda s: accounts.create_account(s, "alice", password="pw"))
-
-    def deliver_one(text: str) -> None:
-        guid, size = put(store, text)
-
-        def op(s: Any) -> None:
-            acct = accounts.get_account(s, "alice")
-            messages.append(
-                s,
-                acct,
-                mailbox.get_mailbox(s, acct, "INBOX"),
-                guid=guid,
-                size=size,
-                internaldate=NOW,
-            )
-
-        store.write_sync(op)
-
-    for i in range(5):
-        deliver_one(f"a{i}")
-    rows = store.read_sync(
-        lambda s: list(s.execute(select(SyncLogRow.kind, SyncLogRow.generation)))
-    )
-    assert ("append", 5) in [(k, g) for k, g in rows]
-    snapshot = store.read_sync(lambda s: synclog.pending(s, ["alice"])[0].rows)
-    deliver_one("during-sync")
-    store.write_sync(lambda s: synclog.acknowledge(s, snapshot))
-    left = store.read_sync(lambda s: synclog.pending(s, ["alice"]))
-    assert left and left[0].kinds == {"append"}  # the change made during the sync stays
+# -- group commit ---------------------------------------------------------------
 
 
-def test_group_commit_isolates_a_failing_write(store: Store) -> None:
+def test_group_commit_of_concurrent_writes_isolates_the_failing_one(store: Store) -> None:
     store.write_sync(
         lambda s: accounts.create_account(s, "alice", password="pw", quota_limit=50_000)
     )
-    payloads = [put(store, f"g{i}") for i in range(40)]
+    payloads = [put(store, f"g{i}") for i in range(60)]
+    failing = {i for i in range(60) if i % 7 == 3}
 
-    def op(guid: str, size: int, fail: bool) -> Any:
-        def run(s: Any) -> int:
+    def op(i: int) -> Callable[[Session], tuple[int, int]]:
+        guid, size = payloads[i]
+
+        def run(s: Session) -> tuple[int, int]:
             acct = accounts.get_account(s, "alice")
             box = mailbox.get_mailbox(s, acct, "INBOX")
             record = messages.append(s, acct, box, guid=guid, size=size, internaldate=NOW)
-            if fail:
-                raise InvalidArgument("this one fails after writing")
-            return record.uid
+            if i in failing:
+                raise OverQuota("this one fails after writing")
+            return i, record.uid
 
         return run
 
-    futures = [store.submit(op(g, n, i % 7 == 3)) for i, (g, n) in enumerate(payloads)]
-    done = concurrent.futures.wait(futures)
-    assert not done.not_done
-    ok = [f.result() for f in futures if f.exception() is None]
-    failed = [f for f in futures if f.exception() is not None]
-    assert len(failed) == len([i for i in range(40) if i % 7 == 3])
-    assert sorted(ok) == list(range(1, len(ok) + 1))  # failed writes used no UID
-    assert store.stats.largest_batch > 1
-    check_invariants(store)
-
-
-def test_spool_verifies_guids_and_cleans_temp_files(store: Store, tmp_path: Path) -> None:
-    guid, _ = put(store, "verify")
-    assert store.spool.read(guid).startswith(b"Subject: verify")
-    store.spool.path(guid).write_bytes(b"tampered")
-    with pytest.raises(Corrupt):
-        store.spool.read(guid)
-    leftover = store.spool.tmp / "deadbeef.1.2.3"
-    leftover.write_bytes(b"half a message")
-    from engine.spool import Spool
-
-    Spool(store.spool.root)
-    assert not leftover.exists()
-
-
-def test_delivery_plus_addressing_local_domains_and_duplicates(store: Store) -> None:
-    def setup(s: Any) -> None:
-        acct = accounts.create_account(s, "alice", password="pw")
-        mailbox.create_mailbox(s, acct, "Lists")
-        accounts.create_account(s, "bob@other.test", password="pw")
-
-    store.write_sync(setup)
-    options = delivery.DeliveryOptions(frozenset({"example.test"}), dt.timedelta(hours=1))
-
-    def send(rcpt: str, message_id: str | None) -> delivery.DeliveryResult:
-        guid, size = put(store, f"d-{rcpt}-{message_id}")
-        recipient = delivery.parse_recipient(rcpt, options.local_domains)
-        return store.write_sync(
-            lambda s: delivery.deliver(
-                s,
-                recipient,
-                guid=guid,
-                size=size,
-                internaldate=NOW,
-                message_id=message_id,
-                meta=None,
-                options=options,
-            )
+    async def burst() -> list[Any]:
+        return await asyncio.gather(
+            *(store.write(op(i)) for i in range(60)), return_exceptions=True
         )
 
-    assert send("alice+Lists@example.test", "<1@x>").mailbox == "Lists"
-    assert send("alice+Nope@example.test", "<2@x>").mailbox == "INBOX"
-    assert send("bob@other.test", "<3@x>").account == "bob@other.test"
-    assert send("alice@example.test", "<4@x>").duplicate is False
-    assert send("alice@example.test", "<4@x>").duplicate is True
-    assert send("alice+Lists@example.test", "<4@x>").duplicate is False  # per mailbox
-    with pytest.raises(NoSuchAccount):
-        send("carol@example.test", "<5@x>")
+    results = asyncio.run(burst())
+    assert all(isinstance(results[i], OverQuota) for i in failing)
+    ok = [r for i, r in enumerate(results) if i not in failing]
+    assert [i for i, _ in ok] == [i for i in range(60) if i not in failing]
+    assert sorted(uid for _, uid in ok) == list(range(1, len(ok) + 1))  # failed writes used no UID
+    assert store.stats.largest_batch > 1  # they did share commits
+    stored = store.read_sync(
+        lambda s: {
+            r.uid: r.guid
+            for r in messages.live_records(
+                s, mailbox.get_mailbox(s, accounts.get_account(s, "alice"), "INBOX")
+            )
+        }
+    )
+    assert stored == {uid: payloads[i][0] for i, uid in ok}  # each write got its own result
+    assert sync_rows(store)[-1][2:] == ("append", len(ok))
+    check_invariants(store)
 
 
 def test_a_write_that_breaks_the_transaction_fails_alone(store: Store) -> None:
@@ -300,3 +695,276 @@ def test_a_write_that_breaks_the_transaction_fails_alone(store: Store) -> None:
     assert futures[1].exception() is not None
     limit = store.read_sync(lambda s: accounts.get_account(s, "alice").quota_limit)
     assert limit is None
+
+
+# -- the spool -----------------------------------------------------------------
+
+
+def test_spool_names_by_sha1_and_never_serves_bad_bytes(store: Store) -> None:
+    data = payload("verify")
+    guid, directory = store.spool.put(data)
+    assert guid == hashlib.sha1(data).hexdigest()
+    assert store.spool.path(guid) == directory / guid and directory.name == guid[:2]
+    assert store.spool.read(guid) == data
+    assert store.spool.put(data)[0] == guid and spool_files(store) == 1  # stored once
+    assert list(store.spool.tmp.iterdir()) == []
+
+    with pytest.raises(Corrupt):
+        store.spool.stage(b"other bytes", guid)  # a GUID that does not match is refused
+    with pytest.raises(InvalidArgument):
+        store.spool.read("../../etc/passwd")
+
+    path = store.spool.path(guid)
+    path.write_bytes(data[:-3])  # a partial file
+    with pytest.raises(Corrupt):
+        store.spool.read(guid)
+    path.write_bytes(data.replace(b"verify", b"VERIFY"))  # same size, other bytes
+    with pytest.raises(Corrupt):
+        store.spool.read(guid)
+    path.unlink()
+    with pytest.raises(Corrupt):
+        store.spool.read(guid)
+
+
+def test_spool_cleans_leftover_temp_files_at_start(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    staged = spool.stage(b"never committed")
+    assert staged.tmp is not None and staged.tmp.exists() and not spool.has(staged.guid)
+    Spool(tmp_path / "spool", clean=False)  # a second process must not touch it
+    assert staged.tmp.exists()
+    Spool(tmp_path / "spool")  # the owner, at start
+    assert list(spool.tmp.iterdir()) == [] and not spool.has(staged.guid)
+
+
+# -- delivery ------------------------------------------------------------------
+
+
+def test_delivery_plus_addressing_local_domains_and_duplicates(store: Store) -> None:
+    def setup(s: Session) -> None:
+        acct = accounts.create_account(s, "alice", password="pw")
+        mailbox.create_mailbox(s, acct, "Lists")
+        mailbox.create_mailbox(s, acct, "Lists/Python")
+        accounts.create_account(s, "bob@other.test", password="pw")
+
+    store.write_sync(setup)
+    counter = itertools.count()
+    window = dt.timedelta(hours=1)
+
+    def send(
+        rcpt: str, message_id: str | None, window: dt.timedelta | None = window
+    ) -> delivery.DeliveryResult:
+        options = delivery.DeliveryOptions(frozenset({"example.test"}), window)
+        guid, size = put(store, f"d{next(counter)}")
+        recipient = delivery.parse_recipient(rcpt, options.local_domains)
+        return store.write_sync(
+            lambda s: delivery.deliver(
+                s,
+                recipient,
+                guid=guid,
+                size=size,
+                internaldate=NOW,
+                message_id=message_id,
+                meta=None,
+                options=options,
+            )
+        )
+
+    # Plus-addressing: an existing folder, else INBOX.
+    assert send("alice+Lists@example.test", "<1@x>").mailbox == "Lists"
+    assert send("<alice+Lists/Python@EXAMPLE.test>", "<1b@x>").mailbox == "Lists/Python"
+    assert send("alice+Nope@example.test", "<2@x>").mailbox == "INBOX"
+    assert send("alice+@example.test", "<2b@x>").mailbox == "INBOX"
+    assert send("alice+bad//name@example.test", "<2c@x>").mailbox == "INBOX"
+    # Local domains map to the bare account; others need the full name.
+    assert send("alice", "<3@x>").account == "alice"
+    assert send("bob@Other.Test", "<3b@x>").account == "bob@other.test"
+    for unknown in ("alice@other.test", "carol@example.test", "bob@example.test"):
+        before = snapshot(store)
+        with pytest.raises(NoSuchAccount):
+            send(unknown, "<5@x>")
+        assert snapshot(store) == before
+    check_invariants(store)
+
+    # Duplicates: one Message-ID per mailbox within the window.
+    first = send("alice@example.test", "<4@x>")
+    again = send("alice@example.test", "<4@x>")
+    assert first.duplicate is False and first.uid is not None
+    assert again.duplicate is True and again.uid is None
+    assert send("alice+Lists@example.test", "<4@x>").duplicate is False  # per mailbox
+    assert send("alice@example.test", None).duplicate is False  # no Message-ID: no check
+    assert send("alice@example.test", None).duplicate is False
+    assert send("alice@example.test", "<4@x>", window=None).duplicate is False  # turned off
+    # ...and not after the window has passed.
+    inbox_id = box_state(store, "alice", "INBOX").uniqueid
+    store.write_sync(
+        lambda s: s.execute(
+            update(Duplicate)
+            .where(Duplicate.mailbox_uniqueid == inbox_id, Duplicate.message_id == "<4@x>")
+            .values(delivered_at=dt.datetime.now(dt.UTC) - window - dt.timedelta(minutes=1))
+        )
+    )
+    late = send("alice@example.test", "<4@x>")
+    assert late.duplicate is False
+    assert send("alice@example.test", "<4@x>").duplicate is True  # the window starts again
+    inbox = store.read_sync(
+        lambda s: messages.live_records(
+            s, mailbox.get_mailbox(s, accounts.get_account(s, "alice"), "INBOX")
+        )
+    )
+    assert len(inbox) == 9
+    check_invariants(store)
+    # Pruning drops only entries older than the window.
+    store.write_sync(
+        lambda s: s.execute(
+            update(Duplicate)
+            .where(Duplicate.message_id == "<1@x>")
+            .values(delivered_at=dt.datetime.now(dt.UTC) - 2 * window)
+        )
+    )
+    assert store.write_sync(lambda s: delivery.prune_duplicates(s, window)) == 1
+    assert send("alice+Lists@example.test", "<1@x>").duplicate is False
+    assert (
+        delivery.message_id_of(b"Subject: x\r\nMessage-Id:\r\n <a@b>\r\n\r\nMessage-ID: <no>\r\n")
+        == "<a@b>"
+    )
+
+
+# -- the property ----------------------------------------------------------------
+
+BOXES = ("INBOX", "Other")
+UIDS = st.lists(st.integers(1, 6), min_size=1, max_size=4)
+BOX = st.sampled_from(BOXES)
+APPEND = st.tuples(st.just("append"), BOX, st.integers(0, 4))
+OPS = st.one_of(
+    APPEND,
+    APPEND,  # twice as likely: the other operations need records
+    st.tuples(
+        st.just("flag"),
+        BOX,
+        UIDS,
+        st.sampled_from(["add", "remove", "replace"]),
+        st.sets(st.sampled_from(["\\Seen", "\\Deleted", "\\Flagged", "$Junk"]), max_size=3),
+    ),
+    st.tuples(st.just("expunge"), BOX, UIDS),
+    st.tuples(st.just("copy"), BOX, BOX, UIDS),
+    st.tuples(st.just("move"), BOX, BOX, UIDS),
+)
+_names = itertools.count()
+
+
+class Model:
+    """What the store should hold: per mailbox, live uid -> (guid, size, flags)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.boxes: dict[str, dict[int, tuple[str, int, frozenset[str]]]] = {b: {} for b in BOXES}
+        self.last_uid = dict.fromkeys(BOXES, 0)
+
+    @property
+    def used(self) -> int:
+        return sum(size for box in self.boxes.values() for _, size, _ in box.values())
+
+    def fits(self, extra: int) -> bool:
+        return self.limit is None or self.used + extra <= self.limit
+
+    def add(self, box: str, guid: str, size: int, flags: frozenset[str]) -> None:
+        self.last_uid[box] += 1
+        self.boxes[box][self.last_uid[box]] = (guid, size, flags)
+
+    def apply(self, op: tuple[Any, ...], files: list[tuple[str, int]]) -> bool:
+        """Apply ``op``; False when the store must refuse it with OverQuota."""
+        kind, box = op[0], op[1]
+        if kind == "append":
+            guid, size = files[op[2]]
+            if not self.fits(size):
+                return False
+            self.add(box, guid, size, frozenset())
+        elif kind == "flag":
+            _, _, uids, mode, flags = op
+            for uid in set(uids) & set(self.boxes[box]):
+                guid, size, current = self.boxes[box][uid]
+                new = (
+                    current | flags
+                    if mode == "add"
+                    else current - flags
+                    if mode == "remove"
+                    else frozenset(flags)
+                )
+                self.boxes[box][uid] = (guid, size, new)
+        elif kind == "expunge":
+            for uid in set(op[2]) & set(self.boxes[box]):
+                del self.boxes[box][uid]
+        else:
+            dest, uids = op[2], sorted(set(op[3]) & set(self.boxes[box]))
+            records = [self.boxes[box][u] for u in uids]
+            if kind == "copy" and not self.fits(sum(size for _, size, _ in records)):
+                return False
+            for record in records:
+                self.add(dest, *record)
+            if kind == "move":
+                for uid in uids:
+                    del self.boxes[box][uid]
+        return True
+
+
+def run_op(s: Session, name: str, op: tuple[Any, ...], files: list[tuple[str, int]]) -> None:
+    acct = accounts.get_account(s, name)
+    box = mailbox.get_mailbox(s, acct, op[1])
+    kind = op[0]
+    if kind == "append":
+        guid, size = files[op[2]]
+        messages.append(s, acct, box, guid=guid, size=size, internaldate=NOW)
+    elif kind == "flag":
+        messages.set_flags(s, acct, box, op[2], op[4], mode=op[3])
+    elif kind == "expunge":
+        messages.expunge(s, acct, box, op[2])
+    else:
+        dest = mailbox.get_mailbox(s, acct, op[2])
+        (messages.copy_messages if kind == "copy" else messages.move_messages)(
+            s, acct, box, dest, op[3]
+        )
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(ops=st.lists(OPS, max_size=16), limit=st.one_of(st.none(), st.integers(0, 2000)))
+def test_any_sequence_of_operations_keeps_checksum_and_quota(
+    store: Store, ops: list[tuple[Any, ...]], limit: int | None
+) -> None:
+    files = [put(store, f"h{i}", pad=97 * i) for i in range(5)]  # 40 to 450 bytes
+    name = f"h{next(_names)}"  # one fresh account per example, on the test's store
+
+    def setup(s: Session) -> None:
+        acct = accounts.create_account(s, name, password="pw", quota_limit=limit)
+        mailbox.create_mailbox(s, acct, "Other")
+
+    store.write_sync(setup)
+    model = Model(limit)
+    for op in ops:
+        allowed = model.apply(op, files)
+        error = attempt(store, lambda s, op=op: run_op(s, name, op, files))
+        assert (error is None) == allowed and (error is None or isinstance(error, OverQuota)), (
+            op,
+            error,
+        )
+        check_invariants(store, name)
+
+        def read(s: Session) -> tuple[dict[str, Any], dict[str, int]]:
+            acct = accounts.get_account(s, name)
+            held, last = {}, {}
+            for b in BOXES:
+                box = mailbox.get_mailbox(s, acct, b)
+                held[b] = {
+                    r.uid: (r.guid, r.size, frozenset(r.flags.split()))
+                    for r in messages.live_records(s, box)
+                }
+                last[b] = box.last_uid
+            return held, last
+
+        held, last = store.read_sync(read)
+        assert held == model.boxes and last == model.last_uid, op
+    assert store.read_sync(lambda s: accounts.get_account(s, name).quota_used) == model.used
