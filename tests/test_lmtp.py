@@ -1,25 +1,32 @@
-"""LMTP against a real daemon with smtplib.LMTP: per-recipient replies, limits, failures, crashes."""
+"""LMTP (RFC 2033) against a real ``peerd run`` on loopback, with smtplib.LMTP.
+
+What a mail admin relies on: one reply per accepted recipient after DATA,
+clear permanent and temporary errors, nothing stored in part, and a daemon
+that keeps serving after bad input, a locked database or a full disk.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import resource
+import hashlib
+import imaplib
 import signal
 import smtplib
 import socket
 import sqlite3
 import subprocess
-import threading
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from engine.store import Store
-from tests.nodes import Node, make_single
-from tests.procs import wait_until
+from ownership import table as ownership_table
+from tests.conftest import LoneNode
+from tests.harness.procs import Proc, wait_until
+
+NodeFactory = Callable[..., LoneNode]
 
 
 def msg(subject: str, body: bytes = b"hello\r\n", message_id: str | None = None) -> bytes:
@@ -27,260 +34,334 @@ def msg(subject: str, body: bytes = b"hello\r\n", message_id: str | None = None)
     return f"Subject: {subject}\r\nMessage-ID: {mid}\r\n\r\n".encode() + body
 
 
-def inbox(node: Node, account: str, name: str = "INBOX") -> list[dict[str, Any]]:
-    return list(node.mailbox(account, name)["messages"])
+def sha1(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
 
 
-def lmtp(node: Node) -> smtplib.LMTP:
-    return smtplib.LMTP("127.0.0.1", node.ports["lmtp"], timeout=30)
+def spool_files(node: LoneNode) -> list[Path]:
+    root = node.workdir_data / "spool"
+    return [p for p in root.rglob("*") if p.is_file() and p.parent.name != "tmp"]
+
+
+def temp_files(node: LoneNode) -> list[Path]:
+    return list((node.workdir_data / "spool" / "tmp").iterdir())
 
 
 @pytest.fixture
-def small_node(tmp_path: Path) -> Iterator[Node]:
-    node = make_single(tmp_path, overrides={"lmtp": {"max_message_size": "200K"}})
-    node.start()
-    try:
-        yield node
-    finally:
-        node.stop()
+def node(lone_node: NodeFactory) -> LoneNode:
+    return lone_node({"lmtp": {"max_message_size": "200K"}})
 
 
-def test_lhlo_advertises_the_extensions(small_node: Node) -> None:
-    with lmtp(small_node) as client:
-        code, text = client.docmd("LHLO", "client.test")
+def test_lhlo_advertises_the_extensions(node: LoneNode) -> None:
+    with node.lmtp() as client:
+        code, _ = client.ehlo("client.test")  # smtplib.LMTP sends LHLO
         assert code == 250
-        for ext in (b"SIZE 204800", b"8BITMIME", b"PIPELINING", b"ENHANCEDSTATUSCODES"):
-            assert ext in text
+        assert client.esmtp_features["size"] == str(200 * 1024)
+        for extension in ("8bitmime", "pipelining", "enhancedstatuscodes"):
+            assert client.has_extn(extension), extension
+        code, _ = client.helo("client.test")  # LMTP has no HELO (RFC 2033 4.1)
+        assert code >= 500
 
 
-def test_one_reply_per_recipient_with_mixed_results(small_node: Node) -> None:
-    node = small_node
+def test_one_reply_per_accepted_recipient_in_rcpt_order(node: LoneNode) -> None:
+    data = msg("mixed")
     node.add_account("alice")
-    node.add_account("full", quota_limit=10)
+    node.add_account("full", quota_limit=len(data) - 1)
     node.add_account("bob")
-    with lmtp(node) as client:
-        client.docmd("LHLO", "client.test")
+    with node.lmtp() as client:
+        client.ehlo("client.test")
         assert client.mail("sender@example.test")[0] == 250
         assert client.rcpt("alice@example.test")[0] == 250
         code, text = client.rcpt("nobody@example.test")
-        assert (code, text[:5]) == (550, b"5.1.1")
+        assert (code, text[:6]) == (550, b"5.1.1 ")
         assert client.rcpt("full@example.test")[0] == 250
-        assert client.rcpt("bob+Nowhere@example.test")[0] == 250
-        first = client.data(msg("mixed"))
-        replies = [first, client.getreply(), client.getreply()]
-    assert [r[0] for r in replies] == [250, 552, 250]
-    assert replies[1][1].startswith(b"5.2.2")
-    assert len(inbox(node, "alice")) == 1 and len(inbox(node, "bob")) == 1
-    assert inbox(node, "full") == []
+        assert client.rcpt("bob@example.test")[0] == 250
+        # Three accepted recipients: three replies after the one DATA.
+        replies = [client.data(data), client.getreply(), client.getreply()]
+        assert [code for code, _ in replies] == [250, 552, 250]
+        assert replies[0][1].startswith(b"2.1.5") and replies[2][1].startswith(b"2.1.5")
+        assert replies[1][1].startswith(b"5.2.2")
+        assert client.noop()[0] == 250  # and the session goes on
+    for account in ("alice", "bob"):
+        assert [r["guid"] for r in node.records(account)] == [sha1(data)]
+    assert node.records("full") == []
+    assert node.call("GET", "/v1/accounts/full")["quota_used"] == 0
 
 
-def test_duplicates_and_plus_addressing(small_node: Node) -> None:
-    node = small_node
+def test_over_quota_single_recipient_552_and_nothing_stored(node: LoneNode) -> None:
+    node.add_account("full", quota_limit=100)
+    with node.lmtp() as client, pytest.raises(smtplib.SMTPDataError) as info:
+        client.sendmail("s@example.test", ["full@example.test"], msg("big", b"z" * 200 + b"\r\n"))
+    assert info.value.smtp_code == 552 and info.value.smtp_error.startswith(b"5.2.2")
+    assert node.records("full") == []
+    # Room for a small one still.
+    with node.lmtp() as client:
+        assert client.sendmail("s@example.test", ["full@example.test"], b"Subject: s\r\n\r\n") == {}
+    assert len(node.records("full")) == 1
+
+
+def test_duplicate_message_id_is_stored_once_and_both_get_250(node: LoneNode) -> None:
     node.add_account("carol")
-    with lmtp(node) as client:
-        client.sendmail("s@example.test", ["carol@example.test"], msg("dup", message_id="<same@x>"))
-        client.sendmail("s@example.test", ["carol@example.test"], msg("dup", message_id="<same@x>"))
-    assert len(inbox(node, "carol")) == 1
+    replies = []
+    for body in (b"first\r\n", b"retry, same id\r\n"):
+        with node.lmtp() as client:
+            client.ehlo("x")
+            client.mail("s@example.test")
+            client.rcpt("carol@example.test")
+            replies.append(client.data(msg("dup", body, message_id="<same@x>")))
+    assert [code for code, _ in replies] == [250, 250]
+    assert [r["guid"] for r in node.records("carol")] == [
+        sha1(msg("dup", b"first\r\n", "<same@x>"))
+    ]
 
 
-def test_oversized_message_gets_552_per_recipient_and_nothing_is_stored(small_node: Node) -> None:
-    node = small_node
+def test_plus_addressing_delivers_to_an_existing_folder_or_inbox(node: LoneNode) -> None:
+    node.add_account("dora", password="pw")
+    imap = imaplib.IMAP4("127.0.0.1", node.port("imap"), timeout=30)
+    try:
+        imap.login("dora", "pw")
+        assert imap.create("Lists")[0] == "OK"
+    finally:
+        imap.logout()
+    with node.lmtp() as client:
+        client.sendmail("s@example.test", ["dora+Lists@example.test"], msg("to-lists"))
+        client.sendmail("s@example.test", ["dora+NoSuchFolder@example.test"], msg("to-inbox"))
+        # The same Message-ID in another folder is not a duplicate.
+        client.sendmail("s@example.test", ["dora@example.test"], msg("to-lists"))
+    assert [r["guid"] for r in node.records("dora", "Lists")] == [sha1(msg("to-lists"))]
+    assert [r["guid"] for r in node.records("dora")] == [
+        sha1(msg("to-inbox")),
+        sha1(msg("to-lists")),
+    ]
+
+
+def test_oversized_message_552_per_recipient_and_nothing_stored(node: LoneNode) -> None:
     node.add_account("dave")
     node.add_account("erin")
-    with lmtp(node) as client:
-        client.docmd("LHLO", "client.test")
+    files = len(spool_files(node))
+    with node.lmtp() as client:
+        client.ehlo("x")
         client.mail("s@example.test")
         client.rcpt("dave@example.test")
         client.rcpt("erin@example.test")
         first = client.data(msg("big", b"z" * 300_000 + b"\r\n"))
         second = client.getreply()
-        assert first[0] == 552 and second[0] == 552
-        # The session goes on.
-        assert client.noop()[0] == 250
-    assert inbox(node, "dave") == [] and inbox(node, "erin") == []
+        assert (first[0], second[0]) == (552, 552)
+        assert first[1].startswith(b"5.3.4") and second[1].startswith(b"5.3.4")
+        # The session goes on, and a message that fits is delivered.
+        assert client.sendmail("s@example.test", ["dave@example.test"], msg("small")) == {}
+    assert [r["guid"] for r in node.records("dave")] == [sha1(msg("small"))]
+    assert node.records("erin") == []
+    assert len(spool_files(node)) == files + 1 and temp_files(node) == []
 
 
-def test_long_command_line_broken_mime_and_nul_bytes(small_node: Node) -> None:
-    node = small_node
+def test_100kb_command_line_gets_a_clear_500_and_the_session_goes_on(node: LoneNode) -> None:
     node.add_account("frank")
-    with lmtp(node) as client:
-        client.docmd("LHLO", "client.test")
-        code, _ = client.docmd("MAIL FROM:<" + "a" * 100_000 + "@example.test>")
-        assert code == 500
+    with node.lmtp() as client:
+        client.ehlo("x")
+        code, text = client.docmd("MAIL FROM:<" + "a" * 100_000 + "@example.test>")
+        assert code == 500 and b"too long" in text.lower()
         assert client.noop()[0] == 250
-        broken = b'Content-Type: multipart/mixed; boundary="never"\r\nSubject: broken\r\n\r\n--nev\r\nunterminated'
-        assert client.sendmail("s@example.test", ["frank@example.test"], broken) == {}
-        with pytest.raises(smtplib.SMTPDataError) as info:
-            client.sendmail("s@example.test", ["frank@example.test"], msg("nul", b"a\0b\r\n"))
-        assert info.value.smtp_code == 554
-    messages = inbox(node, "frank")
-    assert len(messages) == 1  # broken MIME is kept as is, the NUL message is not
+        assert client.sendmail("s@example.test", ["frank@example.test"], msg("after-long")) == {}
+    assert len(node.records("frank")) == 1
 
 
-def test_client_disconnecting_mid_data_stores_nothing(small_node: Node) -> None:
-    node = small_node
-    node.add_account("gina")
-    sock = socket.create_connection(("127.0.0.1", node.ports["lmtp"]))
-    reader = sock.makefile("rb")
-    reader.readline()
-    for line in (
-        b"LHLO x\r\n",
-        b"MAIL FROM:<s@example.test>\r\n",
-        b"RCPT TO:<gina@example.test>\r\n",
-        b"DATA\r\n",
-    ):
-        sock.sendall(line)
-        while True:
-            reply = reader.readline()
-            if reply[3:4] != b"-":
-                break
-    sock.sendall(b"Subject: cut\r\n\r\nhalf a mess")
-    sock.close()
-    time.sleep(0.3)
-    with lmtp(node) as client:
-        client.sendmail("s@example.test", ["gina@example.test"], msg("after"))
-    assert [m["size"] for m in inbox(node, "gina")] == [len(msg("after"))]
+@pytest.mark.xfail(
+    strict=True,
+    reason="[lmtp] max_line is documented but never used: aiosmtpd's 512-byte limit applies",
+)
+def test_lmtp_max_line_is_honoured(lone_node: NodeFactory) -> None:
+    node = lone_node({"lmtp": {"max_line": 100}})
+    with node.lmtp() as client:
+        client.ehlo("x")
+        code, _ = client.docmd("MAIL FROM:<" + "a" * 200 + "@example.test>")
+        assert code == 500
 
 
-def test_locked_database_gives_451_and_nothing_stored(small_node: Node) -> None:
-    node = small_node
-    node.add_account("hugo")
-    conn = sqlite3.connect(node.db_path, timeout=1, isolation_level=None)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        with lmtp(node) as client:
-            client.docmd("LHLO", "x")
-            client.mail("s@example.test")
-            code, _ = client.rcpt("hugo@example.test")
-            if code == 250:
-                reply = client.data(msg("locked"))
-                assert reply[0] == 451
-            else:  # the fence read itself may already wait out the lock
-                assert code == 451
-    finally:
-        conn.execute("ROLLBACK")
-        conn.close()
-    with lmtp(node) as client:
-        client.sendmail("s@example.test", ["hugo@example.test"], msg("unlocked"))
-    assert [m["size"] for m in inbox(node, "hugo")] == [len(msg("unlocked"))]
-
-
-def test_full_spool_gives_452_and_nothing_stored(tmp_path: Path) -> None:
-    node = make_single(tmp_path)
-    spool = tmp_path / "var" / "alpha" / "spool"
-    spool.mkdir(parents=True)
-    mounted = (
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(spool)], capture_output=True
-        ).returncode
-        == 0
+def test_broken_mime_and_8bit_bytes_are_stored_as_is(node: LoneNode) -> None:
+    node.add_account("gus")
+    broken = (
+        b'Content-Type: multipart/mixed; boundary="never"\r\n'
+        b"Subject: broken\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        b"--nev\r\n!!! not base64 \xff\xfe\xe9t\xe9\r\nunterminated\r\n"
     )
-    preexec = None
-    if not mounted:
-        # No mount here: a file size limit makes writes fail with EFBIG instead.
-        def preexec() -> None:
-            resource.setrlimit(resource.RLIMIT_FSIZE, (600_000, 600_000))
-
+    with node.lmtp() as client:
+        assert client.sendmail("s@example.test", ["gus@example.test"], broken) == {}
+    (record,) = node.records("gus")
+    assert record["guid"] == sha1(broken) and record["size"] == len(broken)
+    store = Store(node.db_url, node.workdir_data, owner=False)
     try:
-        node.start(preexec=preexec)
-        node.add_account("ivan")
-        with lmtp(node) as client:
-            client.docmd("LHLO", "x")
-            client.mail("s@example.test")
-            client.rcpt("ivan@example.test")
-            reply = client.data(msg("huge", b"q" * 2_000_000 + b"\r\n"))
-            assert reply[0] == 452 and reply[1].startswith(b"4.3.1")
-            client.sendmail("s@example.test", ["ivan@example.test"], msg("fits"))
-        assert [m["size"] for m in inbox(node, "ivan")] == [len(msg("fits"))]
-        assert not any((spool / "tmp").iterdir())
-    finally:
-        node.stop()
-        if mounted:
-            subprocess.run(["umount", str(spool)], check=False)
-
-
-def burst(
-    node: Node, account: str, count: int, threads: int, acked: list[str], stop: threading.Event
-) -> list[threading.Thread]:
-    def run(t: int) -> None:
-        with contextlib.suppress(OSError, smtplib.SMTPException), lmtp(node) as client:
-            for i in range(count):
-                if stop.is_set():
-                    return
-                subject = f"burst-{t}-{i}"
-                client.sendmail(
-                    "s@example.test",
-                    [f"{account}@example.test"],
-                    msg(subject, b"x" * 3000 + b"\r\n"),
-                )
-                acked.append(subject)
-
-    workers = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
-    for w in workers:
-        w.start()
-    return workers
-
-
-def subjects(node: Node, account: str) -> list[str]:
-    store = Store(f"sqlite:///{node.db_path}", node.workdir / "var" / node.name, owner=False)
-    try:
-        found = []
-        for m in inbox(node, account):
-            data = store.spool.read(m["guid"])  # verifies the bytes against the GUID
-            found.append(data.split(b"\r\n")[0].removeprefix(b"Subject: ").decode())
-        return found
+        assert store.spool.read(record["guid"]) == broken
     finally:
         store.close()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_stop_during_a_burst_loses_no_acknowledged_message(tmp_path: Path, sig: int) -> None:
-    node = make_single(tmp_path)
-    node.start()
-    try:
-        node.add_account("jack")
-        acked: list[str] = []
-        stop = threading.Event()
-        workers = burst(node, "jack", 200, 4, acked, stop)
-        wait_until(lambda: len(acked) >= 60, 30, "some deliveries")
-        assert node.proc is not None
-        node.proc.send(sig)
-        assert node.proc.popen is not None
-        code = node.proc.popen.wait(30)
-        stop.set()
-        for w in workers:
-            w.join(30)
-        if sig == signal.SIGTERM:
-            assert code == 0
-        node.start()
-        stored = subjects(node, "jack")
-        assert set(acked) <= set(stored)
-        # At most the deliveries in flight at the kill are there without a 250.
-        assert len(set(stored) - set(acked)) <= 4
-        assert len(stored) == len(set(stored))
-        status = node.call("GET", "/v1/accounts/jack")
-        assert status["quota_used"] == sum(m["size"] for m in inbox(node, "jack"))
-        # The MTA retries a message whose 250 was lost: suppression keeps one copy.
-        extra = sorted(set(stored) - set(acked))
-        for subject in extra:
-            with lmtp(node) as client:
-                client.sendmail(
-                    "s@example.test", ["jack@example.test"], msg(subject, b"x" * 3000 + b"\r\n")
-                )
-        assert sorted(subjects(node, "jack")) == sorted(stored)
-    finally:
-        node.stop()
+def test_nul_bytes_554_and_nothing_stored(node: LoneNode) -> None:
+    node.add_account("hana")
+    with node.lmtp() as client:
+        client.ehlo("x")
+        client.mail("s@example.test")
+        client.rcpt("hana@example.test")
+        client.rcpt("hana+x@example.test")
+        replies = [client.data(msg("nul", b"a\0b\r\n")), client.getreply()]
+        assert all(code == 554 and text.startswith(b"5.6.0") for code, text in replies)
+        assert client.sendmail("s@example.test", ["hana@example.test"], msg("clean")) == {}
+    assert [r["guid"] for r in node.records("hana")] == [sha1(msg("clean"))]
 
 
-def test_not_owned_account_is_refused_with_451(tmp_path: Path) -> None:
-    node = make_single(tmp_path, overrides={"partner": {"name": "beta"}})
-    node.start()
+def test_client_disconnecting_mid_data_stores_nothing(node: LoneNode) -> None:
+    node.add_account("ida")
+    for partial in (b"Subject: cut\r\n\r\nhalf a mess", b"Subject: cut\r\n\r\n" + b"q" * 150_000):
+        with socket.create_connection(("127.0.0.1", node.port("lmtp")), timeout=30) as sock:
+            reader = sock.makefile("rb")
+            assert reader.readline().startswith(b"220")
+            for line in (
+                b"LHLO x\r\n",
+                b"MAIL FROM:<s@example.test>\r\n",
+                b"RCPT TO:<ida@example.test>\r\n",
+                b"DATA\r\n",
+            ):
+                sock.sendall(line)
+                while (reply := reader.readline())[3:4] == b"-":
+                    pass
+            assert reply.startswith(b"354")
+            sock.sendall(partial)
+            reader.close()
+    # The daemon keeps serving; only the complete message is there.
+    with node.lmtp() as client:
+        assert client.sendmail("s@example.test", ["ida@example.test"], msg("after")) == {}
+    assert [r["guid"] for r in node.records("ida")] == [sha1(msg("after"))]
+    assert temp_files(node) == []
+
+
+def test_locked_database_gives_451_then_works_after_release(node: LoneNode) -> None:
+    node.add_account("hugo")
+    # Another writer holds the write lock past the daemon's 5 s busy timeout.
+    holder = sqlite3.connect(node.db_path, timeout=1, isolation_level=None)
     try:
-        node.add_account("kate", owner="beta")
-        with lmtp(node) as client:
-            client.docmd("LHLO", "x")
+        holder.execute("BEGIN IMMEDIATE")
+        with node.lmtp(timeout=60) as client:
+            client.ehlo("x")
             client.mail("s@example.test")
-            code, text = client.rcpt("kate@example.test")
-        assert code == 451 and b"beta" in text
+            # WAL: the RCPT check only reads, and readers are not blocked.
+            assert client.rcpt("hugo@example.test")[0] == 250
+            started = time.monotonic()
+            code, text = client.data(msg("locked"))
+            assert code == 451 and text.startswith(b"4."), (code, text)
+            assert time.monotonic() - started >= 4.5  # it waited before giving up
     finally:
-        node.stop()
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert node.records("hugo") == []
+    with node.lmtp() as client:
+        assert client.sendmail("s@example.test", ["hugo@example.test"], msg("unlocked")) == {}
+    assert [r["guid"] for r in node.records("hugo")] == [sha1(msg("unlocked"))]
+    assert node.audit("hugo") == ["unlocked"]
+
+
+# Where mounting is not allowed, peerd runs with a file size limit instead:
+# writes past it fail with EFBIG, which the spool maps to StorageFull as it
+# does ENOSPC. The wrapper execs peerd, so the pid we stop is peerd's own.
+_FSIZE_WRAPPER = (
+    "import os, resource, sys; "
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (900_000, 900_000)); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'peerd', 'run', '-c', sys.argv[1]])"
+)
+
+
+@pytest.fixture
+def spool_mounted(tmp_path: Path) -> Iterator[bool]:
+    """A 1 MB tmpfs on the node's spool when this host allows mounts (root)."""
+    spool = tmp_path / "node" / "var" / "alpha" / "spool"
+    spool.mkdir(parents=True)
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(spool)],
+        capture_output=True,
+    )
+    if mount.returncode != 0:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        subprocess.run(["umount", str(spool)], check=True)
+
+
+def test_full_spool_gives_452_and_nothing_stored(
+    lone_node: NodeFactory, spool_mounted: bool
+) -> None:
+    node = lone_node(start=False)
+    try:
+        if spool_mounted:
+            node.start()
+        else:
+            argv = [sys.executable, "-c", _FSIZE_WRAPPER, str(node.config)]
+            node.proc = Proc(argv, node.log, cwd=node.workdir).start()
+            node.wait_ready()
+        node.add_account("ivan")
+        node.add_account("jo")
+        with node.lmtp() as client:
+            client.ehlo("x")
+            client.mail("s@example.test")
+            client.rcpt("ivan@example.test")
+            client.rcpt("jo@example.test")
+            replies = [client.data(msg("huge", b"q" * 1_500_000 + b"\r\n")), client.getreply()]
+            for code, text in replies:
+                assert code == 452 and text.startswith(b"4.3.1"), (code, text)
+            assert temp_files(node) == []  # the part that was written is gone
+            assert client.sendmail("s@example.test", ["ivan@example.test"], msg("fits")) == {}
+        assert [r["guid"] for r in node.records("ivan")] == [sha1(msg("fits"))]
+        assert node.records("jo") == []
+        assert [p.name for p in spool_files(node)] == [sha1(msg("fits"))]
+    finally:
+        node.stop()  # before the unmount
+
+
+def test_sigterm_during_a_burst_exits_0_and_keeps_every_acknowledged_message(
+    lone_node: NodeFactory,
+) -> None:
+    node = lone_node()
+    node.add_account("jack")
+    burst = node.burst("jack", threads=4, per_thread=400)
+    wait_until(lambda: len(burst.acked) >= 60, 60, "60 deliveries")
+    assert node.proc is not None
+    node.proc.send(signal.SIGTERM)
+    assert node.proc.wait(30) == 0
+    burst.join()
+    assert len(burst.acked) < 1600  # it was stopped in the middle
+    stored = node.audit("jack")  # the node is down: read its store directly
+    assert len(stored) == len(set(stored))
+    assert set(burst.acked) <= set(stored)
+    # In flight at the signal: finished (stored, maybe without its 250) or not at all.
+    assert set(stored) - set(burst.acked) <= burst.unknown
+    node.start()
+    assert len(node.records("jack")) == len(stored)
+
+
+def test_account_owned_by_the_partner_gets_451_at_rcpt(lone_node: NodeFactory) -> None:
+    node = lone_node()
+    node.add_account("kate")
+    node.add_account("liam")
+    with node.lmtp() as client:
+        assert client.sendmail("s@example.test", ["kate@example.test"], msg("before")) == {}
+    assert node.stop() == 0
+    # Ownership moves to beta behind the stopped node's back (as a failover on beta would).
+    store = Store(node.db_url, node.workdir_data, owner=False)
+    try:
+        store.write_sync(
+            lambda s: ownership_table.set_owner(
+                s, "kate", "beta", state="failed_over", reason="test"
+            )
+        )
+    finally:
+        store.close()
+    node.start()
+    with node.lmtp() as client:
+        client.ehlo("x")
+        client.mail("s@example.test")
+        code, text = client.rcpt("kate@example.test")
+        assert code == 451 and text.startswith(b"4.") and b"beta" in text
+        assert client.rcpt("liam@example.test")[0] == 250  # others on this node still work
+        assert client.data(msg("after"))[0] == 250
+    assert [r["guid"] for r in node.records("kate")] == [sha1(msg("before"))]
+    assert [r["guid"] for r in node.records("liam")] == [sha1(msg("after"))]
