@@ -137,6 +137,7 @@ class Proc:
         user: str | None = None,
         stop_signal: int = signal.SIGTERM,
         die_with_parent: bool = False,
+        preexec: Callable[[], None] | None = None,
     ) -> None:
         """``die_with_parent``: the child gets ``stop_signal`` when the *thread*
         that starts it exits. Use it only for processes started from the main
@@ -151,6 +152,8 @@ class Proc:
         self.user = user
         self.stop_signal = stop_signal
         self.die_with_parent = die_with_parent
+        # Runs in the child before exec (e.g. a resource limit a test needs).
+        self.preexec = preexec
         self.popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Proc:
@@ -167,13 +170,24 @@ class Proc:
                 user=self.user,
                 group=pwd.getpwnam(self.user).pw_gid if self.user else None,
                 extra_groups=[] if self.user else None,
-                preexec_fn=(
-                    _die_with_parent(self.stop_signal, os.getpid())
-                    if self.die_with_parent
-                    else None
-                ),
+                preexec_fn=self._preexec(),
             )
         return self
+
+    def _preexec(self) -> Callable[[], None] | None:
+        steps = [
+            _die_with_parent(self.stop_signal, os.getpid()) if self.die_with_parent else None,
+            self.preexec,
+        ]
+        chosen = [step for step in steps if step is not None]
+        if not chosen:
+            return None
+
+        def run() -> None:
+            for step in chosen:
+                step()
+
+        return run
 
     @property
     def pid(self) -> int:
