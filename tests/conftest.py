@@ -133,8 +133,8 @@ class LoneNode(Daemon):
         path = f"/v1/accounts/{quote(account)}/mailboxes/{quote(mailbox, safe='')}"
         return list(self.call("GET", path)["messages"])
 
-    def burst(self, account: str, threads: int, per_thread: int) -> Burst:
-        """Start delivering ``burst-T-I`` messages to ``account``; returns at once."""
+    def burst(self, account: str, threads: int, per_thread: int, tag: str = "burst") -> Burst:
+        """Start delivering ``TAG-T-I`` messages to ``account``; returns at once."""
         burst = Burst()
         port = self.port("lmtp")
 
@@ -146,7 +146,7 @@ class LoneNode(Daemon):
                 for i in range(per_thread):
                     if burst.stop.is_set():
                         return
-                    subject = f"burst-{t}-{i}"
+                    subject = f"{tag}-{t}-{i}"
                     burst.inflight[t] = subject
                     refused = client.sendmail(
                         "s@example.test", [f"{account}@example.test"], burst_message(subject)
