@@ -23,6 +23,7 @@ there) or fails as a whole; nothing is half-stored.
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import logging
 import re
@@ -306,8 +307,17 @@ async def start_lmtp(node: Node, host: str, port: int) -> asyncio.Server:
     loop = asyncio.get_running_loop()
     max_size = node.config.lmtp.max_message_size
 
+    max_line = node.config.lmtp.max_line
+    # aiosmtpd reads the command-line cap from class attributes: a subclass
+    # per configuration ([lmtp] max_line; RFC 5321 4.5.3.1.4 asks for >= 512).
+    server_class = type(
+        "ConfiguredLmtpServer",
+        (LmtpServer,),
+        {"line_length_limit": max(1001, max_line + 2), "command_size_limit": max_line},
+    )
+
     def factory() -> LmtpServer:
-        server = LmtpServer(
+        server: LmtpServer = server_class(
             handler,
             data_size_limit=max_size,
             enable_SMTPUTF8=True,
@@ -317,6 +327,7 @@ async def start_lmtp(node: Node, host: str, port: int) -> asyncio.Server:
             timeout=300,
             loop=loop,
         )
+        server.command_size_limits = collections.defaultdict(lambda: max_line)
         return server
 
     return await loop.create_server(factory, host, port, reuse_address=True)

@@ -166,10 +166,6 @@ def test_100kb_command_line_gets_a_clear_500_and_the_session_goes_on(node: LoneN
     assert len(node.records("frank")) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="[lmtp] max_line is documented but never used: aiosmtpd's 512-byte limit applies",
-)
 def test_lmtp_max_line_is_honoured(lone_node: NodeFactory) -> None:
     node = lone_node({"lmtp": {"max_line": 100}})
     with node.lmtp() as client:
