@@ -349,4 +349,8 @@ def load_config(path: Path | str) -> Config:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-    return parse_config(data, path)
+    try:
+        return parse_config(data, path)
+    except ConfigError as exc:
+        # Name the file for every mistake, not only for syntax errors.
+        raise ConfigError(f"{path}: {exc}") from exc
