@@ -133,7 +133,6 @@ class ApiConfig:
 class TlsConfig:
     cert: Path | None = None
     key: Path | None = None
-    ca: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -203,12 +203,6 @@ def _sections() -> list[Any]:
         if f.name == "path":
             continue
         marks = []
-        if f.name == "tls":
-            marks.append(
-                pytest.mark.xfail(
-                    strict=True, reason="[tls] ca is accepted, but neither documented nor used"
-                )
-            )
         out.append(pytest.param(f.name, hints[f.name], marks=marks, id=f.name))
     return out
 
