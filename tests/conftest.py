@@ -207,6 +207,8 @@ def lone_node(tmp_path: Path, procs: Registry) -> Callable[..., LoneNode]:
             tmp_path / "node", {"sync": {"sync_host": None}}, alpha=overrides
         )
         node = procs.add(LoneNode(alpha))
-        return node.start() if start else node
+        if start:
+            node.start()
+        return node
 
     return make

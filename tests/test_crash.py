@@ -10,11 +10,16 @@ from __future__ import annotations
 import hashlib
 import socket
 from collections.abc import Callable
+from functools import partial
 
-from tests.conftest import LoneNode, burst_message
+from tests.conftest import Burst, LoneNode, burst_message
 from tests.harness.procs import wait_until
 
 NodeFactory = Callable[..., LoneNode]
+
+
+def delivered(burst: Burst, count: int) -> bool:
+    return len(burst.acked) >= count
 
 
 def check_restarted(node: LoneNode, stored: list[str]) -> None:
@@ -33,7 +38,7 @@ def test_kill_9_during_a_burst_loses_no_acknowledged_message(lone_node: NodeFact
     unknown: set[str] = set()
     for tag in ("r0", "r1"):  # twice: the second run starts from a crashed store
         burst = node.burst("jack", threads=4, per_thread=400, tag=tag)
-        wait_until(lambda b=burst: len(b.acked) >= 50, 60, "50 deliveries")
+        wait_until(partial(delivered, burst, 50), 60, "50 deliveries")
         node.kill9()
         burst.join()
         assert len(burst.acked) < 1600, "the kill came after the burst"

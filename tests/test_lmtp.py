@@ -92,7 +92,8 @@ def test_over_quota_single_recipient_552_and_nothing_stored(node: LoneNode) -> N
     node.add_account("full", quota_limit=100)
     with node.lmtp() as client, pytest.raises(smtplib.SMTPDataError) as info:
         client.sendmail("s@example.test", ["full@example.test"], msg("big", b"z" * 200 + b"\r\n"))
-    assert info.value.smtp_code == 552 and info.value.smtp_error.startswith(b"5.2.2")
+    error = info.value.smtp_error
+    assert info.value.smtp_code == 552 and isinstance(error, bytes) and error.startswith(b"5.2.2")
     assert node.records("full") == []
     # Room for a small one still.
     with node.lmtp() as client:
@@ -167,11 +168,18 @@ def test_100kb_command_line_gets_a_clear_500_and_the_session_goes_on(node: LoneN
 
 
 def test_lmtp_max_line_is_honoured(lone_node: NodeFactory) -> None:
-    node = lone_node({"lmtp": {"max_line": 100}})
+    node = lone_node({"lmtp": {"max_line": 1000}})
+    node.add_account("max")
     with node.lmtp() as client:
         client.ehlo("x")
-        code, _ = client.docmd("MAIL FROM:<" + "a" * 200 + "@example.test>")
+        # Longer than aiosmtpd's own 512 bytes, shorter than max_line: accepted.
+        code, text = client.docmd("MAIL FROM:<" + "a" * 800 + "@example.test>")
+        assert code == 250, text
+        code, _ = client.docmd("RCPT TO:<max@example.test>" + " " * 1000)
         assert code == 500
+        assert client.rcpt("max@example.test")[0] == 250
+        assert client.data(msg("long-sender"))[0] == 250
+    assert len(node.records("max")) == 1
 
 
 def test_broken_mime_and_8bit_bytes_are_stored_as_is(node: LoneNode) -> None:

@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import itertools
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -229,7 +230,7 @@ def test_account_create_password_quota_delete(store: Store) -> None:
 
     for bad in ("bad name", "", "a" * 129, "x@", "über"):
         with pytest.raises(InvalidArgument):
-            store.write_sync(lambda s, bad=bad: accounts.create_account(s, bad, password="pw"))
+            store.write_sync(partial(accounts.create_account, name=bad, password="pw"))
     with pytest.raises(InvalidArgument):
         store.write_sync(lambda s: accounts.create_account(s, "nopw"))
     with pytest.raises(InvalidArgument):
@@ -332,9 +333,7 @@ def test_mailboxes_create_rename_delete_and_inbox_rules(store: Store) -> None:
     ):
         before_all = snapshot(store)
         with pytest.raises(error):
-            on_account(
-                store, "alice", lambda s, a, o=old, n=new: mailbox.rename_mailbox(s, a, o, n)
-            )
+            on_account(store, "alice", partial(mailbox.rename_mailbox, old=old, new=new))
         assert snapshot(store) == before_all, (old, new)
 
     # INBOX is case-insensitive, always spelled INBOX, and cannot go.
@@ -345,7 +344,7 @@ def test_mailboxes_create_rename_delete_and_inbox_rules(store: Store) -> None:
     assert box_state(store, "alice", "inbox").name == "INBOX"
     for name in ("INBOX", "Inbox"):
         with pytest.raises(InvalidArgument):
-            on_account(store, "alice", lambda s, a, n=name: mailbox.delete_mailbox(s, a, n))
+            on_account(store, "alice", partial(mailbox.delete_mailbox, name=name))
 
     # Delete: a tombstone keeps the uniqueid, the quota its records used is
     # freed, the children stay, a new mailbox of that name is a new mailbox.
@@ -598,14 +597,14 @@ def test_sync_log_rows_commit_with_their_change(store: Store) -> None:
     # Many changes to one mailbox: one row per kind, its generation counts them.
     for _ in range(5):
         append_to(store, "alice", "INBOX", guid, size)
-    for uid in (1, 2):
-        on_account(
-            store,
-            "alice",
-            lambda s, a, u=uid: messages.set_flags(
-                s, a, mailbox.get_mailbox(s, a, "INBOX"), [u], ["\\Flagged"]
-            ),
+
+    def flag(uid: int) -> Callable[[Session, Account], object]:
+        return lambda s, a: messages.set_flags(
+            s, a, mailbox.get_mailbox(s, a, "INBOX"), [uid], ["\\Flagged"]
         )
+
+    for uid in (1, 2):
+        on_account(store, "alice", flag(uid))
     assert sync_rows(store) == [("alice", inbox_id, "append", 5), ("alice", inbox_id, "flags", 2)]
 
     # acknowledge() drops what the partner has, keeps what changed since pending().
@@ -946,7 +945,7 @@ def test_any_sequence_of_operations_keeps_checksum_and_quota(
     model = Model(limit)
     for op in ops:
         allowed = model.apply(op, files)
-        error = attempt(store, lambda s, op=op: run_op(s, name, op, files))
+        error = attempt(store, partial(run_op, name=name, op=op, files=files))
         assert (error is None) == allowed and (error is None or isinstance(error, OverQuota)), (
             op,
             error,
