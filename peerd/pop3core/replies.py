@@ -134,14 +134,20 @@ def _crlf(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
+def _stuffed(data: bytes) -> list[bytes]:
+    # Pieces joined once by the caller: a multi-megabyte message is copied by
+    # the replace and by that join, not again for each piece added.
+    body = _crlf(data).replace(b"\r\n.", b"\r\n..")
+    parts = [b".", body] if body.startswith(b".") else [body]
+    if body and not body.endswith(b"\r\n"):
+        parts.append(b"\r\n")
+    parts.append(b".\r\n")
+    return parts
+
+
 def dot_stuff(data: bytes) -> bytes:
     """A message as the body of a multi-line reply, ``.CRLF`` included (RFC 1939 section 3)."""
-    body = _crlf(data).replace(b"\r\n.", b"\r\n..")
-    if body.startswith(b"."):
-        body = b"." + body
-    if body and not body.endswith(b"\r\n"):
-        body += b"\r\n"
-    return body + b".\r\n"
+    return b"".join(_stuffed(data))
 
 
 def dot_unstuff(body: bytes) -> bytes:
@@ -169,7 +175,7 @@ def multiline(status: Ok, lines: Iterable[str | bytes]) -> bytes:
 def message_reply(data: bytes, status: Ok | None = None) -> bytes:
     """The reply to RETR (or TOP, given :func:`top_text`): status, stuffed message, ``.CRLF``."""
     head = (status or Ok(f"{len(data)} octets")).encode()
-    return head + dot_stuff(data)
+    return b"".join([head, *_stuffed(data)])
 
 
 def top_text(data: bytes, lines: int) -> bytes:
