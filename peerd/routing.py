@@ -72,7 +72,9 @@ async def nginx_auth(request: web.Request) -> web.Response:
                 headers=authhttp.failure("Temporary server problem, try again later", 5, "imap")
             )
     try:
-        auth = authhttp.parse_request(request.headers)
+        # aiohttp has already decoded header values as UTF-8 (not latin-1 as
+        # a WSGI server would): say so, or non-ASCII user names break.
+        auth = authhttp.parse_request(request.headers, header_encoding="utf-8")
     except ValueError as exc:
         return web.Response(headers=authhttp.failure(str(exc), routing.auth_http_wait, "imap"))
     wait = routing.auth_http_wait

@@ -170,3 +170,29 @@ def test_postfix_delivers_to_the_owner_and_follows_a_switchover(
         wait_until(postfix.queue_empty, 20, "Postfix queue to drain")
     finally:
         postfix.stop()
+
+
+def test_auth_http_with_a_non_ascii_password(routed: Any) -> None:
+    import urllib.request
+
+    alpha, _ = routed
+    alpha.add_account("jorg", password="pässwörd +%")
+
+    def ask(password: str) -> str:
+        request = urllib.request.Request(f"{alpha.api}/v1/route/nginx")
+        # nginx percent-encodes only space, % and control characters; the rest
+        # arrives as raw UTF-8 (http.client sends str headers as latin-1).
+        raw = password.replace("%", "%25").replace(" ", "%20").encode().decode("latin-1")
+        for key, value in {
+            "Auth-Method": "plain",
+            "Auth-User": "jorg",
+            "Auth-Pass": raw,
+            "Auth-Protocol": "imap",
+            "X-Auth-Key": SECRET,
+        }.items():
+            request.add_header(key, value)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return str(response.headers["Auth-Status"])
+
+    assert ask("pässwörd +%") == "OK"
+    assert ask("passwort") != "OK"
