@@ -33,11 +33,59 @@ __all__ = [
 ]
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel picked it)."""
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def _port_pool() -> list[int]:
+    """Ports the kernel never hands out as a connection's local port.
+
+    A port picked with ``bind(0)`` comes from the ephemeral range, the same range
+    every outgoing connection (Postfix to LMTP, a node to its partner, the test
+    itself) takes its local port from: between the moment the test picks a port and
+    the moment a daemon binds it (or re-binds it after a restart), a connection may
+    hold it, and the daemon fails with EADDRINUSE. CI saw exactly that. So the
+    pool is what lies outside the ephemeral range, above 30000 (clear of the
+    local pair's fixed ports in configs/).
+    """
+    low, high = _ephemeral_range()
+    pool = [p for p in range(30000, 65536) if not low <= p <= high]
+    return pool or list(range(30000, 32768))
+
+
+_POOL = _port_pool()
+# Each process starts at its own place in the pool, so two pytest runs side by
+# side rarely meet; a port comes round again only after the whole pool has.
+_next = (os.getpid() * 7919) % len(_POOL)
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1, free now, outside the kernel's ephemeral range.
+
+    No outgoing connection can take it in the meantime, and this process hands
+    it out again only after every other port of the pool, so a node stopped and
+    restarted on its ports finds them free again.
+    """
+    global _next
+    for _ in range(len(_POOL)):
+        port = _POOL[_next]
+        _next = (_next + 1) % len(_POOL)
+        if _bindable(port):
+            return port
+    raise RuntimeError("no free loopback port left outside the ephemeral range")
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -206,6 +206,15 @@ def test_free_port_is_bindable_on_loopback() -> None:
     assert not port_open(port)
 
 
+def test_free_port_is_outside_the_ephemeral_range() -> None:
+    # An outgoing connection's local port comes from this range; a port from it
+    # may be taken between the pick and the daemon's bind (CI saw EADDRINUSE).
+    low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports = {free_port() for _ in range(50)}
+    assert len(ports) == 50
+    assert all(not low <= p <= high for p in ports)
+
+
 def test_proc_logs_to_its_file_and_stops_by_sigterm(tmp_path: Path) -> None:
     proc = Proc(_python("import time; print('up', flush=True); time.sleep(60)"), tmp_path / "p.log")
     proc.start()
