@@ -24,7 +24,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engine import synclog
@@ -33,15 +33,13 @@ from engine.compare import MailboxPush, Push, Repairs
 from engine.errors import SyncProtocolError
 from engine.flags import record_hash
 from engine.mailbox import create_mailbox, find_mailbox, get_mailbox_by_uniqueid
-from engine.messages import append, expunge, note_guid, records_by_uid
+from engine.messages import NewRecords, append, expunge, records_by_uid
 from engine.models import Account, Mailbox, MailboxTombstone, Message, Subscription
 from engine.syncstate import MailboxSummary, summary_of
 
 __all__ = ["ApplyResult", "RepairResult", "apply_push", "apply_repairs"]
 
 log = logging.getLogger("peerd.apply")
-
-_INSERT = insert(Message)
 
 
 @dataclass(slots=True)
@@ -108,39 +106,34 @@ def _apply_records(
                     )
                 ):
                     existing[row.uid] = row
-        new_rows: list[dict[str, object]] = []
+        new = NewRecords(session)
         for r in push.upserts:
             when = r.when()
             found = existing.get(r.uid)
-            if found is not None:
-                if not found.expunged:
-                    mailbox.checksum ^= record_hash(
-                        found.uid, found.guid, found.flags, found.internaldate
-                    )
-                    mailbox.exists -= 1
-                    account.quota_used = max(0, account.quota_used - found.size)
-                found.guid, found.flags, found.internaldate = r.guid, r.flags, when
-                found.size, found.modseq, found.expunged = r.size, r.modseq, False
-            else:
-                new_rows.append(
-                    {
-                        "mailbox_id": mailbox.id,
-                        "uid": r.uid,
-                        "guid": r.guid,
-                        "size": r.size,
-                        "internaldate": when,
-                        "flags": r.flags,
-                        "modseq": r.modseq,
-                        "expunged": False,
-                    }
+            if found is None:
+                new.add(
+                    account,
+                    mailbox,
+                    uid=r.uid,
+                    guid=r.guid,
+                    size=r.size,
+                    flags=r.flags,
+                    internaldate=when,
+                    modseq=r.modseq,
                 )
-            mailbox.checksum ^= record_hash(r.uid, r.guid, r.flags, when)
-            mailbox.exists += 1
-            account.quota_used += r.size
-            note_guid(session, account, r.guid)
-        if new_rows:
-            session.flush()
-            session.connection().execute(_INSERT, new_rows)
+                continue
+            if not found.expunged:
+                mailbox.checksum ^= record_hash(
+                    found.uid, found.guid, found.flags, found.internaldate
+                )
+                mailbox.exists -= 1
+                account.quota_used = max(0, account.quota_used - found.size)
+            found.guid, found.flags, found.internaldate = r.guid, r.flags, when
+            found.size, found.modseq, found.expunged = r.size, r.modseq, False
+            new.count(
+                account, mailbox, uid=r.uid, guid=r.guid, size=r.size, flags=r.flags, when=when
+            )
+        new.write()
     mailbox.last_uid = max(mailbox.last_uid, owner.last_uid)
     mailbox.highestmodseq = max(mailbox.highestmodseq, owner.highestmodseq)
     mailbox.acl = owner.acl

@@ -168,20 +168,31 @@ def _conflict_statement(
     return stmt
 
 
-def insert_ignore(session: Any, table: Any, values: dict[str, Any], keys: list[str]) -> None:
-    """INSERT a row unless one with the same ``keys`` exists: one statement, no read."""
+Rows = dict[str, Any] | list[dict[str, Any]]
+
+
+def insert_ignore(session: Any, table: Any, values: Rows, keys: list[str]) -> None:
+    """INSERT a row (or a list of rows, as one executemany) unless one with the
+    same ``keys`` exists: one statement, no read."""
+    if isinstance(values, list) and not values:
+        return
     session.connection().execute(_conflict_statement(session, table, tuple(keys)), values)
 
 
 def upsert(
     session: Any,
     table: Any,
-    values: dict[str, Any],
+    values: Rows,
     keys: list[str],
     *,
     replace: tuple[str, ...] = (),
     increment: tuple[str, ...] = (),
 ) -> None:
-    """INSERT, or on a key conflict take ``replace`` from the new row and add one to ``increment``."""
+    """INSERT, or on a key conflict take ``replace`` from the new row and add one to ``increment``.
+
+    ``values`` may be a list of rows (one executemany); their keys must differ.
+    """
+    if isinstance(values, list) and not values:
+        return
     stmt = _conflict_statement(session, table, tuple(keys), replace, increment)
     session.connection().execute(stmt, values)

@@ -17,22 +17,28 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import Table, bindparam, delete, select, tuple_, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
+from engine import synclog
 from engine.accounts import find_account
 from engine.db import upsert
-from engine.errors import InvalidArgument, NoSuchAccount
-from engine.mailbox import find_mailbox, normalize_mailbox_name
-from engine.messages import append, put_meta
+from engine.errors import InvalidArgument, NoSuchAccount, OverQuota
+from engine.mailbox import create_mailbox, normalize_mailbox_name
+from engine.messages import NewRecords, add_appended, put_meta
 from engine.models import Account, Duplicate, Mailbox
 
 __all__ = [
+    "Delivery",
     "DeliveryOptions",
     "DeliveryResult",
+    "DeliveryRunner",
     "Recipient",
     "deliver",
     "message_id_of",
@@ -114,33 +120,307 @@ def message_id_of(data: bytes) -> str | None:
     return value[:255] or None
 
 
-def _target(session: Session, account: Account, detail: str | None) -> Mailbox:
-    cache: dict[tuple[int, str | None], Mailbox] = session.info.setdefault("mailbox_cache", {})
-    cached = cache.get((account.id, detail))
-    if cached is not None and cached in session:
-        return cached
-    mailbox = _find_target(session, account, detail)
-    cache[(account.id, detail)] = mailbox
-    return mailbox
+def _chunks(items: list[str], size: int = 400) -> Iterable[list[str]]:
+    # SQLite limits the parameters of one statement.
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
 
 
-def _find_target(session: Session, account: Account, detail: str | None) -> Mailbox:
-    if detail:
-        try:
-            name = normalize_mailbox_name(detail)
-        except InvalidArgument:
-            name = ""
-        if name:
-            mailbox = find_mailbox(session, account, name)
-            if mailbox is not None:
-                return mailbox
-    inbox = find_mailbox(session, account, "INBOX")
-    if inbox is None:
-        # Accounts always get an INBOX; one deleted by hand comes back.
-        from engine.mailbox import create_mailbox
+def _folder_name(detail: str) -> str:
+    try:
+        return normalize_mailbox_name(detail)
+    except InvalidArgument:
+        return ""
 
-        inbox = create_mailbox(session, account, "INBOX")
-    return inbox
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message for one recipient; its bytes are already spooled under ``guid``."""
+
+    recipient: Recipient
+    guid: str
+    size: int
+    internaldate: dt.datetime
+    message_id: str | None
+    meta: bytes | None = None
+
+
+Outcome = DeliveryResult | Exception
+
+
+@dataclass(slots=True)
+class _AccountRow:
+    """The columns of ``accounts`` a delivery reads and changes (a plain row, not ORM)."""
+
+    id: int
+    name: str
+    quota_limit: int | None
+    quota_used: int
+
+
+@dataclass(slots=True)
+class _MailboxRow:
+    """The columns of ``mailboxes`` a delivery reads and changes."""
+
+    id: int
+    account_id: int
+    uniqueid: str
+    name: str
+    last_uid: int
+    highestmodseq: int
+    checksum: int
+    exists: int
+
+
+_MAILBOX_COLUMNS = (
+    Mailbox.id,
+    Mailbox.account_id,
+    Mailbox.uniqueid,
+    Mailbox.name,
+    Mailbox.last_uid,
+    Mailbox.highestmodseq,
+    Mailbox.checksum,
+    Mailbox.exists,
+)
+# Built once: "expanding" parameters take a whole list, so a batch's
+# queries reuse one compiled statement whatever their length.
+_ACCOUNTS_NAMED = select(Account.id, Account.name, Account.quota_limit, Account.quota_used).where(
+    Account.name.in_(bindparam("names", expanding=True))
+)
+_FOLDERS_NAMED = select(*_MAILBOX_COLUMNS).where(
+    Mailbox.account_id.in_(bindparam("ids", expanding=True)),
+    Mailbox.name.in_(bindparam("names", expanding=True)),
+)
+_DELIVERED = select(Duplicate.mailbox_uniqueid, Duplicate.message_id, Duplicate.delivered_at).where(
+    tuple_(Duplicate.mailbox_uniqueid, Duplicate.message_id).in_(bindparam("keys", expanding=True))
+)
+_ACCOUNTS = Account.__table__
+_MAILBOXES = Mailbox.__table__
+assert isinstance(_ACCOUNTS, Table) and isinstance(_MAILBOXES, Table)
+_UPDATE_MAILBOX = (
+    update(_MAILBOXES)
+    .where(_MAILBOXES.c.id == bindparam("b_id"))
+    .values(
+        last_uid=bindparam("b_last_uid"),
+        highestmodseq=bindparam("b_highestmodseq"),
+        checksum=bindparam("b_checksum"),
+        exists=bindparam("b_exists"),
+    )
+)
+_UPDATE_QUOTA = (
+    update(_ACCOUNTS)
+    .where(_ACCOUNTS.c.id == bindparam("b_id"))
+    .values(quota_used=bindparam("b_quota_used"))
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRunner:
+    """Runs a group commit's deliveries together (:meth:`Store.write_grouped`).
+
+    Per delivery, in order, the rules are those of one delivery alone: the
+    account (and ``guard(session, account)``, which may refuse by raising:
+    the daemon's ownership fence, checked in this transaction), the target
+    folder, duplicate suppression (against the database and the deliveries
+    before it in the batch), the quota (with the bytes of those before it).
+    A delivery that fails writes nothing; the others go on.
+
+    The batch reads its accounts, folders and duplicates with one query each
+    and writes with one statement per table (Core rows, not ORM objects: the
+    ORM's bookkeeping cost more than the SQL). ORM objects of the same rows
+    that the session already holds are given the new values, so the other
+    writes of the batch see them.
+    """
+
+    options: DeliveryOptions
+    guard: Callable[[Session, str], object] | None = None
+    # Loads what ``guard`` reads for many accounts in one query.
+    prefetch: Callable[[Session, Iterable[str]], object] | None = None
+
+    def __call__(self, session: Session, ops: list[Delivery]) -> list[Outcome]:
+        session.flush()  # what earlier writes of the batch changed, before we read
+        accounts, boxes = self._load(session, ops)
+        now = dt.datetime.now(dt.UTC)
+        window = self.options.duplicate_window
+        fences: dict[str, Exception | None] = {}
+        targets: list[tuple[_AccountRow, _MailboxRow] | Exception] = []
+        for op in ops:
+            account = next((accounts[n] for n in op.recipient.candidates if n in accounts), None)
+            if account is None:
+                targets.append(NoSuchAccount(f"no such user: {op.recipient.address}"))
+                continue
+            refusal = self._fence(session, account.name, fences)
+            if refusal is not None:
+                targets.append(refusal)
+                continue
+            targets.append((account, self._folder(session, account, op.recipient.detail, boxes)))
+        seen = self._seen(session, ops, targets) if window is not None else {}
+        records = NewRecords(session)
+        duplicates: dict[tuple[str, str], dict[str, object]] = {}
+        changes: dict[tuple[str, str, str], None] = {}
+        touched: dict[int, _MailboxRow] = {}
+        meta: list[tuple[str, bytes | None]] = []
+        out: list[Outcome] = []
+        for op, target in zip(ops, targets, strict=True):
+            if isinstance(target, Exception):
+                out.append(target)
+                continue
+            account, mailbox = target
+            key = (mailbox.uniqueid, op.message_id or "")
+            if op.message_id and window is not None:
+                when = seen.get(key)
+                if key in duplicates or (when is not None and now - when <= window):
+                    out.append(DeliveryResult(account.name, mailbox.name, None, duplicate=True))
+                    continue
+            try:
+                uid = add_appended(
+                    records,
+                    account,
+                    mailbox,
+                    guid=op.guid,
+                    size=op.size,
+                    internaldate=op.internaldate,
+                )
+            except OverQuota as exc:
+                out.append(exc)
+                continue
+            if op.message_id and window is not None:
+                duplicates[key] = {
+                    "mailbox_uniqueid": mailbox.uniqueid,
+                    "message_id": op.message_id,
+                    "delivered_at": now,
+                }
+            touched[mailbox.id] = mailbox
+            changes[(account.name, mailbox.uniqueid, "append")] = None
+            meta.append((op.guid, op.meta))
+            out.append(DeliveryResult(account.name, mailbox.name, uid, duplicate=False))
+        if touched:
+            self._store(session, [accounts[n] for n in {a for a, _, _ in changes}], touched)
+        records.write()
+        put_meta(session, meta)
+        upsert(
+            session,
+            Duplicate.__table__,
+            list(duplicates.values()),
+            ["mailbox_uniqueid", "message_id"],
+            replace=("delivered_at",),
+        )
+        synclog.record_many(session, changes)
+        return out
+
+    def _load(
+        self, session: Session, ops: list[Delivery]
+    ) -> tuple[dict[str, _AccountRow], dict[tuple[int, str], _MailboxRow]]:
+        """The batch's accounts, candidate folders and fence rows, a query each."""
+        names = sorted({n for op in ops for n in op.recipient.candidates})
+        accounts: dict[str, _AccountRow] = {}
+        for chunk in _chunks(names):
+            query = select(Account.id, Account.name, Account.quota_limit, Account.quota_used).where(
+                Account.name.in_(chunk)
+            )
+            for row in session.execute(query):
+                accounts[row.name] = _AccountRow(*row)
+        wanted = {"INBOX"}
+        for op in ops:
+            if op.recipient.detail and (folder := _folder_name(op.recipient.detail)):
+                wanted.add(folder)
+        boxes: dict[tuple[int, str], _MailboxRow] = {}
+        ids = sorted({a.id for a in accounts.values()})
+        if ids:
+            for chunk in _chunks(sorted(wanted)):
+                for box in session.execute(_FOLDERS_NAMED, {"ids": ids, "names": chunk}):
+                    boxes[(box.account_id, box.name)] = _MailboxRow(*box)
+        if self.prefetch is not None and accounts:
+            self.prefetch(session, [a.name for a in accounts.values()])
+        return accounts, boxes
+
+    @staticmethod
+    def _folder(
+        session: Session,
+        account: _AccountRow,
+        detail: str | None,
+        boxes: dict[tuple[int, str], _MailboxRow],
+    ) -> _MailboxRow:
+        """``+detail``'s folder if it exists, else INBOX (made again if deleted by hand)."""
+        if detail and (folder := boxes.get((account.id, _folder_name(detail)))):
+            return folder
+        inbox = boxes.get((account.id, "INBOX"))
+        if inbox is None:
+            orm_account = session.get(Account, account.id)
+            assert orm_account is not None
+            created = create_mailbox(session, orm_account, "INBOX")
+            inbox = boxes[(account.id, "INBOX")] = _MailboxRow(
+                *session.execute(select(*_MAILBOX_COLUMNS).where(Mailbox.id == created.id)).one()
+            )
+        return inbox
+
+    @staticmethod
+    def _store(
+        session: Session, accounts: list[_AccountRow], boxes: dict[int, _MailboxRow]
+    ) -> None:
+        """Write the new mailbox state and quota usage; keep the session's ORM copies true."""
+        connection = session.connection()
+        connection.execute(
+            _UPDATE_MAILBOX,
+            [
+                {
+                    "b_id": b.id,
+                    "b_last_uid": b.last_uid,
+                    "b_highestmodseq": b.highestmodseq,
+                    "b_checksum": b.checksum,
+                    "b_exists": b.exists,
+                }
+                for b in boxes.values()
+            ],
+        )
+        connection.execute(
+            _UPDATE_QUOTA, [{"b_id": a.id, "b_quota_used": a.quota_used} for a in accounts]
+        )
+        for box in boxes.values():
+            held_box = session.identity_map.get(identity_key(Mailbox, box.id))
+            if held_box is not None:
+                for name in ("last_uid", "highestmodseq", "checksum", "exists"):
+                    set_committed_value(held_box, name, getattr(box, name))
+        for account in accounts:
+            held_account = session.identity_map.get(identity_key(Account, account.id))
+            if held_account is not None:
+                set_committed_value(held_account, "quota_used", account.quota_used)
+
+    def _fence(
+        self, session: Session, account: str, fences: dict[str, Exception | None]
+    ) -> Exception | None:
+        if self.guard is None:
+            return None
+        if account not in fences:
+            try:
+                self.guard(session, account)
+                fences[account] = None
+            except SQLAlchemyError:
+                raise  # the database's trouble, not a refusal
+            except Exception as exc:
+                fences[account] = exc
+        return fences[account]
+
+    @staticmethod
+    def _seen(
+        session: Session,
+        ops: list[Delivery],
+        targets: list[tuple[_AccountRow, _MailboxRow] | Exception],
+    ) -> dict[tuple[str, str], dt.datetime]:
+        """When each (mailbox, Message-ID) of the batch was last delivered, if ever."""
+        keys = sorted(
+            {
+                (target[1].uniqueid, op.message_id)
+                for op, target in zip(ops, targets, strict=True)
+                if op.message_id and not isinstance(target, Exception)
+            }
+        )
+        seen: dict[tuple[str, str], dt.datetime] = {}
+        for i in range(0, len(keys), 400):
+            rows = session.execute(_DELIVERED, {"keys": keys[i : i + 400]})
+            for uniqueid, message_id, when in rows:
+                seen[(uniqueid, message_id)] = when
+        return seen
 
 
 def deliver(
@@ -155,33 +435,12 @@ def deliver(
     options: DeliveryOptions,
     guard: Callable[[Session, str], object] | None = None,
 ) -> DeliveryResult:
-    """Deliver to one recipient. ``guard(session, account)`` may refuse by
-    raising; it runs in this transaction (the daemon's ownership fence)."""
-    account = resolve_account(session, recipient)
-    if guard is not None:
-        guard(session, account.name)
-    mailbox = _target(session, account, recipient.detail)
-    if message_id and options.duplicate_window is not None:
-        now = dt.datetime.now(dt.UTC)
-        seen = session.scalar(
-            select(Duplicate.delivered_at).where(
-                Duplicate.mailbox_uniqueid == mailbox.uniqueid, Duplicate.message_id == message_id
-            )
-        )
-        if seen is not None and now - seen <= options.duplicate_window:
-            return DeliveryResult(account.name, mailbox.name, None, duplicate=True)
-        upsert(
-            session,
-            Duplicate.__table__,
-            {"mailbox_uniqueid": mailbox.uniqueid, "message_id": message_id, "delivered_at": now},
-            ["mailbox_uniqueid", "message_id"],
-            replace=("delivered_at",),
-        )
-    put_meta(session, guid, meta)
-    record = append(
-        session, account, mailbox, guid=guid, size=size, internaldate=internaldate, flags=()
-    )
-    return DeliveryResult(account.name, mailbox.name, record.uid, duplicate=False)
+    """Deliver to one recipient now, raising what refused it (a batch of one)."""
+    op = Delivery(recipient, guid, size, internaldate, message_id, meta)
+    (outcome,) = DeliveryRunner(options, guard)(session, [op])
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
 def prune_duplicates(session: Session, window: dt.timedelta) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from typing import Protocol
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -89,7 +90,11 @@ def _next_uidvalidity(session: Session, account: Account) -> int:
     return max(int(time.time()), int(highest or 0) + 1)
 
 
-def bump_modseq(mailbox: Mailbox) -> int:
+class HasModseq(Protocol):
+    highestmodseq: int
+
+
+def bump_modseq(mailbox: HasModseq) -> int:
     """Allocate the next modseq of a mailbox (RFC 7162 3.1.1: strictly increasing)."""
     mailbox.highestmodseq = mailbox.highestmodseq + 1
     return mailbox.highestmodseq

@@ -15,6 +15,7 @@ is never served.
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import errno
 import hashlib
@@ -32,11 +33,16 @@ __all__ = ["GUID_RE", "Spool", "Staged", "guid_of"]
 
 @dataclass(frozen=True, slots=True)
 class Staged:
-    """Bytes written under a temp name (``tmp``; None when already spooled)."""
+    """Bytes written under a temp name (``tmp``; None when already spooled).
+
+    ``synced``: the temp file's bytes were fsynced when it was written, so
+    :meth:`Spool.commit` only renames it.
+    """
 
     guid: str
     tmp: Path | None
     final: Path
+    synced: bool = False
 
 
 def _translate(exc: OSError) -> Exception:
@@ -66,6 +72,22 @@ GUID_RE = re.compile(r"\A[0-9a-f]{40}\Z")
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def guid_of(data: bytes) -> str:
     return hashlib.sha1(data, usedforsecurity=False).hexdigest()
 
@@ -78,6 +100,7 @@ class Spool:
         self.tmp = self.root / "tmp"
         self._counter = 0
         self._lock = threading.Lock()
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(exist_ok=True)
         created = False
@@ -102,13 +125,16 @@ class Spool:
     def has(self, guid: str) -> bool:
         return self.path(guid).exists()
 
-    def stage(self, data: bytes, guid: str | None = None) -> Staged:
-        """Write ``data`` to a temp file, not yet durable nor visible.
+    def stage(self, data: bytes, guid: str | None = None, *, sync: bool = False) -> Staged:
+        """Write ``data`` to a temp file, not yet visible.
 
         :meth:`commit` makes a list of staged files durable with one flush
         and renames them into place; the store's committer does that for a
-        whole group commit. When ``guid`` is given (replication), it must
-        match the bytes.
+        whole group commit. With ``sync`` the file is fsynced here instead:
+        LMTP deliveries stage in their own threads, so their fsyncs run side
+        by side (the filesystem journals them together) while the committer
+        is busy with the previous batch. When ``guid`` is given
+        (replication), it must match the bytes.
         """
         actual = guid_of(data)
         if guid is not None and guid != actual:
@@ -126,12 +152,14 @@ class Spool:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
+                if sync:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise _translate(exc) from exc
-        return Staged(actual, tmp, final)
+        return Staged(actual, tmp, final, sync)
 
     def commit(self, staged: Iterable[Staged]) -> set[Path]:
         """Make staged files durable (one ``syncfs(2)`` for all of them, or an
@@ -139,14 +167,16 @@ class Spool:
 
         Returns the directories to fsync before records that use them commit.
         """
-        items = list(staged)
+        # The same file may come more than once (one message, many recipients).
+        items = list({(s.guid, s.tmp): s for s in staged}.values())
         # A batch run again after a failed write finds its files in place.
         fresh = [
             s for s in items if s.tmp is not None and not (s.final.exists() and not s.tmp.exists())
         ]
         try:
-            if fresh:
-                self._flush_files([s.tmp for s in fresh if s.tmp is not None])
+            unsynced = [s.tmp for s in fresh if s.tmp is not None and not s.synced]
+            if unsynced:
+                self._flush_files(unsynced)
             for item in fresh:
                 assert item.tmp is not None
                 os.rename(item.tmp, item.final)
@@ -187,24 +217,39 @@ class Spool:
                     return
             finally:
                 os.close(fd)
-        for path in paths:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        if len(paths) == 1:
+            _fsync_path(paths[0])
+        else:
+            list(self._sync_pool().map(_fsync_path, paths))
 
     def fsync_dirs(self, dirs: Iterable[Path]) -> None:
-        """fsync each directory once, so renames into it survive a crash."""
+        """fsync each directory once, so renames into it survive a crash.
+
+        Several at once go to a small pool: side by side, the filesystem
+        commits them in one journal transaction instead of one each.
+        """
+        unique = list(set(dirs))
         try:
-            for d in set(dirs):
-                fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+            if len(unique) == 1:
+                _fsync_dir(unique[0])
+            elif unique:
+                list(self._sync_pool().map(_fsync_dir, unique))
         except OSError as exc:
             raise TemporaryFailure(f"spool directory sync failed: {exc}") from exc
+
+    def _sync_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    8, thread_name_prefix="spool-sync"
+                )
+            return self._pool
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     def read(self, guid: str) -> bytes:
         """The message's bytes, verified against the GUID."""

@@ -13,6 +13,16 @@ bottleneck.
 Reads run on a small thread pool with their own sessions (SQLite in WAL mode
 lets them run beside the writer).
 
+Writes of one kind can be *grouped*: :meth:`Store.write_grouped` hands the
+committer an operation and a runner ``runner(session, ops) -> outcomes``, and
+every operation of that runner in a batch goes to one call of it, in one
+savepoint. A runner turns a hundred deliveries into a handful of statements
+(one ``executemany`` per table, one UPDATE per mailbox) instead of a dozen
+statements each. It returns one outcome per operation, a result or the
+exception that operation failed with; an operation that fails must have
+written nothing. If the runner raises, the group's savepoint is rolled back
+and each operation runs again alone, so one broken operation fails alone.
+
 After a commit, listeners get the list of :class:`~engine.synclog.Change`
 the batch made (the rolling replication worker and IMAP IDLE use it), on the
 event loop that started the store.
@@ -39,10 +49,12 @@ from engine.errors import DatabaseBusy, EngineError, TemporaryFailure
 from engine.spool import Spool, Staged
 from engine.synclog import Change
 
-__all__ = ["Listener", "Store"]
+__all__ = ["GroupRunner", "Listener", "Store"]
 
 T = TypeVar("T")
 Listener = Callable[[list[Change]], None]
+# runner(session, ops) -> one result or exception per op, in order.
+GroupRunner = Callable[[Session, list[Any]], list[Any]]
 log = logging.getLogger("peerd.store")
 
 BATCH_MAX = 512
@@ -55,6 +67,9 @@ class _Item:
     dirs: frozenset[Path]
     replaying: bool
     staged: tuple[Staged, ...] = ()
+    # A grouped write: ``fn`` is unused; ``runner`` gets ``op`` with the others.
+    runner: GroupRunner | None = None
+    op: Any = None
 
 
 @dataclass(slots=True)
@@ -72,6 +87,10 @@ def translate_db_error(exc: BaseException) -> BaseException:
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return DatabaseBusy(f"database connection lost: {exc.orig}")
     return exc
+
+
+def _unused(session: Session) -> None:
+    raise AssertionError("a grouped write has no fn of its own")
 
 
 class Store:
@@ -115,6 +134,7 @@ class Store:
         self._queue.put(None)
         self._thread.join()
         self._readers.shutdown(wait=True)
+        self.spool.close()
         self.engine.dispose()
         self.read_engine.dispose()
 
@@ -145,6 +165,19 @@ class Store:
         """Run ``fn`` in the next group commit. ``staged`` spool files are made
         durable and visible (one flush for the whole batch) before it runs."""
         future = self.submit(fn, dirs=dirs, replaying=replaying, staged=staged)
+        return await asyncio.wrap_future(future)
+
+    async def write_grouped(
+        self, runner: GroupRunner, op: Any, *, staged: Iterable[Staged] = ()
+    ) -> Any:
+        """Run ``op`` in the next group commit, together with every other op of
+        ``runner`` in that batch (see the module docstring). Returns its outcome,
+        or raises the exception the runner gave for it."""
+        if self._closed:
+            raise TemporaryFailure("the store is shutting down")
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        item = _Item(_unused, future, frozenset(), False, tuple(staged), runner, op)
+        self._queue.put(item)
         return await asyncio.wrap_future(future)
 
     def write_sync(
@@ -210,26 +243,23 @@ class Store:
         try:
             with Session(self.engine, expire_on_commit=False) as session, session.begin():
                 dirs: set[Path] = set(spooled)
-                for item in batch:
-                    session.info["replaying"] = item.replaying
-                    session.info["changes"] = []
-                    savepoint = session.begin_nested()
-                    try:
-                        result = item.fn(session)
-                        savepoint.commit()
-                    except Exception as exc:
-                        if savepoint.is_active:
-                            savepoint.rollback()
-                        if isinstance(exc, OperationalError) or (
-                            isinstance(exc, DBAPIError) and exc.connection_invalidated
-                        ):
-                            # The database itself is in trouble: fail the batch.
-                            raise
-                        outcomes.append((False, exc))
+                groups: dict[GroupRunner, list[int]] = {}
+                for index, item in enumerate(batch):
+                    outcomes.append((False, None))
+                    if item.runner is not None:
+                        groups.setdefault(item.runner, []).append(index)
                         continue
-                    outcomes.append((True, result))
-                    changes.extend(session.info["changes"])
-                    dirs |= item.dirs
+                    ok, value = self._run_one(session, item.fn, item.replaying, changes)
+                    outcomes[index] = (ok, value)
+                    if ok:
+                        dirs |= item.dirs
+                for runner, indexes in groups.items():
+                    for index, outcome in zip(
+                        indexes,
+                        self._run_group(session, runner, [batch[i].op for i in indexes], changes),
+                        strict=True,
+                    ):
+                        outcomes[index] = outcome
                 if dirs:
                     self.spool.fsync_dirs(dirs)
         except Exception as exc:
@@ -258,6 +288,45 @@ class Store:
                 item.future.set_exception(value)
         if changes and self._listeners:
             self._emit(changes)
+
+    @staticmethod
+    def _run_one(
+        session: Session, fn: Callable[[Session], Any], replaying: bool, changes: list[Change]
+    ) -> tuple[bool, Any]:
+        """One write in its own savepoint: (True, result) or (False, exception)."""
+        session.info["replaying"] = replaying
+        session.info["changes"] = []
+        savepoint = session.begin_nested()
+        try:
+            result = fn(session)
+            savepoint.commit()
+        except Exception as exc:
+            if savepoint.is_active:
+                savepoint.rollback()
+            if isinstance(exc, OperationalError) or (
+                isinstance(exc, DBAPIError) and exc.connection_invalidated
+            ):
+                raise  # the database itself is in trouble: fail the batch
+            return False, exc
+        changes.extend(session.info["changes"])
+        return True, result
+
+    def _run_group(
+        self, session: Session, runner: GroupRunner, ops: list[Any], changes: list[Change]
+    ) -> list[tuple[bool, Any]]:
+        """A runner's ops in one savepoint; if it raises, each op alone."""
+        ok, value = self._run_one(session, lambda s: runner(s, ops), False, changes)
+        if ok and isinstance(value, list) and len(value) == len(ops):
+            return [(not isinstance(v, Exception), v) for v in value]
+        if ok:
+            raise RuntimeError(f"{runner!r} returned {len(value)} outcomes for {len(ops)} ops")
+        if len(ops) == 1:
+            return [(False, value)]
+        self.stats.extra["group_retries"] = self.stats.extra.get("group_retries", 0) + 1
+        out: list[tuple[bool, Any]] = []
+        for op in ops:
+            out.extend(self._run_group(session, runner, [op], changes))
+        return out
 
     def _emit(self, changes: list[Change]) -> None:
         loop = self._loop

@@ -39,6 +39,7 @@ __all__ = [
     "oldest",
     "pending",
     "record",
+    "record_many",
 ]
 
 # Lower rank syncs first: new mail before flag-only changes.
@@ -74,23 +75,34 @@ def note(session: Session, account: str, mailbox: str, kind: str) -> None:
 
 def record(session: Session, account: str, mailbox: str, kind: str) -> None:
     """Log a change for replication, in the caller's transaction."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown sync log kind {kind!r}")
-    note(session, account, mailbox, kind)
-    if session.info.get("replaying"):
+    record_many(session, [(account, mailbox, kind)])
+
+
+def record_many(session: Session, changes: Iterable[tuple[str, str, str]]) -> None:
+    """Log (account, mailbox, kind) changes in one statement (a group commit's deliveries)."""
+    keys: dict[tuple[str, str, str], None] = {}
+    for account, mailbox, kind in changes:
+        if kind not in KINDS:
+            raise ValueError(f"unknown sync log kind {kind!r}")
+        note(session, account, mailbox, kind)
+        keys[(account, mailbox, kind)] = None
+    if session.info.get("replaying") or not keys:
         return
     now = utcnow()
     upsert(
         session,
         SyncLogRow.__table__,
-        {
-            "account": account,
-            "mailbox": mailbox,
-            "kind": kind,
-            "generation": 1,
-            "created_at": now,
-            "updated_at": now,
-        },
+        [
+            {
+                "account": account,
+                "mailbox": mailbox,
+                "kind": kind,
+                "generation": 1,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for account, mailbox, kind in keys
+        ],
         ["account", "mailbox", "kind"],
         replace=("updated_at",),
         increment=("generation",),

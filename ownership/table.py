@@ -11,6 +11,8 @@ so an epoch never goes down.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -26,6 +28,7 @@ __all__ = [
     "delete",
     "get",
     "list_rows",
+    "load",
     "mark_moving",
     "set_home",
     "set_owner",
@@ -36,6 +39,17 @@ __all__ = [
 
 def get(session: Session, account: str) -> Ownership | None:
     return session.get(Ownership, account)
+
+
+def load(session: Session, accounts: Iterable[str]) -> None:
+    """Load the rows of many accounts into the session in one query, so the
+    :func:`check_owner` calls of a group commit's deliveries read no more."""
+    names = sorted(set(accounts))
+    # The identity map holds objects weakly: keep them for the transaction.
+    held: list[Ownership] = session.info.setdefault("ownership_rows", [])
+    for i in range(0, len(names), 500):
+        query = select(Ownership).where(Ownership.account.in_(names[i : i + 500]))
+        held.extend(session.scalars(query))
 
 
 def list_rows(session: Session, owner: str | None = None) -> list[Ownership]:

@@ -15,7 +15,7 @@ import datetime as dt
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +87,10 @@ class Node:
         between a check and a write cannot slip a write past the fence.
         """
         ownership_table.check_owner(session, account, self.name)
+
+    def prefetch_guard(self, session: Session, accounts: Iterable[str]) -> None:
+        """Load what :meth:`guard` reads for many accounts at once."""
+        ownership_table.load(session, accounts)
 
     async def check_owner(self, account: str) -> None:
         await self.store.read(lambda s: ownership_table.check_owner(s, account, self.name))

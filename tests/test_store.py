@@ -248,10 +248,12 @@ def test_account_create_password_quota_delete(store: Store) -> None:
         )
     store.write_sync(lambda s: accounts.create_account(s, "john.doe@example.org", password="pw"))
 
-    store.write_sync(lambda s: accounts.set_password(s, "alice", "new"))
+    # A password long enough that a random base64 salt or hash cannot hold it
+    # by chance ("pw" sometimes did).
+    store.write_sync(lambda s: accounts.set_password(s, "alice", "new-password-4711"))
     stored = store.read_sync(lambda s: accounts.get_account(s, "alice").password_hash)
-    assert "new" not in stored and "pw" not in stored
-    assert verify_password("new", stored) and not verify_password("pw", stored)
+    assert "new-password-4711" not in stored and stored.startswith("$scrypt$")
+    assert verify_password("new-password-4711", stored) and not verify_password("pw", stored)
     with pytest.raises(NoSuchAccount):
         store.write_sync(lambda s: accounts.set_password(s, "nobody", "x"))
 
