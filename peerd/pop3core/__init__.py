@@ -5,8 +5,12 @@
 - :mod:`.states`: AUTHORIZATION, TRANSACTION, UPDATE and the commands each allows.
 - :mod:`.replies`: ``+OK``/``-ERR`` with response codes, multi-line replies
   with dot-stuffing, TOP, and the failover-stable :func:`uidl`.
+- :mod:`.maildrop`: the session's numbered messages and DELE marks, answering
+  STAT, LIST, UIDL, DELE and RSET.
+- :mod:`.capa`: the CAPA listing for each state.
 
-The asyncio service stays in :mod:`peerd.pop3` for now. This package is
+The asyncio service is :mod:`peerd.pop3`: sockets, STLS, timeouts, login
+delays, the store and the ownership fence, over this core. This package is
 named ``pop3core`` only because a package ``peerd/pop3/`` would shadow that
 module; once the service moves into the package, this becomes ``peerd.pop3``
 (its modules import each other relatively, so only the name changes).
@@ -14,6 +18,8 @@ module; once the service moves into the package, this becomes ``peerd.pop3``
 
 from __future__ import annotations
 
+from .capa import IMPLEMENTATION, capa_reply, capabilities
+from .maildrop import TEXT_NO_SUCH_MESSAGE, Entry, Maildrop
 from .protocol import (
     DEFAULT_MAX_LINE,
     DEFAULT_MAX_SASL_LINE,
@@ -41,6 +47,7 @@ from .protocol import (
     Uidl,
     User,
     parse_command,
+    plain_credentials,
 )
 from .replies import (
     CODE_AUTH,
@@ -70,9 +77,11 @@ __all__ = [
     "CODE_SYS_TEMP",
     "DEFAULT_MAX_LINE",
     "DEFAULT_MAX_SASL_LINE",
+    "IMPLEMENTATION",
     "MAX_REPLY_LINE",
     "NEED_DATA",
     "TEXT_NOT_ALLOWED",
+    "TEXT_NO_SUCH_MESSAGE",
     "Auth",
     "Capa",
     "Command",
@@ -81,9 +90,11 @@ __all__ = [
     "ConnectionClosed",
     "Continuation",
     "Dele",
+    "Entry",
     "Err",
     "Event",
     "List",
+    "Maildrop",
     "NeedData",
     "Noop",
     "Ok",
@@ -100,11 +111,14 @@ __all__ = [
     "Uidl",
     "User",
     "allowed",
+    "capa_reply",
+    "capabilities",
     "dot_stuff",
     "dot_unstuff",
     "message_reply",
     "multiline",
     "parse_command",
+    "plain_credentials",
     "top_text",
     "uidl",
 ]

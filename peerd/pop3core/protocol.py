@@ -53,6 +53,7 @@ __all__ = [
     "Uidl",
     "User",
     "parse_command",
+    "plain_credentials",
 ]
 
 # RFC 2449 section 4: "Commands ... may be up to 255 octets, including the
@@ -68,6 +69,7 @@ TEXT_LINE_TOO_LONG: Final = "line too long"
 TEXT_UNKNOWN: Final = "unknown command"
 TEXT_NOT_UTF8: Final = "argument is not valid UTF-8"
 TEXT_BAD_BASE64: Final = "invalid base64 in SASL response"
+TEXT_BAD_PLAIN: Final = "bad SASL PLAIN response"
 
 
 def _positive(word: str, what: str) -> int:
@@ -417,6 +419,15 @@ class CommandReader:
     def awaiting_sasl(self) -> bool:
         return self._sasl
 
+    @property
+    def buffered(self) -> bool:
+        """Bytes are waiting past the last event: the client sent more already.
+
+        A server about to start TLS (STLS, RFC 2595 section 4) refuses then:
+        those bytes came in the clear and must not be taken as sent over TLS.
+        """
+        return bool(self._buffer) and not self._discarding
+
     def next_event(self) -> Event | NeedData:
         cap = self.max_sasl_line if self._sasl else self.max_line
         while True:
@@ -475,3 +486,22 @@ class CommandReader:
             return SaslResponse(_decode_base64(line.decode("ascii").strip()))
         except (ValueError, UnicodeDecodeError):
             return CommandError(TEXT_BAD_BASE64, "AUTH")
+
+
+def plain_credentials(data: bytes) -> tuple[str, str]:
+    """``(user, password)`` from a decoded SASL PLAIN response (RFC 4616 section 2).
+
+    The message is ``[authzid] NUL authcid NUL passwd``, UTF-8. Acting for
+    another identity (an authzid other than the authcid) is not offered, so
+    it is refused like any malformed response: :class:`ValueError`.
+    """
+    parts = data.split(b"\0")
+    if len(parts) != 3:
+        raise ValueError(TEXT_BAD_PLAIN)
+    try:
+        authzid, user, password = (part.decode("utf-8") for part in parts)
+    except UnicodeDecodeError:
+        raise ValueError(TEXT_BAD_PLAIN) from None
+    if not user or not password or authzid not in ("", user):
+        raise ValueError(TEXT_BAD_PLAIN)
+    return user, password

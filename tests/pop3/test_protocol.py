@@ -1,4 +1,5 @@
-"""Pure-bytes tests of the POP3 core: commands, SASL lines, caps, states, replies, UIDL."""
+"""Pure-bytes tests of the POP3 core: commands, SASL lines, caps, states, replies, UIDL,
+the maildrop and CAPA."""
 
 from __future__ import annotations
 
@@ -27,9 +28,11 @@ from peerd.pop3core import (
     ConnectionClosed,
     Continuation,
     Dele,
+    Entry,
     Err,
     Event,
     List,
+    Maildrop,
     Noop,
     Ok,
     Pass,
@@ -45,11 +48,14 @@ from peerd.pop3core import (
     Uidl,
     User,
     allowed,
+    capa_reply,
+    capabilities,
     dot_stuff,
     dot_unstuff,
     message_reply,
     multiline,
     parse_command,
+    plain_credentials,
     top_text,
     uidl,
 )
@@ -425,3 +431,91 @@ def test_uidl_always_fits(uniqueid: str, uid: int) -> None:
     assert 1 <= len(value) <= 70
     assert all(0x21 <= ord(ch) <= 0x7E for ch in value)
     assert value == uidl(uniqueid, uid)
+
+
+# -- SASL PLAIN -------------------------------------------------------------------
+
+
+def test_plain_credentials() -> None:
+    # RFC 4616 section 2: [authzid] NUL authcid NUL passwd.
+    assert plain_credentials(b"\0alice\0s3cret") == ("alice", "s3cret")
+    assert plain_credentials(b"alice\0alice\0pw with spaces") == ("alice", "pw with spaces")
+    assert plain_credentials("\0jos\u00e9\0caf\u00e9".encode()) == ("jos\u00e9", "caf\u00e9")
+    for bad in (b"", b"alice", b"\0alice", b"\0\0pw", b"\0alice\0", b"a\0b\0c\0d", b"\0\xff\0pw"):
+        with pytest.raises(ValueError, match="bad SASL PLAIN response"):
+            plain_credentials(bad)
+    with pytest.raises(ValueError):  # acting as another user is not offered
+        plain_credentials(b"bob\0alice\0pw")
+
+
+def test_buffered_says_whether_the_client_sent_more() -> None:
+    reader = CommandReader()
+    reader.receive_data(b"STLS\r\n")
+    assert reader.next_event() == Stls()
+    assert not reader.buffered
+    reader.receive_data(b"STLS\r\nUSER mallory\r\n")
+    assert reader.next_event() == Stls()
+    assert reader.buffered  # a command injected before the handshake
+
+
+# -- CAPA -------------------------------------------------------------------------
+
+
+def test_capa_by_state() -> None:
+    authz = capabilities(State.AUTHORIZATION, stls=True)
+    assert authz[:2] == ["USER", "SASL PLAIN"] and "STLS" in authz
+    assert {"TOP", "UIDL", "PIPELINING", "RESP-CODES", "AUTH-RESP-CODE"} <= set(authz)
+    assert authz[-1] == "IMPLEMENTATION peerd"
+    assert "STLS" not in capabilities(State.AUTHORIZATION, stls=False)
+    trans = capabilities(State.TRANSACTION, stls=True)
+    assert "STLS" not in trans and "USER" not in trans and "SASL PLAIN" not in trans
+    assert "UIDL" in trans and "TOP" in trans
+    reply = capa_reply(State.AUTHORIZATION, stls=False)
+    assert reply.startswith(b"+OK capability list follows\r\nUSER\r\nSASL PLAIN\r\n")
+    assert reply.endswith(b"\r\nIMPLEMENTATION peerd\r\n.\r\n")
+
+
+# -- the maildrop -----------------------------------------------------------------
+
+UNIQUEID = "0123456789abcdef0123456789abcdef"
+
+
+def maildrop() -> Maildrop:
+    return Maildrop(UNIQUEID, [Entry(3, 120, "g3"), Entry(7, 200, "g7"), Entry(9, 5, "g9")])
+
+
+def test_maildrop_numbers_listings_and_marks() -> None:
+    # RFC 1939 section 5: numbered 1..n at login, DELE only marks, RSET unmarks.
+    drop = maildrop()
+    assert drop.greeting() == b"+OK 3 messages\r\n"
+    assert drop.stat() == b"+OK 3 325\r\n"
+    assert drop.scan_listing(None) == b"+OK\r\n1 120\r\n2 200\r\n3 5\r\n.\r\n"
+    assert drop.scan_listing(2) == b"+OK 2 200\r\n"
+    assert drop.unique_id_listing(3) == f"+OK 3 {UNIQUEID}.9\r\n".encode()
+    assert drop.get(1) == Entry(3, 120, "g3")
+    assert drop.dele(2) == b"+OK message 2 deleted\r\n"
+    assert drop.dele(2) == b"-ERR no such message\r\n"  # already marked
+    assert drop.get(2) is None
+    assert drop.stat() == b"+OK 2 125\r\n"
+    assert drop.scan_listing(None) == b"+OK\r\n1 120\r\n3 5\r\n.\r\n"  # numbers kept
+    assert drop.scan_listing(2) == b"-ERR no such message\r\n"
+    assert drop.unique_id_listing(None) == (
+        f"+OK\r\n1 {UNIQUEID}.3\r\n3 {UNIQUEID}.9\r\n.\r\n".encode()
+    )
+    drop.dele(1)
+    assert drop.marked() == [Entry(3, 120, "g3"), Entry(7, 200, "g7")]
+    assert drop.rset() == b"+OK 3 messages\r\n"
+    assert drop.marked() == [] and drop.stat() == b"+OK 3 325\r\n"
+    for missing in (0, 4, 99):
+        assert drop.get(missing) is None
+        assert drop.dele(missing) == b"-ERR no such message\r\n"
+
+
+def test_empty_maildrop_and_entry_checks() -> None:
+    drop = Maildrop(UNIQUEID, [])
+    assert drop.stat() == b"+OK 0 0\r\n"
+    assert drop.scan_listing(None) == b"+OK\r\n.\r\n"
+    assert drop.unique_id_listing(None) == b"+OK\r\n.\r\n"
+    for bad in ((0, 1, "g"), (1, -1, "g"), (True, 1, "g")):
+        with pytest.raises(ValueError):
+            Entry(*bad)  # type: ignore[arg-type]
