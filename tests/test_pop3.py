@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import poplib
 import smtplib
+import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from peerd.pop3 import dot_stuff
-from tests.nodes import Node
+from tests.nodes import Node, make_single
 from tests.procs import require, wait_until
 
 
@@ -21,10 +23,6 @@ def deliver(node: Node, n: int, body: bytes = b"body\r\n") -> None:
             ["alice@example.test"],
             f"Subject: pop {n}\r\nMessage-ID: <p{n}@t>\r\n\r\n".encode() + body,
         )
-
-
-def test_dot_stuffing() -> None:
-    assert dot_stuff(b".a\r\nb\r\n.c") == b"..a\r\nb\r\n..c\r\n.\r\n"
 
 
 @pytest.fixture
@@ -100,3 +98,79 @@ def test_fetchmail_fetches_with_uidl(alice: tuple[Node, Node], tmp_path: Path) -
     second = run()  # UIDL: nothing new
     assert second.returncode == 1, second.stdout + second.stderr  # 1 = no new mail
     assert mda_out.read_bytes().count(b"Subject: pop") == 3
+
+
+@pytest.fixture
+def lone(tmp_path: Path) -> Iterator[Node]:
+    node = make_single(
+        tmp_path, overrides={"pop3": {"login_failure_delay": "50ms", "max_line": 64}}
+    )
+    node.start()
+    node.add_account("alice")
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+def converse(node: Node, script: bytes) -> list[bytes]:
+    """Send ``script`` in one packet (RFC 2449 PIPELINING) and read until the server closes."""
+    with socket.create_connection(("127.0.0.1", node.ports["pop3"]), timeout=20) as sock:
+        stream = sock.makefile("rb")
+        greeting = stream.readline()
+        sock.sendall(script)
+        return [greeting, *stream.readlines()]
+
+
+def test_pipelined_session_states_sasl_and_limits(lone: Node) -> None:
+    deliver(lone, 1, b"line 1\r\n.line 2\r\nline 3\r\n")
+    deliver(lone, 2)
+    replies = converse(
+        lone,
+        b"STAT\r\n"  # not before login (RFC 1939 section 4)
+        b"PASS secret\r\n"  # PASS without USER
+        b"USER " + b"x" * 80 + b"\r\n"  # past [pop3] max_line: refused, the session goes on
+        b"CAPA\r\n"
+        b"AUTH PLAIN\r\n" + base64.b64encode(b"\0alice\0secret") + b"\r\n"
+        b"CAPA\r\n"
+        b"USER alice\r\n"  # not after login
+        b"LIST\r\nUIDL 2\r\nTOP 1 1\r\nDELE 1\r\nRETR 1\r\nSTAT\r\nRSET\r\nSTAT\r\n"
+        b"LIST 9\r\nDELE 2\r\nQUIT\r\n",
+    )
+    text = b"".join(replies)
+    assert replies[0].startswith(b"+OK peerd POP3 server ready")
+    assert replies[1] == b"-ERR command not valid in this state\r\n"
+    assert replies[2] == b"-ERR USER first\r\n"
+    assert replies[3] == b"-ERR line too long\r\n"
+    before, after = text.split(b"+ \r\n", 1)  # AUTH PLAIN's continuation
+    assert b"USER\r\n" in before and b"SASL PLAIN\r\n" in before
+    assert after.startswith(b"+OK 2 messages\r\n")
+    capa_after = after.split(b"+OK capability list follows\r\n", 1)[1].split(b"\r\n.\r\n")[0]
+    assert b"UIDL" in capa_after and b"USER" not in capa_after and b"SASL" not in capa_after
+    assert b"-ERR command not valid in this state\r\n+OK\r\n1 " in after  # USER, then LIST
+    top = after.split(b"+OK top of message follows\r\n", 1)[1].split(b"\r\n.\r\n", 1)[0]
+    assert top == b"Subject: pop 1\r\nMessage-ID: <p1@t>\r\n\r\nline 1"  # headers, one line
+    assert b"+OK message 1 deleted\r\n-ERR no such message\r\n" in after  # RETR of a marked one
+    assert b"+OK 1 " in after and b"+OK 2 messages\r\n+OK 2 " in after  # STAT, RSET, STAT
+    assert after.endswith(b"-ERR no such message\r\n+OK message 2 deleted\r\n+OK bye\r\n")
+    # QUIT removed message 2 only: RSET had cleared the mark on 1.
+    left = lone.mailbox("alice")["messages"]
+    assert len(left) == 1
+
+
+def test_auth_cancel_bad_plain_and_failed_logins_cut_off(lone: Node) -> None:
+    replies = converse(
+        lone,
+        b"AUTH PLAIN\r\n*\r\n"  # cancelled (RFC 5034 section 4)
+        b"AUTH PLAIN bm90IHBsYWlu\r\n"  # "not plain"
+        b"AUTH CRAM-MD5\r\n"
+        b"USER alice\r\nPASS wrong\r\nPASS wrong\r\nPASS wrong\r\nSTAT\r\n",
+    )
+    assert replies[1:5] == [
+        b"+ \r\n",
+        b"-ERR authentication cancelled\r\n",
+        b"-ERR bad SASL PLAIN response\r\n",
+        b"-ERR unsupported mechanism CRAM-MD5; use PLAIN\r\n",
+    ]
+    # [pop3] max_login_failures = 3: the third failure ends the session, STAT is never read.
+    assert replies[5:] == [b"+OK send PASS\r\n", *[b"-ERR [AUTH] authentication failed\r\n"] * 3]
