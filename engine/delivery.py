@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import Table, bindparam, delete, select, tuple_, update
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
@@ -214,13 +213,18 @@ _UPDATE_QUOTA = (
 )
 
 
+# fence(session, accounts) -> {account: the error that refuses it}.
+Fence = Callable[[Session, Iterable[str]], Mapping[str, Exception]]
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryRunner:
     """Runs a group commit's deliveries together (:meth:`Store.write_grouped`).
 
     Per delivery, in order, the rules are those of one delivery alone: the
-    account (and ``guard(session, account)``, which may refuse by raising:
-    the daemon's ownership fence, checked in this transaction), the target
+    account (and the fence: ``fence(session, accounts)`` names the accounts
+    this node may not write now, with the error to refuse them with: the
+    daemon's ownership fence, checked in this transaction), the target
     folder, duplicate suppression (against the database and the deliveries
     before it in the batch), the quota (with the bytes of those before it).
     A delivery that fails writes nothing; the others go on.
@@ -233,23 +237,25 @@ class DeliveryRunner:
     """
 
     options: DeliveryOptions
-    guard: Callable[[Session, str], object] | None = None
-    # Loads what ``guard`` reads for many accounts in one query.
-    prefetch: Callable[[Session, Iterable[str]], object] | None = None
+    fence: Fence | None = None
 
     def __call__(self, session: Session, ops: list[Delivery]) -> list[Outcome]:
         session.flush()  # what earlier writes of the batch changed, before we read
         accounts, boxes = self._load(session, ops)
         now = dt.datetime.now(dt.UTC)
         window = self.options.duplicate_window
-        fences: dict[str, Exception | None] = {}
+        refused: Mapping[str, Exception] = (
+            self.fence(session, [a.name for a in accounts.values()])
+            if self.fence is not None and accounts
+            else {}
+        )
         targets: list[tuple[_AccountRow, _MailboxRow] | Exception] = []
         for op in ops:
             account = next((accounts[n] for n in op.recipient.candidates if n in accounts), None)
             if account is None:
                 targets.append(NoSuchAccount(f"no such user: {op.recipient.address}"))
                 continue
-            refusal = self._fence(session, account.name, fences)
+            refusal = refused.get(account.name)
             if refusal is not None:
                 targets.append(refusal)
                 continue
@@ -330,8 +336,6 @@ class DeliveryRunner:
             for chunk in _chunks(sorted(wanted)):
                 for box in session.execute(_FOLDERS_NAMED, {"ids": ids, "names": chunk}):
                     boxes[(box.account_id, box.name)] = _MailboxRow(*box)
-        if self.prefetch is not None and accounts:
-            self.prefetch(session, [a.name for a in accounts.values()])
         return accounts, boxes
 
     @staticmethod
@@ -386,21 +390,6 @@ class DeliveryRunner:
             if held_account is not None:
                 set_committed_value(held_account, "quota_used", account.quota_used)
 
-    def _fence(
-        self, session: Session, account: str, fences: dict[str, Exception | None]
-    ) -> Exception | None:
-        if self.guard is None:
-            return None
-        if account not in fences:
-            try:
-                self.guard(session, account)
-                fences[account] = None
-            except SQLAlchemyError:
-                raise  # the database's trouble, not a refusal
-            except Exception as exc:
-                fences[account] = exc
-        return fences[account]
-
     @staticmethod
     def _seen(
         session: Session,
@@ -433,11 +422,11 @@ def deliver(
     message_id: str | None,
     meta: bytes | None,
     options: DeliveryOptions,
-    guard: Callable[[Session, str], object] | None = None,
+    fence: Fence | None = None,
 ) -> DeliveryResult:
     """Deliver to one recipient now, raising what refused it (a batch of one)."""
     op = Delivery(recipient, guid, size, internaldate, message_id, meta)
-    (outcome,) = DeliveryRunner(options, guard)(session, [op])
+    (outcome,) = DeliveryRunner(options, fence)(session, [op])
     if isinstance(outcome, Exception):
         raise outcome
     return outcome

@@ -96,12 +96,15 @@ def _unused(session: Session) -> None:
 class Store:
     """The mail store of one node."""
 
-    def __init__(self, url: str, data_dir: Path | str, *, owner: bool = True) -> None:
+    def __init__(
+        self, url: str, data_dir: Path | str, *, owner: bool = True, flush: str = "filesystem"
+    ) -> None:
         """``owner`` False: a second process (an admin tool, a test) opening a
-        running node's store; it must not clean the node's spool."""
+        running node's store; it must not clean the node's spool. ``flush``:
+        how a group commit's spool files are made durable (see :mod:`engine.spool`)."""
         self.url = url
         self.data_dir = Path(data_dir)
-        self.spool = Spool(self.data_dir / "spool", clean=owner)
+        self.spool = Spool(self.data_dir / "spool", clean=owner, flush=flush)
         self.engine: Engine = make_engine(url, immediate=True)
         self.read_engine: Engine = make_engine(url)
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from engine.db import utcnow
@@ -26,9 +26,9 @@ __all__ = [
     "count_by_owner",
     "create",
     "delete",
+    "fence_many",
     "get",
     "list_rows",
-    "load",
     "mark_moving",
     "set_home",
     "set_owner",
@@ -41,15 +41,30 @@ def get(session: Session, account: str) -> Ownership | None:
     return session.get(Ownership, account)
 
 
-def load(session: Session, accounts: Iterable[str]) -> None:
-    """Load the rows of many accounts into the session in one query, so the
-    :func:`check_owner` calls of a group commit's deliveries read no more."""
+def fence_many(session: Session, accounts: Iterable[str], node: str) -> dict[str, NotOwner]:
+    """:func:`check_owner` for many accounts in one query (a group commit's
+    deliveries): the refusals, by account; an account not named may be written."""
     names = sorted(set(accounts))
-    # The identity map holds objects weakly: keep them for the transaction.
-    held: list[Ownership] = session.info.setdefault("ownership_rows", [])
+    refused: dict[str, NotOwner] = {}
     for i in range(0, len(names), 500):
-        query = select(Ownership).where(Ownership.account.in_(names[i : i + 500]))
-        held.extend(session.scalars(query))
+        rows = session.execute(_FENCE_ROWS, {"names": names[i : i + 500]})
+        for account, owner, state, epoch in rows:
+            refusal = _refusal(account, owner, state, epoch, node)
+            if refusal is not None:
+                refused[account] = refusal
+    return refused
+
+
+_FENCE_ROWS = select(Ownership.account, Ownership.owner, Ownership.state, Ownership.epoch).where(
+    Ownership.account.in_(bindparam("names", expanding=True))
+)
+
+
+def _refusal(account: str, owner: str, state: str, epoch: int, node: str) -> NotOwner | None:
+    """The fence's rule: only the owner writes, and not while a switchover drains it."""
+    if owner != node or state == "moving":
+        return NotOwner(account, owner, epoch)
+    return None
 
 
 def list_rows(session: Session, owner: str | None = None) -> list[Ownership]:
@@ -85,8 +100,9 @@ def check_owner(session: Session, account: str, node: str) -> Ownership:
         # An account with no ownership row is one this node created before
         # ownership existed, or one being created: it is local.
         return Ownership(account=account, owner=node, home=node, epoch=0, state="normal")
-    if row.owner != node or row.state == "moving":
-        raise NotOwner(account, row.owner, row.epoch)
+    refusal = _refusal(account, row.owner, row.state, row.epoch, node)
+    if refusal is not None:
+        raise refusal
     return row
 
 

@@ -107,6 +107,7 @@ class NodeConfig:
     data_dir: Path = Path("var")
     local_domains: tuple[str, ...] = ()
     hostname: str = "localhost"
+    spool_flush: str = "filesystem"
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +170,7 @@ class LmtpConfig:
     duplicate_suppression: bool = True
     max_line: int = 4096
     shutdown_grace: dt.timedelta = dt.timedelta(seconds=10)
+    workers: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +333,10 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
     config = Config(**kwargs)
     if config.sync.sync_mode not in ("rolling", "synchronous"):
         raise ConfigError('[sync] sync_mode must be "rolling" or "synchronous"')
+    if config.node.spool_flush not in ("filesystem", "file"):
+        raise ConfigError('[node] spool_flush must be "filesystem" or "file"')
+    if not 0 <= config.lmtp.workers <= 64:
+        raise ConfigError("[lmtp] workers must be 0 (LMTP in the daemon itself) to 64")
     if config.log.format not in ("text", "json"):
         raise ConfigError('[log] format must be "text" or "json"')
     if not re.fullmatch(r"[a-z0-9][a-z0-9\-]{0,62}", config.node.name):

@@ -76,6 +76,31 @@ def default_indexer() -> Callable[[bytes], bytes] | None:
     return index
 
 
+async def _start_lmtp(node: Node) -> Service:
+    """LMTP in ``[lmtp] workers`` processes of its own, or in the daemon (0)."""
+    from peerd.lmtp import FrontSettings, LmtpHandler, serve_lmtp
+    from peerd.lmtpbackend import StoreBackend
+
+    config = node.config
+    address = config.listen.lmtp
+    assert address is not None
+    backend = StoreBackend(node)
+    workers = config.lmtp.workers if config.path is not None else 0
+    if workers == 0:
+        handler = LmtpHandler(FrontSettings.of(config), node.store.spool, backend)
+        server = await serve_lmtp(handler, host=address.host, port=address.port)
+        log.info("LMTP listening on %s", address)
+        return _server_service("lmtp", server)
+    from peerd.lmtpworker import WorkerPool
+
+    pool = WorkerPool(backend, config, address, workers)
+    await pool.start()
+    node.extra_status["lmtp"] = pool.status
+    log.info("LMTP listening on %s (%d worker process(es))", address, workers)
+    grace = config.lmtp.shutdown_grace.total_seconds()
+    return Service("lmtp", lambda: pool.stop(grace))
+
+
 async def serve(config: Config, stop_event: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     stop_event = stop_event or asyncio.Event()
@@ -87,7 +112,7 @@ async def serve(config: Config, stop_event: asyncio.Event | None = None) -> None
     url = config.database_url
     log.info("node %s: migrating %s", config.node.name, url.split("@")[-1])
     await asyncio.to_thread(migrations.upgrade, url)
-    store = Store(url, config.node.data_dir)
+    store = Store(url, config.node.data_dir, flush=config.node.spool_flush)
     store.bind_loop(loop)
     node = Node(config, store)
     node.indexer = default_indexer()
@@ -100,11 +125,7 @@ async def serve(config: Config, stop_event: asyncio.Event | None = None) -> None
         for starter in [replication.start, routing.start, *STARTERS]:
             services.extend(await starter(node, app))
         if config.listen.lmtp is not None:
-            from peerd.lmtp import start_lmtp
-
-            lmtp = config.listen.lmtp
-            services.append(_server_service("lmtp", await start_lmtp(node, lmtp.host, lmtp.port)))
-            log.info("LMTP listening on %s", lmtp)
+            services.append(await _start_lmtp(node))
         if config.listen.imap is not None:
             from peerd.imap import start_imap
 

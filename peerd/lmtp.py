@@ -1,89 +1,106 @@
-"""The LMTP service (RFC 2033) on aiosmtpd.
+"""The LMTP service (RFC 2033) on aiosmtpd: the protocol front.
 
 How this works: aiosmtpd speaks the protocol (LHLO, MAIL, RCPT, RSET,
-PIPELINING, 8BITMIME, SIZE); :class:`LmtpHandler` holds the hooks. At RCPT
-the recipient is resolved and fenced (``550 5.1.1`` unknown, ``451`` when
-another node owns the account). After DATA the bytes are spooled once, and
-one delivery per accepted recipient goes to the store, where they share a
-group commit with whatever else is being delivered. Then one reply per
-accepted recipient is sent, in RCPT order (RFC 2033 4.2): some may succeed
-while others fail (over quota, ownership moved in between).
+PIPELINING, 8BITMIME, SIZE); :class:`LmtpHandler` holds the hooks and does
+the per-message byte work: NUL and size checks, bare LF repair, the SHA-1
+and the spool's temp file (made durable by the group commit, with the other
+files of its batch). What needs the database goes to a backend with two calls:
+``check_rcpt(address)`` at RCPT and ``deliver(message)`` after DATA, which
+answers one reply per accepted recipient, in RCPT order (RFC 2033 4.2). The
+backend is :class:`peerd.lmtpbackend.StoreBackend` itself when the front
+runs in the daemon (``[lmtp] workers = 0``), or a client of it over a pipe
+when the front runs in LMTP worker processes (:mod:`peerd.lmtpworker`):
+then the protocol's Python work runs beside the store's group commit
+instead of taking turns with it for one interpreter lock.
+
+A recipient that passed recently skips the backend at RCPT: the same check
+runs again inside the delivery's own transaction, so a stale "yes" costs at
+worst a 4xx after DATA. A "no" is never cached (a new account must not
+bounce).
 
 Two departures from aiosmtpd's own DATA handling, in :class:`LmtpServer`:
 the message is read in large blocks rather than line by line (a 400 KB
 message is ~5,000 lines; reading them one await at a time costs more than
 storing the message), and an oversized message gets one ``552`` per
 recipient, not one reply for all (aiosmtpd issue 517).
-
-A delivery in progress is shielded from the connection going away and from
-shutdown: it either commits (and its 250 is sent if the client is still
-there) or fails as a whole; nothing is half-stored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import datetime as dt
 import logging
 import re
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import Envelope
 from aiosmtpd.smtp import Session as SmtpSession
-from sqlalchemy.orm import Session
 
-from engine.delivery import (
-    Delivery,
-    DeliveryOptions,
-    DeliveryResult,
-    DeliveryRunner,
-    Recipient,
-    message_id_of,
-    parse_recipient,
-    resolve_account,
-)
-from engine.errors import EngineError, TemporaryFailure
-from engine.spool import Staged
-from ownership.errors import OwnershipError
+from engine.delivery import message_id_of, parse_recipient
+from engine.errors import EngineError
+from engine.spool import Spool
+from peerd.config import Config
 from peerd.errormap import (
-    S250_OK,
-    S250_OK_DUPLICATE,
     S250_RCPT_OK,
-    S451_LOCAL_ERROR,
     S452_TOO_MANY_RCPTS,
     S501_BAD_ADDRESS,
     S552_TOO_BIG,
     S554_NUL,
     lmtp_reply,
 )
-from peerd.node import Node
+from peerd.lmtpbackend import Message
 
-__all__ = ["LmtpHandler", "LmtpServer", "start_lmtp"]
+__all__ = ["Backend", "FrontSettings", "LmtpHandler", "LmtpServer", "serve_lmtp"]
 
 log = logging.getLogger("peerd.lmtp")
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 RCPT_CACHE_SECONDS = 2.0
+INLINE_STAGE = 1 << 20
 _TERMINATOR = b"\r\n.\r\n"
 
 
-class LmtpHandler:
-    """aiosmtpd hooks: recipient checks and delivery into the store."""
+class Backend(Protocol):
+    async def check_rcpt(self, address: str) -> str | None: ...
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        lmtp = node.config.lmtp
-        self.options = DeliveryOptions(
-            local_domains=frozenset(d.lower() for d in node.config.node.local_domains),
-            duplicate_window=lmtp.duplicate_window if lmtp.duplicate_suppression else None,
+    async def deliver(self, message: Message) -> list[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FrontSettings:
+    """What the protocol front needs of the node's configuration."""
+
+    hostname: str
+    local_domains: frozenset[str]
+    max_message_size: int
+    max_recipients: int
+    max_line: int
+
+    @classmethod
+    def of(cls, config: Config) -> FrontSettings:
+        return cls(
+            hostname=config.node.hostname,
+            local_domains=frozenset(d.lower() for d in config.node.local_domains),
+            max_message_size=config.lmtp.max_message_size,
+            max_recipients=config.lmtp.max_recipients,
+            max_line=config.lmtp.max_line,
         )
-        self.runner = DeliveryRunner(self.options, node.guard, node.prefetch_guard)
-        self.max_recipients = lmtp.max_recipients
-        self.max_size = lmtp.max_message_size
+
+
+class LmtpHandler:
+    """aiosmtpd hooks: recipient checks and spooling; the rest is the backend's."""
+
+    def __init__(self, settings: FrontSettings, spool: Spool, backend: Backend) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.backend = backend
         self._accepted: dict[tuple[str, ...], float] = {}
+        self.inflight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
 
     async def handle_EHLO(
         self,
@@ -106,109 +123,62 @@ class LmtpHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
-        recipients: list[Recipient] = envelope.__dict__.setdefault("peerd_recipients", [])
-        if len(recipients) >= self.max_recipients:
+        if len(envelope.rcpt_tos) >= self.settings.max_recipients:
             return S452_TOO_MANY_RCPTS
         try:
-            recipient = parse_recipient(address, self.options.local_domains)
+            recipient = parse_recipient(address, self.settings.local_domains)
         except EngineError:
             return S501_BAD_ADDRESS
-
-        def check(session: Session) -> None:
-            self.node.guard(session, resolve_account(session, recipient).name)
-
-        # Recipients that passed recently skip the database: the same check
-        # runs again inside the delivery's own transaction, so a stale "yes"
-        # costs at worst a 4xx after DATA. A "no" is never cached (a new
-        # account must not bounce).
         now = time.monotonic()
         if self._accepted.get(recipient.candidates, 0.0) < now:
-            try:
-                await self.node.store.read(check)
-            except (EngineError, OwnershipError) as exc:
-                self.node.counters.inc("lmtp_rcpt_refused")
-                return lmtp_reply(exc)
+            refusal = await self.backend.check_rcpt(address)
+            if refusal is not None:
+                return refusal
             if len(self._accepted) > 100_000:
                 self._accepted.clear()
             self._accepted[recipient.candidates] = now + RCPT_CACHE_SECONDS
-        recipients.append(recipient)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return S250_RCPT_OK
 
     async def handle_DATA(self, server: Any, session: SmtpSession, envelope: Envelope) -> str:
-        recipients: list[Recipient] = envelope.__dict__.get("peerd_recipients", [])
         data = envelope.original_content
         assert isinstance(data, bytes)
-        self.node.begin()
+        self.inflight += 1
+        self.idle.clear()
         try:
             # Shielded: once the bytes are here, the delivery runs to its end
-            # even if the client hangs up or the daemon is asked to stop.
-            replies = await asyncio.shield(self._deliver_all(recipients, data))
+            # even if the client hangs up; nothing is half-stored.
+            replies = await asyncio.shield(self._deliver(tuple(envelope.rcpt_tos), data))
         finally:
-            self.node.end()
+            self.inflight -= 1
+            if self.inflight == 0:
+                self.idle.set()
         return "\r\n".join(replies)
 
-    async def _deliver_all(self, recipients: list[Recipient], data: bytes) -> list[str]:
+    async def _deliver(self, recipients: tuple[str, ...], data: bytes) -> list[str]:
         count = len(recipients)
         if b"\0" in data:
             # RFC 5322 2.3 forbids NUL; Cyrus refuses such mail the same way.
             return [S554_NUL] * count
-        if len(data) > self.max_size:
+        if len(data) > self.settings.max_message_size:
             return [S552_TOO_BIG] * count
         # Two counts run at memchr speed; the regex only when there is a bare LF.
         if data.count(b"\n") != data.count(b"\r\n"):
             data = _BARE_LF.sub(b"\r\n", data)
-        store = self.node.store
-        indexer = self.node.indexer
-
-        def spool() -> tuple[Staged, bytes | None]:
-            # Written and fsynced in a thread of its own: concurrent
-            # deliveries' fsyncs overlap (the journal commits them together)
-            # and overlap the committer's work on the batch before.
-            staged = store.spool.stage(data, sync=True)
-            return staged, indexer(data) if indexer is not None else None
-
         try:
-            staged, meta = await store.run_blocking(spool)
-        except EngineError as exc:
-            self.node.counters.inc("lmtp_temp_failures", count)
-            return [lmtp_reply(exc)] * count
-        internaldate = dt.datetime.now(dt.UTC)
-        message_id = message_id_of(data)
-        # One grouped write per recipient: they share the group commit with
-        # every other delivery in flight, and each gets its own outcome (one
-        # over quota or moved away does not undo the others).
-        writes = [
-            store.write_grouped(
-                self.runner,
-                Delivery(recipient, staged.guid, len(data), internaldate, message_id, meta),
-                staged=[staged],
-            )
-            for recipient in recipients
-        ]
-        results: list[Any] = await asyncio.gather(*writes, return_exceptions=True)
-        if all(isinstance(r, BaseException) for r in results):
-            store.spool.discard([staged])
-        delivered = [
-            r.account for r in results if isinstance(r, DeliveryResult) and not r.duplicate
-        ]
-        for hook in self.node.after_delivery:
-            await hook(delivered)
-        replies: list[str] = []
-        for result in results:
-            if isinstance(result, DeliveryResult):
-                self.node.counters.inc("lmtp_delivered")
-                replies.append(S250_OK_DUPLICATE if result.duplicate else S250_OK)
-            elif isinstance(result, (EngineError, OwnershipError)):
-                temporary = isinstance(result, TemporaryFailure)
-                self.node.counters.inc("lmtp_temp_failures" if temporary else "lmtp_refused")
-                replies.append(lmtp_reply(result))
+            # Hashed and written to a temp file here (page cache; small ones
+            # on the event loop, cheaper than a trip to a thread and back);
+            # the group commit makes the batch's files durable together.
+            if len(data) <= INLINE_STAGE:
+                staged = self.spool.stage(data)
             else:
-                log.error("delivery failed unexpectedly: %r", result)
-                self.node.counters.inc("lmtp_temp_failures")
-                replies.append(S451_LOCAL_ERROR)
-        return replies
+                loop = asyncio.get_running_loop()
+                staged = await loop.run_in_executor(None, self.spool.stage, data)
+        except EngineError as exc:
+            return [lmtp_reply(exc)] * count
+        message = Message(recipients, staged, len(data), message_id_of(data))
+        return await self.backend.deliver(message)
 
 
 # A plain reverse- or forward-path: <dot-atom@dot-atom> (RFC 5321 4.1.2) and
@@ -301,12 +271,11 @@ class LmtpServer(LMTP):
 _TOO_BIG = b"\0too big\0"
 
 
-async def start_lmtp(node: Node, host: str, port: int) -> asyncio.Server:
-    handler = LmtpHandler(node)
+async def serve_lmtp(handler: LmtpHandler, **where: Any) -> asyncio.Server:
+    """Serve LMTP through ``handler``; ``where`` is ``host=, port=`` or ``sock=``."""
+    settings = handler.settings
     loop = asyncio.get_running_loop()
-    max_size = node.config.lmtp.max_message_size
-
-    max_line = node.config.lmtp.max_line
+    max_line = settings.max_line
     # aiosmtpd reads the command-line cap from class attributes: a subclass
     # per configuration ([lmtp] max_line; RFC 5321 4.5.3.1.4 asks for >= 512).
     server_class = type(
@@ -318,10 +287,10 @@ async def start_lmtp(node: Node, host: str, port: int) -> asyncio.Server:
     def factory() -> LmtpServer:
         server: LmtpServer = server_class(
             handler,
-            data_size_limit=max_size,
+            data_size_limit=settings.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
-            hostname=node.config.node.hostname,
+            hostname=settings.hostname,
             ident="peerd LMTP",
             timeout=300,
             loop=loop,
@@ -329,4 +298,6 @@ async def start_lmtp(node: Node, host: str, port: int) -> asyncio.Server:
         server.command_size_limits = collections.defaultdict(lambda: max_line)
         return server
 
-    return await loop.create_server(factory, host, port, reuse_address=True)
+    if "sock" in where:
+        return await loop.create_server(factory, sock=where["sock"])
+    return await loop.create_server(factory, where["host"], where["port"], reuse_address=True)

@@ -20,7 +20,17 @@ def main(argv: list[str] | None = None) -> int:
     migrate.add_argument("-c", "--config", required=True)
     check = sub.add_parser("check-config", help="read the config and report errors")
     check.add_argument("-c", "--config", required=True)
+    # Started by the daemon for [lmtp] workers; not for admins.
+    worker = sub.add_parser("lmtp-worker")
+    worker.add_argument("-c", "--config", required=True)
+    worker.add_argument("--listen-fd", type=int, required=True)
+    worker.add_argument("--pipe-fd", type=int, required=True)
+    worker.add_argument("--parent", type=int, required=True)
     args = parser.parse_args(argv)
+    if args.command == "lmtp-worker":
+        from peerd.lmtpworker import worker_main
+
+        return worker_main(args.config, args.listen_fd, args.pipe_fd, args.parent)
     try:
         config = load_config(args.config)
     except ConfigError as exc:

@@ -25,6 +25,7 @@ _HELP = {
     "lmtp_refused": "Recipients refused after DATA",
     "lmtp_rcpt_refused": "Recipients refused at RCPT",
     "lmtp_temp_failures": "Recipients given a temporary failure",
+    "lmtp_worker_restarts": "LMTP worker processes started again after they exited",
     "syncs": "Account syncs to the partner",
     "sync_failures": "Failed syncs",
     "sync_fenced": "Syncs refused by the ownership fence",

@@ -88,9 +88,9 @@ class Node:
         """
         ownership_table.check_owner(session, account, self.name)
 
-    def prefetch_guard(self, session: Session, accounts: Iterable[str]) -> None:
-        """Load what :meth:`guard` reads for many accounts at once."""
-        ownership_table.load(session, accounts)
+    def guard_many(self, session: Session, accounts: Iterable[str]) -> dict[str, NotOwner]:
+        """:meth:`guard` for many accounts in one query: the refusals, by account."""
+        return ownership_table.fence_many(session, accounts, self.name)
 
     async def check_owner(self, account: str) -> None:
         await self.store.read(lambda s: ownership_table.check_owner(s, account, self.name))

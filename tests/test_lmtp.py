@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import imaplib
+import os
 import signal
 import smtplib
 import socket
@@ -24,7 +25,7 @@ import pytest
 from engine.store import Store
 from ownership import table as ownership_table
 from tests.conftest import LoneNode
-from tests.harness.procs import Proc, wait_until
+from tests.harness.procs import Proc, pid_alive, wait_until
 
 NodeFactory = Callable[..., LoneNode]
 
@@ -369,3 +370,75 @@ def test_account_owned_by_the_partner_gets_451_at_rcpt(lone_node: NodeFactory) -
         assert client.data(msg("after"))[0] == 250
     assert [r["guid"] for r in node.records("kate")] == [sha1(msg("before"))]
     assert [r["guid"] for r in node.records("liam")] == [sha1(msg("after"))]
+
+
+# --- LMTP worker processes ([lmtp] workers) -------------------------------------
+
+
+def lmtp_workers(node: LoneNode) -> list[dict[str, int]]:
+    return list(node.call("GET", "/v1/status")["lmtp"]["workers"])
+
+
+def test_a_killed_lmtp_worker_is_restarted_and_no_acknowledged_message_is_lost(
+    lone_node: NodeFactory,
+) -> None:
+    node = lone_node()
+    node.add_account("mia")
+    (worker,) = lmtp_workers(node)
+    burst = node.burst("mia", threads=3, per_thread=400, tag="w")
+    wait_until(lambda: len(burst.acked) >= 30, 60, "30 deliveries")
+    os.kill(worker["pid"], signal.SIGKILL)
+    burst.join()
+    # The listening socket stayed open in the daemon: a new worker takes the
+    # connections that waited in its backlog.
+    wait_until(lambda: lmtp_workers(node)[0]["restarts"] == 1, 30, "the worker restarted")
+    (again,) = lmtp_workers(node)
+    assert again["pid"] != worker["pid"]
+    with node.lmtp() as client:
+        assert client.sendmail("s@example.test", ["mia@example.test"], msg("after")) == {}
+    stored = node.audit("mia")
+    assert len(stored) == len(set(stored))
+    assert set(burst.acked) <= set(stored)
+    assert set(stored) - set(burst.acked) <= burst.unknown | {"after"}
+    # What the dead worker had written and nobody will commit is gone.
+    assert all(f".{worker['pid']}." not in p.name for p in temp_files(node))
+    assert node.call("GET", "/v1/status")["counters"]["lmtp_worker_restarts"] == 1
+
+
+def test_the_lmtp_worker_dies_with_the_daemon(lone_node: NodeFactory) -> None:
+    node = lone_node()
+    (worker,) = lmtp_workers(node)
+    assert node.proc is not None
+    node.kill9()
+    # PR_SET_PDEATHSIG: no orphan keeps the LMTP port (a restart must bind it).
+    wait_until(lambda: not pid_alive(worker["pid"]), 10, "the worker to die with the daemon")
+    node.start()
+    node.add_account("ned")
+    with node.lmtp() as client:
+        assert client.sendmail("s@example.test", ["ned@example.test"], msg("back")) == {}
+    assert [r["guid"] for r in node.records("ned")] == [sha1(msg("back"))]
+
+
+def test_lmtp_in_the_daemon_itself_with_no_workers(lone_node: NodeFactory) -> None:
+    node = lone_node({"lmtp": {"workers": 0}})
+    assert "lmtp" not in node.call("GET", "/v1/status")
+    node.add_account("olga")
+    node.add_account("pia", quota_limit=10)
+    with node.lmtp() as client:
+        client.ehlo("x")
+        client.mail("s@example.test")
+        client.rcpt("olga@example.test")
+        client.rcpt("pia@example.test")
+        replies = [client.data(msg("inproc")), client.getreply()]
+    assert [code for code, _ in replies] == [250, 552]
+    assert [r["guid"] for r in node.records("olga")] == [sha1(msg("inproc"))]
+    assert node.records("pia") == []
+
+
+def test_file_by_file_spool_flush_delivers_the_same(lone_node: NodeFactory) -> None:
+    node = lone_node({"node": {"spool_flush": "file"}})
+    node.add_account("quin")
+    burst = node.burst("quin", threads=3, per_thread=10, tag="f")
+    wait_until(lambda: len(burst.acked) == 30, 60, "30 deliveries")
+    burst.join()
+    assert sorted(node.audit("quin")) == sorted(burst.acked)
