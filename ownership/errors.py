@@ -55,7 +55,18 @@ class PartnerUnreachable(OwnershipError):
 
 
 class NotCaughtUp(OwnershipError):
+    """Failback refused: changes for the accounts are still on their way.
+
+    ``pending`` lists them, one entry per account and node: ``{account,
+    node, changes, oldest}`` (``oldest`` is an ISO 8601 time), so a script can
+    tell what to wait for; the message says the same for people.
+    """
+
     code = "not_caught_up"
+
+    def __init__(self, message: str, pending: list[dict[str, object]]) -> None:
+        super().__init__(message)
+        self.pending = pending
 
 
 class UnknownNode(OwnershipError):

@@ -11,6 +11,7 @@ application through :func:`add_routes`.
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import json
 import logging
@@ -27,11 +28,20 @@ from engine.errors import EngineError, InvalidArgument
 from engine.flags import parse_flags
 from engine.models import Account
 from ownership import table as ownership_table
-from ownership.errors import OwnershipError, UnknownNode
+from ownership.errors import NotCaughtUp, OwnershipError, UnknownNode
 from peerd.errormap import http_status
 from peerd.node import Node
+from peerd.openapi import OPERATIONS, Operation
 
-__all__ = ["NODE_KEY", "account_json", "add_routes", "build_app", "json_body", "problem"]
+__all__ = [
+    "NODE_KEY",
+    "account_json",
+    "add_routes",
+    "build_app",
+    "json_body",
+    "pending_json",
+    "problem",
+]
 
 log = logging.getLogger("peerd.api")
 
@@ -43,12 +53,20 @@ MAX_BODY = 1 << 20
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def problem(status: int, title: str, detail: str = "", code: str = "") -> web.Response:
+def problem(
+    status: int,
+    title: str,
+    detail: str = "",
+    code: str = "",
+    extensions: dict[str, Any] | None = None,
+) -> web.Response:
+    """An RFC 9457 body; ``extensions`` are extra members (RFC 9457 3.2)."""
     body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
     if detail:
         body["detail"] = detail
     if code:
         body["code"] = code
+    body.update(extensions or {})
     return web.Response(
         status=status, text=json.dumps(body), content_type="application/problem+json"
     )
@@ -60,7 +78,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except (EngineError, OwnershipError) as exc:
         status = http_status(exc)
-        return problem(status, type(exc).__name__, exc.message, exc.code)
+        # A refused failback says what is still pending, for scripts too.
+        extensions = {"pending": exc.pending} if isinstance(exc, NotCaughtUp) else None
+        return problem(status, type(exc).__name__, exc.message, exc.code, extensions)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -136,15 +156,47 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "node": node.name})
 
 
+def _iso(stamp: dt.datetime | None) -> str | None:
+    return stamp.isoformat() if stamp else None
+
+
+def _lag(oldest: dt.datetime | None) -> float:
+    """Seconds since the oldest change not yet on the partner (0: it has all)."""
+    return round((dt.datetime.now(dt.UTC) - oldest).total_seconds(), 3) if oldest else 0.0
+
+
+async def account_status(node: Node, account: str) -> dict[str, Any]:
+    """One account: who serves it, and what of it the partner does not have yet."""
+
+    def read(session: Session) -> dict[str, Any]:
+        name = engine_accounts.get_account(session, account).name
+        row = ownership_table.get(session, name)
+        oldest = synclog.oldest(session, name)
+        return {
+            "node": node.name,
+            "partner": node.partner,
+            "account": name,
+            "owner": row.owner if row else node.name,
+            "home": row.home if row else node.name,
+            "epoch": row.epoch if row else 0,
+            "state": row.state if row else "normal",
+            "sync_log_depth": synclog.depth(session, name),
+            "oldest_pending": _iso(oldest),
+            "lag_seconds": _lag(oldest),
+        }
+
+    body = await node.store.read(read)
+    # Replication adds the partner's side: reachable, last success, last error.
+    for provider in node.account_status:
+        body.update(await provider(body["account"]))
+    return body
+
+
 async def status(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
     account = request.query.get("account")
     if account is not None:
-        name = await node.store.read(lambda s: engine_accounts.get_account(s, account).name)
-        one: dict[str, Any] = {"node": node.name, "account": name}
-        for account_provider in node.account_status:
-            one.update(await account_provider(name))
-        return web.json_response(one)
+        return web.json_response(await account_status(node, account))
 
     def read(session: Session) -> dict[str, Any]:
         oldest = synclog.oldest(session)
@@ -152,7 +204,7 @@ async def status(request: web.Request) -> web.Response:
             "accounts": len(engine_accounts.list_accounts(session)),
             "owned": ownership_table.count_by_owner(session),
             "sync_log_depth": synclog.depth(session),
-            "sync_log_oldest": oldest.isoformat() if oldest else None,
+            "sync_log_oldest": _iso(oldest),
         }
 
     body: dict[str, Any] = {"node": node.name, "partner": node.partner}
@@ -169,6 +221,28 @@ async def status(request: web.Request) -> web.Response:
     for name, provider in node.extra_status.items():
         body[name] = await provider()
     return web.json_response(body)
+
+
+def pending_json(session: Session, accounts: list[str] | None = None) -> list[dict[str, Any]]:
+    """The sync log coalesced per account: what the partner does not have yet."""
+    return [
+        {
+            "account": p.account,
+            "changes": len(p.rows),
+            "kinds": sorted(p.kinds),
+            "oldest": p.oldest.isoformat(),
+        }
+        for p in synclog.pending(session, accounts)
+    ]
+
+
+async def list_synclog(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    account = request.query.get("account")
+    pending = await node.store.read(
+        lambda s: pending_json(s, [account] if account is not None else None)
+    )
+    return web.json_response({"node": node.name, "pending": pending})
 
 
 async def list_accounts(request: web.Request) -> web.Response:
@@ -335,6 +409,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/openapi.json", openapi)
     app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/synclog", list_synclog)
     app.router.add_get("/v1/accounts", list_accounts)
     app.router.add_post("/v1/accounts", create_account)
     app.router.add_get("/v1/accounts/{name}", get_account)
@@ -343,6 +418,16 @@ def add_routes(app: web.Application) -> None:
     app.router.add_put("/v1/accounts/{name}/quota", set_quota)
     app.router.add_get("/v1/accounts/{name}/mailboxes", list_mailboxes)
     app.router.add_get("/v1/accounts/{name}/mailboxes/{mailbox:.+}", show_mailbox)
+
+
+OPERATIONS.append(
+    Operation(
+        "get",
+        "/v1/synclog",
+        "Changes not yet replicated, per account (all, or one)",
+        query=(("account", "string"),),
+    )
+)
 
 
 def build_app(node: Node) -> web.Application:

@@ -197,18 +197,64 @@ def cmd_mailbox_show(client: Client, args: argparse.Namespace) -> Any:
     return result, head + "\n" + _table(rows, ["UID", "GUID", "MODSEQ", "SIZE", "FLAGS"])
 
 
-def cmd_status(client: Client, args: argparse.Namespace) -> Any:
-    path = "/v1/status"
-    if getattr(args, "user", None):
-        path += f"?account={quote(args.user)}"
-    result = client.call("GET", path)
-    lines = [f"node {result['node']} (partner {result.get('partner') or '-'})"]
-    lines.append(f"accounts {result['accounts']}  owned {result.get('owned')}")
-    lines.append(
-        f"sync log depth {result['sync_log_depth']}  oldest {result.get('sync_log_oldest') or '-'}"
+def _yes(value: Any) -> str:
+    return "unknown" if value is None else "yes" if value else "NO"
+
+
+def _partner_line(result: dict[str, Any]) -> str:
+    """Reachable, lag, last success and last error of the replication to the partner."""
+    return (
+        f"partner {result.get('partner') or '-'} ({result.get('target') or '-'}): "
+        f"reachable {_yes(result.get('reachable'))}, "
+        f"last success {result.get('last_success') or 'never'}, "
+        f"last error {result.get('last_error') or '-'}"
+        + (f" at {result['last_error_at']}" if result.get("last_error") else "")
     )
+
+
+def _hook_line(name: str, state: dict[str, Any]) -> str:
+    if state["ok"] and not state["pending"]:
+        return f"proxy hook {name}: ok ({state['failures']} failure(s) so far)"
+    return (
+        f"proxy hook {name}: FAILING, {state['pending']} account(s) waiting, retried in the "
+        f"background ({state['failures']} failure(s)): {state['last_error']}"
+    )
+
+
+def _account_status(client: Client, user: str) -> Any:
+    result = client.call("GET", f"/v1/status?account={quote(user)}")
+    lines = [
+        f"account {result['account']} on {result['node']}: owner {result['owner']} "
+        f"(home {result['home']}), epoch {result['epoch']}, {result['state']}",
+        f"sync log depth {result['sync_log_depth']}  oldest {result.get('oldest_pending') or '-'}"
+        f"  lag {result['lag_seconds']} s",
+    ]
+    if "reachable" in result:
+        lines.append(_partner_line(result))
+    else:
+        lines.append("replication: off (no [sync] sync_host)")
+    return result, "\n".join(lines)
+
+
+def cmd_status(client: Client, args: argparse.Namespace) -> Any:
+    if getattr(args, "user", None):
+        return _account_status(client, args.user)
+    result = client.call("GET", "/v1/status")
+    owned = ", ".join(f"{k}={v}" for k, v in sorted(result.get("owned", {}).items())) or "-"
+    lines = [
+        f"node {result['node']} (partner {result.get('partner') or '-'})",
+        f"accounts {result['accounts']}  owned {owned}",
+        f"sync log depth {result['sync_log_depth']}  oldest {result.get('sync_log_oldest') or '-'}",
+    ]
+    if result.get("startup"):
+        lines.append(f"startup: {result['startup']}")
+    replication = result.get("replication")
+    if isinstance(replication, dict):
+        lines.append(_partner_line(replication) + f", lag {replication['lag_seconds']} s")
+    for name, state in sorted((result.get("proxy_hooks") or {}).items()):
+        lines.append(_hook_line(name, state))
     for key, value in result.items():
-        if isinstance(value, dict) and key not in ("owned",):
+        if isinstance(value, dict) and key not in ("owned", "replication", "proxy_hooks"):
             lines.append(f"{key}: " + ", ".join(f"{k}={v}" for k, v in value.items()))
     return result, "\n".join(lines)
 
@@ -269,36 +315,63 @@ def cmd_owner(client: Client, args: argparse.Namespace) -> Any:
     )
 
 
-def _hooks(report: list[dict[str, Any]]) -> list[str]:
+def _hooks(report: list[dict[str, Any]], where: str = "") -> list[str]:
+    at = f" ({where})" if where else ""
     return [
-        f"proxy hook {h['hook']}: {'acknowledged' if h['acknowledged'] else 'FAILED ' + h['error'] + ' (retrying)'}"
+        f"proxy hook {h['hook']}{at}: "
+        + ("acknowledged" if h["acknowledged"] else f"FAILED {h['error']} (retrying)")
         for h in report
     ]
+
+
+def _uninformed(result: dict[str, Any], partner: str) -> list[str]:
+    if result.get("partner_informed") is False:
+        return [
+            f"WARNING: {partner} did not take the new ownership rows; it refuses writes for "
+            "these accounts until it does (run the command again, or check it)"
+        ]
+    return []
 
 
 def cmd_failover(client: Client, args: argparse.Namespace) -> Any:
     result = client.call("POST", "/v1/failover", {"force": bool(args.force)})
     lines = [f"took {len(result['taken'])} account(s) in {result['seconds']} s"]
+    if result.get("forced_while_partner_answered"):
+        lines[0] += " (forced: the partner still answers)"
     lines += [
         f"  {r['account']}: owner {r['owner']}, epoch {r['epoch']}, {r['state']}"
         for r in result["taken"]
     ]
+    if result.get("partner_informed"):
+        lines.append("the partner took the new ownership rows")
+    lines += _uninformed(result, "the partner")
     lines += _hooks(result["hooks"])
     return result, "\n".join(lines)
 
 
+def _moved(part: dict[str, Any], where: str = "") -> list[str]:
+    lines = [
+        f"{r['account']}: now owned by {r['owner']} at epoch {r['epoch']}"
+        for r in part.get("moved", [])
+    ]
+    lines += [f"{a}: already there" for a in part.get("already", [])]
+    lines += _uninformed(part, "the partner")
+    return lines + _hooks(part.get("hooks", []), where)
+
+
 def cmd_switchover(client: Client, args: argparse.Namespace) -> Any:
+    if args.all_from and args.users:
+        raise ValueError("give USER... or --all-from NODE, not both")
+    if not args.all_from and not args.users:
+        raise ValueError("give USER... or --all-from NODE")
     body: dict[str, Any] = (
         {"all_from": args.all_from} if args.all_from else {"accounts": args.users}
     )
-    if not args.all_from and not args.users:
-        raise ValueError("give USER... or --all-from NODE")
     result = client.call("POST", "/v1/switchover", body)
     lines = []
-    for part in (result, result.get("forwarded") or {}):
-        for r in part.get("moved", []):
-            lines.append(f"{r['account']}: now owned by {r['owner']} at epoch {r['epoch']}")
-        lines += _hooks(part.get("hooks", []))
+    if result.get("forwarded"):
+        lines += _moved(result["forwarded"], "on the owner")
+    lines += _moved(result)
     lines.append(f"done in {result['seconds']} s")
     return result, "\n".join(lines)
 
@@ -307,9 +380,13 @@ def cmd_failback(client: Client, args: argparse.Namespace) -> Any:
     result = client.call("POST", "/v1/failback", {})
     if not result.get("requested"):
         return result, result.get("detail", "nothing to move")
-    moved = result["partner"].get("moved", [])
-    lines = [f"{r['account']}: home again, epoch {r['epoch']}" for r in moved]
-    lines += _hooks(result["partner"].get("hooks", []))
+    partner = result["partner"]
+    lines = [f"{r['account']}: home again, epoch {r['epoch']}" for r in partner.get("moved", [])]
+    lines += [f"{a}: already home" for a in partner.get("already", [])]
+    lines += _uninformed(result, "this node")
+    lines += _hooks(partner.get("hooks", []), "on the partner")
+    lines += _hooks(result.get("hooks", []))
+    lines.append(f"done in {result['seconds']} s")
     return result, "\n".join(lines)
 
 

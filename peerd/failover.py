@@ -12,17 +12,26 @@ How this works:
   ``status`` says so.
 - **Failover** (``POST /v1/failover``): on the survivor, every account the
   partner owns becomes ours at epoch + 1, state ``failed_over``. Refused while
-  the partner answers, unless forced (use switchover then).
+  the partner answers, unless forced (use switchover then); forced, the
+  partner is sent the new rows at once, so it stops taking writes for them
+  now rather than at its next refused sync.
 - **Switchover** (``POST /v1/switchover``), both up, run on the owner: mark the
   accounts ``moving`` (the fence refuses new local writes), drain them to the
   partner (a full sync each), flip the owner at epoch + 1 on both nodes, tell
   the proxies. Asked on the node that does not own them, it is forwarded to
-  the owner.
-- **Failback** (``POST /v1/failback``), on the returned node: asks the partner
-  to switch over every account whose home is this node.
+  the owner, with ``to`` set to this node: the owner moves only accounts
+  that are not at ``to`` already and never forwards back, so two nodes whose
+  tables disagree cannot bounce a request between them.
+- **Failback** (``POST /v1/failback``), on the returned node: once it has
+  caught up (no sync-log row here or on the partner for the accounts to
+  move: nothing it accepted is still to be handed over, nothing the owner
+  took is still to reach it), asks the partner to switch over every account
+  whose home is this node. Otherwise :class:`~ownership.errors.NotCaughtUp`,
+  naming what is pending.
 
-Every change calls the proxy hooks (:mod:`peerd.hooks`) and reports which
-acknowledged.
+Failover, switchover and failback call every proxy hook of the node they run
+on (:mod:`peerd.hooks`) with the routes that changed and report which
+acknowledged; a forwarded request reports the partner's hooks too.
 """
 
 from __future__ import annotations
@@ -39,15 +48,15 @@ from sqlalchemy.orm import Session
 
 from engine.errors import EngineError, InvalidArgument
 from ownership import table as ownership_table
-from ownership.errors import PartnerReachable, PartnerUnreachable, UnknownNode
+from ownership.errors import NotCaughtUp, PartnerReachable, PartnerUnreachable, UnknownNode
 from ownership.fence import row_view
-from peerd.api import NODE_KEY, json_body
+from peerd.api import NODE_KEY, json_body, pending_json
 from peerd.hooks import HOOKS_KEY, Hooks, routes_for
 from peerd.node import Node
 from peerd.openapi import OPERATIONS, Operation
 from peerd.syncclient import PartnerDown, SyncClient, exchange_rows
 
-__all__ = ["add_routes", "exchange_at_start"]
+__all__ = ["add_routes", "check_caught_up", "exchange_at_start"]
 
 log = logging.getLogger("peerd.failover")
 
@@ -90,7 +99,7 @@ def _json(value: Any) -> bytes:
     return encode_json(value)
 
 
-async def partner_api(node: Node, method: str, path: str, body: Any) -> Any:
+async def partner_api(node: Node, method: str, path: str, body: Any = None) -> Any:
     config = node.config
     if not config.partner.api:
         raise PartnerUnreachable("no [partner] api configured")
@@ -136,6 +145,23 @@ async def owner_route(request: web.Request) -> web.Response:
     return web.json_response(await node.store.read(read))
 
 
+async def tell_partner(node: Node, client: SyncClient, why: str) -> bool:
+    """Send our ownership rows now (adopting its newer ones); False if it did not answer.
+
+    A node that just gave accounts away must not leave the partner unaware:
+    until it learns, both refuse writes for them. A few quick tries, then
+    the operator is told (the answer says ``partner_informed: false``).
+    """
+    for attempt in range(3):
+        try:
+            await exchange_rows(node, client)
+            return True
+        except (PartnerDown, EngineError) as exc:
+            log.warning("%s: sending ownership rows failed (try %d): %s", why, attempt + 1, exc)
+            await asyncio.sleep(0.2 * (attempt + 1))
+    return False
+
+
 async def failover_route(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
     client = request.app[CLIENT]
@@ -159,19 +185,44 @@ async def failover_route(request: web.Request) -> web.Response:
         return [row_view(r).to_json() for r in rows]
 
     taken = await node.store.write(take)
+    accounts = [str(t["account"]) for t in taken]
     node.counters.inc("failovers")
     log.warning("failover: took %d account(s) from %s", len(taken), node.partner)
     for close in node.on_ownership_change:
-        await close([t["account"] for t in taken])
-    acked = await hooks.notify(await routes_for(node, [t["account"] for t in taken]))
+        await close(accounts)
+    informed = None
+    if reachable and taken:
+        # Forced while the partner answers: it would keep taking writes for
+        # these accounts until its next sync is refused. Tell it now.
+        informed = await tell_partner(node, client, "forced failover")
+    acked = await hooks.notify(await routes_for(node, accounts))
     return web.json_response(
         {
             "taken": taken,
             "forced_while_partner_answered": reachable,
+            "partner_informed": informed,
             "hooks": acked,
             "seconds": round(time.perf_counter() - started, 3),
         }
     )
+
+
+async def _switchover_accounts(node: Node, data: dict[str, Any]) -> list[str]:
+    accounts = data.get("accounts")
+    all_from = data.get("all_from")
+    if accounts is not None and all_from is not None:
+        raise InvalidArgument("give accounts or all_from, not both")
+    if accounts is None and isinstance(all_from, str):
+        if all_from not in (node.name, node.partner):
+            raise UnknownNode(f"{all_from!r} is neither {node.name} nor {node.partner}")
+        return list(
+            await node.store.read(
+                lambda s: [r.account for r in ownership_table.list_rows(s, owner=all_from)]
+            )
+        )
+    if not isinstance(accounts, list) or not all(isinstance(a, str) for a in accounts):
+        raise InvalidArgument("give accounts (a list) or all_from (a node name)")
+    return accounts
 
 
 async def switchover_route(request: web.Request) -> web.Response:
@@ -179,14 +230,10 @@ async def switchover_route(request: web.Request) -> web.Response:
     client = request.app[CLIENT]
     hooks = request.app[HOOKS_KEY]
     data = await json_body(request)
-    accounts = data.get("accounts")
-    all_from = data.get("all_from")
-    if accounts is None and isinstance(all_from, str):
-        accounts = await node.store.read(
-            lambda s: [r.account for r in ownership_table.list_rows(s, owner=all_from)]
-        )
-    if not isinstance(accounts, list) or not all(isinstance(a, str) for a in accounts):
-        raise InvalidArgument("give accounts (a list) or all_from (a node name)")
+    accounts = await _switchover_accounts(node, data)
+    target = data.get("to")
+    if target is not None and target not in (node.name, node.partner):
+        raise UnknownNode(f"{target!r} is neither {node.name} nor {node.partner}")
     rows = await node.store.read(
         lambda s: {a: (r.owner if (r := ownership_table.get(s, a)) else None) for a in accounts}
     )
@@ -195,15 +242,30 @@ async def switchover_route(request: web.Request) -> web.Response:
         from engine.errors import NoSuchAccount
 
         raise NoSuchAccount(f"no such account: {', '.join(missing)}")
-    theirs = [a for a, owner in rows.items() if owner != node.name]
-    ours = [a for a, owner in rows.items() if owner == node.name]
-    result: dict[str, Any] = {"moved": [], "forwarded": None, "hooks": []}
+    already = [a for a, owner in rows.items() if target is not None and owner == target]
+    theirs = [a for a, owner in rows.items() if owner != node.name and a not in already]
+    ours = [a for a, owner in rows.items() if owner == node.name and a not in already]
+    result: dict[str, Any] = {
+        "moved": [],
+        "already": already,
+        "forwarded": None,
+        "partner_informed": None,
+        "hooks": [],
+    }
+    changed: list[str] = []
     started = time.perf_counter()
     if theirs:
-        # The owner runs a switchover; ask it.
-        result["forwarded"] = await partner_api(
-            node, "POST", "/v1/switchover", {"accounts": theirs}
+        # The owner runs a switchover; ask it. ``to`` keeps it from
+        # forwarding back if its table disagrees with ours.
+        forwarded = await partner_api(
+            node, "POST", "/v1/switchover", {"accounts": theirs, "to": node.name}
         )
+        result["forwarded"] = forwarded
+        changed += [str(r["account"]) for r in forwarded.get("moved", [])]
+        if changed and not forwarded.get("partner_informed", True):
+            # The owner could not send us the new rows; fetch them ourselves
+            # before telling our proxies.
+            result["partner_informed"] = await tell_partner(node, client, "switchover")
     if ours:
         if not await partner_answers(client):
             raise PartnerUnreachable(
@@ -239,10 +301,11 @@ async def switchover_route(request: web.Request) -> web.Response:
             return out
 
         flipped = await node.store.write(flip)
-        await exchange_rows(node, client)
         node.counters.inc("switchovers")
         result["moved"] = flipped
-        result["hooks"] = await hooks.notify(await routes_for(node, moving))
+        result["partner_informed"] = await tell_partner(node, client, "switchover")
+        changed += moving
+    result["hooks"] = await hooks.notify(await routes_for(node, changed))
     result["seconds"] = round(time.perf_counter() - started, 3)
     return web.json_response(result)
 
@@ -253,8 +316,48 @@ def _depth(session: Session, account: str) -> int:
     return synclog.depth(session, account)
 
 
+def _listing(items: list[str], limit: int = 10) -> str:
+    shown = "; ".join(items[:limit])
+    return shown + (f"; and {len(items) - limit} more" if len(items) > limit else "")
+
+
+async def check_caught_up(node: Node, accounts: list[str]) -> None:
+    """Raise :class:`NotCaughtUp` unless neither node has a sync-log row for ``accounts``.
+
+    Here, a row is a change this node accepted and has not handed to the
+    owner yet (it returned with unreplicated mail); on the partner, a change
+    the owner made that has not reached this replica. Either way the replica
+    here is behind, and moving the accounts now would make them wait for the
+    drain (or, if it failed, leave them behind).
+    """
+    wanted = set(accounts)
+    here = await node.store.read(lambda s: pending_json(s, accounts))
+    answer = await partner_api(node, "GET", "/v1/synclog")
+    listed = answer.get("pending", []) if isinstance(answer, dict) else []
+    there = [p for p in listed if isinstance(p, dict) and p.get("account") in wanted]
+    if not here and not there:
+        return
+    words = [
+        f"{p['account']}: {p['changes']} change(s) here not yet handed to {node.partner} "
+        f"(oldest {p['oldest']})"
+        for p in here
+    ] + [
+        f"{p['account']}: {p['changes']} change(s) on {node.partner} not yet replicated "
+        f"here (oldest {p['oldest']})"
+        for p in there
+    ]
+    raise NotCaughtUp(
+        f"{node.name} has not caught up with {node.partner}: {_listing(words)}. "
+        "Retry once `peerctl status -u USER` shows sync log depth 0 on both nodes "
+        f"(`peerctl replicate -u USER` on {node.partner} syncs one now)",
+        [dict(p, node=node.name) for p in here] + [dict(p, node=node.partner) for p in there],
+    )
+
+
 async def failback_route(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
+    client = request.app[CLIENT]
+    hooks = request.app[HOOKS_KEY]
     accounts = await node.store.read(
         lambda s: [
             r.account
@@ -264,10 +367,34 @@ async def failback_route(request: web.Request) -> web.Response:
     )
     if not accounts:
         return web.json_response(
-            {"moved": [], "detail": "every account whose home is here is here"}
+            {
+                "requested": [],
+                "partner": None,
+                "hooks": [],
+                "detail": "every account whose home is here is here",
+            }
         )
-    answer = await partner_api(node, "POST", "/v1/switchover", {"accounts": accounts})
-    return web.json_response({"requested": accounts, "partner": answer})
+    started = time.perf_counter()
+    await check_caught_up(node, accounts)
+    answer = await partner_api(
+        node, "POST", "/v1/switchover", {"accounts": accounts, "to": node.name}
+    )
+    moved = [str(r["account"]) for r in answer.get("moved", [])]
+    informed = None
+    if moved and not answer.get("partner_informed", True):
+        # The partner flipped them but could not tell us: ask for the rows,
+        # or our proxies would be told the old owner.
+        informed = await tell_partner(node, client, "failback")
+    acked = await hooks.notify(await routes_for(node, moved))
+    return web.json_response(
+        {
+            "requested": accounts,
+            "partner": answer,
+            "partner_informed": informed,
+            "hooks": acked,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    )
 
 
 async def move_route(request: web.Request) -> web.Response:
@@ -314,16 +441,17 @@ OPERATIONS.extend(
                 "properties": {
                     "accounts": {"type": "array", "items": {"type": "string", "minLength": 1}},
                     "all_from": {"type": "string", "minLength": 1},
+                    "to": {"type": "string", "minLength": 1},
                 },
                 "additionalProperties": False,
             },
-            responses=(200, 404, 422, 503),
+            responses=(200, 404, 409, 422, 503),
         ),
         Operation(
             "post",
             "/v1/failback",
-            "Bring home every account whose home is this node",
-            responses=(200, 503),
+            "Bring home every account whose home is this node, once it has caught up",
+            responses=(200, 409, 503),
         ),
         Operation(
             "post",

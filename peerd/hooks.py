@@ -5,13 +5,16 @@ How this works: ``[[routing.hooks]]`` in the config lists hooks, each with a
 ``command`` (run with the same JSON on standard input, acknowledged by exit
 status 0; e.g. a script that rewrites a Postfix map and reloads). Failover,
 switchover and failback call every hook and report which acknowledged; a hook
-that failed is retried in the background with back-off, and its state shows
-in ``status`` and ``/metrics``.
+that failed is retried in the background with back-off (1 s doubling to 60 s),
+each retry carrying the accounts' routes as they are at that moment, and its
+state (ok, failures, last error, accounts waiting) shows in ``status`` and
+``/metrics``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 from dataclasses import dataclass, field
@@ -32,10 +35,21 @@ log = logging.getLogger("peerd.hooks")
 
 @dataclass(slots=True)
 class HookState:
+    """One hook as ``status`` shows it.
+
+    ``pending`` holds account names, not routes: a retry sends each account's
+    route as the ownership table has it then, so a retry can never tell a
+    proxy an owner older than one a later call already delivered.
+    """
+
     ok: bool = True
     failures: int = 0
     last_error: str = ""
-    pending: list[dict[str, Any]] = field(default_factory=list)
+    last_ok_at: str | None = None
+    pending: set[str] = field(default_factory=set)
+
+
+RETRY_FIRST, RETRY_MAX = 1.0, 60.0
 
 
 class Hooks:
@@ -58,6 +72,8 @@ class Hooks:
                     ) as response,
                 ):
                     return "" if 200 <= response.status < 300 else f"HTTP {response.status}"
+            if not hook.command:
+                return "the hook has neither url nor command"
             process = await asyncio.create_subprocess_exec(
                 *hook.command,
                 stdin=asyncio.subprocess.PIPE,
@@ -73,24 +89,21 @@ class Hooks:
             return (
                 ""
                 if process.returncode == 0
-                else f"exit {process.returncode}: {err.decode()[:200]}"
+                else f"exit {process.returncode}: {err.decode(errors='replace')[:200]}"
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             return str(exc) or type(exc).__name__
 
     async def notify(self, routes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        if not routes:
+        """Call every hook with ``routes``; one ``{hook, acknowledged, error}`` each."""
+        if not routes or not self.hooks:
             return []
         results = await asyncio.gather(*(self.call(h, routes) for h in self.hooks))
+        accounts = {str(r["account"]) for r in routes}
         report = []
         for hook, error in zip(self.hooks, results, strict=True):
-            state = self.state[hook.name]
-            state.ok = not error
-            state.last_error = error
+            self._record(hook, accounts, error)
             if error:
-                state.failures += 1
-                state.pending.extend(routes)
-                self.node.counters.inc("proxy_hook_failures")
                 log.warning(
                     "proxy hook %s failed: %s (retrying in the background)", hook.name, error
                 )
@@ -98,25 +111,43 @@ class Hooks:
             report.append({"hook": hook.name, "acknowledged": not error, "error": error})
         return report
 
+    def _record(self, hook: ProxyHook, accounts: set[str], error: str) -> None:
+        state = self.state[hook.name]
+        state.ok = not error
+        state.last_error = error
+        if error:
+            state.failures += 1
+            state.pending |= accounts
+            self.node.counters.inc("proxy_hook_failures")
+        else:
+            # These accounts' current routes are delivered; older failures
+            # for them need no retry.
+            state.pending -= accounts
+            state.last_ok_at = dt.datetime.now(dt.UTC).isoformat()
+
     def _retry(self, hook: ProxyHook) -> None:
         async def again() -> None:
-            delay = 1.0
+            delay = RETRY_FIRST
             state = self.state[hook.name]
             while state.pending:
                 await asyncio.sleep(delay)
-                routes = list(state.pending)
-                error = await self.call(hook, routes)
-                if not error:
-                    del state.pending[: len(routes)]
-                    state.ok, state.last_error = True, ""
-                    log.info("proxy hook %s acknowledged on retry", hook.name)
+                accounts = set(state.pending)
+                if not accounts:
                     return
-                state.failures += 1
-                state.last_error = error
-                self.node.counters.inc("proxy_hook_failures")
-                delay = min(60.0, delay * 2)
+                routes = await routes_for(self.node, sorted(accounts))
+                # An account deleted meanwhile has no route left to tell.
+                state.pending -= accounts - {str(r["account"]) for r in routes}
+                if not routes:
+                    continue
+                error = await self.call(hook, routes)
+                self._record(hook, {str(r["account"]) for r in routes}, error)
+                if not error:
+                    log.info("proxy hook %s acknowledged on retry", hook.name)
+                delay = RETRY_FIRST if not error else min(RETRY_MAX, delay * 2)
 
-        if not any(t.get_name() == f"hook-{hook.name}" for t in self.tasks):
+        # A task that has left its loop but not yet run its done-callback
+        # would take no new work: only a live one counts.
+        if not any(t.get_name() == f"hook-{hook.name}" and not t.done() for t in self.tasks):
             task = asyncio.create_task(again(), name=f"hook-{hook.name}")
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
@@ -127,6 +158,7 @@ class Hooks:
                 "ok": s.ok,
                 "failures": s.failures,
                 "last_error": s.last_error,
+                "last_ok_at": s.last_ok_at,
                 "pending": len(s.pending),
             }
             for name, s in self.state.items()
