@@ -30,6 +30,7 @@ __all__ = [
     "get",
     "list_rows",
     "mark_moving",
+    "release_interrupted",
     "set_home",
     "set_owner",
     "take_over",
@@ -170,24 +171,48 @@ def take_over(session: Session, me: str, partner: str, reason: str) -> list[Owne
     return taken
 
 
-def mark_moving(session: Session, accounts: list[str], me: str) -> list[str]:
-    """Switchover, step 1: stop local writes for the accounts we own."""
-    moving = []
+def mark_moving(session: Session, accounts: list[str], me: str) -> dict[str, str]:
+    """Switchover, step 1: stop local writes for the accounts we own.
+
+    Returns each marked account's state before, for :func:`unmark_moving`:
+    an aborted switchover of a ``failed_over`` account leaves it
+    ``failed_over``, so ``status`` still shows that it is away from home
+    after a failover.
+    """
+    previous = {}
     for account in accounts:
         row = get(session, account)
-        if row is not None and row.owner == me:
+        if row is not None and row.owner == me and row.state != "moving":
+            previous[account] = row.state
             row.state = "moving"
             row.reason = "switchover: draining"
-            moving.append(account)
-    return moving
+    return previous
 
 
-def unmark_moving(session: Session, accounts: list[str]) -> None:
-    for account in accounts:
+def unmark_moving(session: Session, previous: dict[str, str]) -> None:
+    for account, state in previous.items():
         row = get(session, account)
         if row is not None and row.state == "moving":
-            row.state = "normal"
+            row.state = state
             row.reason = "switchover aborted"
+
+
+def release_interrupted(session: Session, me: str) -> list[str]:
+    """Accounts left ``moving`` by a switchover this node never finished.
+
+    A crash between :func:`mark_moving` and the flip leaves the rows
+    ``moving``, and the fence would refuse their writes for ever. The flip
+    never committed, so this node still owns them at the same epoch: they
+    are ``normal`` again (their state before is not kept across a crash).
+    """
+    released = []
+    for row in list_rows(session, owner=me):
+        if row.state == "moving":
+            row.state = "normal"
+            row.reason = "switchover interrupted by a restart"
+            row.updated_at = utcnow()
+            released.append(row.account)
+    return released
 
 
 def set_home(session: Session, account: str, home: str) -> Ownership:

@@ -72,6 +72,14 @@ async def partner_answers(client: SyncClient, timeout: float = 2.0) -> bool:
 
 
 async def exchange_at_start(node: Node, client: SyncClient) -> None:
+    released = await node.store.write(lambda s: ownership_table.release_interrupted(s, node.name))
+    if released:
+        log.warning(
+            "at start: %d account(s) were left moving by an interrupted switchover; "
+            "taking their writes again: %s",
+            len(released),
+            ", ".join(released),
+        )
     try:
         changed = await asyncio.wait_for(exchange_rows(node, client), 5)
     except (PartnerDown, EngineError, TimeoutError) as exc:
@@ -271,7 +279,8 @@ async def switchover_route(request: web.Request) -> web.Response:
             raise PartnerUnreachable(
                 f"{node.partner} does not answer: a switchover needs it (use failover)"
             )
-        moving = await node.store.write(lambda s: ownership_table.mark_moving(s, ours, node.name))
+        previous = await node.store.write(lambda s: ownership_table.mark_moving(s, ours, node.name))
+        moving = list(previous)
         for close in node.on_ownership_change:
             await close(moving)
         try:
@@ -284,7 +293,7 @@ async def switchover_route(request: web.Request) -> web.Response:
                     if depth == 0:
                         break
         except EngineError:
-            await node.store.write(lambda s: ownership_table.unmark_moving(s, moving))
+            await node.store.write(lambda s: ownership_table.unmark_moving(s, previous))
             raise
 
         def flip(session: Session) -> list[dict[str, Any]]:

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import poplib
 import smtplib
+import subprocess
+import sys
 import urllib.error
+from pathlib import Path
 from typing import Any
 
-from tests.nodes import Node
+import pytest
+
+from engine.store import Store
+from ownership import table as ownership_table
+from tests.nodes import Node, make_pair, running
 from tests.procs import wait_until
 
 
@@ -124,3 +134,223 @@ def test_switchover_moves_accounts_both_ways(pair: tuple[Node, Node]) -> None:
     moved = alpha.call("POST", "/v1/accounts/dave/move", {"to": "beta"})
     assert moved["home"] == "beta"
     wait_until(lambda: owner(beta, "dave")["home"] == "beta", 10, "home replicated")
+
+
+def problem_of(call: Any) -> tuple[int, dict[str, Any]]:
+    """(status, problem+json body) of a refused control-API call."""
+    try:
+        call()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            assert exc.headers["Content-Type"].startswith("application/problem+json")
+            return exc.code, json.loads(exc.read())
+    raise AssertionError("the call was not refused")
+
+
+def test_failback_waits_until_the_returned_node_has_caught_up(tmp_path: Path) -> None:
+    # No rolling replication on either node: a change stays in its node's
+    # sync log until someone syncs it, so "not caught up" holds still.
+    quiet = {"sync": {"sync_log": False}}
+    alpha, beta = make_pair(tmp_path, {"alpha": quiet, "beta": quiet})
+    with running(alpha, beta):
+        alpha.add_account("alice")
+        alpha.add_account("amy")
+        assert deliver(alpha, "alice@example.test", "a1")[0] == 250
+        alpha.call("POST", "/v1/replicate", {"all": True})
+        alpha.call("POST", "/v1/switchover", {"accounts": ["alice", "amy"]})
+        assert owner(alpha, "alice")["owner"] == "beta" and owner(alpha, "alice")["home"] == "alpha"
+
+        # beta, the owner now, takes mail it has not replicated to alpha yet.
+        assert deliver(beta, "alice@example.test", "b1")[0] == 250
+        status, body = problem_of(lambda: alpha.call("POST", "/v1/failback", {}))
+        assert status == 409 and body["code"] == "not_caught_up"
+        assert "alice: 1 change(s) on beta not yet replicated here" in body["detail"]
+        assert "amy" not in body["detail"]
+        assert [(p["account"], p["node"]) for p in body["pending"]] == [("alice", "beta")]
+        # Refused means untouched: both still say beta, at the same epoch.
+        assert owner(alpha, "alice")["epoch"] == owner(beta, "alice")["epoch"] == 2
+        assert owner(beta, "alice")["owner"] == "beta"
+        cli = subprocess.run(
+            [sys.executable, "-m", "peerd.cli", "-c", str(alpha.config), "failback"],
+            capture_output=True,
+            text=True,
+            cwd=alpha.workdir,
+            timeout=60,
+        )
+        assert cli.returncode == 1 and "not_caught_up" not in cli.stdout
+        assert cli.stderr.startswith("peerctl: NotCaughtUp: alpha has not caught up with beta")
+
+        # A change alpha holds and never handed over counts as well.
+        alpha.call("POST", "/v1/synclog", {"account": "amy"})
+        _, body = problem_of(lambda: alpha.call("POST", "/v1/failback", {}))
+        assert sorted((p["account"], p["node"]) for p in body["pending"]) == [
+            ("alice", "beta"),
+            ("amy", "alpha"),
+        ]
+        assert "amy: 1 change(s) here not yet handed to beta" in body["detail"]
+
+        # Catching up: alpha (its rolling worker on now) hands amy's row to
+        # beta, which owns amy and so queues amy to sync to alpha; beta
+        # syncs both by hand (its own rolling worker is off).
+        alpha.stop()
+        alpha.config.write_text(
+            alpha.config.read_text().replace("sync_log = false", "sync_log = true")
+        )
+        alpha.start()
+        wait_until(
+            lambda: alpha.call("GET", "/v1/status")["sync_log_depth"] == 0, 15, "amy handed over"
+        )
+        _, body = problem_of(lambda: alpha.call("POST", "/v1/failback", {}))
+        assert sorted((p["account"], p["node"]) for p in body["pending"]) == [
+            ("alice", "beta"),
+            ("amy", "beta"),
+        ]
+        beta.call("POST", "/v1/replicate", {"all": True})
+        result = alpha.call("POST", "/v1/failback", {})
+        assert sorted(r["account"] for r in result["partner"]["moved"]) == ["alice", "amy"]
+        assert owner(alpha, "alice")["owner"] == "alpha" == owner(beta, "alice")["owner"]
+        assert owner(alpha, "alice")["epoch"] == 3
+        assert len(guids(alpha, "alice")) == 2
+        assert deliver(alpha, "alice@example.test", "home")[0] == 250
+
+
+def test_a_node_whose_partner_is_down_at_start_serves_only_its_own(tmp_path: Path) -> None:
+    alpha, beta = make_pair(tmp_path)
+    with running(alpha, beta):
+        alpha.add_account("alice")
+        beta.add_account("bob")
+        wait_until(lambda: _has(alpha, "bob") and _has(beta, "alice"), 15, "accounts replicated")
+    # Both stopped; alpha comes back alone.
+    alpha.start()
+    try:
+        status = alpha.call("GET", "/v1/status")
+        assert status["startup"].startswith("partner unreachable at start")
+        assert (
+            "serving only the accounts this node owned at its last known epoch"
+            in (status["startup"])
+        )
+        log = (tmp_path / "alpha.log").read_text()
+        assert "partner unreachable at start" in log
+        assert deliver(alpha, "alice@example.test", "while-alone")[0] == 250
+        code, text = deliver(alpha, "bob@example.test", "not-mine")
+        assert code == 451 and b"beta" in text
+        client = poplib.POP3("127.0.0.1", alpha.ports["pop3"], timeout=20)
+        try:
+            client.user("bob")
+            with pytest.raises(poplib.error_proto, match=r"\[SYS/TEMP\].*beta"):
+                client.pass_("secret")
+            client.user("alice")
+            assert client.pass_("secret").startswith(b"+OK")
+            assert client.stat()[0] == 1
+        finally:
+            client.close()
+        # beta returns: what alpha took alone reaches it.
+        beta.start()
+        wait_until(lambda: len(guids(beta, "alice")) == 1, 20, "alpha's mail on beta")
+    finally:
+        alpha.stop()
+        beta.stop()
+
+
+def test_pop3_login_for_the_partners_account_names_the_owner(pair: tuple[Node, Node]) -> None:
+    alpha, beta = pair
+    beta.add_account("bob")
+    wait_until(lambda: _has(alpha, "bob"), 15, "bob on alpha")
+    client = poplib.POP3("127.0.0.1", alpha.ports["pop3"], timeout=20)
+    try:
+        client.user("bob")
+        with pytest.raises(poplib.error_proto) as refused:
+            client.pass_("secret")
+        assert refused.value.args[0] == b"-ERR [SYS/TEMP] bob is served by beta"
+        # The same through AUTH PLAIN (RFC 5034), and nothing is opened.
+        plain = base64.b64encode(b"\0bob\0secret").decode()
+        with pytest.raises(poplib.error_proto, match=r"SYS/TEMP.*served by beta"):
+            client._shortcmd(f"AUTH PLAIN {plain}")
+        with pytest.raises(poplib.error_proto):
+            client.stat()
+    finally:
+        client.close()
+    # A wrong password is an authentication failure, not a referral.
+    other = poplib.POP3("127.0.0.1", alpha.ports["pop3"], timeout=20)
+    try:
+        other.user("bob")
+        with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
+            other.pass_("wrong")
+    finally:
+        other.close()
+    # On the owner it works.
+    owner_side = poplib.POP3("127.0.0.1", beta.ports["pop3"], timeout=20)
+    try:
+        owner_side.user("bob")
+        assert owner_side.pass_("secret").startswith(b"+OK")
+    finally:
+        owner_side.close()
+
+
+def test_split_brain_at_equal_epochs_resolved_as_the_runbook_says(tmp_path: Path) -> None:
+    """Both nodes own alice at epoch 2 and both took mail; docs/failover.md's
+    procedure makes beta keep it, and no message is lost."""
+    alpha, beta = make_pair(tmp_path)
+    with running(alpha, beta):
+        alpha.add_account("alice")
+        assert deliver(alpha, "alice@example.test", "before")[0] == 250
+        wait_until(lambda: len(guids(beta, "alice")) == 1, 15, "alice on beta")
+    # Cut apart: alpha raises its epoch alone (a home move it could not
+    # send), beta fails over alone. Both now own alice at epoch 2.
+    alpha.start()
+    alpha.call("POST", "/v1/accounts/alice/move", {"to": "alpha"})
+    assert deliver(alpha, "alice@example.test", "on-alpha")[0] == 250
+    alpha.stop()
+    beta.start()
+    beta.call("POST", "/v1/failover", {})
+    assert deliver(beta, "alice@example.test", "on-beta")[0] == 250
+    alpha.start()
+    try:
+        assert (owner(alpha, "alice")["owner"], owner(alpha, "alice")["epoch"]) == ("alpha", 2)
+        assert (owner(beta, "alice")["owner"], owner(beta, "alice")["epoch"]) == ("beta", 2)
+        # The runbook's wrong step 1: a switchover is refused by the fence
+        # at equal epochs (and would hand the account away if it were not).
+        assert api_error(lambda: beta.call("POST", "/v1/switchover", {"accounts": ["alice"]})) == (
+            409
+        )
+        assert owner(beta, "alice")["state"] == "failed_over"  # unmarked, unchanged
+
+        # Step 1: on the node that keeps it, a home move raises the epoch.
+        beta.call("POST", "/v1/accounts/alice/move", {"to": "alpha"})
+        assert (owner(alpha, "alice")["owner"], owner(alpha, "alice")["epoch"]) == ("beta", 3)
+        # Step 2: sync from the keeper; the replica's mail is copied in.
+        report = beta.replicate("alice")["reports"][0]
+        assert report["copied_back"] == 1
+        everything = set(guids(beta, "alice"))
+        assert len(everything) == 3
+        wait_until(lambda: set(guids(alpha, "alice")) == everything, 15, "alpha a replica")
+        code, _ = deliver(alpha, "alice@example.test", "refused")
+        assert code == 451
+        # Step 3: failback when wanted (alice's home is alpha).
+        wait_until(lambda: alpha.call("GET", "/v1/status")["sync_log_depth"] == 0, 15, "drained")
+        alpha.call("POST", "/v1/failback", {})
+        assert owner(beta, "alice")["owner"] == "alpha" and owner(beta, "alice")["epoch"] == 4
+        assert set(guids(alpha, "alice")) == everything
+    finally:
+        alpha.stop()
+        beta.stop()
+
+
+def test_a_switchover_cut_short_by_a_crash_does_not_fence_for_ever(tmp_path: Path) -> None:
+    alpha, beta = make_pair(tmp_path)
+    with running(alpha, beta):
+        alpha.add_account("alice")
+    # What a crash between "moving" and the flip leaves behind, written
+    # into alpha's stopped database directly.
+    store = Store(f"sqlite:///{alpha.db_path}", tmp_path / "var" / "alpha", owner=False)
+    try:
+        store.write_sync(lambda s: ownership_table.mark_moving(s, ["alice"], "alpha"))
+        assert store.read_sync(lambda s: ownership_table.get(s, "alice").state) == "moving"
+    finally:
+        store.close()
+    with running(alpha, beta):
+        row = owner(alpha, "alice")
+        assert (row["owner"], row["epoch"], row["state"]) == ("alpha", 1, "normal")
+        assert row["reason"] == "switchover interrupted by a restart"
+        assert "left moving by an interrupted switchover" in (tmp_path / "alpha.log").read_text()
+        assert deliver(alpha, "alice@example.test", "after-restart")[0] == 250
