@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import smtplib
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import pytest
 
 from engine import accounts, mailbox, messages
 from engine.store import Store
-from tests.nodes import Node, make_pair, make_single
+from tests.nodes import Node, make_pair, make_single, running
 from tests.procs import wait_until
 
 
@@ -79,14 +80,26 @@ def test_delivery_reaches_the_partner_and_replicate_v_prints_the_seed_steps(
     assert report["uploaded"] == 0 and report["records_compared"] == 0
 
 
-def test_seed_example_replica_damage_is_undone(pair: tuple[Node, Node]) -> None:
+@pytest.fixture
+def manual_pair(tmp_path: Path) -> Iterator[tuple[Node, Node]]:
+    """A pair with rolling replication off (``sync_log = false``), as in the
+    seed's manual examples: nothing syncs but ``replicate``, so a test can
+    look at exactly the steps one run takes."""
+    off = {"sync": {"sync_log": False}}
+    alpha, beta = make_pair(tmp_path, {"alpha": off, "beta": off})
+    with running(alpha, beta):
+        yield alpha, beta
+
+
+def test_seed_example_replica_damage_is_undone(manual_pair: tuple[Node, Node]) -> None:
     """The seed's user.dpc22 session: on the replica, expunge UID 1 and set
     (hello world) on the last UID; replicate; the replica is back."""
-    alpha, beta = pair
+    alpha, beta = manual_pair
     alpha.add_account("dpc22")
     for i in range(5):
         deliver(alpha, "dpc22@example.test", f"seed{i}")
-    wait_until(converged(alpha, beta, "dpc22"), 10, "initial sync")
+    alpha.replicate("dpc22")
+    assert converged(alpha, beta, "dpc22")(), "initial sync"
     before = records(beta, "dpc22")
     store = open_store(beta)
     try:
@@ -109,12 +122,13 @@ def test_seed_example_replica_damage_is_undone(pair: tuple[Node, Node]) -> None:
     assert records(beta, "dpc22") == before == records(alpha, "dpc22")
 
 
-def test_moved_messages_are_never_uploaded_again(pair: tuple[Node, Node]) -> None:
-    alpha, beta = pair
+def test_moved_messages_are_never_uploaded_again(manual_pair: tuple[Node, Node]) -> None:
+    alpha, beta = manual_pair
     alpha.add_account("mover")
     for i in range(20):
         deliver(alpha, "mover@example.test", f"move{i}", b"x" * 5000 + b"\r\n")
-    wait_until(converged(alpha, beta, "mover"), 10, "initial sync")
+    alpha.replicate("mover")
+    assert converged(alpha, beta, "mover")(), "initial sync"
     store = open_store(alpha)
     try:
 
@@ -132,11 +146,65 @@ def test_moved_messages_are_never_uploaded_again(pair: tuple[Node, Node]) -> Non
     assert any(s.startswith("RESERVE [10 msgs]") for s in report["steps"]), report["steps"]
     assert "EXPUNGE [10 msgs]" in report["steps"]
     assert report["bytes_sent"] < 0.3 * 10 * 5000
-    wait_until(converged(alpha, beta, "mover"), 10, "move replicated")
+    assert converged(alpha, beta, "mover")(), "move replicated"
     assert len(records(beta, "mover", "zzz")) == 10
 
 
-def test_partner_killed_mid_sync_then_convergence(pair: tuple[Node, Node]) -> None:
+def test_partner_killed_mid_upload_then_convergence(manual_pair: tuple[Node, Node]) -> None:
+    """SIGKILL the replica while a sync's UPLOAD batches (8 MB each) are still
+    arriving: the sync fails clearly, nothing half-applied remains, and the
+    next sync after the restart converges."""
+    import threading
+
+    alpha, beta = manual_pair
+    alpha.add_account("upl")
+    for i in range(60):  # ~24 MB that does not compress: three UPLOAD batches or more
+        body = base64.encodebytes(os.urandom(300_000)).replace(b"\n", b"\r\n")
+        deliver(alpha, "upl@example.test", f"upl{i}", body)
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = alpha.replicate("upl")
+        except urllib.error.HTTPError as exc:
+            outcome["error"] = exc.code
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    wait_until(
+        lambda: (
+            beta.call("GET", "/v1/status")["counters"].get("sync_bytes_received", 0) > 1_000_000
+        ),
+        30,
+        "the first UPLOAD batch to reach beta",
+        interval=0.005,
+    )
+    beta.kill9()
+    thread.join(60)
+    # The run says the partner went away; it does not claim the account synced.
+    assert "result" in outcome, outcome
+    assert outcome["result"]["reports"] == []
+    (error,) = outcome["result"]["errors"]
+    assert error["account"] == "upl" and error["detail"], error
+    beta.start()
+    # Nothing half-applied: the batch that arrived was never referenced by a record.
+    if _has_account(beta, "upl"):
+        assert beta.mailbox("upl")["messages"] == []
+    alpha.replicate("upl")
+    assert converged(alpha, beta, "upl")()
+    assert [r[1] for r in records(beta, "upl")] == [r[1] for r in records(alpha, "upl")]
+    assert len(records(beta, "upl")) == 60
+
+
+def _has_account(node: Node, account: str) -> bool:
+    try:
+        node.call("GET", f"/v1/accounts/{account}")
+    except urllib.error.HTTPError:
+        return False
+    return True
+
+
+def test_partner_down_keeps_the_log_then_everything_flows(pair: tuple[Node, Node]) -> None:
     alpha, beta = pair
     alpha.add_account("bulk")
     big = b"y" * 200_000 + b"\r\n"
