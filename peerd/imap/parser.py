@@ -83,6 +83,7 @@ __all__ = [
     "Token",
     "decode_sasl_response",
     "parse_command",
+    "plain_credentials",
     "tokenize",
 ]
 
@@ -188,6 +189,15 @@ class CommandReader:
         """Add bytes from the client (any split is fine); ignored after a fatal error."""
         if not self._closed:
             self._buf += data
+
+    @property
+    def buffered(self) -> bool:
+        """Bytes are waiting that no event has consumed yet: the client sent more.
+
+        A server about to start TLS refuses then (RFC 3501 6.2.1): those bytes
+        came in the clear and must not be taken as sent over TLS.
+        """
+        return bool(self._buf)
 
     @property
     def in_command(self) -> bool:
@@ -909,3 +919,24 @@ def decode_sasl_response(line: bytes) -> bytes | None:
     if line == b"*":
         return None
     return _base64(line) if line else b""
+
+
+def plain_credentials(data: bytes) -> tuple[str, str]:
+    """``(user, password)`` from a decoded SASL PLAIN response (RFC 4616 2).
+
+    The message is ``[authzid] NUL authcid NUL passwd`` in UTF-8. Acting as
+    another identity (an authzid other than the authcid) is not offered, so it
+    is refused like a malformed response.
+    """
+    parts = data.split(b"\0")
+    if len(parts) != 3:
+        raise CommandError("AUTHENTICATE PLAIN: want [authzid] NUL user NUL password (RFC 4616)")
+    try:
+        authzid, user, password = (part.decode("utf-8") for part in parts)
+    except UnicodeDecodeError as exc:
+        raise CommandError("AUTHENTICATE PLAIN: the response is not UTF-8 (RFC 4616)") from exc
+    if not user or not password:
+        raise CommandError("AUTHENTICATE PLAIN: empty user name or password")
+    if authzid not in ("", user):
+        raise CommandError("AUTHENTICATE PLAIN: acting as another user is not offered")
+    return user, password

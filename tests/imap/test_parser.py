@@ -20,6 +20,7 @@ from peerd.imap.parser import (
     Line,
     ProtocolError,
     decode_sasl_response,
+    plain_credentials,
 )
 from peerd.imap.searchkey import Flag, Header, Seq
 from peerd.imap.sequence import STAR, SequenceSet
@@ -190,6 +191,36 @@ def test_authenticate_continuations_are_raw_lines() -> None:
     assert decode_sasl_response(b"") == b""
     with pytest.raises(r.CommandError):
         decode_sasl_response(b"not base64!")
+
+
+def test_plain_credentials() -> None:
+    # RFC 4616 2: [authzid] NUL authcid NUL passwd, UTF-8.
+    assert plain_credentials(b"\x00alice\x00secret") == ("alice", "secret")
+    assert plain_credentials(b"alice\x00alice\x00p w") == ("alice", "p w")
+    assert plain_credentials("\x00jos\u00e9\x00caf\u00e9".encode()) == ("jos\u00e9", "caf\u00e9")
+    for bad in (
+        b"",
+        b"alice",
+        b"\x00alice\x00",
+        b"\x00\x00pw",
+        b"a\x00b\x00c\x00d",
+        b"\x00\xff\x00p",
+    ):
+        with pytest.raises(r.CommandError, match="AUTHENTICATE PLAIN"):
+            plain_credentials(bad)
+    with pytest.raises(r.CommandError, match="another user"):
+        plain_credentials(b"bob\x00alice\x00pw")
+
+
+def test_buffered_bytes_before_starttls_are_visible() -> None:
+    # RFC 3501 6.2.1: the server must not take bytes sent before the TLS
+    # handshake as sent over TLS; it asks the reader whether any wait.
+    reader = CommandReader()
+    assert pull(reader, b"a STARTTLS\r\n") == [c.StartTLS("a")]
+    assert not reader.buffered
+    reader.feed(b"b STARTTLS\r\nc LOGIN mallory x\r\n")
+    assert reader.next_event() == c.StartTLS("b")
+    assert reader.buffered
 
 
 def test_sasl_ir_initial_response() -> None:
