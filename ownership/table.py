@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, exists, func, select
 from sqlalchemy.orm import Session
 
 from engine.db import utcnow
+from engine.models import Account, SyncLogRow
 from ownership.errors import NotOwner
 from ownership.models import STATES, Ownership
 
@@ -30,6 +31,7 @@ __all__ = [
     "get",
     "list_rows",
     "mark_moving",
+    "prune_deleted",
     "release_interrupted",
     "set_home",
     "set_owner",
@@ -76,7 +78,13 @@ def list_rows(session: Session, owner: str | None = None) -> list[Ownership]:
 
 
 def count_by_owner(session: Session) -> dict[str, int]:
-    rows = session.execute(select(Ownership.owner, func.count()).group_by(Ownership.owner))
+    """Accounts per owner; a row whose account is not here (deleted, its
+    deletion not yet replicated) is not an account anyone serves."""
+    rows = session.execute(
+        select(Ownership.owner, func.count())
+        .join(Account, Account.name == Ownership.account)
+        .group_by(Ownership.owner)
+    )
     return {owner: int(n) for owner, n in rows}
 
 
@@ -92,6 +100,31 @@ def delete(session: Session, account: str) -> None:
     row = session.get(Ownership, account)
     if row is not None:
         session.delete(row)
+
+
+def prune_deleted(session: Session, accounts: Iterable[str] | None = None) -> list[str]:
+    """Drop the rows of deleted accounts whose deletion the partner has.
+
+    Deleting an account keeps its row: the owner's sync must still show its
+    epoch to push the deletion (a replica's fence refuses a sender without
+    one). Once no sync-log row is left for the account, the partner has
+    acknowledged it, and the row is garbage. (A replica holding a row for an
+    account that has not arrived yet loses nothing: the owner's next sync
+    brings the row again.)
+    """
+    query = (
+        select(Ownership)
+        .outerjoin(Account, Account.name == Ownership.account)
+        .where(Account.id.is_(None))
+        .where(~exists().where(SyncLogRow.account == Ownership.account))
+    )
+    if accounts is not None:
+        query = query.where(Ownership.account.in_(list(accounts)))
+    pruned = []
+    for row in session.scalars(query):
+        pruned.append(row.account)
+        session.delete(row)
+    return pruned
 
 
 def check_owner(session: Session, account: str, node: str) -> Ownership:

@@ -11,10 +11,12 @@ application through :func:`add_routes`.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hmac
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,7 +26,7 @@ from sqlalchemy.orm import Session
 from engine import accounts as engine_accounts
 from engine import mailbox as engine_mailbox
 from engine import synclog
-from engine.errors import EngineError, InvalidArgument
+from engine.errors import AlreadyExists, EngineError, InvalidArgument
 from engine.flags import parse_flags
 from engine.models import Account
 from ownership import table as ownership_table
@@ -49,6 +51,8 @@ NODE_KEY: web.AppKey[Node] = web.AppKey("node", Node)
 # nginx's auth_http sends no token: that route checks its own shared secret.
 PUBLIC = frozenset({"/v1/health", "/v1/openapi.json", "/metrics", "/v1/route/nginx"})
 MAX_BODY = 1 << 20
+# How long DELETE /v1/accounts waits for the partner to take a deletion.
+DELETE_WAIT = 5.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -270,6 +274,17 @@ async def create_account(request: web.Request) -> web.Response:
         raise UnknownNode(f"{owner} is neither this node ({node.name}) nor its partner")
 
     def create(session: Session) -> dict[str, Any]:
+        if engine_accounts.find_account(session, name) is None:
+            ownership_table.prune_deleted(session, [name])
+            row = ownership_table.get(session, name)
+            if row is not None and row.owner == node.name and synclog.depth(session, name):
+                # Its deletion has not reached the partner: an account made now
+                # would be merged with the old one's mail there (nothing is
+                # dropped to make two sides agree), bringing it back.
+                raise AlreadyExists(
+                    f"{name} was deleted and {node.partner} has not taken the deletion "
+                    "yet; create it again once it has"
+                )
         account = engine_accounts.create_account(
             session, name, password=password, password_hash=password_hash, quota_limit=quota
         )
@@ -298,14 +313,39 @@ async def get_account(request: web.Request) -> web.Response:
 async def delete_account(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
     name = request.match_info["name"]
+    replicated = node.config.sync_partner is not None
 
-    def delete(session: Session) -> None:
-        node.guard(session, engine_accounts.get_account(session, name).name)
-        engine_accounts.delete_account(session, name)
-        ownership_table.delete(session, name)
+    def delete(session: Session) -> str:
+        account = engine_accounts.get_account(session, name).name
+        node.guard(session, account)
+        engine_accounts.delete_account(session, account)
+        if not replicated:
+            ownership_table.delete(session, account)
+        # With a partner the row stays until it has the deletion: the sync
+        # that pushes it must show the partner's fence our epoch.
+        return account
 
-    await node.store.write(delete)
-    return web.json_response({"deleted": name})
+    deleted = await node.store.write(delete)
+    body: dict[str, Any] = {"deleted": deleted}
+    if replicated:
+        body["replicated"] = await _deletion_replicated(node, deleted)
+    return web.json_response(body)
+
+
+async def _deletion_replicated(node: Node, account: str) -> bool:
+    """Wait a little for the deletion to reach the partner, then drop the row.
+
+    The rolling worker pushes it within milliseconds when the partner is up;
+    otherwise (False) the row stays, and the sync that later delivers the
+    deletion is followed by a prune at the next reconcile or start.
+    """
+    deadline = time.monotonic() + DELETE_WAIT
+    while await node.store.read(lambda s: synclog.depth(s, account)):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+    await node.store.write(lambda s: ownership_table.prune_deleted(s, [account]))
+    return True
 
 
 async def set_password(request: web.Request) -> web.Response:

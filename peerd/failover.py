@@ -73,6 +73,9 @@ async def partner_answers(client: SyncClient, timeout: float = 2.0) -> bool:
 
 async def exchange_at_start(node: Node, client: SyncClient) -> None:
     released = await node.store.write(lambda s: ownership_table.release_interrupted(s, node.name))
+    pruned = await node.store.write(ownership_table.prune_deleted)
+    if pruned:
+        log.info("at start: dropped the rows of deleted accounts %s", ", ".join(pruned))
     if released:
         log.warning(
             "at start: %d account(s) were left moving by an interrupted switchover; "

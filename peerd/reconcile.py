@@ -66,6 +66,11 @@ class Reconciler:
                 started_at=dt.datetime.now(dt.UTC).isoformat(), trigger=trigger
             )
             if accounts is None:
+                # Rows of deleted accounts whose deletion the partner has
+                # by now (it was down when they were deleted).
+                pruned = await self.node.store.write(ownership_table.prune_deleted)
+                if pruned:
+                    log.info("reconcile: dropped the rows of deleted accounts %s", pruned)
                 accounts = await self.node.store.read(
                     lambda s: [
                         r.account for r in ownership_table.list_rows(s, owner=self.node.name)
