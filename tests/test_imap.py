@@ -293,3 +293,52 @@ def test_switchover_closes_the_accounts_sessions(tmp_path: Path) -> None:
     finally:
         alpha.stop()
         beta.stop()
+
+
+def test_refusals_say_why(served: Node) -> None:
+    deliver(served, 1)
+    text = b"".join(
+        raw(
+            served,
+            [
+                b"a AUTHENTICATE PLAIN\r\n",
+                b"*\r\n",  # cancelled: BAD (RFC 3501 6.2.2)
+                b"b AUTHENTICATE CRAM-MD5\r\n",
+                b"c LOGIN alice secret\r\n",
+                b"d CREATE inbox\r\n",  # INBOX exists, in any case
+                b"e STORE 1 +FLAGS (\\Deleted)\r\n",  # nothing selected
+                b"f EXAMINE INBOX\r\n",
+                b"g STORE 1 +FLAGS (\\Deleted)\r\n",  # read-only
+                b"h SEARCH RETURN (COUNT) ALL\r\n",  # ESEARCH is not offered
+                b"i SELECT INBOX (QRESYNC (1 1))\r\n",  # QRESYNC is not enabled
+                b"j STATUS INBOX (MESSAGES SIZE DELETED UNSEEN)\r\n",
+                b"k FETCH 2 FLAGS\r\n",  # only one message
+                b"l ENABLE CONDSTORE\r\n",  # only before SELECT (RFC 5161 3.1)
+            ],
+        )
+    )
+    assert b"+ \r\na BAD AUTHENTICATE cancelled" in text
+    assert b"b NO unsupported mechanism CRAM-MD5" in text
+    assert b"d NO [ALREADYEXISTS]" in text
+    assert b"e BAD STORE is not allowed now (authenticated)" in text
+    assert b"g NO [CANNOT] mailbox is read-only" in text
+    assert b"h BAD SEARCH RETURN needs ESEARCH" in text
+    assert b"i BAD QRESYNC is not enabled" in text
+    assert b"* STATUS INBOX (MESSAGES 1 SIZE " in text and b" DELETED 0 UNSEEN 1)" in text
+    assert b"k BAD message sequence number out of range" in text
+    assert b"l BAD ENABLE is not allowed now (selected)" in text
+
+
+def test_overlong_line_ends_the_session_with_a_reason(tmp_path: Path) -> None:
+    node = make_single(tmp_path, overrides={"imap": {"max_line": 1024}})
+    node.start()
+    try:
+        sock = socket.create_connection(("127.0.0.1", node.ports["imap"]), timeout=20)
+        stream = sock.makefile("rb")
+        stream.readline()
+        sock.sendall(b"a NOOP " + b"x" * 2000 + b"\r\n")
+        assert stream.readline().startswith(b"* BYE [TOOBIG] line too long")
+        assert stream.readline() == b""  # closed: the stream cannot be resynchronised
+        sock.close()
+    finally:
+        node.stop()

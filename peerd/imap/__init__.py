@@ -1,10 +1,11 @@
 """IMAP4rev1 for peerd.
 
-The sans-I/O protocol core (no sockets, no asyncio, no database):
+The sans-I/O protocol core (no sockets, no asyncio, no database), the only
+one the package has; the live server runs on it:
 
 - :mod:`~peerd.imap.parser`: :class:`CommandReader` turns bytes into events
   (commands, continuation requests, protocol errors); raw lines for IDLE and
-  AUTHENTICATE.
+  AUTHENTICATE; SASL PLAIN responses.
 - :mod:`~peerd.imap.commands`: one frozen dataclass per command.
 - :mod:`~peerd.imap.states`: the session states and which commands each allows.
 - :mod:`~peerd.imap.responses`: values, responses and response codes as bytes.
@@ -13,9 +14,13 @@ The sans-I/O protocol core (no sockets, no asyncio, no database):
   (its node classes are used as ``searchkey.Not`` etc., so they are not
   re-exported here).
 
-The asyncio service is :mod:`peerd.imap.server` (with ``structure``,
-``search`` and ``protocol``). Its two names are re-exported lazily, so that
-importing the core does not import the server, the store and SQLAlchemy.
+Beside it, still without I/O: :mod:`~peerd.imap.structure` (MIME parts,
+ENVELOPE, BODYSTRUCTURE, BODY[section]) and :mod:`~peerd.imap.search` (the
+SEARCH AST evaluated over a mailbox snapshot).
+
+The asyncio service is :mod:`peerd.imap.server`. Its two names are
+re-exported lazily, so that importing the core does not import the server,
+the store and SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ from peerd.imap.parser import (
     Line,
     ProtocolError,
     decode_sasl_response,
+    plain_credentials,
 )
 from peerd.imap.responses import (
     CODE_ALERT,
@@ -230,6 +236,7 @@ __all__ = [
     "nstring",
     "parse_fetch_atts",
     "parse_search_key",
+    "plain_credentials",
     "render",
     "response_code",
     "response_name",

@@ -1,53 +1,93 @@
-"""SEARCH (RFC 3501 6.4.4): search keys compiled to one predicate over a record.
+"""SEARCH (RFC 3501 6.4.4): a :mod:`~peerd.imap.searchkey` AST compiled to one predicate.
 
-How this works: :func:`compile_search` walks the key tokens once and builds
-nested closures; flag, size, date and UID keys look only at the record,
-header and body keys load the message (through the verified spool reader)
-once per message and decode it: RFC 2047 words in headers, transfer
-encodings and charsets in text parts. Matching is case-insensitive
-substring, as RFC 3501 asks.
+How this works: the parser has already turned the criteria into a small AST
+(:data:`~peerd.imap.searchkey.SearchKey`). :func:`compile_search` walks it once
+and builds nested closures over a :class:`Candidate` (a message's sequence
+number, UID, flags, size, dates, modseq). Flag, size, date, UID and sequence
+keys look only at the record; header and body keys load the message (through
+the server's verified spool reader) at most once per message and decode it:
+RFC 2047 words in headers, transfer encodings and charsets in text parts.
+Matching is case-insensitive substring, as RFC 3501 6.4.4 asks. Sequence sets
+are resolved once per search, not once per message.
+
+No I/O here beyond the loader the caller passes; nothing is written.
 """
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import email.utils
 from collections.abc import Callable
-from typing import Any
+from typing import Protocol
 
 from peerd.imap import structure
-from peerd.imap.protocol import ParseError, SequenceSet
+from peerd.imap.responses import CommandError
+from peerd.imap.searchkey import (
+    All,
+    And,
+    Body,
+    Date,
+    Flag,
+    Header,
+    ModSeq,
+    Not,
+    Or,
+    SearchKey,
+    Seq,
+    Size,
+    Text,
+    Uid,
+)
+from peerd.imap.sequence import SequenceSet
 
-__all__ = ["compile_search"]
+__all__ = ["Loader", "Matcher", "Record", "compile_search", "in_ranges", "resolved"]
 
-Matcher = Callable[[int, Any, "Loader"], bool]
 Loader = Callable[[str], bytes]
 
-_FLAG_KEYS = {
-    "ANSWERED": ("\\Answered", True),
-    "UNANSWERED": ("\\Answered", False),
-    "DELETED": ("\\Deleted", True),
-    "UNDELETED": ("\\Deleted", False),
-    "DRAFT": ("\\Draft", True),
-    "UNDRAFT": ("\\Draft", False),
-    "FLAGGED": ("\\Flagged", True),
-    "UNFLAGGED": ("\\Flagged", False),
-    "SEEN": ("\\Seen", True),
-    "UNSEEN": ("\\Seen", False),
-    "NEW": ("\\Seen", False),
-    "OLD": ("\\Seen", True),
-}
+
+class Record(Protocol):
+    """What a search reads of one message (the server's snapshot record)."""
+
+    @property
+    def uid(self) -> int: ...
+    @property
+    def guid(self) -> str: ...
+    @property
+    def flags(self) -> str: ...  # space-separated, canonical
+    @property
+    def modseq(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def internaldate(self) -> dt.datetime: ...
 
 
-def _date(text: str) -> dt.date:
-    try:
-        return dt.datetime.strptime(text, "%d-%b-%Y").date()
-    except ValueError as exc:
-        raise ParseError(f"bad date {text!r}") from exc
+Matcher = Callable[[int, Record, Loader], bool]
+_Test = Callable[[int, Record, "_Message"], bool]
+
+
+def resolved(sequence: SequenceSet, largest: int) -> tuple[list[int], list[int]]:
+    """A set's merged ranges as two sorted lists (starts, ends), for :func:`in_ranges`.
+
+    ``$`` (RFC 5182 SEARCHRES) is not offered, so it is refused here.
+    """
+    if sequence.saved:
+        raise CommandError("'$' needs SEARCHRES, which this server does not offer (RFC 5182)")
+    spans = sequence.resolve(largest)
+    return [a for a, _ in spans], [b for _, b in spans]
+
+
+def in_ranges(value: int, ranges: tuple[list[int], list[int]]) -> bool:
+    starts, ends = ranges
+    at = bisect.bisect_right(starts, value) - 1
+    return at >= 0 and value <= ends[at]
 
 
 class _Message:
     """The parsed message, loaded at most once per record during a search."""
+
+    __slots__ = ("_part", "_text", "guid", "loader")
 
     def __init__(self, guid: str, loader: Loader) -> None:
         self.guid = guid
@@ -64,6 +104,9 @@ class _Message:
     def header(self, name: str) -> str:
         return structure.decoded_header(self.part, name).casefold()
 
+    def has_header(self, name: str) -> bool:
+        return self.part.fields.get(name) is not None
+
     def body(self) -> str:
         if self._text is None:
             self._text = structure.search_text(self.part).casefold()
@@ -72,134 +115,84 @@ class _Message:
     def all_headers(self) -> str:
         return self.part.header.decode("utf-8", "replace").casefold()
 
+    def sent(self) -> dt.date | None:
+        value = self.part.fields.get("Date")
+        try:
+            when = email.utils.parsedate_to_datetime(str(value)) if value else None
+        except (TypeError, ValueError):
+            return None
+        # RFC 3501 6.4.4: compare dates "disregarding time and timezone",
+        # i.e. the date as written in the header.
+        return when.date() if when is not None else None
 
-def compile_search(
-    tokens: list[Any], count: int, top_uid: int
-) -> Callable[[int, Any, Loader], bool]:
-    pos = 0
 
-    def take() -> Any:
-        nonlocal pos
-        if pos >= len(tokens):
-            raise ParseError("search key missing an argument")
-        value = tokens[pos]
-        pos += 1
-        return value
+def _compare(op: str, day: dt.date) -> Callable[[dt.date], bool]:
+    if op == "BEFORE":
+        return lambda d: d < day
+    if op == "ON":
+        return lambda d: d == day
+    return lambda d: d >= day  # SINCE
 
-    def text(value: Any) -> str:
-        return (
-            value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-        ).casefold()
 
-    def key() -> Callable[[int, Any, _Message], bool]:
-        token = take()
-        if isinstance(token, list):
-            group = token_matchers(token)
-            return lambda seq, rec, msg: all_of(seq, rec, msg, group)
-        name = str(token).upper()
-        if name == "ALL":
-            return lambda seq, rec, msg: True
-        if name in _FLAG_KEYS:
-            flag, present = _FLAG_KEYS[name]
-            return lambda seq, rec, msg: (flag in rec.flags.split()) == present
-        if name == "RECENT":
-            return lambda seq, rec, msg: False
-        if name in ("KEYWORD", "UNKEYWORD"):
-            word = str(take())
-            want = name == "KEYWORD"
-            return lambda seq, rec, msg: (word in rec.flags.split()) == want
-        if name in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
-            needle = text(take())
-            header = name.capitalize() if name != "BCC" else "Bcc"
-            return lambda seq, rec, msg: needle in msg.header(header)
-        if name == "HEADER":
-            field = str(take())
-            needle = text(take())
-            return lambda seq, rec, msg: (
-                needle in msg.header(field) if needle else bool(msg.part.fields.get(field))
-            )
-        if name == "BODY":
-            needle = text(take())
-            return lambda seq, rec, msg: needle in msg.body()
-        if name == "TEXT":
-            needle = text(take())
-            return lambda seq, rec, msg: needle in msg.all_headers() or needle in msg.body()
-        if name in ("SINCE", "BEFORE", "ON"):
-            day = _date(str(take()))
-            compare: Callable[[dt.date], bool] = {
-                "SINCE": lambda d: d >= day,
-                "BEFORE": lambda d: d < day,
-                "ON": lambda d: d == day,
-            }[name]
-            return lambda seq, rec, msg: compare(rec.internaldate.date())
-        if name in ("SENTSINCE", "SENTBEFORE", "SENTON"):
-            day = _date(str(take()))
-            sent_compare: Callable[[dt.date], bool] = {
-                "SENTSINCE": lambda d: d >= day,
-                "SENTBEFORE": lambda d: d < day,
-                "SENTON": lambda d: d == day,
-            }[name]
+def compile_search(key: SearchKey, count: int, top_uid: int) -> Matcher:
+    """The predicate for ``key`` in a mailbox of ``count`` messages whose last UID is ``top_uid``."""
 
-            def sent(seq: int, rec: Any, msg: _Message) -> bool:
-                value = msg.part.fields.get("Date")
-                try:
-                    when = email.utils.parsedate_to_datetime(str(value)) if value else None
-                except (TypeError, ValueError):
-                    when = None
-                return when is not None and sent_compare(when.date())
+    def build(node: SearchKey) -> _Test:
+        match node:
+            case All():
+                return lambda seq, rec, msg: True
+            case Flag(name, present):
+                # \Recent is never set: peerd reports "0 RECENT" (RFC 9051 drops it).
+                return lambda seq, rec, msg: (name in rec.flags.split()) == present
+            case Header(field, value):
+                needle = value.casefold()
+                if not needle:  # RFC 3501 6.4.4 HEADER: "" matches any message with the field
+                    return lambda seq, rec, msg: msg.has_header(field)
+                return lambda seq, rec, msg: needle in msg.header(field)
+            case Body(value):
+                needle = value.casefold()
+                return lambda seq, rec, msg: needle in msg.body()
+            case Text(value):
+                needle = value.casefold()
+                return lambda seq, rec, msg: needle in msg.all_headers() or needle in msg.body()
+            case Date("INTERNAL", op, day):
+                test = _compare(op, day)
+                return lambda seq, rec, msg: test(rec.internaldate.date())
+            case Date(_, op, day):
+                test = _compare(op, day)
 
-            return sent
-        if name in ("LARGER", "SMALLER"):
-            size = int(str(take()))
-            return (
-                (lambda seq, rec, msg: rec.size > size)
-                if name == "LARGER"
-                else (lambda seq, rec, msg: rec.size < size)
-            )
-        if name == "UID":
-            uids = SequenceSet.parse(str(take()))
-            return lambda seq, rec, msg: uids.contains(rec.uid, top_uid)
-        if name == "MODSEQ":
-            value = take()
-            if not str(value).isdigit():
-                take()  # entry name and type (RFC 7162 3.1.5)
-                value = take()
-            floor = int(str(value))
-            return lambda seq, rec, msg: rec.modseq >= floor
-        if name == "NOT":
-            inner_key = key()
-            return lambda seq, rec, msg: not inner_key(seq, rec, msg)
-        if name == "OR":
-            left, right = key(), key()
-            return lambda seq, rec, msg: left(seq, rec, msg) or right(seq, rec, msg)
-        if name[:1].isdigit() or name[:1] == "*":
-            seqs = SequenceSet.parse(name)
-            return lambda seq, rec, msg: seqs.contains(seq, count)
-        raise ParseError(f"unknown search key {name[:30]}")
+                def sent(seq: int, rec: Record, msg: _Message) -> bool:
+                    when = msg.sent()
+                    return when is not None and test(when)
 
-    def token_matchers(group: list[Any]) -> list[Callable[[int, Any, _Message], bool]]:
-        nonlocal tokens, pos
-        saved = (tokens, pos)
-        tokens, pos = group, 0
-        out = []
-        while pos < len(tokens):
-            out.append(key())
-        tokens, pos = saved
-        return out
+                return sent
+            case Size("LARGER", size):
+                return lambda seq, rec, msg: rec.size > size
+            case Size(_, size):
+                return lambda seq, rec, msg: rec.size < size
+            case Seq(sequence):
+                seqs = resolved(sequence, count)
+                return lambda seq, rec, msg: in_ranges(seq, seqs)
+            case Uid(sequence):
+                uids = resolved(sequence, top_uid)
+                return lambda seq, rec, msg: in_ranges(rec.uid, uids)
+            case ModSeq(floor):
+                # RFC 7162 3.1.5: per-flag entries are not kept; every entry is the message's.
+                return lambda seq, rec, msg: rec.modseq >= floor
+            case Not(inner):
+                test_inner = build(inner)
+                return lambda seq, rec, msg: not test_inner(seq, rec, msg)
+            case Or(left, right):
+                test_left, test_right = build(left), build(right)
+                return lambda seq, rec, msg: test_left(seq, rec, msg) or test_right(seq, rec, msg)
+            case And(keys):
+                tests = [build(k) for k in keys]
+                return lambda seq, rec, msg: all(t(seq, rec, msg) for t in tests)
+        raise AssertionError(f"unknown search key {node!r}")
 
-    def all_of(
-        seq: int, rec: Any, msg: _Message, matchers: list[Callable[[int, Any, _Message], bool]]
-    ) -> bool:
-        return all(m(seq, rec, msg) for m in matchers)
+    test = build(key)
 
-    matchers = []
-    while pos < len(tokens):
-        matchers.append(key())
-    if not matchers:
-        raise ParseError("SEARCH needs a key")
-
-    def run(seq: int, rec: Any, loader: Loader) -> bool:
-        message = _Message(rec.guid, loader)
-        return all(m(seq, rec, message) for m in matchers)
+    def run(seq: int, rec: Record, loader: Loader) -> bool:
+        return test(seq, rec, _Message(rec.guid, loader))
 
     return run

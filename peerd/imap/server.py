@@ -1,33 +1,43 @@
 """The IMAP service: asyncio sessions over the sans-I/O core and the store.
 
-How this works: one :class:`Session` per connection reads bytes into a
-:class:`~peerd.imap.protocol.CommandReader`, answers continuation requests,
-checks each command against the state table, and runs its handler. Handlers
-reach the store only through ``store.read``/``store.write`` with the node's
-ownership fence inside every write. A selected mailbox is a snapshot (UIDs in
-sequence order, flags, modseqs); the store's change listener marks sessions
-whose mailbox changed (another session, LMTP, replication from the partner),
-and the session reports the difference as untagged EXISTS / EXPUNGE / FETCH
-at the moments RFC 3501 7.4.1 allows (never EXPUNGE during FETCH, STORE or
-SEARCH), and at once while IDLE (RFC 2177). Logins for an account another
-node owns get ``NO [REFERRAL imap://…]`` (RFC 2221); when ownership moves,
-the account's sessions end with ``* BYE [UNAVAILABLE]``.
+How this works: one :class:`Session` per connection feeds the bytes it reads
+to a :class:`~peerd.imap.parser.CommandReader` and gets typed events back: a
+:mod:`~peerd.imap.commands` dataclass, a continuation request for a
+synchronizing literal, or a protocol error that already knows its reply.
+Each command is checked against the state table
+(:data:`~peerd.imap.states.ALLOWED`), counted against the command rate,
+and run by the handler :data:`HANDLERS` names for its class. Replies are built with :mod:`~peerd.imap.responses`; a
+handler refuses with :class:`~peerd.imap.responses.CommandError`, and store
+and ownership errors become ``NO``/``BAD`` in :func:`peerd.errormap.imap_code`.
+
+Handlers reach the store only through ``store.read``/``store.write``, with the
+node's ownership fence inside every write. A selected mailbox is a snapshot
+(UIDs in sequence order, flags, modseqs); the store's change listener marks
+sessions whose mailbox changed (another session, LMTP, replication from the
+partner), and the session reports the difference as untagged EXISTS /
+EXPUNGE / FETCH at the moments RFC 3501 7.4.1 allows (never EXPUNGE during
+FETCH, STORE or SEARCH), and at once while IDLE (RFC 2177). Logins for an
+account another node owns get ``NO [REFERRAL imap://…]`` (RFC 2221); when
+ownership moves, the account's sessions end with ``* BYE [UNAVAILABLE]``.
+
+The server owns what the core must not: sockets, STARTTLS, the idle timeout
+(RFC 3501 5.4: at least 30 minutes), IDLE's wait, login delays, and time for
+the rate limit.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as dt
-import email.utils
 import logging
+import re
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Final, Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
@@ -35,53 +45,91 @@ from sqlalchemy.orm import Session as DbSession
 from engine import accounts as engine_accounts
 from engine import mailbox as engine_mailbox
 from engine import messages as engine_messages
-from engine.errors import EngineError, InvalidArgument, NoSuchMailbox
+from engine.errors import AlreadyExists, EngineError, InvalidArgument, NoSuchMailbox
 from engine.models import Mailbox, Message
 from engine.synclog import Change
 from ownership.errors import OwnershipError
 from peerd.errormap import imap_code
+from peerd.imap import commands as c
 from peerd.imap import structure
-from peerd.imap.protocol import (
-    ALLOWED,
-    Command,
+from peerd.imap.fetchatt import BodySection, FetchAtt, Item, SectionKind, response_name, sets_seen
+from peerd.imap.parser import (
     CommandReader,
-    NeedContinuation,
+    ContinuationNeeded,
+    Line,
     ProtocolError,
-    SequenceSet,
-    as_text,
-    astring,
-    decode_mailbox,
-    encode_mailbox,
-    literal,
-    tokenize,
+    decode_sasl_response,
+    plain_credentials,
 )
-from peerd.imap.search import compile_search
+from peerd.imap.responses import (
+    CODE_ALREADYEXISTS,
+    CODE_APPENDUID,
+    CODE_AUTHENTICATIONFAILED,
+    CODE_CANNOT,
+    CODE_CAPABILITY,
+    CODE_COPYUID,
+    CODE_HIGHESTMODSEQ,
+    CODE_LIMIT,
+    CODE_MODIFIED,
+    CODE_PERMANENTFLAGS,
+    CODE_READ_ONLY,
+    CODE_READ_WRITE,
+    CODE_REFERRAL,
+    CODE_TRYCREATE,
+    CODE_UIDNEXT,
+    CODE_UIDVALIDITY,
+    CODE_UNAVAILABLE,
+    CommandError,
+    Raw,
+    continuation,
+    fetch_response,
+    internaldate,
+    literal,
+    mailbox,
+    response_code,
+    tagged,
+    untagged_status,
+)
+from peerd.imap.search import compile_search, in_ranges, resolved
+from peerd.imap.sequence import SequenceSet
+from peerd.imap.states import ALLOWED, State
 from peerd.node import Node
 
-__all__ = ["ImapServer", "start_imap"]
+__all__ = ["HANDLERS", "ImapServer", "Reply", "Session", "server_tls_context", "start_imap"]
 
 log = logging.getLogger("peerd.imap")
 
-CAPABILITIES = (
+CAPABILITIES: Final = (
     "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN "
     "SPECIAL-USE CONDSTORE LOGIN-REFERRALS AUTH=PLAIN"
 )
-SYSTEM_FLAGS = "\\Answered \\Flagged \\Deleted \\Seen \\Draft"
-SPECIAL_USE = {
+SYSTEM_FLAGS: Final = "\\Answered \\Flagged \\Deleted \\Seen \\Draft"
+# RFC 6154 2: the attribute a mailbox of this name gets in LIST.
+SPECIAL_USE: Final = {
     "sent": "\\Sent",
     "drafts": "\\Drafts",
     "trash": "\\Trash",
     "junk": "\\Junk",
     "archive": "\\Archive",
 }
-MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+# RFC 3501 5.4: the autologout timer is at least 30 minutes; [imap]
+# idle_timeout sets it. A SASL exchange gets this long per step.
+_SASL_TIMEOUT: Final = 60.0
+_READ_SIZE: Final = 65536
+# FETCH renders this many messages per thread hop and per socket write.
+_FETCH_GROUP: Final = 256
 
 _CACHE: OrderedDict[str, tuple[bytes, bytes, bytes]] = OrderedDict()
 _CACHE_MAX = 50_000
 
 
-def imap_date(when: dt.datetime) -> str:
-    return f"{when.day:02d}-{MONTHS[when.month - 1]}-{when.year:04d} {when:%H:%M:%S} +0000"
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A handler's tagged answer: ``tag status [code] text``."""
+
+    text: str
+    code: bytes | None = None
+    status: Literal["OK", "NO", "BAD"] = "OK"
 
 
 @dataclass(slots=True)
@@ -114,6 +162,10 @@ class Closed(Exception):
     pass
 
 
+def _flag_list(flags: str) -> bytes:
+    return b"(" + flags.encode() + b")"
+
+
 class Session:
     def __init__(
         self, server: ImapServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -124,7 +176,9 @@ class Session:
         self.writer = writer
         config = self.node.config.imap
         self.core = CommandReader(max_line=config.max_line, max_literal=config.max_literal)
-        self.state = "not_authenticated"
+        self.window_start = time.monotonic()
+        self.window_commands = 0
+        self.state = State.NOT_AUTHENTICATED
         self.account = ""
         self.selected: Selected | None = None
         self.condstore = False
@@ -139,103 +193,100 @@ class Session:
         self.writer.write(data)
         await self.writer.drain()
 
-    async def untagged(self, text: str | bytes) -> None:
-        data = text.encode() if isinstance(text, str) else text
-        await self.send(b"* " + data + b"\r\n")
-
-    async def tagged(self, tag: str, status: str, text: str) -> None:
-        await self.send(f"{tag} {status} {text}\r\n".encode())
-
     async def read_more(self, timeout: float) -> None:
         try:
-            data = await asyncio.wait_for(self.reader.read(65536), timeout)
+            data = await asyncio.wait_for(self.reader.read(_READ_SIZE), timeout)
         except TimeoutError as exc:
-            await self.untagged("BYE [UNAVAILABLE] autologout; idle for too long")
+            await self.send(
+                untagged_status("BYE", "autologout; idle for too long", CODE_UNAVAILABLE)
+            )
             raise Closed from exc
         if not data:
             raise Closed
         self.core.feed(data)
 
+    async def next_line(self, timeout: float) -> bytes:
+        """A raw line (AUTHENTICATE); a fatal over-long line ends the session."""
+        while (line := self.core.next_line()) is None:
+            await self.read_more(timeout)
+        if isinstance(line, ProtocolError):
+            await self.send(line.reply())
+            raise Closed
+        return line.data
+
     async def run(self) -> None:
-        config = self.node.config.imap
-        await self.untagged(
-            f"OK [CAPABILITY {CAPABILITIES}] peerd IMAP4rev1 {self.node.name} ready"
+        idle = self.node.config.imap.idle_timeout.total_seconds()
+        await self.send(
+            untagged_status(
+                "OK",
+                f"peerd IMAP4rev1 {self.node.name} ready",
+                response_code(CODE_CAPABILITY, Raw(self.capabilities().encode())),
+            )
         )
-        window_start = time.monotonic()
-        commands = 0
         try:
-            while self.state != "logout":
-                try:
-                    event = self.core.next()
-                except ProtocolError as exc:
-                    code = f"[{exc.code}] " if exc.code else ""
-                    status = "NO" if exc.code == "TOOBIG" and exc.tag != "*" else "BAD"
-                    await self.tagged(exc.tag, status, f"{code}{exc}")
-                    if exc.fatal:
-                        await self.untagged("BYE line too long")
-                        return
-                    continue
+            while self.state is not State.LOGOUT:
+                event = self.core.next_event()
                 if event is None:
-                    await self.read_more(config.idle_timeout.total_seconds())
-                    continue
-                if isinstance(event, NeedContinuation):
-                    await self.send(b"+ Ready for literal data\r\n")
-                    continue
-                commands += 1
-                now = time.monotonic()
-                if now - window_start >= 1:
-                    window_start, commands = now, 1
-                if commands > config.commands_per_second:
-                    await asyncio.sleep(1)  # rate limit: slow the client down
-                await self.dispatch(event)
-                if self.closing:
-                    await self.untagged(f"BYE [UNAVAILABLE] {self.closing}")
-                    return
+                    await self.read_more(idle)
+                elif isinstance(event, ContinuationNeeded):
+                    await self.send(event.reply())  # RFC 3501 7.5
+                elif isinstance(event, ProtocolError):
+                    await self.send(event.reply())
+                    if event.fatal:
+                        return
+                elif await self.admit(event):
+                    await self.dispatch(event)
+                    if self.closing:
+                        await self.send(untagged_status("BYE", self.closing, CODE_UNAVAILABLE))
+                        return
         except (Closed, ConnectionError):
             pass
         finally:
             self.server.sessions.discard(self)
             self.writer.close()
 
+    async def admit(self, cmd: c.Command) -> bool:
+        """The command rate (``[imap] commands_per_second``)."""
+        self.window_commands += 1
+        now = time.monotonic()
+        if now - self.window_start >= 1:
+            self.window_start, self.window_commands = now, 1
+        if self.window_commands > self.node.config.imap.commands_per_second:
+            await asyncio.sleep(1)  # rate limit: slow the client down
+        return True
+
     # -- dispatch -----------------------------------------------------------
 
-    async def dispatch(self, cmd: Command) -> None:
-        handler = getattr(self, f"cmd_{cmd.name.lower()}", None)
-        if handler is None:
-            await self.tagged(cmd.tag, "BAD", f"unknown command {cmd.name[:20]}")
-            return
-        if cmd.name not in ALLOWED[self.state]:
-            await self.tagged(
-                cmd.tag, "BAD", f"{cmd.name} is not allowed now ({self.state.replace('_', ' ')})"
+    async def dispatch(self, cmd: c.Command) -> None:
+        if type(cmd) not in ALLOWED[self.state]:
+            # RFC 3501 6: a command in the wrong state is a protocol error.
+            await self.send(
+                tagged(cmd.tag, "BAD", f"{cmd.name} is not allowed now ({self.state.value})")
             )
             return
         try:
-            args = tokenize(cmd.args, cmd.literals)
-            result = await handler(cmd, args)
-        except ProtocolError as exc:
-            await self.tagged(cmd.tag, "BAD", str(exc))
+            reply = await HANDLERS[type(cmd)](self, cmd)
+        except CommandError as exc:
+            await self.send(tagged(cmd.tag, exc.status, exc.text, exc.code))
             return
         except (EngineError, OwnershipError) as exc:
             status, code = imap_code(exc)
-            text = exc.message
-            await self.tagged(cmd.tag, status, f"[{code}] {text}" if code else text)
+            result: Literal["NO", "BAD"] = "BAD" if status == "BAD" else "NO"
+            await self.send(tagged(cmd.tag, result, exc.message, code.encode() if code else None))
             return
-        except (IndexError, ValueError, TypeError) as exc:
-            await self.tagged(cmd.tag, "BAD", f"bad arguments: {exc}")
-            return
-        if result is not None:
-            await self.tagged(cmd.tag, "OK", result)
+        if reply is not None:
+            await self.send(tagged(cmd.tag, reply.status, reply.text, reply.code))
 
     # -- any state ----------------------------------------------------------
 
     def capabilities(self) -> str:
-        if self.server.tls is not None and not self.tls and self.state == "not_authenticated":
+        if self.server.tls is not None and not self.tls and self.state is State.NOT_AUTHENTICATED:
             return CAPABILITIES + " STARTTLS"
         return CAPABILITIES
 
-    async def cmd_capability(self, cmd: Command, args: list[Any]) -> str:
-        await self.untagged(f"CAPABILITY {self.capabilities()}")
-        return "CAPABILITY completed"
+    async def cmd_capability(self, cmd: c.Capability) -> Reply:
+        await self.send(b"* CAPABILITY " + self.capabilities().encode() + b"\r\n")
+        return Reply("CAPABILITY completed")
 
     async def poll(self) -> None:
         """Look at the mailbox itself: a change committed by another process or
@@ -252,111 +303,97 @@ class Session:
         if state is None or tuple(state) != (box.highestmodseq, box.uidnext - 1):
             box.dirty = True
 
-    async def cmd_noop(self, cmd: Command, args: list[Any]) -> str:
+    async def cmd_noop(self, cmd: c.Noop | c.Check) -> Reply:
+        # RFC 3501 6.1.2 / 6.4.1: the moment to report changes, expunges included.
         await self.poll()
         await self.report_changes(expunges=True)
-        return "NOOP completed"
+        return Reply(f"{cmd.name} completed")
 
-    async def cmd_check(self, cmd: Command, args: list[Any]) -> str:
-        await self.poll()
-        await self.report_changes(expunges=True)
-        return "CHECK completed"
+    async def cmd_logout(self, cmd: c.Logout) -> Reply:
+        await self.send(untagged_status("BYE", "peerd logging out"))
+        self.state = State.LOGOUT
+        return Reply("LOGOUT completed")
 
-    async def cmd_logout(self, cmd: Command, args: list[Any]) -> str:
-        await self.untagged("BYE peerd logging out")
-        self.state = "logout"
-        return "LOGOUT completed"
+    async def cmd_id(self, cmd: c.Id) -> Reply:
+        # RFC 2971 3.2: the server's own fields, whatever the client sent.
+        await self.send(b'* ID ("name" "peerd" "vendor" "peerd")\r\n')
+        return Reply("ID completed")
 
-    async def cmd_id(self, cmd: Command, args: list[Any]) -> str:
-        await self.untagged('ID ("name" "peerd" "vendor" "peerd")')
-        return "ID completed"
-
-    async def cmd_starttls(self, cmd: Command, args: list[Any]) -> str | None:
+    async def cmd_starttls(self, cmd: c.StartTLS) -> Reply | None:
         context = self.server.tls
         if context is None or self.tls:
-            raise ProtocolError("STARTTLS is not available (no certificate, or TLS is on already)")
-        if self.core.buffer:
+            raise CommandError("STARTTLS is not available (no certificate, or TLS is on already)")
+        if self.core.buffered:
             # RFC 3501 6.2.1: nothing may follow STARTTLS before the handshake.
-            raise ProtocolError("STARTTLS must be the last command sent before the handshake")
-        await self.tagged(cmd.tag, "OK", "Begin TLS negotiation now")
+            raise CommandError("STARTTLS must be the last command sent before the handshake")
+        await self.send(tagged(cmd.tag, "OK", "Begin TLS negotiation now"))
         await self.writer.start_tls(context)
         self.tls = True
         return None
 
     # -- not authenticated --------------------------------------------------
 
-    async def login(self, tag: str, user: str, password: str) -> str | None:
+    async def login(self, tag: str, user: str, password: str) -> Reply:
         config = self.node.config.imap
         result = await self.node.authenticate(user, password)
         if not result.ok:
             self.failures += 1
             await asyncio.sleep(config.login_failure_delay.total_seconds())
+            failed = tagged(tag, "NO", "Authentication failed", CODE_AUTHENTICATIONFAILED)
             if self.failures >= config.max_login_failures:
-                await self.tagged(tag, "NO", "[AUTHENTICATIONFAILED] Authentication failed")
-                await self.untagged("BYE too many failed logins")
+                await self.send(failed + untagged_status("BYE", "too many failed logins"))
                 raise Closed
-            await self.tagged(tag, "NO", "[AUTHENTICATIONFAILED] Authentication failed")
-            return None
+            return Reply("Authentication failed", CODE_AUTHENTICATIONFAILED, "NO")
         if result.owner is not None:
             where = self.node.config.routing.partner_imap
             host = str(where) if where else result.owner
-            await self.tagged(
-                tag,
-                "NO",
-                f"[REFERRAL imap://{result.account}@{host}/] {result.account} is served by {result.owner}",
-            )
-            return None
-        if self.server.count(result.account) >= self.node.config.imap.max_sessions_per_account:
-            await self.tagged(tag, "NO", "[LIMIT] too many sessions for this account")
-            return None
+            # RFC 2221 4.1: the URL names the server that has the account.
+            code = CODE_REFERRAL + f" imap://{result.account}@{host}/".encode()
+            return Reply(f"{result.account} is served by {result.owner}", code, "NO")
+        if self.server.count(result.account) >= config.max_sessions_per_account:
+            return Reply("too many sessions for this account", CODE_LIMIT, "NO")
         self.account = result.account
-        self.state = "authenticated"
+        self.state = State.AUTHENTICATED
         self.server.sessions.add(self)
-        return f"[CAPABILITY {CAPABILITIES}] LOGIN completed on {self.node.name}"
+        code = response_code(CODE_CAPABILITY, Raw(self.capabilities().encode()))
+        return Reply(f"LOGIN completed on {self.node.name}", code)
 
-    async def cmd_login(self, cmd: Command, args: list[Any]) -> str | None:
-        if len(args) != 2:
-            raise ProtocolError("LOGIN needs a user name and a password")
-        return await self.login(cmd.tag, as_text(args[0], "user"), as_text(args[1], "password"))
+    async def cmd_login(self, cmd: c.Login) -> Reply:
+        return await self.login(cmd.tag, cmd.user, cmd.password)
 
-    async def cmd_authenticate(self, cmd: Command, args: list[Any]) -> str | None:
-        if not args or str(args[0]).upper() != "PLAIN":
-            raise ProtocolError("only AUTHENTICATE PLAIN is supported")
-        if len(args) > 1:
-            response = str(args[1]).encode()
-        else:
-            await self.send(b"+ \r\n")
-            while (line := self.core.read_line()) is None:
-                await self.read_more(60)
-            response = line
-        if response.strip() == b"*":
-            await self.tagged(cmd.tag, "BAD", "AUTHENTICATE cancelled")
-            return None
-        try:
-            _, user, password = base64.b64decode(response, validate=True).split(b"\0")
-        except (ValueError, TypeError) as exc:
-            raise ProtocolError("bad SASL PLAIN response") from exc
-        return await self.login(
-            cmd.tag, user.decode("utf-8", "replace"), password.decode("utf-8", "replace")
-        )
+    async def cmd_authenticate(self, cmd: c.Authenticate) -> Reply:
+        if cmd.mechanism != "PLAIN":
+            # RFC 3501 6.2.2: NO for an unsupported mechanism.
+            return Reply(f"unsupported mechanism {cmd.mechanism[:20]}; use PLAIN", None, "NO")
+        response = cmd.initial_response
+        if response is None:
+            await self.send(continuation(b""))  # PLAIN has no challenge: "+ " (RFC 4616)
+            response = decode_sasl_response(await self.next_line(_SASL_TIMEOUT))
+            if response is None:
+                return Reply("AUTHENTICATE cancelled", None, "BAD")  # RFC 3501 6.2.2
+        user, password = plain_credentials(response)
+        return await self.login(cmd.tag, user, password)
 
     # -- authenticated ------------------------------------------------------
 
-    async def cmd_enable(self, cmd: Command, args: list[Any]) -> str:
-        enabled = [a for a in args if isinstance(a, str) and a.upper() == "CONDSTORE"]
+    async def cmd_enable(self, cmd: c.Enable) -> Reply:
+        # RFC 5161 3.1: name what was enabled; capabilities not offered are ignored.
+        enabled = [cap for cap in cmd.caps if cap == "CONDSTORE"]
         if enabled:
             self.condstore = True
-            await self.untagged("ENABLED CONDSTORE")
-        return "ENABLE completed"
+        await self.send(b"* ENABLED" + b"".join(b" " + e.encode() for e in enabled) + b"\r\n")
+        return Reply("ENABLE completed")
 
-    async def cmd_namespace(self, cmd: Command, args: list[Any]) -> str:
-        await self.untagged('NAMESPACE (("" "/")) NIL NIL')
-        return "NAMESPACE completed"
+    async def cmd_namespace(self, cmd: c.Namespace) -> Reply:
+        await self.send(b'* NAMESPACE (("" "/")) NIL NIL\r\n')
+        return Reply("NAMESPACE completed")
 
-    def mailbox_name(self, value: Any) -> str:
-        return engine_mailbox.normalize_mailbox_name(decode_mailbox(as_text(value, "mailbox name")))
+    @staticmethod
+    def mailbox_name(decoded: str) -> str:
+        """A decoded mailbox name in the store's form (INBOX's case, no empty levels)."""
+        return engine_mailbox.normalize_mailbox_name(decoded)
 
-    async def write(self, fn: Any, **kwargs: Any) -> Any:
+    async def write(self, fn: Callable[[DbSession, Any], Any], **kwargs: Any) -> Any:
         account = self.account
 
         def guarded(session: DbSession) -> Any:
@@ -370,14 +407,17 @@ class Session:
             self.selected.dirty = True
         return result
 
-    async def read(self, fn: Any) -> Any:
+    async def read(self, fn: Callable[[DbSession, Any], Any]) -> Any:
         account = self.account
         return await self.node.store.read(lambda s: fn(s, engine_accounts.get_account(s, account)))
 
-    async def cmd_create(self, cmd: Command, args: list[Any]) -> str:
-        name = self.mailbox_name(args[0])
+    async def cmd_create(self, cmd: c.Create) -> Reply:
+        name = self.mailbox_name(cmd.mailbox)
         if name == "INBOX":
-            raise InvalidArgument("INBOX always exists")
+            raise CommandError("INBOX always exists", code=CODE_ALREADYEXISTS, status="NO")
+        if cmd.special_use:
+            # RFC 6154 3: CREATE-SPECIAL-USE is not offered; attributes follow names.
+            raise CommandError("CREATE with USE is not offered (no CREATE-SPECIAL-USE)")
 
         def create(s: DbSession, acct: Any) -> None:
             parts = name.split(engine_mailbox.SEPARATOR)
@@ -386,23 +426,21 @@ class Session:
                 if engine_mailbox.find_mailbox(s, acct, sub) is None:
                     engine_mailbox.create_mailbox(s, acct, sub)
                 elif sub == name:
-                    from engine.errors import AlreadyExists
-
                     raise AlreadyExists(f"mailbox {name} already exists")
 
         await self.write(create)
-        return "CREATE completed"
+        return Reply("CREATE completed")
 
-    async def cmd_delete(self, cmd: Command, args: list[Any]) -> str:
-        name = self.mailbox_name(args[0])
+    async def cmd_delete(self, cmd: c.Delete) -> Reply:
+        name = self.mailbox_name(cmd.mailbox)
         await self.write(lambda s, acct: engine_mailbox.delete_mailbox(s, acct, name))
         if self.selected is not None and self.selected.name == name:
             self.selected = None
-            self.state = "authenticated"
-        return "DELETE completed"
+            self.state = State.AUTHENTICATED
+        return Reply("DELETE completed")
 
-    async def cmd_rename(self, cmd: Command, args: list[Any]) -> str:
-        old, new = self.mailbox_name(args[0]), self.mailbox_name(args[1])
+    async def cmd_rename(self, cmd: c.Rename) -> Reply:
+        old, new = self.mailbox_name(cmd.mailbox), self.mailbox_name(cmd.new_name)
 
         def rename(s: DbSession, acct: Any) -> None:
             if old == "INBOX":
@@ -415,120 +453,126 @@ class Session:
                 engine_mailbox.rename_mailbox(s, acct, old, new)
 
         await self.write(rename)
-        return "RENAME completed"
+        return Reply("RENAME completed")
 
-    async def cmd_subscribe(self, cmd: Command, args: list[Any]) -> str:
-        name = self.mailbox_name(args[0])
+    async def cmd_subscribe(self, cmd: c.Subscribe) -> Reply:
+        name = self.mailbox_name(cmd.mailbox)
         await self.write(lambda s, acct: engine_mailbox.subscribe(s, acct, name))
-        return "SUBSCRIBE completed"
+        return Reply("SUBSCRIBE completed")
 
-    async def cmd_unsubscribe(self, cmd: Command, args: list[Any]) -> str:
-        name = self.mailbox_name(args[0])
+    async def cmd_unsubscribe(self, cmd: c.Unsubscribe) -> Reply:
+        name = self.mailbox_name(cmd.mailbox)
         await self.write(lambda s, acct: engine_mailbox.unsubscribe(s, acct, name))
-        return "UNSUBSCRIBE completed"
+        return Reply("UNSUBSCRIBE completed")
+
+    async def cmd_list(self, cmd: c.List) -> Reply:
+        # RFC 5258 basics: SUBSCRIBED and SPECIAL-USE (RFC 6154 5.1) selection,
+        # several patterns; CHILDREN, SPECIAL-USE and \Subscribed are always
+        # returned, and RETURN (STATUS ...) (RFC 5819) adds a STATUS per mailbox.
+        subscribed = "SUBSCRIBED" in cmd.select_options
+        special_only = "SPECIAL-USE" in cmd.select_options
+        listed = await self._list(
+            "LIST", cmd.reference, cmd.patterns, subscribed, special_only=special_only
+        )
+        if cmd.status_items:
+            for name in listed:
+                await self._status(name, cmd.status_items)
+        return Reply("LIST completed")
+
+    async def cmd_lsub(self, cmd: c.Lsub) -> Reply:
+        await self._list("LSUB", cmd.reference, (cmd.pattern,), True, lsub=True)
+        return Reply("LSUB completed")
 
     @staticmethod
     def _matches(pattern: str, name: str) -> bool:
-        import re
-
+        # RFC 3501 6.3.8: "*" matches anything, "%" anything but the separator.
         regex = "".join(
-            ".*" if c == "*" else "[^/]*" if c == "%" else re.escape(c) for c in pattern
+            ".*" if ch == "*" else "[^/]*" if ch == "%" else re.escape(ch) for ch in pattern
         )
-        if pattern.upper().startswith("INBOX"):
-            name = name if not name.upper().startswith("INBOX") else "INBOX" + name[5:]
-        return (
-            re.fullmatch(regex, name, re.IGNORECASE if pattern.upper().startswith("INBOX") else 0)
-            is not None
-        )
+        inbox = pattern.upper().startswith("INBOX")
+        if inbox and name.upper().startswith("INBOX"):
+            name = "INBOX" + name[5:]
+        return re.fullmatch(regex, name, re.IGNORECASE if inbox else 0) is not None
 
-    async def _list(self, args: list[Any], command: str, subscribed_only: bool) -> None:
-        reference = decode_mailbox(as_text(args[0], "reference"))
-        patterns = args[1] if isinstance(args[1], list) else [args[1]]
-        patterns = [decode_mailbox(as_text(p, "pattern")) for p in patterns]
-
+    async def _list(
+        self,
+        command: str,
+        reference: str,
+        patterns: Sequence[str],
+        subscribed_only: bool,
+        *,
+        lsub: bool = False,
+        special_only: bool = False,
+    ) -> list[str]:
         def read(s: DbSession, acct: Any) -> tuple[list[str], list[str]]:
-            return [
-                m.name for m in engine_mailbox.list_mailboxes(s, acct)
-            ], engine_mailbox.subscriptions(s, acct)
+            names = [m.name for m in engine_mailbox.list_mailboxes(s, acct)]
+            return names, engine_mailbox.subscriptions(s, acct)
 
         names, subs = await self.read(read)
         if any(p == "" for p in patterns):
-            await self.untagged(f'{command} (\\Noselect) "/" ""')
-            return
+            # RFC 3501 6.3.8: an empty pattern asks for the hierarchy delimiter.
+            await self.send(f'* {command} (\\Noselect) "/" ""\r\n'.encode())
+            return []
         existing = set(names)
-        pool = subs if subscribed_only else names
-        for name in pool:
+        subscribed = set(subs)
+        listed: list[str] = []
+        for name in subs if subscribed_only else names:
             if not any(self._matches(reference + p, name) for p in patterns):
+                continue
+            special = SPECIAL_USE.get(name.lower())
+            if special_only and special is None:
                 continue
             attrs = []
             if name not in existing:
-                attrs.append("\\NonExistent" if not subscribed_only else "\\Noselect")
+                attrs.append("\\Noselect" if lsub else "\\NonExistent")
             children = any(n.startswith(name + "/") for n in names)
             attrs.append("\\HasChildren" if children else "\\HasNoChildren")
-            special = SPECIAL_USE.get(name.lower())
             if special:
                 attrs.append(special)
-            if subscribed_only is False and name in subs:
+            if not lsub and name in subscribed:
                 attrs.append("\\Subscribed")
-            await self.untagged(
-                f'{command} ({" ".join(attrs)}) "/" '.encode() + astring(encode_mailbox(name))
+            await self.send(
+                f'* {command} ({" ".join(attrs)}) "/" '.encode() + mailbox(name) + b"\r\n"
             )
+            if name in existing:
+                listed.append(name)
+        return listed
 
-    async def cmd_list(self, cmd: Command, args: list[Any]) -> str:
-        if args and isinstance(args[0], list):
-            args = args[1:]  # LIST-EXTENDED selection options: basics only
-        await self._list(args[:2], "LIST", False)
-        return "LIST completed"
+    async def cmd_status(self, cmd: c.Status) -> Reply:
+        await self._status(self.mailbox_name(cmd.mailbox), cmd.items)
+        return Reply("STATUS completed")
 
-    async def cmd_lsub(self, cmd: Command, args: list[Any]) -> str:
-        await self._list(args[:2], "LSUB", True)
-        return "LSUB completed"
-
-    async def cmd_status(self, cmd: Command, args: list[Any]) -> str:
-        name = self.mailbox_name(args[0])
-        items = [str(i).upper() for i in args[1]]
-
+    async def _status(self, name: str, items: Sequence[str]) -> None:
         def read(s: DbSession, acct: Any) -> dict[str, int]:
             box = engine_mailbox.get_mailbox(s, acct, name)
-            flags = list(
-                s.scalars(
-                    select(Message.flags).where(
-                        Message.mailbox_id == box.id, Message.expunged.is_(False)
-                    )
+            rows = s.execute(
+                select(Message.flags, Message.size).where(
+                    Message.mailbox_id == box.id, Message.expunged.is_(False)
                 )
-            )
+            ).all()
+            flag_sets = [flags.split() for flags, _ in rows]
             return {
                 "MESSAGES": box.exists,
                 "RECENT": 0,
                 "UIDNEXT": box.last_uid + 1,
                 "UIDVALIDITY": box.uidvalidity,
-                "UNSEEN": sum(1 for f in flags if "\\Seen" not in f.split()),
+                "UNSEEN": sum(1 for f in flag_sets if "\\Seen" not in f),
                 "HIGHESTMODSEQ": box.highestmodseq,
-                "SIZE": 0,
+                "SIZE": sum(size for _, size in rows),  # RFC 8438
+                "DELETED": sum(1 for f in flag_sets if "\\Deleted" in f),  # RFC 9051 6.3.11
             }
 
         values = await self.read(read)
-        parts = [f"{i} {values[i]}" for i in items if i in values]
-        await self.untagged(
-            b"STATUS " + astring(encode_mailbox(name)) + f" ({' '.join(parts)})".encode()
-        )
-        return "STATUS completed"
+        parts = " ".join(f"{item} {values[item]}" for item in items)
+        await self.send(b"* STATUS " + mailbox(name) + f" ({parts})\r\n".encode())
 
-    async def cmd_append(self, cmd: Command, args: list[Any]) -> str:
-        name = self.mailbox_name(args[0])
-        rest = args[1:]
-        flags: list[str] = []
-        when = dt.datetime.now(dt.UTC)
-        if rest and isinstance(rest[0], list):
-            flags = [str(f) for f in rest.pop(0)]
-        if rest and isinstance(rest[0], str):
-            parsed = email.utils.parsedate_to_datetime(rest.pop(0).replace("-", " ", 2))
-            when = parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-        if not rest or not isinstance(rest[0], bytes):
-            raise ProtocolError("APPEND needs the message as a literal")
-        data = rest[0]
+    async def cmd_append(self, cmd: c.Append) -> Reply:
+        name = self.mailbox_name(cmd.mailbox)
+        data = cmd.message
+        when = (cmd.internaldate or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
         if b"\0" in data:
             raise InvalidArgument("message contains NUL")
+        flags = list(cmd.flags)
         store = self.node.store
         staged = await store.run_blocking(lambda: store.spool.stage(data))
 
@@ -544,154 +588,161 @@ class Session:
         try:
             uidvalidity, uid = await self.write(append, staged=[staged])
         except NoSuchMailbox:
-            return_text = "[TRYCREATE] no such mailbox"
-            await self.tagged(cmd.tag, "NO", return_text)
-            return None  # type: ignore[return-value]
+            # RFC 3501 6.3.11: TRYCREATE, so the client may CREATE and retry.
+            return Reply("no such mailbox", CODE_TRYCREATE, "NO")
         await self.report_changes(expunges=True)
-        return f"[APPENDUID {uidvalidity} {uid}] APPEND completed"
+        return Reply("APPEND completed", response_code(CODE_APPENDUID, uidvalidity, uid))
 
-    async def _select(self, cmd: Command, args: list[Any], readonly: bool) -> str:
-        name = self.mailbox_name(args[0])
-        if (
-            len(args) > 1
-            and isinstance(args[1], list)
-            and any(str(a).upper() == "CONDSTORE" for a in args[1])
-        ):
-            self.condstore = True
+    async def cmd_select(self, cmd: c.Select | c.Examine) -> Reply:
+        readonly = isinstance(cmd, c.Examine)
+        if cmd.qresync is not None:
+            # RFC 7162 3.2.3: QRESYNC needs ENABLE QRESYNC first; it is not offered.
+            raise CommandError("QRESYNC is not enabled (not offered by this server)")
+        name = self.mailbox_name(cmd.mailbox)
+        if cmd.condstore:
+            self.condstore = True  # RFC 7162 3.1.8
+        # RFC 3501 6.3.1: a failed SELECT leaves no mailbox selected.
         self.selected = None
-        self.state = "authenticated"
-        selected = await self.read(
+        self.state = State.AUTHENTICATED
+        selected: Selected = await self.read(
             lambda s, acct: load(s, engine_mailbox.get_mailbox(s, acct, name), readonly)
         )
         self.selected = selected
-        self.state = "selected"
-        await self.untagged(f"FLAGS ({SYSTEM_FLAGS})")
-        await self.untagged(f"{len(selected.records)} EXISTS")
-        await self.untagged("0 RECENT")
-        await self.untagged(f"OK [UIDVALIDITY {selected.uidvalidity}] UIDs valid")
-        await self.untagged(f"OK [UIDNEXT {selected.uidnext}] Predicted next UID")
-        await self.untagged(f"OK [PERMANENTFLAGS ({SYSTEM_FLAGS} \\*)] Limited")
-        await self.untagged(f"OK [HIGHESTMODSEQ {selected.highestmodseq}] Highest")
-        mode = "READ-ONLY" if readonly else "READ-WRITE"
-        return f"[{mode}] {cmd.name} completed"
-
-    async def cmd_select(self, cmd: Command, args: list[Any]) -> str:
-        return await self._select(cmd, args, readonly=False)
-
-    async def cmd_examine(self, cmd: Command, args: list[Any]) -> str:
-        return await self._select(cmd, args, readonly=True)
+        self.state = State.SELECTED
+        flags = SYSTEM_FLAGS.encode()
+        await self.send(
+            b"".join(
+                [
+                    b"* FLAGS (" + flags + b")\r\n",
+                    b"* %d EXISTS\r\n" % len(selected.records),
+                    b"* 0 RECENT\r\n",
+                    untagged_status(
+                        "OK",
+                        "UIDs valid",
+                        response_code(CODE_UIDVALIDITY, selected.uidvalidity),
+                    ),
+                    untagged_status(
+                        "OK", "Predicted next UID", response_code(CODE_UIDNEXT, selected.uidnext)
+                    ),
+                    untagged_status(
+                        "OK", "Limited", CODE_PERMANENTFLAGS + b" (" + flags + b" \\*)"
+                    ),
+                    untagged_status(
+                        "OK",
+                        "Highest",
+                        response_code(CODE_HIGHESTMODSEQ, selected.highestmodseq),
+                    ),
+                ]
+            )
+        )
+        return Reply(f"{cmd.name} completed", CODE_READ_ONLY if readonly else CODE_READ_WRITE)
 
     # -- selected -----------------------------------------------------------
 
     def box(self) -> Selected:
-        assert self.selected is not None
+        assert self.selected is not None  # the state table allows these only when selected
         return self.selected
 
-    async def cmd_unselect(self, cmd: Command, args: list[Any]) -> str:
-        self.selected = None
-        self.state = "authenticated"
-        return "UNSELECT completed"
-
-    async def cmd_close(self, cmd: Command, args: list[Any]) -> str:
-        box = self.box()
-        if not box.readonly:
-            await self.write(
-                lambda s, acct: engine_messages.expunge(s, acct, s.get(Mailbox, box.mailbox_id))
-            )
-        self.selected = None
-        self.state = "authenticated"
-        return "CLOSE completed"
-
-    async def cmd_expunge(self, cmd: Command, args: list[Any]) -> str:
+    def writable(self) -> Selected:
         box = self.box()
         if box.readonly:
-            raise InvalidArgument("mailbox is read-only")
+            raise CommandError("mailbox is read-only (EXAMINE)", code=CODE_CANNOT, status="NO")
+        return box
+
+    async def cmd_unselect(self, cmd: c.Unselect) -> Reply:
+        self.selected = None
+        self.state = State.AUTHENTICATED
+        return Reply("UNSELECT completed")
+
+    async def cmd_close(self, cmd: c.Close) -> Reply:
+        box = self.box()
+        if not box.readonly:
+            # RFC 3501 6.4.2: expunge silently, then leave the selected state.
+            await self.write(lambda s, acct: engine_messages.expunge(s, acct, _row(s, box)))
+        self.selected = None
+        self.state = State.AUTHENTICATED
+        return Reply("CLOSE completed")
+
+    async def cmd_expunge(self, cmd: c.Expunge | c.UidExpunge) -> Reply:
+        box = self.writable()
         uids: list[int] | None = None
-        if cmd.uid:
-            wanted = SequenceSet.parse(as_text(args[0], "uid set"))
-            top = box.records[-1].uid if box.records else 0
+        if isinstance(cmd, c.UidExpunge):
+            # RFC 4315 2.1: only the \Deleted messages among these UIDs.
+            wanted = resolved(cmd.seqset, box.records[-1].uid if box.records else 0)
             uids = [
                 r.uid
                 for r in box.records
-                if wanted.contains(r.uid, top) and "\\Deleted" in r.flags.split()
+                if in_ranges(r.uid, wanted) and "\\Deleted" in r.flags.split()
             ]
-        await self.write(
-            lambda s, acct: engine_messages.expunge(s, acct, s.get(Mailbox, box.mailbox_id), uids)
-        )
+        await self.write(lambda s, acct: engine_messages.expunge(s, acct, _row(s, box), uids))
         await self.report_changes(expunges=True)
-        return "EXPUNGE completed"
+        return Reply(f"{cmd.name} completed")
 
-    def resolve(self, text: str, uid: bool) -> list[tuple[int, Record]]:
+    def resolve(self, sequence: SequenceSet, uid: bool) -> list[tuple[int, Record]]:
+        """The (sequence number, record) pairs a set names, in mailbox order."""
         box = self.box()
-        sequence = SequenceSet.parse(text)  # a bad set is BAD even in an empty mailbox
         if not box.records:
+            resolved(sequence, 0)  # "$" is still refused
             return []
         if uid:
-            top = box.records[-1].uid
-            ranges = sequence.resolve(top)
-            return [
-                (i + 1, r)
-                for i, r in enumerate(box.records)
-                if any(a <= r.uid <= b for a, b in ranges)
-            ]
-        ranges = sequence.resolve(len(box.records))
-        if any(b > len(box.records) for _, b in ranges):
-            raise ProtocolError("message sequence number out of range")
+            # RFC 3501 6.4.8: UIDs that do not exist are ignored.
+            ranges = resolved(sequence, box.records[-1].uid)
+            return [(i + 1, r) for i, r in enumerate(box.records) if in_ranges(r.uid, ranges)]
+        count = len(box.records)
+        starts, ends = resolved(sequence, count)
+        if ends and ends[-1] > count:
+            raise CommandError(f"message sequence number out of range (there are {count})")
         return [
-            (i + 1, r) for i, r in enumerate(box.records) if any(a <= i + 1 <= b for a, b in ranges)
+            (n, box.records[n - 1])
+            for a, b in zip(starts, ends, strict=True)
+            for n in range(a, b + 1)
         ]
 
-    async def cmd_search(self, cmd: Command, args: list[Any]) -> str:
+    async def cmd_search(self, cmd: c.Search) -> Reply:
+        if cmd.return_options is not None:
+            raise CommandError("SEARCH RETURN needs ESEARCH, which this server does not offer")
         box = self.box()
-        if len(args) >= 2 and str(args[0]).upper() == "CHARSET":
-            if str(args[1]).upper() not in ("UTF-8", "US-ASCII"):
-                await self.tagged(
-                    cmd.tag, "NO", "[BADCHARSET (UTF-8 US-ASCII)] unsupported charset"
-                )
-                return None  # type: ignore[return-value]
-            args = args[2:]
-        matcher = compile_search(args, len(box.records), box.records[-1].uid if box.records else 0)
+        matcher = compile_search(
+            cmd.key, len(box.records), box.records[-1].uid if box.records else 0
+        )
         spool = self.node.store.spool
         records = list(box.records)
 
         def run() -> list[int]:
-            out = []
-            for seq, record in enumerate(records, 1):
-                if matcher(seq, record, spool.read):
-                    out.append(record.uid if cmd.uid else seq)
-            return out
+            return [
+                record.uid if cmd.uid else seq
+                for seq, record in enumerate(records, 1)
+                if matcher(seq, record, spool.read)
+            ]
 
         found = await self.node.store.run_blocking(run)
-        await self.untagged("SEARCH" + "".join(f" {n}" for n in found))
+        await self.send(b"* SEARCH" + b"".join(b" %d" % n for n in found) + b"\r\n")
+        # RFC 3501 7.4.1: no EXPUNGE during SEARCH (UID SEARCH may: numbers are UIDs).
         await self.report_changes(expunges=cmd.uid)
-        return "SEARCH completed"
+        return Reply(f"{'UID ' if cmd.uid else ''}SEARCH completed")
 
-    async def cmd_fetch(self, cmd: Command, args: list[Any]) -> str:
+    async def cmd_fetch(self, cmd: c.Fetch) -> Reply:
+        if cmd.vanished:
+            raise CommandError("VANISHED needs QRESYNC, which is not enabled (RFC 7162 3.2.6)")
         box = self.box()
-        items = args[1] if isinstance(args[1], list) else [args[1]]
-        items = [str(i) if not isinstance(i, list) else i for i in items]
-        changedsince: int | None = None
-        if len(args) > 2 and isinstance(args[2], list):
-            mods = [str(x).upper() for x in args[2]]
-            if "CHANGEDSINCE" in mods:
-                changedsince = int(mods[mods.index("CHANGEDSINCE") + 1])
-                self.condstore = True
-        names = _fetch_items(items, cmd.uid)
-        targets = self.resolve(as_text(args[0], "sequence set"), cmd.uid)
-        if changedsince is not None:
-            targets = [(seq, r) for seq, r in targets if r.modseq > changedsince]
-        if self.condstore and "MODSEQ" not in names:
-            names.append("MODSEQ")
-        mark_seen = not box.readonly and any(
-            n.startswith(("BODY[", "RFC822")) and n != "RFC822.SIZE" and n != "RFC822.HEADER"
-            for n in names
-        )
-        if mark_seen:
+        items: list[FetchAtt] = list(cmd.items)
+        if cmd.uid:
+            # RFC 3501 6.4.8: UID FETCH always answers with UIDs; first, as clients expect.
+            items = [Item.UID, *(i for i in items if i is not Item.UID)]
+        if cmd.changedsince is not None or Item.MODSEQ in items:
+            self.condstore = True  # RFC 7162 3.1: a CONDSTORE-enabling command
+        targets = self.resolve(cmd.seqset, cmd.uid)
+        if cmd.changedsince is not None:
+            since = cmd.changedsince
+            targets = [(seq, r) for seq, r in targets if r.modseq > since]
+        if self.condstore and Item.MODSEQ not in items:
+            items.append(Item.MODSEQ)  # RFC 7162 3.1.4.1
+        if not box.readonly and sets_seen(items):
             unseen = [r.uid for _, r in targets if "\\Seen" not in r.flags.split()]
             if unseen:
                 result = await self.write(
                     lambda s, acct: engine_messages.set_flags(
-                        s, acct, s.get(Mailbox, box.mailbox_id), unseen, ["\\Seen"], mode="add"
+                        s, acct, _row(s, box), unseen, ["\\Seen"], mode="add"
                     )
                 )
                 self.absorb(result.changed)
@@ -699,47 +750,35 @@ class Session:
                 targets = [
                     (seqs[r.uid], box.records[seqs[r.uid] - 1]) for _, r in targets if r.uid in seqs
                 ]
-                if "FLAGS" not in names:
-                    names.append("FLAGS")
+                if Item.FLAGS not in items:
+                    items.append(Item.FLAGS)  # RFC 3501 6.4.5: the new flags are reported
         spool = self.node.store.spool
         # Rendered off the event loop in groups: one thread hop per group,
         # not per message, and one large write per group.
-        for start in range(0, len(targets), 256):
-            group = targets[start : start + 256]
+        for start in range(0, len(targets), _FETCH_GROUP):
+            group = targets[start : start + _FETCH_GROUP]
             data = await self.node.store.run_blocking(
-                partial(render_group, group, names, spool.read)
+                partial(render_group, group, items, spool.read)
             )
             await self.send(data)
+        # RFC 3501 7.4.1: no EXPUNGE during FETCH (UID FETCH may).
         await self.report_changes(expunges=cmd.uid)
-        return "FETCH completed"
+        return Reply(f"{'UID ' if cmd.uid else ''}FETCH completed")
 
-    async def cmd_store(self, cmd: Command, args: list[Any]) -> str:
-        box = self.box()
-        if box.readonly:
-            raise InvalidArgument("mailbox is read-only")
-        rest = args[1:]
-        unchangedsince: int | None = None
-        if rest and isinstance(rest[0], list):
-            mods = [str(x).upper() for x in rest.pop(0)]
-            if "UNCHANGEDSINCE" in mods:
-                unchangedsince = int(mods[mods.index("UNCHANGEDSINCE") + 1])
-                self.condstore = True
-        action = str(rest[0]).upper()
-        flags = rest[1] if isinstance(rest[1], list) else rest[1:]
-        flags = [str(f) for f in flags]
-        silent = action.endswith(".SILENT")
-        mode = {"+FLAGS": "add", "-FLAGS": "remove", "FLAGS": "replace"}.get(
-            action.removesuffix(".SILENT")
-        )
-        if mode is None:
-            raise ProtocolError(f"bad STORE action {action}")
-        targets = self.resolve(as_text(args[0], "sequence set"), cmd.uid)
+    async def cmd_store(self, cmd: c.Store) -> Reply:
+        box = self.writable()
+        if cmd.unchangedsince is not None:
+            self.condstore = True  # RFC 7162 3.1
+        mode = {"+": "add", "-": "remove", "": "replace"}[cmd.mode]
+        targets = self.resolve(cmd.seqset, cmd.uid)
         uids = [r.uid for _, r in targets]
+        flags = list(cmd.flags)
+        unchangedsince = cmd.unchangedsince
         result = await self.write(
             lambda s, acct: engine_messages.set_flags(
                 s,
                 acct,
-                s.get(Mailbox, box.mailbox_id),
+                _row(s, box),
                 uids,
                 flags,
                 mode=mode,
@@ -749,32 +788,39 @@ class Session:
         changed = {m.uid for m in result.changed}
         self.absorb(result.changed)
         seqs = box.seq_of()
+        out: list[bytes] = []
         for _, record in targets:
             if record.uid not in seqs:
                 continue
             current = box.records[seqs[record.uid] - 1]
-            if silent and record.uid in changed and not self.condstore:
+            # RFC 7162 3.2: with CONDSTORE, .SILENT still reports the new MODSEQ.
+            if cmd.silent and record.uid in changed and not self.condstore:
                 continue
-            parts = [f"FLAGS ({current.flags})"]
+            parts = [b"FLAGS " + _flag_list(current.flags)]
             if cmd.uid:
-                parts.insert(0, f"UID {current.uid}")
+                parts.insert(0, b"UID %d" % current.uid)
             if self.condstore:
-                parts.append(f"MODSEQ ({current.modseq})")
-            await self.untagged(f"{seqs[record.uid]} FETCH ({' '.join(parts)})")
+                parts.append(b"MODSEQ (%d)" % current.modseq)
+            out.append(fetch_response(seqs[record.uid], parts))
+        if out:
+            await self.send(b"".join(out))
         if result.modified:
-            modified = ",".join(str(u) for u in result.modified)
-            return f"[MODIFIED {modified}] conditional STORE failed"
-        return "STORE completed"
+            # RFC 7162 3.1.3: the UIDs (or numbers) that failed the condition.
+            numbers = (
+                result.modified if cmd.uid else [seqs[u] for u in result.modified if u in seqs]
+            )
+            modified = Raw(bytes(SequenceSet.from_numbers(numbers)))
+            return Reply("conditional STORE failed", response_code(CODE_MODIFIED, modified))
+        return Reply(f"{'UID ' if cmd.uid else ''}STORE completed")
 
-    async def _copy(self, cmd: Command, args: list[Any], move: bool) -> str:
-        box = self.box()
-        name = self.mailbox_name(args[1])
-        uids = [r.uid for _, r in self.resolve(as_text(args[0], "sequence set"), cmd.uid)]
+    async def cmd_copy(self, cmd: c.Copy | c.Move) -> Reply:
+        move = isinstance(cmd, c.Move)
+        box = self.writable() if move else self.box()
+        name = self.mailbox_name(cmd.mailbox)
+        uids = [r.uid for _, r in self.resolve(cmd.seqset, cmd.uid)]
 
         def copy(s: DbSession, acct: Any) -> Any:
-            src = s.get(Mailbox, box.mailbox_id)
-            if src is None:
-                raise NoSuchMailbox("the selected mailbox was deleted")
+            src = _row(s, box)
             dst = engine_mailbox.find_mailbox(s, acct, name)
             if dst is None:
                 raise NoSuchMailbox(f"no such mailbox: {name}")
@@ -785,43 +831,42 @@ class Session:
         try:
             result = await self.write(copy)
         except NoSuchMailbox:
-            await self.tagged(cmd.tag, "NO", "[TRYCREATE] no such mailbox")
-            return None  # type: ignore[return-value]
-        code = ""
+            return Reply("no such mailbox", CODE_TRYCREATE, "NO")
+        code: bytes | None = None
         if result.source_uids:
-            src = ",".join(str(u) for u in result.source_uids)
-            dst = ",".join(str(u) for u in result.dest_uids)
-            code = f"[COPYUID {result.uidvalidity} {src} {dst}] "
+            # RFC 4315 3: COPYUID uidvalidity source-uids dest-uids.
+            code = response_code(
+                CODE_COPYUID,
+                result.uidvalidity,
+                Raw(",".join(str(u) for u in result.source_uids).encode()),
+                Raw(",".join(str(u) for u in result.dest_uids).encode()),
+            )
+        prefix = "UID " if cmd.uid else ""
         if move:
-            await self.send(f"* OK {code}Moved\r\n".encode())
+            # RFC 6851 4.3: COPYUID goes in an untagged OK before the EXPUNGEs.
+            await self.send(untagged_status("OK", "Moved", code))
             await self.report_changes(expunges=True)
-            return f"{cmd.name} completed"
-        return f"{code}{cmd.name} completed"
+            return Reply(f"{prefix}MOVE completed")
+        return Reply(f"{prefix}COPY completed", code)
 
-    async def cmd_copy(self, cmd: Command, args: list[Any]) -> str:
-        return await self._copy(cmd, args, move=False)
-
-    async def cmd_move(self, cmd: Command, args: list[Any]) -> str:
-        if self.box().readonly:
-            raise InvalidArgument("mailbox is read-only")
-        return await self._copy(cmd, args, move=True)
-
-    async def cmd_idle(self, cmd: Command, args: list[Any]) -> str | None:
-        await self.send(b"+ idling\r\n")
+    async def cmd_idle(self, cmd: c.Idle) -> Reply | None:
+        await self.send(continuation("idling"))  # RFC 2177 3
         await self.poll()
         deadline = time.monotonic() + self.node.config.imap.idle_timeout.total_seconds()
         while True:
             await self.report_changes(expunges=True)
-            line = self.core.read_line()
-            if line is not None:
-                if line.strip().upper() == b"DONE":
-                    return "IDLE terminated"
-                await self.tagged(cmd.tag, "BAD", "expected DONE")
-                return None
+            line = self.core.next_line()
+            if isinstance(line, ProtocolError):
+                await self.send(line.reply())
+                raise Closed
+            if isinstance(line, Line):
+                if line.data.strip().upper() == b"DONE":
+                    return Reply("IDLE terminated")
+                return Reply("expected DONE", None, "BAD")
             if self.closing:
                 return None
             self.idle_wake.clear()
-            read = asyncio.ensure_future(self.reader.read(65536))
+            read = asyncio.ensure_future(self.reader.read(_READ_SIZE))
             wake = asyncio.ensure_future(self.idle_wake.wait())
             done, _ = await asyncio.wait(
                 {read, wake},
@@ -842,7 +887,7 @@ class Session:
                     pass
             wake.cancel()
             if not done:
-                await self.untagged("BYE [UNAVAILABLE] IDLE timed out")
+                await self.send(untagged_status("BYE", "IDLE timed out", CODE_UNAVAILABLE))
                 raise Closed
 
     # -- untagged updates ---------------------------------------------------
@@ -862,9 +907,7 @@ class Session:
         box = self.selected
         if box is None:
             return
-        fresh = await self.node.store.read(
-            lambda s: load(s, s.get(Mailbox, box.mailbox_id), box.readonly)
-        )
+        fresh = await self.node.store.read(lambda s: load(s, _row(s, box), box.readonly))
         old = {r.uid: r for r in box.records}
         new = {r.uid: r for r in fresh.records}
         gone = [uid for uid in old if uid not in new]
@@ -874,18 +917,23 @@ class Session:
             new = {r.uid: r for r in fresh.records}
             gone = []
         if report:
+            out: list[bytes] = []
             seqs = box.seq_of()
             # Each EXPUNGE renumbers the ones after it (RFC 3501 7.4.1).
             for removed, uid in enumerate(sorted(gone, key=lambda u: seqs[u])):
-                await self.untagged(f"{seqs[uid] - removed} EXPUNGE")
+                out.append(b"* %d EXPUNGE\r\n" % (seqs[uid] - removed))
             kept = [r for r in box.records if r.uid in new]
             for i, record in enumerate(kept, 1):
                 now = new[record.uid]
                 if now.flags != record.flags or (self.condstore and now.modseq != record.modseq):
-                    extra = f" MODSEQ ({now.modseq})" if self.condstore else ""
-                    await self.untagged(f"{i} FETCH (UID {now.uid} FLAGS ({now.flags}){extra})")
+                    parts = [b"UID %d" % now.uid, b"FLAGS " + _flag_list(now.flags)]
+                    if self.condstore:
+                        parts.append(b"MODSEQ (%d)" % now.modseq)
+                    out.append(fetch_response(i, parts))
             if len(fresh.records) != len(kept) or gone:
-                await self.untagged(f"{len(fresh.records)} EXISTS")
+                out.append(b"* %d EXISTS\r\n" % len(fresh.records))
+            if out:
+                await self.send(b"".join(out))
         box.records = fresh.records
         box.highestmodseq = fresh.highestmodseq
         box.uidnext = fresh.uidnext
@@ -902,8 +950,55 @@ class Session:
             self.idle_wake.set()
 
 
-def load(session: DbSession, mailbox: Mailbox | None, readonly: bool) -> Selected:
-    if mailbox is None:
+Handler = Callable[[Session, Any], Awaitable[Reply | None]]
+
+# The handler for each command class. Which state allows which command is
+# the state table's business (peerd.imap.states), not the handlers'.
+HANDLERS: Final[dict[type[c.Command], Handler]] = {
+    c.Capability: Session.cmd_capability,
+    c.Noop: Session.cmd_noop,
+    c.Logout: Session.cmd_logout,
+    c.Id: Session.cmd_id,
+    c.StartTLS: Session.cmd_starttls,
+    c.Login: Session.cmd_login,
+    c.Authenticate: Session.cmd_authenticate,
+    c.Enable: Session.cmd_enable,
+    c.Namespace: Session.cmd_namespace,
+    c.Select: Session.cmd_select,
+    c.Examine: Session.cmd_select,
+    c.Create: Session.cmd_create,
+    c.Delete: Session.cmd_delete,
+    c.Rename: Session.cmd_rename,
+    c.Subscribe: Session.cmd_subscribe,
+    c.Unsubscribe: Session.cmd_unsubscribe,
+    c.List: Session.cmd_list,
+    c.Lsub: Session.cmd_lsub,
+    c.Status: Session.cmd_status,
+    c.Append: Session.cmd_append,
+    c.Idle: Session.cmd_idle,
+    c.Check: Session.cmd_noop,
+    c.Close: Session.cmd_close,
+    c.Unselect: Session.cmd_unselect,
+    c.Expunge: Session.cmd_expunge,
+    c.UidExpunge: Session.cmd_expunge,
+    c.Search: Session.cmd_search,
+    c.Fetch: Session.cmd_fetch,
+    c.Store: Session.cmd_store,
+    c.Copy: Session.cmd_copy,
+    c.Move: Session.cmd_copy,
+}
+
+
+def _row(session: DbSession, box: Selected) -> Mailbox:
+    """The selected mailbox's row, inside a transaction; gone if another session deleted it."""
+    row = session.get(Mailbox, box.mailbox_id)
+    if row is None:
+        raise NoSuchMailbox("the selected mailbox was deleted")
+    return row
+
+
+def load(session: DbSession, mailbox_row: Mailbox | None, readonly: bool) -> Selected:
+    if mailbox_row is None:
         raise NoSuchMailbox("the selected mailbox was deleted")
     rows = session.execute(
         select(
@@ -914,52 +1009,19 @@ def load(session: DbSession, mailbox: Mailbox | None, readonly: bool) -> Selecte
             Message.size,
             Message.internaldate,
         )
-        .where(Message.mailbox_id == mailbox.id, Message.expunged.is_(False))
+        .where(Message.mailbox_id == mailbox_row.id, Message.expunged.is_(False))
         .order_by(Message.uid)
     )
-    selected = Selected(mailbox.id, mailbox.uniqueid, mailbox.name, readonly, mailbox.uidvalidity)
+    selected = Selected(
+        mailbox_row.id, mailbox_row.uniqueid, mailbox_row.name, readonly, mailbox_row.uidvalidity
+    )
     selected.records = [Record(*row) for row in rows]
-    selected.highestmodseq = mailbox.highestmodseq
-    selected.uidnext = mailbox.last_uid + 1
+    selected.highestmodseq = mailbox_row.highestmodseq
+    selected.uidnext = mailbox_row.last_uid + 1
     return selected
 
 
-def _fetch_items(items: list[Any], uid: bool) -> list[str]:
-    out: list[str] = []
-    macros = {
-        "ALL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"],
-        "FAST": ["FLAGS", "INTERNALDATE", "RFC822.SIZE"],
-        "FULL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"],
-    }
-    for item in items:
-        if isinstance(item, list):
-            raise ProtocolError("bad FETCH item list")
-        name = item.upper()
-        if name in macros:
-            out.extend(macros[name])
-        elif name.split("[", 1)[0] in (
-            "FLAGS",
-            "UID",
-            "INTERNALDATE",
-            "RFC822.SIZE",
-            "RFC822",
-            "RFC822.HEADER",
-            "RFC822.TEXT",
-            "ENVELOPE",
-            "BODYSTRUCTURE",
-            "BODY",
-            "BODY.PEEK",
-            "MODSEQ",
-        ):
-            out.append(item if "[" in item else name)
-        else:
-            raise ProtocolError(f"unknown FETCH item {item[:30]}")
-    if uid and "UID" not in out:
-        out.insert(0, "UID")
-    return out
-
-
-def _structure(guid: str, reader: Any) -> tuple[bytes, bytes, bytes]:
+def _structure(guid: str, reader: Callable[[str], bytes]) -> tuple[bytes, bytes, bytes]:
     cached = _CACHE.get(guid)
     if cached is not None:
         _CACHE.move_to_end(guid)
@@ -976,60 +1038,56 @@ def _structure(guid: str, reader: Any) -> tuple[bytes, bytes, bytes]:
     return value
 
 
-def render_group(group: list[tuple[int, Record]], names: list[str], reader: Any) -> bytes:
-    return b"".join(render_fetch(seq, record, names, reader) for seq, record in group)
+def render_group(
+    group: list[tuple[int, Record]], items: Sequence[FetchAtt], reader: Callable[[str], bytes]
+) -> bytes:
+    return b"".join(render_fetch(seq, record, items, reader) for seq, record in group)
 
 
-def render_fetch(seq: int, record: Record, names: Iterable[str], reader: Any) -> bytes:
+def render_fetch(
+    seq: int, record: Record, items: Iterable[FetchAtt], reader: Callable[[str], bytes]
+) -> bytes:
+    """``* seq FETCH (...)`` for one message (RFC 3501 7.4.2)."""
     parts: list[bytes] = []
     raw: bytes | None = None
-    for name in names:
-        upper = name.upper()
-        if upper == "UID":
-            parts.append(f"UID {record.uid}".encode())
-        elif upper == "FLAGS":
-            parts.append(f"FLAGS ({record.flags})".encode())
-        elif upper == "INTERNALDATE":
-            parts.append(f'INTERNALDATE "{imap_date(record.internaldate)}"'.encode())
-        elif upper == "RFC822.SIZE":
-            parts.append(f"RFC822.SIZE {record.size}".encode())
-        elif upper == "MODSEQ":
-            parts.append(f"MODSEQ ({record.modseq})".encode())
-        elif upper in ("ENVELOPE", "BODYSTRUCTURE", "BODY"):
-            env, full, simple = _structure(record.guid, reader)
-            parts.append(
-                upper.encode()
-                + b" "
-                + {"ENVELOPE": env, "BODYSTRUCTURE": full, "BODY": simple}[upper]
-            )
+    for att in items:
+        if att is Item.UID:
+            parts.append(b"UID %d" % record.uid)
+        elif att is Item.FLAGS:
+            parts.append(b"FLAGS " + _flag_list(record.flags))
+        elif att is Item.INTERNALDATE:
+            parts.append(b"INTERNALDATE " + internaldate(record.internaldate))
+        elif att is Item.RFC822_SIZE:
+            parts.append(b"RFC822.SIZE %d" % record.size)
+        elif att is Item.MODSEQ:
+            parts.append(b"MODSEQ (%d)" % record.modseq)
+        elif att is Item.ENVELOPE:
+            parts.append(b"ENVELOPE " + _structure(record.guid, reader)[0])
+        elif att is Item.BODYSTRUCTURE:
+            parts.append(b"BODYSTRUCTURE " + _structure(record.guid, reader)[1])
+        elif att is Item.BODY:
+            parts.append(b"BODY " + _structure(record.guid, reader)[2])
         else:
             if raw is None:
                 raw = reader(record.guid)
-            parts.append(_body_item(name, raw))
-    return f"* {seq} FETCH (".encode() + b" ".join(parts) + b")\r\n"
+            parts.append(_body_item(att, raw))
+    return fetch_response(seq, parts)
 
 
-def _body_item(name: str, raw: bytes) -> bytes:
-    upper = name.upper()
-    if upper == "RFC822":
+def _body_item(att: FetchAtt, raw: bytes) -> bytes:
+    if att is Item.RFC822:
         return b"RFC822 " + literal(raw)
-    if upper == "RFC822.HEADER":
-        return b"RFC822.HEADER " + literal(structure.section(raw, "HEADER") or b"")
-    if upper == "RFC822.TEXT":
-        return b"RFC822.TEXT " + literal(structure.section(raw, "TEXT") or b"")
-    head, _, rest = name.partition("[")
-    spec, _, tail = rest.partition("]")
-    data = structure.section(raw, spec)
-    origin = ""
-    if tail.startswith("<") and tail.endswith(">"):
-        start_text, _, length_text = tail[1:-1].partition(".")
-        start = int(start_text)
-        if data is not None:
-            data = data[start : start + int(length_text)] if length_text else data[start:]
-        origin = f"<{start}>"
-    label = f"BODY[{spec}]{origin}".encode()
-    del head
-    return label + b" " + (literal(data) if data is not None else b"NIL")
+    if att is Item.RFC822_HEADER:
+        return b"RFC822.HEADER " + literal(structure.section(raw, (), SectionKind.HEADER) or b"")
+    if att is Item.RFC822_TEXT:
+        return b"RFC822.TEXT " + literal(structure.section(raw, (), SectionKind.TEXT) or b"")
+    assert isinstance(att, BodySection)
+    data = structure.section(raw, att.part, att.kind, att.fields)
+    if data is not None and att.partial is not None:
+        # RFC 3501 6.4.5: <origin.length>; past the end is an empty string.
+        origin, length = att.partial
+        data = data[origin : origin + length]
+    return response_name(att) + b" " + (literal(data) if data is not None else b"NIL")
 
 
 class ImapServer:
@@ -1056,7 +1114,7 @@ class ImapServer:
                 session.closing = "account moved to another node"
                 session.idle_wake.set()
                 try:
-                    await session.untagged("BYE [UNAVAILABLE] account moved to another node")
+                    await session.send(untagged_status("BYE", session.closing, CODE_UNAVAILABLE))
                 except ConnectionError:
                     pass
                 session.writer.close()

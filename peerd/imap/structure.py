@@ -22,7 +22,8 @@ from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
-from peerd.imap.protocol import nstring
+from peerd.imap.fetchatt import SectionKind
+from peerd.imap.responses import nstring
 
 __all__ = ["Part", "bodystructure", "envelope", "parse", "search_text", "section"]
 
@@ -248,42 +249,38 @@ def _header_fields(header: bytes, names: list[str], keep: bool) -> bytes:
     return b"".join(out) + b"\r\n"
 
 
-def section(raw: bytes, spec: str) -> bytes | None:
-    """The bytes of ``BODY[spec]``; None when the section does not exist."""
+def section(
+    raw: bytes,
+    path: tuple[int, ...] = (),
+    kind: SectionKind = SectionKind.ALL,
+    fields: tuple[str, ...] = (),
+) -> bytes | None:
+    """The bytes of ``BODY[path.kind (fields)]``; None when the section does not exist.
+
+    ``path`` is the part number (``()`` for the whole message). HEADER, TEXT
+    and HEADER.FIELDS after a part number apply to a message/rfc822 part's
+    inner message only (RFC 3501 6.4.5); MIME is the part's own header.
+    """
+    if not path and kind is SectionKind.ALL:
+        return raw  # BODY[]: the message as stored, nothing to parse
     root = parse(raw)
-    spec = spec.strip()
-    if not spec:
-        return raw
-    path: list[int] = []
-    rest = spec
-    while rest and rest[0].isdigit():
-        number, _, rest = rest.partition(".")
-        path.append(int(number))
-    text = rest.upper()
-    part = _descend(root, path) if path else root
+    part = _descend(root, list(path)) if path else root
     if part is None:
         return None
-    if text == "":
-        if not path:
-            return raw
+    if kind is SectionKind.ALL:
         return part.body
-    if text == "MIME":
+    if kind is SectionKind.MIME:
         return part.header if path else None
     target = part
     if path and part.message is not None:
         target = part.message
     elif path:
         return None
-    if text == "HEADER":
+    if kind is SectionKind.HEADER:
         return target.header
-    if text == "TEXT":
+    if kind is SectionKind.TEXT:
         return target.body
-    if text.startswith("HEADER.FIELDS"):
-        keep = not text.startswith("HEADER.FIELDS.NOT")
-        inside = rest[rest.find("(") + 1 : rest.rfind(")")] if "(" in rest else ""
-        names = [n.strip('"') for n in inside.split()]
-        return _header_fields(target.header, names, keep)
-    return None
+    return _header_fields(target.header, list(fields), kind is SectionKind.HEADER_FIELDS)
 
 
 # -- text for SEARCH --------------------------------------------------------------------

@@ -1,0 +1,120 @@
+"""SEARCH evaluated without sockets: the parser's AST over a mailbox snapshot."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import pytest
+
+from peerd.imap.parser import tokenize
+from peerd.imap.responses import CommandError
+from peerd.imap.search import compile_search
+from peerd.imap.searchkey import parse_search_key
+
+
+@dataclass
+class Rec:
+    uid: int
+    guid: str
+    flags: str
+    modseq: int
+    size: int
+    internaldate: dt.datetime
+
+
+MESSAGES = {
+    "g1": (
+        b"From: Bob Example <bob@example.test>\r\nTo: alice@example.test\r\n"
+        b"Subject: =?UTF-8?B?SGVsbG8gd29ybGQ=?=\r\nDate: Tue, 24 Nov 2026 23:30:00 -0500\r\n"
+        b"X-Spam: yes\r\n\r\nThe needle is here.\r\n"
+    ),
+    "g2": (
+        b"From: carol@example.test\r\nSubject: plain\r\nDate: Wed, 25 Nov 2026 10:00:00 +0000\r\n"
+        b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\ncaf=C3=A9 au lait\r\n"
+    ),
+    "g3": b"Subject: no date\r\n\r\nnothing\r\n",
+}
+RECORDS = [
+    Rec(3, "g1", "\\Seen $Work", 5, 300, dt.datetime(2026, 11, 24, 12, tzinfo=dt.UTC)),
+    Rec(7, "g2", "", 9, 1200, dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)),
+    Rec(9, "g3", "\\Deleted \\Flagged", 2, 40, dt.datetime(2026, 11, 26, 12, tzinfo=dt.UTC)),
+]
+
+
+def search(criteria: bytes, literals: tuple[bytes, ...] = ()) -> list[int]:
+    key = parse_search_key(tokenize(criteria, literals), charset="UTF-8")
+    matcher = compile_search(key, len(RECORDS), RECORDS[-1].uid)
+    loads: list[str] = []
+
+    def load(guid: str) -> bytes:
+        loads.append(guid)
+        return MESSAGES[guid]
+
+    found = [rec.uid for seq, rec in enumerate(RECORDS, 1) if matcher(seq, rec, load)]
+    assert len(loads) == len(set(loads))  # each message loaded at most once
+    return found
+
+
+@pytest.mark.parametrize(
+    ("criteria", "uids"),
+    [
+        (b"ALL", [3, 7, 9]),
+        (b"SEEN", [3]),
+        (b"UNSEEN", [7, 9]),
+        (b"DELETED FLAGGED", [9]),
+        (b"KEYWORD $Work", [3]),
+        (b"UNKEYWORD $Work", [7, 9]),
+        (b"RECENT", []),  # peerd never sets \Recent
+        (b"NEW", []),  # NEW is RECENT UNSEEN (RFC 3501 6.4.4)
+        (b"OLD", [3, 7, 9]),
+        (b"SUBJECT hello", [3]),  # RFC 2047 decoded, case-insensitive
+        (b"FROM BOB", [3]),
+        (b"TO alice", [3]),
+        (b'HEADER X-Spam ""', [3]),  # "" matches any message with the field
+        (b"HEADER x-spam YES", [3]),
+        (b"BODY needle", [3]),
+        (b'BODY "caf\xc3\xa9"', [7]),  # quoted-printable decoded
+        (b"TEXT carol", [7]),  # TEXT looks at the header too
+        (b"TEXT nothing", [9]),
+        (b"LARGER 300", [7]),
+        (b"SMALLER 300", [9]),
+        (b"SINCE 25-Nov-2026", [7, 9]),
+        (b"BEFORE 25-Nov-2026", [3]),
+        (b"ON 26-Nov-2026", [9]),
+        # The Date: header's own day, its zone disregarded (RFC 3501 6.4.4).
+        (b"SENTON 24-Nov-2026", [3]),
+        (b"SENTSINCE 25-Nov-2026", [7]),  # no Date: header, no match
+        (b"SENTBEFORE 25-Nov-2026", [3]),
+        (b"2:*", [7, 9]),
+        (b"1,3", [3, 9]),
+        (b"UID 4:8", [7]),
+        (b"UID 9:*", [9]),
+        (b"UID 100:*", [9]),  # "*" is the last UID even past it (RFC 3501 6.4.8)
+        (b"MODSEQ 5", [3, 7]),
+        (b"NOT SEEN", [7, 9]),
+        (b"OR SEEN DELETED", [3, 9]),
+        (b"OR LARGER 1000 (SEEN SUBJECT hello)", [3, 7]),
+        (b"NOT (UNSEEN OR FLAGGED LARGER 1000)", [3]),
+    ],
+)
+def test_search_keys(criteria: bytes, uids: list[int]) -> None:
+    assert search(criteria) == uids
+
+
+def test_literal_strings_and_flag_only_searches_load_nothing() -> None:
+    assert search(b"SUBJECT \x00", (b"world",)) == [3]
+    key = parse_search_key(tokenize(b"SEEN UID 1:*"))
+    matcher = compile_search(key, len(RECORDS), RECORDS[-1].uid)
+
+    def refuse(guid: str) -> bytes:
+        raise AssertionError("a flag search read a message")
+
+    assert [r.uid for s, r in enumerate(RECORDS, 1) if matcher(s, r, refuse)] == [3]
+
+
+def test_saved_result_is_refused() -> None:
+    # "$" is RFC 5182 SEARCHRES, which is not offered.
+    with pytest.raises(CommandError, match="SEARCHRES"):
+        compile_search(parse_search_key(tokenize(b"$")), 3, 9)
