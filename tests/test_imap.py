@@ -342,3 +342,33 @@ def test_overlong_line_ends_the_session_with_a_reason(tmp_path: Path) -> None:
         sock.close()
     finally:
         node.stop()
+
+
+def test_command_rate_is_refused_with_limit_then_cut_off(tmp_path: Path) -> None:
+    node = make_single(tmp_path, overrides={"imap": {"commands_per_second": 5}})
+    node.start()
+    try:
+        sock = socket.create_connection(("127.0.0.1", node.ports["imap"]), timeout=20)
+        stream = sock.makefile("rb")
+        stream.readline()
+
+        def replies(tags: list[str]) -> list[bytes]:
+            sock.sendall(b"".join(f"{t} NOOP\r\n".encode() for t in tags))
+            return [stream.readline() for _ in tags]
+
+        # Over the budget: answered NO [LIMIT] (RFC 5530 3), not run, not a silent delay.
+        first = replies([f"a{n}" for n in range(7)])
+        assert all(line.startswith(f"a{n} OK".encode()) for n, line in enumerate(first[:5]))
+        assert first[5].startswith(b"a5 NO [LIMIT] too many commands: at most 5 per second")
+        assert first[6].startswith(b"a6 NO [LIMIT]")
+        time.sleep(1.1)  # a new window: the budget is whole again
+        assert replies(["b0"])[0].startswith(b"b0 OK")
+        # Still sending at twice the rate after being told: BYE [LIMIT] and closed.
+        tags = [f"c{n}" for n in range(11)]
+        sock.sendall(b"".join(f"{t} NOOP\r\n".encode() for t in tags))
+        rest = stream.read()
+        assert rest.count(b" OK NOOP completed") == 4 and rest.count(b" NO [LIMIT]") == 5
+        assert rest.endswith(b"* BYE [LIMIT] too many commands (over 5 per second)\r\n")
+        sock.close()
+    finally:
+        node.stop()

@@ -13,6 +13,7 @@ one the package has; the live server runs on it:
   :mod:`~peerd.imap.searchkey`: sequence sets, FETCH items, the SEARCH AST
   (its node classes are used as ``searchkey.Not`` etc., so they are not
   re-exported here).
+- :mod:`~peerd.imap.ratelimit`: the command rate limit, given the time.
 
 Beside it, still without I/O: :mod:`~peerd.imap.structure` (MIME parts,
 ENVELOPE, BODYSTRUCTURE, BODY[section]) and :mod:`~peerd.imap.search` (the
@@ -82,6 +83,7 @@ from peerd.imap.parser import (
     decode_sasl_response,
     plain_credentials,
 )
+from peerd.imap.ratelimit import CommandRate, Verdict
 from peerd.imap.responses import (
     CODE_ALERT,
     CODE_ALREADYEXISTS,
@@ -180,6 +182,7 @@ __all__ = [
     "Close",
     "Command",
     "CommandError",
+    "CommandRate",
     "CommandReader",
     "ContinuationNeeded",
     "Copy",
@@ -220,6 +223,7 @@ __all__ = [
     "UidExpunge",
     "Unselect",
     "Unsubscribe",
+    "Verdict",
     "allowed",
     "astring",
     "continuation",

@@ -5,8 +5,9 @@ to a :class:`~peerd.imap.parser.CommandReader` and gets typed events back: a
 :mod:`~peerd.imap.commands` dataclass, a continuation request for a
 synchronizing literal, or a protocol error that already knows its reply.
 Each command is checked against the state table
-(:data:`~peerd.imap.states.ALLOWED`), counted against the command rate,
-and run by the handler :data:`HANDLERS` names for its class. Replies are built with :mod:`~peerd.imap.responses`; a
+(:data:`~peerd.imap.states.ALLOWED`), counted against the command rate
+(:mod:`~peerd.imap.ratelimit`), and run by the handler :data:`HANDLERS` names
+for its class. Replies are built with :mod:`~peerd.imap.responses`; a
 handler refuses with :class:`~peerd.imap.responses.CommandError`, and store
 and ownership errors become ``NO``/``BAD`` in :func:`peerd.errormap.imap_code`.
 
@@ -61,6 +62,7 @@ from peerd.imap.parser import (
     decode_sasl_response,
     plain_credentials,
 )
+from peerd.imap.ratelimit import CommandRate, Verdict
 from peerd.imap.responses import (
     CODE_ALREADYEXISTS,
     CODE_APPENDUID,
@@ -176,8 +178,7 @@ class Session:
         self.writer = writer
         config = self.node.config.imap
         self.core = CommandReader(max_line=config.max_line, max_literal=config.max_literal)
-        self.window_start = time.monotonic()
-        self.window_commands = 0
+        self.rate = CommandRate(config.commands_per_second)
         self.state = State.NOT_AUTHENTICATED
         self.account = ""
         self.selected: Selected | None = None
@@ -246,14 +247,27 @@ class Session:
             self.writer.close()
 
     async def admit(self, cmd: c.Command) -> bool:
-        """The command rate (``[imap] commands_per_second``)."""
-        self.window_commands += 1
+        """The command rate (``[imap] commands_per_second``): run, refuse, or close."""
         now = time.monotonic()
-        if now - self.window_start >= 1:
-            self.window_start, self.window_commands = now, 1
-        if self.window_commands > self.node.config.imap.commands_per_second:
-            await asyncio.sleep(1)  # rate limit: slow the client down
-        return True
+        verdict = self.rate.check(now, exempt=isinstance(cmd, c.Logout))
+        if verdict is Verdict.RUN:
+            return True
+        limit = self.rate.per_second
+        if verdict is Verdict.CLOSE:
+            await self.send(
+                untagged_status("BYE", f"too many commands (over {limit} per second)", CODE_LIMIT)
+            )
+            raise Closed
+        wait = self.rate.retry_after(now)
+        await self.send(
+            tagged(
+                cmd.tag,
+                "NO",
+                f"too many commands: at most {limit} per second; retry in {wait:.1f}s",
+                CODE_LIMIT,
+            )
+        )
+        return False
 
     # -- dispatch -----------------------------------------------------------
 
