@@ -9,7 +9,10 @@ How this works:
   asks the partner to sync them back, and the partner's sync copies any mail
   we accepted and never replicated (the no-loss rule). If the partner cannot
   be reached, we serve the accounts we owned at our last known epoch, and
-  ``status`` says so.
+  ``status`` says so; the exchange is retried in the background until the
+  partner answers. Rows left ``moving`` by a switchover a crash cut short
+  are released first, and rows of deleted accounts the partner has
+  forgotten too are dropped.
 - **Failover** (``POST /v1/failover``): on the survivor, every account the
   partner owns becomes ours at epoch + 1, state ``failed_over``. Refused while
   the partner answers, unless forced (use switchover then); forced, the
@@ -37,6 +40,7 @@ acknowledged; a forwarded request reports the partner's hooks too.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 from functools import partial
@@ -91,12 +95,47 @@ async def exchange_at_start(node: Node, client: SyncClient) -> None:
             "owned at its last known epoch"
         )
         log.warning("%s", node.startup_note)
+        # Keep trying in the background: both nodes of a pair often start
+        # together (a power cut), each before the other listens.
+        task = asyncio.create_task(_exchange_once_reachable(node, client), name="exchange")
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
         return
     node.startup_note = (
         f"ownership exchanged with the partner at start; {len(changed)} row(s) learned"
     )
+    await _hand_over(node, client, changed)
+
+
+# Strong references to background tasks (the loop keeps only weak ones);
+# asyncio.run cancels whatever is left when the daemon stops.
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+async def _exchange_once_reachable(node: Node, client: SyncClient) -> None:
+    delay = 0.5
+    maxwait = max(1.0, node.config.sync.sync_reconnect_maxwait.total_seconds())
+    while True:
+        await asyncio.sleep(delay)
+        try:
+            changed = await asyncio.wait_for(exchange_rows(node, client), 5)
+        except (PartnerDown, EngineError, TimeoutError):
+            delay = min(maxwait, delay * 2)
+            continue
+        stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        node.startup_note = (
+            f"partner unreachable at start; ownership exchanged when it answered at {stamp}, "
+            f"{len(changed)} row(s) learned"
+        )
+        log.warning("%s", node.startup_note)
+        await _hand_over(node, client, changed)
+        return
+
+
+async def _hand_over(node: Node, client: SyncClient, changed: list[str]) -> None:
+    """Accounts the partner owns now: ask it to pull what we hold of them."""
     for account in changed:
-        log.warning("at start: %s is owned by the partner now; this node is its replica", account)
+        log.warning("%s is owned by the partner now; this node is its replica", account)
     if changed:
         try:
             await client.call("request_sync", _json({"accounts": changed}), compressed=False)

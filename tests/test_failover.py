@@ -244,9 +244,15 @@ def test_a_node_whose_partner_is_down_at_start_serves_only_its_own(tmp_path: Pat
             assert client.stat()[0] == 1
         finally:
             client.close()
-        # beta returns: what alpha took alone reaches it.
+        # beta returns: what alpha took alone reaches it, and alpha, which
+        # kept trying, exchanges ownership with it and says so.
         beta.start()
         wait_until(lambda: len(guids(beta, "alice")) == 1, 20, "alpha's mail on beta")
+        wait_until(
+            lambda: "exchanged when it answered" in alpha.call("GET", "/v1/status")["startup"],
+            20,
+            "alpha's late ownership exchange",
+        )
     finally:
         alpha.stop()
         beta.stop()
