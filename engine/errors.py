@@ -20,6 +20,7 @@ status, IMAP ``NO``/``BAD`` and LMTP replies in exactly one place
     │   └── DatabaseBusy               (locked or unavailable database)
     └── SyncError                      (replication; see engine.replication)
         ├── SyncRefused                (fenced: the receiver owns it or knows a higher epoch)
+        ├── SyncStale                  (a delta's base is not the replica's state: sync in full)
         └── SyncProtocolError          (a malformed or oversized request)
 """
 
@@ -41,6 +42,7 @@ __all__ = [
     "SyncError",
     "SyncProtocolError",
     "SyncRefused",
+    "SyncStale",
     "TemporaryFailure",
 ]
 
@@ -109,6 +111,12 @@ class SyncError(EngineError):
 
 class SyncRefused(SyncError):
     code = "sync_refused"
+
+
+class SyncStale(SyncError):
+    """The replica is not in the state a delta push was planned from."""
+
+    code = "sync_stale"
 
 
 class SyncProtocolError(SyncError):

@@ -28,12 +28,14 @@ __all__ = [
     "MAX_FRAME",
     "compress",
     "decode_account_state",
+    "decode_delta",
     "decode_frames",
     "decode_json",
     "decode_push",
     "decode_summary",
     "decompress",
     "encode_account_state",
+    "encode_delta",
     "encode_frames",
     "encode_json",
     "encode_push",
@@ -281,6 +283,27 @@ def ownership_of(value: Any) -> tuple[str, str, int, str]:
         _int(value.get("epoch"), "epoch", 0),
         str(state),
     )
+
+
+def encode_delta(control: dict[str, Any], frames: Iterable[tuple[str, bytes]]) -> bytes:
+    """A delta request: the JSON control part, then the message frames.
+
+    ``<length of the JSON>\n<JSON><frames>``, one body, so a push and the bytes
+    it needs travel in one round trip.
+    """
+    head = encode_json(control)
+    return b"".join([f"{len(head)}\n".encode(), head, *encode_frames(frames)])
+
+
+def decode_delta(data: bytes) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
+    newline = data.find(b"\n", 0, 16)
+    if newline < 0 or not data[:newline].isdigit():
+        raise SyncProtocolError("a delta body starts with the length of its JSON part")
+    length = int(data[:newline])
+    end = newline + 1 + length
+    if end > len(data):
+        raise SyncProtocolError("the delta's JSON part is truncated")
+    return decode_json(data[newline + 1 : end]), decode_frames(data[end:])
 
 
 def encode_frames(items: Iterable[tuple[str, bytes]]) -> Iterator[bytes]:

@@ -21,6 +21,7 @@ from engine.errors import (
     StorageFull,
     SyncProtocolError,
     SyncRefused,
+    SyncStale,
     TemporaryFailure,
 )
 from ownership.errors import (
@@ -94,6 +95,7 @@ _HTTP = [
     (DatabaseBusy, 503),
     (TemporaryFailure, 503),
     (SyncRefused, 409),
+    (SyncStale, 412),
     (SyncProtocolError, 400),
     (NotOwner, 409),
     (StaleEpoch, 409),

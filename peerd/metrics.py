@@ -29,6 +29,8 @@ _HELP = {
     "syncs": "Account syncs to the partner",
     "sync_failures": "Failed syncs",
     "sync_fenced": "Syncs refused by the ownership fence",
+    "sync_deltas": "Rolling syncs sent as one delta request (the fast path)",
+    "sync_delta_fallbacks": "Deltas the replica refused (not in the marked state): synced in full",
     "sync_auth_failures": "Sync requests with wrong credentials",
     "sync_bytes_sent": "Bytes sent on the sync channel",
     "sync_bytes_received": "Bytes received on the sync channel",

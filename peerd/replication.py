@@ -147,7 +147,7 @@ class RollingWorker:
     async def replicate(self, account: str) -> SyncReport | None:
         """One rolling sync of ``account`` with all the failure handling."""
         try:
-            report = await self.client.sync_account(account)
+            report = await self.client.sync_account(account, fast=True)
         except PartnerDown as exc:
             self._partner_failed(str(exc))
             return None

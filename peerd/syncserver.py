@@ -26,9 +26,12 @@ from sqlalchemy.orm import Session
 
 from engine import synclog
 from engine.apply import apply_push
-from engine.errors import EngineError, SyncProtocolError
+from engine.delta import matches
+from engine.errors import EngineError, SyncProtocolError, SyncStale
 from engine.syncstate import account_digests, known_guids, read_account_state
 from engine.syncwire import (
+    decode_account_state,
+    decode_delta,
     decode_frames,
     decode_json,
     decode_push,
@@ -231,6 +234,42 @@ class SyncServer:
         self.node.counters.inc("sync_applied")
         return self.reply(request, encode_json(result))
 
+    async def delta(self, request: web.Request) -> web.Response:
+        """The rolling fast path (:mod:`engine.delta`): a push planned from the
+        state the owner last left us in, with the bytes it needs, in one
+        request. Applied only if we are still exactly in that state (else 412
+        ``sync_stale``: the owner syncs in full)."""
+        control, frames = decode_delta(await self.body(request))
+        view = self.sender(control)
+        push = decode_push(control.get("push"))
+        expect = decode_account_state(control.get("expect"))
+        if push.account != view.account or expect.name != view.account:
+            raise SyncProtocolError("push.account and expect.name must be the account")
+        spool = self.node.store.spool
+        staged = await self.node.store.run_blocking(
+            lambda: [spool.stage(data, guid) for guid, data in frames]
+        )
+        have = {s.guid for s in staged}
+
+        def write(session: Session) -> dict[str, Any]:
+            check_sync(session, self.node.name, view.account, view)
+            if not matches(read_account_state(session, view.account), expect):
+                raise SyncStale(f"{view.account} is not in the state the delta starts from")
+            result = apply_push(session, push, lambda g: g in have or spool.has(g))
+            return {
+                "summaries": [encode_summary(s) for s in result.summaries],
+                "mismatched": result.mismatched,
+            }
+
+        try:
+            result = await self.node.store.write(write, replaying=True, staged=staged)
+        except EngineError:
+            spool.discard(staged)
+            raise
+        self.node.counters.inc("sync_applied")
+        self.node.counters.inc("sync_messages_received", len(frames))
+        return self.reply(request, encode_json(result))
+
     async def fetch(self, request: web.Request) -> web.Response:
         """Bytes of messages only we hold, for the owner's no-loss repairs."""
         body = decode_json(await self.body(request))
@@ -340,6 +379,7 @@ class SyncServer:
         app.router.add_post("/sync/v1/reserve", self.reserve)
         app.router.add_post("/sync/v1/upload", self.upload)
         app.router.add_post("/sync/v1/apply", self.apply)
+        app.router.add_post("/sync/v1/delta", self.delta)
         app.router.add_post("/sync/v1/fetch", self.fetch)
         app.router.add_post("/sync/v1/ownership", self.ownership)
         app.router.add_post("/sync/v1/request_sync", self.request_sync)

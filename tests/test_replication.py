@@ -409,3 +409,41 @@ def test_synchronous_mode_acknowledges_after_the_partner_has_it(tmp_path: Path, 
     finally:
         alpha.stop()
         beta.stop()
+
+
+def test_rolling_deltas_carry_new_mail_and_a_stale_replica_falls_back_to_the_full_compare(
+    pair: tuple[Node, Node],
+) -> None:
+    """After one full sync, a delivery travels as one DELTA request; damage on
+    the replica makes the next delta stale (412), and the full compare that
+    follows undoes the damage as the seed's example wants."""
+    alpha, beta = pair
+    alpha.add_account("fast")
+    deliver(alpha, "fast@example.test", "first")
+    wait_until(converged(alpha, beta, "fast"), 10, "the first (full) sync")
+    counters = alpha.call("GET", "/v1/status")["counters"]
+    deltas_before = counters.get("sync_deltas", 0)
+    for i in range(5):
+        deliver(alpha, "fast@example.test", f"next{i}")
+        wait_until(converged(alpha, beta, "fast"), 10, f"delivery {i} on beta")
+    counters = alpha.call("GET", "/v1/status")["counters"]
+    assert counters.get("sync_deltas", 0) >= deltas_before + 5
+    assert records(beta, "fast") == records(alpha, "fast")
+    # Behind the owner's back, on the replica: expunge UID 1.
+    store = open_store(beta)
+    try:
+
+        def damage(s: Any) -> None:
+            acct = accounts.get_account(s, "fast")
+            messages.expunge(s, acct, mailbox.get_mailbox(s, acct, "INBOX"), [1])
+
+        store.write_sync(damage)
+    finally:
+        store.close()
+    fallbacks = counters.get("sync_delta_fallbacks", 0)
+    deliver(alpha, "fast@example.test", "after-damage")
+    wait_until(converged(alpha, beta, "fast"), 10, "the full compare to repair beta")
+    assert records(beta, "fast") == records(alpha, "fast")
+    assert 1 in [uid for uid, _, _ in records(beta, "fast")]
+    after = alpha.call("GET", "/v1/status")["counters"]
+    assert after.get("sync_delta_fallbacks", 0) == fallbacks + 1

@@ -1,0 +1,161 @@
+"""The rolling fast path: push what changed since the last sync, in one request.
+
+How this works: after a sync that left the replica equal to the owner, the
+owner remembers the account state it pushed (the *mark*: summaries,
+subscriptions, quota, password hash; no records). The next rolling sync of
+the account starts from the mark instead of asking the replica (USER_SOME):
+
+- :func:`owner_delta` reads the owner's state; if only records changed in
+  mailboxes the mark knows (new mail, flags, expunges: what deliveries and
+  IMAP sessions do all day), it plans the push with :func:`~engine.compare.compare`
+  against the mark, as if the replica had answered "my state is the mark and
+  nothing changed since": the records changed after each mailbox's marked
+  highestmodseq are exactly the delta. Anything else (a mailbox created,
+  renamed or deleted, an account field, a changed epoch) returns None and the
+  caller takes the full path.
+- It also names the GUIDs to send with the push: those of new records that
+  no record the replica already held carries (a delivery, not a COPY or MOVE;
+  moved mail is never uploaded again).
+- On the replica, :func:`matches` checks that its state still is the mark
+  (the whole account: every mailbox summary, subscriptions, quota, password).
+  If anything differs (a change behind the owner's back, a lost reply), the
+  replica refuses and the owner runs the full compare, which repairs it.
+
+So a delivery reaches the partner in one round trip and one group commit
+there, and the correctness of the full path is kept: the fast path only ever
+applies a push the full compare would have produced from the same states.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from engine.compare import Push, compare
+from engine.models import Account, Mailbox, Message
+from engine.syncstate import (
+    AccountState,
+    MailboxState,
+    RecordState,
+    local_records,
+    read_account_state,
+)
+
+__all__ = ["Delta", "mark_of", "matches", "owner_delta"]
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """A planned fast push: the owner's state it brings the replica to, the
+    push, and the GUIDs whose bytes go with it."""
+
+    state: AccountState
+    push: Push
+    upload: tuple[str, ...]
+
+
+def mark_of(state: AccountState) -> AccountState:
+    """The part of an owner's state the fast path compares with (no records)."""
+    return AccountState(
+        name=state.name,
+        exists=state.exists,
+        password_hash=state.password_hash,
+        quota_limit=state.quota_limit,
+        subscriptions=state.subscriptions,
+        mailboxes=tuple(MailboxState(m.summary) for m in state.mailboxes),
+        tombstones=state.tombstones,
+    )
+
+
+def _same_shape(a: AccountState, b: AccountState) -> bool:
+    """Equal but for the records' content: same account fields, same mailboxes
+    (by uniqueid, with the same name, UIDVALIDITY and ACL)."""
+    if (a.exists, a.password_hash, a.quota_limit, a.subscriptions) != (
+        b.exists,
+        b.password_hash,
+        b.quota_limit,
+        b.subscriptions,
+    ):
+        return False
+    return _shape(a) == _shape(b)
+
+
+def _shape(state: AccountState) -> set[tuple[str, str, int, str]]:
+    return {
+        (m.summary.uniqueid, m.summary.name, m.summary.uidvalidity, m.summary.acl)
+        for m in state.mailboxes
+    }
+
+
+def matches(current: AccountState, mark: AccountState) -> bool:
+    """On the replica: is its account still exactly the mark the owner holds?"""
+    if not _same_shape(current, mark):
+        return False
+    mine = current.by_uniqueid()
+    return all(m.summary.same_content(mine[m.summary.uniqueid].summary) for m in mark.mailboxes)
+
+
+def owner_delta(session: Session, account: str, mark: AccountState) -> Delta | None:
+    """Plan the fast push of ``account`` from ``mark``; None: take the full path."""
+    state = read_account_state(session, account)
+    if not state.exists or not _same_shape(state, mark) or state.tombstones != mark.tombstones:
+        return None
+    marked = mark.by_uniqueid()
+    owner_records: dict[str, tuple[RecordState, ...]] = {}
+    replica_view: list[MailboxState] = []
+    for m in state.mailboxes:
+        base = marked[m.summary.uniqueid].summary
+        if m.summary.same_content(base) and m.summary.highestmodseq == base.highestmodseq:
+            replica_view.append(MailboxState(base))
+            continue
+        mailbox = session.scalar(select(Mailbox).where(Mailbox.uniqueid == m.summary.uniqueid))
+        if mailbox is None:
+            return None
+        owner_records[m.summary.uniqueid] = local_records(
+            session, mailbox, since=base.highestmodseq
+        )
+        # The replica as the mark says it is: its base is the marked
+        # highestmodseq and it changed nothing since (it checks that).
+        replica_view.append(MailboxState(replace(base, sync_base=base.highestmodseq), "delta"))
+    replica = AccountState(
+        name=mark.name,
+        exists=True,
+        password_hash=mark.password_hash,
+        quota_limit=mark.quota_limit,
+        subscriptions=mark.subscriptions,
+        mailboxes=tuple(replica_view),
+        tombstones=mark.tombstones,
+    )
+    repairs, push = compare(state, owner_records, replica, frozenset())
+    if not repairs.empty:  # pragma: no cover - no replica records, nothing to repair
+        return None
+    return Delta(mark_of(state), push, _new_guids(session, account, push, marked))
+
+
+def _new_guids(
+    session: Session, account: str, push: Push, marked: dict[str, MailboxState]
+) -> tuple[str, ...]:
+    """GUIDs of the push's new records that no record the replica held has."""
+    candidates: set[str] = set()
+    for mp in push.mailboxes:
+        base = marked[mp.summary.uniqueid].summary
+        candidates.update(r.guid for r in mp.upserts if r.uid > base.last_uid)
+    if not candidates:
+        return ()
+    held: set[str] = set()
+    wanted = sorted(candidates)
+    for i in range(0, len(wanted), 400):
+        rows = session.execute(
+            select(Message.guid, Mailbox.uniqueid, Message.modseq)
+            .join(Mailbox, Mailbox.id == Message.mailbox_id)
+            .join(Account, Account.id == Mailbox.account_id)
+            .where(Account.name == account, Message.guid.in_(wanted[i : i + 400]))
+        )
+        for guid, uniqueid, modseq in rows:
+            then = marked.get(uniqueid)
+            # A record at or below the marked modseq was on the replica then.
+            if then is not None and modseq <= then.summary.highestmodseq:
+                held.add(guid)
+    return tuple(sorted(candidates - held))
