@@ -2,8 +2,9 @@
 
 Engine and ownership errors carry stable codes and know no protocol. This
 module turns them into HTTP status codes (for ``application/problem+json``),
-LMTP replies (RFC 2033 / RFC 3463 enhanced codes) and IMAP response codes
-(RFC 5530). A service never builds an error reply from an exception itself.
+LMTP replies (RFC 2033 / RFC 3463 enhanced codes), IMAP response codes
+(RFC 5530) and POP3 ``-ERR`` replies with RFC 3206 codes. A service never
+builds an error reply from an exception itself.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ownership.errors import (
     StaleEpoch,
     UnknownNode,
 )
+from peerd.pop3core import CODE_SYS_PERM, CODE_SYS_TEMP, Err
 
 __all__ = [
     "S250_OK",
@@ -47,6 +49,8 @@ __all__ = [
     "http_status",
     "imap_code",
     "lmtp_reply",
+    "pop3_not_owner",
+    "pop3_reply",
 ]
 
 # LMTP replies (RFC 2033 4.2, RFC 5321 4.2, RFC 3463 enhanced status codes).
@@ -132,3 +136,27 @@ def imap_code(exc: BaseException) -> tuple[str, str | None]:
     if isinstance(exc, TemporaryFailure):
         return "NO", "UNAVAILABLE"
     return "NO", "SERVERBUG"
+
+
+# POP3 (RFC 3206 4): SYS/PERM only where retrying cannot help; database
+# trouble and a moved account are SYS/TEMP, so the client tries again later
+# (and, through a proxy, reaches the new owner).
+_POP3_PERMANENT = (Corrupt, InvalidArgument)
+
+
+def _pop3_text(text: str) -> str:
+    # A reply is one line of at most 512 octets (RFC 2449 section 4).
+    return " ".join(text.split())[:400]
+
+
+def pop3_reply(exc: EngineError | OwnershipError, prefix: str = "") -> Err:
+    """The ``-ERR [SYS/...]`` reply for a POP3 command whose store work raised ``exc``;
+    ``prefix`` says what was not done (``messages not removed: ``, RFC 1939 6)."""
+    code = CODE_SYS_PERM if isinstance(exc, _POP3_PERMANENT) else CODE_SYS_TEMP
+    return Err(_pop3_text(prefix + exc.message), code)
+
+
+def pop3_not_owner(account: str, owner: str) -> Err:
+    """A login for an account another node owns: temporary, naming the owner
+    (POP3 has no referral; RFC 3206 4 SYS/TEMP says try again later)."""
+    return Err(_pop3_text(f"{account} is served by {owner}"), CODE_SYS_TEMP)

@@ -14,13 +14,14 @@ After a login the session loads INBOX's live messages in UID order into a
 (the UPDATE state, RFC 1939 section 6) in one store write, fenced like every
 write. Logins for an account another node owns get ``-ERR [SYS/TEMP]`` naming
 the owner; wrong passwords get ``-ERR [AUTH]`` (RFC 3206) after a delay.
+Store and ownership errors become ``-ERR`` replies in
+:func:`peerd.errormap.pop3_reply`, never here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
@@ -31,10 +32,10 @@ from engine import messages as engine_messages
 from engine.errors import EngineError
 from engine.models import Mailbox, Message
 from ownership.errors import OwnershipError
+from peerd.errormap import pop3_not_owner, pop3_reply
 from peerd.node import Node
 from peerd.pop3core import (
     CODE_AUTH,
-    CODE_SYS_TEMP,
     TEXT_NO_SUCH_MESSAGE,
     TEXT_NOT_ALLOWED,
     Auth,
@@ -71,6 +72,7 @@ from peerd.pop3core import (
     plain_credentials,
     top_text,
 )
+from peerd.tls import starttls_context
 
 __all__ = ["Pop3Session", "start_pop3"]
 
@@ -104,9 +106,7 @@ class Pop3Session:
         self.failures = 0
         self.tls = False
         self.done = False  # QUIT answered: the connection closes
-        from peerd.imap.server import server_tls_context
-
-        self.tls_context: ssl.SSLContext | None = server_tls_context(node)
+        self.tls_context = starttls_context(node.config)
 
     # -- I/O ------------------------------------------------------------------
 
@@ -147,7 +147,7 @@ class Pop3Session:
             try:
                 await self.dispatch(event)
             except (EngineError, OwnershipError) as exc:
-                await self.send(Err(_one_line(exc.message), CODE_SYS_TEMP).encode())
+                await self.send(pop3_reply(exc).encode())
 
     async def dispatch(self, command: Command) -> None:
         match command:
@@ -245,8 +245,7 @@ class Pop3Session:
                 raise _Closed
             return
         if result.owner is not None:
-            text = f"{result.account} is served by {result.owner}"
-            await self.send(Err(_one_line(text), CODE_SYS_TEMP).encode())
+            await self.send(pop3_not_owner(result.account, result.owner).encode())
             return
 
         def load(session: DbSession) -> tuple[int, Maildrop]:
@@ -289,8 +288,7 @@ class Pop3Session:
                     await self.expunge(doomed)
                 except (EngineError, OwnershipError) as exc:
                     # RFC 1939 section 6: -ERR when some marked messages were not removed.
-                    text = _one_line(f"messages not removed: {exc.message}")
-                    await self.send(Err(text, CODE_SYS_TEMP).encode())
+                    await self.send(pop3_reply(exc, "messages not removed: ").encode())
                     return
         await self.send(Ok("bye").encode())
 
@@ -305,12 +303,6 @@ class Pop3Session:
                 engine_messages.expunge(session, acct, box, uids)
 
         await self.node.store.write(update)
-
-
-def _one_line(text: str) -> str:
-    # A reply is one line of at most 512 octets (RFC 2449 section 4).
-    flat = " ".join(text.split())
-    return flat[:400]
 
 
 async def start_pop3(node: Node, host: str, port: int) -> asyncio.Server:

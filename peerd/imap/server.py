@@ -32,7 +32,6 @@ import asyncio
 import datetime as dt
 import logging
 import re
-import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -96,8 +95,9 @@ from peerd.imap.search import compile_search, in_ranges, resolved
 from peerd.imap.sequence import SequenceSet
 from peerd.imap.states import ALLOWED, State
 from peerd.node import Node
+from peerd.tls import starttls_context
 
-__all__ = ["HANDLERS", "ImapServer", "Reply", "Session", "server_tls_context", "start_imap"]
+__all__ = ["HANDLERS", "ImapServer", "Reply", "Session", "start_imap"]
 
 log = logging.getLogger("peerd.imap")
 
@@ -1108,7 +1108,7 @@ class ImapServer:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.sessions: set[Session] = set()
-        self.tls = server_tls_context(node)
+        self.tls = starttls_context(node.config)
         node.store.add_listener(self.on_change)
         node.on_ownership_change.append(self.close_accounts)
 
@@ -1143,16 +1143,6 @@ class ImapServer:
 
     def count(self, account: str) -> int:
         return sum(1 for s in self.sessions if s.account == account)
-
-
-def server_tls_context(node: Node) -> ssl.SSLContext | None:
-    """The [tls] certificate, for STARTTLS (RFC 3501 6.2.1, RFC 2595)."""
-    tls = node.config.tls
-    if tls.cert is None or tls.key is None or not node.config.imap.starttls:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tls.cert, tls.key)
-    return context
 
 
 async def start_imap(node: Node, host: str, port: int) -> tuple[ImapServer, asyncio.Server]:
