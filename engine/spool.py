@@ -48,16 +48,11 @@ __all__ = ["GUID_RE", "Spool", "Staged", "guid_of"]
 
 @dataclass(frozen=True, slots=True)
 class Staged:
-    """Bytes written under a temp name (``tmp``; None when already spooled).
-
-    ``synced``: the temp file's bytes were fsynced when it was written, so
-    :meth:`Spool.commit` only renames it.
-    """
+    """Bytes written under a temp name (``tmp``; None when already spooled)."""
 
     guid: str
     tmp: Path | None
     final: Path
-    synced: bool = False
 
 
 def _translate(exc: OSError) -> Exception:
@@ -151,20 +146,22 @@ class Spool:
     def has(self, guid: str) -> bool:
         return self.path(guid).exists()
 
-    def stage(self, data: bytes, guid: str | None = None, *, sync: bool = False) -> Staged:
-        """Write ``data`` to a temp file, not yet visible.
+    def stage(self, data: bytes, guid: str | None = None, *, verified: bool = False) -> Staged:
+        """Write ``data`` to a temp file, not yet durable nor visible.
 
         :meth:`commit` makes a list of staged files durable with one flush
         and renames them into place; the store's committer does that for a
-        whole group commit. With ``sync`` the file is fsynced here instead:
-        LMTP deliveries stage in their own threads, so their fsyncs run side
-        by side (the filesystem journals them together) while the committer
-        is busy with the previous batch. When ``guid`` is given
-        (replication), it must match the bytes.
+        whole group commit. When ``guid`` is given (replication), it must
+        match the bytes; ``verified``: the caller has just hashed them
+        (:func:`engine.syncwire.decode_frames` does), so they are not hashed
+        twice.
         """
-        actual = guid_of(data)
-        if guid is not None and guid != actual:
-            raise Corrupt(f"bytes do not match GUID {guid} (they hash to {actual})")
+        if guid is not None and verified:
+            actual = guid
+        else:
+            actual = guid_of(data)
+            if guid is not None and guid != actual:
+                raise Corrupt(f"bytes do not match GUID {guid} (they hash to {actual})")
         final = self.path(actual)
         if final.exists():
             return Staged(actual, None, final)
@@ -178,14 +175,12 @@ class Spool:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
-                if sync:
-                    os.fsync(fd)
             finally:
                 os.close(fd)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise _translate(exc) from exc
-        return Staged(actual, tmp, final, sync)
+        return Staged(actual, tmp, final)
 
     def commit(self, staged: Iterable[Staged]) -> set[Path]:
         """Make staged files durable (one ``syncfs(2)`` for all of them, or an
@@ -200,9 +195,8 @@ class Spool:
             s for s in items if s.tmp is not None and not (s.final.exists() and not s.tmp.exists())
         ]
         try:
-            unsynced = [s.tmp for s in fresh if s.tmp is not None and not s.synced]
-            if unsynced:
-                self._flush_files(unsynced)
+            if fresh:
+                self._flush_files([s.tmp for s in fresh if s.tmp is not None])
             for item in fresh:
                 assert item.tmp is not None
                 os.rename(item.tmp, item.final)
@@ -224,12 +218,13 @@ class Spool:
         (directory,) = self.commit([item])
         return item.guid, directory
 
-    def put_many(self, items: Iterable[tuple[str, bytes]]) -> set[Path]:
-        """Store many verified messages with one flush of the filesystem."""
+    def put_many(self, items: Iterable[tuple[str, bytes]], *, verified: bool = False) -> set[Path]:
+        """Store many messages with one flush of the filesystem (``verified``:
+        their GUIDs were just checked against the bytes)."""
         staged: list[Staged] = []
         try:
             for guid, data in items:
-                staged.append(self.stage(data, guid))
+                staged.append(self.stage(data, guid, verified=verified))
         except BaseException:
             self.discard(staged)
             raise

@@ -26,6 +26,7 @@ from engine.syncstate import AccountState, MailboxState, MailboxSummary, RecordS
 
 __all__ = [
     "MAX_FRAME",
+    "OFF_LOOP",
     "compress",
     "decode_account_state",
     "decode_delta",
@@ -46,6 +47,9 @@ __all__ = [
 _GUID = re.compile(r"\A[0-9a-f]{40}\Z")
 _UNIQUEID = re.compile(r"\A[0-9a-f]{1,32}\Z")
 MAX_FRAME = 512 << 20
+# Bodies at least this large are (de)compressed in a thread, not on an event
+# loop: zlib lets go of the interpreter lock.
+OFF_LOOP = 256 << 10
 MAX_RECORDS = 5_000_000
 
 

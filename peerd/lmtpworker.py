@@ -173,7 +173,7 @@ class WorkerPool:
         tmp = Path(str(request["tmp"]))
         if tmp.parent != self.spool_tmp or not tmp.name.startswith(guid):
             raise ValueError(f"bad spool file {tmp} for {guid}")
-        return Staged(guid, tmp, spool.path(guid), synced=False)
+        return Staged(guid, tmp, spool.path(guid))
 
 
 class _Worker:
