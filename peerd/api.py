@@ -76,6 +76,11 @@ def problem(
     )
 
 
+def _title(exc: Exception) -> str:
+    """The error's class name, or its first public base's (never ``_Refused``)."""
+    return next(c.__name__ for c in type(exc).__mro__ if not c.__name__.startswith("_"))
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -84,7 +89,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         status = http_status(exc)
         # A refused failback says what is still pending, for scripts too.
         extensions = {"pending": exc.pending} if isinstance(exc, NotCaughtUp) else None
-        return problem(status, type(exc).__name__, exc.message, exc.code, extensions)
+        return problem(status, _title(exc), exc.message, exc.code, extensions)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

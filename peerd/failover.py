@@ -372,22 +372,29 @@ def _listing(items: list[str], limit: int = 10) -> str:
     return shown + (f"; and {len(items) - limit} more" if len(items) > limit else "")
 
 
-async def check_caught_up(node: Node, accounts: list[str]) -> None:
+async def check_caught_up(node: Node, accounts: list[str], grace: float = 2.0) -> None:
     """Raise :class:`NotCaughtUp` unless neither node has a sync-log row for ``accounts``.
 
     Here, a row is a change this node accepted and has not handed to the
     owner yet (it returned with unreplicated mail); on the partner, a change
     the owner made that has not reached this replica. Either way the replica
     here is behind, and moving the accounts now would make them wait for the
-    drain (or, if it failed, leave them behind).
+    drain (or, if it failed, leave them behind). A row can also be a sync in
+    flight, acknowledged milliseconds later: ``grace`` seconds of looking
+    again keep that from refusing a node that is in fact caught up.
     """
     wanted = set(accounts)
-    here = await node.store.read(lambda s: pending_json(s, accounts))
-    answer = await partner_api(node, "GET", "/v1/synclog")
-    listed = answer.get("pending", []) if isinstance(answer, dict) else []
-    there = [p for p in listed if isinstance(p, dict) and p.get("account") in wanted]
-    if not here and not there:
-        return
+    deadline = time.monotonic() + grace
+    while True:
+        here = await node.store.read(lambda s: pending_json(s, accounts))
+        answer = await partner_api(node, "GET", "/v1/synclog")
+        listed = answer.get("pending", []) if isinstance(answer, dict) else []
+        there = [p for p in listed if isinstance(p, dict) and p.get("account") in wanted]
+        if not here and not there:
+            return
+        if time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.1)
     words = [
         f"{p['account']}: {p['changes']} change(s) here not yet handed to {node.partner} "
         f"(oldest {p['oldest']})"

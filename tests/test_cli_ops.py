@@ -165,6 +165,7 @@ def test_failover_switchover_failback_from_the_command_line(pair: tuple[Node, No
 
     # failback on beta brings carol home (its home is beta) once caught up.
     wait_until(lambda: _count(beta, "carol") == 2, 15, "carol's new mail on beta")
+    wait_until(lambda: as_json(alpha, "status")["sync_log_depth"] == 0, 15, "alpha's log empty")
     back = ok(beta, "failback").splitlines()
     assert back[0] == "carol: home again, epoch 3", back
     assert ok(beta, "failback").strip() == "every account whose home is here is here"

@@ -101,7 +101,7 @@ def test_an_oversized_sync_request_is_refused_and_changes_nothing(tmp_path: Path
 
         wait_until(refused, 15, "alpha's sync refused for its size")
         error = alpha.call("GET", "/v1/status")["replication"]["last_error"]
-        assert error.startswith("big: partner answered 400 to upload: request of ")
+        assert error.startswith("big: partner answered 400 to ") and "request of " in error
         # The change waits in alpha's log; beta has neither the record nor the bytes.
         assert alpha.call("GET", "/v1/status?account=big")["sync_log_depth"] >= 1
         assert beta.mailbox("big") == before_box
