@@ -139,7 +139,12 @@ def cmd_account_list(client: Client, args: argparse.Namespace) -> Any:
 
 def cmd_account_del(client: Client, args: argparse.Namespace) -> Any:
     result = client.call("DELETE", f"/v1/accounts/{quote(args.user)}")
-    return result, f"deleted {args.user}"
+    text = f"deleted {result['deleted']}"
+    if result.get("replicated") is True:
+        text += " (on the partner too)"
+    elif result.get("replicated") is False:
+        text += " (the partner has not taken the deletion yet; it will when it answers)"
+    return result, text
 
 
 def cmd_account_passwd(client: Client, args: argparse.Namespace) -> Any:

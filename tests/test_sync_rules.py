@@ -11,6 +11,8 @@ import http.client
 import json
 import os
 import smtplib
+import subprocess
+import sys
 import urllib.error
 import zlib
 from pathlib import Path
@@ -154,7 +156,10 @@ def test_an_account_deleted_on_its_owner_is_deleted_on_the_partner(
     assert guids(beta, "gone") and guids(alpha, "gone")
 
     # The answer comes once beta has taken the deletion.
-    assert alpha.call("DELETE", "/v1/accounts/gone") == {"deleted": "gone", "replicated": True}
+    assert json.loads(peerctl(alpha, "--json", "account", "del", "gone")) == {
+        "deleted": "gone",
+        "replicated": True,
+    }
     for node in (alpha, beta):
         for path in ("/v1/accounts/gone", "/v1/owner/gone", "/v1/route/gone"):
             assert status_of(node, path) == 404, (node.name, path)
@@ -174,7 +179,9 @@ def test_an_account_deleted_on_its_owner_is_deleted_on_the_partner(
     # yet, and refuses to make the account again until it has (beta's old
     # copy would be merged into the new one).
     beta.stop()
-    assert alpha.call("DELETE", "/v1/accounts/gone") == {"deleted": "gone", "replicated": False}
+    assert peerctl(alpha, "account", "del", "gone") == (
+        "deleted gone (the partner has not taken the deletion yet; it will when it answers)\n"
+    )
     assert status_of(alpha, "/v1/accounts/gone") == 404
     assert alpha.call("GET", "/v1/status")["owned"] == {"alpha": 1}
     try:
@@ -191,6 +198,18 @@ def test_an_account_deleted_on_its_owner_is_deleted_on_the_partner(
     assert alpha.call("GET", "/v1/owner/gone")["owner"] == "alpha"
     wait_until(lambda: status_of(beta, "/v1/accounts/gone") == 200, 15, "third one on beta")
     assert guids(beta, "gone") == []
+
+
+def peerctl(node: Node, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "peerd.cli", "-c", str(node.config), *args],
+        capture_output=True,
+        text=True,
+        cwd=node.workdir,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 def status_of(node: Node, path: str) -> int:
