@@ -6,7 +6,8 @@ queued, runs each inside its own SAVEPOINT of one transaction (so one failing
 write — over quota, unknown user — rolls back alone), fsyncs the spool
 directories the batch's new messages were renamed into, and commits once. A
 burst of concurrent deliveries thus shares one database commit and one
-directory fsync: group commit, with durability on. While one batch commits,
+spool flush: group commit, with durability on. The spool flush runs in a
+thread of its own while the batch's SQL runs; the COMMIT waits for both. While one batch commits,
 the next one queues, so batches grow exactly when the disk is the
 bottleneck.
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import queue
 import threading
@@ -111,6 +113,7 @@ class Store:
         self._readers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="store-read")
         self._listeners: list[Listener] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._flusher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-flush")
         self._thread = threading.Thread(target=self._run, name="store-commit", daemon=True)
         self._closed = False
         self.stats = _Stats()
@@ -136,6 +139,7 @@ class Store:
         self._closed = True
         self._queue.put(None)
         self._thread.join()
+        self._flusher.shutdown(wait=True)
         self._readers.shutdown(wait=True)
         self.spool.close()
         self.engine.dispose()
@@ -237,15 +241,14 @@ class Store:
         outcomes: list[tuple[bool, Any]] = []
         changes: list[Change] = []
         staged = [s for item in batch for s in item.staged]
-        try:
-            spooled = self.spool.commit(staged) if staged else set()
-        except EngineError as exc:
-            for item in batch:
-                item.future.set_exception(exc)
-            return
+        dirs: set[Path] = set().union(*(item.dirs for item in batch))
+        # The spool's flush (files durable, renamed, directory entries
+        # durable) runs in its own thread while this one runs the batch's
+        # SQL: it has to be done before the COMMIT, not before the statements,
+        # since no reader sees a record before the COMMIT.
+        flush = self._flusher.submit(self._flush_spool, staged, dirs) if staged or dirs else None
         try:
             with Session(self.engine, expire_on_commit=False) as session, session.begin():
-                dirs: set[Path] = set(spooled)
                 groups: dict[GroupRunner, list[int]] = {}
                 for index, item in enumerate(batch):
                     outcomes.append((False, None))
@@ -254,8 +257,6 @@ class Store:
                         continue
                     ok, value = self._run_one(session, item.fn, item.replaying, changes)
                     outcomes[index] = (ok, value)
-                    if ok:
-                        dirs |= item.dirs
                 for runner, indexes in groups.items():
                     for index, outcome in zip(
                         indexes,
@@ -263,9 +264,15 @@ class Store:
                         strict=True,
                     ):
                         outcomes[index] = outcome
-                if dirs:
-                    self.spool.fsync_dirs(dirs)
+                if flush is not None:
+                    flush.result()  # its error rolls the batch back
+                    flush = None
         except Exception as exc:
+            if flush is not None:
+                # The SQL failed first: let the flush end before any retry
+                # touches the same files.
+                with contextlib.suppress(Exception):
+                    flush.result()
             if len(batch) > 1 and not isinstance(translate_db_error(exc), DatabaseBusy):
                 # One write can break the whole transaction (a failed flush
                 # does): nothing was committed, so run each write again
@@ -291,6 +298,13 @@ class Store:
                 item.future.set_exception(value)
         if changes and self._listeners:
             self._emit(changes)
+
+    def _flush_spool(self, staged: list[Staged], dirs: set[Path]) -> None:
+        """Make the batch's new spool files durable and visible, and the
+        directories the batch's writes name."""
+        spooled = self.spool.commit(staged) if staged else set()
+        if spooled or dirs:
+            self.spool.fsync_dirs(spooled | dirs)
 
     @staticmethod
     def _run_one(
