@@ -202,13 +202,15 @@ async def tell_partner(node: Node, client: SyncClient, why: str) -> bool:
     until it learns, both refuse writes for them. A few quick tries, then
     the operator is told (the answer says ``partner_informed: false``).
     """
-    for attempt in range(3):
+    tries = 3
+    for attempt in range(1, tries + 1):
         try:
             await exchange_rows(node, client)
             return True
         except (PartnerDown, EngineError) as exc:
-            log.warning("%s: sending ownership rows failed (try %d): %s", why, attempt + 1, exc)
-            await asyncio.sleep(0.2 * (attempt + 1))
+            log.warning("%s: sending ownership rows failed (try %d): %s", why, attempt, exc)
+        if attempt < tries:
+            await asyncio.sleep(0.2 * attempt)
     return False
 
 

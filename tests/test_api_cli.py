@@ -185,6 +185,18 @@ def test_peerctl_accounts_mailboxes_status(node: LoneNode, tmp_path: Path) -> No
     assert "accounts 2" in status.stdout
     status_json = json.loads(peerctl(node, "--json", "status").stdout)
     assert status_json["node"] == "alpha" and status_json["accounts"] == 2
+    # One account: a lone node has no replication to report, only the account.
+    one = peerctl(node, "status", "-u", "ben@example.org")
+    assert one.returncode == 0, one.stderr
+    assert one.stdout.splitlines() == [
+        "account ben@example.org on alpha: owner beta (home beta), epoch 1, normal",
+        one.stdout.splitlines()[1],
+        "replication: off (no [sync] sync_host)",
+    ]
+    assert one.stdout.splitlines()[1].startswith("sync log depth ")
+    one_json = json.loads(peerctl(node, "--json", "status", "-u", "amy").stdout)
+    assert (one_json["account"], one_json["owner"], one_json["epoch"]) == ("amy", "alpha", 1)
+    assert one_json["sync_log_depth"] >= 1 and one_json["lag_seconds"] >= 0
     # The installed console script is the same program.
     script = Path(sys.executable).with_name("peerctl")
     scripted = subprocess.run(
