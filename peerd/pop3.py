@@ -311,6 +311,10 @@ async def start_pop3(node: Node, host: str, port: int) -> asyncio.Server:
             await Pop3Session(node, reader, writer).run()
         except (_Closed, ConnectionError):
             pass
+        except asyncio.CancelledError:
+            # The daemon is stopping. Python 3.11's stream callback would log a
+            # cancelled handler's CancelledError as an error; the session ends.
+            pass
         except Exception:
             log.exception("POP3 session failed")
         finally:

@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -372,3 +373,483 @@ def test_command_rate_is_refused_with_limit_then_cut_off(tmp_path: Path) -> None
         sock.close()
     finally:
         node.stop()
+
+
+# -- commands with no other client test ---------------------------------------------
+
+
+def plain(n: int, extra: str = "") -> bytes:
+    return f"Subject: plain {n}\r\nMessage-ID: <plain{n}@t>\r\n{extra}\r\nbody {n}\r\n".encode()
+
+
+def fill(c: imaplib.IMAP4, count: int, mailbox: str = "INBOX") -> None:
+    for n in range(count):
+        assert c.append(mailbox, None, None, plain(n))[0] == "OK"
+
+
+def flags_of(node: Node, mailbox: str = "INBOX") -> dict[int, set[str]]:
+    return {m["uid"]: set(m["flags"]) for m in node.mailbox("alice", mailbox)["messages"]}
+
+
+def test_examine_is_read_only(served: Node) -> None:
+    c = connect(served)
+    try:
+        fill(c, 2)
+        c.select("INBOX")
+        assert c.store("1", "+FLAGS", "(\\Deleted)")[0] == "OK"
+        typ, data = c.select("INBOX", readonly=True)  # EXAMINE
+        assert typ == "OK" and data == [b"2"]
+        assert c.response("READ-ONLY")[1] == [b""]
+        # RFC 3501 6.3.2: no change to the mailbox is permitted.
+        for refused in (
+            c.store("2", "+FLAGS", "(\\Flagged)"),
+            c.uid("STORE", "2", "+FLAGS", "(\\Flagged)"),
+            c.expunge(),
+            c.uid("EXPUNGE", "1:*"),
+            c.uid("MOVE", "1", "INBOX"),
+        ):
+            assert refused == ("NO", [b"[CANNOT] mailbox is read-only (EXAMINE)"])
+        # A non-PEEK fetch does not set \Seen in a read-only mailbox (RFC 3501 6.4.5).
+        typ, data = c.fetch("2", "(BODY[TEXT])")
+        assert typ == "OK" and b"FLAGS" not in data[-1]
+        # CLOSE after EXAMINE expunges nothing (RFC 3501 6.4.2).
+        assert c.close()[0] == "OK"
+        assert flags_of(served) == {1: {"\\Deleted"}, 2: set()}
+    finally:
+        c.logout()
+
+
+def test_check_reports_changes_and_unselect_expunges_nothing(served: Node) -> None:
+    c = connect(served)
+    try:
+        fill(c, 2)
+        assert c.select("INBOX")[1] == [b"2"]
+        c.response("EXISTS")  # imaplib's select() leaves it there
+        deliver(served, 7)
+        # RFC 3501 6.4.1: CHECK is a checkpoint; like NOOP it may report changes.
+        assert c.check()[0] == "OK"
+        assert c.response("EXISTS")[1] == [b"3"]
+        assert c.store("1:2", "+FLAGS", "(\\Deleted)")[0] == "OK"
+        # RFC 3691 2: UNSELECT leaves the selected state without expunging.
+        assert c.unselect()[0] == "OK"
+        # (imaplib would refuse FETCH itself now: send it past imaplib.)
+        c.send(b"u1 FETCH 1 (FLAGS)\r\n")
+        assert c.readline() == b"u1 BAD FETCH is not allowed now (authenticated)\r\n"
+        assert c.select("INBOX")[1] == [b"3"]
+        assert flags_of(served) == {1: {"\\Deleted"}, 2: {"\\Deleted"}, 3: set()}
+    finally:
+        c.logout()
+
+
+def test_uid_store_and_uid_expunge_touch_only_the_given_uids(served: Node) -> None:
+    c = connect(served)
+    try:
+        fill(c, 5)
+        c.select("INBOX")
+        # Expunge UID 1 so that UIDs (2..5) and sequence numbers (1..4) differ.
+        c.store("1", "+FLAGS", "(\\Deleted)")
+        c.expunge()
+        typ, data = c.uid("STORE", "3:4", "+FLAGS", "(\\Flagged)")
+        # RFC 3501 6.4.8: the FETCH responses carry sequence numbers and the UIDs.
+        assert typ == "OK" and data == [
+            b"2 (UID 3 FLAGS (\\Flagged))",
+            b"3 (UID 4 FLAGS (\\Flagged))",
+        ]
+        assert c.uid("STORE", "3,4,5", "+FLAGS.SILENT", "(\\Deleted)")[1] == [None]
+        # RFC 4315 2.1: only the \Deleted messages among the given UIDs go.
+        assert c.uid("EXPUNGE", "3:4")[0] == "OK"
+        # UID 3 at number 2, then UID 4, which moved up to 2 (RFC 3501 7.4.1).
+        assert c.response("EXPUNGE")[1] == [b"2", b"2"]
+        assert flags_of(served) == {2: set(), 5: {"\\Deleted"}}
+        assert c.uid("SEARCH", "ALL")[1] == [b"2 5"]
+    finally:
+        c.logout()
+
+
+def test_plain_copy_and_move_report_copyuid(served: Node) -> None:
+    c = connect(served)
+    try:
+        fill(c, 4)
+        assert c.create("Archive")[0] == "OK"
+        status = c.status("Archive", "(UIDVALIDITY)")[1][0]
+        archive_validity = status.split()[-1].rstrip(b")").decode()
+        c.select("INBOX")
+        c.store("1", "+FLAGS", "(\\Deleted)")
+        c.expunge()  # sequence 1..3 are now UIDs 2..4
+        # RFC 4315 3: COPYUID <destination uidvalidity> <source UIDs> <new UIDs>.
+        typ, data = c.copy("1:2", "Archive")
+        assert (typ, data) == (
+            "OK",
+            [f"[COPYUID {archive_validity} 2,3 1,2] COPY completed".encode()],
+        )
+        c.response("COPYUID")  # imaplib keeps the tagged code too: drop it
+        assert c.copy("1", "Nowhere") == ("NO", [b"[TRYCREATE] no such mailbox"])
+        # RFC 6851 4.3: MOVE sends COPYUID in an untagged OK, then EXPUNGE.
+        typ, data = c._simple_command("MOVE", "3", "Archive")
+        assert typ == "OK" and data == [b"MOVE completed"]
+        assert c.response("COPYUID")[1] == [f"{archive_validity} 4 3".encode()]
+        assert c.response("EXPUNGE")[1] == [b"3"]
+        assert [m["uid"] for m in served.mailbox("alice")["messages"]] == [2, 3]
+        assert [m["uid"] for m in served.mailbox("alice", "Archive")["messages"]] == [1, 2, 3]
+        c.select("Archive")
+        typ, data = c.fetch("1:3", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        got = [p[1].strip() for p in data if isinstance(p, tuple)]
+        assert got == [b"Subject: plain 1", b"Subject: plain 2", b"Subject: plain 3"]
+    finally:
+        c.logout()
+
+
+def test_list_extended_and_list_status(served: Node) -> None:
+    c = connect(served)
+    try:
+        caps = c.capabilities
+        assert "LIST-EXTENDED" in caps and "LIST-STATUS" in caps
+        for name in ("Work", "Work/Old", "Work/New", "Trash", "Lists/Python"):
+            assert c.create(name)[0] == "OK"
+        fill(c, 2, "Work/New")
+        for name in ("Work/New", "Lists/Python", "Gone"):  # Gone: subscribed, does not exist
+            assert c.subscribe(name)[0] == "OK"
+        c.delete("Lists/Python")
+        c.delete("Lists")
+
+        def listing(*args: str) -> list[bytes]:
+            typ, data = c._simple_command("LIST", *args)
+            assert typ == "OK", data
+            return sorted(c.untagged_responses.pop("LIST", []))
+
+        # RFC 5258 3.1 SUBSCRIBED: subscribed names, existing or not.
+        assert listing("(SUBSCRIBED)", '""', "*") == [
+            b'(\\HasNoChildren \\Subscribed) "/" INBOX',
+            b'(\\HasNoChildren \\Subscribed) "/" Work/New',
+            b'(\\NonExistent \\HasNoChildren \\Subscribed) "/" Gone',
+            b'(\\NonExistent \\HasNoChildren \\Subscribed) "/" Lists/Python',
+        ]
+        # RECURSIVEMATCH: a parent matching the pattern is listed for its
+        # subscribed children, with CHILDINFO (RFC 5258 3.5 and example 5.8).
+        assert listing("(SUBSCRIBED RECURSIVEMATCH)", '""', "%") == [
+            b'(\\HasChildren) "/" Work ("CHILDINFO" ("SUBSCRIBED"))',
+            b'(\\HasNoChildren \\Subscribed) "/" INBOX',
+            b'(\\NonExistent \\HasNoChildren \\Subscribed) "/" Gone',
+            b'(\\NonExistent \\HasNoChildren) "/" Lists ("CHILDINFO" ("SUBSCRIBED"))',
+        ]
+        with pytest.raises(imaplib.IMAP4.error, match="RECURSIVEMATCH needs another"):
+            c._simple_command("LIST", "(RECURSIVEMATCH)", '""', "*")
+        # Several patterns at once; SPECIAL-USE selection (RFC 6154 5.1).
+        assert listing('""', "(Trash Work/%)") == [
+            b'(\\HasNoChildren \\Subscribed) "/" Work/New',
+            b'(\\HasNoChildren \\Trash) "/" Trash',
+            b'(\\HasNoChildren) "/" Work/Old',
+        ]
+        assert listing("(SPECIAL-USE)", '""', "*") == [b'(\\HasNoChildren \\Trash) "/" Trash']
+        # RFC 5819: RETURN (STATUS ...) adds a STATUS for each listed mailbox.
+        listing('""', "Work/%", "RETURN", "(STATUS (MESSAGES UIDNEXT))")
+        assert sorted(c.untagged_responses.pop("STATUS")) == [
+            b"Work/New (MESSAGES 2 UIDNEXT 3)",
+            b"Work/Old (MESSAGES 0 UIDNEXT 1)",
+        ]
+    finally:
+        c.logout()
+
+
+# -- FETCH items on the wire ----------------------------------------------------------
+
+NESTED = (
+    b"From: =?ISO-8859-1?Q?Andr=E9_Pirard?= <andre@example.test>\r\n"
+    b'To: "Alice" <alice@example.test>, bob@example.test\r\n'
+    b"Cc: carol@example.test\r\n"
+    b"Subject: =?UTF-8?Q?caf=C3=A9?= and\r\n =?UTF-8?B?w7xiZXI=?=\r\n"
+    b"Date: Mon, 02 Mar 2026 09:30:00 +0100\r\n"
+    b"Message-ID: <m1@t>\r\nIn-Reply-To: <parent@t>\r\nMIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="outer"\r\n\r\n'
+    b"--outer\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nHello outer body\r\n"
+    b"--outer\r\nContent-Type: message/rfc822\r\n\r\n"
+    b"From: inner@example.test\r\nSubject: inner subject\r\nMessage-ID: <inner@t>\r\n"
+    b"Content-Type: text/plain\r\n\r\ninner body text 0123456789\r\n"
+    b"--outer--\r\n"
+)
+NESTED_HEADER, _, NESTED_TEXT = NESTED.partition(b"\r\n\r\n")
+INNER = NESTED.split(b"message/rfc822\r\n\r\n")[1].split(b"\r\n--outer--")[0]
+
+
+def fetched(data: list[Any]) -> dict[bytes, bytes]:
+    """imaplib's FETCH answer for one message: each literal by the item that named it."""
+    out: dict[bytes, bytes] = {}
+    for part in data:
+        if isinstance(part, tuple):
+            out[part[0].rsplit(b" ", 2)[-2].lstrip(b"(")] = part[1]
+    return out
+
+
+def test_fetch_rfc822_items_body_and_partial_sections(served: Node) -> None:
+    c = connect(served)
+    try:
+        assert c.append("INBOX", None, None, NESTED)[0] == "OK"
+        c.select("INBOX")
+        typ, data = c.fetch("1", "(RFC822.SIZE RFC822.HEADER)")
+        assert fetched(data) == {b"RFC822.HEADER": NESTED_HEADER + b"\r\n\r\n"}
+        assert data[0][0].startswith(b"1 (RFC822.SIZE %d RFC822.HEADER" % len(NESTED))
+        assert flags_of(served) == {1: set()}  # RFC822.HEADER is a peek (RFC 3501 6.4.5)
+        typ, data = c.fetch("1", "(RFC822.TEXT)")
+        assert fetched(data) == {b"RFC822.TEXT": NESTED_TEXT}
+        assert data[-1] == b" FLAGS (\\Seen))"  # RFC822.TEXT sets \Seen, and says so
+        c.store("1", "-FLAGS", "(\\Seen)")
+        typ, data = c.fetch("1", "(RFC822)")
+        assert fetched(data) == {b"RFC822": NESTED} and flags_of(served) == {1: {"\\Seen"}}
+
+        # BODY: the non-extensible structure (RFC 3501 7.4.2): no extension
+        # data, not even the multipart's boundary; a message/rfc822 part has the
+        # envelope, body and line count of the message inside.
+        inner_envelope = (
+            b'(NIL "inner subject" ((NIL NIL "inner" "example.test")) '
+            b'((NIL NIL "inner" "example.test")) ((NIL NIL "inner" "example.test")) '
+            b'NIL NIL NIL NIL "<inner@t>")'
+        )
+        typ, data = c.fetch("1", "(BODY)")
+        assert data == [
+            b'1 (BODY (("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "7BIT" 16 1)'
+            b'("MESSAGE" "RFC822" NIL NIL NIL "7BIT" %d '
+            % len(INNER)
+            + inner_envelope
+            + b' ("TEXT" "PLAIN" NIL NIL NIL "7BIT" 26 1) 6) "MIXED"))'
+        ]
+
+        # BODY[section]<partial> inside the message/rfc822 part (RFC 3501 6.4.5).
+        typ, data = c.fetch(
+            "1",
+            "(BODY.PEEK[2]<5.10> BODY.PEEK[2.HEADER] BODY.PEEK[2.TEXT]<6.4> "
+            "BODY.PEEK[2.1] BODY.PEEK[2.MIME] BODY.PEEK[1]<100.10>)",
+        )
+        assert typ == "OK"
+        assert fetched(data) == {
+            b"BODY[2]<5>": INNER[5:15],
+            b"BODY[2.HEADER]": INNER.split(b"\r\n\r\n")[0] + b"\r\n\r\n",
+            b"BODY[2.TEXT]<6>": b"body",
+            b"BODY[2.1]": b"inner body text 0123456789",
+            b"BODY[2.MIME]": b"Content-Type: message/rfc822\r\n\r\n",
+            b"BODY[1]<100>": b"",  # past the end: an empty string, not an error
+        }
+    finally:
+        c.logout()
+
+
+def test_envelope_keeps_encoded_words_and_unfolds(served: Node) -> None:
+    c = connect(served)
+    try:
+        assert c.append("INBOX", None, None, NESTED)[0] == "OK"
+        c.select("INBOX")
+        data = c.fetch("1", "(ENVELOPE)")[1]
+        # RFC 3501 7.4.2: fields as in the header (RFC 2047 words not decoded,
+        # folding removed); sender and reply-to default to from.
+        andre = b'(("=?ISO-8859-1?Q?Andr=E9_Pirard?=" NIL "andre" "example.test"))'
+        assert data == [
+            b'1 (ENVELOPE ("Mon, 02 Mar 2026 09:30:00 +0100" '
+            b'"=?UTF-8?Q?caf=C3=A9?= and =?UTF-8?B?w7xiZXI=?=" '
+            + andre
+            + b" "
+            + andre
+            + b" "
+            + andre
+            + b' (("Alice" NIL "alice" "example.test")(NIL NIL "bob" "example.test")) '
+            b'((NIL NIL "carol" "example.test")) NIL "<parent@t>" "<m1@t>"))'
+        ]
+        # And SEARCH decodes them (RFC 3501 6.4.4 with CHARSET).
+        c.literal = "É AND Ü".encode()
+        assert c.search("UTF-8", "SUBJECT")[1] == [b"1"]
+        c.literal = "André".encode()
+        assert c.search("UTF-8", "FROM")[1] == [b"1"]
+    finally:
+        c.logout()
+
+
+# -- SEARCH keys on the wire ----------------------------------------------------------
+
+
+def searchable(n: int, date: str, headers: str, body: str) -> bytes:
+    return (
+        f"From: sender{n}@example.test\r\nSubject: search {n}\r\nDate: {date}\r\n"
+        f"Message-ID: <s{n}@t>\r\n{headers}\r\n{body}"
+    ).encode()
+
+
+def test_search_keys(served: Node) -> None:
+    c = connect(served)
+    try:
+        c.append("INBOX", None, None, plain(0))  # UID 1, expunged below
+        messages = [
+            # (flags, internal date, message)
+            (
+                "(\\Flagged)",
+                '"05-Jan-2026 12:00:00 +0000"',
+                searchable(
+                    1,
+                    "Sun, 04 Jan 2026 18:00:00 +0000",
+                    "To: alice@example.test\r\nCc: Carol <carol@example.test>\r\n"
+                    "Subject2: =?UTF-8?Q?caf=C3=A9?=\r\n",
+                    "plain ascii body\r\n",
+                ),
+            ),
+            (
+                "(\\Answered \\Draft)",
+                '"10-Feb-2026 12:00:00 +0000"',
+                searchable(
+                    2,
+                    "Mon, 09 Feb 2026 08:00:00 +0000",
+                    "To: bob@example.test\r\nBcc: dave@example.test\r\nX-Tracker: ticket-42\r\n",
+                    "z" * 6000 + "\r\n",
+                ),
+            ),
+            (
+                "(\\Deleted)",
+                '"20-Mar-2026 12:00:00 +0000"',
+                searchable(
+                    3,
+                    "Fri, 20 Mar 2026 12:00:00 +0000",
+                    "To: erin@example.test\r\nMIME-Version: 1.0\r\n"
+                    "Content-Type: text/plain; charset=utf-8\r\n"
+                    "Content-Transfer-Encoding: quoted-printable\r\n",
+                    "Viele Gr=C3=BC=C3=9Fe aus K=C3=B6ln\r\n",
+                ),
+            ),
+        ]
+        for flags, when, message in messages:
+            assert c.append("INBOX", flags, when, message)[0] == "OK"
+        c.select("INBOX")
+        c.store("1", "+FLAGS", "(\\Deleted)")
+        assert c.uid("EXPUNGE", "1")[0] == "OK"  # now UIDs 2, 3, 4 are numbers 1, 2, 3
+        c.store("2", "+FLAGS", "($Later)")
+        modseq = int(c.fetch("2", "(MODSEQ)")[1][0].split(b"MODSEQ (")[1].split(b")")[0])
+
+        def search(*criteria: str, charset: str | None = None, literal: str | None = None) -> str:
+            if literal is not None:
+                c.literal = literal.encode()  # sent as a literal after the criteria
+            typ, data = c.search(charset, *criteria)
+            assert typ == "OK", data
+            return data[0].decode()
+
+        def uid_search(*criteria: str) -> str:
+            typ, data = c.uid("SEARCH", *criteria)
+            assert typ == "OK", data
+            return str(data[0].decode())
+
+        assert search("ALL") == "1 2 3"
+        assert search("2:*") == "2 3"
+        assert search("UID", "3:4") == "2 3" and uid_search("UID", "3:4") == "3 4"
+        assert uid_search("1:2") == "2 3"  # a sequence set is numbers even in UID SEARCH
+        assert search("FLAGGED") == "1" and search("UNFLAGGED") == "2 3"
+        assert search("DELETED") == "3" and search("UNDELETED") == "1 2"
+        assert search("ANSWERED") == "2" and search("UNANSWERED") == "1 3"
+        assert search("DRAFT") == "2" and search("UNDRAFT") == "1 3"
+        assert search("TO", "bob") == "2" and search("TO", "alice@example.test") == "1"
+        assert search("CC", "carol") == "1" and search("BCC", "dave") == "2"
+        assert search("HEADER", "X-Tracker", "ticket-42") == "2"
+        assert search("HEADER", "X-Tracker", '""') == "2"  # the field is there at all
+        assert search("TEXT", "ticket-42") == "2"  # in a header
+        assert search("TEXT", '"plain ascii"') == "1"  # in a body
+        # Internal dates (RFC 3501 6.4.4: the date, not the time).
+        assert search("SINCE", "10-Feb-2026") == "2 3"
+        assert search("BEFORE", "10-Feb-2026") == "1"
+        assert search("ON", "10-Feb-2026") == "2" and search("ON", "09-Feb-2026") == ""
+        # Date: headers.
+        assert search("SENTSINCE", "09-Feb-2026") == "2 3"
+        assert search("SENTBEFORE", "09-Feb-2026") == "1"
+        assert search("SENTON", "09-Feb-2026") == "2"
+        assert search("SMALLER", "1000") == "1 3" and search("LARGER", "5000") == "2"
+        assert search("MODSEQ", str(modseq)) == "2"  # RFC 7162 3.1.5
+        assert search("MODSEQ", str(modseq + 1)) == ""
+        assert search("NOT", "DELETED") == "1 2"
+        assert search("OR", "TO", "bob", "CC", "carol") == "1 2"
+        assert search("NOT", "OR", "FLAGGED", "DELETED") == "2"
+        assert search("OR", "SMALLER", "1000", "KEYWORD", "$Later", "NOT", "1") == "2 3"
+        # CHARSET UTF-8 with terms beyond ASCII (RFC 3501 6.4.4), matched after
+        # decoding: RFC 2047 words in headers, quoted-printable in the body.
+        assert search("HEADER", "Subject2", charset="UTF-8", literal="CAFÉ") == "1"
+        assert search("BODY", charset="UTF-8", literal="grüße aus köln") == "3"
+        assert search("TEXT", charset="UTF-8", literal="Köln") == "3"
+        assert search("TEXT", charset="UTF-8", literal="café") == "1"
+        assert search("TO", "erin", "BODY", charset="UTF-8", literal="grüße") == "3"
+        # RFC 3501 6.4.4: an unsupported charset is NO [BADCHARSET (the ones we take)].
+        typ, data = c.search("KOI8-R", "TEXT", "x")
+        assert (typ, data[0][:27]) == ("NO", b"[BADCHARSET (UTF-8 US-ASCII")
+    finally:
+        c.logout()
+
+
+# -- malformed input: unbalanced literals ----------------------------------------------
+
+
+class Wire:
+    """A raw IMAP connection: send bytes, read replies line by line."""
+
+    def __init__(self, node: Node) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", node.ports["imap"]), timeout=20)
+        self.stream = self.sock.makefile("rb")
+        assert self.stream.readline().startswith(b"* OK")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def line(self) -> bytes:
+        return bytes(self.stream.readline())
+
+    def tagged(self, tag: bytes) -> bytes:
+        """Read until the tagged reply for ``tag``; return it."""
+        while not (reply := self.line()).startswith(tag + b" "):
+            assert reply, f"connection closed before {tag!r} was answered"
+        return reply
+
+    def close(self) -> None:
+        self.stream.close()
+        self.sock.close()
+
+
+def test_unbalanced_literals_get_a_clear_error_and_the_daemon_keeps_serving(
+    served: Node,
+) -> None:
+    first = Wire(served)
+    first.send(b"a LOGIN alice secret\r\n")
+    assert first.tagged(b"a").startswith(b"a OK")
+    # {10} announced, 5 octets and a new command sent: the literal takes 10
+    # octets, and the rest of the "command" cannot follow a literal.
+    first.send(b"b APPEND INBOX {10}\r\n")
+    assert first.line() == b"+ Ready for literal data\r\n"
+    first.send(b"hello" + b"c NOOP\r\n")
+    assert first.line() == (
+        b"b BAD text follows a {10} literal without a space: were fewer than 10 octets sent?\r\n"
+    )
+    # The same with a non-synchronizing literal (RFC 7888): no "+" to wait for.
+    first.send(b"d APPEND INBOX {20+}\r\nshort\r\ne NOOP\r\n")
+    first.send(b"f NOOP\r\n")
+    assert first.line() == (
+        b"d BAD text follows a {20} literal without a space: were fewer than 20 octets sent?\r\n"
+    )
+    # The session is in step again.
+    first.send(b"g NOOP\r\n")
+    assert first.line() == b"g OK NOOP completed\r\n"
+
+    # Clients that vanish in the middle of a literal: after login, and before.
+    second = Wire(served)
+    second.send(b"a LOGIN alice secret\r\nb APPEND INBOX {100}\r\n")
+    assert second.tagged(b"a").startswith(b"a OK")
+    assert second.line() == b"+ Ready for literal data\r\n"
+    second.send(b"From: x\r\n\r\nonly part")
+    second.close()
+    third = Wire(served)
+    third.send(b"a LOGIN {5}\r\n")
+    assert third.line() == b"+ Ready for literal data\r\n"
+    third.send(b"ali")
+    third.close()
+
+    # Nothing was stored from any of them, and the daemon serves new clients.
+    c = connect(served)
+    try:
+        assert c.status("INBOX", "(MESSAGES)")[1] == [b"INBOX (MESSAGES 0)"]
+        assert c.append("INBOX", None, None, plain(1))[0] == "OK"
+    finally:
+        c.logout()
+    first.send(b"h STATUS INBOX (MESSAGES)\r\n")
+    assert first.line() == b"* STATUS INBOX (MESSAGES 1)\r\n"
+    # A clean stop with a session still open; no session ended in a traceback.
+    assert served.stop() == 0
+    first.close()
+    log = (served.workdir / "alpha.log").read_text()
+    assert "Traceback" not in log and "session failed" not in log, log[-3000:]

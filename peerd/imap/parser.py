@@ -347,6 +347,7 @@ def tokenize(text: bytes, literals: Sequence[bytes] = ()) -> list[Token]:
     stack: list[list[Token]] = [[]]
     i, n, used = 0, len(text), 0
     after_token = False  # a token just ended: only SP or ")" may follow
+    literal_end = -1  # where the last literal ended in ``text``
     while i < n:
         ch = text[i]
         if ch == 0x20:
@@ -362,6 +363,14 @@ def tokenize(text: bytes, literals: Sequence[bytes] = ()) -> list[Token]:
             after_token = True
             continue
         if after_token:
+            if i == literal_end:
+                # The octets after a literal are command text again (RFC 3501
+                # 4.3); text glued to it means the count and the data disagree.
+                size = len(literals[used - 1])
+                raise CommandError(
+                    f"text follows a {{{size}}} literal without a space: "
+                    f"were fewer than {size} octets sent?"
+                )
             raise CommandError("arguments must be separated by a space")
         if ch == 0x28:  # "("
             if len(stack) > MAX_DEPTH:
@@ -378,6 +387,7 @@ def tokenize(text: bytes, literals: Sequence[bytes] = ()) -> list[Token]:
             stack[-1].append(literals[used])
             used += 1
             i += 1
+            literal_end = i
         else:
             atom, i = _atom(text, i)
             stack[-1].append(atom)

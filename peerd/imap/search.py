@@ -87,13 +87,14 @@ def in_ranges(value: int, ranges: tuple[list[int], list[int]]) -> bool:
 class _Message:
     """The parsed message, loaded at most once per record during a search."""
 
-    __slots__ = ("_part", "_text", "guid", "loader")
+    __slots__ = ("_headers", "_part", "_text", "guid", "loader")
 
     def __init__(self, guid: str, loader: Loader) -> None:
         self.guid = guid
         self.loader = loader
         self._part: structure.Part | None = None
         self._text: str | None = None
+        self._headers: str | None = None
 
     @property
     def part(self) -> structure.Part:
@@ -113,7 +114,12 @@ class _Message:
         return self._text
 
     def all_headers(self) -> str:
-        return self.part.header.decode("utf-8", "replace").casefold()
+        # The header as sent and with its encoded words decoded: TEXT finds
+        # a term in either (RFC 3501 6.4.4 matches the header's contents).
+        if self._headers is None:
+            raw = self.part.header.decode("utf-8", "replace")
+            self._headers = (raw + "\n" + structure.decoded_headers(self.part)).casefold()
+        return self._headers
 
     def sent(self) -> dt.date | None:
         value = self.part.fields.get("Date")

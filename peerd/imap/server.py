@@ -103,7 +103,7 @@ log = logging.getLogger("peerd.imap")
 
 CAPABILITIES: Final = (
     "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN "
-    "SPECIAL-USE CONDSTORE LOGIN-REFERRALS AUTH=PLAIN"
+    "LIST-EXTENDED LIST-STATUS SPECIAL-USE CONDSTORE LOGIN-REFERRALS AUTH=PLAIN"
 )
 SYSTEM_FLAGS: Final = "\\Answered \\Flagged \\Deleted \\Seen \\Draft"
 # RFC 6154 2: the attribute a mailbox of this name gets in LIST.
@@ -480,13 +480,25 @@ class Session:
         return Reply("UNSUBSCRIBE completed")
 
     async def cmd_list(self, cmd: c.List) -> Reply:
-        # RFC 5258 basics: SUBSCRIBED and SPECIAL-USE (RFC 6154 5.1) selection,
-        # several patterns; CHILDREN, SPECIAL-USE and \Subscribed are always
-        # returned, and RETURN (STATUS ...) (RFC 5819) adds a STATUS per mailbox.
+        # RFC 5258 (LIST-EXTENDED): SUBSCRIBED, REMOTE (there are no remote
+        # mailboxes) and RECURSIVEMATCH selection, SPECIAL-USE selection
+        # (RFC 6154 5.1), several patterns; CHILDREN, SPECIAL-USE and
+        # \Subscribed are always returned (RFC 5258 3.2 lets a server return
+        # what was not asked for), and RETURN (STATUS ...) (RFC 5819,
+        # LIST-STATUS) adds a STATUS after the LIST responses.
         subscribed = "SUBSCRIBED" in cmd.select_options
         special_only = "SPECIAL-USE" in cmd.select_options
+        recursive = "RECURSIVEMATCH" in cmd.select_options
+        if recursive and not subscribed:
+            # CHILDINFO (RFC 5258 3.5) is given for SUBSCRIBED only.
+            raise CommandError("RECURSIVEMATCH is offered with SUBSCRIBED only")
         listed = await self._list(
-            "LIST", cmd.reference, cmd.patterns, subscribed, special_only=special_only
+            "LIST",
+            cmd.reference,
+            cmd.patterns,
+            subscribed,
+            special_only=special_only,
+            recursive=recursive,
         )
         if cmd.status_items:
             for name in listed:
@@ -517,6 +529,7 @@ class Session:
         *,
         lsub: bool = False,
         special_only: bool = False,
+        recursive: bool = False,
     ) -> list[str]:
         def read(s: DbSession, acct: Any) -> tuple[list[str], list[str]]:
             names = [m.name for m in engine_mailbox.list_mailboxes(s, acct)]
@@ -529,8 +542,17 @@ class Session:
             return []
         existing = set(names)
         subscribed = set(subs)
+        candidates = subs if subscribed_only else names
+        # RFC 5258 3.5: with RECURSIVEMATCH a parent that is not subscribed
+        # itself is listed too when a mailbox below it is, with CHILDINFO;
+        # the parent must match the pattern, the child need not.
+        parents_of_subscribed = {
+            name.rsplit("/", i)[0] for name in subs for i in range(1, name.count("/") + 1)
+        }
+        if recursive:
+            candidates = sorted(subscribed | parents_of_subscribed)
         listed: list[str] = []
-        for name in subs if subscribed_only else names:
+        for name in candidates:
             if not any(self._matches(reference + p, name) for p in patterns):
                 continue
             special = SPECIAL_USE.get(name.lower())
@@ -545,8 +567,14 @@ class Session:
                 attrs.append(special)
             if not lsub and name in subscribed:
                 attrs.append("\\Subscribed")
+            extended = b""
+            if recursive and name in parents_of_subscribed:
+                extended = b' ("CHILDINFO" ("SUBSCRIBED"))'
             await self.send(
-                f'* {command} ({" ".join(attrs)}) "/" '.encode() + mailbox(name) + b"\r\n"
+                f'* {command} ({" ".join(attrs)}) "/" '.encode()
+                + mailbox(name)
+                + extended
+                + b"\r\n"
             )
             if name in existing:
                 listed.append(name)
@@ -1137,6 +1165,11 @@ class ImapServer:
         session = Session(self, reader, writer)
         try:
             await session.run()
+        except asyncio.CancelledError:
+            # The daemon is stopping. Python 3.11's stream callback calls
+            # task.exception() on a cancelled handler and logs the
+            # CancelledError as an error; the session simply ends here.
+            writer.close()
         except Exception:
             log.exception("IMAP session failed")
             writer.close()

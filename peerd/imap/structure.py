@@ -14,18 +14,31 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import email.header
 import email.utils
 import quopri
+import re
 from dataclasses import dataclass, field
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
+from typing import Final
 
 from peerd.imap.fetchatt import SectionKind
 from peerd.imap.responses import nstring
 
-__all__ = ["Part", "bodystructure", "envelope", "parse", "search_text", "section"]
+__all__ = [
+    "Part",
+    "bodystructure",
+    "decode_words",
+    "decoded_header",
+    "decoded_headers",
+    "envelope",
+    "parse",
+    "search_text",
+    "section",
+]
 
 MAX_DEPTH = 50
 _HEADER_PARSER = BytesHeaderParser(policy=compat32)
@@ -287,20 +300,45 @@ def section(
 
 
 def decoded_header(part: Part, name: str) -> str:
-    values = part.fields.get_all(name) or []
-    out = []
-    for value in values:
-        try:
-            pieces = email.header.decode_header(str(value))
-            out.append(
-                "".join(
-                    p.decode(c or "utf-8", "replace") if isinstance(p, bytes) else p
-                    for p, c in pieces
-                )
-            )
-        except (LookupError, ValueError):
-            out.append(str(value))
-    return " ".join(out)
+    return " ".join(decode_words(str(value)) for value in part.fields.get_all(name) or [])
+
+
+def decoded_headers(part: Part) -> str:
+    """Every header field as ``Name: decoded value`` lines, for SEARCH TEXT."""
+    return "\n".join(f"{name}: {decode_words(str(value))}" for name, value in part.fields.items())
+
+
+def decode_words(value: str) -> str:
+    """A header field's value, unfolded, with RFC 2047 encoded words decoded."""
+    # RFC 5322 2.2.3: unfold first (a fold is CRLF before white space);
+    # make_header keeps the white space between an encoded word and plain
+    # text, which joining decode_header's pieces would drop (RFC 2047 6.2).
+    text = _FOLD.sub("", value)
+    try:
+        pieces = email.header.decode_header(text)
+    except ValueError:
+        return text
+    try:
+        return str(email.header.make_header(pieces))
+    except (LookupError, UnicodeDecodeError):
+        # An unknown or wrong charset: read those words as UTF-8, with
+        # replacement characters where they are not.
+        return "".join(
+            p.decode(_charset(c), "replace") if isinstance(p, bytes) else p for p, c in pieces
+        )
+
+
+_FOLD: Final = re.compile(r"\r?\n(?=[ \t])")
+
+
+def _charset(charset: str | None) -> str:
+    """``charset`` if Python knows it, else UTF-8 (plain text in a header is ASCII)."""
+    if charset is None:
+        return "utf-8"
+    try:
+        return codecs.lookup(charset).name
+    except LookupError:
+        return "utf-8"
 
 
 def _decode_body(part: Part) -> str:

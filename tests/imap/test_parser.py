@@ -138,6 +138,20 @@ def test_literal_glued_to_an_atom_is_refused_before_its_data() -> None:
     assert pull(reader, b"b NOOP\r\n") == [c.Noop("b")]
 
 
+def test_a_literal_shorter_than_announced_is_named_in_the_error() -> None:
+    # The client announced {10} but sent 5 octets and the next command: the
+    # literal takes 10 octets, and what is left cannot follow a literal.
+    reader = CommandReader()
+    assert pull(reader, b"b APPEND INBOX {10}\r\n") == [ContinuationNeeded(10)]
+    (event,) = pull(reader, b"helloc NOOP\r\n")
+    assert isinstance(event, ProtocolError) and event.tag == "b" and not event.fatal
+    assert event.reply() == (
+        b"b BAD text follows a {10} literal without a space: were fewer than 10 octets sent?\r\n"
+    )
+    # The reader is in step again: the next command is read as one.
+    assert pull(reader, b"d NOOP\r\n") == [c.Noop("d")]
+
+
 def test_literal8_is_refused() -> None:
     reader = CommandReader()
     [event] = pull(reader, b"a APPEND INBOX ~{5}\r\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from peerd.imap.fetchatt import SectionKind
-from peerd.imap.structure import section
+from peerd.imap.structure import decoded_header, parse, section
 
 INNER = b"Subject: inner\r\nX-A: 1\r\n\r\ninner body\r\n"
 MESSAGE = (
@@ -46,3 +46,26 @@ def test_sections(
 def test_whole_message_is_returned_unparsed() -> None:
     broken = b"\xff\xfe not a header at all"
     assert section(broken) is broken
+
+
+@pytest.mark.parametrize(
+    ("header", "decoded"),
+    [
+        # RFC 2047 6.2: white space between an encoded word and text stays,
+        # also when the header is folded right there (RFC 5322 2.2.3).
+        (b"=?UTF-8?Q?caf=C3=A9?= and\r\n =?UTF-8?B?w7xiZXI=?=", "café and über"),
+        (b"=?UTF-8?Q?caf=C3=A9?= and =?UTF-8?B?w7xiZXI=?=", "café and über"),
+        # ... and between two encoded words it goes.
+        (b"=?utf-8?q?a?= =?utf-8?q?b?=", "ab"),
+        (
+            b"=?ISO-8859-1?Q?Andr=E9_Pirard?= <andre@example.test>",
+            "André Pirard <andre@example.test>",
+        ),
+        # An unknown charset or bytes not in the charset: read, with replacements.
+        (b"x =?bogus?q?a=C3=A9?= y", "x aé y"),
+        (b"=?utf-8?q?bad=FF?=", "bad\ufffd"),
+        (b"plain, folded\r\n\tonce", "plain, folded\tonce"),
+    ],
+)
+def test_decoded_header(header: bytes, decoded: str) -> None:
+    assert decoded_header(parse(b"Subject: " + header + b"\r\n\r\nbody"), "Subject") == decoded
