@@ -72,6 +72,8 @@ class _Item:
     # A grouped write: ``fn`` is unused; ``runner`` gets ``op`` with the others.
     runner: GroupRunner | None = None
     op: Any = None
+    # An async caller's future, settled on its loop (one wake-up per batch).
+    waiter: asyncio.Future[Any] | None = None
 
 
 @dataclass(slots=True)
@@ -89,6 +91,16 @@ def translate_db_error(exc: BaseException) -> BaseException:
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return DatabaseBusy(f"database connection lost: {exc.orig}")
     return exc
+
+
+def _wake(waiters: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for waiter, ok, value in waiters:
+        if waiter.done():
+            continue  # its caller was cancelled meanwhile
+        if ok:
+            waiter.set_result(value)
+        else:
+            waiter.set_exception(value)
 
 
 def _unused(session: Session) -> None:
@@ -170,9 +182,12 @@ class Store:
         staged: Iterable[Staged] = (),
     ) -> T:
         """Run ``fn`` in the next group commit. ``staged`` spool files are made
-        durable and visible (one flush for the whole batch) before it runs."""
-        future = self.submit(fn, dirs=dirs, replaying=replaying, staged=staged)
-        return await asyncio.wrap_future(future)
+        durable and visible (one flush for the whole batch) before it commits."""
+        if self._closed:
+            raise TemporaryFailure("the store is shutting down")
+        item = _Item(fn, concurrent.futures.Future(), frozenset(dirs), replaying, tuple(staged))
+        result: T = await self._wait(item)
+        return result
 
     async def write_grouped(
         self, runner: GroupRunner, op: Any, *, staged: Iterable[Staged] = ()
@@ -184,8 +199,22 @@ class Store:
             raise TemporaryFailure("the store is shutting down")
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         item = _Item(_unused, future, frozenset(), False, tuple(staged), runner, op)
+        return await self._wait(item)
+
+    async def _wait(self, item: _Item) -> Any:
+        """Queue ``item`` and wait for its outcome on this loop.
+
+        Not ``asyncio.wrap_future``: that wakes the loop once per write; the
+        committer settles a whole batch's waiters with one wake-up per loop.
+        A caller cancelled before its write runs takes it out of the batch.
+        """
+        item.waiter = asyncio.get_running_loop().create_future()
         self._queue.put(item)
-        return await asyncio.wrap_future(future)
+        try:
+            return await item.waiter
+        except asyncio.CancelledError:
+            item.future.cancel()  # refused once the committer has started it
+            raise
 
     def write_sync(
         self, fn: Callable[[Session], T], *, dirs: Iterable[Path] = (), replaying: bool = False
@@ -284,20 +313,28 @@ class Store:
             if not isinstance(error, EngineError):
                 log.exception("write batch failed")
                 error = TemporaryFailure(f"write failed: {exc}")
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(error)
+            self._settle([(item, False, error) for item in batch if not item.future.done()])
             return
         self.stats.batches += 1
         self.stats.writes += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-        for item, (ok, value) in zip(batch, outcomes, strict=True):
+        self._settle([(item, ok, value) for item, (ok, value) in zip(batch, outcomes, strict=True)])
+        if changes and self._listeners:
+            self._emit(changes)
+
+    def _settle(self, outcomes: list[tuple[_Item, bool, Any]]) -> None:
+        """Set each write's outcome; async waiters get theirs with one call per loop."""
+        waiting: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+        for item, ok, value in outcomes:
             if ok:
                 item.future.set_result(value)
             else:
                 item.future.set_exception(value)
-        if changes and self._listeners:
-            self._emit(changes)
+            if item.waiter is not None:
+                waiting.setdefault(item.waiter.get_loop(), []).append((item.waiter, ok, value))
+        for loop, waiters in waiting.items():
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_wake, waiters)
 
     def _flush_spool(self, staged: list[Staged], dirs: set[Path]) -> None:
         """Make the batch's new spool files durable and visible, and the
