@@ -30,7 +30,13 @@ _ACCOUNT_NAME = {"type": "string", "pattern": r"^[A-Za-z0-9._%+\-=]{1,64}(@[A-Za
 
 OPERATIONS: list[Operation] = [
     Operation("get", "/v1/health", "Liveness: answers once the node serves", public=True),
-    Operation("get", "/v1/status", "Node status: counters, sync log, partner"),
+    Operation(
+        "get",
+        "/v1/status",
+        "Node status: counters, sync log, partner (?account=: one account's)",
+        query=(("account", "string"),),
+        responses=(200, 404, 422),
+    ),
     Operation("get", "/v1/accounts", "List accounts", query=(("owner", "string"),)),
     Operation(
         "post",

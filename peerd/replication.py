@@ -85,6 +85,8 @@ class RollingWorker:
         self.retry_at: dict[str, tuple[float, float]] = {}
         self.partner_retry: tuple[float, float] = (0.0, 0.0)
         self.status = PartnerStatus()
+        # The same, per account: what `peerctl status -u` shows.
+        self.accounts: dict[str, PartnerStatus] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self._main: asyncio.Task[None] | None = None
         node.store.add_listener(self.on_change)
@@ -150,6 +152,7 @@ class RollingWorker:
             report = await self.client.sync_account(account, fast=True)
         except PartnerDown as exc:
             self._partner_failed(str(exc))
+            self._note_error(account, str(exc))
             return None
         except _Refused as exc:
             await self.fenced(account, exc)
@@ -167,6 +170,9 @@ class RollingWorker:
         self.status.reachable = True
         self.status.last_success = time.time()
         self.status.syncs += 1
+        one = self.accounts.setdefault(account, PartnerStatus())
+        one.reachable, one.last_success = True, self.status.last_success
+        one.syncs += 1
         self.retry_at.pop(account, None)
         self.partner_retry = (0.0, 0.0)
         if report.copied_back or report.reassigned:
@@ -188,6 +194,13 @@ class RollingWorker:
         self.retry_at[account] = (time.monotonic() + delay, delay)
         log.warning("sync of %s failed (retry in %.1fs): %s", account, delay, message)
         self._error(f"{account}: {message}")
+        self._note_error(account, message)
+
+    def _note_error(self, account: str, message: str) -> None:
+        one = self.accounts.setdefault(account, PartnerStatus())
+        one.failures += 1
+        one.last_error = message
+        one.last_error_at = time.time()
 
     def _error(self, message: str) -> None:
         self.status.failures += 1
@@ -271,6 +284,16 @@ class RollingWorker:
         }
         if account is not None:
             body["account"] = account
+            one = self.accounts.get(account, PartnerStatus())
+            body.update(
+                {
+                    "last_success": _iso(one.last_success),
+                    "last_error": one.last_error,
+                    "last_error_at": _iso(one.last_error_at),
+                    "syncs": one.syncs,
+                    "failures": one.failures,
+                }
+            )
         return body
 
 

@@ -447,3 +447,23 @@ def test_rolling_deltas_carry_new_mail_and_a_stale_replica_falls_back_to_the_ful
     assert 1 in [uid for uid, _, _ in records(beta, "fast")]
     after = alpha.call("GET", "/v1/status")["counters"]
     assert after.get("sync_delta_fallbacks", 0) == fallbacks + 1
+
+
+def test_status_of_one_account_shows_its_own_syncs(pair: tuple[Node, Node]) -> None:
+    alpha, beta = pair
+    alpha.add_account("synced")
+    alpha.add_account("quiet")
+    wait_until(converged(alpha, beta, "quiet"), 10, "the accounts on beta")
+    before = alpha.call("GET", "/v1/status?account=quiet")
+    deliver(alpha, "synced@example.test", "one")
+    wait_until(converged(alpha, beta, "synced"), 10, "the delivery on beta")
+    wait_until(
+        lambda: alpha.call("GET", "/v1/status?account=synced")["syncs"] >= 2,
+        10,
+        "the account's own sync count",
+    )
+    synced = alpha.call("GET", "/v1/status?account=synced")
+    assert synced["account"] == "synced" and synced["last_success"] is not None
+    assert synced["sync_log_depth"] == 0 and synced["last_error"] == ""
+    quiet = alpha.call("GET", "/v1/status?account=quiet")
+    assert quiet["syncs"] == before["syncs"]  # the other account's syncs are not its own
