@@ -6,13 +6,14 @@ import imaplib
 import smtplib
 import socket
 import time
+import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.nodes import Node, make_pair, make_single
+from tests.nodes import Node, make_pair, make_single, running
 from tests.procs import wait_until
 
 MESSAGE = (
@@ -791,11 +792,17 @@ class Wire:
     def line(self) -> bytes:
         return bytes(self.stream.readline())
 
+    def replies(self, tag: bytes) -> list[bytes]:
+        """The lines up to and with the tagged reply for ``tag``."""
+        out = [self.line()]
+        while not out[-1].startswith(tag + b" "):
+            assert out[-1], f"connection closed before {tag!r} was answered"
+            out.append(self.line())
+        return out
+
     def tagged(self, tag: bytes) -> bytes:
         """Read until the tagged reply for ``tag``; return it."""
-        while not (reply := self.line()).startswith(tag + b" "):
-            assert reply, f"connection closed before {tag!r} was answered"
-        return reply
+        return self.replies(tag)[-1]
 
     def close(self) -> None:
         self.stream.close()
@@ -853,3 +860,59 @@ def test_unbalanced_literals_get_a_clear_error_and_the_daemon_keeps_serving(
     first.close()
     log = (served.workdir / "alpha.log").read_text()
     assert "Traceback" not in log and "session failed" not in log, log[-3000:]
+
+
+# -- IDLE woken by replication -----------------------------------------------------------
+
+
+def test_idle_on_the_new_owner_is_woken_by_the_mail_the_old_owner_hands_back(
+    tmp_path: Path,
+) -> None:
+    """The replication that reaches a session: a login on the replica is
+    referred, so the session is on the owner, and the change arrives from the
+    partner. After a failover the returned node hands over the mail it took and
+    never replicated (issue 4's no-loss rule); beta's IDLE sees it at once."""
+    alpha, beta = make_pair(tmp_path)
+    with running(alpha, beta):
+        alpha.add_account("alice")
+        deliver(alpha, 1)
+        wait_until(lambda: _count(beta) == 1, 15, "the first message on beta")
+        # alpha takes mail beta never sees, then dies; beta takes over.
+        beta.stop()
+        deliver(alpha, 2)
+        deliver(alpha, 3)
+        alpha.kill9()
+        beta.start()
+        assert [t["account"] for t in beta.call("POST", "/v1/failover", {})["taken"]] == ["alice"]
+
+        idle = Wire(beta)
+        idle.send(b"a LOGIN alice secret\r\nb SELECT INBOX\r\n")
+        assert idle.tagged(b"a").startswith(b"a OK")
+        selected = idle.replies(b"b")
+        assert b"* 1 EXISTS\r\n" in selected and selected[-1].startswith(b"b OK")
+        idle.send(b"c IDLE\r\n")
+        assert idle.line() == b"+ idling\r\n"
+
+        alpha.start()  # learns it lost alice, and hands messages 2 and 3 to beta
+        pushed = []
+        while not pushed or pushed[-1] != b"* 3 EXISTS\r\n":
+            line = idle.line()  # the socket's 20 s timeout bounds the wait
+            assert line.startswith(b"* ") and line.endswith(b" EXISTS\r\n"), line
+            pushed.append(line)
+        idle.send(b"DONE\r\n")
+        assert idle.line() == b"c OK IDLE terminated\r\n"
+        idle.send(b"d FETCH 2:3 (BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])\r\n")
+        lines = idle.replies(b"d")
+        assert sorted(line for line in lines if line.startswith(b"Message-ID")) == [
+            b"Message-ID: <2@t>\r\n",
+            b"Message-ID: <3@t>\r\n",
+        ]
+        idle.close()
+
+
+def _count(node: Node) -> int:
+    try:
+        return len(node.mailbox("alice")["messages"])
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return 0
