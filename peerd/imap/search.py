@@ -84,23 +84,61 @@ def in_ranges(value: int, ranges: tuple[list[int], list[int]]) -> bool:
     return at >= 0 and value <= ends[at]
 
 
-class _Message:
-    """The parsed message, loaded at most once per record during a search."""
+# In the raw bytes of a message, what may hide a term from a plain byte search:
+# encoded words (RFC 2047), transfer encodings, charsets that are not ASCII
+# supersets. (Any byte over 127 counts too: casefolding maps some non-ASCII
+# letters onto ASCII ones, "ß" to "ss".)
+_HIDING = (
+    b"=?",
+    b"base64",
+    b"quoted-printable",
+    b"utf-16",
+    b"utf-32",
+    b"utf-7",
+    b"ucs-",
+    b"iso-2022",
+)
 
-    __slots__ = ("_headers", "_part", "_text", "guid", "loader")
+
+class _Message:
+    """The message, loaded and parsed at most once per record during a search."""
+
+    __slots__ = ("_headers", "_lower", "_part", "_raw", "_text", "guid", "loader")
 
     def __init__(self, guid: str, loader: Loader) -> None:
         self.guid = guid
         self.loader = loader
+        self._raw: bytes | None = None
+        self._lower: bytes | None = None
         self._part: structure.Part | None = None
         self._text: str | None = None
         self._headers: str | None = None
 
     @property
+    def raw(self) -> bytes:
+        if self._raw is None:
+            self._raw = self.loader(self.guid)
+        return self._raw
+
+    @property
     def part(self) -> structure.Part:
         if self._part is None:
-            self._part = structure.parse(self.loader(self.guid))
+            self._part = structure.parse(self.raw)
         return self._part
+
+    def lacks(self, needle: str) -> bool:
+        """True only if the message's text cannot hold ``needle`` (casefolded):
+        an ASCII message with nothing encoded, whose bytes do not hold it. Then
+        TEXT and BODY need no MIME parse (most messages, most searches)."""
+        if not needle.isascii():
+            return False
+        if self._lower is None:
+            raw = self.raw
+            self._lower = raw.lower() if raw.isascii() else b""
+        lower = self._lower
+        if not lower:
+            return False
+        return needle.encode() not in lower and not any(h in lower for h in _HIDING)
 
     def header(self, name: str) -> str:
         return structure.decoded_header(self.part, name).casefold()
@@ -157,10 +195,12 @@ def compile_search(key: SearchKey, count: int, top_uid: int) -> Matcher:
                 return lambda seq, rec, msg: needle in msg.header(field)
             case Body(value):
                 needle = value.casefold()
-                return lambda seq, rec, msg: needle in msg.body()
+                return lambda seq, rec, msg: not msg.lacks(needle) and needle in msg.body()
             case Text(value):
                 needle = value.casefold()
-                return lambda seq, rec, msg: needle in msg.all_headers() or needle in msg.body()
+                return lambda seq, rec, msg: (
+                    not msg.lacks(needle) and (needle in msg.all_headers() or needle in msg.body())
+                )
             case Date("INTERNAL", op, day):
                 test = _compare(op, day)
                 return lambda seq, rec, msg: test(rec.internaldate.date())

@@ -32,10 +32,11 @@ import asyncio
 import datetime as dt
 import logging
 import re
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Final, Literal
 
@@ -134,8 +135,10 @@ class Reply:
     status: Literal["OK", "NO", "BAD"] = "OK"
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Record:
+    """One message of a session's snapshot. Frozen: snapshots share them."""
+
     uid: int
     guid: str
     flags: str
@@ -939,11 +942,12 @@ class Session:
         this command's own FETCH responses, not again later)."""
         box = self.box()
         by_uid = {m.uid: m for m in changed}
-        for record in box.records:
+        if not by_uid:
+            return
+        for i, record in enumerate(box.records):
             updated = by_uid.get(record.uid)
             if updated is not None:
-                record.flags = updated.flags
-                record.modseq = updated.modseq
+                box.records[i] = replace(record, flags=updated.flags, modseq=updated.modseq)
 
     async def refresh(self, report: bool, expunges: bool = True) -> None:
         box = self.selected
@@ -1040,27 +1044,72 @@ def _row(session: DbSession, box: Selected) -> Mailbox:
 
 
 def load(session: DbSession, mailbox_row: Mailbox | None, readonly: bool) -> Selected:
+    """A snapshot of the mailbox for a session (SELECT, and each refresh).
+
+    Snapshots are shared between sessions while the mailbox does not change:
+    the key covers everything a change to its records changes (UIDVALIDITY,
+    highest modseq, last UID, count and content checksum), so a SELECT, NOOP
+    or IDLE wake-up of an unchanged mailbox reads no records, however many
+    sessions have it open. Each session gets its own list of the shared,
+    frozen records.
+    """
     if mailbox_row is None:
         raise NoSuchMailbox("the selected mailbox was deleted")
-    rows = session.execute(
-        select(
-            Message.uid,
-            Message.guid,
-            Message.flags,
-            Message.modseq,
-            Message.size,
-            Message.internaldate,
-        )
-        .where(Message.mailbox_id == mailbox_row.id, Message.expunged.is_(False))
-        .order_by(Message.uid)
+    key = (
+        mailbox_row.uidvalidity,
+        mailbox_row.highestmodseq,
+        mailbox_row.last_uid,
+        mailbox_row.exists,
+        mailbox_row.checksum,
     )
+    with _SNAPSHOT_LOCK:  # loads run in the store's reader threads
+        cached = _SNAPSHOTS.get(mailbox_row.id)
+        if cached is not None and cached[0] == key:
+            _SNAPSHOTS.move_to_end(mailbox_row.id)
+    if cached is not None and cached[0] == key:
+        records = cached[1]
+    else:
+        rows = session.execute(
+            select(
+                Message.uid,
+                Message.guid,
+                Message.flags,
+                Message.modseq,
+                Message.size,
+                Message.internaldate,
+            )
+            .where(Message.mailbox_id == mailbox_row.id, Message.expunged.is_(False))
+            .order_by(Message.uid)
+        )
+        records = tuple(Record(*row) for row in rows)
+        _remember(mailbox_row.id, key, records)
     selected = Selected(
         mailbox_row.id, mailbox_row.uniqueid, mailbox_row.name, readonly, mailbox_row.uidvalidity
     )
-    selected.records = [Record(*row) for row in rows]
+    selected.records = list(records)
     selected.highestmodseq = mailbox_row.highestmodseq
     selected.uidnext = mailbox_row.last_uid + 1
     return selected
+
+
+_SNAPSHOTS: OrderedDict[int, tuple[tuple[int, ...], tuple[Record, ...]]] = OrderedDict()
+_SNAPSHOT_RECORDS = 500_000  # records kept in all shared snapshots together (~50 MB)
+_SNAPSHOT_LOCK = threading.Lock()
+_snapshot_size = 0
+
+
+def _remember(mailbox_id: int, key: tuple[int, ...], records: tuple[Record, ...]) -> None:
+    """Keep a snapshot (the least recently used ones go past the budget)."""
+    global _snapshot_size
+    with _SNAPSHOT_LOCK:
+        old = _SNAPSHOTS.pop(mailbox_id, None)
+        if old is not None:
+            _snapshot_size -= len(old[1])
+        _SNAPSHOTS[mailbox_id] = (key, records)
+        _snapshot_size += len(records)
+        while _snapshot_size > _SNAPSHOT_RECORDS and len(_SNAPSHOTS) > 1:
+            _, (_, dropped) = _SNAPSHOTS.popitem(last=False)
+            _snapshot_size -= len(dropped)
 
 
 def _structure(guid: str, reader: Callable[[str], bytes]) -> tuple[bytes, bytes, bytes]:

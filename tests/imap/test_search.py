@@ -118,3 +118,65 @@ def test_saved_result_is_refused() -> None:
     # "$" is RFC 5182 SEARCHRES, which is not offered.
     with pytest.raises(CommandError, match="SEARCHRES"):
         compile_search(parse_search_key(tokenize(b"$")), 3, 9)
+
+
+# --- the TEXT/BODY shortcut: a message is skipped only if it cannot match -----
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_WORDS = ["needle", "Needle", "NEEDLE", "stra\u00dfe", "strasse", "hay", "caf\u00e9", "x"]
+
+
+def _message(words: list[str], encoding: str, in_subject: bool) -> bytes:
+    import base64
+    import quopri
+
+    text = " ".join(words).encode("utf-8")
+    subject = b"=?UTF-8?B?" + base64.b64encode(text) + b"?=" if in_subject else b"plain"
+    if encoding == "base64":
+        body = base64.encodebytes(text).replace(b"\n", b"\r\n")
+    elif encoding == "quoted-printable":
+        body = quopri.encodestring(text).replace(b"\n", b"\r\n")
+    else:
+        body = text
+    return (
+        b"Subject: " + subject + b"\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: "
+        + (encoding or "8bit").encode()
+        + b"\r\n\r\n"
+        + body
+        + b"\r\n"
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    words=st.lists(st.sampled_from(_WORDS), max_size=6),
+    encoding=st.sampled_from(["", "base64", "quoted-printable"]),
+    in_subject=st.booleans(),
+    term=st.sampled_from(["needle", "strasse", "STRASSE", "caf\u00e9", "hay", "ss"]),
+)
+def test_the_text_shortcut_never_hides_a_match(
+    words: list[str], encoding: str, in_subject: bool, term: str
+) -> None:
+    """With the shortcut on, TEXT and BODY give what a full MIME parse gives."""
+    from peerd.imap import structure
+
+    data = _message(words, encoding, in_subject)
+    record = Rec(1, "m", "", 1, len(data), dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    for key in (f"TEXT {term}", f"BODY {term}"):
+        # The term as a literal (NUL marks its place): it may be UTF-8.
+        verb = key.split(" ", 1)[0].encode()
+        parsed = parse_search_key(tokenize(verb + b" \0", [term.encode("utf-8")]), charset="UTF-8")
+        matched = compile_search(parsed, 1, 1)(1, record, lambda guid: data)
+        part = structure.parse(data)
+        needle = term.casefold()
+        full = needle in structure.search_text(part).casefold()
+        if key.startswith("TEXT"):
+            headers = (
+                part.header.decode("utf-8", "replace") + "\n" + structure.decoded_headers(part)
+            )
+            full = full or needle in headers.casefold()
+        assert matched == full, (key, data)
