@@ -2,19 +2,24 @@
 
 mbsync keeps a local Maildir in sync both ways, with flags and folder moves,
 and after a failover the same state file syncs against the other node with no
-UIDVALIDITY change and nothing downloaded again.
+UIDVALIDITY change and nothing downloaded again: mbsync's -Dn trace shows every
+message body the server sent it, and after the failover there is none.
+offlineimap syncs both ways too, flags and moves in either direction.
 """
 
 from __future__ import annotations
 
+import imaplib
+import re
 import smtplib
 import subprocess
 from pathlib import Path
+from typing import Final
 
 import pytest
 
 from tests.nodes import Node
-from tests.procs import require
+from tests.procs import require, wait_until
 
 
 def deliver(node: Node, n: int) -> None:
@@ -27,9 +32,32 @@ def deliver(node: Node, n: int) -> None:
 
 
 def mbsync(config: Path) -> subprocess.CompletedProcess[str]:
+    # -Dn: mbsync prints the IMAP conversation, so a test can count what it fetched.
     return subprocess.run(
-        ["mbsync", "-c", str(config), "-V", "-a"], capture_output=True, text=True, timeout=120
+        ["mbsync", "-c", str(config), "-V", "-Dn", "-a"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
+
+
+_BODY: Final = re.compile(r"^\* \d+ FETCH \(.*\bBODY\[\] \{(\d+)\}", re.M)
+
+
+def downloaded(result: subprocess.CompletedProcess[str]) -> tuple[int, int]:
+    """(messages, octets) whose bodies the server sent mbsync in this run."""
+    sizes = [int(size) for size in _BODY.findall(result.stdout + result.stderr)]
+    return len(sizes), sum(sizes)
+
+
+def uidvalidities(maildir: Path) -> dict[str, str]:
+    """What mbsync's state files (SyncState *) recorded for each folder."""
+    out = {}
+    for state in sorted(maildir.glob("*/.mbsyncstate")):
+        for line in state.read_text().splitlines():
+            if line.startswith("FarUidValidity "):
+                out[state.parent.name] = line.split()[1]
+    return out
 
 
 def write_config(path: Path, port: int, maildir: Path) -> None:
@@ -93,6 +121,7 @@ def test_mbsync_both_ways_flags_moves_and_failover(
     result = mbsync(config)
     assert result.returncode == 0, result.stderr
     assert len(files(maildir, "INBOX")) == 3
+    assert downloaded(result)[0] == 3
 
     # Flags and a move made locally go to the server.
     first, second = files(maildir, "INBOX")[:2]
@@ -106,34 +135,44 @@ def test_mbsync_both_ways_flags_moves_and_failover(
     inbox = server(alpha)
     assert len(inbox) == 2 and any(set(m["flags"]) == {"\\Flagged", "\\Seen"} for m in inbox)  # type: ignore[arg-type]
     assert len(server(alpha, "Archive")) == 1
-    # And the server's changes come back.
+    # And the server's changes come back: only the new message is fetched.
     deliver(alpha, 3)
-    assert mbsync(config).returncode == 0
+    result = mbsync(config)
+    assert result.returncode == 0, result.stderr
     assert len(files(maildir, "INBOX")) == 3
+    assert downloaded(result)[0] == 1
 
     # Failover: alpha dies, beta takes over; the same state file syncs
     # against beta with no UIDVALIDITY change and nothing fetched again.
-    import time
-
-    deadline = time.monotonic() + 10
-    while len(server(beta)) != 3 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    # Both folders must be on beta first: what alpha never replicated is
+    # alpha's to hand over when it returns, not beta's to serve now.
+    wait_until(
+        lambda: [len(server(beta)), len(server(beta, "Archive"))] == [3, 1],
+        15,
+        "INBOX and Archive replicated to beta",
+    )
     alpha.kill9()
     beta.call("POST", "/v1/failover", {})
     write_config(config, beta.ports["imap"], maildir)
+    validities = uidvalidities(maildir)
+    assert set(validities) == {"INBOX", "Archive"}
     before = {
         p.name.split(",")[0] for folder in ("INBOX", "Archive") for p in files(maildir, folder)
     }
     result = mbsync(config)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "UIDVALIDITY" not in result.stdout + result.stderr
+    assert not re.search(r"UIDVALIDITY (genuinely )?changed", result.stdout + result.stderr)
+    assert uidvalidities(maildir) == validities
+    assert downloaded(result) == (0, 0), result.stdout[-3000:]  # no body fetched again
     after = {
         p.name.split(",")[0] for folder in ("INBOX", "Archive") for p in files(maildir, folder)
     }
-    assert after == before  # no message downloaded again
+    assert after == before
     deliver(beta, 4)
-    assert mbsync(config).returncode == 0
+    result = mbsync(config)
+    assert result.returncode == 0
     assert len(files(maildir, "INBOX")) == 4
+    assert downloaded(result)[0] == 1  # the new one only
 
 
 def test_offlineimap_both_ways(alice: tuple[Node, Node], tmp_path: Path) -> None:
@@ -184,3 +223,56 @@ starttls = no
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert len(files(local, "INBOX")) == 4
     assert sum(1 for m in server(alpha) if "\\Seen" in m["flags"]) == 1  # type: ignore[operator]
+
+    # A move made locally (INBOX -> a new folder Archive) goes to the server.
+    moved = next(
+        p for p in files(local, "INBOX") if b"Subject: mbsync 1" in p.read_bytes().splitlines()
+    )
+    archive = local / "Archive"
+    for sub in ("cur", "new", "tmp"):
+        (archive / sub).mkdir(parents=True)
+    moved.rename(archive / "cur" / (moved.name.split(",U=")[0] + ":2,S"))
+    result = run()
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert len(server(alpha)) == 3 and len(server(alpha, "Archive")) == 1
+    assert subjects(alpha, "Archive") == [b"Subject: mbsync 1"]
+
+    # And a move made on the server (IMAP MOVE) comes down as one.
+    client = imaplib.IMAP4("127.0.0.1", alpha.ports["imap"], timeout=20)
+    try:
+        client.login("alice", "secret")
+        client.select("INBOX")
+        (uid,) = client.uid("SEARCH", "SUBJECT", '"mbsync 2"')[1][0].split()
+        assert client.uid("MOVE", uid.decode(), "Archive")[0] == "OK"
+    finally:
+        client.logout()
+    result = run()
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    local_subjects = {
+        folder: sorted(
+            line
+            for p in files(local, folder)
+            for line in p.read_bytes().splitlines()
+            if line.startswith(b"Subject:")
+        )
+        for folder in ("INBOX", "Archive")
+    }
+    assert local_subjects == {
+        "INBOX": [b"Subject: mbsync 0", b"Subject: mbsync 3"],
+        "Archive": [b"Subject: mbsync 1", b"Subject: mbsync 2"],
+    }
+    assert len(server(alpha)) == 2 and subjects(alpha, "Archive") == [
+        b"Subject: mbsync 1",
+        b"Subject: mbsync 2",
+    ]
+
+
+def subjects(node: Node, mailbox: str) -> list[bytes]:
+    client = imaplib.IMAP4("127.0.0.1", node.ports["imap"], timeout=20)
+    try:
+        client.login("alice", "secret")
+        client.select(mailbox, readonly=True)
+        data = client.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")[1]
+    finally:
+        client.logout()
+    return sorted(part[1].strip() for part in data if isinstance(part, tuple))
