@@ -18,6 +18,9 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import email.utils
+import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
@@ -84,20 +87,34 @@ def in_ranges(value: int, ranges: tuple[list[int], list[int]]) -> bool:
     return at >= 0 and value <= ends[at]
 
 
-# In the raw bytes of a message, what may hide a term from a plain byte search:
-# encoded words (RFC 2047), transfer encodings, charsets that are not ASCII
-# supersets. (Any byte over 127 counts too: casefolding maps some non-ASCII
-# letters onto ASCII ones, "ß" to "ss".)
-_HIDING = (
-    b"=?",
-    b"base64",
-    b"quoted-printable",
-    b"utf-16",
-    b"utf-32",
-    b"utf-7",
-    b"ucs-",
-    b"iso-2022",
+# Charsets in which ASCII bytes mean the same ASCII text (so a decoded text
+# part of ASCII bytes is its bytes). UTF-7, UTF-16/32, HZ and the like are not.
+_ASCII_SUPERSETS = re.compile(
+    r"(us-)?ascii|utf-?8|(iso-?8859|latin|windows-?125|cp125|koi8)[-_a-z0-9]*|"
+    r"gb2312|gbk|gb18030|big5|shift_jis|euc-(jp|kr|cn)"
 )
+# guid -> whether the message's searchable text is its raw bytes (see
+# _Message.lacks). A property of immutable bytes, so it is kept per GUID.
+_PLAIN: OrderedDict[str, bool] = OrderedDict()
+_PLAIN_MAX = 1_000_000
+_PLAIN_LOCK = threading.Lock()
+
+
+def _text_is_raw(part: structure.Part) -> bool:
+    """True when what TEXT and BODY look at (decoded headers, decoded text parts)
+    holds exactly the ASCII bytes of the part: no encoded words, no transfer
+    encoding on a text part, an ASCII-superset charset."""
+    if b"=?" in part.header:
+        return False
+    if part.children:
+        return all(_text_is_raw(child) for child in part.children)
+    if part.message is not None:
+        return _text_is_raw(part.message)
+    if part.maintype != "text":
+        return True  # not text: search_text does not look inside it
+    encoding = (part.fields.get("Content-Transfer-Encoding") or "7bit").strip().lower()
+    charset = (part.fields.get_content_charset() or "us-ascii").lower()
+    return encoding in ("7bit", "8bit", "binary") and bool(_ASCII_SUPERSETS.fullmatch(charset))
 
 
 class _Message:
@@ -127,18 +144,26 @@ class _Message:
         return self._part
 
     def lacks(self, needle: str) -> bool:
-        """True only if the message's text cannot hold ``needle`` (casefolded):
-        an ASCII message with nothing encoded, whose bytes do not hold it. Then
-        TEXT and BODY need no MIME parse (most messages, most searches)."""
-        if not needle.isascii():
+        """True only if the message's searchable text cannot hold ``needle``
+        (casefolded): its text is its raw ASCII bytes (checked once per GUID
+        with a parse, then remembered) and those bytes do not hold it. Then
+        TEXT and BODY need no parse. Not for terms with white space (header
+        unfolding joins lines) or beyond ASCII (casefolding maps "ß" to "ss")."""
+        if not needle.isascii() or any(c.isspace() for c in needle):
+            return False
+        with _PLAIN_LOCK:
+            plain = _PLAIN.get(self.guid)
+        if plain is None:
+            plain = self.raw.isascii() and _text_is_raw(self.part)
+            with _PLAIN_LOCK:
+                _PLAIN[self.guid] = plain
+                if len(_PLAIN) > _PLAIN_MAX:
+                    _PLAIN.popitem(last=False)
+        if not plain:
             return False
         if self._lower is None:
-            raw = self.raw
-            self._lower = raw.lower() if raw.isascii() else b""
-        lower = self._lower
-        if not lower:
-            return False
-        return needle.encode() not in lower and not any(h in lower for h in _HIDING)
+            self._lower = self.raw.lower()
+        return needle.encode() not in self._lower
 
     def header(self, name: str) -> str:
         return structure.decoded_header(self.part, name).casefold()
