@@ -162,9 +162,8 @@ def test_the_text_shortcut_never_hides_a_match(
     words: list[str], encoding: str, in_subject: bool, term: str
 ) -> None:
     """With the shortcut on, TEXT and BODY give what a full MIME parse gives."""
-    from peerd.imap import structure
-
     from engine.spool import guid_of
+    from peerd.imap import structure
 
     data = _message(words, encoding, in_subject)
     # The real GUID: what the search remembers per GUID is a property of these bytes.
