@@ -181,13 +181,11 @@ def test_untagged_updates_between_sessions_and_idle_woken_by_lmtp(served: Node) 
 
 
 def raw(node: Node, lines: list[bytes]) -> list[bytes]:
+    """Send ``lines`` pipelined, then LOGOUT; every line the server sent until it answers."""
     sock = socket.create_connection(("127.0.0.1", node.ports["imap"]), timeout=20)
     stream = sock.makefile("rb")
     out = [stream.readline()]
-    for line in lines:
-        sock.sendall(line)
-        time.sleep(0.05)
-    sock.sendall(b"z LOGOUT\r\n")
+    sock.sendall(b"".join(lines) + b"z LOGOUT\r\n")
     while (reply := stream.readline()) and not reply.startswith(b"z "):
         out.append(reply)
     out.append(reply)

@@ -174,3 +174,29 @@ def test_auth_cancel_bad_plain_and_failed_logins_cut_off(lone: Node) -> None:
     ]
     # [pop3] max_login_failures = 3: the third failure ends the session, STAT is never read.
     assert replies[5:] == [b"+OK send PASS\r\n", *[b"-ERR [AUTH] authentication failed\r\n"] * 3]
+
+
+def test_quit_after_the_account_moved_keeps_the_messages_and_says_why(
+    alice: tuple[Node, Node],
+) -> None:
+    """The UPDATE state's expunge is a fenced write: when a switchover moved the
+    account during the session, QUIT removes nothing and answers -ERR [SYS/TEMP]
+    (RFC 1939 section 6, RFC 3206), built by peerd.errormap.pop3_reply."""
+    alpha, beta = alice
+    deliver(alpha, 1)
+    deliver(alpha, 2)
+    client = poplib.POP3("127.0.0.1", alpha.ports["pop3"], timeout=20)
+    try:
+        client.user("alice")
+        client.pass_("secret")
+        assert client.dele(1).startswith(b"+OK")
+        alpha.call("POST", "/v1/switchover", {"accounts": ["alice"]})
+        with pytest.raises(poplib.error_proto) as refused:
+            client.quit()
+        assert refused.value.args[0] == (
+            b"-ERR [SYS/TEMP] messages not removed: account alice is served by beta (epoch 2)"
+        )
+    finally:
+        client.close()
+    assert [m["uid"] for m in beta.mailbox("alice")["messages"]] == [1, 2]
+    assert [m["uid"] for m in alpha.mailbox("alice")["messages"]] == [1, 2]
