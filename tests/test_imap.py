@@ -779,8 +779,8 @@ def test_search_keys(served: Node) -> None:
 class Wire:
     """A raw IMAP connection: send bytes, read replies line by line."""
 
-    def __init__(self, node: Node) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", node.ports["imap"]), timeout=20)
+    def __init__(self, node: Node, timeout: float = 20) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", node.ports["imap"]), timeout=timeout)
         self.stream = self.sock.makefile("rb")
         assert self.stream.readline().startswith(b"* OK")
 
@@ -883,7 +883,7 @@ def test_idle_on_the_new_owner_is_woken_by_the_mail_the_old_owner_hands_back(
         beta.start()
         assert [t["account"] for t in beta.call("POST", "/v1/failover", {})["taken"]] == ["alice"]
 
-        idle = Wire(beta)
+        idle = Wire(beta, timeout=60)  # bounds each read while waiting for the hand-over
         idle.send(b"a LOGIN alice secret\r\nb SELECT INBOX\r\n")
         assert idle.tagged(b"a").startswith(b"a OK")
         selected = idle.replies(b"b")
@@ -894,7 +894,7 @@ def test_idle_on_the_new_owner_is_woken_by_the_mail_the_old_owner_hands_back(
         alpha.start()  # learns it lost alice, and hands messages 2 and 3 to beta
         pushed = []
         while not pushed or pushed[-1] != b"* 3 EXISTS\r\n":
-            line = idle.line()  # the socket's 20 s timeout bounds the wait
+            line = idle.line()
             assert line.startswith(b"* ") and line.endswith(b" EXISTS\r\n"), line
             pushed.append(line)
         idle.send(b"DONE\r\n")
