@@ -5,7 +5,9 @@
 1. rolling lag: messages delivered over LMTP to alpha at 50/s over 20 users;
    for each, the time from its 250 until it is committed in beta's database
    (p50/p99/max)
-2. bulk sync: N messages of the benchmark mix to an empty partner (msgs/s, MB/s)
+2. bulk sync: N messages of the benchmark mix to an empty partner (msgs/s, MB/s),
+   uncompressed (``sync_compress`` is off by default, as in Cyrus) and, for
+   N/2 other messages, compressed (``replicate -z``)
 3. no-op sync right after (ms, and the records compared: per-message work)
 4. move 1,000 messages to a new folder, then sync: bytes on the wire / moved bytes, time
 5. A accounts x 5 mailboxes, all in sync: ``replicate --all`` (s)
@@ -133,14 +135,20 @@ def main() -> None:
         alpha, beta = make_pair(workdir, {"alpha": {"sync": {"sync_log": False}}})
         payloads = messages(args.bulk, "bulk@example.test")
         total = sum(len(p) for p in payloads)
+        zipped = messages(args.bulk // 2, "bulkz@example.test", base=args.bulk)
+        zipped_total = sum(len(p) for p in zipped)
         load(alpha, "bulk", payloads)
+        load(alpha, "bulkz", zipped)
         alpha.start()
         beta.start()
         try:
-            # 2. bulk sync to the empty partner
+            # 2. bulk sync to the empty partner, uncompressed, then compressed
             started = time.perf_counter()
-            report = alpha.replicate("bulk")["reports"][0]
+            report = alpha.replicate("bulk", compress=False)["reports"][0]
             bulk_s = time.perf_counter() - started
+            started = time.perf_counter()
+            zreport = alpha.replicate("bulkz", compress=True)["reports"][0]
+            zbulk_s = time.perf_counter() - started
             # 3. no-op sync
             noop: list[tuple[float, int]] = []
             for _ in range(5):
@@ -212,6 +220,11 @@ def main() -> None:
         print(
             f"2 bulk sync       {args.bulk / bulk_s:.0f} msgs/s  {total / bulk_s / 1e6:.1f} MB/s  "
             f"({bulk_s:.2f} s; uploaded {report['uploaded']}, wire {report['bytes_sent'] / 1e6:.1f} MB out)"
+        )
+        print(
+            f"  compressed (-z) {len(zipped) / zbulk_s:.0f} msgs/s  {zipped_total / zbulk_s / 1e6:.1f} MB/s  "
+            f"({len(zipped)} msgs in {zbulk_s:.2f} s; wire {zreport['bytes_sent'] / 1e6:.1f} MB out = "
+            f"{zreport['bytes_sent'] / zipped_total:.2f} of the bytes)"
         )
         print(
             f"  ceiling         {ceil_rate:.0f} msgs/s  {ceil_mbs:.1f} MB/s (write+fsync per file, Python); "

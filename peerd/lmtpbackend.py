@@ -38,7 +38,7 @@ from engine.delivery import (
     parse_recipient,
     resolve_account,
 )
-from engine.errors import EngineError, TemporaryFailure
+from engine.errors import EngineError
 from engine.spool import Staged
 from ownership.errors import OwnershipError
 from peerd.errormap import (
@@ -135,9 +135,10 @@ class StoreBackend:
             counters.inc("lmtp_delivered")
             return S250_OK_DUPLICATE if result.duplicate else S250_OK
         if isinstance(result, (EngineError, OwnershipError)):
-            temporary = isinstance(result, TemporaryFailure)
-            counters.inc("lmtp_temp_failures" if temporary else "lmtp_refused")
-            return lmtp_reply(result)
+            reply = lmtp_reply(result)
+            # A 4xx (database trouble, the account moved away) is a temporary failure.
+            counters.inc("lmtp_temp_failures" if reply.startswith("4") else "lmtp_refused")
+            return reply
         log.error("delivery failed unexpectedly: %r", result)
         counters.inc("lmtp_temp_failures")
         return S451_LOCAL_ERROR

@@ -142,7 +142,7 @@ class SyncServer:
         if request.headers.get("X-Sync-Encoding") == "zlib":
             from engine.syncwire import compress
 
-            data = compress(data)
+            data = compress(data, messages=content_type == "application/octet-stream")
             headers["X-Sync-Encoding"] = "zlib"
         self.bytes_out += len(data)
         self.node.counters.inc("sync_bytes_sent", len(data))
