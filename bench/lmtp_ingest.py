@@ -27,10 +27,15 @@ def main() -> None:
     )
     parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--flush", default="filesystem")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="peerd-bench-") as tmp:
         workdir = Path(tmp)
-        node = make_single(workdir)
+        node = make_single(
+            workdir,
+            overrides={"lmtp": {"workers": args.workers}, "node": {"spool_flush": args.flush}},
+        )
         node.start()
         try:
             per = args.messages // args.connections
@@ -76,6 +81,7 @@ def main() -> None:
         )
         print(f"ratio             {rate / ceil_rate:8.2f} of the ceiling")
         store = status["store"]
+        print({k: round(v / store["batches"]) for k, v in store.get("extra", {}).items()})
         print(
             f"group commit      {store['writes']} writes in {store['batches']} commits (largest {store['largest_batch']})"
         )

@@ -171,12 +171,27 @@ def _conflict_statement(
 Rows = dict[str, Any] | list[dict[str, Any]]
 
 
+def execute_rows(session: Any, statement: Any, values: Rows) -> None:
+    """Run a Core INSERT/UPDATE for one row or many (an executemany): on the
+    DB-API cursor when the rows share their keys (:mod:`engine.fastsql`), else
+    through SQLAlchemy."""
+    from engine import fastsql
+
+    rows = values if isinstance(values, list) else [values]
+    if not rows:
+        return
+    keys = tuple(rows[0])
+    if all(len(row) == len(keys) for row in rows) and fastsql.executemany(
+        session, statement, keys, [tuple(row[k] for k in keys) for row in rows]
+    ):
+        return
+    session.connection().execute(statement, values)
+
+
 def insert_ignore(session: Any, table: Any, values: Rows, keys: list[str]) -> None:
     """INSERT a row (or a list of rows, as one executemany) unless one with the
     same ``keys`` exists: one statement, no read."""
-    if isinstance(values, list) and not values:
-        return
-    session.connection().execute(_conflict_statement(session, table, tuple(keys)), values)
+    execute_rows(session, _conflict_statement(session, table, tuple(keys)), values)
 
 
 def upsert(
@@ -192,7 +207,5 @@ def upsert(
 
     ``values`` may be a list of rows (one executemany); their keys must differ.
     """
-    if isinstance(values, list) and not values:
-        return
     stmt = _conflict_statement(session, table, tuple(keys), replace, increment)
-    session.connection().execute(stmt, values)
+    execute_rows(session, stmt, values)

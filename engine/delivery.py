@@ -19,15 +19,16 @@ import datetime as dt
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Table, bindparam, delete, select, tuple_, update
+from sqlalchemy import Table, bindparam, delete, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
-from engine import synclog
+from engine import fastsql, synclog
 from engine.accounts import find_account
-from engine.db import upsert
+from engine.db import execute_rows, upsert, utcnow
 from engine.errors import InvalidArgument, NoSuchAccount, OverQuota
 from engine.mailbox import create_mailbox, normalize_mailbox_name
 from engine.messages import NewRecords, add_appended, put_meta
@@ -181,18 +182,25 @@ _MAILBOX_COLUMNS = (
     Mailbox.checksum,
     Mailbox.exists,
 )
-# Built once: "expanding" parameters take a whole list, so a batch's
-# queries reuse one compiled statement whatever their length.
-_ACCOUNTS_NAMED = select(Account.id, Account.name, Account.quota_limit, Account.quota_used).where(
-    Account.name.in_(bindparam("names", expanding=True))
-)
-_FOLDERS_NAMED = select(*_MAILBOX_COLUMNS).where(
-    Mailbox.account_id.in_(bindparam("ids", expanding=True)),
-    Mailbox.name.in_(bindparam("names", expanding=True)),
-)
-_DELIVERED = select(Duplicate.mailbox_uniqueid, Duplicate.message_id, Duplicate.delivered_at).where(
-    tuple_(Duplicate.mailbox_uniqueid, Duplicate.message_id).in_(bindparam("keys", expanding=True))
-)
+
+
+def _accounts_named(names: list[Any]) -> Any:
+    return select(Account.id, Account.name, Account.quota_limit, Account.quota_used).where(
+        Account.name.in_(names)
+    )
+
+
+def _folders_named(ids: list[Any], names: list[Any]) -> Any:
+    return select(*_MAILBOX_COLUMNS).where(Mailbox.account_id.in_(ids), Mailbox.name.in_(names))
+
+
+def _delivered(uniqueids: list[Any], message_ids: list[Any]) -> Any:
+    # Every pair of the two lists: a superset of the batch's pairs, filtered after.
+    return select(Duplicate.mailbox_uniqueid, Duplicate.message_id, Duplicate.delivered_at).where(
+        Duplicate.mailbox_uniqueid.in_(uniqueids), Duplicate.message_id.in_(message_ids)
+    )
+
+
 _ACCOUNTS = Account.__table__
 _MAILBOXES = Mailbox.__table__
 assert isinstance(_ACCOUNTS, Table) and isinstance(_MAILBOXES, Table)
@@ -334,8 +342,8 @@ class DeliveryRunner:
         ids = sorted({a.id for a in accounts.values()})
         if ids:
             for chunk in _chunks(sorted(wanted)):
-                for box in session.execute(_FOLDERS_NAMED, {"ids": ids, "names": chunk}):
-                    boxes[(box.account_id, box.name)] = _MailboxRow(*box)
+                for box in fastsql.select_in(session, _folders_named, ids, chunk):
+                    boxes[(box[1], box[3])] = _MailboxRow(*box)
         return accounts, boxes
 
     @staticmethod
@@ -363,8 +371,8 @@ class DeliveryRunner:
         session: Session, accounts: list[_AccountRow], boxes: dict[int, _MailboxRow]
     ) -> None:
         """Write the new mailbox state and quota usage; keep the session's ORM copies true."""
-        connection = session.connection()
-        connection.execute(
+        execute_rows(
+            session,
             _UPDATE_MAILBOX,
             [
                 {
@@ -377,8 +385,13 @@ class DeliveryRunner:
                 for b in boxes.values()
             ],
         )
-        connection.execute(
-            _UPDATE_QUOTA, [{"b_id": a.id, "b_quota_used": a.quota_used} for a in accounts]
+        execute_rows(
+            session,
+            _UPDATE_QUOTA,
+            [
+                {"b_id": a.id, "b_quota_used": a.quota_used, "updated_at": utcnow()}
+                for a in accounts
+            ],
         )
         for box in boxes.values():
             held_box = session.identity_map.get(identity_key(Mailbox, box.id))
@@ -405,10 +418,16 @@ class DeliveryRunner:
             }
         )
         seen: dict[tuple[str, str], dt.datetime] = {}
-        for i in range(0, len(keys), 400):
-            rows = session.execute(_DELIVERED, {"keys": keys[i : i + 400]})
-            for uniqueid, message_id, when in rows:
-                seen[(uniqueid, message_id)] = when
+        wanted = set(keys)
+        for i in range(0, len(keys), 256):
+            chunk = keys[i : i + 256]
+            uniqueids = sorted({u for u, _ in chunk})
+            message_ids = sorted({m for _, m in chunk})
+            for uniqueid, message_id, when in fastsql.select_in(
+                session, _delivered, uniqueids, message_ids
+            ):
+                if (uniqueid, message_id) in wanted:
+                    seen[(uniqueid, message_id)] = when
         return seen
 
 

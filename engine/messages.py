@@ -23,7 +23,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from engine import synclog
-from engine.db import insert_ignore
+from engine.db import execute_rows, insert_ignore
 from engine.errors import InvalidArgument, OverQuota
 from engine.flags import format_flags, normalize_flags, parse_flags, record_hash
 from engine.mailbox import bump_modseq
@@ -77,7 +77,8 @@ def put_meta(session: Session, items: Iterable[tuple[str, bytes | None]]) -> Non
     insert_ignore(session, MessageMeta.__table__, rows, ["guid"])
 
 
-_INSERT_MESSAGE = insert(Message)
+# No RETURNING, no Python-side defaults: every column is given.
+_INSERT_MESSAGE = insert(Message).inline()
 
 
 class RecordBox(Protocol):
@@ -162,7 +163,7 @@ class NewRecords:
     def write(self) -> None:
         if self.rows:
             self.session.flush()  # the mailboxes' ids and state before the rows
-            self.session.connection().execute(_INSERT_MESSAGE, self.rows)
+            execute_rows(self.session, _INSERT_MESSAGE, self.rows)
         insert_ignore(
             self.session,
             GuidHistory.__table__,

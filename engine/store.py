@@ -286,12 +286,18 @@ class Store:
                         continue
                     ok, value = self._run_one(session, item.fn, item.replaying, changes)
                     outcomes[index] = (ok, value)
+                # A batch that is one group alone (a burst of deliveries) needs
+                # no savepoint: if its runner raises, the whole transaction
+                # rolls back and each op runs again alone (below).
+                alone = len(groups) == 1 and len(next(iter(groups.values()))) == len(batch)
                 for runner, indexes in groups.items():
-                    for index, outcome in zip(
-                        indexes,
-                        self._run_group(session, runner, [batch[i].op for i in indexes], changes),
-                        strict=True,
-                    ):
+                    ops = [batch[i].op for i in indexes]
+                    results = (
+                        self._run_bare(session, runner, ops, changes)
+                        if alone
+                        else self._run_group(session, runner, ops, changes)
+                    )
+                    for index, outcome in zip(indexes, results, strict=True):
                         outcomes[index] = outcome
                 if flush is not None:
                     flush.result()  # its error rolls the batch back
@@ -364,6 +370,19 @@ class Store:
             return False, exc
         changes.extend(session.info["changes"])
         return True, result
+
+    @staticmethod
+    def _run_bare(
+        session: Session, runner: GroupRunner, ops: list[Any], changes: list[Change]
+    ) -> list[tuple[bool, Any]]:
+        """A runner's ops with no savepoint of their own; an exception propagates."""
+        session.info["replaying"] = False
+        session.info["changes"] = []
+        value = runner(session, ops)
+        if not isinstance(value, list) or len(value) != len(ops):
+            raise RuntimeError(f"{runner!r} returned a bad outcome list for {len(ops)} ops")
+        changes.extend(session.info["changes"])
+        return [(not isinstance(v, Exception), v) for v in value]
 
     def _run_group(
         self, session: Session, runner: GroupRunner, ops: list[Any], changes: list[Change]

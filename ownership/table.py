@@ -12,10 +12,12 @@ so an epoch never goes down.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
-from sqlalchemy import bindparam, exists, func, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
+from engine import fastsql
 from engine.db import utcnow
 from engine.models import Account, SyncLogRow
 from ownership.errors import NotOwner
@@ -50,7 +52,7 @@ def fence_many(session: Session, accounts: Iterable[str], node: str) -> dict[str
     names = sorted(set(accounts))
     refused: dict[str, NotOwner] = {}
     for i in range(0, len(names), 500):
-        rows = session.execute(_FENCE_ROWS, {"names": names[i : i + 500]})
+        rows = fastsql.select_in(session, _fence_rows, names[i : i + 500])
         for account, owner, state, epoch in rows:
             refusal = _refusal(account, owner, state, epoch, node)
             if refusal is not None:
@@ -58,9 +60,10 @@ def fence_many(session: Session, accounts: Iterable[str], node: str) -> dict[str
     return refused
 
 
-_FENCE_ROWS = select(Ownership.account, Ownership.owner, Ownership.state, Ownership.epoch).where(
-    Ownership.account.in_(bindparam("names", expanding=True))
-)
+def _fence_rows(names: list[Any]) -> Any:
+    return select(Ownership.account, Ownership.owner, Ownership.state, Ownership.epoch).where(
+        Ownership.account.in_(names)
+    )
 
 
 def _refusal(account: str, owner: str, state: str, epoch: int, node: str) -> NotOwner | None:
