@@ -1,6 +1,7 @@
 """LMTP ingest: messages/s and MB/s into one real peerd node, durability on.
 
     .venv/bin/python -m bench.lmtp_ingest [--messages 3000] [--connections 4]
+        [--workers 1] [--flush filesystem|file]
 
 Starts a node (SQLite, fsync on, replication off) in a temp dir, creates one
 account per connection, delivers the benchmark mix over concurrent LMTP
@@ -81,7 +82,6 @@ def main() -> None:
         )
         print(f"ratio             {rate / ceil_rate:8.2f} of the ceiling")
         store = status["store"]
-        print({k: round(v / store["batches"]) for k, v in store.get("extra", {}).items()})
         print(
             f"group commit      {store['writes']} writes in {store['batches']} commits (largest {store['largest_batch']})"
         )
