@@ -258,8 +258,14 @@ def cmd_status(client: Client, args: argparse.Namespace) -> Any:
         lines.append(_partner_line(replication) + f", lag {replication['lag_seconds']} s")
     for name, state in sorted((result.get("proxy_hooks") or {}).items()):
         lines.append(_hook_line(name, state))
+    lmtp = result.get("lmtp")
+    if isinstance(lmtp, dict):
+        workers = lmtp.get("workers", [])
+        pids = ", ".join(str(w.get("pid")) for w in workers) or "-"
+        restarts = sum(int(w.get("restarts", 0)) for w in workers)
+        lines.append(f"lmtp: {len(workers)} worker process(es) (pid {pids}), restarts {restarts}")
     for key, value in result.items():
-        if isinstance(value, dict) and key not in ("owned", "replication", "proxy_hooks"):
+        if isinstance(value, dict) and key not in ("owned", "replication", "proxy_hooks", "lmtp"):
             lines.append(f"{key}: " + ", ".join(f"{k}={v}" for k, v in value.items()))
     return result, "\n".join(lines)
 
