@@ -77,6 +77,101 @@ def test_nginx_routes_logins_to_the_owner(routed: Any, tmp_path: Path) -> None:
         nginx.stop()
 
 
+def _deliver(node: Node, account: str, subject: str) -> int:
+    with smtplib.LMTP("127.0.0.1", node.ports["lmtp"], timeout=30) as lmtp:
+        lmtp.ehlo("t")
+        lmtp.mail("s@example.test")
+        code, _ = lmtp.rcpt(f"{account}@example.test")
+        if code != 250:
+            return code
+        message = f"Subject: {subject}\r\nMessage-ID: <{subject}@t>\r\n\r\nbody\r\n"
+        return lmtp.data(message.encode())[0]
+
+
+def _subjects_via(port: int, user: str) -> list[str]:
+    client = imaplib.IMAP4("127.0.0.1", port, timeout=20)
+    try:
+        client.login(user, "secret")
+        client.select("INBOX", readonly=True)
+        _, data = client.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        return sorted(
+            part[1].decode().split(":", 1)[1].strip() for part in data if isinstance(part, tuple)
+        )
+    finally:
+        client.logout()
+
+
+def test_nginx_through_failover_return_and_failback(routed: Any, tmp_path: Path) -> None:
+    """Issue 4's whole cycle behind a real nginx: the owner is SIGKILLed,
+    failover on the survivor, every account's logins and deliveries work there;
+    the dead node returns, refuses what it lost, hands over what it never
+    replicated; failback sends the logins home again."""
+    alpha, beta = routed
+    alpha.add_account("amy")  # home alpha
+    alpha.add_account("abe")  # home alpha
+    beta.add_account("bea")  # home beta
+    wait_until(
+        lambda: all(_exists(n, a) for n in (alpha, beta) for a in ("amy", "abe", "bea")),
+        10,
+        "accounts on both nodes",
+    )
+    nginx = Nginx(
+        tmp_path / "nginx",
+        lookups=[f"127.0.0.1:{alpha.ports['http']}", f"127.0.0.1:{beta.ports['http']}"],
+        secret=SECRET,
+    ).start()
+    try:
+        assert _deliver(alpha, "amy", "amy-1") == 250
+        wait_until(lambda: _subjects_via(beta.ports["imap"], "bea") == [], 10, "beta serving")
+        # alpha takes mail beta never sees (beta is down), then dies.
+        beta.stop()
+        assert _deliver(alpha, "abe", "abe-unreplicated") == 250
+        alpha.kill9()
+        beta.start()
+        taken = {r["account"] for r in beta.call("POST", "/v1/failover", {})["taken"]}
+        assert taken == {"amy", "abe"}
+        # Every account, through the proxy, on the survivor: logins and mail.
+        for account in ("amy", "abe", "bea"):
+            assert "on beta" in login(nginx.imap_port, account, "secret")
+            assert _deliver(beta, account, f"{account}-on-beta") == 250
+        assert _subjects_via(nginx.imap_port, "amy") == ["amy-1", "amy-on-beta"]
+        # alpha returns: it learns the epochs before serving and refuses what it lost.
+        alpha.start()
+        assert _deliver(alpha, "abe", "abe-refused") == 451
+        # What it accepted and never replicated reaches the new owner.
+        wait_until(
+            lambda: "abe-unreplicated" in _subjects_via(nginx.imap_port, "abe"),
+            30,
+            "alpha's unreplicated mail handed to beta",
+        )
+        assert _subjects_via(nginx.imap_port, "abe") == ["abe-on-beta", "abe-unreplicated"]
+        # Failback: home again, through the same proxy, nothing lost.
+        wait_until(
+            lambda: _failback(alpha),
+            30,
+            "failback (alpha caught up)",
+        )
+        for account in ("amy", "abe"):
+            assert "on alpha" in login(nginx.imap_port, account, "secret")
+        assert "on beta" in login(nginx.imap_port, "bea", "secret")
+        assert _subjects_via(nginx.imap_port, "abe") == ["abe-on-beta", "abe-unreplicated"]
+        assert _deliver(alpha, "abe", "abe-home") == 250
+    finally:
+        nginx.stop()
+
+
+def _failback(node: Node) -> bool:
+    import urllib.error
+
+    try:
+        node.call("POST", "/v1/failback", {})
+    except urllib.error.HTTPError as exc:
+        if exc.code == 409:  # not caught up yet: pending sync-log rows
+            return False
+        raise
+    return True
+
+
 def test_nginx_proxies_pop3_to_the_owner(routed: Any, tmp_path: Path) -> None:
     alpha, beta = routed
     alpha.add_account("alice", password="s3cret+x")
