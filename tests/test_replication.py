@@ -467,3 +467,62 @@ def test_status_of_one_account_shows_its_own_syncs(pair: tuple[Node, Node]) -> N
     assert synced["sync_log_depth"] == 0 and synced["last_error"] == ""
     quiet = alpha.call("GET", "/v1/status?account=quiet")
     assert quiet["syncs"] == before["syncs"]  # the other account's syncs are not its own
+
+
+def test_rolling_backs_off_while_the_partner_is_down(pair: tuple[Node, Node]) -> None:
+    """Partner down: rows stay, retries back off (here up to sync_reconnect_maxwait
+    = 1 s) instead of hammering it every sync_repeat_interval (200 ms)."""
+    alpha, beta = pair
+    alpha.add_account("patient")
+    wait_until(converged(alpha, beta, "patient"), 10, "the account on beta")
+    beta.stop()
+    before = alpha.call("GET", "/v1/status")["replication"]["failures"]
+    deliver(alpha, "patient@example.test", "while-down")
+    time.sleep(4.0)  # the interval under test: how many attempts fit in it
+    status = alpha.call("GET", "/v1/status")["replication"]
+    attempts = status["failures"] - before
+    # 0.25 + 0.5 + 1 + 1 + 1 ... s: at most ~7 in 4 s; without back-off, ~20.
+    assert 2 <= attempts <= 8, attempts
+    assert status["reachable"] is False and status["last_error"]
+    assert status["sync_log_depth"] >= 1  # the change waits in the log
+    beta.start()
+    wait_until(converged(alpha, beta, "patient"), 20, "everything flows once beta is back")
+
+
+def test_one_failing_account_does_not_stall_the_others(pair: tuple[Node, Node]) -> None:
+    """On the replica another account holds the uniqueid of stuck's INBOX, so
+    every push of stuck fails there; fine's mail goes on replicating at once."""
+    alpha, beta = pair
+    alpha.add_account("fine")
+    wait_until(converged(alpha, beta, "fine"), 10, "fine on beta")
+    # stuck exists only on alpha for now: beta must not see it before the trap is set.
+    beta.stop()
+    alpha.add_account("stuck")
+    inbox = next(
+        m["uniqueid"]
+        for m in alpha.call("GET", "/v1/accounts/stuck/mailboxes")["mailboxes"]
+        if m["name"] == "INBOX"
+    )
+    store = open_store(beta)
+    try:
+
+        def trap(s: Any) -> None:
+            other = accounts.create_account(s, "squatter", password_hash="x", create_inbox=False)
+            mailbox.create_mailbox(s, other, "INBOX", uniqueid=inbox)
+
+        store.write_sync(trap)
+    finally:
+        store.close()
+    beta.start()
+    deliver(alpha, "stuck@example.test", "never-arrives")
+    wait_until(
+        lambda: bool(alpha.call("GET", "/v1/status?account=stuck")["last_error"]),
+        20,
+        "stuck's sync to fail",
+    )
+    for i in range(3):
+        deliver(alpha, "fine@example.test", f"fine{i}")
+        wait_until(converged(alpha, beta, "fine"), 10, f"fine's message {i} on beta")
+    stuck = alpha.call("GET", "/v1/status?account=stuck")
+    assert stuck["sync_log_depth"] >= 1 and stuck["failures"] >= 1
+    assert "belongs to another account" in stuck["last_error"], stuck["last_error"]

@@ -1057,3 +1057,23 @@ def test_hot_writes_take_the_cursor_path_and_agree_with_sqlalchemy(store: Store)
         )
     )
     assert matching == 1
+
+
+def test_pending_puts_new_mail_before_flag_only_changes(store: Store) -> None:
+    """The rolling worker syncs in the order pending() gives: an account with new
+    mail before one whose changes are only flags, even if those came first."""
+    for name in ("flagged", "mailed"):
+        store.write_sync(lambda s, name=name: accounts.create_account(s, name, password="pw"))
+    guid, size = put(store, "order")
+    append_to(store, "flagged", "INBOX", guid, size)
+    clear_sync_log(store)
+    on_account(
+        store,
+        "flagged",
+        lambda s, a: messages.set_flags(
+            s, a, mailbox.get_mailbox(s, a, "INBOX"), [1], ["\\Flagged"]
+        ),
+    )
+    append_to(store, "mailed", "INBOX", guid, size)  # later, but new mail
+    order = store.read_sync(lambda s: [p.account for p in synclog.pending(s)])
+    assert order == ["mailed", "flagged"]
