@@ -442,3 +442,40 @@ def test_file_by_file_spool_flush_delivers_the_same(lone_node: NodeFactory) -> N
     wait_until(lambda: len(burst.acked) == 30, 60, "30 deliveries")
     burst.join()
     assert sorted(node.audit("quin")) == sorted(burst.acked)
+
+
+def test_pipelined_commands_get_their_replies_in_order(node: LoneNode) -> None:
+    """RFC 2920 with RFC 2033: MAIL, RCPTs and DATA in one write (as Postfix
+    sends them), then the message and the next transaction's commands in one
+    more; the replies come in order, one per recipient after the data."""
+    node.add_account("pip")
+    node.add_account("pop")
+    with socket.create_connection(("127.0.0.1", node.port("lmtp")), timeout=30) as sock:
+        reader = sock.makefile("rb")
+
+        def replies(n: int) -> list[bytes]:
+            out = []
+            while len(out) < n:
+                line = reader.readline()
+                assert line, "connection closed"
+                if line[3:4] != b"-":
+                    out.append(line[:3])
+            return out
+
+        assert replies(1) == [b"220"]
+        sock.sendall(b"LHLO x\r\n")
+        assert replies(1) == [b"250"]
+        sock.sendall(
+            b"MAIL FROM:<s@example.test>\r\nRCPT TO:<pip@example.test>\r\n"
+            b"RCPT TO:<nobody@example.test>\r\nRCPT TO:<pop@example.test>\r\nDATA\r\n"
+        )
+        assert replies(5) == [b"250", b"250", b"550", b"250", b"354"]
+        sock.sendall(
+            msg("piped") + b".\r\n"
+            b"MAIL FROM:<s@example.test>\r\nRCPT TO:<pip@example.test>\r\nDATA\r\n"
+        )
+        assert replies(2 + 3) == [b"250", b"250", b"250", b"250", b"354"]
+        sock.sendall(msg("second") + b".\r\nQUIT\r\n")
+        assert replies(2) == [b"250", b"221"]
+    assert [r["guid"] for r in node.records("pip")] == [sha1(msg("piped")), sha1(msg("second"))]
+    assert [r["guid"] for r in node.records("pop")] == [sha1(msg("piped"))]
