@@ -90,7 +90,14 @@ async def _start_lmtp(node: Node) -> Service:
         handler = LmtpHandler(FrontSettings.of(config), node.store.spool, backend)
         server = await serve_lmtp(handler, host=address.host, port=address.port)
         log.info("LMTP listening on %s", address)
-        return _server_service("lmtp", server)
+
+        async def stop() -> None:
+            server.close()
+            await handler.goodbye(config.lmtp.shutdown_grace.total_seconds())
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1)
+
+        return Service("lmtp", stop)
     from peerd.lmtpworker import WorkerPool
 
     pool = WorkerPool(backend, config, address, workers)

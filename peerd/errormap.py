@@ -39,6 +39,7 @@ from peerd.pop3core import CODE_SYS_PERM, CODE_SYS_TEMP, Err
 __all__ = [
     "S250_OK",
     "S250_OK_DUPLICATE",
+    "S421_SHUTTING_DOWN",
     "S451_LOCAL_ERROR",
     "S451_NOT_OWNER",
     "S452_STORAGE",
@@ -57,6 +58,7 @@ __all__ = [
 S250_OK = "250 2.1.5 Delivered"
 S250_OK_DUPLICATE = "250 2.1.5 Delivered (duplicate suppressed)"
 S250_RCPT_OK = "250 2.1.5 Recipient OK"
+S421_SHUTTING_DOWN = "421 4.3.2 Service shutting down; try again later"
 S451_LOCAL_ERROR = "451 4.3.0 Temporary failure, try again later"
 S451_NOT_OWNER = "451 4.3.0 Account is served by another node now; try again"
 S452_STORAGE = "452 4.3.1 Insufficient system storage"

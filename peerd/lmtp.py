@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import re
 import time
@@ -45,6 +46,7 @@ from engine.spool import Spool
 from peerd.config import Config
 from peerd.errormap import (
     S250_RCPT_OK,
+    S421_SHUTTING_DOWN,
     S452_TOO_MANY_RCPTS,
     S501_BAD_ADDRESS,
     S552_TOO_BIG,
@@ -101,6 +103,19 @@ class LmtpHandler:
         self.inflight = 0
         self.idle = asyncio.Event()
         self.idle.set()
+        self.sessions: set[LmtpServer] = set()
+
+    async def goodbye(self, grace: float) -> None:
+        """Stop: let the deliveries in progress end (up to ``grace``), then tell
+        every open session ``421`` (RFC 5321 3.8: the MTA keeps the message and
+        tries again) and close it."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.idle.wait(), grace)
+        for session in list(self.sessions):
+            transport = session.transport
+            if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+                transport.write(S421_SHUTTING_DOWN.encode() + b"\r\n")
+                transport.close()
 
     async def handle_EHLO(
         self,
@@ -191,6 +206,14 @@ _PLAIN_PATH = re.compile(
 
 class LmtpServer(LMTP):
     """aiosmtpd's LMTP with block-wise DATA and per-recipient size errors."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.event_handler.sessions.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.event_handler.sessions.discard(self)
+        super().connection_lost(error)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """The common ``<local@domain>`` without the RFC 5322 header parser.

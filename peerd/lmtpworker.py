@@ -419,10 +419,10 @@ async def _serve_worker(config: Config, listen_fd: int, pipe_fd: int) -> None:
     server.close()
     if not backend.closed.is_set():
         # Deliveries in progress finish (their answers still come over the
-        # pipe); new connections wait in the daemon's backlog.
-        grace = config.lmtp.shutdown_grace.total_seconds()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(handler.idle.wait(), grace)
+        # pipe); then the open sessions get a 421. New connections wait in
+        # the daemon's backlog for the next worker, or are refused if the
+        # daemon is stopping.
+        await handler.goodbye(config.lmtp.shutdown_grace.total_seconds())
     writer.close()
     pipe_task.cancel()
     with contextlib.suppress(asyncio.CancelledError, ConnectionError):

@@ -479,3 +479,22 @@ def test_pipelined_commands_get_their_replies_in_order(node: LoneNode) -> None:
         assert replies(2) == [b"250", b"221"]
     assert [r["guid"] for r in node.records("pip")] == [sha1(msg("piped")), sha1(msg("second"))]
     assert [r["guid"] for r in node.records("pop")] == [sha1(msg("piped"))]
+
+
+@pytest.mark.parametrize("workers", [1, 0])
+def test_sigterm_tells_an_open_session_421(lone_node: NodeFactory, workers: int) -> None:
+    """A session in the middle of a transaction when the daemon is asked to
+    stop gets 421 (RFC 5321 3.8) rather than a dropped connection."""
+    node = lone_node({"lmtp": {"workers": workers}})
+    node.add_account("quit")
+    with socket.create_connection(("127.0.0.1", node.port("lmtp")), timeout=30) as sock:
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"220")
+        sock.sendall(b"LHLO x\r\nMAIL FROM:<s@example.test>\r\n")
+        while not reader.readline().startswith(b"250 "):
+            pass  # the LHLO reply
+        assert reader.readline().startswith(b"250")  # MAIL
+        assert node.proc is not None
+        node.proc.send(signal.SIGTERM)
+        assert reader.readline().startswith(b"421 4.3.2")
+    assert node.proc.wait(30) == 0
