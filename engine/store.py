@@ -7,9 +7,9 @@ write — over quota, unknown user — rolls back alone), fsyncs the spool
 directories the batch's new messages were renamed into, and commits once. A
 burst of concurrent deliveries thus shares one database commit and one
 spool flush: group commit, with durability on. The spool flush runs in a
-thread of its own while the batch's SQL runs; the COMMIT waits for both. While one batch commits,
-the next one queues, so batches grow exactly when the disk is the
-bottleneck.
+thread of its own while the batch's SQL runs; the COMMIT waits for both.
+While one batch commits, the next one queues, so batches grow exactly when
+the disk is the bottleneck.
 
 Reads run on a small thread pool with their own sessions (SQLite in WAL mode
 lets them run beside the writer).
@@ -17,12 +17,14 @@ lets them run beside the writer).
 Writes of one kind can be *grouped*: :meth:`Store.write_grouped` hands the
 committer an operation and a runner ``runner(session, ops) -> outcomes``, and
 every operation of that runner in a batch goes to one call of it, in one
-savepoint. A runner turns a hundred deliveries into a handful of statements
+savepoint (none when the batch is that group alone: the transaction is the
+savepoint then). A runner turns a hundred deliveries into a handful of statements
 (one ``executemany`` per table, one UPDATE per mailbox) instead of a dozen
 statements each. It returns one outcome per operation, a result or the
 exception that operation failed with; an operation that fails must have
-written nothing. If the runner raises, the group's savepoint is rolled back
-and each operation runs again alone, so one broken operation fails alone.
+written nothing. If the runner raises, the group's savepoint (or the whole
+transaction) is rolled back and each operation runs again alone, so one
+broken operation fails alone.
 
 After a commit, listeners get the list of :class:`~engine.synclog.Change`
 the batch made (the rolling replication worker and IMAP IDLE use it), on the
