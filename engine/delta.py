@@ -58,15 +58,7 @@ class Delta:
 
 def mark_of(state: AccountState) -> AccountState:
     """The part of an owner's state the fast path compares with (no records)."""
-    return AccountState(
-        name=state.name,
-        exists=state.exists,
-        password_hash=state.password_hash,
-        quota_limit=state.quota_limit,
-        subscriptions=state.subscriptions,
-        mailboxes=tuple(MailboxState(m.summary) for m in state.mailboxes),
-        tombstones=state.tombstones,
-    )
+    return replace(state, mailboxes=tuple(MailboxState(m.summary) for m in state.mailboxes))
 
 
 def _same_shape(a: AccountState, b: AccountState) -> bool:
@@ -119,15 +111,7 @@ def owner_delta(session: Session, account: str, mark: AccountState) -> Delta | N
         # The replica as the mark says it is: its base is the marked
         # highestmodseq and it changed nothing since (it checks that).
         replica_view.append(MailboxState(replace(base, sync_base=base.highestmodseq), "delta"))
-    replica = AccountState(
-        name=mark.name,
-        exists=True,
-        password_hash=mark.password_hash,
-        quota_limit=mark.quota_limit,
-        subscriptions=mark.subscriptions,
-        mailboxes=tuple(replica_view),
-        tombstones=mark.tombstones,
-    )
+    replica = replace(mark, mailboxes=tuple(replica_view))
     repairs, push = compare(state, owner_records, replica, frozenset())
     if not repairs.empty:  # pragma: no cover - no replica records, nothing to repair
         return None
