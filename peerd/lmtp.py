@@ -18,7 +18,8 @@ runs again inside the delivery's own transaction, so a stale "yes" costs at
 worst a 4xx after DATA. A "no" is never cached (a new account must not
 bounce).
 
-Two departures from aiosmtpd's own DATA handling, in :class:`LmtpServer`:
+Three departures from aiosmtpd, in :class:`LmtpServer`: the ``250`` replies
+of a pipelined group go out in one write (see :meth:`LmtpServer.push`);
 the message is read in large blocks rather than line by line (a 400 KB
 message is ~5,000 lines; reading them one await at a time costs more than
 storing the message), and an oversized message gets one ``552`` per
@@ -108,14 +109,13 @@ class LmtpHandler:
     async def goodbye(self, grace: float) -> None:
         """Stop: let the deliveries in progress end (up to ``grace``), then tell
         every open session ``421`` (RFC 5321 3.8: the MTA keeps the message and
-        tries again) and close it."""
+        tries again) and close it. Returns once the 421s are written (a loop
+        may write them on a later turn: uvloop does), or after a second."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.idle.wait(), grace)
-        for session in list(self.sessions):
-            transport = session.transport
-            if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-                transport.write(S421_SHUTTING_DOWN.encode() + b"\r\n")
-                transport.close()
+        closing = [s.closed for s in list(self.sessions) if s.close_with(S421_SHUTTING_DOWN)]
+        if closing:
+            await asyncio.wait(closing, timeout=1.0)
 
     async def handle_EHLO(
         self,
@@ -205,14 +205,54 @@ _PLAIN_PATH = re.compile(
 
 
 class LmtpServer(LMTP):
-    """aiosmtpd's LMTP with block-wise DATA and per-recipient size errors."""
+    """aiosmtpd's LMTP with block-wise DATA, per-recipient size errors and
+    pipelined replies sent together."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self._held: list[bytes] = []
+        self.closed: asyncio.Future[None] = self.loop.create_future()
         self.event_handler.sessions.add(self)
+
+    async def push(self, status: str | bytes) -> None:
+        """Send a reply, or hold a ``250`` while the next pipelined command is
+        already here: RFC 2920 3.1 lets a server send the replies of a
+        pipelined group together, and a client that pipelines MAIL, RCPT and
+        DATA then gets one write with the three replies instead of three.
+        Anything else (the ``354``, every error, ``221``) goes out at once
+        with whatever was held before it, so nothing waits for input behind
+        a held reply."""
+        if isinstance(status, str):
+            response = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+        else:
+            response = status
+        self._held.append(response + b"\r\n")
+        buffered = getattr(self._reader, "_buffer", b"")
+        if response.startswith(b"250 ") and b"\n" in buffered:
+            return
+        self.send_held()
+        await self._writer.drain()
+
+    def close_with(self, reply: str) -> bool:
+        """Send what is held and ``reply``, then close; False if already closing."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return False
+        self._held.append(reply.encode() + b"\r\n")
+        self.send_held()
+        transport.close()
+        return True
+
+    def send_held(self) -> None:
+        """Write the replies held back, if any."""
+        if self._held:
+            self._writer.write(b"".join(self._held))
+            self._held.clear()
 
     def connection_lost(self, error: Exception | None) -> None:
         self.event_handler.sessions.discard(self)
+        if not self.closed.done():
+            self.closed.set_result(None)
         super().connection_lost(error)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
