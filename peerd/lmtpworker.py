@@ -434,10 +434,9 @@ def _use_uvloop() -> None:
     """The worker's event loop is uvloop's where it is installed.
 
     A worker is nothing but sockets, a pipe and small writes to temp files:
-    the event loop's own Python (transports, selector, wake-ups) is a large
-    part of its CPU, and uvloop runs it in C (measured in
-    ``docs/benchmarks.md``: about a fifth less CPU per message, half of it
-    in the kernel, from fewer system calls). The daemon keeps asyncio's
+    the event loop's own Python (transports, selector, wake-ups) is a good
+    part of its CPU, and uvloop runs it in C (``docs/benchmarks.md``: about
+    12% less CPU per message in the worker). The daemon keeps asyncio's
     loop: it serves HTTP, IMAP and POP3 and runs hooks as subprocesses, and
     its loop is not what limits it.
     """
