@@ -233,13 +233,6 @@ def report(workdir: Path, args: argparse.Namespace) -> None:
     print(f"ratio             {rate / ceil_rate:8.2f} of the ceiling")
     writes, batches = after["writes"] - before["writes"], after["batches"] - before["batches"]
     print(
-        writes / batches,
-        {
-            k: round((v - before["extra"].get(k, 0)) / batches)
-            for k, v in after.get("extra", {}).items()
-        },
-    )
-    print(
         f"group commit      {writes} deliveries in {batches} commits "
         f"({writes / batches:.1f} a commit; largest since start {after['largest_batch']})"
     )
