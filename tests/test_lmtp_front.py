@@ -1,0 +1,153 @@
+"""The LMTP protocol front on its own: pipelined replies and the 421 at shutdown.
+
+The front (:mod:`peerd.lmtp`, aiosmtpd) runs on a real loopback socket with a
+backend whose recipient check waits on a gate, so a test decides when a
+pipelined command's reply may be due. Both event loops a front runs on are
+covered: asyncio's (the daemon, ``workers = 0``) and uvloop's (LMTP workers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+
+from engine.spool import Spool
+from peerd.lmtp import FrontSettings, LmtpHandler, serve_lmtp
+from peerd.lmtpbackend import Message
+
+SETTINGS = FrontSettings(
+    hostname="front.test",
+    local_domains=frozenset({"example.test"}),
+    max_message_size=1 << 20,
+    max_recipients=10,
+    max_line=1000,
+)
+
+
+class GatedBackend:
+    """Accepts every recipient once ``gate`` opens; delivers nothing."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.asked = asyncio.Event()
+
+    async def check_rcpt(self, address: str) -> str | None:
+        self.asked.set()
+        await self.gate.wait()
+        return None
+
+    async def deliver(self, message: Message) -> list[str]:
+        return ["250 2.0.0 OK"] * len(message.recipients)
+
+
+Runner = Callable[[Coroutine[Any, Any, None]], None]
+
+
+def _asyncio(main: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(main)
+
+
+def _uvloop(main: Coroutine[Any, Any, None]) -> None:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
+
+
+LOOPS = pytest.mark.parametrize("run", [_asyncio, _uvloop], ids=["asyncio", "uvloop"])
+
+
+async def _reply(reader: asyncio.StreamReader) -> bytes:
+    while True:
+        line = await asyncio.wait_for(reader.readline(), 10)
+        assert line, "the server closed the connection"
+        if line[3:4] != b"-":
+            return line
+
+
+async def _session(
+    tmp_path: Path,
+) -> tuple[LmtpHandler, GatedBackend, asyncio.Server, asyncio.StreamReader, asyncio.StreamWriter]:
+    backend = GatedBackend()
+    handler = LmtpHandler(SETTINGS, Spool(tmp_path / "spool"), backend)
+    listener = socket.create_server(("127.0.0.1", 0))
+    server = await serve_lmtp(handler, sock=listener)
+    reader, writer = await asyncio.open_connection(*listener.getsockname()[:2])
+    assert (await _reply(reader)).startswith(b"220")
+    writer.write(b"LHLO client.test\r\n")
+    assert (await _reply(reader)).startswith(b"250")
+    return handler, backend, server, reader, writer
+
+
+@LOOPS
+def test_a_pipelined_250_waits_for_the_next_reply(tmp_path: Path, run: Runner) -> None:
+    """RFC 2920 3.1: MAIL's 250 is held while RCPT, already read, is being
+    answered, and both arrive once RCPT's reply is due; nothing is lost."""
+
+    async def main() -> None:
+        _, backend, server, reader, writer = await _session(tmp_path)
+        try:
+            writer.write(b"MAIL FROM:<s@example.test>\r\nRCPT TO:<r@example.test>\r\n")
+            await asyncio.wait_for(backend.asked.wait(), 10)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(reader.readline(), 0.3)  # MAIL's 250 is held
+            backend.gate.set()
+            assert (await _reply(reader)).startswith(b"250")  # MAIL
+            assert (await _reply(reader)).startswith(b"250")  # RCPT
+            writer.write(b"QUIT\r\n")
+            assert (await _reply(reader)).startswith(b"221")
+        finally:
+            writer.close()
+            server.close()
+            await server.wait_closed()
+
+    run(main())
+
+
+@LOOPS
+def test_a_lone_command_is_answered_at_once(tmp_path: Path, run: Runner) -> None:
+    """With no command behind it in the input, a 250 is never held."""
+
+    async def main() -> None:
+        _, backend, server, reader, writer = await _session(tmp_path)
+        backend.gate.set()
+        try:
+            writer.write(b"MAIL FROM:<s@example.test>\r\n")
+            assert (await _reply(reader)).startswith(b"250")
+            writer.write(b"NOOP\r\n")
+            assert (await _reply(reader)).startswith(b"250")
+        finally:
+            writer.close()
+            server.close()
+            await server.wait_closed()
+
+    run(main())
+
+
+@LOOPS
+def test_shutdown_sends_the_held_replies_before_its_421(tmp_path: Path, run: Runner) -> None:
+    """A session stopped while a reply is held gets that reply, then 421
+    (RFC 5321 3.8), then the close: the 421 is written before goodbye returns,
+    on either loop."""
+
+    async def main() -> None:
+        handler, backend, server, reader, writer = await _session(tmp_path)
+        try:
+            writer.write(b"MAIL FROM:<s@example.test>\r\nRCPT TO:<r@example.test>\r\n")
+            await asyncio.wait_for(backend.asked.wait(), 10)
+            await handler.goodbye(grace=1.0)
+            assert (await _reply(reader)).startswith(b"250")  # MAIL, held until now
+            assert (await _reply(reader)).startswith(b"421 4.3.2")
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+            assert not handler.sessions
+        finally:
+            backend.gate.set()
+            writer.close()
+            server.close()
+            await server.wait_closed()
+
+    run(main())
