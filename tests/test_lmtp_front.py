@@ -9,8 +9,10 @@ covered: asyncio's (the daemon, ``workers = 0``) and uvloop's (LMTP workers).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,18 +71,32 @@ async def _reply(reader: asyncio.StreamReader) -> bytes:
             return line
 
 
-async def _session(
-    tmp_path: Path,
-) -> tuple[LmtpHandler, GatedBackend, asyncio.Server, asyncio.StreamReader, asyncio.StreamWriter]:
+@dataclass
+class Session:
+    handler: LmtpHandler
+    backend: GatedBackend
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+
+@contextlib.asynccontextmanager
+async def _session(tmp_path: Path) -> AsyncIterator[Session]:
+    """A front on a loopback port and one client past LHLO; all closed after."""
     backend = GatedBackend()
     handler = LmtpHandler(SETTINGS, Spool(tmp_path / "spool"), backend)
     listener = socket.create_server(("127.0.0.1", 0))
     server = await serve_lmtp(handler, sock=listener)
     reader, writer = await asyncio.open_connection(*listener.getsockname()[:2])
-    assert (await _reply(reader)).startswith(b"220")
-    writer.write(b"LHLO client.test\r\n")
-    assert (await _reply(reader)).startswith(b"250")
-    return handler, backend, server, reader, writer
+    try:
+        assert (await _reply(reader)).startswith(b"220")
+        writer.write(b"LHLO client.test\r\n")
+        assert (await _reply(reader)).startswith(b"250")
+        yield Session(handler, backend, reader, writer)
+    finally:
+        backend.gate.set()
+        writer.close()
+        server.close()
+        await server.wait_closed()
 
 
 @LOOPS
@@ -89,21 +105,16 @@ def test_a_pipelined_250_waits_for_the_next_reply(tmp_path: Path, run: Runner) -
     answered, and both arrive once RCPT's reply is due; nothing is lost."""
 
     async def main() -> None:
-        _, backend, server, reader, writer = await _session(tmp_path)
-        try:
-            writer.write(b"MAIL FROM:<s@example.test>\r\nRCPT TO:<r@example.test>\r\n")
-            await asyncio.wait_for(backend.asked.wait(), 10)
+        async with _session(tmp_path) as s:
+            s.writer.write(b"MAIL FROM:<s@example.test>\r\nRCPT TO:<r@example.test>\r\n")
+            await asyncio.wait_for(s.backend.asked.wait(), 10)
             with pytest.raises(TimeoutError):
-                await asyncio.wait_for(reader.readline(), 0.3)  # MAIL's 250 is held
-            backend.gate.set()
-            assert (await _reply(reader)).startswith(b"250")  # MAIL
-            assert (await _reply(reader)).startswith(b"250")  # RCPT
-            writer.write(b"QUIT\r\n")
-            assert (await _reply(reader)).startswith(b"221")
-        finally:
-            writer.close()
-            server.close()
-            await server.wait_closed()
+                await asyncio.wait_for(s.reader.readline(), 0.3)  # MAIL's 250 is held
+            s.backend.gate.set()
+            assert (await _reply(s.reader)).startswith(b"250")  # MAIL
+            assert (await _reply(s.reader)).startswith(b"250")  # RCPT
+            s.writer.write(b"QUIT\r\n")
+            assert (await _reply(s.reader)).startswith(b"221")
 
     run(main())
 
@@ -113,17 +124,12 @@ def test_a_lone_command_is_answered_at_once(tmp_path: Path, run: Runner) -> None
     """With no command behind it in the input, a 250 is never held."""
 
     async def main() -> None:
-        _, backend, server, reader, writer = await _session(tmp_path)
-        backend.gate.set()
-        try:
-            writer.write(b"MAIL FROM:<s@example.test>\r\n")
-            assert (await _reply(reader)).startswith(b"250")
-            writer.write(b"NOOP\r\n")
-            assert (await _reply(reader)).startswith(b"250")
-        finally:
-            writer.close()
-            server.close()
-            await server.wait_closed()
+        async with _session(tmp_path) as s:
+            s.backend.gate.set()
+            s.writer.write(b"MAIL FROM:<s@example.test>\r\n")
+            assert (await _reply(s.reader)).startswith(b"250")
+            s.writer.write(b"NOOP\r\n")
+            assert (await _reply(s.reader)).startswith(b"250")
 
     run(main())
 
@@ -135,19 +141,13 @@ def test_shutdown_sends_the_held_replies_before_its_421(tmp_path: Path, run: Run
     on either loop."""
 
     async def main() -> None:
-        handler, backend, server, reader, writer = await _session(tmp_path)
-        try:
-            writer.write(b"MAIL FROM:<s@example.test>\r\nRCPT TO:<r@example.test>\r\n")
-            await asyncio.wait_for(backend.asked.wait(), 10)
-            await handler.goodbye(grace=1.0)
-            assert (await _reply(reader)).startswith(b"250")  # MAIL, held until now
-            assert (await _reply(reader)).startswith(b"421 4.3.2")
-            assert await asyncio.wait_for(reader.read(), 10) == b""
-            assert not handler.sessions
-        finally:
-            backend.gate.set()
-            writer.close()
-            server.close()
-            await server.wait_closed()
+        async with _session(tmp_path) as s:
+            s.writer.write(b"MAIL FROM:<s@example.test>\r\nRCPT TO:<r@example.test>\r\n")
+            await asyncio.wait_for(s.backend.asked.wait(), 10)
+            await s.handler.goodbye(grace=1.0)
+            assert (await _reply(s.reader)).startswith(b"250")  # MAIL, held until now
+            assert (await _reply(s.reader)).startswith(b"421 4.3.2")
+            assert await asyncio.wait_for(s.reader.read(), 10) == b""
+            assert not s.handler.sessions
 
     run(main())
