@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -11,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tests.procs import Proc, free_port, wait_until
 
@@ -112,6 +113,33 @@ class Node:
 
     def replicate(self, account: str, **extra: Any) -> Any:
         return self.call("POST", "/v1/replicate", {"account": account, **extra})
+
+
+class _Configured(Protocol):
+    @property
+    def config(self) -> Path: ...
+
+    @property
+    def workdir(self) -> Path: ...
+
+
+def peerctl(
+    node: _Configured,
+    *args: str,
+    stdin: str | None = None,
+    config: Path | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """``peerctl -c CONFIG ARGS`` run for real against ``node`` (its config
+    unless ``config`` is given), from the node's working directory."""
+    return subprocess.run(
+        [sys.executable, "-m", "peerd.cli", "-c", str(config or node.config), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=node.workdir,
+        timeout=timeout,
+    )
 
 
 def _sections(

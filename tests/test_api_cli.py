@@ -18,6 +18,7 @@ from engine.passwords import verify_password
 from engine.store import Store
 from tests.conftest import LoneNode
 from tests.harness.daemons import TOKEN
+from tests.nodes import peerctl
 
 
 @pytest.fixture
@@ -110,19 +111,6 @@ def test_errors_are_problem_json(node: LoneNode) -> None:
     # None of the refused requests left anything behind.
     assert [a["name"] for a in request(node, "GET", "/v1/accounts")[2]["accounts"]] == ["zoe"]
     assert request(node, "GET", "/v1/accounts/zoe")[2]["quota_limit"] == 5000
-
-
-def peerctl(
-    node: LoneNode, *args: str, stdin: str | None = None, config: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "peerd.cli", "-c", str(config or node.config), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        cwd=node.workdir,
-        timeout=60,
-    )
 
 
 def password_ok(node: LoneNode, user: str, password: str) -> bool:

@@ -5,23 +5,11 @@ from __future__ import annotations
 
 import json
 import smtplib
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from tests.nodes import Node, make_pair, running
+from tests.nodes import Node, make_pair, peerctl, running
 from tests.procs import wait_until
-
-
-def peerctl(node: Node, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "peerd.cli", "-c", str(node.config), *args],
-        capture_output=True,
-        text=True,
-        cwd=node.workdir,
-        timeout=120,
-    )
 
 
 def ok(node: Node, *args: str) -> str:

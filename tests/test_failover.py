@@ -6,8 +6,6 @@ import base64
 import json
 import poplib
 import smtplib
-import subprocess
-import sys
 import urllib.error
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ import pytest
 
 from engine.store import Store
 from ownership import table as ownership_table
-from tests.nodes import Node, make_pair, running
+from tests.nodes import Node, make_pair, peerctl, running
 from tests.procs import wait_until
 
 
@@ -170,13 +168,7 @@ def test_failback_waits_until_the_returned_node_has_caught_up(tmp_path: Path) ->
         # Refused means untouched: both still say beta, at the same epoch.
         assert owner(alpha, "alice")["epoch"] == owner(beta, "alice")["epoch"] == 2
         assert owner(beta, "alice")["owner"] == "beta"
-        cli = subprocess.run(
-            [sys.executable, "-m", "peerd.cli", "-c", str(alpha.config), "failback"],
-            capture_output=True,
-            text=True,
-            cwd=alpha.workdir,
-            timeout=60,
-        )
+        cli = peerctl(alpha, "failback")
         assert cli.returncode == 1 and "not_caught_up" not in cli.stdout
         assert cli.stderr.startswith("peerctl: NotCaughtUp: alpha has not caught up with beta")
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import smtplib
-import subprocess
 import sys
 import threading
 import urllib.error
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.nodes import Node, make_pair, running
+from tests.nodes import Node, make_pair, peerctl, running
 from tests.procs import free_port, wait_until
 
 # The command hook: appends what it got to a file; fails while FAIL exists.
@@ -168,13 +167,7 @@ def test_switchover_failback_failover_call_every_hook(
     # beta's HTTP hook now fails; alpha dies; failover on beta reports it.
     sink.status["/beta"] = 503
     alpha.kill9()
-    answer = subprocess.run(
-        [sys.executable, "-m", "peerd.cli", "-c", str(beta.config), "failover"],
-        capture_output=True,
-        text=True,
-        cwd=beta.workdir,
-        timeout=60,
-    )
+    answer = peerctl(beta, "failover")
     assert answer.returncode == 0, answer.stderr
     lines = answer.stdout.splitlines()
     assert "proxy hook web: FAILED HTTP 503 (retrying)" in lines
@@ -183,13 +176,7 @@ def test_switchover_failback_failover_call_every_hook(
     assert status["web"]["ok"] is False and status["web"]["pending"] == 1
     assert status["web"]["failures"] >= 1 and status["web"]["last_error"] == "HTTP 503"
     assert status["map"] == {**status["map"], "ok": True, "pending": 0, "failures": 0}
-    shown = subprocess.run(
-        [sys.executable, "-m", "peerd.cli", "-c", str(beta.config), "status"],
-        capture_output=True,
-        text=True,
-        cwd=beta.workdir,
-        timeout=60,
-    ).stdout
+    shown = peerctl(beta, "status").stdout
     assert "proxy hook web: FAILING, 1 account(s) waiting" in shown
     assert 'peerd_proxy_hook_ok{hook="web"} 0' in metrics(beta)
 

@@ -11,14 +11,12 @@ import http.client
 import json
 import os
 import smtplib
-import subprocess
-import sys
 import urllib.error
 import zlib
 from pathlib import Path
 from typing import Any
 
-from tests.nodes import Node, make_pair, running
+from tests.nodes import Node, make_pair, peerctl, running
 from tests.procs import wait_until
 
 LIMIT = 64 << 10
@@ -156,7 +154,7 @@ def test_an_account_deleted_on_its_owner_is_deleted_on_the_partner(
     assert guids(beta, "gone") and guids(alpha, "gone")
 
     # The answer comes once beta has taken the deletion.
-    assert json.loads(peerctl(alpha, "--json", "account", "del", "gone")) == {
+    assert json.loads(peerctl_ok(alpha, "--json", "account", "del", "gone")) == {
         "deleted": "gone",
         "replicated": True,
     }
@@ -179,7 +177,7 @@ def test_an_account_deleted_on_its_owner_is_deleted_on_the_partner(
     # yet, and refuses to make the account again until it has (beta's old
     # copy would be merged into the new one).
     beta.stop()
-    assert peerctl(alpha, "account", "del", "gone") == (
+    assert peerctl_ok(alpha, "account", "del", "gone") == (
         "deleted gone (the partner has not taken the deletion yet; it will when it answers)\n"
     )
     assert status_of(alpha, "/v1/accounts/gone") == 404
@@ -200,14 +198,8 @@ def test_an_account_deleted_on_its_owner_is_deleted_on_the_partner(
     assert guids(beta, "gone") == []
 
 
-def peerctl(node: Node, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "peerd.cli", "-c", str(node.config), *args],
-        capture_output=True,
-        text=True,
-        cwd=node.workdir,
-        timeout=60,
-    )
+def peerctl_ok(node: Node, *args: str) -> str:
+    result = peerctl(node, *args)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
