@@ -48,20 +48,10 @@ import time
 from pathlib import Path
 
 from bench.workload import ceiling, messages
+from peerd.pop3core import dot_stuff
 from tests.nodes import make_single
 
 _MARK = Path(tempfile.gettempdir()) / "peerd-bench-lmtp-cleanup"
-
-
-def dot_stuffed(data: bytes) -> bytes:
-    """``data`` as it goes after DATA: CRLF-terminated, leading dots doubled,
-    then the lone dot (RFC 5321 4.5.2)."""
-    if not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    data = data.replace(b"\r\n.", b"\r\n..")
-    if data.startswith(b"."):
-        data = b"." + data
-    return data + b".\r\n"
 
 
 async def _reply(reader: asyncio.StreamReader) -> bytes:
@@ -120,7 +110,9 @@ def run_pipelining(
 ) -> tuple[list[str], float]:
     """Deliver ``payloads[c]`` to ``rcpts[c]`` on connection c; (failures, seconds)."""
     failures: list[str] = []
-    stuffed = [[dot_stuffed(p) for p in batch] for batch in payloads]
+    # After DATA the same transparency as a POP3 multi-line reply (RFC 5321
+    # 4.5.2, RFC 1939 3): leading dots doubled, then the lone dot.
+    stuffed = [[dot_stuff(p) for p in batch] for batch in payloads]
 
     async def main() -> None:
         await asyncio.gather(
