@@ -215,20 +215,20 @@ class LmtpServer(LMTP):
         self.event_handler.sessions.add(self)
 
     async def push(self, status: str | bytes) -> None:
-        """Send a reply, or hold a ``250`` while the next pipelined command is
-        already here: RFC 2920 3.1 lets a server send the replies of a
-        pipelined group together, and a client that pipelines MAIL, RCPT and
-        DATA then gets one write with the three replies instead of three.
-        Anything else (the ``354``, every error, ``221``) goes out at once
-        with whatever was held before it, so nothing waits for input behind
-        a held reply."""
+        """Send a reply, or hold a one-line ``250`` while the next pipelined
+        command is already here: RFC 2920 3.1 lets a server send the replies
+        of a pipelined group together, and a client that pipelines MAIL, RCPT
+        and DATA then gets one write with the three replies instead of three.
+        Anything else (the ``354``, every error, the per-recipient replies
+        after DATA, ``221``) goes out at once with whatever was held before
+        it, so nothing waits for input behind a held reply."""
         if isinstance(status, str):
             response = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
         else:
             response = status
         self._held.append(response + b"\r\n")
         buffered = getattr(self._reader, "_buffer", b"")
-        if response.startswith(b"250 ") and b"\n" in buffered:
+        if response.startswith(b"250 ") and b"\n" not in response and b"\n" in buffered:
             return
         self.send_held()
         await self._writer.drain()
