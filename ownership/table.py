@@ -7,6 +7,11 @@ raises :class:`NotOwner` naming the owner when this node is not it, or while
 the account is ``moving`` (a switchover is draining it). :func:`adopt` is how
 a row from the partner is taken: only a higher epoch replaces what we know,
 so an epoch never goes down.
+
+Every change to a row is told to the store's listeners after its commit
+(:data:`CHANGED`, through :func:`engine.synclog.note`): LMTP forgets the
+recipients it recently accepted, so a node that just lost an account
+refuses its next RCPT rather than its next DATA.
 """
 
 from __future__ import annotations
@@ -17,13 +22,22 @@ from typing import Any
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
-from engine import fastsql
+from engine import fastsql, synclog
 from engine.db import utcnow
 from engine.models import Account, SyncLogRow
 from ownership.errors import NotOwner
 from ownership.models import STATES, Ownership
 
+# The kind of the change note a row's change leaves (its mailbox is "").
+CHANGED = "ownership"
+
+
+def _changed(session: Session, account: str) -> None:
+    synclog.note(session, account, "", CHANGED)
+
+
 __all__ = [
+    "CHANGED",
     "adopt",
     "check_owner",
     "count_by_owner",
@@ -96,6 +110,7 @@ def create(session: Session, account: str, owner: str, home: str | None = None) 
         account=account, owner=owner, home=home or owner, epoch=1, state="normal", reason="created"
     )
     session.add(row)
+    _changed(session, account)
     return row
 
 
@@ -103,6 +118,7 @@ def delete(session: Session, account: str) -> None:
     row = session.get(Ownership, account)
     if row is not None:
         session.delete(row)
+        _changed(session, account)
 
 
 def prune_deleted(session: Session, accounts: Iterable[str] | None = None) -> list[str]:
@@ -127,6 +143,7 @@ def prune_deleted(session: Session, accounts: Iterable[str] | None = None) -> li
     for row in session.scalars(query):
         pruned.append(row.account)
         session.delete(row)
+        _changed(session, row.account)
     return pruned
 
 
@@ -170,6 +187,7 @@ def set_owner(
     row.updated_at = utcnow()
     if home is not None:
         row.home = home
+    _changed(session, account)
     return row
 
 
@@ -191,11 +209,12 @@ def adopt(
                 account=account, owner=owner, home=home, epoch=epoch, state=state, reason=reason
             )
         )
-        return True
-    if epoch <= row.epoch:
+    elif epoch > row.epoch:
+        row.owner, row.home, row.epoch, row.state, row.reason = owner, home, epoch, state, reason
+        row.updated_at = utcnow()
+    else:
         return False
-    row.owner, row.home, row.epoch, row.state, row.reason = owner, home, epoch, state, reason
-    row.updated_at = utcnow()
+    _changed(session, account)
     return True
 
 
@@ -222,6 +241,7 @@ def mark_moving(session: Session, accounts: list[str], me: str) -> dict[str, str
             previous[account] = row.state
             row.state = "moving"
             row.reason = "switchover: draining"
+            _changed(session, account)
     return previous
 
 
@@ -231,6 +251,7 @@ def unmark_moving(session: Session, previous: dict[str, str]) -> None:
         if row is not None and row.state == "moving":
             row.state = state
             row.reason = "switchover aborted"
+            _changed(session, account)
 
 
 def release_interrupted(session: Session, me: str) -> list[str]:
@@ -248,6 +269,7 @@ def release_interrupted(session: Session, me: str) -> list[str]:
             row.reason = "switchover interrupted by a restart"
             row.updated_at = utcnow()
             released.append(row.account)
+            _changed(session, row.account)
     return released
 
 
@@ -259,4 +281,5 @@ def set_home(session: Session, account: str, home: str) -> Ownership:
     row.epoch += 1  # the row changed: the partner must take it
     row.reason = f"home moved to {home}"
     row.updated_at = utcnow()
+    _changed(session, account)
     return row

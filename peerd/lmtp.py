@@ -16,7 +16,9 @@ instead of taking turns with it for one interpreter lock.
 A recipient that passed recently skips the backend at RCPT: the same check
 runs again inside the delivery's own transaction, so a stale "yes" costs at
 worst a 4xx after DATA. A "no" is never cached (a new account must not
-bounce).
+bounce). Every "yes" is forgotten (:meth:`LmtpHandler.forget_recipients`)
+when an ownership row changes, so a node that has just lost an account
+refuses it at the next RCPT.
 
 Three departures from aiosmtpd, in :class:`LmtpServer`: the ``250`` replies
 of a pipelined group go out in one write (see :meth:`LmtpServer.push`);
@@ -105,6 +107,11 @@ class LmtpHandler:
         self.idle = asyncio.Event()
         self.idle.set()
         self.sessions: set[LmtpServer] = set()
+
+    def forget_recipients(self) -> None:
+        """Drop every cached "yes": an ownership row changed (a failover, a
+        switchover), so each recipient is asked about again."""
+        self._accepted.clear()
 
     async def goodbye(self, grace: float) -> None:
         """Stop: let the deliveries in progress end (up to ``grace``), then tell

@@ -16,6 +16,9 @@ is used directly when the front runs in the daemon itself and, through
   ownership moved in between). The after-delivery hooks (synchronous
   replication waits there) run before the replies go back.
 
+- :meth:`StoreBackend.on_ownership_change`: how the front learns that a
+  recipient it accepted recently may no longer be ours.
+
 A delivery in progress is shielded from the caller going away and from
 shutdown: it either commits or fails as a whole; nothing is half-stored.
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +44,8 @@ from engine.delivery import (
 )
 from engine.errors import EngineError
 from engine.spool import Staged
+from engine.synclog import Change
+from ownership import table as ownership_table
 from ownership.errors import OwnershipError
 from peerd.errormap import (
     S250_OK,
@@ -94,6 +100,18 @@ class StoreBackend:
             self.node.counters.inc("lmtp_rcpt_refused")
             return lmtp_reply(exc)
         return None
+
+    def on_ownership_change(self, forget: Callable[[], None]) -> Callable[[], None]:
+        """Call ``forget`` after every commit that changed an ownership row
+        (on the store's loop); returns what stops it."""
+        store = self.node.store
+
+        def listener(changes: list[Change]) -> None:
+            if any(change.kind == ownership_table.CHANGED for change in changes):
+                forget()
+
+        store.add_listener(listener)
+        return lambda: store.remove_listener(listener)
 
     async def deliver(self, message: Message) -> list[str]:
         """Deliver to every recipient; one reply each, in order."""

@@ -8,8 +8,8 @@ the daemon over the socketpair for what needs the database: a recipient
 check at RCPT, the delivery after DATA. The daemon answers with
 :class:`~peerd.lmtpbackend.StoreBackend`, where every delivery joins the
 group commit (which makes the temp file durable and renames it into the
-spool; ``tmp`` is null when the same bytes are in the spool already). So the protocol's Python work runs on another core instead of
-taking turns with the group commit for the daemon's interpreter lock, and
+spool; ``tmp`` is null when the same bytes are in the spool already). So
+the protocol's Python work runs on another core instead of taking turns with the group commit for the daemon's interpreter lock, and
 one process still owns the database and the sync log.
 
 The pipe carries frames: a 4-byte big-endian length, then a JSON object.
@@ -19,6 +19,8 @@ worker -> daemon           daemon -> worker
 =========================  ===============================================
 ``{"op": "ready"}``        ``{"op": "stop"}``: stop accepting, finish the
                            deliveries in progress, exit
+(nothing asked)            ``{"op": "forget"}``: an ownership row changed;
+                           drop the recipients accepted recently
 ``{"op": "rcpt", "id",     ``{"id", "refusal": null | "451 ..."}``
 "address"}``
 ``{"op": "deliver", "id",  ``{"id", "replies": ["250 ...", ...]}``: one per
@@ -49,6 +51,7 @@ import socket
 import struct
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +118,7 @@ class WorkerPool:
         self.listener: socket.socket | None = None
         self._workers: list[_Worker] = []
         self._stopping = False
+        self._unwatch: Callable[[], None] | None = None
 
     async def start(self, timeout: float = 30.0) -> None:
         """Bind, start the workers and wait until each serves."""
@@ -123,11 +127,20 @@ class WorkerPool:
         )
         self.listener.set_inheritable(True)
         self._workers = [_Worker(self, n) for n in range(self.count)]
+        self._unwatch = self.backend.on_ownership_change(self.forget_recipients)
         await asyncio.gather(*(asyncio.wait_for(w.start(), timeout) for w in self._workers))
+
+    def forget_recipients(self) -> None:
+        """Tell every worker to drop the recipients it accepted recently."""
+        for worker in self._workers:
+            if worker.writer is not None and not worker.writer.is_closing():
+                write_frame(worker.writer, {"op": "forget"})
 
     async def stop(self, grace: float) -> None:
         """Stop accepting; let the workers finish what they hold (up to ``grace``)."""
         self._stopping = True
+        if self._unwatch is not None:
+            self._unwatch()
         await asyncio.gather(*(w.stop(grace) for w in self._workers))
         if self.listener is not None:
             self.listener.close()
@@ -323,6 +336,8 @@ class PipeBackend:
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.stop_requested = asyncio.Event()
         self.closed = asyncio.Event()
+        # The front's forget_recipients, once the front exists.
+        self.on_forget: Callable[[], None] = lambda: None
 
     async def run(self) -> None:
         """Read the daemon's frames until the pipe closes."""
@@ -330,6 +345,9 @@ class PipeBackend:
             while (frame := await read_frame(self.reader)) is not None:
                 if frame.get("op") == "stop":
                     self.stop_requested.set()
+                    continue
+                if frame.get("op") == "forget":
+                    self.on_forget()
                     continue
                 future = self._pending.pop(int(frame.get("id", -1)), None)
                 if future is not None and not future.done():
@@ -405,6 +423,7 @@ async def _serve_worker(config: Config, listen_fd: int, pipe_fd: int) -> None:
     pipe_task = asyncio.create_task(backend.run())
     spool = Spool(config.node.data_dir / "spool", clean=False)
     handler = LmtpHandler(FrontSettings.of(config), spool, backend)
+    backend.on_forget = handler.forget_recipients
     listener = socket.socket(fileno=listen_fd)
     server = await serve_lmtp(handler, sock=listener)
     write_frame(writer, {"op": "ready"})

@@ -6,6 +6,7 @@ import base64
 import json
 import poplib
 import smtplib
+import time
 import urllib.error
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 
 from engine.store import Store
 from ownership import table as ownership_table
+from peerd.lmtp import RCPT_CACHE_SECONDS
 from tests.nodes import Node, make_pair, peerctl, running
 from tests.procs import wait_until
 
@@ -132,6 +134,27 @@ def test_switchover_moves_accounts_both_ways(pair: tuple[Node, Node]) -> None:
     moved = alpha.call("POST", "/v1/accounts/dave/move", {"to": "beta"})
     assert moved["home"] == "beta"
     wait_until(lambda: owner(beta, "dave")["home"] == "beta", 10, "home replicated")
+
+
+@pytest.mark.parametrize("workers", [1, 0], ids=["worker", "in-daemon"])
+def test_the_old_owner_refuses_at_the_next_rcpt(tmp_path: Path, workers: int) -> None:
+    # The LMTP front skips the recipient check for a recipient it accepted
+    # in the last RCPT_CACHE_SECONDS; a switchover must wipe that "yes",
+    # in a worker process (a frame over its pipe) and in the daemon alike.
+    alpha, beta = make_pair(tmp_path, {"alpha": {"lmtp": {"workers": workers}}})
+    with running(alpha, beta):
+        alpha.add_account("carol")
+        assert deliver(alpha, "carol@example.test", "warm")[0] == 250
+        started = time.monotonic()
+        alpha.call("POST", "/v1/switchover", {"accounts": ["carol"]})
+        with smtplib.LMTP("127.0.0.1", alpha.ports["lmtp"], timeout=30) as lmtp:
+            lmtp.docmd("LHLO", "t")
+            lmtp.mail("s@example.test")
+            code, text = lmtp.rcpt("carol@example.test")
+        elapsed = time.monotonic() - started
+        # Past the window the cache would have expired anyway: nothing shown.
+        assert elapsed < RCPT_CACHE_SECONDS, f"the switchover took {elapsed:.2f} s"
+        assert code == 451 and b"beta" in text, (code, text)
 
 
 def problem_of(call: Any) -> tuple[int, dict[str, Any]]:
