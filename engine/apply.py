@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from engine import synclog
 from engine.accounts import create_account, delete_account, find_account
 from engine.compare import MailboxPush, Push, Repairs
-from engine.errors import SyncProtocolError
+from engine.errors import SyncProtocolError, TemporaryFailure
 from engine.flags import record_hash
 from engine.mailbox import create_mailbox, find_mailbox, get_mailbox_by_uniqueid
 from engine.messages import NewRecords, append, expunge, records_by_uid
@@ -257,12 +257,23 @@ def _live_size(session: Session, mailbox: Mailbox) -> int:
     )
 
 
-def apply_repairs(session: Session, account_name: str, repairs: Repairs) -> RepairResult:
-    """On the owner: keep the replica's unknown mail and resolve UID splits."""
+def apply_repairs(
+    session: Session, account_name: str, repairs: Repairs, has: Callable[[str], bool]
+) -> RepairResult:
+    """On the owner: keep the replica's unknown mail and resolve UID splits.
+
+    ``has`` says whether a GUID's bytes are in the spool: each record kept
+    from the replica must have them (fetched, or spooled here before).
+    """
     result = RepairResult()
     account = find_account(session, account_name)
     if account is None:
         raise SyncProtocolError(f"no account {account_name} here to repair")
+    missing = sorted({r.guid for p in repairs.pulls for r in p.records if not has(r.guid)})
+    if missing:
+        raise TemporaryFailure(
+            f"{len(missing)} message(s) to keep are not in the spool, e.g. {missing[0]}"
+        )
     for uniqueid, last_uid in repairs.raise_last_uid:
         box = get_mailbox_by_uniqueid(session, uniqueid)
         if box is not None and box.last_uid < last_uid:

@@ -26,6 +26,10 @@ A batch of one file is always flushed file by file.
 
 Reads verify the SHA-1: a GUID whose bytes do not match is ``Corrupt`` and
 is never served.
+
+Files leave the spool only through the sweep (:mod:`engine.sweep`), once no
+live record names them; :meth:`Spool.commit` refuses a staged reuse of bytes
+the sweep has removed meanwhile.
 """
 
 from __future__ import annotations
@@ -190,6 +194,13 @@ class Spool:
         """
         # The same file may come more than once (one message, many recipients).
         items = list({(s.guid, s.tmp): s for s in staged}.values())
+        # Bytes found already spooled when they were staged: the sweep
+        # (engine.sweep) may have removed them since, and no record may
+        # name a GUID whose file is gone. Checked in the committer, which
+        # is where the sweep removes files.
+        gone = [s.guid for s in items if s.tmp is None and not s.final.exists()]
+        if gone:
+            raise TemporaryFailure(f"message {gone[0]} left the spool before it was stored")
         # A batch run again after a failed write finds its files in place.
         fresh = [
             s for s in items if s.tmp is not None and not (s.final.exists() and not s.tmp.exists())
@@ -286,13 +297,6 @@ class Spool:
             raise Corrupt(f"message {guid} does not match its bytes; not served")
         return data
 
-    def remove(self, guid: str) -> None:
-        self.path(guid).unlink(missing_ok=True)
-
-    def guids(self) -> Iterable[str]:
-        for sub in sorted(self.root.iterdir()):
-            if sub.name == "tmp" or not sub.is_dir():
-                continue
-            for f in sub.iterdir():
-                if GUID_RE.match(f.name):
-                    yield f.name
+    def directories(self) -> list[str]:
+        """The 256 directories the GUIDs are spread over."""
+        return [str(self.root / f"{i:02x}") for i in range(256)]

@@ -76,6 +76,8 @@ class _Item:
     op: Any = None
     # An async caller's future, settled on its loop (one wake-up per batch).
     waiter: asyncio.Future[Any] | None = None
+    # Runs in a batch of its own: no other write's SQL, no spool flush beside it.
+    alone: bool = False
 
 
 @dataclass(slots=True)
@@ -182,12 +184,16 @@ class Store:
         dirs: Iterable[Path] = (),
         replaying: bool = False,
         staged: Iterable[Staged] = (),
+        alone: bool = False,
     ) -> T:
         """Run ``fn`` in the next group commit. ``staged`` spool files are made
-        durable and visible (one flush for the whole batch) before it commits."""
+        durable and visible (one flush for the whole batch) before it commits.
+        ``alone``: in a transaction of its own, between two batches (the spool
+        sweep's check and unlink must not interleave with another write)."""
         if self._closed:
             raise TemporaryFailure("the store is shutting down")
         item = _Item(fn, concurrent.futures.Future(), frozenset(dirs), replaying, tuple(staged))
+        item.alone = alone
         result: T = await self._wait(item)
         return result
 
@@ -245,18 +251,23 @@ class Store:
 
     def _run(self) -> None:
         stopping = False
+        held: _Item | None = None  # a write that waits for a batch of its own
         while not stopping:
-            first = self._queue.get()
+            first = held if held is not None else self._queue.get()
+            held = None
             if first is None:
                 break
             batch = [first]
-            while len(batch) < BATCH_MAX:
+            while not first.alone and len(batch) < BATCH_MAX:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is None:
                     stopping = True
+                    break
+                if item.alone:
+                    held = item
                     break
                 batch.append(item)
             self._commit(batch)

@@ -375,7 +375,9 @@ class SyncClient:
                 dirs = set()
         else:
             dirs = set()
-        result = await store.write(lambda s: apply_repairs(s, account, repairs), dirs=dirs)
+        result = await store.write(
+            lambda s: apply_repairs(s, account, repairs, store.spool.has), dirs=dirs
+        )
         report.copied_back += result.copied
         report.reassigned += result.reassigned
         report.repairs.extend(result.details)

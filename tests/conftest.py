@@ -71,6 +71,8 @@ from dataclasses import dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 from urllib.parse import quote  # noqa: E402
 
+import migrations  # noqa: E402
+from engine.store import Store  # noqa: E402
 from tests.harness.daemons import Daemon, write_pair_configs  # noqa: E402
 
 
@@ -212,3 +214,18 @@ def lone_node(tmp_path: Path, procs: Registry) -> Callable[..., LoneNode]:
         return node
 
     return make
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A store on SQLite and on the real PostgreSQL server, its schema from Alembic."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'peerd.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    migrations.upgrade(url)
+    s = Store(url, tmp_path / "data")
+    try:
+        yield s
+    finally:
+        s.close()

@@ -66,7 +66,8 @@ def sync(owner: Store, replica: Store, account: str = ACCOUNT) -> dict[str, int]
             frames = [(g, replica.spool.read(g)) for g in sorted(guids)]
             dirs = owner.spool.put_many(frames)
             result = owner.write_sync(
-                partial(apply_repairs, account_name=account, repairs=repairs), dirs=dirs
+                partial(apply_repairs, account_name=account, repairs=repairs, has=owner.spool.has),
+                dirs=dirs,
             )
             counts["copied"] += result.copied
             counts["reassigned"] += result.reassigned

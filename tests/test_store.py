@@ -12,7 +12,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +23,6 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-import migrations
 from engine import accounts, delivery, mailbox, messages, synclog
 from engine.errors import (
     AlreadyExists,
@@ -49,20 +48,6 @@ from engine.store import Store
 
 T = TypeVar("T")
 NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'peerd.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    migrations.upgrade(url)
-    s = Store(url, tmp_path / "data")
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 # -- helpers -------------------------------------------------------------------
