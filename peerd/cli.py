@@ -241,6 +241,18 @@ def _account_status(client: Client, user: str) -> Any:
     return result, "\n".join(lines)
 
 
+def _sweep_line(sweep: dict[str, Any]) -> str:
+    every = f"every {sweep['interval_seconds']:g} s" if sweep["interval_seconds"] else "on demand"
+    line = f"spool sweep: {every}, grace {sweep['grace_seconds']:g} s, {sweep['runs']} run(s)"
+    last = sweep.get("last")
+    if last:
+        line += (
+            f"; last {last['started_at']} removed {last['removed']} file(s) "
+            f"({last['bytes_freed']} bytes), {sweep['waiting']} waiting"
+        )
+    return line
+
+
 def cmd_status(client: Client, args: argparse.Namespace) -> Any:
     if getattr(args, "user", None):
         return _account_status(client, args.user)
@@ -264,8 +276,12 @@ def cmd_status(client: Client, args: argparse.Namespace) -> Any:
         pids = ", ".join(str(w.get("pid")) for w in workers) or "-"
         restarts = sum(int(w.get("restarts", 0)) for w in workers)
         lines.append(f"lmtp: {len(workers)} worker process(es) (pid {pids}), restarts {restarts}")
+    sweep = result.get("spool_sweep")
+    if isinstance(sweep, dict):
+        lines.append(_sweep_line(sweep))
     for key, value in result.items():
-        if isinstance(value, dict) and key not in ("owned", "replication", "proxy_hooks", "lmtp"):
+        shown = ("owned", "replication", "proxy_hooks", "lmtp", "spool_sweep")
+        if isinstance(value, dict) and key not in shown:
             lines.append(f"{key}: " + ", ".join(f"{k}={v}" for k, v in value.items()))
     return result, "\n".join(lines)
 
@@ -431,6 +447,17 @@ def cmd_reconcile(client: Client, args: argparse.Namespace) -> Any:
     return result, text
 
 
+def cmd_spool_sweep(client: Client, args: argparse.Namespace) -> Any:
+    result = client.call("POST", "/v1/spool/sweep", {})
+    text = (
+        f"removed {result['removed']} file(s), {result['bytes_freed']} bytes, "
+        f"in {result['seconds']} s; {result['condemned']} unnamed file(s) wait out the grace"
+    )
+    for error in result["errors"]:
+        text += f"\n  FAILED {error}"
+    return result, text
+
+
 Command = Callable[[Client, argparse.Namespace], Any]
 
 
@@ -520,6 +547,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-u", "--user")
     p.add_argument("--all", action="store_true")
     p.set_defaults(func=cmd_reconcile)
+
+    spool = sub.add_parser("spool", help="the message spool").add_subparsers(
+        dest="sub", required=True
+    )
+    p = spool.add_parser("sweep", help="remove the files no live message names (after a grace)")
+    p.set_defaults(func=cmd_spool_sweep)
 
     p = sub.add_parser("status", help="node status")
     p.add_argument("-u", "--user", help="status of one account")

@@ -108,6 +108,8 @@ class NodeConfig:
     local_domains: tuple[str, ...] = ()
     hostname: str = "localhost"
     spool_flush: str = "filesystem"
+    spool_sweep_interval: dt.timedelta = dt.timedelta(hours=1)
+    spool_sweep_grace: dt.timedelta = dt.timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +337,10 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
         raise ConfigError('[sync] sync_mode must be "rolling" or "synchronous"')
     if config.node.spool_flush not in ("filesystem", "file"):
         raise ConfigError('[node] spool_flush must be "filesystem" or "file"')
+    if config.node.spool_sweep_interval < dt.timedelta(0):
+        raise ConfigError("[node] spool_sweep_interval must not be negative (0: only on demand)")
+    if config.node.spool_sweep_grace < dt.timedelta(0):
+        raise ConfigError("[node] spool_sweep_grace must not be negative")
     if not 0 <= config.lmtp.workers <= 64:
         raise ConfigError("[lmtp] workers must be 0 (LMTP in the daemon itself) to 64")
     if config.log.format not in ("text", "json"):

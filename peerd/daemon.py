@@ -129,9 +129,9 @@ async def serve(config: Config, stop_event: asyncio.Event | None = None) -> None
     services: list[Service] = []
     runner: web.AppRunner | None = None
     try:
-        from peerd import replication, routing
+        from peerd import replication, routing, sweep
 
-        for starter in [replication.start, routing.start, *STARTERS]:
+        for starter in [replication.start, routing.start, sweep.start, *STARTERS]:
             services.extend(await starter(node, app))
         if config.listen.lmtp is not None:
             services.append(await _start_lmtp(node))

@@ -1,0 +1,165 @@
+"""The spool sweep: removing the bytes that no live record names any more.
+
+How this works: a message's file stays in the spool while at least one live
+(not expunged) record on this node names its GUID. Tombstones keep their GUID
+but need no bytes: nothing serves or sends the bytes of an expunged record.
+A file becomes garbage when its last record is expunged, when its mailbox or
+account is deleted, or when a delivery fails after its group commit's flush
+has already put the file in place.
+
+A :class:`Sweeper` works in two passes, at least ``grace`` apart:
+
+1. **Condemn.** List the spool's files older than ``grace`` (a newer one may
+   be waiting for the record that will name it: a sync uploads the bytes in
+   one request and applies the records in the next) and ask the database
+   which of them no live record names. Those are condemned, with the time.
+2. **Remove.** The files condemned at least ``grace`` ago are checked again
+   and the ones still unnamed are unlinked, in one write of the store's
+   committer that runs in a batch of its own (``Store.write(alone=True)``):
+   no other write's statements and no spool flush run beside the check and
+   the unlink.
+
+Why no record can end up naming a removed file: a write that names a GUID
+whose bytes it did not bring itself checks, inside the committer, that the
+file is there. A delivery or APPEND whose bytes were spooled already
+(``Staged.tmp`` is None) is checked by :meth:`engine.spool.Spool.commit`; a
+sync's records by :func:`engine.apply.apply_push`'s and
+:func:`engine.apply.apply_repairs`' ``has``. COPY and MOVE name a live
+record's GUID in the same transaction, which the sweep's check sees. A write
+that finds its file gone fails as a temporary failure (LMTP ``451``: the MTA
+sends the bytes again; a sync is retried). The grace also serves readers: an
+IMAP session that still shows a message another session expunged, or a sync
+reading bytes it is about to send, finds them for at least that long.
+
+The condemned list lives in memory: after a restart the grace starts again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import partial
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from engine.models import Message, MessageMeta
+from engine.spool import GUID_RE
+from engine.store import Store
+
+__all__ = ["SweepResult", "Sweeper", "named_guids"]
+
+_CHUNK = 500
+
+
+@dataclass(slots=True)
+class SweepResult:
+    """One sweep, for ``status`` and the API."""
+
+    started_at: str = ""
+    seconds: float = 0.0
+    files_checked: int = 0  # spool files old enough to be considered
+    condemned: int = 0  # unnamed, waiting out the grace
+    removed: int = 0
+    bytes_freed: int = 0
+    trigger: str = ""
+    errors: list[str] = field(default_factory=list)
+
+
+def named_guids(session: Session, guids: Iterable[str]) -> set[str]:
+    """The ones among ``guids`` that a live record names."""
+    wanted = sorted(set(guids))
+    named: set[str] = set()
+    for i in range(0, len(wanted), _CHUNK):
+        named.update(
+            session.scalars(
+                select(Message.guid)
+                .where(Message.guid.in_(wanted[i : i + _CHUNK]), Message.expunged.is_(False))
+                .distinct()
+            )
+        )
+    return named
+
+
+def _old_files(directory: str, older_than: float) -> dict[str, int]:
+    """GUID → size of the spooled files in ``directory`` last changed before ``older_than``."""
+    found: dict[str, int] = {}
+    for entry in os.scandir(directory):
+        if not GUID_RE.match(entry.name):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if info.st_mtime < older_than:
+            found[entry.name] = info.st_size
+    return found
+
+
+class Sweeper:
+    """The spool sweep of one store; see the module docstring."""
+
+    def __init__(self, store: Store, grace: dt.timedelta) -> None:
+        self.store = store
+        self.grace = grace.total_seconds()
+        # GUID → when it was first found unnamed (time.monotonic()).
+        self.condemned: dict[str, float] = {}
+        self.last: SweepResult | None = None
+        self.runs = 0
+
+    async def run(self, trigger: str = "manual") -> SweepResult:
+        started = time.perf_counter()
+        result = SweepResult(started_at=dt.datetime.now(dt.UTC).isoformat(), trigger=trigger)
+        now = time.monotonic()
+        due = [g for g, since in self.condemned.items() if now - since >= self.grace]
+        if due:
+            removed, errors = await self.store.write(lambda s: self._remove(s, due), alone=True)
+            for guid in due:
+                self.condemned.pop(guid, None)
+            result.removed = len(removed)
+            result.bytes_freed = sum(removed.values())
+            result.errors = errors
+        # One spool directory (1/256 of the files) at a time: a large spool
+        # is never held in memory whole.
+        older_than = time.time() - self.grace
+        unnamed: set[str] = set()
+        for directory in self.store.spool.directories():
+            files = await self.store.run_blocking(partial(_old_files, directory, older_than))
+            if files:
+                result.files_checked += len(files)
+                named = await self.store.read(partial(named_guids, guids=list(files)))
+                unnamed.update(set(files) - named)
+        self.condemned = {g: self.condemned.get(g, now) for g in unnamed}
+        result.condemned = len(self.condemned)
+        result.seconds = round(time.perf_counter() - started, 3)
+        self.last = result
+        self.runs += 1
+        return result
+
+    def _remove(self, session: Session, guids: list[str]) -> tuple[dict[str, int], list[str]]:
+        """In the committer, alone: unlink the files still unnamed.
+        Returns GUID → size of those removed, and what could not be."""
+        named = named_guids(session, guids)
+        removed: dict[str, int] = {}
+        errors: list[str] = []
+        for guid in guids:
+            if guid in named:
+                continue
+            path = self.store.spool.path(guid)
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                # Left in place (and found again by the next sweep).
+                errors.append(f"{guid}: {exc.strerror or exc}")
+                continue
+            removed[guid] = size
+        gone = sorted(removed)
+        for i in range(0, len(gone), _CHUNK):
+            session.execute(delete(MessageMeta).where(MessageMeta.guid.in_(gone[i : i + _CHUNK])))
+        return removed, errors[:20]
