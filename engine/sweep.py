@@ -53,6 +53,8 @@ from engine.store import Store
 __all__ = ["SweepResult", "Sweeper", "named_guids"]
 
 _CHUNK = 500
+# Files removed per write of the committer.
+REMOVE_SLICE = 250
 
 
 @dataclass(slots=True)
@@ -115,13 +117,15 @@ class Sweeper:
         result = SweepResult(started_at=dt.datetime.now(dt.UTC).isoformat(), trigger=trigger)
         now = time.monotonic()
         due = [g for g, since in self.condemned.items() if now - since >= self.grace]
-        if due:
-            removed, errors = await self.store.write(lambda s: self._remove(s, due), alone=True)
-            for guid in due:
+        # In slices: each holds the committer (every delivery waits) while it runs.
+        for i in range(0, len(due), REMOVE_SLICE):
+            part = due[i : i + REMOVE_SLICE]
+            removed, errors = await self.store.write(partial(self._remove, guids=part), alone=True)
+            for guid in part:
                 self.condemned.pop(guid, None)
-            result.removed = len(removed)
-            result.bytes_freed = sum(removed.values())
-            result.errors = errors
+            result.removed += len(removed)
+            result.bytes_freed += sum(removed.values())
+            result.errors.extend(errors[: max(0, 20 - len(result.errors))])
         # One spool directory (1/256 of the files) at a time: a large spool
         # is never held in memory whole.
         older_than = time.time() - self.grace
@@ -162,4 +166,4 @@ class Sweeper:
         gone = sorted(removed)
         for i in range(0, len(gone), _CHUNK):
             session.execute(delete(MessageMeta).where(MessageMeta.guid.in_(gone[i : i + _CHUNK])))
-        return removed, errors[:20]
+        return removed, errors
