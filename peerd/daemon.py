@@ -88,7 +88,7 @@ async def _start_lmtp(node: Node) -> Service:
     workers = config.lmtp.workers if config.path is not None else 0
     if workers == 0:
         handler = LmtpHandler(FrontSettings.of(config), node.store.spool, backend)
-        unwatch = backend.on_ownership_change(handler.forget_recipients)
+        unwatch = backend.watch_ownership(handler.forget_recipients)
         server = await serve_lmtp(handler, host=address.host, port=address.port)
         log.info("LMTP listening on %s", address)
 

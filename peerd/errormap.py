@@ -158,6 +158,12 @@ def pop3_reply(exc: EngineError | OwnershipError, prefix: str = "") -> Err:
     return Err(_pop3_text(prefix + exc.message), code)
 
 
+def pop3_account_moved(account: str) -> Err:
+    """An open session whose account this node no longer serves: cut off
+    without UPDATE (nothing marked is removed, RFC 1939 6); log in again."""
+    return Err(_pop3_text(f"{account} moved to another node; log in again"), CODE_SYS_TEMP)
+
+
 def pop3_not_owner(account: str, owner: str) -> Err:
     """A login for an account another node owns: temporary, naming the owner
     (POP3 has no referral; RFC 3206 4 SYS/TEMP says try again later)."""

@@ -16,7 +16,7 @@ is used directly when the front runs in the daemon itself and, through
   ownership moved in between). The after-delivery hooks (synchronous
   replication waits there) run before the replies go back.
 
-- :meth:`StoreBackend.on_ownership_change`: how the front learns that a
+- :meth:`StoreBackend.watch_ownership`: how the front learns that a
   recipient it accepted recently may no longer be ours.
 
 A delivery in progress is shielded from the caller going away and from
@@ -101,7 +101,7 @@ class StoreBackend:
             return lmtp_reply(exc)
         return None
 
-    def on_ownership_change(self, forget: Callable[[], None]) -> Callable[[], None]:
+    def watch_ownership(self, forget: Callable[[], None]) -> Callable[[], None]:
         """Call ``forget`` after every commit that changed an ownership row
         (on the store's loop); returns what stops it."""
         store = self.node.store

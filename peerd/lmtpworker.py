@@ -127,7 +127,7 @@ class WorkerPool:
         )
         self.listener.set_inheritable(True)
         self._workers = [_Worker(self, n) for n in range(self.count)]
-        self._unwatch = self.backend.on_ownership_change(self.forget_recipients)
+        self._unwatch = self.backend.watch_ownership(self.forget_recipients)
         await asyncio.gather(*(asyncio.wait_for(w.start(), timeout) for w in self._workers))
 
     def forget_recipients(self) -> None:

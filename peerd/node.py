@@ -22,9 +22,10 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from engine import accounts as engine_accounts
-from engine.errors import InvalidArgument, NoSuchAccount
+from engine.errors import EngineError, InvalidArgument, NoSuchAccount
 from engine.passwords import verify_password
 from engine.store import Store
+from engine.synclog import Change
 from ownership import table as ownership_table
 from ownership.errors import NotOwner
 from peerd.config import Config
@@ -74,8 +75,13 @@ class Node:
         self.extra_status: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {}
         self.account_status: list[Callable[[str], Awaitable[dict[str, Any]]]] = []
         # Called with the accounts whose ownership is changing (IMAP/POP3
-        # close their sessions with BYE [UNAVAILABLE]).
+        # close their sessions with BYE [UNAVAILABLE]): by failover and
+        # switchover as they go, and after any committed row change that
+        # leaves an account no longer served here (a row learned from the
+        # partner: a failover forced while this node was up).
         self.on_ownership_change: list[Callable[[list[str]], Awaitable[None]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        store.add_listener(self._rows_changed)
         self.startup_note = ""
 
     # -- the fence ---------------------------------------------------------
@@ -91,6 +97,28 @@ class Node:
     def guard_many(self, session: Session, accounts: Iterable[str]) -> dict[str, NotOwner]:
         """:meth:`guard` for many accounts in one query: the refusals, by account."""
         return ownership_table.fence_many(session, accounts, self.name)
+
+    def _rows_changed(self, changes: list[Change]) -> None:
+        accounts = sorted({c.account for c in changes if c.kind == ownership_table.CHANGED})
+        if not accounts or not self.on_ownership_change:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # told outside the event loop: no sessions to close there
+        task = loop.create_task(self._close_moved(accounts))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _close_moved(self, accounts: list[str]) -> None:
+        try:
+            away = await self.store.read(lambda s: list(self.guard_many(s, accounts)))
+        except EngineError as exc:
+            log.warning("could not check which accounts moved away: %s", exc.message)
+            return
+        if away:
+            for close in self.on_ownership_change:
+                await close(away)
 
     async def check_owner(self, account: str) -> None:
         await self.store.read(lambda s: ownership_table.check_owner(s, account, self.name))

@@ -14,6 +14,10 @@ After a login the session loads INBOX's live messages in UID order into a
 (the UPDATE state, RFC 1939 section 6) in one store write, fenced like every
 write. Logins for an account another node owns get ``-ERR [SYS/TEMP]`` naming
 the owner; wrong passwords get ``-ERR [AUTH]`` (RFC 3206) after a delay.
+When the account moves to the other node (switchover, failover) an open
+session gets ``-ERR [SYS/TEMP]`` and is closed, without UPDATE: its DELE
+marks are dropped. A session in the middle of a command finishes its reply
+first, so the ``-ERR`` never lands inside a RETR.
 Store and ownership errors become ``-ERR`` replies in
 :func:`peerd.errormap.pop3_reply`, never here.
 """
@@ -21,6 +25,7 @@ Store and ownership errors become ``-ERR`` replies in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from sqlalchemy import select
@@ -32,7 +37,7 @@ from engine import messages as engine_messages
 from engine.errors import EngineError
 from engine.models import Mailbox, Message
 from ownership.errors import OwnershipError
-from peerd.errormap import pop3_not_owner, pop3_reply
+from peerd.errormap import pop3_account_moved, pop3_not_owner, pop3_reply
 from peerd.node import Node
 from peerd.pop3core import (
     CODE_AUTH,
@@ -74,7 +79,7 @@ from peerd.pop3core import (
 )
 from peerd.tls import starttls_context
 
-__all__ = ["Pop3Session", "start_pop3"]
+__all__ = ["Pop3Server", "Pop3Session", "start_pop3"]
 
 log = logging.getLogger("peerd.pop3")
 
@@ -106,6 +111,8 @@ class Pop3Session:
         self.failures = 0
         self.tls = False
         self.done = False  # QUIT answered: the connection closes
+        self.busy = False  # a command is being answered
+        self.moved = False  # the account left this node: cut off after the reply
         self.tls_context = starttls_context(node.config)
 
     # -- I/O ------------------------------------------------------------------
@@ -144,10 +151,24 @@ class Pop3Session:
             if not allowed(self.state, event):
                 await self.send(Err(TEXT_NOT_ALLOWED).encode())
                 continue
+            self.busy = True
             try:
                 await self.dispatch(event)
             except (EngineError, OwnershipError) as exc:
                 await self.send(pop3_reply(exc).encode())
+            finally:
+                self.busy = False
+            if self.moved and not self.done:
+                await self.cut_off()
+
+    async def cut_off(self) -> None:
+        """The account moved away: say so, and end the session (no UPDATE)."""
+        try:
+            await self.send(pop3_account_moved(self.account).encode())
+        except ConnectionError:
+            pass
+        self.writer.close()
+        raise _Closed
 
     async def dispatch(self, command: Command) -> None:
         match command:
@@ -305,10 +326,32 @@ class Pop3Session:
         await self.node.store.write(update)
 
 
-async def start_pop3(node: Node, host: str, port: int) -> asyncio.Server:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+class Pop3Server:
+    """The open sessions, so that a move of their account can end them."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.sessions: set[Pop3Session] = set()
+        node.on_ownership_change.append(self.close_accounts)
+
+    async def close_accounts(self, accounts: list[str]) -> None:
+        wanted = set(accounts)
+        for session in list(self.sessions):
+            if session.state is not State.TRANSACTION or session.account not in wanted:
+                continue
+            if session.moved:
+                continue  # told already
+            session.moved = True
+            if not session.busy:
+                # Waiting for the next command: tell it now.
+                with contextlib.suppress(_Closed):
+                    await session.cut_off()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = Pop3Session(self.node, reader, writer)
+        self.sessions.add(session)
         try:
-            await Pop3Session(node, reader, writer).run()
+            await session.run()
         except (_Closed, ConnectionError):
             pass
         except asyncio.CancelledError:
@@ -318,6 +361,9 @@ async def start_pop3(node: Node, host: str, port: int) -> asyncio.Server:
         except Exception:
             log.exception("POP3 session failed")
         finally:
+            self.sessions.discard(session)
             writer.close()
 
-    return await asyncio.start_server(handle, host, port)
+
+async def start_pop3(node: Node, host: str, port: int) -> asyncio.Server:
+    return await asyncio.start_server(Pop3Server(node).handle, host, port)

@@ -6,6 +6,7 @@ import base64
 import json
 import poplib
 import smtplib
+import socket
 import time
 import urllib.error
 from pathlib import Path
@@ -155,6 +156,31 @@ def test_the_old_owner_refuses_at_the_next_rcpt(tmp_path: Path, workers: int) ->
         # Past the window the cache would have expired anyway: nothing shown.
         assert elapsed < RCPT_CACHE_SECONDS, f"the switchover took {elapsed:.2f} s"
         assert code == 451 and b"beta" in text, (code, text)
+
+
+def test_a_forced_failover_ends_the_old_owners_sessions(pair: tuple[Node, Node]) -> None:
+    # alpha is up and learns of the new owner from beta's rows, not from a
+    # command of its own: its open IMAP and POP3 sessions for alice end too.
+    alpha, beta = pair
+    alpha.add_account("alice")
+    imap = socket.create_connection(("127.0.0.1", alpha.ports["imap"]), timeout=20)
+    stream = imap.makefile("rb")
+    stream.readline()
+    imap.sendall(b"a LOGIN alice secret\r\nb SELECT INBOX\r\nc IDLE\r\n")
+    while not stream.readline().startswith(b"+"):
+        pass
+    pop = poplib.POP3("127.0.0.1", alpha.ports["pop3"], timeout=20)
+    try:
+        pop.user("alice")
+        pop.pass_("secret")
+        beta.call("POST", "/v1/failover", {"force": True})
+        assert b"* BYE [UNAVAILABLE]" in stream.read()  # read until alpha closes
+        assert pop.file.readline().startswith(b"-ERR [SYS/TEMP] alice moved")
+        assert pop.file.readline() == b""
+    finally:
+        pop.close()
+        stream.close()
+        imap.close()
 
 
 def problem_of(call: Any) -> tuple[int, dict[str, Any]]:

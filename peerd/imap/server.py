@@ -1201,7 +1201,7 @@ class ImapServer:
     async def close_accounts(self, accounts: list[str]) -> None:
         wanted = set(accounts)
         for session in list(self.sessions):
-            if session.account in wanted:
+            if session.account in wanted and not session.closing:
                 session.closing = "account moved to another node"
                 session.idle_wake.set()
                 try:
