@@ -135,11 +135,16 @@ def _new_guids(
             select(Message.guid, Mailbox.uniqueid, Message.modseq)
             .join(Mailbox, Mailbox.id == Message.mailbox_id)
             .join(Account, Account.id == Mailbox.account_id)
-            .where(Account.name == account, Message.guid.in_(wanted[i : i + 400]))
+            .where(
+                Account.name == account,
+                Message.guid.in_(wanted[i : i + 400]),
+                # A tombstone's bytes may have left the replica's spool (engine.sweep).
+                Message.expunged.is_(False),
+            )
         )
         for guid, uniqueid, modseq in rows:
             then = marked.get(uniqueid)
-            # A record at or below the marked modseq was on the replica then.
+            # A live record at or below the marked modseq was on the replica then.
             if then is not None and modseq <= then.summary.highestmodseq:
                 held.add(guid)
     return tuple(sorted(candidates - held))

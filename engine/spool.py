@@ -150,6 +150,18 @@ class Spool:
     def has(self, guid: str) -> bool:
         return self.path(guid).exists()
 
+    def keep(self, guid: str) -> bool:
+        """:meth:`has`, for bytes about to be named again: marks them just used
+        (their mtime), so the sweep leaves them alone for a grace."""
+        path = self.path(guid)
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return path.exists()
+        return True
+
     def stage(self, data: bytes, guid: str | None = None, *, verified: bool = False) -> Staged:
         """Write ``data`` to a temp file, not yet durable nor visible.
 
@@ -167,7 +179,7 @@ class Spool:
             if guid is not None and guid != actual:
                 raise Corrupt(f"bytes do not match GUID {guid} (they hash to {actual})")
         final = self.path(actual)
-        if final.exists():
+        if self.keep(actual):
             return Staged(actual, None, final)
         with self._lock:
             self._counter += 1

@@ -31,6 +31,17 @@ sends the bytes again; a sync is retried). The grace also serves readers: an
 IMAP session that still shows a message another session expunged, or a sync
 reading bytes it is about to send, finds them for at least that long.
 
+Bytes about to be named again are marked used (:meth:`Spool.keep` sets
+their mtime: a delivery or APPEND of bytes already spooled, a sync's RESERVE
+or repair that finds them here), and the removing pass leaves a file changed
+within the grace, so a file condemned and then reused is not removed between
+"I have it" and the write that names it.
+
+A safety stop: when more than half of the files considered (and at least
+``SUSPICIOUS_MIN``) turn out unnamed, the database is more likely the wrong
+one (a mistyped URL, a restore older than the spool) than the mail gone, and
+the next removing pass is held back until a sweep is run with ``force``.
+
 The condemned list lives in memory: after a restart the grace starts again.
 """
 
@@ -55,6 +66,9 @@ __all__ = ["SweepResult", "Sweeper", "named_guids"]
 _CHUNK = 500
 # Files removed per write of the committer.
 REMOVE_SLICE = 250
+# The safety stop (see the module docstring).
+SUSPICIOUS_SHARE = 0.5
+SUSPICIOUS_MIN = 100
 
 
 @dataclass(slots=True)
@@ -68,6 +82,7 @@ class SweepResult:
     removed: int = 0
     bytes_freed: int = 0
     trigger: str = ""
+    held_back: str = ""  # why nothing was removed although files were due
     errors: list[str] = field(default_factory=list)
 
 
@@ -111,12 +126,18 @@ class Sweeper:
         self.condemned: dict[str, float] = {}
         self.last: SweepResult | None = None
         self.runs = 0
+        # Set by a condemning pass that found most files unnamed.
+        self.suspicious = ""
 
-    async def run(self, trigger: str = "manual") -> SweepResult:
+    async def run(self, trigger: str = "manual", *, force: bool = False) -> SweepResult:
+        """One sweep: remove what is due, then condemn. ``force``: past the safety stop."""
         started = time.perf_counter()
         result = SweepResult(started_at=dt.datetime.now(dt.UTC).isoformat(), trigger=trigger)
         now = time.monotonic()
         due = [g for g, since in self.condemned.items() if now - since >= self.grace]
+        if due and self.suspicious and not force:
+            result.held_back = self.suspicious
+            due = []
         # In slices: each holds the committer (every delivery waits) while it runs.
         for i in range(0, len(due), REMOVE_SLICE):
             part = due[i : i + REMOVE_SLICE]
@@ -138,6 +159,15 @@ class Sweeper:
                 unnamed.update(set(files) - named)
         self.condemned = {g: self.condemned.get(g, now) for g in unnamed}
         result.condemned = len(self.condemned)
+        self.suspicious = ""
+        if (
+            len(unnamed) >= SUSPICIOUS_MIN
+            and len(unnamed) > SUSPICIOUS_SHARE * result.files_checked
+        ):
+            self.suspicious = (
+                f"{len(unnamed)} of {result.files_checked} spool files are named by no message: "
+                "is this the node's database? (sweep with force to remove them)"
+            )
         result.seconds = round(time.perf_counter() - started, 3)
         self.last = result
         self.runs += 1
@@ -147,6 +177,7 @@ class Sweeper:
         """In the committer, alone: unlink the files still unnamed.
         Returns GUID → size of those removed, and what could not be."""
         named = named_guids(session, guids)
+        used_since = time.time() - self.grace
         removed: dict[str, int] = {}
         errors: list[str] = []
         for guid in guids:
@@ -154,7 +185,10 @@ class Sweeper:
                 continue
             path = self.store.spool.path(guid)
             try:
-                size = path.stat().st_size
+                info = path.stat()
+                if info.st_mtime >= used_since:
+                    continue  # kept for a write about to name it (Spool.keep)
+                size = info.st_size
                 path.unlink()
             except FileNotFoundError:
                 continue

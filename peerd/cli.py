@@ -250,6 +250,8 @@ def _sweep_line(sweep: dict[str, Any]) -> str:
             f"; last {last['started_at']} removed {last['removed']} file(s) "
             f"({last['bytes_freed']} bytes), {sweep['waiting']} waiting"
         )
+    if sweep.get("held_back"):
+        line += f"\n  HELD BACK: {sweep['held_back']}"
     return line
 
 
@@ -448,11 +450,13 @@ def cmd_reconcile(client: Client, args: argparse.Namespace) -> Any:
 
 
 def cmd_spool_sweep(client: Client, args: argparse.Namespace) -> Any:
-    result = client.call("POST", "/v1/spool/sweep", {})
+    result = client.call("POST", "/v1/spool/sweep", {"force": True} if args.force else {})
     text = (
         f"removed {result['removed']} file(s), {result['bytes_freed']} bytes, "
         f"in {result['seconds']} s; {result['condemned']} unnamed file(s) wait out the grace"
     )
+    if result["held_back"]:
+        text += f"\nHELD BACK: {result['held_back']}"
     for error in result["errors"]:
         text += f"\n  FAILED {error}"
     return result, text
@@ -552,6 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="sub", required=True
     )
     p = spool.add_parser("sweep", help="remove the files no live message names (after a grace)")
+    p.add_argument("--force", action="store_true", help="remove even when most files look unnamed")
     p.set_defaults(func=cmd_spool_sweep)
 
     p = sub.add_parser("status", help="node status")

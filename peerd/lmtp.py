@@ -103,6 +103,7 @@ class LmtpHandler:
         self.spool = spool
         self.backend = backend
         self._accepted: dict[tuple[str, ...], float] = {}
+        self._generation = 0  # forget_recipients calls so far
         self.inflight = 0
         self.idle = asyncio.Event()
         self.idle.set()
@@ -112,6 +113,7 @@ class LmtpHandler:
         """Drop every cached "yes": an ownership row changed (a failover, a
         switchover), so each recipient is asked about again."""
         self._accepted.clear()
+        self._generation += 1
 
     async def goodbye(self, grace: float) -> None:
         """Stop: let the deliveries in progress end (up to ``grace``), then tell
@@ -153,12 +155,16 @@ class LmtpHandler:
             return S501_BAD_ADDRESS
         now = time.monotonic()
         if self._accepted.get(recipient.candidates, 0.0) < now:
+            generation = self._generation
             refusal = await self.backend.check_rcpt(address)
             if refusal is not None:
                 return refusal
             if len(self._accepted) > 100_000:
                 self._accepted.clear()
-            self._accepted[recipient.candidates] = now + RCPT_CACHE_SECONDS
+            # A forget while the check was out may have come after its read:
+            # then this "yes" is not cached.
+            if generation == self._generation:
+                self._accepted[recipient.candidates] = now + RCPT_CACHE_SECONDS
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return S250_RCPT_OK

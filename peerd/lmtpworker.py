@@ -182,7 +182,8 @@ class WorkerPool:
             raise ValueError(f"bad GUID {guid!r}")
         if request.get("tmp") is None:
             if not spool.has(guid):
-                raise ValueError(f"{guid} is not in the spool")
+                # Swept since the worker found it (engine.sweep): the MTA sends it again.
+                raise TemporaryFailure(f"{guid} left the spool; try again")
             return Staged(guid, None, spool.path(guid))
         tmp = Path(str(request["tmp"]))
         if tmp.parent != self.spool_tmp or not tmp.name.startswith(guid):

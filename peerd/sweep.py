@@ -4,7 +4,9 @@ How this works: :class:`engine.sweep.Sweeper` does the work (see there why
 it never removes bytes a record names). Here it runs every ``[node]
 spool_sweep_interval`` (0: only when asked), ``POST /v1/spool/sweep``
 (``peerctl spool sweep``) runs one now, and ``status`` shows the last
-result under ``spool_sweep``. Runs never overlap. A run removes what an
+result under ``spool_sweep``. Runs never overlap. A removing pass held
+back by the sweep's safety stop is logged as a warning and shown in
+``status`` (``held_back``); ``peerctl spool sweep --force`` goes past it. A run removes what an
 earlier run condemned at least ``spool_sweep_grace`` ago, so a file goes
 between one grace and one grace plus one interval after its last record.
 """
@@ -41,9 +43,11 @@ class SpoolSweep:
         self.lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
 
-    async def run(self, trigger: str = "manual") -> SweepResult:
+    async def run(self, trigger: str = "manual", force: bool = False) -> SweepResult:
         async with self.lock:
-            result = await self.sweeper.run(trigger)
+            result = await self.sweeper.run(trigger, force=force)
+        if result.held_back:
+            log.warning("spool sweep (%s) removed nothing: %s", trigger, result.held_back)
         if result.removed or result.errors:
             log.info(
                 "spool sweep (%s): %d file(s) removed, %d bytes freed, %d waiting, %d error(s)",
@@ -70,6 +74,8 @@ class SpoolSweep:
                 log.warning("spool sweep failed: %s", exc.message)
             except OSError as exc:
                 log.warning("spool sweep could not list the spool: %s", exc)
+            except Exception:
+                log.exception("spool sweep failed; trying again at the next interval")
 
     async def stop(self) -> None:
         if self._timer is not None:
@@ -84,6 +90,7 @@ class SpoolSweep:
             "grace_seconds": self.sweeper.grace,
             "runs": self.sweeper.runs,
             "waiting": len(self.sweeper.condemned),
+            "held_back": self.sweeper.suspicious,
             "last": asdict(last) if last else None,
         }
 
@@ -92,9 +99,13 @@ SWEEP_KEY: web.AppKey[SpoolSweep] = web.AppKey("spool_sweep", SpoolSweep)
 
 
 async def sweep_route(request: web.Request) -> web.Response:
-    if await json_body(request):
-        raise InvalidArgument("a sweep takes no options: send {}")
-    result = await request.app[SWEEP_KEY].run()
+    data = await json_body(request)
+    force = data.pop("force", False)
+    if not isinstance(force, bool):
+        raise InvalidArgument("force must be true or false")
+    if data:
+        raise InvalidArgument(f"unknown option(s): {', '.join(sorted(data))}")
+    result = await request.app[SWEEP_KEY].run(force=force)
     return web.json_response(asdict(result))
 
 
@@ -103,7 +114,11 @@ OPERATIONS.append(
         "post",
         "/v1/spool/sweep",
         "Run a spool sweep now: remove the files condemned a grace ago, condemn the newly unnamed",
-        body={"type": "object", "additionalProperties": False},
+        body={
+            "type": "object",
+            "properties": {"force": {"type": "boolean"}},
+            "additionalProperties": False,
+        },
         responses=(200, 422),
     )
 )

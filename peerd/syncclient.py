@@ -47,7 +47,7 @@ from engine import synclog
 from engine.apply import apply_repairs
 from engine.compare import Push, Repairs, compare
 from engine.delta import Delta, mark_of, owner_delta
-from engine.errors import SyncError, SyncProtocolError, SyncRefused
+from engine.errors import SyncError, SyncProtocolError, SyncRefused, TemporaryFailure
 from engine.syncstate import AccountState, account_digests, owner_view, read_account_state
 from engine.syncwire import (
     OFF_LOOP,
@@ -358,7 +358,7 @@ class SyncClient:
         guids = sorted({r.guid for p in repairs.pulls for r in p.records})
         store = self.node.store
         if guids:
-            missing = [g for g in guids if not store.spool.has(g)]
+            missing = [g for g in guids if not store.spool.keep(g)]
             if missing:
                 report.steps.append(f"FETCH [{len(missing)} msgs]")
                 body = {"account": account, "ownership": own_row.to_json(), "guids": missing}
@@ -512,9 +512,13 @@ class SyncClient:
         """UPLOAD in batches, two in flight: we read and frame the next batch
         while the partner verifies and stores the previous one."""
         store = self.node.store
-        sizes = await store.run_blocking(
-            lambda: [store.spool.path(g).stat().st_size for g in guids]
-        )
+        try:
+            sizes = await store.run_blocking(
+                lambda: [store.spool.path(g).stat().st_size for g in guids]
+            )
+        except FileNotFoundError as exc:
+            # Expunged (and swept) since the compare: the next sync sees it.
+            raise TemporaryFailure(f"a message to upload left the spool: {exc.filename}") from exc
         batches: list[list[str]] = [[]]
         size = 0
         for guid, length in zip(guids, sizes, strict=True):

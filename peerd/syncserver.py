@@ -198,7 +198,8 @@ class SyncServer:
         spool = self.node.store.spool
 
         def missing() -> list[str]:
-            return [g for g in guids if isinstance(g, str) and not spool.has(g)]
+            # Those we have are kept (Spool.keep): the apply that names them follows.
+            return [g for g in guids if isinstance(g, str) and not spool.keep(g)]
 
         result = await self.node.store.run_blocking(missing)
         return self.reply(request, encode_json({"missing": result}))

@@ -38,8 +38,10 @@ class GatedBackend:
     def __init__(self) -> None:
         self.gate = asyncio.Event()
         self.asked = asyncio.Event()
+        self.checks = 0
 
     async def check_rcpt(self, address: str) -> str | None:
+        self.checks += 1
         self.asked.set()
         await self.gate.wait()
         return None
@@ -151,3 +153,31 @@ def test_shutdown_sends_the_held_replies_before_its_421(tmp_path: Path, run: Run
             assert not s.handler.sessions
 
     run(main())
+
+
+def test_a_recipient_accepted_while_ownership_changed_is_asked_again(tmp_path: Path) -> None:
+    """The front remembers a "yes" for RCPT_CACHE_SECONDS, and forgets all of
+    them when an ownership row changes. A "yes" whose check was out when
+    the forget came may predate the change: it is not remembered."""
+
+    async def main() -> None:
+        async with _session(tmp_path) as s:
+            s.writer.write(b"MAIL FROM:<s@example.test>\r\n")
+            assert (await _reply(s.reader)).startswith(b"250")
+            s.writer.write(b"RCPT TO:<r@example.test>\r\n")
+            await asyncio.wait_for(s.backend.asked.wait(), 10)
+            s.handler.forget_recipients()  # while the check is out
+            s.backend.gate.set()
+            assert (await _reply(s.reader)).startswith(b"250")
+            s.writer.write(b"RCPT TO:<r@example.test>\r\n")
+            assert (await _reply(s.reader)).startswith(b"250")
+            assert s.backend.checks == 2, "the stale yes was remembered"
+            s.writer.write(b"RCPT TO:<r@example.test>\r\n")
+            assert (await _reply(s.reader)).startswith(b"250")
+            assert s.backend.checks == 2, "a fresh yes was not remembered"
+            s.handler.forget_recipients()
+            s.writer.write(b"RCPT TO:<r@example.test>\r\n")
+            assert (await _reply(s.reader)).startswith(b"250")
+            assert s.backend.checks == 3, "forget_recipients kept a yes"
+
+    asyncio.run(main())
