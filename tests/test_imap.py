@@ -309,7 +309,7 @@ def test_refusals_say_why(served: Node) -> None:
                 b"e STORE 1 +FLAGS (\\Deleted)\r\n",  # nothing selected
                 b"f EXAMINE INBOX\r\n",
                 b"g STORE 1 +FLAGS (\\Deleted)\r\n",  # read-only
-                b"h SEARCH RETURN (COUNT) ALL\r\n",  # ESEARCH is not offered
+                b"h SEARCH RETURN (SAVE) ALL\r\n",  # SEARCHRES is not offered
                 b"i SELECT INBOX (QRESYNC (1 1))\r\n",  # QRESYNC is not enabled
                 b"j STATUS INBOX (MESSAGES SIZE DELETED UNSEEN)\r\n",
                 b"k FETCH 2 FLAGS\r\n",  # only one message
@@ -322,7 +322,7 @@ def test_refusals_say_why(served: Node) -> None:
     assert b"d NO [ALREADYEXISTS]" in text
     assert b"e BAD STORE is not allowed now (authenticated)" in text
     assert b"g NO [CANNOT] mailbox is read-only" in text
-    assert b"h BAD SEARCH RETURN needs ESEARCH" in text
+    assert b"h BAD SEARCH RETURN (SAVE) needs SEARCHRES" in text
     assert b"i BAD QRESYNC is not enabled" in text
     assert b"* STATUS INBOX (MESSAGES 1 SIZE " in text and b" DELETED 0 UNSEEN 1)" in text
     assert b"k BAD message sequence number out of range" in text
@@ -914,3 +914,119 @@ def _count(node: Node) -> int:
     except urllib.error.HTTPError as exc:
         exc.close()
         return 0
+
+
+class Conversation:
+    """One IMAP connection, a command at a time: every line up to the tagged reply."""
+
+    def __init__(self, node: Node) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", node.ports["imap"]), timeout=20)
+        self.stream = self.sock.makefile("rb")
+        self.stream.readline()
+
+    def __call__(self, tag: str, command: str) -> list[bytes]:
+        self.sock.sendall(f"{tag} {command}\r\n".encode())
+        lines = []
+        while not (line := self.stream.readline()).startswith(tag.encode() + b" "):
+            assert line, "the server closed the connection"
+            lines.append(line)
+        assert line.startswith(tag.encode() + b" OK"), line
+        return lines
+
+    def close(self) -> None:
+        self.stream.close()
+        self.sock.close()
+
+
+def test_esearch_min_max_all_count(served: Node) -> None:
+    for n in range(1, 6):
+        deliver(served, n)
+    talk = Conversation(served)
+    try:
+        (caps,) = talk("a", "CAPABILITY")
+        assert b" ESEARCH " in caps and b" QRESYNC " in caps
+        talk("b", "LOGIN alice secret")
+        talk("c", "SELECT INBOX")
+        assert talk("d", "SEARCH RETURN (MIN MAX COUNT) ALL") == [
+            b'* ESEARCH (TAG "d") MIN 1 MAX 5 COUNT 5\r\n'
+        ]
+        # RFC 4731 3.1: RETURN () is ALL; UID SEARCH says UID.
+        assert talk("e", "UID SEARCH RETURN () 2:4") == [b'* ESEARCH (TAG "e") UID ALL 2:4\r\n']
+        assert talk("f", "SEARCH RETURN (ALL) 1,3,4,5") == [b'* ESEARCH (TAG "f") ALL 1,3:5\r\n']
+        # No match: only COUNT, as 0.
+        assert talk("g", "SEARCH RETURN (MIN COUNT) DELETED") == [
+            b'* ESEARCH (TAG "g") COUNT 0\r\n'
+        ]
+        assert talk("h", "SEARCH RETURN (MIN) DELETED") == [b'* ESEARCH (TAG "h")\r\n']
+    finally:
+        talk.close()
+
+
+def _code(lines: list[bytes], name: bytes) -> int:
+    (line,) = [x for x in lines if b"[" + name + b" " in x]
+    return int(line.split(b"[" + name + b" ")[1].split(b"]")[0])
+
+
+def test_qresync_select_vanished_and_changes_since(served: Node) -> None:
+    for n in range(1, 7):
+        deliver(served, n)
+    client = connect(served)
+    try:
+        talk = Conversation(served)
+        talk("a", "LOGIN alice secret")
+        selected = talk("b", "SELECT INBOX")
+        validity, since = _code(selected, b"UIDVALIDITY"), _code(selected, b"HIGHESTMODSEQ")
+        talk("c", "UNSELECT")
+        # Another client changes the mailbox: 2 seen, 4 and 5 expunged.
+        client.select("INBOX")
+        client.store("2", "+FLAGS", "(\\Seen)")
+        client.store("4:5", "+FLAGS", "(\\Deleted)")
+        client.expunge()
+
+        assert talk("d", "ENABLE QRESYNC CONDSTORE") == [b"* ENABLED QRESYNC CONDSTORE\r\n"]
+        lines = talk("e", f"SELECT INBOX (QRESYNC ({validity} {since} 1:6))")
+        assert b"* VANISHED (EARLIER) 4:5\r\n" in lines
+        fetches = [x for x in lines if b" FETCH " in x]
+        assert len(fetches) == 1 and fetches[0].startswith(
+            b"* 2 FETCH (UID 2 FLAGS (\\Seen) MODSEQ ("
+        )
+        # Known UIDs narrow the VANISHED list.
+        lines = talk("f", f"SELECT INBOX (QRESYNC ({validity} {since} 1:4))")
+        assert lines[0] == b"* OK [CLOSED] Previous mailbox closed\r\n"  # RFC 7162 3.2.11
+        assert b"* VANISHED (EARLIER) 4\r\n" in lines
+        # UID FETCH ... (CHANGEDSINCE m VANISHED), RFC 7162 3.2.6.
+        lines = talk("g", f"UID FETCH 1:* (FLAGS) (CHANGEDSINCE {since} VANISHED)")
+        assert lines[0] == b"* VANISHED (EARLIER) 4:5\r\n"
+        assert [x.split(b" (")[0] for x in lines[1:]] == [b"* 2 FETCH"]
+        # A UIDVALIDITY that does not match: a plain SELECT.
+        lines = talk("h", f"SELECT INBOX (QRESYNC ({validity + 1} {since}))")
+        assert not [x for x in lines if b"VANISHED" in x or b"FETCH" in x]
+        # With QRESYNC on, expunges are told as VANISHED, in UIDs (RFC 7162 3.2.10).
+        client.store("1", "+FLAGS", "(\\Deleted)")
+        client.expunge()
+        assert b"* VANISHED 1\r\n" in talk("i", "NOOP")
+        talk.close()
+    finally:
+        client.logout()
+
+
+def test_vanished_and_qresync_need_enable_qresync(served: Node) -> None:
+    deliver(served, 1)
+    text = b"".join(
+        raw(
+            served,
+            [
+                b"a LOGIN alice secret\r\n",
+                b"b ENABLE CONDSTORE\r\n",
+                b"c SELECT INBOX (QRESYNC (1 1))\r\n",
+                b"d SELECT INBOX\r\n",
+                b"e UID FETCH 1:* (FLAGS) (CHANGEDSINCE 1 VANISHED)\r\n",
+                b"f STORE 1 +FLAGS (\\Deleted)\r\n",
+                b"g EXPUNGE\r\n",
+            ],
+        )
+    )
+    assert b"* ENABLED CONDSTORE\r\n" in text
+    assert b"c BAD QRESYNC is not enabled: ENABLE QRESYNC first" in text
+    assert b"e BAD VANISHED needs ENABLE QRESYNC first" in text
+    assert b"* 1 EXPUNGE\r\n" in text and b"VANISHED" not in text.replace(b"VANISHED needs", b"")

@@ -17,7 +17,10 @@ node's ownership fence inside every write. A selected mailbox is a snapshot
 sessions whose mailbox changed (another session, LMTP, replication from the
 partner), and the session reports the difference as untagged EXISTS /
 EXPUNGE / FETCH at the moments RFC 3501 7.4.1 allows (never EXPUNGE during
-FETCH, STORE or SEARCH), and at once while IDLE (RFC 2177). Logins for an
+FETCH, STORE or SEARCH), and at once while IDLE (RFC 2177); after ENABLE
+QRESYNC, expunges are told as ``VANISHED`` in UIDs, and SELECT's QRESYNC
+parameter and UID FETCH's VANISHED modifier answer from the expunged
+records, which the store keeps with their modseq (RFC 7162 3.2). Logins for an
 account another node owns get ``NO [REFERRAL imap://…]`` (RFC 2221); when
 ownership moves, the account's sessions end with ``* BYE [UNAVAILABLE]``.
 
@@ -69,6 +72,7 @@ from peerd.imap.responses import (
     CODE_AUTHENTICATIONFAILED,
     CODE_CANNOT,
     CODE_CAPABILITY,
+    CODE_CLOSED,
     CODE_COPYUID,
     CODE_HIGHESTMODSEQ,
     CODE_LIMIT,
@@ -104,7 +108,7 @@ log = logging.getLogger("peerd.imap")
 
 CAPABILITIES: Final = (
     "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN "
-    "LIST-EXTENDED LIST-STATUS SPECIAL-USE CONDSTORE LOGIN-REFERRALS AUTH=PLAIN"
+    "LIST-EXTENDED LIST-STATUS SPECIAL-USE CONDSTORE QRESYNC ESEARCH LOGIN-REFERRALS AUTH=PLAIN"
 )
 SYSTEM_FLAGS: Final = "\\Answered \\Flagged \\Deleted \\Seen \\Draft"
 # RFC 6154 2: the attribute a mailbox of this name gets in LIST.
@@ -171,6 +175,28 @@ def _flag_list(flags: str) -> bytes:
     return b"(" + flags.encode() + b")"
 
 
+def esearch_response(tag: str, uid: bool, options: tuple[str, ...], found: list[int]) -> bytes:
+    """RFC 4731 3.1: ``* ESEARCH (TAG "t") [UID] MIN .. MAX .. ALL .. COUNT ..``.
+
+    ``RETURN ()`` means ALL. With no match MIN, MAX and ALL are left out and
+    COUNT, if asked for, is 0. (A tag holds no quote nor backslash, RFC 3501 9.)
+    """
+    wanted = set(options) or {"ALL"}
+    parts = [b'* ESEARCH (TAG "' + tag.encode() + b'")']
+    if uid:
+        parts.append(b"UID")
+    if found:
+        if "MIN" in wanted:
+            parts.append(b"MIN %d" % min(found))
+        if "MAX" in wanted:
+            parts.append(b"MAX %d" % max(found))
+        if "ALL" in wanted:
+            parts.append(b"ALL " + str(SequenceSet.from_numbers(found)).encode())
+    if "COUNT" in wanted:
+        parts.append(b"COUNT %d" % len(found))
+    return b" ".join(parts) + b"\r\n"
+
+
 class Session:
     def __init__(
         self, server: ImapServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -186,6 +212,8 @@ class Session:
         self.account = ""
         self.selected: Selected | None = None
         self.condstore = False
+        # RFC 7162 3.2.3: after ENABLE QRESYNC, VANISHED replaces EXPUNGE.
+        self.qresync = False
         self.failures = 0
         self.idle_wake = asyncio.Event()
         self.closing: str | None = None
@@ -395,9 +423,11 @@ class Session:
 
     async def cmd_enable(self, cmd: c.Enable) -> Reply:
         # RFC 5161 3.1: name what was enabled; capabilities not offered are ignored.
-        enabled = [cap for cap in cmd.caps if cap == "CONDSTORE"]
+        enabled = [cap for cap in dict.fromkeys(cmd.caps) if cap in ("CONDSTORE", "QRESYNC")]
         if enabled:
-            self.condstore = True
+            self.condstore = True  # RFC 7162 3.2.3: QRESYNC implies CONDSTORE
+        if "QRESYNC" in enabled:
+            self.qresync = True
         await self.send(b"* ENABLED" + b"".join(b" " + e.encode() for e in enabled) + b"\r\n")
         return Reply("ENABLE completed")
 
@@ -640,12 +670,15 @@ class Session:
 
     async def cmd_select(self, cmd: c.Select | c.Examine) -> Reply:
         readonly = isinstance(cmd, c.Examine)
-        if cmd.qresync is not None:
-            # RFC 7162 3.2.3: QRESYNC needs ENABLE QRESYNC first; it is not offered.
-            raise CommandError("QRESYNC is not enabled (not offered by this server)")
+        if cmd.qresync is not None and not self.qresync:
+            # RFC 7162 3.2.5: the QRESYNC parameter needs ENABLE QRESYNC first.
+            raise CommandError("QRESYNC is not enabled: ENABLE QRESYNC first (RFC 7162 3.2.5)")
         name = self.mailbox_name(cmd.mailbox)
         if cmd.condstore:
             self.condstore = True  # RFC 7162 3.1.8
+        if self.selected is not None and self.qresync:
+            # RFC 7162 3.2.11: the old mailbox's responses end here.
+            await self.send(untagged_status("OK", "Previous mailbox closed", CODE_CLOSED))
         # RFC 3501 6.3.1: a failed SELECT leaves no mailbox selected.
         self.selected = None
         self.state = State.AUTHENTICATED
@@ -680,7 +713,51 @@ class Session:
                 ]
             )
         )
+        if cmd.qresync is not None and cmd.qresync.uidvalidity == selected.uidvalidity:
+            await self.resync(selected, cmd.qresync)
         return Reply(f"{cmd.name} completed", CODE_READ_ONLY if readonly else CODE_READ_WRITE)
+
+    async def resync(self, box: Selected, known: c.QResync) -> None:
+        """RFC 7162 3.2.5.1: what changed since the client's modseq: the UIDs
+        expunged since (VANISHED (EARLIER), within its known UIDs), then the
+        flags of every message changed since. (Every expunge is kept as a
+        tombstone with its modseq, so the list is exact; the sequence-match
+        data, a hint for servers that keep fewer, is not needed.)"""
+        largest = box.uidnext - 1
+        ranges = resolved(known.known_uids, largest) if known.known_uids is not None else None
+        gone = [
+            uid
+            for uid in await self.vanished_since(box, known.modseq)
+            if ranges is None or in_ranges(uid, ranges)
+        ]
+        out: list[bytes] = []
+        if gone:
+            out.append(
+                b"* VANISHED (EARLIER) %s\r\n" % str(SequenceSet.from_numbers(gone)).encode()
+            )
+        for seq, record in enumerate(box.records, 1):
+            if record.modseq > known.modseq:
+                parts = [b"UID %d" % record.uid, b"FLAGS " + _flag_list(record.flags)]
+                out.append(fetch_response(seq, [*parts, b"MODSEQ (%d)" % record.modseq]))
+        if out:
+            await self.send(b"".join(out))
+
+    async def vanished_since(self, box: Selected, modseq: int) -> list[int]:
+        """UIDs of the selected mailbox's records expunged after ``modseq``, in order."""
+
+        def read(session: DbSession) -> list[int]:
+            rows = session.scalars(
+                select(Message.uid)
+                .where(
+                    Message.mailbox_id == box.mailbox_id,
+                    Message.expunged.is_(True),
+                    Message.modseq > modseq,
+                )
+                .order_by(Message.uid)
+            )
+            return list(rows)
+
+        return await self.node.store.read(read)
 
     # -- selected -----------------------------------------------------------
 
@@ -744,8 +821,8 @@ class Session:
         ]
 
     async def cmd_search(self, cmd: c.Search) -> Reply:
-        if cmd.return_options is not None:
-            raise CommandError("SEARCH RETURN needs ESEARCH, which this server does not offer")
+        if cmd.return_options is not None and "SAVE" in cmd.return_options:
+            raise CommandError("SEARCH RETURN (SAVE) needs SEARCHRES, which is not offered")
         box = self.box()
         matcher = compile_search(
             cmd.key, len(box.records), box.records[-1].uid if box.records else 0
@@ -761,14 +838,17 @@ class Session:
             ]
 
         found = await self.node.store.run_blocking(run)
-        await self.send(b"* SEARCH" + b"".join(b" %d" % n for n in found) + b"\r\n")
+        if cmd.return_options is None:
+            await self.send(b"* SEARCH" + b"".join(b" %d" % n for n in found) + b"\r\n")
+        else:
+            await self.send(esearch_response(cmd.tag, cmd.uid, cmd.return_options, found))
         # RFC 3501 7.4.1: no EXPUNGE during SEARCH (UID SEARCH may: numbers are UIDs).
         await self.report_changes(expunges=cmd.uid)
         return Reply(f"{'UID ' if cmd.uid else ''}SEARCH completed")
 
     async def cmd_fetch(self, cmd: c.Fetch) -> Reply:
-        if cmd.vanished:
-            raise CommandError("VANISHED needs QRESYNC, which is not enabled (RFC 7162 3.2.6)")
+        if cmd.vanished and not self.qresync:
+            raise CommandError("VANISHED needs ENABLE QRESYNC first (RFC 7162 3.2.6)")
         box = self.box()
         items: list[FetchAtt] = list(cmd.items)
         if cmd.uid:
@@ -777,6 +857,17 @@ class Session:
         if cmd.changedsince is not None or Item.MODSEQ in items:
             self.condstore = True  # RFC 7162 3.1: a CONDSTORE-enabling command
         targets = self.resolve(cmd.seqset, cmd.uid)
+        if cmd.vanished and cmd.changedsince is not None:
+            # RFC 7162 3.2.6: the requested UIDs expunged since, before the FETCHes.
+            ranges = resolved(cmd.seqset, box.uidnext - 1)
+            gone = [
+                uid
+                for uid in await self.vanished_since(box, cmd.changedsince)
+                if in_ranges(uid, ranges)
+            ]
+            if gone:
+                text = str(SequenceSet.from_numbers(gone)).encode()
+                await self.send(b"* VANISHED (EARLIER) %s\r\n" % text)
         if cmd.changedsince is not None:
             since = cmd.changedsince
             targets = [(seq, r) for seq, r in targets if r.modseq > since]
@@ -965,9 +1056,13 @@ class Session:
         if report:
             out: list[bytes] = []
             seqs = box.seq_of()
-            # Each EXPUNGE renumbers the ones after it (RFC 3501 7.4.1).
-            for removed, uid in enumerate(sorted(gone, key=lambda u: seqs[u])):
-                out.append(b"* %d EXPUNGE\r\n" % (seqs[uid] - removed))
+            if self.qresync and gone:
+                # RFC 7162 3.2.10: once QRESYNC is on, VANISHED says it in UIDs.
+                out.append(b"* VANISHED %s\r\n" % str(SequenceSet.from_numbers(gone)).encode())
+            else:
+                # Each EXPUNGE renumbers the ones after it (RFC 3501 7.4.1).
+                for removed, uid in enumerate(sorted(gone, key=lambda u: seqs[u])):
+                    out.append(b"* %d EXPUNGE\r\n" % (seqs[uid] - removed))
             kept = [r for r in box.records if r.uid in new]
             for i, record in enumerate(kept, 1):
                 now = new[record.uid]
