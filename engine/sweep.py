@@ -43,6 +43,9 @@ one (a mistyped URL, a restore older than the spool) than the mail gone, and
 the next removing pass is held back until a sweep is run with ``force``.
 
 The condemned list lives in memory: after a restart the grace starts again.
+The argument needs the daemon's committer to be the only writer of records;
+a second process opening the store (``Store(owner=False)``: an admin tool, a
+test) may read, but must not write records while a daemon sweeps.
 """
 
 from __future__ import annotations
