@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import poplib
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -12,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from tests.procs import Proc, free_port, wait_until
 
@@ -226,3 +228,28 @@ def make_pair(
         write_config(config, sections)
         nodes.append(Node(name, workdir, ports, config))
     return nodes[0], nodes[1]
+
+
+def idling(node: Node, account: str = "alice") -> tuple[socket.socket, BinaryIO]:
+    """A raw IMAP session of ``account`` (password "secret") in IDLE on INBOX."""
+    sock = socket.create_connection(("127.0.0.1", node.ports["imap"]), timeout=20)
+    stream = sock.makefile("rb")
+    stream.readline()
+    sock.sendall(f"a LOGIN {account} secret\r\nb SELECT INBOX\r\nc IDLE\r\n".encode())
+    while not stream.readline().startswith(b"+"):
+        pass
+    return sock, stream
+
+
+def pop3_refusal(port: int, user: str, password: str) -> str:
+    """The -ERR a POP3 login gets on ``port`` (AssertionError if it is let in)."""
+    client = poplib.POP3("127.0.0.1", port, timeout=20)
+    try:
+        client.user(user)
+        try:
+            client.pass_(password)
+        except poplib.error_proto as exc:
+            return str(exc.args[0], "utf-8", "replace")
+        raise AssertionError(f"{user} was let in on port {port}")
+    finally:
+        client.close()

@@ -6,7 +6,6 @@ import base64
 import json
 import poplib
 import smtplib
-import socket
 import time
 import urllib.error
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 from engine.store import Store
 from ownership import table as ownership_table
 from peerd.lmtp import RCPT_CACHE_SECONDS
-from tests.nodes import Node, make_pair, peerctl, running
+from tests.nodes import Node, idling, make_pair, peerctl, running
 from tests.procs import wait_until
 
 
@@ -163,12 +162,7 @@ def test_a_forced_failover_ends_the_old_owners_sessions(pair: tuple[Node, Node])
     # command of its own: its open IMAP and POP3 sessions for alice end too.
     alpha, beta = pair
     alpha.add_account("alice")
-    imap = socket.create_connection(("127.0.0.1", alpha.ports["imap"]), timeout=20)
-    stream = imap.makefile("rb")
-    stream.readline()
-    imap.sendall(b"a LOGIN alice secret\r\nb SELECT INBOX\r\nc IDLE\r\n")
-    while not stream.readline().startswith(b"+"):
-        pass
+    imap, stream = idling(alpha)
     pop = poplib.POP3("127.0.0.1", alpha.ports["pop3"], timeout=20)
     try:
         pop.user("alice")

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.nodes import Node, make_pair, make_single, running
+from tests.nodes import Node, idling, make_pair, make_single, running
 from tests.procs import wait_until
 
 MESSAGE = (
@@ -276,12 +276,7 @@ def test_switchover_closes_the_accounts_sessions(tmp_path: Path) -> None:
         alpha.start()
         beta.start()
         alpha.add_account("alice")
-        sock = socket.create_connection(("127.0.0.1", alpha.ports["imap"]), timeout=20)
-        stream = sock.makefile("rb")
-        stream.readline()
-        sock.sendall(b"a LOGIN alice secret\r\nb SELECT INBOX\r\nc IDLE\r\n")
-        while not stream.readline().startswith(b"+"):
-            pass
+        sock, stream = idling(alpha)
         alpha.call("POST", "/v1/switchover", {"accounts": ["alice"]})
         rest = stream.read()  # the server ends the session
         assert b"* BYE [UNAVAILABLE]" in rest
