@@ -920,13 +920,19 @@ class Conversation:
         self.stream.readline()
 
     def __call__(self, tag: str, command: str) -> list[bytes]:
+        """The untagged lines of a command that must succeed."""
+        *lines, done = self.reply(tag, command)
+        assert done.startswith(tag.encode() + b" OK"), done
+        return lines
+
+    def reply(self, tag: str, command: str) -> list[bytes]:
+        """Every line of a command's answer, the tagged one last."""
         self.sock.sendall(f"{tag} {command}\r\n".encode())
         lines = []
         while not (line := self.stream.readline()).startswith(tag.encode() + b" "):
             assert line, "the server closed the connection"
             lines.append(line)
-        assert line.startswith(tag.encode() + b" OK"), line
-        return lines
+        return [*lines, line]
 
     def close(self) -> None:
         self.stream.close()
@@ -1025,3 +1031,34 @@ def test_vanished_and_qresync_need_enable_qresync(served: Node) -> None:
     assert b"c BAD QRESYNC is not enabled: ENABLE QRESYNC first" in text
     assert b"e BAD VANISHED needs ENABLE QRESYNC first" in text
     assert b"* 1 EXPUNGE\r\n" in text and b"VANISHED" not in text.replace(b"VANISHED needs", b"")
+
+
+def test_fetch_of_bytes_gone_says_which_kind_and_serves_the_rest(served: Node) -> None:
+    for n in range(1, 4):
+        deliver(served, n)
+    first, second, _ = [m["guid"] for m in served.mailbox("alice")["messages"]]
+    spool = served.workdir / "var" / served.name / "spool"
+    talk = Conversation(served)
+    other = connect(served)
+    try:
+        talk("a", "LOGIN alice secret")
+        talk("b", "SELECT INBOX")
+        # Another session expunges message 2; this one may not be told yet
+        # (no EXPUNGE during FETCH), and the sweep has removed its bytes.
+        other.select("INBOX")
+        other.store("2", "+FLAGS", "(\\Deleted)")
+        other.expunge()
+        (spool / second[:2] / second).unlink()
+        lines = talk.reply("c", "FETCH 1:3 (BODY.PEEK[])")
+        assert [x.split(b" (")[0] for x in lines[:-1] if b" FETCH " in x] == [
+            b"* 1 FETCH",
+            b"* 3 FETCH",
+        ]
+        assert lines[-1] == b"c NO [EXPUNGEISSUED] FETCH: some messages were expunged\r\n"
+        # A live message whose bytes are gone is a server fault, named as such.
+        (spool / first[:2] / first).unlink()
+        lines = talk.reply("d", "UID FETCH 1 (BODY.PEEK[])")
+        assert lines[-1] == b"d NO [SERVERBUG] UID FETCH: the data of UID 1 cannot be read\r\n"
+    finally:
+        other.logout()
+        talk.close()

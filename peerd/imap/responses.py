@@ -120,6 +120,7 @@ CODE_SERVERBUG: Final = b"SERVERBUG"
 CODE_CANNOT: Final = b"CANNOT"
 CODE_OVERQUOTA: Final = b"OVERQUOTA"
 CODE_TOOBIG: Final = b"TOOBIG"  # RFC 4469 / RFC 7888 section 4
+CODE_EXPUNGEISSUED: Final = b"EXPUNGEISSUED"  # RFC 5530 3
 
 ResponseStatus: TypeAlias = Literal["OK", "NO", "BAD", "PREAUTH", "BYE"]
 

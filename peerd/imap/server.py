@@ -49,7 +49,7 @@ from sqlalchemy.orm import Session as DbSession
 from engine import accounts as engine_accounts
 from engine import mailbox as engine_mailbox
 from engine import messages as engine_messages
-from engine.errors import AlreadyExists, EngineError, InvalidArgument, NoSuchMailbox
+from engine.errors import AlreadyExists, Corrupt, EngineError, InvalidArgument, NoSuchMailbox
 from engine.models import Mailbox, Message
 from engine.synclog import Change
 from ownership.errors import OwnershipError
@@ -74,6 +74,7 @@ from peerd.imap.responses import (
     CODE_CAPABILITY,
     CODE_CLOSED,
     CODE_COPYUID,
+    CODE_EXPUNGEISSUED,
     CODE_HIGHESTMODSEQ,
     CODE_LIMIT,
     CODE_MODIFIED,
@@ -81,6 +82,7 @@ from peerd.imap.responses import (
     CODE_READ_ONLY,
     CODE_READ_WRITE,
     CODE_REFERRAL,
+    CODE_SERVERBUG,
     CODE_TRYCREATE,
     CODE_UIDNEXT,
     CODE_UIDVALIDITY,
@@ -889,17 +891,45 @@ class Session:
                 if Item.FLAGS not in items:
                     items.append(Item.FLAGS)  # RFC 3501 6.4.5: the new flags are reported
         spool = self.node.store.spool
+        unreadable: list[int] = []
         # Rendered off the event loop in groups: one thread hop per group,
         # not per message, and one large write per group.
         for start in range(0, len(targets), _FETCH_GROUP):
             group = targets[start : start + _FETCH_GROUP]
-            data = await self.node.store.run_blocking(
+            data, failed = await self.node.store.run_blocking(
                 partial(render_group, group, items, spool.read)
             )
+            unreadable += failed
             await self.send(data)
         # RFC 3501 7.4.1: no EXPUNGE during FETCH (UID FETCH may).
         await self.report_changes(expunges=cmd.uid)
-        return Reply(f"{'UID ' if cmd.uid else ''}FETCH completed")
+        name = f"{'UID ' if cmd.uid else ''}FETCH"
+        if unreadable:
+            return await self.unreadable_reply(name, unreadable)
+        return Reply(f"{name} completed")
+
+    async def unreadable_reply(self, name: str, uids: list[int]) -> Reply:
+        """The NO for a FETCH that could not read some messages' bytes: expunged
+        meanwhile by another session (their bytes may have been swept, RFC 5530
+        EXPUNGEISSUED), or unreadable although still there (SERVERBUG)."""
+        box = self.box()
+
+        def live(session: DbSession) -> list[int]:
+            rows = session.scalars(
+                select(Message.uid).where(
+                    Message.mailbox_id == box.mailbox_id,
+                    Message.uid.in_(uids),
+                    Message.expunged.is_(False),
+                )
+            )
+            return list(rows)
+
+        damaged = await self.node.store.read(live)
+        if not damaged:
+            return Reply(f"{name}: some messages were expunged", CODE_EXPUNGEISSUED, "NO")
+        log.error("FETCH: unreadable bytes of live messages, UIDs %s", damaged)
+        listed = str(SequenceSet.from_numbers(damaged))
+        return Reply(f"{name}: the data of UID {listed} cannot be read", CODE_SERVERBUG, "NO")
 
     async def cmd_store(self, cmd: c.Store) -> Reply:
         box = self.writable()
@@ -1226,8 +1256,18 @@ def _structure(guid: str, reader: Callable[[str], bytes]) -> tuple[bytes, bytes,
 
 def render_group(
     group: list[tuple[int, Record]], items: Sequence[FetchAtt], reader: Callable[[str], bytes]
-) -> bytes:
-    return b"".join(render_fetch(seq, record, items, reader) for seq, record in group)
+) -> tuple[bytes, list[int]]:
+    """The FETCH responses of a group, and the UIDs whose bytes could not be
+    read (missing or not matching their GUID: never served); those are left out."""
+    out: list[bytes] = []
+    unreadable: list[int] = []
+    for seq, record in group:
+        try:
+            out.append(render_fetch(seq, record, items, reader))
+        except Corrupt as exc:
+            log.warning("FETCH of UID %d: %s", record.uid, exc.message)
+            unreadable.append(record.uid)
+    return b"".join(out), unreadable
 
 
 def render_fetch(
