@@ -240,8 +240,7 @@ async def failover_route(request: web.Request) -> web.Response:
     accounts = [str(t["account"]) for t in taken]
     node.counters.inc("failovers")
     log.warning("failover: took %d account(s) from %s", len(taken), node.partner)
-    for close in node.on_ownership_change:
-        await close(accounts)
+    await node.close_sessions(accounts)
     informed = None
     if reachable and taken:
         # Forced while the partner answers: it would keep taking writes for
@@ -325,8 +324,7 @@ async def switchover_route(request: web.Request) -> web.Response:
             )
         previous = await node.store.write(lambda s: ownership_table.mark_moving(s, ours, node.name))
         moving = list(previous)
-        for close in node.on_ownership_change:
-            await close(moving)
+        await node.close_sessions(moving)
         try:
             for account in moving:
                 # Drain: a full sync while local writes are refused. Repeat

@@ -116,9 +116,19 @@ class Node:
         except EngineError as exc:
             log.warning("could not check which accounts moved away: %s", exc.message)
             return
+        except Exception:  # the store is closing (the daemon stops)
+            log.debug("ownership check after a row change skipped", exc_info=True)
+            return
         if away:
-            for close in self.on_ownership_change:
-                await close(away)
+            await self.close_sessions(away)
+
+    async def close_sessions(self, accounts: list[str]) -> None:
+        """Call every :attr:`on_ownership_change` hook; one that fails does not stop the others."""
+        for close in self.on_ownership_change:
+            try:
+                await close(accounts)
+            except Exception:
+                log.exception("closing the sessions of %s failed", ", ".join(accounts))
 
     async def check_owner(self, account: str) -> None:
         await self.store.read(lambda s: ownership_table.check_owner(s, account, self.name))

@@ -25,7 +25,6 @@ Store and ownership errors become ``-ERR`` replies in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from sqlalchemy import select
@@ -268,6 +267,8 @@ class Pop3Session:
         if result.owner is not None:
             await self.send(pop3_not_owner(result.account, result.owner).encode())
             return
+        # Set before the maildrop loads, so that a move meanwhile ends the session.
+        self.account = result.account
 
         def load(session: DbSession) -> tuple[int, Maildrop]:
             account = engine_accounts.get_account(session, result.account)
@@ -281,7 +282,6 @@ class Pop3Session:
             return box.id, Maildrop(box.uniqueid, entries)
 
         self.mailbox_id, self.maildrop = await self.node.store.read(load)
-        self.account = result.account
         self.state = State.TRANSACTION
         await self.send(self.maildrop.greeting())
 
@@ -337,15 +337,19 @@ class Pop3Server:
     async def close_accounts(self, accounts: list[str]) -> None:
         wanted = set(accounts)
         for session in list(self.sessions):
-            if session.state is not State.TRANSACTION or session.account not in wanted:
+            # Logged in, or logging in (the account is set before the maildrop loads).
+            if session.account not in wanted or session.moved or session.done:
                 continue
-            if session.moved:
-                continue  # told already
             session.moved = True
-            if not session.busy:
-                # Waiting for the next command: tell it now.
-                with contextlib.suppress(_Closed):
-                    await session.cut_off()
+            if session.busy:
+                continue  # it ends itself once this command's reply is out
+            # Waiting for the next command: tell it now. Written, not drained:
+            # a client that does not read must not hold up the switchover.
+            try:
+                session.writer.write(pop3_account_moved(session.account).encode())
+                session.writer.close()
+            except Exception:
+                log.exception("closing the POP3 session of %s failed", session.account)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = Pop3Session(self.node, reader, writer)

@@ -144,7 +144,10 @@ def test_condstore_and_unchangedsince(served: Node) -> None:
     )
     assert b"* ENABLED CONDSTORE" in replies and b"[HIGHESTMODSEQ 2]" in replies
     assert b"d OK [MODIFIED 1]" in replies
-    assert b"* 1 FETCH (FLAGS (\\Flagged) MODSEQ (3))" in replies
+    # RFC 7162 3.2.4: with CONDSTORE on, UID is in every FETCH response too.
+    assert b"e OK" in replies and b"* 1 FETCH (UID 1 FLAGS (\\Flagged) MODSEQ (3))" in replies
+    changed = replies.split(b"e OK")[1]
+    assert b"* 1 FETCH (UID 1 FLAGS (\\Flagged) MODSEQ (3))\r\nf OK" in changed
 
 
 def test_untagged_updates_between_sessions_and_idle_woken_by_lmtp(served: Node) -> None:
@@ -1055,10 +1058,65 @@ def test_fetch_of_bytes_gone_says_which_kind_and_serves_the_rest(served: Node) -
             b"* 3 FETCH",
         ]
         assert lines[-1] == b"c NO [EXPUNGEISSUED] FETCH: some messages were expunged\r\n"
-        # A live message whose bytes are gone is a server fault, named as such.
+        # A live message whose bytes are gone is a server fault, named as such;
+        # and now (a UID FETCH) the expunge held back during FETCH is told.
         (spool / first[:2] / first).unlink()
         lines = talk.reply("d", "UID FETCH 1 (BODY.PEEK[])")
+        assert b"* 2 EXPUNGE\r\n" in lines
         assert lines[-1] == b"d NO [SERVERBUG] UID FETCH: the data of UID 1 cannot be read\r\n"
     finally:
         other.logout()
+        talk.close()
+
+
+def test_an_expunge_held_back_during_fetch_is_told_at_the_next_noop(served: Node) -> None:
+    # RFC 3501 7.4.1: no EXPUNGE during FETCH, STORE or SEARCH; nothing of
+    # the change is told then (no MODSEQ beyond the unreported expunge), and
+    # all of it at the next NOOP.
+    for n in range(1, 4):
+        deliver(served, n)
+    talk = Conversation(served)
+    other = connect(served)
+    try:
+        talk("a", "LOGIN alice secret")
+        talk("b", "ENABLE CONDSTORE")
+        talk("c", "SELECT INBOX")
+        other.select("INBOX")
+        other.store("2", "+FLAGS", "(\\Deleted)")
+        other.expunge()
+        other.store("2", "+FLAGS", "(\\Flagged)")  # was message 3
+        held = talk("d", "FETCH 1:3 (FLAGS)")
+        assert not [x for x in held if b"EXPUNGE" in x or b"Flagged" in x]
+        told = talk("e", "NOOP")
+        assert b"* 2 EXPUNGE\r\n" in told
+        assert [x for x in told if b"FETCH" in x and b"\\Flagged" in x]
+    finally:
+        other.logout()
+        talk.close()
+
+
+def test_qresync_details(served: Node) -> None:
+    for n in range(1, 4):
+        deliver(served, n)
+    talk = Conversation(served)
+    try:
+        talk("a", "LOGIN alice secret")
+        talk("b", "SELECT INBOX")
+        # RFC 7162 3.2.11: CLOSED for any client of a server that offers QRESYNC.
+        assert talk("c", "SELECT INBOX")[0] == b"* OK [CLOSED] Previous mailbox closed\r\n"
+        talk("d", "UNSELECT")
+        talk("e", "ENABLE QRESYNC")
+        # '*' and '$' are not allowed in the QRESYNC sets; nothing is selected then.
+        refused = talk.reply("f", "SELECT INBOX (QRESYNC (1 1 1:*))")
+        assert refused == [b"f BAD QRESYNC sets take neither '*' nor '$' (RFC 7162 7)\r\n"]
+        assert talk.reply("g", "FETCH 1 FLAGS")[-1].startswith(b"g BAD FETCH is not allowed now")
+        talk("h", "SELECT INBOX")
+        # With CONDSTORE on, a STORE's FETCH carries UID and MODSEQ (RFC 7162 3.2.4).
+        (stored,) = talk("i", "STORE 1 +FLAGS (\\Deleted)")
+        assert stored.startswith(b"* 1 FETCH (UID 1 FLAGS (\\Deleted) MODSEQ (")
+        # EXPUNGE's OK carries the new HIGHESTMODSEQ (RFC 7162 3.2.7), after VANISHED.
+        *told, done = talk.reply("j", "EXPUNGE")
+        assert told[0] == b"* VANISHED 1\r\n" and not [x for x in told if b"EXPUNGE" in x]
+        assert done.startswith(b"j OK [HIGHESTMODSEQ ")
+    finally:
         talk.close()

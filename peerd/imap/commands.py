@@ -248,6 +248,10 @@ class QResync:
             raise CommandError("QRESYNC uidvalidity must be a 32-bit nz-number")
         if not 1 <= self.modseq <= MAX_MODSEQ:
             raise CommandError("QRESYNC modseq must be a positive 63-bit number")
+        sets = [self.known_uids, *(self.seq_match or ())]
+        if any(x is not None and (x.saved or x.uses_star) for x in sets):
+            # RFC 7162 7: known-uids and seq-match-data are plain sets.
+            raise CommandError("QRESYNC sets take neither '*' nor '$' (RFC 7162 7)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -678,15 +678,23 @@ class Session:
         name = self.mailbox_name(cmd.mailbox)
         if cmd.condstore:
             self.condstore = True  # RFC 7162 3.1.8
-        if self.selected is not None and self.qresync:
-            # RFC 7162 3.2.11: the old mailbox's responses end here.
+        if self.selected is not None:
+            # RFC 7162 3.2.11 (any client of a server that offers QRESYNC):
+            # the old mailbox's responses end here.
             await self.send(untagged_status("OK", "Previous mailbox closed", CODE_CLOSED))
         # RFC 3501 6.3.1: a failed SELECT leaves no mailbox selected.
         self.selected = None
         self.state = State.AUTHENTICATED
-        selected: Selected = await self.read(
-            lambda s, acct: load(s, engine_mailbox.get_mailbox(s, acct, name), readonly)
-        )
+        known = cmd.qresync
+
+        def read(s: DbSession, acct: Any) -> tuple[Selected, list[int]]:
+            box = load(s, engine_mailbox.get_mailbox(s, acct, name), readonly)
+            if known is None or known.uidvalidity != box.uidvalidity:
+                return box, []
+            # In the same read as the snapshot: no UID is both live and vanished.
+            return box, _vanished(s, box.mailbox_id, known.modseq)
+
+        selected, vanished = await self.read(read)
         self.selected = selected
         self.state = State.SELECTED
         flags = SYSTEM_FLAGS.encode()
@@ -715,11 +723,11 @@ class Session:
                 ]
             )
         )
-        if cmd.qresync is not None and cmd.qresync.uidvalidity == selected.uidvalidity:
-            await self.resync(selected, cmd.qresync)
+        if known is not None and known.uidvalidity == selected.uidvalidity:
+            await self.resync(selected, known, vanished)
         return Reply(f"{cmd.name} completed", CODE_READ_ONLY if readonly else CODE_READ_WRITE)
 
-    async def resync(self, box: Selected, known: c.QResync) -> None:
+    async def resync(self, box: Selected, known: c.QResync, vanished: list[int]) -> None:
         """RFC 7162 3.2.5.1: what changed since the client's modseq: the UIDs
         expunged since (VANISHED (EARLIER), within its known UIDs), then the
         flags of every message changed since. (Every expunge is kept as a
@@ -727,11 +735,7 @@ class Session:
         data, a hint for servers that keep fewer, is not needed.)"""
         largest = box.uidnext - 1
         ranges = resolved(known.known_uids, largest) if known.known_uids is not None else None
-        gone = [
-            uid
-            for uid in await self.vanished_since(box, known.modseq)
-            if ranges is None or in_ranges(uid, ranges)
-        ]
+        gone = [uid for uid in vanished if ranges is None or in_ranges(uid, ranges)]
         out: list[bytes] = []
         if gone:
             out.append(
@@ -745,21 +749,12 @@ class Session:
             await self.send(b"".join(out))
 
     async def vanished_since(self, box: Selected, modseq: int) -> list[int]:
-        """UIDs of the selected mailbox's records expunged after ``modseq``, in order."""
-
-        def read(session: DbSession) -> list[int]:
-            rows = session.scalars(
-                select(Message.uid)
-                .where(
-                    Message.mailbox_id == box.mailbox_id,
-                    Message.expunged.is_(True),
-                    Message.modseq > modseq,
-                )
-                .order_by(Message.uid)
-            )
-            return list(rows)
-
-        return await self.node.store.read(read)
+        """UIDs of the selected mailbox's records expunged after ``modseq`` that
+        this session no longer shows (one it still shows is told as a plain
+        VANISHED when it may be, RFC 7162 3.2.6), in order."""
+        tombstones = await self.node.store.read(lambda s: _vanished(s, box.mailbox_id, modseq))
+        shown = box.seq_of()
+        return [uid for uid in tombstones if uid not in shown]
 
     # -- selected -----------------------------------------------------------
 
@@ -798,8 +793,15 @@ class Session:
                 for r in box.records
                 if in_ranges(r.uid, wanted) and "\\Deleted" in r.flags.split()
             ]
-        await self.write(lambda s, acct: engine_messages.expunge(s, acct, _row(s, box), uids))
+        expunged = await self.write(
+            lambda s, acct: engine_messages.expunge(s, acct, _row(s, box), uids)
+        )
         await self.report_changes(expunges=True)
+        if expunged and self.qresync:
+            # RFC 7162 3.2.7: the new HIGHESTMODSEQ in the tagged OK.
+            return Reply(
+                f"{cmd.name} completed", response_code(CODE_HIGHESTMODSEQ, box.highestmodseq)
+            )
         return Reply(f"{cmd.name} completed")
 
     def resolve(self, sequence: SequenceSet, uid: bool) -> list[tuple[int, Record]]:
@@ -875,6 +877,8 @@ class Session:
             targets = [(seq, r) for seq, r in targets if r.modseq > since]
         if self.condstore and Item.MODSEQ not in items:
             items.append(Item.MODSEQ)  # RFC 7162 3.1.4.1
+        if self.condstore and Item.UID not in items:
+            items.insert(0, Item.UID)  # RFC 7162 3.2.4
         if not box.readonly and sets_seen(items):
             unseen = [r.uid for _, r in targets if "\\Seen" not in r.flags.split()]
             if unseen:
@@ -963,7 +967,8 @@ class Session:
             if cmd.silent and record.uid in changed and not self.condstore:
                 continue
             parts = [b"FLAGS " + _flag_list(current.flags)]
-            if cmd.uid:
+            if cmd.uid or self.condstore:
+                # RFC 7162 3.2.4: with CONDSTORE on, every FETCH carries UID and MODSEQ.
                 parts.insert(0, b"UID %d" % current.uid)
             if self.condstore:
                 parts.append(b"MODSEQ (%d)" % current.modseq)
@@ -1079,10 +1084,13 @@ class Session:
         new = {r.uid: r for r in fresh.records}
         gone = [uid for uid in old if uid not in new]
         if gone and not expunges:
-            # RFC 3501 7.4.1: keep expunged messages' numbers until we may say so.
-            fresh.records = sorted([*fresh.records, *(old[u] for u in gone)], key=lambda r: r.uid)
-            new = {r.uid: r for r in fresh.records}
-            gone = []
+            # RFC 3501 7.4.1: no EXPUNGE now, so nothing of this change is told
+            # yet: the snapshot stays, and stays dirty, until a moment that
+            # allows the expunges (a flag change told now would carry a MODSEQ
+            # above the unreported expunge's, which a QRESYNC client would take
+            # as "seen everything up to here").
+            box.dirty = True
+            return
         if report:
             out: list[bytes] = []
             seqs = box.seq_of()
@@ -1108,7 +1116,7 @@ class Session:
         box.records = fresh.records
         box.highestmodseq = fresh.highestmodseq
         box.uidnext = fresh.uidnext
-        box.dirty = bool(gone) if not expunges else False
+        box.dirty = False
 
     async def report_changes(self, expunges: bool) -> None:
         if self.selected is not None and self.selected.dirty:
@@ -1158,6 +1166,20 @@ HANDLERS: Final[dict[type[c.Command], Handler]] = {
     c.Copy: Session.cmd_copy,
     c.Move: Session.cmd_copy,
 }
+
+
+def _vanished(session: DbSession, mailbox_id: int, modseq: int) -> list[int]:
+    """UIDs of a mailbox's records expunged after ``modseq`` (its tombstones), in order."""
+    rows = session.scalars(
+        select(Message.uid)
+        .where(
+            Message.mailbox_id == mailbox_id,
+            Message.expunged.is_(True),
+            Message.modseq > modseq,
+        )
+        .order_by(Message.uid)
+    )
+    return list(rows)
 
 
 def _row(session: DbSession, box: Selected) -> Mailbox:
@@ -1267,6 +1289,9 @@ def render_group(
         except Corrupt as exc:
             log.warning("FETCH of UID %d: %s", record.uid, exc.message)
             unreadable.append(record.uid)
+        except OSError as exc:  # the spool itself in trouble (EIO, EACCES)
+            log.error("FETCH of UID %d: the spool could not be read: %s", record.uid, exc)
+            unreadable.append(record.uid)
     return b"".join(out), unreadable
 
 
@@ -1339,11 +1364,13 @@ class ImapServer:
             if session.account in wanted and not session.closing:
                 session.closing = "account moved to another node"
                 session.idle_wake.set()
+                # Written, not drained: a client that does not read must not
+                # hold up the switchover; close() sends what is buffered.
                 try:
-                    await session.send(untagged_status("BYE", session.closing, CODE_UNAVAILABLE))
-                except ConnectionError:
-                    pass
-                session.writer.close()
+                    session.writer.write(untagged_status("BYE", session.closing, CODE_UNAVAILABLE))
+                    session.writer.close()
+                except Exception:
+                    log.exception("closing the session of %s failed", session.account)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = Session(self, reader, writer)
