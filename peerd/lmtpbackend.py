@@ -44,8 +44,6 @@ from engine.delivery import (
 )
 from engine.errors import EngineError
 from engine.spool import Staged
-from engine.synclog import Change
-from ownership import table as ownership_table
 from ownership.errors import OwnershipError
 from peerd.errormap import (
     S250_OK,
@@ -103,15 +101,8 @@ class StoreBackend:
 
     def watch_ownership(self, forget: Callable[[], None]) -> Callable[[], None]:
         """Call ``forget`` after every commit that changed an ownership row
-        (on the store's loop); returns what stops it."""
-        store = self.node.store
-
-        def listener(changes: list[Change]) -> None:
-            if any(change.kind == ownership_table.CHANGED for change in changes):
-                forget()
-
-        store.add_listener(listener)
-        return lambda: store.remove_listener(listener)
+        (:meth:`Node.watch_ownership`); returns what stops it."""
+        return self.node.watch_ownership(lambda accounts: forget())
 
     async def deliver(self, message: Message) -> list[str]:
         """Deliver to every recipient; one reply each, in order."""

@@ -81,7 +81,7 @@ class Node:
         # partner: a failover forced while this node was up).
         self.on_ownership_change: list[Callable[[list[str]], Awaitable[None]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        store.add_listener(self._rows_changed)
+        self.watch_ownership(self._rows_changed)
         self.startup_note = ""
 
     # -- the fence ---------------------------------------------------------
@@ -98,9 +98,20 @@ class Node:
         """:meth:`guard` for many accounts in one query: the refusals, by account."""
         return ownership_table.fence_many(session, accounts, self.name)
 
-    def _rows_changed(self, changes: list[Change]) -> None:
-        accounts = sorted({c.account for c in changes if c.kind == ownership_table.CHANGED})
-        if not accounts or not self.on_ownership_change:
+    def watch_ownership(self, callback: Callable[[list[str]], None]) -> Callable[[], None]:
+        """Call ``callback`` with the accounts after every commit that changed
+        their ownership rows (on the store's loop); returns what stops it."""
+
+        def listener(changes: list[Change]) -> None:
+            accounts = sorted({c.account for c in changes if c.kind == ownership_table.CHANGED})
+            if accounts:
+                callback(accounts)
+
+        self.store.add_listener(listener)
+        return lambda: self.store.remove_listener(listener)
+
+    def _rows_changed(self, accounts: list[str]) -> None:
+        if not self.on_ownership_change:
             return
         try:
             loop = asyncio.get_running_loop()

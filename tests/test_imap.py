@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import smtplib
 import socket
@@ -942,6 +943,21 @@ class Conversation:
         self.sock.close()
 
 
+@contextlib.contextmanager
+def two_clients(node: Node, messages: int) -> Iterator[tuple[Conversation, imaplib.IMAP4]]:
+    """``messages`` delivered; a raw conversation (not logged in) and a logged-in
+    imaplib client beside it, both closed at the end."""
+    for n in range(1, messages + 1):
+        deliver(node, n)
+    talk = Conversation(node)
+    other = connect(node)
+    try:
+        yield talk, other
+    finally:
+        other.logout()
+        talk.close()
+
+
 def test_esearch_min_max_all_count(served: Node) -> None:
     for n in range(1, 6):
         deliver(served, n)
@@ -972,11 +988,7 @@ def _code(lines: list[bytes], name: bytes) -> int:
 
 
 def test_qresync_select_vanished_and_changes_since(served: Node) -> None:
-    for n in range(1, 7):
-        deliver(served, n)
-    client = connect(served)
-    try:
-        talk = Conversation(served)
+    with two_clients(served, 6) as (talk, client):
         talk("a", "LOGIN alice secret")
         selected = talk("b", "SELECT INBOX")
         validity, since = _code(selected, b"UIDVALIDITY"), _code(selected, b"HIGHESTMODSEQ")
@@ -1009,9 +1021,6 @@ def test_qresync_select_vanished_and_changes_since(served: Node) -> None:
         client.store("1", "+FLAGS", "(\\Deleted)")
         client.expunge()
         assert b"* VANISHED 1\r\n" in talk("i", "NOOP")
-        talk.close()
-    finally:
-        client.logout()
 
 
 def test_vanished_and_qresync_need_enable_qresync(served: Node) -> None:
@@ -1037,13 +1046,9 @@ def test_vanished_and_qresync_need_enable_qresync(served: Node) -> None:
 
 
 def test_fetch_of_bytes_gone_says_which_kind_and_serves_the_rest(served: Node) -> None:
-    for n in range(1, 4):
-        deliver(served, n)
-    first, second, _ = [m["guid"] for m in served.mailbox("alice")["messages"]]
     spool = served.workdir / "var" / served.name / "spool"
-    talk = Conversation(served)
-    other = connect(served)
-    try:
+    with two_clients(served, 3) as (talk, other):
+        first, second, _ = [m["guid"] for m in served.mailbox("alice")["messages"]]
         talk("a", "LOGIN alice secret")
         talk("b", "SELECT INBOX")
         # Another session expunges message 2; this one may not be told yet
@@ -1064,20 +1069,13 @@ def test_fetch_of_bytes_gone_says_which_kind_and_serves_the_rest(served: Node) -
         lines = talk.reply("d", "UID FETCH 1 (BODY.PEEK[])")
         assert b"* 2 EXPUNGE\r\n" in lines
         assert lines[-1] == b"d NO [SERVERBUG] UID FETCH: the data of UID 1 cannot be read\r\n"
-    finally:
-        other.logout()
-        talk.close()
 
 
 def test_an_expunge_held_back_during_fetch_is_told_at_the_next_noop(served: Node) -> None:
     # RFC 3501 7.4.1: no EXPUNGE during FETCH, STORE or SEARCH; nothing of
     # the change is told then (no MODSEQ beyond the unreported expunge), and
     # all of it at the next NOOP.
-    for n in range(1, 4):
-        deliver(served, n)
-    talk = Conversation(served)
-    other = connect(served)
-    try:
+    with two_clients(served, 3) as (talk, other):
         talk("a", "LOGIN alice secret")
         talk("b", "ENABLE CONDSTORE")
         talk("c", "SELECT INBOX")
@@ -1090,9 +1088,6 @@ def test_an_expunge_held_back_during_fetch_is_told_at_the_next_noop(served: Node
         told = talk("e", "NOOP")
         assert b"* 2 EXPUNGE\r\n" in told
         assert [x for x in told if b"FETCH" in x and b"\\Flagged" in x]
-    finally:
-        other.logout()
-        talk.close()
 
 
 def test_qresync_details(served: Node) -> None:
