@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 
 from bench.workload import ceiling, messages
-from peerd.pop3core import dot_stuff
+from peerd.protocols.pop3 import dot_stuff
 from tests.nodes import make_single
 
 _MARK = Path(tempfile.gettempdir()) / "peerd-bench-lmtp-cleanup"

@@ -2,6 +2,6 @@
 
 import sys
 
-from peerd.main import main
+from peerd.app.main import main
 
 sys.exit(main())

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from peerd.config import (
+from peerd.node.config import (
     Address,
     Config,
     ConfigError,

@@ -11,7 +11,7 @@ import os
 import socket
 from pathlib import Path
 
-from peerd.config import load_config
+from peerd.node.config import load_config
 from tests.nodes import make_single
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ import pytest
 
 from engine.store import Store
 from ownership import table as ownership_table
-from peerd.lmtp import RCPT_CACHE_SECONDS
+from peerd.services.lmtp.front import RCPT_CACHE_SECONDS
 from tests.nodes import Node, idling, make_pair, peerctl, running
 from tests.procs import wait_until
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from peerd.imap.fetchatt import (
+from peerd.protocols.imap.fetchatt import (
     BodySection,
     Item,
     SectionKind,
@@ -13,8 +13,8 @@ from peerd.imap.fetchatt import (
     response_name,
     sets_seen,
 )
-from peerd.imap.parser import tokenize
-from peerd.imap.responses import CommandError
+from peerd.protocols.imap.parser import tokenize
+from peerd.protocols.imap.responses import CommandError
 
 
 def atts(text: bytes) -> tuple[object, ...]:

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peerd.imap import commands as c
-from peerd.imap import responses as r
-from peerd.imap.fetchatt import BodySection, Item, SectionKind
-from peerd.imap.parser import (
+from peerd.protocols.imap import commands as c
+from peerd.protocols.imap import responses as r
+from peerd.protocols.imap.fetchatt import BodySection, Item, SectionKind
+from peerd.protocols.imap.parser import (
     CommandReader,
     ContinuationNeeded,
     Event,
@@ -22,9 +22,9 @@ from peerd.imap.parser import (
     decode_sasl_response,
     plain_credentials,
 )
-from peerd.imap.searchkey import Flag, Header, Seq
-from peerd.imap.sequence import STAR, SequenceSet
-from peerd.imap.states import ALLOWED, State, allowed
+from peerd.protocols.imap.searchkey import Flag, Header, Seq
+from peerd.protocols.imap.sequence import STAR, SequenceSet
+from peerd.protocols.imap.states import ALLOWED, State, allowed
 
 
 def pull(reader: CommandReader, data: bytes = b"") -> list[Event]:

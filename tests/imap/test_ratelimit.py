@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from peerd.imap.ratelimit import CommandRate, Verdict
+from peerd.protocols.imap.ratelimit import CommandRate, Verdict
 
 
 def test_budget_per_window_then_refuse_then_close() -> None:

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from peerd.imap import responses as r
-from peerd.imap.sequence import SequenceSet
+from peerd.protocols.imap import responses as r
+from peerd.protocols.imap.sequence import SequenceSet
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from peerd.imap.parser import tokenize
-from peerd.imap.responses import CommandError
-from peerd.imap.search import compile_search
-from peerd.imap.searchkey import parse_search_key
+from peerd.protocols.imap.parser import tokenize
+from peerd.protocols.imap.responses import CommandError
+from peerd.protocols.imap.search import compile_search
+from peerd.protocols.imap.searchkey import parse_search_key
 
 
 @dataclass
@@ -163,7 +163,7 @@ def test_the_text_shortcut_never_hides_a_match(
 ) -> None:
     """With the shortcut on, TEXT and BODY give what a full MIME parse gives."""
     from engine.spool import guid_of
-    from peerd.imap import structure
+    from peerd.protocols.imap import structure
 
     data = _message(words, encoding, in_subject)
     # The real GUID: what the search remembers per GUID is a property of these bytes.

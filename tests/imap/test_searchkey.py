@@ -6,9 +6,9 @@ import datetime as dt
 
 import pytest
 
-from peerd.imap.parser import tokenize
-from peerd.imap.responses import CommandError
-from peerd.imap.searchkey import (
+from peerd.protocols.imap.parser import tokenize
+from peerd.protocols.imap.responses import CommandError
+from peerd.protocols.imap.searchkey import (
     All,
     And,
     Body,
@@ -26,7 +26,7 @@ from peerd.imap.searchkey import (
     check_charset,
     parse_search_key,
 )
-from peerd.imap.sequence import STAR, SequenceSet
+from peerd.protocols.imap.sequence import STAR, SequenceSet
 
 
 def key(text: bytes, literals: tuple[bytes, ...] = (), charset: str = "US-ASCII") -> SearchKey:

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from peerd.imap.responses import CommandError
-from peerd.imap.sequence import STAR, SequenceSet
+from peerd.protocols.imap.responses import CommandError
+from peerd.protocols.imap.sequence import STAR, SequenceSet
 
 
 def test_parse_forms() -> None:

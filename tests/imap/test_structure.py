@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from peerd.imap.fetchatt import SectionKind
-from peerd.imap.structure import decoded_header, parse, section
+from peerd.protocols.imap.fetchatt import SectionKind
+from peerd.protocols.imap.structure import decoded_header, parse, section
 
 INNER = b"Subject: inner\r\nX-A: 1\r\n\r\ninner body\r\n"
 MESSAGE = (

@@ -1,4 +1,4 @@
-"""POP3 replies for store and ownership errors (peerd.errormap, RFC 3206 codes)."""
+"""POP3 replies for store and ownership errors (peerd.node.errormap, RFC 3206 codes)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from engine.errors import Corrupt, DatabaseBusy, EngineError, InvalidArgument, NoSuchMailbox
 from ownership.errors import NotOwner, OwnershipError
-from peerd.errormap import pop3_not_owner, pop3_reply
+from peerd.node.errormap import pop3_not_owner, pop3_reply
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from peerd.pop3core import (
+from peerd.protocols.pop3 import (
     ALLOWED,
     CODE_AUTH,
     CODE_IN_USE,

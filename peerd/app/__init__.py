@@ -1,0 +1,1 @@
+"""The daemon: start every part in order, stop them cleanly."""

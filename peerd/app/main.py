@@ -1,0 +1,55 @@
+"""``peerd``: the daemon's command line (``peerd run -c FILE``, ``peerd migrate -c FILE``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from peerd.node.config import ConfigError, load_config
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="peerd", description="peerd mail node daemon")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the daemon in the foreground (systemd Type=notify)")
+    run.add_argument("-c", "--config", required=True, help="the node's TOML file")
+    run.add_argument("--log-format", choices=("text", "json"), help="override [log] format")
+    migrate = sub.add_parser("migrate", help="bring the database schema to the newest revision")
+    migrate.add_argument("-c", "--config", required=True)
+    check = sub.add_parser("check-config", help="read the config and report errors")
+    check.add_argument("-c", "--config", required=True)
+    # Started by the daemon for [lmtp] workers; not for admins.
+    worker = sub.add_parser("lmtp-worker")
+    worker.add_argument("-c", "--config", required=True)
+    worker.add_argument("--listen-fd", type=int, required=True)
+    worker.add_argument("--pipe-fd", type=int, required=True)
+    worker.add_argument("--parent", type=int, required=True)
+    args = parser.parse_args(argv)
+    if args.command == "lmtp-worker":
+        from peerd.services.lmtp.worker import worker_main
+
+        return worker_main(args.config, args.listen_fd, args.pipe_fd, args.parent)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"peerd: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        print(f"{args.config}: ok (node {config.node.name})")
+        return 0
+    if args.command == "migrate":
+        import migrations
+
+        config.node.data_dir.mkdir(parents=True, exist_ok=True)
+        migrations.upgrade(config.database_url)
+        print(f"database at head: {config.database_url.split('@')[-1]}")
+        return 0
+    from peerd.app.daemon import run_daemon
+
+    return run_daemon(config, args.log_format)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from peerd.cli.peerctl import main
+
+sys.exit(main())

@@ -1,0 +1,606 @@
+"""``peerctl``: the admin CLI, a client of the node's control API.
+
+How this works: ``-c FILE`` reads the node's config for the API address and
+bearer token (or ``--api URL`` and ``--token``/``$PEERD_TOKEN``). Each
+sub-command is one function that makes one or a few API calls and prints the
+answer for people, or the raw JSON with ``--json``. Any API problem is printed
+as ``peerctl: <title>: <detail>`` and the exit status is non-zero: 1 for a
+refused request, 2 for bad usage, 3 when the node cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from peerd.node.config import ConfigError, load_config
+
+__all__ = ["ApiError", "Client", "main"]
+
+EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, title: str, detail: str = "", body: Any = None) -> None:
+        super().__init__(f"{title}: {detail}" if detail else title)
+        self.status = status
+        self.body = body
+
+
+@dataclass(slots=True)
+class Client:
+    base: str
+    token: str
+    timeout: float = 600.0
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base.rstrip("/") + path, data=data, method=method)
+        request.add_header("Authorization", f"Bearer {self.token}")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            try:
+                problem = json.loads(exc.read())
+                raise ApiError(
+                    exc.code, problem.get("title", exc.reason), problem.get("detail", "")
+                )
+            except (json.JSONDecodeError, AttributeError):
+                raise ApiError(exc.code, str(exc.reason)) from exc
+        except (urllib.error.URLError, OSError) as exc:
+            raise ConnectionError(f"cannot reach {self.base}: {exc}") from exc
+
+
+def quote(part: str) -> str:
+    return urllib.parse.quote(part, safe="")
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if getattr(args, "password_file", None):
+        with open(args.password_file) as handle:
+            password = handle.readline().rstrip("\r\n")
+    elif getattr(args, "password_stdin", False):
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise ValueError("the passwords differ")
+    else:
+        raise ValueError("give --password-file F or --password-stdin")
+    if not password:
+        raise ValueError("empty password")
+    return password
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "unlimited"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n = n / 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
+    lines += [
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    ]
+    return "\n".join(lines)
+
+
+# -- commands ------------------------------------------------------------------
+
+
+def cmd_account_add(client: Client, args: argparse.Namespace) -> Any:
+    body: dict[str, Any] = {"name": args.user, "password": _read_password(args)}
+    if args.quota is not None:
+        body["quota_limit"] = args.quota
+    if args.owner:
+        body["owner"] = args.owner
+    result = client.call("POST", "/v1/accounts", body)
+    return (
+        result,
+        f"created {result['name']} (owner {result['owner']}, quota {_size(result['quota_limit'])})",
+    )
+
+
+def cmd_account_list(client: Client, args: argparse.Namespace) -> Any:
+    query = f"?owner={quote(args.owner)}" if getattr(args, "owner", None) else ""
+    result = client.call("GET", "/v1/accounts" + query)
+    rows = [
+        [
+            a["name"],
+            a["owner"] or "-",
+            a["home"] or "-",
+            str(a["epoch"]),
+            a["state"],
+            _size(a["quota_used"]),
+            _size(a["quota_limit"]),
+        ]
+        for a in result["accounts"]
+    ]
+    return result, _table(rows, ["ACCOUNT", "OWNER", "HOME", "EPOCH", "STATE", "USED", "QUOTA"])
+
+
+def cmd_account_del(client: Client, args: argparse.Namespace) -> Any:
+    result = client.call("DELETE", f"/v1/accounts/{quote(args.user)}")
+    text = f"deleted {result['deleted']}"
+    if result.get("replicated") is True:
+        text += " (on the partner too)"
+    elif result.get("replicated") is False:
+        text += " (the partner has not taken the deletion yet; it will when it answers)"
+    return result, text
+
+
+def cmd_account_passwd(client: Client, args: argparse.Namespace) -> Any:
+    body = {"password": _read_password(args)}
+    result = client.call("PUT", f"/v1/accounts/{quote(args.user)}/password", body)
+    return result, f"password changed for {args.user}"
+
+
+def cmd_account_quota(client: Client, args: argparse.Namespace) -> Any:
+    limit = None if args.limit in ("none", "unlimited") else int(args.limit)
+    result = client.call("PUT", f"/v1/accounts/{quote(args.user)}/quota", {"quota_limit": limit})
+    return result, f"quota of {args.user}: {_size(limit)}"
+
+
+def cmd_mailbox_list(client: Client, args: argparse.Namespace) -> Any:
+    result = client.call("GET", f"/v1/accounts/{quote(args.user)}/mailboxes")
+    rows = [
+        [
+            m["name"],
+            m["uniqueid"],
+            str(m["uidvalidity"]),
+            str(m["last_uid"]),
+            str(m["highestmodseq"]),
+            str(m["exists"]),
+            m["checksum"],
+        ]
+        for m in result["mailboxes"]
+    ]
+    text = _table(
+        rows, ["MAILBOX", "UNIQUEID", "UIDVALIDITY", "LAST_UID", "MODSEQ", "EXISTS", "CHECKSUM"]
+    )
+    return result, text
+
+
+def cmd_mailbox_show(client: Client, args: argparse.Namespace) -> Any:
+    query = "?expunged=1" if args.expunged else ""
+    result = client.call(
+        "GET", f"/v1/accounts/{quote(args.user)}/mailboxes/{quote(args.mailbox)}{query}"
+    )
+    head = (
+        f"{result['name']} uniqueid {result['uniqueid']} uidvalidity {result['uidvalidity']} "
+        f"last_uid {result['last_uid']} highestmodseq {result['highestmodseq']} "
+        f"exists {result['exists']} checksum {result['checksum']}"
+    )
+    rows = [
+        [
+            str(m["uid"]),
+            m["guid"],
+            str(m["modseq"]),
+            str(m["size"]),
+            "(" + " ".join(m["flags"]) + ")" + (" EXPUNGED" if m["expunged"] else ""),
+        ]
+        for m in result["messages"]
+    ]
+    return result, head + "\n" + _table(rows, ["UID", "GUID", "MODSEQ", "SIZE", "FLAGS"])
+
+
+def _yes(value: Any) -> str:
+    return "unknown" if value is None else "yes" if value else "NO"
+
+
+def _partner_line(result: dict[str, Any]) -> str:
+    """Reachable, lag, last success and last error of the replication to the partner."""
+    return (
+        f"partner {result.get('partner') or '-'} ({result.get('target') or '-'}): "
+        f"reachable {_yes(result.get('reachable'))}, "
+        f"last success {result.get('last_success') or 'never'}, "
+        f"last error {result.get('last_error') or '-'}"
+        + (f" at {result['last_error_at']}" if result.get("last_error") else "")
+    )
+
+
+def _hook_line(name: str, state: dict[str, Any]) -> str:
+    if state["ok"] and not state["pending"]:
+        return f"proxy hook {name}: ok ({state['failures']} failure(s) so far)"
+    return (
+        f"proxy hook {name}: FAILING, {state['pending']} account(s) waiting, retried in the "
+        f"background ({state['failures']} failure(s)): {state['last_error']}"
+    )
+
+
+def _account_status(client: Client, user: str) -> Any:
+    result = client.call("GET", f"/v1/status?account={quote(user)}")
+    lines = [
+        f"account {result['account']} on {result['node']}: owner {result['owner']} "
+        f"(home {result['home']}), epoch {result['epoch']}, {result['state']}",
+        f"sync log depth {result['sync_log_depth']}  oldest {result.get('oldest_pending') or '-'}"
+        f"  lag {result['lag_seconds']} s",
+    ]
+    if "reachable" in result:
+        lines.append(_partner_line(result))
+    else:
+        lines.append("replication: off (no [sync] sync_host)")
+    return result, "\n".join(lines)
+
+
+def _sweep_line(sweep: dict[str, Any]) -> str:
+    every = f"every {sweep['interval_seconds']:g} s" if sweep["interval_seconds"] else "on demand"
+    line = f"spool sweep: {every}, grace {sweep['grace_seconds']:g} s, {sweep['runs']} run(s)"
+    last = sweep.get("last")
+    if last:
+        line += (
+            f"; last {last['started_at']} removed {last['removed']} file(s) "
+            f"({last['bytes_freed']} bytes), {sweep['waiting']} waiting"
+        )
+    if sweep.get("held_back"):
+        line += f"\n  HELD BACK: {sweep['held_back']}"
+    return line
+
+
+def cmd_status(client: Client, args: argparse.Namespace) -> Any:
+    if getattr(args, "user", None):
+        return _account_status(client, args.user)
+    result = client.call("GET", "/v1/status")
+    owned = ", ".join(f"{k}={v}" for k, v in sorted(result.get("owned", {}).items())) or "-"
+    lines = [
+        f"node {result['node']} (partner {result.get('partner') or '-'})",
+        f"accounts {result['accounts']}  owned {owned}",
+        f"sync log depth {result['sync_log_depth']}  oldest {result.get('sync_log_oldest') or '-'}",
+    ]
+    if result.get("startup"):
+        lines.append(f"startup: {result['startup']}")
+    replication = result.get("replication")
+    if isinstance(replication, dict):
+        lines.append(_partner_line(replication) + f", lag {replication['lag_seconds']} s")
+    for name, state in sorted((result.get("proxy_hooks") or {}).items()):
+        lines.append(_hook_line(name, state))
+    lmtp = result.get("lmtp")
+    if isinstance(lmtp, dict):
+        workers = lmtp.get("workers", [])
+        pids = ", ".join(str(w.get("pid")) for w in workers) or "-"
+        restarts = sum(int(w.get("restarts", 0)) for w in workers)
+        lines.append(f"lmtp: {len(workers)} worker process(es) (pid {pids}), restarts {restarts}")
+    sweep = result.get("spool_sweep")
+    if isinstance(sweep, dict):
+        lines.append(_sweep_line(sweep))
+    for key, value in result.items():
+        shown = ("owned", "replication", "proxy_hooks", "lmtp", "spool_sweep")
+        if isinstance(value, dict) and key not in shown:
+            lines.append(f"{key}: " + ", ".join(f"{k}={v}" for k, v in value.items()))
+    return result, "\n".join(lines)
+
+
+def cmd_replicate(client: Client, args: argparse.Namespace) -> Any:
+    body: dict[str, Any] = {}
+    if args.all:
+        body["all"] = True
+    elif args.user:
+        body["account"] = args.user
+    else:
+        raise ValueError("give -u USER or --all")
+    if args.mailbox:
+        body["mailboxes"] = args.mailbox
+    if args.compress:
+        body["compress"] = True
+    if args.server:
+        body["target"] = args.server
+    result = client.call("POST", "/v1/replicate", body)
+    lines: list[str] = []
+    for report in result.get("reports", []):
+        if args.verbose:
+            lines.extend(report["steps"])
+        if args.verbose > 1:
+            lines.extend("  " + r for r in report["requests"])
+        if not args.verbose:
+            lines.append(
+                f"{report['account']}: uploaded {report['uploaded']}, expunged {report['expunged']}, "
+                f"flags {report['setflags']}, copied back {report['copied_back']}, "
+                f"{report['bytes_sent']}/{report['bytes_received']} bytes out/in, "
+                f"{report['seconds'] * 1000:.1f} ms"
+            )
+        for line in report.get("repairs", []):
+            lines.append(f"  repair: {line}")
+    for error in result.get("errors", []):
+        lines.append(f"{error['account']}: FAILED {error['error']}: {error['detail']}")
+    if args.all:
+        lines.append(f"{result['accounts']} accounts in {result['seconds']:.3f} s")
+    if result.get("errors"):
+        print("\n".join(lines))
+        raise ApiError(502, "replication failed", f"{len(result['errors'])} account(s)")
+    return result, "\n".join(lines)
+
+
+def cmd_synclog(client: Client, args: argparse.Namespace) -> Any:
+    body: dict[str, Any] = {"account": args.user}
+    if args.mailbox:
+        body["mailboxes"] = args.mailbox
+    result = client.call("POST", "/v1/synclog", body)
+    return result, f"queued {result['queued']} sync log row(s) for {args.user}"
+
+
+def cmd_owner(client: Client, args: argparse.Namespace) -> Any:
+    row = client.call("GET", f"/v1/owner/{quote(args.user)}")
+    return row, (
+        f"{row['account']}: owner {row['owner']} (home {row['home']}), epoch {row['epoch']}, "
+        f"{row['state']} — {row['reason']} at {row['updated_at']}"
+    )
+
+
+def _hooks(report: list[dict[str, Any]], where: str = "") -> list[str]:
+    at = f" ({where})" if where else ""
+    return [
+        f"proxy hook {h['hook']}{at}: "
+        + ("acknowledged" if h["acknowledged"] else f"FAILED {h['error']} (retrying)")
+        for h in report
+    ]
+
+
+def _uninformed(result: dict[str, Any], partner: str) -> list[str]:
+    if result.get("partner_informed") is False:
+        return [
+            f"WARNING: {partner} did not take the new ownership rows; it refuses writes for "
+            "these accounts until it does (run the command again, or check it)"
+        ]
+    return []
+
+
+def cmd_failover(client: Client, args: argparse.Namespace) -> Any:
+    result = client.call("POST", "/v1/failover", {"force": bool(args.force)})
+    lines = [f"took {len(result['taken'])} account(s) in {result['seconds']} s"]
+    if result.get("forced_while_partner_answered"):
+        lines[0] += " (forced: the partner still answers)"
+    lines += [
+        f"  {r['account']}: owner {r['owner']}, epoch {r['epoch']}, {r['state']}"
+        for r in result["taken"]
+    ]
+    if result.get("partner_informed"):
+        lines.append("the partner took the new ownership rows")
+    lines += _uninformed(result, "the partner")
+    lines += _hooks(result["hooks"])
+    return result, "\n".join(lines)
+
+
+def _moved(part: dict[str, Any], where: str = "") -> list[str]:
+    lines = [
+        f"{r['account']}: now owned by {r['owner']} at epoch {r['epoch']}"
+        for r in part.get("moved", [])
+    ]
+    lines += [f"{a}: already there" for a in part.get("already", [])]
+    lines += _uninformed(part, "the partner")
+    return lines + _hooks(part.get("hooks", []), where)
+
+
+def cmd_switchover(client: Client, args: argparse.Namespace) -> Any:
+    if args.all_from and args.users:
+        raise ValueError("give USER... or --all-from NODE, not both")
+    if not args.all_from and not args.users:
+        raise ValueError("give USER... or --all-from NODE")
+    body: dict[str, Any] = (
+        {"all_from": args.all_from} if args.all_from else {"accounts": args.users}
+    )
+    result = client.call("POST", "/v1/switchover", body)
+    lines = []
+    if result.get("forwarded"):
+        lines += _moved(result["forwarded"], "on the owner")
+    lines += _moved(result)
+    lines.append(f"done in {result['seconds']} s")
+    return result, "\n".join(lines)
+
+
+def cmd_failback(client: Client, args: argparse.Namespace) -> Any:
+    result = client.call("POST", "/v1/failback", {})
+    if not result.get("requested"):
+        return result, result.get("detail", "nothing to move")
+    partner = result["partner"]
+    lines = [f"{r['account']}: home again, epoch {r['epoch']}" for r in partner.get("moved", [])]
+    lines += [f"{a}: already home" for a in partner.get("already", [])]
+    lines += _uninformed(result, "this node")
+    lines += _hooks(partner.get("hooks", []), "on the partner")
+    lines += _hooks(result.get("hooks", []))
+    lines.append(f"done in {result['seconds']} s")
+    return result, "\n".join(lines)
+
+
+def cmd_account_move(client: Client, args: argparse.Namespace) -> Any:
+    row = client.call("POST", f"/v1/accounts/{quote(args.user)}/move", {"to": args.to})
+    return (
+        row,
+        f"{row['account']}: home is now {row['home']} (owner {row['owner']}, epoch {row['epoch']})",
+    )
+
+
+def cmd_route(client: Client, args: argparse.Namespace) -> Any:
+    route = client.call("GET", f"/v1/route/{quote(args.user)}")
+    return route, (
+        f"{route['account']}: {route['owner']} epoch {route['epoch']} imap {route['imap']} "
+        f"pop3 {route['pop3']} lmtp {route['lmtp']}"
+    )
+
+
+def cmd_reconcile(client: Client, args: argparse.Namespace) -> Any:
+    if not args.user and not args.all:
+        raise ValueError("give -u USER or --all")
+    result = client.call("POST", "/v1/reconcile", {"account": args.user} if args.user else {})
+    text = (
+        f"checked {result['accounts_checked']} account(s) in {result['seconds']} s: "
+        f"{result['mailboxes_repaired']} mailbox(es) repaired, {result['messages_uploaded']} uploaded, "
+        f"{result['messages_copied_back']} copied back"
+    )
+    for failure in result["failures"]:
+        text += f"\n  FAILED {failure}"
+    return result, text
+
+
+def cmd_spool_sweep(client: Client, args: argparse.Namespace) -> Any:
+    result = client.call("POST", "/v1/spool/sweep", {"force": True} if args.force else {})
+    text = (
+        f"removed {result['removed']} file(s), {result['bytes_freed']} bytes, "
+        f"in {result['seconds']} s; {result['condemned']} unnamed file(s) wait out the grace"
+    )
+    if result["held_back"]:
+        text += f"\nHELD BACK: {result['held_back']}"
+    for error in result["errors"]:
+        text += f"\n  FAILED {error}"
+    return result, text
+
+
+Command = Callable[[Client, argparse.Namespace], Any]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="peerctl", description="administer a peerd node")
+    parser.add_argument("-c", "--config", help="the node's TOML file (API address and token)")
+    parser.add_argument("--api", help="control API base URL, e.g. http://127.0.0.1:18080")
+    parser.add_argument("--token", help="bearer token (default: from the config or $PEERD_TOKEN)")
+    parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    account = sub.add_parser("account", help="accounts").add_subparsers(dest="sub", required=True)
+    p = account.add_parser("add", help="create an account")
+    p.add_argument("user")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--password-file")
+    group.add_argument("--password-stdin", action="store_true")
+    p.add_argument("--quota", type=int, help="quota in bytes")
+    p.add_argument("--owner", help="the node that owns it (default: this node)")
+    p.set_defaults(func=cmd_account_add)
+    p = account.add_parser("list", help="list accounts")
+    p.add_argument("--owner")
+    p.set_defaults(func=cmd_account_list)
+    p = account.add_parser("del", help="delete an account and all its mail")
+    p.add_argument("user")
+    p.set_defaults(func=cmd_account_del)
+    p = account.add_parser("passwd", help="change a password")
+    p.add_argument("user")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--password-file")
+    group.add_argument("--password-stdin", action="store_true")
+    p.set_defaults(func=cmd_account_passwd)
+    p = account.add_parser("move", help="change an account's home node")
+    p.add_argument("user")
+    p.add_argument("--to", required=True)
+    p.set_defaults(func=cmd_account_move)
+    p = account.add_parser("quota", help="set a quota in bytes, or 'none'")
+    p.add_argument("user")
+    p.add_argument("limit")
+    p.set_defaults(func=cmd_account_quota)
+
+    mailbox = sub.add_parser("mailbox", help="mailboxes").add_subparsers(dest="sub", required=True)
+    p = mailbox.add_parser("list", help="an account's mailboxes")
+    p.add_argument("user")
+    p.set_defaults(func=cmd_mailbox_list)
+    p = mailbox.add_parser("show", help="one mailbox's records: uid, GUID, flags, modseq")
+    p.add_argument("user")
+    p.add_argument("mailbox")
+    p.add_argument("--expunged", action="store_true", help="include expunged records")
+    p.set_defaults(func=cmd_mailbox_show)
+
+    p = sub.add_parser("replicate", help="sync to the partner now (like sync_client -u/-m)")
+    p.add_argument("-u", "--user", help="the account")
+    p.add_argument("--all", action="store_true", help="every account this node owns")
+    p.add_argument("-m", "--mailbox", action="append", help="only this mailbox (repeatable)")
+    p.add_argument("-S", "--server", help="the partner's sync listener host[:port]")
+    p.add_argument("-z", "--compress", action="store_true", help="compress the traffic")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="-v steps, -v -v requests")
+    p.set_defaults(func=cmd_replicate)
+    p = sub.add_parser("synclog", help="queue a row in the rolling sync log (like cyr_synclog)")
+    p.add_argument("-u", "--user", required=True)
+    p.add_argument("-m", "--mailbox", action="append")
+    p.set_defaults(func=cmd_synclog)
+
+    p = sub.add_parser("owner", help="an account's owner, home, epoch and state")
+    p.add_argument("user")
+    p.set_defaults(func=cmd_owner)
+    p = sub.add_parser("accounts", help="accounts with their owners (account list)")
+    p.add_argument("--owner")
+    p.set_defaults(func=cmd_account_list)
+    p = sub.add_parser("route", help="where proxies send an account")
+    p.add_argument("user")
+    p.set_defaults(func=cmd_route)
+    p = sub.add_parser("failover", help="take every account of the dead partner")
+    p.add_argument("--force", action="store_true", help="even though the partner answers")
+    p.set_defaults(func=cmd_failover)
+    p = sub.add_parser("switchover", help="move accounts to the other node (both up)")
+    p.add_argument("users", nargs="*")
+    p.add_argument("--all-from", help="every account this node owns... or that NODE owns")
+    p.set_defaults(func=cmd_switchover)
+    p = sub.add_parser("failback", help="bring home every account whose home is this node")
+    p.set_defaults(func=cmd_failback)
+
+    p = sub.add_parser(
+        "reconcile", help="full compare with the partner now, repairing what differs"
+    )
+    p.add_argument("-u", "--user")
+    p.add_argument("--all", action="store_true")
+    p.set_defaults(func=cmd_reconcile)
+
+    spool = sub.add_parser("spool", help="the message spool").add_subparsers(
+        dest="sub", required=True
+    )
+    p = spool.add_parser("sweep", help="remove the files no live message names (after a grace)")
+    p.add_argument("--force", action="store_true", help="remove even when most files look unnamed")
+    p.set_defaults(func=cmd_spool_sweep)
+
+    p = sub.add_parser("status", help="node status")
+    p.add_argument("-u", "--user", help="status of one account")
+    p.set_defaults(func=cmd_status)
+    return parser
+
+
+def make_client(args: argparse.Namespace) -> Client:
+    base, token = args.api, args.token or os.environ.get("PEERD_TOKEN", "")
+    if args.config:
+        config = load_config(args.config)
+        if base is None and config.listen.http is not None:
+            base = f"http://{config.listen.http}"
+        token = token or config.api.token
+    if not base:
+        raise ConfigError("give -c FILE or --api URL")
+    return Client(base, token)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        client = make_client(args)
+        result, text = args.func(client, args)
+    except ConfigError as exc:
+        print(f"peerctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:
+        print(f"peerctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ApiError as exc:
+        print(f"peerctl: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except ConnectionError as exc:
+        print(f"peerctl: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    elif text:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Routing lookups for proxies: JSON, nginx mail ``auth_http``, Postfix ``socketmap``.
+
+How this works: both nodes hold the same ownership table, so both give the
+same answer. ``GET /v1/route/{account}`` is JSON for scripts.
+``GET /v1/route/nginx`` is nginx's ``auth_http``: the password is verified
+against the store (a wrong one gets a failure with ``Auth-Wait``), and the
+owner's IMAP or POP3 address comes back as ``Auth-Server``/``Auth-Port``; an
+optional shared secret header (``[routing] auth_http_secret``, sent by
+nginx's ``auth_http_header X-Auth-Key``) is checked. The socketmap listener
+answers Postfix: ``transport`` → ``OK lmtp:inet:HOST:PORT`` of the owner,
+``mailbox`` → ``OK <account>`` if it exists, ``NOTFOUND `` fast otherwise,
+``TEMP`` when the database is unavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy.orm import Session
+
+from engine.accounts import find_account, normalize_account_name
+from engine.delivery import parse_recipient, resolve_account
+from engine.errors import EngineError, InvalidArgument, NoSuchAccount, TemporaryFailure
+from engine.passwords import verify_password
+from ownership import authhttp, socketmap
+from ownership import table as ownership_table
+from peerd.app.daemon import Service
+from peerd.control.api import NODE_KEY
+from peerd.control.openapi import OPERATIONS, Operation
+from peerd.node.node import Node
+from peerd.pair.hooks import address_of, route_json
+
+__all__ = ["start"]
+
+log = logging.getLogger("peerd.control.routing")
+
+
+def _owner_of(session: Session, node: Node, account: str) -> tuple[str, int, str]:
+    row = ownership_table.get(session, account)
+    if row is None:
+        return node.name, 0, "normal"
+    return row.owner, row.epoch, row.state
+
+
+async def route(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    name = request.match_info["account"]
+
+    def read(session: Session) -> dict[str, Any]:
+        account = find_account(session, normalize_account_name(name))
+        if account is None:
+            raise NoSuchAccount(f"no such account: {name}")
+        owner, epoch, state = _owner_of(session, node, account.name)
+        return route_json(node, account.name, owner, epoch, state)
+
+    return web.json_response(await node.store.read(read))
+
+
+async def nginx_auth(request: web.Request) -> web.Response:
+    """nginx reads headers only; the status code and body are ignored."""
+    node = request.app[NODE_KEY]
+    routing = node.config.routing
+    if routing.auth_http_secret:
+        given = request.headers.get("X-Auth-Key", "").encode()
+        if not hmac.compare_digest(given, routing.auth_http_secret.encode()):
+            log.warning("auth_http: wrong or missing X-Auth-Key from %s", request.remote)
+            return web.Response(
+                headers=authhttp.failure("Temporary server problem, try again later", 5, "imap")
+            )
+    try:
+        # aiohttp has already decoded header values as UTF-8 (not latin-1 as
+        # a WSGI server would): say so, or non-ASCII user names break.
+        auth = authhttp.parse_request(request.headers, header_encoding="utf-8")
+    except ValueError as exc:
+        return web.Response(headers=authhttp.failure(str(exc), routing.auth_http_wait, "imap"))
+    wait = routing.auth_http_wait
+
+    def lookup(session: Session) -> tuple[str, str, str] | None:
+        account = find_account(session, normalize_account_name(auth.user))
+        if account is None:
+            return None
+        owner, _, _ = _owner_of(session, node, account.name)
+        return account.name, account.password_hash, owner
+
+    try:
+        found = await node.store.read(lookup)
+    except InvalidArgument:
+        found = None
+    except EngineError:
+        return web.Response(
+            headers=authhttp.failure(
+                "Temporary server problem, try again later", wait, auth.protocol
+            )
+        )
+    if (
+        found is None
+        or auth.method not in ("plain", "login")
+        or not await asyncio.to_thread(verify_password, auth.password, found[1])
+    ):
+        node.counters.inc("auth_http_failures")
+        return web.Response(
+            headers=authhttp.failure("Invalid login or password", wait, auth.protocol)
+        )
+    _, _, owner = found
+    service = "lmtp" if auth.protocol == "smtp" else auth.protocol
+    where = address_of(node, owner, service)
+    if where is None:
+        return web.Response(
+            headers=authhttp.failure("No route to the mailbox server", wait, auth.protocol)
+        )
+    return web.Response(headers=authhttp.success(where.host, where.port))
+
+
+OPERATIONS.extend(
+    [
+        Operation(
+            "get",
+            "/v1/route/{account}",
+            "Where an account is served: owner, addresses, epoch",
+            responses=(200, 404),
+        ),
+    ]
+)
+
+
+class SocketmapServer:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def lookup(self, session: Session, query: socketmap.Lookup) -> socketmap.Reply:
+        try:
+            recipient = parse_recipient(query.key, frozenset(self.node.config.node.local_domains))
+        except InvalidArgument:
+            return socketmap.not_found()
+        if query.map_name not in ("transport", "mailbox") or "@" not in query.key:
+            return socketmap.not_found()
+        try:
+            account = resolve_account(session, recipient)
+        except NoSuchAccount:
+            return socketmap.not_found()
+        if query.map_name == "mailbox":
+            return socketmap.ok(account.name)
+        owner, _, _ = _owner_of(session, self.node, account.name)
+        where = address_of(self.node, owner, "lmtp")
+        if where is None:
+            return socketmap.temp(f"no LMTP address known for {owner}")
+        return socketmap.ok(f"lmtp:inet:{where.host}:{where.port}")
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = socketmap.NetstringReader()
+        try:
+            while True:
+                data = await asyncio.wait_for(reader.read(4096), 600)
+                if not data:
+                    break
+                for query in decoder.feed(data):
+                    try:
+                        reply = await self.node.store.read(lambda s, q=query: self.lookup(s, q))  # type: ignore[misc]
+                    except TemporaryFailure as exc:
+                        reply = socketmap.temp(exc.message[:200])
+                    writer.write(reply.encode())
+                await writer.drain()
+        except socketmap.NetstringError as exc:
+            log.warning("socketmap: %s; closing", exc)
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def start(node: Node, app: web.Application) -> list[Service]:
+    app.router.add_get("/v1/route/nginx", nginx_auth)
+    app.router.add_get("/v1/route/{account}", route)
+    services: list[Service] = []
+    where = node.config.listen.socketmap
+    if where is not None:
+        server = await asyncio.start_server(SocketmapServer(node).handle, where.host, where.port)
+        log.info("socketmap listening on %s", where)
+
+        async def stop() -> None:
+            server.close()
+
+        services.append(Service("socketmap", stop))
+    return services

@@ -1,0 +1,1 @@
+"""What every service is given: the config, the node (store, fence, logins, counters), errors on the wire, TLS."""

@@ -1,0 +1,220 @@
+"""The node: the store plus this node's identity and policy, as services see it.
+
+How this works: the services (LMTP, IMAP, POP3, the control API, the sync
+listener) never reach into the database on their own. They hold a
+:class:`Node`, which owns the :class:`~engine.store.Store`, knows the node's
+name and partner, applies the ownership fence, verifies passwords, and
+counts what the daemon reports in ``status`` and ``/metrics``. Dependencies
+run one way: peerd → ownership → engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from sqlalchemy.orm import Session
+
+from engine import accounts as engine_accounts
+from engine.errors import EngineError, InvalidArgument, NoSuchAccount
+from engine.models import Account
+from engine.passwords import verify_password
+from engine.store import Store
+from engine.synclog import Change
+from ownership import table as ownership_table
+from ownership.errors import NotOwner
+from peerd.node.config import Config
+
+__all__ = ["AuthResult", "Node"]
+
+log = logging.getLogger("peerd.node.node")
+
+Indexer = Callable[[bytes], bytes]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    """The outcome of a login attempt; ``owner`` is set when the account lives elsewhere."""
+
+    ok: bool
+    account: str
+    owner: str | None = None
+    epoch: int = 0
+
+
+@dataclass(slots=True)
+class Counters:
+    values: Counter[str] = field(default_factory=Counter)
+
+    def inc(self, name: str, n: int = 1) -> None:
+        self.values[name] += n
+
+
+class Node:
+    """One peerd node: configuration, store, fence and counters."""
+
+    def __init__(self, config: Config, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self.name = config.node.name
+        self.partner = config.partner.name
+        self.started = time.time()
+        self.counters = Counters()
+        self.indexer: Indexer | None = None
+        self.inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        # Hooks later parts plug in: called after a delivery committed
+        # (synchronous replication waits there), and when ownership moves.
+        self.after_delivery: list[Callable[[list[str]], Awaitable[None]]] = []
+        self.extra_status: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {}
+        self.account_status: list[Callable[[str], Awaitable[dict[str, Any]]]] = []
+        # Called with the accounts whose ownership is changing (IMAP/POP3
+        # close their sessions with BYE [UNAVAILABLE]): by failover and
+        # switchover as they go, and after any committed row change that
+        # leaves an account no longer served here (a row learned from the
+        # partner: a failover forced while this node was up).
+        self.on_ownership_change: list[Callable[[list[str]], Awaitable[None]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.watch_ownership(self._rows_changed)
+        self.startup_note = ""
+
+    # -- the fence ---------------------------------------------------------
+
+    def guard(self, session: Session, account: str) -> None:
+        """Raise :class:`NotOwner` unless this node may write ``account`` now.
+
+        Called inside the writing transaction, so a switchover that commits
+        between a check and a write cannot slip a write past the fence.
+        """
+        ownership_table.check_owner(session, account, self.name)
+
+    async def write_owned(
+        self, account: str, fn: Callable[[Session, Account], T], **kwargs: Any
+    ) -> T:
+        """Run ``fn(session, account_row)`` in the next group commit, behind the fence.
+
+        Every write a service or the control API makes for one account goes
+        through here: the account is looked up and :meth:`guard` runs inside the
+        same transaction as ``fn``, so no write path can forget the fence and a
+        switchover that commits first always wins. ``kwargs`` go to
+        :meth:`engine.store.Store.write`.
+        """
+
+        def fenced(session: Session) -> T:
+            row = engine_accounts.get_account(session, account)
+            self.guard(session, row.name)
+            return fn(session, row)
+
+        return await self.store.write(fenced, **kwargs)
+
+    def guard_many(self, session: Session, accounts: Iterable[str]) -> dict[str, NotOwner]:
+        """:meth:`guard` for many accounts in one query: the refusals, by account."""
+        return ownership_table.fence_many(session, accounts, self.name)
+
+    def watch_ownership(self, callback: Callable[[list[str]], None]) -> Callable[[], None]:
+        """Call ``callback`` with the accounts after every commit that changed
+        their ownership rows (on the store's loop); returns what stops it."""
+
+        def listener(changes: list[Change]) -> None:
+            accounts = sorted({c.account for c in changes if c.kind == ownership_table.CHANGED})
+            if accounts:
+                callback(accounts)
+
+        self.store.add_listener(listener)
+        return lambda: self.store.remove_listener(listener)
+
+    def _rows_changed(self, accounts: list[str]) -> None:
+        if not self.on_ownership_change:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # told outside the event loop: no sessions to close there
+        task = loop.create_task(self._close_moved(accounts))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _close_moved(self, accounts: list[str]) -> None:
+        try:
+            away = await self.store.read(lambda s: list(self.guard_many(s, accounts)))
+        except EngineError as exc:
+            log.warning("could not check which accounts moved away: %s", exc.message)
+            return
+        except Exception:  # the store is closing (the daemon stops)
+            log.debug("ownership check after a row change skipped", exc_info=True)
+            return
+        if away:
+            await self.close_sessions(away)
+
+    async def close_sessions(self, accounts: list[str]) -> None:
+        """Call every :attr:`on_ownership_change` hook; one that fails does not stop the others."""
+        for close in self.on_ownership_change:
+            try:
+                await close(accounts)
+            except Exception:
+                log.exception("closing the sessions of %s failed", ", ".join(accounts))
+
+    async def check_owner(self, account: str) -> None:
+        await self.store.read(lambda s: ownership_table.check_owner(s, account, self.name))
+
+    # -- authentication ----------------------------------------------------
+
+    async def authenticate(self, user: str, password: str) -> AuthResult:
+        """Verify a password; report the owner when it is not this node.
+
+        The password check runs off the event loop (scrypt is deliberately slow).
+        """
+
+        def lookup(session: Session) -> tuple[str, str]:
+            name = engine_accounts.normalize_account_name(user)
+            account = engine_accounts.get_account(session, name)
+            return account.name, account.password_hash
+
+        try:
+            name, stored = await self.store.read(lookup)
+        except (NoSuchAccount, InvalidArgument):
+            # Same cost as a real check, so timing does not reveal which
+            # accounts exist.
+            await asyncio.to_thread(verify_password, password, _DUMMY_HASH)
+            self.counters.inc("auth_failures")
+            return AuthResult(False, user)
+        if not await asyncio.to_thread(verify_password, password, stored):
+            self.counters.inc("auth_failures")
+            return AuthResult(False, name)
+        try:
+            await self.check_owner(name)
+        except NotOwner as exc:
+            return AuthResult(True, name, owner=exc.owner, epoch=exc.epoch)
+        return AuthResult(True, name)
+
+    # -- in-flight work, for a clean shutdown ------------------------------
+
+    def begin(self) -> None:
+        self.inflight += 1
+        self._idle.clear()
+
+    def end(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self._idle.set()
+
+    async def drain(self, timeout: dt.timedelta) -> bool:
+        """Wait for in-flight deliveries; True if they all finished in time."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout.total_seconds())
+        except TimeoutError:
+            return False
+        return True
+
+
+_DUMMY_HASH = (
+    "$scrypt$ln=15,r=8,p=1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+)

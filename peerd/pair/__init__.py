@@ -1,0 +1,1 @@
+"""Pair operations: failover, switchover, failback, proxy hooks, the spool sweep."""

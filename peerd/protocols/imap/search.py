@@ -1,0 +1,269 @@
+"""SEARCH (RFC 3501 6.4.4): a :mod:`~peerd.protocols.imap.searchkey` AST compiled to one predicate.
+
+How this works: the parser has already turned the criteria into a small AST
+(:data:`~peerd.protocols.imap.searchkey.SearchKey`). :func:`compile_search` walks it once
+and builds nested closures over a :class:`Candidate` (a message's sequence
+number, UID, flags, size, dates, modseq). Flag, size, date, UID and sequence
+keys look only at the record; header and body keys load the message (through
+the server's verified spool reader) at most once per message and decode it:
+RFC 2047 words in headers, transfer encodings and charsets in text parts.
+Matching is case-insensitive substring, as RFC 3501 6.4.4 asks. Sequence sets
+are resolved once per search, not once per message.
+
+No I/O here beyond the loader the caller passes; nothing is written.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import email.utils
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Protocol
+
+from peerd.protocols.imap import structure
+from peerd.protocols.imap.responses import CommandError
+from peerd.protocols.imap.searchkey import (
+    All,
+    And,
+    Body,
+    Date,
+    Flag,
+    Header,
+    ModSeq,
+    Not,
+    Or,
+    SearchKey,
+    Seq,
+    Size,
+    Text,
+    Uid,
+)
+from peerd.protocols.imap.sequence import SequenceSet
+
+__all__ = ["Loader", "Matcher", "Record", "compile_search", "in_ranges", "resolved"]
+
+Loader = Callable[[str], bytes]
+
+
+class Record(Protocol):
+    """What a search reads of one message (the server's snapshot record)."""
+
+    @property
+    def uid(self) -> int: ...
+    @property
+    def guid(self) -> str: ...
+    @property
+    def flags(self) -> str: ...  # space-separated, canonical
+    @property
+    def modseq(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def internaldate(self) -> dt.datetime: ...
+
+
+Matcher = Callable[[int, Record, Loader], bool]
+_Test = Callable[[int, Record, "_Message"], bool]
+
+
+def resolved(sequence: SequenceSet, largest: int) -> tuple[list[int], list[int]]:
+    """A set's merged ranges as two sorted lists (starts, ends), for :func:`in_ranges`.
+
+    ``$`` (RFC 5182 SEARCHRES) is not offered, so it is refused here.
+    """
+    if sequence.saved:
+        raise CommandError("'$' needs SEARCHRES, which this server does not offer (RFC 5182)")
+    spans = sequence.resolve(largest)
+    return [a for a, _ in spans], [b for _, b in spans]
+
+
+def in_ranges(value: int, ranges: tuple[list[int], list[int]]) -> bool:
+    starts, ends = ranges
+    at = bisect.bisect_right(starts, value) - 1
+    return at >= 0 and value <= ends[at]
+
+
+# Charsets in which ASCII bytes mean the same ASCII text (so a decoded text
+# part of ASCII bytes is its bytes). UTF-7, UTF-16/32, HZ and the like are not.
+_ASCII_SUPERSETS = re.compile(
+    r"(us-)?ascii|utf-?8|(iso-?8859|latin|windows-?125|cp125|koi8)[-_a-z0-9]*|"
+    r"gb2312|gbk|gb18030|big5|shift_jis|euc-(jp|kr|cn)"
+)
+# guid -> whether the message's searchable text is its raw bytes (see
+# _Message.lacks). A property of immutable bytes, so it is kept per GUID.
+_PLAIN: OrderedDict[str, bool] = OrderedDict()
+_PLAIN_MAX = 1_000_000
+_PLAIN_LOCK = threading.Lock()
+
+
+def _text_is_raw(part: structure.Part) -> bool:
+    """True when what TEXT and BODY look at (decoded headers, decoded text parts)
+    holds exactly the ASCII bytes of the part: no encoded words, no transfer
+    encoding on a text part, an ASCII-superset charset."""
+    if b"=?" in part.header:
+        return False
+    if part.children:
+        return all(_text_is_raw(child) for child in part.children)
+    if part.message is not None:
+        return _text_is_raw(part.message)
+    if part.maintype != "text":
+        return True  # not text: search_text does not look inside it
+    encoding = (part.fields.get("Content-Transfer-Encoding") or "7bit").strip().lower()
+    charset = (part.fields.get_content_charset() or "us-ascii").lower()
+    return encoding in ("7bit", "8bit", "binary") and bool(_ASCII_SUPERSETS.fullmatch(charset))
+
+
+class _Message:
+    """The message, loaded and parsed at most once per record during a search."""
+
+    __slots__ = ("_headers", "_lower", "_part", "_raw", "_text", "guid", "loader")
+
+    def __init__(self, guid: str, loader: Loader) -> None:
+        self.guid = guid
+        self.loader = loader
+        self._raw: bytes | None = None
+        self._lower: bytes | None = None
+        self._part: structure.Part | None = None
+        self._text: str | None = None
+        self._headers: str | None = None
+
+    @property
+    def raw(self) -> bytes:
+        if self._raw is None:
+            self._raw = self.loader(self.guid)
+        return self._raw
+
+    @property
+    def part(self) -> structure.Part:
+        if self._part is None:
+            self._part = structure.parse(self.raw)
+        return self._part
+
+    def lacks(self, needle: str) -> bool:
+        """True only if the message's searchable text cannot hold ``needle``
+        (casefolded): its text is its raw ASCII bytes (checked once per GUID
+        with a parse, then remembered) and those bytes do not hold it. Then
+        TEXT and BODY need no parse. Not for terms with white space (header
+        unfolding joins lines) or beyond ASCII (casefolding maps "ß" to "ss")."""
+        if not needle.isascii() or any(c.isspace() for c in needle):
+            return False
+        with _PLAIN_LOCK:
+            plain = _PLAIN.get(self.guid)
+        if plain is None:
+            plain = self.raw.isascii() and _text_is_raw(self.part)
+            with _PLAIN_LOCK:
+                _PLAIN[self.guid] = plain
+                if len(_PLAIN) > _PLAIN_MAX:
+                    _PLAIN.popitem(last=False)
+        if not plain:
+            return False
+        if self._lower is None:
+            self._lower = self.raw.lower()
+        return needle.encode() not in self._lower
+
+    def header(self, name: str) -> str:
+        return structure.decoded_header(self.part, name).casefold()
+
+    def has_header(self, name: str) -> bool:
+        return self.part.fields.get(name) is not None
+
+    def body(self) -> str:
+        if self._text is None:
+            self._text = structure.search_text(self.part).casefold()
+        return self._text
+
+    def all_headers(self) -> str:
+        # The header as sent and with its encoded words decoded: TEXT finds
+        # a term in either (RFC 3501 6.4.4 matches the header's contents).
+        if self._headers is None:
+            raw = self.part.header.decode("utf-8", "replace")
+            self._headers = (raw + "\n" + structure.decoded_headers(self.part)).casefold()
+        return self._headers
+
+    def sent(self) -> dt.date | None:
+        value = self.part.fields.get("Date")
+        try:
+            when = email.utils.parsedate_to_datetime(str(value)) if value else None
+        except (TypeError, ValueError):
+            return None
+        # RFC 3501 6.4.4: compare dates "disregarding time and timezone",
+        # i.e. the date as written in the header.
+        return when.date() if when is not None else None
+
+
+def _compare(op: str, day: dt.date) -> Callable[[dt.date], bool]:
+    if op == "BEFORE":
+        return lambda d: d < day
+    if op == "ON":
+        return lambda d: d == day
+    return lambda d: d >= day  # SINCE
+
+
+def compile_search(key: SearchKey, count: int, top_uid: int) -> Matcher:
+    """The predicate for ``key`` in a mailbox of ``count`` messages whose last UID is ``top_uid``."""
+
+    def build(node: SearchKey) -> _Test:
+        match node:
+            case All():
+                return lambda seq, rec, msg: True
+            case Flag(name, present):
+                # \Recent is never set: peerd reports "0 RECENT" (RFC 9051 drops it).
+                return lambda seq, rec, msg: (name in rec.flags.split()) == present
+            case Header(field, value):
+                needle = value.casefold()
+                if not needle:  # RFC 3501 6.4.4 HEADER: "" matches any message with the field
+                    return lambda seq, rec, msg: msg.has_header(field)
+                return lambda seq, rec, msg: needle in msg.header(field)
+            case Body(value):
+                needle = value.casefold()
+                return lambda seq, rec, msg: not msg.lacks(needle) and needle in msg.body()
+            case Text(value):
+                needle = value.casefold()
+                return lambda seq, rec, msg: (
+                    not msg.lacks(needle) and (needle in msg.all_headers() or needle in msg.body())
+                )
+            case Date("INTERNAL", op, day):
+                test = _compare(op, day)
+                return lambda seq, rec, msg: test(rec.internaldate.date())
+            case Date(_, op, day):
+                test = _compare(op, day)
+
+                def sent(seq: int, rec: Record, msg: _Message) -> bool:
+                    when = msg.sent()
+                    return when is not None and test(when)
+
+                return sent
+            case Size("LARGER", size):
+                return lambda seq, rec, msg: rec.size > size
+            case Size(_, size):
+                return lambda seq, rec, msg: rec.size < size
+            case Seq(sequence):
+                seqs = resolved(sequence, count)
+                return lambda seq, rec, msg: in_ranges(seq, seqs)
+            case Uid(sequence):
+                uids = resolved(sequence, top_uid)
+                return lambda seq, rec, msg: in_ranges(rec.uid, uids)
+            case ModSeq(floor):
+                # RFC 7162 3.1.5: per-flag entries are not kept; every entry is the message's.
+                return lambda seq, rec, msg: rec.modseq >= floor
+            case Not(inner):
+                test_inner = build(inner)
+                return lambda seq, rec, msg: not test_inner(seq, rec, msg)
+            case Or(left, right):
+                test_left, test_right = build(left), build(right)
+                return lambda seq, rec, msg: test_left(seq, rec, msg) or test_right(seq, rec, msg)
+            case And(keys):
+                tests = [build(k) for k in keys]
+                return lambda seq, rec, msg: all(t(seq, rec, msg) for t in tests)
+        raise AssertionError(f"unknown search key {node!r}")
+
+    test = build(key)
+
+    def run(seq: int, rec: Record, loader: Loader) -> bool:
+        return test(seq, rec, _Message(rec.guid, loader))
+
+    return run

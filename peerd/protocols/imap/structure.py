@@ -1,0 +1,369 @@
+"""Message structure for IMAP: parts, ENVELOPE, BODYSTRUCTURE, BODY[section], search text.
+
+How this works: :func:`parse` splits a message into a tree of :class:`Part`
+holding the exact bytes of each part's header and body (BODY[1.2] must return
+the bytes as stored, RFC 3501 6.4.5), using the stdlib header parser for
+header fields only. Multipart bodies are split on their boundary lines;
+``message/rfc822`` parts are parsed again. Broken MIME never raises: a missing
+boundary makes the part a leaf, nesting is capped, and a message without a
+header/body separator is all header. ENVELOPE and BODYSTRUCTURE (RFC 3501
+7.4.2) are rendered once and cached per GUID by the session layer.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import email.header
+import email.utils
+import quopri
+import re
+from dataclasses import dataclass, field
+from email.message import Message
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from typing import Final
+
+from peerd.protocols.imap.fetchatt import SectionKind
+from peerd.protocols.imap.responses import nstring
+
+__all__ = [
+    "Part",
+    "bodystructure",
+    "decode_words",
+    "decoded_header",
+    "decoded_headers",
+    "envelope",
+    "parse",
+    "search_text",
+    "section",
+]
+
+MAX_DEPTH = 50
+_HEADER_PARSER = BytesHeaderParser(policy=compat32)
+
+
+@dataclass(slots=True)
+class Part:
+    header: bytes  # including the blank line that ends it
+    body: bytes
+    fields: Message
+    maintype: str
+    subtype: str
+    children: list[Part] = field(default_factory=list)
+    message: Part | None = None
+
+
+def _split(raw: bytes) -> tuple[bytes, bytes]:
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        at = raw.find(sep)
+        if at >= 0 and (sep == b"\r\n\r\n" or raw.find(b"\r\n\r\n") < 0):
+            return raw[: at + len(sep)], raw[at + len(sep) :]
+    if raw.startswith((b"\r\n", b"\n")):
+        n = 2 if raw.startswith(b"\r\n") else 1
+        return raw[:n], raw[n:]
+    return raw, b""
+
+
+def parse(raw: bytes, depth: int = 0, default: str = "text/plain") -> Part:
+    header, body = _split(raw)
+    fields = _HEADER_PARSER.parsebytes(header)
+    ctype = fields.get_content_type() if fields.get("Content-Type") else default
+    maintype, _, subtype = ctype.partition("/")
+    part = Part(header, body, fields, maintype.lower(), (subtype or "plain").lower())
+    if depth >= MAX_DEPTH:
+        return part
+    if part.maintype == "multipart":
+        boundary = fields.get_param("boundary")
+        if isinstance(boundary, str) and boundary:
+            inner_default = "message/rfc822" if part.subtype == "digest" else "text/plain"
+            part.children = [
+                parse(chunk, depth + 1, inner_default)
+                for chunk in _multipart(body, boundary.encode())
+            ]
+        if not part.children:
+            part.maintype, part.subtype = "text", "plain"
+    elif (part.maintype, part.subtype) == ("message", "rfc822"):
+        part.message = parse(body, depth + 1)
+    return part
+
+
+def _multipart(body: bytes, boundary: bytes) -> list[bytes]:
+    delimiter = b"--" + boundary
+    chunks: list[bytes] = []
+    start: int | None = None
+    pos = 0
+    while True:
+        at = body.find(delimiter, pos)
+        if at < 0:
+            break
+        if at != 0 and body[at - 1 : at] != b"\n":
+            pos = at + 1
+            continue
+        line_end = body.find(b"\n", at)
+        line_end = len(body) if line_end < 0 else line_end + 1
+        if start is not None:
+            end = at
+            if body[end - 2 : end] == b"\r\n":
+                end -= 2
+            elif body[end - 1 : end] == b"\n":
+                end -= 1
+            chunks.append(body[start:end])
+        if body[at + len(delimiter) : at + len(delimiter) + 2] == b"--":
+            return chunks
+        start = line_end
+        pos = line_end
+    if start is not None and start < len(body):
+        chunks.append(body[start:])  # no closing delimiter: keep what is there
+    return chunks
+
+
+# -- ENVELOPE -----------------------------------------------------------------------
+
+
+def _raw(fields: Message, name: str) -> str | None:
+    value = fields.get(name)
+    if value is None:
+        return None
+    return str(value).replace("\r", "").replace("\n", "")
+
+
+def _addresses(fields: Message, name: str) -> bytes:
+    values = fields.get_all(name)
+    if not values:
+        return b"NIL"
+    out = []
+    for display, address in email.utils.getaddresses([str(v) for v in values]):
+        if not address and not display:
+            continue
+        local, _, host = address.rpartition("@") if "@" in address else (address, "", "")
+        out.append(
+            b"("
+            + nstring(display or None)
+            + b" NIL "
+            + nstring(local or None)
+            + b" "
+            + nstring(host or None)
+            + b")"
+        )
+    return b"(" + b"".join(out) + b")" if out else b"NIL"
+
+
+def envelope(part: Part) -> bytes:
+    f = part.fields
+    sender = "Sender" if f.get("Sender") else "From"
+    reply_to = "Reply-To" if f.get("Reply-To") else "From"
+    items = [
+        nstring(_raw(f, "Date")),
+        nstring(_raw(f, "Subject")),
+        _addresses(f, "From"),
+        _addresses(f, sender),
+        _addresses(f, reply_to),
+        _addresses(f, "To"),
+        _addresses(f, "Cc"),
+        _addresses(f, "Bcc"),
+        nstring(_raw(f, "In-Reply-To")),
+        nstring(_raw(f, "Message-ID")),
+    ]
+    return b"(" + b" ".join(items) + b")"
+
+
+# -- BODYSTRUCTURE ------------------------------------------------------------------
+
+
+def _params(fields: Message, header: str = "content-type") -> bytes:
+    params = fields.get_params(header=header) or []
+    pairs = []
+    for key, value in params[1:]:
+        if isinstance(value, tuple):
+            value = email.utils.collapse_rfc2231_value(value)
+        pairs.append(nstring(key.upper()) + b" " + nstring(str(value)))
+    return b"(" + b" ".join(pairs) + b")" if pairs else b"NIL"
+
+
+def _disposition(fields: Message) -> bytes:
+    value = fields.get("Content-Disposition")
+    if value is None:
+        return b"NIL"
+    kind = str(value).split(";", 1)[0].strip() or "attachment"
+    return b"(" + nstring(kind.upper()) + b" " + _params(fields, "content-disposition") + b")"
+
+
+def _lines(data: bytes) -> int:
+    return data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+
+
+def bodystructure(part: Part, extended: bool = True) -> bytes:
+    f = part.fields
+    if part.children:
+        inner = b"".join(bodystructure(child, extended) for child in part.children)
+        out = inner + b" " + nstring(part.subtype.upper())
+        if extended:
+            out += b" " + _params(f) + b" " + _disposition(f) + b" NIL NIL"
+        return b"(" + out + b")"
+    encoding = (f.get("Content-Transfer-Encoding") or "7BIT").strip().upper()
+    items = [
+        nstring(part.maintype.upper()),
+        nstring(part.subtype.upper()),
+        _params(f) if f.get("Content-Type") else b'("CHARSET" "US-ASCII")',
+        nstring(_raw(f, "Content-ID")),
+        nstring(_raw(f, "Content-Description")),
+        nstring(encoding),
+        str(len(part.body)).encode(),
+    ]
+    if part.message is not None:
+        items += [
+            envelope(part.message),
+            bodystructure(part.message, extended),
+            str(_lines(part.body)).encode(),
+        ]
+    elif part.maintype == "text":
+        items.append(str(_lines(part.body)).encode())
+    if extended:
+        items += [nstring(_raw(f, "Content-MD5")), _disposition(f), b"NIL", b"NIL"]
+    return b"(" + b" ".join(items) + b")"
+
+
+# -- BODY[section] (RFC 3501 6.4.5) -------------------------------------------------
+
+
+def _descend(part: Part, path: list[int]) -> Part | None:
+    current = part
+    for number in path:
+        if current.message is not None and not current.children:
+            current = current.message
+        if current.children:
+            if not 1 <= number <= len(current.children):
+                return None
+            current = current.children[number - 1]
+        elif number != 1:
+            return None
+    return current
+
+
+def _header_fields(header: bytes, names: list[str], keep: bool) -> bytes:
+    wanted = {n.lower() for n in names}
+    out: list[bytes] = []
+    current: list[bytes] = []
+    current_name = ""
+    for line in header.splitlines(keepends=True):
+        if line in (b"\r\n", b"\n"):
+            break
+        if line[:1] in (b" ", b"\t") and current:
+            current.append(line)
+            continue
+        if current and ((current_name in wanted) == keep):
+            out.extend(current)
+        current = [line]
+        current_name = line.split(b":", 1)[0].strip().decode("latin-1").lower()
+    if current and ((current_name in wanted) == keep):
+        out.extend(current)
+    return b"".join(out) + b"\r\n"
+
+
+def section(
+    raw: bytes,
+    path: tuple[int, ...] = (),
+    kind: SectionKind = SectionKind.ALL,
+    fields: tuple[str, ...] = (),
+) -> bytes | None:
+    """The bytes of ``BODY[path.kind (fields)]``; None when the section does not exist.
+
+    ``path`` is the part number (``()`` for the whole message). HEADER, TEXT
+    and HEADER.FIELDS after a part number apply to a message/rfc822 part's
+    inner message only (RFC 3501 6.4.5); MIME is the part's own header.
+    """
+    if not path and kind is SectionKind.ALL:
+        return raw  # BODY[]: the message as stored, nothing to parse
+    root = parse(raw)
+    part = _descend(root, list(path)) if path else root
+    if part is None:
+        return None
+    if kind is SectionKind.ALL:
+        return part.body
+    if kind is SectionKind.MIME:
+        return part.header if path else None
+    target = part
+    if path and part.message is not None:
+        target = part.message
+    elif path:
+        return None
+    if kind is SectionKind.HEADER:
+        return target.header
+    if kind is SectionKind.TEXT:
+        return target.body
+    return _header_fields(target.header, list(fields), kind is SectionKind.HEADER_FIELDS)
+
+
+# -- text for SEARCH --------------------------------------------------------------------
+
+
+def decoded_header(part: Part, name: str) -> str:
+    return " ".join(decode_words(str(value)) for value in part.fields.get_all(name) or [])
+
+
+def decoded_headers(part: Part) -> str:
+    """Every header field as ``Name: decoded value`` lines, for SEARCH TEXT."""
+    return "\n".join(f"{name}: {decode_words(str(value))}" for name, value in part.fields.items())
+
+
+def decode_words(value: str) -> str:
+    """A header field's value, unfolded, with RFC 2047 encoded words decoded."""
+    # RFC 5322 2.2.3: unfold first (a fold is CRLF before white space);
+    # make_header keeps the white space between an encoded word and plain
+    # text, which joining decode_header's pieces would drop (RFC 2047 6.2).
+    text = _FOLD.sub("", value)
+    try:
+        pieces = email.header.decode_header(text)
+    except ValueError:
+        return text
+    try:
+        return str(email.header.make_header(pieces))
+    except (LookupError, UnicodeDecodeError):
+        # An unknown or wrong charset: read those words as UTF-8, with
+        # replacement characters where they are not.
+        return "".join(
+            p.decode(_charset(c), "replace") if isinstance(p, bytes) else p for p, c in pieces
+        )
+
+
+_FOLD: Final = re.compile(r"\r?\n(?=[ \t])")
+
+
+def _charset(charset: str | None) -> str:
+    """``charset`` if Python knows it, else UTF-8 (plain text in a header is ASCII)."""
+    if charset is None:
+        return "utf-8"
+    try:
+        return codecs.lookup(charset).name
+    except LookupError:
+        return "utf-8"
+
+
+def _decode_body(part: Part) -> str:
+    encoding = (part.fields.get("Content-Transfer-Encoding") or "").strip().lower()
+    data = part.body
+    try:
+        if encoding == "base64":
+            data = base64.b64decode(data, validate=False)
+        elif encoding == "quoted-printable":
+            data = quopri.decodestring(data)
+    except (binascii.Error, ValueError):
+        pass
+    charset = part.fields.get_content_charset() or "utf-8"
+    try:
+        return data.decode(charset, "replace")
+    except LookupError:
+        return data.decode("utf-8", "replace")
+
+
+def search_text(part: Part) -> str:
+    """The decoded text of every text/* part (BODY and TEXT search keys)."""
+    if part.children:
+        return "\n".join(search_text(child) for child in part.children)
+    if part.message is not None:
+        return search_text(part.message)
+    if part.maintype == "text":
+        return _decode_body(part)
+    return ""

@@ -1,0 +1,1 @@
+"""Replication: the sync client and listener, the rolling worker, the scheduled reconcile."""

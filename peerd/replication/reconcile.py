@@ -1,0 +1,182 @@
+"""Scheduled full reconcile (APScheduler): compare every owned account with the partner.
+
+How this works: a cron-style schedule (``[reconcile] schedule``, default
+nightly at 03:00) runs :meth:`Reconciler.run`, which syncs every account this
+node owns whether or not its sync log says it changed. Each sync compares
+per-mailbox checksums (unchanged mailboxes cost no per-message work) and
+repairs what differs, including mail only the partner holds (the no-loss
+rule). Runs never overlap (one lock; APScheduler's ``max_instances=1`` and
+``coalesce``), and they never block delivery: they use the sync client's
+per-account locks, not the store's writer. ``peerctl reconcile`` runs one
+now. The last result is kept for ``status`` and ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from engine.errors import EngineError, InvalidArgument
+from ownership import table as ownership_table
+from peerd.control.api import NODE_KEY, json_body
+from peerd.control.openapi import OPERATIONS, Operation
+from peerd.node.node import Node
+from peerd.replication.client import SyncClient
+
+__all__ = ["Reconciler"]
+
+log = logging.getLogger("peerd.replication.reconcile")
+
+
+@dataclass(slots=True)
+class ReconcileResult:
+    started_at: str = ""
+    seconds: float = 0.0
+    accounts_checked: int = 0
+    mailboxes_repaired: int = 0
+    messages_uploaded: int = 0
+    messages_copied_back: int = 0
+    failures: list[str] = field(default_factory=list)
+    trigger: str = ""
+
+
+class Reconciler:
+    def __init__(self, node: Node, client: SyncClient) -> None:
+        self.node = node
+        self.client = client
+        self.lock = asyncio.Lock()
+        self.last: ReconcileResult | None = None
+        self.runs = 0
+        self.scheduler: AsyncIOScheduler | None = None
+
+    async def run(
+        self, accounts: list[str] | None = None, trigger: str = "manual"
+    ) -> ReconcileResult:
+        async with self.lock:
+            started = time.perf_counter()
+            result = ReconcileResult(
+                started_at=dt.datetime.now(dt.UTC).isoformat(), trigger=trigger
+            )
+            if accounts is None:
+                # Rows of deleted accounts whose deletion the partner has
+                # by now (it was down when they were deleted).
+                pruned = await self.node.store.write(ownership_table.prune_deleted)
+                if pruned:
+                    log.info("reconcile: dropped the rows of deleted accounts %s", pruned)
+                accounts = await self.node.store.read(
+                    lambda s: [
+                        r.account for r in ownership_table.list_rows(s, owner=self.node.name)
+                    ]
+                )
+            semaphore = asyncio.Semaphore(max(1, self.node.config.sync.sync_concurrency))
+
+            async def one(account: str) -> None:
+                async with semaphore:
+                    try:
+                        report = await self.client.sync_account(account)
+                    except EngineError as exc:
+                        result.failures.append(f"{account}: {exc.message}")
+                        return
+                result.accounts_checked += 1
+                result.mailboxes_repaired += sum(1 for s in report.steps if s.startswith("SELECT "))
+                result.messages_uploaded += report.uploaded
+                result.messages_copied_back += report.copied_back
+
+            await asyncio.gather(*(one(a) for a in accounts))
+            result.seconds = round(time.perf_counter() - started, 3)
+            self.last = result
+            self.runs += 1
+            self.node.counters.inc("reconciles")
+            log.info(
+                "reconcile (%s): %d accounts, %d mailboxes repaired, %d copied back, %.2fs, %d failures",
+                trigger,
+                result.accounts_checked,
+                result.mailboxes_repaired,
+                result.messages_copied_back,
+                result.seconds,
+                len(result.failures),
+            )
+            return result
+
+    def start_schedule(self) -> None:
+        config = self.node.config.reconcile
+        if not config.enabled:
+            return
+        self.scheduler = AsyncIOScheduler(timezone=dt.UTC)
+        self.scheduler.add_job(
+            self.scheduled,
+            CronTrigger.from_crontab(config.schedule, timezone=dt.UTC),
+            id="reconcile",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=3600,
+        )
+        self.scheduler.start()
+
+    async def scheduled(self) -> None:
+        if self.lock.locked():
+            log.info("reconcile still running; this run is skipped")
+            return
+        await self.run(trigger="schedule")
+
+    def stop(self) -> None:
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+
+    async def status(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"schedule": self.node.config.reconcile.schedule, "runs": self.runs}
+        body["running"] = self.lock.locked()
+        body["last"] = asdict(self.last) if self.last else None
+        job = self.scheduler.get_job("reconcile") if self.scheduler else None
+        body["next_run"] = job.next_run_time.isoformat() if job and job.next_run_time else None
+        return body
+
+
+RECONCILER: web.AppKey[Reconciler] = web.AppKey("reconciler", Reconciler)
+
+
+async def reconcile_route(request: web.Request) -> web.Response:
+    reconciler = request.app[RECONCILER]
+    data = await json_body(request)
+    account = data.get("account")
+    if account is not None and not isinstance(account, str):
+        raise InvalidArgument("account must be a string")
+    node = request.app[NODE_KEY]
+    if account is not None:
+        await node.store.read(lambda s: _exists(s, account))
+    result = await reconciler.run([account] if account else None)
+    return web.json_response(asdict(result))
+
+
+def _exists(session: Any, account: str) -> None:
+    from engine.accounts import get_account
+
+    get_account(session, account)
+
+
+OPERATIONS.append(
+    Operation(
+        "post",
+        "/v1/reconcile",
+        "Run a full reconcile now (one account, or every owned account)",
+        body={
+            "type": "object",
+            "properties": {"account": {"type": "string", "minLength": 1, "maxLength": 255}},
+            "additionalProperties": False,
+        },
+        responses=(200, 404, 422),
+    )
+)
+
+
+def add_routes(app: web.Application, reconciler: Reconciler) -> None:
+    app[RECONCILER] = reconciler
+    app.router.add_post("/v1/reconcile", reconcile_route)

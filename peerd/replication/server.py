@@ -1,0 +1,412 @@
+"""The sync listener (the csync service, default port 2005): what a replica answers.
+
+How this works: an aiohttp application under ``/sync/v1`` on its own
+listener. The partner authenticates with HTTP Basic as ``sync_authname`` /
+``sync_password`` — the pair's replication admin; anything else is refused
+with 401 and logged. TLS is on when ``[tls] cert``/``key`` are set. Bodies are
+JSON or message frames (:mod:`engine.syncwire`), zlib-compressed when the
+request says ``X-Sync-Encoding: zlib`` (the answer is then compressed too).
+Requests that change an account pass the ownership fence
+(:mod:`ownership.fence`) inside the transaction that applies them; a refusal
+is a 409 whose body carries this node's ownership row. ``docs/protocol.md``
+lists every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy.orm import Session
+
+from engine import synclog
+from engine.apply import apply_push
+from engine.delta import matches
+from engine.errors import EngineError, SyncProtocolError, SyncStale
+from engine.syncstate import account_digests, known_guids, read_account_state
+from engine.syncwire import (
+    OFF_LOOP,
+    decode_account_state,
+    decode_delta,
+    decode_frames,
+    decode_json,
+    decode_push,
+    decode_summary,
+    decompress,
+    encode_account_state,
+    encode_frames,
+    encode_json,
+    encode_summary,
+    ownership_of,
+)
+from ownership import table as ownership_table
+from ownership.fence import OwnershipView, SyncFenced, check_sync, needs_adoption, row_view
+from peerd.node.errormap import http_status
+from peerd.node.node import Node
+
+__all__ = ["SyncServer", "start_sync_listener"]
+
+log = logging.getLogger("peerd.sync.server")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class SyncServer:
+    """Handlers of the sync listener, bound to one node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        sync = node.config.sync
+        self.max_request = sync.sync_max_request
+        self._expected = (
+            "Basic "
+            + base64.b64encode(f"{sync.sync_authname}:{sync.sync_password}".encode()).decode()
+        ).encode()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.refused = 0
+
+    # -- plumbing ----------------------------------------------------------
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        sync = self.node.config.sync
+        given = request.headers.get("Authorization", "").encode()
+        if (
+            not sync.sync_authname
+            or not sync.sync_password
+            or not hmac.compare_digest(given, self._expected)
+        ):
+            self.refused += 1
+            self.node.counters.inc("sync_auth_failures")
+            log.warning(
+                "sync: refused %s from %s: wrong or missing credentials",
+                request.path,
+                request.remote,
+            )
+            return web.json_response(
+                {"error": "unauthorized", "detail": "sync_authname/sync_password required"},
+                status=401,
+                headers={"WWW-Authenticate": 'Basic realm="peerd-sync"'},
+            )
+        try:
+            return await handler(request)
+        except SyncFenced as exc:
+            self.node.counters.inc("sync_fenced")
+            log.warning("sync: %s", exc.message)
+            body: dict[str, Any] = {"error": exc.code, "detail": exc.message}
+            if exc.current is not None:
+                body["ownership"] = exc.current.to_json()
+            return web.json_response(body, status=409)
+        except EngineError as exc:
+            log.warning("sync: %s refused: %s", request.path, exc.message)
+            return web.json_response(
+                {"error": exc.code, "detail": exc.message}, status=http_status(exc)
+            )
+
+    async def body(self, request: web.Request) -> bytes:
+        if request.content_length is not None and request.content_length > self.max_request:
+            raise SyncProtocolError(
+                f"request of {request.content_length} bytes exceeds {self.max_request}"
+            )
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            # No Content-Length (chunked): aiohttp stops reading at its cap.
+            # Say so as the protocol does, not as aiohttp's plain-text 413.
+            raise SyncProtocolError(
+                f"request of more than {self.max_request} bytes exceeds {self.max_request}"
+            ) from exc
+        if len(raw) > self.max_request:
+            raise SyncProtocolError(f"request of {len(raw)} bytes exceeds {self.max_request}")
+        self.bytes_in += len(raw)
+        self.node.counters.inc("sync_bytes_received", len(raw))
+        if request.headers.get("X-Sync-Encoding") == "zlib":
+            # zlib lets go of the interpreter lock: an 8 MB UPLOAD inflates
+            # in a thread while the loop serves other requests.
+            if len(raw) < OFF_LOOP:
+                return decompress(raw, self.max_request)
+            return await asyncio.to_thread(decompress, raw, self.max_request)
+        return raw
+
+    def reply(
+        self, request: web.Request, data: bytes, content_type: str = "application/json"
+    ) -> web.Response:
+        headers = {}
+        if request.headers.get("X-Sync-Encoding") == "zlib":
+            from engine.syncwire import compress
+
+            data = compress(data, messages=content_type == "application/octet-stream")
+            headers["X-Sync-Encoding"] = "zlib"
+        self.bytes_out += len(data)
+        self.node.counters.inc("sync_bytes_sent", len(data))
+        return web.Response(body=data, content_type=content_type, headers=headers)
+
+    @staticmethod
+    def sender(body: dict[str, Any]) -> OwnershipView:
+        account = body.get("account")
+        if not isinstance(account, str) or not account:
+            raise SyncProtocolError("account is required")
+        owner, home, epoch, state = ownership_of(body.get("ownership"))
+        return OwnershipView(account, owner, home, epoch, state)
+
+    # -- requests ----------------------------------------------------------
+
+    async def hello(self, request: web.Request) -> web.Response:
+        await self.body(request)
+        return self.reply(request, encode_json({"node": self.node.name, "service": "peerd-sync/1"}))
+
+    async def user_some(self, request: web.Request) -> web.Response:
+        body = decode_json(await self.body(request))
+        view = self.sender(body)
+        summaries = {}
+        for item in body.get("summaries", []) if isinstance(body.get("summaries"), list) else []:
+            summary = decode_summary(item)
+            summaries[summary.uniqueid] = summary
+
+        def read(session: Session) -> dict[str, Any]:
+            check_sync(session, self.node.name, view.account, view, adopt=False)
+            state = read_account_state(session, view.account, records_for=summaries)
+            return encode_account_state(state)
+
+        # Reads fence too: a node that owns the account never serves its
+        # state as a replica's (the caller would take it as stale). Only a
+        # newer ownership row costs a write; the common case is a plain read.
+        await self._adopt_if_needed(view)
+        state = await self.node.store.read(read)
+        return self.reply(request, encode_json({"state": state}))
+
+    async def _adopt_if_needed(self, view: OwnershipView) -> None:
+        store = self.node.store
+        if await store.read(lambda s: needs_adoption(s, view.account, view)):
+            await store.write(
+                lambda s: check_sync(s, self.node.name, view.account, view), replaying=True
+            )
+
+    async def reserve(self, request: web.Request) -> web.Response:
+        """Which of these GUIDs do we lack? (Cyrus RESERVE: held ones are never sent.)"""
+        body = decode_json(await self.body(request))
+        guids = body.get("guids")
+        if not isinstance(guids, list) or len(guids) > 1_000_000:
+            raise SyncProtocolError("guids must be a list")
+        spool = self.node.store.spool
+
+        def missing() -> list[str]:
+            # Those we have are kept (Spool.keep): the apply that names them follows.
+            return [g for g in guids if isinstance(g, str) and not spool.keep(g)]
+
+        result = await self.node.store.run_blocking(missing)
+        return self.reply(request, encode_json({"missing": result}))
+
+    async def upload(self, request: web.Request) -> web.Response:
+        """Message bytes, as frames; verified, then made durable with one filesystem flush."""
+        data = await self.body(request)
+        spool = self.node.store.spool
+
+        def store() -> int:
+            frames = decode_frames(data)
+            dirs = spool.put_many(frames, verified=True)
+            spool.fsync_dirs(dirs)
+            return len(frames)
+
+        stored = await self.node.store.run_blocking(store)
+        self.node.counters.inc("sync_messages_received", stored)
+        return self.reply(request, encode_json({"stored": stored}))
+
+    async def apply(self, request: web.Request) -> web.Response:
+        body = decode_json(await self.body(request))
+        view = self.sender(body)
+        push = decode_push(body.get("push"))
+        if push.account != view.account:
+            raise SyncProtocolError("push.account differs from account")
+        spool = self.node.store.spool
+
+        def write(session: Session) -> dict[str, Any]:
+            check_sync(session, self.node.name, view.account, view)
+            result = apply_push(session, push, spool.has)
+            if push.delete_account:
+                ownership_table.delete(session, view.account)
+            return {
+                "summaries": [encode_summary(s) for s in result.summaries],
+                "mismatched": result.mismatched,
+            }
+
+        result = await self.node.store.write(write, replaying=True)
+        self.node.counters.inc("sync_applied")
+        return self.reply(request, encode_json(result))
+
+    async def delta(self, request: web.Request) -> web.Response:
+        """The rolling fast path (:mod:`engine.delta`): a push planned from the
+        state the owner last left us in, with the bytes it needs, in one
+        request. Applied only if we are still exactly in that state (else 412
+        ``sync_stale``: the owner syncs in full)."""
+        control, frames = decode_delta(await self.body(request))
+        view = self.sender(control)
+        push = decode_push(control.get("push"))
+        expect = decode_account_state(control.get("expect"))
+        if push.account != view.account or expect.name != view.account:
+            raise SyncProtocolError("push.account and expect.name must be the account")
+        spool = self.node.store.spool
+        staged = await self.node.store.run_blocking(
+            lambda: [spool.stage(data, guid, verified=True) for guid, data in frames]
+        )
+        have = {s.guid for s in staged}
+
+        def write(session: Session) -> dict[str, Any]:
+            check_sync(session, self.node.name, view.account, view)
+            if not matches(read_account_state(session, view.account), expect):
+                raise SyncStale(f"{view.account} is not in the state the delta starts from")
+            result = apply_push(session, push, lambda g: g in have or spool.has(g))
+            return {
+                "summaries": [encode_summary(s) for s in result.summaries],
+                "mismatched": result.mismatched,
+            }
+
+        try:
+            result = await self.node.store.write(write, replaying=True, staged=staged)
+        except EngineError:
+            spool.discard(staged)
+            raise
+        self.node.counters.inc("sync_applied")
+        self.node.counters.inc("sync_messages_received", len(frames))
+        return self.reply(request, encode_json(result))
+
+    async def fetch(self, request: web.Request) -> web.Response:
+        """Bytes of messages only we hold, for the owner's no-loss repairs."""
+        body = decode_json(await self.body(request))
+        view = self.sender(body)
+        guids = body.get("guids")
+        if not isinstance(guids, list) or len(guids) > 100_000:
+            raise SyncProtocolError("guids must be a list")
+
+        def allowed(session: Session) -> frozenset[str]:
+            check_sync(session, self.node.name, view.account, view, adopt=False)
+            return known_guids(session, view.account, [g for g in guids if isinstance(g, str)])
+
+        await self._adopt_if_needed(view)
+        permitted = await self.node.store.read(allowed)
+        spool = self.node.store.spool
+
+        def read() -> bytes:
+            return b"".join(encode_frames((g, spool.read(g)) for g in sorted(permitted)))
+
+        return self.reply(
+            request, await self.node.store.run_blocking(read), "application/octet-stream"
+        )
+
+    async def ownership(self, request: web.Request) -> web.Response:
+        """Exchange ownership rows: adopt the sender's higher epochs, answer with ours."""
+        body = decode_json(await self.body(request))
+        rows = body.get("rows", [])
+        if not isinstance(rows, list):
+            raise SyncProtocolError("rows must be a list")
+        parsed = []
+        for item in rows:
+            if not isinstance(item, dict) or not isinstance(item.get("account"), str):
+                raise SyncProtocolError("each row needs an account")
+            owner, home, epoch, state = ownership_of(item)
+            parsed.append(OwnershipView(item["account"], owner, home, epoch, state))
+
+        def exchange(session: Session) -> list[dict[str, object]]:
+            for view in parsed:
+                ownership_table.adopt(
+                    session,
+                    view.account,
+                    owner=view.owner,
+                    home=view.home,
+                    epoch=view.epoch,
+                    state=view.state,
+                    reason="learned from partner",
+                )
+            session.flush()
+            return [row_view(r).to_json() for r in ownership_table.list_rows(session)]
+
+        result = await self.node.store.write(exchange, replaying=True)
+        return self.reply(request, encode_json({"rows": result}))
+
+    async def digests(self, request: web.Request) -> web.Response:
+        """Which of these accounts differ here? One request for many accounts."""
+        body = decode_json(await self.body(request))
+        items = body.get("accounts")
+        if not isinstance(items, list) or len(items) > 100_000:
+            raise SyncProtocolError("accounts must be a list")
+        views: dict[str, tuple[OwnershipView, str]] = {}
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("digest"), str):
+                raise SyncProtocolError("each account needs account, ownership and digest")
+            view = self.sender(item)
+            views[view.account] = (view, item["digest"])
+
+        def read(session: Session) -> dict[str, list[str]]:
+            differ, refused = [], []
+            mine = account_digests(session, views)
+            for name, (view, digest) in views.items():
+                try:
+                    check_sync(session, self.node.name, name, view, adopt=False)
+                except SyncFenced:
+                    refused.append(name)
+                    continue
+                if mine.get(name) != digest or needs_adoption(session, name, view):
+                    differ.append(name)
+            return {"differ": differ, "refused": refused}
+
+        return self.reply(request, encode_json(await self.node.store.read(read)))
+
+    async def request_sync(self, request: web.Request) -> web.Response:
+        """The partner asks us to sync these accounts to it (it just became their replica)."""
+        body = decode_json(await self.body(request))
+        accounts = body.get("accounts", [])
+        if not isinstance(accounts, list) or len(accounts) > 1_000_000:
+            raise SyncProtocolError("accounts must be a list")
+
+        def queue(session: Session) -> int:
+            n = 0
+            for name in accounts:
+                row = ownership_table.get(session, str(name))
+                if row is not None and row.owner == self.node.name:
+                    synclog.record(session, row.account, "", "account")
+                    n += 1
+            return n
+
+        queued = await self.node.store.write(queue)
+        return self.reply(request, encode_json({"queued": queued}))
+
+    def app(self) -> web.Application:
+        app = web.Application(
+            middlewares=[self.middleware], client_max_size=self.max_request + 1024
+        )
+        app.router.add_post("/sync/v1/hello", self.hello)
+        app.router.add_post("/sync/v1/user_some", self.user_some)
+        app.router.add_post("/sync/v1/reserve", self.reserve)
+        app.router.add_post("/sync/v1/upload", self.upload)
+        app.router.add_post("/sync/v1/apply", self.apply)
+        app.router.add_post("/sync/v1/delta", self.delta)
+        app.router.add_post("/sync/v1/fetch", self.fetch)
+        app.router.add_post("/sync/v1/ownership", self.ownership)
+        app.router.add_post("/sync/v1/request_sync", self.request_sync)
+        app.router.add_post("/sync/v1/digests", self.digests)
+        return app
+
+
+def server_tls(node: Node) -> ssl.SSLContext | None:
+    tls = node.config.tls
+    if tls.cert is None or tls.key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert, tls.key)
+    return context
+
+
+async def start_sync_listener(node: Node, host: str, port: int) -> tuple[SyncServer, web.AppRunner]:
+    server = SyncServer(node)
+    runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=server_tls(node), reuse_address=True)
+    await site.start()
+    return server, runner

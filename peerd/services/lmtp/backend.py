@@ -1,0 +1,157 @@
+"""What LMTP asks of the node: recipient checks and deliveries into the store.
+
+How this works: the protocol front (:mod:`peerd.services.lmtp.front`) speaks RFC 2033 and
+spools each message's bytes; everything that needs the database happens
+here, in the daemon's main process, behind two calls. :class:`StoreBackend`
+is used directly when the front runs in the daemon itself and, through
+:mod:`peerd.services.lmtp.worker`, when it runs in LMTP worker processes.
+
+- :meth:`StoreBackend.check_rcpt`: the recipient's account exists here and
+  this node owns it (``550 5.1.1`` unknown, ``451`` when another node owns
+  it).
+- :meth:`StoreBackend.deliver`: one grouped write per accepted recipient
+  (:class:`~engine.delivery.DeliveryRunner`): they share the group commit
+  with every other delivery in flight and each gets its own reply, in RCPT
+  order (RFC 2033 4.2): some may succeed while others fail (over quota,
+  ownership moved in between). The after-delivery hooks (synchronous
+  replication waits there) run before the replies go back.
+
+- :meth:`StoreBackend.watch_ownership`: how the front learns that a
+  recipient it accepted recently may no longer be ours.
+
+A delivery in progress is shielded from the caller going away and from
+shutdown: it either commits or fails as a whole; nothing is half-stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from engine.delivery import (
+    Delivery,
+    DeliveryOptions,
+    DeliveryResult,
+    DeliveryRunner,
+    parse_recipient,
+    resolve_account,
+)
+from engine.errors import EngineError
+from engine.spool import Staged
+from ownership.errors import OwnershipError
+from peerd.node.errormap import (
+    S250_OK,
+    S250_OK_DUPLICATE,
+    S451_LOCAL_ERROR,
+    S501_BAD_ADDRESS,
+    lmtp_reply,
+)
+from peerd.node.node import Node
+
+__all__ = ["Message", "StoreBackend"]
+
+log = logging.getLogger("peerd.services.lmtp.front")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message the front has spooled (``staged``) for the given recipients."""
+
+    recipients: tuple[str, ...]
+    staged: Staged
+    size: int
+    message_id: str | None
+
+
+class StoreBackend:
+    """Recipient checks and deliveries against this node's store."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        lmtp = node.config.lmtp
+        self.local_domains = frozenset(d.lower() for d in node.config.node.local_domains)
+        self.options = DeliveryOptions(
+            local_domains=self.local_domains,
+            duplicate_window=lmtp.duplicate_window if lmtp.duplicate_suppression else None,
+        )
+        self.runner = DeliveryRunner(self.options, node.guard_many)
+
+    async def check_rcpt(self, address: str) -> str | None:
+        """None if ``address`` may be delivered to now, else the reply that refuses it."""
+        try:
+            recipient = parse_recipient(address, self.local_domains)
+        except EngineError:
+            return S501_BAD_ADDRESS
+
+        def check(session: Session) -> None:
+            self.node.guard(session, resolve_account(session, recipient).name)
+
+        try:
+            await self.node.store.read(check)
+        except (EngineError, OwnershipError) as exc:
+            self.node.counters.inc("lmtp_rcpt_refused")
+            return lmtp_reply(exc)
+        return None
+
+    def watch_ownership(self, forget: Callable[[], None]) -> Callable[[], None]:
+        """Call ``forget`` after every commit that changed an ownership row
+        (:meth:`Node.watch_ownership`); returns what stops it."""
+        return self.node.watch_ownership(lambda accounts: forget())
+
+    async def deliver(self, message: Message) -> list[str]:
+        """Deliver to every recipient; one reply each, in order."""
+        self.node.begin()
+        try:
+            # Shielded: once the bytes are spooled, the delivery runs to its
+            # end even if the client hangs up or the daemon is asked to stop.
+            return await asyncio.shield(self._deliver(message))
+        finally:
+            self.node.end()
+
+    async def _deliver(self, message: Message) -> list[str]:
+        store = self.node.store
+        internaldate = dt.datetime.now(dt.UTC)
+        writes = []
+        for address in message.recipients:
+            try:
+                recipient = parse_recipient(address, self.local_domains)
+            except EngineError as exc:
+                writes.append(_failed(exc))
+                continue
+            op = Delivery(
+                recipient, message.staged.guid, message.size, internaldate, message.message_id
+            )
+            writes.append(store.write_grouped(self.runner, op, staged=[message.staged]))
+        results: list[Any] = await asyncio.gather(*writes, return_exceptions=True)
+        if not any(isinstance(r, DeliveryResult) for r in results):
+            store.spool.discard([message.staged])
+        delivered = [
+            r.account for r in results if isinstance(r, DeliveryResult) and not r.duplicate
+        ]
+        for hook in self.node.after_delivery:
+            await hook(delivered)
+        return [self._reply(result) for result in results]
+
+    def _reply(self, result: Any) -> str:
+        counters = self.node.counters
+        if isinstance(result, DeliveryResult):
+            counters.inc("lmtp_delivered")
+            return S250_OK_DUPLICATE if result.duplicate else S250_OK
+        if isinstance(result, (EngineError, OwnershipError)):
+            reply = lmtp_reply(result)
+            # A 4xx (database trouble, the account moved away) is a temporary failure.
+            counters.inc("lmtp_temp_failures" if reply.startswith("4") else "lmtp_refused")
+            return reply
+        log.error("delivery failed unexpectedly: %r", result)
+        counters.inc("lmtp_temp_failures")
+        return S451_LOCAL_ERROR
+
+
+async def _failed(exc: Exception) -> Any:
+    raise exc

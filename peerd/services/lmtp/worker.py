@@ -1,0 +1,484 @@
+"""LMTP worker processes: the protocol front in processes of its own.
+
+How this works: the daemon binds the LMTP port itself and starts ``[lmtp]
+workers`` processes (``peerd lmtp-worker``) that inherit the listening socket
+and one end of a socketpair each. A worker runs the protocol front of
+:mod:`peerd.services.lmtp.front` (aiosmtpd, the SHA-1, the spool's temp file) and asks
+the daemon over the socketpair for what needs the database: a recipient
+check at RCPT, the delivery after DATA. The daemon answers with
+:class:`~peerd.services.lmtp.backend.StoreBackend`, where every delivery joins the
+group commit (which makes the temp file durable and renames it into the
+spool; ``tmp`` is null when the same bytes are in the spool already). So
+the protocol's Python work runs on another core instead of taking turns with the group commit for the daemon's interpreter lock, and
+one process still owns the database and the sync log.
+
+The pipe carries frames: a 4-byte big-endian length, then a JSON object.
+
+=========================  ===============================================
+worker -> daemon           daemon -> worker
+=========================  ===============================================
+``{"op": "ready"}``        ``{"op": "stop"}``: stop accepting, finish the
+                           deliveries in progress, exit
+(nothing asked)            ``{"op": "forget"}``: an ownership row changed;
+                           drop the recipients accepted recently
+``{"op": "rcpt", "id",     ``{"id", "refusal": null | "451 ..."}``
+"address"}``
+``{"op": "deliver", "id",  ``{"id", "replies": ["250 ...", ...]}``: one per
+"recipients", "guid",      recipient, in order
+"tmp", "size",
+"message_id"}``
+=========================  ===============================================
+
+Lifecycle: the listening socket stays open in the daemon while a worker is
+restarted, so connections wait in the backlog rather than being refused. A
+worker that exits unexpectedly is started again (after a pause that grows to
+``RESTART_MAX``). A worker dies with the daemon (``PR_SET_PDEATHSIG``, and it
+exits when the pipe closes): a message whose reply had not been sent gets
+none, so the MTA retries it and duplicate suppression meets the retry if it
+had committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from engine.errors import EngineError, TemporaryFailure
+from engine.spool import GUID_RE, Spool, Staged
+from peerd.node.config import Address, Config, load_config
+from peerd.node.errormap import S451_LOCAL_ERROR, lmtp_reply
+from peerd.services.lmtp.backend import Message, StoreBackend
+from peerd.services.lmtp.front import FrontSettings, LmtpHandler, serve_lmtp
+
+__all__ = ["MAX_FRAME", "PipeBackend", "WorkerPool", "read_frame", "worker_main", "write_frame"]
+
+log = logging.getLogger("peerd.services.lmtp.front")
+
+MAX_FRAME = 1 << 20
+RESTART_MIN = 0.2
+RESTART_MAX = 10.0
+_HEADER = struct.Struct(">I")
+
+
+def encode_frame(obj: dict[str, Any]) -> bytes:
+    body = json.dumps(obj, separators=(",", ":")).encode()
+    if len(body) > MAX_FRAME:
+        raise ValueError(f"frame of {len(body)} bytes is over {MAX_FRAME}")
+    return _HEADER.pack(len(body)) + body
+
+
+def write_frame(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
+    writer.write(encode_frame(obj))
+
+
+async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
+    """The next frame, or None at a clean end of the stream."""
+    try:
+        header = await reader.readexactly(_HEADER.size)
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise ConnectionError("the pipe closed inside a frame header") from exc
+        return None
+    (length,) = _HEADER.unpack(header)
+    if length > MAX_FRAME:
+        raise ConnectionError(f"frame of {length} bytes is over {MAX_FRAME}")
+    body = await reader.readexactly(length)
+    obj = json.loads(body)
+    if not isinstance(obj, dict):
+        raise ConnectionError("a frame is not a JSON object")
+    return obj
+
+
+# -- the daemon's side ---------------------------------------------------------
+
+
+class WorkerPool:
+    """The daemon's LMTP: the listening socket, its worker processes and their pipes."""
+
+    def __init__(self, backend: StoreBackend, config: Config, address: Address, count: int):
+        if config.path is None:
+            raise ValueError("LMTP workers need the config file they were started with")
+        self.backend = backend
+        self.config = config
+        self.address = address
+        self.count = count
+        self.spool_tmp = backend.node.store.spool.tmp
+        self.listener: socket.socket | None = None
+        self._workers: list[_Worker] = []
+        self._stopping = False
+        self._unwatch: Callable[[], None] | None = None
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Bind, start the workers and wait until each serves."""
+        self.listener = socket.create_server(
+            (self.address.host, self.address.port), backlog=1024, reuse_port=False
+        )
+        self.listener.set_inheritable(True)
+        self._workers = [_Worker(self, n) for n in range(self.count)]
+        self._unwatch = self.backend.watch_ownership(self.forget_recipients)
+        await asyncio.gather(*(asyncio.wait_for(w.start(), timeout) for w in self._workers))
+
+    def forget_recipients(self) -> None:
+        """Tell every worker to drop the recipients it accepted recently."""
+        for worker in self._workers:
+            if worker.writer is not None and not worker.writer.is_closing():
+                write_frame(worker.writer, {"op": "forget"})
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting; let the workers finish what they hold (up to ``grace``)."""
+        self._stopping = True
+        if self._unwatch is not None:
+            self._unwatch()
+        await asyncio.gather(*(w.stop(grace) for w in self._workers))
+        if self.listener is not None:
+            self.listener.close()
+
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers if w.process is not None]
+
+    async def status(self) -> dict[str, Any]:
+        """For ``/v1/status``: the worker processes and how often they were restarted."""
+        return {
+            "workers": [
+                {"pid": w.process.pid if w.process else None, "restarts": w.restarts}
+                for w in self._workers
+            ]
+        }
+
+    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One request from a worker, answered by the store backend."""
+        op = request.get("op")
+        if op == "rcpt":
+            return {"refusal": await self.backend.check_rcpt(str(request["address"]))}
+        if op == "deliver":
+            staged = self._staged(request)
+            message = Message(
+                recipients=tuple(str(r) for r in request["recipients"]),
+                staged=staged,
+                size=int(request["size"]),
+                message_id=request.get("message_id"),
+            )
+            return {"replies": await self.backend.deliver(message)}
+        raise ValueError(f"unknown request {op!r}")
+
+    def _staged(self, request: dict[str, Any]) -> Staged:
+        """The spooled file a worker names: in this spool's temp folder, or
+        (``tmp`` null: the same bytes came before) already in the spool."""
+        guid = str(request["guid"])
+        spool = self.backend.node.store.spool
+        if not GUID_RE.match(guid):
+            raise ValueError(f"bad GUID {guid!r}")
+        if request.get("tmp") is None:
+            if not spool.has(guid):
+                # Swept since the worker found it (engine.sweep): the MTA sends it again.
+                raise TemporaryFailure(f"{guid} left the spool; try again")
+            return Staged(guid, None, spool.path(guid))
+        tmp = Path(str(request["tmp"]))
+        if tmp.parent != self.spool_tmp or not tmp.name.startswith(guid):
+            raise ValueError(f"bad spool file {tmp} for {guid}")
+        return Staged(guid, tmp, spool.path(guid))
+
+
+class _Worker:
+    """One worker process and its pipe, restarted if it dies."""
+
+    def __init__(self, pool: WorkerPool, number: int) -> None:
+        self.pool = pool
+        self.number = number
+        self.process: asyncio.subprocess.Process | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.ready = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.restarts = 0
+
+    async def start(self) -> None:
+        await self._spawn()
+        self._supervisor = asyncio.create_task(self._supervise())
+        await self.ready.wait()
+
+    async def _spawn(self) -> None:
+        assert self.pool.listener is not None and self.pool.config.path is not None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        theirs.set_inheritable(True)
+        listen_fd = self.pool.listener.fileno()
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "peerd",
+                "lmtp-worker",
+                "-c",
+                str(self.pool.config.path),
+                "--listen-fd",
+                str(listen_fd),
+                "--pipe-fd",
+                str(theirs.fileno()),
+                "--parent",
+                str(os.getpid()),
+                stdin=subprocess.DEVNULL,
+                pass_fds=(listen_fd, theirs.fileno()),
+            )
+        finally:
+            theirs.close()
+        self.ready.clear()
+        reader, self.writer = await asyncio.open_unix_connection(sock=ours, limit=MAX_FRAME + 8)
+        task = asyncio.create_task(self._serve(reader, self.writer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        log.info("LMTP worker %d started (pid %d)", self.number, self.process.pid)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while (frame := await read_frame(reader)) is not None:
+                if frame.get("op") == "ready":
+                    self.ready.set()
+                    continue
+                task = asyncio.create_task(self._answer(frame, writer))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        except (ConnectionError, ValueError) as exc:
+            log.error("LMTP worker %d: bad pipe: %s", self.number, exc)
+        finally:
+            writer.close()
+
+    async def _answer(self, frame: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        reply: dict[str, Any]
+        try:
+            reply = await self.pool.handle(frame)
+        except (EngineError, ValueError, KeyError, TypeError) as exc:
+            log.error("LMTP worker %d: request refused: %s", self.number, exc)
+            reply = {"error": lmtp_reply(exc)}
+        except Exception:
+            log.exception("LMTP worker %d: request failed", self.number)
+            reply = {"error": S451_LOCAL_ERROR}
+        reply["id"] = frame.get("id")
+        if not writer.is_closing():
+            write_frame(writer, reply)
+
+    async def _supervise(self) -> None:
+        pause = RESTART_MIN
+        while True:
+            assert self.process is not None
+            code = await self.process.wait()
+            # What it asked before it died is answered (or fails) first; then
+            # its temp files, which nothing will commit now, can go.
+            if self._tasks:
+                await asyncio.wait(set(self._tasks))
+            removed = self.pool.backend.node.store.spool.clean_temp(self.process.pid)
+            if self.pool._stopping:
+                return
+            log.error(
+                "LMTP worker %d (pid %d) exited with %s (%d temp file(s) removed); "
+                "starting it again in %.1fs",
+                self.number,
+                self.process.pid,
+                code,
+                removed,
+                pause,
+            )
+            await asyncio.sleep(pause)
+            if self.pool._stopping:
+                return
+            pause = min(pause * 2, RESTART_MAX)
+            self.restarts += 1
+            self.pool.backend.node.counters.inc("lmtp_worker_restarts")
+            try:
+                await self._spawn()
+            except OSError as exc:
+                log.error("LMTP worker %d could not start: %s", self.number, exc)
+
+    async def stop(self, grace: float) -> None:
+        process = self.process
+        if process is None:
+            return
+        if self.writer is not None and not self.writer.is_closing():
+            write_frame(self.writer, {"op": "stop"})
+            with contextlib.suppress(ConnectionError):
+                await self.writer.drain()
+        try:
+            await asyncio.wait_for(process.wait(), grace + 2)
+        except TimeoutError:
+            log.warning("LMTP worker %d did not stop in time; killing it", self.number)
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+        # Answers to what it asked last still run; let them end.
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace)
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+
+
+# -- the worker's side ---------------------------------------------------------
+
+
+class PipeBackend:
+    """The front's backend in a worker: requests over the pipe to the daemon."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self._next = 0
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.stop_requested = asyncio.Event()
+        self.closed = asyncio.Event()
+        # The front's forget_recipients, once the front exists.
+        self.on_forget: Callable[[], None] = lambda: None
+
+    async def run(self) -> None:
+        """Read the daemon's frames until the pipe closes."""
+        try:
+            while (frame := await read_frame(self.reader)) is not None:
+                if frame.get("op") == "stop":
+                    self.stop_requested.set()
+                    continue
+                if frame.get("op") == "forget":
+                    self.on_forget()
+                    continue
+                future = self._pending.pop(int(frame.get("id", -1)), None)
+                if future is not None and not future.done():
+                    future.set_result(frame)
+        except (ConnectionError, ValueError) as exc:
+            log.error("pipe to the daemon broke: %s", exc)
+        finally:
+            self.closed.set()
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(ConnectionError("the daemon went away"))
+            self._pending.clear()
+
+    async def request(self, frame: dict[str, Any]) -> dict[str, Any]:
+        if self.closed.is_set():
+            raise ConnectionError("the daemon went away")
+        self._next += 1
+        frame["id"] = self._next
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[self._next] = future
+        write_frame(self.writer, frame)
+        return await future
+
+    async def check_rcpt(self, address: str) -> str | None:
+        try:
+            reply = await self.request({"op": "rcpt", "address": address})
+        except ConnectionError:
+            return S451_LOCAL_ERROR
+        if "error" in reply:
+            return str(reply["error"])
+        refusal = reply.get("refusal")
+        return None if refusal is None else str(refusal)
+
+    async def deliver(self, message: Message) -> list[str]:
+        count = len(message.recipients)
+        staged = message.staged
+        try:
+            reply = await self.request(
+                {
+                    "op": "deliver",
+                    "recipients": list(message.recipients),
+                    "guid": staged.guid,
+                    "tmp": None if staged.tmp is None else str(staged.tmp),
+                    "size": message.size,
+                    "message_id": message.message_id,
+                }
+            )
+        except ConnectionError:
+            # Maybe committed just before the daemon died: the MTA retries
+            # and duplicate suppression meets the retry.
+            return [S451_LOCAL_ERROR] * count
+        if "error" in reply:
+            return [str(reply["error"])] * count
+        replies = [str(r) for r in reply.get("replies", [])]
+        if len(replies) != count:
+            return [S451_LOCAL_ERROR] * count
+        return replies
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGKILL this process when the daemon dies (Linux), and check it still lives."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)  # the daemon died before we asked
+
+
+async def _serve_worker(config: Config, listen_fd: int, pipe_fd: int) -> None:
+    pipe = socket.socket(fileno=pipe_fd)
+    reader, writer = await asyncio.open_unix_connection(sock=pipe, limit=MAX_FRAME + 8)
+    backend = PipeBackend(reader, writer)
+    pipe_task = asyncio.create_task(backend.run())
+    spool = Spool(config.node.data_dir / "spool", clean=False)
+    handler = LmtpHandler(FrontSettings.of(config), spool, backend)
+    backend.on_forget = handler.forget_recipients
+    listener = socket.socket(fileno=listen_fd)
+    server = await serve_lmtp(handler, sock=listener)
+    write_frame(writer, {"op": "ready"})
+    loop = asyncio.get_running_loop()
+    # SIGTERM from an admin (or the daemon's supervisor) works like "stop".
+    loop.add_signal_handler(signal.SIGTERM, backend.stop_requested.set)
+    loop.add_signal_handler(signal.SIGINT, lambda: None)  # the daemon decides
+    stop = asyncio.create_task(backend.stop_requested.wait())
+    gone = asyncio.create_task(backend.closed.wait())
+    await asyncio.wait({stop, gone}, return_when=asyncio.FIRST_COMPLETED)
+    stop.cancel()
+    gone.cancel()
+    server.close()
+    if not backend.closed.is_set():
+        # Deliveries in progress finish (their answers still come over the
+        # pipe); then the open sessions get a 421. New connections wait in
+        # the daemon's backlog for the next worker, or are refused if the
+        # daemon is stopping.
+        await handler.goodbye(config.lmtp.shutdown_grace.total_seconds())
+    writer.close()
+    pipe_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+        await pipe_task
+
+
+def _use_uvloop() -> None:
+    """The worker's event loop is uvloop's where it is installed.
+
+    A worker is nothing but sockets, a pipe and small writes to temp files:
+    the event loop's own Python (transports, selector, wake-ups) is a good
+    part of its CPU, and uvloop runs it in C (``docs/benchmarks.md``: about
+    12% less CPU per message in the worker). The daemon keeps asyncio's
+    loop: it serves HTTP, IMAP and POP3 and runs hooks as subprocesses, and
+    its loop is not what limits it.
+    """
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        log.info("uvloop is not installed; the LMTP worker runs on asyncio's loop")
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def worker_main(config_path: str, listen_fd: int, pipe_fd: int, parent: int) -> int:
+    """``peerd lmtp-worker``: started by the daemon, never by hand."""
+    from peerd.node.logs import setup_logging
+
+    _die_with_parent(parent)
+    config = load_config(config_path)
+    setup_logging(config.log.format, config.log.level, f"{config.node.name}/lmtp")
+    _use_uvloop()
+    try:
+        asyncio.run(_serve_worker(config, listen_fd, pipe_fd))
+    except TemporaryFailure as exc:  # pragma: no cover - the spool folder is gone
+        log.error("LMTP worker cannot serve: %s", exc)
+        return 1
+    return 0
