@@ -2,8 +2,8 @@
 
 Every error the store or the replication engine raises on purpose is an
 :class:`EngineError` with a stable ``code``. The daemon maps codes to HTTP
-status, IMAP ``NO``/``BAD`` and LMTP replies in exactly one place
-(``peerd/errormap.py``); nothing here knows about any protocol.
+status, IMAP ``NO``/``BAD``, POP3 and LMTP replies in exactly one place
+(``peerd/node/errormap.py``); nothing here knows about any protocol.
 
     EngineError
     ├── NotFound                       (missing account, mailbox or message)
@@ -18,10 +18,12 @@ status, IMAP ``NO``/``BAD`` and LMTP replies in exactly one place
     ├── TemporaryFailure               (retry later: nothing was stored)
     │   ├── StorageFull                (ENOSPC / EDQUOT on the spool)
     │   └── DatabaseBusy               (locked or unavailable database)
-    └── SyncError                      (replication; see engine.replication)
+    └── SyncError                      (replication: engine.compare, engine.apply, engine.syncwire)
         ├── SyncRefused                (fenced: the receiver owns it or knows a higher epoch)
+        │   └── SyncFenced             (ownership.errors: the refusal with the receiver's row)
         ├── SyncStale                  (a delta's base is not the replica's state: sync in full)
-        └── SyncProtocolError          (a malformed or oversized request)
+        ├── SyncProtocolError          (a malformed or oversized request)
+        └── PartnerDown                (the partner did not answer on the sync channel)
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = [
     "NoSuchMessage",
     "NotFound",
     "OverQuota",
+    "PartnerDown",
     "StorageFull",
     "SyncError",
     "SyncProtocolError",
@@ -121,3 +124,10 @@ class SyncStale(SyncError):
 
 class SyncProtocolError(SyncError):
     code = "sync_protocol_error"
+
+
+class PartnerDown(SyncError):
+    """The partner could not be reached (connection refused, reset or timed out):
+    nothing was changed there, and trying again later is right."""
+
+    code = "partner_down"

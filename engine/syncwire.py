@@ -41,7 +41,6 @@ __all__ = [
     "encode_json",
     "encode_push",
     "encode_summary",
-    "ownership_of",
 ]
 
 _GUID = re.compile(r"\A[0-9a-f]{40}\Z")
@@ -280,21 +279,6 @@ def decode_push(value: Any) -> Push:
         subscriptions=None
         if subscriptions is None
         else tuple(_str(s, "subscription") for s in _list(subscriptions, "subscriptions")),
-    )
-
-
-def ownership_of(value: Any) -> tuple[str, str, int, str]:
-    """(owner, home, epoch, state) from a request's ``ownership`` object."""
-    if not isinstance(value, dict):
-        raise SyncProtocolError("ownership must be an object with owner, home, epoch, state")
-    state = value.get("state", "normal")
-    if state not in ("normal", "failed_over", "moving"):
-        raise SyncProtocolError(f"unknown ownership state {state!r}")
-    return (
-        _str(value.get("owner"), "owner", 64),
-        _str(value.get("home"), "home", 64),
-        _int(value.get("epoch"), "epoch", 0),
-        str(state),
     )
 
 

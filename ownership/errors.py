@@ -7,9 +7,22 @@ OwnershipError
 ├── PartnerUnreachable  (a switchover or failback needs the partner)
 ├── NotCaughtUp         (failback refused: the returned node still lags)
 └── UnknownNode         (a node name that is neither this node nor its partner)
+
+A refusal by the sync fence is a sync error first (the sync client and the
+listener handle it with the other sync outcomes), so it extends the engine's
+tree rather than this one:
+
+engine.errors.SyncRefused
+└── SyncFenced          (the receiver's fence refused; ``current`` is its row, if any)
+
+The daemon maps every code to HTTP, IMAP, POP3 and LMTP replies in
+``peerd/node/errormap.py``.
 """
 
 from __future__ import annotations
+
+from engine.errors import SyncRefused
+from ownership.rows import OwnershipView
 
 __all__ = [
     "NotCaughtUp",
@@ -18,6 +31,7 @@ __all__ = [
     "PartnerReachable",
     "PartnerUnreachable",
     "StaleEpoch",
+    "SyncFenced",
     "UnknownNode",
 ]
 
@@ -71,3 +85,18 @@ class NotCaughtUp(OwnershipError):
 
 class UnknownNode(OwnershipError):
     code = "unknown_node"
+
+
+class SyncFenced(SyncRefused):
+    """Refused by the fence; ``current`` is the receiver's row (None when the
+    sender claimed the receiver owns it: there is nothing to learn).
+
+    The same class on both sides of the wire: the listener raises it and
+    answers 409 with the row; the sync client raises it again from that
+    answer, so the rolling worker can adopt the row. Its ``code`` stays
+    ``sync_refused``: on the wire it is that refusal.
+    """
+
+    def __init__(self, message: str, current: OwnershipView | None) -> None:
+        super().__init__(message)
+        self.current = current

@@ -2,7 +2,7 @@
 
 How this works: every sync request names the account and carries the
 sender's ownership row (owner, home, epoch, state). The receiver refuses
-(:class:`SyncRefused`, HTTP 409 on the wire, with its own row so the sender
+(:class:`~ownership.errors.SyncFenced`, HTTP 409 on the wire, with its own row so the sender
 can learn) when it owns the account itself at an epoch at least as high, or
 knows a higher epoch than the sender's. Otherwise it adopts the sender's row
 when that is newer (a node never lowers an epoch) and lets the request
@@ -11,45 +11,13 @@ through. The check runs inside the transaction that applies the request.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from sqlalchemy.orm import Session
 
-from engine.errors import SyncRefused
 from ownership import table
-from ownership.models import Ownership
+from ownership.errors import SyncFenced
+from ownership.rows import OwnershipView, row_view
 
-__all__ = ["OwnershipView", "SyncFenced", "check_sync", "needs_adoption", "row_view"]
-
-
-@dataclass(frozen=True, slots=True)
-class OwnershipView:
-    account: str
-    owner: str
-    home: str
-    epoch: int
-    state: str
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "account": self.account,
-            "owner": self.owner,
-            "home": self.home,
-            "epoch": self.epoch,
-            "state": self.state,
-        }
-
-
-def row_view(row: Ownership) -> OwnershipView:
-    return OwnershipView(row.account, row.owner, row.home, row.epoch, row.state)
-
-
-class SyncFenced(SyncRefused):
-    """Refused by the fence; ``current`` is the receiver's row."""
-
-    def __init__(self, message: str, current: OwnershipView | None) -> None:
-        super().__init__(message)
-        self.current = current
+__all__ = ["check_sync", "needs_adoption"]
 
 
 def needs_adoption(session: Session, account: str, sender: OwnershipView) -> bool:

@@ -27,6 +27,7 @@ from engine.db import utcnow
 from engine.models import Account, SyncLogRow
 from ownership.errors import NotOwner
 from ownership.models import STATES, Ownership
+from ownership.rows import OwnershipView, row_view
 
 # The kind of the change note a row's change leaves (its mailbox is "").
 CHANGED = "ownership"
@@ -39,6 +40,7 @@ def _changed(session: Session, account: str) -> None:
 __all__ = [
     "CHANGED",
     "adopt",
+    "adopt_view",
     "check_owner",
     "count_by_owner",
     "create",
@@ -53,11 +55,23 @@ __all__ = [
     "set_owner",
     "take_over",
     "unmark_moving",
+    "view",
+    "views",
 ]
 
 
 def get(session: Session, account: str) -> Ownership | None:
     return session.get(Ownership, account)
+
+
+def view(session: Session, account: str) -> OwnershipView | None:
+    """The row as a value (what the control API and the pair operations read)."""
+    row = session.get(Ownership, account)
+    return row_view(row) if row is not None else None
+
+
+def views(session: Session, owner: str | None = None) -> list[OwnershipView]:
+    return [row_view(r) for r in list_rows(session, owner)]
 
 
 def fence_many(session: Session, accounts: Iterable[str], node: str) -> dict[str, NotOwner]:
@@ -216,6 +230,19 @@ def adopt(
         return False
     _changed(session, account)
     return True
+
+
+def adopt_view(session: Session, row: OwnershipView, reason: str) -> bool:
+    """:func:`adopt` a row read from the wire (:func:`ownership.rows.parse_row`)."""
+    return adopt(
+        session,
+        row.account,
+        owner=row.owner,
+        home=row.home,
+        epoch=row.epoch,
+        state=row.state,
+        reason=reason,
+    )
 
 
 def take_over(session: Session, me: str, partner: str, reason: str) -> list[Ownership]:

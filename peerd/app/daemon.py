@@ -1,10 +1,22 @@
-"""``peerd run``: the daemon's life from start to clean stop.
+"""``peerd run``: the daemon's life from start to clean stop; it builds and wires every part.
 
 How this works: read the config, migrate the database (Alembic, always to
-head), open the store, then start each service whose ``[listen]`` address is
-set. Each service is a :class:`Service`: an async ``start`` returning
-something with ``close()``/``wait_closed()``-style shutdown through a
-``stop`` coroutine. When every listener is up, ``READY=1`` goes to systemd.
+head), open the store and make the node. Then each part is built here and
+handed what it needs, in order:
+
+1. the sync listener (``[listen] sync``): what a replica answers;
+2. with a partner (``[sync] sync_host``): the sync client and the proxy
+   hooks; the ownership exchange at start (:mod:`peerd.pair.returning`,
+   retried in the background if the partner does not answer); the rolling
+   worker, the scheduled reconcile, and in ``synchronous`` mode the worker's
+   wait as the node's ``after_delivery`` hook;
+3. the socketmap listener (``[listen] socketmap``) and the spool sweep timer;
+4. LMTP, IMAP and POP3;
+5. the control API, given every part (:class:`~peerd.control.call.Parts`)
+   so ``/v1/status``, ``/metrics`` and the pair operations reach them.
+
+Each started part is a :class:`~peerd.node.service.Service`. When every
+listener is up, ``READY=1`` goes to systemd.
 
 On SIGTERM or SIGINT: ``STOPPING=1``, stop accepting connections, let
 in-flight deliveries finish (up to ``[lmtp] shutdown_grace``; any still
@@ -16,67 +28,105 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
 import migrations
 from engine.store import Store
 from peerd.app.notify import sd_notify
-from peerd.control.api import build_app
+from peerd.control.app import build_app
+from peerd.control.call import Parts, StatusSource
+from peerd.control.routing import start_socketmap
 from peerd.node.config import Config
 from peerd.node.logs import setup_logging
 from peerd.node.node import Node
+from peerd.node.service import Service, server_service
+from peerd.pair.hooks import Hooks
+from peerd.pair.partner import Pair
+from peerd.pair.returning import exchange_at_start, exchange_once_reachable
+from peerd.pair.sweep import SpoolSweep
+from peerd.replication.client import SyncClient
+from peerd.replication.reconcile import Reconciler
+from peerd.replication.rolling import RollingWorker
+from peerd.replication.server import SyncServer, start_sync_listener
 
-__all__ = ["Service", "run_daemon", "serve"]
+__all__ = ["run_daemon", "serve"]
 
 log = logging.getLogger("peerd.app.daemon")
 
 
 @dataclass(slots=True)
-class Service:
-    """A started part of the daemon and how to stop it."""
+class _Started:
+    """The parts started so far, and how to stop them."""
 
-    name: str
-    stop: Callable[[], Awaitable[None]]
-
-
-Starter = Callable[[Node, web.Application], Awaitable[list[Service]]]
-
-# Parts that arrive later register here (replication, ownership, IMAP, POP3):
-# each gets the node and the control API application before it starts serving.
-STARTERS: list[Starter] = []
+    services: list[Service] = field(default_factory=list)
+    pair: Pair | None = None
+    worker: RollingWorker | None = None
+    reconciler: Reconciler | None = None
+    sweep: SpoolSweep | None = None
+    sync_server: SyncServer | None = None
+    lmtp: StatusSource | None = None
 
 
-def _server_service(name: str, server: asyncio.Server) -> Service:
+async def _start_sync_listener(node: Node, started: _Started) -> None:
+    where = node.config.listen.sync
+    if where is None:
+        return
+    server, runner = await start_sync_listener(node, where.host, where.port)
+    log.info("sync listener on %s", where)
+    started.sync_server = server
+    started.services.append(Service("sync-listener", runner.cleanup))
+
+
+async def _start_replication(node: Node, started: _Started) -> None:
+    """The partner side: client, hooks, the return exchange, rolling, reconcile."""
+    config = node.config
+    if config.sync_partner is None:
+        return
+    client = SyncClient(node)
+    hooks = Hooks(node)
+    # Return of a node: learn the partner's newer ownership before serving.
+    returned = await exchange_at_start(node, client)
+    retrying: asyncio.Task[object] | None = None
+    if not returned.partner_answered:
+        retrying = asyncio.create_task(exchange_once_reachable(node, client), name="exchange")
+    worker = RollingWorker(node, client)
+    reconciler = Reconciler(node, client)
+    reconciler.start_schedule()
+    if config.sync.sync_mode == "synchronous":
+        node.after_delivery.append(worker.wait_for_partner)
+    if config.sync.sync_log:
+        worker.start()
+
     async def stop() -> None:
-        server.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 1)
+        if retrying is not None:
+            retrying.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await retrying
+        reconciler.stop()
+        await worker.stop()
+        await hooks.stop()
+        await client.close()
 
-    return Service(name, stop)
-
-
-def default_indexer() -> Callable[[bytes], bytes] | None:
-    """What IMAP wants cached per message, if the IMAP service is installed."""
-    try:
-        module = importlib.import_module("peerd.protocols.imap.summary")
-    except ImportError:
-        return None
-    summarize = module.summarize
-
-    def index(data: bytes) -> bytes:
-        meta = summarize(data).to_json()
-        return meta if isinstance(meta, bytes) else str(meta).encode()
-
-    return index
+    started.pair = Pair(node, client, hooks)
+    started.worker, started.reconciler = worker, reconciler
+    started.services.append(Service("rolling", stop))
 
 
-async def _start_lmtp(node: Node) -> Service:
+async def _start_upkeep(node: Node, started: _Started) -> None:
+    """The socketmap listener and the spool sweep timer."""
+    if node.config.listen.socketmap is not None:
+        started.services.append(await start_socketmap(node, node.config.listen.socketmap))
+    sweep = SpoolSweep(node)
+    sweep.start()
+    started.sweep = sweep
+    started.services.append(Service("spool_sweep", sweep.stop))
+
+
+async def _start_lmtp(node: Node, started: _Started) -> None:
     """LMTP in ``[lmtp] workers`` processes of its own, or in the daemon (0)."""
     from peerd.services.lmtp.backend import StoreBackend
     from peerd.services.lmtp.front import FrontSettings, LmtpHandler, serve_lmtp
@@ -99,15 +149,49 @@ async def _start_lmtp(node: Node) -> Service:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1)
 
-        return Service("lmtp", stop)
+        started.services.append(Service("lmtp", stop))
+        return
     from peerd.services.lmtp.worker import WorkerPool
 
     pool = WorkerPool(backend, config, address, workers)
     await pool.start()
-    node.extra_status["lmtp"] = pool.status
+    started.lmtp = pool
     log.info("LMTP listening on %s (%d worker process(es))", address, workers)
     grace = config.lmtp.shutdown_grace.total_seconds()
-    return Service("lmtp", lambda: pool.stop(grace))
+    started.services.append(Service("lmtp", lambda: pool.stop(grace)))
+
+
+async def _start_mail_services(node: Node, started: _Started) -> None:
+    config = node.config
+    if config.listen.lmtp is not None:
+        await _start_lmtp(node, started)
+    if config.listen.imap is not None:
+        from peerd.services.imap import start_imap
+
+        imap = config.listen.imap
+        _, imap_listener = await start_imap(node, imap.host, imap.port)
+        started.services.append(server_service("imap", imap_listener))
+        log.info("IMAP listening on %s", imap)
+    if config.listen.pop3 is not None:
+        from peerd.services.pop3 import start_pop3
+
+        pop3 = config.listen.pop3
+        started.services.append(
+            server_service("pop3", await start_pop3(node, pop3.host, pop3.port))
+        )
+        log.info("POP3 listening on %s", pop3)
+
+
+def _parts(node: Node, started: _Started) -> Parts:
+    return Parts(
+        node=node,
+        pair=started.pair,
+        worker=started.worker,
+        reconciler=started.reconciler,
+        sweep=started.sweep,
+        sync_server=started.sync_server,
+        lmtp=started.lmtp,
+    )
 
 
 async def serve(config: Config, stop_event: asyncio.Event | None = None) -> None:
@@ -124,34 +208,17 @@ async def serve(config: Config, stop_event: asyncio.Event | None = None) -> None
     store = Store(url, config.node.data_dir, flush=config.node.spool_flush)
     store.bind_loop(loop)
     node = Node(config, store)
-    node.indexer = default_indexer()
-    app = build_app(node)
-    services: list[Service] = []
+    started = _Started()
     runner: web.AppRunner | None = None
     try:
-        from peerd.control import routing
-        from peerd.pair import sweep
-        from peerd.replication import rolling as replication
-
-        for starter in [replication.start, routing.start, sweep.start, *STARTERS]:
-            services.extend(await starter(node, app))
-        if config.listen.lmtp is not None:
-            services.append(await _start_lmtp(node))
-        if config.listen.imap is not None:
-            from peerd.services.imap import start_imap
-
-            imap = config.listen.imap
-            _, imap_listener = await start_imap(node, imap.host, imap.port)
-            services.append(_server_service("imap", imap_listener))
-            log.info("IMAP listening on %s", imap)
-        if config.listen.pop3 is not None:
-            from peerd.services.pop3 import start_pop3
-
-            pop3 = config.listen.pop3
-            services.append(_server_service("pop3", await start_pop3(node, pop3.host, pop3.port)))
-            log.info("POP3 listening on %s", pop3)
+        await _start_sync_listener(node, started)
+        await _start_replication(node, started)
+        await _start_upkeep(node, started)
+        await _start_mail_services(node, started)
         if config.listen.http is not None:
-            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            runner = web.AppRunner(
+                build_app(_parts(node, started)), access_log=None, handle_signals=False
+            )
             await runner.setup()
             site = web.TCPSite(runner, config.listen.http.host, config.listen.http.port)
             await site.start()
@@ -164,13 +231,13 @@ async def serve(config: Config, stop_event: asyncio.Event | None = None) -> None
         log.info("node %s stopping", config.node.name)
         # Listeners first (no new work), then in-flight deliveries, then
         # the background workers and the API, then the store.
-        for service in reversed(services):
-            if service.name in ("lmtp", "imap", "pop3", "socketmap"):
+        for service in reversed(started.services):
+            if service.listener:
                 await service.stop()
         if not await node.drain(config.lmtp.shutdown_grace):
             log.warning("in-flight deliveries did not finish in time; they fail with 4xx")
-        for service in reversed(services):
-            if service.name not in ("lmtp", "imap", "pop3", "socketmap"):
+        for service in reversed(started.services):
+            if not service.listener:
                 await service.stop()
         if runner is not None:
             await runner.cleanup()

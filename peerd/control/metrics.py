@@ -1,24 +1,18 @@
 """``/metrics``: Prometheus text exposition (version 0.0.4), written by hand.
 
-How this works: counters the node keeps (``node.counters``) become
-``peerd_<name>_total``; gauges are read at scrape time from the store and the
-status providers (sync-log depth, replication lag, accounts owned per node,
-reconcile results, proxy hook state). No client library: the format is a
-few lines of text.
+How this works: :func:`render` turns the node's status
+(:class:`~peerd.control.status.NodeStatus`, the same object ``/v1/status``
+renders as JSON) into text at scrape time. Counters the node keeps become
+``peerd_<name>_total``; gauges are the sync-log depth, replication lag,
+accounts owned per node, the last reconcile's figures and each proxy hook's
+state. No client library: the format is a few lines of text.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from peerd.control.status import NodeStatus
 
-from aiohttp import web
-from sqlalchemy.orm import Session
-
-from engine import synclog
-from ownership import table as ownership_table
-from peerd.control.api import NODE_KEY
-
-__all__ = ["metrics_route"]
+__all__ = ["render"]
 
 _HELP = {
     "lmtp_delivered": "Recipients delivered over LMTP",
@@ -51,69 +45,43 @@ def _line(name: str, value: float, labels: dict[str, str] | None = None) -> str:
     return f"peerd_{name} {value}"
 
 
-async def metrics_route(request: web.Request) -> web.Response:
-    node = request.app[NODE_KEY]
+def _gauge(name: str, text: str) -> list[str]:
+    return [f"# HELP peerd_{name} {text}", f"# TYPE peerd_{name} gauge"]
+
+
+def render(status: NodeStatus) -> str:
     lines: list[str] = []
-    counters = dict(node.counters.values)
+    counters = status.counters
     for name in sorted(set(_HELP) | set(counters)):
         lines.append(f"# HELP peerd_{name}_total {_HELP.get(name, name)}")
         lines.append(f"# TYPE peerd_{name}_total counter")
         lines.append(_line(f"{name}_total", counters.get(name, 0)))
-
-    def read(session: Session) -> dict[str, Any]:
-        return {"depth": synclog.depth(session), "owned": ownership_table.count_by_owner(session)}
-
-    info = await node.store.read(read)
-    lines += [
-        "# HELP peerd_sync_log_depth Changes not yet replicated",
-        "# TYPE peerd_sync_log_depth gauge",
-    ]
-    lines.append(_line("sync_log_depth", info["depth"]))
-    lines += [
-        "# HELP peerd_accounts_owned Accounts owned, per node",
-        "# TYPE peerd_accounts_owned gauge",
-    ]
-    for owner, count in sorted(info["owned"].items()):
+    lines += _gauge("sync_log_depth", "Changes not yet replicated")
+    lines.append(_line("sync_log_depth", status.sync_log_depth))
+    lines += _gauge("accounts_owned", "Accounts owned, per node")
+    for owner, count in sorted(status.owned.items()):
         lines.append(_line("accounts_owned", count, {"node": owner}))
-    replication = node.extra_status.get("replication")
+    replication = status.replication
     if replication is not None:
-        status = await replication()
-        lines += [
-            "# HELP peerd_replication_lag_seconds Age of the oldest unreplicated change",
-            "# TYPE peerd_replication_lag_seconds gauge",
-        ]
-        lines.append(_line("replication_lag_seconds", status["lag_seconds"]))
-        lines += [
-            "# HELP peerd_partner_reachable 1 if the last sync reached the partner",
-            "# TYPE peerd_partner_reachable gauge",
-        ]
-        lines.append(_line("partner_reachable", 1 if status["reachable"] else 0))
-    reconcile = node.extra_status.get("reconcile")
-    if reconcile is not None:
-        last = (await reconcile()).get("last")
-        if last:
-            lines += [
-                "# HELP peerd_reconcile_last Results of the last full reconcile",
-                "# TYPE peerd_reconcile_last gauge",
-            ]
-            for key in (
-                "accounts_checked",
-                "mailboxes_repaired",
-                "messages_copied_back",
-                "seconds",
-            ):
-                lines.append(_line("reconcile_last", last[key], {"figure": key}))
-    hooks = node.extra_status.get("proxy_hooks")
-    if hooks is not None:
-        lines += [
-            "# HELP peerd_proxy_hook_ok 1 if the hook's last call was acknowledged",
-            "# TYPE peerd_proxy_hook_ok gauge",
-        ]
-        for name, state in (await hooks()).items():
-            lines.append(_line("proxy_hook_ok", 1 if state["ok"] else 0, {"hook": name}))
-    lines += [
-        "# HELP peerd_inflight_deliveries LMTP deliveries in progress",
-        "# TYPE peerd_inflight_deliveries gauge",
-    ]
-    lines.append(_line("inflight_deliveries", node.inflight))
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8")
+        lines += _gauge("replication_lag_seconds", "Age of the oldest unreplicated change")
+        lines.append(_line("replication_lag_seconds", replication.lag_seconds))
+        lines += _gauge("partner_reachable", "1 if the last sync reached the partner")
+        lines.append(_line("partner_reachable", 1 if replication.reachable else 0))
+    last = status.reconcile.last if status.reconcile is not None else None
+    if last is not None:
+        lines += _gauge("reconcile_last", "Results of the last full reconcile")
+        figures = {
+            "accounts_checked": last.accounts_checked,
+            "mailboxes_repaired": last.mailboxes_repaired,
+            "messages_copied_back": last.messages_copied_back,
+            "seconds": last.seconds,
+        }
+        for key, value in figures.items():
+            lines.append(_line("reconcile_last", value, {"figure": key}))
+    if status.proxy_hooks is not None:
+        lines += _gauge("proxy_hook_ok", "1 if the hook's last call was acknowledged")
+        for name, state in status.proxy_hooks.items():
+            lines.append(_line("proxy_hook_ok", 1 if state.ok else 0, {"hook": name}))
+    lines += _gauge("inflight_deliveries", "LMTP deliveries in progress")
+    lines.append(_line("inflight_deliveries", status.inflight_deliveries))
+    return "\n".join(lines) + "\n"

@@ -9,7 +9,8 @@ optional shared secret header (``[routing] auth_http_secret``, sent by
 nginx's ``auth_http_header X-Auth-Key``) is checked. The socketmap listener
 answers Postfix: ``transport`` → ``OK lmtp:inet:HOST:PORT`` of the owner,
 ``mailbox`` → ``OK <account>`` if it exists, ``NOTFOUND `` fast otherwise,
-``TEMP`` when the database is unavailable.
+``TEMP`` when the database is unavailable; the daemon starts it
+(:func:`start_socketmap`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from typing import Any
 
 from aiohttp import web
 from sqlalchemy.orm import Session
@@ -28,13 +28,13 @@ from engine.errors import EngineError, InvalidArgument, NoSuchAccount, Temporary
 from engine.passwords import verify_password
 from ownership import authhttp, socketmap
 from ownership import table as ownership_table
-from peerd.app.daemon import Service
-from peerd.control.api import NODE_KEY
-from peerd.control.openapi import OPERATIONS, Operation
+from peerd.control.call import Call
+from peerd.node.config import Address
 from peerd.node.node import Node
-from peerd.pair.hooks import address_of, route_json
+from peerd.node.service import Service
+from peerd.pair.hooks import AccountRoute, address_of, route_of
 
-__all__ = ["start"]
+__all__ = ["SocketmapServer", "nginx_auth", "route", "start_socketmap"]
 
 log = logging.getLogger("peerd.control.routing")
 
@@ -46,23 +46,23 @@ def _owner_of(session: Session, node: Node, account: str) -> tuple[str, int, str
     return row.owner, row.epoch, row.state
 
 
-async def route(request: web.Request) -> web.Response:
-    node = request.app[NODE_KEY]
-    name = request.match_info["account"]
+async def route(call: Call[None, None]) -> web.Response:
+    node = call.node
+    name = call.path("account")
 
-    def read(session: Session) -> dict[str, Any]:
+    def read(session: Session) -> AccountRoute:
         account = find_account(session, normalize_account_name(name))
         if account is None:
             raise NoSuchAccount(f"no such account: {name}")
         owner, epoch, state = _owner_of(session, node, account.name)
-        return route_json(node, account.name, owner, epoch, state)
+        return route_of(node, account.name, owner, epoch, state)
 
-    return web.json_response(await node.store.read(read))
+    return web.json_response((await node.store.read(read)).to_json())
 
 
-async def nginx_auth(request: web.Request) -> web.Response:
+async def nginx_auth(call: Call[None, None]) -> web.Response:
     """nginx reads headers only; the status code and body are ignored."""
-    node = request.app[NODE_KEY]
+    node, request = call.node, call.request
     routing = node.config.routing
     if routing.auth_http_secret:
         given = request.headers.get("X-Auth-Key", "").encode()
@@ -115,18 +115,6 @@ async def nginx_auth(request: web.Request) -> web.Response:
     return web.Response(headers=authhttp.success(where.host, where.port))
 
 
-OPERATIONS.extend(
-    [
-        Operation(
-            "get",
-            "/v1/route/{account}",
-            "Where an account is served: owner, addresses, epoch",
-            responses=(200, 404),
-        ),
-    ]
-)
-
-
 class SocketmapServer:
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -172,17 +160,11 @@ class SocketmapServer:
             writer.close()
 
 
-async def start(node: Node, app: web.Application) -> list[Service]:
-    app.router.add_get("/v1/route/nginx", nginx_auth)
-    app.router.add_get("/v1/route/{account}", route)
-    services: list[Service] = []
-    where = node.config.listen.socketmap
-    if where is not None:
-        server = await asyncio.start_server(SocketmapServer(node).handle, where.host, where.port)
-        log.info("socketmap listening on %s", where)
+async def start_socketmap(node: Node, where: Address) -> Service:
+    server = await asyncio.start_server(SocketmapServer(node).handle, where.host, where.port)
+    log.info("socketmap listening on %s", where)
 
-        async def stop() -> None:
-            server.close()
+    async def stop() -> None:
+        server.close()
 
-        services.append(Service("socketmap", stop))
-    return services
+    return Service("socketmap", stop)

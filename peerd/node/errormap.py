@@ -5,9 +5,17 @@ module turns them into HTTP status codes (for ``application/problem+json``),
 LMTP replies (RFC 2033 / RFC 3463 enhanced codes), IMAP response codes
 (RFC 5530) and POP3 ``-ERR`` replies with RFC 3206 codes. A service never
 builds an error reply from an exception itself.
+
+Each table maps an error class to its reply; an exception gets the entry of
+the first class in its method resolution order that has one (:func:`_lookup`),
+so a subclass inherits its base's reply and the order of the entries does
+not matter (``NoSuchAccount`` finds its own entry before ``NotFound``'s).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from engine.errors import (
     AlreadyExists,
@@ -19,6 +27,7 @@ from engine.errors import (
     NoSuchAccount,
     NotFound,
     OverQuota,
+    PartnerDown,
     StorageFull,
     SyncProtocolError,
     SyncRefused,
@@ -52,7 +61,29 @@ __all__ = [
     "lmtp_reply",
     "pop3_not_owner",
     "pop3_reply",
+    "problem_title",
 ]
+
+T = TypeVar("T")
+
+
+def _lookup(table: Mapping[type[BaseException], T], exc: BaseException) -> T | None:
+    """The entry of the nearest class of ``exc`` (in MRO order) that has one."""
+    for cls in type(exc).__mro__:
+        found = table.get(cls)
+        if found is not None:
+            return found
+    return None
+
+
+def problem_title(exc: BaseException) -> str:
+    """An error's title on the wire: the class that gave it its ``code``.
+
+    A subclass that keeps its base's code keeps its base's title too
+    (``SyncFenced`` is a ``SyncRefused`` to the API's clients).
+    """
+    return next(c.__name__ for c in type(exc).__mro__ if "code" in vars(c) or c is Exception)
+
 
 # LMTP replies (RFC 2033 4.2, RFC 5321 4.2, RFC 3463 enhanced status codes).
 S250_OK = "250 2.1.5 Delivered"
@@ -70,74 +101,72 @@ S554_NUL = "554 5.6.0 Message contains NUL characters"
 S501_BAD_ADDRESS = "501 5.1.3 Bad recipient address syntax"
 
 
+def _not_owner_lmtp(exc: BaseException) -> str:
+    owner = exc.owner if isinstance(exc, NotOwner) else "another node"
+    return f"451 4.3.0 Account is served by {owner} now; try again"
+
+
+_LMTP: dict[type[BaseException], Callable[[BaseException], str]] = {
+    NoSuchAccount: lambda _: S550_NO_SUCH_USER,
+    OverQuota: lambda _: S552_OVER_QUOTA,
+    MessageTooLarge: lambda _: S552_TOO_BIG,
+    NotOwner: _not_owner_lmtp,
+    StorageFull: lambda _: S452_STORAGE,
+    InvalidArgument: lambda _: S501_BAD_ADDRESS,
+}
+
+
 def lmtp_reply(exc: BaseException) -> str:
     """The reply for a recipient whose delivery raised ``exc``."""
-    if isinstance(exc, NoSuchAccount):
-        return S550_NO_SUCH_USER
-    if isinstance(exc, OverQuota):
-        return S552_OVER_QUOTA
-    if isinstance(exc, MessageTooLarge):
-        return S552_TOO_BIG
-    if isinstance(exc, NotOwner):
-        return f"451 4.3.0 Account is served by {exc.owner} now; try again"
-    if isinstance(exc, StorageFull):
-        return S452_STORAGE
-    if isinstance(exc, InvalidArgument):
-        return S501_BAD_ADDRESS
+    reply = _lookup(_LMTP, exc)
     # Anything else, database trouble included, is temporary: nothing was
     # stored, so the MTA must keep the message and retry.
-    return S451_LOCAL_ERROR
+    return S451_LOCAL_ERROR if reply is None else reply(exc)
 
 
-_HTTP = [
-    (NoSuchAccount, 404),
-    (NotFound, 404),
-    (AlreadyExists, 409),
-    (InvalidArgument, 422),
-    (OverQuota, 422),
-    (MessageTooLarge, 413),
-    (Corrupt, 500),
-    (StorageFull, 507),
-    (DatabaseBusy, 503),
-    (TemporaryFailure, 503),
-    (SyncRefused, 409),
-    (SyncStale, 412),
-    (SyncProtocolError, 400),
-    (NotOwner, 409),
-    (StaleEpoch, 409),
-    (PartnerReachable, 409),
-    (PartnerUnreachable, 503),
-    (NotCaughtUp, 409),
-    (UnknownNode, 422),
-]
+_HTTP: dict[type[BaseException], int] = {
+    NotFound: 404,
+    AlreadyExists: 409,
+    InvalidArgument: 422,
+    OverQuota: 422,
+    MessageTooLarge: 413,
+    Corrupt: 500,
+    StorageFull: 507,
+    DatabaseBusy: 503,
+    TemporaryFailure: 503,
+    SyncRefused: 409,
+    SyncStale: 412,
+    SyncProtocolError: 400,
+    PartnerDown: 503,
+    NotOwner: 409,
+    StaleEpoch: 409,
+    PartnerReachable: 409,
+    PartnerUnreachable: 503,
+    NotCaughtUp: 409,
+    UnknownNode: 422,
+}
 
 
 def http_status(exc: EngineError | OwnershipError) -> int:
-    for cls, status in _HTTP:
-        if isinstance(exc, cls):
-            return status
-    return 500
+    status = _lookup(_HTTP, exc)
+    return 500 if status is None else status
+
+
+_IMAP: dict[type[BaseException], tuple[str, str | None]] = {
+    OverQuota: ("NO", "OVERQUOTA"),
+    NotFound: ("NO", "NONEXISTENT"),
+    AlreadyExists: ("NO", "ALREADYEXISTS"),
+    InvalidArgument: ("BAD", "CLIENTBUG"),
+    MessageTooLarge: ("NO", "TOOBIG"),
+    NotOwner: ("NO", "UNAVAILABLE"),
+    Corrupt: ("NO", "SERVERBUG"),
+    TemporaryFailure: ("NO", "UNAVAILABLE"),
+}
 
 
 def imap_code(exc: BaseException) -> tuple[str, str | None]:
     """(``NO`` or ``BAD``, RFC 5530 response code or None) for an IMAP command."""
-    if isinstance(exc, OverQuota):
-        return "NO", "OVERQUOTA"
-    if isinstance(exc, NotFound):
-        return "NO", "NONEXISTENT"
-    if isinstance(exc, AlreadyExists):
-        return "NO", "ALREADYEXISTS"
-    if isinstance(exc, InvalidArgument):
-        return "BAD", "CLIENTBUG"
-    if isinstance(exc, MessageTooLarge):
-        return "NO", "TOOBIG"
-    if isinstance(exc, NotOwner):
-        return "NO", "UNAVAILABLE"
-    if isinstance(exc, Corrupt):
-        return "NO", "SERVERBUG"
-    if isinstance(exc, TemporaryFailure):
-        return "NO", "UNAVAILABLE"
-    return "NO", "SERVERBUG"
+    return _lookup(_IMAP, exc) or ("NO", "SERVERBUG")
 
 
 # POP3 (RFC 3206 4): SYS/PERM only where retrying cannot help; database

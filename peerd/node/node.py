@@ -35,7 +35,6 @@ __all__ = ["AuthResult", "Node"]
 
 log = logging.getLogger("peerd.node.node")
 
-Indexer = Callable[[bytes], bytes]
 T = TypeVar("T")
 
 
@@ -67,15 +66,12 @@ class Node:
         self.partner = config.partner.name
         self.started = time.time()
         self.counters = Counters()
-        self.indexer: Indexer | None = None
         self.inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
         # Hooks later parts plug in: called after a delivery committed
         # (synchronous replication waits there), and when ownership moves.
         self.after_delivery: list[Callable[[list[str]], Awaitable[None]]] = []
-        self.extra_status: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {}
-        self.account_status: list[Callable[[str], Awaitable[dict[str, Any]]]] = []
         # Called with the accounts whose ownership is changing (IMAP/POP3
         # close their sessions with BYE [UNAVAILABLE]): by failover and
         # switchover as they go, and after any committed row change that
@@ -84,6 +80,8 @@ class Node:
         self.on_ownership_change: list[Callable[[list[str]], Awaitable[None]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self.watch_ownership(self._rows_changed)
+        # What the ownership exchange at start found (peerd.pair.returning),
+        # shown as ``startup`` in ``status``.
         self.startup_note = ""
 
     # -- the fence ---------------------------------------------------------

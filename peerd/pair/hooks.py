@@ -8,7 +8,7 @@ switchover and failback call every hook and report which acknowledged; a hook
 that failed is retried in the background with back-off (1 s doubling to 60 s),
 each retry carrying the accounts' routes as they are at that moment, and its
 state (ok, failures, last error, accounts waiting) shows in ``status`` and
-``/metrics``.
+``/metrics`` (:meth:`Hooks.status`).
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 from sqlalchemy.orm import Session
 
 from ownership import table as ownership_table
+from peerd.node.backoff import Backoff
 from peerd.node.config import Address, ProxyHook
 from peerd.node.node import Node
 
-__all__ = ["HOOKS_KEY", "Hooks", "address_of", "routes_for"]
+__all__ = ["AccountRoute", "HookAck", "HookStatus", "Hooks", "address_of", "route_of", "routes_for"]
 
 log = logging.getLogger("peerd.pair.hooks")
 
@@ -49,6 +49,68 @@ class HookState:
     pending: set[str] = field(default_factory=set)
 
 
+@dataclass(frozen=True, slots=True)
+class HookStatus:
+    """One hook in ``status`` (``proxy_hooks``) and ``peerd_proxy_hook_ok``."""
+
+    ok: bool
+    failures: int
+    last_error: str
+    last_ok_at: str | None
+    pending: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "failures": self.failures,
+            "last_error": self.last_error,
+            "last_ok_at": self.last_ok_at,
+            "pending": self.pending,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class HookAck:
+    """Whether one hook acknowledged a call (``hooks`` in a pair operation's answer)."""
+
+    hook: str
+    acknowledged: bool
+    error: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"hook": self.hook, "acknowledged": self.acknowledged, "error": self.error}
+
+    @classmethod
+    def from_json(cls, value: Any) -> HookAck:
+        if not isinstance(value, dict):
+            raise ValueError("a hook acknowledgement must be an object")
+        return cls(str(value["hook"]), bool(value["acknowledged"]), str(value.get("error", "")))
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRoute:
+    """Where proxies reach an account: its owner and the owner's addresses."""
+
+    account: str
+    owner: str
+    epoch: int
+    state: str
+    imap: str | None
+    pop3: str | None
+    lmtp: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "account": self.account,
+            "owner": self.owner,
+            "epoch": self.epoch,
+            "state": self.state,
+            "imap": self.imap,
+            "pop3": self.pop3,
+            "lmtp": self.lmtp,
+        }
+
+
 RETRY_FIRST, RETRY_MAX = 1.0, 60.0
 
 
@@ -59,9 +121,9 @@ class Hooks:
         self.state = {h.name: HookState() for h in self.hooks}
         self.tasks: set[asyncio.Task[None]] = set()
 
-    async def call(self, hook: ProxyHook, routes: list[dict[str, Any]]) -> str:
+    async def call(self, hook: ProxyHook, routes: list[AccountRoute]) -> str:
         """'' when acknowledged, else why not."""
-        body = json.dumps({"node": self.node.name, "routes": routes})
+        body = json.dumps({"node": self.node.name, "routes": [r.to_json() for r in routes]})
         timeout = hook.timeout.total_seconds()
         try:
             if hook.url:
@@ -94,12 +156,12 @@ class Hooks:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             return str(exc) or type(exc).__name__
 
-    async def notify(self, routes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Call every hook with ``routes``; one ``{hook, acknowledged, error}`` each."""
+    async def notify(self, routes: list[AccountRoute]) -> tuple[HookAck, ...]:
+        """Call every hook with ``routes``; whether each acknowledged."""
         if not routes or not self.hooks:
-            return []
+            return ()
         results = await asyncio.gather(*(self.call(h, routes) for h in self.hooks))
-        accounts = {str(r["account"]) for r in routes}
+        accounts = {r.account for r in routes}
         report = []
         for hook, error in zip(self.hooks, results, strict=True):
             self._record(hook, accounts, error)
@@ -108,8 +170,8 @@ class Hooks:
                     "proxy hook %s failed: %s (retrying in the background)", hook.name, error
                 )
                 self._retry(hook)
-            report.append({"hook": hook.name, "acknowledged": not error, "error": error})
-        return report
+            report.append(HookAck(hook.name, not error, error))
+        return tuple(report)
 
     def _record(self, hook: ProxyHook, accounts: set[str], error: str) -> None:
         state = self.state[hook.name]
@@ -127,23 +189,23 @@ class Hooks:
 
     def _retry(self, hook: ProxyHook) -> None:
         async def again() -> None:
-            delay = RETRY_FIRST
+            backoff = Backoff(RETRY_FIRST, RETRY_MAX)
             state = self.state[hook.name]
             while state.pending:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(backoff.next())
                 accounts = set(state.pending)
                 if not accounts:
                     return
                 routes = await routes_for(self.node, sorted(accounts))
                 # An account deleted meanwhile has no route left to tell.
-                state.pending -= accounts - {str(r["account"]) for r in routes}
+                state.pending -= accounts - {r.account for r in routes}
                 if not routes:
                     continue
                 error = await self.call(hook, routes)
-                self._record(hook, {str(r["account"]) for r in routes}, error)
+                self._record(hook, {r.account for r in routes}, error)
                 if not error:
                     log.info("proxy hook %s acknowledged on retry", hook.name)
-                delay = RETRY_FIRST if not error else min(RETRY_MAX, delay * 2)
+                    backoff.reset()
 
         # A task that has left its loop but not yet run its done-callback
         # would take no new work: only a live one counts.
@@ -152,15 +214,9 @@ class Hooks:
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
-    async def status(self) -> dict[str, Any]:
+    def status(self) -> dict[str, HookStatus]:
         return {
-            name: {
-                "ok": s.ok,
-                "failures": s.failures,
-                "last_error": s.last_error,
-                "last_ok_at": s.last_ok_at,
-                "pending": len(s.pending),
-            }
+            name: HookStatus(s.ok, s.failures, s.last_error, s.last_ok_at, len(s.pending))
             for name, s in self.state.items()
         }
 
@@ -168,9 +224,6 @@ class Hooks:
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-
-
-HOOKS_KEY: web.AppKey[Hooks] = web.AppKey("hooks", Hooks)
 
 
 def address_of(node: Node, owner: str, service: str) -> Address | None:
@@ -184,22 +237,24 @@ def address_of(node: Node, owner: str, service: str) -> Address | None:
     return found
 
 
-async def routes_for(node: Node, accounts: list[str]) -> list[dict[str, Any]]:
-    def read(session: Session) -> list[dict[str, Any]]:
+async def routes_for(node: Node, accounts: list[str]) -> list[AccountRoute]:
+    """The routes of ``accounts`` as the ownership table has them now (none for
+    an account without a row)."""
+
+    def read(session: Session) -> list[AccountRoute]:
         out = []
         for account in accounts:
-            row = ownership_table.get(session, account)
-            if row is None:
-                continue
-            out.append(route_json(node, account, row.owner, row.epoch, row.state))
+            row = ownership_table.view(session, account)
+            if row is not None:
+                out.append(route_of(node, account, row.owner, row.epoch, row.state))
         return out
 
     return await node.store.read(read)
 
 
-def route_json(node: Node, account: str, owner: str, epoch: int, state: str) -> dict[str, Any]:
-    body: dict[str, Any] = {"account": account, "owner": owner, "epoch": epoch, "state": state}
-    for service in ("imap", "pop3", "lmtp"):
+def route_of(node: Node, account: str, owner: str, epoch: int, state: str) -> AccountRoute:
+    def at(service: str) -> str | None:
         where = address_of(node, owner, service)
-        body[service] = str(where) if where else None
-    return body
+        return str(where) if where else None
+
+    return AccountRoute(account, owner, epoch, state, at("imap"), at("pop3"), at("lmtp"))

@@ -9,6 +9,8 @@ back by the sweep's safety stop is logged as a warning and shown in
 ``status`` (``held_back``); ``peerctl spool sweep --force`` goes past it. A run removes what an
 earlier run condemned at least ``spool_sweep_grace`` ago, so a file goes
 between one grace and one grace plus one interval after its last record.
+The daemon starts the timer; :meth:`SpoolSweep.status` is ``spool_sweep`` in
+``status``.
 """
 
 from __future__ import annotations
@@ -16,21 +18,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from aiohttp import web
-
-from engine.errors import EngineError, InvalidArgument
+from engine.errors import EngineError
 from engine.sweep import Sweeper, SweepResult
-from peerd.app.daemon import Service
-from peerd.control.api import json_body
-from peerd.control.openapi import OPERATIONS, Operation
 from peerd.node.node import Node
 
-__all__ = ["SpoolSweep", "start"]
+__all__ = ["SpoolSweep", "SweepStatus"]
 
 log = logging.getLogger("peerd.pair.sweep")
+
+
+@dataclass(frozen=True, slots=True)
+class SweepStatus:
+    interval_seconds: float
+    grace_seconds: float
+    runs: int
+    waiting: int  # files condemned, not yet removed
+    held_back: str  # why the last removing pass removed nothing, if the safety stop held it
+    last: SweepResult | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "interval_seconds": self.interval_seconds,
+            "grace_seconds": self.grace_seconds,
+            "runs": self.runs,
+            "waiting": self.waiting,
+            "held_back": self.held_back,
+            "last": asdict(self.last) if self.last else None,
+        }
 
 
 class SpoolSweep:
@@ -83,51 +100,12 @@ class SpoolSweep:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._timer
 
-    async def status(self) -> dict[str, Any]:
-        last = self.sweeper.last
-        return {
-            "interval_seconds": self.interval,
-            "grace_seconds": self.sweeper.grace,
-            "runs": self.sweeper.runs,
-            "waiting": len(self.sweeper.condemned),
-            "held_back": self.sweeper.suspicious,
-            "last": asdict(last) if last else None,
-        }
-
-
-SWEEP_KEY: web.AppKey[SpoolSweep] = web.AppKey("spool_sweep", SpoolSweep)
-
-
-async def sweep_route(request: web.Request) -> web.Response:
-    data = await json_body(request)
-    force = data.pop("force", False)
-    if not isinstance(force, bool):
-        raise InvalidArgument("force must be true or false")
-    if data:
-        raise InvalidArgument(f"unknown option(s): {', '.join(sorted(data))}")
-    result = await request.app[SWEEP_KEY].run(force=force)
-    return web.json_response(asdict(result))
-
-
-OPERATIONS.append(
-    Operation(
-        "post",
-        "/v1/spool/sweep",
-        "Run a spool sweep now: remove the files condemned a grace ago, condemn the newly unnamed",
-        body={
-            "type": "object",
-            "properties": {"force": {"type": "boolean"}},
-            "additionalProperties": False,
-        },
-        responses=(200, 422),
-    )
-)
-
-
-async def start(node: Node, app: web.Application) -> list[Service]:
-    sweep = SpoolSweep(node)
-    app[SWEEP_KEY] = sweep
-    app.router.add_post("/v1/spool/sweep", sweep_route)
-    node.extra_status["spool_sweep"] = sweep.status
-    sweep.start()
-    return [Service("spool_sweep", sweep.stop)]
+    def status(self) -> SweepStatus:
+        return SweepStatus(
+            interval_seconds=self.interval,
+            grace_seconds=self.sweeper.grace,
+            runs=self.sweeper.runs,
+            waiting=len(self.sweeper.condemned),
+            held_back=self.sweeper.suspicious,
+            last=self.sweeper.last,
+        )

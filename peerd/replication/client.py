@@ -47,7 +47,8 @@ from engine import synclog
 from engine.apply import apply_repairs
 from engine.compare import Push, Repairs, compare
 from engine.delta import Delta, mark_of, owner_delta
-from engine.errors import SyncError, SyncProtocolError, SyncRefused, TemporaryFailure
+from engine.errors import PartnerDown, SyncProtocolError, SyncRefused, TemporaryFailure
+from engine.rounds import converge
 from engine.syncstate import AccountState, account_digests, owner_view, read_account_state
 from engine.syncwire import (
     OFF_LOOP,
@@ -64,19 +65,16 @@ from engine.syncwire import (
     encode_summary,
 )
 from ownership import table as ownership_table
-from ownership.fence import OwnershipView, row_view
+from ownership.errors import SyncFenced
+from ownership.rows import OwnershipView, parse_row, row_view
 from peerd.node.config import Address
 from peerd.node.node import Node
 
-__all__ = ["PartnerDown", "SyncClient", "SyncReport"]
+__all__ = ["SyncClient", "SyncReport", "exchange_rows"]
 
 log = logging.getLogger("peerd.sync.client")
 
 UPLOAD_BATCH = 8 << 20
-
-
-class PartnerDown(SyncError):
-    code = "partner_down"
 
 
 @dataclass(slots=True)
@@ -197,8 +195,11 @@ class SyncClient:
             )
         if status == 409:
             problem = decode_json(raw)
-            current = problem.get("ownership")
-            raise _Refused(str(problem.get("detail", "refused")), current)
+            try:
+                current = parse_row(problem.get("ownership"))
+            except SyncProtocolError:
+                current = None  # nothing to learn (or nothing we can read)
+            raise SyncFenced(str(problem.get("detail", "refused")), current)
         if status == 401:
             raise SyncRefused(
                 f"partner {self.target} refused our credentials (sync_authname/sync_password)"
@@ -279,7 +280,8 @@ class SyncClient:
         self, account: str, mailbox_names: list[str] | None, use_zlib: bool, report: SyncReport
     ) -> None:
         store = self.node.store
-        for _round in range(4):
+
+        async def plan() -> _Round:
             local = await store.read(lambda s: self._local(s, account, mailbox_names))
             own_row, rows, summaries, include = local
             if own_row is None or own_row.owner != self.node.name:
@@ -306,19 +308,21 @@ class SyncClient:
                 len(m.records) for m in replica.mailboxes
             )
             repairs, push = compare(owner_state, owner_records, replica, known)
-            if not repairs.empty:
-                await self._repair(account, own_row, repairs, use_zlib, report)
-                continue
-            equal = push.empty or await self._push(account, own_row, push, use_zlib, report)
-            if equal and include is None and owner_state.exists:
-                self._marks[account] = (own_row.epoch, mark_of(owner_state))
-            else:
-                self._marks.pop(account, None)
-            report.steps.append("ENDUSER")
-            if rows:
-                await store.write(partial(synclog.acknowledge, rows=rows))
-            return
-        raise SyncProtocolError(f"{account}: repairs did not converge in 4 rounds")
+            return _Round(own_row, rows, owner_state, include, repairs, push)
+
+        async def repair(planned: _Round) -> None:
+            await self._repair(account, planned.own_row, planned.repairs, use_zlib, report)
+
+        planned = await converge(account, plan, repair)
+        own_row, push = planned.own_row, planned.push
+        equal = push.empty or await self._push(account, own_row, push, use_zlib, report)
+        if equal and planned.include is None and planned.owner_state.exists:
+            self._marks[account] = (own_row.epoch, mark_of(planned.owner_state))
+        else:
+            self._marks.pop(account, None)
+        report.steps.append("ENDUSER")
+        if planned.rows:
+            await store.write(partial(synclog.acknowledge, rows=planned.rows))
 
     def _local(
         self, session: Session, account: str, mailbox_names: list[str] | None
@@ -553,47 +557,39 @@ async def exchange_rows(node: Node, client: SyncClient) -> list[str]:
 
     Returns the accounts whose owner changed to someone else here.
     """
-
-    def mine(session: Session) -> list[dict[str, object]]:
-        return [row_view(r).to_json() for r in ownership_table.list_rows(session)]
-
-    rows = await node.store.read(mine)
+    rows = await node.store.read(lambda s: [v.to_json() for v in ownership_table.views(s)])
     raw = await client.call("ownership", encode_json({"rows": rows}), compressed=False)
-    theirs = decode_json(raw).get("rows", [])
+    answer = decode_json(raw).get("rows", [])
+    theirs = []
+    for item in answer if isinstance(answer, list) else []:
+        try:
+            theirs.append(parse_row(item))
+        except SyncProtocolError as exc:
+            log.warning("ownership exchange: %s skipped: %s", node.partner, exc.message)
 
     def adopt(session: Session) -> list[str]:
         changed = []
-        for item in theirs if isinstance(theirs, list) else []:
-            try:
-                account, owner = str(item["account"]), str(item["owner"])
-                epoch, home, state = int(item["epoch"]), str(item["home"]), str(item["state"])
-            except (KeyError, TypeError, ValueError):
-                continue
-            before = ownership_table.get(session, account)
+        for row in theirs:
+            before = ownership_table.get(session, row.account)
             was_mine = before is not None and before.owner == node.name
-            if (
-                ownership_table.adopt(
-                    session,
-                    account,
-                    owner=owner,
-                    home=home,
-                    epoch=epoch,
-                    state=state,
-                    reason=f"learned from {node.partner}",
-                )
-                and was_mine
-                and owner != node.name
-            ):
-                changed.append(account)
+            learned = ownership_table.adopt_view(session, row, f"learned from {node.partner}")
+            if learned and was_mine and row.owner != node.name:
+                changed.append(row.account)
         return changed
 
     return await node.store.write(adopt)
 
 
-class _Refused(SyncRefused):
-    def __init__(self, message: str, current: Any) -> None:
-        super().__init__(message)
-        self.current = current if isinstance(current, dict) else None
+@dataclass(frozen=True, slots=True)
+class _Round:
+    """One round's compare (:func:`engine.rounds.converge`) and what sending its push needs."""
+
+    own_row: OwnershipView
+    rows: list[tuple[int, int]]
+    owner_state: AccountState
+    include: set[str] | None
+    repairs: Repairs
+    push: Push
 
 
 def summaries_names(summaries: list[Any]) -> list[str]:

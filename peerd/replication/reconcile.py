@@ -8,7 +8,8 @@ repairs what differs, including mail only the partner holds (the no-loss
 rule). Runs never overlap (one lock; APScheduler's ``max_instances=1`` and
 ``coalesce``), and they never block delivery: they use the sync client's
 per-account locks, not the store's writer. ``peerctl reconcile`` runs one
-now. The last result is kept for ``status`` and ``/metrics``.
+now. The last result is kept for ``status`` and ``/metrics``
+(:meth:`Reconciler.status`).
 """
 
 from __future__ import annotations
@@ -20,18 +21,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from engine.errors import EngineError, InvalidArgument
+from engine.accounts import get_account
+from engine.errors import EngineError
 from ownership import table as ownership_table
-from peerd.control.api import NODE_KEY, json_body
-from peerd.control.openapi import OPERATIONS, Operation
 from peerd.node.node import Node
 from peerd.replication.client import SyncClient
 
-__all__ = ["Reconciler"]
+__all__ = ["ReconcileResult", "ReconcileStatus", "Reconciler"]
 
 log = logging.getLogger("peerd.replication.reconcile")
 
@@ -47,6 +46,29 @@ class ReconcileResult:
     failures: list[str] = field(default_factory=list)
     trigger: str = ""
 
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileStatus:
+    """``reconcile`` in ``status``; ``last`` feeds ``peerd_reconcile_last`` in ``/metrics``."""
+
+    schedule: str
+    runs: int
+    running: bool
+    last: ReconcileResult | None
+    next_run: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schedule": self.schedule,
+            "runs": self.runs,
+            "running": self.running,
+            "last": self.last.to_json() if self.last else None,
+            "next_run": self.next_run,
+        }
+
 
 class Reconciler:
     def __init__(self, node: Node, client: SyncClient) -> None:
@@ -60,6 +82,10 @@ class Reconciler:
     async def run(
         self, accounts: list[str] | None = None, trigger: str = "manual"
     ) -> ReconcileResult:
+        if accounts is not None:
+            # Named accounts must exist (404 otherwise), before the lock.
+            named = accounts
+            await self.node.store.read(lambda s: [get_account(s, a) for a in named])
         async with self.lock:
             started = time.perf_counter()
             result = ReconcileResult(
@@ -131,52 +157,12 @@ class Reconciler:
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
 
-    async def status(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"schedule": self.node.config.reconcile.schedule, "runs": self.runs}
-        body["running"] = self.lock.locked()
-        body["last"] = asdict(self.last) if self.last else None
+    async def status(self) -> ReconcileStatus:
         job = self.scheduler.get_job("reconcile") if self.scheduler else None
-        body["next_run"] = job.next_run_time.isoformat() if job and job.next_run_time else None
-        return body
-
-
-RECONCILER: web.AppKey[Reconciler] = web.AppKey("reconciler", Reconciler)
-
-
-async def reconcile_route(request: web.Request) -> web.Response:
-    reconciler = request.app[RECONCILER]
-    data = await json_body(request)
-    account = data.get("account")
-    if account is not None and not isinstance(account, str):
-        raise InvalidArgument("account must be a string")
-    node = request.app[NODE_KEY]
-    if account is not None:
-        await node.store.read(lambda s: _exists(s, account))
-    result = await reconciler.run([account] if account else None)
-    return web.json_response(asdict(result))
-
-
-def _exists(session: Any, account: str) -> None:
-    from engine.accounts import get_account
-
-    get_account(session, account)
-
-
-OPERATIONS.append(
-    Operation(
-        "post",
-        "/v1/reconcile",
-        "Run a full reconcile now (one account, or every owned account)",
-        body={
-            "type": "object",
-            "properties": {"account": {"type": "string", "minLength": 1, "maxLength": 255}},
-            "additionalProperties": False,
-        },
-        responses=(200, 404, 422),
-    )
-)
-
-
-def add_routes(app: web.Application, reconciler: Reconciler) -> None:
-    app[RECONCILER] = reconciler
-    app.router.add_post("/v1/reconcile", reconcile_route)
+        return ReconcileStatus(
+            schedule=self.node.config.reconcile.schedule,
+            runs=self.runs,
+            running=self.lock.locked(),
+            last=self.last,
+            next_run=job.next_run_time.isoformat() if job and job.next_run_time else None,
+        )

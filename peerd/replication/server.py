@@ -20,6 +20,7 @@ import hmac
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -43,18 +44,32 @@ from engine.syncwire import (
     encode_frames,
     encode_json,
     encode_summary,
-    ownership_of,
 )
 from ownership import table as ownership_table
-from ownership.fence import OwnershipView, SyncFenced, check_sync, needs_adoption, row_view
+from ownership.errors import SyncFenced
+from ownership.fence import check_sync, needs_adoption
+from ownership.rows import OwnershipView, parse_row
 from peerd.node.errormap import http_status
 from peerd.node.node import Node
 
-__all__ = ["SyncServer", "start_sync_listener"]
+__all__ = ["SyncServer", "SyncServerStatus", "start_sync_listener"]
 
 log = logging.getLogger("peerd.sync.server")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncServerStatus:
+    """``sync_server`` in ``status``: what the listener took and gave, and
+    how many requests it refused for wrong credentials."""
+
+    bytes_in: int
+    bytes_out: int
+    refused: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bytes_in": self.bytes_in, "bytes_out": self.bytes_out, "refused": self.refused}
 
 
 class SyncServer:
@@ -71,6 +86,9 @@ class SyncServer:
         self.bytes_in = 0
         self.bytes_out = 0
         self.refused = 0
+
+    def status(self) -> SyncServerStatus:
+        return SyncServerStatus(self.bytes_in, self.bytes_out, self.refused)
 
     # -- plumbing ----------------------------------------------------------
 
@@ -153,8 +171,7 @@ class SyncServer:
         account = body.get("account")
         if not isinstance(account, str) or not account:
             raise SyncProtocolError("account is required")
-        owner, home, epoch, state = ownership_of(body.get("ownership"))
-        return OwnershipView(account, owner, home, epoch, state)
+        return parse_row(body.get("ownership"), account)
 
     # -- requests ----------------------------------------------------------
 
@@ -306,26 +323,13 @@ class SyncServer:
         rows = body.get("rows", [])
         if not isinstance(rows, list):
             raise SyncProtocolError("rows must be a list")
-        parsed = []
-        for item in rows:
-            if not isinstance(item, dict) or not isinstance(item.get("account"), str):
-                raise SyncProtocolError("each row needs an account")
-            owner, home, epoch, state = ownership_of(item)
-            parsed.append(OwnershipView(item["account"], owner, home, epoch, state))
+        parsed = [parse_row(item) for item in rows]
 
         def exchange(session: Session) -> list[dict[str, object]]:
             for view in parsed:
-                ownership_table.adopt(
-                    session,
-                    view.account,
-                    owner=view.owner,
-                    home=view.home,
-                    epoch=view.epoch,
-                    state=view.state,
-                    reason="learned from partner",
-                )
+                ownership_table.adopt_view(session, view, "learned from partner")
             session.flush()
-            return [row_view(r).to_json() for r in ownership_table.list_rows(session)]
+            return [v.to_json() for v in ownership_table.views(session)]
 
         result = await self.node.store.write(exchange, replaying=True)
         return self.reply(request, encode_json({"rows": result}))

@@ -1,0 +1,258 @@
+"""``/v1/accounts``: create, list, show, delete accounts; passwords, quotas, mailboxes.
+
+How this works: every write for an existing account goes through
+:meth:`~peerd.node.node.Node.write_owned` (the fence runs in the same
+transaction, so a replica refuses with 409 ``not_owner``). Creating an
+account creates its ownership row too (owner: this node unless ``owner``
+names the partner). Deleting one on a node with a partner keeps the row
+until the partner has the deletion (the sync that pushes it must show the
+partner's fence our epoch): the answer waits up to :data:`DELETE_WAIT` for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy.orm import Session
+
+from engine import accounts as engine_accounts
+from engine import inventory, synclog
+from engine.errors import AlreadyExists, InvalidArgument
+from ownership import table as ownership_table
+from ownership.errors import UnknownNode
+from ownership.rows import OwnershipView
+from peerd.control.call import Call
+from peerd.control.schema import Integer, Text, member
+from peerd.node.node import Node
+
+__all__ = [
+    "AccountsQuery",
+    "MailboxQuery",
+    "NewAccount",
+    "NewPassword",
+    "NewQuota",
+    "create_account",
+    "delete_account",
+    "get_account",
+    "list_accounts",
+    "list_mailboxes",
+    "set_password",
+    "set_quota",
+    "show_mailbox",
+]
+
+# How long DELETE /v1/accounts waits for the partner to take a deletion.
+DELETE_WAIT = 5.0
+
+ACCOUNT_NAME = Text(pattern=r"^[A-Za-z0-9._%+\-=]{1,64}(@[A-Za-z0-9.\-]{1,64})?$")
+PASSWORD = Text(max_length=1024)
+
+
+@dataclass(frozen=True, slots=True)
+class NewAccount:
+    name: str = member(ACCOUNT_NAME)
+    password: str | None = member(PASSWORD, default=None)
+    password_hash: str | None = member(Text(max_length=255), default=None)
+    quota_limit: int | None = member(Integer(nullable=True), default=None)
+    owner: str | None = member(Text(max_length=64), default=None)
+
+    def __post_init__(self) -> None:
+        if (self.password is None) == (self.password_hash is None):
+            raise InvalidArgument("give exactly one of password and password_hash")
+
+
+@dataclass(frozen=True, slots=True)
+class NewPassword:
+    password: str = member(PASSWORD)
+
+
+@dataclass(frozen=True, slots=True)
+class NewQuota:
+    quota_limit: int | None = member(Integer(nullable=True), default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountsQuery:
+    owner: str | None = member(Text(min_length=0), default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxQuery:
+    expunged: str | None = member(Text(min_length=0), default=None)  # 1, true, yes: tombstones too
+
+
+def account_json(info: inventory.AccountInfo, row: OwnershipView | None) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "quota_limit": info.quota_limit,
+        "quota_used": info.quota_used,
+        "owner": row.owner if row else None,
+        "home": row.home if row else None,
+        "epoch": row.epoch if row else 0,
+        "state": row.state if row else "normal",
+        "created_at": info.created_at.isoformat(),
+    }
+
+
+def _described(session: Session, name: str) -> dict[str, Any]:
+    info = inventory.account_info(session, name)
+    return account_json(info, ownership_table.view(session, info.name))
+
+
+async def list_accounts(call: Call[None, AccountsQuery]) -> web.Response:
+    owner = call.query.owner
+
+    def read(session: Session) -> list[dict[str, Any]]:
+        out = [
+            account_json(info, ownership_table.view(session, info.name))
+            for info in inventory.account_infos(session)
+        ]
+        return [a for a in out if owner is None or a["owner"] == owner]
+
+    return web.json_response({"accounts": await call.node.store.read(read)})
+
+
+async def create_account(call: Call[NewAccount, None]) -> web.Response:
+    node, body = call.node, call.body
+    name = engine_accounts.normalize_account_name(body.name)
+    owner = body.owner or node.name
+    if owner not in (node.name, node.partner):
+        raise UnknownNode(f"{owner} is neither this node ({node.name}) nor its partner")
+
+    def create(session: Session) -> dict[str, Any]:
+        if engine_accounts.find_account(session, name) is None:
+            ownership_table.prune_deleted(session, [name])
+            row = ownership_table.view(session, name)
+            if row is not None and row.owner == node.name and synclog.depth(session, name):
+                # Its deletion has not reached the partner: an account made now
+                # would be merged with the old one's mail there (nothing is
+                # dropped to make two sides agree), bringing it back.
+                raise AlreadyExists(
+                    f"{name} was deleted and {node.partner} has not taken the deletion "
+                    "yet; create it again once it has"
+                )
+        engine_accounts.create_account(
+            session,
+            name,
+            password=body.password,
+            password_hash=body.password_hash,
+            quota_limit=body.quota_limit,
+        )
+        if ownership_table.get(session, name) is None:
+            ownership_table.create(session, name, owner)
+        session.flush()
+        return _described(session, name)
+
+    return web.json_response(await node.store.write(create), status=201)
+
+
+async def get_account(call: Call[None, None]) -> web.Response:
+    name = call.path("name")
+
+    def read(session: Session) -> dict[str, Any]:
+        body = _described(session, name)
+        body["mailboxes"] = len(inventory.mailboxes(session, name).mailboxes)
+        return body
+
+    return web.json_response(await call.node.store.read(read))
+
+
+async def delete_account(call: Call[None, None]) -> web.Response:
+    node = call.node
+    replicated = node.config.sync_partner is not None
+
+    def delete(session: Session, row: Any) -> str:
+        account: str = row.name
+        engine_accounts.delete_account(session, account)
+        if not replicated:
+            ownership_table.delete(session, account)
+        # With a partner the row stays until it has the deletion: the sync
+        # that pushes it must show the partner's fence our epoch.
+        return account
+
+    deleted = await node.write_owned(call.path("name"), delete)
+    body: dict[str, Any] = {"deleted": deleted}
+    if replicated:
+        body["replicated"] = await _deletion_replicated(node, deleted)
+    return web.json_response(body)
+
+
+async def _deletion_replicated(node: Node, account: str) -> bool:
+    """Wait a little for the deletion to reach the partner, then drop the row.
+
+    The rolling worker pushes it within milliseconds when the partner is up;
+    otherwise (False) the row stays, and the sync that later delivers the
+    deletion is followed by a prune at the next reconcile or start.
+    """
+    deadline = time.monotonic() + DELETE_WAIT
+    while await node.store.read(lambda s: synclog.depth(s, account)):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+    await node.store.write(lambda s: ownership_table.prune_deleted(s, [account]))
+    return True
+
+
+async def set_password(call: Call[NewPassword, None]) -> web.Response:
+    name, password = call.path("name"), call.body.password
+    await call.node.write_owned(
+        name, lambda s, row: engine_accounts.set_password(s, row.name, password)
+    )
+    return web.json_response({"account": name, "password": "changed"})
+
+
+async def set_quota(call: Call[NewQuota, None]) -> web.Response:
+    name, limit = call.path("name"), call.body.quota_limit
+    await call.node.write_owned(name, lambda s, row: engine_accounts.set_quota(s, row.name, limit))
+    return web.json_response({"account": name, "quota_limit": limit})
+
+
+def mailbox_json(mailbox: inventory.MailboxInfo) -> dict[str, Any]:
+    return {
+        "name": mailbox.name,
+        "uniqueid": mailbox.uniqueid,
+        "uidvalidity": mailbox.uidvalidity,
+        "last_uid": mailbox.last_uid,
+        "highestmodseq": mailbox.highestmodseq,
+        "exists": mailbox.exists,
+        "checksum": f"{mailbox.checksum & 0xFFFFFFFFFFFFFFFF:016x}",
+        "acl": mailbox.acl,
+    }
+
+
+async def list_mailboxes(call: Call[None, None]) -> web.Response:
+    name = call.path("name")
+    found = await call.node.store.read(lambda s: inventory.mailboxes(s, name))
+    return web.json_response(
+        {
+            "account": found.account,
+            "mailboxes": [mailbox_json(m) for m in found.mailboxes],
+            "subscriptions": list(found.subscriptions),
+        }
+    )
+
+
+async def show_mailbox(call: Call[None, MailboxQuery]) -> web.Response:
+    name, mailbox = call.path("name"), call.path("mailbox")
+    expunged = call.query.expunged in ("1", "true", "yes")
+    box, records = await call.node.store.read(
+        lambda s: inventory.mailbox_records(s, name, mailbox, expunged=expunged)
+    )
+    body = mailbox_json(box)
+    body["messages"] = [
+        {
+            "uid": r.uid,
+            "guid": r.guid,
+            "flags": list(r.flags),
+            "modseq": r.modseq,
+            "size": r.size,
+            "internaldate": r.internaldate.isoformat(),
+            "expunged": r.expunged,
+        }
+        for r in records
+    ]
+    return web.json_response(body)

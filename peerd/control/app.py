@@ -1,0 +1,131 @@
+"""The control API application: HTTP/JSON under ``/v1`` (aiohttp).
+
+How this works: every route but the public ones (``/v1/health``,
+``/v1/openapi.json``, ``/v1/route/nginx``, ``/metrics``) needs
+``Authorization: Bearer <[api] token>``. Each route of the table
+(:data:`peerd.control.routes.ROUTES`) is added with an endpoint that reads
+the JSON body and the query, checks them against the route's classes
+(:mod:`peerd.control.schema`) and calls the handler with a
+:class:`~peerd.control.call.Call`. Any error becomes an RFC 9457
+``application/problem+json`` body in one middleware, with the status chosen
+by :mod:`peerd.node.errormap`. ``peerctl`` is a client of exactly this API.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from engine.errors import EngineError, InvalidArgument
+from ownership.errors import NotCaughtUp, OwnershipError
+from peerd.control.call import Call, Parts, Route
+from peerd.control.routes import ROUTES
+from peerd.control.schema import parse
+from peerd.node.errormap import http_status, problem_title
+
+__all__ = ["MAX_BODY", "build_app", "problem"]
+
+log = logging.getLogger("peerd.control.app")
+
+MAX_BODY = 1 << 20
+
+Endpoint = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str = "",
+    code: str = "",
+    extensions: dict[str, Any] | None = None,
+) -> web.Response:
+    """An RFC 9457 body; ``extensions`` are extra members (RFC 9457 3.2)."""
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    if code:
+        body["code"] = code
+    body.update(extensions or {})
+    return web.Response(
+        status=status, text=json.dumps(body), content_type="application/problem+json"
+    )
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Endpoint) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except (EngineError, OwnershipError) as exc:
+        # A refused failback says what is still pending, for scripts too.
+        extensions = {"pending": exc.pending} if isinstance(exc, NotCaughtUp) else None
+        return problem(http_status(exc), problem_title(exc), exc.message, exc.code, extensions)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return problem(exc.status, exc.reason)
+    except Exception:
+        log.exception("control API error on %s %s", request.method, request.path)
+        return problem(500, "Internal Server Error", "see the node's log")
+
+
+def auth_middleware(token: str, public: frozenset[str]) -> Any:
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Endpoint) -> web.StreamResponse:
+        if request.path in public or not request.path.startswith("/v1/"):
+            return await handler(request)
+        given = request.headers.get("Authorization", "").encode()
+        if not token or not hmac.compare_digest(given, expected):
+            response = problem(401, "Unauthorized", "a valid bearer token is required")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="peerd"'
+            return response
+        return await handler(request)
+
+    return check
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise InvalidArgument("request body too large")
+    try:
+        data = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"the body is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidArgument("the body must be a JSON object")
+    return data
+
+
+def endpoint(route: Route, parts: Parts) -> Endpoint:
+    """The aiohttp handler of ``route``: check the body and query, then call it."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        body = parse(route.body, await json_body(request)) if route.body is not None else None
+        query = (
+            parse(route.query, request.query, others_ok=True) if route.query is not None else None
+        )
+        return await route.handler(Call(parts, request, body, query))
+
+    return answer
+
+
+def build_app(parts: Parts, routes: tuple[Route, ...] = ROUTES) -> web.Application:
+    public = frozenset(r.path for r in routes if r.public)
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware(parts.node.config.api.token, public)],
+        client_max_size=MAX_BODY,
+    )
+    for route in routes:
+        if route.partner and parts.pair is None:
+            continue
+        if route.method == "GET":
+            app.router.add_get(route.path, endpoint(route, parts))  # and HEAD
+        else:
+            app.router.add_route(route.method, route.path, endpoint(route, parts))
+    return app

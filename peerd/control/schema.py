@@ -1,0 +1,177 @@
+"""Request bodies and queries described once: as frozen dataclasses.
+
+How this works: a route's body (or query) is a frozen dataclass whose fields
+say, through :func:`member`, what each JSON member must be
+(:class:`Text`, :class:`Integer`, :class:`Flag`, :class:`TextList`).
+:func:`json_schema` renders the class as the JSON Schema the OpenAPI
+document publishes, and :func:`parse` checks a decoded JSON object (or a
+query string) against the same fields and builds the dataclass, so what the
+document promises and what the handler accepts cannot differ. A field with
+no default is required; members the class does not name are refused
+(``additionalProperties: false``). Rules that tie two members together
+(give one of two) live in the class's ``__post_init__``. Every refusal is an
+:class:`~engine.errors.InvalidArgument` (HTTP 422).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from engine.errors import InvalidArgument
+
+__all__ = [
+    "Flag",
+    "Integer",
+    "Kind",
+    "Text",
+    "TextList",
+    "json_schema",
+    "member",
+    "parse",
+    "query_parameters",
+]
+
+T = TypeVar("T")
+
+INT64_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """A string; ``pattern`` is anchored (``^...$``) and must match the whole value."""
+
+    min_length: int = 1
+    max_length: int | None = None
+    pattern: str | None = None
+
+    def schema(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "string"}
+        if self.min_length:
+            out["minLength"] = self.min_length
+        if self.max_length is not None:
+            out["maxLength"] = self.max_length
+        if self.pattern is not None:
+            out["pattern"] = self.pattern
+        return out
+
+    def check(self, name: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise InvalidArgument(f"{name} must be a string")
+        if len(value) < self.min_length:
+            raise InvalidArgument(f"{name} must be a non-empty string")
+        if self.max_length is not None and len(value) > self.max_length:
+            raise InvalidArgument(f"{name} must be at most {self.max_length} characters")
+        if self.pattern is not None and re.fullmatch(self.pattern, value) is None:
+            raise InvalidArgument(f"{name} is not valid: {value!r}")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class Integer:
+    minimum: int = 0
+    maximum: int = INT64_MAX
+    nullable: bool = False
+
+    def schema(self) -> dict[str, Any]:
+        kind: str | list[str] = ["integer", "null"] if self.nullable else "integer"
+        return {"type": kind, "minimum": self.minimum, "maximum": self.maximum}
+
+    def check(self, name: str, value: Any) -> int | None:
+        if value is None and self.nullable:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidArgument(
+                f"{name} must be an integer from {self.minimum} to {self.maximum}"
+            )
+        if not self.minimum <= value <= self.maximum:
+            raise InvalidArgument(
+                f"{name} must be an integer from {self.minimum} to {self.maximum}"
+            )
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    def schema(self) -> dict[str, Any]:
+        return {"type": "boolean"}
+
+    def check(self, name: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise InvalidArgument(f"{name} must be true or false")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class TextList:
+    item: Text = Text()
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "array", "items": self.item.schema()}
+
+    def check(self, name: str, value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise InvalidArgument(f"{name} must be a list of strings")
+        return tuple(self.item.check(f"each of {name}", v) for v in value)
+
+
+Kind = Text | Integer | Flag | TextList
+
+
+def member(kind: Kind, *, default: Any = dataclasses.MISSING) -> Any:
+    """A field of a body or query class: what its JSON member must be; no
+    ``default`` makes it required."""
+    return dataclasses.field(default=default, metadata={"kind": kind})
+
+
+def _fields(cls: type) -> list[tuple[str, Kind, bool]]:
+    """(name, kind, required) for each field of ``cls``."""
+    out = []
+    for f in dataclasses.fields(cls):
+        kind = f.metadata.get("kind")
+        if kind is None:
+            raise TypeError(f"{cls.__name__}.{f.name} has no kind: declare it with member()")
+        out.append((f.name, kind, f.default is dataclasses.MISSING))
+    return out
+
+
+def json_schema(cls: type) -> dict[str, Any]:
+    """The JSON Schema of a body class (an object with exactly these members)."""
+    described = _fields(cls)
+    out: dict[str, Any] = {"type": "object"}
+    required = [name for name, _, needed in described if needed]
+    if required:
+        out["required"] = required
+    out["properties"] = {name: kind.schema() for name, kind, _ in described}
+    out["additionalProperties"] = False
+    return out
+
+
+def query_parameters(cls: type) -> list[dict[str, Any]]:
+    """The OpenAPI ``in: query`` parameters of a query class."""
+    return [
+        {"name": name, "in": "query", "required": needed, "schema": kind.schema()}
+        for name, kind, needed in _fields(cls)
+    ]
+
+
+def parse(cls: type[T], data: Mapping[str, Any], *, others_ok: bool = False) -> T:
+    """Check ``data`` against ``cls``'s fields and build it (``InvalidArgument`` if not).
+
+    ``others_ok``: members ``cls`` does not name are ignored (a query string
+    may carry parameters meant for a proxy or a cache), not refused.
+    """
+    described = _fields(cls)
+    unknown = set(data) - {name for name, _, _ in described}
+    if unknown and not others_ok:
+        raise InvalidArgument(f"unknown option(s): {', '.join(sorted(unknown))}")
+    values = {}
+    for name, kind, needed in described:
+        if name in data:
+            values[name] = kind.check(name, data[name])
+        elif needed:
+            raise InvalidArgument(f"{name} is required")
+    return cls(**values)

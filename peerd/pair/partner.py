@@ -1,0 +1,94 @@
+"""The partner as the pair operations reach it: the sync channel and its control API.
+
+How this works: a :class:`Pair` is what every pair operation is given: this
+node, its sync client (the partner's sync listener) and its proxy hooks.
+:func:`partner_answers` asks the sync listener ``hello``; :func:`tell_partner`
+exchanges ownership rows at once (a node that just gave accounts away must
+not leave the partner unaware); :func:`partner_api` calls the partner's
+control API (``[partner] api``), e.g. to forward a switchover to the owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from engine.errors import EngineError
+from ownership.errors import PartnerUnreachable
+from peerd.node.node import Node
+from peerd.pair.hooks import Hooks
+from peerd.replication.client import SyncClient, exchange_rows
+
+__all__ = ["Pair", "partner_answers", "partner_api", "tell_partner"]
+
+log = logging.getLogger("peerd.pair.partner")
+
+# How long the partner's control API may take (a forwarded switchover drains).
+PARTNER_API_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """This node and the ways to reach its partner and its proxies."""
+
+    node: Node
+    client: SyncClient
+    hooks: Hooks
+
+
+async def partner_answers(client: SyncClient, timeout: float = 2.0) -> bool:
+    """True if the partner's sync listener answers ``hello`` within ``timeout``."""
+    try:
+        await asyncio.wait_for(client.hello(), timeout)
+    except (EngineError, TimeoutError):
+        return False
+    return True
+
+
+async def tell_partner(pair: Pair, why: str, tries: int = 3) -> bool:
+    """Send our ownership rows now (adopting its newer ones); False if it did not answer.
+
+    Until the partner learns, both nodes refuse writes for the accounts that
+    moved. A few quick tries, then the operator is told (the answer says
+    ``partner_informed: false``).
+    """
+    for attempt in range(1, tries + 1):
+        try:
+            await exchange_rows(pair.node, pair.client)
+            return True
+        except EngineError as exc:
+            log.warning("%s: sending ownership rows failed (try %d): %s", why, attempt, exc)
+        if attempt < tries:
+            await asyncio.sleep(0.2 * attempt)
+    return False
+
+
+async def partner_api(node: Node, method: str, path: str, body: Any = None) -> Any:
+    """Call the partner's control API; its JSON answer. Any failure, a refusal
+    included, is :class:`~ownership.errors.PartnerUnreachable`."""
+    config = node.config
+    if not config.partner.api:
+        raise PartnerUnreachable("no [partner] api configured")
+    token = config.partner.token or config.api.token
+    timeout = aiohttp.ClientTimeout(total=PARTNER_API_TIMEOUT)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.request(
+                method,
+                config.partner.api.rstrip("/") + path,
+                json=body,
+                headers={"Authorization": f"Bearer {token}"},
+            ) as response,
+        ):
+            answer = await response.json(content_type=None)
+            if response.status >= 400:
+                detail = answer.get("detail", "") if isinstance(answer, dict) else ""
+                raise PartnerUnreachable(f"partner refused {path}: {response.status} {detail}")
+            return answer
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise PartnerUnreachable(f"partner API unreachable: {exc}") from exc
