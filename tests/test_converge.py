@@ -2,18 +2,20 @@
 
 Two real stores (SQLite + spool each) start equal; random operations run on
 each side independently (a split); then the owner syncs to the replica with
-the engine's own compare/apply code, the way the sync client drives it
-(in-process instead of over HTTP). Afterwards both sides hold the same
+the engine's own compare/apply code and the sync client's own rounds
+(:func:`engine.rounds.converge`), in-process instead of over HTTP. Afterwards both sides hold the same
 mailboxes and records, no UID names two messages, and every message that was
 live on either side and not removed by the owner is live on both.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,8 @@ from hypothesis import strategies as st
 import migrations
 from engine import accounts, mailbox, messages
 from engine.apply import apply_push, apply_repairs
-from engine.compare import compare
+from engine.compare import Push, Repairs, compare
+from engine.rounds import converge
 from engine.store import Store
 from engine.syncstate import owner_view, read_account_state
 
@@ -46,10 +49,20 @@ def new_store(template: Path, root: Path) -> Store:
     return Store(f"sqlite:///{root / 'peerd.db'}", root)
 
 
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """One round's compare, as :func:`engine.rounds.converge` wants it."""
+
+    repairs: Repairs
+    push: Push
+
+
 def sync(owner: Store, replica: Store, account: str = ACCOUNT) -> dict[str, int]:
-    """Owner → replica, exactly the client's rounds: repairs first, then push."""
-    counts = {"rounds": 0, "copied": 0, "reassigned": 0}
-    for _ in range(5):
+    """Owner → replica through the client's own rounds (:func:`engine.rounds.converge`):
+    repairs first, then the push; only the transport is in-process."""
+    counts = {"rounds": 0, "copied": 0, "reassigned": 0, "pushed": 0}
+
+    async def plan() -> Planned:
         counts["rounds"] += 1
         summaries = owner.read_sync(
             lambda s: {
@@ -61,24 +74,31 @@ def sync(owner: Store, replica: Store, account: str = ACCOUNT) -> dict[str, int]
         )
         own, records, known = owner.read_sync(partial(owner_view, account=account, replica=theirs))
         repairs, push = compare(own, records, theirs, known)
-        if not repairs.empty:
-            guids = {r.guid for p in repairs.pulls for r in p.records}
-            frames = [(g, replica.spool.read(g)) for g in sorted(guids)]
-            dirs = owner.spool.put_many(frames)
-            result = owner.write_sync(
-                partial(apply_repairs, account_name=account, repairs=repairs, has=owner.spool.has),
-                dirs=dirs,
-            )
-            counts["copied"] += result.copied
-            counts["reassigned"] += result.reassigned
-            continue
-        if push.empty:
-            return counts
+        return Planned(repairs, push)
+
+    async def repair(planned: Planned) -> None:
+        repairs = planned.repairs
+        guids = {r.guid for p in repairs.pulls for r in p.records}
+        frames = [(g, replica.spool.read(g)) for g in sorted(guids)]
+        dirs = owner.spool.put_many(frames)
+        result = owner.write_sync(
+            partial(apply_repairs, account_name=account, repairs=repairs, has=owner.spool.has),
+            dirs=dirs,
+        )
+        counts["copied"] += result.copied
+        counts["reassigned"] += result.reassigned
+
+    push = asyncio.run(converge(account, plan, repair)).push
+    if not push.empty:
         needed = {r.guid for mp in push.mailboxes for r in mp.upserts}
         frames = [(g, owner.spool.read(g)) for g in sorted(needed) if not replica.spool.has(g)]
         replica.spool.fsync_dirs(replica.spool.put_many(frames))
-        replica.write_sync(partial(apply_push, push=push, has=replica.spool.has), replaying=True)
-    raise AssertionError(f"sync did not converge: {counts}")
+        result = replica.write_sync(
+            partial(apply_push, push=push, has=replica.spool.has), replaying=True
+        )
+        assert not result.mismatched, result.mismatched
+        counts["pushed"] = 1
+    return counts
 
 
 def snapshot(store: Store, account: str = ACCOUNT) -> dict[str, Any]:
@@ -236,8 +256,8 @@ def test_split_then_sync_converges_without_loss(
     after_replica = snapshot(replica)
     # Converged: the same mailboxes, names, UIDVALIDITYs, records and checksums.
     assert after_owner == after_replica
-    # A second sync has nothing to do.
-    assert sync(owner, replica)["rounds"] == 1
+    # A second sync has nothing to do: one compare, no repair, nothing to push.
+    assert sync(owner, replica) == {"rounds": 1, "copied": 0, "reassigned": 0, "pushed": 0}
     # No mail lost: the owner's live mail, and replica mail the owner never had.
     must_keep = live_guids(owner_before) | (live_guids(replica_before) - owner_known)
     assert must_keep <= live_guids(after_owner)

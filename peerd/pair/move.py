@@ -17,8 +17,7 @@ from engine.errors import EngineError, NoSuchAccount
 from ownership import table as ownership_table
 from ownership.errors import UnknownNode
 from ownership.rows import OwnershipView, row_view
-from peerd.pair.partner import Pair
-from peerd.replication.client import exchange_rows
+from peerd.pair.partner import Pair, exchange_rows
 
 __all__ = ["HomeMoved", "move_home"]
 

@@ -6,6 +6,8 @@ node, its sync client (the partner's sync listener) and its proxy hooks.
 exchanges ownership rows at once (a node that just gave accounts away must
 not leave the partner unaware); :func:`partner_api` calls the partner's
 control API (``[partner] api``), e.g. to forward a switchover to the owner.
+:func:`exchange_rows` is the exchange itself: the sync listener's
+``ownership`` request (``docs/protocol.md``).
 """
 
 from __future__ import annotations
@@ -16,14 +18,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from sqlalchemy.orm import Session
 
-from engine.errors import EngineError
+from engine.errors import EngineError, SyncProtocolError
+from engine.syncwire import decode_json, encode_json
+from ownership import table as ownership_table
 from ownership.errors import PartnerUnreachable
+from ownership.rows import parse_row
 from peerd.node.node import Node
 from peerd.pair.hooks import Hooks
-from peerd.replication.client import SyncClient, exchange_rows
+from peerd.replication.client import SyncClient
 
-__all__ = ["Pair", "partner_answers", "partner_api", "tell_partner"]
+__all__ = ["Pair", "exchange_rows", "partner_answers", "partner_api", "tell_partner"]
 
 log = logging.getLogger("peerd.pair.partner")
 
@@ -47,6 +53,34 @@ async def partner_answers(client: SyncClient, timeout: float = 2.0) -> bool:
     except (EngineError, TimeoutError):
         return False
     return True
+
+
+async def exchange_rows(node: Node, client: SyncClient) -> list[str]:
+    """Send all our ownership rows; adopt the partner's newer ones.
+
+    Returns the accounts whose owner changed to someone else here.
+    """
+    rows = await node.store.read(lambda s: [v.to_json() for v in ownership_table.views(s)])
+    raw = await client.call("ownership", encode_json({"rows": rows}), compressed=False)
+    answer = decode_json(raw).get("rows", [])
+    theirs = []
+    for item in answer if isinstance(answer, list) else []:
+        try:
+            theirs.append(parse_row(item))
+        except SyncProtocolError as exc:
+            log.warning("ownership exchange: %s skipped: %s", node.partner, exc.message)
+
+    def adopt(session: Session) -> list[str]:
+        changed = []
+        for row in theirs:
+            before = ownership_table.get(session, row.account)
+            was_mine = before is not None and before.owner == node.name
+            learned = ownership_table.adopt_view(session, row, f"learned from {node.partner}")
+            if learned and was_mine and row.owner != node.name:
+                changed.append(row.account)
+        return changed
+
+    return await node.store.write(adopt)
 
 
 async def tell_partner(pair: Pair, why: str, tries: int = 3) -> bool:

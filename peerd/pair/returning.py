@@ -28,7 +28,8 @@ from engine.syncwire import encode_json
 from ownership import table as ownership_table
 from peerd.node.backoff import Backoff
 from peerd.node.node import Node
-from peerd.replication.client import SyncClient, exchange_rows
+from peerd.pair.partner import exchange_rows
+from peerd.replication.client import SyncClient
 
 __all__ = ["Returned", "exchange_at_start", "exchange_once_reachable"]
 

@@ -70,7 +70,7 @@ from ownership.rows import OwnershipView, parse_row, row_view
 from peerd.node.config import Address
 from peerd.node.node import Node
 
-__all__ = ["SyncClient", "SyncReport", "exchange_rows"]
+__all__ = ["SyncClient", "SyncReport"]
 
 log = logging.getLogger("peerd.sync.client")
 
@@ -550,34 +550,6 @@ class SyncClient:
 
         await asyncio.gather(*(send(items) for items in batches))
         report.steps.append(f"UPLOAD [{report.uploaded} msgs]")
-
-
-async def exchange_rows(node: Node, client: SyncClient) -> list[str]:
-    """Send all our ownership rows; adopt the partner's newer ones.
-
-    Returns the accounts whose owner changed to someone else here.
-    """
-    rows = await node.store.read(lambda s: [v.to_json() for v in ownership_table.views(s)])
-    raw = await client.call("ownership", encode_json({"rows": rows}), compressed=False)
-    answer = decode_json(raw).get("rows", [])
-    theirs = []
-    for item in answer if isinstance(answer, list) else []:
-        try:
-            theirs.append(parse_row(item))
-        except SyncProtocolError as exc:
-            log.warning("ownership exchange: %s skipped: %s", node.partner, exc.message)
-
-    def adopt(session: Session) -> list[str]:
-        changed = []
-        for row in theirs:
-            before = ownership_table.get(session, row.account)
-            was_mine = before is not None and before.owner == node.name
-            learned = ownership_table.adopt_view(session, row, f"learned from {node.partner}")
-            if learned and was_mine and row.owner != node.name:
-                changed.append(row.account)
-        return changed
-
-    return await node.store.write(adopt)
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,6 +57,7 @@ from typing import Any
 
 from engine.errors import EngineError, TemporaryFailure
 from engine.spool import GUID_RE, Spool, Staged
+from peerd.node.backoff import Backoff
 from peerd.node.config import Address, Config, load_config
 from peerd.node.errormap import S451_LOCAL_ERROR, lmtp_reply
 from peerd.services.lmtp.backend import Message, StoreBackend
@@ -269,7 +270,7 @@ class _Worker:
             write_frame(writer, reply)
 
     async def _supervise(self) -> None:
-        pause = RESTART_MIN
+        backoff = Backoff(RESTART_MIN, RESTART_MAX)
         while True:
             assert self.process is not None
             code = await self.process.wait()
@@ -280,6 +281,7 @@ class _Worker:
             removed = self.pool.backend.node.store.spool.clean_temp(self.process.pid)
             if self.pool._stopping:
                 return
+            pause = backoff.next()
             log.error(
                 "LMTP worker %d (pid %d) exited with %s (%d temp file(s) removed); "
                 "starting it again in %.1fs",
@@ -292,7 +294,6 @@ class _Worker:
             await asyncio.sleep(pause)
             if self.pool._stopping:
                 return
-            pause = min(pause * 2, RESTART_MAX)
             self.restarts += 1
             self.pool.backend.node.counters.inc("lmtp_worker_restarts")
             try:
