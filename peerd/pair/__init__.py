@@ -1,1 +1,2 @@
-"""Pair operations: failover, switchover, failback, proxy hooks, the spool sweep."""
+"""Pair operations as plain async functions with typed results: failover, switchover,
+failback, moving a home, the return exchange at start; proxy hooks; the spool sweep."""

@@ -1,1 +1,1 @@
-"""Replication: the sync client and listener, the rolling worker, the scheduled reconcile."""
+"""Replication: the sync client and listener, the rolling worker, the scheduled reconcile, syncs by hand."""

@@ -9,7 +9,8 @@ How this works, for one account (the steps are printed in Cyrus's words by
    ``sync_base``). Equal mailboxes cost nothing more.
 2. Compare (:mod:`engine.compare`). If the replica holds mail we never had,
    or a UID names two messages, FETCH those bytes, repair here (copy in with
-   new UIDs), and start again from 1 — our state changed.
+   new UIDs), and start again from 1 — our state changed (the rounds are
+   :func:`engine.rounds.converge`).
 3. RESERVE: ask which GUIDs the replica lacks; UPLOAD only those, in large
    frame batches (a moved or copied message is never sent again).
 4. APPLY: CREATE/RENAME/DELETE mailboxes, EXPUNGE, SETFLAGS/SETSEEN, SUB,
@@ -36,7 +37,7 @@ import base64
 import logging
 import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -569,8 +570,6 @@ def summaries_names(summaries: list[Any]) -> list[str]:
 
 
 def _restrict(state: AccountState, include: set[str]) -> AccountState:
-    from dataclasses import replace
-
     return replace(
         state, mailboxes=tuple(m for m in state.mailboxes if m.summary.uniqueid in include)
     )

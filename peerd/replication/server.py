@@ -33,6 +33,7 @@ from engine.errors import EngineError, SyncProtocolError, SyncStale
 from engine.syncstate import account_digests, known_guids, read_account_state
 from engine.syncwire import (
     OFF_LOOP,
+    compress,
     decode_account_state,
     decode_delta,
     decode_frames,
@@ -158,8 +159,6 @@ class SyncServer:
     ) -> web.Response:
         headers = {}
         if request.headers.get("X-Sync-Encoding") == "zlib":
-            from engine.syncwire import compress
-
             data = compress(data, messages=content_type == "application/octet-stream")
             headers["X-Sync-Encoding"] = "zlib"
         self.bytes_out += len(data)
