@@ -93,17 +93,19 @@ def _split_flags(values: Iterable[str]) -> list[str]:
 
 
 def _strip_html(text: str) -> str:
+    # Tags become a space, then runs of white space one space: HTML white
+    # space carries no meaning, and "<p>a</p><p>b</p>" must not read "ab".
     out: list[str] = []
     position = 0
     while True:
         start = text.find("<", position)
         if start < 0:
             out.append(text[position:])
-            return "".join(out)
+            return " ".join("".join(out).split())
         out.append(text[position:start])
         end = text.find(">", start)
         if end < 0:
-            return "".join(out)
+            return " ".join("".join(out).split())
         out.append(" ")
         position = end + 1
 
