@@ -227,6 +227,7 @@ class Session:
             self.state = State.AUTHENTICATED
             self.user = request.user
             self._reader.max_literal = self.config.limits.max_script_size
+            self._reader.skip_oversized = True
             return r.Response(r.OK, reply.text or "Logged in").encode()
         if isinstance(request, c.ListScripts):
             if not isinstance(reply, Scripts):
@@ -331,6 +332,7 @@ class Session:
             self.state = State.NON_AUTHENTICATED
             self.user = None
             self._reader.max_literal = self.config.max_literal_before_login
+            self._reader.skip_oversized = False
             self._reply(r.OK, "Unauthenticate completed")
         elif isinstance(command, c.Authenticate):
             self._authenticate(command)

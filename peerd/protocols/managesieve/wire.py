@@ -18,7 +18,8 @@ Caps, all in the reader so memory stays bounded whatever the client sends:
   script size cap after. A literal over the cap is skipped without being
   kept (its octets are on their way anyway) and reported as too big, with
   the command's name so PUTSCRIPT can answer ``NO (QUOTA/MAXSIZE)``; one
-  over ``SKIP_FACTOR`` times the cap is fatal (the session says BYE).
+  over ``SKIP_FACTOR`` times the cap is fatal (the session says BYE), and so
+  is any oversized literal while ``skip_oversized`` is off (before login).
 - ``MAX_WORDS`` words per command.
 """
 
@@ -163,6 +164,7 @@ class Reader:
             raise ValueError("max_line must be at least 64 and max_literal not negative")
         self.max_line = max_line
         self.max_literal = max_literal
+        self.skip_oversized = False
         self._buffer = bytearray()
         self._scanned = 0
         self._words: list[Word] = []
@@ -267,7 +269,7 @@ class Reader:
                 self._words = []
                 return line
             if literal > self.max_literal:
-                fatal = literal > self.max_literal * SKIP_FACTOR
+                fatal = not self.skip_oversized or literal > self.max_literal * SKIP_FACTOR
                 bad = self._refuse(
                     f"literal of {literal} octets is over the limit of {self.max_literal}",
                     too_big=True,
