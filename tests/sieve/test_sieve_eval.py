@@ -6,6 +6,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from peerd.protocols.sieve import (
     Context,
@@ -455,3 +457,59 @@ def test_variables_cannot_grow_without_bound() -> None:
     result = run(script, context=Context(limits=Limits(max_variable=1000)))
     (action,) = result.actions
     assert isinstance(action, FileInto) and len(action.mailbox) == 1000
+
+
+EVERY_TEST = """require ["fileinto", "envelope", "body", "variables", "vacation", "imap4flags",
+                  "subaddress", "relational", "comparator-i;ascii-numeric", "copy"];
+if anyof (header :matches "subject" "*a*?*", address :detail :contains "to" "x",
+          envelope :domain :is "from" "example.com", body :text :contains "z",
+          body :raw :matches "*\\r\\n*", body :content "" :contains "q",
+          address :count "gt" :comparator "i;ascii-numeric" ["to", "cc", "from"] "1",
+          exists "list-id", size :over 1K) {
+    fileinto :copy "${1}x";
+}
+addflag "${0}";
+vacation :handle "h" "away";
+"""
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600), st.sampled_from(["", "a@b", "MAILER-DAEMON", "x@example.com"]))
+def test_arbitrary_messages_never_break_evaluation(data: bytes, sender: str) -> None:
+    program = compile_script(EVERY_TEST)
+    started = time.perf_counter()
+    result = evaluate(program, Message.from_bytes(data, sender, "bob@example.org"), USER)
+    assert time.perf_counter() - started < 1.0
+    assert result.error is None or isinstance(result.error, SieveRuntimeError)
+    assert result.actions
+
+
+_MAIL_PIECES = st.sampled_from(
+    [
+        b"To: ",
+        b"From: ",
+        b"Subject: ",
+        b"Content-Type: multipart/mixed; boundary=b\r\n",
+        b"--b\r\n",
+        b"Content-Transfer-Encoding: base64\r\n",
+        b"=?utf-8?b?w6k=?=",
+        b"=?x?q?",
+        b"<bob@example.org>",
+        b'"a, b" <c@d>',
+        b"(((",
+        b")",
+        b"\r\n",
+        b"\r\n\r\n",
+        b"a@b, ",
+        b"List-Id: x\r\n",
+        b"\xff\xfe",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_MAIL_PIECES, max_size=40))
+def test_mail_shaped_input_never_breaks_evaluation(pieces: list[bytes]) -> None:
+    program = compile_script(EVERY_TEST)
+    result = evaluate(program, Message.from_bytes(b"".join(pieces), "a@b", "bob@x"), USER)
+    assert result.actions

@@ -133,7 +133,7 @@ def _decode_word(match: re.Match[str]) -> str:
     charset, encoding, text = match.groups()
     try:
         if encoding in "bB":
-            data = base64.b64decode(text + "=" * (-len(text) % 4))
+            data = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
         else:
             data = quopri.decodestring(text.replace("_", " ").encode("ascii"), header=True)
     except (binascii.Error, ValueError, UnicodeEncodeError):
