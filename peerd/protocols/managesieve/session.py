@@ -26,6 +26,15 @@ is a :class:`Done`, a :class:`Refused` (with a response code such as
 :class:`ScriptContent` for GETSCRIPT. Until a request is answered,
 :meth:`Session.next_event` refuses to go on (responses keep command order).
 
+What the service owes each request (RFC 5804 sections 2.5-2.11): PutScript
+stores or replaces the script (it was already compiled); HaveSpace checks
+the account's script count (the size was checked here); SetActive with
+name "" leaves no script active, an unknown name is NONEXISTENT;
+DeleteScript of the active script is ACTIVE; RenameScript onto an existing
+name is ALREADYEXISTS and keeps the active mark with the script. A store
+that cannot write now (the account moved, the database is busy) answers
+``Refused(text, TRYLATER)``.
+
 What the core does on its own: CAPABILITY, NOOP, LOGOUT, STARTTLS (bytes
 pipelined behind it are thrown away: they came in the clear, section 2.2),
 UNAUTHENTICATE, the SASL PLAIN exchange (initial response or a ``""``
