@@ -1,0 +1,174 @@
+"""The message a script is run against: headers, envelope, size and body parts.
+
+How this works: the delivery side builds a :class:`Message` with
+:meth:`Message.from_bytes` (the message as received, the envelope sender and
+the recipient this delivery is for) or directly from values it already has.
+Headers are unfolded (RFC 5322 section 2.2.3) and kept twice: ``raw`` for
+the ``address`` test, which must parse addresses before any decoding (a
+display name decoded from RFC 2047 may hold a comma), and ``value``, decoded
+from RFC 2047 encoded words, for ``header`` (RFC 5228 section 2.7.2 compares
+decoded text).
+
+The RFC 2047 decoder here is linear: one regular expression whose pieces are
+runs of single character classes (an encoded word holds no "?" or white
+space), so a header of thousands of ``=?`` costs one pass; the standard
+library's decoder uses a lazy ``.*?`` that is quadratic on such input.
+
+Body parts (RFC 5173 ``body``) are worked out only when a script asks, by
+:func:`body_parts`, with the standard library's MIME parser.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import email
+import email.policy
+import quopri
+import re
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = ["BodyPart", "Header", "Message", "body_parts", "decode_words", "raw_body"]
+
+_ENCODED_WORD: Final = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
+_BLANK_BETWEEN: Final = re.compile(r"[ \t\r\n]+")
+_FOLD: Final = re.compile(r"\r?\n(?=[ \t])")
+# Parts beyond this many are not looked at by the body test.
+MAX_BODY_PARTS: Final = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    name: str  # as written; compared case-insensitively
+    value: str  # unfolded, RFC 2047 words decoded
+    raw: str  # unfolded, not decoded
+
+    @classmethod
+    def of(cls, name: str, raw: str) -> Header:
+        return cls(name, decode_words(raw), raw)
+
+
+@dataclass(frozen=True, slots=True)
+class BodyPart:
+    content_type: str  # "type/subtype", lower-case
+    text: str  # transfer encoding and charset decoded
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    headers: tuple[Header, ...]
+    # RFC 5228 section 5.4: the envelope. "" is the null reverse-path <>.
+    envelope_from: str
+    # The recipient this delivery is for (RCPT TO), as the MTA gave it.
+    envelope_to: str
+    # RFC 5228 section 5.9: the message size in octets.
+    size: int
+    # The whole message as received (the body test parses it when needed).
+    raw: bytes = b""
+
+    @classmethod
+    def from_bytes(cls, data: bytes, envelope_from: str, envelope_to: str) -> Message:
+        return cls(_parse_headers(data), envelope_from, envelope_to, len(data), data)
+
+    def values(self, name: str) -> list[str]:
+        lowered = name.lower()
+        return [header.value for header in self.headers if header.name.lower() == lowered]
+
+    def raw_values(self, name: str) -> list[str]:
+        lowered = name.lower()
+        return [header.raw for header in self.headers if header.name.lower() == lowered]
+
+    def has(self, name: str) -> bool:
+        lowered = name.lower()
+        return any(header.name.lower() == lowered for header in self.headers)
+
+
+def _split(data: bytes) -> tuple[bytes, bytes]:
+    # The header ends at the first empty line (RFC 5322 section 2.1), CRLF or LF.
+    best, length = -1, 0
+    for separator in (b"\r\n\r\n", b"\n\n"):
+        end = data.find(separator)
+        if end >= 0 and (best < 0 or end < best):
+            best, length = end, len(separator)
+    return (data, b"") if best < 0 else (data[:best], data[best + length :])
+
+
+def raw_body(data: bytes) -> bytes:
+    """The octets after the blank line that ends the header (RFC 5322 section 2.1)."""
+    return _split(data)[1]
+
+
+def _text(data: bytes) -> str:
+    # RFC 6532 allows UTF-8 in headers; anything else is read as Latin-1
+    # so no octet is lost.
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def _parse_headers(data: bytes) -> tuple[Header, ...]:
+    block = _text(_split(data)[0])
+    out: list[Header] = []
+    for line in _FOLD.sub("", block).splitlines():
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip() or " " in name:
+            continue  # not a header field (RFC 5322 section 2.2): ignored
+        out.append(Header.of(name, value.strip()))
+    return tuple(out)
+
+
+def _charset(name: str) -> str:
+    # RFC 2231 section 5: "utf-8*en" carries a language after "*".
+    name = name.partition("*")[0]
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        return "latin-1"
+
+
+def _decode_word(match: re.Match[str]) -> str:
+    charset, encoding, text = match.groups()
+    try:
+        if encoding in "bB":
+            data = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+        else:
+            data = quopri.decodestring(text.replace("_", " ").encode("ascii"), header=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        return match.group(0)
+    return data.decode(_charset(charset), "replace")
+
+
+def decode_words(raw: str) -> str:
+    """RFC 2047 encoded words decoded; blanks between two words dropped (section 6.2)."""
+    if "=?" not in raw:
+        return raw
+    out: list[str] = []
+    position = 0
+    for match in _ENCODED_WORD.finditer(raw):
+        gap = raw[position : match.start()]
+        if not (out and _BLANK_BETWEEN.fullmatch(gap)):
+            out.append(gap)
+        out.append(_decode_word(match))
+        position = match.end()
+    out.append(raw[position:])
+    return "".join(out)
+
+
+def body_parts(data: bytes) -> list[BodyPart]:
+    """The leaf MIME parts of a message, decoded (RFC 5173 section 5)."""
+    parsed = email.message_from_bytes(data, policy=email.policy.compat32)
+    out: list[BodyPart] = []
+    for part in parsed.walk():
+        if part.is_multipart():
+            continue
+        if len(out) >= MAX_BODY_PARTS:
+            break
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            payload = b""
+        charset = _charset(part.get_content_charset() or "us-ascii")
+        out.append(BodyPart(part.get_content_type().lower(), payload.decode(charset, "replace")))
+    return out
