@@ -121,9 +121,6 @@ def graph() -> dict[str, set[str]]:
     return edges
 
 
-# Issue 14 is moving the HTTP handlers out of pair/ and replication/ and
-# breaking the IMAP parser's cycle; until then these two fail as expected.
-@pytest.mark.xfail(strict=True, reason="issue 14: handlers still live in pair/ and replication/")
 def test_imports_only_go_down() -> None:
     wrong = []
     for module, targets in graph().items():
@@ -159,7 +156,7 @@ def test_the_engine_knows_nothing_of_peerd() -> None:
     assert not wrong, "\n".join(sorted(wrong))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14: control<->metrics, IMAP parser cycles")
+@pytest.mark.xfail(strict=True, reason="issue 14: the IMAP parser's cycle is being broken")
 def test_no_import_cycles() -> None:
     edges = graph()
     index: dict[str, int] = {}
