@@ -173,7 +173,7 @@ def test_lmtp_max_line_is_honoured(lone_node: NodeFactory) -> None:
     node.add_account("max")
     with node.lmtp() as client:
         client.ehlo("x")
-        # Longer than aiosmtpd's own 512 bytes, shorter than max_line: accepted.
+        # Longer than RFC 5321's least 512 octets, shorter than max_line: accepted.
         code, text = client.docmd("MAIL FROM:<" + "a" * 800 + "@example.test>")
         assert code == 250, text
         code, _ = client.docmd("RCPT TO:<max@example.test>" + " " * 1000)

@@ -1,6 +1,6 @@
 """The LMTP protocol front on its own: pipelined replies and the 421 at shutdown.
 
-The front (:mod:`peerd.services.lmtp.front`, aiosmtpd) runs on a real loopback socket with a
+The front (:mod:`peerd.services.lmtp.front`, over the core) runs on a real loopback socket with a
 backend whose recipient check waits on a gate, so a test decides when a
 pipelined command's reply may be due. Both event loops a front runs on are
 covered: asyncio's (the daemon, ``workers = 0``) and uvloop's (LMTP workers).

@@ -3,13 +3,14 @@
 How this works: the daemon binds the LMTP port itself and starts ``[lmtp]
 workers`` processes (``peerd lmtp-worker``) that inherit the listening socket
 and one end of a socketpair each. A worker runs the protocol front of
-:mod:`peerd.services.lmtp.front` (aiosmtpd, the SHA-1, the spool's temp file) and asks
-the daemon over the socketpair for what needs the database: a recipient
-check at RCPT, the delivery after DATA. The daemon answers with
-:class:`~peerd.services.lmtp.backend.StoreBackend`, where every delivery joins the
-group commit (which makes the temp file durable and renames it into the
-spool; ``tmp`` is null when the same bytes are in the spool already). So
-the protocol's Python work runs on another core instead of taking turns with the group commit for the daemon's interpreter lock, and
+:mod:`peerd.services.lmtp.front` (the protocol core, TLS, the SHA-1, the
+spool's temp file) and asks the daemon over the socketpair for what needs
+the database: a recipient check at RCPT, the delivery after DATA. The daemon
+answers with :class:`~peerd.services.lmtp.backend.StoreBackend`, where every
+delivery joins the group commit (which makes the temp file durable and
+renames it into the spool; ``tmp`` is null when the same bytes are in the
+spool already). So the protocol's Python work runs on another core instead
+of taking turns with the group commit for the daemon's interpreter lock, and
 one process still owns the database and the sync log.
 
 The pipe carries frames: a 4-byte big-endian length, then a JSON object.
