@@ -305,7 +305,9 @@ class LmtpSession(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return False
-        transport.write(self.core.close_with(reply))
+        out = self.core.close_with(reply)
+        if not self._tls_pending:  # in mid-handshake the socket speaks TLS only
+            transport.write(out)
         transport.close()
         return True
 
