@@ -233,6 +233,7 @@ class LmtpSession(asyncio.Protocol):
         self._writable: asyncio.Future[None] | None = None  # writing is paused
         self._reading_paused = False
         self._tls_pending = False  # start_tls called; the first bytes come over TLS
+        self._upgrading = False  # start_tls has not returned: self.transport is the raw one
         self._task: asyncio.Task[None] | None = None
         self._last_input = self.loop.time()
         self._timer: asyncio.TimerHandle | None = None
@@ -268,6 +269,7 @@ class LmtpSession(asyncio.Protocol):
             and self.core.buffered > _PAUSE_AT
             and self.core.state is not State.DATA
             and self.transport is not None
+            and not self._upgrading
         ):
             self._reading_paused = True
             self.transport.pause_reading()
@@ -306,7 +308,7 @@ class LmtpSession(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return False
         out = self.core.close_with(reply)
-        if not self._tls_pending:  # in mid-handshake the socket speaks TLS only
+        if not self._upgrading:  # in mid-handshake the socket speaks TLS only
             transport.write(out)
         transport.close()
         return True
@@ -379,6 +381,7 @@ class LmtpSession(asyncio.Protocol):
         # it first yields: nothing more is read in the clear.
         self._reading_paused = False
         self._tls_pending = True
+        self._upgrading = True
         try:
             upgraded = await self.loop.start_tls(
                 transport,
@@ -391,6 +394,8 @@ class LmtpSession(asyncio.Protocol):
             log.info("LMTP %s: TLS handshake failed: %s", self.peer, exc or type(exc).__name__)
             transport.close()
             return False
+        finally:
+            self._upgrading = False
         if upgraded is None:
             transport.close()
             return False
