@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.lmtp_ingest [--messages 3200] [--connections 20]
         [--client pipelining|smtplib] [--warmup 800] [--workers 1]
-        [--flush filesystem|file]
+        [--flush filesystem|file] [--py-spy FILE]
 
 Starts a node (SQLite, fsync on, replication off) in a temp dir, creates one
 account per connection, delivers ``--warmup`` messages of the mix (not
@@ -26,6 +26,14 @@ The client:
   which waits for each reply before the next command (a round trip per
   command, and the dot-stuffing done while timed).
 
+It also prints the CPU each process used per message over the timed part
+(``/proc``: all threads, user and system): the LMTP worker, the daemon, and
+this script's client. Those figures move less with a loaded machine than
+the rate does. ``--py-spy FILE`` records the worker (the daemon with
+``--workers 0``) with py-spy over the timed part, as py-spy's "raw" format
+(collapsed stacks, one a line: the input of flamegraph.pl and speedscope);
+py-spy must be on the PATH.
+
 On an ext4 without a journal (this project's machines), the kernel's inode
 allocator skips every inode freed in the last 60 seconds (360 while its
 inode table block is unwritten; ``recently_deleted()`` in
@@ -41,7 +49,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
+import signal
 import smtplib
+import subprocess
 import tempfile
 import threading
 import time
@@ -146,6 +157,14 @@ def run_smtplib(
     return failures, time.perf_counter() - started
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU of a process, all its threads (Linux ``/proc``)."""
+    # proc(5): utime and stime are fields 14 and 15; the name (field 2) may
+    # hold spaces, so count from its closing parenthesis.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def settle(seconds: float) -> None:
     """Wait until ``seconds`` have passed since the last run deleted its files."""
     try:
@@ -170,6 +189,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--flush", default="filesystem")
     parser.add_argument("--settle", type=float, default=65.0)
+    parser.add_argument("--py-spy", dest="py_spy", type=Path, default=None)
     args = parser.parse_args()
     settle(args.settle)
     try:
@@ -204,8 +224,19 @@ def report(workdir: Path, args: argparse.Namespace) -> None:
             failures, _ = client(node.ports["lmtp"], warmup, rcpts)
             if failures:
                 raise SystemExit(f"{len(failures)} warm-up deliveries failed: {failures[:3]}")
-        before = node.call("GET", "/v1/status")["store"]
+        status = node.call("GET", "/v1/status")
+        before = status["store"]
+        assert node.proc is not None
+        pids = {"daemon": node.proc.pid}
+        for n, worker in enumerate(status.get("lmtp", {}).get("workers", [])):
+            pids[f"worker {n}" if n else "worker"] = int(worker["pid"])
+        spy = _start_py_spy(args.py_spy, pids.get("worker", pids["daemon"]))
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        client_before = time.process_time()
         failures, seconds = client(node.ports["lmtp"], payloads, rcpts)
+        client_cpu = time.process_time() - client_before
+        cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+        _stop_py_spy(spy)
         after = node.call("GET", "/v1/status")["store"]
     finally:
         node.stop()
@@ -223,11 +254,32 @@ def report(workdir: Path, args: argparse.Namespace) -> None:
         f"ceiling           {ceil_rate:8.0f} msgs/s  {ceil_mbs:6.1f} MB/s  (write+fsync per file, Python)"
     )
     print(f"ratio             {rate / ceil_rate:8.2f} of the ceiling")
+    cpu["client"] = client_cpu
+    shares = ", ".join(f"{name} {1000 * used / count:.2f}" for name, used in cpu.items())
+    print(f"CPU per message   {shares} ms")
     writes, batches = after["writes"] - before["writes"], after["batches"] - before["batches"]
     print(
         f"group commit      {writes} deliveries in {batches} commits "
         f"({writes / batches:.1f} a commit; largest since start {after['largest_batch']})"
     )
+
+
+def _start_py_spy(output: Path | None, pid: int) -> subprocess.Popen[bytes] | None:
+    if output is None:
+        return None
+    exe = shutil.which("py-spy")
+    if exe is None:
+        raise SystemExit("--py-spy: py-spy is not on the PATH")
+    argv = [exe, "record", "--pid", str(pid), "--format", "raw", "--output", str(output)]
+    spy = subprocess.Popen([*argv, "--rate", "250", "--nonblocking"], stdout=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached before the timing starts
+    return spy
+
+
+def _stop_py_spy(spy: subprocess.Popen[bytes] | None) -> None:
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        spy.wait(60)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,13 @@ import signal
 import smtplib
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,6 +62,7 @@ def test_lhlo_advertises_the_extensions(node: LoneNode) -> None:
         assert client.esmtp_features["size"] == str(200 * 1024)
         for extension in ("8bitmime", "pipelining", "enhancedstatuscodes"):
             assert client.has_extn(extension), extension
+        assert not client.has_extn("starttls")  # no [tls] certificate here
         code, _ = client.helo("client.test")  # LMTP has no HELO (RFC 2033 4.1)
         assert code >= 500
 
@@ -173,7 +176,7 @@ def test_lmtp_max_line_is_honoured(lone_node: NodeFactory) -> None:
     node.add_account("max")
     with node.lmtp() as client:
         client.ehlo("x")
-        # Longer than aiosmtpd's own 512 bytes, shorter than max_line: accepted.
+        # Longer than RFC 5321's least 512 octets, shorter than max_line: accepted.
         code, text = client.docmd("MAIL FROM:<" + "a" * 800 + "@example.test>")
         assert code == 250, text
         code, _ = client.docmd("RCPT TO:<max@example.test>" + " " * 1000)
@@ -498,3 +501,136 @@ def test_sigterm_tells_an_open_session_421(lone_node: NodeFactory, workers: int)
         node.proc.send(signal.SIGTERM)
         assert reader.readline().startswith(b"421 4.3.2")
     assert node.proc.wait(30) == 0
+
+
+# --- STARTTLS (RFC 3207), offered when [tls] has a certificate -------------------
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (openssl CLI)."""
+    cert, key = directory / "lmtp.crt", directory / "lmtp.key"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.fixture
+def tls_node(lone_node: NodeFactory, tmp_path: Path, request: pytest.FixtureRequest) -> LoneNode:
+    cert, key = self_signed(tmp_path)
+    workers = getattr(request, "param", 1)
+    node = lone_node({"tls": {"cert": str(cert), "key": str(key)}, "lmtp": {"workers": workers}})
+    node.add_account("tlsuser")
+    return node
+
+
+def client_context(node: LoneNode) -> ssl.SSLContext:
+    """Trusts the node's certificate only, and checks it names 127.0.0.1."""
+    config = node.config.read_text()
+    cert = config.split('cert = "', 1)[1].split('"', 1)[0]
+    return ssl.create_default_context(cafile=cert)
+
+
+def read_reply(reader: Any) -> bytes:
+    """The last line of the next (possibly multi-line) reply."""
+    while (line := reader.readline())[3:4] == b"-":
+        pass
+    assert line, "the server closed the connection"
+    return bytes(line)
+
+
+@pytest.mark.parametrize("tls_node", [1, 0], indirect=True, ids=["worker", "in-daemon"])
+def test_starttls_then_delivery_over_tls(tls_node: LoneNode) -> None:
+    with tls_node.lmtp() as client:
+        client.ehlo("client.test")
+        assert client.has_extn("starttls")
+        code, _ = client.starttls(context=client_context(tls_node))
+        assert code == 220
+        client.ehlo("client.test")  # RFC 3207 4.2: LHLO again, and no STARTTLS now
+        assert not client.has_extn("starttls") and client.has_extn("pipelining")
+        assert client.sendmail("s@example.test", ["tlsuser@example.test"], msg("tls")) == {}
+    assert [r["guid"] for r in tls_node.records("tlsuser")] == [sha1(msg("tls"))]
+
+
+@pytest.mark.parametrize("tls_node", [1, 0], indirect=True, ids=["worker", "in-daemon"])
+def test_plaintext_injected_behind_starttls_is_not_run_inside_tls(tls_node: LoneNode) -> None:
+    """The CVE-2011-0411 class: commands sent in the clear in the same segment
+    as STARTTLS must not be taken as sent over TLS. If they were, the TLS
+    session would start inside the attacker's transaction: the client's RCPT
+    would be accepted and its DATA answered 354."""
+    context = client_context(tls_node)
+    with socket.create_connection(("127.0.0.1", tls_node.port("lmtp")), timeout=30) as raw:
+        reader = raw.makefile("rb")
+        assert read_reply(reader).startswith(b"220")
+        raw.sendall(b"LHLO client.test\r\n")
+        assert read_reply(reader).startswith(b"250")
+        raw.sendall(
+            b"STARTTLS\r\nLHLO evil.test\r\nMAIL FROM:<evil@example.test>\r\n"
+            b"RCPT TO:<tlsuser@example.test>\r\n"
+        )
+        assert read_reply(reader) == b"220 2.0.0 Ready to start TLS\r\n"
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            secure = tls.makefile("rb")
+            tls.sendall(b"RCPT TO:<tlsuser@example.test>\r\nDATA\r\n")
+            assert read_reply(secure).startswith(b"503 5.5.1")  # no LHLO, no MAIL
+            assert read_reply(secure).startswith(b"503 5.5.1")
+            tls.sendall(b"LHLO client.test\r\nMAIL FROM:<s@example.test>\r\nDATA\r\n")
+            assert read_reply(secure).startswith(b"250")  # LHLO
+            assert read_reply(secure).startswith(b"250")  # MAIL
+            assert read_reply(secure).startswith(b"503 5.5.1")  # DATA: no recipient
+    assert tls_node.records("tlsuser") == []
+
+
+def test_plaintext_sent_while_the_handshake_starts_is_never_answered_over_tls(
+    tls_node: LoneNode,
+) -> None:
+    """STARTTLS, then a command in a separate segment a moment later, then the
+    handshake (issue 9's attack): the command is either thrown away with the
+    rest of the plaintext or it breaks the handshake; it is never answered
+    over TLS."""
+    context = client_context(tls_node)
+    answered_over_tls = 0
+    handshakes = 0
+    for attempt in range(20):
+        with socket.create_connection(("127.0.0.1", tls_node.port("lmtp")), timeout=30) as raw:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            reader = raw.makefile("rb")
+            assert read_reply(reader).startswith(b"220")
+            raw.sendall(b"LHLO client.test\r\n")
+            assert read_reply(reader).startswith(b"250")
+            raw.sendall(b"STARTTLS\r\n")
+            time.sleep(0.001 * (attempt % 4))
+            raw.sendall(b"NOOP\r\n")
+            assert read_reply(reader) == b"220 2.0.0 Ready to start TLS\r\n"
+            try:
+                tls = context.wrap_socket(raw, server_hostname="127.0.0.1")
+            except (ssl.SSLError, ConnectionError):
+                continue  # the plaintext broke the handshake: refused
+            with tls:
+                handshakes += 1
+                secure = tls.makefile("rb")
+                tls.sendall(b"HELP\r\n")
+                try:
+                    first = read_reply(secure)
+                except (ssl.SSLError, ConnectionError, AssertionError):
+                    continue
+                answered_over_tls += not first.startswith(b"214")
+    assert answered_over_tls == 0, f"{answered_over_tls} of {handshakes} TLS sessions"
+    # The daemon keeps serving after the failed handshakes.
+    with tls_node.lmtp() as client:
+        assert client.noop()[0] == 250
+
+
+def test_lmtp_starttls_can_be_switched_off(lone_node: NodeFactory, tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    node = lone_node({"tls": {"cert": str(cert), "key": str(key)}, "lmtp": {"starttls": False}})
+    with node.lmtp() as client:
+        client.ehlo("client.test")
+        assert not client.has_extn("starttls")
+        assert client.docmd("STARTTLS")[0] == 502

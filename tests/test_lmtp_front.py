@@ -1,6 +1,6 @@
 """The LMTP protocol front on its own: pipelined replies and the 421 at shutdown.
 
-The front (:mod:`peerd.services.lmtp.front`, aiosmtpd) runs on a real loopback socket with a
+The front (:mod:`peerd.services.lmtp.front`, over the core) runs on a real loopback socket with a
 backend whose recipient check waits on a gate, so a test decides when a
 pipelined command's reply may be due. Both event loops a front runs on are
 covered: asyncio's (the daemon, ``workers = 0``) and uvloop's (LMTP workers).
@@ -20,6 +20,7 @@ import pytest
 import uvloop
 
 from engine.spool import Spool
+from peerd.services.lmtp import front
 from peerd.services.lmtp.backend import Message
 from peerd.services.lmtp.front import FrontSettings, LmtpHandler, serve_lmtp
 
@@ -181,3 +182,26 @@ def test_a_recipient_accepted_while_ownership_changed_is_asked_again(tmp_path: P
             assert s.backend.checks == 3, "forget_recipients kept a yes"
 
     asyncio.run(main())
+
+
+@LOOPS
+def test_an_idle_session_is_told_421_and_closed(
+    tmp_path: Path, run: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RFC 5321 4.5.3.2.7 gives a server five minutes; here a fraction of a
+    second, the same code path. A session waiting on the backend is busy,
+    not idle."""
+    monkeypatch.setattr(front, "IDLE_TIMEOUT", 0.3)
+
+    async def main() -> None:
+        async with _session(tmp_path) as s:
+            s.writer.write(b"MAIL FROM:<s@example.test>\r\nRCPT TO:<r@example.test>\r\n")
+            await asyncio.wait_for(s.backend.asked.wait(), 10)
+            await asyncio.sleep(1.0)  # the check is out: busy, so no timeout
+            s.backend.gate.set()
+            assert (await _reply(s.reader)).startswith(b"250")  # MAIL
+            assert (await _reply(s.reader)).startswith(b"250")  # RCPT
+            assert (await _reply(s.reader)).startswith(b"421 4.4.2")
+            assert await asyncio.wait_for(s.reader.read(), 10) == b""
+
+    run(main())

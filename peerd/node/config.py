@@ -173,6 +173,7 @@ class LmtpConfig:
     max_line: int = 4096
     shutdown_grace: dt.timedelta = dt.timedelta(seconds=10)
     workers: int = 1
+    starttls: bool = True  # offered only when [tls] has a certificate
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ from ownership.errors import (
     StaleEpoch,
     UnknownNode,
 )
+from peerd.protocols.lmtp import S501_BAD_ADDRESS, S552_TOO_BIG, S554_NUL
 from peerd.protocols.pop3 import CODE_SYS_PERM, CODE_SYS_TEMP, Err
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "S451_LOCAL_ERROR",
     "S451_NOT_OWNER",
     "S452_STORAGE",
+    "S501_BAD_ADDRESS",
     "S550_NO_SUCH_USER",
     "S552_OVER_QUOTA",
     "S552_TOO_BIG",
@@ -88,17 +90,16 @@ def problem_title(exc: BaseException) -> str:
 # LMTP replies (RFC 2033 4.2, RFC 5321 4.2, RFC 3463 enhanced status codes).
 S250_OK = "250 2.1.5 Delivered"
 S250_OK_DUPLICATE = "250 2.1.5 Delivered (duplicate suppressed)"
-S250_RCPT_OK = "250 2.1.5 Recipient OK"
 S421_SHUTTING_DOWN = "421 4.3.2 Service shutting down; try again later"
 S451_LOCAL_ERROR = "451 4.3.0 Temporary failure, try again later"
 S451_NOT_OWNER = "451 4.3.0 Account is served by another node now; try again"
 S452_STORAGE = "452 4.3.1 Insufficient system storage"
-S452_TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
 S550_NO_SUCH_USER = "550 5.1.1 No such user"
 S552_OVER_QUOTA = "552 5.2.2 Mailbox is over quota"
-S552_TOO_BIG = "552 5.3.4 Message too big for system"
-S554_NUL = "554 5.6.0 Message contains NUL characters"
-S501_BAD_ADDRESS = "501 5.1.3 Bad recipient address syntax"
+# S552_TOO_BIG, S554_NUL and S501_BAD_ADDRESS are the protocol core's
+# (peerd.protocols.lmtp): it sends them itself for a message too big, a
+# message with NUL and a malformed path; re-exported here for the errors
+# that mean the same.
 
 
 def _not_owner_lmtp(exc: BaseException) -> str:

@@ -39,6 +39,4 @@ def setup_logging(fmt: str = "text", level: str = "INFO", node: str = "") -> Non
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiosmtpd logs every command at INFO; that is debugging detail here.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -1,17 +1,26 @@
-"""The LMTP service (RFC 2033) on aiosmtpd: the protocol front.
+"""The LMTP service (RFC 2033): the protocol core on asyncio, and the spool.
 
-How this works: aiosmtpd speaks the protocol (LHLO, MAIL, RCPT, RSET,
-PIPELINING, 8BITMIME, SIZE); :class:`LmtpHandler` holds the hooks and does
-the per-message byte work: NUL and size checks, bare LF repair, the SHA-1
-and the spool's temp file (made durable by the group commit, with the other
-files of its batch). What needs the database goes to a backend with two calls:
-``check_rcpt(address)`` at RCPT and ``deliver(message)`` after DATA, which
-answers one reply per accepted recipient, in RCPT order (RFC 2033 4.2). The
-backend is :class:`peerd.services.lmtp.backend.StoreBackend` itself when the front
-runs in the daemon (``[lmtp] workers = 0``), or a client of it over a pipe
-when the front runs in LMTP worker processes (:mod:`peerd.services.lmtp.worker`):
-then the protocol's Python work runs beside the store's group commit
-instead of taking turns with it for one interpreter lock.
+How this works: each connection is an :class:`LmtpSession`, an asyncio
+protocol that feeds what the socket reads to the sans-I/O core
+(:class:`peerd.protocols.lmtp.LmtpConnection`) and writes what the core
+says is due. The core speaks the protocol (LHLO, MAIL, RCPT, DATA,
+PIPELINING, SIZE, STARTTLS, every limit); the session only moves bytes,
+keeps the idle timer, runs the TLS handshake, and answers the two events
+that need the node, through :class:`LmtpHandler` (the front's state shared
+by its sessions):
+
+- a recipient (``RCPT``): checked by the backend's ``check_rcpt(address)``;
+- a message (after ``DATA``): its SHA-1 and the spool's temp file are made
+  here (durable later, with the other files of its group commit), then the
+  backend's ``deliver(message)`` answers one reply per recipient, in RCPT
+  order (RFC 2033 4.2).
+
+The backend is :class:`peerd.services.lmtp.backend.StoreBackend` itself
+when the front runs in the daemon (``[lmtp] workers = 0``), or a client of
+it over a pipe when the front runs in LMTP worker processes
+(:mod:`peerd.services.lmtp.worker`): then the protocol's Python work runs
+beside the store's group commit instead of taking turns with it for one
+interpreter lock.
 
 A recipient that passed recently skips the backend at RCPT: the same check
 runs again inside the delivery's own transaction, so a stale "yes" costs at
@@ -20,52 +29,64 @@ bounce). Every "yes" is forgotten (:meth:`LmtpHandler.forget_recipients`)
 when an ownership row changes, so a node that has just lost an account
 refuses it at the next RCPT.
 
-Three departures from aiosmtpd, in :class:`LmtpServer`: the ``250`` replies
-of a pipelined group go out in one write (see :meth:`LmtpServer.push`);
-the message is read in large blocks rather than line by line (a 400 KB
-message is ~5,000 lines; reading them one await at a time costs more than
-storing the message), and an oversized message gets one ``552`` per
-recipient, not one reply for all (aiosmtpd issue 517).
+The ``250`` replies of a pipelined group go out in one write with the reply
+that ends the group (the core holds them, RFC 2920 3.1); at shutdown every
+open session gets what was held and ``421`` (:meth:`LmtpHandler.goodbye`).
+STARTTLS is offered when ``[tls]`` has a certificate and ``[lmtp]
+starttls`` is on; the switch to TLS happens before any byte the client sent
+after STARTTLS is read, and the core has thrown away what was read before.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
-import re
+import ssl
 import time
-from dataclasses import dataclass
-from typing import Any, Protocol
-
-from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import Envelope
-from aiosmtpd.smtp import Session as SmtpSession
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
 
 from engine.delivery import message_id_of, parse_recipient
 from engine.errors import EngineError
 from engine.spool import Spool
 from peerd.node.config import Config
 from peerd.node.errormap import (
-    S250_RCPT_OK,
     S421_SHUTTING_DOWN,
-    S452_TOO_MANY_RCPTS,
+    S451_LOCAL_ERROR,
     S501_BAD_ADDRESS,
-    S552_TOO_BIG,
-    S554_NUL,
     lmtp_reply,
+)
+from peerd.node.tls import server_context
+from peerd.protocols.lmtp import (
+    NEED_DATA,
+    S250_RCPT_OK,
+    S421_IDLE,
+    LmtpConnection,
+    MessageReceived,
+    RcptRequested,
+    Settings,
+    StartTlsRequested,
+    State,
 )
 from peerd.services.lmtp.backend import Message
 
-__all__ = ["Backend", "FrontSettings", "LmtpHandler", "LmtpServer", "serve_lmtp"]
+__all__ = ["Backend", "FrontSettings", "LmtpHandler", "LmtpSession", "serve_lmtp"]
 
 log = logging.getLogger("peerd.services.lmtp.front")
 
-_BARE_LF = re.compile(rb"(?<!\r)\n")
 RCPT_CACHE_SECONDS = 2.0
+# Messages up to this size are hashed and written on the event loop
+# (cheaper than a trip to a thread and back); larger ones in a thread.
 INLINE_STAGE = 1 << 20
-_TERMINATOR = b"\r\n.\r\n"
+# RFC 5321 4.5.3.2.7: a server waits at least five minutes for the next command.
+IDLE_TIMEOUT = 300.0
+TLS_HANDSHAKE_TIMEOUT = 30.0
+# While the session is busy (a recipient check, a delivery) it stops reading
+# once this much is buffered; in DATA the core's message limit bounds it.
+_PAUSE_AT = 1 << 20
+# RFC 5321 4.5.3.1.4: a server accepts command lines of at least 512 octets.
+_MIN_LINE = 512
 
 
 class Backend(Protocol):
@@ -83,6 +104,8 @@ class FrontSettings:
     max_message_size: int
     max_recipients: int
     max_line: int
+    # The server context STARTTLS uses; None: STARTTLS is not offered.
+    tls: ssl.SSLContext | None = field(default=None, compare=False)
 
     @classmethod
     def of(cls, config: Config) -> FrontSettings:
@@ -91,15 +114,27 @@ class FrontSettings:
             local_domains=frozenset(d.lower() for d in config.node.local_domains),
             max_message_size=config.lmtp.max_message_size,
             max_recipients=config.lmtp.max_recipients,
-            max_line=config.lmtp.max_line,
+            max_line=max(config.lmtp.max_line, _MIN_LINE),
+            tls=server_context(config) if config.lmtp.starttls else None,
+        )
+
+    def core(self) -> Settings:
+        """The protocol core's settings."""
+        return Settings(
+            hostname=self.hostname,
+            max_message_size=self.max_message_size,
+            max_recipients=self.max_recipients,
+            max_line=self.max_line,
+            starttls=self.tls is not None,
         )
 
 
 class LmtpHandler:
-    """aiosmtpd hooks: recipient checks and spooling; the rest is the backend's."""
+    """The front: what its sessions share (recipient cache, spool, backend)."""
 
     def __init__(self, settings: FrontSettings, spool: Spool, backend: Backend) -> None:
         self.settings = settings
+        self.core_settings = settings.core()
         self.spool = spool
         self.backend = backend
         self._accepted: dict[tuple[str, ...], float] = {}
@@ -107,7 +142,7 @@ class LmtpHandler:
         self.inflight = 0
         self.idle = asyncio.Event()
         self.idle.set()
-        self.sessions: set[LmtpServer] = set()
+        self.sessions: set[LmtpSession] = set()
 
     def forget_recipients(self) -> None:
         """Drop every cached "yes": an ownership row changed (a failover, a
@@ -126,253 +161,271 @@ class LmtpHandler:
         if closing:
             await asyncio.wait(closing, timeout=1.0)
 
-    async def handle_EHLO(
-        self,
-        server: Any,
-        session: SmtpSession,
-        envelope: Envelope,
-        hostname: str,
-        responses: list[str],
-    ) -> list[str]:
-        """LHLO: advertise PIPELINING and enhanced codes (RFC 2033 4.1, RFC 2920)."""
-        session.host_name = hostname
-        head = [r for r in responses if not r.startswith(("250-AUTH", "250 HELP"))]
-        return [*head, "250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250 HELP"]
-
-    async def handle_RCPT(
-        self,
-        server: Any,
-        session: SmtpSession,
-        envelope: Envelope,
-        address: str,
-        rcpt_options: list[str],
-    ) -> str:
-        if len(envelope.rcpt_tos) >= self.settings.max_recipients:
-            return S452_TOO_MANY_RCPTS
+    async def rcpt_reply(self, address: str) -> str:
+        """The reply to ``RCPT TO:<address>``: 250, or the backend's refusal."""
         try:
             recipient = parse_recipient(address, self.settings.local_domains)
         except EngineError:
             return S501_BAD_ADDRESS
         now = time.monotonic()
-        if self._accepted.get(recipient.candidates, 0.0) < now:
-            generation = self._generation
+        if self._accepted.get(recipient.candidates, 0.0) >= now:
+            return S250_RCPT_OK
+        generation = self._generation
+        try:
             refusal = await self.backend.check_rcpt(address)
-            if refusal is not None:
-                return refusal
-            if len(self._accepted) > 100_000:
-                self._accepted.clear()
-            # A forget while the check was out may have come after its read:
-            # then this "yes" is not cached.
-            if generation == self._generation:
-                self._accepted[recipient.candidates] = now + RCPT_CACHE_SECONDS
-        envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(rcpt_options)
+        except Exception:
+            log.exception("recipient check failed")
+            return S451_LOCAL_ERROR
+        if refusal is not None:
+            return refusal
+        if len(self._accepted) > 100_000:
+            self._accepted.clear()
+        # A forget while the check was out may have come after its read:
+        # then this "yes" is not cached.
+        if generation == self._generation:
+            self._accepted[recipient.candidates] = now + RCPT_CACHE_SECONDS
         return S250_RCPT_OK
 
-    async def handle_DATA(self, server: Any, session: SmtpSession, envelope: Envelope) -> str:
-        data = envelope.original_content
-        assert isinstance(data, bytes)
+    async def deliver(self, message: MessageReceived) -> list[str]:
+        """One reply per recipient of ``message``, in RCPT order."""
         self.inflight += 1
         self.idle.clear()
         try:
             # Shielded: once the bytes are here, the delivery runs to its end
             # even if the client hangs up; nothing is half-stored.
-            replies = await asyncio.shield(self._deliver(tuple(envelope.rcpt_tos), data))
+            return await asyncio.shield(self._deliver(message.recipients, message.data))
+        except Exception:
+            log.exception("delivery failed")
+            return [S451_LOCAL_ERROR] * len(message.recipients)
         finally:
             self.inflight -= 1
             if self.inflight == 0:
                 self.idle.set()
-        return "\r\n".join(replies)
 
     async def _deliver(self, recipients: tuple[str, ...], data: bytes) -> list[str]:
-        count = len(recipients)
-        if b"\0" in data:
-            # RFC 5322 2.3 forbids NUL; Cyrus refuses such mail the same way.
-            return [S554_NUL] * count
-        if len(data) > self.settings.max_message_size:
-            return [S552_TOO_BIG] * count
-        # Two counts run at memchr speed; the regex only when there is a bare LF.
-        if data.count(b"\n") != data.count(b"\r\n"):
-            data = _BARE_LF.sub(b"\r\n", data)
         try:
-            # Hashed and written to a temp file here (page cache; small ones
-            # on the event loop, cheaper than a trip to a thread and back);
-            # the group commit makes the batch's files durable together.
+            # Hashed and written to a temp file here (page cache); the group
+            # commit makes the batch's files durable together.
             if len(data) <= INLINE_STAGE:
                 staged = self.spool.stage(data)
             else:
                 loop = asyncio.get_running_loop()
                 staged = await loop.run_in_executor(None, self.spool.stage, data)
         except EngineError as exc:
-            return [lmtp_reply(exc)] * count
-        message = Message(recipients, staged, len(data), message_id_of(data))
-        return await self.backend.deliver(message)
+            return [lmtp_reply(exc)] * len(recipients)
+        return await self.backend.deliver(
+            Message(recipients, staged, len(data), message_id_of(data))
+        )
 
 
-# A plain reverse- or forward-path: <dot-atom@dot-atom> (RFC 5321 4.1.2) and
-# what follows it (the parameters). Anything else goes to aiosmtpd's parser.
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_PLAIN_PATH = re.compile(
-    rf"\s*<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(.*)\Z", re.DOTALL
-)
+class LmtpSession(asyncio.Protocol):
+    """One LMTP connection: bytes between the socket and the core."""
 
+    def __init__(self, front: LmtpHandler) -> None:
+        self.front = front
+        self.core = LmtpConnection(front.core_settings)
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.closed: asyncio.Future[None] = self.loop.create_future()
+        self.peer = "?"
+        self._input: asyncio.Future[None] | None = None  # the run loop waits for bytes
+        self._fresh = False  # bytes or the end came since the core last looked
+        self._writable: asyncio.Future[None] | None = None  # writing is paused
+        self._reading_paused = False
+        self._tls_pending = False  # start_tls called; the first bytes come over TLS
+        self._upgrading = False  # start_tls has not returned: self.transport is the raw one
+        self._task: asyncio.Task[None] | None = None
+        self._last_input = self.loop.time()
+        self._timer: asyncio.TimerHandle | None = None
 
-class LmtpServer(LMTP):
-    """aiosmtpd's LMTP with block-wise DATA, per-recipient size errors and
-    pipelined replies sent together."""
+    # -- asyncio.Protocol ------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self._held: list[bytes] = []
-        self.closed: asyncio.Future[None] = self.loop.create_future()
-        self.event_handler.sessions.add(self)
+        # uvloop's transports are not asyncio.Transport subclasses, but are one.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer = f"{peer[0]}:{peer[1]}"
+        self.front.sessions.add(self)
+        self._timer = self.loop.call_at(self._last_input + IDLE_TIMEOUT, self._check_idle)
+        self._task = self.loop.create_task(self._run())
 
-    async def push(self, status: str | bytes) -> None:
-        """Send a reply, or hold a one-line ``250`` while the next pipelined
-        command is already here: RFC 2920 3.1 lets a server send the replies
-        of a pipelined group together, and a client that pipelines MAIL, RCPT
-        and DATA then gets one write with the three replies instead of three.
-        Anything else (the ``354``, every error, the per-recipient replies
-        after DATA, ``221``) goes out at once with whatever was held before
-        it, so nothing waits for input behind a held reply."""
-        if isinstance(status, str):
-            response = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
-        else:
-            response = status
-        self._held.append(response + b"\r\n")
-        buffered = getattr(self._reader, "_buffer", b"")
-        if response.startswith(b"250 ") and b"\n" not in response and b"\n" in buffered:
-            return
-        self.send_held()
-        await self._writer.drain()
+    def data_received(self, data: bytes) -> None:
+        if self._tls_pending:
+            # Only the TLS layer calls us once start_tls has begun, and only
+            # after the handshake: these are the first bytes over TLS.
+            self._tls_pending = False
+            self.core.tls_started()
+        self.core.receive_data(data)
+        self._last_input = self.loop.time()
+        self._fresh = True
+        waiter = self._input
+        if waiter is not None:
+            self._input = None
+            if not waiter.done():
+                waiter.set_result(None)
+        elif (
+            not self._reading_paused
+            and self.core.buffered > _PAUSE_AT
+            and self.core.state is not State.DATA
+            and self.transport is not None
+            and not self._upgrading
+        ):
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self._end()
+        # Plain TCP: stay open to answer what came before the end (asyncio
+        # ignores, and warns about, True on a TLS transport).
+        return not self.core.tls
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end()
+        writable = self._writable
+        if writable is not None and not writable.done():
+            writable.set_result(None)
+        self.front.sessions.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        writable, self._writable = self._writable, None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
+
+    # -- the session ---------------------------------------------------------
 
     def close_with(self, reply: str) -> bool:
         """Send what is held and ``reply``, then close; False if already closing."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return False
-        self._held.append(reply.encode() + b"\r\n")
-        self.send_held()
+        out = self.core.close_with(reply)
+        if not self._upgrading:  # in mid-handshake the socket speaks TLS only
+            transport.write(out)
         transport.close()
         return True
 
-    def send_held(self) -> None:
-        """Write the replies held back, if any."""
-        if self._held:
-            self._writer.write(b"".join(self._held))
-            self._held.clear()
+    def _end(self) -> None:
+        self.core.receive_data(b"")
+        self._fresh = True
+        waiter, self._input = self._input, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
-    def connection_lost(self, error: Exception | None) -> None:
-        self.event_handler.sessions.discard(self)
-        if not self.closed.done():
-            self.closed.set_result(None)
-        super().connection_lost(error)
+    def _send(self) -> None:
+        out = self.core.data_to_send()
+        transport = self.transport
+        if out and transport is not None and not transport.is_closing():
+            transport.write(out)
 
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        """The common ``<local@domain>`` without the RFC 5322 header parser.
-
-        aiosmtpd parses every MAIL and RCPT address with the email package's
-        full header grammar, which costs more than storing a small message;
-        a plain address gives the same answer from one regular expression.
-        """
-        match = _PLAIN_PATH.match(arg)
-        if match is None:
-            return super()._getaddr(arg)
-        address, rest = match.group(1), match.group(2).lstrip()
-        limit = self.local_part_limit
-        if limit and len(address.rpartition("@")[0]) > limit:
-            return None, None
-        return address, rest
-
-    async def smtp_DATA(self, arg: str) -> None:
-        if await self.check_helo_needed():
+    async def _more_input(self) -> None:
+        """Wait for bytes (or the end) unless some came already."""
+        if self._writable is not None:
+            await self._writable
+        if self._fresh:
             return
-        envelope = self.envelope
-        assert envelope is not None
-        if not envelope.rcpt_tos:
-            await self.push("503 5.5.1 Error: need RCPT command")
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        self._input = self.loop.create_future()
+        await self._input
+
+    async def _run(self) -> None:
+        core = self.core
+        try:
+            while True:
+                self._fresh = False
+                event = core.next_event()
+                if event is NEED_DATA:
+                    self._send()
+                    await self._more_input()
+                elif isinstance(event, RcptRequested):
+                    self._send()
+                    core.answer_rcpt(await self.front.rcpt_reply(event.address))
+                elif isinstance(event, MessageReceived):
+                    self._send()
+                    core.answer_message(await self.front.deliver(event))
+                elif isinstance(event, StartTlsRequested):
+                    if not await self._start_tls(event):
+                        return
+                else:  # Closing, ConnectionClosed
+                    self._send()
+                    return
+        except Exception:
+            log.exception("LMTP session with %s failed", self.peer)
+        finally:
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.close()
+
+    async def _start_tls(self, event: StartTlsRequested) -> bool:
+        """RFC 3207: the 220 out, then the handshake; False if it failed."""
+        context = self.front.settings.tls
+        transport = self.transport
+        assert context is not None and transport is not None
+        if event.discarded:
+            log.warning(
+                "LMTP %s sent %d bytes after STARTTLS before the handshake; discarded",
+                self.peer,
+                event.discarded,
+            )
+        self._send()
+        # start_tls pauses reading and takes the socket's bytes for TLS before
+        # it first yields: nothing more is read in the clear.
+        self._reading_paused = False
+        self._tls_pending = True
+        self._upgrading = True
+        try:
+            upgraded = await self.loop.start_tls(
+                transport,
+                self,
+                context,
+                server_side=True,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            log.info("LMTP %s: TLS handshake failed: %s", self.peer, exc or type(exc).__name__)
+            transport.close()
+            return False
+        finally:
+            self._upgrading = False
+        if upgraded is None:
+            transport.close()
+            return False
+        self.transport = upgraded
+        if self._tls_pending:
+            self._tls_pending = False
+            self.core.tls_started()
+        return True
+
+    def _check_idle(self) -> None:
+        self._timer = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
             return
-        if arg:
-            await self.push("501 5.5.4 Syntax: DATA")
+        now = self.loop.time()
+        due = self._last_input + IDLE_TIMEOUT
+        if self._input is None or now < due:
+            # Busy (the backend is answering) or not idle long enough yet.
+            self._timer = self.loop.call_at(max(due, now + 1.0), self._check_idle)
             return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        body = await self._read_body()
-        if body is None:
-            return  # the connection is gone; nothing was stored
-        count = len(envelope.rcpt_tos)
-        if body is _TOO_BIG:
-            await self.push("\r\n".join([S552_TOO_BIG] * count))
-        else:
-            envelope.original_content = body
-            envelope.content = body
-            status = await self._call_handler_hook("DATA")
-            await self.push(status)
-        self._set_post_data_state()  # type: ignore[no-untyped-call]
-
-    async def _read_body(self) -> bytes | None:
-        """Read up to the lone dot; undo dot-stuffing (RFC 5321 4.5.2).
-
-        A CRLF is put in front so that a terminator right at the start (an
-        empty message) is found by the same search. What follows the
-        terminator (pipelined commands) is handed back to the reader.
-        """
-        limit = self.data_size_limit or 0
-        buf = bytearray(b"\r\n")
-        searched = 0
-        too_big = False
-        while True:
-            # read() with a huge size returns everything buffered, so the
-            # reader is empty when we hand back what followed the dot.
-            chunk = await self._reader.read(1 << 30)
-            if not chunk:
-                return None
-            buf += chunk
-            end = buf.find(_TERMINATOR, max(0, searched - 4))
-            if end >= 0:
-                rest = bytes(buf[end + 5 :])
-                if rest:
-                    self._reader.feed_data(rest)
-                if too_big:
-                    return _TOO_BIG
-                del buf[end + 2 :]
-                return bytes(buf).replace(b"\r\n..", b"\r\n.")[2:]
-            if limit and len(buf) > limit + 64:
-                # Over the limit: keep reading to the end, keep nothing but
-                # the tail a terminator could straddle.
-                too_big = True
-                del buf[:-4]
-            searched = len(buf)
-
-
-_TOO_BIG = b"\0too big\0"
+        log.info("LMTP %s idle for %.0f s; closing", self.peer, now - self._last_input)
+        self.close_with(S421_IDLE)
 
 
 async def serve_lmtp(handler: LmtpHandler, **where: Any) -> asyncio.Server:
     """Serve LMTP through ``handler``; ``where`` is ``host=, port=`` or ``sock=``."""
-    settings = handler.settings
     loop = asyncio.get_running_loop()
-    max_line = settings.max_line
-    # aiosmtpd reads the command-line cap from class attributes: a subclass
-    # per configuration ([lmtp] max_line; RFC 5321 4.5.3.1.4 asks for >= 512).
-    server_class = type(
-        "ConfiguredLmtpServer",
-        (LmtpServer,),
-        {"line_length_limit": max(1001, max_line + 2), "command_size_limit": max_line},
-    )
 
-    def factory() -> LmtpServer:
-        server: LmtpServer = server_class(
-            handler,
-            data_size_limit=settings.max_message_size,
-            enable_SMTPUTF8=True,
-            decode_data=False,
-            hostname=settings.hostname,
-            ident="peerd LMTP",
-            timeout=300,
-            loop=loop,
-        )
-        server.command_size_limits = collections.defaultdict(lambda: max_line)
-        return server
+    def factory() -> LmtpSession:
+        return LmtpSession(handler)
 
     if "sock" in where:
         return await loop.create_server(factory, sock=where["sock"])

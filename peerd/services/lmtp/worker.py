@@ -3,13 +3,14 @@
 How this works: the daemon binds the LMTP port itself and starts ``[lmtp]
 workers`` processes (``peerd lmtp-worker``) that inherit the listening socket
 and one end of a socketpair each. A worker runs the protocol front of
-:mod:`peerd.services.lmtp.front` (aiosmtpd, the SHA-1, the spool's temp file) and asks
-the daemon over the socketpair for what needs the database: a recipient
-check at RCPT, the delivery after DATA. The daemon answers with
-:class:`~peerd.services.lmtp.backend.StoreBackend`, where every delivery joins the
-group commit (which makes the temp file durable and renames it into the
-spool; ``tmp`` is null when the same bytes are in the spool already). So
-the protocol's Python work runs on another core instead of taking turns with the group commit for the daemon's interpreter lock, and
+:mod:`peerd.services.lmtp.front` (the protocol core, TLS, the SHA-1, the
+spool's temp file) and asks the daemon over the socketpair for what needs
+the database: a recipient check at RCPT, the delivery after DATA. The daemon
+answers with :class:`~peerd.services.lmtp.backend.StoreBackend`, where every
+delivery joins the group commit (which makes the temp file durable and
+renames it into the spool; ``tmp`` is null when the same bytes are in the
+spool already). So the protocol's Python work runs on another core instead
+of taking turns with the group commit for the daemon's interpreter lock, and
 one process still owns the database and the sync log.
 
 The pipe carries frames: a 4-byte big-endian length, then a JSON object.
@@ -63,7 +64,15 @@ from peerd.node.errormap import S451_LOCAL_ERROR, lmtp_reply
 from peerd.services.lmtp.backend import Message, StoreBackend
 from peerd.services.lmtp.front import FrontSettings, LmtpHandler, serve_lmtp
 
-__all__ = ["MAX_FRAME", "PipeBackend", "WorkerPool", "read_frame", "worker_main", "write_frame"]
+__all__ = [
+    "MAX_FRAME",
+    "FrameWriter",
+    "PipeBackend",
+    "WorkerPool",
+    "read_frame",
+    "worker_main",
+    "write_frame",
+]
 
 log = logging.getLogger("peerd.services.lmtp.front")
 
@@ -82,6 +91,43 @@ def encode_frame(obj: dict[str, Any]) -> bytes:
 
 def write_frame(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
     writer.write(encode_frame(obj))
+
+
+class FrameWriter:
+    """Frames onto a pipe; the frames made in one turn of the event loop go
+    out in one write.
+
+    A group commit answers all of its deliveries in the same turn, and the
+    sessions a worker wakes together ask together: one write, and one
+    wake-up of the process at the other end, instead of one per frame.
+    Frames keep their order.
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self._frames: list[bytes] = []
+
+    def send(self, obj: dict[str, Any]) -> None:
+        frame = encode_frame(obj)  # a frame over MAX_FRAME raises here, alone
+        if not self._frames:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._frames.append(frame)
+
+    def flush(self) -> None:
+        frames, self._frames = self._frames, []
+        if frames and not self.writer.is_closing():
+            self.writer.write(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    def is_closing(self) -> bool:
+        return self.writer.is_closing()
+
+    async def drain(self) -> None:
+        self.flush()
+        await self.writer.drain()
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
 
 
 async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
@@ -134,8 +180,8 @@ class WorkerPool:
     def forget_recipients(self) -> None:
         """Tell every worker to drop the recipients it accepted recently."""
         for worker in self._workers:
-            if worker.writer is not None and not worker.writer.is_closing():
-                write_frame(worker.writer, {"op": "forget"})
+            if worker.frames is not None and not worker.frames.is_closing():
+                worker.frames.send({"op": "forget"})
 
     async def stop(self, grace: float) -> None:
         """Stop accepting; let the workers finish what they hold (up to ``grace``)."""
@@ -199,7 +245,7 @@ class _Worker:
         self.pool = pool
         self.number = number
         self.process: asyncio.subprocess.Process | None = None
-        self.writer: asyncio.StreamWriter | None = None
+        self.frames: FrameWriter | None = None
         self.ready = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -235,27 +281,28 @@ class _Worker:
         finally:
             theirs.close()
         self.ready.clear()
-        reader, self.writer = await asyncio.open_unix_connection(sock=ours, limit=MAX_FRAME + 8)
-        task = asyncio.create_task(self._serve(reader, self.writer))
+        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=MAX_FRAME + 8)
+        self.frames = FrameWriter(writer)
+        task = asyncio.create_task(self._serve(reader, self.frames))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         log.info("LMTP worker %d started (pid %d)", self.number, self.process.pid)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, frames: FrameWriter) -> None:
         try:
             while (frame := await read_frame(reader)) is not None:
                 if frame.get("op") == "ready":
                     self.ready.set()
                     continue
-                task = asyncio.create_task(self._answer(frame, writer))
+                task = asyncio.create_task(self._answer(frame, frames))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         except (ConnectionError, ValueError) as exc:
             log.error("LMTP worker %d: bad pipe: %s", self.number, exc)
         finally:
-            writer.close()
+            frames.close()
 
-    async def _answer(self, frame: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+    async def _answer(self, frame: dict[str, Any], frames: FrameWriter) -> None:
         reply: dict[str, Any]
         try:
             reply = await self.pool.handle(frame)
@@ -266,8 +313,8 @@ class _Worker:
             log.exception("LMTP worker %d: request failed", self.number)
             reply = {"error": S451_LOCAL_ERROR}
         reply["id"] = frame.get("id")
-        if not writer.is_closing():
-            write_frame(writer, reply)
+        if not frames.is_closing():
+            frames.send(reply)
 
     async def _supervise(self) -> None:
         backoff = Backoff(RESTART_MIN, RESTART_MAX)
@@ -305,10 +352,10 @@ class _Worker:
         process = self.process
         if process is None:
             return
-        if self.writer is not None and not self.writer.is_closing():
-            write_frame(self.writer, {"op": "stop"})
+        if self.frames is not None and not self.frames.is_closing():
+            self.frames.send({"op": "stop"})
             with contextlib.suppress(ConnectionError):
-                await self.writer.drain()
+                await self.frames.drain()
         try:
             await asyncio.wait_for(process.wait(), grace + 2)
         except TimeoutError:
@@ -333,7 +380,7 @@ class PipeBackend:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
-        self.writer = writer
+        self.frames = FrameWriter(writer)
         self._next = 0
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.stop_requested = asyncio.Event()
@@ -369,8 +416,8 @@ class PipeBackend:
         self._next += 1
         frame["id"] = self._next
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.frames.send(frame)
         self._pending[self._next] = future
-        write_frame(self.writer, frame)
         return await future
 
     async def check_rcpt(self, address: str) -> str | None:
@@ -445,7 +492,7 @@ async def _serve_worker(config: Config, listen_fd: int, pipe_fd: int) -> None:
         # the daemon's backlog for the next worker, or are refused if the
         # daemon is stopping.
         await handler.goodbye(config.lmtp.shutdown_grace.total_seconds())
-    writer.close()
+    backend.frames.close()
     pipe_task.cancel()
     with contextlib.suppress(asyncio.CancelledError, ConnectionError):
         await pipe_task
