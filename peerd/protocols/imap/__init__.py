@@ -5,7 +5,9 @@ one the package has; the live server runs on it:
 
 - :mod:`~peerd.protocols.imap.parser`: :class:`CommandReader` turns bytes into events
   (commands, continuation requests, protocol errors); raw lines for IDLE and
-  AUTHENTICATE; SASL PLAIN responses.
+  AUTHENTICATE. Below it :mod:`~peerd.protocols.imap.tokens` (command text to
+  tokens), :mod:`~peerd.protocols.imap.grammar` (tokens to commands) and
+  :mod:`~peerd.protocols.imap.sasl` (AUTHENTICATE responses, SASL PLAIN).
 - :mod:`~peerd.protocols.imap.commands`: one frozen dataclass per command.
 - :mod:`~peerd.protocols.imap.states`: the session states and which commands each allows.
 - :mod:`~peerd.protocols.imap.responses`: values, responses and response codes as bytes.
