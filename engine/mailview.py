@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from engine import accounts, mailbox, messages
 from engine.errors import AlreadyExists, NoSuchMailbox
+from engine.mailbox import normalize_mailbox_name
 from engine.messages import CopyResult
 from engine.models import Account, Mailbox, Message
 
@@ -55,6 +56,7 @@ __all__ = [
     "expunge",
     "listing",
     "live_uids",
+    "normalize_mailbox_name",
     "rename_mailbox",
     "snapshot",
     "snapshot_and_vanished",

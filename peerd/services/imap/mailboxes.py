@@ -14,7 +14,7 @@ import datetime as dt
 from typing import Final
 
 from engine.errors import InvalidArgument, NoSuchMailbox
-from engine.mailbox import normalize_mailbox_name
+from engine.mailview import normalize_mailbox_name
 from peerd.protocols.imap import commands as c
 from peerd.protocols.imap.listing import list_responses, lsub_responses, status_response
 from peerd.protocols.imap.responses import (
