@@ -68,7 +68,7 @@ def test_recursivematch_lists_unsubscribed_parents_with_childinfo() -> None:
     out, _ = listed(b'a LIST (SUBSCRIBED RECURSIVEMATCH) "" %', subs=("work/a",))
     assert out == b'* LIST (\\HasChildren) "/" work ("CHILDINFO" ("SUBSCRIBED"))\r\n'
     with pytest.raises(CommandError, match="RECURSIVEMATCH"):
-        listed(b'a LIST (REMOTE RECURSIVEMATCH) "" %')
+        listed(b'a LIST (SPECIAL-USE RECURSIVEMATCH) "" %')
 
 
 def test_special_use_selection() -> None:
