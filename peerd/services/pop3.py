@@ -7,12 +7,14 @@ it. Everything a client sees comes from the core: parsing, the state table,
 ``+OK``/``-ERR`` replies with response codes, dot-stuffing, TOP, UIDL, CAPA,
 and the numbered maildrop with its DELE marks. What stays here is what
 touches the outside world: sockets, STLS (RFC 2595), the idle timeout,
-delayed and counted failed logins, the store, and the ownership fence.
+delayed and counted failed logins, and the store, reached through
+:class:`~peerd.services.mailstore.AccountStore` (typed values; every write
+behind the ownership fence).
 
-After a login the session loads INBOX's live messages in UID order into a
-:class:`~peerd.protocols.pop3.Maildrop`; the marked messages are expunged at QUIT
-(the UPDATE state, RFC 1939 section 6) in one store write, fenced like every
-write. Logins for an account another node owns get ``-ERR [SYS/TEMP]`` naming
+After a login the session loads INBOX's live messages in UID order (the
+snapshot IMAP's SELECT reads too) into a :class:`~peerd.protocols.pop3.Maildrop`;
+the marked messages are expunged at QUIT (the UPDATE state, RFC 1939 section
+6) in one store write, fenced like every write. Logins for an account another node owns get ``-ERR [SYS/TEMP]`` naming
 the owner; wrong passwords get ``-ERR [AUTH]`` (RFC 3206) after a delay.
 When the account moves to the other node (switchover, failover) an open
 session gets ``-ERR [SYS/TEMP]`` and is closed, without UPDATE: its DELE
@@ -27,14 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session as DbSession
-
-from engine import accounts as engine_accounts
-from engine import mailbox as engine_mailbox
-from engine import messages as engine_messages
-from engine.errors import EngineError
-from engine.models import Account, Mailbox, Message
+from engine.errors import EngineError, NoSuchMailbox
 from ownership.errors import OwnershipError
 from peerd.node.errormap import pop3_account_moved, pop3_not_owner, pop3_reply
 from peerd.node.node import Node
@@ -77,6 +72,7 @@ from peerd.protocols.pop3 import (
     plain_credentials,
     top_text,
 )
+from peerd.services.mailstore import AccountStore
 
 __all__ = ["Pop3Server", "Pop3Session", "start_pop3"]
 
@@ -105,6 +101,7 @@ class Pop3Session:
         self.state = State.AUTHORIZATION
         self.user = ""  # the name from USER, for PASS (RFC 1939 section 7)
         self.account = ""
+        self.mail: AccountStore | None = None
         self.mailbox_id = 0
         self.maildrop = Maildrop("-", ())
         self.failures = 0
@@ -269,19 +266,12 @@ class Pop3Session:
             return
         # Set before the maildrop loads, so that a move meanwhile ends the session.
         self.account = result.account
-
-        def load(session: DbSession) -> tuple[int, Maildrop]:
-            account = engine_accounts.get_account(session, result.account)
-            box = engine_mailbox.get_mailbox(session, account, "INBOX")
-            rows = session.execute(
-                select(Message.uid, Message.size, Message.guid)
-                .where(Message.mailbox_id == box.id, Message.expunged.is_(False))
-                .order_by(Message.uid)
-            )
-            entries = [Entry(uid, size, guid) for uid, size, guid in rows]
-            return box.id, Maildrop(box.uniqueid, entries)
-
-        self.mailbox_id, self.maildrop = await self.node.store.read(load)
+        self.mail = AccountStore(self.node, result.account)
+        inbox = await self.mail.snapshot("INBOX")
+        self.mailbox_id = inbox.mailbox_id
+        self.maildrop = Maildrop(
+            inbox.uniqueid, [Entry(r.uid, r.size, r.guid) for r in inbox.records]
+        )
         self.state = State.TRANSACTION
         await self.send(self.maildrop.greeting())
 
@@ -294,8 +284,8 @@ class Pop3Session:
         return entry
 
     async def read_message(self, entry: Entry) -> bytes:
-        spool = self.node.store.spool
-        return await self.node.store.run_blocking(lambda: spool.read(entry.key))
+        assert self.mail is not None  # TRANSACTION state: logged in
+        return await self.mail.message(entry.key)
 
     async def quit(self) -> None:
         """QUIT: in TRANSACTION the UPDATE state removes the marked messages (RFC 1939 6);
@@ -314,14 +304,11 @@ class Pop3Session:
         await self.send(Ok("bye").encode())
 
     async def expunge(self, uids: list[int]) -> None:
-        account, box_id = self.account, self.mailbox_id
-
-        def update(session: DbSession, acct: Account) -> None:
-            box = session.get(Mailbox, box_id)
-            if box is not None:
-                engine_messages.expunge(session, acct, box, uids)
-
-        await self.node.write_owned(account, update)
+        assert self.mail is not None  # UPDATE state: logged in
+        try:
+            await self.mail.expunge(self.mailbox_id, uids)
+        except NoSuchMailbox:
+            pass  # INBOX is gone, and its messages with it
 
 
 class Pop3Server:

@@ -1,25 +1,38 @@
 """IMAP4rev1 for peerd.
 
-The sans-I/O protocol core (no sockets, no asyncio, no database), the only
-one the package has; the live server runs on it:
+The sans-I/O protocol core (no sockets, no asyncio, no database); the live
+server (:mod:`peerd.services.imap`) runs on it. Reading commands:
 
 - :mod:`~peerd.protocols.imap.parser`: :class:`CommandReader` turns bytes into events
   (commands, continuation requests, protocol errors); raw lines for IDLE and
-  AUTHENTICATE; SASL PLAIN responses.
+  AUTHENTICATE. Below it :mod:`~peerd.protocols.imap.tokens` (command text to
+  tokens), :mod:`~peerd.protocols.imap.grammar` (tokens to commands) and
+  :mod:`~peerd.protocols.imap.sasl` (AUTHENTICATE responses, SASL PLAIN).
 - :mod:`~peerd.protocols.imap.commands`: one frozen dataclass per command.
-- :mod:`~peerd.protocols.imap.states`: the session states and which commands each allows.
-- :mod:`~peerd.protocols.imap.responses`: values, responses and response codes as bytes.
 - :mod:`~peerd.protocols.imap.sequence`, :mod:`~peerd.protocols.imap.fetchatt`,
   :mod:`~peerd.protocols.imap.searchkey`: sequence sets, FETCH items, the SEARCH AST
   (its node classes are used as ``searchkey.Not`` etc., so they are not
   re-exported here).
+
+The session's rules:
+
+- :mod:`~peerd.protocols.imap.states`: the session states and which commands each allows.
+- :mod:`~peerd.protocols.imap.selected`: the selected mailbox (snapshot, what
+  untagged EXPUNGE/VANISHED/FETCH/EXISTS may be told when, CONDSTORE/QRESYNC,
+  which FETCH sets ``\\Seen``), over the values of :mod:`~peerd.protocols.imap.records`.
+- :mod:`~peerd.protocols.imap.capabilities`: what the server advertises.
 - :mod:`~peerd.protocols.imap.ratelimit`: the command rate limit, given the time.
 
-Beside it, still without I/O: :mod:`~peerd.protocols.imap.structure` (MIME parts,
-ENVELOPE, BODYSTRUCTURE, BODY[section]) and :mod:`~peerd.protocols.imap.search` (the
-SEARCH AST evaluated over a mailbox snapshot).
+Answers:
 
-The asyncio service that runs it is :mod:`peerd.services.imap`.
+- :mod:`~peerd.protocols.imap.responses`: values, responses and response codes as bytes.
+- :mod:`~peerd.protocols.imap.fetchreply`: FETCH responses for one message,
+  and the shared cache of message structures.
+- :mod:`~peerd.protocols.imap.listing`: LIST, LSUB and STATUS responses.
+- :mod:`~peerd.protocols.imap.search`: the SEARCH AST evaluated over a mailbox
+  snapshot, and SEARCH/ESEARCH responses.
+- :mod:`~peerd.protocols.imap.structure`: MIME parts, ENVELOPE, BODYSTRUCTURE,
+  BODY[section].
 """
 
 from __future__ import annotations

@@ -18,13 +18,11 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, TypeAlias
+from typing import Final, TypeAlias
 
 from peerd.protocols.imap.responses import CommandError, astring
 from peerd.protocols.imap.sequence import MAX_NUMBER
-
-if TYPE_CHECKING:
-    from peerd.protocols.imap.parser import Token
+from peerd.protocols.imap.tokens import Token
 
 __all__ = [
     "BodySection",

@@ -10,22 +10,23 @@ RFC 2047 words in headers, transfer encodings and charsets in text parts.
 Matching is case-insensitive substring, as RFC 3501 6.4.4 asks. Sequence sets
 are resolved once per search, not once per message.
 
+:func:`search_response` and :func:`esearch_response` (RFC 4731) render the
+answer.
+
 No I/O here beyond the loader the caller passes; nothing is written.
 """
 
 from __future__ import annotations
 
-import bisect
 import datetime as dt
 import email.utils
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Sequence
 
 from peerd.protocols.imap import structure
-from peerd.protocols.imap.responses import CommandError
+from peerd.protocols.imap.records import Record
 from peerd.protocols.imap.searchkey import (
     All,
     And,
@@ -42,49 +43,24 @@ from peerd.protocols.imap.searchkey import (
     Text,
     Uid,
 )
-from peerd.protocols.imap.sequence import SequenceSet
+from peerd.protocols.imap.sequence import SequenceSet, in_ranges, resolved
 
-__all__ = ["Loader", "Matcher", "Record", "compile_search", "in_ranges", "resolved"]
+__all__ = [
+    "Loader",
+    "Matcher",
+    "Record",
+    "compile_search",
+    "esearch_response",
+    "in_ranges",
+    "resolved",
+    "search_response",
+]
 
 Loader = Callable[[str], bytes]
 
 
-class Record(Protocol):
-    """What a search reads of one message (the server's snapshot record)."""
-
-    @property
-    def uid(self) -> int: ...
-    @property
-    def guid(self) -> str: ...
-    @property
-    def flags(self) -> str: ...  # space-separated, canonical
-    @property
-    def modseq(self) -> int: ...
-    @property
-    def size(self) -> int: ...
-    @property
-    def internaldate(self) -> dt.datetime: ...
-
-
 Matcher = Callable[[int, Record, Loader], bool]
 _Test = Callable[[int, Record, "_Message"], bool]
-
-
-def resolved(sequence: SequenceSet, largest: int) -> tuple[list[int], list[int]]:
-    """A set's merged ranges as two sorted lists (starts, ends), for :func:`in_ranges`.
-
-    ``$`` (RFC 5182 SEARCHRES) is not offered, so it is refused here.
-    """
-    if sequence.saved:
-        raise CommandError("'$' needs SEARCHRES, which this server does not offer (RFC 5182)")
-    spans = sequence.resolve(largest)
-    return [a for a, _ in spans], [b for _, b in spans]
-
-
-def in_ranges(value: int, ranges: tuple[list[int], list[int]]) -> bool:
-    starts, ends = ranges
-    at = bisect.bisect_right(starts, value) - 1
-    return at >= 0 and value <= ends[at]
 
 
 # Charsets in which ASCII bytes mean the same ASCII text (so a decoded text
@@ -267,3 +243,30 @@ def compile_search(key: SearchKey, count: int, top_uid: int) -> Matcher:
         return test(seq, rec, _Message(rec.guid, loader))
 
     return run
+
+
+def search_response(found: Sequence[int]) -> bytes:
+    """``* SEARCH n ...`` (RFC 3501 7.2.5)."""
+    return b"* SEARCH" + b"".join(b" %d" % n for n in found) + b"\r\n"
+
+
+def esearch_response(tag: str, uid: bool, options: Sequence[str], found: Sequence[int]) -> bytes:
+    """RFC 4731 3.1: ``* ESEARCH (TAG "t") [UID] MIN .. MAX .. ALL .. COUNT ..``.
+
+    ``RETURN ()`` means ALL. With no match MIN, MAX and ALL are left out and
+    COUNT, if asked for, is 0. (A tag holds no quote nor backslash, RFC 3501 9.)
+    """
+    wanted = set(options) or {"ALL"}
+    parts = [b'* ESEARCH (TAG "' + tag.encode() + b'")']
+    if uid:
+        parts.append(b"UID")
+    if found:
+        if "MIN" in wanted:
+            parts.append(b"MIN %d" % min(found))
+        if "MAX" in wanted:
+            parts.append(b"MAX %d" % max(found))
+        if "ALL" in wanted:
+            parts.append(b"ALL " + str(SequenceSet.from_numbers(found)).encode())
+    if "COUNT" in wanted:
+        parts.append(b"COUNT %d" % len(found))
+    return b" ".join(parts) + b"\r\n"

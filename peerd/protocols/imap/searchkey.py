@@ -27,13 +27,11 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Literal, TypeAlias
+from typing import Final, Literal, TypeAlias
 
 from peerd.protocols.imap.responses import CODE_BADCHARSET, CommandError
 from peerd.protocols.imap.sequence import MAX_NUMBER, SequenceSet
-
-if TYPE_CHECKING:
-    from peerd.protocols.imap.parser import Token
+from peerd.protocols.imap.tokens import Token
 
 __all__ = [
     "CHARSETS",

@@ -17,13 +17,14 @@ the session substitutes the saved search result before asking anything.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
 from peerd.protocols.imap.responses import CommandError
 
-__all__ = ["MAX_NUMBER", "STAR", "SequenceSet"]
+__all__ = ["MAX_NUMBER", "STAR", "SequenceSet", "in_ranges", "resolved"]
 
 STAR: Final = 0
 """``*`` in a range. 0 is never a valid message number or UID, so it cannot clash."""
@@ -153,3 +154,20 @@ class SequenceSet:
 
     def __bytes__(self) -> bytes:
         return str(self).encode("ascii")
+
+
+def resolved(sequence: SequenceSet, largest: int) -> tuple[list[int], list[int]]:
+    """A set's merged ranges as two sorted lists (starts, ends), for :func:`in_ranges`.
+
+    ``$`` (RFC 5182 SEARCHRES) is not offered, so it is refused here.
+    """
+    if sequence.saved:
+        raise CommandError("'$' needs SEARCHRES, which this server does not offer (RFC 5182)")
+    spans = sequence.resolve(largest)
+    return [a for a, _ in spans], [b for _, b in spans]
+
+
+def in_ranges(value: int, ranges: tuple[list[int], list[int]]) -> bool:
+    starts, ends = ranges
+    at = bisect.bisect_right(starts, value) - 1
+    return at >= 0 and value <= ends[at]

@@ -10,10 +10,8 @@
 - :mod:`.capa`: the CAPA listing for each state.
 
 The asyncio service is :mod:`peerd.services.pop3`: sockets, STLS, timeouts, login
-delays, the store and the ownership fence, over this core. This package is
-named ``pop3core`` only because a package ``peerd/pop3/`` would shadow that
-module; once the service moves into the package, this becomes ``peerd.services.pop3``
-(its modules import each other relatively, so only the name changes).
+delays, and the store (through :class:`peerd.services.mailstore.AccountStore`,
+every write behind the ownership fence), over this core.
 """
 
 from __future__ import annotations

@@ -1,0 +1,428 @@
+"""Mailboxes and messages as the mail services see them: typed values, no ORM rows.
+
+How this works: IMAP and POP3 never build a query nor hold an ORM object.
+Each function here runs inside one store transaction and returns frozen
+dataclasses. Reads take the account's name and go through
+``store.read(lambda s: mailview.fn(s, ...))``; writes take the account's row
+and go through the caller's fenced write (``Node.write_owned(account, fn)``
+in peerd), which looks the row up and checks ownership in the same
+transaction. The operations themselves are the engine's
+(:mod:`engine.mailbox`, :mod:`engine.messages`); this module only picks what a
+mail service needs and turns rows into values.
+
+A mailbox is named by its id once it is open (:class:`Snapshot`), so a rename
+by another session does not make the open one lose its mailbox; a deleted one
+raises :class:`~engine.errors.NoSuchMailbox`.
+
+Snapshots are shared: the records of an unchanged mailbox are read once and
+kept (see :func:`snapshot_of`), so a SELECT, NOOP or IDLE wake-up of an
+unchanged mailbox reads no records however many sessions have it open. The
+cache is process-wide and is used from the store's reader threads, so one
+lock guards it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from engine import accounts, mailbox, messages
+from engine.errors import AlreadyExists, NoSuchMailbox
+from engine.mailbox import normalize_mailbox_name
+from engine.messages import CopyResult
+from engine.models import Account, Mailbox, Message
+
+__all__ = [
+    "Appended",
+    "CopyResult",
+    "FlagMode",
+    "FlagsStored",
+    "Listing",
+    "MailboxStatus",
+    "Record",
+    "Snapshot",
+    "Version",
+    "append",
+    "copy_messages",
+    "create_mailbox",
+    "delete_mailbox",
+    "expunge",
+    "listing",
+    "live_uids",
+    "normalize_mailbox_name",
+    "rename_mailbox",
+    "snapshot",
+    "snapshot_and_vanished",
+    "snapshot_of",
+    "status",
+    "store_flags",
+    "subscribe",
+    "unsubscribe",
+    "vanished",
+    "version",
+]
+
+FlagMode = Literal["add", "remove", "replace"]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One live message of a mailbox. Frozen: snapshots share them."""
+
+    uid: int
+    guid: str
+    flags: str  # space-separated, canonical (engine.flags)
+    modseq: int
+    size: int
+    internaldate: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A mailbox at one moment: its live records in UID order."""
+
+    mailbox_id: int
+    uniqueid: str
+    name: str
+    uidvalidity: int
+    highestmodseq: int
+    uidnext: int
+    records: tuple[Record, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """What changes whenever a mailbox's records do (a cheap staleness test)."""
+
+    highestmodseq: int
+    uidnext: int
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxStatus:
+    """Counts of a mailbox (IMAP STATUS)."""
+
+    messages: int
+    uidnext: int
+    uidvalidity: int
+    unseen: int
+    highestmodseq: int
+    size: int
+    deleted: int
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """An account's mailbox names and subscriptions, each sorted."""
+
+    names: tuple[str, ...]
+    subscriptions: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    uidvalidity: int
+    uid: int
+
+
+@dataclass(frozen=True, slots=True)
+class FlagsStored:
+    """What a flag change did: the records changed (as they are now), and the
+    UIDs an UNCHANGEDSINCE condition refused (RFC 7162 3.1.3)."""
+
+    changed: tuple[Record, ...]
+    modified: tuple[int, ...]
+
+
+# -- reads --------------------------------------------------------------------------
+
+
+def snapshot(session: Session, account: str, name: str) -> Snapshot:
+    """The mailbox ``name`` of ``account`` (NoSuchMailbox if there is none)."""
+    row = mailbox.get_mailbox(session, accounts.get_account(session, account), name)
+    return _snapshot(session, row)
+
+
+def snapshot_and_vanished(
+    session: Session, account: str, name: str, uidvalidity: int, modseq: int
+) -> tuple[Snapshot, tuple[int, ...]]:
+    """:func:`snapshot`, and if its UIDVALIDITY is ``uidvalidity`` the UIDs
+    expunged after ``modseq`` (:func:`vanished`), in the same transaction."""
+    box = snapshot(session, account, name)
+    if box.uidvalidity != uidvalidity:
+        return box, ()
+    return box, vanished(session, box.mailbox_id, modseq)
+
+
+def snapshot_of(session: Session, mailbox_id: int) -> Snapshot:
+    """An open mailbox again, by id (NoSuchMailbox once it was deleted)."""
+    return _snapshot(session, _row(session, mailbox_id))
+
+
+def version(session: Session, mailbox_id: int) -> Version | None:
+    """The mailbox's :class:`Version`; None once it was deleted."""
+    row = session.execute(
+        select(Mailbox.highestmodseq, Mailbox.last_uid).where(Mailbox.id == mailbox_id)
+    ).first()
+    return None if row is None else Version(row[0], row[1] + 1)
+
+
+def vanished(session: Session, mailbox_id: int, modseq: int) -> tuple[int, ...]:
+    """UIDs of the mailbox's records expunged after ``modseq``, in order.
+
+    Every expunge leaves a tombstone with its modseq, so the list is exact
+    (RFC 7162 3.2.5.1, 3.2.6).
+    """
+    rows = session.scalars(
+        select(Message.uid)
+        .where(
+            Message.mailbox_id == mailbox_id,
+            Message.expunged.is_(True),
+            Message.modseq > modseq,
+        )
+        .order_by(Message.uid)
+    )
+    return tuple(rows)
+
+
+def live_uids(session: Session, mailbox_id: int, uids: Sequence[int]) -> tuple[int, ...]:
+    """Which of ``uids`` are still live (not expunged) in the mailbox, in order
+    (none once the mailbox was deleted)."""
+    wanted = sorted(set(uids))
+    found: list[int] = []
+    for i in range(0, len(wanted), 500):  # SQLite limits bound parameters per statement
+        found.extend(
+            session.scalars(
+                select(Message.uid).where(
+                    Message.mailbox_id == mailbox_id,
+                    Message.uid.in_(wanted[i : i + 500]),
+                    Message.expunged.is_(False),
+                )
+            )
+        )
+    return tuple(sorted(found))
+
+
+def listing(session: Session, account: str) -> Listing:
+    row = accounts.get_account(session, account)
+    names = tuple(m.name for m in mailbox.list_mailboxes(session, row))
+    return Listing(names, tuple(mailbox.subscriptions(session, row)))
+
+
+def status(session: Session, account: str, name: str) -> MailboxStatus:
+    box = mailbox.get_mailbox(session, accounts.get_account(session, account), name)
+    rows = session.execute(
+        select(Message.flags, Message.size).where(
+            Message.mailbox_id == box.id, Message.expunged.is_(False)
+        )
+    ).all()
+    flag_sets = [flags.split() for flags, _ in rows]
+    return MailboxStatus(
+        messages=box.exists,
+        uidnext=box.last_uid + 1,
+        uidvalidity=box.uidvalidity,
+        unseen=sum(1 for f in flag_sets if "\\Seen" not in f),
+        highestmodseq=box.highestmodseq,
+        size=sum(size for _, size in rows),
+        deleted=sum(1 for f in flag_sets if "\\Deleted" in f),
+    )
+
+
+# -- writes (inside a fenced write: ``fn(session, account_row)``) ----------------------
+
+
+def create_mailbox(session: Session, account: Account, name: str) -> None:
+    """Create ``name`` and any superior that is missing (RFC 3501 6.3.3)."""
+    parts = name.split(mailbox.SEPARATOR)
+    for i in range(1, len(parts) + 1):
+        sub = mailbox.SEPARATOR.join(parts[:i])
+        if mailbox.find_mailbox(session, account, sub) is None:
+            mailbox.create_mailbox(session, account, sub)
+        elif sub == name:
+            raise AlreadyExists(f"mailbox {name} already exists")
+
+
+def delete_mailbox(session: Session, account: Account, name: str) -> None:
+    mailbox.delete_mailbox(session, account, name)
+
+
+def rename_mailbox(session: Session, account: Account, old: str, new: str) -> None:
+    """Rename a mailbox and its children; renaming INBOX moves its messages to
+    a new mailbox and leaves INBOX, empty (RFC 3501 6.3.5)."""
+    if old == "INBOX":
+        src = mailbox.get_mailbox(session, account, "INBOX")
+        dst = mailbox.create_mailbox(session, account, new)
+        uids = [r.uid for r in messages.live_records(session, src)]
+        messages.move_messages(session, account, src, dst, uids)
+    else:
+        mailbox.rename_mailbox(session, account, old, new)
+
+
+def subscribe(session: Session, account: Account, name: str) -> None:
+    mailbox.subscribe(session, account, name)
+
+
+def unsubscribe(session: Session, account: Account, name: str) -> None:
+    mailbox.unsubscribe(session, account, name)
+
+
+def append(
+    session: Session,
+    account: Account,
+    name: str,
+    *,
+    guid: str,
+    size: int,
+    flags: Iterable[str],
+    internaldate: dt.datetime,
+) -> Appended:
+    """A record for bytes already staged in the spool (NoSuchMailbox if ``name`` is missing)."""
+    box = mailbox.find_mailbox(session, account, name)
+    if box is None:
+        raise NoSuchMailbox(f"no such mailbox: {name}")
+    record = messages.append(
+        session, account, box, guid=guid, size=size, flags=flags, internaldate=internaldate
+    )
+    return Appended(box.uidvalidity, record.uid)
+
+
+def store_flags(
+    session: Session,
+    account: Account,
+    mailbox_id: int,
+    uids: Sequence[int],
+    flags: Iterable[str],
+    *,
+    mode: FlagMode,
+    unchangedsince: int | None = None,
+) -> FlagsStored:
+    """Add, remove or replace flags (RFC 3501 6.4.6; RFC 7162 3.1.3 UNCHANGEDSINCE)."""
+    result = messages.set_flags(
+        session,
+        account,
+        _row(session, mailbox_id),
+        uids,
+        flags,
+        mode=mode,
+        unchangedsince=unchangedsince,
+    )
+    return FlagsStored(tuple(_record(m) for m in result.changed), result.modified)
+
+
+def expunge(
+    session: Session, account: Account, mailbox_id: int, uids: Sequence[int] | None = None
+) -> tuple[int, ...]:
+    """Expunge ``uids``, or every ``\\Deleted`` record when None; the UIDs expunged."""
+    return tuple(messages.expunge(session, account, _row(session, mailbox_id), uids))
+
+
+def copy_messages(
+    session: Session,
+    account: Account,
+    mailbox_id: int,
+    uids: Sequence[int],
+    dest: str,
+    *,
+    move: bool,
+) -> CopyResult:
+    """COPY, or MOVE (RFC 6851), into the mailbox ``dest`` (NoSuchMailbox if missing)."""
+    src = _row(session, mailbox_id)
+    dst = mailbox.find_mailbox(session, account, dest)
+    if dst is None:
+        raise NoSuchMailbox(f"no such mailbox: {dest}")
+    if move:
+        return messages.move_messages(session, account, src, dst, uids)
+    return messages.copy_messages(session, account, src, dst, uids)
+
+
+# -- rows to values ---------------------------------------------------------------
+
+
+def _row(session: Session, mailbox_id: int) -> Mailbox:
+    row = session.get(Mailbox, mailbox_id)
+    if row is None:
+        raise NoSuchMailbox("the selected mailbox was deleted")
+    return row
+
+
+def _record(message: Message) -> Record:
+    return Record(
+        message.uid,
+        message.guid,
+        message.flags,
+        message.modseq,
+        message.size,
+        message.internaldate,
+    )
+
+
+def _snapshot(session: Session, row: Mailbox) -> Snapshot:
+    # The key covers everything a change to the records changes (UIDVALIDITY,
+    # highest modseq, last UID, count and content checksum).
+    key = (row.uidvalidity, row.highestmodseq, row.last_uid, row.exists, row.checksum)
+    records = _SNAPSHOTS.get(row.id, key)
+    if records is None:
+        rows = session.execute(
+            select(
+                Message.uid,
+                Message.guid,
+                Message.flags,
+                Message.modseq,
+                Message.size,
+                Message.internaldate,
+            )
+            .where(Message.mailbox_id == row.id, Message.expunged.is_(False))
+            .order_by(Message.uid)
+        )
+        records = tuple(Record(*r) for r in rows)
+        _SNAPSHOTS.put(row.id, key, records)
+    return Snapshot(
+        row.id,
+        row.uniqueid,
+        row.name,
+        row.uidvalidity,
+        row.highestmodseq,
+        row.last_uid + 1,
+        records,
+    )
+
+
+class SnapshotCache:
+    """The shared records of recently opened mailboxes, least recently used out
+    first past a budget of records; safe to use from any thread."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._entries: OrderedDict[int, tuple[tuple[int, ...], tuple[Record, ...]]] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, mailbox_id: int, key: tuple[int, ...]) -> tuple[Record, ...] | None:
+        with self._lock:
+            cached = self._entries.get(mailbox_id)
+            if cached is None or cached[0] != key:
+                return None
+            self._entries.move_to_end(mailbox_id)
+            return cached[1]
+
+    def put(self, mailbox_id: int, key: tuple[int, ...], records: tuple[Record, ...]) -> None:
+        with self._lock:
+            old = self._entries.pop(mailbox_id, None)
+            if old is not None:
+                self._size -= len(old[1])
+            self._entries[mailbox_id] = (key, records)
+            self._size += len(records)
+            while self._size > self.budget and len(self._entries) > 1:
+                _, (_, dropped) = self._entries.popitem(last=False)
+                self._size -= len(dropped)
+
+
+_SNAPSHOT_RECORDS: Final = 500_000  # records kept in all shared snapshots together (~50 MB)
+_SNAPSHOTS: Final = SnapshotCache(_SNAPSHOT_RECORDS)

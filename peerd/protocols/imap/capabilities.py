@@ -1,0 +1,24 @@
+"""What the server says it can do (RFC 3501 6.1.1, 7.2.1).
+
+How this works: :data:`CAPABILITIES` lists every extension the server
+offers; :func:`capabilities` adds STARTTLS while the connection may still
+switch to TLS (RFC 3501 6.2.1). Advertise only what is complete: a new
+extension is added here when its handlers are in.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["CAPABILITIES", "capabilities"]
+
+CAPABILITIES: Final = (
+    "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN "
+    "LIST-EXTENDED LIST-STATUS SPECIAL-USE CONDSTORE QRESYNC ESEARCH LOGIN-REFERRALS AUTH=PLAIN"
+)
+
+
+def capabilities(*, starttls: bool) -> str:
+    """The capability list; ``starttls``: TLS is configured, not on yet, and
+    the client has not logged in."""
+    return CAPABILITIES + " STARTTLS" if starttls else CAPABILITIES

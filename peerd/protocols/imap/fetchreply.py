@@ -1,0 +1,117 @@
+"""FETCH responses for one message, without I/O (RFC 3501 6.4.5 and 7.4.2).
+
+How this works: :func:`render_fetch` answers ``* n FETCH (...)`` for one
+record and the items a :class:`~peerd.protocols.imap.selected.FetchPlan`
+names. Items from the record (UID, FLAGS, INTERNALDATE, RFC822.SIZE, MODSEQ)
+need no bytes; body sections read the message once through the ``reader``
+the server passes (the store's verified spool read); ENVELOPE, BODYSTRUCTURE
+and BODY come from a :class:`StructureCache`, as the bytes under a GUID never
+change.
+
+The server renders in worker threads, many groups at once, so the cache takes
+a lock around each look-up and insertion (the MIME parse itself runs outside
+it: two threads may parse the same message once each, which is harmless).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Final
+
+from peerd.protocols.imap import structure
+from peerd.protocols.imap.fetchatt import BodySection, FetchAtt, Item, SectionKind, response_name
+from peerd.protocols.imap.records import Record
+from peerd.protocols.imap.responses import fetch_response, internaldate, literal
+
+__all__ = ["Reader", "StructureCache", "render_fetch"]
+
+Reader = Callable[[str], bytes]
+"""The bytes of a message by GUID."""
+
+Structure = tuple[bytes, bytes, bytes]  # ENVELOPE, BODYSTRUCTURE, BODY
+
+_DEFAULT_SIZE: Final = 50_000
+
+
+class StructureCache:
+    """ENVELOPE, BODYSTRUCTURE and BODY by GUID, least recently used out first;
+    safe to share between threads."""
+
+    def __init__(self, size: int = _DEFAULT_SIZE) -> None:
+        self.size = size
+        self._entries: OrderedDict[str, Structure] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, guid: str, reader: Reader) -> Structure:
+        with self._lock:
+            cached = self._entries.get(guid)
+            if cached is not None:
+                self._entries.move_to_end(guid)
+                return cached
+        part = structure.parse(reader(guid))
+        value = (
+            structure.envelope(part),
+            structure.bodystructure(part, True),
+            structure.bodystructure(part, False),
+        )
+        with self._lock:
+            self._entries[guid] = value
+            self._entries.move_to_end(guid)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return value
+
+
+def render_fetch(
+    seq: int,
+    record: Record,
+    items: Iterable[FetchAtt],
+    reader: Reader,
+    structures: StructureCache,
+) -> bytes:
+    """``* seq FETCH (...)`` for one message (RFC 3501 7.4.2)."""
+    parts: list[bytes] = []
+    raw: bytes | None = None
+    for att in items:
+        if att is Item.UID:
+            parts.append(b"UID %d" % record.uid)
+        elif att is Item.FLAGS:
+            parts.append(b"FLAGS (" + record.flags.encode() + b")")
+        elif att is Item.INTERNALDATE:
+            parts.append(b"INTERNALDATE " + internaldate(record.internaldate))
+        elif att is Item.RFC822_SIZE:
+            parts.append(b"RFC822.SIZE %d" % record.size)
+        elif att is Item.MODSEQ:
+            parts.append(b"MODSEQ (%d)" % record.modseq)
+        elif att is Item.ENVELOPE:
+            parts.append(b"ENVELOPE " + structures.get(record.guid, reader)[0])
+        elif att is Item.BODYSTRUCTURE:
+            parts.append(b"BODYSTRUCTURE " + structures.get(record.guid, reader)[1])
+        elif att is Item.BODY:
+            parts.append(b"BODY " + structures.get(record.guid, reader)[2])
+        else:
+            if raw is None:
+                raw = reader(record.guid)
+            parts.append(_body_item(att, raw))
+    return fetch_response(seq, parts)
+
+
+def _body_item(att: FetchAtt, raw: bytes) -> bytes:
+    if att is Item.RFC822:
+        return b"RFC822 " + literal(raw)
+    if att is Item.RFC822_HEADER:
+        return b"RFC822.HEADER " + literal(structure.section(raw, (), SectionKind.HEADER) or b"")
+    if att is Item.RFC822_TEXT:
+        return b"RFC822.TEXT " + literal(structure.section(raw, (), SectionKind.TEXT) or b"")
+    assert isinstance(att, BodySection)
+    data = structure.section(raw, att.part, att.kind, att.fields)
+    if data is not None and att.partial is not None:
+        # RFC 3501 6.4.5: <origin.length>; past the end is an empty string.
+        origin, length = att.partial
+        data = data[origin : origin + length]
+    return response_name(att) + b" " + (literal(data) if data is not None else b"NIL")

@@ -1,0 +1,177 @@
+"""LIST, LSUB and STATUS responses, without I/O (RFC 3501 6.3.8-6.3.10, RFC 5258,
+RFC 5819, RFC 6154).
+
+How this works: the server reads the account's mailbox names and
+subscriptions from the store and hands them over with the command;
+:func:`list_responses` and :func:`lsub_responses` return the untagged
+responses, :func:`status_response` renders one mailbox's counts. Names are
+the store's (``/`` is the hierarchy separator, INBOX spelled so).
+
+Wildcards (RFC 3501 6.3.8): ``*`` matches anything, ``%`` anything but the
+separator; :func:`matches` decides.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Final, Protocol
+
+from peerd.protocols.imap import commands as c
+from peerd.protocols.imap.responses import CommandError, mailbox
+
+__all__ = [
+    "SEPARATOR",
+    "SPECIAL_USE",
+    "Counts",
+    "list_responses",
+    "lsub_responses",
+    "matches",
+    "status_response",
+]
+
+SEPARATOR: Final = "/"
+# RFC 6154 2: the attribute a mailbox of this name gets in LIST.
+SPECIAL_USE: Final = {
+    "sent": "\\Sent",
+    "drafts": "\\Drafts",
+    "trash": "\\Trash",
+    "junk": "\\Junk",
+    "archive": "\\Archive",
+}
+
+
+def matches(pattern: str, name: str) -> bool:
+    """Whether ``name`` matches the LIST ``pattern`` (RFC 3501 6.3.8)."""
+    regex = "".join(
+        ".*" if ch == "*" else "[^/]*" if ch == "%" else re.escape(ch) for ch in pattern
+    )
+    inbox = pattern.upper().startswith("INBOX")
+    if inbox and name.upper().startswith("INBOX"):
+        name = "INBOX" + name[5:]
+    return re.fullmatch(regex, name, re.IGNORECASE if inbox else 0) is not None
+
+
+def list_responses(
+    cmd: c.List, names: Sequence[str], subscriptions: Sequence[str]
+) -> tuple[bytes, list[str]]:
+    """LIST's responses, and the names listed that exist (for RETURN (STATUS)).
+
+    RFC 5258 (LIST-EXTENDED): SUBSCRIBED, REMOTE (there are no remote
+    mailboxes) and RECURSIVEMATCH selection, SPECIAL-USE selection (RFC 6154
+    5.1), several patterns; CHILDREN, SPECIAL-USE and ``\\Subscribed`` are
+    always returned (RFC 5258 3.2 lets a server return what was not asked
+    for).
+    """
+    subscribed = "SUBSCRIBED" in cmd.select_options
+    recursive = "RECURSIVEMATCH" in cmd.select_options
+    if recursive and not subscribed:
+        # CHILDINFO (RFC 5258 3.5) is given for SUBSCRIBED only.
+        raise CommandError("RECURSIVEMATCH is offered with SUBSCRIBED only")
+    return _responses(
+        "LIST",
+        cmd.reference,
+        cmd.patterns,
+        names,
+        subscriptions,
+        subscribed_only=subscribed,
+        special_only="SPECIAL-USE" in cmd.select_options,
+        recursive=recursive,
+    )
+
+
+def lsub_responses(cmd: c.Lsub, names: Sequence[str], subscriptions: Sequence[str]) -> bytes:
+    """LSUB's responses (RFC 3501 6.3.9)."""
+    out, _ = _responses(
+        "LSUB", cmd.reference, (cmd.pattern,), names, subscriptions, subscribed_only=True, lsub=True
+    )
+    return out
+
+
+def _responses(
+    command: str,
+    reference: str,
+    patterns: Sequence[str],
+    names: Sequence[str],
+    subs: Sequence[str],
+    *,
+    subscribed_only: bool,
+    lsub: bool = False,
+    special_only: bool = False,
+    recursive: bool = False,
+) -> tuple[bytes, list[str]]:
+    if any(p == "" for p in patterns):
+        # RFC 3501 6.3.8: an empty pattern asks for the hierarchy delimiter.
+        return f'* {command} (\\Noselect) "/" ""\r\n'.encode(), []
+    existing = set(names)
+    subscribed = set(subs)
+    candidates: Sequence[str] = subs if subscribed_only else names
+    # RFC 5258 3.5: with RECURSIVEMATCH a parent that is not subscribed
+    # itself is listed too when a mailbox below it is, with CHILDINFO;
+    # the parent must match the pattern, the child need not.
+    parents_of_subscribed = {
+        name.rsplit(SEPARATOR, i)[0] for name in subs for i in range(1, name.count(SEPARATOR) + 1)
+    }
+    if recursive:
+        candidates = sorted(subscribed | parents_of_subscribed)
+    out: list[bytes] = []
+    listed: list[str] = []
+    for name in candidates:
+        if not any(matches(reference + p, name) for p in patterns):
+            continue
+        special = SPECIAL_USE.get(name.lower())
+        if special_only and special is None:
+            continue
+        attrs = []
+        if name not in existing:
+            attrs.append("\\Noselect" if lsub else "\\NonExistent")
+        children = any(n.startswith(name + SEPARATOR) for n in names)
+        attrs.append("\\HasChildren" if children else "\\HasNoChildren")
+        if special:
+            attrs.append(special)
+        if not lsub and name in subscribed:
+            attrs.append("\\Subscribed")
+        extended = b""
+        if recursive and name in parents_of_subscribed:
+            extended = b' ("CHILDINFO" ("SUBSCRIBED"))'
+        out.append(
+            f'* {command} ({" ".join(attrs)}) "/" '.encode() + mailbox(name) + extended + b"\r\n"
+        )
+        if name in existing:
+            listed.append(name)
+    return b"".join(out), listed
+
+
+class Counts(Protocol):
+    """A mailbox's counts, as the store gives them."""
+
+    @property
+    def messages(self) -> int: ...
+    @property
+    def uidnext(self) -> int: ...
+    @property
+    def uidvalidity(self) -> int: ...
+    @property
+    def unseen(self) -> int: ...
+    @property
+    def highestmodseq(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def deleted(self) -> int: ...
+
+
+def status_response(name: str, items: Sequence[str], counts: Counts) -> bytes:
+    """``* STATUS name (item value ...)`` for the items asked, in their order."""
+    values = {
+        "MESSAGES": counts.messages,
+        "RECENT": 0,  # no message is ever \Recent here
+        "UIDNEXT": counts.uidnext,
+        "UIDVALIDITY": counts.uidvalidity,
+        "UNSEEN": counts.unseen,
+        "HIGHESTMODSEQ": counts.highestmodseq,
+        "SIZE": counts.size,  # RFC 8438
+        "DELETED": counts.deleted,  # RFC 9051 6.3.11
+    }
+    parts = " ".join(f"{item} {values[item]}" for item in items)
+    return b"* STATUS " + mailbox(name) + f" ({parts})\r\n".encode()

@@ -1,0 +1,417 @@
+"""The rules of a selected mailbox, without I/O (RFC 3501 6.4 and 7.4.1, RFC 7162).
+
+How this works: a :class:`Selected` is what one session has told its client
+about the mailbox: the records in sequence order (UID, flags, modseq), the
+highest modseq and the next UID. The server feeds it values and writes the
+bytes it returns; the core never reads a socket nor the store.
+
+- **Changes by others.** When the store says the mailbox changed, the server
+  calls :meth:`Selected.changed`; at the end of a command it asks
+  :meth:`Selected.take_stale`, reads the mailbox again, and hands the fresh
+  :class:`~peerd.protocols.imap.records.MailboxView` to :meth:`Selected.update`,
+  which returns the untagged responses that tell the difference:
+  ``EXPUNGE`` (or ``VANISHED`` once QRESYNC is on, RFC 7162 3.2.10), ``FETCH``
+  of changed flags (with ``MODSEQ`` under CONDSTORE), ``EXISTS``. Whether
+  expunges may be told now is :func:`may_expunge`'s call (RFC 3501 7.4.1:
+  never during FETCH, STORE or SEARCH, as sequence numbers would shift under
+  the client; the UID forms may). When they may not, nothing of the change is
+  told and the snapshot stays stale for a later moment: a flag change told now
+  would carry a MODSEQ above the untold expunge's, which a QRESYNC client
+  would take as "seen everything up to here".
+- **Our own changes.** A STORE's or a FETCH's ``\\Seen`` write returns the
+  changed records; :meth:`Selected.absorb` takes them in, so they are told by
+  the command's own FETCH responses and not again later.
+- **Commands.** :meth:`Selected.resolve` maps a sequence set to (number,
+  record) pairs; :meth:`Selected.plan_fetch` says which items to answer,
+  for which messages, which to mark ``\\Seen`` first and whether VANISHED
+  (EARLIER) goes before; :meth:`Selected.store_responses` renders a STORE's
+  answers; :meth:`Selected.opening` and :meth:`Selected.resync` are SELECT's.
+- **Extensions** (:class:`Extensions`): CONDSTORE and QRESYNC are per
+  session, switched on by ENABLE (RFC 5161) or by a CONDSTORE-enabling
+  command (RFC 7162 3.1), and outlive SELECT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from peerd.protocols.imap import commands as c
+from peerd.protocols.imap.fetchatt import FetchAtt, Item, sets_seen
+from peerd.protocols.imap.records import MailboxView, Record
+from peerd.protocols.imap.responses import (
+    CODE_CANNOT,
+    CODE_CLOSED,
+    CODE_HIGHESTMODSEQ,
+    CODE_MODIFIED,
+    CODE_PERMANENTFLAGS,
+    CODE_UIDNEXT,
+    CODE_UIDVALIDITY,
+    CommandError,
+    Raw,
+    fetch_response,
+    response_code,
+    untagged_status,
+)
+from peerd.protocols.imap.sequence import SequenceSet, in_ranges, resolved
+
+__all__ = [
+    "ENABLABLE",
+    "SYSTEM_FLAGS",
+    "Extensions",
+    "FetchPlan",
+    "Selected",
+    "closed_response",
+    "may_expunge",
+]
+
+SYSTEM_FLAGS: Final = "\\Answered \\Flagged \\Deleted \\Seen \\Draft"
+# RFC 5161 3.1: what ENABLE can switch on here.
+ENABLABLE: Final = ("CONDSTORE", "QRESYNC")
+
+
+def may_expunge(cmd: c.Command) -> bool:
+    """Whether untagged EXPUNGE/VANISHED may follow ``cmd`` (RFC 3501 7.4.1).
+
+    Not after FETCH, STORE or SEARCH, whose answers are in sequence numbers
+    the client is still using; after their UID forms, and any other command,
+    they may.
+    """
+    if isinstance(cmd, c.Fetch | c.Store | c.Search):
+        return cmd.uid
+    return True
+
+
+def closed_response() -> bytes:
+    """``* OK [CLOSED]``: the previous mailbox's responses end here (RFC 7162 3.2.11)."""
+    return untagged_status("OK", "Previous mailbox closed", CODE_CLOSED)
+
+
+def _flags(flags: str) -> bytes:
+    return b"(" + flags.encode() + b")"
+
+
+def _vanished(uids: Iterable[int], earlier: bool) -> bytes:
+    text = str(SequenceSet.from_numbers(uids)).encode()
+    return b"* VANISHED %s%s\r\n" % (b"(EARLIER) " if earlier else b"", text)
+
+
+class Extensions:
+    """The session's CONDSTORE/QRESYNC state (RFC 7162)."""
+
+    __slots__ = ("condstore", "qresync")
+
+    def __init__(self) -> None:
+        self.condstore = False
+        # RFC 7162 3.2.3: after ENABLE QRESYNC, VANISHED replaces EXPUNGE.
+        self.qresync = False
+
+    def enable(self, caps: Sequence[str]) -> bytes:
+        """ENABLE: switch on what is offered; the ``* ENABLED`` response names it
+        (RFC 5161 3.1: capabilities not offered are ignored)."""
+        enabled = [cap for cap in dict.fromkeys(caps) if cap in ENABLABLE]
+        if enabled:
+            self.condstore = True  # RFC 7162 3.2.3: QRESYNC implies CONDSTORE
+        if "QRESYNC" in enabled:
+            self.qresync = True
+        return b"* ENABLED" + b"".join(b" " + e.encode() for e in enabled) + b"\r\n"
+
+    def admit(self, cmd: c.Select | c.Examine | c.Fetch | c.Store) -> None:
+        """Refuse what needs QRESYNC first, then note a CONDSTORE-enabling
+        command (RFC 7162 3.1: SELECT (CONDSTORE), FETCH MODSEQ or CHANGEDSINCE,
+        STORE UNCHANGEDSINCE)."""
+        if isinstance(cmd, c.Select | c.Examine):
+            if cmd.qresync is not None and not self.qresync:
+                raise CommandError("QRESYNC is not enabled: ENABLE QRESYNC first (RFC 7162 3.2.5)")
+            if cmd.condstore:
+                self.condstore = True  # RFC 7162 3.1.8
+        elif isinstance(cmd, c.Fetch):
+            if cmd.vanished and not self.qresync:
+                raise CommandError("VANISHED needs ENABLE QRESYNC first (RFC 7162 3.2.6)")
+            if cmd.changedsince is not None or Item.MODSEQ in cmd.items:
+                self.condstore = True
+        elif cmd.unchangedsince is not None:
+            self.condstore = True
+
+
+@dataclass(frozen=True, slots=True)
+class FetchPlan:
+    """What a FETCH answers: ``items`` for ``targets`` (sequence number, record).
+
+    ``seen``: UIDs to mark ``\\Seen`` before answering (RFC 3501 6.4.5); then
+    :meth:`Selected.after_seen` gives the plan with the new flags.
+    ``vanished_since``: tell ``VANISHED (EARLIER)`` first for the requested UIDs
+    expunged after this modseq (RFC 7162 3.2.6); the server reads the
+    tombstones and asks :meth:`Selected.vanished_earlier`.
+    """
+
+    items: tuple[FetchAtt, ...]
+    targets: tuple[tuple[int, Record], ...]
+    seen: tuple[int, ...] = ()
+    vanished_since: int | None = None
+
+
+class Selected:
+    """One session's view of its selected mailbox (see the module docstring)."""
+
+    __slots__ = (
+        "ext",
+        "highestmodseq",
+        "name",
+        "readonly",
+        "records",
+        "stale",
+        "uidnext",
+        "uidvalidity",
+    )
+
+    def __init__(self, view: MailboxView, *, name: str, readonly: bool, ext: Extensions) -> None:
+        self.name = name
+        self.readonly = readonly
+        self.ext = ext
+        self.uidvalidity = view.uidvalidity
+        self.records: list[Record] = list(view.records)
+        self.highestmodseq = view.highestmodseq
+        self.uidnext = view.uidnext
+        # The store may hold changes not yet told (set by changed() and by an
+        # update() that may not tell them yet; cleared by take_stale()).
+        self.stale = False
+
+    # -- SELECT ---------------------------------------------------------------------
+
+    def opening(self) -> bytes:
+        """SELECT's untagged responses (RFC 3501 6.3.1; RFC 7162 3.1.2.1
+        HIGHESTMODSEQ; no message is ever \\Recent here, so RECENT is 0)."""
+        flags = SYSTEM_FLAGS.encode()
+        return b"".join(
+            [
+                b"* FLAGS (" + flags + b")\r\n",
+                b"* %d EXISTS\r\n" % len(self.records),
+                b"* 0 RECENT\r\n",
+                untagged_status(
+                    "OK", "UIDs valid", response_code(CODE_UIDVALIDITY, self.uidvalidity)
+                ),
+                untagged_status(
+                    "OK", "Predicted next UID", response_code(CODE_UIDNEXT, self.uidnext)
+                ),
+                untagged_status("OK", "Limited", CODE_PERMANENTFLAGS + b" (" + flags + b" \\*)"),
+                untagged_status(
+                    "OK", "Highest", response_code(CODE_HIGHESTMODSEQ, self.highestmodseq)
+                ),
+            ]
+        )
+
+    def resync(self, known: c.QResync, vanished: Sequence[int]) -> bytes:
+        """SELECT (QRESYNC ...): what changed since the client's modseq (RFC 7162
+        3.2.5.1): the UIDs expunged since (``vanished``, from the tombstones),
+        within its known UIDs, as VANISHED (EARLIER); then the flags of every
+        message changed since. Nothing when the UIDVALIDITY differs. (Every
+        expunge is kept with its modseq, so the list is exact; the
+        sequence-match data, a hint for servers that keep fewer, is not needed.)"""
+        if known.uidvalidity != self.uidvalidity:
+            return b""
+        largest = self.uidnext - 1
+        ranges = resolved(known.known_uids, largest) if known.known_uids is not None else None
+        gone = [uid for uid in vanished if ranges is None or in_ranges(uid, ranges)]
+        out: list[bytes] = []
+        if gone:
+            out.append(_vanished(gone, earlier=True))
+        for seq, record in enumerate(self.records, 1):
+            if record.modseq > known.modseq:
+                parts = [b"UID %d" % record.uid, b"FLAGS " + _flags(record.flags)]
+                out.append(fetch_response(seq, [*parts, b"MODSEQ (%d)" % record.modseq]))
+        return b"".join(out)
+
+    # -- changes --------------------------------------------------------------------
+
+    def changed(self) -> None:
+        """The store says the mailbox changed: tell it at the next moment that may."""
+        self.stale = True
+
+    def take_stale(self) -> bool:
+        """Whether the snapshot is stale; clears the mark, so a change the store
+        reports while the server reads the mailbox marks it again."""
+        stale, self.stale = self.stale, False
+        return stale
+
+    def outdated_by(self, highestmodseq: int, uidnext: int) -> bool:
+        """Whether the store's mailbox (its highest modseq and next UID) is newer
+        than what was told; marks the snapshot stale when so."""
+        if (highestmodseq, uidnext) != (self.highestmodseq, self.uidnext):
+            self.stale = True
+        return self.stale
+
+    def update(self, fresh: MailboxView, *, expunges: bool) -> bytes:
+        """Take the store's mailbox as it is now; the untagged responses that
+        tell the client (empty when nothing may be told yet, see the module
+        docstring: then the snapshot stays and stays stale)."""
+        new = {r.uid: r for r in fresh.records}
+        seqs = self.seq_of()
+        gone = [uid for uid in seqs if uid not in new]
+        if gone and not expunges:
+            self.stale = True
+            return b""
+        out: list[bytes] = []
+        if self.ext.qresync and gone:
+            # RFC 7162 3.2.10: once QRESYNC is on, VANISHED says it in UIDs.
+            out.append(_vanished(gone, earlier=False))
+        else:
+            # Each EXPUNGE renumbers the ones after it (RFC 3501 7.4.1).
+            for removed, uid in enumerate(sorted(gone, key=lambda u: seqs[u])):
+                out.append(b"* %d EXPUNGE\r\n" % (seqs[uid] - removed))
+        kept = [r for r in self.records if r.uid in new]
+        condstore = self.ext.condstore
+        for i, record in enumerate(kept, 1):
+            now = new[record.uid]
+            if now.flags != record.flags or (condstore and now.modseq != record.modseq):
+                parts = [b"UID %d" % now.uid, b"FLAGS " + _flags(now.flags)]
+                if condstore:
+                    parts.append(b"MODSEQ (%d)" % now.modseq)
+                out.append(fetch_response(i, parts))
+        if len(fresh.records) != len(kept) or gone:
+            out.append(b"* %d EXISTS\r\n" % len(fresh.records))
+        self.records = list(fresh.records)
+        self.highestmodseq = fresh.highestmodseq
+        self.uidnext = fresh.uidnext
+        return b"".join(out)
+
+    def absorb(self, changed: Iterable[Record]) -> None:
+        """Take this session's own flag changes (the records as they are now)
+        into the snapshot: they are told by the command's own responses."""
+        by_uid = {r.uid: r for r in changed}
+        if not by_uid:
+            return
+        for i, record in enumerate(self.records):
+            updated = by_uid.get(record.uid)
+            if updated is not None:
+                self.records[i] = updated
+
+    # -- sequence sets ----------------------------------------------------------------
+
+    def seq_of(self) -> dict[int, int]:
+        """Sequence number by UID."""
+        return {r.uid: i + 1 for i, r in enumerate(self.records)}
+
+    def largest_uid(self) -> int:
+        return self.records[-1].uid if self.records else 0
+
+    def resolve(self, sequence: SequenceSet, uid: bool) -> list[tuple[int, Record]]:
+        """The (sequence number, record) pairs a set names, in mailbox order."""
+        if not self.records:
+            resolved(sequence, 0)  # "$" is still refused
+            return []
+        if uid:
+            # RFC 3501 6.4.8: UIDs that do not exist are ignored.
+            ranges = resolved(sequence, self.records[-1].uid)
+            return [(i + 1, r) for i, r in enumerate(self.records) if in_ranges(r.uid, ranges)]
+        count = len(self.records)
+        starts, ends = resolved(sequence, count)
+        if ends and ends[-1] > count:
+            raise CommandError(f"message sequence number out of range (there are {count})")
+        return [
+            (n, self.records[n - 1])
+            for a, b in zip(starts, ends, strict=True)
+            for n in range(a, b + 1)
+        ]
+
+    def writable(self) -> None:
+        """Refuse a change to a mailbox opened with EXAMINE (RFC 3501 6.3.2)."""
+        if self.readonly:
+            raise CommandError("mailbox is read-only (EXAMINE)", code=CODE_CANNOT, status="NO")
+
+    # -- EXPUNGE ----------------------------------------------------------------------
+
+    def uid_expunge_targets(self, seqset: SequenceSet) -> list[int]:
+        """UID EXPUNGE: the ``\\Deleted`` messages among these UIDs (RFC 4315 2.1)."""
+        wanted = resolved(seqset, self.largest_uid())
+        return [
+            r.uid
+            for r in self.records
+            if in_ranges(r.uid, wanted) and "\\Deleted" in r.flags.split()
+        ]
+
+    def expunge_code(self, expunged: bool) -> bytes | None:
+        """The tagged OK's code after EXPUNGE: the new HIGHESTMODSEQ once
+        QRESYNC is on and something was expunged (RFC 7162 3.2.7)."""
+        if expunged and self.ext.qresync:
+            return response_code(CODE_HIGHESTMODSEQ, self.highestmodseq)
+        return None
+
+    # -- FETCH ------------------------------------------------------------------------
+
+    def plan_fetch(self, cmd: c.Fetch) -> FetchPlan:
+        """What to answer (call after :meth:`Extensions.admit`)."""
+        items: list[FetchAtt] = list(cmd.items)
+        if cmd.uid:
+            # RFC 3501 6.4.8: UID FETCH always answers with UIDs; first, as clients expect.
+            items = [Item.UID, *(i for i in items if i is not Item.UID)]
+        targets = self.resolve(cmd.seqset, cmd.uid)
+        if cmd.changedsince is not None:
+            since = cmd.changedsince
+            targets = [(seq, r) for seq, r in targets if r.modseq > since]
+        condstore = self.ext.condstore
+        if condstore and Item.MODSEQ not in items:
+            items.append(Item.MODSEQ)  # RFC 7162 3.1.4.1
+        if condstore and Item.UID not in items:
+            items.insert(0, Item.UID)  # RFC 7162 3.2.4
+        seen: tuple[int, ...] = ()
+        if not self.readonly and sets_seen(items):
+            seen = tuple(r.uid for _, r in targets if "\\Seen" not in r.flags.split())
+        vanished = cmd.changedsince if cmd.vanished else None
+        return FetchPlan(tuple(items), tuple(targets), seen, vanished)
+
+    def vanished_earlier(self, seqset: SequenceSet, tombstones: Iterable[int]) -> bytes:
+        """``VANISHED (EARLIER)`` for the requested UIDs among ``tombstones``
+        that this session no longer shows (one it still shows is told as a
+        plain VANISHED when it may be, RFC 7162 3.2.6); empty if none."""
+        ranges = resolved(seqset, self.uidnext - 1)
+        shown = self.seq_of()
+        gone = [uid for uid in tombstones if uid not in shown and in_ranges(uid, ranges)]
+        return _vanished(gone, earlier=True) if gone else b""
+
+    def after_seen(self, plan: FetchPlan) -> FetchPlan:
+        """The plan once the ``\\Seen`` write was absorbed: the targets as they
+        are now, and FLAGS answered (RFC 3501 6.4.5: the new flags are told)."""
+        seqs = self.seq_of()
+        targets = tuple(
+            (seqs[r.uid], self.records[seqs[r.uid] - 1]) for _, r in plan.targets if r.uid in seqs
+        )
+        items = plan.items if Item.FLAGS in plan.items else (*plan.items, Item.FLAGS)
+        return FetchPlan(items, targets)
+
+    # -- STORE ------------------------------------------------------------------------
+
+    def store_responses(
+        self,
+        cmd: c.Store,
+        targets: Sequence[tuple[int, Record]],
+        changed: Collection[int],
+        modified: Sequence[int],
+    ) -> tuple[bytes, bytes | None]:
+        """A STORE's untagged FETCH responses, after its changes were absorbed,
+        and the MODIFIED code for the tagged OK when UNCHANGEDSINCE refused some
+        (RFC 7162 3.1.3: UIDs for UID STORE, else sequence numbers)."""
+        seqs = self.seq_of()
+        condstore = self.ext.condstore
+        out: list[bytes] = []
+        for _, record in targets:
+            seq = seqs.get(record.uid)
+            if seq is None:
+                continue
+            current = self.records[seq - 1]
+            # RFC 7162 3.2: with CONDSTORE, .SILENT still reports the new MODSEQ.
+            if cmd.silent and record.uid in changed and not condstore:
+                continue
+            parts = [b"FLAGS " + _flags(current.flags)]
+            if cmd.uid or condstore:
+                # RFC 7162 3.2.4: with CONDSTORE on, every FETCH carries UID and MODSEQ.
+                parts.insert(0, b"UID %d" % current.uid)
+            if condstore:
+                parts.append(b"MODSEQ (%d)" % current.modseq)
+            out.append(fetch_response(seq, parts))
+        code = None
+        if modified:
+            numbers = modified if cmd.uid else [seqs[u] for u in modified if u in seqs]
+            code = response_code(CODE_MODIFIED, Raw(bytes(SequenceSet.from_numbers(numbers))))
+        return b"".join(out), code

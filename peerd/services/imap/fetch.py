@@ -1,0 +1,107 @@
+"""IMAP FETCH and UID FETCH (RFC 3501 6.4.5; RFC 7162 CHANGEDSINCE and VANISHED).
+
+How this works: the core plans the answer
+(:meth:`~peerd.protocols.imap.selected.Selected.plan_fetch`: items, messages,
+which to mark ``\\Seen`` first, whether VANISHED (EARLIER) goes before). The
+handler reads the tombstones VANISHED needs, makes the ``\\Seen`` write, then
+renders the responses (:func:`~peerd.protocols.imap.fetchreply.render_fetch`)
+off the event loop in groups: one thread hop per group, not per message, and
+one large write per group. A message whose bytes cannot be read is left out
+and the tagged answer says why (:func:`unreadable_reply`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from functools import partial
+from typing import Final
+
+from engine.errors import Corrupt
+from peerd.protocols.imap import commands as c
+from peerd.protocols.imap.fetchatt import FetchAtt
+from peerd.protocols.imap.fetchreply import Reader, StructureCache, render_fetch
+from peerd.protocols.imap.records import Record
+from peerd.protocols.imap.responses import CODE_EXPUNGEISSUED, CODE_SERVERBUG
+from peerd.protocols.imap.sequence import SequenceSet
+from peerd.services.imap.session import Handler, Reply, Session
+
+__all__ = ["HANDLERS", "render_group"]
+
+log = logging.getLogger("peerd.services.imap")
+
+# FETCH renders this many messages per thread hop and per socket write.
+_FETCH_GROUP: Final = 256
+
+
+async def fetch(session: Session, cmd: c.Fetch) -> Reply:
+    session.ext.admit(cmd)
+    selection = session.selected()
+    box = selection.box
+    plan = box.plan_fetch(cmd)
+    if plan.vanished_since is not None:
+        # RFC 7162 3.2.6: the requested UIDs expunged since, before the FETCHes.
+        tombstones = await session.mail.vanished(selection.mailbox_id, plan.vanished_since)
+        vanished = box.vanished_earlier(cmd.seqset, tombstones)
+        if vanished:
+            await session.send(vanished)
+    if plan.seen:
+        stored = await session.mail.store_flags(
+            selection.mailbox_id, plan.seen, ["\\Seen"], mode="add"
+        )
+        box.absorb(stored.changed)
+        plan = box.after_seen(plan)
+    mail = session.mail
+    structures = session.server.structures
+    unreadable: list[int] = []
+    for start in range(0, len(plan.targets), _FETCH_GROUP):
+        group = plan.targets[start : start + _FETCH_GROUP]
+        data, failed = await mail.run_blocking(
+            partial(render_group, group, plan.items, mail.reader, structures)
+        )
+        unreadable += failed
+        await session.send(data)
+    # RFC 3501 7.4.1: no EXPUNGE during FETCH (UID FETCH may).
+    await session.report(cmd)
+    name = f"{'UID ' if cmd.uid else ''}FETCH"
+    if unreadable:
+        return await unreadable_reply(session, name, unreadable)
+    return Reply(f"{name} completed")
+
+
+async def unreadable_reply(session: Session, name: str, uids: list[int]) -> Reply:
+    """The NO for a FETCH that could not read some messages' bytes: expunged
+    meanwhile by another session (their bytes may have been swept, RFC 5530
+    EXPUNGEISSUED), or unreadable although still there (SERVERBUG)."""
+    damaged = await session.mail.live_uids(session.selected().mailbox_id, uids)
+    if not damaged:
+        return Reply(f"{name}: some messages were expunged", CODE_EXPUNGEISSUED, "NO")
+    log.error("FETCH: unreadable bytes of live messages, UIDs %s", damaged)
+    listed = str(SequenceSet.from_numbers(damaged))
+    return Reply(f"{name}: the data of UID {listed} cannot be read", CODE_SERVERBUG, "NO")
+
+
+def render_group(
+    group: Sequence[tuple[int, Record]],
+    items: Sequence[FetchAtt],
+    reader: Reader,
+    structures: StructureCache,
+) -> tuple[bytes, list[int]]:
+    """The FETCH responses of a group, and the UIDs whose bytes could not be
+    read (missing or not matching their GUID: never served); those are left out.
+    Runs in a worker thread."""
+    out: list[bytes] = []
+    unreadable: list[int] = []
+    for seq, record in group:
+        try:
+            out.append(render_fetch(seq, record, items, reader, structures))
+        except Corrupt as exc:
+            log.warning("FETCH of UID %d: %s", record.uid, exc.message)
+            unreadable.append(record.uid)
+        except OSError as exc:  # the spool itself in trouble (EIO, EACCES)
+            log.error("FETCH of UID %d: the spool could not be read: %s", record.uid, exc)
+            unreadable.append(record.uid)
+    return b"".join(out), unreadable
+
+
+HANDLERS: Final[dict[type[c.Command], Handler]] = {c.Fetch: fetch}

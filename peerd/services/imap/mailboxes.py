@@ -1,0 +1,166 @@
+"""IMAP commands on mailboxes (RFC 3501 6.3): ENABLE, NAMESPACE, SELECT, EXAMINE,
+CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB, STATUS, APPEND.
+
+How this works: each handler turns its command into one call of the
+account's :class:`~peerd.services.mailstore.AccountStore` and asks the core
+for the responses (:mod:`~peerd.protocols.imap.listing` for LIST, LSUB and
+STATUS; :class:`~peerd.protocols.imap.selected.Selected` for SELECT).
+:data:`HANDLERS` names them by command class.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Final
+
+from engine.errors import InvalidArgument, NoSuchMailbox
+from engine.mailview import normalize_mailbox_name
+from peerd.protocols.imap import commands as c
+from peerd.protocols.imap.listing import list_responses, lsub_responses, status_response
+from peerd.protocols.imap.responses import (
+    CODE_ALREADYEXISTS,
+    CODE_APPENDUID,
+    CODE_READ_ONLY,
+    CODE_READ_WRITE,
+    CODE_TRYCREATE,
+    CommandError,
+    response_code,
+)
+from peerd.protocols.imap.selected import Selected, closed_response
+from peerd.services.imap.session import Handler, Reply, Selection, Session
+
+__all__ = ["HANDLERS"]
+
+
+def store_name(decoded: str) -> str:
+    """A decoded mailbox name in the store's form (INBOX's case, no empty levels)."""
+    return normalize_mailbox_name(decoded)
+
+
+async def enable(session: Session, cmd: c.Enable) -> Reply:
+    await session.send(session.ext.enable(cmd.caps))
+    return Reply("ENABLE completed")
+
+
+async def namespace(session: Session, cmd: c.Namespace) -> Reply:
+    await session.send(b'* NAMESPACE (("" "/")) NIL NIL\r\n')
+    return Reply("NAMESPACE completed")
+
+
+async def select(session: Session, cmd: c.Select | c.Examine) -> Reply:
+    readonly = isinstance(cmd, c.Examine)
+    session.ext.admit(cmd)
+    name = store_name(cmd.mailbox)
+    if session.selection is not None:
+        # RFC 7162 3.2.11 (any client of a server that offers QRESYNC).
+        await session.send(closed_response())
+    # RFC 3501 6.3.1: a failed SELECT leaves no mailbox selected.
+    session.unselect()
+    known = cmd.qresync
+    vanished: tuple[int, ...] = ()
+    if known is None:
+        snapshot = await session.mail.snapshot(name)
+    else:
+        snapshot, vanished = await session.mail.snapshot_and_vanished(
+            name, known.uidvalidity, known.modseq
+        )
+    box = Selected(snapshot, name=snapshot.name, readonly=readonly, ext=session.ext)
+    session.select(Selection(snapshot.mailbox_id, snapshot.uniqueid, box))
+    await session.send(box.opening())
+    if known is not None:
+        resync = box.resync(known, vanished)
+        if resync:
+            await session.send(resync)
+    return Reply(f"{cmd.name} completed", CODE_READ_ONLY if readonly else CODE_READ_WRITE)
+
+
+async def create(session: Session, cmd: c.Create) -> Reply:
+    name = store_name(cmd.mailbox)
+    if name == "INBOX":
+        raise CommandError("INBOX always exists", code=CODE_ALREADYEXISTS, status="NO")
+    if cmd.special_use:
+        # RFC 6154 3: CREATE-SPECIAL-USE is not offered; attributes follow names.
+        raise CommandError("CREATE with USE is not offered (no CREATE-SPECIAL-USE)")
+    await session.mail.create_mailbox(name)
+    return Reply("CREATE completed")
+
+
+async def delete(session: Session, cmd: c.Delete) -> Reply:
+    name = store_name(cmd.mailbox)
+    await session.mail.delete_mailbox(name)
+    if session.selection is not None and session.selection.box.name == name:
+        session.unselect()
+    return Reply("DELETE completed")
+
+
+async def rename(session: Session, cmd: c.Rename) -> Reply:
+    await session.mail.rename_mailbox(store_name(cmd.mailbox), store_name(cmd.new_name))
+    return Reply("RENAME completed")
+
+
+async def subscribe(session: Session, cmd: c.Subscribe) -> Reply:
+    await session.mail.subscribe(store_name(cmd.mailbox))
+    return Reply("SUBSCRIBE completed")
+
+
+async def unsubscribe(session: Session, cmd: c.Unsubscribe) -> Reply:
+    await session.mail.unsubscribe(store_name(cmd.mailbox))
+    return Reply("UNSUBSCRIBE completed")
+
+
+async def list_mailboxes(session: Session, cmd: c.List) -> Reply:
+    listing = await session.mail.listing()
+    out, listed = list_responses(cmd, listing.names, listing.subscriptions)
+    if out:
+        await session.send(out)
+    # RFC 5819 (LIST-STATUS): a STATUS after the LIST responses.
+    for name in listed if cmd.status_items else ():
+        await session.send(status_response(name, cmd.status_items, await session.mail.status(name)))
+    return Reply("LIST completed")
+
+
+async def lsub(session: Session, cmd: c.Lsub) -> Reply:
+    listing = await session.mail.listing()
+    out = lsub_responses(cmd, listing.names, listing.subscriptions)
+    if out:
+        await session.send(out)
+    return Reply("LSUB completed")
+
+
+async def status(session: Session, cmd: c.Status) -> Reply:
+    name = store_name(cmd.mailbox)
+    await session.send(status_response(name, cmd.items, await session.mail.status(name)))
+    return Reply("STATUS completed")
+
+
+async def append(session: Session, cmd: c.Append) -> Reply:
+    name = store_name(cmd.mailbox)
+    when = (cmd.internaldate or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    if b"\0" in cmd.message:
+        raise InvalidArgument("message contains NUL")
+    try:
+        appended = await session.mail.append(name, cmd.message, cmd.flags, when)
+    except NoSuchMailbox:
+        # RFC 3501 6.3.11: TRYCREATE, so the client may CREATE and retry.
+        return Reply("no such mailbox", CODE_TRYCREATE, "NO")
+    await session.report(cmd)
+    return Reply(
+        "APPEND completed", response_code(CODE_APPENDUID, appended.uidvalidity, appended.uid)
+    )
+
+
+HANDLERS: Final[dict[type[c.Command], Handler]] = {
+    c.Enable: enable,
+    c.Namespace: namespace,
+    c.Select: select,
+    c.Examine: select,
+    c.Create: create,
+    c.Delete: delete,
+    c.Rename: rename,
+    c.Subscribe: subscribe,
+    c.Unsubscribe: unsubscribe,
+    c.List: list_mailboxes,
+    c.Lsub: lsub,
+    c.Status: status,
+    c.Append: append,
+}

@@ -1,0 +1,302 @@
+"""One IMAP connection: the loop that moves bytes between the socket and the core.
+
+How this works: a :class:`Session` feeds the bytes it reads to a
+:class:`~peerd.protocols.imap.parser.CommandReader` and gets typed events
+back: a command, a continuation request for a synchronizing literal, or a
+protocol error that already knows its reply. Each command is counted
+against the command rate (:mod:`~peerd.protocols.imap.ratelimit`), checked
+against the state table (:data:`~peerd.protocols.imap.states.ALLOWED`), and
+run by the handler the server's table names for its class
+(:mod:`peerd.services.imap.handlers`); this loop knows no command. A
+handler returns a :class:`Reply` (the tagged answer) or refuses with
+:class:`~peerd.protocols.imap.responses.CommandError`; store and ownership
+errors become ``NO``/``BAD`` in :func:`peerd.node.errormap.imap_code`.
+
+The selected mailbox's rules (what may be told when) are the core's
+(:class:`~peerd.protocols.imap.selected.Selected`); the session only reads
+the store when the core says the snapshot is stale, and writes what the core
+returns (:meth:`Session.report`). The store's change listener reaches the
+session through :meth:`Session.changed`, which also wakes IDLE.
+
+What stays here is what the core must not do: the socket, the idle timeout
+(RFC 3501 5.4: at least 30 minutes), time for the rate limit, and ending
+the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal, Protocol
+
+from engine.errors import EngineError
+from ownership.errors import OwnershipError
+from peerd.node.errormap import imap_code
+from peerd.node.node import Node
+from peerd.protocols.imap import commands as c
+from peerd.protocols.imap.capabilities import capabilities
+from peerd.protocols.imap.fetchreply import StructureCache
+from peerd.protocols.imap.parser import CommandReader, ContinuationNeeded, ProtocolError
+from peerd.protocols.imap.ratelimit import CommandRate, Verdict
+from peerd.protocols.imap.responses import (
+    CODE_CAPABILITY,
+    CODE_LIMIT,
+    CODE_UNAVAILABLE,
+    CommandError,
+    Raw,
+    response_code,
+    tagged,
+    untagged_status,
+)
+from peerd.protocols.imap.selected import Extensions, Selected, may_expunge
+from peerd.protocols.imap.states import ALLOWED, State
+from peerd.services.mailstore import AccountStore
+
+__all__ = ["Closed", "Handler", "Host", "Reply", "Selection", "Session"]
+
+_READ_SIZE: Final = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A handler's tagged answer: ``tag status [code] text``."""
+
+    text: str
+    code: bytes | None = None
+    status: Literal["OK", "NO", "BAD"] = "OK"
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """The selected mailbox: the store's names for it, and the core's state."""
+
+    mailbox_id: int
+    uniqueid: str
+    box: Selected
+
+
+class Closed(Exception):
+    """The session is over (client gone, timed out, or cut off)."""
+
+
+Handler = Callable[["Session", Any], Awaitable[Reply | None]]
+
+
+class Host(Protocol):
+    """What sessions share, kept by the server (:class:`peerd.services.imap.server.ImapServer`)."""
+
+    node: Node
+    tls: ssl.SSLContext | None
+    structures: StructureCache
+    sessions: set[Session]
+
+    def count(self, account: str) -> int:
+        """The logged-in sessions of ``account``."""
+        ...
+
+
+class Session:
+    def __init__(
+        self,
+        server: Host,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        handlers: Mapping[type[c.Command], Handler],
+    ) -> None:
+        self.server = server
+        self.node = server.node
+        self.reader = reader
+        self.writer = writer
+        self.handlers = handlers
+        config = self.node.config.imap
+        self.core = CommandReader(max_line=config.max_line, max_literal=config.max_literal)
+        self.rate = CommandRate(config.commands_per_second)
+        self.state = State.NOT_AUTHENTICATED
+        self.account = ""
+        self._mail: AccountStore | None = None
+        self.selection: Selection | None = None
+        self.ext = Extensions()
+        self.failures = 0
+        self.idle_wake = asyncio.Event()
+        self.closing: str | None = None
+        self.tls = False
+
+    # -- I/O ----------------------------------------------------------------------
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def read_more(self, timeout: float) -> None:
+        try:
+            data = await asyncio.wait_for(self.reader.read(_READ_SIZE), timeout)
+        except TimeoutError as exc:
+            await self.send(
+                untagged_status("BYE", "autologout; idle for too long", CODE_UNAVAILABLE)
+            )
+            raise Closed from exc
+        if not data:
+            raise Closed
+        self.core.feed(data)
+
+    async def read_some(self) -> bytes:
+        """One read off the socket, no timeout (IDLE waits with its own)."""
+        return await self.reader.read(_READ_SIZE)
+
+    async def next_line(self, timeout: float) -> bytes:
+        """A raw line (AUTHENTICATE); a fatal over-long line ends the session."""
+        while (line := self.core.next_line()) is None:
+            await self.read_more(timeout)
+        if isinstance(line, ProtocolError):
+            await self.send(line.reply())
+            raise Closed
+        return line.data
+
+    async def run(self) -> None:
+        idle = self.node.config.imap.idle_timeout.total_seconds()
+        await self.send(
+            untagged_status(
+                "OK",
+                f"peerd IMAP4rev1 {self.node.name} ready",
+                response_code(CODE_CAPABILITY, Raw(self.capabilities().encode())),
+            )
+        )
+        try:
+            while self.state is not State.LOGOUT:
+                event = self.core.next_event()
+                if event is None:
+                    await self.read_more(idle)
+                elif isinstance(event, ContinuationNeeded):
+                    await self.send(event.reply())  # RFC 3501 7.5
+                elif isinstance(event, ProtocolError):
+                    await self.send(event.reply())
+                    if event.fatal:
+                        return
+                elif await self.admit(event):
+                    await self.dispatch(event)
+                    if self.closing:
+                        await self.send(untagged_status("BYE", self.closing, CODE_UNAVAILABLE))
+                        return
+        except (Closed, ConnectionError):
+            pass
+        finally:
+            self.server.sessions.discard(self)
+            self.writer.close()
+
+    async def admit(self, cmd: c.Command) -> bool:
+        """The command rate (``[imap] commands_per_second``): run, refuse, or close."""
+        now = time.monotonic()
+        verdict = self.rate.check(now, exempt=isinstance(cmd, c.Logout))
+        if verdict is Verdict.RUN:
+            return True
+        limit = self.rate.per_second
+        if verdict is Verdict.CLOSE:
+            await self.send(
+                untagged_status("BYE", f"too many commands (over {limit} per second)", CODE_LIMIT)
+            )
+            raise Closed
+        wait = self.rate.retry_after(now)
+        await self.send(
+            tagged(
+                cmd.tag,
+                "NO",
+                f"too many commands: at most {limit} per second; retry in {wait:.1f}s",
+                CODE_LIMIT,
+            )
+        )
+        return False
+
+    async def dispatch(self, cmd: c.Command) -> None:
+        if type(cmd) not in ALLOWED[self.state]:
+            # RFC 3501 6: a command in the wrong state is a protocol error.
+            await self.send(
+                tagged(cmd.tag, "BAD", f"{cmd.name} is not allowed now ({self.state.value})")
+            )
+            return
+        try:
+            reply = await self.handlers[type(cmd)](self, cmd)
+        except CommandError as exc:
+            await self.send(tagged(cmd.tag, exc.status, exc.text, exc.code))
+            return
+        except (EngineError, OwnershipError) as exc:
+            status, code = imap_code(exc)
+            result: Literal["NO", "BAD"] = "BAD" if status == "BAD" else "NO"
+            await self.send(tagged(cmd.tag, result, exc.message, code.encode() if code else None))
+            return
+        if reply is not None:
+            await self.send(tagged(cmd.tag, reply.status, reply.text, reply.code))
+
+    def capabilities(self) -> str:
+        starttls = (
+            self.server.tls is not None and not self.tls and self.state is State.NOT_AUTHENTICATED
+        )
+        return capabilities(starttls=starttls)
+
+    # -- states -------------------------------------------------------------------
+
+    def logged_in(self, account: str) -> None:
+        """LOGIN/AUTHENTICATE succeeded for ``account``."""
+        self.account = account
+        self._mail = AccountStore(self.node, account, on_write=self._wrote)
+        self.state = State.AUTHENTICATED
+        self.server.sessions.add(self)
+
+    @property
+    def mail(self) -> AccountStore:
+        """The account's mail (the state table runs mail commands only after login)."""
+        assert self._mail is not None
+        return self._mail
+
+    def select(self, selection: Selection) -> None:
+        self.selection = selection
+        self.state = State.SELECTED
+
+    def unselect(self) -> None:
+        self.selection = None
+        self.state = State.AUTHENTICATED
+
+    def selected(self) -> Selection:
+        """The selected mailbox (the state table allows these commands only then)."""
+        assert self.selection is not None
+        return self.selection
+
+    # -- changes ------------------------------------------------------------------
+
+    def _wrote(self) -> None:
+        # Our own change: the store's listener tells us too, but possibly
+        # after this command's reply; look at the next report.
+        if self.selection is not None:
+            self.selection.box.changed()
+
+    def changed(self, uniqueids: set[str]) -> None:
+        """The store committed changes to these mailboxes (any session, LMTP,
+        replication from the partner)."""
+        if self.selection is not None and self.selection.uniqueid in uniqueids:
+            self.selection.box.changed()
+            self.idle_wake.set()
+
+    async def poll(self) -> None:
+        """Look at the mailbox itself: a change committed by another process or
+        session may reach us through the listener only after this command."""
+        selection = self.selection
+        if selection is None or selection.box.stale:
+            return
+        version = await self.mail.version(selection.mailbox_id)
+        if version is None:
+            selection.box.changed()
+        else:
+            selection.box.outdated_by(version.highestmodseq, version.uidnext)
+
+    async def report(self, cmd: c.Command) -> None:
+        """Tell the client what changed in the selected mailbox, as far as the
+        core allows after ``cmd`` (RFC 3501 7.4.1)."""
+        selection = self.selection
+        if selection is None or not selection.box.take_stale():
+            return
+        fresh = await self.mail.snapshot_of(selection.mailbox_id)
+        out = selection.box.update(fresh, expunges=may_expunge(cmd))
+        if out:
+            await self.send(out)

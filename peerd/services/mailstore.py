@@ -1,0 +1,178 @@
+"""One account's mail as IMAP and POP3 reach it: typed reads, fenced writes, message bytes.
+
+How this works: a logged-in session holds an :class:`AccountStore` for its
+account. Each method is one store transaction running one function of
+:mod:`engine.mailview` and returns its frozen values; no service builds a
+query or holds an ORM row. Reads run in the store's reader threads; every
+write goes through :meth:`peerd.node.node.Node.write_owned`, so the ownership
+fence runs in the same transaction as the change and a switchover that
+commits first always wins. Message bytes are read off the event loop and
+verified against their GUID (:meth:`reader` is the same read, for code that
+already runs in a worker thread).
+
+``on_write`` is called after each committed write: the IMAP session marks its
+selected mailbox stale there, as the store's change notice for its own write
+may arrive only after the command's reply.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from engine import mailview
+from engine.mailview import (
+    Appended,
+    CopyResult,
+    FlagMode,
+    FlagsStored,
+    Listing,
+    MailboxStatus,
+    Snapshot,
+    Version,
+)
+from peerd.node.node import Node
+
+__all__ = ["AccountStore"]
+
+T = TypeVar("T")
+
+
+class AccountStore:
+    """The mail of ``account`` on ``node``."""
+
+    def __init__(
+        self, node: Node, account: str, on_write: Callable[[], None] | None = None
+    ) -> None:
+        self.node = node
+        self.account = account
+        self.on_write = on_write
+        self.reader: Callable[[str], bytes] = node.store.spool.read
+        """The verified bytes of a message by GUID; blocking (worker threads only)."""
+
+    # -- reads --------------------------------------------------------------------
+
+    async def snapshot(self, name: str) -> Snapshot:
+        account = self.account
+        return await self.node.store.read(lambda s: mailview.snapshot(s, account, name))
+
+    async def snapshot_of(self, mailbox_id: int) -> Snapshot:
+        return await self.node.store.read(lambda s: mailview.snapshot_of(s, mailbox_id))
+
+    async def snapshot_and_vanished(
+        self, name: str, uidvalidity: int, modseq: int
+    ) -> tuple[Snapshot, tuple[int, ...]]:
+        """The mailbox and, if its UIDVALIDITY is ``uidvalidity``, the UIDs
+        expunged after ``modseq``, in one read: no UID is both live and vanished."""
+        account = self.account
+        return await self.node.store.read(
+            lambda s: mailview.snapshot_and_vanished(s, account, name, uidvalidity, modseq)
+        )
+
+    async def version(self, mailbox_id: int) -> Version | None:
+        return await self.node.store.read(lambda s: mailview.version(s, mailbox_id))
+
+    async def vanished(self, mailbox_id: int, modseq: int) -> tuple[int, ...]:
+        return await self.node.store.read(lambda s: mailview.vanished(s, mailbox_id, modseq))
+
+    async def live_uids(self, mailbox_id: int, uids: Sequence[int]) -> tuple[int, ...]:
+        return await self.node.store.read(lambda s: mailview.live_uids(s, mailbox_id, uids))
+
+    async def listing(self) -> Listing:
+        account = self.account
+        return await self.node.store.read(lambda s: mailview.listing(s, account))
+
+    async def status(self, name: str) -> MailboxStatus:
+        account = self.account
+        return await self.node.store.read(lambda s: mailview.status(s, account, name))
+
+    # -- bytes ----------------------------------------------------------------------
+
+    async def message(self, guid: str) -> bytes:
+        reader = self.reader
+        return await self.node.store.run_blocking(lambda: reader(guid))
+
+    async def run_blocking(self, fn: Callable[[], T]) -> T:
+        """Run CPU- or disk-bound work (rendering, searching) off the event loop."""
+        return await self.node.store.run_blocking(fn)
+
+    # -- writes ---------------------------------------------------------------------
+
+    def _wrote(self) -> None:
+        if self.on_write is not None:
+            self.on_write()
+
+    async def create_mailbox(self, name: str) -> None:
+        await self.node.write_owned(self.account, lambda s, a: mailview.create_mailbox(s, a, name))
+        self._wrote()
+
+    async def delete_mailbox(self, name: str) -> None:
+        await self.node.write_owned(self.account, lambda s, a: mailview.delete_mailbox(s, a, name))
+        self._wrote()
+
+    async def rename_mailbox(self, old: str, new: str) -> None:
+        await self.node.write_owned(
+            self.account, lambda s, a: mailview.rename_mailbox(s, a, old, new)
+        )
+        self._wrote()
+
+    async def subscribe(self, name: str) -> None:
+        await self.node.write_owned(self.account, lambda s, a: mailview.subscribe(s, a, name))
+        self._wrote()
+
+    async def unsubscribe(self, name: str) -> None:
+        await self.node.write_owned(self.account, lambda s, a: mailview.unsubscribe(s, a, name))
+        self._wrote()
+
+    async def append(
+        self, name: str, data: bytes, flags: Sequence[str], when: dt.datetime
+    ) -> Appended:
+        """Spool ``data`` (off the loop), then add its record to ``name``."""
+        spool = self.node.store.spool
+        staged = await self.node.store.run_blocking(lambda: spool.stage(data))
+        size = len(data)
+        appended = await self.node.write_owned(
+            self.account,
+            lambda s, a: mailview.append(
+                s, a, name, guid=staged.guid, size=size, flags=flags, internaldate=when
+            ),
+            staged=[staged],
+        )
+        self._wrote()
+        return appended
+
+    async def store_flags(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        flags: Sequence[str],
+        *,
+        mode: FlagMode,
+        unchangedsince: int | None = None,
+    ) -> FlagsStored:
+        stored = await self.node.write_owned(
+            self.account,
+            lambda s, a: mailview.store_flags(
+                s, a, mailbox_id, uids, flags, mode=mode, unchangedsince=unchangedsince
+            ),
+        )
+        self._wrote()
+        return stored
+
+    async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> tuple[int, ...]:
+        expunged = await self.node.write_owned(
+            self.account, lambda s, a: mailview.expunge(s, a, mailbox_id, uids)
+        )
+        self._wrote()
+        return expunged
+
+    async def copy_messages(
+        self, mailbox_id: int, uids: Sequence[int], dest: str, *, move: bool
+    ) -> CopyResult:
+        copied = await self.node.write_owned(
+            self.account,
+            lambda s, a: mailview.copy_messages(s, a, mailbox_id, uids, dest, move=move),
+        )
+        self._wrote()
+        return copied

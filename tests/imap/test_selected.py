@@ -1,0 +1,417 @@
+"""The selected-mailbox core with values and bytes alone: what may be told when.
+
+Commands come from bytes through the real reader; the store is replaced by
+plain values (a mailbox view is a list of records), as the core never sees
+more than that.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, replace
+
+import pytest
+
+from peerd.protocols.imap import commands as c
+from peerd.protocols.imap.fetchatt import Item
+from peerd.protocols.imap.parser import CommandReader
+from peerd.protocols.imap.records import Record
+from peerd.protocols.imap.responses import CommandError
+from peerd.protocols.imap.selected import (
+    Extensions,
+    FetchPlan,
+    Selected,
+    closed_response,
+    may_expunge,
+)
+
+WHEN = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Rec:
+    uid: int
+    flags: str = ""
+    modseq: int = 1
+    guid: str = "0" * 40
+    size: int = 100
+    internaldate: dt.datetime = WHEN
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    records: tuple[Record, ...]
+    uidvalidity: int = 7
+    highestmodseq: int = 10
+    uidnext: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.uidnext:
+            last = self.records[-1].uid if self.records else 0
+            object.__setattr__(self, "uidnext", last + 1)
+
+
+def command(text: bytes) -> c.Command:
+    reader = CommandReader()
+    reader.feed(text + b"\r\n")
+    event = reader.next_event()
+    assert isinstance(event, c.Command), event
+    return event
+
+
+def fetch(text: bytes) -> c.Fetch:
+    cmd = command(text)
+    assert isinstance(cmd, c.Fetch)
+    return cmd
+
+
+def admissible(text: bytes) -> c.Select | c.Examine | c.Fetch | c.Store:
+    cmd = command(text)
+    assert isinstance(cmd, c.Select | c.Examine | c.Fetch | c.Store)
+    return cmd
+
+
+def store(text: bytes) -> c.Store:
+    cmd = command(text)
+    assert isinstance(cmd, c.Store)
+    return cmd
+
+
+def five(ext: Extensions | None = None, *, readonly: bool = False) -> Selected:
+    view = View(tuple(Rec(uid) for uid in (10, 20, 30, 40, 50)))
+    return Selected(view, name="INBOX", readonly=readonly, ext=ext or Extensions())
+
+
+def without(box: Selected, *uids: int, highestmodseq: int = 11) -> View:
+    return View(
+        tuple(r for r in box.records if r.uid not in uids),
+        highestmodseq=highestmodseq,
+        uidnext=box.uidnext,
+    )
+
+
+# -- when expunges may be told (RFC 3501 7.4.1) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "allowed"),
+    [
+        (b"a FETCH 1 FLAGS", False),
+        (b"a STORE 1 +FLAGS (\\Seen)", False),
+        (b"a SEARCH ALL", False),
+        (b"a UID FETCH 1 FLAGS", True),
+        (b"a UID STORE 1 +FLAGS (\\Seen)", True),
+        (b"a UID SEARCH ALL", True),
+        (b"a NOOP", True),
+        (b"a CHECK", True),
+        (b"a IDLE", True),
+        (b"a EXPUNGE", True),
+        (b"a MOVE 1 Trash", True),
+        (b"a APPEND INBOX {1+}\r\nx", True),
+    ],
+)
+def test_expunges_are_never_told_after_fetch_store_or_search(text: bytes, allowed: bool) -> None:
+    assert may_expunge(command(text)) is allowed
+
+
+def test_an_expunge_is_held_back_during_fetch_and_told_at_the_next_noop() -> None:
+    box = five()
+    fresh = without(box, 20)
+    box.changed()
+    assert box.take_stale()
+    assert box.update(fresh, expunges=may_expunge(fetch(b"a FETCH 1:* FLAGS"))) == b""
+    # Nothing changed in what the client was told, and the change is still due.
+    assert [r.uid for r in box.records] == [10, 20, 30, 40, 50]
+    assert box.stale
+    assert box.take_stale()
+    out = box.update(fresh, expunges=may_expunge(command(b"a NOOP")))
+    assert out == b"* 2 EXPUNGE\r\n* 4 EXISTS\r\n"
+    assert [r.uid for r in box.records] == [10, 30, 40, 50]
+    assert box.highestmodseq == 11
+
+
+def test_a_flag_change_behind_a_held_back_expunge_is_held_back_too() -> None:
+    # A FETCH MODSEQ told now would be above the untold expunge's modseq: a
+    # QRESYNC client would think it had seen everything up to it.
+    ext = Extensions()
+    ext.enable(["QRESYNC"])
+    box = five(ext)
+    fresh = View(
+        (Rec(10, "\\Seen", modseq=12), Rec(30), Rec(40), Rec(50)), highestmodseq=12, uidnext=51
+    )
+    assert box.update(fresh, expunges=False) == b""
+    assert box.records[0].flags == ""
+    assert box.update(fresh, expunges=True) == (
+        b"* VANISHED 20\r\n* 1 FETCH (UID 10 FLAGS (\\Seen) MODSEQ (12))\r\n* 4 EXISTS\r\n"
+    )
+
+
+def test_each_expunge_renumbers_the_ones_after_it() -> None:
+    box = five()
+    assert box.update(without(box, 20, 40, 50), expunges=True) == (
+        b"* 2 EXPUNGE\r\n* 3 EXPUNGE\r\n* 3 EXPUNGE\r\n* 2 EXISTS\r\n"
+    )
+
+
+def test_after_enable_qresync_expunges_are_told_as_vanished_uids() -> None:
+    ext = Extensions()
+    assert ext.enable(["QRESYNC"]) == b"* ENABLED QRESYNC\r\n"
+    box = five(ext)
+    assert box.update(without(box, 20, 30, 50), expunges=True) == (
+        b"* VANISHED 20,30,50\r\n* 2 EXISTS\r\n"
+    )
+
+
+def test_new_messages_are_told_as_exists() -> None:
+    box = five()
+    fresh = View((*box.records, Rec(51), Rec(52)), highestmodseq=12)
+    assert box.update(fresh, expunges=False) == b"* 7 EXISTS\r\n"
+    assert box.uidnext == 53
+
+
+def test_flag_changes_are_told_with_modseq_only_under_condstore() -> None:
+    records = (Rec(10), Rec(20, "\\Seen", modseq=5))
+    plain = Selected(View(records), name="INBOX", readonly=False, ext=Extensions())
+    fresh = View((Rec(10, "\\Flagged", modseq=11), Rec(20, "\\Seen", modseq=11)), highestmodseq=11)
+    # Without CONDSTORE a modseq-only change is not news.
+    assert plain.update(fresh, expunges=True) == b"* 1 FETCH (UID 10 FLAGS (\\Flagged))\r\n"
+    ext = Extensions()
+    ext.enable(["CONDSTORE"])
+    condstore = Selected(View(records), name="INBOX", readonly=False, ext=ext)
+    assert condstore.update(fresh, expunges=True) == (
+        b"* 1 FETCH (UID 10 FLAGS (\\Flagged) MODSEQ (11))\r\n"
+        b"* 2 FETCH (UID 20 FLAGS (\\Seen) MODSEQ (11))\r\n"
+    )
+
+
+def test_a_change_reported_while_the_mailbox_is_read_is_not_lost() -> None:
+    box = five()
+    box.changed()
+    assert box.take_stale()
+    box.changed()  # the store's notice arrives while the server reads
+    box.update(without(box, 20), expunges=True)
+    assert box.stale
+
+
+def test_a_poll_marks_the_snapshot_stale_only_when_the_mailbox_moved_on() -> None:
+    box = five()
+    assert not box.outdated_by(10, 51)
+    assert box.outdated_by(11, 51)
+    assert box.take_stale()
+    assert box.outdated_by(10, 52)
+
+
+def test_our_own_changes_are_absorbed_and_not_told_again() -> None:
+    box = five()
+    box.absorb([Rec(20, "\\Seen", modseq=11)])
+    fresh = View(tuple(box.records), highestmodseq=11)
+    assert box.update(fresh, expunges=True) == b""
+
+
+# -- SELECT ---------------------------------------------------------------------------------
+
+
+def test_select_opening_responses() -> None:
+    box = five()
+    assert box.opening() == (
+        b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n"
+        b"* 5 EXISTS\r\n"
+        b"* 0 RECENT\r\n"
+        b"* OK [UIDVALIDITY 7] UIDs valid\r\n"
+        b"* OK [UIDNEXT 51] Predicted next UID\r\n"
+        b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Limited\r\n"
+        b"* OK [HIGHESTMODSEQ 10] Highest\r\n"
+    )
+    assert closed_response() == b"* OK [CLOSED] Previous mailbox closed\r\n"
+
+
+def test_qresync_resync_tells_vanished_within_known_uids_then_changed_flags() -> None:
+    ext = Extensions()
+    ext.enable(["QRESYNC"])
+    records = (Rec(10, modseq=3), Rec(30, "\\Answered", modseq=9), Rec(50, modseq=4))
+    box = Selected(View(records), name="INBOX", readonly=False, ext=ext)
+    select = command(b"a SELECT INBOX (QRESYNC (7 5 1:40))")
+    assert isinstance(select, c.Select) and select.qresync is not None
+    ext.admit(select)
+    assert box.resync(select.qresync, [20, 45]) == (
+        b"* VANISHED (EARLIER) 20\r\n* 2 FETCH (UID 30 FLAGS (\\Answered) MODSEQ (9))\r\n"
+    )
+    other = command(b"a SELECT INBOX (QRESYNC (8 5))")
+    assert isinstance(other, c.Select) and other.qresync is not None
+    assert box.resync(other.qresync, [20]) == b""  # another UIDVALIDITY: nothing
+
+
+def test_qresync_and_vanished_need_enable_first() -> None:
+    ext = Extensions()
+    with pytest.raises(CommandError, match="ENABLE QRESYNC"):
+        ext.admit(admissible(b"a SELECT INBOX (QRESYNC (7 5))"))
+    with pytest.raises(CommandError, match="ENABLE QRESYNC"):
+        ext.admit(fetch(b"a UID FETCH 1:* FLAGS (CHANGEDSINCE 5 VANISHED)"))
+    assert not ext.condstore
+
+
+def test_enable_names_only_what_is_offered_and_qresync_implies_condstore() -> None:
+    ext = Extensions()
+    assert ext.enable(["UTF8=ACCEPT", "QRESYNC", "QRESYNC"]) == b"* ENABLED QRESYNC\r\n"
+    assert ext.condstore and ext.qresync
+    assert Extensions().enable(["X-NOTHING"]) == b"* ENABLED\r\n"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"a SELECT INBOX (CONDSTORE)",
+        b"a FETCH 1 (FLAGS MODSEQ)",
+        b"a FETCH 1 FLAGS (CHANGEDSINCE 3)",
+        b"a STORE 1 (UNCHANGEDSINCE 3) +FLAGS (\\Seen)",
+    ],
+)
+def test_condstore_enabling_commands(text: bytes) -> None:
+    ext = Extensions()
+    ext.admit(admissible(text))
+    assert ext.condstore and not ext.qresync
+
+
+# -- FETCH ----------------------------------------------------------------------------------
+
+
+def test_uid_fetch_answers_uid_first() -> None:
+    plan = five().plan_fetch(fetch(b"a UID FETCH 20:30 (FLAGS)"))
+    assert plan.items == (Item.UID, Item.FLAGS)
+    assert [(seq, r.uid) for seq, r in plan.targets] == [(2, 20), (3, 30)]
+    assert plan.seen == () and plan.vanished_since is None
+
+
+def test_body_without_peek_marks_seen_on_a_writable_mailbox_only() -> None:
+    box = five()
+    box.absorb([Rec(20, "\\Seen")])
+    plan = box.plan_fetch(fetch(b"a FETCH 1:3 BODY[]"))
+    assert plan.seen == (10, 30)
+    assert five(readonly=True).plan_fetch(fetch(b"a FETCH 1:3 BODY[]")).seen == ()
+    assert five().plan_fetch(fetch(b"a FETCH 1:3 BODY.PEEK[]")).seen == ()
+    assert five().plan_fetch(fetch(b"a FETCH 1 RFC822")).seen == (10,)
+    assert five().plan_fetch(fetch(b"a FETCH 1 RFC822.HEADER")).seen == ()
+
+
+def test_after_the_seen_write_the_new_flags_are_answered() -> None:
+    box = five()
+    plan = box.plan_fetch(fetch(b"a FETCH 2 BODY[TEXT]"))
+    box.absorb([Rec(20, "\\Seen", modseq=11)])
+    after = box.after_seen(plan)
+    assert Item.FLAGS in after.items
+    assert [(seq, r.flags) for seq, r in after.targets] == [(2, "\\Seen")]
+    assert after.seen == ()
+
+
+def test_condstore_adds_uid_and_modseq_and_changedsince_filters() -> None:
+    ext = Extensions()
+    records = (Rec(10, modseq=3), Rec(20, modseq=8))
+    box = Selected(View(records), name="INBOX", readonly=False, ext=ext)
+    cmd = fetch(b"a FETCH 1:* (FLAGS) (CHANGEDSINCE 5)")
+    ext.admit(cmd)
+    plan = box.plan_fetch(cmd)
+    assert plan.items[0] is Item.UID and Item.MODSEQ in plan.items
+    assert [r.uid for _, r in plan.targets] == [20]
+
+
+def test_vanished_earlier_names_requested_uids_no_longer_shown() -> None:
+    ext = Extensions()
+    ext.enable(["QRESYNC"])
+    box = five(ext)
+    cmd = fetch(b"a UID FETCH 1:35 FLAGS (CHANGEDSINCE 5 VANISHED)")
+    ext.admit(cmd)
+    plan = box.plan_fetch(cmd)
+    assert plan == FetchPlan(plan.items, plan.targets, (), 5)
+    # 20 is still shown: told as a plain VANISHED when it may be; 45 was not asked.
+    assert box.vanished_earlier(cmd.seqset, [15, 20, 25, 45]) == b"* VANISHED (EARLIER) 15,25\r\n"
+    assert box.vanished_earlier(cmd.seqset, [20]) == b""
+
+
+def test_sequence_numbers_past_the_end_are_refused_uids_ignored() -> None:
+    box = five()
+    with pytest.raises(CommandError, match="out of range"):
+        box.resolve(fetch(b"a FETCH 4:6 FLAGS").seqset, uid=False)
+    assert [r.uid for _, r in box.resolve(fetch(b"a UID FETCH 45:* FLAGS").seqset, True)] == [50]
+    empty = Selected(View(()), name="INBOX", readonly=False, ext=Extensions())
+    assert empty.resolve(fetch(b"a FETCH 1:* FLAGS").seqset, uid=False) == []
+
+
+# -- STORE and EXPUNGE ----------------------------------------------------------------------
+
+
+def test_store_silent_is_silent_unless_condstore() -> None:
+    box = five()
+    cmd = store(b"a STORE 2 +FLAGS.SILENT (\\Seen)")
+    targets = box.resolve(cmd.seqset, cmd.uid)
+    box.absorb([Rec(20, "\\Seen", modseq=11)])
+    assert box.store_responses(cmd, targets, {20}, ()) == (b"", None)
+    ext = Extensions()
+    ext.enable(["CONDSTORE"])
+    box = five(ext)
+    box.absorb([Rec(20, "\\Seen", modseq=11)])
+    assert box.store_responses(cmd, targets, {20}, ()) == (
+        b"* 2 FETCH (UID 20 FLAGS (\\Seen) MODSEQ (11))\r\n",
+        None,
+    )
+
+
+def test_store_modified_names_uids_or_sequence_numbers() -> None:
+    box = five()
+    plain = store(b"a STORE 1:3 (UNCHANGEDSINCE 5) +FLAGS (\\Flagged)")
+    targets = box.resolve(plain.seqset, plain.uid)
+    out, code = box.store_responses(plain, targets, set(), (20, 30))
+    assert code == b"MODIFIED 2:3"
+    assert out.startswith(b"* 1 FETCH (FLAGS ())\r\n")
+    by_uid = store(b"a UID STORE 10:30 (UNCHANGEDSINCE 5) +FLAGS (\\Flagged)")
+    _, code = box.store_responses(by_uid, targets, set(), (20, 30))
+    assert code == b"MODIFIED 20,30"
+
+
+def test_uid_expunge_takes_only_deleted_messages_among_the_uids() -> None:
+    box = five()
+    box.absorb([Rec(20, "\\Deleted"), Rec(40, "\\Deleted \\Seen"), Rec(50, "\\Deleted")])
+    cmd = command(b"a UID EXPUNGE 1:45")
+    assert isinstance(cmd, c.UidExpunge)
+    assert box.uid_expunge_targets(cmd.seqset) == [20, 40]
+
+
+def test_expunge_code_names_highestmodseq_under_qresync_only() -> None:
+    box = five()
+    assert box.expunge_code(True) is None
+    ext = Extensions()
+    ext.enable(["QRESYNC"])
+    box = five(ext)
+    box.update(replace(without(box, 20), highestmodseq=12), expunges=True)
+    assert box.expunge_code(True) == b"HIGHESTMODSEQ 12"
+    assert box.expunge_code(False) is None
+
+
+def test_a_read_only_mailbox_refuses_changes() -> None:
+    with pytest.raises(CommandError, match="read-only") as refused:
+        five(readonly=True).writable()
+    assert refused.value.status == "NO" and refused.value.code == b"CANNOT"
+    five().writable()
+
+
+# -- two sessions on one mailbox ------------------------------------------------------------
+
+
+def test_two_sessions_see_one_expunge_each_at_its_own_moment() -> None:
+    # A deletes and expunges message 2; B is in a FETCH when the change lands,
+    # then sends NOOP. The store's view after the expunge is the same for both.
+    qresync = Extensions()
+    qresync.enable(["QRESYNC"])
+    a, b = five(), five(qresync)
+    a.absorb([Rec(20, "\\Deleted", modseq=11)])
+    after = View((Rec(10), Rec(30), Rec(40), Rec(50)), highestmodseq=12, uidnext=51)
+    assert a.update(after, expunges=may_expunge(command(b"a EXPUNGE"))) == (
+        b"* 2 EXPUNGE\r\n* 4 EXISTS\r\n"
+    )
+    b.changed()
+    assert b.take_stale()
+    assert b.update(after, expunges=may_expunge(fetch(b"b FETCH 2 FLAGS"))) == b""
+    assert b.take_stale()
+    assert b.update(after, expunges=may_expunge(command(b"b NOOP"))) == (
+        b"* VANISHED 20\r\n* 4 EXISTS\r\n"
+    )
+    assert a.records == b.records

@@ -1,0 +1,144 @@
+"""engine.mailview: what IMAP and POP3 read and write, as values, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import TypeVar
+
+import pytest
+from sqlalchemy.orm import Session
+
+from engine import accounts, mailview
+from engine.errors import AlreadyExists, NoSuchMailbox
+from engine.models import Account
+from engine.store import Store
+
+T = TypeVar("T")
+WHEN = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def write(store: Store, fn: Callable[[Session, Account], T]) -> T:
+    return store.write_sync(lambda s: fn(s, accounts.get_account(s, "alice")))
+
+
+def append(store: Store, name: str, text: str, flags: tuple[str, ...] = ()) -> int:
+    data = f"Subject: {text}\r\n\r\n{text}\r\n".encode()
+    guid, _ = store.spool.put(data)
+    done = write(
+        store,
+        lambda s, a: mailview.append(
+            s, a, name, guid=guid, size=len(data), flags=flags, internaldate=WHEN
+        ),
+    )
+    return done.uid
+
+
+@pytest.fixture
+def alice(store: Store) -> Store:
+    store.write_sync(lambda s: accounts.create_account(s, "alice", password="pw"))
+    for n in range(4):
+        append(store, "INBOX", f"m{n}")
+    return store
+
+
+def test_a_snapshot_is_shared_until_the_mailbox_changes(alice: Store) -> None:
+    first = alice.read_sync(lambda s: mailview.snapshot(s, "alice", "INBOX"))
+    assert [r.uid for r in first.records] == [1, 2, 3, 4]
+    assert first.uidnext == 5 and first.name == "INBOX"
+    again = alice.read_sync(lambda s: mailview.snapshot_of(s, first.mailbox_id))
+    assert again.records is first.records  # read once, shared by every session
+    stored = write(
+        alice,
+        lambda s, a: mailview.store_flags(s, a, first.mailbox_id, [2, 3], ["\\Seen"], mode="add"),
+    )
+    after = alice.read_sync(lambda s: mailview.snapshot_of(s, first.mailbox_id))
+    assert after.records is not first.records
+    # The changed records come back as they now are in the mailbox.
+    assert stored.changed == after.records[1:3]
+    assert [r.flags for r in after.records] == ["", "\\Seen", "\\Seen", ""]
+    assert after.highestmodseq > first.highestmodseq
+    version = alice.read_sync(lambda s: mailview.version(s, first.mailbox_id))
+    assert version == mailview.Version(after.highestmodseq, after.uidnext)
+
+
+def test_unchangedsince_refuses_records_changed_since(alice: Store) -> None:
+    box = alice.read_sync(lambda s: mailview.snapshot(s, "alice", "INBOX"))
+    write(alice, lambda s, a: mailview.store_flags(s, a, box.mailbox_id, [1], ["$A"], mode="add"))
+    stored = write(
+        alice,
+        lambda s, a: mailview.store_flags(
+            s, a, box.mailbox_id, [1, 2], ["$B"], mode="replace", unchangedsince=box.highestmodseq
+        ),
+    )
+    assert stored.modified == (1,)
+    assert [r.uid for r in stored.changed] == [2]
+
+
+def test_expunged_uids_are_vanished_in_the_same_read_as_the_snapshot(alice: Store) -> None:
+    box = alice.read_sync(lambda s: mailview.snapshot(s, "alice", "INBOX"))
+    write(
+        alice,
+        lambda s, a: mailview.store_flags(s, a, box.mailbox_id, [2], ["\\Deleted"], mode="add"),
+    )
+    assert write(alice, lambda s, a: mailview.expunge(s, a, box.mailbox_id)) == (2,)
+    assert write(alice, lambda s, a: mailview.expunge(s, a, box.mailbox_id, [3])) == (3,)
+    now, gone = alice.read_sync(
+        lambda s: mailview.snapshot_and_vanished(s, "alice", "INBOX", box.uidvalidity, 1)
+    )
+    assert [r.uid for r in now.records] == [1, 4] and gone == (2, 3)
+    _, other = alice.read_sync(
+        lambda s: mailview.snapshot_and_vanished(s, "alice", "INBOX", box.uidvalidity + 1, 1)
+    )
+    assert other == ()
+    assert alice.read_sync(lambda s: mailview.live_uids(s, box.mailbox_id, [4, 3, 1])) == (1, 4)
+
+
+def test_a_deleted_mailbox_is_gone_for_an_open_session(alice: Store) -> None:
+    write(alice, lambda s, a: mailview.create_mailbox(s, a, "work/old"))
+    assert append(alice, "work/old", "x") == 1
+    box = alice.read_sync(lambda s: mailview.snapshot(s, "alice", "work/old"))
+    write(alice, lambda s, a: mailview.delete_mailbox(s, a, "work/old"))
+    with pytest.raises(NoSuchMailbox):
+        alice.read_sync(lambda s: mailview.snapshot_of(s, box.mailbox_id))
+    assert alice.read_sync(lambda s: mailview.version(s, box.mailbox_id)) is None
+    assert alice.read_sync(lambda s: mailview.live_uids(s, box.mailbox_id, [1])) == ()
+    with pytest.raises(NoSuchMailbox):
+        write(alice, lambda s, a: mailview.expunge(s, a, box.mailbox_id))
+
+
+def test_create_makes_superiors_and_refuses_an_existing_name(alice: Store) -> None:
+    write(alice, lambda s, a: mailview.create_mailbox(s, a, "a/b/c"))
+    listing = alice.read_sync(lambda s: mailview.listing(s, "alice"))
+    assert listing.names == ("INBOX", "a", "a/b", "a/b/c")
+    assert listing.subscriptions == ("INBOX",)
+    with pytest.raises(AlreadyExists):
+        write(alice, lambda s, a: mailview.create_mailbox(s, a, "a/b"))
+
+
+def test_renaming_inbox_moves_its_messages(alice: Store) -> None:
+    write(alice, lambda s, a: mailview.rename_mailbox(s, a, "INBOX", "old"))
+    inbox = alice.read_sync(lambda s: mailview.snapshot(s, "alice", "INBOX"))
+    old = alice.read_sync(lambda s: mailview.snapshot(s, "alice", "old"))
+    assert inbox.records == () and len(old.records) == 4
+
+
+def test_copy_move_and_status(alice: Store) -> None:
+    box = alice.read_sync(lambda s: mailview.snapshot(s, "alice", "INBOX"))
+    with pytest.raises(NoSuchMailbox):
+        write(
+            alice,
+            lambda s, a: mailview.copy_messages(s, a, box.mailbox_id, [1], "nope", move=False),
+        )
+    write(alice, lambda s, a: mailview.create_mailbox(s, a, "Trash"))
+    moved = write(
+        alice, lambda s, a: mailview.copy_messages(s, a, box.mailbox_id, [1, 2], "Trash", move=True)
+    )
+    assert moved.source_uids == (1, 2) and moved.dest_uids == (1, 2)
+    write(
+        alice, lambda s, a: mailview.store_flags(s, a, box.mailbox_id, [3], ["\\Seen"], mode="add")
+    )
+    status = alice.read_sync(lambda s: mailview.status(s, "alice", "INBOX"))
+    assert (status.messages, status.unseen, status.deleted, status.uidnext) == (2, 1, 0, 5)
+    trash = alice.read_sync(lambda s: mailview.status(s, "alice", "Trash"))
+    assert trash.messages == 2 and trash.size == status.size  # two messages of one size each
