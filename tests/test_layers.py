@@ -156,7 +156,6 @@ def test_the_engine_knows_nothing_of_peerd() -> None:
     assert not wrong, "\n".join(sorted(wrong))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14: the IMAP parser's cycle is being broken")
 def test_no_import_cycles() -> None:
     edges = graph()
     index: dict[str, int] = {}
