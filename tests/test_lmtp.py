@@ -27,6 +27,7 @@ import pytest
 from engine.store import Store
 from ownership import table as ownership_table
 from tests.conftest import LoneNode
+from tests.harness.certs import self_signed
 from tests.harness.procs import Proc, pid_alive, wait_until
 
 NodeFactory = Callable[..., LoneNode]
@@ -506,24 +507,9 @@ def test_sigterm_tells_an_open_session_421(lone_node: NodeFactory, workers: int)
 # --- STARTTLS (RFC 3207), offered when [tls] has a certificate -------------------
 
 
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key (openssl CLI)."""
-    cert, key = directory / "lmtp.crt", directory / "lmtp.key"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
-            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
-            *("-addext", "subjectAltName=IP:127.0.0.1"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
 @pytest.fixture
 def tls_node(lone_node: NodeFactory, tmp_path: Path, request: pytest.FixtureRequest) -> LoneNode:
-    cert, key = self_signed(tmp_path)
+    cert, key = self_signed(tmp_path, "lmtp")
     workers = getattr(request, "param", 1)
     node = lone_node({"tls": {"cert": str(cert), "key": str(key)}, "lmtp": {"workers": workers}})
     node.add_account("tlsuser")
@@ -628,7 +614,7 @@ def test_plaintext_sent_while_the_handshake_starts_is_never_answered_over_tls(
 
 
 def test_lmtp_starttls_can_be_switched_off(lone_node: NodeFactory, tmp_path: Path) -> None:
-    cert, key = self_signed(tmp_path)
+    cert, key = self_signed(tmp_path, "lmtp")
     node = lone_node({"tls": {"cert": str(cert), "key": str(key)}, "lmtp": {"starttls": False}})
     with node.lmtp() as client:
         client.ehlo("client.test")

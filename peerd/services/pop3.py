@@ -73,6 +73,7 @@ from peerd.protocols.pop3 import (
     top_text,
 )
 from peerd.services.mailstore import AccountStore
+from peerd.services.starttls import TlsFailed, injected, upgrade
 
 __all__ = ["Pop3Server", "Pop3Session", "start_pop3"]
 
@@ -214,13 +215,22 @@ class Pop3Session:
         if self.tls_context is None or self.tls:
             await self.send(Err("STLS not available").encode())
             return
-        if self.core.buffered:
+        if injected(self.reader, self.core.buffered):
             # Bytes sent after STLS but before the handshake would be read as
             # if they came over TLS (the STARTTLS command-injection flaw).
             await self.send(Err("STLS must be the last command before the handshake").encode())
             return
         await self.send(Ok("begin TLS negotiation").encode())
-        await self.writer.start_tls(self.tls_context)
+        try:
+            await upgrade(
+                self.reader,
+                self.writer,
+                self.tls_context,
+                core_buffered=self.core.buffered,
+                service="pop3",
+            )
+        except TlsFailed as exc:
+            raise _Closed from exc
         self.tls = True
         self.user = ""  # RFC 2595 section 4: forget what came before TLS
 

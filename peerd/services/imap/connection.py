@@ -30,6 +30,7 @@ from peerd.protocols.imap.responses import (
 )
 from peerd.protocols.imap.states import State
 from peerd.services.imap.session import Closed, Handler, Reply, Session
+from peerd.services.starttls import TlsFailed, injected, upgrade
 
 __all__ = ["HANDLERS"]
 
@@ -65,11 +66,20 @@ async def starttls(session: Session, cmd: c.StartTLS) -> Reply | None:
     context = session.server.tls
     if context is None or session.tls:
         raise CommandError("STARTTLS is not available (no certificate, or TLS is on already)")
-    if session.core.buffered:
+    if injected(session.reader, session.core.buffered):
         # RFC 3501 6.2.1: nothing may follow STARTTLS before the handshake.
         raise CommandError("STARTTLS must be the last command sent before the handshake")
     await session.send(tagged(cmd.tag, "OK", "Begin TLS negotiation now"))
-    await session.writer.start_tls(context)
+    try:
+        await upgrade(
+            session.reader,
+            session.writer,
+            context,
+            core_buffered=session.core.buffered,
+            service="imap",
+        )
+    except TlsFailed as exc:
+        raise Closed from exc
     session.tls = True
     return None
 

@@ -1,0 +1,185 @@
+"""STARTTLS/STLS on IMAP and POP3 (issue 9 item 3, the CVE-2011-0411 class).
+
+Plaintext a client (or a man in the middle) sends after STARTTLS and before
+the handshake must never be run as if it came over TLS: the server refuses
+STARTTLS when such bytes are already there, and closes instead of upgrading
+when they arrive while it answers. A failed handshake is one log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from peerd.services.starttls import TlsFailed, upgrade
+from tests.conftest import LoneNode
+from tests.harness.certs import self_signed
+
+NodeFactory = Callable[..., LoneNode]
+
+
+def test_upgrade_refuses_bytes_the_stream_already_holds(tmp_path: Path) -> None:
+    """Deterministic: the injected command is in the StreamReader's buffer when
+    the server upgrades (the window the race hits). ``start_tls`` alone would
+    carry it into the TLS session."""
+    cert, key = self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    outcome: list[str] = []
+
+    async def main() -> None:
+        injected_seen = asyncio.Event()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            assert await reader.readline() == b"a STARTTLS\r\n"
+            await injected_seen.wait()
+            writer.write(b"a OK Begin TLS negotiation now\r\n")
+            await writer.drain()
+            try:
+                await upgrade(reader, writer, server_ctx, core_buffered=0, service="test")
+                outcome.append("upgraded")
+            except TlsFailed:
+                outcome.append("refused")
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"a STARTTLS\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"b CAPABILITY\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)  # now in the server's reader buffer
+        injected_seen.set()
+        assert await reader.readline() == b"a OK Begin TLS negotiation now\r\n"
+        assert await reader.read() == b""  # closed, not upgraded
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
+    assert outcome == ["refused"]
+
+
+@pytest.fixture
+def tls_node(lone_node: NodeFactory, tmp_path: Path) -> LoneNode:
+    cert, key = self_signed(tmp_path)
+    node = lone_node({"tls": {"cert": str(cert), "key": str(key)}})
+    node.add_account("tlsuser")
+    return node
+
+
+def client_context(tmp_path: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(tmp_path / "node.crt"))
+
+
+class Dialect:
+    """What differs between IMAP and POP3 for this test."""
+
+    def __init__(
+        self,
+        listener: str,
+        starttls: bytes,
+        ok: bytes,
+        inject: bytes,
+        probe: bytes,
+        probe_ok: bytes,
+    ) -> None:
+        self.listener = listener
+        self.starttls = starttls
+        self.ok = ok
+        self.inject = inject
+        self.probe = probe
+        self.probe_ok = probe_ok
+
+
+IMAP = Dialect("imap", b"a STARTTLS\r\n", b"a OK", b"b CAPABILITY\r\n", b"c NOOP\r\n", b"c OK")
+POP3 = Dialect("pop3", b"STLS\r\n", b"+OK", b"XYZZY\r\n", b"QUIT\r\n", b"+OK")
+DIALECTS = pytest.mark.parametrize("dialect", [IMAP, POP3], ids=["imap", "pop3"])
+
+
+def greeted(node: LoneNode, dialect: Dialect) -> tuple[socket.socket, Any]:
+    raw = socket.create_connection(("127.0.0.1", node.port(dialect.listener)), timeout=30)
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    reader = raw.makefile("rb")
+    assert reader.readline().startswith((b"* OK", b"+OK"))
+    return raw, reader
+
+
+@DIALECTS
+def test_plaintext_in_the_same_segment_is_refused(
+    tls_node: LoneNode, dialect: Dialect, tmp_path: Path
+) -> None:
+    raw, reader = greeted(tls_node, dialect)
+    with raw:
+        raw.sendall(dialect.starttls + dialect.inject)
+        answer = reader.readline()
+        assert answer.startswith((b"a BAD", b"-ERR")), answer
+        assert b"last command" in answer
+
+
+@DIALECTS
+def test_plaintext_sent_while_the_handshake_starts_is_never_answered_over_tls(
+    tls_node: LoneNode, dialect: Dialect, tmp_path: Path
+) -> None:
+    context = client_context(tmp_path)
+    answered_over_tls = handshakes = 0
+    for attempt in range(40):
+        raw, reader = greeted(tls_node, dialect)
+        with raw:
+            raw.sendall(dialect.starttls)
+            time.sleep(0.0005 * (attempt % 6))
+            raw.sendall(dialect.inject)
+            first = reader.readline()
+            if not first.startswith(dialect.ok):
+                assert first.startswith((b"a BAD", b"-ERR")), first  # refused before the OK
+                continue
+            try:
+                tls = context.wrap_socket(raw, server_hostname="127.0.0.1")
+            except (ssl.SSLError, ConnectionError):
+                continue  # the plaintext broke the handshake, or the server closed
+            with tls:
+                handshakes += 1
+                try:
+                    tls.sendall(dialect.probe)
+                    line = tls.makefile("rb").readline()
+                except (ssl.SSLError, ConnectionError):
+                    continue
+                if line:
+                    answered_over_tls += not line.startswith(dialect.probe_ok)
+    assert answered_over_tls == 0, f"{answered_over_tls} of {handshakes} TLS sessions"
+
+
+@DIALECTS
+def test_a_clean_starttls_still_works_and_a_failed_handshake_is_one_line(
+    tls_node: LoneNode, dialect: Dialect, tmp_path: Path
+) -> None:
+    raw, reader = greeted(tls_node, dialect)
+    with raw:
+        raw.sendall(dialect.starttls)
+        assert reader.readline().startswith(dialect.ok)
+        with client_context(tmp_path).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(dialect.probe)
+            assert tls.makefile("rb").readline().startswith(dialect.probe_ok)
+    # A client that answers the OK with plaintext instead of a ClientHello.
+    for _ in range(3):
+        raw, reader = greeted(tls_node, dialect)
+        with raw:
+            raw.sendall(dialect.starttls)
+            assert reader.readline().startswith(dialect.ok)
+            raw.sendall(b"this is not a TLS record\r\n" * 4)
+            assert reader.read() == b""
+    deadline = time.monotonic() + 10
+    while b"TLS handshake" not in tls_node.log.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = tls_node.log.read_text(errors="replace")
+    assert f"{dialect.listener}: TLS handshake with 127.0.0.1 failed" in log
+    assert "Traceback" not in log
