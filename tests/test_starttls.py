@@ -183,3 +183,91 @@ def test_a_clean_starttls_still_works_and_a_failed_handshake_is_one_line(
     log = tls_node.log.read_text(errors="replace")
     assert f"{dialect.listener}: TLS handshake with 127.0.0.1 failed" in log
     assert "Traceback" not in log
+
+
+# --- logins in the clear (issue 9 item 8) -------------------------------------
+
+
+def remote(node: LoneNode, listener: str) -> tuple[socket.socket, Any]:
+    """A connection from another address (127.0.0.2): not this host, as far as
+    the daemon can tell, so the connection is not secure until TLS."""
+    raw = socket.create_connection(
+        ("127.0.0.1", node.port(listener)), timeout=30, source_address=("127.0.0.2", 0)
+    )
+    return raw, raw.makefile("rb")
+
+
+def test_imap_login_in_the_clear_is_refused_when_tls_is_configured(
+    tls_node: LoneNode, tmp_path: Path
+) -> None:
+    raw, reader = remote(tls_node, "imap")
+    with raw:
+        greeting = reader.readline()
+        assert b"LOGINDISABLED" in greeting and b"AUTH=PLAIN" not in greeting
+        raw.sendall(b"a LOGIN tlsuser secret\r\n")
+        assert reader.readline().startswith(b"a NO [PRIVACYREQUIRED]")
+        raw.sendall(b"b AUTHENTICATE PLAIN AHRsc3VzZXIAc2VjcmV0\r\n")
+        assert reader.readline().startswith(b"b NO [PRIVACYREQUIRED]")
+        raw.sendall(b"c STARTTLS\r\n")
+        assert reader.readline().startswith(b"c OK")
+        with client_context(tmp_path).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            secure = tls.makefile("rb")
+            tls.sendall(b"d CAPABILITY\r\n")
+            caps = secure.readline()
+            assert b"AUTH=PLAIN" in caps and b"LOGINDISABLED" not in caps
+            assert secure.readline().startswith(b"d OK")
+            tls.sendall(b"e LOGIN tlsuser secret\r\n")
+            assert secure.readline().startswith(b"e OK")
+
+
+def test_pop3_login_in_the_clear_is_refused_when_tls_is_configured(
+    tls_node: LoneNode, tmp_path: Path
+) -> None:
+    raw, reader = remote(tls_node, "pop3")
+    with raw:
+        assert reader.readline().startswith(b"+OK")
+        raw.sendall(b"CAPA\r\n")
+        capa = []
+        while (line := reader.readline()) != b".\r\n":
+            capa.append(line.strip())
+        assert b"STLS" in capa and b"USER" not in capa and b"SASL PLAIN" not in capa
+        raw.sendall(b"USER tlsuser\r\n")
+        assert reader.readline().startswith(b"-ERR [AUTH] Plaintext authentication disallowed")
+        raw.sendall(b"AUTH PLAIN AHRsc3VzZXIAc2VjcmV0\r\n")
+        assert reader.readline().startswith(b"-ERR [AUTH]")
+        raw.sendall(b"STLS\r\n")
+        assert reader.readline().startswith(b"+OK")
+        with client_context(tmp_path).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            secure = tls.makefile("rb")
+            tls.sendall(b"USER tlsuser\r\nPASS secret\r\n")
+            assert secure.readline().startswith(b"+OK")
+            assert secure.readline().startswith(b"+OK")
+
+
+def test_plaintext_login_from_this_host_or_when_allowed(
+    lone_node: NodeFactory, tmp_path: Path
+) -> None:
+    """A proxy on the same host (the same local and remote address) logs in in
+    the clear; ``allow_plaintext_auth = true`` lets anyone."""
+    cert, key = self_signed(tmp_path)
+    tls = {"cert": str(cert), "key": str(key)}
+    node = lone_node(
+        {"tls": tls, "imap": {"allow_plaintext_auth": True}, "pop3": {"allow_plaintext_auth": True}}
+    )
+    node.add_account("tlsuser")
+    raw, reader = remote(node, "imap")
+    with raw:
+        assert b"LOGINDISABLED" not in reader.readline()
+        raw.sendall(b"a LOGIN tlsuser secret\r\n")
+        assert reader.readline().startswith(b"a OK")
+    raw, reader = remote(node, "pop3")
+    with raw:
+        reader.readline()
+        raw.sendall(b"USER tlsuser\r\nPASS secret\r\n")
+        assert reader.readline().startswith(b"+OK") and reader.readline().startswith(b"+OK")
+    node.stop()
+    node = lone_node({"tls": tls})  # the same data directory: the account is there
+    raw, reader = greeted(node, IMAP)  # from 127.0.0.1 to 127.0.0.1: this host
+    with raw:
+        raw.sendall(b"a LOGIN tlsuser secret\r\n")
+        assert reader.readline().startswith(b"a OK")

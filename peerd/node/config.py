@@ -186,6 +186,9 @@ class ImapConfig:
     commands_per_second: int = 500
     max_sessions_per_account: int = 50
     starttls: bool = True
+    # LOGIN/AUTHENTICATE outside TLS; unset: allowed only when [tls] has no
+    # certificate. A connection from the host's own address counts as secure.
+    allow_plaintext_auth: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +197,8 @@ class Pop3Config:
     idle_timeout: dt.timedelta = dt.timedelta(minutes=10)
     login_failure_delay: dt.timedelta = dt.timedelta(seconds=2)
     max_login_failures: int = 3
+    # USER/PASS and AUTH outside TLS; unset: as [imap] allow_plaintext_auth.
+    allow_plaintext_auth: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +256,11 @@ class Config:
     @property
     def database_url(self) -> str:
         return self.database.url or f"sqlite:///{self.node.data_dir / 'peerd.db'}"
+
+    def plaintext_auth(self, setting: bool | None) -> bool:
+        """Whether a login may be sent in the clear: ``setting`` if the config
+        says, else only when no certificate is configured (nothing better to offer)."""
+        return setting if setting is not None else self.tls.cert is None
 
     @property
     def sync_partner(self) -> Address | None:

@@ -73,7 +73,10 @@ from peerd.protocols.pop3 import (
     top_text,
 )
 from peerd.services.mailstore import AccountStore
-from peerd.services.starttls import TlsFailed, injected, upgrade
+from peerd.services.starttls import TlsFailed, injected, same_host, upgrade
+
+# RFC 2595 section 4's advice, in Dovecot's words admins already grep for.
+TEXT_PRIVACY = "Plaintext authentication disallowed on non-secure (SSL/TLS) connections"
 
 __all__ = ["Pop3Server", "Pop3Session", "start_pop3"]
 
@@ -111,6 +114,12 @@ class Pop3Session:
         self.busy = False  # a command is being answered
         self.moved = False  # the account left this node: cut off after the reply
         self.tls_context = starttls_context(node.config)
+        self.local = same_host(writer)
+
+    def may_login(self) -> bool:
+        """A password may be sent on this connection (``allow_plaintext_auth``)."""
+        config = self.node.config
+        return self.tls or self.local or config.plaintext_auth(config.pop3.allow_plaintext_auth)
 
     # -- I/O ------------------------------------------------------------------
 
@@ -171,9 +180,11 @@ class Pop3Session:
         match command:
             case Capa():
                 stls = self.tls_context is not None and not self.tls
-                await self.send(capa_reply(self.state, stls=stls))
+                await self.send(capa_reply(self.state, stls=stls, login=self.may_login()))
             case Stls():
                 await self.stls()
+            case User() | Pass() | Auth() if not self.may_login():
+                await self.send(Err(TEXT_PRIVACY, CODE_AUTH).encode())
             case User(name):
                 self.user = name
                 await self.send(Ok("send PASS").encode())

@@ -15,6 +15,9 @@ drain in :meth:`asyncio.StreamWriter.start_tls` returns at once when the
 ``OK`` is flushed), so whatever arrives later reaches the TLS layer, where it
 is not a TLS record and fails the handshake.
 
+:func:`same_host` is what a login in the clear needs when plaintext logins
+are off (``allow_plaintext_auth``): the client is on this host.
+
 A handshake that fails (a client that speaks plaintext on, a scanner, a
 bad certificate on the client's side) ends the connection with one log
 line, never a traceback.
@@ -27,7 +30,7 @@ import logging
 import ssl
 from typing import Final
 
-__all__ = ["HANDSHAKE_TIMEOUT", "TlsFailed", "injected", "upgrade"]
+__all__ = ["HANDSHAKE_TIMEOUT", "TlsFailed", "injected", "same_host", "upgrade"]
 
 log = logging.getLogger("peerd.services.starttls")
 
@@ -37,6 +40,17 @@ HANDSHAKE_TIMEOUT: Final = 30.0
 
 class TlsFailed(Exception):
     """The upgrade did not happen: the connection must be closed."""
+
+
+def same_host(writer: asyncio.StreamWriter) -> bool:
+    """The client connects from this host's own address (the local and remote
+    IPs are the same): as safe as TLS for a login, and what a proxy on the
+    same host (nginx terminating TLS) looks like."""
+    local = writer.get_extra_info("sockname")
+    peer = writer.get_extra_info("peername")
+    if not isinstance(local, tuple) or not isinstance(peer, tuple):
+        return isinstance(peer, str)  # a Unix socket: local by definition
+    return bool(local[0] == peer[0])
 
 
 def injected(reader: asyncio.StreamReader, core_buffered: int) -> int:

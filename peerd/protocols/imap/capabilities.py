@@ -3,7 +3,9 @@
 How this works: :data:`CAPABILITIES` lists every extension the server
 offers; :func:`capabilities` adds STARTTLS while the connection may still
 switch to TLS (RFC 3501 6.2.1). Advertise only what is complete: a new
-extension is added here when its handlers are in.
+extension is added here when its handlers are in. Where a login may not be
+sent in the clear, the list says LOGINDISABLED and drops AUTH=PLAIN until TLS
+is on.
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ CAPABILITIES: Final = (
 )
 
 
-def capabilities(*, starttls: bool) -> str:
+def capabilities(*, starttls: bool, logindisabled: bool = False) -> str:
     """The capability list; ``starttls``: TLS is configured, not on yet, and
-    the client has not logged in."""
-    return CAPABILITIES + " STARTTLS" if starttls else CAPABILITIES
+    the client has not logged in; ``logindisabled``: no login in the clear
+    here (RFC 3501 6.2.3 LOGINDISABLED; no ``AUTH=PLAIN`` either, RFC 4616 6)."""
+    caps = CAPABILITIES
+    if logindisabled:
+        caps = caps.replace(" AUTH=PLAIN", "") + " LOGINDISABLED"
+    return caps + " STARTTLS" if starttls else caps

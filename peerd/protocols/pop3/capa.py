@@ -8,7 +8,8 @@ AUTHORIZATION state MUST be announced in both states"; the rest may change):
 - ``STLS`` (RFC 2595 section 4) only while TLS can still be started: a
   certificate is configured, TLS is not on yet, and no one has logged in.
 - ``USER`` and ``SASL PLAIN`` only before login: they are AUTHORIZATION
-  commands, and after login no client can use them.
+  commands, and after login no client can use them; and not while a password
+  may not be sent on the connection (RFC 2595 section 4: only after STLS).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ __all__ = ["IMPLEMENTATION", "capa_reply", "capabilities"]
 IMPLEMENTATION: Final = "peerd"
 
 
-def capabilities(state: State, *, stls: bool) -> list[str]:
-    """The CAPA lines for ``state``; ``stls``: STLS could be started now."""
+def capabilities(state: State, *, stls: bool, login: bool = True) -> list[str]:
+    """The CAPA lines for ``state``; ``stls``: STLS could be started now;
+    ``login``: a password may be sent on this connection now."""
     caps = [
         # RFC 2449 section 6: TOP, UIDL, PIPELINING, RESP-CODES, IMPLEMENTATION;
         # RFC 3206 section 6: AUTH-RESP-CODE.
@@ -34,14 +36,14 @@ def capabilities(state: State, *, stls: bool) -> list[str]:
         "RESP-CODES",
         "AUTH-RESP-CODE",
     ]
-    if state is State.AUTHORIZATION:
+    if state is State.AUTHORIZATION and login:
         caps[:0] = ["USER", "SASL PLAIN"]  # RFC 2449 section 6.3, RFC 5034 section 5
-        if stls:
-            caps.append("STLS")
+    if state is State.AUTHORIZATION and stls:
+        caps.append("STLS")
     caps.append(f"IMPLEMENTATION {IMPLEMENTATION}")
     return caps
 
 
-def capa_reply(state: State, *, stls: bool) -> bytes:
+def capa_reply(state: State, *, stls: bool, login: bool = True) -> bytes:
     """``+OK`` and the capability lines, ``.CRLF`` last."""
-    return multiline(Ok("capability list follows"), capabilities(state, stls=stls))
+    return multiline(Ok("capability list follows"), capabilities(state, stls=stls, login=login))

@@ -20,6 +20,7 @@ from peerd.protocols.imap.responses import (
     CODE_AUTHENTICATIONFAILED,
     CODE_CAPABILITY,
     CODE_LIMIT,
+    CODE_PRIVACYREQUIRED,
     CODE_REFERRAL,
     CommandError,
     Raw,
@@ -104,6 +105,10 @@ async def authenticate(session: Session, cmd: c.Authenticate) -> Reply:
 
 async def _login(session: Session, tag: str, user: str, password: str) -> Reply:
     node = session.node
+    if not session.may_login():
+        # RFC 3501 6.2.3 (LOGINDISABLED), RFC 5530 3: not without TLS.
+        text = "Plaintext authentication is disabled; use STARTTLS first"
+        return Reply(text, CODE_PRIVACYREQUIRED, "NO")
     config = node.config.imap
     result = await node.authenticate(user, password)
     if not result.ok:

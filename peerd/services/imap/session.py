@@ -54,6 +54,7 @@ from peerd.protocols.imap.responses import (
 from peerd.protocols.imap.selected import Extensions, Selected, may_expunge
 from peerd.protocols.imap.states import ALLOWED, State
 from peerd.services.mailstore import AccountStore
+from peerd.services.starttls import same_host
 
 __all__ = ["Closed", "Handler", "Host", "Reply", "Selection", "Session"]
 
@@ -123,6 +124,7 @@ class Session:
         self.idle_wake = asyncio.Event()
         self.closing: str | None = None
         self.tls = False
+        self.local = same_host(writer)
 
     # -- I/O ----------------------------------------------------------------------
 
@@ -230,10 +232,14 @@ class Session:
             await self.send(tagged(cmd.tag, reply.status, reply.text, reply.code))
 
     def capabilities(self) -> str:
-        starttls = (
-            self.server.tls is not None and not self.tls and self.state is State.NOT_AUTHENTICATED
-        )
-        return capabilities(starttls=starttls)
+        before_login = self.state is State.NOT_AUTHENTICATED
+        starttls = self.server.tls is not None and not self.tls and before_login
+        return capabilities(starttls=starttls, logindisabled=before_login and not self.may_login())
+
+    def may_login(self) -> bool:
+        """A password may be sent on this connection (``allow_plaintext_auth``)."""
+        config = self.node.config
+        return self.tls or self.local or config.plaintext_auth(config.imap.allow_plaintext_auth)
 
     # -- states -------------------------------------------------------------------
 
