@@ -189,6 +189,14 @@ class ImapConfig:
     # LOGIN/AUTHENTICATE outside TLS; unset: allowed only when [tls] has no
     # certificate. A connection from the host's own address counts as secure.
     allow_plaintext_auth: bool | None = None
+    # Before login: the time to log in, and the most one command line or
+    # literal may hold (a password needs little).
+    login_timeout: dt.timedelta = dt.timedelta(seconds=60)
+    login_input_limit: Size = 8 << 10
+    # Open connections of the listener: in all, and per client address
+    # (clients on this host, a local proxy, are not capped per address). 0: no cap.
+    max_connections: int = 5000
+    max_connections_per_ip: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +207,9 @@ class Pop3Config:
     max_login_failures: int = 3
     # USER/PASS and AUTH outside TLS; unset: as [imap] allow_plaintext_auth.
     allow_plaintext_auth: bool | None = None
+    login_timeout: dt.timedelta = dt.timedelta(seconds=60)
+    max_connections: int = 2000
+    max_connections_per_ip: int = 100
 
 
 @dataclass(frozen=True, slots=True)

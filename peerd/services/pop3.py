@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from engine.errors import EngineError, NoSuchMailbox
 from ownership.errors import OwnershipError
@@ -36,6 +37,7 @@ from peerd.node.node import Node
 from peerd.node.tls import starttls_context
 from peerd.protocols.pop3 import (
     CODE_AUTH,
+    CODE_SYS_TEMP,
     TEXT_NO_SUCH_MESSAGE,
     TEXT_NOT_ALLOWED,
     Auth,
@@ -72,6 +74,7 @@ from peerd.protocols.pop3 import (
     plain_credentials,
     top_text,
 )
+from peerd.services.gate import ConnectionGate, Refused
 from peerd.services.mailstore import AccountStore
 from peerd.services.starttls import TlsFailed, injected, same_host, upgrade
 
@@ -115,6 +118,7 @@ class Pop3Session:
         self.moved = False  # the account left this node: cut off after the reply
         self.tls_context = starttls_context(node.config)
         self.local = same_host(writer)
+        self.login_by = time.monotonic() + config.login_timeout.total_seconds()
 
     def may_login(self) -> bool:
         """A password may be sent on this connection (``allow_plaintext_auth``)."""
@@ -130,12 +134,17 @@ class Pop3Session:
     async def next_event(self, timeout: float) -> Event:
         """The core's next event, reading from the socket as long as it needs data."""
         while isinstance(event := self.core.next_event(), NeedData):
+            before_login = self.state is State.AUTHORIZATION
+            if before_login:
+                timeout = min(timeout, max(self.login_by - time.monotonic(), 0.0))
             try:
                 data = await asyncio.wait_for(self.reader.read(_READ_SIZE), timeout)
             except TimeoutError:
                 # RFC 1939 section 3: an inactivity autologout timer of at
-                # least 10 minutes; the session ends without UPDATE.
-                await self.send(Err("autologout: idle for too long").encode())
+                # least 10 minutes; the session ends without UPDATE. Before
+                # login, [pop3] login_timeout in all.
+                why = "no login in time" if before_login else "autologout: idle for too long"
+                await self.send(Err(why).encode())
                 raise _Closed from None
             self.core.receive_data(data)
         return event
@@ -338,6 +347,8 @@ class Pop3Server:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.sessions: set[Pop3Session] = set()
+        config = node.config.pop3
+        self.gate = ConnectionGate("pop3", config.max_connections, config.max_connections_per_ip)
         node.on_ownership_change.append(self.close_accounts)
 
     async def close_accounts(self, accounts: list[str]) -> None:
@@ -358,6 +369,12 @@ class Pop3Server:
                 log.exception("closing the POP3 session of %s failed", session.account)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            counted = self.gate.admit(writer)
+        except Refused as exc:
+            writer.write(Err(str(exc), CODE_SYS_TEMP).encode())
+            writer.close()
+            return
         session = Pop3Session(self.node, reader, writer)
         self.sessions.add(session)
         try:
@@ -371,6 +388,7 @@ class Pop3Server:
         except Exception:
             log.exception("POP3 session failed")
         finally:
+            self.gate.release(counted)
             self.sessions.discard(session)
             writer.close()
 

@@ -22,6 +22,7 @@ from peerd.node.tls import starttls_context
 from peerd.protocols.imap import commands as c
 from peerd.protocols.imap.fetchreply import StructureCache
 from peerd.protocols.imap.responses import CODE_UNAVAILABLE, untagged_status
+from peerd.services.gate import ConnectionGate, Refused
 from peerd.services.imap.handlers import HANDLERS
 from peerd.services.imap.session import Handler, Session
 
@@ -37,6 +38,8 @@ class ImapServer:
         self.sessions: set[Session] = set()
         self.tls = starttls_context(node.config)
         self.structures = StructureCache()
+        config = node.config.imap
+        self.gate = ConnectionGate("imap", config.max_connections, config.max_connections_per_ip)
         node.store.add_listener(self.on_change)
         node.on_ownership_change.append(self.close_accounts)
 
@@ -64,6 +67,13 @@ class ImapServer:
                     log.exception("closing the session of %s failed", session.account)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            counted = self.gate.admit(writer)
+        except Refused as exc:
+            # RFC 3501 7.1.5: BYE as the greeting, then close.
+            writer.write(untagged_status("BYE", str(exc), CODE_UNAVAILABLE))
+            writer.close()
+            return
         session = Session(self, reader, writer, self.handlers)
         try:
             await session.run()
@@ -75,6 +85,8 @@ class ImapServer:
         except Exception:
             log.exception("IMAP session failed")
             writer.close()
+        finally:
+            self.gate.release(counted)
 
     def count(self, account: str) -> int:
         return sum(1 for s in self.sessions if s.account == account)

@@ -113,7 +113,10 @@ class Session:
         self.writer = writer
         self.handlers = handlers
         config = self.node.config.imap
-        self.core = CommandReader(max_line=config.max_line, max_literal=config.max_literal)
+        # Before login a command is small: a stranger cannot make us hold more.
+        prelogin = min(config.login_input_limit, config.max_line)
+        self.core = CommandReader(max_line=prelogin, max_literal=config.login_input_limit)
+        self.login_by = time.monotonic() + config.login_timeout.total_seconds()
         self.rate = CommandRate(config.commands_per_second)
         self.state = State.NOT_AUTHENTICATED
         self.account = ""
@@ -133,12 +136,14 @@ class Session:
         await self.writer.drain()
 
     async def read_more(self, timeout: float) -> None:
+        before_login = self.state is State.NOT_AUTHENTICATED
+        if before_login:
+            timeout = min(timeout, max(self.login_by - time.monotonic(), 0.0))
         try:
             data = await asyncio.wait_for(self.reader.read(_READ_SIZE), timeout)
         except TimeoutError as exc:
-            await self.send(
-                untagged_status("BYE", "autologout; idle for too long", CODE_UNAVAILABLE)
-            )
+            why = "no login in time" if before_login else "autologout; idle for too long"
+            await self.send(untagged_status("BYE", why, CODE_UNAVAILABLE))
             raise Closed from exc
         if not data:
             raise Closed
@@ -247,6 +252,9 @@ class Session:
         """LOGIN/AUTHENTICATE succeeded for ``account``."""
         self.account = account
         self._mail = AccountStore(self.node, account, on_write=self._wrote)
+        config = self.node.config.imap
+        self.core.max_line = config.max_line
+        self.core.max_literal = config.max_literal
         self.state = State.AUTHENTICATED
         self.server.sessions.add(self)
 
