@@ -6,8 +6,12 @@ which to mark ``\\Seen`` first, whether VANISHED (EARLIER) goes before). The
 handler reads the tombstones VANISHED needs, makes the ``\\Seen`` write, then
 renders the responses (:func:`~peerd.protocols.imap.fetchreply.render_fetch`)
 off the event loop in groups: one thread hop per group, not per message, and
-one large write per group. A message whose bytes cannot be read is left out
-and the tagged answer says why (:func:`unreadable_reply`).
+one large write per group. A group ends at :data:`_FETCH_GROUP` messages or
+once it holds :data:`_FETCH_BYTES`, and the next is rendered only when the
+socket has taken the last (write, then drain): a client that does not read
+holds at most about one group in the daemon, however large the mailbox.
+A message whose bytes cannot be read is left out and the tagged answer says
+why (:func:`unreadable_reply`).
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ __all__ = ["HANDLERS", "render_group"]
 
 log = logging.getLogger("peerd.services.imap")
 
-# FETCH renders this many messages per thread hop and per socket write.
+# FETCH renders at most this many messages, and stops adding messages once
+# it holds this many bytes, per thread hop and per socket write.
 _FETCH_GROUP: Final = 256
+_FETCH_BYTES: Final = 1 << 20
 
 
 async def fetch(session: Session, cmd: c.Fetch) -> Reply:
@@ -54,10 +60,10 @@ async def fetch(session: Session, cmd: c.Fetch) -> Reply:
     mail = session.mail
     structures = session.server.structures
     unreadable: list[int] = []
-    for start in range(0, len(plan.targets), _FETCH_GROUP):
-        group = plan.targets[start : start + _FETCH_GROUP]
-        data, failed = await mail.run_blocking(
-            partial(render_group, group, plan.items, mail.reader, structures)
+    start = 0
+    while start < len(plan.targets):
+        data, failed, start = await mail.run_blocking(
+            partial(render_group, plan.targets, start, plan.items, mail.reader, structures)
         )
         unreadable += failed
         await session.send(data)
@@ -82,26 +88,34 @@ async def unreadable_reply(session: Session, name: str, uids: list[int]) -> Repl
 
 
 def render_group(
-    group: Sequence[tuple[int, Record]],
+    targets: Sequence[tuple[int, Record]],
+    start: int,
     items: Sequence[FetchAtt],
     reader: Reader,
     structures: StructureCache,
-) -> tuple[bytes, list[int]]:
-    """The FETCH responses of a group, and the UIDs whose bytes could not be
-    read (missing or not matching their GUID: never served); those are left out.
+) -> tuple[bytes, list[int], int]:
+    """The FETCH responses of the group that begins at ``targets[start]``, the
+    UIDs whose bytes could not be read (missing or not matching their GUID:
+    never served; those are left out), and where the next group begins.
     Runs in a worker thread."""
     out: list[bytes] = []
     unreadable: list[int] = []
-    for seq, record in group:
+    size = 0
+    end = start
+    for seq, record in targets[start : start + _FETCH_GROUP]:
+        end += 1
         try:
             out.append(render_fetch(seq, record, items, reader, structures))
+            size += len(out[-1])
         except Corrupt as exc:
             log.warning("FETCH of UID %d: %s", record.uid, exc.message)
             unreadable.append(record.uid)
         except OSError as exc:  # the spool itself in trouble (EIO, EACCES)
             log.error("FETCH of UID %d: the spool could not be read: %s", record.uid, exc)
             unreadable.append(record.uid)
-    return b"".join(out), unreadable
+        if size >= _FETCH_BYTES:
+            break
+    return b"".join(out), unreadable, end
 
 
 HANDLERS: Final[dict[type[c.Command], Handler]] = {c.Fetch: fetch}
