@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peerd.protocols.imap import commands as c
+from peerd.protocols.imap import grammar
 from peerd.protocols.imap import responses as r
 from peerd.protocols.imap.fetchatt import BodySection, Item, SectionKind
 from peerd.protocols.imap.parser import (
@@ -538,6 +539,12 @@ _NOISE = st.lists(
                 b"\x00",
                 b"&",
                 b"<0.1>",
+                b"\xff",
+                b"\xc3\x28",
+                b"BODY[ \xff]",
+                b"a NOOP ",
+                b"a FETCH 1 ",
+                b"99999999999999999999",
             ]
         ),
     ),
@@ -584,3 +591,43 @@ _NAMES = st.text(
 def test_mailbox_names_round_trip(name: str) -> None:
     events = pull(CommandReader(), b"a CREATE " + r.mailbox(name) + b"\r\n")
     assert events[-1] == c.Create("a", name)
+
+
+_ARG = st.one_of(
+    st.binary(max_size=12),
+    st.sampled_from(
+        [
+            b"BODY[",
+            b"BODY.PEEK[",
+            b"]",
+            b"(",
+            b")",
+            b"\xff",
+            b"\xc3\x28",
+            b"1:*",
+            b"*",
+            b'"',
+            b'"\xff"',
+            b"NIL",
+            b"{2+}\r\nab",
+            b"99999999999999999999999",
+            b"HEADER.FIELDS (",
+            b"<0.>",
+        ]
+    ),
+)
+
+
+@settings(max_examples=500)
+@given(
+    st.sampled_from(sorted(set(grammar._PLAIN) | {"UID " + n for n in grammar._UID})),
+    st.lists(_ARG, max_size=8),
+)
+def test_any_arguments_to_any_command_only_ever_yield_events(name: str, args: list[bytes]) -> None:
+    """Each command the grammar knows, with arguments made of anything: an
+    event, never an exception (issue 9: ``a NOOP BODY[ \\xff]`` raised)."""
+    line = b"a " + name.encode() + b" " + b" ".join(args) + b"\r\n"
+    reader = CommandReader(max_line=4096, max_literal=1024)
+    reader.feed(line)
+    while (event := reader.next_event()) is not None:
+        assert isinstance(event, (c.Command, ContinuationNeeded, ProtocolError))

@@ -314,3 +314,8 @@ class CommandReader:
             return parse_command(parts, literals)
         except CommandError as error:
             return ProtocolError(tag_of(parts[0]), error.text, code=error.code, status=error.status)
+        except (ValueError, RecursionError, OverflowError):
+            # Bytes or values no rule of the grammar names (an 8-bit byte
+            # where only US-ASCII may be, a number past any bound): still
+            # the client's command, never the server's exception.
+            return ProtocolError(tag_of(parts[0]), "malformed command (RFC 3501 9)")

@@ -146,7 +146,10 @@ def _atom(text: bytes, i: int) -> tuple[str, int]:
         more = _ATOM.match(text, j)
         if more is not None:
             j = more.end()
-    return text[i:j].decode("ascii"), j
+    atom = text[i:j]
+    if not atom.isascii():
+        raise CommandError("unexpected 8-bit byte in a section (atoms are US-ASCII)")
+    return atom.decode("ascii"), j
 
 
 def _section_end(text: bytes, i: int) -> int:
