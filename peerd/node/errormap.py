@@ -41,6 +41,7 @@ from ownership.errors import (
     PartnerReachable,
     PartnerUnreachable,
     StaleEpoch,
+    TargetDamaged,
     UnknownNode,
 )
 from peerd.protocols.pop3 import CODE_SYS_PERM, CODE_SYS_TEMP, Err
@@ -143,6 +144,7 @@ _HTTP: dict[type[BaseException], int] = {
     PartnerReachable: 409,
     PartnerUnreachable: 503,
     NotCaughtUp: 409,
+    TargetDamaged: 409,
     UnknownNode: 422,
 }
 
