@@ -52,7 +52,7 @@ _SQLITE_DAMAGE = (
 )
 # PostgreSQL: data_corrupted, index_corrupted.
 _PG_DAMAGE = ("XX001", "XX002")
-_PAGE_RE = re.compile(r"\bpage (\d+)")
+_PAGE_RE = re.compile(r"\bpage (\d+)", re.IGNORECASE)
 MAX_PROBLEMS = 100
 
 
@@ -162,16 +162,21 @@ def _sqlite_objects(connection: sqlite3.Connection, problems: list[str]) -> list
     """The tables and indexes the problems name: by their page numbers
     (``dbstat``), or by name (``malformed database schema (messages)``)."""
     names: list[str] = []
+    roots: dict[int, str] = {}
     try:
-        schema = {
-            str(name): (str(kind), str(table))
-            for kind, name, table in connection.execute(
-                "SELECT type, name, tbl_name FROM sqlite_schema"
-            )
-        }
+        schema = {}
+        for kind, name, table, root in connection.execute(
+            "SELECT type, name, tbl_name, rootpage FROM sqlite_schema"
+        ):
+            schema[str(name)] = (str(kind), str(table))
+            if root:
+                roots[int(root)] = str(name)
     except sqlite3.DatabaseError:
         schema = {}
     pages = sorted({int(n) for p in problems for n in _PAGE_RE.findall(p)})
+    # A b-tree's root page is named in the schema; other pages through dbstat.
+    names += [roots[n] for n in pages if n in roots and roots[n] not in names]
+    pages = [n for n in pages if n not in roots]
     if pages:
         try:
             marks = ",".join("?" * len(pages[:500]))
