@@ -52,7 +52,8 @@ def damage_line(config: Config, what: str) -> str:
 
 
 async def check_at_start(config: Config) -> DbCheck | None:
-    """The check at start (None when ``check_at_start = "off"``); raises
+    """The check at start (None when ``check_at_start = "off"`` or there is no
+    database yet); raises
     :class:`DatabaseDamaged` on damage."""
     mode = config.database.check_at_start
     if mode == "off":
@@ -62,6 +63,8 @@ async def check_at_start(config: Config) -> DbCheck | None:
         raise DatabaseDamaged(damage_line(config, result.summary))
     if result.checked:
         log.info("database check (%s): ok in %.2fs", result.method, result.seconds)
-    elif result.note and result.backend == "postgresql":
+        return result
+    if result.backend == "postgresql":
         log.warning("database not checked: %s", result.note)
-    return result
+        return result
+    return None  # a new node: nothing to check yet

@@ -335,6 +335,11 @@ class Scrubber:
                 batch = list(guids[start : start + FETCH_COUNT])
                 try:
                     got = await fetch_bodies(self.client, batch)
+                    if len(batch) > 1:
+                        # The answer stops short of the partner's request
+                        # limit: ask again, one by one, for what it left out.
+                        for guid in [g for g in batch if g not in got]:
+                            got.update(await fetch_bodies(self.client, [guid]))
                 except EngineError as exc:
                     for guid in batch:
                         self.book.attempt_failed(guid, f"{partner}: {exc.message}")
