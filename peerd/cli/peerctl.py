@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from peerd.node.config import ConfigError, load_config
+from peerd.node.config import ConfigError, load_config, parse_size
 
 __all__ = ["ApiError", "Client", "main"]
 
@@ -344,6 +344,8 @@ def cmd_scrub(client: Client, args: argparse.Namespace) -> Any:
     body: dict[str, Any] = {}
     if args.user:
         body["account"] = args.user
+    if args.rate is not None:
+        body["rate"] = parse_size(args.rate)
     if args.background:
         body["background"] = True
         result = client.call("POST", "/v1/scrub", body)
@@ -664,6 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-u", "--user", help="only this account's messages")
     p.add_argument("--background", action="store_true", help="start it and return at once")
+    p.add_argument("--rate", help="bytes per second instead of [scrub] rate (20M; 0: full speed)")
     p.set_defaults(func=cmd_scrub)
     p = sub.add_parser("check-db", help="run the database's own integrity check now")
     p.add_argument("--full", action="store_true", help="SQLite integrity_check too")

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from engine.dbcheck import check_database
 from peerd.control.call import Call
-from peerd.control.schema import Flag, Text, member
+from peerd.control.schema import Flag, Integer, Text, member
 
 __all__ = ["CheckDbBody", "ScrubBody", "check_db_route", "scrub_route"]
 
@@ -19,6 +19,7 @@ __all__ = ["CheckDbBody", "ScrubBody", "check_db_route", "scrub_route"]
 class ScrubBody:
     account: str | None = member(Text(max_length=255), default=None)
     background: bool = member(Flag(), default=False)
+    rate: int | None = member(Integer(nullable=True), default=None)  # bytes/s; 0: full speed
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,11 +32,11 @@ async def scrub_route(call: Call[ScrubBody, None]) -> web.Response:
     answer 202 at once (``status`` shows it running, then its result)."""
     scrubber = call.scrubber
     if call.body.background:
-        started = scrubber.start_background(call.body.account)
+        started = scrubber.start_background(call.body.account, call.body.rate)
         return web.json_response(
             {"started": started, "running": True}, status=202 if started else 200
         )
-    result = await scrubber.run(call.body.account)
+    result = await scrubber.run(call.body.account, rate=call.body.rate)
     return web.json_response(result.to_json())
 
 

@@ -220,13 +220,16 @@ class Scrubber:
 
     # -- scrub -----------------------------------------------------------------
 
-    async def run(self, account: str | None = None, trigger: str = "manual") -> ScrubResult:
-        """Scrub every body here (or one account's) at ``[scrub] rate``, and repair."""
+    async def run(
+        self, account: str | None = None, trigger: str = "manual", rate: int | None = None
+    ) -> ScrubResult:
+        """Scrub every body here (or one account's) at ``rate`` bytes per
+        second (default ``[scrub] rate``; 0: full speed), and repair."""
         if account is not None:
             named = account
             account = await self.node.store.read(lambda s: get_account(s, named).name)
         async with self.lock:
-            rate = self.node.config.scrub.rate
+            rate = self.node.config.scrub.rate if rate is None else rate
             result = ScrubResult(trigger, account, _now(), rate=rate)
             started = time.perf_counter()
             damaged = await self._read([account] if account else None, rate, result)
@@ -383,18 +386,18 @@ class Scrubber:
             except Exception:
                 log.exception("repairing damaged bodies failed")
 
-    def start_background(self, account: str | None = None) -> bool:
+    def start_background(self, account: str | None = None, rate: int | None = None) -> bool:
         """Start a scrub that runs on after the caller goes; False if one runs."""
         if self.lock.locked():
             return False
-        task = asyncio.create_task(self._background(account), name="scrub")
+        task = asyncio.create_task(self._background(account, rate), name="scrub")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return True
 
-    async def _background(self, account: str | None) -> None:
+    async def _background(self, account: str | None, rate: int | None) -> None:
         try:
-            await self.run(account)
+            await self.run(account, rate=rate)
         except EngineError as exc:
             log.warning("scrub failed: %s", exc.message)
 
