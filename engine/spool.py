@@ -25,7 +25,10 @@ How a group commit's files are flushed is the ``flush`` policy:
 A batch of one file is always flushed file by file.
 
 Reads verify the SHA-1: a GUID whose bytes do not match is ``Corrupt`` and
-is never served.
+is never served. Whoever wants to hear of it (the daemon queues a repair from
+the partner) adds a callback to :attr:`Spool.on_damage`; it is called in the
+reading thread with the GUID and what is wrong. :meth:`Spool.restore` puts
+good bytes (checked against the GUID) in place of a damaged or missing file.
 
 Files leave the spool only through the sweep (:mod:`engine.sweep`), once no
 live record names them; :meth:`Spool.commit` refuses a staged reuse of bytes
@@ -38,6 +41,7 @@ import concurrent.futures
 import ctypes
 import errno
 import hashlib
+import logging
 import os
 import re
 import threading
@@ -47,7 +51,7 @@ from pathlib import Path
 
 from engine.errors import Corrupt, InvalidArgument, StorageFull, TemporaryFailure
 
-__all__ = ["GUID_RE", "Spool", "Staged", "guid_of"]
+__all__ = ["GUID_RE", "Spool", "Staged", "damage_of", "guid_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +108,13 @@ def guid_of(data: bytes) -> str:
     return hashlib.sha1(data, usedforsecurity=False).hexdigest()
 
 
+def damage_of(length: int, expected: int | None) -> str:
+    """What is wrong with a file whose bytes do not hash to its name."""
+    if expected is not None and length < expected:
+        return f"truncated ({length} of {expected} bytes)"
+    return f"bytes do not match the GUID ({length} bytes)"
+
+
 class Spool:
     """The GUID spool under ``root``. Thread-safe: every method may run in any thread."""
 
@@ -117,6 +128,9 @@ class Spool:
         self._counter = 0
         self._lock = threading.Lock()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        # Called (in the reading thread) with (guid, what is wrong) when a read
+        # finds a file missing or not matching its GUID.
+        self.on_damage: list[Callable[[str, str], None]] = []
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(exist_ok=True)
         created = False
@@ -300,14 +314,65 @@ class Spool:
             pool.shutdown(wait=True)
 
     def read(self, guid: str) -> bytes:
-        """The message's bytes, verified against the GUID."""
+        """The message's bytes, verified against the GUID (``Corrupt`` if not;
+        :attr:`on_damage` hears of it)."""
         try:
             data = self.path(guid).read_bytes()
         except FileNotFoundError as exc:
+            self._damaged(guid, "missing")
             raise Corrupt(f"message {guid} is missing from the spool") from exc
         if guid_of(data) != guid:
+            self._damaged(guid, damage_of(len(data), None))
             raise Corrupt(f"message {guid} does not match its bytes; not served")
         return data
+
+    def check(self, guid: str, size: int | None = None) -> tuple[int, str | None]:
+        """Read and hash one file: (bytes read, None if whole, else what is
+        wrong; ``size``: the length its records give it). Tells nobody: the
+        caller (the scrub) keeps the account."""
+        try:
+            data = self.path(guid).read_bytes()
+        except FileNotFoundError:
+            return 0, "missing"
+        except OSError as exc:
+            return 0, f"unreadable: {exc.strerror}"
+        if guid_of(data) != guid:
+            return len(data), damage_of(len(data), size)
+        return len(data), None
+
+    def restore(self, guid: str, data: bytes) -> Path:
+        """Put ``data`` (which must hash to ``guid``) in place of a damaged or
+        missing file: temp file, fsync, rename over the old name, fsync of the
+        directory. A reader sees the old file or the new one, never a mix."""
+        if guid_of(data) != guid:
+            raise Corrupt(f"bytes do not match GUID {guid}; not restored")
+        final = self.path(guid)
+        with self._lock:
+            self._counter += 1
+            n = self._counter
+        tmp = self.tmp / f"{guid}.{os.getpid()}.{threading.get_ident()}.{n}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, final)
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise _translate(exc) from exc
+        return final
+
+    def _damaged(self, guid: str, what: str) -> None:
+        for callback in list(self.on_damage):
+            try:
+                callback(guid, what)
+            except Exception:  # a listener's trouble must not hide the Corrupt
+                logging.getLogger("peerd.spool").exception("a spool damage listener failed")
 
     def directories(self) -> list[str]:
         """The 256 directories the GUIDs are spread over."""

@@ -6,6 +6,7 @@ OwnershipError
 ├── PartnerReachable    (failover refused: the partner answers; use switchover)
 ├── PartnerUnreachable  (a switchover or failback needs the partner)
 ├── NotCaughtUp         (failback refused: the returned node still lags)
+├── TargetDamaged       (switchover/failback refused: the target holds damaged bodies)
 └── UnknownNode         (a node name that is neither this node nor its partner)
 
 A refusal by the sync fence is a sync error first (the sync client and the
@@ -32,6 +33,7 @@ __all__ = [
     "PartnerUnreachable",
     "StaleEpoch",
     "SyncFenced",
+    "TargetDamaged",
     "UnknownNode",
 ]
 
@@ -81,6 +83,18 @@ class NotCaughtUp(OwnershipError):
     def __init__(self, message: str, pending: list[dict[str, object]]) -> None:
         super().__init__(message)
         self.pending = pending
+
+
+class TargetDamaged(OwnershipError):
+    """A switchover or failback refused: the node the accounts would move to
+    holds damaged copies of some of their messages that could not be repaired
+    (no whole copy on either node). ``guids`` lists them."""
+
+    code = "target_damaged"
+
+    def __init__(self, message: str, guids: list[str]) -> None:
+        super().__init__(message)
+        self.guids = guids
 
 
 class UnknownNode(OwnershipError):

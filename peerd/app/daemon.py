@@ -1,7 +1,9 @@
 """``peerd run``: the daemon's life from start to clean stop; it builds and wires every part.
 
-How this works: read the config, migrate the database (Alembic, always to
-head), open the store and make the node. Then each part is built here and
+How this works: read the config, check the database's integrity (a damaged
+one stops the node with one line and exit status 65:
+:mod:`peerd.app.dbcheck`), migrate it (Alembic, always to head), open the
+store and make the node. Then each part is built here and
 handed what it needs, in order:
 
 1. the sync listener (``[listen] sync``): what a replica answers;
@@ -10,7 +12,8 @@ handed what it needs, in order:
    retried in the background if the partner does not answer); the rolling
    worker, the scheduled reconcile, and in ``synchronous`` mode the worker's
    wait as the node's ``after_delivery`` hook;
-3. the socketmap listener (``[listen] socketmap``) and the spool sweep timer;
+3. the scrub and the repair of damaged bodies (:mod:`peerd.replication.scrub`),
+   the socketmap listener (``[listen] socketmap``) and the spool sweep timer;
 4. LMTP, IMAP and POP3;
 5. the control API, given every part (:class:`~peerd.control.call.Parts`)
    so ``/v1/status``, ``/metrics`` and the pair operations reach them.
@@ -35,7 +38,9 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 import migrations
+from engine.dbcheck import is_damage
 from engine.store import Store
+from peerd.app.dbcheck import EXIT_DATABASE_DAMAGED, DatabaseDamaged, check_at_start, damage_line
 from peerd.app.notify import sd_notify
 from peerd.control.app import build_app
 from peerd.control.call import Parts, StatusSource
@@ -51,6 +56,7 @@ from peerd.pair.sweep import SpoolSweep
 from peerd.replication.client import SyncClient
 from peerd.replication.reconcile import Reconciler
 from peerd.replication.rolling import RollingWorker
+from peerd.replication.scrub import Scrubber
 from peerd.replication.server import SyncServer, start_sync_listener
 
 __all__ = ["run_daemon", "serve"]
@@ -69,6 +75,7 @@ class _Started:
     sweep: SpoolSweep | None = None
     sync_server: SyncServer | None = None
     lmtp: StatusSource | None = None
+    scrubber: Scrubber | None = None
 
 
 async def _start_sync_listener(node: Node, started: _Started) -> None:
@@ -114,6 +121,19 @@ async def _start_replication(node: Node, started: _Started) -> None:
     started.pair = Pair(node, client, hooks)
     started.worker, started.reconciler = worker, reconciler
     started.services.append(Service("rolling", stop))
+
+
+async def _start_integrity(node: Node, started: _Started) -> None:
+    """The scrub (scheduled and on demand), the repair of what reads find
+    damaged, and the sync listener's ``verify``."""
+    client = started.pair.client if started.pair is not None else None
+    scrubber = Scrubber(node, client)
+    node.damage.listen(node.store.spool, asyncio.get_running_loop())
+    scrubber.start()
+    if started.sync_server is not None:
+        started.sync_server.scrubber = scrubber
+    started.scrubber = scrubber
+    started.services.append(Service("scrub", scrubber.stop))
 
 
 async def _start_upkeep(node: Node, started: _Started) -> None:
@@ -191,6 +211,7 @@ def _parts(node: Node, started: _Started) -> Parts:
         sweep=started.sweep,
         sync_server=started.sync_server,
         lmtp=started.lmtp,
+        scrubber=started.scrubber,
     )
 
 
@@ -203,16 +224,28 @@ async def serve(config: Config, stop_event: asyncio.Event | None = None) -> None
 
     config.node.data_dir.mkdir(parents=True, exist_ok=True)
     url = config.database_url
+    # Before anything reads it: a damaged database stops the node here.
+    checked = await check_at_start(config)
     log.info("node %s: migrating %s", config.node.name, url.split("@")[-1])
-    await asyncio.to_thread(migrations.upgrade, url)
+    try:
+        await asyncio.to_thread(migrations.upgrade, url)
+    except Exception as exc:
+        _stop_if_damaged(config, exc)
+        raise
     store = Store(url, config.node.data_dir, flush=config.node.spool_flush)
     store.bind_loop(loop)
     node = Node(config, store)
+    node.db_check = checked
     started = _Started()
     runner: web.AppRunner | None = None
     try:
         await _start_sync_listener(node, started)
-        await _start_replication(node, started)
+        try:
+            await _start_replication(node, started)
+        except Exception as exc:
+            _stop_if_damaged(config, exc)
+            raise
+        await _start_integrity(node, started)
         await _start_upkeep(node, started)
         await _start_mail_services(node, started)
         if config.listen.http is not None:
@@ -245,7 +278,18 @@ async def serve(config: Config, stop_event: asyncio.Event | None = None) -> None
         log.info("node %s stopped", config.node.name)
 
 
+def _stop_if_damaged(config: Config, exc: BaseException) -> None:
+    """A start step failed: if the database said it is damaged, stop with the line."""
+    if is_damage(exc):
+        orig = getattr(exc, "orig", None) or exc.__cause__ or exc
+        raise DatabaseDamaged(damage_line(config, " ".join(str(orig).split())[:240])) from exc
+
+
 def run_daemon(config: Config, log_format: str | None = None) -> int:
     setup_logging(log_format or config.log.format, config.log.level, config.node.name)
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except DatabaseDamaged as exc:
+        log.critical("%s", exc)
+        return EXIT_DATABASE_DAMAGED
     return 0

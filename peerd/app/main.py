@@ -1,11 +1,13 @@
-"""``peerd``: the daemon's command line (``peerd run -c FILE``, ``peerd migrate -c FILE``)."""
+"""``peerd``: the daemon's command line: ``run``, ``migrate``, ``check-config``,
+``check-db`` (the database's integrity check; exit status 65 on damage) and
+``rebuild --from-partner`` (:mod:`peerd.app.rebuild`), each with ``-c FILE``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from peerd.node.config import ConfigError, load_config
+from peerd.node.config import Config, ConfigError, load_config
 
 __all__ = ["main"]
 
@@ -20,6 +22,20 @@ def main(argv: list[str] | None = None) -> int:
     migrate.add_argument("-c", "--config", required=True)
     check = sub.add_parser("check-config", help="read the config and report errors")
     check.add_argument("-c", "--config", required=True)
+    check_db = sub.add_parser(
+        "check-db", help="run the database's integrity check (the daemon may be running)"
+    )
+    check_db.add_argument("-c", "--config", required=True)
+    check_db.add_argument(
+        "--full", action="store_true", help="SQLite integrity_check too; amcheck heapallindexed"
+    )
+    rebuild = sub.add_parser(
+        "rebuild", help="a fresh store for this node, filled by its partner (daemon stopped)"
+    )
+    rebuild.add_argument("-c", "--config", required=True)
+    rebuild.add_argument(
+        "--from-partner", action="store_true", required=True, help="the partner's copy (required)"
+    )
     # Started by the daemon for [lmtp] workers; not for admins.
     worker = sub.add_parser("lmtp-worker")
     worker.add_argument("-c", "--config", required=True)
@@ -39,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print(f"{args.config}: ok (node {config.node.name})")
         return 0
+    if args.command == "check-db":
+        return _check_db(config, args.full)
+    if args.command == "rebuild":
+        return _rebuild(config)
     if args.command == "migrate":
         import migrations
 
@@ -49,6 +69,38 @@ def main(argv: list[str] | None = None) -> int:
     from peerd.app.daemon import run_daemon
 
     return run_daemon(config, args.log_format)
+
+
+def _check_db(config: Config, full: bool) -> int:
+    from engine.dbcheck import check_database
+    from peerd.app.dbcheck import EXIT_DATABASE_DAMAGED, damage_line
+
+    result = check_database(config.database_url, full=full)
+    where = config.database_url.split(":///", 1)[-1].rsplit("@", 1)[-1]
+    if not result.ok:
+        print(f"peerd: {damage_line(config, result.summary)}", file=sys.stderr)
+        return EXIT_DATABASE_DAMAGED
+    if not result.checked:
+        print(f"database {where}: not checked: {result.note}")
+        return 0
+    print(f"database {where}: ok ({result.backend} {result.method}, {result.seconds:.2f} s)")
+    return 0
+
+
+def _rebuild(config: Config) -> int:
+    import asyncio
+
+    from peerd.app.rebuild import RebuildRefused, rebuild_from_partner
+
+    try:
+        asyncio.run(rebuild_from_partner(config, lambda line: print(line, flush=True)))
+    except RebuildRefused as exc:
+        print(f"peerd: rebuild refused: {exc}", file=sys.stderr)
+        return 1
+    except ConnectionError as exc:
+        print(f"peerd: rebuild stopped: the partner stopped answering ({exc})", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from peerd.node.config import ConfigError, load_config
+from peerd.node.config import ConfigError, load_config, parse_size
 
 __all__ = ["ApiError", "Client", "main"]
 
@@ -281,11 +281,113 @@ def cmd_status(client: Client, args: argparse.Namespace) -> Any:
     sweep = result.get("spool_sweep")
     if isinstance(sweep, dict):
         lines.append(_sweep_line(sweep))
+    integrity = result.get("integrity")
+    if isinstance(integrity, dict):
+        lines += _integrity_lines(integrity)
+    database = result.get("database")
+    if isinstance(database, dict):
+        lines.append(_database_line(database))
     for key, value in result.items():
-        shown = ("owned", "replication", "proxy_hooks", "lmtp", "spool_sweep")
+        shown = (
+            "owned",
+            "replication",
+            "proxy_hooks",
+            "lmtp",
+            "spool_sweep",
+            "integrity",
+            "database",
+        )
         if isinstance(value, dict) and key not in shown:
             lines.append(f"{key}: " + ", ".join(f"{k}={v}" for k, v in value.items()))
     return result, "\n".join(lines)
+
+
+def _rate(rate: int) -> str:
+    return f"{rate / (1 << 20):g} MiB/s" if rate else "full speed"
+
+
+def _integrity_lines(integrity: dict[str, Any]) -> list[str]:
+    scrub = integrity.get("scrub") or {}
+    when = scrub.get("schedule") or "on demand only"
+    line = (
+        f"integrity: {integrity['damaged']} damaged body(ies), "
+        f"{integrity['unrepairable']} unrepairable; scrub {when} at {_rate(scrub.get('rate', 0))}"
+    )
+    last = scrub.get("last")
+    if scrub.get("running"):
+        line += ", running now"
+    elif last:
+        line += (
+            f", last {last['started_at']}: {last['files']} file(s), "
+            f"{len(last['damaged'])} damaged, {len(last['repaired'])} repaired"
+        )
+    lines = [line]
+    for body in integrity.get("bodies", []):
+        state = "UNREPAIRABLE" if body["unrepairable"] else "damaged"
+        note = f" ({body['last_error']})" if body.get("last_error") else ""
+        lines.append(
+            f"  {state} {body['guid']}: {body['what']}, found by {body['found_by']} "
+            f"at {body['found_at']}{note}"
+        )
+    return lines
+
+
+def _database_line(check: dict[str, Any]) -> str:
+    if not check["checked"]:
+        return f"database: not checked ({check['note']})"
+    if check["ok"]:
+        return f"database: ok ({check['backend']} {check['method']}, {check['seconds']} s)"
+    return f"database: DAMAGED: {', '.join(check['objects']) or '?'}: {check['problems'][0]}"
+
+
+def cmd_scrub(client: Client, args: argparse.Namespace) -> Any:
+    body: dict[str, Any] = {}
+    if args.user:
+        body["account"] = args.user
+    if args.rate is not None:
+        body["rate"] = parse_size(args.rate)
+    if args.background:
+        body["background"] = True
+        result = client.call("POST", "/v1/scrub", body)
+        text = (
+            "scrub started; `peerctl status` shows it running, then its result"
+            if result["started"]
+            else "a scrub is running already; `peerctl status` shows it"
+        )
+        return result, text
+    result = client.call("POST", "/v1/scrub", body)
+    repaired, unrepairable = set(result["repaired"]), set(result["unrepairable"])
+    lines = [
+        f"scrubbed {result['files']} file(s), {result['bytes']} bytes in {result['seconds']} s "
+        f"({result['files_per_second']} files/s, {result['mb_per_second']} MB/s): "
+        f"{len(result['damaged'])} damaged, {len(repaired)} repaired from the partner, "
+        f"{len(unrepairable)} unrepairable"
+    ]
+    for item in result["damaged"]:
+        guid = item["guid"]
+        fate = (
+            "repaired"
+            if guid in repaired
+            else "UNREPAIRABLE (the partner has no whole copy either)"
+            if guid in unrepairable
+            else "NOT REPAIRED (the partner did not answer; retried)"
+        )
+        lines.append(f"  {guid}: {item['what']} -> {fate}")
+    if unrepairable or result["not_repaired"]:
+        print("\n".join(lines))
+        raise ApiError(
+            500, "damage left", f"{len(unrepairable) + len(result['not_repaired'])} body(ies)"
+        )
+    return result, "\n".join(lines)
+
+
+def cmd_check_db(client: Client, args: argparse.Namespace) -> Any:
+    result = client.call("POST", "/v1/check-db", {"full": True} if args.full else {})
+    line = _database_line(result)
+    if result["checked"] and not result["ok"]:
+        print(line)
+        raise ApiError(500, "database damaged", "; ".join(result["objects"]) or "see above")
+    return result, line
 
 
 def cmd_replicate(client: Client, args: argparse.Namespace) -> Any:
@@ -558,6 +660,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = spool.add_parser("sweep", help="remove the files no live message names (after a grace)")
     p.add_argument("--force", action="store_true", help="remove even when most files look unnamed")
     p.set_defaults(func=cmd_spool_sweep)
+
+    p = sub.add_parser(
+        "scrub", help="read every message body, repair damaged ones from the partner"
+    )
+    p.add_argument("-u", "--user", help="only this account's messages")
+    p.add_argument("--background", action="store_true", help="start it and return at once")
+    p.add_argument("--rate", help="bytes per second instead of [scrub] rate (20M; 0: full speed)")
+    p.set_defaults(func=cmd_scrub)
+    p = sub.add_parser("check-db", help="run the database's own integrity check now")
+    p.add_argument("--full", action="store_true", help="SQLite integrity_check too")
+    p.set_defaults(func=cmd_check_db)
 
     p = sub.add_parser("status", help="node status")
     p.add_argument("-u", "--user", help="status of one account")

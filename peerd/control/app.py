@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from engine.errors import EngineError, InvalidArgument
-from ownership.errors import NotCaughtUp, OwnershipError
+from ownership.errors import NotCaughtUp, OwnershipError, TargetDamaged
 from peerd.control.call import Call, Parts, Route
 from peerd.control.routes import ROUTES
 from peerd.control.schema import parse
@@ -62,7 +62,11 @@ async def errors_middleware(request: web.Request, handler: Endpoint) -> web.Stre
         return await handler(request)
     except (EngineError, OwnershipError) as exc:
         # A refused failback says what is still pending, for scripts too.
-        extensions = {"pending": exc.pending} if isinstance(exc, NotCaughtUp) else None
+        extensions: dict[str, Any] | None = None
+        if isinstance(exc, NotCaughtUp):
+            extensions = {"pending": exc.pending}
+        elif isinstance(exc, TargetDamaged):
+            extensions = {"damaged": exc.guids}
         return problem(http_status(exc), problem_title(exc), exc.message, exc.code, extensions)
     except web.HTTPException as exc:
         if exc.status < 400:

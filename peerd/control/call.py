@@ -23,6 +23,7 @@ from peerd.pair.partner import Pair
 from peerd.pair.sweep import SpoolSweep
 from peerd.replication.reconcile import Reconciler
 from peerd.replication.rolling import RollingWorker
+from peerd.replication.scrub import Scrubber
 from peerd.replication.server import SyncServer
 
 __all__ = ["Call", "Handler", "Parts", "Route", "StatusSource"]
@@ -49,6 +50,7 @@ class Parts:
     sweep: SpoolSweep | None = None
     sync_server: SyncServer | None = None
     lmtp: StatusSource | None = None
+    scrubber: Scrubber | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,12 @@ class Call(Generic[B, Q]):
         if self.parts.reconciler is None:
             raise RuntimeError("this node has no partner configured")
         return self.parts.reconciler
+
+    @property
+    def scrubber(self) -> Scrubber:
+        if self.parts.scrubber is None:
+            raise RuntimeError("the scrub is not running")
+        return self.parts.scrubber
 
     @property
     def sweep(self) -> SpoolSweep:

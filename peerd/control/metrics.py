@@ -35,6 +35,10 @@ _HELP = {
     "failovers": "Failovers run here",
     "switchovers": "Switchovers run here",
     "auth_failures": "Failed logins",
+    "bodies_damaged": "Message bodies found damaged here (missing, cut short, not matching the GUID)",
+    "bodies_repaired": "Damaged bodies replaced with the partner's whole copy",
+    "bodies_unrepairable": "Damaged bodies the partner had no whole copy of either",
+    "scrubs": "Spool scrubs run",
 }
 
 
@@ -82,6 +86,28 @@ def render(status: NodeStatus) -> str:
         lines += _gauge("proxy_hook_ok", "1 if the hook's last call was acknowledged")
         for name, state in status.proxy_hooks.items():
             lines.append(_line("proxy_hook_ok", 1 if state.ok else 0, {"hook": name}))
+    integrity = status.integrity
+    if integrity is not None:
+        lines += _gauge("damaged_bodies", "Bodies known damaged here now, not yet repaired")
+        lines.append(_line("damaged_bodies", integrity.damaged))
+        lines += _gauge("unrepairable_bodies", "Damaged bodies no node has a whole copy of")
+        lines.append(_line("unrepairable_bodies", integrity.unrepairable))
+        if integrity.last is not None:
+            lines += _gauge("scrub_last", "Results of the last scrub")
+            scrub = integrity.last
+            figures = {
+                "files": scrub.files,
+                "bytes": scrub.bytes,
+                "seconds": scrub.seconds,
+                "damaged": len(scrub.damaged),
+                "repaired": len(scrub.repaired),
+                "unrepairable": len(scrub.unrepairable),
+            }
+            for key, value in figures.items():
+                lines.append(_line("scrub_last", value, {"figure": key}))
+    if status.database is not None and status.database.checked:
+        lines += _gauge("database_ok", "1 if the last database integrity check found no damage")
+        lines.append(_line("database_ok", 1 if status.database.ok else 0))
     lines += _gauge("inflight_deliveries", "LMTP deliveries in progress")
     lines.append(_line("inflight_deliveries", status.inflight_deliveries))
     return "\n".join(lines) + "\n"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from peerd.control import accounts, pairops, reports, routing, syncops
+from peerd.control import accounts, integrity, pairops, reports, routing, syncops
 from peerd.control.call import Call, Route
 from peerd.control.openapi import document
 
@@ -203,6 +203,22 @@ ROUTES: tuple[Route, ...] = (
         "Run a spool sweep now: remove the files condemned a grace ago, condemn the newly unnamed",
         syncops.sweep_route,
         body=syncops.SweepBody,
+        responses=(200, 422),
+    ),
+    Route(
+        "POST",
+        "/v1/scrub",
+        "Read every message body (or one account's), repair damaged ones from the partner",
+        integrity.scrub_route,
+        body=integrity.ScrubBody,
+        responses=(200, 202, 404, 422),
+    ),
+    Route(
+        "POST",
+        "/v1/check-db",
+        "Run the database's own integrity check now (SQLite quick_check, PostgreSQL amcheck)",
+        integrity.check_db_route,
+        body=integrity.CheckDbBody,
         responses=(200, 422),
     ),
     Route(

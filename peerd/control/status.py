@@ -19,12 +19,14 @@ from sqlalchemy.orm import Session
 
 from engine import accounts as engine_accounts
 from engine import synclog
+from engine.dbcheck import DbCheck
 from ownership import table as ownership_table
 from peerd.control.call import Parts
 from peerd.pair.hooks import HookStatus
 from peerd.pair.sweep import SweepStatus
 from peerd.replication.reconcile import ReconcileStatus
 from peerd.replication.rolling import ReplicationStatus
+from peerd.replication.scrub import ScrubStatus
 from peerd.replication.server import SyncServerStatus
 
 __all__ = ["AccountStatus", "NodeStatus", "StoreStatus", "account_status", "node_status"]
@@ -66,6 +68,8 @@ class NodeStatus:
     replication: ReplicationStatus | None = None
     spool_sweep: SweepStatus | None = None
     lmtp: dict[str, Any] | None = None  # the LMTP worker pool's own report
+    integrity: ScrubStatus | None = None  # damaged bodies and the scrub
+    database: DbCheck | None = None  # the last database integrity check
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -97,6 +101,10 @@ class NodeStatus:
             body["spool_sweep"] = self.spool_sweep.to_json()
         if self.lmtp is not None:
             body["lmtp"] = self.lmtp
+        if self.integrity is not None:
+            body["integrity"] = self.integrity.to_json()
+        if self.database is not None:
+            body["database"] = self.database.to_json()
         return body
 
 
@@ -131,6 +139,8 @@ async def node_status(parts: Parts) -> NodeStatus:
         replication=await parts.worker.status() if parts.worker else None,
         spool_sweep=parts.sweep.status() if parts.sweep else None,
         lmtp=await parts.lmtp.status() if parts.lmtp else None,
+        integrity=parts.scrubber.status() if parts.scrubber else None,
+        database=node.db_check,
     )
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "ProxyHook",
     "ReconcileConfig",
     "RoutingConfig",
+    "ScrubConfig",
     "SyncConfig",
     "TlsConfig",
     "load_config",
@@ -115,6 +116,10 @@ class NodeConfig:
 @dataclass(frozen=True, slots=True)
 class DatabaseConfig:
     url: str = ""
+    # The integrity check at every start: "quick" (SQLite quick_check;
+    # PostgreSQL amcheck), "full" (also SQLite integrity_check, amcheck
+    # heapallindexed) or "off".
+    check_at_start: str = "quick"
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +247,17 @@ class ReconcileConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ScrubConfig:
+    """The spool scrub: when it runs, how fast it may read, and whether a
+    switchover or failback first has the target check the moving accounts."""
+
+    schedule: str = "0 4 * * 0"
+    enabled: bool = True
+    rate: Size = 20 << 20  # bytes read per second; 0: as fast as the disk goes
+    verify_on_move: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     format: str = "text"
     level: str = "INFO"
@@ -261,6 +277,7 @@ class Config:
     pop3: Pop3Config = field(default_factory=Pop3Config)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
+    scrub: ScrubConfig = field(default_factory=ScrubConfig)
     log: LogConfig = field(default_factory=LogConfig)
     path: Path | None = None
 
@@ -365,6 +382,10 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
         raise ConfigError("[node] spool_sweep_grace must not be negative")
     if not 0 <= config.lmtp.workers <= 64:
         raise ConfigError("[lmtp] workers must be 0 (LMTP in the daemon itself) to 64")
+    if config.database.check_at_start not in ("quick", "full", "off"):
+        raise ConfigError('[database] check_at_start must be "quick", "full" or "off"')
+    if config.scrub.rate < 0:
+        raise ConfigError("[scrub] rate must not be negative (0: as fast as the disk goes)")
     if config.log.format not in ("text", "json"):
         raise ConfigError('[log] format must be "text" or "json"')
     if not re.fullmatch(r"[a-z0-9][a-z0-9\-]{0,62}", config.node.name):

@@ -41,6 +41,7 @@ from ownership.errors import (
     PartnerReachable,
     PartnerUnreachable,
     StaleEpoch,
+    TargetDamaged,
     UnknownNode,
 )
 from peerd.protocols.lmtp import S501_BAD_ADDRESS, S552_TOO_BIG, S554_NUL
@@ -144,6 +145,7 @@ _HTTP: dict[type[BaseException], int] = {
     PartnerReachable: 409,
     PartnerUnreachable: 503,
     NotCaughtUp: 409,
+    TargetDamaged: 409,
     UnknownNode: 422,
 }
 

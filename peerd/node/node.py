@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from sqlalchemy.orm import Session
 
 from engine import accounts as engine_accounts
+from engine.dbcheck import DbCheck
 from engine.errors import EngineError, InvalidArgument, NoSuchAccount
 from engine.models import Account
 from engine.passwords import verify_password
@@ -30,6 +31,7 @@ from engine.synclog import Change
 from ownership import table as ownership_table
 from ownership.errors import NotOwner
 from peerd.node.config import Config
+from peerd.node.damage import DamageBook
 
 __all__ = ["AuthResult", "Node"]
 
@@ -66,6 +68,10 @@ class Node:
         self.partner = config.partner.name
         self.started = time.time()
         self.counters = Counters()
+        # Bodies known damaged here until repaired (peerd.node.damage).
+        self.damage = DamageBook(config.node.data_dir / "damage.json", self.counters)
+        # The last database integrity check (at start, or asked for).
+        self.db_check: DbCheck | None = None
         self.inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()

@@ -32,6 +32,7 @@ from ownership.errors import PartnerUnreachable, UnknownNode
 from ownership.rows import OwnershipView, parse_row, row_view
 from peerd.pair.hooks import HookAck, routes_for
 from peerd.pair.partner import Pair, partner_answers, partner_api, tell_partner
+from peerd.pair.verify import verify_target
 
 __all__ = ["Switchover", "accounts_owned_by", "switchover"]
 
@@ -137,6 +138,8 @@ async def switchover(pair: Pair, accounts: Sequence[str], to: str | None = None)
             # before telling our proxies.
             informed = await tell_partner(pair, "switchover")
     if ours:
+        # The target checks (and heals from us) the accounts' bodies first.
+        await verify_target(pair, ours)
         moved, held = await _move_ours(pair, ours)
         informed = await tell_partner(pair, "switchover")
         changed += [row.account for row in moved]

@@ -161,7 +161,10 @@ class SyncClient:
         compressed: bool,
         report: SyncReport | None = None,
         content_type: str = "application/json",
+        timeout: float | None = None,
     ) -> bytes:
+        """POST one request; ``timeout``: seconds for this one instead of
+        ``sync_timeout`` (a verify reads whole accounts)."""
         headers = {"Authorization": self._auth, "Content-Type": content_type}
         if compressed:
             # A large body (an 8 MB UPLOAD) is compressed in a thread: zlib lets
@@ -172,7 +175,12 @@ class SyncClient:
             headers["X-Sync-Encoding"] = "zlib"
         session = await self.session()
         try:
-            async with session.post(f"{self.base}/{path}", data=body, headers=headers) as response:
+            options: dict[str, Any] = {}
+            if timeout is not None:
+                options["timeout"] = aiohttp.ClientTimeout(total=timeout)
+            async with session.post(
+                f"{self.base}/{path}", data=body, headers=headers, **options
+            ) as response:
                 raw = await response.read()
                 status = response.status
                 encoded = response.headers.get("X-Sync-Encoding") == "zlib"

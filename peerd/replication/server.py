@@ -29,7 +29,8 @@ from sqlalchemy.orm import Session
 from engine import synclog
 from engine.apply import apply_push
 from engine.delta import matches
-from engine.errors import EngineError, SyncProtocolError, SyncStale
+from engine.errors import Corrupt, EngineError, SyncProtocolError, SyncStale, TemporaryFailure
+from engine.spool import GUID_RE
 from engine.syncstate import account_digests, known_guids, read_account_state
 from engine.syncwire import (
     OFF_LOOP,
@@ -52,12 +53,15 @@ from ownership.fence import check_sync, needs_adoption
 from ownership.rows import OwnershipView, parse_row
 from peerd.node.errormap import http_status
 from peerd.node.node import Node
+from peerd.replication.scrub import Scrubber
 
 __all__ = ["SyncServer", "SyncServerStatus", "start_sync_listener"]
 
 log = logging.getLogger("peerd.sync.server")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+MAX_BODIES = 10_000  # GUIDs in one ``bodies`` request
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +91,8 @@ class SyncServer:
         self.bytes_in = 0
         self.bytes_out = 0
         self.refused = 0
+        # The scrub answers ``verify``; the daemon sets it once it is built.
+        self.scrubber: Scrubber | None = None
 
     def status(self) -> SyncServerStatus:
         return SyncServerStatus(self.bytes_in, self.bytes_out, self.refused)
@@ -380,6 +386,56 @@ class SyncServer:
         queued = await self.node.store.write(queue)
         return self.reply(request, encode_json({"queued": queued}))
 
+    async def bodies(self, request: web.Request) -> web.Response:
+        """Whole copies of message bodies by GUID, whatever account names them
+        (the partner heals a damaged file from ours). A GUID we hold no whole
+        copy of is left out of the answer; the answer stops before it would
+        outgrow ``sync_max_request``."""
+        body = decode_json(await self.body(request))
+        guids = body.get("guids")
+        if not isinstance(guids, list) or len(guids) > MAX_BODIES:
+            raise SyncProtocolError(f"guids must be a list of at most {MAX_BODIES}")
+        if not all(isinstance(g, str) and GUID_RE.match(g) for g in guids):
+            raise SyncProtocolError("guids must be GUIDs (40 lower-case hex digits)")
+        spool = self.node.store.spool
+        limit = self.max_request
+
+        def read() -> bytes:
+            frames: list[bytes] = []
+            size = 0
+            for guid in dict.fromkeys(guids):
+                if not spool.has(guid):
+                    continue
+                try:
+                    data = spool.read(guid)  # damaged here too: not sent (and noted)
+                except Corrupt:
+                    continue
+                if frames and size + len(data) > limit:
+                    break
+                frames.extend(encode_frames([(guid, data)]))
+                size += len(data)
+            return b"".join(frames)
+
+        answer = await self.node.store.run_blocking(read)
+        return self.reply(request, answer, "application/octet-stream")
+
+    async def verify(self, request: web.Request) -> web.Response:
+        """The partner is about to move these accounts here: read their bodies
+        (``full`` false: only look for missing and known-damaged ones), repair
+        what is damaged from the partner, and say what stays damaged."""
+        body = decode_json(await self.body(request))
+        accounts = body.get("accounts")
+        if (
+            not isinstance(accounts, list)
+            or len(accounts) > 1_000_000
+            or not all(isinstance(a, str) and a for a in accounts)
+        ):
+            raise SyncProtocolError("accounts must be a list of account names")
+        if self.scrubber is None:
+            raise TemporaryFailure(f"{self.node.name} is still starting; try again")
+        result = await self.scrubber.verify(accounts, full=body.get("full") is not False)
+        return self.reply(request, encode_json(result.to_json()))
+
     def app(self) -> web.Application:
         app = web.Application(
             middlewares=[self.middleware], client_max_size=self.max_request + 1024
@@ -394,6 +450,8 @@ class SyncServer:
         app.router.add_post("/sync/v1/ownership", self.ownership)
         app.router.add_post("/sync/v1/request_sync", self.request_sync)
         app.router.add_post("/sync/v1/digests", self.digests)
+        app.router.add_post("/sync/v1/bodies", self.bodies)
+        app.router.add_post("/sync/v1/verify", self.verify)
         return app
 
 
