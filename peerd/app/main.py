@@ -6,12 +6,35 @@ import argparse
 import sys
 
 from peerd.node.config import ConfigError, load_config
+from peerd.node.version import release
 
 __all__ = ["main"]
 
 
+class _Version(argparse.Action):
+    """``--version``: the release, the sync protocol versions it speaks and
+    its schema revision (what an upgrade changes; docs/upgrading.md)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        import migrations
+        from engine.syncwire import PROTOCOL_OLDEST, PROTOCOL_VERSION
+
+        protocol = (
+            f"{PROTOCOL_VERSION}"
+            if PROTOCOL_OLDEST == PROTOCOL_VERSION
+            else f"{PROTOCOL_OLDEST}-{PROTOCOL_VERSION}"
+        )
+        parser.exit(
+            message=f"peerd {release()} (sync protocol {protocol}, schema {migrations.head()})\n"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="peerd", description="peerd mail node daemon")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the daemon in the foreground (systemd Type=notify)")
     run.add_argument("-c", "--config", required=True, help="the node's TOML file")

@@ -48,11 +48,19 @@ from engine import synclog
 from engine.apply import apply_repairs
 from engine.compare import Push, Repairs, compare
 from engine.delta import Delta, mark_of, owner_delta
-from engine.errors import PartnerDown, SyncProtocolError, SyncRefused, TemporaryFailure
+from engine.errors import (
+    PartnerDown,
+    SyncProtocolError,
+    SyncRefused,
+    SyncVersionMismatch,
+    TemporaryFailure,
+)
 from engine.rounds import converge
 from engine.syncstate import AccountState, account_digests, owner_view, read_account_state
 from engine.syncwire import (
     OFF_LOOP,
+    PROTOCOL_HEADER,
+    PROTOCOL_VERSION,
     compress,
     decode_account_state,
     decode_frames,
@@ -64,6 +72,7 @@ from engine.syncwire import (
     encode_json,
     encode_push,
     encode_summary,
+    peer_protocol,
 )
 from ownership import table as ownership_table
 from ownership.errors import SyncFenced
@@ -162,7 +171,11 @@ class SyncClient:
         report: SyncReport | None = None,
         content_type: str = "application/json",
     ) -> bytes:
-        headers = {"Authorization": self._auth, "Content-Type": content_type}
+        headers = {
+            "Authorization": self._auth,
+            "Content-Type": content_type,
+            PROTOCOL_HEADER: str(PROTOCOL_VERSION),
+        }
         if compressed:
             # A large body (an 8 MB UPLOAD) is compressed in a thread: zlib lets
             # go of the interpreter lock, and the loop goes on meanwhile.
@@ -176,6 +189,7 @@ class SyncClient:
                 raw = await response.read()
                 status = response.status
                 encoded = response.headers.get("X-Sync-Encoding") == "zlib"
+                spoken = response.headers.get(PROTOCOL_HEADER)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise PartnerDown(f"partner {self.target} unreachable: {exc}") from exc
         self.bytes_sent += len(body)
@@ -194,6 +208,8 @@ class SyncClient:
                 if len(raw) < OFF_LOOP
                 else await asyncio.to_thread(decompress, raw, 1 << 31)
             )
+        # An answer in a version this node does not read is not read.
+        peer_protocol(spoken, self.node.name, self.node.partner or "the partner")
         if status == 409:
             problem = decode_json(raw)
             try:
@@ -207,9 +223,12 @@ class SyncClient:
             )
         if status >= 400:
             try:
-                detail = decode_json(raw).get("detail", "")
+                problem = decode_json(raw)
+                detail = str(problem.get("detail", ""))
             except SyncProtocolError:
-                detail = raw[:200].decode("utf-8", "replace")
+                problem, detail = {}, raw[:200].decode("utf-8", "replace")
+            if problem.get("error") == SyncVersionMismatch.code:
+                raise SyncVersionMismatch(detail)
             raise SyncProtocolError(f"partner answered {status} to {path}: {detail}")
         return raw
 

@@ -33,6 +33,8 @@ from engine.errors import EngineError, SyncProtocolError, SyncStale
 from engine.syncstate import account_digests, known_guids, read_account_state
 from engine.syncwire import (
     OFF_LOOP,
+    PROTOCOL_HEADER,
+    PROTOCOL_VERSION,
     compress,
     decode_account_state,
     decode_delta,
@@ -45,6 +47,7 @@ from engine.syncwire import (
     encode_frames,
     encode_json,
     encode_summary,
+    peer_protocol,
 )
 from ownership import table as ownership_table
 from ownership.errors import SyncFenced
@@ -95,6 +98,12 @@ class SyncServer:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await self._checked(request, handler)
+        # Every answer says which protocol version this node speaks.
+        response.headers[PROTOCOL_HEADER] = str(PROTOCOL_VERSION)
+        return response
+
+    async def _checked(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         sync = self.node.config.sync
         given = request.headers.get("Authorization", "").encode()
         if (
@@ -115,6 +124,9 @@ class SyncServer:
                 headers={"WWW-Authenticate": 'Basic realm="peerd-sync"'},
             )
         try:
+            peer_protocol(
+                request.headers.get(PROTOCOL_HEADER), self.node.name, self.node.partner or "partner"
+            )
             return await handler(request)
         except SyncFenced as exc:
             self.node.counters.inc("sync_fenced")
