@@ -27,9 +27,8 @@ class _Version(argparse.Action):
             if PROTOCOL_OLDEST == PROTOCOL_VERSION
             else f"{PROTOCOL_OLDEST}-{PROTOCOL_VERSION}"
         )
-        parser.exit(
-            message=f"peerd {release()} (sync protocol {protocol}, schema {migrations.head()})\n"
-        )
+        print(f"peerd {release()} (sync protocol {protocol}, schema {migrations.head()})")
+        parser.exit()
 
 
 def main(argv: list[str] | None = None) -> int:
