@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from peerd.node.config import ConfigError, load_config
+from peerd.node.config import Config, ConfigError, load_config
 from peerd.node.version import release
 
 __all__ = ["main"]
@@ -42,6 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     migrate.add_argument("-c", "--config", required=True)
     check = sub.add_parser("check-config", help="read the config and report errors")
     check.add_argument("-c", "--config", required=True)
+    backup = sub.add_parser(
+        "backup", help="copy the node's database, then its spool, into DIR (while it runs)"
+    )
+    backup.add_argument("-c", "--config", required=True)
+    backup.add_argument("dir", help="a new or empty directory")
+    restore = sub.add_parser("restore", help="put a backup into this node, which has no data yet")
+    restore.add_argument("-c", "--config", required=True)
+    restore.add_argument("dir", help="a directory peerd backup wrote")
     # Started by the daemon for [lmtp] workers; not for admins.
     worker = sub.add_parser("lmtp-worker")
     worker.add_argument("-c", "--config", required=True)
@@ -61,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print(f"{args.config}: ok (node {config.node.name})")
         return 0
+    if args.command in ("backup", "restore"):
+        return _backup_or_restore(args.command, config, args.dir)
     if args.command == "migrate":
         import migrations
 
@@ -71,6 +81,31 @@ def main(argv: list[str] | None = None) -> int:
     from peerd.app.daemon import run_daemon
 
     return run_daemon(config, args.log_format)
+
+
+def _backup_or_restore(command: str, config: Config, directory: str) -> int:
+    from pathlib import Path
+
+    from peerd.app.backup import BackupError, backup, restore
+
+    try:
+        if command == "backup":
+            done = backup(config, Path(directory))
+            print(
+                f"backup of {done.node} in {directory}: {done.database} database at schema "
+                f"{done.schema}, {done.files} message file(s), {done.bytes} bytes; "
+                f"every delivery acknowledged before {done.started_at} is in it"
+            )
+        else:
+            done = restore(config, Path(directory))
+            print(
+                f"restored {done.node} from the backup of {done.started_at}: {done.files} "
+                "message file(s); start the node (docs/backup.md: on a pair, fail over first)"
+            )
+    except BackupError as exc:
+        print(f"peerd {command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
