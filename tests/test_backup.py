@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.harness.postgres import PgServer
 from tests.nodes import Node, make_single, running
 

@@ -18,6 +18,9 @@ handed what it needs, in order:
 Each started part is a :class:`~peerd.node.service.Service`. When every
 listener is up, ``READY=1`` goes to systemd.
 
+On SIGHUP: :mod:`peerd.app.reload` reads the config again and applies what
+can change while running (``RELOADING=1`` to systemd meanwhile).
+
 On SIGTERM or SIGINT: ``STOPPING=1``, stop accepting connections, let
 in-flight deliveries finish (up to ``[lmtp] shutdown_grace``; any still
 running then fails with a 4xx and stores nothing), stop the background
@@ -30,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -37,6 +41,7 @@ from aiohttp import web
 import migrations
 from engine.store import Store
 from peerd.app.notify import sd_notify
+from peerd.app.reload import Reloader
 from peerd.control.app import build_app
 from peerd.control.call import Parts, StatusSource
 from peerd.control.routing import start_socketmap
@@ -69,6 +74,8 @@ class _Started:
     sweep: SpoolSweep | None = None
     sync_server: SyncServer | None = None
     lmtp: StatusSource | None = None
+    # Server TLS contexts the listeners hold (IMAP STARTTLS, the sync listener).
+    tls: list[ssl.SSLContext] = field(default_factory=list)
 
 
 async def _start_sync_listener(node: Node, started: _Started) -> None:
@@ -78,6 +85,8 @@ async def _start_sync_listener(node: Node, started: _Started) -> None:
     server, runner = await start_sync_listener(node, where.host, where.port)
     log.info("sync listener on %s", where)
     started.sync_server = server
+    if server.tls is not None:
+        started.tls.append(server.tls)
     started.services.append(Service("sync-listener", runner.cleanup))
 
 
@@ -169,7 +178,9 @@ async def _start_mail_services(node: Node, started: _Started) -> None:
         from peerd.services.imap import start_imap
 
         imap = config.listen.imap
-        _, imap_listener = await start_imap(node, imap.host, imap.port)
+        imap_server, imap_listener = await start_imap(node, imap.host, imap.port)
+        if imap_server.tls is not None:
+            started.tls.append(imap_server.tls)
         started.services.append(server_service("imap", imap_listener))
         log.info("IMAP listening on %s", imap)
     if config.listen.pop3 is not None:
@@ -192,6 +203,30 @@ def _parts(node: Node, started: _Started) -> Parts:
         sync_server=started.sync_server,
         lmtp=started.lmtp,
     )
+
+
+def _on_sighup(loop: asyncio.AbstractEventLoop, reloader: Reloader) -> None:
+    """SIGHUP: one reload at a time; a signal during one starts another after it."""
+    running: list[asyncio.Task[object]] = []
+
+    async def reload_after(previous: asyncio.Task[object] | None) -> object:
+        if previous is not None:
+            await asyncio.wait([previous])
+        sd_notify("RELOADING=1")
+        try:
+            return await reloader.reload()
+        except Exception:
+            log.exception("SIGHUP: reload failed")
+            return None
+        finally:
+            sd_notify("READY=1")
+
+    def handler() -> None:
+        previous = running[-1] if running and not running[-1].done() else None
+        running[:] = [loop.create_task(reload_after(previous), name="reload")]
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, handler)
 
 
 async def serve(config: Config, stop_event: asyncio.Event | None = None) -> None:
@@ -223,6 +258,15 @@ async def serve(config: Config, stop_event: asyncio.Event | None = None) -> None
             site = web.TCPSite(runner, config.listen.http.host, config.listen.http.port)
             await site.start()
             log.info("control API listening on %s", config.listen.http)
+        _on_sighup(
+            loop,
+            Reloader(
+                node,
+                started.tls,
+                client=started.pair.client if started.pair else None,
+                hooks=started.pair.hooks if started.pair else None,
+            ),
+        )
         sd_notify("READY=1")
         log.info("node %s ready", config.node.name)
         await stop_event.wait()

@@ -120,6 +120,8 @@ class SyncClient:
         self.target = target or node.config.sync_partner
         self.compress_default = sync.sync_compress
         self._session: aiohttp.ClientSession | None = None
+        self._retired: list[aiohttp.ClientSession] = []
+        self._closing: set[asyncio.Task[None]] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         # account -> (epoch, the state the replica was left in): see engine.delta.
         self._marks: dict[str, tuple[int, AccountState]] = {}
@@ -156,8 +158,31 @@ class SyncClient:
         return self._session
 
     async def close(self) -> None:
+        for task in self._closing:
+            task.cancel()
         if self._session is not None:
             await self._session.close()
+        for retired in self._retired:
+            await retired.close()
+
+    async def reconfigure(self) -> None:
+        """After a reload (SIGHUP): later requests open a new session with the
+        config's TLS settings and timeout; the old one is closed once the
+        requests it carries have had their time (``sync_timeout``)."""
+        self.compress_default = self.node.config.sync.sync_compress
+        old, self._session = self._session, None
+        if old is None:
+            return
+        self._retired.append(old)
+
+        async def close_later() -> None:
+            await asyncio.sleep(self.node.config.sync.sync_timeout.total_seconds())
+            self._retired.remove(old)
+            await old.close()
+
+        task = asyncio.create_task(close_later(), name="sync-session-retire")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def lock(self, account: str) -> asyncio.Lock:
         return self._locks.setdefault(account, asyncio.Lock())

@@ -90,6 +90,8 @@ class SyncServer:
         self.bytes_in = 0
         self.bytes_out = 0
         self.refused = 0
+        # HTTPS: the listener's context, reloaded in place on SIGHUP.
+        self.tls: ssl.SSLContext | None = None
 
     def status(self) -> SyncServerStatus:
         return SyncServerStatus(self.bytes_in, self.bytes_out, self.refused)
@@ -420,8 +422,9 @@ def server_tls(node: Node) -> ssl.SSLContext | None:
 
 async def start_sync_listener(node: Node, host: str, port: int) -> tuple[SyncServer, web.AppRunner]:
     server = SyncServer(node)
+    server.tls = server_tls(node)
     runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=server_tls(node), reuse_address=True)
+    site = web.TCPSite(runner, host, port, ssl_context=server.tls, reuse_address=True)
     await site.start()
     return server, runner
