@@ -23,6 +23,7 @@ status, IMAP ``NO``/``BAD``, POP3 and LMTP replies in exactly one place
         │   └── SyncFenced             (ownership.errors: the refusal with the receiver's row)
         ├── SyncStale                  (a delta's base is not the replica's state: sync in full)
         ├── SyncProtocolError          (a malformed or oversized request)
+        │   └── SyncVersionMismatch    (the partner speaks a sync protocol version we do not)
         └── PartnerDown                (the partner did not answer on the sync channel)
 """
 
@@ -46,6 +47,7 @@ __all__ = [
     "SyncProtocolError",
     "SyncRefused",
     "SyncStale",
+    "SyncVersionMismatch",
     "TemporaryFailure",
 ]
 
@@ -124,6 +126,14 @@ class SyncStale(SyncError):
 
 class SyncProtocolError(SyncError):
     code = "sync_protocol_error"
+
+
+class SyncVersionMismatch(SyncProtocolError):
+    """The partner speaks a sync protocol version outside the range this node
+    speaks (``engine.syncwire.PROTOCOL_OLDEST`` to ``PROTOCOL_VERSION``):
+    one of the two must be upgraded first (``docs/upgrading.md``)."""
+
+    code = "sync_version"
 
 
 class PartnerDown(SyncError):

@@ -9,6 +9,14 @@ before any state is touched. Records travel as compact arrays
 travel as frames, ``<guid> <length>\\n<bytes>`` one after another, and each
 frame's SHA-1 must equal its GUID. Compression (zlib) wraps a whole body
 when the session asks for it. ``docs/protocol.md`` documents every request.
+
+Versions: every request and every answer carries ``X-Sync-Protocol: <n>``,
+the version its sender speaks (:data:`PROTOCOL_VERSION`). A node takes
+requests and answers of any version from :data:`PROTOCOL_OLDEST` to its own
+and refuses the rest with ``sync_version`` (:func:`peer_protocol`); a message
+with no header is version 1, the protocol as it was before the header. A
+release that changes a request's format raises :data:`PROTOCOL_VERSION` and
+keeps the previous one readable, so a pair upgrades one node at a time.
 """
 
 from __future__ import annotations
@@ -20,13 +28,16 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from engine.compare import MailboxPush, Push
-from engine.errors import SyncProtocolError
+from engine.errors import SyncProtocolError, SyncVersionMismatch
 from engine.spool import guid_of
 from engine.syncstate import AccountState, MailboxState, MailboxSummary, RecordState
 
 __all__ = [
     "MAX_FRAME",
     "OFF_LOOP",
+    "PROTOCOL_HEADER",
+    "PROTOCOL_OLDEST",
+    "PROTOCOL_VERSION",
     "compress",
     "decode_account_state",
     "decode_delta",
@@ -41,6 +52,7 @@ __all__ = [
     "encode_json",
     "encode_push",
     "encode_summary",
+    "peer_protocol",
 ]
 
 _GUID = re.compile(r"\A[0-9a-f]{40}\Z")
@@ -50,6 +62,32 @@ MAX_FRAME = 512 << 20
 # loop: zlib lets go of the interpreter lock.
 OFF_LOOP = 256 << 10
 MAX_RECORDS = 5_000_000
+
+# The sync protocol's version: raised by a release that changes what a request
+# or an answer holds; the oldest still understood stays one behind it then.
+PROTOCOL_HEADER = "X-Sync-Protocol"
+PROTOCOL_VERSION = 1
+PROTOCOL_OLDEST = 1
+_VERSION = re.compile(r"\A[1-9][0-9]{0,5}\Z")
+
+
+def peer_protocol(value: str | None, here: str = "this node", there: str = "the partner") -> int:
+    """The version a partner's request or answer says it speaks (its
+    ``X-Sync-Protocol`` header; none: 1). Raises :class:`SyncVersionMismatch`
+    when this node (``here``) does not speak it, naming the node to upgrade."""
+    if value is None:
+        version = 1
+    elif _VERSION.match(value.strip()):
+        version = int(value)
+    else:
+        raise SyncProtocolError(f"{PROTOCOL_HEADER} must be a version number, not {value[:20]!r}")
+    if not PROTOCOL_OLDEST <= version <= PROTOCOL_VERSION:
+        older = here if version > PROTOCOL_VERSION else there
+        raise SyncVersionMismatch(
+            f"{there} speaks sync protocol {version}, {here} speaks {PROTOCOL_OLDEST} to "
+            f"{PROTOCOL_VERSION}: upgrade {older} (docs/upgrading.md)"
+        )
+    return version
 
 
 def encode_json(value: Any) -> bytes:

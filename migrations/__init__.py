@@ -11,8 +11,9 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 
-__all__ = ["alembic_config", "upgrade"]
+__all__ = ["alembic_config", "head", "upgrade"]
 
 HERE = Path(__file__).resolve().parent
 
@@ -26,3 +27,9 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
+
+
+def head() -> str:
+    """The newest revision: the schema this release runs on."""
+    revision = ScriptDirectory.from_config(alembic_config("")).get_current_head()
+    return revision or "none"

@@ -21,6 +21,9 @@ handed what it needs, in order:
 Each started part is a :class:`~peerd.node.service.Service`. When every
 listener is up, ``READY=1`` goes to systemd.
 
+On SIGHUP: :mod:`peerd.app.reload` reads the config again and applies what
+can change while running (``RELOADING=1`` to systemd meanwhile).
+
 On SIGTERM or SIGINT: ``STOPPING=1``, stop accepting connections, let
 in-flight deliveries finish (up to ``[lmtp] shutdown_grace``; any still
 running then fails with a 4xx and stores nothing), stop the background
@@ -33,6 +36,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -42,6 +46,7 @@ from engine.dbcheck import is_damage
 from engine.store import Store
 from peerd.app.dbcheck import EXIT_DATABASE_DAMAGED, DatabaseDamaged, check_at_start, damage_line
 from peerd.app.notify import sd_notify
+from peerd.app.reload import Reloader
 from peerd.control.app import build_app
 from peerd.control.call import Parts, StatusSource
 from peerd.control.routing import start_socketmap
@@ -76,6 +81,8 @@ class _Started:
     sync_server: SyncServer | None = None
     lmtp: StatusSource | None = None
     scrubber: Scrubber | None = None
+    # Server TLS contexts the listeners hold (IMAP STARTTLS, the sync listener).
+    tls: list[ssl.SSLContext] = field(default_factory=list)
 
 
 async def _start_sync_listener(node: Node, started: _Started) -> None:
@@ -85,6 +92,8 @@ async def _start_sync_listener(node: Node, started: _Started) -> None:
     server, runner = await start_sync_listener(node, where.host, where.port)
     log.info("sync listener on %s", where)
     started.sync_server = server
+    if server.tls is not None:
+        started.tls.append(server.tls)
     started.services.append(Service("sync-listener", runner.cleanup))
 
 
@@ -189,7 +198,9 @@ async def _start_mail_services(node: Node, started: _Started) -> None:
         from peerd.services.imap import start_imap
 
         imap = config.listen.imap
-        _, imap_listener = await start_imap(node, imap.host, imap.port)
+        imap_server, imap_listener = await start_imap(node, imap.host, imap.port)
+        if imap_server.tls is not None:
+            started.tls.append(imap_server.tls)
         started.services.append(server_service("imap", imap_listener))
         log.info("IMAP listening on %s", imap)
     if config.listen.pop3 is not None:
@@ -213,6 +224,30 @@ def _parts(node: Node, started: _Started) -> Parts:
         lmtp=started.lmtp,
         scrubber=started.scrubber,
     )
+
+
+def _on_sighup(loop: asyncio.AbstractEventLoop, reloader: Reloader) -> None:
+    """SIGHUP: one reload at a time; a signal during one starts another after it."""
+    running: list[asyncio.Task[object]] = []
+
+    async def reload_after(previous: asyncio.Task[object] | None) -> object:
+        if previous is not None:
+            await asyncio.wait([previous])
+        sd_notify("RELOADING=1")
+        try:
+            return await reloader.reload()
+        except Exception:
+            log.exception("SIGHUP: reload failed")
+            return None
+        finally:
+            sd_notify("READY=1")
+
+    def handler() -> None:
+        previous = running[-1] if running and not running[-1].done() else None
+        running[:] = [loop.create_task(reload_after(previous), name="reload")]
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, handler)
 
 
 async def serve(config: Config, stop_event: asyncio.Event | None = None) -> None:
@@ -256,6 +291,15 @@ async def serve(config: Config, stop_event: asyncio.Event | None = None) -> None
             site = web.TCPSite(runner, config.listen.http.host, config.listen.http.port)
             await site.start()
             log.info("control API listening on %s", config.listen.http)
+        _on_sighup(
+            loop,
+            Reloader(
+                node,
+                started.tls,
+                client=started.pair.client if started.pair else None,
+                hooks=started.pair.hooks if started.pair else None,
+            ),
+        )
         sd_notify("READY=1")
         log.info("node %s ready", config.node.name)
         await stop_event.wait()

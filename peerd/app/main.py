@@ -8,12 +8,34 @@ import argparse
 import sys
 
 from peerd.node.config import Config, ConfigError, load_config
+from peerd.node.version import release
 
 __all__ = ["main"]
 
 
+class _Version(argparse.Action):
+    """``--version``: the release, the sync protocol versions it speaks and
+    its schema revision (what an upgrade changes; docs/upgrading.md)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        import migrations
+        from engine.syncwire import PROTOCOL_OLDEST, PROTOCOL_VERSION
+
+        protocol = (
+            f"{PROTOCOL_VERSION}"
+            if PROTOCOL_OLDEST == PROTOCOL_VERSION
+            else f"{PROTOCOL_OLDEST}-{PROTOCOL_VERSION}"
+        )
+        print(f"peerd {release()} (sync protocol {protocol}, schema {migrations.head()})")
+        parser.exit()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="peerd", description="peerd mail node daemon")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the daemon in the foreground (systemd Type=notify)")
     run.add_argument("-c", "--config", required=True, help="the node's TOML file")
@@ -36,6 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     rebuild.add_argument(
         "--from-partner", action="store_true", required=True, help="the partner's copy (required)"
     )
+    backup = sub.add_parser(
+        "backup", help="copy the node's database, then its spool, into DIR (while it runs)"
+    )
+    backup.add_argument("-c", "--config", required=True)
+    backup.add_argument("dir", help="a new or empty directory")
+    restore = sub.add_parser("restore", help="put a backup into this node, which has no data yet")
+    restore.add_argument("-c", "--config", required=True)
+    restore.add_argument("dir", help="a directory peerd backup wrote")
     # Started by the daemon for [lmtp] workers; not for admins.
     worker = sub.add_parser("lmtp-worker")
     worker.add_argument("-c", "--config", required=True)
@@ -59,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         return _check_db(config, args.full)
     if args.command == "rebuild":
         return _rebuild(config)
+    if args.command in ("backup", "restore"):
+        return _backup_or_restore(args.command, config, args.dir)
     if args.command == "migrate":
         import migrations
 
@@ -106,6 +138,31 @@ def _rebuild(config: Config) -> int:
         return 1
     except OSError as exc:  # e.g. the sync listener's port is taken
         print(f"peerd: rebuild stopped: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _backup_or_restore(command: str, config: Config, directory: str) -> int:
+    from pathlib import Path
+
+    from peerd.app.backup import BackupError, backup, restore
+
+    try:
+        if command == "backup":
+            done = backup(config, Path(directory))
+            print(
+                f"backup of {done.node} in {directory}: {done.database} database at schema "
+                f"{done.schema}, {done.files} message file(s), {done.bytes} bytes; "
+                f"every delivery acknowledged before {done.started_at} is in it"
+            )
+        else:
+            done = restore(config, Path(directory))
+            print(
+                f"restored {done.node} from the backup of {done.started_at}: {done.files} "
+                "message file(s); start the node (docs/backup.md: on a pair, fail over first)"
+            )
+    except BackupError as exc:
+        print(f"peerd {command}: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from peerd.node.config import ConfigError, load_config, parse_size
+from peerd.node.version import release
 
 __all__ = ["ApiError", "Client", "main"]
 
@@ -569,6 +570,7 @@ Command = Callable[[Client, argparse.Namespace], Any]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peerctl", description="administer a peerd node")
+    parser.add_argument("--version", action="version", version=f"peerctl {release()}")
     parser.add_argument("-c", "--config", help="the node's TOML file (API address and token)")
     parser.add_argument("--api", help="control API base URL, e.g. http://127.0.0.1:18080")
     parser.add_argument("--token", help="bearer token (default: from the config or $PEERD_TOKEN)")

@@ -121,6 +121,12 @@ class Hooks:
         self.state = {h.name: HookState() for h in self.hooks}
         self.tasks: set[asyncio.Task[None]] = set()
 
+    def configure(self, hooks: tuple[ProxyHook, ...]) -> None:
+        """The hooks of a reloaded config (SIGHUP): the next pair operation
+        calls these; a hook kept by name keeps its state."""
+        self.hooks = hooks
+        self.state = {h.name: self.state.get(h.name, HookState()) for h in hooks}
+
     async def call(self, hook: ProxyHook, routes: list[AccountRoute]) -> str:
         """'' when acknowledged, else why not."""
         body = json.dumps({"node": self.node.name, "routes": [r.to_json() for r in routes]})

@@ -48,11 +48,19 @@ from engine import synclog
 from engine.apply import apply_repairs
 from engine.compare import Push, Repairs, compare
 from engine.delta import Delta, mark_of, owner_delta
-from engine.errors import PartnerDown, SyncProtocolError, SyncRefused, TemporaryFailure
+from engine.errors import (
+    PartnerDown,
+    SyncProtocolError,
+    SyncRefused,
+    SyncVersionMismatch,
+    TemporaryFailure,
+)
 from engine.rounds import converge
 from engine.syncstate import AccountState, account_digests, owner_view, read_account_state
 from engine.syncwire import (
     OFF_LOOP,
+    PROTOCOL_HEADER,
+    PROTOCOL_VERSION,
     compress,
     decode_account_state,
     decode_frames,
@@ -64,6 +72,7 @@ from engine.syncwire import (
     encode_json,
     encode_push,
     encode_summary,
+    peer_protocol,
 )
 from ownership import table as ownership_table
 from ownership.errors import SyncFenced
@@ -111,6 +120,8 @@ class SyncClient:
         self.target = target or node.config.sync_partner
         self.compress_default = sync.sync_compress
         self._session: aiohttp.ClientSession | None = None
+        self._retired: list[aiohttp.ClientSession] = []
+        self._closing: set[asyncio.Task[None]] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         # account -> (epoch, the state the replica was left in): see engine.delta.
         self._marks: dict[str, tuple[int, AccountState]] = {}
@@ -147,8 +158,31 @@ class SyncClient:
         return self._session
 
     async def close(self) -> None:
+        for task in self._closing:
+            task.cancel()
         if self._session is not None:
             await self._session.close()
+        for retired in self._retired:
+            await retired.close()
+
+    async def reconfigure(self) -> None:
+        """After a reload (SIGHUP): later requests open a new session with the
+        config's TLS settings and timeout; the old one is closed once the
+        requests it carries have had their time (``sync_timeout``)."""
+        self.compress_default = self.node.config.sync.sync_compress
+        old, self._session = self._session, None
+        if old is None:
+            return
+        self._retired.append(old)
+
+        async def close_later() -> None:
+            await asyncio.sleep(self.node.config.sync.sync_timeout.total_seconds())
+            self._retired.remove(old)
+            await old.close()
+
+        task = asyncio.create_task(close_later(), name="sync-session-retire")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def lock(self, account: str) -> asyncio.Lock:
         return self._locks.setdefault(account, asyncio.Lock())
@@ -165,7 +199,11 @@ class SyncClient:
     ) -> bytes:
         """POST one request; ``timeout``: seconds for this one instead of
         ``sync_timeout`` (a verify reads whole accounts)."""
-        headers = {"Authorization": self._auth, "Content-Type": content_type}
+        headers = {
+            "Authorization": self._auth,
+            "Content-Type": content_type,
+            PROTOCOL_HEADER: str(PROTOCOL_VERSION),
+        }
         if compressed:
             # A large body (an 8 MB UPLOAD) is compressed in a thread: zlib lets
             # go of the interpreter lock, and the loop goes on meanwhile.
@@ -184,6 +222,7 @@ class SyncClient:
                 raw = await response.read()
                 status = response.status
                 encoded = response.headers.get("X-Sync-Encoding") == "zlib"
+                spoken = response.headers.get(PROTOCOL_HEADER)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise PartnerDown(f"partner {self.target} unreachable: {exc}") from exc
         self.bytes_sent += len(body)
@@ -202,6 +241,8 @@ class SyncClient:
                 if len(raw) < OFF_LOOP
                 else await asyncio.to_thread(decompress, raw, 1 << 31)
             )
+        # An answer in a version this node does not read is not read.
+        peer_protocol(spoken, self.node.name, self.node.partner or "the partner")
         if status == 409:
             problem = decode_json(raw)
             try:
@@ -215,9 +256,12 @@ class SyncClient:
             )
         if status >= 400:
             try:
-                detail = decode_json(raw).get("detail", "")
+                problem = decode_json(raw)
+                detail = str(problem.get("detail", ""))
             except SyncProtocolError:
-                detail = raw[:200].decode("utf-8", "replace")
+                problem, detail = {}, raw[:200].decode("utf-8", "replace")
+            if problem.get("error") == SyncVersionMismatch.code:
+                raise SyncVersionMismatch(detail)
             raise SyncProtocolError(f"partner answered {status} to {path}: {detail}")
         return raw
 

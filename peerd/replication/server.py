@@ -34,6 +34,8 @@ from engine.spool import GUID_RE
 from engine.syncstate import account_digests, known_guids, read_account_state
 from engine.syncwire import (
     OFF_LOOP,
+    PROTOCOL_HEADER,
+    PROTOCOL_VERSION,
     compress,
     decode_account_state,
     decode_delta,
@@ -46,6 +48,7 @@ from engine.syncwire import (
     encode_frames,
     encode_json,
     encode_summary,
+    peer_protocol,
 )
 from ownership import table as ownership_table
 from ownership.errors import SyncFenced
@@ -93,6 +96,8 @@ class SyncServer:
         self.refused = 0
         # The scrub answers ``verify``; the daemon sets it once it is built.
         self.scrubber: Scrubber | None = None
+        # HTTPS: the listener's context, reloaded in place on SIGHUP.
+        self.tls: ssl.SSLContext | None = None
 
     def status(self) -> SyncServerStatus:
         return SyncServerStatus(self.bytes_in, self.bytes_out, self.refused)
@@ -101,6 +106,12 @@ class SyncServer:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await self._checked(request, handler)
+        # Every answer says which protocol version this node speaks.
+        response.headers[PROTOCOL_HEADER] = str(PROTOCOL_VERSION)
+        return response
+
+    async def _checked(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         sync = self.node.config.sync
         given = request.headers.get("Authorization", "").encode()
         if (
@@ -121,6 +132,9 @@ class SyncServer:
                 headers={"WWW-Authenticate": 'Basic realm="peerd-sync"'},
             )
         try:
+            peer_protocol(
+                request.headers.get(PROTOCOL_HEADER), self.node.name, self.node.partner or "partner"
+            )
             return await handler(request)
         except SyncFenced as exc:
             self.node.counters.inc("sync_fenced")
@@ -466,8 +480,9 @@ def server_tls(node: Node) -> ssl.SSLContext | None:
 
 async def start_sync_listener(node: Node, host: str, port: int) -> tuple[SyncServer, web.AppRunner]:
     server = SyncServer(node)
+    server.tls = server_tls(node)
     runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=server_tls(node), reuse_address=True)
+    site = web.TCPSite(runner, host, port, ssl_context=server.tls, reuse_address=True)
     await site.start()
     return server, runner
