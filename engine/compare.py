@@ -87,6 +87,10 @@ class Push:
     mailboxes: tuple[MailboxPush, ...] = ()
     subscriptions: tuple[str, ...] | None = None
     unchanged: tuple[str, ...] = field(default=())
+    # Sieve (Cyrus's SIEVE and ACTIVATE_SIEVE): the owner's whole set of
+    # scripts with the active mark, and its vacation records; None: unchanged.
+    sieve: tuple[tuple[str, str, bool], ...] | None = None
+    vacations: tuple[tuple[str, str], ...] | None = None
 
     @property
     def empty(self) -> bool:
@@ -96,6 +100,8 @@ class Push:
             and not self.deletes
             and not self.mailboxes
             and self.subscriptions is None
+            and self.sieve is None
+            and self.vacations is None
         )
 
 
@@ -231,5 +237,9 @@ def compare(
         mailboxes=tuple(pushes),
         subscriptions=subscriptions,
         unchanged=tuple(unchanged),
+        sieve=owner.sieve if not replica.exists or owner.sieve != replica.sieve else None,
+        vacations=owner.vacations
+        if not replica.exists or owner.vacations != replica.vacations
+        else None,
     )
     return Repairs(tuple(pulls), tuple(reassigns), tuple(raise_last_uid)), push

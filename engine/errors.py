@@ -38,15 +38,19 @@ __all__ = [
     "NoSuchAccount",
     "NoSuchMailbox",
     "NoSuchMessage",
+    "NoSuchScript",
     "NotFound",
     "OverQuota",
     "PartnerDown",
+    "ScriptActive",
+    "ScriptExists",
     "StorageFull",
     "SyncError",
     "SyncProtocolError",
     "SyncRefused",
     "SyncStale",
     "TemporaryFailure",
+    "TooManyScripts",
 ]
 
 
@@ -78,6 +82,22 @@ class NoSuchMessage(NotFound):
 
 class AlreadyExists(EngineError):
     code = "already_exists"
+
+
+class NoSuchScript(NotFound):
+    code = "no_such_script"
+
+
+class ScriptExists(AlreadyExists):
+    code = "script_exists"
+
+
+class ScriptActive(EngineError):
+    code = "script_active"
+
+
+class TooManyScripts(EngineError):
+    code = "too_many_scripts"
 
 
 class InvalidArgument(EngineError):
