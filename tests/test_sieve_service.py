@@ -94,9 +94,13 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
 
 
 def sieve_overrides(tmp_path: Path, relay: Relay) -> dict[str, dict[str, Any]]:
-    cert, key = self_signed(tmp_path)
+    cert, key = tmp_path / "sieve.crt", tmp_path / "sieve.key"
+    if not cert.exists():
+        self_signed(tmp_path)
     return {
         "tls": {"cert": str(cert), "key": str(key)},
+        # [tls] turns TLS on for the sync listener too: trust the same certificate.
+        "sync": {"sync_tls": True, "sync_tls_ca": str(cert)},
         "managesieve": {"listen": f"127.0.0.1:{free_port()}", "login_failure_delay": "10ms"},
         "sieve": {"relay": f"127.0.0.1:{relay.port}"},
     }
@@ -179,6 +183,7 @@ def upload(node: Node, script: bytes, name: str = "main") -> None:
 
 
 def lmtp(node: Node, subject: str, sender: str = "carol@remote.test", **kw: Any) -> dict[str, Any]:
+    """Deliver; the refused recipients with their (code, text), read per recipient (RFC 2033 4.2)."""
     rcpts = kw.get("rcpts", ["alice@example.test"])
     body = (
         f"Return-Path: <{sender}>\r\nFrom: {sender}\r\nTo: alice@example.test\r\n"
@@ -186,10 +191,15 @@ def lmtp(node: Node, subject: str, sender: str = "carol@remote.test", **kw: Any)
         "\r\nhello\r\n"
     ).encode()
     with smtplib.LMTP("127.0.0.1", node.ports["lmtp"]) as client:
-        try:
-            return dict(client.sendmail(sender, rcpts, body))
-        except smtplib.SMTPRecipientsRefused as exc:
-            return dict(exc.recipients)
+        client.ehlo()
+        assert client.mail(sender)[0] == 250
+        for rcpt in rcpts:
+            assert client.rcpt(rcpt)[0] == 250
+        client.putcmd("data")
+        assert client.getreply()[0] == 354
+        client.send(body + b".\r\n")
+        replies = [client.getreply() for _ in rcpts]
+    return {r: reply for r, reply in zip(rcpts, replies, strict=True) if reply[0] != 250}
 
 
 def unverified() -> ssl.SSLContext:
@@ -211,7 +221,9 @@ def create_folder(node: Node, name: str) -> None:
 
 @pytest.fixture
 def single(tmp_path: Path, relay: Relay) -> Iterator[Node]:
-    node = make_single(tmp_path, overrides=sieve_overrides(tmp_path, relay))
+    overrides = sieve_overrides(tmp_path, relay)
+    del overrides["sync"]  # a single node has no partner
+    node = make_single(tmp_path, overrides=overrides)
     with running(node):
         node.add_account("alice")
         node.add_account("bob")
@@ -314,7 +326,7 @@ def test_delivery_runs_the_active_script(single: Node, relay: Relay) -> None:
     assert lmtp(node, "holiday again", n=2) == {}
     wait_until(lambda: relay.to("carol@remote.test"), 10, "the vacation reply")
     replies = relay.to("carol@remote.test")
-    assert len(replies) == 1 and replies[0].mail_from == ""
+    assert len(replies) == 1 and replies[0].mail_from == "<>"  # MAIL FROM:<>
     assert b"Subject: Away" in replies[0].data and b"Auto-Submitted: auto-replied" in (
         replies[0].data
     )
