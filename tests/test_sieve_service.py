@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import imaplib
 import re
-import shutil
 import smtplib
 import socket
 import sqlite3
@@ -23,7 +22,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from tests.nodes import Node, make_pair, make_single, running
-from tests.procs import free_port, wait_until
+from tests.procs import free_port, require, wait_until
 
 SCRIPT = b"""require ["fileinto", "imap4flags", "reject", "vacation", "copy"];
 if header :contains "subject" "project" {
@@ -273,8 +272,7 @@ def test_managesieve_wire(single: Node) -> None:
 
 
 def test_sieve_connect_uploads(single: Node, tmp_path: Path) -> None:
-    if shutil.which("sieve-connect") is None:
-        pytest.skip("sieve-connect is not installed (Debian package sieve-connect)")
+    require("sieve-connect")
     script = tmp_path / "up.sieve"
     script.write_bytes(SCRIPT)
     base = [
@@ -292,7 +290,17 @@ def test_sieve_connect_uploads(single: Node, tmp_path: Path) -> None:
     listed = subprocess.run(
         [*base, "--list"], input="secret\n", capture_output=True, text=True, timeout=60
     )
-    assert re.search(r"up\s+<-\s*active", listed.stdout), listed.stdout
+    assert listed.stdout.splitlines() == ['"up" ACTIVE'], listed.stdout
+    back = tmp_path / "back.sieve"
+    got = subprocess.run(
+        [*base, "--download", "--remotesieve", "up", "--localsieve", str(back)],
+        input="secret\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert got.returncode == 0, got.stderr
+    assert back.read_bytes() == SCRIPT
 
 
 # --- filtering at delivery -------------------------------------------------------------------
