@@ -42,6 +42,7 @@ __all__ = [
     "replace_vacations",
     "script_rows",
     "set_active",
+    "utc",
     "vacation_due",
     "vacation_rows",
 ]
@@ -152,7 +153,7 @@ def vacation_due(
     """True (and the record written) if no reply for ``key`` went out in the last ``days``."""
     now = now or utcnow()
     row = session.get(VacationSent, (account.id, key))
-    if row is not None and _aware(row.until) > now:
+    if row is not None and utc(row.until) > now:
         return False
     until = now + dt.timedelta(days=days)
     if row is None:
@@ -166,9 +167,9 @@ def vacation_due(
     return True
 
 
-def _aware(when: dt.datetime) -> dt.datetime:
+def utc(when: dt.datetime) -> dt.datetime:
     # SQLite hands back naive datetimes; the store writes UTC.
-    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+    return when.astimezone(dt.UTC) if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
 
 
 # -- replication -------------------------------------------------------------
@@ -189,7 +190,7 @@ def vacation_rows(session: Session, account_id: int) -> tuple[VacationRow, ...]:
         .where(VacationSent.account_id == account_id)
         .order_by(VacationSent.key)
     )
-    return tuple((k, _aware(u).isoformat()) for k, u in session.execute(query))
+    return tuple((k, utc(u).isoformat()) for k, u in session.execute(query))
 
 
 def replace_scripts(session: Session, account: Account, scripts: Iterable[ScriptRow]) -> None:

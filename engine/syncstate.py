@@ -336,7 +336,7 @@ def account_digests(session: Session, names: Iterable[str] | None = None) -> dic
         select(VacationSent.account_id, VacationSent.key, VacationSent.until)
     ):
         if account_id in sieve:
-            sieve[account_id].append(f"v\0{key}\0{until.strftime('%Y%m%d%H%M%S')}")
+            sieve[account_id].append(f"v\0{key}\0{sieve_store.utc(until).strftime('%Y%m%d%H%M%S')}")
     for account_id, name in session.execute(select(Subscription.account_id, Subscription.name)):
         if account_id in subs:
             subs[account_id].append(name)
