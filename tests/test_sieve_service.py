@@ -392,3 +392,44 @@ def test_failover_filters_with_the_same_script(tmp_path: Path, relay: Relay) -> 
             assert client.command("LISTSCRIPTS")[1] == [b'"main" ACTIVE']
         finally:
             client.close()
+
+
+def test_switchover_ends_the_session_and_beta_serves_the_scripts(
+    tmp_path: Path, relay: Relay
+) -> None:
+    alpha, beta = make_pair(
+        tmp_path,
+        {"alpha": sieve_overrides(tmp_path, relay), "beta": sieve_overrides(tmp_path, relay)},
+    )
+    with running(alpha, beta):
+        alpha.add_account("alice")
+        upload(alpha, SCRIPT)
+        client = Client(sieve_port(alpha))
+        try:
+            client.starttls()
+            assert client.login("alice", "secret").startswith("OK")
+            status, _ = client.command('HAVESPACE "more" 100')
+            assert status.startswith("OK")
+            alpha.call("POST", "/v1/switchover", {"accounts": ["alice"]})
+            # The account moved: the idle session is told and closed.
+            status, _ = client.response()
+            assert status.startswith("BYE (TRYLATER)")
+        finally:
+            client.close()
+        # alpha refuses the login now, naming the owner; beta serves the script.
+        again = Client(sieve_port(alpha))
+        try:
+            again.starttls()
+            refused = again.login("alice", "secret")
+            assert refused.startswith("NO (TRYLATER)") and "beta" in refused
+        finally:
+            again.close()
+        other = Client(sieve_port(beta))
+        try:
+            other.starttls()
+            assert other.login("alice", "secret").startswith("OK")
+            assert other.command("LISTSCRIPTS")[1] == [b'"main" ACTIVE']
+            status, body = other.command('GETSCRIPT "main"')
+            assert status.startswith("OK") and body[0].endswith(SCRIPT)
+        finally:
+            other.close()
