@@ -433,3 +433,34 @@ def test_switchover_ends_the_session_and_beta_serves_the_scripts(
             assert status.startswith("OK") and body[0].endswith(SCRIPT)
         finally:
             other.close()
+
+
+def test_postfix_delivers_through_lmtp_and_the_script_files_and_rejects(
+    tmp_path: Path, relay: Relay
+) -> None:
+    from tests.harness.postfix import Postfix
+
+    overrides = sieve_overrides(tmp_path, relay)
+    del overrides["sync"]
+    socketmap = free_port()
+    overrides["listen"] = {"socketmap": f"127.0.0.1:{socketmap}"}
+    node = make_single(tmp_path, overrides=overrides)
+    with running(node):
+        node.add_account("alice")
+        create_folder(node, "Projects")
+        upload(node, SCRIPT)
+        postfix = Postfix(socketmap, "example.test").start()
+        try:
+            postfix.send("alice@example.test", subject="project kickoff")
+            wait_until(
+                lambda: len(node.mailbox("alice", "Projects")["messages"]) == 1,
+                30,
+                "Postfix's delivery filed into Projects",
+            )
+            postfix.send("alice@example.test", subject="go away now")
+            # The 550 from LMTP makes Postfix bounce it, with the script's reason.
+            postfix.wait_log("status=bounced", timeout=30)
+            assert "not wanted here" in postfix.log()
+            assert node.mailbox("alice")["messages"] == []
+        finally:
+            postfix.stop()
