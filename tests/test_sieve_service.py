@@ -338,6 +338,9 @@ def test_delivery_runs_the_active_script(single: Node, relay: Relay) -> None:
     assert b"Subject: Away" in replies[0].data and b"Auto-Submitted: auto-replied" in (
         replies[0].data
     )
+    counters = node.call("GET", "/v1/status")["counters"]
+    assert (counters["sieve_rejected"], counters["sieve_redirected"]) == (1, 1)
+    assert counters["sieve_vacation_replies"] == 1
     inbox = node.mailbox("alice")["messages"]
     # before any script, forward (kept by :copy), two holiday mails (implicit keep)
     assert len(inbox) == inbox_before + 3

@@ -35,6 +35,9 @@ _HELP = {
     "failovers": "Failovers run here",
     "switchovers": "Switchovers run here",
     "auth_failures": "Failed logins",
+    "sieve_rejected": "Recipients refused by a Sieve reject or ereject",
+    "sieve_redirected": "Messages a Sieve redirect sent through the relay",
+    "sieve_vacation_replies": "Sieve vacation replies sent",
 }
 
 
