@@ -467,3 +467,17 @@ def test_postfix_delivers_through_lmtp_and_the_script_files_and_rejects(
             assert node.mailbox("alice")["messages"] == []
         finally:
             postfix.stop()
+
+
+def test_without_a_certificate_plain_goes_in_the_clear(tmp_path: Path) -> None:
+    node = make_single(tmp_path, overrides={"managesieve": {"listen": f"127.0.0.1:{free_port()}"}})
+    with running(node):
+        node.add_account("alice")
+        client = Client(sieve_port(node))
+        try:
+            _, caps = client.greeting
+            assert b'"SASL" "PLAIN"' in caps and b"STARTTLS" not in b"".join(caps)
+            assert client.login("alice", "secret").startswith("OK")
+            assert client.command('PUTSCRIPT "a"', b"keep;\r\n")[0].startswith("OK")
+        finally:
+            client.close()

@@ -5,7 +5,8 @@ the bytes it reads and answers the requests the core hands back; everything
 a client sees on the wire comes from the core (parsing, the state table,
 SASL PLAIN, CHECKSCRIPT, script compilation and the size cap). What stays
 here is the outside world: the socket, STARTTLS with the node's ``[tls]``
-certificate (RFC 5804 section 2.2), the idle timeout, logins by IMAP's rules
+certificate (RFC 5804 section 2.2; PLAIN only after it when a certificate
+is configured, in the clear otherwise, as IMAP), the idle timeout, logins by IMAP's rules
 (``Node.authenticate``: a failed login waits ``login_failure_delay`` and
 ``max_login_failures`` end the connection; an account this node does not
 own is refused with ``TRYLATER`` naming the owner), and the store: every
@@ -81,7 +82,10 @@ class SieveSession:
         self.reader = reader
         self.writer = writer
         self.tls_context = tls_context
-        self.core = Session(Config(tls_available=tls_context is not None))
+        # PLAIN only over TLS when TLS is offered (RFC 5804 section 2.1); with
+        # no certificate PLAIN goes in the clear, as IMAP's LOGIN does.
+        tls = tls_context is not None
+        self.core = Session(Config(tls_available=tls, plain_needs_tls=tls))
         self.config = node.config.managesieve
         self.account = ""
         self.failures = 0

@@ -183,9 +183,18 @@ class StoreBackend:
             return {}
 
     async def _bytes(self, message: Message) -> bytes:
+        """The spooled message, for Sieve: its temp file, or the spool's copy."""
         staged = message.staged
-        path = staged.tmp if staged.tmp is not None else staged.final
-        return await self.node.store.run_blocking(path.read_bytes)
+
+        def read() -> bytes:
+            if staged.tmp is not None:
+                try:
+                    return staged.tmp.read_bytes()
+                except FileNotFoundError:
+                    pass  # the same bytes were committed meanwhile
+            return staged.final.read_bytes()
+
+        return await self.node.store.run_blocking(read)
 
     def _reply(self, result: Any) -> str:
         counters = self.node.counters
