@@ -35,6 +35,7 @@ from peerd.node.node import Node
 from peerd.node.tls import server_context
 from peerd.protocols.managesieve import (
     NEED_DATA,
+    QUOTA_MAXSCRIPTS,
     TRYLATER,
     Close,
     Config,
@@ -183,7 +184,7 @@ class SieveSession:
 
             if await self.node.store.read(room):
                 return Done()
-            return Refused(f"at most {max_scripts} scripts", "QUOTA/MAXSCRIPTS")
+            return Refused(f"at most {max_scripts} scripts", QUOTA_MAXSCRIPTS)
         await self.node.write_owned(account, lambda s, a: _write(s, a, request, max_scripts))
         return Done()
 
