@@ -237,9 +237,8 @@ def compare(
         mailboxes=tuple(pushes),
         subscriptions=subscriptions,
         unchanged=tuple(unchanged),
-        sieve=owner.sieve if not replica.exists or owner.sieve != replica.sieve else None,
-        vacations=owner.vacations
-        if not replica.exists or owner.vacations != replica.vacations
-        else None,
+        # An account the replica lacks has no Sieve state there: () is equal.
+        sieve=owner.sieve if owner.sieve != replica.sieve else None,
+        vacations=owner.vacations if owner.vacations != replica.vacations else None,
     )
     return Repairs(tuple(pulls), tuple(reassigns), tuple(raise_last_uid)), push
