@@ -149,6 +149,7 @@ class StoreBackend:
                         staged=message.staged,
                         size=message.size,
                         internaldate=internaldate,
+                        message_id=message.message_id,
                     )
                 )
                 continue

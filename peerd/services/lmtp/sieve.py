@@ -36,6 +36,7 @@ import email.utils
 import logging
 import smtplib
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
@@ -45,7 +46,7 @@ from engine.errors import EngineError, InvalidArgument
 from engine.flags import normalize_flags
 from engine.mailbox import create_mailbox, find_mailbox, normalize_mailbox_name
 from engine.messages import append
-from engine.models import Account
+from engine.models import Account, Duplicate
 from engine.spool import Staged
 from engine.synclog import Change
 from ownership.errors import OwnershipError
@@ -93,6 +94,8 @@ class SieveFilter:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.relay: Address | None = node.config.sieve.relay
+        lmtp = node.config.lmtp
+        self.window = lmtp.duplicate_window if lmtp.duplicate_suppression else None
         self.local_domains = tuple(d.lower() for d in node.config.node.local_domains)
         # recipient address -> (account, program) or None (no active script).
         self._programs: dict[str, tuple[str, Program] | None] = {}
@@ -165,6 +168,7 @@ class SieveFilter:
         staged: Staged,
         size: int,
         internaldate: dt.datetime,
+        message_id: str | None = None,
     ) -> Stored:
         message = Message.from_bytes(data, mail_from, address.strip("<>"))
         context = Context(user_addresses=self.addresses(account, address))
@@ -193,14 +197,15 @@ class SieveFilter:
         stored = False
         if targets:
             try:
-                await self.node.write_owned(
+                stored = await self.node.write_owned(
                     account,
-                    lambda s, a: _store(s, a, targets, staged, size, internaldate),
+                    lambda s, a: _store(
+                        s, a, targets, _Copy(staged, size, internaldate, message_id, self.window)
+                    ),
                     staged=[staged],
                 )
             except (EngineError, OwnershipError) as exc:
                 return Stored(account, lmtp_reply(exc), False)
-            stored = True
         if vacation is not None:
             await self._vacation(account, vacation)
         elif result.vacation_skipped:
@@ -261,15 +266,29 @@ def _flags(flags: Iterable[str]) -> list[str]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class _Copy:
+    """The message to append, and the duplicate window it is checked against."""
+
+    staged: Staged
+    size: int
+    internaldate: dt.datetime
+    message_id: str | None
+    window: dt.timedelta | None
+
+
 def _store(
     session: Session,
     account: Account,
     targets: list[tuple[str, tuple[str, ...]]],
-    staged: Staged,
-    size: int,
-    internaldate: dt.datetime,
-) -> None:
-    """Append to every target (RFC 5228 2.10.3: one copy per mailbox, flags united)."""
+    copy: _Copy,
+) -> bool:
+    """Append to every target (RFC 5228 2.10.3: one copy per mailbox, flags united).
+
+    A Message-ID delivered to the same mailbox within the duplicate window is
+    not stored again (as on the unfiltered path: an MTA's retry after a lost
+    reply files nothing twice). True if anything was stored.
+    """
     merged: dict[str, list[str]] = {}
     for name, flags in targets:
         try:
@@ -280,16 +299,34 @@ def _store(
             log.info("sieve: fileinto %r for %s: no such mailbox, into INBOX", name, account.name)
             folder = INBOX
         merged.setdefault(folder, []).extend(_flags(flags))
+    now = dt.datetime.now(dt.UTC)
+    stored = False
     for folder, wanted in merged.items():
         mailbox = find_mailbox(session, account, folder)
         if mailbox is None:
             mailbox = create_mailbox(session, account, INBOX)
+        if copy.message_id and copy.window is not None:
+            seen = session.get(Duplicate, (mailbox.uniqueid, copy.message_id))
+            if seen is not None and now - sieve_store.utc(seen.delivered_at) <= copy.window:
+                continue
+            if seen is None:
+                session.add(
+                    Duplicate(
+                        mailbox_uniqueid=mailbox.uniqueid,
+                        message_id=copy.message_id,
+                        delivered_at=now,
+                    )
+                )
+            else:
+                seen.delivered_at = now
         append(
             session,
             account,
             mailbox,
-            guid=staged.guid,
-            size=size,
+            guid=copy.staged.guid,
+            size=copy.size,
             flags=wanted,
-            internaldate=internaldate,
+            internaldate=copy.internaldate,
         )
+        stored = True
+    return stored
