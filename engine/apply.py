@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from engine import sieve as sieve_store
 from engine import synclog
 from engine.accounts import create_account, delete_account, find_account
 from engine.compare import MailboxPush, Push, Repairs
@@ -243,6 +244,10 @@ def apply_push(session: Session, push: Push, has: Callable[[str], bool]) -> Appl
         for name in want - have:
             session.add(Subscription(account_id=account.id, name=name))
         synclog.record(session, account.name, "", "sub")
+    if push.sieve is not None:
+        sieve_store.replace_scripts(session, account, push.sieve)
+    if push.vacations is not None:
+        sieve_store.replace_vacations(session, account, push.vacations)
     session.flush()
     return result
 

@@ -87,6 +87,10 @@ class Push:
     mailboxes: tuple[MailboxPush, ...] = ()
     subscriptions: tuple[str, ...] | None = None
     unchanged: tuple[str, ...] = field(default=())
+    # Sieve (Cyrus's SIEVE and ACTIVATE_SIEVE): the owner's whole set of
+    # scripts with the active mark, and its vacation records; None: unchanged.
+    sieve: tuple[tuple[str, str, bool], ...] | None = None
+    vacations: tuple[tuple[str, str], ...] | None = None
 
     @property
     def empty(self) -> bool:
@@ -96,6 +100,8 @@ class Push:
             and not self.deletes
             and not self.mailboxes
             and self.subscriptions is None
+            and self.sieve is None
+            and self.vacations is None
         )
 
 
@@ -231,5 +237,8 @@ def compare(
         mailboxes=tuple(pushes),
         subscriptions=subscriptions,
         unchanged=tuple(unchanged),
+        # An account the replica lacks has no Sieve state there: () is equal.
+        sieve=owner.sieve if owner.sieve != replica.sieve else None,
+        vacations=owner.vacations if owner.vacations != replica.vacations else None,
     )
     return Repairs(tuple(pulls), tuple(reassigns), tuple(raise_last_uid)), push

@@ -64,11 +64,13 @@ def mark_of(state: AccountState) -> AccountState:
 def _same_shape(a: AccountState, b: AccountState) -> bool:
     """Equal but for the records' content: same account fields, same mailboxes
     (by uniqueid, with the same name, UIDVALIDITY and ACL)."""
-    if (a.exists, a.password_hash, a.quota_limit, a.subscriptions) != (
+    if (a.exists, a.password_hash, a.quota_limit, a.subscriptions, a.sieve, a.vacations) != (
         b.exists,
         b.password_hash,
         b.quota_limit,
         b.subscriptions,
+        b.sieve,
+        b.vacations,
     ):
         return False
     return _shape(a) == _shape(b)

@@ -2,15 +2,19 @@
 
 Every error the store or the replication engine raises on purpose is an
 :class:`EngineError` with a stable ``code``. The daemon maps codes to HTTP
-status, IMAP ``NO``/``BAD``, POP3 and LMTP replies in exactly one place
+status, IMAP ``NO``/``BAD``, POP3, LMTP and ManageSieve replies in exactly one place
 (``peerd/node/errormap.py``); nothing here knows about any protocol.
 
     EngineError
     ├── NotFound                       (missing account, mailbox or message)
     │   ├── NoSuchAccount
     │   ├── NoSuchMailbox
-    │   └── NoSuchMessage
+    │   ├── NoSuchMessage
+    │   └── NoSuchScript               (Sieve: no script of that name)
     ├── AlreadyExists
+    │   └── ScriptExists               (Sieve: RENAMESCRIPT onto an existing name)
+    ├── ScriptActive                   (Sieve: the active script cannot be deleted)
+    ├── TooManyScripts                 (Sieve: the per-account script cap)
     ├── InvalidArgument                (a bad name, flag, size, ...)
     ├── OverQuota                      (permanent for this message)
     ├── MessageTooLarge
@@ -39,9 +43,12 @@ __all__ = [
     "NoSuchAccount",
     "NoSuchMailbox",
     "NoSuchMessage",
+    "NoSuchScript",
     "NotFound",
     "OverQuota",
     "PartnerDown",
+    "ScriptActive",
+    "ScriptExists",
     "StorageFull",
     "SyncError",
     "SyncProtocolError",
@@ -49,6 +56,7 @@ __all__ = [
     "SyncStale",
     "SyncVersionMismatch",
     "TemporaryFailure",
+    "TooManyScripts",
 ]
 
 
@@ -80,6 +88,22 @@ class NoSuchMessage(NotFound):
 
 class AlreadyExists(EngineError):
     code = "already_exists"
+
+
+class NoSuchScript(NotFound):
+    code = "no_such_script"
+
+
+class ScriptExists(AlreadyExists):
+    code = "script_exists"
+
+
+class ScriptActive(EngineError):
+    code = "script_active"
+
+
+class TooManyScripts(EngineError):
+    code = "too_many_scripts"
 
 
 class InvalidArgument(EngineError):

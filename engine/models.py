@@ -20,6 +20,8 @@ How this works, in Cyrus's terms:
   rule needs it: a message on the replica whose GUID the owner never had is new
   mail to keep, not stale mail to delete.
 - ``mailbox_tombstones``: deleted mailboxes by uniqueid, for the same reason.
+- ``sieve_scripts`` (per account, one active) and ``vacation_sent`` (Sieve
+  vacation reply-once records), both replicated.
 - ``subscriptions``, ``duplicates`` (Message-ID delivery suppression),
   ``message_meta`` (a per-GUID cache computed once at append: what IMAP needs
   for ENVELOPE/BODYSTRUCTURE without reparsing), and the ``sync_log``.
@@ -135,6 +137,36 @@ class Subscription(Base):
         ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
     )
     name: Mapped[str] = mapped_column(String(1024), primary_key=True)
+
+
+class SieveScript(Base):
+    """A user's Sieve script (ManageSieve PUTSCRIPT); at most one per account is active."""
+
+    __tablename__ = "sieve_scripts"
+
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(512), primary_key=True)
+    content: Mapped[str] = mapped_column(Text)
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Bumped on every change of the script (content, name or active mark).
+    modseq: Mapped[int] = mapped_column(BigInteger, default=1)
+    changed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class VacationSent(Base):
+    """Sieve vacation reply-once records (RFC 5230 section 4.2): one per reply key."""
+
+    __tablename__ = "vacation_sent"
+
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    # engine.sieve.reply_key: a hash of the handle and the sender.
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # No second reply before this time.
+    until: Mapped[dt.datetime] = mapped_column(index=True)
 
 
 class Duplicate(Base):

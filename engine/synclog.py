@@ -43,7 +43,16 @@ __all__ = [
 ]
 
 # Lower rank syncs first: new mail before flag-only changes.
-KINDS = {"account": 0, "mailbox": 1, "append": 2, "expunge": 3, "flags": 4, "seen": 4, "sub": 5}
+KINDS = {
+    "account": 0,
+    "mailbox": 1,
+    "append": 2,
+    "expunge": 3,
+    "flags": 4,
+    "seen": 4,
+    "sub": 5,
+    "sieve": 5,
+}
 
 
 @dataclass(frozen=True, slots=True)

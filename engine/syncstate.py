@@ -23,7 +23,17 @@ from dataclasses import dataclass
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from engine.models import Account, GuidHistory, Mailbox, MailboxTombstone, Message, Subscription
+from engine import sieve as sieve_store
+from engine.models import (
+    Account,
+    GuidHistory,
+    Mailbox,
+    MailboxTombstone,
+    Message,
+    SieveScript,
+    Subscription,
+    VacationSent,
+)
 
 __all__ = [
     "AccountState",
@@ -102,6 +112,10 @@ class AccountState:
     subscriptions: tuple[str, ...] = ()
     mailboxes: tuple[MailboxState, ...] = ()
     tombstones: frozenset[str] = frozenset()
+    # Sieve (engine.sieve): (name, content, active) per script, and the
+    # vacation reply-once records (key, until).
+    sieve: tuple[tuple[str, str, bool], ...] = ()
+    vacations: tuple[tuple[str, str], ...] = ()
 
     def by_uniqueid(self) -> dict[str, MailboxState]:
         return {m.summary.uniqueid: m for m in self.mailboxes}
@@ -216,6 +230,8 @@ def read_account_state(
         subscriptions=subscriptions,
         mailboxes=tuple(mailboxes),
         tombstones=tombstones,
+        sieve=sieve_store.script_rows(session, account.id),
+        vacations=sieve_store.vacation_rows(session, account.id),
     )
 
 
@@ -310,6 +326,17 @@ def account_digests(session: Session, names: Iterable[str] | None = None) -> dic
         if row[0] in boxes:
             boxes[row[0]].append("\0".join(str(v) for v in row[1:]))
     subs: dict[int, list[str]] = {i: [] for i in accounts}
+    sieve: dict[int, list[str]] = {i: [] for i in accounts}
+    for account_id, name, content, active in session.execute(
+        select(SieveScript.account_id, SieveScript.name, SieveScript.content, SieveScript.active)
+    ):
+        if account_id in sieve:
+            sieve[account_id].append(f"{name}\0{int(bool(active))}\0{content}")
+    for account_id, key, until in session.execute(
+        select(VacationSent.account_id, VacationSent.key, VacationSent.until)
+    ):
+        if account_id in sieve:
+            sieve[account_id].append(f"v\0{key}\0{sieve_store.utc(until).strftime('%Y%m%d%H%M%S')}")
     for account_id, name in session.execute(select(Subscription.account_id, Subscription.name)):
         if account_id in subs:
             subs[account_id].append(name)
@@ -322,6 +349,8 @@ def account_digests(session: Session, names: Iterable[str] | None = None) -> dic
                 "\2".join(sorted(subs[account_id])),
                 "\2".join(sorted(boxes[account_id])),
             ]
+            # Only accounts with Sieve state: the digests of the others stay as they were.
+            + (["\2".join(sorted(sieve[account_id]))] if sieve[account_id] else [])
         )
         out[name] = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
     return out

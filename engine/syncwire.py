@@ -21,6 +21,7 @@ keeps the previous one readable, so a pair upgrades one node at a time.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import zlib
@@ -223,6 +224,8 @@ def encode_account_state(state: AccountState) -> dict[str, Any]:
         "quota_limit": state.quota_limit,
         "subscriptions": list(state.subscriptions),
         "tombstones": sorted(state.tombstones),
+        "sieve": [list(s) for s in state.sieve],
+        "vacations": [list(v) for v in state.vacations],
         "mailboxes": [
             {
                 "summary": encode_summary(m.summary),
@@ -259,6 +262,8 @@ def decode_account_state(value: Any) -> AccountState:
         tombstones=frozenset(
             _uniqueid(t) for t in _list(value.get("tombstones", []), "tombstones")
         ),
+        sieve=decode_sieve(value.get("sieve", [])),
+        vacations=decode_vacations(value.get("vacations", [])),
     )
 
 
@@ -270,6 +275,8 @@ def encode_push(push: Push) -> dict[str, Any]:
         "account_fields": list(push.account_fields) if push.account_fields else None,
         "deletes": list(push.deletes),
         "subscriptions": list(push.subscriptions) if push.subscriptions is not None else None,
+        "sieve": None if push.sieve is None else [list(s) for s in push.sieve],
+        "vacations": None if push.vacations is None else [list(v) for v in push.vacations],
         "mailboxes": [
             {
                 "summary": encode_summary(m.summary),
@@ -317,7 +324,46 @@ def decode_push(value: Any) -> Push:
         subscriptions=None
         if subscriptions is None
         else tuple(_str(s, "subscription") for s in _list(subscriptions, "subscriptions")),
+        sieve=None if value.get("sieve") is None else decode_sieve(value["sieve"]),
+        vacations=None if value.get("vacations") is None else decode_vacations(value["vacations"]),
     )
+
+
+# A script is at most 256 KiB (docs/sieve.md); a name at most 512 octets.
+MAX_SCRIPT = 1 << 20
+MAX_SCRIPTS = 1000
+MAX_VACATIONS = 1_000_000
+
+
+def decode_sieve(value: Any) -> tuple[tuple[str, str, bool], ...]:
+    """The SIEVE part: ``[[name, content, active], ...]``, at most one active."""
+    out = []
+    for item in _list(value, "sieve", MAX_SCRIPTS):
+        if not isinstance(item, list) or len(item) != 3 or not isinstance(item[2], bool):
+            raise SyncProtocolError("a script is [name, content, active]")
+        out.append(
+            (_str(item[0], "script name", 512), _str(item[1], "script", MAX_SCRIPT), item[2])
+        )
+    if sum(active for _, _, active in out) > 1:
+        raise SyncProtocolError("at most one script is active")
+    return tuple(out)
+
+
+def decode_vacations(value: Any) -> tuple[tuple[str, str], ...]:
+    """The vacation records: ``[[key, until], ...]``, ``until`` ISO 8601 with offset."""
+    out = []
+    for item in _list(value, "vacations", MAX_VACATIONS):
+        if not isinstance(item, list) or len(item) != 2:
+            raise SyncProtocolError("a vacation record is [key, until]")
+        key, until = _str(item[0], "vacation key", 64), _str(item[1], "vacation until", 64)
+        try:
+            when = dt.datetime.fromisoformat(until)
+        except ValueError:
+            raise SyncProtocolError(f"bad vacation time {until!r}") from None
+        if when.tzinfo is None:
+            raise SyncProtocolError(f"vacation time without an offset {until!r}")
+        out.append((key, until))
+    return tuple(out)
 
 
 def encode_delta(control: dict[str, Any], frames: Iterable[tuple[str, bytes]]) -> bytes:

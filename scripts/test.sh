@@ -18,7 +18,7 @@ APT_PACKAGES=(
   postgresql
   nginx-light libnginx-mod-mail
   postfix
-  isync offlineimap fetchmail
+  isync offlineimap fetchmail sieve-connect
   openssl
 )
 

@@ -211,6 +211,14 @@ async def _start_mail_services(node: Node, started: _Started) -> None:
             server_service("pop3", await start_pop3(node, pop3.host, pop3.port))
         )
         log.info("POP3 listening on %s", pop3)
+    if config.managesieve.listen is not None:
+        from peerd.services.managesieve import start_managesieve
+
+        sieve = config.managesieve.listen
+        started.services.append(
+            server_service("managesieve", await start_managesieve(node, sieve.host, sieve.port))
+        )
+        log.info("ManageSieve listening on %s", sieve)
 
 
 def _parts(node: Node, started: _Started) -> Parts:

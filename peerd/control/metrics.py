@@ -39,6 +39,9 @@ _HELP = {
     "bodies_repaired": "Damaged bodies replaced with the partner's whole copy",
     "bodies_unrepairable": "Damaged bodies the partner had no whole copy of either",
     "scrubs": "Spool scrubs run",
+    "sieve_rejected": "Recipients refused by a Sieve reject or ereject",
+    "sieve_redirected": "Messages a Sieve redirect sent through the relay",
+    "sieve_vacation_replies": "Sieve vacation replies sent",
 }
 
 

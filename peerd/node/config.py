@@ -30,6 +30,7 @@ __all__ = [
     "ListenConfig",
     "LmtpConfig",
     "LogConfig",
+    "ManageSieveConfig",
     "NodeConfig",
     "PartnerConfig",
     "Pop3Config",
@@ -37,6 +38,7 @@ __all__ = [
     "ReconcileConfig",
     "RoutingConfig",
     "ScrubConfig",
+    "SieveConfig",
     "SyncConfig",
     "TlsConfig",
     "load_config",
@@ -218,6 +220,26 @@ class Pop3Config:
 
 
 @dataclass(frozen=True, slots=True)
+class ManageSieveConfig:
+    # Off unless set (RFC 5804's port is 4190).
+    listen: Address | None = None
+    starttls: bool = True  # offered only when [tls] has a certificate
+    idle_timeout: dt.timedelta = dt.timedelta(minutes=10)
+    login_failure_delay: dt.timedelta = dt.timedelta(seconds=2)
+    max_login_failures: int = 3
+    max_scripts: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class SieveConfig:
+    # Run the account's active script at LMTP delivery.
+    enabled: bool = True
+    # The SMTP relay redirects and vacation replies go through; none: they
+    # are not sent (logged), the rest of the script still runs.
+    relay: Address | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ProxyHook:
     name: str
     url: str = ""
@@ -275,6 +297,8 @@ class Config:
     lmtp: LmtpConfig = field(default_factory=LmtpConfig)
     imap: ImapConfig = field(default_factory=ImapConfig)
     pop3: Pop3Config = field(default_factory=Pop3Config)
+    managesieve: ManageSieveConfig = field(default_factory=ManageSieveConfig)
+    sieve: SieveConfig = field(default_factory=SieveConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
     scrub: ScrubConfig = field(default_factory=ScrubConfig)

@@ -25,14 +25,18 @@ from engine.errors import (
     InvalidArgument,
     MessageTooLarge,
     NoSuchAccount,
+    NoSuchScript,
     NotFound,
     OverQuota,
     PartnerDown,
+    ScriptActive,
+    ScriptExists,
     StorageFull,
     SyncProtocolError,
     SyncRefused,
     SyncStale,
     TemporaryFailure,
+    TooManyScripts,
 )
 from ownership.errors import (
     NotCaughtUp,
@@ -45,6 +49,11 @@ from ownership.errors import (
     UnknownNode,
 )
 from peerd.protocols.lmtp import S501_BAD_ADDRESS, S552_TOO_BIG, S554_NUL
+from peerd.protocols.managesieve import ACTIVE as MS_ACTIVE
+from peerd.protocols.managesieve import ALREADYEXISTS as MS_ALREADYEXISTS
+from peerd.protocols.managesieve import NONEXISTENT as MS_NONEXISTENT
+from peerd.protocols.managesieve import QUOTA_MAXSCRIPTS as MS_QUOTA_MAXSCRIPTS
+from peerd.protocols.managesieve import TRYLATER as MS_TRYLATER
 from peerd.protocols.pop3 import CODE_SYS_PERM, CODE_SYS_TEMP, Err
 
 __all__ = [
@@ -62,6 +71,8 @@ __all__ = [
     "http_status",
     "imap_code",
     "lmtp_reply",
+    "lmtp_sieve_reject",
+    "managesieve_refusal",
     "pop3_not_owner",
     "pop3_reply",
     "problem_title",
@@ -200,3 +211,33 @@ def pop3_not_owner(account: str, owner: str) -> Err:
     """A login for an account another node owns: temporary, naming the owner
     (POP3 has no referral; RFC 3206 4 SYS/TEMP says try again later)."""
     return Err(_pop3_text(f"{account} is served by {owner}"), CODE_SYS_TEMP)
+
+
+def lmtp_sieve_reject(reason: str) -> str:
+    """A Sieve ``reject``/``ereject`` (RFC 5429 section 2.1): 550 for this
+    recipient only, with the script's reason on one line."""
+    text = " ".join(reason.split())[:400] or "Message rejected"
+    return f"550 5.7.1 {text}"
+
+
+# ManageSieve (RFC 5804 section 1.3): the response code for a refused request.
+_MANAGESIEVE: dict[type[BaseException], str | None] = {
+    NoSuchScript: MS_NONEXISTENT,
+    ScriptActive: MS_ACTIVE,
+    ScriptExists: MS_ALREADYEXISTS,
+    TooManyScripts: MS_QUOTA_MAXSCRIPTS,
+    NoSuchAccount: None,
+    NotOwner: MS_TRYLATER,
+    TemporaryFailure: MS_TRYLATER,
+}
+
+
+def managesieve_refusal(exc: EngineError | OwnershipError) -> tuple[str, str | None]:
+    """(text, response code) for ``NO``; anything unexpected is TRYLATER."""
+    if isinstance(exc, NotOwner):
+        return f"account is served by {exc.owner} now", MS_TRYLATER
+    code = _lookup(_MANAGESIEVE, exc)
+    text = exc.message if isinstance(exc, EngineError) else str(exc)
+    if code is None and not isinstance(exc, NoSuchAccount):
+        return text, MS_TRYLATER
+    return text, code

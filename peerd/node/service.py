@@ -15,7 +15,7 @@ from dataclasses import dataclass
 __all__ = ["LISTENERS", "Service", "server_service"]
 
 # Stopped first at shutdown, so no new work arrives while the rest winds down.
-LISTENERS = frozenset({"lmtp", "imap", "pop3", "socketmap"})
+LISTENERS = frozenset({"lmtp", "imap", "pop3", "managesieve", "socketmap"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -545,6 +545,13 @@ class SyncClient:
             report.steps.append(f"SETSEEN {account} ...")
         if push.subscriptions is not None:
             report.steps.append(f"SUB {account} [{len(push.subscriptions)}]")
+        if push.sieve is not None:
+            # Cyrus's SIEVE and ACTIVATE_SIEVE: the whole set travels in the push.
+            report.steps.append(f"SIEVE {account} [{len(push.sieve)} scripts]")
+            active = next((name for name, _, on in push.sieve if on), "")
+            report.steps.append(f'ACTIVATE_SIEVE {account} "{active}"')
+        if push.vacations is not None:
+            report.steps.append(f"VACATION {account} [{len(push.vacations)} records]")
         if push.account_fields is not None:
             report.steps.append(f"QUOTA {account} {push.account_fields[1]}")
         if push.delete_account:

@@ -39,6 +39,7 @@ from engine.delivery import (
     DeliveryOptions,
     DeliveryResult,
     DeliveryRunner,
+    Recipient,
     parse_recipient,
     resolve_account,
 )
@@ -53,6 +54,8 @@ from peerd.node.errormap import (
     lmtp_reply,
 )
 from peerd.node.node import Node
+from peerd.protocols.sieve import Program
+from peerd.services.lmtp.sieve import SieveFilter, Stored
 
 __all__ = ["Message", "StoreBackend"]
 
@@ -67,6 +70,9 @@ class Message:
     staged: Staged
     size: int
     message_id: str | None
+    # The envelope sender (MAIL FROM; "" for the null path). None: the front
+    # did not say; Sieve then reads the Return-Path header, if any.
+    mail_from: str | None = None
 
 
 class StoreBackend:
@@ -81,6 +87,7 @@ class StoreBackend:
             duplicate_window=lmtp.duplicate_window if lmtp.duplicate_suppression else None,
         )
         self.runner = DeliveryRunner(self.options, node.guard_many)
+        self.sieve = SieveFilter(node) if node.config.sieve.enabled else None
 
     async def check_rcpt(self, address: str) -> str | None:
         """None if ``address`` may be delivered to now, else the reply that refuses it."""
@@ -117,29 +124,84 @@ class StoreBackend:
     async def _deliver(self, message: Message) -> list[str]:
         store = self.node.store
         internaldate = dt.datetime.now(dt.UTC)
-        writes = []
+        parsed: list[tuple[str, Recipient | EngineError]] = []
         for address in message.recipients:
             try:
-                recipient = parse_recipient(address, self.local_domains)
+                parsed.append((address, parse_recipient(address, self.local_domains)))
             except EngineError as exc:
-                writes.append(_failed(exc))
+                parsed.append((address, exc))
+        filtered = await self._filtered(parsed)
+        data = await self._bytes(message) if filtered else b""
+        writes = []
+        for address, recipient in parsed:
+            if isinstance(recipient, EngineError):
+                writes.append(_failed(recipient))
+                continue
+            if address in filtered and self.sieve is not None:
+                account, program = filtered[address]
+                writes.append(
+                    self.sieve.deliver(
+                        account,
+                        program,
+                        address=address,
+                        data=data,
+                        mail_from=_sender(message, data),
+                        staged=message.staged,
+                        size=message.size,
+                        internaldate=internaldate,
+                        message_id=message.message_id,
+                    )
+                )
                 continue
             op = Delivery(
                 recipient, message.staged.guid, message.size, internaldate, message.message_id
             )
             writes.append(store.write_grouped(self.runner, op, staged=[message.staged]))
         results: list[Any] = await asyncio.gather(*writes, return_exceptions=True)
-        if not any(isinstance(r, DeliveryResult) for r in results):
+        if not any(
+            isinstance(r, DeliveryResult) or (isinstance(r, Stored) and r.stored) for r in results
+        ):
             store.spool.discard([message.staged])
         delivered = [
             r.account for r in results if isinstance(r, DeliveryResult) and not r.duplicate
-        ]
+        ] + [r.account for r in results if isinstance(r, Stored) and r.stored]
         for hook in self.node.after_delivery:
             await hook(delivered)
         return [self._reply(result) for result in results]
 
+    async def _filtered(
+        self, parsed: list[tuple[str, Recipient | EngineError]]
+    ) -> dict[str, tuple[str, Program]]:
+        """The recipients whose account has an active Sieve script (none when off)."""
+        if self.sieve is None:
+            return {}
+        wanted = [(a, r) for a, r in parsed if isinstance(r, Recipient)]
+        try:
+            return await self.sieve.programs(wanted)
+        except (EngineError, OwnershipError) as exc:
+            # The store could not be read: deliver unfiltered rather than not at all.
+            log.warning("sieve: scripts not read, delivering unfiltered: %s", exc)
+            return {}
+
+    async def _bytes(self, message: Message) -> bytes:
+        """The spooled message, for Sieve: its temp file, or the spool's copy."""
+        staged = message.staged
+
+        def read() -> bytes:
+            if staged.tmp is not None:
+                try:
+                    return staged.tmp.read_bytes()
+                except FileNotFoundError:
+                    pass  # the same bytes were committed meanwhile
+            return staged.final.read_bytes()
+
+        return await self.node.store.run_blocking(read)
+
     def _reply(self, result: Any) -> str:
         counters = self.node.counters
+        if isinstance(result, Stored):
+            counters.inc("lmtp_delivered" if result.reply.startswith("2") else "lmtp_refused")
+            return result.reply
         if isinstance(result, DeliveryResult):
             counters.inc("lmtp_delivered")
             return S250_OK_DUPLICATE if result.duplicate else S250_OK
@@ -155,3 +217,15 @@ class StoreBackend:
 
 async def _failed(exc: Exception) -> Any:
     raise exc
+
+
+def _sender(message: Message, data: bytes) -> str:
+    """The envelope sender for Sieve: the front's MAIL FROM, else Return-Path."""
+    if message.mail_from is not None:
+        return message.mail_from.strip("<>")
+    end = data.find(b"\r\n\r\n")
+    for line in (data if end < 0 else data[:end]).split(b"\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"return-path":
+            return value.strip().decode("utf-8", "replace").strip("<>")
+    return ""

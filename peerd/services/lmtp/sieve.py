@@ -1,0 +1,332 @@
+"""Sieve at LMTP delivery: run the recipient's active script and carry out what it decided.
+
+How this works: :class:`SieveFilter` is asked by the store backend
+(:mod:`peerd.services.lmtp.backend`) which of a message's recipients have an
+active script (:meth:`SieveFilter.programs`: one read for the message,
+compiled programs cached until a ``sieve`` change commits, here or applied
+from the partner). Those recipients do not take the grouped delivery path;
+:meth:`SieveFilter.deliver` evaluates the script off the event loop
+(:func:`peerd.protocols.sieve.evaluate`, bounded work) and then, in order:
+
+1. ``reject``/``ereject`` (RFC 5429): a ``550`` for this recipient only;
+   nothing is stored or sent.
+2. ``redirect`` (RFC 5228 section 4.2): the message, unchanged, to the
+   address through ``[sieve] relay`` with the original envelope sender. A
+   redirect that cannot be sent (no relay, the relay refused) keeps the
+   message in INBOX instead, so nothing is lost.
+3. ``keep`` and ``fileinto`` with their ``imap4flags`` flags: one fenced
+   write (``Node.write_owned``) appends to every target; a ``fileinto`` to a
+   mailbox the account does not have files into INBOX (RFC 5228 section 4.1
+   leaves the choice to the server; peerd does not create mailboxes on its
+   own). ``discard`` stores nothing.
+4. ``vacation`` (RFC 5230): the reply-once record is checked and written
+   in one fenced write (:func:`engine.sieve.vacation_due`), replicated like
+   the scripts; only then the reply goes out through the relay with an
+   empty return path.
+
+A runtime error in the script (RFC 5228 section 2.10.6) leaves only the
+implicit keep and is logged in one line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import email.utils
+import logging
+import smtplib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from engine import sieve as sieve_store
+from engine.delivery import Recipient, resolve_account
+from engine.errors import EngineError, InvalidArgument
+from engine.flags import normalize_flags
+from engine.mailbox import create_mailbox, find_mailbox, normalize_mailbox_name
+from engine.messages import append
+from engine.models import Account, Duplicate
+from engine.spool import Staged
+from engine.synclog import Change
+from ownership.errors import OwnershipError
+from peerd.node.config import Address
+from peerd.node.errormap import S250_OK, lmtp_reply, lmtp_sieve_reject
+from peerd.node.node import Node
+from peerd.protocols.sieve import (
+    Context,
+    FileInto,
+    Keep,
+    Message,
+    Program,
+    Redirect,
+    Result,
+    ScriptError,
+    Vacation,
+    compile_script,
+    compose_reply,
+    evaluate,
+)
+
+__all__ = ["SieveFilter", "Stored"]
+
+log = logging.getLogger("peerd.services.lmtp.sieve")
+
+INBOX = "INBOX"
+# Compiled programs kept; the cache is emptied whenever it grows past this.
+MAX_CACHED = 10_000
+
+
+class Stored:
+    """What one recipient's filtered delivery did: the reply and whether it stored mail."""
+
+    __slots__ = ("account", "reply", "stored")
+
+    def __init__(self, account: str, reply: str, stored: bool) -> None:
+        self.account = account
+        self.reply = reply
+        self.stored = stored
+
+
+class SieveFilter:
+    """The Sieve step of LMTP delivery for one node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.relay: Address | None = node.config.sieve.relay
+        lmtp = node.config.lmtp
+        self.window = lmtp.duplicate_window if lmtp.duplicate_suppression else None
+        self.local_domains = tuple(d.lower() for d in node.config.node.local_domains)
+        # recipient address -> (account, program) or None (no active script).
+        self._programs: dict[str, tuple[str, Program] | None] = {}
+        node.store.add_listener(self._changed)
+
+    def _changed(self, changes: list[Change]) -> None:
+        if any(c.kind in ("sieve", "account") for c in changes):
+            self._programs.clear()
+
+    async def programs(
+        self, recipients: list[tuple[str, Recipient]]
+    ) -> dict[str, tuple[str, Program]]:
+        """The recipients (by address) whose account has an active script."""
+        unknown = [(a, r) for a, r in recipients if a not in self._programs]
+        if unknown:
+
+            def load(session: Session) -> dict[str, tuple[str, str] | None]:
+                out: dict[str, tuple[str, str] | None] = {}
+                for address, recipient in unknown:
+                    try:
+                        account = resolve_account(session, recipient).name
+                    except EngineError:
+                        continue  # the grouped path answers it
+                    script = sieve_store.active_script(session, account)
+                    out[address] = None if script is None else (account, script[1])
+                return out
+
+            loaded = await self.node.store.read(load)
+            if len(self._programs) > MAX_CACHED:
+                self._programs.clear()
+            for address, text in loaded.items():
+                self._programs[address] = self._compile(address, text)
+        out: dict[str, tuple[str, Program]] = {}
+        for address, _ in recipients:
+            program = self._programs.get(address)
+            if program is not None:
+                out[address] = program
+        return out
+
+    @staticmethod
+    def _compile(address: str, found: tuple[str, str] | None) -> tuple[str, Program] | None:
+        if found is None:
+            return None
+        account, text = found
+        try:
+            return account, compile_script(text.encode("utf-8"))
+        except ScriptError as exc:
+            # Stored scripts were compiled on upload; a newer, stricter
+            # compiler may refuse one: deliver as if there were no script.
+            log.warning("sieve: the active script of %s does not compile: %s", account, exc)
+            return None
+
+    def addresses(self, account: str, address: str) -> tuple[str, ...]:
+        """The user's own addresses (RFC 5230 section 4.5): the recipient and the account's."""
+        own = [address.strip("<>")]
+        if "@" in account:
+            own.append(account)
+        else:
+            own.extend(f"{account}@{domain}" for domain in self.local_domains)
+        return tuple(dict.fromkeys(own))
+
+    async def deliver(
+        self,
+        account: str,
+        program: Program,
+        *,
+        address: str,
+        data: bytes,
+        mail_from: str,
+        staged: Staged,
+        size: int,
+        internaldate: dt.datetime,
+        message_id: str | None = None,
+    ) -> Stored:
+        message = Message.from_bytes(data, mail_from, address.strip("<>"))
+        context = Context(user_addresses=self.addresses(account, address))
+        result: Result = await asyncio.to_thread(evaluate, program, message, context)
+        if result.error is not None:
+            log.warning("sieve: script of %s failed, message kept: %s", account, result.error)
+        rejected = result.rejected
+        if rejected is not None:
+            self.node.counters.inc("sieve_rejected")
+            return Stored(account, lmtp_sieve_reject(rejected.reason), False)
+        targets: list[tuple[str, tuple[str, ...]]] = []
+        vacation: Vacation | None = None
+        for action in result.actions:
+            if isinstance(action, Keep):
+                targets.append((INBOX, action.flags))
+            elif isinstance(action, FileInto):
+                targets.append((action.mailbox, action.flags))
+            elif isinstance(action, Redirect):
+                if not await self._send(mail_from, action.address, data):
+                    if not action.copy:
+                        targets.append((INBOX, ()))
+                else:
+                    self.node.counters.inc("sieve_redirected")
+            elif isinstance(action, Vacation):
+                vacation = action
+        stored = False
+        if targets:
+            try:
+                stored = await self.node.write_owned(
+                    account,
+                    lambda s, a: _store(
+                        s, a, targets, _Copy(staged, size, internaldate, message_id, self.window)
+                    ),
+                    staged=[staged],
+                )
+            except (EngineError, OwnershipError) as exc:
+                return Stored(account, lmtp_reply(exc), False)
+        if vacation is not None:
+            await self._vacation(account, vacation)
+        elif result.vacation_skipped:
+            log.info("sieve: no vacation reply for %s: %s", account, result.vacation_skipped)
+        return Stored(account, S250_OK, stored)
+
+    async def _vacation(self, account: str, action: Vacation) -> None:
+        if self.relay is None:
+            log.warning("sieve: vacation reply for %s not sent: no [sieve] relay", account)
+            return
+        try:
+            due = await self.node.write_owned(
+                account, lambda s, a: sieve_store.vacation_due(s, a, action.key, action.days)
+            )
+        except (EngineError, OwnershipError) as exc:
+            log.warning("sieve: vacation record for %s not written: %s", account, exc)
+            return
+        if not due:
+            return
+        domain = action.from_.rpartition("@")[2].strip("<> ") or self.node.config.node.hostname
+        reply = compose_reply(
+            action,
+            date=email.utils.formatdate(usegmt=True),
+            message_id=email.utils.make_msgid(domain=domain),
+        )
+        if await self._send("", action.recipient, reply):
+            self.node.counters.inc("sieve_vacation_replies")
+
+    async def _send(self, mail_from: str, to: str, data: bytes) -> bool:
+        """Send through ``[sieve] relay``; False (logged) when it could not."""
+        relay = self.relay
+        if relay is None:
+            log.warning("sieve: redirect to %s not sent: no [sieve] relay; kept", to)
+            return False
+
+        def send() -> None:
+            with smtplib.SMTP(relay.host, relay.port, timeout=30) as smtp:
+                smtp.sendmail(mail_from, [to], data)
+
+        try:
+            await asyncio.to_thread(send)
+        except (OSError, smtplib.SMTPException) as exc:
+            log.warning("sieve: sending to %s through %s failed: %s", to, relay, exc)
+            return False
+        return True
+
+
+def _flags(flags: Iterable[str]) -> list[str]:
+    """The flags the store accepts; a flag it refuses is dropped."""
+    out = []
+    for flag in flags:
+        try:
+            normalize_flags([flag])
+        except (InvalidArgument, ValueError):
+            log.info("sieve: flag %r dropped: not a valid IMAP flag", flag)
+            continue
+        out.append(flag)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Copy:
+    """The message to append, and the duplicate window it is checked against."""
+
+    staged: Staged
+    size: int
+    internaldate: dt.datetime
+    message_id: str | None
+    window: dt.timedelta | None
+
+
+def _store(
+    session: Session,
+    account: Account,
+    targets: list[tuple[str, tuple[str, ...]]],
+    copy: _Copy,
+) -> bool:
+    """Append to every target (RFC 5228 2.10.3: one copy per mailbox, flags united).
+
+    A Message-ID delivered to the same mailbox within the duplicate window is
+    not stored again (as on the unfiltered path: an MTA's retry after a lost
+    reply files nothing twice). True if anything was stored.
+    """
+    merged: dict[str, list[str]] = {}
+    for name, flags in targets:
+        try:
+            folder = normalize_mailbox_name(name)
+        except InvalidArgument:
+            folder = INBOX
+        if folder != INBOX and find_mailbox(session, account, folder) is None:
+            log.info("sieve: fileinto %r for %s: no such mailbox, into INBOX", name, account.name)
+            folder = INBOX
+        merged.setdefault(folder, []).extend(_flags(flags))
+    now = dt.datetime.now(dt.UTC)
+    stored = False
+    for folder, wanted in merged.items():
+        mailbox = find_mailbox(session, account, folder)
+        if mailbox is None:
+            mailbox = create_mailbox(session, account, INBOX)
+        if copy.message_id and copy.window is not None:
+            seen = session.get(Duplicate, (mailbox.uniqueid, copy.message_id))
+            if seen is not None and now - sieve_store.utc(seen.delivered_at) <= copy.window:
+                continue
+            if seen is None:
+                session.add(
+                    Duplicate(
+                        mailbox_uniqueid=mailbox.uniqueid,
+                        message_id=copy.message_id,
+                        delivered_at=now,
+                    )
+                )
+            else:
+                seen.delivered_at = now
+        append(
+            session,
+            account,
+            mailbox,
+            guid=copy.staged.guid,
+            size=copy.size,
+            flags=wanted,
+            internaldate=copy.internaldate,
+        )
+        stored = True
+    return stored

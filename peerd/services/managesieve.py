@@ -1,0 +1,248 @@
+"""The ManageSieve service (RFC 5804): asyncio sessions over :mod:`peerd.protocols.managesieve`.
+
+How this works: a :class:`SieveSession` writes the core's greeting, feeds it
+the bytes it reads and answers the requests the core hands back; everything
+a client sees on the wire comes from the core (parsing, the state table,
+SASL PLAIN, CHECKSCRIPT, script compilation and the size cap). What stays
+here is the outside world: the socket, STARTTLS with the node's ``[tls]``
+certificate (RFC 5804 section 2.2; PLAIN only after it when a certificate
+is configured, in the clear otherwise, as IMAP), the idle timeout, logins by IMAP's rules
+(``Node.authenticate``: a failed login waits ``login_failure_delay`` and
+``max_login_failures`` end the connection; an account this node does not
+own is refused with ``TRYLATER`` naming the owner), and the store: every
+script write goes through ``Node.write_owned`` (the fence in the same
+transaction) into :mod:`engine.sieve`, which logs it for replication. When
+the account moves to the other node an idle session is closed with ``BYE``.
+Store and ownership errors become ``NO`` replies in
+:func:`peerd.node.errormap.managesieve_refusal`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+
+from sqlalchemy.orm import Session as DbSession
+
+from engine import accounts as engine_accounts
+from engine import sieve as sieve_store
+from engine.errors import EngineError
+from engine.models import Account
+from ownership.errors import OwnershipError
+from peerd.node.errormap import managesieve_refusal
+from peerd.node.node import Node
+from peerd.node.tls import server_context
+from peerd.protocols.managesieve import (
+    NEED_DATA,
+    QUOTA_MAXSCRIPTS,
+    TRYLATER,
+    Close,
+    Config,
+    DeleteScript,
+    Done,
+    GetScript,
+    HaveSpace,
+    ListScripts,
+    Login,
+    PutScript,
+    Refused,
+    RenameScript,
+    Reply,
+    Request,
+    ScriptContent,
+    Scripts,
+    Send,
+    Session,
+    SetActive,
+    StartTlsNow,
+)
+
+__all__ = ["SieveServer", "start_managesieve"]
+
+log = logging.getLogger("peerd.services.managesieve")
+
+_READ_SIZE = 64 << 10
+_BYE_MOVED = b'BYE (TRYLATER) "the account moved to another node"\r\n'
+_BYE_IDLE = b'BYE "idle for too long"\r\n'
+
+
+class _Closed(Exception):
+    """The session is over."""
+
+
+class SieveSession:
+    def __init__(
+        self,
+        node: Node,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        tls_context: ssl.SSLContext | None,
+    ) -> None:
+        self.node = node
+        self.reader = reader
+        self.writer = writer
+        self.tls_context = tls_context
+        # PLAIN only over TLS when TLS is offered (RFC 5804 section 2.1); with
+        # no certificate PLAIN goes in the clear, as IMAP's LOGIN does.
+        tls = tls_context is not None
+        self.core = Session(Config(tls_available=tls, plain_needs_tls=tls))
+        self.config = node.config.managesieve
+        self.account = ""
+        self.failures = 0
+        self.busy = False
+        self.moved = False
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def run(self) -> None:
+        idle = self.config.idle_timeout.total_seconds()
+        await self.send(self.core.greeting())
+        ended = False
+        while True:
+            event = self.core.next_event()
+            if event is NEED_DATA:
+                if ended:
+                    return
+                try:
+                    data = await asyncio.wait_for(self.reader.read(_READ_SIZE), idle)
+                except TimeoutError:
+                    await self.send(_BYE_IDLE)
+                    return
+                ended = not data
+                self.core.receive_data(data)  # b"": the end of input
+                continue
+            if isinstance(event, Send):
+                await self.send(event.data)
+            elif isinstance(event, Close):
+                return
+            elif isinstance(event, StartTlsNow):
+                assert self.tls_context is not None  # the core offers it only then
+                await self.writer.start_tls(self.tls_context)
+                await self.send(self.core.tls_started())
+            else:
+                self.busy = True
+                try:
+                    reply = await self.answer(event)
+                finally:
+                    self.busy = False
+                await self.send(self.core.answer(reply))
+                if self.moved:
+                    await self.send(_BYE_MOVED)
+                    return
+
+    async def answer(self, request: Request) -> Reply:
+        if isinstance(request, Login):
+            return await self.login(request)
+        try:
+            return await self.store(request)
+        except (EngineError, OwnershipError) as exc:
+            text, code = managesieve_refusal(exc)
+            return Refused(text, code)
+
+    async def login(self, request: Login) -> Reply:
+        result = await self.node.authenticate(request.user, request.password)
+        if not result.ok:
+            self.failures += 1
+            await asyncio.sleep(self.config.login_failure_delay.total_seconds())
+            if self.failures >= self.config.max_login_failures:
+                await self.send(b'BYE "too many failed logins"\r\n')
+                raise _Closed
+            return Refused("Authentication failed")
+        if result.owner is not None:
+            return Refused(f"{result.account} is served by {result.owner}", TRYLATER)
+        self.account = result.account
+        return Done()
+
+    async def store(self, request: Request) -> Reply:
+        account = self.account
+        max_scripts = self.config.max_scripts
+        if isinstance(request, ListScripts):
+
+            def listing(session: DbSession) -> list[tuple[str, bool]]:
+                row = engine_accounts.get_account(session, account)
+                return sieve_store.list_scripts(session, row)
+
+            return Scripts(tuple(await self.node.store.read(listing)))
+        if isinstance(request, GetScript):
+            name = request.name
+
+            def get(session: DbSession) -> str:
+                row = engine_accounts.get_account(session, account)
+                return sieve_store.get_script(session, row, name)
+
+            return ScriptContent(await self.node.store.read(get))
+        if isinstance(request, HaveSpace):
+            name = request.name
+
+            def room(session: DbSession) -> bool:
+                row = engine_accounts.get_account(session, account)
+                names = [n for n, _ in sieve_store.list_scripts(session, row)]
+                return name in names or len(names) < max_scripts
+
+            if await self.node.store.read(room):
+                return Done()
+            return Refused(f"at most {max_scripts} scripts", QUOTA_MAXSCRIPTS)
+        await self.node.write_owned(account, lambda s, a: _write(s, a, request, max_scripts))
+        return Done()
+
+
+def _write(session: DbSession, account: Account, request: Request, max_scripts: int) -> None:
+    if isinstance(request, PutScript):
+        sieve_store.put_script(
+            session, account, request.name, request.content, max_scripts=max_scripts
+        )
+    elif isinstance(request, SetActive):
+        sieve_store.set_active(session, account, request.name)
+    elif isinstance(request, DeleteScript):
+        sieve_store.delete_script(session, account, request.name)
+    elif isinstance(request, RenameScript):
+        sieve_store.rename_script(session, account, request.old, request.new)
+    else:  # pragma: no cover - the core sends no other request
+        raise TypeError(f"unexpected request {request!r}")
+
+
+class SieveServer:
+    """The open sessions, so that a move of their account can end them."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.sessions: set[SieveSession] = set()
+        config = node.config
+        self.tls_context = server_context(config) if config.managesieve.starttls else None
+        node.on_ownership_change.append(self.close_accounts)
+
+    async def close_accounts(self, accounts: list[str]) -> None:
+        wanted = set(accounts)
+        for session in list(self.sessions):
+            if session.account not in wanted or session.moved:
+                continue
+            session.moved = True
+            if session.busy:
+                continue  # it ends itself once this command's reply is out
+            try:
+                session.writer.write(_BYE_MOVED)
+                session.writer.close()
+            except Exception:
+                log.exception("closing the ManageSieve session of %s failed", session.account)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = SieveSession(self.node, reader, writer, self.tls_context)
+        self.sessions.add(session)
+        try:
+            await session.run()
+        except (_Closed, ConnectionError, ssl.SSLError):
+            pass
+        except asyncio.CancelledError:
+            pass  # the daemon is stopping
+        except Exception:
+            log.exception("ManageSieve session failed")
+        finally:
+            self.sessions.discard(session)
+            writer.close()
+
+
+async def start_managesieve(node: Node, host: str, port: int) -> asyncio.Server:
+    return await asyncio.start_server(SieveServer(node).handle, host, port)

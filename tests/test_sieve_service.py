@@ -1,0 +1,486 @@
+"""Sieve end to end: ManageSieve uploads (raw RFC 5804 client and sieve-connect),
+filtering at LMTP delivery with a real SMTP relay (aiosmtpd) on loopback, and
+the scripts and vacation records replicated across a failover."""
+
+from __future__ import annotations
+
+import base64
+import imaplib
+import re
+import smtplib
+import socket
+import sqlite3
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from tests.nodes import Node, make_pair, make_single, running
+from tests.procs import free_port, require, wait_until
+
+SCRIPT = b"""require ["fileinto", "imap4flags", "reject", "vacation", "copy"];
+if header :contains "subject" "project" {
+    fileinto :flags "\\\\Flagged" "Projects";
+    stop;
+}
+if header :contains "subject" "spam" { discard; stop; }
+if header :contains "subject" "go away" { reject "not wanted here"; stop; }
+if header :contains "subject" "forward" { redirect :copy "boss@elsewhere.test"; }
+if header :contains "subject" "holiday" {
+    vacation :days 3 :subject "Away" "I am away until Monday.";
+}
+"""
+
+
+# --- a real SMTP relay on loopback ------------------------------------------
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+
+@dataclass
+class Relay:
+    port: int
+    received: list[Received] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.lock:
+            self.received.append(
+                Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content)
+            )
+        return "250 OK"
+
+    def to(self, address: str) -> list[Received]:
+        with self.lock:
+            return [r for r in self.received if address in r.rcpt_tos]
+
+
+@pytest.fixture
+def relay() -> Iterator[Relay]:
+    port = free_port()
+    handler = Relay(port)
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield handler
+    finally:
+        controller.stop()
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "sieve.crt", directory / "sieve.key"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def sieve_overrides(tmp_path: Path, relay: Relay) -> dict[str, dict[str, Any]]:
+    cert, key = tmp_path / "sieve.crt", tmp_path / "sieve.key"
+    if not cert.exists():
+        self_signed(tmp_path)
+    return {
+        "tls": {"cert": str(cert), "key": str(key)},
+        # [tls] turns TLS on for the sync listener too: trust the same certificate.
+        "sync": {"sync_tls": True, "sync_tls_ca": str(cert)},
+        "managesieve": {"listen": f"127.0.0.1:{free_port()}", "login_failure_delay": "10ms"},
+        "sieve": {"relay": f"127.0.0.1:{relay.port}"},
+    }
+
+
+def sieve_port(node: Node) -> int:
+    match = re.search(r'\[managesieve\]\nlisten = "127\.0\.0\.1:(\d+)"', node.config.read_text())
+    assert match, node.config.read_text()
+    return int(match.group(1))
+
+
+# --- a raw ManageSieve client (RFC 5804) -----------------------------------------
+
+
+class Client:
+    def __init__(self, port: int) -> None:
+        self.sock: socket.socket | ssl.SSLSocket = socket.create_connection(
+            ("127.0.0.1", port), timeout=20
+        )
+        self.buffer = b""
+        self.greeting = self.response()
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed")
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\r\n")
+        return line
+
+    def response(self) -> tuple[str, list[bytes]]:
+        """(the final OK/NO/BYE line, the lines before it, literals inlined)."""
+        lines: list[bytes] = []
+        while True:
+            line = self.line()
+            literal = re.search(rb"\{(\d+)\}$", line)
+            if literal:
+                size = int(literal.group(1))
+                while len(self.buffer) < size:
+                    self.buffer += self.sock.recv(65536)
+                lines.append(line + b"\n" + self.buffer[:size])
+                self.buffer = self.buffer[size:]
+                continue
+            if re.match(rb"(OK|NO|BYE)\b", line):
+                return line.decode(), lines
+            lines.append(line)
+
+    def command(self, text: str, literal: bytes | None = None) -> tuple[str, list[bytes]]:
+        data = text.encode()
+        if literal is not None:
+            data += b" {%d+}\r\n" % len(literal) + literal
+        self.sock.sendall(data + b"\r\n")
+        return self.response()
+
+    def starttls(self) -> tuple[str, list[bytes]]:
+        status, _ = self.command("STARTTLS")
+        assert status.startswith("OK"), status
+        self.sock = unverified().wrap_socket(self.sock)
+        return self.response()  # the capabilities again (section 2.2)
+
+    def login(self, user: str, password: str) -> str:
+        token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        return self.command(f'AUTHENTICATE "PLAIN" "{token}"')[0]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def upload(node: Node, script: bytes, name: str = "main") -> None:
+    client = Client(sieve_port(node))
+    try:
+        client.starttls()
+        assert client.login("alice", "secret").startswith("OK")
+        assert client.command(f'PUTSCRIPT "{name}"', script)[0].startswith("OK")
+        assert client.command(f'SETACTIVE "{name}"')[0].startswith("OK")
+        client.command("LOGOUT")
+    finally:
+        client.close()
+
+
+def lmtp(node: Node, subject: str, sender: str = "carol@remote.test", **kw: Any) -> dict[str, Any]:
+    """Deliver; the refused recipients with their (code, text), read per recipient (RFC 2033 4.2)."""
+    rcpts = kw.get("rcpts", ["alice@example.test"])
+    body = (
+        f"Return-Path: <{sender}>\r\nFrom: {sender}\r\nTo: alice@example.test\r\n"
+        f"Subject: {subject}\r\nMessage-ID: <{abs(hash((subject, sender, kw.get('n'))))}@t>\r\n"
+        "\r\nhello\r\n"
+    ).encode()
+    with smtplib.LMTP("127.0.0.1", node.ports["lmtp"]) as client:
+        client.ehlo()
+        assert client.mail(sender)[0] == 250
+        for rcpt in rcpts:
+            assert client.rcpt(rcpt)[0] == 250
+        client.putcmd("data")
+        assert client.getreply()[0] == 354
+        client.send(body + b".\r\n")
+        replies = [client.getreply() for _ in rcpts]
+    return {r: reply for r, reply in zip(rcpts, replies, strict=True) if reply[0] != 250}
+
+
+def unverified() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def create_folder(node: Node, name: str) -> None:
+    with imaplib.IMAP4("127.0.0.1", node.ports["imap"], timeout=20) as client:
+        client.starttls(ssl_context=unverified())
+        client.login("alice", "secret")
+        assert client.create(name)[0] == "OK"
+
+
+# --- the ManageSieve listener, on the wire -------------------------------------------
+
+
+@pytest.fixture
+def single(tmp_path: Path, relay: Relay) -> Iterator[Node]:
+    overrides = sieve_overrides(tmp_path, relay)
+    del overrides["sync"]  # a single node has no partner
+    node = make_single(tmp_path, overrides=overrides)
+    with running(node):
+        node.add_account("alice")
+        node.add_account("bob")
+        yield node
+
+
+def test_managesieve_wire(single: Node) -> None:
+    client = Client(sieve_port(single))
+    try:
+        status, caps = client.greeting
+        assert status.startswith("OK")
+        assert b'"STARTTLS"' in caps and b'"SASL" ""' in caps  # no PLAIN in the clear
+        # RFC 5804 2.1: PLAIN needs TLS here.
+        assert "ENCRYPT-NEEDED" in client.login("alice", "secret")
+        _, caps = client.starttls()
+        assert b'"SASL" "PLAIN"' in caps and b'"STARTTLS"' not in caps
+        assert client.login("alice", "wrong").startswith("NO")
+        assert client.login("alice", "secret").startswith("OK")
+        bad = client.command('PUTSCRIPT "bad"', b'fileinto "x";\r\n')[0]
+        assert bad.startswith("NO") and "line 1" in bad
+        assert client.command('PUTSCRIPT "main"', SCRIPT)[0].startswith("OK")
+        assert client.command('PUTSCRIPT "other"', b"keep;\r\n")[0].startswith("OK")
+        assert client.command('SETACTIVE "nope"')[0].startswith("NO (NONEXISTENT)")
+        assert client.command('SETACTIVE "main"')[0].startswith("OK")
+        status, listing = client.command("LISTSCRIPTS")
+        assert status.startswith("OK") and listing == [b'"main" ACTIVE', b'"other"']
+        assert client.command('DELETESCRIPT "main"')[0].startswith("NO (ACTIVE)")
+        assert client.command('RENAMESCRIPT "other" "main"')[0].startswith("NO (ALREADYEXISTS)")
+        assert client.command('RENAMESCRIPT "main" "filters"')[0].startswith("OK")
+        status, body = client.command('GETSCRIPT "filters"')
+        assert status.startswith("OK") and body[0].endswith(SCRIPT)
+        assert client.command("LISTSCRIPTS")[1] == [b'"filters" ACTIVE', b'"other"']
+        assert client.command('DELETESCRIPT "other"')[0].startswith("OK")
+        assert client.command('GETSCRIPT "other"')[0].startswith("NO (NONEXISTENT)")
+        assert client.command("LOGOUT")[0].startswith("OK")
+    finally:
+        client.close()
+    # bob sees none of alice's scripts.
+    other = Client(sieve_port(single))
+    try:
+        other.starttls()
+        assert other.login("bob", "secret").startswith("OK")
+        status, listing = other.command("LISTSCRIPTS")
+        assert status.startswith("OK") and listing == []
+    finally:
+        other.close()
+
+
+def test_sieve_connect_uploads(single: Node, tmp_path: Path) -> None:
+    require("sieve-connect")
+    script = tmp_path / "up.sieve"
+    script.write_bytes(SCRIPT)
+    base = [
+        *("sieve-connect", "--server", "127.0.0.1", "--port", str(sieve_port(single))),
+        *("--user", "alice", "--passwordfd", "0", "--noclearauth", "--nosslverify"),
+    ]
+    for args in (
+        ["--upload", "--localsieve", str(script), "--remotesieve", "up"],
+        ["--activate", "--remotesieve", "up"],
+    ):
+        done = subprocess.run(
+            [*base, *args], input="secret\n", capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+    listed = subprocess.run(
+        [*base, "--list"], input="secret\n", capture_output=True, text=True, timeout=60
+    )
+    assert listed.stdout.splitlines() == ['"up" ACTIVE'], listed.stdout
+    back = tmp_path / "back.sieve"
+    got = subprocess.run(
+        [*base, "--download", "--remotesieve", "up", "--localsieve", str(back)],
+        input="secret\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert got.returncode == 0, got.stderr
+    assert back.read_bytes() == SCRIPT
+
+
+# --- filtering at delivery -------------------------------------------------------------------
+
+
+def test_delivery_runs_the_active_script(single: Node, relay: Relay) -> None:
+    node = single
+    create_folder(node, "Projects")
+    assert lmtp(node, "before any script") == {}
+    upload(node, SCRIPT)
+    # fileinto with imap4flags.
+    assert lmtp(node, "project plan") == {}
+    projects = node.mailbox("alice", "Projects")["messages"]
+    assert len(projects) == 1 and "\\Flagged" in projects[0]["flags"]
+    # The MTA sends it again (a lost 250): the same Message-ID is not filed twice.
+    assert lmtp(node, "project plan") == {}
+    assert len(node.mailbox("alice", "Projects")["messages"]) == 1
+    # discard: accepted, stored nowhere.
+    inbox_before = len(node.mailbox("alice")["messages"])
+    assert lmtp(node, "cheap spam") == {}
+    # reject: 550 for alice only; bob (no script) gets the message.
+    refused = lmtp(node, "go away", rcpts=["alice@example.test", "bob@example.test"])
+    assert list(refused) == ["alice@example.test"]
+    assert refused["alice@example.test"][0] == 550
+    assert b"not wanted here" in refused["alice@example.test"][1]
+    assert len(node.mailbox("bob")["messages"]) == 1
+    # redirect :copy through the relay, with the original envelope sender; kept too.
+    assert lmtp(node, "please forward") == {}
+    wait_until(lambda: relay.to("boss@elsewhere.test"), 10, "the redirect at the relay")
+    (sent,) = relay.to("boss@elsewhere.test")
+    assert sent.mail_from == "carol@remote.test" and b"Subject: please forward" in sent.data
+    # vacation: one reply per sender, from the null path.
+    assert lmtp(node, "holiday question", n=1) == {}
+    assert lmtp(node, "holiday again", n=2) == {}
+    wait_until(lambda: relay.to("carol@remote.test"), 10, "the vacation reply")
+    replies = relay.to("carol@remote.test")
+    assert len(replies) == 1 and replies[0].mail_from == "<>"  # MAIL FROM:<>
+    assert b"Subject: Away" in replies[0].data and b"Auto-Submitted: auto-replied" in (
+        replies[0].data
+    )
+    counters = node.call("GET", "/v1/status")["counters"]
+    assert (counters["sieve_rejected"], counters["sieve_redirected"]) == (1, 1)
+    assert counters["sieve_vacation_replies"] == 1
+    inbox = node.mailbox("alice")["messages"]
+    # before any script, forward (kept by :copy), two holiday mails (implicit keep)
+    assert len(inbox) == inbox_before + 3
+
+
+def test_script_error_keeps_the_message(single: Node, relay: Relay) -> None:
+    # Redirects past the limit are a run-time error (docs/sieve.md): implicit keep.
+    script = b"".join(b'redirect "r%d@elsewhere.test";\r\n' % i for i in range(8))
+    upload(single, script)
+    assert lmtp(single, "many redirects") == {}
+    assert len(single.mailbox("alice")["messages"]) == 1
+    assert relay.received == []
+
+
+# --- replication and failover ---------------------------------------------------------------
+
+
+def beta_scripts(node: Node) -> list[tuple[str, int]]:
+    with sqlite3.connect(f"file:{node.db_path}?mode=ro", uri=True) as db:
+        return list(db.execute("SELECT name, active FROM sieve_scripts ORDER BY name"))
+
+
+def test_failover_filters_with_the_same_script(tmp_path: Path, relay: Relay) -> None:
+    alpha, beta = make_pair(
+        tmp_path,
+        {"alpha": sieve_overrides(tmp_path, relay), "beta": sieve_overrides(tmp_path, relay)},
+    )
+    with running(alpha, beta):
+        alpha.add_account("alice")
+        create_folder(alpha, "Projects")
+        upload(alpha, SCRIPT)
+        # The rolling replicator brings the script and its active mark over.
+        wait_until(lambda: beta_scripts(beta) == [("main", 1)], 20, "the script on beta")
+        assert lmtp(alpha, "holiday plans", n=1) == {}
+        wait_until(lambda: relay.to("carol@remote.test"), 10, "the vacation reply")
+        alpha.replicate("alice")
+        alpha.kill9()
+        beta.call("POST", "/v1/failover", {})
+        # beta filters with alpha's script ...
+        assert lmtp(beta, "project status") == {}
+        assert len(beta.mailbox("alice", "Projects")["messages"]) == 1
+        # ... and does not answer carol a second time (the record came along).
+        assert lmtp(beta, "holiday again", n=2) == {}
+        assert lmtp(beta, "forward this") == {}
+        wait_until(lambda: relay.to("boss@elsewhere.test"), 10, "the redirect from beta")
+        assert len(relay.to("carol@remote.test")) == 1
+        # ManageSieve on beta now serves alice, with the script that came over.
+        client = Client(sieve_port(beta))
+        try:
+            client.starttls()
+            assert client.login("alice", "secret").startswith("OK")
+            assert client.command("LISTSCRIPTS")[1] == [b'"main" ACTIVE']
+        finally:
+            client.close()
+
+
+def test_switchover_ends_the_session_and_beta_serves_the_scripts(
+    tmp_path: Path, relay: Relay
+) -> None:
+    alpha, beta = make_pair(
+        tmp_path,
+        {"alpha": sieve_overrides(tmp_path, relay), "beta": sieve_overrides(tmp_path, relay)},
+    )
+    with running(alpha, beta):
+        alpha.add_account("alice")
+        upload(alpha, SCRIPT)
+        client = Client(sieve_port(alpha))
+        try:
+            client.starttls()
+            assert client.login("alice", "secret").startswith("OK")
+            status, _ = client.command('HAVESPACE "more" 100')
+            assert status.startswith("OK")
+            alpha.call("POST", "/v1/switchover", {"accounts": ["alice"]})
+            # The account moved: the idle session is told and closed.
+            status, _ = client.response()
+            assert status.startswith("BYE (TRYLATER)")
+        finally:
+            client.close()
+        # alpha refuses the login now, naming the owner; beta serves the script.
+        again = Client(sieve_port(alpha))
+        try:
+            again.starttls()
+            refused = again.login("alice", "secret")
+            assert refused.startswith("NO (TRYLATER)") and "beta" in refused
+        finally:
+            again.close()
+        other = Client(sieve_port(beta))
+        try:
+            other.starttls()
+            assert other.login("alice", "secret").startswith("OK")
+            assert other.command("LISTSCRIPTS")[1] == [b'"main" ACTIVE']
+            status, body = other.command('GETSCRIPT "main"')
+            assert status.startswith("OK") and body[0].endswith(SCRIPT)
+        finally:
+            other.close()
+
+
+def test_postfix_delivers_through_lmtp_and_the_script_files_and_rejects(
+    tmp_path: Path, relay: Relay
+) -> None:
+    from tests.harness.postfix import Postfix
+
+    overrides = sieve_overrides(tmp_path, relay)
+    del overrides["sync"]
+    socketmap = free_port()
+    overrides["listen"] = {"socketmap": f"127.0.0.1:{socketmap}"}
+    node = make_single(tmp_path, overrides=overrides)
+    with running(node):
+        node.add_account("alice")
+        create_folder(node, "Projects")
+        upload(node, SCRIPT)
+        postfix = Postfix(socketmap, "example.test").start()
+        try:
+            postfix.send("alice@example.test", subject="project kickoff")
+            wait_until(
+                lambda: len(node.mailbox("alice", "Projects")["messages"]) == 1,
+                30,
+                "Postfix's delivery filed into Projects",
+            )
+            postfix.send("alice@example.test", subject="go away now")
+            # The 550 from LMTP makes Postfix bounce it, with the script's reason.
+            postfix.wait_log("status=bounced", timeout=30)
+            assert "not wanted here" in postfix.log()
+            assert node.mailbox("alice")["messages"] == []
+        finally:
+            postfix.stop()
+
+
+def test_without_a_certificate_plain_goes_in_the_clear(tmp_path: Path) -> None:
+    node = make_single(tmp_path, overrides={"managesieve": {"listen": f"127.0.0.1:{free_port()}"}})
+    with running(node):
+        node.add_account("alice")
+        client = Client(sieve_port(node))
+        try:
+            _, caps = client.greeting
+            assert b'"SASL" "PLAIN"' in caps and b"STARTTLS" not in b"".join(caps)
+            assert client.login("alice", "secret").startswith("OK")
+            assert client.command('PUTSCRIPT "a"', b"keep;\r\n")[0].startswith("OK")
+        finally:
+            client.close()
