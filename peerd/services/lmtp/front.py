@@ -193,7 +193,9 @@ class LmtpHandler:
         try:
             # Shielded: once the bytes are here, the delivery runs to its end
             # even if the client hangs up; nothing is half-stored.
-            return await asyncio.shield(self._deliver(message.recipients, message.data))
+            return await asyncio.shield(
+                self._deliver(message.recipients, message.data, message.sender)
+            )
         except Exception:
             log.exception("delivery failed")
             return [S451_LOCAL_ERROR] * len(message.recipients)
@@ -202,7 +204,7 @@ class LmtpHandler:
             if self.inflight == 0:
                 self.idle.set()
 
-    async def _deliver(self, recipients: tuple[str, ...], data: bytes) -> list[str]:
+    async def _deliver(self, recipients: tuple[str, ...], data: bytes, sender: str) -> list[str]:
         try:
             # Hashed and written to a temp file here (page cache); the group
             # commit makes the batch's files durable together.
@@ -214,7 +216,7 @@ class LmtpHandler:
         except EngineError as exc:
             return [lmtp_reply(exc)] * len(recipients)
         return await self.backend.deliver(
-            Message(recipients, staged, len(data), message_id_of(data))
+            Message(recipients, staged, len(data), message_id_of(data), mail_from=sender)
         )
 
 

@@ -27,7 +27,8 @@ worker -> daemon           daemon -> worker
 ``{"op": "deliver", "id",  ``{"id", "replies": ["250 ...", ...]}``: one per
 "recipients", "guid",      recipient, in order
 "tmp", "size",
-"message_id"}``
+"message_id",
+"mail_from"}``
 =========================  ===============================================
 
 Lifecycle: the listening socket stays open in the daemon while a worker is
@@ -216,6 +217,7 @@ class WorkerPool:
                 staged=staged,
                 size=int(request["size"]),
                 message_id=request.get("message_id"),
+                mail_from=None if request.get("mail_from") is None else str(request["mail_from"]),
             )
             return {"replies": await self.backend.deliver(message)}
         raise ValueError(f"unknown request {op!r}")
@@ -442,6 +444,7 @@ class PipeBackend:
                     "tmp": None if staged.tmp is None else str(staged.tmp),
                     "size": message.size,
                     "message_id": message.message_id,
+                    "mail_from": message.mail_from,
                 }
             )
         except ConnectionError:
