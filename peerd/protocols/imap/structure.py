@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 MAX_DEPTH = 50
+_BYTES_FOLD: Final = re.compile(rb"\r?\n(?=[ \t])")
 _HEADER_PARSER = BytesHeaderParser(policy=compat32)
 
 
@@ -68,7 +69,10 @@ def _split(raw: bytes) -> tuple[bytes, bytes]:
 
 def parse(raw: bytes, depth: int = 0, default: str = "text/plain") -> Part:
     header, body = _split(raw)
-    fields = _HEADER_PARSER.parsebytes(header)
+    # RFC 5322 2.2.3: a field's value is read unfolded (a fold's CRLF goes,
+    # its white space stays), or a folded parameter keeps a CRLF inside it
+    # (boundary="foo<CRLF> bar" would never match a boundary line).
+    fields = _HEADER_PARSER.parsebytes(_BYTES_FOLD.sub(b"", header))
     ctype = fields.get_content_type() if fields.get("Content-Type") else default
     maintype, _, subtype = ctype.partition("/")
     part = Part(header, body, fields, maintype.lower(), (subtype or "plain").lower())
@@ -129,24 +133,78 @@ def _raw(fields: Message, name: str) -> str | None:
     return str(value).replace("\r", "").replace("\n", "")
 
 
+def _split_top(value: str) -> list[str]:
+    """An address-list cut at the ``,``, ``:`` and ``;`` that separate its items
+    and groups (RFC 5322 3.4): text, separator, text, ... Quoted strings,
+    comments and angle-addrs are kept whole (a route's ``:`` is inside ``<>``)."""
+    items: list[str] = []
+    current: list[str] = []
+    quoted = escaped = angle = False
+    comment = 0
+    for ch in value:
+        if escaped:
+            escaped = False
+        elif (quoted or comment) and ch == "\\":
+            escaped = True
+        elif quoted:
+            quoted = ch != '"'
+        elif comment:
+            comment += (ch == "(") - (ch == ")")
+        elif ch == '"':
+            quoted = True
+        elif ch == "(":
+            comment = 1
+        elif ch == "<":
+            angle = True
+        elif ch == ">":
+            angle = False
+        elif ch in ",:;" and not angle:
+            items += ["".join(current), ch]
+            current = []
+            continue
+        current.append(ch)
+    items.append("".join(current))
+    return items
+
+
+def _address(display: str | None, local: str | None, host: str | None) -> bytes:
+    return b"(" + nstring(display) + b" NIL " + nstring(local) + b" " + nstring(host) + b")"
+
+
+def _group_name(text: str) -> str:
+    name = text.strip()
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        name = re.sub(r"\\(.)", r"\1", name[1:-1])
+    return name
+
+
 def _addresses(fields: Message, name: str) -> bytes:
+    """An address header for ENVELOPE (RFC 3501 7.4.2): one address structure
+    per mailbox, and a group as its start marker ``(NIL NIL "name" NIL)``,
+    its members, and the end marker ``(NIL NIL NIL NIL)``."""
     values = fields.get_all(name)
     if not values:
         return b"NIL"
-    out = []
-    for display, address in email.utils.getaddresses([str(v) for v in values]):
-        if not address and not display:
+    out: list[bytes] = []
+    items = _split_top(", ".join(str(v) for v in values))
+    in_group = False
+    for at in range(0, len(items), 2):
+        text = items[at]
+        separator = items[at + 1] if at + 1 < len(items) else ""
+        if separator == ":" and not in_group:
+            out.append(_address(None, _group_name(text) or None, None))
+            in_group = True
             continue
-        local, _, host = address.rpartition("@") if "@" in address else (address, "", "")
-        out.append(
-            b"("
-            + nstring(display or None)
-            + b" NIL "
-            + nstring(local or None)
-            + b" "
-            + nstring(host or None)
-            + b")"
-        )
+        for display, address in email.utils.getaddresses([text]):
+            if not address and not display:
+                continue
+            local, _, host = address.rpartition("@") if "@" in address else (address, "", "")
+            out.append(_address(display or None, local or None, host or None))
+        if separator == ";" and in_group:
+            out.append(_address(None, None, None))
+            in_group = False
+    if in_group:
+        out.append(_address(None, None, None))  # a group nobody closed
     return b"(" + b"".join(out) + b")" if out else b"NIL"
 
 
@@ -228,18 +286,30 @@ def bodystructure(part: Part, extended: bool = True) -> bytes:
 # -- BODY[section] (RFC 3501 6.4.5) -------------------------------------------------
 
 
-def _descend(part: Part, path: list[int]) -> Part | None:
-    current = part
-    for number in path:
-        if current.message is not None and not current.children:
-            current = current.message
-        if current.children:
-            if not 1 <= number <= len(current.children):
+def _descend(root: Part, path: list[int]) -> Part | None:
+    """The part ``path`` names (RFC 3501 6.4.5): the numbers count the parts of
+    a multipart, and a message that is not multipart has one part, its body,
+    numbered 1. After a message/rfc822 part's own number, the next number
+    counts inside the message it encapsulates; after a multipart's, inside
+    that multipart."""
+    context = part = root
+    for at, number in enumerate(path):
+        if at:
+            if part.message is not None:
+                context = part.message
+            elif part.children:
+                context = part
+            else:
                 return None
-            current = current.children[number - 1]
-        elif number != 1:
+        if context.children:
+            if not 1 <= number <= len(context.children):
+                return None
+            part = context.children[number - 1]
+        elif number == 1:
+            part = context
+        else:
             return None
-    return current
+    return part
 
 
 def _header_fields(header: bytes, names: list[str], keep: bool) -> bytes:
@@ -299,8 +369,24 @@ def section(
 # -- text for SEARCH --------------------------------------------------------------------
 
 
+_ADDRESS_FIELDS: Final = frozenset({"from", "sender", "reply-to", "to", "cc", "bcc"})
+
+
 def decoded_header(part: Part, name: str) -> str:
-    return " ".join(decode_words(str(value)) for value in part.fields.get_all(name) or [])
+    """A header field's decoded text; for an address field, each address also
+    as ``display <local@domain>`` with comments and folding white space gone,
+    so that SEARCH FROM finds ``user@domain.org`` in
+    ``<user (comment)@ (comment) domain.org>``."""
+    values = [str(value) for value in part.fields.get_all(name) or []]
+    text = " ".join(decode_words(value) for value in values)
+    if name.lower() not in _ADDRESS_FIELDS or not values:
+        return text
+    addresses = [
+        f"{decode_words(display)} <{address}>".strip()
+        for display, address in email.utils.getaddresses(values)
+        if address or display
+    ]
+    return text + "\n" + "\n".join(addresses)
 
 
 def decoded_headers(part: Part) -> str:

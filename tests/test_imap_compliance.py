@@ -1,0 +1,110 @@
+"""IMAP answers a compliance suite checks, on the wire (issue 10, items 1, 2, 7, 9).
+
+Each message is APPENDed to a real node and read back with imaplib; the
+expected answers are built from RFC 3501 (6.4.5 part numbers, 7.4.2 ENVELOPE
+and BODYSTRUCTURE) and RFC 5322 (unfolding, groups, comments).
+"""
+
+from __future__ import annotations
+
+import imaplib
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.conftest import LoneNode
+
+NodeFactory = Callable[..., LoneNode]
+
+INNER = (
+    b"From: inner@example.org\r\nSubject: inner\r\nContent-Type: multipart/alternative; "
+    b'boundary="in"\r\n\r\n--in\r\nContent-Type: text/plain\r\n\r\ninner plain\r\n'
+    b"--in\r\nContent-Type: text/html\r\n\r\n<p>inner html</p>\r\n--in--\r\n"
+)
+ATTACHED = (
+    b"From: outer@example.org\r\nSubject: outer\r\nContent-Type: multipart/mixed; "
+    b'boundary="out"\r\n\r\n--out\r\nContent-Type: message/rfc822\r\n\r\n'
+    + INNER
+    + b"\r\n--out\r\nContent-Type: text/plain\r\n\r\nouter text\r\n--out--\r\n"
+)
+TOP_LEVEL_RFC822 = (
+    b"From: outer@example.org\r\nSubject: forward\r\nContent-Type: message/rfc822\r\n\r\n" + INNER
+)
+FOLDED = (
+    b"From: a@example.org\r\nSubject: folded\r\nContent-Type: multipart/mixed;\r\n"
+    b' boundary="foo\r\n bar"\r\n\r\n--foo bar\r\nContent-Type: text/plain\r\n\r\n'
+    b"first\r\n--foo bar\r\nContent-Type: text/html\r\n\r\n<b>second</b>\r\n--foo bar--\r\n"
+)
+GROUPS = (
+    b"From: a@example.org\r\nTo: group: g1@d1.org, g2@d2.org;, solo@d3.org\r\n"
+    b"Cc: undisclosed-recipients:;\r\nSubject: groups\r\n\r\nbody\r\n"
+)
+COMMENTS = b"From: Someone <user-from (comment)@ (comment) domain.org>\r\nSubject: comments\r\n\r\nbody\r\n"
+
+
+@pytest.fixture
+def mailbox(lone_node: NodeFactory) -> Iterator[imaplib.IMAP4]:
+    node = lone_node()
+    node.add_account("user")
+    client = imaplib.IMAP4("127.0.0.1", node.port("imap"))
+    client.login("user", "secret")
+    for message in (ATTACHED, TOP_LEVEL_RFC822, FOLDED, GROUPS, COMMENTS):
+        assert client.append("INBOX", None, None, message)[0] == "OK"
+    client.select("INBOX")
+    yield client
+    client.logout()
+
+
+def fetch(client: imaplib.IMAP4, seq: int, item: str) -> bytes | None:
+    status, data = client.fetch(str(seq), f"({item})")
+    assert status == "OK", data
+    first = data[0]
+    if isinstance(first, tuple):
+        return first[1]
+    assert first is not None
+    return None if first.rstrip().endswith(b"NIL)") else first
+
+
+def test_message_rfc822_part_numbers(mailbox: imaplib.IMAP4) -> None:
+    # RFC 3501 6.4.5: [1] of a multipart is its first part, whole.
+    assert fetch(mailbox, 1, "BODY.PEEK[1]") == INNER
+    assert fetch(mailbox, 1, "BODY.PEEK[1.HEADER]") == INNER.split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+    assert fetch(mailbox, 1, "BODY.PEEK[1.MIME]") == b"Content-Type: message/rfc822\r\n\r\n"
+    assert fetch(mailbox, 1, "BODY.PEEK[1.TEXT]") == INNER.split(b"\r\n\r\n", 1)[1]
+    assert fetch(mailbox, 1, "BODY.PEEK[1.1]") == b"inner plain"
+    assert fetch(mailbox, 1, "BODY.PEEK[1.2]") == b"<p>inner html</p>"
+    assert fetch(mailbox, 1, "BODY.PEEK[1.2.MIME]") == b"Content-Type: text/html\r\n\r\n"
+    assert fetch(mailbox, 1, "BODY.PEEK[2]") == b"outer text"
+    # A message that is message/rfc822 itself: part 1 is its body, the
+    # attached message whole; 1.HEADER is the attached message's header.
+    assert fetch(mailbox, 2, "BODY.PEEK[1]") == INNER
+    assert fetch(mailbox, 2, "BODY.PEEK[1.HEADER]") == INNER.split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+    assert fetch(mailbox, 2, "BODY.PEEK[1.1]") == b"inner plain"
+
+
+def test_folded_boundary_parameter(mailbox: imaplib.IMAP4) -> None:
+    status, data = mailbox.fetch("3", "(BODYSTRUCTURE)")
+    assert status == "OK"
+    text = data[0]
+    assert isinstance(text, bytes)
+    assert b'"TEXT" "PLAIN"' in text and b'"TEXT" "HTML"' in text and b'"MIXED"' in text
+    assert fetch(mailbox, 3, "BODY.PEEK[2]") == b"<b>second</b>"
+
+
+def test_envelope_address_groups(mailbox: imaplib.IMAP4) -> None:
+    status, data = mailbox.fetch("4", "(ENVELOPE)")
+    assert status == "OK"
+    text = data[0]
+    assert isinstance(text, bytes)
+    assert (
+        b'((NIL NIL "group" NIL)(NIL NIL "g1" "d1.org")(NIL NIL "g2" "d2.org")(NIL NIL NIL NIL)'
+        b'(NIL NIL "solo" "d3.org"))' in text
+    )
+    assert b'((NIL NIL "undisclosed-recipients" NIL)(NIL NIL NIL NIL))' in text
+
+
+def test_search_from_ignores_comments(mailbox: imaplib.IMAP4) -> None:
+    status, data = mailbox.search(None, "FROM", "user-from@domain.org")
+    assert status == "OK" and data[0] == b"5"
+    status, data = mailbox.search(None, "FROM", "Someone")
+    assert data[0] == b"5"
