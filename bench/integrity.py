@@ -165,10 +165,12 @@ def rebuild_figures(workdir: Path, count: int, accounts: int) -> dict[str, Any]:
         for a in range(accounts):
             name = f"r{a}"
             mine = [m["guid"] for m in alpha.mailbox(name)["messages"]]
+
+            def caught_up(name: str = name, mine: list[str] = mine) -> bool:
+                return [m["guid"] for m in beta.mailbox(name)["messages"]] == mine
+
             wait_until(
-                lambda name=name, mine=mine: (
-                    [m["guid"] for m in beta.mailbox(name)["messages"]] == mine
-                ),
+                caught_up,
                 60,
                 f"{name} equal on beta",
             )

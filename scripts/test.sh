@@ -8,7 +8,15 @@
 set -euo pipefail
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 
-step() { printf '\n== %s\n' "$*"; }
+# Each phase says its name, its number and the time since the start, so a CI
+# log shows where a run is and where its time went.
+PHASES=$(grep -c '^step ' "${BASH_SOURCE[0]}")
+phase=0
+started=$SECONDS
+step() {
+  phase=$((phase + 1))
+  printf '\n== [%d/%d] %s (at %ds)\n' "$phase" "$PHASES" "$*" "$((SECONDS - started))"
+}
 
 # --- Debian packages ----------------------------------------------------------
 
@@ -79,11 +87,12 @@ fi
 
 # --- static checks ------------------------------------------------------------
 
-step "ruff check"
+step "ruff check and ruff format --check"
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 
-step "mypy --strict"
-.venv/bin/mypy --strict peerd ownership engine migrations
+step "mypy --strict (the code, the tests and the benchmarks)"
+.venv/bin/mypy --strict peerd ownership engine migrations tests bench
 
 step "alembic check (models and migrations agree)"
 if [ -f migrations/alembic.ini ]; then

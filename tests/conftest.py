@@ -1,17 +1,54 @@
-"""Shared fixtures. The harness's come first: a real PostgreSQL server for the
-session, a fresh database per test, and a process registry that stops what a
-test started, by pid, even when the test fails."""
+"""The fixtures, one set for every test module (the harness is tests/harness/).
+
+``pg_server`` (one real PostgreSQL server per session, i.e. per xdist worker)
+and ``pg_url`` (a fresh database on it, copied from a migrated template);
+``procs`` (a registry that stops what a test started, by pid, even when the
+test fails); ``node`` (one running node), ``pair`` (alpha and beta running),
+``lone_node`` (a factory of single nodes whose partner is named but never
+runs) and ``store`` (an engine store on SQLite and on PostgreSQL).
+
+A module chooses what ``node`` starts with a marker::
+
+    pytestmark = pytest.mark.node(partner="beta", overrides={"lmtp": {...}})
+
+``partner`` set: the node is a ``lone_node`` (its partner is named, no
+replication runs); unset: a node with no partner at all (``make_single``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import migrations
+from engine.store import Store
+from tests.harness.clients import Burst, burst_message
+from tests.harness.daemons import (
+    Node,
+    make_pair,
+    make_single,
+    running,
+    template_database,
+    write_pair_configs,
+)
 from tests.harness.postgres import PgServer, require_pg
 from tests.harness.procs import Registry
-from tests.nodes import Node, make_pair, make_single, running
+
+__all__ = ["Burst", "LoneNode", "burst_message"]
+
+# The name tests/test_lmtp.py and others import for a ``lone_node``: the same class.
+LoneNode = Node
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "node(partner=None, overrides=None): what the `node` fixture starts in this module",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -26,8 +63,9 @@ def pg_server() -> Iterator[PgServer]:
 
 @pytest.fixture
 def pg_url(pg_server: PgServer) -> str:
-    """A fresh database on the session's server: ``postgresql+psycopg://postgres@127.0.0.1:PORT/t_…``."""
-    return pg_server.create_database()
+    """A fresh database on the session's server, already at the migrations' head:
+    ``postgresql+psycopg://postgres@127.0.0.1:PORT/t_…``."""
+    return pg_server.create_database(template=pg_server.migrated_template())
 
 
 @pytest.fixture
@@ -42,12 +80,37 @@ def procs(tmp_path: Path) -> Iterator[Registry]:
             pytest.fail("stopping processes failed:\n" + "\n".join(errors))
 
 
-# --- other fixtures below ---
+def _lone(workdir: Path, overrides: dict[str, Any] | None) -> Node:
+    alpha, _, _ = write_pair_configs(workdir, {"sync": {"sync_host": None}}, alpha=overrides)
+    return Node(alpha)
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    single = make_single(tmp_path)
+def lone_node(tmp_path: Path, procs: Registry) -> Callable[..., Node]:
+    """``lone_node(overrides=None, start=True)``: a single node alpha in
+    ``tmp_path/node`` whose partner beta is named (so an account can be owned by
+    beta) but has no sync address: no replication runs. Stopped by pid at
+    teardown (``overrides`` merge into alpha's config)."""
+
+    def make(overrides: dict[str, Any] | None = None, start: bool = True) -> Node:
+        node = procs.add(_lone(tmp_path / "node", overrides))
+        if start:
+            node.start()
+        return node
+
+    return make
+
+
+@pytest.fixture
+def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Node]:
+    """One running node, as the module's ``pytest.mark.node`` says (default: no partner)."""
+    marker = request.node.get_closest_marker("node")
+    options = dict(marker.kwargs) if marker else {}
+    overrides = options.get("overrides")
+    if options.get("partner") is not None:
+        single = _lone(tmp_path / "node", overrides)
+    else:
+        single = make_single(tmp_path, overrides=overrides)
     try:
         yield single.start()
     finally:
@@ -56,170 +119,18 @@ def node(tmp_path: Path) -> Iterator[Node]:
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[Node, Node]]:
+    """alpha and beta (``make_pair``), running; stopped at teardown."""
     alpha, beta = make_pair(tmp_path)
     with running(alpha, beta):
         yield alpha, beta
 
 
-# Imports for the fixtures below stay down here: the file above is the harness's.
-import contextlib  # noqa: E402
-import smtplib  # noqa: E402
-import threading  # noqa: E402
-import tomllib  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from typing import Any  # noqa: E402
-from urllib.parse import quote  # noqa: E402
-
-import migrations  # noqa: E402
-from engine.store import Store  # noqa: E402
-from tests.harness.daemons import Daemon, write_pair_configs  # noqa: E402
-
-
-def burst_message(subject: str) -> bytes:
-    """Every fifth message is ~300 KB, so a kill often lands in the middle of one."""
-    body = (b"y" * 76 + b"\r\n") * (4000 if subject.endswith("0") or subject.endswith("5") else 40)
-    return f"Subject: {subject}\r\nMessage-ID: <{subject}@burst>\r\n\r\n".encode() + body
-
-
-@dataclass
-class Burst:
-    """Deliveries from several threads, each on its own LMTP connection.
-
-    ``acked``: subjects that got a 250. ``inflight``: per thread, the subject
-    sent when its connection broke (stored or not: the MTA cannot know).
-    """
-
-    acked: list[str] = field(default_factory=list)
-    inflight: dict[int, str | None] = field(default_factory=dict)
-    threads: list[threading.Thread] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def join(self, timeout: float = 60) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout)
-            assert not thread.is_alive(), "a delivery thread hung"
-
-    @property
-    def unknown(self) -> set[str]:
-        return {s for s in self.inflight.values() if s is not None}
-
-
-class LoneNode(Daemon):
-    """One real ``peerd run`` (alpha). Its partner beta is named (so an account
-    can be owned by beta) but has no sync address: no replication runs."""
-
-    @property
-    def workdir_data(self) -> Path:
-        return self.workdir / "var" / self.name
-
-    @property
-    def db_path(self) -> Path:
-        return self.workdir_data / "peerd.db"
-
-    @property
-    def db_url(self) -> str:
-        return f"sqlite:///{self.db_path}"
-
-    def port(self, listener: str) -> int:
-        return int(tomllib.loads(self.config.read_text())["listen"][listener].rpartition(":")[2])
-
-    def lmtp(self, timeout: float = 30) -> smtplib.LMTP:
-        return smtplib.LMTP("127.0.0.1", self.port("lmtp"), timeout=timeout)
-
-    def add_account(self, name: str, password: str = "secret", **extra: Any) -> Any:
-        return self.call("POST", "/v1/accounts", {"name": name, "password": password, **extra})
-
-    def records(self, account: str, mailbox: str = "INBOX") -> list[dict[str, Any]]:
-        path = f"/v1/accounts/{quote(account)}/mailboxes/{quote(mailbox, safe='')}"
-        return list(self.call("GET", path)["messages"])
-
-    def burst(self, account: str, threads: int, per_thread: int, tag: str = "burst") -> Burst:
-        """Start delivering ``TAG-T-I`` messages to ``account``; returns at once."""
-        burst = Burst()
-        port = self.port("lmtp")
-
-        def run(t: int) -> None:
-            with (
-                contextlib.suppress(OSError, smtplib.SMTPException),
-                smtplib.LMTP("127.0.0.1", port, timeout=60) as client,
-            ):
-                for i in range(per_thread):
-                    if burst.stop.is_set():
-                        return
-                    subject = f"{tag}-{t}-{i}"
-                    burst.inflight[t] = subject
-                    refused = client.sendmail(
-                        "s@example.test", [f"{account}@example.test"], burst_message(subject)
-                    )
-                    assert refused == {}
-                    burst.acked.append(subject)
-                    burst.inflight[t] = None
-
-        burst.threads = [
-            threading.Thread(target=run, args=(t,), daemon=True) for t in range(threads)
-        ]
-        for thread in burst.threads:
-            thread.start()
-        return burst
-
-    def audit(self, account: str) -> list[str]:
-        """Open the node's store in this process (the node may be down) and check
-        it: every record's spool file is whole (bytes match the GUID), checksums,
-        ``exists`` and quota usage agree with the records. Returns the subjects
-        of the live records, all mailboxes, in UID order."""
-        from engine import accounts, mailbox, messages
-        from engine.flags import record_hash
-        from engine.store import Store
-
-        store = Store(self.db_url, self.workdir_data, owner=False)
-        try:
-
-            def read(s: Any) -> list[tuple[str, int]]:
-                acct = accounts.get_account(s, account)
-                live: list[tuple[str, int]] = []
-                for box in mailbox.list_mailboxes(s, acct):
-                    records = messages.live_records(s, box)
-                    xor = 0
-                    for r in records:
-                        xor ^= record_hash(r.uid, r.guid, r.flags, r.internaldate)
-                    assert (box.checksum, box.exists) == (xor, len(records)), box.name
-                    live += [(r.guid, r.size) for r in records]
-                assert acct.quota_used == sum(size for _, size in live)
-                return live
-
-            subjects = []
-            for guid, size in store.read_sync(read):
-                data = store.spool.read(guid)  # raises Corrupt on a missing or partial file
-                assert len(data) == size
-                subjects.append(data.split(b"\r\n", 1)[0].removeprefix(b"Subject: ").decode())
-            return subjects
-        finally:
-            store.close()
-
-
-@pytest.fixture
-def lone_node(tmp_path: Path, procs: Registry) -> Callable[..., LoneNode]:
-    """``lone_node(overrides=None, start=True)``: a single node in ``tmp_path/node``,
-    stopped by pid at teardown (``overrides`` merge into alpha's config)."""
-
-    def make(overrides: dict[str, Any] | None = None, start: bool = True) -> LoneNode:
-        alpha, _, _ = write_pair_configs(
-            tmp_path / "node", {"sync": {"sync_host": None}}, alpha=overrides
-        )
-        node = procs.add(LoneNode(alpha))
-        if start:
-            node.start()
-        return node
-
-    return make
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """A store on SQLite and on the real PostgreSQL server, its schema from Alembic."""
+    """A store on SQLite and on the real PostgreSQL server, its schema from
+    Alembic (copied from a migrated template; ``upgrade`` finds it at head)."""
     if request.param == "sqlite":
+        shutil.copyfile(template_database(), tmp_path / "peerd.db")
         url = f"sqlite:///{tmp_path / 'peerd.db'}"
     else:
         url = request.getfixturevalue("pg_url")

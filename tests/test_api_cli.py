@@ -7,7 +7,6 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,8 @@ from tests.conftest import LoneNode
 from tests.harness.daemons import TOKEN
 from tests.nodes import peerctl
 
-
-@pytest.fixture
-def node(lone_node: Callable[..., LoneNode]) -> LoneNode:
-    return lone_node()
+# The `node` fixture (tests/conftest.py): a lone node, its partner beta named.
+pytestmark = pytest.mark.node(partner="beta")
 
 
 def request(

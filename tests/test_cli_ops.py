@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import smtplib
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,7 @@ def test_failover_switchover_failback_from_the_command_line(pair: tuple[Node, No
     for node, account in ((alpha, "alice"), (alpha, "bob"), (beta, "carol")):
         deliver(node, account, f"{account}-1")
     for node, account in ((beta, "alice"), (beta, "bob"), (alpha, "carol")):
-        wait_until(lambda n=node, a=account: _count(n, a) == 1, 15, f"{account} replicated")
+        wait_until(partial(_count_is, node, account, 1), 15, f"{account} replicated")
 
     refused = peerctl(beta, "failover")
     assert refused.returncode == 1 and "PartnerReachable" in refused.stderr
@@ -175,6 +176,10 @@ def test_failover_switchover_failback_from_the_command_line(pair: tuple[Node, No
     assert code == 451 and b"beta" in text
     deliver(beta, "alice", "alice-on-beta")
     wait_until(lambda: _count(alpha, "alice") == 2, 15, "beta's mail for alice on alpha")
+
+
+def _count_is(node: Node, account: str, n: int) -> bool:
+    return _count(node, account) == n
 
 
 def _count(node: Node, account: str) -> int:

@@ -14,7 +14,7 @@ import re
 import smtplib
 import subprocess
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pytest
 
@@ -96,7 +96,7 @@ def files(maildir: Path, folder: str) -> list[Path]:
     )
 
 
-def server(node: Node, mailbox: str = "INBOX") -> list[dict[str, object]]:
+def server(node: Node, mailbox: str = "INBOX") -> list[dict[str, Any]]:
     return list(node.mailbox("alice", mailbox)["messages"])
 
 
@@ -133,7 +133,7 @@ def test_mbsync_both_ways_flags_moves_and_failover(
     result = mbsync(config)
     assert result.returncode == 0, result.stderr
     inbox = server(alpha)
-    assert len(inbox) == 2 and any(set(m["flags"]) == {"\\Flagged", "\\Seen"} for m in inbox)  # type: ignore[arg-type]
+    assert len(inbox) == 2 and any(set(m["flags"]) == {"\\Flagged", "\\Seen"} for m in inbox)
     assert len(server(alpha, "Archive")) == 1
     # And the server's changes come back: only the new message is fetched.
     deliver(alpha, 3)
@@ -222,7 +222,7 @@ starttls = no
     result = run()
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert len(files(local, "INBOX")) == 4
-    assert sum(1 for m in server(alpha) if "\\Seen" in m["flags"]) == 1  # type: ignore[operator]
+    assert sum(1 for m in server(alpha) if "\\Seen" in m["flags"]) == 1
 
     # A move made locally (INBOX -> a new folder Archive) goes to the server.
     moved = next(

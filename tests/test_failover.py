@@ -306,7 +306,7 @@ def test_pop3_login_for_the_partners_account_names_the_owner(pair: tuple[Node, N
         # The same through AUTH PLAIN (RFC 5034), and nothing is opened.
         plain = base64.b64encode(b"\0bob\0secret").decode()
         with pytest.raises(poplib.error_proto, match=r"SYS/TEMP.*served by beta"):
-            client._shortcmd(f"AUTH PLAIN {plain}")
+            client._shortcmd(f"AUTH PLAIN {plain}")  # type: ignore[attr-defined]  # no public AUTH
         with pytest.raises(poplib.error_proto):
             client.stat()
     finally:
@@ -392,7 +392,8 @@ def test_a_switchover_cut_short_by_a_crash_does_not_fence_for_ever(tmp_path: Pat
     store = Store(f"sqlite:///{alpha.db_path}", tmp_path / "var" / "alpha", owner=False)
     try:
         store.write_sync(lambda s: ownership_table.mark_moving(s, ["alice"], "alpha"))
-        assert store.read_sync(lambda s: ownership_table.get(s, "alice").state) == "moving"
+        moving = store.read_sync(lambda s: ownership_table.get(s, "alice"))
+        assert moving is not None and moving.state == "moving"
     finally:
         store.close()
     with running(alpha, beta):

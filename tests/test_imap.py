@@ -10,7 +10,7 @@ import time
 import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -83,6 +83,7 @@ def test_append_fetch_search_store_copy_move_expunge(served: Node) -> None:
     for n in range(3):
         deliver(served, n)
     c = connect(served)
+    data: list[Any]  # imaplib's answers differ in type from command to command
     try:
         typ, data = c.append("INBOX", "(\\Seen $Work)", None, MESSAGE.format(n=9).encode())
         assert typ == "OK" and b"APPENDUID" in data[0]
@@ -410,8 +411,8 @@ def test_examine_is_read_only(served: Node) -> None:
         ):
             assert refused == ("NO", [b"[CANNOT] mailbox is read-only (EXAMINE)"])
         # A non-PEEK fetch does not set \Seen in a read-only mailbox (RFC 3501 6.4.5).
-        typ, data = c.fetch("2", "(BODY[TEXT])")
-        assert typ == "OK" and b"FLAGS" not in data[-1]
+        typ, fetched_data = c.fetch("2", "(BODY[TEXT])")
+        assert typ == "OK" and b"FLAGS" not in cast(bytes, fetched_data[-1])
         # CLOSE after EXAMINE expunges nothing (RFC 3501 6.4.2).
         assert c.close()[0] == "OK"
         assert flags_of(served) == {1: {"\\Deleted"}, 2: set()}
@@ -515,7 +516,7 @@ def test_list_extended_and_list_status(served: Node) -> None:
         def listing(*args: str) -> list[bytes]:
             typ, data = c._simple_command("LIST", *args)
             assert typ == "OK", data
-            return sorted(c.untagged_responses.pop("LIST", []))
+            return sorted(cast("list[bytes]", c.untagged_responses.pop("LIST", [])))
 
         # RFC 5258 3.1 SUBSCRIBED: subscribed names, existing or not.
         assert listing("(SUBSCRIBED)", '""', "*") == [
@@ -587,7 +588,8 @@ def test_fetch_rfc822_items_body_and_partial_sections(served: Node) -> None:
         c.select("INBOX")
         typ, data = c.fetch("1", "(RFC822.SIZE RFC822.HEADER)")
         assert fetched(data) == {b"RFC822.HEADER": NESTED_HEADER + b"\r\n\r\n"}
-        assert data[0][0].startswith(b"1 (RFC822.SIZE %d RFC822.HEADER" % len(NESTED))
+        first = cast(tuple[bytes, bytes], data[0])[0]
+        assert first.startswith(b"1 (RFC822.SIZE %d RFC822.HEADER" % len(NESTED))
         assert flags_of(served) == {1: set()}  # RFC822.HEADER is a peek (RFC 3501 6.4.5)
         typ, data = c.fetch("1", "(RFC822.TEXT)")
         assert fetched(data) == {b"RFC822.TEXT": NESTED_TEXT}
@@ -653,9 +655,9 @@ def test_envelope_keeps_encoded_words_and_unfolds(served: Node) -> None:
             b'((NIL NIL "carol" "example.test")) NIL "<parent@t>" "<m1@t>"))'
         ]
         # And SEARCH decodes them (RFC 3501 6.4.4 with CHARSET).
-        c.literal = "É AND Ü".encode()
+        c.literal = "É AND Ü".encode()  # type: ignore[assignment]  # bytes, as imaplib sends it
         assert c.search("UTF-8", "SUBJECT")[1] == [b"1"]
-        c.literal = "André".encode()
+        c.literal = "André".encode()  # type: ignore[assignment]
         assert c.search("UTF-8", "FROM")[1] == [b"1"]
     finally:
         c.logout()
@@ -717,14 +719,16 @@ def test_search_keys(served: Node) -> None:
         c.store("1", "+FLAGS", "(\\Deleted)")
         assert c.uid("EXPUNGE", "1")[0] == "OK"  # now UIDs 2, 3, 4 are numbers 1, 2, 3
         c.store("2", "+FLAGS", "($Later)")
-        modseq = int(c.fetch("2", "(MODSEQ)")[1][0].split(b"MODSEQ (")[1].split(b")")[0])
+        modseq = int(
+            cast(bytes, c.fetch("2", "(MODSEQ)")[1][0]).split(b"MODSEQ (")[1].split(b")")[0]
+        )
 
         def search(*criteria: str, charset: str | None = None, literal: str | None = None) -> str:
             if literal is not None:
-                c.literal = literal.encode()  # sent as a literal after the criteria
+                c.literal = literal.encode()  # type: ignore[assignment]  # sent as a literal after the criteria
             typ, data = c.search(charset, *criteria)
             assert typ == "OK", data
-            return data[0].decode()
+            return str(data[0].decode())
 
         def uid_search(*criteria: str) -> str:
             typ, data = c.uid("SEARCH", *criteria)
@@ -893,7 +897,7 @@ def test_idle_on_the_new_owner_is_woken_by_the_mail_the_old_owner_hands_back(
         assert idle.line() == b"+ idling\r\n"
 
         alpha.start()  # learns it lost alice, and hands messages 2 and 3 to beta
-        pushed = []
+        pushed: list[bytes] = []
         while not pushed or pushed[-1] != b"* 3 EXISTS\r\n":
             line = idle.line()
             assert line.startswith(b"* ") and line.endswith(b" EXISTS\r\n"), line

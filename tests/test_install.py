@@ -32,7 +32,7 @@ USER = "peerd-itest"
 VENDORED = ("engine", "ownership", "migrations")
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from make_config import set_values  # noqa: E402
+from make_config import set_values  # type: ignore[import-not-found]  # noqa: E402
 
 
 def _require_root() -> None:

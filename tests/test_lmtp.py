@@ -51,9 +51,8 @@ def temp_files(node: LoneNode) -> list[Path]:
     return list((node.workdir_data / "spool" / "tmp").iterdir())
 
 
-@pytest.fixture
-def node(lone_node: NodeFactory) -> LoneNode:
-    return lone_node({"lmtp": {"max_message_size": "200K"}})
+# The `node` fixture (tests/conftest.py): a lone node, its partner beta named.
+pytestmark = pytest.mark.node(partner="beta", overrides={"lmtp": {"max_message_size": "200K"}})
 
 
 def test_lhlo_advertises_the_extensions(node: LoneNode) -> None:
@@ -458,7 +457,7 @@ def test_pipelined_commands_get_their_replies_in_order(node: LoneNode) -> None:
         reader = sock.makefile("rb")
 
         def replies(n: int) -> list[bytes]:
-            out = []
+            out: list[bytes] = []
             while len(out) < n:
                 line = reader.readline()
                 assert line, "connection closed"

@@ -55,7 +55,7 @@ def _leaf(directory: Path, ca: tuple[Path, Path], name: str) -> tuple[Path, Path
 
 
 def _common_name(peer: dict[str, Any]) -> str:
-    return next(value for rdn in peer["subject"] for key, value in rdn if key == "commonName")
+    return str(next(value for rdn in peer["subject"] for key, value in rdn if key == "commonName"))
 
 
 def _imap_cert(node: Node, ca: Path) -> str:

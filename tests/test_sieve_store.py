@@ -32,7 +32,11 @@ def on(store: Store, name: str, fn: Callable[[Session, Account], Any]) -> Any:
 
 def test_scripts_per_account(store: Store) -> None:
     for name in ("alice", "bob"):
-        store.write_sync(lambda s, n=name: accounts.create_account(s, n, password="pw"))
+
+        def create(s: Session, n: str = name) -> object:
+            return accounts.create_account(s, n, password="pw")
+
+        store.write_sync(create)
     on(store, "alice", lambda s, a: sieve.put_script(s, a, "one", "keep;", max_scripts=2))
     on(store, "alice", lambda s, a: sieve.put_script(s, a, "two", "stop;", max_scripts=2))
     with pytest.raises(TooManyScripts):

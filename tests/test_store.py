@@ -1048,7 +1048,7 @@ def test_pending_puts_new_mail_before_flag_only_changes(store: Store) -> None:
     """The rolling worker syncs in the order pending() gives: an account with new
     mail before one whose changes are only flags, even if those came first."""
     for name in ("flagged", "mailed"):
-        store.write_sync(lambda s, name=name: accounts.create_account(s, name, password="pw"))
+        store.write_sync(partial(accounts.create_account, name=name, password="pw"))
     guid, size = put(store, "order")
     append_to(store, "flagged", "INBOX", guid, size)
     clear_sync_log(store)

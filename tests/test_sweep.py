@@ -12,8 +12,9 @@ import smtplib
 import threading
 import time
 import urllib.error
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from sqlalchemy import select
@@ -57,7 +58,7 @@ def setup(store: Store, *texts: str) -> list[str]:
         guid, _ = store.spool.put(data)
         aged(store, guid)
         size = len(data)
-        store.write_sync(lambda s, g=guid, n=size: _append(s, "INBOX", g, n))
+        store.write_sync(partial(_append, name="INBOX", guid=guid, size=size))
         guids.append(guid)
     return guids
 
@@ -337,7 +338,7 @@ def test_expunged_mail_leaves_both_nodes_spools(tmp_path: Path) -> None:
             imap.login("alice", "secret")
             imap.select("INBOX")
             typ, data = imap.fetch("1", "(BODY.PEEK[TEXT])")
-            assert typ == "OK" and b"kept" in data[0][1]  # type: ignore[index]
+            assert typ == "OK" and b"kept" in cast(tuple[bytes, bytes], data[0])[1]
 
 
 def test_the_timer_sweeps_on_its_own(tmp_path: Path) -> None:

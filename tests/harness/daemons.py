@@ -1,39 +1,69 @@
-"""Real peerd daemons: a pair's configs on free loopback ports, start, stop, kill -9, restart.
+"""Real peerd daemons: configs on free loopback ports, start, stop, kill -9, restart.
 
-A node runs as ``python -m peerd run -c CONFIG`` with the pair's temp dir as its
-working directory (the config's ``data_dir`` and SQLite path are relative to it).
-It is ready when ``GET /v1/health`` (no token needed) answers 200.
+How this works: a config is a dict of TOML sections written by :func:`to_toml`
+(one writer). :func:`pair_sections` gives one node of a pair on loopback,
+:func:`single_sections` a node without a partner; overrides merge per section
+(a value of ``None`` removes the key). :func:`write_pair_configs` writes
+``alpha.toml`` and ``beta.toml``; :func:`make_single` and :func:`make_pair` also
+wrap them in :class:`Node` objects. A node runs as ``python -m peerd run -c
+CONFIG`` with its working directory holding the config (``data_dir`` and the
+SQLite path are relative to it); it is ready when ``GET /v1/health`` (no token)
+answers 200. Before its first start a node whose database is the default
+SQLite file gets a copy of a database migrated once per process
+(:func:`template_database`), so the daemon finds it at head and skips Alembic;
+``Node(..., template=False)`` starts from an empty directory instead.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
+import shutil
 import signal
+import smtplib
+import sqlite3
 import sys
+import tempfile
 import tomllib
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+from tests.harness.clients import Burst, audit_store, start_burst
 from tests.harness.procs import Proc, free_port, wait_until
 
 __all__ = [
     "LISTENERS",
     "TOKEN",
     "Daemon",
+    "Node",
+    "make_pair",
+    "make_single",
     "pair_sections",
+    "running",
+    "single_sections",
+    "template_database",
     "to_toml",
+    "write_config",
     "write_pair_configs",
 ]
 
 TOKEN = "test-token"
 LISTENERS = ("lmtp", "imap", "pop3", "sync", "http", "socketmap")
+# make_single / make_pair nodes listen on these (no socketmap unless asked for).
+NODE_LISTENERS = ("lmtp", "imap", "pop3", "sync", "http")
 
 # section -> key -> value; a value of None in an override removes the key
 # (e.g. {"listen": {"pop3": None}} turns that listener off).
 Sections = dict[str, Any]
+
+
+# --- TOML -----------------------------------------------------------------------
 
 
 def _toml_value(value: Any) -> str:
@@ -53,7 +83,7 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
-def to_toml(sections: Mapping[str, Mapping[str, Any]]) -> str:
+def to_toml(sections: Mapping[str, Any]) -> str:
     """Tables of scalars, arrays and inline tables; a list of dicts becomes an
     array of tables (``[[section]]``), e.g. ``proxy_hook``."""
     out: list[str] = []
@@ -70,7 +100,13 @@ def to_toml(sections: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def _merge(sections: Sections, overrides: Mapping[str, Any] | None) -> Sections:
+def write_config(path: Path, sections: Mapping[str, Any]) -> None:
+    """Write ``sections`` to ``path`` as TOML."""
+    path.write_text(to_toml(sections))
+
+
+def merge(sections: Sections, overrides: Mapping[str, Any] | None) -> Sections:
+    """Merge ``overrides`` into ``sections`` per section (``None`` removes a key or section)."""
     for section, values in (overrides or {}).items():
         if values is None:
             sections.pop(section, None)
@@ -86,15 +122,25 @@ def _merge(sections: Sections, overrides: Mapping[str, Any] | None) -> Sections:
     return sections
 
 
-def pair_sections(
-    name: str, ports: Mapping[str, int], partner: str, partner_ports: Mapping[str, int]
-) -> Sections:
-    """The sections of one node's config in a pair on loopback, before overrides."""
+# --- configs --------------------------------------------------------------------
+
+
+def _common(name: str, ports: Mapping[str, int]) -> Sections:
     return {
         "node": {"name": name, "data_dir": f"var/{name}", "local_domains": ["example.test"]},
         "database": {"url": f"sqlite:///var/{name}/peerd.db"},
-        "listen": {key: f"127.0.0.1:{ports[key]}" for key in LISTENERS},
+        "listen": {key: f"127.0.0.1:{port}" for key, port in ports.items()},
         "api": {"token": TOKEN},
+    }
+
+
+def pair_sections(
+    name: str, ports: Mapping[str, int], partner: str, partner_ports: Mapping[str, int]
+) -> Sections:
+    """The sections of one node's config in a pair on loopback, before overrides.
+    Every port in ``ports`` becomes a listener."""
+    return {
+        **_common(name, ports),
         "sync": {
             "sync_host": "127.0.0.1",
             "sync_port": partner_ports["sync"],
@@ -106,6 +152,33 @@ def pair_sections(
         },
         "partner": {"name": partner, "api": f"http://127.0.0.1:{partner_ports['http']}"},
     }
+
+
+def single_sections(name: str, ports: Mapping[str, int]) -> Sections:
+    """A node with no partner: it serves its own accounts and accepts sync logins."""
+    return {
+        **_common(name, ports),
+        "lmtp": {"shutdown_grace": "10s"},
+        "sync": {"sync_authname": "repl", "sync_password": "repl-secret"},
+    }
+
+
+def _lively(partner_ports: Mapping[str, int]) -> Sections:
+    """What :func:`make_pair` adds to :func:`pair_sections`: fast rolling
+    replication and reconnects, and routing to the partner's services."""
+    return {
+        "lmtp": {"shutdown_grace": "10s"},
+        "sync": {"sync_repeat_interval": "200ms", "sync_reconnect_maxwait": "1s"},
+        "routing": {
+            "partner_imap": f"127.0.0.1:{partner_ports['imap']}",
+            "partner_pop3": f"127.0.0.1:{partner_ports['pop3']}",
+            "partner_lmtp": f"127.0.0.1:{partner_ports['lmtp']}",
+        },
+    }
+
+
+def _ports(listeners: tuple[str, ...]) -> dict[str, int]:
+    return {key: free_port() for key in listeners}
 
 
 def write_pair_configs(
@@ -122,36 +195,80 @@ def write_pair_configs(
     ``{"alpha": {"lmtp": P, "imap": P, "pop3": P, "sync": P, "http": P, "socketmap": P}, "beta": {...}}``.
     """
     tmpdir.mkdir(parents=True, exist_ok=True)
-    ports = {n: {key: free_port() for key in LISTENERS} for n in ("alpha", "beta")}
+    ports = {n: _ports(LISTENERS) for n in ("alpha", "beta")}
     paths = []
     for name, partner, own in (("alpha", "beta", alpha), ("beta", "alpha", beta)):
         sections = pair_sections(name, ports[name], partner, ports[partner])
-        _merge(sections, overrides)
-        _merge(sections, own)
+        merge(sections, overrides)
+        merge(sections, own)
         path = tmpdir / f"{name}.toml"
-        path.write_text(to_toml(sections))
+        write_config(path, sections)
         paths.append(path)
     return paths[0], paths[1], ports
 
 
-def _http_address(config: Path) -> str:
-    listen = tomllib.loads(config.read_text()).get("listen", {})
-    if "http" not in listen:
-        raise ValueError(f"{config} has no [listen] http: cannot tell when the node is ready")
-    return str(listen["http"])
+# --- a migrated database to copy ------------------------------------------------
+
+_TEMPLATE: Path | None = None
 
 
-class Daemon:
-    """One ``peerd run`` process. ``Daemon(config).start()`` waits for /v1/health."""
+def template_database() -> Path:
+    """A SQLite database at the migrations' head, made once per process."""
+    global _TEMPLATE
+    if _TEMPLATE is None:
+        import migrations
 
-    def __init__(self, config: Path, workdir: Path | None = None, name: str | None = None) -> None:
+        where = Path(tempfile.mkdtemp(prefix="peerd-template-"))
+        atexit.register(shutil.rmtree, where, True)
+        path = where / "peerd.db"
+        migrations.upgrade(f"sqlite:///{path}")
+        # Fold the WAL into the file, so copying the file alone copies everything.
+        with sqlite3.connect(path) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+        _TEMPLATE = path
+    return _TEMPLATE
+
+
+# --- a node ---------------------------------------------------------------------
+
+
+class Node:
+    """One ``peerd run`` process: ``Node(config).start()`` waits for /v1/health.
+
+    ``ports`` maps each ``[listen]`` name to its port (read when the node is
+    made; a test may add to it), ``call`` speaks to the control API, and the
+    helpers below cover what the tests do most (accounts, mailboxes, LMTP,
+    replicate, an audit of the store on disk).
+    """
+
+    def __init__(
+        self,
+        config: Path,
+        workdir: Path | None = None,
+        name: str | None = None,
+        *,
+        template: bool = True,
+    ) -> None:
         self.config = config
         self.workdir = workdir or config.parent
         self.name = name or config.stem
-        self.http = _http_address(config)
+        self.template = template
+        listen = self._sections().get("listen", {})
+        if "http" not in listen:
+            raise ValueError(f"{config} has no [listen] http: cannot tell when the node is ready")
+        self.http = str(listen["http"])
+        self.ports: dict[str, int] = {k: _port(v) for k, v in listen.items()}
         self.log = self.workdir / f"{self.name}.log"
         self.proc: Proc | None = None
         self.starts = 0
+        # Added to the daemon's environment (on top of this process's).
+        self.extra_env: dict[str, str] = {}
+
+    def _sections(self) -> dict[str, Any]:
+        return tomllib.loads(self.config.read_text())
+
+    # --- where things are
 
     @property
     def api(self) -> str:
@@ -161,17 +278,53 @@ class Daemon:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
-    def start(self, wait: bool = True, timeout: float = 30) -> Daemon:
+    @property
+    def workdir_data(self) -> Path:
+        return self.workdir / "var" / self.name
+
+    @property
+    def db_path(self) -> Path:
+        return self.workdir_data / "peerd.db"
+
+    @property
+    def db_url(self) -> str:
+        return f"sqlite:///{self.db_path}"
+
+    def port(self, listener: str) -> int:
+        """The port of ``listener`` as the config says now."""
+        return _port(self._sections()["listen"][listener])
+
+    # --- life cycle
+
+    def _seed_database(self) -> None:
+        """Copy the migrated template to the default SQLite path if nothing is there yet."""
+        url = self._sections().get("database", {}).get("url")
+        if url != f"sqlite:///var/{self.name}/peerd.db" or self.db_path.exists():
+            return
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(template_database(), self.db_path)
+
+    def start(
+        self,
+        wait: bool = True,
+        timeout: float = 30,
+        preexec: Callable[[], None] | None = None,
+    ) -> Node:
+        """Start ``peerd run``; with ``wait``, return once it serves /v1/health.
+        ``preexec`` runs in the child before exec (e.g. a resource limit)."""
         if self.proc is not None and self.proc.alive():
             raise RuntimeError(f"{self.name} is already running (pid {self.proc.pid})")
+        if self.starts == 0 and self.template:
+            self._seed_database()
         self.starts += 1
-        # One log across restarts, with a marker, so a failure shows the whole story.
-        with open(self.log, "a") as handle:
-            handle.write(f"\n===== start #{self.starts} of {self.name} =====\n")
+        # One log across restarts (appended to), so a failure shows the whole
+        # story; nothing but the daemon writes to it (a test may parse it).
         self.proc = Proc(
             [sys.executable, "-m", "peerd", "run", "-c", str(self.config)],
             self.log,
             cwd=self.workdir,
+            env={**os.environ, **self.extra_env} if self.extra_env else None,
+            preexec=preexec,
         ).start()
         if wait:
             self.wait_ready(timeout)
@@ -195,7 +348,7 @@ class Daemon:
             return self.healthy()
 
         try:
-            wait_until(ready, timeout, f"peerd {self.name} /v1/health", interval=0.1)
+            wait_until(ready, timeout, f"peerd {self.name} /v1/health", interval=0.05)
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}; log tail:\n{self.tail()}") from None
 
@@ -214,9 +367,11 @@ class Daemon:
         if self.proc is not None:
             self.proc.kill9()
 
-    def restart(self, wait: bool = True, timeout: float = 30) -> Daemon:
+    def restart(self, wait: bool = True, timeout: float = 30) -> Node:
         self.stop()
         return self.start(wait, timeout)
+
+    # --- the control API
 
     def call(self, method: str, path: str, body: Any = None, token: str | None = TOKEN) -> Any:
         """A control-API request; returns the decoded JSON (HTTPError on a 4xx/5xx)."""
@@ -230,5 +385,95 @@ class Daemon:
             raw = response.read()
         return json.loads(raw) if raw else None
 
+    def add_account(self, name: str, password: str = "secret", **extra: Any) -> Any:
+        return self.call("POST", "/v1/accounts", {"name": name, "password": password, **extra})
+
+    def mailbox(self, account: str, mailbox: str = "INBOX", expunged: bool = False) -> Any:
+        query = "?expunged=1" if expunged else ""
+        return self.call(
+            "GET", f"/v1/accounts/{quote(account)}/mailboxes/{quote(mailbox, safe='')}{query}"
+        )
+
+    def records(self, account: str, mailbox: str = "INBOX") -> list[dict[str, Any]]:
+        return list(self.mailbox(account, mailbox)["messages"])
+
+    def replicate(self, account: str, **extra: Any) -> Any:
+        return self.call("POST", "/v1/replicate", {"account": account, **extra})
+
+    # --- clients and checks
+
+    def lmtp(self, timeout: float = 30) -> smtplib.LMTP:
+        """An LMTP client connected to this node."""
+        return smtplib.LMTP("127.0.0.1", self.port("lmtp"), timeout=timeout)
+
+    def burst(self, account: str, threads: int, per_thread: int, tag: str = "burst") -> Burst:
+        """Start delivering ``TAG-T-I`` messages to ``account``; returns at once."""
+        return start_burst(self.port("lmtp"), account, threads, per_thread, tag)
+
+    def audit(self, account: str) -> list[str]:
+        """Open the node's store in this process (the node may be down) and check
+        it: every record's spool file is whole (bytes match the GUID), checksums,
+        ``exists`` and quota usage agree with the records. Returns the subjects
+        of the live records, all mailboxes, in UID order."""
+        return audit_store(self.db_url, self.workdir_data, account)
+
     def __repr__(self) -> str:
-        return f"<Daemon {self.name} pid={self.pid}>"
+        return f"<Node {self.name} pid={self.pid}>"
+
+
+# The harness's earlier name for the same class.
+Daemon = Node
+
+
+def _port(address: str) -> int:
+    return int(str(address).rpartition(":")[2])
+
+
+def make_single(
+    workdir: Path,
+    name: str = "alpha",
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    template: bool = True,
+) -> Node:
+    """A node without a partner, config in ``workdir/NAME.toml`` (not started)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    sections = merge(single_sections(name, _ports(NODE_LISTENERS)), overrides)
+    config = workdir / f"{name}.toml"
+    write_config(config, sections)
+    return Node(config, workdir, name, template=template)
+
+
+def make_pair(
+    workdir: Path,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    template: bool = True,
+) -> tuple[Node, Node]:
+    """alpha and beta replicating to each other (rolling every 200 ms) and routing
+    to each other; ``overrides`` is ``{"alpha": {...}, "beta": {...}}``. Not started."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    ports = {"alpha": _ports(NODE_LISTENERS), "beta": _ports(NODE_LISTENERS)}
+    nodes = []
+    for name, partner in (("alpha", "beta"), ("beta", "alpha")):
+        sections = pair_sections(name, ports[name], partner, ports[partner])
+        merge(sections, _lively(ports[partner]))
+        merge(sections, (overrides or {}).get(name))
+        config = workdir / f"{name}.toml"
+        write_config(config, sections)
+        nodes.append(Node(config, workdir, name, template=template))
+    return nodes[0], nodes[1]
+
+
+@contextmanager
+def running(*nodes: Node) -> Iterator[tuple[Node, ...]]:
+    """Start the nodes together, wait until each serves, stop them all (by pid) at the end."""
+    try:
+        for node in nodes:
+            node.start(wait=False)
+        for node in nodes:
+            node.wait_ready()
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()

@@ -57,8 +57,21 @@ def _port_pool() -> list[int]:
     return pool or list(range(30000, 32768))
 
 
-_POOL = _port_pool()
-# Each process starts at its own place in the pool, so two pytest runs side by
+def _worker_share(pool: list[int]) -> list[int]:
+    """This pytest-xdist worker's own slice of the pool (the whole pool outside
+    xdist): two workers of one run never pick the same port, even while one has
+    picked a port and its daemon has not bound it yet."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or count <= 1:
+        return pool
+    index = int(worker[2:]) % count
+    size = len(pool) // count
+    return pool[index * size : (index + 1) * size]
+
+
+_POOL = _worker_share(_port_pool())
+# Each process starts at its own place in its pool, so two pytest runs side by
 # side rarely meet; a port comes round again only after the whole pool has.
 _next = (os.getpid() * 7919) % len(_POOL)
 
@@ -95,9 +108,9 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def wait_until(
-    check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
+    check: Callable[[], object], timeout: float, what: str, interval: float = 0.05
 ) -> None:
-    """Poll ``check`` until it is true; raise TimeoutError naming ``what`` otherwise."""
+    """Poll ``check`` until it returns something true; raise TimeoutError naming ``what`` otherwise."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():

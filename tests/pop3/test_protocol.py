@@ -518,4 +518,4 @@ def test_empty_maildrop_and_entry_checks() -> None:
     assert drop.unique_id_listing(None) == b"+OK\r\n.\r\n"
     for bad in ((0, 1, "g"), (1, -1, "g"), (True, 1, "g")):
         with pytest.raises(ValueError):
-            Entry(*bad)  # type: ignore[arg-type]
+            Entry(*bad)
