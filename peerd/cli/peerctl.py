@@ -6,6 +6,10 @@ sub-command is one function that makes one or a few API calls and prints the
 answer for people, or the raw JSON with ``--json``. Any API problem is printed
 as ``peerctl: <title>: <detail>`` and the exit status is non-zero: 1 for a
 refused request, 2 for bad usage, 3 when the node cannot be reached.
+
+Why one module of about 700 lines: it is a flat table of sub-commands, each
+a short function next to its argparse entry, and nothing else; splitting it
+would scatter the table a reader looks up a command in.
 """
 
 from __future__ import annotations

@@ -20,6 +20,12 @@ How this works, for one account (the steps are printed in Cyrus's words by
 One keep-alive HTTP session per partner; requests are batched, so a
 10,000-message account is a handful of round trips.
 
+Why one module of about 640 lines: the steps above share one session, one
+account's sync-log rows and one request budget, and read best in order; the
+parts that stand alone already live elsewhere (the compare, apply and wire
+format in :mod:`engine`, the rounds in :mod:`engine.rounds`, the back-off in
+:mod:`peerd.node.backoff`).
+
 The rolling worker takes a fast path first (``fast=True``; :mod:`engine.delta`):
 after a sync that left the replica equal to us, we keep the state we pushed
 (the mark); the next change to that account that touches only records goes
