@@ -37,7 +37,9 @@ import enum
 import functools
 import json
 import re
+import threading
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -51,6 +53,7 @@ __all__ = [
     "MAX_REFERENCES",
     "RECORD_VERSION",
     "Criterion",
+    "RecordCache",
     "SortItem",
     "SortKey",
     "SortRecord",
@@ -502,6 +505,35 @@ def build_record(raw: bytes) -> SortRecord:
         in_reply_to=in_reply_to[0] if in_reply_to else None,
         references=tuple(references),
     )
+
+
+class RecordCache:
+    """Sort records by GUID, least recently used out first; safe to share
+    between threads. A message's bytes never change under its GUID, so an
+    entry is never stale. The server owns one for all its sessions."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self.size = size
+        self._entries: OrderedDict[str, SortRecord] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, guid: str, reader: Callable[[str], bytes]) -> SortRecord:
+        """The record of the message ``guid``, built from ``reader(guid)`` once."""
+        with self._lock:
+            cached = self._entries.get(guid)
+            if cached is not None:
+                self._entries.move_to_end(guid)
+                return cached
+        record = build_record(reader(guid))
+        with self._lock:
+            self._entries[guid] = record
+            self._entries.move_to_end(guid)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return record
 
 
 # -- the sort ---------------------------------------------------------------------------------
