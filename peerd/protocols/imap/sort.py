@@ -5,9 +5,12 @@ once, when the message arrives, into a :class:`SortRecord` (:func:`build_record`
 from the header bytes): the sent date in UTC, the base subject (RFC 5256 2.1)
 and whether extracting it removed a reply/forward marker, the first From, To
 and Cc mailbox (``addr-mailbox``) and the RFC 5957 display forms, and the
-Message-ID, In-Reply-To and References ids THREAD=REFERENCES links. A record
-is stored as a short JSON array (:meth:`SortRecord.dumps`, :func:`loads_many`),
-so a request reads records and never a message. A request pairs each record
+Message-ID, In-Reply-To and References ids THREAD=REFERENCES links. The
+server keeps records by GUID in a :class:`RecordCache` (a message's bytes never
+change under its GUID), so a repeated request reads no message. A record also
+has a short JSON form (:meth:`SortRecord.dumps`, :func:`loads_many`) for a
+store that keeps records beside the messages; the store does not yet (see
+bench/sort_thread.py for what it costs to load them). A request pairs each record
 with what the mailbox row holds (:class:`SortItem`: the number to answer with,
 the internal date, the size) and :func:`sort` orders them by a key list
 (:func:`parse_criteria`) with one stable sort per key, last key first, so the
