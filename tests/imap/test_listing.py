@@ -10,11 +10,11 @@ from peerd.protocols.imap import commands as c
 from peerd.protocols.imap.listing import (
     list_responses,
     lsub_responses,
-    matches,
     status_response,
 )
 from peerd.protocols.imap.parser import CommandReader
 from peerd.protocols.imap.responses import CommandError
+from peerd.protocols.imap.wildcard import matches
 
 NAMES = ("Archive", "INBOX", "INBOX/2024", "Sent", "work", "work/a", "work/a/b")
 
@@ -46,7 +46,7 @@ def listed(text: bytes, subs: tuple[str, ...] = ()) -> tuple[bytes, list[str]]:
     ],
 )
 def test_wildcards(pattern: str, name: str, hit: bool) -> None:
-    assert matches(pattern, name) is hit
+    assert matches("", pattern, name) is hit
 
 
 def test_list_percent_gives_the_top_level_with_attributes() -> None:

@@ -26,6 +26,8 @@ from peerd.protocols.imap.fetchatt import FetchAtt
 from peerd.protocols.imap.responses import CommandError, decode_mailbox
 from peerd.protocols.imap.searchkey import CHARSETS, MAX_MODSEQ, SearchKey
 from peerd.protocols.imap.sequence import SequenceSet
+from peerd.protocols.imap.sort import Criterion
+from peerd.protocols.imap.thread import Algorithm
 
 __all__ = [
     "LIST_RETURN_OPTIONS",
@@ -468,6 +470,38 @@ class Search(Command):
         unknown = set(self.return_options or ()) - SEARCH_RETURN_OPTIONS
         if unknown:
             raise CommandError(f"unknown SEARCH return option {sorted(unknown)[0]} (RFC 4731)")
+
+
+@dataclass(frozen=True, slots=True)
+class Sort(Command):
+    """SORT/UID SORT (RFC 5256 3): the messages ``key`` finds, in ``criteria`` order."""
+
+    criteria: tuple[Criterion, ...]
+    key: SearchKey
+    uid: bool = False
+    charset: str = "US-ASCII"
+    name: ClassVar[str] = "SORT"
+
+    def __post_init__(self) -> None:
+        _check_tag(self.tag)
+        if self.charset not in CHARSETS:
+            raise CommandError(f"charset {self.charset!r} is not supported")
+
+
+@dataclass(frozen=True, slots=True)
+class Thread(Command):
+    """THREAD/UID THREAD (RFC 5256 3): the messages ``key`` finds, as threads."""
+
+    algorithm: Algorithm
+    key: SearchKey
+    uid: bool = False
+    charset: str = "US-ASCII"
+    name: ClassVar[str] = "THREAD"
+
+    def __post_init__(self) -> None:
+        _check_tag(self.tag)
+        if self.charset not in CHARSETS:
+            raise CommandError(f"charset {self.charset!r} is not supported")
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,8 @@ from peerd.protocols.imap.responses import CommandError
 from peerd.protocols.imap.sasl import decode_base64
 from peerd.protocols.imap.searchkey import MAX_MODSEQ, check_charset, parse_search_key
 from peerd.protocols.imap.sequence import MAX_NUMBER, SequenceSet
+from peerd.protocols.imap.sort import parse_criteria
+from peerd.protocols.imap.thread import parse_algorithm
 from peerd.protocols.imap.tokens import MARK, TAG, Token, tokenize
 
 __all__ = ["parse_command"]
@@ -340,6 +342,26 @@ def _search(tag: str, args: _Args, uid: bool) -> c.Command:
     return c.Search(tag, key, uid, charset, returns)
 
 
+def _sort(tag: str, args: _Args, uid: bool) -> c.Command:
+    # RFC 5256 5: "SORT" SP sort-criteria SP search-criteria, where
+    # search-criteria is charset 1*(SP search-key): the charset is required.
+    words = args.list("sort criteria")
+    if not all(isinstance(word, str) for word in words):
+        raise CommandError("SORT: the sort criteria are atoms")
+    criteria = parse_criteria([str(word) for word in words])
+    charset = check_charset(args.text("charset"))
+    key = parse_search_key(args.tokens[args.pos :], charset=charset)
+    return c.Sort(tag, criteria, key, uid, charset)
+
+
+def _thread(tag: str, args: _Args, uid: bool) -> c.Command:
+    # RFC 5256 5: "THREAD" SP thread-alg SP search-criteria.
+    algorithm = parse_algorithm(args.atom("threading algorithm"))
+    charset = check_charset(args.text("charset"))
+    key = parse_search_key(args.tokens[args.pos :], charset=charset)
+    return c.Thread(tag, algorithm, key, uid, charset)
+
+
 def _fetch(tag: str, args: _Args, uid: bool) -> c.Command:
     seqset = args.seqset()
     items = parse_fetch_atts(args.next("items"))
@@ -440,6 +462,8 @@ _PLAIN: Final[dict[str, Callable[[str, _Args], c.Command]]] = {
 # Commands that also come as "UID <command>" (RFC 3501 6.4.8; UID EXPUNGE RFC 4315).
 _UID: Final[dict[str, Callable[[str, _Args, bool], c.Command]]] = {
     "SEARCH": _search,
+    "SORT": _sort,
+    "THREAD": _thread,
     "FETCH": _fetch,
     "STORE": _store,
     "COPY": _transfer(c.Copy),

@@ -8,17 +8,21 @@ responses, :func:`status_response` renders one mailbox's counts. Names are
 the store's (``/`` is the hierarchy separator, INBOX spelled so).
 
 Wildcards (RFC 3501 6.3.8): ``*`` matches anything, ``%`` anything but the
-separator; :func:`matches` decides.
+separator; each pattern is compiled once by
+:func:`~peerd.protocols.imap.wildcard.compile_pattern` (linear time in the
+name, no backtracking; a pattern over its limits is ``NO [LIMIT]``).
+Whether a name has children is read from the set of every name's parents, so
+a LIST costs time linear in the names, not quadratic.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Final, Protocol
 
 from peerd.protocols.imap import commands as c
 from peerd.protocols.imap.responses import CommandError, mailbox
+from peerd.protocols.imap.wildcard import compile_pattern
 
 __all__ = [
     "SEPARATOR",
@@ -26,7 +30,6 @@ __all__ = [
     "Counts",
     "list_responses",
     "lsub_responses",
-    "matches",
     "status_response",
 ]
 
@@ -41,15 +44,15 @@ SPECIAL_USE: Final = {
 }
 
 
-def matches(pattern: str, name: str) -> bool:
-    """Whether ``name`` matches the LIST ``pattern`` (RFC 3501 6.3.8)."""
-    regex = "".join(
-        ".*" if ch == "*" else "[^/]*" if ch == "%" else re.escape(ch) for ch in pattern
-    )
-    inbox = pattern.upper().startswith("INBOX")
-    if inbox and name.upper().startswith("INBOX"):
-        name = "INBOX" + name[5:]
-    return re.fullmatch(regex, name, re.IGNORECASE if inbox else 0) is not None
+def _parents(names: Sequence[str]) -> set[str]:
+    """Every name that is a proper ancestor of one of ``names``."""
+    out: set[str] = set()
+    for name in names:
+        at = name.find(SEPARATOR)
+        while at != -1:
+            out.add(name[:at])
+            at = name.find(SEPARATOR, at + 1)
+    return out
 
 
 def list_responses(
@@ -103,21 +106,21 @@ def _responses(
     if any(p == "" for p in patterns):
         # RFC 3501 6.3.8: an empty pattern asks for the hierarchy delimiter.
         return f'* {command} (\\Noselect) "/" ""\r\n'.encode(), []
+    compiled = [compile_pattern(reference, p) for p in patterns]
     existing = set(names)
+    has_children = _parents(names)
     subscribed = set(subs)
     candidates: Sequence[str] = subs if subscribed_only else names
     # RFC 5258 3.5: with RECURSIVEMATCH a parent that is not subscribed
     # itself is listed too when a mailbox below it is, with CHILDINFO;
     # the parent must match the pattern, the child need not.
-    parents_of_subscribed = {
-        name.rsplit(SEPARATOR, i)[0] for name in subs for i in range(1, name.count(SEPARATOR) + 1)
-    }
+    parents_of_subscribed = _parents(subs)
     if recursive:
         candidates = sorted(subscribed | parents_of_subscribed)
     out: list[bytes] = []
     listed: list[str] = []
     for name in candidates:
-        if not any(matches(reference + p, name) for p in patterns):
+        if not any(pattern.matches(name) for pattern in compiled):
             continue
         special = SPECIAL_USE.get(name.lower())
         if special_only and special is None:
@@ -125,8 +128,7 @@ def _responses(
         attrs = []
         if name not in existing:
             attrs.append("\\Noselect" if lsub else "\\NonExistent")
-        children = any(n.startswith(name + SEPARATOR) for n in names)
-        attrs.append("\\HasChildren" if children else "\\HasNoChildren")
+        attrs.append("\\HasChildren" if name in has_children else "\\HasNoChildren")
         if special:
             attrs.append(special)
         if not lsub and name in subscribed:

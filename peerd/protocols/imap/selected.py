@@ -74,11 +74,11 @@ ENABLABLE: Final = ("CONDSTORE", "QRESYNC")
 def may_expunge(cmd: c.Command) -> bool:
     """Whether untagged EXPUNGE/VANISHED may follow ``cmd`` (RFC 3501 7.4.1).
 
-    Not after FETCH, STORE or SEARCH, whose answers are in sequence numbers
+    Not after FETCH, STORE, SEARCH, SORT or THREAD, whose answers are in sequence numbers
     the client is still using; after their UID forms, and any other command,
     they may.
     """
-    if isinstance(cmd, c.Fetch | c.Store | c.Search):
+    if isinstance(cmd, c.Fetch | c.Store | c.Search | c.Sort | c.Thread):
         return cmd.uid
     return True
 

@@ -56,7 +56,7 @@ _AUTHENTICATED_AND_SELECTED: Final = _ANY | {
 # ENABLE only before a mailbox is selected (RFC 5161 3.1).
 _AUTHENTICATED: Final = _AUTHENTICATED_AND_SELECTED | {c.Enable}
 
-# RFC 3501 6.4; UNSELECT RFC 3691, UID EXPUNGE RFC 4315, MOVE RFC 6851.
+# RFC 3501 6.4; SORT and THREAD RFC 5256; UNSELECT RFC 3691, UID EXPUNGE RFC 4315, MOVE RFC 6851.
 _SELECTED: Final = _AUTHENTICATED_AND_SELECTED | {
     c.Check,
     c.Close,
@@ -64,6 +64,8 @@ _SELECTED: Final = _AUTHENTICATED_AND_SELECTED | {
     c.Expunge,
     c.UidExpunge,
     c.Search,
+    c.Sort,
+    c.Thread,
     c.Fetch,
     c.Store,
     c.Copy,

@@ -11,6 +11,7 @@ STATUS; :class:`~peerd.protocols.imap.selected.Selected` for SELECT).
 from __future__ import annotations
 
 import datetime as dt
+from functools import partial
 from typing import Final
 
 from engine.errors import InvalidArgument, NoSuchMailbox
@@ -110,7 +111,10 @@ async def unsubscribe(session: Session, cmd: c.Unsubscribe) -> Reply:
 
 async def list_mailboxes(session: Session, cmd: c.List) -> Reply:
     listing = await session.mail.listing()
-    out, listed = list_responses(cmd, listing.names, listing.subscriptions)
+    # A loop over every mailbox name: off the event loop, like SEARCH.
+    out, listed = await session.mail.run_blocking(
+        partial(list_responses, cmd, listing.names, listing.subscriptions)
+    )
     if out:
         await session.send(out)
     # RFC 5819 (LIST-STATUS): a STATUS after the LIST responses.
@@ -121,7 +125,9 @@ async def list_mailboxes(session: Session, cmd: c.List) -> Reply:
 
 async def lsub(session: Session, cmd: c.Lsub) -> Reply:
     listing = await session.mail.listing()
-    out = lsub_responses(cmd, listing.names, listing.subscriptions)
+    out = await session.mail.run_blocking(
+        partial(lsub_responses, cmd, listing.names, listing.subscriptions)
+    )
     if out:
         await session.send(out)
     return Reply("LSUB completed")

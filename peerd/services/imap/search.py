@@ -1,19 +1,30 @@
-"""IMAP SEARCH and UID SEARCH (RFC 3501 6.4.4; RFC 4731 ESEARCH).
+"""IMAP SEARCH, SORT and THREAD, and their UID forms (RFC 3501 6.4.4; RFC 4731
+ESEARCH; RFC 5256 SORT and THREAD).
 
 How this works: the core compiles the criteria into one predicate over a
 record (:func:`~peerd.protocols.imap.search.compile_search`); the handler runs
 it over the selected mailbox's records off the event loop (header and body
-keys read message bytes) and writes ``* SEARCH`` or ``* ESEARCH``.
-:data:`HANDLERS` names it by command class.
+keys read message bytes) and writes ``* SEARCH`` or ``* ESEARCH``. SORT and
+THREAD run the same search, then, still off the event loop, pair each message
+found with its sort record (the server's
+:class:`~peerd.protocols.imap.sort.RecordCache`, built from the header once
+per message) and order it (:func:`~peerd.protocols.imap.sort.sort`) or thread
+it (:func:`~peerd.protocols.imap.thread.thread_response`).
+:data:`HANDLERS` names them by command class.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 from peerd.protocols.imap import commands as c
+from peerd.protocols.imap.records import Record
 from peerd.protocols.imap.responses import CommandError
 from peerd.protocols.imap.search import compile_search, esearch_response, search_response
+from peerd.protocols.imap.searchkey import SearchKey
+from peerd.protocols.imap.sort import SortItem, sort
+from peerd.protocols.imap.thread import thread_response
 from peerd.services.imap.session import Handler, Reply, Session
 
 __all__ = ["HANDLERS"]
@@ -44,4 +55,60 @@ async def search(session: Session, cmd: c.Search) -> Reply:
     return Reply(f"{'UID ' if cmd.uid else ''}SEARCH completed")
 
 
-HANDLERS: Final[dict[type[c.Command], Handler]] = {c.Search: search}
+def _found(session: Session, key: SearchKey, uid: bool) -> Callable[[], list[SortItem]]:
+    """A function, for a thread, that searches the selected mailbox and gives
+    each message found as a :class:`SortItem` in mailbox order."""
+    box = session.selected().box
+    records: list[Record] = list(box.records)
+    matcher = compile_search(key, len(records), box.largest_uid())
+    reader = session.mail.reader
+    cache = session.server.sort_records
+
+    def run() -> list[SortItem]:
+        return [
+            SortItem(
+                record.uid if uid else seq,
+                int(record.internaldate.timestamp()),
+                record.size,
+                cache.get(record.guid, reader),
+            )
+            for seq, record in enumerate(records, 1)
+            if matcher(seq, record, reader)
+        ]
+
+    return run
+
+
+async def sort_messages(session: Session, cmd: c.Sort) -> Reply:
+    find = _found(session, cmd.key, cmd.uid)
+    criteria = cmd.criteria
+
+    def run() -> list[int]:
+        return sort(find(), criteria)
+
+    ordered = await session.mail.run_blocking(run)
+    # RFC 5256 4: "* SORT" and the numbers, like "* SEARCH".
+    await session.send(b"* SORT" + b"".join(b" %d" % n for n in ordered) + b"\r\n")
+    await session.report(cmd)
+    return Reply(f"{'UID ' if cmd.uid else ''}SORT completed")
+
+
+async def thread_messages(session: Session, cmd: c.Thread) -> Reply:
+    find = _found(session, cmd.key, cmd.uid)
+    algorithm = cmd.algorithm
+
+    def run() -> bytes:
+        return thread_response(find(), algorithm)
+
+    threads = await session.mail.run_blocking(run)
+    # RFC 5256 4: "* THREAD" and the thread lists (none when nothing matched).
+    await session.send(b"* THREAD " + threads + b"\r\n" if threads else b"* THREAD\r\n")
+    await session.report(cmd)
+    return Reply(f"{'UID ' if cmd.uid else ''}THREAD completed")
+
+
+HANDLERS: Final[dict[type[c.Command], Handler]] = {
+    c.Search: search,
+    c.Sort: sort_messages,
+    c.Thread: thread_messages,
+}

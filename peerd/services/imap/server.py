@@ -7,7 +7,8 @@ the logged-in sessions, so that the store's change listener can mark the
 sessions whose selected mailbox changed (another session, LMTP, replication
 from the partner), and a move of an account to the other node can end its
 sessions with ``* BYE [UNAVAILABLE]``. It also holds what sessions share: the
-STARTTLS context and the cache of message structures FETCH renders.
+STARTTLS context, the cache of message structures FETCH renders and the
+cache of sort records SORT and THREAD read.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from peerd.node.tls import starttls_context
 from peerd.protocols.imap import commands as c
 from peerd.protocols.imap.fetchreply import StructureCache
 from peerd.protocols.imap.responses import CODE_UNAVAILABLE, untagged_status
+from peerd.protocols.imap.sort import RecordCache
 from peerd.services.gate import ConnectionGate, Refused
 from peerd.services.imap.handlers import HANDLERS
 from peerd.services.imap.session import Handler, Session
@@ -38,6 +40,7 @@ class ImapServer:
         self.sessions: set[Session] = set()
         self.tls = starttls_context(node.config)
         self.structures = StructureCache()
+        self.sort_records = RecordCache()
         config = node.config.imap
         self.gate = ConnectionGate("imap", config.max_connections, config.max_connections_per_ip)
         node.store.add_listener(self.on_change)

@@ -52,6 +52,7 @@ from peerd.protocols.imap.responses import (
     untagged_status,
 )
 from peerd.protocols.imap.selected import Extensions, Selected, may_expunge
+from peerd.protocols.imap.sort import RecordCache
 from peerd.protocols.imap.states import ALLOWED, State
 from peerd.services.mailstore import AccountStore
 from peerd.services.starttls import same_host
@@ -92,6 +93,7 @@ class Host(Protocol):
     node: Node
     tls: ssl.SSLContext | None
     structures: StructureCache
+    sort_records: RecordCache
     sessions: set[Session]
 
     def count(self, account: str) -> int:

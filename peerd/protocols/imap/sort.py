@@ -1,0 +1,589 @@
+"""SORT (RFC 5256, with RFC 5957 DISPLAYFROM/DISPLAYTO): sort records and the sort.
+
+How this works: what SORT and THREAD read of a message's header is parsed
+once, when the message arrives, into a :class:`SortRecord` (:func:`build_record`
+from the header bytes): the sent date in UTC, the base subject (RFC 5256 2.1)
+and whether extracting it removed a reply/forward marker, the first From, To
+and Cc mailbox (``addr-mailbox``) and the RFC 5957 display forms, and the
+Message-ID, In-Reply-To and References ids THREAD=REFERENCES links. The
+server keeps records by GUID in a :class:`RecordCache` (a message's bytes never
+change under its GUID), so a repeated request reads no message. A record also
+has a short JSON form (:meth:`SortRecord.dumps`, :func:`loads_many`) for a
+store that keeps records beside the messages; the store does not yet (see
+bench/sort_thread.py for what it costs to load them). A request pairs each record
+with what the mailbox row holds (:class:`SortItem`: the number to answer with,
+the internal date, the size) and :func:`sort` orders them by a key list
+(:func:`parse_criteria`) with one stable sort per key, last key first, so the
+implicit last key (mailbox order, RFC 5256 3) is never reversed.
+
+Strings compare with ``i;unicode-casemap`` (RFC 5051), which RFC 5256 requires
+through I18NLEVEL=1 (RFC 5255 4): :func:`collate` maps each character to its
+titlecase and canonical decomposition; the result compares by code point,
+which is the UTF-8 octet order RFC 5051 asks for. ASCII text is uppercased.
+
+Bounded work: only the first :data:`MAX_HEADER` bytes are read, each field
+value is cut at :data:`MAX_FIELD` characters, References keeps its first id
+and its last :data:`MAX_REFERENCES` - 1 (the ones nearest the message, as MUAs
+truncate it, RFC 5322 3.6.4), and ids longer than :data:`MAX_ID` are not valid.
+
+Pure: no I/O, nothing of the store.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import datetime as dt
+import email.utils
+import enum
+import functools
+import json
+import re
+import threading
+import unicodedata
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from peerd.protocols.imap.responses import CommandError
+
+__all__ = [
+    "MAX_FIELD",
+    "MAX_HEADER",
+    "MAX_ID",
+    "MAX_REFERENCES",
+    "RECORD_VERSION",
+    "Criterion",
+    "RecordCache",
+    "SortItem",
+    "SortKey",
+    "SortRecord",
+    "base_subject",
+    "build_record",
+    "collate",
+    "decode_words",
+    "loads_many",
+    "parse_criteria",
+    "sent_date",
+    "sort",
+]
+
+MAX_HEADER: Final = 256 * 1024
+MAX_FIELD: Final = 8192
+MAX_REFERENCES: Final = 100
+MAX_ID: Final = 998  # RFC 5322 2.1.1: no line is longer
+RECORD_VERSION: Final = 1
+
+
+# -- the key list (RFC 5256 3, RFC 5957 3) ----------------------------------------------
+
+
+class SortKey(enum.Enum):
+    ARRIVAL = "ARRIVAL"
+    CC = "CC"
+    DATE = "DATE"
+    FROM = "FROM"
+    SIZE = "SIZE"
+    SUBJECT = "SUBJECT"
+    TO = "TO"
+    DISPLAYFROM = "DISPLAYFROM"  # RFC 5957
+    DISPLAYTO = "DISPLAYTO"  # RFC 5957
+
+
+@dataclass(frozen=True, slots=True)
+class Criterion:
+    key: SortKey
+    reverse: bool = False
+
+
+def parse_criteria(words: Sequence[str]) -> tuple[Criterion, ...]:
+    """The atoms of a SORT key list, ``("REVERSE", "DATE", "SUBJECT")``, as criteria.
+
+    RFC 5256 3: REVERSE applies to the key that follows it; the list is not
+    empty. Anything else is ``BAD``.
+    """
+    out: list[Criterion] = []
+    reverse = False
+    for word in words:
+        upper = word.upper()
+        if upper == "REVERSE":
+            if reverse:
+                raise CommandError("REVERSE REVERSE is not a sort key (RFC 5256 4)")
+            reverse = True
+            continue
+        try:
+            key = SortKey(upper)
+        except ValueError:
+            raise CommandError(f"unknown sort key {word!r}") from None
+        out.append(Criterion(key, reverse))
+        reverse = False
+    if reverse:
+        raise CommandError("REVERSE must be followed by a sort key")
+    if not out:
+        raise CommandError("SORT needs at least one sort key")
+    return tuple(out)
+
+
+# -- collation: i;unicode-casemap (RFC 5051) ---------------------------------------------
+
+
+@functools.lru_cache(maxsize=65536)
+def _casemap_char(ch: str) -> str:
+    # RFC 5051 2: the character's titlecase (a single character; UnicodeData
+    # has no simple titlecase where Python's full one gives several, as for
+    # U+00DF), then its canonical decomposition.
+    title = ch.title()
+    if len(title) != 1:
+        title = ch
+    return unicodedata.normalize("NFD", title)
+
+
+def collate(text: str) -> str:
+    """``text`` under ``i;unicode-casemap`` (RFC 5051): compare the results as
+    strings (code point order is UTF-8 octet order)."""
+    if text.isascii():
+        return text.upper()
+    return "".join(map(_casemap_char, text))
+
+
+# -- RFC 2047 encoded words ----------------------------------------------------------------
+
+_WORD: Final = re.compile(r"=\?([^?\s*]+)(?:\*[^?\s]*)?\?([bBqQ])\?([^?\s]*)\?=")
+_Q_HEX: Final = re.compile(rb"=([0-9A-Fa-f]{2})")
+
+
+def _word_bytes(encoding: str, text: str) -> bytes | None:
+    if encoding in "bB":
+        try:
+            return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            return None
+    data = text.replace("_", " ").encode("latin-1", "replace")
+    return _Q_HEX.sub(lambda m: bytes([int(m.group(1), 16)]), data)
+
+
+def _charset(name: str) -> str:
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        return "utf-8"
+
+
+def decode_words(text: str) -> str:
+    """``text`` with its RFC 2047 encoded words decoded.
+
+    White space between two encoded words is dropped, white space next to
+    plain text is kept (RFC 2047 6.2); adjacent words in one charset are
+    decoded together, so a character split across two words survives. An
+    unknown charset reads as UTF-8; bytes that do not decode become U+FFFD; a
+    word that is not valid base64 stays as it was sent.
+    """
+    if "=?" not in text:
+        return text
+    out: list[str] = []
+    pending = b""
+    pending_charset = ""
+    pos = 0
+    after_word = False
+
+    def flush() -> None:
+        nonlocal pending, pending_charset
+        if pending_charset:
+            out.append(pending.decode(pending_charset, "replace"))
+        pending, pending_charset = b"", ""
+
+    for match in _WORD.finditer(text):
+        gap = text[pos : match.start()]
+        data = _word_bytes(match.group(2), match.group(3))
+        if data is None:
+            continue  # left in the text: the next gap starts before it
+        if not (after_word and gap.strip(" \t\r\n") == ""):
+            flush()
+            out.append(gap)
+        charset = _charset(match.group(1))
+        if charset != pending_charset:
+            flush()
+            pending_charset = charset
+        pending += data
+        pos = match.end()
+        after_word = True
+    flush()
+    out.append(text[pos:])
+    return "".join(out)
+
+
+# -- base subject (RFC 5256 2.1) -------------------------------------------------------------
+
+_SPACES: Final = re.compile(r"[ \t]+")
+
+
+def _blob_end(s: str, i: int) -> int:
+    """The end of the ``subj-blob`` at ``i`` (trailing spaces included), or -1."""
+    if i >= len(s) or s[i] != "[":
+        return -1
+    close = s.find("]", i + 1)
+    if close < 0:
+        return -1
+    inner = s.find("[", i + 1, close)
+    if inner >= 0:
+        return -1  # BLOBCHAR is any CHAR8 but "[" and "]"
+    j = close + 1
+    while j < len(s) and s[j] == " ":
+        j += 1
+    return j
+
+
+def _refwd_end(s: str, i: int) -> int:
+    """The end of the ``subj-refwd`` at ``i``, or -1:
+    ``("re" / ("fw" ["d"])) *WSP [subj-blob] ":"``, case-insensitive."""
+    head = s[i : i + 3].lower()
+    if head.startswith("re"):
+        j = i + 2
+    elif head.startswith("fwd"):
+        j = i + 3
+    elif head.startswith("fw"):
+        j = i + 2
+    else:
+        return -1
+    while j < len(s) and s[j] == " ":
+        j += 1
+    blob = _blob_end(s, j)
+    if blob >= 0:
+        j = blob
+    return j + 1 if j < len(s) and s[j] == ":" else -1
+
+
+def _leader_end(s: str, i: int) -> int:
+    """The end of the ``subj-leader`` at ``i`` (``(*subj-blob subj-refwd) / WSP``), or -1."""
+    if i < len(s) and s[i] == " ":
+        return i + 1
+    j = i
+    while True:
+        end = _refwd_end(s, j)
+        if end >= 0:
+            return end
+        blob = _blob_end(s, j)
+        if blob < 0:
+            return -1
+        j = blob
+
+
+def base_subject(subject: str) -> tuple[str, bool]:
+    """The base subject of a decoded Subject value (RFC 5256 2.1), and whether
+    extracting it removed a reply or forward marker: a ``subj-refwd``, a
+    ``(fwd)`` trailer, or a ``[fwd: ...]`` wrapper (RFC 5256 section 3,
+    REFERENCES step 5.B's "reply or forward")."""
+    # (1) Encoded words are already decoded; continuations and tabs become
+    # spaces; runs of spaces become one.
+    s = _SPACES.sub(" ", subject.replace("\r", "").replace("\n", ""))
+    marked = False
+    while True:
+        # (2) Trailers: "(fwd)" and white space, as often as they appear.
+        while s:
+            if s[-1] == " ":
+                s = s[:-1]
+            elif s[-5:].lower() == "(fwd)":
+                s = s[:-5]
+                marked = True
+            else:
+                break
+        # (3)-(5) Leaders, then one blob if a non-empty base is left, again.
+        while True:
+            changed = False
+            while (end := _leader_end(s, 0)) > 0:
+                if s[0] != " ":
+                    marked = True  # a subj-refwd, not a space
+                s = s[end:]
+                changed = True
+            # (4) as often as (5) would repeat it: with no subj-leader at the
+            # front, none appears as blobs go (_leader_end looked for a
+            # subj-refwd after each of them), so every blob of the run goes
+            # but the last when nothing follows it. One pass, not one per blob.
+            ends: list[int] = []
+            while (blob := _blob_end(s, ends[-1] if ends else 0)) > 0:
+                ends.append(blob)
+            if ends:
+                cut = ends[-1] if ends[-1] < len(s) else (ends[-2] if len(ends) > 1 else 0)
+                if cut:
+                    s = s[cut:]
+                    changed = True
+            if not changed:
+                break
+        # (6) A "[fwd:" ... "]" wrapper: remove it and start again from (2).
+        if s[:5].lower() == "[fwd:" and s.endswith("]"):
+            s = s[5:-1]
+            marked = True
+            continue
+        return s, marked
+
+
+# -- the record --------------------------------------------------------------------------------
+
+_WANTED: Final = frozenset(
+    {"subject", "date", "from", "to", "cc", "message-id", "in-reply-to", "references"}
+)
+_MSG_ID: Final = re.compile(r"<([^<>\s]+)>")
+
+
+def _fields(raw: bytes) -> dict[str, str]:
+    """The first occurrence of each wanted field, unfolded (RFC 5322 2.2.3), as text."""
+    found: dict[str, bytearray] = {}
+    current: bytearray | None = None
+    for line in raw[:MAX_HEADER].split(b"\n"):
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line:
+            break  # the end of the header
+        if line[:1] in (b" ", b"\t"):
+            if current is not None and len(current) < MAX_FIELD * 4:
+                current += line
+            continue
+        name, colon, value = line.partition(b":")
+        current = None
+        if not colon:
+            continue
+        key = name.strip().decode("latin-1").lower()
+        if key in _WANTED and key not in found:
+            current = found[key] = bytearray(value)
+    return {key: _text(bytes(value))[:MAX_FIELD].strip() for key, value in found.items()}
+
+
+def _text(data: bytes) -> str:
+    # RFC 6532 allows UTF-8 in header fields; other 8-bit bytes read as Latin-1.
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def _clean(text: str) -> str:
+    # Decoders can leave lone surrogates that UTF-8 (and JSON) refuse.
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _first_address(value: str | None) -> tuple[str, str]:
+    """(``addr-mailbox``, display form) of the first address (RFC 5256 3,
+    RFC 5957 3): the display form is the decoded display name, else the
+    ``addr-spec``. Empty strings when there is none."""
+    if not value:
+        return "", ""
+    for name, address in email.utils.getaddresses([value]):
+        if not address and not name:
+            continue
+        mailbox = address.rpartition("@")[0] if "@" in address else address
+        display = " ".join(decode_words(name).split())
+        return _clean(mailbox), _clean(display or address)
+    return "", ""
+
+
+def _ids(value: str | None) -> list[str]:
+    if not value:
+        return []
+    return [m for m in _MSG_ID.findall(value) if len(m) <= MAX_ID]
+
+
+def sent_date(value: str | None) -> int | None:
+    """A Date field as seconds since the epoch, UTC (RFC 5256 2.2); None when
+    it is missing or cannot be parsed. A date without a usable zone is UTC."""
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    try:
+        return int(when.timestamp())
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class SortRecord:
+    """What SORT and THREAD read of one message, parsed once from its header.
+
+    ``sent`` is the Date field in UTC seconds, None without a usable one (the
+    sort then uses the internal date, RFC 5256 2.2). ``subject`` is the base
+    subject and ``reply`` whether extracting it removed a reply/forward
+    marker. ``*_mailbox`` are the first address's ``addr-mailbox`` and
+    ``*_display`` the RFC 5957 forms, empty when absent. ``references`` are
+    the References ids, oldest first (brackets removed; compared as they are,
+    RFC 5256 is case-sensitive about them).
+    """
+
+    sent: int | None = None
+    subject: str = ""
+    reply: bool = False
+    from_mailbox: str = ""
+    to_mailbox: str = ""
+    cc_mailbox: str = ""
+    from_display: str = ""
+    to_display: str = ""
+    message_id: str | None = None
+    in_reply_to: str | None = None
+    references: tuple[str, ...] = ()
+
+    def parent_ids(self) -> tuple[str, ...]:
+        """The ids THREAD=REFERENCES links above this message (RFC 5256 3,
+        step 1): References, or without a valid one In-Reply-To's first."""
+        if self.references:
+            return self.references
+        return (self.in_reply_to,) if self.in_reply_to is not None else ()
+
+    def dumps(self) -> bytes:
+        """The record as compact JSON (an array led by :data:`RECORD_VERSION`)."""
+        return json.dumps(self._row(), ensure_ascii=False, separators=(",", ":")).encode()
+
+    def _row(self) -> list[Any]:
+        return [
+            RECORD_VERSION,
+            self.sent,
+            self.subject,
+            int(self.reply),
+            self.from_mailbox,
+            self.to_mailbox,
+            self.cc_mailbox,
+            self.from_display,
+            self.to_display,
+            self.message_id,
+            self.in_reply_to,
+            list(self.references),
+        ]
+
+    @classmethod
+    def loads(cls, data: bytes) -> SortRecord:
+        """A record from :meth:`dumps`; ValueError if it is not one (the
+        caller rebuilds it from the message)."""
+        return _from_row(json.loads(data))
+
+
+def _from_row(row: Any) -> SortRecord:
+    if not isinstance(row, list) or len(row) != 12 or row[0] != RECORD_VERSION:
+        raise ValueError("not a sort record of this version")
+    sent, subject, reply, frm, to, cc, from_d, to_d, mid, irt, refs = row[1:]
+    strings = (subject, frm, to, cc, from_d, to_d)
+    if (
+        not (sent is None or isinstance(sent, int))
+        or not all(isinstance(s, str) for s in strings)
+        or not all(v is None or isinstance(v, str) for v in (mid, irt))
+        or not isinstance(refs, list)
+        or not all(isinstance(r, str) for r in refs)
+    ):
+        raise ValueError("a sort record field has the wrong type")
+    return SortRecord(sent, subject, bool(reply), frm, to, cc, from_d, to_d, mid, irt, tuple(refs))
+
+
+def loads_many(blobs: Iterable[bytes]) -> list[SortRecord]:
+    """Many stored records at once (one JSON parse for all of them)."""
+    rows = json.loads(b"[" + b",".join(blobs) + b"]")
+    return [_from_row(row) for row in rows]
+
+
+def build_record(raw: bytes) -> SortRecord:
+    """The sort record of a message, from its header (or the whole message:
+    reading stops at the blank line that ends the header)."""
+    fields = _fields(raw)
+    subject, reply = base_subject(decode_words(fields.get("subject", "")))
+    from_mailbox, from_display = _first_address(fields.get("from"))
+    to_mailbox, to_display = _first_address(fields.get("to"))
+    cc_mailbox, _ = _first_address(fields.get("cc"))
+    message_ids = _ids(fields.get("message-id"))
+    in_reply_to = _ids(fields.get("in-reply-to"))
+    references = _ids(fields.get("references"))
+    if len(references) > MAX_REFERENCES:
+        references = references[:1] + references[-(MAX_REFERENCES - 1) :]
+    return SortRecord(
+        sent=sent_date(fields.get("date")),
+        subject=_clean(subject),
+        reply=reply,
+        from_mailbox=from_mailbox,
+        to_mailbox=to_mailbox,
+        cc_mailbox=cc_mailbox,
+        from_display=from_display,
+        to_display=to_display,
+        message_id=message_ids[0] if message_ids else None,
+        in_reply_to=in_reply_to[0] if in_reply_to else None,
+        references=tuple(references),
+    )
+
+
+class RecordCache:
+    """Sort records by GUID, least recently used out first; safe to share
+    between threads. A message's bytes never change under its GUID, so an
+    entry is never stale. The server owns one for all its sessions."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self.size = size
+        self._entries: OrderedDict[str, SortRecord] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, guid: str, reader: Callable[[str], bytes]) -> SortRecord:
+        """The record of the message ``guid``, built from ``reader(guid)`` once."""
+        with self._lock:
+            cached = self._entries.get(guid)
+            if cached is not None:
+                self._entries.move_to_end(guid)
+                return cached
+        record = build_record(reader(guid))
+        with self._lock:
+            self._entries[guid] = record
+            self._entries.move_to_end(guid)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return record
+
+
+# -- the sort ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SortItem:
+    """One message of a SORT or THREAD request: ``id`` is what the answer
+    holds (sequence number or UID), ``arrival`` the internal date in UTC
+    seconds, ``size`` the RFC822.SIZE. Items are given in mailbox order."""
+
+    id: int
+    arrival: int
+    size: int
+    record: SortRecord
+
+    @property
+    def date(self) -> int:
+        """The sent date, or the internal date without one (RFC 5256 2.2)."""
+        sent = self.record.sent
+        return self.arrival if sent is None else sent
+
+
+_KEYS: Final[dict[SortKey, Callable[[SortItem], Any]]] = {
+    SortKey.ARRIVAL: lambda item: item.arrival,
+    SortKey.DATE: lambda item: item.date,
+    SortKey.SIZE: lambda item: item.size,
+    SortKey.SUBJECT: lambda item: collate(item.record.subject),
+    SortKey.FROM: lambda item: collate(item.record.from_mailbox),
+    SortKey.TO: lambda item: collate(item.record.to_mailbox),
+    SortKey.CC: lambda item: collate(item.record.cc_mailbox),
+    SortKey.DISPLAYFROM: lambda item: collate(item.record.from_display),
+    SortKey.DISPLAYTO: lambda item: collate(item.record.to_display),
+}
+
+
+def sort(items: Sequence[SortItem], criteria: Sequence[Criterion]) -> list[int]:
+    """The ``id`` of each item in the order the criteria give (RFC 5256 3).
+
+    Messages equal under every criterion keep mailbox order (the order of
+    ``items``), whatever REVERSE says (RFC 5256 3: REVERSE "does not affect
+    the implicit sequence number sort criterion").
+    """
+    order = list(range(len(items)))
+    for criterion in reversed(criteria):
+        key = _KEYS[criterion.key]
+        keys = [key(item) for item in items]
+        # list.sort is stable also with reverse=True.
+        order.sort(key=keys.__getitem__, reverse=criterion.reverse)
+    return [items[i].id for i in order]
