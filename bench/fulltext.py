@@ -82,7 +82,7 @@ def main() -> None:
             ("absent 'zyzzyvaqq'", "zyzzyvaqq"),
         ):
             for key in ("BODY", "TEXT"):
-                match = sqlite_match(key, string)  # type: ignore[arg-type]
+                match = sqlite_match(key, string)
 
                 def query(match: str | None = match, key: str = key, string: str = string) -> int:
                     if match is None:

@@ -257,7 +257,7 @@ def test_sqlite_trigram_index_matches_the_unindexed_path(
     for _ in range(8):
         string = data.draw(needles(docs))
         for key in ("BODY", "TEXT"):
-            expected = [n for n, raw in enumerate(raws) if matches(extract(raw), key, string)]  # type: ignore[arg-type]
+            expected = [n for n, raw in enumerate(raws) if matches(extract(raw), key, string)]
             assert sqlite_search(db, key, string) == expected, (key, string)
 
 
