@@ -526,3 +526,57 @@ def test_one_failing_account_does_not_stall_the_others(pair: tuple[Node, Node]) 
     stuck = alpha.call("GET", "/v1/status?account=stuck")
     assert stuck["sync_log_depth"] >= 1 and stuck["failures"] >= 1
     assert "belongs to another account" in stuck["last_error"], stuck["last_error"]
+
+
+def modseqs(node: Node, account: str) -> tuple[int, list[tuple[int, int]]]:
+    """INBOX's HIGHESTMODSEQ and (uid, modseq) of each live record, from the store."""
+    store = open_store(node)
+    try:
+
+        def read(s: Any) -> tuple[int, list[tuple[int, int]]]:
+            box = mailbox.get_mailbox(s, accounts.get_account(s, account), "INBOX")
+            live = messages.live_records(s, box)
+            return box.highestmodseq, sorted((r.uid, r.modseq) for r in live)
+
+        return store.read_sync(read)
+    finally:
+        store.close()
+
+
+def test_split_brain_flag_churn_converges_modseqs_exactly(pair: tuple[Node, Node]) -> None:
+    """Issue 15 item 3: the replica, cut off, changes flags back and forth
+    (content as before, modseqs higher); after the merge both nodes hold the
+    same per-record modseqs and HIGHESTMODSEQ, and it has not gone back."""
+    alpha, beta = pair
+    alpha.add_account("churn")
+    for i in range(3):
+        deliver(alpha, "churn@example.test", f"common{i}")
+    wait_until(converged(alpha, beta, "churn"), 10, "initial sync")
+    beta.stop()
+    store = open_store(beta)
+    try:
+
+        def churn(s: Any) -> None:
+            acct = accounts.get_account(s, "churn")
+            box = mailbox.get_mailbox(s, acct, "INBOX")
+            for _ in range(6):
+                messages.set_flags(s, acct, box, [1, 2], ["\\Flagged"], mode="add")
+                messages.set_flags(s, acct, box, [1, 2], ["\\Flagged"], mode="remove")
+
+        store.write_sync(churn)
+    finally:
+        store.close()
+    beta_seen, _ = modseqs(beta, "churn")
+    deliver(alpha, "churn@example.test", "alpha-only")
+    assert modseqs(alpha, "churn")[0] < beta_seen
+    beta.start()
+    wait_until(converged(alpha, beta, "churn"), 20, "convergence after the split")
+    wait_until(
+        lambda: alpha.call("GET", "/v1/status")["replication"]["sync_log_depth"] == 0,
+        10,
+        "log drained",
+    )
+    on_alpha, on_beta = modseqs(alpha, "churn"), modseqs(beta, "churn")
+    assert on_alpha == on_beta
+    assert on_alpha[0] >= beta_seen  # RFC 7162 3.1: never back for beta's clients
+    assert len(on_alpha[1]) == 4
