@@ -580,3 +580,19 @@ def test_split_brain_flag_churn_converges_modseqs_exactly(pair: tuple[Node, Node
     assert on_alpha == on_beta
     assert on_alpha[0] >= beta_seen  # RFC 7162 3.1: never back for beta's clients
     assert len(on_alpha[1]) == 4
+
+
+def test_account_add_owned_by_the_partner_is_created_there(pair: tuple[Node, Node]) -> None:
+    """Issue 15 item 6: ``account add USER --owner PARTNER`` on alpha makes the
+    account on beta, its owner (not a row in limbo on alpha): beta delivers to
+    it, replicates it to alpha, and ``replicate`` there is not refused."""
+    alpha, beta = pair
+    made = alpha.add_account("elsewhere", owner="beta")
+    assert made["owner"] == "beta" and made["forwarded_to"] == "beta"
+    assert beta.call("GET", "/v1/accounts/elsewhere")["owner"] == "beta"
+    deliver(beta, "elsewhere@example.test", "on its owner")
+    wait_until(converged(beta, alpha, "elsewhere"), 10, "alpha to get the account")
+    assert alpha.call("GET", "/v1/accounts/elsewhere")["owner"] == "beta"
+    report = beta.replicate("elsewhere")["reports"][0]
+    assert report["account"] == "elsewhere"
+    assert len(records(alpha, "elsewhere")) == 1
