@@ -23,6 +23,7 @@ import pytest
 
 from engine import accounts, mailbox, messages
 from engine.store import Store
+from ownership import table as ownership_table
 from tests.nodes import Node, make_pair, make_single, running
 from tests.procs import wait_until
 
@@ -596,3 +597,42 @@ def test_account_add_owned_by_the_partner_is_created_there(pair: tuple[Node, Nod
     report = beta.replicate("elsewhere")["reports"][0]
     assert report["account"] == "elsewhere"
     assert len(records(alpha, "elsewhere")) == 1
+
+
+def rcpt_reply(node: Node, rcpt: str) -> tuple[int, bytes]:
+    with smtplib.LMTP("127.0.0.1", node.ports["lmtp"]) as lmtp:
+        lmtp.ehlo("test")
+        lmtp.mail("sender@example.test")
+        return lmtp.rcpt(rcpt)
+
+
+def test_unknown_recipient_asks_the_partner_before_550(pair: tuple[Node, Node]) -> None:
+    """Issue 15 item 5: an account beta has and alpha does not yet (created
+    there, its sync not run: here its log rows are dropped so it cannot
+    arrive) gets a 451 on alpha, not a permanent 550; a recipient neither
+    knows is 550; with beta down alpha cannot tell, so 451 again."""
+    alpha, beta = pair
+    store = open_store(beta)
+    try:
+
+        def create_unsynced(s: Any) -> None:
+            from sqlalchemy import delete
+
+            from engine.models import SyncLogRow
+
+            accounts.create_account(s, "newcomer", password="pw")
+            ownership_table.create(s, "newcomer", "beta")
+            s.flush()
+            s.execute(delete(SyncLogRow).where(SyncLogRow.account == "newcomer"))
+
+        store.write_sync(create_unsynced)
+    finally:
+        store.close()
+    assert not _has_account(alpha, "newcomer")
+    code, text = rcpt_reply(alpha, "newcomer@example.test")
+    assert code == 451, text
+    assert rcpt_reply(beta, "newcomer@example.test")[0] == 250
+    assert rcpt_reply(alpha, "nobody@example.test")[0] == 550
+    beta.stop()
+    code, text = rcpt_reply(alpha, "nobody@example.test")
+    assert code == 451 and b"4.4.3" in text, text
