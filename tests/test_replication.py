@@ -636,3 +636,38 @@ def test_unknown_recipient_asks_the_partner_before_550(pair: tuple[Node, Node]) 
     beta.stop()
     code, text = rcpt_reply(alpha, "nobody@example.test")
     assert code == 451 and b"4.4.3" in text, text
+
+
+def test_a_reset_on_the_sync_channel_logs_one_line_not_a_traceback(
+    pair: tuple[Node, Node],
+) -> None:
+    """Issue 15 item 7: a peer that resets the sync connection mid-request is
+    one INFO line on the listener, not an ERROR with a traceback."""
+    import socket
+    import struct
+
+    alpha, beta = pair
+    log_path = beta.workdir / f"{beta.name}.log"
+    before = log_path.read_text(errors="replace")
+    auth = base64.b64encode(b"repl:repl-secret").decode()
+    for _ in range(3):
+        sock = socket.create_connection(("127.0.0.1", beta.ports["sync"]))
+        sock.sendall(
+            b"POST /sync/v1/upload HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Basic {auth}\r\n".encode()
+            + b"Content-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n"
+            + b"x" * 1000
+        )
+        time.sleep(0.2)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # RST, with the body half sent
+
+    def logged() -> bool:
+        return "reset" in log_path.read_text(errors="replace")[len(before) :]
+
+    wait_until(logged, 5, "the reset to be logged")
+    new = log_path.read_text(errors="replace")[len(before) :]
+    assert "Traceback" not in new and "ERROR" not in new, new[-2000:]
+    alpha.add_account("after-reset")
+    deliver(alpha, "after-reset@example.test", "still flows")
+    wait_until(converged(alpha, beta, "after-reset"), 10, "sync after the resets")
