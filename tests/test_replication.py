@@ -671,3 +671,32 @@ def test_a_reset_on_the_sync_channel_logs_one_line_not_a_traceback(
     alpha.add_account("after-reset")
     deliver(alpha, "after-reset@example.test", "still flows")
     wait_until(converged(alpha, beta, "after-reset"), 10, "sync after the resets")
+
+
+def test_an_expunge_on_the_losing_side_comes_back_and_is_counted(
+    pair: tuple[Node, Node],
+) -> None:
+    """Issue 15 item 7: a message the cut-off replica expunged, the owner still
+    has: after the merge it is live on both, and the repair counts it."""
+    alpha, beta = pair
+    alpha.add_account("undone")
+    for i in range(2):
+        deliver(alpha, "undone@example.test", f"keep{i}")
+    wait_until(converged(alpha, beta, "undone"), 10, "initial sync")
+    beta.stop()
+    store = open_store(beta)
+    try:
+
+        def expunge_one(s: Any) -> None:
+            acct = accounts.get_account(s, "undone")
+            messages.expunge(s, acct, mailbox.get_mailbox(s, acct, "INBOX"), [1])
+
+        store.write_sync(expunge_one)
+    finally:
+        store.close()
+    beta.start()
+    report = alpha.replicate("undone")["reports"][0]
+    counted = alpha.call("GET", "/v1/status")["counters"].get("messages_resurrected", 0)
+    assert counted == 1 and report["resurrected"] in (0, 1)
+    wait_until(converged(alpha, beta, "undone"), 10, "convergence")
+    assert [r[0] for r in records(beta, "undone")] == [1, 2]
