@@ -6,15 +6,20 @@ row, so nothing echoes back). It deletes mailboxes by uniqueid, renames in
 two phases (every moving mailbox first gets a temporary name, so swaps and
 cycles cannot collide), creates mailboxes with the owner's uniqueid and
 UIDVALIDITY, then upserts and expunges records by UID, keeping checksum,
-``exists`` and quota exact. Records take the owner's modseq, and the
-mailbox's ``sync_base`` becomes the owner's highestmodseq when the result
-matches the owner's checksum: the next sync then exchanges only newer
-changes. A record whose GUID is not in the spool is refused: bytes first.
+``exists`` and quota exact. Records take the owner's modseq and the mailbox
+the owner's HIGHESTMODSEQ, exactly (the owner first raised its own above
+ours when we had gone ahead: :class:`~engine.compare.Restamp`), and the
+mailbox's ``sync_base`` becomes that HIGHESTMODSEQ when the result matches
+the owner's summary: the next sync then exchanges only newer changes. A
+record whose GUID is not in the spool is refused: bytes first.
 
 :func:`apply_repairs` runs on the owner as a normal write (its changes are
 logged and replicate like any other): it copies the replica's unknown
 messages in with new UIDs and moves the owner's split-conflicting records to
-new UIDs, after raising ``last_uid`` past both sides' so no UID is reused.
+new UIDs, after raising ``last_uid`` past both sides' so no UID is reused,
+and raises HIGHESTMODSEQ past the replica's, restamping the records the push
+will change there (RFC 7162 3.1: a modseq a client saw is never reused for
+older state).
 """
 
 from __future__ import annotations
@@ -30,10 +35,10 @@ from sqlalchemy.orm import Session
 from engine import sieve as sieve_store
 from engine import synclog
 from engine.accounts import create_account, delete_account, find_account
-from engine.compare import MailboxPush, Push, Repairs
+from engine.compare import MailboxPush, Push, Repairs, Restamp
 from engine.errors import SyncProtocolError, TemporaryFailure
 from engine.flags import record_hash
-from engine.mailbox import create_mailbox, find_mailbox, get_mailbox_by_uniqueid
+from engine.mailbox import bump_modseq, create_mailbox, find_mailbox, get_mailbox_by_uniqueid
 from engine.messages import NewRecords, append, expunge, records_by_uid
 from engine.models import Account, Mailbox, MailboxTombstone, Message, Subscription
 from engine.syncstate import MailboxSummary, summary_of
@@ -53,6 +58,7 @@ class ApplyResult:
 class RepairResult:
     copied: int = 0
     reassigned: int = 0
+    restamped: int = 0
     mailboxes_created: int = 0
     details: list[str] = field(default_factory=list)
 
@@ -83,7 +89,7 @@ def _apply_records(
     if push.expunges:
         for record in records_by_uid(session, mailbox, push.expunges):
             mailbox.checksum ^= record_hash(
-                record.uid, record.guid, record.flags, record.internaldate
+                record.uid, record.guid, record.flags, record.internaldate, record.modseq
             )
             mailbox.exists -= 1
             account.quota_used = max(0, account.quota_used - record.size)
@@ -125,18 +131,27 @@ def _apply_records(
                 continue
             if not found.expunged:
                 mailbox.checksum ^= record_hash(
-                    found.uid, found.guid, found.flags, found.internaldate
+                    found.uid, found.guid, found.flags, found.internaldate, found.modseq
                 )
                 mailbox.exists -= 1
                 account.quota_used = max(0, account.quota_used - found.size)
             found.guid, found.flags, found.internaldate = r.guid, r.flags, when
             found.size, found.modseq, found.expunged = r.size, r.modseq, False
             new.count(
-                account, mailbox, uid=r.uid, guid=r.guid, size=r.size, flags=r.flags, when=when
+                account,
+                mailbox,
+                uid=r.uid,
+                guid=r.guid,
+                size=r.size,
+                flags=r.flags,
+                when=when,
+                modseq=r.modseq,
             )
         new.write()
     mailbox.last_uid = max(mailbox.last_uid, owner.last_uid)
-    mailbox.highestmodseq = max(mailbox.highestmodseq, owner.highestmodseq)
+    # Exactly the owner's (never max with ours): a replica ahead of its owner
+    # would hand clients modseqs the owner reuses once it fails over here.
+    mailbox.highestmodseq = owner.highestmodseq
     mailbox.acl = owner.acl
     if push.upserts or push.expunges:
         kind = "append" if push.upserts else "expunge"
@@ -225,7 +240,11 @@ def apply_push(session: Session, push: Push, has: Callable[[str], bool]) -> Appl
             mailbox.uidvalidity, mailbox.checksum, mailbox.exists = summary.uidvalidity, 0, 0
             session.flush()
         _apply_records(session, account, mailbox, mp, has)
-        if mailbox.checksum == summary.checksum and mailbox.exists == summary.exists:
+        if (
+            mailbox.checksum == summary.checksum
+            and mailbox.exists == summary.exists
+            and mailbox.highestmodseq == summary.highestmodseq
+        ):
             mailbox.sync_base = summary.highestmodseq
         else:
             mailbox.sync_base = 0
@@ -250,6 +269,25 @@ def apply_push(session: Session, push: Push, has: Callable[[str], bool]) -> Appl
         sieve_store.replace_vacations(session, account, push.vacations)
     session.flush()
     return result
+
+
+def _restamp(session: Session, account: Account, box: Mailbox, restamp: Restamp) -> int:
+    """Apply one :class:`Restamp`; how many records got a new modseq."""
+    box.highestmodseq = max(box.highestmodseq, restamp.floor)
+    changed = 0
+    if restamp.bump:
+        modseq = bump_modseq(box)
+        for record in records_by_uid(session, box, restamp.uids):
+            box.checksum ^= record_hash(
+                record.uid, record.guid, record.flags, record.internaldate, record.modseq
+            )
+            box.checksum ^= record_hash(
+                record.uid, record.guid, record.flags, record.internaldate, modseq
+            )
+            record.modseq = modseq
+            changed += 1
+    synclog.record(session, account.name, box.uniqueid, "flags")
+    return changed
 
 
 def _live_size(session: Session, mailbox: Mailbox) -> int:
@@ -284,6 +322,12 @@ def apply_repairs(
         if box is not None and box.last_uid < last_uid:
             box.last_uid = last_uid
             synclog.record(session, account.name, box.uniqueid, "mailbox")
+    # Before reassigns and pulls, so the records they add are above the floor too.
+    for restamp in repairs.restamps:
+        box = get_mailbox_by_uniqueid(session, restamp.uniqueid)
+        if box is None:
+            continue
+        result.restamped += _restamp(session, account, box, restamp)
     for reassign in repairs.reassigns:
         mailbox = get_mailbox_by_uniqueid(session, reassign.uniqueid)
         if mailbox is None:

@@ -12,9 +12,22 @@ is never dropped to make the two agree. :func:`compare` returns two things:
   have seen either; a mailbox only the replica has is created on the owner,
   or merged into the owner's mailbox of the same name. UIDs given by a repair
   are above both sides' ``last_uid``, so no UID ever names two messages.
+  Modseqs get the same care (``Restamp``): every record the push will change
+  on the replica must carry a modseq above the replica's HIGHESTMODSEQ, and
+  the owner's HIGHESTMODSEQ must not be below the replica's. Otherwise a
+  CONDSTORE/QRESYNC client that saw the replica (it served during a split)
+  would ask the owner for changes since a modseq the owner has already used
+  for older state, and miss some (RFC 7162 3.1: modseqs only grow). In
+  normal running every owner change since the last sync is above the
+  replica's HIGHESTMODSEQ already, so this repair is only needed after a
+  split or damage.
 - :class:`Push`, applied on the **replica**: create/rename/delete mailboxes by
   uniqueid, upsert records (UPLOAD when the replica lacks the GUID, SETFLAGS
-  when it has the record), expunge records, subscriptions, quota, password.
+  when it has the record or only its modseq differs), expunge records,
+  subscriptions, quota, password. The replica takes the owner's modseqs and
+  HIGHESTMODSEQ exactly. A record the replica had expunged and the owner
+  still has comes back (``resurrected``: an EXPUNGE or MOVE made on the
+  losing side of a split is undone, nothing is dropped).
 
 When repairs are needed the caller applies them, reads the owner's state
 again and compares again; the second round has only a push (the pulled GUIDs
@@ -31,7 +44,7 @@ from dataclasses import dataclass, field
 
 from engine.syncstate import AccountState, MailboxSummary, RecordState
 
-__all__ = ["MailboxPush", "Pull", "Push", "Reassign", "Repairs", "compare"]
+__all__ = ["MailboxPush", "Pull", "Push", "Reassign", "Repairs", "Restamp", "compare"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,15 +69,32 @@ class Reassign:
 
 
 @dataclass(frozen=True, slots=True)
+class Restamp:
+    """Raise an owner mailbox's HIGHESTMODSEQ to at least ``floor`` (the
+    replica's); with ``bump``, allocate one more modseq and give it to the
+    records ``uids`` (those the push changes on the replica whose modseq is
+    not above ``floor``), so the push's changes, expunges included, are all
+    newer than anything a client of the replica saw."""
+
+    uniqueid: str
+    floor: int
+    uids: tuple[int, ...] = ()
+    bump: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Repairs:
     pulls: tuple[Pull, ...] = ()
     reassigns: tuple[Reassign, ...] = ()
     # (uniqueid, last_uid): the replica used UIDs we have not; never reuse them.
     raise_last_uid: tuple[tuple[str, int], ...] = ()
+    restamps: tuple[Restamp, ...] = ()
 
     @property
     def empty(self) -> bool:
-        return not self.pulls and not self.reassigns and not self.raise_last_uid
+        return (
+            not self.pulls and not self.reassigns and not self.raise_last_uid and not self.restamps
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +105,9 @@ class MailboxPush:
     upserts: tuple[RecordState, ...] = ()
     expunges: tuple[int, ...] = ()
     create: bool = False
+    # Upserts of records the replica had expunged (its EXPUNGE or MOVE is
+    # undone): for the repair report; not sent on the wire.
+    resurrected: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +137,12 @@ class Push:
             and self.vacations is None
         )
 
+    @property
+    def resurrected(self) -> int:
+        """Messages the replica had expunged (or lost with a deleted mailbox)
+        that the push brings back."""
+        return sum(len(mp.resurrected) for mp in self.mailboxes)
+
 
 def compare(
     owner: AccountState,
@@ -122,6 +161,7 @@ def compare(
     pulls: list[Pull] = []
     reassigns: list[Reassign] = []
     raise_last_uid: list[tuple[str, int]] = []
+    restamps: list[Restamp] = []
     deletes: list[str] = []
     pushes: list[MailboxPush] = []
     unchanged: list[str] = []
@@ -172,7 +212,9 @@ def compare(
         records = owner_records.get(uniqueid, ())
         if theirs_state is None:
             fresh = tuple(r for r in records if not r.expunged)
-            pushes.append(MailboxPush(mine.summary, upserts=fresh, create=True))
+            # A mailbox the replica deleted comes back whole.
+            back = tuple(r.uid for r in fresh) if uniqueid in replica.tombstones else ()
+            pushes.append(MailboxPush(mine.summary, upserts=fresh, create=True, resurrected=back))
             continue
         if theirs_state.mode == "none":
             unchanged.append(uniqueid)
@@ -184,6 +226,8 @@ def compare(
         expunges: list[int] = []
         conflicts: list[int] = []
         pulled: list[RecordState] = []
+        resurrected: list[int] = []
+        replica_last_uid = theirs_state.summary.last_uid
         for uid in sorted(set(ours) | set(theirs)):
             o = ours.get(uid)
             r = theirs.get(uid)
@@ -192,8 +236,16 @@ def compare(
             if o is not None and o_live:
                 if r is None or not r_live:
                     upserts.append(o)
+                    # Expunged there: a tombstone it sent, or (it sent all its
+                    # live records) a UID it has used and no longer holds.
+                    if r is not None or (complete and uid <= replica_last_uid):
+                        resurrected.append(uid)
                 elif r.guid == o.guid:
-                    if r.flags != o.flags or r.internaldate != o.internaldate:
+                    if (
+                        r.flags != o.flags
+                        or r.internaldate != o.internaldate
+                        or r.modseq != o.modseq
+                    ):
                         upserts.append(o)
                 elif r.guid in known:
                     upserts.append(o)
@@ -215,7 +267,14 @@ def compare(
             reassigns.append(Reassign(uniqueid, tuple(conflicts), last))
         if pulled:
             pulls.append(Pull(uniqueid, uniqueid, mine.summary.name, None, last, tuple(pulled)))
-        pushes.append(MailboxPush(mine.summary, tuple(upserts), tuple(expunges)))
+        restamp = _restamp(mine.summary, theirs_state.summary, upserts, expunges)
+        if restamp is not None:
+            restamps.append(restamp)
+        pushes.append(
+            MailboxPush(
+                mine.summary, tuple(upserts), tuple(expunges), resurrected=tuple(resurrected)
+            )
+        )
 
     account_fields: tuple[str, int | None] | None = None
     if (
@@ -241,4 +300,26 @@ def compare(
         sieve=owner.sieve if owner.sieve != replica.sieve else None,
         vacations=owner.vacations if owner.vacations != replica.vacations else None,
     )
-    return Repairs(tuple(pulls), tuple(reassigns), tuple(raise_last_uid)), push
+    repairs = Repairs(tuple(pulls), tuple(reassigns), tuple(raise_last_uid), tuple(restamps))
+    return repairs, push
+
+
+def _restamp(
+    mine: MailboxSummary,
+    theirs: MailboxSummary,
+    upserts: list[RecordState],
+    expunges: list[int],
+) -> Restamp | None:
+    """The modseq repair one mailbox needs before its push, if any.
+
+    The replica will take our records' modseqs, stamp its expunges with our
+    HIGHESTMODSEQ and take our HIGHESTMODSEQ. Each of those must be above the
+    replica's HIGHESTMODSEQ (``floor``) for a change the push makes there,
+    and ours must not be below it.
+    """
+    floor = theirs.highestmodseq
+    stale = tuple(r.uid for r in upserts if r.modseq <= floor)
+    bump = bool(stale) or (bool(expunges) and mine.highestmodseq <= floor)
+    if not bump and mine.highestmodseq >= floor:
+        return None
+    return Restamp(mine.uniqueid, floor, stale, bump)

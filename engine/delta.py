@@ -101,7 +101,7 @@ def owner_delta(session: Session, account: str, mark: AccountState) -> Delta | N
     replica_view: list[MailboxState] = []
     for m in state.mailboxes:
         base = marked[m.summary.uniqueid].summary
-        if m.summary.same_content(base) and m.summary.highestmodseq == base.highestmodseq:
+        if m.summary.same_content(base):
             replica_view.append(MailboxState(base))
             continue
         mailbox = session.scalar(select(Mailbox).where(Mailbox.uniqueid == m.summary.uniqueid))

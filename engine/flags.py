@@ -52,15 +52,18 @@ def parse_flags(stored: str) -> frozenset[str]:
     return frozenset(stored.split()) if stored else frozenset()
 
 
-def record_hash(uid: int, guid: str, flags: str, internaldate: dt.datetime) -> int:
+def record_hash(uid: int, guid: str, flags: str, internaldate: dt.datetime, modseq: int) -> int:
     """A signed 64-bit hash of one record; a mailbox checksum is their XOR.
 
     XOR makes the checksum incremental (add a record: XOR it in; remove or
     change one: XOR the old value out) and independent of order, like Cyrus's
-    sync CRC. It covers everything replication must make equal.
+    sync CRC. It covers everything replication must make equal, the record's
+    modseq included (as Cyrus's does): two mailboxes with equal checksums hold
+    the same records with the same modseqs (RFC 7162 3.1), so a replica whose
+    modseqs lag its owner's is noticed by the cheap summary compare.
     """
     stamp = int(internaldate.timestamp())
     digest = hashlib.sha1(
-        f"{uid}\0{guid}\0{flags}\0{stamp}".encode(), usedforsecurity=False
+        f"{uid}\0{guid}\0{flags}\0{stamp}\0{modseq}".encode(), usedforsecurity=False
     ).digest()
     return int.from_bytes(digest[:8], "big", signed=True)

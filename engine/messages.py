@@ -140,7 +140,16 @@ class NewRecords:
             "expunged": False,
         }
         self.rows.append(values)
-        self.count(account, mailbox, uid=uid, guid=guid, size=size, flags=flags, when=internaldate)
+        self.count(
+            account,
+            mailbox,
+            uid=uid,
+            guid=guid,
+            size=size,
+            flags=flags,
+            when=internaldate,
+            modseq=modseq,
+        )
         return values
 
     def count(
@@ -153,9 +162,10 @@ class NewRecords:
         size: int,
         flags: str,
         when: dt.datetime,
+        modseq: int,
     ) -> None:
         """A live record now in ``mailbox`` (a new row, or a tombstone revived)."""
-        mailbox.checksum ^= record_hash(uid, guid, flags, when)
+        mailbox.checksum ^= record_hash(uid, guid, flags, when, modseq)
         mailbox.exists += 1
         account.quota_used += size
         self.guids[(account.id, guid)] = None
@@ -308,8 +318,12 @@ def set_flags(
         if modseq is None:
             modseq = bump_modseq(mailbox)
         stored = format_flags(new)
-        mailbox.checksum ^= record_hash(record.uid, record.guid, record.flags, record.internaldate)
-        mailbox.checksum ^= record_hash(record.uid, record.guid, stored, record.internaldate)
+        mailbox.checksum ^= record_hash(
+            record.uid, record.guid, record.flags, record.internaldate, record.modseq
+        )
+        mailbox.checksum ^= record_hash(
+            record.uid, record.guid, stored, record.internaldate, modseq
+        )
         record.flags = stored
         record.modseq = modseq
         changed.append(record)
@@ -330,7 +344,9 @@ def expunge(
         return []
     modseq = bump_modseq(mailbox)
     for record in records:
-        mailbox.checksum ^= record_hash(record.uid, record.guid, record.flags, record.internaldate)
+        mailbox.checksum ^= record_hash(
+            record.uid, record.guid, record.flags, record.internaldate, record.modseq
+        )
         mailbox.exists -= 1
         account.quota_used = max(0, account.quota_used - record.size)
         record.expunged = True

@@ -82,12 +82,15 @@ class MailboxSummary:
     sync_base: int = 0
 
     def same_content(self, other: MailboxSummary) -> bool:
-        """Equal as replication sees it (modseqs may differ; content may not)."""
+        """Equal as replication sees it: the same records (the checksum covers
+        each one's modseq too) and the same HIGHESTMODSEQ. ``sync_base`` is
+        the replica's bookkeeping, not content."""
         return (
             self.uniqueid == other.uniqueid
             and self.name == other.name
             and self.uidvalidity == other.uidvalidity
             and self.last_uid == other.last_uid
+            and self.highestmodseq == other.highestmodseq
             and self.acl == other.acl
             and self.checksum == other.checksum
             and self.exists == other.exists
@@ -297,7 +300,7 @@ def account_digests(session: Session, names: Iterable[str] | None = None) -> dic
 
     Two nodes with equal digests for an account hold the same account: the
     same password hash, quota, subscriptions and mailboxes (by uniqueid, name,
-    UIDVALIDITY, last UID, ACL, checksum, count). ``replicate --all`` and the
+    UIDVALIDITY, last UID, HIGHESTMODSEQ, ACL, checksum, count). ``replicate --all`` and the
     full reconcile compare these first, in a few requests for thousands of
     accounts, and sync only the accounts that differ.
     """
@@ -318,6 +321,7 @@ def account_digests(session: Session, names: Iterable[str] | None = None) -> dic
             Mailbox.name,
             Mailbox.uidvalidity,
             Mailbox.last_uid,
+            Mailbox.highestmodseq,
             Mailbox.acl,
             Mailbox.checksum,
             Mailbox.exists,

@@ -4,8 +4,12 @@ Two real stores (SQLite + spool each) start equal; random operations run on
 each side independently (a split); then the owner syncs to the replica with
 the engine's own compare/apply code and the sync client's own rounds
 (:func:`engine.rounds.converge`), in-process instead of over HTTP. Afterwards both sides hold the same
-mailboxes and records, no UID names two messages, and every message that was
-live on either side and not removed by the owner is live on both.
+mailboxes and records, with the same modseqs and HIGHESTMODSEQ, no UID names
+two messages, every message that was live on either side and not removed by
+the owner is live on both, and no modseq a client of either side saw is
+reused for older state (RFC 7162 3.1). The rolling fast path
+(:mod:`engine.delta`) is held to the same: after each delta the replica
+equals the owner, modseqs included.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ import migrations
 from engine import accounts, mailbox, messages
 from engine.apply import apply_push, apply_repairs
 from engine.compare import Push, Repairs, compare
+from engine.delta import mark_of, matches, owner_delta
 from engine.rounds import converge
 from engine.store import Store
-from engine.syncstate import owner_view, read_account_state
+from engine.syncstate import AccountState, owner_view, read_account_state
 
 ACCOUNT = "dpc22"
 NAMES = ["INBOX", "Archive", "Sent", "zzz"]
@@ -112,7 +117,8 @@ def snapshot(store: Store, account: str = ACCOUNT) -> dict[str, Any]:
                 "uidvalidity": box.uidvalidity,
                 "checksum": box.checksum,
                 "exists": box.exists,
-                "records": sorted((r.uid, r.guid, r.flags) for r in recs),
+                "highestmodseq": box.highestmodseq,
+                "records": sorted((r.uid, r.guid, r.flags, r.modseq) for r in recs),
             }
         out["_quota_used"] = acct.quota_used
         out["_subs"] = mailbox.subscriptions(s, acct)
@@ -122,7 +128,7 @@ def snapshot(store: Store, account: str = ACCOUNT) -> dict[str, Any]:
 
 
 def live_guids(snap: dict[str, Any]) -> set[str]:
-    return {g for k, v in snap.items() if not k.startswith("_") for _, g, _ in v["records"]}
+    return {g for k, v in snap.items() if not k.startswith("_") for _, g, _, _ in v["records"]}
 
 
 # -- random operations ----------------------------------------------------------
@@ -130,7 +136,7 @@ def live_guids(snap: dict[str, Any]) -> set[str]:
 op = st.one_of(
     st.tuples(st.just("append"), st.sampled_from(NAMES), st.binary(min_size=1, max_size=40)),
     st.tuples(
-        st.just("flag"),
+        st.sampled_from(["flag", "unflag"]),
         st.sampled_from(NAMES),
         st.integers(0, 5),
         st.sampled_from(["\\Seen", "\\Flagged", "hello"]),
@@ -186,9 +192,12 @@ def run_op(store: Store, step: tuple[Any, ...], tag: str) -> None:
         recs = messages.live_records(s, box)
         if not recs:
             return
-        if kind == "flag":
+        if kind in ("flag", "unflag"):
+            # Setting then removing a flag leaves the content as it was and
+            # the modseqs higher: only the modseqs tell the two apart.
             record = recs[step[2] % len(recs)]
-            messages.set_flags(s, acct, box, [record.uid], [step[3]], mode="add")
+            mode = "add" if kind == "flag" else "remove"
+            messages.set_flags(s, acct, box, [record.uid], [step[3]], mode=mode)
         elif kind == "expunge":
             messages.expunge(s, acct, box, [recs[step[2] % len(recs)].uid])
         elif kind == "move":
@@ -254,8 +263,24 @@ def test_split_then_sync_converges_without_loss(
     sync(owner, replica)
     after_owner = snapshot(owner)
     after_replica = snapshot(replica)
-    # Converged: the same mailboxes, names, UIDVALIDITYs, records and checksums.
+    # Converged: the same mailboxes, names, UIDVALIDITYs, records, checksums,
+    # and modseqs: each record's and each mailbox's HIGHESTMODSEQ.
     assert after_owner == after_replica
+    # Modseqs never go back, for a client of either side (RFC 7162 3.1): a
+    # mailbox's HIGHESTMODSEQ is at least what either side showed, and a
+    # record the sync changed on a side is newer than anything shown there.
+    for before in (owner_before, replica_before):
+        for key, box in after_owner.items():
+            if key.startswith("_") or key not in before:
+                continue
+            seen = before[key]["highestmodseq"]
+            assert box["highestmodseq"] >= seen
+            old = {
+                (uid, guid, flags): modseq for uid, guid, flags, modseq in before[key]["records"]
+            }
+            for uid, guid, flags, modseq in box["records"]:
+                if (uid, guid, flags) not in old:
+                    assert modseq > seen, (key, uid)
     # A second sync has nothing to do: one compare, no repair, nothing to push.
     assert sync(owner, replica) == {"rounds": 1, "copied": 0, "reassigned": 0, "pushed": 0}
     # No mail lost: the owner's live mail, and replica mail the owner never had.
@@ -266,8 +291,55 @@ def test_split_then_sync_converges_without_loss(
         for key, box in snap.items():
             if key.startswith("_"):
                 continue
-            uids = [uid for uid, _, _ in box["records"]]
+            uids = [uid for uid, _, _, _ in box["records"]]
             assert len(uids) == len(set(uids))
+
+
+def rolling(owner: Store, replica: Store, mark: AccountState) -> AccountState | None:
+    """One rolling fast-path sync (:mod:`engine.delta`), as the client and the
+    replica's DELTA handler do it; the new mark, or None if it fell back."""
+    delta = owner.read_sync(lambda s: owner_delta(s, ACCOUNT, mark))
+    if delta is None:
+        return None
+    assert replica.read_sync(lambda s: matches(read_account_state(s, ACCOUNT), mark))
+    frames = [(g, owner.spool.read(g)) for g in delta.upload]
+    replica.spool.fsync_dirs(replica.spool.put_many(frames))
+    result = replica.write_sync(
+        partial(apply_push, push=delta.push, has=replica.spool.has), replaying=True
+    )
+    assert not result.mismatched, result.mismatched
+    return delta.state
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    common=st.lists(op, max_size=6),
+    rounds=st.lists(st.lists(op, min_size=1, max_size=4), min_size=1, max_size=4),
+)
+def test_rolling_deltas_keep_modseqs_equal(
+    stores: Any, common: list[Any], rounds: list[list[Any]]
+) -> None:
+    """The fast path, round after round: after each DELTA the replica equals
+    the owner, per-record modseqs and HIGHESTMODSEQ included, so the replica
+    still matches the next mark (a lagging modseq would make it refuse)."""
+    owner, replica = stores()
+    owner.write_sync(lambda s: accounts.create_account(s, ACCOUNT, password="pw"))
+    for step in common:
+        run_op(owner, step, "common")
+    sync(owner, replica)
+    mark: AccountState | None = owner.read_sync(lambda s: mark_of(read_account_state(s, ACCOUNT)))
+    for steps in rounds:
+        for step in steps:
+            run_op(owner, step, "owner")
+        mark = rolling(owner, replica, mark) if mark is not None else None
+        if mark is None:  # a mailbox created, renamed or deleted: the full path
+            sync(owner, replica)
+            mark = owner.read_sync(lambda s: mark_of(read_account_state(s, ACCOUNT)))
+        assert snapshot(owner) == snapshot(replica)
 
 
 def test_seed_example_replayed_in_process(stores: Any) -> None:
@@ -290,4 +362,20 @@ def test_seed_example_replayed_in_process(stores: Any) -> None:
     replica.write_sync(damage)
     assert snapshot(replica) != before
     sync(owner, replica)
-    assert snapshot(replica) == before == snapshot(owner)
+    assert snapshot(replica) == snapshot(owner)
+    # The same records as before the damage; the two the replica changed got
+    # a modseq above what the damaged replica showed.
+    assert contents(snapshot(replica)) == contents(before)
+
+
+def contents(snap: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot without modseqs and checksums: what a client reads."""
+    return {
+        key: box
+        if key.startswith("_")
+        else {
+            "name": box["name"],
+            "records": [(uid, guid, flags) for uid, guid, flags, _ in box["records"]],
+        }
+        for key, box in snap.items()
+    }

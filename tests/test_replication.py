@@ -23,6 +23,7 @@ import pytest
 
 from engine import accounts, mailbox, messages
 from engine.store import Store
+from ownership import table as ownership_table
 from tests.nodes import Node, make_pair, make_single, running
 from tests.procs import wait_until
 
@@ -526,3 +527,176 @@ def test_one_failing_account_does_not_stall_the_others(pair: tuple[Node, Node]) 
     stuck = alpha.call("GET", "/v1/status?account=stuck")
     assert stuck["sync_log_depth"] >= 1 and stuck["failures"] >= 1
     assert "belongs to another account" in stuck["last_error"], stuck["last_error"]
+
+
+def modseqs(node: Node, account: str) -> tuple[int, list[tuple[int, int]]]:
+    """INBOX's HIGHESTMODSEQ and (uid, modseq) of each live record, from the store."""
+    store = open_store(node)
+    try:
+
+        def read(s: Any) -> tuple[int, list[tuple[int, int]]]:
+            box = mailbox.get_mailbox(s, accounts.get_account(s, account), "INBOX")
+            live = messages.live_records(s, box)
+            return box.highestmodseq, sorted((r.uid, r.modseq) for r in live)
+
+        return store.read_sync(read)
+    finally:
+        store.close()
+
+
+def test_split_brain_flag_churn_converges_modseqs_exactly(pair: tuple[Node, Node]) -> None:
+    """Issue 15 item 3: the replica, cut off, changes flags back and forth
+    (content as before, modseqs higher); after the merge both nodes hold the
+    same per-record modseqs and HIGHESTMODSEQ, and it has not gone back."""
+    alpha, beta = pair
+    alpha.add_account("churn")
+    for i in range(3):
+        deliver(alpha, "churn@example.test", f"common{i}")
+    wait_until(converged(alpha, beta, "churn"), 10, "initial sync")
+    beta.stop()
+    store = open_store(beta)
+    try:
+
+        def churn(s: Any) -> None:
+            acct = accounts.get_account(s, "churn")
+            box = mailbox.get_mailbox(s, acct, "INBOX")
+            for _ in range(6):
+                messages.set_flags(s, acct, box, [1, 2], ["\\Flagged"], mode="add")
+                messages.set_flags(s, acct, box, [1, 2], ["\\Flagged"], mode="remove")
+
+        store.write_sync(churn)
+    finally:
+        store.close()
+    beta_seen, _ = modseqs(beta, "churn")
+    deliver(alpha, "churn@example.test", "alpha-only")
+    assert modseqs(alpha, "churn")[0] < beta_seen
+    beta.start()
+    wait_until(converged(alpha, beta, "churn"), 20, "convergence after the split")
+    wait_until(
+        lambda: alpha.call("GET", "/v1/status")["replication"]["sync_log_depth"] == 0,
+        10,
+        "log drained",
+    )
+    on_alpha, on_beta = modseqs(alpha, "churn"), modseqs(beta, "churn")
+    assert on_alpha == on_beta
+    assert on_alpha[0] >= beta_seen  # RFC 7162 3.1: never back for beta's clients
+    assert len(on_alpha[1]) == 4
+
+
+def test_account_add_owned_by_the_partner_is_created_there(pair: tuple[Node, Node]) -> None:
+    """Issue 15 item 6: ``account add USER --owner PARTNER`` on alpha makes the
+    account on beta, its owner (not a row in limbo on alpha): beta delivers to
+    it, replicates it to alpha, and ``replicate`` there is not refused."""
+    alpha, beta = pair
+    made = alpha.add_account("elsewhere", owner="beta")
+    assert made["owner"] == "beta" and made["forwarded_to"] == "beta"
+    assert beta.call("GET", "/v1/accounts/elsewhere")["owner"] == "beta"
+    deliver(beta, "elsewhere@example.test", "on its owner")
+    wait_until(converged(beta, alpha, "elsewhere"), 10, "alpha to get the account")
+    assert alpha.call("GET", "/v1/accounts/elsewhere")["owner"] == "beta"
+    report = beta.replicate("elsewhere")["reports"][0]
+    assert report["account"] == "elsewhere"
+    assert len(records(alpha, "elsewhere")) == 1
+
+
+def rcpt_reply(node: Node, rcpt: str) -> tuple[int, bytes]:
+    with smtplib.LMTP("127.0.0.1", node.ports["lmtp"]) as lmtp:
+        lmtp.ehlo("test")
+        lmtp.mail("sender@example.test")
+        return lmtp.rcpt(rcpt)
+
+
+def test_unknown_recipient_asks_the_partner_before_550(pair: tuple[Node, Node]) -> None:
+    """Issue 15 item 5: an account beta has and alpha does not yet (created
+    there, its sync not run: here its log rows are dropped so it cannot
+    arrive) gets a 451 on alpha, not a permanent 550; a recipient neither
+    knows is 550; with beta down alpha cannot tell, so 451 again."""
+    alpha, beta = pair
+    store = open_store(beta)
+    try:
+
+        def create_unsynced(s: Any) -> None:
+            from sqlalchemy import delete
+
+            from engine.models import SyncLogRow
+
+            accounts.create_account(s, "newcomer", password="pw")
+            ownership_table.create(s, "newcomer", "beta")
+            s.flush()
+            s.execute(delete(SyncLogRow).where(SyncLogRow.account == "newcomer"))
+
+        store.write_sync(create_unsynced)
+    finally:
+        store.close()
+    assert not _has_account(alpha, "newcomer")
+    code, text = rcpt_reply(alpha, "newcomer@example.test")
+    assert code == 451, text
+    assert rcpt_reply(beta, "newcomer@example.test")[0] == 250
+    assert rcpt_reply(alpha, "nobody@example.test")[0] == 550
+    beta.stop()
+    code, text = rcpt_reply(alpha, "nobody@example.test")
+    assert code == 451 and b"4.4.3" in text, text
+
+
+def test_a_reset_on_the_sync_channel_logs_one_line_not_a_traceback(
+    pair: tuple[Node, Node],
+) -> None:
+    """Issue 15 item 7: a peer that resets the sync connection mid-request is
+    one INFO line on the listener, not an ERROR with a traceback."""
+    import socket
+    import struct
+
+    alpha, beta = pair
+    log_path = beta.workdir / f"{beta.name}.log"
+    before = log_path.read_text(errors="replace")
+    auth = base64.b64encode(b"repl:repl-secret").decode()
+    for _ in range(3):
+        sock = socket.create_connection(("127.0.0.1", beta.ports["sync"]))
+        sock.sendall(
+            b"POST /sync/v1/upload HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Basic {auth}\r\n".encode()
+            + b"Content-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n"
+            + b"x" * 1000
+        )
+        time.sleep(0.2)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # RST, with the body half sent
+
+    def logged() -> bool:
+        return "reset" in log_path.read_text(errors="replace")[len(before) :]
+
+    wait_until(logged, 5, "the reset to be logged")
+    new = log_path.read_text(errors="replace")[len(before) :]
+    assert "Traceback" not in new and "ERROR" not in new, new[-2000:]
+    alpha.add_account("after-reset")
+    deliver(alpha, "after-reset@example.test", "still flows")
+    wait_until(converged(alpha, beta, "after-reset"), 10, "sync after the resets")
+
+
+def test_an_expunge_on_the_losing_side_comes_back_and_is_counted(
+    pair: tuple[Node, Node],
+) -> None:
+    """Issue 15 item 7: a message the cut-off replica expunged, the owner still
+    has: after the merge it is live on both, and the repair counts it."""
+    alpha, beta = pair
+    alpha.add_account("undone")
+    for i in range(2):
+        deliver(alpha, "undone@example.test", f"keep{i}")
+    wait_until(converged(alpha, beta, "undone"), 10, "initial sync")
+    beta.stop()
+    store = open_store(beta)
+    try:
+
+        def expunge_one(s: Any) -> None:
+            acct = accounts.get_account(s, "undone")
+            messages.expunge(s, acct, mailbox.get_mailbox(s, acct, "INBOX"), [1])
+
+        store.write_sync(expunge_one)
+    finally:
+        store.close()
+    beta.start()
+    report = alpha.replicate("undone")["reports"][0]
+    counted = alpha.call("GET", "/v1/status")["counters"].get("messages_resurrected", 0)
+    assert counted == 1 and report["resurrected"] in (0, 1)
+    wait_until(converged(alpha, beta, "undone"), 10, "convergence")
+    assert [r[0] for r in records(beta, "undone")] == [1, 2]

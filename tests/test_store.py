@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from alembic import command
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+import migrations
 from engine import accounts, delivery, mailbox, messages, synclog
 from engine.errors import (
     AlreadyExists,
@@ -90,7 +92,7 @@ def check_invariants(store: Store, name: str = "alice") -> None:
             live = messages.live_records(s, box)
             xor = 0
             for r in live:
-                xor ^= record_hash(r.uid, r.guid, r.flags, r.internaldate)
+                xor ^= record_hash(r.uid, r.guid, r.flags, r.internaldate, r.modseq)
             assert box.checksum == xor, box.name
             assert box.exists == len(live), box.name
             all_records = s.scalars(select(Message).where(Message.mailbox_id == box.id)).all()
@@ -1062,3 +1064,57 @@ def test_pending_puts_new_mail_before_flag_only_changes(store: Store) -> None:
     append_to(store, "mailed", "INBOX", guid, size)  # later, but new mail
     order = store.read_sync(lambda s: [p.account for p in synclog.pending(s)])
     assert order == ["mailed", "flagged"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migration_0002_recomputes_checksums_to_cover_modseqs(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str
+) -> None:
+    """A database from before 0002 holds checksums without modseqs; upgrading
+    recomputes them (the invariants hold again), downgrading puts the old ones back."""
+    url = (
+        f"sqlite:///{tmp_path / 'old.db'}"
+        if backend == "sqlite"
+        else request.getfixturevalue("pg_url")
+    )
+    migrations.upgrade(url, "0001")
+    old = Store(url, tmp_path / "data")
+    try:
+        old.write_sync(lambda s: accounts.create_account(s, "alice", password="pw"))
+        for i in range(4):
+            guid, size = put(old, f"m{i}")
+            append_to(old, "alice", "INBOX", guid, size, flags=["\\Seen"] if i % 2 else None)
+        on_account(
+            old,
+            "alice",
+            lambda s, a: messages.set_flags(s, a, mailbox.get_mailbox(s, a, "INBOX"), [2], ["x"]),
+        )
+
+        def without_modseqs(s: Session) -> dict[str, int]:
+            out = {}
+            for box in s.scalars(select(Mailbox)):
+                xor = 0
+                for r in messages.live_records(s, box):
+                    digest = hashlib.sha1(
+                        f"{r.uid}\0{r.guid}\0{r.flags}\0{int(r.internaldate.timestamp())}".encode(),
+                        usedforsecurity=False,
+                    ).digest()
+                    xor ^= int.from_bytes(digest[:8], "big", signed=True)
+                box.checksum = xor
+                out[box.uniqueid] = xor
+            return out
+
+        before = old.write_sync(without_modseqs)  # what the engine wrote before 0002
+    finally:
+        old.close()
+    migrations.upgrade(url)
+    new = Store(url, tmp_path / "data")
+    try:
+        check_invariants(new, "alice")
+        command.downgrade(migrations.alembic_config(url), "0001")
+        assert (
+            new.read_sync(lambda s: {b.uniqueid: b.checksum for b in s.scalars(select(Mailbox))})
+            == before
+        )
+    finally:
+        new.close()

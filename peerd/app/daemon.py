@@ -163,7 +163,10 @@ async def _start_lmtp(node: Node, started: _Started) -> None:
     config = node.config
     address = config.listen.lmtp
     assert address is not None
-    backend = StoreBackend(node)
+    from peerd.pair.partner import partner_knows
+
+    asker = (lambda names: partner_knows(node, names)) if config.sync_partner else None
+    backend = StoreBackend(node, asker)
     workers = config.lmtp.workers if config.path is not None else 0
     if workers == 0:
         handler = LmtpHandler(FrontSettings.of(config), node.store.spool, backend)

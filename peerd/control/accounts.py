@@ -3,8 +3,10 @@
 How this works: every write for an existing account goes through
 :meth:`~peerd.node.node.Node.write_owned` (the fence runs in the same
 transaction, so a replica refuses with 409 ``not_owner``). Creating an
-account creates its ownership row too (owner: this node unless ``owner``
-names the partner). Deleting one on a node with a partner keeps the row
+account creates its ownership row too (owner: this node); one whose
+``owner`` names the partner is forwarded to the partner's API, which creates
+it and replicates it here (a node without a sync partner just records the
+row, as when accounts are set up before the pair is). Deleting one on a node with a partner keeps the row
 until the partner has the deletion (the sync that pushes it must show the
 partner's fence our epoch): the answer waits up to :data:`DELETE_WAIT` for it.
 """
@@ -28,6 +30,7 @@ from ownership.rows import OwnershipView
 from peerd.control.call import Call
 from peerd.control.schema import Integer, Text, member
 from peerd.node.node import Node
+from peerd.pair.partner import partner_api
 
 __all__ = [
     "AccountsQuery",
@@ -122,6 +125,21 @@ async def create_account(call: Call[NewAccount, None]) -> web.Response:
     owner = body.owner or node.name
     if owner not in (node.name, node.partner):
         raise UnknownNode(f"{owner} is neither this node ({node.name}) nor its partner")
+    if owner != node.name and node.config.sync_partner is not None:
+        # The owner creates it (and replicates it here): an account made
+        # here for the partner would be unknown to its owner and its epoch
+        # 0 refused by the partner's fence.
+        forward = {
+            "name": name,
+            "password": body.password,
+            "password_hash": body.password_hash,
+            "quota_limit": body.quota_limit,
+            "owner": owner,
+        }
+        answer = await partner_api(
+            node, "POST", "/v1/accounts", {k: v for k, v in forward.items() if v is not None}
+        )
+        return web.json_response({**answer, "forwarded_to": owner}, status=201)
 
     def create(session: Session) -> dict[str, Any]:
         if engine_accounts.find_account(session, name) is None:

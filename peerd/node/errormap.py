@@ -61,7 +61,9 @@ __all__ = [
     "S250_OK_DUPLICATE",
     "S421_SHUTTING_DOWN",
     "S451_LOCAL_ERROR",
+    "S451_NOT_HERE_YET",
     "S451_NOT_OWNER",
+    "S451_PARTNER_UNKNOWN",
     "S452_STORAGE",
     "S501_BAD_ADDRESS",
     "S550_NO_SUCH_USER",
@@ -105,6 +107,11 @@ S250_OK_DUPLICATE = "250 2.1.5 Delivered (duplicate suppressed)"
 S421_SHUTTING_DOWN = "421 4.3.2 Service shutting down; try again later"
 S451_LOCAL_ERROR = "451 4.3.0 Temporary failure, try again later"
 S451_NOT_OWNER = "451 4.3.0 Account is served by another node now; try again"
+# A recipient this node does not know but its partner does (just created
+# there, not synced yet), or one it cannot ask the partner about: never a
+# permanent 550 for an account that may exist (RFC 5321 4.2.1).
+S451_NOT_HERE_YET = "451 4.3.0 Account exists on the partner, not here yet; try again"
+S451_PARTNER_UNKNOWN = "451 4.4.3 Cannot ask the partner whether the user exists; try again"
 S452_STORAGE = "452 4.3.1 Insufficient system storage"
 S550_NO_SUCH_USER = "550 5.1.1 No such user"
 S552_OVER_QUOTA = "552 5.2.2 Mailbox is over quota"

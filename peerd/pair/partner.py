@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from sqlalchemy.orm import Session
@@ -29,12 +31,21 @@ from peerd.node.node import Node
 from peerd.pair.hooks import Hooks
 from peerd.replication.client import SyncClient
 
-__all__ = ["Pair", "exchange_rows", "partner_answers", "partner_api", "tell_partner"]
+__all__ = [
+    "Pair",
+    "exchange_rows",
+    "partner_answers",
+    "partner_api",
+    "partner_knows",
+    "tell_partner",
+]
 
 log = logging.getLogger("peerd.pair.partner")
 
 # How long the partner's control API may take (a forwarded switchover drains).
 PARTNER_API_TIMEOUT = 600.0
+# An LMTP RCPT waits for this lookup: short, and 4xx when it runs out.
+PARTNER_LOOKUP_TIMEOUT = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,3 +137,31 @@ async def partner_api(node: Node, method: str, path: str, body: Any = None) -> A
             return answer
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         raise PartnerUnreachable(f"partner API unreachable: {exc}") from exc
+
+
+async def partner_knows(node: Node, names: Sequence[str]) -> bool | None:
+    """Whether the partner has an account named one of ``names``: True or
+    False, or None when it cannot tell (no ``[partner] api``, unreachable,
+    any other answer). LMTP asks before it answers ``550`` for a recipient
+    this node does not know: an account just created there reaches us only
+    with the next sync."""
+    config = node.config
+    if not config.partner.api:
+        return None
+    token = config.partner.token or config.api.token
+    timeout = aiohttp.ClientTimeout(total=PARTNER_LOOKUP_TIMEOUT)
+    base = config.partner.api.rstrip("/") + "/v1/accounts/"
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            for name in names:
+                async with session.get(
+                    base + quote(name, safe=""), headers={"Authorization": f"Bearer {token}"}
+                ) as response:
+                    if response.status == 200:
+                        return True
+                    if response.status != 404:
+                        return None
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        log.info("asking %s about %s failed: %s", node.partner, ", ".join(names), exc)
+        return None
+    return False

@@ -106,6 +106,9 @@ class SyncReport:
     mailboxes_deleted: int = 0
     copied_back: int = 0
     reassigned: int = 0
+    # Messages the replica had expunged or moved away that came back
+    # (the owner still had them: nothing is dropped to make two sides agree).
+    resurrected: int = 0
     records_compared: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
@@ -524,6 +527,13 @@ class SyncClient:
             if mp.create:
                 report.steps.append(f"CREATE {mp.summary.name} {mp.summary.uniqueid}")
                 report.mailboxes_created += 1
+        if push.resurrected:
+            report.resurrected += push.resurrected
+            self.node.counters.inc("messages_resurrected", push.resurrected)
+            report.repairs.append(
+                f"{push.resurrected} messages expunged or moved away on {self.node.partner} "
+                "come back (the owner still has them)"
+            )
         guids = sorted({r.guid for mp in push.mailboxes for r in mp.upserts})
         missing: list[str] = []
         if guids:

@@ -43,6 +43,7 @@ class ReconcileResult:
     mailboxes_repaired: int = 0
     messages_uploaded: int = 0
     messages_copied_back: int = 0
+    messages_resurrected: int = 0
     failures: list[str] = field(default_factory=list)
     trigger: str = ""
 
@@ -115,6 +116,7 @@ class Reconciler:
                 result.mailboxes_repaired += sum(1 for s in report.steps if s.startswith("SELECT "))
                 result.messages_uploaded += report.uploaded
                 result.messages_copied_back += report.copied_back
+                result.messages_resurrected += report.resurrected
 
             await asyncio.gather(*(one(a) for a in accounts))
             result.seconds = round(time.perf_counter() - started, 3)

@@ -148,6 +148,13 @@ class SyncServer:
             return web.json_response(
                 {"error": exc.code, "detail": exc.message}, status=http_status(exc)
             )
+        except ConnectionResetError as exc:
+            # The peer went away mid-request (it restarted, the network cut):
+            # nothing was applied, the client retries. One line, no traceback.
+            self.node.counters.inc("sync_connection_resets")
+            log.info("sync: %s from %s: connection reset (%s)", request.path, request.remote, exc)
+            # Nobody reads it: the connection is gone.
+            return web.Response(status=499)
 
     async def body(self, request: web.Request) -> bytes:
         if request.content_length is not None and request.content_length > self.max_request:

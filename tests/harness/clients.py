@@ -163,7 +163,7 @@ def audit_store(db_url: str, data_dir: Path, account: str) -> list[str]:
                 records = messages.live_records(s, box)
                 xor = 0
                 for r in records:
-                    xor ^= record_hash(r.uid, r.guid, r.flags, r.internaldate)
+                    xor ^= record_hash(r.uid, r.guid, r.flags, r.internaldate, r.modseq)
                 assert (box.checksum, box.exists) == (xor, len(records)), box.name
                 live += [(r.guid, r.size) for r in records]
             assert acct.quota_used == sum(size for _, size in live)

@@ -7,8 +7,10 @@ is used directly when the front runs in the daemon itself and, through
 :mod:`peerd.services.lmtp.worker`, when it runs in LMTP worker processes.
 
 - :meth:`StoreBackend.check_rcpt`: the recipient's account exists here and
-  this node owns it (``550 5.1.1`` unknown, ``451`` when another node owns
-  it).
+  this node owns it (``451`` when another node owns it). One it does not
+  know is ``550 5.1.1`` only when the partner does not know it either
+  (``partner_knows``): ``451`` when the partner has it (created there, not
+  synced yet) or cannot be asked.
 - :meth:`StoreBackend.deliver`: one grouped write per accepted recipient
   (:class:`~engine.delivery.DeliveryRunner`): they share the group commit
   with every other delivery in flight and each gets its own reply, in RCPT
@@ -28,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,13 +45,15 @@ from engine.delivery import (
     parse_recipient,
     resolve_account,
 )
-from engine.errors import EngineError
+from engine.errors import EngineError, NoSuchAccount
 from engine.spool import Staged
 from ownership.errors import OwnershipError
 from peerd.node.errormap import (
     S250_OK,
     S250_OK_DUPLICATE,
     S451_LOCAL_ERROR,
+    S451_NOT_HERE_YET,
+    S451_PARTNER_UNKNOWN,
     S501_BAD_ADDRESS,
     lmtp_reply,
 )
@@ -78,8 +82,13 @@ class Message:
 class StoreBackend:
     """Recipient checks and deliveries against this node's store."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(
+        self,
+        node: Node,
+        partner_knows: Callable[[Sequence[str]], Awaitable[bool | None]] | None = None,
+    ) -> None:
         self.node = node
+        self.partner_knows = partner_knows
         lmtp = node.config.lmtp
         self.local_domains = frozenset(d.lower() for d in node.config.node.local_domains)
         self.options = DeliveryOptions(
@@ -101,6 +110,14 @@ class StoreBackend:
 
         try:
             await self.node.store.read(check)
+        except NoSuchAccount as exc:
+            self.node.counters.inc("lmtp_rcpt_refused")
+            if self.partner_knows is None:
+                return lmtp_reply(exc)
+            known = await self.partner_knows(recipient.candidates)
+            if known is None:
+                return S451_PARTNER_UNKNOWN
+            return S451_NOT_HERE_YET if known else lmtp_reply(exc)
         except (EngineError, OwnershipError) as exc:
             self.node.counters.inc("lmtp_rcpt_refused")
             return lmtp_reply(exc)
