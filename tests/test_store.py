@@ -1077,7 +1077,11 @@ def test_migration_0002_recomputes_checksums_to_cover_modseqs(
         if backend == "sqlite"
         else request.getfixturevalue("pg_url")
     )
-    migrations.upgrade(url, "0001")
+    if migrations.current_revisions(url):
+        # pg_url hands out a copy of a template already at head.
+        command.downgrade(migrations.alembic_config(url), "0001")
+    else:
+        migrations.upgrade(url, "0001")
     old = Store(url, tmp_path / "data")
     try:
         old.write_sync(lambda s: accounts.create_account(s, "alice", password="pw"))
