@@ -20,6 +20,7 @@ APT_PACKAGES=(
   postfix
   isync offlineimap fetchmail
   openssl
+  prometheus  # promtool: tests/test_contrib.py checks contrib/prometheus's rules
 )
 
 as_root() {
