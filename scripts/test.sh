@@ -21,6 +21,7 @@ APT_PACKAGES=(
   isync offlineimap fetchmail
   openssl
   prometheus  # promtool: tests/test_contrib.py checks contrib/prometheus's rules
+  fail2ban    # fail2ban-regex: tests/test_maillog.py checks contrib/fail2ban's filter
 )
 
 as_root() {

@@ -54,6 +54,7 @@ from engine.models import Mailbox, Message
 from engine.synclog import Change
 from ownership.errors import OwnershipError
 from peerd.node.errormap import imap_code
+from peerd.node.maillog import peer_ip
 from peerd.node.node import Node
 from peerd.node.tls import starttls_context
 from peerd.protocols.imap import commands as c
@@ -389,7 +390,7 @@ class Session:
 
     async def login(self, tag: str, user: str, password: str) -> Reply:
         config = self.node.config.imap
-        result = await self.node.authenticate(user, password)
+        result = await self.node.authenticate(user, password, "imap", peer_ip(self.writer))
         if not result.ok:
             self.failures += 1
             await asyncio.sleep(config.login_failure_delay.total_seconds())
