@@ -6,9 +6,16 @@ warning; stderr holds nothing but JSON objects, one per line.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import smtplib
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+
+from tests.nodes import make_single
+from tests.procs import Proc, wait_until
 
 SCRIPT = textwrap.dedent(
     """
@@ -53,3 +60,28 @@ def test_the_text_format_keeps_python_s_own_traceback() -> None:
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr
     assert result.stderr.rstrip().endswith("RuntimeError: boom at start")
+
+
+def test_a_json_node_and_its_lmtp_workers_write_only_json(tmp_path: Path) -> None:
+    """``peerd run --log-format json`` over a file that says text (the unit's
+    way): the LMTP worker processes log JSON too, and a SIGHUP does not call
+    the format a change that needs a restart."""
+    node = make_single(tmp_path, overrides={"lmtp": {"workers": 1}, "log": {"format": "text"}})
+    log = tmp_path / "alpha.log"
+    node.proc = Proc(
+        [sys.executable, "-m", "peerd", "run", "-c", str(node.config), "--log-format", "json"],
+        log,
+        cwd=tmp_path,
+    ).start()
+    try:
+        node.wait_ready()
+        node.add_account("amy")
+        with smtplib.LMTP("127.0.0.1", node.ports["lmtp"], timeout=20) as lmtp:
+            lmtp.sendmail("s@example.test", ["amy@example.test"], b"Subject: x\r\n\r\n")
+        os.kill(node.proc.pid, signal.SIGHUP)
+        wait_until(lambda: "reloaded" in log.read_text(), 20, "the reload in the log")
+    finally:
+        node.stop()
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert any(line["msg"].startswith("LMTP worker ") for line in lines), lines
+    assert not any("only a restart applies them" in line["msg"] for line in lines), lines

@@ -34,7 +34,7 @@ import contextlib
 import logging
 import signal
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from aiohttp import web
 
@@ -290,6 +290,9 @@ async def serve(config: Config, stop_event: asyncio.Event | None = None) -> None
 
 
 def run_daemon(config: Config, log_format: str | None = None) -> int:
-    setup_logging(log_format or config.log.format, config.log.level, config.node.name)
+    if log_format is not None:
+        # The format in force travels with the config, to the LMTP workers too.
+        config = replace(config, log=replace(config.log, format=log_format))
+    setup_logging(config.log.format, config.log.level, config.node.name)
     asyncio.run(serve(config))
     return 0
