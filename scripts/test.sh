@@ -28,6 +28,8 @@ APT_PACKAGES=(
   postfix
   isync offlineimap fetchmail sieve-connect
   openssl
+  prometheus  # promtool: tests/test_contrib.py checks contrib/prometheus's rules
+  fail2ban    # fail2ban-regex: tests/test_maillog.py checks contrib/fail2ban's filter
 )
 
 as_root() {

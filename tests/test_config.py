@@ -151,6 +151,15 @@ def test_values_are_typed_and_defaults_apply() -> None:
         ({"node": {"name": "Alpha One"}}, r"\[node\] name must be lower-case"),
         ({"node": {"name": "a"}, "sync": {"sync_mode": "eventual"}}, r"sync_mode must be"),
         ({"node": {"name": "a"}, "log": {"format": "xml"}}, r"\[log\] format must be"),
+        ({"node": {"name": "a"}, "log": {"level": "verbose"}}, r"\[log\] level must be one of"),
+        (
+            {"node": {"name": "a"}, "reconcile": {"schedule": "daily"}},
+            r"\[reconcile\] schedule: not crontab syntax",
+        ),
+        (
+            {"node": {"name": "a"}, "database": {"url": "mysql://u:p@db/peerd"}},
+            r"\[database\] url: 'mysql' is not supported",
+        ),
     ],
 )
 def test_mistakes_are_reported_clearly(data: dict[str, Any], message: str) -> None:

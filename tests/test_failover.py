@@ -402,3 +402,24 @@ def test_a_switchover_cut_short_by_a_crash_does_not_fence_for_ever(tmp_path: Pat
         assert row["reason"] == "switchover interrupted by a restart"
         assert "left moving by an interrupted switchover" in (tmp_path / "alpha.log").read_text()
         assert deliver(alpha, "alice@example.test", "after-restart")[0] == 250
+
+
+def test_a_returning_node_logs_one_summary_line_not_one_per_account(tmp_path: Path) -> None:
+    alpha, beta = make_pair(tmp_path)
+    names = [f"user{i:02d}" for i in range(12)]
+    with running(alpha, beta):
+        for name in names:
+            alpha.add_account(name)
+        wait_until(lambda: all(_has(beta, name) for name in names), 20, "accounts on beta")
+        alpha.stop()
+        assert len(beta.call("POST", "/v1/failover", {})["taken"]) == len(names)
+        alpha.start()
+        wait_until(lambda: owner(alpha, "user00")["owner"] == "beta", 20, "alpha learns")
+        log = (alpha.workdir / "alpha.log").read_text()
+    warnings = [line for line in log.splitlines() if " WARNING " in line]
+    summary = [line for line in warnings if "owned by the partner now" in line]
+    assert len(summary) == 1, warnings
+    assert "12 account(s)" in summary[0] and "user00" in summary[0], summary
+    assert "and 2 more" in summary[0], summary
+    per_account = [line for line in warnings if any(f" {n} " in line for n in names[10:])]
+    assert per_account == [], per_account

@@ -67,14 +67,21 @@ def layout() -> Iterator[Path]:
     _require_root()
     root = Path(tempfile.mkdtemp(prefix="peerd-install-"))
     root.chmod(0o755)
-    existed = _user_exists()
+    _remove_user()  # one a killed run left behind: the install must create it
     try:
         yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)
-        if not existed and _user_exists():
-            subprocess.run(["userdel", USER], check=False, capture_output=True)
-            subprocess.run(["groupdel", USER], check=False, capture_output=True)
+        _remove_user()
+
+
+def _remove_user() -> None:
+    """The test's own service user and group (a name no one else uses), gone:
+    the next run starts from a machine without them."""
+    subprocess.run(["userdel", USER], check=False, capture_output=True)
+    subprocess.run(["groupdel", USER], check=False, capture_output=True)
+    assert not _user_exists()
+    assert USER not in {group.gr_name for group in grp.getgrall()}
 
 
 def _user_exists() -> bool:

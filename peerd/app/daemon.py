@@ -37,7 +37,7 @@ import contextlib
 import logging
 import signal
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from aiohttp import web
 
@@ -341,7 +341,10 @@ def _stop_if_damaged(config: Config, exc: BaseException) -> None:
 
 
 def run_daemon(config: Config, log_format: str | None = None) -> int:
-    setup_logging(log_format or config.log.format, config.log.level, config.node.name)
+    if log_format is not None:
+        # The format in force travels with the config, to the LMTP workers too.
+        config = replace(config, log=replace(config.log, format=log_format))
+    setup_logging(config.log.format, config.log.level, config.node.name)
     try:
         asyncio.run(serve(config))
     except DatabaseDamaged as exc:

@@ -72,11 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--listen-fd", type=int, required=True)
     worker.add_argument("--pipe-fd", type=int, required=True)
     worker.add_argument("--parent", type=int, required=True)
+    worker.add_argument("--log-format", choices=("text", "json"))
     args = parser.parse_args(argv)
     if args.command == "lmtp-worker":
         from peerd.services.lmtp.worker import worker_main
 
-        return worker_main(args.config, args.listen_fd, args.pipe_fd, args.parent)
+        return worker_main(args.config, args.listen_fd, args.pipe_fd, args.parent, args.log_format)
     try:
         config = load_config(args.config)
     except ConfigError as exc:

@@ -125,6 +125,10 @@ class Reloader:
             node.counters.inc("config_reload_failures")
             log.error("SIGHUP: config not reloaded, the running one stays: %s", exc)
             return Reloaded(error=str(exc))
+        # ``peerd run --log-format`` outranks the file's [log] format for the run.
+        fresh = dataclasses.replace(
+            fresh, log=dataclasses.replace(fresh.log, format=node.config.log.format)
+        )
         config, applied, restart = merge(node.config, fresh)
         loaded = 0
         cert, key = config.tls.cert, config.tls.key

@@ -111,4 +111,7 @@ class Route:
     responses: tuple[int, ...] = (200,)
     public: bool = False  # no bearer token (the document says ``security: []``)
     partner: bool = False  # only when a partner is configured ([sync] sync_host)
-    answer: str = "application/json"  # the content type of a 2xx answer
+    answer: str = "application/json"  # the content type of a 2xx answer ("": no body)
+    # Request and answer headers the route reads and writes: (name, meaning).
+    headers_in: tuple[tuple[str, str], ...] = ()
+    headers_out: tuple[tuple[str, str], ...] = ()

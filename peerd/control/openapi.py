@@ -34,14 +34,23 @@ def _operation(route: Route) -> dict[str, Any]:
     ]
     if route.query is not None:
         params += query_parameters(route.query)
+    params += [
+        {"name": name, "in": "header", "description": text, "schema": {"type": "string"}}
+        for name, text in route.headers_in
+    ]
     responses: dict[str, Any] = {}
     for status in route.responses:
         content_type = route.answer if status < 400 else "application/problem+json"
-        schema = {"type": "object"} if content_type.endswith("json") else {"type": "string"}
-        responses[str(status)] = {
-            "description": "OK" if status < 400 else "problem",
-            "content": {content_type: {"schema": schema}},
-        }
+        answer: dict[str, Any] = {"description": "OK" if status < 400 else "problem"}
+        if content_type:
+            schema = {"type": "object"} if content_type.endswith("json") else {"type": "string"}
+            answer["content"] = {content_type: {"schema": schema}}
+        if status < 400 and route.headers_out:
+            answer["headers"] = {
+                name: {"description": text, "schema": {"type": "string"}}
+                for name, text in route.headers_out
+            }
+        responses[str(status)] = answer
     if not route.public:
         responses["401"] = {
             "description": "missing or wrong bearer token",

@@ -180,6 +180,23 @@ ROUTES: tuple[Route, ...] = (
         "nginx mail auth_http: verify a login, name the owner's address (headers only)",
         routing.nginx_auth,
         public=True,
+        answer="",
+        headers_in=(
+            ("Auth-User", "the login name (percent-encoded by nginx)"),
+            ("Auth-Pass", "the password (percent-encoded by nginx)"),
+            ("Auth-Protocol", "imap, pop3 or smtp"),
+            ("Auth-Method", "plain or login (others are refused)"),
+            ("Auth-Login-Attempt", "the attempt's number in this connection"),
+            ("Client-IP", "the client's address"),
+            ("X-Auth-Key", "[routing] auth_http_secret, when set (nginx auth_http_header)"),
+        ),
+        headers_out=(
+            ("Auth-Status", "OK, or the error text shown to the client"),
+            ("Auth-Server", "the owner's address for the protocol (on OK)"),
+            ("Auth-Port", "the owner's port for the protocol (on OK)"),
+            ("Auth-Wait", "seconds before the client may try again (on failure)"),
+            ("Auth-Error-Code", "the SMTP error code (smtp only, on failure)"),
+        ),
     ),
     Route(
         "GET",

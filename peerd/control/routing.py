@@ -29,6 +29,7 @@ from engine.passwords import verify_password
 from ownership import authhttp, socketmap
 from ownership import table as ownership_table
 from peerd.control.call import Call
+from peerd.node import maillog
 from peerd.node.config import Address
 from peerd.node.node import Node
 from peerd.node.service import Service
@@ -102,10 +103,12 @@ async def nginx_auth(call: Call[None, None]) -> web.Response:
         or not await asyncio.to_thread(verify_password, auth.password, found[1])
     ):
         node.counters.inc("auth_http_failures")
+        maillog.login(False, auth.client_ip, auth.protocol, auth.user)
         return web.Response(
             headers=authhttp.failure("Invalid login or password", wait, auth.protocol)
         )
-    _, _, owner = found
+    name, _, owner = found
+    maillog.login(True, auth.client_ip, auth.protocol, auth.user, name)
     service = "lmtp" if auth.protocol == "smtp" else auth.protocol
     where = address_of(node, owner, service)
     if where is None:

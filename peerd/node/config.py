@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
+from apscheduler.triggers.cron import CronTrigger
+
 __all__ = [
     "Address",
     "ApiConfig",
@@ -412,11 +414,28 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
         raise ConfigError("[scrub] rate must not be negative (0: as fast as the disk goes)")
     if config.log.format not in ("text", "json"):
         raise ConfigError('[log] format must be "text" or "json"')
+    if config.log.level.upper() not in LOG_LEVELS:
+        raise ConfigError(f"[log] level must be one of {', '.join(LOG_LEVELS)}")
+    try:
+        CronTrigger.from_crontab(config.reconcile.schedule, timezone="UTC")
+    except ValueError as exc:
+        raise ConfigError(
+            f'[reconcile] schedule: not crontab syntax (e.g. "0 3 * * *"): {exc}'
+        ) from exc
+    scheme = config.database_url.partition(":")[0]
+    if scheme not in DATABASE_SCHEMES:
+        raise ConfigError(
+            f"[database] url: {scheme!r} is not supported; use sqlite:/// or postgresql://"
+        )
     if not re.fullmatch(r"[a-z0-9][a-z0-9\-]{0,62}", config.node.name):
         raise ConfigError("[node] name must be lower-case letters, digits and dashes")
     if config.listen.http is not None and not config.api.token:
         raise ConfigError("[api] token is required when [listen] http is set")
     return config
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DATABASE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+asyncpg")
 
 
 def load_config(path: Path | str) -> Config:

@@ -6,6 +6,8 @@ import datetime as dt
 import json
 import logging
 import sys
+import threading
+from types import TracebackType
 
 __all__ = ["JsonFormatter", "setup_logging"]
 
@@ -31,6 +33,12 @@ def setup_logging(fmt: str = "text", level: str = "INFO", node: str = "") -> Non
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
+        # What Python would print as raw text goes through the log instead:
+        # an exception nothing caught (in the main thread or another) and
+        # warnings, each one JSON line with the traceback in "exc".
+        sys.excepthook = _log_uncaught
+        threading.excepthook = _log_uncaught_in_thread
+        logging.captureWarnings(True)
     else:
         prefix = f"{node} " if node else ""
         handler.setFormatter(
@@ -40,3 +48,21 @@ def setup_logging(fmt: str = "text", level: str = "INFO", node: str = "") -> Non
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, exc, tb)
+        return
+    logging.getLogger("peerd").critical("uncaught exception: %s", exc, exc_info=(kind, exc, tb))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is None:
+        return
+    logging.getLogger("peerd").critical(
+        "uncaught exception in thread %s: %s",
+        args.thread.name if args.thread else "?",
+        args.exc_value,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )

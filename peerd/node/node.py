@@ -30,6 +30,7 @@ from engine.store import Store
 from engine.synclog import Change
 from ownership import table as ownership_table
 from ownership.errors import NotOwner
+from peerd.node import maillog
 from peerd.node.config import Config
 from peerd.node.damage import DamageBook
 
@@ -171,11 +172,21 @@ class Node:
 
     # -- authentication ----------------------------------------------------
 
-    async def authenticate(self, user: str, password: str) -> AuthResult:
+    async def authenticate(
+        self, user: str, password: str, protocol: str = "", rip: str = ""
+    ) -> AuthResult:
         """Verify a password; report the owner when it is not this node.
 
         The password check runs off the event loop (scrypt is deliberately slow).
+        With ``protocol`` given the attempt is written to the mail log
+        (``rip``: the client's address).
         """
+        result = await self._authenticate(user, password)
+        if protocol:
+            maillog.login(result.ok, rip, protocol, user, result.account if result.ok else "")
+        return result
+
+    async def _authenticate(self, user: str, password: str) -> AuthResult:
 
         def lookup(session: Session) -> tuple[str, str]:
             name = engine_accounts.normalize_account_name(user)

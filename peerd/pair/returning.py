@@ -100,11 +100,22 @@ async def exchange_once_reachable(node: Node, client: SyncClient) -> Returned:
         return Returned((), (), True, tuple(changed), node.startup_note)
 
 
+# Accounts named in the summary line (the ownership table has them all).
+SHOWN = 10
+
+
 async def _hand_over(node: Node, client: SyncClient, changed: list[str]) -> None:
     """Accounts the partner owns now: ask it to pull what we hold of them."""
-    for account in changed:
-        log.warning("%s is owned by the partner now; this node is its replica", account)
     if changed:
+        # One line for the lot: after a failover this is every account the node owned.
+        shown = ", ".join(changed[:SHOWN])
+        more = f" and {len(changed) - SHOWN} more" if len(changed) > SHOWN else ""
+        log.warning(
+            "%d account(s) owned by the partner now; this node is their replica: %s%s",
+            len(changed),
+            shown,
+            more,
+        )
         try:
             await client.call("request_sync", encode_json({"accounts": changed}), compressed=False)
         except EngineError as exc:

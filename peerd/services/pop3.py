@@ -33,6 +33,7 @@ import time
 from engine.errors import EngineError, NoSuchMailbox
 from ownership.errors import OwnershipError
 from peerd.node.errormap import pop3_account_moved, pop3_not_owner, pop3_reply
+from peerd.node.maillog import peer_ip
 from peerd.node.node import Node
 from peerd.node.tls import starttls_context
 from peerd.protocols.pop3 import (
@@ -283,7 +284,7 @@ class Pop3Session:
 
     async def login(self, user: str, password: str) -> None:
         config = self.node.config.pop3
-        result = await self.node.authenticate(user, password)
+        result = await self.node.authenticate(user, password, "pop3", peer_ip(self.writer))
         if not result.ok:
             self.failures += 1
             await asyncio.sleep(config.login_failure_delay.total_seconds())

@@ -57,19 +57,38 @@ class Nginx:
         pop3_port: int | None = None,
         imap_capabilities: Sequence[str] = DEFAULT_IMAP_CAPABILITIES,
         pop3: bool = True,
+        config: str | None = None,
+        wait_ports: Sequence[int] = (),
     ) -> None:
+        """``config``: a whole nginx.conf written elsewhere (docs/proxies.md's,
+        by tests/proxydocs.py), used as it is; give its ``imap_port`` and
+        ``pop3_port``, and any other port to wait for in ``wait_ports``."""
+        if config is not None:
+            self.binary = require_nginx()
+            self.root = root
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.imap_port = imap_port or 0
+            self.pop3_port: int | None = pop3_port
+            self.lookup_port: int | None = None
+            self.wait_ports = tuple(wait_ports)
+            self.auth_http = ""
+            self.conf = root / "nginx.conf"
+            self.conf.write_text(config)
+            self.proc: Proc | None = None
+            return
         if (auth_http is None) == (not lookups):
             raise ValueError("give exactly one of auth_http or lookups")
+        self.wait_ports = ()
         self.binary = require_nginx()
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.imap_port = imap_port or free_port()
-        self.pop3_port: int | None = (pop3_port or free_port()) if pop3 else None
-        self.lookup_port: int | None = free_port() if lookups else None
+        self.pop3_port = (pop3_port or free_port()) if pop3 else None
+        self.lookup_port = free_port() if lookups else None
         self.auth_http = auth_http or f"127.0.0.1:{self.lookup_port}/v1/route/nginx"
         self.conf = root / "nginx.conf"
         self.conf.write_text(self._config(lookups, secret, imap_capabilities))
-        self.proc: Proc | None = None
+        self.proc = None
 
     def _config(
         self, lookups: Sequence[str], secret: str | None, capabilities: Sequence[str]
@@ -147,8 +166,8 @@ mail {{
             die_with_parent=True,
         ).start()
         try:
-            for port in (self.imap_port, self.pop3_port, self.lookup_port):
-                if port is not None:
+            for port in (self.imap_port, self.pop3_port, self.lookup_port, *self.wait_ports):
+                if port:
                     wait_port(port, timeout, f"nginx to listen on {port}")
         except BaseException:
             self.stop()

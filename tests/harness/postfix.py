@@ -50,7 +50,14 @@ class Postfix:
     (``transport``) by the socketmap at 127.0.0.1:``socketmap_port``.
     """
 
-    def __init__(self, socketmap_port: int, relay_domain: str = "example.test") -> None:
+    def __init__(
+        self,
+        socketmap_port: int,
+        relay_domain: str = "example.test",
+        routing: dict[str, str] | None = None,
+    ) -> None:
+        """``routing``: main.cf's routing lines from elsewhere (docs/proxies.md's,
+        by tests/proxydocs.py) instead of the relay domain and its maps here."""
         require_postfix()
         # Not pytest's tmp_path (0700): Postfix's own user must reach the queue.
         self.root = Path(tempfile.mkdtemp(prefix="peerd-postfix-"))
@@ -88,6 +95,10 @@ class Postfix:
             "maximal_backoff_time": "4s",
             "lmtp_host_lookup": "native",
         }
+        if routing is not None:
+            for key in ("relay_domains", "relay_recipient_maps", "transport_maps"):
+                del main[key]
+            main.update(routing)
         (self.etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in main.items()))
         (self.etc / "master.cf").write_text(self._master_cf())
         self.started = False

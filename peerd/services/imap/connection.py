@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Final
 
+from peerd.node.maillog import peer_ip
 from peerd.protocols.imap import commands as c
 from peerd.protocols.imap.parser import decode_sasl_response, plain_credentials
 from peerd.protocols.imap.responses import (
@@ -110,7 +111,7 @@ async def _login(session: Session, tag: str, user: str, password: str) -> Reply:
         text = "Plaintext authentication is disabled; use STARTTLS first"
         return Reply(text, CODE_PRIVACYREQUIRED, "NO")
     config = node.config.imap
-    result = await node.authenticate(user, password)
+    result = await node.authenticate(user, password, "imap", peer_ip(session.writer))
     if not result.ok:
         session.failures += 1
         await asyncio.sleep(config.login_failure_delay.total_seconds())

@@ -277,6 +277,8 @@ class _Worker:
                 str(theirs.fileno()),
                 "--parent",
                 str(os.getpid()),
+                "--log-format",
+                self.pool.config.log.format,
                 stdin=subprocess.DEVNULL,
                 pass_fds=(listen_fd, theirs.fileno()),
             )
@@ -519,13 +521,17 @@ def _use_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def worker_main(config_path: str, listen_fd: int, pipe_fd: int, parent: int) -> int:
-    """``peerd lmtp-worker``: started by the daemon, never by hand."""
+def worker_main(
+    config_path: str, listen_fd: int, pipe_fd: int, parent: int, log_format: str | None = None
+) -> int:
+    """``peerd lmtp-worker``: started by the daemon, never by hand; ``log_format``
+    is the daemon's (``peerd run --log-format`` may override the file's)."""
     from peerd.node.logs import setup_logging
 
     _die_with_parent(parent)
     config = load_config(config_path)
-    setup_logging(config.log.format, config.log.level, f"{config.node.name}/lmtp")
+    setup_logging(log_format or config.log.format, config.log.level, f"{config.node.name}/lmtp")
+    log.info("LMTP worker %d started", os.getpid())
     _use_uvloop()
     try:
         asyncio.run(_serve_worker(config, listen_fd, pipe_fd))
