@@ -34,7 +34,8 @@ _HELP = {
     "reconciles": "Full reconcile runs",
     "failovers": "Failovers run here",
     "switchovers": "Switchovers run here",
-    "auth_failures": "Failed logins",
+    "auth_failures": "Failed logins (wrong password, unknown user or throttled)",
+    "auth_throttled": "Logins refused unchecked by the failed-login throttle",
 }
 
 

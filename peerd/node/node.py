@@ -30,6 +30,7 @@ from engine.synclog import Change
 from ownership import table as ownership_table
 from ownership.errors import NotOwner
 from peerd.node.config import Config
+from peerd.node.throttle import FailureThrottle
 
 __all__ = ["AuthResult", "Node"]
 
@@ -46,6 +47,7 @@ class AuthResult:
     account: str
     owner: str | None = None
     epoch: int = 0
+    throttled: bool = False  # refused unchecked: too many recent failures
 
 
 @dataclass(slots=True)
@@ -83,6 +85,9 @@ class Node:
         # What the ownership exchange at start found (peerd.pair.returning),
         # shown as ``startup`` in ``status``.
         self.startup_note = ""
+        auth = config.auth
+        self.login_failures = FailureThrottle(auth.failure_window.total_seconds())
+        self._hashing = asyncio.Semaphore(auth.max_concurrent_hashes)
 
     # -- the fence ---------------------------------------------------------
 
@@ -165,11 +170,27 @@ class Node:
 
     # -- authentication ----------------------------------------------------
 
-    async def authenticate(self, user: str, password: str) -> AuthResult:
+    async def authenticate(
+        self, user: str, password: str, *, peer: str | None = None, service: str = ""
+    ) -> AuthResult:
         """Verify a password; report the owner when it is not this node.
 
-        The password check runs off the event loop (scrypt is deliberately slow).
+        ``peer`` is the client's address (the throttle counts failures per
+        address as well as per account; None: per account only) and
+        ``service`` names the caller in the failure log line. A login refused
+        by the throttle is not hashed at all. The password check runs off the
+        event loop, at most ``[auth] max_concurrent_hashes`` at a time (scrypt
+        is deliberately slow and takes 32 MiB per check).
         """
+        auth = self.config.auth
+        account_key = "account:" + user.strip().lower()
+        ip_key = "ip:" + peer if peer else None
+        if self.login_failures.blocked(account_key, auth.max_failures_per_account) or (
+            ip_key is not None and self.login_failures.blocked(ip_key, auth.max_failures_per_ip)
+        ):
+            self.counters.inc("auth_throttled")
+            self._failed(user, peer, service, "throttled", account_key, ip_key)
+            return AuthResult(False, user, throttled=True)
 
         def lookup(session: Session) -> tuple[str, str]:
             name = engine_accounts.normalize_account_name(user)
@@ -181,17 +202,37 @@ class Node:
         except (NoSuchAccount, InvalidArgument):
             # Same cost as a real check, so timing does not reveal which
             # accounts exist.
-            await asyncio.to_thread(verify_password, password, _DUMMY_HASH)
-            self.counters.inc("auth_failures")
+            async with self._hashing:
+                await asyncio.to_thread(verify_password, password, _DUMMY_HASH)
+            self._failed(user, peer, service, "bad password", account_key, ip_key)
             return AuthResult(False, user)
-        if not await asyncio.to_thread(verify_password, password, stored):
-            self.counters.inc("auth_failures")
+        async with self._hashing:
+            right = await asyncio.to_thread(verify_password, password, stored)
+        if not right:
+            self._failed(name, peer, service, "bad password", account_key, ip_key)
             return AuthResult(False, name)
         try:
             await self.check_owner(name)
         except NotOwner as exc:
             return AuthResult(True, name, owner=exc.owner, epoch=exc.epoch)
         return AuthResult(True, name)
+
+    def _failed(
+        self, user: str, peer: str | None, service: str, reason: str, *keys: str | None
+    ) -> None:
+        """Count and log one failed login (the line fail2ban reads, docs/security.md)."""
+        self.counters.inc("auth_failures")
+        if reason != "throttled":
+            for key in keys:
+                if key is not None:
+                    self.login_failures.fail(key)
+        log.warning(
+            "login failed: rip=%s service=%s user=%s reason=%s",
+            peer or "-",
+            service or "-",
+            _printable(user),
+            reason.replace(" ", "_"),
+        )
 
     # -- in-flight work, for a clean shutdown ------------------------------
 
@@ -211,6 +252,12 @@ class Node:
         except TimeoutError:
             return False
         return True
+
+
+def _printable(text: str) -> str:
+    """A user name as given, safe for one log line: no spaces or controls, at most 64 characters."""
+    cleaned = "".join(c if c.isprintable() and not c.isspace() else "?" for c in text[:64])
+    return cleaned or "-"
 
 
 _DUMMY_HASH = (

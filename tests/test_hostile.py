@@ -1,0 +1,145 @@
+"""Issue 9, the node and HTTP side: strangers and hostile users against a real daemon.
+
+The failed-login throttle (per account and per source address, across
+connections, with its fail2ban line), ``/v1/route/nginx`` sharing it, the
+start-up refusals (auth_http without a secret off loopback, a cleartext sync
+channel to a remote partner), config errors that never echo a value, and
+``password_hash`` parameters within the node's bounds.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import LoneNode
+from tests.harness.daemons import to_toml
+from tests.test_api_cli import request
+
+# The fail2ban failregex documented in docs/security.md.
+FAILREGEX = r"login failed: rip=<HOST> service=\S+ user=\S+ reason=\S+"
+
+
+def nginx_ask(node: LoneNode, user: str, password: str, client_ip: str) -> str:
+    req = urllib.request.Request(f"{node.api}/v1/route/nginx")
+    for key, value in {
+        "Auth-Method": "plain",
+        "Auth-User": user,
+        "Auth-Pass": password,
+        "Auth-Protocol": "imap",
+        "Auth-Login-Attempt": "1",
+        "Client-IP": client_ip,
+    }.items():
+        req.add_header(key, value)
+    with urllib.request.urlopen(req, timeout=30) as response:
+        return str(response.headers["Auth-Status"])
+
+
+def test_failed_logins_are_throttled_per_account_and_per_address(
+    lone_node: Callable[..., LoneNode],
+) -> None:
+    node = lone_node(
+        {"auth": {"max_failures_per_account": 3, "max_failures_per_ip": 5, "failure_window": "5m"}}
+    )
+    node.add_account("carol")
+    node.add_account("dave")
+    assert nginx_ask(node, "carol", "secret", "192.0.2.1") == "OK"
+    # Three wrong passwords for carol, each from another address (another
+    # connection as far as the node knows): then even the right one is refused.
+    for n in range(3):
+        assert nginx_ask(node, "carol", f"guess{n}", f"192.0.2.{10 + n}") != "OK"
+    assert nginx_ask(node, "carol", "secret", "192.0.2.99") != "OK"
+    # dave is not touched by carol's throttle.
+    assert nginx_ask(node, "dave", "secret", "192.0.2.99") == "OK"
+    # One address spraying names (known or not) is throttled as an address.
+    for n in range(5):
+        assert nginx_ask(node, f"nobody{n}", "x", "198.51.100.7") != "OK"
+    assert nginx_ask(node, "dave", "secret", "198.51.100.7") != "OK"
+    assert nginx_ask(node, "dave", "secret", "198.51.100.8") == "OK"
+
+    log = (node.workdir / f"{node.name}.log").read_text()
+    pattern = re.compile(FAILREGEX.replace("<HOST>", r"(?P<host>\S+)"))
+    hosts = [m.group("host") for m in pattern.finditer(log)]
+    assert hosts.count("198.51.100.7") == 6  # five wrong, one throttled
+    assert {"192.0.2.10", "192.0.2.11", "192.0.2.12"} <= set(hosts)
+    assert "Traceback" not in log
+    metrics = urllib.request.urlopen(f"{node.api}/metrics", timeout=10).read().decode()
+    assert re.search(r"^peerd_auth_throttled(_total)? [1-9]", metrics, re.M), metrics
+
+
+def _start_with(tmp_path: Path, node: LoneNode, change: Callable[[dict[str, Any]], None]) -> str:
+    """Run ``peerd run`` on a changed copy of the node's config; its stderr
+    (the daemon must refuse and exit: a start would hit the timeout)."""
+    config = tomllib.loads(node.config.read_text())
+    change(config)
+    path = tmp_path / "changed.toml"
+    path.write_text(to_toml(config))
+    done = subprocess.run(
+        [sys.executable, "-m", "peerd", "run", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=node.workdir,
+    )
+    assert done.returncode != 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    return lines[0]
+
+
+def test_start_refusals_and_config_errors_name_the_key_not_the_value(
+    lone_node: Callable[..., LoneNode], tmp_path: Path
+) -> None:
+    node = lone_node(start=False)
+
+    def secret_list(config: dict[str, Any]) -> None:
+        config["api"]["token"] = ["tok-very-secret"]
+
+    error = _start_with(tmp_path, node, secret_list)
+    assert "[api] token" in error and "tok-very-secret" not in error
+
+    def bad_duration(config: dict[str, Any]) -> None:
+        config["sync"]["sync_password"] = "pw-very-secret"
+        config["sync"]["sync_timeout"] = "pw-very-secret"
+
+    error = _start_with(tmp_path, node, bad_duration)
+    assert "sync_timeout" in error and "pw-very-secret" not in error
+
+    def open_api(config: dict[str, Any]) -> None:
+        port = config["listen"]["http"].rpartition(":")[2]
+        config["listen"]["http"] = f"0.0.0.0:{port}"
+        config.setdefault("routing", {})["auth_http_secret"] = ""
+
+    assert "auth_http_secret" in _start_with(tmp_path, node, open_api)
+
+    def remote_partner(config: dict[str, Any]) -> None:
+        config["sync"]["sync_host"] = "192.0.2.1"
+        config["sync"].pop("sync_tls", None)
+
+    assert "sync_tls" in _start_with(tmp_path, node, remote_partner)
+
+
+def test_password_hash_parameters_are_bounded(lone_node: Callable[..., LoneNode]) -> None:
+    node = lone_node()
+    salt, digest = "AAAAAAAAAAAAAAAAAAAAAA", "A" * 43
+    for params in ("ln=15,r=8,p=64", "ln=24,r=8,p=1", "ln=15,r=1024,p=1"):
+        status, _, body = request(
+            node,
+            "POST",
+            "/v1/accounts",
+            {"name": "amy", "password_hash": f"$scrypt${params}${salt}${digest}"},
+        )
+        assert status == 422, body
+    status, _, _ = request(
+        node,
+        "POST",
+        "/v1/accounts",
+        {"name": "amy", "password_hash": f"$scrypt$ln=15,r=8,p=1${salt}${digest}"},
+    )
+    assert status == 201
