@@ -59,8 +59,12 @@ def encode_json(value: Any) -> bytes:
 def decode_json(data: bytes) -> dict[str, Any]:
     try:
         value = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SyncProtocolError(f"body is not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise SyncProtocolError("body is not JSON: nested too deeply") from exc
+    except ValueError as exc:
+        # JSONDecodeError, UnicodeDecodeError, and an integer of more digits
+        # than int() converts (sys.get_int_max_str_digits): all the sender's.
+        raise SyncProtocolError(f"body is not JSON: {str(exc)[:200]}") from exc
     if not isinstance(value, dict):
         raise SyncProtocolError("body must be a JSON object")
     return value

@@ -13,13 +13,14 @@ import re
 import subprocess
 import sys
 import tomllib
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import LoneNode
-from tests.harness.daemons import to_toml
+from tests.harness.daemons import TOKEN, to_toml
 from tests.test_api_cli import request
 
 # The fail2ban failregex documented in docs/security.md.
@@ -143,3 +144,64 @@ def test_password_hash_parameters_are_bounded(lone_node: Callable[..., LoneNode]
         {"name": "amy", "password_hash": f"$scrypt$ln=15,r=8,p=1${salt}${digest}"},
     )
     assert status == 201
+
+
+def _post(url: str, data: bytes, headers: dict[str, str]) -> int:
+    req = urllib.request.Request(url, data=data, method="POST")
+    for key, value in headers.items():
+        req.add_header(key, value)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return int(exc.code)
+
+
+HOSTILE_BODIES: dict[str, tuple[bytes, dict[str, str]]] = {
+    # Every field that carries an epoch, at once (a handler reads its own).
+    "huge epoch": (
+        b'{"account": "carol", "ownership": OWN, "rows": [OWN], "name": "carol",'
+        b' "accounts": [{"account": "carol", "ownership": OWN, "digest": "x"}],'
+        b' "password": "x", "target": "beta", "epoch": EPOCH}'.replace(
+            b"OWN", b'{"owner": "alpha", "home": "alpha", "epoch": EPOCH, "state": "normal"}'
+        ).replace(b"EPOCH", str(2**70).encode()),
+        {},
+    ),
+    "deep JSON": (b"[" * 100_000 + b"]" * 100_000, {}),
+    "deep object": (b'{"a":' * 100_000 + b"1" + b"}" * 100_000, {}),
+    "long integer": (b'{"account": "carol", "epoch": ' + b"9" * 100_000 + b"}", {}),
+    "gzip": (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03garbage", {"Content-Encoding": "gzip"}),
+    "bad UTF-8": (b'{"account": "\xff\xfe", "name": "\xc3("}', {}),
+}
+
+
+def test_hostile_bodies_get_a_4xx_and_one_log_line(
+    lone_node: Callable[..., LoneNode],
+) -> None:
+    import base64
+
+    node = lone_node()
+    node.add_account("carol")
+    basic = "Basic " + base64.b64encode(b"repl:repl-secret").decode()
+    sync = f"http://127.0.0.1:{node.port('sync')}/sync/v1"
+    targets = [
+        (f"{sync}/{path}", {"Authorization": basic})
+        for path in ("apply", "ownership", "request_sync", "user_some", "delta", "digests")
+    ] + [
+        (f"{node.api}/v1/{path}", {"Authorization": f"Bearer {TOKEN}"})
+        for path in ("accounts", "replicate", "accounts/carol/quota")
+    ]
+    statuses = {}
+    for url, auth in targets:
+        for what, (data, headers) in HOSTILE_BODIES.items():
+            if what == "huge epoch" and url.endswith("request_sync"):
+                continue  # names accounts only: no epoch to refuse
+            status = _post(url, data, {"Content-Type": "application/json", **auth, **headers})
+            statuses[(url.rpartition("/v1/")[2], what)] = status
+    bad = {k: v for k, v in statuses.items() if not 400 <= v < 500}
+    assert not bad, "\n".join(f"{k}: {v}" for k, v in bad.items())
+    health = urllib.request.urlopen(f"{node.api}/v1/health", timeout=5)
+    assert health.status == 200
+    log = (node.workdir / f"{node.name}.log").read_text()
+    assert "Traceback" not in log, log[-3000:]

@@ -217,7 +217,12 @@ async def serve(config: Config, stop_event: asyncio.Event | None = None) -> None
         await _start_mail_services(node, started)
         if config.listen.http is not None:
             runner = web.AppRunner(
-                build_app(_parts(node, started)), access_log=None, handle_signals=False
+                build_app(_parts(node, started)),
+                access_log=None,
+                handle_signals=False,
+                # Bodies are never inflated by HTTP Content-Encoding (refused
+                # with 415): a gzip bomb or garbage costs nothing.
+                auto_decompress=False,
             )
             await runner.setup()
             site = web.TCPSite(runner, config.listen.http.host, config.listen.http.port)

@@ -130,6 +130,11 @@ class SyncServer:
             )
 
     async def body(self, request: web.Request) -> bytes:
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            # The channel compresses with X-Sync-Encoding, bounded by
+            # sync_max_request; an HTTP-level encoding is never sent.
+            raise SyncProtocolError("Content-Encoding is not accepted (use X-Sync-Encoding)")
         if request.content_length is not None and request.content_length > self.max_request:
             raise SyncProtocolError(
                 f"request of {request.content_length} bytes exceeds {self.max_request}"
@@ -408,7 +413,12 @@ def server_tls(node: Node) -> ssl.SSLContext | None:
 
 async def start_sync_listener(node: Node, host: str, port: int) -> tuple[SyncServer, web.AppRunner]:
     server = SyncServer(node)
-    runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        server.app(),
+        access_log=None,
+        handle_signals=False,
+        auto_decompress=False,  # Content-Encoding is refused, never inflated
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=server_tls(node), reuse_address=True)
     await site.start()
