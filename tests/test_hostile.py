@@ -205,3 +205,67 @@ def test_hostile_bodies_get_a_4xx_and_one_log_line(
     assert health.status == 200
     log = (node.workdir / f"{node.name}.log").read_text()
     assert "Traceback" not in log, log[-3000:]
+
+
+def test_replicate_never_sends_the_sync_credentials_elsewhere(
+    lone_node: Callable[..., LoneNode],
+) -> None:
+    import socket
+    import threading
+
+    # The partner's sync host is 127.0.0.1; a listener on another loopback
+    # address plays the stranger's host.
+    node = lone_node({"sync": {"sync_host": "127.0.0.1", "sync_repeat_interval": "1h"}})
+    node.add_account("carol")
+    stranger = socket.create_server(("127.0.0.2", 0))
+    stranger.settimeout(10)
+    heard: list[bytes] = []
+
+    def listen() -> None:
+        try:
+            conn, _ = stranger.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(5)
+            try:
+                heard.append(conn.recv(65536))
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=listen)
+    thread.start()
+    try:
+        port = stranger.getsockname()[1]
+        status, _, body = request(
+            node, "POST", "/v1/replicate", {"account": "carol", "target": f"127.0.0.2:{port}"}
+        )
+    finally:
+        stranger.close()
+        thread.join(15)
+    assert status == 422, body
+    assert "sync_host" in body["detail"]
+    assert heard == [], heard
+
+
+def test_failed_tls_handshakes_on_the_sync_listener_log_no_traceback(
+    lone_node: Callable[..., LoneNode], tmp_path: Path
+) -> None:
+    import socket
+
+    from tests.test_sync_tls import make_ca
+
+    _, crt, key = make_ca(tmp_path, "alpha")
+    node = lone_node({"tls": {"cert": str(crt), "key": str(key)}, "sync": {"sync_tls": True}})
+    for hello in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x00\x05garbage", b""):
+        with socket.create_connection(("127.0.0.1", node.port("sync")), timeout=10) as sock:
+            sock.sendall(hello)
+            sock.shutdown(socket.SHUT_WR)
+            try:
+                while sock.recv(4096):
+                    pass
+            except OSError:
+                pass
+    assert urllib.request.urlopen(f"{node.api}/v1/health", timeout=5).status == 200
+    log = (node.workdir / f"{node.name}.log").read_text()
+    assert "Traceback" not in log, log[-3000:]
