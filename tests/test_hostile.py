@@ -269,3 +269,52 @@ def test_failed_tls_handshakes_on_the_sync_listener_log_no_traceback(
     assert urllib.request.urlopen(f"{node.api}/v1/health", timeout=5).status == 200
     log = (node.workdir / f"{node.name}.log").read_text()
     assert "Traceback" not in log, log[-3000:]
+
+
+def _closed_within(sock: Any, seconds: float) -> bool:
+    """True if the peer closes (or resets) ``sock`` within ``seconds``."""
+
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    except (OSError, ConnectionResetError):
+        return True
+    return True
+
+
+def test_http_listeners_cap_connections_and_cut_slow_headers(
+    lone_node: Callable[..., LoneNode],
+) -> None:
+    import socket
+    import time
+
+    node = lone_node(
+        {"http": {"max_connections": 50, "max_connections_per_ip": 3, "header_timeout": "2s"}}
+    )
+    for what, port in (("control API", node.port("http")), ("sync listener", node.port("sync"))):
+        slow = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
+        try:
+            for sock in slow:
+                sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")  # never ends
+            time.sleep(0.3)
+            # The fourth connection from the same address is refused at once.
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as extra:
+                assert _closed_within(extra, 1.5), what
+            # The slow ones are cut after header_timeout.
+            started = time.monotonic()
+            assert all(_closed_within(sock, 6) for sock in slow), what
+            assert time.monotonic() - started < 5
+        finally:
+            for sock in slow:
+                sock.close()
+        time.sleep(0.2)
+    # Slots are free again: an ordinary request is served.
+    assert urllib.request.urlopen(f"{node.api}/v1/health", timeout=5).status == 200
+    log = (node.workdir / f"{node.name}.log").read_text()
+    for what in ("control API", "sync listener"):
+        assert f"{what}: refused a connection from 127.0.0.1" in log
+        assert f"{what}: closed a connection from 127.0.0.1: no complete request header" in log
+    assert "Traceback" not in log

@@ -41,6 +41,7 @@ from peerd.control.app import build_app
 from peerd.control.call import Parts, StatusSource
 from peerd.control.routing import start_socketmap
 from peerd.node.config import Config
+from peerd.node.httplimits import GuardedSite
 from peerd.node.logs import setup_logging
 from peerd.node.node import Node
 from peerd.node.service import Service, server_service
@@ -225,7 +226,13 @@ async def serve(config: Config, stop_event: asyncio.Event | None = None) -> None
                 auto_decompress=False,
             )
             await runner.setup()
-            site = web.TCPSite(runner, config.listen.http.host, config.listen.http.port)
+            site = GuardedSite(
+                runner,
+                config.listen.http.host,
+                config.listen.http.port,
+                limits=config.http,
+                what="control API",
+            )
             await site.start()
             log.info("control API listening on %s", config.listen.http)
         sd_notify("READY=1")

@@ -220,6 +220,13 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpConfig:
+    max_connections: int = 256
+    max_connections_per_ip: int = 32
+    header_timeout: dt.timedelta = dt.timedelta(seconds=10)
+
+
+@dataclass(frozen=True, slots=True)
 class AuthConfig:
     max_failures_per_account: int = 10
     max_failures_per_ip: int = 30
@@ -253,6 +260,7 @@ class Config:
     pop3: Pop3Config = field(default_factory=Pop3Config)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
     log: LogConfig = field(default_factory=LogConfig)
     path: Path | None = None
@@ -376,6 +384,10 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
         raise ConfigError("[node] spool_sweep_grace must not be negative")
     if min(config.auth.max_failures_per_account, config.auth.max_failures_per_ip) < 1:
         raise ConfigError("[auth] max_failures_per_account and max_failures_per_ip must be >= 1")
+    if min(config.http.max_connections, config.http.max_connections_per_ip) < 1:
+        raise ConfigError("[http] max_connections and max_connections_per_ip must be >= 1")
+    if config.http.header_timeout <= dt.timedelta(0):
+        raise ConfigError("[http] header_timeout must be positive")
     if not 1 <= config.auth.max_concurrent_hashes <= 64:
         raise ConfigError("[auth] max_concurrent_hashes must be 1 to 64")
     if not 0 <= config.lmtp.workers <= 64:

@@ -51,6 +51,7 @@ from ownership.errors import SyncFenced
 from ownership.fence import check_sync, needs_adoption
 from ownership.rows import OwnershipView, parse_row
 from peerd.node.errormap import http_status
+from peerd.node.httplimits import GuardedSite
 from peerd.node.node import Node
 
 __all__ = ["SyncServer", "SyncServerStatus", "start_sync_listener"]
@@ -420,6 +421,14 @@ async def start_sync_listener(node: Node, host: str, port: int) -> tuple[SyncSer
         auto_decompress=False,  # Content-Encoding is refused, never inflated
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=server_tls(node), reuse_address=True)
+    site = GuardedSite(
+        runner,
+        host,
+        port,
+        limits=node.config.http,
+        what="sync listener",
+        ssl_context=server_tls(node),
+        reuse_address=True,
+    )
     await site.start()
     return server, runner
