@@ -34,6 +34,7 @@ __all__ = [
     "DatabaseBusy",
     "EngineError",
     "InvalidArgument",
+    "LimitExceeded",
     "MessageTooLarge",
     "NoSuchAccount",
     "NoSuchMailbox",
@@ -82,6 +83,13 @@ class AlreadyExists(EngineError):
 
 class InvalidArgument(EngineError):
     code = "invalid_argument"
+
+
+class LimitExceeded(InvalidArgument):
+    """A value beyond what the sync channel carries (engine.limits): refused
+    where it enters, so it can never wedge an account's replication."""
+
+    code = "limit_exceeded"
 
 
 class OverQuota(EngineError):

@@ -21,6 +21,7 @@ from typing import Any
 
 from engine.compare import MailboxPush, Push
 from engine.errors import SyncProtocolError
+from engine.limits import MAX_FLAGS_CHARS
 from engine.spool import guid_of
 from engine.syncstate import AccountState, MailboxState, MailboxSummary, RecordState
 
@@ -143,7 +144,7 @@ def decode_record(value: Any) -> RecordState:
     return RecordState(
         _int(uid, "uid", 1),
         _guid(guid),
-        _str(flags, "flags", 8192),
+        _str(flags, "flags", MAX_FLAGS_CHARS),
         _signed(when, "internaldate"),
         _int(size, "size"),
         _int(modseq, "modseq"),

@@ -318,3 +318,31 @@ def test_http_listeners_cap_connections_and_cut_slow_headers(
         assert f"{what}: refused a connection from 127.0.0.1" in log
         assert f"{what}: closed a connection from 127.0.0.1: no complete request header" in log
     assert "Traceback" not in log
+
+
+def test_flags_past_the_sync_limit_are_refused_where_they_enter(
+    lone_node: Callable[..., LoneNode],
+) -> None:
+    import imaplib
+
+    node = lone_node()
+    node.add_account("carol")
+    with node.lmtp() as lmtp:
+        lmtp.sendmail("x@example.test", ["carol@example.test"], b"Subject: one\r\n\r\nbody\r\n")
+    keywords = " ".join(f"keyword{n:05d}" for n in range(800))  # 9,599 characters
+    imap = imaplib.IMAP4("127.0.0.1", node.port("imap"), timeout=30)
+    try:
+        imap.login("carol", "secret")
+        imap.select("INBOX")
+        typ, data = imap.store("1", "+FLAGS.SILENT", f"({keywords})")
+        assert typ == "NO" and b"[LIMIT]" in data[0], (typ, data)
+        typ, data = imap.fetch("1", "(FLAGS)")
+        assert typ == "OK" and b"keyword" not in data[0]
+        # Within the limit, flags are kept as before.
+        assert imap.store("1", "+FLAGS.SILENT", "(keyword00001 \\Seen)")[0] == "OK"
+    finally:
+        imap.logout()
+    # The account still replicates: the record the partner would refuse never existed.
+    status, _, body = request(node, "GET", "/v1/accounts/carol/mailboxes/INBOX")
+    assert status == 200
+    assert sorted(body["messages"][0]["flags"]) == ["\\Seen", "keyword00001"]

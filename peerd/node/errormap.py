@@ -23,6 +23,7 @@ from engine.errors import (
     DatabaseBusy,
     EngineError,
     InvalidArgument,
+    LimitExceeded,
     MessageTooLarge,
     NoSuchAccount,
     NotFound,
@@ -97,6 +98,7 @@ S452_TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
 S550_NO_SUCH_USER = "550 5.1.1 No such user"
 S552_OVER_QUOTA = "552 5.2.2 Mailbox is over quota"
 S552_TOO_BIG = "552 5.3.4 Message too big for system"
+S552_LIMIT = "552 5.3.4 Message exceeds a limit of the mail store"
 S554_NUL = "554 5.6.0 Message contains NUL characters"
 S501_BAD_ADDRESS = "501 5.1.3 Bad recipient address syntax"
 
@@ -110,6 +112,7 @@ _LMTP: dict[type[BaseException], Callable[[BaseException], str]] = {
     NoSuchAccount: lambda _: S550_NO_SUCH_USER,
     OverQuota: lambda _: S552_OVER_QUOTA,
     MessageTooLarge: lambda _: S552_TOO_BIG,
+    LimitExceeded: lambda _: S552_LIMIT,
     NotOwner: _not_owner_lmtp,
     StorageFull: lambda _: S452_STORAGE,
     InvalidArgument: lambda _: S501_BAD_ADDRESS,
@@ -157,6 +160,7 @@ _IMAP: dict[type[BaseException], tuple[str, str | None]] = {
     NotFound: ("NO", "NONEXISTENT"),
     AlreadyExists: ("NO", "ALREADYEXISTS"),
     InvalidArgument: ("BAD", "CLIENTBUG"),
+    LimitExceeded: ("NO", "LIMIT"),  # RFC 5530 3
     MessageTooLarge: ("NO", "TOOBIG"),
     NotOwner: ("NO", "UNAVAILABLE"),
     Corrupt: ("NO", "SERVERBUG"),
