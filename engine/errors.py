@@ -42,6 +42,7 @@ __all__ = [
     "NotFound",
     "OverQuota",
     "PartnerDown",
+    "PartnerRejected",
     "StorageFull",
     "SyncError",
     "SyncProtocolError",
@@ -132,6 +133,14 @@ class SyncStale(SyncError):
 
 class SyncProtocolError(SyncError):
     code = "sync_protocol_error"
+
+
+class PartnerRejected(SyncProtocolError):
+    """The partner answered a sync request with a 4xx other than a fence or
+    bad credentials: it refuses this account's data as it is, and will again
+    until the data (or the partner's limits) change."""
+
+    code = "partner_rejected"
 
 
 class PartnerDown(SyncError):

@@ -346,3 +346,44 @@ def test_flags_past_the_sync_limit_are_refused_where_they_enter(
     status, _, body = request(node, "GET", "/v1/accounts/carol/mailboxes/INBOX")
     assert status == 200
     assert sorted(body["messages"][0]["flags"]) == ["\\Seen", "keyword00001"]
+
+
+def test_an_account_the_partner_refuses_is_shown_and_others_replicate(tmp_path: Path) -> None:
+    import base64
+    import os
+
+    from tests.nodes import make_pair
+    from tests.procs import wait_until
+    from tests.test_replication import boxes, deliver
+
+    # beta takes sync requests of at most 64 KiB: one 300 KB message of
+    # "big" makes every sync of that account a permanent refusal.
+    alpha, beta = make_pair(
+        tmp_path,
+        {
+            "alpha": {"sync": {"sync_compress": False}},
+            "beta": {"sync": {"sync_max_request": "64K"}},
+        },
+    )
+    try:
+        alpha.start()
+        beta.start()
+        alpha.add_account("big")
+        alpha.add_account("small")
+        wait_until(lambda: "small" in str(beta.call("GET", "/v1/accounts")), 20, "accounts")
+        deliver(alpha, "big@example.test", "huge", base64.encodebytes(os.urandom(220_000)))
+
+        def refused() -> dict[str, Any]:
+            return dict(alpha.call("GET", "/v1/status")["replication"]["refused_accounts"])
+
+        wait_until(lambda: "big" in refused(), 30, "big shown as refused")
+        assert "64" in refused()["big"] or "exceeds" in refused()["big"], refused()
+        deliver(alpha, "small@example.test", "after")
+        wait_until(lambda: boxes(beta, "small") == boxes(alpha, "small"), 20, "small replicates")
+        metrics = urllib.request.urlopen(f"{alpha.api}/metrics", timeout=10).read().decode()
+        assert "peerd_sync_refused_accounts 1" in metrics
+        log = (alpha.workdir / f"{alpha.name}.log").read_text()
+        assert log.count("partner refuses every sync of big") == 1
+    finally:
+        alpha.stop()
+        beta.stop()

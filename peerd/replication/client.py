@@ -48,7 +48,13 @@ from engine import synclog
 from engine.apply import apply_repairs
 from engine.compare import Push, Repairs, compare
 from engine.delta import Delta, mark_of, owner_delta
-from engine.errors import PartnerDown, SyncProtocolError, SyncRefused, TemporaryFailure
+from engine.errors import (
+    PartnerDown,
+    PartnerRejected,
+    SyncProtocolError,
+    SyncRefused,
+    TemporaryFailure,
+)
 from engine.rounds import converge
 from engine.syncstate import AccountState, account_digests, owner_view, read_account_state
 from engine.syncwire import (
@@ -210,6 +216,8 @@ class SyncClient:
                 detail = decode_json(raw).get("detail", "")
             except SyncProtocolError:
                 detail = raw[:200].decode("utf-8", "replace")
+            if status < 500:
+                raise PartnerRejected(f"partner answered {status} to {path}: {detail}")
             raise SyncProtocolError(f"partner answered {status} to {path}: {detail}")
         return raw
 
