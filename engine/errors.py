@@ -12,6 +12,7 @@ status, IMAP ``NO``/``BAD``, POP3 and LMTP replies in exactly one place
     │   └── NoSuchMessage
     ├── AlreadyExists
     ├── InvalidArgument                (a bad name, flag, size, ...)
+    │   └── LimitExceeded              (past a limit the sync channel enforces: engine.limits)
     ├── OverQuota                      (permanent for this message)
     ├── MessageTooLarge
     ├── Corrupt                        (spool bytes do not match their GUID)
@@ -23,6 +24,7 @@ status, IMAP ``NO``/``BAD``, POP3 and LMTP replies in exactly one place
         │   └── SyncFenced             (ownership.errors: the refusal with the receiver's row)
         ├── SyncStale                  (a delta's base is not the replica's state: sync in full)
         ├── SyncProtocolError          (a malformed or oversized request)
+        │   └── PartnerRejected        (the partner answered a 4xx: it refuses the account's data)
         └── PartnerDown                (the partner did not answer on the sync channel)
 """
 
