@@ -370,16 +370,16 @@ def test_an_account_the_partner_refuses_is_shown_and_others_replicate(tmp_path: 
         beta.start()
         alpha.add_account("big")
         alpha.add_account("small")
-        wait_until(lambda: "small" in str(beta.call("GET", "/v1/accounts")), 20, "accounts")
+        wait_until(lambda: "small" in str(beta.call("GET", "/v1/accounts")), 60, "accounts")
         deliver(alpha, "big@example.test", "huge", base64.encodebytes(os.urandom(220_000)))
 
         def refused() -> dict[str, Any]:
             return dict(alpha.call("GET", "/v1/status")["replication"]["refused_accounts"])
 
-        wait_until(lambda: "big" in refused(), 30, "big shown as refused")
+        wait_until(lambda: "big" in refused(), 60, "big shown as refused")
         assert "64" in refused()["big"] or "exceeds" in refused()["big"], refused()
         deliver(alpha, "small@example.test", "after")
-        wait_until(lambda: boxes(beta, "small") == boxes(alpha, "small"), 20, "small replicates")
+        wait_until(lambda: boxes(beta, "small") == boxes(alpha, "small"), 60, "small replicates")
         metrics = urllib.request.urlopen(f"{alpha.api}/metrics", timeout=10).read().decode()
         assert "peerd_sync_refused_accounts 1" in metrics
         log = (alpha.workdir / f"{alpha.name}.log").read_text()
