@@ -16,6 +16,7 @@ status, IMAP ``NO``/``BAD``, POP3, LMTP and ManageSieve replies in exactly one p
     ├── ScriptActive                   (Sieve: the active script cannot be deleted)
     ├── TooManyScripts                 (Sieve: the per-account script cap)
     ├── InvalidArgument                (a bad name, flag, size, ...)
+    │   └── LimitExceeded              (past a limit the sync channel enforces: engine.limits)
     ├── OverQuota                      (permanent for this message)
     ├── MessageTooLarge
     ├── Corrupt                        (spool bytes do not match their GUID)
@@ -28,6 +29,7 @@ status, IMAP ``NO``/``BAD``, POP3, LMTP and ManageSieve replies in exactly one p
         ├── SyncStale                  (a delta's base is not the replica's state: sync in full)
         ├── SyncProtocolError          (a malformed or oversized request)
         │   └── SyncVersionMismatch    (the partner speaks a sync protocol version we do not)
+        │   └── PartnerRejected        (the partner answered a 4xx: it refuses the account's data)
         └── PartnerDown                (the partner did not answer on the sync channel)
 """
 
@@ -39,6 +41,7 @@ __all__ = [
     "DatabaseBusy",
     "EngineError",
     "InvalidArgument",
+    "LimitExceeded",
     "MessageTooLarge",
     "NoSuchAccount",
     "NoSuchMailbox",
@@ -47,6 +50,7 @@ __all__ = [
     "NotFound",
     "OverQuota",
     "PartnerDown",
+    "PartnerRejected",
     "ScriptActive",
     "ScriptExists",
     "StorageFull",
@@ -110,6 +114,13 @@ class InvalidArgument(EngineError):
     code = "invalid_argument"
 
 
+class LimitExceeded(InvalidArgument):
+    """A value beyond what the sync channel carries (engine.limits): refused
+    where it enters, so it can never wedge an account's replication."""
+
+    code = "limit_exceeded"
+
+
 class OverQuota(EngineError):
     code = "over_quota"
 
@@ -158,6 +169,14 @@ class SyncVersionMismatch(SyncProtocolError):
     one of the two must be upgraded first (``docs/upgrading.md``)."""
 
     code = "sync_version"
+
+
+class PartnerRejected(SyncProtocolError):
+    """The partner answered a sync request with a 4xx other than a fence or
+    bad credentials: it refuses this account's data as it is, and will again
+    until the data (or the partner's limits) change."""
+
+    code = "partner_rejected"
 
 
 class PartnerDown(SyncError):

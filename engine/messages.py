@@ -26,6 +26,7 @@ from engine import synclog
 from engine.db import execute_rows, insert_ignore
 from engine.errors import InvalidArgument, OverQuota
 from engine.flags import format_flags, normalize_flags, parse_flags, record_hash
+from engine.limits import check_flags
 from engine.mailbox import bump_modseq
 from engine.models import Account, GuidHistory, Mailbox, Message, MessageMeta
 
@@ -214,7 +215,7 @@ def add_appended(
         uid=mailbox.last_uid,
         guid=guid,
         size=size,
-        flags=format_flags(normalize_flags(flags)),
+        flags=check_flags(format_flags(normalize_flags(flags))),
         internaldate=_truncate(internaldate),
         modseq=bump_modseq(mailbox),
     )
@@ -317,7 +318,7 @@ def set_flags(
             only_seen = False
         if modseq is None:
             modseq = bump_modseq(mailbox)
-        stored = format_flags(new)
+        stored = check_flags(format_flags(new))
         mailbox.checksum ^= record_hash(
             record.uid, record.guid, record.flags, record.internaldate, record.modseq
         )

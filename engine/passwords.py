@@ -11,10 +11,16 @@ import hashlib
 import hmac
 import os
 
-__all__ = ["hash_password", "verify_password"]
+__all__ = ["MAX_LN", "MAX_P", "MAX_R", "hash_password", "scrypt_params", "verify_password"]
 
 _LN, _R, _P = 15, 8, 1
 _DKLEN = 32
+
+# The most a stored hash may ask of one verification: ln=16, r=8 is 64 MiB of
+# memory (128 * r * 2**ln bytes) and p multiplies the CPU time. A hash beyond
+# these is refused when it is given (create an account with a password_hash)
+# and never verified, so nobody can make each login arbitrarily expensive.
+MAX_LN, MAX_R, MAX_P = 16, 8, 2
 
 
 def _b64(data: bytes) -> str:
@@ -33,13 +39,34 @@ def hash_password(password: str) -> str:
     return f"$scrypt$ln={_LN},r={_R},p={_P}${_b64(salt)}${_b64(digest)}"
 
 
-def verify_password(password: str, stored: str) -> bool:
+def scrypt_params(stored: str) -> tuple[int, int, int] | None:
+    """``(ln, r, p)`` of a stored hash, or None unless it is a well-formed
+    ``$scrypt$`` hash whose parameters are within :data:`MAX_LN`, :data:`MAX_R`
+    and :data:`MAX_P`."""
     try:
         _, scheme, params, salt_b64, hash_b64 = stored.split("$")
-        if scheme != "scrypt":
-            return False
         values = dict(item.split("=", 1) for item in params.split(","))
+        if scheme != "scrypt" or set(values) != {"ln", "r", "p"}:
+            return None
+        if not all(v.isdigit() and len(v) <= 3 for v in values.values()):
+            return None
         ln, r, p = int(values["ln"]), int(values["r"]), int(values["p"])
+        if not (1 <= ln <= MAX_LN and 1 <= r <= MAX_R and 1 <= p <= MAX_P):
+            return None
+        if not 16 <= len(_unb64(hash_b64)) <= 64 or not _unb64(salt_b64):
+            return None
+    except ValueError:
+        return None
+    return ln, r, p
+
+
+def verify_password(password: str, stored: str) -> bool:
+    params = scrypt_params(stored)
+    if params is None:
+        return False
+    ln, r, p = params
+    try:
+        _, _, _, salt_b64, hash_b64 = stored.split("$")
         expected = _unb64(hash_b64)
         digest = hashlib.scrypt(
             password.encode(),
@@ -50,6 +77,6 @@ def verify_password(password: str, stored: str) -> bool:
             maxmem=256 << 20,
             dklen=len(expected),
         )
-    except (ValueError, KeyError):
+    except ValueError:
         return False
     return hmac.compare_digest(digest, expected)

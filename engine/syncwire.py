@@ -30,6 +30,7 @@ from typing import Any
 
 from engine.compare import MailboxPush, Push
 from engine.errors import SyncProtocolError, SyncVersionMismatch
+from engine.limits import MAX_FLAGS_CHARS
 from engine.spool import guid_of
 from engine.syncstate import AccountState, MailboxState, MailboxSummary, RecordState
 
@@ -98,8 +99,12 @@ def encode_json(value: Any) -> bytes:
 def decode_json(data: bytes) -> dict[str, Any]:
     try:
         value = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SyncProtocolError(f"body is not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise SyncProtocolError("body is not JSON: nested too deeply") from exc
+    except ValueError as exc:
+        # JSONDecodeError, UnicodeDecodeError, and an integer of more digits
+        # than int() converts (sys.get_int_max_str_digits): all the sender's.
+        raise SyncProtocolError(f"body is not JSON: {str(exc)[:200]}") from exc
     if not isinstance(value, dict):
         raise SyncProtocolError("body must be a JSON object")
     return value
@@ -178,7 +183,7 @@ def decode_record(value: Any) -> RecordState:
     return RecordState(
         _int(uid, "uid", 1),
         _guid(guid),
-        _str(flags, "flags", 8192),
+        _str(flags, "flags", MAX_FLAGS_CHARS),
         _signed(when, "internaldate"),
         _int(size, "size"),
         _int(modseq, "modseq"),

@@ -92,7 +92,9 @@ def test_values_are_typed_and_defaults_apply() -> None:
     assert config.listen.imap == Address("::1", 143) and str(config.listen.imap) == "[::1]:143"
     assert config.sync.sync_repeat_interval == dt.timedelta(milliseconds=250)
     assert config.sync_partner is None  # no sync_host: no replication
-    assert config_with(sync={"sync_host": "10.0.0.2"}).sync_partner == Address("10.0.0.2", 2005)
+    assert config_with(sync={"sync_host": "10.0.0.2", "sync_tls": True}).sync_partner == Address(
+        "10.0.0.2", 2005
+    )
     assert config.database_url == "sqlite:///var/peerd.db"
     assert config_with(node={"name": "b", "data_dir": "/srv/b"}).database_url == (
         "sqlite:////srv/b/peerd.db"

@@ -51,6 +51,7 @@ from peerd.control.app import build_app
 from peerd.control.call import Parts, StatusSource
 from peerd.control.routing import start_socketmap
 from peerd.node.config import Config
+from peerd.node.httplimits import GuardedSite
 from peerd.node.logs import setup_logging
 from peerd.node.node import Node
 from peerd.node.service import Service, server_service
@@ -296,10 +297,21 @@ async def serve(config: Config, stop_event: asyncio.Event | None = None) -> None
         await _start_mail_services(node, started)
         if config.listen.http is not None:
             runner = web.AppRunner(
-                build_app(_parts(node, started)), access_log=None, handle_signals=False
+                build_app(_parts(node, started)),
+                access_log=None,
+                handle_signals=False,
+                # Bodies are never inflated by HTTP Content-Encoding (refused
+                # with 415): a gzip bomb or garbage costs nothing.
+                auto_decompress=False,
             )
             await runner.setup()
-            site = web.TCPSite(runner, config.listen.http.host, config.listen.http.port)
+            site = GuardedSite(
+                runner,
+                config.listen.http.host,
+                config.listen.http.port,
+                limits=config.http,
+                what="control API",
+            )
             await site.start()
             log.info("control API listening on %s", config.listen.http)
         _on_sighup(

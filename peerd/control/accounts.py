@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from engine import accounts as engine_accounts
 from engine import inventory, synclog
 from engine.errors import AlreadyExists, InvalidArgument
+from engine.passwords import MAX_LN, MAX_P, MAX_R, scrypt_params
 from ownership import table as ownership_table
 from ownership.errors import UnknownNode
 from ownership.rows import OwnershipView
@@ -66,6 +67,13 @@ class NewAccount:
     def __post_init__(self) -> None:
         if (self.password is None) == (self.password_hash is None):
             raise InvalidArgument("give exactly one of password and password_hash")
+        if self.password_hash is not None and scrypt_params(self.password_hash) is None:
+            # Parameters beyond the node's bounds would make every login of
+            # the account as expensive as the caller likes (docs/security.md).
+            raise InvalidArgument(
+                "password_hash must be $scrypt$ln=..,r=..,p=..$salt$hash with"
+                f" ln <= {MAX_LN}, r <= {MAX_R}, p <= {MAX_P}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,13 +94,26 @@ def auth_middleware(token: str, public: frozenset[str]) -> Any:
     return check
 
 
+def refuse_content_encoding(request: web.Request) -> None:
+    """Bodies are taken as sent: a compressed one (``Content-Encoding``) is
+    refused with 415 rather than inflated to whatever size it unpacks to."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise web.HTTPUnsupportedMediaType(reason="Content-Encoding is not accepted")
+
+
 async def json_body(request: web.Request) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise InvalidArgument("request body too large")
+    refuse_content_encoding(request)
     try:
-        data = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"the body is not JSON: {exc}") from exc
+        data = json.loads(await request.read())
+    except RecursionError as exc:
+        raise InvalidArgument("the body is not JSON: nested too deeply") from exc
+    except ValueError as exc:
+        # JSONDecodeError, UnicodeDecodeError, and an integer of more digits
+        # than int() converts (sys.get_int_max_str_digits).
+        raise InvalidArgument(f"the body is not JSON: {str(exc)[:200]}") from exc
     if not isinstance(data, dict):
         raise InvalidArgument("the body must be a JSON object")
     return data

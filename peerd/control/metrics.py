@@ -34,7 +34,8 @@ _HELP = {
     "reconciles": "Full reconcile runs",
     "failovers": "Failovers run here",
     "switchovers": "Switchovers run here",
-    "auth_failures": "Failed logins",
+    "auth_failures": "Failed logins (wrong password, unknown user or throttled)",
+    "auth_throttled": "Logins refused unchecked by the failed-login throttle",
     "bodies_damaged": "Message bodies found damaged here (missing, cut short, not matching the GUID)",
     "bodies_repaired": "Damaged bodies replaced with the partner's whole copy",
     "bodies_unrepairable": "Damaged bodies the partner had no whole copy of either",
@@ -74,6 +75,10 @@ def render(status: NodeStatus) -> str:
         lines.append(_line("replication_lag_seconds", replication.lag_seconds))
         lines += _gauge("partner_reachable", "1 if the last sync reached the partner")
         lines.append(_line("partner_reachable", 1 if replication.reachable else 0))
+        lines += _gauge(
+            "sync_refused_accounts", "Accounts whose data the partner refuses (see status)"
+        )
+        lines.append(_line("sync_refused_accounts", len(replication.refused_accounts)))
     last = status.reconcile.last if status.reconcile is not None else None
     if last is not None:
         lines += _gauge("reconcile_last", "Results of the last full reconcile")

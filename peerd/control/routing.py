@@ -25,11 +25,9 @@ from sqlalchemy.orm import Session
 from engine.accounts import find_account, normalize_account_name
 from engine.delivery import parse_recipient, resolve_account
 from engine.errors import EngineError, InvalidArgument, NoSuchAccount, TemporaryFailure
-from engine.passwords import verify_password
 from ownership import authhttp, socketmap
 from ownership import table as ownership_table
 from peerd.control.call import Call
-from peerd.node import maillog
 from peerd.node.config import Address
 from peerd.node.node import Node
 from peerd.node.service import Service
@@ -79,36 +77,30 @@ async def nginx_auth(call: Call[None, None]) -> web.Response:
     except ValueError as exc:
         return web.Response(headers=authhttp.failure(str(exc), routing.auth_http_wait, "imap"))
     wait = routing.auth_http_wait
-
-    def lookup(session: Session) -> tuple[str, str, str] | None:
-        account = find_account(session, normalize_account_name(auth.user))
-        if account is None:
-            return None
-        owner, _, _ = _owner_of(session, node, account.name)
-        return account.name, account.password_hash, owner
-
+    if auth.method not in ("plain", "login"):
+        node.counters.inc("auth_http_failures")
+        return web.Response(
+            headers=authhttp.failure("Invalid login or password", wait, auth.protocol)
+        )
+    # The same check as IMAP and POP3: dummy hash for unknown users, the
+    # shared failed-login throttle (by account and by the client's address
+    # nginx reports), the bound on concurrent hashing and the log line.
     try:
-        found = await node.store.read(lookup)
-    except InvalidArgument:
-        found = None
+        result = await node.authenticate(
+            auth.user, auth.password, auth.protocol, auth.client_ip or request.remote or ""
+        )
     except EngineError:
         return web.Response(
             headers=authhttp.failure(
                 "Temporary server problem, try again later", wait, auth.protocol
             )
         )
-    if (
-        found is None
-        or auth.method not in ("plain", "login")
-        or not await asyncio.to_thread(verify_password, auth.password, found[1])
-    ):
+    if not result.ok:
         node.counters.inc("auth_http_failures")
-        maillog.login(False, auth.client_ip, auth.protocol, auth.user)
         return web.Response(
             headers=authhttp.failure("Invalid login or password", wait, auth.protocol)
         )
-    name, _, owner = found
-    maillog.login(True, auth.client_ip, auth.protocol, auth.user, name)
+    owner = result.owner or node.name
     service = "lmtp" if auth.protocol == "smtp" else auth.protocol
     where = address_of(node, owner, service)
     if where is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import ipaddress
 import re
 import tomllib
 import types
@@ -79,7 +80,7 @@ def parse_duration(value: object) -> dt.timedelta:
         match = _DURATION_RE.match(value)
         if match:
             return dt.timedelta(seconds=float(match.group(1)) * _DURATION_UNITS[match.group(2)])
-    raise ValueError(f"not a duration: {value!r} (use e.g. 500ms, 1s, 5m, 2h, 3d)")
+    raise ValueError("not a duration (use e.g. 500ms, 1s, 5m, 2h, 3d)")
 
 
 def parse_size(value: object) -> int:
@@ -93,16 +94,16 @@ def parse_size(value: object) -> int:
                 int(match.group(1))
                 * {"B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit]
             )
-    raise ValueError(f"not a size: {value!r} (use bytes or e.g. 50M)")
+    raise ValueError("not a size (use bytes or e.g. 50M)")
 
 
 def parse_address(value: object) -> Address:
     if not isinstance(value, str) or ":" not in value:
-        raise ValueError(f"not a host:port address: {value!r}")
+        raise ValueError("not a host:port address")
     host, _, port = value.rpartition(":")
     host = host.strip("[]")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"not a host:port address: {value!r}")
+        raise ValueError("not a host:port address")
     return Address(host, int(port))
 
 
@@ -265,6 +266,21 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpConfig:
+    max_connections: int = 256
+    max_connections_per_ip: int = 32
+    header_timeout: dt.timedelta = dt.timedelta(seconds=10)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    max_failures_per_account: int = 10
+    max_failures_per_ip: int = 30
+    failure_window: dt.timedelta = dt.timedelta(minutes=5)
+    max_concurrent_hashes: int = 4
+
+
+@dataclass(frozen=True, slots=True)
 class ReconcileConfig:
     schedule: str = "0 3 * * *"
     enabled: bool = True
@@ -302,6 +318,8 @@ class Config:
     managesieve: ManageSieveConfig = field(default_factory=ManageSieveConfig)
     sieve: SieveConfig = field(default_factory=SieveConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
     scrub: ScrubConfig = field(default_factory=ScrubConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -323,6 +341,29 @@ class Config:
         return Address(self.sync.sync_host, self.sync.sync_port)
 
 
+def _kind(value: object) -> str:
+    """What a TOML value is, for an error message: never the value itself
+    (a mistyped key may hold a secret, and errors end up in logs)."""
+    return {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _convert(value: object, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -335,19 +376,19 @@ def _convert(value: object, hint: Any, where: str) -> Any:
         return _convert(value, inner[0], where)
     if hint is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"expected true or false, got {value!r}")
+            raise ValueError(f"expected true or false, got {_kind(value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected an integer, got {value!r}")
+            raise ValueError(f"expected an integer, got {_kind(value)}")
         return value
     if hint is str:
         if not isinstance(value, str):
-            raise ValueError(f"expected a string, got {value!r}")
+            raise ValueError(f"expected a string, got {_kind(value)}")
         return value
     if hint is Path:
         if not isinstance(value, str):
-            raise ValueError(f"expected a path, got {value!r}")
+            raise ValueError(f"expected a path, got {_kind(value)}")
         return Path(value)
     if hint is dt.timedelta:
         return parse_duration(value)
@@ -355,11 +396,11 @@ def _convert(value: object, hint: Any, where: str) -> Any:
         return parse_address(value)
     if origin is tuple:
         if not isinstance(value, list):
-            raise ValueError(f"expected a list, got {value!r}")
+            raise ValueError(f"expected a list, got {_kind(value)}")
         return tuple(_convert(v, args[0], where) for v in value)
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
-            raise ValueError(f"expected a table, got {value!r}")
+            raise ValueError(f"expected a table, got {_kind(value)}")
         return _build(hint, value, where)
     raise TypeError(f"no reader for {hint!r}")  # pragma: no cover - a programming error
 
@@ -406,6 +447,14 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
         raise ConfigError("[node] spool_sweep_interval must not be negative (0: only on demand)")
     if config.node.spool_sweep_grace < dt.timedelta(0):
         raise ConfigError("[node] spool_sweep_grace must not be negative")
+    if min(config.auth.max_failures_per_account, config.auth.max_failures_per_ip) < 1:
+        raise ConfigError("[auth] max_failures_per_account and max_failures_per_ip must be >= 1")
+    if min(config.http.max_connections, config.http.max_connections_per_ip) < 1:
+        raise ConfigError("[http] max_connections and max_connections_per_ip must be >= 1")
+    if config.http.header_timeout <= dt.timedelta(0):
+        raise ConfigError("[http] header_timeout must be positive")
+    if not 1 <= config.auth.max_concurrent_hashes <= 64:
+        raise ConfigError("[auth] max_concurrent_hashes must be 1 to 64")
     if not 0 <= config.lmtp.workers <= 64:
         raise ConfigError("[lmtp] workers must be 0 (LMTP in the daemon itself) to 64")
     if config.database.check_at_start not in ("quick", "full", "off"):
@@ -431,6 +480,29 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
         raise ConfigError("[node] name must be lower-case letters, digits and dashes")
     if config.listen.http is not None and not config.api.token:
         raise ConfigError("[api] token is required when [listen] http is set")
+    if (
+        config.listen.http is not None
+        and not is_loopback(config.listen.http.host)
+        and not config.routing.auth_http_secret
+    ):
+        # /v1/route/nginx verifies passwords: off loopback it must only
+        # answer the proxy that knows the secret (docs/security.md).
+        raise ConfigError(
+            "[routing] auth_http_secret is required when [listen] http is not on loopback"
+        )
+    sync_table = data.get("sync", {})
+    if (
+        config.sync.sync_host
+        and not is_loopback(config.sync.sync_host)
+        and not config.sync.sync_tls
+        and "sync_tls" not in sync_table
+    ):
+        # The sync channel carries Basic credentials and every message: in
+        # clear text over a network only when the operator says so.
+        raise ConfigError(
+            "[sync] sync_tls is required when sync_host is not on loopback"
+            " (or say sync_tls = false explicitly)"
+        )
     return config
 
 

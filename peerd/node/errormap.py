@@ -23,6 +23,7 @@ from engine.errors import (
     DatabaseBusy,
     EngineError,
     InvalidArgument,
+    LimitExceeded,
     MessageTooLarge,
     NoSuchAccount,
     NoSuchScript,
@@ -119,6 +120,7 @@ S552_OVER_QUOTA = "552 5.2.2 Mailbox is over quota"
 # (peerd.protocols.lmtp): it sends them itself for a message too big, a
 # message with NUL and a malformed path; re-exported here for the errors
 # that mean the same.
+S552_LIMIT = "552 5.3.4 Message exceeds a limit of the mail store"
 
 
 def _not_owner_lmtp(exc: BaseException) -> str:
@@ -130,6 +132,7 @@ _LMTP: dict[type[BaseException], Callable[[BaseException], str]] = {
     NoSuchAccount: lambda _: S550_NO_SUCH_USER,
     OverQuota: lambda _: S552_OVER_QUOTA,
     MessageTooLarge: lambda _: S552_TOO_BIG,
+    LimitExceeded: lambda _: S552_LIMIT,
     NotOwner: _not_owner_lmtp,
     StorageFull: lambda _: S452_STORAGE,
     InvalidArgument: lambda _: S501_BAD_ADDRESS,
@@ -178,6 +181,7 @@ _IMAP: dict[type[BaseException], tuple[str, str | None]] = {
     NotFound: ("NO", "NONEXISTENT"),
     AlreadyExists: ("NO", "ALREADYEXISTS"),
     InvalidArgument: ("BAD", "CLIENTBUG"),
+    LimitExceeded: ("NO", "LIMIT"),  # RFC 5530 3
     MessageTooLarge: ("NO", "TOOBIG"),
     NotOwner: ("NO", "UNAVAILABLE"),
     Corrupt: ("NO", "SERVERBUG"),

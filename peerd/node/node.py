@@ -33,6 +33,7 @@ from ownership.errors import NotOwner
 from peerd.node import maillog
 from peerd.node.config import Config
 from peerd.node.damage import DamageBook
+from peerd.node.throttle import FailureThrottle
 
 __all__ = ["AuthResult", "Node"]
 
@@ -49,6 +50,7 @@ class AuthResult:
     account: str
     owner: str | None = None
     epoch: int = 0
+    throttled: bool = False  # refused unchecked: too many recent failures
 
 
 @dataclass(slots=True)
@@ -90,6 +92,9 @@ class Node:
         # What the ownership exchange at start found (peerd.pair.returning),
         # shown as ``startup`` in ``status``.
         self.startup_note = ""
+        auth = config.auth
+        self.login_failures = FailureThrottle(auth.failure_window.total_seconds())
+        self._hashing = asyncio.Semaphore(auth.max_concurrent_hashes)
 
     # -- the fence ---------------------------------------------------------
 
@@ -177,16 +182,28 @@ class Node:
     ) -> AuthResult:
         """Verify a password; report the owner when it is not this node.
 
-        The password check runs off the event loop (scrypt is deliberately slow).
-        With ``protocol`` given the attempt is written to the mail log
-        (``rip``: the client's address).
+        ``protocol`` names the caller (``imap``, ``pop3``, ``auth_http/imap``)
+        and ``rip`` the client's address for the mail log's one line per
+        attempt (the line fail2ban reads, :mod:`peerd.node.maillog`). The
+        throttle counts failures per account and, when ``rip`` is known, per
+        address; a login it refuses is not hashed at all. The password check
+        runs off the event loop, at most ``[auth] max_concurrent_hashes`` at
+        a time (scrypt is deliberately slow and takes 32 MiB per check).
         """
-        result = await self._authenticate(user, password)
-        if protocol:
-            maillog.login(result.ok, rip, protocol, user, result.account if result.ok else "")
+        result = await self._authenticate(user, password, rip or None)
+        maillog.login(result.ok, rip, protocol or "-", user, result.account if result.ok else "")
         return result
 
-    async def _authenticate(self, user: str, password: str) -> AuthResult:
+    async def _authenticate(self, user: str, password: str, peer: str | None) -> AuthResult:
+        auth = self.config.auth
+        account_key = "account:" + user.strip().lower()
+        ip_key = "ip:" + peer if peer else None
+        if self.login_failures.blocked(account_key, auth.max_failures_per_account) or (
+            ip_key is not None and self.login_failures.blocked(ip_key, auth.max_failures_per_ip)
+        ):
+            self.counters.inc("auth_throttled")
+            self._failed("throttled", account_key, ip_key)
+            return AuthResult(False, user, throttled=True)
 
         def lookup(session: Session) -> tuple[str, str]:
             name = engine_accounts.normalize_account_name(user)
@@ -198,17 +215,29 @@ class Node:
         except (NoSuchAccount, InvalidArgument):
             # Same cost as a real check, so timing does not reveal which
             # accounts exist.
-            await asyncio.to_thread(verify_password, password, _DUMMY_HASH)
-            self.counters.inc("auth_failures")
+            async with self._hashing:
+                await asyncio.to_thread(verify_password, password, _DUMMY_HASH)
+            self._failed("bad password", account_key, ip_key)
             return AuthResult(False, user)
-        if not await asyncio.to_thread(verify_password, password, stored):
-            self.counters.inc("auth_failures")
+        async with self._hashing:
+            right = await asyncio.to_thread(verify_password, password, stored)
+        if not right:
+            self._failed("bad password", account_key, ip_key)
             return AuthResult(False, name)
         try:
             await self.check_owner(name)
         except NotOwner as exc:
             return AuthResult(True, name, owner=exc.owner, epoch=exc.epoch)
         return AuthResult(True, name)
+
+    def _failed(self, reason: str, *keys: str | None) -> None:
+        """Count one failed login, and (unless the throttle refused it
+        unchecked) count it against the account and the address."""
+        self.counters.inc("auth_failures")
+        if reason != "throttled":
+            for key in keys:
+                if key is not None:
+                    self.login_failures.fail(key)
 
     # -- in-flight work, for a clean shutdown ------------------------------
 

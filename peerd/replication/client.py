@@ -56,6 +56,7 @@ from engine.compare import Push, Repairs, compare
 from engine.delta import Delta, mark_of, owner_delta
 from engine.errors import (
     PartnerDown,
+    PartnerRejected,
     SyncProtocolError,
     SyncRefused,
     SyncVersionMismatch,
@@ -271,6 +272,8 @@ class SyncClient:
                 problem, detail = {}, raw[:200].decode("utf-8", "replace")
             if problem.get("error") == SyncVersionMismatch.code:
                 raise SyncVersionMismatch(detail)
+            if status < 500:
+                raise PartnerRejected(f"partner answered {status} to {path}: {detail}")
             raise SyncProtocolError(f"partner answered {status} to {path}: {detail}")
         return raw
 

@@ -74,11 +74,24 @@ class Replicated:
 
 
 def sync_target(node: Node, target: str) -> Address:
-    """``host[:port]`` of another sync listener (the port defaults to ``sync_port``)."""
+    """``host[:port]`` of another sync listener on the partner's host (the port
+    defaults to ``sync_port``).
+
+    The request carries the pair's sync credentials, so the host must be the
+    configured ``sync_host``, written the same way: anything else is refused
+    before a connection is made.
+    """
+    sync = node.config.sync
     try:
-        return parse_address(target if ":" in target else f"{target}:{node.config.sync.sync_port}")
+        where = parse_address(target if ":" in target else f"{target}:{sync.sync_port}")
     except ValueError as exc:
-        raise InvalidArgument(str(exc)) from exc
+        raise InvalidArgument(f"target: {exc}") from exc
+    if not sync.sync_host or where.host.lower() != sync.sync_host.strip("[]").lower():
+        raise InvalidArgument(
+            "target must be on the configured partner's host ([sync] sync_host):"
+            " the sync credentials go nowhere else"
+        )
+    return where
 
 
 async def replicate_now(

@@ -30,13 +30,13 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from engine import synclog
-from engine.errors import EngineError, PartnerDown, SyncRefused
+from engine.errors import EngineError, PartnerDown, PartnerRejected, SyncRefused
 from engine.syncwire import encode_json
 from ownership import table as ownership_table
 from ownership.errors import SyncFenced
@@ -85,6 +85,8 @@ class ReplicationStatus:
     bytes_received: int
     mode: str
     account: str | None = None
+    # Accounts whose data the partner refuses as it is (a 4xx), with why.
+    refused_accounts: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -102,6 +104,7 @@ class ReplicationStatus:
             "bytes_sent": self.bytes_sent,
             "bytes_received": self.bytes_received,
             "mode": self.mode,
+            "refused_accounts": dict(sorted(self.refused_accounts.items())),
         }
         if self.account is not None:
             body["account"] = self.account
@@ -119,6 +122,7 @@ class RollingWorker:
         self.wake = asyncio.Event()
         self.running: set[str] = set()
         self.retry_at: dict[str, Backoff] = {}
+        self.refused: dict[str, str] = {}  # accounts the partner rejects, and why
         self.partner_retry = Backoff(PARTNER_RETRY_FIRST, self.maxwait)
         self.partner = PartnerStatus()
         # The same, per account: what `peerctl status -u` shows.
@@ -196,6 +200,9 @@ class RollingWorker:
         except SyncRefused as exc:
             await self.not_ours(account, exc.message)
             return None
+        except PartnerRejected as exc:
+            self._rejected(account, exc.message)
+            return None
         except EngineError as exc:
             self._account_failed(account, exc.message)
             return None
@@ -210,6 +217,8 @@ class RollingWorker:
         one.reachable, one.last_success = True, self.partner.last_success
         one.syncs += 1
         self.retry_at.pop(account, None)
+        if self.refused.pop(account, None) is not None:
+            log.info("partner accepts %s again", account)
         self.partner_retry.reset()
         if report.copied_back or report.reassigned:
             log.warning("%s: %s", account, "; ".join(report.repairs))
@@ -221,6 +230,25 @@ class RollingWorker:
             log.warning("partner unreachable, retrying with back-off: %s", message)
         self.partner.reachable = False
         self._error(message)
+
+    def _rejected(self, account: str, message: str) -> None:
+        """The partner refuses this account's data: say so once (status,
+        /metrics, one log line) and retry only at the longest back-off; other
+        accounts go on replicating."""
+        self.partner.reachable = True
+        if account not in self.refused:
+            log.error(
+                "partner refuses every sync of %s (other accounts go on): %s;"
+                " fix the account, then `peerctl replicate %s`",
+                account,
+                message,
+                account,
+            )
+        self.refused[account] = message
+        retry = self.retry_at.setdefault(account, Backoff(self.maxwait, self.maxwait))
+        retry.next()
+        self._error(f"{account}: {message}")
+        self._note_error(account, message)
 
     def _account_failed(self, account: str, message: str) -> None:
         retry = self.retry_at.setdefault(account, Backoff(ACCOUNT_RETRY_FIRST, self.maxwait))
@@ -298,6 +326,13 @@ class RollingWorker:
             bytes_received=self.client.bytes_received,
             mode=self.node.config.sync.sync_mode,
             account=account,
+            refused_accounts=(
+                dict(self.refused)
+                if account is None
+                else {account: self.refused[account]}
+                if account in self.refused
+                else {}
+            ),
         )
 
     async def wait_for_partner(self, accounts: list[str]) -> None:

@@ -55,6 +55,7 @@ from ownership.errors import SyncFenced
 from ownership.fence import check_sync, needs_adoption
 from ownership.rows import OwnershipView, parse_row
 from peerd.node.errormap import http_status
+from peerd.node.httplimits import GuardedSite
 from peerd.node.node import Node
 from peerd.replication.scrub import Scrubber
 
@@ -157,6 +158,11 @@ class SyncServer:
             return web.Response(status=499)
 
     async def body(self, request: web.Request) -> bytes:
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            # The channel compresses with X-Sync-Encoding, bounded by
+            # sync_max_request; an HTTP-level encoding is never sent.
+            raise SyncProtocolError("Content-Encoding is not accepted (use X-Sync-Encoding)")
         if request.content_length is not None and request.content_length > self.max_request:
             raise SyncProtocolError(
                 f"request of {request.content_length} bytes exceeds {self.max_request}"
@@ -488,8 +494,21 @@ def server_tls(node: Node) -> ssl.SSLContext | None:
 async def start_sync_listener(node: Node, host: str, port: int) -> tuple[SyncServer, web.AppRunner]:
     server = SyncServer(node)
     server.tls = server_tls(node)
-    runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        server.app(),
+        access_log=None,
+        handle_signals=False,
+        auto_decompress=False,  # Content-Encoding is refused, never inflated
+    )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=server.tls, reuse_address=True)
+    site = GuardedSite(
+        runner,
+        host,
+        port,
+        limits=node.config.http,
+        what="sync listener",
+        ssl_context=server.tls,
+        reuse_address=True,
+    )
     await site.start()
     return server, runner

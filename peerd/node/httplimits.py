@@ -1,0 +1,165 @@
+"""Connection caps and a header timeout for the HTTP listeners (control API, sync).
+
+How this works: :class:`GuardedSite` is an aiohttp ``TCPSite`` whose
+listening socket hands each new connection to a :class:`_Guard` protocol
+first. The guard counts connections globally and per client address
+(``[http] max_connections``, ``max_connections_per_ip``) and aborts one over
+either cap at once, with one log line; otherwise it passes everything through
+to aiohttp's own handler. Until the first request's header block has ended
+(an empty line, RFC 9112 section 2.1) it runs a timer of ``[http]
+header_timeout``: a client that dribbles its headers is cut off, so slow
+clients cannot hold the listener's connection slots. Under TLS the guard sits
+inside the TLS layer and sees plaintext.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections import Counter
+from collections.abc import Callable
+
+from aiohttp import web
+
+from peerd.node.config import HttpConfig
+
+__all__ = ["GuardedSite"]
+
+log = logging.getLogger("peerd.node.httplimits")
+
+
+def _abort(transport: asyncio.BaseTransport) -> None:
+    if isinstance(transport, asyncio.WriteTransport):
+        transport.abort()
+    else:  # pragma: no cover - stream transports are write transports
+        transport.close()
+
+
+class _Counts:
+    def __init__(self) -> None:
+        self.total = 0
+        self.per_ip: Counter[str] = Counter()
+
+
+class _Guard(asyncio.Protocol):
+    def __init__(
+        self, inner: Callable[[], asyncio.Protocol], counts: _Counts, limits: HttpConfig, what: str
+    ) -> None:
+        self._make = inner
+        self._inner: asyncio.Protocol | None = None
+        self._counts = counts
+        self._limits = limits
+        self._what = what
+        self._ip = "-"
+        self._timer: asyncio.TimerHandle | None = None
+        self._tail = b""
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self._ip = str(peer[0]) if isinstance(peer, tuple) and peer else "-"
+        counts, limits = self._counts, self._limits
+        if counts.total >= limits.max_connections:
+            reason = f"{counts.total} connections (max_connections)"
+        elif counts.per_ip[self._ip] >= limits.max_connections_per_ip:
+            reason = f"{counts.per_ip[self._ip]} from it (max_connections_per_ip)"
+        else:
+            reason = ""
+        if reason:
+            log.warning("%s: refused a connection from %s: %s", self._what, self._ip, reason)
+            _abort(transport)
+            return
+        counts.total += 1
+        counts.per_ip[self._ip] += 1
+        self._transport = transport
+        self._timer = asyncio.get_running_loop().call_later(
+            limits.header_timeout.total_seconds(), self._too_slow
+        )
+        self._inner = self._make()
+        self._inner.connection_made(transport)
+
+    def _too_slow(self) -> None:
+        self._timer = None
+        log.warning(
+            "%s: closed a connection from %s: no complete request header within %gs",
+            self._what,
+            self._ip,
+            self._limits.header_timeout.total_seconds(),
+        )
+        if self._transport is not None:
+            _abort(self._transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is None:
+            return
+        if self._timer is not None:
+            window = self._tail + data
+            if b"\r\n\r\n" in window:
+                self._timer.cancel()
+                self._timer = None
+            self._tail = window[-3:]
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._inner is not None else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._inner is None:
+            return
+        self._counts.total -= 1
+        self._counts.per_ip[self._ip] -= 1
+        if self._counts.per_ip[self._ip] <= 0:
+            del self._counts.per_ip[self._ip]
+        inner, self._inner = self._inner, None
+        inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+
+class GuardedSite(web.TCPSite):
+    """A ``TCPSite`` with the caps and header timeout of ``limits``; ``what``
+    names the listener in log lines."""
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        *,
+        limits: HttpConfig,
+        what: str,
+        ssl_context: ssl.SSLContext | None = None,
+        reuse_address: bool | None = None,
+    ) -> None:
+        super().__init__(runner, host, port, ssl_context=ssl_context, reuse_address=reuse_address)
+        self._limits = limits
+        self._what = what
+        self._counts = _Counts()
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        server = self._runner.server
+        assert server is not None
+        limits, counts, what = self._limits, self._counts, self._what
+
+        def factory() -> asyncio.Protocol:
+            return _Guard(server, counts, limits, what)
+
+        self._server = await asyncio.get_running_loop().create_server(
+            factory,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+        )

@@ -1,0 +1,390 @@
+"""Issue 9, the node and HTTP side: strangers and hostile users against a real daemon.
+
+The failed-login throttle (per account and per source address, across
+connections, with its fail2ban line), ``/v1/route/nginx`` sharing it, the
+start-up refusals (auth_http without a secret off loopback, a cleartext sync
+channel to a remote partner), config errors that never echo a value, and
+``password_hash`` parameters within the node's bounds.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import LoneNode
+from tests.harness.daemons import TOKEN, to_toml
+from tests.test_api_cli import request
+
+# The fail2ban failregex documented in docs/security.md.
+FAILREGEX = r"login failed: rip=<HOST> proto=\S+ user="
+
+
+def nginx_ask(node: LoneNode, user: str, password: str, client_ip: str) -> str:
+    req = urllib.request.Request(f"{node.api}/v1/route/nginx")
+    for key, value in {
+        "Auth-Method": "plain",
+        "Auth-User": user,
+        "Auth-Pass": password,
+        "Auth-Protocol": "imap",
+        "Auth-Login-Attempt": "1",
+        "Client-IP": client_ip,
+    }.items():
+        req.add_header(key, value)
+    with urllib.request.urlopen(req, timeout=30) as response:
+        return str(response.headers["Auth-Status"])
+
+
+def test_failed_logins_are_throttled_per_account_and_per_address(
+    lone_node: Callable[..., LoneNode],
+) -> None:
+    node = lone_node(
+        {"auth": {"max_failures_per_account": 3, "max_failures_per_ip": 5, "failure_window": "5m"}}
+    )
+    node.add_account("carol")
+    node.add_account("dave")
+    assert nginx_ask(node, "carol", "secret", "192.0.2.1") == "OK"
+    # Three wrong passwords for carol, each from another address (another
+    # connection as far as the node knows): then even the right one is refused.
+    for n in range(3):
+        assert nginx_ask(node, "carol", f"guess{n}", f"192.0.2.{10 + n}") != "OK"
+    assert nginx_ask(node, "carol", "secret", "192.0.2.99") != "OK"
+    # dave is not touched by carol's throttle.
+    assert nginx_ask(node, "dave", "secret", "192.0.2.99") == "OK"
+    # One address spraying names (known or not) is throttled as an address.
+    for n in range(5):
+        assert nginx_ask(node, f"nobody{n}", "x", "198.51.100.7") != "OK"
+    assert nginx_ask(node, "dave", "secret", "198.51.100.7") != "OK"
+    assert nginx_ask(node, "dave", "secret", "198.51.100.8") == "OK"
+
+    log = (node.workdir / f"{node.name}.log").read_text()
+    pattern = re.compile(FAILREGEX.replace("<HOST>", r"(?P<host>\S+)"))
+    hosts = [m.group("host") for m in pattern.finditer(log)]
+    assert hosts.count("198.51.100.7") == 6  # five wrong, one throttled
+    assert {"192.0.2.10", "192.0.2.11", "192.0.2.12"} <= set(hosts)
+    assert "Traceback" not in log
+    metrics = urllib.request.urlopen(f"{node.api}/metrics", timeout=10).read().decode()
+    assert re.search(r"^peerd_auth_throttled(_total)? [1-9]", metrics, re.M), metrics
+
+
+def _start_with(tmp_path: Path, node: LoneNode, change: Callable[[dict[str, Any]], None]) -> str:
+    """Run ``peerd run`` on a changed copy of the node's config; its stderr
+    (the daemon must refuse and exit: a start would hit the timeout)."""
+    config = tomllib.loads(node.config.read_text())
+    change(config)
+    path = tmp_path / "changed.toml"
+    path.write_text(to_toml(config))
+    done = subprocess.run(
+        [sys.executable, "-m", "peerd", "run", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=node.workdir,
+    )
+    assert done.returncode != 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    return lines[0]
+
+
+def test_start_refusals_and_config_errors_name_the_key_not_the_value(
+    lone_node: Callable[..., LoneNode], tmp_path: Path
+) -> None:
+    node = lone_node(start=False)
+
+    def secret_list(config: dict[str, Any]) -> None:
+        config["api"]["token"] = ["tok-very-secret"]
+
+    error = _start_with(tmp_path, node, secret_list)
+    assert "[api] token" in error and "tok-very-secret" not in error
+
+    def bad_duration(config: dict[str, Any]) -> None:
+        config["sync"]["sync_password"] = "pw-very-secret"
+        config["sync"]["sync_timeout"] = "pw-very-secret"
+
+    error = _start_with(tmp_path, node, bad_duration)
+    assert "sync_timeout" in error and "pw-very-secret" not in error
+
+    def open_api(config: dict[str, Any]) -> None:
+        port = config["listen"]["http"].rpartition(":")[2]
+        config["listen"]["http"] = f"0.0.0.0:{port}"
+        config.setdefault("routing", {})["auth_http_secret"] = ""
+
+    assert "auth_http_secret" in _start_with(tmp_path, node, open_api)
+
+    def remote_partner(config: dict[str, Any]) -> None:
+        config["sync"]["sync_host"] = "192.0.2.1"
+        config["sync"].pop("sync_tls", None)
+
+    assert "sync_tls" in _start_with(tmp_path, node, remote_partner)
+
+
+def test_password_hash_parameters_are_bounded(lone_node: Callable[..., LoneNode]) -> None:
+    node = lone_node()
+    salt, digest = "AAAAAAAAAAAAAAAAAAAAAA", "A" * 43
+    for params in ("ln=15,r=8,p=64", "ln=24,r=8,p=1", "ln=15,r=1024,p=1"):
+        status, _, body = request(
+            node,
+            "POST",
+            "/v1/accounts",
+            {"name": "amy", "password_hash": f"$scrypt${params}${salt}${digest}"},
+        )
+        assert status == 422, body
+    status, _, _ = request(
+        node,
+        "POST",
+        "/v1/accounts",
+        {"name": "amy", "password_hash": f"$scrypt$ln=15,r=8,p=1${salt}${digest}"},
+    )
+    assert status == 201
+
+
+def _post(url: str, data: bytes, headers: dict[str, str]) -> int:
+    req = urllib.request.Request(url, data=data, method="POST")
+    for key, value in headers.items():
+        req.add_header(key, value)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return int(exc.code)
+
+
+HOSTILE_BODIES: dict[str, tuple[bytes, dict[str, str]]] = {
+    # Every field that carries an epoch, at once (a handler reads its own).
+    "huge epoch": (
+        b'{"account": "carol", "ownership": OWN, "rows": [OWN], "name": "carol",'
+        b' "accounts": [{"account": "carol", "ownership": OWN, "digest": "x"}],'
+        b' "password": "x", "target": "beta", "epoch": EPOCH}'.replace(
+            b"OWN", b'{"owner": "alpha", "home": "alpha", "epoch": EPOCH, "state": "normal"}'
+        ).replace(b"EPOCH", str(2**70).encode()),
+        {},
+    ),
+    "deep JSON": (b"[" * 100_000 + b"]" * 100_000, {}),
+    "deep object": (b'{"a":' * 100_000 + b"1" + b"}" * 100_000, {}),
+    "long integer": (b'{"account": "carol", "epoch": ' + b"9" * 100_000 + b"}", {}),
+    "gzip": (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03garbage", {"Content-Encoding": "gzip"}),
+    "bad UTF-8": (b'{"account": "\xff\xfe", "name": "\xc3("}', {}),
+}
+
+
+def test_hostile_bodies_get_a_4xx_and_one_log_line(
+    lone_node: Callable[..., LoneNode],
+) -> None:
+    import base64
+
+    node = lone_node()
+    node.add_account("carol")
+    basic = "Basic " + base64.b64encode(b"repl:repl-secret").decode()
+    sync = f"http://127.0.0.1:{node.port('sync')}/sync/v1"
+    targets = [
+        (f"{sync}/{path}", {"Authorization": basic})
+        for path in ("apply", "ownership", "request_sync", "user_some", "delta", "digests")
+    ] + [
+        (f"{node.api}/v1/{path}", {"Authorization": f"Bearer {TOKEN}"})
+        for path in ("accounts", "replicate", "accounts/carol/quota")
+    ]
+    statuses = {}
+    for url, auth in targets:
+        for what, (data, headers) in HOSTILE_BODIES.items():
+            if what == "huge epoch" and url.endswith("request_sync"):
+                continue  # names accounts only: no epoch to refuse
+            status = _post(url, data, {"Content-Type": "application/json", **auth, **headers})
+            statuses[(url.rpartition("/v1/")[2], what)] = status
+    bad = {k: v for k, v in statuses.items() if not 400 <= v < 500}
+    assert not bad, "\n".join(f"{k}: {v}" for k, v in bad.items())
+    health = urllib.request.urlopen(f"{node.api}/v1/health", timeout=5)
+    assert health.status == 200
+    log = (node.workdir / f"{node.name}.log").read_text()
+    assert "Traceback" not in log, log[-3000:]
+
+
+def test_replicate_never_sends_the_sync_credentials_elsewhere(
+    lone_node: Callable[..., LoneNode],
+) -> None:
+    import socket
+    import threading
+
+    # The partner's sync host is 127.0.0.1; a listener on another loopback
+    # address plays the stranger's host.
+    node = lone_node({"sync": {"sync_host": "127.0.0.1", "sync_repeat_interval": "1h"}})
+    node.add_account("carol")
+    stranger = socket.create_server(("127.0.0.2", 0))
+    stranger.settimeout(10)
+    heard: list[bytes] = []
+
+    def listen() -> None:
+        try:
+            conn, _ = stranger.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(5)
+            try:
+                heard.append(conn.recv(65536))
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=listen)
+    thread.start()
+    try:
+        port = stranger.getsockname()[1]
+        status, _, body = request(
+            node, "POST", "/v1/replicate", {"account": "carol", "target": f"127.0.0.2:{port}"}
+        )
+    finally:
+        stranger.close()
+        thread.join(15)
+    assert status == 422, body
+    assert "sync_host" in body["detail"]
+    assert heard == [], heard
+
+
+def test_failed_tls_handshakes_on_the_sync_listener_log_no_traceback(
+    lone_node: Callable[..., LoneNode], tmp_path: Path
+) -> None:
+    import socket
+
+    from tests.test_sync_tls import make_ca
+
+    _, crt, key = make_ca(tmp_path, "alpha")
+    node = lone_node({"tls": {"cert": str(crt), "key": str(key)}, "sync": {"sync_tls": True}})
+    for hello in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x00\x05garbage", b""):
+        with socket.create_connection(("127.0.0.1", node.port("sync")), timeout=10) as sock:
+            sock.sendall(hello)
+            sock.shutdown(socket.SHUT_WR)
+            try:
+                while sock.recv(4096):
+                    pass
+            except OSError:
+                pass
+    assert urllib.request.urlopen(f"{node.api}/v1/health", timeout=5).status == 200
+    log = (node.workdir / f"{node.name}.log").read_text()
+    assert "Traceback" not in log, log[-3000:]
+
+
+def _closed_within(sock: Any, seconds: float) -> bool:
+    """True if the peer closes (or resets) ``sock`` within ``seconds``."""
+
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    except (OSError, ConnectionResetError):
+        return True
+    return True
+
+
+def test_http_listeners_cap_connections_and_cut_slow_headers(
+    lone_node: Callable[..., LoneNode],
+) -> None:
+    import socket
+    import time
+
+    node = lone_node(
+        {"http": {"max_connections": 50, "max_connections_per_ip": 3, "header_timeout": "2s"}}
+    )
+    for what, port in (("control API", node.port("http")), ("sync listener", node.port("sync"))):
+        slow = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
+        try:
+            for sock in slow:
+                sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")  # never ends
+            time.sleep(0.3)
+            # The fourth connection from the same address is refused at once.
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as extra:
+                assert _closed_within(extra, 1.5), what
+            # The slow ones are cut after header_timeout.
+            started = time.monotonic()
+            assert all(_closed_within(sock, 6) for sock in slow), what
+            assert time.monotonic() - started < 5
+        finally:
+            for sock in slow:
+                sock.close()
+        time.sleep(0.2)
+    # Slots are free again: an ordinary request is served.
+    assert urllib.request.urlopen(f"{node.api}/v1/health", timeout=5).status == 200
+    log = (node.workdir / f"{node.name}.log").read_text()
+    for what in ("control API", "sync listener"):
+        assert f"{what}: refused a connection from 127.0.0.1" in log
+        assert f"{what}: closed a connection from 127.0.0.1: no complete request header" in log
+    assert "Traceback" not in log
+
+
+def test_flags_past_the_sync_limit_are_refused_where_they_enter(
+    lone_node: Callable[..., LoneNode],
+) -> None:
+    import imaplib
+
+    node = lone_node()
+    node.add_account("carol")
+    with node.lmtp() as lmtp:
+        lmtp.sendmail("x@example.test", ["carol@example.test"], b"Subject: one\r\n\r\nbody\r\n")
+    keywords = " ".join(f"keyword{n:05d}" for n in range(800))  # 9,599 characters
+    imap = imaplib.IMAP4("127.0.0.1", node.port("imap"), timeout=30)
+    try:
+        imap.login("carol", "secret")
+        imap.select("INBOX")
+        typ, data = imap.store("1", "+FLAGS.SILENT", f"({keywords})")
+        assert typ == "NO" and b"[LIMIT]" in data[0], (typ, data)
+        typ, data = imap.fetch("1", "(FLAGS)")
+        first = data[0]
+        assert typ == "OK" and isinstance(first, bytes) and b"keyword" not in first
+        # Within the limit, flags are kept as before.
+        assert imap.store("1", "+FLAGS.SILENT", "(keyword00001 \\Seen)")[0] == "OK"
+    finally:
+        imap.logout()
+    # The account still replicates: the record the partner would refuse never existed.
+    status, _, body = request(node, "GET", "/v1/accounts/carol/mailboxes/INBOX")
+    assert status == 200
+    assert sorted(body["messages"][0]["flags"]) == ["\\Seen", "keyword00001"]
+
+
+def test_an_account_the_partner_refuses_is_shown_and_others_replicate(tmp_path: Path) -> None:
+    import base64
+    import os
+
+    from tests.nodes import make_pair
+    from tests.procs import wait_until
+    from tests.test_replication import boxes, deliver
+
+    # beta takes sync requests of at most 64 KiB: one 300 KB message of
+    # "big" makes every sync of that account a permanent refusal.
+    alpha, beta = make_pair(
+        tmp_path,
+        {
+            "alpha": {"sync": {"sync_compress": False}},
+            "beta": {"sync": {"sync_max_request": "64K"}},
+        },
+    )
+    try:
+        alpha.start()
+        beta.start()
+        alpha.add_account("big")
+        alpha.add_account("small")
+        wait_until(lambda: "small" in str(beta.call("GET", "/v1/accounts")), 60, "accounts")
+        deliver(alpha, "big@example.test", "huge", base64.encodebytes(os.urandom(220_000)))
+
+        def refused() -> dict[str, Any]:
+            return dict(alpha.call("GET", "/v1/status")["replication"]["refused_accounts"])
+
+        wait_until(lambda: "big" in refused(), 60, "big shown as refused")
+        assert "64" in refused()["big"] or "exceeds" in refused()["big"], refused()
+        deliver(alpha, "small@example.test", "after")
+        wait_until(lambda: boxes(beta, "small") == boxes(alpha, "small"), 60, "small replicates")
+        metrics = urllib.request.urlopen(f"{alpha.api}/metrics", timeout=10).read().decode()
+        assert "peerd_sync_refused_accounts 1" in metrics
+        log = (alpha.workdir / f"{alpha.name}.log").read_text()
+        assert log.count("partner refuses every sync of big") == 1
+    finally:
+        alpha.stop()
+        beta.stop()
