@@ -90,6 +90,7 @@ def _check_db(config: Config, full: bool) -> int:
 def _rebuild(config: Config) -> int:
     import asyncio
 
+    from engine.errors import EngineError
     from peerd.app.rebuild import RebuildRefused, rebuild_from_partner
 
     try:
@@ -99,6 +100,12 @@ def _rebuild(config: Config) -> int:
         return 1
     except ConnectionError as exc:
         print(f"peerd: rebuild stopped: the partner stopped answering ({exc})", file=sys.stderr)
+        return 1
+    except EngineError as exc:  # the partner's sync listener, or the new database
+        print(f"peerd: rebuild stopped: {exc.message}; run it again", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. the sync listener's port is taken
+        print(f"peerd: rebuild stopped: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -71,6 +71,7 @@ SLICE_FILES = 64
 # ... and about this many bytes (or one tenth of a second at the rate).
 SLICE_BYTES = 4 << 20
 PAGE = 5000  # GUIDs listed per database read
+ACCOUNTS_PER_QUERY = 500  # names in one IN (...) list
 FETCH_BYTES = 8 << 20  # bodies asked for in one ``bodies`` request (by size)
 FETCH_COUNT = 500
 RETRY_SECONDS = 60.0  # the repair worker tries again while the partner is away
@@ -178,15 +179,26 @@ class Scrubber:
     # -- reading ---------------------------------------------------------------
 
     async def _bodies(self, accounts: Sequence[str] | None) -> AsyncIterator[list[Body]]:
-        after = ""
-        while True:
-            page = await self.node.store.read(
-                partial(live_bodies, after=after, limit=PAGE, accounts=accounts)
-            )
-            if not page:
-                return
-            yield page
-            after = page[-1].guid
+        """Pages of the bodies live records name (of ``accounts``, 500
+        accounts to a query, so the list fits any database's parameter limit)."""
+        groups = (
+            [None]
+            if accounts is None
+            else [
+                list(accounts[i : i + ACCOUNTS_PER_QUERY])
+                for i in range(0, len(accounts), ACCOUNTS_PER_QUERY)
+            ]
+        )
+        for group in groups:
+            after = ""
+            while True:
+                page = await self.node.store.read(
+                    partial(live_bodies, after=after, limit=PAGE, accounts=group)
+                )
+                if not page:
+                    break
+                yield page
+                after = page[-1].guid
 
     async def _read(
         self, accounts: Sequence[str] | None, rate: int, result: ScrubResult
@@ -309,12 +321,18 @@ class Scrubber:
             return
 
         def named(session: Session) -> set[str]:
-            rows = session.execute(
-                select(Message.guid)
-                .where(Message.guid.in_(known), Message.expunged.is_(False))
-                .distinct()
-            )
-            return {str(g) for (g,) in rows}
+            out: set[str] = set()
+            for i in range(0, len(known), ACCOUNTS_PER_QUERY):
+                rows = session.execute(
+                    select(Message.guid)
+                    .where(
+                        Message.guid.in_(known[i : i + ACCOUNTS_PER_QUERY]),
+                        Message.expunged.is_(False),
+                    )
+                    .distinct()
+                )
+                out.update(str(g) for (g,) in rows)
+            return out
 
         self.book.keep_only(await self.node.store.read(named))
 
