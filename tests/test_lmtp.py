@@ -619,3 +619,74 @@ def test_lmtp_starttls_can_be_switched_off(lone_node: NodeFactory, tmp_path: Pat
         client.ehlo("client.test")
         assert not client.has_extn("starttls")
         assert client.docmd("STARTTLS")[0] == 502
+
+
+# --- hostile input on the wire (the core's limits seen through the daemon) -------
+
+
+def test_rcpt_before_mail_gets_503_and_the_session_goes_on(node: LoneNode) -> None:
+    node.add_account("order")
+    with node.lmtp() as client:
+        client.ehlo("x")
+        assert client.rcpt("order@example.test")[0] == 503  # RFC 5321 3.3
+        assert client.docmd("DATA")[0] == 503
+        assert client.sendmail("s@example.test", ["order@example.test"], msg("in-order")) == {}
+    assert [r["guid"] for r in node.records("order")] == [sha1(msg("in-order"))]
+
+
+def test_too_many_recipients_get_452_and_the_accepted_ones_get_the_message(
+    lone_node: NodeFactory,
+) -> None:
+    node = lone_node({"lmtp": {"max_recipients": 2}})
+    for name in ("r1", "r2", "r3"):
+        node.add_account(name)
+    with node.lmtp() as client:
+        client.ehlo("x")
+        client.mail("s@example.test")
+        assert client.rcpt("r1@example.test")[0] == 250
+        assert client.rcpt("r2@example.test")[0] == 250
+        code, text = client.rcpt("r3@example.test")  # RFC 5321 4.5.3.1.10
+        assert (code, text[:6]) == (452, b"4.5.3 ")
+        assert [client.data(msg("two")), client.getreply()][1][0] == 250
+    assert len(node.records("r1")) == 1 and len(node.records("r2")) == 1
+    assert node.records("r3") == []
+
+
+def test_dot_stuffing_and_bare_lf_on_the_wire(node: LoneNode) -> None:
+    """RFC 5321 4.5.2 unstuffing; a bare LF stored as CRLF; LF.LF (or CR-less
+    dot lines) end nothing, only CRLF.CRLF does (SMTP smuggling)."""
+    node.add_account("dots")
+    wire = b"Subject: edge\r\n\r\n..dot\r\n...\r\nbare\nlf\r\nnot\n.\nthe end\r\n.\r\n"
+    stored = b"Subject: edge\r\n\r\n.dot\r\n..\r\nbare\r\nlf\r\nnot\r\n.\r\nthe end\r\n"
+    with socket.create_connection(("127.0.0.1", node.port("lmtp")), timeout=30) as sock:
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"220")
+        sock.sendall(b"LHLO x\r\nMAIL FROM:<s@example.test>\r\nRCPT TO:<dots@example.test>\r\n")
+        assert read_reply(reader).startswith(b"250 ")
+        assert reader.readline().startswith(b"250")
+        assert reader.readline().startswith(b"250")
+        sock.sendall(b"DATA\r\n")
+        assert reader.readline().startswith(b"354")
+        sock.sendall(wire + b"QUIT\r\n")
+        assert reader.readline().startswith(b"250 2.1.5")
+        assert reader.readline().startswith(b"221")
+    assert [r["guid"] for r in node.records("dots")] == [sha1(stored)]
+
+
+def test_a_long_data_line_is_stored_and_one_over_the_size_limit_gets_552(
+    node: LoneNode,
+) -> None:
+    node.add_account("wide")
+    files = len(spool_files(node))
+    long_line = msg("wide", b"w" * 5000 + b"\r\n")  # over RFC 5321's 1000, under the size
+    with node.lmtp() as client:
+        assert client.sendmail("s@example.test", ["wide@example.test"], long_line) == {}
+        client.ehlo("x")
+        client.mail("s@example.test")
+        client.rcpt("wide@example.test")
+        # One line, no line end, longer than max_message_size (200K here).
+        code, text = client.data(b"z" * 300_000)
+        assert (code, text[:6]) == (552, b"5.3.4 ")
+        assert client.noop()[0] == 250
+    assert [r["guid"] for r in node.records("wide")] == [sha1(long_line)]
+    assert len(spool_files(node)) == files + 1 and temp_files(node) == []
