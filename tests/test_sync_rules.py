@@ -108,7 +108,9 @@ def test_an_oversized_sync_request_is_refused_and_changes_nothing(tmp_path: Path
         assert spool_files(beta) == before_spool and guid not in spool_files(beta)
         report = alpha.call("POST", "/v1/replicate", {"account": "big"})
         assert report["reports"] == []
-        assert report["errors"][0]["error"] == "sync_protocol_error"
+        assert (
+            report["errors"][0]["error"] == "partner_rejected"
+        )  # a 4xx from the partner: it refuses this data
         assert "exceeds 65536" in report["errors"][0]["detail"]
 
         # Straight to the listener: too long by Content-Length, too long once
