@@ -14,8 +14,9 @@ Starts a real pair (alpha, beta) on loopback, then prints, in one run:
    LOGIN with the largest literal a stranger may send before login and
    never finished it, plus a non-synchronizing 60 MB literal started on
    every tenth. Target ≤ 150 MB.
-3. a real user's login latency p50/p99 while 40 connections guess passwords
-   for another account as fast as the node answers. Target p99 ≤ 1 s.
+3. a real user's login latency p50/p99 (from 127.0.0.2) while 40
+   connections (from 127.0.0.3) guess passwords for another account as fast
+   as the node answers. Target p99 ≤ 1 s.
 4. alpha's RSS above idle with ``--stalled`` clients that ``FETCH 1:*
    BODY.PEEK[]`` on a mailbox of 100 messages of 1 MB and never read. Target ≤ 100 MB.
 
@@ -62,6 +63,19 @@ def settle_rss(pid: int) -> float:
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+class FromAddress(imaplib.IMAP4):
+    """imaplib from a chosen loopback source address (the daemon tells clients apart by it)."""
+
+    def __init__(self, port: int, source: str) -> None:
+        self.source = source
+        super().__init__("127.0.0.1", port, timeout=60)
+
+    def _create_socket(self, timeout: float | None) -> socket.socket:
+        return socket.create_connection(
+            (self.host, self.port), timeout, source_address=(self.source, 0)
+        )
 
 
 def imap(node: Node, user: str = "user") -> imaplib.IMAP4:
@@ -142,7 +156,9 @@ def guessing_flood(node: Node, seconds: float) -> list[float]:
     def guess() -> None:
         while not stop.is_set():
             try:
-                raw = socket.create_connection(("127.0.0.1", node.ports["imap"]), timeout=30)
+                raw = socket.create_connection(
+                    ("127.0.0.1", node.ports["imap"]), timeout=30, source_address=("127.0.0.3", 0)
+                )
             except OSError:
                 continue
             with raw:
@@ -166,7 +182,7 @@ def guessing_flood(node: Node, seconds: float) -> list[float]:
     try:
         while time.monotonic() < deadline:
             started = time.perf_counter()
-            client = imaplib.IMAP4("127.0.0.1", node.ports["imap"], timeout=60)
+            client = FromAddress(node.ports["imap"], "127.0.0.2")
             client.login("user", "secret")
             latencies.append((time.perf_counter() - started) * 1000)
             client.logout()
