@@ -75,7 +75,9 @@ class NotCaughtUp(OwnershipError):
 
     ``pending`` lists them, one entry per account and node: ``{account,
     node, changes, oldest}`` (``oldest`` is an ISO 8601 time), so a script can
-    tell what to wait for; the message says the same for people.
+    tell what to wait for; the message says the same for people. A
+    switchover whose final drain outlasted its hold limit raises it too
+    (``{account, node}`` each: writes released, nothing moved).
     """
 
     code = "not_caught_up"

@@ -508,7 +508,7 @@ def cmd_switchover(client: Client, args: argparse.Namespace) -> Any:
     if result.get("forwarded"):
         lines += _moved(result["forwarded"], "on the owner")
     lines += _moved(result)
-    lines.append(f"done in {result['seconds']} s")
+    lines.append(f"done in {result['seconds']} s{_held(result)}")
     return result, "\n".join(lines)
 
 
@@ -522,8 +522,15 @@ def cmd_failback(client: Client, args: argparse.Namespace) -> Any:
     lines += _uninformed(result, "this node")
     lines += _hooks(partner.get("hooks", []), "on the partner")
     lines += _hooks(result.get("hooks", []))
-    lines.append(f"done in {result['seconds']} s")
+    lines.append(f"done in {result['seconds']} s{_held(result)}")
     return result, "\n".join(lines)
+
+
+def _held(result: dict[str, Any]) -> str:
+    """How long writes were held, this node's or the owner's (forwarded)."""
+    forwarded = result.get("forwarded") or {}
+    held = max(float(result.get("writes_held", 0.0)), float(forwarded.get("writes_held", 0.0)))
+    return f", writes held {held} s" if held else ""
 
 
 def cmd_account_move(client: Client, args: argparse.Namespace) -> Any:

@@ -1,12 +1,15 @@
 """Failback: the returned node takes back every account whose home it is.
 
-How this works, run on the returned node: once it has caught up (no
-sync-log row here or on the partner for the accounts to move: nothing it
-accepted is still to be handed over, nothing the owner took is still to
-reach it), it asks the partner to switch over every account whose home is
-this node (:mod:`peerd.pair.switchover`, forwarded with ``to`` set to this
-node). Otherwise :class:`~ownership.errors.NotCaughtUp`, naming what is
-pending. The proxies are told the routes that changed.
+How this works, run on the returned node: once nothing it accepted for the
+accounts to move is still to be handed to the owner (no sync-log row here;
+otherwise :class:`~ownership.errors.NotCaughtUp`, naming what is pending),
+it asks the partner to switch over every account whose home is this node
+(:mod:`peerd.pair.switchover`, forwarded with ``to`` set to this node).
+What the owner took and has not replicated yet does not refuse: under a
+steady load some row is always pending there. The owner's switchover
+catches this node up while writes go on, then holds the accounts' new
+writes (4xx) for the final drain only, bounded, and says for how long
+(``writes_held``). The proxies are told the routes that changed.
 """
 
 from __future__ import annotations
@@ -44,6 +47,11 @@ class Failback:
     seconds: float = 0.0
 
     @property
+    def writes_held(self) -> float:
+        """How long (seconds) the owner refused new writes for the accounts."""
+        return self.partner.writes_held if self.partner else 0.0
+
+    @property
     def accounts(self) -> list[str]:
         """The accounts that came home."""
         return self.partner.accounts if self.partner else []
@@ -57,6 +65,7 @@ class Failback:
             "partner_informed": self.partner_informed,
             "hooks": [ack.to_json() for ack in self.hooks],
             "seconds": self.seconds,
+            "writes_held": self.writes_held,
         }
 
 
@@ -66,42 +75,34 @@ def _listing(items: list[str], limit: int = 10) -> str:
 
 
 async def check_caught_up(node: Node, accounts: list[str], grace: float = 2.0) -> None:
-    """Raise :class:`NotCaughtUp` unless neither node has a sync-log row for ``accounts``.
+    """Raise :class:`NotCaughtUp` while this node has a sync-log row for ``accounts``.
 
-    Here, a row is a change this node accepted and has not handed to the
-    owner yet (it returned with unreplicated mail); on the partner, a change
-    the owner made that has not reached this replica. Either way the replica
-    here is behind, and moving the accounts now would make them wait for the
-    drain (or, if it failed, leave them behind). A row can also be a sync in
-    flight, acknowledged milliseconds later: ``grace`` seconds of looking
-    again keep that from refusing a node that is in fact caught up.
+    Such a row is a change this node accepted and has not handed to the
+    owner yet (it returned with unreplicated mail): moving the account now
+    would leave it behind. A row can also be a sync in flight, acknowledged
+    milliseconds later: ``grace`` seconds of looking again keep that from
+    refusing a node that is in fact caught up. The partner's rows (what the
+    owner took and has not replicated here yet) are the switchover's to
+    drain, while it holds the accounts' writes.
     """
-    wanted = set(accounts)
     deadline = time.monotonic() + grace
     while True:
         here = [p.to_json() for p in await pending_changes(node, accounts)]
-        answer = await partner_api(node, "GET", "/v1/synclog")
-        listed = answer.get("pending", []) if isinstance(answer, dict) else []
-        there = [p for p in listed if isinstance(p, dict) and p.get("account") in wanted]
-        if not here and not there:
-            return
-        if time.monotonic() >= deadline:
+        if not here or time.monotonic() >= deadline:
             break
         await asyncio.sleep(0.1)
+    if not here:
+        return
     words = [
         f"{p['account']}: {p['changes']} change(s) here not yet handed to {node.partner} "
         f"(oldest {p['oldest']})"
         for p in here
-    ] + [
-        f"{p['account']}: {p['changes']} change(s) on {node.partner} not yet replicated "
-        f"here (oldest {p['oldest']})"
-        for p in there
     ]
     raise NotCaughtUp(
         f"{node.name} has not caught up with {node.partner}: {_listing(words)}. "
-        "Retry once `peerctl status -u USER` shows sync log depth 0 on both nodes "
-        f"(`peerctl replicate -u USER` on {node.partner} syncs one now)",
-        [dict(p, node=node.name) for p in here] + [dict(p, node=node.partner) for p in there],
+        "Retry once `peerctl status -u USER` shows sync log depth 0 here "
+        f"(rolling replication hands them to {node.partner})",
+        [dict(p, node=node.name) for p in here],
     )
 
 

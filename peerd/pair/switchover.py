@@ -1,12 +1,16 @@
 """Switchover: move accounts to the partner while both nodes are up.
 
-How this works, run on the owner: mark the accounts ``moving`` (the fence
-refuses new local writes from then on, and open sessions are closed), drain
-them to the partner (a full sync each, repeated while the sync log still has
-rows for the account), flip the owner at epoch + 1, send the partner the new
-rows, tell the proxies. If the drain fails, the accounts are unmarked and
-nothing moved. Writes are refused from the mark to the flip:
-:attr:`Switchover.writes_held` says for how long.
+How this works, run on the owner: catch the partner up first (a full sync
+of each account while writes still go on: under a steady load this is the
+long part, and nothing is held), then mark the accounts ``moving`` (the
+fence refuses new local writes from then on: LMTP answers 451 4.3.0, IMAP
+NO [UNAVAILABLE], POP3 -ERR [SYS/TEMP]; open sessions are closed), drain
+the final delta to the partner (a full sync each, repeated while the sync
+log still has rows for the account), flip the owner at epoch + 1, send the
+partner the new rows, tell the proxies. The hold is bounded: a drain that
+takes longer than :data:`HOLD_LIMIT` seconds, or fails, unmarks the
+accounts (writes resume) and nothing moved. Writes are refused from the
+mark to the flip: :attr:`Switchover.writes_held` says for how long.
 
 Asked on the node that does not own some of the accounts, those are
 forwarded to their owner (its control API), with ``to`` set to this node:
@@ -28,7 +32,7 @@ from sqlalchemy.orm import Session
 from engine import synclog
 from engine.errors import EngineError, NoSuchAccount, SyncProtocolError
 from ownership import table as ownership_table
-from ownership.errors import PartnerUnreachable, UnknownNode
+from ownership.errors import NotCaughtUp, PartnerUnreachable, UnknownNode
 from ownership.rows import OwnershipView, parse_row, row_view
 from peerd.pair.hooks import HookAck, routes_for
 from peerd.pair.partner import Pair, partner_answers, partner_api, tell_partner
@@ -40,6 +44,9 @@ log = logging.getLogger("peerd.pair.switchover")
 
 # Full syncs of one account while draining it, before giving up on an empty log.
 DRAIN_SYNCS = 3
+# The longest writes are held for a switchover's final drain: past it the
+# accounts are unmarked and the switchover refused (nothing moved).
+HOLD_LIMIT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +54,8 @@ class Switchover:
     """What a switchover did: the rows it moved here (new owner and epoch each),
     the accounts already where they were asked to go, the owner's answer for
     the accounts forwarded to it, whether the partner took the new rows, which
-    proxy hooks acknowledged, and how long writes were refused for the moved
-    accounts (not part of the JSON answer)."""
+    proxy hooks acknowledged, and how long (seconds) new writes were refused
+    for the moved accounts (the mark to the flip; 0 when none moved here)."""
 
     moved: tuple[OwnershipView, ...]
     already: tuple[str, ...]
@@ -71,6 +78,7 @@ class Switchover:
             "partner_informed": self.partner_informed,
             "hooks": [ack.to_json() for ack in self.hooks],
             "seconds": self.seconds,
+            "writes_held": self.writes_held,
         }
 
     @classmethod
@@ -86,6 +94,7 @@ class Switchover:
                 partner_informed=None if informed is None else bool(informed),
                 hooks=tuple(HookAck.from_json(ack) for ack in value.get("hooks", [])),
                 seconds=float(value.get("seconds", 0.0)),
+                writes_held=float(value.get("writes_held", 0.0)),
             )
         except (AttributeError, KeyError, TypeError, ValueError, SyncProtocolError) as exc:
             raise PartnerUnreachable(
@@ -162,6 +171,10 @@ async def _move_ours(pair: Pair, ours: list[str]) -> tuple[tuple[OwnershipView, 
         raise PartnerUnreachable(
             f"{node.partner} does not answer: a switchover needs it (use failover)"
         )
+    for account in ours:
+        # Catch up while writes still go on, so the held drain below has
+        # only the last few changes to send.
+        await client.sync_account(account)
     previous = await node.store.write(lambda s: ownership_table.mark_moving(s, ours, node.name))
     held_since = time.perf_counter()
     moving = list(previous)
@@ -169,12 +182,16 @@ async def _move_ours(pair: Pair, ours: list[str]) -> tuple[tuple[OwnershipView, 
     try:
         for account in moving:
             # Drain: a full sync while local writes are refused. Repeat
-            # until nothing is left in the log for it.
+            # until nothing is left in the log for it. A sync is not cut
+            # short (its own timeouts bound it); the limit is looked at
+            # between syncs.
             for _ in range(DRAIN_SYNCS):
+                if time.perf_counter() - held_since > HOLD_LIMIT:
+                    raise _held_too_long(node.name, node.partner, held_since, moving)
                 await client.sync_account(account)
                 if not await node.store.read(partial(synclog.depth, account=account)):
                     break
-    except EngineError:
+    except (EngineError, NotCaughtUp):
         await node.store.write(lambda s: ownership_table.unmark_moving(s, previous))
         raise
 
@@ -197,3 +214,13 @@ async def _move_ours(pair: Pair, ours: list[str]) -> tuple[tuple[OwnershipView, 
     node.counters.inc("switchovers")
     log.info("switchover: %d account(s) to %s, writes held %.3fs", len(flipped), node.partner, held)
     return flipped, held
+
+
+def _held_too_long(name: str, partner: str, since: float, moving: list[str]) -> NotCaughtUp:
+    held = time.perf_counter() - since
+    return NotCaughtUp(
+        f"the final drain to {partner} took more than {HOLD_LIMIT:g} s: writes were held "
+        f"{held:.3f} s and are taken again, nothing moved. Retry once `peerctl status -u USER` "
+        f"on {name} shows a small sync log depth",
+        [{"account": a, "node": name} for a in moving],
+    )

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Burst",
+    "SteadyLoad",
     "audit_store",
     "burst_message",
     "idling",
@@ -139,6 +141,80 @@ def start_burst(port: int, account: str, threads: int, per_thread: int, tag: str
     for thread in burst.threads:
         thread.start()
     return burst
+
+
+@dataclass
+class SteadyLoad:
+    """A continuous LMTP load: ``rate`` messages a second to ``account``, from
+    ``threads`` threads, as an MTA with two next hops sends it. A 4xx (a held
+    or moved account) is tried again after ``retry`` seconds on the next port
+    of ``ports``; only a 250 is acknowledged.
+
+    ``acked``: subjects that got a 250. ``deferred``: the 4xx replies seen.
+    ``inflight``: per thread, the subject whose connection broke, if any.
+    """
+
+    ports: list[int]
+    account: str
+    rate: float = 50.0
+    threads: int = 2
+    tag: str = "load"
+    retry: float = 0.05
+    acked: list[str] = field(default_factory=list)
+    deferred: list[tuple[float, int, bytes]] = field(default_factory=list)
+    inflight: dict[int, str | None] = field(default_factory=dict)
+    stop: threading.Event = field(default_factory=threading.Event)
+    workers: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> SteadyLoad:
+        self.workers = [
+            threading.Thread(target=self._run, args=(t,), daemon=True) for t in range(self.threads)
+        ]
+        for worker in self.workers:
+            worker.start()
+        return self
+
+    def join(self, timeout: float = 60) -> None:
+        self.stop.set()
+        for worker in self.workers:
+            worker.join(timeout)
+            assert not worker.is_alive(), "a delivery thread hung"
+
+    def _run(self, t: int) -> None:
+        interval = self.threads / self.rate
+        hop = 0
+        i = 0
+        next_at = time.monotonic()
+        while not self.stop.is_set():
+            subject = f"{self.tag}-{t}-{i}"
+            self.inflight[t] = subject
+            while not self.stop.is_set():
+                code, text = self._send(self.ports[hop % len(self.ports)], subject)
+                if code == 250:
+                    self.acked.append(subject)
+                    break
+                if code >= 500:
+                    raise AssertionError(f"{subject}: {code} {text!r}")
+                self.deferred.append((time.monotonic(), code, text))
+                hop += 1
+                time.sleep(self.retry)
+            self.inflight[t] = None
+            i += 1
+            next_at += interval
+            time.sleep(max(0.0, next_at - time.monotonic()))
+
+    def _send(self, port: int, subject: str) -> tuple[int, bytes]:
+        data = f"Subject: {subject}\r\nMessage-ID: <{subject}@steady>\r\n\r\nbody\r\n"
+        try:
+            with smtplib.LMTP("127.0.0.1", port, timeout=30) as lmtp:
+                lmtp.docmd("LHLO", "load")
+                lmtp.mail("s@example.test")
+                code, text = lmtp.rcpt(f"{self.account}@example.test")
+                if code != 250:
+                    return code, text
+                return lmtp.data(data.encode())
+        except (OSError, smtplib.SMTPException) as exc:
+            return 421, str(exc).encode()
 
 
 # --- the store on disk ----------------------------------------------------------
