@@ -283,11 +283,28 @@ def test_a_failed_tls_handshake_on_the_sync_listener_is_one_log_line(
     from tests.test_sync_tls import make_ca
 
     ca, crt, key = make_ca(tmp_path, "alpha")
-    node = lone_node({"tls": {"cert": str(crt), "key": str(key)}, "sync": {"sync_tls": True}})
-    hellos = (b"GET /sync/v1/state HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x00\x05garbage")
+    node = lone_node(
+        {
+            "tls": {"cert": str(crt), "key": str(key)},
+            "sync": {"sync_tls": True},
+            # Failed handshakes must give their place back: more of them than the cap.
+            "http": {"max_connections_per_ip": 3, "header_timeout": "2s"},
+        }
+    )
+    hellos = (
+        b"GET /sync/v1/state HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"\x16\x03\x01\x00\x05garbage",
+        b"PRI * HTTP/2.0\r\n\r\n",
+        b"\x16\x03\x03\x00\x01\x01",
+    )
+    # A client that says nothing is cut off at header_timeout (no TLS line for it).
+    silent = socket.create_connection(("127.0.0.1", node.port("sync")), timeout=10)
+    assert _closed_within(silent, 6)
+    silent.close()
     for hello in hellos:
         with socket.create_connection(("127.0.0.1", node.port("sync")), timeout=10) as sock:
             sock.sendall(hello)
+            sock.shutdown(socket.SHUT_WR)  # a cut record fails the handshake at once
             try:
                 while sock.recv(4096):
                     pass
