@@ -271,6 +271,64 @@ def test_failed_tls_handshakes_on_the_sync_listener_log_no_traceback(
     assert "Traceback" not in log, log[-3000:]
 
 
+def test_a_failed_tls_handshake_on_the_sync_listener_is_one_log_line(
+    lone_node: Callable[..., LoneNode], tmp_path: Path
+) -> None:
+    """A plain-text client on a TLS sync listener: one line naming the listener
+    and the client per failed handshake, and the listener keeps working over TLS."""
+    import socket
+    import ssl
+
+    from tests.procs import wait_until
+    from tests.test_sync_tls import make_ca
+
+    ca, crt, key = make_ca(tmp_path, "alpha")
+    node = lone_node(
+        {
+            "tls": {"cert": str(crt), "key": str(key)},
+            "sync": {"sync_tls": True},
+            # Failed handshakes must give their place back: more of them than the cap.
+            "http": {"max_connections_per_ip": 3, "header_timeout": "2s"},
+        }
+    )
+    hellos = (
+        b"GET /sync/v1/state HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"\x16\x03\x01\x00\x05garbage",
+        b"PRI * HTTP/2.0\r\n\r\n",
+        b"\x16\x03\x03\x00\x01\x01",
+    )
+    # A client that says nothing is cut off at header_timeout (no TLS line for it).
+    silent = socket.create_connection(("127.0.0.1", node.port("sync")), timeout=10)
+    assert _closed_within(silent, 6)
+    silent.close()
+    for hello in hellos:
+        with socket.create_connection(("127.0.0.1", node.port("sync")), timeout=10) as sock:
+            sock.sendall(hello)
+            sock.shutdown(socket.SHUT_WR)  # a cut record fails the handshake at once
+            try:
+                while sock.recv(4096):
+                    pass
+            except OSError:
+                pass
+    # A real TLS client still gets an HTTP answer (401 without credentials).
+    context = ssl.create_default_context(cafile=str(ca))
+    raw = socket.create_connection(("127.0.0.1", node.port("sync")), timeout=10)
+    with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        tls.sendall(b"GET /sync/v1/state HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert tls.recv(4096).startswith(b"HTTP/1.1 ")
+
+    def failed() -> list[str]:
+        log = node.log.read_text()
+        return [line for line in log.splitlines() if "TLS handshake with" in line]
+
+    wait_until(lambda: len(failed()) >= len(hellos), 10, "the log lines")
+    lines = failed()
+    assert len(lines) == len(hellos), lines
+    assert all("sync listener: TLS handshake with 127.0.0.1 failed: " in line for line in lines)
+    log = node.log.read_text()
+    assert "Traceback" not in log, log[-3000:]
+
+
 def _closed_within(sock: Any, seconds: float) -> bool:
     """True if the peer closes (or resets) ``sock`` within ``seconds``."""
 

@@ -25,7 +25,7 @@ from engine.errors import EngineError, InvalidArgument
 from ownership.errors import NotCaughtUp, OwnershipError, TargetDamaged
 from peerd.control.call import Call, Parts, Route
 from peerd.control.routes import ROUTES
-from peerd.control.schema import parse
+from peerd.control.schema import decode_body, parse
 from peerd.node.errormap import http_status, problem_title
 
 __all__ = ["MAX_BODY", "build_app", "problem"]
@@ -106,17 +106,7 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise InvalidArgument("request body too large")
     refuse_content_encoding(request)
-    try:
-        data = json.loads(await request.read())
-    except RecursionError as exc:
-        raise InvalidArgument("the body is not JSON: nested too deeply") from exc
-    except ValueError as exc:
-        # JSONDecodeError, UnicodeDecodeError, and an integer of more digits
-        # than int() converts (sys.get_int_max_str_digits).
-        raise InvalidArgument(f"the body is not JSON: {str(exc)[:200]}") from exc
-    if not isinstance(data, dict):
-        raise InvalidArgument("the body must be a JSON object")
-    return data
+    return decode_body(await request.read())
 
 
 def endpoint(route: Route, parts: Parts) -> Endpoint:

@@ -16,6 +16,7 @@ no default is required; members the class does not name are refused
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ __all__ = [
     "Kind",
     "Text",
     "TextList",
+    "decode_body",
     "json_schema",
     "member",
     "parse",
@@ -156,6 +158,21 @@ def query_parameters(cls: type) -> list[dict[str, Any]]:
         {"name": name, "in": "query", "required": needed, "schema": kind.schema()}
         for name, kind, needed in _fields(cls)
     ]
+
+
+def decode_body(data: bytes) -> dict[str, Any]:
+    """A request body as the JSON object it must be (``InvalidArgument`` if not)."""
+    try:
+        value = json.loads(data)
+    except RecursionError as exc:
+        raise InvalidArgument("the body is not JSON: nested too deeply") from exc
+    except ValueError as exc:
+        # JSONDecodeError, UnicodeDecodeError, and an integer of more digits
+        # than int() converts (sys.get_int_max_str_digits).
+        raise InvalidArgument(f"the body is not JSON: {str(exc)[:200]}") from exc
+    if not isinstance(value, dict):
+        raise InvalidArgument("the body must be a JSON object")
+    return value
 
 
 def parse(cls: type[T], data: Mapping[str, Any], *, others_ok: bool = False) -> T:

@@ -8,8 +8,11 @@ either cap at once, with one log line; otherwise it passes everything through
 to aiohttp's own handler. Until the first request's header block has ended
 (an empty line, RFC 9112 section 2.1) it runs a timer of ``[http]
 header_timeout``: a client that dribbles its headers is cut off, so slow
-clients cannot hold the listener's connection slots. Under TLS the guard sits
-inside the TLS layer and sees plaintext.
+clients cannot hold the listener's connection slots. Under TLS the guard
+takes the plain connection first (so the caps and the timer cover the
+handshake too), runs the handshake itself (``loop.start_tls``) and then sees
+plaintext; a handshake that fails is one log line naming the listener and
+the client, never a traceback.
 """
 
 from __future__ import annotations
@@ -44,9 +47,17 @@ class _Counts:
 
 class _Guard(asyncio.Protocol):
     def __init__(
-        self, inner: Callable[[], asyncio.Protocol], counts: _Counts, limits: HttpConfig, what: str
+        self,
+        inner: Callable[[], asyncio.Protocol],
+        counts: _Counts,
+        limits: HttpConfig,
+        what: str,
+        tls: ssl.SSLContext | None,
     ) -> None:
         self._make = inner
+        self._tls = tls
+        self._counted = False
+        self._handshake: asyncio.Task[None] | None = None
         self._inner: asyncio.Protocol | None = None
         self._counts = counts
         self._limits = limits
@@ -72,12 +83,46 @@ class _Guard(asyncio.Protocol):
             return
         counts.total += 1
         counts.per_ip[self._ip] += 1
+        self._counted = True
         self._transport = transport
-        self._timer = asyncio.get_running_loop().call_later(
-            limits.header_timeout.total_seconds(), self._too_slow
-        )
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(limits.header_timeout.total_seconds(), self._too_slow)
+        if self._tls is None or not isinstance(transport, asyncio.WriteTransport):
+            self._start(transport)
+        else:
+            self._handshake = loop.create_task(self._start_tls(transport, self._tls))
+
+    def _start(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
         self._inner = self._make()
         self._inner.connection_made(transport)
+
+    async def _start_tls(self, transport: asyncio.WriteTransport, context: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            secure = await loop.start_tls(
+                transport,
+                self,
+                context,
+                server_side=True,
+                ssl_handshake_timeout=self._limits.header_timeout.total_seconds(),
+            )
+        except (OSError, TimeoutError, EOFError) as exc:  # ssl.SSLError is an OSError
+            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+            log.info("%s: TLS handshake with %s failed: %s", self._what, self._ip, reason)
+            _abort(transport)
+            self._release()
+            return
+        finally:
+            self._handshake = None
+        if secure is None or self._transport is None:
+            if self._transport is not None:  # not cut off by the timer: the client left
+                log.info(
+                    "%s: TLS handshake with %s failed: connection closed", self._what, self._ip
+                )
+            self._release()
+            return
+        self._start(secure)
 
     def _too_slow(self) -> None:
         self._timer = None
@@ -87,8 +132,9 @@ class _Guard(asyncio.Protocol):
             self._ip,
             self._limits.header_timeout.total_seconds(),
         )
-        if self._transport is not None:
-            _abort(self._transport)
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            _abort(transport)
 
     def data_received(self, data: bytes) -> None:
         if self._inner is None:
@@ -104,16 +150,26 @@ class _Guard(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         return self._inner.eof_received() if self._inner is not None else None
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _release(self) -> None:
+        """Give back this connection's place in the counts (once)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._inner is None:
+        self._transport = None
+        if not self._counted:
             return
+        self._counted = False
         self._counts.total -= 1
         self._counts.per_ip[self._ip] -= 1
         if self._counts.per_ip[self._ip] <= 0:
             del self._counts.per_ip[self._ip]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._handshake is not None:
+            return  # the handshake failed: _start_tls logs it and releases
+        self._release()
+        if self._inner is None:
+            return
         inner, self._inner = self._inner, None
         inner.connection_lost(exc)
 
@@ -153,13 +209,14 @@ class GuardedSite(web.TCPSite):
         limits, counts, what = self._limits, self._counts, self._what
 
         def factory() -> asyncio.Protocol:
-            return _Guard(server, counts, limits, what)
+            return _Guard(server, counts, limits, what, tls)
 
+        # The guard runs the TLS handshake itself (see the module's docstring).
+        tls = self._ssl_context
         self._server = await asyncio.get_running_loop().create_server(
             factory,
             self._host,
             self._port,
-            ssl=self._ssl_context,
             backlog=self._backlog,
             reuse_address=self._reuse_address,
         )
