@@ -54,6 +54,7 @@ from peerd.protocols.imap.responses import (
     response_code,
     untagged_status,
 )
+from peerd.protocols.imap.searchkey import uses_modseq
 from peerd.protocols.imap.sequence import SequenceSet, in_ranges, resolved
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "FetchPlan",
     "Selected",
     "closed_response",
+    "highestmodseq_response",
     "may_expunge",
 ]
 
@@ -86,6 +88,13 @@ def may_expunge(cmd: c.Command) -> bool:
 def closed_response() -> bytes:
     """``* OK [CLOSED]``: the previous mailbox's responses end here (RFC 7162 3.2.11)."""
     return untagged_status("OK", "Previous mailbox closed", CODE_CLOSED)
+
+
+def highestmodseq_response(highestmodseq: int) -> bytes:
+    """``* OK [HIGHESTMODSEQ n]``: the first CONDSTORE-enabling command in the
+    selected state tells the mailbox's highest mod-sequence before its own
+    answers (RFC 7162 3.1; SELECT's opening already holds it)."""
+    return untagged_status("OK", "Highest", response_code(CODE_HIGHESTMODSEQ, highestmodseq))
 
 
 def _flags(flags: str) -> bytes:
@@ -117,10 +126,13 @@ class Extensions:
             self.qresync = True
         return b"* ENABLED" + b"".join(b" " + e.encode() for e in enabled) + b"\r\n"
 
-    def admit(self, cmd: c.Select | c.Examine | c.Fetch | c.Store) -> None:
+    def admit(self, cmd: c.Select | c.Examine | c.Fetch | c.Store | c.Search) -> bool:
         """Refuse what needs QRESYNC first, then note a CONDSTORE-enabling
         command (RFC 7162 3.1: SELECT (CONDSTORE), FETCH MODSEQ or CHANGEDSINCE,
-        STORE UNCHANGEDSINCE)."""
+        STORE UNCHANGEDSINCE, SEARCH MODSEQ). True when this command is the
+        one that switched CONDSTORE on: in the selected state the server then
+        tells the mailbox's HIGHESTMODSEQ (:func:`highestmodseq_response`)."""
+        before = self.condstore
         if isinstance(cmd, c.Select | c.Examine):
             if cmd.qresync is not None and not self.qresync:
                 raise CommandError("QRESYNC is not enabled: ENABLE QRESYNC first (RFC 7162 3.2.5)")
@@ -131,8 +143,12 @@ class Extensions:
                 raise CommandError("VANISHED needs ENABLE QRESYNC first (RFC 7162 3.2.6)")
             if cmd.changedsince is not None or Item.MODSEQ in cmd.items:
                 self.condstore = True
+        elif isinstance(cmd, c.Search):
+            if uses_modseq(cmd.key):
+                self.condstore = True  # RFC 7162 3.1.5
         elif cmd.unchangedsince is not None:
             self.condstore = True
+        return self.condstore and not before
 
 
 @dataclass(frozen=True, slots=True)
