@@ -207,3 +207,41 @@ def test_search_with_modseq_returns_modseq(node: LoneNode) -> None:
     # Without MODSEQ in the key, no MODSEQ item.
     assert wire.cmd("SEARCH RETURN (MIN) ALL")[0] == b'* ESEARCH (TAG "t9") MIN 1\r\n'
     wire.close()
+
+
+def test_create_with_trailing_separator(node: LoneNode) -> None:
+    # RFC 3501 6.3.3: "CREATE name/" creates "name" (the separator says
+    # children will follow; the server ignores it).
+    wire = Wire(node)
+    assert wire.cmd("CREATE parent/")[-1].split()[1] == b"OK"
+    assert wire.cmd('LIST "" "parent*"')[:-1] == [b'* LIST (\\HasNoChildren) "/" parent\r\n']
+    assert wire.cmd("CREATE parent/child/")[-1].split()[1] == b"OK"
+    listed = wire.cmd('LIST "" "parent*"')[:-1]
+    assert listed == [
+        b'* LIST (\\HasChildren) "/" parent\r\n',
+        b'* LIST (\\HasNoChildren) "/" parent/child\r\n',
+    ]
+    assert wire.cmd("SELECT parent/child")[-1].split()[1] == b"OK"
+    # The name exists now: a second CREATE with the separator is refused as such.
+    assert wire.cmd("CREATE parent/")[-1].split()[1:3] == [b"NO", b"[ALREADYEXISTS]"]
+    wire.close()
+
+
+def test_name_not_modified_utf7_is_no(node: LoneNode) -> None:
+    # A mailbox name that is a valid astring but not modified UTF-7 (RFC 3501
+    # 5.1.3) names no mailbox: the command is well formed, so NO, not BAD
+    # (RFC 3501 7.1.2, 7.1.3); the connection goes on.
+    wire = Wire(node)
+    for command in (
+        "SELECT &Jjo",
+        "SELECT &Jjo!-",
+        "EXAMINE &AGE-",
+        "CREATE a&AGE-b",
+        "STATUS &Jjo (MESSAGES)",
+    ):
+        assert wire.cmd(command)[-1].split()[1] == b"NO", command
+    # A canonical name is fine, and control characters stay a syntax error.
+    assert wire.cmd("CREATE &Jjo-")[-1].split()[1] == b"OK"
+    assert wire.cmd('SELECT "a\x01b"')[-1].split()[1] == b"BAD"
+    assert wire.cmd("SELECT &Jjo-")[-1].split()[1] == b"OK"
+    wire.close()
