@@ -245,3 +245,26 @@ def test_name_not_modified_utf7_is_no(node: LoneNode) -> None:
     assert wire.cmd('SELECT "a\x01b"')[-1].split()[1] == b"BAD"
     assert wire.cmd("SELECT &Jjo-")[-1].split()[1] == b"OK"
     wire.close()
+
+
+def uidvalidity(wire: Wire, name: str) -> int:
+    lines = wire.cmd(f"STATUS {name} (UIDVALIDITY)")
+    assert lines[-1].split()[1] == b"OK", lines
+    return int(lines[0].split(b"UIDVALIDITY ")[1].split(b")")[0])
+
+
+def test_uidvalidity_never_repeats_for_a_name(node: LoneNode) -> None:
+    # RFC 3501 2.3.1.1: a name deleted and created again, several times within
+    # one second, gets a new and larger UIDVALIDITY each time; also when the
+    # deleted mailbox held the account's highest one.
+    wire = Wire(node)
+    seen: list[int] = []
+    for _ in range(4):
+        assert wire.cmd("CREATE again")[-1].split()[1] == b"OK"
+        seen.append(uidvalidity(wire, "again"))
+        assert wire.cmd("DELETE again")[-1].split()[1] == b"OK"
+    assert seen == sorted(set(seen)), seen
+    # The next mailbox, of any name, is still above every one given out.
+    assert wire.cmd("CREATE other")[-1].split()[1] == b"OK"
+    assert uidvalidity(wire, "other") > seen[-1]
+    wire.close()
