@@ -268,3 +268,48 @@ def test_uidvalidity_never_repeats_for_a_name(node: LoneNode) -> None:
     assert wire.cmd("CREATE other")[-1].split()[1] == b"OK"
     assert uidvalidity(wire, "other") > seen[-1]
     wire.close()
+
+
+def test_new_keyword_is_told_in_flags_before_fetch(node: LoneNode) -> None:
+    # RFC 3501 7.2.6: the FLAGS a mailbox holds are told before a FETCH shows
+    # one, to the session that STOREs a new keyword and to every other session
+    # with the mailbox selected, with PERMANENTFLAGS (7.1).
+    append(node, PLAIN, PLAIN)
+    storer, watcher = Wire(node), Wire(node)
+    opened = storer.cmd("SELECT INBOX")
+    assert b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n" in opened
+    watcher.cmd("SELECT INBOX")
+    flags = b"\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1"
+    told = [
+        b"* FLAGS (" + flags + b")\r\n",
+        b"* OK [PERMANENTFLAGS (" + flags + b" \\*)] Limited\r\n",
+    ]
+    stored = storer.cmd("STORE 2 +FLAGS ($Label1)")
+    assert stored[:3] == [*told, b"* 2 FETCH (FLAGS ($Label1))\r\n"], stored
+    seen = watcher.cmd("NOOP")
+    assert seen[:3] == [*told, b"* 2 FETCH (UID 2 FLAGS ($Label1))\r\n"], seen
+    # Told once: a known keyword on another message brings no FLAGS.
+    assert storer.cmd("STORE 1 +FLAGS ($Label1)")[0] == b"* 1 FETCH (FLAGS ($Label1))\r\n"
+    assert watcher.cmd("NOOP")[0] == b"* 1 FETCH (UID 1 FLAGS ($Label1))\r\n"
+    # A later SELECT names the keyword in FLAGS and PERMANENTFLAGS.
+    assert set(told) <= set(watcher.cmd("SELECT INBOX"))
+    storer.close()
+    watcher.close()
+
+
+def test_new_keyword_from_another_append_is_told(node: LoneNode) -> None:
+    # The same for a keyword another session's APPEND brings (RFC 3501 7.2.6).
+    watcher = Wire(node)
+    watcher.cmd("SELECT INBOX")
+    client = imaplib.IMAP4("127.0.0.1", node.port("imap"))
+    client.login("user", "secret")
+    assert client.append("INBOX", "($Forwarded)", None, PLAIN)[0] == "OK"
+    client.logout()
+    seen = watcher.cmd("NOOP")
+    assert seen[0] == b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded)\r\n", (
+        seen
+    )
+    assert seen[1].startswith(b"* OK [PERMANENTFLAGS (")
+    fetched = watcher.cmd("FETCH 1 (FLAGS)")
+    assert fetched[0] == b"* 1 FETCH (FLAGS ($Forwarded))\r\n"
+    watcher.close()

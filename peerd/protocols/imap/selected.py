@@ -97,6 +97,11 @@ def highestmodseq_response(highestmodseq: int) -> bytes:
     return untagged_status("OK", "Highest", response_code(CODE_HIGHESTMODSEQ, highestmodseq))
 
 
+def _keywords(records: Iterable[Record]) -> set[str]:
+    """The keywords (flags without a backslash) ``records`` hold."""
+    return {f for r in records for f in r.flags.split() if not f.startswith("\\")}
+
+
 def _flags(flags: str) -> bytes:
     return b"(" + flags.encode() + b")"
 
@@ -174,6 +179,7 @@ class Selected:
     __slots__ = (
         "ext",
         "highestmodseq",
+        "keywords",
         "name",
         "readonly",
         "records",
@@ -190,6 +196,8 @@ class Selected:
         self.records: list[Record] = list(view.records)
         self.highestmodseq = view.highestmodseq
         self.uidnext = view.uidnext
+        # The keywords told in FLAGS so far (RFC 3501 7.2.6): the mailbox's.
+        self.keywords = _keywords(self.records)
         # The store may hold changes not yet told (set by changed() and by an
         # update() that may not tell them yet; cleared by take_stale()).
         self.stale = False
@@ -198,8 +206,9 @@ class Selected:
 
     def opening(self) -> bytes:
         """SELECT's untagged responses (RFC 3501 6.3.1; RFC 7162 3.1.2.1
-        HIGHESTMODSEQ; no message is ever \\Recent here, so RECENT is 0)."""
-        flags = SYSTEM_FLAGS.encode()
+        HIGHESTMODSEQ; no message is ever \\Recent here, so RECENT is 0).
+        FLAGS names the system flags and the keywords the mailbox holds."""
+        flags = self._flag_list()
         return b"".join(
             [
                 b"* FLAGS (" + flags + b")\r\n",
@@ -216,6 +225,25 @@ class Selected:
                     "OK", "Highest", response_code(CODE_HIGHESTMODSEQ, self.highestmodseq)
                 ),
             ]
+        )
+
+    def _flag_list(self) -> bytes:
+        return " ".join([SYSTEM_FLAGS, *sorted(self.keywords)]).encode()
+
+    def _new_keywords(self, records: Iterable[Record]) -> bytes:
+        """``* FLAGS`` and ``* OK [PERMANENTFLAGS]`` when ``records`` hold a
+        keyword not told yet: a client must learn it before a FETCH shows it
+        (RFC 3501 7.2.6); empty otherwise. Keywords are never taken back."""
+        new = _keywords(records) - self.keywords
+        if not new:
+            return b""
+        self.keywords |= new
+        flags = self._flag_list()
+        return (
+            b"* FLAGS ("
+            + flags
+            + b")\r\n"
+            + untagged_status("OK", "Limited", CODE_PERMANENTFLAGS + b" (" + flags + b" \\*)")
         )
 
     def resync(self, known: c.QResync, vanished: Sequence[int]) -> bytes:
@@ -268,7 +296,7 @@ class Selected:
         if gone and not expunges:
             self.stale = True
             return b""
-        out: list[bytes] = []
+        out: list[bytes] = [self._new_keywords(fresh.records)]
         if self.ext.qresync and gone:
             # RFC 7162 3.2.10: once QRESYNC is on, VANISHED says it in UIDs.
             out.append(_vanished(gone, earlier=False))
@@ -410,7 +438,9 @@ class Selected:
         (RFC 7162 3.1.3: UIDs for UID STORE, else sequence numbers)."""
         seqs = self.seq_of()
         condstore = self.ext.condstore
-        out: list[bytes] = []
+        # The records as absorbed: a keyword this STORE introduced is told first.
+        now = (self.records[seqs[r.uid] - 1] for _, r in targets if r.uid in seqs)
+        out: list[bytes] = [self._new_keywords(now)]
         for _, record in targets:
             seq = seqs.get(record.uid)
             if seq is None:
