@@ -38,7 +38,13 @@ from engine.accounts import create_account, delete_account, find_account
 from engine.compare import MailboxPush, Push, Repairs, Restamp
 from engine.errors import SyncProtocolError, TemporaryFailure
 from engine.flags import record_hash
-from engine.mailbox import bump_modseq, create_mailbox, find_mailbox, get_mailbox_by_uniqueid
+from engine.mailbox import (
+    bump_modseq,
+    create_mailbox,
+    find_mailbox,
+    get_mailbox_by_uniqueid,
+    note_uidvalidity,
+)
 from engine.messages import NewRecords, append, expunge, records_by_uid
 from engine.models import Account, Mailbox, MailboxTombstone, Message, Subscription
 from engine.syncstate import MailboxSummary, summary_of
@@ -238,6 +244,7 @@ def apply_push(session: Session, push: Push, has: Callable[[str], bool]) -> Appl
             for row in session.scalars(select(Message).where(Message.mailbox_id == mailbox.id)):
                 session.delete(row)
             mailbox.uidvalidity, mailbox.checksum, mailbox.exists = summary.uidvalidity, 0, 0
+            note_uidvalidity(account, summary.uidvalidity)
             session.flush()
         _apply_records(session, account, mailbox, mp, has)
         if (

@@ -6,8 +6,9 @@ A mailbox's ``uniqueid`` is a random 128-bit hex string given at creation
 (or by the partner, when replication creates it) and never changes, so a
 rename on one node is a rename on the other, not a delete plus a create.
 UIDVALIDITY comes from the clock and is bumped past any value this account
-used before, so a deleted and recreated mailbox never reuses one
-(RFC 3501 2.3.1.1).
+used before (``accounts.uidvalidity_used``, which a DELETE does not lower),
+so a deleted and recreated mailbox never reuses one, even within the same
+second (RFC 3501 2.3.1.1).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "get_mailbox_by_uniqueid",
     "list_mailboxes",
     "normalize_mailbox_name",
+    "note_uidvalidity",
     "rename_mailbox",
     "set_acl",
     "subscribe",
@@ -87,7 +89,13 @@ def _next_uidvalidity(session: Session, account: Account) -> int:
     highest = session.scalar(
         select(func.max(Mailbox.uidvalidity)).where(Mailbox.account_id == account.id)
     )
-    return max(int(time.time()), int(highest or 0) + 1)
+    return max(int(time.time()), int(highest or 0) + 1, account.uidvalidity_used + 1)
+
+
+def note_uidvalidity(account: Account, uidvalidity: int) -> None:
+    """Remember that ``uidvalidity`` was given out in this account (also one
+    the partner chose, applied by replication): never again for a new mailbox."""
+    account.uidvalidity_used = max(account.uidvalidity_used or 0, uidvalidity)
 
 
 class HasModseq(Protocol):
@@ -123,6 +131,7 @@ def create_mailbox(
         checksum=0,
         exists=0,
     )
+    note_uidvalidity(account, mailbox.uidvalidity)
     session.add(mailbox)
     session.flush()
     synclog.record(session, account.name, mailbox.uniqueid, "mailbox")

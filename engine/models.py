@@ -67,6 +67,9 @@ class Account(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     quota_limit: Mapped[int | None] = mapped_column(BigInteger, default=None)
     quota_used: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The highest UIDVALIDITY any mailbox of this account ever had, deleted
+    # ones included: the next one is above it (RFC 3501 2.3.1.1).
+    uidvalidity_used: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

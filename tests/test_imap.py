@@ -758,7 +758,7 @@ def test_search_keys(served: Node) -> None:
         assert search("SENTBEFORE", "09-Feb-2026") == "1"
         assert search("SENTON", "09-Feb-2026") == "2"
         assert search("SMALLER", "1000") == "1 3" and search("LARGER", "5000") == "2"
-        assert search("MODSEQ", str(modseq)) == "2"  # RFC 7162 3.1.5
+        assert search("MODSEQ", str(modseq)) == f"2 (MODSEQ {modseq})"  # RFC 7162 3.1.5
         assert search("MODSEQ", str(modseq + 1)) == ""
         assert search("NOT", "DELETED") == "1 2"
         assert search("OR", "TO", "bob", "CC", "carol") == "1 2"

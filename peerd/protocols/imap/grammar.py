@@ -24,6 +24,7 @@ from typing import Final, Literal
 
 from peerd.protocols.imap import commands as c
 from peerd.protocols.imap.fetchatt import Item, parse_fetch_atts
+from peerd.protocols.imap.listing import SEPARATOR
 from peerd.protocols.imap.responses import CommandError
 from peerd.protocols.imap.sasl import decode_base64
 from peerd.protocols.imap.searchkey import MAX_MODSEQ, check_charset, parse_search_key
@@ -236,6 +237,10 @@ def _qresync(tokens: tuple[Token, ...]) -> c.QResync:
 
 def _create(tag: str, args: _Args) -> c.Command:
     mailbox = args.mailbox()
+    if len(mailbox) > 1 and mailbox.endswith(SEPARATOR):
+        # RFC 3501 6.3.3: a trailing separator declares the name a parent to
+        # be; the server MUST ignore it and create the name without it.
+        mailbox = mailbox[: -len(SEPARATOR)]
     uses: tuple[str, ...] = ()
     if args.more():
         # RFC 6154 3: CREATE name (USE (\Drafts \Sent))

@@ -360,13 +360,23 @@ def encode_mailbox(name: str) -> str:
     return "".join(out)
 
 
+def _not_utf7(text: str) -> CommandError:
+    return CommandError(text, status="NO")
+
+
 def decode_mailbox(name: str | bytes) -> str:
     """The Unicode name for a modified UTF-7 one; :class:`CommandError` if it is not
     modified UTF-7 in its one canonical form (RFC 3501 5.1.3 forbids others, and
-    accepting them would let two spellings name one mailbox)."""
+    accepting them would let two spellings name one mailbox).
+
+    A name that is a valid astring but not modified UTF-7 (``&Jjo``, 8-bit
+    bytes in a literal) is a well-formed command naming no mailbox: ``NO``.
+    Control characters are refused by the grammar: ``BAD``."""
     text = name.decode("ascii", "replace") if isinstance(name, bytes) else name
-    if not text.isascii() or not text.isprintable():
-        raise CommandError("mailbox name must be modified UTF-7 (RFC 3501 5.1.3)")
+    if not text.isascii():
+        raise _not_utf7("mailbox name must be modified UTF-7 (RFC 3501 5.1.3)")
+    if not text.isprintable():
+        raise CommandError("mailbox names cannot hold control characters")
     if "&" not in text:
         return text
     out: list[str] = []
@@ -379,7 +389,7 @@ def decode_mailbox(name: str | bytes) -> str:
         out.append(text[i:amp])
         end = text.find("-", amp)
         if end < 0:
-            raise CommandError("mailbox name has '&' without a closing '-' (RFC 3501 5.1.3)")
+            raise _not_utf7("mailbox name has '&' without a closing '-' (RFC 3501 5.1.3)")
         chunk = text[amp + 1 : end]
         if not chunk:
             out.append("&")
@@ -389,12 +399,12 @@ def decode_mailbox(name: str | bytes) -> str:
                 raw = base64.b64decode(b64 + "=" * (-len(b64) % 4), validate=True)
                 out.append(raw.decode("utf-16-be"))
             except (binascii.Error, UnicodeDecodeError) as exc:
-                raise CommandError("mailbox name is not valid modified UTF-7") from exc
+                raise _not_utf7("mailbox name is not valid modified UTF-7") from exc
         i = end + 1
     decoded = "".join(out)
     # Control characters (C0, DEL, C1) would let a name break a response line.
     if any(ch < " " or "\x7f" <= ch <= "\x9f" for ch in decoded):
         raise CommandError("mailbox names cannot hold control characters")
     if encode_mailbox(decoded) != text:
-        raise CommandError("mailbox name is not in canonical modified UTF-7 (RFC 3501 5.1.3)")
+        raise _not_utf7("mailbox name is not in canonical modified UTF-7 (RFC 3501 5.1.3)")
     return decoded

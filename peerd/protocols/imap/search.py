@@ -23,7 +23,7 @@ import email.utils
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from peerd.protocols.imap import structure
 from peerd.protocols.imap.records import Record
@@ -245,16 +245,30 @@ def compile_search(key: SearchKey, count: int, top_uid: int) -> Matcher:
     return run
 
 
-def search_response(found: Sequence[int]) -> bytes:
-    """``* SEARCH n ...`` (RFC 3501 7.2.5)."""
-    return b"* SEARCH" + b"".join(b" %d" % n for n in found) + b"\r\n"
+def search_response(found: Sequence[int], modseqs: Mapping[int, int] | None = None) -> bytes:
+    """``* SEARCH n ...`` (RFC 3501 7.2.5); with ``modseqs`` (the mod-sequence
+    of each number found, given when the key held MODSEQ) the highest of them
+    ends it as ``(MODSEQ m)`` (RFC 7162 3.1.5; none when nothing matched)."""
+    out = b"* SEARCH" + b"".join(b" %d" % n for n in found)
+    if modseqs is not None and found:
+        out += b" (MODSEQ %d)" % max(modseqs[n] for n in found)
+    return out + b"\r\n"
 
 
-def esearch_response(tag: str, uid: bool, options: Sequence[str], found: Sequence[int]) -> bytes:
+def esearch_response(
+    tag: str,
+    uid: bool,
+    options: Sequence[str],
+    found: Sequence[int],
+    modseqs: Mapping[int, int] | None = None,
+) -> bytes:
     """RFC 4731 3.1: ``* ESEARCH (TAG "t") [UID] MIN .. MAX .. ALL .. COUNT ..``.
 
     ``RETURN ()`` means ALL. With no match MIN, MAX and ALL are left out and
     COUNT, if asked for, is 0. (A tag holds no quote nor backslash, RFC 3501 9.)
+    With ``modseqs`` (the key held MODSEQ) and a match, ``MODSEQ m`` follows
+    (RFC 4731 3.2, RFC 7162 3.1.10): the highest mod-sequence of the messages
+    returned: of MIN and/or MAX alone, else of all found.
     """
     wanted = set(options) or {"ALL"}
     parts = [b'* ESEARCH (TAG "' + tag.encode() + b'")']
@@ -269,4 +283,10 @@ def esearch_response(tag: str, uid: bool, options: Sequence[str], found: Sequenc
             parts.append(b"ALL " + str(SequenceSet.from_numbers(found)).encode())
     if "COUNT" in wanted:
         parts.append(b"COUNT %d" % len(found))
+    if modseqs is not None and found:
+        if wanted & {"ALL", "COUNT"}:
+            returned: Sequence[int] = found
+        else:
+            returned = [n for n, w in ((min(found), "MIN"), (max(found), "MAX")) if w in wanted]
+        parts.append(b"MODSEQ %d" % max(modseqs[n] for n in returned))
     return b" ".join(parts) + b"\r\n"

@@ -52,6 +52,7 @@ __all__ = [
     "check_charset",
     "parse_date",
     "parse_search_key",
+    "uses_modseq",
 ]
 
 CHARSETS: Final = ("UTF-8", "US-ASCII")
@@ -161,6 +162,22 @@ class And:
 SearchKey: TypeAlias = (
     All | Flag | Header | Body | Text | Date | Size | Seq | Uid | ModSeq | Not | Or | And
 )
+
+
+def uses_modseq(key: SearchKey) -> bool:
+    """Whether ``key`` holds a MODSEQ criterion anywhere (RFC 7162 3.1.5: then
+    the answer carries the highest mod-sequence found)."""
+    match key:
+        case ModSeq():
+            return True
+        case Not(inner):
+            return uses_modseq(inner)
+        case Or(left, right):
+            return uses_modseq(left) or uses_modseq(right)
+        case And(keys):
+            return any(uses_modseq(k) for k in keys)
+    return False
+
 
 # Keys without arguments.
 _FLAGS: Final[dict[str, SearchKey]] = {

@@ -54,6 +54,7 @@ from peerd.protocols.imap.responses import (
     response_code,
     untagged_status,
 )
+from peerd.protocols.imap.searchkey import uses_modseq
 from peerd.protocols.imap.sequence import SequenceSet, in_ranges, resolved
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "FetchPlan",
     "Selected",
     "closed_response",
+    "highestmodseq_response",
     "may_expunge",
 ]
 
@@ -86,6 +88,18 @@ def may_expunge(cmd: c.Command) -> bool:
 def closed_response() -> bytes:
     """``* OK [CLOSED]``: the previous mailbox's responses end here (RFC 7162 3.2.11)."""
     return untagged_status("OK", "Previous mailbox closed", CODE_CLOSED)
+
+
+def highestmodseq_response(highestmodseq: int) -> bytes:
+    """``* OK [HIGHESTMODSEQ n]``: the first CONDSTORE-enabling command in the
+    selected state tells the mailbox's highest mod-sequence before its own
+    answers (RFC 7162 3.1; SELECT's opening already holds it)."""
+    return untagged_status("OK", "Highest", response_code(CODE_HIGHESTMODSEQ, highestmodseq))
+
+
+def _keywords(records: Iterable[Record]) -> set[str]:
+    """The keywords (flags without a backslash) ``records`` hold."""
+    return {f for r in records for f in r.flags.split() if not f.startswith("\\")}
 
 
 def _flags(flags: str) -> bytes:
@@ -117,10 +131,13 @@ class Extensions:
             self.qresync = True
         return b"* ENABLED" + b"".join(b" " + e.encode() for e in enabled) + b"\r\n"
 
-    def admit(self, cmd: c.Select | c.Examine | c.Fetch | c.Store) -> None:
+    def admit(self, cmd: c.Select | c.Examine | c.Fetch | c.Store | c.Search) -> bool:
         """Refuse what needs QRESYNC first, then note a CONDSTORE-enabling
         command (RFC 7162 3.1: SELECT (CONDSTORE), FETCH MODSEQ or CHANGEDSINCE,
-        STORE UNCHANGEDSINCE)."""
+        STORE UNCHANGEDSINCE, SEARCH MODSEQ). True when this command is the
+        one that switched CONDSTORE on: in the selected state the server then
+        tells the mailbox's HIGHESTMODSEQ (:func:`highestmodseq_response`)."""
+        before = self.condstore
         if isinstance(cmd, c.Select | c.Examine):
             if cmd.qresync is not None and not self.qresync:
                 raise CommandError("QRESYNC is not enabled: ENABLE QRESYNC first (RFC 7162 3.2.5)")
@@ -131,8 +148,12 @@ class Extensions:
                 raise CommandError("VANISHED needs ENABLE QRESYNC first (RFC 7162 3.2.6)")
             if cmd.changedsince is not None or Item.MODSEQ in cmd.items:
                 self.condstore = True
+        elif isinstance(cmd, c.Search):
+            if uses_modseq(cmd.key):
+                self.condstore = True  # RFC 7162 3.1.5
         elif cmd.unchangedsince is not None:
             self.condstore = True
+        return self.condstore and not before
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +179,7 @@ class Selected:
     __slots__ = (
         "ext",
         "highestmodseq",
+        "keywords",
         "name",
         "readonly",
         "records",
@@ -174,6 +196,8 @@ class Selected:
         self.records: list[Record] = list(view.records)
         self.highestmodseq = view.highestmodseq
         self.uidnext = view.uidnext
+        # The keywords told in FLAGS so far (RFC 3501 7.2.6): the mailbox's.
+        self.keywords = _keywords(self.records)
         # The store may hold changes not yet told (set by changed() and by an
         # update() that may not tell them yet; cleared by take_stale()).
         self.stale = False
@@ -182,8 +206,9 @@ class Selected:
 
     def opening(self) -> bytes:
         """SELECT's untagged responses (RFC 3501 6.3.1; RFC 7162 3.1.2.1
-        HIGHESTMODSEQ; no message is ever \\Recent here, so RECENT is 0)."""
-        flags = SYSTEM_FLAGS.encode()
+        HIGHESTMODSEQ; no message is ever \\Recent here, so RECENT is 0).
+        FLAGS names the system flags and the keywords the mailbox holds."""
+        flags = self._flag_list()
         return b"".join(
             [
                 b"* FLAGS (" + flags + b")\r\n",
@@ -200,6 +225,25 @@ class Selected:
                     "OK", "Highest", response_code(CODE_HIGHESTMODSEQ, self.highestmodseq)
                 ),
             ]
+        )
+
+    def _flag_list(self) -> bytes:
+        return " ".join([SYSTEM_FLAGS, *sorted(self.keywords)]).encode()
+
+    def _new_keywords(self, records: Iterable[Record]) -> bytes:
+        """``* FLAGS`` and ``* OK [PERMANENTFLAGS]`` when ``records`` hold a
+        keyword not told yet: a client must learn it before a FETCH shows it
+        (RFC 3501 7.2.6); empty otherwise. Keywords are never taken back."""
+        new = _keywords(records) - self.keywords
+        if not new:
+            return b""
+        self.keywords |= new
+        flags = self._flag_list()
+        return (
+            b"* FLAGS ("
+            + flags
+            + b")\r\n"
+            + untagged_status("OK", "Limited", CODE_PERMANENTFLAGS + b" (" + flags + b" \\*)")
         )
 
     def resync(self, known: c.QResync, vanished: Sequence[int]) -> bytes:
@@ -252,7 +296,7 @@ class Selected:
         if gone and not expunges:
             self.stale = True
             return b""
-        out: list[bytes] = []
+        out: list[bytes] = [self._new_keywords(fresh.records)]
         if self.ext.qresync and gone:
             # RFC 7162 3.2.10: once QRESYNC is on, VANISHED says it in UIDs.
             out.append(_vanished(gone, earlier=False))
@@ -394,7 +438,9 @@ class Selected:
         (RFC 7162 3.1.3: UIDs for UID STORE, else sequence numbers)."""
         seqs = self.seq_of()
         condstore = self.ext.condstore
-        out: list[bytes] = []
+        # The records as absorbed: a keyword this STORE introduced is told first.
+        now = (self.records[seqs[r.uid] - 1] for _, r in targets if r.uid in seqs)
+        out: list[bytes] = [self._new_keywords(now)]
         for _, record in targets:
             seq = seqs.get(record.uid)
             if seq is None:

@@ -41,7 +41,7 @@ _FETCH_BYTES: Final = 1 << 20
 
 
 async def fetch(session: Session, cmd: c.Fetch) -> Reply:
-    session.ext.admit(cmd)
+    await session.admit_condstore(cmd)
     selection = session.selected()
     box = selection.box
     plan = box.plan_fetch(cmd)

@@ -60,7 +60,7 @@ async def store(session: Session, cmd: c.Store) -> Reply:
     selection = session.selected()
     box = selection.box
     box.writable()
-    session.ext.admit(cmd)
+    await session.admit_condstore(cmd)
     targets = box.resolve(cmd.seqset, cmd.uid)
     result = await session.mail.store_flags(
         selection.mailbox_id,

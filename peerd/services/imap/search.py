@@ -22,7 +22,7 @@ from peerd.protocols.imap import commands as c
 from peerd.protocols.imap.records import Record
 from peerd.protocols.imap.responses import CommandError
 from peerd.protocols.imap.search import compile_search, esearch_response, search_response
-from peerd.protocols.imap.searchkey import SearchKey
+from peerd.protocols.imap.searchkey import SearchKey, uses_modseq
 from peerd.protocols.imap.sort import SortItem, sort
 from peerd.protocols.imap.thread import thread_response
 from peerd.services.imap.session import Handler, Reply, Session
@@ -33,6 +33,7 @@ __all__ = ["HANDLERS"]
 async def search(session: Session, cmd: c.Search) -> Reply:
     if cmd.return_options is not None and "SAVE" in cmd.return_options:
         raise CommandError("SEARCH RETURN (SAVE) needs SEARCHRES, which is not offered")
+    await session.admit_condstore(cmd)
     box = session.selected().box
     records = list(box.records)
     matcher = compile_search(cmd.key, len(records), box.largest_uid())
@@ -46,10 +47,17 @@ async def search(session: Session, cmd: c.Search) -> Reply:
         ]
 
     found = await session.mail.run_blocking(run)
+    modseqs = None
+    if uses_modseq(cmd.key):
+        # RFC 7162 3.1.5: the highest mod-sequence of what was found.
+        modseqs = {
+            record.uid if cmd.uid else seq: record.modseq for seq, record in enumerate(records, 1)
+        }
     if cmd.return_options is None:
-        await session.send(search_response(found))
+        await session.send(search_response(found, modseqs))
     else:
-        await session.send(esearch_response(cmd.tag, cmd.uid, cmd.return_options, found))
+        options = cmd.return_options
+        await session.send(esearch_response(cmd.tag, cmd.uid, options, found, modseqs))
     # RFC 3501 7.4.1: no EXPUNGE during SEARCH (UID SEARCH may: numbers are UIDs).
     await session.report(cmd)
     return Reply(f"{'UID ' if cmd.uid else ''}SEARCH completed")

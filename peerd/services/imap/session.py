@@ -51,7 +51,12 @@ from peerd.protocols.imap.responses import (
     tagged,
     untagged_status,
 )
-from peerd.protocols.imap.selected import Extensions, Selected, may_expunge
+from peerd.protocols.imap.selected import (
+    Extensions,
+    Selected,
+    highestmodseq_response,
+    may_expunge,
+)
 from peerd.protocols.imap.sort import RecordCache
 from peerd.protocols.imap.states import ALLOWED, State
 from peerd.services.mailstore import AccountStore
@@ -278,6 +283,16 @@ class Session:
         """The selected mailbox (the state table allows these commands only then)."""
         assert self.selection is not None
         return self.selection
+
+    async def admit_condstore(self, cmd: c.Fetch | c.Store | c.Search) -> None:
+        """Note a CONDSTORE-enabling command; the first one tells the selected
+        mailbox's HIGHESTMODSEQ (RFC 7162 3.1)."""
+        selection = self.selection
+        if self.ext.admit(cmd) and selection is not None:
+            # The store's value: our own writes may not be in the snapshot yet.
+            version = await self.mail.version(selection.mailbox_id)
+            top = selection.box.highestmodseq if version is None else version.highestmodseq
+            await self.send(highestmodseq_response(top))
 
     # -- changes ------------------------------------------------------------------
 
