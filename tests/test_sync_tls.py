@@ -141,3 +141,38 @@ def test_imap_starttls_and_pop3_stls(tmp_path: Path) -> None:
         pop.quit()
     finally:
         node.stop()
+
+
+def test_every_tls_request_on_a_fresh_connection_is_answered_at_once(tmp_path: Path) -> None:
+    """A TLS 1.3 client sends its request right behind its Finished; the
+    listener must hand those bytes to HTTP even when they were decrypted before
+    its own handshake call returned (they were dropped, and the request hung
+    until the header timeout, under load)."""
+    import http.client
+    import ssl
+    import time
+
+    ca, crt, key = make_ca(tmp_path, "pair")
+    tls = {
+        "tls": {"cert": str(crt), "key": str(key)},
+        "sync": {"sync_tls": True, "sync_tls_ca": str(ca)},
+    }
+    _alpha, beta = make_pair(tmp_path, {"alpha": tls, "beta": tls})
+    context = ssl.create_default_context(cafile=str(ca))
+    try:
+        beta.start()
+        slowest = 0.0
+        for _ in range(150):
+            started = time.monotonic()
+            conn = http.client.HTTPSConnection(
+                "127.0.0.1", beta.ports["sync"], context=context, timeout=30
+            )
+            try:
+                conn.request("GET", "/sync/v1/nothing-here")
+                assert conn.getresponse().status in (401, 404, 405)
+            finally:
+                conn.close()
+            slowest = max(slowest, time.monotonic() - started)
+        assert slowest < 3, f"a request took {slowest:.1f}s"
+    finally:
+        beta.stop()

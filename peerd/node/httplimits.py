@@ -66,6 +66,10 @@ class _Guard(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._tail = b""
         self._transport: asyncio.BaseTransport | None = None
+        # Bytes the TLS layer decrypted before start_tls returned (a TLS 1.3
+        # client sends its request right behind its Finished): kept for the
+        # HTTP protocol, which exists only once the handshake is over.
+        self._early: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -90,12 +94,20 @@ class _Guard(asyncio.Protocol):
         if self._tls is None or not isinstance(transport, asyncio.WriteTransport):
             self._start(transport)
         else:
+            # Not a byte may reach this plain protocol before start_tls puts
+            # the TLS layer in its place: a ClientHello read here would be
+            # lost and the handshake would hang. start_tls resumes reading.
+            if isinstance(transport, asyncio.ReadTransport):
+                transport.pause_reading()
             self._handshake = loop.create_task(self._start_tls(transport, self._tls))
 
     def _start(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
         self._inner = self._make()
         self._inner.connection_made(transport)
+        early, self._early = self._early, []
+        for data in early:
+            self.data_received(data)
 
     async def _start_tls(self, transport: asyncio.WriteTransport, context: ssl.SSLContext) -> None:
         loop = asyncio.get_running_loop()
@@ -138,6 +150,8 @@ class _Guard(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._inner is None:
+            if self._handshake is not None:
+                self._early.append(data)  # decrypted before start_tls returned
             return
         if self._timer is not None:
             window = self._tail + data
