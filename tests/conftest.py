@@ -18,7 +18,7 @@ replication runs); unset: a node with no partner at all (``make_single``).
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import migrations
 from engine.store import Store
 from tests.harness.clients import Burst, burst_message
 from tests.harness.daemons import (
+    STARTED,
     Node,
     make_pair,
     make_single,
@@ -49,6 +50,25 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "node(partner=None, overrides=None): what the `node` fixture starts in this module",
     )
+
+
+@pytest.fixture(autouse=True)
+def _started_nodes() -> Iterator[None]:
+    STARTED.clear()
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
+    """A failed test's report carries the log tail of every daemon it started:
+    a timing failure seen only in CI can then be read, not guessed."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and report.when in ("call", "setup"):
+        for node in dict.fromkeys(STARTED):
+            report.sections.append((f"peerd {node.name} log tail", node.tail(80)))
 
 
 @pytest.fixture(scope="session")

@@ -233,6 +233,11 @@ def template_database() -> Path:
 # --- a node ---------------------------------------------------------------------
 
 
+# Every node started since the current test began (tests/conftest.py clears it
+# and, when the test fails, adds each one's log tail to the report).
+STARTED: list[Node] = []
+
+
 class Node:
     """One ``peerd run`` process: ``Node(config).start()`` waits for /v1/health.
 
@@ -317,6 +322,7 @@ class Node:
         if self.starts == 0 and self.template:
             self._seed_database()
         self.starts += 1
+        STARTED.append(self)
         # One log across restarts (appended to), so a failure shows the whole
         # story; nothing but the daemon writes to it (a test may parse it).
         self.proc = Proc(

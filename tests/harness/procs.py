@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -110,11 +111,18 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 def wait_until(
     check: Callable[[], object], timeout: float, what: str, interval: float = 0.05
 ) -> None:
-    """Poll ``check`` until it returns something true; raise TimeoutError naming ``what`` otherwise."""
+    """Poll ``check`` until it returns something true; raise TimeoutError naming ``what`` otherwise.
+
+    A control-API 404 counts as "not there yet": waiting for an account or a
+    mailbox to reach the replica starts before the replica has heard of it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if check():
-            return
+        try:
+            if check():
+                return
+        except urllib.error.HTTPError as error:
+            if error.code != 404:
+                raise
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
