@@ -40,9 +40,9 @@ after the replica's ``sync_base``, and everything else is the shared base.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from engine.syncstate import AccountState, MailboxSummary, RecordState
+from engine.syncstate import AccountState, MailboxState, MailboxSummary, RecordState
 
 __all__ = ["MailboxPush", "Pull", "Push", "Reassign", "Repairs", "Restamp", "compare"]
 
@@ -217,8 +217,19 @@ def compare(
             pushes.append(MailboxPush(mine.summary, upserts=fresh, create=True, resurrected=back))
             continue
         if theirs_state.mode == "none":
-            unchanged.append(uniqueid)
-            continue
+            if mine.summary.same_content(theirs_state.summary):
+                unchanged.append(uniqueid)
+                continue
+            # "none" means equal to the summary the owner sent, read before
+            # this state: a write in between (a delivery while the replica
+            # answered) is what the owner holds after the replica's
+            # HIGHESTMODSEQ, a delta with no replica records. Skipping it
+            # would mark the replica as having it and lose it until the
+            # next full compare.
+            theirs_state = MailboxState(
+                replace(theirs_state.summary, sync_base=theirs_state.summary.highestmodseq),
+                "delta",
+            )
         complete = theirs_state.mode == "full"
         theirs = {r.uid: r for r in theirs_state.records}
         ours = {r.uid: r for r in records}

@@ -275,12 +275,17 @@ def owner_view(
     records: dict[str, tuple[RecordState, ...]] = {}
     for m in own.mailboxes:
         r = theirs.get(m.summary.uniqueid)
-        if r is not None and r.mode == "none":
+        if r is not None and r.mode == "none" and m.summary.same_content(r.summary):
             continue
         mailbox = get_mailbox_by_uniqueid(session, m.summary.uniqueid)
         if mailbox is None:
             continue
-        if r is not None and r.mode == "delta":
+        if r is not None and r.mode == "none":
+            # Changed since the summary we sent (compare takes it as a delta).
+            records[m.summary.uniqueid] = local_records(
+                session, mailbox, since=r.summary.highestmodseq
+            )
+        elif r is not None and r.mode == "delta":
             records[m.summary.uniqueid] = local_records(
                 session, mailbox, since=r.summary.sync_base, uids=[x.uid for x in r.records]
             )

@@ -69,6 +69,8 @@ def pytest_runtest_makereport(
     if report.failed and report.when in ("call", "setup"):
         for node in dict.fromkeys(STARTED):
             report.sections.append((f"peerd {node.name} log tail", node.tail(80)))
+            if node.proc is not None and node.proc.alive():
+                report.sections.append((f"peerd {node.name} status", node.status_text()))
 
 
 @pytest.fixture(scope="session")

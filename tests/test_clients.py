@@ -100,6 +100,14 @@ def server(node: Node, mailbox: str = "INBOX") -> list[dict[str, Any]]:
     return list(node.mailbox("alice", mailbox)["messages"])
 
 
+def _listing(node: Node, mailbox: str) -> object:
+    """One mailbox as the control API shows it, or the error (for a failure message)."""
+    try:
+        return node.mailbox("alice", mailbox, expunged=True)
+    except OSError as exc:
+        return repr(exc)
+
+
 @pytest.fixture
 def alice(pair: tuple[Node, Node]) -> tuple[Node, Node]:
     """The pair, with alice owned by alpha."""
@@ -146,11 +154,18 @@ def test_mbsync_both_ways_flags_moves_and_failover(
     # against beta with no UIDVALIDITY change and nothing fetched again.
     # Both folders must be on beta first: what alpha never replicated is
     # alpha's to hand over when it returns, not beta's to serve now.
-    wait_until(
-        lambda: [len(server(beta)), len(server(beta, "Archive"))] == [3, 1],
-        15,
-        "INBOX and Archive replicated to beta",
-    )
+    try:
+        wait_until(
+            lambda: [len(server(beta)), len(server(beta, "Archive"))] == [3, 1],
+            15,
+            "INBOX and Archive replicated to beta",
+        )
+    except TimeoutError as exc:
+        sides = {
+            node.name: {box: _listing(node, box) for box in ("INBOX", "Archive")}
+            for node in (alpha, beta)
+        }
+        raise AssertionError(f"{exc}: {sides}") from None
     alpha.kill9()
     beta.call("POST", "/v1/failover", {})
     write_config(config, beta.ports["imap"], maildir)

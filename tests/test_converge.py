@@ -18,7 +18,7 @@ import asyncio
 import datetime as dt
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -62,9 +62,16 @@ class Planned:
     push: Push
 
 
-def sync(owner: Store, replica: Store, account: str = ACCOUNT) -> dict[str, int]:
+def sync(
+    owner: Store,
+    replica: Store,
+    account: str = ACCOUNT,
+    between: Callable[[], None] | None = None,
+) -> dict[str, int]:
     """Owner → replica through the client's own rounds (:func:`engine.rounds.converge`):
-    repairs first, then the push; only the transport is in-process."""
+    repairs first, then the push; only the transport is in-process. ``between``
+    runs once, after the replica answered the first round's summaries and
+    before the owner reads its state (a write while the replica answers)."""
     counts = {"rounds": 0, "copied": 0, "reassigned": 0, "pushed": 0}
 
     async def plan() -> Planned:
@@ -77,6 +84,8 @@ def sync(owner: Store, replica: Store, account: str = ACCOUNT) -> dict[str, int]
         theirs = replica.write_sync(
             partial(read_account_state, name=account, records_for=summaries), replaying=True
         )
+        if between is not None and counts["rounds"] == 1:
+            between()
         own, records, known = owner.read_sync(partial(owner_view, account=account, replica=theirs))
         repairs, push = compare(own, records, theirs, known)
         return Planned(repairs, push)
@@ -340,6 +349,34 @@ def test_rolling_deltas_keep_modseqs_equal(
             sync(owner, replica)
             mark = owner.read_sync(lambda s: mark_of(read_account_state(s, ACCOUNT)))
         assert snapshot(owner) == snapshot(replica)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(common=st.lists(op, max_size=8), meanwhile=st.lists(op, min_size=1, max_size=4))
+def test_writes_while_the_replica_answers_are_pushed_in_the_same_sync(
+    stores: Any, common: list[Any], meanwhile: list[Any]
+) -> None:
+    """The replica says "none" for a mailbox equal to the summary the owner
+    sent; a write on the owner before it reads its own state (a delivery
+    while the replica answered) must still be pushed in that sync. Skipping
+    it left the replica without a delivered message while the owner's mark
+    said it had it, until the nightly reconcile (seen with mbsync in CI)."""
+    owner, replica = stores()
+    owner.write_sync(lambda s: accounts.create_account(s, ACCOUNT, password="pw"))
+    for step in common:
+        run_op(owner, step, "common")
+    sync(owner, replica)
+
+    def writes() -> None:
+        for step in meanwhile:
+            run_op(owner, step, "meanwhile")
+
+    sync(owner, replica, between=writes)
+    assert snapshot(owner) == snapshot(replica)
 
 
 def test_seed_example_replayed_in_process(stores: Any) -> None:

@@ -380,8 +380,9 @@ class SyncClient:
 
         planned = await converge(account, plan, repair)
         own_row, push = planned.own_row, planned.push
-        equal = push.empty or await self._push(account, own_row, push, use_zlib, report)
-        if equal and planned.include is None and planned.owner_state.exists:
+        if not push.empty:
+            await self._push(account, own_row, push, use_zlib, report)
+        if planned.include is None and planned.owner_state.exists:
             self._marks[account] = (own_row.epoch, mark_of(planned.owner_state))
         else:
             self._marks.pop(account, None)
@@ -521,8 +522,9 @@ class SyncClient:
 
     async def _push(
         self, account: str, own_row: OwnershipView, push: Push, use_zlib: bool, report: SyncReport
-    ) -> bool:
-        """Send the push; True when the replica reports every mailbox equal."""
+    ) -> None:
+        """Send the push; SyncProtocolError when the replica reports a mailbox
+        that differs after it (nothing is acknowledged then)."""
         for uniqueid in push.deletes:
             report.steps.append(f"DELETE {uniqueid}")
             report.mailboxes_deleted += 1
@@ -583,13 +585,12 @@ class SyncClient:
         raw = await self.call("apply", encode_json(body), compressed=use_zlib, report=report)
         result = decode_json(raw)
         if result.get("mismatched"):
-            log.warning(
-                "%s: replica differs after apply in %s; next sync is a full compare",
-                account,
-                result["mismatched"],
+            # Its log rows stay (the caller does not acknowledge them): the
+            # next sync is a full compare, with the rolling worker's back-off.
+            raise SyncProtocolError(
+                f"{account}: replica differs after apply in {result['mismatched']};"
+                " the next sync is a full compare"
             )
-            return False
-        return True
 
     async def _upload(self, guids: list[str], use_zlib: bool, report: SyncReport) -> None:
         """UPLOAD in batches, two in flight: we read and frame the next batch

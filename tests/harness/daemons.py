@@ -358,6 +358,16 @@ class Node:
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}; log tail:\n{self.tail()}") from None
 
+    def status_text(self) -> str:
+        """``/v1/status`` as JSON text, or why it could not be read (for failure reports)."""
+        try:
+            request = urllib.request.Request(self.api + "/v1/status")
+            request.add_header("Authorization", f"Bearer {TOKEN}")
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return json.dumps(json.loads(response.read()), indent=1)
+        except (OSError, ValueError) as exc:
+            return f"(status unavailable: {exc!r})"
+
     def tail(self, n: int = 60) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
