@@ -114,7 +114,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 def cmd_account_add(client: Client, args: argparse.Namespace) -> Any:
     body: dict[str, Any] = {"name": args.user, "password": _read_password(args)}
     if args.quota is not None:
-        body["quota_limit"] = args.quota
+        body["quota_limit"] = _quota(args.quota)
     if args.owner:
         body["owner"] = args.owner
     result = client.call("POST", "/v1/accounts", body)
@@ -158,8 +158,18 @@ def cmd_account_passwd(client: Client, args: argparse.Namespace) -> Any:
     return result, f"password changed for {args.user}"
 
 
+def _quota(text: str) -> int | None:
+    """A quota as the config writes sizes (``10M``, ``1G``, bytes), or ``none``."""
+    if text.strip().lower() in ("none", "unlimited"):
+        return None
+    try:
+        return parse_size(text)
+    except ValueError:
+        raise ValueError(f"quota {text!r}: give bytes, a size like 10M or 1G, or none") from None
+
+
 def cmd_account_quota(client: Client, args: argparse.Namespace) -> Any:
-    limit = None if args.limit in ("none", "unlimited") else int(args.limit)
+    limit = _quota(args.limit)
     result = client.call("PUT", f"/v1/accounts/{quote(args.user)}/quota", {"quota_limit": limit})
     return result, f"quota of {args.user}: {_size(limit)}"
 
@@ -560,6 +570,9 @@ def cmd_reconcile(client: Client, args: argparse.Namespace) -> Any:
     )
     for failure in result["failures"]:
         text += f"\n  FAILED {failure}"
+    if result["failures"]:
+        print(text)
+        raise ApiError(502, "reconcile failed", f"{len(result['failures'])} account(s)")
     return result, text
 
 
@@ -594,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--password-file")
     group.add_argument("--password-stdin", action="store_true")
-    p.add_argument("--quota", type=int, help="quota in bytes")
+    p.add_argument("--quota", help="quota: bytes or a size like 10M, 1G (default: none)")
     p.add_argument("--owner", help="the node that owns it (default: this node)")
     p.set_defaults(func=cmd_account_add)
     p = account.add_parser("list", help="list accounts")
@@ -613,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user")
     p.add_argument("--to", required=True)
     p.set_defaults(func=cmd_account_move)
-    p = account.add_parser("quota", help="set a quota in bytes, or 'none'")
+    p = account.add_parser("quota", help="set a quota: bytes, a size like 5M or 1G, or 'none'")
     p.add_argument("user")
     p.add_argument("limit")
     p.set_defaults(func=cmd_account_quota)
@@ -704,11 +717,30 @@ def make_client(args: argparse.Namespace) -> Client:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C (at a password prompt, or waiting for a long command): one
+        # line, no traceback. A request already sent may still complete.
+        print("\npeerctl: interrupted", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        # `peerctl status | head`: the reader left; nothing to say to it.
+        # Point stdout at /dev/null so the interpreter's final flush is quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_USAGE
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         client = make_client(args)
         result, text = args.func(client, args)
+    except EOFError:
+        print("\npeerctl: no password given (end of input)", file=sys.stderr)
+        return EXIT_USAGE
     except ConfigError as exc:
         print(f"peerctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -725,6 +757,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2, sort_keys=True))
     elif text:
         print(text)
+    sys.stdout.flush()  # a closed pipe shows here, inside main's handler
     return 0
 
 
