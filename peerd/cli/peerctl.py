@@ -51,6 +51,8 @@ class Client:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.base.rstrip("/") + path, data=data, method=method)
         request.add_header("Authorization", f"Bearer {self.token}")
+        # The node's mail log says an admin action came through peerctl.
+        request.add_header("User-Agent", f"peerctl/{release()}")
         if data is not None:
             request.add_header("Content-Type", "application/json")
         try:
