@@ -129,7 +129,7 @@ async def list_accounts(call: Call[None, AccountsQuery]) -> web.Response:
 
 async def create_account(call: Call[NewAccount, None]) -> web.Response:
     node, body = call.node, call.body
-    name = engine_accounts.normalize_account_name(body.name)
+    name = engine_accounts.normalize_account_name(body.name, node.config.accounts.lowercase_names)
     owner = body.owner or node.name
     if owner not in (node.name, node.partner):
         raise UnknownNode(f"{owner} is neither this node ({node.name}) nor its partner")

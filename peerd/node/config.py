@@ -25,6 +25,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 __all__ = [
     "SIZE_PATTERN",
+    "AccountsConfig",
     "Address",
     "ApiConfig",
     "Config",
@@ -271,6 +272,14 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountsConfig:
+    # Account names' local part is case-insensitive: lower-cased when an
+    # account is made, and in every recipient, login and routing lookup
+    # (Cyrus's default). false: names are matched exactly as stored.
+    lowercase_names: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class HttpConfig:
     max_connections: int = 256
     max_connections_per_ip: int = 32
@@ -324,6 +333,7 @@ class Config:
     sieve: SieveConfig = field(default_factory=SieveConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    accounts: AccountsConfig = field(default_factory=AccountsConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
     scrub: ScrubConfig = field(default_factory=ScrubConfig)

@@ -94,6 +94,7 @@ class StoreBackend:
         self.partner_knows = partner_knows
         lmtp = node.config.lmtp
         self.local_domains = frozenset(d.lower() for d in node.config.node.local_domains)
+        self.lowercase = node.config.accounts.lowercase_names
         self.options = DeliveryOptions(
             local_domains=self.local_domains,
             duplicate_window=lmtp.duplicate_window if lmtp.duplicate_suppression else None,
@@ -120,7 +121,7 @@ class StoreBackend:
 
     async def _check_rcpt(self, address: str) -> str | None:
         try:
-            recipient = parse_recipient(address, self.local_domains)
+            recipient = parse_recipient(address, self.local_domains, self.lowercase)
         except EngineError:
             return S501_BAD_ADDRESS
 
@@ -163,7 +164,9 @@ class StoreBackend:
         parsed: list[tuple[str, Recipient | EngineError]] = []
         for address in message.recipients:
             try:
-                parsed.append((address, parse_recipient(address, self.local_domains)))
+                parsed.append(
+                    (address, parse_recipient(address, self.local_domains, self.lowercase))
+                )
             except EngineError as exc:
                 parsed.append((address, exc))
         filtered = await self._filtered(parsed)
