@@ -232,3 +232,28 @@ def test_admin_actions_say_what_who_and_through_which_interface(node: Node) -> N
     # Passwords never reach the log.
     assert "pw" not in " ".join(str(s) for s in seen)
     assert '"x"' not in (node.workdir / f"{node.name}.log").read_text()
+
+
+def test_pair_operations_are_admin_lines_too(pair: tuple[Node, Node]) -> None:
+    alpha, beta = pair
+    alpha.add_account("alice")
+    wait_until(lambda: _known(beta, "alice"), 30, "alice on beta")
+    assert peerctl(alpha, "switchover", "alice").returncode == 0
+    done = peerctl(alpha, "failback")
+    assert done.returncode == 0, done.stderr
+    assert beta.stop() == 0
+    assert peerctl(alpha, "failover").returncode == 0
+    seen = [
+        (a["action"], a["ok"], a["via"], a["target"])
+        for a in wait_for_lines(alpha, _ADMIN, 2)
+        if a["action"] in ("switchover", "failback", "failover")
+    ]
+    assert seen == [
+        ("switchover", "ok", "cli", '"alice"'),
+        ("failback", "ok", "cli", "-"),
+        ("failover", "ok", "cli", "-"),
+    ]
+
+
+def _known(node: Node, account: str) -> bool:
+    return account in [a["name"] for a in node.call("GET", "/v1/accounts")["accounts"]]
