@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 from pathlib import Path
 from typing import IO
 
@@ -75,7 +76,7 @@ def _listeners(config: Config) -> list[tuple[str, Address]]:
 def _port_in_use(config: Config, exc: OSError) -> StartRefused:
     text = str(exc)
     for key, address in _listeners(config):
-        if f", {address.port})" in text or f":{address.port}" in text:
+        if re.search(rf"[,:] ?{address.port}\b", text):
             return StartRefused(
                 f"{key} = {str(address)!r}: the address is already in use (another peerd,"
                 f" or another program: `ss -ltnp 'sport = :{address.port}'` shows which);"
