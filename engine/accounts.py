@@ -23,8 +23,10 @@ __all__ = [
     "create_account",
     "delete_account",
     "find_account",
+    "find_any",
     "get_account",
     "list_accounts",
+    "lookup_names",
     "normalize_account_name",
     "set_password",
     "set_password_hash",
@@ -34,12 +36,34 @@ __all__ = [
 _NAME_RE = re.compile(r"\A[A-Za-z0-9._%+\-=]{1,128}(@[A-Za-z0-9.\-]{1,126})?\Z")
 
 
-def normalize_account_name(name: str) -> str:
+def normalize_account_name(name: str, lowercase: bool = False) -> str:
+    """The stored form of an account name: the domain lower-cased, and the
+    local part too with ``lowercase`` (as Cyrus does by default)."""
     name = name.strip()
     if not _NAME_RE.match(name):
         raise InvalidArgument(f"invalid account name {name!r}")
     local, at, domain = name.partition("@")
+    if lowercase:
+        local = local.lower()
     return f"{local}@{domain.lower()}" if at else local
+
+
+def lookup_names(name: str, lowercase: bool = False) -> tuple[str, ...]:
+    """The names a login or a lookup of ``name`` tries, in order: the stored
+    form, then (with ``lowercase``) the name as typed, for an account made
+    with capitals before the node lower-cased names."""
+    first = normalize_account_name(name, lowercase)
+    exact = normalize_account_name(name)
+    return (first,) if exact == first else (first, exact)
+
+
+def find_any(session: Session, names: tuple[str, ...]) -> Account | None:
+    """The first of ``names`` that is an account."""
+    for candidate in names:
+        account = find_account(session, candidate)
+        if account is not None:
+            return account
+    return None
 
 
 def find_account(session: Session, name: str) -> Account | None:

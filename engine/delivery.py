@@ -73,7 +73,12 @@ class DeliveryResult:
     duplicate: bool
 
 
-def parse_recipient(address: str, local_domains: frozenset[str]) -> Recipient:
+def parse_recipient(
+    address: str, local_domains: frozenset[str], lowercase: bool = False
+) -> Recipient:
+    """The account names ``address`` may mean, in order; with ``lowercase``
+    the local part lower-cased first, then as written (an account made with
+    capitals before names were lower-cased still receives its mail)."""
     raw = address.strip()
     if raw.startswith("<") and raw.endswith(">"):
         raw = raw[1:-1]
@@ -85,13 +90,15 @@ def parse_recipient(address: str, local_domains: frozenset[str]) -> Recipient:
     if not base:
         raise InvalidArgument(f"invalid recipient {address!r}")
     candidates: list[str] = []
-    if at:
-        if domain in local_domains:
-            candidates.append(base)
-        candidates.append(f"{base}@{domain}")
-    else:
-        candidates.append(base)
-    return Recipient(address=raw, candidates=tuple(candidates), detail=detail if plus else None)
+    for local_part in (base.lower(), base) if lowercase else (base,):
+        if at:
+            if domain in local_domains:
+                candidates.append(local_part)
+            candidates.append(f"{local_part}@{domain}")
+        else:
+            candidates.append(local_part)
+    unique = tuple(dict.fromkeys(candidates))
+    return Recipient(address=raw, candidates=unique, detail=detail if plus else None)
 
 
 def resolve_account(session: Session, recipient: Recipient) -> Account:

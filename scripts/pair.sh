@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Set up and start a local pair: alpha and beta on loopback, SQLite, data in var/.
-#   bash scripts/pair.sh          start both nodes (in the background), create demo accounts
-#   bash scripts/pair.sh stop     stop both nodes (by the pids recorded in var/)
-#   bash scripts/pair.sh status   show both nodes' status
+#   bash scripts/pair.sh                 start both nodes (in the background), create demo accounts
+#   bash scripts/pair.sh start [NODE]    the same, or only NODE (alpha or beta)
+#   bash scripts/pair.sh stop [NODE]     stop both nodes, or only NODE (by the pids recorded in var/)
+#   bash scripts/pair.sh status          show both nodes' status
+# If a node does not come up, the nodes this run started are stopped again and
+# its log's end is shown; a demo account that cannot be created is shown too.
 # Needs Python 3.11 (python3) on a Debian 12 machine; installs into .venv/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$(pwd)
 PY=${PYTHON:-python3}
+
+usage() { echo "usage: $0 [start|stop|status] [alpha|beta]" >&2; exit 2; }
 
 stop_node() {
   local pidfile="var/$1.pid"
@@ -23,13 +27,26 @@ stop_node() {
   fi
 }
 
-case "${1:-start}" in
-  stop) stop_node alpha; stop_node beta; exit 0 ;;
+# The control API's address, read from the node's config.
+api_of() {
+  "$PY" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["listen"]["http"])' \
+    "configs/$1.toml"
+}
+
+command=${1:-start}
+case "${2:-}" in
+  "") nodes="alpha beta" ;;
+  alpha|beta) nodes=$2 ;;
+  *) usage ;;
+esac
+
+case "$command" in
+  stop) for n in $nodes; do stop_node "$n"; done; exit 0 ;;
   status)
-    for n in alpha beta; do .venv/bin/peerctl -c "configs/$n.toml" status || true; echo; done
+    .venv/bin/peerctl -c configs/alpha.toml status || true
     exit 0 ;;
   start) ;;
-  *) echo "usage: $0 [start|stop|status]" >&2; exit 2 ;;
+  *) usage ;;
 esac
 
 if [ ! -x .venv/bin/peerd ]; then
@@ -38,22 +55,48 @@ if [ ! -x .venv/bin/peerd ]; then
   .venv/bin/pip install -q -e .
 fi
 mkdir -p var
-for n in alpha beta; do
+started=""
+give_up() {  # $1 failed: show why, stop what this run started, exit 1
+  echo "$1 failed to start (var/$1.log):" >&2
+  tail -20 "var/$1.log" >&2
+  for s in $started; do stop_node "$s" >&2; done
+  exit 1
+}
+for n in $nodes; do
   stop_node "$n" >/dev/null
   .venv/bin/peerd run -c "configs/$n.toml" >"var/$n.log" 2>&1 &
   echo $! > "var/$n.pid"
+  started="$started $n"
 done
-for n in alpha beta; do
-  port=$([ $n = alpha ] && echo 18080 || echo 28080)
-  for _ in $(seq 1 100); do
-    if "$PY" -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/v1/health', timeout=1)" 2>/dev/null; then break; fi
-    if ! kill -0 "$(cat var/$n.pid)" 2>/dev/null; then echo "$n failed to start:"; tail -20 "var/$n.log"; exit 1; fi
+for n in $nodes; do
+  api=$(api_of "$n")
+  up=""
+  for _ in $(seq 1 150); do
+    if "$PY" -c "import urllib.request; urllib.request.urlopen('http://$api/v1/health', timeout=1)" 2>/dev/null; then
+      up=yes; break
+    fi
+    kill -0 "$(cat "var/$n.pid")" 2>/dev/null || break
     sleep 0.2
   done
+  [ -n "$up" ] || give_up "$n"
 done
+
 # Demo accounts: alice lives on alpha, bob on beta (password "secret").
-echo secret | .venv/bin/peerctl -c configs/alpha.toml account add alice --password-stdin >/dev/null 2>&1 || true
-echo secret | .venv/bin/peerctl -c configs/beta.toml account add bob --password-stdin >/dev/null 2>&1 || true
+failed=""
+for n in $nodes; do
+  user=$([ "$n" = alpha ] && echo alice || echo bob)
+  if ! out=$(echo secret | .venv/bin/peerctl -c "configs/$n.toml" account add "$user" --password-stdin 2>&1); then
+    case "$out" in
+      *"already exists"*|*"exists"*) ;;  # made by an earlier run
+      *) echo "could not create the demo account $user on $n: $out" >&2; failed=yes ;;
+    esac
+  fi
+done
+if [ "$nodes" != "alpha beta" ]; then
+  echo "$nodes is running (log in var/$nodes.log; stop it with: bash scripts/pair.sh stop $nodes)."
+  [ -z "$failed" ] || exit 1
+  exit 0
+fi
 cat <<TXT
 The pair is running (logs in var/alpha.log and var/beta.log; stop with: bash scripts/pair.sh stop).
 
@@ -74,3 +117,4 @@ Read it with any IMAP client (plain IMAP on loopback, user alice, password secre
 A login for bob at alpha gets a referral to beta (127.0.0.1:20143), his owner.
 Replication and ownership: .venv/bin/peerctl -c configs/alpha.toml status; see docs/failover.md.
 TXT
+[ -z "$failed" ] || exit 1

@@ -97,7 +97,7 @@ def test_errors_are_problem_json(node: LoneNode) -> None:
         {"name": "amy", "password": "pw", "password_hash": "h"},  # both
         {"name": "amy", "password": "pw", "quota_limit": -1},
         {"name": "amy", "password": "pw", "quota_limit": True},
-        {"name": "amy", "password": "pw", "quota_limit": "10"},
+        {"name": "amy", "password": "pw", "quota_limit": "10 parsecs"},
         {"name": "amy", "password": "pw", "owner": "mars"},
         {"name": 7, "password": "pw"},
     ):

@@ -43,6 +43,7 @@ def test_every_route_is_described_once_and_documented_from_its_classes() -> None
 def test_bodies_are_checked_against_the_classes_the_document_shows() -> None:
     assert parse(NewQuota, {"quota_limit": None}) == NewQuota(None)
     assert parse(NewQuota, {}) == NewQuota(None)
+    assert parse(NewQuota, {"quota_limit": "10M"}) == NewQuota(10 << 20)
     good = parse(NewAccount, {"name": "amy", "password": "pw", "quota_limit": 10})
     assert (good.name, good.password, good.quota_limit, good.owner) == ("amy", "pw", 10, None)
     body = parse(pairops.SwitchoverBody, {"accounts": ["a", "b"], "to": "beta"})
@@ -55,7 +56,8 @@ def test_bodies_are_checked_against_the_classes_the_document_shows() -> None:
         (NewAccount, {"name": "amy", "password": "x", "quota_limit": True}, "quota_limit"),
         (NewAccount, {"name": "amy", "password": "x", "quota_limit": 2**63}, "quota_limit"),
         (NewAccount, {"name": "amy", "password": ""}, "password must be a non-empty"),
-        (NewQuota, {"quota_limit": "10"}, "quota_limit must be an integer"),
+        (NewQuota, {"quota_limit": "10 parsecs"}, "quota_limit must be a size"),
+        (NewQuota, {"quota_limit": -1}, "quota_limit must be a size"),
         (pairops.FailoverBody, {"force": "yes"}, "force must be true or false"),
         (pairops.SwitchoverBody, {"accounts": ["a"], "all_from": "beta"}, "not both"),
         (pairops.SwitchoverBody, {}, "give accounts (a list) or all_from"),

@@ -330,10 +330,10 @@ def test_expunged_mail_leaves_both_nodes_spools(tmp_path: Path) -> None:
             assert not spooled(node, gone) and spooled(node, kept)
             status = node.call("GET", "/v1/status")["spool_sweep"]
             assert status["runs"] == 2 and status["waiting"] == 0
-        text = peerctl(alpha, "status").stdout.splitlines()
+        text = peerctl(alpha, "status", "--local").stdout.splitlines()
         (line,) = [t for t in text if t.startswith("spool sweep: ")]
-        assert line.startswith("spool sweep: on demand, grace 1 s, 2 run(s); last ")
-        assert " removed 1 file(s) (" in line and line.endswith(" bytes), 0 waiting")
+        assert line.startswith("spool sweep: on demand, grace 1s, 2 run(s); last ")
+        assert " removed 1 file(s) (" in line and line.endswith("B), 0 waiting")
         with imaplib.IMAP4("127.0.0.1", alpha.ports["imap"], timeout=30) as imap:
             imap.login("alice", "secret")
             imap.select("INBOX")

@@ -38,15 +38,18 @@ import logging
 import signal
 import ssl
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from aiohttp import web
 
 import migrations
+from engine import accounts as engine_accounts
 from engine.dbcheck import is_damage
 from engine.store import Store
 from peerd.app.dbcheck import EXIT_DATABASE_DAMAGED, DatabaseDamaged, check_at_start, damage_line
 from peerd.app.notify import sd_notify
 from peerd.app.reload import Reloader
+from peerd.app.startup import EXIT_CONFIG, StartRefused, lock_data_dir, start_error
 from peerd.control.app import build_app
 from peerd.control.call import Parts, StatusSource
 from peerd.control.routing import start_socketmap
@@ -82,6 +85,7 @@ class _Started:
     sync_server: SyncServer | None = None
     lmtp: StatusSource | None = None
     scrubber: Scrubber | None = None
+    api: web.AppRunner | None = None
     # Server TLS contexts the listeners hold (IMAP STARTTLS, the sync listener).
     tls: list[ssl.SSLContext] = field(default_factory=list)
 
@@ -269,7 +273,45 @@ async def serve(config: Config, stop_event: asyncio.Event | None = None) -> None
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop_event.set)
 
+    created = not config.node.data_dir.exists()
     config.node.data_dir.mkdir(parents=True, exist_ok=True)
+    lock = lock_data_dir(config.node.data_dir)
+    try:
+        await _serve_locked(config, stop_event, created)
+    finally:
+        lock.close()
+
+
+async def _serve_locked(config: Config, stop_event: asyncio.Event, created: bool) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        node, store = await _open(config, loop)
+    except Exception as exc:
+        refused = start_error(config, exc)
+        if refused is not None:
+            raise refused from exc
+        raise
+    if created:
+        await _say_created(config, node)
+    started = _Started()
+    ready = False
+    try:
+        await _start_parts(node, started, loop)
+        ready = True
+        sd_notify("READY=1")
+        log.info("node %s ready", config.node.name)
+        await stop_event.wait()
+    except Exception as exc:
+        refused = None if ready else start_error(config, exc)
+        if refused is not None:
+            raise refused from exc
+        raise
+    finally:
+        await _stop(node, store, started)
+
+
+async def _open(config: Config, loop: asyncio.AbstractEventLoop) -> tuple[Node, Store]:
+    """Check the database, migrate it, open the store: the node, not yet serving."""
     url = config.database_url
     # Before anything reads it: a damaged database stops the node here.
     checked = await check_at_start(config)
@@ -283,66 +325,82 @@ async def serve(config: Config, stop_event: asyncio.Event | None = None) -> None
     store.bind_loop(loop)
     node = Node(config, store)
     node.db_check = checked
-    started = _Started()
-    runner: web.AppRunner | None = None
+    return node, store
+
+
+async def _say_created(config: Config, node: Node) -> None:
+    """A data_dir that did not exist: most often the wrong working directory
+    (a relative ``data_dir``) or a typo, so say so where an admin looks first."""
+    accounts = len(await node.store.read(engine_accounts.list_accounts))
+    log.warning(
+        "data_dir %s did not exist and was just created (working directory %s): this node"
+        " starts with %d account(s); if it should have data, stop it and fix [node] data_dir",
+        config.node.data_dir.resolve(),
+        Path.cwd(),
+        accounts,
+    )
+
+
+async def _start_parts(node: Node, started: _Started, loop: asyncio.AbstractEventLoop) -> None:
+    """Start every part in order, each in ``started`` as soon as it runs."""
+    config = node.config
+    await _start_sync_listener(node, started)
     try:
-        await _start_sync_listener(node, started)
-        try:
-            await _start_replication(node, started)
-        except Exception as exc:
-            _stop_if_damaged(config, exc)
-            raise
-        await _start_integrity(node, started)
-        await _start_upkeep(node, started)
-        await _start_mail_services(node, started)
-        if config.listen.http is not None:
-            runner = web.AppRunner(
-                build_app(_parts(node, started)),
-                access_log=None,
-                handle_signals=False,
-                # Bodies are never inflated by HTTP Content-Encoding (refused
-                # with 415): a gzip bomb or garbage costs nothing.
-                auto_decompress=False,
-            )
-            await runner.setup()
-            site = GuardedSite(
-                runner,
-                config.listen.http.host,
-                config.listen.http.port,
-                limits=config.http,
-                what="control API",
-            )
-            await site.start()
-            log.info("control API listening on %s", config.listen.http)
-        _on_sighup(
-            loop,
-            Reloader(
-                node,
-                started.tls,
-                client=started.pair.client if started.pair else None,
-                hooks=started.pair.hooks if started.pair else None,
-            ),
+        await _start_replication(node, started)
+    except Exception as exc:
+        _stop_if_damaged(config, exc)
+        raise
+    await _start_integrity(node, started)
+    await _start_upkeep(node, started)
+    await _start_mail_services(node, started)
+    if config.listen.http is not None:
+        runner = started.api = web.AppRunner(
+            build_app(_parts(node, started)),
+            access_log=None,
+            handle_signals=False,
+            # Bodies are never inflated by HTTP Content-Encoding (refused
+            # with 415): a gzip bomb or garbage costs nothing.
+            auto_decompress=False,
         )
-        sd_notify("READY=1")
-        log.info("node %s ready", config.node.name)
-        await stop_event.wait()
-    finally:
-        sd_notify("STOPPING=1")
-        log.info("node %s stopping", config.node.name)
-        # Listeners first (no new work), then in-flight deliveries, then
-        # the background workers and the API, then the store.
-        for service in reversed(started.services):
-            if service.listener:
-                await service.stop()
-        if not await node.drain(config.lmtp.shutdown_grace):
-            log.warning("in-flight deliveries did not finish in time; they fail with 4xx")
-        for service in reversed(started.services):
-            if not service.listener:
-                await service.stop()
-        if runner is not None:
-            await runner.cleanup()
-        await asyncio.to_thread(store.close)
-        log.info("node %s stopped", config.node.name)
+        await runner.setup()
+        site = GuardedSite(
+            runner,
+            config.listen.http.host,
+            config.listen.http.port,
+            limits=config.http,
+            what="control API",
+        )
+        await site.start()
+        log.info("control API listening on %s", config.listen.http)
+    _on_sighup(
+        loop,
+        Reloader(
+            node,
+            started.tls,
+            client=started.pair.client if started.pair else None,
+            hooks=started.pair.hooks if started.pair else None,
+        ),
+    )
+
+
+async def _stop(node: Node, store: Store, started: _Started) -> None:
+    config = node.config
+    sd_notify("STOPPING=1")
+    log.info("node %s stopping", config.node.name)
+    # Listeners first (no new work), then in-flight deliveries, then
+    # the background workers and the API, then the store.
+    for service in reversed(started.services):
+        if service.listener:
+            await service.stop()
+    if not await node.drain(config.lmtp.shutdown_grace):
+        log.warning("in-flight deliveries did not finish in time; they fail with 4xx")
+    for service in reversed(started.services):
+        if not service.listener:
+            await service.stop()
+    if started.api is not None:
+        await started.api.cleanup()
+    await asyncio.to_thread(store.close)
+    log.info("node %s stopped", config.node.name)
 
 
 def _stop_if_damaged(config: Config, exc: BaseException) -> None:
@@ -362,4 +420,7 @@ def run_daemon(config: Config, log_format: str | None = None) -> int:
     except DatabaseDamaged as exc:
         log.critical("%s", exc)
         return EXIT_DATABASE_DAMAGED
+    except StartRefused as exc:
+        log.critical("%s (exit status %d)", exc, EXIT_CONFIG)
+        return EXIT_CONFIG
     return 0

@@ -15,10 +15,14 @@ would scatter the table a reader looks up a command in.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import getpass
 import json
 import os
+import re
 import sys
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -46,11 +50,16 @@ class Client:
     base: str
     token: str
     timeout: float = 600.0
+    # The partner's control API, when the config names it ([partner] api):
+    # `peerctl status` shows both nodes.
+    partner: Client | None = None
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.base.rstrip("/") + path, data=data, method=method)
         request.add_header("Authorization", f"Bearer {self.token}")
+        # The node's mail log says an admin action came through peerctl.
+        request.add_header("User-Agent", f"peerctl/{release()}")
         if data is not None:
             request.add_header("Content-Type", "application/json")
         try:
@@ -99,6 +108,62 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
+def _duration(seconds: float | None) -> str:
+    """``1h``, ``2m30s``, ``1.5s``: the way people write durations."""
+    if seconds is None:
+        return "-"
+    if seconds < 10:
+        return f"{seconds:.1f}".rstrip("0").rstrip(".") + "s"
+    whole = round(seconds)
+    out = ""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if whole >= size:
+            count, whole = divmod(whole, size)
+            out += f"{count}{unit}"
+            if len(out) >= 4:  # two units are enough: 1h30m, not 1h30m12s
+                break
+    return out or "0s"
+
+
+_ISO_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:[+-]\d\d:\d\d|Z)?")
+
+
+def _humane(text: str) -> str:
+    """Free text from the node with its ISO timestamps as people write them."""
+    return _ISO_RE.sub(lambda m: _when(m.group(0), ago=False), text)
+
+
+def _when(stamp: str | None, none: str = "never", ago: bool = True) -> str:
+    """An ISO timestamp as ``2026-12-04 14:51:06 UTC (3m ago)``: no microseconds."""
+    if not stamp:
+        return none
+    try:
+        moment = dt.datetime.fromisoformat(stamp)
+    except ValueError:
+        return stamp
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    moment = moment.astimezone(dt.UTC)
+    shown = f"{moment:%Y-%m-%d %H:%M:%S} UTC"
+    if not ago:
+        return shown
+    since = (dt.datetime.now(dt.UTC) - moment).total_seconds()
+    return (
+        f"{shown} ({_duration(since)} ago)" if since >= 0 else f"{shown} (in {_duration(-since)})"
+    )
+
+
+def _value(value: Any) -> str:
+    """A JSON value for people: no Python None/True/False."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return _humane(str(value))
+
+
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
@@ -114,7 +179,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 def cmd_account_add(client: Client, args: argparse.Namespace) -> Any:
     body: dict[str, Any] = {"name": args.user, "password": _read_password(args)}
     if args.quota is not None:
-        body["quota_limit"] = args.quota
+        body["quota_limit"] = _quota(args.quota)
     if args.owner:
         body["owner"] = args.owner
     result = client.call("POST", "/v1/accounts", body)
@@ -158,8 +223,18 @@ def cmd_account_passwd(client: Client, args: argparse.Namespace) -> Any:
     return result, f"password changed for {args.user}"
 
 
+def _quota(text: str) -> int | None:
+    """A quota as the config writes sizes (``10M``, ``1G``, bytes), or ``none``."""
+    if text.strip().lower() in ("none", "unlimited"):
+        return None
+    try:
+        return parse_size(text)
+    except ValueError:
+        raise ValueError(f"quota {text!r}: give bytes, a size like 10M or 1G, or none") from None
+
+
 def cmd_account_quota(client: Client, args: argparse.Namespace) -> Any:
-    limit = None if args.limit in ("none", "unlimited") else int(args.limit)
+    limit = _quota(args.limit)
     result = client.call("PUT", f"/v1/accounts/{quote(args.user)}/quota", {"quota_limit": limit})
     return result, f"quota of {args.user}: {_size(limit)}"
 
@@ -216,9 +291,9 @@ def _partner_line(result: dict[str, Any]) -> str:
     return (
         f"partner {result.get('partner') or '-'} ({result.get('target') or '-'}): "
         f"reachable {_yes(result.get('reachable'))}, "
-        f"last success {result.get('last_success') or 'never'}, "
+        f"last success {_when(result.get('last_success'))}, "
         f"last error {result.get('last_error') or '-'}"
-        + (f" at {result['last_error_at']}" if result.get("last_error") else "")
+        + (f" at {_when(result.get('last_error_at'))}" if result.get("last_error") else "")
     )
 
 
@@ -236,8 +311,8 @@ def _account_status(client: Client, user: str) -> Any:
     lines = [
         f"account {result['account']} on {result['node']}: owner {result['owner']} "
         f"(home {result['home']}), epoch {result['epoch']}, {result['state']}",
-        f"sync log depth {result['sync_log_depth']}  oldest {result.get('oldest_pending') or '-'}"
-        f"  lag {result['lag_seconds']} s",
+        f"sync log depth {result['sync_log_depth']}  oldest {_when(result.get('oldest_pending'), '-')}"
+        f"  lag {_duration(result['lag_seconds'])}",
     ]
     if "reachable" in result:
         lines.append(_partner_line(result))
@@ -247,13 +322,16 @@ def _account_status(client: Client, user: str) -> Any:
 
 
 def _sweep_line(sweep: dict[str, Any]) -> str:
-    every = f"every {sweep['interval_seconds']:g} s" if sweep["interval_seconds"] else "on demand"
-    line = f"spool sweep: {every}, grace {sweep['grace_seconds']:g} s, {sweep['runs']} run(s)"
+    interval = sweep["interval_seconds"]
+    every = f"every {_duration(interval)}" if interval else "on demand"
+    line = (
+        f"spool sweep: {every}, grace {_duration(sweep['grace_seconds'])}, {sweep['runs']} run(s)"
+    )
     last = sweep.get("last")
     if last:
         line += (
-            f"; last {last['started_at']} removed {last['removed']} file(s) "
-            f"({last['bytes_freed']} bytes), {sweep['waiting']} waiting"
+            f"; last {_when(last['started_at'])} removed {last['removed']} file(s) "
+            f"({_size(last['bytes_freed'])}), {sweep['waiting']} waiting"
         )
     if sweep.get("held_back"):
         line += f"\n  HELD BACK: {sweep['held_back']}"
@@ -263,18 +341,30 @@ def _sweep_line(sweep: dict[str, Any]) -> str:
 def cmd_status(client: Client, args: argparse.Namespace) -> Any:
     if getattr(args, "user", None):
         return _account_status(client, args.user)
+    result, text = _node_status(client)
+    if client.partner is not None and not getattr(args, "local", False):
+        # Both nodes on one screen: the partner as it sees itself.
+        try:
+            _, other = _node_status(client.partner)
+        except (ApiError, ConnectionError) as exc:
+            other = f"node {result.get('partner') or 'partner'}: not answering ({exc})"
+        text += "\n\n" + other
+    return result, text
+
+
+def _node_status(client: Client) -> tuple[dict[str, Any], str]:
     result = client.call("GET", "/v1/status")
     owned = ", ".join(f"{k}={v}" for k, v in sorted(result.get("owned", {}).items())) or "-"
     lines = [
         f"node {result['node']} (partner {result.get('partner') or '-'})",
         f"accounts {result['accounts']}  owned {owned}",
-        f"sync log depth {result['sync_log_depth']}  oldest {result.get('sync_log_oldest') or '-'}",
+        f"sync log depth {result['sync_log_depth']}  oldest {_when(result.get('sync_log_oldest'), '-')}",
     ]
     if result.get("startup"):
-        lines.append(f"startup: {result['startup']}")
+        lines.append(f"startup: {_humane(str(result['startup']))}")
     replication = result.get("replication")
     if isinstance(replication, dict):
-        lines.append(_partner_line(replication) + f", lag {replication['lag_seconds']} s")
+        lines.append(_partner_line(replication) + f", lag {_duration(replication['lag_seconds'])}")
     for name, state in sorted((result.get("proxy_hooks") or {}).items()):
         lines.append(_hook_line(name, state))
     lmtp = result.get("lmtp")
@@ -302,8 +392,8 @@ def cmd_status(client: Client, args: argparse.Namespace) -> Any:
             "integrity",
             "database",
         )
-        if isinstance(value, dict) and key not in shown:
-            lines.append(f"{key}: " + ", ".join(f"{k}={v}" for k, v in value.items()))
+        if isinstance(value, dict) and value and key not in shown:
+            lines.append(f"{key}: " + ", ".join(f"{k}={_value(v)}" for k, v in value.items()))
     return result, "\n".join(lines)
 
 
@@ -323,7 +413,7 @@ def _integrity_lines(integrity: dict[str, Any]) -> list[str]:
         line += ", running now"
     elif last:
         line += (
-            f", last {last['started_at']}: {last['files']} file(s), "
+            f", last {_when(last['started_at'])}: {last['files']} file(s), "
             f"{len(last['damaged'])} damaged, {len(last['repaired'])} repaired"
         )
     lines = [line]
@@ -332,7 +422,7 @@ def _integrity_lines(integrity: dict[str, Any]) -> list[str]:
         note = f" ({body['last_error']})" if body.get("last_error") else ""
         lines.append(
             f"  {state} {body['guid']}: {body['what']}, found by {body['found_by']} "
-            f"at {body['found_at']}{note}"
+            f"at {_when(body['found_at'])}{note}"
         )
     return lines
 
@@ -341,7 +431,7 @@ def _database_line(check: dict[str, Any]) -> str:
     if not check["checked"]:
         return f"database: not checked ({check['note']})"
     if check["ok"]:
-        return f"database: ok ({check['backend']} {check['method']}, {check['seconds']} s)"
+        return f"database: ok ({check['backend']} {check['method']}, {_duration(check['seconds'])})"
     return f"database: DAMAGED: {', '.join(check['objects']) or '?'}: {check['problems'][0]}"
 
 
@@ -560,6 +650,9 @@ def cmd_reconcile(client: Client, args: argparse.Namespace) -> Any:
     )
     for failure in result["failures"]:
         text += f"\n  FAILED {failure}"
+    if result["failures"]:
+        print(text)
+        raise ApiError(502, "reconcile failed", f"{len(result['failures'])} account(s)")
     return result, text
 
 
@@ -594,7 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--password-file")
     group.add_argument("--password-stdin", action="store_true")
-    p.add_argument("--quota", type=int, help="quota in bytes")
+    p.add_argument("--quota", help="quota: bytes or a size like 10M, 1G (default: none)")
     p.add_argument("--owner", help="the node that owns it (default: this node)")
     p.set_defaults(func=cmd_account_add)
     p = account.add_parser("list", help="list accounts")
@@ -613,7 +706,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user")
     p.add_argument("--to", required=True)
     p.set_defaults(func=cmd_account_move)
-    p = account.add_parser("quota", help="set a quota in bytes, or 'none'")
+    p = account.add_parser("quota", help="set a quota: bytes, a size like 5M or 1G, or 'none'")
     p.add_argument("user")
     p.add_argument("limit")
     p.set_defaults(func=cmd_account_quota)
@@ -685,30 +778,109 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="SQLite integrity_check too")
     p.set_defaults(func=cmd_check_db)
 
-    p = sub.add_parser("status", help="node status")
+    p = sub.add_parser("status", help="both nodes' status (this node's, then its partner's)")
     p.add_argument("-u", "--user", help="status of one account")
+    p.add_argument("--local", action="store_true", help="this node only")
     p.set_defaults(func=cmd_status)
     return parser
 
 
 def make_client(args: argparse.Namespace) -> Client:
     base, token = args.api, args.token or os.environ.get("PEERD_TOKEN", "")
+    partner: Client | None = None
     if args.config:
         config = load_config(args.config)
         if base is None and config.listen.http is not None:
             base = f"http://{config.listen.http}"
         token = token or config.api.token
+        if config.partner.api and args.api is None:
+            partner = Client(config.partner.api, config.partner.token or config.api.token, 10.0)
     if not base:
         raise ConfigError("give -c FILE or --api URL")
-    return Client(base, token)
+    return Client(base, token, partner=partner)
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C (at a password prompt, or waiting for a long command): one
+        # line, no traceback. A request already sent may still complete.
+        print("\npeerctl: interrupted", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        # `peerctl status | head`: the reader left; nothing to say to it.
+        # Point stdout at /dev/null so the interpreter's final flush is quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_USAGE
+
+
+PROGRESS_AFTER = 2.0  # seconds before a command says it is still running
+# The commands that can run for long (one request each, answered at the end).
+SLOW_COMMANDS = frozenset(
+    {
+        "failback",
+        "failover",
+        "switchover",
+        "reconcile",
+        "replicate",
+        "scrub",
+        "spool sweep",
+        "check-db",
+        "account move",
+    }
+)
+
+
+def _with_progress(what: str, run: Callable[[], Any]) -> Any:
+    """``run()``; if it takes longer than :data:`PROGRESS_AFTER`, a progress
+    line on stderr: rewritten every second on a terminal, else one line now
+    and then every 10 s (a log or a pipe should not fill with them)."""
+    outcome: list[Any] = []
+
+    def work() -> None:
+        try:
+            outcome.append((True, run()))
+        except BaseException as exc:  # handed to the main thread as is
+            outcome.append((False, exc))
+
+    worker = threading.Thread(target=work, name="peerctl", daemon=True)
+    started = time.monotonic()
+    worker.start()
+    worker.join(PROGRESS_AFTER)
+    tty = sys.stderr.isatty()
+    shown = False
+    while worker.is_alive():
+        elapsed = _duration(time.monotonic() - started)
+        if tty:
+            print(f"\rpeerctl: {what}: running for {elapsed}...", end="", file=sys.stderr)
+            shown = True
+        else:
+            print(f"peerctl: {what}: still running after {elapsed}", file=sys.stderr)
+        sys.stderr.flush()
+        worker.join(1.0 if tty else 10.0)
+    if shown:
+        print("\r\033[K", end="", file=sys.stderr)
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         client = make_client(args)
-        result, text = args.func(client, args)
+        what = " ".join(x for x in (args.command, getattr(args, "sub", None)) if x)
+        if what in SLOW_COMMANDS:
+            result, text = _with_progress(what, lambda: args.func(client, args))
+        else:  # e.g. a password prompt: in this thread, whose Ctrl-C restores the terminal
+            result, text = args.func(client, args)
+    except EOFError:
+        print("\npeerctl: no password given (end of input)", file=sys.stderr)
+        return EXIT_USAGE
     except ConfigError as exc:
         print(f"peerctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -725,6 +897,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2, sort_keys=True))
     elif text:
         print(text)
+    sys.stdout.flush()  # a closed pipe shows here, inside main's handler
     return 0
 
 

@@ -29,7 +29,7 @@ from ownership import table as ownership_table
 from ownership.errors import UnknownNode
 from ownership.rows import OwnershipView
 from peerd.control.call import Call
-from peerd.control.schema import Integer, Text, member
+from peerd.control.schema import Size, Text, member
 from peerd.node.node import Node
 from peerd.pair.partner import partner_api
 
@@ -61,7 +61,7 @@ class NewAccount:
     name: str = member(ACCOUNT_NAME)
     password: str | None = member(PASSWORD, default=None)
     password_hash: str | None = member(Text(max_length=255), default=None)
-    quota_limit: int | None = member(Integer(nullable=True), default=None)
+    quota_limit: int | None = member(Size(nullable=True), default=None)
     owner: str | None = member(Text(max_length=64), default=None)
 
     def __post_init__(self) -> None:
@@ -83,7 +83,7 @@ class NewPassword:
 
 @dataclass(frozen=True, slots=True)
 class NewQuota:
-    quota_limit: int | None = member(Integer(nullable=True), default=None)
+    quota_limit: int | None = member(Size(nullable=True), default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +129,7 @@ async def list_accounts(call: Call[None, AccountsQuery]) -> web.Response:
 
 async def create_account(call: Call[NewAccount, None]) -> web.Response:
     node, body = call.node, call.body
-    name = engine_accounts.normalize_account_name(body.name)
+    name = engine_accounts.normalize_account_name(body.name, node.config.accounts.lowercase_names)
     owner = body.owner or node.name
     if owner not in (node.name, node.partner):
         raise UnknownNode(f"{owner} is neither this node ({node.name}) nor its partner")

@@ -26,6 +26,7 @@ from ownership.errors import NotCaughtUp, OwnershipError, TargetDamaged
 from peerd.control.call import Call, Parts, Route
 from peerd.control.routes import ROUTES
 from peerd.control.schema import decode_body, parse
+from peerd.node import maillog
 from peerd.node.errormap import http_status, problem_title
 
 __all__ = ["MAX_BODY", "build_app", "problem"]
@@ -112,14 +113,57 @@ async def json_body(request: web.Request) -> dict[str, Any]:
 def endpoint(route: Route, parts: Parts) -> Endpoint:
     """The aiohttp handler of ``route``: check the body and query, then call it."""
 
-    async def answer(request: web.Request) -> web.StreamResponse:
+    async def checked(request: web.Request) -> Call[Any, Any]:
         body = parse(route.body, await json_body(request)) if route.body is not None else None
         query = (
             parse(route.query, request.query, others_ok=True) if route.query is not None else None
         )
-        return await route.handler(Call(parts, request, body, query))
+        return Call(parts, request, body, query)
 
-    return answer
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return await route.handler(await checked(request))
+
+    async def logged(request: web.Request) -> web.StreamResponse:
+        status, target = 500, request.match_info.get("name", "")
+        try:
+            call = await checked(request)
+            target = target or _target(call.body)
+            response = await route.handler(call)
+            status = response.status
+            return response
+        except (EngineError, OwnershipError) as exc:
+            status = http_status(exc)
+            raise
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            _log_action(route.action, request, target, status)
+
+    return logged if route.action else answer
+
+
+def _target(body: object) -> str:
+    """What an admin action's body names: an account, accounts, or a node."""
+    for member in ("name", "accounts", "all_from"):
+        value = getattr(body, member, None)
+        if value:
+            return ",".join(value) if isinstance(value, tuple) else str(value)
+    return ""
+
+
+def _log_action(action: str, request: web.Request, target: str, status: int) -> None:
+    """The mail log's line for an admin action: peerctl says who it is in its
+    User-Agent; anything else is a plain API client."""
+    agent = request.headers.get("User-Agent", "")
+    maillog.admin(
+        action,
+        ok=status < 400,
+        via="cli" if agent.startswith("peerctl/") else "api",
+        rip=request.remote or "",
+        target=target[:200],
+        status=status,
+    )
 
 
 def build_app(parts: Parts, routes: tuple[Route, ...] = ROUTES) -> web.Application:

@@ -115,3 +115,5 @@ class Route:
     # Request and answer headers the route reads and writes: (name, meaning).
     headers_in: tuple[tuple[str, str], ...] = ()
     headers_out: tuple[tuple[str, str], ...] = ()
+    # An admin action the mail log records (who asked, how, the answer); "": none.
+    action: str = ""

@@ -22,7 +22,7 @@ import logging
 from aiohttp import web
 from sqlalchemy.orm import Session
 
-from engine.accounts import find_account, normalize_account_name
+from engine.accounts import find_any, lookup_names
 from engine.delivery import parse_recipient, resolve_account
 from engine.errors import EngineError, InvalidArgument, NoSuchAccount, TemporaryFailure
 from ownership import authhttp, socketmap
@@ -50,7 +50,7 @@ async def route(call: Call[None, None]) -> web.Response:
     name = call.path("account")
 
     def read(session: Session) -> AccountRoute:
-        account = find_account(session, normalize_account_name(name))
+        account = find_any(session, lookup_names(name, node.config.accounts.lowercase_names))
         if account is None:
             raise NoSuchAccount(f"no such account: {name}")
         owner, epoch, state = _owner_of(session, node, account.name)
@@ -116,7 +116,12 @@ class SocketmapServer:
 
     def lookup(self, session: Session, query: socketmap.Lookup) -> socketmap.Reply:
         try:
-            recipient = parse_recipient(query.key, frozenset(self.node.config.node.local_domains))
+            config = self.node.config
+            recipient = parse_recipient(
+                query.key,
+                frozenset(d.lower() for d in config.node.local_domains),
+                config.accounts.lowercase_names,
+            )
         except InvalidArgument:
             return socketmap.not_found()
         if query.map_name not in ("transport", "mailbox") or "@" not in query.key:

@@ -2,7 +2,7 @@
 
 How this works: a route's body (or query) is a frozen dataclass whose fields
 say, through :func:`member`, what each JSON member must be
-(:class:`Text`, :class:`Integer`, :class:`Flag`, :class:`TextList`).
+(:class:`Text`, :class:`Integer`, :class:`Size`, :class:`Flag`, :class:`TextList`).
 :func:`json_schema` renders the class as the JSON Schema the OpenAPI
 document publishes, and :func:`parse` checks a decoded JSON object (or a
 query string) against the same fields and builds the dataclass, so what the
@@ -23,11 +23,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from engine.errors import InvalidArgument
+from peerd.node.config import SIZE_PATTERN, parse_size
 
 __all__ = [
     "Flag",
     "Integer",
     "Kind",
+    "Size",
     "Text",
     "TextList",
     "decode_body",
@@ -97,6 +99,37 @@ class Integer:
 
 
 @dataclass(frozen=True, slots=True)
+class Size:
+    """A byte count: an integer, or a string with a unit as the config writes
+    sizes (``"10M"``, ``"1G"``, ``"512K"``; binary units), read by the config's
+    own :func:`~peerd.node.config.parse_size`."""
+
+    nullable: bool = False
+
+    def schema(self) -> dict[str, Any]:
+        kinds: list[dict[str, Any]] = [
+            {"type": "integer", "minimum": 0, "maximum": INT64_MAX},
+            {"type": "string", "pattern": SIZE_PATTERN},
+        ]
+        if self.nullable:
+            kinds.append({"type": "null"})
+        return {"oneOf": kinds}
+
+    def check(self, name: str, value: Any) -> int | None:
+        if value is None and self.nullable:
+            return None
+        if not isinstance(value, bool) and isinstance(value, (int, str)):
+            try:
+                size = parse_size(value)
+            except ValueError:
+                pass
+            else:
+                if 0 <= size <= INT64_MAX:
+                    return size
+        raise InvalidArgument(f"{name} must be a size: bytes, or a number with K, M, G or T")
+
+
+@dataclass(frozen=True, slots=True)
 class Flag:
     def schema(self) -> dict[str, Any]:
         return {"type": "boolean"}
@@ -120,7 +153,7 @@ class TextList:
         return tuple(self.item.check(f"each of {name}", v) for v in value)
 
 
-Kind = Text | Integer | Flag | TextList
+Kind = Text | Integer | Size | Flag | TextList
 
 
 def member(kind: Kind, *, default: Any = dataclasses.MISSING) -> Any:

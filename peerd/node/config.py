@@ -24,6 +24,8 @@ from typing import Annotated, Any
 from apscheduler.triggers.cron import CronTrigger
 
 __all__ = [
+    "SIZE_PATTERN",
+    "AccountsConfig",
     "Address",
     "ApiConfig",
     "Config",
@@ -44,6 +46,7 @@ __all__ = [
     "SieveConfig",
     "SyncConfig",
     "TlsConfig",
+    "check_for_service",
     "load_config",
     "parse_config",
     "parse_duration",
@@ -70,6 +73,9 @@ class Address:
 
 _DURATION_RE = re.compile(r"\A\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*\Z")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+# A size as a string: digits and an optional binary unit (the control API's
+# schema publishes the same pattern).
+SIZE_PATTERN = r"^\s*\d+\s*([KMGTkmgt][iI]?[bB]?|[bB])?\s*$"
 _SIZE_RE = re.compile(r"\A\s*(\d+)\s*([KMGT]i?B?|B)?\s*\Z", re.IGNORECASE)
 
 
@@ -266,6 +272,14 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountsConfig:
+    # Account names' local part is case-insensitive: lower-cased when an
+    # account is made, and in every recipient, login and routing lookup
+    # (Cyrus's default). false: names are matched exactly as stored.
+    lowercase_names: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class HttpConfig:
     max_connections: int = 256
     max_connections_per_ip: int = 32
@@ -319,6 +333,7 @@ class Config:
     sieve: SieveConfig = field(default_factory=SieveConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    accounts: AccountsConfig = field(default_factory=AccountsConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
     scrub: ScrubConfig = field(default_factory=ScrubConfig)
@@ -478,6 +493,11 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
         )
     if not re.fullmatch(r"[a-z0-9][a-z0-9\-]{0,62}", config.node.name):
         raise ConfigError("[node] name must be lower-case letters, digits and dashes")
+    if config.partner.name and config.partner.name == config.node.name:
+        raise ConfigError(
+            f"[partner] name: {config.partner.name!r} is this node's own name;"
+            " give the other node's [node] name"
+        )
     if config.listen.http is not None and not config.api.token:
         raise ConfigError("[api] token is required when [listen] http is set")
     if (
@@ -504,6 +524,35 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
             " (or say sync_tls = false explicitly)"
         )
     return config
+
+
+# Values the shipped example holds for secrets: a node must not run with them.
+PLACEHOLDER_SECRETS = ("change-me", "change-me-too", "changeme")
+
+
+def check_for_service(config: Config) -> None:
+    """What ``check-config`` and ``run`` refuse beyond :func:`parse_config`: a
+    config that loads but must not serve (a secret still the example's, a sync
+    listener anyone could write to). Kept apart so the shipped example loads."""
+    secrets = (
+        ("[api] token", config.api.token),
+        ("[partner] token", config.partner.token),
+        ("[sync] sync_password", config.sync.sync_password),
+        ("[routing] auth_http_secret", config.routing.auth_http_secret),
+    )
+    for where, value in secrets:
+        if value.strip().lower() in PLACEHOLDER_SECRETS:
+            raise ConfigError(
+                f"{where} is still the example's {value!r}; put a secret of your own there"
+                " (e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+    if config.listen.sync is not None and not (
+        config.sync.sync_authname and config.sync.sync_password
+    ):
+        raise ConfigError(
+            "[listen] sync is set but [sync] sync_authname/sync_password are not: the"
+            " sync listener would refuse the partner; set both (the same on both nodes)"
+        )
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

@@ -205,9 +205,13 @@ class Node:
             self._failed("throttled", account_key, ip_key)
             return AuthResult(False, user, throttled=True)
 
+        lowercase = self.config.accounts.lowercase_names
+
         def lookup(session: Session) -> tuple[str, str]:
-            name = engine_accounts.normalize_account_name(user)
-            account = engine_accounts.get_account(session, name)
+            names = engine_accounts.lookup_names(user, lowercase)
+            account = engine_accounts.find_any(session, names)
+            if account is None:
+                raise NoSuchAccount(f"no such account: {names[0]}")
             return account.name, account.password_hash
 
         try:

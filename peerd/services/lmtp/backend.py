@@ -48,6 +48,7 @@ from engine.delivery import (
 from engine.errors import EngineError, NoSuchAccount
 from engine.spool import Staged
 from ownership.errors import OwnershipError
+from peerd.node import maillog
 from peerd.node.errormap import (
     S250_OK,
     S250_OK_DUPLICATE,
@@ -77,6 +78,8 @@ class Message:
     # The envelope sender (MAIL FROM; "" for the null path). None: the front
     # did not say; Sieve then reads the Return-Path header, if any.
     mail_from: str | None = None
+    # The sending MTA's queue id (its Received header's "id"), for the mail log.
+    queue_id: str | None = None
 
 
 class StoreBackend:
@@ -91,6 +94,7 @@ class StoreBackend:
         self.partner_knows = partner_knows
         lmtp = node.config.lmtp
         self.local_domains = frozenset(d.lower() for d in node.config.node.local_domains)
+        self.lowercase = node.config.accounts.lowercase_names
         self.options = DeliveryOptions(
             local_domains=self.local_domains,
             duplicate_window=lmtp.duplicate_window if lmtp.duplicate_suppression else None,
@@ -99,9 +103,25 @@ class StoreBackend:
         self.sieve = SieveFilter(node) if node.config.sieve.enabled else None
 
     async def check_rcpt(self, address: str) -> str | None:
-        """None if ``address`` may be delivered to now, else the reply that refuses it."""
+        """None if ``address`` may be delivered to now, else the reply that refuses it
+        (and its mail log line: a recipient refused before the message came)."""
+        refusal = await self._check_rcpt(address)
+        if refusal is not None:
+            maillog.delivery(
+                "deferred" if refusal.startswith("4") else "refused",
+                queue_id=None,
+                recipient=address,
+                account="",
+                mailbox="",
+                size=0,
+                guid="",
+                reply=refusal,
+            )
+        return refusal
+
+    async def _check_rcpt(self, address: str) -> str | None:
         try:
-            recipient = parse_recipient(address, self.local_domains)
+            recipient = parse_recipient(address, self.local_domains, self.lowercase)
         except EngineError:
             return S501_BAD_ADDRESS
 
@@ -144,7 +164,9 @@ class StoreBackend:
         parsed: list[tuple[str, Recipient | EngineError]] = []
         for address in message.recipients:
             try:
-                parsed.append((address, parse_recipient(address, self.local_domains)))
+                parsed.append(
+                    (address, parse_recipient(address, self.local_domains, self.lowercase))
+                )
             except EngineError as exc:
                 parsed.append((address, exc))
         filtered = await self._filtered(parsed)
@@ -184,7 +206,10 @@ class StoreBackend:
         ] + [r.account for r in results if isinstance(r, Stored) and r.stored]
         for hook in self.node.after_delivery:
             await hook(delivered)
-        return [self._reply(result) for result in results]
+        replies = [self._reply(result) for result in results]
+        for (address, _), result, reply in zip(parsed, results, replies, strict=True):
+            _log_delivery(message, address, result, reply)
+        return replies
 
     async def _filtered(
         self, parsed: list[tuple[str, Recipient | EngineError]]
@@ -230,6 +255,31 @@ class StoreBackend:
         log.error("delivery failed unexpectedly: %r", result)
         counters.inc("lmtp_temp_failures")
         return S451_LOCAL_ERROR
+
+
+def _log_delivery(message: Message, address: str, result: Any, reply: str) -> None:
+    """One mail log line for one recipient (:func:`peerd.node.maillog.delivery`)."""
+    account = mailbox = ""
+    if isinstance(result, DeliveryResult):
+        account, mailbox = result.account, result.mailbox
+        outcome = "duplicate" if result.duplicate else "stored"
+    elif isinstance(result, Stored):
+        account, mailbox = result.account, "(sieve)"
+        outcome = "stored" if result.stored else "discarded" if reply.startswith("2") else ""
+    else:
+        outcome = ""
+    if not outcome:
+        outcome = "deferred" if reply.startswith("4") else "refused"
+    maillog.delivery(
+        outcome,
+        queue_id=message.queue_id,
+        recipient=address,
+        account=account,
+        mailbox=mailbox,
+        size=message.size,
+        guid=message.staged.guid,
+        reply=reply,
+    )
 
 
 async def _failed(exc: Exception) -> Any:

@@ -50,6 +50,7 @@ from typing import Any, Protocol, cast
 from engine.delivery import message_id_of, parse_recipient
 from engine.errors import EngineError
 from engine.spool import Spool
+from peerd.node import maillog
 from peerd.node.config import Config
 from peerd.node.errormap import (
     S421_SHUTTING_DOWN,
@@ -216,7 +217,14 @@ class LmtpHandler:
         except EngineError as exc:
             return [lmtp_reply(exc)] * len(recipients)
         return await self.backend.deliver(
-            Message(recipients, staged, len(data), message_id_of(data), mail_from=sender)
+            Message(
+                recipients,
+                staged,
+                len(data),
+                message_id_of(data),
+                mail_from=sender,
+                queue_id=maillog.queue_id_of(data),
+            )
         )
 
 

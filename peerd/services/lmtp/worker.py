@@ -28,7 +28,7 @@ worker -> daemon           daemon -> worker
 "recipients", "guid",      recipient, in order
 "tmp", "size",
 "message_id",
-"mail_from"}``
+"mail_from", "queue_id"}``
 =========================  ===============================================
 
 Lifecycle: the listening socket stays open in the daemon while a worker is
@@ -218,6 +218,7 @@ class WorkerPool:
                 size=int(request["size"]),
                 message_id=request.get("message_id"),
                 mail_from=None if request.get("mail_from") is None else str(request["mail_from"]),
+                queue_id=None if request.get("queue_id") is None else str(request["queue_id"]),
             )
             return {"replies": await self.backend.deliver(message)}
         raise ValueError(f"unknown request {op!r}")
@@ -447,6 +448,7 @@ class PipeBackend:
                     "size": message.size,
                     "message_id": message.message_id,
                     "mail_from": message.mail_from,
+                    "queue_id": message.queue_id,
                 }
             )
         except ConnectionError:

@@ -1,0 +1,229 @@
+"""The errors a new admin hits first: each is one line saying what to do,
+exit status 2, never a traceback (issue 12, "Errors a newcomer hits")."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness.procs import free_port
+from tests.nodes import Node, peerctl, write_config
+
+LoneNode = Callable[..., Node]
+
+
+def _peerd(*args: str, cwd: Path, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "peerd", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def _refused_in_one_line(done: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """Exit status 2, no traceback, and the last line of stderr says it all."""
+    out = done.stdout + done.stderr
+    assert done.returncode == 2, out
+    assert "Traceback" not in out, out
+    last = done.stderr.strip().splitlines()[-1]
+    for needle in needles:
+        assert needle in last, last
+    return last
+
+
+def _variant(node: Node, path: Path, change: Callable[[dict[str, Any]], None]) -> Path:
+    sections = tomllib.loads(node.config.read_text())
+    change(sections)
+    write_config(path, sections)
+    return path
+
+
+# -- check-config ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (lambda s: s["api"].update(token="change-me"), "[api] token is still the example's"),
+        (
+            lambda s: s["sync"].update(sync_password="change-me-too"),
+            "[sync] sync_password is still the example's",
+        ),
+        (lambda s: s["partner"].update(name="alpha"), "[partner] name: 'alpha' is this node's"),
+        (
+            lambda s: s["sync"].pop("sync_password"),
+            "[listen] sync is set but [sync] sync_authname/sync_password are not",
+        ),
+    ],
+    ids=["example-token", "example-sync-password", "partner-is-self", "sync-listener-open"],
+)
+def test_check_config_and_run_refuse_what_must_not_serve(
+    lone_node: LoneNode, tmp_path: Path, change: Callable[[dict[str, Any]], None], needle: str
+) -> None:
+    node = lone_node(start=False)
+    bad = _variant(node, node.workdir / "bad.toml", change)
+    line = _refused_in_one_line(_peerd("check-config", "-c", str(bad), cwd=node.workdir), needle)
+    assert line.startswith(f"peerd: {bad}: ")
+    # `run` refuses the same before it touches anything.
+    _refused_in_one_line(_peerd("run", "-c", str(bad), cwd=node.workdir), needle)
+
+
+# -- peerd run ---------------------------------------------------------------------
+
+
+def test_a_port_in_use_is_one_line_naming_the_listener(lone_node: LoneNode) -> None:
+    node = lone_node(start=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", node.ports["imap"]))
+        taken.listen()
+        done = _peerd("run", "-c", str(node.config), cwd=node.workdir)
+    _refused_in_one_line(done, "[listen] imap", "already in use", str(node.ports["imap"]))
+
+
+def test_postgresql_unreachable_is_one_line(lone_node: LoneNode) -> None:
+    node = lone_node(start=False)
+    url = f"postgresql+psycopg://peerd:pw@127.0.0.1:{free_port()}/peerd"
+    bad = _variant(node, node.workdir / "pg.toml", lambda s: s["database"].update(url=url))
+    done = _peerd("run", "-c", str(bad), cwd=node.workdir)
+    _refused_in_one_line(done, "cannot reach the database", "start PostgreSQL", "[database] url")
+
+
+def test_a_second_daemon_on_the_same_data_dir_is_refused(lone_node: LoneNode) -> None:
+    node = lone_node()
+
+    def other_ports(sections: dict[str, Any]) -> None:
+        sections["listen"] = {k: f"127.0.0.1:{free_port()}" for k in sections["listen"]}
+
+    second = _variant(node, node.workdir / "second.toml", other_ports)
+    done = _peerd("run", "-c", str(second), cwd=node.workdir)
+    _refused_in_one_line(done, "is in use by another peerd", f"(pid {node.pid})")
+    assert node.healthy()
+    # Once the first stops, the lock is free again.
+    assert node.stop() == 0
+    node.start()
+
+
+def test_a_data_dir_just_created_is_said_at_start(lone_node: LoneNode, tmp_path: Path) -> None:
+    node = lone_node(start=False)
+    fresh = tmp_path / "elsewhere" / "alpha"
+    config = _variant(
+        node,
+        node.workdir / "fresh.toml",
+        lambda s: s.update(node={**s["node"], "data_dir": str(fresh)}, database={}),
+    )
+    moved = Node(config, node.workdir, name="fresh", template=False)
+    try:
+        moved.start()
+        text = moved.log.read_text()
+        assert f"data_dir {fresh} did not exist and was just created" in text
+        assert "starts with 0 account(s)" in text
+        moved.add_account("alice")
+        moved.restart()
+        assert moved.log.read_text().count("was just created") == 1
+    finally:
+        moved.stop()
+
+
+# -- peerctl -----------------------------------------------------------------------
+
+
+def test_peerctl_into_a_closed_pipe_says_nothing(lone_node: LoneNode) -> None:
+    node = lone_node()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "peerd.cli", "-c", str(node.config), "status"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=node.workdir,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # `| head` that has read enough: no reader left
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(60) == 2
+    assert err == ""
+
+
+def test_ctrl_c_at_the_password_prompt_is_one_line(lone_node: LoneNode) -> None:
+    node = lone_node()
+    argv = [sys.executable, "-m", "peerd.cli", "-c", str(node.config), "account", "add", "zed"]
+    pid, master = pty.fork()
+    if pid == 0:  # the child: a terminal of its own, as at a shell
+        os.chdir(node.workdir)
+        os.execv(sys.executable, argv)
+    output = b""
+    try:
+        deadline = time.monotonic() + 60
+        while b"Password:" not in output and time.monotonic() < deadline:
+            if select.select([master], [], [], 1)[0]:
+                output += os.read(master, 1024)
+        assert b"Password:" in output, output
+        os.write(master, b"\x03")  # Ctrl-C: the terminal sends SIGINT
+        while time.monotonic() < deadline:
+            if not select.select([master], [], [], 1)[0]:
+                continue
+            try:
+                chunk = os.read(master, 1024)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+        _, status = os.waitpid(pid, 0)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    finally:
+        os.close(master)
+    text = output.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 2, text
+    assert "peerctl: interrupted" in text and "Traceback" not in text, text
+    assert node.call("GET", "/v1/accounts")["accounts"] == []
+
+
+def test_reconcile_of_one_account_fails_with_a_non_zero_status(lone_node: LoneNode) -> None:
+    # A partner named but not there: the reconcile cannot compare anything.
+    node = lone_node({"sync": {"sync_host": "127.0.0.1", "sync_port": free_port()}})
+    node.add_account("alice")
+    done = peerctl(node, "reconcile", "-u", "alice")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "FAILED alice" in done.stdout
+    assert "peerctl: reconcile failed: 1 account(s)" in done.stderr
+
+
+# -- sizes -------------------------------------------------------------------------
+
+
+def test_quotas_take_size_units_in_peerctl_and_the_api(lone_node: LoneNode) -> None:
+    node = lone_node()
+    done = peerctl(
+        node, "account", "add", "alice", "--quota", "10M", "--password-stdin", stdin="pw\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "quota 10.0 MiB" in done.stdout
+    assert node.call("GET", "/v1/accounts/alice")["quota_limit"] == 10 << 20
+    done = peerctl(node, "account", "quota", "alice", "5M")
+    assert done.returncode == 0, done.stderr
+    assert node.call("GET", "/v1/accounts/alice")["quota_limit"] == 5 << 20
+    node.call("PUT", "/v1/accounts/alice/quota", {"quota_limit": "1G"})
+    assert node.call("GET", "/v1/accounts/alice")["quota_limit"] == 1 << 30
+    node.call("PUT", "/v1/accounts/alice/quota", {"quota_limit": 1234})
+    assert node.call("GET", "/v1/accounts/alice")["quota_limit"] == 1234
+    node.call("POST", "/v1/accounts", {"name": "bob", "password": "pw", "quota_limit": "512K"})
+    assert node.call("GET", "/v1/accounts/bob")["quota_limit"] == 512 << 10
+    done = peerctl(node, "account", "quota", "alice", "5 parsecs")
+    assert done.returncode == 2 and "give bytes, a size like 10M" in done.stderr
