@@ -363,7 +363,9 @@ def decode_annotations(value: Any) -> tuple[tuple[str, str, bytes], ...]:
         mailbox = "" if item[0] == "" else _uniqueid(item[0])
         entry = _str(item[1], "annotation entry", MAX_ANNOTATION_ENTRY)
         try:
-            data = base64.b64decode(_str(item[2], "annotation value", 4 * MAX_ANNOTATION_VALUE))
+            data = base64.b64decode(
+                _str(item[2], "annotation value", 4 * MAX_ANNOTATION_VALUE), validate=True
+            )
         except binascii.Error as exc:
             raise SyncProtocolError("an annotation value is base64") from exc
         if len(data) > MAX_ANNOTATION_VALUE:

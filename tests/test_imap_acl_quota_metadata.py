@@ -9,6 +9,7 @@ import socket
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,7 +43,7 @@ def connect(node: Node, account: str = "alice") -> imaplib.IMAP4:
     return client
 
 
-def run(client: imaplib.IMAP4, name: str, *args: str) -> tuple[str, bytes, list[object]]:
+def run(client: imaplib.IMAP4, name: str, *args: str) -> tuple[str, bytes, list[Any]]:
     """One command: its tagged status, the tagged line's text, and the
     untagged responses named like the command's answer."""
     answer = {"GETACL": "ACL", "GETQUOTAROOT": "QUOTAROOT", "GETQUOTA": "QUOTA"}

@@ -4,8 +4,8 @@ How this works: the account's quota is the store's (:mod:`engine.quota`:
 a byte limit per account, set with peerctl or the API, and the exact usage
 kept by every write); the core (:mod:`peerd.protocols.imap.quota`) names
 the one quota root ``""`` and writes the responses. A write past the limit
-is refused by the store with ``NO [OVERQUOTA]`` (RFC 9208 5.1; APPEND, COPY
-and MOVE, through :mod:`peerd.node.errormap`). SETQUOTA is an
+is refused by the store with ``NO [OVERQUOTA]`` (RFC 9208 5.1; APPEND and
+COPY, through :mod:`peerd.node.errormap`). SETQUOTA is an
 administrator's command and IMAP users are not administrators: ``NO``.
 """
 
