@@ -10,9 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peerd.protocols.imap import acl, metadata, quota
+from peerd.protocols.imap import acl, grammar, metadata, quota
 from peerd.protocols.imap import commands as c
-from peerd.protocols.imap import grammar
 from peerd.protocols.imap import responses as r
 from peerd.protocols.imap.fetchatt import BodySection, Item, SectionKind
 from peerd.protocols.imap.parser import (
