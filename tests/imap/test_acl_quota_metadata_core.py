@@ -78,6 +78,7 @@ def test_rights_arithmetic() -> None:
     assert acl.modify("lkxet", "-d") == "lkx"
     assert acl.shown("lkxet") == "lkxtecd"
     assert acl.shown("lk") == "lk"
+    assert acl.shown("lzr") == "lr"  # stored elsewhere: an unknown letter is not shown
     with pytest.raises(CommandError):
         acl.modify("", "lz")
 

@@ -63,8 +63,9 @@ def canonical(letters: str) -> str:
 
 
 def shown(rights: str) -> str:
-    """Rights as a response shows them: with ``c``/``d`` where all they stand for are held."""
-    have = canonical(rights)
+    """Rights as a response shows them: with ``c``/``d`` where all they stand for are
+    held; a letter that is no right (not from this server) is left out."""
+    have = canonical("".join(r for r in rights if r in RIGHTS or r in _OBSOLETE))
     extra = "".join(old for old, new in _OBSOLETE.items() if all(r in have for r in new))
     return have + extra
 
