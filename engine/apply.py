@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from engine import annotations as annotation_store
 from engine import sieve as sieve_store
 from engine import synclog
 from engine.accounts import create_account, delete_account, find_account
@@ -274,6 +275,8 @@ def apply_push(session: Session, push: Push, has: Callable[[str], bool]) -> Appl
         sieve_store.replace_scripts(session, account, push.sieve)
     if push.vacations is not None:
         sieve_store.replace_vacations(session, account, push.vacations)
+    if push.annotations is not None:
+        annotation_store.replace(session, account, push.annotations)
     session.flush()
     return result
 

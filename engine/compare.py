@@ -124,6 +124,8 @@ class Push:
     # scripts with the active mark, and its vacation records; None: unchanged.
     sieve: tuple[tuple[str, str, bool], ...] | None = None
     vacations: tuple[tuple[str, str], ...] | None = None
+    # METADATA (Cyrus's ANNOTATION): the owner's whole set; None: unchanged.
+    annotations: tuple[tuple[str, str, bytes], ...] | None = None
 
     @property
     def empty(self) -> bool:
@@ -135,6 +137,7 @@ class Push:
             and self.subscriptions is None
             and self.sieve is None
             and self.vacations is None
+            and self.annotations is None
         )
 
     @property
@@ -310,6 +313,7 @@ def compare(
         # An account the replica lacks has no Sieve state there: () is equal.
         sieve=owner.sieve if owner.sieve != replica.sieve else None,
         vacations=owner.vacations if owner.vacations != replica.vacations else None,
+        annotations=owner.annotations if owner.annotations != replica.annotations else None,
     )
     repairs = Repairs(tuple(pulls), tuple(reassigns), tuple(raise_last_uid), tuple(restamps))
     return repairs, push

@@ -64,13 +64,22 @@ def mark_of(state: AccountState) -> AccountState:
 def _same_shape(a: AccountState, b: AccountState) -> bool:
     """Equal but for the records' content: same account fields, same mailboxes
     (by uniqueid, with the same name, UIDVALIDITY and ACL)."""
-    if (a.exists, a.password_hash, a.quota_limit, a.subscriptions, a.sieve, a.vacations) != (
+    if (
+        a.exists,
+        a.password_hash,
+        a.quota_limit,
+        a.subscriptions,
+        a.sieve,
+        a.vacations,
+        a.annotations,
+    ) != (
         b.exists,
         b.password_hash,
         b.quota_limit,
         b.subscriptions,
         b.sieve,
         b.vacations,
+        b.annotations,
     ):
         return False
     return _shape(a) == _shape(b)

@@ -17,6 +17,8 @@ status, IMAP ``NO``/``BAD``, POP3, LMTP and ManageSieve replies in exactly one p
     ├── TooManyScripts                 (Sieve: the per-account script cap)
     ├── InvalidArgument                (a bad name, flag, size, ...)
     │   └── LimitExceeded              (past a limit the sync channel enforces: engine.limits)
+    │       ├── AnnotationTooLarge     (a METADATA value past MAX_ANNOTATION_VALUE)
+    │       └── TooManyAnnotations     (an account's METADATA entries past MAX_ANNOTATIONS)
     ├── OverQuota                      (permanent for this message)
     ├── MessageTooLarge
     ├── Corrupt                        (spool bytes do not match their GUID)
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 __all__ = [
     "AlreadyExists",
+    "AnnotationTooLarge",
     "Corrupt",
     "DatabaseBusy",
     "EngineError",
@@ -60,6 +63,7 @@ __all__ = [
     "SyncStale",
     "SyncVersionMismatch",
     "TemporaryFailure",
+    "TooManyAnnotations",
     "TooManyScripts",
 ]
 
@@ -119,6 +123,14 @@ class LimitExceeded(InvalidArgument):
     where it enters, so it can never wedge an account's replication."""
 
     code = "limit_exceeded"
+
+
+class AnnotationTooLarge(LimitExceeded):
+    code = "annotation_too_large"
+
+
+class TooManyAnnotations(LimitExceeded):
+    code = "too_many_annotations"
 
 
 class OverQuota(EngineError):

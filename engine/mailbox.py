@@ -18,12 +18,13 @@ import time
 import uuid
 from typing import Protocol
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from engine import synclog
 from engine.errors import AlreadyExists, InvalidArgument, NoSuchMailbox
-from engine.models import Account, Mailbox, MailboxTombstone, Message, Subscription
+from engine.limits import check_acl
+from engine.models import Account, Annotation, Mailbox, MailboxTombstone, Message, Subscription
 
 __all__ = [
     "SEPARATOR",
@@ -194,6 +195,12 @@ def delete_mailbox(session: Session, account: Account, name: str) -> Mailbox:
     )
     account.quota_used = max(0, account.quota_used - int(used or 0))
     session.add(MailboxTombstone(account_id=account.id, uniqueid=mailbox.uniqueid, name=name))
+    # Its METADATA entries (engine.annotations) go with it.
+    session.execute(
+        delete(Annotation).where(
+            Annotation.account_id == account.id, Annotation.mailbox == mailbox.uniqueid
+        )
+    )
     session.delete(mailbox)
     synclog.record(session, account.name, mailbox.uniqueid, "mailbox")
     session.flush()
@@ -202,7 +209,7 @@ def delete_mailbox(session: Session, account: Account, name: str) -> Mailbox:
 
 def set_acl(session: Session, account: Account, name: str, acl: dict[str, str]) -> None:
     mailbox = get_mailbox(session, account, name)
-    mailbox.acl = json.dumps(acl, sort_keys=True)
+    mailbox.acl = check_acl(acl)
     synclog.record(session, account.name, mailbox.uniqueid, "mailbox")
 
 

@@ -22,6 +22,9 @@ How this works, in Cyrus's terms:
 - ``mailbox_tombstones``: deleted mailboxes by uniqueid, for the same reason.
 - ``sieve_scripts`` (per account, one active) and ``vacation_sent`` (Sieve
   vacation reply-once records), both replicated.
+- ``annotations``: METADATA entries (RFC 5464) by account, mailbox uniqueid
+  (``""`` for the server's entries) and entry name, replicated like Cyrus's
+  ANNOTATION records.
 - ``subscriptions``, ``duplicates`` (Message-ID delivery suppression),
   ``message_meta`` (a per-GUID cache computed once at append: what IMAP needs
   for ENVELOPE/BODYSTRUCTURE without reparsing), and the ``sync_log``.
@@ -48,6 +51,7 @@ from engine.db import Base, utcnow
 
 __all__ = [
     "Account",
+    "Annotation",
     "Duplicate",
     "GuidHistory",
     "Mailbox",
@@ -111,6 +115,20 @@ class Message(Base):
     flags: Mapped[str] = mapped_column(Text, default="")
     modseq: Mapped[int] = mapped_column(BigInteger)
     expunged: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Annotation(Base):
+    """One METADATA entry (RFC 5464): ``mailbox`` is the mailbox's uniqueid,
+    ``""`` for the server's entries; ``entry`` is lower case (``/private/comment``)."""
+
+    __tablename__ = "annotations"
+
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    mailbox: Mapped[str] = mapped_column(String(32), primary_key=True)
+    entry: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class GuidHistory(Base):

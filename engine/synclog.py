@@ -52,6 +52,7 @@ KINDS = {
     "seen": 4,
     "sub": 5,
     "sieve": 5,
+    "annotation": 5,
 }
 
 

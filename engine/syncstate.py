@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from engine import annotations as annotation_store
 from engine import sieve as sieve_store
 from engine.models import (
     Account,
+    Annotation,
     GuidHistory,
     Mailbox,
     MailboxTombstone,
@@ -119,6 +121,9 @@ class AccountState:
     # vacation reply-once records (key, until).
     sieve: tuple[tuple[str, str, bool], ...] = ()
     vacations: tuple[tuple[str, str], ...] = ()
+    # METADATA (engine.annotations, Cyrus's ANNOTATION): (mailbox uniqueid or
+    # "" for the server's, entry, value), sorted.
+    annotations: tuple[tuple[str, str, bytes], ...] = ()
 
     def by_uniqueid(self) -> dict[str, MailboxState]:
         return {m.summary.uniqueid: m for m in self.mailboxes}
@@ -235,6 +240,7 @@ def read_account_state(
         tombstones=tombstones,
         sieve=sieve_store.script_rows(session, account.id),
         vacations=sieve_store.vacation_rows(session, account.id),
+        annotations=annotation_store.rows(session, account.id),
     )
 
 
@@ -346,6 +352,12 @@ def account_digests(session: Session, names: Iterable[str] | None = None) -> dic
     ):
         if account_id in sieve:
             sieve[account_id].append(f"v\0{key}\0{sieve_store.utc(until).strftime('%Y%m%d%H%M%S')}")
+    notes: dict[int, list[str]] = {i: [] for i in accounts}
+    for account_id, box, entry, value in session.execute(
+        select(Annotation.account_id, Annotation.mailbox, Annotation.entry, Annotation.value)
+    ):
+        if account_id in notes:
+            notes[account_id].append(f"{box}\0{entry}\0{bytes(value).hex()}")
     for account_id, name in session.execute(select(Subscription.account_id, Subscription.name)):
         if account_id in subs:
             subs[account_id].append(name)
@@ -360,6 +372,8 @@ def account_digests(session: Session, names: Iterable[str] | None = None) -> dic
             ]
             # Only accounts with Sieve state: the digests of the others stay as they were.
             + (["\2".join(sorted(sieve[account_id]))] if sieve[account_id] else [])
+            # Likewise METADATA entries.
+            + (["a\2" + "\2".join(sorted(notes[account_id]))] if notes[account_id] else [])
         )
         out[name] = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
     return out

@@ -21,6 +21,8 @@ keeps the previous one readable, so a pair upgrades one node at a time.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import json
 import re
@@ -30,7 +32,13 @@ from typing import Any
 
 from engine.compare import MailboxPush, Push
 from engine.errors import SyncProtocolError, SyncVersionMismatch
-from engine.limits import MAX_FLAGS_CHARS
+from engine.limits import (
+    MAX_ACL_CHARS,
+    MAX_ANNOTATION_ENTRY,
+    MAX_ANNOTATION_VALUE,
+    MAX_ANNOTATIONS,
+    MAX_FLAGS_CHARS,
+)
 from engine.spool import guid_of
 from engine.syncstate import AccountState, MailboxState, MailboxSummary, RecordState
 
@@ -214,7 +222,7 @@ def decode_summary(value: Any) -> MailboxSummary:
         uidvalidity=_int(value.get("uidvalidity"), "uidvalidity", 1),
         last_uid=_int(value.get("last_uid"), "last_uid"),
         highestmodseq=_int(value.get("highestmodseq"), "highestmodseq"),
-        acl=_str(value.get("acl", "{}"), "acl", 65536),
+        acl=_str(value.get("acl", "{}"), "acl", MAX_ACL_CHARS),
         checksum=_signed(value.get("checksum"), "checksum"),
         exists=_int(value.get("exists"), "exists"),
         sync_base=_int(value.get("sync_base", 0), "sync_base"),
@@ -231,6 +239,7 @@ def encode_account_state(state: AccountState) -> dict[str, Any]:
         "tombstones": sorted(state.tombstones),
         "sieve": [list(s) for s in state.sieve],
         "vacations": [list(v) for v in state.vacations],
+        "annotations": encode_annotations(state.annotations),
         "mailboxes": [
             {
                 "summary": encode_summary(m.summary),
@@ -269,6 +278,7 @@ def decode_account_state(value: Any) -> AccountState:
         ),
         sieve=decode_sieve(value.get("sieve", [])),
         vacations=decode_vacations(value.get("vacations", [])),
+        annotations=decode_annotations(value.get("annotations", [])),
     )
 
 
@@ -282,6 +292,7 @@ def encode_push(push: Push) -> dict[str, Any]:
         "subscriptions": list(push.subscriptions) if push.subscriptions is not None else None,
         "sieve": None if push.sieve is None else [list(s) for s in push.sieve],
         "vacations": None if push.vacations is None else [list(v) for v in push.vacations],
+        "annotations": None if push.annotations is None else encode_annotations(push.annotations),
         "mailboxes": [
             {
                 "summary": encode_summary(m.summary),
@@ -331,7 +342,36 @@ def decode_push(value: Any) -> Push:
         else tuple(_str(s, "subscription") for s in _list(subscriptions, "subscriptions")),
         sieve=None if value.get("sieve") is None else decode_sieve(value["sieve"]),
         vacations=None if value.get("vacations") is None else decode_vacations(value["vacations"]),
+        annotations=None
+        if value.get("annotations") is None
+        else decode_annotations(value["annotations"]),
     )
+
+
+def encode_annotations(rows: Iterable[tuple[str, str, bytes]]) -> list[list[str]]:
+    """METADATA entries (Cyrus's ANNOTATION): ``[[uniqueid or "", entry, base64 value], ...]``."""
+    return [[m, e, base64.b64encode(v).decode("ascii")] for m, e, v in rows]
+
+
+def decode_annotations(value: Any) -> tuple[tuple[str, str, bytes], ...]:
+    """The account's METADATA entries, within :mod:`engine.limits` (the same
+    limits the IMAP server checks where they are set)."""
+    out = []
+    for item in _list(value, "annotations", MAX_ANNOTATIONS):
+        if not isinstance(item, list) or len(item) != 3:
+            raise SyncProtocolError("an annotation is [mailbox uniqueid, entry, value]")
+        mailbox = "" if item[0] == "" else _uniqueid(item[0])
+        entry = _str(item[1], "annotation entry", MAX_ANNOTATION_ENTRY)
+        try:
+            data = base64.b64decode(
+                _str(item[2], "annotation value", 4 * MAX_ANNOTATION_VALUE), validate=True
+            )
+        except binascii.Error as exc:
+            raise SyncProtocolError("an annotation value is base64") from exc
+        if len(data) > MAX_ANNOTATION_VALUE:
+            raise SyncProtocolError(f"an annotation value is at most {MAX_ANNOTATION_VALUE} octets")
+        out.append((mailbox, entry, data))
+    return tuple(out)
 
 
 # A script is at most 256 KiB (docs/sieve.md); a name at most 512 octets.

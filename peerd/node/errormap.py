@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from engine.errors import (
     AlreadyExists,
+    AnnotationTooLarge,
     Corrupt,
     DatabaseBusy,
     EngineError,
@@ -37,8 +38,10 @@ from engine.errors import (
     SyncRefused,
     SyncStale,
     TemporaryFailure,
+    TooManyAnnotations,
     TooManyScripts,
 )
+from engine.limits import MAX_ANNOTATION_VALUE
 from ownership.errors import (
     NotCaughtUp,
     NotOwner,
@@ -182,6 +185,8 @@ _IMAP: dict[type[BaseException], tuple[str, str | None]] = {
     AlreadyExists: ("NO", "ALREADYEXISTS"),
     InvalidArgument: ("BAD", "CLIENTBUG"),
     LimitExceeded: ("NO", "LIMIT"),  # RFC 5530 3
+    AnnotationTooLarge: ("NO", f"METADATA MAXSIZE {MAX_ANNOTATION_VALUE}"),  # RFC 5464 4.3
+    TooManyAnnotations: ("NO", "METADATA TOOMANY"),  # RFC 5464 4.3
     MessageTooLarge: ("NO", "TOOBIG"),
     NotOwner: ("NO", "UNAVAILABLE"),
     Corrupt: ("NO", "SERVERBUG"),

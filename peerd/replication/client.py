@@ -573,6 +573,9 @@ class SyncClient:
             report.steps.append(f'ACTIVATE_SIEVE {account} "{active}"')
         if push.vacations is not None:
             report.steps.append(f"VACATION {account} [{len(push.vacations)} records]")
+        if push.annotations is not None:
+            # Cyrus's ANNOTATION records: the account's whole set travels.
+            report.steps.append(f"ANNOTATION {account} [{len(push.annotations)} entries]")
         if push.account_fields is not None:
             report.steps.append(f"QUOTA {account} {push.account_fields[1]}")
         if push.delete_account:

@@ -44,6 +44,7 @@ STATE = syncwire.encode_account_state(
         tombstones=frozenset({"ff"}),
         sieve=(("main", "keep;", True),),
         vacations=(("k", "2026-01-01T00:00:00+00:00"),),
+        annotations=(("", "/private/a", b"v"), ("0a1b", "/shared/b", b"\x00")),
     )
 )
 PUSH = syncwire.encode_push(
@@ -55,6 +56,7 @@ PUSH = syncwire.encode_push(
         subscriptions=("INBOX",),
         sieve=(("main", "keep;", False),),
         vacations=(("k", "2026-01-01T00:00:00+00:00"),),
+        annotations=(("0a1b", "/private/comment", b"c"),),
     )
 )
 

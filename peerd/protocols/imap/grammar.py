@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Final, Literal
 
+from peerd.protocols.imap import acl, metadata, quota
 from peerd.protocols.imap import commands as c
 from peerd.protocols.imap.fetchatt import Item, parse_fetch_atts
 from peerd.protocols.imap.listing import SEPARATOR
@@ -463,6 +464,10 @@ _PLAIN: Final[dict[str, Callable[[str, _Args], c.Command]]] = {
     "LSUB": _lsub,
     "STATUS": _status,
     "APPEND": _append,
+    # ACL (RFC 4314), QUOTA (RFC 9208), METADATA (RFC 5464): their own modules.
+    **acl.BUILDERS,
+    **quota.BUILDERS,
+    **metadata.BUILDERS,
 }
 # Commands that also come as "UID <command>" (RFC 3501 6.4.8; UID EXPUNGE RFC 4315).
 _UID: Final[dict[str, Callable[[str, _Args, bool], c.Command]]] = {

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final
 
+from peerd.protocols.imap import acl, metadata, quota
 from peerd.protocols.imap import commands as c
 
 __all__ = ["ALLOWED", "State", "allowed"]
@@ -36,22 +37,29 @@ _ANY: Final = frozenset({c.Capability, c.Noop, c.Logout, c.Id})
 
 _NOT_AUTHENTICATED: Final = _ANY | {c.StartTLS, c.Login, c.Authenticate}
 
-# RFC 3501 6.3, NAMESPACE (RFC 2342 5) and IDLE (RFC 2177) here and when selected.
-_AUTHENTICATED_AND_SELECTED: Final = _ANY | {
-    c.Namespace,
-    c.Select,
-    c.Examine,
-    c.Create,
-    c.Delete,
-    c.Rename,
-    c.Subscribe,
-    c.Unsubscribe,
-    c.List,
-    c.Lsub,
-    c.Status,
-    c.Append,
-    c.Idle,
-}
+# RFC 3501 6.3, NAMESPACE (RFC 2342 5) and IDLE (RFC 2177) here and when selected;
+# so are ACL (RFC 4314 3), QUOTA (RFC 9208 4.1) and METADATA (RFC 5464 4).
+_AUTHENTICATED_AND_SELECTED: Final = (
+    _ANY
+    | acl.COMMANDS
+    | quota.COMMANDS
+    | metadata.COMMANDS
+    | {
+        c.Namespace,
+        c.Select,
+        c.Examine,
+        c.Create,
+        c.Delete,
+        c.Rename,
+        c.Subscribe,
+        c.Unsubscribe,
+        c.List,
+        c.Lsub,
+        c.Status,
+        c.Append,
+        c.Idle,
+    }
+)
 
 # ENABLE only before a mailbox is selected (RFC 5161 3.1).
 _AUTHENTICATED: Final = _AUTHENTICATED_AND_SELECTED | {c.Enable}

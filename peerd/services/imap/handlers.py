@@ -16,7 +16,17 @@ from types import MappingProxyType
 from typing import Final
 
 from peerd.protocols.imap import commands as c
-from peerd.services.imap import connection, fetch, idle, mailboxes, messages, search
+from peerd.services.imap import (
+    acl,
+    connection,
+    fetch,
+    idle,
+    mailboxes,
+    messages,
+    metadata,
+    quota,
+    search,
+)
 from peerd.services.imap.session import Handler
 
 __all__ = ["HANDLERS"]
@@ -29,5 +39,8 @@ HANDLERS: Final[Mapping[type[c.Command], Handler]] = MappingProxyType(
         **messages.HANDLERS,  # selected: EXPUNGE, STORE, COPY, MOVE, CLOSE
         **fetch.HANDLERS,
         **search.HANDLERS,
+        **acl.HANDLERS,  # RFC 4314
+        **quota.HANDLERS,  # RFC 9208
+        **metadata.HANDLERS,  # RFC 5464
     }
 )

@@ -1,0 +1,73 @@
+"""IMAP QUOTA commands (RFC 9208): GETQUOTA, GETQUOTAROOT, SETQUOTA.
+
+How this works: the account's quota is the store's (:mod:`engine.quota`:
+a byte limit per account, set with peerctl or the API, and the exact usage
+kept by every write); the core (:mod:`peerd.protocols.imap.quota`) names
+the one quota root ``""`` and writes the responses. A write past the limit
+is refused by the store with ``NO [OVERQUOTA]`` (RFC 9208 5.1; APPEND and
+COPY, through :mod:`peerd.node.errormap`). SETQUOTA is an
+administrator's command and IMAP users are not administrators: ``NO``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from engine import acl as acl_store
+from engine import quota as quota_store
+from peerd.protocols.imap import commands as c
+from peerd.protocols.imap.acl import CODE_NOPERM
+from peerd.protocols.imap.quota import (
+    ROOT,
+    GetQuota,
+    GetQuotaRoot,
+    SetQuota,
+    quota_response,
+    quotaroot_response,
+)
+from peerd.protocols.imap.responses import CODE_NONEXISTENT, CommandError
+from peerd.services.imap.mailboxes import store_name
+from peerd.services.imap.session import Handler, Reply, Session
+
+__all__ = ["HANDLERS"]
+
+
+async def _usage(session: Session) -> quota_store.QuotaUsage:
+    account = session.account
+    return await session.node.store.read(lambda s: quota_store.usage(s, account))
+
+
+async def getquotaroot(session: Session, cmd: GetQuotaRoot) -> Reply:
+    name = store_name(cmd.mailbox)
+    account = session.account
+    # NO [NONEXISTENT] for a mailbox that is not there (RFC 9208 4.1.2).
+    await session.node.store.read(lambda s: acl_store.mailbox_acl(s, account, name))
+    usage = await _usage(session)
+    out = quotaroot_response(name, usage.limit is not None)
+    if usage.limit is not None:
+        out += quota_response(usage.used, usage.limit)
+    await session.send(out)
+    return Reply("GETQUOTAROOT completed")
+
+
+async def getquota(session: Session, cmd: GetQuota) -> Reply:
+    usage = await _usage(session)
+    if cmd.root != ROOT or usage.limit is None:
+        raise CommandError("no such quota root", code=CODE_NONEXISTENT, status="NO")
+    await session.send(quota_response(usage.used, usage.limit))
+    return Reply("GETQUOTA completed")
+
+
+async def setquota(session: Session, cmd: SetQuota) -> Reply:
+    raise CommandError(
+        "only an administrator sets quotas (peerctl or the control API)",
+        code=CODE_NOPERM,
+        status="NO",
+    )
+
+
+HANDLERS: Final[dict[type[c.Command], Handler]] = {
+    GetQuota: getquota,
+    GetQuotaRoot: getquotaroot,
+    SetQuota: setquota,
+}
