@@ -26,6 +26,7 @@ __all__ = [
     "get_account",
     "list_accounts",
     "normalize_account_name",
+    "rename_account",
     "set_password",
     "set_password_hash",
     "set_quota",
@@ -94,6 +95,27 @@ def delete_account(session: Session, name: str) -> None:
         synclog.note(session, name, mailbox.uniqueid, "mailbox")
     session.delete(account)
     synclog.record(session, name, "", "account")
+
+
+def rename_account(session: Session, old: str, new: str) -> Account:
+    """Rename an account in place (Cyrus's RENAME of a user).
+
+    Mailboxes, messages, Sieve scripts, vacation records and subscriptions
+    hang off the account's id, so they follow unchanged: every mailbox keeps
+    its uniqueid and UIDVALIDITY. The sync-log rows still pending for the old
+    name move to the new one (:func:`engine.synclog.rename`).
+    """
+    new = normalize_account_name(new)
+    account = get_account(session, old)
+    if new == account.name:
+        raise InvalidArgument(f"{old} is already named {new}")
+    if find_account(session, new) is not None:
+        raise AlreadyExists(f"account {new} already exists")
+    account.name = new
+    session.flush()
+    synclog.rename(session, old, new)
+    synclog.record(session, new, "", "account")
+    return account
 
 
 def set_password(session: Session, name: str, password: str) -> None:

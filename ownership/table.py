@@ -26,7 +26,7 @@ from engine import fastsql, synclog
 from engine.db import utcnow
 from engine.models import Account, SyncLogRow
 from ownership.errors import NotOwner
-from ownership.models import STATES, Ownership
+from ownership.models import STATES, Ownership, Rename
 from ownership.rows import OwnershipView, row_view
 
 # The kind of the change note a row's change leaves (its mailbox is "").
@@ -51,6 +51,10 @@ __all__ = [
     "mark_moving",
     "prune_deleted",
     "release_interrupted",
+    "rename",
+    "rename_done",
+    "renamed_away",
+    "renames_to",
     "set_home",
     "set_owner",
     "take_over",
@@ -233,7 +237,13 @@ def adopt(
 
 
 def adopt_view(session: Session, row: OwnershipView, reason: str) -> bool:
-    """:func:`adopt` a row read from the wire (:func:`ownership.rows.parse_row`)."""
+    """:func:`adopt` a row read from the wire (:func:`ownership.rows.parse_row`).
+
+    The row of a name renamed here and not yet renamed on the partner is not
+    taken: the partner's stale row would bring the old name back.
+    """
+    if renamed_away(session, row.account) is not None:
+        return False
     return adopt(
         session,
         row.account,
@@ -310,3 +320,69 @@ def set_home(session: Session, account: str, home: str) -> Ownership:
     row.updated_at = utcnow()
     _changed(session, account)
     return row
+
+
+def rename(
+    session: Session,
+    old: str,
+    new: str,
+    me: str,
+    *,
+    remember: bool,
+    like: OwnershipView | None = None,
+) -> OwnershipView:
+    """Move ``old``'s row to ``new`` (same owner, home, epoch and state); the new row.
+
+    ``like`` (the partner's row, on a replica) replaces what the row says
+    when its epoch is not lower. With ``remember`` (the owner, with a
+    partner) the rename is kept in ``account_renames`` until the partner
+    acknowledges it (:func:`rename_done`); a rename of a name that itself
+    came from a pending rename (A -> B, then B -> C) makes that one A -> C too,
+    so a partner that still has A ends with C.
+    """
+    row = session.get(Ownership, old)
+    current = row_view(row) if row is not None else OwnershipView(old, me, me, 1, "normal")
+    if like is not None and like.epoch >= current.epoch:
+        current = like
+    if row is not None:
+        session.delete(row)
+        _changed(session, old)
+    session.flush()
+    target = session.get(Ownership, new)
+    if target is None:
+        target = Ownership(account=new)
+        session.add(target)
+    elif target.epoch > current.epoch:
+        raise ValueError(f"{new} is known at a higher epoch ({target.epoch}) than {old}")
+    target.owner, target.home = current.owner, current.home
+    target.epoch, target.state = current.epoch, current.state
+    target.reason = f"renamed from {old}"
+    target.updated_at = utcnow()
+    _changed(session, new)
+    if remember:
+        for earlier in session.scalars(select(Rename).where(Rename.new == old)):
+            earlier.new = new
+        session.merge(Rename(old=old, new=new, epoch=current.epoch, renamed_at=utcnow()))
+        session.flush()
+        for same in session.scalars(select(Rename).where(Rename.old == Rename.new)):
+            session.delete(same)
+    return OwnershipView(new, current.owner, current.home, current.epoch, current.state)
+
+
+def renamed_away(session: Session, account: str) -> str | None:
+    """The name ``account`` was renamed to, while the partner has not taken it."""
+    found = session.get(Rename, account)
+    return found.new if found is not None else None
+
+
+def renames_to(session: Session, account: str) -> list[tuple[str, str]]:
+    """The (old, new) renames the partner still needs before it syncs ``account``."""
+    query = select(Rename.old, Rename.new).where(Rename.new == account).order_by(Rename.renamed_at)
+    return [(old, new) for old, new in session.execute(query)]
+
+
+def rename_done(session: Session, old: str, new: str) -> None:
+    """The partner acknowledged the rename ``old`` -> ``new``."""
+    found = session.get(Rename, old)
+    if found is not None and found.new == new:
+        session.delete(found)

@@ -51,6 +51,7 @@ class Client:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.base.rstrip("/") + path, data=data, method=method)
         request.add_header("Authorization", f"Bearer {self.token}")
+        request.add_header("User-Agent", "peerctl")  # the mail log's admin lines say who asked
         if data is not None:
             request.add_header("Content-Type", "application/json")
         try:
@@ -156,6 +157,22 @@ def cmd_account_passwd(client: Client, args: argparse.Namespace) -> Any:
     body = {"password": _read_password(args)}
     result = client.call("PUT", f"/v1/accounts/{quote(args.user)}/password", body)
     return result, f"password changed for {args.user}"
+
+
+def cmd_account_rename(client: Client, args: argparse.Namespace) -> Any:
+    body = {"new_name": args.new_name}
+    result = client.call("POST", f"/v1/accounts/{quote(args.user)}/rename", body)
+    text = f"renamed {args.user} to {result['name']} (owner {result['owner']})"
+    if result.get("forwarded_to"):
+        text += f", done by its owner {result['forwarded_to']}"
+    if result.get("replicated") is True:
+        text += " (on the partner too)"
+    elif result.get("replicated") is False:
+        text += " (the partner has not taken the rename yet; it will when it answers)"
+    failed = [h["hook"] for h in result.get("hooks", []) if not h["acknowledged"]]
+    if failed:
+        text += f"; proxy hooks not told yet (retrying): {', '.join(failed)}"
+    return result, text
 
 
 def cmd_account_quota(client: Client, args: argparse.Namespace) -> Any:
@@ -609,6 +626,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--password-file")
     group.add_argument("--password-stdin", action="store_true")
     p.set_defaults(func=cmd_account_passwd)
+    p = account.add_parser("rename", help="rename an account (mail, scripts and UIDs follow)")
+    p.add_argument("user")
+    p.add_argument("new_name")
+    p.set_defaults(func=cmd_account_rename)
     p = account.add_parser("move", help="change an account's home node")
     p.add_argument("user")
     p.add_argument("--to", required=True)

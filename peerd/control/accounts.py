@@ -9,6 +9,15 @@ it and replicates it here (a node without a sync partner just records the
 row, as when accounts are set up before the pair is). Deleting one on a node with a partner keeps the row
 until the partner has the deletion (the sync that pushes it must show the
 partner's fence our epoch): the answer waits up to :data:`DELETE_WAIT` for it.
+
+Renaming one (Cyrus's RENAME of a user) is one transaction on the owner,
+behind the fence: the account row, its ownership row (same epoch) and its
+pending sync-log rows take the new name; mailboxes, Sieve scripts and
+vacation records hang off the account and follow. The rename is kept in
+``account_renames`` until the partner has taken it (the sync client sends it
+before anything else for the new name), sessions under the old name are
+closed, and the proxy hooks are told the new name's route. A rename asked of
+the node that does not own the account is forwarded to its owner.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 from sqlalchemy.orm import Session
@@ -30,13 +40,16 @@ from ownership.errors import UnknownNode
 from ownership.rows import OwnershipView
 from peerd.control.call import Call
 from peerd.control.schema import Integer, Text, member
+from peerd.node import maillog
 from peerd.node.node import Node
+from peerd.pair.hooks import routes_for
 from peerd.pair.partner import partner_api
 
 __all__ = [
     "AccountsQuery",
     "MailboxQuery",
     "NewAccount",
+    "NewName",
     "NewPassword",
     "NewQuota",
     "create_account",
@@ -44,6 +57,7 @@ __all__ = [
     "get_account",
     "list_accounts",
     "list_mailboxes",
+    "rename_account",
     "set_password",
     "set_quota",
     "show_mailbox",
@@ -79,6 +93,11 @@ class NewAccount:
 @dataclass(frozen=True, slots=True)
 class NewPassword:
     password: str = member(PASSWORD)
+
+
+@dataclass(frozen=True, slots=True)
+class NewName:
+    new_name: str = member(ACCOUNT_NAME)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +170,13 @@ async def create_account(call: Call[NewAccount, None]) -> web.Response:
 
     def create(session: Session) -> dict[str, Any]:
         if engine_accounts.find_account(session, name) is None:
+            if ownership_table.renamed_away(session, name) is not None:
+                # The partner still has the account under this name: the
+                # rename it is owed would take this one's place.
+                raise AlreadyExists(
+                    f"{name} was renamed and {node.partner} has not taken that rename yet; "
+                    "create it again once it has"
+                )
             ownership_table.prune_deleted(session, [name])
             row = ownership_table.view(session, name)
             if row is not None and row.owner == node.name and synclog.depth(session, name):
@@ -220,6 +246,80 @@ async def _deletion_replicated(node: Node, account: str) -> bool:
             return False
         await asyncio.sleep(0.05)
     await node.store.write(lambda s: ownership_table.prune_deleted(s, [account]))
+    return True
+
+
+def _asked_by(call: Call[Any, Any]) -> tuple[str, str]:
+    """(the caller's address, through what) for the mail log's admin line."""
+    agent = call.request.headers.get("User-Agent", "")
+    return call.request.remote or "", "peerctl" if agent.startswith("peerctl") else "api"
+
+
+async def rename_account(call: Call[NewName, None]) -> web.Response:
+    node = call.node
+    old = call.path("name")
+    new = engine_accounts.normalize_account_name(call.body.new_name)
+    rip, via = _asked_by(call)
+    row = await node.store.read(lambda s: ownership_table.view(s, old))
+    if (
+        row is not None
+        and row.owner == node.partner
+        and row.state != "moving"
+        and node.config.sync_partner is not None
+    ):
+        # The owner renames it (and replicates the rename here), as
+        # ``account add --owner`` is created by its owner.
+        answer = await partner_api(
+            node, "POST", f"/v1/accounts/{quote(old, safe='')}/rename", {"new_name": new}
+        )
+        maillog.admin("rename", rip, via, old, new=new, forwarded_to=row.owner)
+        return web.json_response({**answer, "forwarded_to": row.owner})
+    remember = node.config.sync_partner is not None
+
+    def rename(session: Session, account: Any) -> dict[str, Any]:
+        if ownership_table.renamed_away(session, new) is not None:
+            raise AlreadyExists(
+                f"{new} was renamed and {node.partner} has not taken that rename yet; "
+                "try again once it has"
+            )
+        ownership_table.prune_deleted(session, [new])
+        if ownership_table.get(session, new) is not None:
+            # A deleted account whose deletion the partner has not taken
+            # yet, or an account that exists: the name is not free.
+            raise AlreadyExists(f"account {new} exists (or its deletion is not replicated yet)")
+        was = account.name
+        engine_accounts.rename_account(session, was, new)
+        ownership_table.rename(session, was, new, node.name, remember=remember)
+        session.flush()
+        return _described(session, new)
+
+    try:
+        body = await node.write_owned(old, rename)
+    except Exception as exc:
+        maillog.admin("rename", rip, via, old, result=getattr(exc, "code", "error"), new=new)
+        raise
+    maillog.admin("rename", rip, via, old, new=new)
+    if remember:
+        body["replicated"] = await _rename_replicated(node, new)
+    # Sessions logged in under the old name end (their name is gone);
+    # proxies that take pushed routes learn the new name's.
+    await node.close_sessions([old])
+    if call.parts.pair is not None:
+        hooks = await call.parts.pair.hooks.notify(
+            await routes_for(node, [new]), renamed={old: new}
+        )
+        body["hooks"] = [h.to_json() for h in hooks]
+    return web.json_response({**body, "renamed_from": old})
+
+
+async def _rename_replicated(node: Node, new: str) -> bool:
+    """Wait a little for the partner to take the rename (the rolling worker
+    sends it at once when the partner is up); False: it will when it answers."""
+    deadline = time.monotonic() + DELETE_WAIT
+    while await node.store.read(lambda s: ownership_table.renames_to(s, new)):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
     return True
 
 

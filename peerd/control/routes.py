@@ -91,6 +91,14 @@ ROUTES: tuple[Route, ...] = (
         responses=(200, 404, 409, 422),
     ),
     Route(
+        "POST",
+        "/v1/accounts/{name}/rename",
+        "Rename an account (its owner renames it; the partner follows)",
+        accounts.rename_account,
+        body=accounts.NewName,
+        responses=(200, 404, 409, 422),
+    ),
+    Route(
         "PUT",
         "/v1/accounts/{name}/quota",
         "Set an account's quota in bytes (null: unlimited)",

@@ -328,6 +328,7 @@ class SyncClient:
         started = time.perf_counter()
         async with self.lock(account):
             try:
+                await self._send_renames(account, use_zlib, report)
                 done = (
                     fast and mailboxes is None and await self._sync_fast(account, use_zlib, report)
                 )
@@ -340,6 +341,31 @@ class SyncClient:
                 report.seconds = time.perf_counter() - started
         self.node.counters.inc("syncs")
         return report
+
+    async def _send_renames(self, account: str, use_zlib: bool, report: SyncReport) -> None:
+        """RENAME: the renames onto ``account`` the partner has not taken, before
+        anything else is synced for it (the replica must hold the mailboxes
+        under the new name before the compare, or it would see them as new)."""
+        store = self.node.store
+
+        def read(session: Session) -> tuple[OwnershipView | None, list[tuple[str, str]]]:
+            return ownership_table.view(session, account), ownership_table.renames_to(
+                session, account
+            )
+
+        row, renames = await store.read(read)
+        if not renames or row is None or row.owner != self.node.name:
+            return
+        for old, new in renames:
+            report.steps.append(f"RENAME {old} {new}")
+            body = {
+                "account": old,
+                "new": new,
+                "ownership": replace(row, account=old).to_json(),
+            }
+            await self.call("rename", encode_json(body), compressed=use_zlib, report=report)
+            await store.write(partial(ownership_table.rename_done, old=old, new=new))
+            self._marks.pop(old, None)
 
     async def _sync(
         self, account: str, mailbox_names: list[str] | None, use_zlib: bool, report: SyncReport
