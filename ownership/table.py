@@ -16,10 +16,10 @@ refuses its next RCPT rather than its next DATA.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import exists, func, insert, select
 from sqlalchemy.orm import Session
 
 from engine import fastsql, synclog
@@ -44,6 +44,7 @@ __all__ = [
     "check_owner",
     "count_by_owner",
     "create",
+    "create_many",
     "delete",
     "fence_many",
     "get",
@@ -58,6 +59,7 @@ __all__ = [
     "set_home",
     "set_owner",
     "take_over",
+    "unavailable",
     "unmark_moving",
     "view",
     "views",
@@ -130,6 +132,53 @@ def create(session: Session, account: str, owner: str, home: str | None = None) 
     session.add(row)
     _changed(session, account)
     return row
+
+
+def create_many(session: Session, accounts: Sequence[str], owner: str) -> None:
+    """:func:`create` for many new accounts in one statement (bulk provisioning)."""
+    if not accounts:
+        return
+    now = utcnow()
+    session.execute(
+        insert(Ownership),
+        [
+            {
+                "account": a,
+                "owner": owner,
+                "home": owner,
+                "epoch": 1,
+                "state": "normal",
+                "reason": "created",
+                "updated_at": now,
+            }
+            for a in accounts
+        ],
+    )
+    for account in accounts:
+        _changed(session, account)
+
+
+def unavailable(session: Session, accounts: Sequence[str], me: str) -> dict[str, str]:
+    """Names among ``accounts`` that a new account cannot take now, and why:
+    a rename away from it or its deletion has not reached the partner yet,
+    or it has a row (the partner's account). Rows of deleted accounts the
+    partner has taken are pruned first."""
+    names = list(accounts)
+    out: dict[str, str] = {}
+    for start in range(0, len(names), 500):
+        chunk = names[start : start + 500]
+        prune_deleted(session, chunk)
+        for old in session.scalars(select(Rename.old).where(Rename.old.in_(chunk))):
+            out[old] = f"{old} was renamed and the partner has not taken that rename yet"
+        for row in session.scalars(select(Ownership).where(Ownership.account.in_(chunk))):
+            if row.account in out:
+                continue
+            out[row.account] = (
+                f"{row.account} is owned by {row.owner}"
+                if row.owner != me
+                else f"{row.account} was deleted and the partner has not taken the deletion yet"
+            )
+    return out
 
 
 def delete(session: Session, account: str) -> None:

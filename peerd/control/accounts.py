@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from engine import accounts as engine_accounts
 from engine import inventory, synclog
 from engine.errors import AlreadyExists, InvalidArgument
-from engine.passwords import MAX_LN, MAX_P, MAX_R, scrypt_params
+from engine.passwords import hash_problem
 from ownership import table as ownership_table
 from ownership.errors import UnknownNode
 from ownership.rows import OwnershipView
@@ -81,13 +81,9 @@ class NewAccount:
     def __post_init__(self) -> None:
         if (self.password is None) == (self.password_hash is None):
             raise InvalidArgument("give exactly one of password and password_hash")
-        if self.password_hash is not None and scrypt_params(self.password_hash) is None:
-            # Parameters beyond the node's bounds would make every login of
-            # the account as expensive as the caller likes (docs/security.md).
-            raise InvalidArgument(
-                "password_hash must be $scrypt$ln=..,r=..,p=..$salt$hash with"
-                f" ln <= {MAX_LN}, r <= {MAX_R}, p <= {MAX_P}"
-            )
+        problem = None if self.password_hash is None else hash_problem(self.password_hash)
+        if problem is not None:
+            raise InvalidArgument(problem)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,17 +245,11 @@ async def _deletion_replicated(node: Node, account: str) -> bool:
     return True
 
 
-def _asked_by(call: Call[Any, Any]) -> tuple[str, str]:
-    """(the caller's address, through what) for the mail log's admin line."""
-    agent = call.request.headers.get("User-Agent", "")
-    return call.request.remote or "", "peerctl" if agent.startswith("peerctl") else "api"
-
-
 async def rename_account(call: Call[NewName, None]) -> web.Response:
     node = call.node
     old = call.path("name")
     new = engine_accounts.normalize_account_name(call.body.new_name)
-    rip, via = _asked_by(call)
+    rip, via = call.asked_by()
     row = await node.store.read(lambda s: ownership_table.view(s, old))
     if (
         row is not None

@@ -66,6 +66,12 @@ class Call(Generic[B, Q]):
     def node(self) -> Node:
         return self.parts.node
 
+    def asked_by(self) -> tuple[str, str]:
+        """(the caller's address, through what: ``peerctl`` or ``api``), for
+        the mail log's admin lines."""
+        agent = self.request.headers.get("User-Agent", "")
+        return self.request.remote or "", "peerctl" if agent.startswith("peerctl") else "api"
+
     def path(self, name: str) -> str:
         """A path parameter (``{name}`` in the route's path)."""
         return self.request.match_info[name]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from peerd.control import accounts, integrity, pairops, reports, routing, syncops
+from peerd.control import accountimport, accounts, integrity, pairops, reports, routing, syncops
 from peerd.control.call import Call, Route
 from peerd.control.openapi import document
 
@@ -67,6 +67,14 @@ ROUTES: tuple[Route, ...] = (
         accounts.create_account,
         body=accounts.NewAccount,
         responses=(201, 404, 409, 422),
+    ),
+    Route(
+        "POST",
+        "/v1/accounts/import",
+        "Create many accounts at once (bulk provisioning; up to 1000 per request)",
+        accountimport.import_accounts,
+        body=accountimport.AccountBatch,
+        responses=(200, 422),
     ),
     Route(
         "GET",
