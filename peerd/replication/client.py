@@ -86,6 +86,7 @@ from ownership.errors import SyncFenced
 from ownership.rows import OwnershipView, parse_row, row_view
 from peerd.node.config import Address
 from peerd.node.node import Node
+from peerd.replication.trace import push_steps
 
 __all__ = ["SyncClient", "SyncReport"]
 
@@ -399,14 +400,17 @@ class SyncClient:
                 len(m.records) for m in replica.mailboxes
             )
             repairs, push = compare(owner_state, owner_records, replica, known)
-            return _Round(own_row, rows, owner_state, include, repairs, push)
+            known_names = {m.summary.uniqueid: m.summary.name for m in replica.mailboxes}
+            return _Round(own_row, rows, owner_state, include, repairs, push, known_names)
 
         async def repair(planned: _Round) -> None:
             await self._repair(account, planned.own_row, planned.repairs, use_zlib, report)
 
         planned = await converge(account, plan, repair)
         own_row, push = planned.own_row, planned.push
-        equal = push.empty or await self._push(account, own_row, push, use_zlib, report)
+        equal = push.empty or await self._push(
+            account, own_row, push, use_zlib, report, planned.replica_names
+        )
         if equal and planned.include is None and planned.owner_state.exists:
             self._marks[account] = (own_row.epoch, mark_of(planned.owner_state))
         else:
@@ -546,16 +550,18 @@ class SyncClient:
         return True
 
     async def _push(
-        self, account: str, own_row: OwnershipView, push: Push, use_zlib: bool, report: SyncReport
+        self,
+        account: str,
+        own_row: OwnershipView,
+        push: Push,
+        use_zlib: bool,
+        report: SyncReport,
+        replica_names: dict[str, str],
     ) -> bool:
         """Send the push; True when the replica reports every mailbox equal."""
-        for uniqueid in push.deletes:
-            report.steps.append(f"DELETE {uniqueid}")
-            report.mailboxes_deleted += 1
-        for mp in push.mailboxes:
-            if mp.create:
-                report.steps.append(f"CREATE {mp.summary.name} {mp.summary.uniqueid}")
-                report.mailboxes_created += 1
+        report.mailboxes_deleted += len(push.deletes)
+        report.mailboxes_created += sum(1 for mp in push.mailboxes if mp.create)
+        report.expunged += sum(len(mp.expunges) for mp in push.mailboxes)
         if push.resurrected:
             report.resurrected += push.resurrected
             self.node.counters.inc("messages_resurrected", push.resurrected)
@@ -566,41 +572,15 @@ class SyncClient:
         guids = sorted({r.guid for mp in push.mailboxes for r in mp.upserts})
         missing: list[str] = []
         if guids:
-            report.steps.append(f"RESERVE [{len(guids)} msgs]")
             reserve = {"account": account, "guids": guids}
             raw = await self.call(
                 "reserve", encode_json(reserve), compressed=use_zlib, report=report
             )
             missing = list(decode_json(raw).get("missing", []))
-        for mp in push.mailboxes:
-            if not mp.upserts and not mp.expunges and not mp.create:
-                continue
-            report.steps.append(f"SELECT {mp.summary.name}")
-            if mp.expunges:
-                report.steps.append(f"EXPUNGE [{len(mp.expunges)} msgs]")
-                report.expunged += len(mp.expunges)
+        report.steps.extend(push_steps(push, replica_names, len(guids), set(missing)))
         if missing:
             await self._upload(missing, use_zlib, report)
-        flags = _flag_updates(push, set(missing))
-        if flags:
-            report.steps.append(f"SETFLAGS [{flags} msgs]")
-            report.setflags += flags
-        if any(mp.upserts for mp in push.mailboxes):
-            # Seen state travels in the records' flags; Cyrus prints this step.
-            report.steps.append(f"SETSEEN {account} ...")
-        if push.subscriptions is not None:
-            report.steps.append(f"SUB {account} [{len(push.subscriptions)}]")
-        if push.sieve is not None:
-            # Cyrus's SIEVE and ACTIVATE_SIEVE: the whole set travels in the push.
-            report.steps.append(f"SIEVE {account} [{len(push.sieve)} scripts]")
-            active = next((name for name, _, on in push.sieve if on), "")
-            report.steps.append(f'ACTIVATE_SIEVE {account} "{active}"')
-        if push.vacations is not None:
-            report.steps.append(f"VACATION {account} [{len(push.vacations)} records]")
-        if push.account_fields is not None:
-            report.steps.append(f"QUOTA {account} {push.account_fields[1]}")
-        if push.delete_account:
-            report.steps.append(f"UNUSER {account}")
+        report.setflags += _flag_updates(push, set(missing))
         body: dict[str, Any] = {
             "account": account,
             "ownership": own_row.to_json(),
@@ -654,7 +634,6 @@ class SyncClient:
                 report.upload_bytes += len(data)
 
         await asyncio.gather(*(send(items) for items in batches))
-        report.steps.append(f"UPLOAD [{report.uploaded} msgs]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -667,6 +646,7 @@ class _Round:
     include: set[str] | None
     repairs: Repairs
     push: Push
+    replica_names: dict[str, str]  # uniqueid -> the replica's name (RENAME in the trace)
 
 
 def summaries_names(summaries: list[Any]) -> list[str]:
