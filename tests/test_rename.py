@@ -10,6 +10,7 @@ the survivor serves the account under its new name."""
 from __future__ import annotations
 
 import imaplib
+import json
 import smtplib
 import sqlite3
 import urllib.error
@@ -81,6 +82,15 @@ def mailboxes(node: Node, account: str) -> dict[str, tuple[str, int, int]]:
     return {m["name"]: (m["uniqueid"], m["uidvalidity"], m["exists"]) for m in found}
 
 
+def acl_names(node: Node, account: str) -> set[str]:
+    """Every identifier in the account's mailboxes' ACLs."""
+    out: set[str] = set()
+    for m in node.call("GET", f"/v1/accounts/{account}/mailboxes")["mailboxes"]:
+        acl = json.loads(m["acl"]) if isinstance(m["acl"], str) else m["acl"]
+        out.update(acl)
+    return out
+
+
 def scripts(node: Node, account: str) -> list[tuple[str, int]]:
     with sqlite3.connect(f"file:{node.db_path}?mode=ro", uri=True) as db:
         return list(
@@ -138,6 +148,8 @@ def test_rename_replicates_and_survives_a_failover(tmp_path: Path, relay: Relay)
         assert alpha.call("GET", "/v1/route/alice.smith")["owner"] == "alpha"
         assert status_of(lambda: alpha.call("GET", "/v1/route/alice")) == 404
         assert scripts(alpha, "alice.smith") == [("main", 1)]
+        # The owner's rights in its ACLs moved to the new name (RFC 4314 identifiers).
+        assert acl_names(alpha, "alice.smith") == {"alice.smith"}
 
         # The partner renamed its replica in place and took the same epoch.
         wait_until(lambda: mailboxes(beta, "alice.smith") == before, 20, "renamed on beta")
@@ -145,6 +157,7 @@ def test_rename_replicates_and_survives_a_failover(tmp_path: Path, relay: Relay)
         assert status_of(lambda: beta.call("GET", "/v1/owner/alice")) == 404
         assert beta.call("GET", "/v1/owner/alice.smith")["owner"] == "alpha"
         assert scripts(beta, "alice.smith") == [("main", 1)]
+        assert acl_names(beta, "alice.smith") == {"alice.smith"}
         assert vacations(beta, "alice.smith") == 1
         wait_until(lambda: renames_pending(alpha) == [], 10, "the rename acknowledged")
 

@@ -284,7 +284,13 @@ async def rename_account(call: Call[NewName, None]) -> web.Response:
         return _described(session, new)
 
     try:
-        body = await node.write_owned(old, rename)
+        if call.parts.pair is not None:
+            # Not in the middle of a sync of the old name: it would read the
+            # account gone and its sync-log rows half moved.
+            async with call.parts.pair.client.lock(old):
+                body = await node.write_owned(old, rename)
+        else:
+            body = await node.write_owned(old, rename)
     except Exception as exc:
         maillog.admin("rename", rip, via, old, result=getattr(exc, "code", "error"), new=new)
         raise
