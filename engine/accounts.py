@@ -9,18 +9,24 @@ RFC 5321 2.4 allows for domains but not for local parts).
 
 from __future__ import annotations
 
+import json
 import re
+import time
+import uuid
+from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from engine import synclog
+from engine.db import utcnow
 from engine.errors import AlreadyExists, InvalidArgument, NoSuchAccount
 from engine.models import Account, Mailbox, Subscription
 from engine.passwords import hash_password
 
 __all__ = [
     "create_account",
+    "create_accounts",
     "delete_account",
     "find_account",
     "find_any",
@@ -28,6 +34,7 @@ __all__ = [
     "list_accounts",
     "lookup_names",
     "normalize_account_name",
+    "rename_account",
     "set_password",
     "set_password_hash",
     "set_quota",
@@ -112,12 +119,103 @@ def create_account(
     return account
 
 
+def create_accounts(session: Session, specs: Sequence[tuple[str, str, int | None]]) -> None:
+    """Create many accounts at once, each as :func:`create_account` makes one
+    (an INBOX, subscribed; sync-log rows), in a few statements: bulk
+    provisioning. ``specs``: (normalized name, password hash, quota limit);
+    the caller has checked that none exists."""
+    for _, _, quota in specs:
+        if quota is not None and quota < 0:
+            raise InvalidArgument("quota must be >= 0 bytes")
+    if not specs:
+        return
+    now = utcnow()
+    uidvalidity = int(time.time())
+    session.execute(
+        insert(Account),
+        [
+            {
+                "name": name,
+                "password_hash": password_hash,
+                "quota_limit": quota,
+                "quota_used": 0,
+                "uidvalidity_used": uidvalidity,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for name, password_hash, quota in specs
+        ],
+    )
+    ids: dict[str, int] = {}
+    names = [name for name, _, _ in specs]
+    for start in range(0, len(names), 500):
+        chunk = names[start : start + 500]
+        query = select(Account.name, Account.id).where(Account.name.in_(chunk))
+        ids.update((name, int(ident)) for name, ident in session.execute(query))
+    inboxes = {name: uuid.uuid4().hex for name in names}
+    session.execute(
+        insert(Mailbox),
+        [
+            {
+                "account_id": ids[name],
+                "uniqueid": inboxes[name],
+                "name": "INBOX",
+                "uidvalidity": uidvalidity,
+                "last_uid": 0,
+                "highestmodseq": 1,
+                "acl": json.dumps({name: "lrswipkxtecda"}, sort_keys=True),
+                "checksum": 0,
+                "exists": 0,
+                "sync_base": 0,
+                "created_at": now,
+            }
+            for name in names
+        ],
+    )
+    session.execute(
+        insert(Subscription), [{"account_id": ids[name], "name": "INBOX"} for name in names]
+    )
+    synclog.record_many(
+        session,
+        [(name, "", "account") for name in names]
+        + [(name, inboxes[name], "mailbox") for name in names],
+    )
+
+
 def delete_account(session: Session, name: str) -> None:
     account = get_account(session, name)
     for mailbox in session.scalars(select(Mailbox).where(Mailbox.account_id == account.id)):
         synclog.note(session, name, mailbox.uniqueid, "mailbox")
     session.delete(account)
     synclog.record(session, name, "", "account")
+
+
+def rename_account(session: Session, old: str, new: str) -> Account:
+    """Rename an account in place (Cyrus's RENAME of a user).
+
+    Mailboxes, messages, Sieve scripts, vacation records and subscriptions
+    hang off the account's id, so they follow unchanged: every mailbox keeps
+    its uniqueid and UIDVALIDITY. The sync-log rows still pending for the old
+    name move to the new one (:func:`engine.synclog.rename`).
+    """
+    new = normalize_account_name(new)
+    account = get_account(session, old)
+    if new == account.name:
+        raise InvalidArgument(f"{old} is already named {new}")
+    if find_account(session, new) is not None:
+        raise AlreadyExists(f"account {new} already exists")
+    account.name = new
+    # The owner's own rights in its mailboxes' ACLs are under its name
+    # (RFC 4314 identifiers): they move to the new one, on both nodes alike.
+    for mailbox in session.scalars(select(Mailbox).where(Mailbox.account_id == account.id)):
+        acl = json.loads(mailbox.acl or "{}")
+        if old in acl:
+            acl[new] = acl.pop(old)
+            mailbox.acl = json.dumps(acl, sort_keys=True)
+    session.flush()
+    synclog.rename(session, old, new)
+    synclog.record(session, new, "", "account")
+    return account
 
 
 def set_password(session: Session, name: str, password: str) -> None:

@@ -2,6 +2,11 @@
 
 Stored as ``$scrypt$ln=15,r=8,p=1$<salt b64>$<hash b64>`` so parameters can be
 raised later without breaking existing hashes; verification reads them back.
+
+Imported accounts (``peerctl account import``) keep the hash they had:
+SHA-crypt (``$5$``/``$6$``, Dovecot's ``{SHA256-CRYPT}``/``{SHA512-CRYPT}``,
+:mod:`engine.shacrypt`) is stored as given and verified as such. New
+passwords are always scrypt.
 """
 
 from __future__ import annotations
@@ -11,7 +16,17 @@ import hashlib
 import hmac
 import os
 
-__all__ = ["MAX_LN", "MAX_P", "MAX_R", "hash_password", "scrypt_params", "verify_password"]
+from engine import shacrypt
+
+__all__ = [
+    "MAX_LN",
+    "MAX_P",
+    "MAX_R",
+    "hash_password",
+    "hash_problem",
+    "scrypt_params",
+    "verify_password",
+]
 
 _LN, _R, _P = 15, 8, 1
 _DKLEN = 32
@@ -60,7 +75,30 @@ def scrypt_params(stored: str) -> tuple[int, int, int] | None:
     return ln, r, p
 
 
+def hash_problem(stored: str) -> str | None:
+    """None if ``stored`` is a hash this node verifies within its bounds, else why not."""
+    if stored.startswith("$scrypt$"):
+        if scrypt_params(stored) is None:
+            # Parameters beyond the node's bounds would make every login of
+            # the account as expensive as the caller likes (docs/security.md).
+            return (
+                "a scrypt hash must be $scrypt$ln=..,r=..,p=..$salt$hash with"
+                f" ln <= {MAX_LN}, r <= {MAX_R}, p <= {MAX_P}"
+            )
+        return None
+    if stored.startswith(("$5$", "$6$")):
+        if shacrypt.parse(stored) is None:
+            return (
+                "a SHA-crypt hash must be $5$ or $6$[rounds=N$]salt$hash with"
+                f" rounds <= {shacrypt.MAX_ROUNDS}"
+            )
+        return None
+    return "password_hash must be a $scrypt$, $5$ (SHA256-CRYPT) or $6$ (SHA512-CRYPT) hash"
+
+
 def verify_password(password: str, stored: str) -> bool:
+    if stored.startswith(("$5$", "$6$")):
+        return shacrypt.verify(password, stored)
     params = scrypt_params(stored)
     if params is None:
         return False

@@ -40,6 +40,7 @@ __all__ = [
     "pending",
     "record",
     "record_many",
+    "rename",
 ]
 
 # Lower rank syncs first: new mail before flag-only changes.
@@ -166,6 +167,26 @@ def acknowledge(session: Session, rows: Iterable[tuple[int, int]]) -> int:
             .values(created_at=SyncLogRow.updated_at)
         )
     return removed
+
+
+def rename(session: Session, old: str, new: str) -> int:
+    """Move the rows pending for ``old`` to ``new`` (an account rename); how many moved.
+
+    A row ``new`` already has for the same mailbox and kind covers the old
+    one (the log says what changed, not how), so the old one goes.
+    """
+    taken = select(SyncLogRow.mailbox, SyncLogRow.kind).where(SyncLogRow.account == new)
+    both = {(m, k) for m, k in session.execute(taken)}
+    for mailbox, kind in both:
+        session.execute(
+            delete(SyncLogRow).where(
+                SyncLogRow.account == old, SyncLogRow.mailbox == mailbox, SyncLogRow.kind == kind
+            )
+        )
+    result = session.execute(
+        update(SyncLogRow).where(SyncLogRow.account == old).values(account=new)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def depth(session: Session, account: str | None = None) -> int:

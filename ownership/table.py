@@ -16,17 +16,17 @@ refuses its next RCPT rather than its next DATA.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import exists, func, insert, select
 from sqlalchemy.orm import Session
 
 from engine import fastsql, synclog
 from engine.db import utcnow
 from engine.models import Account, SyncLogRow
 from ownership.errors import NotOwner
-from ownership.models import STATES, Ownership
+from ownership.models import STATES, Ownership, Rename
 from ownership.rows import OwnershipView, row_view
 
 # The kind of the change note a row's change leaves (its mailbox is "").
@@ -44,6 +44,7 @@ __all__ = [
     "check_owner",
     "count_by_owner",
     "create",
+    "create_many",
     "delete",
     "fence_many",
     "get",
@@ -51,9 +52,14 @@ __all__ = [
     "mark_moving",
     "prune_deleted",
     "release_interrupted",
+    "rename",
+    "rename_done",
+    "renamed_away",
+    "renames_to",
     "set_home",
     "set_owner",
     "take_over",
+    "unavailable",
     "unmark_moving",
     "view",
     "views",
@@ -126,6 +132,53 @@ def create(session: Session, account: str, owner: str, home: str | None = None) 
     session.add(row)
     _changed(session, account)
     return row
+
+
+def create_many(session: Session, accounts: Sequence[str], owner: str) -> None:
+    """:func:`create` for many new accounts in one statement (bulk provisioning)."""
+    if not accounts:
+        return
+    now = utcnow()
+    session.execute(
+        insert(Ownership),
+        [
+            {
+                "account": a,
+                "owner": owner,
+                "home": owner,
+                "epoch": 1,
+                "state": "normal",
+                "reason": "created",
+                "updated_at": now,
+            }
+            for a in accounts
+        ],
+    )
+    for account in accounts:
+        _changed(session, account)
+
+
+def unavailable(session: Session, accounts: Sequence[str], me: str) -> dict[str, str]:
+    """Names among ``accounts`` that a new account cannot take now, and why:
+    a rename away from it or its deletion has not reached the partner yet,
+    or it has a row (the partner's account). Rows of deleted accounts the
+    partner has taken are pruned first."""
+    names = list(accounts)
+    out: dict[str, str] = {}
+    for start in range(0, len(names), 500):
+        chunk = names[start : start + 500]
+        prune_deleted(session, chunk)
+        for old in session.scalars(select(Rename.old).where(Rename.old.in_(chunk))):
+            out[old] = f"{old} was renamed and the partner has not taken that rename yet"
+        for row in session.scalars(select(Ownership).where(Ownership.account.in_(chunk))):
+            if row.account in out:
+                continue
+            out[row.account] = (
+                f"{row.account} is owned by {row.owner}"
+                if row.owner != me
+                else f"{row.account} was deleted and the partner has not taken the deletion yet"
+            )
+    return out
 
 
 def delete(session: Session, account: str) -> None:
@@ -233,7 +286,13 @@ def adopt(
 
 
 def adopt_view(session: Session, row: OwnershipView, reason: str) -> bool:
-    """:func:`adopt` a row read from the wire (:func:`ownership.rows.parse_row`)."""
+    """:func:`adopt` a row read from the wire (:func:`ownership.rows.parse_row`).
+
+    The row of a name renamed here and not yet renamed on the partner is not
+    taken: the partner's stale row would bring the old name back.
+    """
+    if renamed_away(session, row.account) is not None:
+        return False
     return adopt(
         session,
         row.account,
@@ -310,3 +369,69 @@ def set_home(session: Session, account: str, home: str) -> Ownership:
     row.updated_at = utcnow()
     _changed(session, account)
     return row
+
+
+def rename(
+    session: Session,
+    old: str,
+    new: str,
+    me: str,
+    *,
+    remember: bool,
+    like: OwnershipView | None = None,
+) -> OwnershipView:
+    """Move ``old``'s row to ``new`` (same owner, home, epoch and state); the new row.
+
+    ``like`` (the partner's row, on a replica) replaces what the row says
+    when its epoch is not lower. With ``remember`` (the owner, with a
+    partner) the rename is kept in ``account_renames`` until the partner
+    acknowledges it (:func:`rename_done`); a rename of a name that itself
+    came from a pending rename (A -> B, then B -> C) makes that one A -> C too,
+    so a partner that still has A ends with C.
+    """
+    row = session.get(Ownership, old)
+    current = row_view(row) if row is not None else OwnershipView(old, me, me, 1, "normal")
+    if like is not None and like.epoch >= current.epoch:
+        current = like
+    if row is not None:
+        session.delete(row)
+        _changed(session, old)
+    session.flush()
+    target = session.get(Ownership, new)
+    if target is None:
+        target = Ownership(account=new)
+        session.add(target)
+    elif target.epoch > current.epoch:
+        raise ValueError(f"{new} is known at a higher epoch ({target.epoch}) than {old}")
+    target.owner, target.home = current.owner, current.home
+    target.epoch, target.state = current.epoch, current.state
+    target.reason = f"renamed from {old}"
+    target.updated_at = utcnow()
+    _changed(session, new)
+    if remember:
+        for earlier in session.scalars(select(Rename).where(Rename.new == old)):
+            earlier.new = new
+        session.merge(Rename(old=old, new=new, epoch=current.epoch, renamed_at=utcnow()))
+        session.flush()
+        for same in session.scalars(select(Rename).where(Rename.old == Rename.new)):
+            session.delete(same)
+    return OwnershipView(new, current.owner, current.home, current.epoch, current.state)
+
+
+def renamed_away(session: Session, account: str) -> str | None:
+    """The name ``account`` was renamed to, while the partner has not taken it."""
+    found = session.get(Rename, account)
+    return found.new if found is not None else None
+
+
+def renames_to(session: Session, account: str) -> list[tuple[str, str]]:
+    """The (old, new) renames the partner still needs before it syncs ``account``."""
+    query = select(Rename.old, Rename.new).where(Rename.new == account).order_by(Rename.renamed_at)
+    return [(old, new) for old, new in session.execute(query)]
+
+
+def rename_done(session: Session, old: str, new: str) -> None:
+    """The partner acknowledged the rename ``old`` -> ``new``."""
+    found = session.get(Rename, old)
+    if found is not None and found.new == new:
+        session.delete(found)

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from peerd.cli import importfile
 from peerd.node.config import ConfigError, load_config, parse_size
 from peerd.node.version import release
 
@@ -231,6 +232,73 @@ def _quota(text: str) -> int | None:
         return parse_size(text)
     except ValueError:
         raise ValueError(f"quota {text!r}: give bytes, a size like 10M or 1G, or none") from None
+
+
+def cmd_account_rename(client: Client, args: argparse.Namespace) -> Any:
+    body = {"new_name": args.new_name}
+    result = client.call("POST", f"/v1/accounts/{quote(args.user)}/rename", body)
+    text = f"renamed {args.user} to {result['name']} (owner {result['owner']})"
+    if result.get("forwarded_to"):
+        text += f", done by its owner {result['forwarded_to']}"
+    if result.get("replicated") is True:
+        text += " (on the partner too)"
+    elif result.get("replicated") is False:
+        text += " (the partner has not taken the rename yet; it will when it answers)"
+    failed = [h["hook"] for h in result.get("hooks", []) if not h["acknowledged"]]
+    if failed:
+        text += f"; proxy hooks not told yet (retrying): {', '.join(failed)}"
+    return result, text
+
+
+def cmd_account_import(client: Client, args: argparse.Namespace) -> Any:
+    """Read the whole file first: a line it cannot take stops the import
+    before anything is sent (exit 2, the lines named)."""
+    try:
+        with open(args.file, encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {args.file}: {exc}") from exc
+    entries, errors = importfile.parse(text, args.format)
+    if errors:
+        shown = [f"{args.file}:{e}" for e in errors[:20]]
+        if len(errors) > 20:
+            shown.append(f"... and {len(errors) - 20} more")
+        raise ValueError("nothing imported:\n" + "\n".join(shown))
+    created: list[str] = []
+    failed: list[dict[str, Any]] = []
+    started = time.monotonic()
+    for start in range(0, len(entries), args.batch):
+        batch = entries[start : start + args.batch]
+        body = {
+            "accounts": [
+                {
+                    k: v
+                    for k, v in (
+                        ("name", e.name),
+                        ("password", e.password),
+                        ("password_hash", e.password_hash),
+                        ("quota_limit", e.quota_limit),
+                    )
+                    if v is not None
+                }
+                for e in batch
+            ]
+        }
+        result = client.call("POST", "/v1/accounts/import", body)
+        created += result["created"]
+        for item in result["failed"]:
+            failed.append({**item, "line": batch[item["index"]].line})
+        if time.monotonic() - started > 2 and not args.json:
+            done = min(start + args.batch, len(entries))
+            print(f"  {done}/{len(entries)} accounts", file=sys.stderr, flush=True)
+    seconds = time.monotonic() - started
+    lines = [f"imported {len(created)} of {len(entries)} account(s) in {seconds:.1f} s"]
+    lines += [f"  {args.file}:line {f['line']}: {f['name']}: {f['detail']}" for f in failed]
+    result = {"created": created, "failed": failed, "seconds": round(seconds, 3)}
+    if failed:
+        print("\n".join(lines))
+        raise ApiError(409, "import incomplete", f"{len(failed)} account(s) not created")
+    return result, "\n".join(lines)
 
 
 def cmd_account_quota(client: Client, args: argparse.Namespace) -> Any:
@@ -702,6 +770,15 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--password-file")
     group.add_argument("--password-stdin", action="store_true")
     p.set_defaults(func=cmd_account_passwd)
+    p = account.add_parser("import", help="create many accounts from a CSV or passwd-file")
+    p.add_argument("file", help="name,password_or_hash,quota lines, or a Dovecot passwd-file")
+    p.add_argument("--format", choices=importfile.FORMATS, default="auto")
+    p.add_argument("--batch", type=int, default=1000, help="accounts per request (at most 1000)")
+    p.set_defaults(func=cmd_account_import)
+    p = account.add_parser("rename", help="rename an account (mail, scripts and UIDs follow)")
+    p.add_argument("user")
+    p.add_argument("new_name")
+    p.set_defaults(func=cmd_account_rename)
     p = account.add_parser("move", help="change an account's home node")
     p.add_argument("user")
     p.add_argument("--to", required=True)

@@ -9,6 +9,15 @@ it and replicates it here (a node without a sync partner just records the
 row, as when accounts are set up before the pair is). Deleting one on a node with a partner keeps the row
 until the partner has the deletion (the sync that pushes it must show the
 partner's fence our epoch): the answer waits up to :data:`DELETE_WAIT` for it.
+
+Renaming one (Cyrus's RENAME of a user) is one transaction on the owner,
+behind the fence: the account row, its ownership row (same epoch) and its
+pending sync-log rows take the new name; mailboxes, Sieve scripts and
+vacation records hang off the account and follow. The rename is kept in
+``account_renames`` until the partner has taken it (the sync client sends it
+before anything else for the new name), sessions under the old name are
+closed, and the proxy hooks are told the new name's route. A rename asked of
+the node that does not own the account is forwarded to its owner.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 from sqlalchemy.orm import Session
@@ -24,19 +34,21 @@ from sqlalchemy.orm import Session
 from engine import accounts as engine_accounts
 from engine import inventory, synclog
 from engine.errors import AlreadyExists, InvalidArgument
-from engine.passwords import MAX_LN, MAX_P, MAX_R, scrypt_params
+from engine.passwords import hash_problem
 from ownership import table as ownership_table
 from ownership.errors import UnknownNode
 from ownership.rows import OwnershipView
 from peerd.control.call import Call
 from peerd.control.schema import Size, Text, member
 from peerd.node.node import Node
+from peerd.pair.hooks import routes_for
 from peerd.pair.partner import partner_api
 
 __all__ = [
     "AccountsQuery",
     "MailboxQuery",
     "NewAccount",
+    "NewName",
     "NewPassword",
     "NewQuota",
     "create_account",
@@ -44,6 +56,7 @@ __all__ = [
     "get_account",
     "list_accounts",
     "list_mailboxes",
+    "rename_account",
     "set_password",
     "set_quota",
     "show_mailbox",
@@ -67,18 +80,19 @@ class NewAccount:
     def __post_init__(self) -> None:
         if (self.password is None) == (self.password_hash is None):
             raise InvalidArgument("give exactly one of password and password_hash")
-        if self.password_hash is not None and scrypt_params(self.password_hash) is None:
-            # Parameters beyond the node's bounds would make every login of
-            # the account as expensive as the caller likes (docs/security.md).
-            raise InvalidArgument(
-                "password_hash must be $scrypt$ln=..,r=..,p=..$salt$hash with"
-                f" ln <= {MAX_LN}, r <= {MAX_R}, p <= {MAX_P}"
-            )
+        problem = None if self.password_hash is None else hash_problem(self.password_hash)
+        if problem is not None:
+            raise InvalidArgument(problem)
 
 
 @dataclass(frozen=True, slots=True)
 class NewPassword:
     password: str = member(PASSWORD)
+
+
+@dataclass(frozen=True, slots=True)
+class NewName:
+    new_name: str = member(ACCOUNT_NAME)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +165,13 @@ async def create_account(call: Call[NewAccount, None]) -> web.Response:
 
     def create(session: Session) -> dict[str, Any]:
         if engine_accounts.find_account(session, name) is None:
+            if ownership_table.renamed_away(session, name) is not None:
+                # The partner still has the account under this name: the
+                # rename it is owed would take this one's place.
+                raise AlreadyExists(
+                    f"{name} was renamed and {node.partner} has not taken that rename yet; "
+                    "create it again once it has"
+                )
             ownership_table.prune_deleted(session, [name])
             row = ownership_table.view(session, name)
             if row is not None and row.owner == node.name and synclog.depth(session, name):
@@ -220,6 +241,73 @@ async def _deletion_replicated(node: Node, account: str) -> bool:
             return False
         await asyncio.sleep(0.05)
     await node.store.write(lambda s: ownership_table.prune_deleted(s, [account]))
+    return True
+
+
+async def rename_account(call: Call[NewName, None]) -> web.Response:
+    node = call.node
+    old = call.path("name")
+    new = engine_accounts.normalize_account_name(call.body.new_name)
+    row = await node.store.read(lambda s: ownership_table.view(s, old))
+    if (
+        row is not None
+        and row.owner == node.partner
+        and row.state != "moving"
+        and node.config.sync_partner is not None
+    ):
+        # The owner renames it (and replicates the rename here), as
+        # ``account add --owner`` is created by its owner.
+        answer = await partner_api(
+            node, "POST", f"/v1/accounts/{quote(old, safe='')}/rename", {"new_name": new}
+        )
+        return web.json_response({**answer, "forwarded_to": row.owner})
+    remember = node.config.sync_partner is not None
+
+    def rename(session: Session, account: Any) -> dict[str, Any]:
+        if ownership_table.renamed_away(session, new) is not None:
+            raise AlreadyExists(
+                f"{new} was renamed and {node.partner} has not taken that rename yet; "
+                "try again once it has"
+            )
+        ownership_table.prune_deleted(session, [new])
+        if ownership_table.get(session, new) is not None:
+            # A deleted account whose deletion the partner has not taken
+            # yet, or an account that exists: the name is not free.
+            raise AlreadyExists(f"account {new} exists (or its deletion is not replicated yet)")
+        was = account.name
+        engine_accounts.rename_account(session, was, new)
+        ownership_table.rename(session, was, new, node.name, remember=remember)
+        session.flush()
+        return _described(session, new)
+
+    if call.parts.pair is not None:
+        # Not in the middle of a sync of the old name: it would read the
+        # account gone and its sync-log rows half moved.
+        async with call.parts.pair.client.lock(old):
+            body = await node.write_owned(old, rename)
+    else:
+        body = await node.write_owned(old, rename)
+    if remember:
+        body["replicated"] = await _rename_replicated(node, new)
+    # Sessions logged in under the old name end (their name is gone);
+    # proxies that take pushed routes learn the new name's.
+    await node.close_sessions([old])
+    if call.parts.pair is not None:
+        hooks = await call.parts.pair.hooks.notify(
+            await routes_for(node, [new]), renamed={old: new}
+        )
+        body["hooks"] = [h.to_json() for h in hooks]
+    return web.json_response({**body, "renamed_from": old})
+
+
+async def _rename_replicated(node: Node, new: str) -> bool:
+    """Wait a little for the partner to take the rename (the rolling worker
+    sends it at once when the partner is up); False: it will when it answers."""
+    deadline = time.monotonic() + DELETE_WAIT
+    while await node.store.read(lambda s: ownership_table.renames_to(s, new)):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
     return True
 
 

@@ -127,7 +127,7 @@ def endpoint(route: Route, parts: Parts) -> Endpoint:
         status, target = 500, request.match_info.get("name", "")
         try:
             call = await checked(request)
-            target = target or _target(call.body)
+            target = _target(call.body, target)
             response = await route.handler(call)
             status = response.status
             return response
@@ -143,12 +143,21 @@ def endpoint(route: Route, parts: Parts) -> Endpoint:
     return logged if route.action else answer
 
 
-def _target(body: object) -> str:
-    """What an admin action's body names: an account, accounts, or a node."""
+def _target(body: object, name: str = "") -> str:
+    """What an admin action names: the account in the path (and the new name
+    of a rename), or the body's account, accounts (a count for an import's
+    objects) or node."""
+    if name:
+        new = getattr(body, "new_name", None)
+        return f"{name} -> {new}" if new else name
     for member in ("name", "accounts", "all_from"):
         value = getattr(body, member, None)
+        if value and isinstance(value, tuple):
+            if all(isinstance(v, str) for v in value):
+                return ",".join(value)
+            return f"{len(value)} accounts"
         if value:
-            return ",".join(value) if isinstance(value, tuple) else str(value)
+            return str(value)
     return ""
 
 

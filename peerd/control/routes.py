@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from peerd.control import accounts, integrity, pairops, reports, routing, syncops
+from peerd.control import accountimport, accounts, integrity, pairops, reports, routing, syncops
 from peerd.control.call import Call, Route
 from peerd.control.openapi import document
 
@@ -70,6 +70,15 @@ ROUTES: tuple[Route, ...] = (
         responses=(201, 404, 409, 422),
     ),
     Route(
+        "POST",
+        "/v1/accounts/import",
+        "Create many accounts at once (bulk provisioning; up to 1000 per request)",
+        accountimport.import_accounts,
+        body=accountimport.AccountBatch,
+        responses=(200, 422),
+        action="account import",
+    ),
+    Route(
         "GET",
         "/v1/accounts/{name}",
         "One account",
@@ -92,6 +101,15 @@ ROUTES: tuple[Route, ...] = (
         action="account passwd",
         body=accounts.NewPassword,
         responses=(200, 404, 409, 422),
+    ),
+    Route(
+        "POST",
+        "/v1/accounts/{name}/rename",
+        "Rename an account (its owner renames it; the partner follows)",
+        accounts.rename_account,
+        body=accounts.NewName,
+        responses=(200, 404, 409, 422),
+        action="account rename",
     ),
     Route(
         "PUT",

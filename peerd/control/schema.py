@@ -29,6 +29,7 @@ __all__ = [
     "Flag",
     "Integer",
     "Kind",
+    "ObjectList",
     "Size",
     "Text",
     "TextList",
@@ -153,7 +154,33 @@ class TextList:
         return tuple(self.item.check(f"each of {name}", v) for v in value)
 
 
-Kind = Text | Integer | Size | Flag | TextList
+@dataclass(frozen=True, slots=True)
+class ObjectList:
+    """A list of objects, each checked and built as ``item`` (a body class)."""
+
+    item: type
+    max_items: int = 1000
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "array", "maxItems": self.max_items, "items": json_schema(self.item)}
+
+    def check(self, name: str, value: Any) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise InvalidArgument(f"{name} must be a list of objects")
+        if len(value) > self.max_items:
+            raise InvalidArgument(f"{name}: at most {self.max_items} in one request")
+        out: list[Any] = []
+        for index, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise InvalidArgument(f"{name}[{index}] must be an object")
+            try:
+                out.append(parse(self.item, item))
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"{name}[{index}]: {exc.message}") from exc
+        return tuple(out)
+
+
+Kind = Text | Integer | Size | Flag | TextList | ObjectList
 
 
 def member(kind: Kind, *, default: Any = dataclasses.MISSING) -> Any:

@@ -127,9 +127,18 @@ class Hooks:
         self.hooks = hooks
         self.state = {h.name: self.state.get(h.name, HookState()) for h in hooks}
 
-    async def call(self, hook: ProxyHook, routes: list[AccountRoute]) -> str:
-        """'' when acknowledged, else why not."""
-        body = json.dumps({"node": self.node.name, "routes": [r.to_json() for r in routes]})
+    async def call(
+        self,
+        hook: ProxyHook,
+        routes: list[AccountRoute],
+        renamed: dict[str, str] | None = None,
+    ) -> str:
+        """'' when acknowledged, else why not. ``renamed``: old name -> new
+        name (an account rename: the old name has no route any more)."""
+        payload: dict[str, Any] = {"node": self.node.name, "routes": [r.to_json() for r in routes]}
+        if renamed:
+            payload["renamed"] = renamed
+        body = json.dumps(payload)
         timeout = hook.timeout.total_seconds()
         try:
             if hook.url:
@@ -162,11 +171,14 @@ class Hooks:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             return str(exc) or type(exc).__name__
 
-    async def notify(self, routes: list[AccountRoute]) -> tuple[HookAck, ...]:
-        """Call every hook with ``routes``; whether each acknowledged."""
+    async def notify(
+        self, routes: list[AccountRoute], renamed: dict[str, str] | None = None
+    ) -> tuple[HookAck, ...]:
+        """Call every hook with ``routes``; whether each acknowledged. A retry
+        sends the routes again (the new names), not ``renamed``."""
         if not routes or not self.hooks:
             return ()
-        results = await asyncio.gather(*(self.call(h, routes) for h in self.hooks))
+        results = await asyncio.gather(*(self.call(h, routes, renamed) for h in self.hooks))
         accounts = {r.account for r in routes}
         report = []
         for hook, error in zip(self.hooks, results, strict=True):

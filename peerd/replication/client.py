@@ -86,6 +86,7 @@ from ownership.errors import SyncFenced
 from ownership.rows import OwnershipView, parse_row, row_view
 from peerd.node.config import Address
 from peerd.node.node import Node
+from peerd.replication.trace import push_steps
 
 __all__ = ["SyncClient", "SyncReport"]
 
@@ -328,6 +329,7 @@ class SyncClient:
         started = time.perf_counter()
         async with self.lock(account):
             try:
+                await self._send_renames(account, use_zlib, report)
                 done = (
                     fast and mailboxes is None and await self._sync_fast(account, use_zlib, report)
                 )
@@ -340,6 +342,31 @@ class SyncClient:
                 report.seconds = time.perf_counter() - started
         self.node.counters.inc("syncs")
         return report
+
+    async def _send_renames(self, account: str, use_zlib: bool, report: SyncReport) -> None:
+        """RENAME: the renames onto ``account`` the partner has not taken, before
+        anything else is synced for it (the replica must hold the mailboxes
+        under the new name before the compare, or it would see them as new)."""
+        store = self.node.store
+
+        def read(session: Session) -> tuple[OwnershipView | None, list[tuple[str, str]]]:
+            return ownership_table.view(session, account), ownership_table.renames_to(
+                session, account
+            )
+
+        row, renames = await store.read(read)
+        if not renames or row is None or row.owner != self.node.name:
+            return
+        for old, new in renames:
+            report.steps.append(f"RENAME {old} {new}")
+            body = {
+                "account": old,
+                "new": new,
+                "ownership": replace(row, account=old).to_json(),
+            }
+            await self.call("rename", encode_json(body), compressed=use_zlib, report=report)
+            await store.write(partial(ownership_table.rename_done, old=old, new=new))
+            self._marks.pop(old, None)
 
     async def _sync(
         self, account: str, mailbox_names: list[str] | None, use_zlib: bool, report: SyncReport
@@ -373,7 +400,8 @@ class SyncClient:
                 len(m.records) for m in replica.mailboxes
             )
             repairs, push = compare(owner_state, owner_records, replica, known)
-            return _Round(own_row, rows, owner_state, include, repairs, push)
+            known_names = {m.summary.uniqueid: m.summary.name for m in replica.mailboxes}
+            return _Round(own_row, rows, owner_state, include, repairs, push, known_names)
 
         async def repair(planned: _Round) -> None:
             await self._repair(account, planned.own_row, planned.repairs, use_zlib, report)
@@ -381,7 +409,7 @@ class SyncClient:
         planned = await converge(account, plan, repair)
         own_row, push = planned.own_row, planned.push
         if not push.empty:
-            await self._push(account, own_row, push, use_zlib, report)
+            await self._push(account, own_row, push, use_zlib, report, planned.replica_names)
         if planned.include is None and planned.owner_state.exists:
             self._marks[account] = (own_row.epoch, mark_of(planned.owner_state))
         else:
@@ -521,17 +549,19 @@ class SyncClient:
         return True
 
     async def _push(
-        self, account: str, own_row: OwnershipView, push: Push, use_zlib: bool, report: SyncReport
+        self,
+        account: str,
+        own_row: OwnershipView,
+        push: Push,
+        use_zlib: bool,
+        report: SyncReport,
+        replica_names: dict[str, str],
     ) -> None:
         """Send the push; SyncProtocolError when the replica reports a mailbox
         that differs after it (nothing is acknowledged then)."""
-        for uniqueid in push.deletes:
-            report.steps.append(f"DELETE {uniqueid}")
-            report.mailboxes_deleted += 1
-        for mp in push.mailboxes:
-            if mp.create:
-                report.steps.append(f"CREATE {mp.summary.name} {mp.summary.uniqueid}")
-                report.mailboxes_created += 1
+        report.mailboxes_deleted += len(push.deletes)
+        report.mailboxes_created += sum(1 for mp in push.mailboxes if mp.create)
+        report.expunged += sum(len(mp.expunges) for mp in push.mailboxes)
         if push.resurrected:
             report.resurrected += push.resurrected
             self.node.counters.inc("messages_resurrected", push.resurrected)
@@ -542,44 +572,15 @@ class SyncClient:
         guids = sorted({r.guid for mp in push.mailboxes for r in mp.upserts})
         missing: list[str] = []
         if guids:
-            report.steps.append(f"RESERVE [{len(guids)} msgs]")
             reserve = {"account": account, "guids": guids}
             raw = await self.call(
                 "reserve", encode_json(reserve), compressed=use_zlib, report=report
             )
             missing = list(decode_json(raw).get("missing", []))
-        for mp in push.mailboxes:
-            if not mp.upserts and not mp.expunges and not mp.create:
-                continue
-            report.steps.append(f"SELECT {mp.summary.name}")
-            if mp.expunges:
-                report.steps.append(f"EXPUNGE [{len(mp.expunges)} msgs]")
-                report.expunged += len(mp.expunges)
+        report.steps.extend(push_steps(push, replica_names, len(guids), set(missing)))
         if missing:
             await self._upload(missing, use_zlib, report)
-        flags = _flag_updates(push, set(missing))
-        if flags:
-            report.steps.append(f"SETFLAGS [{flags} msgs]")
-            report.setflags += flags
-        if any(mp.upserts for mp in push.mailboxes):
-            # Seen state travels in the records' flags; Cyrus prints this step.
-            report.steps.append(f"SETSEEN {account} ...")
-        if push.subscriptions is not None:
-            report.steps.append(f"SUB {account} [{len(push.subscriptions)}]")
-        if push.sieve is not None:
-            # Cyrus's SIEVE and ACTIVATE_SIEVE: the whole set travels in the push.
-            report.steps.append(f"SIEVE {account} [{len(push.sieve)} scripts]")
-            active = next((name for name, _, on in push.sieve if on), "")
-            report.steps.append(f'ACTIVATE_SIEVE {account} "{active}"')
-        if push.vacations is not None:
-            report.steps.append(f"VACATION {account} [{len(push.vacations)} records]")
-        if push.annotations is not None:
-            # Cyrus's ANNOTATION records: the account's whole set travels.
-            report.steps.append(f"ANNOTATION {account} [{len(push.annotations)} entries]")
-        if push.account_fields is not None:
-            report.steps.append(f"QUOTA {account} {push.account_fields[1]}")
-        if push.delete_account:
-            report.steps.append(f"UNUSER {account}")
+        report.setflags += _flag_updates(push, set(missing))
         body: dict[str, Any] = {
             "account": account,
             "ownership": own_row.to_json(),
@@ -632,7 +633,6 @@ class SyncClient:
                 report.upload_bytes += len(data)
 
         await asyncio.gather(*(send(items) for items in batches))
-        report.steps.append(f"UPLOAD [{report.uploaded} msgs]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -645,6 +645,7 @@ class _Round:
     include: set[str] | None
     repairs: Repairs
     push: Push
+    replica_names: dict[str, str]  # uniqueid -> the replica's name (RENAME in the trace)
 
 
 def summaries_names(summaries: list[Any]) -> list[str]:

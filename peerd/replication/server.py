@@ -26,7 +26,9 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy.orm import Session
 
+from engine import accounts as engine_accounts
 from engine import synclog
+from engine.accounts import normalize_account_name
 from engine.apply import apply_push
 from engine.delta import matches
 from engine.errors import Corrupt, EngineError, SyncProtocolError, SyncStale, TemporaryFailure
@@ -326,6 +328,47 @@ class SyncServer:
         self.node.counters.inc("sync_messages_received", len(frames))
         return self.reply(request, encode_json(result))
 
+    async def rename(self, request: web.Request) -> web.Response:
+        """The owner renamed an account (Cyrus's RENAME of a user): rename ours.
+
+        Fenced on the old name with the owner's row. Idempotent: a replica
+        that already has the new name, or neither name (the account has not
+        arrived yet), answers ``renamed: false`` and the owner's next sync
+        brings what is missing. The ownership row moves to the new name at
+        the owner's epoch; sync-log rows pending here for the old name follow.
+        """
+        body = decode_json(await self.body(request))
+        view = self.sender(body)
+        new = body.get("new")
+        if not isinstance(new, str) or not new:
+            raise SyncProtocolError("new is required")
+        new = normalize_account_name(new)
+        me = self.node.name
+
+        def write(session: Session) -> dict[str, Any]:
+            check_sync(session, me, view.account, view, adopt=False)
+            target = ownership_table.get(session, new)
+            if target is not None and target.owner == me:
+                raise SyncFenced(f"{me} owns {new}; refusing a rename onto it", None)
+            has_old = engine_accounts.find_account(session, view.account) is not None
+            has_new = engine_accounts.find_account(session, new) is not None
+            if has_old and has_new:
+                raise SyncProtocolError(
+                    f"cannot rename {view.account} to {new}: both exist on {me}"
+                )
+            if has_old:
+                engine_accounts.rename_account(session, view.account, new)
+            if has_old or ownership_table.get(session, view.account) is not None:
+                like = OwnershipView(new, view.owner, view.home, view.epoch, view.state)
+                ownership_table.rename(session, view.account, new, me, remember=False, like=like)
+            return {"renamed": has_old}
+
+        result = await self.node.store.write(write, replaying=True)
+        if result["renamed"]:
+            log.info("%s renamed to %s by %s", view.account, new, view.owner)
+            await self.node.close_sessions([view.account])
+        return self.reply(request, encode_json(result))
+
     async def fetch(self, request: web.Request) -> web.Response:
         """Bytes of messages only we hold, for the owner's no-loss repairs."""
         body = decode_json(await self.body(request))
@@ -474,6 +517,7 @@ class SyncServer:
         app.router.add_post("/sync/v1/apply", self.apply)
         app.router.add_post("/sync/v1/delta", self.delta)
         app.router.add_post("/sync/v1/fetch", self.fetch)
+        app.router.add_post("/sync/v1/rename", self.rename)
         app.router.add_post("/sync/v1/ownership", self.ownership)
         app.router.add_post("/sync/v1/request_sync", self.request_sync)
         app.router.add_post("/sync/v1/digests", self.digests)
