@@ -126,8 +126,12 @@ def test_nginx_and_postfix_reach_an_account_of_another_pair(site: Any, tmp_path:
         secret=SECRET,
     ).start()
     try:
-        with pytest.raises(imaplib.IMAP4.error, match="Invalid login"):
-            imaplib.IMAP4("127.0.0.1", nginx.imap_port, timeout=20).login("erin", "wrong")
+        refused = imaplib.IMAP4("127.0.0.1", nginx.imap_port, timeout=20)
+        try:
+            with pytest.raises(imaplib.IMAP4.error, match="Invalid login"):
+                refused.login("erin", "wrong")
+        finally:
+            refused.shutdown()
         client = imaplib.IMAP4("127.0.0.1", nginx.imap_port, timeout=20)
         try:
             client.login("erin", "erin-pw")

@@ -181,7 +181,7 @@ def list_pairs(conn: Connection) -> list[PairEntry]:
         by_owner[str(owner)] = by_owner.get(str(owner), 0) + int(count)
         if state == "moving":
             moving[str(pair)] = moving.get(str(pair), 0) + int(count)
-    names = [str(n) for n in conn.execute(text("SELECT name FROM directory_pairs ORDER BY name"))]
+    names = [str(n) for n in conn.scalars(text("SELECT name FROM directory_pairs ORDER BY name"))]
     out = []
     for name in names:
         counts = owned.get(name, {})
