@@ -26,7 +26,7 @@ from tests.harness.postfix import Postfix
 from tests.harness.postgres import PgServer
 from tests.nodes import Node, make_pair, peerctl, running
 from tests.procs import free_port, wait_until
-from tests.test_routing import socketmap_query
+from tests.test_routing import set_connections, socketmap_query
 
 SECRET = "site-secret"
 TTL = 1.0  # [routing] directory_cache_ttl in these pairs
@@ -238,6 +238,38 @@ def test_pair_list_shows_every_pair_its_nodes_accounts_and_health(site: Any) -> 
     assert "pair one (this pair): 2 accounts, owned alpha=2" in text.stdout
     assert "pair two: 1 accounts, owned alpha=1" in text.stdout
     assert text.stdout.count(": up, heartbeat") == 4
+
+
+def test_the_directory_away_lookups_say_try_later_and_changes_wait(
+    site: Any, pg_server: PgServer
+) -> None:
+    (one_a, _), (two_a, _), dsn = site
+    database = dsn.rpartition("/")[2]
+    one_a.add_account("lou")
+    two_a.add_account("kim")
+    wait_until(lambda: _route(one_a, "kim"), 10, "kim in the directory")
+    set_connections(pg_server, database, allowed=False)
+    try:
+        time.sleep(TTL)  # pair one's cached answer for kim ages out
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            one_a.call("GET", "/v1/route/kim")
+        assert refused.value.code == 503
+        assert json.loads(refused.value.read())["code"] == "directory_unavailable"
+        port = one_a.ports["socketmap"]
+        assert socketmap_query(port, "transport", "kim@example.test").startswith("TEMP ")
+        # Its own accounts: answered as ever.
+        assert _route(one_a, "lou")["source"] == "local"  # type: ignore[index]
+        # A change made now waits in the writer ...
+        two_a.add_account("max")
+        time.sleep(BEAT * 2)
+    finally:
+        set_connections(pg_server, database, allowed=True)
+    # ... and is written once the directory answers again.
+    wait_until(lambda: _row(dsn, "max") == ("two", "alpha", 1, "normal"), 20, "max written")
+    wait_until(lambda: _route(one_a, "max"), TTL + 5, "pair one finds max")
+    assert socketmap_query(port, "transport", "kim@example.test").endswith(
+        f":{two_a.ports['lmtp']}"
+    )
 
 
 def test_a_stale_epoch_write_loses(pg_server: PgServer) -> None:

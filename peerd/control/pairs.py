@@ -32,6 +32,12 @@ async def list_pairs(call: Call[None, None]) -> web.Response:
         {
             "pair": directory.pair,
             "writer": writer.to_json() if writer is not None else None,
+            "cache": {
+                "entries": len(directory.cache),
+                "hits": directory.cache.hits,
+                "misses": directory.cache.misses,
+                "ttl_seconds": directory.cache.ttl,
+            },
             "pairs": [p.to_json(now, up_within) for p in pairs],
         }
     )

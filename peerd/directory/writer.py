@@ -120,6 +120,7 @@ class DirectoryWriter:
     async def _run(self) -> None:
         interval = self.node.config.routing.directory_heartbeat.total_seconds()
         while True:
+            self._wake.clear()
             try:
                 if not self.status.connected:
                     await self._connect()
@@ -133,7 +134,10 @@ class DirectoryWriter:
                     log.warning("directory: %s (retrying)", exc.message)
                 self.status.connected = False
                 self.status.last_error = exc.message
-            self._wake.clear()
+                # Away: try again after one interval, however many changes
+                # come meanwhile (they wait in ``pending``).
+                await asyncio.sleep(interval)
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), interval)
 
