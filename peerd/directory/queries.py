@@ -133,24 +133,30 @@ def _node(row: Sequence[Any]) -> NodeEntry:
 
 
 def lookup(conn: Connection, account: str) -> Found | None:
-    """The account's row and its pair's nodes, or None."""
-    row = conn.execute(
+    """The account's row and its pair's nodes (one round trip), or None."""
+    rows = conn.execute(
         text(
-            "SELECT account, pair, owner, epoch, ownership, state, move_to"
-            " FROM directory_accounts WHERE account = :account"
+            "SELECT a.account, a.pair, a.owner, a.epoch, a.ownership, a.state, a.move_to,"
+            " n.pair, n.node, n.imap, n.pop3, n.lmtp, n.api, n.release, n.last_heartbeat"
+            " FROM directory_accounts a LEFT JOIN directory_nodes n ON n.pair = a.pair"
+            " WHERE a.account = :account ORDER BY n.node"
         ),
         {"account": account},
-    ).first()
-    if row is None:
+    ).all()
+    if not rows:
         return None
+    first = rows[0]
     entry = AccountEntry(
-        str(row[0]), str(row[1]), str(row[2]), int(row[3]), str(row[4]), str(row[5]), row[6]
+        str(first[0]),
+        str(first[1]),
+        str(first[2]),
+        int(first[3]),
+        str(first[4]),
+        str(first[5]),
+        _text(first[6]),
     )
-    nodes = conn.execute(
-        text(f"SELECT {_NODE_COLUMNS} FROM directory_nodes WHERE pair = :pair ORDER BY node"),
-        {"pair": entry.pair},
-    )
-    return Found(entry, tuple(_node(tuple(n)) for n in nodes))
+    nodes = tuple(_node(tuple(row)[7:]) for row in rows if row[8] is not None)
+    return Found(entry, nodes)
 
 
 def pair_accounts(conn: Connection, pair: str) -> dict[str, int]:
