@@ -243,7 +243,7 @@ def test_pair_list_shows_every_pair_its_nodes_accounts_and_health(site: Any) -> 
 def test_the_directory_away_lookups_say_try_later_and_changes_wait(
     site: Any, pg_server: PgServer
 ) -> None:
-    (one_a, _), (two_a, _), dsn = site
+    (one_a, _), (two_a, two_b), dsn = site
     database = dsn.rpartition("/")[2]
     one_a.add_account("lou")
     two_a.add_account("kim")
@@ -266,6 +266,11 @@ def test_the_directory_away_lookups_say_try_later_and_changes_wait(
         set_connections(pg_server, database, allowed=True)
     # ... and is written once the directory answers again.
     wait_until(lambda: _row(dsn, "max") == ("two", "alpha", 1, "normal"), 20, "max written")
+    # Counted: the failures, and the two rows (kim, max) written once each,
+    # by whichever node of pair two came first; the other's writes changed nothing.
+    counters = [n.call("GET", "/v1/status")["counters"] for n in (two_a, two_b)]
+    assert all(c["directory_failures"] >= 1 for c in counters)
+    assert sum(c.get("directory_rows_written", 0) for c in counters) == 2
     wait_until(lambda: _route(one_a, "max"), TTL + 5, "pair one finds max")
     assert socketmap_query(port, "transport", "kim@example.test").endswith(
         f":{two_a.ports['lmtp']}"

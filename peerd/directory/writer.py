@@ -134,6 +134,7 @@ class DirectoryWriter:
                     log.warning("directory: %s (retrying)", exc.message)
                 self.status.connected = False
                 self.status.last_error = exc.message
+                self.node.counters.inc("directory_failures")
                 # Away: try again after one interval, however many changes
                 # come meanwhile (they wait in ``pending``).
                 await asyncio.sleep(interval)
@@ -152,6 +153,7 @@ class DirectoryWriter:
         for start in range(0, len(rows), CHUNK):
             written = await self.directory.write(rows[start : start + CHUNK])
             self.status.written += len(written)
+            self.node.counters.inc("directory_rows_written", len(written))
         self.status.connected = True
         self.status.last_error = ""
         log.info("directory: pair %s, node %s registered", self.directory.pair, self.node.name)
@@ -172,6 +174,7 @@ class DirectoryWriter:
                 raise
             self.status.written += len(written)
             self.status.deleted += len(deleted)
+            self.node.counters.inc("directory_rows_written", len(written) + len(deleted))
             # A lookup here must not wait out the cache for our own change.
             for account in batch:
                 self.directory.cache.forget(account)
