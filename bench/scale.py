@@ -1,6 +1,6 @@
 """Routing lookups across pairs through one PostgreSQL directory (issue 13, first part).
 
-    .venv/bin/python -m bench.scale [--pairs 3] [--accounts 800] [--rate 1000] [--warm 4] [--ttl 120]
+    .venv/bin/python -m bench.scale [--pairs 3] [--accounts 800] [--rate 1000,250] [--warm 4] [--ttl 120]
 
 Starts a real PostgreSQL server (the tests' harness), creates the directory
 database on it, and starts ``--pairs`` pairs (two real daemons each, on
@@ -10,10 +10,10 @@ hit rate at a given TTL depends on the traffic, not on peerd). Each pair's
 alpha creates ``--accounts`` accounts over its API; the bench waits until
 the directory has every row (the write-through). Then, through pair one's
 alpha, ``GET /v1/route/{account}`` (the JSON lookup; nginx's and the
-socketmap's go through the same cache), each phase twice: open loop at
-``--rate`` lookups a second (each request starts at its scheduled time and
-its latency counts from then, so a node that cannot keep up shows), and one
-request at a time (each lookup's own latency):
+socketmap's go through the same cache), each phase open loop at each
+``--rate`` for ``--warm`` seconds (each request starts at its scheduled time
+and its latency counts from then, so a node that cannot keep up shows), and
+one request at a time (each lookup's own latency):
 
 - **cold**: accounts of the other pairs, each looked up once: every lookup
   misses the cache and asks the directory;
@@ -158,7 +158,7 @@ def _direct(url: str, names: list[str]) -> tuple[list[float], float, int]:
     return latencies, len(names) / took, 0
 
 
-def run(pairs: int, accounts: int, rate: float, warm: float, ttl: float) -> None:
+def run(pairs: int, accounts: int, rates: list[float], warm: float, ttl: float) -> None:
     server = PgServer(require_pg()).start()
     try:
         url = server.create_database()
@@ -187,7 +187,6 @@ def run(pairs: int, accounts: int, rate: float, warm: float, ttl: float) -> None
                 others = others[:-COLD_ALONE]
                 hot = others[:HOT]
                 local = owned[names[0]][:HOT]
-                count = int(warm * rate)
 
                 def phase(label: str, lookups: list[str], at: float | None) -> None:
                     before = _cache(entry)
@@ -200,13 +199,24 @@ def run(pairs: int, accounts: int, rate: float, warm: float, ttl: float) -> None
 
                 print(f"through {entry.name} of {names[0]}, directory cache TTL {ttl} s")
                 print(_line("the directory's statement alone", *_direct(url, alone)))
-                phase("cold: other pairs' accounts", others, rate)
+                share = len(others) // len(rates)
+                for n, at in enumerate(rates):
+                    cold = others[n * share : (n + 1) * share][: int(at * warm)]
+                    phase(f"cold: other pairs' accounts @{at:.0f}/s", cold, at)
                 phase("cold: other pairs' accounts", alone, None)
-                asyncio.run(_lookups(entry, hot, None))  # (read again: all fresh)
-                phase(f"warm: {HOT} accounts of other pairs", _cycle(hot, count), rate)
+                for at in rates:
+                    asyncio.run(_lookups(entry, hot, None))  # (read again: all fresh)
+                    phase(
+                        f"warm: {HOT} of other pairs' @{at:.0f}/s", _cycle(hot, int(at * warm)), at
+                    )
                 asyncio.run(_lookups(entry, hot, None))
                 phase(f"warm: {HOT} accounts of other pairs", _cycle(hot, 500), None)
-                phase(f"local: {HOT} of {names[0]}'s accounts", _cycle(local, count), rate)
+                for at in rates:
+                    phase(
+                        f"local: {HOT} of {names[0]}'s @{at:.0f}/s",
+                        _cycle(local, int(at * warm)),
+                        at,
+                    )
                 phase(f"local: {HOT} of {names[0]}'s accounts", _cycle(local, 500), None)
                 load = os.getloadavg()
                 print(f"load average during the run: {load[0]:.1f} {load[1]:.1f} (2 cores, shared)")
@@ -218,13 +228,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--accounts", type=int, default=800, help="accounts per pair")
-    parser.add_argument("--rate", type=float, default=1000.0, help="lookups per second")
+    parser.add_argument(
+        "--rate", default="1000,250", help="open-loop lookups per second (a comma list)"
+    )
     parser.add_argument("--warm", type=float, default=4.0, help="seconds of warm lookups")
     parser.add_argument(
         "--ttl", type=float, default=120.0, help="[routing] directory_cache_ttl of the nodes"
     )
     args = parser.parse_args()
-    run(args.pairs, args.accounts, args.rate, args.warm, args.ttl)
+    rates = [float(r) for r in args.rate.split(",")]
+    run(args.pairs, args.accounts, rates, args.warm, args.ttl)
 
 
 if __name__ == "__main__":
