@@ -6,7 +6,7 @@ packages on one line are siblings and may not import each other)::
     peerd                           ``python -m peerd``
     peerd.app                       the daemon: wires every part, starts and stops them
     peerd.cli | peerd.control       peerctl (a client of the API) | the control API
-    peerd.pair                      failover, switchover, failback, hooks, sweep
+    peerd.pair | peerd.directory    failover, switchover, failback, hooks, sweep | the routing directory
     peerd.replication               sync client and listener, rolling, reconcile
     peerd.services                  asyncio servers: IMAP, POP3, LMTP, ManageSieve
     peerd.node                      config, the Node (store, fence, logins), errors on the wire
@@ -32,7 +32,7 @@ TIERS: tuple[tuple[str, ...], ...] = (
     ("peerd",),  # peerd/__init__.py and ``python -m peerd``
     ("peerd.app",),
     ("peerd.cli", "peerd.control"),
-    ("peerd.pair",),
+    ("peerd.pair", "peerd.directory"),
     ("peerd.replication",),
     ("peerd.services",),
     ("peerd.node",),

@@ -53,6 +53,7 @@ from peerd.app.startup import EXIT_CONFIG, StartRefused, lock_data_dir, start_er
 from peerd.control.app import build_app
 from peerd.control.call import Parts, StatusSource
 from peerd.control.routing import start_socketmap
+from peerd.directory import Directory, DirectoryWriter
 from peerd.node.config import Config
 from peerd.node.httplimits import GuardedSite
 from peerd.node.logs import setup_logging
@@ -86,6 +87,8 @@ class _Started:
     lmtp: StatusSource | None = None
     scrubber: Scrubber | None = None
     api: web.AppRunner | None = None
+    directory: Directory | None = None
+    directory_writer: DirectoryWriter | None = None
     # Server TLS contexts the listeners hold (IMAP STARTTLS, the sync listener).
     tls: list[ssl.SSLContext] = field(default_factory=list)
 
@@ -150,10 +153,32 @@ async def _start_integrity(node: Node, started: _Started) -> None:
     started.services.append(Service("scrub", scrubber.stop))
 
 
+async def _start_directory(node: Node, started: _Started) -> None:
+    """The routing directory of many pairs, when ``[routing] directory_url``
+    names one: this pair's rows written through, lookups of other pairs'.
+    A directory that does not answer yet delays nothing: the writer keeps
+    trying, lookups answer "try again later" for accounts not local."""
+    routing = node.config.routing
+    if not routing.directory_url:
+        return
+    directory = Directory(routing.directory_url, routing.pair, routing.directory_cache_ttl)
+    writer = DirectoryWriter(node, directory)
+    writer.start()
+
+    async def stop() -> None:
+        await writer.stop()
+        await asyncio.to_thread(directory.close)
+
+    started.directory, started.directory_writer = directory, writer
+    started.services.append(Service("directory", stop))
+
+
 async def _start_upkeep(node: Node, started: _Started) -> None:
     """The socketmap listener and the spool sweep timer."""
     if node.config.listen.socketmap is not None:
-        started.services.append(await start_socketmap(node, node.config.listen.socketmap))
+        started.services.append(
+            await start_socketmap(node, node.config.listen.socketmap, started.directory)
+        )
     sweep = SpoolSweep(node)
     sweep.start()
     started.sweep = sweep
@@ -239,6 +264,8 @@ def _parts(node: Node, started: _Started) -> Parts:
         sync_server=started.sync_server,
         lmtp=started.lmtp,
         scrubber=started.scrubber,
+        directory=started.directory,
+        directory_writer=started.directory_writer,
     )
 
 
@@ -351,6 +378,7 @@ async def _start_parts(node: Node, started: _Started, loop: asyncio.AbstractEven
         _stop_if_damaged(config, exc)
         raise
     await _start_integrity(node, started)
+    await _start_directory(node, started)
     await _start_upkeep(node, started)
     await _start_mail_services(node, started)
     if config.listen.http is not None:

@@ -13,7 +13,9 @@ says, table by table, which keys take effect at once:
                (POP3 reads them per connection)
 ``[imap]``     every key but ``starttls``: for new sessions and commands
 ``[pop3]``     every key: for new sessions and commands
-``[routing]``  every key, the proxy hooks included: for the next lookup or
+``[routing]``  every key, the proxy hooks included, but the directory's
+               (``directory_url``, ``pair``, ``directory_cache_ttl``,
+               ``directory_heartbeat``, ``api_url``): for the next lookup or
                pair operation
 ``[partner]``  ``api``, ``token``: for the next call to the partner's API
 ``[sync]``     ``sync_compress``, ``sync_timeout``, ``sync_tls``,
@@ -49,7 +51,16 @@ RELOADABLE: Final[dict[str, frozenset[str]]] = {
     "tls": frozenset({"cert", "key"}),
     "imap": frozenset({"*", "-starttls"}),
     "pop3": frozenset({"*"}),
-    "routing": frozenset({"*"}),
+    "routing": frozenset(
+        {
+            "*",
+            "-directory_url",
+            "-pair",
+            "-directory_cache_ttl",
+            "-directory_heartbeat",
+            "-api_url",
+        }
+    ),
     "partner": frozenset({"api", "token"}),
     "sync": frozenset({"sync_compress", "sync_timeout", "sync_tls", "sync_tls_ca"}),
 }

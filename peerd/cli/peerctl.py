@@ -707,6 +707,22 @@ def cmd_route(client: Client, args: argparse.Namespace) -> Any:
     )
 
 
+def cmd_pair_list(client: Client, args: argparse.Namespace) -> Any:
+    result = client.call("GET", "/v1/pairs")
+    lines = []
+    for pair in result["pairs"]:
+        owned = ", ".join(f"{k}={v}" for k, v in sorted(pair["owned"].items())) or "-"
+        mark = " (this pair)" if pair["pair"] == result["pair"] else ""
+        lines.append(f"pair {pair['pair']}{mark}: {pair['accounts']} accounts, owned {owned}")
+        for node in pair["nodes"]:
+            health = "up" if node["up"] else "DOWN"
+            lines.append(
+                f"  {node['node']}: {health}, heartbeat {node['heartbeat_age']} s ago"
+                f"  imap {node['imap']} pop3 {node['pop3']} lmtp {node['lmtp']} api {node['api']}"
+            )
+    return result, "\n".join(lines) or "no pairs in the directory"
+
+
 def cmd_reconcile(client: Client, args: argparse.Namespace) -> Any:
     if not args.user and not args.all:
         raise ValueError("give -u USER or --all")
@@ -820,6 +836,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("route", help="where proxies send an account")
     p.add_argument("user")
     p.set_defaults(func=cmd_route)
+    pair = sub.add_parser("pair", help="the pairs of the routing directory").add_subparsers(
+        dest="sub", required=True
+    )
+    p = pair.add_parser("list", help="every pair, its nodes, accounts and health")
+    p.set_defaults(func=cmd_pair_list)
     p = sub.add_parser("failover", help="take every account of the dead partner")
     p.add_argument("--force", action="store_true", help="even though the partner answers")
     p.set_defaults(func=cmd_failover)

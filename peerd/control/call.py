@@ -18,6 +18,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from aiohttp import web
 
+from peerd.directory import Directory, DirectoryWriter
 from peerd.node.node import Node
 from peerd.pair.partner import Pair
 from peerd.pair.sweep import SpoolSweep
@@ -51,6 +52,8 @@ class Parts:
     sync_server: SyncServer | None = None
     lmtp: StatusSource | None = None
     scrubber: Scrubber | None = None
+    directory: Directory | None = None
+    directory_writer: DirectoryWriter | None = None
 
 
 @dataclass(frozen=True, slots=True)

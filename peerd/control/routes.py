@@ -12,7 +12,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from peerd.control import accountimport, accounts, integrity, pairops, reports, routing, syncops
+from peerd.control import (
+    accountimport,
+    accounts,
+    integrity,
+    pairops,
+    pairs,
+    reports,
+    routing,
+    syncops,
+)
 from peerd.control.call import Call, Route
 from peerd.control.openapi import document
 
@@ -227,9 +236,16 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "GET",
         "/v1/route/{account}",
-        "Where an account is served: owner, addresses, epoch",
+        "Where an account is served: owner, addresses, epoch (any pair's, with a directory)",
         routing.route,
-        responses=(200, 404),
+        responses=(200, 404, 422, 503),
+    ),
+    Route(
+        "GET",
+        "/v1/pairs",
+        "Every pair in the routing directory: its nodes, accounts and heartbeats",
+        pairs.list_pairs,
+        responses=(200, 404, 503),
     ),
     Route(
         "POST",

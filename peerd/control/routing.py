@@ -11,6 +11,15 @@ answers Postfix: ``transport`` → ``OK lmtp:inet:HOST:PORT`` of the owner,
 ``mailbox`` → ``OK <account>`` if it exists, ``NOTFOUND `` fast otherwise,
 ``TEMP`` when the database is unavailable; the daemon starts it
 (:func:`start_socketmap`).
+
+With a routing directory (``[routing] directory_url``, docs/directory.md)
+each lookup is answered locally first; an account this node does not hold is
+looked up in the directory (through its cache, ``[routing]
+directory_cache_ttl``), so any node answers for an account of any pair.
+``auth_http`` for such an account is forwarded to a node of the account's
+pair (its owner first), which verifies the password and names the address;
+the forwarded request carries ``X-Peerd-Forwarded`` and is never forwarded
+again. The directory unavailable: 503, ``TEMP``, a temporary failure.
 """
 
 from __future__ import annotations
@@ -18,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+from typing import Any
 
+import aiohttp
 from aiohttp import web
 from sqlalchemy.orm import Session
 
@@ -28,14 +39,31 @@ from engine.errors import EngineError, InvalidArgument, NoSuchAccount, Temporary
 from ownership import authhttp, socketmap
 from ownership import table as ownership_table
 from peerd.control.call import Call
+from peerd.directory import Directory, Found
 from peerd.node.config import Address
 from peerd.node.node import Node
 from peerd.node.service import Service
 from peerd.pair.hooks import AccountRoute, address_of, route_of
 
-__all__ = ["SocketmapServer", "nginx_auth", "route", "start_socketmap"]
+__all__ = ["FORWARDED", "SocketmapServer", "nginx_auth", "route", "start_socketmap"]
 
 log = logging.getLogger("peerd.control.routing")
+
+# The header a forwarded auth_http request carries (its value: the sender).
+FORWARDED = "X-Peerd-Forwarded"
+# What a forwarded auth_http request passes on, and what comes back.
+_AUTH_IN = (
+    "Auth-User",
+    "Auth-Pass",
+    "Auth-Protocol",
+    "Auth-Method",
+    "Auth-Login-Attempt",
+    "Auth-Salt",
+    "Client-IP",
+    "Client-Host",
+)
+_AUTH_OUT = ("Auth-Status", "Auth-Server", "Auth-Port", "Auth-Wait", "Auth-Error-Code")
+FORWARD_TIMEOUT = 5.0
 
 
 def _owner_of(session: Session, node: Node, account: str) -> tuple[str, int, str]:
@@ -45,18 +73,88 @@ def _owner_of(session: Session, node: Node, account: str) -> tuple[str, int, str
     return row.owner, row.epoch, row.state
 
 
+def _remote_route(found: Found) -> dict[str, Any]:
+    """``/v1/route/{account}``'s answer from the directory."""
+    entry = found.entry
+    return {
+        "account": entry.account,
+        "owner": entry.owner,
+        "epoch": entry.epoch,
+        "state": entry.ownership,
+        "imap": found.address("imap"),
+        "pop3": found.address("pop3"),
+        "lmtp": found.address("lmtp"),
+        "pair": entry.pair,
+        "source": "directory",
+    }
+
+
 async def route(call: Call[None, None]) -> web.Response:
     node = call.node
-    name = call.path("account")
+    lowercase = node.config.accounts.lowercase_names
+    names = lookup_names(call.path("account"), lowercase)
+    name = names[0]
 
-    def read(session: Session) -> AccountRoute:
-        account = find_any(session, lookup_names(name, node.config.accounts.lowercase_names))
+    def read(session: Session) -> AccountRoute | None:
+        account = find_any(session, names)
         if account is None:
-            raise NoSuchAccount(f"no such account: {name}")
+            return None
         owner, epoch, state = _owner_of(session, node, account.name)
         return route_of(node, account.name, owner, epoch, state)
 
-    return web.json_response((await node.store.read(read)).to_json())
+    local = await node.store.read(read)
+    if local is not None:
+        pair = node.config.routing.pair or None
+        return web.json_response({**local.to_json(), "pair": pair, "source": "local"})
+    directory = call.parts.directory
+    found = await directory.find(name) if directory is not None else None
+    if found is None:
+        raise NoSuchAccount(f"no such account: {name}")
+    return web.json_response(_remote_route(found))
+
+
+async def _elsewhere(node: Node, directory: Directory, user: str) -> Found | None:
+    """The directory's entry for a login this node cannot check itself: an
+    account it does not hold, served by another node (of any pair)."""
+    try:
+        names = lookup_names(user, node.config.accounts.lowercase_names)
+    except InvalidArgument:
+        return None
+    if await node.store.read(lambda s: find_any(s, names) is not None):
+        return None
+    name = names[0]
+    found = await directory.find(name)
+    if found is None:
+        return None
+    if found.entry.pair == directory.pair and found.entry.owner == node.name:
+        return None  # ours, not here yet: nobody else can check it either
+    return found
+
+
+async def _forward(call: Call[None, None], found: Found) -> dict[str, str] | None:
+    """Ask the account's pair (its owner's API first) to answer nginx; its
+    headers, or None when no node of the pair answered."""
+    request, node = call.request, call.node
+    headers = {k: request.headers[k] for k in _AUTH_IN if k in request.headers}
+    if "Client-IP" not in headers and request.remote:
+        headers["Client-IP"] = request.remote
+    headers[FORWARDED] = node.name
+    if node.config.routing.auth_http_secret:
+        headers["X-Auth-Key"] = node.config.routing.auth_http_secret
+    timeout = aiohttp.ClientTimeout(total=FORWARD_TIMEOUT)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for api in found.apis():
+            try:
+                async with session.get(f"{api}/v1/route/nginx", headers=headers) as answer:
+                    got = {k: answer.headers[k] for k in _AUTH_OUT if k in answer.headers}
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.warning(
+                    "auth_http: %s of pair %s did not answer: %s", api, found.entry.pair, exc
+                )
+                continue
+            if "Auth-Status" in got:
+                return got
+    return None
 
 
 async def nginx_auth(call: Call[None, None]) -> web.Response:
@@ -82,6 +180,23 @@ async def nginx_auth(call: Call[None, None]) -> web.Response:
         return web.Response(
             headers=authhttp.failure("Invalid login or password", wait, auth.protocol)
         )
+    directory = call.parts.directory
+    if directory is not None and FORWARDED not in request.headers:
+        try:
+            found = await _elsewhere(node, directory, auth.user)
+        except EngineError:  # the directory or the store unavailable
+            return web.Response(
+                headers=authhttp.failure(
+                    "Temporary server problem, try again later", wait, auth.protocol
+                )
+            )
+        if found is not None:
+            answer = await _forward(call, found)
+            if answer is None:
+                answer = authhttp.failure(
+                    "Temporary server problem, try again later", wait, auth.protocol
+                )
+            return web.Response(headers=answer)
     # The same check as IMAP and POP3: dummy hash for unknown users, the
     # shared failed-login throttle (by account and by the client's address
     # nginx reports), the bound on concurrent hashing and the log line.
@@ -111,10 +226,15 @@ async def nginx_auth(call: Call[None, None]) -> web.Response:
 
 
 class SocketmapServer:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, directory: Directory | None = None) -> None:
         self.node = node
+        self.directory = directory
 
-    def lookup(self, session: Session, query: socketmap.Lookup) -> socketmap.Reply:
+    def lookup(
+        self, session: Session, query: socketmap.Lookup
+    ) -> socketmap.Reply | tuple[str, ...]:
+        """The reply from this node's store; with a directory, the candidate
+        account names to ask it when this node holds none of them."""
         try:
             config = self.node.config
             recipient = parse_recipient(
@@ -129,6 +249,8 @@ class SocketmapServer:
         try:
             account = resolve_account(session, recipient)
         except NoSuchAccount:
+            if self.directory is not None:
+                return recipient.candidates
             return socketmap.not_found()
         if query.map_name == "mailbox":
             return socketmap.ok(account.name)
@@ -137,6 +259,21 @@ class SocketmapServer:
         if where is None:
             return socketmap.temp(f"no LMTP address known for {owner}")
         return socketmap.ok(f"lmtp:inet:{where.host}:{where.port}")
+
+    async def answer(self, query: socketmap.Lookup) -> socketmap.Reply:
+        local = await self.node.store.read(lambda s: self.lookup(s, query))
+        if isinstance(local, socketmap.Reply):
+            return local
+        assert self.directory is not None  # lookup names candidates only with one
+        found = await self.directory.find_first(local)
+        if found is None:
+            return socketmap.not_found()
+        if query.map_name == "mailbox":
+            return socketmap.ok(found.entry.account)
+        where = found.address("lmtp")
+        if where is None:
+            return socketmap.temp(f"no LMTP address known for {found.entry.owner}")
+        return socketmap.ok(f"lmtp:inet:{where}")
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         decoder = socketmap.NetstringReader()
@@ -147,7 +284,7 @@ class SocketmapServer:
                     break
                 for query in decoder.feed(data):
                     try:
-                        reply = await self.node.store.read(lambda s, q=query: self.lookup(s, q))  # type: ignore[misc]
+                        reply = await self.answer(query)
                     except TemporaryFailure as exc:
                         reply = socketmap.temp(exc.message[:200])
                     writer.write(reply.encode())
@@ -160,8 +297,12 @@ class SocketmapServer:
             writer.close()
 
 
-async def start_socketmap(node: Node, where: Address) -> Service:
-    server = await asyncio.start_server(SocketmapServer(node).handle, where.host, where.port)
+async def start_socketmap(
+    node: Node, where: Address, directory: Directory | None = None
+) -> Service:
+    server = await asyncio.start_server(
+        SocketmapServer(node, directory).handle, where.host, where.port
+    )
     log.info("socketmap listening on %s", where)
 
     async def stop() -> None:

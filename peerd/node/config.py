@@ -267,8 +267,17 @@ class RoutingConfig:
     partner_pop3: Address | None = None
     partner_lmtp: Address | None = None
     hooks: tuple[ProxyHook, ...] = ()
+    # The routing directory of many pairs (docs/directory.md): a PostgreSQL
+    # URL shared by every node of every pair; empty: one pair, no directory.
     directory_url: str = ""
-    pair: str = ""
+    pair: str = ""  # this node's pair, as the directory names it
+    # How long a lookup answered from the directory is reused (the staleness
+    # bound, with the write-through lag), and how often this node says it is up.
+    directory_cache_ttl: dt.timedelta = dt.timedelta(seconds=2)
+    directory_heartbeat: dt.timedelta = dt.timedelta(seconds=5)
+    # This node's control API as other pairs reach it (nginx auth_http of an
+    # account of this pair asked on another pair); default: http:// [listen] http.
+    api_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -510,6 +519,7 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
         raise ConfigError(
             "[routing] auth_http_secret is required when [listen] http is not on loopback"
         )
+    _check_directory(config.routing)
     sync_table = data.get("sync", {})
     if (
         config.sync.sync_host
@@ -553,6 +563,21 @@ def check_for_service(config: Config) -> None:
             "[listen] sync is set but [sync] sync_authname/sync_password are not: the"
             " sync listener would refuse the partner; set both (the same on both nodes)"
         )
+
+
+def _check_directory(routing: RoutingConfig) -> None:
+    if not routing.directory_url:
+        return
+    if routing.directory_url.partition(":")[0] not in ("postgresql", "postgresql+psycopg"):
+        raise ConfigError("[routing] directory_url must be a postgresql:// URL")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9\-]{0,62}", routing.pair):
+        raise ConfigError(
+            "[routing] pair (lower-case letters, digits and dashes) is required with directory_url"
+        )
+    if routing.directory_cache_ttl < dt.timedelta(0):
+        raise ConfigError("[routing] directory_cache_ttl must not be negative (0: no cache)")
+    if routing.directory_heartbeat <= dt.timedelta(0):
+        raise ConfigError("[routing] directory_heartbeat must be positive")
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
