@@ -112,3 +112,43 @@ def test_guesses_queued_past_the_throttle_are_not_hashed(lone_node: NodeFactory)
     log = (node.workdir / f"{node.name}.log").read_text()
     assert log.count("login failed: rip=127.0.0.2 proto=imap") == 20
     assert "Traceback" not in log
+
+
+def test_fair_slots_serve_the_least_served_source_first_and_survive_cancellation() -> None:
+    import asyncio
+
+    from peerd.node.fairqueue import FairSlots
+
+    async def scenario() -> list[str]:
+        slots = FairSlots(2)
+        order: list[str] = []
+        gates: dict[str, asyncio.Event] = {}
+
+        async def hold(name: str, source: str) -> None:
+            async with slots.slot(source):
+                order.append(name)
+                gates[name] = asyncio.Event()
+                await gates[name].wait()
+
+        tasks = [asyncio.create_task(hold(f"flood{n}", "10.0.0.9")) for n in range(6)]
+        await asyncio.sleep(0)
+        cancelled = asyncio.create_task(hold("gone", "10.0.0.7"))
+        user = asyncio.create_task(hold("user", "10.0.0.1"))
+        await asyncio.sleep(0)
+        assert order == ["flood0", "flood1"]
+        cancelled.cancel()
+        await asyncio.sleep(0)
+        gates["flood0"].set()
+        await asyncio.sleep(0.01)
+        # The flood holds one slot, the user none: the user goes first, and
+        # the cancelled waiter took nothing.
+        assert order == ["flood0", "flood1", "user"]
+        for _ in range(6):
+            for gate in list(gates.values()):
+                gate.set()
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*tasks, user)
+        return order
+
+    order = asyncio.run(scenario())
+    assert order[:3] == ["flood0", "flood1", "user"] and len(order) == 7 and "gone" not in order

@@ -9,14 +9,16 @@ rotation gets the slot for its oldest waiter and goes to the back of the
 rotation. So a flood of guesses from one address (or a few) waits behind
 itself, and a real user from another address waits for at most one slot per
 busy source, instead of behind every guess queued before theirs (the FIFO
-of a plain semaphore). A waiter cancelled in the queue leaves it; one
+of a plain semaphore). Among the waiting sources, one that holds fewer slots
+right now goes first (a newcomer holding none gets the very next slot, ahead
+of a flood holding the others); the rotation breaks ties. A waiter cancelled in the queue leaves it; one
 cancelled just as it was given a slot passes the slot on.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -32,18 +34,19 @@ class FairSlots:
         self._free = slots
         # Insertion order is the rotation: the first key is served next.
         self._queues: dict[str, deque[asyncio.Future[None]]] = {}
-
-    @property
-    def waiting(self) -> int:
-        return sum(len(q) for q in self._queues.values())
+        self._held: Counter[str] = Counter()
 
     @asynccontextmanager
     async def slot(self, source: str) -> AsyncIterator[None]:
         """Hold one slot for the ``async with`` body, queued fairly by ``source``."""
         await self._acquire(source)
+        self._held[source] += 1
         try:
             yield
         finally:
+            self._held[source] -= 1
+            if not self._held[source]:
+                del self._held[source]
             self._release()
 
     async def _acquire(self, source: str) -> None:
@@ -74,7 +77,7 @@ class FairSlots:
 
     def _release(self) -> None:
         while self._queues:
-            source = next(iter(self._queues))
+            source = min(self._queues, key=self._held.__getitem__)  # first of the least served
             queue = self._queues.pop(source)
             waiter = queue.popleft()
             if queue:
