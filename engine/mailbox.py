@@ -23,6 +23,14 @@ from sqlalchemy.orm import Session
 
 from engine import synclog
 from engine.errors import AlreadyExists, InvalidArgument, NoSuchMailbox
+from engine.limits import (
+    MAX_MAILBOX_NAME,
+    MAX_MAILBOXES,
+    MAX_SUBSCRIPTIONS,
+    check_acl,
+    check_count,
+    check_length,
+)
 from engine.models import Account, Mailbox, MailboxTombstone, Message, Subscription
 
 __all__ = [
@@ -44,12 +52,12 @@ __all__ = [
 ]
 
 SEPARATOR = "/"
-MAX_NAME = 1000
 
 
 def normalize_mailbox_name(name: str) -> str:
-    if not name or len(name) > MAX_NAME:
-        raise InvalidArgument("mailbox name is empty or too long")
+    if not name:
+        raise InvalidArgument("mailbox name is empty")
+    check_length(name, MAX_MAILBOX_NAME, "a mailbox name")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
         raise InvalidArgument("mailbox name contains control characters")
     parts = name.split(SEPARATOR)
@@ -120,6 +128,11 @@ def create_mailbox(
     name = normalize_mailbox_name(name)
     if find_mailbox(session, account, name) is not None:
         raise AlreadyExists(f"mailbox {name} already exists")
+    count = session.scalar(select(func.count()).where(Mailbox.account_id == account.id))
+    check_count(int(count or 0), MAX_MAILBOXES, "mailboxes")
+    stored_acl = json.dumps(
+        acl if acl is not None else {account.name: "lrswipkxtecda"}, sort_keys=True
+    )
     mailbox = Mailbox(
         account_id=account.id,
         uniqueid=uniqueid or uuid.uuid4().hex,
@@ -127,7 +140,7 @@ def create_mailbox(
         uidvalidity=uidvalidity or _next_uidvalidity(session, account),
         last_uid=0,
         highestmodseq=1,
-        acl=json.dumps(acl if acl is not None else {account.name: "lrswipkxtecda"}, sort_keys=True),
+        acl=check_acl(stored_acl),
         checksum=0,
         exists=0,
     )
@@ -161,6 +174,7 @@ def rename_mailbox(session: Session, account: Account, old: str, new: str) -> li
             moved.append(child)
     for mailbox in moved:
         target = new + mailbox.name[len(old) :]
+        check_length(target, MAX_MAILBOX_NAME, "a mailbox name")
         if mailbox is not source and find_mailbox(session, account, target) is not None:
             raise AlreadyExists(f"mailbox {target} already exists")
     for mailbox in moved:
@@ -169,6 +183,8 @@ def rename_mailbox(session: Session, account: Account, old: str, new: str) -> li
     for sub in session.scalars(select(Subscription).where(Subscription.account_id == account.id)):
         if sub.name == old or sub.name.startswith(prefix):
             renamed = new + sub.name[len(old) :]
+            if len(renamed) > MAX_MAILBOX_NAME:
+                continue  # a subscription may name what does not exist: it keeps its name
             session.delete(sub)
             session.flush()
             if session.get(Subscription, (account.id, renamed)) is None:
@@ -202,7 +218,7 @@ def delete_mailbox(session: Session, account: Account, name: str) -> Mailbox:
 
 def set_acl(session: Session, account: Account, name: str, acl: dict[str, str]) -> None:
     mailbox = get_mailbox(session, account, name)
-    mailbox.acl = json.dumps(acl, sort_keys=True)
+    mailbox.acl = check_acl(json.dumps(acl, sort_keys=True))
     synclog.record(session, account.name, mailbox.uniqueid, "mailbox")
 
 
@@ -219,6 +235,8 @@ def subscriptions(session: Session, account: Account) -> list[str]:
 def subscribe(session: Session, account: Account, name: str) -> None:
     name = normalize_mailbox_name(name)
     if session.get(Subscription, (account.id, name)) is None:
+        count = session.scalar(select(func.count()).where(Subscription.account_id == account.id))
+        check_count(int(count or 0), MAX_SUBSCRIPTIONS, "subscriptions")
         session.add(Subscription(account_id=account.id, name=name))
         synclog.record(session, account.name, "", "sub")
 

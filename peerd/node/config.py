@@ -23,6 +23,8 @@ from typing import Annotated, Any
 
 from apscheduler.triggers.cron import CronTrigger
 
+from engine.limits import MAX_SCRIPTS
+
 __all__ = [
     "Address",
     "ApiConfig",
@@ -68,6 +70,8 @@ class Address:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+# What one sync request holds besides a message's octets (frame headers, JSON).
+_SYNC_FRAMING = 1 << 20
 _DURATION_RE = re.compile(r"\A\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*\Z")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _SIZE_RE = re.compile(r"\A\s*(\d+)\s*([KMGT]i?B?|B)?\s*\Z", re.IGNORECASE)
@@ -453,6 +457,16 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
         raise ConfigError("[http] max_connections and max_connections_per_ip must be >= 1")
     if config.http.header_timeout <= dt.timedelta(0):
         raise ConfigError("[http] header_timeout must be positive")
+    if not 1 <= config.managesieve.max_scripts <= MAX_SCRIPTS:
+        raise ConfigError(f"[managesieve] max_scripts must be 1 to {MAX_SCRIPTS} (the sync limit)")
+    # A message must fit in one sync request (with room for its framing),
+    # or the partner could never take it.
+    largest = max(config.imap.max_literal, config.lmtp.max_message_size)
+    if largest + _SYNC_FRAMING > config.sync.sync_max_request:
+        raise ConfigError(
+            "[imap] max_literal and [lmtp] max_message_size must be at least 1 MiB"
+            " below [sync] sync_max_request (a message travels in one sync request)"
+        )
     if not 1 <= config.auth.max_concurrent_hashes <= 64:
         raise ConfigError("[auth] max_concurrent_hashes must be 1 to 64")
     if not 0 <= config.lmtp.workers <= 64:
