@@ -51,7 +51,7 @@ from peerd.control.app import build_app
 from peerd.control.call import Parts, StatusSource
 from peerd.control.routing import start_socketmap
 from peerd.node.config import Config
-from peerd.node.httplimits import GuardedSite
+from peerd.node.httplimits import GuardedSite, runner_options
 from peerd.node.logs import setup_logging
 from peerd.node.node import Node
 from peerd.node.service import Service, server_service
@@ -303,6 +303,7 @@ async def serve(config: Config, stop_event: asyncio.Event | None = None) -> None
                 # Bodies are never inflated by HTTP Content-Encoding (refused
                 # with 415): a gzip bomb or garbage costs nothing.
                 auto_decompress=False,
+                **runner_options(config.http),
             )
             await runner.setup()
             site = GuardedSite(

@@ -274,6 +274,11 @@ class HttpConfig:
     max_connections: int = 256
     max_connections_per_ip: int = 32
     header_timeout: dt.timedelta = dt.timedelta(seconds=10)
+    # A request's body must have arrived this long after its header ended.
+    body_timeout: dt.timedelta = dt.timedelta(seconds=120)
+    # An idle keep-alive connection (no request under way) is closed after
+    # this; a later request's header must also end within it.
+    keepalive_timeout: dt.timedelta = dt.timedelta(seconds=75)
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,10 +458,13 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
         raise ConfigError("[node] spool_sweep_grace must not be negative")
     if min(config.auth.max_failures_per_account, config.auth.max_failures_per_ip) < 1:
         raise ConfigError("[auth] max_failures_per_account and max_failures_per_ip must be >= 1")
+    http = config.http
     if min(config.http.max_connections, config.http.max_connections_per_ip) < 1:
         raise ConfigError("[http] max_connections and max_connections_per_ip must be >= 1")
-    if config.http.header_timeout <= dt.timedelta(0):
-        raise ConfigError("[http] header_timeout must be positive")
+    if min(http.header_timeout, http.body_timeout, http.keepalive_timeout) <= dt.timedelta(0):
+        raise ConfigError(
+            "[http] header_timeout, body_timeout and keepalive_timeout must be positive"
+        )
     if not 1 <= config.managesieve.max_scripts <= MAX_SCRIPTS:
         raise ConfigError(f"[managesieve] max_scripts must be 1 to {MAX_SCRIPTS} (the sync limit)")
     # A message must fit in one sync request (with room for its framing),
