@@ -188,6 +188,12 @@ class LmtpConfig:
     shutdown_grace: dt.timedelta = dt.timedelta(seconds=10)
     workers: int = 1
     starttls: bool = True  # offered only when [tls] has a certificate
+    # RFC 5321 4.5.3.2.7: a server waits at least five minutes for a command.
+    idle_timeout: dt.timedelta = dt.timedelta(minutes=5)
+    # Per LMTP process (each of [lmtp] workers counts its own); 0: no cap.
+    # Clients on this host (the MTA beside the node) count only in all.
+    max_connections: int = 500
+    max_connections_per_ip: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,6 +483,10 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
         )
     if not 1 <= config.auth.max_concurrent_hashes <= 64:
         raise ConfigError("[auth] max_concurrent_hashes must be 1 to 64")
+    if config.lmtp.idle_timeout <= dt.timedelta(0):
+        raise ConfigError("[lmtp] idle_timeout must be positive")
+    if min(config.lmtp.max_connections, config.lmtp.max_connections_per_ip) < 0:
+        raise ConfigError("[lmtp] max_connections and max_connections_per_ip must be >= 0")
     if not 0 <= config.lmtp.workers <= 64:
         raise ConfigError("[lmtp] workers must be 0 (LMTP in the daemon itself) to 64")
     if config.database.check_at_start not in ("quick", "full", "off"):
