@@ -415,13 +415,18 @@ def test_an_account_the_partner_refuses_is_shown_and_others_replicate(tmp_path: 
     from tests.procs import wait_until
     from tests.test_replication import boxes, deliver
 
-    # beta takes sync requests of at most 64 KiB: one 300 KB message of
+    # beta takes sync requests of at most 200 KiB: one 300 KB message of
     # "big" makes every sync of that account a permanent refusal.
     alpha, beta = make_pair(
         tmp_path,
         {
             "alpha": {"sync": {"sync_compress": False}},
-            "beta": {"sync": {"sync_max_request": "64K"}},
+            # (beta's own entry limits stay below it, or it refuses to start)
+            "beta": {
+                "sync": {"sync_max_request": "200K"},
+                "imap": {"max_literal": "100K"},
+                "lmtp": {"max_message_size": "100K"},
+            },
         },
     )
     try:
@@ -436,7 +441,7 @@ def test_an_account_the_partner_refuses_is_shown_and_others_replicate(tmp_path: 
             return dict(alpha.call("GET", "/v1/status")["replication"]["refused_accounts"])
 
         wait_until(lambda: "big" in refused(), 60, "big shown as refused")
-        assert "64" in refused()["big"] or "exceeds" in refused()["big"], refused()
+        assert "200" in refused()["big"] or "exceeds" in refused()["big"], refused()
         deliver(alpha, "small@example.test", "after")
         wait_until(lambda: boxes(beta, "small") == boxes(alpha, "small"), 60, "small replicates")
         metrics = urllib.request.urlopen(f"{alpha.api}/metrics", timeout=10).read().decode()

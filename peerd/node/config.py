@@ -70,8 +70,10 @@ class Address:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-# What one sync request holds besides a message's octets (frame headers, JSON).
-_SYNC_FRAMING = 1 << 20
+# What one sync request holds besides a message's octets: its frame header
+# and the headers delivery adds (a few KiB), and zlib's worst-case growth
+# (5 octets per 16 KiB block, under 1/1024 of the message).
+_SYNC_FRAMING = 4 << 10
 _DURATION_RE = re.compile(r"\A\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*\Z")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _SIZE_RE = re.compile(r"\A\s*(\d+)\s*([KMGT]i?B?|B)?\s*\Z", re.IGNORECASE)
@@ -476,10 +478,10 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
     # A message must fit in one sync request (with room for its framing),
     # or the partner could never take it.
     largest = max(config.imap.max_literal, config.lmtp.max_message_size)
-    if largest + _SYNC_FRAMING > config.sync.sync_max_request:
+    if largest + largest // 1024 + _SYNC_FRAMING > config.sync.sync_max_request:
         raise ConfigError(
-            "[imap] max_literal and [lmtp] max_message_size must be at least 1 MiB"
-            " below [sync] sync_max_request (a message travels in one sync request)"
+            "[imap] max_literal and [lmtp] max_message_size must leave 4 KiB and 0.1%"
+            " of room below [sync] sync_max_request (a message travels in one sync request)"
         )
     if not 1 <= config.auth.max_concurrent_hashes <= 64:
         raise ConfigError("[auth] max_concurrent_hashes must be 1 to 64")
