@@ -191,7 +191,9 @@ class Node:
         throttle counts failures per account and, when ``rip`` is known, per
         address; a login it refuses is not hashed at all. The password check
         runs off the event loop, at most ``[auth] max_concurrent_hashes`` at
-        a time (scrypt is deliberately slow and takes 32 MiB per check).
+        a time (scrypt is deliberately slow and takes 32 MiB per check),
+        waiting in a queue per client address (:mod:`peerd.node.fairqueue`);
+        the throttle is asked again when its turn comes.
         """
         result = await self._authenticate(user, password, rip or None)
         maillog.login(result.ok, rip, protocol or "-", user, result.account if result.ok else "")
