@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from engine import synclog
 from engine.db import utcnow
 from engine.errors import AlreadyExists, InvalidArgument, NoSuchAccount
+from engine.limits import MAX_PASSWORD_HASH, check_length
 from engine.models import Account, Mailbox, Subscription
 from engine.passwords import hash_password
 
@@ -109,6 +110,7 @@ def create_account(
         if password is None:
             raise InvalidArgument("a password is required")
         password_hash = hash_password(password)
+    check_length(password_hash, MAX_PASSWORD_HASH, "a password hash")
     account = Account(name=name, password_hash=password_hash, quota_limit=quota_limit, quota_used=0)
     session.add(account)
     session.flush()
@@ -223,6 +225,7 @@ def set_password(session: Session, name: str, password: str) -> None:
 
 
 def set_password_hash(session: Session, name: str, password_hash: str) -> None:
+    check_length(password_hash, MAX_PASSWORD_HASH, "a password hash")
     account = get_account(session, name)
     account.password_hash = password_hash
     synclog.record(session, name, "", "account")

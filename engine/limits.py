@@ -3,9 +3,12 @@
 How this works: the sync decoder (:mod:`engine.syncwire`) refuses a record
 beyond these limits, so a value past them that got into the store would make
 the partner refuse every sync of its account for ever. Every write path
-checks the same limits where the data enters, through the functions here,
-and a refusal is :class:`~engine.errors.LimitExceeded` (IMAP ``NO [LIMIT]``,
-LMTP 552, HTTP 422 in peerd's error map).
+checks the same limits where the data enters, through the functions here
+(called by the engine's own write functions, so IMAP, POP3, LMTP, Sieve,
+ManageSieve and the API cannot miss them), and a refusal is
+:class:`~engine.errors.LimitExceeded` (IMAP ``NO [LIMIT]``, LMTP 552,
+ManageSieve ``NO (QUOTA)``, HTTP 422 in peerd's error map). Lengths are in
+characters, as the decoder counts them once the JSON is parsed.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from engine.errors import AnnotationTooLarge, LimitExceeded
 
 __all__ = [
     "ACL_RIGHTS",
+    "MAX_ACCOUNT_NAME",
     "MAX_ACL_CHARS",
     "MAX_ACL_ENTRIES",
     "MAX_ACL_IDENTIFIER",
@@ -23,13 +27,51 @@ __all__ = [
     "MAX_ANNOTATION_ENTRY",
     "MAX_ANNOTATION_VALUE",
     "MAX_FLAGS_CHARS",
+    "MAX_MAILBOXES",
+    "MAX_MAILBOX_NAME",
+    "MAX_PASSWORD_HASH",
+    "MAX_RECORDS",
+    "MAX_SCRIPTS",
+    "MAX_SCRIPT_CHARS",
+    "MAX_SCRIPT_NAME",
+    "MAX_SUBSCRIPTIONS",
+    "MAX_VACATIONS",
     "check_acl",
     "check_annotation",
+    "check_count",
     "check_flags",
+    "check_length",
 ]
 
 MAX_FLAGS_CHARS = 8192
 """One message's stored flags (space-separated, engine.flags.format_flags)."""
+
+MAX_MAILBOX_NAME = 1000
+"""One mailbox name (and so one subscription), ``/``-separated."""
+
+MAX_MAILBOXES = 100_000
+"""Mailboxes of one account."""
+
+MAX_SUBSCRIPTIONS = 100_000
+"""Subscriptions of one account (a name need not exist: RFC 3501 6.3.6)."""
+
+MAX_RECORDS = 5_000_000
+"""Message records of one mailbox in one sync message."""
+
+MAX_SCRIPTS = 1000
+"""Sieve scripts of one account ([managesieve] max_scripts is at most this)."""
+
+MAX_SCRIPT_CHARS = 1 << 20
+"""One Sieve script (the Sieve parser's own limit, 256 KiB, is below it)."""
+
+MAX_SCRIPT_NAME = 512
+"""One Sieve script's name (RFC 5804 1.6 names are at most 512 octets here)."""
+
+MAX_VACATIONS = 1_000_000
+"""Vacation reply-once records of one account (the oldest goes past it)."""
+
+MAX_ACCOUNT_NAME = 255
+MAX_PASSWORD_HASH = 255
 
 
 def check_flags(stored: str) -> str:
@@ -40,6 +82,19 @@ def check_flags(stored: str) -> str:
             f" (these would be {len(stored)})"
         )
     return stored
+
+
+def check_length(value: str, limit: int, what: str) -> str:
+    """``value`` if it has at most ``limit`` characters, else LimitExceeded."""
+    if len(value) > limit:
+        raise LimitExceeded(f"{what} must be at most {limit} characters")
+    return value
+
+
+def check_count(count: int, limit: int, what: str) -> None:
+    """LimitExceeded if one more than ``count`` would pass ``limit``."""
+    if count >= limit:
+        raise LimitExceeded(f"at most {limit} {what} per account")
 
 
 MAX_ACL_CHARS = 65536

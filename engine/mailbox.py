@@ -13,7 +13,6 @@ second (RFC 3501 2.3.1.1).
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Protocol
@@ -23,7 +22,14 @@ from sqlalchemy.orm import Session
 
 from engine import synclog
 from engine.errors import AlreadyExists, InvalidArgument, NoSuchMailbox
-from engine.limits import check_acl
+from engine.limits import (
+    MAX_MAILBOX_NAME,
+    MAX_MAILBOXES,
+    MAX_SUBSCRIPTIONS,
+    check_acl,
+    check_count,
+    check_length,
+)
 from engine.models import Account, Annotation, Mailbox, MailboxTombstone, Message, Subscription
 
 __all__ = [
@@ -45,12 +51,12 @@ __all__ = [
 ]
 
 SEPARATOR = "/"
-MAX_NAME = 1000
 
 
 def normalize_mailbox_name(name: str) -> str:
-    if not name or len(name) > MAX_NAME:
-        raise InvalidArgument("mailbox name is empty or too long")
+    if not name:
+        raise InvalidArgument("mailbox name is empty")
+    check_length(name, MAX_MAILBOX_NAME, "a mailbox name")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
         raise InvalidArgument("mailbox name contains control characters")
     parts = name.split(SEPARATOR)
@@ -121,6 +127,8 @@ def create_mailbox(
     name = normalize_mailbox_name(name)
     if find_mailbox(session, account, name) is not None:
         raise AlreadyExists(f"mailbox {name} already exists")
+    count = session.scalar(select(func.count()).where(Mailbox.account_id == account.id))
+    check_count(int(count or 0), MAX_MAILBOXES, "mailboxes")
     mailbox = Mailbox(
         account_id=account.id,
         uniqueid=uniqueid or uuid.uuid4().hex,
@@ -128,7 +136,7 @@ def create_mailbox(
         uidvalidity=uidvalidity or _next_uidvalidity(session, account),
         last_uid=0,
         highestmodseq=1,
-        acl=json.dumps(acl if acl is not None else {account.name: "lrswipkxtecda"}, sort_keys=True),
+        acl=check_acl(acl if acl is not None else {account.name: "lrswipkxtecda"}),
         checksum=0,
         exists=0,
     )
@@ -162,6 +170,7 @@ def rename_mailbox(session: Session, account: Account, old: str, new: str) -> li
             moved.append(child)
     for mailbox in moved:
         target = new + mailbox.name[len(old) :]
+        check_length(target, MAX_MAILBOX_NAME, "a mailbox name")
         if mailbox is not source and find_mailbox(session, account, target) is not None:
             raise AlreadyExists(f"mailbox {target} already exists")
     for mailbox in moved:
@@ -170,6 +179,8 @@ def rename_mailbox(session: Session, account: Account, old: str, new: str) -> li
     for sub in session.scalars(select(Subscription).where(Subscription.account_id == account.id)):
         if sub.name == old or sub.name.startswith(prefix):
             renamed = new + sub.name[len(old) :]
+            if len(renamed) > MAX_MAILBOX_NAME:
+                continue  # a subscription may name what does not exist: it keeps its name
             session.delete(sub)
             session.flush()
             if session.get(Subscription, (account.id, renamed)) is None:
@@ -226,6 +237,8 @@ def subscriptions(session: Session, account: Account) -> list[str]:
 def subscribe(session: Session, account: Account, name: str) -> None:
     name = normalize_mailbox_name(name)
     if session.get(Subscription, (account.id, name)) is None:
+        count = session.scalar(select(func.count()).where(Subscription.account_id == account.id))
+        check_count(int(count or 0), MAX_SUBSCRIPTIONS, "subscriptions")
         session.add(Subscription(account_id=account.id, name=name))
         synclog.record(session, account.name, "", "sub")
 

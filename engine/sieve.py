@@ -21,12 +21,19 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from engine import synclog
 from engine.db import utcnow
 from engine.errors import NoSuchScript, ScriptActive, ScriptExists, TooManyScripts
+from engine.limits import (
+    MAX_SCRIPT_CHARS,
+    MAX_SCRIPT_NAME,
+    MAX_SCRIPTS,
+    MAX_VACATIONS,
+    check_length,
+)
 from engine.models import Account, SieveScript, VacationSent
 
 __all__ = [
@@ -81,7 +88,11 @@ def get_script(session: Session, account: Account, name: str) -> str:
 def put_script(
     session: Session, account: Account, name: str, content: str, *, max_scripts: int
 ) -> None:
-    """Store or replace ``name``; a new name beyond ``max_scripts`` is refused."""
+    """Store or replace ``name``; a new name beyond ``max_scripts`` is refused
+    (and beyond :data:`~engine.limits.MAX_SCRIPTS`, whatever ``max_scripts``)."""
+    check_length(name, MAX_SCRIPT_NAME, "a Sieve script's name")
+    check_length(content, MAX_SCRIPT_CHARS, "a Sieve script")
+    max_scripts = min(max_scripts, MAX_SCRIPTS)
     row = session.get(SieveScript, (account.id, name))
     if row is None:
         count = len(list_scripts(session, account))
@@ -121,6 +132,7 @@ def rename_script(session: Session, account: Account, old: str, new: str) -> Non
     row = _script(session, account, old)
     if old == new:
         return
+    check_length(new, MAX_SCRIPT_NAME, "a Sieve script's name")
     if session.get(SieveScript, (account.id, new)) is not None:
         raise ScriptExists(f"script {new} exists")
     session.add(
@@ -157,6 +169,17 @@ def vacation_due(
         return False
     until = now + dt.timedelta(days=days)
     if row is None:
+        held = session.scalar(select(func.count()).where(VacationSent.account_id == account.id))
+        if int(held or 0) >= MAX_VACATIONS:
+            # At the sync limit: the record that ends first makes room (its
+            # sender may get a second reply early; the account keeps syncing).
+            oldest = select(VacationSent.key).where(VacationSent.account_id == account.id)
+            first = session.scalar(oldest.order_by(VacationSent.until).limit(1))
+            session.execute(
+                delete(VacationSent).where(
+                    VacationSent.account_id == account.id, VacationSent.key == first
+                )
+            )
         session.add(VacationSent(account_id=account.id, key=key, until=until))
     else:
         row.until = until

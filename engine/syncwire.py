@@ -33,11 +33,21 @@ from typing import Any
 from engine.compare import MailboxPush, Push
 from engine.errors import SyncProtocolError, SyncVersionMismatch
 from engine.limits import (
+    MAX_ACCOUNT_NAME,
     MAX_ACL_CHARS,
     MAX_ANNOTATION_ENTRY,
     MAX_ANNOTATION_VALUE,
     MAX_ANNOTATIONS,
     MAX_FLAGS_CHARS,
+    MAX_MAILBOX_NAME,
+    MAX_MAILBOXES,
+    MAX_PASSWORD_HASH,
+    MAX_RECORDS,
+    MAX_SCRIPT_CHARS,
+    MAX_SCRIPT_NAME,
+    MAX_SCRIPTS,
+    MAX_SUBSCRIPTIONS,
+    MAX_VACATIONS,
 )
 from engine.spool import guid_of
 from engine.syncstate import AccountState, MailboxState, MailboxSummary, RecordState
@@ -71,7 +81,6 @@ MAX_FRAME = 512 << 20
 # Bodies at least this large are (de)compressed in a thread, not on an event
 # loop: zlib lets go of the interpreter lock.
 OFF_LOOP = 256 << 10
-MAX_RECORDS = 5_000_000
 
 # The sync protocol's version: raised by a release that changes what a request
 # or an answer holds; the oldest still understood stays one behind it then.
@@ -218,7 +227,7 @@ def decode_summary(value: Any) -> MailboxSummary:
         raise SyncProtocolError("a mailbox summary must be an object")
     return MailboxSummary(
         uniqueid=_uniqueid(value.get("uniqueid")),
-        name=_str(value.get("name"), "name"),
+        name=_str(value.get("name"), "name", MAX_MAILBOX_NAME),
         uidvalidity=_int(value.get("uidvalidity"), "uidvalidity", 1),
         last_uid=_int(value.get("last_uid"), "last_uid"),
         highestmodseq=_int(value.get("highestmodseq"), "highestmodseq"),
@@ -256,7 +265,7 @@ def decode_account_state(value: Any) -> AccountState:
         raise SyncProtocolError("account state must be an object")
     quota = value.get("quota_limit")
     mailboxes = []
-    for item in _list(value.get("mailboxes", []), "mailboxes", 100_000):
+    for item in _list(value.get("mailboxes", []), "mailboxes", MAX_MAILBOXES):
         if not isinstance(item, dict):
             raise SyncProtocolError("a mailbox must be an object")
         mode = item.get("mode", "none")
@@ -265,12 +274,13 @@ def decode_account_state(value: Any) -> AccountState:
         records = tuple(decode_record(r) for r in _list(item.get("records", []), "records"))
         mailboxes.append(MailboxState(decode_summary(item.get("summary")), mode, records))
     return AccountState(
-        name=_str(value.get("name"), "name", 255),
+        name=_str(value.get("name"), "name", MAX_ACCOUNT_NAME),
         exists=bool(value.get("exists")),
-        password_hash=_str(value.get("password_hash", ""), "password_hash", 255),
+        password_hash=_str(value.get("password_hash", ""), "password_hash", MAX_PASSWORD_HASH),
         quota_limit=None if quota is None else _int(quota, "quota_limit"),
         subscriptions=tuple(
-            _str(s, "subscription") for s in _list(value.get("subscriptions", []), "subscriptions")
+            _str(s, "subscription", MAX_MAILBOX_NAME)
+            for s in _list(value.get("subscriptions", []), "subscriptions", MAX_SUBSCRIPTIONS)
         ),
         mailboxes=tuple(mailboxes),
         tombstones=frozenset(
@@ -314,9 +324,9 @@ def decode_push(value: Any) -> Push:
         if not isinstance(fields, list) or len(fields) != 2:
             raise SyncProtocolError("account_fields is [password_hash, quota_limit]")
         quota = None if fields[1] is None else _int(fields[1], "quota_limit")
-        account_fields = (_str(fields[0], "password_hash", 255), quota)
+        account_fields = (_str(fields[0], "password_hash", MAX_PASSWORD_HASH), quota)
     mailboxes = []
-    for item in _list(value.get("mailboxes", []), "mailboxes", 100_000):
+    for item in _list(value.get("mailboxes", []), "mailboxes", MAX_MAILBOXES):
         if not isinstance(item, dict):
             raise SyncProtocolError("a mailbox push must be an object")
         mailboxes.append(
@@ -331,7 +341,7 @@ def decode_push(value: Any) -> Push:
         )
     subscriptions = value.get("subscriptions")
     return Push(
-        account=_str(value.get("account"), "account", 255),
+        account=_str(value.get("account"), "account", MAX_ACCOUNT_NAME),
         delete_account=bool(value.get("delete_account", False)),
         create_account=bool(value.get("create_account", False)),
         account_fields=account_fields,
@@ -339,7 +349,10 @@ def decode_push(value: Any) -> Push:
         mailboxes=tuple(mailboxes),
         subscriptions=None
         if subscriptions is None
-        else tuple(_str(s, "subscription") for s in _list(subscriptions, "subscriptions")),
+        else tuple(
+            _str(s, "subscription", MAX_MAILBOX_NAME)
+            for s in _list(subscriptions, "subscriptions", MAX_SUBSCRIPTIONS)
+        ),
         sieve=None if value.get("sieve") is None else decode_sieve(value["sieve"]),
         vacations=None if value.get("vacations") is None else decode_vacations(value["vacations"]),
         annotations=None
@@ -374,12 +387,6 @@ def decode_annotations(value: Any) -> tuple[tuple[str, str, bytes], ...]:
     return tuple(out)
 
 
-# A script is at most 256 KiB (docs/sieve.md); a name at most 512 octets.
-MAX_SCRIPT = 1 << 20
-MAX_SCRIPTS = 1000
-MAX_VACATIONS = 1_000_000
-
-
 def decode_sieve(value: Any) -> tuple[tuple[str, str, bool], ...]:
     """The SIEVE part: ``[[name, content, active], ...]``, at most one active."""
     out = []
@@ -387,7 +394,11 @@ def decode_sieve(value: Any) -> tuple[tuple[str, str, bool], ...]:
         if not isinstance(item, list) or len(item) != 3 or not isinstance(item[2], bool):
             raise SyncProtocolError("a script is [name, content, active]")
         out.append(
-            (_str(item[0], "script name", 512), _str(item[1], "script", MAX_SCRIPT), item[2])
+            (
+                _str(item[0], "script name", MAX_SCRIPT_NAME),
+                _str(item[1], "script", MAX_SCRIPT_CHARS),
+                item[2],
+            )
         )
     if sum(active for _, _, active in out) > 1:
         raise SyncProtocolError("at most one script is active")

@@ -415,13 +415,18 @@ def test_an_account_the_partner_refuses_is_shown_and_others_replicate(tmp_path: 
     from tests.procs import wait_until
     from tests.test_replication import boxes, deliver
 
-    # beta takes sync requests of at most 64 KiB: one 300 KB message of
+    # beta takes sync requests of at most 200 KiB: one 300 KB message of
     # "big" makes every sync of that account a permanent refusal.
     alpha, beta = make_pair(
         tmp_path,
         {
             "alpha": {"sync": {"sync_compress": False}},
-            "beta": {"sync": {"sync_max_request": "64K"}},
+            # (beta's own entry limits stay below it, or it refuses to start)
+            "beta": {
+                "sync": {"sync_max_request": "200K"},
+                "imap": {"max_literal": "100K"},
+                "lmtp": {"max_message_size": "100K"},
+            },
         },
     )
     try:
@@ -436,7 +441,7 @@ def test_an_account_the_partner_refuses_is_shown_and_others_replicate(tmp_path: 
             return dict(alpha.call("GET", "/v1/status")["replication"]["refused_accounts"])
 
         wait_until(lambda: "big" in refused(), 60, "big shown as refused")
-        assert "64" in refused()["big"] or "exceeds" in refused()["big"], refused()
+        assert "200" in refused()["big"] or "exceeds" in refused()["big"], refused()
         deliver(alpha, "small@example.test", "after")
         wait_until(lambda: boxes(beta, "small") == boxes(alpha, "small"), 60, "small replicates")
         metrics = urllib.request.urlopen(f"{alpha.api}/metrics", timeout=10).read().decode()
@@ -446,3 +451,45 @@ def test_an_account_the_partner_refuses_is_shown_and_others_replicate(tmp_path: 
     finally:
         alpha.stop()
         beta.stop()
+
+
+def test_http_listeners_cut_slow_bodies_and_idle_keepalive(
+    lone_node: Callable[..., LoneNode],
+) -> None:
+    import base64
+    import socket
+    import time
+
+    node = lone_node({"http": {"body_timeout": "2s", "keepalive_timeout": "2s"}})
+    basic = "Basic " + base64.b64encode(b"repl:repl-secret").decode()
+    listeners = (
+        ("control API", node.port("http"), "/v1/accounts", f"Bearer {TOKEN}"),
+        ("sync listener", node.port("sync"), "/sync/v1/user_some", basic),
+    )
+    for what, port, path, auth in listeners:
+        # A body that stops arriving: cut after body_timeout.
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as slow:
+            slow.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n"
+                "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{".encode()
+            )
+            started = time.monotonic()
+            assert _closed_within(slow, 8), f"{what}: slow body"
+            assert 1.5 < time.monotonic() - started < 7, f"{what}: slow body"
+        # A keep-alive connection left idle after a request: closed after
+        # keepalive_timeout (the answer arrives first).
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as idle:
+            idle.sendall(
+                f"GET /v1/health HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n".encode()
+            )
+            started = time.monotonic()
+            idle.settimeout(5)
+            assert idle.recv(4096).startswith(b"HTTP/1.1 "), what
+            assert _closed_within(idle, 8), f"{what}: idle keep-alive"
+            assert 1.5 < time.monotonic() - started < 7, f"{what}: idle keep-alive"
+    # The listeners still serve.
+    assert urllib.request.urlopen(f"{node.api}/v1/health", timeout=5).status == 200
+    log = (node.workdir / f"{node.name}.log").read_text()
+    for what, *_ in listeners:
+        assert f"{what}: closed a connection from 127.0.0.1: request body not complete" in log
+    assert "Traceback" not in log

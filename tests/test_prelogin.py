@@ -126,3 +126,48 @@ def test_connections_are_capped_per_address_and_in_all(lone_node: NodeFactory) -
                 file.close()
                 raw.close()
         time.sleep(0.2)  # the daemon sees the closes before the next listener's round
+
+
+def test_lmtp_connections_are_capped_and_idle_ones_closed(lone_node: NodeFactory) -> None:
+    import smtplib
+
+    node = lone_node(
+        {"lmtp": {"max_connections": 5, "max_connections_per_ip": 2, "idle_timeout": "2s"}}
+    )
+    node.add_account("carol")
+    held: list[tuple[socket.socket, Any]] = []
+    try:
+        for _ in range(2):
+            held.append(connect(node, "lmtp", "127.0.0.2"))
+            assert held[-1][1].readline().startswith(b"220 ")
+        # A third from the same address is refused before the greeting.
+        raw, reader = connect(node, "lmtp", "127.0.0.2")
+        with raw:
+            assert reader.readline().startswith(b"421 4.3.2 ")
+            assert reader.readline() == b""
+        # The MTA on this host counts only in all: three more fill the cap.
+        for _ in range(3):
+            held.append(connect(node, "lmtp"))
+            assert held[-1][1].readline().startswith(b"220 ")
+        raw, reader = connect(node, "lmtp", "127.0.0.3")
+        with raw:
+            assert reader.readline().startswith(b"421 4.3.2 ")
+        # Idle sessions are told 421 and closed after idle_timeout.
+        started = time.monotonic()
+        for _, held_reader in held:
+            assert held_reader.readline().startswith(b"421 4.4.2 ")
+            assert held_reader.readline() == b""
+        assert time.monotonic() - started < 8
+    finally:
+        for raw, _ in held:
+            raw.close()
+    time.sleep(0.3)
+    # Their slots are free again: a delivery goes through.
+    with smtplib.LMTP("127.0.0.1", node.port("lmtp"), timeout=30) as lmtp:
+        refused = lmtp.sendmail(
+            "x@example.test", ["carol@example.test"], b"Subject: s\r\n\r\nb\r\n"
+        )
+        assert refused == {}
+    log = (node.workdir / f"{node.name}.log").read_text()
+    assert "lmtp: refused a connection from 127.0.0.2" in log
+    assert "Traceback" not in log

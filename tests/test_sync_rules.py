@@ -82,7 +82,12 @@ def test_an_oversized_sync_request_is_refused_and_changes_nothing(tmp_path: Path
         tmp_path,
         {
             "alpha": {"sync": {"sync_compress": False}},
-            "beta": {"sync": {"sync_max_request": "64K"}},
+            # (beta's own entry limits stay below it, or it refuses to start)
+            "beta": {
+                "sync": {"sync_max_request": "64K"},
+                "imap": {"max_literal": "32K"},
+                "lmtp": {"max_message_size": "32K"},
+            },
         },
     )
     with running(alpha, beta):

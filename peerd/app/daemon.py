@@ -55,7 +55,7 @@ from peerd.control.call import Parts, StatusSource
 from peerd.control.routing import start_socketmap
 from peerd.directory import Directory, DirectoryWriter
 from peerd.node.config import Config
-from peerd.node.httplimits import GuardedSite
+from peerd.node.httplimits import GuardedSite, runner_options
 from peerd.node.logs import setup_logging
 from peerd.node.node import Node
 from peerd.node.service import Service, server_service
@@ -389,6 +389,7 @@ async def _start_parts(node: Node, started: _Started, loop: asyncio.AbstractEven
             # Bodies are never inflated by HTTP Content-Encoding (refused
             # with 415): a gzip bomb or garbage costs nothing.
             auto_decompress=False,
+            **runner_options(config.http),
         )
         await runner.setup()
         site = GuardedSite(

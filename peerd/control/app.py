@@ -28,6 +28,7 @@ from peerd.control.routes import ROUTES
 from peerd.control.schema import decode_body, parse
 from peerd.node import maillog
 from peerd.node.errormap import http_status, problem_title
+from peerd.node.httplimits import body_deadline
 
 __all__ = ["MAX_BODY", "build_app", "problem"]
 
@@ -73,6 +74,13 @@ async def errors_middleware(request: web.Request, handler: Endpoint) -> web.Stre
         if exc.status < 400:
             raise
         return problem(exc.status, exc.reason)
+    except ConnectionResetError as exc:
+        # The client left (or was cut off) while its body was being read:
+        # one line; nobody reads the answer.
+        log.info(
+            "control API: %s %s from %s: %s", request.method, request.path, request.remote, exc
+        )
+        return web.Response(status=499)
     except Exception:
         log.exception("control API error on %s %s", request.method, request.path)
         return problem(500, "Internal Server Error", "see the node's log")
@@ -178,7 +186,11 @@ def _log_action(action: str, request: web.Request, target: str, status: int) -> 
 def build_app(parts: Parts, routes: tuple[Route, ...] = ROUTES) -> web.Application:
     public = frozenset(r.path for r in routes if r.public)
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware(parts.node.config.api.token, public)],
+        middlewares=[
+            body_deadline(parts.node.config.http, "control API"),
+            errors_middleware,
+            auth_middleware(parts.node.config.api.token, public),
+        ],
         client_max_size=MAX_BODY,
     )
     for route in routes:

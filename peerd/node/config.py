@@ -23,6 +23,8 @@ from typing import Annotated, Any
 
 from apscheduler.triggers.cron import CronTrigger
 
+from engine.limits import MAX_SCRIPTS
+
 __all__ = [
     "SIZE_PATTERN",
     "AccountsConfig",
@@ -71,6 +73,10 @@ class Address:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+# What one sync request holds besides a message's octets: its frame header
+# and the headers delivery adds (a few KiB), and zlib's worst-case growth
+# (5 octets per 16 KiB block, under 1/1024 of the message).
+_SYNC_FRAMING = 4 << 10
 _DURATION_RE = re.compile(r"\A\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*\Z")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 # A size as a string: digits and an optional binary unit (the control API's
@@ -190,6 +196,12 @@ class LmtpConfig:
     shutdown_grace: dt.timedelta = dt.timedelta(seconds=10)
     workers: int = 1
     starttls: bool = True  # offered only when [tls] has a certificate
+    # RFC 5321 4.5.3.2.7: a server waits at least five minutes for a command.
+    idle_timeout: dt.timedelta = dt.timedelta(minutes=5)
+    # Per LMTP process (each of [lmtp] workers counts its own); 0: no cap.
+    # Clients on this host (the MTA beside the node) count only in all.
+    max_connections: int = 500
+    max_connections_per_ip: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +305,11 @@ class HttpConfig:
     max_connections: int = 256
     max_connections_per_ip: int = 32
     header_timeout: dt.timedelta = dt.timedelta(seconds=10)
+    # A request's body must have arrived this long after its header ended.
+    body_timeout: dt.timedelta = dt.timedelta(seconds=120)
+    # An idle keep-alive connection (no request under way) is closed after
+    # this; a later request's header must also end within it.
+    keepalive_timeout: dt.timedelta = dt.timedelta(seconds=75)
 
 
 @dataclass(frozen=True, slots=True)
@@ -473,12 +490,29 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
         raise ConfigError("[node] spool_sweep_grace must not be negative")
     if min(config.auth.max_failures_per_account, config.auth.max_failures_per_ip) < 1:
         raise ConfigError("[auth] max_failures_per_account and max_failures_per_ip must be >= 1")
+    http = config.http
     if min(config.http.max_connections, config.http.max_connections_per_ip) < 1:
         raise ConfigError("[http] max_connections and max_connections_per_ip must be >= 1")
-    if config.http.header_timeout <= dt.timedelta(0):
-        raise ConfigError("[http] header_timeout must be positive")
+    if min(http.header_timeout, http.body_timeout, http.keepalive_timeout) <= dt.timedelta(0):
+        raise ConfigError(
+            "[http] header_timeout, body_timeout and keepalive_timeout must be positive"
+        )
+    if not 1 <= config.managesieve.max_scripts <= MAX_SCRIPTS:
+        raise ConfigError(f"[managesieve] max_scripts must be 1 to {MAX_SCRIPTS} (the sync limit)")
+    # A message must fit in one sync request (with room for its framing),
+    # or the partner could never take it.
+    largest = max(config.imap.max_literal, config.lmtp.max_message_size)
+    if largest + largest // 1024 + _SYNC_FRAMING > config.sync.sync_max_request:
+        raise ConfigError(
+            "[imap] max_literal and [lmtp] max_message_size must leave 4 KiB and 0.1%"
+            " of room below [sync] sync_max_request (a message travels in one sync request)"
+        )
     if not 1 <= config.auth.max_concurrent_hashes <= 64:
         raise ConfigError("[auth] max_concurrent_hashes must be 1 to 64")
+    if config.lmtp.idle_timeout <= dt.timedelta(0):
+        raise ConfigError("[lmtp] idle_timeout must be positive")
+    if min(config.lmtp.max_connections, config.lmtp.max_connections_per_ip) < 0:
+        raise ConfigError("[lmtp] max_connections and max_connections_per_ip must be >= 0")
     if not 0 <= config.lmtp.workers <= 64:
         raise ConfigError("[lmtp] workers must be 0 (LMTP in the daemon itself) to 64")
     if config.database.check_at_start not in ("quick", "full", "off"):

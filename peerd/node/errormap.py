@@ -56,6 +56,7 @@ from peerd.protocols.lmtp import S501_BAD_ADDRESS, S552_TOO_BIG, S554_NUL
 from peerd.protocols.managesieve import ACTIVE as MS_ACTIVE
 from peerd.protocols.managesieve import ALREADYEXISTS as MS_ALREADYEXISTS
 from peerd.protocols.managesieve import NONEXISTENT as MS_NONEXISTENT
+from peerd.protocols.managesieve import QUOTA as MS_QUOTA
 from peerd.protocols.managesieve import QUOTA_MAXSCRIPTS as MS_QUOTA_MAXSCRIPTS
 from peerd.protocols.managesieve import TRYLATER as MS_TRYLATER
 from peerd.protocols.pop3 import CODE_SYS_PERM, CODE_SYS_TEMP, Err
@@ -242,6 +243,7 @@ _MANAGESIEVE: dict[type[BaseException], str | None] = {
     ScriptActive: MS_ACTIVE,
     ScriptExists: MS_ALREADYEXISTS,
     TooManyScripts: MS_QUOTA_MAXSCRIPTS,
+    LimitExceeded: MS_QUOTA,  # RFC 5804 1.3: past a server limit
     NoSuchAccount: None,
     NotOwner: MS_TRYLATER,
     TemporaryFailure: MS_TRYLATER,

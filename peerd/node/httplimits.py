@@ -1,4 +1,4 @@
-"""Connection caps and a header timeout for the HTTP listeners (control API, sync).
+"""Connection caps and read timeouts for the HTTP listeners (control API, sync).
 
 How this works: :class:`GuardedSite` is an aiohttp ``TCPSite`` whose
 listening socket hands each new connection to a :class:`_Guard` protocol
@@ -13,6 +13,15 @@ takes the plain connection first (so the caps and the timer cover the
 handshake too), runs the handshake itself (``loop.start_tls``) and then sees
 plaintext; a handshake that fails is one log line naming the listener and
 the client, never a traceback.
+
+Past the header, :func:`body_deadline` (a middleware each listener's app
+puts first) starts a timer of ``[http] body_timeout`` for a request whose body
+has not all arrived: when it fires with the body still incomplete, the
+connection is aborted with one log line, so a client that dribbles a body
+cannot hold the slot either. Between requests, aiohttp's own keep-alive timer
+(``keepalive_timeout``, from :func:`runner_options`) closes a connection that
+sits idle, or whose next request header does not end, for ``[http]
+keepalive_timeout``.
 """
 
 from __future__ import annotations
@@ -21,13 +30,14 @@ import asyncio
 import logging
 import ssl
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
 from peerd.node.config import HttpConfig
 
-__all__ = ["GuardedSite"]
+__all__ = ["GuardedSite", "body_deadline", "runner_options"]
 
 log = logging.getLogger("peerd.node.httplimits")
 
@@ -234,3 +244,41 @@ class GuardedSite(web.TCPSite):
             backlog=self._backlog,
             reuse_address=self._reuse_address,
         )
+
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def body_deadline(limits: HttpConfig, what: str) -> Any:
+    """The middleware that cuts a request whose body is not all in within
+    ``limits.body_timeout`` of its header (see the module's docstring)."""
+    seconds = limits.body_timeout.total_seconds()
+
+    def cut(request: web.Request) -> None:
+        if request.content.is_eof():
+            return  # all of it arrived; the handler may still be reading
+        log.warning(
+            "%s: closed a connection from %s: request body not complete within %gs",
+            what,
+            request.remote or "-",
+            seconds,
+        )
+        if request.transport is not None:
+            _abort(request.transport)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        if not request.body_exists or request.content.is_eof():
+            return await handler(request)
+        timer = asyncio.get_running_loop().call_later(seconds, cut, request)
+        try:
+            return await handler(request)
+        finally:
+            timer.cancel()
+
+    return middleware
+
+
+def runner_options(limits: HttpConfig) -> dict[str, Any]:
+    """What each listener's ``web.AppRunner`` takes from ``[http]``."""
+    return {"keepalive_timeout": limits.keepalive_timeout.total_seconds()}

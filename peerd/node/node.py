@@ -33,6 +33,7 @@ from ownership.errors import NotOwner
 from peerd.node import maillog
 from peerd.node.config import Config
 from peerd.node.damage import DamageBook
+from peerd.node.fairqueue import FairSlots
 from peerd.node.throttle import FailureThrottle
 
 __all__ = ["AuthResult", "Node"]
@@ -94,7 +95,9 @@ class Node:
         self.startup_note = ""
         auth = config.auth
         self.login_failures = FailureThrottle(auth.failure_window.total_seconds())
-        self._hashing = asyncio.Semaphore(auth.max_concurrent_hashes)
+        # Password checks wait here, queued per client address (a flood from
+        # one address waits behind itself, not in front of everyone).
+        self._hashing = FairSlots(auth.max_concurrent_hashes)
 
     # -- the fence ---------------------------------------------------------
 
@@ -188,21 +191,18 @@ class Node:
         throttle counts failures per account and, when ``rip`` is known, per
         address; a login it refuses is not hashed at all. The password check
         runs off the event loop, at most ``[auth] max_concurrent_hashes`` at
-        a time (scrypt is deliberately slow and takes 32 MiB per check).
+        a time (scrypt is deliberately slow and takes 32 MiB per check),
+        waiting in a queue per client address (:mod:`peerd.node.fairqueue`);
+        the throttle is asked again when its turn comes.
         """
         result = await self._authenticate(user, password, rip or None)
         maillog.login(result.ok, rip, protocol or "-", user, result.account if result.ok else "")
         return result
 
     async def _authenticate(self, user: str, password: str, peer: str | None) -> AuthResult:
-        auth = self.config.auth
         account_key = "account:" + user.strip().lower()
         ip_key = "ip:" + peer if peer else None
-        if self.login_failures.blocked(account_key, auth.max_failures_per_account) or (
-            ip_key is not None and self.login_failures.blocked(ip_key, auth.max_failures_per_ip)
-        ):
-            self.counters.inc("auth_throttled")
-            self._failed("throttled", account_key, ip_key)
+        if self._throttled(account_key, ip_key):
             return AuthResult(False, user, throttled=True)
 
         lowercase = self.config.accounts.lowercase_names
@@ -214,18 +214,20 @@ class Node:
                 raise NoSuchAccount(f"no such account: {names[0]}")
             return account.name, account.password_hash
 
+        known = True
         try:
             name, stored = await self.store.read(lookup)
         except (NoSuchAccount, InvalidArgument):
-            # Same cost as a real check, so timing does not reveal which
-            # accounts exist.
-            async with self._hashing:
-                await asyncio.to_thread(verify_password, password, _DUMMY_HASH)
-            self._failed("bad password", account_key, ip_key)
-            return AuthResult(False, user)
-        async with self._hashing:
+            name, stored, known = user, _DUMMY_HASH, False
+        async with self._hashing.slot(ip_key or account_key):
+            # Failures counted while this attempt waited may have put its
+            # address or account over the throttle: refuse it unhashed.
+            if self._throttled(account_key, ip_key):
+                return AuthResult(False, name, throttled=True)
+            # An unknown account costs the same as a real check, so timing
+            # does not reveal which accounts exist.
             right = await asyncio.to_thread(verify_password, password, stored)
-        if not right:
+        if not (right and known):
             self._failed("bad password", account_key, ip_key)
             return AuthResult(False, name)
         try:
@@ -233,6 +235,17 @@ class Node:
         except NotOwner as exc:
             return AuthResult(True, name, owner=exc.owner, epoch=exc.epoch)
         return AuthResult(True, name)
+
+    def _throttled(self, account_key: str, ip_key: str | None) -> bool:
+        """True (and counted as a throttled failure) if either key is over its limit."""
+        auth = self.config.auth
+        if self.login_failures.blocked(account_key, auth.max_failures_per_account) or (
+            ip_key is not None and self.login_failures.blocked(ip_key, auth.max_failures_per_ip)
+        ):
+            self.counters.inc("auth_throttled")
+            self._failed("throttled", account_key, ip_key)
+            return True
+        return False
 
     def _failed(self, reason: str, *keys: str | None) -> None:
         """Count one failed login, and (unless the throttle refused it

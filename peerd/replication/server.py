@@ -57,7 +57,7 @@ from ownership.errors import SyncFenced
 from ownership.fence import check_sync, needs_adoption
 from ownership.rows import OwnershipView, parse_row
 from peerd.node.errormap import http_status
-from peerd.node.httplimits import GuardedSite
+from peerd.node.httplimits import GuardedSite, body_deadline, runner_options
 from peerd.node.node import Node
 from peerd.replication.scrub import Scrubber
 
@@ -508,7 +508,8 @@ class SyncServer:
 
     def app(self) -> web.Application:
         app = web.Application(
-            middlewares=[self.middleware], client_max_size=self.max_request + 1024
+            middlewares=[body_deadline(self.node.config.http, "sync listener"), self.middleware],
+            client_max_size=self.max_request + 1024,
         )
         app.router.add_post("/sync/v1/hello", self.hello)
         app.router.add_post("/sync/v1/user_some", self.user_some)
@@ -543,6 +544,7 @@ async def start_sync_listener(node: Node, host: str, port: int) -> tuple[SyncSer
         access_log=None,
         handle_signals=False,
         auto_decompress=False,  # Content-Encoding is refused, never inflated
+        **runner_options(node.config.http),
     )
     await runner.setup()
     site = GuardedSite(

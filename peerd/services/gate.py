@@ -41,7 +41,7 @@ class ConnectionGate:
     refused: int = 0
     _warned: float = 0.0
 
-    def admit(self, writer: asyncio.StreamWriter) -> str:
+    def admit(self, writer: asyncio.StreamWriter | asyncio.BaseTransport) -> str:
         """Count the connection in, and return the key :meth:`release` takes;
         :class:`Refused` when a cap is reached."""
         peer = writer.get_extra_info("peername")

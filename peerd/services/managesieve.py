@@ -31,6 +31,7 @@ from engine.errors import EngineError
 from engine.models import Account
 from ownership.errors import OwnershipError
 from peerd.node.errormap import managesieve_refusal
+from peerd.node.maillog import peer_ip
 from peerd.node.node import Node
 from peerd.node.tls import server_context
 from peerd.protocols.managesieve import (
@@ -143,7 +144,9 @@ class SieveSession:
             return Refused(text, code)
 
     async def login(self, request: Login) -> Reply:
-        result = await self.node.authenticate(request.user, request.password)
+        result = await self.node.authenticate(
+            request.user, request.password, "sieve", peer_ip(self.writer)
+        )
         if not result.ok:
             self.failures += 1
             await asyncio.sleep(self.config.login_failure_delay.total_seconds())

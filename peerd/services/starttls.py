@@ -42,7 +42,7 @@ class TlsFailed(Exception):
     """The upgrade did not happen: the connection must be closed."""
 
 
-def same_host(writer: asyncio.StreamWriter) -> bool:
+def same_host(writer: asyncio.StreamWriter | asyncio.BaseTransport) -> bool:
     """The client connects from this host's own address (the local and remote
     IPs are the same): as safe as TLS for a login, and what a proxy on the
     same host (nginx terminating TLS) looks like."""

@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 DELIMITER: Final = "/"
-# Mailbox names are at most 1000 characters (engine.mailbox.MAX_NAME); a
+# Mailbox names are at most 1000 characters (engine.limits.MAX_MAILBOX_NAME); a
 # pattern is the reference and the pattern joined, with room for wildcards.
 MAX_PATTERN: Final = 1024
 MAX_WILDCARDS: Final = 64

@@ -30,6 +30,7 @@ __all__ = [
     "S250_SENDER_OK",
     "S252_CANNOT_VRFY",
     "S354_SEND_DATA",
+    "S421_BUSY",
     "S421_IDLE",
     "S421_TOO_MANY_ERRORS",
     "S452_TOO_MANY_RCPTS",
@@ -95,6 +96,8 @@ S354_SEND_DATA: Final = "354 End data with <CR><LF>.<CR><LF>"
 
 # RFC 5321 3.8 and 4.2.2: 421 closes the channel; the client tries again later.
 S421_IDLE: Final = "421 4.4.2 Idle too long; closing connection"
+# RFC 3463 4.3.2: not accepting messages now (a connection cap is reached).
+S421_BUSY: Final = "421 4.3.2 Too many connections; try again later"
 S421_TOO_MANY_ERRORS: Final = "421 4.7.0 Too many errors; closing connection"
 # RFC 5321 4.5.3.1.10: too many recipients is 452, and the client sends the
 # rest in another transaction.

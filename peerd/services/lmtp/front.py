@@ -62,6 +62,7 @@ from peerd.node.tls import server_context
 from peerd.protocols.lmtp import (
     NEED_DATA,
     S250_RCPT_OK,
+    S421_BUSY,
     S421_IDLE,
     LmtpConnection,
     MessageReceived,
@@ -70,6 +71,7 @@ from peerd.protocols.lmtp import (
     StartTlsRequested,
     State,
 )
+from peerd.services.gate import ConnectionGate, Refused
 from peerd.services.lmtp.backend import Message
 
 __all__ = ["Backend", "FrontSettings", "LmtpHandler", "LmtpSession", "serve_lmtp"]
@@ -80,8 +82,6 @@ RCPT_CACHE_SECONDS = 2.0
 # Messages up to this size are hashed and written on the event loop
 # (cheaper than a trip to a thread and back); larger ones in a thread.
 INLINE_STAGE = 1 << 20
-# RFC 5321 4.5.3.2.7: a server waits at least five minutes for the next command.
-IDLE_TIMEOUT = 300.0
 TLS_HANDSHAKE_TIMEOUT = 30.0
 # While the session is busy (a recipient check, a delivery) it stops reading
 # once this much is buffered; in DATA the core's message limit bounds it.
@@ -105,6 +105,9 @@ class FrontSettings:
     max_message_size: int
     max_recipients: int
     max_line: int
+    idle_timeout: float = 300.0  # RFC 5321 4.5.3.2.7: at least five minutes
+    max_connections: int = 0  # 0: no cap
+    max_connections_per_ip: int = 0
     # The server context STARTTLS uses; None: STARTTLS is not offered.
     tls: ssl.SSLContext | None = field(default=None, compare=False)
 
@@ -116,6 +119,9 @@ class FrontSettings:
             max_message_size=config.lmtp.max_message_size,
             max_recipients=config.lmtp.max_recipients,
             max_line=max(config.lmtp.max_line, _MIN_LINE),
+            idle_timeout=config.lmtp.idle_timeout.total_seconds(),
+            max_connections=config.lmtp.max_connections,
+            max_connections_per_ip=config.lmtp.max_connections_per_ip,
             tls=server_context(config) if config.lmtp.starttls else None,
         )
 
@@ -144,6 +150,9 @@ class LmtpHandler:
         self.idle = asyncio.Event()
         self.idle.set()
         self.sessions: set[LmtpSession] = set()
+        self.gate = ConnectionGate(
+            "lmtp", settings.max_connections, settings.max_connections_per_ip
+        )
 
     def forget_recipients(self) -> None:
         """Drop every cached "yes": an ownership row changed (a failover, a
@@ -247,6 +256,7 @@ class LmtpSession(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._last_input = self.loop.time()
         self._timer: asyncio.TimerHandle | None = None
+        self._counted: str | None = None  # the gate's key while admitted
 
     # -- asyncio.Protocol ------------------------------------------------------
 
@@ -256,8 +266,16 @@ class LmtpSession(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = f"{peer[0]}:{peer[1]}"
+        try:
+            self._counted = self.front.gate.admit(transport)
+        except Refused:
+            # Before the greeting (RFC 5321 3.1): the client tries again later.
+            transport.write(S421_BUSY.encode() + b"\r\n")
+            transport.close()
+            return
         self.front.sessions.add(self)
-        self._timer = self.loop.call_at(self._last_input + IDLE_TIMEOUT, self._check_idle)
+        idle = self.front.settings.idle_timeout
+        self._timer = self.loop.call_at(self._last_input + idle, self._check_idle)
         self._task = self.loop.create_task(self._run())
 
     def data_received(self, data: bytes) -> None:
@@ -296,6 +314,9 @@ class LmtpSession(asyncio.Protocol):
         if writable is not None and not writable.done():
             writable.set_result(None)
         self.front.sessions.discard(self)
+        if self._counted is not None:
+            self.front.gate.release(self._counted)
+            self._counted = None
         if self._timer is not None:
             self._timer.cancel()
         if not self.closed.done():
@@ -421,7 +442,7 @@ class LmtpSession(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         now = self.loop.time()
-        due = self._last_input + IDLE_TIMEOUT
+        due = self._last_input + self.front.settings.idle_timeout
         if self._input is None or now < due:
             # Busy (the backend is answering) or not idle long enough yet.
             self._timer = self.loop.call_at(max(due, now + 1.0), self._check_idle)
