@@ -373,7 +373,8 @@ class SyncClient:
                 len(m.records) for m in replica.mailboxes
             )
             repairs, push = compare(owner_state, owner_records, replica, known)
-            return _Round(own_row, rows, owner_state, include, repairs, push)
+            delta = any(m.mode == "delta" for m in replica.mailboxes)
+            return _Round(own_row, rows, owner_state, include, repairs, push, delta)
 
         async def repair(planned: _Round) -> None:
             await self._repair(account, planned.own_row, planned.repairs, use_zlib, report)
@@ -381,6 +382,15 @@ class SyncClient:
         planned = await converge(account, plan, repair)
         own_row, push = planned.own_row, planned.push
         equal = push.empty or await self._push(account, own_row, push, use_zlib, report)
+        if not equal and planned.delta:
+            # The replica sent only what changed since its sync_base, and is
+            # still not equal after the push: it changed without a modseq
+            # (damage, rows lost). The apply dropped its sync_base, so one
+            # more compare, now in full, repairs it in this same sync.
+            report.steps.append("FULL COMPARE (the replica differs after a delta)")
+            planned = await converge(account, plan, repair)
+            own_row, push = planned.own_row, planned.push
+            equal = push.empty or await self._push(account, own_row, push, use_zlib, report)
         if equal and planned.include is None and planned.owner_state.exists:
             self._marks[account] = (own_row.epoch, mark_of(planned.owner_state))
         else:
@@ -584,7 +594,8 @@ class SyncClient:
         result = decode_json(raw)
         if result.get("mismatched"):
             log.warning(
-                "%s: replica differs after apply in %s; next sync is a full compare",
+                "%s: replica differs after apply in %s; its sync_base is reset,"
+                " the next compare is in full",
                 account,
                 result["mismatched"],
             )
@@ -641,6 +652,7 @@ class _Round:
     include: set[str] | None
     repairs: Repairs
     push: Push
+    delta: bool  # the replica sent a delta for some mailbox (not all its records)
 
 
 def summaries_names(summaries: list[Any]) -> list[str]:
