@@ -43,6 +43,7 @@ import base64
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -139,6 +140,22 @@ class SyncClient:
         self._auth = f"Basic {token}"
         self.bytes_sent = 0
         self.bytes_received = 0
+        # Told after every request whether the partner answered (True) or
+        # could not be reached (False, why): whoever uses this client (the
+        # rolling worker, a reconcile, a manual replicate, the scrub), the
+        # worker's view of the partner is the one `status` shows.
+        self._reach_listeners: list[Callable[[bool, str], None]] = []
+
+    def add_reach_listener(self, listener: Callable[[bool, str], None]) -> None:
+        self._reach_listeners.append(listener)
+
+    def remove_reach_listener(self, listener: Callable[[bool, str], None]) -> None:
+        if listener in self._reach_listeners:
+            self._reach_listeners.remove(listener)
+
+    def _reached(self, answered: bool, why: str = "") -> None:
+        for listener in list(self._reach_listeners):
+            listener(answered, why)
 
     @property
     def base(self) -> str:
@@ -234,7 +251,10 @@ class SyncClient:
                 encoded = response.headers.get("X-Sync-Encoding") == "zlib"
                 spoken = response.headers.get(PROTOCOL_HEADER)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise PartnerDown(f"partner {self.target} unreachable: {exc}") from exc
+            down = PartnerDown(f"partner {self.target} unreachable: {exc}")
+            self._reached(False, down.message)
+            raise down from exc
+        self._reached(True)
         self.bytes_sent += len(body)
         self.bytes_received += len(raw)
         self.node.counters.inc("sync_bytes_sent", len(body))
