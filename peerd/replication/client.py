@@ -145,6 +145,7 @@ class SyncClient:
         # rolling worker, a reconcile, a manual replicate, the scrub), the
         # worker's view of the partner is the one `status` shows.
         self._reach_listeners: list[Callable[[bool, str], None]] = []
+        self.reachable: bool | None = None  # what the last request saw; None: none yet
 
     def add_reach_listener(self, listener: Callable[[bool, str], None]) -> None:
         self._reach_listeners.append(listener)
@@ -154,6 +155,7 @@ class SyncClient:
             self._reach_listeners.remove(listener)
 
     def _reached(self, answered: bool, why: str = "") -> None:
+        self.reachable = answered
         for listener in list(self._reach_listeners):
             listener(answered, why)
 

@@ -124,7 +124,8 @@ class RollingWorker:
         self.retry_at: dict[str, Backoff] = {}
         self.refused: dict[str, str] = {}  # accounts the partner rejects, and why
         self.partner_retry = Backoff(PARTNER_RETRY_FIRST, self.maxwait)
-        self.partner = PartnerStatus()
+        # What the client saw before we existed (the ownership exchange at start).
+        self.partner = PartnerStatus(reachable=client.reachable)
         # The same, per account: what `peerctl status -u` shows.
         self.accounts: dict[str, PartnerStatus] = {}
         self.tasks: set[asyncio.Task[None]] = set()
