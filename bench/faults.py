@@ -68,6 +68,8 @@ def print_trials(trials: int, seed: int) -> None:
         f"{logs.get('ConnectionResetError lines', 0)} lines naming ConnectionResetError, "
         f"{logs.get('error lines', 0)} ERROR lines"
     )
+    for line in t.error_lines:
+        print(f"  | {line}")
     for finding in t.failures[:20]:
         print(f"  ! {finding}")
 

@@ -72,6 +72,7 @@ class Tally:
     flag_changes: int = 0
     links_broken: int = 0
     logs: dict[str, int] = field(default_factory=dict)  # tracebacks, ERROR lines
+    error_lines: list[str] = field(default_factory=list)  # the first few ERROR lines
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -330,19 +331,23 @@ def run_trials(
         links.close()
     runner.tally.links_broken = links.broken
     runner.tally.seconds = time.monotonic() - started
-    runner.tally.logs = _log_findings(alpha, beta)
+    runner.tally.logs, runner.tally.error_lines = _log_findings(alpha, beta)
     return runner.tally
 
 
-def _log_findings(*nodes: Node) -> dict[str, int]:
-    """Tracebacks and ERROR lines in the daemons' logs over all the trials."""
+def _log_findings(*nodes: Node) -> tuple[dict[str, int], list[str]]:
+    """Tracebacks and ERROR lines in the daemons' logs over all the trials
+    (counts, and the first five ERROR lines)."""
     out: Counter[str] = Counter()
+    errors: list[str] = []
     for node in nodes:
         for line in node.log.read_text(errors="replace").splitlines():
             if line.startswith("Traceback"):
                 out["tracebacks"] += 1
             if " ERROR " in line:
                 out["error lines"] += 1
+                if len(errors) < 5:
+                    errors.append(line[:300])
             if "ConnectionResetError" in line:
                 out["ConnectionResetError lines"] += 1
-    return dict(out)
+    return dict(out), errors
