@@ -1,6 +1,6 @@
 """Failback under a continuous delivery load (issue 15, item 4).
 
-    .venv/bin/python -m bench.faults [--trials 3] [--rate 50]
+    .venv/bin/python -m bench.faults --parts failback [--failback-trials 3] [--rate 50]
 
 Each trial: a fresh pair (two real daemons, rolling replication), one
 account whose home is alpha and whose owner is beta (a switchover moved it),

@@ -73,7 +73,7 @@ def render(status: NodeStatus) -> str:
     if replication is not None:
         lines += _gauge("replication_lag_seconds", "Age of the oldest unreplicated change")
         lines.append(_line("replication_lag_seconds", replication.lag_seconds))
-        lines += _gauge("partner_reachable", "1 if the last sync reached the partner")
+        lines += _gauge("partner_reachable", "1 if the last request to the partner was answered")
         lines.append(_line("partner_reachable", 1 if replication.reachable else 0))
         lines += _gauge(
             "sync_refused_accounts", "Accounts whose data the partner refuses (see status)"

@@ -43,6 +43,7 @@ import base64
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -140,6 +141,24 @@ class SyncClient:
         self._auth = f"Basic {token}"
         self.bytes_sent = 0
         self.bytes_received = 0
+        # Told after every request whether the partner answered (True) or
+        # could not be reached (False, why): whoever uses this client (the
+        # rolling worker, a reconcile, a manual replicate, the scrub), the
+        # worker's view of the partner is the one `status` shows.
+        self._reach_listeners: list[Callable[[bool, str], None]] = []
+        self.reachable: bool | None = None  # what the last request saw; None: none yet
+
+    def add_reach_listener(self, listener: Callable[[bool, str], None]) -> None:
+        self._reach_listeners.append(listener)
+
+    def remove_reach_listener(self, listener: Callable[[bool, str], None]) -> None:
+        if listener in self._reach_listeners:
+            self._reach_listeners.remove(listener)
+
+    def _reached(self, answered: bool, why: str = "") -> None:
+        self.reachable = answered
+        for listener in list(self._reach_listeners):
+            listener(answered, why)
 
     @property
     def base(self) -> str:
@@ -235,7 +254,10 @@ class SyncClient:
                 encoded = response.headers.get("X-Sync-Encoding") == "zlib"
                 spoken = response.headers.get(PROTOCOL_HEADER)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise PartnerDown(f"partner {self.target} unreachable: {exc}") from exc
+            down = PartnerDown(f"partner {self.target} unreachable: {exc}")
+            self._reached(False, down.message)
+            raise down from exc
+        self._reached(True)
         self.bytes_sent += len(body)
         self.bytes_received += len(raw)
         self.node.counters.inc("sync_bytes_sent", len(body))
@@ -401,15 +423,35 @@ class SyncClient:
             )
             repairs, push = compare(owner_state, owner_records, replica, known)
             known_names = {m.summary.uniqueid: m.summary.name for m in replica.mailboxes}
-            return _Round(own_row, rows, owner_state, include, repairs, push, known_names)
+            delta = any(m.mode == "delta" for m in replica.mailboxes)
+            return _Round(own_row, rows, owner_state, include, repairs, push, known_names, delta)
 
         async def repair(planned: _Round) -> None:
             await self._repair(account, planned.own_row, planned.repairs, use_zlib, report)
 
         planned = await converge(account, plan, repair)
         own_row, push = planned.own_row, planned.push
-        if not push.empty:
-            await self._push(account, own_row, push, use_zlib, report, planned.replica_names)
+        equal = push.empty or await self._push(
+            account, own_row, push, use_zlib, report, planned.replica_names
+        )
+        if not equal and planned.delta:
+            # The replica sent only what changed since its sync_base, and is
+            # still not equal after the push: it changed without a modseq
+            # (damage, rows lost). The apply dropped its sync_base, so one
+            # more compare, now in full, repairs it in this same sync.
+            report.steps.append("FULL COMPARE (the replica differs after a delta)")
+            planned = await converge(account, plan, repair)
+            own_row, push = planned.own_row, planned.push
+            equal = push.empty or await self._push(
+                account, own_row, push, use_zlib, report, planned.replica_names
+            )
+        if not equal:
+            # Its log rows stay (nothing is acknowledged): the rolling worker
+            # tries again, in full, with its back-off; replicate says so.
+            raise SyncProtocolError(
+                f"{account}: the replica still differs after the sync; its changes stay"
+                " logged and the next sync compares in full"
+            )
         if planned.include is None and planned.owner_state.exists:
             self._marks[account] = (own_row.epoch, mark_of(planned.owner_state))
         else:
@@ -556,9 +598,8 @@ class SyncClient:
         use_zlib: bool,
         report: SyncReport,
         replica_names: dict[str, str],
-    ) -> None:
-        """Send the push; SyncProtocolError when the replica reports a mailbox
-        that differs after it (nothing is acknowledged then)."""
+    ) -> bool:
+        """Send the push; True when the replica reports every mailbox equal."""
         report.mailboxes_deleted += len(push.deletes)
         report.mailboxes_created += sum(1 for mp in push.mailboxes if mp.create)
         report.expunged += sum(len(mp.expunges) for mp in push.mailboxes)
@@ -589,12 +630,14 @@ class SyncClient:
         raw = await self.call("apply", encode_json(body), compressed=use_zlib, report=report)
         result = decode_json(raw)
         if result.get("mismatched"):
-            # Its log rows stay (the caller does not acknowledge them): the
-            # next sync is a full compare, with the rolling worker's back-off.
-            raise SyncProtocolError(
-                f"{account}: replica differs after apply in {result['mismatched']};"
-                " the next sync is a full compare"
+            log.warning(
+                "%s: replica differs after apply in %s; its sync_base is reset,"
+                " the next compare is in full",
+                account,
+                result["mismatched"],
             )
+            return False
+        return True
 
     async def _upload(self, guids: list[str], use_zlib: bool, report: SyncReport) -> None:
         """UPLOAD in batches, two in flight: we read and frame the next batch
@@ -646,6 +689,7 @@ class _Round:
     repairs: Repairs
     push: Push
     replica_names: dict[str, str]  # uniqueid -> the replica's name (RENAME in the trace)
+    delta: bool  # the replica sent a delta for some mailbox (not all its records)
 
 
 def summaries_names(summaries: list[Any]) -> list[str]:

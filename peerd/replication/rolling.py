@@ -124,12 +124,30 @@ class RollingWorker:
         self.retry_at: dict[str, Backoff] = {}
         self.refused: dict[str, str] = {}  # accounts the partner rejects, and why
         self.partner_retry = Backoff(PARTNER_RETRY_FIRST, self.maxwait)
-        self.partner = PartnerStatus()
+        # What the client saw before we existed (the ownership exchange at start).
+        self.partner = PartnerStatus(reachable=client.reachable)
         # The same, per account: what `peerctl status -u` shows.
         self.accounts: dict[str, PartnerStatus] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self._main: asyncio.Task[None] | None = None
         node.store.add_listener(self.on_change)
+        client.add_reach_listener(self.on_reach)
+
+    def on_reach(self, answered: bool, why: str) -> None:
+        """Any request on the shared client (ours, a reconcile's, a manual
+        replicate's, the scrub's) tells whether the partner answers: `status`
+        and ``/metrics`` show that, not only what our own last sync saw."""
+        if answered:
+            if self.partner.reachable is False:
+                log.info("partner reachable again")
+                # Rows held back by the back-off can go now.
+                self.partner_retry.reset()
+                self.wake.set()
+            self.partner.reachable = True
+            return
+        if self.partner.reachable is not False:
+            log.warning("partner unreachable, retrying with back-off: %s", why)
+        self.partner.reachable = False
 
     def on_change(self, changes: list[synclog.Change]) -> None:
         self.wake.set()
@@ -147,6 +165,7 @@ class RollingWorker:
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
         self.node.store.remove_listener(self.on_change)
+        self.client.remove_reach_listener(self.on_reach)
 
     async def run(self) -> None:
         self.wake.set()
@@ -225,9 +244,8 @@ class RollingWorker:
         return report
 
     def _partner_failed(self, message: str) -> None:
+        # on_reach has said so (once) and marked the partner unreachable.
         self.partner_retry.next()
-        if self.partner.reachable is not False:
-            log.warning("partner unreachable, retrying with back-off: %s", message)
         self.partner.reachable = False
         self._error(message)
 
