@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from peerd.control import accounts, integrity, pairops, reports, routing, syncops
+from peerd.control import accounts, integrity, pairops, reports, routing, syncops, textindex
 from peerd.control.call import Call, Route
 from peerd.control.openapi import document
 
@@ -221,6 +221,22 @@ ROUTES: tuple[Route, ...] = (
         syncops.sweep_route,
         body=syncops.SweepBody,
         responses=(200, 422),
+    ),
+    Route(
+        "POST",
+        "/v1/index/rebuild",
+        "Extract again the full-text index's text of one account's messages, or every account's",
+        textindex.rebuild_route,
+        body=textindex.RebuildBody,
+        responses=(200, 404, 422),
+    ),
+    Route(
+        "GET",
+        "/v1/index",
+        "How many of one account's (or the node's) messages the full-text index holds",
+        textindex.index_route,
+        query=textindex.IndexQuery,
+        responses=(200, 404),
     ),
     Route(
         "POST",
