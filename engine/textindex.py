@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 from engine.accounts import get_account
 from engine.fulltext import (
     EXTRACT_VERSION,
+    MIN_INDEXED,
     Key,
     Searchable,
     extract,
@@ -260,22 +261,38 @@ def _found_sqlite(
     return frozenset(guid for guid, rowid in docs.items() if rowid in rowids)
 
 
-def _found_postgresql(session: Session, mailbox_id: int, key: Key, string: str) -> frozenset[str]:
+def _found_postgresql(
+    session: Session, mailbox_id: int, docs: dict[str, int], key: Key, string: str
+) -> frozenset[str]:
+    """``docs``: the mailbox's indexed GUIDs. A string of 3 or more code
+    points asks the trigram indexes alone (a bitmap of candidates, each
+    rechecked with ``LIKE``), joined with the mailbox here: joined in SQL the
+    planner preferred rechecking every row of the mailbox. A shorter string
+    (no trigram to look up) is looked for in the mailbox's rows only."""
     where = "f.body LIKE :pattern ESCAPE '\\'"
     if key == "TEXT":
         where = f"(f.header LIKE :pattern ESCAPE '\\' OR {where})"
-    query = (
-        "SELECT DISTINCT m.guid FROM messages AS m JOIN fulltext AS f ON f.guid = m.guid"
-        f" WHERE m.mailbox_id = :mailbox AND f.version = :version AND {where}"
-    )
     params = {"mailbox": mailbox_id, "version": EXTRACT_VERSION, "pattern": like_pattern(string)}
-    return frozenset(session.scalars(text(query), params).all())
+    if len(fold(string)) < MIN_INDEXED:
+        query = (
+            "SELECT f.guid FROM messages AS m JOIN fulltext AS f ON f.guid = m.guid"
+            f" WHERE m.mailbox_id = :mailbox AND f.version = :version AND {where}"
+        )
+        return frozenset(session.scalars(text(query), params).all())
+    query = f"SELECT f.guid FROM fulltext AS f WHERE {where}"
+    return frozenset(g for g in session.scalars(text(query), params).all() if g in docs)
 
 
 def ask(session: Session, mailbox_id: int, questions: Iterable[Question]) -> Answer:
     """The index's answers for ``mailbox_id`` (all its records, expunged ones
     too: a session may still show them)."""
     sqlite = _sqlite(session)
+    if not sqlite:
+        # The text lives out of line (TOAST): the planner counts a sequential
+        # scan of ``fulltext`` as a few pages, not as decompressing every
+        # message's text, and picks it over the trigram indexes (150 ms
+        # instead of 2 for 1,000 messages). This transaction only.
+        session.execute(text("SET LOCAL enable_seqscan = off"))
     rows = session.execute(
         text(
             f"SELECT m.guid, d.{'id' if sqlite else 'version'}"
@@ -290,7 +307,7 @@ def ask(session: Session, mailbox_id: int, questions: Iterable[Question]) -> Ans
         if sqlite:
             found[kind, string] = _found_sqlite(session, mailbox_id, docs, kind, string)
         else:
-            found[kind, string] = _found_postgresql(session, mailbox_id, kind, string)
+            found[kind, string] = _found_postgresql(session, mailbox_id, docs, kind, string)
     return Answer(frozenset(docs), found)
 
 
