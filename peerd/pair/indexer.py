@@ -90,6 +90,7 @@ class Indexer:
         self.wake = asyncio.Event()
         self.counters = _Counters()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False  # read by the extracting thread: stop early
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -98,6 +99,7 @@ class Indexer:
         self._task = asyncio.create_task(self._run(), name="fulltext-indexer")
 
     async def stop(self) -> None:
+        self._stopping = True
         self.node.store.remove_listener(self._changed)
         if self._task is not None:
             self._task.cancel()
@@ -127,6 +129,8 @@ class Indexer:
         docs: list[tuple[str, Searchable]] = []
         missing = 0
         for guid in guids:
+            if self._stopping:  # the daemon is stopping: the rest waits for the next start
+                break
             try:
                 raw = self.node.store.spool.read(guid)
             except (EngineError, OSError):
