@@ -35,8 +35,9 @@ MIME parts visited, :data:`MAX_DEPTH` levels of nesting followed, at most
 at :data:`MAX_BODY` characters (the header at :data:`MAX_HEADER`).
 ``Searchable.complete`` says whether a cap cut anything.
 
-The index (evaluated with a prototype in ``tests/test_fulltext.py``; the
-integrator adds the tables with a migration):
+The index (the tables: migration ``0010_fulltext``, which repeats the DDL
+below; filling and asking it: :mod:`engine.textindex`; first evaluated with
+a prototype in ``tests/test_fulltext.py``):
 
 - SQLite: FTS5 with the ``trigram`` tokenizer (SQLite 3.34+; this machine has
   3.40.1), ``case_sensitive 1`` because the text is folded already: FTS5's

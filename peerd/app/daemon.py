@@ -13,7 +13,8 @@ handed what it needs, in order:
    worker, the scheduled reconcile, and in ``synchronous`` mode the worker's
    wait as the node's ``after_delivery`` hook;
 3. the scrub and the repair of damaged bodies (:mod:`peerd.replication.scrub`),
-   the socketmap listener (``[listen] socketmap``) and the spool sweep timer;
+   the socketmap listener (``[listen] socketmap``), the spool sweep timer and
+   the full-text indexer (:mod:`peerd.pair.indexer`);
 4. LMTP, IMAP and POP3;
 5. the control API, given every part (:class:`~peerd.control.call.Parts`)
    so ``/v1/status``, ``/metrics`` and the pair operations reach them.
@@ -60,6 +61,7 @@ from peerd.node.logs import setup_logging
 from peerd.node.node import Node
 from peerd.node.service import Service, server_service
 from peerd.pair.hooks import Hooks
+from peerd.pair.indexer import Indexer
 from peerd.pair.partner import Pair
 from peerd.pair.returning import exchange_at_start, exchange_once_reachable
 from peerd.pair.sweep import SpoolSweep
@@ -83,6 +85,7 @@ class _Started:
     worker: RollingWorker | None = None
     reconciler: Reconciler | None = None
     sweep: SpoolSweep | None = None
+    indexer: Indexer | None = None
     sync_server: SyncServer | None = None
     lmtp: StatusSource | None = None
     scrubber: Scrubber | None = None
@@ -174,7 +177,7 @@ async def _start_directory(node: Node, started: _Started) -> None:
 
 
 async def _start_upkeep(node: Node, started: _Started) -> None:
-    """The socketmap listener and the spool sweep timer."""
+    """The socketmap listener, the spool sweep timer and the full-text indexer."""
     if node.config.listen.socketmap is not None:
         started.services.append(
             await start_socketmap(node, node.config.listen.socketmap, started.directory)
@@ -183,6 +186,10 @@ async def _start_upkeep(node: Node, started: _Started) -> None:
     sweep.start()
     started.sweep = sweep
     started.services.append(Service("spool_sweep", sweep.stop))
+    indexer = Indexer(node)
+    indexer.start()
+    started.indexer = indexer
+    started.services.append(Service("fulltext_indexer", indexer.stop))
 
 
 async def _start_lmtp(node: Node, started: _Started) -> None:
@@ -261,6 +268,7 @@ def _parts(node: Node, started: _Started) -> Parts:
         worker=started.worker,
         reconciler=started.reconciler,
         sweep=started.sweep,
+        indexer=started.indexer,
         sync_server=started.sync_server,
         lmtp=started.lmtp,
         scrubber=started.scrubber,

@@ -753,6 +753,32 @@ def cmd_spool_sweep(client: Client, args: argparse.Namespace) -> Any:
     return result, text
 
 
+def cmd_index_rebuild(client: Client, args: argparse.Namespace) -> Any:
+    if bool(args.user) == bool(args.all):
+        raise ConfigError("give -u USER or --all")
+    body = {"all": True} if args.all else {"account": args.user}
+    result = client.call("POST", "/v1/index/rebuild", body)
+    text = (
+        f"indexed {result['indexed']} message text(s) of {result['account'] or 'every account'} "
+        f"in {result['seconds']} s"
+    )
+    if result["missing"]:
+        text += f"; {result['missing']} unreadable (bytes gone)"
+    if result["forgotten"]:
+        text += f"; {result['forgotten']} row(s) no live message names dropped"
+    return result, text
+
+
+def cmd_index_status(client: Client, args: argparse.Namespace) -> Any:
+    query = f"?account={quote(args.user)}" if args.user else ""
+    result = client.call("GET", f"/v1/index{query}")
+    text = (
+        f"full-text index of {result['account'] or 'the node'}: {result['indexed']} of "
+        f"{result['messages']} message text(s) indexed, {result['pending']} pending"
+    )
+    return result, text
+
+
 Command = Callable[[Client, argparse.Namespace], Any]
 
 
@@ -864,6 +890,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = spool.add_parser("sweep", help="remove the files no live message names (after a grace)")
     p.add_argument("--force", action="store_true", help="remove even when most files look unnamed")
     p.set_defaults(func=cmd_spool_sweep)
+
+    index = sub.add_parser("index", help="the full-text index of SEARCH BODY/TEXT").add_subparsers(
+        dest="sub", required=True
+    )
+    p = index.add_parser("rebuild", help="extract the text of an account's messages again")
+    p.add_argument("-u", "--user", help="this account's messages")
+    p.add_argument("--all", action="store_true", help="every account's")
+    p.set_defaults(func=cmd_index_rebuild)
+    p = index.add_parser("status", help="how many messages the index holds")
+    p.add_argument("-u", "--user", help="only this account's messages")
+    p.set_defaults(func=cmd_index_status)
 
     p = sub.add_parser(
         "scrub", help="read every message body, repair damaged ones from the partner"

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from peerd.directory import Directory, DirectoryWriter
 from peerd.node.node import Node
+from peerd.pair.indexer import Indexer
 from peerd.pair.partner import Pair
 from peerd.pair.sweep import SpoolSweep
 from peerd.replication.reconcile import Reconciler
@@ -49,6 +50,7 @@ class Parts:
     worker: RollingWorker | None = None
     reconciler: Reconciler | None = None
     sweep: SpoolSweep | None = None
+    indexer: Indexer | None = None
     sync_server: SyncServer | None = None
     lmtp: StatusSource | None = None
     scrubber: Scrubber | None = None
@@ -96,6 +98,12 @@ class Call(Generic[B, Q]):
         if self.parts.sweep is None:
             raise RuntimeError("the spool sweep is not running")
         return self.parts.sweep
+
+    @property
+    def indexer(self) -> Indexer:
+        if self.parts.indexer is None:
+            raise RuntimeError("the full-text indexer is not running")
+        return self.parts.indexer
 
 
 Handler = Callable[[Call[Any, Any]], Awaitable[web.StreamResponse]]

@@ -21,6 +21,7 @@ from peerd.control import (
     reports,
     routing,
     syncops,
+    textindex,
 )
 from peerd.control.call import Call, Route
 from peerd.control.openapi import document
@@ -263,6 +264,22 @@ ROUTES: tuple[Route, ...] = (
         syncops.sweep_route,
         body=syncops.SweepBody,
         responses=(200, 422),
+    ),
+    Route(
+        "POST",
+        "/v1/index/rebuild",
+        "Extract again the full-text index's text of one account's messages, or every account's",
+        textindex.rebuild_route,
+        body=textindex.RebuildBody,
+        responses=(200, 404, 422),
+    ),
+    Route(
+        "GET",
+        "/v1/index",
+        "How many of one account's (or the node's) messages the full-text index holds",
+        textindex.index_route,
+        query=textindex.IndexQuery,
+        responses=(200, 404),
     ),
     Route(
         "POST",

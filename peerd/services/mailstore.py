@@ -21,7 +21,8 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from engine import mailview
+from engine import mailview, textindex
+from engine.fulltext import Key
 from engine.mailview import (
     Appended,
     CopyResult,
@@ -86,6 +87,14 @@ class AccountStore:
     async def status(self, name: str) -> MailboxStatus:
         account = self.account
         return await self.node.store.read(lambda s: mailview.status(s, account, name))
+
+    async def text_search(
+        self, mailbox_id: int, questions: Sequence[tuple[Key, str]]
+    ) -> textindex.TextSearch:
+        """SEARCH BODY/TEXT answers for a mailbox: the full-text index's for
+        what it holds, decoding the bytes for what it does not hold yet."""
+        answer = await self.node.store.read(lambda s: textindex.ask(s, mailbox_id, questions))
+        return textindex.TextSearch(answer, self.reader)
 
     # -- bytes ----------------------------------------------------------------------
 

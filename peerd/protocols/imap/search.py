@@ -10,6 +10,14 @@ RFC 2047 words in headers, transfer encodings and charsets in text parts.
 Matching is case-insensitive substring, as RFC 3501 6.4.4 asks. Sequence sets
 are resolved once per search, not once per message.
 
+BODY and TEXT can be answered by the caller instead: given ``texts`` (a
+:data:`TextSearch`), each BODY or TEXT key asks it once, at compile time, for
+a test over a message's GUID. The IMAP service passes the full-text index's
+answers (which read the text :mod:`engine.fulltext` defines: HTML parts as
+text, attached messages' fields); :func:`text_questions` lists what a key
+will ask, so the caller can ask its index once for all of them. Without
+``texts``, the core decodes the message itself (below).
+
 :func:`search_response` and :func:`esearch_response` (RFC 4731) render the
 answer.
 
@@ -23,7 +31,8 @@ import email.utils
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Literal
 
 from peerd.protocols.imap import structure
 from peerd.protocols.imap.records import Record
@@ -49,14 +58,20 @@ __all__ = [
     "Loader",
     "Matcher",
     "Record",
+    "TextKind",
+    "TextSearch",
     "compile_search",
     "esearch_response",
     "in_ranges",
     "resolved",
     "search_response",
+    "text_questions",
 ]
 
 Loader = Callable[[str], bytes]
+TextKind = Literal["BODY", "TEXT"]
+TextSearch = Callable[[TextKind, str], Callable[[str], bool]]
+"""``texts(kind, string)``: a test over a GUID for ``BODY string`` or ``TEXT string``."""
 
 
 Matcher = Callable[[int, Record, Loader], bool]
@@ -179,11 +194,39 @@ def _compare(op: str, day: dt.date) -> Callable[[dt.date], bool]:
     return lambda d: d >= day  # SINCE
 
 
-def compile_search(key: SearchKey, count: int, top_uid: int) -> Matcher:
-    """The predicate for ``key`` in a mailbox of ``count`` messages whose last UID is ``top_uid``."""
+def text_questions(key: SearchKey) -> Iterator[tuple[TextKind, str]]:
+    """Each BODY and TEXT key in ``key``, as (kind, string), in order."""
+    match key:
+        case Body(value):
+            yield "BODY", value
+        case Text(value):
+            yield "TEXT", value
+        case Not(inner):
+            yield from text_questions(inner)
+        case Or(left, right):
+            yield from text_questions(left)
+            yield from text_questions(right)
+        case And(keys):
+            for inner in keys:
+                yield from text_questions(inner)
+        case _:
+            return
+
+
+def compile_search(
+    key: SearchKey, count: int, top_uid: int, texts: TextSearch | None = None
+) -> Matcher:
+    """The predicate for ``key`` in a mailbox of ``count`` messages whose last
+    UID is ``top_uid``; BODY and TEXT through ``texts`` when given."""
 
     def build(node: SearchKey) -> _Test:
         match node:
+            case Body(value) if texts is not None:
+                body_test = texts("BODY", value)
+                return lambda seq, rec, msg: body_test(rec.guid)
+            case Text(value) if texts is not None:
+                text_test = texts("TEXT", value)
+                return lambda seq, rec, msg: text_test(rec.guid)
             case All():
                 return lambda seq, rec, msg: True
             case Flag(name, present):

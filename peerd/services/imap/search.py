@@ -2,7 +2,10 @@
 ESEARCH; RFC 5256 SORT and THREAD).
 
 How this works: the core compiles the criteria into one predicate over a
-record (:func:`~peerd.protocols.imap.search.compile_search`); the handler runs
+record (:func:`~peerd.protocols.imap.search.compile_search`), its BODY and
+TEXT keys answered by the full-text index (:mod:`engine.textindex`: one read
+before the search; messages not indexed yet are decoded, so the answer is the
+same either way); the handler runs
 it over the selected mailbox's records off the event loop (header and body
 keys read message bytes) and writes ``* SEARCH`` or ``* ESEARCH``. SORT and
 THREAD run the same search, then, still off the event loop, pair each message
@@ -21,7 +24,13 @@ from typing import Final
 from peerd.protocols.imap import commands as c
 from peerd.protocols.imap.records import Record
 from peerd.protocols.imap.responses import CommandError
-from peerd.protocols.imap.search import compile_search, esearch_response, search_response
+from peerd.protocols.imap.search import (
+    TextSearch,
+    compile_search,
+    esearch_response,
+    search_response,
+    text_questions,
+)
 from peerd.protocols.imap.searchkey import SearchKey, uses_modseq
 from peerd.protocols.imap.sort import SortItem, sort
 from peerd.protocols.imap.thread import thread_response
@@ -36,7 +45,9 @@ async def search(session: Session, cmd: c.Search) -> Reply:
     await session.admit_condstore(cmd)
     box = session.selected().box
     records = list(box.records)
-    matcher = compile_search(cmd.key, len(records), box.largest_uid())
+    matcher = compile_search(
+        cmd.key, len(records), box.largest_uid(), await _texts(session, cmd.key)
+    )
     reader = session.mail.reader
 
     def run() -> list[int]:
@@ -63,12 +74,22 @@ async def search(session: Session, cmd: c.Search) -> Reply:
     return Reply(f"{'UID ' if cmd.uid else ''}SEARCH completed")
 
 
-def _found(session: Session, key: SearchKey, uid: bool) -> Callable[[], list[SortItem]]:
+async def _texts(session: Session, key: SearchKey) -> TextSearch | None:
+    """The full-text index's answers to ``key``'s BODY and TEXT keys (None
+    when it has none): one read for all of them, before the search runs."""
+    questions = list(text_questions(key))
+    if not questions:
+        return None
+    found = await session.mail.text_search(session.selected().mailbox_id, questions)
+    return found.test
+
+
+async def _found(session: Session, key: SearchKey, uid: bool) -> Callable[[], list[SortItem]]:
     """A function, for a thread, that searches the selected mailbox and gives
     each message found as a :class:`SortItem` in mailbox order."""
     box = session.selected().box
     records: list[Record] = list(box.records)
-    matcher = compile_search(key, len(records), box.largest_uid())
+    matcher = compile_search(key, len(records), box.largest_uid(), await _texts(session, key))
     reader = session.mail.reader
     cache = session.server.sort_records
 
@@ -88,7 +109,7 @@ def _found(session: Session, key: SearchKey, uid: bool) -> Callable[[], list[Sor
 
 
 async def sort_messages(session: Session, cmd: c.Sort) -> Reply:
-    find = _found(session, cmd.key, cmd.uid)
+    find = await _found(session, cmd.key, cmd.uid)
     criteria = cmd.criteria
 
     def run() -> list[int]:
@@ -102,7 +123,7 @@ async def sort_messages(session: Session, cmd: c.Sort) -> Reply:
 
 
 async def thread_messages(session: Session, cmd: c.Thread) -> Reply:
-    find = _found(session, cmd.key, cmd.uid)
+    find = await _found(session, cmd.key, cmd.uid)
     algorithm = cmd.algorithm
 
     def run() -> bytes:

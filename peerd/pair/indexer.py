@@ -1,0 +1,204 @@
+"""The full-text indexer in the daemon: catching up, rebuilding, in ``status``.
+
+How this works: :mod:`engine.textindex` keeps the text, keyed by GUID. Here
+one task keeps it filled. It walks ``messages`` by ``id`` from a mark held in
+memory (:func:`engine.textindex.pending`), reads the bytes of the GUIDs not
+indexed yet off the event loop, extracts their text
+(:func:`engine.fulltext.extract`) and stores it with one write of the
+store's committer per batch. It runs when the store reports a commit and
+every :data:`POLL` seconds (LMTP worker processes and a second process
+write records this daemon's store hears nothing about), and once from the
+start at start-up, so a store upgraded to an empty index, or one whose
+daemon stopped mid-way, is filled. Each walk starts :data:`RESCAN` ids below
+the mark: on PostgreSQL two processes' transactions may commit out of
+``id`` order, and a row committed late below the mark is caught that way.
+
+Every record, however it came (LMTP, APPEND, COPY, MOVE, a sync applied on
+the replica, a repair), is a new ``messages`` row, so the replica indexes
+what it receives and a failover needs no rebuild. The writes are the node's
+own derived data, not an account's state: they go straight to the store
+(the replica, which owns nothing, must make them too) and are not replicated.
+
+Search never waits for the indexer: a GUID not indexed yet is decoded at
+search time (:class:`engine.textindex.TextSearch`), with the same answer.
+
+:meth:`Indexer.rebuild` (``POST /v1/index/rebuild``, ``peerctl index
+rebuild``) extracts again every GUID one account's live records name, or
+every account's, and with ``all`` drops the rows no live record names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Final
+
+from engine import textindex
+from engine.errors import EngineError
+from engine.fulltext import Searchable, extract
+from engine.synclog import Change
+from peerd.node.node import Node
+
+__all__ = ["POLL", "RESCAN", "Indexer", "RebuildResult"]
+
+log = logging.getLogger("peerd.pair.indexer")
+
+POLL: Final = 1.0  # seconds between two walks when nothing wakes the indexer
+RESCAN: Final = 1000  # ids below the mark each walk looks at again
+BATCH: Final = 100  # messages extracted and stored per write
+PAGE: Final = 500  # messages rows looked at per read
+
+
+@dataclass(slots=True)
+class RebuildResult:
+    """One rebuild, for the API."""
+
+    account: str | None
+    indexed: int = 0  # GUIDs whose text was extracted and stored
+    missing: int = 0  # GUIDs whose bytes could not be read
+    forgotten: int = 0  # rows dropped: no live record names their GUID
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "account": self.account,
+            "indexed": self.indexed,
+            "missing": self.missing,
+            "forgotten": self.forgotten,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass(slots=True)
+class _Counters:
+    indexed: int = 0
+    missing: int = 0
+    walks: int = 0
+
+
+class Indexer:
+    """The node's full-text indexer; see the module docstring."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.mark = 0
+        self.lock = asyncio.Lock()
+        self.wake = asyncio.Event()
+        self.counters = _Counters()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False  # read by the extracting thread: stop early
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        self.node.store.add_listener(self._changed)
+        self._task = asyncio.create_task(self._run(), name="fulltext-indexer")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self.node.store.remove_listener(self._changed)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _changed(self, changes: list[Change]) -> None:
+        self.wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.catch_up()
+            except EngineError as exc:  # the database is busy or down: next time
+                log.warning("full-text indexing failed: %s", exc.message)
+            except Exception:
+                log.exception("full-text indexing failed; trying again")
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), POLL)
+
+    # -- the work ----------------------------------------------------------
+
+    def _extract(self, guids: list[str]) -> tuple[list[tuple[str, Searchable]], int]:
+        """Read and extract, in a worker thread. A GUID whose bytes cannot be
+        read (the sweep removed them after its last record went) is skipped."""
+        docs: list[tuple[str, Searchable]] = []
+        missing = 0
+        for guid in guids:
+            if self._stopping:  # the daemon is stopping: the rest waits for the next start
+                break
+            try:
+                raw = self.node.store.spool.read(guid)
+            except (EngineError, OSError):
+                missing += 1
+                continue
+            docs.append((guid, extract(raw)))
+        return docs, missing
+
+    async def _index(self, guids: list[str]) -> tuple[int, int]:
+        """Extract and store ``guids``, a batch at a time; (indexed, missing)."""
+        indexed = missing = 0
+        store = self.node.store
+        for i in range(0, len(guids), BATCH):
+            docs, lost = await store.run_blocking(partial(self._extract, guids[i : i + BATCH]))
+            if docs:
+                await store.write(partial(textindex.put, docs=docs))
+            indexed += len(docs)
+            missing += lost
+        self.counters.indexed += indexed
+        self.counters.missing += missing
+        return indexed, missing
+
+    async def catch_up(self) -> int:
+        """Index what the walk from the mark finds; how many GUIDs."""
+        done = 0
+        async with self.lock:
+            self.counters.walks += 1
+            after = max(0, self.mark - RESCAN)
+            while True:
+                found = await self.node.store.read(
+                    partial(textindex.pending, after=after, limit=PAGE)
+                )
+                if found.guids:
+                    indexed, _ = await self._index(list(found.guids))
+                    done += indexed
+                self.mark = max(self.mark, found.mark)
+                after = found.mark
+                if not found.more:
+                    return done
+
+    async def rebuild(self, account: str | None) -> RebuildResult:
+        """Extract again every GUID ``account``'s live records name (None:
+        every account's, and drop the rows of GUIDs no live record names)."""
+        result = RebuildResult(account)
+        started = time.monotonic()
+        async with self.lock:
+            store = self.node.store
+            guids = await store.read(lambda s: textindex.live_guids(s, account))
+            if account is None:
+                result.forgotten = await store.write(textindex.forget_unnamed)
+            result.indexed, result.missing = await self._index(guids)
+        result.seconds = time.monotonic() - started
+        log.info(
+            "full-text index rebuilt for %s: %d message text(s), %d unreadable, %d dropped",
+            account or "every account",
+            result.indexed,
+            result.missing,
+            result.forgotten,
+        )
+        return result
+
+    async def counts(self, account: str | None) -> textindex.IndexCounts:
+        return await self.node.store.read(lambda s: textindex.counts(s, account))
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "mark": self.mark,
+            "walks": self.counters.walks,
+            "indexed": self.counters.indexed,
+            "unreadable": self.counters.missing,
+        }
