@@ -167,6 +167,12 @@ class AccountStore:
         self._wrote()
         return expunged
 
+    async def claim_recent(self, mailbox_id: int) -> tuple[int, int]:
+        """Claim the mailbox's unclaimed UIDs as \\Recent (:func:`engine.mailview.claim_recent`)."""
+        return await self.node.write_owned(
+            self.account, lambda s, a: mailview.claim_recent(s, a, mailbox_id)
+        )
+
     async def copy_messages(
         self, mailbox_id: int, uids: Sequence[int], dest: str, *, move: bool
     ) -> CopyResult:

@@ -161,13 +161,15 @@ class Counts(Protocol):
     def size(self) -> int: ...
     @property
     def deleted(self) -> int: ...
+    @property
+    def recent(self) -> int: ...
 
 
 def status_response(name: str, items: Sequence[str], counts: Counts) -> bytes:
     """``* STATUS name (item value ...)`` for the items asked, in their order."""
     values = {
         "MESSAGES": counts.messages,
-        "RECENT": 0,  # no message is ever \Recent here
+        "RECENT": counts.recent,  # not yet claimed by a SELECT (RFC 3501 2.3.2)
         "UIDNEXT": counts.uidnext,
         "UIDVALIDITY": counts.uidvalidity,
         "UNSEEN": counts.unseen,

@@ -66,6 +66,9 @@ async def select(session: Session, cmd: c.Select | c.Examine) -> Reply:
             name, known.uidvalidity, known.modseq
         )
     box = Selected(snapshot, name=snapshot.name, readonly=readonly, ext=session.ext)
+    if box.needs_claim(snapshot, snapshot.recentuid):
+        # RFC 3501 2.3.2: this session is the first to be told of these.
+        box.claimed(*await session.mail.claim_recent(snapshot.mailbox_id))
     session.select(Selection(snapshot.mailbox_id, snapshot.uniqueid, box))
     await session.send(box.opening())
     if known is not None:
