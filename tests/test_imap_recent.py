@@ -128,14 +128,14 @@ def test_copy_move_append_make_recent_for_next_select(node: LoneNode) -> None:
     assert searched(reader, "RECENT") == [1, 2]
     # APPEND to the mailbox the appending session has selected: it is the
     # first told of the new message (in APPEND's own untagged answers).
-    appended = wire.cmd("APPEND INBOX {%d+}\r\n" % len(PLAIN) + PLAIN.decode())
+    appended = wire.cmd(f"APPEND INBOX {{{len(PLAIN)}+}}\r\n" + PLAIN.decode())
     assert appended[-1].split()[1] == b"OK"
     assert b"* 3 EXISTS\r\n" in appended and recent(appended) == [3], appended
     assert searched(wire, "RECENT") == [1, 2, 3]
     assert b"\\Recent" in flags(wire, 3)
     # APPEND to a mailbox another session has selected: recent there.
     reader_append = Wire(node)
-    reader_append.cmd("APPEND Dest {%d+}\r\n" % len(PLAIN) + PLAIN.decode())
+    reader_append.cmd(f"APPEND Dest {{{len(PLAIN)}+}}\r\n" + PLAIN.decode())
     assert recent(reader.cmd("NOOP")) == [3]
     assert searched(reader, "RECENT") == [1, 2, 3]
     for each in (wire, reader, reader_append):
