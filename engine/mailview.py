@@ -50,6 +50,7 @@ __all__ = [
     "Snapshot",
     "Version",
     "append",
+    "append_many",
     "claim_recent",
     "copy_messages",
     "create_mailbox",
@@ -297,6 +298,20 @@ def append(
         session, account, box, guid=guid, size=size, flags=flags, internaldate=internaldate
     )
     return Appended(box.uidvalidity, record.uid)
+
+
+def append_many(
+    session: Session,
+    account: Account,
+    name: str,
+    items: Sequence[tuple[str, int, Sequence[str], dt.datetime]],
+) -> tuple[Appended, ...]:
+    """:func:`append` of several staged messages ``(guid, size, flags,
+    internaldate)``, in order, in the caller's one transaction."""
+    return tuple(
+        append(session, account, name, guid=guid, size=size, flags=flags, internaldate=when)
+        for guid, size, flags, when in items
+    )
 
 
 def store_flags(

@@ -73,3 +73,158 @@ def test_lsub_percent_and_recursivematch_childinfo(node: LoneNode) -> None:
         b'* LIST (\\HasNoChildren \\Subscribed) "/" Vegetable/Broccoli\r\n',
     ]
     wire.close()
+
+
+# -- MULTIAPPEND (RFC 3502) ---------------------------------------------------------
+
+ONE = b"From: a@example.org\r\nSubject: one\r\n\r\nfirst body\r\n"
+TWO = b"From: b@example.org\r\nSubject: two\r\n\r\nsecond body, longer\r\n"
+
+
+def literal(data: bytes) -> str:
+    return f"{{{len(data)}+}}\r\n" + data.decode()
+
+
+def fetched(wire: Wire, seqs: str, item: str) -> list[bytes]:
+    return [line for line in ok(wire.cmd(f"FETCH {seqs} ({item})")) if b" FETCH " in line]
+
+
+def test_multiappend_adds_every_message_in_one_command(node: LoneNode) -> None:
+    wire = Wire(node)
+    assert "MULTIAPPEND" in ok(wire.cmd("CAPABILITY"))[0].decode().split()
+    # RFC 3502 6.3.11: each message with its own flags and date-time.
+    date = '"07-Feb-1994 21:52:25 -0800"'
+    lines = wire.cmd(f"APPEND INBOX (\\Seen) {literal(ONE)} (\\Flagged) {date} {literal(TWO)}")
+    assert lines[-1].split()[1] == b"OK", lines
+    # RFC 4315 3: APPENDUID names the UIDs of all of them, in order.
+    uidvalidity = ok(wire.cmd("STATUS INBOX (UIDVALIDITY MESSAGES)"))[0]
+    assert b"MESSAGES 2" in uidvalidity
+    validity = uidvalidity.split(b"UIDVALIDITY ")[1].split()[0].rstrip(b")")
+    assert b"[APPENDUID " + validity + b" 1:2]" in lines[-1]
+    wire.cmd("EXAMINE INBOX")
+    assert fetched(wire, "1:2", "FLAGS") == [
+        b"* 1 FETCH (FLAGS (\\Seen))\r\n",
+        b"* 2 FETCH (FLAGS (\\Flagged))\r\n",
+    ]
+    assert b'INTERNALDATE " 8-Feb-1994 05:52:25 +0000"' in fetched(wire, "2", "INTERNALDATE")[0]
+    body = ok(wire.cmd("FETCH 2 (BODY.PEEK[])"))
+    assert b"".join(body[1:-1]).startswith(TWO), body
+    wire.close()
+
+
+def test_multiappend_is_all_or_nothing(node: LoneNode) -> None:
+    # The account's quota holds the first message but not both: the second
+    # one's failure takes the first back too (RFC 3502 6.3.11: "the server
+    # MUST NOT append any of the messages" when one fails).
+    node.add_account("small", quota_limit=len(ONE) + len(TWO) - 1)
+    wire = Wire(node, "small")
+    lines = wire.cmd(f"APPEND INBOX {literal(ONE)} {literal(TWO)}")
+    assert lines[-1].split()[1] == b"NO", lines
+    assert b"MESSAGES 0" in ok(wire.cmd("STATUS INBOX (MESSAGES)"))[0]
+    # A syntax error in the second message refuses the whole command as well.
+    lines = wire.cmd(f"APPEND INBOX {literal(ONE)} (\\Seen) NOTALITERAL")
+    assert lines[-1].split()[1] == b"BAD", lines
+    assert b"MESSAGES 0" in ok(wire.cmd("STATUS INBOX (MESSAGES)"))[0]
+    # One alone fits.
+    assert wire.cmd(f"APPEND INBOX {literal(ONE)}")[-1].split()[1] == b"OK"
+    wire.close()
+
+
+# -- SEARCHRES (RFC 5182) -----------------------------------------------------------
+
+
+def numbers(lines: list[bytes], prefix: bytes = b"* SEARCH") -> list[int]:
+    [line] = [line for line in lines if line.startswith(prefix)]
+    return [int(n) for n in line[len(prefix) :].split()]
+
+
+def fetch_uids(wire: Wire, command: str) -> list[tuple[int, int]]:
+    out = []
+    for line in ok(wire.cmd(command)):
+        if b" FETCH " in line:
+            out.append((int(line.split()[1]), int(line.split(b"UID ")[1].split()[0].rstrip(b")"))))
+    return out
+
+
+def test_searchres_saves_and_reuses_a_result(node: LoneNode) -> None:
+    wire = Wire(node)
+    assert "SEARCHRES" in ok(wire.cmd("CAPABILITY"))[0].decode().split()
+    ok(wire.cmd("CREATE Other"))
+    for _ in range(6):
+        ok(wire.cmd(f"APPEND INBOX {literal(ONE)}"))
+    ok(wire.cmd("SELECT INBOX"))
+    ok(wire.cmd("STORE 1 +FLAGS (\\Deleted)"))
+    ok(wire.cmd("EXPUNGE"))  # UIDs 2..6 are now messages 1..5
+    ok(wire.cmd("STORE 2,4 +FLAGS (\\Flagged)"))
+    # SAVE alone: no ESEARCH response (RFC 5182 2.1), the result is kept.
+    assert ok(wire.cmd("SEARCH RETURN (SAVE) FLAGGED")) == []
+    # "$" names the same messages in every command, as numbers or UIDs.
+    assert fetch_uids(wire, "FETCH $ (UID)") == [(2, 3), (4, 5)]
+    assert fetch_uids(wire, "UID FETCH $ (UID)") == [(2, 3), (4, 5)]
+    assert numbers(ok(wire.cmd("SEARCH $"))) == [2, 4]
+    assert numbers(ok(wire.cmd("UID SEARCH UID $"))) == [3, 5]
+    assert numbers(ok(wire.cmd("SEARCH NOT $"))) == [1, 3, 5]
+    stored = ok(wire.cmd("STORE $ +FLAGS.SILENT (\\Seen)"))
+    assert numbers(ok(wire.cmd("SEARCH SEEN"))) == [2, 4], stored
+    copied = wire.cmd("COPY $ Other")
+    assert copied[-1].split()[1] == b"OK" and b" 3,5 1,2] " in copied[-1], copied
+    # SAVE with other options: the ESEARCH answer comes, and MIN alone keeps
+    # only the lowest (RFC 5182 2.4); with ALL or COUNT everything found.
+    tag = b"t%d" % (wire.count + 1)
+    assert ok(wire.cmd("SEARCH RETURN (SAVE MIN) FLAGGED")) == [
+        b'* ESEARCH (TAG "' + tag + b'") MIN 2\r\n'
+    ]
+    assert fetch_uids(wire, "FETCH $ (UID)") == [(2, 3)]
+    tag = b"t%d" % (wire.count + 1)
+    assert ok(wire.cmd("SEARCH RETURN (MAX SAVE COUNT) FLAGGED")) == [
+        b'* ESEARCH (TAG "' + tag + b'") MAX 4 COUNT 2\r\n'
+    ]
+    assert fetch_uids(wire, "FETCH $ (UID)") == [(2, 3), (4, 5)]
+    # A saved message that is expunged drops out of "$".
+    ok(wire.cmd("STORE 2 +FLAGS (\\Deleted)"))
+    ok(wire.cmd("EXPUNGE"))
+    assert numbers(ok(wire.cmd("UID SEARCH $"))) == [5]
+    # A new SELECT starts with "$" empty.
+    ok(wire.cmd("SELECT INBOX"))
+    assert fetch_uids(wire, "FETCH $ (UID)") == []
+    wire.close()
+
+
+# -- ESORT (RFC 5267) ---------------------------------------------------------------
+
+
+def subject(text: str) -> bytes:
+    return f"From: a@example.org\r\nSubject: {text}\r\n\r\nbody\r\n".encode()
+
+
+def test_esort_answers_sort_with_esearch(node: LoneNode) -> None:
+    wire = Wire(node)
+    assert "ESORT" in ok(wire.cmd("CAPABILITY"))[0].decode().split()
+    for text in ("c", "d", "a", "b", "e"):
+        ok(wire.cmd(f"APPEND INBOX {literal(subject(text))}"))
+    ok(wire.cmd("SELECT INBOX"))
+    # Sorted by subject the messages are 3 4 1 2 5. RFC 5267 3.2: MIN and MAX
+    # are the first and last in sort order, ALL keeps that order (a range
+    # only where the numbers ascend one by one), COUNT as in ESEARCH.
+    tag = f"t{wire.count + 1}".encode()
+    assert ok(wire.cmd("SORT RETURN (MIN MAX COUNT ALL) (SUBJECT) US-ASCII ALL")) == [
+        b'* ESEARCH (TAG "' + tag + b'") MIN 3 MAX 5 ALL 3:4,1:2,5 COUNT 5\r\n'
+    ]
+    tag = f"t{wire.count + 1}".encode()
+    assert ok(wire.cmd("UID SORT RETURN () (REVERSE SUBJECT) US-ASCII NOT SUBJECT d")) == [
+        b'* ESEARCH (TAG "' + tag + b'") UID ALL 5,1,4,3\r\n'
+    ]
+    tag = f"t{wire.count + 1}".encode()
+    assert ok(wire.cmd("SORT RETURN (MIN COUNT) (SUBJECT) US-ASCII SUBJECT zzz")) == [
+        b'* ESEARCH (TAG "' + tag + b'") COUNT 0\r\n'
+    ]
+    # Without RETURN, SORT answers as before (RFC 5256 4).
+    assert ok(wire.cmd("SORT (SUBJECT) US-ASCII ALL")) == [b"* SORT 3 4 1 2 5\r\n"]
+    # With SEARCHRES, SAVE keeps the result; MIN alone keeps the first in order.
+    assert ok(wire.cmd("SORT RETURN (SAVE MIN) (REVERSE SUBJECT) US-ASCII ALL"))[0].endswith(
+        b" MIN 5\r\n"
+    )
+    assert numbers(ok(wire.cmd("SEARCH $"))) == [5]
+    assert ok(wire.cmd("SORT RETURN (SAVE) (SUBJECT) US-ASCII SUBJECT b")) == []
+    assert numbers(ok(wire.cmd("SEARCH $"))) == [4]
+    wire.close()

@@ -12,20 +12,23 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["CAPABILITIES", "capabilities"]
+__all__ = ["CAPABILITIES", "MESSAGE_EXTENSIONS", "capabilities"]
 
 CAPABILITIES: Final = (
     "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN "
     "LIST-EXTENDED LIST-STATUS SPECIAL-USE CONDSTORE QRESYNC ESEARCH SORT SORT=DISPLAY "
     "THREAD=ORDEREDSUBJECT THREAD=REFERENCES LOGIN-REFERRALS AUTH=PLAIN"
 )
+# Extensions on messages and searches (issue 10), each once it is complete:
+# RFC 3502, RFC 5182, RFC 5267.
+MESSAGE_EXTENSIONS: Final = " MULTIAPPEND SEARCHRES ESORT"
 
 
 def capabilities(*, starttls: bool, logindisabled: bool = False) -> str:
     """The capability list; ``starttls``: TLS is configured, not on yet, and
     the client has not logged in; ``logindisabled``: no login in the clear
     here (RFC 3501 6.2.3 LOGINDISABLED; no ``AUTH=PLAIN`` either, RFC 4616 6)."""
-    caps = CAPABILITIES
+    caps = CAPABILITIES + MESSAGE_EXTENSIONS
     if logindisabled:
         caps = caps.replace(" AUTH=PLAIN", "") + " LOGINDISABLED"
     return caps + " STARTTLS" if starttls else caps

@@ -31,7 +31,7 @@ from peerd.protocols.imap.searchkey import MAX_MODSEQ, check_charset, parse_sear
 from peerd.protocols.imap.sequence import MAX_NUMBER, SequenceSet
 from peerd.protocols.imap.sort import parse_criteria
 from peerd.protocols.imap.thread import parse_algorithm
-from peerd.protocols.imap.tokens import MARK, TAG, Token, tokenize
+from peerd.protocols.imap.tokens import MARK, TAG, LiteralData, Token, tokenize
 
 __all__ = ["parse_command"]
 
@@ -315,21 +315,26 @@ def _status(tag: str, args: _Args) -> c.Command:
 
 
 def _append(tag: str, args: _Args) -> c.Command:
+    # RFC 3502 6.3.11 (MULTIAPPEND): append = "APPEND" SP mailbox 1*append-message,
+    # append-message = SP [flag-list SP] [date-time SP] literal.
     mailbox = args.mailbox()
-    flags: tuple[str, ...] = ()
-    if isinstance(args.peek(), tuple):
-        flags = args.flags(args.list("flags"))
-    rest = len(args.tokens) - args.pos
-    when: dt.datetime | None = None
-    if rest == 2:
-        when = _date_time(args.astring("date-time"))
-    elif rest > 2:
-        raise CommandError("APPEND: one message per command (MULTIAPPEND is not offered)")
-    message = args.next("message literal")
-    if not isinstance(message, bytes):
-        raise CommandError("APPEND: the message must be a literal")
-    args.end()
-    return c.Append(tag, mailbox, flags, when, message)
+    messages: list[c.AppendMessage] = []
+    while args.more() or not messages:
+        flags: tuple[str, ...] = ()
+        if isinstance(args.peek(), tuple):
+            flags = args.flags(args.list("flags"))
+        when: dt.datetime | None = None
+        token = args.next("message literal")
+        if not isinstance(token, LiteralData):
+            # A quoted string here is the date-time; the message follows it.
+            if isinstance(token, tuple):
+                raise CommandError("APPEND: the message must be a literal")
+            when = _date_time(token.encode("ascii") if isinstance(token, str) else token)
+            token = args.next("message literal")
+        if not isinstance(token, LiteralData):
+            raise CommandError("APPEND: the message must be a literal")
+        messages.append(c.AppendMessage(flags, when, token))
+    return c.Append(tag, mailbox, tuple(messages))
 
 
 def _search(tag: str, args: _Args, uid: bool) -> c.Command:
@@ -350,13 +355,19 @@ def _search(tag: str, args: _Args, uid: bool) -> c.Command:
 def _sort(tag: str, args: _Args, uid: bool) -> c.Command:
     # RFC 5256 5: "SORT" SP sort-criteria SP search-criteria, where
     # search-criteria is charset 1*(SP search-key): the charset is required.
+    # RFC 5267 3 (ESORT): [search-return-opts SP] before the criteria.
+    returns: tuple[str, ...] | None = None
+    first = args.peek()
+    if isinstance(first, str) and first.upper() == "RETURN":
+        args.next("RETURN")
+        returns = _options(args.list("return options"), "SORT return options")
     words = args.list("sort criteria")
     if not all(isinstance(word, str) for word in words):
         raise CommandError("SORT: the sort criteria are atoms")
     criteria = parse_criteria([str(word) for word in words])
     charset = check_charset(args.text("charset"))
     key = parse_search_key(args.tokens[args.pos :], charset=charset)
-    return c.Sort(tag, criteria, key, uid, charset)
+    return c.Sort(tag, criteria, key, uid, charset, returns)
 
 
 def _thread(tag: str, args: _Args, uid: bool) -> c.Command:

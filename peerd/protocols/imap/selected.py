@@ -215,6 +215,7 @@ class Selected:
         "readonly",
         "recent",
         "records",
+        "saved",
         "stale",
         "told_recent",
         "uidnext",
@@ -229,6 +230,9 @@ class Selected:
         # The UID ranges (first, last] this session claimed as \Recent.
         self.recent: list[tuple[int, int]] = []
         self.told_recent = 0
+        # RFC 5182: the UIDs the last SEARCH RETURN (SAVE) found ("$"); empty
+        # at SELECT. UIDs never come back, so an expunged one just never matches.
+        self.saved: frozenset[int] = frozenset()
         self.records: list[Record] = list(view.records)
         self.highestmodseq = view.highestmodseq
         self.uidnext = view.uidnext
@@ -383,14 +387,14 @@ class Selected:
                 if condstore:
                     parts.append(b"MODSEQ (%d)" % now.modseq)
                 out.append(fetch_response(i, parts))
-        told_exists = len(fresh.records) != len(kept) or bool(gone)
-        if told_exists:
+        arrived = len(fresh.records) != len(kept)
+        if arrived or gone:
             out.append(b"* %d EXISTS\r\n" % len(fresh.records))
         self.records = marked
         self.highestmodseq = fresh.highestmodseq
         self.uidnext = fresh.uidnext
         recent = self.recent_count()
-        if recent != self.told_recent or told_exists:
+        if recent != self.told_recent or arrived:
             # RFC 3501 7.3.2: the new count of \Recent messages.
             out.append(b"* %d RECENT\r\n" % recent)
             self.told_recent = recent
@@ -417,9 +421,12 @@ class Selected:
         return self.records[-1].uid if self.records else 0
 
     def resolve(self, sequence: SequenceSet, uid: bool) -> list[tuple[int, Record]]:
-        """The (sequence number, record) pairs a set names, in mailbox order."""
+        """The (sequence number, record) pairs a set names, in mailbox order;
+        ``$`` names the saved messages, in either form (RFC 5182 2.1)."""
+        if sequence.saved:
+            saved = self.saved
+            return [(i + 1, r) for i, r in enumerate(self.records) if r.uid in saved]
         if not self.records:
-            resolved(sequence, 0)  # "$" is still refused
             return []
         if uid:
             # RFC 3501 6.4.8: UIDs that do not exist are ignored.
@@ -444,12 +451,7 @@ class Selected:
 
     def uid_expunge_targets(self, seqset: SequenceSet) -> list[int]:
         """UID EXPUNGE: the ``\\Deleted`` messages among these UIDs (RFC 4315 2.1)."""
-        wanted = resolved(seqset, self.largest_uid())
-        return [
-            r.uid
-            for r in self.records
-            if in_ranges(r.uid, wanted) and "\\Deleted" in r.flags.split()
-        ]
+        return [r.uid for _, r in self.resolve(seqset, True) if "\\Deleted" in r.flags.split()]
 
     def expunge_code(self, expunged: bool) -> bytes | None:
         """The tagged OK's code after EXPUNGE: the new HIGHESTMODSEQ once
@@ -485,9 +487,12 @@ class Selected:
         """``VANISHED (EARLIER)`` for the requested UIDs among ``tombstones``
         that this session no longer shows (one it still shows is told as a
         plain VANISHED when it may be, RFC 7162 3.2.6); empty if none."""
-        ranges = resolved(seqset, self.uidnext - 1)
         shown = self.seq_of()
-        gone = [uid for uid in tombstones if uid not in shown and in_ranges(uid, ranges)]
+        if seqset.saved:
+            gone = [uid for uid in tombstones if uid not in shown and uid in self.saved]
+        else:
+            ranges = resolved(seqset, self.uidnext - 1)
+            gone = [uid for uid in tombstones if uid not in shown and in_ranges(uid, ranges)]
         return _vanished(gone, earlier=True) if gone else b""
 
     def after_seen(self, plan: FetchPlan) -> FetchPlan:

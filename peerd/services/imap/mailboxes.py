@@ -25,9 +25,11 @@ from peerd.protocols.imap.responses import (
     CODE_READ_WRITE,
     CODE_TRYCREATE,
     CommandError,
+    Raw,
     response_code,
 )
 from peerd.protocols.imap.selected import Selected, closed_response
+from peerd.protocols.imap.sequence import SequenceSet
 from peerd.services.imap.session import Handler, Reply, Selection, Session
 
 __all__ = ["HANDLERS"]
@@ -144,18 +146,23 @@ async def status(session: Session, cmd: c.Status) -> Reply:
 
 async def append(session: Session, cmd: c.Append) -> Reply:
     name = store_name(cmd.mailbox)
-    when = (cmd.internaldate or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
-    if b"\0" in cmd.message:
-        raise InvalidArgument("message contains NUL")
+    now = dt.datetime.now(dt.UTC)
+    messages = []
+    for one in cmd.messages:
+        if b"\0" in one.message:
+            raise InvalidArgument("message contains NUL")
+        when = (one.internaldate or now).astimezone(dt.UTC)
+        messages.append((one.message, one.flags, when))
     try:
-        appended = await session.mail.append(name, cmd.message, cmd.flags, when)
+        # RFC 3502 6.3.11: several messages are appended all together or not at all.
+        appended = await session.mail.append_many(name, messages)
     except NoSuchMailbox:
         # RFC 3501 6.3.11: TRYCREATE, so the client may CREATE and retry.
         return Reply("no such mailbox", CODE_TRYCREATE, "NO")
     await session.report(cmd)
-    return Reply(
-        "APPEND completed", response_code(CODE_APPENDUID, appended.uidvalidity, appended.uid)
-    )
+    # RFC 4315 3: APPENDUID uidvalidity uid-set (one UID per message, in order).
+    uids = Raw(str(SequenceSet.from_numbers([a.uid for a in appended])).encode())
+    return Reply("APPEND completed", response_code(CODE_APPENDUID, appended[0].uidvalidity, uids))
 
 
 HANDLERS: Final[dict[type[c.Command], Handler]] = {
