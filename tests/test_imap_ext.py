@@ -8,6 +8,7 @@ or imaplib.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 
 import pytest
@@ -227,4 +228,81 @@ def test_esort_answers_sort_with_esearch(node: LoneNode) -> None:
     assert numbers(ok(wire.cmd("SEARCH $"))) == [5]
     assert ok(wire.cmd("SORT RETURN (SAVE) (SUBJECT) US-ASCII SUBJECT b")) == []
     assert numbers(ok(wire.cmd("SEARCH $"))) == [4]
+    wire.close()
+
+
+# -- BINARY (RFC 3516) --------------------------------------------------------------
+
+OCTETS = b"\x00\x01\x02binary\xff"
+ENCODED = (
+    b"From: a@example.org\r\nSubject: parts\r\nMIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+    b"--b\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Transfer-Encoding: quoted-printable\r\n\r\ncaf=C3=A9 =3D ok=\r\n!\r\n"
+    b"--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    + base64.encodebytes(OCTETS).replace(b"\n", b"\r\n")
+    + b"--b\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: x-unknown\r\n\r\nzzz\r\n"
+    b"--b--\r\n"
+)
+
+
+def test_binary_fetch_undoes_the_transfer_encoding(node: LoneNode) -> None:
+    wire = Wire(node)
+    assert "BINARY" in ok(wire.cmd("CAPABILITY"))[0].decode().split()
+    ok(wire.cmd(f"APPEND INBOX {literal(ENCODED)}"))
+    ok(wire.cmd("SELECT INBOX"))
+    text = "café = ok!".encode()
+    # RFC 3516 4.1: the decoded octets, in a literal (no NUL) ...
+    assert ok(wire.cmd("FETCH 1 (BINARY.PEEK[1])")) == [
+        b"* 1 FETCH (BINARY[1] {%d}\r\n" % len(text),
+        text + b")\r\n",
+    ]
+    # ... or a literal8 when they hold NUL (4.2); a partial counts decoded octets.
+    assert ok(wire.cmd("FETCH 1 (BINARY.PEEK[2])")) == [
+        b"* 1 FETCH (BINARY[2] ~{%d}\r\n" % len(OCTETS),
+        OCTETS + b")\r\n",
+    ]
+    assert ok(wire.cmd("FETCH 1 (BINARY.PEEK[2]<1.3>)")) == [
+        b"* 1 FETCH (BINARY[2]<1> {3}\r\n",
+        b"\x01\x02b)\r\n",
+    ]
+    # BINARY.SIZE is the decoded size (4.2); a missing part is NIL.
+    assert ok(wire.cmd("FETCH 1 (BINARY.SIZE[1] BINARY.SIZE[2] BINARY.SIZE[9])")) == [
+        b"* 1 FETCH (BINARY.SIZE[1] %d BINARY.SIZE[2] %d BINARY.SIZE[9] NIL)\r\n"
+        % (len(text), len(OCTETS))
+    ]
+    # An encoding the server cannot undo: NO [UNKNOWN-CTE] (4.3).
+    refused = wire.cmd("FETCH 1 (BINARY.PEEK[3])")
+    assert refused[-1].split()[1:3] == [b"NO", b"[UNKNOWN-CTE]"], refused
+    # Only part numbers in a BINARY section (5).
+    assert wire.cmd("FETCH 1 (BINARY[1.HEADER])")[-1].split()[1] == b"BAD"
+    # BINARY without .PEEK sets \Seen, and says so.
+    assert b"\\Seen" in ok(wire.cmd("FETCH 1 (BINARY[1])"))[-1]
+    wire.close()
+
+
+def send(wire: Wire, line: bytes) -> list[bytes]:
+    """:meth:`Wire.cmd` with a command of bytes (8-bit literal data)."""
+    wire.count += 1
+    tag = b"t%d" % wire.count
+    wire.sock.sendall(tag + b" " + line + b"\r\n")
+    out = []
+    while (reply := wire.stream.readline()) and not reply.startswith(tag + b" "):
+        out.append(reply)
+    out.append(reply)
+    return out
+
+
+def test_binary_append_takes_a_literal8(node: LoneNode) -> None:
+    wire = Wire(node)
+    # RFC 3516 4.4: APPEND with a literal8; 8-bit octets are kept as sent.
+    message = "Subject: 8bit\r\n\r\ncafé\r\n".encode()
+    appended = send(wire, b"APPEND INBOX ~{%d+}\r\n" % len(message) + message)
+    assert appended[-1].split()[1] == b"OK", appended
+    # The store keeps no NUL: such a message is refused as UNKNOWN-CTE.
+    with_nul = b"Subject: nul\r\n\r\na\x00b\r\n"
+    refused = send(wire, b"APPEND INBOX ~{%d+}\r\n" % len(with_nul) + with_nul)
+    assert refused[-1].split()[1:3] == [b"NO", b"[UNKNOWN-CTE]"], refused
+    ok(wire.cmd("EXAMINE INBOX"))
+    assert b"".join(ok(wire.cmd("FETCH 1:* (BODY.PEEK[TEXT])"))[1:]) == "café\r\n)\r\n".encode()
     wire.close()

@@ -153,11 +153,16 @@ def test_a_literal_shorter_than_announced_is_named_in_the_error() -> None:
     assert pull(reader, b"d NOOP\r\n") == [c.Noop("d")]
 
 
-def test_literal8_is_refused() -> None:
+def test_literal8_is_for_append_only() -> None:
+    # RFC 3516 4.2 and 4.4: APPEND takes a literal8, which may hold NUL.
     reader = CommandReader()
-    [event] = pull(reader, b"a APPEND INBOX ~{5}\r\n")
-    assert isinstance(event, ProtocolError) and "BINARY" in event.text
-    assert pull(reader, b"b NOOP\r\n") == [c.Noop("b")]
+    [more, event] = pull(reader, b"a APPEND INBOX ~{5}\r\nhe\x00lo\r\n")
+    assert isinstance(more, ContinuationNeeded)
+    assert isinstance(event, c.Append)
+    assert event.messages[0].binary and event.messages[0].message == b"he\x00lo"
+    [event] = pull(reader, b"b LOGIN ~{5+}\r\nalice secret\r\n")
+    assert isinstance(event, ProtocolError) and "APPEND only" in event.text
+    assert pull(reader, b"c NOOP\r\n") == [c.Noop("c")]
 
 
 def test_overlong_line_is_fatal() -> None:

@@ -399,11 +399,13 @@ class Status(Command):
 
 @dataclass(frozen=True, slots=True)
 class AppendMessage:
-    """One message of an APPEND; ``internaldate`` is tz-aware when given."""
+    """One message of an APPEND; ``internaldate`` is tz-aware when given;
+    ``binary``: sent as a literal8 (RFC 3516 4.4)."""
 
     flags: tuple[str, ...]
     internaldate: dt.datetime | None
     message: bytes = field(repr=False)
+    binary: bool = False
 
     def __post_init__(self) -> None:
         _check_flags(self.flags)

@@ -31,7 +31,7 @@ from peerd.protocols.imap.searchkey import MAX_MODSEQ, check_charset, parse_sear
 from peerd.protocols.imap.sequence import MAX_NUMBER, SequenceSet
 from peerd.protocols.imap.sort import parse_criteria
 from peerd.protocols.imap.thread import parse_algorithm
-from peerd.protocols.imap.tokens import MARK, TAG, LiteralData, Token, tokenize
+from peerd.protocols.imap.tokens import MARK, TAG, Literal8Data, LiteralData, Token, tokenize
 
 __all__ = ["parse_command"]
 
@@ -73,6 +73,8 @@ class _Args:
         token = self.next(what)
         if isinstance(token, tuple):
             raise CommandError(f"{self.name}: {what} must be a string, not a list")
+        if isinstance(token, Literal8Data):
+            raise CommandError(f"{self.name}: a literal8 ~{{n}} is for APPEND only (RFC 3516 4.2)")
         return token.encode("ascii") if isinstance(token, str) else token
 
     def text(self, what: str) -> str:
@@ -333,7 +335,8 @@ def _append(tag: str, args: _Args) -> c.Command:
             token = args.next("message literal")
         if not isinstance(token, LiteralData):
             raise CommandError("APPEND: the message must be a literal")
-        messages.append(c.AppendMessage(flags, when, token))
+        binary = isinstance(token, Literal8Data)
+        messages.append(c.AppendMessage(flags, when, token, binary))
     return c.Append(tag, mailbox, tuple(messages))
 
 

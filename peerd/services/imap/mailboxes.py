@@ -24,6 +24,7 @@ from peerd.protocols.imap.responses import (
     CODE_READ_ONLY,
     CODE_READ_WRITE,
     CODE_TRYCREATE,
+    CODE_UNKNOWN_CTE,
     CommandError,
     Raw,
     response_code,
@@ -150,6 +151,13 @@ async def append(session: Session, cmd: c.Append) -> Reply:
     messages = []
     for one in cmd.messages:
         if b"\0" in one.message:
+            if one.binary:
+                # RFC 3516 4.4: the store keeps no NUL octets; refused as such.
+                raise CommandError(
+                    "messages with NUL octets cannot be stored here",
+                    code=CODE_UNKNOWN_CTE,
+                    status="NO",
+                )
             raise InvalidArgument("message contains NUL")
         when = (one.internaldate or now).astimezone(dt.UTC)
         messages.append((one.message, one.flags, when))
