@@ -306,3 +306,56 @@ def test_binary_append_takes_a_literal8(node: LoneNode) -> None:
     ok(wire.cmd("EXAMINE INBOX"))
     assert b"".join(ok(wire.cmd("FETCH 1:* (BODY.PEEK[TEXT])"))[1:]) == "café\r\n)\r\n".encode()
     wire.close()
+
+
+# -- CATENATE (RFC 4469) ------------------------------------------------------------
+
+ORIGINAL = b"From: a@example.org\r\nSubject: orig\r\n\r\nhello body\r\n"
+
+
+def body_of(wire: Wire, mailbox: str, seq: int) -> bytes:
+    ok(wire.cmd(f"EXAMINE {mailbox}"))
+    lines = ok(wire.cmd(f"FETCH {seq} (BODY.PEEK[])"))
+    size = int(lines[0].rsplit(b"{", 1)[1].split(b"}")[0])
+    return b"".join(lines[1:])[:size]
+
+
+def test_catenate_builds_a_message_from_text_and_urls(node: LoneNode) -> None:
+    wire = Wire(node)
+    assert "CATENATE" in ok(wire.cmd("CAPABILITY"))[0].decode().split()
+    ok(wire.cmd("CREATE Drafts"))
+    ok(wire.cmd(f"APPEND INBOX {literal(ORIGINAL)}"))
+    status = ok(wire.cmd("STATUS INBOX (UIDVALIDITY)"))[0]
+    validity = int(status.split(b"UIDVALIDITY ")[1].split(b")")[0])
+    head, tail = b"Subject: fwd\r\n\r\n", b"-- end\r\n"
+    # RFC 4469 5: TEXT parts and the sections URLs name, in order.
+    lines = wire.cmd(
+        f"APPEND Drafts (\\Draft) CATENATE (TEXT {literal(head)} "
+        f'URL "/INBOX;UIDVALIDITY={validity}/;UID=1/;SECTION=TEXT" TEXT {literal(tail)})'
+    )
+    assert lines[-1].split()[1] == b"OK" and b"[APPENDUID " in lines[-1], lines
+    assert body_of(wire, "Drafts", 1) == head + b"hello body\r\n" + tail
+    # An absolute URL of the same user, the whole message; a partial; and
+    # with MULTIAPPEND, a plain literal then a CATENATE (RFC 4469 5, RFC 3502).
+    lines = wire.cmd(
+        f"APPEND Drafts {literal(ORIGINAL)} CATENATE "
+        f'(URL "imap://user@127.0.0.1/INBOX/;UID=1" URL "/INBOX/;UID=1/;SECTION=TEXT/;PARTIAL=0.5")'
+    )
+    assert lines[-1].split()[1] == b"OK", lines
+    assert body_of(wire, "Drafts", 2) == ORIGINAL
+    assert body_of(wire, "Drafts", 3) == ORIGINAL + b"hello"
+    # A URL that names nothing here: NO [BADURL url] (5.1), and nothing added.
+    for url in (
+        "/INBOX/;UID=9",
+        f"/INBOX;UIDVALIDITY={validity + 1}/;UID=1",
+        "/Nowhere/;UID=1",
+        "imap://other@127.0.0.1/INBOX/;UID=1",
+        ";UID=1",
+        "/INBOX/;UID=1/;SECTION=7",
+    ):
+        refused = wire.cmd(f'APPEND Drafts CATENATE (TEXT {literal(head)} URL "{url}")')
+        assert refused[-1].split()[1:3] == [b"NO", b"[BADURL"], (url, refused)
+        assert url.encode() in refused[-1]
+    assert b"MESSAGES 3" in ok(wire.cmd("STATUS Drafts (MESSAGES)"))[0]
+    assert wire.cmd("APPEND Drafts CATENATE (TEXT)")[-1].split()[1] == b"BAD"
+    wire.close()

@@ -20,8 +20,8 @@ CAPABILITIES: Final = (
     "THREAD=ORDEREDSUBJECT THREAD=REFERENCES LOGIN-REFERRALS AUTH=PLAIN"
 )
 # Extensions on messages and searches (issue 10), each once it is complete:
-# RFC 3502, RFC 5182, RFC 5267, RFC 3516.
-MESSAGE_EXTENSIONS: Final = " MULTIAPPEND SEARCHRES ESORT BINARY"
+# RFC 3502, RFC 5182, RFC 5267, RFC 3516, RFC 4469.
+MESSAGE_EXTENSIONS: Final = " MULTIAPPEND SEARCHRES ESORT BINARY CATENATE"
 
 
 def capabilities(*, starttls: bool, logindisabled: bool = False) -> str:

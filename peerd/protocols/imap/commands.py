@@ -39,6 +39,7 @@ __all__ = [
     "AppendMessage",
     "Authenticate",
     "Capability",
+    "CatPart",
     "Check",
     "Close",
     "Command",
@@ -398,14 +399,29 @@ class Status(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class CatPart:
+    """One part of ``CATENATE (...)`` (RFC 4469 5): ``TEXT`` octets, or the
+    ``URL`` of a message or section the server holds."""
+
+    text: bytes | None = field(default=None, repr=False)
+    url: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.text is None) == (self.url is None):
+            raise CommandError("a CATENATE part is TEXT or URL")
+
+
+@dataclass(frozen=True, slots=True)
 class AppendMessage:
     """One message of an APPEND; ``internaldate`` is tz-aware when given;
-    ``binary``: sent as a literal8 (RFC 3516 4.4)."""
+    ``binary``: sent as a literal8 (RFC 3516 4.4); ``catenate``: the parts
+    that make the message (RFC 4469), ``message`` is then empty."""
 
     flags: tuple[str, ...]
     internaldate: dt.datetime | None
     message: bytes = field(repr=False)
     binary: bool = False
+    catenate: tuple[CatPart, ...] = ()
 
     def __post_init__(self) -> None:
         _check_flags(self.flags)

@@ -327,17 +327,49 @@ def _append(tag: str, args: _Args) -> c.Command:
             flags = args.flags(args.list("flags"))
         when: dt.datetime | None = None
         token = args.next("message literal")
+        if _is_catenate(token):
+            messages.append(c.AppendMessage(flags, when, b"", catenate=_catenate(args)))
+            continue
         if not isinstance(token, LiteralData):
             # A quoted string here is the date-time; the message follows it.
             if isinstance(token, tuple):
                 raise CommandError("APPEND: the message must be a literal")
             when = _date_time(token.encode("ascii") if isinstance(token, str) else token)
             token = args.next("message literal")
+            if _is_catenate(token):
+                messages.append(c.AppendMessage(flags, when, b"", catenate=_catenate(args)))
+                continue
         if not isinstance(token, LiteralData):
             raise CommandError("APPEND: the message must be a literal")
         binary = isinstance(token, Literal8Data)
         messages.append(c.AppendMessage(flags, when, token, binary))
     return c.Append(tag, mailbox, tuple(messages))
+
+
+def _is_catenate(token: Token) -> bool:
+    return isinstance(token, str) and token.upper() == "CATENATE"
+
+
+def _catenate(args: _Args) -> tuple[c.CatPart, ...]:
+    # RFC 4469 5: "CATENATE" SP "(" cat-part *(SP cat-part) ")",
+    # cat-part = "TEXT" SP literal / "URL" SP astring.
+    items = args.list("CATENATE parts")
+    if not items or len(items) % 2:
+        raise CommandError("CATENATE takes pairs: TEXT literal or URL url")
+    parts: list[c.CatPart] = []
+    for kind, value in zip(items[::2], items[1::2], strict=True):
+        word = kind.upper() if isinstance(kind, str) else ""
+        if word == "TEXT" and isinstance(value, LiteralData):
+            parts.append(c.CatPart(text=bytes(value)))
+        elif word == "URL" and isinstance(value, str | bytes) and not isinstance(value, tuple):
+            raw = value.encode("ascii") if isinstance(value, str) else bytes(value)
+            try:
+                parts.append(c.CatPart(url=raw.decode("ascii")))
+            except UnicodeDecodeError as exc:
+                raise CommandError("CATENATE: a URL is US-ASCII (RFC 5092)") from exc
+        else:
+            raise CommandError("CATENATE takes TEXT literal or URL url parts")
+    return tuple(parts)
 
 
 def _search(tag: str, args: _Args, uid: bool) -> c.Command:
