@@ -1,7 +1,7 @@
 """mailboxes remember the highest UID claimed as \\Recent
 
-Revision ID: 0007_recent
-Revises: 0004
+Revision ID: 0011_recent
+Revises: 0010_fulltext
 Create Date: 2026-12-04 15:00:00
 
 RFC 3501 2.3.2: a message is \\Recent in the first session that is told of
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0007_recent"
-down_revision: str | None = "0004"
+revision: str = "0011_recent"
+down_revision: str | None = "0010_fulltext"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
