@@ -156,6 +156,10 @@ def _apply_records(
             )
         new.write()
     mailbox.last_uid = max(mailbox.last_uid, owner.last_uid)
+    # \Recent is not replicated (RFC 3501 2.3.2 makes it per session): what
+    # the owner holds counts as claimed here, so a failover does not make a
+    # whole mailbox \Recent again; mail that arrives here after it is.
+    mailbox.recentuid = mailbox.last_uid
     # Exactly the owner's (never max with ours): a replica ahead of its owner
     # would hand clients modseqs the owner reuses once it fails over here.
     mailbox.highestmodseq = owner.highestmodseq

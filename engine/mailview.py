@@ -50,6 +50,8 @@ __all__ = [
     "Snapshot",
     "Version",
     "append",
+    "append_many",
+    "claim_recent",
     "copy_messages",
     "create_mailbox",
     "delete_mailbox",
@@ -95,6 +97,8 @@ class Snapshot:
     highestmodseq: int
     uidnext: int
     records: tuple[Record, ...]
+    # The highest UID some session already claimed as \Recent (RFC 3501 2.3.2).
+    recentuid: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +120,7 @@ class MailboxStatus:
     highestmodseq: int
     size: int
     deleted: int
+    recent: int = 0  # not yet claimed by any session (RFC 3501 6.3.10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,19 +224,21 @@ def listing(session: Session, account: str) -> Listing:
 def status(session: Session, account: str, name: str) -> MailboxStatus:
     box = mailbox.get_mailbox(session, accounts.get_account(session, account), name)
     rows = session.execute(
-        select(Message.flags, Message.size).where(
+        select(Message.flags, Message.size, Message.uid).where(
             Message.mailbox_id == box.id, Message.expunged.is_(False)
         )
     ).all()
-    flag_sets = [flags.split() for flags, _ in rows]
+    flag_sets = [flags.split() for flags, _, _ in rows]
+    uids = [uid for _, _, uid in rows]
     return MailboxStatus(
         messages=box.exists,
         uidnext=box.last_uid + 1,
         uidvalidity=box.uidvalidity,
         unseen=sum(1 for f in flag_sets if "\\Seen" not in f),
         highestmodseq=box.highestmodseq,
-        size=sum(size for _, size in rows),
+        size=sum(size for _, size, _ in rows),
         deleted=sum(1 for f in flag_sets if "\\Deleted" in f),
+        recent=sum(1 for uid in uids if uid > box.recentuid),
     )
 
 
@@ -293,6 +300,20 @@ def append(
     return Appended(box.uidvalidity, record.uid)
 
 
+def append_many(
+    session: Session,
+    account: Account,
+    name: str,
+    items: Sequence[tuple[str, int, Sequence[str], dt.datetime]],
+) -> tuple[Appended, ...]:
+    """:func:`append` of several staged messages ``(guid, size, flags,
+    internaldate)``, in order, in the caller's one transaction."""
+    return tuple(
+        append(session, account, name, guid=guid, size=size, flags=flags, internaldate=when)
+        for guid, size, flags, when in items
+    )
+
+
 def store_flags(
     session: Session,
     account: Account,
@@ -321,6 +342,23 @@ def expunge(
 ) -> tuple[int, ...]:
     """Expunge ``uids``, or every ``\\Deleted`` record when None; the UIDs expunged."""
     return tuple(messages.expunge(session, account, _row(session, mailbox_id), uids))
+
+
+def claim_recent(session: Session, account: Account, mailbox_id: int) -> tuple[int, int]:
+    """Claim the mailbox's unclaimed UIDs as \\Recent for the calling session
+    (RFC 3501 2.3.2: only the first session told of a message gets it).
+
+    Raises the mailbox's ``recentuid`` to its last UID under a row lock; the
+    UIDs in ``(first, last]`` of the answer are the caller's (none when equal).
+    Writes are serialized, so two sessions never claim the same UID.
+    """
+    row = session.get(Mailbox, mailbox_id, with_for_update=True)
+    if row is None or row.account_id != account.id:
+        raise NoSuchMailbox("the selected mailbox was deleted")
+    before = row.recentuid
+    if row.last_uid > before:
+        row.recentuid = row.last_uid
+    return before, row.recentuid
 
 
 def copy_messages(
@@ -391,6 +429,7 @@ def _snapshot(session: Session, row: Mailbox) -> Snapshot:
         row.highestmodseq,
         row.last_uid + 1,
         records,
+        row.recentuid,
     )
 
 

@@ -96,6 +96,11 @@ class Mailbox(Base):
     # this mailbox equal to the owner's. Changes on either side since then
     # have higher modseqs, so the next sync exchanges only those. 0: unknown.
     sync_base: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The highest UID a session has claimed as \Recent (RFC 3501 2.3.2):
+    # the first SELECT after a message arrives gets it. Local to this node,
+    # not replicated; applying the owner's mailbox on a replica claims
+    # everything it holds (see docs/imap.md).
+    recentuid: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 

@@ -285,11 +285,14 @@ def test_new_keyword_is_told_in_flags_before_fetch(node: LoneNode) -> None:
         b"* OK [PERMANENTFLAGS (" + flags + b" \\*)] Limited\r\n",
     ]
     stored = storer.cmd("STORE 2 +FLAGS ($Label1)")
-    assert stored[:3] == [*told, b"* 2 FETCH (FLAGS ($Label1))\r\n"], stored
+    # (\Recent to the storer, which selected INBOX first: RFC 3501 2.3.2.)
+    assert stored[:3] == [*told, b"* 2 FETCH (FLAGS ($Label1 \\Recent))\r\n"], stored
     seen = watcher.cmd("NOOP")
     assert seen[:3] == [*told, b"* 2 FETCH (UID 2 FLAGS ($Label1))\r\n"], seen
     # Told once: a known keyword on another message brings no FLAGS.
-    assert storer.cmd("STORE 1 +FLAGS ($Label1)")[0] == b"* 1 FETCH (FLAGS ($Label1))\r\n"
+    assert storer.cmd("STORE 1 +FLAGS ($Label1)")[0] == (
+        b"* 1 FETCH (FLAGS ($Label1 \\Recent))\r\n"
+    )
     assert watcher.cmd("NOOP")[0] == b"* 1 FETCH (UID 1 FLAGS ($Label1))\r\n"
     # A later SELECT names the keyword in FLAGS and PERMANENTFLAGS.
     assert set(told) <= set(watcher.cmd("SELECT INBOX"))
@@ -311,5 +314,6 @@ def test_new_keyword_from_another_append_is_told(node: LoneNode) -> None:
     )
     assert seen[1].startswith(b"* OK [PERMANENTFLAGS (")
     fetched = watcher.cmd("FETCH 1 (FLAGS)")
-    assert fetched[0] == b"* 1 FETCH (FLAGS ($Forwarded))\r\n"
+    # The watcher is the first told of it: \Recent (RFC 3501 2.3.2).
+    assert fetched[0] == b"* 1 FETCH (FLAGS ($Forwarded \\Recent))\r\n"
     watcher.close()

@@ -151,6 +151,24 @@ class AccountStore:
         self._wrote()
         return appended
 
+    async def append_many(
+        self, name: str, messages: Sequence[tuple[bytes, Sequence[str], dt.datetime]]
+    ) -> tuple[Appended, ...]:
+        """Spool each message, then add all their records to ``name`` in one
+        transaction: all of them, or none (RFC 3502 MULTIAPPEND)."""
+        spool = self.node.store.spool
+        blobs = [data for data, _, _ in messages]
+        staged = await self.node.store.run_blocking(lambda: [spool.stage(b) for b in blobs])
+        items = [
+            (st.guid, len(data), flags, when)
+            for st, (data, flags, when) in zip(staged, messages, strict=True)
+        ]
+        appended = await self.node.write_owned(
+            self.account, lambda s, a: mailview.append_many(s, a, name, items), staged=staged
+        )
+        self._wrote()
+        return appended
+
     async def store_flags(
         self,
         mailbox_id: int,
@@ -175,6 +193,12 @@ class AccountStore:
         )
         self._wrote()
         return expunged
+
+    async def claim_recent(self, mailbox_id: int) -> tuple[int, int]:
+        """Claim the mailbox's unclaimed UIDs as \\Recent (:func:`engine.mailview.claim_recent`)."""
+        return await self.node.write_owned(
+            self.account, lambda s, a: mailview.claim_recent(s, a, mailbox_id)
+        )
 
     async def copy_messages(
         self, mailbox_id: int, uids: Sequence[int], dest: str, *, move: bool

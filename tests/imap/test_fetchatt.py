@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from peerd.protocols.imap.fetchatt import (
+    BinarySection,
     BodySection,
     Item,
     SectionKind,
@@ -78,7 +79,9 @@ def test_sections(text: str, section: BodySection) -> None:
         "BODY[]<a.b>",
         "BODY[]x",
         "BODY.PEEK",
-        "BINARY[1]",
+        "BINARY[1.HEADER]",  # RFC 3516 5: part numbers only
+        "BINARY[0]",
+        "BINARY.SIZE[1]<0.5>",
         "X-GM-MSGID",
     ],
 )
@@ -117,3 +120,16 @@ def test_which_items_set_seen() -> None:
     assert sets_seen([parse_fetch_att("BODY[TEXT]")])
     assert sets_seen([Item.RFC822]) and sets_seen([Item.RFC822_TEXT])
     assert not sets_seen([parse_fetch_att("BODY.PEEK[]"), Item.RFC822_HEADER, Item.FLAGS])
+
+
+def test_binary_items() -> None:
+    # RFC 3516 4: BINARY[part]<partial>, BINARY.PEEK, BINARY.SIZE, and the
+    # names their answers carry.
+    assert parse_fetch_att("BINARY[1.2]<5.10>") == BinarySection((1, 2), (5, 10))
+    assert parse_fetch_att("binary.peek[]") == BinarySection((), None, peek=True)
+    size = parse_fetch_att("BINARY.SIZE[3]")
+    assert size == BinarySection((3,), None, peek=True, size=True)
+    assert response_name(parse_fetch_att("BINARY.PEEK[1]<5.10>")) == b"BINARY[1]<5>"
+    assert response_name(size) == b"BINARY.SIZE[3]"
+    assert sets_seen([parse_fetch_att("BINARY[1]")])
+    assert not sets_seen([size, parse_fetch_att("BINARY.PEEK[1]")])

@@ -96,9 +96,10 @@ class Counts:
     highestmodseq: int = 40
     size: int = 3000
     deleted: int = 0
+    recent: int = 2
 
 
 def test_status_answers_the_items_in_the_order_asked() -> None:
     assert status_response("work/a", ("UNSEEN", "MESSAGES", "RECENT", "SIZE"), Counts()) == (
-        b"* STATUS work/a (UNSEEN 1 MESSAGES 3 RECENT 0 SIZE 3000)\r\n"
+        b"* STATUS work/a (UNSEEN 1 MESSAGES 3 RECENT 2 SIZE 3000)\r\n"
     )

@@ -91,7 +91,7 @@ def test_literal_may_hold_anything_but_is_counted_exactly() -> None:
     message = b"Subject: x\r\n\r\n{5}\r\na LOGOUT\r\n"
     data = b"A1 APPEND INBOX {%d+}\r\n%b\r\n" % (len(message), message)
     event = one(data)
-    assert isinstance(event, c.Append) and event.message == message
+    assert isinstance(event, c.Append) and event.messages[0].message == message
 
 
 def test_synchronizing_literal_too_big_is_refused_before_its_data() -> None:
@@ -153,11 +153,16 @@ def test_a_literal_shorter_than_announced_is_named_in_the_error() -> None:
     assert pull(reader, b"d NOOP\r\n") == [c.Noop("d")]
 
 
-def test_literal8_is_refused() -> None:
+def test_literal8_is_for_append_only() -> None:
+    # RFC 3516 4.2 and 4.4: APPEND takes a literal8, which may hold NUL.
     reader = CommandReader()
-    [event] = pull(reader, b"a APPEND INBOX ~{5}\r\n")
-    assert isinstance(event, ProtocolError) and "BINARY" in event.text
-    assert pull(reader, b"b NOOP\r\n") == [c.Noop("b")]
+    [more, event] = pull(reader, b"a APPEND INBOX ~{5}\r\nhe\x00lo\r\n")
+    assert isinstance(more, ContinuationNeeded)
+    assert isinstance(event, c.Append)
+    assert event.messages[0].binary and event.messages[0].message == b"he\x00lo"
+    [event] = pull(reader, b"b LOGIN ~{5+}\r\nalice secret\r\n")
+    assert isinstance(event, ProtocolError) and "APPEND only" in event.text
+    assert pull(reader, b"c NOOP\r\n") == [c.Noop("c")]
 
 
 def test_overlong_line_is_fatal() -> None:
@@ -296,7 +301,8 @@ def test_bad_tag_is_an_untagged_bad(line: bytes) -> None:
         b"a STATUS INBOX ()\r\n",
         b"a SELECT CAF\xc3\xa9\r\n",
         b'a APPEND INBOX "bad date" {1+}\r\nx\r\n',
-        b"a APPEND INBOX {1+}\r\nx {1+}\r\ny\r\n",
+        b'a APPEND INBOX {1+}\r\nx "not a literal"\r\n',
+        b"a APPEND INBOX {1+}\r\nx (\\Seen)\r\n",
         b'a LIST (BOGUS) "" *\r\n',
         b'a LIST (RECURSIVEMATCH) "" *\r\n',
         b"a ENABLE\r\n",
@@ -448,9 +454,13 @@ def test_append_with_flags_and_date() -> None:
     assert event == c.Append(
         "a",
         "Sent",
-        ("\\Seen",),
-        dt.datetime(1994, 2, 7, 21, 52, 25, tzinfo=dt.timezone(-dt.timedelta(hours=8))),
-        b"hello",
+        (
+            c.AppendMessage(
+                ("\\Seen",),
+                dt.datetime(1994, 2, 7, 21, 52, 25, tzinfo=dt.timezone(-dt.timedelta(hours=8))),
+                b"hello",
+            ),
+        ),
     )
 
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import pytest
 
 from peerd.protocols.imap.parser import tokenize
-from peerd.protocols.imap.responses import CommandError
 from peerd.protocols.imap.search import compile_search
 from peerd.protocols.imap.searchkey import parse_search_key
 
@@ -114,10 +113,15 @@ def test_literal_strings_and_flag_only_searches_load_nothing() -> None:
     assert [r.uid for s, r in enumerate(RECORDS, 1) if matcher(s, r, refuse)] == [3]
 
 
-def test_saved_result_is_refused() -> None:
-    # "$" is RFC 5182 SEARCHRES, which is not offered.
-    with pytest.raises(CommandError, match="SEARCHRES"):
-        compile_search(parse_search_key(tokenize(b"$")), 3, 9)
+def test_saved_result_names_the_saved_uids() -> None:
+    # RFC 5182 2.1: "$" (as a sequence set or a UID set) is the saved UIDs.
+    for text in (b"$", b"UID $"):
+        matcher = compile_search(parse_search_key(tokenize(text)), 3, 9, saved=frozenset({3}))
+        assert [r.uid for s, r in enumerate(RECORDS, 1) if matcher(s, r, MESSAGES.__getitem__)] == [
+            3
+        ]
+    nothing = compile_search(parse_search_key(tokenize(b"$")), 3, 9)
+    assert not any(nothing(s, r, MESSAGES.__getitem__) for s, r in enumerate(RECORDS, 1))
 
 
 # --- the TEXT/BODY shortcut: a message is skipped only if it cannot match -----

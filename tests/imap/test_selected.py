@@ -165,8 +165,28 @@ def test_after_enable_qresync_expunges_are_told_as_vanished_uids() -> None:
 def test_new_messages_are_told_as_exists() -> None:
     box = five()
     fresh = View((*box.records, Rec(51), Rec(52)), highestmodseq=12)
-    assert box.update(fresh, expunges=False) == b"* 7 EXISTS\r\n"
+    # RFC 3501 7.3.1: the RECENT count goes with a new EXISTS.
+    assert box.update(fresh, expunges=False) == b"* 7 EXISTS\r\n* 0 RECENT\r\n"
     assert box.uidnext == 53
+
+
+def test_claimed_uids_are_recent_now_and_when_they_arrive() -> None:
+    # RFC 3501 2.3.2: the UIDs the store gave this session carry \Recent in
+    # every answer, and the count is told with EXISTS (7.3.2).
+    box = five()
+    assert not box.needs_claim(View(tuple(box.records)), 50)
+    assert box.needs_claim(View(tuple(box.records)), 40)
+    assert not five(readonly=True).needs_claim(View(tuple(box.records)), 40)
+    box.claimed(40, 52)
+    assert [r.flags for r in box.records][-2:] == ["", "\\Recent"]
+    assert b"* 1 RECENT\r\n" in box.opening()
+    fresh = View((*five().records[:4], Rec(50, "\\Seen"), Rec(51), Rec(52), Rec(53)))
+    out = box.update(fresh, expunges=False)
+    assert out == (b"* 5 FETCH (UID 50 FLAGS (\\Seen \\Recent))\r\n* 8 EXISTS\r\n* 3 RECENT\r\n")
+    assert [r.uid for r in box.records if "\\Recent" in r.flags.split()] == [50, 51, 52]
+    # Our own STORE's records come back from the store without it.
+    box.absorb([Rec(51, "\\Flagged")])
+    assert box.records[5].flags == "\\Flagged \\Recent"
 
 
 def test_flag_changes_are_told_with_modseq_only_under_condstore() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["ADMIN_CAPABILITIES", "CAPABILITIES", "capabilities"]
+__all__ = ["ADMIN_CAPABILITIES", "CAPABILITIES", "MESSAGE_EXTENSIONS", "capabilities"]
 
 # ACL with the RFC 4314 rights (RFC 4314 2.1), QUOTA with the STORAGE
 # resource (RFC 9208 3.1, 5.1; no QUOTASET: users may not set quotas),
@@ -24,13 +24,16 @@ CAPABILITIES: Final = (
     "LIST-EXTENDED LIST-STATUS SPECIAL-USE CONDSTORE QRESYNC ESEARCH SORT SORT=DISPLAY "
     "THREAD=ORDEREDSUBJECT THREAD=REFERENCES LOGIN-REFERRALS " + ADMIN_CAPABILITIES + " AUTH=PLAIN"
 )
+# Extensions on messages and searches (issue 10), each once it is complete:
+# RFC 3502, RFC 5182, RFC 5267, RFC 3516, RFC 4469.
+MESSAGE_EXTENSIONS: Final = " MULTIAPPEND SEARCHRES ESORT BINARY CATENATE"
 
 
 def capabilities(*, starttls: bool, logindisabled: bool = False) -> str:
     """The capability list; ``starttls``: TLS is configured, not on yet, and
     the client has not logged in; ``logindisabled``: no login in the clear
     here (RFC 3501 6.2.3 LOGINDISABLED; no ``AUTH=PLAIN`` either, RFC 4616 6)."""
-    caps = CAPABILITIES
+    caps = CAPABILITIES + MESSAGE_EXTENSIONS
     if logindisabled:
         caps = caps.replace(" AUTH=PLAIN", "") + " LOGINDISABLED"
     return caps + " STARTTLS" if starttls else caps

@@ -36,8 +36,10 @@ __all__ = [
     "STATUS_ITEMS",
     "SYSTEM_FLAGS",
     "Append",
+    "AppendMessage",
     "Authenticate",
     "Capability",
+    "CatPart",
     "Check",
     "Close",
     "Command",
@@ -397,21 +399,50 @@ class Status(Command):
 
 
 @dataclass(frozen=True, slots=True)
-class Append(Command):
-    """APPEND (RFC 3501 6.3.11); ``internaldate`` is tz-aware when given."""
+class CatPart:
+    """One part of ``CATENATE (...)`` (RFC 4469 5): ``TEXT`` octets, or the
+    ``URL`` of a message or section the server holds."""
 
-    mailbox: str
+    text: bytes | None = field(default=None, repr=False)
+    url: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.text is None) == (self.url is None):
+            raise CommandError("a CATENATE part is TEXT or URL")
+
+
+@dataclass(frozen=True, slots=True)
+class AppendMessage:
+    """One message of an APPEND; ``internaldate`` is tz-aware when given;
+    ``binary``: sent as a literal8 (RFC 3516 4.4); ``catenate``: the parts
+    that make the message (RFC 4469), ``message`` is then empty."""
+
     flags: tuple[str, ...]
     internaldate: dt.datetime | None
     message: bytes = field(repr=False)
+    binary: bool = False
+    catenate: tuple[CatPart, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_flags(self.flags)
+        if self.internaldate is not None and self.internaldate.tzinfo is None:
+            raise CommandError("APPEND date-time carries a zone (RFC 3501 9)")
+
+
+@dataclass(frozen=True, slots=True)
+class Append(Command):
+    """APPEND (RFC 3501 6.3.11) of one message or, with MULTIAPPEND (RFC
+    3502 6.3.11), several: all of them are added, or none."""
+
+    mailbox: str
+    messages: tuple[AppendMessage, ...]
     name: ClassVar[str] = "APPEND"
 
     def __post_init__(self) -> None:
         _check_tag(self.tag)
         _check_mailbox(self.mailbox)
-        _check_flags(self.flags)
-        if self.internaldate is not None and self.internaldate.tzinfo is None:
-            raise CommandError("APPEND date-time carries a zone (RFC 3501 9)")
+        if not self.messages:
+            raise CommandError("APPEND needs a message")
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,18 +505,24 @@ class Search(Command):
 
 @dataclass(frozen=True, slots=True)
 class Sort(Command):
-    """SORT/UID SORT (RFC 5256 3): the messages ``key`` finds, in ``criteria`` order."""
+    """SORT/UID SORT (RFC 5256 3): the messages ``key`` finds, in ``criteria``
+    order. ``return_options`` is None for a plain ``* SORT`` answer, else the
+    ESORT options (RFC 5267 3; ``()`` means ALL) for an ``* ESEARCH`` one."""
 
     criteria: tuple[Criterion, ...]
     key: SearchKey
     uid: bool = False
     charset: str = "US-ASCII"
+    return_options: tuple[str, ...] | None = None
     name: ClassVar[str] = "SORT"
 
     def __post_init__(self) -> None:
         _check_tag(self.tag)
         if self.charset not in CHARSETS:
             raise CommandError(f"charset {self.charset!r} is not supported")
+        unknown = set(self.return_options or ()) - SEARCH_RETURN_OPTIONS
+        if unknown:
+            raise CommandError(f"unknown SORT return option {sorted(unknown)[0]} (RFC 5267)")
 
 
 @dataclass(frozen=True, slots=True)

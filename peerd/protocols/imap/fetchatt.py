@@ -25,6 +25,7 @@ from peerd.protocols.imap.sequence import MAX_NUMBER
 from peerd.protocols.imap.tokens import Token
 
 __all__ = [
+    "BinarySection",
     "BodySection",
     "FetchAtt",
     "Item",
@@ -101,7 +102,27 @@ class BodySection:
                 raise CommandError("partial is <origin.length> with length above 0")
 
 
-FetchAtt: TypeAlias = Item | BodySection
+@dataclass(frozen=True, slots=True)
+class BinarySection:
+    """``BINARY[<part>]<<origin>.<length>>``, ``BINARY.PEEK[...]`` or
+    ``BINARY.SIZE[<part>]`` (RFC 3516 4): the part with its content transfer
+    encoding undone, or (``size``) the length of that."""
+
+    part: tuple[int, ...] = ()
+    partial: tuple[int, int] | None = None
+    peek: bool = False
+    size: bool = False
+
+    def __post_init__(self) -> None:
+        if any(not 1 <= n <= MAX_NUMBER for n in self.part):
+            raise CommandError("section part numbers start at 1")
+        if self.partial is not None:
+            origin, length = self.partial
+            if self.size or not (0 <= origin <= MAX_NUMBER and 1 <= length <= MAX_NUMBER):
+                raise CommandError("partial is <origin.length> with length above 0")
+
+
+FetchAtt: TypeAlias = Item | BodySection | BinarySection
 
 _ITEMS: Final = {item.value: item for item in Item}
 _MACROS: Final = {
@@ -145,6 +166,13 @@ def parse_fetch_att(text: str) -> FetchAtt:
         return _section(text, len("BODY.PEEK["), peek=True)
     if upper.startswith("BODY["):
         return _section(text, len("BODY["), peek=False)
+    for prefix, peek, size in (
+        ("BINARY.PEEK[", True, False),
+        ("BINARY.SIZE[", True, True),
+        ("BINARY[", False, False),
+    ):
+        if upper.startswith(prefix):
+            return _binary(text, len(prefix), peek=peek, size=size)
     raise CommandError(f"unknown FETCH item {text[:40]!r}")
 
 
@@ -185,6 +213,23 @@ def _section(text: str, start: int, *, peek: bool) -> BodySection:
         fields = _field_names(field_list)
     partial = _partial(text[end + 1 :])
     return BodySection(tuple(part), kind, fields, partial, peek)
+
+
+def _binary(text: str, start: int, *, peek: bool, size: bool) -> BinarySection:
+    # RFC 3516 5: section-binary = "[" [section-part] "]": part numbers only.
+    end = text.find("]", start)
+    if end < 0:
+        raise CommandError(f"section without ']' in {text[:40]!r}")
+    spec = text[start:end]
+    part: list[int] = []
+    for piece in spec.split(".") if spec else ():
+        if not (piece.isascii() and piece.isdigit()) or piece[0] == "0":
+            raise CommandError(f"bad BINARY section {spec[:40]!r}: part numbers only (RFC 3516)")
+        part.append(int(piece))
+    partial = _partial(text[end + 1 :])
+    if size and partial is not None:
+        raise CommandError("BINARY.SIZE takes no partial (RFC 3516 5)")
+    return BinarySection(tuple(part), partial, peek, size)
 
 
 def _field_names(text: str) -> tuple[str, ...]:
@@ -252,6 +297,12 @@ def response_name(att: FetchAtt) -> bytes:
     ``BODY[HEADER.FIELDS (SUBJECT)]<0>``, ``RFC822.SIZE``..."""
     if isinstance(att, Item):
         return att.value.encode("ascii")
+    if isinstance(att, BinarySection):
+        text = ".".join(str(n) for n in att.part).encode("ascii")
+        if att.size:
+            return b"BINARY.SIZE[" + text + b"]"
+        name = b"BINARY[" + text + b"]"
+        return name if att.partial is None else name + b"<%d>" % att.partial[0]
     name = b"BODY[" + _section_text(att) + b"]"
     if att.partial is not None:
         name += b"<%d>" % att.partial[0]
@@ -260,9 +311,9 @@ def response_name(att: FetchAtt) -> bytes:
 
 def sets_seen(atts: Iterable[FetchAtt]) -> bool:
     """Whether fetching these sets ``\\Seen`` (RFC 3501 6.4.5: BODY[...] without
-    .PEEK, RFC822 and RFC822.TEXT do; the session ignores it on a read-only mailbox)."""
+    .PEEK, RFC822 and RFC822.TEXT do, and BINARY[...], RFC 3516 4.1; the session ignores it on a read-only mailbox)."""
     for att in atts:
-        if isinstance(att, BodySection):
+        if isinstance(att, BodySection | BinarySection):
             if not att.peek:
                 return True
         elif att in (Item.RFC822, Item.RFC822_TEXT):

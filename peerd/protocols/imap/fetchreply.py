@@ -21,9 +21,22 @@ from collections.abc import Callable, Iterable
 from typing import Final
 
 from peerd.protocols.imap import structure
-from peerd.protocols.imap.fetchatt import BodySection, FetchAtt, Item, SectionKind, response_name
+from peerd.protocols.imap.fetchatt import (
+    BinarySection,
+    BodySection,
+    FetchAtt,
+    Item,
+    SectionKind,
+    response_name,
+)
 from peerd.protocols.imap.records import Record
-from peerd.protocols.imap.responses import fetch_response, internaldate, literal
+from peerd.protocols.imap.responses import (
+    CODE_UNKNOWN_CTE,
+    CommandError,
+    fetch_response,
+    internaldate,
+    literal,
+)
 
 __all__ = ["Reader", "StructureCache", "render_fetch"]
 
@@ -101,6 +114,30 @@ def render_fetch(
     return fetch_response(seq, parts)
 
 
+def _binary_item(att: BinarySection, raw: bytes) -> bytes:
+    """RFC 3516 4: ``BINARY[p] ~{n}`` (a literal8 when the octets hold NUL,
+    else a plain literal) or ``BINARY.SIZE[p] n``; NIL for a missing part.
+    An encoding that cannot be undone is ``NO [UNKNOWN-CTE]`` (4.3)."""
+    try:
+        data = structure.binary_section(raw, att.part)
+    except structure.UnknownEncoding as exc:
+        raise CommandError(
+            f"cannot decode the part's Content-Transfer-Encoding {str(exc)[:40]!r}",
+            code=CODE_UNKNOWN_CTE,
+            status="NO",
+        ) from exc
+    if att.size:
+        return response_name(att) + (b" %d" % len(data) if data is not None else b" NIL")
+    if data is None:
+        return response_name(att) + b" NIL"
+    if att.partial is not None:
+        origin, length = att.partial
+        data = data[origin : origin + length]
+    if b"\0" in data:
+        return response_name(att) + b" ~{%d}\r\n" % len(data) + data
+    return response_name(att) + b" " + literal(data)
+
+
 def _body_item(att: FetchAtt, raw: bytes) -> bytes:
     if att is Item.RFC822:
         return b"RFC822 " + literal(raw)
@@ -108,6 +145,8 @@ def _body_item(att: FetchAtt, raw: bytes) -> bytes:
         return b"RFC822.HEADER " + literal(structure.section(raw, (), SectionKind.HEADER) or b"")
     if att is Item.RFC822_TEXT:
         return b"RFC822.TEXT " + literal(structure.section(raw, (), SectionKind.TEXT) or b"")
+    if isinstance(att, BinarySection):
+        return _binary_item(att, raw)
     assert isinstance(att, BodySection)
     data = structure.section(raw, att.part, att.kind, att.fields)
     if data is not None and att.partial is not None:

@@ -32,7 +32,7 @@ from peerd.protocols.imap.searchkey import MAX_MODSEQ, check_charset, parse_sear
 from peerd.protocols.imap.sequence import MAX_NUMBER, SequenceSet
 from peerd.protocols.imap.sort import parse_criteria
 from peerd.protocols.imap.thread import parse_algorithm
-from peerd.protocols.imap.tokens import MARK, TAG, Token, tokenize
+from peerd.protocols.imap.tokens import MARK, TAG, Literal8Data, LiteralData, Token, tokenize
 
 __all__ = ["parse_command"]
 
@@ -74,6 +74,8 @@ class _Args:
         token = self.next(what)
         if isinstance(token, tuple):
             raise CommandError(f"{self.name}: {what} must be a string, not a list")
+        if isinstance(token, Literal8Data):
+            raise CommandError(f"{self.name}: a literal8 ~{{n}} is for APPEND only (RFC 3516 4.2)")
         return token.encode("ascii") if isinstance(token, str) else token
 
     def text(self, what: str) -> str:
@@ -316,21 +318,59 @@ def _status(tag: str, args: _Args) -> c.Command:
 
 
 def _append(tag: str, args: _Args) -> c.Command:
+    # RFC 3502 6.3.11 (MULTIAPPEND): append = "APPEND" SP mailbox 1*append-message,
+    # append-message = SP [flag-list SP] [date-time SP] literal.
     mailbox = args.mailbox()
-    flags: tuple[str, ...] = ()
-    if isinstance(args.peek(), tuple):
-        flags = args.flags(args.list("flags"))
-    rest = len(args.tokens) - args.pos
-    when: dt.datetime | None = None
-    if rest == 2:
-        when = _date_time(args.astring("date-time"))
-    elif rest > 2:
-        raise CommandError("APPEND: one message per command (MULTIAPPEND is not offered)")
-    message = args.next("message literal")
-    if not isinstance(message, bytes):
-        raise CommandError("APPEND: the message must be a literal")
-    args.end()
-    return c.Append(tag, mailbox, flags, when, message)
+    messages: list[c.AppendMessage] = []
+    while args.more() or not messages:
+        flags: tuple[str, ...] = ()
+        if isinstance(args.peek(), tuple):
+            flags = args.flags(args.list("flags"))
+        when: dt.datetime | None = None
+        token = args.next("message literal")
+        if _is_catenate(token):
+            messages.append(c.AppendMessage(flags, when, b"", catenate=_catenate(args)))
+            continue
+        if not isinstance(token, LiteralData):
+            # A quoted string here is the date-time; the message follows it.
+            if isinstance(token, tuple):
+                raise CommandError("APPEND: the message must be a literal")
+            when = _date_time(token.encode("ascii") if isinstance(token, str) else token)
+            token = args.next("message literal")
+            if _is_catenate(token):
+                messages.append(c.AppendMessage(flags, when, b"", catenate=_catenate(args)))
+                continue
+        if not isinstance(token, LiteralData):
+            raise CommandError("APPEND: the message must be a literal")
+        binary = isinstance(token, Literal8Data)
+        messages.append(c.AppendMessage(flags, when, token, binary))
+    return c.Append(tag, mailbox, tuple(messages))
+
+
+def _is_catenate(token: Token) -> bool:
+    return isinstance(token, str) and token.upper() == "CATENATE"
+
+
+def _catenate(args: _Args) -> tuple[c.CatPart, ...]:
+    # RFC 4469 5: "CATENATE" SP "(" cat-part *(SP cat-part) ")",
+    # cat-part = "TEXT" SP literal / "URL" SP astring.
+    items = args.list("CATENATE parts")
+    if not items or len(items) % 2:
+        raise CommandError("CATENATE takes pairs: TEXT literal or URL url")
+    parts: list[c.CatPart] = []
+    for kind, value in zip(items[::2], items[1::2], strict=True):
+        word = kind.upper() if isinstance(kind, str) else ""
+        if word == "TEXT" and isinstance(value, LiteralData):
+            parts.append(c.CatPart(text=bytes(value)))
+        elif word == "URL" and isinstance(value, str | bytes) and not isinstance(value, tuple):
+            raw = value.encode("ascii") if isinstance(value, str) else bytes(value)
+            try:
+                parts.append(c.CatPart(url=raw.decode("ascii")))
+            except UnicodeDecodeError as exc:
+                raise CommandError("CATENATE: a URL is US-ASCII (RFC 5092)") from exc
+        else:
+            raise CommandError("CATENATE takes TEXT literal or URL url parts")
+    return tuple(parts)
 
 
 def _search(tag: str, args: _Args, uid: bool) -> c.Command:
@@ -351,13 +391,19 @@ def _search(tag: str, args: _Args, uid: bool) -> c.Command:
 def _sort(tag: str, args: _Args, uid: bool) -> c.Command:
     # RFC 5256 5: "SORT" SP sort-criteria SP search-criteria, where
     # search-criteria is charset 1*(SP search-key): the charset is required.
+    # RFC 5267 3 (ESORT): [search-return-opts SP] before the criteria.
+    returns: tuple[str, ...] | None = None
+    first = args.peek()
+    if isinstance(first, str) and first.upper() == "RETURN":
+        args.next("RETURN")
+        returns = _options(args.list("return options"), "SORT return options")
     words = args.list("sort criteria")
     if not all(isinstance(word, str) for word in words):
         raise CommandError("SORT: the sort criteria are atoms")
     criteria = parse_criteria([str(word) for word in words])
     charset = check_charset(args.text("charset"))
     key = parse_search_key(args.tokens[args.pos :], charset=charset)
-    return c.Sort(tag, criteria, key, uid, charset)
+    return c.Sort(tag, criteria, key, uid, charset, returns)
 
 
 def _thread(tag: str, args: _Args, uid: bool) -> c.Command:

@@ -111,12 +111,15 @@ def _responses(
     has_children = _parents(names)
     subscribed = set(subs)
     candidates: Sequence[str] = subs if subscribed_only else names
-    # RFC 5258 3.5: with RECURSIVEMATCH a parent that is not subscribed
-    # itself is listed too when a mailbox below it is, with CHILDINFO;
-    # the parent must match the pattern, the child need not.
-    parents_of_subscribed = _parents(subs)
-    if recursive:
-        candidates = sorted(subscribed | parents_of_subscribed)
+    # RFC 5258 3.5 (RECURSIVEMATCH) and RFC 3501 6.3.9 (LSUB with "%"): a
+    # parent that matches the pattern is listed for a subscribed mailbox below
+    # it that the pattern stops short of (a "%" does not cross "/"): with
+    # CHILDINFO, and in LSUB as \Noselect when it is not subscribed itself.
+    # A subscribed child the pattern lists by itself gives no CHILDINFO.
+    cut_short: set[str] = set()
+    if recursive or lsub:
+        cut_short = _parents([s for s in subs if not any(p.matches(s) for p in compiled)])
+        candidates = sorted(subscribed | cut_short)
     out: list[bytes] = []
     listed: list[str] = []
     for name in candidates:
@@ -126,15 +129,17 @@ def _responses(
         if special_only and special is None:
             continue
         attrs = []
-        if name not in existing:
-            attrs.append("\\Noselect" if lsub else "\\NonExistent")
+        if lsub and (name not in existing or name not in subscribed):
+            attrs.append("\\Noselect")
+        elif name not in existing:
+            attrs.append("\\NonExistent")
         attrs.append("\\HasChildren" if name in has_children else "\\HasNoChildren")
         if special:
             attrs.append(special)
         if not lsub and name in subscribed:
             attrs.append("\\Subscribed")
         extended = b""
-        if recursive and name in parents_of_subscribed:
+        if recursive and name in cut_short:
             extended = b' ("CHILDINFO" ("SUBSCRIBED"))'
         out.append(
             f'* {command} ({" ".join(attrs)}) "/" '.encode() + mailbox(name) + extended + b"\r\n"
@@ -161,13 +166,15 @@ class Counts(Protocol):
     def size(self) -> int: ...
     @property
     def deleted(self) -> int: ...
+    @property
+    def recent(self) -> int: ...
 
 
 def status_response(name: str, items: Sequence[str], counts: Counts) -> bytes:
     """``* STATUS name (item value ...)`` for the items asked, in their order."""
     values = {
         "MESSAGES": counts.messages,
-        "RECENT": 0,  # no message is ever \Recent here
+        "RECENT": counts.recent,  # not yet claimed by a SELECT (RFC 3501 2.3.2)
         "UIDNEXT": counts.uidnext,
         "UIDVALIDITY": counts.uidvalidity,
         "UNSEEN": counts.unseen,

@@ -69,7 +69,7 @@ from peerd.protocols.imap.responses import (
 )
 from peerd.protocols.imap.sasl import decode_sasl_response, plain_credentials
 from peerd.protocols.imap.sequence import MAX_NUMBER
-from peerd.protocols.imap.tokens import MAX_DEPTH, Token, tag_of, tokenize
+from peerd.protocols.imap.tokens import MAX_DEPTH, Literal8Data, Token, tag_of, tokenize
 
 __all__ = [
     "MAX_DEPTH",
@@ -167,6 +167,7 @@ class CommandReader:
         self._text_size = 0
         self._literal_size = 0
         self._need = -1  # literal octets still to come, -1 when reading text
+        self._eight = False  # the literal being read is a literal8 (RFC 3516 4.2)
         self._discard: CommandError | None = None  # skipping a command, then this error
         self._closed = False
 
@@ -220,12 +221,9 @@ class CommandReader:
                     # The client waits for "+"; answering the command instead
                     # tells it not to send the octets (RFC 3501 7.5).
                     return self._abandon(self._discard)
-            elif eight or (start > 0 and line[start - 1] not in b" ("):
-                problem = CommandError(
-                    "literal8 (~{n}) needs BINARY, not offered (RFC 3516)"
-                    if eight
-                    else "a literal {n} must follow a space or '(' (RFC 3501 9)"
-                )
+            elif start > 0 and line[start - 1] not in b" (":
+                what = "literal8 ~{n}" if eight else "literal {n}"
+                problem = CommandError(f"a {what} must follow a space or '(' (RFC 3501 9)")
                 if sync:
                     return self._abandon(problem)
                 self._discard = problem
@@ -235,6 +233,7 @@ class CommandReader:
                     return self._abandon(CommandError(text, code=CODE_TOOBIG, status="NO"))
                 self._discard = CommandError(text, code=CODE_TOOBIG)
             self._need = size
+            self._eight = eight
             if self._discard is None:
                 self._literal_size += size
                 if sync:
@@ -277,7 +276,8 @@ class CommandReader:
         else:
             if len(buf) < self._need:
                 return False
-            self._literals.append(bytes(buf[: self._need]))
+            data = bytes(buf[: self._need])
+            self._literals.append(Literal8Data(data) if self._eight else data)
             del buf[: self._need]
             self._need = 0
         if self._need:

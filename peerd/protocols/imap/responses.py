@@ -64,6 +64,7 @@ __all__ = [
     "CODE_UIDNOTSTICKY",
     "CODE_UIDVALIDITY",
     "CODE_UNAVAILABLE",
+    "CODE_UNKNOWN_CTE",
     "CODE_UNSEEN",
     "Atom",
     "CommandError",
@@ -122,6 +123,8 @@ CODE_SERVERBUG: Final = b"SERVERBUG"
 CODE_CANNOT: Final = b"CANNOT"
 CODE_OVERQUOTA: Final = b"OVERQUOTA"
 CODE_TOOBIG: Final = b"TOOBIG"  # RFC 4469 / RFC 7888 section 4
+CODE_UNKNOWN_CTE: Final = b"UNKNOWN-CTE"  # RFC 3516 4.3 BINARY
+CODE_BADURL: Final = b"BADURL"  # RFC 4469 5.1 CATENATE
 CODE_EXPUNGEISSUED: Final = b"EXPUNGEISSUED"  # RFC 5530 3
 
 ResponseStatus: TypeAlias = Literal["OK", "NO", "BAD", "PREAUTH", "BYE"]

@@ -31,7 +31,7 @@ import email.utils
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Literal
 
 from peerd.protocols.imap import structure
@@ -62,8 +62,10 @@ __all__ = [
     "TextSearch",
     "compile_search",
     "esearch_response",
+    "esort_response",
     "in_ranges",
     "resolved",
+    "saved_result",
     "search_response",
     "text_questions",
 ]
@@ -214,10 +216,15 @@ def text_questions(key: SearchKey) -> Iterator[tuple[TextKind, str]]:
 
 
 def compile_search(
-    key: SearchKey, count: int, top_uid: int, texts: TextSearch | None = None
+    key: SearchKey,
+    count: int,
+    top_uid: int,
+    texts: TextSearch | None = None,
+    saved: Collection[int] = (),
 ) -> Matcher:
     """The predicate for ``key`` in a mailbox of ``count`` messages whose last
-    UID is ``top_uid``; BODY and TEXT through ``texts`` when given."""
+    UID is ``top_uid``; BODY and TEXT through ``texts`` when given; ``$``
+    (RFC 5182) names the messages of the UIDs ``saved``."""
 
     def build(node: SearchKey) -> _Test:
         match node:
@@ -230,7 +237,7 @@ def compile_search(
             case All():
                 return lambda seq, rec, msg: True
             case Flag(name, present):
-                # \Recent is never set: peerd reports "0 RECENT" (RFC 9051 drops it).
+                # \Recent is in the flags of the session's recent records (RFC 3501 2.3.2).
                 return lambda seq, rec, msg: (name in rec.flags.split()) == present
             case Header(field, value):
                 needle = value.casefold()
@@ -260,6 +267,9 @@ def compile_search(
                 return lambda seq, rec, msg: rec.size > size
             case Size(_, size):
                 return lambda seq, rec, msg: rec.size < size
+            case Seq(sequence) | Uid(sequence) if sequence.saved:
+                # RFC 5182 2.1: "$" is the messages the last SEARCH (SAVE) found.
+                return lambda seq, rec, msg: rec.uid in saved
             case Seq(sequence):
                 seqs = resolved(sequence, count)
                 return lambda seq, rec, msg: in_ranges(seq, seqs)
@@ -286,6 +296,50 @@ def compile_search(
         return test(seq, rec, _Message(rec.guid, loader))
 
     return run
+
+
+def saved_result(options: Sequence[str], uids: Sequence[int]) -> frozenset[int]:
+    """What SEARCH RETURN (SAVE ...) keeps as ``$`` of the UIDs found, in
+    mailbox order (RFC 5182 2.4): with MIN and/or MAX and neither ALL nor
+    COUNT, only those messages; otherwise all of them."""
+    wanted = set(options) - {"SAVE"}
+    if not uids or not wanted or wanted & {"ALL", "COUNT"}:
+        return frozenset(uids)
+    picked = set()
+    if "MIN" in wanted:
+        picked.add(uids[0])
+    if "MAX" in wanted:
+        picked.add(uids[-1])
+    return frozenset(picked)
+
+
+def esort_response(tag: str, uid: bool, options: Sequence[str], ordered: Sequence[int]) -> bytes:
+    """RFC 5267 3.2 (ESORT): ``* ESEARCH (TAG "t") [UID] ...`` for a SORT.
+
+    MIN and MAX are the first and last message in sort order; ALL lists them
+    all in sort order, a range only where numbers ascend one by one (``5:7,1``).
+    """
+    wanted = set(options) or {"ALL"}
+    parts = [b'* ESEARCH (TAG "' + tag.encode() + b'")']
+    if uid:
+        parts.append(b"UID")
+    if ordered:
+        if "MIN" in wanted:
+            parts.append(b"MIN %d" % ordered[0])
+        if "MAX" in wanted:
+            parts.append(b"MAX %d" % ordered[-1])
+        if "ALL" in wanted:
+            runs: list[list[int]] = []
+            for n in ordered:
+                if runs and n == runs[-1][1] + 1:
+                    runs[-1][1] = n
+                else:
+                    runs.append([n, n])
+            text = ",".join(str(a) if a == b else f"{a}:{b}" for a, b in runs)
+            parts.append(b"ALL " + text.encode())
+    if "COUNT" in wanted:
+        parts.append(b"COUNT %d" % len(ordered))
+    return b" ".join(parts) + b"\r\n"
 
 
 def search_response(found: Sequence[int], modseqs: Mapping[int, int] | None = None) -> bytes:

@@ -26,6 +26,13 @@ bytes it returns; the core never reads a socket nor the store.
   for which messages, which to mark ``\\Seen`` first and whether VANISHED
   (EARLIER) goes before; :meth:`Selected.store_responses` renders a STORE's
   answers; :meth:`Selected.opening` and :meth:`Selected.resync` are SELECT's.
+- **\\Recent** (RFC 3501 2.3.2): the store keeps the highest UID some
+  session claimed; the server claims the rest when a SELECT opens the
+  mailbox or new mail is about to be told (never under EXAMINE) and hands
+  the claimed UID range to :meth:`Selected.claimed`. Records of those UIDs
+  carry ``\\Recent`` in their flags from then on, so FETCH FLAGS, SEARCH
+  RECENT/NEW/OLD and STORE's answers see it; SELECT and each change of the
+  count say ``* n RECENT``.
 - **Extensions** (:class:`Extensions`): CONDSTORE and QRESYNC are per
   session, switched on by ENABLE (RFC 5161) or by a CONDSTORE-enabling
   command (RFC 7162 3.1), and outlive SELECT.
@@ -33,6 +40,7 @@ bytes it returns; the core never reads a socket nor the store.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -102,6 +110,10 @@ def _keywords(records: Iterable[Record]) -> set[str]:
     return {f for r in records for f in r.flags.split() if not f.startswith("\\")}
 
 
+def _has_recent(record: Record) -> bool:
+    return isinstance(record, _RecentRecord)
+
+
 def _flags(flags: str) -> bytes:
     return b"(" + flags.encode() + b")"
 
@@ -109,6 +121,25 @@ def _flags(flags: str) -> bytes:
 def _vanished(uids: Iterable[int], earlier: bool) -> bytes:
     text = str(SequenceSet.from_numbers(uids)).encode()
     return b"* VANISHED %s%s\r\n" % (b"(EARLIER) " if earlier else b"", text)
+
+
+@dataclass(frozen=True, slots=True)
+class _RecentRecord:
+    """A record as this session shows it: its flags with ``\\Recent`` added."""
+
+    uid: int
+    guid: str
+    flags: str
+    modseq: int
+    size: int
+    internaldate: dt.datetime
+
+
+def _mark_recent(record: Record) -> Record:
+    flags = record.flags + " \\Recent" if record.flags else "\\Recent"
+    return _RecentRecord(
+        record.uid, record.guid, flags, record.modseq, record.size, record.internaldate
+    )
 
 
 class Extensions:
@@ -182,8 +213,11 @@ class Selected:
         "keywords",
         "name",
         "readonly",
+        "recent",
         "records",
+        "saved",
         "stale",
+        "told_recent",
         "uidnext",
         "uidvalidity",
     )
@@ -193,6 +227,12 @@ class Selected:
         self.readonly = readonly
         self.ext = ext
         self.uidvalidity = view.uidvalidity
+        # The UID ranges (first, last] this session claimed as \Recent.
+        self.recent: list[tuple[int, int]] = []
+        self.told_recent = 0
+        # RFC 5182: the UIDs the last SEARCH RETURN (SAVE) found ("$"); empty
+        # at SELECT. UIDs never come back, so an expunged one just never matches.
+        self.saved: frozenset[int] = frozenset()
         self.records: list[Record] = list(view.records)
         self.highestmodseq = view.highestmodseq
         self.uidnext = view.uidnext
@@ -202,18 +242,51 @@ class Selected:
         # update() that may not tell them yet; cleared by take_stale()).
         self.stale = False
 
+    # -- \Recent ---------------------------------------------------------------------
+
+    def claimed(self, first: int, last: int) -> None:
+        """The store gave this session the UIDs in ``(first, last]`` as
+        \\Recent (RFC 3501 2.3.2); records already shown are marked now,
+        later ones when they arrive."""
+        if last <= first:
+            return
+        if self.recent and self.recent[-1][1] == first:
+            self.recent[-1] = (self.recent[-1][0], last)
+        else:
+            self.recent.append((first, last))
+        self.records = self._marked(self.records)
+
+    def is_recent(self, uid: int) -> bool:
+        return any(first < uid <= last for first, last in self.recent)
+
+    def _marked(self, records: Iterable[Record]) -> list[Record]:
+        if not self.recent:
+            return list(records)
+        return [
+            _mark_recent(r) if self.is_recent(r.uid) and not _has_recent(r) else r for r in records
+        ]
+
+    def recent_count(self) -> int:
+        return sum(1 for r in self.records if _has_recent(r))
+
+    def needs_claim(self, view: MailboxView, recentuid: int) -> bool:
+        """Whether the store holds UIDs no session claimed yet that this one
+        would claim: never under EXAMINE (RFC 3501 6.3.2 leaves \\Recent alone)."""
+        return not self.readonly and view.uidnext - 1 > recentuid
+
     # -- SELECT ---------------------------------------------------------------------
 
     def opening(self) -> bytes:
         """SELECT's untagged responses (RFC 3501 6.3.1; RFC 7162 3.1.2.1
-        HIGHESTMODSEQ; no message is ever \\Recent here, so RECENT is 0).
+        HIGHESTMODSEQ; RECENT counts what :meth:`claimed` gave this session).
         FLAGS names the system flags and the keywords the mailbox holds."""
         flags = self._flag_list()
+        self.told_recent = self.recent_count()
         return b"".join(
             [
                 b"* FLAGS (" + flags + b")\r\n",
                 b"* %d EXISTS\r\n" % len(self.records),
-                b"* 0 RECENT\r\n",
+                b"* %d RECENT\r\n" % self.told_recent,
                 untagged_status(
                     "OK", "UIDs valid", response_code(CODE_UIDVALIDITY, self.uidvalidity)
                 ),
@@ -290,13 +363,14 @@ class Selected:
         """Take the store's mailbox as it is now; the untagged responses that
         tell the client (empty when nothing may be told yet, see the module
         docstring: then the snapshot stays and stays stale)."""
-        new = {r.uid: r for r in fresh.records}
+        marked = self._marked(fresh.records)
+        new = {r.uid: r for r in marked}
         seqs = self.seq_of()
         gone = [uid for uid in seqs if uid not in new]
         if gone and not expunges:
             self.stale = True
             return b""
-        out: list[bytes] = [self._new_keywords(fresh.records)]
+        out: list[bytes] = [self._new_keywords(marked)]
         if self.ext.qresync and gone:
             # RFC 7162 3.2.10: once QRESYNC is on, VANISHED says it in UIDs.
             out.append(_vanished(gone, earlier=False))
@@ -313,17 +387,23 @@ class Selected:
                 if condstore:
                     parts.append(b"MODSEQ (%d)" % now.modseq)
                 out.append(fetch_response(i, parts))
-        if len(fresh.records) != len(kept) or gone:
+        arrived = len(fresh.records) != len(kept)
+        if arrived or gone:
             out.append(b"* %d EXISTS\r\n" % len(fresh.records))
-        self.records = list(fresh.records)
+        self.records = marked
         self.highestmodseq = fresh.highestmodseq
         self.uidnext = fresh.uidnext
+        recent = self.recent_count()
+        if recent != self.told_recent or arrived:
+            # RFC 3501 7.3.2: the new count of \Recent messages.
+            out.append(b"* %d RECENT\r\n" % recent)
+            self.told_recent = recent
         return b"".join(out)
 
     def absorb(self, changed: Iterable[Record]) -> None:
         """Take this session's own flag changes (the records as they are now)
         into the snapshot: they are told by the command's own responses."""
-        by_uid = {r.uid: r for r in changed}
+        by_uid = {r.uid: r for r in self._marked(changed)}
         if not by_uid:
             return
         for i, record in enumerate(self.records):
@@ -341,9 +421,12 @@ class Selected:
         return self.records[-1].uid if self.records else 0
 
     def resolve(self, sequence: SequenceSet, uid: bool) -> list[tuple[int, Record]]:
-        """The (sequence number, record) pairs a set names, in mailbox order."""
+        """The (sequence number, record) pairs a set names, in mailbox order;
+        ``$`` names the saved messages, in either form (RFC 5182 2.1)."""
+        if sequence.saved:
+            saved = self.saved
+            return [(i + 1, r) for i, r in enumerate(self.records) if r.uid in saved]
         if not self.records:
-            resolved(sequence, 0)  # "$" is still refused
             return []
         if uid:
             # RFC 3501 6.4.8: UIDs that do not exist are ignored.
@@ -368,12 +451,7 @@ class Selected:
 
     def uid_expunge_targets(self, seqset: SequenceSet) -> list[int]:
         """UID EXPUNGE: the ``\\Deleted`` messages among these UIDs (RFC 4315 2.1)."""
-        wanted = resolved(seqset, self.largest_uid())
-        return [
-            r.uid
-            for r in self.records
-            if in_ranges(r.uid, wanted) and "\\Deleted" in r.flags.split()
-        ]
+        return [r.uid for _, r in self.resolve(seqset, True) if "\\Deleted" in r.flags.split()]
 
     def expunge_code(self, expunged: bool) -> bytes | None:
         """The tagged OK's code after EXPUNGE: the new HIGHESTMODSEQ once
@@ -409,9 +487,12 @@ class Selected:
         """``VANISHED (EARLIER)`` for the requested UIDs among ``tombstones``
         that this session no longer shows (one it still shows is told as a
         plain VANISHED when it may be, RFC 7162 3.2.6); empty if none."""
-        ranges = resolved(seqset, self.uidnext - 1)
         shown = self.seq_of()
-        gone = [uid for uid in tombstones if uid not in shown and in_ranges(uid, ranges)]
+        if seqset.saved:
+            gone = [uid for uid in tombstones if uid not in shown and uid in self.saved]
+        else:
+            ranges = resolved(seqset, self.uidnext - 1)
+            gone = [uid for uid in tombstones if uid not in shown and in_ranges(uid, ranges)]
         return _vanished(gone, earlier=True) if gone else b""
 
     def after_seen(self, plan: FetchPlan) -> FetchPlan:

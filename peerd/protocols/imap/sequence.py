@@ -159,10 +159,11 @@ class SequenceSet:
 def resolved(sequence: SequenceSet, largest: int) -> tuple[list[int], list[int]]:
     """A set's merged ranges as two sorted lists (starts, ends), for :func:`in_ranges`.
 
-    ``$`` (RFC 5182 SEARCHRES) is not offered, so it is refused here.
+    ``$`` (RFC 5182 SEARCHRES) stands for a saved result, which the caller
+    looks up instead; here it is refused.
     """
     if sequence.saved:
-        raise CommandError("'$' needs SEARCHRES, which this server does not offer (RFC 5182)")
+        raise CommandError("'$' is not allowed here (RFC 5182)")
     spans = sequence.resolve(largest)
     return [a for a, _ in spans], [b for _, b in spans]
 

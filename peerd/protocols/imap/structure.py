@@ -30,6 +30,8 @@ from peerd.protocols.imap.responses import nstring
 
 __all__ = [
     "Part",
+    "UnknownEncoding",
+    "binary_section",
     "bodystructure",
     "decode_words",
     "decoded_header",
@@ -364,6 +366,53 @@ def section(
     if kind is SectionKind.TEXT:
         return target.body
     return _header_fields(target.header, list(fields), kind is SectionKind.HEADER_FIELDS)
+
+
+# -- BINARY[section] (RFC 3516) ------------------------------------------------------
+
+# RFC 2045 6.1: the encodings that leave the octets as they are.
+_IDENTITY: Final = frozenset({"7bit", "8bit", "binary"})
+
+
+class UnknownEncoding(Exception):
+    """A part's Content-Transfer-Encoding that cannot be undone (RFC 3516 4.3: UNKNOWN-CTE)."""
+
+
+def binary_section(raw: bytes, path: tuple[int, ...] = ()) -> bytes | None:
+    """The octets of ``BINARY[path]``: the part's body with its content
+    transfer encoding undone (RFC 3516 4.1); None when there is no such part.
+
+    A multipart or message/rfc822 part is given as stored (RFC 2045 6.4: a
+    composite part is never encoded); ``BINARY[]`` of a message that is not
+    multipart is its header and its decoded body.
+    """
+    root = parse(raw)
+    part = _descend(root, list(path)) if path else root
+    if part is None:
+        return None
+    if part.children or part.message is not None:
+        return raw if not path else part.body
+    encoding = (part.fields.get("content-transfer-encoding") or "7bit").strip().lower()
+    if encoding in _IDENTITY:
+        body = part.body
+    elif encoding == "base64":
+        data = bytes(b for b in part.body if b in _BASE64).rstrip(b"=")
+        # Whole groups of four only: a torn last group is dropped, not guessed.
+        body = binascii.a2b_base64(data[: len(data) - len(data) % 4] + _padding(data))
+    elif encoding == "quoted-printable":
+        body = quopri.decodestring(part.body)
+    else:
+        raise UnknownEncoding(encoding)
+    return body if path else part.header + body
+
+
+def _padding(data: bytes) -> bytes:
+    """The last group of a base64 body that lost its "=" padding, padded."""
+    rest = data[len(data) - len(data) % 4 :]
+    return rest + b"=" * (4 - len(rest)) if len(rest) >= 2 else b""
+
+
+_BASE64: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
 
 
 # -- text for SEARCH --------------------------------------------------------------------

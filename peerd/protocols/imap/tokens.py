@@ -4,7 +4,8 @@ How this works: the framing layer (:mod:`~peerd.protocols.imap.parser`) hands ov
 a command's text with a NUL byte where each literal was announced, and the
 literals themselves. :func:`tokenize` turns that into a list of :data:`Token`:
 an atom is ``str``, a quoted string or literal is ``bytes`` (so ``NIL`` and
-``"NIL"`` differ, and 8-bit data stays untouched), a parenthesised list is a
+``"NIL"`` differ, and 8-bit data stays untouched; a literal is a
+:class:`LiteralData`, a literal8 a :class:`Literal8Data`), a parenthesised list is a
 ``tuple``. FETCH's ``BODY[...]<...>`` is kept as one atom even though the
 brackets may hold spaces and parentheses. Parentheses nest at most
 :data:`MAX_DEPTH` deep.
@@ -24,7 +25,21 @@ from typing import Final, TypeAlias
 
 from peerd.protocols.imap.responses import CommandError
 
-__all__ = ["MARK", "MAX_DEPTH", "TAG", "Token", "tag_of", "tokenize"]
+__all__ = ["MARK", "MAX_DEPTH", "TAG", "Literal8Data", "LiteralData", "Token", "tag_of", "tokenize"]
+
+
+class LiteralData(bytes):
+    """A string sent as a literal ``{n}`` (RFC 3501 4.3): equal to the same
+    bytes, but APPEND tells its message (a literal) from a quoted date-time."""
+
+    __slots__ = ()
+
+
+class Literal8Data(LiteralData):
+    """A ``~{n}`` literal (RFC 3516 4.2): may hold any octet, NUL included."""
+
+    __slots__ = ()
+
 
 Token: TypeAlias = "str | bytes | tuple[Token, ...]"
 """An atom (``str``), a quoted string or literal (``bytes``), or a list (``tuple``)."""
@@ -90,7 +105,8 @@ def tokenize(text: bytes, literals: Sequence[bytes] = ()) -> list[Token]:
         elif ch == MARK:
             if used >= len(literals):
                 raise CommandError("NUL is not allowed in commands (RFC 3501 9, CHAR)")
-            stack[-1].append(literals[used])
+            value = literals[used]
+            stack[-1].append(value if isinstance(value, LiteralData) else LiteralData(value))
             used += 1
             i += 1
             literal_end = i

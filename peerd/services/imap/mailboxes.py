@@ -17,17 +17,22 @@ from typing import Final
 from engine.errors import InvalidArgument, NoSuchMailbox
 from engine.mailview import normalize_mailbox_name
 from peerd.protocols.imap import commands as c
+from peerd.protocols.imap.caturl import bad_url, cut, parse_url
 from peerd.protocols.imap.listing import list_responses, lsub_responses, status_response
 from peerd.protocols.imap.responses import (
     CODE_ALREADYEXISTS,
     CODE_APPENDUID,
     CODE_READ_ONLY,
     CODE_READ_WRITE,
+    CODE_TOOBIG,
     CODE_TRYCREATE,
+    CODE_UNKNOWN_CTE,
     CommandError,
+    Raw,
     response_code,
 )
 from peerd.protocols.imap.selected import Selected, closed_response
+from peerd.protocols.imap.sequence import SequenceSet
 from peerd.services.imap.session import Handler, Reply, Selection, Session
 
 __all__ = ["HANDLERS"]
@@ -66,6 +71,9 @@ async def select(session: Session, cmd: c.Select | c.Examine) -> Reply:
             name, known.uidvalidity, known.modseq
         )
     box = Selected(snapshot, name=snapshot.name, readonly=readonly, ext=session.ext)
+    if box.needs_claim(snapshot, snapshot.recentuid):
+        # RFC 3501 2.3.2: this session is the first to be told of these.
+        box.claimed(*await session.mail.claim_recent(snapshot.mailbox_id))
     session.select(Selection(snapshot.mailbox_id, snapshot.uniqueid, box))
     await session.send(box.opening())
     if known is not None:
@@ -139,20 +147,65 @@ async def status(session: Session, cmd: c.Status) -> Reply:
     return Reply("STATUS completed")
 
 
+async def _catenated(session: Session, parts: tuple[c.CatPart, ...]) -> bytes:
+    """The message CATENATE builds (RFC 4469 5): its TEXT parts and the
+    sections its URLs name, in order; ``NO [BADURL url]`` for a URL that names
+    nothing here, ``NO [TOOBIG]`` past ``[imap] max_literal``."""
+    out: list[bytes] = []
+    size = 0
+    limit = session.node.config.imap.max_literal
+    for part in parts:
+        if part.text is not None:
+            data = part.text
+        else:
+            assert part.url is not None
+            url = parse_url(part.url, session.account)
+            try:
+                box = await session.mail.snapshot(store_name(url.mailbox))
+            except NoSuchMailbox as exc:
+                raise bad_url(url.text, "no such mailbox") from exc
+            if url.uidvalidity is not None and url.uidvalidity != box.uidvalidity:
+                raise bad_url(url.text, "UIDVALIDITY differs: the mailbox changed")
+            record = next((r for r in box.records if r.uid == url.uid), None)
+            if record is None:
+                raise bad_url(url.text, "no such message")
+            data = cut(url, await session.mail.message(record.guid))
+        size += len(data)
+        if size > limit:
+            raise CommandError(
+                f"the message would pass {limit} octets", code=CODE_TOOBIG, status="NO"
+            )
+        out.append(data)
+    return b"".join(out)
+
+
 async def append(session: Session, cmd: c.Append) -> Reply:
     name = store_name(cmd.mailbox)
-    when = (cmd.internaldate or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
-    if b"\0" in cmd.message:
-        raise InvalidArgument("message contains NUL")
+    now = dt.datetime.now(dt.UTC)
+    messages = []
+    for one in cmd.messages:
+        data = await _catenated(session, one.catenate) if one.catenate else one.message
+        if b"\0" in data:
+            if one.binary or one.catenate:
+                # RFC 3516 4.4: the store keeps no NUL octets; refused as such.
+                raise CommandError(
+                    "messages with NUL octets cannot be stored here",
+                    code=CODE_UNKNOWN_CTE,
+                    status="NO",
+                )
+            raise InvalidArgument("message contains NUL")
+        when = (one.internaldate or now).astimezone(dt.UTC)
+        messages.append((data, one.flags, when))
     try:
-        appended = await session.mail.append(name, cmd.message, cmd.flags, when)
+        # RFC 3502 6.3.11: several messages are appended all together or not at all.
+        appended = await session.mail.append_many(name, messages)
     except NoSuchMailbox:
         # RFC 3501 6.3.11: TRYCREATE, so the client may CREATE and retry.
         return Reply("no such mailbox", CODE_TRYCREATE, "NO")
     await session.report(cmd)
-    return Reply(
-        "APPEND completed", response_code(CODE_APPENDUID, appended.uidvalidity, appended.uid)
-    )
+    # RFC 4315 3: APPENDUID uidvalidity uid-set (one UID per message, in order).
+    uids = Raw(str(SequenceSet.from_numbers([a.uid for a in appended])).encode())
+    return Reply("APPEND completed", response_code(CODE_APPENDUID, appended[0].uidvalidity, uids))
 
 
 HANDLERS: Final[dict[type[c.Command], Handler]] = {

@@ -23,11 +23,12 @@ from typing import Final
 
 from peerd.protocols.imap import commands as c
 from peerd.protocols.imap.records import Record
-from peerd.protocols.imap.responses import CommandError
 from peerd.protocols.imap.search import (
     TextSearch,
     compile_search,
     esearch_response,
+    esort_response,
+    saved_result,
     search_response,
     text_questions,
 )
@@ -40,24 +41,33 @@ __all__ = ["HANDLERS"]
 
 
 async def search(session: Session, cmd: c.Search) -> Reply:
-    if cmd.return_options is not None and "SAVE" in cmd.return_options:
-        raise CommandError("SEARCH RETURN (SAVE) needs SEARCHRES, which is not offered")
-    await session.admit_condstore(cmd)
     box = session.selected().box
+    saving = cmd.return_options is not None and "SAVE" in cmd.return_options
+    if saving:
+        # RFC 5182 2.1: a SEARCH (SAVE) that fails leaves "$" empty.
+        previous, box.saved = box.saved, frozenset()
+    await session.admit_condstore(cmd)
     records = list(box.records)
     matcher = compile_search(
-        cmd.key, len(records), box.largest_uid(), await _texts(session, cmd.key)
+        cmd.key,
+        len(records),
+        box.largest_uid(),
+        await _texts(session, cmd.key),
+        saved=previous if saving else box.saved,
     )
     reader = session.mail.reader
 
-    def run() -> list[int]:
+    def run() -> list[tuple[int, int]]:
         return [
-            record.uid if cmd.uid else seq
+            (seq, record.uid)
             for seq, record in enumerate(records, 1)
             if matcher(seq, record, reader)
         ]
 
-    found = await session.mail.run_blocking(run)
+    hits = await session.mail.run_blocking(run)
+    found = [uid if cmd.uid else seq for seq, uid in hits]
+    if saving:
+        box.saved = saved_result(cmd.return_options or (), [uid for _, uid in hits])
     modseqs = None
     if uses_modseq(cmd.key):
         # RFC 7162 3.1.5: the highest mod-sequence of what was found.
@@ -66,8 +76,9 @@ async def search(session: Session, cmd: c.Search) -> Reply:
         }
     if cmd.return_options is None:
         await session.send(search_response(found, modseqs))
-    else:
-        options = cmd.return_options
+    elif cmd.return_options != ("SAVE",):
+        # RFC 5182 2.1: SAVE alone gets no ESEARCH response.
+        options = tuple(o for o in cmd.return_options if o != "SAVE")
         await session.send(esearch_response(cmd.tag, cmd.uid, options, found, modseqs))
     # RFC 3501 7.4.1: no EXPUNGE during SEARCH (UID SEARCH may: numbers are UIDs).
     await session.report(cmd)
@@ -89,7 +100,9 @@ async def _found(session: Session, key: SearchKey, uid: bool) -> Callable[[], li
     each message found as a :class:`SortItem` in mailbox order."""
     box = session.selected().box
     records: list[Record] = list(box.records)
-    matcher = compile_search(key, len(records), box.largest_uid(), await _texts(session, key))
+    matcher = compile_search(
+        key, len(records), box.largest_uid(), await _texts(session, key), saved=box.saved
+    )
     reader = session.mail.reader
     cache = session.server.sort_records
 
@@ -116,8 +129,21 @@ async def sort_messages(session: Session, cmd: c.Sort) -> Reply:
         return sort(find(), criteria)
 
     ordered = await session.mail.run_blocking(run)
-    # RFC 5256 4: "* SORT" and the numbers, like "* SEARCH".
-    await session.send(b"* SORT" + b"".join(b" %d" % n for n in ordered) + b"\r\n")
+    options = cmd.return_options
+    if options is None:
+        # RFC 5256 4: "* SORT" and the numbers, like "* SEARCH".
+        await session.send(b"* SORT" + b"".join(b" %d" % n for n in ordered) + b"\r\n")
+    else:
+        if "SAVE" in options:
+            # RFC 5267 3 with RFC 5182: "$" as SEARCH (SAVE) would keep it,
+            # MIN and MAX in sort order.
+            box = session.selected().box
+            uid_of = {seq: r.uid for seq, r in enumerate(box.records, 1)}
+            uids = ordered if cmd.uid else [uid_of[n] for n in ordered]
+            box.saved = saved_result(options, uids)
+        if options != ("SAVE",):
+            rest = tuple(o for o in options if o != "SAVE")
+            await session.send(esort_response(cmd.tag, cmd.uid, rest, ordered))
     await session.report(cmd)
     return Reply(f"{'UID ' if cmd.uid else ''}SORT completed")
 

@@ -328,6 +328,10 @@ class Session:
         if selection is None or not selection.box.take_stale():
             return
         fresh = await self.mail.snapshot_of(selection.mailbox_id)
-        out = selection.box.update(fresh, expunges=may_expunge(cmd))
+        box = selection.box
+        if box.needs_claim(fresh, fresh.recentuid):
+            # New mail no session was told of yet: \Recent here (RFC 3501 2.3.2).
+            box.claimed(*await self.mail.claim_recent(selection.mailbox_id))
+        out = box.update(fresh, expunges=may_expunge(cmd))
         if out:
             await self.send(out)
