@@ -135,7 +135,8 @@ def live_guids(session: Session, account: str | None) -> list[str]:
 
 
 def put(session: Session, docs: Sequence[tuple[str, Searchable]]) -> None:
-    """Store (or replace) the text of each GUID."""
+    """Store (or replace) the text of each GUID (named twice: the last one)."""
+    docs = list(dict(docs).items())  # two messages with the same bytes share a GUID
     if not docs:
         return
     guids = [guid for guid, _ in docs]

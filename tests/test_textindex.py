@@ -167,6 +167,11 @@ def test_the_walk_names_live_unindexed_messages_once(store: Store) -> None:
     assert store.read_sync(partial(textindex.pending, after=0, limit=100)).guids == (guids[4],)
     counts = store.read_sync(partial(textindex.counts, account="alice"))
     assert (counts.guids, counts.indexed) == (4, 3)  # four GUIDs live, three indexed
+    # A GUID named twice in one put is one document (it failed with a
+    # UNIQUE error on SQLite: two messages with the same bytes).
+    index(store, [guids[4], guids[4]])
+    counts = store.read_sync(partial(textindex.counts, account="alice"))
+    assert (counts.guids, counts.indexed) == (4, 4)
 
 
 def test_an_old_version_counts_as_not_indexed(store: Store) -> None:
