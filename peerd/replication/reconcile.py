@@ -22,11 +22,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.cron import CronTrigger
 
 from engine.accounts import get_account
 from engine.errors import EngineError
 from ownership import table as ownership_table
+from peerd.node.cron import start_cron
 from peerd.node.node import Node
 from peerd.replication.client import SyncClient
 
@@ -138,16 +138,7 @@ class Reconciler:
         config = self.node.config.reconcile
         if not config.enabled:
             return
-        self.scheduler = AsyncIOScheduler(timezone=dt.UTC)
-        self.scheduler.add_job(
-            self.scheduled,
-            CronTrigger.from_crontab(config.schedule, timezone=dt.UTC),
-            id="reconcile",
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=3600,
-        )
-        self.scheduler.start()
+        self.scheduler = start_cron(config.schedule, self.scheduled, "reconcile")
 
     async def scheduled(self) -> None:
         if self.lock.locked():

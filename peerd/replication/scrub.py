@@ -44,7 +44,6 @@ from functools import partial
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -53,6 +52,7 @@ from engine.errors import EngineError
 from engine.models import Message
 from engine.scrub import Body, Checked, check_bodies, live_bodies
 from engine.syncwire import decode_frames, encode_json
+from peerd.node.cron import start_cron
 from peerd.node.node import Node
 from peerd.replication.client import SyncClient
 
@@ -428,16 +428,7 @@ class Scrubber:
         config = self.node.config.scrub
         if not config.enabled:
             return
-        self.scheduler = AsyncIOScheduler(timezone=dt.UTC)
-        self.scheduler.add_job(
-            self.scheduled,
-            CronTrigger.from_crontab(config.schedule, timezone=dt.UTC),
-            id="scrub",
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=3600,
-        )
-        self.scheduler.start()
+        self.scheduler = start_cron(config.schedule, self.scheduled, "scrub")
 
     async def scheduled(self) -> None:
         if self.lock.locked():
