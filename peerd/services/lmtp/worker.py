@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import json
 import logging
 import os
@@ -168,15 +169,22 @@ class WorkerPool:
         self._stopping = False
         self._unwatch: Callable[[], None] | None = None
 
-    async def start(self, timeout: float = 30.0) -> None:
-        """Bind, start the workers and wait until each serves."""
+    async def start(self) -> None:
+        """Bind and start the workers, without waiting for them to serve:
+        connections wait in the listener's backlog until a worker accepts, and
+        the daemon starts its other parts while the workers import
+        (:meth:`wait_ready` before it says it is ready)."""
         self.listener = socket.create_server(
             (self.address.host, self.address.port), backlog=1024, reuse_port=False
         )
         self.listener.set_inheritable(True)
         self._workers = [_Worker(self, n) for n in range(self.count)]
         self._unwatch = self.backend.watch_ownership(self.forget_recipients)
-        await asyncio.gather(*(asyncio.wait_for(w.start(), timeout) for w in self._workers))
+        await asyncio.gather(*(w.start() for w in self._workers))
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until every worker serves (TimeoutError after ``timeout`` seconds)."""
+        await asyncio.wait_for(asyncio.gather(*(w.ready.wait() for w in self._workers)), timeout)
 
     def forget_recipients(self) -> None:
         """Tell every worker to drop the recipients it accepted recently."""
@@ -255,9 +263,9 @@ class _Worker:
         self.restarts = 0
 
     async def start(self) -> None:
+        """Spawn the process and watch it; ``ready`` is set when it serves."""
         await self._spawn()
         self._supervisor = asyncio.create_task(self._supervise())
-        await self.ready.wait()
 
     async def _spawn(self) -> None:
         assert self.pool.listener is not None and self.pool.config.path is not None
@@ -483,6 +491,7 @@ async def _serve_worker(config: Config, listen_fd: int, pipe_fd: int) -> None:
     listener = socket.socket(fileno=listen_fd)
     server = await serve_lmtp(handler, sock=listener)
     write_frame(writer, {"op": "ready"})
+    gc.freeze()  # what start-up made lives as long as the process (see peerd.app.daemon)
     loop = asyncio.get_running_loop()
     # SIGTERM from an admin (or the daemon's supervisor) works like "stop".
     loop.add_signal_handler(signal.SIGTERM, backend.stop_requested.set)
