@@ -30,6 +30,7 @@ APT_PACKAGES=(
   openssl
   prometheus  # promtool: tests/test_contrib.py checks contrib/prometheus's rules
   fail2ban    # fail2ban-regex: tests/test_maillog.py checks contrib/fail2ban's filter
+  roundcube-core roundcube-sqlite3 php-cli  # tests/test_webmail.py: Roundcube under php -S
 )
 
 as_root() {
@@ -66,6 +67,8 @@ apt_install_missing() {
   echo "Debian packages to install: ${missing[*]}"
   # Postfix asks how to configure itself; the tests write their own main.cf.
   echo "postfix postfix/main_mailer_type select No configuration" | as_root debconf-set-selections
+  # Roundcube's package would set up a database of its own; the test writes its own.
+  echo "roundcube-core roundcube/dbconfig-install boolean false" | as_root debconf-set-selections
   apt_retry update
   apt_retry install --no-install-recommends "${missing[@]}"
 }

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Final, Literal
 
 from peerd.protocols.imap.fetchatt import FetchAtt
+from peerd.protocols.imap.partial import PartialRange
 from peerd.protocols.imap.responses import CommandError, decode_mailbox
 from peerd.protocols.imap.searchkey import CHARSETS, MAX_MODSEQ, SearchKey
 from peerd.protocols.imap.sequence import SequenceSet
@@ -82,7 +83,8 @@ STATUS_ITEMS: Final = frozenset(
 )
 LIST_SELECT_OPTIONS: Final = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
 LIST_RETURN_OPTIONS: Final = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"})
-SEARCH_RETURN_OPTIONS: Final = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})  # RFC 4731, 5182
+# RFC 4731, 5182; PARTIAL: RFC 9394 (with its range in the command's ``partial``).
+SEARCH_RETURN_OPTIONS: Final = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE", "PARTIAL"})
 # tag = 1*<any ASTRING-CHAR except "+"> (RFC 3501 9)
 _TAG_BAD: Final = frozenset('(){%*"\\+ ')
 # Longest names we accept for ID fields and values (RFC 2971 3.3).
@@ -117,6 +119,15 @@ def normalize_flag(text: str) -> str:
 def _check_tag(tag: str) -> None:
     if not tag or not tag.isascii() or any(c in _TAG_BAD or not c.isprintable() for c in tag):
         raise CommandError(f"bad tag {tag[:40]!r}")
+
+
+def _check_partial(options: tuple[str, ...] | None, partial: PartialRange | None) -> None:
+    # RFC 9394 3.1 (and RFC 5267 4.4): PARTIAL once, with its range, and not with ALL.
+    words = list(options or ())
+    if ("PARTIAL" in words) != (partial is not None) or words.count("PARTIAL") > 1:
+        raise CommandError("PARTIAL takes one range, once (RFC 9394 3.1)")
+    if partial is not None and "ALL" in words:
+        raise CommandError("PARTIAL and ALL exclude each other (RFC 9394 3.1)")
 
 
 def _check_mailbox(name: str) -> None:
@@ -486,12 +497,14 @@ class UidExpunge(Command):
 @dataclass(frozen=True, slots=True)
 class Search(Command):
     """SEARCH/UID SEARCH. ``return_options`` is None for a plain ``* SEARCH``
-    answer, else the RFC 4731 ESEARCH options (``()`` means ALL)."""
+    answer, else the RFC 4731 ESEARCH options (``()`` means ALL); ``partial``
+    is the range of a PARTIAL option (RFC 9394)."""
 
     key: SearchKey
     uid: bool = False
     charset: str = "US-ASCII"
     return_options: tuple[str, ...] | None = None
+    partial: PartialRange | None = None
     name: ClassVar[str] = "SEARCH"
 
     def __post_init__(self) -> None:
@@ -501,6 +514,7 @@ class Search(Command):
         unknown = set(self.return_options or ()) - SEARCH_RETURN_OPTIONS
         if unknown:
             raise CommandError(f"unknown SEARCH return option {sorted(unknown)[0]} (RFC 4731)")
+        _check_partial(self.return_options, self.partial)
 
 
 @dataclass(frozen=True, slots=True)
@@ -514,6 +528,7 @@ class Sort(Command):
     uid: bool = False
     charset: str = "US-ASCII"
     return_options: tuple[str, ...] | None = None
+    partial: PartialRange | None = None  # RFC 5267 4.4: positions in sort order
     name: ClassVar[str] = "SORT"
 
     def __post_init__(self) -> None:
@@ -523,6 +538,7 @@ class Sort(Command):
         unknown = set(self.return_options or ()) - SEARCH_RETURN_OPTIONS
         if unknown:
             raise CommandError(f"unknown SORT return option {sorted(unknown)[0]} (RFC 5267)")
+        _check_partial(self.return_options, self.partial)
 
 
 @dataclass(frozen=True, slots=True)
@@ -551,6 +567,7 @@ class Fetch(Command):
     uid: bool = False
     changedsince: int | None = None
     vanished: bool = False  # RFC 7162 3.2.6
+    partial: PartialRange | None = None  # RFC 9394 3.2: only these positions
     name: ClassVar[str] = "FETCH"
 
     def __post_init__(self) -> None:

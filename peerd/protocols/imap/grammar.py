@@ -26,6 +26,7 @@ from peerd.protocols.imap import acl, metadata, quota
 from peerd.protocols.imap import commands as c
 from peerd.protocols.imap.fetchatt import Item, parse_fetch_atts
 from peerd.protocols.imap.listing import SEPARATOR
+from peerd.protocols.imap.partial import PartialRange
 from peerd.protocols.imap.responses import CommandError
 from peerd.protocols.imap.sasl import decode_base64
 from peerd.protocols.imap.searchkey import MAX_MODSEQ, check_charset, parse_search_key
@@ -373,19 +374,38 @@ def _catenate(args: _Args) -> tuple[c.CatPart, ...]:
     return tuple(parts)
 
 
+def _return_options(
+    tokens: Sequence[Token], what: str
+) -> tuple[tuple[str, ...], PartialRange | None]:
+    """RFC 4731 search-return-opts: the option words, and the range that
+    follows PARTIAL (RFC 9394 4: ``"PARTIAL" SP partial-range``)."""
+    words: list[str] = []
+    partial = None
+    options = _Args(what, tokens)
+    while options.more():
+        word = options.atom("return option").upper()
+        words.append(word)
+        if word == "PARTIAL":
+            if partial is not None:
+                raise CommandError(f"{what}: PARTIAL twice (RFC 9394 3.1)")
+            partial = PartialRange.parse(options.atom("PARTIAL range"))
+    return tuple(words), partial
+
+
 def _search(tag: str, args: _Args, uid: bool) -> c.Command:
     returns: tuple[str, ...] | None = None
+    partial = None
     charset = "US-ASCII"
     first = args.peek()
     if isinstance(first, str) and first.upper() == "RETURN":  # RFC 4731 ESEARCH
         args.next("RETURN")
-        returns = _options(args.list("return options"), "SEARCH return options")
+        returns, partial = _return_options(args.list("return options"), "SEARCH return options")
     first = args.peek()
     if isinstance(first, str) and first.upper() == "CHARSET":
         args.next("CHARSET")
         charset = check_charset(args.text("charset"))
     key = parse_search_key(args.tokens[args.pos :], charset=charset)
-    return c.Search(tag, key, uid, charset, returns)
+    return c.Search(tag, key, uid, charset, returns, partial)
 
 
 def _sort(tag: str, args: _Args, uid: bool) -> c.Command:
@@ -393,17 +413,18 @@ def _sort(tag: str, args: _Args, uid: bool) -> c.Command:
     # search-criteria is charset 1*(SP search-key): the charset is required.
     # RFC 5267 3 (ESORT): [search-return-opts SP] before the criteria.
     returns: tuple[str, ...] | None = None
+    partial = None
     first = args.peek()
     if isinstance(first, str) and first.upper() == "RETURN":
         args.next("RETURN")
-        returns = _options(args.list("return options"), "SORT return options")
+        returns, partial = _return_options(args.list("return options"), "SORT return options")
     words = args.list("sort criteria")
     if not all(isinstance(word, str) for word in words):
         raise CommandError("SORT: the sort criteria are atoms")
     criteria = parse_criteria([str(word) for word in words])
     charset = check_charset(args.text("charset"))
     key = parse_search_key(args.tokens[args.pos :], charset=charset)
-    return c.Sort(tag, criteria, key, uid, charset, returns)
+    return c.Sort(tag, criteria, key, uid, charset, returns, partial)
 
 
 def _thread(tag: str, args: _Args, uid: bool) -> c.Command:
@@ -419,6 +440,7 @@ def _fetch(tag: str, args: _Args, uid: bool) -> c.Command:
     items = parse_fetch_atts(args.next("items"))
     changedsince: int | None = None
     vanished = False
+    partial = None
     if args.more():
         modifiers = _Args("FETCH", args.list("modifiers"))
         while modifiers.more():
@@ -427,6 +449,8 @@ def _fetch(tag: str, args: _Args, uid: bool) -> c.Command:
                 changedsince = _number(modifiers.next("mod-sequence"), "CHANGEDSINCE", MAX_MODSEQ)
             elif word == "VANISHED":  # RFC 7162 3.2.6
                 vanished = True
+            elif word == "PARTIAL" and partial is None:  # RFC 9394 3.2
+                partial = PartialRange.parse(modifiers.atom("PARTIAL range"))
             else:
                 raise CommandError(f"FETCH: unknown modifier {word[:40]}")
     args.end()
@@ -436,7 +460,7 @@ def _fetch(tag: str, args: _Args, uid: bool) -> c.Command:
         items += (Item.UID,)
     if changedsince is not None and Item.MODSEQ not in items:
         items += (Item.MODSEQ,)
-    return c.Fetch(tag, seqset, items, uid, changedsince, vanished)
+    return c.Fetch(tag, seqset, items, uid, changedsince, vanished, partial)
 
 
 def _store(tag: str, args: _Args, uid: bool) -> c.Command:

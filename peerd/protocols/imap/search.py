@@ -35,6 +35,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Literal
 
 from peerd.protocols.imap import structure
+from peerd.protocols.imap.partial import PartialRange, partial_data, runs
 from peerd.protocols.imap.records import Record
 from peerd.protocols.imap.searchkey import (
     All,
@@ -298,14 +299,16 @@ def compile_search(
     return run
 
 
-def saved_result(options: Sequence[str], uids: Sequence[int]) -> frozenset[int]:
+def saved_result(
+    options: Sequence[str], uids: Sequence[int], partial: PartialRange | None = None
+) -> frozenset[int]:
     """What SEARCH RETURN (SAVE ...) keeps as ``$`` of the UIDs found, in
-    mailbox order (RFC 5182 2.4): with MIN and/or MAX and neither ALL nor
-    COUNT, only those messages; otherwise all of them."""
+    mailbox order (RFC 5182 2.4): with MIN, MAX and/or PARTIAL and neither
+    ALL nor COUNT, only the messages those return; otherwise all of them."""
     wanted = set(options) - {"SAVE"}
     if not uids or not wanted or wanted & {"ALL", "COUNT"}:
         return frozenset(uids)
-    picked = set()
+    picked = set(partial.pick(uids)) if partial is not None else set()
     if "MIN" in wanted:
         picked.add(uids[0])
     if "MAX" in wanted:
@@ -313,11 +316,18 @@ def saved_result(options: Sequence[str], uids: Sequence[int]) -> frozenset[int]:
     return frozenset(picked)
 
 
-def esort_response(tag: str, uid: bool, options: Sequence[str], ordered: Sequence[int]) -> bytes:
+def esort_response(
+    tag: str,
+    uid: bool,
+    options: Sequence[str],
+    ordered: Sequence[int],
+    partial: PartialRange | None = None,
+) -> bytes:
     """RFC 5267 3.2 (ESORT): ``* ESEARCH (TAG "t") [UID] ...`` for a SORT.
 
     MIN and MAX are the first and last message in sort order; ALL lists them
-    all in sort order, a range only where numbers ascend one by one (``5:7,1``).
+    all in sort order, a range only where numbers ascend one by one (``5:7,1``);
+    PARTIAL the ones at its positions in sort order (RFC 5267 4.4).
     """
     wanted = set(options) or {"ALL"}
     parts = [b'* ESEARCH (TAG "' + tag.encode() + b'")']
@@ -329,14 +339,9 @@ def esort_response(tag: str, uid: bool, options: Sequence[str], ordered: Sequenc
         if "MAX" in wanted:
             parts.append(b"MAX %d" % ordered[-1])
         if "ALL" in wanted:
-            runs: list[list[int]] = []
-            for n in ordered:
-                if runs and n == runs[-1][1] + 1:
-                    runs[-1][1] = n
-                else:
-                    runs.append([n, n])
-            text = ",".join(str(a) if a == b else f"{a}:{b}" for a, b in runs)
-            parts.append(b"ALL " + text.encode())
+            parts.append(b"ALL " + runs(ordered).encode())
+    if partial is not None:
+        parts.append(partial_data(partial, ordered))
     if "COUNT" in wanted:
         parts.append(b"COUNT %d" % len(ordered))
     return b" ".join(parts) + b"\r\n"
@@ -358,14 +363,17 @@ def esearch_response(
     options: Sequence[str],
     found: Sequence[int],
     modseqs: Mapping[int, int] | None = None,
+    partial: PartialRange | None = None,
 ) -> bytes:
     """RFC 4731 3.1: ``* ESEARCH (TAG "t") [UID] MIN .. MAX .. ALL .. COUNT ..``.
 
     ``RETURN ()`` means ALL. With no match MIN, MAX and ALL are left out and
     COUNT, if asked for, is 0. (A tag holds no quote nor backslash, RFC 3501 9.)
+    ``partial``: ``PARTIAL (range results)``, the numbers at the range's
+    positions in ascending order, NIL if none (RFC 9394 3.1), even with no match.
     With ``modseqs`` (the key held MODSEQ) and a match, ``MODSEQ m`` follows
     (RFC 4731 3.2, RFC 7162 3.1.10): the highest mod-sequence of the messages
-    returned: of MIN and/or MAX alone, else of all found.
+    returned: of MIN, MAX and PARTIAL's alone, else of all found.
     """
     wanted = set(options) or {"ALL"}
     parts = [b'* ESEARCH (TAG "' + tag.encode() + b'")']
@@ -378,12 +386,18 @@ def esearch_response(
             parts.append(b"MAX %d" % max(found))
         if "ALL" in wanted:
             parts.append(b"ALL " + str(SequenceSet.from_numbers(found)).encode())
+    ascending = sorted(found)
+    if partial is not None:
+        parts.append(partial_data(partial, ascending))
     if "COUNT" in wanted:
         parts.append(b"COUNT %d" % len(found))
     if modseqs is not None and found:
         if wanted & {"ALL", "COUNT"}:
-            returned: Sequence[int] = found
+            returned = list(found)
         else:
             returned = [n for n, w in ((min(found), "MIN"), (max(found), "MAX")) if w in wanted]
-        parts.append(b"MODSEQ %d" % max(modseqs[n] for n in returned))
+            if partial is not None:
+                returned += partial.pick(ascending)
+        if returned:
+            parts.append(b"MODSEQ %d" % max(modseqs[n] for n in returned))
     return b" ".join(parts) + b"\r\n"

@@ -472,6 +472,10 @@ class Selected:
         if cmd.changedsince is not None:
             since = cmd.changedsince
             targets = [(seq, r) for seq, r in targets if r.modseq > since]
+        if cmd.partial is not None:
+            # RFC 9394 3.2: only the messages at these positions of those the
+            # set (and CHANGEDSINCE) leaves, in mailbox order.
+            targets = cmd.partial.pick(targets)
         condstore = self.ext.condstore
         if condstore and Item.MODSEQ not in items:
             items.append(Item.MODSEQ)  # RFC 7162 3.1.4.1

@@ -67,7 +67,7 @@ async def search(session: Session, cmd: c.Search) -> Reply:
     hits = await session.mail.run_blocking(run)
     found = [uid if cmd.uid else seq for seq, uid in hits]
     if saving:
-        box.saved = saved_result(cmd.return_options or (), [uid for _, uid in hits])
+        box.saved = saved_result(cmd.return_options or (), [uid for _, uid in hits], cmd.partial)
     modseqs = None
     if uses_modseq(cmd.key):
         # RFC 7162 3.1.5: the highest mod-sequence of what was found.
@@ -79,7 +79,7 @@ async def search(session: Session, cmd: c.Search) -> Reply:
     elif cmd.return_options != ("SAVE",):
         # RFC 5182 2.1: SAVE alone gets no ESEARCH response.
         options = tuple(o for o in cmd.return_options if o != "SAVE")
-        await session.send(esearch_response(cmd.tag, cmd.uid, options, found, modseqs))
+        await session.send(esearch_response(cmd.tag, cmd.uid, options, found, modseqs, cmd.partial))
     # RFC 3501 7.4.1: no EXPUNGE during SEARCH (UID SEARCH may: numbers are UIDs).
     await session.report(cmd)
     return Reply(f"{'UID ' if cmd.uid else ''}SEARCH completed")
@@ -140,10 +140,10 @@ async def sort_messages(session: Session, cmd: c.Sort) -> Reply:
             box = session.selected().box
             uid_of = {seq: r.uid for seq, r in enumerate(box.records, 1)}
             uids = ordered if cmd.uid else [uid_of[n] for n in ordered]
-            box.saved = saved_result(options, uids)
+            box.saved = saved_result(options, uids, cmd.partial)
         if options != ("SAVE",):
             rest = tuple(o for o in options if o != "SAVE")
-            await session.send(esort_response(cmd.tag, cmd.uid, rest, ordered))
+            await session.send(esort_response(cmd.tag, cmd.uid, rest, ordered, cmd.partial))
     await session.report(cmd)
     return Reply(f"{'UID ' if cmd.uid else ''}SORT completed")
 
