@@ -106,7 +106,7 @@ def needs_rehash(stored: str) -> bool:
     params = scrypt_params(stored)
     if params is None:
         return True
-    ln, r, p = params
+    ln, r, _ = params
     return ln < _LN or r < _R
 
 
