@@ -241,12 +241,12 @@ def _flags(flags: Sequence[str], result: Result) -> list[str]:
     return kept
 
 
-def _batches(todo: Sequence[tuple[int, int]]) -> list[list[int]]:
+def _batches(todo: Sequence[tuple[int, int]], most: int) -> list[list[int]]:
     out: list[list[int]] = []
     current: list[int] = []
     size = 0
     for uid, octets in todo:
-        if current and (size + octets > BATCH_BYTES or len(current) >= BATCH_MESSAGES):
+        if current and (size + octets > BATCH_BYTES or len(current) >= most):
             out.append(current)
             current, size = [], 0
         current.append(uid)
@@ -266,6 +266,7 @@ def import_account(
     account: Account,
     progress: Progress,
     connect: Callable[[Remote], Source] | None = None,
+    batch: int = BATCH_MESSAGES,
 ) -> Result:
     """Copy ``account``'s mail (module docstring); raises :class:`RemoteError`
     (login refused, exit status 2), ``ApiError`` (the node refused: over
@@ -286,8 +287,9 @@ def import_account(
         for folder, local in folders:
             progress.mailbox = local
             subscribe = folder.name in subscribed
+            cursor = cursors.get(local)
             _copy_mailbox(
-                api, base, source, folder, local, cursors.get(local), subscribe, progress, result
+                api, base, source, folder, local, cursor, subscribe, progress, result, batch
             )
             result.mailboxes += 1
     finally:
@@ -316,6 +318,7 @@ def _copy_mailbox(
     subscribe: bool,
     progress: Progress,
     result: Result,
+    batch: int,
 ) -> None:
     validity, _uidnext, exists = source.examine(folder.raw)
     after, rematch = 0, False
@@ -342,7 +345,7 @@ def _copy_mailbox(
     progress.done, progress.total = 0, len(todo)
     first = True
     posted = after if not rematch else -1
-    for uids in _batches(todo):
+    for uids in _batches(todo, batch):
         messages = []
         for fetched in source.messages(uids):
             assert fetched.data is not None  # Source.messages keeps only those

@@ -336,7 +336,7 @@ def cmd_import_imap(client: Client, args: argparse.Namespace) -> Any:
     failed: list[str] = []
     for job in jobs:
         try:
-            done = imapimport.import_account(client, remote, job, progress)
+            done = imapimport.import_account(client, remote, job, progress, batch=args.batch)
         except imapimport.OverQuota as exc:
             if not args.bulk:
                 raise ApiError(422, "over quota", f"{job.local}: {exc}") from exc
@@ -898,6 +898,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin", help="log in as this admin for the user (SASL PLAIN authcid)")
     p.add_argument("--account", help="the account here that receives the mail")
     p.add_argument("--bulk", help="a file of ACCOUNT REMOTE_USER PASSWORD lines")
+    p.add_argument("--batch", type=int, default=200, help="messages per request (at most 500)")
     p.set_defaults(func=cmd_import_imap)
 
     mailbox = sub.add_parser("mailbox", help="mailboxes").add_subparsers(dest="sub", required=True)
