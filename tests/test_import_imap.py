@@ -8,11 +8,11 @@ The name mapping and the response parser are checked on their own first."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import imaplib
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,7 +63,10 @@ def test_plan_maps_separators_namespaces_and_special_use() -> None:
 
 def test_values_reads_literals_sections_and_quoting() -> None:
     data: list[Any] = [
-        (b'1 (UID 7 FLAGS (\\Seen $Label1) BODY[HEADER.FIELDS (MESSAGE-ID)] {9}', b"a\r\nb)\r\n\r\n"),
+        (
+            b"1 (UID 7 FLAGS (\\Seen $Label1) BODY[HEADER.FIELDS (MESSAGE-ID)] {9}",
+            b"a\r\nb)\r\n\r\n",
+        ),
         b' INTERNALDATE " 7-Jul-1996 02:44:25 -0700")',
         b'(\\HasNoChildren) "." "a \\"q\\""',
         b"(\\Noselect) NIL x",
@@ -165,7 +168,7 @@ def _contents(imap: imaplib.IMAP4, box: str) -> Counter[tuple[bytes, frozenset[s
 
 def _names(imap: imaplib.IMAP4, command: str = "LIST") -> set[str]:
     _, data = imap.list('""', "*") if command == "LIST" else imap.lsub('""', "*")
-    return {line[-1].decode() for line in values(data) if line}
+    return {bytes(line[-1]).decode() for line in values(data) if isinstance(line[-1], bytes)}
 
 
 def _import(node: Node, server: Dovecot, tmp_path: Path, *extra: str) -> Any:
@@ -234,12 +237,11 @@ def test_import_copies_everything_and_the_partner_gets_it(
     old.logout()
 
     # The partner has the same mail, by replication.
+    def same(box: str) -> bool:
+        return bool(beta.records("alice", box) == alpha.records("alice", box))
+
     for box in MAPPED.values():
-        wait_until(
-            lambda box=box: beta.records("alice", box) == alpha.records("alice", box),
-            30,
-            f"{box} replicated",
-        )
+        wait_until(functools.partial(same, box), 30, f"{box} replicated")
 
 
 def _kill_midway(proc: subprocess.Popen[bytes], node: Node, total: int) -> None:
@@ -322,9 +324,7 @@ def test_rebuilt_remote_mailbox_is_matched_not_copied_again(
     assert len(node.records("alice", "Work")) == 5
 
 
-def test_over_quota_stops_clearly_and_resumes(
-    node: Node, dovecot: Dovecot, tmp_path: Path
-) -> None:
+def test_over_quota_stops_clearly_and_resumes(node: Node, dovecot: Dovecot, tmp_path: Path) -> None:
     imap = _old(dovecot)
     sizes = []
     for n in range(10):
@@ -333,7 +333,9 @@ def test_over_quota_stops_clearly_and_resumes(
         imap.append("INBOX", "()", _date(n), data)
     imap.logout()
     node.add_account("alice", quota_limit=sum(sizes[:4]) + 10)
-    stopped = _import(node, dovecot, tmp_path, "--user", "alice", "--account", "alice", "--batch", "3")
+    stopped = _import(
+        node, dovecot, tmp_path, "--user", "alice", "--account", "alice", "--batch", "3"
+    )
     assert stopped.returncode == 1
     assert "over quota" in stopped.stderr and "resumes" in stopped.stderr, stopped.stderr
     assert len(node.records("alice")) == 4  # what fits is kept
