@@ -45,6 +45,7 @@ from peerd.cli.imapsource import Folder, RemoteError, Source
 
 __all__ = [
     "BATCH_BYTES",
+    "MAX_BATCH",
     "Account",
     "OverQuota",
     "Progress",
@@ -58,6 +59,7 @@ __all__ = [
 
 BATCH_BYTES = 8 << 20  # message bytes per request (base64 makes it a third more)
 BATCH_MESSAGES = 200
+MAX_BATCH = 500  # what one request may carry (peerd.control.imapimport.MAX_BATCH)
 SEPARATOR = "/"
 # RFC 6154 2: the special uses this node gives a mailbox by its name.
 SPECIAL_NAMES = {

@@ -312,6 +312,8 @@ def cmd_import_imap(client: Client, args: argparse.Namespace) -> Any:
                 bulk = handle.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"cannot read {exc}") from exc
+    if not 1 <= args.batch <= imapimport.MAX_BATCH:
+        raise ValueError(f"--batch must be 1 to {imapimport.MAX_BATCH}")
     if args.bulk:
         jobs = imapimport.parse_accounts(bulk, need_password=args.admin is None)
         jobs = [
