@@ -244,18 +244,24 @@ def test_import_copies_everything_and_the_partner_gets_it(
         wait_until(functools.partial(same, box), 30, f"{box} replicated")
 
 
-def _kill_midway(proc: subprocess.Popen[bytes], node: Node, total: int) -> None:
+def _kill_midway(proc: subprocess.Popen[bytes], node: Node, total: int, victim: str) -> None:
     def partly() -> bool:
         records = node.records("alice")
         return 0 < len(records) < total or proc.poll() is not None
 
     wait_until(partly, 60, "the import started")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
+    if victim == "peerctl":
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    else:  # the node dies with a batch in flight; peerctl fails (exit 3)
+        node.kill9()
+        assert proc.wait(60) == 3
+        node.restart()
 
 
+@pytest.mark.parametrize("victim", ["peerctl", "node"])
 def test_kill_midway_then_rerun_copies_each_message_once(
-    node: Node, dovecot: Dovecot, tmp_path: Path
+    node: Node, dovecot: Dovecot, tmp_path: Path, victim: str
 ) -> None:
     total = 300
     imap = _old(dovecot)
@@ -287,7 +293,7 @@ def test_kill_midway_then_rerun_copies_each_message_once(
     ]
     proc = subprocess.Popen(argv, cwd=node.workdir, stdout=subprocess.DEVNULL)
     try:
-        _kill_midway(proc, node, total)
+        _kill_midway(proc, node, total, victim)
     finally:
         if proc.poll() is None:
             proc.kill()
