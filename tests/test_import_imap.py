@@ -13,6 +13,7 @@ import imaplib
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from peerd.cli.imapimport import plan
+from peerd.cli import peerctl as peerctl_module
+from peerd.cli.imapimport import Progress, plan
 from peerd.cli.imapsource import Folder, parse_internaldate, values
 from peerd.protocols.imap.responses import encode_mailbox
 from tests.harness.dovecot import Dovecot, require_dovecot
@@ -89,6 +91,20 @@ def test_values_reads_literals_sections_and_quoting() -> None:
     assert lines[2] == [[b"\\Noselect"], None, b"x"]
     when = parse_internaldate(" 7-Jul-1996 02:44:25 -0700")
     assert when == dt.datetime(1996, 7, 7, 9, 44, 25, tzinfo=dt.UTC)
+
+
+def test_the_progress_line_says_where_the_import_is(capsys: pytest.CaptureFixture[str]) -> None:
+    progress = Progress("alice", "Work", 3, 10, 3, 1 << 20)
+    assert progress.line() == "alice Work 3/10, 3 copied (1.0 MiB)"
+
+    def slow() -> str:
+        time.sleep(peerctl_module.PROGRESS_AFTER + 0.3)
+        return "done"
+
+    assert peerctl_module._with_progress("import-imap", slow, progress.line) == "done"
+    err = capsys.readouterr().err
+    assert err.startswith("peerctl: import-imap: still running after 2"), err
+    assert err.rstrip().endswith("(alice Work 3/10, 3 copied (1.0 MiB))"), err
 
 
 # -- against Dovecot ------------------------------------------------------------------------
