@@ -58,6 +58,9 @@ def test_plan_maps_separators_namespaces_and_special_use() -> None:
         "INBOX.Trash": "Trash",
         "INBOX.parent.child": "parent/child",
     }
+    # Two old names that map to one name here each keep a mailbox.
+    twins = plan([_folder("a/b", "."), _folder("a_b", ".")])
+    assert [local for _, local in twins] == ["a_b", "a_b_2"]
     # A name that already has the use here keeps its own mailbox.
     clash = plan([_folder("Sent"), _folder("Sent Messages", "/", "\\Sent")])
     assert [local for _, local in clash] == ["Sent", "Sent Messages"]

@@ -209,6 +209,7 @@ def plan(
                 taken.add(ours)
                 break
     out: list[tuple[Folder, str]] = []
+    used: set[str] = set()
     for folder, name in kept:
         if folder.attributes & SKIPPED:
             continue
@@ -216,7 +217,14 @@ def plan(
             if name == old or name.startswith(old + SEPARATOR):
                 name = new + name[len(old) :]
                 break
-        out.append((folder, name))
+        # Two old names that map to one here (``a/b`` and ``a_b``): the
+        # second gets a number, so each keeps a mailbox (and a cursor) of its own.
+        unique, n = name, 1
+        while unique in used:
+            n += 1
+            unique = f"{name}_{n}"
+        used.add(unique)
+        out.append((folder, unique))
     return out
 
 
