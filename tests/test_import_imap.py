@@ -190,7 +190,9 @@ def _names(imap: imaplib.IMAP4, command: str = "LIST") -> set[str]:
     return {bytes(line[-1]).decode() for line in values(data) if isinstance(line[-1], bytes)}
 
 
-def _import(node: Node, server: Dovecot, tmp_path: Path, *extra: str) -> Any:
+def _import(
+    node: Node, server: Dovecot, tmp_path: Path, *extra: str, port: int | None = None
+) -> Any:
     secret = tmp_path / "old-password"
     secret.write_text(PW + "\n")
     return peerctl(
@@ -199,7 +201,7 @@ def _import(node: Node, server: Dovecot, tmp_path: Path, *extra: str) -> Any:
         "--host",
         "127.0.0.1",
         "--port",
-        str(server.port),
+        str(port or server.port),
         "--password-file",
         str(secret),
         *(extra or ("--user", "alice", "--account", "alice")),
@@ -424,3 +426,39 @@ def test_bulk_with_a_master_user(node: Node, dovecot: Dovecot, tmp_path: Path) -
     for user in ("alice", "bob"):
         with _old(dovecot, user) as old, _peerd(node, user) as new:
             assert _contents(new, "INBOX") == _contents(old, "INBOX")
+
+
+def test_tls_and_starttls_verify_the_old_server(node: Node, tmp_path: Path) -> None:
+    require_dovecot()
+    server = Dovecot(tmp_path, {"alice": PW}, tls=True).start()
+    try:
+        with _old(server) as imap:
+            for n in range(2):
+                imap.append("INBOX", "(\\Seen)", _date(n), _message("INBOX", n))
+        node.add_account("alice")
+        login = ("--user", "alice", "--account", "alice")
+        # An unknown certificate is refused, clearly.
+        unverified = _import(node, server, tmp_path, "--starttls", *login)
+        assert unverified.returncode == 2
+        assert "CERTIFICATE_VERIFY_FAILED" in unverified.stderr, unverified.stderr
+        assert node.records("alice") == []
+        started = _import(
+            node, server, tmp_path, "--starttls", "--cafile", str(server.cert), *login
+        )
+        assert started.returncode == 0, started.stderr
+        assert "2 message(s) copied" in started.stdout
+        assert server.tls_port is not None
+        implicit = _import(
+            node,
+            server,
+            tmp_path,
+            "--tls",
+            "--cafile",
+            str(server.cert),
+            *login,
+            port=server.tls_port,
+        )
+        assert implicit.returncode == 0, implicit.stderr
+        assert "0 message(s) copied" in implicit.stdout
+    finally:
+        server.stop()

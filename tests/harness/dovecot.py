@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.certs import self_signed
 from tests.harness.procs import Proc, free_port, wait_port
 
 __all__ = ["Dovecot", "require_dovecot"]
@@ -54,7 +55,7 @@ def _users_exist(*names: str) -> bool:
     return True
 
 
-def _conf(root: Path, port: int) -> str:
+def _conf(root: Path, port: int, tls_port: int | None) -> str:
     if os.geteuid() == 0:
         internal, login, mail_user = "dovecot", "dovenull", "nobody"
         mail_group = grp.getgrgid(pwd.getpwnam("nobody").pw_gid).gr_name
@@ -68,7 +69,7 @@ state_dir = {root}/state
 protocols = imap
 listen = 127.0.0.1
 log_path = {root}/dovecot.log
-ssl = no
+{_tls(root) if tls_port else "ssl = no"}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 mail_location = maildir:{root}/mail/%n
@@ -110,7 +111,8 @@ service imap-login {{
     port = {port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {tls_port or 0}
   }}
 }}
 service anvil {{
@@ -119,22 +121,38 @@ service anvil {{
 """
 
 
+def _tls(root: Path) -> str:
+    return f"ssl = yes\nssl_cert = <{root}/dovecot.crt\nssl_key = <{root}/dovecot.key"
+
+
 class Dovecot:
     """``Dovecot(tmp, {"alice": "pw"}).start()`` ... ``stop()``; ``port`` is its IMAP port."""
 
     def __init__(
-        self, workdir: Path, users: Mapping[str, str], masters: Mapping[str, str] | None = None
+        self,
+        workdir: Path,
+        users: Mapping[str, str],
+        masters: Mapping[str, str] | None = None,
+        *,
+        tls: bool = False,
     ) -> None:
+        """``tls``: a self-signed certificate for 127.0.0.1 (:attr:`cert`),
+        STARTTLS on :attr:`port` and implicit TLS on :attr:`tls_port`."""
         # A directory of its own under /tmp: pytest's tmp_path is 0700 root's,
         # which Dovecot's unprivileged processes could not enter.
         self.root = Path(tempfile.mkdtemp(prefix="peerd-dovecot-"))
         self.root.chmod(0o755)
         self.port = free_port()
+        self.tls_port = free_port() if tls else None
+        self.cert = self.root / "dovecot.crt"
+        if tls:
+            self_signed(self.root, "dovecot")
+            (self.root / "dovecot.key").chmod(0o600)
         for sub in ("run", "state", "mail"):
             (self.root / sub).mkdir()
         self._write("users", users)
         self._write("masters", masters or {})
-        (self.root / "dovecot.conf").write_text(_conf(self.root, self.port))
+        (self.root / "dovecot.conf").write_text(_conf(self.root, self.port, self.tls_port))
         if os.geteuid() == 0:
             nobody = pwd.getpwnam("nobody")
             os.chown(self.root / "mail", nobody.pw_uid, nobody.pw_gid)
@@ -149,7 +167,9 @@ class Dovecot:
 
     def start(self) -> Dovecot:
         self.proc.start()
-        wait_port(self.port, what=f"dovecot: {self.proc.tail()}")
+        for port in (self.port, self.tls_port):
+            if port is not None:
+                wait_port(port, what=f"dovecot: {self.proc.tail()}")
         return self
 
     def stop(self) -> None:
