@@ -285,15 +285,17 @@ def import_account(
     result = Result(account.local)
     progress.account, progress.mailbox = account.local, ""
     progress.done = progress.total = progress.copied = progress.octets = 0
+    # The account here first: a name that does not exist fails before the
+    # old server is asked anything.
+    base = f"/v1/accounts/{_quote(account.local)}/import"
+    state = api.call("GET", base)
+    cursors = {m["mailbox"]: m for m in state["mailboxes"]}
     source = (connect or _connect)(remote)
     try:
         source.login(account.user, account.password, remote.admin)
         (prefix, _sep), others = source.namespaces()
         folders = plan(source.folders(), prefix, others)
         subscribed = source.subscribed()
-        base = f"/v1/accounts/{_quote(account.local)}/import"
-        state = api.call("GET", base)
-        cursors = {m["mailbox"]: m for m in state["mailboxes"]}
         for folder, local in folders:
             progress.mailbox = local
             subscribe = folder.name in subscribed

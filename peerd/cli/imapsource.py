@@ -246,6 +246,11 @@ class Source:
                 self.imap = imaplib.IMAP4(host, port or 143, timeout=timeout)
                 if security == "starttls":
                     self.imap.starttls(context)
+        except ssl.SSLCertVerificationError as exc:
+            raise RemoteError(
+                f"IMAP server {self.where}: {exc.verify_message or exc}: its certificate is not"
+                " trusted (give its CA with --cafile, or --insecure)"
+            ) from exc
         except (OSError, imaplib.IMAP4.error) as exc:
             if isinstance(exc, (ConnectionError, socket.timeout, socket.gaierror)):
                 raise RemoteUnreachable(
