@@ -26,11 +26,11 @@ APT_PACKAGES=(
   postgresql
   nginx-light libnginx-mod-mail
   postfix
+  dovecot-imapd  # tests/test_import_imap.py: the old server import-imap reads
   isync offlineimap fetchmail sieve-connect
   openssl
   prometheus  # promtool: tests/test_contrib.py checks contrib/prometheus's rules
   fail2ban    # fail2ban-regex: tests/test_maillog.py checks contrib/fail2ban's filter
-  dovecot-imapd  # tests/test_import_imap.py: the old server import-imap reads
 )
 
 as_root() {
