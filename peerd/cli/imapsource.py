@@ -94,6 +94,7 @@ def _wire(data: Iterable[Any]) -> bytes:
 
 
 _ATOM_END = frozenset(b" ()\r\n")
+_LITERAL_RE = re.compile(rb"~?\{(\d+)\+?\}\r\n")  # RFC 3501 literal, RFC 3516 literal8
 
 
 class _Parser:
@@ -139,7 +140,7 @@ class _Parser:
                 at += 1
             self.at = at + 1
             return bytes(out)
-        match = re.compile(rb"~?\{(\d+)\+?\}\r\n").match(data, at)
+        match = _LITERAL_RE.match(data, at)
         if match is not None:
             size = int(match.group(1))
             start = match.end()
