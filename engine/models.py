@@ -54,6 +54,7 @@ __all__ = [
     "Annotation",
     "Duplicate",
     "GuidHistory",
+    "ImportCursor",
     "Mailbox",
     "MailboxTombstone",
     "Message",
@@ -143,6 +144,22 @@ class GuidHistory(Base):
         ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
     )
     guid: Mapped[str] = mapped_column(String(40), primary_key=True)
+
+
+class ImportCursor(Base):
+    """How far ``peerctl import-imap`` copied one mailbox from another server:
+    the remote mailbox's UIDVALIDITY and the highest remote UID copied
+    (:mod:`engine.mailimport`). Local to this node, not replicated."""
+
+    __tablename__ = "import_cursors"
+
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    mailbox: Mapped[str] = mapped_column(String(32), primary_key=True)  # its uniqueid
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    last_uid: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class MailboxTombstone(Base):

@@ -5,8 +5,9 @@ raised later without breaking existing hashes; verification reads them back.
 
 Imported accounts (``peerctl account import``) keep the hash they had:
 SHA-crypt (``$5$``/``$6$``, Dovecot's ``{SHA256-CRYPT}``/``{SHA512-CRYPT}``,
-:mod:`engine.shacrypt`) is stored as given and verified as such. New
-passwords are always scrypt.
+:mod:`engine.shacrypt`) is stored as given and verified as such, until the
+first successful login rehashes it (:func:`needs_rehash`). New passwords are
+always scrypt.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "MAX_R",
     "hash_password",
     "hash_problem",
+    "needs_rehash",
     "scrypt_params",
     "verify_password",
 ]
@@ -94,6 +96,18 @@ def hash_problem(stored: str) -> str | None:
             )
         return None
     return "password_hash must be a $scrypt$, $5$ (SHA256-CRYPT) or $6$ (SHA512-CRYPT) hash"
+
+
+def needs_rehash(stored: str) -> bool:
+    """True if ``stored`` is weaker than what :func:`hash_password` makes now:
+    an imported SHA-crypt hash, or scrypt with smaller parameters. A login
+    that proves the password replaces it (``Node.authenticate``); a stronger
+    imported scrypt hash is kept."""
+    params = scrypt_params(stored)
+    if params is None:
+        return True
+    ln, r, _ = params
+    return ln < _LN or r < _R
 
 
 def verify_password(password: str, stored: str) -> bool:

@@ -26,6 +26,7 @@ APT_PACKAGES=(
   postgresql
   nginx-light libnginx-mod-mail
   postfix
+  dovecot-imapd  # tests/test_import_imap.py: the old server import-imap reads
   isync offlineimap fetchmail sieve-connect
   openssl
   prometheus  # promtool: tests/test_contrib.py checks contrib/prometheus's rules

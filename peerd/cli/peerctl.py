@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from peerd.cli import importfile
+from peerd.cli import imapimport, importfile
 from peerd.node.config import ConfigError, load_config, parse_size
 from peerd.node.version import release
 
@@ -298,6 +298,63 @@ def cmd_account_import(client: Client, args: argparse.Namespace) -> Any:
     if failed:
         print("\n".join(lines))
         raise ApiError(409, "import incomplete", f"{len(failed)} account(s) not created")
+    return result, "\n".join(lines)
+
+
+def cmd_import_imap(client: Client, args: argparse.Namespace) -> Any:
+    """Copy mail in from another IMAP server (:mod:`peerd.cli.imapimport`)."""
+    try:
+        with open(args.password_file) as handle:
+            password = handle.readline().rstrip("\r\n")
+        bulk = ""
+        if args.bulk:
+            with open(args.bulk, encoding="utf-8") as handle:
+                bulk = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {exc}") from exc
+    if not 1 <= args.batch <= imapimport.MAX_BATCH:
+        raise ValueError(f"--batch must be 1 to {imapimport.MAX_BATCH}")
+    if args.bulk:
+        jobs = imapimport.parse_accounts(bulk, need_password=args.admin is None)
+        jobs = [
+            imapimport.Account(j.local, j.user, password if args.admin else j.password, j.line)
+            for j in jobs
+        ]
+    elif args.user and args.account:
+        jobs = [imapimport.Account(args.account, args.user, password)]
+    else:
+        raise ValueError("give --user and --account, or --bulk FILE")
+    remote = imapimport.Remote(
+        args.host,
+        args.port,
+        "tls" if args.tls else "starttls" if args.starttls else "plain",
+        args.cafile,
+        args.insecure,
+        args.admin,
+    )
+    progress: imapimport.Progress = args.progress
+    results: list[dict[str, Any]] = []
+    lines: list[str] = []
+    failed: list[str] = []
+    for job in jobs:
+        try:
+            done = imapimport.import_account(client, remote, job, progress, batch=args.batch)
+        except imapimport.OverQuota as exc:
+            if not args.bulk:
+                raise ApiError(422, "over quota", f"{job.local}: {exc}") from exc
+            failed.append(f"{job.local}: over quota: {exc}")
+            continue
+        except (imapimport.RemoteError, ApiError) as exc:
+            if not args.bulk:
+                raise
+            failed.append(f"{args.bulk}:line {job.line}: {job.local}: {exc}")
+            continue
+        results.append(done.json())
+        lines.append(done.text())
+    if failed:
+        print("\n".join(lines + [f"  failed: {f}" for f in failed]))
+        raise ApiError(409, "import incomplete", f"{len(failed)} of {len(jobs)} account(s) failed")
+    result = results[0] if len(results) == 1 and not args.bulk else {"accounts": results}
     return result, "\n".join(lines)
 
 
@@ -830,6 +887,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("limit")
     p.set_defaults(func=cmd_account_quota)
 
+    p = sub.add_parser("import-imap", help="copy mail in from another IMAP server (resumable)")
+    p.add_argument("--host", required=True, help="the old IMAP server")
+    p.add_argument("--port", type=int, help="default 143, or 993 with --tls")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--tls", action="store_true", help="TLS from the start (imaps)")
+    group.add_argument("--starttls", action="store_true", help="STARTTLS after connecting")
+    p.add_argument("--cafile", help="CA certificates to verify the old server with")
+    p.add_argument("--insecure", action="store_true", help="do not verify its certificate")
+    p.add_argument("--user", help="the old server's login name")
+    p.add_argument("--password-file", required=True, help="its password (the admin's with --admin)")
+    p.add_argument("--admin", help="log in as this admin for the user (SASL PLAIN authcid)")
+    p.add_argument("--account", help="the account here that receives the mail")
+    p.add_argument("--bulk", help="a file of ACCOUNT REMOTE_USER PASSWORD lines")
+    p.add_argument("--batch", type=int, default=200, help="messages per request (at most 500)")
+    p.set_defaults(func=cmd_import_imap)
+
     mailbox = sub.add_parser("mailbox", help="mailboxes").add_subparsers(dest="sub", required=True)
     p = mailbox.add_parser("list", help="an account's mailboxes")
     p.add_argument("user")
@@ -964,14 +1037,17 @@ SLOW_COMMANDS = frozenset(
         "spool sweep",
         "check-db",
         "account move",
+        "import-imap",
     }
 )
 
 
-def _with_progress(what: str, run: Callable[[], Any]) -> Any:
+def _with_progress(what: str, run: Callable[[], Any], note: Callable[[], str] = str) -> Any:
     """``run()``; if it takes longer than :data:`PROGRESS_AFTER`, a progress
     line on stderr: rewritten every second on a terminal, else one line now
-    and then every 10 s (a log or a pipe should not fill with them)."""
+    and then every 10 s (a log or a pipe should not fill with them).
+    ``note()`` says where a command is (``import-imap``: the account and
+    mailbox, messages done)."""
     outcome: list[Any] = []
 
     def work() -> None:
@@ -988,11 +1064,17 @@ def _with_progress(what: str, run: Callable[[], Any]) -> Any:
     shown = False
     while worker.is_alive():
         elapsed = _duration(time.monotonic() - started)
+        where = note()
+        where = f" ({where})" if where else ""
         if tty:
-            print(f"\rpeerctl: {what}: running for {elapsed}...", end="", file=sys.stderr)
+            print(
+                f"\rpeerctl: {what}: running for {elapsed}...{where}\033[K",
+                end="",
+                file=sys.stderr,
+            )
             shown = True
         else:
-            print(f"peerctl: {what}: still running after {elapsed}", file=sys.stderr)
+            print(f"peerctl: {what}: still running after {elapsed}{where}", file=sys.stderr)
         sys.stderr.flush()
         worker.join(1.0 if tty else 10.0)
     if shown:
@@ -1010,7 +1092,8 @@ def _main(argv: list[str] | None) -> int:
         client = make_client(args)
         what = " ".join(x for x in (args.command, getattr(args, "sub", None)) if x)
         if what in SLOW_COMMANDS:
-            result, text = _with_progress(what, lambda: args.func(client, args))
+            progress = args.progress = imapimport.Progress()
+            result, text = _with_progress(what, lambda: args.func(client, args), progress.line)
         else:  # e.g. a password prompt: in this thread, whose Ctrl-C restores the terminal
             result, text = args.func(client, args)
     except EOFError:

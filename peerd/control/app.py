@@ -111,10 +111,12 @@ def refuse_content_encoding(request: web.Request) -> None:
         raise web.HTTPUnsupportedMediaType(reason="Content-Encoding is not accepted")
 
 
-async def json_body(request: web.Request) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > MAX_BODY:
+async def json_body(request: web.Request, limit: int = MAX_BODY) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > limit:
         raise InvalidArgument("request body too large")
     refuse_content_encoding(request)
+    if limit != MAX_BODY:  # a route that takes more than the application's cap
+        request = request.clone(client_max_size=limit)
     return decode_body(await request.read())
 
 
@@ -122,7 +124,10 @@ def endpoint(route: Route, parts: Parts) -> Endpoint:
     """The aiohttp handler of ``route``: check the body and query, then call it."""
 
     async def checked(request: web.Request) -> Call[Any, Any]:
-        body = parse(route.body, await json_body(request)) if route.body is not None else None
+        limit = route.max_body or MAX_BODY
+        body = (
+            parse(route.body, await json_body(request, limit)) if route.body is not None else None
+        )
         query = (
             parse(route.query, request.query, others_ok=True) if route.query is not None else None
         )

@@ -128,3 +128,5 @@ class Route:
     headers_out: tuple[tuple[str, str], ...] = ()
     # An admin action the mail log records (who asked, how, the answer); "": none.
     action: str = ""
+    # The largest body the route takes, in bytes; 0: the API's default (1 MiB).
+    max_body: int = 0

@@ -15,6 +15,7 @@ from aiohttp import web
 from peerd.control import (
     accountimport,
     accounts,
+    imapimport,
     integrity,
     pairops,
     pairs,
@@ -129,6 +130,30 @@ ROUTES: tuple[Route, ...] = (
         action="account quota",
         body=accounts.NewQuota,
         responses=(200, 404, 409, 422),
+    ),
+    Route(
+        "GET",
+        "/v1/accounts/{name}/import",
+        "The account's mailboxes with their import cursors (peerctl import-imap)",
+        imapimport.import_state,
+        responses=(200, 404),
+    ),
+    Route(
+        "GET",
+        "/v1/accounts/{name}/import/keys",
+        "Message-ID/date/size keys of one mailbox's messages (to match an import)",
+        imapimport.import_keys,
+        query=imapimport.KeysQuery,
+        responses=(200, 404, 422),
+    ),
+    Route(
+        "POST",
+        "/v1/accounts/{name}/import",
+        "Append a batch of messages copied from another IMAP server, resumably",
+        imapimport.import_batch,
+        body=imapimport.ImportBatch,
+        responses=(200, 404, 409, 422),
+        max_body=imapimport.MAX_BATCH_BODY,
     ),
     Route(
         "GET",

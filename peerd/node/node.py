@@ -25,7 +25,7 @@ from engine import accounts as engine_accounts
 from engine.dbcheck import DbCheck
 from engine.errors import EngineError, InvalidArgument, NoSuchAccount
 from engine.models import Account
-from engine.passwords import verify_password
+from engine.passwords import hash_password, needs_rehash, verify_password
 from engine.store import Store
 from engine.synclog import Change
 from ownership import table as ownership_table
@@ -234,7 +234,30 @@ class Node:
             await self.check_owner(name)
         except NotOwner as exc:
             return AuthResult(True, name, owner=exc.owner, epoch=exc.epoch)
+        if needs_rehash(stored):
+            await self._rehash(name, password, stored, ip_key or account_key)
         return AuthResult(True, name)
+
+    async def _rehash(self, name: str, password: str, stored: str, queue: str) -> None:
+        """Replace a legacy hash (an imported SHA-crypt one) with the node's
+        current scheme now that a login proved the password: a write of the
+        owner like ``account passwd``, so the partner gets it by replication.
+        Only if the hash is still the one verified (a password change in
+        between wins); a failure leaves the old hash, and the login stands."""
+        async with self._hashing.slot(queue):
+            fresh = await asyncio.to_thread(hash_password, password)
+
+        def replace(session: Session, row: Account) -> bool:
+            if row.password_hash != stored:
+                return False
+            engine_accounts.set_password_hash(session, row.name, fresh)
+            return True
+
+        try:
+            if await self.write_owned(name, replace):
+                log.info("password hash of %s upgraded to the current scheme", name)
+        except (EngineError, NotOwner) as exc:
+            log.warning("could not upgrade the password hash of %s: %s", name, exc)
 
     def _throttled(self, account_key: str, ip_key: str | None) -> bool:
         """True (and counted as a throttled failure) if either key is over its limit."""
