@@ -4,8 +4,13 @@ How this works: :mod:`engine.textindex` keeps the text, keyed by GUID. Here
 one task keeps it filled. It walks ``messages`` by ``id`` from a mark held in
 memory (:func:`engine.textindex.pending`), reads the bytes of the GUIDs not
 indexed yet off the event loop, extracts their text
-(:func:`engine.fulltext.extract`) and stores it with one write of the
-store's committer per batch. It runs when the store reports a commit and
+(:func:`engine.fulltext.extract`) and stores it with writes of the
+store's committer of :data:`SLICE` texts each, made in the pauses of the
+store's other writes or at most :data:`SHARE` of the time
+(:meth:`Indexer._settle`: FTS5 inserts hold the committer, and deliveries
+must not queue behind them; the index catches up between bursts, and a
+search decodes what it has not reached, below). It runs when the store
+reports a commit and
 every :data:`POLL` seconds (LMTP worker processes and a second process
 write records this daemon's store hears nothing about), and once from the
 start at start-up, so a store upgraded to an empty index, or one whose
@@ -48,6 +53,9 @@ __all__ = ["POLL", "RESCAN", "Indexer", "RebuildResult"]
 log = logging.getLogger("peerd.pair.indexer")
 
 POLL: Final = 1.0  # seconds between two walks when nothing wakes the indexer
+QUIET: Final = 0.05  # a pause in the store's other writes the indexer writes in
+SHARE: Final = 0.1  # ... or once it has waited 9 times as long as its last write took
+SLICE: Final = 8  # texts stored per write (a rebuild: BATCH)
 RESCAN: Final = 1000  # ids below the mark each walk looks at again
 BATCH: Final = 100  # messages extracted and stored per write
 PAGE: Final = 500  # messages rows looked at per read
@@ -91,6 +99,8 @@ class Indexer:
         self.counters = _Counters()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False  # read by the extracting thread: stop early
+        self._after_own = -1  # the store's write count after the indexer's last write
+        self._due = 0.0  # loop time from which its share lets the indexer write again
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -121,6 +131,21 @@ class Indexer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), POLL)
 
+    async def _settle(self) -> None:
+        """Wait for the indexer's turn at the store's one committer. Storing
+        text (FTS5 inserts, flushed at the write's end) holds the committer
+        for milliseconds a message, and deliveries queue behind it; so the
+        indexer writes :data:`SLICE` texts at a time, at once when nobody
+        else wrote since its last write, else in a pause of :data:`QUIET`
+        in the other writes, or once its :data:`SHARE` of the time is due."""
+        stats = self.node.store.stats
+        loop = asyncio.get_running_loop()
+        while stats.writes != self._after_own and loop.time() < self._due:
+            seen = stats.writes
+            await asyncio.sleep(QUIET)
+            if stats.writes == seen:
+                return
+
     # -- the work ----------------------------------------------------------
 
     def _extract(self, guids: list[str]) -> tuple[list[tuple[str, Searchable]], int]:
@@ -139,15 +164,27 @@ class Indexer:
             docs.append((guid, extract(raw)))
         return docs, missing
 
-    async def _index(self, guids: list[str]) -> tuple[int, int]:
-        """Extract and store ``guids``, a batch at a time; (indexed, missing)."""
+    async def _index(self, guids: list[str], *, yielding: bool = False) -> tuple[int, int]:
+        """Extract and store ``guids``, a batch at a time; (indexed, missing).
+        ``yielding``: each write waits for a pause in the store's other
+        writes (:meth:`_settle`)."""
         indexed = missing = 0
         store = self.node.store
+        loop = asyncio.get_running_loop()
         for i in range(0, len(guids), BATCH):
             docs, lost = await store.run_blocking(partial(self._extract, guids[i : i + BATCH]))
-            if docs:
-                await store.write(partial(textindex.put, docs=docs))
-            indexed += len(docs)
+            while docs:
+                size = len(docs)
+                if yielding:
+                    await self._settle()
+                    size = SLICE
+                started = loop.time()
+                await store.write(partial(textindex.put, docs=docs[:size]))
+                self._after_own = store.stats.writes
+                took = loop.time() - started
+                self._due = loop.time() + took * (1 - SHARE) / SHARE
+                indexed += len(docs[:size])
+                docs = docs[size:]
             missing += lost
         self.counters.indexed += indexed
         self.counters.missing += missing
@@ -164,7 +201,7 @@ class Indexer:
                     partial(textindex.pending, after=after, limit=PAGE)
                 )
                 if found.guids:
-                    indexed, _ = await self._index(list(found.guids))
+                    indexed, _ = await self._index(list(found.guids), yielding=True)
                     done += indexed
                 self.mark = max(self.mark, found.mark)
                 after = found.mark
