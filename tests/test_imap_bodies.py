@@ -29,7 +29,7 @@ NodeFactory = Callable[..., LoneNode]
 def big_message(n: int, size: int) -> bytes:
     """A message of about ``size`` octets whose body differs at every offset."""
     rng = random.Random(n)
-    lines = []
+    lines: list[str] = []
     while sum(len(x) + 2 for x in lines) < size:
         lines.append("".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(76)))
     head = (
