@@ -20,7 +20,9 @@ verified (:meth:`engine.spool.Spool.open_verified`), and the handler sends
 them with ``loop.sendfile`` after the literal's ``{n}`` CRLF: the kernel's
 ``sendfile(2)`` on a plain TCP transport, reads of the file in chunks
 where the transport cannot (TLS). Smaller messages are cheaper to copy
-than to send in a system call of their own.
+than to send in a system call of their own; their bytes, like the
+files', are hashed once while the file stays the same
+(:meth:`engine.spool.Spool.read_verified`).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ log = logging.getLogger("peerd.services.imap")
 _FETCH_GROUP: Final = 256
 _FETCH_BYTES: Final = 1 << 20
 # A whole-message literal of at least this many octets is sent from its file.
-_SPAN_FROM: Final = 32 << 10
+_SPAN_FROM: Final = 64 << 10
 
 Opener = Callable[[str], tuple[BinaryIO, int]]
 """The message's file by GUID, open and verified, and its size."""
@@ -99,7 +101,7 @@ async def fetch(session: Session, cmd: c.Fetch) -> Reply:
                 plan.targets,
                 start,
                 plan.items,
-                mail.reader,
+                mail.cached_reader,
                 structures,
                 mail.opener,
             )
