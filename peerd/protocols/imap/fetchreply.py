@@ -45,7 +45,15 @@ from peerd.protocols.imap.responses import (
     literal,
 )
 
-__all__ = ["Reader", "Segment", "Span", "StructureCache", "render_fetch", "render_fetch_segments"]
+__all__ = [
+    "Reader",
+    "Segment",
+    "Span",
+    "StructureCache",
+    "render_fetch",
+    "render_fetch_segments",
+    "whole_message",
+]
 
 Reader = Callable[[str], bytes]
 """The bytes of a message by GUID."""
@@ -102,17 +110,20 @@ Segment = bytes | Span
 """A piece of FETCH responses: octets, or octets of a message to send from its file."""
 
 
+def whole_message(att: FetchAtt) -> bool:
+    """Whether the item's literal is the message as stored, or a range of it:
+    ``RFC822``, ``BODY[]``, ``BODY.PEEK[]`` (with or without a partial)."""
+    return att is Item.RFC822 or (
+        isinstance(att, BodySection) and not att.part and att.kind is SectionKind.ALL
+    )
+
+
 def _whole_span(att: FetchAtt, record: Record, span_from: int) -> tuple[bytes, Span] | None:
     """The literal header and :class:`Span` of a whole-message item of at
     least ``span_from`` octets; None for any other item."""
-    if att is Item.RFC822:
-        name = b"RFC822"
-    elif (
-        isinstance(att, BodySection) and not att.part and att.kind is SectionKind.ALL
-    ):  # BODY[] and BODY.PEEK[]: the message as stored
-        name = response_name(att)
-    else:
+    if not whole_message(att):
         return None
+    name = b"RFC822" if att is Item.RFC822 else response_name(att)
     size = record.size
     start, end = 0, size
     if isinstance(att, BodySection) and att.partial is not None:
@@ -137,13 +148,16 @@ def render_fetch_segments(
 ) -> list[Segment]:
     """:func:`render_fetch`, with the octets of each whole-message literal of
     at least ``span_from`` octets left as a :class:`Span`."""
+    items = list(items)
+    spans = [_whole_span(att, record, span_from) for att in items]
+    if not any(spans):
+        return [render_fetch(seq, record, items, reader, structures)]
     out: list[Segment] = []
     head = b"* %d FETCH (" % seq
     pending = bytearray(head)
-    for i, att in enumerate(items):
+    for i, (att, span) in enumerate(zip(items, spans, strict=True)):
         if i:
             pending += b" "
-        span = _whole_span(att, record, span_from)
         if span is None:
             # The item as render_fetch answers it alone: "* n FETCH (" item ")" CRLF.
             pending += render_fetch(seq, record, [att], reader, structures)[len(head) : -3]

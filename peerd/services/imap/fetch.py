@@ -39,10 +39,10 @@ from peerd.protocols.imap import commands as c
 from peerd.protocols.imap.fetchatt import FetchAtt
 from peerd.protocols.imap.fetchreply import (
     Reader,
-    Span,
     StructureCache,
     render_fetch,
     render_fetch_segments,
+    whole_message,
 )
 from peerd.protocols.imap.records import Record
 from peerd.protocols.imap.responses import CODE_EXPUNGEISSUED, CODE_SERVERBUG
@@ -92,6 +92,8 @@ async def fetch(session: Session, cmd: c.Fetch) -> Reply:
         plan = box.after_seen(plan)
     mail = session.mail
     structures = session.server.structures
+    # Only a FETCH of whole messages has octets to send from the files.
+    opener = mail.opener if any(whole_message(att) for att in plan.items) else None
     unreadable: list[int] = []
     start = 0
     while start < len(plan.targets):
@@ -103,7 +105,7 @@ async def fetch(session: Session, cmd: c.Fetch) -> Reply:
                 plan.items,
                 mail.cached_reader,
                 structures,
-                mail.opener,
+                opener,
             )
         )
         unreadable += failed
@@ -177,67 +179,68 @@ def render_group(
     With ``opener``, large whole-message literals are :class:`Sendable`
     (open files the caller closes). Runs in a worker thread."""
     out: list[bytes | Sendable] = []
+    plain: list[bytes] = []  # without an opener: octets only
     unreadable: list[int] = []
     size = 0
     end = start
     try:
         for seq, record in targets[start : start + _FETCH_GROUP]:
             end += 1
-            size += _render_one(seq, record, items, reader, structures, opener, out, unreadable)
+            try:
+                if opener is None:
+                    data = render_fetch(seq, record, items, reader, structures)
+                    plain.append(data)
+                    size += len(data)
+                else:
+                    size += _render_segments(seq, record, items, reader, structures, opener, out)
+            except Corrupt as exc:
+                log.warning("FETCH of UID %d: %s", record.uid, exc.message)
+                unreadable.append(record.uid)
+            except OSError as exc:  # the spool itself in trouble (EIO, EACCES)
+                log.error("FETCH of UID %d: the spool could not be read: %s", record.uid, exc)
+                unreadable.append(record.uid)
             if size >= _FETCH_BYTES:
                 break
     except BaseException:
         _close(out)
         raise
+    if opener is None:
+        return [b"".join(plain)], unreadable, end
     return _joined(out), unreadable, end
 
 
-def _render_one(
+def _render_segments(
     seq: int,
     record: Record,
     items: Sequence[FetchAtt],
     reader: Reader,
     structures: StructureCache,
-    opener: Opener | None,
+    opener: Opener,
     out: list[bytes | Sendable],
-    unreadable: list[int],
 ) -> int:
-    """Append one message's response to ``out`` (or its UID to
-    ``unreadable``); the octets it holds in memory."""
+    """Append one message's response to ``out``, its large whole-message
+    literals as open files; the octets it holds in memory. Raises as
+    :func:`render_fetch` does, with no file left open."""
+    segments = render_fetch_segments(seq, record, items, reader, structures, span_from=_SPAN_FROM)
+    rendered: list[bytes | Sendable] = []
     opened: list[Sendable] = []
     try:
-        if opener is None:
-            segments: list[bytes | Span] = [render_fetch(seq, record, items, reader, structures)]
-        else:
-            segments = render_fetch_segments(
-                seq, record, items, reader, structures, span_from=_SPAN_FROM
-            )
-        rendered: list[bytes | Sendable] = []
         for segment in segments:
             if isinstance(segment, bytes):
                 rendered.append(segment)
                 continue
-            assert opener is not None
             file, size = opener(segment.guid)
             opened.append(Sendable(file, segment.offset, segment.count))
             if size != segment.size:  # the record's size is not the file's: copy
-                _close(opened)
                 rendered = [render_fetch(seq, record, items, reader, structures)]
-                opened = []
                 break
             rendered.append(opened[-1])
-        out.extend(rendered)
-        opened = []
-        return sum(len(s) for s in rendered if isinstance(s, bytes))
-    except Corrupt as exc:
-        log.warning("FETCH of UID %d: %s", record.uid, exc.message)
-        unreadable.append(record.uid)
-    except OSError as exc:  # the spool itself in trouble (EIO, EACCES)
-        log.error("FETCH of UID %d: the spool could not be read: %s", record.uid, exc)
-        unreadable.append(record.uid)
+        else:
+            opened = []  # all of them are in rendered now: the caller closes them
     finally:
         _close(opened)
-    return 0
+    out.extend(rendered)
+    return sum(len(s) for s in rendered if isinstance(s, bytes))
 
 
 def _joined(out: list[bytes | Sendable]) -> list[bytes | Sendable]:
