@@ -59,7 +59,7 @@ from engine.errors import Corrupt, InvalidArgument, StorageFull, TemporaryFailur
 __all__ = ["GUID_RE", "Spool", "Staged", "damage_of", "guid_of"]
 
 # How many files' fstat identities Spool.open_verified remembers.
-VERIFIED_MAX = 200_000
+VERIFIED_MAX = 100_000  # about 25 MB of identities at most
 
 
 @dataclass(frozen=True, slots=True)
