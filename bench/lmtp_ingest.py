@@ -30,7 +30,8 @@ It also prints the CPU each process used per message over the timed part
 (``/proc``: all threads, user and system): the LMTP worker, the daemon, and
 this script's client. Those figures move less with a loaded machine than
 the rate does. ``--py-spy FILE`` records the worker (the daemon with
-``--workers 0``) with py-spy over the timed part, as py-spy's "raw" format
+``--workers 0``) with py-spy over the timed part, and the daemon beside a
+worker into FILE with the suffix ``.daemon``, as py-spy's "raw" format
 (collapsed stacks, one a line: the input of flamegraph.pl and speedscope);
 py-spy must be on the PATH.
 
@@ -230,13 +231,16 @@ def report(workdir: Path, args: argparse.Namespace) -> None:
         pids = {"daemon": node.proc.pid}
         for n, worker in enumerate(status.get("lmtp", {}).get("workers", [])):
             pids[f"worker {n}" if n else "worker"] = int(worker["pid"])
-        spy = _start_py_spy(args.py_spy, pids.get("worker", pids["daemon"]))
+        spies = [_start_py_spy(args.py_spy, pids.get("worker", pids["daemon"]))]
+        if args.py_spy is not None and "worker" in pids:
+            spies.append(_start_py_spy(args.py_spy.with_suffix(".daemon"), pids["daemon"]))
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         client_before = time.process_time()
         failures, seconds = client(node.ports["lmtp"], payloads, rcpts)
         client_cpu = time.process_time() - client_before
         cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
-        _stop_py_spy(spy)
+        for spy in spies:
+            _stop_py_spy(spy)
         after = node.call("GET", "/v1/status")["store"]
     finally:
         node.stop()

@@ -12,6 +12,8 @@
 4. move 1,000 messages to a new folder, then sync: bytes on the wire / moved bytes, time
 5. A accounts x 5 mailboxes, all in sync: ``replicate --all`` (s)
 and the machine's ceiling in the same run (write+fsync of the bulk files).
+``--py-spy FILE`` records alpha over the rolling part into FILE and beta
+into FILE with the suffix ``.beta`` (py-spy's "raw" format).
 
 Bulk data is loaded into alpha's store directly (through the engine, before
 alpha starts) so that setting up does not take minutes; every figure is then
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.load import load
+from bench.replicate_all import spy, unspy
 from bench.workload import ceiling, message, messages
 from engine import accounts, mailbox
 from engine.store import Store
@@ -129,6 +132,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--rate", type=float, default=50.0)
     parser.add_argument("--accounts", type=int, default=1000)
+    parser.add_argument("--py-spy", dest="py_spy", type=Path, default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="peerd-bench-") as tmp:
         workdir = Path(tmp)
@@ -207,7 +211,11 @@ def main() -> None:
             text = alpha.config.read_text().replace("sync_log = false", "sync_log = true")
             alpha.config.write_text(text)
             alpha.start()
+            spies = [spy(args.py_spy, alpha.pid)]
+            spies.append(spy(args.py_spy.with_suffix(".beta") if args.py_spy else None, beta.pid))
             lags = rolling(alpha, beta, args.rolling, args.users, args.rate)
+            for proc in spies:
+                unspy(proc)
         finally:
             alpha.stop()
             beta.stop()

@@ -25,7 +25,11 @@ How a group commit's files are flushed is the ``flush`` policy:
 A batch of one file is always flushed file by file.
 
 Reads verify the SHA-1: a GUID whose bytes do not match is ``Corrupt`` and
-is never served. Whoever wants to hear of it (the daemon queues a repair from
+is never served. :meth:`Spool.open_verified` is the read for a server that
+sends the bytes itself (``sendfile``): it hashes a file once and remembers
+what ``fstat`` said of it then (inode, size, mtime, ctime); an open file that
+still says the same is not hashed again (any write to it changes its mtime
+and ctime, a restore or a new file its inode). Whoever wants to hear of it (the daemon queues a repair from
 the partner) adds a callback to :attr:`Spool.on_damage`; it is called in the
 reading thread with the GUID and what is wrong. :meth:`Spool.restore` puts
 good bytes (checked against the GUID) in place of a damaged or missing file.
@@ -48,10 +52,14 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from engine.errors import Corrupt, InvalidArgument, StorageFull, TemporaryFailure
 
 __all__ = ["GUID_RE", "Spool", "Staged", "damage_of", "guid_of"]
+
+# How many files' fstat identities Spool.open_verified remembers.
+VERIFIED_MAX = 100_000  # about 25 MB of identities at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +139,8 @@ class Spool:
         # Called (in the reading thread) with (guid, what is wrong) when a read
         # finds a file missing or not matching its GUID.
         self.on_damage: list[Callable[[str, str], None]] = []
+        # GUID -> the fstat identity its file had when its bytes were hashed.
+        self._verified: dict[str, tuple[int, int, int, int, int]] = {}
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(exist_ok=True)
         created = False
@@ -325,6 +335,40 @@ class Spool:
             self._damaged(guid, damage_of(len(data), None))
             raise Corrupt(f"message {guid} does not match its bytes; not served")
         return data
+
+    def open_verified(self, guid: str) -> tuple[BinaryIO, int]:
+        """The message's file, open for reading at offset 0, and its size;
+        its bytes match the GUID (hashed now, or earlier while the file said
+        the same to ``fstat``: see the module docstring). ``Corrupt`` (and
+        :attr:`on_damage` hears of it) if not. The caller closes the file."""
+        try:
+            file = self.path(guid).open("rb")
+        except FileNotFoundError as exc:
+            self._damaged(guid, "missing")
+            raise Corrupt(f"message {guid} is missing from the spool") from exc
+        try:
+            st = os.fstat(file.fileno())
+            identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            if self._verified.get(guid) != identity:
+                data = file.read()
+                if guid_of(data) != guid:
+                    self._damaged(guid, damage_of(len(data), None))
+                    raise Corrupt(f"message {guid} does not match its bytes; not served")
+                file.seek(0)
+                if len(self._verified) >= VERIFIED_MAX:
+                    self._verified.clear()  # rare: hashing again is the whole cost
+                self._verified[guid] = identity
+        except BaseException:
+            file.close()
+            raise
+        return file, st.st_size
+
+    def read_verified(self, guid: str) -> bytes:
+        """:meth:`read` through :meth:`open_verified`: a file hashed before and
+        unchanged since is not hashed again."""
+        file, _ = self.open_verified(guid)
+        with file:
+            return file.read()
 
     def check(self, guid: str, size: int | None = None) -> tuple[int, str | None]:
         """Read and hash one file: (bytes read, None if whole, else what is

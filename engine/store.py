@@ -132,6 +132,7 @@ class Store:
         self._flusher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-flush")
         self._thread = threading.Thread(target=self._run, name="store-commit", daemon=True)
         self._closed = False
+        self._committing = False
         self.stats = _Stats()
         self._thread.start()
 
@@ -270,7 +271,16 @@ class Store:
                     held = item
                     break
                 batch.append(item)
-            self._commit(batch)
+            self._committing = True
+            try:
+                self._commit(batch)
+            finally:
+                self._committing = False
+
+    def busy(self) -> bool:
+        """Whether a write is queued or committing now (a hint: it may change
+        the moment after; the full-text indexer waits for pauses with it)."""
+        return self._committing or not self._queue.empty()
 
     def _commit(self, batch: list[_Item]) -> None:
         # A caller that gave up before its turn (a cancelled delivery) is

@@ -4,13 +4,18 @@ How this works: :mod:`engine.textindex` keeps the text, keyed by GUID. Here
 one task keeps it filled. It walks ``messages`` by ``id`` from a mark held in
 memory (:func:`engine.textindex.pending`), reads the bytes of the GUIDs not
 indexed yet off the event loop, extracts their text
-(:func:`engine.fulltext.extract`) and stores it with one write of the
-store's committer per batch. It runs when the store reports a commit and
+(:func:`engine.fulltext.extract`) and stores it with small writes of the
+store's committer, made while the store is idle or, while other writes
+keep coming, for at most :data:`SHARE` of the time (:meth:`Indexer._settle`:
+FTS5 inserts hold the one committer, and deliveries must not queue behind
+them; the index catches up between bursts, and a search decodes what it
+has not reached, below). It runs when the store reports a commit and
 every :data:`POLL` seconds (LMTP worker processes and a second process
 write records this daemon's store hears nothing about), and once from the
 start at start-up, so a store upgraded to an empty index, or one whose
-daemon stopped mid-way, is filled. Each walk starts :data:`RESCAN` ids below
-the mark: on PostgreSQL two processes' transactions may commit out of
+daemon stopped mid-way, is filled. A walk starts :data:`RESCAN` ids below
+the mark (at most once every :data:`POLL` seconds; other walks start at the
+mark): on PostgreSQL two processes' transactions may commit out of
 ``id`` order, and a row committed late below the mark is caught that way.
 
 Every record, however it came (LMTP, APPEND, COPY, MOVE, a sync applied on
@@ -48,6 +53,11 @@ __all__ = ["POLL", "RESCAN", "Indexer", "RebuildResult"]
 log = logging.getLogger("peerd.pair.indexer")
 
 POLL: Final = 1.0  # seconds between two walks when nothing wakes the indexer
+IDLE: Final = 0.1  # the store idle this long: the indexer writes IDLE_SLICE texts
+IDLE_SLICE: Final = 32
+SHARE: Final = 0.1  # else once it waited 9 times as long as its last write took,
+SLICE: Final = 8  # ... and writes this many texts (a rebuild: BATCH a write)
+QUIET: Final = 0.02  # how often it looks
 RESCAN: Final = 1000  # ids below the mark each walk looks at again
 BATCH: Final = 100  # messages extracted and stored per write
 PAGE: Final = 500  # messages rows looked at per read
@@ -91,6 +101,8 @@ class Indexer:
         self.counters = _Counters()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False  # read by the extracting thread: stop early
+        self._due = 0.0  # loop time from which its share lets the indexer write again
+        self._rescanned = float("-inf")  # when a walk last started RESCAN ids below the mark
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -121,6 +133,29 @@ class Indexer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), POLL)
 
+    async def _settle(self) -> int:
+        """Wait for the indexer's turn at the store's one committer; how many
+        texts to store now. Storing text (FTS5 inserts, flushed at the
+        write's end) holds the committer for milliseconds a message, and
+        deliveries queue behind it: so the indexer writes :data:`IDLE_SLICE`
+        texts once the store has had no write queued or committing for
+        :data:`IDLE`, else :data:`SLICE` once its :data:`SHARE` of the time
+        is due."""
+        store = self.node.store
+        loop = asyncio.get_running_loop()
+        idle_since: float | None = None
+        while True:
+            now = loop.time()
+            if store.busy():
+                idle_since = None
+            elif idle_since is None:
+                idle_since = now
+            elif now - idle_since >= IDLE:
+                return IDLE_SLICE
+            if now >= self._due:
+                return SLICE
+            await asyncio.sleep(QUIET)
+
     # -- the work ----------------------------------------------------------
 
     def _extract(self, guids: list[str]) -> tuple[list[tuple[str, Searchable]], int]:
@@ -139,15 +174,25 @@ class Indexer:
             docs.append((guid, extract(raw)))
         return docs, missing
 
-    async def _index(self, guids: list[str]) -> tuple[int, int]:
-        """Extract and store ``guids``, a batch at a time; (indexed, missing)."""
+    async def _index(self, guids: list[str], *, yielding: bool = False) -> tuple[int, int]:
+        """Extract and store ``guids``, a batch at a time; (indexed, missing).
+        ``yielding``: each write waits for a pause in the store's other
+        writes (:meth:`_settle`)."""
         indexed = missing = 0
         store = self.node.store
+        loop = asyncio.get_running_loop()
         for i in range(0, len(guids), BATCH):
             docs, lost = await store.run_blocking(partial(self._extract, guids[i : i + BATCH]))
-            if docs:
-                await store.write(partial(textindex.put, docs=docs))
-            indexed += len(docs)
+            while docs:
+                size = len(docs)
+                if yielding:
+                    size = await self._settle()
+                started = loop.time()
+                await store.write(partial(textindex.put, docs=docs[:size]))
+                took = loop.time() - started
+                self._due = loop.time() + took * (1 - SHARE) / SHARE
+                indexed += len(docs[:size])
+                docs = docs[size:]
             missing += lost
         self.counters.indexed += indexed
         self.counters.missing += missing
@@ -158,13 +203,19 @@ class Indexer:
         done = 0
         async with self.lock:
             self.counters.walks += 1
-            after = max(0, self.mark - RESCAN)
+            after = self.mark
+            now = time.monotonic()
+            if now - self._rescanned >= POLL:
+                # At most once a POLL: a walk woken by every commit (50 a
+                # second on a replica under rolling sync) starts at the mark.
+                after = max(0, self.mark - RESCAN)
+                self._rescanned = now
             while True:
                 found = await self.node.store.read(
                     partial(textindex.pending, after=after, limit=PAGE)
                 )
                 if found.guids:
-                    indexed, _ = await self._index(list(found.guids))
+                    indexed, _ = await self._index(list(found.guids), yielding=True)
                     done += indexed
                 self.mark = max(self.mark, found.mark)
                 after = found.mark

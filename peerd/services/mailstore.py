@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 from engine import mailview, textindex
 from engine.fulltext import Key
@@ -50,6 +50,10 @@ class AccountStore:
         self.account = account
         self.on_write = on_write
         self.reader: Callable[[str], bytes] = node.store.spool.read
+        # The message's file, open, and its size; verified as the reader's bytes
+        # are, but hashed again only when the file changed (Spool.open_verified).
+        self.opener: Callable[[str], tuple[BinaryIO, int]] = node.store.spool.open_verified
+        self.cached_reader: Callable[[str], bytes] = node.store.spool.read_verified
         """The verified bytes of a message by GUID; blocking (worker threads only)."""
 
     # -- reads --------------------------------------------------------------------

@@ -8,6 +8,12 @@ the server passes (the store's verified spool read); ENVELOPE, BODYSTRUCTURE
 and BODY come from a :class:`StructureCache`, as the bytes under a GUID never
 change.
 
+:func:`render_fetch_segments` is the same answer for a server that sends a
+large message's octets from its file itself (``sendfile``): the literal of a
+whole message (``BODY[]``, ``BODY.PEEK[]``, ``RFC822``, with or without
+``<origin.length>``, RFC 3501 6.4.5) is its ``{n}`` CRLF, then a
+:class:`Span` naming the octets, in place of the octets.
+
 The server renders in worker threads, many groups at once, so the cache takes
 a lock around each look-up and insertion (the MIME parse itself runs outside
 it: two threads may parse the same message once each, which is harmless).
@@ -18,6 +24,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Final
 
 from peerd.protocols.imap import structure
@@ -38,7 +45,15 @@ from peerd.protocols.imap.responses import (
     literal,
 )
 
-__all__ = ["Reader", "StructureCache", "render_fetch"]
+__all__ = [
+    "Reader",
+    "Segment",
+    "Span",
+    "StructureCache",
+    "render_fetch",
+    "render_fetch_segments",
+    "whole_message",
+]
 
 Reader = Callable[[str], bytes]
 """The bytes of a message by GUID."""
@@ -78,6 +93,82 @@ class StructureCache:
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
         return value
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """``count`` octets from ``offset`` of the message ``guid``, whose size
+    its record gives as ``size``: a literal's octets, sent by the server."""
+
+    guid: str
+    size: int
+    offset: int
+    count: int
+
+
+Segment = bytes | Span
+"""A piece of FETCH responses: octets, or octets of a message to send from its file."""
+
+
+def whole_message(att: FetchAtt) -> bool:
+    """Whether the item's literal is the message as stored, or a range of it:
+    ``RFC822``, ``BODY[]``, ``BODY.PEEK[]`` (with or without a partial)."""
+    return att is Item.RFC822 or (
+        isinstance(att, BodySection) and not att.part and att.kind is SectionKind.ALL
+    )
+
+
+def _whole_span(att: FetchAtt, record: Record, span_from: int) -> tuple[bytes, Span] | None:
+    """The literal header and :class:`Span` of a whole-message item of at
+    least ``span_from`` octets; None for any other item."""
+    if not whole_message(att):
+        return None
+    name = b"RFC822" if att is Item.RFC822 else response_name(att)
+    size = record.size
+    start, end = 0, size
+    if isinstance(att, BodySection) and att.partial is not None:
+        # RFC 3501 6.4.5: <origin.length>; past the end is an empty string.
+        origin, length = att.partial
+        start = min(origin, size)
+        end = min(size, origin + length)
+    count = max(0, end - start)
+    if count < span_from:
+        return None
+    return name + b" {%d}\r\n" % count, Span(record.guid, size, start, count)
+
+
+def render_fetch_segments(
+    seq: int,
+    record: Record,
+    items: Iterable[FetchAtt],
+    reader: Reader,
+    structures: StructureCache,
+    *,
+    span_from: int,
+) -> list[Segment]:
+    """:func:`render_fetch`, with the octets of each whole-message literal of
+    at least ``span_from`` octets left as a :class:`Span`."""
+    items = list(items)
+    spans = [_whole_span(att, record, span_from) for att in items]
+    if not any(spans):
+        return [render_fetch(seq, record, items, reader, structures)]
+    out: list[Segment] = []
+    head = b"* %d FETCH (" % seq
+    pending = bytearray(head)
+    for i, (att, span) in enumerate(zip(items, spans, strict=True)):
+        if i:
+            pending += b" "
+        if span is None:
+            # The item as render_fetch answers it alone: "* n FETCH (" item ")" CRLF.
+            pending += render_fetch(seq, record, [att], reader, structures)[len(head) : -3]
+            continue
+        pending += span[0]
+        out.append(bytes(pending))
+        out.append(span[1])
+        pending = bytearray()
+    pending += b")\r\n"
+    out.append(bytes(pending))
+    return out
 
 
 def render_fetch(

@@ -40,6 +40,7 @@ bytes it returns; the core never reads a socket nor the store.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -429,9 +430,17 @@ class Selected:
         if not self.records:
             return []
         if uid:
-            # RFC 3501 6.4.8: UIDs that do not exist are ignored.
-            ranges = resolved(sequence, self.records[-1].uid)
-            return [(i + 1, r) for i, r in enumerate(self.records) if in_ranges(r.uid, ranges)]
+            # RFC 3501 6.4.8: UIDs that do not exist are ignored. The records
+            # are in UID order and the ranges merged and sorted: two bisects
+            # a range, not a test a record (UID FETCH 1:* of 10,000 messages).
+            starts, ends = resolved(sequence, self.records[-1].uid)
+            records = self.records
+            uids = [r.uid for r in records]
+            found: list[tuple[int, Record]] = []
+            for a, b in zip(starts, ends, strict=True):
+                lo, hi = bisect.bisect_left(uids, a), bisect.bisect_right(uids, b)
+                found.extend((i + 1, records[i]) for i in range(lo, hi))
+            return found
         count = len(self.records)
         starts, ends = resolved(sequence, count)
         if ends and ends[-1] > count:

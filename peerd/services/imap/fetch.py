@@ -12,25 +12,44 @@ socket has taken the last (write, then drain): a client that does not read
 holds at most about one group in the daemon, however large the mailbox.
 A message whose bytes cannot be read is left out and the tagged answer says
 why (:func:`unreadable_reply`).
+
+The octets of a whole-message literal (``BODY[]``, ``BODY.PEEK[]``,
+``RFC822``, partial or not) of at least :data:`_SPAN_FROM` octets are not
+copied through Python: the group holds the message's file, open and
+verified (:meth:`engine.spool.Spool.open_verified`), and the handler sends
+them with ``loop.sendfile`` after the literal's ``{n}`` CRLF: the kernel's
+``sendfile(2)`` on a plain TCP transport, reads of the file in chunks
+where the transport cannot (TLS). Smaller messages are cheaper to copy
+than to send in a system call of their own; their bytes, like the
+files', are hashed once while the file stays the same
+(:meth:`engine.spool.Spool.read_verified`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
-from typing import Final
+from typing import BinaryIO, Final
 
 from engine.errors import Corrupt
 from peerd.protocols.imap import commands as c
 from peerd.protocols.imap.fetchatt import FetchAtt
-from peerd.protocols.imap.fetchreply import Reader, StructureCache, render_fetch
+from peerd.protocols.imap.fetchreply import (
+    Reader,
+    StructureCache,
+    render_fetch,
+    render_fetch_segments,
+    whole_message,
+)
 from peerd.protocols.imap.records import Record
 from peerd.protocols.imap.responses import CODE_EXPUNGEISSUED, CODE_SERVERBUG
 from peerd.protocols.imap.sequence import SequenceSet
-from peerd.services.imap.session import Handler, Reply, Session
+from peerd.services.imap.session import Closed, Handler, Reply, Session
 
-__all__ = ["HANDLERS", "render_group"]
+__all__ = ["HANDLERS", "Opener", "Sendable", "render_group"]
 
 log = logging.getLogger("peerd.services.imap")
 
@@ -38,6 +57,20 @@ log = logging.getLogger("peerd.services.imap")
 # it holds this many bytes, per thread hop and per socket write.
 _FETCH_GROUP: Final = 256
 _FETCH_BYTES: Final = 1 << 20
+# A whole-message literal of at least this many octets is sent from its file.
+_SPAN_FROM: Final = 64 << 10
+
+Opener = Callable[[str], tuple[BinaryIO, int]]
+"""The message's file by GUID, open and verified, and its size."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sendable:
+    """``count`` octets from ``offset`` of an open message file, to send as they are."""
+
+    file: BinaryIO
+    offset: int
+    count: int
 
 
 async def fetch(session: Session, cmd: c.Fetch) -> Reply:
@@ -59,14 +92,24 @@ async def fetch(session: Session, cmd: c.Fetch) -> Reply:
         plan = box.after_seen(plan)
     mail = session.mail
     structures = session.server.structures
+    # Only a FETCH of whole messages has octets to send from the files.
+    opener = mail.opener if any(whole_message(att) for att in plan.items) else None
     unreadable: list[int] = []
     start = 0
     while start < len(plan.targets):
-        data, failed, start = await mail.run_blocking(
-            partial(render_group, plan.targets, start, plan.items, mail.reader, structures)
+        segments, failed, start = await mail.run_blocking(
+            partial(
+                render_group,
+                plan.targets,
+                start,
+                plan.items,
+                mail.cached_reader,
+                structures,
+                opener,
+            )
         )
         unreadable += failed
-        await session.send(data)
+        await send_segments(session, segments)
     # RFC 3501 7.4.1: no EXPUNGE during FETCH (UID FETCH may).
     await session.report(cmd)
     name = f"{'UID ' if cmd.uid else ''}FETCH"
@@ -87,35 +130,140 @@ async def unreadable_reply(session: Session, name: str, uids: list[int]) -> Repl
     return Reply(f"{name}: the data of UID {listed} cannot be read", CODE_SERVERBUG, "NO")
 
 
+async def send_segments(session: Session, segments: list[bytes | Sendable]) -> None:
+    """Write a group's responses; each :class:`Sendable`'s file is closed,
+    sent or not."""
+    try:
+        for segment in segments:
+            if isinstance(segment, bytes):
+                session.writer.write(segment)
+                continue
+            await session.writer.drain()
+            sent = await _sendfile(session.writer, segment)
+            if sent != segment.count:
+                # The literal announced more octets than the file gave (it
+                # shrank since): the framing is lost, so is the connection.
+                log.error("FETCH: a message file gave %d of %d octets", sent, segment.count)
+                raise Closed
+        await session.writer.drain()
+    finally:
+        for segment in segments:
+            if isinstance(segment, Sendable):
+                segment.file.close()
+
+
+async def _sendfile(writer: asyncio.StreamWriter, segment: Sendable) -> int:
+    loop = asyncio.get_running_loop()
+    transport = writer.transport
+    if transport.is_closing():
+        raise Closed
+    # fallback=True: where the transport cannot sendfile(2) (TLS), asyncio
+    # reads the file in chunks and writes them (RFC 3501 4.3: the literal's
+    # octets follow its CRLF whatever carries them).
+    return await loop.sendfile(
+        transport, segment.file, segment.offset, segment.count, fallback=True
+    )
+
+
 def render_group(
     targets: Sequence[tuple[int, Record]],
     start: int,
     items: Sequence[FetchAtt],
     reader: Reader,
     structures: StructureCache,
-) -> tuple[bytes, list[int], int]:
+    opener: Opener | None = None,
+) -> tuple[list[bytes | Sendable], list[int], int]:
     """The FETCH responses of the group that begins at ``targets[start]``, the
     UIDs whose bytes could not be read (missing or not matching their GUID:
     never served; those are left out), and where the next group begins.
-    Runs in a worker thread."""
-    out: list[bytes] = []
+    With ``opener``, large whole-message literals are :class:`Sendable`
+    (open files the caller closes). Runs in a worker thread."""
+    out: list[bytes | Sendable] = []
+    plain: list[bytes] = []  # without an opener: octets only
     unreadable: list[int] = []
     size = 0
     end = start
-    for seq, record in targets[start : start + _FETCH_GROUP]:
-        end += 1
-        try:
-            out.append(render_fetch(seq, record, items, reader, structures))
-            size += len(out[-1])
-        except Corrupt as exc:
-            log.warning("FETCH of UID %d: %s", record.uid, exc.message)
-            unreadable.append(record.uid)
-        except OSError as exc:  # the spool itself in trouble (EIO, EACCES)
-            log.error("FETCH of UID %d: the spool could not be read: %s", record.uid, exc)
-            unreadable.append(record.uid)
-        if size >= _FETCH_BYTES:
-            break
-    return b"".join(out), unreadable, end
+    try:
+        for seq, record in targets[start : start + _FETCH_GROUP]:
+            end += 1
+            try:
+                if opener is None:
+                    data = render_fetch(seq, record, items, reader, structures)
+                    plain.append(data)
+                    size += len(data)
+                else:
+                    size += _render_segments(seq, record, items, reader, structures, opener, out)
+            except Corrupt as exc:
+                log.warning("FETCH of UID %d: %s", record.uid, exc.message)
+                unreadable.append(record.uid)
+            except OSError as exc:  # the spool itself in trouble (EIO, EACCES)
+                log.error("FETCH of UID %d: the spool could not be read: %s", record.uid, exc)
+                unreadable.append(record.uid)
+            if size >= _FETCH_BYTES:
+                break
+    except BaseException:
+        _close(out)
+        raise
+    if opener is None:
+        return [b"".join(plain)], unreadable, end
+    return _joined(out), unreadable, end
+
+
+def _render_segments(
+    seq: int,
+    record: Record,
+    items: Sequence[FetchAtt],
+    reader: Reader,
+    structures: StructureCache,
+    opener: Opener,
+    out: list[bytes | Sendable],
+) -> int:
+    """Append one message's response to ``out``, its large whole-message
+    literals as open files; the octets it holds in memory. Raises as
+    :func:`render_fetch` does, with no file left open."""
+    segments = render_fetch_segments(seq, record, items, reader, structures, span_from=_SPAN_FROM)
+    rendered: list[bytes | Sendable] = []
+    opened: list[Sendable] = []
+    try:
+        for segment in segments:
+            if isinstance(segment, bytes):
+                rendered.append(segment)
+                continue
+            file, size = opener(segment.guid)
+            opened.append(Sendable(file, segment.offset, segment.count))
+            if size != segment.size:  # the record's size is not the file's: copy
+                rendered = [render_fetch(seq, record, items, reader, structures)]
+                break
+            rendered.append(opened[-1])
+        else:
+            opened = []  # all of them are in rendered now: the caller closes them
+    finally:
+        _close(opened)
+    out.extend(rendered)
+    return sum(len(s) for s in rendered if isinstance(s, bytes))
+
+
+def _joined(out: list[bytes | Sendable]) -> list[bytes | Sendable]:
+    """``out`` with each run of octets joined: one write for each."""
+    joined: list[bytes | Sendable] = []
+    run: list[bytes] = []
+    for segment in out:
+        if isinstance(segment, bytes):
+            run.append(segment)
+            continue
+        if run:
+            joined.append(b"".join(run))
+            run = []
+        joined.append(segment)
+    if run:
+        joined.append(b"".join(run))
+    return joined
+
+
+def _close(segments: Sequence[bytes | Sendable]) -> None:
+    for segment in segments:
+        if isinstance(segment, Sendable):
+            segment.file.close()
 
 
 HANDLERS: Final[dict[type[c.Command], Handler]] = {c.Fetch: fetch}
