@@ -416,6 +416,7 @@ async def _start_parts(node: Node, started: _Started, loop: asyncio.AbstractEven
             started.tls,
             client=started.pair.client if started.pair else None,
             hooks=started.pair.hooks if started.pair else None,
+            workers=[started.worker] if started.worker else [],
         ),
     )
 

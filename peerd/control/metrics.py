@@ -79,6 +79,8 @@ def render(status: NodeStatus) -> str:
             "sync_refused_accounts", "Accounts whose data the partner refuses (see status)"
         )
         lines.append(_line("sync_refused_accounts", len(replication.refused_accounts)))
+        lines += _gauge("rolling_stopped", "1 if sync_shutdown_file stopped rolling replication")
+        lines.append(_line("rolling_stopped", 0 if replication.state == "running" else 1))
     last = status.reconcile.last if status.reconcile is not None else None
     if last is not None:
         lines += _gauge("reconcile_last", "Results of the last full reconcile")

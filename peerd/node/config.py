@@ -24,6 +24,7 @@ from typing import Annotated, Any
 from apscheduler.triggers.cron import CronTrigger
 
 from engine.limits import MAX_SCRIPTS
+from peerd.node.syncoptions import refusal
 
 __all__ = [
     "SIZE_PATTERN",
@@ -170,7 +171,16 @@ class SyncConfig:
     sync_log: bool = True
     sync_repeat_interval: dt.timedelta = dt.timedelta(seconds=1)
     sync_reconnect_maxwait: dt.timedelta = dt.timedelta(seconds=20)
+    # The sync connection's idle timeout: connecting, and each read of an
+    # answer (a request that keeps moving is never cut).
     sync_timeout: dt.timedelta = dt.timedelta(seconds=30)
+    # The most sync-log records the rolling worker has in flight at once
+    # (Cyrus's batch of the log); an account's records always go together.
+    sync_batchsize: int = 8192
+    # While this file exists the rolling worker starts nothing new (the
+    # syncs in hand finish, the sync log is kept); removing it and SIGHUP
+    # (or a restart) resumes.
+    sync_shutdown_file: Path | None = None
     sync_mode: str = "rolling"
     sync_synchronous_timeout: dt.timedelta = dt.timedelta(seconds=2)
     sync_concurrency: int = 4
@@ -450,6 +460,10 @@ def _build(cls: Any, table: dict[str, Any], where: str) -> Any:
     hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(table) - names)
+    for key in unknown:
+        why = refusal(where, key)
+        if why is not None:
+            raise ConfigError(why)
     if unknown:
         raise ConfigError(f"[{where}]: unknown key(s) {', '.join(unknown)}")
     kwargs: dict[str, Any] = {}
@@ -482,6 +496,10 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
     config = Config(**kwargs)
     if config.sync.sync_mode not in ("rolling", "synchronous"):
         raise ConfigError('[sync] sync_mode must be "rolling" or "synchronous"')
+    if config.sync.sync_batchsize < 1:
+        raise ConfigError("[sync] sync_batchsize must be >= 1")
+    if config.sync.sync_timeout <= dt.timedelta(0):
+        raise ConfigError("[sync] sync_timeout must be positive")
     if config.node.spool_flush not in ("filesystem", "file"):
         raise ConfigError('[node] spool_flush must be "filesystem" or "file"')
     if config.node.spool_sweep_interval < dt.timedelta(0):

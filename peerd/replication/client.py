@@ -178,9 +178,11 @@ class SyncClient:
 
     async def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            timeout = aiohttp.ClientTimeout(
-                total=self.node.config.sync.sync_timeout.total_seconds()
-            )
+            # sync_timeout is the connection's idle timeout (Cyrus's): to
+            # connect, and between two reads of an answer; a whole request
+            # (an 8 MB UPLOAD on a slow link) may take ten times it.
+            idle = self.node.config.sync.sync_timeout.total_seconds()
+            timeout = aiohttp.ClientTimeout(total=10 * idle, sock_connect=idle, sock_read=idle)
             connector = aiohttp.TCPConnector(limit=8, ssl=self._ssl(), keepalive_timeout=60)
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=timeout, auto_decompress=False

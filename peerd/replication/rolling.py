@@ -14,6 +14,16 @@ higher epoch), the worker adopts the partner's row, asks the partner to sync
 the account back to us (so mail we accepted and never replicated is copied
 to the new owner by the no-loss rule), and drops its own rows for it.
 
+A pass starts syncs only while the sync-log records in flight stay within
+``sync_batchsize`` (an account's records always go together, so one account
+larger than the batch goes alone). While ``sync_shutdown_file`` exists the
+worker starts nothing new: the syncs in hand finish and their records are
+acknowledged, the rest of the log is kept, ``status`` says ``stopped``.
+The worker looks for the file before every pass; it looks for it again
+only at SIGHUP (:meth:`RollingWorker.resume`) or a restart once stopped, so
+removing the file alone resumes nothing (Cyrus's ``sync_client`` exits and
+is started again; here the daemon stays up and is told).
+
 With ``sync_mode = "synchronous"`` an LMTP delivery waits, before its 250,
 until the partner has the message or ``sync_synchronous_timeout`` passes
 (then the rolling worker carries it and the fallback is counted):
@@ -85,6 +95,12 @@ class ReplicationStatus:
     bytes_received: int
     mode: str
     account: str | None = None
+    # "running", "stopping" (sync_shutdown_file seen, syncs in hand
+    # finishing) or "stopped"; and the file that stopped it.
+    state: str = "running"
+    shutdown_file: str | None = None
+    batchsize: int = 0
+    largest_batch: int = 0  # the most sync-log records in flight at once so far
     # Accounts whose data the partner refuses as it is (a 4xx), with why.
     refused_accounts: dict[str, str] = field(default_factory=dict)
 
@@ -105,6 +121,10 @@ class ReplicationStatus:
             "bytes_received": self.bytes_received,
             "mode": self.mode,
             "refused_accounts": dict(sorted(self.refused_accounts.items())),
+            "state": self.state,
+            "shutdown_file": self.shutdown_file,
+            "batchsize": self.batchsize,
+            "largest_batch": self.largest_batch,
         }
         if self.account is not None:
             body["account"] = self.account
@@ -121,6 +141,11 @@ class RollingWorker:
         self.semaphore = asyncio.Semaphore(max(1, sync.sync_concurrency))
         self.wake = asyncio.Event()
         self.running: set[str] = set()
+        # account -> its sync-log records in flight (sync_batchsize counts these).
+        self.in_flight: dict[str, int] = {}
+        self.largest_batch = 0
+        # The sync_shutdown_file that stopped us; None: running.
+        self.stopped_by: str | None = None
         self.retry_at: dict[str, Backoff] = {}
         self.refused: dict[str, str] = {}  # accounts the partner rejects, and why
         self.partner_retry = Backoff(PARTNER_RETRY_FIRST, self.maxwait)
@@ -180,17 +205,59 @@ class RollingWorker:
             except Exception:
                 log.exception("rolling replication pass failed")
 
+    def shut_down(self) -> bool:
+        """Whether ``sync_shutdown_file`` stops us (checked before every pass
+        while running; once stopped, only :meth:`resume` looks again)."""
+        if self.stopped_by is not None:
+            return True
+        path = self.node.config.sync.sync_shutdown_file
+        if path is None or not path.exists():
+            return False
+        self.stopped_by = str(path)
+        log.warning(
+            "sync_shutdown_file %s exists: rolling replication stops after the %d sync(s)"
+            " in hand; the sync log is kept (remove the file, then SIGHUP or restart)",
+            path,
+            len(self.running),
+        )
+        return True
+
+    def resume(self) -> None:
+        """SIGHUP: go on if the shutdown file is gone (else stay stopped, say so)."""
+        if self.stopped_by is None:
+            return
+        path = self.node.config.sync.sync_shutdown_file
+        if path is not None and path.exists():
+            log.warning(
+                "sync_shutdown_file %s still exists: rolling replication stays stopped", path
+            )
+            self.stopped_by = str(path)
+            return
+        log.info("sync_shutdown_file %s gone: rolling replication resumes", self.stopped_by)
+        self.stopped_by = None
+        self.wake.set()
+
     async def pass_once(self) -> None:
+        if self.shut_down():
+            return
         now = time.monotonic()
         if self.partner_retry.waiting(now):
             return
         pending = await self.node.store.read(synclog.pending)
+        batchsize = self.node.config.sync.sync_batchsize
         for item in pending:
             if item.account in self.running:
                 continue
             retry = self.retry_at.get(item.account)
             if retry is not None and retry.waiting(now):
                 continue
+            in_flight = sum(self.in_flight.values())
+            if in_flight and in_flight + len(item.rows) > batchsize:
+                # The batch is full: what is left waits for the next pass
+                # (a finished sync wakes us).
+                break
+            self.in_flight[item.account] = len(item.rows)
+            self.largest_batch = max(self.largest_batch, in_flight + len(item.rows))
             self.running.add(item.account)
             task = asyncio.create_task(self.sync_one(item.account))
             self.tasks.add(task)
@@ -202,6 +269,7 @@ class RollingWorker:
                 await self.replicate(account)
         finally:
             self.running.discard(account)
+            self.in_flight.pop(account, None)
             # Changes that arrived during this sync are still logged: look again now.
             self.wake.set()
 
@@ -344,6 +412,12 @@ class RollingWorker:
             bytes_received=self.client.bytes_received,
             mode=self.node.config.sync.sync_mode,
             account=account,
+            state=(
+                "running" if self.stopped_by is None else "stopping" if self.running else "stopped"
+            ),
+            shutdown_file=self.stopped_by,
+            batchsize=self.node.config.sync.sync_batchsize,
+            largest_batch=self.largest_batch,
             refused_accounts=(
                 dict(self.refused)
                 if account is None
@@ -360,6 +434,10 @@ class RollingWorker:
         timeout = self.node.config.sync.sync_synchronous_timeout.total_seconds()
 
         async def one(account: str) -> None:
+            if self.stopped_by is not None:
+                # Stopped by sync_shutdown_file: the log keeps it.
+                self.node.counters.inc("sync_synchronous_fallbacks")
+                return
             try:
                 report = await asyncio.wait_for(self.replicate(account), timeout)
             except TimeoutError:
