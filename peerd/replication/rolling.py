@@ -29,7 +29,15 @@ until the partner has the message or ``sync_synchronous_timeout`` passes
 (then the rolling worker carries it and the fallback is counted):
 :meth:`RollingWorker.wait_for_partner` is the node's ``after_delivery`` hook.
 
-The daemon (:mod:`peerd.app.daemon`) creates the worker and starts it;
+A backup channel (``[sync.channels.NAME]``) has a worker of its own, with
+its own client and sync-log rows (``channel``): the same passes, back-off,
+batch and shutdown file, so a backup that is down never holds the partner
+back. Its fence answers differ: the backup never owns an account, so a
+refusal means it knows a newer owner (after a failover the partner feeds
+it); we drop our rows for that account and never ask the backup to sync
+anything back.
+
+The daemon (:mod:`peerd.app.daemon`) creates the workers and starts them;
 :meth:`RollingWorker.status` is ``replication`` in ``status`` and ``/metrics``.
 """
 
@@ -135,6 +143,7 @@ class RollingWorker:
     def __init__(self, node: Node, client: SyncClient) -> None:
         self.node = node
         self.client = client
+        self.channel = client.channel  # "": the partner
         sync = node.config.sync
         self.interval = sync.sync_repeat_interval.total_seconds()
         self.maxwait = sync.sync_reconnect_maxwait.total_seconds()
@@ -178,7 +187,8 @@ class RollingWorker:
         self.wake.set()
 
     def start(self) -> None:
-        self._main = asyncio.create_task(self.run(), name="rolling-replication")
+        name = f"rolling-{self.channel}" if self.channel else "rolling-replication"
+        self._main = asyncio.create_task(self.run(), name=name)
 
     async def stop(self) -> None:
         if self._main is not None:
@@ -243,7 +253,7 @@ class RollingWorker:
         now = time.monotonic()
         if self.partner_retry.waiting(now):
             return
-        pending = await self.node.store.read(synclog.pending)
+        pending = await self.node.store.read(lambda s: synclog.pending(s, channel=self.channel))
         batchsize = self.node.config.sync.sync_batchsize
         for item in pending:
             if item.account in self.running:
@@ -359,6 +369,13 @@ class RollingWorker:
         """The partner refused: learn its row if newer, hand our changes over."""
         self.node.counters.inc("sync_fenced")
         current = exc.current
+        if self.channel:
+            # The backup knows a newer owner than we do (the partner took
+            # the account over and feeds it): learning ownership is the
+            # partner's business, not the backup's.
+            log.warning("%s: channel %s refused: %s", account, self.channel, exc.message)
+            await self.not_ours(account, exc.message)
+            return
         if current is not None and current.account == account:
             reason = f"fenced by {self.node.partner}"
             if await self.node.store.write(
@@ -374,6 +391,14 @@ class RollingWorker:
 
     async def not_ours(self, account: str, message: str) -> None:
         """We hold changes for an account the partner owns: ask it to pull them."""
+        if self.channel:
+            # A backup never owns anything and never syncs back: the owner
+            # (or its chain) feeds it; our rows for it go.
+            await self._drop(account)
+            log.info(
+                "%s: not pushed to channel %s (%s); rows dropped", account, self.channel, message
+            )
+            return
         try:
             await self.client.call(
                 "request_sync", encode_json({"accounts": [account]}), compressed=False
@@ -382,22 +407,28 @@ class RollingWorker:
             self._account_failed(account, f"{message}; asking the partner to sync failed: {exc}")
             return
 
+        await self._drop(account)
+        log.info("%s: not ours (%s); the owner will pull what we hold", account, message)
+
+    async def _drop(self, account: str) -> None:
         def drop(session: Session) -> int:
-            pending = synclog.pending(session, [account])
+            pending = synclog.pending(session, [account], self.channel)
             return synclog.acknowledge(session, pending[0].rows) if pending else 0
 
         await self.node.store.write(drop)
-        log.info("%s: not ours (%s); the owner will pull what we hold", account, message)
 
     async def status(self, account: str | None = None) -> ReplicationStatus:
         def read(session: Session) -> tuple[int, dt.datetime | None]:
-            return synclog.depth(session, account), synclog.oldest(session, account)
+            return (
+                synclog.depth(session, account, self.channel),
+                synclog.oldest(session, account, self.channel),
+            )
 
         depth, oldest = await self.node.store.read(read)
         lag = (dt.datetime.now(dt.UTC) - oldest).total_seconds() if oldest else 0.0
         seen = self.partner if account is None else self.accounts.get(account, PartnerStatus())
         return ReplicationStatus(
-            partner=self.node.partner,
+            partner=self.channel or self.node.partner,
             target=str(self.client.target),
             reachable=self.partner.reachable,
             sync_log_depth=depth,
