@@ -144,6 +144,7 @@ class RollingWorker:
         self.node = node
         self.client = client
         self.channel = client.channel  # "": the partner
+        self.peer = f"backup channel {self.channel}" if self.channel else "partner"
         sync = node.config.sync
         self.interval = sync.sync_repeat_interval.total_seconds()
         self.maxwait = sync.sync_reconnect_maxwait.total_seconds()
@@ -173,14 +174,14 @@ class RollingWorker:
         and ``/metrics`` show that, not only what our own last sync saw."""
         if answered:
             if self.partner.reachable is False:
-                log.info("partner reachable again")
+                log.info("%s reachable again", self.peer)
                 # Rows held back by the back-off can go now.
                 self.partner_retry.reset()
                 self.wake.set()
             self.partner.reachable = True
             return
         if self.partner.reachable is not False:
-            log.warning("partner unreachable, retrying with back-off: %s", why)
+            log.warning("%s unreachable, retrying with back-off: %s", self.peer, why)
         self.partner.reachable = False
 
     def on_change(self, changes: list[synclog.Change]) -> None:
@@ -349,7 +350,9 @@ class RollingWorker:
     def _account_failed(self, account: str, message: str) -> None:
         retry = self.retry_at.setdefault(account, Backoff(ACCOUNT_RETRY_FIRST, self.maxwait))
         delay = retry.next()
-        log.warning("sync of %s failed (retry in %.1fs): %s", account, delay, message)
+        log.warning(
+            "sync of %s to the %s failed (retry in %.1fs): %s", account, self.peer, delay, message
+        )
         self._error(f"{account}: {message}")
         self._note_error(account, message)
 
