@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 
 from peerd.node.config import ConfigError, parse_config
 from peerd.node.syncoptions import REFUSED_SYNC_OPTIONS
-from tests.nodes import make_pair, running, write_config
+from tests.nodes import TOKEN, make_pair, peerctl, running, write_config
 from tests.procs import wait_until
 
 
@@ -86,8 +87,13 @@ def test_shutdown_file_stops_rolling_and_sighup_resumes_with_nothing_lost(
         time.sleep(1.5)  # seven rolling intervals: nothing goes while the file is there
         assert beta.records("alice") == []
         assert alpha.call("GET", "/v1/status")["sync_log_depth"] > 0
-        text = alpha.status_text()
-        assert '"state": "stopped"' in text
+        shown = peerctl(alpha, "status", "--local").stdout
+        assert f"rolling replication: STOPPED by sync_shutdown_file {stop_file}" in shown
+        request = urllib.request.Request(
+            f"{alpha.api}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert "peerd_rolling_stopped 1" in response.read().decode()
         # Removing the file alone resumes nothing: the daemon is told by SIGHUP.
         stop_file.unlink()
         time.sleep(1.0)
