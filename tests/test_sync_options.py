@@ -140,3 +140,39 @@ def test_batchsize_bounds_the_records_in_flight(tmp_path: Path) -> None:
         assert replication["batchsize"] == 2
         # Six accounts waited with one record each: never more than two at once.
         assert replication["largest_batch"] == 2
+
+
+@pytest.mark.parametrize(
+    ("sync", "node", "message"),
+    [
+        ({"sync_log_chain": True}, {}, "sync_log_chain passes the partner's changes on"),
+        ({"channels": {"off": {}}}, {}, r"\[sync.channels.off\] sync_host is required"),
+        (
+            {"channels": {"off": {"sync_host": "backup.example.org"}}},
+            {},
+            r"\[sync.channels.off\] sync_tls is required when sync_host is not on loopback",
+        ),
+        (
+            {"channels": {"alpha": {"sync_host": "127.0.0.1"}}},
+            {},
+            "is a node of the pair; a channel is a third, backup node",
+        ),
+        ({"sync_host": "127.0.0.1"}, {"role": "backup"}, "a backup node has no partner"),
+        ({}, {"role": "spare"}, 'role must be "pair" or "backup"'),
+    ],
+)
+def test_backup_channel_mistakes_are_refused(
+    sync: dict[str, Any], node: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"node": {"name": "alpha", **node}, "sync": sync})
+    good = parse_config(
+        {
+            "node": {"name": "alpha"},
+            "sync": {
+                "sync_log_chain": True,
+                "channels": {"off": {"sync_host": "backup.example.org", "sync_tls": True}},
+            },
+        }
+    )
+    assert good.sync.channels["off"].sync_port == 2005

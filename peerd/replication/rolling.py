@@ -226,9 +226,10 @@ class RollingWorker:
             return False
         self.stopped_by = str(path)
         log.warning(
-            "sync_shutdown_file %s exists: rolling replication stops after the %d sync(s)"
-            " in hand; the sync log is kept (remove the file, then SIGHUP or restart)",
+            "sync_shutdown_file %s exists: rolling replication to the %s stops after the"
+            " %d sync(s) in hand; the sync log is kept (remove the file, then SIGHUP or restart)",
             path,
+            self.peer,
             len(self.running),
         )
         return True
@@ -240,11 +241,17 @@ class RollingWorker:
         path = self.node.config.sync.sync_shutdown_file
         if path is not None and path.exists():
             log.warning(
-                "sync_shutdown_file %s still exists: rolling replication stays stopped", path
+                "sync_shutdown_file %s still exists: rolling replication to the %s stays stopped",
+                path,
+                self.peer,
             )
             self.stopped_by = str(path)
             return
-        log.info("sync_shutdown_file %s gone: rolling replication resumes", self.stopped_by)
+        log.info(
+            "sync_shutdown_file %s gone: rolling replication to the %s resumes",
+            self.stopped_by,
+            self.peer,
+        )
         self.stopped_by = None
         self.wake.set()
 
