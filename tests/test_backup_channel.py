@@ -88,7 +88,7 @@ def test_both_nodes_feed_the_backup_and_replicate_n_catches_it_up(tmp_path: Path
         # carry the mail now.
         stop_file.touch()
         wait_until(
-            lambda: alpha.call("GET", "/v1/status")["replication"]["state"] == "stopped",
+            lambda: alpha.call("GET", "/v1/status")["replication"]["rolling"] == "stopped",
             10,
             "rolling stopped",
         )

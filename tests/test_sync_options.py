@@ -80,7 +80,7 @@ def test_shutdown_file_stops_rolling_and_sighup_resumes_with_nothing_lost(
         alpha.add_account("alice")
         wait_until(lambda: beta.call("GET", "/v1/owner/alice") is not None, 30, "alice on beta")
         stop_file.touch()
-        wait_until(lambda: _replication(alpha)["state"] == "stopped", 10, "rolling stopped")
+        wait_until(lambda: _replication(alpha)["rolling"] == "stopped", 10, "rolling stopped")
         assert _replication(alpha)["shutdown_file"] == str(stop_file)
         for i in range(3):
             _deliver(alpha.port("lmtp"), "alice", f"held-{i}")
@@ -101,12 +101,12 @@ def test_shutdown_file_stops_rolling_and_sighup_resumes_with_nothing_lost(
         assert alpha.pid is not None
         alpha.proc.send(signal.SIGHUP)  # type: ignore[union-attr]
         wait_until(lambda: len(beta.records("alice")) == 3, 30, "held mail on beta")
-        assert _replication(alpha)["state"] == "running"
+        assert _replication(alpha)["rolling"] == "running"
         assert alpha.call("GET", "/v1/status")["sync_log_depth"] == 0
         # A restart with the file present starts stopped, and keeps the log.
         stop_file.touch()
         alpha.restart()
-        wait_until(lambda: _replication(alpha)["state"] == "stopped", 10, "stopped after restart")
+        wait_until(lambda: _replication(alpha)["rolling"] == "stopped", 10, "stopped after restart")
         _deliver(alpha.port("lmtp"), "alice", "after-restart")
         time.sleep(1.0)
         assert len(beta.records("alice")) == 3

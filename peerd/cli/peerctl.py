@@ -433,9 +433,9 @@ def _node_status(client: Client) -> tuple[dict[str, Any], str]:
     replication = result.get("replication")
     if isinstance(replication, dict):
         lines.append(_partner_line(replication) + f", lag {_duration(replication['lag_seconds'])}")
-        if replication.get("state", "running") != "running":
+        if replication.get("rolling", "running") != "running":
             lines.append(
-                f"rolling replication: {str(replication['state']).upper()} by"
+                f"rolling replication: {str(replication['rolling']).upper()} by"
                 f" sync_shutdown_file {replication.get('shutdown_file')}"
                 " (the sync log is kept; remove the file, then SIGHUP or restart)"
             )

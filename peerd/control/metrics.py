@@ -80,7 +80,7 @@ def render(status: NodeStatus) -> str:
         )
         lines.append(_line("sync_refused_accounts", len(replication.refused_accounts)))
         lines += _gauge("rolling_stopped", "1 if sync_shutdown_file stopped rolling replication")
-        lines.append(_line("rolling_stopped", 0 if replication.state == "running" else 1))
+        lines.append(_line("rolling_stopped", 0 if replication.rolling == "running" else 1))
     if status.channels:
         lines += _gauge("channel_lag_seconds", "Age of the oldest change not yet on the channel")
         for name, channel in sorted(status.channels.items()):

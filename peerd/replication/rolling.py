@@ -18,7 +18,7 @@ A pass starts syncs only while the sync-log records in flight stay within
 ``sync_batchsize`` (an account's records always go together, so one account
 larger than the batch goes alone). While ``sync_shutdown_file`` exists the
 worker starts nothing new: the syncs in hand finish and their records are
-acknowledged, the rest of the log is kept, ``status`` says ``stopped``.
+acknowledged, the rest of the log is kept, ``status`` says ``rolling: stopped``.
 The worker looks for the file before every pass; it looks for it again
 only at SIGHUP (:meth:`RollingWorker.resume`) or a restart once stopped, so
 removing the file alone resumes nothing (Cyrus's ``sync_client`` exits and
@@ -105,7 +105,7 @@ class ReplicationStatus:
     account: str | None = None
     # "running", "stopping" (sync_shutdown_file seen, syncs in hand
     # finishing) or "stopped"; and the file that stopped it.
-    state: str = "running"
+    rolling: str = "running"
     shutdown_file: str | None = None
     batchsize: int = 0
     largest_batch: int = 0  # the most sync-log records in flight at once so far
@@ -129,7 +129,7 @@ class ReplicationStatus:
             "bytes_received": self.bytes_received,
             "mode": self.mode,
             "refused_accounts": dict(sorted(self.refused_accounts.items())),
-            "state": self.state,
+            "rolling": self.rolling,
             "shutdown_file": self.shutdown_file,
             "batchsize": self.batchsize,
             "largest_batch": self.largest_batch,
@@ -453,7 +453,7 @@ class RollingWorker:
             bytes_received=self.client.bytes_received,
             mode=self.node.config.sync.sync_mode,
             account=account,
-            state=(
+            rolling=(
                 "running" if self.stopped_by is None else "stopping" if self.running else "stopped"
             ),
             shutdown_file=self.stopped_by,
