@@ -240,14 +240,21 @@ class SyncLogRow(Base):
     at most one row per (account, mailbox, kind): a new change bumps
     ``generation`` instead of adding a row, so the log stays bounded by the
     number of changed mailboxes however long the partner is away.
+
+    ``channel`` is whom the row is for: empty for the partner, else the name
+    of a backup channel (``[sync.channels.NAME]``); each keeps its own rows,
+    acknowledged by its own syncs.
     """
 
     __tablename__ = "sync_log"
     __table_args__ = (
-        UniqueConstraint("account", "mailbox", "kind", name="uq_sync_log_account_mailbox_kind"),
+        UniqueConstraint(
+            "channel", "account", "mailbox", "kind", name="uq_sync_log_channel_account_mailbox_kind"
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    channel: Mapped[str] = mapped_column(String(64), default="", server_default="")
     account: Mapped[str] = mapped_column(String(255), index=True)
     mailbox: Mapped[str] = mapped_column(String(32), default="")
     kind: Mapped[str] = mapped_column(String(16))

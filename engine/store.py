@@ -133,6 +133,10 @@ class Store:
         self._thread = threading.Thread(target=self._run, name="store-commit", daemon=True)
         self._closed = False
         self._committing = False
+        # The backup channels every local change is also logged for, and
+        # whether changes applied from the partner are too (sync_log_chain).
+        self.channels: tuple[str, ...] = ()
+        self.chain = False
         self.stats = _Stats()
         self._thread.start()
 
@@ -301,6 +305,8 @@ class Store:
         flush = self._flusher.submit(self._flush_spool, staged, dirs) if staged or dirs else None
         try:
             with Session(self.engine, expire_on_commit=False) as session, session.begin():
+                session.info["channels"] = self.channels
+                session.info["chain"] = self.chain
                 groups: dict[GroupRunner, list[int]] = {}
                 for index, item in enumerate(batch):
                     outcomes.append((False, None))

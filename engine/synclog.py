@@ -15,6 +15,14 @@ sync is synced again.
 Operations applied *from* the partner run with ``session.info["replaying"]``
 set: they notify local listeners (IMAP IDLE) but write no log row, or the two
 nodes would echo every change back and forth.
+
+Channels: every row names whom it is for, ``""`` the partner or a backup
+channel's name (Cyrus's ``sync_log_channels``). The store puts the node's
+channels in ``session.info["channels"]``; a local change is logged once for
+the partner and once per channel. A change applied from the partner is
+logged for the channels only when ``session.info["chain"]`` is set
+(``sync_log_chain``: the replica passes the owner's changes on, alpha ->
+beta -> backup); never for the partner it came from.
 """
 
 from __future__ import annotations
@@ -42,6 +50,8 @@ __all__ = [
     "record_many",
     "rename",
 ]
+
+PARTNER = ""  # the channel of the partner's rows
 
 # Lower rank syncs first: new mail before flag-only changes.
 KINDS = {
@@ -97,7 +107,11 @@ def record_many(session: Session, changes: Iterable[tuple[str, str, str]]) -> No
             raise ValueError(f"unknown sync log kind {kind!r}")
         note(session, account, mailbox, kind)
         keys[(account, mailbox, kind)] = None
-    if session.info.get("replaying") or not keys:
+    replaying = bool(session.info.get("replaying"))
+    channels: list[str] = [] if replaying else [PARTNER]
+    if not replaying or session.info.get("chain"):
+        channels.extend(session.info.get("channels", ()))
+    if not channels or not keys:
         return
     now = utcnow()
     upsert(
@@ -105,6 +119,7 @@ def record_many(session: Session, changes: Iterable[tuple[str, str, str]]) -> No
         SyncLogRow.__table__,
         [
             {
+                "channel": channel,
                 "account": account,
                 "mailbox": mailbox,
                 "kind": kind,
@@ -112,24 +127,31 @@ def record_many(session: Session, changes: Iterable[tuple[str, str, str]]) -> No
                 "created_at": now,
                 "updated_at": now,
             }
+            for channel in channels
             for account, mailbox, kind in keys
         ],
-        ["account", "mailbox", "kind"],
+        ["channel", "account", "mailbox", "kind"],
         replace=("updated_at",),
         increment=("generation",),
     )
 
 
-def pending(session: Session, accounts: Iterable[str] | None = None) -> list[PendingAccount]:
-    """Coalesce the log per account; most urgent (new mail, oldest) first."""
-    query = select(
-        SyncLogRow.id,
-        SyncLogRow.generation,
-        SyncLogRow.account,
-        SyncLogRow.mailbox,
-        SyncLogRow.kind,
-        SyncLogRow.created_at,
-    ).order_by(SyncLogRow.id)
+def pending(
+    session: Session, accounts: Iterable[str] | None = None, channel: str = ""
+) -> list[PendingAccount]:
+    """Coalesce ``channel``'s log per account; most urgent (new mail, oldest) first."""
+    query = (
+        select(
+            SyncLogRow.id,
+            SyncLogRow.generation,
+            SyncLogRow.account,
+            SyncLogRow.mailbox,
+            SyncLogRow.kind,
+            SyncLogRow.created_at,
+        )
+        .where(SyncLogRow.channel == channel)
+        .order_by(SyncLogRow.id)
+    )
     if accounts is not None:
         query = query.where(SyncLogRow.account.in_(list(accounts)))
     out: dict[str, PendingAccount] = {}
@@ -175,12 +197,17 @@ def rename(session: Session, old: str, new: str) -> int:
     A row ``new`` already has for the same mailbox and kind covers the old
     one (the log says what changed, not how), so the old one goes.
     """
-    taken = select(SyncLogRow.mailbox, SyncLogRow.kind).where(SyncLogRow.account == new)
-    both = {(m, k) for m, k in session.execute(taken)}
-    for mailbox, kind in both:
+    taken = select(SyncLogRow.channel, SyncLogRow.mailbox, SyncLogRow.kind).where(
+        SyncLogRow.account == new
+    )
+    both = {(c, m, k) for c, m, k in session.execute(taken)}
+    for channel, mailbox, kind in both:
         session.execute(
             delete(SyncLogRow).where(
-                SyncLogRow.account == old, SyncLogRow.mailbox == mailbox, SyncLogRow.kind == kind
+                SyncLogRow.channel == channel,
+                SyncLogRow.account == old,
+                SyncLogRow.mailbox == mailbox,
+                SyncLogRow.kind == kind,
             )
         )
     result = session.execute(
@@ -189,15 +216,15 @@ def rename(session: Session, old: str, new: str) -> int:
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-def depth(session: Session, account: str | None = None) -> int:
-    query = select(func.count()).select_from(SyncLogRow)
+def depth(session: Session, account: str | None = None, channel: str = "") -> int:
+    query = select(func.count()).select_from(SyncLogRow).where(SyncLogRow.channel == channel)
     if account is not None:
         query = query.where(SyncLogRow.account == account)
     return int(session.scalar(query) or 0)
 
 
-def oldest(session: Session, account: str | None = None) -> dt.datetime | None:
-    query = select(func.min(SyncLogRow.created_at))
+def oldest(session: Session, account: str | None = None, channel: str = "") -> dt.datetime | None:
+    query = select(func.min(SyncLogRow.created_at)).where(SyncLogRow.channel == channel)
     if account is not None:
         query = query.where(SyncLogRow.account == account)
     value = session.scalar(query)

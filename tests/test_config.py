@@ -223,5 +223,9 @@ def test_every_key_is_documented_in_the_example(section: str, cls: Any) -> None:
     assert re.search(rf"^#?\s*\[{section}\]", text, re.M), section
     for f in dataclasses.fields(cls):
         # A key may be shown commented out, or as an array of tables ([[routing.hooks]]).
-        shown = re.search(rf"^#?\s*{f.name}\s*=", text, re.M) or f"[[{section}.{f.name}]]" in text
+        shown = (
+            re.search(rf"^#?\s*{f.name}\s*=", text, re.M)
+            or f"[[{section}.{f.name}]]" in text
+            or re.search(rf"^#?\s*\[{section}\.{f.name}\.", text, re.M)  # [sync.channels.NAME]
+        )
         assert shown, f"[{section}] {f.name} is not in configs/peerd.example.toml"

@@ -349,6 +349,45 @@ def test_delivery_runs_the_active_script(single: Node, relay: Relay) -> None:
     assert len(inbox) == inbox_before + 3
 
 
+def imap_folders(node: Node) -> list[str]:
+    with imaplib.IMAP4("127.0.0.1", node.ports["imap"], timeout=20) as client:
+        client.starttls(ssl_context=unverified())
+        client.login("alice", "secret")
+        _, lines = client.list()
+    return sorted(
+        line.decode().rpartition(" ")[2].strip('"') for line in lines if isinstance(line, bytes)
+    )
+
+
+def test_fileinto_create_makes_the_folder_and_mailboxexists_sees_it(
+    single: Node, relay: Relay
+) -> None:
+    # RFC 5490: fileinto :create makes a missing mailbox (and its superior);
+    # mailboxexists is true once it is there; without :create, INBOX.
+    script = b"""require ["fileinto", "mailbox", "imap4flags"];
+if header :contains "subject" "peerd-list" {
+    if mailboxexists "Lists/peerd" {
+        fileinto :flags "\\\\Seen" "Lists/peerd";
+    } else {
+        fileinto :create "Lists/peerd";
+    }
+}
+if header :contains "subject" "no-create" { fileinto "Nowhere"; }
+"""
+    upload(single, script)
+    assert imap_folders(single) == ["INBOX"]
+    assert lmtp(single, "peerd-list first", n=1) == {}
+    assert imap_folders(single) == ["INBOX", "Lists", "Lists/peerd"]
+    first = single.mailbox("alice", "Lists/peerd")["messages"]
+    assert len(first) == 1 and "\\Seen" not in first[0]["flags"]
+    assert lmtp(single, "peerd-list second", n=2) == {}
+    both = single.mailbox("alice", "Lists/peerd")["messages"]
+    assert len(both) == 2 and "\\Seen" in both[1]["flags"]
+    assert lmtp(single, "no-create here", n=3) == {}
+    assert "Nowhere" not in imap_folders(single)
+    assert len(single.mailbox("alice")["messages"]) == 1
+
+
 def test_script_error_keeps_the_message(single: Node, relay: Relay) -> None:
     # Redirects past the limit are a run-time error (docs/sieve.md): implicit keep.
     script = b"".join(b'redirect "r%d@elsewhere.test";\r\n' % i for i in range(8))

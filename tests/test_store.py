@@ -1009,13 +1009,13 @@ def test_hot_writes_take_the_cursor_path_and_agree_with_sqlalchemy(store: Store)
         statement = _conflict_statement(
             s,
             SyncLogRow.__table__,
-            ("account", "mailbox", "kind"),
+            ("channel", "account", "mailbox", "kind"),
             ("updated_at",),
             ("generation",),
         )
-        keys = ("account", "mailbox", "kind", "generation", "created_at", "updated_at")
-        row = ("fast", box.uniqueid, "append", 1, NOW, NOW)
-        ran = fastsql.executemany(s, statement, keys, [row, (*row[:5], NOW + dt.timedelta(1))])
+        keys = ("channel", "account", "mailbox", "kind", "generation", "created_at", "updated_at")
+        row = ("", "fast", box.uniqueid, "append", 1, NOW, NOW)
+        ran = fastsql.executemany(s, statement, keys, [row, (*row[:6], NOW + dt.timedelta(1))])
         ids = fastsql.select_in(
             s,
             lambda names: select(Account.id, Account.name).where(Account.name.in_(names)),

@@ -85,6 +85,7 @@ class _Started:
     services: list[Service] = field(default_factory=list)
     pair: Pair | None = None
     worker: RollingWorker | None = None
+    channels: dict[str, RollingWorker] = field(default_factory=dict)
     reconciler: Reconciler | None = None
     sweep: SpoolSweep | None = None
     indexer: Indexer | None = None
@@ -145,6 +146,24 @@ async def _start_replication(node: Node, started: _Started) -> None:
     started.pair = Pair(node, client, hooks)
     started.worker, started.reconciler = worker, reconciler
     started.services.append(Service("rolling", stop))
+
+
+async def _start_channels(node: Node, started: _Started) -> None:
+    """The backup channels ([sync.channels.NAME]): a client and a rolling
+    worker each, beside the partner's."""
+    for name in node.config.sync.channels:
+        client = SyncClient(node, channel=name)
+        worker = RollingWorker(node, client)
+        if node.config.sync.sync_log:
+            worker.start()
+        log.info("backup channel %s: replicating to %s", name, client.target)
+
+        async def stop(worker: RollingWorker = worker, client: SyncClient = client) -> None:
+            await worker.stop()
+            await client.close()
+
+        started.channels[name] = worker
+        started.services.append(Service(f"channel-{name}", stop))
 
 
 async def _start_integrity(node: Node, started: _Started) -> None:
@@ -271,6 +290,7 @@ def _parts(node: Node, started: _Started) -> Parts:
         node=node,
         pair=started.pair,
         worker=started.worker,
+        channels=started.channels,
         reconciler=started.reconciler,
         sweep=started.sweep,
         indexer=started.indexer,
@@ -366,6 +386,10 @@ async def _open(config: Config, loop: asyncio.AbstractEventLoop) -> tuple[Node, 
         _stop_if_damaged(config, exc)
         raise
     store = Store(url, config.node.data_dir, flush=config.node.spool_flush)
+    # Every local change is logged for the backup channels too (and, with
+    # sync_log_chain, every change applied from the partner).
+    store.channels = tuple(config.sync.channels)
+    store.chain = config.sync.sync_log_chain
     store.bind_loop(loop)
     node = Node(config, store)
     node.db_check = checked
@@ -391,6 +415,7 @@ async def _start_parts(node: Node, started: _Started, loop: asyncio.AbstractEven
     await _start_sync_listener(node, started)
     try:
         await _start_replication(node, started)
+        await _start_channels(node, started)
     except Exception as exc:
         _stop_if_damaged(config, exc)
         raise
@@ -426,6 +451,7 @@ async def _start_parts(node: Node, started: _Started, loop: asyncio.AbstractEven
             started.tls,
             client=started.pair.client if started.pair else None,
             hooks=started.pair.hooks if started.pair else None,
+            workers=([started.worker] if started.worker else []) + list(started.channels.values()),
         ),
     )
 

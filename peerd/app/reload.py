@@ -19,7 +19,10 @@ says, table by table, which keys take effect at once:
                pair operation
 ``[partner]``  ``api``, ``token``: for the next call to the partner's API
 ``[sync]``     ``sync_compress``, ``sync_timeout``, ``sync_tls``,
-               ``sync_tls_ca``: the sync client opens a new session with them
+               ``sync_tls_ca``: the sync client opens a new session with them;
+               ``sync_batchsize``, ``sync_shutdown_file``: the rolling
+               worker's next pass (and a worker stopped by the shutdown file
+               resumes if the file is gone)
 =============  ==============================================================
 
 Every other key that changed is logged as needing a restart, and keeps its
@@ -33,13 +36,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from peerd.node.config import Config, ConfigError, load_config
 from peerd.node.node import Node
 from peerd.pair.hooks import Hooks
 from peerd.replication.client import SyncClient
+from peerd.replication.rolling import RollingWorker
 
 __all__ = ["RELOADABLE", "Reloaded", "Reloader", "changed_keys", "merge", "reloadable"]
 
@@ -62,7 +66,16 @@ RELOADABLE: Final[dict[str, frozenset[str]]] = {
         }
     ),
     "partner": frozenset({"api", "token"}),
-    "sync": frozenset({"sync_compress", "sync_timeout", "sync_tls", "sync_tls_ca"}),
+    "sync": frozenset(
+        {
+            "sync_compress",
+            "sync_timeout",
+            "sync_tls",
+            "sync_tls_ca",
+            "sync_batchsize",
+            "sync_shutdown_file",
+        }
+    ),
 }
 
 
@@ -124,6 +137,7 @@ class Reloader:
     contexts: list[ssl.SSLContext]
     client: SyncClient | None = None
     hooks: Hooks | None = None
+    workers: list[RollingWorker] = field(default_factory=list)
 
     async def reload(self) -> Reloaded:
         node = self.node
@@ -162,6 +176,8 @@ class Reloader:
             await self.client.reconfigure()
         if self.hooks is not None:
             self.hooks.configure(config.routing.hooks)
+        for worker in self.workers:
+            worker.resume()
         node.counters.inc("config_reloads")
         log.info(
             "SIGHUP: %s reloaded; %s; certificates loaded into %d listener(s)",

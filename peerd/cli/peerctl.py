@@ -490,6 +490,20 @@ def _node_status(client: Client) -> tuple[dict[str, Any], str]:
     replication = result.get("replication")
     if isinstance(replication, dict):
         lines.append(_partner_line(replication) + f", lag {_duration(replication['lag_seconds'])}")
+        if replication.get("rolling", "running") != "running":
+            lines.append(
+                f"rolling replication: {str(replication['rolling']).upper()} by"
+                f" sync_shutdown_file {replication.get('shutdown_file')}"
+                " (the sync log is kept; remove the file, then SIGHUP or restart)"
+            )
+    for name, channel in sorted((result.get("channels") or {}).items()):
+        lines.append(
+            f"backup channel {name} ({channel.get('target') or '-'}): "
+            f"reachable {_yes(channel.get('reachable'))}, "
+            f"sync log depth {channel['sync_log_depth']}, lag {_duration(channel['lag_seconds'])}, "
+            f"last success {_when(channel.get('last_success'))}, "
+            f"last error {channel.get('last_error') or '-'}"
+        )
     for name, state in sorted((result.get("proxy_hooks") or {}).items()):
         lines.append(_hook_line(name, state))
     lmtp = result.get("lmtp")
@@ -511,6 +525,7 @@ def _node_status(client: Client) -> tuple[dict[str, Any], str]:
         shown = (
             "owned",
             "replication",
+            "channels",
             "proxy_hooks",
             "lmtp",
             "spool_sweep",
@@ -612,12 +627,19 @@ def cmd_check_db(client: Client, args: argparse.Namespace) -> Any:
 
 def cmd_replicate(client: Client, args: argparse.Namespace) -> Any:
     body: dict[str, Any] = {}
+    if args.rolling:
+        raise ValueError(
+            "-r: rolling replication is the daemon's own ([sync] sync_log = true, the"
+            " default); `peerctl status` shows it; replicate syncs now (-u USER or -A)"
+        )
     if args.all:
         body["all"] = True
     elif args.user:
         body["account"] = args.user
     else:
-        raise ValueError("give -u USER or --all")
+        raise ValueError("give -u USER or -A (--all)")
+    if args.channel:
+        body["channel"] = args.channel
     if args.mailbox:
         body["mailboxes"] = args.mailbox
     if args.compress:
@@ -913,9 +935,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expunged", action="store_true", help="include expunged records")
     p.set_defaults(func=cmd_mailbox_show)
 
-    p = sub.add_parser("replicate", help="sync to the partner now (like sync_client -u/-m)")
+    p = sub.add_parser("replicate", help="sync to the partner now (like sync_client -u/-m/-A)")
     p.add_argument("-u", "--user", help="the account")
-    p.add_argument("--all", action="store_true", help="every account this node owns")
+    p.add_argument("-A", "--all", action="store_true", help="every account this node owns")
+    p.add_argument(
+        "-n", "--channel", help="to this backup channel ([sync.channels.NAME]), not the partner"
+    )
+    # sync_client -r is the daemon's rolling worker here: said so, not taken.
+    p.add_argument("-r", dest="rolling", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("-m", "--mailbox", action="append", help="only this mailbox (repeatable)")
     p.add_argument("-S", "--server", help="the partner's sync listener host[:port]")
     p.add_argument("-z", "--compress", action="store_true", help="compress the traffic")

@@ -188,6 +188,38 @@ def _log_action(action: str, request: web.Request, target: str, status: int) -> 
     )
 
 
+# What a backup node ([node] role = "backup") refuses: anything that would
+# make it own an account (or change one it only holds a copy of).
+BACKUP_REFUSES = frozenset(
+    {
+        "failover",
+        "switchover",
+        "failback",
+        "account add",
+        "account import",
+        "account move",
+        "account rename",
+    }
+)
+
+
+def _backup_refuses(action: str) -> Endpoint:
+    async def refuse(request: web.Request) -> web.StreamResponse:
+        return web.json_response(
+            {
+                "error": "backup_node",
+                "detail": (
+                    f'{action} refused: this is a backup node ([node] role = "backup"): it'
+                    " holds a copy of every account and never owns one; to serve from it after"
+                    ' losing the pair, promote it (docs/failover.md, "Promoting a backup node")'
+                ),
+            },
+            status=409,
+        )
+
+    return refuse
+
+
 def build_app(parts: Parts, routes: tuple[Route, ...] = ROUTES) -> web.Application:
     public = frozenset(r.path for r in routes if r.public)
     app = web.Application(
@@ -198,7 +230,11 @@ def build_app(parts: Parts, routes: tuple[Route, ...] = ROUTES) -> web.Applicati
         ],
         client_max_size=MAX_BODY,
     )
+    backup = parts.node.config.node.role == "backup"
     for route in routes:
+        if backup and route.action in BACKUP_REFUSES:
+            app.router.add_route(route.method, route.path, _backup_refuses(route.action))
+            continue
         if route.partner and parts.pair is None:
             continue
         if route.method == "GET":

@@ -13,7 +13,7 @@ dataclasses. The OpenAPI document is rendered from the same routes.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from aiohttp import web
@@ -48,6 +48,8 @@ class Parts:
     node: Node
     pair: Pair | None = None
     worker: RollingWorker | None = None
+    # The backup channels' workers by name ([sync.channels.NAME]).
+    channels: dict[str, RollingWorker] = field(default_factory=dict)
     reconciler: Reconciler | None = None
     sweep: SpoolSweep | None = None
     indexer: Indexer | None = None

@@ -79,6 +79,20 @@ def render(status: NodeStatus) -> str:
             "sync_refused_accounts", "Accounts whose data the partner refuses (see status)"
         )
         lines.append(_line("sync_refused_accounts", len(replication.refused_accounts)))
+        lines += _gauge("rolling_stopped", "1 if sync_shutdown_file stopped rolling replication")
+        lines.append(_line("rolling_stopped", 0 if replication.rolling == "running" else 1))
+    if status.channels:
+        lines += _gauge("channel_lag_seconds", "Age of the oldest change not yet on the channel")
+        for name, channel in sorted(status.channels.items()):
+            lines.append(_line("channel_lag_seconds", channel.lag_seconds, {"channel": name}))
+        lines += _gauge("channel_sync_log_depth", "Changes not yet replicated to the channel")
+        for name, channel in sorted(status.channels.items()):
+            lines.append(_line("channel_sync_log_depth", channel.sync_log_depth, {"channel": name}))
+        lines += _gauge("channel_reachable", "1 if the last request to the channel was answered")
+        for name, channel in sorted(status.channels.items()):
+            lines.append(
+                _line("channel_reachable", 1 if channel.reachable else 0, {"channel": name})
+            )
     last = status.reconcile.last if status.reconcile is not None else None
     if last is not None:
         lines += _gauge("reconcile_last", "Results of the last full reconcile")

@@ -12,7 +12,7 @@ result as JSON (:meth:`NodeStatus.to_json`), ``/metrics`` as Prometheus text
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -66,6 +66,8 @@ class NodeStatus:
     proxy_hooks: dict[str, HookStatus] | None = None
     reconcile: ReconcileStatus | None = None
     replication: ReplicationStatus | None = None
+    # The backup channels' replication, by channel name.
+    channels: dict[str, ReplicationStatus] = field(default_factory=dict)
     spool_sweep: SweepStatus | None = None
     lmtp: dict[str, Any] | None = None  # the LMTP worker pool's own report
     integrity: ScrubStatus | None = None  # damaged bodies and the scrub
@@ -97,6 +99,8 @@ class NodeStatus:
             body["reconcile"] = self.reconcile.to_json()
         if self.replication is not None:
             body["replication"] = self.replication.to_json()
+        if self.channels:
+            body["channels"] = {k: v.to_json() for k, v in sorted(self.channels.items())}
         if self.spool_sweep is not None:
             body["spool_sweep"] = self.spool_sweep.to_json()
         if self.lmtp is not None:
@@ -137,6 +141,7 @@ async def node_status(parts: Parts) -> NodeStatus:
         proxy_hooks=pair.hooks.status() if pair else None,
         reconcile=await parts.reconciler.status() if parts.reconciler else None,
         replication=await parts.worker.status() if parts.worker else None,
+        channels={name: await w.status() for name, w in parts.channels.items()},
         spool_sweep=parts.sweep.status() if parts.sweep else None,
         lmtp=await parts.lmtp.status() if parts.lmtp else None,
         integrity=parts.scrubber.status() if parts.scrubber else None,

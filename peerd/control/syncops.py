@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 from aiohttp import web
 
+from engine.errors import InvalidArgument, NotFound
 from peerd.control.call import Call
 from peerd.control.schema import Flag, Text, TextList, member
 from peerd.replication.client import SyncClient
@@ -33,6 +34,8 @@ class ReplicateBody:
     mailboxes: tuple[str, ...] | None = member(TextList(), default=None)
     compress: bool | None = member(Flag(), default=None)
     target: str | None = member(Text(max_length=255), default=None)  # host[:port]
+    # A backup channel ([sync.channels.NAME]) instead of the partner (sync_client -n).
+    channel: str | None = member(Text(max_length=64), default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +57,14 @@ class SweepBody:
 async def replicate_route(call: Call[ReplicateBody, None]) -> web.Response:
     body, node = call.body, call.node
     client = call.pair.client
-    if body.target is not None:
+    if body.channel is not None:
+        if body.channel not in call.parts.channels:
+            known = ", ".join(sorted(call.parts.channels)) or "none"
+            raise NotFound(f"no backup channel {body.channel!r} ([sync.channels]: {known})")
+        if body.target is not None:
+            raise InvalidArgument("give a channel or a target, not both")
+        client = call.parts.channels[body.channel].client
+    elif body.target is not None:
         client = SyncClient(node, sync_target(node, body.target))
     try:
         result = await replicate_now(
@@ -66,7 +76,7 @@ async def replicate_route(call: Call[ReplicateBody, None]) -> web.Response:
             compressed=body.compress,
         )
     finally:
-        if client is not call.pair.client:
+        if body.target is not None:
             await client.close()
     # Per-account failures are part of the answer (peerctl exits non-zero on
     # them); the request itself succeeded.

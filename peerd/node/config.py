@@ -24,12 +24,14 @@ from typing import Annotated, Any
 from apscheduler.triggers.cron import CronTrigger
 
 from engine.limits import MAX_SCRIPTS
+from peerd.node.syncoptions import refusal
 
 __all__ = [
     "SIZE_PATTERN",
     "AccountsConfig",
     "Address",
     "ApiConfig",
+    "ChannelConfig",
     "Config",
     "ConfigError",
     "DatabaseConfig",
@@ -122,6 +124,10 @@ def parse_address(value: object) -> Address:
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
     name: str
+    # "pair": a node of a pair (owns accounts); "backup": a replica-only
+    # backup node, the target of the pair's [sync.channels.NAME]: it takes
+    # every account's changes and refuses ownership (docs/failover.md).
+    role: str = "pair"
     data_dir: Path = Path("var")
     local_domains: tuple[str, ...] = ()
     hostname: str = "localhost"
@@ -161,6 +167,21 @@ class TlsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ChannelConfig:
+    """``[sync.channels.NAME]``: a replica-only backup node that receives
+    every change of every account this node owns (and, with
+    ``sync_log_chain``, of those it holds for the partner) and never owns
+    any. Credentials and TLS as for the partner; empty: ``[sync]``'s."""
+
+    sync_host: str = ""
+    sync_port: int = 2005
+    sync_authname: str = ""
+    sync_password: str = ""
+    sync_tls: bool | None = None  # None: as [sync] sync_tls
+    sync_tls_ca: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SyncConfig:
     sync_host: str = ""
     sync_port: int = 2005
@@ -170,7 +191,21 @@ class SyncConfig:
     sync_log: bool = True
     sync_repeat_interval: dt.timedelta = dt.timedelta(seconds=1)
     sync_reconnect_maxwait: dt.timedelta = dt.timedelta(seconds=20)
+    # The sync connection's idle timeout: connecting, and each read of an
+    # answer (a request that keeps moving is never cut).
     sync_timeout: dt.timedelta = dt.timedelta(seconds=30)
+    # The most sync-log records the rolling worker has in flight at once
+    # (Cyrus's batch of the log); an account's records always go together.
+    sync_batchsize: int = 8192
+    # While this file exists the rolling worker starts nothing new (the
+    # syncs in hand finish, the sync log is kept); removing it and SIGHUP
+    # (or a restart) resumes.
+    sync_shutdown_file: Path | None = None
+    # Changes applied from the partner are also logged for this node's
+    # backup channels (a chain alpha -> beta -> backup).
+    sync_log_chain: bool = False
+    # Replica-only backup channels by name (Cyrus's sync_log_channels).
+    channels: dict[str, ChannelConfig] = field(default_factory=dict)
     sync_mode: str = "rolling"
     sync_synchronous_timeout: dt.timedelta = dt.timedelta(seconds=2)
     sync_concurrency: int = 4
@@ -435,6 +470,10 @@ def _convert(value: object, hint: Any, where: str) -> Any:
         return parse_duration(value)
     if hint is Address:
         return parse_address(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a table, got {_kind(value)}")
+        return {str(key): _convert(item, args[1], f"{where}.{key}") for key, item in value.items()}
     if origin is tuple:
         if not isinstance(value, list):
             raise ValueError(f"expected a list, got {_kind(value)}")
@@ -450,6 +489,10 @@ def _build(cls: Any, table: dict[str, Any], where: str) -> Any:
     hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(table) - names)
+    for key in unknown:
+        why = refusal(where, key)
+        if why is not None:
+            raise ConfigError(why)
     if unknown:
         raise ConfigError(f"[{where}]: unknown key(s) {', '.join(unknown)}")
     kwargs: dict[str, Any] = {}
@@ -482,6 +525,10 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
     config = Config(**kwargs)
     if config.sync.sync_mode not in ("rolling", "synchronous"):
         raise ConfigError('[sync] sync_mode must be "rolling" or "synchronous"')
+    if config.sync.sync_batchsize < 1:
+        raise ConfigError("[sync] sync_batchsize must be >= 1")
+    if config.sync.sync_timeout <= dt.timedelta(0):
+        raise ConfigError("[sync] sync_timeout must be positive")
     if config.node.spool_flush not in ("filesystem", "file"):
         raise ConfigError('[node] spool_flush must be "filesystem" or "file"')
     if config.node.spool_sweep_interval < dt.timedelta(0):
@@ -554,6 +601,7 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
             "[routing] auth_http_secret is required when [listen] http is not on loopback"
         )
     _check_directory(config.routing)
+    _check_channels(config)
     sync_table = data.get("sync", {})
     if (
         config.sync.sync_host
@@ -597,6 +645,39 @@ def check_for_service(config: Config) -> None:
             "[listen] sync is set but [sync] sync_authname/sync_password are not: the"
             " sync listener would refuse the partner; set both (the same on both nodes)"
         )
+
+
+def _check_channels(config: Config) -> None:
+    sync = config.sync
+    if config.node.role not in ("pair", "backup"):
+        raise ConfigError('[node] role must be "pair" or "backup"')
+    if config.node.role == "backup" and (sync.sync_host or sync.channels or config.partner.name):
+        raise ConfigError(
+            '[node] role = "backup": a backup node has no partner and no channels of its own'
+            " (remove [sync] sync_host, [sync.channels] and [partner]); the pair's nodes"
+            " name it in their [sync.channels.NAME]"
+        )
+    if sync.sync_log_chain and not sync.channels:
+        raise ConfigError(
+            "[sync] sync_log_chain passes the partner's changes on to this node's backup"
+            " channels: it needs a [sync.channels.NAME]"
+        )
+    for name, channel in sync.channels.items():
+        where = f"[sync.channels.{name}]"
+        if not re.fullmatch(r"[a-z0-9][a-z0-9\-]{0,62}", name):
+            raise ConfigError(f"{where}: a channel name is lower-case letters, digits and dashes")
+        if not channel.sync_host:
+            raise ConfigError(f"{where} sync_host is required (the backup node's sync listener)")
+        if name in (config.node.name, config.partner.name):
+            raise ConfigError(
+                f"{where}: {name!r} is a node of the pair; a channel is a third, backup node"
+            )
+        tls = sync.sync_tls if channel.sync_tls is None else channel.sync_tls
+        if not is_loopback(channel.sync_host) and not tls and channel.sync_tls is None:
+            raise ConfigError(
+                f"{where} sync_tls is required when sync_host is not on loopback"
+                " (or say sync_tls = false explicitly)"
+            )
 
 
 def _check_directory(routing: RoutingConfig) -> None:

@@ -34,6 +34,14 @@ applies only if it is still in the marked state. Anything else, or a 412
 from the replica, and the steps above run in full. A 409 from the fence
 means the partner owns the account or knows a higher epoch: we adopt its row
 (never lowering ours) and stop pushing that account.
+
+A client with a ``channel`` pushes to that backup channel's node
+(``[sync.channels.NAME]``) instead, with its own credentials, TLS and sync-log
+rows. The steps are the same; the backup's fence takes our ownership row as
+any replica's does. With ``sync_log_chain`` it also pushes accounts the
+partner owns (the row it sends names the owner); those it never repairs
+here: a backup that holds mail we lack is refused, not copied in, since we
+do not own the account.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -126,9 +135,13 @@ class SyncReport:
 class SyncClient:
     """The owner side of replication to one partner."""
 
-    def __init__(self, node: Node, target: Address | None = None) -> None:
+    def __init__(self, node: Node, target: Address | None = None, *, channel: str = "") -> None:
         self.node = node
         sync = node.config.sync
+        self.channel = channel
+        if channel:
+            settings = sync.channels[channel]
+            target = Address(settings.sync_host.strip("[]"), settings.sync_port)
         self.target = target or node.config.sync_partner
         self.compress_default = sync.sync_compress
         self._session: aiohttp.ClientSession | None = None
@@ -137,7 +150,11 @@ class SyncClient:
         self._locks: dict[str, asyncio.Lock] = {}
         # account -> (epoch, the state the replica was left in): see engine.delta.
         self._marks: dict[str, tuple[int, AccountState]] = {}
-        token = base64.b64encode(f"{sync.sync_authname}:{sync.sync_password}".encode()).decode()
+        authname, password = sync.sync_authname, sync.sync_password
+        if channel:
+            authname = sync.channels[channel].sync_authname or authname
+            password = sync.channels[channel].sync_password or password
+        token = base64.b64encode(f"{authname}:{password}".encode()).decode()
         self._auth = f"Basic {token}"
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -160,27 +177,35 @@ class SyncClient:
         for listener in list(self._reach_listeners):
             listener(answered, why)
 
+    def _tls(self) -> tuple[bool, Path | None]:
+        """(TLS on, the CA file) for this client's node: the channel's, else [sync]'s."""
+        sync = self.node.config.sync
+        settings = sync.channels.get(self.channel) if self.channel else None
+        if settings is None or settings.sync_tls is None:
+            return sync.sync_tls, (settings.sync_tls_ca if settings else None) or sync.sync_tls_ca
+        return settings.sync_tls, settings.sync_tls_ca or sync.sync_tls_ca
+
     @property
     def base(self) -> str:
         if self.target is None:
             raise SyncProtocolError("no partner configured ([sync] sync_host)")
-        scheme = "https" if self.node.config.sync.sync_tls else "http"
+        scheme = "https" if self._tls()[0] else "http"
         return f"{scheme}://{self.target}/sync/v1"
 
     def _ssl(self) -> ssl.SSLContext | bool:
-        sync = self.node.config.sync
-        if not sync.sync_tls:
+        tls, ca = self._tls()
+        if not tls:
             return False
-        context = ssl.create_default_context(
-            cafile=str(sync.sync_tls_ca) if sync.sync_tls_ca else None
-        )
+        context = ssl.create_default_context(cafile=str(ca) if ca else None)
         return context
 
     async def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            timeout = aiohttp.ClientTimeout(
-                total=self.node.config.sync.sync_timeout.total_seconds()
-            )
+            # sync_timeout is the connection's idle timeout (Cyrus's): to
+            # connect, and between two reads of an answer; a whole request
+            # (an 8 MB UPLOAD on a slow link) may take ten times it.
+            idle = self.node.config.sync.sync_timeout.total_seconds()
+            timeout = aiohttp.ClientTimeout(total=10 * idle, sock_connect=idle, sock_read=idle)
             connector = aiohttp.TCPConnector(limit=8, ssl=self._ssl(), keepalive_timeout=60)
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=timeout, auto_decompress=False
@@ -398,7 +423,7 @@ class SyncClient:
         async def plan() -> _Round:
             local = await store.read(lambda s: self._local(s, account, mailbox_names))
             own_row, rows, summaries, include = local
-            if own_row is None or own_row.owner != self.node.name:
+            if own_row is None or not self._may_push(own_row):
                 owner = own_row.owner if own_row else "nobody"
                 raise SyncRefused(f"{self.node.name} does not own {account} (owner {owner})")
             names = " ".join(summaries_names(summaries)) or account
@@ -427,6 +452,13 @@ class SyncClient:
             return _Round(own_row, rows, owner_state, include, repairs, push, known_names, delta)
 
         async def repair(planned: _Round) -> None:
+            if planned.own_row.owner != self.node.name:
+                # A chained account (sync_log_chain): the backup holds mail
+                # we lack; only the owner may copy it in.
+                raise SyncProtocolError(
+                    f"{account}: channel {self.channel} holds mail {self.node.name} lacks;"
+                    f" {planned.own_row.owner} owns the account: replicate it from there"
+                )
             await self._repair(account, planned.own_row, planned.repairs, use_zlib, report)
 
         planned = await converge(account, plan, repair)
@@ -460,12 +492,21 @@ class SyncClient:
         if planned.rows:
             await store.write(partial(synclog.acknowledge, rows=planned.rows))
 
+    def _may_push(self, row: OwnershipView) -> bool:
+        """We push accounts we own; to a backup channel with sync_log_chain,
+        also those the partner owns (never one the channel's node would own)."""
+        if row.owner == self.node.name:
+            return True
+        return bool(
+            self.channel and self.node.config.sync.sync_log_chain and row.owner != self.channel
+        )
+
     def _local(
         self, session: Session, account: str, mailbox_names: list[str] | None
     ) -> tuple[OwnershipView | None, list[tuple[int, int]], list[Any], set[str] | None]:
         row = ownership_table.get(session, account)
         view = row_view(row) if row is not None else None
-        pending = synclog.pending(session, [account])
+        pending = synclog.pending(session, [account], self.channel)
         rows = pending[0].rows if pending else []
         state = read_account_state(session, account)
         include: set[str] | None = None
@@ -536,7 +577,7 @@ class SyncClient:
             session: Session,
         ) -> tuple[OwnershipView | None, list[tuple[int, int]], Delta | None]:
             row = ownership_table.get(session, account)
-            pending = synclog.pending(session, [account])
+            pending = synclog.pending(session, [account], self.channel)
             return (
                 row_view(row) if row is not None else None,
                 pending[0].rows if pending else [],
@@ -547,7 +588,7 @@ class SyncClient:
         if (
             delta is None
             or own_row is None
-            or own_row.owner != self.node.name
+            or not self._may_push(own_row)
             or own_row.epoch != epoch
         ):
             return False

@@ -104,9 +104,15 @@ async def replicate_now(
     compressed: bool | None = None,
 ) -> Replicated:
     """Sync ``account`` (some of its ``mailboxes``), or every owned account."""
+    chained = bool(client.channel and node.config.sync.sync_log_chain)
     if everything:
+        # Ours; to a backup channel with sync_log_chain, the partner's too.
         accounts = await node.store.read(
-            lambda s: [r.account for r in ownership_table.views(s, owner=node.name)]
+            lambda s: [
+                r.account
+                for r in ownership_table.views(s, owner=None if chained else node.name)
+                if r.owner != client.channel
+            ]
         )
     elif account:
         accounts = [account]
@@ -132,7 +138,11 @@ async def replicate_now(
             differ, _refused = await client.differing(accounts)
         except EngineError:
             differ = set(accounts)  # the per-account syncs will say what is wrong
-        pending = set(await node.store.read(lambda s: [p.account for p in synclog.pending(s)]))
+        pending = set(
+            await node.store.read(
+                lambda s: [p.account for p in synclog.pending(s, channel=client.channel)]
+            )
+        )
         todo = [a for a in accounts if a in differ or a in pending]
     await asyncio.gather(*(one(a) for a in todo))
     return Replicated(

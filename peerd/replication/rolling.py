@@ -14,12 +14,30 @@ higher epoch), the worker adopts the partner's row, asks the partner to sync
 the account back to us (so mail we accepted and never replicated is copied
 to the new owner by the no-loss rule), and drops its own rows for it.
 
+A pass starts syncs only while the sync-log records in flight stay within
+``sync_batchsize`` (an account's records always go together, so one account
+larger than the batch goes alone). While ``sync_shutdown_file`` exists the
+worker starts nothing new: the syncs in hand finish and their records are
+acknowledged, the rest of the log is kept, ``status`` says ``rolling: stopped``.
+The worker looks for the file before every pass; it looks for it again
+only at SIGHUP (:meth:`RollingWorker.resume`) or a restart once stopped, so
+removing the file alone resumes nothing (Cyrus's ``sync_client`` exits and
+is started again; here the daemon stays up and is told).
+
 With ``sync_mode = "synchronous"`` an LMTP delivery waits, before its 250,
 until the partner has the message or ``sync_synchronous_timeout`` passes
 (then the rolling worker carries it and the fallback is counted):
 :meth:`RollingWorker.wait_for_partner` is the node's ``after_delivery`` hook.
 
-The daemon (:mod:`peerd.app.daemon`) creates the worker and starts it;
+A backup channel (``[sync.channels.NAME]``) has a worker of its own, with
+its own client and sync-log rows (``channel``): the same passes, back-off,
+batch and shutdown file, so a backup that is down never holds the partner
+back. Its fence answers differ: the backup never owns an account, so a
+refusal means it knows a newer owner (after a failover the partner feeds
+it); we drop our rows for that account and never ask the backup to sync
+anything back.
+
+The daemon (:mod:`peerd.app.daemon`) creates the workers and starts them;
 :meth:`RollingWorker.status` is ``replication`` in ``status`` and ``/metrics``.
 """
 
@@ -85,6 +103,12 @@ class ReplicationStatus:
     bytes_received: int
     mode: str
     account: str | None = None
+    # "running", "stopping" (sync_shutdown_file seen, syncs in hand
+    # finishing) or "stopped"; and the file that stopped it.
+    rolling: str = "running"
+    shutdown_file: str | None = None
+    batchsize: int = 0
+    largest_batch: int = 0  # the most sync-log records in flight at once so far
     # Accounts whose data the partner refuses as it is (a 4xx), with why.
     refused_accounts: dict[str, str] = field(default_factory=dict)
 
@@ -105,6 +129,10 @@ class ReplicationStatus:
             "bytes_received": self.bytes_received,
             "mode": self.mode,
             "refused_accounts": dict(sorted(self.refused_accounts.items())),
+            "rolling": self.rolling,
+            "shutdown_file": self.shutdown_file,
+            "batchsize": self.batchsize,
+            "largest_batch": self.largest_batch,
         }
         if self.account is not None:
             body["account"] = self.account
@@ -115,12 +143,19 @@ class RollingWorker:
     def __init__(self, node: Node, client: SyncClient) -> None:
         self.node = node
         self.client = client
+        self.channel = client.channel  # "": the partner
+        self.peer = f"backup channel {self.channel}" if self.channel else "partner"
         sync = node.config.sync
         self.interval = sync.sync_repeat_interval.total_seconds()
         self.maxwait = sync.sync_reconnect_maxwait.total_seconds()
         self.semaphore = asyncio.Semaphore(max(1, sync.sync_concurrency))
         self.wake = asyncio.Event()
         self.running: set[str] = set()
+        # account -> its sync-log records in flight (sync_batchsize counts these).
+        self.in_flight: dict[str, int] = {}
+        self.largest_batch = 0
+        # The sync_shutdown_file that stopped us; None: running.
+        self.stopped_by: str | None = None
         self.retry_at: dict[str, Backoff] = {}
         self.refused: dict[str, str] = {}  # accounts the partner rejects, and why
         self.partner_retry = Backoff(PARTNER_RETRY_FIRST, self.maxwait)
@@ -139,21 +174,22 @@ class RollingWorker:
         and ``/metrics`` show that, not only what our own last sync saw."""
         if answered:
             if self.partner.reachable is False:
-                log.info("partner reachable again")
+                log.info("%s reachable again", self.peer)
                 # Rows held back by the back-off can go now.
                 self.partner_retry.reset()
                 self.wake.set()
             self.partner.reachable = True
             return
         if self.partner.reachable is not False:
-            log.warning("partner unreachable, retrying with back-off: %s", why)
+            log.warning("%s unreachable, retrying with back-off: %s", self.peer, why)
         self.partner.reachable = False
 
     def on_change(self, changes: list[synclog.Change]) -> None:
         self.wake.set()
 
     def start(self) -> None:
-        self._main = asyncio.create_task(self.run(), name="rolling-replication")
+        name = f"rolling-{self.channel}" if self.channel else "rolling-replication"
+        self._main = asyncio.create_task(self.run(), name=name)
 
     async def stop(self) -> None:
         if self._main is not None:
@@ -180,17 +216,66 @@ class RollingWorker:
             except Exception:
                 log.exception("rolling replication pass failed")
 
+    def shut_down(self) -> bool:
+        """Whether ``sync_shutdown_file`` stops us (checked before every pass
+        while running; once stopped, only :meth:`resume` looks again)."""
+        if self.stopped_by is not None:
+            return True
+        path = self.node.config.sync.sync_shutdown_file
+        if path is None or not path.exists():
+            return False
+        self.stopped_by = str(path)
+        log.warning(
+            "sync_shutdown_file %s exists: rolling replication to the %s stops after the"
+            " %d sync(s) in hand; the sync log is kept (remove the file, then SIGHUP or restart)",
+            path,
+            self.peer,
+            len(self.running),
+        )
+        return True
+
+    def resume(self) -> None:
+        """SIGHUP: go on if the shutdown file is gone (else stay stopped, say so)."""
+        if self.stopped_by is None:
+            return
+        path = self.node.config.sync.sync_shutdown_file
+        if path is not None and path.exists():
+            log.warning(
+                "sync_shutdown_file %s still exists: rolling replication to the %s stays stopped",
+                path,
+                self.peer,
+            )
+            self.stopped_by = str(path)
+            return
+        log.info(
+            "sync_shutdown_file %s gone: rolling replication to the %s resumes",
+            self.stopped_by,
+            self.peer,
+        )
+        self.stopped_by = None
+        self.wake.set()
+
     async def pass_once(self) -> None:
+        if self.shut_down():
+            return
         now = time.monotonic()
         if self.partner_retry.waiting(now):
             return
-        pending = await self.node.store.read(synclog.pending)
+        pending = await self.node.store.read(lambda s: synclog.pending(s, channel=self.channel))
+        batchsize = self.node.config.sync.sync_batchsize
         for item in pending:
             if item.account in self.running:
                 continue
             retry = self.retry_at.get(item.account)
             if retry is not None and retry.waiting(now):
                 continue
+            in_flight = sum(self.in_flight.values())
+            if in_flight and in_flight + len(item.rows) > batchsize:
+                # The batch is full: what is left waits for the next pass
+                # (a finished sync wakes us).
+                break
+            self.in_flight[item.account] = len(item.rows)
+            self.largest_batch = max(self.largest_batch, in_flight + len(item.rows))
             self.running.add(item.account)
             task = asyncio.create_task(self.sync_one(item.account))
             self.tasks.add(task)
@@ -202,6 +287,7 @@ class RollingWorker:
                 await self.replicate(account)
         finally:
             self.running.discard(account)
+            self.in_flight.pop(account, None)
             # Changes that arrived during this sync are still logged: look again now.
             self.wake.set()
 
@@ -271,7 +357,9 @@ class RollingWorker:
     def _account_failed(self, account: str, message: str) -> None:
         retry = self.retry_at.setdefault(account, Backoff(ACCOUNT_RETRY_FIRST, self.maxwait))
         delay = retry.next()
-        log.warning("sync of %s failed (retry in %.1fs): %s", account, delay, message)
+        log.warning(
+            "sync of %s to the %s failed (retry in %.1fs): %s", account, self.peer, delay, message
+        )
         self._error(f"{account}: {message}")
         self._note_error(account, message)
 
@@ -291,6 +379,13 @@ class RollingWorker:
         """The partner refused: learn its row if newer, hand our changes over."""
         self.node.counters.inc("sync_fenced")
         current = exc.current
+        if self.channel:
+            # The backup knows a newer owner than we do (the partner took
+            # the account over and feeds it): learning ownership is the
+            # partner's business, not the backup's.
+            log.warning("%s: channel %s refused: %s", account, self.channel, exc.message)
+            await self.not_ours(account, exc.message)
+            return
         if current is not None and current.account == account:
             reason = f"fenced by {self.node.partner}"
             if await self.node.store.write(
@@ -306,6 +401,14 @@ class RollingWorker:
 
     async def not_ours(self, account: str, message: str) -> None:
         """We hold changes for an account the partner owns: ask it to pull them."""
+        if self.channel:
+            # A backup never owns anything and never syncs back: the owner
+            # (or its chain) feeds it; our rows for it go.
+            await self._drop(account)
+            log.info(
+                "%s: not pushed to channel %s (%s); rows dropped", account, self.channel, message
+            )
+            return
         try:
             await self.client.call(
                 "request_sync", encode_json({"accounts": [account]}), compressed=False
@@ -314,22 +417,28 @@ class RollingWorker:
             self._account_failed(account, f"{message}; asking the partner to sync failed: {exc}")
             return
 
+        await self._drop(account)
+        log.info("%s: not ours (%s); the owner will pull what we hold", account, message)
+
+    async def _drop(self, account: str) -> None:
         def drop(session: Session) -> int:
-            pending = synclog.pending(session, [account])
+            pending = synclog.pending(session, [account], self.channel)
             return synclog.acknowledge(session, pending[0].rows) if pending else 0
 
         await self.node.store.write(drop)
-        log.info("%s: not ours (%s); the owner will pull what we hold", account, message)
 
     async def status(self, account: str | None = None) -> ReplicationStatus:
         def read(session: Session) -> tuple[int, dt.datetime | None]:
-            return synclog.depth(session, account), synclog.oldest(session, account)
+            return (
+                synclog.depth(session, account, self.channel),
+                synclog.oldest(session, account, self.channel),
+            )
 
         depth, oldest = await self.node.store.read(read)
         lag = (dt.datetime.now(dt.UTC) - oldest).total_seconds() if oldest else 0.0
         seen = self.partner if account is None else self.accounts.get(account, PartnerStatus())
         return ReplicationStatus(
-            partner=self.node.partner,
+            partner=self.channel or self.node.partner,
             target=str(self.client.target),
             reachable=self.partner.reachable,
             sync_log_depth=depth,
@@ -344,6 +453,12 @@ class RollingWorker:
             bytes_received=self.client.bytes_received,
             mode=self.node.config.sync.sync_mode,
             account=account,
+            rolling=(
+                "running" if self.stopped_by is None else "stopping" if self.running else "stopped"
+            ),
+            shutdown_file=self.stopped_by,
+            batchsize=self.node.config.sync.sync_batchsize,
+            largest_batch=self.largest_batch,
             refused_accounts=(
                 dict(self.refused)
                 if account is None
@@ -360,6 +475,10 @@ class RollingWorker:
         timeout = self.node.config.sync.sync_synchronous_timeout.total_seconds()
 
         async def one(account: str) -> None:
+            if self.stopped_by is not None:
+                # Stopped by sync_shutdown_file: the log keeps it.
+                self.node.counters.inc("sync_synchronous_fallbacks")
+                return
             try:
                 report = await asyncio.wait_for(self.replicate(account), timeout)
             except TimeoutError:

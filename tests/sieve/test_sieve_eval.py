@@ -19,6 +19,7 @@ from peerd.protocols.sieve import (
     Redirect,
     Reject,
     Result,
+    ScriptError,
     Vacation,
     WorkLimitExceeded,
     compile_script,
@@ -513,3 +514,21 @@ def test_mail_shaped_input_never_breaks_evaluation(pieces: list[bytes]) -> None:
     program = compile_script(EVERY_TEST)
     result = evaluate(program, Message.from_bytes(b"".join(pieces), "a@b", "bob@x"), USER)
     assert result.actions
+
+
+def test_rfc5490_fileinto_create_and_mailboxexists() -> None:
+    have = Context(user_addresses=USER.user_addresses, mailboxes=frozenset({"INBOX", "Lists"}))
+    script = (
+        'require ["fileinto", "mailbox"];'
+        ' if mailboxexists ["inbox", "Lists"] { fileinto :create "Lists/new"; }'
+        ' if mailboxexists "Gone" { fileinto "never"; }'
+    )
+    assert run(script, context=have).actions == (FileInto("Lists/new", create=True),)
+    # Nothing known: the test is false, the implicit keep stays.
+    assert run(script).actions == (Keep(implicit=True),)
+    # Two fileintos of one mailbox merge; one :create is enough.
+    merged = run('require ["fileinto", "mailbox"]; fileinto "A"; fileinto :create "A";')
+    assert merged.actions == (FileInto("A", create=True),)
+    for bad in ('require "fileinto"; fileinto :create "A";', 'if mailboxexists "A" { stop; }'):
+        with pytest.raises(ScriptError, match='require "mailbox"'):
+            compile_script(bad)

@@ -47,6 +47,8 @@ class FileInto:
     mailbox: str
     flags: tuple[str, ...] = ()
     copy: bool = False
+    # RFC 5490 section 3.2: create the mailbox first if it is missing.
+    create: bool = False
 
     def __post_init__(self) -> None:
         if not self.mailbox:

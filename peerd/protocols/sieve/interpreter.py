@@ -73,6 +73,9 @@ class Context:
     # RFC 5230 section 4.1: the site's bounds on :days.
     vacation_min_days: int = 1
     vacation_max_days: int = 30
+    # The account's mailbox names (RFC 5490 mailboxexists); the delivery
+    # side fills it only for scripts that require "mailbox".
+    mailboxes: frozenset[str] = frozenset()
 
 
 class _Stop(Exception):
@@ -161,7 +164,7 @@ class _Run:
             if not mailbox:
                 raise SieveRuntimeError("fileinto to an empty mailbox name", node.line)
             flags = self.flags if node.flags is None else _split_flags(self.texts(node.flags))
-            self.actions.append(a.FileInto(mailbox, tuple(flags), node.copy))
+            self.actions.append(a.FileInto(mailbox, tuple(flags), node.copy, node.create))
             self.keep_cancelled |= not node.copy
         elif isinstance(node, p.Redirect):
             self._redirect(node)
@@ -246,6 +249,13 @@ class _Run:
             return size > node.limit if node.over else size < node.limit
         if isinstance(node, p.Exists):
             return all(self.message.has(name) for name in self.texts(node.headers))
+        if isinstance(node, p.MailboxExists):
+            # RFC 3501 section 5.1: INBOX is case-insensitive, other names are not.
+            known = self.context.mailboxes
+            return all(
+                (name.upper() == "INBOX" and "INBOX" in known) or name in known
+                for name in self.texts(node.mailboxes)
+            )
         if isinstance(node, p.HeaderTest):
             values = [v for name in self.texts(node.headers) for v in self.message.values(name)]
             return self.matches(node.match, values, node.keys)
@@ -370,7 +380,12 @@ def _settle(run: _Run) -> list[a.Action]:
                 if isinstance(earlier, a.Keep):
                     out[index] = a.Keep(merged, earlier.implicit)
                 else:
-                    out[index] = a.FileInto(earlier.mailbox, merged, earlier.copy)
+                    out[index] = a.FileInto(
+                        earlier.mailbox,
+                        merged,
+                        earlier.copy,
+                        earlier.create or (isinstance(action, a.FileInto) and action.create),
+                    )
                 continue
             deliveries[key] = len(out)
             out.append(action)

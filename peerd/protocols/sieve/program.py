@@ -117,6 +117,14 @@ class HeaderTest:
 
 
 @dataclass(frozen=True, slots=True)
+class MailboxExists:
+    """RFC 5490 section 3.1: every named mailbox exists (and takes mail)."""
+
+    mailboxes: tuple[str, ...]
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
 class Exists:
     """RFC 5228 section 5.5."""
 
@@ -177,6 +185,7 @@ TestNode: TypeAlias = (
     | BodyTest
     | StringTest
     | HasFlag
+    | MailboxExists
 )
 
 
@@ -212,12 +221,14 @@ class Discard:
 
 @dataclass(frozen=True, slots=True)
 class FileInto:
-    """RFC 5228 section 4.1, ``:copy`` (RFC 3894), ``:flags`` (RFC 5232 section 5)."""
+    """RFC 5228 section 4.1, ``:copy`` (RFC 3894), ``:flags`` (RFC 5232 section 5),
+    ``:create`` (RFC 5490 section 3.2)."""
 
     mailbox: str
     copy: bool
     flags: tuple[str, ...] | None
     line: int
+    create: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ SUPPORTED: Final = (
     "vacation",  # RFC 5230
     "imap4flags",  # RFC 5232
     "copy",  # RFC 3894
+    "mailbox",  # RFC 5490 section 3 (fileinto :create, mailboxexists)
     "body",  # RFC 5173
     "variables",  # RFC 5229
     "relational",  # RFC 5231
@@ -104,6 +105,7 @@ _COMMANDS: Final[Mapping[str, _Rule]] = {
         {
             "copy": _TagRule("copy", None, "copy"),
             "flags": _TagRule("flags", _STRINGS, "imap4flags"),
+            "create": _TagRule("create", None, "mailbox"),
         },
         (_STRING,),
     ),
@@ -171,6 +173,7 @@ _TESTS: Final[Mapping[str, _Rule]] = {
         (_STRINGS,),
     ),
     "string": _Rule("variables", _MATCH_TAGS, (_STRINGS, _STRINGS)),
+    "mailboxexists": _Rule("mailbox", positional=(_STRINGS,)),
     "hasflag": _Rule(
         "imap4flags",
         _MATCH_TAGS,
@@ -402,7 +405,9 @@ class _Validator:
         if name == "discard":
             return p.Discard(line)
         if name == "fileinto":
-            return p.FileInto(self._string(args[0]), "copy" in tags, flags, line)
+            return p.FileInto(
+                self._string(args[0]), "copy" in tags, flags, line, create="create" in tags
+            )
         if name == "redirect":
             return p.Redirect(self._string(args[0]), "copy" in tags, line)
         if name in ("reject", "ereject"):
@@ -496,6 +501,9 @@ class _Validator:
     def _exists(self, test: t.Test, bound: _Bound) -> p.TestNode:
         return p.Exists(self._strings(bound.positional[0]), test.line)
 
+    def _mailboxexists(self, test: t.Test, bound: _Bound) -> p.TestNode:
+        return p.MailboxExists(self._strings(bound.positional[0]), test.line)
+
     def _size(self, test: t.Test, bound: _Bound) -> p.TestNode:
         tag, number = bound.tags["size"]
         assert isinstance(number, t.Number)
@@ -509,6 +517,7 @@ class _Validator:
         "anyof": _all_any,
         "exists": _exists,
         "size": _size,
+        "mailboxexists": _mailboxexists,
     }
 
 

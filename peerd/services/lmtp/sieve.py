@@ -18,7 +18,12 @@ from the partner). Those recipients do not take the grouped delivery path;
    write (``Node.write_owned``) appends to every target; a ``fileinto`` to a
    mailbox the account does not have files into INBOX (RFC 5228 section 4.1
    leaves the choice to the server; peerd does not create mailboxes on its
-   own). ``discard`` stores nothing.
+   own) unless it says ``:create`` (RFC 5490 section 3.2): then the mailbox,
+   and any superior that is missing, is created in that same write, and
+   replicates like an IMAP CREATE. A creation that fails (a name the store
+   refuses, the mailbox limit) files into INBOX. ``discard`` stores nothing.
+   ``mailboxexists`` (RFC 5490 section 3.1) reads the account's mailbox
+   names once per message, only for scripts that require "mailbox".
 4. ``vacation`` (RFC 5230): the reply-once record is checked and written
    in one fenced write (:func:`engine.sieve.vacation_due`), replicated like
    the scripts; only then the reply goes out through the relay with an
@@ -38,13 +43,15 @@ import smtplib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from engine import mailview
 from engine import sieve as sieve_store
 from engine.delivery import Recipient, resolve_account
 from engine.errors import EngineError, InvalidArgument
 from engine.flags import normalize_flags
-from engine.mailbox import create_mailbox, find_mailbox, normalize_mailbox_name
+from engine.mailbox import create_mailbox, find_mailbox, list_mailboxes, normalize_mailbox_name
 from engine.messages import append
 from engine.models import Account, Duplicate
 from engine.spool import Staged
@@ -171,7 +178,10 @@ class SieveFilter:
         message_id: str | None = None,
     ) -> Stored:
         message = Message.from_bytes(data, mail_from, address.strip("<>"))
-        context = Context(user_addresses=self.addresses(account, address))
+        mailboxes: frozenset[str] = frozenset()
+        if "mailbox" in program.required:
+            mailboxes = await self.node.store.read(lambda s: _mailbox_names(s, account))
+        context = Context(user_addresses=self.addresses(account, address), mailboxes=mailboxes)
         result: Result = await asyncio.to_thread(evaluate, program, message, context)
         if result.error is not None:
             log.warning("sieve: script of %s failed, message kept: %s", account, result.error)
@@ -179,17 +189,17 @@ class SieveFilter:
         if rejected is not None:
             self.node.counters.inc("sieve_rejected")
             return Stored(account, lmtp_sieve_reject(rejected.reason), False)
-        targets: list[tuple[str, tuple[str, ...]]] = []
+        targets: list[_Target] = []
         vacation: Vacation | None = None
         for action in result.actions:
             if isinstance(action, Keep):
-                targets.append((INBOX, action.flags))
+                targets.append(_Target(INBOX, action.flags))
             elif isinstance(action, FileInto):
-                targets.append((action.mailbox, action.flags))
+                targets.append(_Target(action.mailbox, action.flags, action.create))
             elif isinstance(action, Redirect):
                 if not await self._send(mail_from, action.address, data):
                     if not action.copy:
-                        targets.append((INBOX, ()))
+                        targets.append(_Target(INBOX, ()))
                 else:
                     self.node.counters.inc("sieve_redirected")
             elif isinstance(action, Vacation):
@@ -266,6 +276,20 @@ def _flags(flags: Iterable[str]) -> list[str]:
     return out
 
 
+def _mailbox_names(session: Session, account: str) -> frozenset[str]:
+    row = session.scalar(select(Account).where(Account.name == account))
+    return frozenset(m.name for m in list_mailboxes(session, row)) if row else frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where a keep or fileinto puts the message, with its flags."""
+
+    mailbox: str
+    flags: tuple[str, ...]
+    create: bool = False  # RFC 5490 section 3.2
+
+
 @dataclass(frozen=True, slots=True)
 class _Copy:
     """The message to append, and the duplicate window it is checked against."""
@@ -280,7 +304,7 @@ class _Copy:
 def _store(
     session: Session,
     account: Account,
-    targets: list[tuple[str, tuple[str, ...]]],
+    targets: list[_Target],
     copy: _Copy,
 ) -> bool:
     """Append to every target (RFC 5228 2.10.3: one copy per mailbox, flags united).
@@ -290,15 +314,17 @@ def _store(
     reply files nothing twice). True if anything was stored.
     """
     merged: dict[str, list[str]] = {}
-    for name, flags in targets:
+    for target in targets:
+        name = target.mailbox
         try:
             folder = normalize_mailbox_name(name)
         except InvalidArgument:
             folder = INBOX
-        if folder != INBOX and find_mailbox(session, account, folder) is None:
+        missing = folder != INBOX and find_mailbox(session, account, folder) is None
+        if missing and not (target.create and _create(session, account, folder)):
             log.info("sieve: fileinto %r for %s: no such mailbox, into INBOX", name, account.name)
             folder = INBOX
-        merged.setdefault(folder, []).extend(_flags(flags))
+        merged.setdefault(folder, []).extend(_flags(target.flags))
     now = dt.datetime.now(dt.UTC)
     stored = False
     for folder, wanted in merged.items():
@@ -330,3 +356,16 @@ def _store(
         )
         stored = True
     return stored
+
+
+def _create(session: Session, account: Account, name: str) -> bool:
+    """``fileinto :create``: make ``name`` and its missing superiors, as IMAP
+    CREATE does; False (logged, nothing left half made) if the store refuses."""
+    try:
+        with session.begin_nested():
+            mailview.create_mailbox(session, account, name)
+    except EngineError as exc:
+        log.info("sieve: fileinto :create %r for %s refused: %s", name, account.name, exc)
+        return False
+    log.info("sieve: fileinto :create made %r for %s", name, account.name)
+    return True
