@@ -214,6 +214,11 @@ class SyncClient:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
+    def wire_row(self, row: OwnershipView) -> dict[str, object]:
+        """The ownership row as this client's requests carry it (a move
+        between pairs names its owner with the pair: peerd.directory.transfer)."""
+        return row.to_json()
+
     def lock(self, account: str) -> asyncio.Lock:
         return self._locks.setdefault(account, asyncio.Lock())
 
@@ -406,7 +411,7 @@ class SyncClient:
             report.steps.append(f"USER_SOME {account}")
             request = {
                 "account": account,
-                "ownership": own_row.to_json(),
+                "ownership": self.wire_row(own_row),
                 "summaries": [encode_summary(s) for s in summaries],
             }
             raw = await self.call(
@@ -501,7 +506,7 @@ class SyncClient:
             missing = [g for g in guids if not store.spool.keep(g)]
             if missing:
                 report.steps.append(f"FETCH [{len(missing)} msgs]")
-                body = {"account": account, "ownership": own_row.to_json(), "guids": missing}
+                body = {"account": account, "ownership": self.wire_row(own_row), "guids": missing}
                 raw = await self.call(
                     "fetch", encode_json(body), compressed=use_zlib, report=report
                 )
@@ -557,7 +562,7 @@ class SyncClient:
             )
             control = {
                 "account": account,
-                "ownership": own_row.to_json(),
+                "ownership": self.wire_row(own_row),
                 "expect": encode_account_state(mark),
                 "push": encode_push(delta.push),
             }
@@ -624,7 +629,7 @@ class SyncClient:
         report.setflags += _flag_updates(push, set(missing))
         body: dict[str, Any] = {
             "account": account,
-            "ownership": own_row.to_json(),
+            "ownership": self.wire_row(own_row),
             "push": encode_push(push),
         }
         raw = await self.call("apply", encode_json(body), compressed=use_zlib, report=report)
