@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from tests.harness.postgres import PgServer
-from tests.nodes import Node, idling, make_pair, peerctl, running
+from tests.nodes import Node, idling, make_pair, peerctl
 from tests.procs import free_port, wait_until
 
 GRACE = 2.0  # [routing] transfer_grace in these pairs
@@ -76,8 +76,19 @@ def site(tmp_path_factory: pytest.TempPathFactory, pg_server: PgServer) -> Itera
     failpoints = root / "failpoints"
     one = _pair(root / "one", "one", url, failpoints)
     two = _pair(root / "two", "two", url, failpoints)
-    with running(*one, *two):
+    try:
+        for node in (*one, *two):
+            node.start(wait=False)
+        for node in (*one, *two):
+            node.wait_ready()
         yield Site(one, two, failpoints)
+    finally:
+        # All four at once (each stops by its pid): a stop waits out a drain.
+        stops = [threading.Thread(target=node.stop) for node in (*one, *two)]
+        for thread in stops:
+            thread.start()
+        for thread in stops:
+            thread.join()
 
 
 def _message(subject: str) -> bytes:
@@ -151,6 +162,20 @@ def _paused(node: Node, failpoint: str) -> int:
     return node.log.read_text(errors="replace").count(f"failpoint {failpoint}: pausing")
 
 
+def _retries(node: Node, account: str) -> int:
+    """How often the node's move of ``account`` failed a step and waits to retry."""
+    lines = node.log.read_text(errors="replace").splitlines()
+    return sum(1 for line in lines if f"move of {account}: " in line and "(again in" in line)
+
+
+def _wait_retried(node: Node, account: str, before: int) -> None:
+    wait_until(lambda: _retries(node, account) > before, 30, "the source retries")
+
+
+def _wait_paused(node: Node, failpoint: str, before: int) -> None:
+    wait_until(lambda: _paused(node, failpoint) > before, GRACE + 30, f"paused at {failpoint}")
+
+
 def _exists(node: Node, account: str) -> bool:
     try:
         node.call("GET", f"/v1/accounts/{account}")
@@ -174,14 +199,18 @@ def _check_moved(site: Site, account: str, acked: list[str]) -> None:
     route = one_b.call("GET", f"/v1/route/{account}")
     assert (route["pair"], route["owner"], route["source"]) == ("two", "alpha", "directory")
     assert route["lmtp"] == f"127.0.0.1:{two_a.ports['lmtp']}"
-    with smtplib.LMTP("127.0.0.1", one_a.ports["lmtp"], timeout=10) as lmtp:
-        with pytest.raises(smtplib.SMTPRecipientsRefused):
-            lmtp.sendmail("s@example.test", [f"{account}@example.test"], _message("late"))
+    with (
+        smtplib.LMTP("127.0.0.1", one_a.ports["lmtp"], timeout=10) as lmtp,
+        pytest.raises(smtplib.SMTPRecipientsRefused),
+    ):
+        lmtp.sendmail("s@example.test", [f"{account}@example.test"], _message("late"))
 
 
 def test_move_with_peerctl_copies_cuts_over_and_deletes_the_source(site: Site) -> None:
     (one_a, one_b), (two_a, _) = site.one, site.two
-    site.fail_at("")
+    # The source's copy stays a while after the grace: long enough to see
+    # the source refuse a login for an account it still holds.
+    site.fail_at("transfer.delete=8")
     one_a.add_account("mover")
     wait_until(lambda: _exists(one_b, "mover"), 10, "replicated in pair one")
     wait_until(
@@ -205,6 +234,7 @@ def test_move_with_peerctl_copies_cuts_over_and_deletes_the_source(site: Site) -
                     refused.login("mover", "secret")
             finally:
                 refused.logout()
+            site.fail_at("")
             mail.wait_for(len(mail.acked) + 20)
         client = imaplib.IMAP4("127.0.0.1", two_a.ports["imap"], timeout=20)
         client.login("mover", "secret")
@@ -225,25 +255,29 @@ def test_move_with_peerctl_copies_cuts_over_and_deletes_the_source(site: Site) -
     assert again.returncode != 0
 
 
-# (the failpoint the source pauses at, the node killed there)
-STEPS = [
-    ("transfer.copy", "one/alpha"),  # the move recorded, nothing copied
-    ("transfer.copied", "two/alpha"),  # the target dies between copy rounds
-    ("transfer.held", "one/alpha"),  # the source dies with writes held
-    ("transfer.held", "two/alpha"),  # the target dies during the final delta
-    ("transfer.flipped_here", "one/alpha"),  # flipped here, the target not yet told
-    ("transfer.delete", "one/beta"),  # the source's partner dies before the delete
-]
+# Each case: the steps (failpoint the source pauses at, node killed there) of
+# one move, in order. Together they kill a node of either pair at each step.
+CASES = {
+    # The move recorded, nothing copied: the source dies; then the target
+    # dies during the final delta (writes held; the cut-over is undone).
+    "copy-source,held-target": [("transfer.copy", "one/alpha"), ("transfer.held", "two/alpha")],
+    # The target dies between copy rounds; then the source dies after its
+    # own flip, before the target is told.
+    "copied-target,flipped-source": [
+        ("transfer.copied", "two/alpha"),
+        ("transfer.flipped_here", "one/alpha"),
+    ],
+    # The source dies with writes held; then the source's partner dies
+    # before the source's copy is deleted.
+    "held-source,delete-partner": [("transfer.held", "one/alpha"), ("transfer.delete", "one/beta")],
+}
 
 
-@pytest.mark.parametrize(("failpoint", "victim"), STEPS, ids=[f"{f}-{v}" for f, v in STEPS])
-def test_a_node_killed_at_each_step_loses_no_acknowledged_message(
-    site: Site, failpoint: str, victim: str
-) -> None:
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_node_killed_at_each_step_loses_no_acknowledged_message(site: Site, case: str) -> None:
     (one_a, one_b) = site.one
     nodes = {f"{n.workdir.name}/{n.name}": n for n in site.nodes}
-    killed = nodes[victim]
-    account = f"{failpoint.split('.')[1]}-{victim.replace('/', '-')}"
+    account = case.replace(",", "-")
     site.fail_at("")
     one_a.add_account(account)
     wait_until(lambda: _exists(one_b, account), 10, "replicated in pair one")
@@ -252,31 +286,53 @@ def test_a_node_killed_at_each_step_loses_no_acknowledged_message(
         10,
         "in the directory",
     )
-    # The source pauses long enough to be killed there; another victim is
-    # killed while the source waits, which then goes on and finds it dead.
-    pause = 60 if killed is one_a else 2
-    site.fail_at(f"{failpoint}={pause}")
-    before = _paused(one_a, failpoint)
+    steps = CASES[case]
+
+    def fail_at(n: int) -> int:
+        """Set step ``n``'s failpoint (none past the last); the pauses so far."""
+        if n == len(steps):
+            site.fail_at("")
+            return 0
+        failpoint, _ = steps[n]
+        # The source waits there until the failpoint is lifted (the victim
+        # killed meanwhile); then goes on, or is dead itself.
+        site.fail_at(f"{failpoint}=60")
+        return _paused(one_a, failpoint)
+
     with Deliverer(site.nodes, account, account) as mail:
         mail.wait_for(20)
+        before = fail_at(0)
         one_a.call("POST", f"/v1/accounts/{account}/transfer", {"to_pair": "two"})
-        wait_until(lambda: _paused(one_a, failpoint) > before, GRACE + 20, f"at {failpoint}")
-        if failpoint == "transfer.held":
-            # Writes are held: the source answers a temporary failure.
-            with smtplib.LMTP("127.0.0.1", one_a.ports["lmtp"], timeout=10) as lmtp:
-                with pytest.raises(smtplib.SMTPRecipientsRefused) as refusal:
-                    lmtp.sendmail("s@example.test", [f"{account}@example.test"], _message("x"))
-            code, text = next(iter(refusal.value.recipients.values()))
-            assert code == 451 and text.startswith(b"4.3.0"), (code, text)
-        killed.kill9()
-        site.fail_at("")
-        time.sleep(0.3)
-        killed.start(wait=False)
-        killed.wait_ready()
+        for n, (failpoint, victim) in enumerate(steps):
+            _wait_paused(one_a, failpoint, before)
+            if failpoint == "transfer.held":
+                _assert_held(one_a, account)
+            killed = nodes[victim]
+            retries = _retries(one_a, account)
+            killed.kill9()
+            # The next step's failpoint (this one lifted) before the
+            # restart: a restarted source resumes the move at once.
+            before = fail_at(n + 1)
+            if killed is not one_a:
+                # Back only once the source, going on, has found it dead.
+                _wait_retried(one_a, account, retries)
+            killed.start(wait=False)
+            killed.wait_ready()
         wait_until(
             lambda: (_move(one_a, account) or {}).get("step") == "done", GRACE + 45, "move done"
         )
-        mail.wait_for(len(mail.acked) + 10)
+        mail.wait_for(len(mail.acked) + 5)
     move = _move(one_a, account)
     assert move is not None and move["writes_held"] <= 1.0, move
     _check_moved(site, account, mail.acked)
+
+
+def _assert_held(source: Node, account: str) -> None:
+    """Writes are held: the source answers LMTP with a temporary failure."""
+    with (
+        smtplib.LMTP("127.0.0.1", source.ports["lmtp"], timeout=10) as lmtp,
+        pytest.raises(smtplib.SMTPRecipientsRefused) as refusal,
+    ):
+        lmtp.sendmail("s@example.test", [f"{account}@example.test"], _message("x"))
+    code, text = next(iter(refusal.value.recipients.values()))
+    assert code == 451 and text.startswith(b"4.3.0"), (code, text)

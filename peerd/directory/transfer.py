@@ -25,7 +25,8 @@ How this works, for one account, on the node that owns it (the source):
    and the step is ``flipped`` with the time the source's copy may go.
 5. After ``[routing] transfer_grace`` the partner's copy is deleted (a sync
    ``apply`` that deletes the account, fenced by the epoch + 1 row), then
-   ours; the step is ``done``.
+   ours (its ownership row stays, naming the target: the fence keeps
+   refusing the account here); the step is ``done``.
 
 Every step can be repeated: a restart of this node resumes its unfinished
 moves (:meth:`Mover.resume`), and running the command again continues. A
@@ -443,9 +444,11 @@ class Mover:
                 await partner.close()
 
         def delete(session: Session) -> None:
+            # The ownership row stays (it names the target at epoch + 1): a
+            # login that raced the delete is refused by the fence, not
+            # taken for an account of this node's.
             if engine_accounts.find_account(session, account) is not None:
                 engine_accounts.delete_account(session, account)
-            ownership_table.delete(session, account)
 
         await node.store.write(delete, replaying=True)
         await self.directory.run(lambda c: moves.set_step(c, account, "done"))
