@@ -234,6 +234,9 @@ def test_move_with_peerctl_copies_cuts_over_and_deletes_the_source(site: Site) -
                     refused.login("mover", "secret")
             finally:
                 refused.logout()
+            # Its lookups there already follow the directory.
+            route = one_a.call("GET", "/v1/route/mover")
+            assert (route["pair"], route["source"]) == ("two", "directory"), route
             site.fail_at("")
             mail.wait_for(len(mail.acked) + 20)
         client = imaplib.IMAP4("127.0.0.1", two_a.ports["imap"], timeout=20)

@@ -20,6 +20,8 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from peerd.directory.errors import TransferRefused
+
 __all__ = [
     "STEPS",
     "MoveEntry",
@@ -131,6 +133,14 @@ def begin(
 ) -> MoveEntry:
     """Record a new move (or a finished one's successor) and mark the routing
     row ``moving``; an unfinished move of the account is returned as it is."""
+    routed = conn.execute(
+        text("SELECT pair FROM directory_accounts WHERE account = :a"), {"a": account}
+    ).scalar()
+    if routed != from_pair:
+        # Not written through yet (or another pair's name): nothing to move from.
+        raise TransferRefused(
+            f"{account} is not pair {from_pair}'s in the directory yet; try again in a moment"
+        )
     found = get(conn, account)
     if found is None or found.step == "done":
         conn.execute(text("DELETE FROM directory_moves WHERE account = :a"), {"a": account})
