@@ -10,7 +10,9 @@ How this works, for one account, on the node that owns it (the source):
    partner, the ownership row naming this node as ``PAIR/NODE`` so the
    target's fence never takes it for itself, and the sync log left alone:
    it belongs to the partner). Rounds repeat while a round still uploads
-   many messages: the source serves all the while.
+   many messages: the source serves all the while. After the first round a
+   round that finds only changed records is one DELTA request (the rolling
+   fast path, :mod:`engine.delta`), the final delta under the hold too.
 3. **cutover** (the step is recorded first): the row is marked ``moving``,
    so the fence refuses new writes (LMTP ``451 4.3.0``, IMAP ``NO
    [UNAVAILABLE]``) and open sessions are closed; one more sync (the final
@@ -93,6 +95,8 @@ class TransferClient(SyncClient):
     node with its pair, and it neither reads nor acknowledges the sync log
     (that is the partner's replication's)."""
 
+    owns_sync_log = False
+
     def __init__(self, node: Node, target: Address, pair: str) -> None:
         super().__init__(node, target)
         self.pair = pair
@@ -103,12 +107,6 @@ class TransferClient(SyncClient):
             "owner": qualified(self.pair, row.owner),
             "home": qualified(self.pair, row.home),
         }
-
-    def _local(
-        self, session: Session, account: str, mailbox_names: list[str] | None
-    ) -> tuple[OwnershipView | None, list[tuple[int, int]], list[Any], set[str] | None]:
-        view, _, summaries, include = super()._local(session, account, mailbox_names)
-        return view, [], summaries, include
 
     async def _send_renames(self, account: str, use_zlib: bool, report: Any) -> None:
         return None  # renames are the partner's: the copy is by the new name
@@ -344,7 +342,9 @@ class Mover:
         """Rounds of the replication engine until one has little left to send."""
         account = move.account
         for _ in range(MAX_ROUNDS):
-            report = await client.sync_account(account, compressed=True)
+            # After the first round, a round that finds only new or changed
+            # messages is one DELTA request (the rolling fast path).
+            report = await client.sync_account(account, compressed=True, fast=True)
             progress.rounds += 1
             progress.uploaded += report.uploaded
             progress.bytes_sent += report.bytes_sent
@@ -375,7 +375,9 @@ class Mover:
         await node.close_sessions([account])
         try:
             await failpoints.pause("transfer.held")
-            await asyncio.wait_for(client.sync_account(account, compressed=True), HOLD_LIMIT)
+            await asyncio.wait_for(
+                client.sync_account(account, compressed=True, fast=True), HOLD_LIMIT
+            )
         except TimeoutError:
             await node.store.write(lambda s: ownership_table.unmark_moving(s, previous))
             raise NotCaughtUp(

@@ -126,6 +126,11 @@ class SyncReport:
 class SyncClient:
     """The owner side of replication to one partner."""
 
+    # A sync acknowledges the sync-log rows it covered: they are this
+    # client's (the partner's replication). A copy to another pair's node
+    # leaves them to the partner (peerd.directory.transfer).
+    owns_sync_log = True
+
     def __init__(self, node: Node, target: Address | None = None) -> None:
         self.node = node
         sync = node.config.sync
@@ -462,7 +467,7 @@ class SyncClient:
         else:
             self._marks.pop(account, None)
         report.steps.append("ENDUSER")
-        if planned.rows:
+        if planned.rows and self.owns_sync_log:
             await store.write(partial(synclog.acknowledge, rows=planned.rows))
 
     def _local(
@@ -591,7 +596,7 @@ class SyncClient:
             )
         self._marks[account] = (epoch, delta.state)
         report.steps.append("ENDUSER")
-        if rows:
+        if rows and self.owns_sync_log:
             await store.write(partial(synclog.acknowledge, rows=rows))
         return True
 
