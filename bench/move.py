@@ -161,12 +161,16 @@ def run(workdir: Path, pg: PgServer, count: int, rate: float, grace: float) -> N
         acked = {s for _, s in mail.acked}
         lost = acked - set(subjects)
         doubled = [s for s, n in subjects.items() if n > 1 and s.startswith("during-")]
+        held_line = next(
+            (line for line in one[0].log.read_text().splitlines() if "writes held" in line), ""
+        )
     wire, mailbox = int(move["bytes_sent"]), int(move["mailbox_bytes"])
     print("move of one account between pairs (2 pairs, 4 daemons, one PostgreSQL directory)")
     print(f"  steps seen at          {', '.join(f'{k} {v:.2f} s' for k, v in steps.items())}")
     print(f"  total, until pair two serves it   {served:8.2f} s")
     print(f"  until the source's copy is gone   {deleted:8.2f} s (grace {grace:g} s)")
     print(f"  writes held (the node's figure)   {float(move['writes_held']):8.3f} s")
+    print(f"  the source's log: {held_line.partition('peerd.directory.transfer: ')[2]}")
     print(f"  longest gap between acks near the cut-over, client side {max(around or [0]):.3f} s")
     print(
         f"  bytes on the wire {wire:,} / mailbox bytes {mailbox:,} = "

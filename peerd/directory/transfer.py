@@ -189,8 +189,9 @@ class Mover:
                 raise TransferRefused(
                     f"{account} is being moved to pair {existing.to_pair} already"
                 )
-            self._spawn(account)
-            return existing
+            if (existing.from_pair, existing.source) == (self.pair, node.name):
+                self._spawn(account)  # continue it, if it is not running
+            return existing  # else its source drives it: only report
         if exists is None or view is None:
             raise NoSuchAccount(f"no such account: {account}")
         if view.owner != node.name or view.state == "moving":
@@ -375,9 +376,11 @@ class Mover:
         await node.close_sessions([account])
         try:
             await failpoints.pause("transfer.held")
-            await asyncio.wait_for(
+            synced_at = time.perf_counter()
+            report = await asyncio.wait_for(
                 client.sync_account(account, compressed=True, fast=True), HOLD_LIMIT
             )
+            synced = time.perf_counter() - synced_at
         except TimeoutError:
             await node.store.write(lambda s: ownership_table.unmark_moving(s, previous))
             raise NotCaughtUp(
@@ -404,7 +407,15 @@ class Mover:
         await node.store.write(flip)
         held = time.perf_counter() - held_since
         node.counters.inc("transfers")
-        log.info("move of %s: writes held %.3f s (final delta and flip)", account, held)
+        log.info(
+            "move of %s: writes held %.3f s (final delta %.3f s, %d message(s), %d bytes;"
+            " the rest: marking, closing sessions, the flip)",
+            account,
+            held,
+            synced,
+            report.uploaded,
+            report.bytes_sent,
+        )
         return held
 
     async def _tell_target(self, move: MoveEntry, client: TransferClient) -> None:
