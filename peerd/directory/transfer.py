@@ -15,11 +15,11 @@ How this works, for one account, on the node that owns it (the source):
    fast path, :mod:`engine.delta`), the final delta under the hold too.
 3. **cutover** (the step is recorded first): the row is marked ``moving``,
    so the fence refuses new writes (LMTP ``451 4.3.0``, IMAP ``NO
-   [UNAVAILABLE]``) and open sessions are closed; one more sync (the final
-   delta); then, in one local transaction, the row goes to the target at
-   epoch + 1 (owner ``PAIR/NODE``): this node and its partner refuse the
-   account from then on. Writes were held from the mark to this commit;
-   the time is logged and kept with the move.
+   [UNAVAILABLE]``); one more sync (the final delta); then, in one local
+   transaction, the row goes to the target at epoch + 1 (owner
+   ``PAIR/NODE``): this node and its partner refuse the account from then
+   on, and its open sessions are closed. Writes were held from the mark to
+   this commit; the time is logged and kept with the move.
 4. The target is told its new row (epoch + 1, owner itself) over the sync
    channel and asked to replicate the account to its own partner (the
    normal rolling path); then the routing row moves to the target pair at
@@ -373,7 +373,6 @@ class Mover:
             lambda s: ownership_table.mark_moving(s, [account], node.name)
         )
         held_since = time.perf_counter()
-        await node.close_sessions([account])
         try:
             await failpoints.pause("transfer.held")
             synced_at = time.perf_counter()
@@ -406,10 +405,14 @@ class Mover:
 
         await node.store.write(flip)
         held = time.perf_counter() - held_since
+        # Open sessions end now (BYE [UNAVAILABLE]); while writes were held
+        # the fence refused each of their writes, so they need not end
+        # sooner, and the hold does not wait for them.
+        await node.close_sessions([account])
         node.counters.inc("transfers")
         log.info(
             "move of %s: writes held %.3f s (final delta %.3f s, %d message(s), %d bytes;"
-            " the rest: marking, closing sessions, the flip)",
+            " the rest: marking and the flip)",
             account,
             held,
             synced,
