@@ -57,6 +57,7 @@ from peerd.control.app import build_app
 from peerd.control.call import Parts, StatusSource
 from peerd.control.routing import start_socketmap
 from peerd.directory import Directory, DirectoryWriter
+from peerd.directory.transfer import Mover
 from peerd.node.config import Config
 from peerd.node.httplimits import GuardedSite, runner_options
 from peerd.node.logs import setup_logging
@@ -97,6 +98,7 @@ class _Started:
     api: web.AppRunner | None = None
     directory: Directory | None = None
     directory_writer: DirectoryWriter | None = None
+    mover: Mover | None = None
     # Server TLS contexts the listeners hold (IMAP STARTTLS, the sync listener).
     tls: list[ssl.SSLContext] = field(default_factory=list)
 
@@ -190,12 +192,15 @@ async def _start_directory(node: Node, started: _Started) -> None:
     directory = Directory(routing.directory_url, routing.pair, routing.directory_cache_ttl)
     writer = DirectoryWriter(node, directory)
     writer.start()
+    mover = Mover(node, directory)  # resumes this node's unfinished moves between pairs
+    mover.start()
 
     async def stop() -> None:
+        await mover.stop()
         await writer.stop()
         await asyncio.to_thread(directory.close)
 
-    started.directory, started.directory_writer = directory, writer
+    started.directory, started.directory_writer, started.mover = directory, writer, mover
     started.services.append(Service("directory", stop))
 
 
@@ -299,6 +304,7 @@ def _parts(node: Node, started: _Started) -> Parts:
         scrubber=started.scrubber,
         directory=started.directory,
         directory_writer=started.directory_writer,
+        mover=started.mover,
     )
 
 

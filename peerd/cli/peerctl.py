@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from peerd.cli import imapimport, importfile
+from peerd.cli import imapimport, importfile, transfer
 from peerd.node.config import ConfigError, load_config, parse_size
 from peerd.node.version import release
 
@@ -771,6 +771,11 @@ def _held(result: dict[str, Any]) -> str:
 
 
 def cmd_account_move(client: Client, args: argparse.Namespace) -> Any:
+    if args.to_pair:
+        try:
+            return transfer.transfer(client, args.user, args.to_pair, wait=not args.no_wait)
+        except transfer.MoveStopped as exc:
+            raise ApiError(409, "move stopped", str(exc)) from exc
     row = client.call("POST", f"/v1/accounts/{quote(args.user)}/move", {"to": args.to})
     return (
         row,
@@ -900,9 +905,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user")
     p.add_argument("new_name")
     p.set_defaults(func=cmd_account_rename)
-    p = account.add_parser("move", help="change an account's home node")
+    p = account.add_parser(
+        "move", help="change an account's home node, or move it to another pair (--to-pair)"
+    )
     p.add_argument("user")
-    p.add_argument("--to", required=True)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--to", help="the new home node, in this pair")
+    where.add_argument("--to-pair", help="another pair of the routing directory (run on the owner)")
+    p.add_argument("--no-wait", action="store_true", help="start the move and return (--to-pair)")
     p.set_defaults(func=cmd_account_move)
     p = account.add_parser("quota", help="set a quota: bytes, a size like 5M or 1G, or 'none'")
     p.add_argument("user")
@@ -1118,7 +1128,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         client = make_client(args)
         what = " ".join(x for x in (args.command, getattr(args, "sub", None)) if x)
-        if what in SLOW_COMMANDS:
+        if what in SLOW_COMMANDS and not getattr(args, "to_pair", None):  # it shows its own
             progress = args.progress = imapimport.Progress()
             result, text = _with_progress(what, lambda: args.func(client, args), progress.line)
         else:  # e.g. a password prompt: in this thread, whose Ctrl-C restores the terminal

@@ -19,6 +19,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from aiohttp import web
 
 from peerd.directory import Directory, DirectoryWriter
+from peerd.directory.transfer import Mover
 from peerd.node.node import Node
 from peerd.pair.indexer import Indexer
 from peerd.pair.partner import Pair
@@ -58,6 +59,7 @@ class Parts:
     scrubber: Scrubber | None = None
     directory: Directory | None = None
     directory_writer: DirectoryWriter | None = None
+    mover: Mover | None = None
 
 
 @dataclass(frozen=True, slots=True)

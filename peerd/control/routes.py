@@ -23,6 +23,7 @@ from peerd.control import (
     routing,
     syncops,
     textindex,
+    transfer,
 )
 from peerd.control.call import Call, Route
 from peerd.control.openapi import document
@@ -234,6 +235,22 @@ ROUTES: tuple[Route, ...] = (
         body=pairops.MoveBody,
         responses=(200, 404, 422),
         partner=True,
+    ),
+    Route(
+        "POST",
+        "/v1/accounts/{name}/transfer",
+        "Move an account to another pair (on its owner): start or continue; 202",
+        transfer.transfer_route,
+        action="account move --to-pair",
+        body=transfer.TransferBody,
+        responses=(202, 404, 422, 503),
+    ),
+    Route(
+        "GET",
+        "/v1/accounts/{name}/transfer",
+        "A move between pairs: its step, writes held, bytes sent, progress",
+        transfer.transfer_status_route,
+        responses=(200, 404, 503),
     ),
     Route(
         "GET",

@@ -66,6 +66,17 @@ _AUTH_OUT = ("Auth-Status", "Auth-Server", "Auth-Port", "Auth-Wait", "Auth-Error
 FORWARD_TIMEOUT = 5.0
 
 
+def _foreign(node: Node, owner: str) -> bool:
+    """An owner of another pair: the account moved there (docs/directory.md),
+    and this node's copy only waits for its deletion; the directory routes it."""
+    return owner not in (node.name, node.partner)
+
+
+def _held_here(session: Session, node: Node, names: tuple[str, ...]) -> bool:
+    account = find_any(session, names)
+    return account is not None and not _foreign(node, _owner_of(session, node, account.name)[0])
+
+
 def _owner_of(session: Session, node: Node, account: str) -> tuple[str, int, str]:
     row = ownership_table.get(session, account)
     if row is None:
@@ -100,6 +111,8 @@ async def route(call: Call[None, None]) -> web.Response:
         if account is None:
             return None
         owner, epoch, state = _owner_of(session, node, account.name)
+        if _foreign(node, owner):
+            return None
         return route_of(node, account.name, owner, epoch, state)
 
     local = await node.store.read(read)
@@ -120,7 +133,7 @@ async def _elsewhere(node: Node, directory: Directory, user: str) -> Found | Non
         names = lookup_names(user, node.config.accounts.lowercase_names)
     except InvalidArgument:
         return None
-    if await node.store.read(lambda s: find_any(s, names) is not None):
+    if await node.store.read(lambda s: _held_here(s, node, names)):
         return None
     name = names[0]
     found = await directory.find(name)
@@ -216,6 +229,12 @@ async def nginx_auth(call: Call[None, None]) -> web.Response:
             headers=authhttp.failure("Invalid login or password", wait, auth.protocol)
         )
     owner = result.owner or node.name
+    if _foreign(node, owner):  # moving to another pair this very moment
+        return web.Response(
+            headers=authhttp.failure(
+                "Temporary server problem, try again later", wait, auth.protocol
+            )
+        )
     service = "lmtp" if auth.protocol == "smtp" else auth.protocol
     where = address_of(node, owner, service)
     if where is None:
@@ -252,9 +271,13 @@ class SocketmapServer:
             if self.directory is not None:
                 return recipient.candidates
             return socketmap.not_found()
+        owner, _, _ = _owner_of(session, self.node, account.name)
+        if _foreign(self.node, owner):
+            if self.directory is not None:
+                return recipient.candidates
+            return socketmap.temp(f"{account.name} moved to another pair")
         if query.map_name == "mailbox":
             return socketmap.ok(account.name)
-        owner, _, _ = _owner_of(session, self.node, account.name)
         where = address_of(self.node, owner, "lmtp")
         if where is None:
             return socketmap.temp(f"no LMTP address known for {owner}")

@@ -7,7 +7,8 @@ to a higher epoch of the same pair: a stale write (a lower or equal epoch,
 from a node that has not yet learnt the newer owner) changes nothing and is
 not in the answer. An account row of another pair is never overwritten
 (a name taken by two pairs stays with the first; moving an account between
-pairs will be an explicit step through ``state`` = ``moving``).
+pairs is an explicit step through ``state`` = ``moving``:
+:mod:`peerd.directory.moves`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ __all__ = [
     "write_accounts",
 ]
 
-_NODE_COLUMNS = "pair, node, imap, pop3, lmtp, api, release, last_heartbeat"
+_NODE_COLUMNS = "pair, node, imap, pop3, lmtp, api, release, last_heartbeat, sync"
 
 
 def register_node(conn: Connection, node: NodeEntry) -> None:
@@ -40,9 +41,9 @@ def register_node(conn: Connection, node: NodeEntry) -> None:
     )
     conn.execute(
         text(
-            "INSERT INTO directory_nodes (pair, node, imap, pop3, lmtp, api, release)"
-            " VALUES (:pair, :node, :imap, :pop3, :lmtp, :api, :release)"
-            " ON CONFLICT (pair, node) DO UPDATE SET imap = excluded.imap,"
+            "INSERT INTO directory_nodes (pair, node, imap, pop3, lmtp, api, release, sync)"
+            " VALUES (:pair, :node, :imap, :pop3, :lmtp, :api, :release, :sync)"
+            " ON CONFLICT (pair, node) DO UPDATE SET imap = excluded.imap, sync = excluded.sync,"
             " pop3 = excluded.pop3, lmtp = excluded.lmtp, api = excluded.api,"
             " release = excluded.release, last_heartbeat = now()"
         ),
@@ -54,6 +55,7 @@ def register_node(conn: Connection, node: NodeEntry) -> None:
             "lmtp": node.lmtp,
             "api": node.api,
             "release": node.release,
+            "sync": node.sync,
         },
     )
 
@@ -119,7 +121,7 @@ def _text(value: object) -> str | None:
 
 
 def _node(row: Sequence[Any]) -> NodeEntry:
-    pair, node, imap, pop3, lmtp, api, release, beat = row
+    pair, node, imap, pop3, lmtp, api, release, beat, *rest = row
     return NodeEntry(
         str(pair),
         str(node),
@@ -129,6 +131,7 @@ def _node(row: Sequence[Any]) -> NodeEntry:
         _text(api),
         str(release),
         beat,
+        _text(rest[0]) if rest else None,
     )
 
 
@@ -137,7 +140,7 @@ def lookup(conn: Connection, account: str) -> Found | None:
     rows = conn.execute(
         text(
             "SELECT a.account, a.pair, a.owner, a.epoch, a.ownership, a.state, a.move_to,"
-            " n.pair, n.node, n.imap, n.pop3, n.lmtp, n.api, n.release, n.last_heartbeat"
+            " n.pair, n.node, n.imap, n.pop3, n.lmtp, n.api, n.release, n.last_heartbeat, n.sync"
             " FROM directory_accounts a LEFT JOIN directory_nodes n ON n.pair = a.pair"
             " WHERE a.account = :account ORDER BY n.node"
         ),

@@ -28,6 +28,7 @@ class NodeEntry:
     api: str | None
     release: str
     last_heartbeat: dt.datetime
+    sync: str | None = None  # the sync listener (a move between pairs copies there)
 
     def address(self, service: str) -> str | None:
         if service not in SERVICES:

@@ -29,7 +29,8 @@ __all__ = ["STATES", "STEPS", "VERSION", "ensure"]
 log = logging.getLogger("peerd.directory.schema")
 
 # ``state`` of an account in the directory: served by its pair (active), or
-# being moved to another pair (moving, with move_to naming it; not built yet).
+# being moved to another pair (moving, with move_to naming it: see
+# peerd.directory.transfer and its record in directory_moves).
 STATES = ("active", "moving")
 
 # Any fixed 64-bit number peerd alone uses: the lock the schema steps run under.
@@ -64,6 +65,28 @@ STEPS: tuple[tuple[str, ...], ...] = (
             updated_at timestamptz NOT NULL DEFAULT now()
         )""",
         "CREATE INDEX IF NOT EXISTS directory_accounts_pair ON directory_accounts (pair)",
+    ),
+    (
+        # 2: moving accounts between pairs. Where a node's sync listener is
+        # (the copy goes there), and one row per move: its step, durable.
+        "ALTER TABLE directory_nodes ADD COLUMN IF NOT EXISTS sync varchar(300)",
+        """CREATE TABLE IF NOT EXISTS directory_moves (
+            account varchar(255) PRIMARY KEY,
+            from_pair varchar(64) NOT NULL REFERENCES directory_pairs (name),
+            to_pair varchar(64) NOT NULL REFERENCES directory_pairs (name),
+            source varchar(64) NOT NULL,
+            target varchar(64) NOT NULL,
+            epoch bigint NOT NULL,
+            step varchar(16) NOT NULL,
+            held_seconds double precision NOT NULL DEFAULT 0,
+            bytes_sent bigint NOT NULL DEFAULT 0,
+            mailbox_bytes bigint NOT NULL DEFAULT 0,
+            messages bigint NOT NULL DEFAULT 0,
+            note varchar(500) NOT NULL DEFAULT '',
+            delete_after timestamptz,
+            started_at timestamptz NOT NULL DEFAULT now(),
+            updated_at timestamptz NOT NULL DEFAULT now()
+        )""",
     ),
 )
 

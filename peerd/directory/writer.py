@@ -67,6 +67,7 @@ def node_entry(config: Config) -> NodeEntry:
         api,
         release(),
         dt.datetime.now(dt.UTC),
+        str(listen.sync) if listen.sync is not None else None,
     )
 
 

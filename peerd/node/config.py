@@ -325,6 +325,9 @@ class RoutingConfig:
     # This node's control API as other pairs reach it (nginx auth_http of an
     # account of this pair asked on another pair); default: http:// [listen] http.
     api_url: str = ""
+    # How long the source pair keeps an account's copy after it moved to
+    # another pair (peerctl account move --to-pair), before deleting it.
+    transfer_grace: dt.timedelta = dt.timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -693,6 +696,8 @@ def _check_directory(routing: RoutingConfig) -> None:
         raise ConfigError("[routing] directory_cache_ttl must not be negative (0: no cache)")
     if routing.directory_heartbeat <= dt.timedelta(0):
         raise ConfigError("[routing] directory_heartbeat must be positive")
+    if routing.transfer_grace < dt.timedelta(0):
+        raise ConfigError("[routing] transfer_grace must not be negative")
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

@@ -135,6 +135,11 @@ class SyncReport:
 class SyncClient:
     """The owner side of replication to one partner."""
 
+    # A sync acknowledges the sync-log rows it covered: they are this
+    # client's (the partner's replication). A copy to another pair's node
+    # leaves them to the partner (peerd.directory.transfer).
+    owns_sync_log = True
+
     def __init__(self, node: Node, target: Address | None = None, *, channel: str = "") -> None:
         self.node = node
         sync = node.config.sync
@@ -238,6 +243,11 @@ class SyncClient:
         task = asyncio.create_task(close_later(), name="sync-session-retire")
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+    def wire_row(self, row: OwnershipView) -> dict[str, object]:
+        """The ownership row as this client's requests carry it (a move
+        between pairs names its owner with the pair: peerd.directory.transfer)."""
+        return row.to_json()
 
     def lock(self, account: str) -> asyncio.Lock:
         return self._locks.setdefault(account, asyncio.Lock())
@@ -431,7 +441,7 @@ class SyncClient:
             report.steps.append(f"USER_SOME {account}")
             request = {
                 "account": account,
-                "ownership": own_row.to_json(),
+                "ownership": self.wire_row(own_row),
                 "summaries": [encode_summary(s) for s in summaries],
             }
             raw = await self.call(
@@ -489,7 +499,7 @@ class SyncClient:
         else:
             self._marks.pop(account, None)
         report.steps.append("ENDUSER")
-        if planned.rows:
+        if planned.rows and self.owns_sync_log:
             await store.write(partial(synclog.acknowledge, rows=planned.rows))
 
     def _may_push(self, row: OwnershipView) -> bool:
@@ -542,7 +552,7 @@ class SyncClient:
             missing = [g for g in guids if not store.spool.keep(g)]
             if missing:
                 report.steps.append(f"FETCH [{len(missing)} msgs]")
-                body = {"account": account, "ownership": own_row.to_json(), "guids": missing}
+                body = {"account": account, "ownership": self.wire_row(own_row), "guids": missing}
                 raw = await self.call(
                     "fetch", encode_json(body), compressed=use_zlib, report=report
                 )
@@ -598,7 +608,7 @@ class SyncClient:
             )
             control = {
                 "account": account,
-                "ownership": own_row.to_json(),
+                "ownership": self.wire_row(own_row),
                 "expect": encode_account_state(mark),
                 "push": encode_push(delta.push),
             }
@@ -627,7 +637,7 @@ class SyncClient:
             )
         self._marks[account] = (epoch, delta.state)
         report.steps.append("ENDUSER")
-        if rows:
+        if rows and self.owns_sync_log:
             await store.write(partial(synclog.acknowledge, rows=rows))
         return True
 
@@ -665,7 +675,7 @@ class SyncClient:
         report.setflags += _flag_updates(push, set(missing))
         body: dict[str, Any] = {
             "account": account,
-            "ownership": own_row.to_json(),
+            "ownership": self.wire_row(own_row),
             "push": encode_push(push),
         }
         raw = await self.call("apply", encode_json(body), compressed=use_zlib, report=report)

@@ -23,6 +23,7 @@ from peerd.protocols.imap.responses import (
     CODE_LIMIT,
     CODE_PRIVACYREQUIRED,
     CODE_REFERRAL,
+    CODE_UNAVAILABLE,
     CommandError,
     Raw,
     continuation,
@@ -120,6 +121,10 @@ async def _login(session: Session, tag: str, user: str, password: str) -> Reply:
             await session.send(failed + untagged_status("BYE", "too many failed logins"))
             raise Closed
         return Reply("Authentication failed", CODE_AUTHENTICATIONFAILED, "NO")
+    if result.owner is not None and result.owner != node.partner:
+        # RFC 5530 3: held while a switchover or a move between pairs cuts
+        # over, or moved to another pair (the proxy's next lookup finds it).
+        return Reply(f"{result.account} is not available here now", CODE_UNAVAILABLE, "NO")
     if result.owner is not None:
         where = node.config.routing.partner_imap
         host = str(where) if where else result.owner
