@@ -3,12 +3,14 @@
 How this works: :func:`start_imap` listens and runs one
 :class:`~peerd.services.imap.session.Session` per connection, with the handler
 table of :mod:`peerd.services.imap.handlers`. The :class:`ImapServer` keeps
-the logged-in sessions, so that the store's change listener can mark the
-sessions whose selected mailbox changed (another session, LMTP, replication
-from the partner), and a move of an account to the other node can end its
-sessions with ``* BYE [UNAVAILABLE]``. It also holds what sessions share: the
-STARTTLS context, the cache of message structures FETCH renders and the
-cache of sort records SORT and THREAD read.
+the logged-in sessions by account, so that the store's change listener can
+mark the sessions whose selected mailbox changed (another session, LMTP,
+replication from the partner) with work per changed account, not per open
+session, and a move of an account to the other node can end its sessions
+with ``* BYE [UNAVAILABLE]``. It also holds what sessions share: the
+STARTTLS context, the cache of message structures FETCH renders, the cache
+of sort records SORT and THREAD read, and the reads that sessions woken
+together share (:mod:`peerd.services.imap.fanout`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from peerd.protocols.imap.fetchreply import StructureCache
 from peerd.protocols.imap.responses import CODE_UNAVAILABLE, untagged_status
 from peerd.protocols.imap.sort import RecordCache
 from peerd.services.gate import ConnectionGate, Refused
+from peerd.services.imap.fanout import Fanout
 from peerd.services.imap.handlers import HANDLERS
 from peerd.services.imap.session import Handler, Session
 
@@ -38,6 +41,8 @@ class ImapServer:
         self.node = node
         self.handlers = handlers
         self.sessions: set[Session] = set()
+        self._by_account: dict[str, set[Session]] = {}
+        self.fanout = Fanout()
         self.tls = starttls_context(node.config)
         self.structures = StructureCache()
         self.sort_records = RecordCache()
@@ -50,17 +55,32 @@ class ImapServer:
         by_account: dict[str, set[str]] = {}
         for change in changes:
             by_account.setdefault(change.account, set()).add(change.mailbox)
-        for session in list(self.sessions):
-            touched = by_account.get(session.account)
-            if touched:
+        for touched in by_account.values():
+            self.fanout.changed(touched)
+        for account, touched in by_account.items():
+            for session in list(self._by_account.get(account, ())):
                 session.changed(touched)
+
+    def enter(self, session: Session) -> None:
+        """A session logged in (as ``session.account``)."""
+        self.sessions.add(session)
+        self._by_account.setdefault(session.account, set()).add(session)
+
+    def leave(self, session: Session) -> None:
+        """A session ended (logged in or not)."""
+        self.sessions.discard(session)
+        same = self._by_account.get(session.account)
+        if same is not None:
+            same.discard(session)
+            if not same:
+                del self._by_account[session.account]
 
     async def close_accounts(self, accounts: list[str]) -> None:
         wanted = set(accounts)
         for session in list(self.sessions):
             if session.account in wanted and not session.closing:
                 session.closing = "account moved to another node"
-                session.idle_wake.set()
+                session.wake()
                 # Written, not drained: a client that does not read must not
                 # hold up the switchover; close() sends what is buffered.
                 try:
@@ -92,7 +112,7 @@ class ImapServer:
             self.gate.release(counted)
 
     def count(self, account: str) -> int:
-        return sum(1 for s in self.sessions if s.account == account)
+        return len(self._by_account.get(account, ()))
 
 
 async def start_imap(node: Node, host: str, port: int) -> tuple[ImapServer, asyncio.Server]:
