@@ -10,10 +10,15 @@ the wait too.
 
 An idle session costs no work while nothing happens: it polls nothing, and
 waits on one read of its socket (kept across wake-ups) and one future, not
-on tasks made per wait. The store's listener marks it when its mailbox
-changes (:meth:`peerd.services.imap.server.ImapServer.on_change`, by
-account); the sessions woken by one change share one read of the mailbox
-and one ``\\Recent`` claim (:mod:`peerd.services.imap.fanout`).
+on tasks made per wait. While it waits it is *parked*: when its mailbox
+changes, the server's fan-out
+(:meth:`peerd.services.imap.server.ImapServer.on_change`) reads the mailbox
+once for every parked session of it, claims the new ``\\Recent`` UIDs once,
+and writes each session's untagged responses (its own core decides them)
+straight to its socket, without waking its task. A session that is not
+parked (it is reading the mailbox, or its client is slow to read) is woken
+instead and reports for itself, sharing the read and the claim of the
+sessions woken with it (:mod:`peerd.services.imap.fanout`).
 """
 
 from __future__ import annotations
@@ -56,11 +61,17 @@ async def idle(session: Session, cmd: c.Idle) -> Reply | None:
             if read is None:
                 read = asyncio.ensure_future(session.read_some())
             waits: set[asyncio.Future[Any]] = {read, wake}
-            done, _ = await asyncio.wait(
-                waits,
-                timeout=max(0.0, deadline - time.monotonic()),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            # Parked: changes are written to the client by the server's
+            # fan-out, without waking this task (see the docstring).
+            session.parked = not wake.done()
+            try:
+                done, _ = await asyncio.wait(
+                    waits,
+                    timeout=max(0.0, deadline - time.monotonic()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                session.parked = False
             if read in done:
                 data = read.result()
                 read = None

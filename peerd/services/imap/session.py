@@ -143,6 +143,8 @@ class Session:
         self.failures = 0
         # Set while IDLE waits: resolved by a change or a move (see wake()).
         self._waiter: asyncio.Future[None] | None = None
+        # IDLE waits with nothing pending: the server may write to it (idle.py).
+        self.parked = False
         self.closing: str | None = None
         self.tls = False
         self.local = same_host(writer)
