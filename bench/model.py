@@ -5,7 +5,8 @@
 
 Reads the JSON that ``bench.curves --json`` and ``bench.idle --json`` write
 (the figures of this host, or given as arguments: ``--delivery-rate``,
-``--kib-per-session``, ...), measures one scrypt hash itself, and prints, for
+``--kib-per-session``, ...), measures one scrypt hash itself (or takes
+``--scrypt-ms``), and prints, for
 ``--pairs`` pairs holding ``--accounts`` accounts:
 
 1. **the directory's load**: lookups a second over the site (IMAP/POP3
@@ -231,6 +232,9 @@ def main() -> None:
     parser.add_argument("--delivery-rate", type=float, help="deliveries/s one node takes")
     parser.add_argument("--steady-s-per-account", type=float, help="replicate --all, in sync")
     parser.add_argument("--kib-per-session", type=float, help="memory per idle IMAP session")
+    parser.add_argument(
+        "--scrypt-ms", type=float, help="one login's hash (default: measured here, now)"
+    )
     parser.add_argument("--wake-us", type=float, help="daemon CPU per woken IDLE session")
     args = parser.parse_args()
     measured = {**_from_curves(args.curves), **_from_idle(args.idle)}
@@ -239,7 +243,7 @@ def main() -> None:
             if key not in measured:
                 raise SystemExit(f"--{key.replace('_', '-')} or a JSON file that gives it")
             setattr(args, key, measured[key])
-    hash_ms = scrypt_ms()
+    hash_ms = args.scrypt_ms if args.scrypt_ms is not None else scrypt_ms()
     result = model(args, hash_ms)
     result["inputs"] = {k: v for k, v in vars(args).items() if not isinstance(v, Path)}
     result["inputs"]["scrypt_ms"] = round(hash_ms, 1)
