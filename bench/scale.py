@@ -25,6 +25,11 @@ one request at a time (each lookup's own latency):
 Also the directory's lookup statement alone (from the bench process), the
 cache hits and misses each phase caused (from ``/v1/pairs``), and the load
 average: the figures come from a shared 2-core host.
+
+The rest of issue 13's figures are in the benches beside this one:
+:mod:`bench.curves` (cost against accounts and messages on one node),
+:mod:`bench.idle` (10,000 idle IMAP sessions) and :mod:`bench.model` (a
+100-pair site computed from them); docs/scale.md.
 """
 
 from __future__ import annotations

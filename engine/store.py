@@ -85,6 +85,8 @@ class _Stats:
     batches: int = 0
     writes: int = 0
     largest_batch: int = 0
+    # Reads asked for through Store.read (from the event loop's thread only).
+    reads: int = 0
     extra: dict[str, int] = field(default_factory=dict)
 
 
@@ -245,6 +247,7 @@ class Store:
 
     async def read(self, fn: Callable[[Session], T]) -> T:
         loop = asyncio.get_running_loop()
+        self.stats.reads += 1
         return await loop.run_in_executor(self._readers, self.read_sync, fn)
 
     async def run_blocking(self, fn: Callable[[], T]) -> T:

@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import resource
 import signal
 import ssl
 from collections.abc import Awaitable, Callable
@@ -489,11 +490,32 @@ def _stop_if_damaged(config: Config, exc: BaseException) -> None:
         raise DatabaseDamaged(damage_line(config, " ".join(str(orig).split())[:240])) from exc
 
 
+def raise_open_files() -> tuple[int, int]:
+    """The soft limit on open files raised to the hard one: every IMAP, POP3
+    and LMTP connection is a descriptor (10,000 idle IMAP sessions are
+    10,000), and the usual soft default of 1,024 would refuse them long
+    before ``[imap] max_connections``. The hard limit is the administrator's
+    (``LimitNOFILE=`` in the systemd unit, ``ulimit -Hn``). Returns
+    ``(soft, hard)`` as they are now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft, hard
+
+
 def run_daemon(config: Config, log_format: str | None = None) -> int:
     if log_format is not None:
         # The format in force travels with the config, to the LMTP workers too.
         config = replace(config, log=replace(config.log, format=log_format))
     setup_logging(config.log.format, config.log.level, config.node.name)
+    soft, _ = raise_open_files()
+    if soft != resource.RLIM_INFINITY and soft < 4096:
+        log.warning(
+            "open files limited to %d: each connection takes one (raise LimitNOFILE / ulimit -Hn)",
+            soft,
+        )
     try:
         asyncio.run(serve(config))
     except DatabaseDamaged as exc:

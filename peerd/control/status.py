@@ -43,11 +43,13 @@ def _lag(oldest: dt.datetime | None) -> float:
 
 @dataclass(frozen=True, slots=True)
 class StoreStatus:
-    """The store's group commits: batches, writes in them, the largest batch."""
+    """The store's group commits: batches, writes in them, the largest batch;
+    and the reads the daemon's services asked for."""
 
     batches: int
     writes: int
     largest_batch: int
+    reads: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,7 @@ class NodeStatus:
             "batches": self.store.batches,
             "writes": self.store.writes,
             "largest_batch": self.store.largest_batch,
+            "reads": self.store.reads,
         }
         if self.sync_server is not None:
             body["sync_server"] = self.sync_server.to_json()
@@ -136,7 +139,7 @@ async def node_status(parts: Parts) -> NodeStatus:
         inflight_deliveries=node.inflight,
         startup=node.startup_note,
         counters=dict(node.counters.values),
-        store=StoreStatus(stats.batches, stats.writes, stats.largest_batch),
+        store=StoreStatus(stats.batches, stats.writes, stats.largest_batch, stats.reads),
         sync_server=parts.sync_server.status() if parts.sync_server else None,
         proxy_hooks=pair.hooks.status() if pair else None,
         reconcile=await parts.reconciler.status() if parts.reconciler else None,

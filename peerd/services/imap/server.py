@@ -3,12 +3,14 @@
 How this works: :func:`start_imap` listens and runs one
 :class:`~peerd.services.imap.session.Session` per connection, with the handler
 table of :mod:`peerd.services.imap.handlers`. The :class:`ImapServer` keeps
-the logged-in sessions, so that the store's change listener can mark the
-sessions whose selected mailbox changed (another session, LMTP, replication
-from the partner), and a move of an account to the other node can end its
-sessions with ``* BYE [UNAVAILABLE]``. It also holds what sessions share: the
-STARTTLS context, the cache of message structures FETCH renders and the
-cache of sort records SORT and THREAD read.
+the logged-in sessions by account, so that the store's change listener can
+mark the sessions whose selected mailbox changed (another session, LMTP,
+replication from the partner) with work per changed account, not per open
+session, and a move of an account to the other node can end its sessions
+with ``* BYE [UNAVAILABLE]``. It also holds what sessions share: the
+STARTTLS context, the cache of message structures FETCH renders, the cache
+of sort records SORT and THREAD read, and the reads that sessions woken
+together share (:mod:`peerd.services.imap.fanout`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from peerd.protocols.imap.fetchreply import StructureCache
 from peerd.protocols.imap.responses import CODE_UNAVAILABLE, untagged_status
 from peerd.protocols.imap.sort import RecordCache
 from peerd.services.gate import ConnectionGate, Refused
+from peerd.services.imap.fanout import Fanout
 from peerd.services.imap.handlers import HANDLERS
 from peerd.services.imap.session import Handler, Session
 
@@ -32,12 +35,19 @@ __all__ = ["ImapServer", "start_imap"]
 
 log = logging.getLogger("peerd.services.imap")
 
+# A parked session whose client has this much unread is woken instead of
+# written to: its own task then waits for the client (drain).
+_PUSH_BUFFER = 64 << 10
+
 
 class ImapServer:
     def __init__(self, node: Node, handlers: Mapping[type[c.Command], Handler] = HANDLERS) -> None:
         self.node = node
         self.handlers = handlers
         self.sessions: set[Session] = set()
+        self._by_account: dict[str, set[Session]] = {}
+        self.fanout = Fanout()
+        self._pushes: set[asyncio.Future[None]] = set()
         self.tls = starttls_context(node.config)
         self.structures = StructureCache()
         self.sort_records = RecordCache()
@@ -50,17 +60,86 @@ class ImapServer:
         by_account: dict[str, set[str]] = {}
         for change in changes:
             by_account.setdefault(change.account, set()).add(change.mailbox)
-        for session in list(self.sessions):
-            touched = by_account.get(session.account)
-            if touched:
-                session.changed(touched)
+        for touched in by_account.values():
+            self.fanout.changed(touched)
+        parked: dict[str, list[Session]] = {}
+        for account, touched in by_account.items():
+            for session in list(self._by_account.get(account, ())):
+                selection = session.selection
+                if session.parked and selection is not None and selection.uniqueid in touched:
+                    parked.setdefault(selection.uniqueid, []).append(session)
+                else:
+                    session.changed(touched)
+        for uniqueid, sessions in parked.items():
+            task = asyncio.ensure_future(self._push(uniqueid, sessions))
+            self._pushes.add(task)
+            task.add_done_callback(self._pushes.discard)
+
+    async def _push(self, uniqueid: str, sessions: list[Session]) -> None:
+        """Tell the parked IDLE sessions of one mailbox what changed: one read,
+        one \\Recent claim, each session's responses written to its socket."""
+        first = sessions[0]
+        selection = first.selection
+        try:
+            if selection is None:
+                raise LookupError(uniqueid)
+            mailbox_id = selection.mailbox_id
+            fresh = await self.fanout.snapshot(uniqueid, lambda: first.mail.snapshot_of(mailbox_id))
+            claimer = next(
+                (
+                    s
+                    for s in sessions
+                    if s.selection and s.selection.box.needs_claim(fresh, fresh.recentuid)
+                ),
+                None,
+            )
+            if claimer is not None:
+                claimed = await self.fanout.claim(
+                    uniqueid, fresh.uidnext - 1, lambda: claimer.mail.claim_recent(mailbox_id)
+                )
+        except Exception:
+            # Let each session read for itself (and meet the error itself).
+            for session in sessions:
+                session.changed({uniqueid})
+            return
+        for session in sessions:
+            selection = session.selection
+            if selection is None or selection.uniqueid != uniqueid:
+                session.changed({uniqueid})
+                continue
+            box = selection.box
+            if session is claimer:
+                box.claimed(*claimed)  # \Recent is its, whether written here or not
+            writer = session.writer
+            if not session.parked or writer.transport.get_write_buffer_size() > _PUSH_BUFFER:
+                session.changed({uniqueid})
+                continue
+            if fresh.highestmodseq < box.highestmodseq:
+                continue  # it was told something newer already
+            out = box.update(fresh, expunges=True)
+            if out:
+                writer.write(out)
+
+    def enter(self, session: Session) -> None:
+        """A session logged in (as ``session.account``)."""
+        self.sessions.add(session)
+        self._by_account.setdefault(session.account, set()).add(session)
+
+    def leave(self, session: Session) -> None:
+        """A session ended (logged in or not)."""
+        self.sessions.discard(session)
+        same = self._by_account.get(session.account)
+        if same is not None:
+            same.discard(session)
+            if not same:
+                del self._by_account[session.account]
 
     async def close_accounts(self, accounts: list[str]) -> None:
         wanted = set(accounts)
         for session in list(self.sessions):
             if session.account in wanted and not session.closing:
                 session.closing = "account moved to another node"
-                session.idle_wake.set()
+                session.wake()
                 # Written, not drained: a client that does not read must not
                 # hold up the switchover; close() sends what is buffered.
                 try:
@@ -92,7 +171,7 @@ class ImapServer:
             self.gate.release(counted)
 
     def count(self, account: str) -> int:
-        return sum(1 for s in self.sessions if s.account == account)
+        return len(self._by_account.get(account, ()))
 
 
 async def start_imap(node: Node, host: str, port: int) -> tuple[ImapServer, asyncio.Server]:

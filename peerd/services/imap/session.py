@@ -59,6 +59,7 @@ from peerd.protocols.imap.selected import (
 )
 from peerd.protocols.imap.sort import RecordCache
 from peerd.protocols.imap.states import ALLOWED, State
+from peerd.services.imap.fanout import Fanout
 from peerd.services.mailstore import AccountStore
 from peerd.services.starttls import same_host
 
@@ -100,9 +101,18 @@ class Host(Protocol):
     structures: StructureCache
     sort_records: RecordCache
     sessions: set[Session]
+    fanout: Fanout
 
     def count(self, account: str) -> int:
         """The logged-in sessions of ``account``."""
+        ...
+
+    def enter(self, session: Session) -> None:
+        """``session`` logged in."""
+        ...
+
+    def leave(self, session: Session) -> None:
+        """``session`` ended."""
         ...
 
 
@@ -131,7 +141,10 @@ class Session:
         self.selection: Selection | None = None
         self.ext = Extensions()
         self.failures = 0
-        self.idle_wake = asyncio.Event()
+        # Set while IDLE waits: resolved by a change or a move (see wake()).
+        self._waiter: asyncio.Future[None] | None = None
+        # IDLE waits with nothing pending: the server may write to it (idle.py).
+        self.parked = False
         self.closing: str | None = None
         self.tls = False
         self.local = same_host(writer)
@@ -197,7 +210,7 @@ class Session:
         except (Closed, ConnectionError):
             pass
         finally:
-            self.server.sessions.discard(self)
+            self.server.leave(self)
             self.writer.close()
 
     async def admit(self, cmd: c.Command) -> bool:
@@ -263,7 +276,7 @@ class Session:
         self.core.max_line = config.max_line
         self.core.max_literal = config.max_literal
         self.state = State.AUTHENTICATED
-        self.server.sessions.add(self)
+        self.server.enter(self)
 
     @property
     def mail(self) -> AccountStore:
@@ -307,7 +320,22 @@ class Session:
         replication from the partner)."""
         if self.selection is not None and self.selection.uniqueid in uniqueids:
             self.selection.box.changed()
-            self.idle_wake.set()
+            self.wake()
+
+    def arm(self) -> asyncio.Future[None]:
+        """A future the next :meth:`wake` resolves (IDLE waits on it): armed
+        before IDLE reads the mailbox, so a change during the read is not lost."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        return self._waiter
+
+    def disarm(self) -> None:
+        """IDLE ended: nothing waits for :meth:`wake` now."""
+        self._waiter = None
+
+    def wake(self) -> None:
+        """Something for an idling session to look at: a change, or the end."""
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     async def poll(self) -> None:
         """Look at the mailbox itself: a change committed by another process or
@@ -321,17 +349,35 @@ class Session:
         else:
             selection.box.outdated_by(version.highestmodseq, version.uidnext)
 
-    async def report(self, cmd: c.Command) -> None:
+    async def report(self, cmd: c.Command, *, shared: bool = False) -> None:
         """Tell the client what changed in the selected mailbox, as far as the
-        core allows after ``cmd`` (RFC 3501 7.4.1)."""
+        core allows after ``cmd`` (RFC 3501 7.4.1). ``shared``: a wake-up that
+        may join the read and the claim of other sessions of the mailbox
+        (:class:`~peerd.services.imap.fanout.Fanout`; never after a command of
+        this session's own, whose writes a shared read may predate)."""
         selection = self.selection
         if selection is None or not selection.box.take_stale():
             return
-        fresh = await self.mail.snapshot_of(selection.mailbox_id)
+        mailbox_id = selection.mailbox_id
+        if shared:
+            fanout = self.server.fanout
+            fresh = await fanout.snapshot(
+                selection.uniqueid, lambda: self.mail.snapshot_of(mailbox_id)
+            )
+        else:
+            fresh = await self.mail.snapshot_of(mailbox_id)
         box = selection.box
         if box.needs_claim(fresh, fresh.recentuid):
             # New mail no session was told of yet: \Recent here (RFC 3501 2.3.2).
-            box.claimed(*await self.mail.claim_recent(selection.mailbox_id))
+            if shared:
+                claimed = await fanout.claim(
+                    selection.uniqueid,
+                    fresh.uidnext - 1,
+                    lambda: self.mail.claim_recent(mailbox_id),
+                )
+            else:
+                claimed = await self.mail.claim_recent(mailbox_id)
+            box.claimed(*claimed)
         out = box.update(fresh, expunges=may_expunge(cmd))
         if out:
             await self.send(out)
