@@ -51,14 +51,17 @@ class ImapServer:
         for change in changes:
             by_account.setdefault(change.account, set()).add(change.mailbox)
         for session in list(self.sessions):
-            touched = by_account.get(session.account)
-            if touched:
-                session.changed(touched)
+            for account in session.watches():
+                touched = by_account.get(account)
+                if touched:
+                    session.changed(touched)
 
     async def close_accounts(self, accounts: list[str]) -> None:
         wanted = set(accounts)
         for session in list(self.sessions):
-            if session.account in wanted and not session.closing:
+            # A session with another account's shared mailbox selected ends
+            # too: that mailbox is served by the account's new owner.
+            if wanted.intersection(session.watches()) and not session.closing:
                 session.closing = "account moved to another node"
                 session.idle_wake.set()
                 # Written, not drained: a client that does not read must not
