@@ -36,6 +36,7 @@ __all__ = [
     "lookup_names",
     "normalize_account_name",
     "rename_account",
+    "set_message_limit",
     "set_password",
     "set_password_hash",
     "set_quota",
@@ -246,6 +247,15 @@ def set_password_hash(session: Session, name: str, password_hash: str) -> None:
     check_length(password_hash, MAX_PASSWORD_HASH, "a password hash")
     account = get_account(session, name)
     account.password_hash = password_hash
+    synclog.record(session, name, "", "account")
+
+
+def set_message_limit(session: Session, name: str, limit: int | None) -> None:
+    """At most ``limit`` live messages (QUOTA MESSAGE, RFC 9208 5.2); None: none."""
+    if limit is not None and limit < 0:
+        raise InvalidArgument("a message limit must be >= 0")
+    account = get_account(session, name)
+    account.message_limit = limit
     synclog.record(session, name, "", "account")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import imaplib
 import re
+import smtplib
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.procs import wait_until
-from tests.nodes import Node, make_pair, make_single, running
+from tests.nodes import Node, make_pair, make_single, peerctl, running
 
 for _name in ("MYRIGHTS", "GETACL", "SETACL", "DELETEACL", "GETQUOTAROOT", "GETQUOTA"):
     imaplib.Commands[_name] = ("AUTH", "SELECTED")
@@ -314,6 +315,64 @@ def test_a_rename_keeps_the_shares_given_to_the_account(served: Node) -> None:
         alice.logout()
 
 
+# --- QUOTA MESSAGE (RFC 9208 5.2) ------------------------------------------------------
+
+
+def lmtp_to(node: Node, account: str) -> tuple[int, str]:
+    """One delivery: its reply code and text (the refusal's, or 250)."""
+    with node.lmtp() as client:
+        client.ehlo("test")
+        try:
+            client.sendmail("sender@example.test", [account], MESSAGE)
+        except smtplib.SMTPRecipientsRefused as exc:
+            code, text = next(iter(exc.recipients.values()))
+            return code, text.decode()
+        except smtplib.SMTPDataError as exc:
+            error = exc.smtp_error
+            return exc.smtp_code, error.decode() if isinstance(error, bytes) else error
+    return 250, "delivered"
+
+
+def test_quota_message_limit_is_shown_and_enforced(served: Node) -> None:
+    served.add_account("mona")
+    # peerctl sets the message limit beside the storage limit.
+    done = peerctl(served, "account", "quota", "mona", "10M", "--messages", "2")
+    assert done.returncode == 0, done.stderr
+    assert "at most 2 messages" in done.stdout
+    mona = connect(served, "mona")
+    try:
+        assert "QUOTA=RES-MESSAGE" in mona.capabilities
+        assert mona.append("INBOX", "", None, MESSAGE)[0] == "OK"
+        quota = untagged(mona, "GETQUOTAROOT", "INBOX", answer="QUOTA")
+        assert quota == [b'"" (STORAGE 1 10240 MESSAGE 1 2)']
+        assert lmtp_to(served, "mona")[0] == 250
+        # Two messages: the limit. APPEND, COPY and LMTP are refused.
+        typ, text = line(mona, "APPEND", "INBOX", f"{{{len(MESSAGE)}+}}\r\n{MESSAGE.decode()}")
+        assert typ == "NO" and "[OVERQUOTA]" in text, text
+        assert mona.select("INBOX")[0] == "OK"
+        typ, text = line(mona, "COPY", "1", "INBOX")
+        assert typ == "NO" and "[OVERQUOTA]" in text, text
+        code, text = lmtp_to(served, "mona")
+        assert code == 452 and text.startswith("4.2.2"), (code, text)
+        assert untagged(mona, "GETQUOTA", '""', answer="QUOTA") == [
+            b'"" (STORAGE 1 10240 MESSAGE 2 2)'
+        ]
+        # One expunged: room for one more.
+        assert mona.store("1", "+FLAGS", "(\\Deleted)")[0] == "OK"
+        assert mona.expunge()[0] == "OK"
+        assert lmtp_to(served, "mona")[0] == 250
+        # SETQUOTA stays an administrator's: NO [NOPERM].
+        typ, text = line(mona, "SETQUOTA", '""', "(MESSAGE 100)")
+        assert typ == "NO" and "[NOPERM]" in text
+    finally:
+        mona.logout()
+    # The API leaves the message limit alone when a request does not name it.
+    answer = served.call("PUT", "/v1/accounts/mona/quota", {"quota_limit": "20M"})
+    assert answer["message_limit"] == 2
+    answer = served.call("PUT", "/v1/accounts/mona/quota", {"message_limit": None})
+    assert answer["message_limit"] is None
+
+
 # --- two nodes: which node serves a shared mailbox -------------------------------------
 
 
@@ -321,6 +380,12 @@ def beta_acl(node: Node, box: str) -> str:
     with sqlite3.connect(f"file:{node.db_path}?mode=ro", uri=True) as db:
         rows = [r[0] for r in db.execute("SELECT acl FROM mailboxes WHERE name = ?", (box,))]
     return "".join(rows)
+
+
+def message_limit(node: Node, account: str) -> object:
+    with sqlite3.connect(f"file:{node.db_path}?mode=ro", uri=True) as db:
+        rows = list(db.execute("SELECT message_limit FROM accounts WHERE name = ?", (account,)))
+    return rows[0][0] if rows else "missing"
 
 
 def test_a_shared_mailbox_is_served_by_the_owner_of_its_account(tmp_path: Path) -> None:
@@ -336,6 +401,8 @@ def test_a_shared_mailbox_is_served_by_the_owner_of_its_account(tmp_path: Path) 
                 share(alice, "Team", "lri", identifier=who)
         finally:
             alice.logout()
+        # A message limit replicates like the storage limit.
+        alpha.call("PUT", "/v1/accounts/alice/quota", {"quota_limit": None, "message_limit": 50})
         # carol is renamed; the share follows her name, on both nodes.
         alpha.call("POST", "/v1/accounts/carol/rename", {"new_name": "carla"})
         wait_until(
@@ -346,6 +413,7 @@ def test_a_shared_mailbox_is_served_by_the_owner_of_its_account(tmp_path: Path) 
             30,
             "the renamed share on beta",
         )
+        wait_until(lambda: message_limit(beta, "alice") == 50, 30, "the message limit on beta")
         # dave's account is beta's, alice's is alpha's: beta does not serve
         # alice's mailbox, and says who does.
         dave = connect(beta, "dave")

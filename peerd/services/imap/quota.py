@@ -1,11 +1,12 @@
 """IMAP QUOTA commands (RFC 9208): GETQUOTA, GETQUOTAROOT, SETQUOTA.
 
 How this works: the account's quota is the store's (:mod:`engine.quota`:
-a byte limit per account, set with peerctl or the API, and the exact usage
-kept by every write); the core (:mod:`peerd.protocols.imap.quota`) names
+a byte limit and a message limit per account, set with peerctl or the API,
+and the usage of each); the core (:mod:`peerd.protocols.imap.quota`) names
 the one quota root ``""`` and writes the responses. A write past the limit
-is refused by the store with ``NO [OVERQUOTA]`` (RFC 9208 5.1; APPEND and
-COPY, through :mod:`peerd.node.errormap`). SETQUOTA is an
+is refused by the store with ``NO [OVERQUOTA]`` (RFC 9208 5.1, 5.2; APPEND
+and COPY, through :mod:`peerd.node.errormap`). A shared mailbox counts
+against its owner's quota. SETQUOTA is an
 administrator's command and IMAP users are not administrators: ``NO``.
 """
 
@@ -44,18 +45,18 @@ async def getquotaroot(session: Session, cmd: GetQuotaRoot) -> Reply:
     usage = await _usage(session, account)
     # A shared mailbox counts against its owner's quota; that root is the
     # owner's, named for the user only as the mailbox's.
-    out = quotaroot_response(shown(session, account, name), usage.limit is not None)
-    if usage.limit is not None:
-        out += quota_response(usage.used, usage.limit)
+    out = quotaroot_response(shown(session, account, name), usage.limited)
+    if usage.limited:
+        out += quota_response(usage.used, usage.limit, usage.messages, usage.message_limit)
     await session.send(out)
     return Reply("GETQUOTAROOT completed")
 
 
 async def getquota(session: Session, cmd: GetQuota) -> Reply:
     usage = await _usage(session, session.account)
-    if cmd.root != ROOT or usage.limit is None:
+    if cmd.root != ROOT or not usage.limited:
         raise CommandError("no such quota root", code=CODE_NONEXISTENT, status="NO")
-    await session.send(quota_response(usage.used, usage.limit))
+    await session.send(quota_response(usage.used, usage.limit, usage.messages, usage.message_limit))
     return Reply("GETQUOTA completed")
 
 
