@@ -36,6 +36,7 @@ __all__ = [
     "lookup_names",
     "normalize_account_name",
     "rename_account",
+    "set_message_limit",
     "set_password",
     "set_password_hash",
     "set_quota",
@@ -207,17 +208,35 @@ def rename_account(session: Session, old: str, new: str) -> Account:
     if find_account(session, new) is not None:
         raise AlreadyExists(f"account {new} already exists")
     account.name = new
-    # The owner's own rights in its mailboxes' ACLs are under its name
-    # (RFC 4314 identifiers): they move to the new one, on both nodes alike.
-    for mailbox in session.scalars(select(Mailbox).where(Mailbox.account_id == account.id)):
-        acl = json.loads(mailbox.acl or "{}")
-        if old in acl:
-            acl[new] = acl.pop(old)
-            mailbox.acl = json.dumps(acl, sort_keys=True)
+    _rename_identifier(session, old, new)
     session.flush()
     synclog.rename(session, old, new)
     synclog.record(session, new, "", "account")
     return account
+
+
+def _rename_identifier(session: Session, old: str, new: str) -> None:
+    """ACL entries (RFC 4314 identifiers) naming ``old`` name ``new``: the
+    owner's own, and the shares other accounts gave it, so they survive the
+    rename. Both nodes run the rename alike; the other accounts' changes are
+    logged for replication too, under the mailbox's account."""
+    rows = session.execute(
+        select(Mailbox, Account.name)
+        .join(Account, Account.id == Mailbox.account_id)
+        .where(Mailbox.acl.contains(json.dumps(old) + ":", autoescape=True))
+    ).all()
+    changes = []
+    for mailbox, owner in rows:
+        acl = json.loads(mailbox.acl or "{}")
+        if not isinstance(acl, dict) or old not in acl:
+            continue
+        rights = str(acl.pop(old))
+        had = str(acl.get(new, ""))
+        acl[new] = had + "".join(r for r in rights if r not in had)
+        mailbox.acl = json.dumps(acl, sort_keys=True)
+        if owner != new:
+            changes.append((owner, mailbox.uniqueid, "mailbox"))
+    synclog.record_many(session, changes)
 
 
 def set_password(session: Session, name: str, password: str) -> None:
@@ -228,6 +247,15 @@ def set_password_hash(session: Session, name: str, password_hash: str) -> None:
     check_length(password_hash, MAX_PASSWORD_HASH, "a password hash")
     account = get_account(session, name)
     account.password_hash = password_hash
+    synclog.record(session, name, "", "account")
+
+
+def set_message_limit(session: Session, name: str, limit: int | None) -> None:
+    """At most ``limit`` live messages (QUOTA MESSAGE, RFC 9208 5.2); None: none."""
+    if limit is not None and limit < 0:
+        raise InvalidArgument("a message limit must be >= 0")
+    account = get_account(session, name)
+    account.message_limit = limit
     synclog.record(session, name, "", "account")
 
 

@@ -180,7 +180,7 @@ def apply_push(session: Session, push: Push, has: Callable[[str], bool]) -> Appl
     if account is None:
         if push.account_fields is None:
             raise SyncProtocolError(f"account {push.account} does not exist here; send its fields")
-        password_hash, quota = push.account_fields
+        password_hash, quota, messages = push.account_fields
         account = create_account(
             session,
             push.account,
@@ -188,8 +188,9 @@ def apply_push(session: Session, push: Push, has: Callable[[str], bool]) -> Appl
             quota_limit=quota,
             create_inbox=False,
         )
+        account.message_limit = messages
     elif push.account_fields is not None:
-        account.password_hash, account.quota_limit = push.account_fields
+        account.password_hash, account.quota_limit, account.message_limit = push.account_fields
         synclog.record(session, account.name, "", "account")
 
     for uniqueid in push.deletes:

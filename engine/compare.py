@@ -114,7 +114,8 @@ class MailboxPush:
 class Push:
     account: str
     delete_account: bool = False
-    account_fields: tuple[str, int | None] | None = None  # (password_hash, quota_limit)
+    # (password_hash, quota_limit, message_limit)
+    account_fields: tuple[str, int | None, int | None] | None = None
     create_account: bool = False
     deletes: tuple[str, ...] = ()
     mailboxes: tuple[MailboxPush, ...] = ()
@@ -290,13 +291,14 @@ def compare(
             )
         )
 
-    account_fields: tuple[str, int | None] | None = None
+    account_fields: tuple[str, int | None, int | None] | None = None
     if (
         not replica.exists
         or replica.password_hash != owner.password_hash
         or replica.quota_limit != owner.quota_limit
+        or replica.message_limit != owner.message_limit
     ):
-        account_fields = (owner.password_hash, owner.quota_limit)
+        account_fields = (owner.password_hash, owner.quota_limit, owner.message_limit)
     subscriptions = (
         owner.subscriptions
         if not replica.exists or owner.subscriptions != replica.subscriptions

@@ -31,7 +31,13 @@ from engine.accounts import find_account
 from engine.db import execute_rows, upsert, utcnow
 from engine.errors import InvalidArgument, NoSuchAccount, OverQuota
 from engine.mailbox import create_mailbox, normalize_mailbox_name
-from engine.messages import NewRecords, add_appended, put_meta
+from engine.messages import (
+    NewRecords,
+    add_appended,
+    check_message_limit,
+    live_messages,
+    put_meta,
+)
 from engine.models import Account, Duplicate, Mailbox
 
 __all__ = [
@@ -163,6 +169,9 @@ class _AccountRow:
     name: str
     quota_limit: int | None
     quota_used: int
+    message_limit: int | None
+    messages: int = 0
+    """Live messages, counted only when there is a ``message_limit``."""
 
 
 @dataclass(slots=True)
@@ -192,9 +201,9 @@ _MAILBOX_COLUMNS = (
 
 
 def _accounts_named(names: list[Any]) -> Any:
-    return select(Account.id, Account.name, Account.quota_limit, Account.quota_used).where(
-        Account.name.in_(names)
-    )
+    return select(
+        Account.id, Account.name, Account.quota_limit, Account.quota_used, Account.message_limit
+    ).where(Account.name.in_(names))
 
 
 def _folders_named(ids: list[Any], names: list[Any]) -> Any:
@@ -294,6 +303,7 @@ class DeliveryRunner:
                     out.append(DeliveryResult(account.name, mailbox.name, None, duplicate=True))
                     continue
             try:
+                check_message_limit(account.message_limit, account.messages, 1)
                 uid = add_appended(
                     records,
                     account,
@@ -305,6 +315,7 @@ class DeliveryRunner:
             except OverQuota as exc:
                 out.append(exc)
                 continue
+            account.messages += 1
             if op.message_id and window is not None:
                 duplicates[key] = {
                     "mailbox_uniqueid": mailbox.uniqueid,
@@ -336,11 +347,18 @@ class DeliveryRunner:
         names = sorted({n for op in ops for n in op.recipient.candidates})
         accounts: dict[str, _AccountRow] = {}
         for chunk in _chunks(names):
-            query = select(Account.id, Account.name, Account.quota_limit, Account.quota_used).where(
-                Account.name.in_(chunk)
-            )
+            query = select(
+                Account.id,
+                Account.name,
+                Account.quota_limit,
+                Account.quota_used,
+                Account.message_limit,
+            ).where(Account.name.in_(chunk))
             for row in session.execute(query):
                 accounts[row.name] = _AccountRow(*row)
+        for account in accounts.values():
+            if account.message_limit is not None:
+                account.messages = live_messages(session, account.id)
         wanted = {"INBOX"}
         for op in ops:
             if op.recipient.detail and (folder := _folder_name(op.recipient.detail)):

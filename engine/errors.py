@@ -20,6 +20,7 @@ status, IMAP ``NO``/``BAD``, POP3, LMTP and ManageSieve replies in exactly one p
     │       ├── AnnotationTooLarge     (a METADATA value past MAX_ANNOTATION_VALUE)
     │       └── TooManyAnnotations     (an account's METADATA entries past MAX_ANNOTATIONS)
     ├── OverQuota                      (permanent for this message)
+    │   └── OverMessageQuota           (the account's message count; temporary)
     ├── MessageTooLarge
     ├── Corrupt                        (spool bytes do not match their GUID)
     ├── TemporaryFailure               (retry later: nothing was stored)
@@ -51,6 +52,7 @@ __all__ = [
     "NoSuchMessage",
     "NoSuchScript",
     "NotFound",
+    "OverMessageQuota",
     "OverQuota",
     "PartnerDown",
     "PartnerRejected",
@@ -135,6 +137,12 @@ class TooManyAnnotations(LimitExceeded):
 
 class OverQuota(EngineError):
     code = "over_quota"
+
+
+class OverMessageQuota(OverQuota):
+    """The account holds as many messages as its limit (RFC 9208 5.2, MESSAGE)."""
+
+    code = "over_message_quota"
 
 
 class MessageTooLarge(EngineError):

@@ -38,6 +38,7 @@ from engine.errors import AlreadyExists, NoSuchMailbox
 from engine.mailbox import normalize_mailbox_name
 from engine.messages import CopyResult
 from engine.models import Account, Mailbox, Message
+from engine.syncstate import acl_dict
 
 __all__ = [
     "Appended",
@@ -245,13 +246,19 @@ def status(session: Session, account: str, name: str) -> MailboxStatus:
 # -- writes (inside a fenced write: ``fn(session, account_row)``) ----------------------
 
 
-def create_mailbox(session: Session, account: Account, name: str) -> None:
-    """Create ``name`` and any superior that is missing (RFC 3501 6.3.3)."""
+def create_mailbox(
+    session: Session, account: Account, name: str, *, inherit_acl: bool = False
+) -> None:
+    """Create ``name`` and any superior that is missing (RFC 3501 6.3.3);
+    with ``inherit_acl`` each new one takes the ACL of its superior."""
     parts = name.split(mailbox.SEPARATOR)
     for i in range(1, len(parts) + 1):
         sub = mailbox.SEPARATOR.join(parts[:i])
         if mailbox.find_mailbox(session, account, sub) is None:
             mailbox.create_mailbox(session, account, sub)
+            parent = mailbox.find_mailbox(session, account, mailbox.SEPARATOR.join(parts[: i - 1]))
+            if inherit_acl and i > 1 and parent is not None:
+                mailbox.set_acl(session, account, sub, acl_dict(parent.acl))
         elif sub == name:
             raise AlreadyExists(f"mailbox {name} already exists")
 

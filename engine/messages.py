@@ -19,12 +19,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from engine import synclog
 from engine.db import execute_rows, insert_ignore
-from engine.errors import InvalidArgument, OverQuota
+from engine.errors import InvalidArgument, OverMessageQuota, OverQuota
 from engine.flags import format_flags, normalize_flags, parse_flags, record_hash
 from engine.limits import check_flags
 from engine.mailbox import bump_modseq
@@ -38,9 +38,11 @@ __all__ = [
     "RecordBox",
     "add_appended",
     "append",
+    "check_message_limit",
     "check_quota",
     "copy_messages",
     "expunge",
+    "live_messages",
     "live_records",
     "move_messages",
     "put_meta",
@@ -99,6 +101,7 @@ class QuotaHolder(Protocol):
     id: int
     quota_limit: int | None
     quota_used: int
+    message_limit: int | None
 
 
 class NewRecords:
@@ -193,6 +196,24 @@ def check_quota(account: QuotaHolder, extra: int) -> None:
         )
 
 
+def live_messages(session: Session, account_id: int) -> int:
+    """The account's live messages, all mailboxes (QUOTA MESSAGE's usage)."""
+    count = session.scalar(
+        select(func.count())
+        .select_from(Message)
+        .join(Mailbox, Mailbox.id == Message.mailbox_id)
+        .where(Mailbox.account_id == account_id, Message.expunged.is_(False))
+    )
+    return int(count or 0)
+
+
+def check_message_limit(limit: int | None, count: int, extra: int) -> None:
+    """Raise :class:`OverMessageQuota` if ``extra`` more messages than ``count``
+    would pass ``limit`` (RFC 9208 5.2)."""
+    if limit is not None and count + extra > limit:
+        raise OverMessageQuota(f"over quota: {count} + {extra} messages > limit {limit}")
+
+
 def add_appended(
     records: NewRecords,
     account: QuotaHolder,
@@ -234,6 +255,8 @@ def append(
     enforce_quota: bool = True,
 ) -> Message:
     """Add a record for spooled bytes; the next UID of the mailbox."""
+    if enforce_quota and account.message_limit is not None:
+        check_message_limit(account.message_limit, live_messages(session, account.id), 1)
     records = NewRecords(session)
     add_appended(
         records,
@@ -369,6 +392,9 @@ def copy_messages(
     records = records_by_uid(session, source, uids)
     if enforce_quota:
         check_quota(account, sum(r.size for r in records))
+        if account.message_limit is not None:
+            count = live_messages(session, account.id)
+            check_message_limit(account.message_limit, count, len(records))
     if not records:
         return CopyResult(dest.uidvalidity, (), ())
     modseq = bump_modseq(dest)

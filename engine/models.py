@@ -72,6 +72,8 @@ class Account(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     quota_limit: Mapped[int | None] = mapped_column(BigInteger, default=None)
     quota_used: Mapped[int] = mapped_column(BigInteger, default=0)
+    # RFC 9208 5.2 (MESSAGE): at most this many live messages; None: no limit.
+    message_limit: Mapped[int | None] = mapped_column(BigInteger, default=None)
     # The highest UIDVALIDITY any mailbox of this account ever had, deleted
     # ones included: the next one is above it (RFC 3501 2.3.1.1).
     uidvalidity_used: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")

@@ -114,6 +114,7 @@ class AccountState:
     exists: bool
     password_hash: str = ""
     quota_limit: int | None = None
+    message_limit: int | None = None
     subscriptions: tuple[str, ...] = ()
     mailboxes: tuple[MailboxState, ...] = ()
     tombstones: frozenset[str] = frozenset()
@@ -235,6 +236,7 @@ def read_account_state(
         exists=True,
         password_hash=account.password_hash,
         quota_limit=account.quota_limit,
+        message_limit=account.message_limit,
         subscriptions=subscriptions,
         mailboxes=tuple(mailboxes),
         tombstones=tombstones,
@@ -317,11 +319,13 @@ def account_digests(session: Session, names: Iterable[str] | None = None) -> dic
     """
     import hashlib
 
-    query = select(Account.id, Account.name, Account.password_hash, Account.quota_limit)
+    query = select(
+        Account.id, Account.name, Account.password_hash, Account.quota_limit, Account.message_limit
+    )
     wanted = None if names is None else set(names)
     accounts = {
-        account_id: (name, password_hash, quota)
-        for account_id, name, password_hash, quota in session.execute(query)
+        account_id: (name, password_hash, quota, messages)
+        for account_id, name, password_hash, quota, messages in session.execute(query)
         if wanted is None or name in wanted
     }
     boxes: dict[int, list[str]] = {i: [] for i in accounts}
@@ -362,7 +366,7 @@ def account_digests(session: Session, names: Iterable[str] | None = None) -> dic
         if account_id in subs:
             subs[account_id].append(name)
     out = {}
-    for account_id, (name, password_hash, quota) in accounts.items():
+    for account_id, (name, password_hash, quota, messages) in accounts.items():
         text = "\1".join(
             [
                 password_hash,
@@ -374,6 +378,8 @@ def account_digests(session: Session, names: Iterable[str] | None = None) -> dic
             + (["\2".join(sorted(sieve[account_id]))] if sieve[account_id] else [])
             # Likewise METADATA entries.
             + (["a\2" + "\2".join(sorted(notes[account_id]))] if notes[account_id] else [])
+            # Likewise a message limit (QUOTA MESSAGE).
+            + ([f"m\2{messages}"] if messages is not None else [])
         )
         out[name] = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
     return out

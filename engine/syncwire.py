@@ -244,6 +244,7 @@ def encode_account_state(state: AccountState) -> dict[str, Any]:
         "exists": state.exists,
         "password_hash": state.password_hash,
         "quota_limit": state.quota_limit,
+        "message_limit": state.message_limit,
         "subscriptions": list(state.subscriptions),
         "tombstones": sorted(state.tombstones),
         "sieve": [list(s) for s in state.sieve],
@@ -264,6 +265,7 @@ def decode_account_state(value: Any) -> AccountState:
     if not isinstance(value, dict):
         raise SyncProtocolError("account state must be an object")
     quota = value.get("quota_limit")
+    limit = value.get("message_limit")
     mailboxes = []
     for item in _list(value.get("mailboxes", []), "mailboxes", MAX_MAILBOXES):
         if not isinstance(item, dict):
@@ -278,6 +280,7 @@ def decode_account_state(value: Any) -> AccountState:
         exists=bool(value.get("exists")),
         password_hash=_str(value.get("password_hash", ""), "password_hash", MAX_PASSWORD_HASH),
         quota_limit=None if quota is None else _int(quota, "quota_limit"),
+        message_limit=None if limit is None else _int(limit, "message_limit"),
         subscriptions=tuple(
             _str(s, "subscription", MAX_MAILBOX_NAME)
             for s in _list(value.get("subscriptions", []), "subscriptions", MAX_SUBSCRIPTIONS)
@@ -297,7 +300,10 @@ def encode_push(push: Push) -> dict[str, Any]:
         "account": push.account,
         "delete_account": push.delete_account,
         "create_account": push.create_account,
-        "account_fields": list(push.account_fields) if push.account_fields else None,
+        # [password_hash, quota_limit]; the message limit beside it, which a
+        # partner of an older version ignores.
+        "account_fields": list(push.account_fields[:2]) if push.account_fields else None,
+        "message_limit": push.account_fields[2] if push.account_fields else None,
         "deletes": list(push.deletes),
         "subscriptions": list(push.subscriptions) if push.subscriptions is not None else None,
         "sieve": None if push.sieve is None else [list(s) for s in push.sieve],
@@ -319,12 +325,14 @@ def decode_push(value: Any) -> Push:
     if not isinstance(value, dict):
         raise SyncProtocolError("a push must be an object")
     fields = value.get("account_fields")
-    account_fields: tuple[str, int | None] | None = None
+    account_fields: tuple[str, int | None, int | None] | None = None
     if fields is not None:
         if not isinstance(fields, list) or len(fields) != 2:
             raise SyncProtocolError("account_fields is [password_hash, quota_limit]")
         quota = None if fields[1] is None else _int(fields[1], "quota_limit")
-        account_fields = (_str(fields[0], "password_hash", MAX_PASSWORD_HASH), quota)
+        limit = value.get("message_limit")
+        messages = None if limit is None else _int(limit, "message_limit")
+        account_fields = (_str(fields[0], "password_hash", MAX_PASSWORD_HASH), quota, messages)
     mailboxes = []
     for item in _list(value.get("mailboxes", []), "mailboxes", MAX_MAILBOXES):
         if not isinstance(item, dict):

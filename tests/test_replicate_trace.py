@@ -29,7 +29,7 @@ def record(uid: int, guid: str) -> RecordState:
 def test_push_steps_group_by_mailbox() -> None:
     push = Push(
         "alice",
-        account_fields=("$scrypt$...", None),
+        account_fields=("$scrypt$...", None, None),
         deletes=("u-gone",),
         mailboxes=(
             MailboxPush(summary("INBOX", "u-inbox"), (record(2, "g2"), record(3, "g3")), (1,)),

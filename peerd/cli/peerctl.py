@@ -360,8 +360,13 @@ def cmd_import_imap(client: Client, args: argparse.Namespace) -> Any:
 
 def cmd_account_quota(client: Client, args: argparse.Namespace) -> Any:
     limit = _quota(args.limit)
-    result = client.call("PUT", f"/v1/accounts/{quote(args.user)}/quota", {"quota_limit": limit})
-    return result, f"quota of {args.user}: {_size(limit)}"
+    body: dict[str, Any] = {"quota_limit": limit}
+    if args.messages is not None:
+        body["message_limit"] = None if args.messages == "none" else int(args.messages)
+    result = client.call("PUT", f"/v1/accounts/{quote(args.user)}/quota", body)
+    messages = result.get("message_limit")
+    shown = "" if messages is None else f", at most {messages} messages"
+    return result, f"quota of {args.user}: {_size(limit)}{shown}"
 
 
 def cmd_mailbox_list(client: Client, args: argparse.Namespace) -> Any:
@@ -917,6 +922,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = account.add_parser("quota", help="set a quota: bytes, a size like 5M or 1G, or 'none'")
     p.add_argument("user")
     p.add_argument("limit")
+    p.add_argument(
+        "--messages", help="also limit the number of messages (QUOTA MESSAGE), or 'none'"
+    )
     p.set_defaults(func=cmd_account_quota)
 
     p = sub.add_parser("import-imap", help="copy mail in from another IMAP server (resumable)")

@@ -39,7 +39,7 @@ from ownership import table as ownership_table
 from ownership.errors import UnknownNode
 from ownership.rows import OwnershipView
 from peerd.control.call import Call
-from peerd.control.schema import Size, Text, member
+from peerd.control.schema import Integer, Size, Text, member
 from peerd.node.node import Node
 from peerd.pair.hooks import routes_for
 from peerd.pair.partner import partner_api
@@ -95,9 +95,15 @@ class NewName:
     new_name: str = member(ACCOUNT_NAME)
 
 
+_KEEP = -1
+"""``message_limit`` left out of a quota request: the limit stays as it is."""
+
+
 @dataclass(frozen=True, slots=True)
 class NewQuota:
     quota_limit: int | None = member(Size(nullable=True), default=None)
+    # RFC 9208 5.2 (QUOTA MESSAGE): live messages; null for none.
+    message_limit: int | None = member(Integer(nullable=True), default=_KEEP)
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,9 +326,16 @@ async def set_password(call: Call[NewPassword, None]) -> web.Response:
 
 
 async def set_quota(call: Call[NewQuota, None]) -> web.Response:
-    name, limit = call.path("name"), call.body.quota_limit
-    await call.node.write_owned(name, lambda s, row: engine_accounts.set_quota(s, row.name, limit))
-    return web.json_response({"account": name, "quota_limit": limit})
+    name, limit, messages = call.path("name"), call.body.quota_limit, call.body.message_limit
+
+    def write(s: Session, row: Any) -> int | None:
+        engine_accounts.set_quota(s, row.name, limit)
+        if messages != _KEEP:
+            engine_accounts.set_message_limit(s, row.name, messages)
+        return row.message_limit  # type: ignore[no-any-return]
+
+    now = await call.node.write_owned(name, write)
+    return web.json_response({"account": name, "quota_limit": limit, "message_limit": now})
 
 
 def mailbox_json(mailbox: inventory.MailboxInfo) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from engine.errors import (
     NoSuchAccount,
     NoSuchScript,
     NotFound,
+    OverMessageQuota,
     OverQuota,
     PartnerDown,
     ScriptActive,
@@ -69,6 +70,7 @@ __all__ = [
     "S451_NOT_HERE_YET",
     "S451_NOT_OWNER",
     "S451_PARTNER_UNKNOWN",
+    "S452_OVER_MESSAGE_QUOTA",
     "S452_STORAGE",
     "S501_BAD_ADDRESS",
     "S550_NO_SUCH_USER",
@@ -120,6 +122,9 @@ S451_PARTNER_UNKNOWN = "451 4.4.3 Cannot ask the partner whether the user exists
 S452_STORAGE = "452 4.3.1 Insufficient system storage"
 S550_NO_SUCH_USER = "550 5.1.1 No such user"
 S552_OVER_QUOTA = "552 5.2.2 Mailbox is over quota"
+# RFC 3463 X.2.2 (mailbox full), temporary: a message count falls as the user
+# expunges, so the MTA keeps the message and retries.
+S452_OVER_MESSAGE_QUOTA = "452 4.2.2 Mailbox holds as many messages as its quota allows"
 # S552_TOO_BIG, S554_NUL and S501_BAD_ADDRESS are the protocol core's
 # (peerd.protocols.lmtp): it sends them itself for a message too big, a
 # message with NUL and a malformed path; re-exported here for the errors
@@ -135,6 +140,7 @@ def _not_owner_lmtp(exc: BaseException) -> str:
 _LMTP: dict[type[BaseException], Callable[[BaseException], str]] = {
     NoSuchAccount: lambda _: S550_NO_SUCH_USER,
     OverQuota: lambda _: S552_OVER_QUOTA,
+    OverMessageQuota: lambda _: S452_OVER_MESSAGE_QUOTA,
     MessageTooLarge: lambda _: S552_TOO_BIG,
     LimitExceeded: lambda _: S552_LIMIT,
     NotOwner: _not_owner_lmtp,

@@ -116,8 +116,11 @@ class AccountStore:
         if self.on_write is not None:
             self.on_write()
 
-    async def create_mailbox(self, name: str) -> None:
-        await self.node.write_owned(self.account, lambda s, a: mailview.create_mailbox(s, a, name))
+    async def create_mailbox(self, name: str, *, inherit_acl: bool = False) -> None:
+        await self.node.write_owned(
+            self.account,
+            lambda s, a: mailview.create_mailbox(s, a, name, inherit_acl=inherit_acl),
+        )
         self._wrote()
 
     async def delete_mailbox(self, name: str) -> None:

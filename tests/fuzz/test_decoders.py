@@ -50,7 +50,7 @@ STATE = syncwire.encode_account_state(
 PUSH = syncwire.encode_push(
     Push(
         account="alice",
-        account_fields=("", 5),
+        account_fields=("", 5, 7),
         deletes=("ab",),
         mailboxes=(MailboxPush(SUMMARY, (RECORD,), (2,), True),),
         subscriptions=("INBOX",),

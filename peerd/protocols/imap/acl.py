@@ -9,9 +9,10 @@ SETACL turns into the rights they stand for (2.1.1: ``c`` is ``k`` and
 those are held. :func:`modify` applies a SETACL's ``+``/``-``/replace
 to an identifier's rights; an unknown letter is ``BAD`` (RFC 4314 3.1).
 
-This server has no shared mailboxes: a mailbox's owner always holds every
-right (:data:`OWNER_RIGHTS`) and cannot lose one, and the rights given to
-other identifiers are kept and shown but grant nothing.
+A mailbox's owner always holds every right (:data:`OWNER_RIGHTS`) and
+cannot lose one; the rights given to other identifiers are what those
+accounts may do with it (:mod:`peerd.protocols.imap.rights` holds the table
+of which command needs which right).
 """
 
 from __future__ import annotations

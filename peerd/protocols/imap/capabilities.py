@@ -14,10 +14,10 @@ from typing import Final
 
 __all__ = ["ADMIN_CAPABILITIES", "CAPABILITIES", "MESSAGE_EXTENSIONS", "capabilities"]
 
-# ACL with the RFC 4314 rights (RFC 4314 2.1), QUOTA with the STORAGE
-# resource (RFC 9208 3.1, 5.1; no QUOTASET: users may not set quotas),
+# ACL with the RFC 4314 rights (RFC 4314 2.1), QUOTA with the STORAGE and
+# MESSAGE resources (RFC 9208 3.1, 5.1, 5.2; no QUOTASET: users may not set quotas),
 # METADATA on mailboxes and the server (RFC 5464 1).
-ADMIN_CAPABILITIES: Final = "ACL RIGHTS=texk QUOTA QUOTA=RES-STORAGE METADATA"
+ADMIN_CAPABILITIES: Final = "ACL RIGHTS=texk QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE METADATA"
 
 CAPABILITIES: Final = (
     "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN "

@@ -56,9 +56,13 @@ def _parents(names: Sequence[str]) -> set[str]:
 
 
 def list_responses(
-    cmd: c.List, names: Sequence[str], subscriptions: Sequence[str]
+    cmd: c.List, names: Sequence[str], subscriptions: Sequence[str], levels: Sequence[str] = ()
 ) -> tuple[bytes, list[str]]:
     """LIST's responses, and the names listed that exist (for RETURN (STATUS)).
+
+    ``levels`` are names of the hierarchy that are not mailboxes (the
+    ``Other Users`` namespace and its accounts): listed ``\\Noselect`` when a
+    pattern matches them (RFC 3501 6.3.8), like a superior with no mailbox.
 
     RFC 5258 (LIST-EXTENDED): SUBSCRIBED, REMOTE (there are no remote
     mailboxes) and RECURSIVEMATCH selection, SPECIAL-USE selection (RFC 6154
@@ -80,6 +84,7 @@ def list_responses(
         subscribed_only=subscribed,
         special_only="SPECIAL-USE" in cmd.select_options,
         recursive=recursive,
+        levels=levels,
     )
 
 
@@ -102,6 +107,7 @@ def _responses(
     lsub: bool = False,
     special_only: bool = False,
     recursive: bool = False,
+    levels: Sequence[str] = (),
 ) -> tuple[bytes, list[str]]:
     if any(p == "" for p in patterns):
         # RFC 3501 6.3.8: an empty pattern asks for the hierarchy delimiter.
@@ -110,7 +116,8 @@ def _responses(
     existing = set(names)
     has_children = _parents(names)
     subscribed = set(subs)
-    candidates: Sequence[str] = subs if subscribed_only else names
+    noselect = set(levels)
+    candidates: Sequence[str] = subs if subscribed_only else [*names, *levels]
     # RFC 5258 3.5 (RECURSIVEMATCH) and RFC 3501 6.3.9 (LSUB with "%"): a
     # parent that matches the pattern is listed for a subscribed mailbox below
     # it that the pattern stops short of (a "%" does not cross "/"): with
@@ -129,7 +136,7 @@ def _responses(
         if special_only and special is None:
             continue
         attrs = []
-        if lsub and (name not in existing or name not in subscribed):
+        if (lsub and (name not in existing or name not in subscribed)) or name in noselect:
             attrs.append("\\Noselect")
         elif name not in existing:
             attrs.append("\\NonExistent")

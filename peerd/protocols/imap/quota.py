@@ -4,7 +4,8 @@ How this works: GETQUOTA, GETQUOTAROOT and SETQUOTA are dataclasses built
 from the wire by :data:`BUILDERS`. Each account has one quota root,
 :data:`ROOT` (``""``), holding every mailbox of the account, with the
 STORAGE resource in units of 1024 octets (RFC 9208 5.1): usage rounded up,
-the limit rounded down. An account without a limit has no quota root (a
+the limit rounded down; and the MESSAGE resource, the count of messages
+(RFC 9208 5.2), when the account has a limit on it. An account without a limit has no quota root (a
 QUOTA response must list at least one resource, RFC 9208 6.2). SETQUOTA is
 for administrators (RFC 9208 4.1.3); IMAP users are not, so it is ``NO``.
 """
@@ -101,10 +102,17 @@ def storage_units(used: int, limit: int) -> tuple[int, int]:
     return -(-used // _KIB), limit // _KIB
 
 
-def quota_response(used: int, limit: int) -> bytes:
-    """``* QUOTA "" (STORAGE used limit)`` (RFC 9208 4.2.1), from bytes."""
-    kib_used, kib_limit = storage_units(used, limit)
-    return b"* QUOTA %b (STORAGE %d %d)\r\n" % (string(ROOT), kib_used, kib_limit)
+def quota_response(
+    used: int, limit: int | None, messages: int = 0, message_limit: int | None = None
+) -> bytes:
+    """``* QUOTA "" (STORAGE used limit MESSAGE count limit)`` (RFC 9208
+    4.2.1): each resource that has a limit; storage from bytes."""
+    resources = []
+    if limit is not None:
+        resources.append(b"STORAGE %d %d" % storage_units(used, limit))
+    if message_limit is not None:
+        resources.append(b"MESSAGE %d %d" % (messages, message_limit))
+    return b"* QUOTA %b (%b)\r\n" % (string(ROOT), b" ".join(resources))
 
 
 def quotaroot_response(name: str, limited: bool) -> bytes:

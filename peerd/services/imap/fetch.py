@@ -47,6 +47,7 @@ from peerd.protocols.imap.fetchreply import (
 from peerd.protocols.imap.records import Record
 from peerd.protocols.imap.responses import CODE_EXPUNGEISSUED, CODE_SERVERBUG
 from peerd.protocols.imap.sequence import SequenceSet
+from peerd.services.imap.access import selected_rights
 from peerd.services.imap.session import Closed, Handler, Reply, Session
 
 __all__ = ["HANDLERS", "Opener", "Sendable", "render_group"]
@@ -80,17 +81,18 @@ async def fetch(session: Session, cmd: c.Fetch) -> Reply:
     plan = box.plan_fetch(cmd)
     if plan.vanished_since is not None:
         # RFC 7162 3.2.6: the requested UIDs expunged since, before the FETCHes.
-        tombstones = await session.mail.vanished(selection.mailbox_id, plan.vanished_since)
+        tombstones = await selection.mail.vanished(selection.mailbox_id, plan.vanished_since)
         vanished = box.vanished_earlier(cmd.seqset, tombstones)
         if vanished:
             await session.send(vanished)
-    if plan.seen:
-        stored = await session.mail.store_flags(
+    # RFC 4314 4: a FETCH sets \Seen only for a user with the "s" right.
+    if plan.seen and "s" in await selected_rights(session):
+        stored = await selection.mail.store_flags(
             selection.mailbox_id, plan.seen, ["\\Seen"], mode="add"
         )
         box.absorb(stored.changed)
         plan = box.after_seen(plan)
-    mail = session.mail
+    mail = selection.mail
     structures = session.server.structures
     # Only a FETCH of whole messages has octets to send from the files.
     opener = mail.opener if any(whole_message(att) for att in plan.items) else None
@@ -122,7 +124,8 @@ async def unreadable_reply(session: Session, name: str, uids: list[int]) -> Repl
     """The NO for a FETCH that could not read some messages' bytes: expunged
     meanwhile by another session (their bytes may have been swept, RFC 5530
     EXPUNGEISSUED), or unreadable although still there (SERVERBUG)."""
-    damaged = await session.mail.live_uids(session.selected().mailbox_id, uids)
+    selection = session.selected()
+    damaged = await selection.mail.live_uids(selection.mailbox_id, uids)
     if not damaged:
         return Reply(f"{name}: some messages were expunged", CODE_EXPUNGEISSUED, "NO")
     log.error("FETCH: unreadable bytes of live messages, UIDs %s", damaged)

@@ -14,14 +14,18 @@ import datetime as dt
 from functools import partial
 from typing import Final
 
+from sqlalchemy.orm import Session as DbSession
+
+from engine import acl as acl_store
 from engine.errors import InvalidArgument, NoSuchMailbox
-from engine.mailview import normalize_mailbox_name
 from peerd.protocols.imap import commands as c
 from peerd.protocols.imap.caturl import bad_url, cut, parse_url
 from peerd.protocols.imap.listing import list_responses, lsub_responses, status_response
 from peerd.protocols.imap.responses import (
     CODE_ALREADYEXISTS,
     CODE_APPENDUID,
+    CODE_CANNOT,
+    CODE_NONEXISTENT,
     CODE_READ_ONLY,
     CODE_READ_WRITE,
     CODE_TOOBIG,
@@ -31,16 +35,31 @@ from peerd.protocols.imap.responses import (
     Raw,
     response_code,
 )
+from peerd.protocols.imap.rights import (
+    OTHER_USERS,
+    PREFIX,
+    held,
+    namespace_response,
+    permitted_flags,
+)
 from peerd.protocols.imap.selected import Selected, closed_response
 from peerd.protocols.imap.sequence import SequenceSet
+from peerd.services.imap.access import Place, place, rights_on, shown, store_name
 from peerd.services.imap.session import Handler, Reply, Selection, Session
 
-__all__ = ["HANDLERS"]
+__all__ = ["HANDLERS", "store_name"]
+
+_WRITING: Final = "stwe"
+"""A shared mailbox selected with none of these rights is read-only (RFC 4314 4)."""
 
 
-def store_name(decoded: str) -> str:
-    """A decoded mailbox name in the store's form (INBOX's case, no empty levels)."""
-    return normalize_mailbox_name(decoded)
+def _mailbox(session: Session, decoded: str) -> Place:
+    """The mailbox a command names; NO [NONEXISTENT] for a level of the
+    Other Users namespace, which is no mailbox."""
+    where = place(session, decoded)
+    if not where.name:
+        raise CommandError(f"no such mailbox: {decoded}", code=CODE_NONEXISTENT, status="NO")
+    return where
 
 
 async def enable(session: Session, cmd: c.Enable) -> Reply:
@@ -49,14 +68,18 @@ async def enable(session: Session, cmd: c.Enable) -> Reply:
 
 
 async def namespace(session: Session, cmd: c.Namespace) -> Reply:
-    await session.send(b'* NAMESPACE (("" "/")) NIL NIL\r\n')
+    await session.send(namespace_response())
     return Reply("NAMESPACE completed")
 
 
 async def select(session: Session, cmd: c.Select | c.Examine) -> Reply:
     readonly = isinstance(cmd, c.Examine)
     session.ext.admit(cmd)
-    name = store_name(cmd.mailbox)
+    where = _mailbox(session, cmd.mailbox)
+    name, mail = where.name, session.mail_of(where.owner)
+    if where.owner != session.account:
+        rights = await rights_on(session, where)
+        readonly = readonly or not any(r in rights for r in _WRITING)
     if session.selection is not None:
         # RFC 7162 3.2.11 (any client of a server that offers QRESYNC).
         await session.send(closed_response())
@@ -65,16 +88,15 @@ async def select(session: Session, cmd: c.Select | c.Examine) -> Reply:
     known = cmd.qresync
     vanished: tuple[int, ...] = ()
     if known is None:
-        snapshot = await session.mail.snapshot(name)
+        snapshot = await mail.snapshot(name)
     else:
-        snapshot, vanished = await session.mail.snapshot_and_vanished(
-            name, known.uidvalidity, known.modseq
-        )
-    box = Selected(snapshot, name=snapshot.name, readonly=readonly, ext=session.ext)
+        snapshot, vanished = await mail.snapshot_and_vanished(name, known.uidvalidity, known.modseq)
+    shown_as = shown(session, where.owner, snapshot.name)
+    box = Selected(snapshot, name=shown_as, readonly=readonly, ext=session.ext)
     if box.needs_claim(snapshot, snapshot.recentuid):
         # RFC 3501 2.3.2: this session is the first to be told of these.
-        box.claimed(*await session.mail.claim_recent(snapshot.mailbox_id))
-    session.select(Selection(snapshot.mailbox_id, snapshot.uniqueid, box))
+        box.claimed(*await mail.claim_recent(snapshot.mailbox_id))
+    session.select(Selection(snapshot.mailbox_id, snapshot.uniqueid, box, where.owner, mail))
     await session.send(box.opening())
     if known is not None:
         resync = box.resync(known, vanished)
@@ -84,26 +106,43 @@ async def select(session: Session, cmd: c.Select | c.Examine) -> Reply:
 
 
 async def create(session: Session, cmd: c.Create) -> Reply:
-    name = store_name(cmd.mailbox)
+    if cmd.mailbox.rstrip("/") == OTHER_USERS:
+        raise CommandError(f"{OTHER_USERS} names other accounts", code=CODE_CANNOT, status="NO")
+    where = _mailbox(session, cmd.mailbox)
+    name = where.name
     if name == "INBOX":
         raise CommandError("INBOX always exists", code=CODE_ALREADYEXISTS, status="NO")
     if cmd.special_use:
         # RFC 6154 3: CREATE-SPECIAL-USE is not offered; attributes follow names.
         raise CommandError("CREATE with USE is not offered (no CREATE-SPECIAL-USE)")
-    await session.mail.create_mailbox(name)
+    # In another account's mailbox the new one takes its parent's ACL, so
+    # whoever could create it there can reach it (as Cyrus does).
+    await session.mail_of(where.owner).create_mailbox(
+        name, inherit_acl=where.owner != session.account
+    )
     return Reply("CREATE completed")
 
 
 async def delete(session: Session, cmd: c.Delete) -> Reply:
-    name = store_name(cmd.mailbox)
-    await session.mail.delete_mailbox(name)
-    if session.selection is not None and session.selection.box.name == name:
+    where = _mailbox(session, cmd.mailbox)
+    await session.mail_of(where.owner).delete_mailbox(where.name)
+    selection = session.selection
+    if (
+        selection is not None
+        and selection.owner == where.owner
+        and selection.box.name == shown(session, where.owner, where.name)
+    ):
         session.unselect()
     return Reply("DELETE completed")
 
 
 async def rename(session: Session, cmd: c.Rename) -> Reply:
-    await session.mail.rename_mailbox(store_name(cmd.mailbox), store_name(cmd.new_name))
+    old, new = _mailbox(session, cmd.mailbox), _mailbox(session, cmd.new_name)
+    if old.owner != new.owner:
+        raise CommandError(
+            "a mailbox cannot be renamed into another account", code=CODE_CANNOT, status="NO"
+        )
+    await session.mail_of(old.owner).rename_mailbox(old.name, new.name)
     return Reply("RENAME completed")
 
 
@@ -117,24 +156,63 @@ async def unsubscribe(session: Session, cmd: c.Unsubscribe) -> Reply:
     return Reply("UNSUBSCRIBE completed")
 
 
+async def shared_names(session: Session) -> dict[str, str]:
+    """The other accounts' mailboxes this user may see (the ``l`` right, RFC
+    4314 2.1), of accounts this node serves, as the client names them: to
+    the rights the user holds on each."""
+    user, node = session.account, session.node
+
+    def read(s: DbSession) -> dict[str, str]:
+        found = acl_store.shared_with(s, user)
+        elsewhere = node.guard_many(s, {m.owner for m in found})
+        out = {}
+        for m in found:
+            rights = held(user, m.owner, m.acl)
+            if "l" in rights and m.owner not in elsewhere:
+                out[f"{PREFIX}{m.owner}/{m.name}"] = rights
+        return out
+
+    return await node.store.read(read)
+
+
+def _levels(shared: dict[str, str]) -> list[str]:
+    """The levels above shared mailboxes that are no mailbox of theirs:
+    ``Other Users``, each account, and any superior not shared."""
+    levels: set[str] = set()
+    for name in shared:
+        at = name.find("/")
+        while at != -1:
+            levels.add(name[:at])
+            at = name.find("/", at + 1)
+    return sorted(levels - set(shared))
+
+
 async def list_mailboxes(session: Session, cmd: c.List) -> Reply:
     listing = await session.mail.listing()
+    shared = await shared_names(session)
+    names = [*listing.names, *shared]
     # A loop over every mailbox name: off the event loop, like SEARCH.
     out, listed = await session.mail.run_blocking(
-        partial(list_responses, cmd, listing.names, listing.subscriptions)
+        partial(list_responses, cmd, names, listing.subscriptions, _levels(shared))
     )
     if out:
         await session.send(out)
-    # RFC 5819 (LIST-STATUS): a STATUS after the LIST responses.
+    # RFC 5819 (LIST-STATUS): a STATUS after the LIST responses, for the
+    # mailboxes the user may read.
     for name in listed if cmd.status_items else ():
-        await session.send(status_response(name, cmd.status_items, await session.mail.status(name)))
+        if "r" not in shared.get(name, "r"):
+            continue
+        where = place(session, name)
+        counts = await session.mail_of(where.owner).status(where.name)
+        await session.send(status_response(name, cmd.status_items, counts))
     return Reply("LIST completed")
 
 
 async def lsub(session: Session, cmd: c.Lsub) -> Reply:
     listing = await session.mail.listing()
+    names = [*listing.names, *await shared_names(session)]
     out = await session.mail.run_blocking(
-        partial(lsub_responses, cmd, listing.names, listing.subscriptions)
+        partial(lsub_responses, cmd, names, listing.subscriptions)
     )
     if out:
         await session.send(out)
@@ -142,8 +220,10 @@ async def lsub(session: Session, cmd: c.Lsub) -> Reply:
 
 
 async def status(session: Session, cmd: c.Status) -> Reply:
-    name = store_name(cmd.mailbox)
-    await session.send(status_response(name, cmd.items, await session.mail.status(name)))
+    where = _mailbox(session, cmd.mailbox)
+    counts = await session.mail_of(where.owner).status(where.name)
+    name = shown(session, where.owner, where.name)
+    await session.send(status_response(name, cmd.items, counts))
     return Reply("STATUS completed")
 
 
@@ -161,15 +241,19 @@ async def _catenated(session: Session, parts: tuple[c.CatPart, ...]) -> bytes:
             assert part.url is not None
             url = parse_url(part.url, session.account)
             try:
-                box = await session.mail.snapshot(store_name(url.mailbox))
-            except NoSuchMailbox as exc:
+                where = place(session, url.mailbox)
+                if "r" not in await rights_on(session, where):
+                    raise NoSuchMailbox(url.mailbox)
+                mail = session.mail_of(where.owner)
+                box = await mail.snapshot(where.name)
+            except (NoSuchMailbox, InvalidArgument) as exc:
                 raise bad_url(url.text, "no such mailbox") from exc
             if url.uidvalidity is not None and url.uidvalidity != box.uidvalidity:
                 raise bad_url(url.text, "UIDVALIDITY differs: the mailbox changed")
             record = next((r for r in box.records if r.uid == url.uid), None)
             if record is None:
                 raise bad_url(url.text, "no such message")
-            data = cut(url, await session.mail.message(record.guid))
+            data = cut(url, await mail.message(record.guid))
         size += len(data)
         if size > limit:
             raise CommandError(
@@ -180,7 +264,9 @@ async def _catenated(session: Session, parts: tuple[c.CatPart, ...]) -> bytes:
 
 
 async def append(session: Session, cmd: c.Append) -> Reply:
-    name = store_name(cmd.mailbox)
+    where = _mailbox(session, cmd.mailbox)
+    shared = where.owner != session.account
+    rights = await rights_on(session, where) if shared else ""
     now = dt.datetime.now(dt.UTC)
     messages = []
     for one in cmd.messages:
@@ -195,10 +281,10 @@ async def append(session: Session, cmd: c.Append) -> Reply:
                 )
             raise InvalidArgument("message contains NUL")
         when = (one.internaldate or now).astimezone(dt.UTC)
-        messages.append((data, one.flags, when))
+        messages.append((data, permitted_flags(one.flags, rights) if shared else one.flags, when))
     try:
         # RFC 3502 6.3.11: several messages are appended all together or not at all.
-        appended = await session.mail.append_many(name, messages)
+        appended = await session.mail_of(where.owner).append_many(where.name, messages)
     except NoSuchMailbox:
         # RFC 3501 6.3.11: TRYCREATE, so the client may CREATE and retry.
         return Reply("no such mailbox", CODE_TRYCREATE, "NO")

@@ -15,12 +15,13 @@ from engine.errors import NoSuchMailbox
 from peerd.protocols.imap import commands as c
 from peerd.protocols.imap.responses import (
     CODE_COPYUID,
+    CODE_NONEXISTENT,
     CODE_TRYCREATE,
     Raw,
     response_code,
     untagged_status,
 )
-from peerd.services.imap.mailboxes import store_name
+from peerd.services.imap.access import place, selected_rights
 from peerd.services.imap.session import Handler, Reply, Session
 
 __all__ = ["HANDLERS"]
@@ -39,9 +40,10 @@ async def unselect(session: Session, cmd: c.Unselect) -> Reply:
 
 async def close(session: Session, cmd: c.Close) -> Reply:
     selection = session.selected()
-    if not selection.box.readonly:
-        # RFC 3501 6.4.2: expunge silently, then leave the selected state.
-        await session.mail.expunge(selection.mailbox_id)
+    # RFC 3501 6.4.2: expunge silently, then leave the selected state; RFC
+    # 4314 4: not without the "e" right, and no error for it.
+    if not selection.box.readonly and "e" in await selected_rights(session):
+        await selection.mail.expunge(selection.mailbox_id)
     session.unselect()
     return Reply("CLOSE completed")
 
@@ -51,7 +53,7 @@ async def expunge(session: Session, cmd: c.Expunge | c.UidExpunge) -> Reply:
     box = selection.box
     box.writable()
     uids = box.uid_expunge_targets(cmd.seqset) if isinstance(cmd, c.UidExpunge) else None
-    expunged = await session.mail.expunge(selection.mailbox_id, uids)
+    expunged = await selection.mail.expunge(selection.mailbox_id, uids)
     await session.report(cmd)
     return Reply(f"{cmd.name} completed", box.expunge_code(bool(expunged)))
 
@@ -62,7 +64,7 @@ async def store(session: Session, cmd: c.Store) -> Reply:
     box.writable()
     await session.admit_condstore(cmd)
     targets = box.resolve(cmd.seqset, cmd.uid)
-    result = await session.mail.store_flags(
+    result = await selection.mail.store_flags(
         selection.mailbox_id,
         [r.uid for _, r in targets],
         cmd.flags,
@@ -85,11 +87,25 @@ async def copy(session: Session, cmd: c.Copy | c.Move) -> Reply:
     selection = session.selected()
     if move:
         selection.box.writable()
-    name = store_name(cmd.mailbox)
+    dest = place(session, cmd.mailbox)
     uids = [r.uid for _, r in selection.box.resolve(cmd.seqset, cmd.uid)]
+    mail = session.mail_of(dest.owner)
+    across = dest.owner != selection.owner
     try:
-        result = await session.mail.copy_messages(selection.mailbox_id, uids, name, move=move)
+        if not dest.name:
+            raise NoSuchMailbox(cmd.mailbox)
+        # Between accounts a MOVE is a COPY written by the destination's
+        # account, then an EXPUNGE written by the source's: each account's
+        # write behind its own fence. Should the second fail, the messages
+        # are in both mailboxes; none is lost.
+        result = await mail.copy_messages(
+            selection.mailbox_id, uids, dest.name, move=move and not across
+        )
+        if move and across and result.source_uids:
+            await selection.mail.expunge(selection.mailbox_id, result.source_uids)
     except NoSuchMailbox:
+        if across:  # RFC 4314 6: tell nothing of another account's names
+            return Reply("no such mailbox", CODE_NONEXISTENT, "NO")
         return Reply("no such mailbox", CODE_TRYCREATE, "NO")
     code: bytes | None = None
     if result.source_uids:

@@ -22,32 +22,36 @@ from peerd.protocols.imap.metadata import (
     metadata_response,
     select_entries,
 )
-from peerd.services.imap.mailboxes import store_name
+from peerd.services.imap.access import Place, place, shown
 from peerd.services.imap.session import Handler, Reply, Session
 
 __all__ = ["HANDLERS"]
 
 
-def _name(mailbox: str) -> str:
-    """The store's name of the mailbox; ``""`` is the server (RFC 5464 3.1)."""
-    return "" if mailbox == "" else store_name(mailbox)
+def _place(session: Session, mailbox: str) -> Place:
+    """The account and store name of the mailbox; ``""`` is the server (RFC
+    5464 3.1). A shared mailbox's entries are its owner's."""
+    return Place(session.account, "") if mailbox == "" else place(session, mailbox)
 
 
 async def getmetadata(session: Session, cmd: GetMetadata) -> Reply:
-    name = _name(cmd.mailbox)
-    account = session.account
+    where = _place(session, cmd.mailbox)
+    account, name = where.owner, where.name
     stored = await session.node.store.read(lambda s: annotation_store.entries(s, account, name))
     values, longest = select_entries(stored, cmd)
     if values:
-        await session.send(metadata_response(name, values))
+        await session.send(
+            metadata_response(shown(session, account, name) if name else name, values)
+        )
     code = None if longest is None else longentries_code(longest)
     return Reply("GETMETADATA completed", code)
 
 
 async def setmetadata(session: Session, cmd: SetMetadata) -> Reply:
-    name = _name(cmd.mailbox)
+    where = _place(session, cmd.mailbox)
+    name = where.name
     await session.node.write_owned(
-        session.account, lambda s, a: annotation_store.set_entries(s, a, name, cmd.values)
+        where.owner, lambda s, a: annotation_store.set_entries(s, a, name, cmd.values)
     )
     return Reply("SETMETADATA completed")
 

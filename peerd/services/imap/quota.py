@@ -1,11 +1,12 @@
 """IMAP QUOTA commands (RFC 9208): GETQUOTA, GETQUOTAROOT, SETQUOTA.
 
 How this works: the account's quota is the store's (:mod:`engine.quota`:
-a byte limit per account, set with peerctl or the API, and the exact usage
-kept by every write); the core (:mod:`peerd.protocols.imap.quota`) names
+a byte limit and a message limit per account, set with peerctl or the API,
+and the usage of each); the core (:mod:`peerd.protocols.imap.quota`) names
 the one quota root ``""`` and writes the responses. A write past the limit
-is refused by the store with ``NO [OVERQUOTA]`` (RFC 9208 5.1; APPEND and
-COPY, through :mod:`peerd.node.errormap`). SETQUOTA is an
+is refused by the store with ``NO [OVERQUOTA]`` (RFC 9208 5.1, 5.2; APPEND
+and COPY, through :mod:`peerd.node.errormap`). A shared mailbox counts
+against its owner's quota. SETQUOTA is an
 administrator's command and IMAP users are not administrators: ``NO``.
 """
 
@@ -26,35 +27,36 @@ from peerd.protocols.imap.quota import (
     quotaroot_response,
 )
 from peerd.protocols.imap.responses import CODE_NONEXISTENT, CommandError
-from peerd.services.imap.mailboxes import store_name
+from peerd.services.imap.access import place, shown
 from peerd.services.imap.session import Handler, Reply, Session
 
 __all__ = ["HANDLERS"]
 
 
-async def _usage(session: Session) -> quota_store.QuotaUsage:
-    account = session.account
+async def _usage(session: Session, account: str) -> quota_store.QuotaUsage:
     return await session.node.store.read(lambda s: quota_store.usage(s, account))
 
 
 async def getquotaroot(session: Session, cmd: GetQuotaRoot) -> Reply:
-    name = store_name(cmd.mailbox)
-    account = session.account
+    where = place(session, cmd.mailbox)
+    account, name = where.owner, where.name
     # NO [NONEXISTENT] for a mailbox that is not there (RFC 9208 4.1.2).
     await session.node.store.read(lambda s: acl_store.mailbox_acl(s, account, name))
-    usage = await _usage(session)
-    out = quotaroot_response(name, usage.limit is not None)
-    if usage.limit is not None:
-        out += quota_response(usage.used, usage.limit)
+    usage = await _usage(session, account)
+    # A shared mailbox counts against its owner's quota; that root is the
+    # owner's, named for the user only as the mailbox's.
+    out = quotaroot_response(shown(session, account, name), usage.limited)
+    if usage.limited:
+        out += quota_response(usage.used, usage.limit, usage.messages, usage.message_limit)
     await session.send(out)
     return Reply("GETQUOTAROOT completed")
 
 
 async def getquota(session: Session, cmd: GetQuota) -> Reply:
-    usage = await _usage(session)
-    if cmd.root != ROOT or usage.limit is None:
+    usage = await _usage(session, session.account)
+    if cmd.root != ROOT or not usage.limited:
         raise CommandError("no such quota root", code=CODE_NONEXISTENT, status="NO")
-    await session.send(quota_response(usage.used, usage.limit))
+    await session.send(quota_response(usage.used, usage.limit, usage.messages, usage.message_limit))
     return Reply("GETQUOTA completed")
 
 

@@ -55,7 +55,7 @@ async def search(session: Session, cmd: c.Search) -> Reply:
         await _texts(session, cmd.key),
         saved=previous if saving else box.saved,
     )
-    reader = session.mail.reader
+    reader = session.selected().mail.reader
 
     def run() -> list[tuple[int, int]]:
         return [
@@ -91,7 +91,7 @@ async def _texts(session: Session, key: SearchKey) -> TextSearch | None:
     questions = list(text_questions(key))
     if not questions:
         return None
-    found = await session.mail.text_search(session.selected().mailbox_id, questions)
+    found = await session.selected().mail.text_search(session.selected().mailbox_id, questions)
     return found.test
 
 
@@ -103,7 +103,7 @@ async def _found(session: Session, key: SearchKey, uid: bool) -> Callable[[], li
     matcher = compile_search(
         key, len(records), box.largest_uid(), await _texts(session, key), saved=box.saved
     )
-    reader = session.mail.reader
+    reader = session.selected().mail.reader
     cache = session.server.sort_records
 
     def run() -> list[SortItem]:

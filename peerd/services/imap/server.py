@@ -46,6 +46,9 @@ class ImapServer:
         self.handlers = handlers
         self.sessions: set[Session] = set()
         self._by_account: dict[str, set[Session]] = {}
+        # Sessions with another account's shared mailbox selected, by that account.
+        self._foreign: dict[str, set[Session]] = {}
+        self._watching: dict[Session, str] = {}
         self.fanout = Fanout()
         self._pushes: set[asyncio.Future[None]] = set()
         self.tls = starttls_context(node.config)
@@ -64,7 +67,9 @@ class ImapServer:
             self.fanout.changed(touched)
         parked: dict[str, list[Session]] = {}
         for account, touched in by_account.items():
-            for session in list(self._by_account.get(account, ())):
+            # Its own sessions, and those with one of its shared mailboxes selected.
+            watchers = [*self._by_account.get(account, ()), *self._foreign.get(account, ())]
+            for session in watchers:
                 selection = session.selection
                 if session.parked and selection is not None and selection.uniqueid in touched:
                     parked.setdefault(selection.uniqueid, []).append(session)
@@ -84,7 +89,8 @@ class ImapServer:
             if selection is None:
                 raise LookupError(uniqueid)
             mailbox_id = selection.mailbox_id
-            fresh = await self.fanout.snapshot(uniqueid, lambda: first.mail.snapshot_of(mailbox_id))
+            mail = selection.mail
+            fresh = await self.fanout.snapshot(uniqueid, lambda: mail.snapshot_of(mailbox_id))
             claimer = next(
                 (
                     s
@@ -95,7 +101,7 @@ class ImapServer:
             )
             if claimer is not None:
                 claimed = await self.fanout.claim(
-                    uniqueid, fresh.uidnext - 1, lambda: claimer.mail.claim_recent(mailbox_id)
+                    uniqueid, fresh.uidnext - 1, lambda: mail.claim_recent(mailbox_id)
                 )
         except Exception:
             # Let each session read for itself (and meet the error itself).
@@ -128,16 +134,32 @@ class ImapServer:
     def leave(self, session: Session) -> None:
         """A session ended (logged in or not)."""
         self.sessions.discard(session)
+        self.watch(session, None)
         same = self._by_account.get(session.account)
         if same is not None:
             same.discard(session)
             if not same:
                 del self._by_account[session.account]
 
+    def watch(self, session: Session, owner: str | None) -> None:
+        """``session`` has a mailbox of ``owner`` selected, another account's
+        (shared with it); ``None``: its own or none. Its changes reach it."""
+        before = self._watching.pop(session, None)
+        if before is not None:
+            same = self._foreign[before]
+            same.discard(session)
+            if not same:
+                del self._foreign[before]
+        if owner is not None:
+            self._watching[session] = owner
+            self._foreign.setdefault(owner, set()).add(session)
+
     async def close_accounts(self, accounts: list[str]) -> None:
         wanted = set(accounts)
         for session in list(self.sessions):
-            if session.account in wanted and not session.closing:
+            # A session with another account's shared mailbox selected ends
+            # too: that mailbox is served by the account's new owner.
+            if wanted.intersection(session.watches()) and not session.closing:
                 session.closing = "account moved to another node"
                 session.wake()
                 # Written, not drained: a client that does not read must not

@@ -79,11 +79,15 @@ class Reply:
 
 @dataclass(frozen=True, slots=True)
 class Selection:
-    """The selected mailbox: the store's names for it, and the core's state."""
+    """The selected mailbox: the store's names for it, the core's state, and
+    the mail of the account that owns it (another account's, for a shared
+    mailbox: its writes are that account's)."""
 
     mailbox_id: int
     uniqueid: str
     box: Selected
+    owner: str
+    mail: AccountStore
 
 
 class Closed(Exception):
@@ -115,6 +119,10 @@ class Host(Protocol):
         """``session`` ended."""
         ...
 
+    def watch(self, session: Session, owner: str | None) -> None:
+        """``session`` has a mailbox of ``owner``, another account, selected (``None``: not)."""
+        ...
+
 
 class Session:
     def __init__(
@@ -138,6 +146,7 @@ class Session:
         self.state = State.NOT_AUTHENTICATED
         self.account = ""
         self._mail: AccountStore | None = None
+        self._others: dict[str, AccountStore] = {}
         self.selection: Selection | None = None
         self.ext = Extensions()
         self.failures = 0
@@ -284,13 +293,34 @@ class Session:
         assert self._mail is not None
         return self._mail
 
+    def mail_of(self, owner: str) -> AccountStore:
+        """The mail of ``owner``: the session's own, or another account's whose
+        mailbox is shared with this user (its writes go through that account's
+        fence, :meth:`~peerd.node.node.Node.write_owned`)."""
+        if owner == self.account:
+            return self.mail
+        store = self._others.get(owner)
+        if store is None:
+            store = self._others[owner] = AccountStore(self.node, owner, on_write=self._wrote)
+        return store
+
+    def watches(self) -> tuple[str, ...]:
+        """The accounts whose changes this session must hear of: its own, and
+        the owner of the selected mailbox."""
+        selection = self.selection
+        if selection is None or selection.owner == self.account:
+            return (self.account,)
+        return (self.account, selection.owner)
+
     def select(self, selection: Selection) -> None:
         self.selection = selection
         self.state = State.SELECTED
+        self.server.watch(self, selection.owner if selection.owner != self.account else None)
 
     def unselect(self) -> None:
         self.selection = None
         self.state = State.AUTHENTICATED
+        self.server.watch(self, None)
 
     def selected(self) -> Selection:
         """The selected mailbox (the state table allows these commands only then)."""
@@ -303,7 +333,7 @@ class Session:
         selection = self.selection
         if self.ext.admit(cmd) and selection is not None:
             # The store's value: our own writes may not be in the snapshot yet.
-            version = await self.mail.version(selection.mailbox_id)
+            version = await selection.mail.version(selection.mailbox_id)
             top = selection.box.highestmodseq if version is None else version.highestmodseq
             await self.send(highestmodseq_response(top))
 
@@ -343,7 +373,7 @@ class Session:
         selection = self.selection
         if selection is None or selection.box.stale:
             return
-        version = await self.mail.version(selection.mailbox_id)
+        version = await selection.mail.version(selection.mailbox_id)
         if version is None:
             selection.box.changed()
         else:
@@ -359,13 +389,12 @@ class Session:
         if selection is None or not selection.box.take_stale():
             return
         mailbox_id = selection.mailbox_id
+        mail = selection.mail
         if shared:
             fanout = self.server.fanout
-            fresh = await fanout.snapshot(
-                selection.uniqueid, lambda: self.mail.snapshot_of(mailbox_id)
-            )
+            fresh = await fanout.snapshot(selection.uniqueid, lambda: mail.snapshot_of(mailbox_id))
         else:
-            fresh = await self.mail.snapshot_of(mailbox_id)
+            fresh = await mail.snapshot_of(mailbox_id)
         box = selection.box
         if box.needs_claim(fresh, fresh.recentuid):
             # New mail no session was told of yet: \Recent here (RFC 3501 2.3.2).
@@ -373,10 +402,10 @@ class Session:
                 claimed = await fanout.claim(
                     selection.uniqueid,
                     fresh.uidnext - 1,
-                    lambda: self.mail.claim_recent(mailbox_id),
+                    lambda: mail.claim_recent(mailbox_id),
                 )
             else:
-                claimed = await self.mail.claim_recent(mailbox_id)
+                claimed = await mail.claim_recent(mailbox_id)
             box.claimed(*claimed)
         out = box.update(fresh, expunges=may_expunge(cmd))
         if out:
