@@ -8,6 +8,7 @@ from __future__ import annotations
 import imaplib
 import re
 import smtplib
+import socket
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -293,6 +294,39 @@ def test_append_into_a_shared_mailbox_is_the_owners_message(served: Node) -> Non
     finally:
         alice.logout()
         bob.logout()
+
+
+def test_an_idle_reader_of_a_shared_mailbox_hears_the_owners_new_mail(served: Node) -> None:
+    """The owner's change reaches a session of another account that has the
+    mailbox selected (not only the owner's own sessions), in IDLE and after."""
+    alice = connect(served, "alice")
+    fresh_box(alice, "Watched", messages=1)
+    share(alice, "Watched", "lr")
+    sock = socket.create_connection(("127.0.0.1", served.ports["imap"]), timeout=30)
+    try:
+        sock.sendall(
+            b'a LOGIN bob secret\r\nb SELECT "' + OTHER.encode() + b'Watched"\r\nc IDLE\r\n'
+        )
+        seen = b""
+        while b"\r\n+ " not in seen:
+            chunk = sock.recv(4096)
+            assert chunk, seen
+            seen += chunk
+        assert b"* 1 EXISTS" in seen
+        assert alice.append(q("Watched"), "", None, MESSAGE)[0] == "OK"
+        seen = b""
+        while b"* 2 EXISTS" not in seen:
+            chunk = sock.recv(4096)
+            assert chunk, seen
+            seen += chunk
+        sock.sendall(b"DONE\r\nd UNSELECT\r\n")
+        while b"d OK" not in seen:
+            chunk = sock.recv(4096)
+            assert chunk, seen
+            seen += chunk
+    finally:
+        sock.close()
+        alice.logout()
 
 
 def test_a_rename_keeps_the_shares_given_to_the_account(served: Node) -> None:
