@@ -16,6 +16,7 @@ import pytest
 
 from peerd.protocols.imap.states import ALLOWED
 from peerd.services.imap.handlers import HANDLERS
+from tests.harness.daemons import STARTED
 from tests.nodes import Node, idling, make_pair, make_single, running
 from tests.procs import wait_until
 
@@ -33,14 +34,30 @@ def deliver(node: Node, n: int, rcpt: str = "alice@example.test") -> None:
         lmtp.sendmail("s@example.test", [rcpt], MESSAGE.format(n=n).encode())
 
 
+SERVED = {"imap": {"login_failure_delay": "100ms", "max_literal": "1M", "idle_timeout": "30m"}}
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """One node for the module's ``served`` tests (a start is about 1.5 s of CPU)."""
+    with running(make_single(tmp_path_factory.mktemp("served"), overrides=SERVED)) as (node,):
+        yield node
+
+
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[Node]:
-    node = make_single(
-        tmp_path,
-        overrides={
-            "imap": {"login_failure_delay": "100ms", "max_literal": "1M", "idle_timeout": "30m"}
-        },
-    )
+def served(shared: Node) -> Node:
+    """The module's node with one fresh account, alice: the accounts earlier
+    tests made are deleted first. A test that stops the node uses ``own_served``."""
+    STARTED.append(shared)  # its log tail goes into this test's failure report
+    shared.delete_accounts()
+    shared.add_account("alice")
+    return shared
+
+
+@pytest.fixture
+def own_served(tmp_path: Path) -> Iterator[Node]:
+    """Like ``served``, on a node of this test's own."""
+    node = make_single(tmp_path, overrides=SERVED)
     node.start()
     node.add_account("alice")
     try:
@@ -818,8 +835,9 @@ class Wire:
 
 
 def test_unbalanced_literals_get_a_clear_error_and_the_daemon_keeps_serving(
-    served: Node,
+    own_served: Node,
 ) -> None:
+    served = own_served  # it stops the node
     first = Wire(served)
     first.send(b"a LOGIN alice secret\r\n")
     assert first.tagged(b"a").startswith(b"a OK")

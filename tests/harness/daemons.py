@@ -404,6 +404,14 @@ class Node:
     def add_account(self, name: str, password: str = "secret", **extra: Any) -> Any:
         return self.call("POST", "/v1/accounts", {"name": name, "password": password, **extra})
 
+    def delete_accounts(self) -> list[str]:
+        """Delete every account this node lists (a node shared by a module's
+        tests: each test then starts from no accounts). Returns the names."""
+        names = [str(a["name"]) for a in self.call("GET", "/v1/accounts")["accounts"]]
+        for name in names:
+            self.call("DELETE", f"/v1/accounts/{quote(name)}")
+        return names
+
     def mailbox(self, account: str, mailbox: str = "INBOX", expunged: bool = False) -> Any:
         query = "?expunged=1" if expunged else ""
         return self.call(
