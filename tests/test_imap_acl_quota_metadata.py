@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.harness.daemons import STARTED
 from tests.harness.procs import wait_until
 from tests.nodes import Node, make_pair, make_single, running
 
@@ -25,16 +26,25 @@ for _name in ("DELETEACL", "GETQUOTA", "GETQUOTAROOT", "SETQUOTA"):
     imaplib.Commands[_name] = ("AUTH", "SELECTED")
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[Node]:
-    node = make_single(tmp_path, overrides={"imap": {"login_failure_delay": "100ms"}})
-    node.start()
-    node.add_account("alice", quota_limit=QUOTA)
-    node.add_account("free")
-    try:
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """One node for the module's ``served`` tests (a start is about 1.5 s of CPU)."""
+    node = make_single(
+        tmp_path_factory.mktemp("served"), overrides={"imap": {"login_failure_delay": "100ms"}}
+    )
+    with running(node):
         yield node
-    finally:
-        node.stop()
+
+
+@pytest.fixture
+def served(shared: Node) -> Node:
+    """The module's node with two fresh accounts, alice (a quota) and free: the
+    accounts earlier tests made are deleted first."""
+    STARTED.append(shared)  # its log tail goes into this test's failure report
+    shared.delete_accounts()
+    shared.add_account("alice", quota_limit=QUOTA)
+    shared.add_account("free")
+    return shared
 
 
 def connect(node: Node, account: str = "alice") -> imaplib.IMAP4:
