@@ -17,6 +17,7 @@ SQLite file gets a copy of a database migrated once per process
 from __future__ import annotations
 
 import atexit
+import http.client
 import json
 import os
 import shutil
@@ -365,7 +366,9 @@ class Node:
             request.add_header("Authorization", f"Bearer {TOKEN}")
             with urllib.request.urlopen(request, timeout=5) as response:
                 return json.dumps(json.loads(response.read()), indent=1)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            # HTTPException: the port answers, but not as HTTP (the node is gone
+            # and another process has the port).
             return f"(status unavailable: {exc!r})"
 
     def tail(self, n: int = 60) -> str:
