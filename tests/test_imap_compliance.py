@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.conftest import LoneNode
+from tests.harness.daemons import STARTED, make_single, running
 
 NodeFactory = Callable[..., LoneNode]
 
@@ -43,10 +44,26 @@ GROUPS = (
 COMMENTS = b"From: Someone <user-from (comment)@ (comment) domain.org>\r\nSubject: comments\r\n\r\nbody\r\n"
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoneNode]:
+    """One node for the module (a start is about 1.5 s of CPU). No partner is
+    named: nothing here involves one, and an account is then deleted at once."""
+    with running(make_single(tmp_path_factory.mktemp("shared"))) as (node,):
+        yield node
+
+
 @pytest.fixture
-def mailbox(lone_node: NodeFactory) -> Iterator[imaplib.IMAP4]:
-    node = lone_node()
-    node.add_account("user")
+def node(shared: LoneNode) -> LoneNode:
+    """The module's node with one fresh account, user: the accounts earlier
+    tests made are deleted first."""
+    STARTED.append(shared)  # its log tail goes into this test's failure report
+    shared.delete_accounts()
+    shared.add_account("user")
+    return shared
+
+
+@pytest.fixture
+def mailbox(node: LoneNode) -> Iterator[imaplib.IMAP4]:
     client = imaplib.IMAP4("127.0.0.1", node.port("imap"))
     client.login("user", "secret")
     for message in (ATTACHED, TOP_LEVEL_RFC822, FOLDED, GROUPS, COMMENTS):
@@ -135,13 +152,6 @@ class Wire:
     def close(self) -> None:
         self.cmd("LOGOUT")
         self.sock.close()
-
-
-@pytest.fixture
-def node(lone_node: NodeFactory) -> LoneNode:
-    node = lone_node()
-    node.add_account("user")
-    return node
 
 
 def append(node: LoneNode, *messages: bytes, box: str = "INBOX") -> None:

@@ -9,21 +9,33 @@ or imaplib.
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.conftest import LoneNode
+from tests.harness.daemons import STARTED, make_single, running
 from tests.test_imap_compliance import Wire
 
 NodeFactory = Callable[..., LoneNode]
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoneNode]:
+    """One node for the module (a start is about 1.5 s of CPU). No partner is
+    named: nothing here involves one, and an account is then deleted at once."""
+    with running(make_single(tmp_path_factory.mktemp("shared"))) as (node,):
+        yield node
+
+
 @pytest.fixture
-def node(lone_node: NodeFactory) -> LoneNode:
-    node = lone_node()
-    node.add_account("user")
-    return node
+def node(shared: LoneNode) -> LoneNode:
+    """The module's node with one fresh account, user: the accounts earlier
+    tests made are deleted first."""
+    STARTED.append(shared)  # its log tail goes into this test's failure report
+    shared.delete_accounts()
+    shared.add_account("user")
+    return shared
 
 
 def ok(lines: list[bytes]) -> list[bytes]:
