@@ -16,7 +16,6 @@ import pytest
 
 from peerd.protocols.imap.states import ALLOWED
 from peerd.services.imap.handlers import HANDLERS
-from tests.harness.daemons import STARTED
 from tests.nodes import Node, idling, make_pair, make_single, running
 from tests.procs import wait_until
 
@@ -37,21 +36,16 @@ def deliver(node: Node, n: int, rcpt: str = "alice@example.test") -> None:
 SERVED = {"imap": {"login_failure_delay": "100ms", "max_literal": "1M", "idle_timeout": "30m"}}
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    """One node for the module's ``served`` tests (a start is about 1.5 s of CPU)."""
-    with running(make_single(tmp_path_factory.mktemp("served"), overrides=SERVED)) as (node,):
-        yield node
+# The module's node (``shared_node``, tests/conftest.py) starts with this config.
+pytestmark = pytest.mark.node(overrides=SERVED)
 
 
 @pytest.fixture
-def served(shared: Node) -> Node:
-    """The module's node with one fresh account, alice: the accounts earlier
-    tests made are deleted first. A test that stops the node uses ``own_served``."""
-    STARTED.append(shared)  # its log tail goes into this test's failure report
-    shared.delete_accounts()
-    shared.add_account("alice")
-    return shared
+def served(shared_node: Node) -> Node:
+    """The module's node with one fresh account, alice (earlier tests'
+    accounts deleted). A test that stops the node uses ``own_served``."""
+    shared_node.add_account("alice")
+    return shared_node
 
 
 @pytest.fixture

@@ -7,15 +7,13 @@ from __future__ import annotations
 import imaplib
 import socket
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.harness.daemons import STARTED
 from tests.harness.procs import wait_until
-from tests.nodes import Node, make_pair, make_single, running
+from tests.nodes import Node, make_pair, running
 
 QUOTA = 100_000
 
@@ -26,25 +24,17 @@ for _name in ("DELETEACL", "GETQUOTA", "GETQUOTAROOT", "SETQUOTA"):
     imaplib.Commands[_name] = ("AUTH", "SELECTED")
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    """One node for the module's ``served`` tests (a start is about 1.5 s of CPU)."""
-    node = make_single(
-        tmp_path_factory.mktemp("served"), overrides={"imap": {"login_failure_delay": "100ms"}}
-    )
-    with running(node):
-        yield node
+# The module's node (``shared_node``, tests/conftest.py) starts with this config.
+pytestmark = pytest.mark.node(overrides={"imap": {"login_failure_delay": "100ms"}})
 
 
 @pytest.fixture
-def served(shared: Node) -> Node:
-    """The module's node with two fresh accounts, alice (a quota) and free: the
-    accounts earlier tests made are deleted first."""
-    STARTED.append(shared)  # its log tail goes into this test's failure report
-    shared.delete_accounts()
-    shared.add_account("alice", quota_limit=QUOTA)
-    shared.add_account("free")
-    return shared
+def served(shared_node: Node) -> Node:
+    """The module's node with two fresh accounts, alice (a quota) and free
+    (earlier tests' accounts deleted)."""
+    shared_node.add_account("alice", quota_limit=QUOTA)
+    shared_node.add_account("free")
+    return shared_node
 
 
 def connect(node: Node, account: str = "alice") -> imaplib.IMAP4:

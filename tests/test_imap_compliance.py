@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.conftest import LoneNode
-from tests.harness.daemons import STARTED, make_single, running
 
 NodeFactory = Callable[..., LoneNode]
 
@@ -44,22 +43,14 @@ GROUPS = (
 COMMENTS = b"From: Someone <user-from (comment)@ (comment) domain.org>\r\nSubject: comments\r\n\r\nbody\r\n"
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoneNode]:
-    """One node for the module (a start is about 1.5 s of CPU). No partner is
-    named: nothing here involves one, and an account is then deleted at once."""
-    with running(make_single(tmp_path_factory.mktemp("shared"))) as (node,):
-        yield node
+pytestmark = pytest.mark.node(partner="beta")  # a lone node, as ``lone_node`` starts
 
 
 @pytest.fixture
-def node(shared: LoneNode) -> LoneNode:
-    """The module's node with one fresh account, user: the accounts earlier
-    tests made are deleted first."""
-    STARTED.append(shared)  # its log tail goes into this test's failure report
-    shared.delete_accounts()
-    shared.add_account("user")
-    return shared
+def node(shared_node: LoneNode) -> LoneNode:
+    """The module's node (``shared_node``) with one fresh account, user."""
+    shared_node.add_account("user")
+    return shared_node
 
 
 @pytest.fixture

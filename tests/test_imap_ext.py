@@ -9,33 +9,24 @@ or imaplib.
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 from tests.conftest import LoneNode
-from tests.harness.daemons import STARTED, make_single, running
 from tests.test_imap_compliance import Wire
 
 NodeFactory = Callable[..., LoneNode]
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoneNode]:
-    """One node for the module (a start is about 1.5 s of CPU). No partner is
-    named: nothing here involves one, and an account is then deleted at once."""
-    with running(make_single(tmp_path_factory.mktemp("shared"))) as (node,):
-        yield node
+pytestmark = pytest.mark.node(partner="beta")  # a lone node, as ``lone_node`` starts
 
 
 @pytest.fixture
-def node(shared: LoneNode) -> LoneNode:
-    """The module's node with one fresh account, user: the accounts earlier
-    tests made are deleted first."""
-    STARTED.append(shared)  # its log tail goes into this test's failure report
-    shared.delete_accounts()
-    shared.add_account("user")
-    return shared
+def node(shared_node: LoneNode) -> LoneNode:
+    """The module's node (``shared_node``) with one fresh account, user."""
+    shared_node.add_account("user")
+    return shared_node
 
 
 def ok(lines: list[bytes]) -> list[bytes]:
