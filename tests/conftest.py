@@ -139,12 +139,65 @@ def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Node]:
         single.stop()
 
 
+@pytest.fixture(scope="module")
+def module_node(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Node]:
+    """One running node for a whole module, as its ``pytest.mark.node`` says
+    (like ``node``); tests take it through ``shared_node``. A start costs about
+    1.5 s of CPU: a module whose tests need only accounts of their own (no
+    stop, restart or kill, no config of their own) shares one."""
+    marker = request.node.get_closest_marker("node")
+    options = dict(marker.kwargs) if marker else {}
+    overrides = options.get("overrides")
+    workdir = tmp_path_factory.mktemp("module-node")
+    if options.get("partner") is not None:
+        single = _lone(workdir / "node", overrides)
+    else:
+        single = make_single(workdir, overrides=overrides)
+    with running(single):
+        yield single
+
+
+@pytest.fixture
+def shared_node(module_node: Node) -> Node:
+    """The module's ``module_node`` with no accounts: those earlier tests made
+    are deleted first, so a test may name its accounts freely. A failed test's
+    report carries the node's log tail."""
+    STARTED.append(module_node)
+    if module_node.proc is None or not module_node.proc.alive():
+        pytest.fail(f"the module's node {module_node.name} is not running (did a test stop it?)")
+    module_node.delete_accounts()
+    return module_node
+
+
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[Node, Node]]:
     """alpha and beta (``make_pair``), running; stopped at teardown."""
     alpha, beta = make_pair(tmp_path)
     with running(alpha, beta):
         yield alpha, beta
+
+
+@pytest.fixture(scope="module")
+def module_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, Node]]:
+    """alpha and beta (``make_pair``) running for a whole module; tests take
+    them through ``shared_pair``."""
+    alpha, beta = make_pair(tmp_path_factory.mktemp("module-pair"))
+    with running(alpha, beta):
+        yield alpha, beta
+
+
+@pytest.fixture
+def shared_pair(module_pair: tuple[Node, Node]) -> tuple[Node, Node]:
+    """The module's running pair, for tests that name accounts of their own
+    and never stop, kill, restart or fail over either node (those take
+    ``pair``). A failed test's report carries both nodes' log tails."""
+    for node in module_pair:
+        STARTED.append(node)
+        if node.proc is None or not node.proc.alive():
+            pytest.fail(f"the module's pair: {node.name} is not running (did a test stop it?)")
+    return module_pair
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -33,14 +33,25 @@ def deliver(node: Node, n: int, rcpt: str = "alice@example.test") -> None:
         lmtp.sendmail("s@example.test", [rcpt], MESSAGE.format(n=n).encode())
 
 
+SERVED = {"imap": {"login_failure_delay": "100ms", "max_literal": "1M", "idle_timeout": "30m"}}
+
+
+# The module's node (``shared_node``, tests/conftest.py) starts with this config.
+pytestmark = pytest.mark.node(overrides=SERVED)
+
+
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[Node]:
-    node = make_single(
-        tmp_path,
-        overrides={
-            "imap": {"login_failure_delay": "100ms", "max_literal": "1M", "idle_timeout": "30m"}
-        },
-    )
+def served(shared_node: Node) -> Node:
+    """The module's node with one fresh account, alice (earlier tests'
+    accounts deleted). A test that stops the node uses ``own_served``."""
+    shared_node.add_account("alice")
+    return shared_node
+
+
+@pytest.fixture
+def own_served(tmp_path: Path) -> Iterator[Node]:
+    """Like ``served``, on a node of this test's own."""
+    node = make_single(tmp_path, overrides=SERVED)
     node.start()
     node.add_account("alice")
     try:
@@ -818,8 +829,9 @@ class Wire:
 
 
 def test_unbalanced_literals_get_a_clear_error_and_the_daemon_keeps_serving(
-    served: Node,
+    own_served: Node,
 ) -> None:
+    served = own_served  # it stops the node
     first = Wire(served)
     first.send(b"a LOGIN alice secret\r\n")
     assert first.tagged(b"a").startswith(b"a OK")

@@ -7,14 +7,13 @@ from __future__ import annotations
 import imaplib
 import socket
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.harness.procs import wait_until
-from tests.nodes import Node, make_pair, make_single, running
+from tests.nodes import Node, make_pair, running
 
 QUOTA = 100_000
 
@@ -25,16 +24,17 @@ for _name in ("DELETEACL", "GETQUOTA", "GETQUOTAROOT", "SETQUOTA"):
     imaplib.Commands[_name] = ("AUTH", "SELECTED")
 
 
+# The module's node (``shared_node``, tests/conftest.py) starts with this config.
+pytestmark = pytest.mark.node(overrides={"imap": {"login_failure_delay": "100ms"}})
+
+
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[Node]:
-    node = make_single(tmp_path, overrides={"imap": {"login_failure_delay": "100ms"}})
-    node.start()
-    node.add_account("alice", quota_limit=QUOTA)
-    node.add_account("free")
-    try:
-        yield node
-    finally:
-        node.stop()
+def served(shared_node: Node) -> Node:
+    """The module's node with two fresh accounts, alice (a quota) and free
+    (earlier tests' accounts deleted)."""
+    shared_node.add_account("alice", quota_limit=QUOTA)
+    shared_node.add_account("free")
+    return shared_node
 
 
 def connect(node: Node, account: str = "alice") -> imaplib.IMAP4:

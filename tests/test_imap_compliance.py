@@ -43,10 +43,18 @@ GROUPS = (
 COMMENTS = b"From: Someone <user-from (comment)@ (comment) domain.org>\r\nSubject: comments\r\n\r\nbody\r\n"
 
 
+pytestmark = pytest.mark.node(partner="beta")  # a lone node, as ``lone_node`` starts
+
+
 @pytest.fixture
-def mailbox(lone_node: NodeFactory) -> Iterator[imaplib.IMAP4]:
-    node = lone_node()
-    node.add_account("user")
+def node(shared_node: LoneNode) -> LoneNode:
+    """The module's node (``shared_node``) with one fresh account, user."""
+    shared_node.add_account("user")
+    return shared_node
+
+
+@pytest.fixture
+def mailbox(node: LoneNode) -> Iterator[imaplib.IMAP4]:
     client = imaplib.IMAP4("127.0.0.1", node.port("imap"))
     client.login("user", "secret")
     for message in (ATTACHED, TOP_LEVEL_RFC822, FOLDED, GROUPS, COMMENTS):
@@ -135,13 +143,6 @@ class Wire:
     def close(self) -> None:
         self.cmd("LOGOUT")
         self.sock.close()
-
-
-@pytest.fixture
-def node(lone_node: NodeFactory) -> LoneNode:
-    node = lone_node()
-    node.add_account("user")
-    return node
 
 
 def append(node: LoneNode, *messages: bytes, box: str = "INBOX") -> None:

@@ -19,11 +19,14 @@ from tests.test_imap_compliance import Wire
 NodeFactory = Callable[..., LoneNode]
 
 
+pytestmark = pytest.mark.node(partner="beta")  # a lone node, as ``lone_node`` starts
+
+
 @pytest.fixture
-def node(lone_node: NodeFactory) -> LoneNode:
-    node = lone_node()
-    node.add_account("user")
-    return node
+def node(shared_node: LoneNode) -> LoneNode:
+    """The module's node (``shared_node``) with one fresh account, user."""
+    shared_node.add_account("user")
+    return shared_node
 
 
 def ok(lines: list[bytes]) -> list[bytes]:

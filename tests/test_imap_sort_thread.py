@@ -14,23 +14,21 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.nodes import Node, make_single
+from tests.nodes import Node
+
+# The module's node (``shared_node``, tests/conftest.py) starts with this config.
+pytestmark = pytest.mark.node(overrides={"imap": {"login_failure_delay": "100ms"}})
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[Node]:
-    node = make_single(tmp_path, overrides={"imap": {"login_failure_delay": "100ms"}})
-    node.start()
-    node.add_account("alice")
-    try:
-        yield node
-    finally:
-        node.stop()
+def served(shared_node: Node) -> Node:
+    """The module's node with one fresh account, alice (earlier tests'
+    accounts deleted)."""
+    shared_node.add_account("alice")
+    return shared_node
 
 
 def connect(node: Node) -> imaplib.IMAP4:

@@ -28,6 +28,7 @@ from engine.store import Store
 from ownership import table as ownership_table
 from tests.conftest import LoneNode
 from tests.harness.certs import self_signed
+from tests.harness.daemons import STARTED, write_pair_configs
 from tests.harness.procs import Proc, pid_alive, wait_until
 
 NodeFactory = Callable[..., LoneNode]
@@ -53,6 +54,14 @@ def temp_files(node: LoneNode) -> list[Path]:
 
 # The `node` fixture (tests/conftest.py): a lone node, its partner beta named.
 pytestmark = pytest.mark.node(partner="beta", overrides={"lmtp": {"max_message_size": "200K"}})
+
+
+@pytest.fixture
+def node(shared_node: LoneNode) -> LoneNode:
+    """One node for the module's tests that need only accounts of their own
+    (``shared_node``: earlier tests' accounts deleted); the tests that stop,
+    kill or configure a node start their own (``lone_node``)."""
+    return shared_node
 
 
 def test_lhlo_advertises_the_extensions(node: LoneNode) -> None:
@@ -506,11 +515,35 @@ def test_sigterm_tells_an_open_session_421(lone_node: NodeFactory, workers: int)
 # --- STARTTLS (RFC 3207), offered when [tls] has a certificate -------------------
 
 
+@pytest.fixture(scope="module")
+def tls_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[int, LoneNode]]:
+    """The module's STARTTLS nodes, one per ``[lmtp] workers`` value, each
+    started when a test first asks for it and stopped after the module."""
+    nodes: dict[int, LoneNode] = {}
+    try:
+        yield nodes
+    finally:
+        for node in nodes.values():
+            node.stop()
+
+
 @pytest.fixture
-def tls_node(lone_node: NodeFactory, tmp_path: Path, request: pytest.FixtureRequest) -> LoneNode:
-    cert, key = self_signed(tmp_path, "lmtp")
+def tls_node(tls_nodes: dict[int, LoneNode], request: pytest.FixtureRequest) -> LoneNode:
+    """A lone node with a [tls] certificate (``workers`` from the test's
+    parameter, 1 by default) and one fresh account, tlsuser."""
     workers = getattr(request, "param", 1)
-    node = lone_node({"tls": {"cert": str(cert), "key": str(key)}, "lmtp": {"workers": workers}})
+    node = tls_nodes.get(workers)
+    if node is None:
+        workdir = request.getfixturevalue("tmp_path_factory").mktemp(f"tls-{workers}")
+        cert, key = self_signed(workdir, "lmtp")
+        tls = {"tls": {"cert": str(cert), "key": str(key)}, "lmtp": {"workers": workers}}
+        config, _, _ = write_pair_configs(
+            workdir / "node", {"sync": {"sync_host": None}}, alpha=tls
+        )
+        node = tls_nodes[workers] = LoneNode(config)
+        node.start()
+    STARTED.append(node)
+    node.delete_accounts()
     node.add_account("tlsuser")
     return node
 

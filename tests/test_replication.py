@@ -269,8 +269,8 @@ def test_split_writes_on_both_sides_keep_every_message(pair: tuple[Node, Node]) 
     assert alpha.call("GET", "/v1/status")["counters"].get("conflicts_repaired", 0) >= 4
 
 
-def test_rename_delete_seen_subscriptions_quota_acl_follow(pair: tuple[Node, Node]) -> None:
-    alpha, beta = pair
+def test_rename_delete_seen_subscriptions_quota_acl_follow(shared_pair: tuple[Node, Node]) -> None:
+    alpha, beta = shared_pair
     alpha.add_account("follow", quota_limit=10_000_000)
     deliver(alpha, "follow@example.test", "f1")
     wait_until(converged(alpha, beta, "follow"), 10, "initial sync")
@@ -327,8 +327,8 @@ def _sync_post(
         return exc.code, json.loads(exc.read() or b"{}")
 
 
-def test_bad_sync_requests_are_refused_without_state_change(pair: tuple[Node, Node]) -> None:
-    alpha, beta = pair
+def test_bad_sync_requests_are_refused_without_state_change(shared_pair: tuple[Node, Node]) -> None:
+    alpha, beta = shared_pair
     alpha.add_account("fence")
     deliver(alpha, "fence@example.test", "f")
     wait_until(converged(alpha, beta, "fence"), 10, "initial sync")
@@ -413,12 +413,12 @@ def test_synchronous_mode_acknowledges_after_the_partner_has_it(tmp_path: Path, 
 
 
 def test_rolling_deltas_carry_new_mail_and_a_stale_replica_falls_back_to_the_full_compare(
-    pair: tuple[Node, Node],
+    shared_pair: tuple[Node, Node],
 ) -> None:
     """After one full sync, a delivery travels as one DELTA request; damage on
     the replica makes the next delta stale (412), and the full compare that
     follows undoes the damage as the seed's example wants."""
-    alpha, beta = pair
+    alpha, beta = shared_pair
     alpha.add_account("fast")
     deliver(alpha, "fast@example.test", "first")
     wait_until(converged(alpha, beta, "fast"), 10, "the first (full) sync")
@@ -450,8 +450,8 @@ def test_rolling_deltas_carry_new_mail_and_a_stale_replica_falls_back_to_the_ful
     assert after.get("sync_delta_fallbacks", 0) == fallbacks + 1
 
 
-def test_status_of_one_account_shows_its_own_syncs(pair: tuple[Node, Node]) -> None:
-    alpha, beta = pair
+def test_status_of_one_account_shows_its_own_syncs(shared_pair: tuple[Node, Node]) -> None:
+    alpha, beta = shared_pair
     alpha.add_account("synced")
     alpha.add_account("quiet")
     wait_until(converged(alpha, beta, "quiet"), 10, "the accounts on beta")
@@ -583,11 +583,11 @@ def test_split_brain_flag_churn_converges_modseqs_exactly(pair: tuple[Node, Node
     assert len(on_alpha[1]) == 4
 
 
-def test_account_add_owned_by_the_partner_is_created_there(pair: tuple[Node, Node]) -> None:
+def test_account_add_owned_by_the_partner_is_created_there(shared_pair: tuple[Node, Node]) -> None:
     """Issue 15 item 6: ``account add USER --owner PARTNER`` on alpha makes the
     account on beta, its owner (not a row in limbo on alpha): beta delivers to
     it, replicates it to alpha, and ``replicate`` there is not refused."""
-    alpha, beta = pair
+    alpha, beta = shared_pair
     made = alpha.add_account("elsewhere", owner="beta")
     assert made["owner"] == "beta" and made["forwarded_to"] == "beta"
     assert beta.call("GET", "/v1/accounts/elsewhere")["owner"] == "beta"
@@ -639,14 +639,14 @@ def test_unknown_recipient_asks_the_partner_before_550(pair: tuple[Node, Node]) 
 
 
 def test_a_reset_on_the_sync_channel_logs_one_line_not_a_traceback(
-    pair: tuple[Node, Node],
+    shared_pair: tuple[Node, Node],
 ) -> None:
     """Issue 15 item 7: a peer that resets the sync connection mid-request is
     one INFO line on the listener, not an ERROR with a traceback."""
     import socket
     import struct
 
-    alpha, beta = pair
+    alpha, beta = shared_pair
     log_path = beta.workdir / f"{beta.name}.log"
     before = log_path.read_text(errors="replace")
     auth = base64.b64encode(b"repl:repl-secret").decode()

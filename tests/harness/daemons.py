@@ -17,6 +17,7 @@ SQLite file gets a copy of a database migrated once per process
 from __future__ import annotations
 
 import atexit
+import http.client
 import json
 import os
 import shutil
@@ -365,7 +366,9 @@ class Node:
             request.add_header("Authorization", f"Bearer {TOKEN}")
             with urllib.request.urlopen(request, timeout=5) as response:
                 return json.dumps(json.loads(response.read()), indent=1)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            # HTTPException: the port answers, but not as HTTP (the node is gone
+            # and another process has the port).
             return f"(status unavailable: {exc!r})"
 
     def tail(self, n: int = 60) -> str:
@@ -403,6 +406,14 @@ class Node:
 
     def add_account(self, name: str, password: str = "secret", **extra: Any) -> Any:
         return self.call("POST", "/v1/accounts", {"name": name, "password": password, **extra})
+
+    def delete_accounts(self) -> list[str]:
+        """Delete every account this node lists (a node shared by a module's
+        tests: each test then starts from no accounts). Returns the names."""
+        names = [str(a["name"]) for a in self.call("GET", "/v1/accounts")["accounts"]]
+        for name in names:
+            self.call("DELETE", f"/v1/accounts/{quote(name)}")
+        return names
 
     def mailbox(self, account: str, mailbox: str = "INBOX", expunged: bool = False) -> Any:
         query = "?expunged=1" if expunged else ""
