@@ -8,9 +8,10 @@ and Cc mailbox (``addr-mailbox``) and the RFC 5957 display forms, and the
 Message-ID, In-Reply-To and References ids THREAD=REFERENCES links. The
 server keeps records by GUID in a :class:`RecordCache` (a message's bytes never
 change under its GUID), so a repeated request reads no message. A record also
-has a short JSON form (:meth:`SortRecord.dumps`, :func:`loads_many`) for a
-store that keeps records beside the messages; the store does not yet (see
-bench/sort_thread.py for what it costs to load them). A request pairs each record
+has a short JSON form (:meth:`SortRecord.dumps`, :func:`loads_many`): the
+store keeps it beside the message from when the message is stored
+(:mod:`peerd.protocols.imap.parsed`), and the cache is filled from there, so
+no request parses a header the store already holds the keys of. A request pairs each record
 with what the mailbox row holds (:class:`SortItem`: the number to answer with,
 the internal date, the size) and :func:`sort` orders them by a key list
 (:func:`parse_criteria`) with one stable sort per key, last key first, so the
@@ -522,6 +523,20 @@ class RecordCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def missing(self, guids: Iterable[str]) -> list[str]:
+        """Those of ``guids`` not held (each once)."""
+        entries = self._entries
+        return [g for g in dict.fromkeys(guids) if g not in entries]
+
+    def put_many(self, records: dict[str, SortRecord]) -> None:
+        """Hold ``records`` (read back from the store)."""
+        with self._lock:
+            for guid, record in records.items():
+                self._entries[guid] = record
+                self._entries.move_to_end(guid)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
 
     def get(self, guid: str, reader: Callable[[str], bytes]) -> SortRecord:
         """The record of the message ``guid``, built from ``reader(guid)`` once."""

@@ -23,7 +23,7 @@ from typing import Final
 
 from engine.errors import Corrupt
 from peerd.protocols.imap import commands as c
-from peerd.protocols.imap.fetchatt import FetchAtt
+from peerd.protocols.imap.fetchatt import FetchAtt, Item
 from peerd.protocols.imap.fetchreply import Reader, StructureCache, render_fetch
 from peerd.protocols.imap.records import Record
 from peerd.protocols.imap.responses import CODE_EXPUNGEISSUED, CODE_SERVERBUG
@@ -38,6 +38,8 @@ log = logging.getLogger("peerd.services.imap")
 # it holds this many bytes, per thread hop and per socket write.
 _FETCH_GROUP: Final = 256
 _FETCH_BYTES: Final = 1 << 20
+
+_STRUCTURES: Final = frozenset({Item.ENVELOPE, Item.BODYSTRUCTURE, Item.BODY})
 
 
 async def fetch(session: Session, cmd: c.Fetch) -> Reply:
@@ -61,7 +63,15 @@ async def fetch(session: Session, cmd: c.Fetch) -> Reply:
     structures = session.server.structures
     unreadable: list[int] = []
     start = 0
+    structured = any(att in _STRUCTURES for att in plan.items)
     while start < len(plan.targets):
+        if structured:
+            # The structures stored when the messages were, for those of the
+            # group not held in memory: only what is not stored is parsed.
+            group = plan.targets[start : start + _FETCH_GROUP]
+            missing = structures.missing(record.guid for _, record in group)
+            if missing:
+                structures.put_many(await mail.stored_structures(missing))
         data, failed, start = await mail.run_blocking(
             partial(render_group, plan.targets, start, plan.items, mail.reader, structures)
         )

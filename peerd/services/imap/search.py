@@ -10,8 +10,9 @@ it over the selected mailbox's records off the event loop (header and body
 keys read message bytes) and writes ``* SEARCH`` or ``* ESEARCH``. SORT and
 THREAD run the same search, then, still off the event loop, pair each message
 found with its sort record (the server's
-:class:`~peerd.protocols.imap.sort.RecordCache`, built from the header once
-per message) and order it (:func:`~peerd.protocols.imap.sort.sort`) or thread
+:class:`~peerd.protocols.imap.sort.RecordCache`, filled from the keys the
+store keeps from when the message was stored, :mod:`engine.parsed`; a
+message not parsed yet is read and parsed once) and order it (:func:`~peerd.protocols.imap.sort.sort`) or thread
 it (:func:`~peerd.protocols.imap.thread.thread_response`).
 :data:`HANDLERS` names them by command class.
 """
@@ -33,7 +34,7 @@ from peerd.protocols.imap.search import (
     text_questions,
 )
 from peerd.protocols.imap.searchkey import SearchKey, uses_modseq
-from peerd.protocols.imap.sort import SortItem, sort
+from peerd.protocols.imap.sort import SortItem, loads_many, sort
 from peerd.protocols.imap.thread import thread_response
 from peerd.services.imap.session import Handler, Reply, Session
 
@@ -105,8 +106,21 @@ async def _found(session: Session, key: SearchKey, uid: bool) -> Callable[[], li
     )
     reader = session.mail.reader
     cache = session.server.sort_records
+    # The keys stored when the messages were: only a message the parse
+    # walker has not reached yet is parsed here (cache.get reads it).
+    missing = cache.missing(record.guid for record in records)
+    stored = (
+        await session.mail.stored_sortkeys(session.selected().mailbox_id, missing)
+        if missing
+        else {}
+    )
 
     def run() -> list[SortItem]:
+        if stored:
+            try:
+                cache.put_many(dict(zip(stored, loads_many(stored.values()), strict=True)))
+            except ValueError:  # not this version's records: parsed again below
+                pass
         return [
             SortItem(
                 record.uid if uid else seq,
