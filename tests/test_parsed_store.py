@@ -127,7 +127,7 @@ def test_structures_from_the_store_are_byte_identical(store: Store) -> None:
     for n, raw in enumerate(CORPUS, 1):
         rec = Rec(n, guid_of(raw), len(raw))
         served = render_fetch(n, rec, ITEMS, no_bytes, from_store)
-        parsed_now = render_fetch(n, rec, ITEMS, lambda g, raw=raw: raw, StructureCache())
+        parsed_now = render_fetch(n, rec, ITEMS, {rec.guid: raw}.__getitem__, StructureCache())
         assert served == parsed_now == old_rendering(n, raw), raw
     # The sort keys read back are the records built from the bytes.
     keys = store.read_sync(lambda s: parsed.sortkeys(s, PARSE_VERSION, guids))
