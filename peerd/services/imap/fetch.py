@@ -5,7 +5,9 @@ How this works: the core plans the answer
 which to mark ``\\Seen`` first, whether VANISHED (EARLIER) goes before). The
 handler reads the tombstones VANISHED needs, makes the ``\\Seen`` write, then
 renders the responses (:func:`~peerd.protocols.imap.fetchreply.render_fetch`)
-off the event loop in groups: one thread hop per group, not per message, and
+off the event loop in groups (ENVELOPE, BODYSTRUCTURE and BODY from the
+server's structure cache, filled before each group from what the store keeps
+of each message, :mod:`engine.parsed`, so no message is parsed per fetch): one thread hop per group, not per message, and
 one large write per group. A group ends at :data:`_FETCH_GROUP` messages or
 once it holds :data:`_FETCH_BYTES`, and the next is rendered only when the
 socket has taken the last (write, then drain): a client that does not read
