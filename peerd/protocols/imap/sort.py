@@ -46,7 +46,7 @@ import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from peerd.protocols.imap.responses import CommandError
 
@@ -529,6 +529,17 @@ class RecordCache:
         entries = self._entries
         return [g for g in dict.fromkeys(guids) if g not in entries]
 
+    def get_many(self, guids: Sequence[str], reader: Callable[[str], bytes]) -> list[SortRecord]:
+        """The records of ``guids`` in order (one lock for all that are held;
+        the others are built as :meth:`get` builds them)."""
+        with self._lock:
+            entries = self._entries
+            found = [entries.get(guid) for guid in guids]
+        return [
+            record if record is not None else self.get(guid, reader)
+            for guid, record in zip(guids, found, strict=True)
+        ]
+
     def put_many(self, records: dict[str, SortRecord]) -> None:
         """Hold ``records`` (read back from the store)."""
         with self._lock:
@@ -557,11 +568,13 @@ class RecordCache:
 # -- the sort ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class SortItem:
+class SortItem(NamedTuple):
     """One message of a SORT or THREAD request: ``id`` is what the answer
     holds (sequence number or UID), ``arrival`` the internal date in UTC
-    seconds, ``size`` the RFC822.SIZE. Items are given in mailbox order."""
+    seconds, ``size`` the RFC822.SIZE. Items are given in mailbox order.
+
+    A named tuple, not a frozen dataclass: a request makes one per message
+    of the mailbox, and a tuple is made about eight times faster."""
 
     id: int
     arrival: int

@@ -33,7 +33,7 @@ from peerd.protocols.imap.search import (
     search_response,
     text_questions,
 )
-from peerd.protocols.imap.searchkey import SearchKey, uses_modseq
+from peerd.protocols.imap.searchkey import All, SearchKey, uses_modseq
 from peerd.protocols.imap.sort import SortItem, loads_many, sort
 from peerd.protocols.imap.thread import thread_response
 from peerd.services.imap.session import Handler, Reply, Session
@@ -106,6 +106,7 @@ async def _found(session: Session, key: SearchKey, uid: bool) -> Callable[[], li
     )
     reader = session.mail.reader
     cache = session.server.sort_records
+    everything = isinstance(key, All)
     # The keys stored when the messages were: only a message the parse
     # walker has not reached yet is parsed here (cache.get reads it).
     missing = cache.missing(record.guid for record in records)
@@ -121,15 +122,19 @@ async def _found(session: Session, key: SearchKey, uid: bool) -> Callable[[], li
                 cache.put_many(dict(zip(stored, loads_many(stored.values()), strict=True)))
             except ValueError:  # not this version's records: parsed again below
                 pass
+        if everything:  # SORT ... ALL, what webmail sends: no predicate per message
+            chosen = list(enumerate(records, 1))
+        else:
+            chosen = [(seq, r) for seq, r in enumerate(records, 1) if matcher(seq, r, reader)]
+        sort_records = cache.get_many([r.guid for _, r in chosen], reader)
         return [
             SortItem(
                 record.uid if uid else seq,
                 int(record.internaldate.timestamp()),
                 record.size,
-                cache.get(record.guid, reader),
+                sort_record,
             )
-            for seq, record in enumerate(records, 1)
-            if matcher(seq, record, reader)
+            for (seq, record), sort_record in zip(chosen, sort_records, strict=True)
         ]
 
     return run
