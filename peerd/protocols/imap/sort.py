@@ -45,7 +45,7 @@ import threading
 import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
 from peerd.protocols.imap.responses import CommandError
@@ -426,6 +426,24 @@ class SortRecord:
     message_id: str | None = None
     in_reply_to: str | None = None
     references: tuple[str, ...] = ()
+    # The string keys under i;unicode-casemap, made once with the record (a
+    # request compares them, never recomputes them): subject, from, to, cc,
+    # display from, display to. Not part of the stored form.
+    collated: tuple[str, str, str, str, str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self,
+            "collated",
+            (
+                collate(self.subject),
+                collate(self.from_mailbox),
+                collate(self.to_mailbox),
+                collate(self.cc_mailbox),
+                collate(self.from_display),
+                collate(self.to_display),
+            ),
+        )
 
     def parent_ids(self) -> tuple[str, ...]:
         """The ids THREAD=REFERENCES links above this message (RFC 5256 3,
@@ -592,12 +610,12 @@ _KEYS: Final[dict[SortKey, Callable[[SortItem], Any]]] = {
     SortKey.ARRIVAL: lambda item: item.arrival,
     SortKey.DATE: lambda item: item.date,
     SortKey.SIZE: lambda item: item.size,
-    SortKey.SUBJECT: lambda item: collate(item.record.subject),
-    SortKey.FROM: lambda item: collate(item.record.from_mailbox),
-    SortKey.TO: lambda item: collate(item.record.to_mailbox),
-    SortKey.CC: lambda item: collate(item.record.cc_mailbox),
-    SortKey.DISPLAYFROM: lambda item: collate(item.record.from_display),
-    SortKey.DISPLAYTO: lambda item: collate(item.record.to_display),
+    SortKey.SUBJECT: lambda item: item.record.collated[0],
+    SortKey.FROM: lambda item: item.record.collated[1],
+    SortKey.TO: lambda item: item.record.collated[2],
+    SortKey.CC: lambda item: item.record.collated[3],
+    SortKey.DISPLAYFROM: lambda item: item.record.collated[4],
+    SortKey.DISPLAYTO: lambda item: item.record.collated[5],
 }
 
 
