@@ -285,3 +285,40 @@ def test_a_store_upgraded_from_0011_is_parsed_when_the_node_starts(tmp_path: Pat
             assert answers(node) == first
         finally:
             node.stop()
+
+
+def test_a_session_sorts_again_after_mail_comes_goes_or_changes_flags(tmp_path: Path) -> None:
+    """SORT/THREAD ALL keep their items for the session's unchanged view of
+    the mailbox; a new message, an expunge or a flag change is seen."""
+    node = make_single(tmp_path)
+    node.start()
+    try:
+        node.add_account(ACCOUNT)
+        fill(node)
+        client = connect(node)
+        try:
+            client.select("INBOX")
+
+            def by_date() -> list[int]:
+                typ, data = client.uid("SORT", "(DATE)", "UTF-8", "ALL")
+                assert typ == "OK"
+                return uids(data)
+
+            assert by_date() == [3, 1, 2, 4, 5, 6]
+            client.store("1", "+FLAGS", "\\Flagged")
+            assert by_date() == [3, 1, 2, 4, 5, 6]
+            lmtp_deliver(node, plain(7, "early", "Sat, 03 Jan 2026 00:00:00 +0000", sender="x@t"))
+            client.noop()
+            assert by_date() == [7, 3, 1, 2, 4, 5, 6]
+            client.store("2", "+FLAGS", "\\Deleted")  # UID 2
+            client.expunge()
+            assert by_date() == [7, 3, 1, 4, 5, 6]
+            typ, data = client.sort("(DATE)", "UTF-8", "ALL")  # sequence numbers now
+            assert typ == "OK" and uids(data) == [6, 2, 1, 3, 4, 5]
+            typ, data = client.uid("THREAD", "REFERENCES", "UTF-8", "ALL")
+            # UID 2 gone: 3's reference to it is a dummy, pruned below 1.
+            assert typ == "OK" and data == [b"(7)(1 (3 4)(5))(6)"]
+        finally:
+            client.logout()
+    finally:
+        node.stop()

@@ -100,13 +100,21 @@ async def _found(session: Session, key: SearchKey, uid: bool) -> Callable[[], li
     """A function, for a thread, that searches the selected mailbox and gives
     each message found as a :class:`SortItem` in mailbox order."""
     box = session.selected().box
-    records: list[Record] = list(box.records)
+    shown = box.records
+    everything = isinstance(key, All)
+    memo = session.sort_items
+    if everything and memo is not None and memo[0] is shown and memo[1] == uid:
+        # The same view of the mailbox as the last SORT/THREAD ALL: the list
+        # is replaced whenever a message comes or goes, and a flag change
+        # (the one change made in place) moves no sort key.
+        kept = memo[2]
+        return lambda: kept
+    records: list[Record] = list(shown)
     matcher = compile_search(
         key, len(records), box.largest_uid(), await _texts(session, key), saved=box.saved
     )
     reader = session.mail.reader
     cache = session.server.sort_records
-    everything = isinstance(key, All)
     # The keys stored when the messages were: only a message the parse
     # walker has not reached yet is parsed here (cache.get reads it).
     missing = cache.missing(record.guid for record in records)
@@ -127,7 +135,7 @@ async def _found(session: Session, key: SearchKey, uid: bool) -> Callable[[], li
         else:
             chosen = [(seq, r) for seq, r in enumerate(records, 1) if matcher(seq, r, reader)]
         sort_records = cache.get_many([r.guid for _, r in chosen], reader)
-        return [
+        items = [
             SortItem(
                 record.uid if uid else seq,
                 int(record.internaldate.timestamp()),
@@ -136,6 +144,9 @@ async def _found(session: Session, key: SearchKey, uid: bool) -> Callable[[], li
             )
             for (seq, record), sort_record in zip(chosen, sort_records, strict=True)
         ]
+        if everything:
+            session.sort_items = (shown, uid, items)
+        return items
 
     return run
 
