@@ -26,8 +26,10 @@ How this works, in Cyrus's terms:
   (``""`` for the server's entries) and entry name, replicated like Cyrus's
   ANNOTATION records.
 - ``subscriptions``, ``duplicates`` (Message-ID delivery suppression),
-  ``message_meta`` (a per-GUID cache computed once at append: what IMAP needs
-  for ENVELOPE/BODYSTRUCTURE without reparsing), and the ``sync_log``.
+  ``message_meta`` (unused: kept for stores made before 0012),
+  ``message_parsed`` (per GUID, what IMAP reads of a message's bytes, parsed
+  once after it is stored: SORT/THREAD keys, ENVELOPE, BODYSTRUCTURE, BODY),
+  and the ``sync_log``.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ __all__ = [
     "MailboxTombstone",
     "Message",
     "MessageMeta",
+    "MessageParsed",
     "Subscription",
     "SyncLogRow",
 ]
@@ -231,6 +234,23 @@ class MessageMeta(Base):
 
     guid: Mapped[str] = mapped_column(String(40), primary_key=True)
     meta: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class MessageParsed(Base):
+    """What IMAP reads of a message's bytes, computed once per GUID after it
+    is stored (:mod:`engine.parsed`, migration ``0012_sortcache``): the
+    SORT/THREAD keys and the rendered ENVELOPE, BODYSTRUCTURE and BODY.
+    ``version`` says which parser wrote the row; a row of another version
+    counts as missing."""
+
+    __tablename__ = "message_parsed"
+
+    guid: Mapped[str] = mapped_column(String(40), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    sortkeys: Mapped[bytes] = mapped_column(LargeBinary)
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    bodystructure: Mapped[bytes] = mapped_column(LargeBinary)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class SyncLogRow(Base):

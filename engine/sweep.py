@@ -60,7 +60,7 @@ from functools import partial
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from engine import textindex
+from engine import parsed, textindex
 from engine.models import Message, MessageMeta
 from engine.spool import GUID_RE
 from engine.store import Store
@@ -204,6 +204,7 @@ class Sweeper:
         gone = sorted(removed)
         for i in range(0, len(gone), _CHUNK):
             session.execute(delete(MessageMeta).where(MessageMeta.guid.in_(gone[i : i + _CHUNK])))
-        # The text goes with the bytes: no live record names them any more.
+        # The text and the parsed data go with the bytes: no live record names them.
         textindex.forget(session, gone)
+        parsed.forget(session, gone)
         return removed, errors

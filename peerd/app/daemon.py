@@ -14,7 +14,8 @@ handed what it needs, in order:
    wait as the node's ``after_delivery`` hook;
 3. the scrub and the repair of damaged bodies (:mod:`peerd.replication.scrub`),
    the socketmap listener (``[listen] socketmap``), the spool sweep timer and
-   the full-text indexer (:mod:`peerd.pair.indexer`);
+   the full-text indexer (:mod:`peerd.pair.indexer`) and the parse walker
+   (:mod:`peerd.pair.parsewalk`);
 4. LMTP, IMAP and POP3;
 5. the control API, given every part (:class:`~peerd.control.call.Parts`)
    so ``/v1/status``, ``/metrics`` and the pair operations reach them.
@@ -66,6 +67,7 @@ from peerd.node.node import Node
 from peerd.node.service import Service, server_service
 from peerd.pair.hooks import Hooks
 from peerd.pair.indexer import Indexer
+from peerd.pair.parsewalk import ParseWalker
 from peerd.pair.partner import Pair
 from peerd.pair.returning import exchange_at_start, exchange_once_reachable
 from peerd.pair.sweep import SpoolSweep
@@ -206,7 +208,8 @@ async def _start_directory(node: Node, started: _Started) -> None:
 
 
 async def _start_upkeep(node: Node, started: _Started) -> None:
-    """The socketmap listener, the spool sweep timer and the full-text indexer."""
+    """The socketmap listener, the spool sweep timer, the full-text indexer
+    and the parse walker."""
     if node.config.listen.socketmap is not None:
         started.services.append(
             await start_socketmap(node, node.config.listen.socketmap, started.directory)
@@ -219,6 +222,9 @@ async def _start_upkeep(node: Node, started: _Started) -> None:
     indexer.start()
     started.indexer = indexer
     started.services.append(Service("fulltext_indexer", indexer.stop))
+    walker = ParseWalker(node)  # SORT keys and FETCH structures, once per message
+    walker.start()
+    started.services.append(Service("parse_walker", walker.stop))
 
 
 async def _start_lmtp(node: Node, started: _Started) -> None:

@@ -21,7 +21,7 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from typing import BinaryIO, TypeVar
 
-from engine import mailview, textindex
+from engine import mailview, parsed, textindex
 from engine.fulltext import Key
 from engine.mailview import (
     Appended,
@@ -34,10 +34,14 @@ from engine.mailview import (
     Version,
 )
 from peerd.node.node import Node
+from peerd.protocols.imap.parsed import PARSE_VERSION, Structure
 
 __all__ = ["AccountStore"]
 
 T = TypeVar("T")
+
+# Past this many GUIDs, stored sort keys are read by mailbox in one query.
+_WHOLE_MAILBOX = 2000
 
 
 class AccountStore:
@@ -99,6 +103,23 @@ class AccountStore:
         what it holds, decoding the bytes for what it does not hold yet."""
         answer = await self.node.store.read(lambda s: textindex.ask(s, mailbox_id, questions))
         return textindex.TextSearch(answer, self.reader)
+
+    async def stored_sortkeys(self, mailbox_id: int, guids: Sequence[str]) -> dict[str, bytes]:
+        """The sort keys stored for ``guids`` (records of ``mailbox_id``) when
+        their messages were stored; a GUID not parsed yet is left out."""
+        if len(guids) > _WHOLE_MAILBOX:
+            # Most of a mailbox: one join beats many IN lists.
+            wanted = set(guids)
+            found = await self.node.store.read(
+                lambda s: parsed.mailbox_sortkeys(s, PARSE_VERSION, mailbox_id)
+            )
+            return {g: blob for g, blob in found.items() if g in wanted}
+        return await self.node.store.read(lambda s: parsed.sortkeys(s, PARSE_VERSION, guids))
+
+    async def stored_structures(self, guids: Sequence[str]) -> dict[str, Structure]:
+        """ENVELOPE, BODYSTRUCTURE and BODY stored for ``guids``; a GUID not
+        parsed yet is left out."""
+        return await self.node.store.read(lambda s: parsed.structures(s, PARSE_VERSION, guids))
 
     # -- bytes ----------------------------------------------------------------------
 

@@ -3,8 +3,6 @@ here, ORDEREDSUBJECT, the response format and the RFC's examples."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -343,8 +341,7 @@ def test_deep_chain_needs_no_recursion() -> None:
     items = [message(1, 0, "m1")]
     for n in range(2, count + 1):
         items.append(
-            replace(
-                message(n, n, f"m{n}"),
+            message(n, n, f"m{n}")._replace(
                 record=build_record(
                     f"Message-ID: <m{n}>\r\nIn-Reply-To: <m{n - 1}>\r\n\r\n".encode()
                 ),

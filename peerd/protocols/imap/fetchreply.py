@@ -6,7 +6,8 @@ names. Items from the record (UID, FLAGS, INTERNALDATE, RFC822.SIZE, MODSEQ)
 need no bytes; body sections read the message once through the ``reader``
 the server passes (the store's verified spool read); ENVELOPE, BODYSTRUCTURE
 and BODY come from a :class:`StructureCache`, as the bytes under a GUID never
-change.
+change: the server fills it from the structures stored when the message was
+(:mod:`peerd.protocols.imap.parsed`), and parses only what is not stored.
 
 :func:`render_fetch_segments` is the same answer for a server that sends a
 large message's octets from its file itself (``sendfile``): the literal of a
@@ -36,6 +37,7 @@ from peerd.protocols.imap.fetchatt import (
     SectionKind,
     response_name,
 )
+from peerd.protocols.imap.parsed import Structure, structures
 from peerd.protocols.imap.records import Record
 from peerd.protocols.imap.responses import (
     CODE_UNKNOWN_CTE,
@@ -58,7 +60,6 @@ __all__ = [
 Reader = Callable[[str], bytes]
 """The bytes of a message by GUID."""
 
-Structure = tuple[bytes, bytes, bytes]  # ENVELOPE, BODYSTRUCTURE, BODY
 
 _DEFAULT_SIZE: Final = 50_000
 
@@ -75,18 +76,27 @@ class StructureCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def missing(self, guids: Iterable[str]) -> list[str]:
+        """Those of ``guids`` not held (each once)."""
+        entries = self._entries
+        return [g for g in dict.fromkeys(guids) if g not in entries]
+
+    def put_many(self, values: dict[str, Structure]) -> None:
+        """Hold ``values`` (read from the store, :mod:`engine.parsed`)."""
+        with self._lock:
+            for guid, value in values.items():
+                self._entries[guid] = value
+                self._entries.move_to_end(guid)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
     def get(self, guid: str, reader: Reader) -> Structure:
         with self._lock:
             cached = self._entries.get(guid)
             if cached is not None:
                 self._entries.move_to_end(guid)
                 return cached
-        part = structure.parse(reader(guid))
-        value = (
-            structure.envelope(part),
-            structure.bodystructure(part, True),
-            structure.bodystructure(part, False),
-        )
+        value = structures(reader(guid))
         with self._lock:
             self._entries[guid] = value
             self._entries.move_to_end(guid)

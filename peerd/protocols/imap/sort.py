@@ -8,9 +8,10 @@ and Cc mailbox (``addr-mailbox``) and the RFC 5957 display forms, and the
 Message-ID, In-Reply-To and References ids THREAD=REFERENCES links. The
 server keeps records by GUID in a :class:`RecordCache` (a message's bytes never
 change under its GUID), so a repeated request reads no message. A record also
-has a short JSON form (:meth:`SortRecord.dumps`, :func:`loads_many`) for a
-store that keeps records beside the messages; the store does not yet (see
-bench/sort_thread.py for what it costs to load them). A request pairs each record
+has a short JSON form (:meth:`SortRecord.dumps`, :func:`loads_many`): the
+store keeps it beside the message from when the message is stored
+(:mod:`peerd.protocols.imap.parsed`), and the cache is filled from there, so
+no request parses a header the store already holds the keys of. A request pairs each record
 with what the mailbox row holds (:class:`SortItem`: the number to answer with,
 the internal date, the size) and :func:`sort` orders them by a key list
 (:func:`parse_criteria`) with one stable sort per key, last key first, so the
@@ -44,8 +45,8 @@ import threading
 import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, Final
+from dataclasses import dataclass, field
+from typing import Any, Final, NamedTuple
 
 from peerd.protocols.imap.responses import CommandError
 
@@ -425,6 +426,24 @@ class SortRecord:
     message_id: str | None = None
     in_reply_to: str | None = None
     references: tuple[str, ...] = ()
+    # The string keys under i;unicode-casemap, made once with the record (a
+    # request compares them, never recomputes them): subject, from, to, cc,
+    # display from, display to. Not part of the stored form.
+    collated: tuple[str, str, str, str, str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self,
+            "collated",
+            (
+                collate(self.subject),
+                collate(self.from_mailbox),
+                collate(self.to_mailbox),
+                collate(self.cc_mailbox),
+                collate(self.from_display),
+                collate(self.to_display),
+            ),
+        )
 
     def parent_ids(self) -> tuple[str, ...]:
         """The ids THREAD=REFERENCES links above this message (RFC 5256 3,
@@ -523,6 +542,31 @@ class RecordCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def missing(self, guids: Iterable[str]) -> list[str]:
+        """Those of ``guids`` not held (each once)."""
+        entries = self._entries
+        return [g for g in dict.fromkeys(guids) if g not in entries]
+
+    def get_many(self, guids: Sequence[str], reader: Callable[[str], bytes]) -> list[SortRecord]:
+        """The records of ``guids`` in order (one lock for all that are held;
+        the others are built as :meth:`get` builds them)."""
+        with self._lock:
+            entries = self._entries
+            found = [entries.get(guid) for guid in guids]
+        return [
+            record if record is not None else self.get(guid, reader)
+            for guid, record in zip(guids, found, strict=True)
+        ]
+
+    def put_many(self, records: dict[str, SortRecord]) -> None:
+        """Hold ``records`` (read back from the store)."""
+        with self._lock:
+            for guid, record in records.items():
+                self._entries[guid] = record
+                self._entries.move_to_end(guid)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
     def get(self, guid: str, reader: Callable[[str], bytes]) -> SortRecord:
         """The record of the message ``guid``, built from ``reader(guid)`` once."""
         with self._lock:
@@ -542,11 +586,13 @@ class RecordCache:
 # -- the sort ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class SortItem:
+class SortItem(NamedTuple):
     """One message of a SORT or THREAD request: ``id`` is what the answer
     holds (sequence number or UID), ``arrival`` the internal date in UTC
-    seconds, ``size`` the RFC822.SIZE. Items are given in mailbox order."""
+    seconds, ``size`` the RFC822.SIZE. Items are given in mailbox order.
+
+    A named tuple, not a frozen dataclass: a request makes one per message
+    of the mailbox, and a tuple is made about eight times faster."""
 
     id: int
     arrival: int
@@ -564,12 +610,12 @@ _KEYS: Final[dict[SortKey, Callable[[SortItem], Any]]] = {
     SortKey.ARRIVAL: lambda item: item.arrival,
     SortKey.DATE: lambda item: item.date,
     SortKey.SIZE: lambda item: item.size,
-    SortKey.SUBJECT: lambda item: collate(item.record.subject),
-    SortKey.FROM: lambda item: collate(item.record.from_mailbox),
-    SortKey.TO: lambda item: collate(item.record.to_mailbox),
-    SortKey.CC: lambda item: collate(item.record.cc_mailbox),
-    SortKey.DISPLAYFROM: lambda item: collate(item.record.from_display),
-    SortKey.DISPLAYTO: lambda item: collate(item.record.to_display),
+    SortKey.SUBJECT: lambda item: item.record.collated[0],
+    SortKey.FROM: lambda item: item.record.collated[1],
+    SortKey.TO: lambda item: item.record.collated[2],
+    SortKey.CC: lambda item: item.record.collated[3],
+    SortKey.DISPLAYFROM: lambda item: item.record.collated[4],
+    SortKey.DISPLAYTO: lambda item: item.record.collated[5],
 }
 
 

@@ -5,7 +5,9 @@ How this works: the core plans the answer
 which to mark ``\\Seen`` first, whether VANISHED (EARLIER) goes before). The
 handler reads the tombstones VANISHED needs, makes the ``\\Seen`` write, then
 renders the responses (:func:`~peerd.protocols.imap.fetchreply.render_fetch`)
-off the event loop in groups: one thread hop per group, not per message, and
+off the event loop in groups (ENVELOPE, BODYSTRUCTURE and BODY from the
+server's structure cache, filled before each group from what the store keeps
+of each message, :mod:`engine.parsed`, so no message is parsed per fetch): one thread hop per group, not per message, and
 one large write per group. A group ends at :data:`_FETCH_GROUP` messages or
 once it holds :data:`_FETCH_BYTES`, and the next is rendered only when the
 socket has taken the last (write, then drain): a client that does not read
@@ -36,7 +38,7 @@ from typing import BinaryIO, Final
 
 from engine.errors import Corrupt
 from peerd.protocols.imap import commands as c
-from peerd.protocols.imap.fetchatt import FetchAtt
+from peerd.protocols.imap.fetchatt import FetchAtt, Item
 from peerd.protocols.imap.fetchreply import (
     Reader,
     StructureCache,
@@ -74,6 +76,9 @@ class Sendable:
     count: int
 
 
+_STRUCTURES: Final = frozenset({Item.ENVELOPE, Item.BODYSTRUCTURE, Item.BODY})
+
+
 async def fetch(session: Session, cmd: c.Fetch) -> Reply:
     await session.admit_condstore(cmd)
     selection = session.selected()
@@ -98,7 +103,15 @@ async def fetch(session: Session, cmd: c.Fetch) -> Reply:
     opener = mail.opener if any(whole_message(att) for att in plan.items) else None
     unreadable: list[int] = []
     start = 0
+    structured = any(att in _STRUCTURES for att in plan.items)
     while start < len(plan.targets):
+        if structured:
+            # The structures stored when the messages were, for those of the
+            # group not held in memory: only what is not stored is parsed.
+            group = plan.targets[start : start + _FETCH_GROUP]
+            missing = structures.missing(record.guid for _, record in group)
+            if missing:
+                structures.put_many(await mail.stored_structures(missing))
         segments, failed, start = await mail.run_blocking(
             partial(
                 render_group,

@@ -10,8 +10,9 @@ it over the selected mailbox's records off the event loop (header and body
 keys read message bytes) and writes ``* SEARCH`` or ``* ESEARCH``. SORT and
 THREAD run the same search, then, still off the event loop, pair each message
 found with its sort record (the server's
-:class:`~peerd.protocols.imap.sort.RecordCache`, built from the header once
-per message) and order it (:func:`~peerd.protocols.imap.sort.sort`) or thread
+:class:`~peerd.protocols.imap.sort.RecordCache`, filled from the keys the
+store keeps from when the message was stored, :mod:`engine.parsed`; a
+message not parsed yet is read and parsed once) and order it (:func:`~peerd.protocols.imap.sort.sort`) or thread
 it (:func:`~peerd.protocols.imap.thread.thread_response`).
 :data:`HANDLERS` names them by command class.
 """
@@ -32,8 +33,8 @@ from peerd.protocols.imap.search import (
     search_response,
     text_questions,
 )
-from peerd.protocols.imap.searchkey import SearchKey, uses_modseq
-from peerd.protocols.imap.sort import SortItem, sort
+from peerd.protocols.imap.searchkey import All, SearchKey, uses_modseq
+from peerd.protocols.imap.sort import SortItem, loads_many, sort
 from peerd.protocols.imap.thread import thread_response
 from peerd.services.imap.session import Handler, Reply, Session
 
@@ -99,24 +100,53 @@ async def _found(session: Session, key: SearchKey, uid: bool) -> Callable[[], li
     """A function, for a thread, that searches the selected mailbox and gives
     each message found as a :class:`SortItem` in mailbox order."""
     box = session.selected().box
-    records: list[Record] = list(box.records)
+    shown = box.records
+    everything = isinstance(key, All)
+    memo = session.sort_items
+    if everything and memo is not None and memo[0] is shown and memo[1] == uid:
+        # The same view of the mailbox as the last SORT/THREAD ALL: the list
+        # is replaced whenever a message comes or goes, and a flag change
+        # (the one change made in place) moves no sort key.
+        kept = memo[2]
+        return lambda: kept
+    records: list[Record] = list(shown)
     matcher = compile_search(
         key, len(records), box.largest_uid(), await _texts(session, key), saved=box.saved
     )
     reader = session.selected().mail.reader
     cache = session.server.sort_records
+    # The keys stored when the messages were: only a message the parse
+    # walker has not reached yet is parsed here (cache.get reads it).
+    missing = cache.missing(record.guid for record in records)
+    stored = (
+        await session.mail.stored_sortkeys(session.selected().mailbox_id, missing)
+        if missing
+        else {}
+    )
 
     def run() -> list[SortItem]:
-        return [
+        if stored:
+            try:
+                cache.put_many(dict(zip(stored, loads_many(stored.values()), strict=True)))
+            except ValueError:  # not this version's records: parsed again below
+                pass
+        if everything:  # SORT ... ALL, what webmail sends: no predicate per message
+            chosen = list(enumerate(records, 1))
+        else:
+            chosen = [(seq, r) for seq, r in enumerate(records, 1) if matcher(seq, r, reader)]
+        sort_records = cache.get_many([r.guid for _, r in chosen], reader)
+        items = [
             SortItem(
                 record.uid if uid else seq,
                 int(record.internaldate.timestamp()),
                 record.size,
-                cache.get(record.guid, reader),
+                sort_record,
             )
-            for seq, record in enumerate(records, 1)
-            if matcher(seq, record, reader)
+            for (seq, record), sort_record in zip(chosen, sort_records, strict=True)
         ]
+        if everything:
+            session.sort_items = (shown, uid, items)
+        return items
 
     return run
 

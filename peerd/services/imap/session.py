@@ -41,6 +41,7 @@ from peerd.protocols.imap.capabilities import capabilities
 from peerd.protocols.imap.fetchreply import StructureCache
 from peerd.protocols.imap.parser import CommandReader, ContinuationNeeded, ProtocolError
 from peerd.protocols.imap.ratelimit import CommandRate, Verdict
+from peerd.protocols.imap.records import Record
 from peerd.protocols.imap.responses import (
     CODE_CAPABILITY,
     CODE_LIMIT,
@@ -57,7 +58,7 @@ from peerd.protocols.imap.selected import (
     highestmodseq_response,
     may_expunge,
 )
-from peerd.protocols.imap.sort import RecordCache
+from peerd.protocols.imap.sort import RecordCache, SortItem
 from peerd.protocols.imap.states import ALLOWED, State
 from peerd.services.imap.fanout import Fanout
 from peerd.services.mailstore import AccountStore
@@ -148,6 +149,8 @@ class Session:
         self._mail: AccountStore | None = None
         self._others: dict[str, AccountStore] = {}
         self.selection: Selection | None = None
+        # The last SORT/THREAD ALL's items and the records list they came from.
+        self.sort_items: tuple[list[Record], bool, list[SortItem]] | None = None
         self.ext = Extensions()
         self.failures = 0
         # Set while IDLE waits: resolved by a change or a move (see wake()).

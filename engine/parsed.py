@@ -1,0 +1,172 @@
+"""What IMAP reads of a message's bytes, stored once per GUID (``message_parsed``).
+
+How this works: SORT, THREAD (RFC 5256) and FETCH ENVELOPE/BODYSTRUCTURE/BODY
+(RFC 3501 7.4.2) read the same few things of a message every time, and the
+bytes under a GUID never change, so they are parsed once and kept here: the
+sort keys as an opaque blob and the three rendered structures. The engine
+does not know how to parse a message (that is IMAP's business, above it):
+the caller passes the parser's ``version`` and the rows it built, and a row
+of another version counts as missing.
+
+- **Filling.** :func:`pending` walks ``messages`` by ``id`` from a mark and
+  names the live records' GUIDs with no row at ``version``: every way a
+  record comes to exist (LMTP, APPEND, COPY, MOVE, a sync applied on the
+  replica, a repair) adds a ``messages`` row with a higher ``id``, so the
+  daemon's walker catches them all, and a store upgraded with an empty table
+  is filled by a walk from the first row. :func:`put` stores rows.
+- **Reading.** :func:`sortkeys` and :func:`structures` give the rows of some
+  GUIDs; :func:`mailbox_sortkeys` those of one mailbox's live records in one
+  query (a SORT of a whole mailbox).
+- **Emptying.** :func:`forget` drops the rows of GUIDs whose bytes the spool
+  sweep removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from sqlalchemy import bindparam, delete, text
+from sqlalchemy.orm import Session
+
+from engine.db import upsert
+from engine.models import MessageParsed
+
+__all__ = [
+    "Pending",
+    "Row",
+    "forget",
+    "mailbox_sortkeys",
+    "pending",
+    "put",
+    "sortkeys",
+    "structures",
+]
+
+_CHUNK: Final = 400  # SQLite limits the parameters of one statement
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One GUID's parsed data, as the parser of ``version`` wrote it."""
+
+    guid: str
+    version: int
+    sortkeys: bytes
+    envelope: bytes
+    bodystructure: bytes
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """GUIDs to parse (live records' GUIDs with no row at the version), the
+    highest ``messages.id`` looked at, and whether rows past it remain."""
+
+    guids: tuple[str, ...]
+    mark: int
+    more: bool
+
+
+def _chunks(items: Sequence[str]) -> Iterable[list[str]]:
+    for i in range(0, len(items), _CHUNK):
+        yield list(items[i : i + _CHUNK])
+
+
+_HAVE = text(
+    "SELECT guid FROM message_parsed WHERE guid IN :guids AND version = :version"
+).bindparams(bindparam("guids", expanding=True))
+
+
+def pending(session: Session, version: int, after: int, limit: int = 500) -> Pending:
+    """Walk ``messages`` past ``after`` (at most ``limit`` rows)."""
+    rows = session.execute(
+        text(
+            "SELECT id, guid FROM messages WHERE id > :after AND expunged = :no "
+            "ORDER BY id LIMIT :limit"
+        ),
+        {"after": after, "no": False, "limit": limit},
+    ).all()
+    if not rows:
+        return Pending((), after, False)
+    guids = list(dict.fromkeys(guid for _, guid in rows))
+    have: set[str] = set()
+    for chunk in _chunks(guids):
+        have.update(session.scalars(_HAVE, {"guids": chunk, "version": version}).all())
+    return Pending(tuple(g for g in guids if g not in have), int(rows[-1][0]), len(rows) == limit)
+
+
+def put(session: Session, rows: Sequence[Row]) -> None:
+    """Store (or replace) each GUID's row (named twice: the last one)."""
+    by_guid = {row.guid: row for row in rows}
+    if not by_guid:
+        return
+    upsert(
+        session,
+        MessageParsed.__table__,
+        [
+            {
+                "guid": r.guid,
+                "version": r.version,
+                "sortkeys": r.sortkeys,
+                "envelope": r.envelope,
+                "bodystructure": r.bodystructure,
+                "body": r.body,
+            }
+            for r in by_guid.values()
+        ],
+        ["guid"],
+        replace=("version", "sortkeys", "envelope", "bodystructure", "body"),
+    )
+
+
+_SORTKEYS = text(
+    "SELECT guid, sortkeys FROM message_parsed WHERE guid IN :guids AND version = :version"
+).bindparams(bindparam("guids", expanding=True))
+
+_STRUCTURES = text(
+    "SELECT guid, envelope, bodystructure, body FROM message_parsed"
+    " WHERE guid IN :guids AND version = :version"
+).bindparams(bindparam("guids", expanding=True))
+
+
+def sortkeys(session: Session, version: int, guids: Sequence[str]) -> dict[str, bytes]:
+    """The stored sort keys of those of ``guids`` that have a row at ``version``."""
+    out: dict[str, bytes] = {}
+    for chunk in _chunks(sorted(set(guids))):
+        for guid, blob in session.execute(_SORTKEYS, {"guids": chunk, "version": version}):
+            out[guid] = bytes(blob)
+    return out
+
+
+def mailbox_sortkeys(session: Session, version: int, mailbox_id: int) -> dict[str, bytes]:
+    """The stored sort keys of every live record of one mailbox (one query)."""
+    rows = session.execute(
+        text(
+            "SELECT p.guid, p.sortkeys FROM messages AS m"
+            " JOIN message_parsed AS p ON p.guid = m.guid"
+            " WHERE m.mailbox_id = :box AND m.expunged = :no AND p.version = :version"
+        ),
+        {"box": mailbox_id, "no": False, "version": version},
+    )
+    return {guid: bytes(blob) for guid, blob in rows}
+
+
+def structures(
+    session: Session, version: int, guids: Sequence[str]
+) -> dict[str, tuple[bytes, bytes, bytes]]:
+    """ENVELOPE, BODYSTRUCTURE and BODY of those of ``guids`` stored at ``version``."""
+    out: dict[str, tuple[bytes, bytes, bytes]] = {}
+    for chunk in _chunks(sorted(set(guids))):
+        for guid, env, bs, body in session.execute(
+            _STRUCTURES, {"guids": chunk, "version": version}
+        ):
+            out[guid] = (bytes(env), bytes(bs), bytes(body))
+    return out
+
+
+def forget(session: Session, guids: Sequence[str]) -> None:
+    """Drop the rows of ``guids`` (their bytes left the spool)."""
+    for chunk in _chunks(list(guids)):
+        session.execute(delete(MessageParsed).where(MessageParsed.guid.in_(chunk)))

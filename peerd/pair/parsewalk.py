@@ -1,0 +1,151 @@
+"""The parse walker: IMAP's sort keys and structures stored once per message.
+
+How this works: :mod:`engine.parsed` keeps, per GUID, what SORT, THREAD and
+FETCH read of a message (:func:`peerd.protocols.imap.parsed.parse_message`:
+the RFC 5256 sort keys, the rendered ENVELOPE, BODYSTRUCTURE and BODY). One
+task here stores them as messages are stored. It walks ``messages`` by
+``id`` from a mark held in memory (:func:`engine.parsed.pending`), reads the
+bytes of the GUIDs without a row off the event loop, parses them and stores
+the rows with one write of the store's committer per batch. It runs when the
+store reports a commit (a delivery, an APPEND, a sync applied: the commit
+that added the record wakes it) and every :data:`POLL` seconds (LMTP worker
+processes write records this daemon's store hears nothing about), and once
+from the first row at start-up, so a store upgraded from before
+``0012_sortcache``, or one whose parser version changed, is filled. Each walk
+starts :data:`RESCAN` ids below the mark: on PostgreSQL two transactions may
+commit out of ``id`` order.
+
+Nothing is parsed inside a delivery's transaction: parsing is CPU work the
+group committer must not wait for, and the same walk covers every way a
+record comes to exist (LMTP, APPEND, COPY, MOVE, a sync applied on the
+replica, a repair): the replica parses the bytes it receives, so a failover
+finds the keys there, and nothing new crosses the wire. The rows are the
+node's own derived data, not an account's state: they go straight to the
+store (the replica, which owns nothing, writes them too) and are not
+replicated. IMAP never waits for the walker: a message it has not reached
+yet is parsed from its bytes at request time, with the same answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Final
+
+from engine import parsed
+from engine.errors import EngineError
+from engine.synclog import Change
+from peerd.node.node import Node
+from peerd.protocols.imap.parsed import PARSE_VERSION, parse_message
+
+__all__ = ["POLL", "RESCAN", "ParseWalker"]
+
+log = logging.getLogger("peerd.pair.parsewalk")
+
+POLL: Final = 1.0  # seconds between two walks when nothing wakes the walker
+RESCAN: Final = 1000  # ids below the mark each walk looks at again
+BATCH: Final = 200  # messages parsed and stored per write
+PAGE: Final = 1000  # messages rows looked at per read
+
+
+@dataclass(slots=True)
+class _Counters:
+    parsed: int = 0
+    missing: int = 0
+    walks: int = 0
+
+
+class ParseWalker:
+    """The node's parse walker; see the module docstring."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.mark = 0
+        self.lock = asyncio.Lock()
+        self.wake = asyncio.Event()
+        self.counters = _Counters()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False  # read by the parsing thread: stop early
+
+    def start(self) -> None:
+        self.node.store.add_listener(self._changed)
+        self._task = asyncio.create_task(self._run(), name="parse-walker")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self.node.store.remove_listener(self._changed)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _changed(self, changes: list[Change]) -> None:
+        self.wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.catch_up()
+            except EngineError as exc:  # the database is busy or down: next time
+                log.warning("parsing stored messages failed: %s", exc.message)
+            except Exception:
+                log.exception("parsing stored messages failed; trying again")
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), POLL)
+
+    def _parse(self, guids: list[str]) -> tuple[list[parsed.Row], int]:
+        """Read and parse, in a worker thread. A GUID whose bytes cannot be
+        read (the sweep removed them after its last record went) is skipped."""
+        rows: list[parsed.Row] = []
+        missing = 0
+        for guid in guids:
+            if self._stopping:
+                break
+            try:
+                raw = self.node.store.spool.read(guid)
+            except (EngineError, OSError):
+                missing += 1
+                continue
+            p = parse_message(raw)
+            rows.append(
+                parsed.Row(guid, PARSE_VERSION, p.sortkeys, p.envelope, p.bodystructure, p.body)
+            )
+        return rows, missing
+
+    async def catch_up(self) -> int:
+        """Parse and store what the walk from the mark finds; how many GUIDs."""
+        done = 0
+        store = self.node.store
+        async with self.lock:
+            self.counters.walks += 1
+            after = max(0, self.mark - RESCAN)
+            while True:
+                found = await store.read(
+                    partial(parsed.pending, version=PARSE_VERSION, after=after, limit=PAGE)
+                )
+                guids = list(found.guids)
+                for i in range(0, len(guids), BATCH):
+                    rows, lost = await store.run_blocking(
+                        partial(self._parse, guids[i : i + BATCH])
+                    )
+                    if rows:
+                        await store.write(partial(parsed.put, rows=rows))
+                    done += len(rows)
+                    self.counters.parsed += len(rows)
+                    self.counters.missing += lost
+                self.mark = max(self.mark, found.mark)
+                after = found.mark
+                if not found.more:
+                    return done
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "mark": self.mark,
+            "walks": self.counters.walks,
+            "parsed": self.counters.parsed,
+            "unreadable": self.counters.missing,
+        }
