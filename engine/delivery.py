@@ -16,7 +16,6 @@ harmless.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +38,7 @@ from engine.messages import (
     put_meta,
 )
 from engine.models import Account, Duplicate, Mailbox
+from engine.msgid import message_id_of
 
 __all__ = [
     "Delivery",
@@ -52,8 +52,6 @@ __all__ = [
     "prune_duplicates",
     "resolve_account",
 ]
-
-_MESSAGE_ID_RE = re.compile(rb"(?im)^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,17 +118,6 @@ def resolve_account(session: Session, recipient: Recipient) -> Account:
             cache[name] = account
             return account
     raise NoSuchAccount(f"no such user: {recipient.address}")
-
-
-def message_id_of(data: bytes) -> str | None:
-    """The Message-ID header's value, from the header block only."""
-    end = data.find(b"\r\n\r\n")
-    header = data if end < 0 else data[: end + 2]
-    match = _MESSAGE_ID_RE.search(header)
-    if match is None:
-        return None
-    value = re.sub(rb"\s+", b"", match.group(1)).decode("ascii", "replace")
-    return value[:255] or None
 
 
 def _chunks(items: list[str], size: int = 400) -> Iterable[list[str]]:

@@ -31,11 +31,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engine import synclog
-from engine.delivery import message_id_of
 from engine.errors import InvalidArgument, OverQuota
 from engine.mailbox import create_mailbox, find_mailbox, list_mailboxes, subscribe
 from engine.messages import NewRecords, add_appended, check_quota, live_records
 from engine.models import Account, ImportCursor
+from engine.msgid import message_id_of, message_key
 
 __all__ = [
     "Batch",
@@ -104,13 +104,6 @@ def cursors(session: Session, account: Account) -> list[Cursor]:
             )
         )
     return out
-
-
-def message_key(message_id: str | None, internaldate: dt.datetime, size: int) -> str:
-    """What identifies a message across servers when UIDs do not: its
-    Message-ID, internal date (to the second, UTC) and size."""
-    when = internaldate.astimezone(dt.UTC).replace(microsecond=0)
-    return f"{message_id or ''}|{when:%Y-%m-%dT%H:%M:%SZ}|{size}"
 
 
 def message_keys(

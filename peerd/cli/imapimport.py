@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 from engine.errors import InvalidArgument
 from engine.flags import normalize_flags
-from engine.mailimport import message_key
+from engine.msgid import message_key
 from peerd.cli.imapsource import Folder, RemoteError, Source
 
 __all__ = [

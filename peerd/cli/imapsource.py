@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.delivery import message_id_of
+from engine.msgid import message_id_of
 from peerd.protocols.imap.responses import CommandError, decode_mailbox
 
 __all__ = [
