@@ -305,8 +305,13 @@ def test_a_session_sorts_again_after_mail_comes_goes_or_changes_flags(tmp_path: 
                 return uids(data)
 
             assert by_date() == [3, 1, 2, 4, 5, 6]
+            assert by_date() == [3, 1, 2, 4, 5, 6]  # the order kept for this view
+            typ, data = client.uid("SORT", "(REVERSE DATE)", "UTF-8", "ALL")
+            assert typ == "OK" and uids(data) == [5, 6, 4, 1, 2, 3]  # ties keep mailbox order
             client.store("1", "+FLAGS", "\\Flagged")
             assert by_date() == [3, 1, 2, 4, 5, 6]
+            typ, data = client.uid("SORT", "(DATE)", "UTF-8", "FLAGGED")  # not ALL
+            assert typ == "OK" and uids(data) == [1]
             lmtp_deliver(node, plain(7, "early", "Sat, 03 Jan 2026 00:00:00 +0000", sender="x@t"))
             client.noop()
             assert by_date() == [7, 3, 1, 2, 4, 5, 6]

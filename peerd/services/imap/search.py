@@ -146,19 +146,34 @@ async def _found(session: Session, key: SearchKey, uid: bool) -> Callable[[], li
         ]
         if everything:
             session.sort_items = (shown, uid, items)
+            session.sort_orders = {}
         return items
 
     return run
 
 
 async def sort_messages(session: Session, cmd: c.Sort) -> Reply:
-    find = await _found(session, cmd.key, cmd.uid)
     criteria = cmd.criteria
+    everything = isinstance(cmd.key, All)
+    memo = session.sort_items
+    same_view = (
+        everything
+        and memo is not None
+        and memo[0] is session.selected().box.records
+        and memo[1] == cmd.uid
+    )
+    kept = session.sort_orders.get(criteria) if same_view else None
+    if kept is not None:
+        ordered = list(kept)
+    else:
+        find = await _found(session, cmd.key, cmd.uid)
 
-    def run() -> list[int]:
-        return sort(find(), criteria)
+        def run() -> list[int]:
+            return sort(find(), criteria)
 
-    ordered = await session.mail.run_blocking(run)
+        ordered = await session.mail.run_blocking(run)
+        if everything:  # _found kept its items for this view
+            session.sort_orders[criteria] = tuple(ordered)
     options = cmd.return_options
     if options is None:
         # RFC 5256 4: "* SORT" and the numbers, like "* SEARCH".

@@ -58,7 +58,7 @@ from peerd.protocols.imap.selected import (
     highestmodseq_response,
     may_expunge,
 )
-from peerd.protocols.imap.sort import RecordCache, SortItem
+from peerd.protocols.imap.sort import Criterion, RecordCache, SortItem
 from peerd.protocols.imap.states import ALLOWED, State
 from peerd.services.imap.fanout import Fanout
 from peerd.services.mailstore import AccountStore
@@ -151,6 +151,9 @@ class Session:
         self.selection: Selection | None = None
         # The last SORT/THREAD ALL's items and the records list they came from.
         self.sort_items: tuple[list[Record], bool, list[SortItem]] | None = None
+        # The orders SORT ALL gave for those items, by criteria: the same view
+        # sorted the same way (a webmail's every page) is not sorted again.
+        self.sort_orders: dict[tuple[Criterion, ...], tuple[int, ...]] = {}
         self.ext = Extensions()
         self.failures = 0
         # Set while IDLE waits: resolved by a change or a move (see wake()).
