@@ -35,7 +35,6 @@ every account's, and with ``all`` drops the rows no live record names.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -45,8 +44,8 @@ from typing import Any, Final
 from engine import textindex
 from engine.errors import EngineError
 from engine.fulltext import Searchable, extract
-from engine.synclog import Change
 from peerd.node.node import Node
+from peerd.pair.walker import Walker
 
 __all__ = ["POLL", "RESCAN", "Indexer", "RebuildResult"]
 
@@ -90,48 +89,19 @@ class _Counters:
     walks: int = 0
 
 
-class Indexer:
+class Indexer(Walker):
     """The node's full-text indexer; see the module docstring."""
 
+    task_name = "fulltext-indexer"
+    doing = "full-text indexing"
+    poll = POLL
+    log = log
+
     def __init__(self, node: Node) -> None:
-        self.node = node
-        self.mark = 0
-        self.lock = asyncio.Lock()
-        self.wake = asyncio.Event()
+        super().__init__(node)
         self.counters = _Counters()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False  # read by the extracting thread: stop early
         self._due = 0.0  # loop time from which its share lets the indexer write again
         self._rescanned = float("-inf")  # when a walk last started RESCAN ids below the mark
-
-    # -- lifecycle ---------------------------------------------------------
-
-    def start(self) -> None:
-        self.node.store.add_listener(self._changed)
-        self._task = asyncio.create_task(self._run(), name="fulltext-indexer")
-
-    async def stop(self) -> None:
-        self._stopping = True
-        self.node.store.remove_listener(self._changed)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    def _changed(self, changes: list[Change]) -> None:
-        self.wake.set()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.catch_up()
-            except EngineError as exc:  # the database is busy or down: next time
-                log.warning("full-text indexing failed: %s", exc.message)
-            except Exception:
-                log.exception("full-text indexing failed; trying again")
-            self.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), POLL)
 
     async def _settle(self) -> int:
         """Wait for the indexer's turn at the store's one committer; how many

@@ -28,8 +28,6 @@ yet is parsed from its bytes at request time, with the same answer.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from functools import partial
@@ -37,8 +35,8 @@ from typing import Any, Final
 
 from engine import parsed
 from engine.errors import EngineError
-from engine.synclog import Change
 from peerd.node.node import Node
+from peerd.pair.walker import Walker
 from peerd.protocols.imap.parsed import PARSE_VERSION, parse_message
 
 __all__ = ["POLL", "RESCAN", "ParseWalker"]
@@ -58,44 +56,17 @@ class _Counters:
     walks: int = 0
 
 
-class ParseWalker:
+class ParseWalker(Walker):
     """The node's parse walker; see the module docstring."""
 
+    task_name = "parse-walker"
+    doing = "parsing stored messages"
+    poll = POLL
+    log = log
+
     def __init__(self, node: Node) -> None:
-        self.node = node
-        self.mark = 0
-        self.lock = asyncio.Lock()
-        self.wake = asyncio.Event()
+        super().__init__(node)
         self.counters = _Counters()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False  # read by the parsing thread: stop early
-
-    def start(self) -> None:
-        self.node.store.add_listener(self._changed)
-        self._task = asyncio.create_task(self._run(), name="parse-walker")
-
-    async def stop(self) -> None:
-        self._stopping = True
-        self.node.store.remove_listener(self._changed)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    def _changed(self, changes: list[Change]) -> None:
-        self.wake.set()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.catch_up()
-            except EngineError as exc:  # the database is busy or down: next time
-                log.warning("parsing stored messages failed: %s", exc.message)
-            except Exception:
-                log.exception("parsing stored messages failed; trying again")
-            self.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), POLL)
 
     def _parse(self, guids: list[str]) -> tuple[list[parsed.Row], int]:
         """Read and parse, in a worker thread. A GUID whose bytes cannot be
