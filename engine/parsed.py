@@ -23,15 +23,16 @@ of another version counts as missing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
 
 from sqlalchemy import bindparam, delete, text
 from sqlalchemy.orm import Session
 
+from engine import walk
 from engine.db import upsert
 from engine.models import MessageParsed
+from engine.walk import Pending, chunks
 
 __all__ = [
     "Pending",
@@ -43,8 +44,6 @@ __all__ = [
     "sortkeys",
     "structures",
 ]
-
-_CHUNK: Final = 400  # SQLite limits the parameters of one statement
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,42 +58,22 @@ class Row:
     body: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Pending:
-    """GUIDs to parse (live records' GUIDs with no row at the version), the
-    highest ``messages.id`` looked at, and whether rows past it remain."""
-
-    guids: tuple[str, ...]
-    mark: int
-    more: bool
-
-
-def _chunks(items: Sequence[str]) -> Iterable[list[str]]:
-    for i in range(0, len(items), _CHUNK):
-        yield list(items[i : i + _CHUNK])
-
-
 _HAVE = text(
     "SELECT guid FROM message_parsed WHERE guid IN :guids AND version = :version"
 ).bindparams(bindparam("guids", expanding=True))
 
 
 def pending(session: Session, version: int, after: int, limit: int = 500) -> Pending:
-    """Walk ``messages`` past ``after`` (at most ``limit`` rows)."""
-    rows = session.execute(
-        text(
-            "SELECT id, guid FROM messages WHERE id > :after AND expunged = :no "
-            "ORDER BY id LIMIT :limit"
-        ),
-        {"after": after, "no": False, "limit": limit},
-    ).all()
-    if not rows:
-        return Pending((), after, False)
-    guids = list(dict.fromkeys(guid for _, guid in rows))
-    have: set[str] = set()
-    for chunk in _chunks(guids):
-        have.update(session.scalars(_HAVE, {"guids": chunk, "version": version}).all())
-    return Pending(tuple(g for g in guids if g not in have), int(rows[-1][0]), len(rows) == limit)
+    """Walk ``messages`` past ``after`` (at most ``limit`` rows): the GUIDs
+    with no row at ``version``."""
+
+    def have(session: Session, guids: list[str]) -> set[str]:
+        found: set[str] = set()
+        for chunk in chunks(guids):
+            found.update(session.scalars(_HAVE, {"guids": chunk, "version": version}).all())
+        return found
+
+    return walk.pending(session, after, limit, have)
 
 
 def put(session: Session, rows: Sequence[Row]) -> None:
@@ -134,7 +113,7 @@ _STRUCTURES = text(
 def sortkeys(session: Session, version: int, guids: Sequence[str]) -> dict[str, bytes]:
     """The stored sort keys of those of ``guids`` that have a row at ``version``."""
     out: dict[str, bytes] = {}
-    for chunk in _chunks(sorted(set(guids))):
+    for chunk in chunks(sorted(set(guids))):
         for guid, blob in session.execute(_SORTKEYS, {"guids": chunk, "version": version}):
             out[guid] = bytes(blob)
     return out
@@ -158,7 +137,7 @@ def structures(
 ) -> dict[str, tuple[bytes, bytes, bytes]]:
     """ENVELOPE, BODYSTRUCTURE and BODY of those of ``guids`` stored at ``version``."""
     out: dict[str, tuple[bytes, bytes, bytes]] = {}
-    for chunk in _chunks(sorted(set(guids))):
+    for chunk in chunks(sorted(set(guids))):
         for guid, env, bs, body in session.execute(
             _STRUCTURES, {"guids": chunk, "version": version}
         ):
@@ -168,5 +147,5 @@ def structures(
 
 def forget(session: Session, guids: Sequence[str]) -> None:
     """Drop the rows of ``guids`` (their bytes left the spool)."""
-    for chunk in _chunks(list(guids)):
+    for chunk in chunks(list(guids)):
         session.execute(delete(MessageParsed).where(MessageParsed.guid.in_(chunk)))

@@ -34,6 +34,7 @@ from typing import Final
 from sqlalchemy import bindparam, text
 from sqlalchemy.orm import Session
 
+from engine import walk
 from engine.accounts import get_account
 from engine.fulltext import (
     EXTRACT_VERSION,
@@ -46,6 +47,7 @@ from engine.fulltext import (
     matches,
     sqlite_match,
 )
+from engine.walk import Pending, chunks
 
 __all__ = [
     "Answer",
@@ -61,7 +63,6 @@ __all__ = [
     "put",
 ]
 
-_CHUNK = 500
 Question = tuple[Key, str]
 
 
@@ -74,49 +75,24 @@ def _docs(session: Session) -> str:
     return "fulltext_docs" if _sqlite(session) else "fulltext"
 
 
-def _chunks(items: Sequence[str]) -> Iterable[list[str]]:
-    for i in range(0, len(items), _CHUNK):
-        yield list(items[i : i + _CHUNK])
-
-
 # -- filling ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Pending:
-    """GUIDs to index (live records' GUIDs with no current row), the highest
-    ``messages.id`` looked at, and whether rows past it remain."""
-
-    guids: tuple[str, ...]
-    mark: int
-    more: bool
-
-
-def _indexed(session: Session, guids: Sequence[str]) -> set[str]:
+def _indexed(session: Session, guids: list[str]) -> set[str]:
     """The ones among ``guids`` with a row at the current version."""
     query = text(
         f"SELECT guid FROM {_docs(session)} WHERE guid IN :guids AND version = :version"
     ).bindparams(bindparam("guids", expanding=True))
     found: set[str] = set()
-    for chunk in _chunks(sorted(set(guids))):
+    for chunk in chunks(sorted(set(guids))):
         found.update(session.scalars(query, {"guids": chunk, "version": EXTRACT_VERSION}).all())
     return found
 
 
 def pending(session: Session, after: int, limit: int = 500) -> Pending:
-    """Walk ``messages`` past ``after`` (at most ``limit`` rows)."""
-    rows = session.execute(
-        text(
-            "SELECT id, guid FROM messages WHERE id > :after AND expunged = :no "
-            "ORDER BY id LIMIT :limit"
-        ),
-        {"after": after, "no": False, "limit": limit},
-    ).all()
-    if not rows:
-        return Pending((), after, False)
-    guids = list(dict.fromkeys(guid for _, guid in rows))
-    have = _indexed(session, guids)
-    return Pending(tuple(g for g in guids if g not in have), int(rows[-1][0]), len(rows) == limit)
+    """Walk ``messages`` past ``after`` (at most ``limit`` rows): the GUIDs
+    with no row at the current version."""
+    return walk.pending(session, after, limit, _indexed)
 
 
 def live_guids(session: Session, account: str | None) -> list[str]:
@@ -163,7 +139,7 @@ def put(session: Session, docs: Sequence[tuple[str, Searchable]]) -> None:
     query = text("SELECT guid, id FROM fulltext_docs WHERE guid IN :guids").bindparams(
         bindparam("guids", expanding=True)
     )
-    for chunk in _chunks(guids):
+    for chunk in chunks(guids):
         ids.update((g, int(i)) for g, i in session.execute(query, {"guids": chunk}))
     session.execute(
         text("INSERT INTO fulltext (rowid, header, body) VALUES (:id, :header, :body)"),
@@ -177,7 +153,7 @@ def put(session: Session, docs: Sequence[tuple[str, Searchable]]) -> None:
 def forget(session: Session, guids: Iterable[str]) -> None:
     """Drop the rows of ``guids`` (their bytes are gone, or about to be re-put)."""
     wanted = sorted(set(guids))
-    for chunk in _chunks(wanted):
+    for chunk in chunks(wanted):
         params = {"guids": chunk}
         if _sqlite(session):
             session.execute(
