@@ -308,6 +308,9 @@ def test_a_session_sorts_again_after_mail_comes_goes_or_changes_flags(tmp_path: 
             assert by_date() == [3, 1, 2, 4, 5, 6]  # the order kept for this view
             typ, data = client.uid("SORT", "(REVERSE DATE)", "UTF-8", "ALL")
             assert typ == "OK" and uids(data) == [5, 6, 4, 1, 2, 3]  # ties keep mailbox order
+            for key in ("ARRIVAL", "SIZE", "SUBJECT", "FROM", "TO", "CC"):  # more than it keeps
+                assert client.uid("SORT", f"({key})", "UTF-8", "ALL")[0] == "OK"
+            assert by_date() == [3, 1, 2, 4, 5, 6]
             client.store("1", "+FLAGS", "\\Flagged")
             assert by_date() == [3, 1, 2, 4, 5, 6]
             typ, data = client.uid("SORT", "(DATE)", "UTF-8", "FLAGGED")  # not ALL

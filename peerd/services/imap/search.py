@@ -152,6 +152,10 @@ async def _found(session: Session, key: SearchKey, uid: bool) -> Callable[[], li
     return run
 
 
+# The SORT ALL orders a session keeps for its view (each up to one int a message).
+_KEPT_ORDERS: Final = 4
+
+
 async def sort_messages(session: Session, cmd: c.Sort) -> Reply:
     criteria = cmd.criteria
     everything = isinstance(cmd.key, All)
@@ -173,7 +177,10 @@ async def sort_messages(session: Session, cmd: c.Sort) -> Reply:
 
         ordered = await session.mail.run_blocking(run)
         if everything:  # _found kept its items for this view
-            session.sort_orders[criteria] = tuple(ordered)
+            orders = session.sort_orders
+            if len(orders) >= _KEPT_ORDERS:  # a client cycling criteria keeps a few
+                del orders[next(iter(orders))]
+            orders[criteria] = tuple(ordered)
     options = cmd.return_options
     if options is None:
         # RFC 5256 4: "* SORT" and the numbers, like "* SEARCH".
