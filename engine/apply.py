@@ -33,8 +33,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engine import annotations as annotation_store
+from engine import importcursors, synclog
 from engine import sieve as sieve_store
-from engine import synclog
 from engine.accounts import create_account, delete_account, find_account
 from engine.compare import MailboxPush, Push, Repairs, Restamp
 from engine.errors import SyncProtocolError, TemporaryFailure
@@ -282,6 +282,9 @@ def apply_push(session: Session, push: Push, has: Callable[[str], bool]) -> Appl
         sieve_store.replace_vacations(session, account, push.vacations)
     if push.annotations is not None:
         annotation_store.replace(session, account, push.annotations)
+    if push.import_cursors is not None:
+        importcursors.replace(session, account, push.import_cursors)
+        synclog.record(session, account.name, "", "import")
     session.flush()
     return result
 
@@ -399,6 +402,11 @@ def apply_repairs(
                 f"{target.name}: message {record.guid[:12]} only on the replica "
                 f"(UID {record.uid}) copied in as UID {new.uid}"
             )
+    if repairs.import_cursors is not None:
+        # A cursor moved on the replica (it owned the account meanwhile):
+        # kept, so a rerun of the import resumes after it.
+        importcursors.replace(session, account, repairs.import_cursors)
+        synclog.record(session, account.name, "", "import")
     for line in result.details:
         log.warning("repair %s: %s", account_name, line)
     return result

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from engine import importcursors
 from engine.syncstate import AccountState, MailboxState, MailboxSummary, RecordState
 
 __all__ = ["MailboxPush", "Pull", "Push", "Reassign", "Repairs", "Restamp", "compare"]
@@ -89,11 +90,18 @@ class Repairs:
     # (uniqueid, last_uid): the replica used UIDs we have not; never reuse them.
     raise_last_uid: tuple[tuple[str, int], ...] = ()
     restamps: tuple[Restamp, ...] = ()
+    # import-imap's cursors merged with the replica's (engine.importcursors):
+    # the owner's set becomes this before the push; None: it is already.
+    import_cursors: tuple[tuple[str, int, int], ...] | None = None
 
     @property
     def empty(self) -> bool:
         return (
-            not self.pulls and not self.reassigns and not self.raise_last_uid and not self.restamps
+            not self.pulls
+            and not self.reassigns
+            and not self.raise_last_uid
+            and not self.restamps
+            and self.import_cursors is None
         )
 
 
@@ -127,6 +135,8 @@ class Push:
     vacations: tuple[tuple[str, str], ...] | None = None
     # METADATA (Cyrus's ANNOTATION): the owner's whole set; None: unchanged.
     annotations: tuple[tuple[str, str, bytes], ...] | None = None
+    # import-imap's cursors: the owner's whole set; None: unchanged.
+    import_cursors: tuple[tuple[str, int, int], ...] | None = None
 
     @property
     def empty(self) -> bool:
@@ -139,6 +149,7 @@ class Push:
             and self.sieve is None
             and self.vacations is None
             and self.annotations is None
+            and self.import_cursors is None
         )
 
     @property
@@ -299,6 +310,8 @@ def compare(
         or replica.message_limit != owner.message_limit
     ):
         account_fields = (owner.password_hash, owner.quota_limit, owner.message_limit)
+    # A copy of a cursor is never thrown away (engine.importcursors).
+    cursors = importcursors.merge(owner.import_cursors, replica.import_cursors)
     subscriptions = (
         owner.subscriptions
         if not replica.exists or owner.subscriptions != replica.subscriptions
@@ -316,8 +329,15 @@ def compare(
         sieve=owner.sieve if owner.sieve != replica.sieve else None,
         vacations=owner.vacations if owner.vacations != replica.vacations else None,
         annotations=owner.annotations if owner.annotations != replica.annotations else None,
+        import_cursors=cursors if cursors != replica.import_cursors else None,
     )
-    repairs = Repairs(tuple(pulls), tuple(reassigns), tuple(raise_last_uid), tuple(restamps))
+    repairs = Repairs(
+        tuple(pulls),
+        tuple(reassigns),
+        tuple(raise_last_uid),
+        tuple(restamps),
+        import_cursors=cursors if cursors != owner.import_cursors else None,
+    )
     return repairs, push
 
 

@@ -170,6 +170,9 @@ def import_batch(session: Session, account: Account, batch: Batch) -> Outcome:
     records.write()
     if appended:
         synclog.record(session, account.name, box.uniqueid, "append")
+    if cursor is None or (cursor.uidvalidity, cursor.last_uid) != (batch.uidvalidity, last):
+        # The cursor travels with the account (engine.importcursors).
+        synclog.record(session, account.name, "", "import")
     if cursor is None:
         session.add(
             ImportCursor(

@@ -154,7 +154,8 @@ class GuidHistory(Base):
 class ImportCursor(Base):
     """How far ``peerctl import-imap`` copied one mailbox from another server:
     the remote mailbox's UIDVALIDITY and the highest remote UID copied
-    (:mod:`engine.mailimport`). Local to this node, not replicated."""
+    (:mod:`engine.mailimport`). Replicated with the account
+    (:mod:`engine.importcursors`), so an import resumes on either node."""
 
     __tablename__ = "import_cursors"
 

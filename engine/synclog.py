@@ -64,6 +64,7 @@ KINDS = {
     "sub": 5,
     "sieve": 5,
     "annotation": 5,
+    "import": 5,
 }
 
 

@@ -24,11 +24,13 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from engine import annotations as annotation_store
+from engine import importcursors
 from engine import sieve as sieve_store
 from engine.models import (
     Account,
     Annotation,
     GuidHistory,
+    ImportCursor,
     Mailbox,
     MailboxTombstone,
     Message,
@@ -125,6 +127,9 @@ class AccountState:
     # METADATA (engine.annotations, Cyrus's ANNOTATION): (mailbox uniqueid or
     # "" for the server's, entry, value), sorted.
     annotations: tuple[tuple[str, str, bytes], ...] = ()
+    # import-imap's cursors (engine.importcursors): (mailbox uniqueid, old
+    # UIDVALIDITY, last old UID), sorted.
+    import_cursors: tuple[tuple[str, int, int], ...] = ()
 
     def by_uniqueid(self) -> dict[str, MailboxState]:
         return {m.summary.uniqueid: m for m in self.mailboxes}
@@ -243,6 +248,7 @@ def read_account_state(
         sieve=sieve_store.script_rows(session, account.id),
         vacations=sieve_store.vacation_rows(session, account.id),
         annotations=annotation_store.rows(session, account.id),
+        import_cursors=importcursors.rows(session, account.id),
     )
 
 
@@ -362,6 +368,17 @@ def account_digests(session: Session, names: Iterable[str] | None = None) -> dic
     ):
         if account_id in notes:
             notes[account_id].append(f"{box}\0{entry}\0{bytes(value).hex()}")
+    cursors: dict[int, list[str]] = {i: [] for i in accounts}
+    for account_id, box, validity, last in session.execute(
+        select(
+            ImportCursor.account_id,
+            ImportCursor.mailbox,
+            ImportCursor.uidvalidity,
+            ImportCursor.last_uid,
+        )
+    ):
+        if account_id in cursors:
+            cursors[account_id].append(f"{box}\0{validity}\0{last}")
     for account_id, name in session.execute(select(Subscription.account_id, Subscription.name)):
         if account_id in subs:
             subs[account_id].append(name)
@@ -380,6 +397,8 @@ def account_digests(session: Session, names: Iterable[str] | None = None) -> dic
             + (["a\2" + "\2".join(sorted(notes[account_id]))] if notes[account_id] else [])
             # Likewise a message limit (QUOTA MESSAGE).
             + ([f"m\2{messages}"] if messages is not None else [])
+            # Likewise import-imap's cursors.
+            + (["i\2" + "\2".join(sorted(cursors[account_id]))] if cursors[account_id] else [])
         )
         out[name] = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
     return out

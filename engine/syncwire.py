@@ -250,6 +250,7 @@ def encode_account_state(state: AccountState) -> dict[str, Any]:
         "sieve": [list(s) for s in state.sieve],
         "vacations": [list(v) for v in state.vacations],
         "annotations": encode_annotations(state.annotations),
+        "import_cursors": [list(c) for c in state.import_cursors],
         "mailboxes": [
             {
                 "summary": encode_summary(m.summary),
@@ -292,6 +293,7 @@ def decode_account_state(value: Any) -> AccountState:
         sieve=decode_sieve(value.get("sieve", [])),
         vacations=decode_vacations(value.get("vacations", [])),
         annotations=decode_annotations(value.get("annotations", [])),
+        import_cursors=decode_import_cursors(value.get("import_cursors", [])),
     )
 
 
@@ -309,6 +311,10 @@ def encode_push(push: Push) -> dict[str, Any]:
         "sieve": None if push.sieve is None else [list(s) for s in push.sieve],
         "vacations": None if push.vacations is None else [list(v) for v in push.vacations],
         "annotations": None if push.annotations is None else encode_annotations(push.annotations),
+        # A partner of an older version ignores it (it keeps no cursors).
+        "import_cursors": None
+        if push.import_cursors is None
+        else [list(c) for c in push.import_cursors],
         "mailboxes": [
             {
                 "summary": encode_summary(m.summary),
@@ -366,6 +372,9 @@ def decode_push(value: Any) -> Push:
         annotations=None
         if value.get("annotations") is None
         else decode_annotations(value["annotations"]),
+        import_cursors=None
+        if value.get("import_cursors") is None
+        else decode_import_cursors(value["import_cursors"]),
     )
 
 
@@ -393,6 +402,20 @@ def decode_annotations(value: Any) -> tuple[tuple[str, str, bytes], ...]:
             raise SyncProtocolError(f"an annotation value is at most {MAX_ANNOTATION_VALUE} octets")
         out.append((mailbox, entry, data))
     return tuple(out)
+
+
+def decode_import_cursors(value: Any) -> tuple[tuple[str, int, int], ...]:
+    """import-imap's cursors: ``[[mailbox uniqueid, uidvalidity, last_uid], ...]``,
+    at most one per mailbox."""
+    out: dict[str, tuple[int, int]] = {}
+    for item in _list(value, "import_cursors", MAX_MAILBOXES):
+        if not isinstance(item, list) or len(item) != 3:
+            raise SyncProtocolError("an import cursor is [mailbox uniqueid, uidvalidity, last_uid]")
+        mailbox = _uniqueid(item[0])
+        if mailbox in out:
+            raise SyncProtocolError(f"two import cursors for mailbox {mailbox}")
+        out[mailbox] = (_int(item[1], "uidvalidity", 1), _int(item[2], "last_uid"))
+    return tuple((m, v, u) for m, (v, u) in sorted(out.items()))
 
 
 def decode_sieve(value: Any) -> tuple[tuple[str, str, bool], ...]:

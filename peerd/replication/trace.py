@@ -93,6 +93,8 @@ def push_steps(
     if push.annotations is not None:
         # Cyrus's ANNOTATION records: the account's whole set travels.
         steps.append(f"ANNOTATION {account} [{len(push.annotations)} entries]")
+    if push.import_cursors is not None:
+        steps.append(f"IMPORT_CURSORS {account} [{len(push.import_cursors)} mailboxes]")
     if push.account_fields is not None:
         limit = push.account_fields[1]
         steps.append(f"QUOTA {account} {'none' if limit is None else limit}")
