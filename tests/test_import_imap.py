@@ -7,10 +7,12 @@ The name mapping and the response parser are checked on their own first."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import functools
 import imaplib
 import signal
+import smtplib
 import subprocess
 import sys
 import time
@@ -372,6 +374,99 @@ def test_over_quota_stops_clearly_and_resumes(node: Node, dovecot: Dovecot, tmp_
     assert "6 message(s) copied" in done.stdout
     with _old(dovecot) as old, _peerd(node) as new:
         assert _contents(new, "INBOX") == _contents(old, "INBOX")
+
+
+def test_a_message_with_nul_is_left_out_with_a_report_and_the_rest_goes_on(
+    node: Node, dovecot: Dovecot, tmp_path: Path
+) -> None:
+    # Dovecot stores a message with NUL octets (the literal carries them) and
+    # gives it as BODY[] with each NUL replaced by 0x80, as BINARY[] as it is.
+    nul = b"Subject: nul\r\nMessage-ID: <nul@example.test>\r\n\r\nbefore\0after\r\n"
+    eight_bit = "Subject: caf\u00e9\r\n\r\n\u00c0 bient\u00f4t\r\n".encode()  # 0x80 in UTF-8
+    imap = _old(dovecot)
+    for n, data in enumerate([_message("INBOX", 0), nul, eight_bit, _message("INBOX", 3)]):
+        assert imap.append("INBOX", "(\\Seen)", _date(n), data)[0] == "OK"
+    assert imap.create("Work")[0] == "OK"
+    assert imap.append("Work", "()", _date(9), _message("Work", 9))[0] == "OK"
+    imap.logout()
+    node.add_account("alice")
+    done = _import(node, dovecot, tmp_path, "--user", "alice", "--account", "alice", "--batch", "2")
+    assert done.returncode == 0, done.stderr
+    assert "4 message(s) copied" in done.stdout, done.stdout
+    assert "1 message(s) not copied:\n  INBOX old UID 2: holds NUL octets" in done.stdout
+    assert "(message_has_nul)" in done.stdout
+    # The others are here byte for byte (the 8-bit one too), the NUL one in
+    # no altered form; Work, after it, was copied as well.
+    with _old(dovecot) as old, _peerd(node) as new:
+        theirs = _contents(old, "INBOX")
+        ours = _contents(new, "INBOX")
+        assert len(ours) == 3 and ours == Counter(
+            {k: n for k, n in theirs.items() if b"before" not in k[0]}
+        )
+        assert _contents(new, "Work") == _contents(old, "Work")
+    # A rerun resumes past it: nothing copied, nothing reported again.
+    again = peerctl(node, "--json", *_import_args(dovecot, tmp_path))
+    assert again.returncode == 0, again.stderr
+    assert '"copied": 0' in again.stdout and '"not_copied": 0' in again.stdout
+
+
+def _import_args(server: Dovecot, tmp_path: Path) -> list[str]:
+    secret = tmp_path / "old-password"
+    secret.write_text(PW + "\n")
+    return [
+        "import-imap",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(server.port),
+        "--password-file",
+        str(secret),
+        "--user",
+        "alice",
+        "--account",
+        "alice",
+    ]
+
+
+def test_the_api_stores_a_batch_around_a_message_it_refuses(node: Node) -> None:
+    """A server that sends NUL octets in BODY[] as they are: the node leaves
+    that message out (as LMTP refuses it with 554 5.6.0) and stores the rest."""
+    node.add_account("alice")
+
+    def item(uid: int, data: bytes) -> dict[str, Any]:
+        return {
+            "uid": uid,
+            "data": base64.b64encode(data).decode(),
+            "internaldate": "2024-01-02T03:04:05+00:00",
+        }
+
+    answer = node.call(
+        "POST",
+        "/v1/accounts/alice/import",
+        {
+            "mailbox": "INBOX",
+            "uidvalidity": 7,
+            "done_uid": 3,
+            "messages": [
+                item(1, _message("INBOX", 1)),
+                item(2, b"Subject: x\r\n\r\na\0b\r\n"),
+                item(3, _message("INBOX", 3)),
+            ],
+        },
+    )
+    assert answer["appended"] == 2 and answer["last_uid"] == 3
+    assert [(r["uid"], r["code"]) for r in answer["refused"]] == [(2, "message_has_nul")]
+    assert len(node.records("alice")) == 2
+    # LMTP and APPEND refuse it the same way.
+    with _peerd(node) as imap:
+        try:
+            status = imap.append("INBOX", "()", None, b"Subject: x\r\n\r\na\0b\r\n")[0]
+        except imaplib.IMAP4.error:
+            status = "BAD"
+        assert status != "OK"
+    with node.lmtp() as lmtp, pytest.raises(smtplib.SMTPDataError) as refused:
+        lmtp.sendmail("s@example.test", ["alice@example.test"], b"Subject: x\r\n\r\na\0b\r\n")
+    assert refused.value.smtp_code == 554
 
 
 def test_wrong_password_is_a_clear_exit_2(node: Node, dovecot: Dovecot, tmp_path: Path) -> None:

@@ -25,7 +25,10 @@ For each account:
    peerctl or of the node, loses or doubles nothing.
 
 Over quota the node keeps what fits and says so; the import stops with that
-error and resumes from there once the quota is raised.
+error and resumes from there once the quota is raised. A message the node
+does not store (it holds NUL octets, as LMTP and APPEND refuse them, or it
+is larger than ``[imap] max_literal``) is left out with its old UID and the
+reason; the import goes on and the summary lists it.
 """
 
 from __future__ import annotations
@@ -126,6 +129,9 @@ class Result:
     octets: int = 0
     seconds: float = 0.0
     skipped_flags: list[str] = field(default_factory=list)
+    # Messages the node does not store (NUL octets, too large): each with
+    # the mailbox here, the old UID and why. The import goes on past them.
+    refused: list[dict[str, Any]] = field(default_factory=list)
 
     def json(self) -> dict[str, Any]:
         return {
@@ -133,6 +139,8 @@ class Result:
             "mailboxes": self.mailboxes,
             "copied": self.copied,
             "matched": self.matched,
+            "not_copied": len(self.refused),
+            "refused": self.refused,
             "bytes": self.octets,
             "seconds": round(self.seconds, 3),
             "skipped_flags": sorted(set(self.skipped_flags)),
@@ -147,6 +155,10 @@ class Result:
             line += f", {self.matched} already here"
         if self.skipped_flags:
             line += f"; keywords not kept: {' '.join(sorted(set(self.skipped_flags)))}"
+        if self.refused:
+            line += f"; {len(self.refused)} message(s) not copied:"
+            for r in self.refused:
+                line += f"\n  {r['mailbox']} old UID {r['uid']}: {r['reason']} ({r['code']})"
         return line
 
 
@@ -385,6 +397,8 @@ def _copy_mailbox(
         )
         first = False
         posted = uids[-1]
+        for refused in answer.get("refused", []):
+            result.refused.append({"mailbox": local, **refused})
         result.copied += answer["appended"]
         progress.copied += answer["appended"]
         progress.done += len(uids)

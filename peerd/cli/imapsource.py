@@ -17,13 +17,14 @@ refused) is a :class:`RemoteError`, whose text names the server.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import imaplib
 import re
 import socket
 import ssl
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from engine.msgid import message_id_of
@@ -232,6 +233,7 @@ class Source:
         timeout: float = 60.0,
     ) -> None:
         self.where = f"{host}:{port or (993 if security == 'tls' else 143)}"
+        self._caps: frozenset[str] | None = None
         context: ssl.SSLContext | None = None
         if security != "plain":
             context = ssl.create_default_context(cafile=cafile)
@@ -273,6 +275,11 @@ class Source:
             raise RemoteError(
                 f"the IMAP server {self.where} refused the login of {who}: {_reason(exc)}"
             ) from exc
+        # RFC 3501 6.2.3: the capabilities may change once logged in
+        # (Dovecot adds BINARY, NAMESPACE, ... only then).
+        status, data = self.imap.capability()
+        if status == "OK" and data and isinstance(data[-1], bytes):
+            self._caps = frozenset(c.upper() for c in data[-1].decode("ascii", "replace").split())
 
     def close(self) -> None:
         try:
@@ -298,6 +305,8 @@ class Source:
 
     @property
     def capabilities(self) -> frozenset[str]:
+        if self._caps is not None:
+            return self._caps
         return frozenset(c.upper() for c in self.imap.capabilities)
 
     def namespaces(self) -> tuple[tuple[str, str | None], list[str]]:
@@ -380,7 +389,50 @@ class Source:
             "(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[])",
         )
         wanted = set(uids)
-        return [f for f in _fetched(data) if f.uid in wanted and f.data is not None]
+        found = [f for f in _fetched(data) if f.uid in wanted and f.data is not None]
+        return self._with_nul(found)
+
+    def _with_nul(self, found: list[Fetched]) -> list[Fetched]:
+        """``found`` with the true bytes of messages that hold NUL octets.
+
+        A literal carries no NUL (RFC 3501 4.3, CHAR8), so a server gives
+        such a message's ``BODY[]`` with each NUL replaced (Dovecot by
+        0x80). Where the server has BINARY (RFC 3516), the messages whose
+        bytes hold 0x80 are fetched again as ``BINARY.PEEK[]`` (a literal8
+        may hold NUL); when that holds NUL, it is what goes to the node,
+        which refuses such a message as LMTP does, instead of storing
+        altered bytes. Otherwise the ``BODY[]`` bytes are kept
+        (``BINARY[]`` undoes a single-part message's transfer encoding)."""
+        suspects = [f.uid for f in found if f.data is not None and b"\x80" in f.data]
+        if not suspects or "BINARY" not in self.capabilities:
+            return found
+        try:
+            binary = self._binary(suspects)
+        except RemoteError:
+            # One refused the whole FETCH (e.g. NO [UNKNOWN-CTE]): one by one.
+            binary = {}
+            for uid in suspects:
+                with contextlib.suppress(RemoteError):
+                    binary.update(self._binary([uid]))
+        return [
+            replace(f, data=binary[f.uid], size=len(binary[f.uid])) if f.uid in binary else f
+            for f in found
+        ]
+
+    def _binary(self, uids: Sequence[int]) -> dict[int, bytes]:
+        """``BINARY.PEEK[]`` of ``uids``, only those that hold NUL."""
+        uid_set = ",".join(str(u) for u in uids)
+        data = self._run("UID FETCH", self.imap.uid, "FETCH", uid_set, "(UID BINARY.PEEK[])")
+        out: dict[int, bytes] = {}
+        for line in values(data):
+            if len(line) < 2 or not isinstance(line[-1], list):
+                continue
+            pairs = line[-1]
+            got = dict(zip(pairs[::2], pairs[1::2], strict=False))
+            uid, octets = got.get(b"UID"), got.get(b"BINARY[]")
+            if isinstance(uid, int) and isinstance(octets, bytes) and b"\0" in octets:
+                out[uid] = octets
+        return out
 
 
 def _reason(exc: BaseException) -> str:

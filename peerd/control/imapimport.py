@@ -11,6 +11,10 @@ with the cursor moved in the same transaction (:mod:`engine.mailimport`), so
 the partner gets them by the usual replication and a batch sent twice, or a
 rerun after a kill, copies nothing twice. Over quota, the messages that fit
 are kept and the answer is a 422 ``over_quota`` problem saying how far it got.
+A message no write path here stores (NUL octets, larger than ``[imap]
+max_literal``: what LMTP refuses with 554 5.6.0 and 552 5.3.4) is left out
+and listed in the answer's ``refused`` with its old UID and why; the rest of
+the batch is stored and the cursor moves past it, so the import goes on.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ __all__ = [
     "ImportBatch",
     "ImportMessage",
     "KeysQuery",
+    "Refused",
     "import_batch",
     "import_keys",
     "import_state",
@@ -50,6 +55,7 @@ MAX_BATCH = 500
 # in base64, and room for the rest.
 MAX_BATCH_BODY = 96 << 20
 UID = Integer(minimum=1, maximum=2**32 - 1)
+NUL_CODE = "message_has_nul"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,22 +115,50 @@ async def import_keys(call: Call[None, KeysQuery]) -> web.Response:
     return web.json_response({"account": name, "mailbox": mailbox, "keys": keys})
 
 
-def _message(index: int, given: ImportMessage, limit: int) -> tuple[bytes, dt.datetime]:
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A message of a batch this store does not keep; the rest go on."""
+
+    uid: int
+    code: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"uid": self.uid, "code": self.code, "reason": self.reason}
+
+
+def _message(index: int, given: ImportMessage, limit: int) -> tuple[bytes, dt.datetime] | Refused:
+    """A message's bytes and date; :class:`Refused` for one no write path
+    here stores (the same rules as LMTP and APPEND); a malformed item fails
+    the whole batch (422)."""
     where = f"messages[{index}] (remote UID {given.uid})"
     try:
         data = base64.b64decode(given.data, validate=True)
     except binascii.Error as exc:
         raise InvalidArgument(f"{where}: data is not base64") from exc
-    if len(data) > limit:
-        raise MessageTooLarge(f"{where}: {len(data)} octets, more than [imap] max_literal {limit}")
-    if b"\0" in data:
-        raise InvalidArgument(f"{where}: the message holds NUL octets, which the store keeps not")
     try:
         when = dt.datetime.fromisoformat(given.internaldate)
     except ValueError as exc:
         raise InvalidArgument(f"{where}: internaldate is not ISO 8601") from exc
     if when.tzinfo is None:
         raise InvalidArgument(f"{where}: internaldate must carry an offset")
+    if len(data) > limit:
+        # LMTP: 552 5.3.4 for that recipient; APPEND: NO [TOOBIG].
+        return Refused(
+            given.uid,
+            MessageTooLarge.code,
+            f"{len(data)} octets, more than [imap] max_literal {limit}",
+        )
+    if b"\0" in data:
+        # The store keeps no NUL octets (RFC 3501 4.3: a literal is CHAR8,
+        # no NUL; only RFC 3516's literal8 carries them): LMTP refuses such
+        # a message with 554 5.6.0, APPEND with NO [UNKNOWN-CTE].
+        return Refused(
+            given.uid,
+            NUL_CODE,
+            f"holds NUL octets ({data.count(0)}), which this server does not store"
+            " (LMTP refuses such a message with 554 5.6.0)",
+        )
     return data, when
 
 
@@ -133,16 +167,23 @@ async def import_batch(call: Call[ImportBatch, None]) -> web.Response:
     name = call.path("name")
     mailbox = normalize_mailbox_name(body.mailbox)
     limit = node.config.imap.max_literal
-    decoded = [_message(i, m, limit) for i, m in enumerate(body.messages)]
+    kept: list[tuple[ImportMessage, bytes, dt.datetime]] = []
+    refused: list[Refused] = []
+    for i, given in enumerate(body.messages):
+        found = _message(i, given, limit)
+        if isinstance(found, Refused):
+            refused.append(found)
+        else:
+            kept.append((given, *found))
     spool = node.store.spool
-    staged = await node.store.run_blocking(lambda: [spool.stage(d) for d, _ in decoded])
+    staged = await node.store.run_blocking(lambda: [spool.stage(d) for _, d, _ in kept])
     batch = Batch(
         mailbox=mailbox,
         uidvalidity=body.uidvalidity,
         done_uid=body.done_uid,
         messages=tuple(
             ImportedMessage(m.uid, st.guid, len(data), m.flags, when)
-            for m, st, (data, when) in zip(body.messages, staged, decoded, strict=True)
+            for (m, data, when), st in zip(kept, staged, strict=True)
         ),
         rematch=body.rematch,
         subscribe=body.subscribe,
@@ -158,6 +199,8 @@ async def import_batch(call: Call[ImportBatch, None]) -> web.Response:
         "appended": outcome.appended,
         "skipped": outcome.skipped,
         "last_uid": outcome.last_uid,
+        # Not stored, each with why; the cursor moves past them all the same.
+        "refused": [r.to_json() for r in refused],
     }
     if outcome.over_quota:
         # The messages that fit are committed: a problem (RFC 9457) that
