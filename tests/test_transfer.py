@@ -343,3 +343,86 @@ def _assert_held(source: Node, account: str) -> None:
         lmtp.sendmail("s@example.test", [f"{account}@example.test"], _message("x"))
     code, text = next(iter(refusal.value.recipients.values()))
     assert code == 451 and text.startswith(b"4.3.0"), (code, text)
+
+
+def _deliver_to(node: Node, account: str, subject: str) -> int:
+    with smtplib.LMTP("127.0.0.1", node.ports["lmtp"], timeout=10) as lmtp:
+        try:
+            lmtp.sendmail("s@example.test", [f"{account}@example.test"], _message(subject))
+        except smtplib.SMTPRecipientsRefused as exc:
+            return int(next(iter(exc.recipients.values()))[0])
+    return 250
+
+
+@pytest.mark.parametrize("failpoint", ["transfer.copied", "transfer.held"])
+def test_abort_before_the_cut_over_keeps_the_account_at_the_source(
+    site: Site, failpoint: str
+) -> None:
+    """``account move --abort`` while copying, and with writes held: the
+    target's copy goes, the source serves (writes taken again), the
+    directory still routes to the source pair, no acknowledged mail lost."""
+    (one_a, one_b), (two_a, _) = site.one, site.two
+    account = f"abort-{failpoint.split('.')[1]}"
+    site.fail_at("")
+    one_a.add_account(account)
+    wait_until(lambda: _exists(one_b, account), 10, "replicated in pair one")
+    wait_until(
+        lambda: two_a.call("GET", f"/v1/route/{account}")["pair"] == "one", 10, "in the directory"
+    )
+    with Deliverer(site.nodes, account, account) as mail:
+        mail.wait_for(20)
+        before = _paused(one_a, failpoint)
+        site.fail_at(f"{failpoint}=60")
+        one_a.call("POST", f"/v1/accounts/{account}/transfer", {"to_pair": "two"})
+        _wait_paused(one_a, failpoint, before)
+        assert _exists(two_a, account)  # the copy is there
+        if failpoint == "transfer.held":
+            _assert_held(one_a, account)
+        aborted = peerctl(one_a, "account", "move", account, "--abort")
+        assert aborted.returncode == 0, aborted.stderr
+        assert f"{account}: the move to pair two is aborted" in aborted.stdout
+        site.fail_at("")
+        # The source serves it again at once, writes included.
+        assert _deliver_to(one_a, account, "after-abort") == 250
+        mail.acked.append("after-abort")
+        mail.wait_for(len(mail.acked) + 10)
+    assert not _exists(two_a, account)
+    assert _move(one_a, account) is None
+    assert one_a.call("GET", f"/v1/owner/{account}")["owner"] == "alpha"
+    wait_until(
+        lambda: two_a.call("GET", f"/v1/route/{account}")["pair"] == "one", 10, "routed to one"
+    )
+    counts = collections.Counter(one_a.audit(account))
+    assert not [s for s, n in counts.items() if n > 1]
+    assert not set(mail.acked) - set(counts), "acknowledged and lost"
+    # Aborted again: nothing to abort.
+    again = peerctl(one_a, "account", "move", account, "--abort")
+    assert again.returncode != 0 and "no move of" in again.stderr, again.stderr
+
+
+def test_abort_after_the_cut_over_is_refused_and_the_move_goes_on(site: Site) -> None:
+    (one_a, one_b), (two_a, _) = site.one, site.two
+    account = "abort-late"
+    site.fail_at("")
+    one_a.add_account(account)
+    wait_until(lambda: _exists(one_b, account), 10, "replicated in pair one")
+    wait_until(
+        lambda: two_a.call("GET", f"/v1/route/{account}")["pair"] == "one", 10, "in the directory"
+    )
+    with Deliverer(site.nodes, account, account) as mail:
+        mail.wait_for(10)
+        # Paused after the local flip, before the target is told (the
+        # directory still says "cutover"): the cut-over has committed.
+        before = _paused(one_a, "transfer.flipped_here")
+        site.fail_at("transfer.flipped_here=60")
+        one_a.call("POST", f"/v1/accounts/{account}/transfer", {"to_pair": "two"})
+        _wait_paused(one_a, "transfer.flipped_here", before)
+        refused = peerctl(one_a, "account", "move", account, "--abort")
+        assert refused.returncode != 0
+        assert "has cut over" in refused.stderr and "move it to pair one" in refused.stderr
+        site.fail_at("")
+        wait_until(
+            lambda: (_move(one_a, account) or {}).get("step") == "done", GRACE + 45, "move done"
+        )
+        mail.wait_for(len(mail.acked) + 5)
+    _check_moved(site, account, mail.acked)

@@ -776,6 +776,8 @@ def _held(result: dict[str, Any]) -> str:
 
 
 def cmd_account_move(client: Client, args: argparse.Namespace) -> Any:
+    if args.abort:
+        return transfer.abort(client, args.user)
     if args.to_pair:
         try:
             return transfer.transfer(client, args.user, args.to_pair, wait=not args.no_wait)
@@ -917,6 +919,11 @@ def build_parser() -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--to", help="the new home node, in this pair")
     where.add_argument("--to-pair", help="another pair of the routing directory (run on the owner)")
+    where.add_argument(
+        "--abort",
+        action="store_true",
+        help="abandon a move to another pair that has not cut over (run on the owner)",
+    )
     p.add_argument("--no-wait", action="store_true", help="start the move and return (--to-pair)")
     p.set_defaults(func=cmd_account_move)
     p = account.add_parser("quota", help="set a quota: bytes, a size like 5M or 1G, or 'none'")

@@ -4,7 +4,8 @@ and follow it to the cut-over, one progress line on stderr.
 The move runs in the owner node (it survives restarts of either side); this
 command starts it, or continues an unfinished one, then asks for its step
 every half second until the target pair serves the account. Interrupting the
-command does not stop the move: run it again to follow it.
+command does not stop the move: run it again to follow it. ``--abort``
+abandons a move that has not cut over.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any, Protocol
 
-__all__ = ["MoveStopped", "progress_line", "transfer"]
+__all__ = ["MoveStopped", "abort", "progress_line", "transfer"]
 
 POLL = 0.5
 
@@ -83,6 +84,16 @@ def transfer(
     if tty and show is None:
         print("\r\033[K", end="", file=sys.stderr)
     return move, _summary(move)
+
+
+def abort(client: Caller, user: str) -> tuple[Any, str]:
+    """``account move USER --abort``: abandon a move that has not cut over."""
+    path = f"/v1/accounts/{urllib.parse.quote(user, safe='')}/transfer"
+    move = client.call("DELETE", path)
+    return move, (
+        f"{move['account']}: the move to pair {move['to_pair']} is aborted; the copy on"
+        f" {move['target']} is deleted and pair {move['from_pair']} ({move['source']}) serves it"
+    )
 
 
 def _stderr(line: str, tty: bool) -> None:

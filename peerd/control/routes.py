@@ -246,6 +246,14 @@ ROUTES: tuple[Route, ...] = (
         responses=(202, 404, 422, 503),
     ),
     Route(
+        "DELETE",
+        "/v1/accounts/{name}/transfer",
+        "Abandon a move between pairs before its cut-over (on the source): the target's copy goes",
+        transfer.transfer_abort_route,
+        action="account move --abort",
+        responses=(200, 404, 409, 422, 503),
+    ),
+    Route(
         "GET",
         "/v1/accounts/{name}/transfer",
         "A move between pairs: its step, writes held, bytes sent, progress",

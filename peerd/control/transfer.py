@@ -5,7 +5,10 @@ USER --to-pair NAME``): start or continue it, and read how far it got.
 the account (or continues an unfinished one) and answers 202 at once with
 the move's record; the move runs in the node (:mod:`peerd.directory.transfer`)
 and survives restarts. ``GET`` the same path for its step and progress.
-Without a routing directory both answer 404.
+``DELETE`` abandons a move that has not cut over (on the source node): the
+target's copy is deleted, the directory keeps the account here; 409
+``transfer_committed`` once the cut-over committed. Without a routing
+directory all three answer 404.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from peerd.control.call import Call, Parts
 from peerd.control.schema import Text, member
 from peerd.directory.transfer import Mover
 
-__all__ = ["TransferBody", "transfer_route", "transfer_status_route"]
+__all__ = ["TransferBody", "transfer_abort_route", "transfer_route", "transfer_status_route"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,3 +52,9 @@ async def transfer_status_route(call: Call[None, None]) -> web.Response:
     if status is None:
         raise NotFound(f"no move of {account} is recorded")
     return web.json_response(status)
+
+
+async def transfer_abort_route(call: Call[None, None]) -> web.Response:
+    mover = _mover(call.parts)
+    move = await mover.abort(call.path("name"))
+    return web.json_response({**move.to_json(), "aborted": True})

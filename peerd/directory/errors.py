@@ -7,7 +7,8 @@
     engine.errors.InvalidArgument
      └── TransferRefused          a move between pairs that cannot start (422)
     engine.errors.SyncRefused
-     └── TransferStuck            a move whose account changed hands meanwhile (409)
+     ├── TransferStuck            a move whose account changed hands meanwhile (409)
+     └── TransferCommitted        an abort asked after the cut-over committed (409)
 
 A subclass of the engine's ``TemporaryFailure``, so the one error map
 (:mod:`peerd.node.errormap`) already gives it its replies: HTTP 503, a
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from engine.errors import InvalidArgument, SyncRefused, TemporaryFailure
 
-__all__ = ["DirectoryUnavailable", "TransferRefused", "TransferStuck"]
+__all__ = ["DirectoryUnavailable", "TransferCommitted", "TransferRefused", "TransferStuck"]
 
 
 class DirectoryUnavailable(TemporaryFailure):
@@ -38,3 +39,11 @@ class TransferStuck(SyncRefused):
     failover or switchover moved it while the move was under way."""
 
     code = "transfer_stuck"
+
+
+class TransferCommitted(SyncRefused):
+    """``account move --abort`` after the cut-over committed: the target
+    pair serves the account (or is about to), so the move goes on; move the
+    account back instead."""
+
+    code = "transfer_committed"

@@ -25,6 +25,7 @@ from peerd.directory.errors import TransferRefused
 __all__ = [
     "STEPS",
     "MoveEntry",
+    "abort",
     "begin",
     "flip",
     "get",
@@ -216,3 +217,26 @@ def set_epoch(conn: Connection, account: str, epoch: int) -> None:
         text("UPDATE directory_moves SET epoch = :e, updated_at = now() WHERE account = :a"),
         {"a": account, "e": epoch},
     )
+
+
+def abort(conn: Connection, move: MoveEntry) -> bool:
+    """Forget a move that has not cut over: its row goes, the routing row is
+    the source pair's again, ``active``. False when the move is not there
+    before its cut-over any more (nothing is changed then)."""
+    gone = conn.execute(
+        text(
+            "DELETE FROM directory_moves WHERE account = :a AND to_pair = :t"
+            " AND step IN ('copy', 'cutover')"
+        ),
+        {"a": move.account, "t": move.to_pair},
+    )
+    if not gone.rowcount:
+        return False
+    conn.execute(
+        text(
+            "UPDATE directory_accounts SET state = 'active', move_to = NULL, updated_at = now()"
+            " WHERE account = :a AND pair = :f AND move_to = :t"
+        ),
+        {"a": move.account, "f": move.from_pair, "t": move.to_pair},
+    )
+    return True

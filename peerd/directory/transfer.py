@@ -55,14 +55,14 @@ from sqlalchemy.orm import Session
 from engine import accounts as engine_accounts
 from engine import quota
 from engine.compare import Push
-from engine.errors import EngineError, NoSuchAccount, SyncProtocolError
+from engine.errors import EngineError, NoSuchAccount, NotFound, SyncProtocolError
 from engine.syncwire import decode_json, encode_json, encode_push
 from ownership import table as ownership_table
 from ownership.errors import NotCaughtUp, OwnershipError
 from ownership.rows import OwnershipView, row_view
 from peerd.directory import moves
 from peerd.directory.client import Directory
-from peerd.directory.errors import TransferRefused, TransferStuck
+from peerd.directory.errors import TransferCommitted, TransferRefused, TransferStuck
 from peerd.directory.moves import MoveEntry
 from peerd.node import failpoints
 from peerd.node.backoff import Backoff
@@ -78,11 +78,20 @@ log = logging.getLogger("peerd.directory.transfer")
 # the cut-over (the final delta, writes held, is then small); at most this
 # many rounds in all.
 SMALL_ROUND = 50
+# The catch-up just before the fence repeats until a delta carries at most this many.
+TINY_ROUND = 2
 MAX_ROUNDS = 6
 # Writes are held at most this long; past it the cut-over is undone (the
 # source serves again) and tried anew after a catch-up round.
 HOLD_LIMIT = 15.0
 RETRY_FIRST, RETRY_MAX = 0.5, 10.0
+
+
+def _committed(move: MoveEntry) -> str:
+    return (
+        f"the move of {move.account} to pair {move.to_pair} has cut over: that pair serves"
+        f" it (or will in a moment); to bring it back, move it to pair {move.from_pair}"
+    )
 
 
 def qualified(pair: str, node: str) -> str:
@@ -215,6 +224,73 @@ class Mover:
             if sync and age <= up_within:
                 return name
         raise TransferRefused(f"no node of pair {to_pair} is up with a sync listener")
+
+    async def abort(self, account: str) -> MoveEntry:
+        """Abandon the move of ``account`` before its cut-over: the move task
+        stops, writes are taken again if they were held, the target's copy
+        is deleted, and the directory forgets the move (the routing row is
+        this pair's again, ``active``). After the cut-over committed here
+        (the row names the target) it is refused and the move goes on."""
+        node = self.node
+        move = await self.directory.run(lambda c: moves.get(c, account))
+        if move is None or move.step == "done":
+            raise NotFound(f"no move of {account} is under way")
+        if (move.from_pair, move.source) != (self.pair, node.name):
+            raise TransferRefused(
+                f"the move of {account} is driven by {move.source} of pair {move.from_pair}:"
+                " abort it there"
+            )
+        if move.step not in ("copy", "cutover"):
+            raise TransferCommitted(_committed(move))
+        task = self.tasks.pop(account, None)
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        target_owner = qualified(move.to_pair, move.target)
+
+        def release(session: Session) -> OwnershipView | None:
+            # A write: it runs after any flip the stopped task had queued, so
+            # the row read here is final.
+            row = ownership_table.get(session, account)
+            if row is not None and row.owner == node.name and row.state == "moving":
+                ownership_table.unmark_moving(session, {account: "normal"})
+            return row_view(row) if row is not None else None
+
+        view = await node.store.write(release)
+        if view is not None and view.owner == target_owner:
+            self._spawn(account)
+            raise TransferCommitted(_committed(move))
+        if view is None or view.owner != node.name:
+            raise TransferStuck(
+                f"{account} is owned by {view.owner if view else 'nobody'} here now: the move"
+                " stopped already; see docs/failover.md"
+            )
+        client = await self._client(move)
+        try:
+            # The target holds the copy under this node's row (PAIR/NODE):
+            # an apply that deletes the account, fenced by that row, removes
+            # it and its row there.
+            body = {
+                "account": account,
+                "ownership": client.wire_row(view),
+                "push": encode_push(Push(account, delete_account=True)),
+            }
+            await client.call("apply", encode_json(body), compressed=False)
+        finally:
+            await client.close()
+        if not await self.directory.run(lambda c: moves.abort(c, move)):
+            raise TransferCommitted(_committed(move))
+        self.directory.cache.forget(account)
+        self.progress.pop(account, None)
+        log.warning(
+            "move of %s to pair %s aborted: the copy on %s is deleted, %s serves it",
+            account,
+            move.to_pair,
+            move.target,
+            node.name,
+        )
+        return move
 
     async def status(self, account: str) -> dict[str, Any] | None:
         move = await self.directory.run(lambda c: moves.get(c, account))
@@ -369,6 +445,7 @@ class Mover:
         """Hold writes, send the final delta, give the row to the target here;
         how long writes were held."""
         node, account = self.node, move.account
+        await self._catch_up(move, client)
         previous = await node.store.write(
             lambda s: ownership_table.mark_moving(s, [account], node.name)
         )
@@ -411,15 +488,28 @@ class Mover:
         await node.close_sessions([account])
         node.counters.inc("transfers")
         log.info(
-            "move of %s: writes held %.3f s (final delta %.3f s, %d message(s), %d bytes;"
-            " the rest: marking and the flip)",
+            "move of %s: writes held %.3f s (final delta %.3f s, %d request(s), %d message(s),"
+            " %d bytes; the rest: the flip's commit)",
             account,
             held,
             synced,
+            len(report.requests),
             report.uploaded,
             report.bytes_sent,
         )
         return held
+
+    async def _catch_up(self, move: MoveEntry, client: TransferClient) -> None:
+        """Fast deltas just before the fence, while the source still serves,
+        until one carries at most :data:`TINY_ROUND` messages: the delta sent
+        with writes held then holds only what arrived while the account was
+        being marked (often nothing: no request at all), so the held window
+        does not grow with the account, the copy rounds' length or the time
+        since the last of them."""
+        for _ in range(MAX_ROUNDS):
+            report = await client.sync_account(move.account, compressed=True, fast=True)
+            if report.uploaded <= TINY_ROUND:
+                return
 
     async def _tell_target(self, move: MoveEntry, client: TransferClient) -> None:
         """The target's row: itself, at epoch + 1; then it replicates to its partner."""
