@@ -26,6 +26,11 @@ written nothing. If the runner raises, the group's savepoint (or the whole
 transaction) is rolled back and each operation runs again alone, so one
 broken operation fails alone.
 
+A write marked ``background`` (the full-text indexer's, the parse
+walker's: large, and due at no particular moment) waits while a
+:meth:`Store.quiet` section is open, so a short critical section (a move's
+cut-over, with writes held) does not queue behind one of them.
+
 After a commit, listeners get the list of :class:`~engine.synclog.Change`
 the batch made (the rolling replication worker and IMAP IDLE use it), on the
 event loop that started the store.
@@ -39,7 +44,7 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -134,6 +139,9 @@ class Store:
         self._flusher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-flush")
         self._thread = threading.Thread(target=self._run, name="store-commit", daemon=True)
         self._closed = False
+        self._quiet = 0
+        self._loud = asyncio.Event()  # set while no quiet() section is open
+        self._loud.set()
         self._committing = False
         # The backup channels every local change is also logged for, and
         # whether changes applied from the partner are too (sync_log_chain).
@@ -192,17 +200,34 @@ class Store:
         replaying: bool = False,
         staged: Iterable[Staged] = (),
         alone: bool = False,
+        background: bool = False,
     ) -> T:
         """Run ``fn`` in the next group commit. ``staged`` spool files are made
         durable and visible (one flush for the whole batch) before it commits.
         ``alone``: in a transaction of its own, between two batches (the spool
-        sweep's check and unlink must not interleave with another write)."""
+        sweep's check and unlink must not interleave with another write).
+        ``background``: not queued while a :meth:`quiet` section is open."""
+        while background and self._quiet:
+            await self._loud.wait()
         if self._closed:
             raise TemporaryFailure("the store is shutting down")
         item = _Item(fn, concurrent.futures.Future(), frozenset(dirs), replaying, tuple(staged))
         item.alone = alone
         result: T = await self._wait(item)
         return result
+
+    @contextlib.asynccontextmanager
+    async def quiet(self) -> AsyncIterator[None]:
+        """While open, background writes wait (module docstring); those already
+        queued still run. Keep it short: full-text indexing waits meanwhile."""
+        self._quiet += 1
+        self._loud.clear()
+        try:
+            yield
+        finally:
+            self._quiet -= 1
+            if not self._quiet:
+                self._loud.set()
 
     async def write_grouped(
         self, runner: GroupRunner, op: Any, *, staged: Iterable[Staged] = ()

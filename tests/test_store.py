@@ -1132,3 +1132,24 @@ def test_migration_0002_recomputes_checksums_to_cover_modseqs(
         )
     finally:
         new.close()
+
+
+def test_background_writes_wait_while_a_quiet_section_is_open(store: Store) -> None:
+    """A move's cut-over opens ``quiet()``: the indexers' writes do not queue
+    in front of its mark and flip; other writes go on; they run after it."""
+    order: list[str] = []
+
+    def mark(what: str) -> Callable[[Session], None]:
+        return lambda _session: order.append(what)
+
+    async def scene() -> None:
+        async with store.quiet():
+            background = asyncio.create_task(store.write(mark("background"), background=True))
+            await store.write(mark("cut-over"))
+            await asyncio.sleep(0.2)
+            assert not background.done() and order == ["cut-over"]
+        await background
+        await store.write(mark("after"), background=True)  # no section: at once
+
+    asyncio.run(scene())
+    assert order == ["cut-over", "background", "after"]

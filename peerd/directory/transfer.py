@@ -444,6 +444,13 @@ class Mover:
     async def _cut_over(self, move: MoveEntry, client: TransferClient, target_owner: str) -> float:
         """Hold writes, send the final delta, give the row to the target here;
         how long writes were held."""
+        # The full-text indexer and the parse walker write nothing from the
+        # catch-up to the flip: the mark and the flip never wait behind one
+        # of their large transactions.
+        async with self.node.store.quiet():
+            return await self._held(move, client, target_owner)
+
+    async def _held(self, move: MoveEntry, client: TransferClient, target_owner: str) -> float:
         node, account = self.node, move.account
         await self._catch_up(move, client)
         previous = await node.store.write(

@@ -158,7 +158,7 @@ class Indexer(Walker):
                 if yielding:
                     size = await self._settle()
                 started = loop.time()
-                await store.write(partial(textindex.put, docs=docs[:size]))
+                await store.write(partial(textindex.put, docs=docs[:size]), background=True)
                 took = loop.time() - started
                 self._due = loop.time() + took * (1 - SHARE) / SHARE
                 indexed += len(docs[:size])

@@ -104,7 +104,7 @@ class ParseWalker(Walker):
                         partial(self._parse, guids[i : i + BATCH])
                     )
                     if rows:
-                        await store.write(partial(parsed.put, rows=rows))
+                        await store.write(partial(parsed.put, rows=rows), background=True)
                     done += len(rows)
                     self.counters.parsed += len(rows)
                     self.counters.missing += lost
