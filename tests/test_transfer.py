@@ -426,3 +426,34 @@ def test_abort_after_the_cut_over_is_refused_and_the_move_goes_on(site: Site) ->
         )
         mail.wait_for(len(mail.acked) + 5)
     _check_moved(site, account, mail.acked)
+
+
+def test_abort_a_stuck_move_after_a_switchover_in_the_source_pair(site: Site) -> None:
+    """The account was switched over to the source's partner during the move:
+    the move stops (transfer_stuck); ``--abort`` on the node that began it
+    removes the target's copy and the directory's move, and the partner
+    keeps serving it."""
+    (one_a, one_b), (two_a, _) = site.one, site.two
+    account = "abort-stuck"
+    site.fail_at("")
+    one_a.add_account(account)
+    wait_until(lambda: _exists(one_b, account), 10, "replicated in pair one")
+    wait_until(
+        lambda: two_a.call("GET", f"/v1/route/{account}")["pair"] == "one", 10, "in the directory"
+    )
+    before = _paused(one_a, "transfer.copied")
+    site.fail_at("transfer.copied=60")
+    one_a.call("POST", f"/v1/accounts/{account}/transfer", {"to_pair": "two"})
+    _wait_paused(one_a, "transfer.copied", before)
+    one_a.call("POST", "/v1/switchover", {"accounts": [account]})
+    one_a.kill9()
+    site.fail_at("")
+    one_a.start()
+    wait_until(
+        lambda: "owned by beta" in (_move(one_a, account) or {}).get("note", ""), 30, "stuck"
+    )
+    aborted = peerctl(one_a, "account", "move", account, "--abort")
+    assert aborted.returncode == 0, aborted.stderr
+    assert not _exists(two_a, account)
+    assert _move(one_a, account) is None
+    assert _deliver_to(one_b, account, "still-here") == 250
