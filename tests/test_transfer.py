@@ -457,3 +457,30 @@ def test_abort_a_stuck_move_after_a_switchover_in_the_source_pair(site: Site) ->
     assert not _exists(two_a, account)
     assert _move(one_a, account) is None
     assert _deliver_to(one_b, account, "still-here") == 250
+
+
+def test_import_cursors_move_with_the_account(site: Site) -> None:
+    """``import-imap`` resumes on the target pair after a move: its cursors
+    travel with the copy like the rest of the account."""
+    one_a, (two_a, two_b) = site.one[0], site.two
+    account = "cursor-move"
+    site.fail_at("")
+    one_a.add_account(account)
+    wait_until(
+        lambda: two_a.call("GET", f"/v1/route/{account}")["pair"] == "one", 10, "in the directory"
+    )
+    one_a.call(
+        "POST",
+        f"/v1/accounts/{account}/import",
+        {"mailbox": "INBOX", "uidvalidity": 9, "done_uid": 42},
+    )
+    moved = peerctl(one_a, "account", "move", account, "--to-pair", "two")
+    assert moved.returncode == 0, moved.stderr
+
+    def cursor(node: Node) -> tuple[Any, Any]:
+        state = node.call("GET", f"/v1/accounts/{account}/import")
+        inbox = next(m for m in state["mailboxes"] if m["mailbox"] == "INBOX")
+        return inbox["uidvalidity"], inbox["last_uid"]
+
+    assert cursor(two_a) == (9, 42)
+    wait_until(lambda: _exists(two_b, account) and cursor(two_b) == (9, 42), 30, "two/beta")
