@@ -457,6 +457,10 @@ class SyncClient:
                 len(m.records) for m in replica.mailboxes
             )
             repairs, push = compare(owner_state, owner_records, replica, known)
+            if own_row.owner != self.node.name and repairs.import_cursors is not None:
+                # A chained account: only its owner keeps the merged cursors;
+                # the push carries them, so the backup loses none it has.
+                repairs = replace(repairs, import_cursors=None)
             known_names = {m.summary.uniqueid: m.summary.name for m in replica.mailboxes}
             delta = any(m.mode == "delta" for m in replica.mailboxes)
             return _Round(own_row, rows, owner_state, include, repairs, push, known_names, delta)
