@@ -13,7 +13,10 @@ How this works, for one account, on the node that owns it (the source):
    many messages: the source serves all the while. After the first round a
    round that finds only changed records is one DELTA request (the rolling
    fast path, :mod:`engine.delta`), the final delta under the hold too.
-3. **cutover** (the step is recorded first): the row is marked ``moving``,
+3. **cutover** (the step is recorded first): a catch-up first (fast deltas
+   while the source serves, until one carries at most :data:`TINY_ROUND`
+   messages), with the node's indexers quiet (:meth:`engine.store.Store.quiet`)
+   from there to the flip; then the row is marked ``moving``,
    so the fence refuses new writes (LMTP ``451 4.3.0``, IMAP ``NO
    [UNAVAILABLE]``); one more sync (the final delta); then, in one local
    transaction, the row goes to the target at epoch + 1 (owner
@@ -29,6 +32,12 @@ How this works, for one account, on the node that owns it (the source):
    ``apply`` that deletes the account, fenced by the epoch + 1 row), then
    ours (its ownership row stays, naming the target: the fence keeps
    refusing the account here); the step is ``done``.
+
+**Abort** (:meth:`Mover.abort`), before the local flip only: the task is
+cancelled, a write releases a held row (queued after any flip the task had
+queued, so it reads the final row: a flip found there refuses the abort and
+the move goes on), the target's copy is deleted by a fenced ``apply``, and
+the directory forgets the move (:func:`peerd.directory.moves.abort`).
 
 Every step can be repeated: a restart of this node resumes its unfinished
 moves (:meth:`Mover.resume`), and running the command again continues. A
