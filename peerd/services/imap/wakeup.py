@@ -7,10 +7,12 @@ by :func:`tell`, without waking their tasks, at a cost per changed mailbox
 and not per session where it can:
 
 1. **One read** of every changed mailbox (:func:`engine.mailview.snapshots_of`).
-2. **One write** that claims the new ``\\Recent`` UIDs of all of them
-   (RFC 3501 2.3.2: of each mailbox, the first parked session that would
-   claim gets them; :meth:`peerd.node.node.Node.write_owned_many` runs the
-   fence for every owner in that transaction).
+2. **One write**, beside the read, that claims the new ``\\Recent`` UIDs
+   of all of them (RFC 3501 2.3.2: of each mailbox, the first parked session
+   not under EXAMINE gets them; :meth:`peerd.node.node.Node.write_owned_many`
+   runs the fence for every owner in that transaction). UIDs claimed past
+   the read's view are marked when they arrive; UIDs that arrive after the
+   claim come with a change of their own, and are claimed then.
 3. **Shared bytes**: each session's untagged responses are decided by its
    own core (:meth:`~peerd.protocols.imap.selected.Selected.update`:
    ``EXPUNGE`` or ``VANISHED``, ``FETCH`` with ``MODSEQ`` under CONDSTORE,
@@ -30,6 +32,7 @@ there.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Final
@@ -60,51 +63,57 @@ async def tell(node: Node, parked: Mapping[str, Sequence[Session]]) -> None:
         where[selection.mailbox_id] = (uniqueid, selection.owner)
     if not where:
         return
+    # The claim runs beside the read (the commit thread and a reader): of
+    # each mailbox, the first parked session that may claim (not EXAMINE).
+    claimers: dict[int, Session] = {}
+    for mailbox_id, (uniqueid, _) in where.items():
+        claimer = next((s for s in parked[uniqueid] if _may_claim(s, uniqueid)), None)
+        if claimer is not None:
+            claimers[mailbox_id] = claimer
+    claiming = asyncio.ensure_future(_claim(node, {m: where[m][1] for m in claimers}))
     try:
         fresh = await node.store.read(lambda s: mailview.snapshots_of(s, where))
     except Exception:
         log.exception("reading %d mailboxes for their idle sessions failed", len(where))
-        for uniqueid, _ in where.values():
-            _wake(parked[uniqueid], uniqueid)
-        return
-    claimers: dict[int, Session] = {}
-    for mailbox_id, (uniqueid, _) in where.items():
-        view = fresh.get(mailbox_id)
-        if view is None:
-            continue
-        claimer = next((s for s in parked[uniqueid] if _would_claim(s, uniqueid, view)), None)
-        if claimer is not None:
-            claimers[mailbox_id] = claimer
-    claimed: dict[int, tuple[int, int]] = {}
-    if claimers:
-        owners = {mailbox_id: where[mailbox_id][1] for mailbox_id in claimers}
-        try:
-            claimed = await node.write_owned_many(
-                set(owners.values()),
-                lambda s, allowed: mailview.claim_recent_many(
-                    s, {m: owner for m, owner in owners.items() if owner in allowed}
-                ),
-            )
-        except Exception:
-            log.exception("claiming \\Recent for %d mailboxes failed", len(owners))
+        fresh = {}
+    claimed = await claiming
     for mailbox_id, (uniqueid, _) in where.items():
         sessions = parked[uniqueid]
         view = fresh.get(mailbox_id)
         claimer = claimers.get(mailbox_id)
-        if view is None or (claimer is not None and mailbox_id not in claimed):
+        if claimer is not None and mailbox_id not in claimed:
             _wake(sessions, uniqueid)  # deleted, refused, or the claim failed
-            continue
-        _write(sessions, uniqueid, view, claimer, claimed.get(mailbox_id, (0, 0)))
+        elif view is None:
+            if claimer is not None and claimer.selection is not None:
+                claimer.selection.box.claimed(*claimed[mailbox_id])
+            _wake(sessions, uniqueid)  # deleted, or the read failed
+        else:
+            _write(sessions, uniqueid, view, claimer, claimed.get(mailbox_id, (0, 0)))
 
 
-def _would_claim(session: Session, uniqueid: str, view: Snapshot) -> bool:
-    """Whether ``session`` would claim new ``\\Recent`` UIDs of ``view``."""
+async def _claim(node: Node, owners: Mapping[int, str]) -> dict[int, tuple[int, int]]:
+    """The new ``\\Recent`` UIDs of these mailboxes (by id, with their owners)
+    claimed in one write; a mailbox left out was not (deleted, refused by
+    the fence, or the write failed)."""
+    if not owners:
+        return {}
+    try:
+        return await node.write_owned_many(
+            set(owners.values()),
+            lambda s, allowed: mailview.claim_recent_many(
+                s, {m: owner for m, owner in owners.items() if owner in allowed}
+            ),
+        )
+    except Exception:
+        log.exception("claiming \\Recent for %d mailboxes failed", len(owners))
+        return {}
+
+
+def _may_claim(session: Session, uniqueid: str) -> bool:
+    """Whether ``session`` takes new ``\\Recent`` UIDs of the mailbox (RFC
+    3501 6.3.2: EXAMINE leaves them alone)."""
     selection = session.selection
-    return (
-        selection is not None
-        and selection.uniqueid == uniqueid
-        and selection.box.needs_claim(view, view.recentuid)
-    )
+    return selection is not None and selection.uniqueid == uniqueid and not selection.box.readonly
 
 
 def _write(
