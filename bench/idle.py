@@ -16,11 +16,26 @@ pipelined), ``--per-account`` sessions per account.
   a warm-up of a few sessions opened and closed, so the first login's
   imports and caches do not count), divided by the sessions.
 - **wake-up latency**: one message delivered over LMTP to every account
-  (transactions of ``--batch`` recipients on one connection); for each
-  session, the time from the LMTP ``250`` of its account's recipient to the
-  ``* n EXISTS`` the client reads (``time.monotonic`` is one clock for every
-  process of the host). p50/p99/max over all sessions; the client processes'
-  own delay is inside the figure.
+  (transactions of ``--batch`` recipients on one connection, pipelined);
+  for each session, the time from the LMTP ``250`` of its account's
+  recipient to the ``* n EXISTS`` of that message, both taken from the
+  kernel's receive time of the segment at the client's socket
+  (``SO_TIMESTAMPNS``): what the server took, however late the client
+  processes read. The time each client process read it is printed too
+  (the sessions are read by one ``epoll`` loop per process, not by an event
+  loop). The first transaction's wake-ups run while the second is being
+  delivered: that delay is in the figure, and the delivery's own time (first
+  MAIL to last 250) is printed beside the same delivery's with no session
+  open.
+- **CPU per woken session**: the daemon's CPU from before the delivery until
+  it is idle again, less the same for the same delivery with no session
+  open (after a warm-up delivery), divided by the sessions.
+
+The daemon runs with its scrypt cost lowered to the accounts' cheap hashes
+(a ``sitecustomize`` on its ``PYTHONPATH``): otherwise each login upgrades
+the hash to the node's cost (``ln=15``), which is what opening the sessions
+would then measure. ``--profile FILE`` records the daemon with ``py-spy``
+(raw collapsed stacks, every thread) from just before the delivery.
 
 The load average is printed with the figures: the host is shared.
 """
@@ -420,7 +435,8 @@ def run(
             # Warm-up: a few sessions opened and closed.
             _open_and_wait(node, users[: min(20, len(users))], 1, per_account=1, close_only=True)
             # The same delivery with no session open: what it costs the daemon
-            # after its last 250 anyway (the full-text index, the sync log).
+            # anyway (the store, the full-text index, the sync log).
+            deliver_all(node.port("lmtp"), users, batch, "warm")  # the first is slower
             base_before = quiescent(pid)
             _, base_took = deliver_all(node.port("lmtp"), users, batch, "base")
             base_acked = cpu_seconds(pid)
