@@ -10,7 +10,8 @@ session, and a move of an account to the other node can end its sessions
 with ``* BYE [UNAVAILABLE]``. It also holds what sessions share: the
 STARTTLS context, the cache of message structures FETCH renders, the cache
 of sort records SORT and THREAD read, and the reads that sessions woken
-together share (:mod:`peerd.services.imap.fanout`).
+together share (:mod:`peerd.services.imap.fanout`). The sessions parked in
+IDLE on a changed mailbox are told by :mod:`peerd.services.imap.wakeup`.
 """
 
 from __future__ import annotations
