@@ -84,8 +84,9 @@ async def tell(node: Node, parked: Mapping[str, Sequence[Session]]) -> None:
         if claimer is not None and mailbox_id not in claimed:
             _wake(sessions, uniqueid)  # deleted, refused, or the claim failed
         elif view is None:
-            if claimer is not None and claimer.selection is not None:
-                claimer.selection.box.claimed(*claimed[mailbox_id])
+            mine = claimer.selection if claimer is not None else None
+            if mine is not None and mine.uniqueid == uniqueid:
+                mine.box.claimed(*claimed[mailbox_id])  # \Recent stays its
             _wake(sessions, uniqueid)  # deleted, or the read failed
         else:
             _write(sessions, uniqueid, view, claimer, claimed.get(mailbox_id, (0, 0)))
