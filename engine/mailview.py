@@ -26,14 +26,14 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine import accounts, mailbox, messages
+from engine import accounts, fastsql, mailbox, messages
 from engine.errors import AlreadyExists, NoSuchMailbox
 from engine.mailbox import normalize_mailbox_name
 from engine.messages import CopyResult
@@ -53,6 +53,7 @@ __all__ = [
     "append",
     "append_many",
     "claim_recent",
+    "claim_recent_many",
     "copy_messages",
     "create_mailbox",
     "delete_mailbox",
@@ -64,6 +65,7 @@ __all__ = [
     "snapshot",
     "snapshot_and_vanished",
     "snapshot_of",
+    "snapshots_of",
     "status",
     "store_flags",
     "subscribe",
@@ -170,6 +172,64 @@ def snapshot_and_vanished(
 def snapshot_of(session: Session, mailbox_id: int) -> Snapshot:
     """An open mailbox again, by id (NoSuchMailbox once it was deleted)."""
     return _snapshot(session, _row(session, mailbox_id))
+
+
+def snapshots_of(session: Session, mailbox_ids: Iterable[int]) -> dict[int, Snapshot]:
+    """Many open mailboxes again, by id, in one read (the sessions a change
+    wakes, :mod:`peerd.services.imap.wakeup`): one query for the mailboxes and
+    one for the records of those not in the shared cache, per 500 of them. A
+    deleted mailbox is left out."""
+    ids = sorted(set(mailbox_ids))
+    found: dict[int, Snapshot] = {}
+    for i in range(0, len(ids), 500):
+        rows = fastsql.select_in(session, _mailbox_rows, ids[i : i + 500])
+        keys = {row[0]: (row[3], row[4], row[5], row[6], row[7]) for row in rows}
+        cached = {mid: _SNAPSHOTS.get(mid, key) for mid, key in keys.items()}
+        missing = [mid for mid, records in cached.items() if records is None]
+        read: dict[int, list[Record]] = {mid: [] for mid in missing}
+        if missing:
+            for mid, *fields in fastsql.select_in(session, _record_rows, missing):
+                read[mid].append(Record(*fields))
+        for mid, records in read.items():
+            cached[mid] = kept = tuple(records)
+            _SNAPSHOTS.put(mid, keys[mid], kept)
+        for mid, uniqueid, name, uidvalidity, modseq, last_uid, _, _, recentuid in rows:
+            have = cached[mid]
+            assert have is not None
+            found[mid] = Snapshot(
+                mid, uniqueid, name, uidvalidity, modseq, last_uid + 1, have, recentuid
+            )
+    return found
+
+
+def _mailbox_rows(ids: list[Any]) -> Any:
+    return select(
+        Mailbox.id,
+        Mailbox.uniqueid,
+        Mailbox.name,
+        Mailbox.uidvalidity,
+        Mailbox.highestmodseq,
+        Mailbox.last_uid,
+        Mailbox.exists,
+        Mailbox.checksum,
+        Mailbox.recentuid,
+    ).where(Mailbox.id.in_(ids))
+
+
+def _record_rows(ids: list[Any]) -> Any:
+    return (
+        select(
+            Message.mailbox_id,
+            Message.uid,
+            Message.guid,
+            Message.flags,
+            Message.modseq,
+            Message.size,
+            Message.internaldate,
+        )
+        .where(Message.mailbox_id.in_(ids), Message.expunged.is_(False))
+        .order_by(Message.mailbox_id, Message.uid)
+    )
 
 
 def version(session: Session, mailbox_id: int) -> Version | None:
@@ -366,6 +426,31 @@ def claim_recent(session: Session, account: Account, mailbox_id: int) -> tuple[i
     if row.last_uid > before:
         row.recentuid = row.last_uid
     return before, row.recentuid
+
+
+def claim_recent_many(session: Session, mailboxes: Mapping[int, str]) -> dict[int, tuple[int, int]]:
+    """:func:`claim_recent` for many mailboxes in one write, each named by id
+    with the account that owns it (``mailboxes``): the claimed ranges by
+    mailbox id; a mailbox deleted, or now another account's, is left out.
+    The caller runs the fence for those accounts in the same transaction
+    (:meth:`peerd.node.node.Node.write_owned_many`)."""
+    ids = sorted(mailboxes)
+    claimed: dict[int, tuple[int, int]] = {}
+    for i in range(0, len(ids), 500):
+        rows = session.execute(
+            select(Mailbox, Account.name)
+            .join(Account, Account.id == Mailbox.account_id)
+            .where(Mailbox.id.in_(ids[i : i + 500]))
+            .with_for_update()
+        ).all()
+        for row, owner in rows:
+            if mailboxes[row.id] != owner:
+                continue
+            before = row.recentuid
+            if row.last_uid > before:
+                row.recentuid = row.last_uid
+            claimed[row.id] = (before, row.recentuid)
+    return claimed
 
 
 def copy_messages(

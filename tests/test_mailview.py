@@ -142,3 +142,34 @@ def test_copy_move_and_status(alice: Store) -> None:
     assert (status.messages, status.unseen, status.deleted, status.uidnext) == (2, 1, 0, 5)
     trash = alice.read_sync(lambda s: mailview.status(s, "alice", "Trash"))
     assert trash.messages == 2 and trash.size == status.size  # two messages of one size each
+
+
+def test_many_mailboxes_read_and_claimed_in_one_go(alice: Store) -> None:
+    """snapshots_of and claim_recent_many (one wake-up of IDLE sessions) give
+    what snapshot_of and claim_recent give one mailbox at a time."""
+    write(alice, lambda s, a: mailview.create_mailbox(s, a, "Work"))
+    append(alice, "Work", "w1")
+    alice.write_sync(lambda s: accounts.create_account(s, "bob", password="pw"))
+    inbox = alice.read_sync(lambda s: mailview.snapshot(s, "alice", "INBOX"))
+    work = alice.read_sync(lambda s: mailview.snapshot(s, "alice", "Work"))
+    bobs = alice.read_sync(lambda s: mailview.snapshot(s, "bob", "INBOX"))
+    ids = [inbox.mailbox_id, work.mailbox_id, bobs.mailbox_id, 999_999]
+    both = alice.read_sync(lambda s: mailview.snapshots_of(s, ids))
+    assert set(both) == set(ids[:3])  # an unknown (deleted) mailbox is left out
+    for one in (inbox, work, bobs):
+        assert both[one.mailbox_id] == one
+    # Work's records not cached yet: read from the records query, then shared.
+    append(alice, "Work", "w2")
+    again = alice.read_sync(lambda s: mailview.snapshots_of(s, [work.mailbox_id]))
+    fresh = alice.read_sync(lambda s: mailview.snapshot_of(s, work.mailbox_id))
+    assert again[work.mailbox_id] == fresh and [r.uid for r in fresh.records] == [1, 2]
+    assert again[work.mailbox_id].records is fresh.records
+    # The claim: each mailbox's unclaimed UIDs once; one named with the wrong
+    # owner is left alone.
+    wanted = {inbox.mailbox_id: "alice", work.mailbox_id: "alice", bobs.mailbox_id: "alice"}
+    claimed = alice.write_sync(lambda s: mailview.claim_recent_many(s, wanted))
+    assert claimed == {inbox.mailbox_id: (0, 4), work.mailbox_id: (0, 2)}
+    again_claimed = alice.write_sync(lambda s: mailview.claim_recent_many(s, wanted))
+    assert again_claimed == {inbox.mailbox_id: (4, 4), work.mailbox_id: (2, 2)}
+    bob_claims = alice.write_sync(lambda s: mailview.claim_recent_many(s, {bobs.mailbox_id: "bob"}))
+    assert bob_claims == {bobs.mailbox_id: (0, 0)}

@@ -128,6 +128,22 @@ class Node:
 
         return await self.store.write(fenced, **kwargs)
 
+    async def write_owned_many(
+        self, accounts: Iterable[str], fn: Callable[[Session, frozenset[str]], T]
+    ) -> T:
+        """:meth:`write_owned` for a write that touches many accounts (the
+        ``\\Recent`` claim of one wake-up of IMAP sessions): ``fn(session,
+        allowed)`` runs in the next group commit with the accounts the fence
+        lets this node write now (:meth:`guard_many`, in the same transaction);
+        ``fn`` must leave the others alone."""
+        names = frozenset(accounts)
+
+        def fenced(session: Session) -> T:
+            refused = self.guard_many(session, names)
+            return fn(session, names - refused.keys())
+
+        return await self.store.write(fenced)
+
     def guard_many(self, session: Session, accounts: Iterable[str]) -> dict[str, NotOwner]:
         """:meth:`guard` for many accounts in one query: the refusals, by account."""
         return ownership_table.fence_many(session, accounts, self.name)

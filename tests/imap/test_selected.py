@@ -435,3 +435,37 @@ def test_two_sessions_see_one_expunge_each_at_its_own_moment() -> None:
         b"* VANISHED 20\r\n* 4 EXISTS\r\n"
     )
     assert a.records == b.records
+
+
+# -- one change, many sessions (peerd/services/imap/wakeup.py) ---------------------
+
+
+def test_sessions_in_the_same_state_share_one_update_and_stay_apart_after() -> None:
+    before = View((Rec(1, "\\Seen"), Rec(2)), highestmodseq=10)
+    after = View((Rec(1, "\\Seen"), Rec(2, "\\Flagged", 11), Rec(3, "", 12)), highestmodseq=12)
+    boxes = [Selected(before, name="INBOX", readonly=False, ext=Extensions()) for _ in range(3)]
+    alone = Selected(before, name="INBOX", readonly=False, ext=Extensions())
+    ext = Extensions()
+    ext.enable(["CONDSTORE"])
+    condstore = Selected(before, name="INBOX", readonly=False, ext=ext)
+    claimer = Selected(before, name="INBOX", readonly=False, ext=Extensions())
+    claimer.claimed(2, 3)
+    # The same view read once: the same key; other extensions or \Recent: another.
+    key = boxes[0].state_key()
+    assert key is not None and all(b.state_key() == key for b in boxes)
+    assert condstore.state_key() != key and claimer.state_key() != key
+    out = boxes[0].update(after, expunges=True)
+    assert out == b"* 2 FETCH (UID 2 FLAGS (\\Flagged))\r\n* 3 EXISTS\r\n* 0 RECENT\r\n"
+    for box in boxes[1:]:
+        box.follow(boxes[0])
+    assert alone.update(after, expunges=True) == out  # what following stands for
+    for box in boxes:
+        assert box.records == alone.records and box.highestmodseq == 12 and box.uidnext == 4
+    assert b"MODSEQ (11)" in condstore.update(after, expunges=True)
+    assert b"* 1 RECENT" in claimer.update(after, expunges=True)
+    # One session's own change is its own: the others are still told of it.
+    boxes[1].absorb([Rec(3, "\\Answered", 13)])
+    assert boxes[1].state_key() is None
+    assert boxes[2].records[2].flags == ""
+    later = View((*after.records[:2], Rec(3, "\\Answered", 13)), highestmodseq=13)
+    assert boxes[2].update(later, expunges=True) == b"* 3 FETCH (UID 3 FLAGS (\\Answered))\r\n"

@@ -106,9 +106,9 @@ def highestmodseq_response(highestmodseq: int) -> bytes:
     return untagged_status("OK", "Highest", response_code(CODE_HIGHESTMODSEQ, highestmodseq))
 
 
-def _keywords(records: Iterable[Record]) -> set[str]:
+def _keywords(records: Iterable[Record]) -> frozenset[str]:
     """The keywords (flags without a backslash) ``records`` hold."""
-    return {f for r in records for f in r.flags.split() if not f.startswith("\\")}
+    return frozenset(f for r in records for f in r.flags.split() if not f.startswith("\\"))
 
 
 def _has_recent(record: Record) -> bool:
@@ -209,6 +209,7 @@ class Selected:
     """One session's view of its selected mailbox (see the module docstring)."""
 
     __slots__ = (
+        "basis",
         "ext",
         "highestmodseq",
         "keywords",
@@ -217,6 +218,7 @@ class Selected:
         "recent",
         "records",
         "saved",
+        "shared",
         "stale",
         "told_recent",
         "uidnext",
@@ -235,6 +237,12 @@ class Selected:
         # at SELECT. UIDs never come back, so an expunged one just never matches.
         self.saved: frozenset[int] = frozenset()
         self.records: list[Record] = list(view.records)
+        # The store's records that ``records`` are, marked with ``recent``;
+        # None once this session's own changes were absorbed (see state_key).
+        self.basis: Sequence[Record] | None = view.records
+        # ``records`` is another session's list too (follow): copied before
+        # it is changed in place.
+        self.shared = False
         self.highestmodseq = view.highestmodseq
         self.uidnext = view.uidnext
         # The keywords told in FLAGS so far (RFC 3501 7.2.6): the mailbox's.
@@ -256,6 +264,7 @@ class Selected:
         else:
             self.recent.append((first, last))
         self.records = self._marked(self.records)
+        self.shared = False
 
     def is_recent(self, uid: int) -> bool:
         return any(first < uid <= last for first, last in self.recent)
@@ -311,7 +320,7 @@ class Selected:
         new = _keywords(records) - self.keywords
         if not new:
             return b""
-        self.keywords |= new
+        self.keywords = self.keywords | new
         flags = self._flag_list()
         return (
             b"* FLAGS ("
@@ -392,6 +401,8 @@ class Selected:
         if arrived or gone:
             out.append(b"* %d EXISTS\r\n" % len(fresh.records))
         self.records = marked
+        self.basis = fresh.records
+        self.shared = False
         self.highestmodseq = fresh.highestmodseq
         self.uidnext = fresh.uidnext
         recent = self.recent_count()
@@ -407,10 +418,47 @@ class Selected:
         by_uid = {r.uid: r for r in self._marked(changed)}
         if not by_uid:
             return
+        self.basis = None
+        if self.shared:
+            self.records = list(self.records)
+            self.shared = False
         for i, record in enumerate(self.records):
             updated = by_uid.get(record.uid)
             if updated is not None:
                 self.records[i] = updated
+
+    # -- one change, many sessions ------------------------------------------------------
+
+    def state_key(self) -> tuple[object, ...] | None:
+        """What :meth:`update` depends on besides the fresh view: two sessions
+        of a mailbox with equal keys get the same bytes and the same state from
+        the same view, so one computes and the other :meth:`follow` s it. The
+        records are the store's ``basis`` marked with ``recent``, so the basis
+        (by identity: sessions that read the same version hold the same tuple)
+        and the ranges stand for them. None once own changes were absorbed."""
+        if self.basis is None:
+            return None
+        ext = self.ext
+        return (
+            id(self.basis),
+            tuple(self.recent),
+            self.keywords,
+            self.told_recent,
+            ext.condstore,
+            ext.qresync,
+        )
+
+    def follow(self, other: Selected) -> None:
+        """Take the state :meth:`update` just gave ``other``, whose
+        :meth:`state_key` before it was this one's, from the same view: as if
+        this session had run the same update (it would have told the same bytes)."""
+        self.records = other.records
+        self.shared = other.shared = True
+        self.basis = other.basis
+        self.keywords = other.keywords
+        self.highestmodseq = other.highestmodseq
+        self.uidnext = other.uidnext
+        self.told_recent = other.told_recent
 
     # -- sequence sets ----------------------------------------------------------------
 

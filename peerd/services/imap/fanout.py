@@ -21,7 +21,10 @@ shares the work per mailbox (by its uniqueid):
   and this one claims nothing, otherwise it claims what is left.
 
 Only IDLE's wake-ups share (:mod:`peerd.services.imap.idle`): a command's
-own report reads for itself, so a session always sees its own writes.
+own report reads for itself, so a session always sees its own writes. The
+sessions still parked in IDLE when a change comes do not come here: the
+server tells them all in one go (:mod:`peerd.services.imap.wakeup`); this
+is for the sessions woken instead (busy, or their client slow to read).
 """
 
 from __future__ import annotations

@@ -11,11 +11,11 @@ the wait too.
 An idle session costs no work while nothing happens: it polls nothing, and
 waits on one read of its socket (kept across wake-ups) and one future, not
 on tasks made per wait. While it waits it is *parked*: when its mailbox
-changes, the server's fan-out
-(:meth:`peerd.services.imap.server.ImapServer.on_change`) reads the mailbox
-once for every parked session of it, claims the new ``\\Recent`` UIDs once,
-and writes each session's untagged responses (its own core decides them)
-straight to its socket, without waking its task. A session that is not
+changes, the server's wake-up (:mod:`peerd.services.imap.wakeup`) reads
+every changed mailbox once for all its parked sessions, claims the new
+``\\Recent`` UIDs in one write, and writes each session's untagged
+responses (its own core decides them; sessions in the same state share
+them) straight to its socket, without waking its task. A session that is not
 parked (it is reading the mailbox, or its client is slow to read) is woken
 instead and reports for itself, sharing the read and the claim of the
 sessions woken with it (:mod:`peerd.services.imap.fanout`).

@@ -10,7 +10,8 @@ session, and a move of an account to the other node can end its sessions
 with ``* BYE [UNAVAILABLE]``. It also holds what sessions share: the
 STARTTLS context, the cache of message structures FETCH renders, the cache
 of sort records SORT and THREAD read, and the reads that sessions woken
-together share (:mod:`peerd.services.imap.fanout`).
+together share (:mod:`peerd.services.imap.fanout`). The sessions parked in
+IDLE on a changed mailbox are told by :mod:`peerd.services.imap.wakeup`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from peerd.protocols.imap.fetchreply import StructureCache
 from peerd.protocols.imap.responses import CODE_UNAVAILABLE, untagged_status
 from peerd.protocols.imap.sort import RecordCache
 from peerd.services.gate import ConnectionGate, Refused
+from peerd.services.imap import wakeup
 from peerd.services.imap.fanout import Fanout
 from peerd.services.imap.handlers import HANDLERS
 from peerd.services.imap.session import Handler, Session
@@ -34,10 +36,6 @@ from peerd.services.imap.session import Handler, Session
 __all__ = ["ImapServer", "start_imap"]
 
 log = logging.getLogger("peerd.services.imap")
-
-# A parked session whose client has this much unread is woken instead of
-# written to: its own task then waits for the client (drain).
-_PUSH_BUFFER = 64 << 10
 
 
 class ImapServer:
@@ -75,56 +73,10 @@ class ImapServer:
                     parked.setdefault(selection.uniqueid, []).append(session)
                 else:
                     session.changed(touched)
-        for uniqueid, sessions in parked.items():
-            task = asyncio.ensure_future(self._push(uniqueid, sessions))
+        if parked:
+            task = asyncio.ensure_future(wakeup.tell(self.node, parked))
             self._pushes.add(task)
             task.add_done_callback(self._pushes.discard)
-
-    async def _push(self, uniqueid: str, sessions: list[Session]) -> None:
-        """Tell the parked IDLE sessions of one mailbox what changed: one read,
-        one \\Recent claim, each session's responses written to its socket."""
-        first = sessions[0]
-        selection = first.selection
-        try:
-            if selection is None:
-                raise LookupError(uniqueid)
-            mailbox_id = selection.mailbox_id
-            mail = selection.mail
-            fresh = await self.fanout.snapshot(uniqueid, lambda: mail.snapshot_of(mailbox_id))
-            claimer = next(
-                (
-                    s
-                    for s in sessions
-                    if s.selection and s.selection.box.needs_claim(fresh, fresh.recentuid)
-                ),
-                None,
-            )
-            if claimer is not None:
-                claimed = await self.fanout.claim(
-                    uniqueid, fresh.uidnext - 1, lambda: mail.claim_recent(mailbox_id)
-                )
-        except Exception:
-            # Let each session read for itself (and meet the error itself).
-            for session in sessions:
-                session.changed({uniqueid})
-            return
-        for session in sessions:
-            selection = session.selection
-            if selection is None or selection.uniqueid != uniqueid:
-                session.changed({uniqueid})
-                continue
-            box = selection.box
-            if session is claimer:
-                box.claimed(*claimed)  # \Recent is its, whether written here or not
-            writer = session.writer
-            if not session.parked or writer.transport.get_write_buffer_size() > _PUSH_BUFFER:
-                session.changed({uniqueid})
-                continue
-            if fresh.highestmodseq < box.highestmodseq:
-                continue  # it was told something newer already
-            out = box.update(fresh, expunges=True)
-            if out:
-                writer.write(out)
 
     def enter(self, session: Session) -> None:
         """A session logged in (as ``session.account``)."""
