@@ -96,11 +96,14 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, *, immediate: bool = False) -> Engine:
+def make_engine(url: str, *, immediate: bool = False, autocheckpoint: bool = True) -> Engine:
     """Build an engine for ``url``.
 
     ``immediate`` makes every SQLite transaction ``BEGIN IMMEDIATE``: use it for
     the engine that writes, so a write lock is taken up front.
+    ``autocheckpoint`` False: its commits never copy the WAL back into the
+    database file (``wal_autocheckpoint=0``); the caller checkpoints
+    (:class:`engine.store.Store` does, in a thread of its own).
     """
     url = normalize_url(url)
     if not url.startswith("sqlite"):
@@ -119,6 +122,8 @@ def make_engine(url: str, *, immediate: bool = False) -> Engine:
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        if not autocheckpoint:
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
 
     begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"

@@ -334,15 +334,10 @@ class DeliveryRunner:
         names = sorted({n for op in ops for n in op.recipient.candidates})
         accounts: dict[str, _AccountRow] = {}
         for chunk in _chunks(names):
-            query = select(
-                Account.id,
-                Account.name,
-                Account.quota_limit,
-                Account.quota_used,
-                Account.message_limit,
-            ).where(Account.name.in_(chunk))
-            for row in session.execute(query):
-                accounts[row.name] = _AccountRow(*row)
+            # On the DB-API cursor, as the folders below: building and
+            # compiling the ORM select was a tenth of a lone delivery's CPU.
+            for row in fastsql.select_in(session, _accounts_named, chunk):
+                accounts[row[1]] = _AccountRow(*row)
         for account in accounts.values():
             if account.message_limit is not None:
                 account.messages = live_messages(session, account.id)

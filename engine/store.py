@@ -31,6 +31,20 @@ walker's: large, and due at no particular moment) waits while a
 :meth:`Store.quiet` section is open, so a short critical section (a move's
 cut-over, with writes held) does not queue behind one of them.
 
+A write may *ride* (``Store.write(..., ride=seconds)``): it starts no
+commit of its own for up to that long, and joins the next batch another
+write starts. The background walkers' derived rows (the parse walker's) ride
+on the deliveries' commits, so a stream of deliveries does not get one more
+commit and WAL flush of theirs between each two of its own.
+
+On SQLite the writer's connections never checkpoint (``wal_autocheckpoint=0``):
+a thread of the store copies the WAL back into the database file every
+:data:`CHECKPOINT_COMMITS` commits or after :data:`CHECKPOINT_IDLE` seconds
+(SQLite's PASSIVE checkpoint, which neither waits for nor blocks the
+commits). Left to SQLite, the commit that crossed 1,000 WAL pages did it:
+megabytes written and the database file fsynced before that batch's writers
+heard of their commit.
+
 After a commit, listeners get the list of :class:`~engine.synclog.Change`
 the batch made (the rolling replication worker and IMAP IDLE use it), on the
 event loop that started the store.
@@ -43,7 +57,9 @@ import concurrent.futures
 import contextlib
 import logging
 import queue
+import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +83,10 @@ GroupRunner = Callable[[Session, list[Any]], list[Any]]
 log = logging.getLogger("peerd.store")
 
 BATCH_MAX = 512
+# SQLite: the checkpointer copies the WAL into the database file after this
+# many commits, or after CHECKPOINT_IDLE seconds with any (see Store.checkpoint).
+CHECKPOINT_COMMITS = 200
+CHECKPOINT_IDLE = 1.0
 
 
 @dataclass(slots=True)
@@ -83,6 +103,9 @@ class _Item:
     waiter: asyncio.Future[Any] | None = None
     # Runs in a batch of its own: no other write's SQL, no spool flush beside it.
     alone: bool = False
+    # A rider (Store.write's ``ride``): the time.monotonic() by which it
+    # commits even if no other write came to share its commit; None: now.
+    due: float | None = None
 
 
 @dataclass(slots=True)
@@ -118,6 +141,10 @@ def _unused(session: Session) -> None:
     raise AssertionError("a grouped write has no fn of its own")
 
 
+# What Store._take returns when a rider has waited its time.
+_DUE = _Item(_unused, concurrent.futures.Future(), frozenset(), False)
+
+
 class Store:
     """The mail store of one node."""
 
@@ -130,7 +157,7 @@ class Store:
         self.url = url
         self.data_dir = Path(data_dir)
         self.spool = Spool(self.data_dir / "spool", clean=owner, flush=flush)
-        self.engine: Engine = make_engine(url, immediate=True)
+        self.engine: Engine = make_engine(url, immediate=True, autocheckpoint=False)
         self.read_engine: Engine = make_engine(url)
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._readers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="store-read")
@@ -149,6 +176,18 @@ class Store:
         self.chain = False
         self.stats = _Stats()
         self._thread.start()
+        # SQLite: commits do not checkpoint (a checkpoint in the commit path
+        # writes up to 4 MB back and fsyncs the database file before the
+        # batch's writers hear of their commit); this thread does.
+        self._since_checkpoint = 0
+        self._checkpoint_due = threading.Event()
+        self._checkpoints_stop = False
+        self._checkpointer: threading.Thread | None = None
+        if self.engine.dialect.name == "sqlite":
+            self._checkpointer = threading.Thread(
+                target=self._checkpoints, name="store-checkpoint", daemon=True
+            )
+            self._checkpointer.start()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -170,6 +209,10 @@ class Store:
         self._closed = True
         self._queue.put(None)
         self._thread.join()
+        if self._checkpointer is not None:
+            self._checkpoints_stop = True
+            self._checkpoint_due.set()
+            self._checkpointer.join()
         self._flusher.shutdown(wait=True)
         self._readers.shutdown(wait=True)
         self.spool.close()
@@ -201,18 +244,25 @@ class Store:
         staged: Iterable[Staged] = (),
         alone: bool = False,
         background: bool = False,
+        ride: float | None = None,
     ) -> T:
         """Run ``fn`` in the next group commit. ``staged`` spool files are made
         durable and visible (one flush for the whole batch) before it commits.
         ``alone``: in a transaction of its own, between two batches (the spool
         sweep's check and unlink must not interleave with another write).
-        ``background``: not queued while a :meth:`quiet` section is open."""
+        ``background``: not queued while a :meth:`quiet` section is open.
+        ``ride``: the write starts no commit of its own for up to that many
+        seconds; it joins the next batch another write starts (a rider: the
+        background walkers' derived rows, which need no flush of their own
+        beside every delivery's)."""
         while background and self._quiet:
             await self._loud.wait()
         if self._closed:
             raise TemporaryFailure("the store is shutting down")
         item = _Item(fn, concurrent.futures.Future(), frozenset(dirs), replaying, tuple(staged))
         item.alone = alone
+        if ride is not None and not alone:
+            item.due = time.monotonic() + ride
         result: T = await self._wait(item)
         return result
 
@@ -285,29 +335,61 @@ class Store:
     def _run(self) -> None:
         stopping = False
         held: _Item | None = None  # a write that waits for a batch of its own
+        riders: list[_Item] = []  # writes that wait to share another's commit
         while not stopping:
-            first = held if held is not None else self._queue.get()
+            first = held if held is not None else self._take(riders)
             held = None
             if first is None:
-                break
-            batch = [first]
-            while not first.alone and len(batch) < BATCH_MAX:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
+                stopping = True
+            if first is None or first is _DUE:
+                # Stopping, or a rider waited long enough: the riders commit alone.
+                batch, riders = riders, []
+                if not batch:
                     break
-                if item is None:
-                    stopping = True
-                    break
-                if item.alone:
-                    held = item
-                    break
-                batch.append(item)
+            else:
+                batch = [first]
+                if not first.alone:
+                    # The riders go first: they were asked for before it.
+                    batch, riders = [*riders, first], []
+                while not first.alone and len(batch) < BATCH_MAX:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        stopping = True
+                        break
+                    if item.alone:
+                        held = item
+                        break
+                    batch.append(item)
             self._committing = True
             try:
                 self._commit(batch)
             finally:
                 self._committing = False
+        if riders:  # asked for after the stop (close() waits for nothing else)
+            self._commit(riders)
+
+    def _take(self, riders: list[_Item]) -> _Item | None:
+        """The next write that starts a batch (None: stop); a rider is kept in
+        ``riders`` instead, and :data:`_DUE` comes back once one of them has
+        waited its time."""
+        while True:
+            if riders:
+                wait = min(r.due or 0.0 for r in riders) - time.monotonic()
+                if wait <= 0:
+                    return _DUE
+                try:
+                    item = self._queue.get(timeout=wait)
+                except queue.Empty:
+                    return _DUE
+            else:
+                item = self._queue.get()
+            if item is not None and item.due is not None:
+                riders.append(item)
+                continue
+            return item
 
     def busy(self) -> bool:
         """Whether a write is queued or committing now (a hint: it may change
@@ -379,11 +461,45 @@ class Store:
             self._settle([(item, False, error) for item in batch if not item.future.done()])
             return
         self.stats.batches += 1
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= CHECKPOINT_COMMITS:
+            self._checkpoint_due.set()
         self.stats.writes += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
         self._settle([(item, ok, value) for item, (ok, value) in zip(batch, outcomes, strict=True)])
         if changes and self._listeners:
             self._emit(changes)
+
+    # -- the checkpointer (SQLite) --------------------------------------------
+
+    def _checkpoints(self) -> None:
+        while True:
+            self._checkpoint_due.wait(CHECKPOINT_IDLE)
+            self._checkpoint_due.clear()
+            if self._checkpoints_stop:
+                return  # the last connection's close checkpoints what is left
+            if self._since_checkpoint:
+                self._since_checkpoint = 0
+                self.checkpoint()
+
+    def checkpoint(self) -> tuple[int, int, int] | None:
+        """Copy what the WAL holds into the database file (SQLite's PASSIVE
+        checkpoint: it never waits for the writer or the readers, and the
+        commits go on beside it). Returns SQLite's (busy, frames in the WAL,
+        frames copied), or None when it failed (it is tried again later)."""
+        try:
+            raw = self.engine.raw_connection()
+            try:
+                cursor = raw.cursor()
+                row = cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                cursor.close()
+            finally:
+                raw.close()
+        except (sqlite3.Error, DBAPIError, OSError) as exc:
+            log.warning("WAL checkpoint failed (tried again later): %s", exc)
+            return None
+        self.stats.extra["checkpoints"] = self.stats.extra.get("checkpoints", 0) + 1
+        return (int(row[0]), int(row[1]), int(row[2])) if row is not None else None
 
     def _settle(self, outcomes: list[tuple[_Item, bool, Any]]) -> None:
         """Set each write's outcome; async waiters get theirs with one call per loop."""

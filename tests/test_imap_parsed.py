@@ -18,6 +18,7 @@ import imaplib
 import shutil
 import smtplib
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -330,3 +331,28 @@ def test_a_session_sorts_again_after_mail_comes_goes_or_changes_flags(tmp_path: 
             client.logout()
     finally:
         node.stop()
+
+
+def test_the_walkers_rows_ride_on_the_deliveries_commits(tmp_path: Path) -> None:
+    """Mail delivered one message at a time: the parse walker's rows join the
+    next delivery's commit (a write that rides) instead of a commit, and a
+    WAL flush, of their own after each delivery."""
+    node = make_single(tmp_path)
+    node.start()
+    try:
+        node.add_account(ACCOUNT)
+        count = 30
+        before = node.call("GET", "/v1/status")["store"]
+        with smtplib.LMTP("127.0.0.1", node.ports["lmtp"]) as client:
+            for n in range(count):
+                data = plain(1000 + n, f"ride {n}", "Mon, 1 Dec 2025 10:00:00 +0000", sender="a@x")
+                client.sendmail("a@x", [f"{ACCOUNT}@example.test"], data)
+                time.sleep(0.04)  # the walker parses each one before the next comes
+        wait_until(lambda: parsed_everything(node), 30, "the parse walker")
+        after = node.call("GET", "/v1/status")["store"]
+    finally:
+        node.stop()
+    writes = after["writes"] - before["writes"]
+    commits = after["batches"] - before["batches"]
+    # Writes that shared another's commit: the walker's, one a walk.
+    assert writes - commits >= count // 2, (writes, commits)

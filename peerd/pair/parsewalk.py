@@ -11,9 +11,12 @@ store reports a commit (a delivery, an APPEND, a sync applied: the commit
 that added the record wakes it) and every :data:`POLL` seconds (LMTP worker
 processes write records this daemon's store hears nothing about), and once
 from the first row at start-up, so a store upgraded from before
-``0012_sortcache``, or one whose parser version changed, is filled. Each walk
-starts :data:`RESCAN` ids below the mark: on PostgreSQL two transactions may
-commit out of ``id`` order.
+``0012_sortcache``, or one whose parser version changed, is filled. A walk
+starts :data:`RESCAN` ids below the mark at most once every :data:`POLL`
+seconds (the others start at the mark): on PostgreSQL two transactions may
+commit out of ``id`` order. Its writes ride (``Store.write``'s ``ride``): they
+join the next commit another write starts, so a stream of deliveries gets no
+commit (and no WAL flush) of the walker's between each two of its own.
 
 Nothing is parsed inside a delivery's transaction: parsing is CPU work the
 group committer must not wait for, and the same walk covers every way a
@@ -29,6 +32,7 @@ yet is parsed from its bytes at request time, with the same answer.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final
@@ -39,12 +43,13 @@ from peerd.node.node import Node
 from peerd.pair.walker import Walker
 from peerd.protocols.imap.parsed import PARSE_VERSION, parse_message
 
-__all__ = ["POLL", "RESCAN", "ParseWalker"]
+__all__ = ["POLL", "RESCAN", "RIDE", "ParseWalker"]
 
 log = logging.getLogger("peerd.pair.parsewalk")
 
 POLL: Final = 1.0  # seconds between two walks when nothing wakes the walker
-RESCAN: Final = 1000  # ids below the mark each walk looks at again
+RESCAN: Final = 1000  # ids below the mark a walk looks at again (at most once a POLL)
+RIDE: Final = 0.5  # seconds a write of parsed rows waits to share another write's commit
 BATCH: Final = 200  # messages parsed and stored per write
 PAGE: Final = 1000  # messages rows looked at per read
 
@@ -67,6 +72,7 @@ class ParseWalker(Walker):
     def __init__(self, node: Node) -> None:
         super().__init__(node)
         self.counters = _Counters()
+        self._rescanned = float("-inf")  # when a walk last started RESCAN ids below the mark
 
     def _parse(self, guids: list[str]) -> tuple[list[parsed.Row], int]:
         """Read and parse, in a worker thread. A GUID whose bytes cannot be
@@ -93,7 +99,13 @@ class ParseWalker(Walker):
         store = self.node.store
         async with self.lock:
             self.counters.walks += 1
-            after = max(0, self.mark - RESCAN)
+            after = self.mark
+            now = time.monotonic()
+            if now - self._rescanned >= POLL:
+                # At most once a POLL: a walk woken by every commit (each
+                # delivery, each sync a replica applies) starts at the mark.
+                after = max(0, self.mark - RESCAN)
+                self._rescanned = now
             while True:
                 found = await store.read(
                     partial(parsed.pending, version=PARSE_VERSION, after=after, limit=PAGE)
@@ -104,7 +116,11 @@ class ParseWalker(Walker):
                         partial(self._parse, guids[i : i + BATCH])
                     )
                     if rows:
-                        await store.write(partial(parsed.put, rows=rows), background=True)
+                        # Derived rows: they ride on the next commit (the
+                        # delivery that comes next), not one of their own.
+                        await store.write(
+                            partial(parsed.put, rows=rows), background=True, ride=RIDE
+                        )
                     done += len(rows)
                     self.counters.parsed += len(rows)
                     self.counters.missing += lost

@@ -60,12 +60,13 @@ class Walker:
 
     async def _run(self) -> None:
         while True:
+            # Cleared before the walk: a commit during it wakes the next one.
+            self.wake.clear()
             try:
                 await self.catch_up()
             except EngineError as exc:  # the database is busy or down: next time
                 self.log.warning("%s failed: %s", self.doing, exc.message)
             except Exception:
                 self.log.exception("%s failed; trying again", self.doing)
-            self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), self.poll)

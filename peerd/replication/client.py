@@ -589,16 +589,27 @@ class SyncClient:
 
         def plan(
             session: Session,
-        ) -> tuple[OwnershipView | None, list[tuple[int, int]], Delta | None]:
+        ) -> tuple[
+            OwnershipView | None, list[tuple[int, int]], Delta | None, list[tuple[str, bytes]]
+        ]:
             row = ownership_table.get(session, account)
             pending = synclog.pending(session, [account], self.channel)
+            delta = owner_delta(session, account, mark)
+            # The new messages' bytes in the same trip to a reader thread:
+            # each hand-off between the loop and a thread is latency here.
+            frames = (
+                [(g, store.spool.read(g)) for g in delta.upload]
+                if delta is not None and not delta.push.empty
+                else []
+            )
             return (
                 row_view(row) if row is not None else None,
                 pending[0].rows if pending else [],
-                owner_delta(session, account, mark),
+                delta,
+                frames,
             )
 
-        own_row, rows, delta = await store.read(plan)
+        own_row, rows, delta, frames = await store.read(plan)
         if (
             delta is None
             or own_row is None
@@ -607,9 +618,6 @@ class SyncClient:
         ):
             return False
         if not delta.push.empty:
-            frames = await store.run_blocking(
-                lambda: [(g, store.spool.read(g)) for g in delta.upload]
-            )
             control = {
                 "account": account,
                 "ownership": self.wire_row(own_row),
