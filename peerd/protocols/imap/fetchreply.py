@@ -240,6 +240,10 @@ _CODES: Final[dict[FetchAtt, int]] = {
 }
 
 
+_WHOLE: Final = -1  # a whole-message literal (partial or not)
+_SECTION: Final = -2  # any other item that needs the octets
+
+
 class FetchRenderer:
     """The FETCH responses for ``items``, message by message, as
     :func:`render_fetch` (``span_from`` None) or :func:`render_fetch_segments`
@@ -256,19 +260,23 @@ class FetchRenderer:
         "_format",
         "_found",
         "_items",
-        "_names",
         "_span_from",
         "_structured",
+        "_wholes",
     )
 
     def __init__(self, items: Iterable[FetchAtt], *, span_from: int | None = None) -> None:
         self._items = tuple(items)
         self._span_from = span_from
         self._structured = any(att in _STRUCTURE_ITEMS for att in self._items)
-        # The name before each whole-message literal (RFC 3501 7.4.2).
-        self._names = {
-            att: b"RFC822" if att is Item.RFC822 else response_name(att)
-            for att in self._items
+        # The name before each whole-message literal (RFC 3501 7.4.2) and its
+        # <origin.length>, by the item's place.
+        self._wholes = {
+            i: (
+                b"RFC822" if att is Item.RFC822 else response_name(att),
+                att.partial if isinstance(att, BodySection) else None,
+            )
+            for i, att in enumerate(self._items)
             if whole_message(att)
         }
         self._flags: dict[str, bytes] = {}
@@ -286,7 +294,10 @@ class FetchRenderer:
             self._format = b"* %d FETCH (" + b" ".join(fields) + b")\r\n"
         # Each item as a small number for the format's loop (an Enum member
         # is slower to look up and compare, 10,000 times a FETCH).
-        self._codes = tuple(_CODES.get(att, -1) for att in self._items)
+        self._codes = tuple(
+            _CODES.get(att, _WHOLE if i in self._wholes else _SECTION)
+            for i, att in enumerate(self._items)
+        )
 
     def prefetch(self, guids: Iterable[str], structures: StructureCache) -> None:
         """Look up the held structures of the messages about to be rendered
@@ -346,28 +357,35 @@ class FetchRenderer:
         held = 0
         raw: bytes | None = None
         text: list[bytes] = [b"* %d FETCH (" % seq]
-        for i, att in enumerate(self._items):
+        for i, (att, code) in enumerate(zip(self._items, self._codes, strict=True)):
             if i:
                 text.append(b" ")
-            if att in _RECORD_FIELDS or att in _STRUCTURE_ITEMS:
+            if code >= 0:
                 text.append(self._field(att, record, found))
-            elif att in self._names:
+            elif code == _WHOLE:
+                name, partial = self._wholes[i]
                 span_from = self._span_from
-                span = _whole_span(att, record, span_from) if span_from is not None else None
-                if span is not None:
-                    text.append(span[0])
-                    out.append(b"".join(text))
-                    out.append(span[1])
-                    text = []
-                    continue
+                if span_from is not None:
+                    # As _whole_span: the range of the record's size it names.
+                    size = record.size
+                    first, end = 0, size
+                    if partial is not None:
+                        first = min(partial[0], size)
+                        end = min(size, partial[0] + partial[1])
+                    count = max(0, end - first)
+                    if count >= span_from:
+                        text.append(name + b" {%d}\r\n" % count)
+                        out.append(b"".join(text))
+                        out.append(Span(record.guid, size, first, count))
+                        text = []
+                        continue
                 if raw is None:
                     raw = reader(record.guid)
                 data = raw
-                if isinstance(att, BodySection) and att.partial is not None:
+                if partial is not None:
                     # RFC 3501 6.4.5: <origin.length>; past the end is an empty string.
-                    origin, length = att.partial
-                    data = raw[origin : origin + length]
-                text.append(self._names[att] + b" {%d}\r\n" % len(data))
+                    data = raw[partial[0] : partial[0] + partial[1]]
+                text.append(name + b" {%d}\r\n" % len(data))
                 out.append(b"".join(text))
                 out.append(data)
                 held += len(data)
