@@ -4,14 +4,16 @@ How this works: the core plans the answer
 (:meth:`~peerd.protocols.imap.selected.Selected.plan_fetch`: items, messages,
 which to mark ``\\Seen`` first, whether VANISHED (EARLIER) goes before). The
 handler reads the tombstones VANISHED needs, makes the ``\\Seen`` write, then
-renders the responses (:func:`~peerd.protocols.imap.fetchreply.render_fetch`)
+renders the responses (:class:`~peerd.protocols.imap.fetchreply.FetchRenderer`)
 off the event loop in groups (ENVELOPE, BODYSTRUCTURE and BODY from the
 server's structure cache, filled before each group from what the store keeps
 of each message, :mod:`engine.parsed`, so no message is parsed per fetch): one thread hop per group, not per message, and
-one large write per group. A group ends at :data:`_FETCH_GROUP` messages or
-once it holds :data:`_FETCH_BYTES`, and the next is rendered only when the
-socket has taken the last (write, then drain): a client that does not read
-holds at most about one group in the daemon, however large the mailbox.
+one large write per group. A group ends at :data:`_FETCH_GROUP` messages
+(:data:`_RECORDS_GROUP` when no item needs the messages' octets) or once it
+holds :data:`_FETCH_BYTES`; the next group is rendered while the last is
+written, and the one after only once the socket has taken the last (write,
+then drain): a client that does not read holds at most about two groups in
+the daemon, however large the mailbox.
 A message whose bytes cannot be read is left out and the tagged answer says
 why (:func:`unreadable_reply`).
 
@@ -53,7 +55,7 @@ from peerd.protocols.imap.sequence import SequenceSet
 from peerd.services.imap.access import selected_rights
 from peerd.services.imap.session import Closed, Handler, Reply, Session
 
-__all__ = ["HANDLERS", "Opener", "Sendable", "render_group"]
+__all__ = ["HANDLERS", "Opener", "Sendable", "group_size", "render_group"]
 
 log = logging.getLogger("peerd.services.imap")
 
@@ -61,6 +63,13 @@ log = logging.getLogger("peerd.services.imap")
 # it holds this many bytes, per thread hop and per socket write.
 _FETCH_GROUP: Final = 256
 _FETCH_BYTES: Final = 1 << 20
+# ... and this many when no item needs the messages' octets (FLAGS, ENVELOPE,
+# BODYSTRUCTURE...): fewer thread hops, each a wait for a CPU on a busy host.
+_RECORDS_GROUP: Final = 2048
+# The items answered from the record and the stored structures alone.
+_NO_OCTETS: Final = frozenset(
+    {Item.UID, Item.FLAGS, Item.INTERNALDATE, Item.RFC822_SIZE, Item.MODSEQ}
+)
 # A whole-message literal of at least this many octets is sent from its file.
 _SPAN_FROM: Final = 64 << 10
 
@@ -104,18 +113,26 @@ async def fetch(session: Session, cmd: c.Fetch) -> Reply:
     opener = mail.opener if any(whole_message(att) for att in plan.items) else None
     structured = any(att in _STRUCTURES for att in plan.items)
     targets = plan.targets
+    count = group_size(plan.items)
 
     async def render(start: int) -> tuple[list[bytes | Sendable], list[int], int]:
         if structured:
             # The structures stored when the messages were, for those of the
             # group not held in memory: only what is not stored is parsed.
-            group = targets[start : start + _FETCH_GROUP]
+            group = targets[start : start + count]
             missing = structures.missing(record.guid for _, record in group)
             if missing:
                 structures.put_many(await mail.stored_structures(missing))
         return await mail.run_blocking(
             partial(
-                render_group, targets, start, plan.items, mail.cached_reader, structures, opener
+                render_group,
+                targets,
+                start,
+                plan.items,
+                mail.cached_reader,
+                structures,
+                opener,
+                count=count,
             )
         )
 
@@ -195,8 +212,11 @@ def render_group(
     reader: Reader,
     structures: StructureCache,
     opener: Opener | None = None,
+    *,
+    count: int = _FETCH_GROUP,
 ) -> tuple[list[bytes | Sendable], list[int], int]:
-    """The FETCH responses of the group that begins at ``targets[start]``, the
+    """The FETCH responses of the group that begins at ``targets[start]`` (at
+    most ``count`` messages, :func:`group_size`), the
     UIDs whose bytes could not be read (missing or not matching their GUID:
     never served; those are left out), and where the next group begins.
     With ``opener``, large whole-message literals are :class:`Sendable`
@@ -206,7 +226,7 @@ def render_group(
     unreadable: list[int] = []
     size = 0
     end = start
-    group = targets[start : start + _FETCH_GROUP]
+    group = targets[start : start + count]
     renderer.prefetch((record.guid for _, record in group), structures)
     try:
         for seq, record in group:
@@ -234,6 +254,13 @@ def render_group(
     if opener is None:  # octets only
         return [b"".join(cast(list[bytes], out))], unreadable, end
     return _joined(out), unreadable, end
+
+
+def group_size(items: Sequence[FetchAtt]) -> int:
+    """How many messages a group of this FETCH holds at most."""
+    if all(att in _NO_OCTETS or att in _STRUCTURES for att in items):
+        return _RECORDS_GROUP
+    return _FETCH_GROUP
 
 
 def _open_spans(
