@@ -10,7 +10,12 @@ printed: SELECT, UID FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE), UID FETCH
 1:* (BODYSTRUCTURE), UID FETCH 1:* BODY.PEEK[] (MB/s), UID SEARCH TEXT word,
 UID SEARCH BODY word, UID SORT by ARRIVAL, DATE, SUBJECT and FROM and UID
 THREAD REFERENCES (each with its first run, peerd's from the sort keys its
-parse walker stored, and whether both servers gave the same answer). peerd answers SEARCH TEXT/BODY from its full-text
+parse walker stored, and whether both servers gave the same answer; for
+BODY.PEEK[], whether both gave the same octets). SELECT and the FETCH rows
+are also timed on the bare socket (the command written, the answer read up
+to its tagged line, not parsed): imaplib's parsing of 10,000 FETCH responses
+costs as much as a server's answer, the same for both servers, and the raw
+line shows the servers without it. peerd answers SEARCH TEXT/BODY from its full-text
 index: after the node starts, the benchmark waits until the indexer has
 indexed every message (``GET /v1/index``) and prints how long that took.
 Dovecot comes from Debian's packages (installed if missing) and runs from a
@@ -153,6 +158,31 @@ def timed(client: imaplib.IMAP4, fn: Callable[[imaplib.IMAP4], Any]) -> tuple[fl
     return time.perf_counter() - started, result
 
 
+def raw_timed(client: imaplib.IMAP4, command: str) -> float:
+    """``command`` sent on the client's socket and its answer read up to the
+    tagged line, unparsed: the server's time without imaplib's parsing (which
+    takes as long for both servers and, for 10,000 FETCH responses, about as
+    long as the server)."""
+    sock = client.socket()
+    tag = b"raw%d" % time.perf_counter_ns()
+    end = b"\r\n" + tag + b" "
+    started = time.perf_counter()
+    sock.sendall(tag + b" " + command.encode() + b"\r\n")
+    tail = b"\r\n"
+    while True:
+        data = sock.recv(1 << 20)
+        if not data:
+            raise ConnectionError("the server closed the connection")
+        tail = (tail + data)[-4096:]
+        cut = tail.rfind(end)
+        if cut >= 0 and tail.endswith(b"\r\n") and b"\r\n" not in tail[cut + len(end) : -2]:
+            return time.perf_counter() - started
+
+
+def literals(answer: Any) -> list[bytes]:
+    return [item[1] for item in answer[1] if isinstance(item, tuple)]
+
+
 def indexed(node: Node) -> bool:
     """Whether the node's full-text index holds every message's text."""
     found = node.call("GET", "/v1/index")
@@ -171,7 +201,14 @@ def main() -> None:
         default="",
         help="comma-separated words; time only the operations whose name holds one",
     )
-    parser.add_argument("--py-spy", dest="py_spy", type=Path, default=None)
+    parser.add_argument(
+        "--py-spy",
+        dest="py_spy",
+        type=Path,
+        default=None,
+        help="record the daemon with py-spy (raw format), one file per operation: "
+        "PATH with the operation's number before its suffix",
+    )
     args = parser.parse_args()
     payloads = messages(args.messages, "bench@example.test")
     # One word in about 6% of the messages, as in the anchors' search figure.
@@ -180,6 +217,12 @@ def main() -> None:
         for i, p in enumerate(payloads)
     ]
     total = sum(len(p) for p in payloads)
+    fetched = {
+        "SELECT": "SELECT INBOX",
+        "UID FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE)": "UID FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE)",
+        "UID FETCH 1:* (BODYSTRUCTURE)": "UID FETCH 1:* (BODYSTRUCTURE)",
+        "UID FETCH 1:* BODY.PEEK[]": "UID FETCH 1:* BODY.PEEK[]",
+    }
     operations: list[tuple[str, Callable[[imaplib.IMAP4], Any]]] = [
         ("SELECT", lambda c: c.select("INBOX")),
         (
@@ -239,7 +282,6 @@ def main() -> None:
             for name, fn in operations:
                 if name != "SELECT":
                     first[name] = (timed(peer, fn)[0], timed(dove, fn)[0])
-            spy = spy_on(args.py_spy, node.pid)
             print(
                 f"{args.messages} messages, {total / 1e6:.1f} MB; warm caches; imaplib on loopback; "
                 f"median of {args.repeat}"
@@ -247,13 +289,25 @@ def main() -> None:
             print(
                 f"{'operation':48} {'peerd':>10} {'Dovecot':>10} {'peerd time / Dovecot time':>7}"
             )
-            for name, fn in operations:
+            for number, (name, fn) in enumerate(operations, 1):
+                spy = None
+                if args.py_spy is not None:
+                    path = args.py_spy
+                    spy = spy_on(path.with_name(f"{path.stem}-{number}{path.suffix}"), node.pid)
                 peerd_runs, dove_runs = [], []
                 for _ in range(args.repeat):
                     peerd_runs.append(timed(peer, fn))
                     dove_runs.append(timed(dove, fn))
                 peerd_s, peerd_result = sorted(peerd_runs, key=lambda r: r[0])[args.repeat // 2]
                 dove_s, dove_result = sorted(dove_runs, key=lambda r: r[0])[args.repeat // 2]
+                raw: tuple[float, float] | None = None
+                if name in fetched:
+                    peerd_raw, dove_raw = [], []
+                    for _ in range(args.repeat):
+                        peerd_raw.append(raw_timed(peer, fetched[name]))
+                        dove_raw.append(raw_timed(dove, fetched[name]))
+                    raw = (sorted(peerd_raw)[args.repeat // 2], sorted(dove_raw)[args.repeat // 2])
+                unspy(spy)
                 cold = first.get(name)
                 if name.startswith(("UID SORT", "UID THREAD")):
                     same = peerd_result[1] == dove_result[1]
@@ -262,12 +316,19 @@ def main() -> None:
                     hits = (len(peerd_result[1][0].split()), len(dove_result[1][0].split()))
                     name = f"{name} ({hits[0]}/{hits[1]} hits)"
                 if "BODY.PEEK" in name:
+                    same = literals(peerd_result) == literals(dove_result)
+                    name = f"{name} ({'same octets' if same else 'octets differ'})"
                     print(
                         f"{name:48} {total / peerd_s / 1e6:7.0f} MB/s {total / dove_s / 1e6:6.0f} MB/s {peerd_s / dove_s:6.2f}x"
                     )
                 else:
                     print(
                         f"{name:48} {peerd_s * 1000:8.1f}ms {dove_s * 1000:8.1f}ms {peerd_s / dove_s:6.2f}x"
+                    )
+                if raw is not None:
+                    print(
+                        f"{'  raw socket, answer not parsed':48} {raw[0] * 1000:8.1f}ms "
+                        f"{raw[1] * 1000:8.1f}ms {raw[0] / raw[1]:6.2f}x"
                     )
                 if cold is not None and not name.startswith(
                     ("UID FETCH 1:* BODY.PEEK", "UID SEARCH")
@@ -276,7 +337,6 @@ def main() -> None:
                         f"{'  its first run (the warm-up)':48} {cold[0] * 1000:8.1f}ms "
                         f"{cold[1] * 1000:8.1f}ms {cold[0] / cold[1]:6.2f}x"
                     )
-            unspy(spy)
             peer.logout()
             dove.logout()
         finally:

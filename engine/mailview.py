@@ -102,6 +102,9 @@ class Snapshot:
     records: tuple[Record, ...]
     # The highest UID some session already claimed as \Recent (RFC 3501 2.3.2).
     recentuid: int = 0
+    # The keywords (flags without a backslash) the records hold: found once
+    # when the records are read, not by every session that opens the mailbox.
+    keywords: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,8 +500,8 @@ def _snapshot(session: Session, row: Mailbox) -> Snapshot:
     # The key covers everything a change to the records changes (UIDVALIDITY,
     # highest modseq, last UID, count and content checksum).
     key = (row.uidvalidity, row.highestmodseq, row.last_uid, row.exists, row.checksum)
-    records = _SNAPSHOTS.get(row.id, key)
-    if records is None:
+    cached = _SNAPSHOTS.get(row.id, key)
+    if cached is None:
         rows = session.execute(
             select(
                 Message.uid,
@@ -512,7 +515,9 @@ def _snapshot(session: Session, row: Mailbox) -> Snapshot:
             .order_by(Message.uid)
         )
         records = tuple(Record(*r) for r in rows)
-        _SNAPSHOTS.put(row.id, key, records)
+        cached = (records, keywords_of(records))
+        _SNAPSHOTS.put(row.id, key, *cached)
+    records, keywords = cached
     return Snapshot(
         row.id,
         row.uniqueid,
@@ -522,7 +527,14 @@ def _snapshot(session: Session, row: Mailbox) -> Snapshot:
         row.last_uid + 1,
         records,
         row.recentuid,
+        keywords,
     )
+
+
+def keywords_of(records: Iterable[Record]) -> frozenset[str]:
+    """The keywords ``records`` hold (each distinct flag list split once)."""
+    lists = {r.flags for r in records}
+    return frozenset(f for flags in lists for f in flags.split() if not f.startswith("\\"))
 
 
 class SnapshotCache:
@@ -531,27 +543,38 @@ class SnapshotCache:
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
-        self._entries: OrderedDict[int, tuple[tuple[int, ...], tuple[Record, ...]]] = OrderedDict()
+        self._entries: OrderedDict[
+            int, tuple[tuple[int, ...], tuple[Record, ...], frozenset[str]]
+        ] = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()
 
-    def get(self, mailbox_id: int, key: tuple[int, ...]) -> tuple[Record, ...] | None:
+    def get(
+        self, mailbox_id: int, key: tuple[int, ...]
+    ) -> tuple[tuple[Record, ...], frozenset[str]] | None:
+        """The records and their keywords kept for ``mailbox_id`` at ``key``."""
         with self._lock:
             cached = self._entries.get(mailbox_id)
             if cached is None or cached[0] != key:
                 return None
             self._entries.move_to_end(mailbox_id)
-            return cached[1]
+            return cached[1], cached[2]
 
-    def put(self, mailbox_id: int, key: tuple[int, ...], records: tuple[Record, ...]) -> None:
+    def put(
+        self,
+        mailbox_id: int,
+        key: tuple[int, ...],
+        records: tuple[Record, ...],
+        keywords: frozenset[str],
+    ) -> None:
         with self._lock:
             old = self._entries.pop(mailbox_id, None)
             if old is not None:
                 self._size -= len(old[1])
-            self._entries[mailbox_id] = (key, records)
+            self._entries[mailbox_id] = (key, records, keywords)
             self._size += len(records)
             while self._size > self.budget and len(self._entries) > 1:
-                _, (_, dropped) = self._entries.popitem(last=False)
+                _, (_, dropped, _) = self._entries.popitem(last=False)
                 self._size -= len(dropped)
 
 

@@ -143,3 +143,59 @@ def test_a_file_changed_after_it_was_served_is_not_served_again(lone_node: NodeF
         assert typ == "OK" and [o for _, o in literals(answer)] == stored[1:3]
     finally:
         client.logout()
+
+
+MIXED = (300, 3_000, 50_000, 90_000, 250_000, 60_000)
+
+
+def test_a_fetch_of_mixed_sizes_over_many_groups_gives_each_message_exactly(
+    lone_node: NodeFactory,
+) -> None:
+    # Small messages copied in line, large ones sent from their files, in
+    # groups of about 1 MB rendered while the last is written: every literal
+    # (whole and partial) is the message's own octets, in UID order; a
+    # damaged small file in a later group is left out and told, and the
+    # messages around it are still exact.
+    node = lone_node()
+    node.add_account("bodies")
+    payloads = [big_message(100 + n, MIXED[n % len(MIXED)]) for n in range(72)]
+    with smtplib.LMTP("127.0.0.1", node.port("lmtp"), timeout=30) as lmtp:
+        for data in payloads:
+            lmtp.sendmail("s@example.test", ["bodies@example.test"], data)
+    stored = _stored(node, payloads)
+    # More octets in line than one group holds (1 MiB), besides the partials.
+    assert sum(len(d) for d in stored if len(d) < 64 << 10) > 1 << 20
+    client = imaplib.IMAP4("127.0.0.1", node.port("imap"), timeout=30)
+    try:
+        client.login("bodies", "secret")
+        client.select("INBOX", readonly=True)
+        for _ in range(2):  # hashed, then known to be verified
+            typ, answer = client.uid(
+                "FETCH", "1:*", "(UID BODY.PEEK[] RFC822.SIZE BODY.PEEK[]<100.70000>)"
+            )
+            assert typ == "OK"
+            got = literals(answer)
+            assert len(got) == 2 * len(stored)
+            for uid, data in enumerate(stored, start=1):
+                (head, whole), (_, part) = got[2 * uid - 2], got[2 * uid - 1]
+                assert head.endswith(b"(UID %d BODY[] {%d}" % (uid, len(data)))
+                assert whole == data
+                assert part == data[100:70100]
+        guids = [m["guid"] for m in node.mailbox("bodies")["messages"]]
+        spool = node.workdir / "var" / node.name / "spool"
+        damaged_uid = 62  # a 3,000-octet message past the first groups
+        path = spool / guids[damaged_uid - 1][:2] / guids[damaged_uid - 1]
+        flipped = bytearray(stored[damaged_uid - 1])
+        flipped[-10] ^= 0x01
+        path.write_bytes(bytes(flipped))
+        typ, answer = client.uid("FETCH", "1:*", "BODY.PEEK[]")
+        assert typ == "NO" and b"[SERVERBUG]" in answer[0]
+        assert b"UID %d " % damaged_uid in answer[0]
+        # imaplib keeps the FETCH data of a NO among the untagged responses.
+        served = literals(client.untagged_responses.pop("FETCH"))
+        kept = [(uid, d) for uid, d in enumerate(stored, start=1) if uid != damaged_uid]
+        assert [octets for _, octets in served] == [d for _, d in kept]
+        for (head, _), (uid, data) in zip(served, kept, strict=True):
+            assert head.endswith(b"(UID %d BODY[] {%d}" % (uid, len(data)))
+    finally:
+        client.logout()

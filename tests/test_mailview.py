@@ -62,6 +62,26 @@ def test_a_snapshot_is_shared_until_the_mailbox_changes(alice: Store) -> None:
     assert version == mailview.Version(after.highestmodseq, after.uidnext)
 
 
+def test_a_snapshot_carries_the_keywords_of_its_records(alice: Store) -> None:
+    # Found once with the records (SELECT's FLAGS), kept with them, and
+    # found again when a STORE changes them.
+    box = alice.read_sync(lambda s: mailview.snapshot(s, "alice", "INBOX"))
+    assert box.keywords == frozenset()
+    write(
+        alice,
+        lambda s, a: mailview.store_flags(
+            s, a, box.mailbox_id, [1, 3], ["$Work", "\\Seen"], mode="add"
+        ),
+    )
+    write(
+        alice, lambda s, a: mailview.store_flags(s, a, box.mailbox_id, [2], ["$Later"], mode="add")
+    )
+    after = alice.read_sync(lambda s: mailview.snapshot_of(s, box.mailbox_id))
+    assert after.keywords == {"$Work", "$Later"}
+    again = alice.read_sync(lambda s: mailview.snapshot(s, "alice", "INBOX"))
+    assert again.records is after.records and again.keywords == after.keywords
+
+
 def test_unchangedsince_refuses_records_changed_since(alice: Store) -> None:
     box = alice.read_sync(lambda s: mailview.snapshot(s, "alice", "INBOX"))
     write(alice, lambda s, a: mailview.store_flags(s, a, box.mailbox_id, [1], ["$A"], mode="add"))

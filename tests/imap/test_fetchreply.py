@@ -13,7 +13,14 @@ from dataclasses import dataclass
 import pytest
 
 from peerd.protocols.imap.fetchatt import parse_fetch_atts
-from peerd.protocols.imap.fetchreply import StructureCache, render_fetch
+from peerd.protocols.imap.fetchreply import (
+    FetchRenderer,
+    Segment,
+    Span,
+    StructureCache,
+    render_fetch,
+    render_fetch_segments,
+)
 from peerd.protocols.imap.tokens import tokenize
 
 MESSAGE = (
@@ -133,3 +140,70 @@ def test_the_cache_is_safe_to_share_between_threads(fast_switching: None) -> Non
         thread.join()
     assert errors == []
     assert len(cache) <= 4
+
+
+# Items in every combination a FETCH may mix: from the record, from the
+# structure, whole-message literals (partial or not, past the end) and
+# sections that need the octets parsed.
+_MIXES = (
+    b"(UID FLAGS RFC822.SIZE ENVELOPE)",
+    b"(BODYSTRUCTURE)",
+    b"(UID INTERNALDATE MODSEQ BODY FLAGS BODYSTRUCTURE ENVELOPE)",
+    b"(UID BODY.PEEK[])",
+    b"(BODY.PEEK[]<0.10> UID BODY.PEEK[]<50.100000> RFC822.SIZE BODY.PEEK[]<999999.5>)",
+    b"(RFC822 FLAGS BODY[HEADER.FIELDS (SUBJECT)] BODY.PEEK[TEXT]<1.3> ENVELOPE)",
+    b"(UID RFC822.HEADER RFC822.TEXT BINARY.PEEK[1] BINARY.SIZE[1] BODY.PEEK[1.MIME])",
+)
+
+
+def _bodies() -> list[bytes]:
+    rng = random.Random(5)
+    out = [MESSAGE]
+    for n, size in enumerate((0, 40, 700, 5_000, 70_000)):
+        text = "".join(rng.choice("abcdef \r\n") for _ in range(size)).encode()
+        out.append(b"Subject: m%d\r\nFrom: x@example.org\r\n\r\n%b" % (n, text))
+    return out
+
+
+@pytest.mark.parametrize("mix", _MIXES)
+def test_the_renderer_gives_what_render_fetch_gives(mix: bytes) -> None:
+    # FetchRenderer (many messages of one FETCH) answers byte for byte as
+    # render_fetch, and with span_from as render_fetch_segments: the same
+    # octets, the spans in the same places.
+    bodies = _bodies()
+    by_guid = {f"{n:040x}": data for n, data in enumerate(bodies)}
+    records = [
+        Rec(uid=n + 3, guid=guid, size=len(data), flags=("\\Seen", "", "$A \\Flagged")[n % 3])
+        for n, (guid, data) in enumerate(by_guid.items())
+    ]
+    atts = parse_fetch_atts(tokenize(mix)[0])
+    for span_from in (None, 0, 600, 1 << 20):
+        renderer = FetchRenderer(atts, span_from=span_from)
+        cache = StructureCache()
+        renderer.prefetch([r.guid for r in records[:2]], cache)  # nothing held yet
+        for seq, record in enumerate(records, 1):
+            out: list[Segment] = []
+            held = renderer.message(seq, record, by_guid.__getitem__, cache, out)
+            if span_from is None:
+                expected: list[Segment] = [
+                    render_fetch(seq, record, atts, by_guid.__getitem__, cache)
+                ]
+            else:
+                expected = render_fetch_segments(
+                    seq, record, atts, by_guid.__getitem__, cache, span_from=span_from
+                )
+            assert _flat(out, by_guid) == _flat(expected, by_guid)
+            assert [s for s in out if isinstance(s, Span)] == [
+                s for s in expected if isinstance(s, Span)
+            ]
+            assert held <= sum(len(s) for s in out if isinstance(s, bytes))
+
+
+def _flat(segments: list[Segment], by_guid: dict[str, bytes]) -> bytes:
+    out = b""
+    for s in segments:
+        if isinstance(s, Span):
+            out += by_guid[s.guid][s.offset : s.offset + s.count]
+        else:
+            out += s
+    return out

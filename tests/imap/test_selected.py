@@ -189,6 +189,42 @@ def test_claimed_uids_are_recent_now_and_when_they_arrive() -> None:
     assert box.records[5].flags == "\\Flagged \\Recent"
 
 
+def test_recent_count_and_marks_follow_the_claimed_ranges() -> None:
+    # recent_count bisects each claimed range and claimed() marks only the
+    # records inside it: the same answer as a test of every record, with
+    # ranges that hold no record, touch, or come after gaps in the UIDs.
+    uids = (3, 4, 9, 10, 11, 20, 21, 40, 41, 42)
+    box = Selected(
+        View(tuple(Rec(u, "$Late" if u == 9 else "") for u in uids)),
+        name="INBOX",
+        readonly=False,
+        ext=Extensions(),
+    )
+    for first, last in ((0, 3), (3, 4), (12, 19), (19, 21), (41, 60)):
+        box.claimed(first, last)
+        marked = [r.uid for r in box.records if "\\Recent" in r.flags.split()]
+        assert marked == [u for u in uids if box.is_recent(u)]
+        assert box.recent_count() == len(marked)
+    assert box.recent_count() == 5  # 3, 4, 20, 21 and 42
+    assert b"* 5 RECENT\r\n" in box.opening()
+
+
+def test_keywords_given_with_the_view_are_the_ones_told() -> None:
+    # The server hands over the keywords it found once with the records
+    # (engine.mailview.keywords_of); FLAGS names them as if found here.
+    records = (Rec(1, "\\Seen $Work"), Rec(2, "$Later"), Rec(3))
+    found = Selected(View(records), name="INBOX", readonly=False, ext=Extensions())
+    given = Selected(
+        View(records),
+        name="INBOX",
+        readonly=False,
+        ext=Extensions(),
+        keywords=frozenset({"$Later", "$Work"}),
+    )
+    assert given.opening() == found.opening()
+    assert b"\\Draft $Later $Work)" in given.opening()
+
+
 def test_flag_changes_are_told_with_modseq_only_under_condstore() -> None:
     records = (Rec(10), Rec(20, "\\Seen", modseq=5))
     plain = Selected(View(records), name="INBOX", readonly=False, ext=Extensions())

@@ -111,6 +111,10 @@ def _keywords(records: Iterable[Record]) -> frozenset[str]:
     return frozenset(f for r in records for f in r.flags.split() if not f.startswith("\\"))
 
 
+def _uid(record: Record) -> int:
+    return record.uid
+
+
 def _has_recent(record: Record) -> bool:
     return isinstance(record, _RecentRecord)
 
@@ -225,7 +229,15 @@ class Selected:
         "uidvalidity",
     )
 
-    def __init__(self, view: MailboxView, *, name: str, readonly: bool, ext: Extensions) -> None:
+    def __init__(
+        self,
+        view: MailboxView,
+        *,
+        name: str,
+        readonly: bool,
+        ext: Extensions,
+        keywords: Iterable[str] | None = None,
+    ) -> None:
         self.name = name
         self.readonly = readonly
         self.ext = ext
@@ -245,8 +257,9 @@ class Selected:
         self.shared = False
         self.highestmodseq = view.highestmodseq
         self.uidnext = view.uidnext
-        # The keywords told in FLAGS so far (RFC 3501 7.2.6): the mailbox's.
-        self.keywords = _keywords(self.records)
+        # The keywords told in FLAGS so far (RFC 3501 7.2.6): the mailbox's
+        # (``keywords``: the server's, read with the records, when it has them).
+        self.keywords = frozenset(keywords) if keywords is not None else _keywords(self.records)
         # The store may hold changes not yet told (set by changed() and by an
         # update() that may not tell them yet; cleared by take_stale()).
         self.stale = False
@@ -263,7 +276,13 @@ class Selected:
             self.recent[-1] = (self.recent[-1][0], last)
         else:
             self.recent.append((first, last))
-        self.records = self._marked(self.records)
+        # Only records with UIDs in (first, last] change: the records are in UID
+        # order. A list another session shares (follow) is copied first.
+        records = list(self.records) if self.shared else self.records
+        lo = bisect.bisect_right(records, first, key=_uid)
+        hi = bisect.bisect_right(records, last, key=_uid)
+        records[lo:hi] = self._marked(records[lo:hi])
+        self.records = records
         self.shared = False
 
     def is_recent(self, uid: int) -> bool:
@@ -277,7 +296,20 @@ class Selected:
         ]
 
     def recent_count(self) -> int:
-        return sum(1 for r in self.records if _has_recent(r))
+        """How many records carry \\Recent: those in the claimed ranges (each
+        marked when it came, :meth:`_marked`), counted with two bisects a
+        range, not a test a record (a SELECT of 10,000 messages)."""
+        records = self.records
+        count = 0
+        top = 0  # ranges are claimed upwards; an overlap is not counted twice
+        for first, last in sorted(self.recent):
+            first = max(first, top)
+            if last > first:
+                count += bisect.bisect_right(records, last, key=_uid) - bisect.bisect_right(
+                    records, first, key=_uid
+                )
+                top = last
+        return count
 
     def needs_claim(self, view: MailboxView, recentuid: int) -> bool:
         """Whether the store holds UIDs no session claimed yet that this one

@@ -4,14 +4,16 @@ How this works: the core plans the answer
 (:meth:`~peerd.protocols.imap.selected.Selected.plan_fetch`: items, messages,
 which to mark ``\\Seen`` first, whether VANISHED (EARLIER) goes before). The
 handler reads the tombstones VANISHED needs, makes the ``\\Seen`` write, then
-renders the responses (:func:`~peerd.protocols.imap.fetchreply.render_fetch`)
+renders the responses (:class:`~peerd.protocols.imap.fetchreply.FetchRenderer`)
 off the event loop in groups (ENVELOPE, BODYSTRUCTURE and BODY from the
 server's structure cache, filled before each group from what the store keeps
 of each message, :mod:`engine.parsed`, so no message is parsed per fetch): one thread hop per group, not per message, and
-one large write per group. A group ends at :data:`_FETCH_GROUP` messages or
-once it holds :data:`_FETCH_BYTES`, and the next is rendered only when the
-socket has taken the last (write, then drain): a client that does not read
-holds at most about one group in the daemon, however large the mailbox.
+one large write per group. A group ends at :data:`_FETCH_GROUP` messages
+(:data:`_RECORDS_GROUP` when no item needs the messages' octets) or once it
+holds :data:`_FETCH_BYTES`; the next group is rendered while the last is
+written, and the one after only once the socket has taken the last (write,
+then drain): a client that does not read holds at most about two groups in
+the daemon, however large the mailbox.
 A message whose bytes cannot be read is left out and the tagged answer says
 why (:func:`unreadable_reply`).
 
@@ -34,16 +36,17 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, cast
 
 from engine.errors import Corrupt
 from peerd.protocols.imap import commands as c
 from peerd.protocols.imap.fetchatt import FetchAtt, Item
 from peerd.protocols.imap.fetchreply import (
+    FetchRenderer,
     Reader,
+    Segment,
+    Span,
     StructureCache,
-    render_fetch,
-    render_fetch_segments,
     whole_message,
 )
 from peerd.protocols.imap.records import Record
@@ -52,7 +55,7 @@ from peerd.protocols.imap.sequence import SequenceSet
 from peerd.services.imap.access import selected_rights
 from peerd.services.imap.session import Closed, Handler, Reply, Session
 
-__all__ = ["HANDLERS", "Opener", "Sendable", "render_group"]
+__all__ = ["HANDLERS", "Opener", "Sendable", "group_size", "render_group"]
 
 log = logging.getLogger("peerd.services.imap")
 
@@ -60,6 +63,13 @@ log = logging.getLogger("peerd.services.imap")
 # it holds this many bytes, per thread hop and per socket write.
 _FETCH_GROUP: Final = 256
 _FETCH_BYTES: Final = 1 << 20
+# ... and this many when no item needs the messages' octets (FLAGS, ENVELOPE,
+# BODYSTRUCTURE...): fewer thread hops, each a wait for a CPU on a busy host.
+_RECORDS_GROUP: Final = 2048
+# The items answered from the record and the stored structures alone.
+_NO_OCTETS: Final = frozenset(
+    {Item.UID, Item.FLAGS, Item.INTERNALDATE, Item.RFC822_SIZE, Item.MODSEQ}
+)
 # A whole-message literal of at least this many octets is sent from its file.
 _SPAN_FROM: Final = 64 << 10
 
@@ -101,30 +111,44 @@ async def fetch(session: Session, cmd: c.Fetch) -> Reply:
     structures = session.server.structures
     # Only a FETCH of whole messages has octets to send from the files.
     opener = mail.opener if any(whole_message(att) for att in plan.items) else None
-    unreadable: list[int] = []
-    start = 0
     structured = any(att in _STRUCTURES for att in plan.items)
-    while start < len(plan.targets):
+    targets = plan.targets
+    count = group_size(plan.items)
+
+    async def render(start: int) -> tuple[list[bytes | Sendable], list[int], int]:
         if structured:
             # The structures stored when the messages were, for those of the
             # group not held in memory: only what is not stored is parsed.
-            group = plan.targets[start : start + _FETCH_GROUP]
+            group = targets[start : start + count]
             missing = structures.missing(record.guid for _, record in group)
             if missing:
                 structures.put_many(await mail.stored_structures(missing))
-        segments, failed, start = await mail.run_blocking(
+        return await mail.run_blocking(
             partial(
                 render_group,
-                plan.targets,
+                targets,
                 start,
                 plan.items,
                 mail.cached_reader,
                 structures,
                 opener,
+                count=count,
             )
         )
-        unreadable += failed
-        await send_segments(session, segments)
+
+    unreadable: list[int] = []
+    # The next group is rendered while the last one is written: at most two
+    # groups in the daemon, and the worker thread and the socket both busy.
+    following = asyncio.ensure_future(render(0)) if targets else None
+    try:
+        while following is not None:
+            segments, failed, start = await following
+            following = asyncio.ensure_future(render(start)) if start < len(targets) else None
+            unreadable += failed
+            await send_segments(session, segments)
+    finally:
+        if following is not None:
+            _discard(following)
     # RFC 3501 7.4.1: no EXPUNGE during FETCH (UID FETCH may).
     await session.report(cmd)
     name = f"{'UID ' if cmd.uid else ''}FETCH"
@@ -188,78 +212,85 @@ def render_group(
     reader: Reader,
     structures: StructureCache,
     opener: Opener | None = None,
+    *,
+    count: int = _FETCH_GROUP,
 ) -> tuple[list[bytes | Sendable], list[int], int]:
-    """The FETCH responses of the group that begins at ``targets[start]``, the
+    """The FETCH responses of the group that begins at ``targets[start]`` (at
+    most ``count`` messages, :func:`group_size`), the
     UIDs whose bytes could not be read (missing or not matching their GUID:
     never served; those are left out), and where the next group begins.
     With ``opener``, large whole-message literals are :class:`Sendable`
     (open files the caller closes). Runs in a worker thread."""
-    out: list[bytes | Sendable] = []
-    plain: list[bytes] = []  # without an opener: octets only
+    renderer = FetchRenderer(items, span_from=_SPAN_FROM if opener is not None else None)
+    out: list[Segment | Sendable] = []
     unreadable: list[int] = []
     size = 0
     end = start
+    group = targets[start : start + count]
+    renderer.prefetch((record.guid for _, record in group), structures)
     try:
-        for seq, record in targets[start : start + _FETCH_GROUP]:
+        for seq, record in group:
             end += 1
+            mark = len(out)
             try:
-                if opener is None:
-                    data = render_fetch(seq, record, items, reader, structures)
-                    plain.append(data)
-                    size += len(data)
-                else:
-                    size += _render_segments(seq, record, items, reader, structures, opener, out)
+                size += renderer.message(seq, record, reader, structures, out)
+                if opener is not None and any(isinstance(s, Span) for s in out[mark:]):
+                    size += _open_spans(seq, record, items, reader, structures, opener, out, mark)
             except Corrupt as exc:
                 log.warning("FETCH of UID %d: %s", record.uid, exc.message)
                 unreadable.append(record.uid)
+                _close(out[mark:])
+                del out[mark:]
             except OSError as exc:  # the spool itself in trouble (EIO, EACCES)
                 log.error("FETCH of UID %d: the spool could not be read: %s", record.uid, exc)
                 unreadable.append(record.uid)
+                _close(out[mark:])
+                del out[mark:]
             if size >= _FETCH_BYTES:
                 break
     except BaseException:
         _close(out)
         raise
-    if opener is None:
-        return [b"".join(plain)], unreadable, end
+    if opener is None:  # octets only
+        return [b"".join(cast(list[bytes], out))], unreadable, end
     return _joined(out), unreadable, end
 
 
-def _render_segments(
+def group_size(items: Sequence[FetchAtt]) -> int:
+    """How many messages a group of this FETCH holds at most."""
+    if all(att in _NO_OCTETS or att in _STRUCTURES for att in items):
+        return _RECORDS_GROUP
+    return _FETCH_GROUP
+
+
+def _open_spans(
     seq: int,
     record: Record,
     items: Sequence[FetchAtt],
     reader: Reader,
     structures: StructureCache,
     opener: Opener,
-    out: list[bytes | Sendable],
+    out: list[Segment | Sendable],
+    mark: int,
 ) -> int:
-    """Append one message's response to ``out``, its large whole-message
-    literals as open files; the octets it holds in memory. Raises as
-    :func:`render_fetch` does, with no file left open."""
-    segments = render_fetch_segments(seq, record, items, reader, structures, span_from=_SPAN_FROM)
-    rendered: list[bytes | Sendable] = []
-    opened: list[Sendable] = []
-    try:
-        for segment in segments:
-            if isinstance(segment, bytes):
-                rendered.append(segment)
-                continue
-            file, size = opener(segment.guid)
-            opened.append(Sendable(file, segment.offset, segment.count))
-            if size != segment.size:  # the record's size is not the file's: copy
-                rendered = [render_fetch(seq, record, items, reader, structures)]
-                break
-            rendered.append(opened[-1])
-        else:
-            opened = []  # all of them are in rendered now: the caller closes them
-    finally:
-        _close(opened)
-    out.extend(rendered)
-    return sum(len(s) for s in rendered if isinstance(s, bytes))
+    """Put each :class:`Span` of the message rendered at ``out[mark:]`` as a
+    :class:`Sendable` (the message's file, open and verified); the octets
+    it adds to memory. A file whose size is not the record's is copied:
+    the message is rendered again with its octets in line."""
+    for i in range(mark, len(out)):
+        span = out[i]
+        if not isinstance(span, Span):
+            continue
+        file, size = opener(span.guid)
+        out[i] = Sendable(file, span.offset, span.count)
+        if size != span.size:  # the record's size is not the file's: copy
+            _close(out[mark:])
+            del out[mark:]
+            return FetchRenderer(items).message(seq, record, reader, structures, out)
+    return 0
 
 
-def _joined(out: list[bytes | Sendable]) -> list[bytes | Sendable]:
+def _joined(out: Sequence[Segment | Sendable]) -> list[bytes | Sendable]:
     """``out`` with each run of octets joined: one write for each."""
     joined: list[bytes | Sendable] = []
     run: list[bytes] = []
@@ -267,6 +298,7 @@ def _joined(out: list[bytes | Sendable]) -> list[bytes | Sendable]:
         if isinstance(segment, bytes):
             run.append(segment)
             continue
+        assert isinstance(segment, Sendable), segment  # every Span was opened
         if run:
             joined.append(b"".join(run))
             run = []
@@ -276,7 +308,18 @@ def _joined(out: list[bytes | Sendable]) -> list[bytes | Sendable]:
     return joined
 
 
-def _close(segments: Sequence[bytes | Sendable]) -> None:
+def _discard(rendering: asyncio.Future[tuple[list[bytes | Sendable], list[int], int]]) -> None:
+    """A group rendered for a FETCH that ended before sending it: its files
+    are closed once its thread is done (a thread cannot be stopped)."""
+
+    def done(future: asyncio.Future[tuple[list[bytes | Sendable], list[int], int]]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            _close(future.result()[0])
+
+    rendering.add_done_callback(done)
+
+
+def _close(segments: Sequence[object]) -> None:
     for segment in segments:
         if isinstance(segment, Sendable):
             segment.file.close()

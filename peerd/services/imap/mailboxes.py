@@ -92,7 +92,9 @@ async def select(session: Session, cmd: c.Select | c.Examine) -> Reply:
     else:
         snapshot, vanished = await mail.snapshot_and_vanished(name, known.uidvalidity, known.modseq)
     shown_as = shown(session, where.owner, snapshot.name)
-    box = Selected(snapshot, name=shown_as, readonly=readonly, ext=session.ext)
+    box = Selected(
+        snapshot, name=shown_as, readonly=readonly, ext=session.ext, keywords=snapshot.keywords
+    )
     if box.needs_claim(snapshot, snapshot.recentuid):
         # RFC 3501 2.3.2: this session is the first to be told of these.
         box.claimed(*await mail.claim_recent(snapshot.mailbox_id))
