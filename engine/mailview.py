@@ -194,13 +194,23 @@ def snapshots_of(session: Session, mailbox_ids: Iterable[int]) -> dict[int, Snap
             for mid, *fields in fastsql.select_in(session, _record_rows, missing):
                 read[mid].append(Record(*fields))
         for mid, records in read.items():
-            cached[mid] = kept = tuple(records)
-            _SNAPSHOTS.put(mid, keys[mid], kept)
+            kept = tuple(records)
+            cached[mid] = entry = (kept, keywords_of(kept))
+            _SNAPSHOTS.put(mid, keys[mid], *entry)
         for mid, uniqueid, name, uidvalidity, modseq, last_uid, _, _, recentuid in rows:
             have = cached[mid]
             assert have is not None
+            kept_records, keywords = have
             found[mid] = Snapshot(
-                mid, uniqueid, name, uidvalidity, modseq, last_uid + 1, have, recentuid
+                mid,
+                uniqueid,
+                name,
+                uidvalidity,
+                modseq,
+                last_uid + 1,
+                kept_records,
+                recentuid,
+                keywords,
             )
     return found
 
