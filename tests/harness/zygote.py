@@ -60,7 +60,7 @@ from typing import Any
 
 from tests.harness.procs import Proc, kill9, pid_alive
 
-__all__ = ["ForkedProc", "Launcher", "enabled", "spawn"]
+__all__ = ["ForkedProc", "Launcher", "close", "enabled", "spawn"]
 
 # What a running daemon imports (peerd.app.daemon and what it imports while it
 # starts and serves: the services, the dialects). The LMTP worker is a process
@@ -356,6 +356,11 @@ class ForkedProc(Proc):
         if self.alive():
             kill9(self.pid)
             self.wait(10)
+
+
+def close() -> None:
+    """Stop this process's launcher (and so every daemon it still has)."""
+    _LAUNCHER.close()
 
 
 def spawn(
