@@ -75,9 +75,11 @@ def test_daemons_die_with_their_launcher_and_a_new_launcher_starts(
     kill9(first)  # the launcher crashes: PR_SET_PDEATHSIG takes its daemon down
     wait_until(lambda: not pid_alive(daemon), 20, "the daemon to die with its launcher")
     assert not node.proc.alive()
+    dead = node.proc
     node.proc = spawn(["run", "-c", str(node.config)], node.log, node.workdir, None, launcher)
     node.wait_ready()
     assert launcher.pid not in (None, first)
+    assert dead.returncode == -signal.SIGKILL  # not asked of the new launcher
     again = node.proc.pid
     launcher.close()  # what the launcher does when pytest exits or dies: its socket closes
     wait_until(lambda: not pid_alive(again), 20, "the daemon to be killed by its closing launcher")

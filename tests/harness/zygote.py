@@ -291,6 +291,7 @@ class ForkedProc(Proc):
         self.launcher = launcher or _LAUNCHER
         self._pid: int | None = None
         self._code: int | None = None
+        self._parent: int | None = None  # the launcher process that forked it
 
     def start(self) -> ForkedProc:
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -305,6 +306,7 @@ class ForkedProc(Proc):
         if answer is None or "pid" not in answer:
             raise RuntimeError(f"the daemon launcher could not start {self.argv}: {answer}")
         self._pid = int(answer["pid"])
+        self._parent = self.launcher.pid
         return self
 
     @property
@@ -316,8 +318,10 @@ class ForkedProc(Proc):
     def _poll(self) -> int | None:
         if self._pid is None or self._code is not None:
             return self._code
-        answer = self.launcher.ask({"op": "poll", "pid": self._pid})
-        if answer is None:  # the launcher is gone, and with it (PDEATHSIG) its children
+        answer = None
+        if self.launcher.pid == self._parent:  # not a new launcher, which never knew it
+            answer = self.launcher.ask({"op": "poll", "pid": self._pid})
+        if answer is None:  # its launcher is gone, and with it (PDEATHSIG) its children
             if not pid_alive(self._pid):
                 self._code = -signal.SIGKILL
         else:
