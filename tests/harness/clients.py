@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
+from tests.harness import zygote
+
 if TYPE_CHECKING:
     from tests.harness.daemons import Node
 
@@ -47,9 +49,14 @@ def peerctl(
     timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
     """``peerctl -c CONFIG ARGS`` run for real against ``node`` (its config
-    unless ``config`` is given), from the node's working directory."""
+    unless ``config`` is given), from the node's working directory: forked
+    from the daemon launcher (tests/harness/zygote.py), which has imported
+    it, or with exec when the launcher is off."""
+    argv = ["-c", str(config or node.config), *args]
+    if zygote.enabled():
+        return zygote.run_module("peerd.cli", argv, node.workdir, stdin, timeout)
     return subprocess.run(
-        [sys.executable, "-m", "peerd.cli", "-c", str(config or node.config), *args],
+        [sys.executable, "-m", "peerd.cli", *argv],
         input=stdin,
         capture_output=True,
         text=True,

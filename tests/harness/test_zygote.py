@@ -13,7 +13,7 @@ import pytest
 
 from tests.harness.daemons import make_single
 from tests.harness.procs import kill9, pid_alive, wait_until
-from tests.harness.zygote import ForkedProc, Launcher, spawn
+from tests.harness.zygote import ForkedProc, Launcher, run_module, spawn
 
 
 @pytest.fixture
@@ -83,3 +83,21 @@ def test_daemons_die_with_their_launcher_and_a_new_launcher_starts(
     again = node.proc.pid
     launcher.close()  # what the launcher does when pytest exits or dies: its socket closes
     wait_until(lambda: not pid_alive(again), 20, "the daemon to be killed by its closing launcher")
+
+
+def test_a_command_run_through_the_launcher_gives_what_subprocess_run_gives(
+    tmp_path: Path,
+) -> None:
+    node = make_single(tmp_path)
+    good = run_module("peerd", ["check-config", "-c", str(node.config)], tmp_path)
+    assert (good.returncode, good.stderr) == (0, "")
+    assert good.stdout == f"{node.config}: ok (node alpha)\n"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[node]\nname = 1\n")
+    refused = run_module("peerd", ["check-config", "-c", str(bad)], tmp_path)
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr.startswith(f"peerd: {bad}")
+    helped = run_module(
+        "peerd.cli", ["--help"], tmp_path
+    )  # peerctl (its stdin: tests/test_api_cli.py)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: peerctl")

@@ -46,7 +46,9 @@ import ctypes
 import gc
 import importlib
 import json
+import locale
 import os
+import runpy
 import signal
 import socket
 import subprocess
@@ -60,13 +62,14 @@ from typing import Any
 
 from tests.harness.procs import Proc, kill9, pid_alive
 
-__all__ = ["ForkedProc", "Launcher", "close", "enabled", "spawn"]
+__all__ = ["ForkedProc", "Launcher", "close", "enabled", "run_module", "spawn"]
 
 # What a running daemon imports (peerd.app.daemon and what it imports while it
 # starts and serves: the services, the dialects). The LMTP worker is a process
 # of its own, started by the daemon with exec; it is not forked from here.
 PRELOAD = (
     "peerd.app.main",
+    "peerd.cli.peerctl",
     "peerd.app.daemon",
     "peerd.services.gate",
     "peerd.services.imap.server",
@@ -84,9 +87,6 @@ PRELOAD = (
     "email.generator",
     "smtplib",
 )
-
-# Where `python -m peerd` is: sys.argv[0] of a daemon started with exec.
-PEERD_MAIN = "peerd.__main__"
 
 _PR_SET_PDEATHSIG = 1
 
@@ -143,24 +143,27 @@ def _serve(sock: socket.socket) -> None:
 
 
 def _become(request: dict[str, Any]) -> None:
-    """In the forked child: turn into ``python -m peerd ARGV`` (see the module doc)."""
+    """In the forked child: turn into ``python -m MODULE ARGV`` up to running
+    the module (see the module doc)."""
     os.setsid()
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != request["zygote"]:  # the launcher died before prctl took effect
         os._exit(1)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.dup2(devnull, 0)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.close(devnull)
-    os.close(log)
+    append = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    opened = [
+        os.open(request.get("stdin") or os.devnull, os.O_RDONLY),
+        os.open(request["log"], append, 0o644),
+        os.open(request.get("stderr") or request["log"], append, 0o644),
+    ]
+    for fd, source in enumerate(opened):
+        os.dup2(source, fd)
+    for source in set(opened):
+        os.close(source)
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
-    main_module = importlib.import_module(PEERD_MAIN.rpartition(".")[0])
-    sys.argv = [str(Path(str(main_module.__file__)).parent / "__main__.py"), *request["argv"]]
+    sys.argv = ["-m", *request["argv"]]  # runpy puts the module's path in argv[0]
     sys.path[0] = os.getcwd()
 
 
@@ -180,9 +183,8 @@ def main() -> None:
     else:
         return
     _become(request)
-    from peerd.app.main import main as peerd_main
-
-    sys.exit(peerd_main(request["argv"]))
+    # As `python -m MODULE`: its __main__ runs as __main__ and exits with sys.exit.
+    runpy.run_module(request.get("module", "peerd"), run_name="__main__", alter_sys=True)
 
 
 # --- the pytest side --------------------------------------------------------------
@@ -286,9 +288,13 @@ class ForkedProc(Proc):
         cwd: Path,
         env: dict[str, str],
         launcher: Launcher | None = None,
+        extra: dict[str, str | None] | None = None,
     ) -> None:
+        """``extra``: ``module`` (default ``peerd``), ``stdin`` and ``stderr``
+        (files; default ``/dev/null`` and ``log``)."""
         super().__init__(argv, log, cwd, env)
         self.launcher = launcher or _LAUNCHER
+        self.extra = extra or {}
         self._pid: int | None = None
         self._code: int | None = None
         self._parent: int | None = None  # the launcher process that forked it
@@ -301,6 +307,7 @@ class ForkedProc(Proc):
             "cwd": str(self.cwd),
             "env": self.env,
             "log": str(self.log),
+            **self.extra,
         }
         answer = self.launcher.ask(request, start=True)
         if answer is None or "pid" not in answer:
@@ -377,6 +384,50 @@ def spawn(
     """Start ``python -m peerd ARGV`` through ``launcher`` (default: this
     process's), see the module doc."""
     return ForkedProc(argv, log, cwd, dict(os.environ) if env is None else env, launcher).start()
+
+
+def run_module(
+    module: str,
+    argv: Sequence[str],
+    cwd: Path,
+    stdin: str | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """What ``subprocess.run([python, "-m", module, *argv], input=stdin,
+    capture_output=True, text=True, cwd=cwd, timeout=timeout)`` gives, the
+    process forked from the launcher (a command the tests run often, e.g.
+    ``peerctl``). Its stdin, stdout and stderr are files rather than pipes
+    (stdin ``/dev/null`` without ``stdin``); the text is decoded as
+    ``subprocess`` decodes it."""
+    args = [sys.executable, "-m", module, *argv]
+    encoding = locale.getpreferredencoding(False)
+    with tempfile.TemporaryDirectory(prefix="peerd-run-") as tmp:
+        where = Path(tmp)
+        if stdin is not None:
+            (where / "stdin").write_bytes(stdin.encode(encoding))
+        extra = {
+            "module": module,
+            "stdin": str(where / "stdin") if stdin is not None else None,
+            "stderr": str(where / "stderr"),
+        }
+        proc = ForkedProc(argv, where / "stdout", cwd, dict(os.environ), extra=extra).start()
+        try:
+            code: int | None = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill9()
+            code = None
+        finally:
+            kill9(proc.pid, group=True)  # what it forked, if anything is left
+        out, err = (_text(where / name, encoding) for name in ("stdout", "stderr"))
+    if code is None:
+        raise subprocess.TimeoutExpired(args, timeout, out, err)
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
+def _text(path: Path, encoding: str) -> str:
+    data = path.read_bytes() if path.exists() else b""
+    # subprocess's text mode: universal newlines.
+    return data.decode(encoding).replace("\r\n", "\n").replace("\r", "\n")
 
 
 if __name__ == "__main__":
