@@ -256,7 +256,9 @@ def audit_store(db_url: str, data_dir: Path, account: str) -> list[str]:
         for guid, size in store.read_sync(read):
             data = store.spool.read(guid)  # raises Corrupt on a missing or partial file
             assert len(data) == size
-            subjects.append(data.split(b"\r\n", 1)[0].removeprefix(b"Subject: ").decode())
+            first = data.split(b"\r\n", 1)[0].removeprefix(b"Subject: ")
+            # A hostile APPEND (tests/fuzz/test_wire.py) may store any bytes.
+            subjects.append(first.decode(errors="replace"))
         return subjects
     finally:
         store.close()
