@@ -39,6 +39,7 @@ from engine.messages import (
 )
 from engine.models import Account, Duplicate, Mailbox
 from engine.msgid import message_id_of
+from engine.recipients import Recipient, parse_recipient
 
 __all__ = [
     "Delivery",
@@ -61,48 +62,11 @@ class DeliveryOptions:
 
 
 @dataclass(frozen=True, slots=True)
-class Recipient:
-    """A parsed recipient: the candidate account names and the +detail."""
-
-    address: str
-    candidates: tuple[str, ...]
-    detail: str | None
-
-
-@dataclass(frozen=True, slots=True)
 class DeliveryResult:
     account: str
     mailbox: str
     uid: int | None
     duplicate: bool
-
-
-def parse_recipient(
-    address: str, local_domains: frozenset[str], lowercase: bool = False
-) -> Recipient:
-    """The account names ``address`` may mean, in order; with ``lowercase``
-    the local part lower-cased first, then as written (an account made with
-    capitals before names were lower-cased still receives its mail)."""
-    raw = address.strip()
-    if raw.startswith("<") and raw.endswith(">"):
-        raw = raw[1:-1]
-    if not raw or len(raw) > 320:
-        raise InvalidArgument("empty or overlong recipient")
-    local, at, domain = raw.rpartition("@") if "@" in raw else (raw, "", "")
-    domain = domain.lower()
-    base, plus, detail = local.partition("+")
-    if not base:
-        raise InvalidArgument(f"invalid recipient {address!r}")
-    candidates: list[str] = []
-    for local_part in (base.lower(), base) if lowercase else (base,):
-        if at:
-            if domain in local_domains:
-                candidates.append(local_part)
-            candidates.append(f"{local_part}@{domain}")
-        else:
-            candidates.append(local_part)
-    unique = tuple(dict.fromkeys(candidates))
-    return Recipient(address=raw, candidates=unique, detail=detail if plus else None)
 
 
 def resolve_account(session: Session, recipient: Recipient) -> Account:

@@ -22,8 +22,12 @@ The daemon maps every code to HTTP, IMAP, POP3 and LMTP replies in
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from engine.errors import SyncRefused
-from ownership.rows import OwnershipView
+
+if TYPE_CHECKING:  # not at run time: the LMTP worker imports this without the models
+    from ownership.rows import OwnershipView
 
 __all__ = [
     "NotCaughtUp",

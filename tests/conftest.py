@@ -26,6 +26,7 @@ import pytest
 
 import migrations
 from engine.store import Store
+from tests.harness import zygote
 from tests.harness.clients import Burst, burst_message
 from tests.harness.daemons import (
     STARTED,
@@ -50,6 +51,12 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "node(partner=None, overrides=None): what the `node` fixture starts in this module",
     )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The daemon launcher (tests/harness/zygote.py) goes with the session: it
+    SIGKILLs any daemon it still has and exits, and this process reaps it."""
+    zygote.close()
 
 
 @pytest.fixture(autouse=True)

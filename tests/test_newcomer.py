@@ -163,6 +163,9 @@ def test_ctrl_c_at_the_password_prompt_is_one_line(lone_node: LoneNode) -> None:
     pid, master = pty.fork()
     if pid == 0:  # the child: a terminal of its own, as at a shell
         os.chdir(node.workdir)
+        # As a shell's foreground command has it: pytest run as a background
+        # job (CI, nohup) ignores SIGINT, and exec would pass that on.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.execv(sys.executable, argv)
     output = b""
     try:
@@ -182,7 +185,12 @@ def test_ctrl_c_at_the_password_prompt_is_one_line(lone_node: LoneNode) -> None:
             if not chunk:
                 break
             output += chunk
-        _, status = os.waitpid(pid, 0)
+        # Wait for its exit, but not for ever: one still at the prompt fails.
+        done, status = os.waitpid(pid, os.WNOHANG)
+        while not done and time.monotonic() < deadline + 10:
+            time.sleep(0.05)
+            done, status = os.waitpid(pid, os.WNOHANG)
+        assert done, f"peerctl did not exit on Ctrl-C: {output!r}"
     except BaseException:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)

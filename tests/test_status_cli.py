@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable
 
 from tests.nodes import Node, peerctl
+from tests.procs import wait_until
 
 LoneNode = Callable[..., Node]
 
@@ -18,6 +19,13 @@ def test_status_shows_both_nodes_in_human_units(pair: tuple[Node, Node]) -> None
     alpha, beta = pair
     alpha.add_account("alice")
     beta.add_account("bob")
+    # The line below shows a last success: wait for alpha's first replication
+    # round to end (a peerctl forked from the launcher starts in milliseconds).
+    wait_until(
+        lambda: alpha.call("GET", "/v1/status")["replication"]["last_success"],
+        30,
+        "alpha's first successful replication round",
+    )
     shown = peerctl(alpha, "status")
     assert shown.returncode == 0, shown.stderr
     text = shown.stdout

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from tests.harness import zygote
 from tests.harness.clients import Burst, audit_store, start_burst
 from tests.harness.procs import Proc, free_port, wait_until
 
@@ -326,13 +327,20 @@ class Node:
         STARTED.append(self)
         # One log across restarts (appended to), so a failure shows the whole
         # story; nothing but the daemon writes to it (a test may parse it).
-        self.proc = Proc(
-            [sys.executable, "-m", "peerd", "run", "-c", str(self.config)],
-            self.log,
-            cwd=self.workdir,
-            env={**os.environ, **self.extra_env} if self.extra_env else None,
-            preexec=preexec,
-        ).start()
+        argv = ["run", "-c", str(self.config)]
+        env = {**os.environ, **self.extra_env} if self.extra_env else None
+        if preexec is None and zygote.enabled():
+            # Forked from this process's launcher, its modules already imported
+            # (tests/harness/zygote.py): the same daemon, a second less CPU.
+            self.proc = zygote.spawn(argv, self.log, self.workdir, env)
+        else:
+            self.proc = Proc(
+                [sys.executable, "-m", "peerd", *argv],
+                self.log,
+                cwd=self.workdir,
+                env=env,
+                preexec=preexec,
+            ).start()
         if wait:
             self.wait_ready(timeout)
         return self

@@ -31,7 +31,6 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -46,7 +45,6 @@ from engine.delivery import (
     resolve_account,
 )
 from engine.errors import EngineError, NoSuchAccount
-from engine.spool import Staged
 from ownership.errors import OwnershipError
 from peerd.node import maillog
 from peerd.node.errormap import (
@@ -60,26 +58,12 @@ from peerd.node.errormap import (
 )
 from peerd.node.node import Node
 from peerd.protocols.sieve import Program
+from peerd.services.lmtp.message import Message
 from peerd.services.lmtp.sieve import SieveFilter, Stored
 
 __all__ = ["Message", "StoreBackend"]
 
 log = logging.getLogger("peerd.services.lmtp.front")
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A message the front has spooled (``staged``) for the given recipients."""
-
-    recipients: tuple[str, ...]
-    staged: Staged
-    size: int
-    message_id: str | None
-    # The envelope sender (MAIL FROM; "" for the null path). None: the front
-    # did not say; Sieve then reads the Return-Path header, if any.
-    mail_from: str | None = None
-    # The sending MTA's queue id (its Received header's "id"), for the mail log.
-    queue_id: str | None = None
 
 
 class StoreBackend:

@@ -47,8 +47,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
-from engine.delivery import message_id_of, parse_recipient
 from engine.errors import EngineError
+from engine.msgid import message_id_of
+from engine.recipients import parse_recipient
 from engine.spool import Spool
 from peerd.node import maillog
 from peerd.node.config import Config
@@ -72,7 +73,7 @@ from peerd.protocols.lmtp import (
     State,
 )
 from peerd.services.gate import ConnectionGate, Refused
-from peerd.services.lmtp.backend import Message
+from peerd.services.lmtp.message import Message
 
 __all__ = ["Backend", "FrontSettings", "LmtpHandler", "LmtpSession", "serve_lmtp"]
 

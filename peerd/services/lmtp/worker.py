@@ -56,15 +56,18 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import EngineError, TemporaryFailure
 from engine.spool import GUID_RE, Spool, Staged
 from peerd.node.backoff import Backoff
 from peerd.node.config import Address, Config, load_config
 from peerd.node.errormap import S451_LOCAL_ERROR, lmtp_reply
-from peerd.services.lmtp.backend import Message, StoreBackend
 from peerd.services.lmtp.front import FrontSettings, LmtpHandler, serve_lmtp
+from peerd.services.lmtp.message import Message
+
+if TYPE_CHECKING:  # the daemon's side; a worker process never imports the store
+    from peerd.services.lmtp.backend import StoreBackend
 
 __all__ = [
     "MAX_FRAME",

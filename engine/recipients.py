@@ -1,0 +1,52 @@
+"""Recipient addresses: which accounts ``local+detail@domain`` may mean.
+
+``local+detail@domain`` is the account ``local@domain``, or ``local`` when the
+domain is one of the node's local domains; the detail names a folder
+(:mod:`engine.delivery` says what happens with it). No database here: the
+LMTP worker processes parse recipients without importing the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.errors import InvalidArgument
+
+__all__ = ["Recipient", "parse_recipient"]
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """A parsed recipient: the candidate account names and the +detail."""
+
+    address: str
+    candidates: tuple[str, ...]
+    detail: str | None
+
+
+def parse_recipient(
+    address: str, local_domains: frozenset[str], lowercase: bool = False
+) -> Recipient:
+    """The account names ``address`` may mean, in order; with ``lowercase``
+    the local part lower-cased first, then as written (an account made with
+    capitals before names were lower-cased still receives its mail)."""
+    raw = address.strip()
+    if raw.startswith("<") and raw.endswith(">"):
+        raw = raw[1:-1]
+    if not raw or len(raw) > 320:
+        raise InvalidArgument("empty or overlong recipient")
+    local, at, domain = raw.rpartition("@") if "@" in raw else (raw, "", "")
+    domain = domain.lower()
+    base, plus, detail = local.partition("+")
+    if not base:
+        raise InvalidArgument(f"invalid recipient {address!r}")
+    candidates: list[str] = []
+    for local_part in (base.lower(), base) if lowercase else (base,):
+        if at:
+            if domain in local_domains:
+                candidates.append(local_part)
+            candidates.append(f"{local_part}@{domain}")
+        else:
+            candidates.append(local_part)
+    unique = tuple(dict.fromkeys(candidates))
+    return Recipient(address=raw, candidates=unique, detail=detail if plus else None)
