@@ -19,6 +19,7 @@ import datetime as dt
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -47,6 +48,8 @@ __all__ = [
     "local_records",
     "owner_view",
     "read_account_state",
+    "record_of",
+    "records_of",
     "summary_of",
 ]
 
@@ -153,16 +156,31 @@ def local_records(
 ) -> tuple[RecordState, ...]:
     """Live records (``since`` None), or records and tombstones changed after ``since``
     plus whatever state the given ``uids`` have."""
-    columns = (
-        Message.uid,
-        Message.guid,
-        Message.flags,
-        Message.internaldate,
-        Message.size,
-        Message.modseq,
-        Message.expunged,
-    )
-    query = select(*columns).where(Message.mailbox_id == mailbox.id)
+    return records_of(session, mailbox.id, since=since, uids=uids)
+
+
+RECORD_COLUMNS = (
+    Message.uid,
+    Message.guid,
+    Message.flags,
+    Message.internaldate,
+    Message.size,
+    Message.modseq,
+    Message.expunged,
+)
+
+
+def record_of(row: Any) -> RecordState:
+    """A :class:`RecordState` from a row of :data:`RECORD_COLUMNS`."""
+    uid, guid, flags, when, size, modseq, expunged = row
+    return RecordState(uid, guid, flags, int(when.timestamp()), size, modseq, bool(expunged))
+
+
+def records_of(
+    session: Session, mailbox_id: int, *, since: int | None = None, uids: Iterable[int] = ()
+) -> tuple[RecordState, ...]:
+    """:func:`local_records` of the mailbox whose row id is ``mailbox_id``."""
+    query = select(*RECORD_COLUMNS).where(Message.mailbox_id == mailbox_id)
     if since is None:
         query = query.where(Message.expunged.is_(False))
     else:
@@ -173,13 +191,7 @@ def local_records(
         elif extra:
             condition = or_(condition, Message.uid >= extra[0])
         query = query.where(condition)
-    out = [
-        RecordState(uid, guid, flags, int(when.timestamp()), size, modseq, bool(expunged))
-        for uid, guid, flags, when, size, modseq, expunged in session.execute(
-            query.order_by(Message.uid)
-        )
-    ]
-    return tuple(out)
+    return tuple(record_of(row) for row in session.execute(query.order_by(Message.uid)))
 
 
 def read_account_state(

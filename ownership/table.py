@@ -55,6 +55,7 @@ __all__ = [
     "rename",
     "rename_done",
     "renamed_away",
+    "renamed_onto",
     "renames_to",
     "set_home",
     "set_owner",
@@ -63,6 +64,7 @@ __all__ = [
     "unmark_moving",
     "view",
     "views",
+    "views_of",
 ]
 
 
@@ -422,6 +424,25 @@ def renamed_away(session: Session, account: str) -> str | None:
     """The name ``account`` was renamed to, while the partner has not taken it."""
     found = session.get(Rename, account)
     return found.new if found is not None else None
+
+
+def views_of(session: Session, accounts: Sequence[str]) -> dict[str, OwnershipView]:
+    """The rows of these accounts (those that have one), in a query per 500."""
+    names = sorted(set(accounts))
+    out: dict[str, OwnershipView] = {}
+    for i in range(0, len(names), 500):
+        query = select(Ownership).where(Ownership.account.in_(names[i : i + 500]))
+        out.update((r.account, row_view(r)) for r in session.scalars(query))
+    return out
+
+
+def renamed_onto(session: Session, accounts: Sequence[str]) -> set[str]:
+    """Which of these accounts have a rename onto them the partner has not taken."""
+    names = sorted(set(accounts))
+    out: set[str] = set()
+    for i in range(0, len(names), 500):
+        out.update(session.scalars(select(Rename.new).where(Rename.new.in_(names[i : i + 500]))))
+    return out
 
 
 def renames_to(session: Session, account: str) -> list[tuple[str, str]]:
