@@ -41,6 +41,7 @@ __all__ = [
     "CHANGED",
     "adopt",
     "adopt_view",
+    "adopt_views",
     "check_owner",
     "count_by_owner",
     "create",
@@ -57,6 +58,7 @@ __all__ = [
     "renamed_away",
     "renamed_onto",
     "renames_to",
+    "rows_of",
     "set_home",
     "set_owner",
     "take_over",
@@ -272,19 +274,32 @@ def adopt(
 ) -> bool:
     """Take the partner's row if its epoch is higher; True when it changed ours."""
     row = session.get(Ownership, account)
+    return _adopt(session, row, account, owner, home, epoch, state, reason) is not None
+
+
+def _adopt(
+    session: Session,
+    row: Ownership | None,
+    account: str,
+    owner: str,
+    home: str,
+    epoch: int,
+    state: str,
+    reason: str,
+) -> Ownership | None:
+    """:func:`adopt` given our row (None: we have none); the row when it changed."""
     if row is None:
-        session.add(
-            Ownership(
-                account=account, owner=owner, home=home, epoch=epoch, state=state, reason=reason
-            )
+        row = Ownership(
+            account=account, owner=owner, home=home, epoch=epoch, state=state, reason=reason
         )
+        session.add(row)
     elif epoch > row.epoch:
         row.owner, row.home, row.epoch, row.state, row.reason = owner, home, epoch, state, reason
         row.updated_at = utcnow()
     else:
-        return False
+        return None
     _changed(session, account)
-    return True
+    return row
 
 
 def adopt_view(session: Session, row: OwnershipView, reason: str) -> bool:
@@ -304,6 +319,41 @@ def adopt_view(session: Session, row: OwnershipView, reason: str) -> bool:
         state=row.state,
         reason=reason,
     )
+
+
+def adopt_views(session: Session, rows: Sequence[OwnershipView], reason: str) -> list[bool]:
+    """:func:`adopt_view` of each row (True where it changed ours), reading
+    the rows and renames they name in a query per 500 (an exchange of every
+    row of a pair)."""
+    names = sorted({r.account for r in rows})
+    mine: dict[str, Ownership] = {}
+    away: set[str] = set()
+    for i in range(0, len(names), 500):
+        chunk = names[i : i + 500]
+        mine.update(
+            (r.account, r)
+            for r in session.scalars(select(Ownership).where(Ownership.account.in_(chunk)))
+        )
+        away.update(session.scalars(select(Rename.old).where(Rename.old.in_(chunk))))
+    out = []
+    for row in rows:
+        if row.account in away:
+            out.append(False)
+            continue
+        now = _adopt(
+            session,
+            mine.get(row.account),
+            row.account,
+            row.owner,
+            row.home,
+            row.epoch,
+            row.state,
+            reason,
+        )
+        if now is not None:
+            mine[row.account] = now
+        out.append(now is not None)
+    return out
 
 
 def take_over(session: Session, me: str, partner: str, reason: str) -> list[Ownership]:
@@ -426,14 +476,21 @@ def renamed_away(session: Session, account: str) -> str | None:
     return found.new if found is not None else None
 
 
-def views_of(session: Session, accounts: Sequence[str]) -> dict[str, OwnershipView]:
-    """The rows of these accounts (those that have one), in a query per 500."""
+def rows_of(session: Session, accounts: Iterable[str]) -> dict[str, Ownership]:
+    """The rows of these accounts (those that have one), in a query per 500.
+    While the caller holds the answer, :func:`get` of those accounts in this
+    session costs no query (the session's identity map keeps them)."""
     names = sorted(set(accounts))
-    out: dict[str, OwnershipView] = {}
+    out: dict[str, Ownership] = {}
     for i in range(0, len(names), 500):
         query = select(Ownership).where(Ownership.account.in_(names[i : i + 500]))
-        out.update((r.account, row_view(r)) for r in session.scalars(query))
+        out.update((r.account, r) for r in session.scalars(query))
     return out
+
+
+def views_of(session: Session, accounts: Iterable[str]) -> dict[str, OwnershipView]:
+    """:func:`rows_of` as values."""
+    return {name: row_view(row) for name, row in rows_of(session, accounts).items()}
 
 
 def renamed_onto(session: Session, accounts: Sequence[str]) -> set[str]:

@@ -274,7 +274,8 @@ class SyncServer:
         refused: dict[str, SyncFenced] = {}
 
         def stale(session: Session) -> list[OwnershipView]:
-            return [v for v, _ in items if needs_adoption(session, v.account, v)]
+            held = ownership_table.rows_of(session, (v.account for v, _ in items))
+            return [v for v, _ in items if v.account not in held or v.epoch > held[v.account].epoch]
 
         newer = await store.read(stale)
         if newer:
@@ -292,6 +293,7 @@ class SyncServer:
 
         def read(session: Session) -> list[dict[str, Any]]:
             allowed = []
+            held = ownership_table.rows_of(session, (v.account for v, _ in items))
             for view, _ in items:
                 if view.account in refused:
                     continue
@@ -301,6 +303,7 @@ class SyncServer:
                     refused[view.account] = exc
                     continue
                 allowed.append(view.account)
+            del held
             states = read_states(session, allowed, records_for=summaries)
             return [
                 {"account": v.account, "state": encode_account_state(states[v.account])}
@@ -331,7 +334,7 @@ class SyncServer:
         def write(session: Session) -> list[dict[str, Any]]:
             answers: dict[str, dict[str, Any]] = {}
             changes: list[Any] = session.info.setdefault("changes", [])
-            ownership_table.views_of(session, [v.account for v, _ in pushes])  # one SELECT
+            held = ownership_table.rows_of(session, (v.account for v, _ in pushes))
             for view, _ in pushes:
                 try:
                     check_sync(session, me, view.account, view, adopt=False)
@@ -378,6 +381,7 @@ class SyncServer:
                     answers[view.account] = _refusal(view.account, error)
                     continue
                 answers[view.account] = _applied(view.account, result)
+            del held  # the fence's reads above cost no query while held
             return [answers[v.account] for v, _ in pushes]
 
         answer = await self.node.store.write(write, replaying=True)
@@ -551,8 +555,7 @@ class SyncServer:
         parsed = [parse_row(item) for item in rows]
 
         def exchange(session: Session) -> list[dict[str, object]]:
-            for view in parsed:
-                ownership_table.adopt_view(session, view, "learned from partner")
+            ownership_table.adopt_views(session, parsed, "learned from partner")
             session.flush()
             return [v.to_json() for v in ownership_table.views(session)]
 
@@ -574,6 +577,7 @@ class SyncServer:
 
         def read(session: Session) -> dict[str, list[str]]:
             differ, refused = [], []
+            held = ownership_table.rows_of(session, views)  # check_sync reads them: no query each
             mine = account_digests(session, views)
             for name, (view, digest) in views.items():
                 try:
@@ -583,6 +587,7 @@ class SyncServer:
                     continue
                 if mine.get(name) != digest or needs_adoption(session, name, view):
                     differ.append(name)
+            del held
             return {"differ": differ, "refused": refused}
 
         return self.reply(request, encode_json(await self.node.store.read(read)))
