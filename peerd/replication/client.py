@@ -18,7 +18,8 @@ How this works, for one account (the steps are printed in Cyrus's words by
    in step 1 are acknowledged (rows changed meanwhile stay).
 
 One keep-alive HTTP session per partner; requests are batched, so a
-10,000-message account is a handful of round trips.
+10,000-message account is a handful of round trips. ``replicate --all`` sends
+the same steps for many accounts per request (:mod:`peerd.replication.batch`).
 
 Why one module of about 640 lines: the steps above share one session, one
 account's sync-log rows and one request budget, and read best in order; the
