@@ -19,6 +19,7 @@ import datetime as dt
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 from sqlalchemy import or_, select
@@ -335,13 +336,35 @@ def account_digests(session: Session, names: Iterable[str] | None = None) -> dic
         Account.id, Account.name, Account.password_hash, Account.quota_limit, Account.message_limit
     )
     wanted = None if names is None else set(names)
+    # A few thousand accounts (a digests request of 500) are read with IN
+    # lists; more, or all, with one pass over each table.
+    few = wanted is not None and len(wanted) <= 5000
+    found: Iterable[Any]
+    if few and wanted is not None:
+        listed = sorted(wanted)
+        found = chain.from_iterable(
+            session.execute(query.where(Account.name.in_(listed[i : i + 500])))
+            for i in range(0, len(listed), 500)
+        )
+    else:
+        found = session.execute(query)
     accounts = {
         account_id: (name, password_hash, quota, messages)
-        for account_id, name, password_hash, quota, messages in session.execute(query)
+        for account_id, name, password_hash, quota, messages in found
         if wanted is None or name in wanted
     }
+    ids = sorted(accounts)
+
+    def scan(query: Any, column: Any) -> Iterable[Any]:
+        if not few:
+            return session.execute(query)
+        return chain.from_iterable(
+            session.execute(query.where(column.in_(ids[i : i + 500])))
+            for i in range(0, len(ids), 500)
+        )
+
     boxes: dict[int, list[str]] = {i: [] for i in accounts}
-    for row in session.execute(
+    for row in scan(
         select(
             Mailbox.account_id,
             Mailbox.uniqueid,
@@ -352,29 +375,35 @@ def account_digests(session: Session, names: Iterable[str] | None = None) -> dic
             Mailbox.acl,
             Mailbox.checksum,
             Mailbox.exists,
-        )
+        ),
+        Mailbox.account_id,
     ):
         if row[0] in boxes:
             boxes[row[0]].append("\0".join(str(v) for v in row[1:]))
     subs: dict[int, list[str]] = {i: [] for i in accounts}
     sieve: dict[int, list[str]] = {i: [] for i in accounts}
-    for account_id, name, content, active in session.execute(
-        select(SieveScript.account_id, SieveScript.name, SieveScript.content, SieveScript.active)
+    for account_id, name, content, active in scan(
+        select(SieveScript.account_id, SieveScript.name, SieveScript.content, SieveScript.active),
+        SieveScript.account_id,
     ):
         if account_id in sieve:
             sieve[account_id].append(f"{name}\0{int(bool(active))}\0{content}")
-    for account_id, key, until in session.execute(
-        select(VacationSent.account_id, VacationSent.key, VacationSent.until)
+    for account_id, key, until in scan(
+        select(VacationSent.account_id, VacationSent.key, VacationSent.until),
+        VacationSent.account_id,
     ):
         if account_id in sieve:
             sieve[account_id].append(f"v\0{key}\0{sieve_store.utc(until).strftime('%Y%m%d%H%M%S')}")
     notes: dict[int, list[str]] = {i: [] for i in accounts}
-    for account_id, box, entry, value in session.execute(
-        select(Annotation.account_id, Annotation.mailbox, Annotation.entry, Annotation.value)
+    for account_id, box, entry, value in scan(
+        select(Annotation.account_id, Annotation.mailbox, Annotation.entry, Annotation.value),
+        Annotation.account_id,
     ):
         if account_id in notes:
             notes[account_id].append(f"{box}\0{entry}\0{bytes(value).hex()}")
-    for account_id, name in session.execute(select(Subscription.account_id, Subscription.name)):
+    for account_id, name in scan(
+        select(Subscription.account_id, Subscription.name), Subscription.account_id
+    ):
         if account_id in subs:
             subs[account_id].append(name)
     out = {}

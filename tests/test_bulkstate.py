@@ -22,7 +22,7 @@ from engine.bulkstate import owner_views, read_states
 from engine.compare import Push, compare
 from engine.models import Account, Mailbox
 from engine.store import Store
-from engine.syncstate import AccountState, owner_view, read_account_state
+from engine.syncstate import AccountState, account_digests, owner_view, read_account_state
 
 
 def populate(store: Store) -> list[str]:
@@ -73,6 +73,8 @@ def test_read_states_and_owner_views_equal_the_one_account_reads(store: Store) -
     names = populate(store)
 
     def check(s: Session) -> None:
+        everyone = account_digests(s)
+        assert account_digests(s, names) == {n: everyone[n] for n in names if n in everyone}
         assert read_states(s, names) == {n: read_account_state(s, n) for n in names}
         assert read_states(s, names, records_for={}) == {
             n: read_account_state(s, n, records_for={}) for n in names
