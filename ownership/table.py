@@ -44,6 +44,7 @@ __all__ = [
     "adopt_views",
     "check_owner",
     "count_by_owner",
+    "count_rows",
     "create",
     "create_many",
     "delete",
@@ -81,7 +82,14 @@ def view(session: Session, account: str) -> OwnershipView | None:
 
 
 def views(session: Session, owner: str | None = None) -> list[OwnershipView]:
-    return [row_view(r) for r in list_rows(session, owner)]
+    """:func:`list_rows` as values, read without ORM objects (the exchange at
+    start reads every row of the pair)."""
+    query = select(
+        Ownership.account, Ownership.owner, Ownership.home, Ownership.epoch, Ownership.state
+    ).order_by(Ownership.account)
+    if owner is not None:
+        query = query.where(Ownership.owner == owner)
+    return [OwnershipView(*row) for row in session.execute(query)]
 
 
 def fence_many(session: Session, accounts: Iterable[str], node: str) -> dict[str, NotOwner]:
@@ -116,6 +124,11 @@ def list_rows(session: Session, owner: str | None = None) -> list[Ownership]:
     if owner is not None:
         query = query.where(Ownership.owner == owner)
     return list(session.scalars(query))
+
+
+def count_rows(session: Session) -> int:
+    """How many ownership rows this node holds."""
+    return int(session.scalar(select(func.count()).select_from(Ownership)) or 0)
 
 
 def count_by_owner(session: Session) -> dict[str, int]:
