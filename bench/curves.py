@@ -22,18 +22,23 @@ At each point:
    the spool with ``Spool.put_many``; the store is then checked: ``peerd
    check-db --full`` (SQLite's integrity check) and the records, checksums,
    quota and spool files of three accounts read back and compared
-   (``tests.harness.clients.audit_store``). The partner (beta) gets a copy
-   of the same store (the database file copied, the spool hard-linked), so
+   (``tests.harness.clients.audit_store``). With ``--partner copy`` the
+   partner (beta) gets a copy of the same store (the database file copied, the spool hard-linked), so
    the pair starts with both sides holding the same mail, as after a
    completed sync, but with no sync base recorded.
 2. the daemons start; ``replicate --all`` on alpha twice: **pass 1** is
-   the first pass since the start, **pass 2** the one right after it. Up to
+   the first pass since the start, **pass 2** the one right after it. With
+   ``--partner empty`` (the default) beta starts with an empty store, so
+   pass 1 copies every account, mailbox and message (the figure of a new
+   partner); with ``--partner copy`` it starts as described above, and up to
    ``--pass1-max`` accounts beta's copy has no sync base, so pass 1 compares
    every record (what a reconcile after a long absence costs when nothing
    differs); above it, beta's mailboxes get the base a completed sync leaves
    (``sync_base = highestmodseq``: comparing every record of 100,000
    accounts would take long, and per account it is the small points'
-   figure), so pass 1 only confirms each mailbox;
+   figure), so pass 1 only confirms each mailbox. Pass 1 starts once alpha
+   is idle (its full-text indexer and parse walker have gone through the
+   generated messages, which delivery does message by message);
 3. **SELECT**: ``SELECT INBOX`` of one account over IMAP, the best and
    median of five (login not timed);
 4. **deliveries/s**: ``--deliver`` messages of the same kind over 10
@@ -68,7 +73,7 @@ from sqlalchemy import select
 
 import migrations
 from bench.idle import PASSWORD, cheap_hash
-from bench.lmtp_ingest import run_pipelining
+from bench.lmtp_ingest import cpu_seconds, run_pipelining
 from engine import accounts, synclog
 from engine.messages import NewRecords, add_appended
 from engine.models import Account, Mailbox
@@ -231,8 +236,22 @@ def deliveries(node: Node, names: list[str], count: int) -> float:
     return sum(len(p) for p in payloads) / seconds
 
 
+def settle(node: Node, limit: float = 1800) -> float:
+    """Wait until ``node`` is idle (under 5% of a core over 2 s): on a
+    generated store its full-text indexer and parse walker first go through
+    every message (mail delivered is indexed as it arrives). Seconds waited."""
+    assert node.pid is not None
+    began = time.perf_counter()
+    while time.perf_counter() - began < limit:
+        used = cpu_seconds(node.pid)
+        time.sleep(2.0)
+        if cpu_seconds(node.pid) - used < 0.1:
+            break
+    return round(time.perf_counter() - began, 1)
+
+
 def point(
-    workdir: Path, n_accounts: int, per_account: int, deliver: int, pass1_max: int
+    workdir: Path, n_accounts: int, per_account: int, deliver: int, pass1_max: int, partner: str
 ) -> dict[str, Any]:
     names = [f"u{i:06d}" for i in range(n_accounts)]
     alpha, beta = make_pair(
@@ -250,8 +269,13 @@ def point(
     }
     figures.update(generate(alpha, names, per_account))
     figures["check"] = check(alpha, names)
-    copy_store(alpha, beta)
-    skip_pass1 = n_accounts > pass1_max
+    figures["partner"] = partner
+    if partner == "copy":
+        copy_store(alpha, beta)
+    else:  # an empty partner: pass 1 copies every account, mailbox and message
+        beta.db_path.parent.mkdir(parents=True, exist_ok=True)
+        migrations.upgrade(beta.db_url)
+    skip_pass1 = partner == "copy" and n_accounts > pass1_max
     if skip_pass1:
         # A pass with no base known compares every record of every mailbox:
         # at this many accounts it would take long, and per account it is
@@ -265,13 +289,17 @@ def point(
     try:
         alpha.wait_ready(600)
         beta.wait_ready(600)
+        figures["settle_s"] = settle(alpha)
         passes: list[float] = []
+        loads: list[float] = []
         for _ in range(2):
             began = time.perf_counter()
             answer = replicate_all(alpha)
             passes.append(time.perf_counter() - began)
+            loads.append(round(os.getloadavg()[0], 2))
             if answer["errors"]:
                 raise RuntimeError(f"replicate --all: {answer['errors'][:3]}")
+        figures["replicate_all_loads"] = loads
         figures["pass1_bases_known"] = skip_pass1
         figures["replicate_all_pass1_s"] = round(passes[0], 3)
         figures["replicate_all_s"] = round(passes[1], 3)
@@ -287,16 +315,22 @@ def point(
 
 
 def _line(f: dict[str, Any]) -> str:
-    how = "bases known" if f["pass1_bases_known"] else "no base: every record compared"
+    how = (
+        "onto an empty partner"
+        if f["partner"] == "empty"
+        else "bases known"
+        if f["pass1_bases_known"]
+        else "no base: every record compared"
+    )
     pass1 = f"{f['replicate_all_pass1_s']:.2f} s, {how}"
     return (
         f"{f['accounts']:>7} accounts {f['messages']:>8} msgs ({f['per_mailbox']}/INBOX):"
-        f" generated in {f['generate_s']} s;"
+        f" generated in {f['generate_s']} s (indexed in {f['settle_s']} s);"
         f" deliveries {f['deliveries_per_s']:.0f}/s;"
         f" SELECT {f['select_ms']:.1f} ms (median {f['select_median_ms']:.1f});"
-        f" replicate --all {f['replicate_all_s']:.2f} s"
-        f" (pass 1: {pass1});"
-        f" load {f['load'][0]}"
+        f" replicate --all pass 1 {pass1}, in sync right after {f['replicate_all_s']:.2f} s"
+        f" (load {f['replicate_all_loads'][0]} / {f['replicate_all_loads'][1]});"
+        f" load at the end {f['load'][0]}"
     )
 
 
@@ -308,19 +342,20 @@ def run(
     deliver: int,
     scratch: str | None,
     pass1_max: int,
+    partner: str = "empty",
 ) -> dict[str, Any]:
     results: dict[str, Any] = {"accounts": [], "messages": []}
     plan = [("accounts", n, per_account) for n in account_sizes]
     plan += [("messages", boxes, max(1, m // boxes)) for m in message_sizes]
     print(
         f"the store of each point is generated directly through the engine (not delivered),"
-        f" checked (check-db --full, 3 accounts audited), copied to the partner;"
+        f" checked (check-db --full, 3 accounts audited), the partner {partner};"
         f" free disk before: {shutil.disk_usage(scratch or tempfile.gettempdir()).free / 1e9:.1f} GB",
         flush=True,
     )
     for curve, n_accounts, per in plan:
         with tempfile.TemporaryDirectory(prefix="peerd-curves-", dir=scratch) as tmp:
-            figures = point(Path(tmp), n_accounts, per, deliver, pass1_max)
+            figures = point(Path(tmp), n_accounts, per, deliver, pass1_max, partner)
         results[curve].append(figures)
         print(f"{curve:<8} " + _line(figures), flush=True)
     results["cpus"] = os.cpu_count()
@@ -345,6 +380,12 @@ def main() -> None:
         default=1000,
         help="above this many accounts, pass 1 starts with the sync bases known",
     )
+    parser.add_argument(
+        "--partner",
+        choices=("empty", "copy"),
+        default="empty",
+        help="beta starts empty (pass 1 copies everything) or with a copy of alpha's store",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -358,6 +399,7 @@ def main() -> None:
         args.deliver,
         args.scratch,
         args.pass1_max,
+        args.partner,
     )
     if args.json:
         args.json.write_text(json.dumps({"curves": results}, indent=2) + "\n")

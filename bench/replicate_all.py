@@ -15,6 +15,7 @@ the suffix ``.beta`` (py-spy's "raw" format: collapsed stacks, one a line).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import subprocess
@@ -118,7 +119,8 @@ def main() -> None:
         print(
             f"replicate --all {args.accounts} accounts x 5 mailboxes: first pass onto an empty "
             f"partner {first_s:.2f} s (node says {reported:.2f} s; CPU alpha {cpu_a:.2f} s, "
-            f"beta {cpu_b:.2f} s), in sync right after {steady_s:.2f} s, errors {errors}"
+            f"beta {cpu_b:.2f} s), in sync right after {steady_s:.2f} s, errors {errors};"
+            f" load average {os.getloadavg()[0]:.2f}"
         )
 
 

@@ -42,6 +42,7 @@ from engine.flags import record_hash
 from engine.mailbox import (
     bump_modseq,
     create_mailbox,
+    create_mailboxes,
     find_mailbox,
     get_mailbox_by_uniqueid,
     note_uidvalidity,
@@ -229,22 +230,28 @@ def apply_push(session: Session, push: Push, has: Callable[[str], bool]) -> Appl
         synclog.record(session, account.name, mailbox.uniqueid, "mailbox")
     session.flush()
 
+    # The mailboxes we lack, created together (one INSERT, not one flush each).
+    absent = [p.summary for p in push.mailboxes if p.summary.uniqueid not in current]
+    elsewhere: set[str] = set()
+    for i in range(0, len(absent), 500):
+        chunk = [s.uniqueid for s in absent[i : i + 500]]
+        elsewhere.update(
+            session.scalars(select(Mailbox.uniqueid).where(Mailbox.uniqueid.in_(chunk)))
+        )
+    if elsewhere:
+        raise SyncProtocolError(f"mailbox {min(elsewhere)} belongs to another account")
+    current.update(
+        create_mailboxes(
+            session,
+            account,
+            [(s.name, s.uniqueid, s.uidvalidity, s.acl) for s in absent],
+        )
+    )
+
     for mp in push.mailboxes:
         summary = mp.summary
-        mailbox = current.get(summary.uniqueid)
-        if mailbox is None:
-            mailbox = get_mailbox_by_uniqueid(session, summary.uniqueid)
-            if mailbox is not None and mailbox.account_id != account.id:
-                raise SyncProtocolError(f"mailbox {summary.uniqueid} belongs to another account")
-        if mailbox is None:
-            mailbox = create_mailbox(
-                session,
-                account,
-                summary.name,
-                uniqueid=summary.uniqueid,
-                uidvalidity=summary.uidvalidity,
-            )
-        elif mailbox.uidvalidity != summary.uidvalidity:
+        mailbox = current[summary.uniqueid]
+        if mailbox.uidvalidity != summary.uidvalidity:
             # Same uniqueid, other UIDVALIDITY: our records mean nothing.
             account.quota_used = max(0, account.quota_used - _live_size(session, mailbox))
             for row in session.scalars(select(Message).where(Message.mailbox_id == mailbox.id)):

@@ -33,6 +33,7 @@ status, IMAP ``NO``/``BAD``, POP3, LMTP and ManageSieve replies in exactly one p
         ├── SyncProtocolError          (a malformed or oversized request)
         │   └── SyncVersionMismatch    (the partner speaks a sync protocol version we do not)
         │   └── PartnerRejected        (the partner answered a 4xx: it refuses the account's data)
+        │       └── PartnerLacksRequest (404: the partner's release predates this request)
         └── PartnerDown                (the partner did not answer on the sync channel)
 """
 
@@ -55,6 +56,7 @@ __all__ = [
     "OverMessageQuota",
     "OverQuota",
     "PartnerDown",
+    "PartnerLacksRequest",
     "PartnerRejected",
     "ScriptActive",
     "ScriptExists",
@@ -197,6 +199,11 @@ class PartnerRejected(SyncProtocolError):
     until the data (or the partner's limits) change."""
 
     code = "partner_rejected"
+
+
+class PartnerLacksRequest(PartnerRejected):
+    """The partner answered 404: its release predates this request. The
+    sender uses the requests it has (``docs/protocol.md``, versions)."""
 
 
 class PartnerDown(SyncError):

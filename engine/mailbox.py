@@ -17,10 +17,11 @@ import time
 import uuid
 from typing import Protocol
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from engine import synclog
+from engine.db import utcnow
 from engine.errors import AlreadyExists, InvalidArgument, NoSuchMailbox
 from engine.limits import (
     MAX_MAILBOX_NAME,
@@ -36,6 +37,7 @@ __all__ = [
     "SEPARATOR",
     "bump_modseq",
     "create_mailbox",
+    "create_mailboxes",
     "delete_mailbox",
     "find_mailbox",
     "get_mailbox",
@@ -145,6 +147,60 @@ def create_mailbox(
     session.flush()
     synclog.record(session, account.name, mailbox.uniqueid, "mailbox")
     return mailbox
+
+
+def create_mailboxes(
+    session: Session, account: Account, specs: list[tuple[str, str, int, str]]
+) -> dict[str, Mailbox]:
+    """Create many mailboxes of one account as :func:`create_mailbox` makes
+    each (same checks, same sync-log rows), with one INSERT and one SELECT:
+    replication creating a new account's mailboxes. ``specs``: (name,
+    uniqueid, UIDVALIDITY, ACL as stored); returns the mailboxes by uniqueid."""
+    if not specs:
+        return {}
+    names = [normalize_mailbox_name(name) for name, _, _, _ in specs]
+    taken: set[str] = set()
+    for i in range(0, len(names), 500):
+        query = select(Mailbox.name).where(
+            Mailbox.account_id == account.id, Mailbox.name.in_(names[i : i + 500])
+        )
+        taken.update(session.scalars(query))
+    for name in names:
+        if name in taken:
+            raise AlreadyExists(f"mailbox {name} already exists")
+        taken.add(name)
+    count = session.scalar(select(func.count()).where(Mailbox.account_id == account.id))
+    check_count(int(count or 0) + len(specs) - 1, MAX_MAILBOXES, "mailboxes")
+    now = utcnow()
+    session.execute(
+        insert(Mailbox),
+        [
+            {
+                "account_id": account.id,
+                "uniqueid": uniqueid,
+                "name": name,
+                "uidvalidity": uidvalidity,
+                "last_uid": 0,
+                "highestmodseq": 1,
+                "acl": acl,
+                "checksum": 0,
+                "exists": 0,
+                "sync_base": 0,
+                "recentuid": 0,
+                "created_at": now,
+            }
+            for name, (_, uniqueid, uidvalidity, acl) in zip(names, specs, strict=True)
+        ],
+    )
+    for _, _, uidvalidity, _ in specs:
+        note_uidvalidity(account, uidvalidity)
+    wanted = [uniqueid for _, uniqueid, _, _ in specs]
+    created: dict[str, Mailbox] = {}
+    for i in range(0, len(wanted), 500):
+        rows = session.scalars(select(Mailbox).where(Mailbox.uniqueid.in_(wanted[i : i + 500])))
+        created.update((m.uniqueid, m) for m in rows)
+    synclog.record_many(session, [(account.name, u, "mailbox") for u in wanted])
+    return created
 
 
 def rename_mailbox(session: Session, account: Account, old: str, new: str) -> list[Mailbox]:

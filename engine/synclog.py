@@ -31,7 +31,7 @@ import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from engine.db import upsert, utcnow
@@ -174,21 +174,32 @@ def pending(
 
 def acknowledge(session: Session, rows: Iterable[tuple[int, int]]) -> int:
     """Drop rows the partner now has; rows changed since they were read stay."""
-    rows = list(rows)
+    read = dict(rows)
     removed = 0
-    for i in range(0, len(rows), 200):
-        chunk = rows[i : i + 200]
-        match = or_(*(and_(SyncLogRow.id == r, SyncLogRow.generation == g) for r, g in chunk))
-        result = session.execute(delete(SyncLogRow).where(match))
-        removed += int(result.rowcount)  # type: ignore[attr-defined]
-        # What stays changed during the sync: its oldest pending change is
-        # now no older than its last update.
-        ids = [r for r, _ in chunk]
-        session.execute(
-            update(SyncLogRow)
-            .where(SyncLogRow.id.in_(ids))
-            .values(created_at=SyncLogRow.updated_at)
+    ids = sorted(read)
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
+        # One SELECT and at most two IN statements a chunk (a whole
+        # ``replicate --all`` acknowledges thousands of rows at once): the
+        # rows still at the generation read are dropped, the others stay.
+        now = session.execute(
+            select(SyncLogRow.id, SyncLogRow.generation).where(SyncLogRow.id.in_(chunk))
         )
+        done: list[int] = []
+        changed: list[int] = []
+        for row_id, generation in now:
+            (done if generation == read[row_id] else changed).append(row_id)
+        if done:
+            session.execute(delete(SyncLogRow).where(SyncLogRow.id.in_(done)))
+            removed += len(done)
+        if changed:
+            # What stays changed during the sync: its oldest pending change
+            # is now no older than its last update.
+            session.execute(
+                update(SyncLogRow)
+                .where(SyncLogRow.id.in_(changed))
+                .values(created_at=SyncLogRow.updated_at)
+            )
     return removed
 
 

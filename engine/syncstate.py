@@ -19,6 +19,8 @@ import datetime as dt
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import chain
+from typing import Any
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -49,6 +51,8 @@ __all__ = [
     "local_records",
     "owner_view",
     "read_account_state",
+    "record_of",
+    "records_of",
     "summary_of",
 ]
 
@@ -158,16 +162,31 @@ def local_records(
 ) -> tuple[RecordState, ...]:
     """Live records (``since`` None), or records and tombstones changed after ``since``
     plus whatever state the given ``uids`` have."""
-    columns = (
-        Message.uid,
-        Message.guid,
-        Message.flags,
-        Message.internaldate,
-        Message.size,
-        Message.modseq,
-        Message.expunged,
-    )
-    query = select(*columns).where(Message.mailbox_id == mailbox.id)
+    return records_of(session, mailbox.id, since=since, uids=uids)
+
+
+RECORD_COLUMNS = (
+    Message.uid,
+    Message.guid,
+    Message.flags,
+    Message.internaldate,
+    Message.size,
+    Message.modseq,
+    Message.expunged,
+)
+
+
+def record_of(row: Any) -> RecordState:
+    """A :class:`RecordState` from a row of :data:`RECORD_COLUMNS`."""
+    uid, guid, flags, when, size, modseq, expunged = row
+    return RecordState(uid, guid, flags, int(when.timestamp()), size, modseq, bool(expunged))
+
+
+def records_of(
+    session: Session, mailbox_id: int, *, since: int | None = None, uids: Iterable[int] = ()
+) -> tuple[RecordState, ...]:
+    """:func:`local_records` of the mailbox whose row id is ``mailbox_id``."""
+    query = select(*RECORD_COLUMNS).where(Message.mailbox_id == mailbox_id)
     if since is None:
         query = query.where(Message.expunged.is_(False))
     else:
@@ -178,13 +197,7 @@ def local_records(
         elif extra:
             condition = or_(condition, Message.uid >= extra[0])
         query = query.where(condition)
-    out = [
-        RecordState(uid, guid, flags, int(when.timestamp()), size, modseq, bool(expunged))
-        for uid, guid, flags, when, size, modseq, expunged in session.execute(
-            query.order_by(Message.uid)
-        )
-    ]
-    return tuple(out)
+    return tuple(record_of(row) for row in session.execute(query.order_by(Message.uid)))
 
 
 def read_account_state(
@@ -329,13 +342,35 @@ def account_digests(session: Session, names: Iterable[str] | None = None) -> dic
         Account.id, Account.name, Account.password_hash, Account.quota_limit, Account.message_limit
     )
     wanted = None if names is None else set(names)
+    # A few thousand accounts (a digests request of 500) are read with IN
+    # lists; more, or all, with one pass over each table.
+    few = wanted is not None and len(wanted) <= 5000
+    found: Iterable[Any]
+    if few and wanted is not None:
+        listed = sorted(wanted)
+        found = chain.from_iterable(
+            session.execute(query.where(Account.name.in_(listed[i : i + 500])))
+            for i in range(0, len(listed), 500)
+        )
+    else:
+        found = session.execute(query)
     accounts = {
         account_id: (name, password_hash, quota, messages)
-        for account_id, name, password_hash, quota, messages in session.execute(query)
+        for account_id, name, password_hash, quota, messages in found
         if wanted is None or name in wanted
     }
+    ids = sorted(accounts)
+
+    def scan(query: Any, column: Any) -> Iterable[Any]:
+        if not few:
+            return session.execute(query)
+        return chain.from_iterable(
+            session.execute(query.where(column.in_(ids[i : i + 500])))
+            for i in range(0, len(ids), 500)
+        )
+
     boxes: dict[int, list[str]] = {i: [] for i in accounts}
-    for row in session.execute(
+    for row in scan(
         select(
             Mailbox.account_id,
             Mailbox.uniqueid,
@@ -346,40 +381,47 @@ def account_digests(session: Session, names: Iterable[str] | None = None) -> dic
             Mailbox.acl,
             Mailbox.checksum,
             Mailbox.exists,
-        )
+        ),
+        Mailbox.account_id,
     ):
         if row[0] in boxes:
             boxes[row[0]].append("\0".join(str(v) for v in row[1:]))
     subs: dict[int, list[str]] = {i: [] for i in accounts}
     sieve: dict[int, list[str]] = {i: [] for i in accounts}
-    for account_id, name, content, active in session.execute(
-        select(SieveScript.account_id, SieveScript.name, SieveScript.content, SieveScript.active)
+    for account_id, name, content, active in scan(
+        select(SieveScript.account_id, SieveScript.name, SieveScript.content, SieveScript.active),
+        SieveScript.account_id,
     ):
         if account_id in sieve:
             sieve[account_id].append(f"{name}\0{int(bool(active))}\0{content}")
-    for account_id, key, until in session.execute(
-        select(VacationSent.account_id, VacationSent.key, VacationSent.until)
+    for account_id, key, until in scan(
+        select(VacationSent.account_id, VacationSent.key, VacationSent.until),
+        VacationSent.account_id,
     ):
         if account_id in sieve:
             sieve[account_id].append(f"v\0{key}\0{sieve_store.utc(until).strftime('%Y%m%d%H%M%S')}")
     notes: dict[int, list[str]] = {i: [] for i in accounts}
-    for account_id, box, entry, value in session.execute(
-        select(Annotation.account_id, Annotation.mailbox, Annotation.entry, Annotation.value)
+    for account_id, box, entry, value in scan(
+        select(Annotation.account_id, Annotation.mailbox, Annotation.entry, Annotation.value),
+        Annotation.account_id,
     ):
         if account_id in notes:
             notes[account_id].append(f"{box}\0{entry}\0{bytes(value).hex()}")
     cursors: dict[int, list[str]] = {i: [] for i in accounts}
-    for account_id, box, validity, last in session.execute(
+    for account_id, box, validity, last in scan(
         select(
             ImportCursor.account_id,
             ImportCursor.mailbox,
             ImportCursor.uidvalidity,
             ImportCursor.last_uid,
-        )
+        ),
+        ImportCursor.account_id,
     ):
         if account_id in cursors:
             cursors[account_id].append(f"{box}\0{validity}\0{last}")
-    for account_id, name in session.execute(select(Subscription.account_id, Subscription.name)):
+    for account_id, name in scan(
+        select(Subscription.account_id, Subscription.name), Subscription.account_id
+    ):
         if account_id in subs:
             subs[account_id].append(name)
     out = {}

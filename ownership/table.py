@@ -41,8 +41,10 @@ __all__ = [
     "CHANGED",
     "adopt",
     "adopt_view",
+    "adopt_views",
     "check_owner",
     "count_by_owner",
+    "count_rows",
     "create",
     "create_many",
     "delete",
@@ -55,7 +57,9 @@ __all__ = [
     "rename",
     "rename_done",
     "renamed_away",
+    "renamed_onto",
     "renames_to",
+    "rows_of",
     "set_home",
     "set_owner",
     "take_over",
@@ -63,6 +67,7 @@ __all__ = [
     "unmark_moving",
     "view",
     "views",
+    "views_of",
 ]
 
 
@@ -77,7 +82,14 @@ def view(session: Session, account: str) -> OwnershipView | None:
 
 
 def views(session: Session, owner: str | None = None) -> list[OwnershipView]:
-    return [row_view(r) for r in list_rows(session, owner)]
+    """:func:`list_rows` as values, read without ORM objects (the exchange at
+    start reads every row of the pair)."""
+    query = select(
+        Ownership.account, Ownership.owner, Ownership.home, Ownership.epoch, Ownership.state
+    ).order_by(Ownership.account)
+    if owner is not None:
+        query = query.where(Ownership.owner == owner)
+    return [OwnershipView(*row) for row in session.execute(query)]
 
 
 def fence_many(session: Session, accounts: Iterable[str], node: str) -> dict[str, NotOwner]:
@@ -112,6 +124,11 @@ def list_rows(session: Session, owner: str | None = None) -> list[Ownership]:
     if owner is not None:
         query = query.where(Ownership.owner == owner)
     return list(session.scalars(query))
+
+
+def count_rows(session: Session) -> int:
+    """How many ownership rows this node holds."""
+    return int(session.scalar(select(func.count()).select_from(Ownership)) or 0)
 
 
 def count_by_owner(session: Session) -> dict[str, int]:
@@ -270,19 +287,32 @@ def adopt(
 ) -> bool:
     """Take the partner's row if its epoch is higher; True when it changed ours."""
     row = session.get(Ownership, account)
+    return _adopt(session, row, account, owner, home, epoch, state, reason) is not None
+
+
+def _adopt(
+    session: Session,
+    row: Ownership | None,
+    account: str,
+    owner: str,
+    home: str,
+    epoch: int,
+    state: str,
+    reason: str,
+) -> Ownership | None:
+    """:func:`adopt` given our row (None: we have none); the row when it changed."""
     if row is None:
-        session.add(
-            Ownership(
-                account=account, owner=owner, home=home, epoch=epoch, state=state, reason=reason
-            )
+        row = Ownership(
+            account=account, owner=owner, home=home, epoch=epoch, state=state, reason=reason
         )
+        session.add(row)
     elif epoch > row.epoch:
         row.owner, row.home, row.epoch, row.state, row.reason = owner, home, epoch, state, reason
         row.updated_at = utcnow()
     else:
-        return False
+        return None
     _changed(session, account)
-    return True
+    return row
 
 
 def adopt_view(session: Session, row: OwnershipView, reason: str) -> bool:
@@ -302,6 +332,41 @@ def adopt_view(session: Session, row: OwnershipView, reason: str) -> bool:
         state=row.state,
         reason=reason,
     )
+
+
+def adopt_views(session: Session, rows: Sequence[OwnershipView], reason: str) -> list[bool]:
+    """:func:`adopt_view` of each row (True where it changed ours), reading
+    the rows and renames they name in a query per 500 (an exchange of every
+    row of a pair)."""
+    names = sorted({r.account for r in rows})
+    mine: dict[str, Ownership] = {}
+    away: set[str] = set()
+    for i in range(0, len(names), 500):
+        chunk = names[i : i + 500]
+        mine.update(
+            (r.account, r)
+            for r in session.scalars(select(Ownership).where(Ownership.account.in_(chunk)))
+        )
+        away.update(session.scalars(select(Rename.old).where(Rename.old.in_(chunk))))
+    out = []
+    for row in rows:
+        if row.account in away:
+            out.append(False)
+            continue
+        now = _adopt(
+            session,
+            mine.get(row.account),
+            row.account,
+            row.owner,
+            row.home,
+            row.epoch,
+            row.state,
+            reason,
+        )
+        if now is not None:
+            mine[row.account] = now
+        out.append(now is not None)
+    return out
 
 
 def take_over(session: Session, me: str, partner: str, reason: str) -> list[Ownership]:
@@ -422,6 +487,32 @@ def renamed_away(session: Session, account: str) -> str | None:
     """The name ``account`` was renamed to, while the partner has not taken it."""
     found = session.get(Rename, account)
     return found.new if found is not None else None
+
+
+def rows_of(session: Session, accounts: Iterable[str]) -> dict[str, Ownership]:
+    """The rows of these accounts (those that have one), in a query per 500.
+    While the caller holds the answer, :func:`get` of those accounts in this
+    session costs no query (the session's identity map keeps them)."""
+    names = sorted(set(accounts))
+    out: dict[str, Ownership] = {}
+    for i in range(0, len(names), 500):
+        query = select(Ownership).where(Ownership.account.in_(names[i : i + 500]))
+        out.update((r.account, r) for r in session.scalars(query))
+    return out
+
+
+def views_of(session: Session, accounts: Iterable[str]) -> dict[str, OwnershipView]:
+    """:func:`rows_of` as values."""
+    return {name: row_view(row) for name, row in rows_of(session, accounts).items()}
+
+
+def renamed_onto(session: Session, accounts: Sequence[str]) -> set[str]:
+    """Which of these accounts have a rename onto them the partner has not taken."""
+    names = sorted(set(accounts))
+    out: set[str] = set()
+    for i in range(0, len(names), 500):
+        out.update(session.scalars(select(Rename.new).where(Rename.new.in_(names[i : i + 500]))))
+    return out
 
 
 def renames_to(session: Session, account: str) -> list[tuple[str, str]]:

@@ -82,14 +82,15 @@ async def exchange_rows(node: Node, client: SyncClient) -> list[str]:
             log.warning("ownership exchange: %s skipped: %s", node.partner, exc.message)
 
     def adopt(session: Session) -> list[str]:
-        changed = []
-        for row in theirs:
-            before = ownership_table.get(session, row.account)
-            was_mine = before is not None and before.owner == node.name
-            learned = ownership_table.adopt_view(session, row, f"learned from {node.partner}")
-            if learned and was_mine and row.owner != node.name:
-                changed.append(row.account)
-        return changed
+        before = ownership_table.views_of(session, [row.account for row in theirs])
+        mine = {name for name, view in before.items() if view.owner == node.name}
+        learned = ownership_table.adopt_views(session, theirs, f"learned from {node.partner}")
+        changed = (
+            row.account
+            for row, new in zip(theirs, learned, strict=True)
+            if new and row.account in mine and row.owner != node.name
+        )
+        return list(dict.fromkeys(changed))
 
     return await node.store.write(adopt)
 

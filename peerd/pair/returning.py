@@ -36,7 +36,18 @@ __all__ = ["Returned", "exchange_at_start", "exchange_once_reachable"]
 log = logging.getLogger("peerd.pair.returning")
 
 EXCHANGE_TIMEOUT = 5.0
+# Each side reads, sends and adopts every row: a pair of 100,000 accounts
+# needs tens of seconds on a busy host, and a timeout below that retried the
+# whole exchange forever.
+EXCHANGE_ROWS_PER_SECOND = 2_000
 RETRY_FIRST = 0.5
+
+
+async def exchange_timeout(node: Node) -> float:
+    """Seconds the exchange at start may take: :data:`EXCHANGE_TIMEOUT`,
+    and one more for every :data:`EXCHANGE_ROWS_PER_SECOND` ownership rows."""
+    rows = await node.store.read(ownership_table.count_rows)
+    return EXCHANGE_TIMEOUT + rows / EXCHANGE_ROWS_PER_SECOND
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +76,7 @@ async def exchange_at_start(node: Node, client: SyncClient) -> Returned:
             ", ".join(released),
         )
     try:
-        changed = await asyncio.wait_for(exchange_rows(node, client), EXCHANGE_TIMEOUT)
+        changed = await asyncio.wait_for(exchange_rows(node, client), await exchange_timeout(node))
     except (EngineError, TimeoutError) as exc:
         node.startup_note = (
             f"partner unreachable at start ({exc}); serving only the accounts this node "
@@ -87,7 +98,9 @@ async def exchange_once_reachable(node: Node, client: SyncClient) -> Returned:
     while True:
         await asyncio.sleep(backoff.next())
         try:
-            changed = await asyncio.wait_for(exchange_rows(node, client), EXCHANGE_TIMEOUT)
+            changed = await asyncio.wait_for(
+                exchange_rows(node, client), await exchange_timeout(node)
+            )
         except (EngineError, TimeoutError):
             continue
         stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

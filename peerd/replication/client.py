@@ -18,7 +18,8 @@ How this works, for one account (the steps are printed in Cyrus's words by
    in step 1 are acknowledged (rows changed meanwhile stay).
 
 One keep-alive HTTP session per partner; requests are batched, so a
-10,000-message account is a handful of round trips.
+10,000-message account is a handful of round trips. ``replicate --all`` sends
+the same steps for many accounts per request (:mod:`peerd.replication.batch`).
 
 Why one module of about 640 lines: the steps above share one session, one
 account's sync-log rows and one request budget, and read best in order; the
@@ -66,6 +67,7 @@ from engine.compare import Push, Repairs, compare
 from engine.delta import Delta, mark_of, owner_delta
 from engine.errors import (
     PartnerDown,
+    PartnerLacksRequest,
     PartnerRejected,
     SyncProtocolError,
     SyncRefused,
@@ -169,6 +171,9 @@ class SyncClient:
         # worker's view of the partner is the one `status` shows.
         self._reach_listeners: list[Callable[[bool, str], None]] = []
         self.reachable: bool | None = None  # what the last request saw; None: none yet
+        # Whether the partner takes batch requests (peerd.replication.batch):
+        # None until a batch was tried, False after a 404 (an older release).
+        self.batches: bool | None = None
 
     def add_reach_listener(self, listener: Callable[[bool, str], None]) -> None:
         self._reach_listeners.append(listener)
@@ -252,6 +257,14 @@ class SyncClient:
     def lock(self, account: str) -> asyncio.Lock:
         return self._locks.setdefault(account, asyncio.Lock())
 
+    def mark(self, account: str, epoch: int, state: AccountState | None) -> None:
+        """Remember the state a sync left the replica in (``None``: forget it);
+        the next change to the account may then go as a delta."""
+        if state is None:
+            self._marks.pop(account, None)
+        else:
+            self._marks[account] = (epoch, mark_of(state))
+
     async def call(
         self,
         path: str,
@@ -330,6 +343,8 @@ class SyncClient:
                 problem, detail = {}, raw[:200].decode("utf-8", "replace")
             if problem.get("error") == SyncVersionMismatch.code:
                 raise SyncVersionMismatch(detail)
+            if status == 404:
+                raise PartnerLacksRequest(f"partner answered 404 to {path}: {detail}")
             if status < 500:
                 raise PartnerRejected(f"partner answered {status} to {path}: {detail}")
             raise SyncProtocolError(f"partner answered {status} to {path}: {detail}")
@@ -433,7 +448,7 @@ class SyncClient:
         async def plan() -> _Round:
             local = await store.read(lambda s: self._local(s, account, mailbox_names))
             own_row, rows, summaries, include = local
-            if own_row is None or not self._may_push(own_row):
+            if own_row is None or not self.may_push(own_row):
                 owner = own_row.owner if own_row else "nobody"
                 raise SyncRefused(f"{self.node.name} does not own {account} (owner {owner})")
             names = " ".join(summaries_names(summaries)) or account
@@ -506,7 +521,7 @@ class SyncClient:
         if planned.rows and self.owns_sync_log:
             await store.write(partial(synclog.acknowledge, rows=planned.rows))
 
-    def _may_push(self, row: OwnershipView) -> bool:
+    def may_push(self, row: OwnershipView) -> bool:
         """We push accounts we own; to a backup channel with sync_log_chain,
         also those the partner owns (never one the channel's node would own)."""
         if row.owner == self.node.name:
@@ -610,12 +625,7 @@ class SyncClient:
             )
 
         own_row, rows, delta, frames = await store.read(plan)
-        if (
-            delta is None
-            or own_row is None
-            or not self._may_push(own_row)
-            or own_row.epoch != epoch
-        ):
+        if delta is None or own_row is None or not self.may_push(own_row) or own_row.epoch != epoch:
             return False
         if not delta.push.empty:
             control = {
@@ -683,7 +693,7 @@ class SyncClient:
             missing = list(decode_json(raw).get("missing", []))
         report.steps.extend(push_steps(push, replica_names, len(guids), set(missing)))
         if missing:
-            await self._upload(missing, use_zlib, report)
+            await self.upload(missing, use_zlib, report)
         report.setflags += _flag_updates(push, set(missing))
         body: dict[str, Any] = {
             "account": account,
@@ -702,7 +712,7 @@ class SyncClient:
             return False
         return True
 
-    async def _upload(self, guids: list[str], use_zlib: bool, report: SyncReport) -> None:
+    async def upload(self, guids: list[str], use_zlib: bool, report: SyncReport) -> None:
         """UPLOAD in batches, two in flight: we read and frame the next batch
         while the partner verifies and stores the previous one."""
         store = self.node.store

@@ -4,8 +4,10 @@ How this works: :func:`replicate_now` is Cyrus's ``sync_client -u`` (one
 account), ``-m`` (some of its mailboxes) and ``-A`` (every account this node
 owns). For ``-A`` it first compares one digest per account with the partner
 (a few requests for thousands of accounts) and syncs only those that differ
-or have logged changes. Accounts sync concurrently, twice
-``sync_concurrency`` at a time; one account's failure is reported and does
+or have logged changes, many accounts per request
+(:mod:`peerd.replication.batch`, two batches in flight); an account a batch
+hands back, and every account of ``-u``, syncs alone, twice
+``sync_concurrency`` at a time. One account's failure is reported and does
 not stop the others. :func:`queue` is ``cyr_synclog``: it logs an account or
 some of its mailboxes as changed, for the rolling worker to sync;
 :func:`pending_changes` is what the log holds, per account.
@@ -28,6 +30,7 @@ from engine.mailbox import get_mailbox
 from ownership import table as ownership_table
 from peerd.node.config import Address, parse_address
 from peerd.node.node import Node
+from peerd.replication.batch import BATCH_ACCOUNTS, sync_batch
 from peerd.replication.client import SyncClient, SyncReport
 
 __all__ = [
@@ -39,6 +42,10 @@ __all__ = [
     "replicate_now",
     "sync_target",
 ]
+
+# Batches of accounts a ``replicate --all`` has in flight: one is read and
+# compared here while the partner applies the other.
+BATCHES_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +151,24 @@ async def replicate_now(
             )
         )
         todo = [a for a in accounts if a in differ or a in pending]
-    await asyncio.gather(*(one(a) for a in todo))
+        # Many accounts per round trip (peerd.replication.batch); those a
+        # batch hands back (repairs, renames, an older partner) go alone.
+        alone: list[str] = []
+        in_flight = asyncio.Semaphore(BATCHES_IN_FLIGHT)
+
+        async def batch(names: list[str]) -> None:
+            async with in_flight:
+                outcome = await sync_batch(client, names, compressed=compressed)
+            reports.extend(outcome.reports)
+            errors.extend(SyncFailure(a, code, detail) for a, code, detail in outcome.errors)
+            alone.extend(outcome.alone)
+
+        await asyncio.gather(
+            *(batch(todo[i : i + BATCH_ACCOUNTS]) for i in range(0, len(todo), BATCH_ACCOUNTS))
+        )
+        await asyncio.gather(*(one(a) for a in alone))
+    else:
+        await asyncio.gather(*(one(a) for a in todo))
     return Replicated(
         accounts=len(accounts),
         in_sync=len(accounts) - len(todo),

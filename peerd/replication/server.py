@@ -24,12 +24,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine import accounts as engine_accounts
 from engine import synclog
 from engine.accounts import normalize_account_name
-from engine.apply import apply_push
+from engine.apply import ApplyResult, apply_push
+from engine.applybulk import apply_new_accounts, is_fresh
+from engine.bulkstate import read_states
 from engine.delta import matches
 from engine.errors import Corrupt, EngineError, SyncProtocolError, SyncStale, TemporaryFailure
 from engine.spool import GUID_RE, Staged
@@ -71,6 +74,7 @@ INLINE_STAGE = 256 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MAX_BODIES = 10_000  # GUIDs in one ``bodies`` request
+MAX_BATCH = 1_000  # accounts in one ``batch_user_some`` or ``batch_apply`` request
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +246,156 @@ class SyncServer:
             await store.write(
                 lambda s: check_sync(s, self.node.name, view.account, view), replaying=True
             )
+
+    # -- many accounts in one request (replicate --all) -------------------
+
+    def batch_items(self, body: dict[str, Any]) -> list[tuple[OwnershipView, dict[str, Any]]]:
+        """The ``accounts`` of a batch request, each with its sender's row; a
+        malformed item refuses the whole request (nothing was read or applied)."""
+        items = body.get("accounts")
+        if not isinstance(items, list) or len(items) > MAX_BATCH:
+            raise SyncProtocolError(f"accounts must be a list of at most {MAX_BATCH}")
+        out: dict[str, tuple[OwnershipView, dict[str, Any]]] = {}
+        for item in items:
+            if not isinstance(item, dict):
+                raise SyncProtocolError("each account must be an object")
+            view = self.sender(item)
+            out[view.account] = (view, item)
+        return list(out.values())
+
+    async def batch_user_some(self, request: web.Request) -> web.Response:
+        """USER_SOME for many accounts: each answered as ``user_some`` would,
+        or with its own refusal (``error``, ``detail``, ``ownership``)."""
+        items = self.batch_items(decode_json(await self.body(request)))
+        summaries: dict[str, dict[str, Any]] = {}
+        for view, item in items:
+            raw = item.get("summaries", [])
+            decoded = (decode_summary(x) for x in (raw if isinstance(raw, list) else []))
+            summaries[view.account] = {s.uniqueid: s for s in decoded}
+        me = self.node.name
+        store = self.node.store
+        refused: dict[str, SyncFenced] = {}
+
+        def stale(session: Session) -> list[OwnershipView]:
+            held = ownership_table.rows_of(session, (v.account for v, _ in items))
+            return [v for v, _ in items if v.account not in held or v.epoch > held[v.account].epoch]
+
+        newer = await store.read(stale)
+        if newer:
+            # As user_some: a newer row (or none here yet) is adopted first, in one write.
+            def adopt(session: Session) -> dict[str, SyncFenced]:
+                out = {}
+                for view in newer:
+                    try:
+                        check_sync(session, me, view.account, view)
+                    except SyncFenced as exc:
+                        out[view.account] = exc
+                return out
+
+            refused.update(await store.write(adopt, replaying=True))
+
+        def read(session: Session) -> list[dict[str, Any]]:
+            allowed = []
+            held = ownership_table.rows_of(session, (v.account for v, _ in items))
+            for view, _ in items:
+                if view.account in refused:
+                    continue
+                try:
+                    check_sync(session, me, view.account, view, adopt=False)
+                except SyncFenced as exc:
+                    refused[view.account] = exc
+                    continue
+                allowed.append(view.account)
+            del held
+            states = read_states(session, allowed, records_for=summaries)
+            return [
+                {"account": v.account, "state": encode_account_state(states[v.account])}
+                if v.account in states
+                else _refusal(v.account, refused[v.account])
+                for v, _ in items
+            ]
+
+        answer = await store.read(read)
+        self._count_refusals(refused)
+        return self.reply(request, encode_json({"accounts": answer}))
+
+    async def batch_apply(self, request: web.Request) -> web.Response:
+        """APPLY for many accounts in one write: each account in its own
+        savepoint, fenced by its own row, answered as ``apply`` would or
+        with its own refusal; one refused account does not stop the others."""
+        items = self.batch_items(decode_json(await self.body(request)))
+        pushes = []
+        for view, item in items:
+            push = decode_push(item.get("push"))
+            if push.account != view.account:
+                raise SyncProtocolError("push.account differs from account")
+            pushes.append((view, push))
+        me = self.node.name
+        spool = self.node.store.spool
+        refused: dict[str, SyncFenced] = {}
+
+        def write(session: Session) -> list[dict[str, Any]]:
+            answers: dict[str, dict[str, Any]] = {}
+            changes: list[Any] = session.info.setdefault("changes", [])
+            held = ownership_table.rows_of(session, (v.account for v, _ in pushes))
+            for view, _ in pushes:
+                try:
+                    check_sync(session, me, view.account, view, adopt=False)
+                except SyncFenced as exc:
+                    refused[view.account] = exc
+                    answers[view.account] = _refusal(view.account, exc)
+            # New accounts (a first sync) in one savepoint, a few statements
+            # for all; if that fails, each alone below.
+            fresh = [(v, p) for v, p in pushes if v.account not in answers and is_fresh(p)]
+            if len(fresh) > 1:
+                noted = len(changes)
+                savepoint = session.begin_nested()
+                try:
+                    for view, _ in fresh:
+                        check_sync(session, me, view.account, view)
+                    results = apply_new_accounts(session, [p for _, p in fresh], spool.has)
+                    savepoint.commit()
+                except (EngineError, IntegrityError) as exc:
+                    savepoint.rollback()
+                    del changes[noted:]
+                    log.info("sync: a batch of new accounts goes one by one: %s", exc)
+                else:
+                    for (view, _), result in zip(fresh, results, strict=True):
+                        answers[view.account] = _applied(view.account, result)
+            for view, push in pushes:
+                if view.account in answers:
+                    continue
+                noted = len(changes)
+                savepoint = session.begin_nested()
+                try:
+                    check_sync(session, me, view.account, view)
+                    result = apply_push(session, push, spool.has)
+                    if push.delete_account:
+                        ownership_table.delete(session, view.account)
+                    savepoint.commit()
+                except (EngineError, IntegrityError) as exc:
+                    savepoint.rollback()
+                    del changes[noted:]  # nothing of it happened
+                    error = (
+                        exc
+                        if isinstance(exc, EngineError)
+                        else SyncProtocolError(f"{view.account}: {exc.orig}")
+                    )
+                    answers[view.account] = _refusal(view.account, error)
+                    continue
+                answers[view.account] = _applied(view.account, result)
+            del held  # the fence's reads above cost no query while held
+            return [answers[v.account] for v, _ in pushes]
+
+        answer = await self.node.store.write(write, replaying=True)
+        self._count_refusals(refused)
+        self.node.counters.inc("sync_applied", len(pushes) - sum(1 for a in answer if "error" in a))
+        return self.reply(request, encode_json({"accounts": answer}))
+
+    def _count_refusals(self, refused: dict[str, SyncFenced]) -> None:
+        for exc in refused.values():
+            self.node.counters.inc("sync_fenced")
+            log.warning("sync: %s", exc.message)
 
     async def reserve(self, request: web.Request) -> web.Response:
         """Which of these GUIDs do we lack? (Cyrus RESERVE: held ones are never sent.)"""
@@ -420,8 +574,7 @@ class SyncServer:
         parsed = [parse_row(item) for item in rows]
 
         def exchange(session: Session) -> list[dict[str, object]]:
-            for view in parsed:
-                ownership_table.adopt_view(session, view, "learned from partner")
+            ownership_table.adopt_views(session, parsed, "learned from partner")
             session.flush()
             return [v.to_json() for v in ownership_table.views(session)]
 
@@ -443,6 +596,7 @@ class SyncServer:
 
         def read(session: Session) -> dict[str, list[str]]:
             differ, refused = [], []
+            held = ownership_table.rows_of(session, views)  # check_sync reads them: no query each
             mine = account_digests(session, views)
             for name, (view, digest) in views.items():
                 try:
@@ -452,6 +606,7 @@ class SyncServer:
                     continue
                 if mine.get(name) != digest or needs_adoption(session, name, view):
                     differ.append(name)
+            del held
             return {"differ": differ, "refused": refused}
 
         return self.reply(request, encode_json(await self.node.store.read(read)))
@@ -535,6 +690,8 @@ class SyncServer:
         app.router.add_post("/sync/v1/reserve", self.reserve)
         app.router.add_post("/sync/v1/upload", self.upload)
         app.router.add_post("/sync/v1/apply", self.apply)
+        app.router.add_post("/sync/v1/batch_user_some", self.batch_user_some)
+        app.router.add_post("/sync/v1/batch_apply", self.batch_apply)
         app.router.add_post("/sync/v1/delta", self.delta)
         app.router.add_post("/sync/v1/fetch", self.fetch)
         app.router.add_post("/sync/v1/rename", self.rename)
@@ -544,6 +701,23 @@ class SyncServer:
         app.router.add_post("/sync/v1/bodies", self.bodies)
         app.router.add_post("/sync/v1/verify", self.verify)
         return app
+
+
+def _applied(account: str, result: ApplyResult) -> dict[str, Any]:
+    return {
+        "account": account,
+        "summaries": [encode_summary(s) for s in result.summaries],
+        "mismatched": result.mismatched,
+    }
+
+
+def _refusal(account: str, exc: EngineError) -> dict[str, Any]:
+    """One account's refusal inside a batch answer: what a request for it
+    alone would have answered (``error``, ``detail``, and the fence's row)."""
+    item: dict[str, Any] = {"account": account, "error": exc.code, "detail": exc.message}
+    if isinstance(exc, SyncFenced) and exc.current is not None:
+        item["ownership"] = exc.current.to_json()
+    return item
 
 
 def server_tls(node: Node) -> ssl.SSLContext | None:
