@@ -329,7 +329,12 @@ class Node:
         # story; nothing but the daemon writes to it (a test may parse it).
         argv = ["run", "-c", str(self.config)]
         env = {**os.environ, **self.extra_env} if self.extra_env else None
-        if preexec is None and zygote.enabled():
+        # The interpreter's own variables (PYTHONPATH: another tree's code, a
+        # sitecustomize) act only when an interpreter starts: a daemon that
+        # sets one is exec'd, not forked from the launcher, whose modules are
+        # already imported.
+        interpreter_env = any(key.startswith("PYTHON") for key in self.extra_env)
+        if preexec is None and not interpreter_env and zygote.enabled():
             # Forked from this process's launcher, its modules already imported
             # (tests/harness/zygote.py): the same daemon, a second less CPU.
             self.proc = zygote.spawn(argv, self.log, self.workdir, env)
