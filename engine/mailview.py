@@ -229,17 +229,20 @@ def _mailbox_rows(ids: list[Any]) -> Any:
     ).where(Mailbox.id.in_(ids))
 
 
+# A Record's fields, in its order (the one-mailbox and the many-mailbox reads).
+_RECORD_COLUMNS: Final = (
+    Message.uid,
+    Message.guid,
+    Message.flags,
+    Message.modseq,
+    Message.size,
+    Message.internaldate,
+)
+
+
 def _record_rows(ids: list[Any]) -> Any:
     return (
-        select(
-            Message.mailbox_id,
-            Message.uid,
-            Message.guid,
-            Message.flags,
-            Message.modseq,
-            Message.size,
-            Message.internaldate,
-        )
+        select(Message.mailbox_id, *_RECORD_COLUMNS)
         .where(Message.mailbox_id.in_(ids), Message.expunged.is_(False))
         .order_by(Message.mailbox_id, Message.uid)
     )
@@ -513,14 +516,7 @@ def _snapshot(session: Session, row: Mailbox) -> Snapshot:
     cached = _SNAPSHOTS.get(row.id, key)
     if cached is None:
         rows = session.execute(
-            select(
-                Message.uid,
-                Message.guid,
-                Message.flags,
-                Message.modseq,
-                Message.size,
-                Message.internaldate,
-            )
+            select(*_RECORD_COLUMNS)
             .where(Message.mailbox_id == row.id, Message.expunged.is_(False))
             .order_by(Message.uid)
         )

@@ -207,15 +207,26 @@ def shared_pair(module_pair: tuple[Node, Node]) -> tuple[Node, Node]:
     return module_pair
 
 
+def _sqlite_url(tmp_path: Path) -> str:
+    """A SQLite database in ``tmp_path`` copied from the migrated template."""
+    shutil.copyfile(template_database(), tmp_path / "peerd.db")
+    return f"sqlite:///{tmp_path / 'peerd.db'}"
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Store:
+    """A store on SQLite alone (the test closes it, or the process does)."""
+    url = _sqlite_url(tmp_path)
+    migrations.upgrade(url)
+    return Store(url, tmp_path / "data")
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     """A store on SQLite and on the real PostgreSQL server, its schema from
     Alembic (copied from a migrated template; ``upgrade`` finds it at head)."""
-    if request.param == "sqlite":
-        shutil.copyfile(template_database(), tmp_path / "peerd.db")
-        url = f"sqlite:///{tmp_path / 'peerd.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
+    sqlite = request.param == "sqlite"
+    url = _sqlite_url(tmp_path) if sqlite else request.getfixturevalue("pg_url")
     migrations.upgrade(url)
     s = Store(url, tmp_path / "data")
     try:

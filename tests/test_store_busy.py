@@ -3,25 +3,12 @@ indexer stores text only in the store's pauses, or its share of the time)."""
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
-from pathlib import Path
 
-import pytest
 from sqlalchemy.orm import Session
 
-import migrations
 from engine.store import Store
-from tests.harness.daemons import template_database
-
-
-@pytest.fixture
-def sqlite_store(tmp_path: Path) -> Store:
-    shutil.copyfile(template_database(), tmp_path / "peerd.db")
-    url = f"sqlite:///{tmp_path / 'peerd.db'}"
-    migrations.upgrade(url)
-    return Store(url, tmp_path / "data")
 
 
 def test_busy_while_a_write_is_queued_or_committing(sqlite_store: Store) -> None:

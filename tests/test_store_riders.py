@@ -5,27 +5,14 @@ walker's rows ride on the deliveries' commits instead of adding one each)."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-import migrations
 from engine.models import Duplicate
 from engine.store import Store
-from tests.harness.daemons import template_database
-
-
-@pytest.fixture
-def sqlite_store(tmp_path: Path) -> Store:
-    shutil.copyfile(template_database(), tmp_path / "peerd.db")
-    url = f"sqlite:///{tmp_path / 'peerd.db'}"
-    migrations.upgrade(url)
-    return Store(url, tmp_path / "data")
 
 
 def _note(value: str) -> Callable[[Session], str]:

@@ -291,20 +291,11 @@ def _account_for(client: SyncClient, sending: list[_Account], missing: set[str])
         counted |= mine
         report.uploaded += len(mine)
         report.upload_bytes += sum(own[g] for g in mine)
-        report.mailboxes_deleted += len(push.deletes)
-        report.mailboxes_created += sum(1 for mp in push.mailboxes if mp.create)
-        report.expunged += sum(len(mp.expunges) for mp in push.mailboxes)
+        client.tally(report, push)
         report.setflags += sum(
             1 for mp in push.mailboxes if not mp.create for r in mp.upserts if r.guid not in missing
         )
         report.steps.extend(push_steps(push, item.replica_names, len(own), mine))
-        if push.resurrected:
-            report.resurrected += push.resurrected
-            client.node.counters.inc("messages_resurrected", push.resurrected)
-            report.repairs.append(
-                f"{push.resurrected} messages expunged or moved away on {client.node.partner} "
-                "come back (the owner still has them)"
-            )
 
 
 def _answers(

@@ -521,6 +521,19 @@ class SyncClient:
         if planned.rows and self.owns_sync_log:
             await store.write(partial(synclog.acknowledge, rows=planned.rows))
 
+    def tally(self, report: SyncReport, push: Push) -> None:
+        """Count what ``push`` does into ``report`` (one account's, alone or in a batch)."""
+        report.mailboxes_deleted += len(push.deletes)
+        report.mailboxes_created += sum(1 for mp in push.mailboxes if mp.create)
+        report.expunged += sum(len(mp.expunges) for mp in push.mailboxes)
+        if push.resurrected:
+            report.resurrected += push.resurrected
+            self.node.counters.inc("messages_resurrected", push.resurrected)
+            report.repairs.append(
+                f"{push.resurrected} messages expunged or moved away on {self.node.partner} "
+                "come back (the owner still has them)"
+            )
+
     def may_push(self, row: OwnershipView) -> bool:
         """We push accounts we own; to a backup channel with sync_log_chain,
         also those the partner owns (never one the channel's node would own)."""
@@ -673,16 +686,7 @@ class SyncClient:
         replica_names: dict[str, str],
     ) -> bool:
         """Send the push; True when the replica reports every mailbox equal."""
-        report.mailboxes_deleted += len(push.deletes)
-        report.mailboxes_created += sum(1 for mp in push.mailboxes if mp.create)
-        report.expunged += sum(len(mp.expunges) for mp in push.mailboxes)
-        if push.resurrected:
-            report.resurrected += push.resurrected
-            self.node.counters.inc("messages_resurrected", push.resurrected)
-            report.repairs.append(
-                f"{push.resurrected} messages expunged or moved away on {self.node.partner} "
-                "come back (the owner still has them)"
-            )
+        self.tally(report, push)
         guids = sorted({r.guid for mp in push.mailboxes for r in mp.upserts})
         missing: list[str] = []
         if guids:
