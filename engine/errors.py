@@ -205,6 +205,8 @@ class PartnerLacksRequest(PartnerRejected):
     """The partner answered 404: its release predates this request. The
     sender uses the requests it has (``docs/protocol.md``, versions)."""
 
+    code = "partner_lacks_request"
+
 
 class PartnerDown(SyncError):
     """The partner could not be reached (connection refused, reset or timed out):
