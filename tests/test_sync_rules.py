@@ -218,3 +218,29 @@ def status_of(node: Node, path: str) -> int:
         exc.close()
         return exc.code
     return 200
+
+
+def test_a_malformed_or_oversized_batch_request_is_refused_whole(tmp_path: Path) -> None:
+    """``batch_user_some``/``batch_apply``: accounts not a list, more than the
+    receiver's MAX_BATCH, or an item that is not an object get a 400 that says
+    so, before anything is read or applied; the listener goes on serving."""
+    alpha, beta = make_pair(tmp_path)
+    with running(alpha, beta):
+        before = beta.call("GET", "/v1/accounts")
+        item = {"account": "x", "ownership": "not a row"}
+        bodies = {
+            "not a list": {"accounts": {"x": 1}},
+            "too many": {"accounts": [{"account": f"u{i}"} for i in range(1001)]},
+            "not an object": {"accounts": ["x"]},
+            "bad ownership": {"accounts": [item]},
+        }
+        for path in ("batch_user_some", "batch_apply"):
+            for why, body in bodies.items():
+                status, ctype, answer = sync_post(beta, path, json.dumps(body).encode())
+                assert status == 400, (path, why, status, answer)
+                assert ctype.startswith("application/json"), (path, why)
+                assert answer["error"] == "sync_protocol_error", (path, why, answer)
+                if why == "too many":  # refused for its length, before any item is read
+                    assert "at most 1000" in answer["detail"], answer
+        assert beta.call("GET", "/v1/accounts") == before
+        assert beta.healthy()
