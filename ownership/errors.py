@@ -51,15 +51,22 @@ class OwnershipError(Exception):
 
 
 class NotOwner(OwnershipError):
-    """Writes for this account belong on ``owner``."""
+    """Writes for this account belong on ``owner``; or, with ``moving``, the
+    owner holds them while a switchover or a move between pairs hands the
+    account over (``owner`` is then this node, for now)."""
 
     code = "not_owner"
 
-    def __init__(self, account: str, owner: str, epoch: int) -> None:
-        super().__init__(f"account {account} is served by {owner} (epoch {epoch})")
+    def __init__(self, account: str, owner: str, epoch: int, moving: bool = False) -> None:
+        if moving:
+            text = f"account {account} is being handed over; writes are held (epoch {epoch})"
+        else:
+            text = f"account {account} is served by {owner} (epoch {epoch})"
+        super().__init__(text)
         self.account = account
         self.owner = owner
         self.epoch = epoch
+        self.moving = moving
 
 
 class StaleEpoch(OwnershipError):

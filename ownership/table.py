@@ -114,8 +114,10 @@ def _fence_rows(names: list[Any]) -> Any:
 
 def _refusal(account: str, owner: str, state: str, epoch: int, node: str) -> NotOwner | None:
     """The fence's rule: only the owner writes, and not while a switchover drains it."""
-    if owner != node or state == "moving":
+    if owner != node:
         return NotOwner(account, owner, epoch)
+    if state == "moving":
+        return NotOwner(account, owner, epoch, moving=True)
     return None
 
 

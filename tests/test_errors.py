@@ -75,4 +75,8 @@ def test_the_nearest_class_decides_whatever_the_order_of_the_tables() -> None:
     assert lmtp_reply(NoSuchMailbox("x")) == S451_LOCAL_ERROR
     assert imap_code(NoSuchMailbox("x")) == imap_code(NotFound("x")) == ("NO", "NONEXISTENT")
     assert lmtp_reply(NotOwner("ann", "beta", 2)).startswith("451 4.3.0 Account is served by beta")
+    # Held for a switchover or a move: the owner is still this node, so the
+    # reply does not name it as the place to go.
+    held = lmtp_reply(NotOwner("ann", "alpha", 2, moving=True))
+    assert held == "451 4.3.0 Account is being handed over to another node; try again"
     assert http_status(EngineError("x")) == 500

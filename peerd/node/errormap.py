@@ -114,6 +114,7 @@ S250_OK_DUPLICATE = "250 2.1.5 Delivered (duplicate suppressed)"
 S421_SHUTTING_DOWN = "421 4.3.2 Service shutting down; try again later"
 S451_LOCAL_ERROR = "451 4.3.0 Temporary failure, try again later"
 S451_NOT_OWNER = "451 4.3.0 Account is served by another node now; try again"
+S451_HANDED_OVER = "451 4.3.0 Account is being handed over to another node; try again"
 # A recipient this node does not know but its partner does (just created
 # there, not synced yet), or one it cannot ask the partner about: never a
 # permanent 550 for an account that may exist (RFC 5321 4.2.1).
@@ -133,8 +134,11 @@ S552_LIMIT = "552 5.3.4 Message exceeds a limit of the mail store"
 
 
 def _not_owner_lmtp(exc: BaseException) -> str:
-    owner = exc.owner if isinstance(exc, NotOwner) else "another node"
-    return f"451 4.3.0 Account is served by {owner} now; try again"
+    if not isinstance(exc, NotOwner):
+        return S451_NOT_OWNER
+    if exc.moving:
+        return S451_HANDED_OVER
+    return f"451 4.3.0 Account is served by {exc.owner} now; try again"
 
 
 _LMTP: dict[type[BaseException], Callable[[BaseException], str]] = {
@@ -259,6 +263,8 @@ _MANAGESIEVE: dict[type[BaseException], str | None] = {
 def managesieve_refusal(exc: EngineError | OwnershipError) -> tuple[str, str | None]:
     """(text, response code) for ``NO``; anything unexpected is TRYLATER."""
     if isinstance(exc, NotOwner):
+        if exc.moving:
+            return "account is being handed over to another node", MS_TRYLATER
         return f"account is served by {exc.owner} now", MS_TRYLATER
     code = _lookup(_MANAGESIEVE, exc)
     text = exc.message if isinstance(exc, EngineError) else str(exc)
