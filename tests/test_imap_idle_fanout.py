@@ -4,26 +4,15 @@ together share their reads (peerd/services/imap/fanout.py)."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import os
 import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
+from tests.cheap_logins import cheap_hash, cheap_logins
 from tests.nodes import Node
 
 SESSIONS = 200
-
-
-def _cheap_hash(password: str) -> str:
-    """A scrypt hash of the smallest cost the node accepts: 200 logins in
-    seconds, not minutes (the login is not what is tested)."""
-    salt = os.urandom(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=1 << 4, r=8, p=1, dklen=32)
-    b64 = [base64.b64encode(x).decode().rstrip("=") for x in (salt, digest)]
-    return f"$scrypt$ln=4,r=8,p=1${b64[0]}${b64[1]}"
 
 
 def _reads(node: Node) -> int:
@@ -58,8 +47,10 @@ def _wait_for(sock: socket.socket, marker: bytes) -> bytes:
 def test_one_delivery_wakes_every_idle_session_of_the_mailbox_with_shared_reads(
     lone_node: Callable[..., Node],
 ) -> None:
-    node = lone_node({"imap": {"max_sessions_per_account": SESSIONS + 10}})
-    node.call("POST", "/v1/accounts", {"name": "alice", "password_hash": _cheap_hash("secret")})
+    # 200 logins: cheap ones (tests/cheap_logins.py), the login is not tested.
+    node = cheap_logins(lone_node({"imap": {"max_sessions_per_account": SESSIONS + 10}}, False))
+    node.start()
+    node.call("POST", "/v1/accounts", {"name": "alice", "password_hash": cheap_hash("secret")})
     socks = _open_idle(node, SESSIONS)
     try:
         # Idle: nothing is read for the sessions, whatever their number (a

@@ -79,6 +79,14 @@ def _fail2ban(log: Path) -> set[str]:
     return set(result.stdout.split())
 
 
+# Four failed logins: each waits login_failure_delay (2 s by default) before
+# its NO; what is checked here is the log line, not the delay.
+@pytest.mark.node(
+    overrides={
+        "imap": {"login_failure_delay": "50ms"},
+        "pop3": {"login_failure_delay": "50ms"},
+    }
+)
 def test_logins_are_logged_and_fail2ban_finds_the_failed_ones(node: Node, tmp_path: Path) -> None:
     node.add_account("alice")
     _imap(node, "alice", "wrong")

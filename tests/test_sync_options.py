@@ -84,7 +84,9 @@ def test_shutdown_file_stops_rolling_and_sighup_resumes_with_nothing_lost(
         assert _replication(alpha)["shutdown_file"] == str(stop_file)
         for i in range(3):
             _deliver(alpha.port("lmtp"), "alice", f"held-{i}")
-        time.sleep(1.5)  # seven rolling intervals: nothing goes while the file is there
+        # Three rolling intervals (200 ms in the tests' config); a worker that
+        # ignored the file would have sent at once (a commit wakes it).
+        time.sleep(0.6)  # nothing goes while the file is there
         assert beta.records("alice") == []
         assert alpha.call("GET", "/v1/status")["sync_log_depth"] > 0
         shown = peerctl(alpha, "status", "--local").stdout
@@ -96,19 +98,20 @@ def test_shutdown_file_stops_rolling_and_sighup_resumes_with_nothing_lost(
             assert "peerd_rolling_stopped 1" in response.read().decode()
         # Removing the file alone resumes nothing: the daemon is told by SIGHUP.
         stop_file.unlink()
-        time.sleep(1.0)
+        time.sleep(0.6)  # three intervals: a worker that looked again would resume
         assert beta.records("alice") == []
         assert alpha.pid is not None
         alpha.proc.send(signal.SIGHUP)  # type: ignore[union-attr]
         wait_until(lambda: len(beta.records("alice")) == 3, 30, "held mail on beta")
         assert _replication(alpha)["rolling"] == "running"
-        assert alpha.call("GET", "/v1/status")["sync_log_depth"] == 0
+        # beta stores the records before alpha's acknowledgement lands: wait for it.
+        wait_until(lambda: alpha.call("GET", "/v1/status")["sync_log_depth"] == 0, 10, "acked")
         # A restart with the file present starts stopped, and keeps the log.
         stop_file.touch()
         alpha.restart()
         wait_until(lambda: _replication(alpha)["rolling"] == "stopped", 10, "stopped after restart")
         _deliver(alpha.port("lmtp"), "alice", "after-restart")
-        time.sleep(1.0)
+        time.sleep(0.6)
         assert len(beta.records("alice")) == 3
         stop_file.unlink()
         alpha.restart()

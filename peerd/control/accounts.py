@@ -38,9 +38,8 @@ from engine.passwords import hash_problem
 from ownership import table as ownership_table
 from ownership.errors import UnknownNode
 from ownership.rows import OwnershipView
-from peerd.control.call import Call
+from peerd.control.call import Call, Parts
 from peerd.control.schema import Integer, Size, Text, member
-from peerd.node.node import Node
 from peerd.pair.hooks import routes_for
 from peerd.pair.partner import partner_api
 
@@ -62,7 +61,8 @@ __all__ = [
     "show_mailbox",
 ]
 
-# How long DELETE /v1/accounts waits for the partner to take a deletion.
+# How long DELETE /v1/accounts (and a rename) waits for the partner to take
+# a deletion; not at all once the sync client has found the partner down.
 DELETE_WAIT = 5.0
 
 ACCOUNT_NAME = Text(pattern=r"^[A-Za-z0-9._%+\-=]{1,64}(@[A-Za-z0-9.\-]{1,64})?$")
@@ -230,20 +230,28 @@ async def delete_account(call: Call[None, None]) -> web.Response:
     deleted = await node.write_owned(call.path("name"), delete)
     body: dict[str, Any] = {"deleted": deleted}
     if replicated:
-        body["replicated"] = await _deletion_replicated(node, deleted)
+        body["replicated"] = await _deletion_replicated(call.parts, deleted)
     return web.json_response(body)
 
 
-async def _deletion_replicated(node: Node, account: str) -> bool:
+def _partner_down(parts: Parts) -> bool:
+    """The sync client's last request found the partner unreachable: the
+    rolling worker is backing off, so waiting for it would only run out."""
+    return parts.pair is not None and parts.pair.client.reachable is False
+
+
+async def _deletion_replicated(parts: Parts, account: str) -> bool:
     """Wait a little for the deletion to reach the partner, then drop the row.
 
     The rolling worker pushes it within milliseconds when the partner is up;
-    otherwise (False) the row stays, and the sync that later delivers the
-    deletion is followed by a prune at the next reconcile or start.
+    otherwise (False, at once when the partner is known down) the row stays,
+    and the sync that later delivers the deletion is followed by a prune at
+    the next reconcile or start.
     """
+    node = parts.node
     deadline = time.monotonic() + DELETE_WAIT
     while await node.store.read(lambda s: synclog.depth(s, account)):
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= deadline or _partner_down(parts):
             return False
         await asyncio.sleep(0.05)
     await node.store.write(lambda s: ownership_table.prune_deleted(s, [account]))
@@ -294,7 +302,7 @@ async def rename_account(call: Call[NewName, None]) -> web.Response:
     else:
         body = await node.write_owned(old, rename)
     if remember:
-        body["replicated"] = await _rename_replicated(node, new)
+        body["replicated"] = await _rename_replicated(call.parts, new)
     # Sessions logged in under the old name end (their name is gone);
     # proxies that take pushed routes learn the new name's.
     await node.close_sessions([old])
@@ -306,12 +314,14 @@ async def rename_account(call: Call[NewName, None]) -> web.Response:
     return web.json_response({**body, "renamed_from": old})
 
 
-async def _rename_replicated(node: Node, new: str) -> bool:
+async def _rename_replicated(parts: Parts, new: str) -> bool:
     """Wait a little for the partner to take the rename (the rolling worker
-    sends it at once when the partner is up); False: it will when it answers."""
+    sends it at once when the partner is up); False: it will when it answers
+    (at once when the partner is known down)."""
+    node = parts.node
     deadline = time.monotonic() + DELETE_WAIT
     while await node.store.read(lambda s: ownership_table.renames_to(s, new)):
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= deadline or _partner_down(parts):
             return False
         await asyncio.sleep(0.05)
     return True

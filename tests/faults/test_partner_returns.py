@@ -2,11 +2,12 @@
 
 Two real daemons. beta stops answering (SIGSTOP: its sockets stay open, its
 answers do not come) while alpha has mail to send: alpha's rolling worker
-marks the partner unreachable and backs off, each pause twice the last.
-beta answers again (SIGCONT) and a reconcile (``peerctl reconcile``, the
-code the schedule runs) syncs everything before the worker's next try; the
-worker then has nothing left to send and never tries. ``status`` must not go
-on saying ``reachable NO``.
+marks the partner unreachable and backs off. Then ``sync_shutdown_file``
+keeps the worker from trying again at all (it used to be six failures and
+an 8 s pause the reconcile had to beat: 11 s of waiting, and a race). beta
+answers again (SIGCONT) and a reconcile (``peerctl reconcile``, the code the
+schedule runs) syncs everything; the worker never tries. ``status`` must
+not go on saying ``reachable NO``.
 """
 
 from __future__ import annotations
@@ -26,10 +27,18 @@ def replication(status: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_a_reconcile_that_reaches_the_partner_marks_it_reachable(tmp_path: Path) -> None:
-    # A long back-off ceiling: after six failures the worker waits 8 s
-    # before its next try, so the reconcile gets there first.
+    stop_file = tmp_path / "rolling.stop"
     alpha, beta = make_pair(
-        tmp_path, {"alpha": {"sync": {"sync_reconnect_maxwait": "60s", "sync_timeout": "500ms"}}}
+        tmp_path,
+        {
+            "alpha": {
+                "sync": {
+                    "sync_reconnect_maxwait": "60s",
+                    "sync_timeout": "500ms",
+                    "sync_shutdown_file": str(stop_file),
+                }
+            }
+        },
     )
     with running(alpha, beta):
         alpha.add_account("alice")
@@ -41,9 +50,18 @@ def test_a_reconcile_that_reaches_the_partner_marks_it_reachable(tmp_path: Path)
             assert lmtp.sendmail("s@example.test", ["alice@example.test"], data) == {}
         try:
             wait_until(
-                lambda: replication(alpha.call("GET", "/v1/status"))["failures"] >= 6,
-                60,
-                "six failed tries (pauses 0.25, 0.5, 1, 2, 4, 8 s)",
+                lambda: replication(alpha.call("GET", "/v1/status"))["failures"] >= 1,
+                30,
+                "a failed try",
+            )
+            assert replication(alpha.call("GET", "/v1/status"))["reachable"] is False
+            # From here the worker starts no sync of its own: only the
+            # reconcile below can reach beta.
+            stop_file.touch()
+            wait_until(
+                lambda: replication(alpha.call("GET", "/v1/status"))["rolling"] == "stopped",
+                30,
+                "rolling replication stopped",
             )
             assert replication(alpha.call("GET", "/v1/status"))["reachable"] is False
         finally:
