@@ -27,6 +27,13 @@ where the transport cannot (TLS). Smaller messages are cheaper to copy
 than to send in a system call of their own; their bytes, like the
 files', are hashed once while the file stays the same
 (:meth:`engine.spool.Spool.read_verified`).
+
+On plain TCP the handler writes such a group itself (:func:`send_direct`):
+the pieces are not joined, each run of octets goes to the socket with one
+``writev(2)`` and each literal of at least :data:`_DIRECT_SPAN_FROM`
+octets with one ``sendfile(2)``, while the transport holds nothing of its
+own; what the socket does not take then goes the transport's way above,
+so the octets keep their order.
 """
 
 from __future__ import annotations
