@@ -15,7 +15,11 @@ BODY.PEEK[], whether both gave the same octets). SELECT and the FETCH rows
 are also timed on the bare socket (the command written, the answer read up
 to its tagged line, not parsed): imaplib's parsing of 10,000 FETCH responses
 costs as much as a server's answer, the same for both servers, and the raw
-line shows the servers without it. peerd answers SEARCH TEXT/BODY from its full-text
+line shows the servers without it. For those rows each server's CPU time
+per command is read from ``/proc`` too (peerd's whole daemon, Dovecot's
+``imap`` process), over three times ``--repeat`` bare-socket runs (100
+for SELECT, as ``/proc`` counts in clock ticks): the
+figure a loaded machine's scheduler does not move. peerd answers SEARCH TEXT/BODY from its full-text
 index: after the node starts, the benchmark waits until the indexer has
 indexed every message (``GET /v1/index``) and prints how long that took.
 Dovecot comes from Debian's packages (installed if missing) and runs from a
@@ -179,6 +183,32 @@ def raw_timed(client: imaplib.IMAP4, command: str) -> float:
             return time.perf_counter() - started
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU time of ``pids`` (all their threads), from ``/proc``."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (proc(5))
+    return total / _TICK
+
+
+def imap_processes(master: int) -> list[int]:
+    """Dovecot's ``imap`` processes (one a logged-in session) under its master."""
+    found: list[int] = []
+    pending = [master]
+    while pending:
+        pid = pending.pop()
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                pending.append(int(child))
+                if Path(f"/proc/{child}/comm").read_text().strip() == "imap":
+                    found.append(int(child))
+    return found
+
+
 def literals(answer: Any) -> list[bytes]:
     return [item[1] for item in answer[1] if isinstance(item, tuple)]
 
@@ -284,7 +314,7 @@ def main() -> None:
                     first[name] = (timed(peer, fn)[0], timed(dove, fn)[0])
             print(
                 f"{args.messages} messages, {total / 1e6:.1f} MB; warm caches; imaplib on loopback; "
-                f"median of {args.repeat}"
+                f"median of {args.repeat}; load average {os.getloadavg()[0]:.1f}"
             )
             print(
                 f"{'operation':48} {'peerd':>10} {'Dovecot':>10} {'peerd time / Dovecot time':>7}"
@@ -301,12 +331,28 @@ def main() -> None:
                 peerd_s, peerd_result = sorted(peerd_runs, key=lambda r: r[0])[args.repeat // 2]
                 dove_s, dove_result = sorted(dove_runs, key=lambda r: r[0])[args.repeat // 2]
                 raw: tuple[float, float] | None = None
+                used: tuple[float, float] | None = None
                 if name in fetched:
+                    assert node.pid is not None and dovecot is not None
                     peerd_raw, dove_raw = [], []
                     for _ in range(args.repeat):
                         peerd_raw.append(raw_timed(peer, fetched[name]))
                         dove_raw.append(raw_timed(dove, fetched[name]))
                     raw = (sorted(peerd_raw)[args.repeat // 2], sorted(dove_raw)[args.repeat // 2])
+                    # Each server's own CPU time per command (the whole daemon;
+                    # Dovecot's imap process), on the bare socket: what a
+                    # loaded machine's scheduler does not change.
+                    # (SELECT: many, as /proc counts in clock ticks of 10 ms.)
+                    times = 100 if name == "SELECT" else 3 * args.repeat
+                    before = cpu_seconds([node.pid])
+                    for _ in range(times):
+                        raw_timed(peer, fetched[name])
+                    peerd_cpu = cpu_seconds([node.pid]) - before
+                    imaps = imap_processes(dovecot.pid)
+                    before = cpu_seconds(imaps)
+                    for _ in range(times):
+                        raw_timed(dove, fetched[name])
+                    used = (peerd_cpu / times, (cpu_seconds(imaps) - before) / times)
                 unspy(spy)
                 cold = first.get(name)
                 if name.startswith(("UID SORT", "UID THREAD")):
@@ -330,6 +376,11 @@ def main() -> None:
                         f"{'  raw socket, answer not parsed':48} {raw[0] * 1000:8.1f}ms "
                         f"{raw[1] * 1000:8.1f}ms {raw[0] / raw[1]:6.2f}x"
                     )
+                if used is not None:
+                    print(
+                        f"{'  server CPU per command (bare socket)':48} {used[0] * 1000:8.1f}ms "
+                        f"{used[1] * 1000:8.1f}ms {used[0] / max(used[1], 1e-9):6.2f}x"
+                    )
                 if cold is not None and not name.startswith(
                     ("UID FETCH 1:* BODY.PEEK", "UID SEARCH")
                 ):
@@ -337,6 +388,7 @@ def main() -> None:
                         f"{'  its first run (the warm-up)':48} {cold[0] * 1000:8.1f}ms "
                         f"{cold[1] * 1000:8.1f}ms {cold[0] / cold[1]:6.2f}x"
                     )
+            print(f"load average at the end {os.getloadavg()[0]:.1f}")
             peer.logout()
             dove.logout()
         finally:

@@ -15,7 +15,9 @@ import imaplib
 import random
 import re
 import smtplib
+import socket
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -199,3 +201,60 @@ def test_a_fetch_of_mixed_sizes_over_many_groups_gives_each_message_exactly(
             assert head.endswith(b"(UID %d BODY[] {%d}" % (uid, len(data)))
     finally:
         client.logout()
+
+
+def test_a_client_that_reads_slowly_gets_every_octet_in_order(lone_node: NodeFactory) -> None:
+    # On plain TCP the handler writes a group itself (writev, sendfile(2))
+    # while the socket takes it, and hands the rest to the transport when
+    # the socket is full: with a client that stops reading (a small receive
+    # buffer, a pause, then small reads) every switch between the two ways
+    # happens, and the answer must still be every octet once, in order.
+    node = lone_node()
+    node.add_account("bodies")
+    # About 8 MB: more than the kernel's largest send buffer (4 MiB here).
+    sizes = (3_000, 60_000, 250_000, 700_000, 300, 20_000)
+    payloads = [big_message(200 + n, sizes[n % len(sizes)]) for n in range(48)]
+    with smtplib.LMTP("127.0.0.1", node.port("lmtp"), timeout=30) as lmtp:
+        for data in payloads:
+            lmtp.sendmail("s@example.test", ["bodies@example.test"], data)
+    stored = _stored(node, payloads)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", node.port("imap")))
+    try:
+        assert sock.recv(4096).startswith(b"* OK")
+        sock.sendall(b"a LOGIN bodies secret\r\n")
+        assert b"a OK" in _read_until_tagged(sock, b"a")
+        sock.sendall(b"b EXAMINE INBOX\r\n")
+        assert b"b OK" in _read_until_tagged(sock, b"b")
+        sock.sendall(b"c UID FETCH 1:* BODY.PEEK[]\r\n")
+        time.sleep(1.0)  # the server's side of the socket fills up
+        answer = _read_until_tagged(sock, b"c")
+        expected = b"".join(
+            b"* %d FETCH (UID %d BODY[] {%d}\r\n" % (uid, uid, len(data)) + data + b")\r\n"
+            for uid, data in enumerate(stored, start=1)
+        )
+        assert answer.startswith(expected)
+        assert answer[len(expected) :].startswith(b"c OK ")
+    finally:
+        sock.close()
+
+
+def _read_until_tagged(sock: socket.socket, tag: bytes) -> bytes:
+    """Everything up to and including the tagged line of ``tag`` (whose
+    octets no literal of these messages holds)."""
+    data = bytearray()
+    end = b"\r\n" + tag + b" "
+    while True:
+        more = sock.recv(4096)
+        assert more, bytes(data[-200:])
+        data += more
+        tail = bytes(data[-4096:])
+        if not tail.endswith(b"\r\n"):
+            continue
+        if data.startswith(tag + b" ") and data.count(b"\r\n") == 1:
+            return bytes(data)
+        cut = tail.rfind(end)
+        if cut >= 0 and b"\r\n" not in tail[cut + 2 : -2]:
+            return bytes(data)

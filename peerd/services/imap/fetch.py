@@ -27,12 +27,21 @@ where the transport cannot (TLS). Smaller messages are cheaper to copy
 than to send in a system call of their own; their bytes, like the
 files', are hashed once while the file stays the same
 (:meth:`engine.spool.Spool.read_verified`).
+
+On plain TCP the handler writes such a group itself (:func:`send_direct`):
+the pieces are not joined, each run of octets goes to the socket with one
+``writev(2)`` and each literal of at least :data:`_DIRECT_SPAN_FROM`
+octets with one ``sendfile(2)``, while the transport holds nothing of its
+own; what the socket does not take then goes the transport's way above,
+so the octets keep their order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -55,7 +64,7 @@ from peerd.protocols.imap.sequence import SequenceSet
 from peerd.services.imap.access import selected_rights
 from peerd.services.imap.session import Closed, Handler, Reply, Session
 
-__all__ = ["HANDLERS", "Opener", "Sendable", "group_size", "render_group"]
+__all__ = ["HANDLERS", "Opener", "Sendable", "group_size", "render_group", "send_direct"]
 
 log = logging.getLogger("peerd.services.imap")
 
@@ -70,8 +79,16 @@ _RECORDS_GROUP: Final = 2048
 _NO_OCTETS: Final = frozenset(
     {Item.UID, Item.FLAGS, Item.INTERNALDATE, Item.RFC822_SIZE, Item.MODSEQ}
 )
-# A whole-message literal of at least this many octets is sent from its file.
+# A whole-message literal of at least this many octets is sent from its file
+# (loop.sendfile: a future, a writer registered and removed each time) ...
 _SPAN_FROM: Final = 64 << 10
+# ... and from this many when the handler sends it itself on plain TCP
+# (send_direct: one sendfile(2) call, no copy through Python).
+_DIRECT_SPAN_FROM: Final = 16 << 10
+# At most this many buffers to one writev(2) (Linux's IOV_MAX).
+_IOV_MAX: Final = 1024
+# Above this many octets held by the transport, wait for the socket first.
+_HIGH_WATER: Final = 1 << 20
 
 Opener = Callable[[str], tuple[BinaryIO, int]]
 """The message's file by GUID, open and verified, and its size."""
@@ -114,6 +131,9 @@ async def fetch(session: Session, cmd: c.Fetch) -> Reply:
     structured = any(att in _STRUCTURES for att in plan.items)
     targets = plan.targets
     count = group_size(plan.items)
+    # On plain TCP the group's pieces are written by the handler itself
+    # (send_direct): kept apart, not joined, and more literals from their files.
+    direct = opener is not None and _direct_fd(session) is not None
 
     async def render(start: int) -> tuple[list[bytes | Sendable], list[int], int]:
         if structured:
@@ -133,6 +153,7 @@ async def fetch(session: Session, cmd: c.Fetch) -> Reply:
                 structures,
                 opener,
                 count=count,
+                direct=direct,
             )
         )
 
@@ -145,7 +166,7 @@ async def fetch(session: Session, cmd: c.Fetch) -> Reply:
             segments, failed, start = await following
             following = asyncio.ensure_future(render(start)) if start < len(targets) else None
             unreadable += failed
-            await send_segments(session, segments)
+            await (send_direct if direct else send_segments)(session, segments)
     finally:
         if following is not None:
             _discard(following)
@@ -192,6 +213,110 @@ async def send_segments(session: Session, segments: list[bytes | Sendable]) -> N
                 segment.file.close()
 
 
+def _direct_fd(session: Session) -> int | None:
+    """The socket's descriptor when the session is plain TCP (no TLS): what
+    :func:`send_direct` writes to."""
+    transport = session.writer.transport
+    # Under TLS the socket carries records the transport encrypts: never direct.
+    if session.tls or transport.get_extra_info("sslcontext") is not None:
+        return None
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.type != socket.SOCK_STREAM:
+        return None
+    return int(sock.fileno())
+
+
+async def send_direct(session: Session, segments: list[bytes | Sendable]) -> None:
+    """:func:`send_segments` on plain TCP, with fewer copies: while the
+    transport has nothing buffered, runs of octets go to the socket with
+    one ``writev(2)`` (not joined first) and files with ``sendfile(2)``,
+    each made right here (non-blocking; no await between the test and the
+    call, so nothing else writes in between). What the socket does not
+    take goes the transport's way (buffered, or ``loop.sendfile``), which
+    waits for the socket; the order of the octets is kept either way.
+    Each :class:`Sendable`'s file is closed, sent or not."""
+    writer = session.writer
+    transport = writer.transport
+    try:
+        run: list[bytes] = []
+        for segment in segments:
+            if isinstance(segment, bytes):
+                run.append(segment)
+                if len(run) >= _IOV_MAX:
+                    _write_run(transport, run)
+                    run = []
+                continue
+            if run:
+                _write_run(transport, run)
+                run = []
+            if transport.get_write_buffer_size() > _HIGH_WATER:
+                await writer.drain()
+            sent = _sendfile_now(transport, segment)
+            if sent < segment.count:
+                rest = Sendable(segment.file, segment.offset + sent, segment.count - sent)
+                await writer.drain()
+                sent += await _sendfile(writer, rest)
+            if sent != segment.count:
+                log.error("FETCH: a message file gave %d of %d octets", sent, segment.count)
+                raise Closed
+        if run:
+            _write_run(transport, run)
+        await writer.drain()
+    finally:
+        for segment in segments:
+            if isinstance(segment, Sendable):
+                segment.file.close()
+
+
+def _write_run(transport: asyncio.WriteTransport, run: list[bytes]) -> None:
+    """``run`` written in order: straight to the socket while the transport
+    holds nothing, the rest (joined once) to the transport."""
+    if transport.is_closing():
+        raise Closed
+    sent = 0
+    if not transport.get_write_buffer_size():
+        try:
+            sent = os.writev(_fd(transport), run)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            raise Closed from exc
+    if sent == 0:
+        transport.write(b"".join(run))
+        return
+    for i, piece in enumerate(run):
+        if sent < len(piece):
+            transport.write(b"".join([piece[sent:], *run[i + 1 :]]))
+            return
+        sent -= len(piece)
+
+
+def _sendfile_now(transport: asyncio.WriteTransport, segment: Sendable) -> int:
+    """The octets of ``segment`` the socket takes now without waiting (none
+    while the transport still holds octets of its own)."""
+    if transport.is_closing():
+        raise Closed
+    if transport.get_write_buffer_size():
+        return 0
+    fd, src = _fd(transport), segment.file.fileno()
+    sent = 0
+    while sent < segment.count:
+        try:
+            n = os.sendfile(fd, src, segment.offset + sent, segment.count - sent)
+        except (BlockingIOError, InterruptedError):
+            break
+        except OSError as exc:
+            raise Closed from exc
+        if n == 0:  # the file is shorter than its record says
+            break
+        sent += n
+    return sent
+
+
+def _fd(transport: asyncio.WriteTransport) -> int:
+    return int(transport.get_extra_info("socket").fileno())
+
+
 async def _sendfile(writer: asyncio.StreamWriter, segment: Sendable) -> int:
     loop = asyncio.get_running_loop()
     transport = writer.transport
@@ -214,14 +339,18 @@ def render_group(
     opener: Opener | None = None,
     *,
     count: int = _FETCH_GROUP,
+    direct: bool = False,
 ) -> tuple[list[bytes | Sendable], list[int], int]:
     """The FETCH responses of the group that begins at ``targets[start]`` (at
     most ``count`` messages, :func:`group_size`), the
     UIDs whose bytes could not be read (missing or not matching their GUID:
     never served; those are left out), and where the next group begins.
     With ``opener``, large whole-message literals are :class:`Sendable`
-    (open files the caller closes). Runs in a worker thread."""
-    renderer = FetchRenderer(items, span_from=_SPAN_FROM if opener is not None else None)
+    (open files the caller closes); ``direct`` (for :func:`send_direct`):
+    from :data:`_DIRECT_SPAN_FROM` octets, and the pieces left apart. Runs
+    in a worker thread."""
+    span_from = (_DIRECT_SPAN_FROM if direct else _SPAN_FROM) if opener is not None else None
+    renderer = FetchRenderer(items, span_from=span_from)
     out: list[Segment | Sendable] = []
     unreadable: list[int] = []
     size = 0
@@ -253,6 +382,9 @@ def render_group(
         raise
     if opener is None:  # octets only
         return [b"".join(cast(list[bytes], out))], unreadable, end
+    if direct:
+        assert not any(isinstance(s, Span) for s in out)  # every Span was opened
+        return cast(list[bytes | Sendable], out), unreadable, end
     return _joined(out), unreadable, end
 
 
