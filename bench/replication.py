@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.lmtp_ingest import cpu_seconds
 from bench.load import load
 from bench.replicate_all import spy, unspy
 from bench.workload import ceiling, message, messages
@@ -118,6 +119,14 @@ def _inbox_counts(
     return rows if len(rows) >= users else None
 
 
+def cpu_pair(
+    alpha: Node, beta: Node, since: tuple[float, float] = (0.0, 0.0)
+) -> tuple[float, float]:
+    """Alpha's and beta's CPU seconds (all threads), less ``since``."""
+    assert alpha.pid is not None and beta.pid is not None
+    return cpu_seconds(alpha.pid) - since[0], cpu_seconds(beta.pid) - since[1]
+
+
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -147,9 +156,11 @@ def main() -> None:
         beta.start()
         try:
             # 2. bulk sync to the empty partner, uncompressed, then compressed
+            bulk_cpu = cpu_pair(alpha, beta)
             started = time.perf_counter()
             report = alpha.replicate("bulk", compress=False)["reports"][0]
             bulk_s = time.perf_counter() - started
+            bulk_cpu = cpu_pair(alpha, beta, bulk_cpu)
             started = time.perf_counter()
             zreport = alpha.replicate("bulkz", compress=True)["reports"][0]
             zbulk_s = time.perf_counter() - started
@@ -213,7 +224,9 @@ def main() -> None:
             alpha.start()
             spies = [spy(args.py_spy, alpha.pid)]
             spies.append(spy(args.py_spy.with_suffix(".beta") if args.py_spy else None, beta.pid))
+            roll_cpu = cpu_pair(alpha, beta)
             lags = rolling(alpha, beta, args.rolling, args.users, args.rate)
+            roll_cpu = cpu_pair(alpha, beta, roll_cpu)
             for proc in spies:
                 unspy(proc)
         finally:
@@ -226,8 +239,16 @@ def main() -> None:
             f"p50 {pct(lags, 50) * 1000:.1f} ms  p99 {pct(lags, 99) * 1000:.1f} ms  max {max(lags) * 1000:.1f} ms"
         )
         print(
+            f"  CPU per message alpha {roll_cpu[0] / args.rolling * 1000:.2f} ms, "
+            f"beta {roll_cpu[1] / args.rolling * 1000:.2f} ms (delivery, sync, parse and index)"
+        )
+        print(
             f"2 bulk sync       {args.bulk / bulk_s:.0f} msgs/s  {total / bulk_s / 1e6:.1f} MB/s  "
             f"({bulk_s:.2f} s; uploaded {report['uploaded']}, wire {report['bytes_sent'] / 1e6:.1f} MB out)"
+        )
+        print(
+            f"  CPU per message alpha {bulk_cpu[0] / args.bulk * 1000:.2f} ms, "
+            f"beta {bulk_cpu[1] / args.bulk * 1000:.2f} ms (the sync only)"
         )
         print(
             f"  compressed (-z) {len(zipped) / zbulk_s:.0f} msgs/s  {zipped_total / zbulk_s / 1e6:.1f} MB/s  "
