@@ -97,6 +97,34 @@ def rolling(alpha: Node, beta: Node, count: int, users: int, rate: float) -> lis
     return lags
 
 
+_UNDONE = """
+    SELECT
+      (SELECT count(DISTINCT m.guid) FROM messages m WHERE m.expunged = 0
+        AND NOT EXISTS (SELECT 1 FROM fulltext_docs d WHERE d.guid = m.guid)),
+      (SELECT count(DISTINCT m.guid) FROM messages m WHERE m.expunged = 0
+        AND NOT EXISTS (SELECT 1 FROM message_parsed p WHERE p.guid = m.guid))
+"""
+
+
+def settle(*nodes: Node, timeout: float = 600.0) -> float:
+    """Wait until every node has indexed and parsed each message it stores;
+    the seconds waited. A phase is not timed while a node still works off
+    the last one's messages in the background (the bulk set loaded into
+    alpha's store before it started, the partner indexing what it received):
+    a node that has been running has done that work as mail came."""
+    started = time.perf_counter()
+    for node in nodes:
+        db = sqlite3.connect(f"file:{node.db_path}?mode=ro", uri=True, timeout=5)
+        try:
+            while db.execute(_UNDONE).fetchone() != (0, 0):
+                if time.perf_counter() - started > timeout:
+                    raise SystemExit(f"{node.name} did not catch up in {timeout:.0f} s")
+                time.sleep(0.5)
+        finally:
+            db.close()
+    return time.perf_counter() - started
+
+
 _INBOX_COUNTS = """
     SELECT a.name, m."exists" FROM mailboxes m JOIN accounts a ON a.id = m.account_id
     WHERE m.name = 'INBOX' AND a.name LIKE 'roll%'
@@ -156,6 +184,7 @@ def main() -> None:
         beta.start()
         try:
             # 2. bulk sync to the empty partner, uncompressed, then compressed
+            waited = [settle(alpha, beta)]
             bulk_cpu = cpu_pair(alpha, beta)
             started = time.perf_counter()
             report = alpha.replicate("bulk", compress=False)["reports"][0]
@@ -224,6 +253,7 @@ def main() -> None:
             alpha.start()
             spies = [spy(args.py_spy, alpha.pid)]
             spies.append(spy(args.py_spy.with_suffix(".beta") if args.py_spy else None, beta.pid))
+            waited.append(settle(alpha, beta))
             roll_cpu = cpu_pair(alpha, beta)
             lags = rolling(alpha, beta, args.rolling, args.users, args.rate)
             roll_cpu = cpu_pair(alpha, beta, roll_cpu)
@@ -234,6 +264,10 @@ def main() -> None:
             beta.stop()
         ceil_rate, ceil_mbs = ceiling(payloads, str(workdir))
         print(f"bulk set          {args.bulk} messages, {total / 1e6:.1f} MB")
+        print(
+            f"settled           {waited[0]:.1f} s before the bulk sync, {waited[1]:.1f} s before "
+            "the rolling part (both nodes' index and parsed rows complete)"
+        )
         print(
             f"1 rolling lag     {len(lags)} msgs at {args.rate:.0f}/s over {args.users} users: "
             f"p50 {pct(lags, 50) * 1000:.1f} ms  p99 {pct(lags, 99) * 1000:.1f} ms  max {max(lags) * 1000:.1f} ms"
