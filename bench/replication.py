@@ -43,6 +43,14 @@ from tests.nodes import Node, make_pair
 from tests.procs import wait_until
 
 
+def roll_users(alpha: Node, beta: Node, users: int) -> None:
+    """The rolling part's accounts, on alpha and (replicated) on beta: made
+    before the part's CPU is counted (a password hash is 32 MiB of scrypt)."""
+    for u in range(users):
+        alpha.add_account(f"roll{u}")
+    wait_until(lambda: _inbox_counts(beta, users) is not None, 30, "beta to have the accounts")
+
+
 def rolling(alpha: Node, beta: Node, count: int, users: int, rate: float) -> list[float]:
     """Lag from each 250 until the message is committed in beta's database.
 
@@ -50,9 +58,6 @@ def rolling(alpha: Node, beta: Node, count: int, users: int, rate: float) -> lis
     millisecond costs beta nothing; polling its HTTP API did, and skewed the
     figure it measured).
     """
-    for u in range(users):
-        alpha.add_account(f"roll{u}")
-    wait_until(lambda: _inbox_counts(beta, users) is not None, 30, "beta to have the accounts")
     expected = {f"roll{u}": 0 for u in range(users)}
     pending: dict[str, list[tuple[int, float]]] = {f"roll{u}": [] for u in range(users)}
     lags: list[float] = []
@@ -251,9 +256,10 @@ def main() -> None:
             text = alpha.config.read_text().replace("sync_log = false", "sync_log = true")
             alpha.config.write_text(text)
             alpha.start()
+            roll_users(alpha, beta, args.users)
+            waited.append(settle(alpha, beta))
             spies = [spy(args.py_spy, alpha.pid)]
             spies.append(spy(args.py_spy.with_suffix(".beta") if args.py_spy else None, beta.pid))
-            waited.append(settle(alpha, beta))
             roll_cpu = cpu_pair(alpha, beta)
             lags = rolling(alpha, beta, args.rolling, args.users, args.rate)
             roll_cpu = cpu_pair(alpha, beta, roll_cpu)
