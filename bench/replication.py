@@ -262,6 +262,9 @@ def main() -> None:
             spies.append(spy(args.py_spy.with_suffix(".beta") if args.py_spy else None, beta.pid))
             roll_cpu = cpu_pair(alpha, beta)
             lags = rolling(alpha, beta, args.rolling, args.users, args.rate)
+            # Until both have parsed and indexed it all: the work each
+            # message causes, not only what was done in time.
+            settle(alpha, beta)
             roll_cpu = cpu_pair(alpha, beta, roll_cpu)
             for proc in spies:
                 unspy(proc)
