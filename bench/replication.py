@@ -12,6 +12,9 @@
 4. move 1,000 messages to a new folder, then sync: bytes on the wire / moved bytes, time
 5. A accounts x 5 mailboxes, all in sync: ``replicate --all`` (s)
 and the machine's ceiling in the same run (write+fsync of the bulk files).
+Before 1 and 2 the bench waits until both nodes have parsed and indexed
+every message they store (a node that has been running has), and prints
+the wait; for 1 and 2 it prints each daemon's CPU per message (``/proc``).
 ``--py-spy FILE`` records alpha over the rolling part into FILE and beta
 into FILE with the suffix ``.beta`` (py-spy's "raw" format).
 
