@@ -12,6 +12,9 @@
 4. move 1,000 messages to a new folder, then sync: bytes on the wire / moved bytes, time
 5. A accounts x 5 mailboxes, all in sync: ``replicate --all`` (s)
 and the machine's ceiling in the same run (write+fsync of the bulk files).
+Before 1 and 2 the bench waits until both nodes have parsed and indexed
+every message they store (a node that has been running has), and prints
+the wait; for 1 and 2 it prints each daemon's CPU per message (``/proc``).
 ``--py-spy FILE`` records alpha over the rolling part into FILE and beta
 into FILE with the suffix ``.beta`` (py-spy's "raw" format).
 
@@ -32,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.lmtp_ingest import cpu_seconds
 from bench.load import load
 from bench.replicate_all import spy, unspy
 from bench.workload import ceiling, message, messages
@@ -42,6 +46,14 @@ from tests.nodes import Node, make_pair
 from tests.procs import wait_until
 
 
+def roll_users(alpha: Node, beta: Node, users: int) -> None:
+    """The rolling part's accounts, on alpha and (replicated) on beta: made
+    before the part's CPU is counted (a password hash is 32 MiB of scrypt)."""
+    for u in range(users):
+        alpha.add_account(f"roll{u}")
+    wait_until(lambda: _inbox_counts(beta, users) is not None, 30, "beta to have the accounts")
+
+
 def rolling(alpha: Node, beta: Node, count: int, users: int, rate: float) -> list[float]:
     """Lag from each 250 until the message is committed in beta's database.
 
@@ -49,9 +61,6 @@ def rolling(alpha: Node, beta: Node, count: int, users: int, rate: float) -> lis
     millisecond costs beta nothing; polling its HTTP API did, and skewed the
     figure it measured).
     """
-    for u in range(users):
-        alpha.add_account(f"roll{u}")
-    wait_until(lambda: _inbox_counts(beta, users) is not None, 30, "beta to have the accounts")
     expected = {f"roll{u}": 0 for u in range(users)}
     pending: dict[str, list[tuple[int, float]]] = {f"roll{u}": [] for u in range(users)}
     lags: list[float] = []
@@ -96,6 +105,34 @@ def rolling(alpha: Node, beta: Node, count: int, users: int, rate: float) -> lis
     return lags
 
 
+_UNDONE = """
+    SELECT
+      (SELECT count(DISTINCT m.guid) FROM messages m WHERE m.expunged = 0
+        AND NOT EXISTS (SELECT 1 FROM fulltext_docs d WHERE d.guid = m.guid)),
+      (SELECT count(DISTINCT m.guid) FROM messages m WHERE m.expunged = 0
+        AND NOT EXISTS (SELECT 1 FROM message_parsed p WHERE p.guid = m.guid))
+"""
+
+
+def settle(*nodes: Node, timeout: float = 600.0) -> float:
+    """Wait until every node has indexed and parsed each message it stores;
+    the seconds waited. A phase is not timed while a node still works off
+    the last one's messages in the background (the bulk set loaded into
+    alpha's store before it started, the partner indexing what it received):
+    a node that has been running has done that work as mail came."""
+    started = time.perf_counter()
+    for node in nodes:
+        db = sqlite3.connect(f"file:{node.db_path}?mode=ro", uri=True, timeout=5)
+        try:
+            while db.execute(_UNDONE).fetchone() != (0, 0):
+                if time.perf_counter() - started > timeout:
+                    raise SystemExit(f"{node.name} did not catch up in {timeout:.0f} s")
+                time.sleep(0.5)
+        finally:
+            db.close()
+    return time.perf_counter() - started
+
+
 _INBOX_COUNTS = """
     SELECT a.name, m."exists" FROM mailboxes m JOIN accounts a ON a.id = m.account_id
     WHERE m.name = 'INBOX' AND a.name LIKE 'roll%'
@@ -116,6 +153,14 @@ def _inbox_counts(
         if own:
             conn.close()
     return rows if len(rows) >= users else None
+
+
+def cpu_pair(
+    alpha: Node, beta: Node, since: tuple[float, float] = (0.0, 0.0)
+) -> tuple[float, float]:
+    """Alpha's and beta's CPU seconds (all threads), less ``since``."""
+    assert alpha.pid is not None and beta.pid is not None
+    return cpu_seconds(alpha.pid) - since[0], cpu_seconds(beta.pid) - since[1]
 
 
 def pct(values: list[float], p: float) -> float:
@@ -147,9 +192,12 @@ def main() -> None:
         beta.start()
         try:
             # 2. bulk sync to the empty partner, uncompressed, then compressed
+            waited = [settle(alpha, beta)]
+            bulk_cpu = cpu_pair(alpha, beta)
             started = time.perf_counter()
             report = alpha.replicate("bulk", compress=False)["reports"][0]
             bulk_s = time.perf_counter() - started
+            bulk_cpu = cpu_pair(alpha, beta, bulk_cpu)
             started = time.perf_counter()
             zreport = alpha.replicate("bulkz", compress=True)["reports"][0]
             zbulk_s = time.perf_counter() - started
@@ -211,9 +259,16 @@ def main() -> None:
             text = alpha.config.read_text().replace("sync_log = false", "sync_log = true")
             alpha.config.write_text(text)
             alpha.start()
+            roll_users(alpha, beta, args.users)
+            waited.append(settle(alpha, beta))
             spies = [spy(args.py_spy, alpha.pid)]
             spies.append(spy(args.py_spy.with_suffix(".beta") if args.py_spy else None, beta.pid))
+            roll_cpu = cpu_pair(alpha, beta)
             lags = rolling(alpha, beta, args.rolling, args.users, args.rate)
+            # Until both have parsed and indexed it all: the work each
+            # message causes, not only what was done in time.
+            settle(alpha, beta)
+            roll_cpu = cpu_pair(alpha, beta, roll_cpu)
             for proc in spies:
                 unspy(proc)
         finally:
@@ -222,12 +277,24 @@ def main() -> None:
         ceil_rate, ceil_mbs = ceiling(payloads, str(workdir))
         print(f"bulk set          {args.bulk} messages, {total / 1e6:.1f} MB")
         print(
+            f"settled           {waited[0]:.1f} s before the bulk sync, {waited[1]:.1f} s before "
+            "the rolling part (both nodes' index and parsed rows complete)"
+        )
+        print(
             f"1 rolling lag     {len(lags)} msgs at {args.rate:.0f}/s over {args.users} users: "
             f"p50 {pct(lags, 50) * 1000:.1f} ms  p99 {pct(lags, 99) * 1000:.1f} ms  max {max(lags) * 1000:.1f} ms"
         )
         print(
+            f"  CPU per message alpha {roll_cpu[0] / args.rolling * 1000:.2f} ms, "
+            f"beta {roll_cpu[1] / args.rolling * 1000:.2f} ms (delivery, sync, parse and index)"
+        )
+        print(
             f"2 bulk sync       {args.bulk / bulk_s:.0f} msgs/s  {total / bulk_s / 1e6:.1f} MB/s  "
             f"({bulk_s:.2f} s; uploaded {report['uploaded']}, wire {report['bytes_sent'] / 1e6:.1f} MB out)"
+        )
+        print(
+            f"  CPU per message alpha {bulk_cpu[0] / args.bulk * 1000:.2f} ms, "
+            f"beta {bulk_cpu[1] / args.bulk * 1000:.2f} ms (the sync only)"
         )
         print(
             f"  compressed (-z) {len(zipped) / zbulk_s:.0f} msgs/s  {zipped_total / zbulk_s / 1e6:.1f} MB/s  "

@@ -353,12 +353,13 @@ def test_the_walkers_rows_ride_on_the_deliveries_commits(tmp_path: Path) -> None
             for n in range(count):
                 data = plain(1000 + n, f"ride {n}", "Mon, 1 Dec 2025 10:00:00 +0000", sender="a@x")
                 client.sendmail("a@x", [f"{ACCOUNT}@example.test"], data)
-                time.sleep(0.04)  # the walker parses each one before the next comes
+                time.sleep(0.04)
         wait_until(lambda: parsed_everything(node), 30, "the parse walker")
         after = node.call("GET", "/v1/status")["store"]
     finally:
         node.stop()
     writes = after["writes"] - before["writes"]
     commits = after["batches"] - before["batches"]
-    # Writes that shared another's commit: the walker's, one a walk.
-    assert writes - commits >= count // 2, (writes, commits)
+    # Writes that shared another's commit: the walker's, one a walk (a walk
+    # takes the deliveries of its gap, 0.25 s: about six walks in 1.2 s).
+    assert writes - commits >= 3, (writes, commits)

@@ -8,6 +8,7 @@ import base64
 import imaplib
 import quopri
 import smtplib
+import time
 import urllib.error
 from typing import Any
 
@@ -139,3 +140,26 @@ def test_peerctl_index_rebuild_and_status(tmp_path: Any) -> None:
         else:
             raise AssertionError("an account and all were both accepted")
         assert search(node, "BODY", "zuckerwatte") == [1]
+
+
+def test_a_stream_of_deliveries_is_indexed_in_few_walks(tmp_path: Any) -> None:
+    """Thirty deliveries 40 ms apart: the indexer takes the commits of its
+    gap (``peerd.pair.indexer.GAP``) in one walk instead of walking again
+    after each one (and after each commit of its own), and still indexes
+    them all."""
+    node = make_single(tmp_path)
+    count = 30
+    with running(node):
+        node.add_account("alice")
+        deliver(node, PLAIN)
+        wait_until(lambda: indexed(node, "alice", 1), 20, "the first message indexed")
+        before = index_of(node, "alice")["indexer"]["walks"]
+        with smtplib.LMTP("127.0.0.1", node.ports["lmtp"], timeout=30) as lmtp:
+            for n in range(count):
+                data = PLAIN.replace(b"<plain@t>", f"<plain{n}@t>".encode())
+                lmtp.sendmail("sender@example.test", ["alice@example.test"], data)
+                time.sleep(0.04)
+        wait_until(lambda: indexed(node, "alice", count + 1), 30, "the stream indexed")
+        walks = index_of(node, "alice")["indexer"]["walks"] - before
+    # About 1.2 s of deliveries at one walk per 0.5 s (and the polls).
+    assert walks <= count // 3, walks

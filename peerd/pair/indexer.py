@@ -47,16 +47,18 @@ from engine.fulltext import Searchable, extract
 from peerd.node.node import Node
 from peerd.pair.walker import Walker
 
-__all__ = ["POLL", "RESCAN", "Indexer", "RebuildResult"]
+__all__ = ["GAP", "POLL", "RESCAN", "Indexer", "RebuildResult"]
 
 log = logging.getLogger("peerd.pair.indexer")
 
 POLL: Final = 1.0  # seconds between two walks when nothing wakes the indexer
+GAP: Final = 0.5  # seconds at least between the starts of two walks (Walker)
 IDLE: Final = 0.1  # the store idle this long: the indexer writes IDLE_SLICE texts
 IDLE_SLICE: Final = 32
 SHARE: Final = 0.1  # else once it waited 9 times as long as its last write took,
 SLICE: Final = 8  # ... and writes this many texts (a rebuild: BATCH a write)
 QUIET: Final = 0.02  # how often it looks
+LATE: Final = 1.0  # its share due this long and the store never seen idle: it writes anyway
 RESCAN: Final = 1000  # ids below the mark each walk looks at again
 BATCH: Final = 100  # messages extracted and stored per write
 PAGE: Final = 500  # messages rows looked at per read
@@ -95,6 +97,7 @@ class Indexer(Walker):
     task_name = "fulltext-indexer"
     doing = "full-text indexing"
     poll = POLL
+    gap = GAP
     log = log
 
     def __init__(self, node: Node) -> None:
@@ -110,7 +113,10 @@ class Indexer(Walker):
         deliveries queue behind it: so the indexer writes :data:`IDLE_SLICE`
         texts once the store has had no write queued or committing for
         :data:`IDLE`, else :data:`SLICE` once its :data:`SHARE` of the time
-        is due."""
+        is due and the store has no write queued or committing (the moment
+        after a commit, the longest way from the next one: a replica's
+        DELTAs and a stream of deliveries come one by one), or once that
+        has not happened for :data:`LATE`."""
         store = self.node.store
         loop = asyncio.get_running_loop()
         idle_since: float | None = None
@@ -122,7 +128,7 @@ class Indexer(Walker):
                 idle_since = now
             elif now - idle_since >= IDLE:
                 return IDLE_SLICE
-            if now >= self._due:
+            if now >= self._due and (idle_since is not None or now >= self._due + LATE):
                 return SLICE
             await asyncio.sleep(QUIET)
 

@@ -43,11 +43,12 @@ from peerd.node.node import Node
 from peerd.pair.walker import Walker
 from peerd.protocols.imap.parsed import PARSE_VERSION, parse_message
 
-__all__ = ["POLL", "RESCAN", "RIDE", "ParseWalker"]
+__all__ = ["GAP", "POLL", "RESCAN", "RIDE", "ParseWalker"]
 
 log = logging.getLogger("peerd.pair.parsewalk")
 
 POLL: Final = 1.0  # seconds between two walks when nothing wakes the walker
+GAP: Final = 0.25  # seconds at least between the starts of two walks (Walker)
 RESCAN: Final = 1000  # ids below the mark a walk looks at again (at most once a POLL)
 RIDE: Final = 0.5  # seconds a write of parsed rows waits to share another write's commit
 BATCH: Final = 200  # messages parsed and stored per write
@@ -67,6 +68,7 @@ class ParseWalker(Walker):
     task_name = "parse-walker"
     doing = "parsing stored messages"
     poll = POLL
+    gap = GAP
     log = log
 
     def __init__(self, node: Node) -> None:

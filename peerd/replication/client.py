@@ -401,11 +401,14 @@ class SyncClient:
         started = time.perf_counter()
         async with self.lock(account):
             try:
-                await self._send_renames(account, use_zlib, report)
+                # The delta's plan reads the renames too (one trip to a
+                # reader thread fewer on the rolling path): with any, it
+                # leaves the sync to the full path, which sends them first.
                 done = (
                     fast and mailboxes is None and await self._sync_fast(account, use_zlib, report)
                 )
                 if not done:
+                    await self._send_renames(account, use_zlib, report)
                     await self._sync(account, mailboxes, use_zlib, report)
             except BaseException:
                 self._marks.pop(account, None)
@@ -620,6 +623,8 @@ class SyncClient:
         ) -> tuple[
             OwnershipView | None, list[tuple[int, int]], Delta | None, list[tuple[str, bytes]]
         ]:
+            if ownership_table.renames_to(session, account):
+                return None, [], None, []  # RENAME first: the full path sends it
             row = ownership_table.get(session, account)
             pending = synclog.pending(session, [account], self.channel)
             delta = owner_delta(session, account, mark)
