@@ -9,7 +9,8 @@ store's committer, made while the store is idle or, while other writes
 keep coming, for at most :data:`SHARE` of the time (:meth:`Indexer._settle`:
 FTS5 inserts hold the one committer, and deliveries must not queue behind
 them; the index catches up between bursts, and a search decodes what it
-has not reached, below). It runs when the store reports a commit and
+has not reached, below). It runs when the store reports a commit (after
+:data:`GATHER`, for the commits behind it) and
 every :data:`POLL` seconds (LMTP worker processes and a second process
 write records this daemon's store hears nothing about), and once from the
 start at start-up, so a store upgraded to an empty index, or one whose
@@ -47,10 +48,11 @@ from engine.fulltext import Searchable, extract
 from peerd.node.node import Node
 from peerd.pair.walker import Walker
 
-__all__ = ["POLL", "RESCAN", "Indexer", "RebuildResult"]
+__all__ = ["GATHER", "POLL", "RESCAN", "Indexer", "RebuildResult"]
 
 log = logging.getLogger("peerd.pair.indexer")
 
+GATHER: Final = 0.25  # seconds a commit's wake-up waits to walk the next commits' too
 POLL: Final = 1.0  # seconds between two walks when nothing wakes the indexer
 IDLE: Final = 0.1  # the store idle this long: the indexer writes IDLE_SLICE texts
 IDLE_SLICE: Final = 32
@@ -95,6 +97,7 @@ class Indexer(Walker):
     task_name = "fulltext-indexer"
     doing = "full-text indexing"
     poll = POLL
+    gather = GATHER
     log = log
 
     def __init__(self, node: Node) -> None:

@@ -8,8 +8,10 @@ task here stores them as messages are stored. It walks ``messages`` by
 bytes of the GUIDs without a row off the event loop, parses them and stores
 the rows with one write of the store's committer per batch. It runs when the
 store reports a commit (a delivery, an APPEND, a sync applied: the commit
-that added the record wakes it) and every :data:`POLL` seconds (LMTP worker
-processes write records this daemon's store hears nothing about), and once
+that added the record wakes it, and the walk waits :data:`GATHER` for the
+commits behind it, so lone deliveries are walked in batches) and every
+:data:`POLL` seconds (LMTP worker processes write records this daemon's
+store hears nothing about), and once
 from the first row at start-up, so a store upgraded from before
 ``0012_sortcache``, or one whose parser version changed, is filled. A walk
 starts :data:`RESCAN` ids below the mark at most once every :data:`POLL`
@@ -43,10 +45,11 @@ from peerd.node.node import Node
 from peerd.pair.walker import Walker
 from peerd.protocols.imap.parsed import PARSE_VERSION, parse_message
 
-__all__ = ["POLL", "RESCAN", "RIDE", "ParseWalker"]
+__all__ = ["GATHER", "POLL", "RESCAN", "RIDE", "ParseWalker"]
 
 log = logging.getLogger("peerd.pair.parsewalk")
 
+GATHER: Final = 0.25  # seconds a commit's wake-up waits to walk the next commits' too
 POLL: Final = 1.0  # seconds between two walks when nothing wakes the walker
 RESCAN: Final = 1000  # ids below the mark a walk looks at again (at most once a POLL)
 RIDE: Final = 0.5  # seconds a write of parsed rows waits to share another write's commit
@@ -67,6 +70,7 @@ class ParseWalker(Walker):
     task_name = "parse-walker"
     doing = "parsing stored messages"
     poll = POLL
+    gather = GATHER
     log = log
 
     def __init__(self, node: Node) -> None:

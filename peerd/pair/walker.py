@@ -5,7 +5,13 @@ share.
 How this works: a walker catches up with what the store holds (its
 ``catch_up``) when a commit of this process wakes it (a store listener) and
 every ``poll`` seconds besides, because LMTP worker processes and a second
-process on the database commit without telling this one. A failed walk is
+process on the database commit without telling this one. Woken by a commit,
+it first lets ``gather`` seconds of further commits come in, so a stream of
+lone deliveries (a commit each) is walked in batches: each walk costs a read
+of ``messages``, two thread hand-offs and a write whatever it finds, which
+per delivery was a millisecond of the daemon's CPU (docs/benchmarks.md).
+Nothing waits for a walker (IMAP and search read what it has not reached
+from the message's bytes), so the delay changes no answer. A failed walk is
 logged and tried again at the next wake-up; ``stop`` cancels the task and
 sets ``_stopping``, which a walk's worker thread reads to stop early.
 """
@@ -30,6 +36,7 @@ class Walker:
     task_name: ClassVar[str]
     doing: ClassVar[str]  # for the log: "full-text indexing", ...
     poll: ClassVar[float]
+    gather: ClassVar[float]  # seconds a commit's wake-up waits for the next ones
     log: ClassVar[logging.Logger]
 
     def __init__(self, node: Node) -> None:
@@ -70,3 +77,5 @@ class Walker:
                 self.log.exception("%s failed; trying again", self.doing)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), self.poll)
+            if self.wake.is_set():
+                await asyncio.sleep(self.gather)
