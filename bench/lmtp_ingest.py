@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.lmtp_ingest [--messages 3200] [--connections 20]
         [--client pipelining|smtplib] [--warmup 800] [--workers 1]
-        [--flush filesystem|file] [--py-spy FILE]
+        [--flush filesystem|file] [--py-spy FILE [--gil]] [--threads]
 
 Starts a node (SQLite, fsync on, replication off) in a temp dir, creates one
 account per connection, delivers ``--warmup`` messages of the mix (not
@@ -33,7 +33,12 @@ the rate does. ``--py-spy FILE`` records the worker (the daemon with
 ``--workers 0``) with py-spy over the timed part, and the daemon beside a
 worker into FILE with the suffix ``.daemon``, as py-spy's "raw" format
 (collapsed stacks, one a line: the input of flamegraph.pl and speedscope);
-py-spy must be on the PATH.
+py-spy must be on the PATH; with ``--gil`` it samples only the thread that
+holds the interpreter lock. ``--threads`` prints the daemon's CPU per
+message for each of its threads (user + system; a pool's threads summed,
+named as ``py-spy dump`` names them, so py-spy must be on the PATH), and how
+many messages the full-text indexer had still to index when the timed part
+ended (its work then falls after the timing).
 
 On an ext4 without a journal (this project's machines), the kernel's inode
 allocator skips every inode freed in the last 60 seconds (360 while its
@@ -166,6 +171,49 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu(pid: int) -> dict[int, tuple[float, float]]:
+    """User and system CPU of each thread of a process, by thread id."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[int, tuple[float, float]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended
+            continue
+        found[int(task.name)] = (int(fields[11]) / tick, int(fields[12]) / tick)
+    return found
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    """Python's names of a process's threads by thread id (``py-spy dump``),
+    a pool's number dropped (``store-read_2`` is ``store-read``)."""
+    exe = shutil.which("py-spy")
+    if exe is None:
+        raise SystemExit("--threads: py-spy is not on the PATH")
+    dump = subprocess.run([exe, "dump", "--pid", str(pid)], capture_output=True, text=True)
+    names: dict[int, str] = {}
+    for line in dump.stdout.splitlines():
+        # Thread 10650 (idle): "store-commit"
+        if line.startswith("Thread ") and '"' in line:
+            name = line.split('"')[1]
+            names[int(line.split()[1])] = name.rstrip("0123456789").rstrip("_") or name
+    return names
+
+
+def per_thread(
+    pid: int, before: dict[int, tuple[float, float]], after: dict[int, tuple[float, float]]
+) -> dict[str, tuple[float, float]]:
+    """CPU (user, system) each named thread used between two samples."""
+    names = thread_names(pid)
+    used: dict[str, tuple[float, float]] = {}
+    for tid, (user, system) in after.items():
+        was = before.get(tid, (0.0, 0.0))
+        name = names.get(tid, f"thread {tid}")
+        total = used.get(name, (0.0, 0.0))
+        used[name] = (total[0] + user - was[0], total[1] + system - was[1])
+    return used
+
+
 def settle(seconds: float) -> None:
     """Wait until ``seconds`` have passed since the last run deleted its files."""
     try:
@@ -191,6 +239,8 @@ def main() -> None:
     parser.add_argument("--flush", default="filesystem")
     parser.add_argument("--settle", type=float, default=65.0)
     parser.add_argument("--py-spy", dest="py_spy", type=Path, default=None)
+    parser.add_argument("--gil", action="store_true")
+    parser.add_argument("--threads", action="store_true")
     args = parser.parse_args()
     settle(args.settle)
     try:
@@ -231,17 +281,24 @@ def report(workdir: Path, args: argparse.Namespace) -> None:
         pids = {"daemon": node.proc.pid}
         for n, worker in enumerate(status.get("lmtp", {}).get("workers", [])):
             pids[f"worker {n}" if n else "worker"] = int(worker["pid"])
-        spies = [_start_py_spy(args.py_spy, pids.get("worker", pids["daemon"]))]
+        spies = [_start_py_spy(args.py_spy, pids.get("worker", pids["daemon"]), args.gil)]
         if args.py_spy is not None and "worker" in pids:
-            spies.append(_start_py_spy(args.py_spy.with_suffix(".daemon"), pids["daemon"]))
+            spies.append(
+                _start_py_spy(args.py_spy.with_suffix(".daemon"), pids["daemon"], args.gil)
+            )
+        threads_before = thread_cpu(pids["daemon"])
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         client_before = time.process_time()
         failures, seconds = client(node.ports["lmtp"], payloads, rcpts)
         client_cpu = time.process_time() - client_before
         cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+        threads = thread_cpu(pids["daemon"])
         for spy in spies:
             _stop_py_spy(spy)
         after = node.call("GET", "/v1/status")["store"]
+        if args.threads:
+            backlog = node.call("GET", "/v1/index")["pending"]
+            by_thread = per_thread(pids["daemon"], threads_before, threads)
     finally:
         node.stop()
     count = per * args.connections
@@ -261,6 +318,18 @@ def report(workdir: Path, args: argparse.Namespace) -> None:
     cpu["client"] = client_cpu
     shares = ", ".join(f"{name} {1000 * used / count:.2f}" for name, used in cpu.items())
     print(f"CPU per message   {shares} ms")
+    if args.threads:
+        ranked = sorted(by_thread.items(), key=lambda item: -sum(item[1]))
+        print(
+            "daemon threads    "
+            + ", ".join(
+                f"{name} {1000 * user / count:.2f}+{1000 * system / count:.2f}"
+                for name, (user, system) in ranked
+                if user + system > 0
+            )
+            + " ms (user+system)"
+        )
+        print(f"full-text index   {backlog} messages still to index when the timing ended")
     writes, batches = after["writes"] - before["writes"], after["batches"] - before["batches"]
     print(
         f"group commit      {writes} deliveries in {batches} commits "
@@ -268,14 +337,15 @@ def report(workdir: Path, args: argparse.Namespace) -> None:
     )
 
 
-def _start_py_spy(output: Path | None, pid: int) -> subprocess.Popen[bytes] | None:
+def _start_py_spy(output: Path | None, pid: int, gil: bool) -> subprocess.Popen[bytes] | None:
     if output is None:
         return None
     exe = shutil.which("py-spy")
     if exe is None:
         raise SystemExit("--py-spy: py-spy is not on the PATH")
     argv = [exe, "record", "--pid", str(pid), "--format", "raw", "--output", str(output)]
-    spy = subprocess.Popen([*argv, "--rate", "250", "--nonblocking"], stdout=subprocess.DEVNULL)
+    argv += ["--rate", "250", "--nonblocking", *(["--gil"] if gil else [])]
+    spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
     time.sleep(1.0)  # attached before the timing starts
     return spy
 

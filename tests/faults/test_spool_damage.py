@@ -12,6 +12,7 @@ import hashlib
 import imaplib
 import json
 import smtplib
+import sqlite3
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -100,6 +101,15 @@ def post_error(node: Node, path: str, body: Any) -> tuple[int, dict[str, Any]]:
     raise AssertionError(f"{path} succeeded")
 
 
+def walked(node: Node, guids: list[str]) -> bool:
+    """Whether the node's background readers of new messages (the parse
+    walker, the full-text indexer) are done with ``guids``: a file damaged
+    after that is read by nothing until a scrub or a client asks for it."""
+    with sqlite3.connect(node.db_path) as db:
+        parsed = {row[0] for row in db.execute("SELECT guid FROM message_parsed")}
+    return set(guids) <= parsed and node.call("GET", "/v1/index")["pending"] == 0
+
+
 def replicated(alpha: Node, beta: Node, account: str, n: int) -> list[dict[str, Any]]:
     wait_until(
         lambda: (
@@ -110,6 +120,11 @@ def replicated(alpha: Node, beta: Node, account: str, n: int) -> list[dict[str, 
         30,
         f"{account}'s {n} messages on beta",
     )
+    # Each node's walkers read every new file once, a while after its commit
+    # (and a read that finds damage queues a repair): done before a test
+    # damages a file, so only what the test does next finds the damage.
+    guids = [r["guid"] for r in records(alpha, account)]
+    wait_until(lambda: walked(alpha, guids) and walked(beta, guids), 30, "the walkers")
     return records(alpha, account)
 
 
