@@ -17,6 +17,9 @@ replication runs); unset: a node with no partner at all (``make_single``).
 
 from __future__ import annotations
 
+import json
+import os
+import resource
 import shutil
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -55,8 +58,28 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     """The daemon launcher (tests/harness/zygote.py) goes with the session: it
-    SIGKILLs any daemon it still has and exits, and this process reaps it."""
+    SIGKILLs any daemon it still has and exits, and this process reaps it.
+    With ``PEERD_TEST_COSTLOG=FILE`` this process then appends its own CPU
+    and that of every child it reaped (the launcher and what it forked,
+    PostgreSQL, nginx, Postfix, the clients) to FILE (``scripts/costs.py``)."""
     zygote.close()
+    path = os.environ.get("PEERD_TEST_COSTLOG")
+    if path:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        with open(path, "a") as out:
+            for kind, who in (
+                ("pytest", resource.RUSAGE_SELF),
+                ("pytest children", resource.RUSAGE_CHILDREN),
+            ):
+                usage = resource.getrusage(who)
+                line = {
+                    "kind": kind,
+                    "test": worker,
+                    "wall": 0,
+                    "user": usage.ru_utime,
+                    "sys": usage.ru_stime,
+                }
+                out.write(json.dumps(line) + "\n")
 
 
 @pytest.fixture(autouse=True)

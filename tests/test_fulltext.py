@@ -125,7 +125,7 @@ def test_caps_bound_the_work_and_say_so() -> None:
     many = b'Content-Type: multipart/mixed; boundary="m"\r\n\r\n' + b"".join(
         b"--m\r\nContent-Type: text/plain\r\n\r\npart %d\r\n" % i for i in range(MAX_PARTS * 4)
     )
-    start = time.perf_counter()
+    start = time.thread_time()
     doc = extract(many + b"--m--\r\n")
     assert not doc.complete and doc.body.count("part") == MAX_PARTS - 1
     # Deep nesting.
@@ -145,7 +145,7 @@ def test_caps_bound_the_work_and_say_so() -> None:
     # Hostile HTML.
     tags = b"Content-Type: text/html\r\n\r\n" + b"<div><span a='" * 50_000
     extract(tags)
-    assert time.perf_counter() - start < 30
+    assert time.thread_time() - start < 30
 
 
 # -- generated mail ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@ outlives the launcher."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Iterator
@@ -101,3 +102,26 @@ def test_a_command_run_through_the_launcher_gives_what_subprocess_run_gives(
         "peerd.cli", ["--help"], tmp_path
     )  # peerctl (its stdin: tests/test_api_cli.py)
     assert helped.returncode == 0 and helped.stdout.startswith("usage: peerctl")
+
+
+def test_the_cost_log_has_a_line_per_reaped_child_with_its_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``PEERD_TEST_COSTLOG``: the launcher (which reads its environment when
+    it starts) appends what each child ran, the test that started it, its
+    wall time and its CPU, once it has reaped it."""
+    log = tmp_path / "costs.jsonl"
+    monkeypatch.setenv("PEERD_TEST_COSTLOG", str(log))
+    own = Launcher()
+    try:
+        bad = tmp_path / "bad.toml"
+        bad.write_text("[node]\nname = 1\n")
+        argv = ["run", "-c", str(bad)]
+        failed = spawn(argv, tmp_path / "bad.log", tmp_path, None, own)
+        assert failed.wait(60) == 2
+    finally:
+        own.close()
+    (line,) = [json.loads(text) for text in log.read_text().splitlines()]
+    assert line["kind"] == "peerd run"
+    assert line["test"] == os.environ["PYTEST_CURRENT_TEST"].split(" ")[0]
+    assert line["user"] + line["sys"] > 0 and line["wall"] > 0

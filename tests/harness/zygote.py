@@ -107,6 +107,7 @@ def _serve(sock: socket.socket) -> None:
     :class:`_Spawned` (the launcher's frames have nothing to clean up)."""
     reader = sock.makefile("rb")
     children: dict[int, int | None] = {}  # pid -> exit status once reaped
+    started: dict[int, tuple[float, str]] = {}  # pid -> (monotonic start, what), for the cost log
     zygote = os.getpid()
     for line in reader:
         request = json.loads(line)
@@ -121,14 +122,16 @@ def _serve(sock: socket.socket) -> None:
                 request["zygote"] = zygote
                 raise _Spawned(request)
             children[pid] = None
+            started[pid] = (time.monotonic(), _what(request))
             reply = {"pid": pid}
         elif request["op"] == "poll":
             pid = int(request["pid"])
             if pid in children and children[pid] is None:
                 with contextlib.suppress(ChildProcessError):
-                    done, status = os.waitpid(pid, os.WNOHANG)
+                    done, status, usage = os.wait4(pid, os.WNOHANG)
                     if done:
                         children[pid] = os.waitstatus_to_exitcode(status)
+                        _log_cost(started.pop(pid, None), usage)
             reply = {"code": children.get(pid)}
         else:
             reply = {"error": f"unknown op {request['op']!r}"}
@@ -139,7 +142,34 @@ def _serve(sock: socket.socket) -> None:
             kill9(pid, group=True)
             kill9(pid)
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
+                _, _, usage = os.wait4(pid, 0)
+                _log_cost(started.pop(pid, None), usage)
+
+
+def _what(request: dict[str, Any]) -> str:
+    """A child's kind for the cost log: ``peerd run``, ``peerd.cli status``..."""
+    argv = [a for a in request["argv"] if not a.startswith("-") and not a.endswith(".toml")]
+    test = str(request["env"].get("PYTEST_CURRENT_TEST", "")).split(" ")[0]
+    return " ".join([str(request.get("module") or "peerd"), *argv[:1]]) + "\t" + test
+
+
+def _log_cost(start: tuple[float, str] | None, usage: Any) -> None:
+    """With ``PEERD_TEST_COSTLOG=FILE``, append one JSON line per reaped child:
+    what it ran, its wall time and its CPU (its own and that of the children it
+    reaped: a daemon's LMTP worker). ``scripts/costs.py`` sums such a file."""
+    path = os.environ.get("PEERD_TEST_COSTLOG")
+    if not path or start is None:
+        return
+    kind, test = start[1].split("\t")
+    line = {
+        "kind": kind,
+        "test": test,
+        "wall": round(time.monotonic() - start[0], 3),
+        "user": usage.ru_utime,
+        "sys": usage.ru_stime,
+    }
+    with open(path, "a") as out:
+        out.write(json.dumps(line) + "\n")
 
 
 def _become(request: dict[str, Any]) -> None:

@@ -125,14 +125,14 @@ def test_internaldate() -> None:
 def test_fetch_serialising_is_fast_enough_for_big_mailboxes() -> None:
     # Not a benchmark (bench/ has those): a guard against a slow hot path.
     flags = ["\\Seen", "$Forwarded"]
-    start = time.perf_counter()
+    start = time.thread_time()
     out = [
         r.fetch_response(
             seq, (b"UID %d" % (seq + 1000), b"FLAGS " + r.flag_list(flags), b"MODSEQ (%d)" % seq)
         )
         for seq in range(1, 10_001)
     ]
-    elapsed = time.perf_counter() - start
+    elapsed = time.thread_time() - start
     assert len(b"".join(out)) > 400_000
     assert elapsed < 1.0
 

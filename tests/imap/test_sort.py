@@ -67,10 +67,10 @@ def test_base_subject(subject: str, base: str, reply: bool) -> None:
 def test_base_subject_of_hostile_input_is_quick() -> None:
     import time
 
-    start = time.perf_counter()
+    start = time.thread_time()
     for subject in ("[" * 8000, "[fwd:" * 1600 + "]" * 1600, "Re: " * 2000, "[a]" * 2700):
         base_subject(subject)
-    assert time.perf_counter() - start < 2.0
+    assert time.thread_time() - start < 2.0
 
 
 @pytest.mark.parametrize(

@@ -345,7 +345,7 @@ def test_arbitrary_input_never_breaks_the_session(pieces: list[bytes], chunk: in
     data = b"".join(pieces)
     session, store = Session(Config(tls_active=True, limits=Limits(max_script_size=2000))), Store()
     session.greeting()
-    started = time.perf_counter()
+    started = time.thread_time()
     for start in range(0, len(data), chunk):
         drive(session, store, data[start : start + chunk])
         if session.state is State.CLOSED:
@@ -353,4 +353,4 @@ def test_arbitrary_input_never_breaks_the_session(pieces: list[bytes], chunk: in
     if session.state is not State.CLOSED:
         drive(session, store, b"")
     assert session.state is State.CLOSED
-    assert time.perf_counter() - started < 2.0
+    assert time.thread_time() - started < 2.0

@@ -374,9 +374,9 @@ def test_retr_reply_and_speed_for_a_big_message() -> None:
     assert message_reply(b"a", Ok("follows")) == b"+OK follows\r\na\r\n.\r\n"
     line = b"." + b"x" * 75 + b"\r\n"
     big = line * (8 * 1024 * 1024 // len(line))
-    started = time.perf_counter()
+    started = time.thread_time()
     body = dot_stuff(big)
-    elapsed = time.perf_counter() - started
+    elapsed = time.thread_time() - started
     assert len(body) == len(big) + len(big) // len(line) + 3
     assert elapsed < 1.0  # a Python loop over 100,000 lines would not make it
 

@@ -40,10 +40,10 @@ def test_parts() -> None:
 
 def test_deep_comments_do_not_recurse() -> None:
     # The standard library's address parser recurses per "(" and overflows.
-    started = time.perf_counter()
+    started = time.thread_time()
     assert addresses("(" * 100_000 + "a@b") == []
     assert addresses("a@b " + "(" * 50_000 + ")" * 50_000) == ["a@b"]
-    assert time.perf_counter() - started < 1.0
+    assert time.thread_time() - started < 1.0
 
 
 def test_encoded_words() -> None:
@@ -51,9 +51,9 @@ def test_encoded_words() -> None:
     assert decode_words("a =?iso-8859-1?q?=E9?= b") == "a é b"
     assert decode_words("=?unknown-charset?q?x?=") == "x"
     assert decode_words("=?utf-8?b?!!!?=") == "=?utf-8?b?!!!?="
-    started = time.perf_counter()
+    started = time.thread_time()
     decode_words("=?a?q?" * 50_000)
-    assert time.perf_counter() - started < 1.0
+    assert time.thread_time() - started < 1.0
 
 
 def test_headers_unfold_and_keep_raw() -> None:

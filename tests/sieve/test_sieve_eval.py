@@ -434,9 +434,9 @@ def test_pathological_matches_finishes_fast() -> None:
     ]
     for pattern in patterns:
         script = f'require "fileinto"; if header :matches "subject" "{pattern}" {{ fileinto "x"; }}'
-        started = time.perf_counter()
+        started = time.thread_time()
         result = run(script, mail)
-        elapsed = time.perf_counter() - started
+        elapsed = time.thread_time() - started
         assert elapsed < 1.0, (pattern[:20], elapsed)
         assert FileInto("x") not in result.actions
 
@@ -445,9 +445,9 @@ def test_work_budget_turns_a_hostile_script_into_a_keep() -> None:
     keys = ", ".join(f'"*{"a?" * 40}{i}*"' for i in range(200))
     script = f'require "fileinto"; if header :matches "subject" [{keys}] {{ fileinto "x"; }}'
     mail = b"Subject: " + b"a" * 60_000 + b"\r\n\r\nx\r\n"
-    started = time.perf_counter()
+    started = time.thread_time()
     result = run(script, mail)
-    assert time.perf_counter() - started < 2.0
+    assert time.thread_time() - started < 2.0
     assert result.actions == (Keep(implicit=True),)
     assert isinstance(result.error, WorkLimitExceeded)
 
@@ -478,9 +478,9 @@ vacation :handle "h" "away";
 @given(st.binary(max_size=600), st.sampled_from(["", "a@b", "MAILER-DAEMON", "x@example.com"]))
 def test_arbitrary_messages_never_break_evaluation(data: bytes, sender: str) -> None:
     program = compile_script(EVERY_TEST)
-    started = time.perf_counter()
+    started = time.thread_time()
     result = evaluate(program, Message.from_bytes(data, sender, "bob@example.org"), USER)
-    assert time.perf_counter() - started < 1.0
+    assert time.thread_time() - started < 1.0
     assert result.error is None or isinstance(result.error, SieveRuntimeError)
     assert result.actions
 

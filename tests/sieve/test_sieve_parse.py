@@ -283,17 +283,18 @@ def test_token_soup_only_raises_script_errors(tokens: list[str]) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_only_raise_script_errors(data: bytes) -> None:
-    started = time.perf_counter()
+    # CPU time, not the clock: under load the clock counts other processes' turns.
+    started = time.thread_time()
     try:
         compile_script(data)
     except ScriptError:
         pass
-    assert time.perf_counter() - started < 1.0
+    assert time.thread_time() - started < 1.0
 
 
 def test_big_script_parses_in_linear_time() -> None:
     # 256 KiB of commands and strings: one pass, well under a second.
     body = b'if header :contains "subject" "x" { keep; }\n' * 5000
-    started = time.perf_counter()
+    started = time.thread_time()  # CPU time: the clock counts other processes' turns
     compile_script(body[: 256 * 1024 - 200].rsplit(b"\n", 1)[0], limits=Limits(max_commands=20000))
-    assert time.perf_counter() - started < 2.0
+    assert time.thread_time() - started < 2.0
