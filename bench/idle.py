@@ -44,8 +44,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -65,8 +63,10 @@ from typing import Any
 
 import migrations
 from engine import accounts
+from engine.passwords import hash_password
 from engine.store import Store
 from ownership import table as ownership_table
+from tests.harness.daemons import SCRYPT_COST
 from tests.nodes import Node, make_single
 
 __all__ = ["cheap_hash", "main", "raise_nofile", "rss_kib"]
@@ -75,14 +75,10 @@ PASSWORD = "pw"
 
 
 def cheap_hash(password: str) -> str:
-    """A scrypt hash the node accepts, with the smallest cost (ln=4): for benches only."""
-    salt = os.urandom(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=1 << 4, r=8, p=1, dklen=32)
-
-    def b64(data: bytes) -> str:
-        return base64.b64encode(data).decode().rstrip("=")
-
-    return f"$scrypt$ln=4,r=8,p=1${b64(salt)}${b64(digest)}"
+    """A scrypt hash at the test nodes' cost (``SCRYPT_COST``, ln=4, which
+    ``make_single`` configures as ``[auth] scrypt_cost``), so the node keeps
+    it: for benches only."""
+    return hash_password(password, SCRYPT_COST)
 
 
 def raise_nofile() -> int:
@@ -344,24 +340,6 @@ def _pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-# The daemon of this bench verifies and keeps the cheap hashes above: its
-# scrypt cost is lowered to theirs (engine.passwords would otherwise upgrade
-# every one at its first login, ln=15, which is not what is measured).
-_CHEAP_SITE = """\
-import engine.passwords
-engine.passwords._LN = 4
-"""
-
-
-def _cheap_logins(node: Node, tmp: Path) -> None:
-    """Start ``node`` with a ``sitecustomize`` that lowers its scrypt cost to ``ln=4``."""
-    site = tmp / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(_CHEAP_SITE)
-    path = os.environ.get("PYTHONPATH")
-    node.extra_env["PYTHONPATH"] = f"{site}{os.pathsep}{path}" if path else str(site)
-
-
 def _latencies(
     acks: dict[str, float], seen: list[tuple[str, float | None, float | None]]
 ) -> tuple[list[float], list[float], int]:
@@ -427,7 +405,6 @@ def run(
             },
         )
         create_accounts(node, users)
-        _cheap_logins(node, Path(tmp))
         node.start()
         try:
             pid = node.pid

@@ -185,6 +185,21 @@ class SyncProtocolError(SyncError):
     code = "sync_protocol_error"
 
 
+def shown(value: object, limit: int = 60) -> str:
+    """What an error's text shows of a value a peer sent: a string's first
+    ``limit`` characters, quoted; of anything else only its type. The repr of
+    a decoded document nested near the recursion limit would itself raise
+    RecursionError (and of a large one cost its whole size) before the
+    error could be raised."""
+    if isinstance(value, str):
+        return repr(value[:limit])
+    if value is None or isinstance(value, bool | int | float):
+        return repr(value)[:limit]
+    if isinstance(value, dict):
+        return "a JSON object"
+    return "a JSON array" if isinstance(value, list | tuple) else type(value).__name__
+
+
 class SyncVersionMismatch(SyncProtocolError):
     """The partner speaks a sync protocol version outside the range this node
     speaks (``engine.syncwire.PROTOCOL_OLDEST`` to ``PROTOCOL_VERSION``):

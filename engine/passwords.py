@@ -20,9 +20,11 @@ import os
 from engine import shacrypt
 
 __all__ = [
+    "DEFAULT_LN",
     "MAX_LN",
     "MAX_P",
     "MAX_R",
+    "MIN_LN",
     "hash_password",
     "hash_problem",
     "needs_rehash",
@@ -30,7 +32,10 @@ __all__ = [
     "verify_password",
 ]
 
-_LN, _R, _P = 15, 8, 1
+# New hashes: N = 2**ln (the node's ``[auth] scrypt_cost``, DEFAULT_LN unless
+# set), r = 8 (128 * r * N bytes: 32 MiB at ln=15), p = 1.
+DEFAULT_LN, _R, _P = 15, 8, 1
+MIN_LN = 4  # the least ``[auth] scrypt_cost`` a node takes
 _DKLEN = 32
 
 # The most a stored hash may ask of one verification: ln=16, r=8 is 64 MiB of
@@ -48,12 +53,13 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text + "=" * (-len(text) % 4))
 
 
-def hash_password(password: str) -> str:
+def hash_password(password: str, ln: int = DEFAULT_LN) -> str:
+    """A new ``$scrypt$`` hash of ``password`` at N = 2**``ln``."""
     salt = os.urandom(16)
     digest = hashlib.scrypt(
-        password.encode(), salt=salt, n=1 << _LN, r=_R, p=_P, maxmem=256 << 20, dklen=_DKLEN
+        password.encode(), salt=salt, n=1 << ln, r=_R, p=_P, maxmem=256 << 20, dklen=_DKLEN
     )
-    return f"$scrypt$ln={_LN},r={_R},p={_P}${_b64(salt)}${_b64(digest)}"
+    return f"$scrypt$ln={ln},r={_R},p={_P}${_b64(salt)}${_b64(digest)}"
 
 
 def scrypt_params(stored: str) -> tuple[int, int, int] | None:
@@ -98,16 +104,16 @@ def hash_problem(stored: str) -> str | None:
     return "password_hash must be a $scrypt$, $5$ (SHA256-CRYPT) or $6$ (SHA512-CRYPT) hash"
 
 
-def needs_rehash(stored: str) -> bool:
-    """True if ``stored`` is weaker than what :func:`hash_password` makes now:
+def needs_rehash(stored: str, ln: int = DEFAULT_LN) -> bool:
+    """True if ``stored`` is weaker than what :func:`hash_password` makes at ``ln``:
     an imported SHA-crypt hash, or scrypt with smaller parameters. A login
     that proves the password replaces it (``Node.authenticate``); a stronger
     imported scrypt hash is kept."""
     params = scrypt_params(stored)
     if params is None:
         return True
-    ln, r, _ = params
-    return ln < _LN or r < _R
+    stored_ln, r, _ = params
+    return stored_ln < ln or r < _R
 
 
 def verify_password(password: str, stored: str) -> bool:

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from engine.compare import MailboxPush, Push
-from engine.errors import SyncProtocolError, SyncVersionMismatch
+from engine.errors import SyncProtocolError, SyncVersionMismatch, shown
 from engine.limits import (
     MAX_ACCOUNT_NAME,
     MAX_ACL_CHARS,
@@ -171,13 +171,13 @@ def _str(value: Any, what: str, limit: int = 1024) -> str:
 
 def _guid(value: Any) -> str:
     if not isinstance(value, str) or not _GUID.match(value):
-        raise SyncProtocolError(f"not a GUID: {value!r:.60}")
+        raise SyncProtocolError(f"not a GUID: {shown(value)}")
     return value
 
 
 def _uniqueid(value: Any) -> str:
     if not isinstance(value, str) or not _UNIQUEID.match(value):
-        raise SyncProtocolError(f"not a mailbox uniqueid: {value!r:.60}")
+        raise SyncProtocolError(f"not a mailbox uniqueid: {shown(value)}")
     return value
 
 
@@ -273,7 +273,7 @@ def decode_account_state(value: Any) -> AccountState:
             raise SyncProtocolError("a mailbox must be an object")
         mode = item.get("mode", "none")
         if mode not in ("none", "full", "delta"):
-            raise SyncProtocolError(f"unknown mailbox mode {mode!r}")
+            raise SyncProtocolError(f"unknown mailbox mode {shown(mode)}")
         records = tuple(decode_record(r) for r in _list(item.get("records", []), "records"))
         mailboxes.append(MailboxState(decode_summary(item.get("summary")), mode, records))
     return AccountState(

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import SyncProtocolError
+from engine.errors import SyncProtocolError, shown
 from ownership.models import STATES, Ownership
 
 __all__ = ["OwnershipView", "parse_row", "row_view"]
@@ -62,7 +62,7 @@ def parse_row(value: Any, account: str | None = None) -> OwnershipView:
         raise SyncProtocolError("epoch must be an integer from 0 to 2**63-1")
     state = value.get("state", "normal")
     if state not in STATES:
-        raise SyncProtocolError(f"unknown ownership state {state!r}")
+        raise SyncProtocolError(f"unknown ownership state {shown(state)}")
     return OwnershipView(
         name,
         _text(value.get("owner"), "owner", _NODE_MAX),

@@ -16,6 +16,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 
+from engine.passwords import DEFAULT_LN
 from tests.conftest import LoneNode
 
 NodeFactory = Callable[..., LoneNode]
@@ -64,6 +65,7 @@ def test_a_real_login_is_not_queued_behind_a_guessing_flood(lone_node: NodeFacto
                 "max_concurrent_hashes": 1,
                 "max_failures_per_account": 1000,
                 "max_failures_per_ip": 1000,
+                "scrypt_cost": DEFAULT_LN,  # checks slow enough to queue
             }
         }
     )
@@ -97,6 +99,7 @@ def test_guesses_queued_past_the_throttle_are_not_hashed(lone_node: NodeFactory)
                 "max_concurrent_hashes": 1,
                 "max_failures_per_account": 1000,
                 "max_failures_per_ip": 3,
+                "scrypt_cost": DEFAULT_LN,
             }
         }
     )

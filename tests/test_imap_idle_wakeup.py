@@ -12,7 +12,6 @@ import re
 import socket
 from collections.abc import Callable
 
-from tests.cheap_logins import cheap_hash, cheap_logins
 from tests.nodes import Node
 
 OPEN = {
@@ -58,9 +57,8 @@ def _modseq(data: bytes) -> int:
 def test_idle_sessions_of_one_mailbox_get_their_exact_data_from_one_wakeup(
     lone_node: Callable[..., Node],
 ) -> None:
-    node = cheap_logins(lone_node({"imap": {"max_sessions_per_account": 40}}, False))
-    node.start()
-    node.call("POST", "/v1/accounts", {"name": "alice", "password_hash": cheap_hash("secret")})
+    node = lone_node({"imap": {"max_sessions_per_account": 40}})
+    node.add_account("alice")
     _deliver(node, "one")
     _deliver(node, "two")
     actor = imaplib.IMAP4("127.0.0.1", node.ports["imap"])

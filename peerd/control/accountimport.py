@@ -66,7 +66,7 @@ async def import_accounts(call: Call[AccountBatch, None]) -> web.Response:
             return given
         assert password is not None  # NewAccount: exactly one of the two
         async with limit:
-            return await asyncio.to_thread(hash_password, password)
+            return await asyncio.to_thread(hash_password, password, node.config.auth.scrypt_cost)
 
     hashes = await asyncio.gather(*(hashed(e.password, e.password_hash) for e in entries))
 

@@ -169,6 +169,11 @@ async def create_account(call: Call[NewAccount, None]) -> web.Response:
         )
         return web.json_response({**answer, "forwarded_to": owner}, status=201)
 
+    password_hash = body.password_hash
+    if password_hash is None:
+        assert body.password is not None  # NewAccount: exactly one of the two
+        password_hash = await node.hash_password(body.password)
+
     def create(session: Session) -> dict[str, Any]:
         if engine_accounts.find_account(session, name) is None:
             if ownership_table.renamed_away(session, name) is not None:
@@ -189,11 +194,7 @@ async def create_account(call: Call[NewAccount, None]) -> web.Response:
                     "yet; create it again once it has"
                 )
         engine_accounts.create_account(
-            session,
-            name,
-            password=body.password,
-            password_hash=body.password_hash,
-            quota_limit=body.quota_limit,
+            session, name, password_hash=password_hash, quota_limit=body.quota_limit
         )
         if ownership_table.get(session, name) is None:
             ownership_table.create(session, name, owner)
@@ -328,9 +329,10 @@ async def _rename_replicated(parts: Parts, new: str) -> bool:
 
 
 async def set_password(call: Call[NewPassword, None]) -> web.Response:
-    name, password = call.path("name"), call.body.password
-    await call.node.write_owned(
-        name, lambda s, row: engine_accounts.set_password(s, row.name, password)
+    name, node = call.path("name"), call.node
+    password_hash = await node.hash_password(call.body.password)
+    await node.write_owned(
+        name, lambda s, row: engine_accounts.set_password_hash(s, row.name, password_hash)
     )
     return web.json_response({"account": name, "password": "changed"})
 

@@ -24,6 +24,7 @@ from typing import Annotated, Any
 from apscheduler.triggers.cron import CronTrigger
 
 from engine.limits import MAX_SCRIPTS
+from engine.passwords import DEFAULT_LN, MAX_LN, MIN_LN
 from peerd.node.syncoptions import refusal
 
 __all__ = [
@@ -356,6 +357,9 @@ class AuthConfig:
     max_failures_per_ip: int = 30
     failure_window: dt.timedelta = dt.timedelta(minutes=5)
     max_concurrent_hashes: int = 4
+    # log2 of scrypt's N for new password hashes (engine.passwords); a login
+    # that proves a password stored weaker replaces the hash at this cost.
+    scrypt_cost: int = DEFAULT_LN
 
 
 @dataclass(frozen=True, slots=True)
@@ -559,6 +563,8 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
         )
     if not 1 <= config.auth.max_concurrent_hashes <= 64:
         raise ConfigError("[auth] max_concurrent_hashes must be 1 to 64")
+    if not MIN_LN <= config.auth.scrypt_cost <= MAX_LN:
+        raise ConfigError(f"[auth] scrypt_cost must be {MIN_LN} to {MAX_LN} (log2 of scrypt's N)")
     if config.lmtp.idle_timeout <= dt.timedelta(0):
         raise ConfigError("[lmtp] idle_timeout must be positive")
     if min(config.lmtp.max_connections, config.lmtp.max_connections_per_ip) < 0:

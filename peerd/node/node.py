@@ -250,9 +250,17 @@ class Node:
             await self.check_owner(name)
         except NotOwner as exc:
             return AuthResult(True, name, owner=exc.owner, epoch=exc.epoch)
-        if needs_rehash(stored):
+        if needs_rehash(stored, self.config.auth.scrypt_cost):
             await self._rehash(name, password, stored, ip_key or account_key)
         return AuthResult(True, name)
+
+    async def hash_password(self, password: str, queue: str = "admin") -> str:
+        """A new hash of ``password`` at ``[auth] scrypt_cost``, made off the
+        event loop in one of the hashing slots (queued by ``queue``), never
+        inside a write of the store: 32 MiB and tens of ms of CPU would hold
+        the committer, and every delivery behind it."""
+        async with self._hashing.slot(queue):
+            return await asyncio.to_thread(hash_password, password, self.config.auth.scrypt_cost)
 
     async def _rehash(self, name: str, password: str, stored: str, queue: str) -> None:
         """Replace a legacy hash (an imported SHA-crypt one) with the node's
@@ -260,8 +268,7 @@ class Node:
         owner like ``account passwd``, so the partner gets it by replication.
         Only if the hash is still the one verified (a password change in
         between wins); a failure leaves the old hash, and the login stands."""
-        async with self._hashing.slot(queue):
-            fresh = await asyncio.to_thread(hash_password, password)
+        fresh = await self.hash_password(password, queue)
 
         def replace(session: Session, row: Account) -> bool:
             if row.password_hash != stored:

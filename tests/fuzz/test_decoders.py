@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from engine import syncwire
 from engine.compare import MailboxPush, Push
-from engine.errors import InvalidArgument, SyncProtocolError
+from engine.errors import InvalidArgument, SyncProtocolError, shown
 from engine.syncstate import AccountState, MailboxState, MailboxSummary, RecordState
+from ownership.rows import parse_row
 from peerd.control.routes import ROUTES
 from peerd.control.schema import decode_body, parse
 
@@ -339,3 +342,31 @@ def test_api_queries_are_refused_with_invalid_argument_only(
     route: Any, query: dict[str, str]
 ) -> None:
     _only(InvalidArgument, lambda: parse(route.query, query, others_ok=True))
+
+
+def test_a_value_nested_near_the_recursion_limit_is_refused_with_the_decoders_error() -> None:
+    """An error's text shows a string's start or a value's type, never its
+    repr: the repr of a document nested as deep as ``json.loads`` allows
+    raised RecursionError in place of the decoder's own error (hypothesis
+    found it, a GUID that was such a list)."""
+    deep: Any = []
+    for _ in range(sys.getrecursionlimit()):
+        deep = [deep]
+    with pytest.raises(RecursionError):
+        repr(deep)
+    state = json.loads(json.dumps(STATE))
+    state["mailboxes"][0]["records"][0][1] = deep  # the GUID
+    with pytest.raises(SyncProtocolError):
+        syncwire.decode_account_state(state)
+    state = json.loads(json.dumps(STATE))
+    state["mailboxes"][0]["summary"]["uniqueid"] = deep
+    with pytest.raises(SyncProtocolError):
+        syncwire.decode_account_state(state)
+    state = json.loads(json.dumps(STATE))
+    state["mailboxes"][0]["mode"] = {"x": deep}
+    with pytest.raises(SyncProtocolError):
+        syncwire.decode_account_state(state)
+    row = {"account": "a", "owner": "alpha", "home": "alpha", "epoch": 1, "state": deep}
+    with pytest.raises(SyncProtocolError):
+        parse_row(row)
+    assert shown(deep) == "a JSON array" and shown("x" * 100) == repr("x" * 60)

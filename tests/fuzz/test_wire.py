@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.cheap_logins import cheap_hash, cheap_logins
 from tests.conftest import LoneNode
 
 ACCOUNT, PASSWORD = "fuzz", "secret"
@@ -248,12 +247,12 @@ class HealthPoller:
 def test_hostile_sessions_never_slow_health_log_a_traceback_or_half_store(
     lone_node: Callable[..., LoneNode],
 ) -> None:
-    # Cheap logins: the fuzz logs in some sixty times, and full-cost scrypt
-    # checks on a loaded 2-core machine would starve the daemon of CPU (they
-    # run off its event loop, but not off its cores), which is not what the
-    # health bound is about (tests/cheap_logins.py).
-    node = cheap_logins(lone_node(start=False)).start()
-    node.call("POST", "/v1/accounts", {"name": ACCOUNT, "password_hash": cheap_hash(PASSWORD)})
+    # Cheap logins (the harness's scrypt_cost): the fuzz logs in some sixty
+    # times, and full-cost scrypt checks on a loaded 2-core machine would
+    # starve the daemon of CPU (they run off its event loop, but not off its
+    # cores), which is not what the health bound is about.
+    node = lone_node()
+    node.add_account(ACCOUNT, PASSWORD)
     poller = HealthPoller(f"{node.api}/v1/health")
     thread = threading.Thread(target=poller.run, daemon=True)
     thread.start()

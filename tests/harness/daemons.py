@@ -41,6 +41,7 @@ from tests.harness.procs import Proc, free_port, wait_until
 
 __all__ = [
     "LISTENERS",
+    "SCRYPT_COST",
     "TOKEN",
     "Daemon",
     "Node",
@@ -56,6 +57,11 @@ __all__ = [
 ]
 
 TOKEN = "test-token"
+# The nodes' ``[auth] scrypt_cost``: the least a node takes, so the suite's
+# thousands of account creations and logins cost microseconds, not 0.1 s of
+# CPU and 32 MiB each (the default, 15). The tests of what the cost decides
+# (the rehash to the node's cost, the hashing queue under a flood) set their own.
+SCRYPT_COST = 4
 LISTENERS = ("lmtp", "imap", "pop3", "sync", "http", "socketmap")
 # make_single / make_pair nodes listen on these (no socketmap unless asked for).
 NODE_LISTENERS = ("lmtp", "imap", "pop3", "sync", "http")
@@ -133,6 +139,7 @@ def _common(name: str, ports: Mapping[str, int]) -> Sections:
         "database": {"url": f"sqlite:///var/{name}/peerd.db"},
         "listen": {key: f"127.0.0.1:{port}" for key, port in ports.items()},
         "api": {"token": TOKEN},
+        "auth": {"scrypt_cost": SCRYPT_COST},
     }
 
 
