@@ -123,6 +123,9 @@ def test_nginx_through_failover_return_and_failback(routed: Any, tmp_path: Path)
     try:
         assert _deliver(alpha, "amy", "amy-1") == 250
         wait_until(lambda: _subjects_via(beta.ports["imap"], "bea") == [], 10, "beta serving")
+        # amy-1 was acknowledged while beta was up: it reaches beta's
+        # replica (the rolling push) before beta goes down.
+        wait_until(lambda: len(beta.records("amy")) == 1, 10, "amy-1 replicated")
         # alpha takes mail beta never sees (beta is down), then dies.
         beta.stop()
         assert _deliver(alpha, "abe", "abe-unreplicated") == 250
