@@ -1,11 +1,13 @@
 """A model of a many-pair site, computed from this repository's measurements (issue 13).
 
-    .venv/bin/python -m bench.model [--curves FILE] [--idle FILE] [--pairs 100]
+    .venv/bin/python -m bench.model [--results bench/results] [--curves FILE] [--idle FILE]
+        [--replicate-all FILE] [--replication FILE] [--pairs 100]
         [--accounts 1000000] [--logins-per-hour 6] [--messages-per-day 40] ...
 
 Reads the JSON that ``bench.curves``, ``bench.idle``, ``bench.replicate_all``
 and ``bench.replication`` write with ``--json`` (each flag repeatable: the
-runs of ``bench/results/``, or any others; a figure can also be given as an
+runs of ``bench/results/``, all read with ``--results bench/results``, or
+any others; a figure can also be given as an
 argument: ``--delivery-rate``, ``--kib-per-session``, ...; it says where each
 figure came from), measures one scrypt hash itself (or takes
 ``--scrypt-ms``), and prints, for
@@ -289,6 +291,12 @@ def main() -> None:
         parser.add_argument(
             f"--{name}", type=Path, action="append", help=f"{bench} --json output (repeatable)"
         )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        action="append",
+        help="a directory of such files (bench/results): each read as what its top key says",
+    )
     parser.add_argument("--json", type=Path, help="also write the model here")
     parser.add_argument("--pairs", type=int, default=100)
     parser.add_argument("--accounts", type=int, default=1_000_000)
@@ -322,6 +330,11 @@ def main() -> None:
     )
     parser.add_argument("--wake-us", type=float, help="daemon CPU per woken IDLE session")
     args = parser.parse_args()
+    for folder in args.results or []:
+        for path in sorted(folder.glob("*.json")):
+            key = next(iter(json.loads(path.read_text())))
+            if key in ("curves", "idle", "replicate_all", "replication"):
+                setattr(args, key, [*(getattr(args, key) or []), path])
     measured = {
         **_from_curves(args.curves),
         **_from_idle(args.idle),
