@@ -44,7 +44,8 @@ At each point:
 4. **deliveries/s**: ``--deliver`` messages of the same kind over 10
    pipelined LMTP connections to 10 accounts picked at random.
 
-Then the daemons stop and everything the point wrote is deleted (the
+Then the daemons stop, the point is printed (and written to ``--json``), and
+everything the point wrote is deleted (the
 temporary directory), before the next point. The load average is printed
 with each point: the host is shared. ``--quick`` runs small sizes (a smoke
 test of the bench itself).
@@ -397,6 +398,7 @@ def run(
     pass1_max: int,
     partner: str = "empty",
     derive: bool = True,
+    json_path: Path | None = None,
 ) -> dict[str, Any]:
     results: dict[str, Any] = {"accounts": [], "messages": []}
     plan = [("accounts", n, per_account) for n in account_sizes]
@@ -407,12 +409,22 @@ def run(
         f" free disk before: {shutil.disk_usage(scratch or tempfile.gettempdir()).free / 1e9:.1f} GB",
         flush=True,
     )
-    for curve, n_accounts, per in plan:
-        with tempfile.TemporaryDirectory(prefix="peerd-curves-", dir=scratch) as tmp:
-            figures = point(Path(tmp), n_accounts, per, deliver, pass1_max, partner, derive)
-        results[curve].append(figures)
-        print(f"{curve:<8} " + _line(figures), flush=True)
     results["cpus"] = os.cpu_count()
+    for curve, n_accounts, per in plan:
+        tmp = Path(tempfile.mkdtemp(prefix="peerd-curves-", dir=scratch))
+        try:
+            figures = point(tmp, n_accounts, per, deliver, pass1_max, partner, derive)
+            # Printed and saved before the point's files go: removing a
+            # million files takes minutes, and a failure there must not
+            # lose what the point measured.
+            results[curve].append(figures)
+            print(f"{curve:<8} " + _line(figures), flush=True)
+            if json_path is not None:
+                json_path.write_text(json.dumps({"curves": results}, indent=2) + "\n")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp.exists():
+                print(f"could not remove all of {tmp}: remove it by hand", flush=True)
     return results
 
 
@@ -461,6 +473,7 @@ def main() -> None:
         args.pass1_max,
         args.partner,
         args.walkers == "generator",
+        args.json,
     )
     if args.json:
         args.json.write_text(json.dumps({"curves": results}, indent=2) + "\n")
