@@ -44,7 +44,8 @@ At each point:
 4. **deliveries/s**: ``--deliver`` messages of the same kind over 10
    pipelined LMTP connections to 10 accounts picked at random.
 
-Then the daemons stop and everything the point wrote is deleted (the
+Then the daemons stop, the point is printed (and written to ``--json``), and
+everything the point wrote is deleted (the
 temporary directory), before the next point. The load average is printed
 with each point: the host is shared. ``--quick`` runs small sizes (a smoke
 test of the bench itself).
@@ -66,6 +67,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,12 +76,14 @@ from sqlalchemy import select
 import migrations
 from bench.idle import PASSWORD, cheap_hash
 from bench.lmtp_ingest import cpu_seconds, run_pipelining
-from engine import accounts, synclog
+from engine import accounts, parsed, synclog, textindex
+from engine.fulltext import Searchable, extract
 from engine.messages import NewRecords, add_appended
 from engine.models import Account, Mailbox
 from engine.spool import guid_of
 from engine.store import Store
 from ownership import table as ownership_table
+from peerd.pair.parsewalk import row_of
 from tests.harness.clients import audit_store
 from tests.nodes import TOKEN, Node, make_pair
 
@@ -97,12 +101,26 @@ def body(account: str, i: int) -> bytes:
     ).encode()
 
 
-def generate(node: Node, names: list[str], per_account: int) -> dict[str, Any]:
+def generate(
+    node: Node,
+    names: list[str],
+    per_account: int,
+    *,
+    derive: bool = True,
+    make_body: Callable[[str, int], bytes] = body,
+) -> dict[str, Any]:
     """Write ``names`` with ``per_account`` messages each into ``node``'s stopped store.
 
     About ``_CHUNK`` records per transaction: many accounts in one when they
-    are small, one account's INBOX over several when it is big."""
+    are small, one account's INBOX over several when it is big. With
+    ``derive``, each transaction also stores what the daemon's two walkers
+    would: the parse walker's row of each message (``parsewalk.row_of``)
+    and its full-text (``engine.fulltext.extract`` into
+    ``engine.textindex.put``, as the indexer does), so the daemon starts
+    with nothing left to walk."""
     started = time.perf_counter()
+    cpu_began = time.process_time()
+    derive_cpu = 0.0
     node.db_path.parent.mkdir(parents=True, exist_ok=True)
     migrations.upgrade(node.db_url)
     store = Store(node.db_url, node.workdir_data)
@@ -122,14 +140,28 @@ def generate(node: Node, names: list[str], per_account: int) -> dict[str, Any]:
                 batch.append(item)
                 size += item[2]
                 continue
-            bodies = {(n, f): [body(n, f + i) for i in range(c)] for n, f, c in batch}
+            bodies = {(n, f): [make_body(n, f + i) for i in range(c)] for n, f, c in batch}
             total_bytes += sum(len(b) for group in bodies.values() for b in group)
+            parsed_rows: list[parsed.Row] = []
+            docs: list[tuple[str, Searchable]] = []
+            if derive:  # the walkers' work, done here in bulk (CPU time counted)
+                began = time.process_time()
+                for group in bodies.values():
+                    for data in group:
+                        guid = guid_of(data)
+                        parsed_rows.append(row_of(guid, data))
+                        docs.append((guid, extract(data)))
+                derive_cpu += time.process_time() - began
             dirs = store.spool.put_many(
                 ((guid_of(b), b) for group in bodies.values() for b in group), verified=True
             )
 
             def fill(
-                s: Any, batch: list[tuple[str, int, int]] = batch, bodies: Any = bodies
+                s: Any,
+                batch: list[tuple[str, int, int]] = batch,
+                bodies: Any = bodies,
+                parsed_rows: list[parsed.Row] = parsed_rows,
+                docs: list[tuple[str, Searchable]] = docs,
             ) -> None:
                 new = [name for name, first, _ in batch if first == 0]
                 # The engine's bulk provisioning (what account import uses).
@@ -157,6 +189,8 @@ def generate(node: Node, names: list[str], per_account: int) -> dict[str, Any]:
                         )
                     synclog.record(s, acct.name, box.uniqueid, "append")
                 records.write()
+                parsed.put(s, parsed_rows)
+                textindex.put(s, docs)
 
             store.write_sync(fill, dirs=dirs)
             if item is not None:
@@ -165,6 +199,9 @@ def generate(node: Node, names: list[str], per_account: int) -> dict[str, Any]:
         store.close()
     return {
         "generate_s": round(time.perf_counter() - started, 1),
+        "generate_cpu_s": round(time.process_time() - cpu_began, 1),
+        "derived": derive,
+        "derive_cpu_s": round(derive_cpu, 1),
         "mail_bytes": total_bytes,
     }
 
@@ -251,7 +288,13 @@ def settle(node: Node, limit: float = 1800) -> float:
 
 
 def point(
-    workdir: Path, n_accounts: int, per_account: int, deliver: int, pass1_max: int, partner: str
+    workdir: Path,
+    n_accounts: int,
+    per_account: int,
+    deliver: int,
+    pass1_max: int,
+    partner: str,
+    derive: bool = True,
 ) -> dict[str, Any]:
     names = [f"u{i:06d}" for i in range(n_accounts)]
     alpha, beta = make_pair(
@@ -267,7 +310,7 @@ def point(
         "messages": n_accounts * per_account,
         "per_mailbox": per_account,
     }
-    figures.update(generate(alpha, names, per_account))
+    figures.update(generate(alpha, names, per_account, derive=derive))
     figures["check"] = check(alpha, names)
     figures["partner"] = partner
     if partner == "copy":
@@ -289,17 +332,25 @@ def point(
     try:
         alpha.wait_ready(600)
         beta.wait_ready(600)
+        cpu_before = cpu_seconds(alpha.pid) if alpha.pid is not None else 0.0
         figures["settle_s"] = settle(alpha)
+        if alpha.pid is not None:
+            figures["settle_cpu_s"] = round(cpu_seconds(alpha.pid) - cpu_before, 1)
         passes: list[float] = []
         loads: list[float] = []
+        cpus: list[float] = []  # both daemons' CPU seconds for each pass
+        pids = [p for p in (alpha.pid, beta.pid) if p is not None]
         for _ in range(2):
             began = time.perf_counter()
+            cpu_began = sum(cpu_seconds(p) for p in pids)
             answer = replicate_all(alpha)
             passes.append(time.perf_counter() - began)
+            cpus.append(round(sum(cpu_seconds(p) for p in pids) - cpu_began, 2))
             loads.append(round(os.getloadavg()[0], 2))
             if answer["errors"]:
                 raise RuntimeError(f"replicate --all: {answer['errors'][:3]}")
         figures["replicate_all_loads"] = loads
+        figures["replicate_all_cpu_s"] = cpus
         figures["pass1_bases_known"] = skip_pass1
         figures["replicate_all_pass1_s"] = round(passes[0], 3)
         figures["replicate_all_s"] = round(passes[1], 3)
@@ -325,10 +376,13 @@ def _line(f: dict[str, Any]) -> str:
     pass1 = f"{f['replicate_all_pass1_s']:.2f} s, {how}"
     return (
         f"{f['accounts']:>7} accounts {f['messages']:>8} msgs ({f['per_mailbox']}/INBOX):"
-        f" generated in {f['generate_s']} s (indexed in {f['settle_s']} s);"
+        f" generated in {f['generate_s']} s ({f.get('generate_cpu_s', '?')} s CPU,"
+        f" {'with' if f.get('derived') else 'without'} the walkers' rows);"
+        f" the daemon idle after {f['settle_s']} s ({f.get('settle_cpu_s', '?')} s CPU);"
         f" deliveries {f['deliveries_per_s']:.0f}/s;"
         f" SELECT {f['select_ms']:.1f} ms (median {f['select_median_ms']:.1f});"
         f" replicate --all pass 1 {pass1}, in sync right after {f['replicate_all_s']:.2f} s"
+        f" (CPU of both daemons {f.get('replicate_all_cpu_s', '?')} s)"
         f" (load {f['replicate_all_loads'][0]} / {f['replicate_all_loads'][1]});"
         f" load at the end {f['load'][0]}"
     )
@@ -343,6 +397,8 @@ def run(
     scratch: str | None,
     pass1_max: int,
     partner: str = "empty",
+    derive: bool = True,
+    json_path: Path | None = None,
 ) -> dict[str, Any]:
     results: dict[str, Any] = {"accounts": [], "messages": []}
     plan = [("accounts", n, per_account) for n in account_sizes]
@@ -353,12 +409,22 @@ def run(
         f" free disk before: {shutil.disk_usage(scratch or tempfile.gettempdir()).free / 1e9:.1f} GB",
         flush=True,
     )
-    for curve, n_accounts, per in plan:
-        with tempfile.TemporaryDirectory(prefix="peerd-curves-", dir=scratch) as tmp:
-            figures = point(Path(tmp), n_accounts, per, deliver, pass1_max, partner)
-        results[curve].append(figures)
-        print(f"{curve:<8} " + _line(figures), flush=True)
     results["cpus"] = os.cpu_count()
+    for curve, n_accounts, per in plan:
+        tmp = Path(tempfile.mkdtemp(prefix="peerd-curves-", dir=scratch))
+        try:
+            figures = point(tmp, n_accounts, per, deliver, pass1_max, partner, derive)
+            # Printed and saved before the point's files go: removing a
+            # million files takes minutes, and a failure there must not
+            # lose what the point measured.
+            results[curve].append(figures)
+            print(f"{curve:<8} " + _line(figures), flush=True)
+            if json_path is not None:
+                json_path.write_text(json.dumps({"curves": results}, indent=2) + "\n")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp.exists():
+                print(f"could not remove all of {tmp}: remove it by hand", flush=True)
     return results
 
 
@@ -386,6 +452,12 @@ def main() -> None:
         default="empty",
         help="beta starts empty (pass 1 copies everything) or with a copy of alpha's store",
     )
+    parser.add_argument(
+        "--walkers",
+        choices=("generator", "daemon"),
+        default="generator",
+        help="the parsed rows and full-text index written by the generator, or left to the daemon",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -400,6 +472,8 @@ def main() -> None:
         args.scratch,
         args.pass1_max,
         args.partner,
+        args.walkers == "generator",
+        args.json,
     )
     if args.json:
         args.json.write_text(json.dumps({"curves": results}, indent=2) + "\n")

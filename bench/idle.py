@@ -31,10 +31,9 @@ pipelined), ``--per-account`` sessions per account.
   it is idle again, less the same for the same delivery with no session
   open (after a warm-up delivery), divided by the sessions.
 
-The daemon runs with its scrypt cost lowered to the accounts' cheap hashes
-(a ``sitecustomize`` on its ``PYTHONPATH``): otherwise each login upgrades
-the hash to the node's cost (``ln=15``), which is what opening the sessions
-would then measure. ``--profile FILE`` records the daemon with ``py-spy``
+The daemon's ``[auth] scrypt_cost`` is the test nodes' (4), the cost of the
+accounts' hashes: at the default (15) each login would check, and upgrade,
+at 0.1 s of CPU, which is what opening the sessions would then measure. ``--profile FILE`` records the daemon with ``py-spy``
 (raw collapsed stacks, every thread) from just before the delivery.
 
 The load average is printed with the figures: the host is shared.

@@ -1,13 +1,15 @@
 """``replicate --all`` of many accounts onto an empty partner (issue 16).
 
-    .venv/bin/python -m bench.replicate_all [--accounts 1000] [--runs 1] [--py-spy FILE]
+    .venv/bin/python -m bench.replicate_all [--accounts 1000] [--runs 1] [--json FILE]
+        [--py-spy FILE]
 
 Creates ``--accounts`` accounts of five mailboxes each (INBOX, Sent, Drafts,
 Trash, Archive; no messages) in alpha's store through the engine, before
 alpha starts, so the setting up takes seconds; starts alpha and an empty
 beta, then times ``POST /v1/replicate {"all": true}`` twice: the first pass
 (every account and mailbox created on beta) and the pass right after (all
-in sync). ``--runs`` repeats the whole thing on fresh nodes. ``--py-spy
+in sync). ``--runs`` repeats the whole thing on fresh nodes; ``--json FILE`` writes
+every run's figures (``bench.model`` reads them). ``--py-spy
 FILE`` records alpha over the first pass into FILE and beta into FILE with
 the suffix ``.beta`` (py-spy's "raw" format: collapsed stacks, one a line).
 """
@@ -15,6 +17,7 @@ the suffix ``.beta`` (py-spy's "raw" format: collapsed stacks, one a line).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -111,7 +114,9 @@ def main() -> None:
     parser.add_argument("--accounts", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--py-spy", dest="py_spy", type=Path, default=None)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    runs: list[dict[str, Any]] = []
     for n in range(args.runs):
         first_s, reported, steady_s, errors, cpu_a, cpu_b = run(
             args.accounts, args.py_spy if n == 0 else None
@@ -121,6 +126,22 @@ def main() -> None:
             f"partner {first_s:.2f} s (node says {reported:.2f} s; CPU alpha {cpu_a:.2f} s, "
             f"beta {cpu_b:.2f} s), in sync right after {steady_s:.2f} s, errors {errors};"
             f" load average {os.getloadavg()[0]:.2f}"
+        )
+        runs.append(
+            {
+                "accounts": args.accounts,
+                "mailboxes_per_account": 5,
+                "first_pass_s": round(first_s, 3),
+                "first_pass_node_s": round(reported, 3),
+                "first_pass_cpu_s": {"alpha": round(cpu_a, 2), "beta": round(cpu_b, 2)},
+                "in_sync_s": round(steady_s, 3),
+                "errors": errors,
+                "load": [round(x, 2) for x in os.getloadavg()],
+            }
+        )
+    if args.json:
+        args.json.write_text(
+            json.dumps({"replicate_all": runs, "cpus": os.cpu_count()}, indent=2) + "\n"
         )
 
 

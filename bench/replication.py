@@ -1,6 +1,7 @@
 """Replication figures with two real daemons on loopback (issue 3's table).
 
     .venv/bin/python -m bench.replication [--bulk 10000] [--rolling 2000] [--accounts 1000]
+        [--json FILE]
 
 1. rolling lag: messages delivered over LMTP to alpha at 50/s over 20 users;
    for each, the time from its 250 until it is committed in beta's database
@@ -26,6 +27,8 @@ measured through the running daemons.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import smtplib
 import sqlite3
 import statistics
@@ -178,6 +181,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50.0)
     parser.add_argument("--accounts", type=int, default=1000)
     parser.add_argument("--py-spy", dest="py_spy", type=Path, default=None)
+    parser.add_argument("--json", type=Path, help="also write the figures here (bench.model)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="peerd-bench-") as tmp:
         workdir = Path(tmp)
@@ -318,6 +322,23 @@ def main() -> None:
             f"5 replicate --all {steady['accounts']} accounts x 5 mailboxes in sync: {all_s:.2f} s "
             f"(first pass {first['seconds']:.2f} s; errors {len(steady['errors'])})"
         )
+        figures = {
+            "bulk_messages": args.bulk,
+            "bulk_bytes": total,
+            "bulk_s": round(bulk_s, 3),
+            "bulk_msgs_per_s": round(args.bulk / bulk_s, 1),
+            "bulk_mb_per_s": round(total / bulk_s / 1e6, 2),
+            "ceiling_msgs_per_s": round(ceil_rate, 1),
+            "rolling_p50_ms": round(pct(lags, 50) * 1000, 1),
+            "rolling_p99_ms": round(pct(lags, 99) * 1000, 1),
+            "noop_ms": round(best[0] * 1000, 1),
+            "replicate_all_accounts": steady["accounts"],
+            "replicate_all_first_pass_s": round(float(first["seconds"]), 3),
+            "replicate_all_in_sync_s": round(all_s, 3),
+            "load": [round(x, 2) for x in os.getloadavg()],
+        }
+        if args.json:
+            args.json.write_text(json.dumps({"replication": figures}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from peerd.node.node import Node
 from peerd.pair.walker import Walker
 from peerd.protocols.imap.parsed import PARSE_VERSION, parse_message
 
-__all__ = ["GAP", "POLL", "RESCAN", "RIDE", "ParseWalker"]
+__all__ = ["GAP", "POLL", "RESCAN", "RIDE", "ParseWalker", "row_of"]
 
 log = logging.getLogger("peerd.pair.parsewalk")
 
@@ -53,6 +53,13 @@ RESCAN: Final = 1000  # ids below the mark a walk looks at again (at most once a
 RIDE: Final = 0.5  # seconds a write of parsed rows waits to share another write's commit
 BATCH: Final = 200  # messages parsed and stored per write
 PAGE: Final = 1000  # messages rows looked at per read
+
+
+def row_of(guid: str, raw: bytes) -> parsed.Row:
+    """The row the walker stores for a message: also what a bulk writer of a
+    store (``bench.curves``' generator) stores, so both are the same."""
+    p = parse_message(raw)
+    return parsed.Row(guid, PARSE_VERSION, p.sortkeys, p.envelope, p.bodystructure, p.body)
 
 
 @dataclass(slots=True)
@@ -89,10 +96,7 @@ class ParseWalker(Walker):
             except (EngineError, OSError):
                 missing += 1
                 continue
-            p = parse_message(raw)
-            rows.append(
-                parsed.Row(guid, PARSE_VERSION, p.sortkeys, p.envelope, p.bodystructure, p.body)
-            )
+            rows.append(row_of(guid, raw))
         return rows, missing
 
     async def catch_up(self) -> int:

@@ -39,6 +39,7 @@ from typing import Final
 
 from engine import mailview
 from engine.mailview import Snapshot
+from peerd.node import failpoints
 from peerd.node.node import Node
 from peerd.protocols.imap.selected import Selected
 from peerd.services.imap.session import Session
@@ -98,6 +99,7 @@ async def _claim(node: Node, owners: Mapping[int, str]) -> dict[int, tuple[int, 
     the fence, or the write failed)."""
     if not owners:
         return {}
+    await failpoints.pause("imap.wakeup.claim")  # tests: the owner moves meanwhile
     try:
         return await node.write_owned_many(
             set(owners.values()),
