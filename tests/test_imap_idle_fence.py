@@ -13,7 +13,6 @@ its owner. Written without the fence, the same write would claim it.
 from __future__ import annotations
 
 import smtplib
-import sqlite3
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,12 +24,12 @@ from tests.nodes import Node
 
 def recentuid(node: Node, account: str) -> tuple[int, int]:
     """(recentuid, last_uid) of ``account``'s INBOX in ``node``'s store."""
-    with sqlite3.connect(f"file:{node.db_path}?mode=ro", uri=True) as db:
-        row = db.execute(
-            "SELECT m.recentuid, m.last_uid FROM mailboxes m JOIN accounts a"
-            " ON a.id = m.account_id WHERE a.name = ? AND m.name = 'INBOX'",
-            (account,),
-        ).fetchone()
+    row = node.db_row(
+        "SELECT m.recentuid, m.last_uid FROM mailboxes m JOIN accounts a"
+        " ON a.id = m.account_id WHERE a.name = ? AND m.name = 'INBOX'",
+        account,
+    )
+    assert row is not None, account
     return int(row[0]), int(row[1])
 
 

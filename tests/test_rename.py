@@ -104,13 +104,12 @@ def scripts(node: Node, account: str) -> list[tuple[str, int]]:
 
 
 def vacations(node: Node, account: str) -> int:
-    with sqlite3.connect(f"file:{node.db_path}?mode=ro", uri=True) as db:
-        row = db.execute(
-            "SELECT count(*) FROM vacation_sent v JOIN accounts a ON a.id = v.account_id"
-            " WHERE a.name = ?",
-            (account,),
-        ).fetchone()
-        return int(row[0])
+    row = node.db_row(
+        "SELECT count(*) FROM vacation_sent v JOIN accounts a ON a.id = v.account_id"
+        " WHERE a.name = ?",
+        account,
+    )
+    return int(row[0]) if row else 0
 
 
 def renames_pending(node: Node) -> list[tuple[str, str]]:

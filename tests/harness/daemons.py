@@ -304,6 +304,13 @@ class Node:
     def db_url(self) -> str:
         return f"sqlite:///{self.db_path}"
 
+    def db_row(self, sql: str, *params: object) -> tuple[Any, ...] | None:
+        """The first row ``sql`` gives on this node's SQLite database, read-only
+        (beside the running daemon: WAL readers do not block it)."""
+        with sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30) as db:
+            row = db.execute(sql, params).fetchone()
+        return None if row is None else tuple(row)
+
     def port(self, listener: str) -> int:
         """The port of ``listener`` as the config says now."""
         return _port(self._sections()["listen"][listener])
