@@ -162,6 +162,17 @@ def test_values_are_typed_and_defaults_apply() -> None:
             {"node": {"name": "a"}, "database": {"url": "mysql://u:p@db/peerd"}},
             r"\[database\] url: 'mysql' is not supported",
         ),
+        # scrypt's N is 2**cost: 3 is below what a stored hash may be, 17
+        # past the memory bound a verification may take (engine.passwords).
+        (
+            {"node": {"name": "a"}, "auth": {"scrypt_cost": 3}},
+            r"\[auth\] scrypt_cost must be 4 to 16",
+        ),
+        (
+            {"node": {"name": "a"}, "auth": {"scrypt_cost": 17}},
+            r"\[auth\] scrypt_cost must be 4 to 16",
+        ),
+        ({"node": {"name": "a"}, "auth": {"scrypt_cost": "15"}}, r"\[auth\] scrypt_cost"),
     ],
 )
 def test_mistakes_are_reported_clearly(data: dict[str, Any], message: str) -> None:
