@@ -159,6 +159,14 @@ def test_values_are_typed_and_defaults_apply() -> None:
             r"\[reconcile\] schedule: not crontab syntax",
         ),
         (
+            {"node": {"name": "a"}, "scrub": {"schedule": "weekly"}},
+            r"\[scrub\] schedule: not crontab syntax",
+        ),
+        (
+            {"node": {"name": "a"}, "scrub": {"schedule": "0 4 * * 8"}},
+            r"\[scrub\] schedule: not crontab syntax",
+        ),
+        (
             {"node": {"name": "a"}, "database": {"url": "mysql://u:p@db/peerd"}},
             r"\[database\] url: 'mysql' is not supported",
         ),

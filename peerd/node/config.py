@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from apscheduler.triggers.cron import CronTrigger
-
 from engine.limits import MAX_SCRIPTS
 from engine.passwords import DEFAULT_LN, MAX_LN, MIN_LN
 from peerd.node.syncoptions import refusal
@@ -516,7 +514,12 @@ def _build(cls: Any, table: dict[str, Any], where: str) -> Any:
         raise ConfigError(f"[{where}]: {exc}") from exc
 
 
-def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
+def parse_config(
+    data: dict[str, Any], path: Path | None = None, *, schedules: bool = True
+) -> Config:
+    """The config ``data`` says, checked. ``schedules=False`` skips checking the
+    crontab expressions, for a process that runs no scheduled job (the LMTP
+    worker: APScheduler's cron parser is a third of its start-up imports)."""
     if "node" not in data or "name" not in data.get("node", {}):
         raise ConfigError("[node] name is required")
     sections = {f.name for f in dataclasses.fields(Config)} - {"path"}
@@ -579,12 +582,9 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
         raise ConfigError('[log] format must be "text" or "json"')
     if config.log.level.upper() not in LOG_LEVELS:
         raise ConfigError(f"[log] level must be one of {', '.join(LOG_LEVELS)}")
-    try:
-        CronTrigger.from_crontab(config.reconcile.schedule, timezone="UTC")
-    except ValueError as exc:
-        raise ConfigError(
-            f'[reconcile] schedule: not crontab syntax (e.g. "0 3 * * *"): {exc}'
-        ) from exc
+    if schedules:
+        _check_schedule("reconcile", config.reconcile.schedule)
+        _check_schedule("scrub", config.scrub.schedule)
     scheme = config.database_url.partition(":")[0]
     if scheme not in DATABASE_SCHEMES:
         raise ConfigError(
@@ -706,11 +706,24 @@ def _check_directory(routing: RoutingConfig) -> None:
         raise ConfigError("[routing] transfer_grace must not be negative")
 
 
+def _check_schedule(section: str, schedule: str) -> None:
+    """Refuse what :func:`peerd.node.cron.start_cron` could not start."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(schedule, timezone="UTC")
+    except ValueError as exc:
+        raise ConfigError(
+            f'[{section}] schedule: not crontab syntax (e.g. "0 3 * * *"): {exc}'
+        ) from exc
+
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DATABASE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+asyncpg")
 
 
-def load_config(path: Path | str) -> Config:
+def load_config(path: Path | str, *, schedules: bool = True) -> Config:
+    """The config in the file at ``path`` (see :func:`parse_config`)."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
@@ -719,7 +732,7 @@ def load_config(path: Path | str) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     try:
-        return parse_config(data, path)
+        return parse_config(data, path, schedules=schedules)
     except ConfigError as exc:
         # Name the file for every mistake, not only for syntax errors.
         raise ConfigError(f"{path}: {exc}") from exc

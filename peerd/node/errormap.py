@@ -14,8 +14,9 @@ not matter (``NoSuchAccount`` finds its own entry before ``NotFound``'s).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from engine.errors import (
     AlreadyExists,
@@ -54,13 +55,13 @@ from ownership.errors import (
     UnknownNode,
 )
 from peerd.protocols.lmtp import S501_BAD_ADDRESS, S552_TOO_BIG, S554_NUL
-from peerd.protocols.managesieve import ACTIVE as MS_ACTIVE
-from peerd.protocols.managesieve import ALREADYEXISTS as MS_ALREADYEXISTS
-from peerd.protocols.managesieve import NONEXISTENT as MS_NONEXISTENT
-from peerd.protocols.managesieve import QUOTA as MS_QUOTA
-from peerd.protocols.managesieve import QUOTA_MAXSCRIPTS as MS_QUOTA_MAXSCRIPTS
-from peerd.protocols.managesieve import TRYLATER as MS_TRYLATER
-from peerd.protocols.pop3 import CODE_SYS_PERM, CODE_SYS_TEMP, Err
+
+# The POP3 and ManageSieve protocol packages are imported where their replies
+# are made, not here: the LMTP worker process imports this module for its
+# replies, and those two packages (the Sieve compiler with them) were a fifth
+# of what it imported at every start.
+if TYPE_CHECKING:
+    from peerd.protocols.pop3 import Err
 
 __all__ = [
     "S250_OK",
@@ -224,6 +225,8 @@ def _pop3_text(text: str) -> str:
 def pop3_reply(exc: EngineError | OwnershipError, prefix: str = "") -> Err:
     """The ``-ERR [SYS/...]`` reply for a POP3 command whose store work raised ``exc``;
     ``prefix`` says what was not done (``messages not removed: ``, RFC 1939 6)."""
+    from peerd.protocols.pop3 import CODE_SYS_PERM, CODE_SYS_TEMP, Err
+
     code = CODE_SYS_PERM if isinstance(exc, _POP3_PERMANENT) else CODE_SYS_TEMP
     return Err(_pop3_text(prefix + exc.message), code)
 
@@ -231,12 +234,16 @@ def pop3_reply(exc: EngineError | OwnershipError, prefix: str = "") -> Err:
 def pop3_account_moved(account: str) -> Err:
     """An open session whose account this node no longer serves: cut off
     without UPDATE (nothing marked is removed, RFC 1939 6); log in again."""
+    from peerd.protocols.pop3 import CODE_SYS_TEMP, Err
+
     return Err(_pop3_text(f"{account} moved to another node; log in again"), CODE_SYS_TEMP)
 
 
 def pop3_not_owner(account: str, owner: str) -> Err:
     """A login for an account another node owns: temporary, naming the owner
     (POP3 has no referral; RFC 3206 4 SYS/TEMP says try again later)."""
+    from peerd.protocols.pop3 import CODE_SYS_TEMP, Err
+
     return Err(_pop3_text(f"{account} is served by {owner}"), CODE_SYS_TEMP)
 
 
@@ -247,27 +254,33 @@ def lmtp_sieve_reject(reason: str) -> str:
     return f"550 5.7.1 {text}"
 
 
-# ManageSieve (RFC 5804 section 1.3): the response code for a refused request.
-_MANAGESIEVE: dict[type[BaseException], str | None] = {
-    NoSuchScript: MS_NONEXISTENT,
-    ScriptActive: MS_ACTIVE,
-    ScriptExists: MS_ALREADYEXISTS,
-    TooManyScripts: MS_QUOTA_MAXSCRIPTS,
-    LimitExceeded: MS_QUOTA,  # RFC 5804 1.3: past a server limit
-    NoSuchAccount: None,
-    NotOwner: MS_TRYLATER,
-    TemporaryFailure: MS_TRYLATER,
-}
+@functools.cache
+def _managesieve() -> dict[type[BaseException], str | None]:
+    """ManageSieve (RFC 5804 section 1.3): the response code for a refused request."""
+    from peerd.protocols import managesieve as ms
+
+    return {
+        NoSuchScript: ms.NONEXISTENT,
+        ScriptActive: ms.ACTIVE,
+        ScriptExists: ms.ALREADYEXISTS,
+        TooManyScripts: ms.QUOTA_MAXSCRIPTS,
+        LimitExceeded: ms.QUOTA,  # RFC 5804 1.3: past a server limit
+        NoSuchAccount: None,
+        NotOwner: ms.TRYLATER,
+        TemporaryFailure: ms.TRYLATER,
+    }
 
 
 def managesieve_refusal(exc: EngineError | OwnershipError) -> tuple[str, str | None]:
     """(text, response code) for ``NO``; anything unexpected is TRYLATER."""
+    from peerd.protocols.managesieve import TRYLATER
+
     if isinstance(exc, NotOwner):
         if exc.moving:
-            return "account is being handed over to another node", MS_TRYLATER
-        return f"account is served by {exc.owner} now", MS_TRYLATER
-    code = _lookup(_MANAGESIEVE, exc)
+            return "account is being handed over to another node", TRYLATER
+        return f"account is served by {exc.owner} now", TRYLATER
+    code = _lookup(_managesieve(), exc)
     text = exc.message if isinstance(exc, EngineError) else str(exc)
     if code is None and not isinstance(exc, NoSuchAccount):
-        return text, MS_TRYLATER
+        return text, TRYLATER
     return text, code

@@ -543,7 +543,7 @@ def worker_main(
     from peerd.node.logs import setup_logging
 
     _die_with_parent(parent)
-    config = load_config(config_path)
+    config = load_config(config_path, schedules=False)  # the daemon checked them
     setup_logging(log_format or config.log.format, config.log.level, f"{config.node.name}/lmtp")
     log.info("LMTP worker %d started", os.getpid())
     _use_uvloop()
