@@ -3,6 +3,7 @@ exit status 2, never a traceback (issue 12, "Errors a newcomer hits")."""
 
 from __future__ import annotations
 
+import functools
 import os
 import pty
 import select
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.harness.certs import self_signed
 from tests.harness.procs import free_port
 from tests.nodes import Node, peerctl, write_config
 
@@ -80,6 +82,45 @@ def test_check_config_and_run_refuse_what_must_not_serve(
     assert line.startswith(f"peerd: {bad}: ")
     # `run` refuses the same before it touches anything.
     _refused_in_one_line(_peerd("run", "-c", str(bad), cwd=node.workdir), needle)
+
+
+def test_certificates_that_do_not_load_are_refused_before_anything_opens(
+    lone_node: LoneNode,
+) -> None:
+    """A missing certificate, a key that is not the certificate's, a CA file
+    that holds no certificate: one line naming the key and the file, from
+    check-config and from run (which used to migrate the database, start the
+    LMTP worker and then die with a traceback from the IMAP listener)."""
+    node = lone_node(start=False)
+    cert, key = self_signed(node.workdir, "one")
+    _, other_key = self_signed(node.workdir, "two")
+    cases: list[tuple[dict[str, Any], str]] = [
+        (
+            {"tls": {"cert": str(node.workdir / "gone.crt"), "key": str(key)}},
+            "[tls] cert: cannot read",
+        ),
+        ({"tls": {"cert": str(cert), "key": str(other_key)}}, "do not load as a pair"),
+        ({"tls": {"cert": str(cert)}}, "[tls] cert and key go together"),
+        ({"sync": {"sync_tls_ca": str(key)}}, "[sync] sync_tls_ca: " + str(key)),
+    ]
+    for number, (tables, needle) in enumerate(cases):
+        bad = _variant(
+            node, node.workdir / f"tls{number}.toml", functools.partial(_merge, tables=tables)
+        )
+        _refused_in_one_line(_peerd("check-config", "-c", str(bad), cwd=node.workdir), needle)
+        _refused_in_one_line(_peerd("run", "-c", str(bad), cwd=node.workdir), needle)
+    assert not node.db_path.exists()  # run refused before it migrated anything
+    good = _variant(
+        node,
+        node.workdir / "good.toml",
+        lambda s: _merge(s, {"tls": {"cert": str(cert), "key": str(key)}}),
+    )
+    assert _peerd("check-config", "-c", str(good), cwd=node.workdir).returncode == 0
+
+
+def _merge(sections: dict[str, Any], tables: dict[str, Any]) -> None:
+    for name, table in tables.items():
+        sections.setdefault(name, {}).update(table)
 
 
 # -- peerd run ---------------------------------------------------------------------

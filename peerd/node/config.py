@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import ipaddress
 import re
+import ssl
 import tomllib
 import types
 import typing
@@ -654,6 +655,47 @@ def check_for_service(config: Config) -> None:
             "[listen] sync is set but [sync] sync_authname/sync_password are not: the"
             " sync listener would refuse the partner; set both (the same on both nodes)"
         )
+    _check_certificates(config)
+
+
+def _check_certificates(config: Config) -> None:
+    """The ``[tls]`` pair and every sync CA file must load, as the listeners
+    and the sync client will load them: a missing file or a key that is not
+    the certificate's is refused here, before the node opens anything."""
+    tls = config.tls
+    if (tls.cert is None) != (tls.key is None):
+        raise ConfigError("[tls] cert and key go together: set both, or neither")
+    files = [
+        ("[tls] cert", tls.cert),
+        ("[tls] key", tls.key),
+        ("[sync] sync_tls_ca", config.sync.sync_tls_ca),
+    ]
+    files += [
+        (f"[sync.channels.{name}] sync_tls_ca", channel.sync_tls_ca)
+        for name, channel in config.sync.channels.items()
+    ]
+    for where, path in files:
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from exc
+    for where, path in files[2:]:
+        if path is not None:
+            try:
+                ssl.create_default_context(cafile=path)
+            except (ssl.SSLError, ValueError) as exc:
+                raise ConfigError(f"{where}: {path} holds no CA certificate in PEM: {exc}") from exc
+    if tls.cert is not None and tls.key is not None:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tls.cert, tls.key)
+        except ssl.SSLError as exc:
+            raise ConfigError(
+                f"[tls] cert {tls.cert} and key {tls.key} do not load as a pair (a PEM"
+                f" certificate chain and its private key): {exc.reason or exc}"
+            ) from exc
 
 
 def _check_channels(config: Config) -> None:
