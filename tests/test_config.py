@@ -159,6 +159,18 @@ def test_values_are_typed_and_defaults_apply() -> None:
             r"\[reconcile\] schedule: not crontab syntax",
         ),
         (
+            {"node": {"name": "a"}, "partner": {"name": "b", "api": "127.0.0.1:8080"}},
+            r"\[partner\] api: '127.0.0.1:8080' is not a control API URL",
+        ),
+        (
+            {"node": {"name": "a"}, "partner": {"name": "b", "api": "http://host:99999"}},
+            r"\[partner\] api: .* is not a control API URL",
+        ),
+        (
+            {"node": {"name": "a"}, "routing": {"api_url": "not a url"}},
+            r"\[routing\] api_url: 'not a url' is not a control API URL",
+        ),
+        (
             {"node": {"name": "a"}, "scrub": {"schedule": "weekly"}},
             r"\[scrub\] schedule: not crontab syntax",
         ),

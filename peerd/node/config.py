@@ -18,6 +18,7 @@ import ssl
 import tomllib
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -598,6 +599,8 @@ def parse_config(
             f"[partner] name: {config.partner.name!r} is this node's own name;"
             " give the other node's [node] name"
         )
+    _check_api_url("[partner] api", config.partner.api)
+    _check_api_url("[routing] api_url", config.routing.api_url)
     if config.listen.http is not None and not config.api.token:
         raise ConfigError("[api] token is required when [listen] http is set")
     if (
@@ -729,6 +732,23 @@ def _check_channels(config: Config) -> None:
                 f"{where} sync_tls is required when sync_host is not on loopback"
                 " (or say sync_tls = false explicitly)"
             )
+
+
+def _check_api_url(where: str, url: str) -> None:
+    """A control API's address: ``http://`` or ``https://``, a host, maybe a port."""
+    if not url:
+        return
+    try:
+        parts = urllib.parse.urlsplit(url)
+        usable = (
+            parts.scheme in ("http", "https")
+            and bool(parts.hostname)
+            and (parts.port is None or parts.port > 0)
+        )
+    except ValueError:  # a bad port or IPv6 literal
+        usable = False
+    if not usable:
+        raise ConfigError(f"{where}: {url!r} is not a control API URL (e.g. http://10.0.0.2:8080)")
 
 
 def _check_directory(routing: RoutingConfig) -> None:
