@@ -523,3 +523,55 @@ def test_without_a_certificate_plain_goes_in_the_clear(tmp_path: Path) -> None:
             assert client.command('PUTSCRIPT "a"', b"keep;\r\n")[0].startswith("OK")
         finally:
             client.close()
+
+
+# --- charsets that name no text encoding -----------------------------------------------------
+
+# Python knows these names, but as bytes-to-bytes codecs, codecs that only
+# work strictly, or one that always fails: decoding a header or a body with
+# them raised (LookupError, UnicodeError) where a charset was merely unknown.
+HOSTILE_CHARSETS = ("base64", "zlib", "rot13", "hex", "uu", "idna", "undefined", "punycode")
+
+
+def test_charsets_that_name_no_text_encoding_are_read_as_utf8_everywhere(
+    single: Node, relay: Relay
+) -> None:
+    """A message whose encoded words and text part name such a charset goes
+    through a Sieve script that tests its subject and body, is filed, and
+    SEARCH, SORT, THREAD and FETCH answer for it as for any message."""
+    node = single
+    create_folder(node, "Caught")
+    upload(
+        node,
+        b'require ["fileinto", "body"];\r\n'
+        b'if anyof (header :contains "subject" "caught", body :text :contains "needle")'
+        b' { fileinto "Caught"; }\r\n',
+    )
+    for number, charset in enumerate(HOSTILE_CHARSETS):
+        message = (
+            f"From: carol@remote.test\r\nTo: alice@example.test\r\n"
+            f"Subject: =?{charset}?Q?caught=FF?= =?{charset}?B?/w==?= n{number}\r\n"
+            f"Message-ID: <hostile-{number}@t>\r\nMIME-Version: 1.0\r\n"
+            f"Content-Type: text/plain; charset={charset}\r\n\r\nneedle \xff\xfe {number}\r\n"
+        ).encode("latin-1")
+        with smtplib.LMTP("127.0.0.1", node.ports["lmtp"]) as client:
+            assert client.sendmail("carol@remote.test", ["alice@example.test"], message) == {}
+    caught = node.mailbox("alice", "Caught")["messages"]
+    assert len(caught) == len(HOSTILE_CHARSETS)  # the script matched each one
+    with imaplib.IMAP4("127.0.0.1", node.ports["imap"], timeout=30) as imap:
+        imap.starttls(unverified())
+        assert imap.login("alice", "secret")[0] == "OK"
+        assert imap.select("Caught")[0] == "OK"
+        everyone = [str(n).encode() for n in range(1, len(HOSTILE_CHARSETS) + 1)]
+        status, found = imap.search(None, "SUBJECT", "caught")
+        assert (status, found[0].split()) == ("OK", everyone)
+        status, found = imap.search(None, "BODY", "needle")
+        assert (status, found[0].split()) == ("OK", everyone)
+        status, found = imap.sort("(SUBJECT)", "UTF-8", "ALL")
+        assert status == "OK" and sorted(found[0].split()) == everyone
+        status, threads = imap.thread("REFERENCES", "UTF-8", "ALL")
+        assert status == "OK" and threads[0]
+        status, fetched = imap.fetch("1:*", "(ENVELOPE BODYSTRUCTURE BODY.PEEK[TEXT])")
+        assert status == "OK" and len([f for f in fetched if isinstance(f, tuple)]) == len(
+            HOSTILE_CHARSETS
+        )

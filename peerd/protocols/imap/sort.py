@@ -32,9 +32,6 @@ Pure: no I/O, nothing of the store.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import codecs
 import datetime as dt
 import email.utils
 import enum
@@ -49,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
 from peerd.protocols.imap.responses import CommandError
+from peerd.protocols.mimetext import decode_words
 
 __all__ = [
     "MAX_FIELD",
@@ -147,72 +145,6 @@ def collate(text: str) -> str:
     if text.isascii():
         return text.upper()
     return "".join(map(_casemap_char, text))
-
-
-# -- RFC 2047 encoded words ----------------------------------------------------------------
-
-_WORD: Final = re.compile(r"=\?([^?\s*]+)(?:\*[^?\s]*)?\?([bBqQ])\?([^?\s]*)\?=")
-_Q_HEX: Final = re.compile(rb"=([0-9A-Fa-f]{2})")
-
-
-def _word_bytes(encoding: str, text: str) -> bytes | None:
-    if encoding in "bB":
-        try:
-            return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-        except (binascii.Error, ValueError):
-            return None
-    data = text.replace("_", " ").encode("latin-1", "replace")
-    return _Q_HEX.sub(lambda m: bytes([int(m.group(1), 16)]), data)
-
-
-def _charset(name: str) -> str:
-    try:
-        return codecs.lookup(name).name
-    except LookupError:
-        return "utf-8"
-
-
-def decode_words(text: str) -> str:
-    """``text`` with its RFC 2047 encoded words decoded.
-
-    White space between two encoded words is dropped, white space next to
-    plain text is kept (RFC 2047 6.2); adjacent words in one charset are
-    decoded together, so a character split across two words survives. An
-    unknown charset reads as UTF-8; bytes that do not decode become U+FFFD; a
-    word that is not valid base64 stays as it was sent.
-    """
-    if "=?" not in text:
-        return text
-    out: list[str] = []
-    pending = b""
-    pending_charset = ""
-    pos = 0
-    after_word = False
-
-    def flush() -> None:
-        nonlocal pending, pending_charset
-        if pending_charset:
-            out.append(pending.decode(pending_charset, "replace"))
-        pending, pending_charset = b"", ""
-
-    for match in _WORD.finditer(text):
-        gap = text[pos : match.start()]
-        data = _word_bytes(match.group(2), match.group(3))
-        if data is None:
-            continue  # left in the text: the next gap starts before it
-        if not (after_word and gap.strip(" \t\r\n") == ""):
-            flush()
-            out.append(gap)
-        charset = _charset(match.group(1))
-        if charset != pending_charset:
-            flush()
-            pending_charset = charset
-        pending += data
-        pos = match.end()
-        after_word = True
-    flush()
-    out.append(text[pos:])
-    return "".join(out)
 
 
 # -- base subject (RFC 5256 2.1) -------------------------------------------------------------

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import codecs
 import email.header
 import email.utils
 import quopri
@@ -25,6 +24,7 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import Final
 
+from peerd.protocols import mimetext
 from peerd.protocols.imap.fetchatt import SectionKind
 from peerd.protocols.imap.responses import nstring
 
@@ -444,36 +444,12 @@ def decoded_headers(part: Part) -> str:
 
 
 def decode_words(value: str) -> str:
-    """A header field's value, unfolded, with RFC 2047 encoded words decoded."""
-    # RFC 5322 2.2.3: unfold first (a fold is CRLF before white space);
-    # make_header keeps the white space between an encoded word and plain
-    # text, which joining decode_header's pieces would drop (RFC 2047 6.2).
-    text = _FOLD.sub("", value)
-    try:
-        pieces = email.header.decode_header(text)
-    except ValueError:
-        return text
-    try:
-        return str(email.header.make_header(pieces))
-    except (LookupError, UnicodeDecodeError):
-        # An unknown or wrong charset: read those words as UTF-8, with
-        # replacement characters where they are not.
-        return "".join(
-            p.decode(_charset(c), "replace") if isinstance(p, bytes) else p for p, c in pieces
-        )
+    """A header field's value, unfolded (RFC 5322 2.2.3: a fold is CRLF before
+    white space), with RFC 2047 encoded words decoded."""
+    return mimetext.decode_words(_FOLD.sub("", value))
 
 
 _FOLD: Final = re.compile(r"\r?\n(?=[ \t])")
-
-
-def _charset(charset: str | None) -> str:
-    """``charset`` if Python knows it, else UTF-8 (plain text in a header is ASCII)."""
-    if charset is None:
-        return "utf-8"
-    try:
-        return codecs.lookup(charset).name
-    except LookupError:
-        return "utf-8"
 
 
 def _decode_body(part: Part) -> str:
@@ -486,11 +462,7 @@ def _decode_body(part: Part) -> str:
             data = quopri.decodestring(data)
     except (binascii.Error, ValueError):
         pass
-    charset = part.fields.get_content_charset() or "utf-8"
-    try:
-        return data.decode(charset, "replace")
-    except LookupError:
-        return data.decode("utf-8", "replace")
+    return mimetext.decode_text(data, part.fields.get_content_charset())
 
 
 def search_text(part: Part) -> str:

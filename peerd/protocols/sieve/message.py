@@ -9,10 +9,11 @@ display name decoded from RFC 2047 may hold a comma), and ``value``, decoded
 from RFC 2047 encoded words, for ``header`` (RFC 5228 section 2.7.2 compares
 decoded text).
 
-The RFC 2047 decoder here is linear: one regular expression whose pieces are
-runs of single character classes (an encoded word holds no "?" or white
-space), so a header of thousands of ``=?`` costs one pass; the standard
-library's decoder uses a lazy ``.*?`` that is quadratic on such input.
+The RFC 2047 decoder (:mod:`peerd.protocols.mimetext`, shared with IMAP) is
+linear: one regular expression whose pieces are runs of single character
+classes (an encoded word holds no "?" or white space), so a header of
+thousands of ``=?`` costs one pass; the standard library's decoder uses a
+lazy ``.*?`` that is quadratic on such input.
 
 Body parts (RFC 5173 ``body``) are worked out only when a script asks, by
 :func:`body_parts`, with the standard library's MIME parser.
@@ -20,20 +21,16 @@ Body parts (RFC 5173 ``body``) are worked out only when a script asks, by
 
 from __future__ import annotations
 
-import base64
-import binascii
-import codecs
 import email
 import email.policy
-import quopri
 import re
 from dataclasses import dataclass
 from typing import Final
 
+from peerd.protocols.mimetext import decode_text, decode_words
+
 __all__ = ["BodyPart", "Header", "Message", "body_parts", "decode_words", "raw_body"]
 
-_ENCODED_WORD: Final = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
-_BLANK_BETWEEN: Final = re.compile(r"[ \t\r\n]+")
 _FOLD: Final = re.compile(r"\r?\n(?=[ \t])")
 # Parts beyond this many are not looked at by the body test.
 MAX_BODY_PARTS: Final = 200
@@ -120,43 +117,6 @@ def _parse_headers(data: bytes) -> tuple[Header, ...]:
     return tuple(out)
 
 
-def _charset(name: str) -> str:
-    # RFC 2231 section 5: "utf-8*en" carries a language after "*".
-    name = name.partition("*")[0]
-    try:
-        return codecs.lookup(name).name
-    except LookupError:
-        return "latin-1"
-
-
-def _decode_word(match: re.Match[str]) -> str:
-    charset, encoding, text = match.groups()
-    try:
-        if encoding in "bB":
-            data = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-        else:
-            data = quopri.decodestring(text.replace("_", " ").encode("ascii"), header=True)
-    except (binascii.Error, ValueError, UnicodeEncodeError):
-        return match.group(0)
-    return data.decode(_charset(charset), "replace")
-
-
-def decode_words(raw: str) -> str:
-    """RFC 2047 encoded words decoded; blanks between two words dropped (section 6.2)."""
-    if "=?" not in raw:
-        return raw
-    out: list[str] = []
-    position = 0
-    for match in _ENCODED_WORD.finditer(raw):
-        gap = raw[position : match.start()]
-        if not (out and _BLANK_BETWEEN.fullmatch(gap)):
-            out.append(gap)
-        out.append(_decode_word(match))
-        position = match.end()
-    out.append(raw[position:])
-    return "".join(out)
-
-
 def body_parts(data: bytes) -> list[BodyPart]:
     """The leaf MIME parts of a message, decoded (RFC 5173 section 5)."""
     parsed = email.message_from_bytes(data, policy=email.policy.compat32)
@@ -169,6 +129,6 @@ def body_parts(data: bytes) -> list[BodyPart]:
         payload = part.get_payload(decode=True)
         if not isinstance(payload, bytes):
             payload = b""
-        charset = _charset(part.get_content_charset() or "us-ascii")
-        out.append(BodyPart(part.get_content_type().lower(), payload.decode(charset, "replace")))
+        text = decode_text(payload, part.get_content_charset())
+        out.append(BodyPart(part.get_content_type().lower(), text))
     return out
