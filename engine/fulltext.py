@@ -71,13 +71,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import codecs
 import quopri
 import re
 from dataclasses import dataclass
 from email.message import Message
 from html.parser import HTMLParser
 from typing import Final, Literal
+
+from engine.mimetext import decode_text, decode_words
 
 __all__ = [
     "EXTRACT_VERSION",
@@ -144,79 +145,6 @@ def matches(doc: Searchable, key: Key, string: str) -> bool:
     if key == "BODY":
         return needle in doc.body
     return needle in doc.header or needle in doc.body
-
-
-# -- RFC 2047 encoded words (RFC 2047 6) ------------------------------------------------------
-
-_WORD: Final = re.compile(r"=\?([^?\s*]+)(?:\*[^?\s]*)?\?([bBqQ])\?([^?\s]*)\?=")
-_Q_HEX: Final = re.compile(rb"=([0-9A-Fa-f]{2})")
-
-
-def _charset(name: str | None) -> str:
-    """A Python codec for a MIME charset name; UTF-8 when unknown, and for
-    US-ASCII (mail that says ASCII and is not is common; UTF-8 reads ASCII)."""
-    if not name:
-        return "utf-8"
-    try:
-        codec = codecs.lookup(name.strip().strip('"')).name
-    except (LookupError, ValueError):
-        return "utf-8"
-    return "utf-8" if codec == "ascii" else codec
-
-
-def _decode(data: bytes, charset: str) -> str:
-    try:
-        return data.decode(charset, "replace")
-    except (LookupError, UnicodeError, ValueError):
-        # Not a text codec after all, or one that refuses "replace".
-        return data.decode("utf-8", "replace")
-
-
-def decode_words(text: str) -> str:
-    """``text`` with its RFC 2047 encoded words decoded: white space between
-    two words dropped, next to plain text kept (RFC 2047 6.2); adjacent words
-    in one charset decoded together; a word that is not valid stays as sent."""
-    if "=?" not in text:
-        return text
-    out: list[str] = []
-    pending = b""
-    pending_charset = ""
-    pos = 0
-    after_word = False
-
-    def flush() -> None:
-        nonlocal pending, pending_charset
-        if pending_charset:
-            out.append(_decode(pending, pending_charset))
-        pending, pending_charset = b"", ""
-
-    for match in _WORD.finditer(text):
-        encoding, payload = match.group(2), match.group(3)
-        data: bytes | None
-        if encoding in "bB":
-            try:
-                data = base64.b64decode(payload + "=" * (-len(payload) % 4), validate=True)
-            except (binascii.Error, ValueError):
-                data = None
-        else:
-            raw = payload.replace("_", " ").encode("latin-1", "replace")
-            data = _Q_HEX.sub(lambda m: bytes([int(m.group(1), 16)]), raw)
-        if data is None:
-            continue  # left in the text: the next gap starts before it
-        gap = text[pos : match.start()]
-        if not (after_word and gap.strip(" \t\r\n") == ""):
-            flush()
-            out.append(gap)
-        charset = _charset(match.group(1))
-        if charset != pending_charset:
-            flush()
-            pending_charset = charset
-        pending += data
-        pos = match.end()
-        after_word = True
-    flush()
-    out.append(text[pos:])
-    return "".join(out)
 
 
 # -- HTML as text ---------------------------------------------------------------------------------
@@ -438,14 +366,14 @@ def extract(raw: bytes) -> Searchable:
             budget -= len(lines)
             stack.append((inner_head, inner_body, depth + 1, "text/plain"))
         elif maintype == "text":
-            charset = _charset(mime.get_content_charset())
+            charset = mime.get_content_charset()
             if subtype == "html":
                 data = _payload(mime, part_body, MAX_HTML)
                 if len(data) == MAX_HTML:
                     complete = False
-                text = html_text(_decode(data, charset))
+                text = html_text(decode_text(data, charset))
             else:
-                text = _decode(_payload(mime, part_body, budget * 4), charset)
+                text = decode_text(_payload(mime, part_body, budget * 4), charset)
             if len(text) > budget:
                 text, complete = text[:budget], False
             texts.append(text)

@@ -45,8 +45,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
+from engine.mimetext import decode_words
 from peerd.protocols.imap.responses import CommandError
-from peerd.protocols.mimetext import decode_words
 
 __all__ = [
     "MAX_FIELD",

@@ -24,7 +24,7 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import Final
 
-from peerd.protocols import mimetext
+import engine.mimetext as mimetext
 from peerd.protocols.imap.fetchatt import SectionKind
 from peerd.protocols.imap.responses import nstring
 

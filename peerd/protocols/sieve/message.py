@@ -9,7 +9,7 @@ display name decoded from RFC 2047 may hold a comma), and ``value``, decoded
 from RFC 2047 encoded words, for ``header`` (RFC 5228 section 2.7.2 compares
 decoded text).
 
-The RFC 2047 decoder (:mod:`peerd.protocols.mimetext`, shared with IMAP) is
+The RFC 2047 decoder (:mod:`engine.mimetext`, shared with IMAP) is
 linear: one regular expression whose pieces are runs of single character
 classes (an encoded word holds no "?" or white space), so a header of
 thousands of ``=?`` costs one pass; the standard library's decoder uses a
@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from peerd.protocols.mimetext import decode_text, decode_words
+from engine.mimetext import decode_text, decode_words
 
 __all__ = ["BodyPart", "Header", "Message", "body_parts", "decode_words", "raw_body"]
 

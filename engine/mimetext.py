@@ -1,5 +1,7 @@
-"""Text in a message, as the protocol cores read it: a MIME charset name to a
-Python text codec, bytes to text, RFC 2047 encoded words to text.
+"""Text in a message, as the full-text index, IMAP and Sieve read it: a MIME
+charset name to a Python text codec, bytes to text, RFC 2047 encoded words to
+text. Pure functions, no store: the one engine module the protocol cores may
+import (tests/test_layers.py).
 
 None of these raises on what a sender wrote. Python knows many names that
 are not text encodings (``base64``, ``zlib``, ``rot13``, ``hex``) or that
