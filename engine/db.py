@@ -137,7 +137,7 @@ def make_engine(url: str, *, immediate: bool = False, autocheckpoint: bool = Tru
         # the 0.3-0.4 a session's transaction costs; docs/benchmarks.md).
         dbapi_connection.execute(begin)
 
-    setattr(engine.dialect, "do_begin", _do_begin)  # this engine's own dialect
+    engine.dialect.do_begin = _do_begin  # type: ignore[method-assign]  # this engine's own dialect
     return engine
 
 
