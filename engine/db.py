@@ -9,7 +9,8 @@ SQLite is the embedded default. It runs in WAL mode with ``synchronous=FULL``
 so a committed transaction survives a power cut, and with a busy timeout so a
 briefly locked database waits instead of failing. Python's sqlite3 module
 starts transactions lazily and breaks SAVEPOINT; we take over ``BEGIN``
-ourselves (the SQLAlchemy pysqlite recipe) and make the writer's transactions
+ourselves (the SQLAlchemy pysqlite recipe, sent from the dialect's
+``do_begin`` on the DB-API connection) and make the writer's transactions
 ``BEGIN IMMEDIATE`` so two writers never deadlock on a lock upgrade.
 PostgreSQL (``postgresql+psycopg://``) needs none of this.
 """
