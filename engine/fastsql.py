@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 from sqlalchemy.sql.elements import BindParameter
 
-__all__ = ["executemany", "select_in"]
+__all__ = ["executemany", "fetch", "select_in"]
 
 Processor = Callable[[Any], Any] | None
 
@@ -122,6 +122,34 @@ def executemany(
     return True
 
 
+def fetch(
+    session: Session, statement: Executable, keys: Sequence[str], row: Sequence[Any]
+) -> list[tuple[Any, ...]]:
+    """The rows of a SELECT run once with ``row`` (values in ``keys`` order)
+    on the session's connection, each value through its column's result
+    processor, as SQLAlchemy would give it."""
+    connection = session.connection()
+    prepared = _prepared(statement, connection.dialect, tuple(keys))
+    if prepared is None:  # pragma: no cover - a caller's mistake
+        raise ValueError("fetch: the statement has parameters it was not given")
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(prepared.sql, _bound(prepared, row))
+        rows = cursor.fetchall()
+    finally:
+        cursor.close()
+    return _processed(prepared, rows)
+
+
+def _processed(prepared: _Prepared, rows: Sequence[Any]) -> list[tuple[Any, ...]]:
+    if not any(prepared.results):
+        return [tuple(row) for row in rows]
+    return [
+        tuple(p(v) if p is not None else v for p, v in zip(prepared.results, row, strict=True))
+        for row in rows
+    ]
+
+
 def _bucket(n: int) -> int:
     size = 1
     while size < n:
@@ -168,9 +196,4 @@ def select_in(
         rows = cursor.fetchall()
     finally:
         cursor.close()
-    if not any(prepared.results):
-        return [tuple(row) for row in rows]
-    return [
-        tuple(p(v) if p is not None else v for p, v in zip(prepared.results, row, strict=True))
-        for row in rows
-    ]
+    return _processed(prepared, rows)

@@ -80,13 +80,7 @@ def _docs(session: Session) -> str:
 
 def _indexed(session: Session, guids: list[str]) -> set[str]:
     """The ones among ``guids`` with a row at the current version."""
-    query = text(
-        f"SELECT guid FROM {_docs(session)} WHERE guid IN :guids AND version = :version"
-    ).bindparams(bindparam("guids", expanding=True))
-    found: set[str] = set()
-    for chunk in chunks(sorted(set(guids))):
-        found.update(session.scalars(query, {"guids": chunk, "version": EXTRACT_VERSION}).all())
-    return found
+    return walk.done_among(session, _docs(session), sorted(set(guids)), EXTRACT_VERSION)
 
 
 def pending(session: Session, after: int, limit: int = 500) -> Pending:

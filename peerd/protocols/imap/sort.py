@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
 from engine.mimetext import decode_words
+from peerd.protocols.imap.addrlist import getaddresses
 from peerd.protocols.imap.responses import CommandError
 
 __all__ = [
@@ -302,7 +303,7 @@ def _first_address(value: str | None) -> tuple[str, str]:
     ``addr-spec``. Empty strings when there is none."""
     if not value:
         return "", ""
-    for name, address in email.utils.getaddresses([value]):
+    for name, address in getaddresses(value):
         if not address and not name:
             continue
         mailbox = address.rpartition("@")[0] if "@" in address else address

@@ -25,6 +25,7 @@ from email.policy import compat32
 from typing import Final
 
 import engine.mimetext as mimetext
+from peerd.protocols.imap.addrlist import getaddresses
 from peerd.protocols.imap.fetchatt import SectionKind
 from peerd.protocols.imap.responses import nstring
 
@@ -135,10 +136,27 @@ def _raw(fields: Message, name: str) -> str | None:
     return str(value).replace("\r", "").replace("\n", "")
 
 
+_PLAIN_SPLIT = re.compile(r"(<[^>]*>?|[,:;])")
+
+
 def _split_top(value: str) -> list[str]:
     """An address-list cut at the ``,``, ``:`` and ``;`` that separate its items
     and groups (RFC 5322 3.4): text, separator, text, ... Quoted strings,
     comments and angle-addrs are kept whole (a route's ``:`` is inside ``<>``)."""
+    if '"' not in value and "(" not in value:
+        # No quoted string and no comment (most headers): only an angle-addr
+        # (from ``<`` to the first ``>``) hides a separator; a regex finds
+        # them instead of a loop over each character.
+        plain: list[str] = []
+        text = ""
+        for piece in _PLAIN_SPLIT.split(value):
+            if piece in (",", ":", ";"):
+                plain += [text, piece]
+                text = ""
+            else:
+                text += piece
+        plain.append(text)
+        return plain
     items: list[str] = []
     current: list[str] = []
     quoted = escaped = angle = False
@@ -197,7 +215,7 @@ def _addresses(fields: Message, name: str) -> bytes:
             out.append(_address(None, _group_name(text) or None, None))
             in_group = True
             continue
-        for display, address in email.utils.getaddresses([text]):
+        for display, address in getaddresses(text):
             if not address and not display:
                 continue
             local, _, host = address.rpartition("@") if "@" in address else (address, "", "")
@@ -212,14 +230,14 @@ def _addresses(fields: Message, name: str) -> bytes:
 
 def envelope(part: Part) -> bytes:
     f = part.fields
-    sender = "Sender" if f.get("Sender") else "From"
-    reply_to = "Reply-To" if f.get("Reply-To") else "From"
+    # Sender and Reply-To default to From (RFC 3501 7.4.2): parsed once.
+    sender = _addresses(f, "From")
     items = [
         nstring(_raw(f, "Date")),
         nstring(_raw(f, "Subject")),
-        _addresses(f, "From"),
-        _addresses(f, sender),
-        _addresses(f, reply_to),
+        sender,
+        _addresses(f, "Sender") if f.get("Sender") else sender,
+        _addresses(f, "Reply-To") if f.get("Reply-To") else sender,
         _addresses(f, "To"),
         _addresses(f, "Cc"),
         _addresses(f, "Bcc"),

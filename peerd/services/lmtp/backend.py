@@ -180,7 +180,16 @@ class StoreBackend:
                 recipient, message.staged.guid, message.size, internaldate, message.message_id
             )
             writes.append(store.write_grouped(self.runner, op, staged=[message.staged]))
-        results: list[Any] = await asyncio.gather(*writes, return_exceptions=True)
+        results: list[Any]
+        if len(writes) == 1:
+            # One recipient (most deliveries): awaited here, without the task
+            # and the future gather makes; the same outcome either way.
+            try:
+                results = [await writes[0]]
+            except Exception as exc:
+                results = [exc]
+        else:
+            results = await asyncio.gather(*writes, return_exceptions=True)
         if not any(
             isinstance(r, DeliveryResult) or (isinstance(r, Stored) and r.stored) for r in results
         ):
