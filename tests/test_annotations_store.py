@@ -26,8 +26,12 @@ from engine.errors import (
 )
 from engine.limits import MAX_ANNOTATION_VALUE, MAX_ANNOTATIONS
 from engine.models import Account
+from engine.passwords import MIN_LN, hash_password
 from engine.store import Store
 from engine.syncstate import account_digests, read_account_state
+
+# A real scrypt hash at the least cost (ln=15 is 0.15 s of CPU an account).
+PW = hash_password("pw", MIN_LN)
 
 
 def on(store: Store, name: str, fn: Callable[[Session, Account], Any]) -> Any:
@@ -39,7 +43,7 @@ def entries(store: Store, name: str) -> dict[str, bytes]:
 
 
 def test_entries_per_mailbox_and_server_within_the_limits(store: Store) -> None:
-    store.write_sync(lambda s: accounts.create_account(s, "alice", password="pw"))
+    store.write_sync(lambda s: accounts.create_account(s, "alice", password_hash=PW))
     on(store, "alice", lambda s, a: mailbox_ops.create_mailbox(s, a, "Box"))
     on(store, "alice", lambda s, a: notes.set_entries(s, a, "Box", [("/Private/A", b"1")]))
     on(store, "alice", lambda s, a: notes.set_entries(s, a, "", [("/shared/b", b"2")]))
@@ -64,7 +68,7 @@ def test_entries_per_mailbox_and_server_within_the_limits(store: Store) -> None:
 
 
 def test_acl_limits(store: Store) -> None:
-    store.write_sync(lambda s: accounts.create_account(s, "alice", password="pw"))
+    store.write_sync(lambda s: accounts.create_account(s, "alice", password_hash=PW))
 
     def give(who: str, rights: str = "lr") -> None:
         on(store, "alice", lambda s, a: acl_store.change(s, a, "INBOX", who, lambda _: rights))
@@ -87,7 +91,7 @@ def test_annotations_replicate_through_push(store: Store, tmp_path: Any) -> None
     replica = Store(url, tmp_path / "replica")
     try:
         for s in (store, replica):
-            s.write_sync(lambda x: accounts.create_account(x, "alice", password="pw"))
+            s.write_sync(lambda x: accounts.create_account(x, "alice", password_hash=PW))
         on(
             store,
             "alice",

@@ -12,7 +12,11 @@ from sqlalchemy.orm import Session
 from engine import accounts, mailview
 from engine.errors import AlreadyExists, NoSuchMailbox
 from engine.models import Account
+from engine.passwords import MIN_LN, hash_password
 from engine.store import Store
+
+# A real scrypt hash at the least cost (ln=15 is 0.15 s of CPU an account).
+PW = hash_password("pw", MIN_LN)
 
 T = TypeVar("T")
 WHEN = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
@@ -36,7 +40,7 @@ def append(store: Store, name: str, text: str, flags: tuple[str, ...] = ()) -> i
 
 @pytest.fixture
 def alice(store: Store) -> Store:
-    store.write_sync(lambda s: accounts.create_account(s, "alice", password="pw"))
+    store.write_sync(lambda s: accounts.create_account(s, "alice", password_hash=PW))
     for n in range(4):
         append(store, "INBOX", f"m{n}")
     return store
@@ -169,7 +173,7 @@ def test_many_mailboxes_read_and_claimed_in_one_go(alice: Store) -> None:
     what snapshot_of and claim_recent give one mailbox at a time."""
     write(alice, lambda s, a: mailview.create_mailbox(s, a, "Work"))
     append(alice, "Work", "w1")
-    alice.write_sync(lambda s: accounts.create_account(s, "bob", password="pw"))
+    alice.write_sync(lambda s: accounts.create_account(s, "bob", password_hash=PW))
     inbox = alice.read_sync(lambda s: mailview.snapshot(s, "alice", "INBOX"))
     work = alice.read_sync(lambda s: mailview.snapshot(s, "alice", "Work"))
     bobs = alice.read_sync(lambda s: mailview.snapshot(s, "bob", "INBOX"))

@@ -21,6 +21,7 @@ import pytest
 import migrations
 from engine import accounts
 from engine.errors import NoSuchAccount
+from engine.passwords import MIN_LN, hash_password
 from engine.store import Store
 from ownership import table as ownership_table
 from ownership.errors import PartnerUnreachable
@@ -42,6 +43,9 @@ from peerd.pair.partner import Pair
 from peerd.pair.returning import exchange_at_start
 from peerd.pair.switchover import switchover
 from peerd.replication.client import SyncClient
+
+# A real scrypt hash at the least cost (ln=15 is 0.15 s of CPU an account).
+PW = hash_password("pw", MIN_LN)
 
 T = TypeVar("T")
 
@@ -84,7 +88,7 @@ def run(tmp_path: Path, owners: dict[str, str], body: Callable[[Pair], Awaitable
 
     def create(session: Any) -> None:
         for name, owner in owners.items():
-            accounts.create_account(session, name, password="pw")
+            accounts.create_account(session, name, password_hash=PW)
             ownership_table.create(session, name, owner)
 
     async def main() -> T:

@@ -22,8 +22,12 @@ from engine.errors import (
     TooManyScripts,
 )
 from engine.models import Account
+from engine.passwords import MIN_LN, hash_password
 from engine.store import Store
 from engine.syncstate import read_account_state
+
+# A real scrypt hash at the least cost (ln=15 is 0.15 s of CPU an account).
+PW = hash_password("pw", MIN_LN)
 
 
 def on(store: Store, name: str, fn: Callable[[Session, Account], Any]) -> Any:
@@ -34,7 +38,7 @@ def test_scripts_per_account(store: Store) -> None:
     for name in ("alice", "bob"):
 
         def create(s: Session, n: str = name) -> object:
-            return accounts.create_account(s, n, password="pw")
+            return accounts.create_account(s, n, password_hash=PW)
 
         store.write_sync(create)
     on(store, "alice", lambda s, a: sieve.put_script(s, a, "one", "keep;", max_scripts=2))
@@ -61,7 +65,7 @@ def test_scripts_per_account(store: Store) -> None:
 
 
 def test_vacation_reply_once(store: Store) -> None:
-    store.write_sync(lambda s: accounts.create_account(s, "alice", password="pw"))
+    store.write_sync(lambda s: accounts.create_account(s, "alice", password_hash=PW))
     now = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
 
     def due(when: dt.datetime, key: str = "k1") -> bool:
@@ -81,7 +85,7 @@ def test_sieve_state_replicates_through_push(store: Store, tmp_path: Any) -> Non
     replica = Store(url, tmp_path / "replica")
     try:
         for s in (store, replica):
-            s.write_sync(lambda x: accounts.create_account(x, "alice", password="pw"))
+            s.write_sync(lambda x: accounts.create_account(x, "alice", password_hash=PW))
         on(store, "alice", lambda s, a: sieve.put_script(s, a, "main", "keep;", max_scripts=5))
         on(store, "alice", lambda s, a: sieve.put_script(s, a, "old", "stop;", max_scripts=5))
         on(store, "alice", lambda s, a: sieve.set_active(s, a, "main"))

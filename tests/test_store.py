@@ -44,12 +44,15 @@ from engine.models import (
     Subscription,
     SyncLogRow,
 )
-from engine.passwords import verify_password
+from engine.passwords import MIN_LN, hash_password, verify_password
 from engine.spool import Spool
 from engine.store import Store
 
 T = TypeVar("T")
 NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
+# A real scrypt hash at the least cost, for the accounts of tests that never log in:
+# create_account(password=...) hashes at ln=15, 0.15 s of CPU an account.
+PW = hash_password("pw", MIN_LN)
 
 
 # -- helpers -------------------------------------------------------------------
@@ -274,7 +277,7 @@ def test_account_create_password_quota_delete(store: Store) -> None:
 
 
 def test_mailboxes_create_rename_delete_and_inbox_rules(store: Store) -> None:
-    store.write_sync(lambda s: accounts.create_account(s, "alice", password="pw"))
+    store.write_sync(lambda s: accounts.create_account(s, "alice", password_hash=PW))
     work_guid, work_size = put(store, "in-work")
 
     def setup(s: Session, acct: Account) -> dict[str, str]:
@@ -357,7 +360,7 @@ def test_mailboxes_create_rename_delete_and_inbox_rules(store: Store) -> None:
 
 
 def test_append_and_flags_bump_modseq_and_keep_the_checksum(store: Store) -> None:
-    store.write_sync(lambda s: accounts.create_account(s, "alice", password="pw"))
+    store.write_sync(lambda s: accounts.create_account(s, "alice", password_hash=PW))
     seen_modseqs = [box_state(store, "alice", "INBOX").highestmodseq]
 
     def step() -> None:
@@ -434,7 +437,7 @@ def test_append_and_flags_bump_modseq_and_keep_the_checksum(store: Store) -> Non
 
 def test_expunge_leaves_tombstones_and_frees_quota(store: Store) -> None:
     store.write_sync(
-        lambda s: accounts.create_account(s, "alice", password="pw", quota_limit=10_000)
+        lambda s: accounts.create_account(s, "alice", password_hash=PW, quota_limit=10_000)
     )
     sizes = []
     for i in range(4):
@@ -490,7 +493,7 @@ def test_copy_and_move_write_no_spool_files(store: Store) -> None:
     # Room for six: three appended, two copied, then a copy of two more is refused.
     limit = 6 * guids[0][1]
     store.write_sync(
-        lambda s: accounts.create_account(s, "alice", password="pw", quota_limit=limit)
+        lambda s: accounts.create_account(s, "alice", password_hash=PW, quota_limit=limit)
     )
     for guid, size in guids:
         append_to(store, "alice", "INBOX", guid, size, flags=["\\Seen"])
@@ -543,7 +546,7 @@ def test_copy_and_move_write_no_spool_files(store: Store) -> None:
 def test_quota_is_enforced_and_an_over_quota_write_changes_nothing(store: Store) -> None:
     guid, size = put(store, "q", pad=50)
     store.write_sync(
-        lambda s: accounts.create_account(s, "alice", password="pw", quota_limit=2 * size)
+        lambda s: accounts.create_account(s, "alice", password_hash=PW, quota_limit=2 * size)
     )
     append_to(store, "alice", "INBOX", guid, size)
     append_to(store, "alice", "INBOX", guid, size)  # exactly at the limit is allowed
@@ -565,7 +568,7 @@ def test_quota_is_enforced_and_an_over_quota_write_changes_nothing(store: Store)
 
 
 def test_sync_log_rows_commit_with_their_change(store: Store) -> None:
-    store.write_sync(lambda s: accounts.create_account(s, "alice", password="pw"))
+    store.write_sync(lambda s: accounts.create_account(s, "alice", password_hash=PW))
     clear_sync_log(store)
     inbox_id = box_state(store, "alice", "INBOX").uniqueid
     guid, size = put(store, "s")
@@ -626,7 +629,7 @@ def test_sync_log_rows_commit_with_their_change(store: Store) -> None:
 
 def test_group_commit_of_concurrent_writes_isolates_the_failing_one(store: Store) -> None:
     store.write_sync(
-        lambda s: accounts.create_account(s, "alice", password="pw", quota_limit=50_000)
+        lambda s: accounts.create_account(s, "alice", password_hash=PW, quota_limit=50_000)
     )
     payloads = [put(store, f"g{i}") for i in range(60)]
     failing = {i for i in range(60) if i % 7 == 3}
@@ -672,7 +675,7 @@ def test_a_grouped_batch_whose_runner_raises_runs_each_op_alone(store: Store) ->
     """A batch of only grouped deliveries runs without a savepoint; if the runner
     raises (a bug, a broken row), nothing of it commits and each op runs again
     alone: only the broken one fails."""
-    store.write_sync(lambda s: accounts.create_account(s, "alice", password="pw"))
+    store.write_sync(lambda s: accounts.create_account(s, "alice", password_hash=PW))
     runner = delivery.DeliveryRunner(delivery.DeliveryOptions())
     payloads = [put(store, f"b{i}") for i in range(12)]
 
@@ -708,7 +711,7 @@ def test_a_grouped_batch_whose_runner_raises_runs_each_op_alone(store: Store) ->
 
 
 def test_a_write_that_breaks_the_transaction_fails_alone(store: Store) -> None:
-    store.write_sync(lambda s: accounts.create_account(s, "alice", password="pw"))
+    store.write_sync(lambda s: accounts.create_account(s, "alice", password_hash=PW))
 
     def huge(s: Any) -> None:
         accounts.get_account(s, "alice").quota_limit = 2**70  # the database cannot hold it
@@ -768,10 +771,10 @@ def test_spool_cleans_leftover_temp_files_at_start(tmp_path: Path) -> None:
 
 def test_delivery_plus_addressing_local_domains_and_duplicates(store: Store) -> None:
     def setup(s: Session) -> None:
-        acct = accounts.create_account(s, "alice", password="pw")
+        acct = accounts.create_account(s, "alice", password_hash=PW)
         mailbox.create_mailbox(s, acct, "Lists")
         mailbox.create_mailbox(s, acct, "Lists/Python")
-        accounts.create_account(s, "bob@other.test", password="pw")
+        accounts.create_account(s, "bob@other.test", password_hash=PW)
 
     store.write_sync(setup)
     counter = itertools.count()
@@ -966,7 +969,7 @@ def test_any_sequence_of_operations_keeps_checksum_and_quota(
     name = f"h{next(_names)}"  # one fresh account per example, on the test's store
 
     def setup(s: Session) -> None:
-        acct = accounts.create_account(s, name, password="pw", quota_limit=limit)
+        acct = accounts.create_account(s, name, password_hash=PW, quota_limit=limit)
         mailbox.create_mailbox(s, acct, "Other")
 
     store.write_sync(setup)
@@ -1050,7 +1053,7 @@ def test_pending_puts_new_mail_before_flag_only_changes(store: Store) -> None:
     """The rolling worker syncs in the order pending() gives: an account with new
     mail before one whose changes are only flags, even if those came first."""
     for name in ("flagged", "mailed"):
-        store.write_sync(partial(accounts.create_account, name=name, password="pw"))
+        store.write_sync(partial(accounts.create_account, name=name, password_hash=PW))
     guid, size = put(store, "order")
     append_to(store, "flagged", "INBOX", guid, size)
     clear_sync_log(store)
@@ -1084,7 +1087,7 @@ def test_migration_0002_recomputes_checksums_to_cover_modseqs(
         migrations.upgrade(url)
     old = Store(url, tmp_path / "data")
     try:
-        old.write_sync(lambda s: accounts.create_account(s, "alice", password="pw"))
+        old.write_sync(lambda s: accounts.create_account(s, "alice", password_hash=PW))
         for i in range(4):
             guid, size = put(old, f"m{i}")
             append_to(old, "alice", "INBOX", guid, size, flags=["\\Seen"] if i % 2 else None)

@@ -26,11 +26,15 @@ from engine.compare import Pull, Repairs
 from engine.delta import owner_delta
 from engine.errors import TemporaryFailure
 from engine.models import Message
+from engine.passwords import MIN_LN, hash_password
 from engine.store import Store
 from engine.sweep import SUSPICIOUS_MIN, Sweeper
 from engine.syncstate import RecordState, read_account_state
 from tests.nodes import Node, make_pair, make_single, peerctl, running
 from tests.procs import wait_until
+
+# A real scrypt hash at the least cost (ln=15 is 0.15 s of CPU an account).
+PW = hash_password("pw", MIN_LN)
 
 GRACE = 0.3
 NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
@@ -48,7 +52,7 @@ def aged(store: Store, guid: str) -> None:
 
 def setup(store: Store, *texts: str) -> list[str]:
     """alice with INBOX and Archive; one INBOX message per text, its file aged."""
-    store.write_sync(lambda s: accounts.create_account(s, "alice", password="pw"))
+    store.write_sync(lambda s: accounts.create_account(s, "alice", password_hash=PW))
     store.write_sync(
         lambda s: mailbox.create_mailbox(s, accounts.get_account(s, "alice"), "Archive")
     )

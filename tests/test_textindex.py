@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from engine import accounts, mailbox, messages, textindex
 from engine.fulltext import EXTRACT_VERSION, Key, extract, matches
+from engine.passwords import MIN_LN, hash_password
 from engine.store import Store
 from engine.sweep import Sweeper
 from peerd.protocols.imap.parser import tokenize
@@ -25,11 +26,14 @@ from peerd.protocols.imap.searchkey import parse_search_key
 from tests.test_fulltext import mailboxes, needles
 from tests.test_sweep import aged
 
+# A real scrypt hash at the least cost (ln=15 is 0.15 s of CPU an account).
+PW = hash_password("pw", MIN_LN)
+
 NOW = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.UTC)
 
 
 def add_alice(store: Store) -> None:
-    store.write_sync(lambda s: accounts.create_account(s, "alice", password="pw"))
+    store.write_sync(lambda s: accounts.create_account(s, "alice", password_hash=PW))
 
 
 def _append(s: Session, box: str, guid: str, size: int) -> int:
@@ -90,8 +94,9 @@ def test_indexed_answers_are_the_unindexed_answers(
     index(store, indexed)
     docs = {g: extract(store.spool.read(g)) for _, g in records}
     kinds: tuple[Key, Key] = ("BODY", "TEXT")
+    strings = needles(list(docs.values()))
     for _ in range(4):
-        string = data.draw(needles(list(docs.values())), label="string")
+        string = data.draw(strings, label="string")
         for kind in kinds:
             answer = store.read_sync(
                 partial(textindex.ask, mailbox_id=mailbox_id, questions=[(kind, string)])
