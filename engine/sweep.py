@@ -154,14 +154,17 @@ class Sweeper:
         # One spool directory (1/256 of the files) at a time: a large spool
         # is never held in memory whole.
         older_than = time.time() - self.grace
-        unnamed: set[str] = set()
+        # GUID -> when this pass found it unnamed: the grace runs from then,
+        # not from the start of a pass that may take longer than the grace.
+        unnamed: dict[str, float] = {}
         for directory in self.store.spool.directories():
             files = await self.store.run_blocking(partial(_old_files, directory, older_than))
             if files:
                 result.files_checked += len(files)
                 named = await self.store.read(partial(named_guids, guids=list(files)))
-                unnamed.update(set(files) - named)
-        self.condemned = {g: self.condemned.get(g, now) for g in unnamed}
+                found = time.monotonic()
+                unnamed.update((guid, found) for guid in set(files) - named)
+        self.condemned = {g: self.condemned.get(g, found) for g, found in unnamed.items()}
         result.condemned = len(self.condemned)
         self.suspicious = ""
         if (

@@ -103,6 +103,28 @@ def test_an_expunged_message_leaves_the_spool_after_the_grace(store: Store) -> N
     assert store.spool.read(kept) == payload("kept")
 
 
+def test_a_pass_slower_than_the_grace_does_not_shorten_it(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The grace runs from when a pass found the file unnamed, not from when
+    the pass started: a pass that takes longer than the grace (a large
+    spool, a busy store) must not let the very next one remove the file."""
+    (gone,) = setup(store, "gone")
+    expunge(store, "INBOX", [1])
+    sweeper = Sweeper(store, dt.timedelta(seconds=GRACE))
+    read = store.read
+
+    async def slow_read(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(GRACE + 0.1)
+        return await read(*args, **kwargs)
+
+    monkeypatch.setattr(store, "read", slow_read)
+    assert sweep(sweeper).condemned == 1
+    monkeypatch.setattr(store, "read", read)
+    assert sweep(sweeper).removed == 0, "removed before the grace was over"
+    assert store.spool.has(gone)
+
+
 def test_a_file_a_copy_still_names_stays(store: Store) -> None:
     (guid,) = setup(store, "copied")
 
