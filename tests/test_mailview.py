@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from functools import partial
 from typing import TypeVar
 
 import pytest
@@ -118,8 +119,8 @@ def test_a_snapshot_by_name_is_the_snapshot_by_id_and_says_what_is_missing(alice
     write(alice, lambda s, a: mailview.create_mailbox(s, a, "Work/Q1"))
     alice.write_sync(lambda s: accounts.create_account(s, "bob", password="pw"))
     for asked in ("INBOX", "inbox", "Work/Q1"):
-        box = alice.read_sync(lambda s, asked=asked: mailview.snapshot(s, "alice", asked))
-        again = alice.read_sync(lambda s, box=box: mailview.snapshot_of(s, box.mailbox_id))
+        box = alice.read_sync(partial(mailview.snapshot, account="alice", name=asked))
+        again = alice.read_sync(partial(mailview.snapshot_of, mailbox_id=box.mailbox_id))
         assert box == again and box.name == ("INBOX" if asked == "inbox" else asked)
     bobs = alice.read_sync(lambda s: mailview.snapshot(s, "bob", "INBOX"))
     assert bobs.mailbox_id != box.mailbox_id and bobs.records == ()
