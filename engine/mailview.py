@@ -34,7 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engine import accounts, fastsql, mailbox, messages
-from engine.errors import AlreadyExists, NoSuchMailbox
+from engine.errors import AlreadyExists, InvalidArgument, NoSuchMailbox
 from engine.mailbox import normalize_mailbox_name
 from engine.messages import CopyResult
 from engine.models import Account, Mailbox, Message
@@ -157,8 +157,42 @@ class FlagsStored:
 
 def snapshot(session: Session, account: str, name: str) -> Snapshot:
     """The mailbox ``name`` of ``account`` (NoSuchMailbox if there is none)."""
-    row = mailbox.get_mailbox(session, accounts.get_account(session, account), name)
-    return _snapshot(session, row)
+    # One statement on the cursor (every SELECT and EXAMINE reads this row);
+    # the ORM's look-ups only when there is no such row, for their errors.
+    try:
+        normal = normalize_mailbox_name(name)
+    except InvalidArgument:
+        normal = None
+    rows = (
+        fastsql.select_in(session, _named_mailbox_rows, [account], [normal])
+        if normal is not None
+        else []
+    )
+    if not rows:
+        row = mailbox.get_mailbox(session, accounts.get_account(session, account), name)
+        return _snapshot(session, row)
+    mid, uniqueid, real_name, uidvalidity, modseq, last_uid, exists, checksum, recentuid = rows[0]
+    return _snapshot_of_row(
+        session,
+        mid,
+        uniqueid,
+        real_name,
+        uidvalidity,
+        modseq,
+        last_uid,
+        exists,
+        checksum,
+        recentuid,
+    )
+
+
+def _named_mailbox_rows(account_names: list[Any], names: list[Any]) -> Any:
+    """:func:`_mailbox_rows` by account name and mailbox name."""
+    return (
+        select(*_MAILBOX_COLUMNS)
+        .join(Account, Account.id == Mailbox.account_id)
+        .where(Account.name.in_(account_names), Mailbox.name.in_(names))
+    )
 
 
 def snapshot_and_vanished(
@@ -215,18 +249,22 @@ def snapshots_of(session: Session, mailbox_ids: Iterable[int]) -> dict[int, Snap
     return found
 
 
+# A mailbox's fields a Snapshot is made of, and its cache key's.
+_MAILBOX_COLUMNS: Final = (
+    Mailbox.id,
+    Mailbox.uniqueid,
+    Mailbox.name,
+    Mailbox.uidvalidity,
+    Mailbox.highestmodseq,
+    Mailbox.last_uid,
+    Mailbox.exists,
+    Mailbox.checksum,
+    Mailbox.recentuid,
+)
+
+
 def _mailbox_rows(ids: list[Any]) -> Any:
-    return select(
-        Mailbox.id,
-        Mailbox.uniqueid,
-        Mailbox.name,
-        Mailbox.uidvalidity,
-        Mailbox.highestmodseq,
-        Mailbox.last_uid,
-        Mailbox.exists,
-        Mailbox.checksum,
-        Mailbox.recentuid,
-    ).where(Mailbox.id.in_(ids))
+    return select(*_MAILBOX_COLUMNS).where(Mailbox.id.in_(ids))
 
 
 # A Record's fields, in its order (the one-mailbox and the many-mailbox reads).
@@ -510,29 +548,55 @@ def _record(message: Message) -> Record:
 
 
 def _snapshot(session: Session, row: Mailbox) -> Snapshot:
-    # The key covers everything a change to the records changes (UIDVALIDITY,
-    # highest modseq, last UID, count and content checksum).
-    key = (row.uidvalidity, row.highestmodseq, row.last_uid, row.exists, row.checksum)
-    cached = _SNAPSHOTS.get(row.id, key)
-    if cached is None:
-        rows = session.execute(
-            select(*_RECORD_COLUMNS)
-            .where(Message.mailbox_id == row.id, Message.expunged.is_(False))
-            .order_by(Message.uid)
-        )
-        records = tuple(Record(*r) for r in rows)
-        cached = (records, keywords_of(records))
-        _SNAPSHOTS.put(row.id, key, *cached)
-    records, keywords = cached
-    return Snapshot(
+    return _snapshot_of_row(
+        session,
         row.id,
         row.uniqueid,
         row.name,
         row.uidvalidity,
         row.highestmodseq,
-        row.last_uid + 1,
-        records,
+        row.last_uid,
+        row.exists,
+        row.checksum,
         row.recentuid,
+    )
+
+
+def _snapshot_of_row(
+    session: Session,
+    mid: int,
+    uniqueid: str,
+    name: str,
+    uidvalidity: int,
+    highestmodseq: int,
+    last_uid: int,
+    exists: int,
+    checksum: int,
+    recentuid: int,
+) -> Snapshot:
+    # The key covers everything a change to the records changes (UIDVALIDITY,
+    # highest modseq, last UID, count and content checksum).
+    key = (uidvalidity, highestmodseq, last_uid, exists, checksum)
+    cached = _SNAPSHOTS.get(mid, key)
+    if cached is None:
+        rows = session.execute(
+            select(*_RECORD_COLUMNS)
+            .where(Message.mailbox_id == mid, Message.expunged.is_(False))
+            .order_by(Message.uid)
+        )
+        records = tuple(Record(*r) for r in rows)
+        cached = (records, keywords_of(records))
+        _SNAPSHOTS.put(mid, key, *cached)
+    records, keywords = cached
+    return Snapshot(
+        mid,
+        uniqueid,
+        name,
+        uidvalidity,
+        highestmodseq,
+        last_uid + 1,
+        records,
+        recentuid,
         keywords,
     )
 

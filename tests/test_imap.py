@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import imaplib
+import re
 import smtplib
 import socket
 import time
@@ -1006,6 +1007,51 @@ def test_esearch_min_max_all_count(served: Node) -> None:
         ]
         assert talk("h", "SEARCH RETURN (MIN) DELETED") == [b'* ESEARCH (TAG "h")\r\n']
     finally:
+        talk.close()
+
+
+def _uid_flags_rest(line: bytes) -> tuple[int, int, set[bytes], bytes]:
+    """(sequence number, UID, flags, the rest) of ``* n FETCH (UID u FLAGS (...) rest)``."""
+    found = re.fullmatch(rb"\* (\d+) FETCH \(UID (\d+) FLAGS \(([^)]*)\) (.*)\)\r\n", line)
+    assert found is not None, line
+    return int(found[1]), int(found[2]), set(found[3].split()), found[4]
+
+
+def test_a_fetch_answered_again_follows_flags_expunges_and_numbers(served: Node) -> None:
+    # The groups of responses the server rendered for a FETCH are served again
+    # to the same FETCH only for the same messages under the same numbers:
+    # what another session or this one changed since is what is answered.
+    for n in range(1, 8):
+        deliver(served, n)
+    talk, other = Conversation(served), connect(served)
+    command = "FETCH 1:* (UID FLAGS ENVELOPE BODYSTRUCTURE)"
+    try:
+        talk("a", "LOGIN alice secret")
+        talk("b", "EXAMINE INBOX")
+        first = talk("c", command)
+        assert len(first) == 7 and talk("d", command) == first
+        assert talk("d2", "UID " + command) == first
+        rest = {uid: tail for _, uid, _, tail in map(_uid_flags_rest, first)}
+        other.select("INBOX")
+        other.store("3", "+FLAGS", "(\\Flagged)")
+        other.store("1", "+FLAGS", "(\\Deleted)")
+        other.expunge()
+        talk("e", "NOOP")  # told of the expunge and the flags now
+        for tag in ("f", "g"):
+            now = [_uid_flags_rest(line) for line in talk(tag, command)]
+            assert [(seq, uid) for seq, uid, _, _ in now] == [(n, n + 1) for n in range(1, 7)]
+            assert {uid for _, uid, flags, _ in now if b"\\Flagged" in flags} == {3}
+            assert all(tail == rest[uid] for _, uid, _, tail in now)
+        # A page, then the whole again after this session's own change.
+        assert [
+            _uid_flags_rest(line)[:2] for line in talk("h", "FETCH 2:3 (UID FLAGS ENVELOPE)")
+        ] == [(2, 3), (3, 4)]
+        talk("i", "SELECT INBOX")
+        talk("j", "STORE 2 +FLAGS.SILENT (\\Seen)")
+        now = [_uid_flags_rest(line) for line in talk("k", command)]
+        assert [uid for _, uid, flags, _ in now if b"\\Seen" in flags] == [3]
+    finally:
+        other.logout()
         talk.close()
 
 

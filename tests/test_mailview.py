@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from functools import partial
 from typing import TypeVar
 
 import pytest
 from sqlalchemy.orm import Session
 
 from engine import accounts, mailview
-from engine.errors import AlreadyExists, NoSuchMailbox
+from engine.errors import AlreadyExists, InvalidArgument, NoSuchAccount, NoSuchMailbox
 from engine.models import Account
 from engine.passwords import MIN_LN, hash_password
 from engine.store import Store
@@ -116,6 +117,27 @@ def test_expunged_uids_are_vanished_in_the_same_read_as_the_snapshot(alice: Stor
     )
     assert other == ()
     assert alice.read_sync(lambda s: mailview.live_uids(s, box.mailbox_id, [4, 3, 1])) == (1, 4)
+
+
+def test_a_snapshot_by_name_is_the_snapshot_by_id_and_says_what_is_missing(alice: Store) -> None:
+    write(alice, lambda s, a: mailview.create_mailbox(s, a, "Work/Q1"))
+    alice.write_sync(lambda s: accounts.create_account(s, "bob", password="pw"))
+    for asked in ("INBOX", "inbox", "Work/Q1"):
+        box = alice.read_sync(partial(mailview.snapshot, account="alice", name=asked))
+        again = alice.read_sync(partial(mailview.snapshot_of, mailbox_id=box.mailbox_id))
+        assert box == again and box.name == ("INBOX" if asked == "inbox" else asked)
+    bobs = alice.read_sync(lambda s: mailview.snapshot(s, "bob", "INBOX"))
+    assert bobs.mailbox_id != box.mailbox_id and bobs.records == ()
+    with pytest.raises(NoSuchMailbox):
+        alice.read_sync(lambda s: mailview.snapshot(s, "alice", "work/q1"))
+    with pytest.raises(NoSuchMailbox):
+        alice.read_sync(lambda s: mailview.snapshot(s, "bob", "Work/Q1"))
+    with pytest.raises(NoSuchAccount):
+        alice.read_sync(lambda s: mailview.snapshot(s, "carol", "INBOX"))
+    with pytest.raises(NoSuchAccount):  # the account is looked for first, as always
+        alice.read_sync(lambda s: mailview.snapshot(s, "carol", "a//b"))
+    with pytest.raises(InvalidArgument):
+        alice.read_sync(lambda s: mailview.snapshot(s, "alice", "a//b"))
 
 
 def test_a_deleted_mailbox_is_gone_for_an_open_session(alice: Store) -> None:

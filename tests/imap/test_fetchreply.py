@@ -8,19 +8,21 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
 from peerd.protocols.imap.fetchatt import parse_fetch_atts
 from peerd.protocols.imap.fetchreply import (
     FetchRenderer,
+    RenderedGroups,
     Segment,
     Span,
     StructureCache,
     render_fetch,
     render_fetch_segments,
 )
+from peerd.protocols.imap.records import Numbered
 from peerd.protocols.imap.tokens import tokenize
 
 MESSAGE = (
@@ -207,3 +209,42 @@ def _flat(segments: list[Segment], by_guid: dict[str, bytes]) -> bytes:
         else:
             out += s
     return out
+
+
+def test_rendered_groups_serve_only_the_same_messages_under_the_same_numbers() -> None:
+    atts = tuple(parse_fetch_atts(tokenize(b"(UID FLAGS RFC822.SIZE)")[0]))
+    records = tuple(Rec(uid=u) for u in range(1, 7))
+    groups = RenderedGroups()
+    assert groups.get(atts, Numbered(3, records), 0) is None
+    groups.put(atts, Numbered(3, records[:4]), b"four")
+    # The same records (a new run of the same objects), numbered the same:
+    # served, and the next group begins after them.
+    assert groups.get(atts, Numbered(3, tuple(records)), 0) == (b"four", 4)
+    assert groups.get(atts, Numbered(1, (Rec(uid=9), Rec(uid=9), *records)), 2) == (b"four", 6)
+    # Another number, another record in the run, fewer records, other items,
+    # pairs that are no Numbered run: not served.
+    assert groups.get(atts, Numbered(4, records), 0) is None
+    changed = (*records[:2], replace(records[2], flags="\\Deleted"), *records[3:])
+    assert groups.get(atts, Numbered(3, changed), 0) is None
+    assert groups.get(atts, Numbered(3, records[:3]), 0) is None
+    assert groups.get(atts[:2], Numbered(3, records), 0) is None
+    assert groups.get(atts, list(Numbered(3, records)), 0) is None
+    assert groups.get(atts, Numbered(3, records), 6) is None
+    # Equal records (not the same objects) give the same responses: served.
+    copies = tuple(replace(r) for r in records)
+    assert groups.get(atts, Numbered(3, copies), 0) == (b"four", 4)
+
+
+def test_rendered_groups_keep_their_budget() -> None:
+    atts = tuple(parse_fetch_atts(tokenize(b"(FLAGS)")[0]))
+    records = tuple(Rec(uid=u) for u in range(1, 101))
+    groups = RenderedGroups(budget=10_000)
+    for first in range(1, 101, 10):
+        groups.put(atts, Numbered(first, records[first - 1 : first + 9]), b"x" * 1000)
+        assert groups.held <= 10_000
+    assert 0 < len(groups) < 10
+    # The oldest went first; the newest is served.
+    assert groups.get(atts, Numbered(1, records), 0) is None
+    assert groups.get(atts, Numbered(91, records[90:]), 0) == (b"x" * 1000, 10)
+    groups.put(atts, Numbered(1, records), b"y" * 20_000)  # larger than the budget: not kept
+    assert groups.get(atts, Numbered(1, records), 0) is None

@@ -11,11 +11,13 @@ import datetime as dt
 from dataclasses import dataclass, replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from peerd.protocols.imap import commands as c
 from peerd.protocols.imap.fetchatt import Item
 from peerd.protocols.imap.parser import CommandReader
-from peerd.protocols.imap.records import Record
+from peerd.protocols.imap.records import Numbered, Record
 from peerd.protocols.imap.responses import CommandError
 from peerd.protocols.imap.selected import (
     Extensions,
@@ -390,6 +392,49 @@ def test_sequence_numbers_past_the_end_are_refused_uids_ignored() -> None:
     assert [r.uid for _, r in box.resolve(fetch(b"a UID FETCH 45:* FLAGS").seqset, True)] == [50]
     empty = Selected(View(()), name="INBOX", readonly=False, ext=Extensions())
     assert empty.resolve(fetch(b"a FETCH 1:* FLAGS").seqset, uid=False) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(1, 60), min_size=0, max_size=25, unique=True),
+    st.lists(
+        st.tuples(st.integers(1, 70), st.integers(1, 70) | st.just(-1)), min_size=1, max_size=6
+    ),
+    st.booleans(),
+)
+def test_fetch_targets_are_the_resolved_pairs(
+    uids: list[int], ranges: list[tuple[int, int]], uid: bool
+) -> None:
+    # What a FETCH answers (a Numbered run when the messages are consecutive)
+    # is what resolve gives, pair for pair, sliced or not.
+    view = View(tuple(Rec(u) for u in sorted(uids)))
+    box = Selected(view, name="INBOX", readonly=False, ext=Extensions())
+    text = ",".join(f"{a}:{'*' if b == -1 else b}" for a, b in ranges)
+    seqset = fetch(b"a FETCH " + text.encode() + b" FLAGS").seqset
+    try:
+        pairs = box.resolve(seqset, uid)
+    except CommandError:
+        with pytest.raises(CommandError):
+            box.targets(seqset, uid)
+        return
+    targets = box.targets(seqset, uid)
+    assert list(targets) == pairs and targets == pairs and len(targets) == len(pairs)
+    seqs = [seq for seq, _ in pairs]
+    if isinstance(targets, Numbered):
+        assert seqs == list(range(targets.first, targets.first + len(targets)))
+    elif seqs:
+        assert seqs != list(range(seqs[0], seqs[0] + len(seqs)))
+    for start in range(len(pairs) + 1):
+        assert list(targets[start : start + 3]) == pairs[start : start + 3]
+        if start < len(pairs):
+            assert targets[start] == pairs[start] and targets[-1 - start] == pairs[-1 - start]
+
+
+def test_a_fetch_of_consecutive_messages_makes_no_pair_per_message() -> None:
+    plan = five().plan_fetch(fetch(b"a UID FETCH 20:* (FLAGS)"))
+    assert isinstance(plan.targets, Numbered)
+    assert plan.targets.first == 2 and [r.uid for r in plan.targets.records] == [20, 30, 40, 50]
+    assert not isinstance(five().plan_fetch(fetch(b"a FETCH 1,3 (FLAGS)")).targets, Numbered)
 
 
 # -- STORE and EXPUNGE ----------------------------------------------------------------------

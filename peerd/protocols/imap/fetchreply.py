@@ -25,13 +25,25 @@ encoded once per distinct list.
 The server renders in worker threads, many groups at once, so the cache takes
 a lock around each look-up and insertion (the MIME parse itself runs outside
 it: two threads may parse the same message once each, which is harmless).
+
+:class:`RenderedGroups` keeps the responses of groups of messages already
+rendered for items that need no octets (FLAGS, ENVELOPE, BODYSTRUCTURE...),
+so that the same FETCH of the same messages again (a webmail showing a
+folder's page again, a second client of the account, a client's resync)
+is one comparison and one write a group, not Python per message. Such a
+response is a function of the items, the sequence number and the record
+alone (the structures are those of the GUID, whose bytes never change), and
+records are frozen: a flag change, ``\\Recent`` or an expunge (which
+renumbers) makes other (sequence number, record) pairs, so a stale group is
+never served, only not found. Groups are kept for consecutive messages
+(:class:`~peerd.protocols.imap.records.Numbered`: ``1:*``, a page).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -45,7 +57,7 @@ from peerd.protocols.imap.fetchatt import (
     response_name,
 )
 from peerd.protocols.imap.parsed import Structure, structures
-from peerd.protocols.imap.records import Record
+from peerd.protocols.imap.records import Numbered, Record
 from peerd.protocols.imap.responses import (
     CODE_UNKNOWN_CTE,
     CommandError,
@@ -57,6 +69,7 @@ from peerd.protocols.imap.responses import (
 __all__ = [
     "FetchRenderer",
     "Reader",
+    "RenderedGroups",
     "Segment",
     "Sink",
     "Span",
@@ -124,6 +137,83 @@ class StructureCache:
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
         return value
+
+
+# The octets RenderedGroups holds at most (responses, and about this many a
+# message for the records it keeps to compare): a header FETCH of 10,000
+# messages is ~4 MB, BODYSTRUCTURE ~2 MB.
+_RENDERED_BUDGET: Final = 16 << 20
+_RECORD_COST: Final = 64
+
+
+class RenderedGroups:
+    """FETCH responses of groups of consecutive messages, rendered once and
+    served again to a FETCH of the same items for the same messages under
+    the same sequence numbers; least recently used out first past a budget
+    of octets.
+
+    An entry is found by the items and its first message's sequence number,
+    and serves a group only if the FETCH's next records are the entry's
+    (the same objects, for the store's frozen records shared by the
+    sessions, or equal ones: compared in C, not record by record in
+    Python). Only for a FETCH's :class:`~peerd.protocols.imap.records.Numbered`
+    targets, items that need no octets of the messages, and groups whose
+    every message was rendered (none unreadable). The server uses it from
+    its event loop only: no lock.
+    """
+
+    def __init__(self, budget: int = _RENDERED_BUDGET) -> None:
+        self.budget = budget
+        self._held = 0
+        self._entries: OrderedDict[
+            tuple[tuple[FetchAtt, ...], int], tuple[tuple[Record, ...], bytes]
+        ] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def held(self) -> int:
+        """The octets held, as the budget counts them."""
+        return self._held
+
+    def get(
+        self, items: tuple[FetchAtt, ...], targets: Sequence[tuple[int, Record]], start: int
+    ) -> tuple[bytes, int] | None:
+        """The responses of the group at ``targets[start]`` and where the next
+        group begins, if an entry holds exactly those messages; else None."""
+        if not isinstance(targets, Numbered) or start >= len(targets):
+            return None
+        key = (items, targets.first + start)
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        records, data = entry
+        end = start + len(records)
+        if targets.records[start:end] != records:
+            return None
+        self._entries.move_to_end(key)
+        return data, end
+
+    def put(
+        self, items: tuple[FetchAtt, ...], group: Sequence[tuple[int, Record]], data: bytes
+    ) -> None:
+        """Hold ``data``, the responses to ``items`` for ``group`` (kept only
+        for a :class:`~peerd.protocols.imap.records.Numbered` group)."""
+        if not isinstance(group, Numbered) or not group.records:
+            return
+        cost = len(data) + _RECORD_COST * len(group.records)
+        if cost > self.budget:
+            return
+        key = (items, group.first)
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._held -= len(old[1]) + _RECORD_COST * len(old[0])
+        self._entries[key] = (group.records, data)
+        self._held += cost
+        while self._held > self.budget:
+            _, (gone, gone_data) = self._entries.popitem(last=False)
+            self._held -= len(gone_data) + _RECORD_COST * len(gone)
 
 
 @dataclass(frozen=True, slots=True)

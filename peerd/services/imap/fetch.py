@@ -15,7 +15,11 @@ written, and the one after only once the socket has taken the last (write,
 then drain): a client that does not read holds at most about two groups in
 the daemon, however large the mailbox.
 A message whose bytes cannot be read is left out and the tagged answer says
-why (:func:`unreadable_reply`).
+why (:func:`unreadable_reply`). When no item needs the messages' octets, a
+group already rendered for the same items and the same (sequence number,
+record) pairs is written again as it was
+(:class:`~peerd.protocols.imap.fetchreply.RenderedGroups`, the server's):
+no thread hop, no Python per message.
 
 The octets of a whole-message literal (``BODY[]``, ``BODY.PEEK[]``,
 ``RFC822``, partial or not) of at least :data:`_SPAN_FROM` octets are not
@@ -53,6 +57,7 @@ from peerd.protocols.imap.fetchatt import FetchAtt, Item
 from peerd.protocols.imap.fetchreply import (
     FetchRenderer,
     Reader,
+    RenderedGroups,
     Segment,
     Span,
     StructureCache,
@@ -131,11 +136,19 @@ async def fetch(session: Session, cmd: c.Fetch) -> Reply:
     structured = any(att in _STRUCTURES for att in plan.items)
     targets = plan.targets
     count = group_size(plan.items)
+    # Responses that need no octets are served again from the groups rendered.
+    rendered: RenderedGroups | None = (
+        session.server.rendered if count == _RECORDS_GROUP and opener is None else None
+    )
     # On plain TCP the group's pieces are written by the handler itself
     # (send_direct): kept apart, not joined, and more literals from their files.
     direct = opener is not None and _direct_fd(session) is not None
 
     async def render(start: int) -> tuple[list[bytes | Sendable], list[int], int]:
+        if rendered is not None:
+            hit = rendered.get(plan.items, targets, start)
+            if hit is not None:
+                return [hit[0]], [], hit[1]
         if structured:
             # The structures stored when the messages were, for those of the
             # group not held in memory: only what is not stored is parsed.
@@ -143,7 +156,7 @@ async def fetch(session: Session, cmd: c.Fetch) -> Reply:
             missing = structures.missing(record.guid for _, record in group)
             if missing:
                 structures.put_many(await mail.stored_structures(missing))
-        return await mail.run_blocking(
+        done = await mail.run_blocking(
             partial(
                 render_group,
                 targets,
@@ -156,6 +169,11 @@ async def fetch(session: Session, cmd: c.Fetch) -> Reply:
                 direct=direct,
             )
         )
+        segments, failed, end = done
+        if rendered is not None and not failed and len(segments) == 1:
+            # A group with a message left out is not kept: it would hide the NO.
+            rendered.put(plan.items, targets[start:end], cast(bytes, segments[0]))
+        return done
 
     unreadable: list[int] = []
     # The next group is rendered while the last one is written: at most two

@@ -8,7 +8,9 @@ mark the sessions whose selected mailbox changed (another session, LMTP,
 replication from the partner) with work per changed account, not per open
 session, and a move of an account to the other node can end its sessions
 with ``* BYE [UNAVAILABLE]``. It also holds what sessions share: the
-STARTTLS context, the cache of message structures FETCH renders, the cache
+STARTTLS context, the cache of message structures FETCH renders, the
+groups of FETCH responses already rendered (served again to the same
+FETCH of the same messages), the cache
 of sort records SORT and THREAD read, and the reads that sessions woken
 together share (:mod:`peerd.services.imap.fanout`). The sessions parked in
 IDLE on a changed mailbox are told by :mod:`peerd.services.imap.wakeup`.
@@ -24,7 +26,7 @@ from engine.synclog import Change
 from peerd.node.node import Node
 from peerd.node.tls import starttls_context
 from peerd.protocols.imap import commands as c
-from peerd.protocols.imap.fetchreply import StructureCache
+from peerd.protocols.imap.fetchreply import RenderedGroups, StructureCache
 from peerd.protocols.imap.responses import CODE_UNAVAILABLE, untagged_status
 from peerd.protocols.imap.sort import RecordCache
 from peerd.services.gate import ConnectionGate, Refused
@@ -51,6 +53,7 @@ class ImapServer:
         self._pushes: set[asyncio.Future[None]] = set()
         self.tls = starttls_context(node.config)
         self.structures = StructureCache()
+        self.rendered = RenderedGroups()
         self.sort_records = RecordCache()
         config = node.config.imap
         self.gate = ConnectionGate("imap", config.max_connections, config.max_connections_per_ip)

@@ -38,7 +38,7 @@ from peerd.node.errormap import imap_code
 from peerd.node.node import Node
 from peerd.protocols.imap import commands as c
 from peerd.protocols.imap.capabilities import capabilities
-from peerd.protocols.imap.fetchreply import StructureCache
+from peerd.protocols.imap.fetchreply import RenderedGroups, StructureCache
 from peerd.protocols.imap.parser import CommandReader, ContinuationNeeded, ProtocolError
 from peerd.protocols.imap.ratelimit import CommandRate, Verdict
 from peerd.protocols.imap.records import Record
@@ -104,6 +104,7 @@ class Host(Protocol):
     node: Node
     tls: ssl.SSLContext | None
     structures: StructureCache
+    rendered: RenderedGroups
     sort_records: RecordCache
     sessions: set[Session]
     fanout: Fanout
