@@ -17,7 +17,11 @@ Before 1 and 2 the bench waits until both nodes have parsed and indexed
 every message they store (a node that has been running has), and prints
 the wait; for 1 and 2 it prints each daemon's CPU per message (``/proc``).
 ``--py-spy FILE`` records alpha over the rolling part into FILE and beta
-into FILE with the suffix ``.beta`` (py-spy's "raw" format).
+into FILE with the suffix ``.beta``, and the bulk sync likewise with the
+suffixes ``.bulk`` and ``.bulk.beta`` (py-spy's "raw" format).
+``--threads`` prints, for each part, each daemon's CPU per message by thread
+(user+system, named by ``py-spy dump``): which thread the time went to, and
+how much of it the kernel's.
 
 Bulk data is loaded into alpha's store directly (through the engine, before
 alpha starts) so that setting up does not take minutes; every figure is then
@@ -38,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.lmtp_ingest import cpu_seconds
+from bench.lmtp_ingest import cpu_seconds, per_thread, thread_cpu
 from bench.load import load
 from bench.replicate_all import spy, unspy
 from bench.workload import ceiling, message, messages
@@ -166,6 +170,38 @@ def cpu_pair(
     return cpu_seconds(alpha.pid) - since[0], cpu_seconds(beta.pid) - since[1]
 
 
+Threads = dict[int, tuple[float, float]]
+
+
+def threads_pair(alpha: Node, beta: Node) -> tuple[Threads, Threads]:
+    """Each daemon's CPU (user, system) by thread id, now."""
+    assert alpha.pid is not None and beta.pid is not None
+    return thread_cpu(alpha.pid), thread_cpu(beta.pid)
+
+
+def by_thread(
+    alpha: Node, beta: Node, before: tuple[Threads, Threads]
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """What each daemon's named threads used since ``before``."""
+    assert alpha.pid is not None and beta.pid is not None
+    after = threads_pair(alpha, beta)
+    return {
+        "alpha": per_thread(alpha.pid, before[0], after[0]),
+        "beta": per_thread(beta.pid, before[1], after[1]),
+    }
+
+
+def print_threads(part: str, used: dict[str, dict[str, tuple[float, float]]], count: int) -> None:
+    for node, threads in used.items():
+        ranked = sorted(threads.items(), key=lambda item: -sum(item[1]))
+        shares = ", ".join(
+            f"{name} {1000 * user / count:.2f}+{1000 * system / count:.2f}"
+            for name, (user, system) in ranked
+            if user + system > 0
+        )
+        print(f"  {part} {node} threads: {shares} ms a message (user+system)")
+
+
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -181,6 +217,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50.0)
     parser.add_argument("--accounts", type=int, default=1000)
     parser.add_argument("--py-spy", dest="py_spy", type=Path, default=None)
+    parser.add_argument("--threads", action="store_true", help="CPU per message by thread")
     parser.add_argument("--json", type=Path, help="also write the figures here (bench.model)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="peerd-bench-") as tmp:
@@ -197,11 +234,19 @@ def main() -> None:
         try:
             # 2. bulk sync to the empty partner, uncompressed, then compressed
             waited = [settle(alpha, beta)]
+            spies = [spy(args.py_spy.with_suffix(".bulk") if args.py_spy else None, alpha.pid)]
+            spies.append(
+                spy(args.py_spy.with_suffix(".bulk.beta") if args.py_spy else None, beta.pid)
+            )
+            bulk_threads = threads_pair(alpha, beta)
             bulk_cpu = cpu_pair(alpha, beta)
             started = time.perf_counter()
             report = alpha.replicate("bulk", compress=False)["reports"][0]
             bulk_s = time.perf_counter() - started
             bulk_cpu = cpu_pair(alpha, beta, bulk_cpu)
+            bulk_used = by_thread(alpha, beta, bulk_threads) if args.threads else {}
+            for proc in spies:
+                unspy(proc)
             started = time.perf_counter()
             zreport = alpha.replicate("bulkz", compress=True)["reports"][0]
             zbulk_s = time.perf_counter() - started
@@ -267,12 +312,14 @@ def main() -> None:
             waited.append(settle(alpha, beta))
             spies = [spy(args.py_spy, alpha.pid)]
             spies.append(spy(args.py_spy.with_suffix(".beta") if args.py_spy else None, beta.pid))
+            roll_threads = threads_pair(alpha, beta)
             roll_cpu = cpu_pair(alpha, beta)
             lags = rolling(alpha, beta, args.rolling, args.users, args.rate)
             # Until both have parsed and indexed it all: the work each
             # message causes, not only what was done in time.
             settle(alpha, beta)
             roll_cpu = cpu_pair(alpha, beta, roll_cpu)
+            roll_used = by_thread(alpha, beta, roll_threads) if args.threads else {}
             for proc in spies:
                 unspy(proc)
         finally:
@@ -292,6 +339,7 @@ def main() -> None:
             f"  CPU per message alpha {roll_cpu[0] / args.rolling * 1000:.2f} ms, "
             f"beta {roll_cpu[1] / args.rolling * 1000:.2f} ms (delivery, sync, parse and index)"
         )
+        print_threads("rolling", roll_used, args.rolling)
         print(
             f"2 bulk sync       {args.bulk / bulk_s:.0f} msgs/s  {total / bulk_s / 1e6:.1f} MB/s  "
             f"({bulk_s:.2f} s; uploaded {report['uploaded']}, wire {report['bytes_sent'] / 1e6:.1f} MB out)"
@@ -300,6 +348,7 @@ def main() -> None:
             f"  CPU per message alpha {bulk_cpu[0] / args.bulk * 1000:.2f} ms, "
             f"beta {bulk_cpu[1] / args.bulk * 1000:.2f} ms (the sync only)"
         )
+        print_threads("bulk", bulk_used, args.bulk)
         print(
             f"  compressed (-z) {len(zipped) / zbulk_s:.0f} msgs/s  {zipped_total / zbulk_s / 1e6:.1f} MB/s  "
             f"({len(zipped)} msgs in {zbulk_s:.2f} s; wire {zreport['bytes_sent'] / 1e6:.1f} MB out = "
@@ -331,6 +380,8 @@ def main() -> None:
             "ceiling_msgs_per_s": round(ceil_rate, 1),
             "rolling_p50_ms": round(pct(lags, 50) * 1000, 1),
             "rolling_p99_ms": round(pct(lags, 99) * 1000, 1),
+            "rolling_cpu_ms": [round(c / args.rolling * 1000, 2) for c in roll_cpu],
+            "bulk_cpu_ms": [round(c / args.bulk * 1000, 3) for c in bulk_cpu],
             "noop_ms": round(best[0] * 1000, 1),
             "replicate_all_accounts": steady["accounts"],
             "replicate_all_first_pass_s": round(float(first["seconds"]), 3),
