@@ -58,22 +58,10 @@ class Row:
     body: bytes
 
 
-_HAVE = text(
-    "SELECT guid FROM message_parsed WHERE guid IN :guids AND version = :version"
-).bindparams(bindparam("guids", expanding=True))
-
-
 def pending(session: Session, version: int, after: int, limit: int = 500) -> Pending:
     """Walk ``messages`` past ``after`` (at most ``limit`` rows): the GUIDs
     with no row at ``version``."""
-
-    def have(session: Session, guids: list[str]) -> set[str]:
-        found: set[str] = set()
-        for chunk in chunks(guids):
-            found.update(session.scalars(_HAVE, {"guids": chunk, "version": version}).all())
-        return found
-
-    return walk.pending(session, after, limit, have)
+    return walk.pending(session, after, limit, "message_parsed", version)
 
 
 def put(session: Session, rows: Sequence[Row]) -> None:
