@@ -263,8 +263,8 @@ def run(args: argparse.Namespace) -> None:
         zipped_total = sum(len(p) for p in zipped)
         load(alpha, "bulk", payloads)
         load(alpha, "bulkz", zipped)
-        alpha.start()
-        beta.start()
+        alpha.start(timeout=300)
+        beta.start(timeout=300)
         try:
             # 2. bulk sync to the empty partner, uncompressed, then compressed
             waited = [settle(alpha, beta)]
@@ -310,7 +310,7 @@ def run(args: argparse.Namespace) -> None:
                 moved_bytes = store.write_sync(move)
             finally:
                 store.close()
-            alpha.start()
+            alpha.start(timeout=300)
             started = time.perf_counter()
             moved = alpha.replicate("bulk")["reports"][0]
             move_s = time.perf_counter() - started
@@ -333,7 +333,7 @@ def run(args: argparse.Namespace) -> None:
                     store.write_sync(many)
             finally:
                 store.close()
-            alpha.start()
+            alpha.start(timeout=300)
             first = alpha.call("POST", "/v1/replicate", {"all": True})
             started = time.perf_counter()
             steady = alpha.call("POST", "/v1/replicate", {"all": True})
@@ -342,7 +342,7 @@ def run(args: argparse.Namespace) -> None:
             alpha.stop()
             text = alpha.config.read_text().replace("sync_log = false", "sync_log = true")
             alpha.config.write_text(text)
-            alpha.start()
+            alpha.start(timeout=300)
             roll_users(alpha, beta, args.users)
             waited.append(settle(alpha, beta))
             spies = [spy(args.py_spy, alpha.pid)]
