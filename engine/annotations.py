@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from engine import accounts, synclog
+from engine import accounts, fastsql, synclog
 from engine.errors import TooManyAnnotations
 from engine.limits import MAX_ANNOTATIONS, check_annotation
 from engine.mailbox import get_mailbox
@@ -84,12 +84,16 @@ def set_entries(
 
 def rows(session: Session, account_id: int) -> tuple[AnnotationRow, ...]:
     """The account's entries in the replicated form, sorted."""
-    query = (
-        select(Annotation.mailbox, Annotation.entry, Annotation.value)
-        .where(Annotation.account_id == account_id)
-        .order_by(Annotation.mailbox, Annotation.entry)
-    )
-    return tuple((m, e, bytes(v)) for m, e, v in session.execute(query))
+    found = fastsql.rows(session, _ROWS, {"account_id": account_id})
+    return tuple((m, e, bytes(v)) for m, e, v in found)
+
+
+# Read for every account state (engine.syncstate): on the DB-API cursor.
+_ROWS = (
+    select(Annotation.mailbox, Annotation.entry, Annotation.value)
+    .where(Annotation.account_id == bindparam("account_id"))
+    .order_by(Annotation.mailbox, Annotation.entry)
+)
 
 
 def replace(session: Session, account: Account, wanted: Iterable[AnnotationRow]) -> None:

@@ -10,6 +10,12 @@ keys, parameter dictionaries, result set-up), which in a group commit of
 deliveries cost more than SQLite itself: a batch writes a handful of
 statements with many rows each.
 
+:func:`rows` runs a SELECT the same way, with named values, and passes
+each value of its rows through its column type's result processor: the
+reads made of every account's state on each rolling DELTA, on both nodes
+(:func:`engine.syncstate.read_account_state`), are eight small SELECTs,
+each of which cost more in SQLAlchemy's ORM execution than in SQLite.
+
 :func:`select_in` does the same for ``SELECT ... WHERE column IN (...)`` with
 a list of values: one compiled statement per size bucket (powers of two;
 the list is padded by repeating its last value, which IN ignores), each
@@ -32,7 +38,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 from sqlalchemy.sql.elements import BindParameter
 
-__all__ = ["executemany", "fetch", "select_in"]
+__all__ = ["executemany", "rows", "select_in"]
 
 Processor = Callable[[Any], Any] | None
 
@@ -122,31 +128,34 @@ def executemany(
     return True
 
 
-def fetch(
-    session: Session, statement: Executable, keys: Sequence[str], row: Sequence[Any]
-) -> list[tuple[Any, ...]]:
-    """The rows of a SELECT run once with ``row`` (values in ``keys`` order)
-    on the session's connection, each value through its column's result
-    processor, as SQLAlchemy would give it."""
+def rows(session: Session, statement: Executable, values: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The rows of the SELECT ``statement`` with its bind parameters set from
+    ``values``, on the session's connection, each value passed through its
+    column's result processor, as SQLAlchemy would. The session's pending
+    ORM changes are flushed first, as its own ``execute`` would (autoflush)."""
+    if session.autoflush:
+        session.flush()
     connection = session.connection()
-    prepared = _prepared(statement, connection.dialect, tuple(keys))
-    if prepared is None:  # pragma: no cover - a caller's mistake
-        raise ValueError("fetch: the statement has parameters it was not given")
+    keys = tuple(sorted(values))
+    prepared = _prepared(statement, connection.dialect, keys)
+    if prepared is None:
+        raise ValueError("fastsql.rows: the statement has parameters it was not given")
     cursor = connection.connection.cursor()
     try:
-        cursor.execute(prepared.sql, _bound(prepared, row))
-        rows = cursor.fetchall()
+        cursor.execute(prepared.sql, _bound(prepared, [values[key] for key in keys]))
+        found = cursor.fetchall()
     finally:
         cursor.close()
-    return _processed(prepared, rows)
+    return _processed(prepared, found)
 
 
-def _processed(prepared: _Prepared, rows: Sequence[Any]) -> list[tuple[Any, ...]]:
+def _processed(prepared: _Prepared, found: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """Each row's values through their columns' result processors."""
     if not any(prepared.results):
-        return [tuple(row) for row in rows]
+        return [tuple(row) for row in found]
     return [
         tuple(p(v) if p is not None else v for p, v in zip(prepared.results, row, strict=True))
-        for row in rows
+        for row in found
     ]
 
 

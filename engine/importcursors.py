@@ -23,9 +23,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
+from engine import fastsql
 from engine.models import Account, ImportCursor
 
 __all__ = ["CursorRow", "merge", "replace", "rows"]
@@ -36,12 +37,16 @@ CursorRow = tuple[str, int, int]
 
 def rows(session: Session, account_id: int) -> tuple[CursorRow, ...]:
     """The account's cursors in the replicated form, sorted by mailbox."""
-    query = (
-        select(ImportCursor.mailbox, ImportCursor.uidvalidity, ImportCursor.last_uid)
-        .where(ImportCursor.account_id == account_id)
-        .order_by(ImportCursor.mailbox)
-    )
-    return tuple((m, int(v), int(u)) for m, v, u in session.execute(query))
+    found = fastsql.rows(session, _ROWS, {"account_id": account_id})
+    return tuple((m, int(v), int(u)) for m, v, u in found)
+
+
+# Read for every account state (engine.syncstate): on the DB-API cursor.
+_ROWS = (
+    select(ImportCursor.mailbox, ImportCursor.uidvalidity, ImportCursor.last_uid)
+    .where(ImportCursor.account_id == bindparam("account_id"))
+    .order_by(ImportCursor.mailbox)
+)
 
 
 def merge(owner: Iterable[CursorRow], replica: Iterable[CursorRow]) -> tuple[CursorRow, ...]:

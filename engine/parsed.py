@@ -61,11 +61,7 @@ class Row:
 def pending(session: Session, version: int, after: int, limit: int = 500) -> Pending:
     """Walk ``messages`` past ``after`` (at most ``limit`` rows): the GUIDs
     with no row at ``version``."""
-
-    def have(session: Session, guids: list[str]) -> set[str]:
-        return walk.done_among(session, "message_parsed", guids, version)
-
-    return walk.pending(session, after, limit, have)
+    return walk.pending(session, after, limit, "message_parsed", version)
 
 
 def put(session: Session, rows: Sequence[Row]) -> None:

@@ -21,10 +21,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.orm import Session
 
-from engine import synclog
+from engine import fastsql, synclog
 from engine.db import utcnow
 from engine.errors import NoSuchScript, ScriptActive, ScriptExists, TooManyScripts
 from engine.limits import (
@@ -198,22 +198,27 @@ def utc(when: dt.datetime) -> dt.datetime:
 # -- replication -------------------------------------------------------------
 
 
+# Read for every account state (engine.syncstate): on the DB-API cursor.
+_SCRIPT_ROWS = (
+    select(SieveScript.name, SieveScript.content, SieveScript.active)
+    .where(SieveScript.account_id == bindparam("account_id"))
+    .order_by(SieveScript.name)
+)
+_VACATION_ROWS = (
+    select(VacationSent.key, VacationSent.until)
+    .where(VacationSent.account_id == bindparam("account_id"))
+    .order_by(VacationSent.key)
+)
+
+
 def script_rows(session: Session, account_id: int) -> tuple[ScriptRow, ...]:
-    query = (
-        select(SieveScript.name, SieveScript.content, SieveScript.active)
-        .where(SieveScript.account_id == account_id)
-        .order_by(SieveScript.name)
-    )
-    return tuple((n, c, bool(a)) for n, c, a in session.execute(query))
+    found = fastsql.rows(session, _SCRIPT_ROWS, {"account_id": account_id})
+    return tuple((n, c, bool(a)) for n, c, a in found)
 
 
 def vacation_rows(session: Session, account_id: int) -> tuple[VacationRow, ...]:
-    query = (
-        select(VacationSent.key, VacationSent.until)
-        .where(VacationSent.account_id == account_id)
-        .order_by(VacationSent.key)
-    )
-    return tuple((k, utc(u).isoformat()) for k, u in session.execute(query))
+    found = fastsql.rows(session, _VACATION_ROWS, {"account_id": account_id})
+    return tuple((k, utc(u).isoformat()) for k, u in found)
 
 
 def replace_scripts(session: Session, account: Account, scripts: Iterable[ScriptRow]) -> None:

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from engine import annotations as annotation_store
-from engine import importcursors
+from engine import fastsql, importcursors
 from engine import sieve as sieve_store
 from engine.models import (
     Account,
@@ -215,54 +215,76 @@ def read_account_state(
     else all live records. Mailboxes the other side did not mention get full
     records. ``include`` limits the mailboxes to these uniqueids.
     """
-    account = session.scalar(select(Account).where(Account.name == name))
-    if account is None:
+    found = fastsql.rows(session, _ACCOUNT, {"name": name})
+    if not found:
         return AccountState(name=name, exists=False)
+    account_id, account_name, password_hash, quota_limit, message_limit = found[0]
+    by_account = {"account_id": account_id}
     wanted = set(include) if include is not None else None
     mailboxes: list[MailboxState] = []
-    for mailbox in session.scalars(
-        select(Mailbox).where(Mailbox.account_id == account.id).order_by(Mailbox.name)
-    ):
-        if wanted is not None and mailbox.uniqueid not in wanted:
+    for mailbox_id, *columns in fastsql.rows(session, _MAILBOXES, by_account):
+        summary = MailboxSummary(*columns)
+        if wanted is not None and summary.uniqueid not in wanted:
             continue
-        summary = summary_of(mailbox)
         if records_for is None:
             mailboxes.append(MailboxState(summary))
             continue
-        theirs = records_for.get(mailbox.uniqueid)
+        theirs = records_for.get(summary.uniqueid)
         if theirs is not None and theirs.same_content(summary):
             mailboxes.append(MailboxState(summary))
-        elif theirs is not None and 0 < mailbox.sync_base <= theirs.highestmodseq:
-            records = local_records(session, mailbox, since=mailbox.sync_base)
+        elif theirs is not None and 0 < summary.sync_base <= theirs.highestmodseq:
+            records = records_of(session, mailbox_id, since=summary.sync_base)
             mailboxes.append(MailboxState(summary, "delta", records))
         else:
-            mailboxes.append(MailboxState(summary, "full", local_records(session, mailbox)))
-    subscriptions = tuple(
-        session.scalars(
-            select(Subscription.name)
-            .where(Subscription.account_id == account.id)
-            .order_by(Subscription.name)
-        )
-    )
-    tombstones = frozenset(
-        session.scalars(
-            select(MailboxTombstone.uniqueid).where(MailboxTombstone.account_id == account.id)
-        )
-    )
+            mailboxes.append(MailboxState(summary, "full", records_of(session, mailbox_id)))
+    subscriptions = tuple(n for (n,) in fastsql.rows(session, _SUBSCRIPTIONS, by_account))
+    tombstones = frozenset(u for (u,) in fastsql.rows(session, _TOMBSTONES, by_account))
     return AccountState(
-        name=account.name,
+        name=account_name,
         exists=True,
-        password_hash=account.password_hash,
-        quota_limit=account.quota_limit,
-        message_limit=account.message_limit,
+        password_hash=password_hash,
+        quota_limit=quota_limit,
+        message_limit=message_limit,
         subscriptions=subscriptions,
         mailboxes=tuple(mailboxes),
         tombstones=tombstones,
-        sieve=sieve_store.script_rows(session, account.id),
-        vacations=sieve_store.vacation_rows(session, account.id),
-        annotations=annotation_store.rows(session, account.id),
-        import_cursors=importcursors.rows(session, account.id),
+        sieve=sieve_store.script_rows(session, account_id),
+        vacations=sieve_store.vacation_rows(session, account_id),
+        annotations=annotation_store.rows(session, account_id),
+        import_cursors=importcursors.rows(session, account_id),
     )
+
+
+# read_account_state's statements, run on the DB-API cursor (engine.fastsql:
+# it runs on both nodes for every rolling DELTA, on the replica inside the
+# write that applies it). The mailbox columns are MailboxSummary's, in order.
+_ACCOUNT = select(
+    Account.id, Account.name, Account.password_hash, Account.quota_limit, Account.message_limit
+).where(Account.name == bindparam("name"))
+_MAILBOXES = (
+    select(
+        Mailbox.id,
+        Mailbox.uniqueid,
+        Mailbox.name,
+        Mailbox.uidvalidity,
+        Mailbox.last_uid,
+        Mailbox.highestmodseq,
+        Mailbox.acl,
+        Mailbox.checksum,
+        Mailbox.exists,
+        Mailbox.sync_base,
+    )
+    .where(Mailbox.account_id == bindparam("account_id"))
+    .order_by(Mailbox.name)
+)
+_SUBSCRIPTIONS = (
+    select(Subscription.name)
+    .where(Subscription.account_id == bindparam("account_id"))
+    .order_by(Subscription.name)
+)
+_TOMBSTONES = select(MailboxTombstone.uniqueid).where(
+    MailboxTombstone.account_id == bindparam("account_id")
+)
 
 
 def known_guids(session: Session, account: str, guids: Iterable[str]) -> frozenset[str]:

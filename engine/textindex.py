@@ -86,7 +86,7 @@ def _indexed(session: Session, guids: list[str]) -> set[str]:
 def pending(session: Session, after: int, limit: int = 500) -> Pending:
     """Walk ``messages`` past ``after`` (at most ``limit`` rows): the GUIDs
     with no row at the current version."""
-    return walk.pending(session, after, limit, _indexed)
+    return walk.pending(session, after, limit, _docs(session), EXTRACT_VERSION)
 
 
 def live_guids(session: Session, account: str | None) -> list[str]:

@@ -105,6 +105,12 @@ __all__ = ["SyncClient", "SyncReport"]
 log = logging.getLogger("peerd.sync.client")
 
 UPLOAD_BATCH = 8 << 20
+# A rolling delta's sync-log acknowledgement rides (Store.write's ``ride``)
+# for up to this long: it joins the next commit (on a busy owner the next
+# delivery's, a few milliseconds later) instead of adding a commit and a
+# WAL flush of its own for every message replicated. A change to the same
+# account is itself a commit, so it never waits behind the rider.
+ACK_RIDE = 0.1
 
 
 @dataclass(slots=True)
@@ -678,7 +684,7 @@ class SyncClient:
         self._marks[account] = (epoch, delta.state)
         report.steps.append("ENDUSER")
         if rows and self.owns_sync_log:
-            await store.write(partial(synclog.acknowledge, rows=rows))
+            await store.write(partial(synclog.acknowledge, rows=rows), ride=ACK_RIDE)
         return True
 
     async def _push(
