@@ -36,6 +36,7 @@ from engine.models import (
     VacationSent,
 )
 from engine.syncstate import (
+    MAILBOX_STATE,
     RECORD_COLUMNS,
     AccountState,
     MailboxState,
@@ -52,19 +53,7 @@ T = TypeVar("T")
 
 CHUNK = 500  # values in one IN list (SQLite allows 32,766; PostgreSQL plans these well)
 
-_MAILBOX_COLUMNS = (
-    Mailbox.id,
-    Mailbox.account_id,
-    Mailbox.uniqueid,
-    Mailbox.name,
-    Mailbox.uidvalidity,
-    Mailbox.last_uid,
-    Mailbox.highestmodseq,
-    Mailbox.acl,
-    Mailbox.checksum,
-    Mailbox.exists,
-    Mailbox.sync_base,
-)
+_MAILBOX_COLUMNS = (Mailbox.id, Mailbox.account_id, *MAILBOX_STATE)
 
 
 @dataclass(frozen=True, slots=True)

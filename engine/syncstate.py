@@ -42,6 +42,7 @@ from engine.models import (
 )
 
 __all__ = [
+    "MAILBOX_STATE",
     "AccountState",
     "MailboxState",
     "MailboxSummary",
@@ -261,19 +262,21 @@ def read_account_state(
 _ACCOUNT = select(
     Account.id, Account.name, Account.password_hash, Account.quota_limit, Account.message_limit
 ).where(Account.name == bindparam("name"))
+# A mailbox's state as the sync compares it, in this order (here and in
+# engine.bulkstate, which reads many accounts' at once).
+MAILBOX_STATE = (
+    Mailbox.uniqueid,
+    Mailbox.name,
+    Mailbox.uidvalidity,
+    Mailbox.last_uid,
+    Mailbox.highestmodseq,
+    Mailbox.acl,
+    Mailbox.checksum,
+    Mailbox.exists,
+    Mailbox.sync_base,
+)
 _MAILBOXES = (
-    select(
-        Mailbox.id,
-        Mailbox.uniqueid,
-        Mailbox.name,
-        Mailbox.uidvalidity,
-        Mailbox.last_uid,
-        Mailbox.highestmodseq,
-        Mailbox.acl,
-        Mailbox.checksum,
-        Mailbox.exists,
-        Mailbox.sync_base,
-    )
+    select(Mailbox.id, *MAILBOX_STATE)
     .where(Mailbox.account_id == bindparam("account_id"))
     .order_by(Mailbox.name)
 )
