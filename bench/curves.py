@@ -68,6 +68,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -190,9 +191,10 @@ def generate(
                     synclog.record(s, acct.name, box.uniqueid, "append")
                 records.write()
                 parsed.put(s, parsed_rows)
-                textindex.put(s, docs)
 
             store.write_sync(fill, dirs=dirs)
+            # The index has a file and a writer of its own (engine.store).
+            store.index_write_sync(partial(textindex.put, docs=docs))
             if item is not None:
                 batch, size = [item], item[2]
     finally:

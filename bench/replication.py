@@ -155,6 +155,9 @@ def settle(*nodes: Node, timeout: float = 600.0) -> float:
     started = time.perf_counter()
     for node in nodes:
         db = sqlite3.connect(f"file:{node.db_path}?mode=ro", uri=True, timeout=5)
+        # The full-text index's own file (engine.textindex.index_file).
+        index = node.db_path.with_name(f"{node.db_path.stem}.fulltext{node.db_path.suffix}")
+        db.execute("ATTACH DATABASE ? AS textindex", (f"file:{index}?mode=ro",))
         try:
             while db.execute(_UNDONE).fetchone() != (0, 0):
                 if time.perf_counter() - started > timeout:

@@ -45,6 +45,17 @@ commits). Left to SQLite, the commit that crossed 1,000 WAL pages did it:
 megabytes written and the database file fsynced before that batch's writers
 heard of their commit.
 
+On SQLite the full-text index (:mod:`engine.textindex`) lives in a database
+file of its own (:func:`engine.textindex.index_file`) with a writer of its
+own (:meth:`Store.index_write`, one thread, its own connection): SQLite
+locks per file, so the index's FTS5 inserts (milliseconds a text, flushed
+at the write's end) never hold the committer while a delivery or a
+replicated DELTA waits. The read connections ``ATTACH`` it, so a read sees
+``fulltext`` and ``fulltext_docs`` beside ``messages`` under their plain
+names; the committer's connection does not (a ``BEGIN IMMEDIATE`` there
+would lock the index file too). On PostgreSQL the index is a table of the
+one database and :meth:`Store.index_write` is a background write.
+
 After a commit, listeners get the list of :class:`~engine.synclog.Change`
 the batch made (the rolling replication worker and IMAP IDLE use it), on the
 event loop that started the store.
@@ -62,13 +73,15 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
+from engine import textindex
 from engine.db import make_engine
 from engine.errors import DatabaseBusy, EngineError, TemporaryFailure
 from engine.spool import Spool, Staged
@@ -181,6 +194,18 @@ class Store:
         self.spool = Spool(self.data_dir / "spool", clean=owner, flush=flush)
         self.engine: Engine = make_engine(url, immediate=True, autocheckpoint=False)
         self.read_engine: Engine = make_engine(url)
+        # SQLite: the full-text index's own file, writer and thread (module docstring).
+        self.index_engine: Engine | None = None
+        self._index_writer: concurrent.futures.ThreadPoolExecutor | None = None
+        index_path = textindex.index_file(self.engine)
+        if index_path is not None:
+            textindex.create_index_file(index_path)
+            self.index_engine = make_engine(f"sqlite:///{index_path}", immediate=True)
+            event.listen(self.index_engine, "connect", textindex.cache_connection)
+            event.listen(self.read_engine, "connect", partial(textindex.attach, path=index_path))
+            self._index_writer = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="store-index"
+            )
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._readers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="store-read")
         self._listeners: list[Listener] = []
@@ -240,9 +265,13 @@ class Store:
             self._checkpointer.join()
         self._flusher.shutdown(wait=True)
         self._readers.shutdown(wait=True)
+        if self._index_writer is not None:
+            self._index_writer.shutdown(wait=True)
         self.spool.close()
         self.engine.dispose()
         self.read_engine.dispose()
+        if self.index_engine is not None:
+            self.index_engine.dispose()
 
     # -- writes ------------------------------------------------------------
 
@@ -335,6 +364,33 @@ class Store:
         self, fn: Callable[[Session], T], *, dirs: Iterable[Path] = (), replaying: bool = False
     ) -> T:
         return self.submit(fn, dirs=dirs, replaying=replaying).result()
+
+    # -- the full-text index's writes -------------------------------------
+
+    def index_write_sync(self, fn: Callable[[Session], T]) -> T:
+        """Run ``fn`` in a transaction of the full-text index's own writer
+        (SQLite; module docstring), or as a write of the committer
+        (PostgreSQL, where the index is a table of the one database). Only
+        :mod:`engine.textindex`'s tables are there on SQLite."""
+        if self.index_engine is None:
+            return self.write_sync(fn)
+        if self._closed:
+            raise TemporaryFailure("the store is shutting down")
+        try:
+            with Session(self.index_engine, expire_on_commit=False) as session, session.begin():
+                return fn(session)
+        except (OperationalError, DBAPIError) as exc:
+            raise translate_db_error(exc) from exc
+
+    async def index_write(self, fn: Callable[[Session], T]) -> T:
+        """:meth:`index_write_sync` off the event loop: on the index's one
+        writer thread (SQLite), or a background write of the committer."""
+        if self._index_writer is None:
+            return await self.write(fn, background=True)
+        if self._closed:
+            raise TemporaryFailure("the store is shutting down")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._index_writer, self.index_write_sync, fn)
 
     # -- reads -------------------------------------------------------------
 

@@ -146,6 +146,11 @@ class Sweeper:
         for i in range(0, len(due), REMOVE_SLICE):
             part = due[i : i + REMOVE_SLICE]
             removed, errors = await self.store.write(partial(self._remove, guids=part), alone=True)
+            if removed:
+                # The text goes with the bytes, by the index's own writer
+                # (its own file on SQLite: engine.store); a row left behind
+                # names a GUID no record names, and answers nothing.
+                await self.store.index_write(partial(textindex.forget, guids=list(removed)))
             for guid in part:
                 self.condemned.pop(guid, None)
             result.removed += len(removed)
@@ -207,7 +212,7 @@ class Sweeper:
         gone = sorted(removed)
         for i in range(0, len(gone), _CHUNK):
             session.execute(delete(MessageMeta).where(MessageMeta.guid.in_(gone[i : i + _CHUNK])))
-        # The text and the parsed data go with the bytes: no live record names them.
-        textindex.forget(session, gone)
+        # The parsed data goes with the bytes: no live record names them (the
+        # text too, by the index's writer: Sweeper.run).
         parsed.forget(session, gone)
         return removed, errors

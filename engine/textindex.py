@@ -16,8 +16,22 @@ MOVE or a second recipient of the same bytes costs nothing more.
   applied on the replica, a repair) adds a ``messages`` row with a higher
   ``id``, so one walk catches them all, including what a replica receives.
 - **Emptying.** A row goes when the spool sweep removes its GUID's bytes
-  (:func:`forget`, in the sweep's own write: the last live record is gone),
-  and :func:`forget_unnamed` drops the rows of GUIDs no live record names.
+  (:func:`forget`, written by the index's writer right after the sweep's
+  write: the last live record is gone), and :func:`unnamed` names the
+  rows no live record names, for the same :func:`forget`.
+- **Where.** On SQLite the two tables live in a database file of their own
+  beside the node's (:func:`index_file`: ``peerd.db`` → ``peerd.fulltext.db``,
+  made by :func:`create_index_file`; migration ``0013_fulltext_file`` dropped
+  them from the node's file), written by the store's index writer
+  (:meth:`engine.store.Store.index_write`) and ``ATTACH``-ed by its read
+  connections (:func:`attach`), so the queries here name them as before.
+  SQLite locks per file: the FTS5 inserts never hold the store's committer
+  while a delivery or a replicated DELTA waits. The file is a cache of the
+  spool's bytes, keyed by GUID (a GUID's text never changes): a row for a
+  GUID no live record names answers nothing, and a file lost or left from
+  before a restore is refilled or trimmed (:func:`unnamed`) by the indexer,
+  search decoding what it lacks meanwhile. On PostgreSQL the table stays in
+  the one database.
 - **Asking.** :func:`ask` answers a SEARCH's BODY/TEXT keys for one mailbox:
   which of its GUIDs the index holds and which of those match each key.
   :class:`TextSearch` combines that with :func:`engine.fulltext.extract` for
@@ -27,11 +41,13 @@ MOVE or a second recipient of the same bytes costs nothing more.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from pathlib import Path
+from typing import Any, Final
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import Engine, bindparam, text
 from sqlalchemy.orm import Session
 
 from engine import walk
@@ -39,6 +55,7 @@ from engine.accounts import get_account
 from engine.fulltext import (
     EXTRACT_VERSION,
     MIN_INDEXED,
+    SQLITE_DDL,
     Key,
     Searchable,
     extract,
@@ -55,13 +72,19 @@ __all__ = [
     "Pending",
     "TextSearch",
     "ask",
+    "attach",
+    "cache_connection",
     "counts",
+    "create_index_file",
     "forget",
-    "forget_unnamed",
+    "index_file",
     "live_guids",
     "pending",
     "put",
+    "unnamed",
 ]
+
+SCHEMA: Final = "textindex"  # the index file's name on the read connections (ATTACH ... AS)
 
 Question = tuple[Key, str]
 
@@ -73,6 +96,58 @@ def _sqlite(session: Session) -> bool:
 def _docs(session: Session) -> str:
     """The table naming the indexed GUIDs and their version."""
     return "fulltext_docs" if _sqlite(session) else "fulltext"
+
+
+# -- where ----------------------------------------------------------------------------------
+
+
+def index_file(engine: Engine) -> Path | None:
+    """The SQLite file of the index beside the node's database file
+    (``peerd.db`` → ``peerd.fulltext.db``); None on PostgreSQL, or for a
+    database in memory (the index stays in it, as before)."""
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    path = Path(database).resolve()
+    return path.with_name(f"{path.stem}.fulltext{path.suffix or '.db'}")
+
+
+def create_index_file(path: Path) -> None:
+    """Make the index's file and tables if they are not there (WAL, as the
+    node's file: readers never wait for its writer)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        if "fulltext_docs" not in tables or "fulltext" not in tables:
+            db.execute("BEGIN IMMEDIATE")
+            for ddl in SQLITE_DDL:
+                db.execute(
+                    ddl.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS").replace(
+                        "CREATE VIRTUAL TABLE", "CREATE VIRTUAL TABLE IF NOT EXISTS"
+                    )
+                )
+            db.execute("COMMIT")
+    finally:
+        db.close()
+
+
+def cache_connection(dbapi_connection: Any, _record: Any) -> None:
+    """The index writer's connections: its file is a cache of the spool's
+    bytes (lost writes are indexed again), so a commit is not fsynced
+    (``synchronous=NORMAL`` in WAL mode: durable at the next checkpoint;
+    a crash loses the last commits, never the file's consistency)."""
+    dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+
+def attach(dbapi_connection: Any, _record: Any, *, path: Path) -> None:
+    """A read connection of the node's database: the index's file too, as
+    :data:`SCHEMA`; its tables' plain names resolve there (the node's file
+    has none since ``0013_fulltext_file``)."""
+    dbapi_connection.execute(f"ATTACH DATABASE ? AS {SCHEMA}", (str(path),))
 
 
 # -- filling ----------------------------------------------------------------------------------
@@ -172,18 +247,19 @@ def forget(session: Session, guids: Iterable[str]) -> None:
             )
 
 
-def forget_unnamed(session: Session) -> int:
-    """Drop the rows of GUIDs no live record names; how many went."""
+def unnamed(session: Session) -> list[str]:
+    """The indexed GUIDs no live record names (a read: :func:`forget` them
+    with the index's writer)."""
     docs = _docs(session)
-    unnamed = session.scalars(
-        text(
-            f"SELECT guid FROM {docs} WHERE guid NOT IN"
-            " (SELECT guid FROM messages WHERE expunged = :no)"
-        ),
-        {"no": False},
-    ).all()
-    forget(session, unnamed)
-    return len(unnamed)
+    return list(
+        session.scalars(
+            text(
+                f"SELECT guid FROM {docs} WHERE guid NOT IN"
+                " (SELECT guid FROM messages WHERE expunged = :no)"
+            ),
+            {"no": False},
+        ).all()
+    )
 
 
 # -- asking -----------------------------------------------------------------------------------

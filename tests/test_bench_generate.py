@@ -55,6 +55,9 @@ def varied(account: str, i: int) -> bytes:
 def stored(node: Node) -> tuple[dict[str, Any], dict[str, Any]]:
     """Each GUID's parsed row and full-text row, read from the store on disk."""
     with sqlite3.connect(node.db_path) as db:
+        # The full-text index's own file (engine.textindex.index_file).
+        index = node.db_path.with_name(f"{node.db_path.stem}.fulltext{node.db_path.suffix}")
+        db.execute("ATTACH DATABASE ? AS textindex", (str(index),))
         rows = {
             r[0]: r[1:]
             for r in db.execute(

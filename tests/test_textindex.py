@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import threading
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -60,7 +61,7 @@ def deliver(store: Store, box: str, raws: list[bytes]) -> tuple[int, list[tuple[
 
 def index(store: Store, guids: list[str]) -> None:
     docs = [(g, extract(store.spool.read(g))) for g in guids]
-    store.write_sync(partial(textindex.put, docs=docs))
+    store.index_write_sync(partial(textindex.put, docs=docs))
 
 
 def reading(store: Store, read: list[str], guid: str) -> bytes:
@@ -185,7 +186,7 @@ def test_an_old_version_counts_as_not_indexed(store: Store) -> None:
     guid = records[0][1]
     index(store, [guid])
     table = "fulltext_docs" if store.engine.dialect.name == "sqlite" else "fulltext"
-    store.write_sync(
+    store.index_write_sync(
         lambda s: s.execute(text(f"UPDATE {table} SET version = :v"), {"v": EXTRACT_VERSION - 1})
     )
     assert store.read_sync(partial(textindex.pending, after=0)).guids == (guid,)
@@ -231,5 +232,43 @@ def test_forget_unnamed_drops_rows_no_live_record_names(store: Store) -> None:
         messages.expunge(s, account, mailbox.get_mailbox(s, account, "INBOX"), [2])
 
     store.write_sync(expunge)
-    assert store.write_sync(textindex.forget_unnamed) == 1
+    unnamed = store.read_sync(textindex.unnamed)
+    assert unnamed == [guids[1]]
+    store.index_write_sync(partial(textindex.forget, guids=unnamed))
     assert rows(store) == {guids[0]}
+
+
+def test_on_sqlite_the_index_has_a_file_and_a_writer_of_its_own(store: Store) -> None:
+    """SQLite locks per file: while the index's writer holds its write lock
+    (an FTS5 insert in progress), the store's committer still commits, and
+    the node's file holds no index table (migration 0013_fulltext_file)."""
+    if store.index_engine is None:
+        return  # PostgreSQL: the index is a table of the one database
+    add_alice(store)
+    _, records = deliver(store, "INBOX", [b"Subject: x\r\n\r\nseparate file\r\n"])
+    guid = records[0][1]
+    path = textindex.index_file(store.engine)
+    assert path is not None and path.exists() and path != store.data_dir / "peerd.db"
+    with store.engine.connect() as conn:
+        names = set(conn.execute(text("SELECT name FROM main.sqlite_master")).scalars())
+    assert not names & {"fulltext", "fulltext_docs"}
+    holding = threading.Event()
+    release = threading.Event()
+
+    def slow_put(s: Session) -> None:
+        textindex.put(s, [(guid, extract(store.spool.read(guid)))])
+        holding.set()
+        release.wait(10)  # the index file's write lock is held until this returns
+
+    writer = threading.Thread(target=store.index_write_sync, args=(slow_put,))
+    writer.start()
+    try:
+        assert holding.wait(10)
+        started = time.monotonic()
+        deliver(store, "INBOX", [b"Subject: y\r\n\r\nnot queued\r\n"])
+        assert time.monotonic() - started < 5
+        assert rows(store) == set()  # not committed yet: readers see the last commit
+    finally:
+        release.set()
+        writer.join()
+    assert rows(store) == {guid}

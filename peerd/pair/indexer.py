@@ -4,12 +4,16 @@ How this works: :mod:`engine.textindex` keeps the text, keyed by GUID. Here
 one task keeps it filled. It walks ``messages`` by ``id`` from a mark held in
 memory (:func:`engine.textindex.pending`), reads the bytes of the GUIDs not
 indexed yet off the event loop, extracts their text
-(:func:`engine.fulltext.extract`) and stores it with small writes of the
-store's committer, made while the store is idle or, while other writes
-keep coming, for at most :data:`SHARE` of the time (:meth:`Indexer._settle`:
-FTS5 inserts hold the one committer, and deliveries must not queue behind
-them; the index catches up between bursts, and a search decodes what it
-has not reached, below). It runs when the store reports a commit and
+(:func:`engine.fulltext.extract`) and stores it with the store's index
+writer (:meth:`engine.store.Store.index_write`): on SQLite the index is a
+database file of its own with a writer of its own, so a walk's texts go in
+one write that no delivery or DELTA queues behind (SQLite locks per file).
+On PostgreSQL the index is a table of the one database and its writes are
+the committer's: there they are small, made while the store is idle or,
+while other writes keep coming, for at most :data:`SHARE` of the time
+(:meth:`Indexer._settle`: deliveries must not queue behind them; the index
+catches up between bursts, and a search decodes what it has not reached,
+below). It runs when the store reports a commit and
 every :data:`POLL` seconds (LMTP worker processes and a second process
 write records this daemon's store hears nothing about), and once from the
 start at start-up, so a store upgraded to an empty index, or one whose
@@ -161,10 +165,11 @@ class Indexer(Walker):
             docs, lost = await store.run_blocking(partial(self._extract, guids[i : i + BATCH]))
             while docs:
                 size = len(docs)
-                if yielding:
+                if yielding and store.index_engine is None:
+                    # PostgreSQL: the index's writes are the committer's.
                     size = await self._settle()
                 started = loop.time()
-                await store.write(partial(textindex.put, docs=docs[:size]), background=True)
+                await store.index_write(partial(textindex.put, docs=docs[:size]))
                 took = loop.time() - started
                 self._due = loop.time() + took * (1 - SHARE) / SHARE
                 indexed += len(docs[:size])
@@ -207,7 +212,9 @@ class Indexer(Walker):
             store = self.node.store
             guids = await store.read(lambda s: textindex.live_guids(s, account))
             if account is None:
-                result.forgotten = await store.write(textindex.forget_unnamed)
+                unnamed = await store.read(textindex.unnamed)
+                await store.index_write(partial(textindex.forget, guids=unnamed))
+                result.forgotten = len(unnamed)
             result.indexed, result.missing = await self._index(guids)
         result.seconds = time.monotonic() - started
         log.info(
