@@ -29,18 +29,22 @@ applies a push the full compare would have produced from the same states.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import Executable
 
+from engine import fastsql
 from engine.compare import Push, compare
 from engine.models import Account, Mailbox, Message
 from engine.syncstate import (
+    RECORD_COLUMNS,
     AccountState,
     MailboxState,
     RecordState,
-    local_records,
     read_account_state,
+    record_of,
 )
 
 __all__ = ["Delta", "mark_of", "matches", "owner_delta"]
@@ -117,11 +121,16 @@ def owner_delta(session: Session, account: str, mark: AccountState) -> Delta | N
         if m.summary.same_content(base):
             replica_view.append(MailboxState(base))
             continue
-        mailbox = session.scalar(select(Mailbox).where(Mailbox.uniqueid == m.summary.uniqueid))
-        if mailbox is None:
+        found = fastsql.rows(session, _MAILBOX_ID, {"uniqueid": m.summary.uniqueid})
+        if not found:
             return None
-        owner_records[m.summary.uniqueid] = local_records(
-            session, mailbox, since=base.highestmodseq
+        # On the DB-API cursor (engine.fastsql): the plan runs for every
+        # rolling DELTA, and the ORM's execution was most of its CPU.
+        owner_records[m.summary.uniqueid] = tuple(
+            record_of(row)
+            for row in fastsql.rows(
+                session, _RECORDS_SINCE, {"mailbox_id": found[0][0], "since": base.highestmodseq}
+            )
         )
         # The replica as the mark says it is: its base is the marked
         # highestmodseq and it changed nothing since (it checks that).
@@ -146,20 +155,35 @@ def _new_guids(
     held: set[str] = set()
     wanted = sorted(candidates)
     for i in range(0, len(wanted), 400):
-        rows = session.execute(
-            select(Message.guid, Mailbox.uniqueid, Message.modseq)
-            .join(Mailbox, Mailbox.id == Message.mailbox_id)
-            .join(Account, Account.id == Mailbox.account_id)
-            .where(
-                Account.name == account,
-                Message.guid.in_(wanted[i : i + 400]),
-                # A tombstone's bytes may have left the replica's spool (engine.sweep).
-                Message.expunged.is_(False),
-            )
-        )
+        rows = fastsql.select_in(session, _held_query, wanted[i : i + 400], [account])
         for guid, uniqueid, modseq in rows:
             then = marked.get(uniqueid)
             # A live record at or below the marked modseq was on the replica then.
             if then is not None and modseq <= then.summary.highestmodseq:
                 held.add(guid)
     return tuple(sorted(candidates - held))
+
+
+_MAILBOX_ID = select(Mailbox.id).where(Mailbox.uniqueid == bindparam("uniqueid"))
+# engine.syncstate.records_of(since=...) without uids: records and tombstones
+# changed after the marked highestmodseq, in uid order.
+_RECORDS_SINCE = (
+    select(*RECORD_COLUMNS)
+    .where(Message.mailbox_id == bindparam("mailbox_id"), Message.modseq > bindparam("since"))
+    .order_by(Message.uid)
+)
+
+
+def _held_query(guids: list[Any], accounts: list[Any]) -> Executable:
+    """The account's live records among ``guids`` (engine.fastsql.select_in)."""
+    return (
+        select(Message.guid, Mailbox.uniqueid, Message.modseq)
+        .join(Mailbox, Mailbox.id == Message.mailbox_id)
+        .join(Account, Account.id == Mailbox.account_id)
+        .where(
+            Account.name.in_(accounts),
+            Message.guid.in_(guids),
+            # A tombstone's bytes may have left the replica's spool (engine.sweep).
+            Message.expunged.is_(False),
+        )
+    )
