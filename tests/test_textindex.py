@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from sqlalchemy.orm import Session
 from engine import accounts, mailbox, messages, textindex
 from engine.fulltext import EXTRACT_VERSION, Key, extract, matches
 from engine.passwords import MIN_LN, hash_password
-from engine.store import Store
+from engine.store import INDEX_NICE, Store
 from engine.sweep import Sweeper
 from peerd.protocols.imap.parser import tokenize
 from peerd.protocols.imap.search import compile_search
@@ -272,3 +273,16 @@ def test_on_sqlite_the_index_has_a_file_and_a_writer_of_its_own(store: Store) ->
         release.set()
         writer.join()
     assert rows(store) == {guid}
+
+
+def test_the_index_writer_runs_at_a_lower_priority(store: Store) -> None:
+    """Its inserts wait for a free core, not the deliveries and DELTAs."""
+    if store.index_engine is None:
+        return  # PostgreSQL: the index's writes are the committer's
+
+    def priority(_s: Session) -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    theirs = asyncio.run(store.index_write(priority))
+    assert theirs == min(19, mine + INDEX_NICE)
