@@ -152,6 +152,10 @@ _MIXES = (
     b"(BODYSTRUCTURE)",
     b"(UID INTERNALDATE MODSEQ BODY FLAGS BODYSTRUCTURE ENVELOPE)",
     b"(UID BODY.PEEK[])",
+    # One whole message among record fields (two formats around the literal).
+    b"(BODY.PEEK[])",
+    b"(FLAGS BODY[] UID INTERNALDATE MODSEQ)",
+    b"(RFC822 RFC822.SIZE)",
     b"(BODY.PEEK[]<0.10> UID BODY.PEEK[]<50.100000> RFC822.SIZE BODY.PEEK[]<999999.5>)",
     b"(RFC822 FLAGS BODY[HEADER.FIELDS (SUBJECT)] BODY.PEEK[TEXT]<1.3> ENVELOPE)",
     b"(UID RFC822.HEADER RFC822.TEXT BINARY.PEEK[1] BINARY.SIZE[1] BODY.PEEK[1.MIME])",
@@ -185,7 +189,10 @@ def test_the_renderer_gives_what_render_fetch_gives(mix: bytes) -> None:
         renderer.prefetch([r.guid for r in records[:2]], cache)  # nothing held yet
         for seq, record in enumerate(records, 1):
             out: list[Segment] = []
+            spans = renderer.spans
             held = renderer.message(seq, record, by_guid.__getitem__, cache, out)
+            # The count the caller reads to know that files are to be opened.
+            assert renderer.spans - spans == sum(isinstance(s, Span) for s in out)
             if span_from is None:
                 expected: list[Segment] = [
                     render_fetch(seq, record, atts, by_guid.__getitem__, cache)

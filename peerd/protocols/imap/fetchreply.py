@@ -45,7 +45,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, Protocol, cast
 
 from peerd.protocols.imap import structure
 from peerd.protocols.imap.fetchatt import (
@@ -352,7 +352,9 @@ class FetchRenderer:
         "_items",
         "_span_from",
         "_structured",
+        "_whole",
         "_wholes",
+        "spans",
     )
 
     def __init__(self, items: Iterable[FetchAtt], *, span_from: int | None = None) -> None:
@@ -388,6 +390,25 @@ class FetchRenderer:
             _CODES.get(att, _WHOLE if i in self._wholes else _SECTION)
             for i, att in enumerate(self._items)
         )
+        # How many Spans the renderer has put out (the caller opens their files).
+        self.spans = 0
+        # One whole message (BODY[], BODY.PEEK[], RFC822, no partial) among
+        # record fields only, as UID FETCH 1:* BODY.PEEK[] asks: its response
+        # is two formats around the literal (see _whole_message).
+        self._whole: tuple[bytes, bytes, tuple[int, ...], tuple[int, ...]] | None = None
+        if len(self._wholes) == 1 and all(0 <= c < 10 or c == _WHOLE for c in self._codes):
+            ((at, (name, partial)),) = self._wholes.items()
+            if partial is None:
+                head = b"".join(_RECORD_FIELDS[cast(Item, att)] + b" " for att in self._items[:at])
+                tail = b"".join(
+                    b" " + _RECORD_FIELDS[cast(Item, att)] for att in self._items[at + 1 :]
+                )
+                self._whole = (
+                    b"* %d FETCH (" + head + name.replace(b"%", b"%%") + b" {%d}\r\n",
+                    tail + b")\r\n",
+                    self._codes[:at],
+                    self._codes[at + 1 :],
+                )
 
     def prefetch(self, guids: Iterable[str], structures: StructureCache) -> None:
         """Look up the held structures of the messages about to be rendered
@@ -415,6 +436,8 @@ class FetchRenderer:
         memory (of its literals and structures). Raises as the ``reader``
         does, with ``out`` holding part of the response: the caller drops
         what it appended."""
+        if self._whole is not None:
+            return self._whole_message(seq, record, reader, out)
         found = None
         if self._structured:
             found = self._found.get(record.guid) or structures.get(record.guid, reader)
@@ -438,6 +461,44 @@ class FetchRenderer:
             out.append(line)
             return len(line)
         return self._pieces(seq, record, reader, found, out)
+
+    def _record_values(self, codes: tuple[int, ...], record: Record) -> list[object]:
+        values: list[object] = []
+        for code in codes:
+            if code == 0:
+                values.append(record.uid)
+            elif code == 1:
+                values.append(self._flag_list(record.flags))
+            elif code == 2:
+                values.append(record.size)
+            elif code == 3:
+                values.append(record.modseq)
+            else:
+                values.append(internaldate(record.internaldate))
+        return values
+
+    def _whole_message(self, seq: int, record: Record, reader: Reader, out: Sink) -> int:
+        """:meth:`_pieces` for one whole-message literal among record fields:
+        the same octets, from two formats made once per FETCH."""
+        assert self._whole is not None
+        head, tail, before, after = self._whole
+        size = record.size
+        span_from = self._span_from
+        data: bytes | None = None
+        if span_from is None or size < span_from:
+            data = reader(record.guid)
+            size = len(data)
+        if before:
+            out.append(head % (seq, *self._record_values(before, record), size))
+        else:
+            out.append(head % (seq, size))
+        if data is None:
+            out.append(Span(record.guid, size, 0, size))
+            self.spans += 1
+        else:
+            out.append(data)
+        out.append(tail % tuple(self._record_values(after, record)) if after else tail)
+        return 0 if data is None else size
 
     def _pieces(
         self, seq: int, record: Record, reader: Reader, found: Structure | None, out: Sink
@@ -467,6 +528,7 @@ class FetchRenderer:
                         text.append(name + b" {%d}\r\n" % count)
                         out.append(b"".join(text))
                         out.append(Span(record.guid, size, first, count))
+                        self.spans += 1
                         text = []
                         continue
                 if raw is None:

@@ -255,21 +255,24 @@ async def send_direct(session: Session, segments: list[bytes | Sendable]) -> Non
     Each :class:`Sendable`'s file is closed, sent or not."""
     writer = session.writer
     transport = writer.transport
+    # The socket's descriptor, looked up once: each use below first checks
+    # that the transport is not closing (a closed one's number may be reused).
+    fd = _fd(transport)
     try:
         run: list[bytes] = []
         for segment in segments:
             if isinstance(segment, bytes):
                 run.append(segment)
                 if len(run) >= _IOV_MAX:
-                    _write_run(transport, run)
+                    _write_run(transport, fd, run)
                     run = []
                 continue
             if run:
-                _write_run(transport, run)
+                _write_run(transport, fd, run)
                 run = []
             if transport.get_write_buffer_size() > _HIGH_WATER:
                 await writer.drain()
-            sent = _sendfile_now(transport, segment)
+            sent = _sendfile_now(transport, fd, segment)
             if sent < segment.count:
                 rest = Sendable(segment.file, segment.offset + sent, segment.count - sent)
                 await writer.drain()
@@ -278,7 +281,7 @@ async def send_direct(session: Session, segments: list[bytes | Sendable]) -> Non
                 log.error("FETCH: a message file gave %d of %d octets", sent, segment.count)
                 raise Closed
         if run:
-            _write_run(transport, run)
+            _write_run(transport, fd, run)
         await writer.drain()
     finally:
         for segment in segments:
@@ -286,7 +289,7 @@ async def send_direct(session: Session, segments: list[bytes | Sendable]) -> Non
                 segment.file.close()
 
 
-def _write_run(transport: asyncio.WriteTransport, run: list[bytes]) -> None:
+def _write_run(transport: asyncio.WriteTransport, fd: int, run: list[bytes]) -> None:
     """``run`` written in order: straight to the socket while the transport
     holds nothing, the rest (joined once) to the transport."""
     if transport.is_closing():
@@ -294,7 +297,7 @@ def _write_run(transport: asyncio.WriteTransport, run: list[bytes]) -> None:
     sent = 0
     if not transport.get_write_buffer_size():
         try:
-            sent = os.writev(_fd(transport), run)
+            sent = os.writev(fd, run)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError as exc:
@@ -309,14 +312,14 @@ def _write_run(transport: asyncio.WriteTransport, run: list[bytes]) -> None:
         sent -= len(piece)
 
 
-def _sendfile_now(transport: asyncio.WriteTransport, segment: Sendable) -> int:
+def _sendfile_now(transport: asyncio.WriteTransport, fd: int, segment: Sendable) -> int:
     """The octets of ``segment`` the socket takes now without waiting (none
     while the transport still holds octets of its own)."""
     if transport.is_closing():
         raise Closed
     if transport.get_write_buffer_size():
         return 0
-    fd, src = _fd(transport), segment.file.fileno()
+    src = segment.file.fileno()
     sent = 0
     while sent < segment.count:
         try:
@@ -379,9 +382,10 @@ def render_group(
         for seq, record in group:
             end += 1
             mark = len(out)
+            spans = renderer.spans
             try:
                 size += renderer.message(seq, record, reader, structures, out)
-                if opener is not None and any(isinstance(s, Span) for s in out[mark:]):
+                if opener is not None and renderer.spans != spans:
                     size += _open_spans(seq, record, items, reader, structures, opener, out, mark)
             except Corrupt as exc:
                 log.warning("FETCH of UID %d: %s", record.uid, exc.message)
