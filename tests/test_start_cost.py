@@ -15,7 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from peerd.services.lmtp.worker import encode_frame
+import pytest
+
+from peerd.services.lmtp.worker import Forked, encode_frame
 from tests.harness.daemons import Node
 from tests.harness.procs import wait_until
 
@@ -204,3 +206,29 @@ def _read_exactly(sock: socket.socket, n: int) -> bytes:
             raise ConnectionError("the worker closed its pipe")
         data += chunk
     return data
+
+
+def test_a_forked_worker_that_died_before_its_sockets_came_is_reaped() -> None:
+    """``Forked.hand_over`` to a worker that is gone: an OSError (the daemon
+    execs one instead, ``_Worker._spawn``), and the dead child reaped, not
+    left a zombie."""
+    ours, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child: gone at once, as if killed
+        os._exit(3)
+    theirs.close()
+    wait_until(lambda: _state(pid) == "Z", 10, "the child to exit")
+    listener = socket.create_server(("127.0.0.1", 0))
+    pipe, other = socket.socketpair()
+    try:
+        with pytest.raises(OSError):
+            Forked(pid, ours).hand_over(listener.fileno(), pipe.fileno())
+        assert not Path(f"/proc/{pid}").exists()  # reaped
+        assert ours.fileno() == -1  # the daemon's end closed
+    finally:
+        for sock in (listener, pipe, other, ours):
+            sock.close()
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

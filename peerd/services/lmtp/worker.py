@@ -303,10 +303,13 @@ class _Worker:
         listen_fd = self.pool.listener.fileno()
         forked, self.forked = self.forked, None
         try:
+            process: asyncio.subprocess.Process | ForkedProcess | None = None
             if forked is not None and not forked.taken:
-                self.process = forked.hand_over(listen_fd, theirs.fileno())
-            else:
-                self.process = await self._exec(listen_fd, theirs.fileno())
+                try:
+                    process = forked.hand_over(listen_fd, theirs.fileno())
+                except OSError as exc:
+                    log.error("LMTP worker %d: the forked process is gone (%s)", self.number, exc)
+            self.process = process or await self._exec(listen_fd, theirs.fileno())
         finally:
             theirs.close()
         self.ready.clear()
@@ -659,6 +662,14 @@ class Forked:
         self.taken = True
         try:
             socket.send_fds(self.setup, [b"serve"], [listen_fd, pipe_fd])
+        except OSError:
+            # It died while it waited (killed by hand?): reaped here; the
+            # caller starts one with exec instead.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+            raise
         finally:
             self.setup.close()
         return ForkedProcess(self.pid)
