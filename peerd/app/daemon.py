@@ -1,6 +1,9 @@
 """``peerd run``: the daemon's life from start to clean stop; it builds and wires every part.
 
-How this works: read the config, check the database's integrity (a damaged
+How this works: read the config, fork the LMTP worker processes while the
+process has one thread and no event loop
+(:func:`~peerd.services.lmtp.worker.fork_workers`; they wait for their
+sockets until step 4), check the database's integrity (a damaged
 one stops the node with one line and exit status 65:
 :mod:`peerd.app.dbcheck`), migrate it (Alembic, always to head), open the
 store and make the node. Then each part is built here and
@@ -110,7 +113,7 @@ class _Started:
     indexer: Indexer | None = None
     sync_server: SyncServer | None = None
     lmtp: StatusSource | None = None
-    # Awaited before the node says it is ready (the LMTP workers importing).
+    # Awaited before the node says it is ready (the LMTP workers starting).
     pending: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     scrubber: Scrubber | None = None
     api: web.AppRunner | None = None

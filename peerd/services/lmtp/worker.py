@@ -1,8 +1,8 @@
 """LMTP worker processes: the protocol front in processes of its own.
 
 How this works: the daemon binds the LMTP port itself and starts ``[lmtp]
-workers`` processes (``peerd lmtp-worker``) that inherit the listening socket
-and one end of a socketpair each. A worker runs the protocol front of
+workers`` processes (forked at its start, or ``peerd lmtp-worker``; below)
+that get the listening socket and one end of a socketpair each. A worker runs the protocol front of
 :mod:`peerd.services.lmtp.front` (the protocol core, TLS, the SHA-1, the
 spool's temp file) and asks the daemon over the socketpair for what needs
 the database: a recipient check at RCPT, the delivery after DATA. The daemon
@@ -197,8 +197,9 @@ class WorkerPool:
     async def start(self) -> None:
         """Bind and start the workers, without waiting for them to serve:
         connections wait in the listener's backlog until a worker accepts, and
-        the daemon starts its other parts while the workers import
-        (:meth:`wait_ready` before it says it is ready)."""
+        the daemon starts its other parts while the workers start
+        (:meth:`wait_ready` before it says it is ready). The first workers
+        are the ones ``peerd run`` forked (``forked``), if any."""
         self.listener = socket.create_server(
             (self.address.host, self.address.port), backlog=1024, reuse_port=False
         )
