@@ -4,9 +4,8 @@ How this works: the daemon binds the LMTP port itself and starts ``[lmtp]
 workers`` processes (forked at its start, or ``peerd lmtp-worker``; below)
 that get the listening socket and one end of a socketpair each. A worker
 runs the protocol front of :mod:`peerd.services.lmtp.front` (the protocol
-core, TLS, the SHA-1, the
-spool's temp file) and asks the daemon over the socketpair for what needs
-the database: a recipient check at RCPT, the delivery after DATA. The daemon
+core, TLS, the SHA-1, the spool's temp file) and asks the daemon over the
+socketpair for what needs the database: a recipient check at RCPT, the delivery after DATA. The daemon
 answers with :class:`~peerd.services.lmtp.backend.StoreBackend`, where every
 delivery joins the group commit (which makes the temp file durable and
 renames it into the spool; ``tmp`` is null when the same bytes are in the
