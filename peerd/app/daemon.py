@@ -1,6 +1,9 @@
 """``peerd run``: the daemon's life from start to clean stop; it builds and wires every part.
 
-How this works: read the config, check the database's integrity (a damaged
+How this works: read the config, fork the LMTP worker processes while the
+process has one thread and no event loop
+(:func:`~peerd.services.lmtp.worker.fork_workers`; they wait for their
+sockets until step 4), check the database's integrity (a damaged
 one stops the node with one line and exit status 65:
 :mod:`peerd.app.dbcheck`), migrate it (Alembic, always to head), open the
 store and make the node. Then each part is built here and
@@ -45,6 +48,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -78,6 +82,9 @@ from peerd.replication.rolling import RollingWorker
 from peerd.replication.scrub import Scrubber
 from peerd.replication.server import SyncServer, start_sync_listener
 
+if TYPE_CHECKING:
+    from peerd.services.lmtp.worker import Forked
+
 __all__ = ["run_daemon", "serve"]
 
 log = logging.getLogger("peerd.app.daemon")
@@ -106,7 +113,7 @@ class _Started:
     indexer: Indexer | None = None
     sync_server: SyncServer | None = None
     lmtp: StatusSource | None = None
-    # Awaited before the node says it is ready (the LMTP workers importing).
+    # Awaited before the node says it is ready (the LMTP workers starting).
     pending: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     scrubber: Scrubber | None = None
     api: web.AppRunner | None = None
@@ -115,6 +122,8 @@ class _Started:
     mover: Mover | None = None
     # Server TLS contexts the listeners hold (IMAP STARTTLS, the sync listener).
     tls: list[ssl.SSLContext] = field(default_factory=list)
+    # LMTP workers forked before the event loop, waiting for their sockets.
+    forked: list[Forked] = field(default_factory=list)
 
 
 async def _start_sync_listener(node: Node, started: _Started) -> None:
@@ -268,7 +277,7 @@ async def _start_lmtp(node: Node, started: _Started) -> None:
         return
     from peerd.services.lmtp.worker import WorkerPool
 
-    pool = WorkerPool(backend, config, address, workers)
+    pool = WorkerPool(backend, config, address, workers, started.forked)
     await pool.start()
     started.lmtp = pool
     started.pending.append(pool.wait_ready)
@@ -350,7 +359,11 @@ def _on_sighup(loop: asyncio.AbstractEventLoop, reloader: Reloader) -> None:
         loop.add_signal_handler(signal.SIGHUP, handler)
 
 
-async def serve(config: Config, stop_event: asyncio.Event | None = None) -> None:
+async def serve(
+    config: Config, stop_event: asyncio.Event | None = None, forked: list[Forked] | None = None
+) -> None:
+    """The daemon until ``stop_event`` (SIGTERM, SIGINT); ``forked`` are the LMTP
+    workers :func:`~peerd.services.lmtp.worker.fork_workers` made for it."""
     loop = asyncio.get_running_loop()
     stop_event = stop_event or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -361,12 +374,14 @@ async def serve(config: Config, stop_event: asyncio.Event | None = None) -> None
     config.node.data_dir.mkdir(parents=True, exist_ok=True)
     lock = lock_data_dir(config.node.data_dir)
     try:
-        await _serve_locked(config, stop_event, created)
+        await _serve_locked(config, stop_event, created, forked or [])
     finally:
         lock.close()
 
 
-async def _serve_locked(config: Config, stop_event: asyncio.Event, created: bool) -> None:
+async def _serve_locked(
+    config: Config, stop_event: asyncio.Event, created: bool, forked: list[Forked]
+) -> None:
     loop = asyncio.get_running_loop()
     try:
         node, store = await _open(config, loop)
@@ -377,7 +392,7 @@ async def _serve_locked(config: Config, stop_event: asyncio.Event, created: bool
         raise
     if created:
         await _say_created(config, node)
-    started = _Started()
+    started = _Started(forked=forked)
     ready = False
     try:
         await _start_parts(node, started, loop)
@@ -534,12 +549,18 @@ def run_daemon(config: Config, log_format: str | None = None) -> int:
             "open files limited to %d: each connection takes one (raise LimitNOFILE / ulimit -Hn)",
             soft,
         )
+    from peerd.services.lmtp.worker import fork_workers, release_forked
+
+    # Before the event loop and any thread: see fork_workers.
+    forked = fork_workers(config)
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, forked=forked))
     except DatabaseDamaged as exc:
         log.critical("%s", exc)
         return EXIT_DATABASE_DAMAGED
     except StartRefused as exc:
         log.critical("%s (exit status %d)", exc, EXIT_CONFIG)
         return EXIT_CONFIG
+    finally:
+        release_forked(forked)
     return 0

@@ -65,8 +65,9 @@ from tests.harness.procs import Proc, kill9, pid_alive
 __all__ = ["ForkedProc", "Launcher", "close", "enabled", "run_module", "spawn"]
 
 # What a running daemon imports (peerd.app.daemon and what it imports while it
-# starts and serves: the services, the dialects). The LMTP worker is a process
-# of its own, started by the daemon with exec; it is not forked from here.
+# starts and serves: the services, the dialects). The daemon forks its LMTP
+# worker itself (peerd.services.lmtp.worker.fork_workers), as in production,
+# so the worker starts with these modules imported too.
 PRELOAD = (
     "peerd.app.main",
     "peerd.cli.peerctl",

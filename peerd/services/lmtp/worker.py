@@ -1,11 +1,11 @@
 """LMTP worker processes: the protocol front in processes of its own.
 
 How this works: the daemon binds the LMTP port itself and starts ``[lmtp]
-workers`` processes (``peerd lmtp-worker``) that inherit the listening socket
-and one end of a socketpair each. A worker runs the protocol front of
-:mod:`peerd.services.lmtp.front` (the protocol core, TLS, the SHA-1, the
-spool's temp file) and asks the daemon over the socketpair for what needs
-the database: a recipient check at RCPT, the delivery after DATA. The daemon
+workers`` processes (forked at its start, or ``peerd lmtp-worker``; below)
+that get the listening socket and one end of a socketpair each. A worker
+runs the protocol front of :mod:`peerd.services.lmtp.front` (the protocol
+core, TLS, the SHA-1, the spool's temp file) and asks the daemon over the
+socketpair for what needs the database: a recipient check at RCPT, the delivery after DATA. The daemon
 answers with :class:`~peerd.services.lmtp.backend.StoreBackend`, where every
 delivery joins the group commit (which makes the temp file durable and
 renames it into the spool; ``tmp`` is null when the same bytes are in the
@@ -31,6 +31,15 @@ worker -> daemon           daemon -> worker
 "mail_from", "queue_id"}``
 =========================  ===============================================
 
+Start: ``peerd run`` forks the first workers itself (:func:`fork_workers`),
+before its event loop, its threads, the data-dir lock or any database
+connection exist, so a worker is born with its modules imported instead of
+importing them again (about 0.4 s of CPU each). A forked worker waits on a
+socketpair until the daemon's LMTP starts and sends it the listening socket
+and its pipe (``SCM_RIGHTS``); the daemon reaps it by a pidfd. A worker
+started again after it died is exec'd (``peerd lmtp-worker``): by then the
+daemon has threads, and fork keeps only the calling one.
+
 Lifecycle: the listening socket stays open in the daemon while a worker is
 restarted, so connections wait in the backlog rather than being refused. A
 worker that exits unexpectedly is started again (after a pause that grows to
@@ -54,6 +63,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,10 +81,13 @@ if TYPE_CHECKING:  # the daemon's side; a worker process never imports the store
 
 __all__ = [
     "MAX_FRAME",
+    "Forked",
     "FrameWriter",
     "PipeBackend",
     "WorkerPool",
+    "fork_workers",
     "read_frame",
+    "release_forked",
     "worker_main",
     "write_frame",
 ]
@@ -159,13 +172,22 @@ async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
 class WorkerPool:
     """The daemon's LMTP: the listening socket, its worker processes and their pipes."""
 
-    def __init__(self, backend: StoreBackend, config: Config, address: Address, count: int):
+    def __init__(
+        self,
+        backend: StoreBackend,
+        config: Config,
+        address: Address,
+        count: int,
+        forked: list[Forked] | None = None,
+    ):
         if config.path is None:
             raise ValueError("LMTP workers need the config file they were started with")
         self.backend = backend
         self.config = config
         self.address = address
         self.count = count
+        # Workers forked before the event loop (fork_workers), taken in order.
+        self.forked = [f for f in forked or [] if not f.taken]
         self.spool_tmp = backend.node.store.spool.tmp
         self.listener: socket.socket | None = None
         self._workers: list[_Worker] = []
@@ -175,13 +197,17 @@ class WorkerPool:
     async def start(self) -> None:
         """Bind and start the workers, without waiting for them to serve:
         connections wait in the listener's backlog until a worker accepts, and
-        the daemon starts its other parts while the workers import
-        (:meth:`wait_ready` before it says it is ready)."""
+        the daemon starts its other parts while the workers start
+        (:meth:`wait_ready` before it says it is ready). The first workers
+        are the ones ``peerd run`` forked (``forked``), if any."""
         self.listener = socket.create_server(
             (self.address.host, self.address.port), backlog=1024, reuse_port=False
         )
         self.listener.set_inheritable(True)
-        self._workers = [_Worker(self, n) for n in range(self.count)]
+        self._workers = [
+            _Worker(self, n, self.forked[n] if n < len(self.forked) else None)
+            for n in range(self.count)
+        ]
         self._unwatch = self.backend.watch_ownership(self.forget_recipients)
         await asyncio.gather(*(w.start() for w in self._workers))
 
@@ -255,10 +281,11 @@ class WorkerPool:
 class _Worker:
     """One worker process and its pipe, restarted if it dies."""
 
-    def __init__(self, pool: WorkerPool, number: int) -> None:
+    def __init__(self, pool: WorkerPool, number: int, forked: Forked | None = None) -> None:
         self.pool = pool
         self.number = number
-        self.process: asyncio.subprocess.Process | None = None
+        self.forked = forked  # its first process, forked at the daemon's start
+        self.process: asyncio.subprocess.Process | ForkedProcess | None = None
         self.frames: FrameWriter | None = None
         self.ready = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
@@ -275,25 +302,15 @@ class _Worker:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         theirs.set_inheritable(True)
         listen_fd = self.pool.listener.fileno()
+        forked, self.forked = self.forked, None
         try:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "peerd",
-                "lmtp-worker",
-                "-c",
-                str(self.pool.config.path),
-                "--listen-fd",
-                str(listen_fd),
-                "--pipe-fd",
-                str(theirs.fileno()),
-                "--parent",
-                str(os.getpid()),
-                "--log-format",
-                self.pool.config.log.format,
-                stdin=subprocess.DEVNULL,
-                pass_fds=(listen_fd, theirs.fileno()),
-            )
+            process: asyncio.subprocess.Process | ForkedProcess | None = None
+            if forked is not None and not forked.taken:
+                try:
+                    process = forked.hand_over(listen_fd, theirs.fileno())
+                except OSError as exc:
+                    log.error("LMTP worker %d: the forked process is gone (%s)", self.number, exc)
+            self.process = process or await self._exec(listen_fd, theirs.fileno())
         finally:
             theirs.close()
         self.ready.clear()
@@ -302,7 +319,30 @@ class _Worker:
         task = asyncio.create_task(self._serve(reader, self.frames))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        log.info("LMTP worker %d started (pid %d)", self.number, self.process.pid)
+        how = "forked" if isinstance(self.process, ForkedProcess) else "started"
+        log.info("LMTP worker %d %s (pid %d)", self.number, how, self.process.pid)
+
+    async def _exec(self, listen_fd: int, pipe_fd: int) -> asyncio.subprocess.Process:
+        """A new interpreter: ``peerd lmtp-worker`` with the two sockets."""
+        assert self.pool.config.path is not None
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "peerd",
+            "lmtp-worker",
+            "-c",
+            str(self.pool.config.path),
+            "--listen-fd",
+            str(listen_fd),
+            "--pipe-fd",
+            str(pipe_fd),
+            "--parent",
+            str(os.getpid()),
+            "--log-format",
+            self.pool.config.log.format,
+            stdin=subprocess.DEVNULL,
+            pass_fds=(listen_fd, pipe_fd),
+        )
 
     async def _serve(self, reader: asyncio.StreamReader, frames: FrameWriter) -> None:
         try:
@@ -540,11 +580,19 @@ def worker_main(
 ) -> int:
     """``peerd lmtp-worker``: started by the daemon, never by hand; ``log_format``
     is the daemon's (``peerd run --log-format`` may override the file's)."""
-    from peerd.node.logs import setup_logging
-
     _die_with_parent(parent)
     config = load_config(config_path, schedules=False)  # the daemon checked them
+    _log_as_worker(config, log_format)
+    return _run_worker(config, listen_fd, pipe_fd)
+
+
+def _log_as_worker(config: Config, log_format: str | None = None) -> None:
+    from peerd.node.logs import setup_logging
+
     setup_logging(log_format or config.log.format, config.log.level, f"{config.node.name}/lmtp")
+
+
+def _run_worker(config: Config, listen_fd: int, pipe_fd: int) -> int:
     log.info("LMTP worker %d started", os.getpid())
     _use_uvloop()
     try:
@@ -553,3 +601,154 @@ def worker_main(
         log.error("LMTP worker cannot serve: %s", exc)
         return 1
     return 0
+
+
+# -- workers forked at the daemon's start --------------------------------------
+
+
+class ForkedProcess:
+    """A forked worker as the daemon sees it: what ``supervise`` and ``stop``
+    use of :class:`asyncio.subprocess.Process` (``pid``, ``wait``, ``kill``).
+    It is the daemon's child but not asyncio's: its exit is read from a pidfd
+    (Linux 5.3), then it is reaped here, by its pid alone."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._exited: asyncio.Future[int] | None = None
+
+    async def wait(self) -> int:
+        if self.returncode is not None:
+            return self.returncode
+        if self._exited is None:
+            self._exited = asyncio.get_running_loop().create_future()
+            self._watch(self._exited)
+        return await asyncio.shield(self._exited)
+
+    def _watch(self, exited: asyncio.Future[int]) -> None:
+        loop = asyncio.get_running_loop()
+        pidfd = os.pidfd_open(self.pid)
+
+        def reap() -> None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+            if not exited.done():
+                exited.set_result(self.returncode)
+
+        loop.add_reader(pidfd, reap)
+
+    def kill(self) -> None:
+        if self.returncode is None:  # once reaped, the pid may be another process's
+            os.kill(self.pid, signal.SIGKILL)
+
+
+class Forked:
+    """A worker forked by :func:`fork_workers`, waiting for its two sockets.
+
+    ``setup`` is the daemon's end of the socketpair the child waits on: the
+    daemon sends the listening socket and the worker's pipe over it once its
+    LMTP starts (:meth:`hand_over`), or closes it, and the child exits.
+    """
+
+    def __init__(self, pid: int, setup: socket.socket) -> None:
+        self.pid = pid
+        self.setup = setup
+        self.taken = False
+
+    def hand_over(self, listen_fd: int, pipe_fd: int) -> ForkedProcess:
+        """Send the worker its sockets: from now on it serves (and is reaped by
+        the :class:`ForkedProcess` returned)."""
+        self.taken = True
+        try:
+            socket.send_fds(self.setup, [b"serve"], [listen_fd, pipe_fd])
+        except OSError:
+            # It died while it waited (killed by hand?): reaped here; the
+            # caller starts one with exec instead.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+            raise
+        finally:
+            self.setup.close()
+        return ForkedProcess(self.pid)
+
+
+def fork_workers(config: Config) -> list[Forked]:
+    """Fork ``[lmtp] workers`` processes now, for the LMTP the daemon starts
+    later (:class:`WorkerPool`); none where LMTP runs in the daemon or a
+    fork is not safe here.
+
+    Called by ``peerd run`` after its imports and before its event loop: the
+    process has one thread (fork keeps only the calling one: a lock another
+    thread held would stay locked in the child), no loop, no database
+    connection and no data-dir lock yet, so the child takes nothing it must
+    not hold. Objects made until now are frozen first (``gc.freeze``): the
+    child's collector then never writes to their pages, which it shares with
+    the daemon.
+    """
+    count = config.lmtp.workers
+    if config.listen.lmtp is None or config.path is None or count <= 0:
+        return []
+    if threading.active_count() != 1 or not hasattr(os, "pidfd_open"):
+        log.info("LMTP workers are exec'd: fork is not safe here")
+        return []
+    with contextlib.suppress(ImportError):
+        import uvloop  # noqa: F401 - imported once here rather than in each child
+    # Not collected first: a full collection costs 70 ms here and frees a few
+    # dozen objects; the daemon freezes what start-up made at ready anyway.
+    gc.freeze()
+    forked: list[Forked] = []
+    for _ in range(count):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child (coverage does not follow a fork)
+            code = 1
+            try:
+                ours.close()
+                for other in forked:  # the daemon's ends for the workers before it
+                    other.setup.close()
+                code = _forked_main(config, theirs, parent)
+            except BaseException:
+                log.exception("LMTP worker %d failed", os.getpid())
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        theirs.close()
+        forked.append(Forked(pid, ours))
+    return forked
+
+
+def release_forked(forked: list[Forked]) -> None:
+    """At the daemon's exit: forked workers that never got their sockets (the
+    daemon stopped before its LMTP started) see their socketpair close, exit,
+    and are reaped here."""
+    for worker in forked:
+        if worker.taken:
+            continue
+        worker.taken = True
+        worker.setup.close()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(worker.pid, 0)
+
+
+def _forked_main(config: Config, setup: socket.socket, parent: int) -> int:
+    """The forked child: as ``peerd lmtp-worker`` would be, once its sockets come."""
+    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides (as in _serve_worker)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    _log_as_worker(config)
+    _, fds, _, _ = socket.recv_fds(setup, 16, 2)
+    setup.close()
+    if len(fds) != 2:  # the daemon stopped before its LMTP started
+        for fd in fds:
+            os.close(fd)
+        return 0
+    return _run_worker(config, fds[0], fds[1])
