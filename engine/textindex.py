@@ -41,13 +41,15 @@ MOVE or a second recipient of the same bytes costs nothing more.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from sqlalchemy import Engine, bindparam, text
+from sqlalchemy import Engine, bindparam, make_url, text
 from sqlalchemy.orm import Session
 
 from engine import walk
@@ -81,8 +83,11 @@ __all__ = [
     "live_guids",
     "pending",
     "put",
+    "set_aside",
     "unnamed",
 ]
+
+log = logging.getLogger("peerd.textindex")
 
 SCHEMA: Final = "textindex"  # the index file's name on the read connections (ATTACH ... AS)
 
@@ -101,23 +106,60 @@ def _docs(session: Session) -> str:
 # -- where ----------------------------------------------------------------------------------
 
 
-def index_file(engine: Engine) -> Path | None:
+def index_file(engine: Engine | str) -> Path | None:
     """The SQLite file of the index beside the node's database file
-    (``peerd.db`` → ``peerd.fulltext.db``); None on PostgreSQL, or for a
-    database in memory (the index stays in it, as before)."""
-    if engine.dialect.name != "sqlite":
+    (``peerd.db`` → ``peerd.fulltext.db``), for an engine or a database URL;
+    None on PostgreSQL, or for a database in memory (the index stays in it,
+    as before)."""
+    url = make_url(engine) if isinstance(engine, str) else engine.url
+    if url.get_backend_name() != "sqlite":
         return None
-    database = engine.url.database
+    database = url.database
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
     path = Path(database).resolve()
     return path.with_name(f"{path.stem}.fulltext{path.suffix or '.db'}")
 
 
+def set_aside(path: Path) -> Path:
+    """Move a damaged index file (with its WAL and shared-memory files) out of
+    the way, named by the time, for the store to make a new one; where it went."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    for suffix in ("-wal", "-shm"):
+        extra = path.with_name(path.name + suffix)
+        if extra.exists():
+            extra.rename(aside.with_name(aside.name + suffix))
+    path.rename(aside)
+    return aside
+
+
 def create_index_file(path: Path) -> None:
     """Make the index's file and tables if they are not there (WAL, as the
-    node's file: readers never wait for its writer)."""
+    node's file: readers never wait for its writer). A file SQLite cannot
+    read as a database (its header overwritten, a stray file) is set aside
+    (:func:`set_aside`) and a new one made: the index is a cache of the
+    spool's bytes, refilled by the indexer, and every read connection
+    attaches this file, so one it cannot read would fail every read of the
+    node. Damage deeper in the file is found by the check at start
+    (``peerd.app.dbcheck``), which sets it aside the same way."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _create_index_file(path)
+    except sqlite3.DatabaseError as exc:
+        if not path.exists():
+            raise
+        aside = set_aside(path)
+        log.warning(
+            "full-text index %s unreadable (%s): set aside as %s; the indexer refills a new one",
+            path,
+            exc,
+            aside.name,
+        )
+        _create_index_file(path)
+
+
+def _create_index_file(path: Path) -> None:
     db = sqlite3.connect(path, timeout=30, isolation_level=None)
     try:
         db.execute("PRAGMA journal_mode=WAL")

@@ -5,12 +5,17 @@ after a failover, without a rebuild), and ``peerctl index`` rebuilds it."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import imaplib
 import quopri
+import random
 import smtplib
+import sqlite3
 import time
 import urllib.error
 from typing import Any
+
+import pytest
 
 from tests.nodes import Node, make_single, peerctl, running
 from tests.procs import wait_until
@@ -163,3 +168,47 @@ def test_a_stream_of_deliveries_is_indexed_in_few_walks(tmp_path: Any) -> None:
         walks = index_of(node, "alice")["indexer"]["walks"] - before
     # About 1.2 s of deliveries at one walk per 0.5 s (and the polls).
     assert walks <= count // 3, walks
+
+
+def _damage_index(node: Node, how: str) -> None:
+    """Damage the node's stopped full-text index file: ``header`` writes over
+    its first 100 bytes (SQLite no longer reads it as a database), ``page``
+    over the start of the root page of its docs table (found by the check)."""
+    path = node.workdir_data / "peerd.fulltext.db"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        (root,) = db.execute(
+            "SELECT rootpage FROM sqlite_schema WHERE name = 'fulltext_docs'"
+        ).fetchone()
+    offset, size = (0, 100) if how == "header" else ((root - 1) * page_size, 64)
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(random.Random(f"peerd-index-{how}").randbytes(size))
+
+
+@pytest.mark.parametrize("how", ["header", "page"])
+def test_a_damaged_index_file_is_set_aside_and_refilled(tmp_path: Any, how: str) -> None:
+    """The index is a cache of the spool's bytes in a file of its own, which
+    every read connection attaches: damaged, it is set aside at start (a new
+    one is made and refilled), and nothing else of the node is affected."""
+    node = make_single(tmp_path)
+    with running(node):
+        node.add_account("alice")
+        deliver(node, MAIL)
+        deliver(node, PLAIN)
+        wait_until(lambda: indexed(node, "alice", 2), 20, "alice's mail indexed")
+    _damage_index(node, how)
+    with running(node):
+        # Every read works (a SELECT, a FETCH), and SEARCH answers as before.
+        assert search(node, "BODY", "zuckerwatte") == [1]
+        assert search(node, "TEXT", '"nothing sweet"') == [2]
+        wait_until(lambda: indexed(node, "alice", 2), 20, "alice's mail indexed again")
+        assert search(node, "BODY", "zuckerwatte") == [1]
+        deliver(node, PLAIN.replace(b"plain@t", b"plain2@t"))
+        wait_until(lambda: indexed(node, "alice", 3), 20, "the new mail indexed")
+    aside = list(node.workdir_data.glob("peerd.fulltext.db.damaged-*"))
+    assert [p.name for p in aside if not p.name.endswith(("-wal", "-shm"))], aside
+    log = node.log.read_text()
+    assert "full-text index" in log and "set aside as peerd.fulltext.db.damaged-" in log
+    assert "database damaged" not in log  # the node's own file is not blamed

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from engine import textindex
 from engine.dbcheck import DbCheck, check_database
 from peerd.node.config import Config
 
@@ -39,6 +40,26 @@ def _where(config: Config) -> str:
     if url.startswith("sqlite"):
         return url.split(":///", 1)[-1]
     return url.rsplit("@", 1)[-1]
+
+
+def _check_index_file(url: str, full: bool) -> None:
+    """The full-text index's own SQLite file (:func:`engine.textindex.index_file`),
+    checked the same way. Damage there does not stop the node: the index is a
+    cache of the spool's bytes, so the file is set aside and the store makes a
+    new one, which the indexer refills (a search decodes what it lacks meanwhile)."""
+    path = textindex.index_file(url)
+    if path is None or not path.exists():
+        return
+    result = check_database(f"sqlite:///{path}", full=full)
+    if result.ok:
+        return
+    aside = textindex.set_aside(path)
+    log.warning(
+        "full-text index damaged (%s): %s; set aside as %s, the indexer refills a new one",
+        path,
+        result.summary,
+        aside.name,
+    )
 
 
 def damage_line(config: Config, what: str) -> str:
@@ -61,6 +82,7 @@ async def check_at_start(config: Config) -> DbCheck | None:
     result = await asyncio.to_thread(check_database, config.database_url, full=mode == "full")
     if not result.ok:
         raise DatabaseDamaged(damage_line(config, result.summary))
+    await asyncio.to_thread(_check_index_file, config.database_url, mode == "full")
     if result.checked:
         log.info("database check (%s): ok in %.2fs", result.method, result.seconds)
         return result
