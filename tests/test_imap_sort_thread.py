@@ -116,6 +116,47 @@ def test_sort_as_rfc_5256_shows_it(served: Node) -> None:
         c.logout()
 
 
+def test_sorts_by_arrival_and_size_first_then_by_header_fields_in_one_session(
+    served: Node,
+) -> None:
+    """ARRIVAL and SIZE sort without the messages' sort records, and keep
+    nothing for the view; the header sorts that follow, and the sorts after a
+    new message, answer from the records as if they had come first."""
+    c = connect(served)
+    try:
+
+        def arrived(n: int) -> str:  # an internal date n minutes after a fixed one
+            return imaplib.Time2Internaldate(1_767_225_600 + 60 * n)
+
+        for n, raw in enumerate(
+            (message(1, "a", day(20)), message(2, "bbbbbbbb", day(10)), message(3, "cccc", day(15)))
+        ):
+            assert c.append("INBOX", None, arrived(n), raw)[0] == "OK"
+        c.select("INBOX")
+
+        def order(criteria: str) -> list[int]:
+            typ, data = c.sort(criteria, "UTF-8", "ALL")
+            assert typ == "OK", data
+            return numbers(data)
+
+        assert order("(REVERSE ARRIVAL)") == [3, 2, 1]
+        assert order("(SIZE)") == [1, 3, 2]
+        assert order("(ARRIVAL)") == [1, 2, 3]
+        assert order("(DATE)") == [2, 3, 1]
+        assert order("(SUBJECT)") == [1, 2, 3]
+        assert order("(REVERSE SIZE)") == [2, 3, 1]
+        assert c.append("INBOX", None, arrived(3), message(4, "aaaaaaaaaaaa", day(5)))[0] == "OK"
+        c.noop()
+        assert order("(REVERSE ARRIVAL)") == [4, 3, 2, 1]
+        assert order("(DATE)") == [4, 2, 3, 1]
+        assert order("(SUBJECT)") == [1, 4, 2, 3]
+        assert order("(ARRIVAL)") == [1, 2, 3, 4]
+        assert order("(SIZE ARRIVAL)") == [1, 3, 2, 4]
+        assert order("(REVERSE DATE)") == [1, 3, 2, 4]
+    finally:
+        c.logout()
+
+
 def test_thread_references_builds_the_rfc_5256_tree(served: Node) -> None:
     """RFC 5256 4: ``(2)(3 6 (4 23)(44 7 96))`` among 96 messages."""
     parents = {6: [3], 4: [3, 6], 23: [3, 6, 4], 44: [3, 6], 7: [3, 6, 44], 96: [3, 6, 44, 7]}

@@ -54,6 +54,7 @@ __all__ = [
     "MAX_HEADER",
     "MAX_ID",
     "MAX_REFERENCES",
+    "NO_RECORD",
     "RECORD_VERSION",
     "Criterion",
     "RecordCache",
@@ -65,6 +66,7 @@ __all__ = [
     "collate",
     "decode_words",
     "loads_many",
+    "needs_records",
     "parse_criteria",
     "sent_date",
     "sort",
@@ -550,6 +552,20 @@ _KEYS: Final[dict[SortKey, Callable[[SortItem], Any]]] = {
     SortKey.DISPLAYFROM: lambda item: item.record.collated[4],
     SortKey.DISPLAYTO: lambda item: item.record.collated[5],
 }
+
+
+# The criteria a SORT answers from the record of each message's own row
+# (internal date, size), without its sort record.
+_RECORD_FREE: Final = frozenset({SortKey.ARRIVAL, SortKey.SIZE})
+
+NO_RECORD: Final = SortRecord()
+"""The record of an item sorted only by :data:`_RECORD_FREE` criteria."""
+
+
+def needs_records(criteria: Sequence[Criterion]) -> bool:
+    """Whether sorting by ``criteria`` reads the messages' sort records (the
+    header fields); ARRIVAL and SIZE do not."""
+    return any(criterion.key not in _RECORD_FREE for criterion in criteria)
 
 
 def sort(items: Sequence[SortItem], criteria: Sequence[Criterion]) -> list[int]:

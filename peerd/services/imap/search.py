@@ -34,7 +34,7 @@ from peerd.protocols.imap.search import (
     text_questions,
 )
 from peerd.protocols.imap.searchkey import All, SearchKey, uses_modseq
-from peerd.protocols.imap.sort import SortItem, loads_many, sort
+from peerd.protocols.imap.sort import NO_RECORD, SortItem, loads_many, needs_records, sort
 from peerd.protocols.imap.thread import thread_response
 from peerd.services.imap.session import Handler, Reply, Session
 
@@ -96,9 +96,15 @@ async def _texts(session: Session, key: SearchKey) -> TextSearch | None:
     return found.test
 
 
-async def _found(session: Session, key: SearchKey, uid: bool) -> Callable[[], list[SortItem]]:
+async def _found(
+    session: Session, key: SearchKey, uid: bool, with_records: bool = True
+) -> Callable[[], list[SortItem]]:
     """A function, for a thread, that searches the selected mailbox and gives
-    each message found as a :class:`SortItem` in mailbox order."""
+    each message found as a :class:`SortItem` in mailbox order. Without
+    ``with_records`` (a SORT by ARRIVAL and SIZE alone) the items carry
+    :data:`~peerd.protocols.imap.sort.NO_RECORD`, so no message's sort
+    record is read or parsed for it, and they are not kept for the next
+    SORT or THREAD of the view."""
     box = session.selected().box
     shown = box.records
     everything = isinstance(key, All)
@@ -117,7 +123,7 @@ async def _found(session: Session, key: SearchKey, uid: bool) -> Callable[[], li
     cache = session.server.sort_records
     # The keys stored when the messages were: only a message the parse
     # walker has not reached yet is parsed here (cache.get reads it).
-    missing = cache.missing(record.guid for record in records)
+    missing = cache.missing(r.guid for r in records) if with_records else []
     stored = (
         await session.mail.stored_sortkeys(session.selected().mailbox_id, missing)
         if missing
@@ -134,7 +140,11 @@ async def _found(session: Session, key: SearchKey, uid: bool) -> Callable[[], li
             chosen = list(enumerate(records, 1))
         else:
             chosen = [(seq, r) for seq, r in enumerate(records, 1) if matcher(seq, r, reader)]
-        sort_records = cache.get_many([r.guid for _, r in chosen], reader)
+        sort_records = (
+            cache.get_many([r.guid for _, r in chosen], reader)
+            if with_records
+            else [NO_RECORD] * len(chosen)
+        )
         items = [
             SortItem(
                 record.uid if uid else seq,
@@ -144,7 +154,7 @@ async def _found(session: Session, key: SearchKey, uid: bool) -> Callable[[], li
             )
             for (seq, record), sort_record in zip(chosen, sort_records, strict=True)
         ]
-        if everything:
+        if everything and with_records:
             session.sort_items = (shown, uid, items)
             session.sort_orders = {}
         return items
@@ -170,13 +180,14 @@ async def sort_messages(session: Session, cmd: c.Sort) -> Reply:
     if kept is not None:
         ordered = list(kept)
     else:
-        find = await _found(session, cmd.key, cmd.uid)
+        with_records = needs_records(criteria)
+        find = await _found(session, cmd.key, cmd.uid, with_records)
 
         def run() -> list[int]:
             return sort(find(), criteria)
 
         ordered = await session.mail.run_blocking(run)
-        if everything:  # _found kept its items for this view
+        if everything and (with_records or same_view):  # items kept for this view
             orders = session.sort_orders
             if len(orders) >= _KEPT_ORDERS:  # a client cycling criteria keeps a few
                 del orders[next(iter(orders))]
