@@ -1,7 +1,7 @@
 """Replication figures with two real daemons on loopback (issue 3's table).
 
     .venv/bin/python -m bench.replication [--bulk 10000] [--rolling 2000] [--accounts 1000]
-        [--json FILE]
+        [--json FILE] [--threads] [--py-spy FILE] [--bulk-only]
 
 1. rolling lag: messages delivered over LMTP to alpha at 50/s over 20 users;
    for each, the time from its 250 until it is committed in beta's database
@@ -21,7 +21,8 @@ into FILE with the suffix ``.beta``, and the bulk sync likewise with the
 suffixes ``.bulk`` and ``.bulk.beta`` (py-spy's "raw" format).
 ``--threads`` prints, for each part, each daemon's CPU per message by thread
 (user+system, named by ``py-spy dump``): which thread the time went to, and
-how much of it the kernel's.
+how much of it the kernel's. ``--bulk-only`` runs part 2's uncompressed
+bulk sync and the ceiling only (a few minutes instead of ten).
 
 On an ext4 without a journal (this project's machines) each file created
 within a minute or so of thousands being deleted costs up to a millisecond
@@ -230,6 +231,42 @@ def print_threads(part: str, used: dict[str, dict[str, tuple[float, float]]], co
         print(f"  {part} {node} threads: {shares} ms a message (user+system)")
 
 
+def print_bulk(
+    args: argparse.Namespace,
+    report: dict[str, Any],
+    seconds: float,
+    total: int,
+    cpu: tuple[float, float],
+    used: dict[str, dict[str, tuple[float, float]]],
+    ceil_rate: float | None = None,
+) -> None:
+    """Part 2's lines (``ceil_rate``: with the ceiling, as ``--bulk-only`` prints it)."""
+    print(
+        f"2 bulk sync       {args.bulk / seconds:.0f} msgs/s  {total / seconds / 1e6:.1f} MB/s  "
+        f"({seconds:.2f} s; uploaded {report['uploaded']}, wire {report['bytes_sent'] / 1e6:.1f} MB out)"
+    )
+    print(
+        f"  CPU per message alpha {cpu[0] / args.bulk * 1000:.2f} ms, "
+        f"beta {cpu[1] / args.bulk * 1000:.2f} ms (the sync only)"
+    )
+    print_threads("bulk", used, args.bulk)
+    if ceil_rate is not None:
+        print(
+            f"  ceiling         {ceil_rate:.0f} msgs/s (write+fsync per file, Python); "
+            f"bulk = {args.bulk / seconds / ceil_rate:.2f} of it; load {os.getloadavg()[0]:.1f}"
+        )
+    if args.json and ceil_rate is not None:
+        figures = {
+            "bulk_messages": args.bulk,
+            "bulk_s": round(seconds, 3),
+            "bulk_msgs_per_s": round(args.bulk / seconds, 1),
+            "ceiling_msgs_per_s": round(ceil_rate, 1),
+            "bulk_cpu_ms": [round(c / args.bulk * 1000, 3) for c in cpu],
+            "load": [round(x, 2) for x in os.getloadavg()],
+        }
+        args.json.write_text(json.dumps({"replication": figures}, indent=2) + "\n")
+
+
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -247,6 +284,12 @@ def main() -> None:
     parser.add_argument("--py-spy", dest="py_spy", type=Path, default=None)
     parser.add_argument("--threads", action="store_true", help="CPU per message by thread")
     parser.add_argument("--inode-settle", dest="inode_settle", type=float, default=65.0)
+    parser.add_argument(
+        "--bulk-only",
+        dest="bulk_only",
+        action="store_true",
+        help="only the bulk sync (part 2, uncompressed) and the ceiling",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here (bench.model)")
     args = parser.parse_args()
     try:
@@ -285,6 +328,12 @@ def run(args: argparse.Namespace) -> None:
             bulk_used = by_thread(alpha, beta, bulk_threads) if args.threads else {}
             for proc in spies:
                 unspy(proc)
+            if args.bulk_only:
+                alpha.stop()
+                beta.stop()
+                ceil_rate = ceiling(payloads, str(workdir))[0]
+                print_bulk(args, report, bulk_s, total, bulk_cpu, bulk_used, ceil_rate)
+                return
             started = time.perf_counter()
             zreport = alpha.replicate("bulkz", compress=True)["reports"][0]
             zbulk_s = time.perf_counter() - started
@@ -379,15 +428,7 @@ def run(args: argparse.Namespace) -> None:
             f"beta {roll_cpu[1] / args.rolling * 1000:.2f} ms (delivery, sync, parse and index)"
         )
         print_threads("rolling", roll_used, args.rolling)
-        print(
-            f"2 bulk sync       {args.bulk / bulk_s:.0f} msgs/s  {total / bulk_s / 1e6:.1f} MB/s  "
-            f"({bulk_s:.2f} s; uploaded {report['uploaded']}, wire {report['bytes_sent'] / 1e6:.1f} MB out)"
-        )
-        print(
-            f"  CPU per message alpha {bulk_cpu[0] / args.bulk * 1000:.2f} ms, "
-            f"beta {bulk_cpu[1] / args.bulk * 1000:.2f} ms (the sync only)"
-        )
-        print_threads("bulk", bulk_used, args.bulk)
+        print_bulk(args, report, bulk_s, total, bulk_cpu, bulk_used)
         print(
             f"  compressed (-z) {len(zipped) / zbulk_s:.0f} msgs/s  {zipped_total / zbulk_s / 1e6:.1f} MB/s  "
             f"({len(zipped)} msgs in {zbulk_s:.2f} s; wire {zreport['bytes_sent'] / 1e6:.1f} MB out = "

@@ -49,7 +49,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -96,7 +96,7 @@ GUID_RE = re.compile(r"\A[0-9a-f]{40}\Z")
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
-def _fsync_path(path: Path) -> None:
+def _fsync_path(path: Path | str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -104,7 +104,7 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: Path | str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -112,7 +112,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def guid_of(data: bytes) -> str:
+def guid_of(data: bytes | memoryview) -> str:
     return hashlib.sha1(data, usedforsecurity=False).hexdigest()
 
 
@@ -172,19 +172,30 @@ class Spool:
             raise InvalidArgument(f"not a GUID: {guid!r}")
         return self.root / guid[:2] / guid
 
+    def _name(self, guid: str) -> str:
+        """:meth:`path` as a string: no ``Path`` built for each of the
+        thousands of GUIDs a RESERVE, an UPLOAD or an apply checks."""
+        if not GUID_RE.match(guid):
+            raise InvalidArgument(f"not a GUID: {guid!r}")
+        return f"{self._root}/{guid[:2]}/{guid}"
+
     def has(self, guid: str) -> bool:
-        return self.path(guid).exists()
+        return os.path.exists(self._name(guid))
+
+    def size(self, guid: str) -> int:
+        """The length of the message's file (``FileNotFoundError`` if it is not here)."""
+        return os.stat(self._name(guid)).st_size
 
     def keep(self, guid: str) -> bool:
         """:meth:`has`, for bytes about to be named again: marks them just used
         (their mtime), so the sweep leaves them alone for a grace."""
-        path = self.path(guid)
+        name = self._name(guid)
         try:
-            os.utime(path)
+            os.utime(name)
         except FileNotFoundError:
             return False
         except OSError:
-            return path.exists()
+            return os.path.exists(name)
         return True
 
     def stage(self, data: bytes, guid: str | None = None, *, verified: bool = False) -> Staged:
@@ -266,19 +277,68 @@ class Spool:
         (directory,) = self.commit([item])
         return item.guid, directory
 
-    def put_many(self, items: Iterable[tuple[str, bytes]], *, verified: bool = False) -> set[Path]:
+    def put_many(
+        self, items: Iterable[tuple[str, bytes | memoryview]], *, verified: bool = False
+    ) -> set[Path]:
         """Store many messages with one flush of the filesystem (``verified``:
-        their GUIDs were just checked against the bytes)."""
-        staged: list[Staged] = []
+        their GUIDs were just checked against the bytes); returns the
+        directories to fsync before records that use them commit.
+
+        What :meth:`stage` and :meth:`commit` do for a group commit, with
+        only what a batch of fresh files needs: per file a ``utime`` (the
+        bytes may be here already: :meth:`keep`), an ``open``, a ``write``,
+        a ``close`` and, after the flush, a ``rename``, on names built as
+        strings. An UPLOAD stores a few hundred files a request this way.
+        """
+        fresh: list[tuple[str, str]] = []  # (temp name, final name)
+        prefixes: set[str] = set()
+        tag = f"{os.getpid()}.{threading.get_ident()}"
+        tmp_dir = str(self.tmp)
         try:
             for guid, data in items:
-                staged.append(self.stage(data, guid, verified=verified))
+                if not verified:
+                    actual = guid_of(data)
+                    if guid != actual:
+                        raise Corrupt(f"bytes do not match GUID {guid} (they hash to {actual})")
+                final = self._name(guid)
+                prefixes.add(guid[:2])
+                if self.keep(guid):
+                    continue
+                with self._lock:
+                    self._counter += 1
+                    n = self._counter
+                tmp = f"{tmp_dir}/{guid}.{tag}.{n}"
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                fresh.append((tmp, final))
+                try:
+                    written = os.write(fd, data)
+                    if written < len(data):  # a short write (rare on a regular file)
+                        view = memoryview(data)[written:]
+                        while view:
+                            view = view[os.write(fd, view) :]
+                finally:
+                    os.close(fd)
+            if fresh:
+                self._flush_files([tmp for tmp, _ in fresh])
+            for tmp, final in fresh:
+                os.rename(tmp, final)
+        except OSError as exc:
+            self._unlink(tmp for tmp, _ in fresh)
+            raise _translate(exc) from exc
         except BaseException:
-            self.discard(staged)
+            self._unlink(tmp for tmp, _ in fresh)
             raise
-        return self.commit(staged)
+        return {self.root / prefix for prefix in prefixes}
 
-    def _flush_files(self, paths: list[Path]) -> None:
+    @staticmethod
+    def _unlink(names: Iterable[str]) -> None:
+        for name in names:
+            try:
+                os.unlink(name)
+            except FileNotFoundError:
+                pass
+
+    def _flush_files(self, paths: Sequence[Path | str]) -> None:
         if len(paths) > 1 and self._sync_filesystem():
             return
         self._fsync_each(_fsync_path, paths)
@@ -303,7 +363,7 @@ class Spool:
         finally:
             os.close(fd)
 
-    def _fsync_each(self, fsync: Callable[[Path], None], paths: list[Path]) -> None:
+    def _fsync_each(self, fsync: Callable[[Path | str], None], paths: Sequence[Path | str]) -> None:
         # Side by side, the filesystem commits them in one journal transaction.
         if len(paths) == 1:
             fsync(paths[0])

@@ -61,6 +61,7 @@ __all__ = [
     "compress",
     "decode_account_state",
     "decode_delta",
+    "decode_frame_views",
     "decode_frames",
     "decode_json",
     "decode_push",
@@ -481,7 +482,13 @@ def encode_frames(items: Iterable[tuple[str, bytes]]) -> Iterator[bytes]:
 
 def decode_frames(data: bytes, limit_count: int = 1_000_000) -> list[tuple[str, bytes]]:
     """Split and verify frames: every frame's bytes must hash to its GUID."""
-    out: list[tuple[str, bytes]] = []
+    return [(guid, bytes(body)) for guid, body in decode_frame_views(data, limit_count)]
+
+
+def decode_frame_views(data: bytes, limit_count: int = 1_000_000) -> list[tuple[str, memoryview]]:
+    """:func:`decode_frames` without copying: each frame's bytes are a view
+    into ``data`` (an UPLOAD's frames go straight to their files)."""
+    out: list[tuple[str, memoryview]] = []
     view = memoryview(data)
     pos = 0
     while pos < len(data):
@@ -496,7 +503,7 @@ def decode_frames(data: bytes, limit_count: int = 1_000_000) -> list[tuple[str, 
         guid = _guid(guid_text)
         if not 0 <= length <= MAX_FRAME or newline + 1 + length > len(data):
             raise SyncProtocolError(f"frame for {guid} is truncated or too large")
-        body = bytes(view[newline + 1 : newline + 1 + length])
+        body = view[newline + 1 : newline + 1 + length]
         if guid_of(body) != guid:
             raise SyncProtocolError(f"frame bytes do not match GUID {guid}")
         out.append((guid, body))

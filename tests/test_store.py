@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import itertools
+import os
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -33,6 +34,7 @@ from engine.errors import (
     NoSuchAccount,
     NoSuchMailbox,
     OverQuota,
+    SyncProtocolError,
 )
 from engine.flags import record_hash
 from engine.models import (
@@ -45,8 +47,9 @@ from engine.models import (
     SyncLogRow,
 )
 from engine.passwords import MIN_LN, hash_password, verify_password
-from engine.spool import Spool
+from engine.spool import Spool, guid_of
 from engine.store import Store
+from engine.syncwire import decode_frame_views, decode_frames, encode_frames
 
 T = TypeVar("T")
 NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
@@ -764,6 +767,42 @@ def test_spool_cleans_leftover_temp_files_at_start(tmp_path: Path) -> None:
     assert staged.tmp.exists()
     Spool(tmp_path / "spool")  # the owner, at start
     assert list(spool.tmp.iterdir()) == [] and not spool.has(staged.guid)
+
+
+@pytest.mark.parametrize("flush", ["filesystem", "file"])
+def test_spool_put_many_stores_views_keeps_what_is_there_and_refuses_bad_bytes(
+    tmp_path: Path, flush: str
+) -> None:
+    spool = Spool(tmp_path / "spool", flush=flush)
+    blobs = [payload(f"many {i}") * (i + 1) for i in range(5)]
+    body = b"".join(encode_frames((guid_of(b), b) for b in blobs))
+    frames = decode_frame_views(body)  # views into one buffer, as an UPLOAD has them
+    assert [bytes(d) for _, d in frames] == blobs
+    assert decode_frames(body) == [(guid_of(b), b) for b in blobs]
+    dirs = spool.put_many(frames, verified=True)
+    spool.fsync_dirs(dirs)
+    assert dirs == {spool.path(guid_of(b)).parent for b in blobs}
+    assert [spool.read(guid_of(b)) for b in blobs] == blobs
+    assert [spool.size(guid_of(b)) for b in blobs] == [len(b) for b in blobs]
+    assert list(spool.tmp.iterdir()) == []
+
+    # Bytes already here are kept (their mtime refreshed for the sweep), not rewritten.
+    held = spool.path(guid_of(blobs[0]))
+    os.utime(held, (1_000_000, 1_000_000))
+    inode = held.stat().st_ino
+    spool.put_many([(guid_of(blobs[0]), blobs[0])])
+    assert held.stat().st_ino == inode and held.stat().st_mtime > 1_000_000
+
+    # Unverified bytes are hashed: a mismatch stores nothing and leaves no temp file.
+    fresh = payload("fresh")
+    with pytest.raises(Corrupt):
+        spool.put_many([(guid_of(fresh), fresh), (guid_of(fresh), b"not those bytes")])
+    assert not spool.has(guid_of(fresh)) and list(spool.tmp.iterdir()) == []
+    with pytest.raises(SyncProtocolError):
+        decode_frame_views(body.replace(b"many 3", b"MANY 3"))
+    with pytest.raises(InvalidArgument):
+        spool.has("../../etc/passwd")
+    spool.close()
 
 
 # -- delivery ------------------------------------------------------------------

@@ -105,6 +105,8 @@ __all__ = ["SyncClient", "SyncReport"]
 log = logging.getLogger("peerd.sync.client")
 
 UPLOAD_BATCH = 8 << 20
+# UPLOAD requests at the partner at once (client.upload).
+UPLOADS_IN_FLIGHT = 2
 # A rolling delta's sync-log acknowledgement rides (Store.write's ``ride``)
 # for up to this long: it joins the next commit (on a busy owner the next
 # delivery's, a few milliseconds later) instead of adding a commit and a
@@ -728,13 +730,15 @@ class SyncClient:
         return True
 
     async def upload(self, guids: list[str], use_zlib: bool, report: SyncReport) -> None:
-        """UPLOAD in batches, two in flight: we read and frame the next batch
-        while the partner verifies and stores the previous one."""
+        """UPLOAD in batches of about :data:`UPLOAD_BATCH` bytes, pipelined:
+        :data:`UPLOADS_IN_FLIGHT` requests at the partner at all times (it
+        verifies and stores each in a thread of its own: hashing, writing and
+        flushing let go of the interpreter lock, so two use both its cores),
+        and the next batch read and framed here meanwhile."""
         store = self.node.store
+        spool = store.spool
         try:
-            sizes = await store.run_blocking(
-                lambda: [store.spool.path(g).stat().st_size for g in guids]
-            )
+            sizes = await store.run_blocking(lambda: [spool.size(g) for g in guids])
         except FileNotFoundError as exc:
             # Expunged (and swept) since the compare: the next sync sees it.
             raise TemporaryFailure(f"a message to upload left the spool: {exc.filename}") from exc
@@ -746,24 +750,40 @@ class SyncClient:
                 size = 0
             batches[-1].append(guid)
             size += length
-        in_flight = asyncio.Semaphore(2)
+        # A batch holds a slot of ``held`` from its read until the partner's
+        # answer, and one of ``sending`` for its request: the batch after the
+        # ones in flight is read while they are stored, never after (reading
+        # inside the request's slot made the two sides take turns).
+        held = asyncio.Semaphore(UPLOADS_IN_FLIGHT + 1)
+        sending = asyncio.Semaphore(UPLOADS_IN_FLIGHT)
+
+        def frame(items: list[str]) -> bytes:
+            return b"".join(encode_frames((g, spool.read_verified(g)) for g in items))
 
         async def send(items: list[str]) -> None:
-            async with in_flight:
-                data = await store.run_blocking(
-                    lambda: b"".join(encode_frames((g, store.spool.read(g)) for g in items))
-                )
-                await self.call(
-                    "upload",
-                    data,
-                    compressed=use_zlib,
-                    report=report,
-                    content_type="application/octet-stream",
-                )
+            async with held:
+                data = await store.run_blocking(partial(frame, items))
+                async with sending:
+                    await self.call(
+                        "upload",
+                        data,
+                        compressed=use_zlib,
+                        report=report,
+                        content_type="application/octet-stream",
+                    )
                 report.uploaded += len(items)
                 report.upload_bytes += len(data)
 
-        await asyncio.gather(*(send(items) for items in batches))
+        tasks = [asyncio.ensure_future(send(items)) for items in batches]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            # One failed (the partner refused or went away): the rest would
+            # only be refused too, or store bytes no apply will name yet.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
 
 
 @dataclass(frozen=True, slots=True)

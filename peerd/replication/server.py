@@ -44,7 +44,7 @@ from engine.syncwire import (
     compress,
     decode_account_state,
     decode_delta,
-    decode_frames,
+    decode_frame_views,
     decode_json,
     decode_push,
     decode_summary,
@@ -413,12 +413,15 @@ class SyncServer:
         return self.reply(request, encode_json({"missing": result}))
 
     async def upload(self, request: web.Request) -> web.Response:
-        """Message bytes, as frames; verified, then made durable with one filesystem flush."""
+        """Message bytes, as frames; verified, then made durable with one
+        filesystem flush (and one more for the directories) before the answer.
+        The owner keeps two in flight (``client.upload``): each is stored in
+        a thread of its own, written from the request's buffer without a copy."""
         data = await self.body(request)
         spool = self.node.store.spool
 
         def store() -> int:
-            frames = decode_frames(data)
+            frames = decode_frame_views(data)
             dirs = spool.put_many(frames, verified=True)
             spool.fsync_dirs(dirs)
             return len(frames)
