@@ -442,27 +442,17 @@ class FetchRenderer:
         if self._structured:
             found = self._found.get(record.guid) or structures.get(record.guid, reader)
         if self._format is not None:
-            values: list[object] = [seq]
-            for code in self._codes:
-                if code == 0:
-                    values.append(record.uid)
-                elif code == 1:
-                    values.append(self._flag_list(record.flags))
-                elif code == 2:
-                    values.append(record.size)
-                elif code == 3:
-                    values.append(record.modseq)
-                elif code == 4:
-                    values.append(internaldate(record.internaldate))
-                else:  # 10, 11, 12: ENVELOPE, BODYSTRUCTURE, BODY
-                    assert found is not None
-                    values.append(found[code - 10])
-            line = self._format % tuple(values)
+            line = self._format % (seq, *self._record_values(self._codes, record, found))
             out.append(line)
             return len(line)
         return self._pieces(seq, record, reader, found, out)
 
-    def _record_values(self, codes: tuple[int, ...], record: Record) -> list[object]:
+    def _record_values(
+        self, codes: tuple[int, ...], record: Record, found: Structure | None = None
+    ) -> list[object]:
+        """The values of ``codes`` for ``record``: 0-4 its UID, FLAGS,
+        RFC822.SIZE, MODSEQ and INTERNALDATE, 10-12 ENVELOPE, BODYSTRUCTURE
+        and BODY from ``found``."""
         values: list[object] = []
         for code in codes:
             if code == 0:
@@ -473,8 +463,11 @@ class FetchRenderer:
                 values.append(record.size)
             elif code == 3:
                 values.append(record.modseq)
-            else:
+            elif code == 4:
                 values.append(internaldate(record.internaldate))
+            else:  # 10, 11, 12: ENVELOPE, BODYSTRUCTURE, BODY
+                assert found is not None
+                values.append(found[code - 10])
         return values
 
     def _whole_message(self, seq: int, record: Record, reader: Reader, out: Sink) -> int:
