@@ -156,7 +156,6 @@ async def _found(
         ]
         if everything and with_records:
             session.sort_items = (shown, uid, items)
-            session.sort_orders = {}
         return items
 
     return run
@@ -169,13 +168,9 @@ _KEPT_ORDERS: Final = 4
 async def sort_messages(session: Session, cmd: c.Sort) -> Reply:
     criteria = cmd.criteria
     everything = isinstance(cmd.key, All)
-    memo = session.sort_items
-    same_view = (
-        everything
-        and memo is not None
-        and memo[0] is session.selected().box.records
-        and memo[1] == cmd.uid
-    )
+    shown = session.selected().box.records
+    view = session.sort_orders_view
+    same_view = everything and view is not None and view[0] is shown and view[1] == cmd.uid
     kept = session.sort_orders.get(criteria) if same_view else None
     if kept is not None:
         ordered = list(kept)
@@ -187,7 +182,10 @@ async def sort_messages(session: Session, cmd: c.Sort) -> Reply:
             return sort(find(), criteria)
 
         ordered = await session.mail.run_blocking(run)
-        if everything and (with_records or same_view):  # items kept for this view
+        if everything:  # kept for this view, until a message comes or goes
+            if not same_view:
+                session.sort_orders = {}
+                session.sort_orders_view = (shown, cmd.uid)
             orders = session.sort_orders
             if len(orders) >= _KEPT_ORDERS:  # a client cycling criteria keeps a few
                 del orders[next(iter(orders))]

@@ -152,9 +152,11 @@ class Session:
         self.selection: Selection | None = None
         # The last SORT/THREAD ALL's items and the records list they came from.
         self.sort_items: tuple[list[Record], bool, list[SortItem]] | None = None
-        # The orders SORT ALL gave for those items, by criteria: the same view
-        # sorted the same way (a webmail's every page) is not sorted again.
+        # The orders SORT ALL gave for one view (the records list and UID or
+        # not: sort_orders_view), by criteria: the same view sorted the same
+        # way (a webmail's every page) is not sorted again.
         self.sort_orders: dict[tuple[Criterion, ...], tuple[int, ...]] = {}
+        self.sort_orders_view: tuple[list[Record], bool] | None = None
         self.ext = Extensions()
         self.failures = 0
         # Set while IDLE waits: resolved by a change or a move (see wake()).
