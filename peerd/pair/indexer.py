@@ -6,14 +6,14 @@ memory (:func:`engine.textindex.pending`), reads the bytes of the GUIDs not
 indexed yet off the event loop, extracts their text
 (:func:`engine.fulltext.extract`) and stores it with the store's index
 writer (:meth:`engine.store.Store.index_write`): on SQLite the index is a
-database file of its own with a writer of its own, so a walk's texts go in
-one write that no delivery or DELTA queues behind (SQLite locks per file).
-On PostgreSQL the index is a table of the one database and its writes are
-the committer's: there they are small, made while the store is idle or,
-while other writes keep coming, for at most :data:`SHARE` of the time
-(:meth:`Indexer._settle`: deliveries must not queue behind them; the index
-catches up between bursts, and a search decodes what it has not reached,
-below). It runs when the store reports a commit and
+database file of its own with a writer of its own, so no delivery or DELTA
+queues behind its writes (SQLite locks per file); on PostgreSQL the index
+is a table of the one database and its writes are the committer's. Either
+way they are small, made while the store is idle or, while other writes
+keep coming, for at most :data:`SHARE` of the time (:meth:`Indexer._settle`:
+the extraction and the inserts take the daemon's CPU, and deliveries come
+first; the index catches up between bursts, and a search decodes what it
+has not reached, below). It runs when the store reports a commit and
 every :data:`POLL` seconds (LMTP worker processes and a second process
 write records this daemon's store hears nothing about), and once from the
 start at start-up, so a store upgraded to an empty index, or one whose
@@ -165,8 +165,11 @@ class Indexer(Walker):
             docs, lost = await store.run_blocking(partial(self._extract, guids[i : i + BATCH]))
             while docs:
                 size = len(docs)
-                if yielding and store.index_engine is None:
-                    # PostgreSQL: the index's writes are the committer's.
+                if yielding:
+                    # The index's writes are the committer's on PostgreSQL;
+                    # on SQLite they hold only the index's own file, but
+                    # extracting and inserting still take the daemon's
+                    # CPU (and interpreter) from deliveries and DELTAs.
                     size = await self._settle()
                 started = loop.time()
                 await store.index_write(partial(textindex.put, docs=docs[:size]))
