@@ -275,6 +275,9 @@ MAILBOX_STATE = (
     Mailbox.exists,
     Mailbox.sync_base,
 )
+# What account_digests hashes of a mailbox: its state but the sync base (a
+# modseq each node keeps of its own last sync, not part of what must agree).
+MAILBOX_DIGEST = tuple(column for column in MAILBOX_STATE if column is not Mailbox.sync_base)
 _MAILBOXES = (
     select(Mailbox.id, *MAILBOX_STATE)
     .where(Mailbox.account_id == bindparam("account_id"))
@@ -396,17 +399,7 @@ def account_digests(session: Session, names: Iterable[str] | None = None) -> dic
 
     boxes: dict[int, list[str]] = {i: [] for i in accounts}
     for row in scan(
-        select(
-            Mailbox.account_id,
-            Mailbox.uniqueid,
-            Mailbox.name,
-            Mailbox.uidvalidity,
-            Mailbox.last_uid,
-            Mailbox.highestmodseq,
-            Mailbox.acl,
-            Mailbox.checksum,
-            Mailbox.exists,
-        ),
+        select(Mailbox.account_id, *MAILBOX_DIGEST),
         Mailbox.account_id,
     ):
         if row[0] in boxes:
