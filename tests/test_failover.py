@@ -162,6 +162,8 @@ def test_a_forced_failover_ends_the_old_owners_sessions(pair: tuple[Node, Node])
     # command of its own: its open IMAP and POP3 sessions for alice end too.
     alpha, beta = pair
     alpha.add_account("alice")
+    # beta fails over what it holds: alice first reaches it by replication.
+    wait_until(lambda: _has(beta, "alice"), 15, "alice on beta")
     imap, stream = idling(alpha)
     pop = poplib.POP3("127.0.0.1", alpha.ports["pop3"], timeout=20)
     try:
