@@ -214,8 +214,29 @@ def main() -> None:
     else:
         return
     _become(request)
+    profile = os.environ.get("PEERD_TEST_PROFILE")
+    if profile:
+        _profiled(request, profile)
     # As `python -m MODULE`: its __main__ runs as __main__ and exits with sys.exit.
     runpy.run_module(request.get("module", "peerd"), run_name="__main__", alter_sys=True)
+
+
+def _profiled(request: dict[str, Any], where: str) -> None:
+    """With ``PEERD_TEST_PROFILE=DIR``: profile the child (and what it forks)
+    with cProfile and write ``DIR/KIND-PID.prof`` when each exits normally,
+    to see where the suite's daemons spend their CPU (``pstats``)."""
+    import atexit
+    import cProfile
+
+    profiler = cProfile.Profile()
+    kind = _what(request).split("\t")[0].replace(" ", "_").replace("/", "_")
+
+    def dump() -> None:
+        profiler.disable()
+        profiler.dump_stats(os.path.join(where, f"{kind}-{os.getpid()}.prof"))
+
+    atexit.register(dump)
+    profiler.enable()
 
 
 # --- the pytest side --------------------------------------------------------------
