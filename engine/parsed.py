@@ -26,12 +26,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, delete, text
+from sqlalchemy import bindparam, delete, select, text
 from sqlalchemy.orm import Session
 
-from engine import walk
+from engine import fastsql, walk
 from engine.db import upsert
-from engine.models import MessageParsed
+from engine.models import Message, MessageParsed
 from engine.walk import Pending, chunks
 
 __all__ = [
@@ -108,16 +108,23 @@ def sortkeys(session: Session, version: int, guids: Sequence[str]) -> dict[str, 
 
 
 def mailbox_sortkeys(session: Session, version: int, mailbox_id: int) -> dict[str, bytes]:
-    """The stored sort keys of every live record of one mailbox (one query)."""
-    rows = session.execute(
-        text(
-            "SELECT p.guid, p.sortkeys FROM messages AS m"
-            " JOIN message_parsed AS p ON p.guid = m.guid"
-            " WHERE m.mailbox_id = :box AND m.expunged = :no AND p.version = :version"
-        ),
-        {"box": mailbox_id, "no": False, "version": version},
+    """The stored sort keys of every live record of one mailbox (one query,
+    on the DB-API cursor: a SORT's first run reads one row per message)."""
+    rows = fastsql.rows(
+        session, _MAILBOX_SORTKEYS, {"box": mailbox_id, "no": False, "version": version}
     )
     return {guid: bytes(blob) for guid, blob in rows}
+
+
+_MAILBOX_SORTKEYS = (
+    select(MessageParsed.guid, MessageParsed.sortkeys)
+    .join(Message, Message.guid == MessageParsed.guid)
+    .where(
+        Message.mailbox_id == bindparam("box"),
+        Message.expunged == bindparam("no"),
+        MessageParsed.version == bindparam("version"),
+    )
+)
 
 
 def structures(

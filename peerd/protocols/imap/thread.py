@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from peerd.protocols.imap.responses import CommandError
-from peerd.protocols.imap.sort import SortItem
+from peerd.protocols.imap.sort import SortItem, collate
 
 __all__ = [
     "Algorithm",
@@ -140,7 +140,7 @@ def _ranks(items: Sequence[SortItem]) -> list[int]:
 
 def _orderedsubject(items: Sequence[SortItem]) -> tuple[_Forest, list[int]]:
     rank = _ranks(items)
-    keys = [item.record.collated[0] for item in items]
+    keys = [collate(item.record.subject) for item in items]
     # By base subject, then sent date (two stable passes: date first).
     order = sorted(range(len(items)), key=rank.__getitem__)
     order.sort(key=keys.__getitem__)
@@ -273,7 +273,7 @@ def _references(items: Sequence[SortItem]) -> tuple[_Forest, list[int]]:
     def head(c: int) -> int:
         return item[c] if item[c] != _NONE else item[children[c][0]]
 
-    subjects = [records[head(c)].collated[0] for c in roots]
+    subjects = [collate(records[head(c)].subject) for c in roots]
     table: dict[str, int] = {}
     for c, subj in zip(roots, subjects, strict=True):
         if not subj:
