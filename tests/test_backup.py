@@ -14,12 +14,12 @@ import json
 import re
 import smtplib
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from tests.harness.clients import run_command
 from tests.harness.postgres import PgServer
 from tests.nodes import Node, make_single, running
 
@@ -66,11 +66,10 @@ class Load:
 
 
 def _peerd(node: Node, command: str, *rest: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "peerd", command, "-c", str(node.config), *rest],
-        cwd=node.workdir,
-        capture_output=True,
-        text=True,
+    return run_command(
+        "peerd",
+        [command, "-c", str(node.config), *rest],
+        node.workdir,
         timeout=300,
     )
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import re
-import subprocess
-import sys
 import typing
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from peerd.node.config import (
     parse_duration,
     parse_size,
 )
+from tests.harness.clients import run_command
 
 ROOT = Path(__file__).resolve().parents[1]
 MINIMAL: dict[str, Any] = {"node": {"name": "alpha"}}
@@ -215,20 +214,10 @@ def test_files_missing_or_not_toml_name_the_file(tmp_path: Path) -> None:
     unknown = tmp_path / "unknown.toml"
     unknown.write_text('[node]\nname = "alpha"\ncolour = "red"\n')
     for path in (bad, unknown, tmp_path / "missing.toml"):
-        result = subprocess.run(
-            [sys.executable, "-m", "peerd", "run", "-c", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = run_command("peerd", ["run", "-c", str(path)], tmp_path, timeout=60)
         assert result.returncode == 2, result
         assert result.stderr.startswith("peerd: ") and path.name in result.stderr
-    checked = subprocess.run(
-        [sys.executable, "-m", "peerd", "check-config", "-c", str(good)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    checked = run_command("peerd", ["check-config", "-c", str(good)], tmp_path, timeout=60)
     assert checked.returncode == 0 and "ok (node alpha)" in checked.stdout
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.harness.certs import self_signed
+from tests.harness.clients import run_command
 from tests.harness.procs import free_port
 from tests.nodes import Node, peerctl, write_config
 
@@ -27,13 +28,7 @@ LoneNode = Callable[..., Node]
 
 
 def _peerd(*args: str, cwd: Path, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "peerd", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=timeout,
-    )
+    return run_command("peerd", args, cwd, timeout=timeout)
 
 
 def _refused_in_one_line(done: subprocess.CompletedProcess[str], *needles: str) -> str:

@@ -17,7 +17,6 @@ import shutil
 import smtplib
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import pytest
 import migrations
 from engine.dbcheck import check_database
 from peerd.app.dbcheck import EXIT_DATABASE_DAMAGED
+from tests.harness.clients import run_command
 from tests.harness.daemons import Daemon, to_toml, write_pair_configs
 from tests.nodes import peerctl
 
@@ -84,11 +84,10 @@ def damaged_copy(template: Path, workdir: Path, name: str) -> Path:
 
 
 def peerd(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "peerd", *args, "-c", str(config)],
-        capture_output=True,
-        text=True,
-        cwd=config.parent,
+    return run_command(
+        "peerd",
+        [*args, "-c", str(config)],
+        config.parent,
         timeout=START_TIMEOUT,
     )
 

@@ -16,11 +16,11 @@ import random
 import smtplib
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from peerd.app.dbcheck import EXIT_DATABASE_DAMAGED
+from tests.harness.clients import run_command
 from tests.nodes import Node
 from tests.procs import wait_until
 
@@ -57,11 +57,10 @@ def spool(node: Node, guid: str) -> bytes:
 
 
 def peerd(node: Node, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "peerd", *args, "-c", str(node.config)],
-        capture_output=True,
-        text=True,
-        cwd=node.workdir,
+    return run_command(
+        "peerd",
+        [*args, "-c", str(node.config)],
+        node.workdir,
         timeout=timeout,
     )
 

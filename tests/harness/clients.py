@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
@@ -29,6 +30,7 @@ __all__ = [
     "idling",
     "peerctl",
     "pop3_refusal",
+    "run_command",
     "start_burst",
 ]
 
@@ -53,14 +55,30 @@ def peerctl(
     from the daemon launcher (tests/harness/zygote.py), which has imported
     it, or with exec when the launcher is off."""
     argv = ["-c", str(config or node.config), *args]
+    return run_command("peerd.cli", argv, node.workdir, stdin=stdin, timeout=timeout)
+
+
+def run_command(
+    module: str,
+    argv: Sequence[str],
+    cwd: Path,
+    *,
+    stdin: str | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """``python -m MODULE ARGV`` (``peerd check-config``, ``peerd run`` that
+    must refuse, ``peerd.cli``...) run to its end from ``cwd``, output
+    captured: forked from the daemon launcher, which has imported it, or
+    with exec when the launcher is off (``PEERD_TEST_EXEC=1``). The exit
+    status and the output are the command's own either way."""
     if zygote.enabled():
-        return zygote.run_module("peerd.cli", argv, node.workdir, stdin, timeout)
+        return zygote.run_module(module, argv, cwd, stdin, timeout)
     return subprocess.run(
-        [sys.executable, "-m", "peerd.cli", *argv],
+        [sys.executable, "-m", module, *argv],
         input=stdin,
         capture_output=True,
         text=True,
-        cwd=node.workdir,
+        cwd=cwd,
         timeout=timeout,
     )
 
