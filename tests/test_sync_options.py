@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -17,6 +15,7 @@ import pytest
 
 from peerd.node.config import ConfigError, parse_config
 from peerd.node.syncoptions import REFUSED_SYNC_OPTIONS
+from tests.harness.clients import run_command
 from tests.nodes import TOKEN, make_pair, peerctl, running, write_config
 from tests.procs import wait_until
 
@@ -33,12 +32,7 @@ def _deliver(port: int, account: str, tag: str) -> None:
 def test_a_cyrus_option_without_meaning_is_refused_with_why(tmp_path: Path, key: str) -> None:
     path = tmp_path / "node.toml"
     write_config(path, {"node": {"name": "alpha"}, "sync": {key: "x"}})
-    result = subprocess.run(
-        [sys.executable, "-m", "peerd", "check-config", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_command("peerd", ["check-config", "-c", str(path)], tmp_path, timeout=60)
     assert result.returncode == 2, result
     # The table's message, whole: why, and what to use instead.
     assert f"[sync] {key} is a Cyrus option with no meaning in peerd" in result.stderr
