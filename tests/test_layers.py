@@ -23,6 +23,7 @@ a cycle cannot hide behind an import inside a function.
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,6 +56,7 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+@functools.cache
 def source_modules() -> dict[str, Path]:
     found: dict[str, Path] = {}
     for package in PACKAGES:
@@ -65,7 +67,14 @@ def source_modules() -> dict[str, Path]:
     return found
 
 
-def imports_of(name: str, path: Path) -> Iterator[str]:
+@functools.cache
+def imports_of(name: str, path: Path) -> tuple[str, ...]:
+    """Every module ``name`` (at ``path``) imports, parsed once per process
+    (the four tests read the same walk)."""
+    return tuple(_imports_of(name, path))
+
+
+def _imports_of(name: str, path: Path) -> Iterator[str]:
     tree = ast.parse(path.read_text(), str(path))
     is_package = path.name == "__init__.py"
     for node in ast.walk(tree):
@@ -109,9 +118,10 @@ def sibling_of(module: str) -> str | None:
     return best
 
 
-def graph() -> dict[str, set[str]]:
+@functools.cache
+def graph() -> dict[str, frozenset[str]]:
     modules = source_modules()
-    edges: dict[str, set[str]] = {}
+    edges: dict[str, frozenset[str]] = {}
     for name, path in modules.items():
         targets = set()
         for target in imports_of(name, path):
@@ -119,7 +129,7 @@ def graph() -> dict[str, set[str]]:
                 target = target.rpartition(".")[0]
             if target and target != name:
                 targets.add(target)
-        edges[name] = targets
+        edges[name] = frozenset(targets)
     return edges
 
 
