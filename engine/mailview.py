@@ -332,7 +332,7 @@ def live_uids(session: Session, mailbox_id: int, uids: Sequence[int]) -> tuple[i
 
 def listing(session: Session, account: str) -> Listing:
     row = accounts.get_account(session, account)
-    names = tuple(m.name for m in mailbox.list_mailboxes(session, row))
+    names = tuple(mailbox.mailbox_names(session, row))
     return Listing(names, tuple(mailbox.subscriptions(session, row)))
 
 

@@ -51,7 +51,7 @@ from engine import sieve as sieve_store
 from engine.delivery import Recipient, resolve_account
 from engine.errors import EngineError, InvalidArgument
 from engine.flags import normalize_flags
-from engine.mailbox import create_mailbox, find_mailbox, list_mailboxes, normalize_mailbox_name
+from engine.mailbox import create_mailbox, find_mailbox, mailbox_names, normalize_mailbox_name
 from engine.messages import append
 from engine.models import Account, Duplicate
 from engine.spool import Staged
@@ -278,7 +278,7 @@ def _flags(flags: Iterable[str]) -> list[str]:
 
 def _mailbox_names(session: Session, account: str) -> frozenset[str]:
     row = session.scalar(select(Account).where(Account.name == account))
-    return frozenset(m.name for m in list_mailboxes(session, row)) if row else frozenset()
+    return frozenset(mailbox_names(session, row)) if row else frozenset()
 
 
 @dataclass(frozen=True, slots=True)
