@@ -33,12 +33,13 @@ from tests.harness import zygote
 from tests.harness.clients import Burst, burst_message
 from tests.harness.daemons import (
     STARTED,
+    ModuleNodes,
     Node,
+    make_lone,
     make_pair,
     make_single,
     running,
     template_database,
-    write_pair_configs,
 )
 from tests.harness.postgres import PgServer, require_pg
 from tests.harness.procs import Registry
@@ -80,6 +81,26 @@ def pytest_unconfigure(config: pytest.Config) -> None:
                     "sys": usage.ru_stime,
                 }
                 out.write(json.dumps(line) + "\n")
+
+
+# The fixtures of nodes a module's tests share (started on first use, stopped
+# after the module's last test).
+_MODULE_SCOPED_NODES = {"module_nodes", "module_node"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """In each module, the tests on its shared nodes run after the others (in
+    their order): the shared nodes then live only while they are used, not
+    through the tests that start nodes of their own (an idle pair node costs
+    about 0.015 s of CPU a second: its rolling replication and heartbeats)."""
+    by_module: dict[Any, list[pytest.Item]] = {}
+    for item in items:
+        by_module.setdefault(getattr(item, "module", None), []).append(item)
+    ordered: list[pytest.Item] = []
+    for group in by_module.values():
+        shared = [i for i in group if _MODULE_SCOPED_NODES & set(getattr(i, "fixturenames", ()))]
+        ordered += [i for i in group if i not in shared] + shared
+    items[:] = ordered
 
 
 @pytest.fixture(autouse=True)
@@ -133,8 +154,7 @@ def procs(tmp_path: Path) -> Iterator[Registry]:
 
 
 def _lone(workdir: Path, overrides: dict[str, Any] | None) -> Node:
-    alpha, _, _ = write_pair_configs(workdir, {"sync": {"sync_host": None}}, alpha=overrides)
-    return Node(alpha)
+    return make_lone(workdir, overrides)
 
 
 @pytest.fixture
@@ -210,24 +230,35 @@ def pair(tmp_path: Path) -> Iterator[tuple[Node, Node]]:
 
 
 @pytest.fixture(scope="module")
-def module_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, Node]]:
+def module_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleNodes]:
+    """The nodes a module's tests share (``ModuleNodes``, tests/harness/daemons.py):
+    ``module_nodes.pair(overrides)``, ``.single(overrides)``, ``.lone(overrides)``
+    or ``.get(key, make)`` start them when a test first asks and give the same
+    ones to the module's later tests; all are stopped after the module. A
+    module wraps its call in a function-scoped fixture of its own (e.g.
+    ``routed`` in tests/test_proxies.py), so each test asks anew and a
+    stopped node fails the test that asked."""
+    shared = ModuleNodes(tmp_path_factory.mktemp("module-nodes"))
+    try:
+        yield shared
+    finally:
+        shared.stop()
+
+
+@pytest.fixture(scope="module")
+def module_pair(module_nodes: ModuleNodes) -> tuple[Node, Node]:
     """alpha and beta (``make_pair``) running for a whole module; tests take
     them through ``shared_pair``."""
-    alpha, beta = make_pair(tmp_path_factory.mktemp("module-pair"))
-    with running(alpha, beta):
-        yield alpha, beta
+    return module_nodes.pair()
 
 
 @pytest.fixture
-def shared_pair(module_pair: tuple[Node, Node]) -> tuple[Node, Node]:
-    """The module's running pair, for tests that name accounts of their own
-    and never stop, kill, restart or fail over either node (those take
-    ``pair``). A failed test's report carries both nodes' log tails."""
-    for node in module_pair:
-        STARTED.append(node)
-        if node.proc is None or not node.proc.alive():
-            pytest.fail(f"the module's pair: {node.name} is not running (did a test stop it?)")
-    return module_pair
+def shared_pair(module_nodes: ModuleNodes) -> tuple[Node, Node]:
+    """The module's running pair (``module_pair``), for tests that name
+    accounts of their own and never stop, kill, restart or fail over either
+    node (those take ``pair``). A failed test's report carries both nodes'
+    log tails."""
+    return module_nodes.pair()
 
 
 def _sqlite_url(tmp_path: Path) -> str:

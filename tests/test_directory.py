@@ -6,10 +6,12 @@ pair's lookups within the cache bound, and a stale epoch never wins a write."""
 
 from __future__ import annotations
 
+import collections
 import imaplib
 import json
 import smtplib
 import time
+import tomllib
 import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,7 @@ from sqlalchemy import create_engine
 
 from peerd.directory import AccountEntry, queries, schema
 from peerd.node.config import ConfigError, parse_config
+from tests.harness.daemons import ModuleNodes
 from tests.harness.nginx import Nginx
 from tests.harness.postfix import Postfix
 from tests.harness.postgres import PgServer
@@ -57,16 +60,37 @@ def _pair(workdir: Path, name: str, directory: str) -> tuple[Node, Node]:
     return alpha, beta
 
 
-@pytest.fixture
-def site(
-    tmp_path: Path, pg_server: PgServer
-) -> Iterator[tuple[tuple[Node, Node], tuple[Node, Node], str]]:
-    """Pairs ``one`` and ``two``, both running, and the directory's libpq DSN."""
+Site = tuple[tuple[Node, Node], tuple[Node, Node], str]
+
+
+def _site(workdir: Path, pg_server: PgServer) -> tuple[Node, Node, Node, Node]:
+    """Pairs ``one`` and ``two`` on a new directory database (not started)."""
     url = pg_server.create_database()
-    one = _pair(tmp_path / "one", "one", url)
-    two = _pair(tmp_path / "two", "two", url)
-    with running(*one, *two):
-        yield one, two, pg_server.dsn(url.rpartition("/")[2])
+    return (*_pair(workdir / "one", "one", url), *_pair(workdir / "two", "two", url))
+
+
+def _dsn(pg_server: PgServer, node: Node) -> str:
+    """The libpq DSN of the directory ``node`` writes to."""
+    url = tomllib.loads(node.config.read_text())["routing"]["directory_url"]
+    return pg_server.dsn(str(url).rpartition("/")[2])
+
+
+@pytest.fixture
+def site(module_nodes: ModuleNodes, pg_server: PgServer) -> Site:
+    """Pairs ``one`` and ``two``, both running, and the directory's libpq DSN:
+    the module's, shared by the tests that only add accounts of their own
+    and look them up (those that kill a node or cut the directory off take
+    ``own_site``)."""
+    one_a, one_b, two_a, two_b = module_nodes.get("site", lambda w: _site(w, pg_server))
+    return (one_a, one_b), (two_a, two_b), _dsn(pg_server, one_a)
+
+
+@pytest.fixture
+def own_site(tmp_path: Path, pg_server: PgServer) -> Iterator[Site]:
+    """Like ``site``, the test's own."""
+    one_a, one_b, two_a, two_b = _site(tmp_path, pg_server)
+    with running(one_a, one_b, two_a, two_b):
+        yield (one_a, one_b), (two_a, two_b), _dsn(pg_server, one_a)
 
 
 def _route(node: Node, account: str) -> dict[str, Any] | None:
@@ -87,7 +111,7 @@ def _row(dsn: str, account: str) -> tuple[Any, ...] | None:
         ).fetchone()
 
 
-def test_lookups_on_one_pair_answer_for_the_other_pairs_accounts(site: Any) -> None:
+def test_lookups_on_one_pair_answer_for_the_other_pairs_accounts(site: Site) -> None:
     (one_a, one_b), (two_a, two_b), dsn = site
     two_a.add_account("carol")
     one_a.add_account("dave")
@@ -114,7 +138,7 @@ def test_lookups_on_one_pair_answer_for_the_other_pairs_accounts(site: Any) -> N
     assert socketmap_query(port, "transport", "nobody@example.test") == "NOTFOUND "
 
 
-def test_nginx_and_postfix_reach_an_account_of_another_pair(site: Any, tmp_path: Path) -> None:
+def test_nginx_and_postfix_reach_an_account_of_another_pair(site: Site, tmp_path: Path) -> None:
     (one_a, _), (two_a, _), dsn = site
     two_a.add_account("erin", password="erin-pw")
     wait_until(lambda: _row(dsn, "erin"), 10, "erin in the directory")
@@ -160,9 +184,9 @@ def test_nginx_and_postfix_reach_an_account_of_another_pair(site: Any, tmp_path:
 
 
 def test_a_failover_in_one_pair_reaches_the_other_pairs_lookups_within_the_bound(
-    site: Any,
+    own_site: Site,
 ) -> None:
-    (one_a, one_b), (two_a, two_b), dsn = site
+    (one_a, one_b), (two_a, two_b), dsn = own_site  # it kills two's alpha
     two_a.add_account("fay")
     wait_until(lambda: _exists(two_b, "fay"), 10, "fay replicated to beta")
     wait_until(lambda: _route(one_a, "fay"), 10, "fay in the directory")
@@ -215,35 +239,55 @@ def _exists(node: Node, account: str) -> bool:
     return True
 
 
-def test_pair_list_shows_every_pair_its_nodes_accounts_and_health(site: Any) -> None:
+def _owned(node: Node) -> dict[str, int]:
+    """Owner -> how many of the accounts ``node`` holds it owns."""
+    return dict(
+        collections.Counter(a["owner"] for a in node.call("GET", "/v1/accounts")["accounts"])
+    )
+
+
+def test_pair_list_shows_every_pair_its_nodes_accounts_and_health(site: Site) -> None:
     (one_a, _), (two_a, two_b), dsn = site
     for name in ("g1", "g2"):
         one_a.add_account(name)
     two_a.add_account("h1")
-    wait_until(lambda: _row(dsn, "g2") and _row(dsn, "h1"), 10, "written through")
+    # The module's pairs hold earlier tests' accounts too: the listing must
+    # count what each pair holds, every row written through first.
+    owned = {"one": _owned(one_a), "two": _owned(two_a)}
+    assert set(owned["one"]) == {"alpha"} == set(owned["two"]), owned
+    assert owned["one"]["alpha"] >= 2 and owned["two"]["alpha"] >= 1
+    everyone = [
+        a["name"] for n in (one_a, two_a) for a in n.call("GET", "/v1/accounts")["accounts"]
+    ]
+    wait_until(lambda: all(_row(dsn, name) for name in everyone), 10, "written through")
     as_json = peerctl(two_b, "--json", "pair", "list")
     assert as_json.returncode == 0, as_json.stderr
     listing = json.loads(as_json.stdout)
     assert listing["pair"] == "two"
     pairs = {p["pair"]: p for p in listing["pairs"]}
     assert set(pairs) == {"one", "two"}
-    assert (pairs["one"]["accounts"], pairs["one"]["owned"]) == (2, {"alpha": 2})
-    assert (pairs["two"]["accounts"], pairs["two"]["owned"]) == (1, {"alpha": 1})
+    for name in ("one", "two"):
+        assert (pairs[name]["accounts"], pairs[name]["owned"]) == (
+            sum(owned[name].values()),
+            owned[name],
+        )
     for pair in pairs.values():
         assert [n["node"] for n in pair["nodes"]] == ["alpha", "beta"]
         assert all(n["up"] for n in pair["nodes"])
     assert pairs["two"]["nodes"][1]["api"] == two_b.api
     text = peerctl(one_a, "pair", "list")
     assert text.returncode == 0, text.stderr
-    assert "pair one (this pair): 2 accounts, owned alpha=2" in text.stdout
-    assert "pair two: 1 accounts, owned alpha=1" in text.stdout
+    one, two = owned["one"]["alpha"], owned["two"]["alpha"]
+    assert f"pair one (this pair): {one} accounts, owned alpha={one}" in text.stdout
+    assert f"pair two: {two} accounts, owned alpha={two}" in text.stdout
     assert text.stdout.count(": up, heartbeat") == 4
 
 
 def test_the_directory_away_lookups_say_try_later_and_changes_wait(
-    site: Any, pg_server: PgServer
+    own_site: Site, pg_server: PgServer
 ) -> None:
-    (one_a, _), (two_a, two_b), dsn = site
+    # Its own: it cuts the directory off, and counts the rows written.
+    (one_a, _), (two_a, two_b), dsn = own_site
     database = dsn.rpartition("/")[2]
     one_a.add_account("lou")
     two_a.add_account("kim")

@@ -16,6 +16,7 @@ import pytest
 from engine.store import Store
 from ownership import table as ownership_table
 from peerd.services.lmtp.front import RCPT_CACHE_SECONDS
+from tests.harness.daemons import ModuleNodes
 from tests.nodes import Node, idling, make_pair, peerctl, running
 from tests.procs import wait_until
 
@@ -115,8 +116,8 @@ def _has(node: Node, account: str) -> bool:
     return True
 
 
-def test_switchover_moves_accounts_both_ways(pair: tuple[Node, Node]) -> None:
-    alpha, beta = pair
+def test_switchover_moves_accounts_both_ways(shared_pair: tuple[Node, Node]) -> None:
+    alpha, beta = shared_pair
     for name in ("carol", "dave"):
         alpha.add_account(name)
         deliver(alpha, f"{name}@example.test", f"{name}-1")
@@ -137,24 +138,27 @@ def test_switchover_moves_accounts_both_ways(pair: tuple[Node, Node]) -> None:
 
 
 @pytest.mark.parametrize("workers", [1, 0], ids=["worker", "in-daemon"])
-def test_the_old_owner_refuses_at_the_next_rcpt(tmp_path: Path, workers: int) -> None:
+def test_the_old_owner_refuses_at_the_next_rcpt(module_nodes: ModuleNodes, workers: int) -> None:
     # The LMTP front skips the recipient check for a recipient it accepted
     # in the last RCPT_CACHE_SECONDS; a switchover must wipe that "yes",
     # in a worker process (a frame over its pipe) and in the daemon alike.
-    alpha, beta = make_pair(tmp_path, {"alpha": {"lmtp": {"workers": workers}}})
-    with running(alpha, beta):
-        alpha.add_account("carol")
-        assert deliver(alpha, "carol@example.test", "warm")[0] == 250
-        started = time.monotonic()
-        alpha.call("POST", "/v1/switchover", {"accounts": ["carol"]})
-        with smtplib.LMTP("127.0.0.1", alpha.ports["lmtp"], timeout=30) as lmtp:
-            lmtp.docmd("LHLO", "t")
-            lmtp.mail("s@example.test")
-            code, text = lmtp.rcpt("carol@example.test")
-        elapsed = time.monotonic() - started
-        # Past the window the cache would have expired anyway: nothing shown.
-        assert elapsed < RCPT_CACHE_SECONDS, f"the switchover took {elapsed:.2f} s"
-        assert code == 451 and b"beta" in text, (code, text)
+    # (The module's pair has one worker, the default; the other is shared
+    # with no test.)
+    alpha, _ = module_nodes.pair(None if workers else {"alpha": {"lmtp": {"workers": 0}}})
+    status = alpha.call("GET", "/v1/status")
+    assert (len(status["lmtp"]["workers"]) == 1) if workers else ("lmtp" not in status)
+    alpha.add_account("cleo")
+    assert deliver(alpha, "cleo@example.test", "warm")[0] == 250
+    started = time.monotonic()
+    alpha.call("POST", "/v1/switchover", {"accounts": ["cleo"]})
+    with smtplib.LMTP("127.0.0.1", alpha.ports["lmtp"], timeout=30) as lmtp:
+        lmtp.docmd("LHLO", "t")
+        lmtp.mail("s@example.test")
+        code, text = lmtp.rcpt("cleo@example.test")
+    elapsed = time.monotonic() - started
+    # Past the window the cache would have expired anyway: nothing shown.
+    assert elapsed < RCPT_CACHE_SECONDS, f"the switchover took {elapsed:.2f} s"
+    assert code == 451 and b"beta" in text, (code, text)
 
 
 def test_a_forced_failover_ends_the_old_owners_sessions(pair: tuple[Node, Node]) -> None:
@@ -289,8 +293,10 @@ def test_a_node_whose_partner_is_down_at_start_serves_only_its_own(tmp_path: Pat
         beta.stop()
 
 
-def test_pop3_login_for_the_partners_account_names_the_owner(pair: tuple[Node, Node]) -> None:
-    alpha, beta = pair
+def test_pop3_login_for_the_partners_account_names_the_owner(
+    shared_pair: tuple[Node, Node],
+) -> None:
+    alpha, beta = shared_pair
     beta.add_account("bob")
     wait_until(lambda: _has(alpha, "bob"), 15, "bob on alpha")
     client = poplib.POP3("127.0.0.1", alpha.ports["pop3"], timeout=20)

@@ -20,8 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import LoneNode
-from tests.harness.daemons import TOKEN, to_toml
+from tests.harness.daemons import TOKEN, ModuleNodes, to_toml
 from tests.test_api_cli import request
 
 # The fail2ban failregex documented in docs/security.md.
@@ -127,8 +129,16 @@ def test_start_refusals_and_config_errors_name_the_key_not_the_value(
     assert "sync_tls" in _start_with(tmp_path, node, remote_partner)
 
 
-def test_password_hash_parameters_are_bounded(lone_node: Callable[..., LoneNode]) -> None:
-    node = lone_node()
+@pytest.fixture
+def shared_lone(module_nodes: ModuleNodes) -> LoneNode:
+    """The module's lone node with the default config, for the tests that
+    only send it requests (each its own accounts: earlier tests' are
+    deleted); a test with a config of its own takes ``lone_node``."""
+    return module_nodes.lone()
+
+
+def test_password_hash_parameters_are_bounded(shared_lone: LoneNode) -> None:
+    node = shared_lone
     salt, digest = "AAAAAAAAAAAAAAAAAAAAAA", "A" * 43
     for params in ("ln=15,r=8,p=64", "ln=24,r=8,p=1", "ln=15,r=1024,p=1"):
         status, _, body = request(
@@ -177,12 +187,10 @@ HOSTILE_BODIES: dict[str, tuple[bytes, dict[str, str]]] = {
 }
 
 
-def test_hostile_bodies_get_a_4xx_and_one_log_line(
-    lone_node: Callable[..., LoneNode],
-) -> None:
+def test_hostile_bodies_get_a_4xx_and_one_log_line(shared_lone: LoneNode) -> None:
     import base64
 
-    node = lone_node()
+    node = shared_lone
     node.add_account("carol")
     basic = "Basic " + base64.b64encode(b"repl:repl-secret").decode()
     sync = f"http://127.0.0.1:{node.port('sync')}/sync/v1"
@@ -255,15 +263,37 @@ def test_replicate_never_sends_the_sync_credentials_elsewhere(
     assert heard == [], heard
 
 
+@pytest.fixture(scope="module")
+def sync_ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """The CA, certificate and key of the module's TLS sync listener."""
+    from tests.test_sync_tls import make_ca
+
+    return make_ca(tmp_path_factory.mktemp("ca"), "alpha")
+
+
+@pytest.fixture
+def tls_sync_node(module_nodes: ModuleNodes, sync_ca: tuple[Path, Path, Path]) -> LoneNode:
+    """The module's lone node whose sync listener takes TLS only, with a cap
+    of 3 connections per address and a 2 s header timeout: the two tests
+    that only connect to it share it (each reads the log lines written
+    since it began)."""
+    _, crt, key = sync_ca
+    return module_nodes.lone(
+        {
+            "tls": {"cert": str(crt), "key": str(key)},
+            "sync": {"sync_tls": True},
+            # Failed handshakes must give their place back: more of them than the cap.
+            "http": {"max_connections_per_ip": 3, "header_timeout": "2s"},
+        }
+    )
+
+
 def test_failed_tls_handshakes_on_the_sync_listener_log_no_traceback(
-    lone_node: Callable[..., LoneNode], tmp_path: Path
+    tls_sync_node: LoneNode,
 ) -> None:
     import socket
 
-    from tests.test_sync_tls import make_ca
-
-    _, crt, key = make_ca(tmp_path, "alpha")
-    node = lone_node({"tls": {"cert": str(crt), "key": str(key)}, "sync": {"sync_tls": True}})
+    node = tls_sync_node
     for hello in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x00\x05garbage", b""):
         with socket.create_connection(("127.0.0.1", node.port("sync")), timeout=10) as sock:
             sock.sendall(hello)
@@ -279,7 +309,7 @@ def test_failed_tls_handshakes_on_the_sync_listener_log_no_traceback(
 
 
 def test_a_failed_tls_handshake_on_the_sync_listener_is_one_log_line(
-    lone_node: Callable[..., LoneNode], tmp_path: Path
+    tls_sync_node: LoneNode, sync_ca: tuple[Path, Path, Path]
 ) -> None:
     """A plain-text client on a TLS sync listener: one line naming the listener
     and the client per failed handshake, and the listener keeps working over TLS."""
@@ -287,17 +317,10 @@ def test_a_failed_tls_handshake_on_the_sync_listener_is_one_log_line(
     import ssl
 
     from tests.procs import wait_until
-    from tests.test_sync_tls import make_ca
 
-    ca, crt, key = make_ca(tmp_path, "alpha")
-    node = lone_node(
-        {
-            "tls": {"cert": str(crt), "key": str(key)},
-            "sync": {"sync_tls": True},
-            # Failed handshakes must give their place back: more of them than the cap.
-            "http": {"max_connections_per_ip": 3, "header_timeout": "2s"},
-        }
-    )
+    node = tls_sync_node
+    ca = sync_ca[0]
+    logged = node.log.stat().st_size  # the module's node: only this test's lines count
     hellos = (
         b"GET /sync/v1/state HTTP/1.1\r\nHost: x\r\n\r\n",
         b"\x16\x03\x01\x00\x05garbage",
@@ -325,7 +348,7 @@ def test_a_failed_tls_handshake_on_the_sync_listener_is_one_log_line(
         assert tls.recv(4096).startswith(b"HTTP/1.1 ")
 
     def failed() -> list[str]:
-        log = node.log.read_text()
+        log = node.log.read_bytes()[logged:].decode(errors="replace")
         return [line for line in log.splitlines() if "TLS handshake with" in line]
 
     wait_until(lambda: len(failed()) >= len(hellos), 10, "the log lines")
@@ -399,12 +422,10 @@ def test_http_listeners_cap_connections_and_cut_slow_headers(
     assert "Traceback" not in log
 
 
-def test_flags_past_the_sync_limit_are_refused_where_they_enter(
-    lone_node: Callable[..., LoneNode],
-) -> None:
+def test_flags_past_the_sync_limit_are_refused_where_they_enter(shared_lone: LoneNode) -> None:
     import imaplib
 
-    node = lone_node()
+    node = shared_lone
     node.add_account("carol")
     with node.lmtp() as lmtp:
         lmtp.sendmail("x@example.test", ["carol@example.test"], b"Subject: one\r\n\r\nbody\r\n")

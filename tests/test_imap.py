@@ -17,6 +17,7 @@ import pytest
 
 from peerd.protocols.imap.states import ALLOWED
 from peerd.services.imap.handlers import HANDLERS
+from tests.harness.daemons import ModuleNodes
 from tests.nodes import Node, idling, make_pair, make_single, running
 from tests.procs import wait_until
 
@@ -262,24 +263,20 @@ def test_idle_timeout(tmp_path: Path) -> None:
         node.stop()
 
 
-def test_authenticate_plain_and_referral_for_the_partners_account(tmp_path: Path) -> None:
-    alpha, beta = make_pair(tmp_path)
-    try:
-        alpha.start()
-        beta.start()
-        alpha.add_account("alice")
-        beta.add_account("bob")
-        wait_until(lambda: _exists(alpha, "bob"), 10, "bob replicated to alpha")
-        c = imaplib.IMAP4("127.0.0.1", alpha.ports["imap"], timeout=20)
-        assert c.authenticate("PLAIN", lambda _: b"\0alice\0secret")[0] == "OK"
-        c.logout()
-        c = imaplib.IMAP4("127.0.0.1", alpha.ports["imap"], timeout=20)
-        with pytest.raises(imaplib.IMAP4.error, match="REFERRAL imap://bob@"):
-            c.login("bob", "secret")
-        c.logout()
-    finally:
-        alpha.stop()
-        beta.stop()
+def test_authenticate_plain_and_referral_for_the_partners_account(
+    shared_pair: tuple[Node, Node],
+) -> None:
+    alpha, beta = shared_pair
+    alpha.add_account("alice")
+    beta.add_account("bob")
+    wait_until(lambda: _exists(alpha, "bob"), 10, "bob replicated to alpha")
+    c = imaplib.IMAP4("127.0.0.1", alpha.ports["imap"], timeout=20)
+    assert c.authenticate("PLAIN", lambda _: b"\0alice\0secret")[0] == "OK"
+    c.logout()
+    c = imaplib.IMAP4("127.0.0.1", alpha.ports["imap"], timeout=20)
+    with pytest.raises(imaplib.IMAP4.error, match="REFERRAL imap://bob@"):
+        c.login("bob", "secret")
+    c.logout()
 
 
 def _exists(node: Node, account: str) -> bool:
@@ -293,24 +290,18 @@ def _exists(node: Node, account: str) -> bool:
     return True
 
 
-def test_switchover_closes_the_accounts_sessions(tmp_path: Path) -> None:
-    alpha, beta = make_pair(tmp_path)
-    try:
-        alpha.start()
-        beta.start()
-        alpha.add_account("alice")
-        sock, stream = idling(alpha)
-        alpha.call("POST", "/v1/switchover", {"accounts": ["alice"]})
-        rest = stream.read()  # the server ends the session
-        assert b"* BYE [UNAVAILABLE]" in rest
-        sock.close()
-        client = connect(alpha, login=False)
-        with pytest.raises(imaplib.IMAP4.error, match="REFERRAL"):
-            client.login("alice", "secret")
-        client.logout()
-    finally:
-        alpha.stop()
-        beta.stop()
+def test_switchover_closes_the_accounts_sessions(shared_pair: tuple[Node, Node]) -> None:
+    alpha, _ = shared_pair
+    alpha.add_account("sally")
+    sock, stream = idling(alpha, "sally")
+    alpha.call("POST", "/v1/switchover", {"accounts": ["sally"]})
+    rest = stream.read()  # the server ends the session
+    assert b"* BYE [UNAVAILABLE]" in rest
+    sock.close()
+    client = connect(alpha, login=False)
+    with pytest.raises(imaplib.IMAP4.error, match="REFERRAL"):
+        client.login("sally", "secret")
+    client.logout()
 
 
 def test_refusals_say_why(served: Node) -> None:
@@ -347,49 +338,46 @@ def test_refusals_say_why(served: Node) -> None:
     assert b"l BAD ENABLE is not allowed now (selected)" in text
 
 
-def test_overlong_line_ends_the_session_with_a_reason(tmp_path: Path) -> None:
-    node = make_single(tmp_path, overrides={"imap": {"max_line": 1024}})
-    node.start()
-    try:
-        sock = socket.create_connection(("127.0.0.1", node.ports["imap"]), timeout=20)
-        stream = sock.makefile("rb")
-        stream.readline()
-        sock.sendall(b"a NOOP " + b"x" * 2000 + b"\r\n")
-        assert stream.readline().startswith(b"* BYE [TOOBIG] line too long")
-        assert stream.readline() == b""  # closed: the stream cannot be resynchronised
-        sock.close()
-    finally:
-        node.stop()
+# The two limits of one session the next two tests reach: one node for both
+# (a session of the one test stays far from the other's limit).
+LIMITS = {"imap": {"max_line": 1024, "commands_per_second": 5}}
 
 
-def test_command_rate_is_refused_with_limit_then_cut_off(tmp_path: Path) -> None:
-    node = make_single(tmp_path, overrides={"imap": {"commands_per_second": 5}})
-    node.start()
-    try:
-        sock = socket.create_connection(("127.0.0.1", node.ports["imap"]), timeout=20)
-        stream = sock.makefile("rb")
-        stream.readline()
+def test_overlong_line_ends_the_session_with_a_reason(module_nodes: ModuleNodes) -> None:
+    node = module_nodes.single(LIMITS)
+    sock = socket.create_connection(("127.0.0.1", node.ports["imap"]), timeout=20)
+    stream = sock.makefile("rb")
+    stream.readline()
+    sock.sendall(b"a NOOP " + b"x" * 2000 + b"\r\n")
+    assert stream.readline().startswith(b"* BYE [TOOBIG] line too long")
+    assert stream.readline() == b""  # closed: the stream cannot be resynchronised
+    sock.close()
 
-        def replies(tags: list[str]) -> list[bytes]:
-            sock.sendall(b"".join(f"{t} NOOP\r\n".encode() for t in tags))
-            return [stream.readline() for _ in tags]
 
-        # Over the budget: answered NO [LIMIT] (RFC 5530 3), not run, not a silent delay.
-        first = replies([f"a{n}" for n in range(7)])
-        assert all(line.startswith(f"a{n} OK".encode()) for n, line in enumerate(first[:5]))
-        assert first[5].startswith(b"a5 NO [LIMIT] too many commands: at most 5 per second")
-        assert first[6].startswith(b"a6 NO [LIMIT]")
-        time.sleep(1.1)  # a new window: the budget is whole again
-        assert replies(["b0"])[0].startswith(b"b0 OK")
-        # Still sending at twice the rate after being told: BYE [LIMIT] and closed.
-        tags = [f"c{n}" for n in range(11)]
+def test_command_rate_is_refused_with_limit_then_cut_off(module_nodes: ModuleNodes) -> None:
+    node = module_nodes.single(LIMITS)
+    sock = socket.create_connection(("127.0.0.1", node.ports["imap"]), timeout=20)
+    stream = sock.makefile("rb")
+    stream.readline()
+
+    def replies(tags: list[str]) -> list[bytes]:
         sock.sendall(b"".join(f"{t} NOOP\r\n".encode() for t in tags))
-        rest = stream.read()
-        assert rest.count(b" OK NOOP completed") == 4 and rest.count(b" NO [LIMIT]") == 5
-        assert rest.endswith(b"* BYE [LIMIT] too many commands (over 5 per second)\r\n")
-        sock.close()
-    finally:
-        node.stop()
+        return [stream.readline() for _ in tags]
+
+    # Over the budget: answered NO [LIMIT] (RFC 5530 3), not run, not a silent delay.
+    first = replies([f"a{n}" for n in range(7)])
+    assert all(line.startswith(f"a{n} OK".encode()) for n, line in enumerate(first[:5]))
+    assert first[5].startswith(b"a5 NO [LIMIT] too many commands: at most 5 per second")
+    assert first[6].startswith(b"a6 NO [LIMIT]")
+    time.sleep(1.1)  # a new window: the budget is whole again
+    assert replies(["b0"])[0].startswith(b"b0 OK")
+    # Still sending at twice the rate after being told: BYE [LIMIT] and closed.
+    tags = [f"c{n}" for n in range(11)]
+    sock.sendall(b"".join(f"{t} NOOP\r\n".encode() for t in tags))
+    rest = stream.read()
+    assert rest.count(b" OK NOOP completed") == 4 and rest.count(b" NO [LIMIT]") == 5
+    assert rest.endswith(b"* BYE [LIMIT] too many commands (over 5 per second)\r\n")
+    sock.close()
 
 
 # -- commands with no other client test ---------------------------------------------

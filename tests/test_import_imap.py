@@ -29,7 +29,7 @@ from peerd.cli.imapsource import Folder, parse_internaldate, values
 from peerd.protocols.imap.responses import encode_mailbox
 from tests.harness.dovecot import Dovecot, require_dovecot
 from tests.harness.procs import wait_until
-from tests.nodes import Node, peerctl
+from tests.nodes import Node, make_single, peerctl, running
 
 # -- the pure parts ----------------------------------------------------------------------
 
@@ -125,6 +125,22 @@ BOXES = [
     ("Ünïcode", False),
 ]
 FLAGS = ["\\Seen", "\\Answered \\Flagged", "\\Draft $Label1", "\\Deleted Junk", ""]
+
+
+@pytest.fixture
+def node(shared_node: Node) -> Node:
+    """The module's node (``shared_node``: the accounts earlier tests made are
+    deleted, their import cursors with them); the test that kills a node
+    takes ``own_node``."""
+    return shared_node
+
+
+@pytest.fixture
+def own_node(tmp_path: Path) -> Iterator[Node]:
+    """A node of the test's own."""
+    single = make_single(tmp_path / "own")
+    with running(single):
+        yield single
 
 
 @pytest.fixture
@@ -284,8 +300,9 @@ def _kill_midway(proc: subprocess.Popen[bytes], node: Node, total: int, victim: 
 
 @pytest.mark.parametrize("victim", ["peerctl", "node"])
 def test_kill_midway_then_rerun_copies_each_message_once(
-    node: Node, dovecot: Dovecot, tmp_path: Path, victim: str
+    request: pytest.FixtureRequest, dovecot: Dovecot, tmp_path: Path, victim: str
 ) -> None:
+    node: Node = request.getfixturevalue("own_node" if victim == "node" else "node")
     total = 300
     imap = _old(dovecot)
     for n in range(total):

@@ -28,7 +28,7 @@ from engine.store import Store
 from ownership import table as ownership_table
 from tests.conftest import LoneNode
 from tests.harness.certs import self_signed
-from tests.harness.daemons import STARTED, write_pair_configs
+from tests.harness.daemons import ModuleNodes
 from tests.harness.procs import Proc, pid_alive, wait_until
 
 NodeFactory = Callable[..., LoneNode]
@@ -180,8 +180,13 @@ def test_100kb_command_line_gets_a_clear_500_and_the_session_goes_on(node: LoneN
     assert len(node.records("frank")) == 1
 
 
-def test_lmtp_max_line_is_honoured(lone_node: NodeFactory) -> None:
-    node = lone_node({"lmtp": {"max_line": 1000}})
+# The limits of one transaction the next two tests reach, on one node of the
+# module's (max_line, max_recipients: each test stays far from the other's).
+LIMITS = {"lmtp": {"max_line": 1000, "max_recipients": 2}}
+
+
+def test_lmtp_max_line_is_honoured(module_nodes: ModuleNodes) -> None:
+    node = module_nodes.lone(LIMITS)
     node.add_account("max")
     with node.lmtp() as client:
         client.ehlo("x")
@@ -431,8 +436,12 @@ def test_the_lmtp_worker_dies_with_the_daemon(lone_node: NodeFactory) -> None:
     assert [r["guid"] for r in node.records("ned")] == [sha1(msg("back"))]
 
 
-def test_lmtp_in_the_daemon_itself_with_no_workers(lone_node: NodeFactory) -> None:
-    node = lone_node({"lmtp": {"workers": 0}})
+def test_lmtp_in_the_daemon_itself_with_no_workers(
+    module_nodes: ModuleNodes, lmtp_cert: tuple[Path, Path]
+) -> None:
+    # The module's node with no workers: the STARTTLS tests' (its certificate
+    # plays no part in a delivery in the clear).
+    node = module_nodes.lone(tls_config(lmtp_cert, workers=0))
     assert "lmtp" not in node.call("GET", "/v1/status")
     node.add_account("olga")
     node.add_account("pia", quota_limit=10)
@@ -516,34 +525,23 @@ def test_sigterm_tells_an_open_session_421(lone_node: NodeFactory, workers: int)
 
 
 @pytest.fixture(scope="module")
-def tls_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[int, LoneNode]]:
-    """The module's STARTTLS nodes, one per ``[lmtp] workers`` value, each
-    started when a test first asks for it and stopped after the module."""
-    nodes: dict[int, LoneNode] = {}
-    try:
-        yield nodes
-    finally:
-        for node in nodes.values():
-            node.stop()
+def lmtp_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The certificate and key of the module's STARTTLS nodes."""
+    return self_signed(tmp_path_factory.mktemp("tls"), "lmtp")
+
+
+def tls_config(cert: tuple[Path, Path], workers: int) -> dict[str, Any]:
+    return {"tls": {"cert": str(cert[0]), "key": str(cert[1])}, "lmtp": {"workers": workers}}
 
 
 @pytest.fixture
-def tls_node(tls_nodes: dict[int, LoneNode], request: pytest.FixtureRequest) -> LoneNode:
-    """A lone node with a [tls] certificate (``workers`` from the test's
-    parameter, 1 by default) and one fresh account, tlsuser."""
-    workers = getattr(request, "param", 1)
-    node = tls_nodes.get(workers)
-    if node is None:
-        workdir = request.getfixturevalue("tmp_path_factory").mktemp(f"tls-{workers}")
-        cert, key = self_signed(workdir, "lmtp")
-        tls = {"tls": {"cert": str(cert), "key": str(key)}, "lmtp": {"workers": workers}}
-        config, _, _ = write_pair_configs(
-            workdir / "node", {"sync": {"sync_host": None}}, alpha=tls
-        )
-        node = tls_nodes[workers] = LoneNode(config)
-        node.start()
-    STARTED.append(node)
-    node.delete_accounts()
+def tls_node(
+    module_nodes: ModuleNodes, lmtp_cert: tuple[Path, Path], request: pytest.FixtureRequest
+) -> LoneNode:
+    """The module's lone node with a [tls] certificate (``workers`` from the
+    test's parameter, 1 by default; one node per value) and one fresh
+    account, tlsuser."""
+    node = module_nodes.lone(tls_config(lmtp_cert, getattr(request, "param", 1)))
     node.add_account("tlsuser")
     return node
 
@@ -668,9 +666,9 @@ def test_rcpt_before_mail_gets_503_and_the_session_goes_on(node: LoneNode) -> No
 
 
 def test_too_many_recipients_get_452_and_the_accepted_ones_get_the_message(
-    lone_node: NodeFactory,
+    module_nodes: ModuleNodes,
 ) -> None:
-    node = lone_node({"lmtp": {"max_recipients": 2}})
+    node = module_nodes.lone(LIMITS)
     for name in ("r1", "r2", "r3"):
         node.add_account(name)
     with node.lmtp() as client:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.harness.daemons import ModuleNodes
 from tests.harness.nginx import Nginx
 from tests.harness.postfix import Postfix
 from tests.nodes import Node, make_pair, pop3_refusal, running
@@ -21,11 +22,11 @@ from tests.procs import free_port, wait_until
 SECRET = "proxy-secret"
 
 
-@pytest.fixture
-def routed(tmp_path: Path) -> Iterator[tuple[Node, Node]]:
+def _routed(workdir: Path) -> tuple[Node, Node]:
+    """A pair with socketmap listeners and an nginx auth_http secret (not started)."""
     ports = {"alpha": free_port(), "beta": free_port()}
     alpha, beta = make_pair(
-        tmp_path,
+        workdir,
         {
             name: {
                 "listen": {"socketmap": f"127.0.0.1:{ports[name]}"},
@@ -36,6 +37,22 @@ def routed(tmp_path: Path) -> Iterator[tuple[Node, Node]]:
         },
     )
     alpha.ports["socketmap"], beta.ports["socketmap"] = ports["alpha"], ports["beta"]
+    return alpha, beta
+
+
+@pytest.fixture
+def routed(module_nodes: ModuleNodes) -> tuple[Node, Node]:
+    """The module's routed pair, shared by the tests that never stop, kill or
+    fail over a node (each names accounts of its own); those that do take
+    ``own_routed``."""
+    alpha, beta = module_nodes.get("routed", _routed)
+    return alpha, beta
+
+
+@pytest.fixture
+def own_routed(tmp_path: Path) -> Iterator[tuple[Node, Node]]:
+    """A routed pair of the test's own."""
+    alpha, beta = _routed(tmp_path)
     with running(alpha, beta):
         yield alpha, beta
 
@@ -52,8 +69,8 @@ def login(port: int, user: str, password: str) -> str:
             pass
 
 
-def test_nginx_routes_logins_to_the_owner(routed: Any, tmp_path: Path) -> None:
-    alpha, beta = routed
+def test_nginx_routes_logins_to_the_owner(own_routed: Any, tmp_path: Path) -> None:
+    alpha, beta = own_routed  # it kills alpha
     alpha.add_account("alice", password="s3cret+x")
     alpha.add_account("bob")
     wait_until(lambda: _exists(beta, "alice") and _exists(beta, "bob"), 10, "accounts replicated")
@@ -101,12 +118,12 @@ def _subjects_via(port: int, user: str) -> list[str]:
         client.logout()
 
 
-def test_nginx_through_failover_return_and_failback(routed: Any, tmp_path: Path) -> None:
+def test_nginx_through_failover_return_and_failback(own_routed: Any, tmp_path: Path) -> None:
     """Issue 4's whole cycle behind a real nginx: the owner is SIGKILLed,
     failover on the survivor, every account's logins and deliveries work there;
     the dead node returns, refuses what it lost, hands over what it never
     replicated; failback sends the logins home again."""
-    alpha, beta = routed
+    alpha, beta = own_routed
     alpha.add_account("amy")  # home alpha
     alpha.add_account("abe")  # home alpha
     beta.add_account("bea")  # home beta

@@ -25,13 +25,14 @@ from tests.test_sieve_service import (
     Relay,
     create_folder,
     lmtp,
+    module_relay,
     relay,
     sieve_overrides,
     unverified,
     upload,
 )
 
-__all__ = ["relay"]  # the fixture, used by name
+__all__ = ["module_relay", "relay"]  # the fixtures, used by name
 
 
 def rcpt(node: Node, address: str) -> int:

@@ -24,6 +24,7 @@ import pytest
 from engine import accounts, mailbox, messages
 from engine.store import Store
 from ownership import table as ownership_table
+from tests.harness.daemons import ModuleNodes
 from tests.nodes import Node, make_pair, make_single, running
 from tests.procs import wait_until
 
@@ -70,9 +71,9 @@ def open_store(node: Node) -> Store:
 
 
 def test_delivery_reaches_the_partner_and_replicate_v_prints_the_seed_steps(
-    pair: tuple[Node, Node],
+    shared_pair: tuple[Node, Node],
 ) -> None:
-    alpha, beta = pair
+    alpha, beta = shared_pair
     alpha.add_account("dpc22")
     for i in range(3):
         deliver(alpha, "dpc22@example.test", f"m{i}")
@@ -84,13 +85,23 @@ def test_delivery_reaches_the_partner_and_replicate_v_prints_the_seed_steps(
     assert report["uploaded"] == 0 and report["records_compared"] == 0
 
 
+# A pair with rolling replication off (``sync_log = false``), as in the
+# seed's manual examples: nothing syncs but ``replicate``, so a test can
+# look at exactly the steps one run takes.
+MANUAL = {"alpha": {"sync": {"sync_log": False}}, "beta": {"sync": {"sync_log": False}}}
+
+
 @pytest.fixture
-def manual_pair(tmp_path: Path) -> Iterator[tuple[Node, Node]]:
-    """A pair with rolling replication off (``sync_log = false``), as in the
-    seed's manual examples: nothing syncs but ``replicate``, so a test can
-    look at exactly the steps one run takes."""
-    off = {"sync": {"sync_log": False}}
-    alpha, beta = make_pair(tmp_path, {"alpha": off, "beta": off})
+def manual_pair(module_nodes: ModuleNodes) -> tuple[Node, Node]:
+    """The module's ``MANUAL`` pair, for tests that replicate accounts of
+    their own and never stop or kill a node (those take ``own_manual_pair``)."""
+    return module_nodes.pair(MANUAL)
+
+
+@pytest.fixture
+def own_manual_pair(tmp_path: Path) -> Iterator[tuple[Node, Node]]:
+    """A ``MANUAL`` pair of the test's own."""
+    alpha, beta = make_pair(tmp_path, MANUAL)
     with running(alpha, beta):
         yield alpha, beta
 
@@ -154,13 +165,13 @@ def test_moved_messages_are_never_uploaded_again(manual_pair: tuple[Node, Node])
     assert len(records(beta, "mover", "zzz")) == 10
 
 
-def test_partner_killed_mid_upload_then_convergence(manual_pair: tuple[Node, Node]) -> None:
+def test_partner_killed_mid_upload_then_convergence(own_manual_pair: tuple[Node, Node]) -> None:
     """SIGKILL the replica while a sync's UPLOAD batches (8 MB each) are still
     arriving: the sync fails clearly, nothing half-applied remains, and the
     next sync after the restart converges."""
     import threading
 
-    alpha, beta = manual_pair
+    alpha, beta = own_manual_pair
     alpha.add_account("upl")
     # ~24 MB that does not compress: three UPLOAD batches or more. Attachments,
     # as big mail is: a text/plain body of 400 KB of base64 has both nodes'
@@ -374,12 +385,12 @@ def test_bad_sync_requests_are_refused_without_state_change(shared_pair: tuple[N
     assert boxes(beta, "fence") == before
 
 
-def test_compression_gives_identical_results_and_saves_bytes(tmp_path: Path) -> None:
-    alpha, beta = make_pair(tmp_path, {"alpha": {"sync": {"sync_log": False}}})
+def test_compression_gives_identical_results_and_saves_bytes(
+    manual_pair: tuple[Node, Node], tmp_path: Path
+) -> None:
+    alpha, beta = manual_pair
     gamma = make_single(tmp_path, "gamma")
-    try:
-        for node in (alpha, beta, gamma):
-            node.start()
+    with running(gamma):
         alpha.add_account("zip")
         for i in range(30):
             deliver(alpha, "zip@example.test", f"zip{i}", (b"compressible text line\r\n" * 200))
@@ -390,9 +401,6 @@ def test_compression_gives_identical_results_and_saves_bytes(tmp_path: Path) -> 
         assert boxes(beta, "zip") == boxes(gamma, "zip") == boxes(alpha, "zip")
         assert records(beta, "zip") == records(gamma, "zip")
         assert packed["bytes_sent"] < plain["bytes_sent"] / 3
-    finally:
-        for node in (alpha, beta, gamma):
-            node.stop()
 
 
 @pytest.mark.parametrize("mode", ["synchronous"])

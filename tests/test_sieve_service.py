@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
+from tests.harness.daemons import ModuleNodes
 from tests.nodes import Node, make_pair, make_single, running
 from tests.procs import free_port, require, wait_until
 
@@ -66,8 +67,9 @@ class Relay:
             return [r for r in self.received if address in r.rcpt_tos]
 
 
-@pytest.fixture
-def relay() -> Iterator[Relay]:
+@pytest.fixture(scope="module")
+def module_relay() -> Iterator[Relay]:
+    """The module's relay: the shared node's config names its port."""
     port = free_port()
     handler = Relay(port)
     controller = Controller(handler, hostname="127.0.0.1", port=port)
@@ -76,6 +78,14 @@ def relay() -> Iterator[Relay]:
         yield handler
     finally:
         controller.stop()
+
+
+@pytest.fixture
+def relay(module_relay: Relay) -> Relay:
+    """The module's relay, with what earlier tests sent it forgotten."""
+    with module_relay.lock:
+        module_relay.received.clear()
+    return module_relay
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
@@ -219,14 +229,28 @@ def create_folder(node: Node, name: str) -> None:
 
 
 @pytest.fixture
-def single(tmp_path: Path, relay: Relay) -> Iterator[Node]:
-    overrides = sieve_overrides(tmp_path, relay)
-    del overrides["sync"]  # a single node has no partner
-    node = make_single(tmp_path, overrides=overrides)
-    with running(node):
-        node.add_account("alice")
-        node.add_account("bob")
-        yield node
+def single(module_nodes: ModuleNodes, relay: Relay) -> Node:
+    """The module's single node with ManageSieve, TLS, a socketmap listener
+    and the relay, shared by the tests that deliver, upload and read (node-wide
+    counters read as differences); the accounts earlier tests made are deleted
+    (scripts and vacation records go with them), alice and bob made afresh."""
+
+    def make(workdir: Path) -> Node:
+        workdir.mkdir(parents=True)
+        overrides = sieve_overrides(workdir, relay)
+        del overrides["sync"]  # a single node has no partner
+        overrides["listen"] = {"socketmap": f"127.0.0.1:{free_port()}"}
+        return make_single(workdir, overrides=overrides)
+
+    (node,) = module_nodes.get("single", make)
+    node.delete_accounts()
+    node.add_account("alice")
+    node.add_account("bob")
+    return node
+
+
+def counters(node: Node) -> dict[str, int]:
+    return dict(node.call("GET", "/v1/status")["counters"])
 
 
 def test_managesieve_wire(single: Node) -> None:
@@ -308,6 +332,7 @@ def test_sieve_connect_uploads(single: Node, tmp_path: Path) -> None:
 
 def test_delivery_runs_the_active_script(single: Node, relay: Relay) -> None:
     node = single
+    before = counters(node)
     create_folder(node, "Projects")
     assert lmtp(node, "before any script") == {}
     upload(node, SCRIPT)
@@ -341,9 +366,9 @@ def test_delivery_runs_the_active_script(single: Node, relay: Relay) -> None:
     assert b"Subject: Away" in replies[0].data and b"Auto-Submitted: auto-replied" in (
         replies[0].data
     )
-    counters = node.call("GET", "/v1/status")["counters"]
-    assert (counters["sieve_rejected"], counters["sieve_redirected"]) == (1, 1)
-    assert counters["sieve_vacation_replies"] == 1
+    after = counters(node)
+    names = ("sieve_rejected", "sieve_redirected", "sieve_vacation_replies")
+    assert [after.get(n, 0) - before.get(n, 0) for n in names] == [1, 1, 1]
     inbox = node.mailbox("alice")["messages"]
     # before any script, forward (kept by :copy), two holiday mails (implicit keep)
     assert len(inbox) == inbox_before + 3
@@ -480,35 +505,27 @@ def test_switchover_ends_the_session_and_beta_serves_the_scripts(
             other.close()
 
 
-def test_postfix_delivers_through_lmtp_and_the_script_files_and_rejects(
-    tmp_path: Path, relay: Relay
-) -> None:
+def test_postfix_delivers_through_lmtp_and_the_script_files_and_rejects(single: Node) -> None:
     from tests.harness.postfix import Postfix
 
-    overrides = sieve_overrides(tmp_path, relay)
-    del overrides["sync"]
-    socketmap = free_port()
-    overrides["listen"] = {"socketmap": f"127.0.0.1:{socketmap}"}
-    node = make_single(tmp_path, overrides=overrides)
-    with running(node):
-        node.add_account("alice")
-        create_folder(node, "Projects")
-        upload(node, SCRIPT)
-        postfix = Postfix(socketmap, "example.test").start()
-        try:
-            postfix.send("alice@example.test", subject="project kickoff")
-            wait_until(
-                lambda: len(node.mailbox("alice", "Projects")["messages"]) == 1,
-                30,
-                "Postfix's delivery filed into Projects",
-            )
-            postfix.send("alice@example.test", subject="go away now")
-            # The 550 from LMTP makes Postfix bounce it, with the script's reason.
-            postfix.wait_log("status=bounced", timeout=30)
-            assert "not wanted here" in postfix.log()
-            assert node.mailbox("alice")["messages"] == []
-        finally:
-            postfix.stop()
+    node = single
+    create_folder(node, "Projects")
+    upload(node, SCRIPT)
+    postfix = Postfix(node.ports["socketmap"], "example.test").start()
+    try:
+        postfix.send("alice@example.test", subject="project kickoff")
+        wait_until(
+            lambda: len(node.mailbox("alice", "Projects")["messages"]) == 1,
+            30,
+            "Postfix's delivery filed into Projects",
+        )
+        postfix.send("alice@example.test", subject="go away now")
+        # The 550 from LMTP makes Postfix bounce it, with the script's reason.
+        postfix.wait_log("status=bounced", timeout=30)
+        assert "not wanted here" in postfix.log()
+        assert node.mailbox("alice")["messages"] == []
+    finally:
+        postfix.stop()
 
 
 def test_without_a_certificate_plain_goes_in_the_clear(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import socket
 import ssl
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import pytest
 from peerd.services.starttls import TlsFailed, upgrade
 from tests.conftest import LoneNode
 from tests.harness.certs import self_signed
+from tests.harness.daemons import ModuleNodes
 
 NodeFactory = Callable[..., LoneNode]
 
@@ -69,16 +71,27 @@ def test_upgrade_refuses_bytes_the_stream_already_holds(tmp_path: Path) -> None:
     assert outcome == ["refused"]
 
 
+@pytest.fixture(scope="module")
+def module_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The certificate (and key) of the module's TLS node."""
+    return self_signed(tmp_path_factory.mktemp("cert"))
+
+
 @pytest.fixture
-def tls_node(lone_node: NodeFactory, tmp_path: Path) -> LoneNode:
-    cert, key = self_signed(tmp_path)
-    node = lone_node({"tls": {"cert": str(cert), "key": str(key)}})
+def tls_node(module_nodes: ModuleNodes, module_cert: tuple[Path, Path]) -> LoneNode:
+    """The module's lone node with a [tls] certificate (started once: the
+    tests only connect to it, each reads only the log lines written since it
+    began) and one fresh account, tlsuser."""
+    cert, key = module_cert
+    node = module_nodes.lone({"tls": {"cert": str(cert), "key": str(key)}})
     node.add_account("tlsuser")
     return node
 
 
-def client_context(tmp_path: Path) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(tmp_path / "node.crt"))
+def client_context(node: LoneNode) -> ssl.SSLContext:
+    """Trusts the node's certificate only (and checks it names 127.0.0.1)."""
+    cert = tomllib.loads(node.config.read_text())["tls"]["cert"]
+    return ssl.create_default_context(cafile=str(cert))
 
 
 class Dialect:
@@ -115,9 +128,7 @@ def greeted(node: LoneNode, dialect: Dialect) -> tuple[socket.socket, Any]:
 
 
 @DIALECTS
-def test_plaintext_in_the_same_segment_is_refused(
-    tls_node: LoneNode, dialect: Dialect, tmp_path: Path
-) -> None:
+def test_plaintext_in_the_same_segment_is_refused(tls_node: LoneNode, dialect: Dialect) -> None:
     raw, reader = greeted(tls_node, dialect)
     with raw:
         raw.sendall(dialect.starttls + dialect.inject)
@@ -128,9 +139,9 @@ def test_plaintext_in_the_same_segment_is_refused(
 
 @DIALECTS
 def test_plaintext_sent_while_the_handshake_starts_is_never_answered_over_tls(
-    tls_node: LoneNode, dialect: Dialect, tmp_path: Path
+    tls_node: LoneNode, dialect: Dialect
 ) -> None:
-    context = client_context(tmp_path)
+    context = client_context(tls_node)
     answered_over_tls = handshakes = 0
     for attempt in range(40):
         raw, reader = greeted(tls_node, dialect)
@@ -160,13 +171,14 @@ def test_plaintext_sent_while_the_handshake_starts_is_never_answered_over_tls(
 
 @DIALECTS
 def test_a_clean_starttls_still_works_and_a_failed_handshake_is_one_line(
-    tls_node: LoneNode, dialect: Dialect, tmp_path: Path
+    tls_node: LoneNode, dialect: Dialect
 ) -> None:
+    logged = tls_node.log.stat().st_size  # the node is the module's: read only this test's lines
     raw, reader = greeted(tls_node, dialect)
     with raw:
         raw.sendall(dialect.starttls)
         assert reader.readline().startswith(dialect.ok)
-        with client_context(tmp_path).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        with client_context(tls_node).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
             tls.sendall(dialect.probe)
             assert tls.makefile("rb").readline().startswith(dialect.probe_ok)
     # A client that answers the OK with plaintext instead of a ClientHello.
@@ -177,12 +189,16 @@ def test_a_clean_starttls_still_works_and_a_failed_handshake_is_one_line(
             assert reader.readline().startswith(dialect.ok)
             raw.sendall(b"this is not a TLS record\r\n" * 4)
             assert reader.read() == b""
+
+    def new_log() -> str:
+        return tls_node.log.read_bytes()[logged:].decode(errors="replace")
+
+    line = f"{dialect.listener}: TLS handshake with 127.0.0.1 failed"
     deadline = time.monotonic() + 10
-    while b"TLS handshake" not in tls_node.log.read_bytes() and time.monotonic() < deadline:
+    while line not in new_log() and time.monotonic() < deadline:
         time.sleep(0.05)
-    log = tls_node.log.read_text(errors="replace")
-    assert f"{dialect.listener}: TLS handshake with 127.0.0.1 failed" in log
-    assert "Traceback" not in log
+    assert line in new_log()
+    assert "Traceback" not in tls_node.log.read_text(errors="replace")
 
 
 # --- logins in the clear (issue 9 item 8) -------------------------------------
@@ -197,9 +213,7 @@ def remote(node: LoneNode, listener: str) -> tuple[socket.socket, Any]:
     return raw, raw.makefile("rb")
 
 
-def test_imap_login_in_the_clear_is_refused_when_tls_is_configured(
-    tls_node: LoneNode, tmp_path: Path
-) -> None:
+def test_imap_login_in_the_clear_is_refused_when_tls_is_configured(tls_node: LoneNode) -> None:
     raw, reader = remote(tls_node, "imap")
     with raw:
         greeting = reader.readline()
@@ -210,7 +224,7 @@ def test_imap_login_in_the_clear_is_refused_when_tls_is_configured(
         assert reader.readline().startswith(b"b NO [PRIVACYREQUIRED]")
         raw.sendall(b"c STARTTLS\r\n")
         assert reader.readline().startswith(b"c OK")
-        with client_context(tmp_path).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        with client_context(tls_node).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
             secure = tls.makefile("rb")
             tls.sendall(b"d CAPABILITY\r\n")
             caps = secure.readline()
@@ -220,9 +234,7 @@ def test_imap_login_in_the_clear_is_refused_when_tls_is_configured(
             assert secure.readline().startswith(b"e OK")
 
 
-def test_pop3_login_in_the_clear_is_refused_when_tls_is_configured(
-    tls_node: LoneNode, tmp_path: Path
-) -> None:
+def test_pop3_login_in_the_clear_is_refused_when_tls_is_configured(tls_node: LoneNode) -> None:
     raw, reader = remote(tls_node, "pop3")
     with raw:
         assert reader.readline().startswith(b"+OK")
@@ -237,7 +249,7 @@ def test_pop3_login_in_the_clear_is_refused_when_tls_is_configured(
         assert reader.readline().startswith(b"-ERR [AUTH]")
         raw.sendall(b"STLS\r\n")
         assert reader.readline().startswith(b"+OK")
-        with client_context(tmp_path).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        with client_context(tls_node).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
             secure = tls.makefile("rb")
             tls.sendall(b"USER tlsuser\r\nPASS secret\r\n")
             assert secure.readline().startswith(b"+OK")

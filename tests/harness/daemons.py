@@ -44,7 +44,9 @@ __all__ = [
     "SCRYPT_COST",
     "TOKEN",
     "Daemon",
+    "ModuleNodes",
     "Node",
+    "make_lone",
     "make_pair",
     "make_single",
     "pair_sections",
@@ -498,6 +500,14 @@ def make_single(
     return Node(config, workdir, name, template=template)
 
 
+def make_lone(workdir: Path, overrides: Mapping[str, Any] | None = None) -> Node:
+    """Node alpha of a pair whose partner beta is named (an account can be
+    owned by beta) but has no sync address: no replication runs. Config in
+    ``workdir/alpha.toml``, ``overrides`` merged into it; not started."""
+    alpha, _, _ = write_pair_configs(workdir, {"sync": {"sync_host": None}}, alpha=overrides)
+    return Node(alpha)
+
+
 def make_pair(
     workdir: Path,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
@@ -529,5 +539,77 @@ def running(*nodes: Node) -> Iterator[tuple[Node, ...]]:
             node.wait_ready()
         yield nodes
     finally:
+        for node in nodes:
+            node.stop()
+
+
+class ModuleNodes:
+    """Nodes a module's tests share (``module_nodes`` in tests/conftest.py):
+    ``get(key, make)`` builds them with ``make(workdir)`` (not started: a
+    :class:`Node` or a tuple of them) and starts them together the first
+    time a test asks for ``key``, and gives the same ones to every later test
+    of the module that asks for it; :meth:`stop` stops them all, at once, at
+    the module's end. One key per distinct config: ``pair(overrides)`` and
+    ``single(overrides)`` key theirs by the config itself.
+
+    Sound for tests that only deliver, read and check, each with accounts of
+    its own (the nodes keep what earlier tests left: names must not clash,
+    and node-wide counters and logs are read as differences). A test that
+    stops, kills, restarts, fails over or reconfigures a node takes its own.
+    Each time the nodes are handed out they must still run (a test that
+    stopped one fails here, not somewhere later), and they join the test's
+    ``STARTED``: a failed test's report carries their log tails."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._nodes: dict[str, tuple[Node, ...]] = {}
+
+    def get(self, key: str, make: Callable[[Path], Node | tuple[Node, ...]]) -> tuple[Node, ...]:
+        nodes = self._nodes.get(key)
+        if nodes is None:
+            made = make(self.root / f"shared-{len(self._nodes)}")
+            nodes = made if isinstance(made, tuple) else (made,)
+            self._nodes[key] = nodes
+            for node in nodes:
+                node.start(wait=False)
+            for node in nodes:
+                node.wait_ready()
+        for node in nodes:
+            if node.proc is None or not node.proc.alive():
+                raise RuntimeError(
+                    f"the module's shared {node.name} ({key}) is not running: did a test stop"
+                    f" it? log tail:\n{node.tail()}"
+                )
+            STARTED.append(node)
+        return nodes
+
+    def pair(self, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[Node, Node]:
+        """A running :func:`make_pair` pair with ``overrides``, the module's one for that config."""
+        key = "pair " + json.dumps(overrides, sort_keys=True, default=str)
+        alpha, beta = self.get(key, lambda workdir: make_pair(workdir, overrides))
+        return alpha, beta
+
+    def single(self, overrides: Mapping[str, Any] | None = None, *, clean: bool = True) -> Node:
+        """A running :func:`make_single` node with ``overrides``, the module's
+        one for that config; with ``clean``, the accounts earlier tests made
+        are deleted first (so a test may name its accounts freely)."""
+        key = "single " + json.dumps(overrides, sort_keys=True, default=str)
+        (node,) = self.get(key, lambda workdir: make_single(workdir, overrides=overrides))
+        if clean:
+            node.delete_accounts()
+        return node
+
+    def lone(self, overrides: Mapping[str, Any] | None = None, *, clean: bool = True) -> Node:
+        """Like :meth:`single`, a :func:`make_lone` node (its partner named, never running)."""
+        key = "lone " + json.dumps(overrides, sort_keys=True, default=str)
+        (node,) = self.get(key, lambda workdir: make_lone(workdir / "node", overrides))
+        if clean:
+            node.delete_accounts()
+        return node
+
+    def stop(self) -> None:
+        """Stop every node by its pid, one after the other (as :func:`running` does)."""
+        nodes = [node for group in self._nodes.values() for node in group]
+        self._nodes.clear()
         for node in nodes:
             node.stop()
