@@ -222,20 +222,37 @@ def main() -> None:
 
 
 def _profiled(request: dict[str, Any], where: str) -> None:
-    """With ``PEERD_TEST_PROFILE=DIR``: profile the child (and what it forks)
-    with cProfile and write ``DIR/KIND-PID.prof`` when each exits normally,
-    to see where the suite's daemons spend their CPU (``pstats``)."""
-    import atexit
+    """With ``PEERD_TEST_PROFILE=DIR``: profile the child with cProfile, its
+    main thread and every thread it starts (the store's committer and
+    readers, ``asyncio.to_thread``: a daemon's database work runs there),
+    and write ``DIR/KIND-PID.prof`` when it exits normally, to see where
+    the suite's daemons spend their CPU (``pstats``). A process the child
+    forks (an LMTP worker) ends with ``os._exit`` and writes none."""
     import cProfile
+    import pstats
 
     profiler = cProfile.Profile()
+    threads: list[cProfile.Profile] = []
     kind = _what(request).split("\t")[0].replace(" ", "_").replace("/", "_")
 
+    def in_thread(*_: object) -> None:
+        # threading.setprofile's hook runs at a new thread's first call:
+        # it hands the thread to a profiler of its own (one per thread).
+        own = cProfile.Profile()
+        threads.append(own)
+        own.enable()
+
     def dump() -> None:
+        threading.setprofile(None)  # type: ignore[arg-type]
         profiler.disable()
-        profiler.dump_stats(os.path.join(where, f"{kind}-{os.getpid()}.prof"))
+        stats = pstats.Stats(profiler)
+        for own in list(threads):
+            with contextlib.suppress(TypeError):  # a thread that never called anything
+                stats.add(own)
+        stats.dump_stats(os.path.join(where, f"{kind}-{os.getpid()}.prof"))
 
     atexit.register(dump)
+    threading.setprofile(in_thread)
     profiler.enable()
 
 
