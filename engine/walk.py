@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import TableClause, column, select, table, text
+from sqlalchemy import TableClause, TextClause, column, select, table, text
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 
@@ -36,6 +36,15 @@ def chunks(items: Sequence[str]) -> Iterable[list[str]]:
         yield list(items[i : i + CHUNK])
 
 
+# The walk's statements, built once: each walker asks once a second
+# however idle the node is (``peerd.pair.walker``).
+_PAGE: Final = text(
+    "SELECT max(id), count(*) FROM (SELECT id FROM messages"
+    " WHERE id > :after AND expunged = :no ORDER BY id LIMIT :limit) AS page"
+)
+_LACKING: dict[str, TextClause] = {}
+
+
 def pending(session: Session, after: int, limit: int, table: str, version: int) -> Pending:
     """Walk ``messages`` past ``after`` (at most ``limit`` rows): the GUIDs
     with no row at ``version`` in ``table`` (a table of this package with
@@ -48,24 +57,21 @@ def pending(session: Session, after: int, limit: int, table: str, version: int) 
     thousand rows through the ORM's result machinery and a query per
     chunk of them.
     """
-    last, count = session.execute(
-        text(
-            "SELECT max(id), count(*) FROM (SELECT id FROM messages"
-            " WHERE id > :after AND expunged = :no ORDER BY id LIMIT :limit) AS page"
-        ),
-        {"after": after, "no": False, "limit": limit},
-    ).one()
+    connection = session.connection()  # text only: the ORM's execution adds nothing
+    last, count = connection.execute(_PAGE, {"after": after, "no": False, "limit": limit}).one()
     if not count:
         return Pending((), after, False)
-    guids = session.scalars(
-        text(
+    query = _LACKING.get(table)
+    if query is None:
+        query = _LACKING[table] = text(
             "SELECT m.guid FROM messages AS m"
             " WHERE m.id > :after AND m.id <= :last AND m.expunged = :no"
             f" AND NOT EXISTS (SELECT 1 FROM {table} AS d"
             "  WHERE d.guid = m.guid AND d.version = :version)"
             " ORDER BY m.id"
-        ),
-        {"after": after, "last": last, "no": False, "version": version},
+        )
+    guids = connection.scalars(
+        query, {"after": after, "last": last, "no": False, "version": version}
     ).all()
     return Pending(tuple(dict.fromkeys(guids)), int(last), count == limit)
 

@@ -23,6 +23,8 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
+from sqlalchemy.orm import Session
+
 from engine.errors import EngineError
 from engine.syncwire import encode_json
 from ownership import table as ownership_table
@@ -63,9 +65,15 @@ class Returned:
     note: str
 
 
+def _tidy(session: Session, me: str) -> tuple[list[str], list[str]]:
+    """The two repairs of our own rows at start, in one transaction (one
+    commit at every start, not two): rows left ``moving`` released, rows of
+    deleted accounts the partner has forgotten dropped."""
+    return ownership_table.release_interrupted(session, me), ownership_table.prune_deleted(session)
+
+
 async def exchange_at_start(node: Node, client: SyncClient) -> Returned:
-    released = await node.store.write(lambda s: ownership_table.release_interrupted(s, node.name))
-    pruned = await node.store.write(ownership_table.prune_deleted)
+    released, pruned = await node.store.write(lambda s: _tidy(s, node.name))
     if pruned:
         log.info("at start: dropped the rows of deleted accounts %s", ", ".join(pruned))
     if released:

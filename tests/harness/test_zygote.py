@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import pstats
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.harness.daemons import make_single
+from tests.harness.daemons import make_pair, make_single
 from tests.harness.procs import kill9, pid_alive, wait_until
 from tests.harness.zygote import ForkedProc, Launcher, run_module, spawn
 
@@ -125,3 +126,70 @@ def test_the_cost_log_has_a_line_per_reaped_child_with_its_cpu(
     assert line["kind"] == "peerd run"
     assert line["test"] == os.environ["PYTEST_CURRENT_TEST"].split(" ")[0]
     assert line["user"] + line["sys"] > 0 and line["wall"] > 0
+
+
+EXITING = """
+import atexit, sys, threading, time
+from pathlib import Path
+
+def late() -> None:
+    time.sleep(0.3)
+    Path("thread").write_text("joined")
+
+threading.Thread(target=late).start()  # not a daemon thread: the exit waits for it
+atexit.register(lambda: Path("atexit").write_text("ran after " + Path("thread").read_text()))
+sys.stdout.write("written, never flushed by hand")
+sys.exit(sys.argv[1] if sys.argv[1:] else None)
+"""
+
+
+def test_a_child_ends_as_the_interpreter_would_without_its_teardown(tmp_path: Path) -> None:
+    """The launcher's child leaves with ``os._exit`` (zygote._run): first it
+    does what the interpreter's exit does that anyone sees: non-daemon
+    threads joined, then ``atexit`` handlers, the streams flushed, and the
+    exit status ``sys.exit`` gives."""
+    (tmp_path / "exiting.py").write_text(EXITING)
+    said = run_module("exiting", ["the reason"], tmp_path)
+    assert (said.returncode, said.stdout, said.stderr) == (
+        1,
+        "written, never flushed by hand",
+        "the reason\n",
+    )
+    assert (tmp_path / "atexit").read_text() == "ran after joined"
+    assert run_module("exiting", ["3"], tmp_path).returncode == 1  # a string, as Python does
+    (tmp_path / "three.py").write_text("import sys\nsys.exit(3)\n")
+    assert run_module("three", [], tmp_path).returncode == 3
+    (tmp_path / "fine.py").write_text("print('done')\n")
+    assert (
+        run_module("fine", [], tmp_path).returncode,
+        run_module("fine", [], tmp_path).stdout,
+    ) == (
+        0,
+        "done\n",
+    )
+
+
+def test_a_pair_forked_from_the_launcher_imports_nothing_on_its_way_to_ready_and_out(
+    tmp_path: Path,
+) -> None:
+    """What a daemon imports between its fork and its exit (an idle start,
+    the ownership exchange with its partner, the stop) it imports again in
+    every one of the suite's hundreds of starts: the launcher imports it
+    once (zygote.PRELOAD). Seen in the daemons' profiles
+    (``PEERD_TEST_PROFILE``): a module's body runs as ``<module>``."""
+    nodes = make_pair(tmp_path)
+    for node in nodes:
+        node.extra_env["PEERD_TEST_PROFILE"] = str(tmp_path)
+        node.start()
+    for node in reversed(nodes):
+        assert node.stop() == 0
+    profiles = sorted(tmp_path.glob("peerd_run-*.prof"))
+    assert len(profiles) == 2
+    executed = {
+        path
+        for path, _, function in pstats.Stats(*map(str, profiles)).stats  # type: ignore[attr-defined]
+        if function == "<module>" and path.endswith(".py")
+    }
+    assert any(path.endswith("peerd/__main__.py") for path in executed)  # the probe sees modules
+    imported = sorted(p for p in executed if not p.endswith("peerd/__main__.py"))
+    assert imported == []

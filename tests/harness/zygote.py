@@ -58,7 +58,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from tests.harness.procs import Proc, kill9, pid_alive
 
@@ -83,6 +83,11 @@ PRELOAD = (
     "engine.mailview",
     "sqlalchemy.dialects.sqlite",
     "sqlalchemy.dialects.postgresql",
+    # What the daemon imports on its way to ready: LMTP's store side and
+    # Sieve (peerd.app.daemon._start_lmtp), uvloop (fork_workers, for the
+    # worker). Imported in each daemon instead, they were a fifth of its start.
+    "peerd.services.lmtp.backend",
+    "uvloop",
     "concurrent.futures.thread",
     "apscheduler.executors.asyncio",
     "email.generator",
@@ -202,6 +207,11 @@ def main() -> None:
     sock = socket.socket(fileno=int(sys.argv[1]))
     for name in PRELOAD:
         importlib.import_module(name)
+    # The ORM's mappers are set up at their first use (a daemon's first
+    # write): 15 ms of CPU each daemon spent again, done here once.
+    from sqlalchemy.orm import configure_mappers
+
+    configure_mappers()
     if threading.active_count() != 1:  # fork() keeps only the calling thread
         raise SystemExit(f"zygote: {threading.active_count()} threads after the imports")
     gc.collect()
@@ -217,25 +227,79 @@ def main() -> None:
     profile = os.environ.get("PEERD_TEST_PROFILE")
     if profile:
         _profiled(request, profile)
-    # As `python -m MODULE`: its __main__ runs as __main__ and exits with sys.exit.
-    runpy.run_module(request.get("module", "peerd"), run_name="__main__", alter_sys=True)
+    _run(request.get("module", "peerd"))
+
+
+def _run(module: str) -> NoReturn:
+    """As ``python -m MODULE``: its ``__main__`` runs as ``__main__`` and exits
+    with ``sys.exit``; then the child ends as the interpreter's exit would,
+    less the teardown of what it holds.
+
+    The interpreter's own exit first does what anyone can see (non-daemon
+    threads joined, ``atexit`` handlers such as logging's flush, the
+    standard streams flushed), then frees every object, module by module.
+    In a forked child most of those objects are the launcher's imports,
+    whose pages the child shares: freeing them writes to each page (reference
+    counts), so the kernel copies it first, and a daemon's exit cost about
+    50 ms of CPU, a seventh of its idle life. The child does the first part
+    and leaves with ``os._exit``. An exception other than ``SystemExit``
+    takes the interpreter's normal way out (its traceback printed)."""
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as exc:
+        code = _exit_status(exc.code)
+    threading._shutdown()  # type: ignore[attr-defined]  # what the interpreter calls first at its exit
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+def _exit_status(code: object) -> int:
+    """The status ``sys.exit(code)`` gives the process."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    with contextlib.suppress(Exception):
+        print(code, file=sys.stderr, flush=True)
+    return 1
 
 
 def _profiled(request: dict[str, Any], where: str) -> None:
-    """With ``PEERD_TEST_PROFILE=DIR``: profile the child (and what it forks)
-    with cProfile and write ``DIR/KIND-PID.prof`` when each exits normally,
-    to see where the suite's daemons spend their CPU (``pstats``)."""
-    import atexit
+    """With ``PEERD_TEST_PROFILE=DIR``: profile the child with cProfile, its
+    main thread and every thread it starts (the store's committer and
+    readers, ``asyncio.to_thread``: a daemon's database work runs there),
+    and write ``DIR/KIND-PID.prof`` when it exits normally, to see where
+    the suite's daemons spend their CPU (``pstats``). A process the child
+    forks (an LMTP worker) ends with ``os._exit`` and writes none."""
     import cProfile
+    import pstats
 
     profiler = cProfile.Profile()
+    threads: list[cProfile.Profile] = []
     kind = _what(request).split("\t")[0].replace(" ", "_").replace("/", "_")
 
+    def in_thread(*_: object) -> None:
+        # threading.setprofile's hook runs at a new thread's first call:
+        # it hands the thread to a profiler of its own (one per thread).
+        own = cProfile.Profile()
+        threads.append(own)
+        own.enable()
+
     def dump() -> None:
+        threading.setprofile(None)
         profiler.disable()
-        profiler.dump_stats(os.path.join(where, f"{kind}-{os.getpid()}.prof"))
+        stats = pstats.Stats(profiler)
+        for own in list(threads):
+            with contextlib.suppress(TypeError):  # a thread that never called anything
+                stats.add(own)
+        stats.dump_stats(os.path.join(where, f"{kind}-{os.getpid()}.prof"))
 
     atexit.register(dump)
+    threading.setprofile(in_thread)
     profiler.enable()
 
 
