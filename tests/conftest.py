@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 import migrations
 from engine.store import Store
+from tests.example_counts import PROFILE
 from tests.harness import zygote
 from tests.harness.clients import Burst, burst_message
 from tests.harness.daemons import (
@@ -45,6 +47,10 @@ from tests.harness.postgres import PgServer, require_pg
 from tests.harness.procs import Registry
 
 __all__ = ["Burst", "LoneNode", "burst_message"]
+
+# Hypothesis draws new examples every run, under CI too (tests/example_counts.py);
+# ``--hypothesis-profile`` on the command line still wins (loaded after this).
+settings.load_profile(PROFILE)
 
 # The name tests/test_lmtp.py and others import for a ``lone_node``: the same class.
 LoneNode = Node

@@ -37,6 +37,7 @@ from engine.passwords import MIN_LN, hash_password
 from engine.rounds import converge
 from engine.store import Store
 from engine.syncstate import AccountState, owner_view, read_account_state
+from tests.example_counts import examples
 
 ACCOUNT = "dpc22"
 NAMES = ["INBOX", "Archive", "Sent", "zzz"]
@@ -256,7 +257,7 @@ def stores(template: Path) -> Iterator[Callable[[], Stores]]:
 
 
 @settings(
-    max_examples=40,
+    max_examples=examples(40),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -346,7 +347,7 @@ def rolling(owner: Store, replica: Store, account: str, mark: AccountState) -> A
 
 
 @settings(
-    max_examples=30,
+    max_examples=examples(30),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -377,7 +378,7 @@ def test_rolling_deltas_keep_modseqs_equal(
 
 
 @settings(
-    max_examples=25,
+    max_examples=examples(25),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

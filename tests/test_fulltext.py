@@ -30,6 +30,7 @@ from engine.fulltext import (
     matches,
     sqlite_match,
 )
+from tests.example_counts import examples
 
 # -- extraction -------------------------------------------------------------------------------
 
@@ -247,7 +248,7 @@ def sqlite_search(db: sqlite3.Connection, key: str, string: str) -> list[int]:
     return sorted(r[0] for r in rows)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), raws=mailboxes)
 def test_sqlite_trigram_index_matches_the_unindexed_path(
     data: st.DataObject, raws: list[bytes]
@@ -307,7 +308,7 @@ def pg(pg_url: str) -> Iterator[object]:
 
 
 @settings(
-    max_examples=60,
+    max_examples=examples(60),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peerd.protocols.imap.addrlist import _PLAIN, getaddresses
+from tests.example_counts import examples
 
 ATOMS = ["a", "Bob", "x9", "=?utf-8?q?J=C3=B6rg?=", "o'neil", "a+b", "_", "{}", "~", "-"]
 PIECES = [*ATOMS, ".", "@", " ", "  ", "\t", "<", ">", '"', "(", ")", ",", ":", ";", "[", "]", "\\"]
@@ -37,13 +38,13 @@ def test_the_fast_path_answers_as_email_utils(value: str, fast: bool) -> None:
     assert getaddresses(value) == email.utils.getaddresses([value])
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=examples(2000), deadline=None)
 @given(st.lists(st.sampled_from(PIECES), max_size=12).map("".join))
 def test_any_field_is_split_as_email_utils_splits_it(value: str) -> None:
     assert getaddresses(value) == email.utils.getaddresses([value])
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=examples(2000), deadline=None)
 @given(
     st.lists(st.sampled_from(ATOMS), max_size=3).map(" ".join),
     st.lists(st.sampled_from(ATOMS), min_size=1, max_size=3).map(".".join),

@@ -35,6 +35,7 @@ from peerd.protocols.imap.sort import (
 )
 from peerd.protocols.imap.thread import Algorithm, render, thread_response
 from peerd.protocols.imap.tokens import tokenize
+from tests.example_counts import examples
 from tests.imap.test_sort import reference_sort
 from tests.imap.test_thread import rfc_references
 
@@ -210,7 +211,7 @@ def _items(mailbox: list[tuple[bytes, int]], stored: bool) -> list[SortItem]:
     ]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(_mailboxes, _criteria)
 def test_sort_and_thread_over_stored_keys_match_the_references(
     mailbox: list[tuple[bytes, int]], criteria: tuple[Criterion, ...]

@@ -50,6 +50,7 @@ from engine.passwords import MIN_LN, hash_password, verify_password
 from engine.spool import Spool, guid_of
 from engine.store import Store
 from engine.syncwire import decode_frame_views, decode_frames, encode_frames
+from tests.example_counts import examples
 
 T = TypeVar("T")
 NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
@@ -88,28 +89,32 @@ def spool_files(store: Store) -> int:
     return sum(1 for p in store.spool.root.rglob("*") if p.is_file() and p.parent.name != "tmp")
 
 
+def checked_live(s: Session, name: str) -> dict[str, tuple[Mailbox, list[Message]]]:
+    """check_invariants's checks in ``s``; each mailbox and its live records, by name."""
+    acct = accounts.get_account(s, name)
+    used = 0
+    out = {}
+    for box in mailbox.list_mailboxes(s, acct):
+        live = messages.live_records(s, box)
+        out[box.name] = (box, live)
+        xor = 0
+        for r in live:
+            xor ^= record_hash(r.uid, r.guid, r.flags, r.internaldate, r.modseq)
+        assert box.checksum == xor, box.name
+        assert box.exists == len(live), box.name
+        all_records = s.scalars(select(Message).where(Message.mailbox_id == box.id)).all()
+        assert all(r.uid <= box.last_uid for r in all_records), box.name
+        assert all(r.modseq <= box.highestmodseq for r in all_records), box.name
+        used += sum(r.size for r in live)
+    assert acct.quota_used == used
+    if acct.quota_limit is not None:
+        assert acct.quota_used <= acct.quota_limit
+    return out
+
+
 def check_invariants(store: Store, name: str = "alice") -> None:
     """checksum == XOR of live record hashes; exists; quota_used == sum of live sizes."""
-
-    def read(s: Session) -> None:
-        acct = accounts.get_account(s, name)
-        used = 0
-        for box in mailbox.list_mailboxes(s, acct):
-            live = messages.live_records(s, box)
-            xor = 0
-            for r in live:
-                xor ^= record_hash(r.uid, r.guid, r.flags, r.internaldate, r.modseq)
-            assert box.checksum == xor, box.name
-            assert box.exists == len(live), box.name
-            all_records = s.scalars(select(Message).where(Message.mailbox_id == box.id)).all()
-            assert all(r.uid <= box.last_uid for r in all_records), box.name
-            assert all(r.modseq <= box.highestmodseq for r in all_records), box.name
-            used += sum(r.size for r in live)
-        assert acct.quota_used == used
-        if acct.quota_limit is not None:
-            assert acct.quota_used <= acct.quota_limit
-
-    store.read_sync(read)
+    store.read_sync(partial(checked_live, name=name))
 
 
 def snapshot(store: Store) -> dict[str, Any]:
@@ -995,7 +1000,7 @@ def run_op(s: Session, name: str, op: tuple[Any, ...], files: list[tuple[str, in
 
 
 @settings(
-    max_examples=40,
+    max_examples=examples(40),
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
@@ -1020,17 +1025,14 @@ def test_any_sequence_of_operations_keeps_checksum_and_quota(
             op,
             error,
         )
-        check_invariants(store, name)
 
         def read(s: Session) -> tuple[dict[str, Any], dict[str, int]]:
-            acct = accounts.get_account(s, name)
+            # The invariants, and what the model holds, from one read of the records.
+            boxes = checked_live(s, name)
             held, last = {}, {}
             for b in BOXES:
-                box = mailbox.get_mailbox(s, acct, b)
-                held[b] = {
-                    r.uid: (r.guid, r.size, frozenset(r.flags.split()))
-                    for r in messages.live_records(s, box)
-                }
+                box, live = boxes[b]
+                held[b] = {r.uid: (r.guid, r.size, frozenset(r.flags.split())) for r in live}
                 last[b] = box.last_uid
             return held, last
 

@@ -25,6 +25,7 @@ from engine.sweep import Sweeper
 from peerd.protocols.imap.parser import tokenize
 from peerd.protocols.imap.search import compile_search
 from peerd.protocols.imap.searchkey import parse_search_key
+from tests.example_counts import examples
 from tests.test_fulltext import mailboxes, needles
 from tests.test_sweep import aged
 
@@ -45,19 +46,17 @@ def _append(s: Session, box: str, guid: str, size: int) -> int:
 
 
 def deliver(store: Store, box: str, raws: list[bytes]) -> tuple[int, list[tuple[int, str]]]:
-    """Spool and append ``raws`` to ``box``: its id and (uid, guid) per message."""
-    records = []
-    for raw in raws:
-        guid, _ = store.spool.put(raw)
-        uid = store.write_sync(partial(_append, box=box, guid=guid, size=len(raw)))
-        records.append((uid, guid))
+    """Spool and append ``raws`` to ``box``, in one write: its id and (uid, guid)
+    per message."""
+    spooled = [(store.spool.put(raw)[0], len(raw)) for raw in raws]
 
-    def box_id(s: Session) -> int:
+    def append(s: Session) -> tuple[int, list[tuple[int, str]]]:
+        uids = [_append(s, box, guid, size) for guid, size in spooled]
         found = mailbox.find_mailbox(s, accounts.get_account(s, "alice"), box)
         assert found is not None
-        return found.id
+        return found.id, [(uid, guid) for uid, (guid, _) in zip(uids, spooled, strict=True)]
 
-    return store.read_sync(box_id), records
+    return store.write_sync(append)
 
 
 def index(store: Store, guids: list[str]) -> None:
@@ -77,7 +76,7 @@ def rows(store: Store) -> set[str]:
 
 
 @settings(
-    max_examples=40,
+    max_examples=examples(40),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

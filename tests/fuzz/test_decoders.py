@@ -29,8 +29,11 @@ from engine.syncstate import AccountState, MailboxState, MailboxSummary, RecordS
 from ownership.rows import parse_row
 from peerd.control.routes import ROUTES
 from peerd.control.schema import decode_body, parse
+from tests.example_counts import examples
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 BODY = b"Subject: fuzz\r\n\r\nhello\r\n"
 GUID = hashlib.sha1(BODY).hexdigest()

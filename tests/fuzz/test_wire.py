@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import LoneNode
+from tests.example_counts import examples
 
 ACCOUNT, PASSWORD = "fuzz", "secret"
 RCPT = f"{ACCOUNT}@example.test"
@@ -259,7 +260,7 @@ def test_hostile_sessions_never_slow_health_log_a_traceback_or_half_store(
     started = time.monotonic()
 
     @settings(
-        max_examples=SESSIONS,
+        max_examples=examples(SESSIONS),
         deadline=None,
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

@@ -26,6 +26,7 @@ from peerd.protocols.imap.parser import (
 from peerd.protocols.imap.searchkey import Flag, Header, Seq
 from peerd.protocols.imap.sequence import STAR, SequenceSet
 from peerd.protocols.imap.states import ALLOWED, State, allowed
+from tests.example_counts import examples
 
 
 def pull(reader: CommandReader, data: bytes = b"") -> list[Event]:
@@ -572,7 +573,7 @@ _NOISE = st.lists(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(_NOISE, st.booleans())
 def test_garbage_only_ever_yields_events(chunks: list[bytes], raw_lines: bool) -> None:
     reader = CommandReader(max_line=200, max_literal=50)
@@ -642,7 +643,7 @@ _ARG = st.one_of(
 )
 
 
-@settings(max_examples=500)
+@settings(max_examples=examples(500))
 @given(
     st.sampled_from(sorted(set(grammar._PLAIN) | {"UID " + n for n in grammar._UID})),
     st.lists(_ARG, max_size=8),

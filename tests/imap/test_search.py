@@ -129,6 +129,8 @@ def test_saved_result_names_the_saved_uids() -> None:
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from tests.example_counts import examples  # noqa: E402
+
 _WORDS = ["needle", "Needle", "NEEDLE", "stra\u00dfe", "strasse", "hay", "caf\u00e9", "x"]
 
 
@@ -155,7 +157,7 @@ def _message(words: list[str], encoding: str, in_subject: bool) -> bytes:
     )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     words=st.lists(st.sampled_from(_WORDS), max_size=6),
     encoding=st.sampled_from(["", "base64", "quoted-printable"]),

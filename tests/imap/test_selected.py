@@ -26,6 +26,7 @@ from peerd.protocols.imap.selected import (
     closed_response,
     may_expunge,
 )
+from tests.example_counts import examples
 
 WHEN = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -394,7 +395,7 @@ def test_sequence_numbers_past_the_end_are_refused_uids_ignored() -> None:
     assert empty.resolve(fetch(b"a FETCH 1:* FLAGS").seqset, uid=False) == []
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     st.lists(st.integers(1, 60), min_size=0, max_size=25, unique=True),
     st.lists(

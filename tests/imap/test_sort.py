@@ -26,6 +26,7 @@ from peerd.protocols.imap.sort import (
     parse_criteria,
     sort,
 )
+from tests.example_counts import examples
 
 # -- base subject (RFC 5256 2.1) ----------------------------------------------------------
 
@@ -273,7 +274,7 @@ criteria_lists = st.lists(
 ).map(tuple)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(sort_items, criteria_lists)
 def test_sort_matches_a_plain_comparison_sort(
     items: list[SortItem], criteria: tuple[Criterion, ...]

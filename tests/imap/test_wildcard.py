@@ -19,6 +19,7 @@ from peerd.protocols.imap.wildcard import (
     join,
     matches,
 )
+from tests.example_counts import examples
 
 
 def reference_match(pattern: str, name: str) -> bool:
@@ -65,13 +66,13 @@ patterns = st.text("aAbBxI*%/", max_size=10) | st.builds(
 )
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=examples(1500), deadline=None)
 @given(reference=st.sampled_from(["", "a/", "INBOX/", "inbox", "%"]), pattern=patterns, name=names)
 def test_matches_like_the_reference_matcher(reference: str, pattern: str, name: str) -> None:
     assert matches(reference, pattern, name) == reference_match(reference + pattern, name)
 
 
-@settings(max_examples=800, deadline=None)
+@settings(max_examples=examples(800), deadline=None)
 @given(pattern=patterns, name=names)
 def test_matches_below_is_exact(pattern: str, name: str) -> None:
     # A name below ``name`` matches iff one of these does: from any state the

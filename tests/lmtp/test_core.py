@@ -43,6 +43,7 @@ from peerd.protocols.lmtp import (
     advance,
     parse_command,
 )
+from tests.example_counts import examples
 
 SETTINGS = Settings("mx.test", max_message_size=1000, max_recipients=3, max_line=512, starttls=True)
 OK = "250 2.1.5 Delivered"
@@ -574,7 +575,7 @@ def _drive(conn: LmtpConnection, chunks: list[bytes], accept: list[bool]) -> byt
     raise AssertionError("the end of input did not close the session")
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(_reads(), st.lists(st.booleans(), min_size=1, max_size=5), st.booleans(), st.booleans())
 def test_arbitrary_bytes_never_raise_and_every_reply_is_well_formed(
     chunks: list[bytes], accept: list[bool], starttls: bool, patient: bool
@@ -588,7 +589,7 @@ def test_arbitrary_bytes_never_raise_and_every_reply_is_well_formed(
     assert re.fullmatch(rb"(?:[0-9]{3}[ -][^\r\n]*\r\n)*", out)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.integers(min_value=1, max_value=3), st.lists(st.booleans(), min_size=3, max_size=3))
 def test_exactly_one_reply_per_accepted_recipient_after_data(
     count: int, accepted: list[bool]

@@ -32,6 +32,7 @@ from peerd.protocols.managesieve import (
 )
 from peerd.protocols.managesieve.wire import Atom, Bad, Line, Reader, Str
 from peerd.protocols.sieve import Limits
+from tests.example_counts import examples
 
 PLAIN = base64.b64encode(b"\0bob\0secret").decode()
 
@@ -339,7 +340,7 @@ _PIECES = st.sampled_from(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(_PIECES | st.binary(max_size=20), max_size=30), st.integers(1, 50))
 def test_arbitrary_input_never_breaks_the_session(pieces: list[bytes], chunk: int) -> None:
     data = b"".join(pieces)

@@ -27,6 +27,7 @@ from peerd.protocols.sieve import (
     evaluate,
 )
 from peerd.protocols.sieve.errors import ActionConflict, SieveRuntimeError
+from tests.example_counts import examples
 
 MAIL = (
     b"Return-Path: <ann@example.com>\r\n"
@@ -474,7 +475,7 @@ vacation :handle "h" "away";
 """
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.binary(max_size=600), st.sampled_from(["", "a@b", "MAILER-DAEMON", "x@example.com"]))
 def test_arbitrary_messages_never_break_evaluation(data: bytes, sender: str) -> None:
     program = compile_script(EVERY_TEST)
@@ -508,7 +509,7 @@ _MAIL_PIECES = st.sampled_from(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(_MAIL_PIECES, max_size=40))
 def test_mail_shaped_input_never_breaks_evaluation(pieces: list[bytes]) -> None:
     program = compile_script(EVERY_TEST)

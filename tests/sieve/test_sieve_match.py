@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from peerd.protocols.sieve.errors import WorkLimitExceeded
 from peerd.protocols.sieve.match import Budget, compare, fold, glob_match
+from tests.example_counts import examples
 
 
 def reference(pattern: str) -> re.Pattern[str]:
@@ -33,7 +34,7 @@ def reference(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out), re.DOTALL)
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=examples(2000), deadline=None)
 @given(
     st.text(alphabet="ab*?\\", max_size=10),
     st.text(alphabet="ab*?\\", max_size=12),

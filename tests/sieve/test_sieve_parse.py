@@ -21,6 +21,7 @@ from peerd.protocols.sieve import (
 )
 from peerd.protocols.sieve import program as p
 from peerd.protocols.sieve import tree as t
+from tests.example_counts import examples
 
 # RFC 5228 section 9 (the "Full Example"), as printed.
 RFC5228_EXAMPLE = (Path(__file__).parent / "rfc5228_example.sieve").read_bytes()
@@ -271,7 +272,7 @@ _TOKENS = st.sampled_from(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(st.lists(_TOKENS, max_size=40))
 def test_token_soup_only_raises_script_errors(tokens: list[str]) -> None:
     try:
@@ -280,7 +281,7 @@ def test_token_soup_only_raises_script_errors(tokens: list[str]) -> None:
         pass
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_only_raise_script_errors(data: bytes) -> None:
     # CPU time, not the clock: under load the clock counts other processes' turns.
