@@ -13,6 +13,7 @@ second (RFC 3501 2.3.1.1).
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Protocol
@@ -60,14 +61,19 @@ def normalize_mailbox_name(name: str) -> str:
     if not name:
         raise InvalidArgument("mailbox name is empty")
     check_length(name, MAX_MAILBOX_NAME, "a mailbox name")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+    if _CONTROL.search(name):
         raise InvalidArgument("mailbox name contains control characters")
     parts = name.split(SEPARATOR)
-    if any(part == "" for part in parts):
+    if "" in parts:
         raise InvalidArgument(f"mailbox name {name!r} has an empty level")
     if parts[0].upper() == "INBOX":
         parts[0] = "INBOX"
-    return SEPARATOR.join(parts)
+        return SEPARATOR.join(parts)
+    return name
+
+
+# C0 controls and DEL (a LIST-STATUS of 100,000 mailboxes checks each name).
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 def find_mailbox(session: Session, account: Account, name: str) -> Mailbox | None:

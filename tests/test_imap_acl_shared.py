@@ -479,3 +479,36 @@ def test_a_shared_mailbox_is_served_by_the_owner_of_its_account(tmp_path: Path) 
         # The appends were alice's writes on beta.
         assert len(beta.records("alice", "Team")) == 3
         assert re.search(r'"dave": "lri"', beta_acl(beta, "Team"))
+
+
+def test_list_status_counts_own_and_readable_shared_mailboxes(served: Node) -> None:
+    """LIST ... RETURN (STATUS ...) (RFC 5819), read a batch at a time per
+    owner: a STATUS for each listed mailbox the user may read (own ones, and
+    shared ones with ``r``), with the counts STATUS gives alone; none for a
+    shared mailbox with ``l`` only."""
+    alice, bob = connect(served, "alice"), connect(served, "bob")
+    try:
+        fresh_box(alice, "ls-read", messages=2)
+        fresh_box(alice, "ls-look", messages=1)
+        share(alice, "ls-read", "lr")
+        share(alice, "ls-look", "l")
+        fresh_box(bob, "ls-own", messages=3)
+        answers = untagged(
+            bob,
+            "LIST",
+            '""',
+            '"*"',
+            "RETURN",
+            "(STATUS (MESSAGES UNSEEN))",
+            answer="STATUS",
+        )
+        by_name = {a.rsplit(b" (", 1)[0]: a.rsplit(b" (", 1)[1] for a in answers}
+        assert by_name[b"ls-own"] == b"MESSAGES 3 UNSEEN 3)"
+        assert by_name[q(OTHER + "ls-read").encode()] == b"MESSAGES 2 UNSEEN 2)"
+        assert q(OTHER + "ls-look").encode() not in by_name
+        for name, counts in by_name.items():  # the same counts as STATUS alone
+            alone = untagged(bob, "STATUS", name.decode(), "(MESSAGES UNSEEN)", answer="STATUS")
+            assert alone == [name + b" (" + counts]
+    finally:
+        for client in (alice, bob):
+            client.logout()

@@ -96,6 +96,12 @@ class AccountStore:
         account = self.account
         return await self.node.store.read(lambda s: mailview.status(s, account, name))
 
+    async def statuses(self, names: Sequence[str]) -> dict[str, MailboxStatus]:
+        """:meth:`status` of many mailboxes in one read (a name that names no
+        mailbox any more is left out)."""
+        account = self.account
+        return await self.node.store.read(lambda s: mailview.statuses(s, account, names))
+
     async def text_search(
         self, mailbox_id: int, questions: Sequence[tuple[Key, str]]
     ) -> textindex.TextSearch:

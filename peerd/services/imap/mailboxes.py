@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session as DbSession
 
 from engine import acl as acl_store
 from engine.errors import InvalidArgument, NoSuchMailbox
+from engine.mailview import MailboxStatus
 from peerd.protocols.imap import commands as c
 from peerd.protocols.imap.caturl import bad_url, cut, parse_url
 from peerd.protocols.imap.listing import list_responses, lsub_responses, status_response
@@ -200,14 +201,29 @@ async def list_mailboxes(session: Session, cmd: c.List) -> Reply:
     if out:
         await session.send(out)
     # RFC 5819 (LIST-STATUS): a STATUS after the LIST responses, for the
-    # mailboxes the user may read.
-    for name in listed if cmd.status_items else ():
-        if "r" not in shared.get(name, "r"):
-            continue
-        where = place(session, name)
-        counts = await session.mail_of(where.owner).status(where.name)
-        await session.send(status_response(name, cmd.status_items, counts))
+    # mailboxes the user may read, read a few hundred at a time per owner
+    # (a mailbox deleted since the LIST gets none).
+    readable = [n for n in listed if "r" in shared.get(n, "r")] if cmd.status_items else []
+    for start in range(0, len(readable), _STATUS_BATCH):
+        batch = readable[start : start + _STATUS_BATCH]
+        places = [place(session, name) for name in batch]
+        counts: dict[tuple[str, str], MailboxStatus] = {}
+        for owner in dict.fromkeys(where.owner for where in places):
+            names = [where.name for where in places if where.owner == owner]
+            found = await session.mail_of(owner).statuses(names)
+            counts.update(((owner, name), status) for name, status in found.items())
+        replies = [
+            status_response(name, cmd.status_items, counts[(where.owner, where.name)])
+            for name, where in zip(batch, places, strict=True)
+            if (where.owner, where.name) in counts
+        ]
+        if replies:
+            await session.send(b"".join(replies))
     return Reply("LIST completed")
+
+
+# LIST-STATUS: the mailboxes whose STATUS one read gives.
+_STATUS_BATCH: Final = 2000
 
 
 async def lsub(session: Session, cmd: c.Lsub) -> Reply:
