@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from sqlalchemy import TableClause, TextClause, column, select, table, text
 from sqlalchemy.orm import Session
@@ -17,6 +17,8 @@ from sqlalchemy.sql import Executable
 from engine import fastsql
 
 __all__ = ["CHUNK", "Pending", "chunks", "done_among", "pending"]
+
+T = TypeVar("T")
 
 CHUNK: Final = 400  # GUIDs in one IN (...): SQLite limits a statement's parameters
 
@@ -31,7 +33,7 @@ class Pending:
     more: bool
 
 
-def chunks(items: Sequence[str]) -> Iterable[list[str]]:
+def chunks(items: Sequence[T]) -> Iterable[list[T]]:
     for i in range(0, len(items), CHUNK):
         yield list(items[i : i + CHUNK])
 
