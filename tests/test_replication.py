@@ -470,6 +470,12 @@ def test_status_of_one_account_shows_its_own_syncs(shared_pair: tuple[Node, Node
     alpha.add_account("synced")
     alpha.add_account("quiet")
     wait_until(converged(alpha, beta, "quiet"), 10, "the accounts on beta")
+
+    def settled() -> bool:  # the account's creation synced, nothing of it left to send
+        status = alpha.call("GET", "/v1/status?account=quiet")
+        return bool(status["syncs"] >= 1 and status["sync_log_depth"] == 0)
+
+    wait_until(settled, 10, "quiet's creation synced")
     before = alpha.call("GET", "/v1/status?account=quiet")
     deliver(alpha, "synced@example.test", "one")
     wait_until(converged(alpha, beta, "synced"), 10, "the delivery on beta")
