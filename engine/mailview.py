@@ -337,15 +337,10 @@ def listing(session: Session, account: str) -> Listing:
 
 
 def status(session: Session, account: str, name: str) -> MailboxStatus:
-    box = mailbox.get_mailbox(session, accounts.get_account(session, account), name)
-    rows = session.execute(
-        select(Message.flags, Message.size, Message.uid).where(
-            Message.mailbox_id == box.id, Message.expunged.is_(False)
-        )
-    ).all()
-    return _status(
-        box.exists, box.last_uid, box.uidvalidity, box.highestmodseq, box.recentuid, rows
-    )
+    found = statuses(session, account, [name])
+    if name not in found:
+        raise NoSuchMailbox(f"no such mailbox: {name}")
+    return found[name]
 
 
 def statuses(session: Session, account: str, names: Sequence[str]) -> dict[str, MailboxStatus]:
@@ -378,37 +373,23 @@ def statuses(session: Session, account: str, names: Sequence[str]) -> dict[str, 
             ):
                 found[mailbox_id].append(values)
         for box in boxes:
-            out[asked[box.name]] = _status(
-                box.exists,
-                box.last_uid,
-                box.uidvalidity,
-                box.highestmodseq,
-                box.recentuid,
-                found[box.id],
-            )
+            out[asked[box.name]] = _status(box, found[box.id])
     return out
 
 
-def _status(
-    exists: int,
-    last_uid: int,
-    uidvalidity: int,
-    highestmodseq: int,
-    recentuid: int,
-    rows: Sequence[Any],
-) -> MailboxStatus:
+def _status(box: Any, rows: Sequence[Any]) -> MailboxStatus:
     """The counts of a mailbox from its row's values and its live records'
     (flags, size, uid)."""
     flag_sets = [flags.split() for flags, _, _ in rows]
     return MailboxStatus(
-        messages=exists,
-        uidnext=last_uid + 1,
-        uidvalidity=uidvalidity,
+        messages=box.exists,
+        uidnext=box.last_uid + 1,
+        uidvalidity=box.uidvalidity,
         unseen=sum(1 for f in flag_sets if "\\Seen" not in f),
-        highestmodseq=highestmodseq,
+        highestmodseq=box.highestmodseq,
         size=sum(size for _, size, _ in rows),
         deleted=sum(1 for f in flag_sets if "\\Deleted" in f),
-        recent=sum(1 for _, _, uid in rows if uid > recentuid),
+        recent=sum(1 for _, _, uid in rows if uid > box.recentuid),
     )
 
 
