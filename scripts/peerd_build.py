@@ -10,9 +10,10 @@ under ``pip._vendor``, :func:`build_wheel` stages a copy of the tree with
 (``peerd.engine``, ...), rewrites the import statements that name them, and
 lets setuptools build the wheel from that copy.
 
-The rewrite touches import statements only, found with :mod:`ast` and edited
-at the positions :mod:`tokenize` gives, so strings, comments and every other
-line stay byte for byte (and line numbers in tracebacks stay right):
+The rewrite touches import statements only, found with :mod:`ast` (each
+file parsed once for the rewrite and the check below) and edited at the
+positions the parse gives, so strings, comments and every other line stay
+byte for byte (and line numbers in tracebacks stay right):
 
 ==========================  ===============================================
 source                      in the wheel
@@ -42,8 +43,6 @@ import os
 import re
 import shutil
 import tempfile
-import tokenize
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,41 +101,28 @@ def _import_replacement(node: ast.Import) -> str:
     return "; ".join(parts)
 
 
-def _from_module_starts(source: str) -> Iterator[tuple[int, int]]:
-    """(row, col) of the module name's first token in every ``from X import``."""
-    tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
-    for i, token in enumerate(tokens):
-        if token.type == tokenize.NAME and token.string == "from":
-            for following in tokens[i + 1 :]:
-                if following.type == tokenize.NAME:
-                    yield following.start
-                    break
-                if following.type == tokenize.OP and following.string == ".":
-                    break  # a relative import: left alone
+# ``from``, then blanks or backslash-continued lines, then the module's name.
+_FROM = re.compile(r"from(?:[ \t\f]|\\\r?\n)+")
 
 
-def rewrite_imports(source: str) -> str:
-    """``source`` with every import of a vendored package pointed under ``peerd``."""
-    tree = ast.parse(source)
+def rewrite_imports(source: str, tree: ast.Module | None = None) -> str:
+    """``source`` with every import of a vendored package pointed under
+    ``peerd`` (``tree``: ``source`` parsed, when the caller has it)."""
+    if tree is None:
+        tree = ast.parse(source)
     lines = _offsets(source)
     # (start, end, text): spans of the source to replace, applied back to front.
     edits: list[tuple[int, int, str]] = []
-    from_starts = set(_from_module_starts(source))
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             if node.level or _top(node.module) not in VENDORED:
                 continue
-            # The module name's first token after ``from``, within this statement.
-            candidates = sorted(
-                (row, col)
-                for row, col in from_starts
-                if (node.lineno, node.col_offset) < (row, col)
-                and (row, col) <= (node.end_lineno or row, node.end_col_offset or col)
-            )
-            row, col = candidates[0]
-            at = lines[row] + col
+            # The statement starts with ``from``; the module's name follows it.
+            start = lines[node.lineno] + node.col_offset
+            found = _FROM.match(source, start)
+            at = found.end() if found else -1
             if not source.startswith(_top(node.module), at):
-                raise ValueError(f"line {row}: cannot find module {node.module!r}")
+                raise ValueError(f"line {node.lineno}: cannot find module {node.module!r}")
             edits.append((at, at, f"{PARENT}."))
         elif isinstance(node, ast.Import) and any(_top(a.name) in VENDORED for a in node.names):
             start = lines[node.lineno] + node.col_offset
@@ -144,6 +130,8 @@ def rewrite_imports(source: str) -> str:
             # Keep the statement's line count: a continued ``import a, \`` stays as tall.
             tail = "\n" * source.count("\n", start, end)
             edits.append((start, end, _import_replacement(node) + tail))
+    if not edits:
+        return source
     for start, end, text in sorted(edits, reverse=True):
         source = source[:start] + text + source[end:]
     ast.parse(source)  # the result must still be Python
@@ -154,12 +142,12 @@ _DOTTED = re.compile("(?:" + "|".join(VENDORED) + r")(?:[.:][A-Za-z_][A-Za-z0-9_
 _IMPORTERS = frozenset({"import_module", "__import__", "find_spec", "resources_files", "files"})
 
 
-def check_no_string_references(path: Path, source: str) -> None:
+def check_no_string_references(path: Path, source: str, tree: ast.Module | None = None) -> None:
     """Refuse a module that names a vendored package in a string the rewrite
     would not follow: a dotted path (``"engine.models"``, ``"engine.x:f"``)
     anywhere, or any vendored name given to ``importlib``/``__import__``.
     (A bare ``"ownership"`` elsewhere is a table or request name, not a module.)"""
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(ast.parse(source) if tree is None else tree):
         named: str | None = None
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             if _DOTTED.fullmatch(node.value):
@@ -185,8 +173,10 @@ def check_no_string_references(path: Path, source: str) -> None:
 # -- staging -------------------------------------------------------------------
 
 
-def stage(source_root: Path, into: Path) -> Path:
-    """Copy ``source_root`` into ``into`` as the wheel's tree; return ``into``."""
+def stage(source_root: Path, into: Path, rewrite: bool = True) -> Path:
+    """Copy ``source_root`` into ``into`` as the wheel's tree; return ``into``.
+    ``rewrite=False``: the layout only, imports as they are (enough for the
+    wheel's metadata, which names no module)."""
     for name in _TOP_FILES:
         if (source_root / name).exists():
             shutil.copy2(source_root / name, into / name)
@@ -196,19 +186,22 @@ def stage(source_root: Path, into: Path) -> Path:
         if target.exists():
             raise RuntimeError(f"{PARENT}/{name} exists in the source: it would shadow {name}/")
         shutil.copytree(source_root / name, target, ignore=_SKIP)
+    if not rewrite:
+        return into
     for path in sorted((into / PARENT).rglob("*.py")):
         text = path.read_text(encoding="utf-8")
-        check_no_string_references(path, text)
-        rewritten = rewrite_imports(text)
+        tree = ast.parse(text)
+        check_no_string_references(path, text, tree)
+        rewritten = rewrite_imports(text, tree)
         if rewritten != text:
             path.write_text(rewritten, encoding="utf-8")
     return into
 
 
-def _in_stage(build: Any, *args: Any) -> str:
+def _in_stage(build: Any, *args: Any, rewrite: bool = True) -> str:
     source_root = Path.cwd()
     with tempfile.TemporaryDirectory(prefix="peerd-wheel-") as tmp:
-        staged = stage(source_root, Path(tmp))
+        staged = stage(source_root, Path(tmp), rewrite)
         os.chdir(staged)
         try:
             return str(build(*args))
@@ -227,7 +220,11 @@ def prepare_metadata_for_build_wheel(
     metadata_directory: str, config_settings: dict[str, Any] | None = None
 ) -> str:
     target = os.path.abspath(metadata_directory)
-    return _in_stage(_setuptools.prepare_metadata_for_build_wheel, target, config_settings)
+    # The metadata names no module: the staged layout is enough, the imports
+    # are rewritten once, for the wheel itself.
+    return _in_stage(
+        _setuptools.prepare_metadata_for_build_wheel, target, config_settings, rewrite=False
+    )
 
 
 def build_wheel(
