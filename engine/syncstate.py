@@ -183,21 +183,38 @@ def record_of(row: Any) -> RecordState:
     return RecordState(uid, guid, flags, int(when.timestamp()), size, modseq, bool(expunged))
 
 
+# records_of's two common forms, run on the DB-API cursor (engine.fastsql):
+# every full compare reads each mailbox's live records, every delta those
+# changed since a modseq.
+_LIVE_RECORDS = (
+    select(*RECORD_COLUMNS)
+    .where(Message.mailbox_id == bindparam("mailbox_id"), Message.expunged.is_(False))
+    .order_by(Message.uid)
+)
+_RECORDS_SINCE = (
+    select(*RECORD_COLUMNS)
+    .where(Message.mailbox_id == bindparam("mailbox_id"), Message.modseq > bindparam("since"))
+    .order_by(Message.uid)
+)
+
+
 def records_of(
     session: Session, mailbox_id: int, *, since: int | None = None, uids: Iterable[int] = ()
 ) -> tuple[RecordState, ...]:
     """:func:`local_records` of the mailbox whose row id is ``mailbox_id``."""
-    query = select(*RECORD_COLUMNS).where(Message.mailbox_id == mailbox_id)
     if since is None:
-        query = query.where(Message.expunged.is_(False))
+        found = fastsql.rows(session, _LIVE_RECORDS, {"mailbox_id": mailbox_id})
+        return tuple(record_of(row) for row in found)
+    extra = sorted(set(uids))
+    if not extra:
+        found = fastsql.rows(session, _RECORDS_SINCE, {"mailbox_id": mailbox_id, "since": since})
+        return tuple(record_of(row) for row in found)
+    condition = Message.modseq > since
+    if len(extra) <= 500:
+        condition = or_(condition, Message.uid.in_(extra))
     else:
-        extra = sorted(set(uids))
-        condition = Message.modseq > since
-        if extra and len(extra) <= 500:
-            condition = or_(condition, Message.uid.in_(extra))
-        elif extra:
-            condition = or_(condition, Message.uid >= extra[0])
-        query = query.where(condition)
+        condition = or_(condition, Message.uid >= extra[0])
+    query = select(*RECORD_COLUMNS).where(Message.mailbox_id == mailbox_id, condition)
     return tuple(record_of(row) for row in session.execute(query.order_by(Message.uid)))
 
 
