@@ -45,6 +45,7 @@ from tests.harness.daemons import (
 )
 from tests.harness.postgres import PgServer, require_pg
 from tests.harness.procs import Registry
+from tests.harness.schedule import Recorder, longest_first, module_seconds
 
 __all__ = ["Burst", "LoneNode", "burst_message"]
 
@@ -61,6 +62,12 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "node(partner=None, overrides=None): what the `node` fixture starts in this module",
     )
+    # PEERD_TEST_DURATIONS=FILE: the run's seconds per module, for
+    # tests/module_seconds.json (tests/harness/schedule.py). Reports reach
+    # the controlling process, not the xdist workers.
+    durations = os.environ.get("PEERD_TEST_DURATIONS")
+    if durations and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(Recorder(Path(durations)), "peerd-durations")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -95,15 +102,17 @@ _MODULE_SCOPED_NODES = {"module_nodes", "module_node"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """In each module, the tests on its shared nodes run after the others (in
-    their order): the shared nodes then live only while they are used, not
+    """The modules longest first (tests/harness/schedule.py: xdist hands them
+    out whole, in this order, to the worker about to run out). In each
+    module, the tests on its shared nodes run after the others (in their
+    order): the shared nodes then live only while they are used, not
     through the tests that start nodes of their own (an idle pair node costs
     about 0.015 s of CPU a second: its rolling replication and heartbeats)."""
-    by_module: dict[Any, list[pytest.Item]] = {}
+    by_module: dict[str, list[pytest.Item]] = {}
     for item in items:
-        by_module.setdefault(getattr(item, "module", None), []).append(item)
+        by_module.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
     ordered: list[pytest.Item] = []
-    for group in by_module.values():
+    for group in longest_first(list(by_module.items()), module_seconds()):
         shared = [i for i in group if _MODULE_SCOPED_NODES & set(getattr(i, "fixturenames", ()))]
         ordered += [i for i in group if i not in shared] + shared
     items[:] = ordered
