@@ -4,6 +4,7 @@ sort against a plain comparison sort."""
 from __future__ import annotations
 
 import functools
+import gc
 import unicodedata
 from typing import Any
 
@@ -182,6 +183,25 @@ def test_records_round_trip(rows: list[SortRecord]) -> None:
 def test_loads_refuses_what_is_not_a_record(blob: bytes) -> None:
     with pytest.raises(ValueError):
         SortRecord.loads(blob)
+
+
+def test_loads_many_leaves_the_collector_as_it_found_it() -> None:
+    """It holds the cyclic collector off while it loads, then puts it back
+    as it was: on after a load (a bad record included), still off when the
+    caller had turned it off."""
+    good = SortRecord(subject="x").dumps()
+    assert gc.isenabled()
+    try:
+        assert loads_many([good, good]) == [SortRecord(subject="x")] * 2
+        assert gc.isenabled()
+        with pytest.raises(ValueError):
+            loads_many([good, b"[1]"])
+        assert gc.isenabled()
+        gc.disable()
+        loads_many([good])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 # -- the key list ---------------------------------------------------------------------------

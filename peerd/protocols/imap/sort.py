@@ -36,6 +36,7 @@ import datetime as dt
 import email.utils
 import enum
 import functools
+import gc
 import json
 import re
 import threading
@@ -423,9 +424,22 @@ def _from_row(row: Any) -> SortRecord:
 
 
 def loads_many(blobs: Iterable[bytes]) -> list[SortRecord]:
-    """Many stored records at once (one JSON parse for all of them)."""
-    rows = json.loads(b"[" + b",".join(blobs) + b"]")
-    return [_from_row(row) for row in rows]
+    """Many stored records at once (one JSON parse for all of them).
+
+    The cyclic collector is held off meanwhile: the load makes a few
+    hundred thousand objects, none of them garbage, and each collection it
+    set off walked them all again (for 10,000 records, 55-80 ms with it
+    held off against 80-150 ms with it on). Only the collector's runs wait:
+    objects freed meanwhile are freed at once, and a collection that is due
+    runs at the next allocation after."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        rows = json.loads(b"[" + b",".join(blobs) + b"]")
+        return [_from_row(row) for row in rows]
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def build_record(raw: bytes) -> SortRecord:
