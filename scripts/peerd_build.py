@@ -120,8 +120,8 @@ def rewrite_imports(source: str, tree: ast.Module | None = None) -> str:
             # The statement starts with ``from``; the module's name follows it.
             start = lines[node.lineno] + node.col_offset
             found = _FROM.match(source, start)
-            at = found.end() if found else -1
-            if not source.startswith(_top(node.module), at):
+            at = found.end() if found else start
+            if found is None or not source.startswith(_top(node.module), at):
                 raise ValueError(f"line {node.lineno}: cannot find module {node.module!r}")
             edits.append((at, at, f"{PARENT}."))
         elif isinstance(node, ast.Import) and any(_top(a.name) in VENDORED for a in node.names):
