@@ -2,10 +2,11 @@
 
 How this works: a message's bytes live once per node in
 ``<data_dir>/spool/<g[0:2]>/<guid>``, where the GUID is the SHA-1 of the
-bytes. Writing goes temp file → fsync → rename → (later, batched) fsync of
-the directory, so a name in the spool always has all its bytes on disk, and
-a crash leaves at worst an orphan temp file, never a half message under a
-GUID. The directory fsyncs are collected by the caller and done once per
+bytes (each of the 256 folders is made, and the spool's root fsynced, when
+the first file goes into it). Writing goes temp file → fsync → rename →
+(later, batched) fsync of the directory, so a name in the spool always has
+all its bytes on disk, and a crash leaves at worst an orphan temp file,
+never a half message under a GUID. The directory fsyncs are collected by the caller and done once per
 group commit, just before the database transaction that references the new
 GUIDs commits: the bytes are durable before any record points at them.
 
@@ -95,6 +96,7 @@ FLUSH_POLICIES = ("filesystem", "file")
 GUID_RE = re.compile(r"\A[0-9a-f]{40}\Z")
 # The 256 folders a GUID's first two hex digits name.
 _FOLDERS = tuple(f"{i:02x}" for i in range(256))
+_FOLDER_SET = frozenset(_FOLDERS)
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
@@ -146,21 +148,43 @@ class Spool:
         self._verified: dict[str, tuple[int, int, int, int, int]] = {}
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(exist_ok=True)
-        # One read of the root, not a stat of each of the 256 folders: the
-        # daemon and each LMTP worker open the spool at every start (4 ms of
-        # CPU each the other way). A file where a folder belongs still fails
-        # the mkdir (FileExistsError), as before.
+        # The GUID folders (``00``..``ff``) are made as the first file goes
+        # into each (:meth:`_folder`), not all 256 at every new spool: one
+        # read of the root says which are here. Something else where a
+        # folder belongs is refused now, not at the first delivery into it.
+        self._folders: set[str] = set()
         with os.scandir(self._root) as entries:
-            present = {entry.name for entry in entries if entry.is_dir()}
-        missing = [name for name in _FOLDERS if name not in present]
-        for name in missing:
-            os.mkdir(f"{self._root}/{name}")
-        if missing:
-            self.fsync_dirs([self.root])
+            for entry in entries:
+                if entry.name in _FOLDER_SET:
+                    if not entry.is_dir():
+                        raise FileExistsError(
+                            errno.EEXIST, f"{entry.path} is in the spool and is not a folder"
+                        )
+                    self._folders.add(entry.name)
+        self._folder_lock = threading.Lock()
         # Temp files left by a crash are never referenced: drop them (only
         # the daemon that owns the spool does this, at start).
         if clean:
             self.clean_temp()
+
+    def _folder(self, prefix: str) -> None:
+        """Make sure the folder ``prefix`` (a GUID's first two hex digits) is
+        here and its name durable, before a file is renamed into it: made
+        on first use, then the root fsynced, so no record can name a file
+        whose folder a crash could lose. Once a folder is known, free."""
+        if prefix in self._folders:
+            return
+        with self._folder_lock:
+            if prefix in self._folders:
+                return
+            path = f"{self._root}/{prefix}"
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                if not os.path.isdir(path):
+                    raise
+            _fsync_dir(self._root)
+            self._folders.add(prefix)
 
     def clean_temp(self, pid: int | None = None) -> int:
         """Remove temp files (only those process ``pid`` wrote, if given): left
@@ -263,6 +287,7 @@ class Spool:
                 self._flush_files([s.tmp for s in fresh if s.tmp is not None])
             for item in fresh:
                 assert item.tmp is not None
+                self._folder(item.guid[:2])
                 os.rename(item.tmp, item.final)
         except OSError as exc:
             for item in fresh:
@@ -309,6 +334,7 @@ class Spool:
                 prefixes.add(guid[:2])
                 if self.keep(guid):
                     continue
+                self._folder(guid[:2])
                 with self._lock:
                     self._counter += 1
                     n = self._counter
@@ -500,6 +526,7 @@ class Spool:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            self._folder(guid[:2])
             os.rename(tmp, final)
             _fsync_dir(final.parent)
         except OSError as exc:
@@ -515,5 +542,8 @@ class Spool:
                 logging.getLogger("peerd.spool").exception("a spool damage listener failed")
 
     def directories(self) -> list[str]:
-        """The 256 directories the GUIDs are spread over."""
-        return [str(self.root / f"{i:02x}") for i in range(256)]
+        """The directories the GUIDs are spread over (of the 256 a GUID's
+        first two hex digits name, those made so far), in order."""
+        with os.scandir(self._root) as entries:
+            names = [e.name for e in entries if e.name in _FOLDER_SET and e.is_dir()]
+        return [f"{self._root}/{name}" for name in sorted(names)]

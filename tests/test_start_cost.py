@@ -232,22 +232,3 @@ def test_a_forked_worker_that_died_before_its_sockets_came_is_reaped() -> None:
 
 def _state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-
-
-def test_a_spool_makes_its_folders_once_and_finds_them_with_one_read(tmp_path: Path) -> None:
-    """The daemon and each LMTP worker open the spool at every start: the 256
-    folders are made where missing (one read of the root tells which), a
-    file where a folder belongs is refused as before."""
-    from engine.spool import Spool
-
-    root = tmp_path / "spool"
-    Spool(root)
-    folders = sorted(p.name for p in root.iterdir())
-    assert folders == sorted([f"{i:02x}" for i in range(256)] + ["tmp"])
-    (root / "7f").rmdir()
-    Spool(root, clean=False)  # a worker's view: the missing one is made again
-    assert (root / "7f").is_dir()
-    (root / "a0").rmdir()
-    (root / "a0").write_text("not a folder")
-    with pytest.raises(FileExistsError):
-        Spool(root)

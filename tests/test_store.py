@@ -774,6 +774,67 @@ def test_spool_cleans_leftover_temp_files_at_start(tmp_path: Path) -> None:
     assert list(spool.tmp.iterdir()) == [] and not spool.has(staged.guid)
 
 
+def test_spool_makes_a_folder_on_first_use_and_its_name_durable_before_a_file_goes_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new spool has no GUID folders; the first file into one makes it,
+    fsyncs the spool's root, and only then renames the file in (the commit,
+    the batched ``put_many`` and the repair's ``restore`` alike)."""
+    import engine.spool as spool_module
+
+    root = tmp_path / "spool"
+    spool = Spool(root)
+    assert sorted(p.name for p in root.iterdir()) == ["tmp"] and spool.directories() == []
+    events: list[tuple[str, str]] = []
+    real_fsync_dir, real_rename = spool_module._fsync_dir, os.rename
+
+    def fsync_dir(path: Path | str) -> None:
+        events.append(("fsync", str(path)))
+        real_fsync_dir(path)
+
+    def rename(src: Any, dst: Any) -> None:
+        events.append(("rename", str(dst)))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(spool_module, "_fsync_dir", fsync_dir)
+    monkeypatch.setattr(spool_module.os, "rename", rename)
+    # Three messages in three different folders, and a fourth in the first's.
+    by_folder: dict[str, bytes] = {}
+    for i in itertools.count():
+        by_folder.setdefault(guid_of(data := payload(f"folder {i}"))[:2], data)
+        if len(by_folder) == 3:
+            break
+    one, two, three = by_folder.values()
+    guid, _ = spool.put(one)
+    assert events == [("fsync", str(root)), ("rename", str(spool.path(guid)))]
+    assert spool.directories() == [str(root / guid[:2])]
+
+    events.clear()
+    same_folder = next(
+        data
+        for data in (payload(f"same {i}") for i in itertools.count())
+        if guid_of(data)[:2] == guid[:2]
+    )
+    spool.put(same_folder)  # the folder is known: no second fsync of the root
+    assert [kind for kind, _ in events] == ["rename"]
+
+    events.clear()
+    spool.fsync_dirs(spool.put_many([(guid_of(two), two)]))
+    assert events[:2] == [("fsync", str(root)), ("rename", str(spool.path(guid_of(two))))]
+
+    events.clear()
+    spool.restore(guid_of(three), three)  # a repair into a folder never used
+    assert events[:2] == [("fsync", str(root)), ("rename", str(spool.path(guid_of(three))))]
+    assert [spool.read(guid_of(d)) for d in (one, two, three)] == [one, two, three]
+
+    # Another process's spool (an LMTP worker's, a restart's) finds the folders made.
+    assert Spool(root, clean=False).directories() == spool.directories()
+    # Something else where a folder belongs is refused at start, not at a delivery.
+    (root / "a0").write_text("not a folder")
+    with pytest.raises(FileExistsError):
+        Spool(root)
+
+
 @pytest.mark.parametrize("flush", ["filesystem", "file"])
 def test_spool_put_many_stores_views_keeps_what_is_there_and_refuses_bad_bytes(
     tmp_path: Path, flush: str
