@@ -797,7 +797,7 @@ def test_spool_makes_a_folder_on_first_use_and_its_name_durable_before_a_file_go
         real_rename(src, dst)
 
     monkeypatch.setattr(spool_module, "_fsync_dir", fsync_dir)
-    monkeypatch.setattr(spool_module.os, "rename", rename)
+    monkeypatch.setattr(os, "rename", rename)
     # Three messages in three different folders, and a fourth in the first's.
     by_folder: dict[str, bytes] = {}
     for i in itertools.count():
