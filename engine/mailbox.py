@@ -16,13 +16,13 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from typing import Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import Table, delete, func, insert, literal, or_, select, update
+from sqlalchemy import Table, and_, bindparam, delete, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from engine import synclog, walk
+from engine import fastsql, synclog
 from engine.db import utcnow
 from engine.errors import AlreadyExists, InvalidArgument, NoSuchMailbox
 from engine.limits import (
@@ -232,8 +232,45 @@ def create_mailboxes(
     return created
 
 
-def rename_mailbox(session: Session, account: Account, old: str, new: str) -> list[Mailbox]:
+def _like_prefix(prefix: str) -> str:
+    """A LIKE pattern (escape ``/``) for names that start with ``prefix``."""
+    return prefix.replace("/", "//").replace("%", "/%").replace("_", "/_") + "%"
+
+
+def _under(column: Any, exact: str | None = None) -> Any:
+    """Names that start with the bound ``prefix`` (or are ``exact``): ``LIKE``
+    narrows (SQLite's ignores ASCII case), the ``substr`` test decides."""
+    child = and_(
+        column.like(bindparam("pattern"), escape="/"),
+        func.substr(column, 1, bindparam("length")) == bindparam("prefix"),
+    )
+    return child if exact is None else or_(column == bindparam(exact), child)
+
+
+_BOXES = _MAILBOXES.c
+_SUBSCRIBED = _SUBSCRIPTIONS.c
+# A rename's statements, built once: each reads or writes a whole hierarchy
+# in one statement (an account may hold 100,000 mailboxes and as many
+# subscriptions), on the DB-API cursor where it reads.
+_CHILDREN = select(_BOXES.uniqueid, _BOXES.name).where(
+    _BOXES.account_id == bindparam("account"), _under(_BOXES.name)
+)
+_CHILD_NAMES = select(_BOXES.name).where(
+    _BOXES.account_id == bindparam("account"), _under(_BOXES.name)
+)
+_SUBSCRIBE = insert(_SUBSCRIPTIONS)
+_SUBSCRIBED_UNDER = select(_SUBSCRIBED.name).where(
+    _SUBSCRIBED.account_id == bindparam("account"), _under(_SUBSCRIBED.name, "exact")
+)
+
+
+def _prefix_values(prefix: str) -> dict[str, Any]:
+    return {"pattern": _like_prefix(prefix), "length": len(prefix), "prefix": prefix}
+
+
+def rename_mailbox(session: Session, account: Account, old: str, new: str) -> list[str]:
     """Rename a mailbox and its children; uniqueids stay (RFC 3501 6.3.5).
+    Returns the new names.
 
     Renaming INBOX is special in RFC 3501: its messages move to a new mailbox
     and INBOX stays, empty. That case is handled by the IMAP layer with
@@ -248,81 +285,88 @@ def rename_mailbox(session: Session, account: Account, old: str, new: str) -> li
         raise AlreadyExists(f"mailbox {new} already exists")
     if new.startswith(old + SEPARATOR):
         raise InvalidArgument("cannot rename a mailbox into itself")
-    moved = [source]
-    prefix = old + SEPARATOR
-    # Only the children are read (an account may hold 100,000 mailboxes and
-    # as many subscriptions: loading them all made one RENAME take seconds).
-    # LIKE narrows in SQL (SQLite's ignores ASCII case), startswith decides.
-    for child in session.scalars(
-        select(Mailbox).where(
-            Mailbox.account_id == account.id,
-            Mailbox.name.startswith(prefix, autoescape=True),
-        )
-    ):
-        if child.name.startswith(prefix):
-            moved.append(child)
-    # The checks and writes go a few hundred names a statement: a mailbox
-    # with 100,000 children, one query and one log row each, held the
-    # store's single writer (every delivery of the node) for over a minute.
-    targets = [new + mailbox.name[len(old) :] for mailbox in moved]
+    # Only the children are read, as plain rows: a mailbox may have 100,000
+    # of them, and one query a few hundred names each, with an ORM object
+    # per child, held the store's single writer (every delivery of the
+    # node) for seconds.
+    prefix, new_prefix = old + SEPARATOR, new + SEPARATOR
+    under_old = _prefix_values(prefix)
+    children = fastsql.rows(session, _CHILDREN, {"account": account.id, **under_old})
+    targets = [new, *(new + name[len(old) :] for _, name in children)]
     for target in targets:
         check_length(target, MAX_MAILBOX_NAME, "a mailbox name")
-    for chunk in walk.chunks(targets[1:]):
-        taken = session.scalar(
-            select(Mailbox.name)
-            .where(Mailbox.account_id == account.id, Mailbox.name.in_(chunk))
-            .limit(1)
-        )
-        if taken is not None:
-            raise AlreadyExists(f"mailbox {taken} already exists")
-    # One UPDATE a few hundred rows (the rows loaded above are given their
-    # new names as the database's, not flushed again one by one).
-    # The tables, not the mapped classes: an ORM UPDATE or DELETE walks the
-    # session's identity map (every row loaded above) for each statement.
-    boxes = _MAILBOXES.c
-    renamed_to = literal(new) + func.substr(boxes.name, len(old) + 1)
-    for ids in walk.chunks([m.id for m in moved]):
-        session.execute(update(_MAILBOXES).where(boxes.id.in_(ids)).values(name=renamed_to))
-    for mailbox, target in zip(moved, targets, strict=True):
-        set_committed_value(mailbox, "name", target)
-    synclog.record_many(session, [(account.name, m.uniqueid, "mailbox") for m in moved])
-    # The subscriptions: a subscription may name what does not exist, and one
-    # whose new name would be too long keeps its old one.
-    leaving = [
-        name
-        for name in session.scalars(
-            select(Subscription.name).where(
-                Subscription.account_id == account.id,
-                or_(
-                    Subscription.name == old, Subscription.name.startswith(prefix, autoescape=True)
-                ),
+    if len(targets) > 1:
+        taken = {
+            name
+            for (name,) in fastsql.rows(
+                session,
+                _CHILD_NAMES,
+                {"account": account.id, **_prefix_values(new_prefix)},
             )
+        }.intersection(targets)
+        if taken:
+            raise AlreadyExists(f"mailbox {min(taken)} already exists")
+    # One UPDATE for the whole hierarchy; the rows this session holds are
+    # given their new names as the database's (not flushed again).
+    session.execute(
+        update(_MAILBOXES)
+        .where(
+            _BOXES.account_id == account.id,
+            or_(_BOXES.id == source.id, _under(_BOXES.name)),
         )
-        if (name == old or name.startswith(prefix))
-        and len(new) + len(name) - len(old) <= MAX_MAILBOX_NAME
-    ]
-    arriving = list(dict.fromkeys(new + name[len(old) :] for name in leaving))
-    subscribed = _SUBSCRIPTIONS.c
-    for chunk in walk.chunks(leaving):
-        session.execute(
-            delete(_SUBSCRIPTIONS).where(
-                subscribed.account_id == account.id, subscribed.name.in_(chunk)
-            )
-        )
-    there: set[str] = set()
-    for chunk in walk.chunks(arriving):
-        there.update(
-            session.scalars(
-                select(Subscription.name).where(
-                    Subscription.account_id == account.id, Subscription.name.in_(chunk)
-                )
-            )
-        )
-    rows = [{"account_id": account.id, "name": name} for name in arriving if name not in there]
-    if rows:
-        session.execute(insert(_SUBSCRIPTIONS), rows)
+        .values(name=literal(new) + func.substr(_BOXES.name, len(old) + 1)),
+        under_old,
+    )
+    # (An expired row is read again when next used: it has the new name then.)
+    for held in list(session.identity_map.values()):
+        loaded = held.__dict__ if isinstance(held, Mailbox) else {}
+        name = loaded.get("name")
+        if (
+            loaded.get("account_id") == account.id
+            and isinstance(name, str)
+            and (name == old or name.startswith(prefix))
+        ):
+            set_committed_value(held, "name", new + name[len(old) :])
+    synclog.record_many(
+        session,
+        [(account.name, source.uniqueid, "mailbox")]
+        + [(account.name, uniqueid, "mailbox") for uniqueid, _ in children],
+    )
+    _rename_subscriptions(session, account, old, new)
     session.flush()
-    return moved
+    return targets
+
+
+def _rename_subscriptions(session: Session, account: Account, old: str, new: str) -> None:
+    """A rename's subscriptions: a subscription may name what does not exist,
+    and one whose new name would be too long keeps its old one."""
+    longest = MAX_MAILBOX_NAME - len(new) + len(old)
+    values = {"account": account.id, "exact": old, **_prefix_values(old + SEPARATOR)}
+    leaving = [
+        name for (name,) in fastsql.rows(session, _SUBSCRIBED_UNDER, values) if len(name) <= longest
+    ]
+    if not leaving:
+        return
+    session.execute(
+        delete(_SUBSCRIPTIONS).where(
+            _SUBSCRIBED.account_id == account.id,
+            _under(_SUBSCRIBED.name, "exact"),
+            func.length(_SUBSCRIBED.name) <= longest,
+        ),
+        values,
+    )
+    arriving = dict.fromkeys(new + name[len(old) :] for name in leaving)
+    there = {
+        name
+        for (name,) in fastsql.rows(
+            session,
+            _SUBSCRIBED_UNDER,
+            {"account": account.id, "exact": new, **_prefix_values(new + SEPARATOR)},
+        )
+    }
+    rows = [(account.id, name) for name in arriving if name not in there]
+    if rows and not fastsql.executemany(session, _SUBSCRIBE, ("account_id", "name"), rows):
+        session.execute(insert(_SUBSCRIPTIONS), [{"account_id": a, "name": n} for a, n in rows])
 
 
 def delete_mailbox(session: Session, account: Account, name: str) -> Mailbox:

@@ -30,7 +30,7 @@ def test_rename_moves_exactly_the_children_and_their_subscriptions(store: Store)
             mailbox.subscribe(s, acct, name)
 
     def rename(s: Session, acct: Account) -> list[str]:
-        return sorted(m.name for m in mailbox.rename_mailbox(s, acct, RENAMED, "moved"))
+        return sorted(mailbox.rename_mailbox(s, acct, RENAMED, "moved"))
 
     store.write_sync(lambda s: setup(s, accounts.get_account(s, "alice")))
     moved = store.write_sync(lambda s: rename(s, accounts.get_account(s, "alice")))
