@@ -109,6 +109,39 @@ def _bound(prepared: _Prepared, row: Sequence[Any]) -> Any:
     return {name: value for (name, _, _, _), value in zip(prepared.params, values, strict=True)}
 
 
+def _bound_rows(prepared: _Prepared, rows: Sequence[Sequence[Any]]) -> list[Any]:
+    """:func:`_bound` of each row, where a value that is the very object the
+    row before had in that place (a group commit's one timestamp on every
+    row) is not passed through its processor again."""
+    params = prepared.params
+    last: list[tuple[Any, Any]] = [(_NOTHING, None)] * len(params)
+    bound: list[Any] = []
+    for row in rows:
+        values = []
+        for j, (_, i, constant, processor) in enumerate(params):
+            if i < 0:
+                values.append(constant)
+            elif processor is None:
+                values.append(row[i])
+            else:
+                value = row[i]
+                seen, done = last[j]
+                if value is not seen:
+                    done = processor(value)
+                    last[j] = (value, done)
+                values.append(done)
+        if prepared.positional:
+            bound.append(tuple(values))
+        else:
+            bound.append(
+                {name: value for (name, _, _, _), value in zip(params, values, strict=True)}
+            )
+    return bound
+
+
+_NOTHING = object()
+
+
 def executemany(
     session: Session, statement: Executable, keys: Sequence[str], rows: Sequence[Sequence[Any]]
 ) -> bool:
@@ -122,7 +155,7 @@ def executemany(
         return False
     cursor = connection.connection.cursor()
     try:
-        cursor.executemany(prepared.sql, [_bound(prepared, row) for row in rows])
+        cursor.executemany(prepared.sql, _bound_rows(prepared, rows))
     finally:
         cursor.close()
     return True

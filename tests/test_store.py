@@ -9,6 +9,7 @@ their sizes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import hashlib
 import itertools
@@ -1100,6 +1101,54 @@ def test_any_sequence_of_operations_keeps_checksum_and_quota(
         held, last = store.read_sync(read)
         assert held == model.boxes and last == model.last_uid, op
     assert store.read_sync(lambda s: accounts.get_account(s, name).quota_used) == model.used
+
+
+def test_a_repeated_value_is_processed_once_and_binds_as_it_would_alone(store: Store) -> None:
+    """executemany passes a value through its type's processor once while
+    the rows repeat the same object (a group commit's one timestamp); what
+    it binds is what each row bound alone gives, values changing or not."""
+    from engine import fastsql
+    from engine.db import _conflict_statement
+
+    later = NOW + dt.timedelta(seconds=1)
+    equal_not_same = NOW + dt.timedelta(0)
+    rows = [
+        ("", "a", "m1", "append", 1, NOW, NOW),  # 2 processed
+        ("", "a", "m2", "append", 1, NOW, NOW),  # 0: both as the row before
+        ("", "a", "m3", "append", 1, equal_not_same, NOW),  # 1: equal is not the same
+        ("", "a", "m4", "append", 2, later, later),  # 2
+        ("", "a", "m5", "append", 2, later, later),  # 0
+    ]
+    keys = ("channel", "account", "mailbox", "kind", "generation", "created_at", "updated_at")
+
+    def bind(s: Any) -> tuple[list[Any], list[Any], int]:
+        statement = _conflict_statement(
+            s, SyncLogRow.__table__, keys[:4], ("updated_at",), ("generation",)
+        )
+        prepared = fastsql._prepared(statement, s.connection().dialect, keys)
+        assert prepared is not None
+        calls = 0
+        processors: list[Any] = []
+        for name, i, constant, processor in prepared.params:
+            if processor is not None and keys[i].endswith("_at"):
+
+                def counted(value: Any, processor: Any = processor) -> Any:
+                    nonlocal calls
+                    calls += 1
+                    return processor(value)
+
+                processors.append((name, i, constant, counted))
+            else:
+                processors.append((name, i, constant, processor))
+        counting = dataclasses.replace(prepared, params=tuple(processors))
+        together = fastsql._bound_rows(counting, rows)
+        together_calls = calls
+        alone = [fastsql._bound(prepared, row) for row in rows]
+        return together, alone, together_calls
+
+    together, alone, calls = store.read_sync(bind)
+    assert together == alone
+    assert calls == 5  # of the rows' 10 timestamps
 
 
 def test_hot_writes_take_the_cursor_path_and_agree_with_sqlalchemy(store: Store) -> None:
