@@ -237,7 +237,8 @@ def main() -> None:
         type=Path,
         default=None,
         help="record the daemon with py-spy (raw format), one file per operation: "
-        "PATH with the operation's number before its suffix",
+        "PATH with the operation's number before its suffix (its first run: "
+        "'first-' and the number)",
     )
     args = parser.parse_args()
     payloads = messages(args.messages, "bench@example.test")
@@ -309,9 +310,17 @@ def main() -> None:
             first: dict[str, tuple[float, float]] = {}
             peer.select("INBOX")
             dove.select("INBOX")
-            for name, fn in operations:
+            for number, (name, fn) in enumerate(operations, 1):
                 if name != "SELECT":
-                    first[name] = (timed(peer, fn)[0], timed(dove, fn)[0])
+                    spy = None
+                    if args.py_spy is not None:
+                        path = args.py_spy
+                        spy = spy_on(
+                            path.with_name(f"{path.stem}-first-{number}{path.suffix}"), node.pid
+                        )
+                    ours = timed(peer, fn)[0]
+                    unspy(spy)
+                    first[name] = (ours, timed(dove, fn)[0])
             print(
                 f"{args.messages} messages, {total / 1e6:.1f} MB; warm caches; imaplib on loopback; "
                 f"median of {args.repeat}; load average {os.getloadavg()[0]:.1f}"

@@ -130,6 +130,8 @@ async def _found(
         else {}
     )
 
+    new_item = tuple.__new__
+
     def run() -> list[SortItem]:
         if stored:
             try:
@@ -145,12 +147,17 @@ async def _found(
             if with_records
             else [NO_RECORD] * len(chosen)
         )
+        # tuple.__new__, not SortItem(...): the named tuple's __new__ is a
+        # Python function, and a SORT makes one item per message.
         items = [
-            SortItem(
-                record.uid if uid else seq,
-                int(record.internaldate.timestamp()),
-                record.size,
-                sort_record,
+            new_item(
+                SortItem,
+                (
+                    record.uid if uid else seq,
+                    int(record.internaldate.timestamp()),
+                    record.size,
+                    sort_record,
+                ),
             )
             for (seq, record), sort_record in zip(chosen, sort_records, strict=True)
         ]
