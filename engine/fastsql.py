@@ -114,28 +114,24 @@ def _bound_rows(prepared: _Prepared, rows: Sequence[Sequence[Any]]) -> list[Any]
     row before had in that place (a group commit's one timestamp on every
     row) is not passed through its processor again."""
     params = prepared.params
+    processed = [
+        (j, processor) for j, (_, i, _, processor) in enumerate(params) if i >= 0 and processor
+    ]
     last: list[tuple[Any, Any]] = [(_NOTHING, None)] * len(params)
+    names = [name for name, _, _, _ in params]
     bound: list[Any] = []
     for row in rows:
-        values = []
-        for j, (_, i, constant, processor) in enumerate(params):
-            if i < 0:
-                values.append(constant)
-            elif processor is None:
-                values.append(row[i])
-            else:
-                value = row[i]
-                seen, done = last[j]
-                if value is not seen:
-                    done = processor(value)
-                    last[j] = (value, done)
-                values.append(done)
-        if prepared.positional:
-            bound.append(tuple(values))
-        else:
-            bound.append(
-                {name: value for (name, _, _, _), value in zip(params, values, strict=True)}
-            )
+        values = [row[i] if i >= 0 else constant for _, i, constant, _ in params]
+        for j, processor in processed:
+            value = values[j]
+            seen, done = last[j]
+            if value is not seen:
+                done = processor(value)
+                last[j] = (value, done)
+            values[j] = done
+        bound.append(
+            tuple(values) if prepared.positional else dict(zip(names, values, strict=True))
+        )
     return bound
 
 
