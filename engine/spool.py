@@ -186,6 +186,20 @@ class Spool:
             _fsync_dir(self._root)
             self._folders.add(prefix)
 
+    def _place(self, tmp: Path | str, final: Path | str, prefix: str) -> None:
+        """Rename a flushed temp file to its name in folder ``prefix``, made
+        first if need be (:meth:`_folder`); a folder removed since this
+        spool made it is made again."""
+        self._folder(prefix)
+        try:
+            os.rename(tmp, final)
+        except FileNotFoundError:
+            if not os.path.exists(tmp):
+                raise
+            self._folders.discard(prefix)
+            self._folder(prefix)
+            os.rename(tmp, final)
+
     def clean_temp(self, pid: int | None = None) -> int:
         """Remove temp files (only those process ``pid`` wrote, if given): left
         by a crash, they are never referenced. Returns how many went."""
@@ -287,8 +301,7 @@ class Spool:
                 self._flush_files([s.tmp for s in fresh if s.tmp is not None])
             for item in fresh:
                 assert item.tmp is not None
-                self._folder(item.guid[:2])
-                os.rename(item.tmp, item.final)
+                self._place(item.tmp, item.final, item.guid[:2])
         except OSError as exc:
             for item in fresh:
                 if item.tmp is not None:
@@ -320,7 +333,7 @@ class Spool:
         a ``close`` and, after the flush, a ``rename``, on names built as
         strings. An UPLOAD stores a few hundred files a request this way.
         """
-        fresh: list[tuple[str, str]] = []  # (temp name, final name)
+        fresh: list[tuple[str, str, str]] = []  # (temp name, final name, folder)
         prefixes: set[str] = set()
         tag = f"{os.getpid()}.{threading.get_ident()}"
         tmp_dir = str(self.tmp)
@@ -334,13 +347,12 @@ class Spool:
                 prefixes.add(guid[:2])
                 if self.keep(guid):
                     continue
-                self._folder(guid[:2])
                 with self._lock:
                     self._counter += 1
                     n = self._counter
                 tmp = f"{tmp_dir}/{guid}.{tag}.{n}"
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                fresh.append((tmp, final))
+                fresh.append((tmp, final, guid[:2]))
                 try:
                     written = os.write(fd, data)
                     if written < len(data):  # a short write (rare on a regular file)
@@ -350,14 +362,14 @@ class Spool:
                 finally:
                     os.close(fd)
             if fresh:
-                self._flush_files([tmp for tmp, _ in fresh])
-            for tmp, final in fresh:
-                os.rename(tmp, final)
+                self._flush_files([tmp for tmp, _, _ in fresh])
+            for tmp, final, folder in fresh:
+                self._place(tmp, final, folder)
         except OSError as exc:
-            self._unlink(tmp for tmp, _ in fresh)
+            self._unlink(tmp for tmp, _, _ in fresh)
             raise _translate(exc) from exc
         except BaseException:
-            self._unlink(tmp for tmp, _ in fresh)
+            self._unlink(tmp for tmp, _, _ in fresh)
             raise
         return {self.root / prefix for prefix in prefixes}
 
@@ -526,8 +538,7 @@ class Spool:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            self._folder(guid[:2])
-            os.rename(tmp, final)
+            self._place(tmp, final, guid[:2])
             _fsync_dir(final.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)

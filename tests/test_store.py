@@ -828,6 +828,14 @@ def test_spool_makes_a_folder_on_first_use_and_its_name_durable_before_a_file_go
     assert events[:2] == [("fsync", str(root)), ("rename", str(spool.path(guid_of(three))))]
     assert [spool.read(guid_of(d)) for d in (one, two, three)] == [one, two, three]
 
+    # A folder removed since (empty, by hand) is made again by the next write into it.
+    gone = guid_of(two)[:2]
+    spool.path(guid_of(two)).unlink()
+    (root / gone).rmdir()
+    events.clear()
+    spool.put(two)
+    assert ("fsync", str(root)) in events and spool.read(guid_of(two)) == two
+
     # Another process's spool (an LMTP worker's, a restart's) finds the folders made.
     assert Spool(root, clean=False).directories() == spool.directories()
     # Something else where a folder belongs is refused at start, not at a delivery.
