@@ -6,9 +6,10 @@ bytes (each of the 256 folders is made, and the spool's root fsynced, when
 the first file goes into it). Writing goes temp file → fsync → rename →
 (later, batched) fsync of the directory, so a name in the spool always has
 all its bytes on disk, and a crash leaves at worst an orphan temp file,
-never a half message under a GUID. The directory fsyncs are collected by the caller and done once per
-group commit, just before the database transaction that references the new
-GUIDs commits: the bytes are durable before any record points at them.
+never a half message under a GUID. The directory fsyncs are collected by
+the caller and done once per group commit, just before the database
+transaction that references the new GUIDs commits: the bytes are durable
+before any record points at them.
 
 How a group commit's files are flushed is the ``flush`` policy:
 
