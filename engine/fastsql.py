@@ -109,6 +109,9 @@ def _bound(prepared: _Prepared, row: Sequence[Any]) -> Any:
     return {name: value for (name, _, _, _), value in zip(prepared.params, values, strict=True)}
 
 
+_NOTHING = object()  # in no row: the first value of each column is processed
+
+
 def _bound_rows(prepared: _Prepared, rows: Sequence[Sequence[Any]]) -> list[Any]:
     """:func:`_bound` of each row, where a value that is the very object the
     row before had in that place (a group commit's one timestamp on every
@@ -133,9 +136,6 @@ def _bound_rows(prepared: _Prepared, rows: Sequence[Sequence[Any]]) -> list[Any]
             tuple(values) if prepared.positional else dict(zip(names, values, strict=True))
         )
     return bound
-
-
-_NOTHING = object()
 
 
 def executemany(

@@ -255,9 +255,7 @@ _SUBSCRIBED = _SUBSCRIPTIONS.c
 _CHILDREN = select(_BOXES.uniqueid, _BOXES.name).where(
     _BOXES.account_id == bindparam("account"), _under(_BOXES.name)
 )
-_CHILD_NAMES = select(_BOXES.name).where(
-    _BOXES.account_id == bindparam("account"), _under(_BOXES.name)
-)
+_CHILD_NAMES = _CHILDREN.with_only_columns(_BOXES.name)
 _SUBSCRIBE = insert(_SUBSCRIPTIONS)
 _SUBSCRIBED_UNDER = select(_SUBSCRIBED.name).where(
     _SUBSCRIBED.account_id == bindparam("account"), _under(_SUBSCRIBED.name, "exact")
