@@ -18,8 +18,8 @@ text, attached messages' fields); :func:`text_questions` lists what a key
 will ask, so the caller can ask its index once for all of them. Without
 ``texts``, the core decodes the message itself (below).
 
-:func:`search_response` and :func:`esearch_response` (RFC 4731) render the
-answer.
+:func:`search_response`, :func:`sort_response` and :func:`esearch_response`
+(RFC 4731) render the answer.
 
 No I/O here beyond the loader the caller passes; nothing is written.
 """
@@ -68,6 +68,7 @@ __all__ = [
     "resolved",
     "saved_result",
     "search_response",
+    "sort_response",
     "text_questions",
 ]
 
@@ -368,11 +369,22 @@ def esort_response(
     return b" ".join(parts) + b"\r\n"
 
 
+def _numbers(found: Sequence[int]) -> bytes:
+    """`` n n ...``, each number after a space (one format for all of them:
+    a third of the time of one ``b" %d"`` a number, for 10,000)."""
+    return (" %d" * len(found) % tuple(found)).encode()
+
+
+def sort_response(ordered: Sequence[int]) -> bytes:
+    """``* SORT n ...`` (RFC 5256 4), like ``* SEARCH``."""
+    return b"* SORT" + _numbers(ordered) + b"\r\n"
+
+
 def search_response(found: Sequence[int], modseqs: Mapping[int, int] | None = None) -> bytes:
     """``* SEARCH n ...`` (RFC 3501 7.2.5); with ``modseqs`` (the mod-sequence
     of each number found, given when the key held MODSEQ) the highest of them
     ends it as ``(MODSEQ m)`` (RFC 7162 3.1.5; none when nothing matched)."""
-    out = b"* SEARCH" + b"".join(b" %d" % n for n in found)
+    out = b"* SEARCH" + _numbers(found)
     if modseqs is not None and found:
         out += b" (MODSEQ %d)" % max(modseqs[n] for n in found)
     return out + b"\r\n"

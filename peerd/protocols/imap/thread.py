@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from peerd.protocols.imap.responses import CommandError
-from peerd.protocols.imap.sort import SortItem, collate
+from peerd.protocols.imap.sort import SortItem, collate, dates
 
 __all__ = [
     "Algorithm",
@@ -128,9 +128,9 @@ class _Forest:
 def _ranks(items: Sequence[SortItem]) -> list[int]:
     """Each item's place in sent-date order, ties in mailbox order (RFC 5256
     2.2): one int to compare instead of a (date, number) pair."""
-    dates = [item.date for item in items]
+    keys = dates(items)
     rank = [0] * len(items)
-    for place, i in enumerate(sorted(range(len(items)), key=dates.__getitem__)):
+    for place, i in enumerate(sorted(range(len(items)), key=keys.__getitem__)):
         rank[i] = place
     return rank
 
