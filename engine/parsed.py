@@ -25,18 +25,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from sqlalchemy import bindparam, delete, select, text
+from sqlalchemy import bindparam, delete, text
 from sqlalchemy.orm import Session
 
-from engine import fastsql, walk
+from engine import walk
 from engine.db import upsert
-from engine.models import Message, MessageParsed
+from engine.models import MessageParsed
 from engine.walk import Pending, chunks
 
 __all__ = [
     "Pending",
     "Row",
+    "SortKeys",
     "forget",
     "mailbox_sortkeys",
     "pending",
@@ -107,23 +109,49 @@ def sortkeys(session: Session, version: int, guids: Sequence[str]) -> dict[str, 
     return out
 
 
-def mailbox_sortkeys(session: Session, version: int, mailbox_id: int) -> dict[str, bytes]:
-    """The stored sort keys of every live record of one mailbox (one query,
-    on the DB-API cursor: a SORT's first run reads one row per message)."""
-    rows = fastsql.rows(
-        session, _MAILBOX_SORTKEYS, {"box": mailbox_id, "no": False, "version": version}
-    )
-    return {guid: bytes(blob) for guid, blob in rows}
+class SortKeys(NamedTuple):
+    """The stored sort keys of many GUIDs at once: ``guids``, and their blobs
+    in the same order joined by commas in ``joined`` (the parser's blobs are
+    JSON texts, so ``joined`` is the inside of one JSON array, parsed at
+    once)."""
+
+    guids: list[str]
+    joined: bytes
+
+    @classmethod
+    def of(cls, blobs: dict[str, bytes]) -> SortKeys:
+        return cls(list(blobs), b",".join(blobs.values()))
 
 
-_MAILBOX_SORTKEYS = (
-    select(MessageParsed.guid, MessageParsed.sortkeys)
-    .join(Message, Message.guid == MessageParsed.guid)
-    .where(
-        Message.mailbox_id == bindparam("box"),
-        Message.expunged == bindparam("no"),
-        MessageParsed.version == bindparam("version"),
-    )
+def mailbox_sortkeys(session: Session, version: int, mailbox_id: int) -> SortKeys:
+    """The stored sort keys of every live record of one mailbox (a SORT's
+    first run), as one row that aggregates them: each row the DB-API hands
+    over costs about a microsecond and takes the GIL back, and a mailbox of
+    10,000 read row by row took 31 ms against 23 ms as one row (SQLite)."""
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    row = session.execute(
+        _MAILBOX_SORTKEYS_SQLITE if sqlite else _MAILBOX_SORTKEYS_PG,
+        {"box": mailbox_id, "version": version},
+    ).one()
+    guids, joined = row
+    if guids is None:  # no row to aggregate
+        return SortKeys([], b"")
+    return SortKeys(guids.split(","), bytes(joined))
+
+
+# A GUID is hex, never a comma. Both aggregates of one query read the rows
+# in the same order; PostgreSQL is told so.
+_MAILBOX_SORTKEYS_FROM = (
+    " FROM messages AS m JOIN message_parsed AS p ON p.guid = m.guid"
+    " WHERE m.mailbox_id = :box AND m.expunged = false AND p.version = :version"
+)
+_MAILBOX_SORTKEYS_SQLITE = text(
+    "SELECT group_concat(p.guid, ','), CAST(group_concat(p.sortkeys, ',') AS BLOB)"
+    + _MAILBOX_SORTKEYS_FROM
+)
+_MAILBOX_SORTKEYS_PG = text(
+    "SELECT string_agg(p.guid, ',' ORDER BY p.guid),"
+    " string_agg(p.sortkeys, decode('2c', 'hex') ORDER BY p.guid)" + _MAILBOX_SORTKEYS_FROM
 )
 
 

@@ -12,13 +12,17 @@ gives the same answers as parsing the bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy.orm import Session
 
-from engine import parsed
+from engine import accounts, mailbox, mailview, parsed
+from engine import messages as messages_
+from engine.passwords import MIN_LN, hash_password
 from engine.spool import guid_of
 from engine.store import Store
 from peerd.protocols.imap import structure
@@ -30,6 +34,7 @@ from peerd.protocols.imap.sort import (
     SortItem,
     SortKey,
     build_record,
+    loads_joined,
     loads_many,
     sort,
 )
@@ -78,6 +83,60 @@ CORPUS = [
 ]
 
 
+def test_a_mailboxs_stored_sort_keys_come_in_one_row_each_beside_its_guid(
+    store: Store,
+) -> None:
+    """parsed.mailbox_sortkeys (a SORT's first run reads a whole mailbox's
+    keys as one aggregated row): each live record's keys beside its GUID, on
+    SQLite and PostgreSQL; expunged records, other mailboxes' records and
+    rows of another parser version are left out, and an empty mailbox
+    gives nothing."""
+    store.write_sync(lambda s: accounts.create_account(s, "alice", password_hash=PW))
+    store.write_sync(lambda s: mailbox.create_mailbox(s, accounts.get_account(s, "alice"), "Other"))
+    messages_in = {"INBOX": CORPUS[:6], "Other": CORPUS[6:]}
+    rows = []
+    for box, raws in messages_in.items():
+        for raw in raws:
+            guid, _ = store.spool.put(raw)
+            p = parse_message(raw)
+            rows.append(
+                parsed.Row(guid, PARSE_VERSION, p.sortkeys, p.envelope, p.bodystructure, p.body)
+            )
+
+            def add(s: Session, box: str = box, guid: str = guid, size: int = len(raw)) -> None:
+                account = accounts.get_account(s, "alice")
+                target = mailbox.get_mailbox(s, account, box)
+                messages_.append(
+                    s, account, target, guid=guid, size=size, flags=(), internaldate=NOW
+                )
+
+            store.write_sync(add)
+    # The last INBOX message's row is another parser's: missing, as unparsed.
+    rows[5] = dataclasses.replace(rows[5], version=PARSE_VERSION + 1)
+    store.write_sync(lambda s: parsed.put(s, rows))
+
+    def box_id(name: str) -> int:
+        def find(s: Session) -> int:
+            return mailbox.get_mailbox(s, accounts.get_account(s, "alice"), name).id
+
+        return store.read_sync(find)
+
+    inbox = box_id("INBOX")
+    store.write_sync(lambda s: mailview.expunge(s, accounts.get_account(s, "alice"), inbox, [1]))
+    keys = store.read_sync(lambda s: parsed.mailbox_sortkeys(s, PARSE_VERSION, inbox))
+    live = [guid_of(raw) for raw in CORPUS[1:5]]
+    assert sorted(keys.guids) == sorted(live)
+    by_guid = dict(zip(keys.guids, loads_joined(keys.joined), strict=True))
+    assert by_guid == {guid_of(raw): build_record(raw) for raw in CORPUS[1:5]}
+    other = store.read_sync(lambda s: parsed.mailbox_sortkeys(s, PARSE_VERSION, box_id("Other")))
+    assert dict(zip(other.guids, loads_joined(other.joined), strict=True)) == {
+        guid_of(raw): build_record(raw) for raw in CORPUS[6:]
+    }
+    store.write_sync(lambda s: mailbox.create_mailbox(s, accounts.get_account(s, "alice"), "Empty"))
+    empty = store.read_sync(lambda s: parsed.mailbox_sortkeys(s, PARSE_VERSION, box_id("Empty")))
+    assert empty == parsed.SortKeys([], b"") and loads_joined(empty.joined) == []
+
+
 @dataclass(frozen=True, slots=True)
 class Rec:
     uid: int
@@ -87,6 +146,9 @@ class Rec:
     modseq: int = 1
     internaldate: dt.datetime = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
+
+PW = hash_password("pw", MIN_LN)
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 ITEMS = list(parse_fetch_atts(tokenize(b"(UID ENVELOPE BODYSTRUCTURE BODY)")[0]))
 

@@ -110,17 +110,17 @@ class AccountStore:
         answer = await self.node.store.read(lambda s: textindex.ask(s, mailbox_id, questions))
         return textindex.TextSearch(answer, self.reader)
 
-    async def stored_sortkeys(self, mailbox_id: int, guids: Sequence[str]) -> dict[str, bytes]:
+    async def stored_sortkeys(self, mailbox_id: int, guids: Sequence[str]) -> parsed.SortKeys:
         """The sort keys stored for ``guids`` (records of ``mailbox_id``) when
-        their messages were stored; a GUID not parsed yet is left out."""
+        their messages were stored; a GUID not parsed yet is left out. For
+        most of a mailbox, those of all its records (one read beats many IN
+        lists; the others are the same records again)."""
         if len(guids) > _WHOLE_MAILBOX:
-            # Most of a mailbox: one join beats many IN lists.
-            wanted = set(guids)
-            found = await self.node.store.read(
+            return await self.node.store.read(
                 lambda s: parsed.mailbox_sortkeys(s, PARSE_VERSION, mailbox_id)
             )
-            return {g: blob for g, blob in found.items() if g in wanted}
-        return await self.node.store.read(lambda s: parsed.sortkeys(s, PARSE_VERSION, guids))
+        found = await self.node.store.read(lambda s: parsed.sortkeys(s, PARSE_VERSION, guids))
+        return parsed.SortKeys.of(found)
 
     async def stored_structures(self, guids: Sequence[str]) -> dict[str, Structure]:
         """ENVELOPE, BODYSTRUCTURE and BODY stored for ``guids``; a GUID not

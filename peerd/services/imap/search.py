@@ -19,9 +19,11 @@ it (:func:`~peerd.protocols.imap.thread.thread_response`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Iterable
 from typing import Final
 
+from engine.parsed import SortKeys
 from peerd.protocols.imap import commands as c
 from peerd.protocols.imap.records import Record
 from peerd.protocols.imap.search import (
@@ -31,10 +33,11 @@ from peerd.protocols.imap.search import (
     esort_response,
     saved_result,
     search_response,
+    sort_response,
     text_questions,
 )
 from peerd.protocols.imap.searchkey import All, SearchKey, uses_modseq
-from peerd.protocols.imap.sort import NO_RECORD, SortItem, loads_many, needs_records, sort
+from peerd.protocols.imap.sort import NO_RECORD, SortItem, loads_joined, needs_records, sort
 from peerd.protocols.imap.thread import thread_response
 from peerd.services.imap.session import Handler, Reply, Session
 
@@ -96,6 +99,11 @@ async def _texts(session: Session, key: SearchKey) -> TextSearch | None:
     return found.test
 
 
+def _arrivals(records: Iterable[Record]) -> list[int]:
+    """Each record's internal date in UTC seconds, in order."""
+    return [int(record.internaldate.timestamp()) for record in records]
+
+
 async def _found(
     session: Session, key: SearchKey, uid: bool, with_records: bool = True
 ) -> Callable[[], list[SortItem]]:
@@ -124,18 +132,24 @@ async def _found(
     # The keys stored when the messages were: only a message the parse
     # walker has not reached yet is parsed here (cache.get reads it).
     missing = cache.missing(r.guid for r in records) if with_records else []
-    stored = (
-        await session.mail.stored_sortkeys(session.selected().mailbox_id, missing)
-        if missing
-        else {}
-    )
+    stored: SortKeys | None = None
+    arrivals: list[int] | None = None
+    if missing and everything:
+        # The read runs in SQLite with the GIL let go: the arrival times are
+        # worked out meanwhile, on the other core.
+        stored, arrivals = await asyncio.gather(
+            session.mail.stored_sortkeys(session.selected().mailbox_id, missing),
+            session.mail.run_blocking(lambda: _arrivals(records)),
+        )
+    elif missing:
+        stored = await session.mail.stored_sortkeys(session.selected().mailbox_id, missing)
 
     new_item = tuple.__new__
 
     def run() -> list[SortItem]:
-        if stored:
+        if stored is not None and stored.guids:
             try:
-                cache.put_many(dict(zip(stored, loads_many(stored.values()), strict=True)))
+                cache.put_many(dict(zip(stored.guids, loads_joined(stored.joined), strict=True)))
             except ValueError:  # not this version's records: parsed again below
                 pass
         if everything:  # SORT ... ALL, what webmail sends: no predicate per message
@@ -147,19 +161,13 @@ async def _found(
             if with_records
             else [NO_RECORD] * len(chosen)
         )
+        # All of them for SORT ... ALL, worked out above.
+        times = arrivals if arrivals is not None else _arrivals(r for _, r in chosen)
         # tuple.__new__, not SortItem(...): the named tuple's __new__ is a
         # Python function, and a SORT makes one item per message.
         items = [
-            new_item(
-                SortItem,
-                (
-                    record.uid if uid else seq,
-                    int(record.internaldate.timestamp()),
-                    record.size,
-                    sort_record,
-                ),
-            )
-            for (seq, record), sort_record in zip(chosen, sort_records, strict=True)
+            new_item(SortItem, (record.uid if uid else seq, arrival, record.size, sort_record))
+            for (seq, record), arrival, sort_record in zip(chosen, times, sort_records, strict=True)
         ]
         if everything and with_records:
             session.sort_items = (shown, uid, items)
@@ -199,8 +207,7 @@ async def sort_messages(session: Session, cmd: c.Sort) -> Reply:
             orders[criteria] = tuple(ordered)
     options = cmd.return_options
     if options is None:
-        # RFC 5256 4: "* SORT" and the numbers, like "* SEARCH".
-        await session.send(b"* SORT" + b"".join(b" %d" % n for n in ordered) + b"\r\n")
+        await session.send(sort_response(ordered))
     else:
         if "SAVE" in options:
             # RFC 5267 3 with RFC 5182: "$" as SEARCH (SAVE) would keep it,
