@@ -19,11 +19,9 @@ it (:func:`~peerd.protocols.imap.thread.thread_response`).
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Final
 
-from engine.parsed import SortKeys
 from peerd.protocols.imap import commands as c
 from peerd.protocols.imap.records import Record
 from peerd.protocols.imap.search import (
@@ -99,11 +97,6 @@ async def _texts(session: Session, key: SearchKey) -> TextSearch | None:
     return found.test
 
 
-def _arrivals(records: Iterable[Record]) -> list[int]:
-    """Each record's internal date in UTC seconds, in order."""
-    return [int(record.internaldate.timestamp()) for record in records]
-
-
 async def _found(
     session: Session, key: SearchKey, uid: bool, with_records: bool = True
 ) -> Callable[[], list[SortItem]]:
@@ -132,17 +125,11 @@ async def _found(
     # The keys stored when the messages were: only a message the parse
     # walker has not reached yet is parsed here (cache.get reads it).
     missing = cache.missing(r.guid for r in records) if with_records else []
-    stored: SortKeys | None = None
-    arrivals: list[int] | None = None
-    if missing and everything:
-        # The read runs in SQLite with the GIL let go: the arrival times are
-        # worked out meanwhile, on the other core.
-        stored, arrivals = await asyncio.gather(
-            session.mail.stored_sortkeys(session.selected().mailbox_id, missing),
-            session.mail.run_blocking(lambda: _arrivals(records)),
-        )
-    elif missing:
-        stored = await session.mail.stored_sortkeys(session.selected().mailbox_id, missing)
+    stored = (
+        await session.mail.stored_sortkeys(session.selected().mailbox_id, missing)
+        if missing
+        else None
+    )
 
     new_item = tuple.__new__
 
@@ -161,13 +148,19 @@ async def _found(
             if with_records
             else [NO_RECORD] * len(chosen)
         )
-        # All of them for SORT ... ALL, worked out above.
-        times = arrivals if arrivals is not None else _arrivals(r for _, r in chosen)
         # tuple.__new__, not SortItem(...): the named tuple's __new__ is a
         # Python function, and a SORT makes one item per message.
         items = [
-            new_item(SortItem, (record.uid if uid else seq, arrival, record.size, sort_record))
-            for (seq, record), arrival, sort_record in zip(chosen, times, sort_records, strict=True)
+            new_item(
+                SortItem,
+                (
+                    record.uid if uid else seq,
+                    int(record.internaldate.timestamp()),
+                    record.size,
+                    sort_record,
+                ),
+            )
+            for (seq, record), sort_record in zip(chosen, sort_records, strict=True)
         ]
         if everything and with_records:
             session.sort_items = (shown, uid, items)
