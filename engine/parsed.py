@@ -36,6 +36,7 @@ from engine.models import MessageParsed
 from engine.walk import Pending, chunks
 
 __all__ = [
+    "SORTKEY_SPAN",
     "Pending",
     "Row",
     "SortKeys",
@@ -109,6 +110,11 @@ def sortkeys(session: Session, version: int, guids: Sequence[str]) -> dict[str, 
     return out
 
 
+# The records one aggregated read asks for, at most: a few hundred bytes of
+# keys each, far below a row's gigabyte.
+SORTKEY_SPAN = 100_000
+
+
 class SortKeys(NamedTuple):
     """The stored sort keys of many GUIDs at once: ``guids``, and their blobs
     in the same order joined by commas in ``joined`` (the parser's blobs are
@@ -122,16 +128,29 @@ class SortKeys(NamedTuple):
     def of(cls, blobs: dict[str, bytes]) -> SortKeys:
         return cls(list(blobs), b",".join(blobs.values()))
 
+    @classmethod
+    def joined_parts(cls, parts: Sequence[SortKeys]) -> SortKeys:
+        """The keys of all ``parts``, in one."""
+        present = [part for part in parts if part.guids]
+        guids = [guid for part in present for guid in part.guids]
+        return cls(guids, b",".join(part.joined for part in present))
 
-def mailbox_sortkeys(session: Session, version: int, mailbox_id: int) -> SortKeys:
-    """The stored sort keys of every live record of one mailbox (a SORT's
-    first run), as one row that aggregates them: each row the DB-API hands
-    over costs about a microsecond and takes the GIL back, and a mailbox of
-    10,000 read row by row took 31 ms against 23 ms as one row (SQLite)."""
+
+def mailbox_sortkeys(
+    session: Session, version: int, mailbox_id: int, uids: tuple[int, int] = (0, 2**63 - 1)
+) -> SortKeys:
+    """The stored sort keys of one mailbox's live records with UIDs in the
+    range ``uids`` (by default all of them; a SORT's first run), as one row
+    that aggregates them: each row the DB-API hands over costs about a
+    microsecond and takes the GIL back, and a mailbox of 10,000 read row by
+    row took 31 ms against 23 ms as one row (SQLite). A row holds at most a
+    gigabyte in both databases: the caller asks for a range of UIDs at a
+    time (:data:`SORTKEY_SPAN` records)."""
     sqlite = session.get_bind().dialect.name == "sqlite"
+    first, last = uids
     row = session.execute(
         _MAILBOX_SORTKEYS_SQLITE if sqlite else _MAILBOX_SORTKEYS_PG,
-        {"box": mailbox_id, "version": version},
+        {"box": mailbox_id, "version": version, "first": first, "last": last},
     ).one()
     guids, joined = row
     if guids is None:  # no row to aggregate
@@ -143,7 +162,8 @@ def mailbox_sortkeys(session: Session, version: int, mailbox_id: int) -> SortKey
 # in the same order; PostgreSQL is told so.
 _MAILBOX_SORTKEYS_FROM = (
     " FROM messages AS m JOIN message_parsed AS p ON p.guid = m.guid"
-    " WHERE m.mailbox_id = :box AND m.expunged = false AND p.version = :version"
+    " WHERE m.mailbox_id = :box AND m.uid BETWEEN :first AND :last"
+    " AND m.expunged = false AND p.version = :version"
 )
 _MAILBOX_SORTKEYS_SQLITE = text(
     "SELECT group_concat(p.guid, ','), CAST(group_concat(p.sortkeys, ',') AS BLOB)"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from dataclasses import dataclass
+from functools import partial
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -89,8 +90,8 @@ def test_a_mailboxs_stored_sort_keys_come_in_one_row_each_beside_its_guid(
     """parsed.mailbox_sortkeys (a SORT's first run reads a whole mailbox's
     keys as one aggregated row): each live record's keys beside its GUID, on
     SQLite and PostgreSQL; expunged records, other mailboxes' records and
-    rows of another parser version are left out, and an empty mailbox
-    gives nothing."""
+    rows of another parser version are left out, a range of UIDs gives
+    its own, and an empty mailbox gives nothing."""
     store.write_sync(lambda s: accounts.create_account(s, "alice", password_hash=PW))
     store.write_sync(lambda s: mailbox.create_mailbox(s, accounts.get_account(s, "alice"), "Other"))
     messages_in = {"INBOX": CORPUS[:6], "Other": CORPUS[6:]}
@@ -128,6 +129,18 @@ def test_a_mailboxs_stored_sort_keys_come_in_one_row_each_beside_its_guid(
     assert sorted(keys.guids) == sorted(live)
     by_guid = dict(zip(keys.guids, loads_joined(keys.joined), strict=True))
     assert by_guid == {guid_of(raw): build_record(raw) for raw in CORPUS[1:5]}
+    # A range of UIDs (INBOX's records 2-6 hold CORPUS[1:6]), and the parts
+    # of several ranges joined: the same keys.
+    middle = store.read_sync(lambda s: parsed.mailbox_sortkeys(s, PARSE_VERSION, inbox, (3, 4)))
+    assert sorted(middle.guids) == sorted(guid_of(raw) for raw in CORPUS[2:4])
+    parts = [
+        store.read_sync(
+            partial(parsed.mailbox_sortkeys, version=PARSE_VERSION, mailbox_id=inbox, uids=run)
+        )
+        for run in [(1, 2), (3, 3), (4, 4), (5, 9)]
+    ]
+    whole = parsed.SortKeys.joined_parts(parts)
+    assert dict(zip(whole.guids, loads_joined(whole.joined), strict=True)) == by_guid
     other = store.read_sync(lambda s: parsed.mailbox_sortkeys(s, PARSE_VERSION, box_id("Other")))
     assert dict(zip(other.guids, loads_joined(other.joined), strict=True)) == {
         guid_of(raw): build_record(raw) for raw in CORPUS[6:]

@@ -21,6 +21,8 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from typing import BinaryIO, TypeVar
 
+from sqlalchemy.orm import Session
+
 from engine import mailview, parsed, textindex
 from engine.fulltext import Key
 from engine.mailview import (
@@ -110,17 +112,29 @@ class AccountStore:
         answer = await self.node.store.read(lambda s: textindex.ask(s, mailbox_id, questions))
         return textindex.TextSearch(answer, self.reader)
 
-    async def stored_sortkeys(self, mailbox_id: int, guids: Sequence[str]) -> parsed.SortKeys:
+    async def stored_sortkeys(
+        self, mailbox_id: int, guids: Sequence[str], uids: Sequence[int]
+    ) -> parsed.SortKeys:
         """The sort keys stored for ``guids`` (records of ``mailbox_id``) when
         their messages were stored; a GUID not parsed yet is left out. For
-        most of a mailbox, those of all its records (one read beats many IN
-        lists; the others are the same records again)."""
-        if len(guids) > _WHOLE_MAILBOX:
-            return await self.node.store.read(
-                lambda s: parsed.mailbox_sortkeys(s, PARSE_VERSION, mailbox_id)
+        most of a mailbox (``uids``: its records' UIDs, ascending), those of
+        all its records, read in one aggregated row for each run of up to
+        :data:`~engine.parsed.SORTKEY_SPAN` UIDs (one read beats many IN
+        lists; the records held already are the same again)."""
+        if len(guids) <= _WHOLE_MAILBOX or not uids:
+            found = await self.node.store.read(lambda s: parsed.sortkeys(s, PARSE_VERSION, guids))
+            return parsed.SortKeys.of(found)
+        span = parsed.SORTKEY_SPAN
+        spans = [
+            (uids[i], uids[min(i + span, len(uids)) - 1]) for i in range(0, len(uids), span)
+        ]
+
+        def read(s: Session) -> parsed.SortKeys:
+            return parsed.SortKeys.joined_parts(
+                [parsed.mailbox_sortkeys(s, PARSE_VERSION, mailbox_id, run) for run in spans]
             )
-        found = await self.node.store.read(lambda s: parsed.sortkeys(s, PARSE_VERSION, guids))
-        return parsed.SortKeys.of(found)
+
+        return await self.node.store.read(read)
 
     async def stored_structures(self, guids: Sequence[str]) -> dict[str, Structure]:
         """ENVELOPE, BODYSTRUCTURE and BODY stored for ``guids``; a GUID not

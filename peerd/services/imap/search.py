@@ -126,7 +126,9 @@ async def _found(
     # walker has not reached yet is parsed here (cache.get reads it).
     missing = cache.missing(r.guid for r in records) if with_records else []
     stored = (
-        await session.mail.stored_sortkeys(session.selected().mailbox_id, missing)
+        await session.mail.stored_sortkeys(
+            session.selected().mailbox_id, missing, [r.uid for r in records]
+        )
         if missing
         else None
     )
