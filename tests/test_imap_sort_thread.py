@@ -9,15 +9,24 @@ matches (the A284 and A286 examples).
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 import imaplib
+import random
 import socket
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
-from tests.nodes import Node
+from bench.load import load
+from engine import parsed
+from engine.spool import guid_of
+from engine.store import Store
+from peerd.pair.parsewalk import row_of
+from tests.nodes import Node, make_single, running
 
 # The module's node (``shared_node``, tests/conftest.py) starts with this config.
 pytestmark = pytest.mark.node(overrides={"imap": {"login_failure_delay": "100ms"}})
@@ -274,3 +283,56 @@ def test_hostile_list_patterns_are_fast_or_refused_and_the_node_keeps_serving(
         poller.join()
         sock.close()
     assert healthy and all(healthy)
+
+
+def test_a_big_mailboxs_first_sort_reads_its_stored_keys_whole(tmp_path: Path) -> None:
+    """Past 2,000 records a SORT's first run reads the mailbox's stored sort
+    keys as aggregated rows, not by GUID (peerd.services.mailstore): on a
+    fresh daemon (nothing cached) the answers are the orders the Date and
+    Subject fields give, with expunged records (gaps in the UIDs) left out,
+    and THREAD over the same keys puts each message alone."""
+    count = 2_100
+    rng = random.Random(5256)
+    minutes = list(range(count))
+    rng.shuffle(minutes)
+    topics = list(range(count))
+    rng.shuffle(topics)
+    base = dt.datetime(2025, 3, 1, tzinfo=dt.UTC)
+    payloads = [
+        (
+            f"From: s{i}@example.test\r\nTo: bulk@example.test\r\n"
+            f"Subject: topic {topics[i]:05d}\r\n"
+            f"Date: {email.utils.format_datetime(base + dt.timedelta(minutes=minutes[i]))}\r\n"
+            f"Message-ID: <m{i}@example.test>\r\n\r\nbody {i}\r\n"
+        ).encode()
+        for i in range(count)
+    ]
+    node = make_single(tmp_path)
+    load(node, "bulk", payloads)  # UIDs 1..count in this order, before the daemon starts
+    # The keys the parse walker would store (row_of: the walker's own rows),
+    # stored now: its walk rides other commits, 0.5 s a batch.
+    store = Store(f"sqlite:///{node.db_path}", node.workdir / "var" / node.name)
+    try:
+        store.write_sync(lambda s: parsed.put(s, [row_of(guid_of(p), p) for p in payloads]))
+    finally:
+        store.close()
+    with running(node):
+        client = imaplib.IMAP4("127.0.0.1", node.ports["imap"], timeout=60)
+        try:
+            client.login("bulk", "pw")
+            client.select("INBOX")
+            gone = {1, 700, 701, 2_100}
+            client.uid("STORE", ",".join(map(str, sorted(gone))), "+FLAGS.SILENT", r"(\Deleted)")
+            client.expunge()
+            live = [uid for uid in range(1, count + 1) if uid not in gone]
+            by_date = sorted(live, key=lambda uid: minutes[uid - 1])
+            by_subject = sorted(live, key=lambda uid: topics[uid - 1], reverse=True)
+            for criteria, expected in (("(DATE)", by_date), ("(REVERSE SUBJECT)", by_subject)):
+                typ, data = client.uid("SORT", criteria, "UTF-8", "ALL")
+                assert typ == "OK", data
+                assert [int(n) for n in data[0].split()] == expected, criteria
+            typ, data = client.uid("THREAD", "REFERENCES", "UTF-8", "ALL")
+            assert typ == "OK"
+            assert data[0] == b"".join(b"(%d)" % uid for uid in by_date)
+        finally:
+            client.logout()
