@@ -125,9 +125,7 @@ class AccountStore:
             found = await self.node.store.read(lambda s: parsed.sortkeys(s, PARSE_VERSION, guids))
             return parsed.SortKeys.of(found)
         span = parsed.SORTKEY_SPAN
-        spans = [
-            (uids[i], uids[min(i + span, len(uids)) - 1]) for i in range(0, len(uids), span)
-        ]
+        spans = [(uids[i], uids[min(i + span, len(uids)) - 1]) for i in range(0, len(uids), span)]
 
         def read(s: Session) -> parsed.SortKeys:
             return parsed.SortKeys.joined_parts(
