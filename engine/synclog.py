@@ -30,10 +30,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
+from engine import fastsql
 from engine.db import upsert, utcnow
 from engine.models import SyncLogRow
 
@@ -145,6 +147,7 @@ _PENDING = (
     .where(_LOG.channel == bindparam("channel"))
     .order_by(_LOG.id)
 )
+_PENDING_ONE = _PENDING.where(_LOG.account == bindparam("account"))
 
 
 def pending(
@@ -152,14 +155,20 @@ def pending(
 ) -> list[PendingAccount]:
     """Coalesce ``channel``'s log per account; most urgent (new mail, oldest) first.
 
-    A Core query built once, run on the session's connection, not through
-    the ORM: the rolling worker asks at every ``sync_repeat_interval``
-    however idle the node is, and an empty read cost 0.75 ms of CPU that
-    way, 0.37 ms this way (the same rows, the same types)."""
-    query = _PENDING
-    if accounts is not None:
-        query = query.where(_LOG.account.in_(list(accounts)))
-    rows = session.connection().execute(query, {"channel": channel})
+    A Core query built once, run on the DB-API cursor (:mod:`engine.fastsql`),
+    not through the ORM: the rolling worker asks at every
+    ``sync_repeat_interval`` however idle the node is, and an empty read
+    cost 0.75 ms of CPU through the ORM, 0.37 ms through Core; the rolling
+    sync of one account asks for that account's rows at every delivery."""
+    rows: Iterable[tuple[Any, ...]]
+    names = None if accounts is None else list(accounts)
+    if names is None:
+        rows = fastsql.rows(session, _PENDING, {"channel": channel})
+    elif len(names) == 1:  # the rolling sync of one account, at every delivery
+        rows = fastsql.rows(session, _PENDING_ONE, {"channel": channel, "account": names[0]})
+    else:
+        query = _PENDING.where(_LOG.account.in_(names))
+        rows = session.connection().execute(query, {"channel": channel})
     out: dict[str, PendingAccount] = {}
     for row_id, generation, account, mailbox, kind, created in rows:
         rank = KINDS.get(kind, 9)

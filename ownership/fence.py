@@ -15,14 +15,14 @@ from sqlalchemy.orm import Session
 
 from ownership import table
 from ownership.errors import SyncFenced
-from ownership.rows import OwnershipView, row_view
+from ownership.rows import OwnershipView
 
 __all__ = ["check_sync", "needs_adoption"]
 
 
 def needs_adoption(session: Session, account: str, sender: OwnershipView) -> bool:
     """Would :func:`check_sync` change our row? (Then it must run in a write.)"""
-    row = table.get(session, account)
+    row = table.view(session, account)
     return row is None or sender.epoch > row.epoch
 
 
@@ -38,22 +38,23 @@ def check_sync(
         raise SyncFenced(
             f"the sender says {me} owns {account}; a node does not sync to itself", None
         )
-    row = table.get(session, account)
+    row = table.view(session, account)
     if row is not None:
-        mine = row_view(row)
         if row.epoch > sender.epoch:
             raise SyncFenced(
                 f"stale epoch for {account}: sent {sender.epoch}, known {row.epoch} "
                 f"(owner {row.owner})",
-                mine,
+                row,
             )
         if row.owner == me and row.epoch >= sender.epoch:
             raise SyncFenced(
                 f"{me} owns {account} at epoch {row.epoch}; refusing changes from "
                 f"{sender.owner} at epoch {sender.epoch}",
-                mine,
+                row,
             )
-    if not adopt:
+    if not adopt or (row is not None and row.epoch == sender.epoch):
+        # Nothing to adopt at the same epoch (table.adopt takes only a
+        # higher one): the common case, every rolling delta.
         return sender
     table.adopt(
         session,

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import exists, func, insert, select
+from sqlalchemy import bindparam, exists, func, insert, select
 from sqlalchemy.orm import Session
 
 from engine import fastsql, synclog
@@ -76,9 +76,16 @@ def get(session: Session, account: str) -> Ownership | None:
 
 
 def view(session: Session, account: str) -> OwnershipView | None:
-    """The row as a value (what the control API and the pair operations read)."""
-    row = session.get(Ownership, account)
-    return row_view(row) if row is not None else None
+    """The row as a value (what the control API, the pair operations and each
+    rolling sync on both nodes read): one statement built once, on the
+    cursor, with no ORM object made."""
+    found = fastsql.rows(session, _VIEW, {"account": account})
+    return OwnershipView(*found[0]) if found else None
+
+
+_VIEW = select(
+    Ownership.account, Ownership.owner, Ownership.home, Ownership.epoch, Ownership.state
+).where(Ownership.account == bindparam("account"))
 
 
 def views(session: Session, owner: str | None = None) -> list[OwnershipView]:
@@ -518,9 +525,16 @@ def renamed_onto(session: Session, accounts: Sequence[str]) -> set[str]:
 
 
 def renames_to(session: Session, account: str) -> list[tuple[str, str]]:
-    """The (old, new) renames the partner still needs before it syncs ``account``."""
-    query = select(Rename.old, Rename.new).where(Rename.new == account).order_by(Rename.renamed_at)
-    return [(old, new) for old, new in session.execute(query)]
+    """The (old, new) renames the partner still needs before it syncs ``account``
+    (asked before each rolling sync: one statement built once, on the cursor)."""
+    return [(old, new) for old, new in fastsql.rows(session, _RENAMES_TO, {"account": account})]
+
+
+_RENAMES_TO = (
+    select(Rename.old, Rename.new)
+    .where(Rename.new == bindparam("account"))
+    .order_by(Rename.renamed_at)
+)
 
 
 def rename_done(session: Session, old: str, new: str) -> None:

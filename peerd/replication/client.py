@@ -633,7 +633,7 @@ class SyncClient:
         ]:
             if ownership_table.renames_to(session, account):
                 return None, [], None, []  # RENAME first: the full path sends it
-            row = ownership_table.get(session, account)
+            row = ownership_table.view(session, account)
             pending = synclog.pending(session, [account], self.channel)
             delta = owner_delta(session, account, mark)
             # The new messages' bytes in the same trip to a reader thread:
@@ -644,7 +644,7 @@ class SyncClient:
                 else []
             )
             return (
-                row_view(row) if row is not None else None,
+                row,
                 pending[0].rows if pending else [],
                 delta,
                 frames,
