@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from engine import synclog
@@ -76,7 +76,12 @@ def find_any(session: Session, names: tuple[str, ...]) -> Account | None:
 
 
 def find_account(session: Session, name: str) -> Account | None:
-    return session.scalar(select(Account).where(Account.name == name))
+    # The statement is built once: building it and its cache key again cost
+    # a third of this call, made in each delivery and each delta applied.
+    return session.scalar(_BY_NAME, {"name": name})
+
+
+_BY_NAME = select(Account).where(Account.name == bindparam("name"))
 
 
 def get_account(session: Session, name: str) -> Account:
