@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from engine import annotations as annotation_store
-from engine import importcursors, synclog
+from engine import fastsql, importcursors, synclog
 from engine import sieve as sieve_store
 from engine.accounts import create_account, delete_account, find_account
 from engine.compare import MailboxPush, Push, Repairs, Restamp
@@ -115,10 +116,13 @@ def _apply_records(
         if not push.create:
             uids = sorted(r.uid for r in push.upserts)
             for i in range(0, len(uids), 500):
+                chunk = uids[i : i + 500]
+                # Which of them are here at all, on the cursor: a rolling
+                # delta's new mail is not, and needs no ORM query.
+                if not fastsql.select_in(session, _uids_present, [mailbox.id], chunk):
+                    continue
                 for row in session.scalars(
-                    select(Message).where(
-                        Message.mailbox_id == mailbox.id, Message.uid.in_(uids[i : i + 500])
-                    )
+                    select(Message).where(Message.mailbox_id == mailbox.id, Message.uid.in_(chunk))
                 ):
                     existing[row.uid] = row
         new = NewRecords(session)
@@ -170,6 +174,14 @@ def _apply_records(
         synclog.record(session, account.name, mailbox.uniqueid, kind)
 
 
+# Built once (each rolling delta reads its account's mailboxes).
+_ACCOUNT_MAILBOXES = select(Mailbox).where(Mailbox.account_id == bindparam("account"))
+
+
+def _uids_present(boxes: Sequence[Any], uids: Sequence[Any]) -> Any:
+    return select(Message.uid).where(Message.mailbox_id.in_(boxes), Message.uid.in_(uids))
+
+
 def apply_push(session: Session, push: Push, has: Callable[[str], bool]) -> ApplyResult:
     """Make the replica's account equal to the owner's, as ``push`` says."""
     result = ApplyResult()
@@ -200,10 +212,7 @@ def apply_push(session: Session, push: Push, has: Callable[[str], bool]) -> Appl
             _drop_mailbox(session, account, mailbox)
 
     # Renames in two phases, so "a->b, b->a" and name reuse cannot collide.
-    current = {
-        m.uniqueid: m
-        for m in session.scalars(select(Mailbox).where(Mailbox.account_id == account.id))
-    }
+    current = {m.uniqueid: m for m in session.scalars(_ACCOUNT_MAILBOXES, {"account": account.id})}
     targets = {p.summary.name: p.summary.uniqueid for p in push.mailboxes}
     moving = [
         current[p.summary.uniqueid]
