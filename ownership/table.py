@@ -240,13 +240,14 @@ def prune_deleted(session: Session, accounts: Iterable[str] | None = None) -> li
     return pruned
 
 
-def check_owner(session: Session, account: str, node: str) -> Ownership:
-    """The fence: raise :class:`NotOwner` unless ``node`` may write ``account`` now."""
-    row = session.get(Ownership, account)
+def check_owner(session: Session, account: str, node: str) -> OwnershipView:
+    """The fence: raise :class:`NotOwner` unless ``node`` may write ``account``
+    now (inside every owned write: the row is read on the cursor, see :func:`view`)."""
+    row = view(session, account)
     if row is None:
         # An account with no ownership row is one this node created before
         # ownership existed, or one being created: it is local.
-        return Ownership(account=account, owner=node, home=node, epoch=0, state="normal")
+        return OwnershipView(account, node, node, 0, "normal")
     refusal = _refusal(account, row.owner, row.state, row.epoch, node)
     if refusal is not None:
         raise refusal
