@@ -193,11 +193,11 @@ def acknowledge(session: Session, rows: Iterable[tuple[int, int]]) -> int:
     ids = sorted(read)
     for i in range(0, len(ids), 500):
         chunk = ids[i : i + 500]
-        # One SELECT and at most two IN statements a chunk (a whole
-        # ``replicate --all`` acknowledges thousands of rows at once): the
-        # rows still at the generation read are dropped, the others stay.
-        # On the cursor, with statements built once (engine.fastsql): every
-        # rolling sync acknowledges its one or two rows.
+        # A few statements a chunk (a whole ``replicate --all`` acknowledges
+        # thousands of rows at once): the rows still at the generation read
+        # are dropped, the others stay. The read and the drops run on the
+        # cursor with statements built once (engine.fastsql): every rolling
+        # sync acknowledges its one or two rows.
         done: list[int] = []
         changed: list[int] = []
         for row_id, generation in fastsql.select_in(session, _generations, chunk):

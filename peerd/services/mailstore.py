@@ -37,6 +37,7 @@ from engine.mailview import (
 )
 from peerd.node.node import Node
 from peerd.protocols.imap.parsed import PARSE_VERSION, Structure
+from peerd.protocols.imap.records import Record
 
 __all__ = ["AccountStore"]
 
@@ -113,19 +114,21 @@ class AccountStore:
         return textindex.TextSearch(answer, self.reader)
 
     async def stored_sortkeys(
-        self, mailbox_id: int, guids: Sequence[str], uids: Sequence[int]
+        self, mailbox_id: int, guids: Sequence[str], records: Sequence[Record]
     ) -> parsed.SortKeys:
         """The sort keys stored for ``guids`` (records of ``mailbox_id``) when
         their messages were stored; a GUID not parsed yet is left out. For
-        most of a mailbox (``uids``: its records' UIDs, ascending), those of
+        most of a mailbox (``records``: its records, in UID order), those of
         all its records, read in one aggregated row for each run of up to
-        :data:`~engine.parsed.SORTKEY_SPAN` UIDs (one read beats many IN
+        :data:`~engine.parsed.SORTKEY_SPAN` records (one read beats many IN
         lists; the records held already are the same again)."""
-        if len(guids) <= _WHOLE_MAILBOX or not uids:
+        if len(guids) <= _WHOLE_MAILBOX or not records:
             found = await self.node.store.read(lambda s: parsed.sortkeys(s, PARSE_VERSION, guids))
             return parsed.SortKeys.of(found)
-        span = parsed.SORTKEY_SPAN
-        spans = [(uids[i], uids[min(i + span, len(uids)) - 1]) for i in range(0, len(uids), span)]
+        span, count = parsed.SORTKEY_SPAN, len(records)
+        spans = [
+            (records[i].uid, records[min(i + span, count) - 1].uid) for i in range(0, count, span)
+        ]
 
         def read(s: Session) -> parsed.SortKeys:
             return parsed.SortKeys.joined_parts(

@@ -126,9 +126,7 @@ async def _found(
     # walker has not reached yet is parsed here (cache.get reads it).
     missing = cache.missing(r.guid for r in records) if with_records else []
     stored = (
-        await session.mail.stored_sortkeys(
-            session.selected().mailbox_id, missing, [r.uid for r in records]
-        )
+        await session.mail.stored_sortkeys(session.selected().mailbox_id, missing, records)
         if missing
         else None
     )
