@@ -71,7 +71,7 @@ def scrypt_params(stored: str) -> tuple[int, int, int] | None:
         values = dict(item.split("=", 1) for item in params.split(","))
         if scheme != "scrypt" or set(values) != {"ln", "r", "p"}:
             return None
-        if not all(v.isdigit() and len(v) <= 3 for v in values.values()):
+        if not all(v.isascii() and v.isdigit() and len(v) <= 3 for v in values.values()):
             return None
         ln, r, p = int(values["ln"]), int(values["r"]), int(values["p"])
         if not (1 <= ln <= MAX_LN and 1 <= r <= MAX_R and 1 <= p <= MAX_P):

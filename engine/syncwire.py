@@ -97,8 +97,10 @@ def peer_protocol(value: str | None, here: str = "this node", there: str = "the 
     when this node (``here``) does not speak it, naming the node to upgrade."""
     if value is None:
         version = 1
-    elif _VERSION.match(value.strip()):
-        version = int(value)
+    elif _VERSION.match(value.strip(" \t")):
+        # HTTP's optional whitespace is space and tab only: str.strip() would
+        # also take characters int() refuses (U+001F, U+0085, ...).
+        version = int(value.strip(" \t"))
     else:
         raise SyncProtocolError(f"{PROTOCOL_HEADER} must be a version number, not {value[:20]!r}")
     if not PROTOCOL_OLDEST <= version <= PROTOCOL_VERSION:

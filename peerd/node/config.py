@@ -117,7 +117,7 @@ def parse_address(value: object) -> Address:
         raise ValueError("not a host:port address")
     host, _, port = value.rpartition(":")
     host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError("not a host:port address")
     return Address(host, int(port))
 

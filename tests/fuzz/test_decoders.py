@@ -269,6 +269,8 @@ def test_decompress_refuses_hostile_bodies_with_its_own_error(data: bytes) -> No
 @given(st.one_of(st.none(), st.text(st.characters(exclude_categories=()), max_size=30)))
 @example("1" * 5000)
 @example("٣")
+@example("1\x1f")  # str.strip() takes U+001F, int() does not
+@example("\x851")
 def test_the_protocol_header_refuses_hostile_values_with_its_own_error(value: str | None) -> None:
     _only(SyncProtocolError, lambda: syncwire.peer_protocol(value))
 

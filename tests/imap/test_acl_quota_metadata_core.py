@@ -55,6 +55,9 @@ def test_commands_parse_and_run_when_authenticated_or_selected() -> None:
         b"a GETQUOTAROOT",
         b'a SETQUOTA "" STORAGE 5',
         b'a SETQUOTA "" (STORAGE -5)',
+        # str.isdigit() takes a superscript two, which int() refuses.
+        b'a SETQUOTA "" (STORAGE "\xc2\xb2")',
+        b'a GETMETADATA (MAXSIZE "\xc2\xb2") INBOX /private/a',
         b"a GETMETADATA INBOX",
         b"a GETMETADATA INBOX /private/a /private/b",
         b"a GETMETADATA (DEPTH 5) INBOX /private/a",

@@ -223,7 +223,7 @@ I'm out, please leave a message after the meep.
         set :lowerfirst "lf" "WILE";
         set :upperfirst :lower "uf" "wILE";
         set :quotewildcard "q" "a*b?c\\\\d";
-        set "unknown" "${nope}|${1}|${a.b}|${";
+        set "unknown" "${nope}|${1}|${a.b}|${²}|${";
         fileinto "${vacation}";
         fileinto "${len}/${up}/${lf}/${uf}/${q}/${unknown}";
     """
@@ -231,7 +231,7 @@ I'm out, please leave a message after the meep.
     text = "Dear Mr Coyote,\r\nI'm out, please leave a message after the meep.\r\n"
     assert result.actions == (
         FileInto(text),
-        FileInto(f"{len(text)}/WILE/wILE/Wile/a\\*b\\?c\\\\d/||${{a.b}}|${{"),
+        FileInto(f"{len(text)}/WILE/wILE/Wile/a\\*b\\?c\\\\d/||${{a.b}}|${{²}}|${{"),
     )
 
 

@@ -92,7 +92,7 @@ def _options(
     for word, value in zip(tokens[::2], tokens[1::2], strict=True):
         if not isinstance(word, str) or not isinstance(value, str):
             raise CommandError("GETMETADATA: options are (MAXSIZE n DEPTH d)")
-        if word.upper() == "MAXSIZE" and value.isdigit() and len(value) <= 10:
+        if word.upper() == "MAXSIZE" and value.isascii() and value.isdigit() and len(value) <= 10:
             maxsize = int(value)
         elif word.upper() == "DEPTH" and value.lower() in ("0", "1", "infinity"):
             depth = "infinity" if value.lower() == "infinity" else "0" if value == "0" else "1"

@@ -82,7 +82,11 @@ def _setquota(tag: str, args: Args) -> Command:
         raise CommandError("SETQUOTA: resource limits are (name number ...)")
     limits = []
     for resource, number in zip(items[::2], items[1::2], strict=True):
-        if not isinstance(resource, str) or not isinstance(number, str) or not number.isdigit():
+        if (
+            not isinstance(resource, str)
+            or not isinstance(number, str)
+            or not (number.isascii() and number.isdigit())
+        ):
             raise CommandError("SETQUOTA: resource limits are (name number ...)")
         limits.append((resource.upper(), int(number)))
     return SetQuota(tag, root, tuple(limits))

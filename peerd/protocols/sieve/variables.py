@@ -82,7 +82,7 @@ class Variables:
         position = 0
         for match in _REFERENCE.finditer(text):
             name = match.group(1)
-            if name.isdigit():
+            if name.isascii() and name.isdigit():
                 index = int(name) if len(name) < 6 else len(self.matches)
                 value = self.matches[index] if index < len(self.matches) else ""
             elif _NAME.fullmatch(name):
