@@ -28,6 +28,7 @@ import json
 import re
 import zlib
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from engine.compare import MailboxPush, Push
@@ -74,6 +75,7 @@ __all__ = [
     "encode_push",
     "encode_summary",
     "peer_protocol",
+    "split_push",
 ]
 
 _GUID = re.compile(r"\A[0-9a-f]{40}\Z")
@@ -379,6 +381,62 @@ def decode_push(value: Any) -> Push:
         if value.get("import_cursors") is None
         else decode_import_cursors(value["import_cursors"]),
     )
+
+
+def split_push(push: Push, budget: int) -> list[Push]:
+    """``push`` as pushes to apply one after another, each encoding to about
+    ``budget`` characters of JSON or fewer, so that no APPLY outgrows the
+    partner's ``sync_max_request`` however many records a change touched (a
+    STORE of long keywords on a large mailbox, a first sync of a large
+    account): every record is within the limits, their number is not.
+
+    The first push is ``push`` without its records: the account's fields,
+    the mailbox deletes, and every mailbox's summary (so renames and
+    creates happen together, as :func:`engine.apply.apply_push` needs them).
+    The rest carry the records, mailbox by mailbox in UID order, each with
+    its mailbox's summary. A mailbox is equal to the owner's once the last
+    push naming it is applied; until then the replica reports it mismatched
+    (and keeps no ``sync_base`` for it), so a sync cut short between two
+    pushes is completed by the next compare, in full.
+    """
+    if len(encode_json(encode_push(push))) <= budget:
+        return [push]
+    head = replace(
+        push,
+        mailboxes=tuple(
+            replace(m, upserts=(), expunges=(), resurrected=()) for m in push.mailboxes
+        ),
+    )
+    parts: list[list[MailboxPush]] = [[]]
+    used = 0
+    for mp in push.mailboxes:
+        overhead = len(encode_json(encode_summary(mp.summary))) + 64
+        items: list[tuple[int, RecordState | None]] = [(uid, None) for uid in mp.expunges]
+        items += [(r.uid, r) for r in mp.upserts]
+        upserts: list[RecordState] = []
+        expunges: list[int] = []
+        size = 0
+        for uid, record in items:
+            cost = 21 if record is None else len(encode_json(encode_record(record))) + 1
+            if used + overhead + size + cost > budget and (parts[-1] or upserts or expunges):
+                if upserts or expunges:
+                    parts[-1].append(_records_part(mp, upserts, expunges))
+                parts.append([])
+                upserts, expunges, size, used = [], [], 0, 0
+            if record is None:
+                expunges.append(uid)
+            else:
+                upserts.append(record)
+            size += cost
+        if upserts or expunges:
+            parts[-1].append(_records_part(mp, upserts, expunges))
+            used += overhead + size
+    rest = [Push(push.account, mailboxes=tuple(p)) for p in parts if p]
+    return [head, *rest]
+
+
+def _records_part(mp: MailboxPush, upserts: list[RecordState], expunges: list[int]) -> MailboxPush:
+    return replace(mp, upserts=tuple(upserts), expunges=tuple(expunges), create=False)
 
 
 def encode_annotations(rows: Iterable[tuple[str, str, bytes]]) -> list[list[str]]:

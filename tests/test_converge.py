@@ -37,6 +37,7 @@ from engine.passwords import MIN_LN, hash_password
 from engine.rounds import converge
 from engine.store import Store
 from engine.syncstate import AccountState, owner_view, read_account_state
+from engine.syncwire import split_push
 from tests.example_counts import examples
 
 ACCOUNT = "dpc22"
@@ -72,11 +73,14 @@ def sync(
     replica: Store,
     account: str = ACCOUNT,
     between: Callable[[], None] | None = None,
+    budget: int | None = None,
 ) -> dict[str, int]:
     """Owner → replica through the client's own rounds (:func:`engine.rounds.converge`):
     repairs first, then the push; only the transport is in-process. ``between``
     runs once, after the replica answered the first round's summaries and
-    before the owner reads its state (a write while the replica answers)."""
+    before the owner reads its state (a write while the replica answers).
+    ``budget``: the push is applied in the parts :func:`~engine.syncwire.split_push`
+    cuts it into (1: a part for every record), as the client sends a large one."""
     counts = {"rounds": 0, "copied": 0, "reassigned": 0, "pushed": 0}
 
     async def plan() -> Planned:
@@ -112,10 +116,14 @@ def sync(
         needed = {r.guid for mp in push.mailboxes for r in mp.upserts}
         frames = [(g, owner.spool.read(g)) for g in sorted(needed) if not replica.spool.has(g)]
         replica.spool.fsync_dirs(replica.spool.put_many(frames))
-        result = replica.write_sync(
-            partial(apply_push, push=push, has=replica.spool.has), replaying=True
-        )
-        assert not result.mismatched, result.mismatched
+        parts = [push] if budget is None else split_push(push, budget)
+        last = {mp.summary.uniqueid: i for i, part in enumerate(parts) for mp in part.mailboxes}
+        for i, part in enumerate(parts):
+            result = replica.write_sync(
+                partial(apply_push, push=part, has=replica.spool.has), replaying=True
+            )
+            mismatched = [u for u in result.mismatched if last[u] == i]
+            assert not mismatched, mismatched
         counts["pushed"] = 1
     return counts
 
@@ -265,15 +273,20 @@ def stores(template: Path) -> Iterator[Callable[[], Stores]]:
     common=st.lists(op, max_size=8),
     on_owner=st.lists(op, max_size=8),
     on_replica=st.lists(op, max_size=8),
+    budget=st.sampled_from([None, 1, 400]),
 )
 def test_split_then_sync_converges_without_loss(
-    stores: Any, common: list[Any], on_owner: list[Any], on_replica: list[Any]
+    stores: Any,
+    common: list[Any],
+    on_owner: list[Any],
+    on_replica: list[Any],
+    budget: int | None,
 ) -> None:
     owner, replica, account = stores()
     owner.write_sync(lambda s: accounts.create_account(s, account, password_hash=PW))
     for step in common:
         run_op(owner, step, "common", account)
-    sync(owner, replica, account)
+    sync(owner, replica, account, budget=budget)
     assert snapshot(owner, account) == snapshot(replica, account)
 
     for step in on_owner:
@@ -295,7 +308,7 @@ def test_split_then_sync_converges_without_loss(
         }
     )
 
-    sync(owner, replica, account)
+    sync(owner, replica, account, budget=budget)
     after_owner = snapshot(owner, account)
     after_replica = snapshot(replica, account)
     # Converged: the same mailboxes, names, UIDVALIDITYs, records, checksums,

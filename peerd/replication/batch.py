@@ -244,8 +244,7 @@ async def _exchange(
     guids = sorted({r.guid for i in sending for mp in _push(i).mailboxes for r in mp.upserts})
     missing: set[str] = set()
     if guids:
-        raw = await client.call("reserve", encode_json({"guids": guids}), compressed=use_zlib)
-        missing = set(decode_json(raw).get("missing", []))
+        missing = set(await client.reserve(guids, use_zlib, None))
         if missing:
             scratch = SyncReport("")
             await client.upload(sorted(missing), use_zlib, scratch)

@@ -92,6 +92,7 @@ from engine.syncwire import (
     encode_push,
     encode_summary,
     peer_protocol,
+    split_push,
 )
 from ownership import table as ownership_table
 from ownership.errors import SyncFenced
@@ -105,6 +106,10 @@ __all__ = ["SyncClient", "SyncReport"]
 log = logging.getLogger("peerd.sync.client")
 
 UPLOAD_BATCH = 8 << 20
+# A push larger than this goes as several APPLY requests (engine.syncwire.split_push).
+APPLY_BATCH = 16 << 20
+# GUIDs in one RESERVE request (the partner takes up to 1,000,000).
+RESERVE_BATCH = 100_000
 # UPLOAD requests at the partner at once (client.upload).
 UPLOADS_IN_FLIGHT = 2
 # A rolling delta's sync-log acknowledgement rides (Store.write's ``ride``)
@@ -660,10 +665,15 @@ class SyncClient:
                 "expect": encode_account_state(mark),
                 "push": encode_push(delta.push),
             }
+            body = encode_delta(control, frames)
+            if len(body) > self.node.config.sync.sync_max_request:
+                # Too much for one request (many records changed, or large
+                # new mail): the full path sends it in several.
+                return False
             try:
                 raw = await self.call(
                     "delta",
-                    encode_delta(control, frames),
+                    body,
                     compressed=use_zlib,
                     report=report,
                     content_type="application/octet-stream",
@@ -703,31 +713,58 @@ class SyncClient:
         guids = sorted({r.guid for mp in push.mailboxes for r in mp.upserts})
         missing: list[str] = []
         if guids:
-            reserve = {"account": account, "guids": guids}
-            raw = await self.call(
-                "reserve", encode_json(reserve), compressed=use_zlib, report=report
-            )
-            missing = list(decode_json(raw).get("missing", []))
+            missing = await self.reserve(guids, use_zlib, report, account)
         report.steps.extend(push_steps(push, replica_names, len(guids), set(missing)))
         if missing:
             await self.upload(missing, use_zlib, report)
         report.setflags += _flag_updates(push, set(missing))
-        body: dict[str, Any] = {
-            "account": account,
-            "ownership": self.wire_row(own_row),
-            "push": encode_push(push),
-        }
-        raw = await self.call("apply", encode_json(body), compressed=use_zlib, report=report)
-        result = decode_json(raw)
-        if result.get("mismatched"):
+        # One APPLY, or several when the push would outgrow a request (its
+        # records are many): a mailbox is judged by the last one naming it.
+        parts = split_push(push, self.apply_budget)
+        last = {mp.summary.uniqueid: i for i, part in enumerate(parts) for mp in part.mailboxes}
+        mismatched: list[str] = []
+        for i, part in enumerate(parts):
+            body: dict[str, Any] = {
+                "account": account,
+                "ownership": self.wire_row(own_row),
+                "push": encode_push(part),
+            }
+            raw = await self.call("apply", encode_json(body), compressed=use_zlib, report=report)
+            mismatched += [u for u in decode_json(raw).get("mismatched", []) if last.get(u) == i]
+        if len(parts) > 1:
+            report.steps.append(f"APPLY in {len(parts)} requests")
+        if mismatched:
             log.warning(
                 "%s: replica differs after apply in %s; its sync_base is reset,"
                 " the next compare is in full",
                 account,
-                result["mismatched"],
+                mismatched,
             )
             return False
         return True
+
+    @property
+    def apply_budget(self) -> int:
+        """The most JSON one APPLY (or DELTA) carries: :data:`APPLY_BATCH`,
+        or half this node's ``sync_max_request`` when that is less (a pair's
+        nodes take the same requests)."""
+        return min(APPLY_BATCH, self.node.config.sync.sync_max_request // 2)
+
+    async def reserve(
+        self, guids: list[str], use_zlib: bool, report: SyncReport | None, account: str = ""
+    ) -> list[str]:
+        """RESERVE: which of ``guids`` the partner lacks, asked in requests of
+        at most :data:`RESERVE_BATCH` GUIDs (a first sync of a large account
+        names millions) that each fit in half a ``sync_max_request``."""
+        step = max(1, min(RESERVE_BATCH, self.apply_budget // 44))
+        missing: list[str] = []
+        for start in range(0, len(guids), step):
+            body: dict[str, Any] = {"guids": guids[start : start + step]}
+            if account:
+                body = {"account": account, **body}
+            raw = await self.call("reserve", encode_json(body), compressed=use_zlib, report=report)
+            missing += decode_json(raw).get("missing", [])
+        return missing
 
     async def upload(self, guids: list[str], use_zlib: bool, report: SyncReport) -> None:
         """UPLOAD in batches of about :data:`UPLOAD_BATCH` bytes, pipelined:

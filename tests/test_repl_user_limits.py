@@ -1,0 +1,135 @@
+"""User actions at the limits replicate (two real daemons on loopback).
+
+Each test makes a change a client may make, within every limit the owner
+enforces, and checks that the replica converges to it, that the owner's
+sync log drains, and that another account's mail still replicates after it:
+no accepted action may leave an account (or the channel) stuck.
+
+The pair runs with a small ``sync_max_request`` (and entry limits that fit
+in it, as the config requires), so the sizes that reach the channel's limit
+at its default (256 MiB) are reached here in a few hundred kilobytes.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import smtplib
+import socket
+import urllib.error
+from typing import Any
+
+import pytest
+
+from tests.harness.daemons import ModuleNodes
+from tests.nodes import Node
+from tests.procs import wait_until
+
+LIMITS = {
+    "sync": {"sync_max_request": "24K"},
+    "imap": {"max_literal": "16K"},
+    "lmtp": {"max_message_size": "16K"},
+}
+
+
+@pytest.fixture
+def limited_pair(module_nodes: ModuleNodes) -> tuple[Node, Node]:
+    return module_nodes.pair({"alpha": LIMITS, "beta": LIMITS})
+
+
+def deliver(node: Node, account: str, subject: str) -> None:
+    with smtplib.LMTP("127.0.0.1", node.ports["lmtp"], timeout=30) as lmtp:
+        lmtp.sendmail(
+            "s@example.test",
+            [f"{account}@example.test"],
+            f"Subject: {subject}\r\nMessage-ID: <{subject}@t>\r\n\r\nhello\r\n".encode(),
+        )
+
+
+def imap(node: Node, account: str) -> imaplib.IMAP4:
+    client = imaplib.IMAP4("127.0.0.1", node.ports["imap"], timeout=30)
+    client.login(account, "secret")
+    return client
+
+
+def multiappend(node: Node, account: str, messages: list[bytes]) -> None:
+    """APPEND ``messages`` to INBOX with MULTIAPPEND (RFC 3502) and LITERAL+
+    (RFC 7888), in commands of at most 8 KB of messages: one round trip each."""
+    with socket.create_connection(("127.0.0.1", node.ports["imap"]), timeout=30) as sock:
+        reader = sock.makefile("rb")
+
+        def command(tag: str, text: bytes) -> None:
+            sock.sendall(text)
+            while not (line := reader.readline()).startswith(tag.encode() + b" "):
+                assert line, "connection closed"
+            assert line.startswith(f"{tag} OK".encode()), line
+
+        reader.readline()  # the greeting
+        command("a", f"a LOGIN {account} secret\r\n".encode())
+        batch: list[bytes] = []
+        for n, message in enumerate([*messages, b""]):
+            if batch and (not message or sum(map(len, batch)) + len(message) > 8192):
+                parts = b"".join(b" {%d+}\r\n" % len(m) + m for m in batch)
+                command(f"b{n}", f"b{n} APPEND INBOX".encode() + parts + b"\r\n")
+                batch = []
+            batch.append(message)
+
+
+def flags_of(node: Node, account: str, mailbox: str = "INBOX") -> list[tuple[int, str, Any]]:
+    try:
+        box = node.mailbox(account, mailbox)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return []
+    return [(m["uid"], m["guid"], sorted(m["flags"])) for m in box["messages"]]
+
+
+def depth(node: Node, account: str) -> int:
+    return int(node.call("GET", f"/v1/status?account={account}")["sync_log_depth"])
+
+
+def still_replicates(alpha: Node, beta: Node, account: str) -> None:
+    """The owner's log for ``account`` drains, and a new account's mail reaches the partner."""
+    wait_until(lambda: depth(alpha, account) == 0, 20, f"alpha's sync log for {account} to drain")
+    other = f"{account}-next"
+    alpha.add_account(other)
+    deliver(alpha, other, f"{other}-1")
+    wait_until(lambda: len(flags_of(beta, other)) == 1, 20, f"{other}'s mail on beta")
+
+
+def test_many_long_keywords_on_many_messages_replicate(limited_pair: tuple[Node, Node]) -> None:
+    # Each message's flags stay far within the limit (about 4 KB of 8 KB);
+    # one STORE on all of them makes a change of 200 KB, eight times what
+    # one sync request may carry.
+    alpha, beta = limited_pair
+    alpha.add_account("keywords")
+    multiappend(alpha, "keywords", [f"Subject: k{i}\r\n\r\nbody\r\n".encode() for i in range(48)])
+    wait_until(lambda: len(flags_of(beta, "keywords")) == 48, 20, "the 48 messages on beta")
+
+    keywords = " ".join(f"k{n:02d}{'x' * 120}{n:02d}" for n in range(32))
+    with imap(alpha, "keywords") as client:
+        client.select("INBOX")
+        status, _ = client.store("1:*", "+FLAGS.SILENT", f"({keywords})")
+        assert status == "OK"
+    want = flags_of(alpha, "keywords")
+    assert len(want[0][2]) == 32
+
+    wait_until(lambda: flags_of(beta, "keywords") == want, 30, "the keywords on beta")
+    still_replicates(alpha, beta, "keywords")
+
+
+def test_copy_of_many_messages_at_once_replicates(limited_pair: tuple[Node, Node]) -> None:
+    # A COPY of 600 messages names 600 GUIDs the replica holds already: the
+    # question which it lacks (RESERVE) is 26 KB, more than one request.
+    alpha, beta = limited_pair
+    alpha.add_account("copier")
+    multiappend(alpha, "copier", [f"Subject: c{i}\r\n\r\nbody\r\n".encode() for i in range(600)])
+    with imap(alpha, "copier") as client:
+        assert client.create("Copies")[0] == "OK"
+    wait_until(lambda: len(flags_of(beta, "copier")) == 600, 30, "the 600 messages on beta")
+    with imap(alpha, "copier") as client:
+        client.select("INBOX")
+        assert client.copy("1:*", "Copies")[0] == "OK"
+    want = flags_of(alpha, "copier", "Copies")
+    assert len(want) == 600
+    wait_until(lambda: flags_of(beta, "copier", "Copies") == want, 30, "the copies on beta")
+    still_replicates(alpha, beta, "copier")
