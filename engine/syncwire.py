@@ -384,8 +384,9 @@ def decode_push(value: Any) -> Push:
 
 
 def split_push(push: Push, budget: int) -> list[Push]:
-    """``push`` as pushes to apply one after another, each encoding to about
-    ``budget`` characters of JSON or fewer, so that no APPLY outgrows the
+    """``push`` as pushes to apply one after another, each encoding to at most
+    ``budget`` characters of JSON (as a bound on each record reckons it;
+    ``push`` itself when it fits), so that no APPLY outgrows the
     partner's ``sync_max_request`` however many records a change touched (a
     STORE of long keywords on a large mailbox, a first sync of a large
     account): every record is within the limits, their number is not.
@@ -399,7 +400,12 @@ def split_push(push: Push, budget: int) -> list[Push]:
     (and keeps no ``sync_base`` for it), so a sync cut short between two
     pushes is completed by the next compare, in full.
     """
-    if len(encode_json(encode_push(push))) <= budget:
+    overheads = [len(encode_json(encode_summary(m.summary))) + 64 for m in push.mailboxes]
+    costs = [
+        [_EXPUNGE_COST] * len(m.expunges) + [_record_cost(r) for r in m.upserts]
+        for m in push.mailboxes
+    ]
+    if sum(overheads) + sum(map(sum, costs)) <= budget:
         return [push]
     head = replace(
         push,
@@ -409,15 +415,13 @@ def split_push(push: Push, budget: int) -> list[Push]:
     )
     parts: list[list[MailboxPush]] = [[]]
     used = 0
-    for mp in push.mailboxes:
-        overhead = len(encode_json(encode_summary(mp.summary))) + 64
+    for mp, overhead, mailbox_costs in zip(push.mailboxes, overheads, costs, strict=True):
         items: list[tuple[int, RecordState | None]] = [(uid, None) for uid in mp.expunges]
         items += [(r.uid, r) for r in mp.upserts]
         upserts: list[RecordState] = []
         expunges: list[int] = []
         size = 0
-        for uid, record in items:
-            cost = 21 if record is None else len(encode_json(encode_record(record))) + 1
+        for (uid, record), cost in zip(items, mailbox_costs, strict=True):
             if used + overhead + size + cost > budget and (parts[-1] or upserts or expunges):
                 if upserts or expunges:
                     parts[-1].append(_records_part(mp, upserts, expunges))
@@ -433,6 +437,17 @@ def split_push(push: Push, budget: int) -> list[Push]:
             used += overhead + size
     rest = [Push(push.account, mailboxes=tuple(p)) for p in parts if p]
     return [head, *rest]
+
+
+# What one record or expunged UID costs in a push's JSON, at most: the
+# numbers at 20 digits, the GUID, the punctuation, and the flags with each
+# character escaped (only a system flag's backslash is, but this is a bound).
+_RECORD_COST = 4 * 20 + 42 + 16
+_EXPUNGE_COST = 21
+
+
+def _record_cost(record: RecordState) -> int:
+    return _RECORD_COST + 2 * len(record.flags)
 
 
 def _records_part(mp: MailboxPush, upserts: list[RecordState], expunges: list[int]) -> MailboxPush:

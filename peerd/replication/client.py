@@ -106,8 +106,10 @@ __all__ = ["SyncClient", "SyncReport"]
 log = logging.getLogger("peerd.sync.client")
 
 UPLOAD_BATCH = 8 << 20
-# A push larger than this goes as several APPLY requests (engine.syncwire.split_push).
-APPLY_BATCH = 16 << 20
+# A push larger than this goes as several APPLY requests (engine.syncwire.split_push):
+# each is encoded here and decoded at the partner on an event loop, about 0.1 s
+# for 4 MB, so a first sync of a large account never holds either loop long.
+APPLY_BATCH = 4 << 20
 # GUIDs in one RESERVE request (the partner takes up to 1,000,000).
 RESERVE_BATCH = 100_000
 # UPLOAD requests at the partner at once (client.upload).
@@ -720,7 +722,9 @@ class SyncClient:
         report.setflags += _flag_updates(push, set(missing))
         # One APPLY, or several when the push would outgrow a request (its
         # records are many): a mailbox is judged by the last one naming it.
-        parts = split_push(push, self.apply_budget)
+        # In a thread: a push of a million records takes seconds to cut, and
+        # the loop serves IMAP meanwhile (the interpreter switches every few ms).
+        parts = await asyncio.to_thread(split_push, push, self.apply_budget)
         last = {mp.summary.uniqueid: i for i, part in enumerate(parts) for mp in part.mailboxes}
         mismatched: list[str] = []
         for i, part in enumerate(parts):
