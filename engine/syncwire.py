@@ -394,8 +394,10 @@ def split_push(push: Push, budget: int) -> list[Push]:
     The first push is ``push`` without its records: the account's fields,
     the mailbox deletes, and every mailbox's summary (so renames and
     creates happen together, as :func:`engine.apply.apply_push` needs them).
-    The rest carry the records, mailbox by mailbox in UID order, each with
-    its mailbox's summary. A mailbox is equal to the owner's once the last
+    Then the account's subscriptions, Sieve scripts, vacation records,
+    METADATA and import cursors, each alone, when they are large; then the
+    records, mailbox by mailbox in UID order, each with its mailbox's
+    summary. A mailbox is equal to the owner's once the last
     push naming it is applied; until then the replica reports it mismatched
     (and keeps no ``sync_base`` for it), so a sync cut short between two
     pushes is completed by the next compare, in full.
@@ -405,14 +407,33 @@ def split_push(push: Push, budget: int) -> list[Push]:
         [_EXPUNGE_COST] * len(m.expunges) + [_record_cost(r) for r in m.upserts]
         for m in push.mailboxes
     ]
-    if sum(overheads) + sum(map(sum, costs)) <= budget:
+    # The account's whole sets (each None when unchanged), a push of its own
+    # each when together they are large: 100,000 subscriptions of long names
+    # and 1,000 METADATA values of 64 KB are within the limits.
+    blank = Push(push.account)
+    sets: dict[str, Any] = {
+        "subscriptions": push.subscriptions,
+        "sieve": push.sieve,
+        "vacations": push.vacations,
+        "annotations": push.annotations,
+        "import_cursors": push.import_cursors,
+    }
+    sizes = {
+        k: len(encode_json(encode_push(replace(blank, **{k: v}))))
+        for k, v in sets.items()
+        if v is not None
+    }
+    if sum(overheads) + sum(map(sum, costs)) + sum(sizes.values()) <= budget:
         return [push]
+    apart: dict[str, Any] = {k: None for k in sizes} if sum(sizes.values()) > budget // 2 else {}
     head = replace(
         push,
         mailboxes=tuple(
             replace(m, upserts=(), expunges=(), resurrected=()) for m in push.mailboxes
         ),
+        **apart,
     )
+    alone = [replace(blank, **{k: sets[k]}) for k in apart]
     parts: list[list[MailboxPush]] = [[]]
     used = 0
     for mp, overhead, mailbox_costs in zip(push.mailboxes, overheads, costs, strict=True):
@@ -436,7 +457,7 @@ def split_push(push: Push, budget: int) -> list[Push]:
             parts[-1].append(_records_part(mp, upserts, expunges))
             used += overhead + size
     rest = [Push(push.account, mailboxes=tuple(p)) for p in parts if p]
-    return [head, *rest]
+    return [head, *alone, *rest]
 
 
 # What one record or expunged UID costs in a push's JSON, at most: the

@@ -20,6 +20,9 @@ from typing import Any
 
 import pytest
 
+from engine.compare import MailboxPush, Push
+from engine.syncstate import MailboxSummary
+from engine.syncwire import encode_json, encode_push, split_push
 from tests.harness.daemons import ModuleNodes
 from tests.nodes import Node
 from tests.procs import wait_until
@@ -133,3 +136,25 @@ def test_copy_of_many_messages_at_once_replicates(limited_pair: tuple[Node, Node
     assert len(want) == 600
     wait_until(lambda: flags_of(beta, "copier", "Copies") == want, 30, "the copies on beta")
     still_replicates(alpha, beta, "copier")
+
+
+def test_large_account_sets_go_in_pushes_of_their_own() -> None:
+    # 60 subscriptions of 1,000 characters and 60 METADATA values of 1 KB,
+    # each set within a request of 100 KB, both together not: each is
+    # applied alone, after the push of the account's fields and mailboxes.
+    summary = MailboxSummary("ab" * 16, "INBOX", 1, 0, 0, "{}", 0, 0)
+    push = Push(
+        "sets",
+        account_fields=("", None, None),
+        mailboxes=(MailboxPush(summary, create=True),),
+        subscriptions=tuple(f"{n:03d}" + "s" * 997 for n in range(60)),
+        annotations=tuple(("", f"/private/e{n}", b"v" * 1024) for n in range(60)),
+    )
+    budget = 100_000
+    parts = split_push(push, budget)
+    sizes = [len(encode_json(encode_push(part))) for part in parts]
+    assert max(sizes) <= budget, sizes
+    assert parts[0].account_fields == push.account_fields
+    assert parts[0].mailboxes == push.mailboxes
+    assert [p.subscriptions for p in parts if p.subscriptions is not None] == [push.subscriptions]
+    assert [p.annotations for p in parts if p.annotations is not None] == [push.annotations]
