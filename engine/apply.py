@@ -47,9 +47,10 @@ from engine.mailbox import (
     find_mailbox,
     get_mailbox_by_uniqueid,
     note_uidvalidity,
+    remember_deleted,
 )
 from engine.messages import NewRecords, append, expunge, records_by_uid
-from engine.models import Account, Mailbox, MailboxTombstone, Message, Subscription
+from engine.models import Account, Mailbox, Message, Subscription
 from engine.syncstate import MailboxSummary, summary_of
 
 __all__ = ["ApplyResult", "RepairResult", "apply_push", "apply_repairs"]
@@ -77,10 +78,7 @@ def _drop_mailbox(session: Session, account: Account, mailbox: Mailbox) -> None:
         select(Message.size).where(Message.mailbox_id == mailbox.id, Message.expunged.is_(False))
     )
     account.quota_used = max(0, account.quota_used - sum(live))
-    if session.get(MailboxTombstone, (account.id, mailbox.uniqueid)) is None:
-        session.add(
-            MailboxTombstone(account_id=account.id, uniqueid=mailbox.uniqueid, name=mailbox.name)
-        )
+    remember_deleted(session, account, mailbox.uniqueid, mailbox.name)
     synclog.record(session, account.name, mailbox.uniqueid, "mailbox")
     session.delete(mailbox)
     session.flush()

@@ -35,6 +35,7 @@ __all__ = [
     "MAX_SCRIPT_CHARS",
     "MAX_SCRIPT_NAME",
     "MAX_SUBSCRIPTIONS",
+    "MAX_TOMBSTONES",
     "MAX_VACATIONS",
     "check_acl",
     "check_annotation",
@@ -57,6 +58,13 @@ MAX_SUBSCRIPTIONS = 100_000
 
 MAX_RECORDS = 5_000_000
 """Message records of one mailbox in one sync message."""
+
+MAX_TOMBSTONES = 10_000
+"""Deleted mailboxes one account remembers (engine.mailbox.remember_deleted):
+past it the oldest is forgotten. Every account state carries them (every
+rolling delta too), and the sync decoder takes at most :data:`MAX_RECORDS`:
+unbounded, a user creating and deleting a mailbox in a loop would make every
+sync of the account slower, then refused for ever."""
 
 MAX_SCRIPTS = 1000
 """Sieve scripts of one account ([managesieve] max_scripts is at most this)."""

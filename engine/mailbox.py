@@ -29,6 +29,7 @@ from engine.limits import (
     MAX_MAILBOX_NAME,
     MAX_MAILBOXES,
     MAX_SUBSCRIPTIONS,
+    MAX_TOMBSTONES,
     check_acl,
     check_count,
     check_length,
@@ -48,6 +49,7 @@ __all__ = [
     "mailbox_names",
     "normalize_mailbox_name",
     "note_uidvalidity",
+    "remember_deleted",
     "rename_mailbox",
     "set_acl",
     "subscribe",
@@ -367,6 +369,34 @@ def _rename_subscriptions(session: Session, account: Account, old: str, new: str
         session.execute(insert(_SUBSCRIPTIONS), [{"account_id": a, "name": n} for a, n in rows])
 
 
+def remember_deleted(session: Session, account: Account, uniqueid: str, name: str) -> None:
+    """The tombstone of a deleted mailbox: its uniqueid, so that replication
+    tells a mailbox this node deleted from one it never knew. At most
+    :data:`~engine.limits.MAX_TOMBSTONES` per account: past it the oldest is
+    forgotten (a replica that still held that mailbox would then give it
+    back, mail and all, rather than have it deleted: nothing is lost)."""
+    if session.get(MailboxTombstone, (account.id, uniqueid)) is not None:
+        return
+    session.add(MailboxTombstone(account_id=account.id, uniqueid=uniqueid, name=name))
+    session.flush()
+    held = session.scalar(select(func.count()).where(MailboxTombstone.account_id == account.id))
+    excess = int(held or 0) - MAX_TOMBSTONES
+    if excess > 0:
+        oldest = (
+            select(MailboxTombstone.uniqueid)
+            .where(MailboxTombstone.account_id == account.id)
+            .order_by(MailboxTombstone.deleted_at, MailboxTombstone.uniqueid)
+            .limit(excess)
+        )
+        session.execute(
+            delete(MailboxTombstone).where(
+                MailboxTombstone.account_id == account.id,
+                MailboxTombstone.uniqueid.in_(list(session.scalars(oldest))),
+            ),
+            execution_options={"synchronize_session": False},
+        )
+
+
 def delete_mailbox(session: Session, account: Account, name: str) -> Mailbox:
     """Delete one mailbox and its records; children stay (RFC 3501 6.3.4).
 
@@ -383,7 +413,7 @@ def delete_mailbox(session: Session, account: Account, name: str) -> Mailbox:
         )
     )
     account.quota_used = max(0, account.quota_used - int(used or 0))
-    session.add(MailboxTombstone(account_id=account.id, uniqueid=mailbox.uniqueid, name=name))
+    remember_deleted(session, account, mailbox.uniqueid, name)
     # Its METADATA entries (engine.annotations) go with it.
     session.execute(
         delete(Annotation).where(

@@ -12,6 +12,7 @@ at its default (256 MiB) are reached here in a few hundred kilobytes.
 
 from __future__ import annotations
 
+import datetime as dt
 import imaplib
 import smtplib
 import socket
@@ -19,9 +20,15 @@ import urllib.error
 from typing import Any
 
 import pytest
+from sqlalchemy.orm import Session
 
+from engine import accounts, mailbox
+from engine.apply import apply_push
 from engine.compare import MailboxPush, Push
-from engine.syncstate import MailboxSummary
+from engine.limits import MAX_TOMBSTONES
+from engine.models import MailboxTombstone
+from engine.store import Store
+from engine.syncstate import MailboxSummary, read_account_state
 from engine.syncwire import encode_json, encode_push, split_push
 from tests.harness.daemons import ModuleNodes
 from tests.nodes import Node
@@ -158,3 +165,49 @@ def test_large_account_sets_go_in_pushes_of_their_own() -> None:
     assert parts[0].mailboxes == push.mailboxes
     assert [p.subscriptions for p in parts if p.subscriptions is not None] == [push.subscriptions]
     assert [p.annotations for p in parts if p.annotations is not None] == [push.annotations]
+
+
+def test_deleted_mailboxes_are_remembered_up_to_a_bound(sqlite_store: Store) -> None:
+    # Every account state (every rolling delta) carries the account's
+    # tombstones, and the sync decoder takes a bounded number: a user who
+    # creates and deletes mailboxes in a loop must not grow them for ever.
+    store = sqlite_store
+    old = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+
+    def fill(session: Session, name: str) -> None:
+        account = accounts.create_account(session, name, password_hash="x")
+        session.add_all(
+            MailboxTombstone(
+                account_id=account.id,
+                uniqueid=f"{n:032x}",
+                name=f"old{n}",
+                deleted_at=old + dt.timedelta(seconds=n),
+            )
+            for n in range(MAX_TOMBSTONES)
+        )
+        mailbox.create_mailbox(session, account, "gone")
+
+    def tombstones(name: str) -> frozenset[str]:
+        return store.read_sync(lambda s: read_account_state(s, name).tombstones)
+
+    # On the owner: a user's DELETE.
+    store.write_sync(lambda s: fill(s, "owner"))
+    gone = store.write_sync(
+        lambda s: mailbox.delete_mailbox(s, accounts.get_account(s, "owner"), "gone").uniqueid
+    )
+    held = tombstones("owner")
+    assert len(held) == MAX_TOMBSTONES
+    assert gone in held and f"{0:032x}" not in held and f"{1:032x}" in held
+
+    # On a replica: the owner's delete applied.
+    store.write_sync(lambda s: fill(s, "replica"))
+    doomed = store.read_sync(
+        lambda s: mailbox.get_mailbox(s, accounts.get_account(s, "replica"), "gone").uniqueid
+    )
+    store.write_sync(
+        lambda s: apply_push(s, Push("replica", deletes=(doomed,)), store.spool.has),
+        replaying=True,
+    )
+    held = tombstones("replica")
+    assert len(held) == MAX_TOMBSTONES
+    assert doomed in held and f"{0:032x}" not in held
