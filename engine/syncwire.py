@@ -55,6 +55,7 @@ from engine.syncstate import AccountState, MailboxState, MailboxSummary, RecordS
 
 __all__ = [
     "MAX_FRAME",
+    "MAX_REQUEST_HEADER",
     "OFF_LOOP",
     "PROTOCOL_HEADER",
     "PROTOCOL_OLDEST",
@@ -74,6 +75,7 @@ __all__ = [
     "encode_json",
     "encode_push",
     "encode_summary",
+    "peer_max_request",
     "peer_protocol",
     "split_push",
 ]
@@ -112,6 +114,21 @@ def peer_protocol(value: str | None, here: str = "this node", there: str = "the 
             f"{PROTOCOL_VERSION}: upgrade {older} (docs/upgrading.md)"
         )
     return version
+
+
+# Every authenticated answer says the largest request body its node takes
+# (its ``sync_max_request``), so the sender cuts its requests to the
+# partner's limit, not only its own; a sender of an older version ignores it.
+MAX_REQUEST_HEADER = "X-Sync-Max-Request"
+_MAX_REQUEST = re.compile(r"\A[1-9][0-9]{0,15}\Z")
+
+
+def peer_max_request(value: str | None) -> int | None:
+    """The partner's ``sync_max_request`` from :data:`MAX_REQUEST_HEADER`;
+    None when the answer does not say (or says something else than a number)."""
+    if value is None or not _MAX_REQUEST.match(value.strip(" \t")):
+        return None
+    return int(value.strip(" \t"))
 
 
 def encode_json(value: Any) -> bytes:

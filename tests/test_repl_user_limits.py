@@ -5,21 +5,24 @@ enforces, and checks that the replica converges to it, that the owner's
 sync log drains, and that another account's mail still replicates after it:
 no accepted action may leave an account (or the channel) stuck.
 
-The pair runs with a small ``sync_max_request`` (and entry limits that fit
-in it, as the config requires), so the sizes that reach the channel's limit
-at its default (256 MiB) are reached here in a few hundred kilobytes.
+The pair's beta takes requests of 24 KiB (and messages that fit in them, as
+the config requires), alpha those of the defaults (256 MiB): the sizes that
+reach the channel's limit at its default are reached here in a few hundred
+kilobytes, and alpha must cut its requests to its partner's lower limit.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import imaplib
+import os
 import smtplib
 import socket
 import urllib.error
 from typing import Any
 
 import pytest
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from engine import accounts, mailbox
@@ -34,6 +37,7 @@ from tests.harness.daemons import ModuleNodes
 from tests.nodes import Node
 from tests.procs import wait_until
 
+# beta's: alpha keeps the defaults (256 MiB requests, 64 MiB messages).
 LIMITS = {
     "sync": {"sync_max_request": "24K"},
     "imap": {"max_literal": "16K"},
@@ -43,7 +47,7 @@ LIMITS = {
 
 @pytest.fixture
 def limited_pair(module_nodes: ModuleNodes) -> tuple[Node, Node]:
-    return module_nodes.pair({"alpha": LIMITS, "beta": LIMITS})
+    return module_nodes.pair({"beta": LIMITS})
 
 
 def deliver(node: Node, account: str, subject: str) -> None:
@@ -61,9 +65,10 @@ def imap(node: Node, account: str) -> imaplib.IMAP4:
     return client
 
 
-def multiappend(node: Node, account: str, messages: list[bytes]) -> None:
+def multiappend(node: Node, account: str, messages: list[bytes], batch: int = 8192) -> None:
     """APPEND ``messages`` to INBOX with MULTIAPPEND (RFC 3502) and LITERAL+
-    (RFC 7888), in commands of at most 8 KB of messages: one round trip each."""
+    (RFC 7888), in commands of at most ``batch`` bytes of messages: one round
+    trip each."""
     with socket.create_connection(("127.0.0.1", node.ports["imap"]), timeout=30) as sock:
         reader = sock.makefile("rb")
 
@@ -75,13 +80,13 @@ def multiappend(node: Node, account: str, messages: list[bytes]) -> None:
 
         reader.readline()  # the greeting
         command("a", f"a LOGIN {account} secret\r\n".encode())
-        batch: list[bytes] = []
+        held: list[bytes] = []
         for n, message in enumerate([*messages, b""]):
-            if batch and (not message or sum(map(len, batch)) + len(message) > 8192):
-                parts = b"".join(b" {%d+}\r\n" % len(m) + m for m in batch)
+            if held and (not message or sum(map(len, held)) + len(message) > batch):
+                parts = b"".join(b" {%d+}\r\n" % len(m) + m for m in held)
                 command(f"b{n}", f"b{n} APPEND INBOX".encode() + parts + b"\r\n")
-                batch = []
-            batch.append(message)
+                held = []
+            held.append(message)
 
 
 def flags_of(node: Node, account: str, mailbox: str = "INBOX") -> list[tuple[int, str, Any]]:
@@ -176,14 +181,17 @@ def test_deleted_mailboxes_are_remembered_up_to_a_bound(sqlite_store: Store) -> 
 
     def fill(session: Session, name: str) -> None:
         account = accounts.create_account(session, name, password_hash="x")
-        session.add_all(
-            MailboxTombstone(
-                account_id=account.id,
-                uniqueid=f"{n:032x}",
-                name=f"old{n}",
-                deleted_at=old + dt.timedelta(seconds=n),
-            )
-            for n in range(MAX_TOMBSTONES)
+        session.execute(
+            insert(MailboxTombstone),
+            [
+                {
+                    "account_id": account.id,
+                    "uniqueid": f"{n:032x}",
+                    "name": f"old{n}",
+                    "deleted_at": old + dt.timedelta(seconds=n),
+                }
+                for n in range(MAX_TOMBSTONES)
+            ],
         )
         mailbox.create_mailbox(session, account, "gone")
 
@@ -211,3 +219,24 @@ def test_deleted_mailboxes_are_remembered_up_to_a_bound(sqlite_store: Store) -> 
     held = tombstones("replica")
     assert len(held) == MAX_TOMBSTONES
     assert doomed in held and f"{0:032x}" not in held
+
+
+def test_new_mail_larger_together_than_a_request_replicates(
+    limited_pair: tuple[Node, Node],
+) -> None:
+    # Two messages of 15 KB in one APPEND (alpha takes them: its limits are
+    # the defaults), each within beta's limits too, together not: they go
+    # in two UPLOADs.
+    alpha, beta = limited_pair
+    alpha.add_account("twice")
+    wait_until(lambda: depth(alpha, "twice") == 0, 20, "the account on beta")
+    multiappend(
+        alpha,
+        "twice",
+        [f"Subject: t{i}\r\n\r\n".encode() + os.urandom(7_000).hex().encode() for i in range(2)],
+        batch=64 << 10,
+    )
+    want = flags_of(alpha, "twice")
+    assert len(want) == 2
+    wait_until(lambda: flags_of(beta, "twice") == want, 30, "the two messages on beta")
+    still_replicates(alpha, beta, "twice")

@@ -77,6 +77,7 @@ from engine.errors import (
 from engine.rounds import converge
 from engine.syncstate import AccountState, account_digests, owner_view, read_account_state
 from engine.syncwire import (
+    MAX_REQUEST_HEADER,
     OFF_LOOP,
     PROTOCOL_HEADER,
     PROTOCOL_VERSION,
@@ -91,6 +92,7 @@ from engine.syncwire import (
     encode_json,
     encode_push,
     encode_summary,
+    peer_max_request,
     peer_protocol,
     split_push,
 )
@@ -189,6 +191,8 @@ class SyncClient:
         # Whether the partner takes batch requests (peerd.replication.batch):
         # None until a batch was tried, False after a 404 (an older release).
         self.batches: bool | None = None
+        # The partner's sync_max_request, as its last answer said (None: not yet).
+        self.partner_max_request: int | None = None
 
     def add_reach_listener(self, listener: Callable[[bool, str], None]) -> None:
         self._reach_listeners.append(listener)
@@ -316,11 +320,14 @@ class SyncClient:
                 status = response.status
                 encoded = response.headers.get("X-Sync-Encoding") == "zlib"
                 spoken = response.headers.get(PROTOCOL_HEADER)
+                limit = peer_max_request(response.headers.get(MAX_REQUEST_HEADER))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             down = PartnerDown(f"partner {self.target} unreachable: {exc}")
             self._reached(False, down.message)
             raise down from exc
         self._reached(True)
+        if limit is not None:
+            self.partner_max_request = limit
         self.bytes_sent += len(body)
         self.bytes_received += len(raw)
         self.node.counters.inc("sync_bytes_sent", len(body))
@@ -668,7 +675,7 @@ class SyncClient:
                 "push": encode_push(delta.push),
             }
             body = encode_delta(control, frames)
-            if len(body) > self.node.config.sync.sync_max_request:
+            if len(body) > self.request_limit:
                 # Too much for one request (many records changed, or large
                 # new mail): the full path sends it in several.
                 return False
@@ -748,11 +755,27 @@ class SyncClient:
         return True
 
     @property
+    def request_limit(self) -> int:
+        """The largest request body to send: this node's ``sync_max_request``,
+        or the partner's when its answers said it takes less."""
+        own = self.node.config.sync.sync_max_request
+        theirs = self.partner_max_request
+        return own if theirs is None else min(own, theirs)
+
+    @property
     def apply_budget(self) -> int:
-        """The most JSON one APPLY (or DELTA) carries: :data:`APPLY_BATCH`,
-        or half this node's ``sync_max_request`` when that is less (a pair's
-        nodes take the same requests)."""
-        return min(APPLY_BATCH, self.node.config.sync.sync_max_request // 2)
+        """The most JSON one APPLY carries: :data:`APPLY_BATCH`, or half the
+        :attr:`request_limit` when that is less."""
+        return min(APPLY_BATCH, self.request_limit // 2)
+
+    @property
+    def upload_budget(self) -> int:
+        """The most message bytes one UPLOAD carries: :data:`UPLOAD_BATCH`, or
+        less when the :attr:`request_limit` is near it, with the room the
+        config leaves a message (engine.limits, ``peerd.node.config``): the
+        frames' headers, and zlib's growth on bytes it cannot shrink."""
+        limit = self.request_limit
+        return min(UPLOAD_BATCH, limit - limit // 1024 - (4 << 10))
 
     async def reserve(
         self, guids: list[str], use_zlib: bool, report: SyncReport | None, account: str = ""
@@ -783,14 +806,19 @@ class SyncClient:
         except FileNotFoundError as exc:
             # Expunged (and swept) since the compare: the next sync sees it.
             raise TemporaryFailure(f"a message to upload left the spool: {exc.filename}") from exc
+        # A batch ends before the message that would take it past the
+        # budget (a message alone may be larger: the partner says if it
+        # takes it), so no UPLOAD outgrows the partner's sync_max_request.
+        budget = self.upload_budget
         batches: list[list[str]] = [[]]
         size = 0
         for guid, length in zip(guids, sizes, strict=True):
-            if size >= UPLOAD_BATCH:
+            cost = length + 64  # the frame's header
+            if batches[-1] and size + cost > budget:
                 batches.append([])
                 size = 0
             batches[-1].append(guid)
-            size += length
+            size += cost
         # A batch holds a slot of ``held`` from its read until the partner's
         # answer, and one of ``sending`` for its request: the batch after the
         # ones in flight is read while they are stored, never after (reading

@@ -38,6 +38,7 @@ from engine.errors import Corrupt, EngineError, SyncProtocolError, SyncStale, Te
 from engine.spool import GUID_RE, Staged
 from engine.syncstate import account_digests, known_guids, read_account_state
 from engine.syncwire import (
+    MAX_REQUEST_HEADER,
     OFF_LOOP,
     PROTOCOL_HEADER,
     PROTOCOL_VERSION,
@@ -117,8 +118,11 @@ class SyncServer:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await self._checked(request, handler)
-        # Every answer says which protocol version this node speaks.
+        # Every answer says which protocol version this node speaks and, to
+        # the partner, the largest request it takes.
         response.headers[PROTOCOL_HEADER] = str(PROTOCOL_VERSION)
+        if response.status != 401:
+            response.headers[MAX_REQUEST_HEADER] = str(self.max_request)
         return response
 
     async def _checked(self, request: web.Request, handler: Handler) -> web.StreamResponse:
