@@ -33,6 +33,7 @@ from engine.models import MailboxTombstone
 from engine.store import Store
 from engine.syncstate import MailboxSummary, read_account_state
 from engine.syncwire import encode_json, encode_push, split_push
+from peerd.replication import client
 from tests.harness.daemons import ModuleNodes
 from tests.nodes import Node
 from tests.procs import wait_until
@@ -240,3 +241,22 @@ def test_new_mail_larger_together_than_a_request_replicates(
     assert len(want) == 2
     wait_until(lambda: flags_of(beta, "twice") == want, 30, "the two messages on beta")
     still_replicates(alpha, beta, "twice")
+
+
+def test_messages_go_in_batches_within_a_budget_and_a_count() -> None:
+    """UPLOAD and the repair's FETCH cut their messages the same way: a batch
+    ends before the message that would pass the budget (frame headers
+    counted) or the count; one message past the budget goes alone."""
+    header = client.FRAME_HEADER
+    guids = [f"g{i}" for i in range(6)]
+    sizes = [100, 100, 100, 1000, 50, 50]
+    budget = 2 * (100 + header)
+    assert client.size_batches(guids, sizes, budget) == [
+        ["g0", "g1"],
+        ["g2"],
+        ["g3"],
+        ["g4", "g5"],
+    ]
+    assert client.size_batches(guids, sizes, 10**9, 4) == [["g0", "g1", "g2", "g3"], ["g4", "g5"]]
+    assert client.size_batches([], [], budget) == []
+    assert client.size_batches(guids, sizes, 1) == [[g] for g in guids]  # each alone

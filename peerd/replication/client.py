@@ -52,7 +52,7 @@ import base64
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -103,7 +103,7 @@ from peerd.node.config import Address
 from peerd.node.node import Node
 from peerd.replication.trace import push_steps
 
-__all__ = ["SyncClient", "SyncReport"]
+__all__ = ["SyncClient", "SyncReport", "size_batches"]
 
 log = logging.getLogger("peerd.sync.client")
 
@@ -114,6 +114,10 @@ UPLOAD_BATCH = 8 << 20
 APPLY_BATCH = 4 << 20
 # GUIDs in one RESERVE request (the partner takes up to 1,000,000).
 RESERVE_BATCH = 100_000
+# GUIDs in one FETCH request (the partner takes up to 100,000).
+FETCH_BATCH = 10_000
+# What a message's frame adds to its bytes, for the batches' budgets.
+FRAME_HEADER = 64
 # UPLOAD requests at the partner at once (client.upload).
 UPLOADS_IN_FLIGHT = 2
 # A rolling delta's sync-log acknowledgement rides (Store.write's ``ride``)
@@ -149,6 +153,25 @@ class SyncReport:
 
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}
+
+
+def size_batches(
+    guids: Sequence[str], sizes: Sequence[int], budget: int, most: int | None = None
+) -> list[list[str]]:
+    """``guids`` in order, cut into batches whose messages (each with a frame's
+    header) stay within ``budget`` octets and number at most ``most``. A batch
+    ends before the message that would take it past the budget; a message
+    larger than the budget goes alone (the partner says whether it takes it)."""
+    batches: list[list[str]] = []
+    size = 0
+    for guid, length in zip(guids, sizes, strict=True):
+        cost = length + FRAME_HEADER
+        if not batches or size + cost > budget or len(batches[-1]) == most:
+            batches.append([])
+            size = 0
+        batches[-1].append(guid)
+        size += cost
+    return batches
 
 
 class SyncClient:
@@ -605,24 +628,31 @@ class SyncClient:
     ) -> None:
         guids = sorted({r.guid for p in repairs.pulls for r in p.records})
         store = self.node.store
+        dirs: set[Path] = set()
         if guids:
             missing = [g for g in guids if not store.spool.keep(g)]
             if missing:
                 report.steps.append(f"FETCH [{len(missing)} msgs]")
-                body = {"account": account, "ownership": self.wire_row(own_row), "guids": missing}
-                raw = await self.call(
-                    "fetch", encode_json(body), compressed=use_zlib, report=report
+                # In batches, as UPLOAD goes: the partner builds each answer in
+                # memory, and refuses more than FETCH_BATCH GUIDs at once. The
+                # sizes are the records' (the partner's word, only a bound here).
+                sizes = {r.guid: r.size for p in repairs.pulls for r in p.records}
+                batches = size_batches(
+                    missing, [sizes[g] for g in missing], self.upload_budget, FETCH_BATCH
                 )
-                frames = decode_frames(raw)
-                if len(frames) != len(missing):
-                    raise SyncProtocolError(
-                        f"partner sent {len(frames)} of {len(missing)} messages we must keep"
+                for batch in batches:
+                    body = {"account": account, "ownership": self.wire_row(own_row), "guids": batch}
+                    raw = await self.call(
+                        "fetch", encode_json(body), compressed=use_zlib, report=report
                     )
-                dirs = await store.run_blocking(lambda: store.spool.put_many(frames, verified=True))
-            else:
-                dirs = set()
-        else:
-            dirs = set()
+                    frames = decode_frames(raw)
+                    if len(frames) != len(batch):
+                        raise SyncProtocolError(
+                            f"partner sent {len(frames)} of {len(batch)} messages we must keep"
+                        )
+                    dirs |= await store.run_blocking(
+                        partial(store.spool.put_many, frames, verified=True)
+                    )
         result = await store.write(
             lambda s: apply_repairs(s, account, repairs, store.spool.has), dirs=dirs
         )
@@ -806,19 +836,8 @@ class SyncClient:
         except FileNotFoundError as exc:
             # Expunged (and swept) since the compare: the next sync sees it.
             raise TemporaryFailure(f"a message to upload left the spool: {exc.filename}") from exc
-        # A batch ends before the message that would take it past the
-        # budget (a message alone may be larger: the partner says if it
-        # takes it), so no UPLOAD outgrows the partner's sync_max_request.
-        budget = self.upload_budget
-        batches: list[list[str]] = [[]]
-        size = 0
-        for guid, length in zip(guids, sizes, strict=True):
-            cost = length + 64  # the frame's header
-            if batches[-1] and size + cost > budget:
-                batches.append([])
-                size = 0
-            batches[-1].append(guid)
-            size += cost
+        # No UPLOAD outgrows the partner's sync_max_request (size_batches).
+        batches = size_batches(guids, sizes, self.upload_budget)
         # A batch holds a slot of ``held`` from its read until the partner's
         # answer, and one of ``sending`` for its request: the batch after the
         # ones in flight is read while they are stored, never after (reading
