@@ -41,6 +41,7 @@ from ownership import table as ownership_table
 from peerd.control.call import Call
 from peerd.directory import Directory, Found
 from peerd.node.config import Address
+from peerd.node.httplimits import header_octets
 from peerd.node.node import Node
 from peerd.node.service import Service
 from peerd.pair.hooks import AccountRoute, address_of, route_of
@@ -175,7 +176,7 @@ async def nginx_auth(call: Call[None, None]) -> web.Response:
     node, request = call.node, call.request
     routing = node.config.routing
     if routing.auth_http_secret:
-        given = request.headers.get("X-Auth-Key", "").encode()
+        given = header_octets(request, "X-Auth-Key")
         if not hmac.compare_digest(given, routing.auth_http_secret.encode()):
             log.warning("auth_http: wrong or missing X-Auth-Key from %s", request.remote)
             return web.Response(
