@@ -533,3 +533,45 @@ def test_rfc5490_fileinto_create_and_mailboxexists() -> None:
     for bad in ('require "fileinto"; fileinto :create "A";', 'if mailboxexists "A" { stop; }'):
         with pytest.raises(ScriptError, match='require "mailbox"'):
             compile_script(bad)
+
+
+def test_numbers_longer_than_int_takes_compare_as_numbers() -> None:
+    """i;ascii-numeric on a header of 5,000 digits: int() refuses more than
+    4,300 (sys.get_int_max_str_digits), and the ValueError escaped evaluate,
+    failing the delivery with a 451 for as long as the MTA retried."""
+    head = 'require ["relational", "comparator-i;ascii-numeric", "fileinto"];'
+    numeric = ':comparator "i;ascii-numeric"'
+    huge = "9" * 5000
+    mail = f"X-Spam-Score: {huge}\r\nX-Zeros: {'0' * 5000}7\r\n\r\nbody\r\n".encode()
+    for test, hit in [
+        (f'header :value "gt" {numeric} "x-spam-score" "10"', True),
+        (f'header :value "lt" {numeric} "x-spam-score" "1{huge}"', True),
+        (f'header :value "eq" {numeric} "x-spam-score" "{huge}"', True),
+        (f'header :value "ge" {numeric} "x-spam-score" "1{huge}"', False),
+        (f'header :is {numeric} "x-zeros" "7"', True),  # leading zeros: the same number
+        (f'header :value "gt" {numeric} "x-zeros" "{huge}"', False),
+    ]:
+        result = run(head + f'if {test} {{ fileinto "hit"; }}', mail)
+        assert result.error is None, (test[:60], result.error)
+        assert (result.actions == (FileInto("hit"),)) is hit, test[:60]
+
+
+NESTED = (
+    b"From: ann@example.com\r\nSubject: deep\r\n"
+    + b"".join(
+        b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (n, n)
+        for n in range(3000)
+    )
+    + b"Content-Type: text/plain\r\n\r\nthe needle\r\n"
+)
+
+
+@pytest.mark.parametrize("transform", [":text", ':content "text"'])
+def test_deeply_nested_mime_never_breaks_the_body_test(transform: str) -> None:
+    """3,000 nested multiparts: the standard library's MIME parser recurses
+    once a level, and its RecursionError escaped evaluate (a 451 for every
+    try); the parts past the depth limit are not read, the script goes on."""
+    script = f'require ["body", "fileinto"]; if body {transform} :contains "needle" {{ fileinto "hit"; }} fileinto "after";'
+    result = run(script, NESTED)
+    assert result.error is None, result.error
+    assert FileInto("after") in result.actions

@@ -118,7 +118,20 @@ def _parse_headers(data: bytes) -> tuple[Header, ...]:
 
 
 def body_parts(data: bytes) -> list[BodyPart]:
-    """The leaf MIME parts of a message, decoded (RFC 5173 section 5)."""
+    """The leaf MIME parts of a message, decoded (RFC 5173 section 5).
+
+    The standard library's parser recurses once per nested multipart or
+    message: a few thousand levels (a few dozen kilobytes) overflow the stack.
+    Such a message is read as one text/plain part, its body as sent, which is
+    what RFC 2045 section 5.2 makes of a part a reader does not understand;
+    the RecursionError failed the delivery with a 451 for every retry."""
+    try:
+        return _leaf_parts(data)
+    except RecursionError:
+        return [BodyPart("text/plain", decode_text(raw_body(data), None))]
+
+
+def _leaf_parts(data: bytes) -> list[BodyPart]:
     parsed = email.message_from_bytes(data, policy=email.policy.compat32)
     out: list[BodyPart] = []
     for part in parsed.walk():
