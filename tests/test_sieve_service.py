@@ -592,3 +592,35 @@ def test_charsets_that_name_no_text_encoding_are_read_as_utf8_everywhere(
         assert status == "OK" and len([f for f in fetched if isinstance(f, tuple)]) == len(
             HOSTILE_CHARSETS
         )
+
+
+def test_redirect_and_vacation_to_non_ascii_addresses_never_fail_the_delivery(
+    single: Node, relay: Relay
+) -> None:
+    """An address with UTF-8 in it (RFC 6531): smtplib cannot write it as
+    ASCII and raised UnicodeEncodeError, which escaped the relay's error
+    handling: a 451 for every retry of a redirect, and after a vacation the
+    message already stored answered 451 (the MTA sends it again). Such a
+    send now goes with SMTPUTF8 (the relay here offers it)."""
+    node = single
+    upload(
+        node,
+        'require ["vacation"];\r\n'
+        'if header :contains "subject" "forward" { redirect "jos\u00e9@elsewhere.test"; }\r\n'
+        'if header :contains "subject" "holiday" { vacation :days 1 "away"; }\r\n'.encode(),
+    )
+    assert lmtp(node, "please forward", n=1) == {}
+    wait_until(lambda: relay.to("jos\u00e9@elsewhere.test"), 10, "the redirect at the relay")
+    body = (
+        "From: jos\u00e9@remote.test\r\nTo: alice@example.test\r\nSubject: holiday?\r\n"
+        "Message-ID: <utf8-sender@t>\r\n\r\nhello\r\n"
+    ).encode()
+    with smtplib.LMTP("127.0.0.1", node.ports["lmtp"]) as client:
+        client.ehlo()
+        assert client.mail("jos\u00e9@remote.test", ["SMTPUTF8"])[0] == 250
+        assert client.rcpt("alice@example.test")[0] == 250
+        assert client.data(body)[0] == 250
+    wait_until(lambda: relay.to("jos\u00e9@remote.test"), 10, "the vacation reply")
+    assert len(node.mailbox("alice")["messages"]) == 1  # the holiday mail, once
+    log = (node.workdir / f"{node.name}.log").read_text()
+    assert "UnicodeEncodeError" not in log, log[-3000:]

@@ -217,7 +217,12 @@ class SieveFilter:
             except (EngineError, OwnershipError) as exc:
                 return Stored(account, lmtp_reply(exc), False)
         if vacation is not None:
-            await self._vacation(account, vacation)
+            try:
+                await self._vacation(account, vacation)
+            except Exception:
+                # The message is stored: a failed reply must not turn its 250
+                # into a 451 (the MTA would deliver it again).
+                log.exception("sieve: vacation reply for %s failed", account)
         elif result.vacation_skipped:
             log.info("sieve: no vacation reply for %s: %s", account, result.vacation_skipped)
         return Stored(account, S250_OK, stored)
@@ -251,13 +256,19 @@ class SieveFilter:
             log.warning("sieve: redirect to %s not sent: no [sieve] relay; kept", to)
             return False
 
+        # RFC 6531: an address with UTF-8 in it goes with SMTPUTF8 (smtplib
+        # writes commands as ASCII otherwise, and raised UnicodeEncodeError);
+        # a relay that does not offer it refuses the send like any other.
+        options = [] if mail_from.isascii() and to.isascii() else ["SMTPUTF8"]
+
         def send() -> None:
             with smtplib.SMTP(relay.host, relay.port, timeout=30) as smtp:
-                smtp.sendmail(mail_from, [to], data)
+                smtp.sendmail(mail_from, [to], data, mail_options=options)
 
         try:
             await asyncio.to_thread(send)
-        except (OSError, smtplib.SMTPException) as exc:
+        except (OSError, smtplib.SMTPException, ValueError) as exc:
+            # ValueError: what smtplib raises on an address it cannot write.
             log.warning("sieve: sending to %s through %s failed: %s", to, relay, exc)
             return False
         return True
