@@ -183,6 +183,10 @@ HOSTILE_BODIES: dict[str, tuple[bytes, dict[str, str]]] = {
     "deep JSON": (b"[" * 100_000 + b"]" * 100_000, {}),
     "deep object": (b'{"a":' * 100_000 + b"1" + b"}" * 100_000, {}),
     "long integer": (b'{"account": "carol", "epoch": ' + b"9" * 100_000 + b"}", {}),
+    # A lone surrogate, escaped and as raw CESU-8 octets, in the password of
+    # an account to create: its hash encoded it, a 500 and a traceback.
+    "lone surrogate": (b'{"name": "dave", "password": "\\ud800"}', {}),
+    "CESU-8 surrogate": (b'{"name": "erin", "password": "\xed\xa0\x80"}', {}),
     "gzip": (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03garbage", {"Content-Encoding": "gzip"}),
     "bad UTF-8": (b'{"account": "\xff\xfe", "name": "\xc3("}', {}),
 }
