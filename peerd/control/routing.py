@@ -31,6 +31,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from engine.accounts import find_any, lookup_names
@@ -38,6 +39,7 @@ from engine.delivery import parse_recipient, resolve_account
 from engine.errors import EngineError, InvalidArgument, NoSuchAccount, TemporaryFailure
 from ownership import authhttp, socketmap
 from ownership import table as ownership_table
+from ownership.errors import OwnershipError
 from peerd.control.call import Call
 from peerd.directory import Directory, Found
 from peerd.node.config import Address
@@ -311,6 +313,12 @@ class SocketmapServer:
                         reply = await self.answer(query)
                     except TemporaryFailure as exc:
                         reply = socketmap.temp(exc.message[:200])
+                    except (EngineError, OwnershipError, DBAPIError) as exc:
+                        # A lookup the store could not answer: Postfix defers
+                        # this mail, and the lookups queued behind it on the
+                        # connection are still answered.
+                        log.warning("socketmap: %r failed: %s", query.key[:100], exc)
+                        reply = socketmap.temp("lookup failed")
                     writer.write(reply.encode())
                 await writer.drain()
         except socketmap.NetstringError as exc:
