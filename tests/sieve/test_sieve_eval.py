@@ -575,3 +575,38 @@ def test_deeply_nested_mime_never_breaks_the_body_test(transform: str) -> None:
     result = run(script, NESTED)
     assert result.error is None, result.error
     assert FileInto("after") in result.actions
+
+
+def test_a_header_of_a_million_fields_is_read_in_bounded_time_and_memory() -> None:
+    """A 5 MB message of nothing but "a:" lines was 1.25 million Header
+    objects for each recipient with a script: 4 s of CPU holding the
+    interpreter lock (the event loop starved) and 200 MB; at the default
+    50 MB message limit, 40 s and 2 GB. Fields past the cap are not read."""
+    mail = b"Subject: first\r\n" + b"a:\r\n" * 1_250_000 + b"Subject: last\r\n\r\nbody\r\n"
+    started = time.thread_time()
+    message = Message.from_bytes(mail, "ann@example.com", "bob@example.org")
+    result = evaluate(
+        compile_script('require "fileinto"; if header :is "subject" "first" { fileinto "hit"; }'),
+        message,
+        USER,
+    )
+    assert time.thread_time() - started < 0.5
+    assert result.actions == (FileInto("hit"),)
+    assert len(message.headers) <= 10_000
+    assert message.values("subject") == ["first"]
+
+
+@pytest.mark.parametrize("separator", ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028"])
+def test_a_line_break_python_knows_but_mail_does_not_makes_no_field(separator: str) -> None:
+    """Only LF ends a header line (RFC 5322 2.2); str.splitlines() cut the
+    value at these too, and the sender's text after one read as a field of
+    its own: here a List-Id that stops the vacation reply."""
+    mail = (
+        f"From: ann@example.com\r\nTo: bob@example.org\r\n"
+        f"Subject: hi{separator}List-Id: <fake.example.com>\r\n\r\nbody\r\n"
+    ).encode()
+    message = Message.from_bytes(mail, "ann@example.com", "bob@example.org")
+    assert not message.has("list-id")
+    assert message.values("subject") == [f"hi{separator}List-Id: <fake.example.com>"]
+    result = run('require "vacation"; vacation "away";', mail)
+    assert any(isinstance(action, Vacation) for action in result.actions), result
