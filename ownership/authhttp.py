@@ -151,7 +151,9 @@ def parse_request(
     if protocol is None:
         raise AuthHttpError("Auth-Protocol is missing: not a request from nginx")
     attempt_text = get("Auth-Login-Attempt") or "1"
-    if not (attempt_text.isascii() and attempt_text.isdigit()):
+    # ASCII digits, and few of them: int() refuses more than 4,300 with a
+    # ValueError of its own (nginx counts attempts of one connection).
+    if not (attempt_text.isascii() and attempt_text.isdigit() and len(attempt_text) <= 9):
         raise AuthHttpError(f"Auth-Login-Attempt is not a number: {attempt_text[:20]!r}")
     return AuthRequest(
         method=(get("Auth-Method") or "plain").strip().lower(),

@@ -107,6 +107,10 @@ def test_any_password_survives_nginx_escaping(password: str) -> None:
         ({"Auth-Method": "kerberos"}, "unknown Auth-Method"),
         ({"Auth-Login-Attempt": "x"}, "Auth-Login-Attempt is not a number"),
         ({"Auth-Login-Attempt": "0"}, "Auth-Login-Attempt must be a number from 1"),
+        # More digits than int() converts (4,300): its own ValueError escaped.
+        ({"Auth-Login-Attempt": "9" * 5000}, "Auth-Login-Attempt is not a number"),
+        ({"Auth-Login-Attempt": "\u00b2"}, "Auth-Login-Attempt is not a number"),
+        ({"Auth-Login-Attempt": "1\x1f"}, "Auth-Login-Attempt is not a number"),
         ({"Auth-User": "a%0Db"}, "Auth-User holds a control character"),
         ({"Auth-User": "%FF"}, "Auth-User is not UTF-8"),
     ],
