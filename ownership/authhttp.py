@@ -128,6 +128,20 @@ def _decode(name: str, value: str, encoding: str) -> str:
         ) from None
 
 
+def _client_ip(value: str | None) -> str:
+    # nginx writes the client's address as an IP literal. It goes into the
+    # failed-login line fail2ban reads (``rip=<HOST>``) and names the
+    # throttle's per-address count: anything else there could make that line
+    # name another host ("192.0.2.1 proto=imap") or count as no one's.
+    text = (value or "").strip(" \t")
+    if not text:
+        return ""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise AuthHttpError(f"Client-IP is not an IP address: {text[:60]!r}") from None
+
+
 def parse_request(
     headers: Mapping[str, str],
     *,
@@ -161,7 +175,7 @@ def parse_request(
         password=_decode("Auth-Pass", get("Auth-Pass") or "", header_encoding),
         protocol=protocol.strip().lower(),
         attempt=int(attempt_text),
-        client_ip=(get("Client-IP") or "").strip(),
+        client_ip=_client_ip(get("Client-IP")),
         client_host=get("Client-Host"),
         salt=get("Auth-Salt"),
         secret=get(secret_header) if secret_header else None,
