@@ -15,8 +15,11 @@ from tests.procs import wait_until
 # RFC 2231 parameters naming a codec that refuses the "replace" error handler
 # (idna) or every input (undefined): the standard library's
 # collapse_rfc2231_value, which BODYSTRUCTURE's parameters go through,
-# raises UnicodeError on them.
+# raises UnicodeError on them; an 8-bit octet in Content-Transfer-Encoding,
+# which the compat32 parser hands back as a Header object, not a str.
 HOSTILE = (
+    b"Subject: cte\r\nMessage-ID: <cte@t>\r\n"
+    b"Content-Transfer-Encoding: b\xffase64\r\n\r\nthird\r\n",
     b"Subject: idna\r\nMessage-ID: <idna@t>\r\n"
     b"Content-Type: text/plain; name*=idna''abc\r\n\r\nfirst\r\n",
     b"Subject: undefined\r\nMessage-ID: <undefined@t>\r\n"
