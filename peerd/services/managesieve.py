@@ -64,6 +64,11 @@ __all__ = ["SieveServer", "start_managesieve"]
 log = logging.getLogger("peerd.services.managesieve")
 
 _READ_SIZE = 64 << 10
+# Input the core holds past which its next event is worked out in a thread:
+# a command with a script in it is compiled there (CHECKSCRIPT, PUTSCRIPT),
+# half a second of CPU for one near the size cap, which on the event loop
+# stalled every session, delivery and sync of the node each time.
+_INLINE_INPUT = 8 << 10
 _BYE_MOVED = b'BYE (TRYLATER) "the account moved to another node"\r\n'
 _BYE_IDLE = b'BYE "idle for too long"\r\n'
 
@@ -102,9 +107,15 @@ class SieveSession:
         idle = self.config.idle_timeout.total_seconds()
         await self.send(self.core.greeting())
         ended = False
+        unread = 0  # bytes fed to the core since it last needed data
         while True:
-            event = self.core.next_event()
+            if unread > _INLINE_INPUT:
+                # The session is this coroutine's alone: it waits for the thread.
+                event = await asyncio.to_thread(self.core.next_event)
+            else:
+                event = self.core.next_event()
             if event is NEED_DATA:
+                unread = 0
                 if ended:
                     return
                 try:
@@ -113,6 +124,7 @@ class SieveSession:
                     await self.send(_BYE_IDLE)
                     return
                 ended = not data
+                unread += len(data)
                 self.core.receive_data(data)  # b"": the end of input
                 continue
             if isinstance(event, Send):

@@ -131,10 +131,14 @@ class SieveFilter:
                 return out
 
             loaded = await self.node.store.read(load)
+            # Compiled in a thread: half a second of CPU for a script near
+            # the size cap, which on the event loop stalled the whole node.
+            compiled = await asyncio.to_thread(
+                lambda: {a: self._compile(a, text) for a, text in loaded.items()}
+            )
             if len(self._programs) > MAX_CACHED:
                 self._programs.clear()
-            for address, text in loaded.items():
-                self._programs[address] = self._compile(address, text)
+            self._programs.update(compiled)
         out: dict[str, tuple[str, Program]] = {}
         for address, _ in recipients:
             program = self._programs.get(address)
