@@ -707,3 +707,24 @@ def test_compiling_a_big_active_script_at_delivery_does_not_stall_the_node(
     waits = _waits_while(threading.Thread(target=deliveries), node)
     assert len(node.mailbox("alice")["messages"]) == rounds
     assert len([w for w in waits if w > STALL]) <= 1, sorted(waits)[-rounds:]
+
+
+def test_a_megabyte_of_encoded_words_does_not_stall_the_node(single: Node, relay: Relay) -> None:
+    """The header a script reads was parsed on the event loop before the
+    script ran in a thread: a sender's megabyte of RFC 2047 words stalled the
+    whole node for a second, for each recipient with a script."""
+    node = single
+    upload(node, b'if header :contains "subject" "nothing" { discard; }\r\n')
+    line = b"Subject: " + b"=?utf-8?q?a=C3=A9?= " * 5 + b"\r\n"
+    data = line * (1_000_000 // len(line)) + b"\r\nbody\r\n"
+    rounds = 3
+
+    def deliveries() -> None:
+        for n in range(rounds):
+            with smtplib.LMTP("127.0.0.1", node.ports["lmtp"]) as client:
+                sent = data.replace(b"body", b"body %d" % n)
+                assert client.sendmail("carol@remote.test", ["alice@example.test"], sent) == {}
+
+    waits = _waits_while(threading.Thread(target=deliveries), node)
+    assert len(node.mailbox("alice")["messages"]) == rounds
+    assert len([w for w in waits if w > STALL]) <= 1, sorted(waits)[-rounds:]
