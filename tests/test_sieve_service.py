@@ -728,3 +728,22 @@ def test_a_megabyte_of_encoded_words_does_not_stall_the_node(single: Node, relay
     waits = _waits_while(threading.Thread(target=deliveries), node)
     assert len(node.mailbox("alice")["messages"]) == rounds
     assert len([w for w in waits if w > STALL]) <= 1, sorted(waits)[-rounds:]
+
+
+def test_a_vacation_from_address_cannot_add_header_fields_to_the_reply(
+    single: Node, relay: Relay
+) -> None:
+    """The reply's Message-ID took its domain from ``:from`` as written: a
+    script's line break there put a field of its own into the reply."""
+    node = single
+    upload(
+        node,
+        b'require "vacation";\r\n'
+        b'vacation :from "alice@example.test\r\nX-Injected: yes" "away";\r\n',
+    )
+    assert lmtp(node, "anyone there?") == {}
+    wait_until(lambda: relay.to("carol@remote.test"), 10, "the vacation reply")
+    (reply,) = relay.to("carol@remote.test")
+    head = reply.data.split(b"\r\n\r\n")[0]
+    assert b"\r\nX-Injected" not in head, head
+    assert re.search(rb"\r\nMessage-ID: <[^\r\n>]+@[A-Za-z0-9.-]+>\r\n", head), head

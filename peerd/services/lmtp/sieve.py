@@ -39,9 +39,11 @@ import asyncio
 import datetime as dt
 import email.utils
 import logging
+import re
 import smtplib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -80,6 +82,7 @@ __all__ = ["SieveFilter", "Stored"]
 log = logging.getLogger("peerd.services.lmtp.sieve")
 
 INBOX = "INBOX"
+_DOMAIN: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?")
 # Compiled programs kept; the cache is emptied whenever it grows past this.
 MAX_CACHED = 10_000
 
@@ -250,7 +253,12 @@ class SieveFilter:
             return
         if not due:
             return
-        domain = action.from_.rpartition("@")[2].strip("<> ") or self.node.config.node.hostname
+        # The reply's Message-ID names the :from domain when it is a plain
+        # one; a script's :from may hold anything (a line break made a
+        # header field of its own in the reply).
+        domain = action.from_.rpartition("@")[2].strip("<> ")
+        if not _DOMAIN.fullmatch(domain):
+            domain = self.node.config.node.hostname
         reply = compose_reply(
             action,
             date=email.utils.formatdate(usegmt=True),
