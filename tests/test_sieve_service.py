@@ -747,3 +747,28 @@ def test_a_vacation_from_address_cannot_add_header_fields_to_the_reply(
     head = reply.data.split(b"\r\n\r\n")[0]
     assert b"\r\nX-Injected" not in head, head
     assert re.search(rb"\r\nMessage-ID: <[^\r\n>]+@[A-Za-z0-9.-]+>\r\n", head), head
+
+
+def test_plaintext_behind_starttls_is_never_read_as_if_it_came_over_tls(single: Node) -> None:
+    """RFC 5804 section 2.2 (the STARTTLS command-injection class): what a
+    client pipelined behind STARTTLS came in the clear. The core dropped what
+    it had been fed, but the stream still held the rest of it, which was read
+    after the handshake as if it had come over TLS: here a man in the middle
+    logs the client in to his own account. The connection is closed instead."""
+    client = Client(sieve_port(single))
+    answers: list[str] = []
+    try:
+        token = base64.b64encode(b"\0bob\0secret").decode()
+        injected = f'AUTHENTICATE "PLAIN" "{token}"\r\n'.encode() * 3000  # past one read
+        client.sock.sendall(b"STARTTLS\r\n" + injected)
+        assert client.response()[0].startswith("OK")
+        client.sock = unverified().wrap_socket(client.sock)
+        client.response()  # the capabilities again
+        client.sock.sendall(b'NOOP "marker"\r\n')
+        while not answers or "marker" not in answers[-1]:
+            answers.append(client.response()[0])
+    except (ConnectionError, ssl.SSLError, OSError):
+        pass  # refused: the connection is closed
+    finally:
+        client.close()
+    assert not [a for a in answers if "Logged in" in a], answers[:3]

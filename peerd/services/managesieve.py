@@ -58,6 +58,7 @@ from peerd.protocols.managesieve import (
     SetActive,
     StartTlsNow,
 )
+from peerd.services.starttls import injected
 
 __all__ = ["SieveServer", "start_managesieve"]
 
@@ -133,6 +134,16 @@ class SieveSession:
                 return
             elif isinstance(event, StartTlsNow):
                 assert self.tls_context is not None  # the core offers it only then
+                if injected(self.reader, 0):
+                    # RFC 5804 section 2.2: the core dropped what it held of
+                    # what came after STARTTLS, but the stream holds more; it
+                    # came in the clear and would be read as if over TLS (the
+                    # STARTTLS command-injection flaw). End the connection.
+                    log.warning(
+                        "ManageSieve %s sent data between STARTTLS and the handshake; closed",
+                        peer_ip(self.writer),
+                    )
+                    return
                 await self.writer.start_tls(self.tls_context)
                 await self.send(self.core.tls_started())
             else:
