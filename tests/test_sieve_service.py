@@ -543,6 +543,37 @@ def test_without_a_certificate_plain_goes_in_the_clear(tmp_path: Path) -> None:
             client.close()
 
 
+def test_connections_past_the_cap_are_refused_with_bye(tmp_path: Path) -> None:
+    """ManageSieve had no connection cap, unlike IMAP, POP3 and LMTP: one
+    client could hold any number of sessions open (a NOOP every few minutes
+    keeps one), and with them the node's file descriptors."""
+    where = f"127.0.0.1:{free_port()}"
+    node = make_single(tmp_path, overrides={"managesieve": {"listen": where, "max_connections": 2}})
+    with running(node):
+        held = [Client(sieve_port(node)) for _ in range(2)]
+        try:
+            assert all(c.greeting[0].startswith("OK") for c in held)
+            refused = socket.create_connection(("127.0.0.1", sieve_port(node)), timeout=20)
+            with refused:
+                answer = b""
+                while chunk := refused.recv(4096):
+                    answer += chunk
+            assert answer.startswith(b'BYE (TRYLATER) "too many connections'), answer
+            held.pop().close()
+
+            def admitted() -> bool:
+                client = Client(sieve_port(node))
+                client.close()
+                return client.greeting[0].startswith("OK")
+
+            wait_until(admitted, 10, "a connection admitted again")
+        finally:
+            for client in held:
+                client.close()
+        log = (node.workdir / f"{node.name}.log").read_text()
+    assert "Traceback" not in log, log[-3000:]
+
+
 # --- charsets that name no text encoding -----------------------------------------------------
 
 # Python knows these names, but as bytes-to-bytes codecs, codecs that only

@@ -51,6 +51,7 @@ from peerd.protocols.managesieve import (
     RenameScript,
     Reply,
     Request,
+    Response,
     ScriptContent,
     Scripts,
     Send,
@@ -58,6 +59,8 @@ from peerd.protocols.managesieve import (
     SetActive,
     StartTlsNow,
 )
+from peerd.services.gate import ConnectionGate
+from peerd.services.gate import Refused as OverCap
 from peerd.services.starttls import injected
 
 __all__ = ["SieveServer", "start_managesieve"]
@@ -238,6 +241,10 @@ class SieveServer:
         self.sessions: set[SieveSession] = set()
         config = node.config
         self.tls_context = server_context(config) if config.managesieve.starttls else None
+        managesieve = config.managesieve
+        self.gate = ConnectionGate(
+            "managesieve", managesieve.max_connections, managesieve.max_connections_per_ip
+        )
         node.on_ownership_change.append(self.close_accounts)
 
     async def close_accounts(self, accounts: list[str]) -> None:
@@ -255,6 +262,13 @@ class SieveServer:
                 log.exception("closing the ManageSieve session of %s failed", session.account)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            counted = self.gate.admit(writer)
+        except OverCap as exc:
+            # RFC 5804 section 1.3: TRYLATER, the client may come back.
+            writer.write(Response("BYE", str(exc), TRYLATER).encode())
+            writer.close()
+            return
         session = SieveSession(self.node, reader, writer, self.tls_context)
         self.sessions.add(session)
         try:
@@ -266,6 +280,7 @@ class SieveServer:
         except Exception:
             log.exception("ManageSieve session failed")
         finally:
+            self.gate.release(counted)
             self.sessions.discard(session)
             writer.close()
 
