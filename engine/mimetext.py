@@ -10,6 +10,12 @@ charset naming one of them, or none Python knows, reads as UTF-8 with
 replacement characters, as a charset that is merely unknown always did. One
 such header used to fail a delivery through a Sieve script with a 451, for
 as long as the sending MTA retried.
+
+No text that comes out holds a lone surrogate (U+D800-U+DFFF): some text
+codecs make them from what a sender wrote (``unicode_escape`` and
+``raw_unicode_escape`` from ``\\ud800``, ``utf-7`` from ``+2AA-``), and no
+UTF-8 encoder takes one: the full-text index's insert failed, and with it
+every later message's, for good. Each becomes U+FFFD.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Final
 __all__ = ["decode_text", "decode_words", "text_codec"]
 
 FALLBACK: Final = "utf-8"
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 
 def text_codec(charset: str | None) -> str:
@@ -46,9 +53,11 @@ def decode_text(data: bytes, charset: str | None) -> str:
     """``data`` as text in ``charset`` (see :func:`text_codec`), bytes that
     are not in it as U+FFFD; a codec that refuses replacement reads as UTF-8."""
     try:
-        return data.decode(text_codec(charset), "replace")
+        text = data.decode(text_codec(charset), "replace")
     except (LookupError, UnicodeError, ValueError):
-        return data.decode(FALLBACK, "replace")
+        return data.decode(FALLBACK, "replace")  # never a surrogate
+    # One C scan; the substitution only for the rare text that has one.
+    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
 
 
 # -- RFC 2047 encoded words (RFC 2047 6) ------------------------------------------------------

@@ -9,9 +9,14 @@ the store (SQLAlchemy) to do so (``tests/test_start_cost.py``).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
+from typing import Final
 
-__all__ = ["message_id_of", "message_key"]
+__all__ = ["MAX_MESSAGE_ID", "message_id_of", "message_key"]
+
+# The longest id kept, in characters (the duplicate table's column).
+MAX_MESSAGE_ID: Final = 255
 
 _MESSAGE_ID_RE = re.compile(rb"(?im)^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)")
 
@@ -23,8 +28,18 @@ def message_id_of(data: bytes) -> str | None:
     match = _MESSAGE_ID_RE.search(header)
     if match is None:
         return None
-    value = re.sub(rb"\s+", b"", match.group(1)).decode("ascii", "replace")
-    return value[:255] or None
+    raw = re.sub(rb"\s+", b"", match.group(1))
+    # The duplicate check drops a message whose id it has seen: two ids that
+    # differ must never read the same. UTF-8 (RFC 6532) is kept as text and
+    # any other octet as "\xNN" (read as ASCII with U+FFFD, "<\xe4@x>" and
+    # "<\xf6@x>" were one id); past MAX_MESSAGE_ID characters the id is cut
+    # and a hash of the whole put at its end (cut alone, two ids sharing
+    # their first 255 characters were one).
+    value = raw.decode("utf-8", "backslashreplace")
+    if len(value) > MAX_MESSAGE_ID:
+        digest = hashlib.sha1(raw).hexdigest()
+        value = f"{value[: MAX_MESSAGE_ID - len(digest) - 1]}#{digest}"
+    return value or None
 
 
 def message_key(message_id: str | None, internaldate: dt.datetime, size: int) -> str:

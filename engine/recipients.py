@@ -8,11 +8,15 @@ LMTP worker processes parse recipients without importing the store.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Final
 
 from engine.errors import InvalidArgument
 
 __all__ = ["Recipient", "parse_recipient"]
+
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +39,11 @@ def parse_recipient(
         raw = raw[1:-1]
     if not raw or len(raw) > 320:
         raise InvalidArgument("empty or overlong recipient")
+    # No address holds a control character (RFC 5321 4.1.2: not even quoted);
+    # NUL, from a socketmap key, would reach the database, and PostgreSQL
+    # refuses it in text with an error that is no lookup's answer.
+    if _CONTROL.search(raw):
+        raise InvalidArgument("a recipient cannot hold a control character")
     local, at, domain = raw.rpartition("@") if "@" in raw else (raw, "", "")
     domain = domain.lower()
     base, plus, detail = local.partition("+")

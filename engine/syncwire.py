@@ -31,6 +31,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
+from engine import jsontext
 from engine.compare import MailboxPush, Push
 from engine.errors import SyncProtocolError, SyncVersionMismatch, shown
 from engine.limits import (
@@ -137,12 +138,13 @@ def encode_json(value: Any) -> bytes:
 
 def decode_json(data: bytes) -> dict[str, Any]:
     try:
-        value = json.loads(data)
+        value = jsontext.loads(data)
     except RecursionError as exc:
         raise SyncProtocolError("body is not JSON: nested too deeply") from exc
     except ValueError as exc:
-        # JSONDecodeError, UnicodeDecodeError, and an integer of more digits
-        # than int() converts (sys.get_int_max_str_digits): all the sender's.
+        # JSONDecodeError, UnicodeDecodeError, a lone surrogate (jsontext) and
+        # an integer of more digits than int() converts
+        # (sys.get_int_max_str_digits): all the sender's.
         raise SyncProtocolError(f"body is not JSON: {str(exc)[:200]}") from exc
     if not isinstance(value, dict):
         raise SyncProtocolError("body must be a JSON object")

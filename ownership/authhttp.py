@@ -128,6 +128,20 @@ def _decode(name: str, value: str, encoding: str) -> str:
         ) from None
 
 
+def _client_ip(value: str | None) -> str:
+    # nginx writes the client's address as an IP literal. It goes into the
+    # failed-login line fail2ban reads (``rip=<HOST>``) and names the
+    # throttle's per-address count: anything else there could make that line
+    # name another host ("192.0.2.1 proto=imap") or count as no one's.
+    text = (value or "").strip(" \t")
+    if not text:
+        return ""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise AuthHttpError(f"Client-IP is not an IP address: {text[:60]!r}") from None
+
+
 def parse_request(
     headers: Mapping[str, str],
     *,
@@ -151,7 +165,9 @@ def parse_request(
     if protocol is None:
         raise AuthHttpError("Auth-Protocol is missing: not a request from nginx")
     attempt_text = get("Auth-Login-Attempt") or "1"
-    if not (attempt_text.isascii() and attempt_text.isdigit()):
+    # ASCII digits, and few of them: int() refuses more than 4,300 with a
+    # ValueError of its own (nginx counts attempts of one connection).
+    if not (attempt_text.isascii() and attempt_text.isdigit() and len(attempt_text) <= 9):
         raise AuthHttpError(f"Auth-Login-Attempt is not a number: {attempt_text[:20]!r}")
     return AuthRequest(
         method=(get("Auth-Method") or "plain").strip().lower(),
@@ -159,7 +175,7 @@ def parse_request(
         password=_decode("Auth-Pass", get("Auth-Pass") or "", header_encoding),
         protocol=protocol.strip().lower(),
         attempt=int(attempt_text),
-        client_ip=(get("Client-IP") or "").strip(),
+        client_ip=_client_ip(get("Client-IP")),
         client_host=get("Client-Host"),
         salt=get("Auth-Salt"),
         secret=get(secret_header) if secret_header else None,

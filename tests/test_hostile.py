@@ -10,6 +10,7 @@ channel to a remote partner), config errors that never echo a value, and
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 import tomllib
@@ -182,6 +183,10 @@ HOSTILE_BODIES: dict[str, tuple[bytes, dict[str, str]]] = {
     "deep JSON": (b"[" * 100_000 + b"]" * 100_000, {}),
     "deep object": (b'{"a":' * 100_000 + b"1" + b"}" * 100_000, {}),
     "long integer": (b'{"account": "carol", "epoch": ' + b"9" * 100_000 + b"}", {}),
+    # A lone surrogate, escaped and as raw CESU-8 octets, in the password of
+    # an account to create: its hash encoded it, a 500 and a traceback.
+    "lone surrogate": (b'{"name": "dave", "password": "\\ud800"}', {}),
+    "CESU-8 surrogate": (b'{"name": "erin", "password": "\xed\xa0\x80"}', {}),
     "gzip": (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03garbage", {"Content-Encoding": "gzip"}),
     "bad UTF-8": (b'{"account": "\xff\xfe", "name": "\xc3("}', {}),
 }
@@ -548,3 +553,47 @@ def test_http_listeners_cut_slow_bodies_and_idle_keepalive(
     for what, *_ in listeners:
         assert f"{what}: closed a connection from 127.0.0.1: request body not complete" in log
     assert "Traceback" not in log
+
+
+def _raw_request(port: int, method: str, path: str, headers: list[bytes]) -> bytes:
+    """The answer's head to a request sent as raw bytes (urllib cannot send a
+    header value that is not Latin-1 text)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        request = b"%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n" % (method.encode(), path.encode())
+        headers = [*headers, b"Content-Length: 0"]
+        sock.sendall(request + b"".join(h + b"\r\n" for h in headers) + b"\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize("value", [b"\xff", b"Bearer \xc3(", b"Basic \x80\x80"])
+def test_credentials_that_are_not_utf8_are_refused_not_a_500(
+    lone_node: Callable[..., LoneNode], value: bytes
+) -> None:
+    """aiohttp keeps a header's invalid UTF-8 as surrogates: the checks of the
+    bearer token, the sync credentials and auth_http's shared secret compare
+    them as bytes, never str.encode() them (which raised, a 500 and a
+    traceback)."""
+    node = lone_node({"routing": {"auth_http_secret": "s3cret"}})
+    http = node.port("http")
+    answer = _raw_request(http, "GET", "/v1/accounts", [b"Authorization: " + value])
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+    sync = node.port("sync")
+    answer = _raw_request(sync, "POST", "/sync/v1/hello", [b"Authorization: " + value])
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+    nginx = [b"Auth-Protocol: imap", b"Auth-User: carol", b"Auth-Pass: x"]
+    answer = _raw_request(http, "GET", "/v1/route/nginx", [*nginx, b"X-Auth-Key: " + value])
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    assert b"Auth-Status: Temporary server problem" in answer, answer[:400]
+    # The right secret, and a Client-IP that is no address: refused, never
+    # written into the failed-login line fail2ban reads.
+    secret = [b"X-Auth-Key: s3cret", b"Client-IP: " + value]
+    answer = _raw_request(http, "GET", "/v1/route/nginx", [*nginx, *secret])
+    assert b"Auth-Status: Client-IP is not an IP address" in answer, answer[:400]
+    log = (node.workdir / f"{node.name}.log").read_text()
+    assert "Traceback" not in log, log[-3000:]

@@ -129,6 +129,27 @@ def test_duplicate_message_id_is_stored_once_and_both_get_250(node: LoneNode) ->
     ]
 
 
+def test_different_message_ids_are_never_taken_for_duplicates(node: LoneNode) -> None:
+    """The Message-ID kept for the duplicate check was read as ASCII with
+    every other octet as U+FFFD, and cut at 255 characters: two different
+    messages whose ids differ only in UTF-8 (RFC 6532) or after the 255th
+    character read the same, and the second was answered 250 and dropped."""
+    node.add_account("carol")
+    prefix = "<" + "x" * 300
+    ids = [b"<\xc3\xa4@x>", b"<\xc3\xb6@x>", b"<\xff@x>", b"<\xfe@x>"]
+    ids += [f"{prefix}1@x>".encode(), f"{prefix}2@x>".encode()]
+    sent = [b"Subject: id %d\r\nMessage-ID: %s\r\n\r\nbody\r\n" % (n, i) for n, i in enumerate(ids)]
+    with node.lmtp() as client:
+        for data in sent:
+            assert client.sendmail("s@example.test", ["carol@example.test"], data) == {}
+    assert [r["guid"] for r in node.records("carol")] == [sha1(data) for data in sent]
+    # The same id again is still a duplicate.
+    with node.lmtp() as client:
+        again = sent[0].replace(b"body", b"retry")
+        assert client.sendmail("s@example.test", ["carol@example.test"], again) == {}
+    assert len(node.records("carol")) == len(sent)
+
+
 def test_plus_addressing_delivers_to_an_existing_folder_or_inbox(node: LoneNode) -> None:
     node.add_account("dora", password="pw")
     imap = imaplib.IMAP4("127.0.0.1", node.port("imap"), timeout=30)

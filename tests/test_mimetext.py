@@ -75,3 +75,28 @@ def test_text_codec_keeps_real_charsets_and_replaces_the_rest() -> None:
         assert mimetext.text_codec(charset) in ("utf-8", "idna", "undefined", "punycode")
     assert mimetext.decode_text(b"caf\xe9", "latin1") == "café"
     assert mimetext.decode_text(b"\xff", "undefined") == "\ufffd"
+
+
+# Codecs that decode escapes or UTF-16 code units to lone surrogates, which
+# no UTF-8 encoder (SQLite's, PostgreSQL's, an IMAP reply's) takes.
+SURROGATES = {
+    "unicode_escape": (b"=5Cud800", b"\\ud800 body"),
+    "raw-unicode-escape": (b"=5Cudfff", b"\\udfff body"),
+    "utf-7": (b"+2AA-", b"+2AA- body"),
+}
+
+
+@pytest.mark.parametrize("charset", sorted(SURROGATES))
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_no_reader_gives_a_lone_surrogate(reader: str, charset: str) -> None:
+    word, body = SURROGATES[charset]
+    raw = b"Subject: caf =?%s?Q?%s?=\r\nContent-Type: text/plain; charset=%s\r\n\r\n%s\r\n" % (
+        charset.encode(),
+        word,
+        charset.encode(),
+        body,
+    )
+    text = READERS[reader](raw)
+    assert "caf" in text or "body" in text
+    text.encode("utf-8")  # raised UnicodeEncodeError: surrogates not allowed
+    assert mimetext.decode_text(body, charset).encode("utf-8")

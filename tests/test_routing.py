@@ -69,3 +69,29 @@ def test_socketmap_answers_temp_while_the_database_is_unavailable(
     assert socketmap_query(port, "transport", "tina@example.test") == route
     assert socketmap_query(port, "mailbox", "nobody@example.test") == "NOTFOUND "
     assert node.stop() == 0
+
+
+def test_socketmap_keys_with_control_characters_are_not_found_on_postgresql(
+    lone_node: Callable[..., LoneNode], pg_server: PgServer, pg_url: str
+) -> None:
+    """No address holds a control character. A key with NUL reached the
+    database, which refuses NUL in text: an unhandled exception in the
+    listener, a traceback, and the connection closed with every lookup
+    Postfix had queued on it unanswered."""
+    node = lone_node({"database": {"url": pg_url}})
+    node.add_account("tina")
+    keys = ["ti\x00na@example.test", "\x00@example.test", "tina@exa\x00mple.test", "ti\x01na@x"]
+    requests = [(name, key) for key in keys for name in ("transport", "mailbox")]
+    requests.append(("mailbox", "tina@example.test"))
+    with socket.create_connection(("127.0.0.1", node.port("socketmap")), timeout=30) as sock:
+        for name, key in requests:
+            payload = f"{name} {key}".encode()
+            sock.sendall(b"%d:%s," % (len(payload), payload))
+        data = b""
+        while data.count(b",") < len(requests):
+            chunk = sock.recv(4096)
+            assert chunk, f"socketmap closed after {data!r}"
+            data += chunk
+    assert data == b"9:NOTFOUND ," * (len(requests) - 1) + b"7:OK tina,"
+    log = (node.workdir / f"{node.name}.log").read_text()
+    assert "Traceback" not in log, log[-3000:]

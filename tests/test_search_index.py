@@ -212,3 +212,25 @@ def test_a_damaged_index_file_is_set_aside_and_refilled(tmp_path: Any, how: str)
     log = node.log.read_text()
     assert "full-text index" in log and "set aside as peerd.fulltext.db.damaged-" in log
     assert "database damaged" not in log  # the node's own file is not blamed
+
+
+def test_a_message_whose_text_decodes_to_surrogates_does_not_stop_the_indexer(
+    tmp_path: Any,
+) -> None:
+    """A charset Python decodes to lone surrogates (``unicode_escape``) made
+    text no UTF-8 encoder takes: the index's insert failed, and the walk
+    stopped there for good, every later message unindexed."""
+    odd = (
+        b"Subject: =?unicode_escape?q?=5Cud800?=\r\nMessage-ID: <odd@t>\r\n"
+        b"Content-Type: text/plain; charset=raw_unicode_escape\r\n\r\n\\udfff marzipan\r\n"
+    )
+    node = make_single(tmp_path)
+    with running(node):
+        node.add_account("alice")
+        deliver(node, odd)
+        deliver(node, PLAIN)
+        wait_until(lambda: indexed(node, "alice", 2), 20, "both messages indexed")
+        assert search(node, "BODY", "marzipan") == [1]
+        assert search(node, "BODY", "sweet") == [2]
+        log = (node.workdir / f"{node.name}.log").read_text()
+    assert "Traceback" not in log, log[-3000:]

@@ -28,7 +28,7 @@ from peerd.control.routes import ROUTES
 from peerd.control.schema import decode_body, parse
 from peerd.node import maillog
 from peerd.node.errormap import http_status, problem_title
-from peerd.node.httplimits import body_deadline
+from peerd.node.httplimits import body_deadline, header_octets
 
 __all__ = ["MAX_BODY", "build_app", "problem"]
 
@@ -93,7 +93,7 @@ def auth_middleware(token: str, public: frozenset[str]) -> Any:
     async def check(request: web.Request, handler: Endpoint) -> web.StreamResponse:
         if request.path in public or not request.path.startswith("/v1/"):
             return await handler(request)
-        given = request.headers.get("Authorization", "").encode()
+        given = header_octets(request, "Authorization")
         if not token or not hmac.compare_digest(given, expected):
             response = problem(401, "Unauthorized", "a valid bearer token is required")
             response.headers["WWW-Authenticate"] = 'Bearer realm="peerd"'

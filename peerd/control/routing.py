@@ -31,6 +31,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from engine.accounts import find_any, lookup_names
@@ -38,9 +39,11 @@ from engine.delivery import parse_recipient, resolve_account
 from engine.errors import EngineError, InvalidArgument, NoSuchAccount, TemporaryFailure
 from ownership import authhttp, socketmap
 from ownership import table as ownership_table
+from ownership.errors import OwnershipError
 from peerd.control.call import Call
 from peerd.directory import Directory, Found
 from peerd.node.config import Address
+from peerd.node.httplimits import header_octets
 from peerd.node.node import Node
 from peerd.node.service import Service
 from peerd.pair.hooks import AccountRoute, address_of, route_of
@@ -175,7 +178,7 @@ async def nginx_auth(call: Call[None, None]) -> web.Response:
     node, request = call.node, call.request
     routing = node.config.routing
     if routing.auth_http_secret:
-        given = request.headers.get("X-Auth-Key", "").encode()
+        given = header_octets(request, "X-Auth-Key")
         if not hmac.compare_digest(given, routing.auth_http_secret.encode()):
             log.warning("auth_http: wrong or missing X-Auth-Key from %s", request.remote)
             return web.Response(
@@ -310,6 +313,12 @@ class SocketmapServer:
                         reply = await self.answer(query)
                     except TemporaryFailure as exc:
                         reply = socketmap.temp(exc.message[:200])
+                    except (EngineError, OwnershipError, DBAPIError) as exc:
+                        # A lookup the store could not answer: Postfix defers
+                        # this mail, and the lookups queued behind it on the
+                        # connection are still answered.
+                        log.warning("socketmap: %r failed: %s", query.key[:100], exc)
+                        reply = socketmap.temp("lookup failed")
                     writer.write(reply.encode())
                 await writer.drain()
         except socketmap.NetstringError as exc:

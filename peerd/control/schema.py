@@ -16,12 +16,12 @@ no default is required; members the class does not name are refused
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from engine import jsontext
 from engine.errors import InvalidArgument
 from peerd.node.config import SIZE_PATTERN, parse_size
 
@@ -223,12 +223,13 @@ def query_parameters(cls: type) -> list[dict[str, Any]]:
 def decode_body(data: bytes) -> dict[str, Any]:
     """A request body as the JSON object it must be (``InvalidArgument`` if not)."""
     try:
-        value = json.loads(data)
+        value = jsontext.loads(data)
     except RecursionError as exc:
         raise InvalidArgument("the body is not JSON: nested too deeply") from exc
     except ValueError as exc:
-        # JSONDecodeError, UnicodeDecodeError, and an integer of more digits
-        # than int() converts (sys.get_int_max_str_digits).
+        # JSONDecodeError, UnicodeDecodeError, a lone surrogate (jsontext) and
+        # an integer of more digits than int() converts
+        # (sys.get_int_max_str_digits).
         raise InvalidArgument(f"the body is not JSON: {str(exc)[:200]}") from exc
     if not isinstance(value, dict):
         raise InvalidArgument("the body must be a JSON object")

@@ -285,6 +285,9 @@ class ManageSieveConfig:
     login_failure_delay: dt.timedelta = dt.timedelta(seconds=2)
     max_login_failures: int = 3
     max_scripts: int = 20
+    # Open connections in all and per client address (0: no cap), as for POP3.
+    max_connections: int = 500
+    max_connections_per_ip: int = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -574,6 +577,9 @@ def parse_config(
         raise ConfigError("[lmtp] idle_timeout must be positive")
     if min(config.lmtp.max_connections, config.lmtp.max_connections_per_ip) < 0:
         raise ConfigError("[lmtp] max_connections and max_connections_per_ip must be >= 0")
+    sieve = config.managesieve
+    if min(sieve.max_connections, sieve.max_connections_per_ip) < 0:
+        raise ConfigError("[managesieve] max_connections and max_connections_per_ip must be >= 0")
     if not 0 <= config.lmtp.workers <= 64:
         raise ConfigError("[lmtp] workers must be 0 (LMTP in the daemon itself) to 64")
     if config.database.check_at_start not in ("quick", "full", "off"):

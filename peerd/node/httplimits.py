@@ -37,9 +37,17 @@ from aiohttp import web
 
 from peerd.node.config import HttpConfig
 
-__all__ = ["GuardedSite", "body_deadline", "runner_options"]
+__all__ = ["GuardedSite", "body_deadline", "header_octets", "runner_options"]
 
 log = logging.getLogger("peerd.node.httplimits")
+
+
+def header_octets(request: web.Request, name: str) -> bytes:
+    """The value of header ``name`` as the client sent its octets (b"" when
+    absent). aiohttp decodes a value as UTF-8 with ``surrogateescape``, so one
+    that is not UTF-8 holds lone surrogates: ``str.encode()`` raises on them
+    (a 500 and a traceback for a credential of one byte 0xFF), this does not."""
+    return request.headers.get(name, "").encode("utf-8", "surrogateescape")
 
 
 def _abort(transport: asyncio.BaseTransport) -> None:

@@ -146,12 +146,17 @@ class Indexer(Walker):
         for guid in guids:
             if self._stopping:  # the daemon is stopping: the rest waits for the next start
                 break
+            if guid in self.skipped:
+                continue
             try:
                 raw = self.node.store.spool.read(guid)
             except (EngineError, OSError):
                 missing += 1
                 continue
-            docs.append((guid, extract(raw)))
+            try:
+                docs.append((guid, extract(raw)))
+            except Exception as exc:  # the extractor on bytes a sender chose
+                self.skip(guid, exc)
         return docs, missing
 
     async def _index(self, guids: list[str], *, yielding: bool = False) -> tuple[int, int]:
@@ -238,4 +243,5 @@ class Indexer(Walker):
             "walks": self.counters.walks,
             "indexed": self.counters.indexed,
             "unreadable": self.counters.missing,
+            "skipped": len(self.skipped),
         }

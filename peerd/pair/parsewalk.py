@@ -91,12 +91,17 @@ class ParseWalker(Walker):
         for guid in guids:
             if self._stopping:
                 break
+            if guid in self.skipped:
+                continue
             try:
                 raw = self.node.store.spool.read(guid)
             except (EngineError, OSError):
                 missing += 1
                 continue
-            rows.append(row_of(guid, raw))
+            try:
+                rows.append(row_of(guid, raw))
+            except Exception as exc:  # the parser on bytes a sender chose
+                self.skip(guid, exc)
         return rows, missing
 
     async def catch_up(self) -> int:
@@ -141,4 +146,5 @@ class ParseWalker(Walker):
             "walks": self.counters.walks,
             "parsed": self.counters.parsed,
             "unreadable": self.counters.missing,
+            "skipped": len(self.skipped),
         }

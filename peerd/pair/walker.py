@@ -15,6 +15,11 @@ waits for a walker (IMAP parses, and search decodes, what it has not reached
 yet), so the gap delays no answer. A failed walk is logged and tried again
 at the next wake-up; ``stop`` cancels the task and sets ``_stopping``, which
 a walk's worker thread reads to stop early.
+
+A message the walker's parser raises on is skipped (:meth:`Walker.skip`),
+with one log line, and not tried again while the process runs: failing the
+walk for it would fail every walk after, and leave every later message,
+the partner's replicated ones included, unwalked.
 """
 
 from __future__ import annotations
@@ -22,13 +27,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from engine.errors import EngineError
 from engine.synclog import Change
 from peerd.node.node import Node
 
-__all__ = ["Walker"]
+__all__ = ["MAX_SKIPPED", "Walker"]
+
+MAX_SKIPPED: Final = 10_000  # GUIDs remembered as skipped; forgotten all at once past this
 
 
 class Walker:
@@ -47,6 +54,17 @@ class Walker:
         self.wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False  # read by the walk's worker thread: stop early
+        self.skipped: set[str] = set()  # GUIDs whose parse raised (see skip)
+
+    def skip(self, guid: str, exc: Exception) -> None:
+        """``guid``'s bytes made the walker's parser raise ``exc``: one log
+        line, and the walks leave it alone from now on (in this process)."""
+        if len(self.skipped) >= MAX_SKIPPED:
+            self.skipped.clear()
+        self.skipped.add(guid)
+        self.log.warning(
+            "%s: message %s skipped: %s: %s", self.doing, guid, type(exc).__name__, exc
+        )
 
     def start(self) -> None:
         self.node.store.add_listener(self._changed)

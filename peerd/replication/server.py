@@ -61,7 +61,7 @@ from ownership.errors import SyncFenced
 from ownership.fence import check_sync, needs_adoption
 from ownership.rows import OwnershipView, parse_row
 from peerd.node.errormap import http_status
-from peerd.node.httplimits import GuardedSite, body_deadline, runner_options
+from peerd.node.httplimits import GuardedSite, body_deadline, header_octets, runner_options
 from peerd.node.node import Node
 from peerd.replication.scrub import Scrubber
 
@@ -127,7 +127,7 @@ class SyncServer:
 
     async def _checked(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         sync = self.node.config.sync
-        given = request.headers.get("Authorization", "").encode()
+        given = header_octets(request, "Authorization")
         if (
             not sync.sync_authname
             or not sync.sync_password

@@ -51,6 +51,7 @@ from peerd.protocols.managesieve import (
     RenameScript,
     Reply,
     Request,
+    Response,
     ScriptContent,
     Scripts,
     Send,
@@ -58,12 +59,20 @@ from peerd.protocols.managesieve import (
     SetActive,
     StartTlsNow,
 )
+from peerd.services.gate import ConnectionGate
+from peerd.services.gate import Refused as OverCap
+from peerd.services.starttls import injected
 
 __all__ = ["SieveServer", "start_managesieve"]
 
 log = logging.getLogger("peerd.services.managesieve")
 
 _READ_SIZE = 64 << 10
+# Input the core holds past which its next event is worked out in a thread:
+# a command with a script in it is compiled there (CHECKSCRIPT, PUTSCRIPT),
+# half a second of CPU for one near the size cap, which on the event loop
+# stalled every session, delivery and sync of the node each time.
+_INLINE_INPUT = 8 << 10
 _BYE_MOVED = b'BYE (TRYLATER) "the account moved to another node"\r\n'
 _BYE_IDLE = b'BYE "idle for too long"\r\n'
 
@@ -102,9 +111,15 @@ class SieveSession:
         idle = self.config.idle_timeout.total_seconds()
         await self.send(self.core.greeting())
         ended = False
+        unread = 0  # bytes fed to the core since it last needed data
         while True:
-            event = self.core.next_event()
+            if unread > _INLINE_INPUT:
+                # The session is this coroutine's alone: it waits for the thread.
+                event = await asyncio.to_thread(self.core.next_event)
+            else:
+                event = self.core.next_event()
             if event is NEED_DATA:
+                unread = 0
                 if ended:
                     return
                 try:
@@ -113,6 +128,7 @@ class SieveSession:
                     await self.send(_BYE_IDLE)
                     return
                 ended = not data
+                unread += len(data)
                 self.core.receive_data(data)  # b"": the end of input
                 continue
             if isinstance(event, Send):
@@ -121,6 +137,16 @@ class SieveSession:
                 return
             elif isinstance(event, StartTlsNow):
                 assert self.tls_context is not None  # the core offers it only then
+                if injected(self.reader, 0):
+                    # RFC 5804 section 2.2: the core dropped what it held of
+                    # what came after STARTTLS, but the stream holds more; it
+                    # came in the clear and would be read as if over TLS (the
+                    # STARTTLS command-injection flaw). End the connection.
+                    log.warning(
+                        "ManageSieve %s sent data between STARTTLS and the handshake; closed",
+                        peer_ip(self.writer),
+                    )
+                    return
                 await self.writer.start_tls(self.tls_context)
                 await self.send(self.core.tls_started())
             else:
@@ -215,6 +241,10 @@ class SieveServer:
         self.sessions: set[SieveSession] = set()
         config = node.config
         self.tls_context = server_context(config) if config.managesieve.starttls else None
+        managesieve = config.managesieve
+        self.gate = ConnectionGate(
+            "managesieve", managesieve.max_connections, managesieve.max_connections_per_ip
+        )
         node.on_ownership_change.append(self.close_accounts)
 
     async def close_accounts(self, accounts: list[str]) -> None:
@@ -232,6 +262,13 @@ class SieveServer:
                 log.exception("closing the ManageSieve session of %s failed", session.account)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            counted = self.gate.admit(writer)
+        except OverCap as exc:
+            # RFC 5804 section 1.3: TRYLATER, the client may come back.
+            writer.write(Response("BYE", str(exc), TRYLATER).encode())
+            writer.close()
+            return
         session = SieveSession(self.node, reader, writer, self.tls_context)
         self.sessions.add(session)
         try:
@@ -243,6 +280,7 @@ class SieveServer:
         except Exception:
             log.exception("ManageSieve session failed")
         finally:
+            self.gate.release(counted)
             self.sessions.discard(session)
             writer.close()
 

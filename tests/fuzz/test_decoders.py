@@ -375,3 +375,27 @@ def test_a_value_nested_near_the_recursion_limit_is_refused_with_the_decoders_er
     with pytest.raises(SyncProtocolError):
         parse_row(row)
     assert shown(deep) == "a JSON array" and shown("x" * 100) == repr("x" * 60)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"password": "\\ud800"}',
+        b'{"a": ["x", {"b": "y\\uDFFFz"}]}',
+        b'{"\\udc80": 1}',
+        b'{"password": "\xed\xa0\x80"}',  # CESU-8: json.loads decodes with surrogatepass
+        b'{"pair": "\\ude00\\ud83d"}',  # a pair the wrong way round is two lone ones
+    ],
+)
+def test_lone_surrogates_are_refused_by_both_decoders(data: bytes) -> None:
+    """No UTF-8 encoder takes a lone surrogate: one in a body failed wherever
+    it was first encoded (a 500 on the control API)."""
+    with pytest.raises(InvalidArgument, match="lone surrogate"):
+        decode_body(data)
+    with pytest.raises(SyncProtocolError, match="lone surrogate"):
+        syncwire.decode_json(data)
+
+
+def test_a_surrogate_pair_is_one_character_and_taken() -> None:
+    assert decode_body(b'{"name": "\\ud83d\\ude00"}') == {"name": "\U0001f600"}
+    assert syncwire.decode_json(b'{"name": "\\ud83d\\ude00"}') == {"name": "\U0001f600"}

@@ -355,3 +355,24 @@ def test_arbitrary_input_never_breaks_the_session(pieces: list[bytes], chunk: in
         drive(session, store, b"")
     assert session.state is State.CLOSED
     assert time.thread_time() - started < 2.0
+
+
+@pytest.mark.parametrize(
+    ("script", "line"),
+    [
+        (b"keep; # a\x00b\r\n", 1),
+        (b"keep;\r\n/* \x00 */\r\n", 2),
+        (b'require "vacation";\r\n\r\nvacation "away\x00";\r\n', 3),
+    ],
+)
+def test_a_script_holding_nul_is_refused_with_the_line(script: bytes, line: int) -> None:
+    """RFC 5228 section 8.1: no production of the grammar takes NUL. Such a
+    script was taken and handed to the store, where PostgreSQL refuses NUL in
+    text: the write failed with a traceback, and the client got TRYLATER
+    with the SQL statement as its text."""
+    session, store = logged_in()
+    out, _ = drive(session, store, b'PUTSCRIPT "nul" ' + literal(script) + b"\r\n")
+    assert out == b'NO "line %d: a script cannot hold NUL"\r\n' % line
+    out, _ = drive(session, store, b"CHECKSCRIPT " + literal(script) + b"\r\n")
+    assert out == b'NO "line %d: a script cannot hold NUL"\r\n' % line
+    assert store.scripts == {}

@@ -107,8 +107,16 @@ def test_any_password_survives_nginx_escaping(password: str) -> None:
         ({"Auth-Method": "kerberos"}, "unknown Auth-Method"),
         ({"Auth-Login-Attempt": "x"}, "Auth-Login-Attempt is not a number"),
         ({"Auth-Login-Attempt": "0"}, "Auth-Login-Attempt must be a number from 1"),
+        # More digits than int() converts (4,300): its own ValueError escaped.
+        ({"Auth-Login-Attempt": "9" * 5000}, "Auth-Login-Attempt is not a number"),
+        ({"Auth-Login-Attempt": "\u00b2"}, "Auth-Login-Attempt is not a number"),
+        ({"Auth-Login-Attempt": "1\x1f"}, "Auth-Login-Attempt is not a number"),
         ({"Auth-User": "a%0Db"}, "Auth-User holds a control character"),
         ({"Auth-User": "%FF"}, "Auth-User is not UTF-8"),
+        # What lands in the fail2ban line (rip=<HOST>) must be an address.
+        ({"Client-IP": "192.0.2.1 proto=imap"}, "Client-IP is not an IP address"),
+        ({"Client-IP": "mail.example.test"}, "Client-IP is not an IP address"),
+        ({"Client-IP": "192.0.2.1\x1f"}, "Client-IP is not an IP address"),
     ],
 )
 def test_bad_requests_are_clear_errors(change: dict[str, str], message: str) -> None:

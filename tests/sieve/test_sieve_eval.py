@@ -533,3 +533,80 @@ def test_rfc5490_fileinto_create_and_mailboxexists() -> None:
     for bad in ('require "fileinto"; fileinto :create "A";', 'if mailboxexists "A" { stop; }'):
         with pytest.raises(ScriptError, match='require "mailbox"'):
             compile_script(bad)
+
+
+def test_numbers_longer_than_int_takes_compare_as_numbers() -> None:
+    """i;ascii-numeric on a header of 5,000 digits: int() refuses more than
+    4,300 (sys.get_int_max_str_digits), and the ValueError escaped evaluate,
+    failing the delivery with a 451 for as long as the MTA retried."""
+    head = 'require ["relational", "comparator-i;ascii-numeric", "fileinto"];'
+    numeric = ':comparator "i;ascii-numeric"'
+    huge = "9" * 5000
+    mail = f"X-Spam-Score: {huge}\r\nX-Zeros: {'0' * 5000}7\r\n\r\nbody\r\n".encode()
+    for test, hit in [
+        (f'header :value "gt" {numeric} "x-spam-score" "10"', True),
+        (f'header :value "lt" {numeric} "x-spam-score" "1{huge}"', True),
+        (f'header :value "eq" {numeric} "x-spam-score" "{huge}"', True),
+        (f'header :value "ge" {numeric} "x-spam-score" "1{huge}"', False),
+        (f'header :is {numeric} "x-zeros" "7"', True),  # leading zeros: the same number
+        (f'header :value "gt" {numeric} "x-zeros" "{huge}"', False),
+    ]:
+        result = run(head + f'if {test} {{ fileinto "hit"; }}', mail)
+        assert result.error is None, (test[:60], result.error)
+        assert (result.actions == (FileInto("hit"),)) is hit, test[:60]
+
+
+NESTED = (
+    b"From: ann@example.com\r\nSubject: deep\r\n"
+    + b"".join(
+        b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (n, n)
+        for n in range(3000)
+    )
+    + b"Content-Type: text/plain\r\n\r\nthe needle\r\n"
+)
+
+
+@pytest.mark.parametrize("transform", [":text", ':content "text"'])
+def test_deeply_nested_mime_never_breaks_the_body_test(transform: str) -> None:
+    """3,000 nested multiparts: the standard library's MIME parser recurses
+    once a level, and its RecursionError escaped evaluate (a 451 for every
+    try); the parts past the depth limit are not read, the script goes on."""
+    script = f'require ["body", "fileinto"]; if body {transform} :contains "needle" {{ fileinto "hit"; }} fileinto "after";'
+    result = run(script, NESTED)
+    assert result.error is None, result.error
+    assert FileInto("after") in result.actions
+
+
+def test_a_header_of_a_million_fields_is_read_in_bounded_time_and_memory() -> None:
+    """A 5 MB message of nothing but "a:" lines was 1.25 million Header
+    objects for each recipient with a script: 4 s of CPU holding the
+    interpreter lock (the event loop starved) and 200 MB; at the default
+    50 MB message limit, 40 s and 2 GB. Fields past the cap are not read."""
+    mail = b"Subject: first\r\n" + b"a:\r\n" * 1_250_000 + b"Subject: last\r\n\r\nbody\r\n"
+    started = time.thread_time()
+    message = Message.from_bytes(mail, "ann@example.com", "bob@example.org")
+    result = evaluate(
+        compile_script('require "fileinto"; if header :is "subject" "first" { fileinto "hit"; }'),
+        message,
+        USER,
+    )
+    assert time.thread_time() - started < 0.5
+    assert result.actions == (FileInto("hit"),)
+    assert len(message.headers) <= 10_000
+    assert message.values("subject") == ["first"]
+
+
+@pytest.mark.parametrize("separator", ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028"])
+def test_a_line_break_python_knows_but_mail_does_not_makes_no_field(separator: str) -> None:
+    """Only LF ends a header line (RFC 5322 2.2); str.splitlines() cut the
+    value at these too, and the sender's text after one read as a field of
+    its own: here a List-Id that stops the vacation reply."""
+    mail = (
+        f"From: ann@example.com\r\nTo: bob@example.org\r\n"
+        f"Subject: hi{separator}List-Id: <fake.example.com>\r\n\r\nbody\r\n"
+    ).encode()
+    message = Message.from_bytes(mail, "ann@example.com", "bob@example.org")
+    assert not message.has("list-id")
+    assert message.values("subject") == [f"hi{separator}List-Id: <fake.example.com>"]
+    result = run('require "vacation"; vacation "away";', mail)
+    assert any(isinstance(action, Vacation) for action in result.actions), result

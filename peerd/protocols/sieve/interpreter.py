@@ -418,4 +418,10 @@ def evaluate(program: p.Program, message: Message, context: Context | None = Non
         settled = _settle(run)
     except SieveRuntimeError as exc:
         return a.Result((a.Keep((), implicit=True),), error=exc)
+    except (ArithmeticError, LookupError, RecursionError, UnicodeError, ValueError) as exc:
+        # What the standard library raises on a message or a value it cannot
+        # take (int() past 4,300 digits, a parser's recursion on deep MIME):
+        # a runtime error of this run, never a failed delivery.
+        error = SieveRuntimeError(f"the message could not be evaluated: {type(exc).__name__}")
+        return a.Result((a.Keep((), implicit=True),), error=error)
     return a.Result(tuple(settled), vacation_skipped=run.vacation_skipped)

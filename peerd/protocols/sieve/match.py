@@ -29,9 +29,10 @@ folded text are valid in the original.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Final
+from typing import Final, TypeAlias
 
 from .errors import WorkLimitExceeded
 
@@ -43,6 +44,7 @@ __all__ = [
     "OCTET",
     "RELATIONS",
     "Budget",
+    "Number",
     "compare",
     "compare_numbers",
     "fold",
@@ -84,22 +86,27 @@ def fold(value: str) -> str:
     return value.translate(_FOLD)
 
 
-def _numeric(value: str) -> int | None:
+# A number under i;ascii-numeric: its digits without leading zeros, after
+# their count, so that tuples order as the numbers do. Not int(): it refuses
+# more than 4,300 digits (sys.get_int_max_str_digits), and a header field
+# can hold more; the ValueError failed the delivery.
+Number: TypeAlias = tuple[int, str]
+_DIGITS: Final = re.compile("[0-9]*")
+
+
+def _numeric(value: str) -> Number | None:
     # RFC 4790 section 9.1: the leading digits are the number; a value that
     # does not start with a digit is "positive infinity" (None here).
-    end = 0
-    while end < len(value) and "0" <= value[end] <= "9":
-        end += 1
-    return int(value[:end]) if end else None
+    match = _DIGITS.match(value)
+    digits = match.group() if match else ""
+    if not digits:
+        return None
+    digits = digits.lstrip("0") or "0"
+    return len(digits), digits
 
 
-def compare_numbers(left: int | None, relation: str, right: int | None) -> bool:
-    """RFC 5231 relations under i;ascii-numeric; None is the infinity of RFC 4790."""
-    # Order: every number < None; None == None.
-    if left is None or right is None:
-        order = 0 if left is None and right is None else (1 if left is None else -1)
-    else:
-        order = (left > right) - (left < right)
+def _holds(order: int, relation: str) -> bool:
+    """RFC 5231 section 4: ``relation`` for an order -1, 0 or 1 of left to right."""
     return {
         "gt": order > 0,
         "ge": order >= 0,
@@ -108,6 +115,16 @@ def compare_numbers(left: int | None, relation: str, right: int | None) -> bool:
         "eq": order == 0,
         "ne": order != 0,
     }[relation]
+
+
+def compare_numbers(left: Number | None, relation: str, right: Number | None) -> bool:
+    """RFC 5231 relations under i;ascii-numeric; None is the infinity of RFC 4790."""
+    # Order: every number < None; None == None.
+    if left is None or right is None:
+        order = 0 if left is None and right is None else (1 if left is None else -1)
+    else:
+        order = (left > right) - (left < right)
+    return _holds(order, relation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,5 +311,5 @@ def compare(
     if match_type == "value":
         assert relation is not None
         order = (folded_value > folded_key) - (folded_value < folded_key)
-        return [] if compare_numbers(order, relation, 0) else None
+        return [] if _holds(order, relation) else None
     raise ValueError(f"unknown match type {match_type}")

@@ -29,11 +29,27 @@ from typing import Final
 
 from engine.mimetext import decode_text, decode_words
 
-__all__ = ["BodyPart", "Header", "Message", "body_parts", "decode_words", "raw_body"]
+__all__ = [
+    "MAX_HEADER_BYTES",
+    "MAX_HEADER_FIELDS",
+    "BodyPart",
+    "Header",
+    "Message",
+    "body_parts",
+    "decode_words",
+    "raw_body",
+]
 
 _FOLD: Final = re.compile(r"\r?\n(?=[ \t])")
 # Parts beyond this many are not looked at by the body test.
 MAX_BODY_PARTS: Final = 200
+# What of a header block the tests see: its first MAX_HEADER_BYTES octets
+# (whole lines) and, of those, the first MAX_HEADER_FIELDS fields. Real mail
+# has a few hundred at most; a message of nothing but "a:" lines was a
+# million Header objects per recipient with a script (seconds of CPU under
+# the interpreter lock, hundreds of megabytes).
+MAX_HEADER_BYTES: Final = 1 << 20
+MAX_HEADER_FIELDS: Final = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,18 +123,39 @@ def _text(data: bytes) -> str:
 
 
 def _parse_headers(data: bytes) -> tuple[Header, ...]:
-    block = _text(_split(data)[0])
+    head = _split(data[: MAX_HEADER_BYTES + 4])[0]
+    if len(head) > MAX_HEADER_BYTES:
+        head = head[: head.rfind(b"\n", 0, MAX_HEADER_BYTES) + 1]  # whole lines only
     out: list[Header] = []
-    for line in _FOLD.sub("", block).splitlines():
+    # Lines end at LF (CRLF, or LF alone) only: str.splitlines() also cuts at
+    # VT, FF, U+001C-U+001E, U+0085 and U+2028, so a value holding one gave a
+    # second, made-up field ("Subject: hi\x0bList-Id: x") the tests saw.
+    for line in _FOLD.sub("", _text(head)).split("\n"):
+        line = line.removesuffix("\r")
         name, colon, value = line.partition(":")
         if not colon or not name or name != name.strip() or " " in name:
             continue  # not a header field (RFC 5322 section 2.2): ignored
         out.append(Header.of(name, value.strip()))
+        if len(out) >= MAX_HEADER_FIELDS:
+            break
     return tuple(out)
 
 
 def body_parts(data: bytes) -> list[BodyPart]:
-    """The leaf MIME parts of a message, decoded (RFC 5173 section 5)."""
+    """The leaf MIME parts of a message, decoded (RFC 5173 section 5).
+
+    The standard library's parser recurses once per nested multipart or
+    message: a few thousand levels (a few dozen kilobytes) overflow the stack.
+    Such a message is read as one text/plain part, its body as sent, which is
+    what RFC 2045 section 5.2 makes of a part a reader does not understand;
+    the RecursionError failed the delivery with a 451 for every retry."""
+    try:
+        return _leaf_parts(data)
+    except RecursionError:
+        return [BodyPart("text/plain", decode_text(raw_body(data), None))]
+
+
+def _leaf_parts(data: bytes) -> list[BodyPart]:
     parsed = email.message_from_bytes(data, policy=email.policy.compat32)
     out: list[BodyPart] = []
     for part in parsed.walk():

@@ -299,6 +299,12 @@ def parse(script: str | bytes, limits: Limits = DEFAULT_LIMITS) -> Script:
             len(text.encode("utf-8", "surrogatepass")) > limits.max_script_size
         ):
             raise ScriptTooBig(f"script larger than {limits.max_script_size} octets")
+    # RFC 5228 section 8.1: no production takes NUL (octet-not-crlf and its
+    # kin start at %x01). Refused here, for every caller: PostgreSQL cannot
+    # store it in text either, and its refusal came as a failed write.
+    nul = text.find("\0")
+    if nul >= 0:
+        raise SieveSyntaxError("a script cannot hold NUL", text.count("\n", 0, nul) + 1)
     # RFC 5228 section 2.2 wants CRLF; LF alone is taken as well (see above).
     text = text.replace("\r\n", "\n")
     # A BOM some editors add is not part of the script.

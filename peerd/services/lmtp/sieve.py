@@ -39,9 +39,11 @@ import asyncio
 import datetime as dt
 import email.utils
 import logging
+import re
 import smtplib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -80,6 +82,7 @@ __all__ = ["SieveFilter", "Stored"]
 log = logging.getLogger("peerd.services.lmtp.sieve")
 
 INBOX = "INBOX"
+_DOMAIN: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?")
 # Compiled programs kept; the cache is emptied whenever it grows past this.
 MAX_CACHED = 10_000
 
@@ -131,10 +134,14 @@ class SieveFilter:
                 return out
 
             loaded = await self.node.store.read(load)
+            # Compiled in a thread: half a second of CPU for a script near
+            # the size cap, which on the event loop stalled the whole node.
+            compiled = await asyncio.to_thread(
+                lambda: {a: self._compile(a, text) for a, text in loaded.items()}
+            )
             if len(self._programs) > MAX_CACHED:
                 self._programs.clear()
-            for address, text in loaded.items():
-                self._programs[address] = self._compile(address, text)
+            self._programs.update(compiled)
         out: dict[str, tuple[str, Program]] = {}
         for address, _ in recipients:
             program = self._programs.get(address)
@@ -177,12 +184,18 @@ class SieveFilter:
         internaldate: dt.datetime,
         message_id: str | None = None,
     ) -> Stored:
-        message = Message.from_bytes(data, mail_from, address.strip("<>"))
         mailboxes: frozenset[str] = frozenset()
         if "mailbox" in program.required:
             mailboxes = await self.node.store.read(lambda s: _mailbox_names(s, account))
         context = Context(user_addresses=self.addresses(account, address), mailboxes=mailboxes)
-        result: Result = await asyncio.to_thread(evaluate, program, message, context)
+
+        def run() -> Result:
+            # The header parse too is the sender's to make slow (a megabyte
+            # of encoded words is a second of CPU): off the event loop.
+            message = Message.from_bytes(data, mail_from, address.strip("<>"))
+            return evaluate(program, message, context)
+
+        result = await asyncio.to_thread(run)
         if result.error is not None:
             log.warning("sieve: script of %s failed, message kept: %s", account, result.error)
         rejected = result.rejected
@@ -217,7 +230,12 @@ class SieveFilter:
             except (EngineError, OwnershipError) as exc:
                 return Stored(account, lmtp_reply(exc), False)
         if vacation is not None:
-            await self._vacation(account, vacation)
+            try:
+                await self._vacation(account, vacation)
+            except Exception:
+                # The message is stored: a failed reply must not turn its 250
+                # into a 451 (the MTA would deliver it again).
+                log.exception("sieve: vacation reply for %s failed", account)
         elif result.vacation_skipped:
             log.info("sieve: no vacation reply for %s: %s", account, result.vacation_skipped)
         return Stored(account, S250_OK, stored)
@@ -235,7 +253,12 @@ class SieveFilter:
             return
         if not due:
             return
-        domain = action.from_.rpartition("@")[2].strip("<> ") or self.node.config.node.hostname
+        # The reply's Message-ID names the :from domain when it is a plain
+        # one; a script's :from may hold anything (a line break made a
+        # header field of its own in the reply).
+        domain = action.from_.rpartition("@")[2].strip("<> ")
+        if not _DOMAIN.fullmatch(domain):
+            domain = self.node.config.node.hostname
         reply = compose_reply(
             action,
             date=email.utils.formatdate(usegmt=True),
@@ -251,13 +274,19 @@ class SieveFilter:
             log.warning("sieve: redirect to %s not sent: no [sieve] relay; kept", to)
             return False
 
+        # RFC 6531: an address with UTF-8 in it goes with SMTPUTF8 (smtplib
+        # writes commands as ASCII otherwise, and raised UnicodeEncodeError);
+        # a relay that does not offer it refuses the send like any other.
+        options = [] if mail_from.isascii() and to.isascii() else ["SMTPUTF8"]
+
         def send() -> None:
             with smtplib.SMTP(relay.host, relay.port, timeout=30) as smtp:
-                smtp.sendmail(mail_from, [to], data)
+                smtp.sendmail(mail_from, [to], data, mail_options=options)
 
         try:
             await asyncio.to_thread(send)
-        except (OSError, smtplib.SMTPException) as exc:
+        except (OSError, smtplib.SMTPException, ValueError) as exc:
+            # ValueError: what smtplib raises on an address it cannot write.
             log.warning("sieve: sending to %s through %s failed: %s", to, relay, exc)
             return False
         return True
