@@ -1,0 +1,46 @@
+"""Hostile input to the IMAP core where Python's own rules and the protocol's
+disagree: int()'s digit limit, datetime's range, Unicode case mapping, bytes
+beyond ASCII echoed in a response. Each answer is the protocol's (a command,
+or a ProtocolError that knows its reply), never a Python exception, and what
+the server writes is 7-bit and parses back."""
+
+from __future__ import annotations
+
+import pytest
+
+from peerd.protocols.imap import commands as c
+from peerd.protocols.imap.parser import CommandReader, ContinuationNeeded, Event, ProtocolError
+
+
+def pull(reader: CommandReader, data: bytes) -> list[Event]:
+    reader.feed(data)
+    out: list[Event] = []
+    while (event := reader.next_event()) is not None:
+        out.append(event)
+    return out
+
+
+# -- literal sizes: 1*DIGIT, however many digits -----------------------------------------
+
+
+@pytest.mark.parametrize("plus", [b"", b"+"])
+def test_a_literal_size_of_thousands_of_digits_is_fatal_not_a_value_error(plus: bytes) -> None:
+    # int() refuses strings of more than 4300 digits with a ValueError.
+    [event] = pull(CommandReader(), b"a LOGIN {" + b"9" * 5000 + plus + b"}\r\n")
+    assert isinstance(event, ProtocolError) and event.fatal and event.tag == "a"
+    assert event.reply().startswith(b"* BYE [TOOBIG] literal size")
+
+
+def test_a_literal_size_with_thousands_of_leading_zeros_is_its_number() -> None:
+    reader = CommandReader()
+    events = pull(reader, b"a LOGIN {" + b"0" * 5000 + b"5}\r\n")
+    assert events == [ContinuationNeeded(5)]
+    [event] = pull(reader, b"alice {6+}\r\nsecret\r\n")
+    assert event == c.Login("a", "alice", "secret")
+    [more] = pull(reader, b"b LOGIN {" + b"0" * 5000 + b"}\r\n")
+    assert more == ContinuationNeeded(0)
+
+
+def test_a_literal_size_past_32_bits_in_eleven_digits_is_fatal() -> None:
+    [event] = pull(CommandReader(), b"a APPEND INBOX {04294967296+}\r\n")
+    assert isinstance(event, ProtocolError) and event.fatal
