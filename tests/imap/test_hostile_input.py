@@ -6,6 +6,8 @@ the server writes is 7-bit and parses back."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
 from peerd.protocols.imap import commands as c
@@ -44,3 +46,32 @@ def test_a_literal_size_with_thousands_of_leading_zeros_is_its_number() -> None:
 def test_a_literal_size_past_32_bits_in_eleven_digits_is_fatal() -> None:
     [event] = pull(CommandReader(), b"a APPEND INBOX {04294967296+}\r\n")
     assert isinstance(event, ProtocolError) and event.fatal
+
+
+# -- APPEND date-time: one the store can keep in UTC, or BAD ----------------------------
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        b" 1-Jan-0001 00:00:00 +0100",  # 31 Dec of year 0 in UTC
+        b"31-Dec-9999 23:59:59 -0100",  # 1 Jan 10000 in UTC
+        b" 1-Jan-0001 00:59:59 +2359",
+        b" 1-Jan-2020 00:00:00 +0099",  # no zone has 99 minutes
+        b" 1-Jan-2020 00:00:00 +9999",
+    ],
+)
+def test_append_date_times_outside_what_utc_holds_are_bad(when: bytes) -> None:
+    line = b'a APPEND INBOX "' + when + b'" {2+}\r\nhi\r\n'
+    [event] = pull(CommandReader(), line)
+    assert isinstance(event, ProtocolError) and event.status == "BAD" and event.tag == "a"
+
+
+@pytest.mark.parametrize("when", [b" 1-Jan-0001 00:00:00 -0000", b"31-Dec-9999 23:59:59 +2359"])
+def test_append_date_times_at_the_edges_stay_usable(when: bytes) -> None:
+    line = b'a APPEND INBOX "' + when + b'" {2+}\r\nhi\r\n'
+    [event] = pull(CommandReader(), line)
+    assert isinstance(event, c.Append)
+    internal = event.messages[0].internaldate
+    assert internal is not None
+    internal.astimezone(dt.UTC)  # what the APPEND handler does with it
