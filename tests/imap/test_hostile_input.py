@@ -11,7 +11,10 @@ import datetime as dt
 import pytest
 
 from peerd.protocols.imap import commands as c
+from peerd.protocols.imap import metadata
+from peerd.protocols.imap import responses as r
 from peerd.protocols.imap.parser import CommandReader, ContinuationNeeded, Event, ProtocolError
+from peerd.protocols.imap.tokens import tokenize
 
 
 def pull(reader: CommandReader, data: bytes) -> list[Event]:
@@ -75,3 +78,40 @@ def test_append_date_times_at_the_edges_stay_usable(when: bytes) -> None:
     internal = event.messages[0].internaldate
     assert internal is not None
     internal.astimezone(dt.UTC)  # what the APPEND handler does with it
+
+
+# -- what the server writes is 7-bit ----------------------------------------------------
+
+
+def test_response_text_is_seven_bit_and_one_line() -> None:
+    line = r.tagged("a", "NO", "no such mailbox: \u00e9t\u00e9\r\n* OK \x00 \udc80")
+    assert line == b"a NO no such mailbox: \\xe9t\\xe9  * OK   \\udc80\r\n"
+    assert r.untagged_status("BYE", "\u0131") == b"* BYE \\u0131\r\n"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'a SEARCH CHARSET "utf-8\xc4\xb1" ALL\r\n',
+        b'a SEARCH SINCE "1\xd9\xa3-Jan-2020"\r\n',
+        b"a CREATE {2+}\r\n\xc3\xa9\r\n",
+        b"a LOGIN {2+}\r\n\xff\xfe x\r\n",
+    ],
+)
+def test_errors_that_echo_the_command_are_seven_bit(line: bytes) -> None:
+    [event] = pull(CommandReader(), line)
+    assert isinstance(event, ProtocolError)
+    reply = event.reply()
+    assert reply.isascii() and reply.count(b"\r\n") == 1 and reply.endswith(b"\r\n")
+
+
+def test_metadata_entry_names_are_written_as_astrings() -> None:
+    values = [("/private/a b", b"v"), ('/private/q"x', None), ("/private/p(", b"w")]
+    wire = metadata.metadata_response("INBOX", values)
+    assert wire == (
+        b'* METADATA INBOX ("/private/a b" "v" {12}\r\n/private/q"x NIL "/private/p(" "w")\r\n'
+    )
+    # Read back as a client does: the list holds three entries and their values.
+    head, _, rest = wire[len(b"* METADATA INBOX ") : -2].partition(b"{12}\r\n")
+    [items] = tokenize(head + b"\x00" + rest[12:], [rest[:12]])
+    assert items == (b"/private/a b", b"v", b'/private/q"x', "NIL", b"/private/p(", b"w")
