@@ -10,11 +10,14 @@ import datetime as dt
 
 import pytest
 
+from engine.mailbox import normalize_mailbox_name
 from peerd.protocols.imap import commands as c
 from peerd.protocols.imap import metadata
 from peerd.protocols.imap import responses as r
 from peerd.protocols.imap.parser import CommandReader, ContinuationNeeded, Event, ProtocolError
+from peerd.protocols.imap.searchkey import check_charset
 from peerd.protocols.imap.tokens import tokenize
+from peerd.protocols.imap.wildcard import matches
 
 
 def pull(reader: CommandReader, data: bytes) -> list[Event]:
@@ -115,3 +118,24 @@ def test_metadata_entry_names_are_written_as_astrings() -> None:
     head, _, rest = wire[len(b"* METADATA INBOX ") : -2].partition(b"{12}\r\n")
     [items] = tokenize(head + b"\x00" + rest[12:], [rest[:12]])
     assert items == (b"/private/a b", b"v", b'/private/q"x', "NIL", b"/private/p(", b"w")
+
+
+# -- INBOX in ASCII case only (RFC 3501 5.1) ---------------------------------------------
+
+
+def test_a_dotless_i_inbox_is_a_mailbox_of_its_own() -> None:
+    dotless = "\u0131nbox"  # dotless i: its upper() is "INBOX"
+    assert c.mailbox_name(b"&ATE-nbox") == dotless
+    assert c.mailbox_name(b"iNbOx") == "INBOX"
+    assert normalize_mailbox_name(dotless + "/x") == dotless + "/x"
+    assert normalize_mailbox_name("inbox/x") == "INBOX/x"
+    assert not matches("", "INBOX", dotless)
+    assert not matches("", "inbox/%", dotless + "/x")
+    assert matches("", "inbox/%", "INBOX/x")
+
+
+def test_charset_names_match_in_ascii_case_only() -> None:
+    assert check_charset("us-ascii") == "US-ASCII"
+    with pytest.raises(r.CommandError) as refused:
+        check_charset("us-a\u017fcii")  # long s: upper() gives "US-ASCII"
+    assert refused.value.status == "NO"

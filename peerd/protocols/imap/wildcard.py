@@ -156,10 +156,9 @@ class Pattern:
 
 
 def _first_level_is_inbox(name: str) -> bool:
-    return name[: len(_INBOX)].upper() == _INBOX and name[len(_INBOX) : len(_INBOX) + 1] in (
-        "",
-        DELIMITER,
-    )
+    # ASCII case only: "\u0131nbox".upper() is "INBOX" too (see commands.is_inbox).
+    first, after = name[: len(_INBOX)], name[len(_INBOX) : len(_INBOX) + 1]
+    return first.isascii() and first.upper() == _INBOX and after in ("", DELIMITER)
 
 
 def compile_pattern(reference: str, pattern: str) -> Pattern:
