@@ -54,6 +54,35 @@ def test_a_literal_size_past_32_bits_in_eleven_digits_is_fatal() -> None:
     assert isinstance(event, ProtocolError) and event.fatal
 
 
+# -- every number in a command: ASCII digits, bounded before int() -----------------------
+
+_HUGE = b"9" * 5000  # int() refuses more than 4300 digits with a ValueError
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"a FETCH " + _HUGE + b" FLAGS",
+        b"a UID COPY 1:" + _HUGE + b" INBOX",
+        b"a SEARCH UID 1," + _HUGE,
+        b"a FETCH 1 BODY[" + _HUGE + b"]",
+        b"a FETCH 1 BODY.PEEK[1." + _HUGE + b".HEADER]",
+        b"a FETCH 1 BINARY[" + _HUGE + b"]",
+        b"a UID FETCH 1:* FLAGS (PARTIAL 1:" + _HUGE + b")",
+        b"a SEARCH RETURN (PARTIAL -1:-" + _HUGE + b") ALL",
+        b"a FETCH 1:* FLAGS (CHANGEDSINCE " + _HUGE + b")",
+        b"a SEARCH LARGER " + _HUGE,
+        b'a SETQUOTA "" (STORAGE ' + _HUGE + b")",
+        b"a GETMETADATA (MAXSIZE " + _HUGE + b") INBOX /private/comment",
+    ],
+)
+def test_numbers_of_thousands_of_digits_get_the_grammars_own_error(line: bytes) -> None:
+    [event] = pull(CommandReader(), line + b"\r\n")
+    assert isinstance(event, ProtocolError) and event.tag == "a" and event.status == "BAD"
+    # Not the catch-all the reader keeps for exceptions no rule names.
+    assert "malformed command" not in event.text, event.text
+
+
 # -- APPEND date-time: one the store can keep in UTC, or BAD ----------------------------
 
 
