@@ -17,7 +17,7 @@ from peerd.protocols.imap import responses as r
 from peerd.protocols.imap.parser import CommandReader, ContinuationNeeded, Event, ProtocolError
 from peerd.protocols.imap.searchkey import check_charset
 from peerd.protocols.imap.tokens import tokenize
-from peerd.protocols.imap.wildcard import matches
+from peerd.protocols.imap.wildcard import MAX_PATTERNS, matches
 
 
 def pull(reader: CommandReader, data: bytes) -> list[Event]:
@@ -168,3 +168,18 @@ def test_charset_names_match_in_ascii_case_only() -> None:
     with pytest.raises(r.CommandError) as refused:
         check_charset("us-a\u017fcii")  # long s: upper() gives "US-ASCII"
     assert refused.value.status == "NO"
+
+
+# -- work one command can ask for ---------------------------------------------------------
+
+
+def test_a_list_of_more_patterns_than_the_cap_is_no_limit() -> None:
+    # Each pattern is matched against every mailbox name: thousands of them in
+    # one 64 KiB command kept a core busy for minutes.
+    many = b" ".join(b"*x%d*" % i for i in range(MAX_PATTERNS + 1))
+    [event] = pull(CommandReader(), b'a LIST "" (' + many + b")\r\n")
+    assert isinstance(event, ProtocolError) and event.status == "NO"
+    assert event.reply().startswith(b"a NO [LIMIT] ")
+    enough = b" ".join(b"*x%d*" % (i % 3) for i in range(MAX_PATTERNS))
+    [listed] = pull(CommandReader(), b'a LIST "" (' + enough + b")\r\n")
+    assert isinstance(listed, c.List) and listed.patterns == ("*x0*", "*x1*", "*x2*")

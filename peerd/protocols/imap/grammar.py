@@ -34,6 +34,7 @@ from peerd.protocols.imap.sequence import MAX_NUMBER, SequenceSet
 from peerd.protocols.imap.sort import parse_criteria
 from peerd.protocols.imap.thread import parse_algorithm
 from peerd.protocols.imap.tokens import MARK, TAG, Literal8Data, LiteralData, Token, tokenize
+from peerd.protocols.imap.wildcard import MAX_PATTERNS, PatternLimit
 
 __all__ = ["parse_command"]
 
@@ -290,7 +291,9 @@ def _list(tag: str, args: _Args) -> c.Command:
     patterns: tuple[str, ...]
     if isinstance(args.peek(), tuple):  # RFC 5258: several patterns in a list
         group = _Args("LIST", args.list("patterns"))
-        patterns = tuple(group.mailbox("pattern") for _ in group.tokens)
+        if len(group.tokens) > MAX_PATTERNS:
+            raise PatternLimit(f"LIST takes at most {MAX_PATTERNS} patterns")
+        patterns = tuple(dict.fromkeys(group.mailbox("pattern") for _ in group.tokens))
     else:
         patterns = (args.mailbox("pattern"),)
     returns: tuple[str, ...] = ()
