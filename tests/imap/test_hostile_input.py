@@ -7,6 +7,7 @@ the server writes is 7-bit and parses back."""
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 import pytest
 
@@ -14,6 +15,8 @@ from engine.mailbox import normalize_mailbox_name
 from peerd.protocols.imap import commands as c
 from peerd.protocols.imap import metadata
 from peerd.protocols.imap import responses as r
+from peerd.protocols.imap.fetchatt import parse_fetch_atts
+from peerd.protocols.imap.fetchreply import FetchRenderer, Segment, StructureCache
 from peerd.protocols.imap.parser import CommandReader, ContinuationNeeded, Event, ProtocolError
 from peerd.protocols.imap.searchkey import check_charset
 from peerd.protocols.imap.tokens import tokenize
@@ -183,3 +186,33 @@ def test_a_list_of_more_patterns_than_the_cap_is_no_limit() -> None:
     enough = b" ".join(b"*x%d*" % (i % 3) for i in range(MAX_PATTERNS))
     [listed] = pull(CommandReader(), b'a LIST "" (' + enough + b")\r\n")
     assert isinstance(listed, c.List) and listed.patterns == ("*x0*", "*x1*", "*x2*")
+
+
+@dataclass(frozen=True, slots=True)
+class _Rec:
+    uid: int = 7
+    guid: str = "a" * 40
+    flags: str = ""
+    modseq: int = 1
+    size: int = 0
+    internaldate: dt.datetime = dt.datetime(2024, 5, 1, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize("kind", [b"BINARY.PEEK[1]", b"BODY.PEEK[TEXT]", b"BODY.PEEK[]"])
+def test_fetch_items_may_not_ask_for_one_message_many_times_over(kind: bytes) -> None:
+    # A few octets an item, each naming (nearly) the whole message: 300 of
+    # them over a 2 MB message held 2.4 GB. What one message's items hold is
+    # bounded by a multiple of the message: NO [LIMIT].
+    raw = b"Subject: big\r\n\r\n" + b"x" * 998 * 2000 + b"\r\n"
+    record = _Rec(size=len(raw))
+    many = b"(" + b" ".join(kind + b"<%d.%d>" % (k, len(raw)) for k in range(300)) + b")"
+    renderer = FetchRenderer(parse_fetch_atts(tokenize(many)[0]))
+    out: list[Segment] = []
+    with pytest.raises(r.CommandError) as refused:
+        renderer.message(1, record, lambda guid: raw, StructureCache(), out)
+    assert refused.value.status == "NO" and refused.value.code == r.CODE_LIMIT
+    # What clients ask for together (the whole, its parts, decoded) is served.
+    usual = b"(BODY.PEEK[] RFC822 BODY.PEEK[TEXT] BINARY.PEEK[1] BODY.PEEK[HEADER] BODYSTRUCTURE)"
+    fine = FetchRenderer(parse_fetch_atts(tokenize(usual)[0]))
+    held = fine.message(1, record, lambda guid: raw, StructureCache(), out)
+    assert held >= 3 * len(raw)
