@@ -79,7 +79,8 @@ def normalize_mailbox_name(name: str) -> str:
     parts = name.split(SEPARATOR)
     if "" in parts:
         raise InvalidArgument(f"mailbox name {name!r} has an empty level")
-    if parts[0].upper() == "INBOX":
+    # ASCII case only (RFC 3501 5.1): "\u0131nbox".upper() is "INBOX" too.
+    if parts[0].isascii() and parts[0].upper() == "INBOX":
         parts[0] = "INBOX"
         return SEPARATOR.join(parts)
     return name

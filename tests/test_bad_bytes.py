@@ -19,6 +19,8 @@ IMAP_LINES = [
     b"a AUTHENTICATE PLAIN \xff\xff\r\n",
     b'a ID ("name" "\xff")\r\n',
     b"a CAPABILITY \x00\r\n",
+    # A literal size int() refuses (more than 4300 digits): * BYE, not a traceback.
+    b"a LOGIN {" + b"9" * 5000 + b"}\r\n",
 ]
 POP3_LINES = [b"USER \xff\xfe\r\n", b"\xff\xff\r\n", b"AUTH PLAIN \xff\r\n", b"APOP \xff \xfe\r\n"]
 
@@ -49,11 +51,15 @@ def test_undecodable_bytes_before_login(lone_node: NodeFactory) -> None:
             b"c SEARCH SUBJECT \xff\r\n",
             b'd CREATE "\xff\xfe"\r\n',
             b'e LIST "" "\xff*"\r\n',
+            # A date-time the store cannot hold in UTC (it overflowed in APPEND).
+            b'f APPEND INBOX " 1-Jan-0001 00:00:00 +0100" {2+}\r\nhi\r\n',
+            b'g STATUS "&AOkA6Q-" (MESSAGES)\r\n',  # echoes the name: 7-bit
         ):
             raw.sendall(line)
             while (answer := reader.readline()).startswith(b"*"):
                 pass
-            assert answer[:1] in b"bcde" and answer.split()[1] in (b"OK", b"NO", b"BAD"), (
+            assert answer.isascii(), (line, answer)
+            assert answer[:1] in b"bcdefg" and answer.split()[1] in (b"OK", b"NO", b"BAD"), (
                 line,
                 answer,
             )

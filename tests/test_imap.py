@@ -236,6 +236,30 @@ def test_malformed_input_and_limits(served: Node) -> None:
     assert b"f NO [TOOBIG]" in text and b"h OK" in text
 
 
+def test_catenate_urls_are_held_to_max_literal_across_a_multiappend(served: Node) -> None:
+    # A CATENATE URL of a few octets names a whole stored message: five of
+    # them in one MULTIAPPEND build five messages, each under [imap]
+    # max_literal (1M here) and together over it. The command is refused
+    # like literals over the cap (NO [TOOBIG]), all or nothing, before the
+    # daemon holds them all (300 URLs of a 2 MB message held 600 MB).
+    stored = b"Subject: big\r\n\r\n" + b"x" * 998 * 300 + b"\r\n"
+    five = b' CATENATE (URL "/INBOX/;UID=1")' * 5
+    replies = raw(
+        served,
+        [
+            b"a LOGIN alice secret\r\n",
+            b"b APPEND INBOX {%d+}\r\n%b\r\n" % (len(stored), stored),
+            b"c APPEND INBOX" + five + b"\r\n",
+            b"d APPEND INBOX" + five[: len(five) * 3 // 5] + b"\r\n",
+            b"e STATUS INBOX (MESSAGES)\r\n",
+        ],
+    )
+    text = b"".join(replies)
+    assert b"b OK [APPENDUID " in text, text[-500:]
+    assert b"c NO [TOOBIG]" in text and b"d OK [APPENDUID " in text, text[-500:]
+    assert b"* STATUS INBOX (MESSAGES 4)" in text
+
+
 def test_failed_logins_are_delayed_then_cut(served: Node) -> None:
     c = connect(served, login=False)
     started = time.monotonic()

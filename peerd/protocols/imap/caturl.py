@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote
 
+from peerd.protocols.imap.commands import is_inbox
 from peerd.protocols.imap.fetchatt import BodySection, parse_fetch_att
 from peerd.protocols.imap.responses import CODE_BADURL, CommandError
 from peerd.protocols.imap.structure import section
@@ -74,7 +75,7 @@ def parse_url(url: str, account: str) -> ImapUrl:
     except (UnicodeDecodeError, CommandError) as exc:
         raise bad_url(url, "bad mailbox or section in URL") from exc
     assert isinstance(body, BodySection)
-    if mailbox.upper() == "INBOX":
+    if is_inbox(mailbox):
         mailbox = "INBOX"
     validity = found.group("uidvalidity")
     partial: tuple[int, int | None] | None = None

@@ -71,6 +71,7 @@ __all__ = [
     "UidExpunge",
     "Unselect",
     "Unsubscribe",
+    "is_inbox",
     "mailbox_name",
     "normalize_flag",
 ]
@@ -95,7 +96,13 @@ def mailbox_name(raw: str | bytes) -> str:
     """A mailbox name from the wire: modified UTF-7 decoded, ``INBOX`` in any case
     normalised (RFC 3501 5.1: INBOX is case-insensitive, other names are not)."""
     name = decode_mailbox(raw)
-    return "INBOX" if name.upper() == "INBOX" else name
+    return "INBOX" if is_inbox(name) else name
+
+
+def is_inbox(name: str) -> bool:
+    """``name`` is INBOX in some case. RFC 3501 5.1 means ASCII case: Unicode
+    case mapping would take "\u0131nbox" (dotless i), a name of its own, as INBOX."""
+    return name.isascii() and name.upper() == "INBOX"
 
 
 def normalize_flag(text: str) -> str:

@@ -200,9 +200,7 @@ def _section(text: str, start: int, *, peek: bool) -> BodySection:
         pieces = spec.split(".")
         i = 0
         while i < len(pieces) and pieces[i].isascii() and pieces[i].isdigit():
-            if pieces[i][0] == "0":
-                raise CommandError("section part numbers start at 1 (RFC 3501 9)")
-            part.append(int(pieces[i]))
+            part.append(_part_number(pieces[i]))
             i += 1
         found = _KINDS.get(".".join(pieces[i:]).upper()) if i < len(pieces) else SectionKind.ALL
         if found is None or (found is SectionKind.ALL and i < len(pieces)):
@@ -215,6 +213,16 @@ def _section(text: str, start: int, *, peek: bool) -> BodySection:
     return BodySection(tuple(part), kind, fields, partial, peek)
 
 
+def _part_number(digits: str) -> int:
+    """A section part (ASCII digits): an nz-number (RFC 3501 9). More than ten
+    digits is past 2^32-1, and never given to int(), which refuses 4300."""
+    if digits[0] == "0":
+        raise CommandError("section part numbers start at 1 (RFC 3501 9)")
+    if len(digits) > 10 or int(digits) > MAX_NUMBER:
+        raise CommandError(f"section part number {digits[:20]} is above 2^32-1")
+    return int(digits)
+
+
 def _binary(text: str, start: int, *, peek: bool, size: bool) -> BinarySection:
     # RFC 3516 5: section-binary = "[" [section-part] "]": part numbers only.
     end = text.find("]", start)
@@ -223,9 +231,9 @@ def _binary(text: str, start: int, *, peek: bool, size: bool) -> BinarySection:
     spec = text[start:end]
     part: list[int] = []
     for piece in spec.split(".") if spec else ():
-        if not (piece.isascii() and piece.isdigit()) or piece[0] == "0":
+        if not (piece.isascii() and piece.isdigit()):
             raise CommandError(f"bad BINARY section {spec[:40]!r}: part numbers only (RFC 3516)")
-        part.append(int(piece))
+        part.append(_part_number(piece))
     partial = _partial(text[end + 1 :])
     if size and partial is not None:
         raise CommandError("BINARY.SIZE takes no partial (RFC 3516 5)")

@@ -59,6 +59,7 @@ from peerd.protocols.imap.fetchatt import (
 from peerd.protocols.imap.parsed import Structure, structures
 from peerd.protocols.imap.records import Numbered, Record
 from peerd.protocols.imap.responses import (
+    CODE_LIMIT,
     CODE_UNKNOWN_CTE,
     CommandError,
     fetch_response,
@@ -498,8 +499,7 @@ class FetchRenderer:
     ) -> int:
         """:meth:`message` with items that need the octets: the text between
         two literals is joined, a literal's octets are a piece of their own."""
-        held = 0
-        raw: bytes | None = None
+        octets: _Octets | None = None
         text: list[bytes] = [b"* %d FETCH (" % seq]
         for i, (att, code) in enumerate(zip(self._items, self._codes, strict=True)):
             if i:
@@ -524,26 +524,26 @@ class FetchRenderer:
                         self.spans += 1
                         text = []
                         continue
-                if raw is None:
-                    raw = reader(record.guid)
-                data = raw
+                if octets is None:
+                    octets = _Octets(reader(record.guid))
+                data = octets.raw
                 if partial is not None:
                     # RFC 3501 6.4.5: <origin.length>; past the end is an empty string.
-                    data = raw[partial[0] : partial[0] + partial[1]]
+                    data = data[partial[0] : partial[0] + partial[1]]
+                octets.hold(len(data))
                 text.append(name + b" {%d}\r\n" % len(data))
                 out.append(b"".join(text))
                 out.append(data)
-                held += len(data)
                 text = []
             else:
-                if raw is None:
-                    raw = reader(record.guid)
-                item = _body_item(att, raw)
+                if octets is None:
+                    octets = _Octets(reader(record.guid))
+                item = _body_item(att, octets)
+                octets.hold(len(item))
                 text.append(item)
-                held += len(item)
         text.append(b")\r\n")
         out.append(b"".join(text))
-        return held
+        return 0 if octets is None else octets.held
 
     def _field(self, att: FetchAtt, record: Record, found: Structure | None) -> bytes:
         if att is Item.UID:
@@ -570,7 +570,7 @@ def render_fetch(
 ) -> bytes:
     """``* seq FETCH (...)`` for one message (RFC 3501 7.4.2)."""
     parts: list[bytes] = []
-    raw: bytes | None = None
+    octets: _Octets | None = None
     for att in items:
         if att is Item.UID:
             parts.append(b"UID %d" % record.uid)
@@ -589,18 +589,74 @@ def render_fetch(
         elif att is Item.BODY:
             parts.append(b"BODY " + structures.get(record.guid, reader)[2])
         else:
-            if raw is None:
-                raw = reader(record.guid)
-            parts.append(_body_item(att, raw))
+            if octets is None:
+                octets = _Octets(reader(record.guid))
+            item = _body_item(att, octets)
+            octets.hold(len(item))
+            parts.append(item)
     return fetch_response(seq, parts)
 
 
-def _binary_item(att: BinarySection, raw: bytes) -> bytes:
+# What the items of one FETCH may hold of one message, in octets: this many
+# times the message, plus a floor. Ample for any client's items (the whole
+# message, its header and text, a few parts, their decoded forms); an item
+# is a few octets on the wire and may name the whole message, so without a
+# bound 300 BINARY[1]<k.2000000> of one 2 MB message held 2.4 GB.
+_HOLD_FACTOR: Final = 8
+_HOLD_FLOOR: Final = 1 << 20
+
+
+class _Octets:
+    """One message's octets as its FETCH items take them: each section cut
+    or decoded once (an item's partial is cut from it), and what the items
+    and those sections hold counted against :data:`_HOLD_FACTOR`."""
+
+    __slots__ = ("_budget", "_sections", "_used", "held", "raw")
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self.held = 0  # in the items
+        self._used = 0  # in the items and the sections they were cut from
+        self._budget = _HOLD_FACTOR * len(raw) + _HOLD_FLOOR
+        self._sections: dict[tuple[object, ...], bytes | None] = {}
+
+    def hold(self, size: int) -> None:
+        """An item of ``size`` octets is kept for the response."""
+        self.held += size
+        self._use(size)
+
+    def _use(self, size: int) -> None:
+        self._used += size
+        if self._used > self._budget:
+            raise CommandError(
+                "the FETCH items ask for too many octets of one message; ask for fewer at once",
+                code=CODE_LIMIT,
+                status="NO",
+            )
+
+    def section(
+        self, path: tuple[int, ...], kind: SectionKind, fields: tuple[str, ...] = ()
+    ) -> bytes | None:
+        key = ("section", path, kind, fields)
+        if key not in self._sections:
+            data = self._sections[key] = structure.section(self.raw, path, kind, fields)
+            self._use(len(data or b""))
+        return self._sections[key]
+
+    def binary(self, path: tuple[int, ...]) -> bytes | None:
+        key = ("binary", path)
+        if key not in self._sections:
+            data = self._sections[key] = structure.binary_section(self.raw, path)
+            self._use(len(data or b""))
+        return self._sections[key]
+
+
+def _binary_item(att: BinarySection, octets: _Octets) -> bytes:
     """RFC 3516 4: ``BINARY[p] ~{n}`` (a literal8 when the octets hold NUL,
     else a plain literal) or ``BINARY.SIZE[p] n``; NIL for a missing part.
     An encoding that cannot be undone is ``NO [UNKNOWN-CTE]`` (4.3)."""
     try:
-        data = structure.binary_section(raw, att.part)
+        data = octets.binary(att.part)
     except structure.UnknownEncoding as exc:
         raise CommandError(
             f"cannot decode the part's Content-Transfer-Encoding {str(exc)[:40]!r}",
@@ -619,17 +675,17 @@ def _binary_item(att: BinarySection, raw: bytes) -> bytes:
     return response_name(att) + b" " + literal(data)
 
 
-def _body_item(att: FetchAtt, raw: bytes) -> bytes:
+def _body_item(att: FetchAtt, octets: _Octets) -> bytes:
     if att is Item.RFC822:
-        return b"RFC822 " + literal(raw)
+        return b"RFC822 " + literal(octets.raw)
     if att is Item.RFC822_HEADER:
-        return b"RFC822.HEADER " + literal(structure.section(raw, (), SectionKind.HEADER) or b"")
+        return b"RFC822.HEADER " + literal(octets.section((), SectionKind.HEADER) or b"")
     if att is Item.RFC822_TEXT:
-        return b"RFC822.TEXT " + literal(structure.section(raw, (), SectionKind.TEXT) or b"")
+        return b"RFC822.TEXT " + literal(octets.section((), SectionKind.TEXT) or b"")
     if isinstance(att, BinarySection):
-        return _binary_item(att, raw)
+        return _binary_item(att, octets)
     assert isinstance(att, BodySection)
-    data = structure.section(raw, att.part, att.kind, att.fields)
+    data = octets.section(att.part, att.kind, att.fields)
     if data is not None and att.partial is not None:
         # RFC 3501 6.4.5: <origin.length>; past the end is an empty string.
         origin, length = att.partial

@@ -34,6 +34,7 @@ from peerd.protocols.imap.sequence import MAX_NUMBER, SequenceSet
 from peerd.protocols.imap.sort import parse_criteria
 from peerd.protocols.imap.thread import parse_algorithm
 from peerd.protocols.imap.tokens import MARK, TAG, Literal8Data, LiteralData, Token, tokenize
+from peerd.protocols.imap.wildcard import MAX_PATTERNS, PatternLimit
 
 __all__ = ["parse_command"]
 
@@ -141,12 +142,18 @@ def _date_time(raw: bytes) -> dt.datetime:
         raise CommandError('APPEND: bad date-time, want "dd-Mon-yyyy hh:mm:ss +zzzz"')
     day, _, year, hh, mm, ss, sign, zh, zm = match.groups()
     offset = dt.timedelta(hours=int(zh), minutes=int(zm)) * (-1 if sign == b"-" else 1)
+    if int(zm) > 59:
+        raise CommandError("APPEND: no such zone, its minutes run 00 to 59")
     try:
-        return dt.datetime(
+        when = dt.datetime(
             int(year), month, int(day), int(hh), int(mm), int(ss), tzinfo=dt.timezone(offset)
         )
-    except ValueError as exc:
+        # The store keeps UTC: a time whose zone carries it past year 1 or
+        # 9999 (" 1-Jan-0001 00:00:00 +0100") exists in no datetime.
+        when.astimezone(dt.UTC)
+    except (ValueError, OverflowError) as exc:
         raise CommandError("APPEND: no such date-time") from exc
+    return when
 
 
 def _no_args(cls: Callable[[str], c.Command]) -> Callable[[str, _Args], c.Command]:
@@ -284,7 +291,9 @@ def _list(tag: str, args: _Args) -> c.Command:
     patterns: tuple[str, ...]
     if isinstance(args.peek(), tuple):  # RFC 5258: several patterns in a list
         group = _Args("LIST", args.list("patterns"))
-        patterns = tuple(group.mailbox("pattern") for _ in group.tokens)
+        if len(group.tokens) > MAX_PATTERNS:
+            raise PatternLimit(f"LIST takes at most {MAX_PATTERNS} patterns")
+        patterns = tuple(dict.fromkeys(group.mailbox("pattern") for _ in group.tokens))
     else:
         patterns = (args.mailbox("pattern"),)
     returns: tuple[str, ...] = ()

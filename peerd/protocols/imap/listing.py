@@ -132,7 +132,8 @@ def _responses(
     for name in candidates:
         if not any(pattern.matches(name) for pattern in compiled):
             continue
-        special = SPECIAL_USE.get(name.lower())
+        # ASCII case only: "JUN\u212a".lower() (a Kelvin sign) is "junk" too.
+        special = SPECIAL_USE.get(name.lower()) if name.isascii() else None
         if special_only and special is None:
             continue
         attrs = []

@@ -24,7 +24,7 @@ from typing import ClassVar, Final, Literal
 
 from peerd.protocols.imap.args import Args
 from peerd.protocols.imap.commands import Command
-from peerd.protocols.imap.responses import CommandError, mailbox, nstring
+from peerd.protocols.imap.responses import CommandError, astring, mailbox, nstring
 
 __all__ = [
     "BUILDERS",
@@ -199,7 +199,9 @@ def select_entries(
 
 def metadata_response(name: str, values: Sequence[tuple[str, bytes | None]]) -> bytes:
     """``* METADATA mailbox (entry value ...)`` (RFC 5464 4.4.1)."""
-    body = b" ".join(entry.encode("ascii") + b" " + nstring(value) for entry, value in values)
+    # An entry name is an astring (RFC 5464 5): one with a space, a quote or a
+    # parenthesis, which check_entry lets through, is quoted or a literal.
+    body = b" ".join(astring(entry) + b" " + nstring(value) for entry, value in values)
     return b"* METADATA " + mailbox(name) + b" (" + body + b")\r\n"
 
 

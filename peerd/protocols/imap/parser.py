@@ -145,10 +145,15 @@ def _literal_marker(body: bytes) -> tuple[int, int, bool, bool] | None:
     sync = not digits.endswith(b"+")
     if not sync:
         digits = digits[:-1]
-    if not digits.isdigit():
+    if not digits.isdigit():  # bytes.isdigit(): ASCII 0-9 only
         return None
+    # number is 1*DIGIT, leading zeros allowed (RFC 3501 9). int() refuses more
+    # than 4300 digits (a ValueError, not this protocol's error), and a size of
+    # more than ten significant digits is past 2^32-1 whatever they are.
+    significant = digits.lstrip(b"0")
+    size = int(significant or b"0") if len(significant) <= 10 else MAX_NUMBER + 1
     eight = start > 0 and body[start - 1 : start] == b"~"  # literal8, RFC 3516 4.2
-    return (start - 1 if eight else start), int(digits), sync, eight
+    return (start - 1 if eight else start), size, sync, eight
 
 
 class CommandReader:
@@ -215,7 +220,7 @@ class CommandReader:
             start, size, sync, eight = marker
             self._parts.append(line[:start])
             if size > MAX_NUMBER:
-                return self._fatal(f"literal size {size} is not a 32-bit number (RFC 3501 9)")
+                return self._fatal("literal size is not a 32-bit number (RFC 3501 9)")
             if self._discard is not None:
                 if sync:
                     # The client waits for "+"; answering the command instead

@@ -32,10 +32,10 @@ def _nz_number(text: str, whole: str) -> int:
     # RFC 9394 4: nz-number, a non-zero unsigned 32-bit number; ASCII digits only.
     if not (text.isascii() and text.isdigit()) or text.startswith("0"):
         raise CommandError(f"PARTIAL: bad range {whole[:40]!r} (RFC 9394 4)")
-    value = int(text)
-    if value > MAX_NUMBER:
+    # No int() of more than ten digits: past 2^32-1, and int() refuses 4300.
+    if len(text) > 10 or int(text) > MAX_NUMBER:
         raise CommandError(f"PARTIAL: {whole[:40]!r} is out of range (RFC 9394 4)")
-    return value
+    return int(text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ ROOT: Final = ""
 """The one quota root of an account."""
 _KIB: Final = 1024
 _MAX_RESOURCES: Final = 20
+_MAX_LIMIT: Final = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +89,9 @@ def _setquota(tag: str, args: Args) -> Command:
             or not (number.isascii() and number.isdigit())
         ):
             raise CommandError("SETQUOTA: resource limits are (name number ...)")
+        # number64 (RFC 9208 4.1.3); no int() of more than 4300 digits (a ValueError).
+        if len(number) > 20 or int(number) > _MAX_LIMIT:
+            raise CommandError("SETQUOTA: a limit is at most 2^63-1 (RFC 9208 4.1.3)")
         limits.append((resource.upper(), int(number)))
     return SetQuota(tag, root, tuple(limits))
 

@@ -292,11 +292,16 @@ def response_code(name: bytes, *args: Value) -> bytes:
 
 def _text(text: str) -> bytes:
     # resp-text is 1*TEXT-CHAR (RFC 3501 9): never CR or LF, which would let a
-    # value echoed in an error message inject a response line.
-    data = text.encode("utf-8", "replace")
-    if b"\r" in data or b"\n" in data:
-        data = data.replace(b"\r", b" ").replace(b"\n", b" ")
+    # value echoed in an error message inject a response line; and TEXT-CHAR
+    # is a 7-bit CHAR (no UTF8=ACCEPT here, RFC 6855), so a name or value
+    # echoed with letters beyond ASCII (or a surrogate from a bad byte) is
+    # written as its escape: "\xe9", never 8-bit octets.
+    # NUL is no CHAR either (%x01-7F).
+    data = text.encode("ascii", "backslashreplace").translate(_TEXT_BREAKS)
     return data or b"done"
+
+
+_TEXT_BREAKS: Final = bytes.maketrans(b"\r\n\x00", b"   ")
 
 
 def _status_line(tag: str, status: str, text: str, code: bytes | None) -> bytes:

@@ -220,7 +220,8 @@ _MONTHS: Final = {
 
 def check_charset(name: str) -> str:
     """The canonical charset name, or ``NO [BADCHARSET (UTF-8 US-ASCII)]``."""
-    upper = name.upper()
+    # ASCII case only: "us-a\u017fcii".upper() (long s) is "US-ASCII" too.
+    upper = name.upper() if name.isascii() else ""
     if upper not in CHARSETS:
         raise CommandError(
             f"charset {name[:40]!r} is not supported",

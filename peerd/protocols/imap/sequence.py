@@ -43,10 +43,11 @@ def _number(text: str, whole: str) -> int:
         raise CommandError(
             f"bad sequence set {whole[:40]!r}: numbers start at 1 (nz-number, RFC 3501 9)"
         )
-    value = int(text)
-    if value > MAX_NUMBER:
+    # Past ten digits (no leading zero) it is above 2^32-1, and int() refuses
+    # more than 4300 digits with a ValueError: no int() of those.
+    if len(text) > 10 or int(text) > MAX_NUMBER:
         raise CommandError(f"bad sequence set {whole[:40]!r}: {text[:20]} is above 2^32-1")
-    return value
+    return int(text)
 
 
 @dataclass(frozen=True, slots=True)

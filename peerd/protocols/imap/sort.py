@@ -109,9 +109,13 @@ def parse_criteria(words: Sequence[str]) -> tuple[Criterion, ...]:
     """The atoms of a SORT key list, ``("REVERSE", "DATE", "SUBJECT")``, as criteria.
 
     RFC 5256 3: REVERSE applies to the key that follows it; the list is not
-    empty. Anything else is ``BAD``.
+    empty. Anything else is ``BAD``. A key given again is dropped: it only
+    orders messages its first use found equal, which it finds equal again
+    (without that, one 64 KiB SORT of 8,000 SUBJECTs sorted the mailbox
+    8,000 times, collating every subject each time).
     """
     out: list[Criterion] = []
+    seen: set[SortKey] = set()
     reverse = False
     for word in words:
         upper = word.upper()
@@ -124,7 +128,9 @@ def parse_criteria(words: Sequence[str]) -> tuple[Criterion, ...]:
             key = SortKey(upper)
         except ValueError:
             raise CommandError(f"unknown sort key {word!r}") from None
-        out.append(Criterion(key, reverse))
+        if key not in seen:
+            seen.add(key)
+            out.append(Criterion(key, reverse))
         reverse = False
     if reverse:
         raise CommandError("REVERSE must be followed by a sort key")

@@ -40,6 +40,7 @@ from peerd.protocols.imap.responses import CODE_LIMIT, CommandError
 __all__ = [
     "DELIMITER",
     "MAX_PATTERN",
+    "MAX_PATTERNS",
     "MAX_WILDCARDS",
     "Pattern",
     "PatternLimit",
@@ -53,6 +54,10 @@ DELIMITER: Final = "/"
 # pattern is the reference and the pattern joined, with room for wildcards.
 MAX_PATTERN: Final = 1024
 MAX_WILDCARDS: Final = 64
+# Patterns in one LIST (RFC 5258 3: a list of them). Each is matched against
+# every name: without a cap, one 64 KiB command of 6,500 patterns over 400
+# deep names kept a core busy for minutes, after the client had gone.
+MAX_PATTERNS: Final = 16
 
 _INBOX: Final = "INBOX"
 
@@ -156,10 +161,9 @@ class Pattern:
 
 
 def _first_level_is_inbox(name: str) -> bool:
-    return name[: len(_INBOX)].upper() == _INBOX and name[len(_INBOX) : len(_INBOX) + 1] in (
-        "",
-        DELIMITER,
-    )
+    # ASCII case only: "\u0131nbox".upper() is "INBOX" too (see commands.is_inbox).
+    first, after = name[: len(_INBOX)], name[len(_INBOX) : len(_INBOX) + 1]
+    return first.isascii() and first.upper() == _INBOX and after in ("", DELIMITER)
 
 
 def compile_pattern(reference: str, pattern: str) -> Pattern:

@@ -246,13 +246,13 @@ async def status(session: Session, cmd: c.Status) -> Reply:
     return Reply("STATUS completed")
 
 
-async def _catenated(session: Session, parts: tuple[c.CatPart, ...]) -> bytes:
+async def _catenated(session: Session, parts: tuple[c.CatPart, ...], budget: int) -> bytes:
     """The message CATENATE builds (RFC 4469 5): its TEXT parts and the
     sections its URLs name, in order; ``NO [BADURL url]`` for a URL that names
-    nothing here, ``NO [TOOBIG]`` past ``[imap] max_literal``."""
+    nothing here, ``NO [TOOBIG]`` past ``budget`` octets (what is left of
+    ``[imap] max_literal`` for the command)."""
     out: list[bytes] = []
     size = 0
-    limit = session.node.config.imap.max_literal
     for part in parts:
         if part.text is not None:
             data = part.text
@@ -274,12 +274,15 @@ async def _catenated(session: Session, parts: tuple[c.CatPart, ...]) -> bytes:
                 raise bad_url(url.text, "no such message")
             data = cut(url, await mail.message(record.guid))
         size += len(data)
-        if size > limit:
-            raise CommandError(
-                f"the message would pass {limit} octets", code=CODE_TOOBIG, status="NO"
-            )
+        if size > budget:
+            raise _too_big(session)
         out.append(data)
     return b"".join(out)
+
+
+def _too_big(session: Session) -> CommandError:
+    limit = session.node.config.imap.max_literal
+    return CommandError(f"the APPEND would pass {limit} octets", code=CODE_TOOBIG, status="NO")
 
 
 async def append(session: Session, cmd: c.Append) -> Reply:
@@ -288,8 +291,16 @@ async def append(session: Session, cmd: c.Append) -> Reply:
     rights = await rights_on(session, where) if shared else ""
     now = dt.datetime.now(dt.UTC)
     messages = []
+    # The reader caps the literals of one command at [imap] max_literal; a
+    # CATENATE URL of a few octets names a whole stored message, so the
+    # messages built here are held to the same cap together (300 URLs of a
+    # 2 MB message in one MULTIAPPEND held 600 MB before).
+    left = session.node.config.imap.max_literal
     for one in cmd.messages:
-        data = await _catenated(session, one.catenate) if one.catenate else one.message
+        data = await _catenated(session, one.catenate, left) if one.catenate else one.message
+        left -= len(data)
+        if left < 0:
+            raise _too_big(session)
         if b"\0" in data:
             if one.binary or one.catenate:
                 # RFC 3516 4.4: the store keeps no NUL octets; refused as such.
