@@ -107,8 +107,8 @@ def _text_is_raw(part: structure.Part) -> bool:
         return _text_is_raw(part.message)
     if part.maintype != "text":
         return True  # not text: search_text does not look inside it
-    encoding = (part.fields.get("Content-Transfer-Encoding") or "7bit").strip().lower()
-    charset = (part.fields.get_content_charset() or "us-ascii").lower()
+    encoding = structure.field_text(part, "Content-Transfer-Encoding", "7bit").strip().lower()
+    charset = (structure.charset(part) or "us-ascii").lower()
     return encoding in ("7bit", "8bit", "binary") and bool(_ASCII_SUPERSETS.fullmatch(charset))
 
 

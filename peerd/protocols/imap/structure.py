@@ -34,10 +34,12 @@ __all__ = [
     "UnknownEncoding",
     "binary_section",
     "bodystructure",
+    "charset",
     "decode_words",
     "decoded_header",
     "decoded_headers",
     "envelope",
+    "field_text",
     "parse",
     "search_text",
     "section",
@@ -134,6 +136,31 @@ def _raw(fields: Message, name: str) -> str | None:
     if value is None:
         return None
     return str(value).replace("\r", "").replace("\n", "")
+
+
+def field_text(part: Part, name: str, default: str) -> str:
+    """A field's value as text: compat32 gives a ``Header``, not a ``str``,
+    for a value with 8-bit octets in it (its ``str`` has U+FFFD for them)."""
+    value = part.fields.get(name)
+    return default if value is None else str(value)
+
+
+def charset(part: Part) -> str | None:
+    """The part's charset parameter; None when the stdlib cannot read it (an
+    RFC 2231 ``charset*=`` naming no codec, or holding NUL: ValueError)."""
+    try:
+        return part.fields.get_content_charset()
+    except (LookupError, UnicodeError, ValueError):
+        return None
+
+
+def _rfc2231(value: tuple[str | None, str | None, str]) -> str:
+    """An RFC 2231 parameter value (charset, language, text) as text. The
+    stdlib's ``collapse_rfc2231_value`` raises on a charset naming a codec
+    that is no text codec ("idna", "undefined") or holding NUL; a sender
+    chose it, so it reads as UTF-8 with U+FFFD, as an unknown one does."""
+    codec, _, text = value
+    return mimetext.decode_text(text.encode("raw-unicode-escape"), codec or "us-ascii")
 
 
 _PLAIN_SPLIT = re.compile(r"(<[^>]*>?|[,:;])")
@@ -255,7 +282,7 @@ def _params(fields: Message, header: str = "content-type") -> bytes:
     pairs = []
     for key, value in params[1:]:
         if isinstance(value, tuple):
-            value = email.utils.collapse_rfc2231_value(value)
+            value = _rfc2231(value)
         pairs.append(nstring(key.upper()) + b" " + nstring(str(value)))
     return b"(" + b" ".join(pairs) + b")" if pairs else b"NIL"
 
@@ -280,7 +307,7 @@ def bodystructure(part: Part, extended: bool = True) -> bytes:
         if extended:
             out += b" " + _params(f) + b" " + _disposition(f) + b" NIL NIL"
         return b"(" + out + b")"
-    encoding = (f.get("Content-Transfer-Encoding") or "7BIT").strip().upper()
+    encoding = field_text(part, "Content-Transfer-Encoding", "7BIT").strip().upper()
     items = [
         nstring(part.maintype.upper()),
         nstring(part.subtype.upper()),
@@ -410,7 +437,7 @@ def binary_section(raw: bytes, path: tuple[int, ...] = ()) -> bytes | None:
         return None
     if part.children or part.message is not None:
         return raw if not path else part.body
-    encoding = (part.fields.get("content-transfer-encoding") or "7bit").strip().lower()
+    encoding = field_text(part, "Content-Transfer-Encoding", "7bit").strip().lower()
     if encoding in _IDENTITY:
         body = part.body
     elif encoding == "base64":
@@ -471,7 +498,7 @@ _FOLD: Final = re.compile(r"\r?\n(?=[ \t])")
 
 
 def _decode_body(part: Part) -> str:
-    encoding = (part.fields.get("Content-Transfer-Encoding") or "").strip().lower()
+    encoding = field_text(part, "Content-Transfer-Encoding", "").strip().lower()
     data = part.body
     try:
         if encoding == "base64":
@@ -480,7 +507,7 @@ def _decode_body(part: Part) -> str:
             data = quopri.decodestring(data)
     except (binascii.Error, ValueError):
         pass
-    return mimetext.decode_text(data, part.fields.get_content_charset())
+    return mimetext.decode_text(data, charset(part))
 
 
 def search_text(part: Part) -> str:
