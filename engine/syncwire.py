@@ -612,6 +612,10 @@ def decode_frame_views(data: bytes, limit_count: int = 1_000_000) -> list[tuple[
             raise SyncProtocolError(f"bad frame header at offset {pos}")
         try:
             guid_text, length_text = data[pos:newline].decode("ascii").split(" ")
+            # Decimal digits as the encoder writes them: int() would also take
+            # "+5", "\t5" and "0_5".
+            if not length_text.isdigit():
+                raise ValueError(length_text)
             length = int(length_text)
         except (UnicodeDecodeError, ValueError) as exc:
             raise SyncProtocolError(f"bad frame header at offset {pos}") from exc

@@ -5,7 +5,9 @@ the scripts and vacation records replicated across a failover."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import imaplib
+import poplib
 import re
 import smtplib
 import socket
@@ -803,3 +805,92 @@ def test_plaintext_behind_starttls_is_never_read_as_if_it_came_over_tls(single: 
     finally:
         client.close()
     assert not [a for a in answers if "Logged in" in a], answers[:3]
+
+
+class SilentRelay:
+    """An SMTP relay that takes connections and never says a word (a relay
+    that hangs): smtplib waits 30 s for its greeting."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return  # closed
+            self.held.append(conn)
+
+    def close(self) -> None:
+        if self.server.fileno() < 0:
+            return  # closed already
+        with contextlib.suppress(OSError):
+            self.server.shutdown(socket.SHUT_RDWR)  # wakes the accept (Linux)
+        self.server.close()
+        self.thread.join(10)
+        for conn in self.held:
+            conn.close()
+
+
+def test_a_hanging_relay_does_not_hold_up_logins(tmp_path: Path) -> None:
+    """Redirects and vacation replies were sent, and scripts run, in the
+    event loop's default thread pool (6 threads here), which password checks
+    share: a relay that hangs held every thread for its 30 s timeout, and
+    every login of every user on the node waited. Sieve has threads of its own."""
+    relay = SilentRelay()
+    where = f"127.0.0.1:{free_port()}"
+    node = make_single(
+        tmp_path,
+        overrides={
+            "managesieve": {"listen": where, "login_failure_delay": "10ms"},
+            "sieve": {"relay": f"127.0.0.1:{relay.port}"},
+        },
+    )
+    try:
+        with running(node):
+            node.add_account("alice")
+            node.add_account("bob")
+            client = Client(sieve_port(node))
+            try:
+                assert client.login("alice", "secret").startswith("OK")
+                script = b'redirect "boss@elsewhere.test";\r\n'
+                assert client.command('PUTSCRIPT "main"', script)[0].startswith("OK")
+                assert client.command('SETACTIVE "main"')[0].startswith("OK")
+            finally:
+                client.close()
+            count = 8
+            senders = [
+                threading.Thread(
+                    target=lmtp, args=(node, "hold", "carol@remote.test"), kwargs={"n": n}
+                )
+                for n in range(count)
+            ]
+            for sender in senders:
+                sender.start()
+            wait_until(lambda: len(relay.held) >= 4, 20, "the relay holding four sends")
+            # As many as the node's threads let it hold (six in the default
+            # pool here): a moment more for the rest to come, if they can.
+            with contextlib.suppress(TimeoutError):
+                wait_until(lambda: len(relay.held) >= 6, 2, "the relay holding six")
+            started = time.monotonic()
+            pop = poplib.POP3("127.0.0.1", node.ports["pop3"], timeout=20)
+            try:
+                pop.user("bob")
+                pop.pass_("secret")
+                took = time.monotonic() - started
+            finally:
+                pop.quit()
+            assert took < 5, took
+            relay.close()  # the sends fail: the messages are kept
+            for sender in senders:
+                sender.join(60)
+            wait_until(
+                lambda: len(node.mailbox("alice")["messages"]) == count, 30, "every message kept"
+            )
+    finally:
+        relay.close()

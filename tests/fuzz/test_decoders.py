@@ -399,3 +399,11 @@ def test_lone_surrogates_are_refused_by_both_decoders(data: bytes) -> None:
 def test_a_surrogate_pair_is_one_character_and_taken() -> None:
     assert decode_body(b'{"name": "\\ud83d\\ude00"}') == {"name": "\U0001f600"}
     assert syncwire.decode_json(b'{"name": "\\ud83d\\ude00"}') == {"name": "\U0001f600"}
+
+
+@pytest.mark.parametrize("length", [b"+5", b"\t5", b"0_5", b" 5", b"5\x1f"])
+def test_a_frame_length_is_decimal_digits_only(length: bytes) -> None:
+    """int() takes a sign, white space and underscores the encoder never
+    writes; a frame header holding them is refused like any other bad one."""
+    with pytest.raises(SyncProtocolError, match="bad frame header"):
+        syncwire.decode_frames(GUID.encode() + b" " + length + b"\n" + BODY[:5])

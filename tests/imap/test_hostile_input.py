@@ -18,7 +18,7 @@ from peerd.protocols.imap import responses as r
 from peerd.protocols.imap.fetchatt import parse_fetch_atts
 from peerd.protocols.imap.fetchreply import FetchRenderer, Segment, StructureCache
 from peerd.protocols.imap.parser import CommandReader, ContinuationNeeded, Event, ProtocolError
-from peerd.protocols.imap.searchkey import check_charset
+from peerd.protocols.imap.searchkey import MAX_STRING, check_charset
 from peerd.protocols.imap.sort import Criterion, SortKey, parse_criteria
 from peerd.protocols.imap.tokens import tokenize
 from peerd.protocols.imap.wildcard import MAX_PATTERNS, matches
@@ -228,3 +228,17 @@ def test_a_sort_key_given_again_is_dropped() -> None:
         Criterion(SortKey.SUBJECT),
         Criterion(SortKey.SIZE),
     )
+
+
+@pytest.mark.parametrize("key", [b"TEXT", b"BODY", b"SUBJECT", b"HEADER X-Spam", b"HEADER"])
+def test_a_search_string_longer_than_a_command_line_is_no_limit(key: bytes) -> None:
+    # A literal may be as long as [imap] max_literal: a 20 MB TEXT string
+    # held the full-text index's query for minutes and gigabytes.
+    size = MAX_STRING + 1
+    line = b"a UID SEARCH " + key + b" {%d+}\r\n" % size + b"ab " * (size // 3) + b"a" * (size % 3)
+    [event] = pull(CommandReader(), line + b" ALL\r\n")
+    assert isinstance(event, ProtocolError), event
+    assert event.reply().startswith(b"a NO [LIMIT] ")
+    fits = b"a SEARCH " + key + b" {%d+}\r\n" % MAX_STRING + b"x" * MAX_STRING + b" ALL\r\n"
+    [event] = pull(CommandReader(), fits)
+    assert isinstance(event, c.Search)

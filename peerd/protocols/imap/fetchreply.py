@@ -601,7 +601,7 @@ def render_fetch(
 # times the message, plus a floor. Ample for any client's items (the whole
 # message, its header and text, a few parts, their decoded forms); an item
 # is a few octets on the wire and may name the whole message, so without a
-# bound 300 BINARY[1]<k.2000000> of one 2 MB message held 2.4 GB.
+# bound 300 BINARY[1]<k.2000000> of one 2 MB message held some 2 GB.
 _HOLD_FACTOR: Final = 8
 _HOLD_FLOOR: Final = 1 << 20
 

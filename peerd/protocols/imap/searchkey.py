@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
-from peerd.protocols.imap.responses import CODE_BADCHARSET, CommandError
+from peerd.protocols.imap.responses import CODE_BADCHARSET, CODE_LIMIT, CommandError
 from peerd.protocols.imap.sequence import MAX_NUMBER, SequenceSet
 from peerd.protocols.imap.tokens import Token
 
@@ -58,6 +58,10 @@ __all__ = [
 CHARSETS: Final = ("UTF-8", "US-ASCII")
 MAX_DEPTH: Final = 64
 MAX_MODSEQ: Final = 2**63 - 1  # RFC 7162 7, mod-sequence-value
+# A search string sent as a literal may be as long as [imap] max_literal; one
+# no longer than a command line is plenty. A 20 MB TEXT string held the
+# full-text index's query for minutes and gigabytes.
+MAX_STRING: Final = 64 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +287,12 @@ class _Cursor:
         token = self.next(what)
         if isinstance(token, str):
             return token
+        if isinstance(token, bytes) and len(token) > MAX_STRING:
+            raise CommandError(
+                f"{what}: a search string is at most {MAX_STRING} octets",
+                code=CODE_LIMIT,
+                status="NO",
+            )
         if isinstance(token, bytes):
             try:
                 return token.decode("utf-8")

@@ -42,6 +42,7 @@ import logging
 import re
 import smtplib
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Final
 
@@ -85,6 +86,10 @@ INBOX = "INBOX"
 _DOMAIN: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?")
 # Compiled programs kept; the cache is emptied whenever it grows past this.
 MAX_CACHED = 10_000
+# Threads running scripts and compiling them (CPU under the interpreter lock:
+# more would not go faster), and sending through the relay (waiting on it).
+RUN_THREADS = 2
+SEND_THREADS = 4
 
 
 class Stored:
@@ -109,6 +114,11 @@ class SieveFilter:
         self.local_domains = tuple(d.lower() for d in node.config.node.local_domains)
         # recipient address -> (account, program) or None (no active script).
         self._programs: dict[str, tuple[str, Program] | None] = {}
+        # Threads of Sieve's own: in the loop's default pool, which password
+        # checks use too, sends waiting on a relay that hangs (30 s each) or a
+        # flood of runs made every login of every user on the node wait.
+        self._runs = ThreadPoolExecutor(RUN_THREADS, thread_name_prefix="sieve-run")
+        self._sends = ThreadPoolExecutor(SEND_THREADS, thread_name_prefix="sieve-send")
         node.store.add_listener(self._changed)
 
     def _changed(self, changes: list[Change]) -> None:
@@ -136,8 +146,8 @@ class SieveFilter:
             loaded = await self.node.store.read(load)
             # Compiled in a thread: half a second of CPU for a script near
             # the size cap, which on the event loop stalled the whole node.
-            compiled = await asyncio.to_thread(
-                lambda: {a: self._compile(a, text) for a, text in loaded.items()}
+            compiled = await asyncio.get_running_loop().run_in_executor(
+                self._runs, lambda: {a: self._compile(a, text) for a, text in loaded.items()}
             )
             if len(self._programs) > MAX_CACHED:
                 self._programs.clear()
@@ -195,7 +205,7 @@ class SieveFilter:
             message = Message.from_bytes(data, mail_from, address.strip("<>"))
             return evaluate(program, message, context)
 
-        result = await asyncio.to_thread(run)
+        result = await asyncio.get_running_loop().run_in_executor(self._runs, run)
         if result.error is not None:
             log.warning("sieve: script of %s failed, message kept: %s", account, result.error)
         rejected = result.rejected
@@ -284,7 +294,7 @@ class SieveFilter:
                 smtp.sendmail(mail_from, [to], data, mail_options=options)
 
         try:
-            await asyncio.to_thread(send)
+            await asyncio.get_running_loop().run_in_executor(self._sends, send)
         except (OSError, smtplib.SMTPException, ValueError) as exc:
             # ValueError: what smtplib raises on an address it cannot write.
             log.warning("sieve: sending to %s through %s failed: %s", to, relay, exc)
