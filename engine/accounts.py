@@ -14,6 +14,7 @@ import re
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Final
 
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
@@ -26,6 +27,7 @@ from engine.models import Account, Mailbox, Subscription
 from engine.passwords import hash_password
 
 __all__ = [
+    "NAME_SPACE",
     "create_account",
     "create_accounts",
     "delete_account",
@@ -45,10 +47,16 @@ __all__ = [
 _NAME_RE = re.compile(r"\A[A-Za-z0-9._%+\-=]{1,128}(@[A-Za-z0-9.\-]{1,126})?\Z")
 
 
+# What a name typed with white space around it loses: space and tab only.
+# str.strip() also takes U+001C-U+001F, U+0085 and line ends, which made
+# "alice\x1f" log in as alice.
+NAME_SPACE: Final = " \t"
+
+
 def normalize_account_name(name: str, lowercase: bool = False) -> str:
     """The stored form of an account name: the domain lower-cased, and the
     local part too with ``lowercase`` (as Cyrus does by default)."""
-    name = name.strip()
+    name = name.strip(NAME_SPACE)
     if not _NAME_RE.match(name):
         raise InvalidArgument(f"invalid account name {name!r}")
     local, at, domain = name.partition("@")

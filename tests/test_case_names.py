@@ -72,6 +72,11 @@ def test_names_are_case_insensitive_by_default(lone_node: LoneNode) -> None:
     assert len(node.records("alice")) == 2
     assert _imap_login(node, "ALICE") and _imap_login(node, "alice")
     assert _pop3_login(node, "Alice")
+    # Space and tab around a typed name go; any other character str.strip()
+    # takes (U+001F, U+0085, a line end) makes another name, which no
+    # account has.
+    assert _imap_login(node, " alice ") and _pop3_login(node, "alice\t")
+    assert not _imap_login(node, "alice\x1f") and not _pop3_login(node, "\x85alice")
     assert _nginx(node, "aLiCe") == "OK"
     assert node.call("GET", "/v1/route/ALICE")["account"] == "alice"
     assert socketmap_query(node.ports["socketmap"], "mailbox", "ALICE@example.test") == "OK alice"

@@ -216,7 +216,10 @@ class Node:
         return result
 
     async def _authenticate(self, user: str, password: str, peer: str | None) -> AuthResult:
-        account_key = "account:" + user.strip().lower()
+        # The name as the lookup reads it; one longer than any account name
+        # keys by its start (it can be no account: the throttle keeps its
+        # keys short).
+        account_key = "account:" + user.strip(engine_accounts.NAME_SPACE)[:256].lower()
         ip_key = "ip:" + peer if peer else None
         if self._throttled(account_key, ip_key):
             return AuthResult(False, user, throttled=True)

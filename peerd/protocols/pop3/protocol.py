@@ -380,7 +380,9 @@ def parse_command(line: bytes) -> Command | CommandError:
         return CommandError(TEXT_NOT_UTF8, keyword)
     # RFC 1939 section 3 separates arguments by a single space; runs of
     # spaces and a trailing space are common enough in the wild to accept.
-    args = rest.split()
+    # Spaces only: split() with no argument also cuts at U+001C-U+001F and
+    # U+0085, so "USER \x85alice" named alice.
+    args = [arg for arg in rest.split(" ") if arg]
     try:
         return parser(keyword, args, rest)
     except ValueError as exc:
