@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
+from peerd.services.lmtp.sieve import redirected_from
 from tests.harness.daemons import ModuleNodes
 from tests.nodes import Node, make_pair, make_single, running
 from tests.procs import free_port, require, wait_until
@@ -375,6 +376,39 @@ def test_delivery_runs_the_active_script(single: Node, relay: Relay) -> None:
     inbox = node.mailbox("alice")["messages"]
     # before any script, forward (kept by :copy), two holiday mails (implicit keep)
     assert len(inbox) == inbox_before + 3
+
+
+def test_a_redirect_that_comes_back_is_kept_not_sent_round_again(
+    single: Node, relay: Relay
+) -> None:
+    """RFC 5228 4.2 asks for loop control: alice redirects to an address
+    whose mail comes back to her. The first pass goes to the relay with
+    ``X-Sieve-Redirected-From: alice@example.test`` on top; when that copy is
+    delivered to her again it is kept, not sent round again (it looped until
+    the MTA's hop limit, and with :copy stored a copy every time round)."""
+    node = single
+    before = counters(node).get("sieve_redirect_loops", 0)
+    upload(node, b'require "copy";\r\nredirect :copy "alias@elsewhere.test";\r\n')
+    inbox = len(node.mailbox("alice")["messages"])
+    assert lmtp(node, "round and round") == {}
+    wait_until(lambda: relay.to("alias@elsewhere.test"), 10, "the redirect at the relay")
+    (first,) = relay.to("alias@elsewhere.test")
+    assert first.data.startswith(b"X-Sieve-Redirected-From: alice@example.test\r\n")
+    # The alias is alice: the relay hands the copy back to her, field and all.
+    with smtplib.LMTP("127.0.0.1", node.ports["lmtp"]) as client:
+        client.sendmail(first.mail_from, ["ALICE@example.test"], first.data)
+    assert len(relay.to("alias@elsewhere.test")) == 1
+    # Kept once: the copy back has the first's Message-ID (the duplicate check).
+    assert len(node.mailbox("alice")["messages"]) == inbox + 1
+    assert counters(node)["sieve_redirect_loops"] == before + 1
+    # Another recipient's field is not hers: a message bob redirected to
+    # her is redirected by her script.
+    assert not redirected_from(
+        b"X-Sieve-Redirected-From: <bob@example.test>\r\n\r\n", "alice@example.test"
+    )
+    assert redirected_from(
+        b"x-sieve-redirected-from: <Alice@Example.Test>\r\n\r\n", "alice@example.test"
+    )
 
 
 def imap_folders(node: Node) -> list[str]:

@@ -10,10 +10,15 @@ from the partner). Those recipients do not take the grouped delivery path;
 
 1. ``reject``/``ereject`` (RFC 5429): a ``550`` for this recipient only;
    nothing is stored or sent.
-2. ``redirect`` (RFC 5228 section 4.2): the message, unchanged, to the
-   address through ``[sieve] relay`` with the original envelope sender. A
-   redirect that cannot be sent (no relay, the relay refused) keeps the
-   message in INBOX instead, so nothing is lost.
+2. ``redirect`` (RFC 5228 section 4.2): the message to the address
+   through ``[sieve] relay`` with the original envelope sender, with one
+   field added on top, ``X-Sieve-Redirected-From: <recipient>`` (loop
+   control, which section 4.2 asks for): a message that already holds one
+   naming this recipient has been through this redirect before, and is not
+   redirected again but kept (a script redirecting to an address that comes
+   back here looped until the MTA's hop limit, and with ``:copy`` stored a
+   copy every time round). A redirect that cannot be sent (no relay, the
+   relay refused) keeps the message in INBOX instead, so nothing is lost.
 3. ``keep`` and ``fileinto`` with their ``imap4flags`` flags: one fenced
    write (``Node.write_owned``) appends to every target; a ``fileinto`` to a
    mailbox the account does not have files into INBOX (RFC 5228 section 4.1
@@ -78,7 +83,7 @@ from peerd.protocols.sieve import (
     evaluate,
 )
 
-__all__ = ["SieveFilter", "Stored"]
+__all__ = ["SieveFilter", "Stored", "redirected_from"]
 
 log = logging.getLogger("peerd.services.lmtp.sieve")
 
@@ -220,7 +225,19 @@ class SieveFilter:
             elif isinstance(action, FileInto):
                 targets.append(_Target(action.mailbox, action.flags, action.create))
             elif isinstance(action, Redirect):
-                if not await self._send(mail_from, action.address, data):
+                me = address.strip("<>")
+                if redirected_from(data, me):
+                    log.warning(
+                        "sieve: %s redirects a message it redirected before (a loop): kept",
+                        me,
+                    )
+                    self.node.counters.inc("sieve_redirect_loops")
+                    sent = False
+                else:
+                    sent = await self._send(
+                        mail_from, action.address, _LOOP_FIELD % me.encode() + data
+                    )
+                if not sent:
                     if not action.copy:
                         targets.append(_Target(INBOX, ()))
                 else:
@@ -300,6 +317,26 @@ class SieveFilter:
             log.warning("sieve: sending to %s through %s failed: %s", to, relay, exc)
             return False
         return True
+
+
+# The field a redirect adds (Pigeonhole, Dovecot's Sieve, adds the same),
+# and the most of a header read for it (a sender's header may be huge).
+MAX_LOOP_HEADER: Final = 1 << 20
+_LOOP_FIELD: Final = b"X-Sieve-Redirected-From: %s\r\n"
+_LOOP_RE: Final = re.compile(rb"(?im)^x-sieve-redirected-from:[ \t]*<?([^\r\n>]*)>?[ \t]*\r?$")
+
+
+def redirected_from(data: bytes, address: str) -> bool:
+    """Whether the message's header holds an ``X-Sieve-Redirected-From``
+    naming ``address`` (letter case aside): this recipient redirected it
+    before."""
+    header_end = data.find(b"\r\n\r\n")
+    header = data[: header_end if header_end >= 0 else MAX_LOOP_HEADER][:MAX_LOOP_HEADER]
+    wanted = address.lower()
+    return any(
+        m.group(1).strip().decode("utf-8", "replace").lower() == wanted
+        for m in _LOOP_RE.finditer(header)
+    )
 
 
 def _flags(flags: Iterable[str]) -> list[str]:
