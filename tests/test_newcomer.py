@@ -271,3 +271,25 @@ def test_quotas_take_size_units_in_peerctl_and_the_api(lone_node: LoneNode) -> N
     assert node.call("GET", "/v1/accounts/bob")["quota_limit"] == 512 << 10
     done = peerctl(node, "account", "quota", "alice", "5 parsecs")
     assert done.returncode == 2 and "give bytes, a size like 10M" in done.stderr
+
+
+def test_run_refuses_in_one_line_what_used_to_crash_at_start(lone_node: LoneNode) -> None:
+    """check-config said ok to each of these and `run` then died with a
+    traceback (exit status 1, which systemd restarts on): FileExistsError
+    from a data_dir that is a file, EADDRNOTAVAIL from a listener on an
+    address this host does not have, ArgumentError from a database URL."""
+    node = lone_node(start=False)
+    a_file = node.workdir / "not-a-dir"
+    a_file.write_text("")
+    cases: list[tuple[Callable[[dict[str, Any]], None], str]] = [
+        (lambda s: s["node"].update(data_dir=str(a_file)), "[node] data_dir"),
+        # 192.0.2.1 is TEST-NET-1 (RFC 5737): never an address of this host.
+        (lambda s: s["listen"].update(imap="192.0.2.1:1143"), "[listen] imap: cannot listen"),
+        (lambda s: s["database"].update(url="sqlite"), "[database] url: not a database URL"),
+    ]
+    for number, (change, needle) in enumerate(cases):
+        bad = _variant(node, node.workdir / f"start{number}.toml", change)
+        for command in ("check-config", "run"):
+            _refused_in_one_line(_peerd(command, "-c", str(bad), cwd=node.workdir), needle)
+    assert not node.db_path.exists()
+

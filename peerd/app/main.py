@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from peerd.node.config import Config, ConfigError, check_for_service, load_config
+from peerd.node.config import Config, ConfigError, load_config, load_for_service
 from peerd.node.version import release
 
 __all__ = ["main"]
@@ -79,9 +79,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return worker_main(args.config, args.listen_fd, args.pipe_fd, args.parent, args.log_format)
     try:
-        config = load_config(args.config)
         if args.command in ("check-config", "run"):
-            check_for_service(config)
+            config = load_for_service(args.config)
+        else:
+            config = load_config(args.config)
     except ConfigError as exc:
         if not str(exc).startswith(args.config):
             exc = ConfigError(f"{args.config}: {exc}")
