@@ -313,6 +313,26 @@ _INF, _NAN = float("inf"), float("nan")
         ({"database": {"url": "sqlite"}}, r"\[database\] url: not a database URL"),
         ({"database": {"url": "postgresql"}}, r"\[database\] url: not a database URL"),
         ({"database": {"url": "postgresql://h:port/db"}}, r"\[database\] url: not a database"),
+        # Proxy hooks: found out otherwise at the next failover.
+        ({"routing": {"hooks": [{"name": "h"}]}}, r"'h': give it either url or command"),
+        (
+            {"routing": {"hooks": [{"name": "h", "url": "http://a/", "command": ["x"]}]}},
+            r"'h': give it either url or command",
+        ),
+        (
+            {"routing": {"hooks": [{"name": "h", "url": "ftp://a/"}]}},
+            r"'h' url: 'ftp://a/' is not an http:// or https:// URL",
+        ),
+        (
+            {
+                "routing": {
+                    "hooks": [{"name": "h", "command": ["x"]}, {"name": "h", "url": "http://a/"}]
+                }
+            },
+            r"'h': two hooks have this name",
+        ),
+        ({"routing": {"hooks": [{"name": " ", "command": ["x"]}]}}, r"name: give each hook a name"),
+        ({"routing": {"hooks": [{"name": "h", "command": [""]}]}}, r"'h' command: the first item"),
         # A crontab APScheduler takes but that never comes: the job never runs.
         ({"scrub": {"schedule": "0 0 31 2 *"}}, r"\[scrub\] schedule: '0 0 31 2 \*' names no"),
         # Two listeners on one port: the second would find it taken at start.

@@ -700,6 +700,7 @@ def parse_config(
             "[routing] auth_http_secret is required when [listen] http is not on loopback"
         )
     _check_directory(config.routing)
+    _check_hooks(config.routing.hooks)
     _check_channels(config)
     _check_listen_ports(config)
     sync_table = data.get("sync", {})
@@ -913,7 +914,27 @@ def _check_listen_ports(config: Config) -> None:
         seen.append((key, address))
 
 
-def _check_api_url(where: str, url: str) -> None:
+def _check_hooks(hooks: tuple[ProxyHook, ...]) -> None:
+    """Each ``[[routing.hooks]]`` is one URL or one command, under a name of
+    its own (its retry state is kept by name): a mistake here otherwise
+    shows only at the next failover, as a hook that is never acknowledged."""
+    names: set[str] = set()
+    for hook in hooks:
+        where = f"[[routing.hooks]] {hook.name!r}"
+        if not hook.name.strip():
+            raise ConfigError("[[routing.hooks]] name: give each hook a name")
+        if hook.name in names:
+            raise ConfigError(f"{where}: two hooks have this name; give each its own")
+        names.add(hook.name)
+        if bool(hook.url) == bool(hook.command):
+            raise ConfigError(f"{where}: give it either url or command (not both, not neither)")
+        if hook.url:
+            _check_api_url(f"{where} url", hook.url, "an http:// or https:// URL")
+        if hook.command and not hook.command[0]:
+            raise ConfigError(f"{where} command: the first item is the program to run")
+
+
+def _check_api_url(where: str, url: str, what: str = "a control API URL") -> None:
     """A control API's address: ``http://`` or ``https://``, a host, maybe a port."""
     if not url:
         return
@@ -927,7 +948,7 @@ def _check_api_url(where: str, url: str) -> None:
     except ValueError:  # a bad port or IPv6 literal
         usable = False
     if not usable:
-        raise ConfigError(f"{where}: {url!r} is not a control API URL (e.g. http://10.0.0.2:8080)")
+        raise ConfigError(f"{where}: {url!r} is not {what} (e.g. http://10.0.0.2:8080)")
 
 
 def _check_directory(routing: RoutingConfig) -> None:
