@@ -220,3 +220,21 @@ def test_peerctl_exit_status(node: LoneNode, tmp_path: Path) -> None:
     assert node.stop() == 0
     down = peerctl(node, "status")
     assert down.returncode == 3 and "cannot reach" in down.stderr
+
+
+def test_a_credential_that_is_not_utf8_is_refused_not_a_server_error(node: LoneNode) -> None:
+    """aiohttp keeps a header's non-UTF-8 bytes as surrogates; the token
+    checks encoded them again strictly, and a stranger's ``Authorization:
+    Bearer \\xfc`` was a 500 with a traceback in the log (control API and
+    sync listener alike) instead of 401."""
+    assert_problem(request(node, "GET", "/v1/accounts", token="\xfc"), 401)
+    sync = urllib.request.Request(
+        f"http://127.0.0.1:{node.ports['sync']}/sync/v1/hello", data=b"{}", method="POST"
+    )
+    sync.add_header("Authorization", "Basic \xfc")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(sync, timeout=10)
+    with info.value:
+        assert info.value.code == 401
+    assert "Traceback" not in node.log.read_text()
+

@@ -93,7 +93,7 @@ def auth_middleware(token: str, public: frozenset[str]) -> Any:
     async def check(request: web.Request, handler: Endpoint) -> web.StreamResponse:
         if request.path in public or not request.path.startswith("/v1/"):
             return await handler(request)
-        given = request.headers.get("Authorization", "").encode()
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         if not token or not hmac.compare_digest(given, expected):
             response = problem(401, "Unauthorized", "a valid bearer token is required")
             response.headers["WWW-Authenticate"] = 'Bearer realm="peerd"'

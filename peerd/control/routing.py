@@ -175,7 +175,7 @@ async def nginx_auth(call: Call[None, None]) -> web.Response:
     node, request = call.node, call.request
     routing = node.config.routing
     if routing.auth_http_secret:
-        given = request.headers.get("X-Auth-Key", "").encode()
+        given = request.headers.get("X-Auth-Key", "").encode("utf-8", "surrogateescape")
         if not hmac.compare_digest(given, routing.auth_http_secret.encode()):
             log.warning("auth_http: wrong or missing X-Auth-Key from %s", request.remote)
             return web.Response(

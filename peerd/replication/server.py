@@ -127,7 +127,7 @@ class SyncServer:
 
     async def _checked(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         sync = self.node.config.sync
-        given = request.headers.get("Authorization", "").encode()
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         if (
             not sync.sync_authname
             or not sync.sync_password
