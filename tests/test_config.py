@@ -430,3 +430,15 @@ def test_check_for_service_refuses_what_the_start_would_trip_on(tmp_path: Path) 
                 }
             )
         )
+
+
+def test_a_file_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
+    """It was a UnicodeDecodeError traceback from check-config and run (and
+    'reload failed' with one on SIGHUP)."""
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes(b'[node]\nname = "alpha"\nhostname = "m\xe4il"\n')
+    with pytest.raises(ConfigError, match=r"latin1\.toml: line 3 is not UTF-8 text"):
+        load_config(latin1)
+    done = run_command("peerd", ["check-config", "-c", str(latin1)], tmp_path, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done
+    assert done.stderr.startswith("peerd: ") and "line 3 is not UTF-8" in done.stderr
