@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import re
 import socket
+import subprocess
 import typing
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from peerd.node.config import (
     parse_duration,
     parse_size,
 )
+from tests.harness.certs import self_signed
 from tests.harness.clients import run_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -442,3 +444,33 @@ def test_a_file_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
     done = run_command("peerd", ["check-config", "-c", str(latin1)], tmp_path, timeout=60)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done
     assert done.stderr.startswith("peerd: ") and "line 3 is not UTF-8" in done.stderr
+
+
+def test_a_key_with_a_passphrase_is_refused_without_asking(tmp_path: Path) -> None:
+    """OpenSSL asked for the passphrase on the terminal (check-config waited
+    there) and then died with an OSError traceback."""
+    cert, key = self_signed(tmp_path)
+    encrypted = tmp_path / "encrypted.key"
+    subprocess.run(
+        [
+            "openssl",
+            "pkey",
+            "-in",
+            str(key),
+            "-out",
+            str(encrypted),
+            "-aes256",
+            "-passout",
+            "pass:x",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    config = parse_config(
+        {
+            "node": {"name": "alpha", "data_dir": str(tmp_path / "d")},
+            "tls": {"cert": str(cert), "key": str(encrypted)},
+        }
+    )
+    with pytest.raises(ConfigError, match=r"\[tls\] key .*encrypted\.key is encrypted with a pass"):
+        check_for_service(config)

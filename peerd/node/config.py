@@ -832,8 +832,21 @@ def _check_certificates(config: Config) -> None:
             except (ssl.SSLError, ValueError) as exc:
                 raise ConfigError(f"{where}: {path} holds no CA certificate in PEM: {exc}") from exc
     if tls.cert is not None and tls.key is not None:
+        key = tls.key
+
+        def passphrase() -> str:
+            # Without this OpenSSL asks on the terminal (check-config waited
+            # there, then died with OSError; under systemd there is none).
+            raise ConfigError(
+                f"[tls] key {key} is encrypted with a passphrase, which the node cannot"
+                f" ask for: store it without one (openssl pkey -in {key} -out NEW),"
+                " readable only by the service user"
+            )
+
         try:
-            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tls.cert, tls.key)
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                tls.cert, tls.key, password=passphrase
+            )
         except ssl.SSLError as exc:
             raise ConfigError(
                 f"[tls] cert {tls.cert} and key {tls.key} do not load as a pair (a PEM"
