@@ -315,6 +315,16 @@ _INF, _NAN = float("inf"), float("nan")
         ({"database": {"url": "sqlite"}}, r"\[database\] url: not a database URL"),
         ({"database": {"url": "postgresql"}}, r"\[database\] url: not a database URL"),
         ({"database": {"url": "postgresql://h:port/db"}}, r"\[database\] url: not a database"),
+        # A sync host with its port, or not a host at all: never connects.
+        (
+            {"sync": {"sync_host": "127.0.0.1:2005", "sync_tls": False}},
+            r"\[sync\] sync_host: not a host name or IP address; give the host alone",
+        ),
+        ({"sync": {"sync_host": "beta host", "sync_tls": False}}, r"\[sync\] sync_host: not a"),
+        (
+            {"sync": {"channels": {"dr": {"sync_host": "bäck.example", "sync_tls": True}}}},
+            r"\[sync.channels.dr\] sync_host: not a host name",
+        ),
         # Proxy hooks: found out otherwise at the next failover.
         ({"routing": {"hooks": [{"name": "h"}]}}, r"'h': give it either url or command"),
         (

@@ -699,6 +699,9 @@ def parse_config(
         raise ConfigError(
             "[routing] auth_http_secret is required when [listen] http is not on loopback"
         )
+    _check_sync_host("[sync] sync_host", config.sync.sync_host)
+    for name, channel in config.sync.channels.items():
+        _check_sync_host(f"[sync.channels.{name}] sync_host", channel.sync_host)
     _check_directory(config.routing)
     _check_hooks(config.routing.hooks)
     _check_channels(config)
@@ -925,6 +928,23 @@ def _check_listen_ports(config: Config) -> None:
                     f"{key} and {other_key} are both on port {address.port}: give each its own port"
                 )
         seen.append((key, address))
+
+
+def _check_sync_host(where: str, host: str) -> None:
+    """A host name or an IP address, alone: ``"10.0.0.2:2005"`` or a name
+    with spaces would never connect (the client retries for ever)."""
+    if not host:
+        return
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return
+    except ValueError:
+        pass
+    if not re.fullmatch(r"[A-Za-z0-9_]([A-Za-z0-9_\-.]*[A-Za-z0-9_])?\.?", host):
+        raise ConfigError(
+            f"{where}: not a host name or IP address; give the host alone (the port goes"
+            " in sync_port)"
+        )
 
 
 def _check_hooks(hooks: tuple[ProxyHook, ...]) -> None:
