@@ -325,6 +325,9 @@ _INF, _NAN = float("inf"), float("nan")
             {"sync": {"channels": {"dr": {"sync_host": "bäck.example", "sync_tls": True}}}},
             r"\[sync.channels.dr\] sync_host: not a host name",
         ),
+        # A token peerctl could never present (it was Unauthorized for ever).
+        ({"api": {"token": "tök"}}, r"\[api\] token must be printable ASCII"),
+        ({"partner": {"name": "beta", "token": "a\nb"}}, r"\[partner\] token must be printable"),
         # Proxy hooks: found out otherwise at the next failover.
         ({"routing": {"hooks": [{"name": "h"}]}}, r"'h': give it either url or command"),
         (

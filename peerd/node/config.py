@@ -685,6 +685,17 @@ def parse_config(
             f"[partner] name: {config.partner.name!r} is this node's own name;"
             " give the other node's [node] name"
         )
+    for where, token in (
+        ("[api] token", config.api.token),
+        ("[partner] token", config.partner.token),
+    ):
+        if token and not (token.isascii() and token.isprintable()):
+            # peerctl sends it as HTTP does (latin-1), the node compares UTF-8:
+            # a token with any other character is never accepted.
+            raise ConfigError(
+                f"{where} must be printable ASCII (e.g. python3 -c 'import secrets;"
+                " print(secrets.token_urlsafe(32))')"
+            )
     _check_api_url("[partner] api", config.partner.api)
     _check_api_url("[routing] api_url", config.routing.api_url)
     if config.listen.http is not None and not config.api.token:
