@@ -394,6 +394,8 @@ def test_a_node_that_is_not_a_table_is_said(node: object) -> None:
         ({"imap": {"max_literal": "10mb"}}, 10 << 20),
         ({"listen": {"imap": "[::1]:143", "pop3": "127.0.0.1:143"}}, 143),
         ({"listen": {"imap": "127.0.0.1:143", "pop3": "127.0.0.2:143"}}, 143),
+        ({"listen": {"imap": "0.0.0.0:143", "pop3": "[::]:143"}}, 143),
+        ({"listen": {"imap": "0.0.0.0:143", "pop3": "[::1]:143"}}, 143),
         ({"node": {"spool_sweep_interval": 0}}, dt.timedelta(0)),
         ({"lmtp": {"max_connections": 0}}, 0),
     ],

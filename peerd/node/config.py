@@ -924,9 +924,21 @@ def listeners(config: Config) -> list[tuple[str, Address]]:
 def _check_listen_ports(config: Config) -> None:
     """Two listeners on one port: the second would find it taken at start."""
 
+    def families(host: str) -> set[int]:
+        try:
+            return {ipaddress.ip_address(host).version}
+        except ValueError:  # a name (localhost): it may resolve to either
+            return {4, 6}
+
     def overlap(one: str, two: str) -> bool:
         one, two = one.lower(), two.lower()
-        if one == two or {one, two} & _WILDCARDS:
+        if one == two:
+            return True
+        # An IPv4 and an IPv6 socket never collide (the listeners bind IPv6
+        # only, as asyncio does).
+        if not families(one) & families(two):
+            return False
+        if {one, two} & _WILDCARDS:
             return True
         # localhost is the loopback addresses (127.0.0.1 and ::1)
         return "localhost" in (one, two) and is_loopback(one) and is_loopback(two)
