@@ -263,6 +263,14 @@ def test_peerctl_mistakes_are_one_line_before_any_request(tmp_path: Path) -> Non
         (["account", "import", "a.csv", "--batch", "-1"], "--batch must be 1 to 1000"),
         (["account", "import", "a.csv", "--batch", "1001"], "--batch must be 1 to 1000"),
     ]
+    # A config whose node serves no control API: said so, not "give -c FILE".
+    (tmp_path / "no-api.toml").write_text('[node]\nname = "alpha"\n')
+    done = run_command("peerd.cli", ["-c", "no-api.toml", "status"], tmp_path, timeout=60)
+    assert done.returncode == 2, done
+    assert (
+        done.stderr == "peerctl: no-api.toml has no [listen] http: the node serves no"
+        " control API; set it (and restart the node), or give --api URL\n"
+    )
     for argv, needle in cases:
         done = run_command("peerd.cli", [*api, *argv], tmp_path, timeout=60)
         assert done.returncode == 2, (argv, done)

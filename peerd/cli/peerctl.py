@@ -1078,6 +1078,12 @@ def make_client(args: argparse.Namespace) -> Client:
         token = token or config.api.token
         if config.partner.api and args.api is None:
             partner = Client(config.partner.api, config.partner.token or config.api.token, 10.0)
+    if not base and args.config:
+        # "give -c FILE" would be no help to one who did.
+        raise ConfigError(
+            f"{args.config} has no [listen] http: the node serves no control API;"
+            " set it (and restart the node), or give --api URL"
+        )
     if not base:
         raise ConfigError("give -c FILE or --api URL")
     return Client(base, token, partner=partner)
