@@ -73,11 +73,19 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--pipe-fd", type=int, required=True)
     worker.add_argument("--parent", type=int, required=True)
     worker.add_argument("--log-format", choices=("text", "json"))
+    worker.add_argument("--config-stdin", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "lmtp-worker":
         from peerd.services.lmtp.worker import worker_main
 
-        return worker_main(args.config, args.listen_fd, args.pipe_fd, args.parent, args.log_format)
+        return worker_main(
+            args.config,
+            args.listen_fd,
+            args.pipe_fd,
+            args.parent,
+            args.log_format,
+            args.config_stdin,
+        )
     try:
         if args.command in ("check-config", "run"):
             config = load_for_service(args.config)
