@@ -657,15 +657,19 @@ def parse_config(
         raise ConfigError(
             f"[database] url: {scheme!r} is not supported; use sqlite:/// or postgresql://"
         )
+    # What SQLAlchemy's make_url takes (not imported here: the LMTP worker
+    # reads this module and must not load SQLAlchemy): SCHEME://..., a port
+    # of digits.
     try:
-        from sqlalchemy.engine import make_url
-
-        make_url(config.database_url)
-    except Exception as exc:  # sqlalchemy's ArgumentError, ValueError for a bad port
+        port = urllib.parse.urlsplit(config.database_url).port
+        usable = "://" in config.database_url and (port is None or port >= 0)
+    except ValueError:  # a port that is not a number, a broken IPv6 literal
+        usable = False
+    if not usable:
         raise ConfigError(
             "[database] url: not a database URL (e.g. sqlite:////var/lib/peerd/peerd.db"
             " or postgresql+psycopg://peerd:PASSWORD@HOST/peerd)"
-        ) from exc
+        )
     if not re.fullmatch(r"[a-z0-9][a-z0-9\-]{0,62}", config.node.name):
         raise ConfigError("[node] name must be lower-case letters, digits and dashes")
     hostname = config.node.hostname
