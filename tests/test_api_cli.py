@@ -220,3 +220,80 @@ def test_peerctl_exit_status(node: LoneNode, tmp_path: Path) -> None:
     assert node.stop() == 0
     down = peerctl(node, "status")
     assert down.returncode == 3 and "cannot reach" in down.stderr
+
+
+def test_a_credential_that_is_not_utf8_is_refused_not_a_server_error(node: LoneNode) -> None:
+    """aiohttp keeps a header's non-UTF-8 bytes as surrogates; the token
+    checks encoded them again strictly, and a stranger's ``Authorization:
+    Bearer \\xfc`` was a 500 with a traceback in the log (control API and
+    sync listener alike) instead of 401."""
+    assert_problem(request(node, "GET", "/v1/accounts", token="\xfc"), 401)
+    sync = urllib.request.Request(
+        f"http://127.0.0.1:{node.ports['sync']}/sync/v1/hello", data=b"{}", method="POST"
+    )
+    sync.add_header("Authorization", "Basic \xfc")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(sync, timeout=10)
+    with info.value:
+        assert info.value.code == 401
+    assert "Traceback" not in node.log.read_text()
+
+
+def test_peerctl_mistakes_are_one_line_before_any_request(tmp_path: Path) -> None:
+    """Each is refused with exit status 2 and one line before peerctl asks
+    the node anything (so no node runs here): a password or CA file that is
+    not there was a traceback; ``--batch 0`` said "range() arg 3 must not be
+    zero"; ``--batch -1`` sent nothing and said "imported 0 of 1" with exit
+    status 0; ``--messages abc`` said "invalid literal for int()". (A CA
+    file: test_import_imap_with_a_ca_file_that_is_not_there_is_one_line.)"""
+    from peerd.cli.peerctl import IMPORT_BATCH
+    from peerd.control.accountimport import MAX_BATCH
+    from tests.harness.clients import run_command
+    from tests.harness.procs import free_port
+
+    assert IMPORT_BATCH == MAX_BATCH
+    (tmp_path / "a.csv").write_text("amy,pw\n")
+    api = ["--api", f"http://127.0.0.1:{free_port()}", "--token", "t"]
+    cases: list[tuple[list[str], str]] = [
+        (["account", "add", "amy", "--password-file", "gone"], "--password-file gone: cannot read"),
+        (["account", "passwd", "amy", "--password-file", "."], "--password-file .: cannot read"),
+        (["account", "quota", "amy", "1M", "--messages", "abc"], "--messages 'abc': give a number"),
+        (["account", "quota", "amy", "1M", "--messages", "-1"], "--messages '-1': give a number"),
+        (["account", "import", "a.csv", "--batch", "0"], "--batch must be 1 to 1000"),
+        (["account", "import", "a.csv", "--batch", "-1"], "--batch must be 1 to 1000"),
+        (["account", "import", "a.csv", "--batch", "1001"], "--batch must be 1 to 1000"),
+    ]
+    # A config whose node serves no control API: said so, not "give -c FILE".
+    (tmp_path / "no-api.toml").write_text('[node]\nname = "alpha"\n')
+    done = run_command("peerd.cli", ["-c", "no-api.toml", "status"], tmp_path, timeout=60)
+    assert done.returncode == 2, done
+    assert (
+        done.stderr == "peerctl: no-api.toml has no [listen] http: the node serves no"
+        " control API; set it (and restart the node), or give --api URL\n"
+    )
+    for argv, needle in cases:
+        done = run_command("peerd.cli", [*api, *argv], tmp_path, timeout=60)
+        assert done.returncode == 2, (argv, done)
+        assert done.stdout == "" and "Traceback" not in done.stderr, (argv, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"peerctl: {needle}"), (argv, lines)
+
+
+def test_import_imap_with_a_ca_file_that_is_not_there_is_one_line(
+    node: LoneNode, tmp_path: Path
+) -> None:
+    """It was a FileNotFoundError traceback, after the node was asked."""
+    from tests.harness.procs import free_port
+
+    node.add_account("amy")
+    (tmp_path / "pw").write_text("pw\n")
+    for cafile, why in ((tmp_path / "gone.pem", "No such file"), (tmp_path / "pw", "X509")):
+        done = peerctl(
+            node,
+            *("import-imap", "--host", "127.0.0.1", "--port", str(free_port()), "--tls"),
+            *("--cafile", str(cafile), "--password-file", str(tmp_path / "pw")),
+            *("--user", "amy", "--account", "amy"),
+        )
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done
+        line = done.stderr.strip()
+        assert line.startswith(f"peerctl: --cafile {cafile}: cannot load CA") and why in line

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import re
+import socket
+import subprocess
 import typing
 from pathlib import Path
 from typing import Any
@@ -15,11 +17,13 @@ from peerd.node.config import (
     Address,
     Config,
     ConfigError,
+    check_for_service,
     load_config,
     parse_config,
     parse_duration,
     parse_size,
 )
+from tests.harness.certs import self_signed
 from tests.harness.clients import run_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -249,3 +253,243 @@ def test_every_key_is_documented_in_the_example(section: str, cls: Any) -> None:
             or re.search(rf"^#?\s*\[{section}\.{f.name}\.", text, re.M)  # [sync.channels.NAME]
         )
         assert shown, f"[{section}] {f.name} is not in configs/peerd.example.toml"
+
+
+# -- hostile and mistaken values (the audit of every key) -------------------------
+
+_INF, _NAN = float("inf"), float("nan")
+
+
+@pytest.mark.parametrize(
+    ("tables", "message"),
+    [
+        # Durations: TOML's inf and nan, numbers past what a timedelta holds,
+        # negative numbers (as "-1s" is), zero where it would spin or cut at once.
+        ({"imap": {"idle_timeout": _INF}}, r"\[imap\] idle_timeout: longer than 100 years"),
+        ({"http": {"header_timeout": -_INF}}, r"\[http\] header_timeout: not a duration"),
+        ({"lmtp": {"duplicate_window": _NAN}}, r"\[lmtp\] duplicate_window: not a duration"),
+        ({"auth": {"failure_window": 10**30}}, r"\[auth\] failure_window: longer than 100"),
+        ({"node": {"spool_sweep_grace": 2**63}}, r"\[node\] spool_sweep_grace: longer than"),
+        ({"routing": {"transfer_grace": "99999999d"}}, r"\[routing\] transfer_grace: longer"),
+        ({"lmtp": {"shutdown_grace": -1}}, r"\[lmtp\] shutdown_grace: not a duration"),
+        ({"sync": {"sync_repeat_interval": 0}}, r"\[sync\] sync_repeat_interval: must be more"),
+        ({"sync": {"sync_reconnect_maxwait": "0s"}}, r"sync_reconnect_maxwait: must be more"),
+        ({"imap": {"login_timeout": "0ms"}}, r"\[imap\] login_timeout: must be more than 0"),
+        ({"pop3": {"idle_timeout": 0}}, r"\[pop3\] idle_timeout: must be more than 0"),
+        ({"managesieve": {"idle_timeout": 0}}, r"\[managesieve\] idle_timeout: must be more"),
+        (
+            {"routing": {"hooks": [{"name": "h", "url": "http://127.0.0.1:1/", "timeout": 0}]}},
+            r"\[routing.hooks\] timeout: must be more than 0",
+        ),
+        # Sizes: negative and past a 64-bit integer.
+        ({"imap": {"max_literal": -1}}, r"\[imap\] max_literal: not a size"),
+        ({"sync": {"sync_max_request": 10**30}}, r"\[sync\] sync_max_request: larger than"),
+        ({"lmtp": {"max_message_size": 0}}, r"\[lmtp\] max_message_size: must be at least 1"),
+        ({"imap": {"login_input_limit": 0}}, r"\[imap\] login_input_limit: must be at least"),
+        # Integers: ports, caps, counts.
+        ({"sync": {"sync_port": 0}}, r"\[sync\] sync_port: must be a TCP port"),
+        ({"sync": {"sync_port": 99999}}, r"\[sync\] sync_port: must be a TCP port"),
+        ({"sync": {"sync_port": -5}}, r"\[sync\] sync_port: must be a TCP port"),
+        (
+            {"sync": {"channels": {"dr": {"sync_host": "127.0.0.1", "sync_port": 10**30}}}},
+            r"\[sync.channels.dr\] sync_port: too large",
+        ),
+        ({"sync": {"sync_batchsize": 10**30}}, r"\[sync\] sync_batchsize: too large"),
+        ({"lmtp": {"max_recipients": 0}}, r"\[lmtp\] max_recipients: must be at least 1"),
+        ({"imap": {"max_line": 0}}, r"\[imap\] max_line: must be at least 512"),
+        ({"imap": {"max_connections": -1}}, r"\[imap\] max_connections: must not be negative"),
+        ({"pop3": {"max_connections_per_ip": -1}}, r"max_connections_per_ip: must not be neg"),
+        ({"lmtp": {"max_connections": -1}}, r"\[lmtp\] max_connections: must not be negative"),
+        (
+            {"managesieve": {"max_connections_per_ip": -1}},
+            r"\[managesieve\] max_connections_per_ip: must",
+        ),
+        ({"imap": {"max_sessions_per_account": 0}}, r"max_sessions_per_account: must be at"),
+        ({"routing": {"auth_http_wait": -3}}, r"\[routing\] auth_http_wait: must not be neg"),
+        # Paths: empty (Path("") is the working directory) or with a NUL.
+        ({"sync": {"sync_tls_ca": "a\x00b"}}, r"\[sync\] sync_tls_ca: not a path"),
+        ({"sync": {"sync_shutdown_file": ""}}, r"\[sync\] sync_shutdown_file: not a path"),
+        ({"node": {"data_dir": "var\x00x"}}, r"\[node\] data_dir: not a path"),
+        # Strings the node would choke on later.
+        ({"node": {"hostname": "mail host"}}, r"\[node\] hostname must be this host's name"),
+        ({"node": {"hostname": "máil.example"}}, r"\[node\] hostname must be"),
+        ({"node": {"hostname": ""}}, r"\[node\] hostname must be"),
+        ({"partner": {"name": "Beta"}}, r"\[partner\] name must be the partner's \[node\] name"),
+        ({"partner": {"name": "bêta"}}, r"\[partner\] name must be"),
+        ({"database": {"url": "sqlite"}}, r"\[database\] url: not a database URL"),
+        ({"database": {"url": "postgresql"}}, r"\[database\] url: not a database URL"),
+        ({"database": {"url": "postgresql://h:port/db"}}, r"\[database\] url: not a database"),
+        # A sync host with its port, or not a host at all: never connects.
+        (
+            {"sync": {"sync_host": "127.0.0.1:2005", "sync_tls": False}},
+            r"\[sync\] sync_host: not a host name or IP address; give the host alone",
+        ),
+        ({"sync": {"sync_host": "beta host", "sync_tls": False}}, r"\[sync\] sync_host: not a"),
+        (
+            {"sync": {"channels": {"dr": {"sync_host": "bäck.example", "sync_tls": True}}}},
+            r"\[sync.channels.dr\] sync_host: not a host name",
+        ),
+        # A token peerctl could never present (it was Unauthorized for ever).
+        ({"api": {"token": "tök"}}, r"\[api\] token must be printable ASCII"),
+        ({"partner": {"name": "beta", "token": "a\nb"}}, r"\[partner\] token must be printable"),
+        # Proxy hooks: found out otherwise at the next failover.
+        ({"routing": {"hooks": [{"name": "h"}]}}, r"'h': give it either url or command"),
+        (
+            {"routing": {"hooks": [{"name": "h", "url": "http://a/", "command": ["x"]}]}},
+            r"'h': give it either url or command",
+        ),
+        (
+            {"routing": {"hooks": [{"name": "h", "url": "ftp://a/"}]}},
+            r"'h' url: 'ftp://a/' is not an http:// or https:// URL",
+        ),
+        (
+            {
+                "routing": {
+                    "hooks": [{"name": "h", "command": ["x"]}, {"name": "h", "url": "http://a/"}]
+                }
+            },
+            r"'h': two hooks have this name",
+        ),
+        ({"routing": {"hooks": [{"name": " ", "command": ["x"]}]}}, r"name: give each hook a name"),
+        ({"routing": {"hooks": [{"name": "h", "command": [""]}]}}, r"'h' command: the first item"),
+        # A crontab APScheduler takes but that never comes: the job never runs.
+        ({"scrub": {"schedule": "0 0 31 2 *"}}, r"\[scrub\] schedule: '0 0 31 2 \*' names no"),
+        # Two listeners on one port: the second would find it taken at start.
+        (
+            {"listen": {"imap": "127.0.0.1:1143", "pop3": "127.0.0.1:1143"}},
+            r"\[listen\] pop3 and \[listen\] imap are both on port 1143",
+        ),
+        (
+            {"listen": {"lmtp": "0.0.0.0:2424"}, "managesieve": {"listen": "127.0.0.1:2424"}},
+            r"\[managesieve\] listen and \[listen\] lmtp are both on port 2424",
+        ),
+        (
+            {"listen": {"imap": "localhost:1143", "pop3": "127.0.0.1:1143"}},
+            r"both on port 1143",
+        ),
+    ],
+)
+def test_hostile_values_are_one_error_naming_the_key(tables: dict[str, Any], message: str) -> None:
+    """Each used to pass (and fail at start or misbehave while running) or
+    raise something other than ConfigError, which check-config printed as a
+    traceback."""
+    data: dict[str, Any] = {"node": {"name": "alpha"}}
+    for name, table in tables.items():
+        data.setdefault(name, {}).update(table)
+    with pytest.raises(ConfigError, match=message) as raised:
+        parse_config(data)
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("node", [5, "name", [1]])
+def test_a_node_that_is_not_a_table_is_said(node: object) -> None:
+    with pytest.raises(ConfigError, match=r"\[node\] must be a table"):
+        parse_config({"node": node})
+
+
+@pytest.mark.parametrize(
+    ("tables", "value"),
+    [
+        # Odd but meaningful forms are taken as they read.
+        ({"imap": {"idle_timeout": "1.5s"}}, dt.timedelta(seconds=1.5)),
+        ({"imap": {"idle_timeout": "10\u00a0s"}}, dt.timedelta(seconds=10)),
+        ({"imap": {"idle_timeout": 1.5}}, dt.timedelta(seconds=1.5)),
+        ({"imap": {"max_literal": "10MiB"}}, 10 << 20),
+        ({"imap": {"max_literal": "10mb"}}, 10 << 20),
+        ({"listen": {"imap": "[::1]:143", "pop3": "127.0.0.1:143"}}, 143),
+        ({"listen": {"imap": "127.0.0.1:143", "pop3": "127.0.0.2:143"}}, 143),
+        ({"listen": {"imap": "0.0.0.0:143", "pop3": "[::]:143"}}, 143),
+        ({"listen": {"imap": "0.0.0.0:143", "pop3": "[::1]:143"}}, 143),
+        ({"node": {"spool_sweep_interval": 0}}, dt.timedelta(0)),
+        ({"lmtp": {"max_connections": 0}}, 0),
+    ],
+)
+def test_odd_but_meaningful_values_are_taken(tables: dict[str, Any], value: object) -> None:
+    data: dict[str, Any] = {"node": {"name": "alpha"}}
+    for name, table in tables.items():
+        data.setdefault(name, {}).update(table)
+    config = parse_config(data)
+    table, key = next((n, k) for n, t in tables.items() for k in t)
+    got = getattr(getattr(config, table), key)
+    assert (got.port if isinstance(got, Address) else got) == value
+
+
+def test_check_for_service_refuses_what_the_start_would_trip_on(tmp_path: Path) -> None:
+    """A data_dir that is a file, a listener on an address this host does not
+    have or a name that does not resolve: ``run`` used to die with a
+    traceback (FileExistsError, EADDRNOTAVAIL, gaierror) after check-config
+    said ok."""
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"node": {"data_dir": str(a_file)}}, r"\[node\] data_dir .* is not a directory"),
+        ({"node": {"data_dir": str(a_file / "sub")}}, r"\[node\] data_dir .* not a directory"),
+        # 192.0.2.1 is TEST-NET-1 (RFC 5737): never an address of this host.
+        ({"listen": {"imap": "192.0.2.1:1143"}}, r"\[listen\] imap: cannot listen on 192.0.2.1"),
+        (
+            {"managesieve": {"listen": "no-such-host.invalid:4190"}},
+            r"\[managesieve\] listen: cannot resolve the host 'no-such-host.invalid'",
+        ),
+    ]
+    for tables, message in cases:
+        data: dict[str, Any] = {"node": {"name": "alpha", "data_dir": str(tmp_path / "d")}}
+        for name, table in tables.items():
+            data.setdefault(name, {}).update(table)
+        config = parse_config(data)
+        with pytest.raises(ConfigError, match=message):
+            check_for_service(config)
+    # A port in use is not refused: check-config runs beside the node it checks.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        check_for_service(
+            parse_config(
+                {
+                    "node": {"name": "alpha", "data_dir": str(tmp_path / "d")},
+                    "listen": {"imap": f"127.0.0.1:{port}"},
+                }
+            )
+        )
+
+
+def test_a_file_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
+    """It was a UnicodeDecodeError traceback from check-config and run (and
+    'reload failed' with one on SIGHUP)."""
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes(b'[node]\nname = "alpha"\nhostname = "m\xe4il"\n')
+    with pytest.raises(ConfigError, match=r"latin1\.toml: line 3 is not UTF-8 text"):
+        load_config(latin1)
+    done = run_command("peerd", ["check-config", "-c", str(latin1)], tmp_path, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done
+    assert done.stderr.startswith("peerd: ") and "line 3 is not UTF-8" in done.stderr
+
+
+def test_a_key_with_a_passphrase_is_refused_without_asking(tmp_path: Path) -> None:
+    """OpenSSL asked for the passphrase on the terminal (check-config waited
+    there) and then died with an OSError traceback."""
+    cert, key = self_signed(tmp_path)
+    encrypted = tmp_path / "encrypted.key"
+    subprocess.run(
+        [
+            "openssl",
+            "pkey",
+            "-in",
+            str(key),
+            "-out",
+            str(encrypted),
+            "-aes256",
+            "-passout",
+            "pass:x",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    config = parse_config(
+        {
+            "node": {"name": "alpha", "data_dir": str(tmp_path / "d")},
+            "tls": {"cert": str(cert), "key": str(encrypted)},
+        }
+    )
+    with pytest.raises(ConfigError, match=r"\[tls\] key .*encrypted\.key is encrypted with a pass"):
+        check_for_service(config)

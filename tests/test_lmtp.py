@@ -18,6 +18,7 @@ import ssl
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from engine.store import Store
 from ownership import table as ownership_table
 from tests.conftest import LoneNode
 from tests.harness.certs import self_signed
-from tests.harness.daemons import ModuleNodes
+from tests.harness.daemons import ModuleNodes, to_toml
 from tests.harness.procs import Proc, pid_alive, wait_until
 
 NodeFactory = Callable[..., LoneNode]
@@ -441,6 +442,51 @@ def test_a_killed_lmtp_worker_is_restarted_and_no_acknowledged_message_is_lost(
     # What the dead worker had written and nobody will commit is gone.
     assert all(f".{worker['pid']}." not in p.name for p in temp_files(node))
     assert node.call("GET", "/v1/status")["counters"]["lmtp_worker_restarts"] == 1
+
+
+def _lhlo_size(node: LoneNode) -> str:
+    with node.lmtp() as client:
+        code, text = client.docmd("LHLO", "t")
+        assert code == 250
+    return next(line.split()[1] for line in text.decode().splitlines() if line.startswith("SIZE"))
+
+
+def test_a_restarted_lmtp_worker_runs_the_daemons_config_not_the_edited_file(
+    lone_node: NodeFactory,
+) -> None:
+    """A worker started again read the config file: edited since to a value
+    only a restart applies, it alone took it; edited to an error, it died on
+    it with a traceback, again and again, and LMTP was down."""
+    node = lone_node()
+    node.add_account("nina")
+    size = _lhlo_size(node)
+    original = node.config.read_text()
+    edits = []
+    for size_in_file in ("1K", "huge"):  # a change only a restart applies, then an error
+        sections = tomllib.loads(original)
+        sections.setdefault("lmtp", {})["max_message_size"] = size_in_file
+        edits.append(to_toml(sections))
+    try:
+        for restarts, text in enumerate(edits, start=1):
+            node.config.write_text(text)
+            (worker,) = lmtp_workers(node)
+            os.kill(worker["pid"], signal.SIGKILL)
+            wait_until(
+                lambda n=restarts: lmtp_workers(node)[0]["restarts"] == n,  # type: ignore[misc]
+                30,
+                f"restart {restarts}",
+            )
+            assert _lhlo_size(node) == size  # the daemon's value, not the file's
+            with node.lmtp() as client:
+                assert (
+                    client.sendmail("s@example.test", ["nina@example.test"], msg(f"edit{restarts}"))
+                    == {}
+                )
+    finally:
+        node.config.write_text(original)
+    assert len(node.records("nina")) == 2
+    assert node.call("GET", "/v1/status")["counters"]["lmtp_worker_restarts"] == 2
+    assert "Traceback" not in node.log.read_text()
 
 
 def test_the_lmtp_worker_dies_with_the_daemon(lone_node: NodeFactory) -> None:

@@ -21,7 +21,7 @@ import pytest
 
 from tests.harness.certs import self_signed
 from tests.harness.clients import run_command
-from tests.harness.procs import free_port
+from tests.harness.procs import free_port, wait_until
 from tests.nodes import Node, peerctl, write_config
 
 LoneNode = Callable[..., Node]
@@ -271,3 +271,56 @@ def test_quotas_take_size_units_in_peerctl_and_the_api(lone_node: LoneNode) -> N
     assert node.call("GET", "/v1/accounts/bob")["quota_limit"] == 512 << 10
     done = peerctl(node, "account", "quota", "alice", "5 parsecs")
     assert done.returncode == 2 and "give bytes, a size like 10M" in done.stderr
+
+
+def test_run_refuses_in_one_line_what_used_to_crash_at_start(lone_node: LoneNode) -> None:
+    """check-config said ok to each of these and `run` then died with a
+    traceback (exit status 1, which systemd restarts on): FileExistsError
+    from a data_dir that is a file, EADDRNOTAVAIL from a listener on an
+    address this host does not have, ArgumentError from a database URL."""
+    node = lone_node(start=False)
+    a_file = node.workdir / "not-a-dir"
+    a_file.write_text("")
+    cases: list[tuple[Callable[[dict[str, Any]], None], str]] = [
+        (lambda s: s["node"].update(data_dir=str(a_file)), "[node] data_dir"),
+        # 192.0.2.1 is TEST-NET-1 (RFC 5737): never an address of this host.
+        (lambda s: s["listen"].update(imap="192.0.2.1:1143"), "[listen] imap: cannot listen"),
+        (lambda s: s["database"].update(url="sqlite"), "[database] url: not a database URL"),
+    ]
+    for number, (change, needle) in enumerate(cases):
+        bad = _variant(node, node.workdir / f"start{number}.toml", change)
+        for command in ("check-config", "run"):
+            _refused_in_one_line(_peerd(command, "-c", str(bad), cwd=node.workdir), needle)
+    assert not node.db_path.exists()
+
+
+def test_a_reload_to_a_config_that_must_not_serve_keeps_the_running_one(
+    lone_node: LoneNode,
+) -> None:
+    """SIGHUP read the file with less care than check-config and run: a sync
+    CA file that holds no certificate was applied (every later sync
+    connection failed), and a duration of inf logged a traceback."""
+    node = lone_node()
+    _, key = self_signed(node.workdir, "one")
+    original = node.config.read_text()
+    assert node.pid is not None
+    edits: list[Callable[[dict[str, Any]], None]] = [
+        lambda s: s.setdefault("sync", {}).update(sync_tls_ca=str(key)),
+        lambda s: s.setdefault("imap", {}).update(idle_timeout=float("inf")),
+    ]
+    for number, change in enumerate(edits, start=1):
+        node.config.write_text(original)
+        _variant(node, node.config, change)
+        os.kill(node.pid, signal.SIGHUP)
+        wait_until(
+            lambda n=number: node.log.read_text().count("config not reloaded") >= n,  # type: ignore[misc]
+            20,
+            f"reload refusal {number}",
+        )
+    log = node.log.read_text()
+    assert "Traceback" not in log and "reload failed" not in log, log
+    assert "[sync] sync_tls_ca: " in log and "[imap] idle_timeout: longer than" in log
+    counters = node.call("GET", "/v1/status")["counters"]
+    assert counters["config_reload_failures"] == 2 and counters.get("config_reloads", 0) == 0
+    node.config.write_text(original)
+    assert node.healthy()

@@ -371,7 +371,13 @@ async def serve(
             loop.add_signal_handler(sig, stop_event.set)
 
     created = not config.node.data_dir.exists()
-    config.node.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        config.node.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # check-config saw it fine; it changed since, or another user
+        raise StartRefused(
+            f"[node] data_dir {config.node.data_dir}: cannot make it: {exc.strerror};"
+            " give a directory this user may write"
+        ) from exc
     lock = lock_data_dir(config.node.data_dir)
     try:
         await _serve_locked(config, stop_event, created, forked or [])

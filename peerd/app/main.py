@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from peerd.node.config import Config, ConfigError, check_for_service, load_config
+from peerd.node.config import Config, ConfigError, load_config, load_for_service
 from peerd.node.version import release
 
 __all__ = ["main"]
@@ -73,15 +73,24 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--pipe-fd", type=int, required=True)
     worker.add_argument("--parent", type=int, required=True)
     worker.add_argument("--log-format", choices=("text", "json"))
+    worker.add_argument("--config-stdin", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "lmtp-worker":
         from peerd.services.lmtp.worker import worker_main
 
-        return worker_main(args.config, args.listen_fd, args.pipe_fd, args.parent, args.log_format)
+        return worker_main(
+            args.config,
+            args.listen_fd,
+            args.pipe_fd,
+            args.parent,
+            args.log_format,
+            args.config_stdin,
+        )
     try:
-        config = load_config(args.config)
         if args.command in ("check-config", "run"):
-            check_for_service(config)
+            config = load_for_service(args.config)
+        else:
+            config = load_config(args.config)
     except ConfigError as exc:
         if not str(exc).startswith(args.config):
             exc = ConfigError(f"{args.config}: {exc}")

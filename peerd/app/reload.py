@@ -33,13 +33,14 @@ context first: a bad certificate or key is logged and the running one stays.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import ssl
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from peerd.node.config import Config, ConfigError, load_config
+from peerd.node.config import Config, ConfigError, load_for_service
 from peerd.node.node import Node
 from peerd.pair.hooks import Hooks
 from peerd.replication.client import SyncClient
@@ -145,7 +146,9 @@ class Reloader:
         if path is None:
             return Reloaded(error="the node was not started from a file")
         try:
-            fresh = load_config(path)
+            # Checked as check-config and run check it: a secret left at the
+            # example's, a CA file that does not load, is refused here too.
+            fresh = await asyncio.to_thread(load_for_service, path)  # it may resolve names
         except ConfigError as exc:
             node.counters.inc("config_reload_failures")
             log.error("SIGHUP: config not reloaded, the running one stays: %s", exc)

@@ -22,7 +22,7 @@ from typing import IO
 
 from sqlalchemy.exc import OperationalError
 
-from peerd.node.config import Address, Config
+from peerd.node.config import Config, listeners
 
 __all__ = ["EXIT_CONFIG", "StartRefused", "lock_data_dir", "start_error"]
 
@@ -39,7 +39,13 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
     """Hold ``data_dir``'s lock (the returned file; closing it releases the
     lock) or raise :class:`StartRefused` naming the daemon that holds it."""
     path = data_dir / LOCK_FILE
-    handle = open(path, "a+")  # noqa: SIM115 - held for the daemon's life
+    try:
+        handle = open(path, "a+")  # noqa: SIM115 - held for the daemon's life
+    except OSError as exc:
+        raise StartRefused(
+            f"cannot open {path}: {exc.strerror}; [node] data_dir must be a directory"
+            " this user may write"
+        ) from exc
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -59,23 +65,9 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
     return handle
 
 
-def _listeners(config: Config) -> list[tuple[str, Address]]:
-    listen = config.listen
-    named: list[tuple[str, Address | None]] = [
-        ("[listen] lmtp", listen.lmtp),
-        ("[listen] imap", listen.imap),
-        ("[listen] pop3", listen.pop3),
-        ("[listen] sync", listen.sync),
-        ("[listen] http", listen.http),
-        ("[listen] socketmap", listen.socketmap),
-        ("[managesieve] listen", config.managesieve.listen),
-    ]
-    return [(key, address) for key, address in named if address is not None]
-
-
 def _port_in_use(config: Config, exc: OSError) -> StartRefused:
     text = str(exc)
-    for key, address in _listeners(config):
+    for key, address in listeners(config):
         if re.search(rf"[,:] ?{address.port}\b", text):
             return StartRefused(
                 f"{key} = {str(address)!r}: the address is already in use (another peerd,"

@@ -236,7 +236,13 @@ class Source:
         self._caps: frozenset[str] | None = None
         context: ssl.SSLContext | None = None
         if security != "plain":
-            context = ssl.create_default_context(cafile=cafile)
+            try:
+                context = ssl.create_default_context(cafile=cafile)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(
+                    f"--cafile {cafile}: cannot load CA certificates from it"
+                    f" ({getattr(exc, 'strerror', None) or exc})"
+                ) from exc
             if insecure:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE

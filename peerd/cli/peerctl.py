@@ -82,10 +82,20 @@ def quote(part: str) -> str:
     return urllib.parse.quote(part, safe="")
 
 
+# Accounts per request of `account import` (the API's
+# peerd.control.accountimport.MAX_BATCH).
+IMPORT_BATCH = 1000
+
+
 def _read_password(args: argparse.Namespace) -> str:
     if getattr(args, "password_file", None):
-        with open(args.password_file) as handle:
-            password = handle.readline().rstrip("\r\n")
+        try:
+            with open(args.password_file) as handle:
+                password = handle.readline().rstrip("\r\n")
+        except OSError as exc:
+            raise ValueError(
+                f"--password-file {args.password_file}: cannot read it ({exc.strerror})"
+            ) from exc
     elif getattr(args, "password_stdin", False):
         password = sys.stdin.readline().rstrip("\r\n")
     elif sys.stdin.isatty():
@@ -258,6 +268,10 @@ def cmd_account_import(client: Client, args: argparse.Namespace) -> Any:
             text = handle.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"cannot read {args.file}: {exc}") from exc
+    if not 1 <= args.batch <= IMPORT_BATCH:
+        # 0 stopped in range() ("arg 3 must not be zero"); a negative one
+        # sent nothing and said "imported 0 of N" with exit status 0.
+        raise ValueError(f"--batch must be 1 to {IMPORT_BATCH}")
     entries, errors = importfile.parse(text, args.format)
     if errors:
         shown = [f"{args.file}:{e}" for e in errors[:20]]
@@ -358,11 +372,20 @@ def cmd_import_imap(client: Client, args: argparse.Namespace) -> Any:
     return result, "\n".join(lines)
 
 
+def _message_limit(text: str) -> int | None:
+    """``--messages``: a number of messages, or ``none``."""
+    if text.strip().lower() in ("none", "unlimited"):
+        return None
+    if not (text.strip().isascii() and text.strip().isdigit()):
+        raise ValueError(f"--messages {text!r}: give a number of messages, or none")
+    return int(text)
+
+
 def cmd_account_quota(client: Client, args: argparse.Namespace) -> Any:
     limit = _quota(args.limit)
     body: dict[str, Any] = {"quota_limit": limit}
     if args.messages is not None:
-        body["message_limit"] = None if args.messages == "none" else int(args.messages)
+        body["message_limit"] = _message_limit(args.messages)
     result = client.call("PUT", f"/v1/accounts/{quote(args.user)}/quota", body)
     messages = result.get("message_limit")
     shown = "" if messages is None else f", at most {messages} messages"
@@ -1055,6 +1078,12 @@ def make_client(args: argparse.Namespace) -> Client:
         token = token or config.api.token
         if config.partner.api and args.api is None:
             partner = Client(config.partner.api, config.partner.token or config.api.token, 10.0)
+    if not base and args.config:
+        # "give -c FILE" would be no help to one who did.
+        raise ConfigError(
+            f"{args.config} has no [listen] http: the node serves no control API;"
+            " set it (and restart the node), or give --api URL"
+        )
     if not base:
         raise ConfigError("give -c FILE or --api URL")
     return Client(base, token, partner=partner)

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import errno
 import ipaddress
+import os
 import re
+import socket
 import ssl
 import tomllib
 import types
@@ -52,7 +55,9 @@ __all__ = [
     "SyncConfig",
     "TlsConfig",
     "check_for_service",
+    "listeners",
     "load_config",
+    "load_for_service",
     "parse_config",
     "parse_duration",
     "parse_size",
@@ -61,6 +66,39 @@ __all__ = [
 
 # A byte count that the file may write as "50M"; plain ints stay plain.
 Size = Annotated[int, "size"]
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """A key's allowed range, as ``Annotated`` metadata on its field: ints and
+    sizes compare as they are, durations in seconds (``above``: strictly
+    more than ``least``). ``say`` is what the error tells the admin."""
+
+    least: float
+    most: float | None = None
+    above: bool = False
+    say: str = ""
+
+    def check(self, value: object) -> None:
+        number = value.total_seconds() if isinstance(value, dt.timedelta) else value
+        assert isinstance(number, (int, float))
+        low = number <= self.least if self.above else number < self.least
+        if low or (self.most is not None and number > self.most):
+            raise ValueError(self.say)
+
+
+# A TCP port, and a duration that must not be zero (a timeout of nothing, a
+# loop that would spin).
+Port = Annotated[int, Bounds(1, 65535, say="must be a TCP port, 1 to 65535")]
+PositiveDuration = Annotated[dt.timedelta, Bounds(0, above=True, say="must be more than 0")]
+# A connection cap: 0 turns it off, a negative one would refuse everyone.
+Cap = Annotated[int, Bounds(0, say="must not be negative (0: no cap)")]
+# No number in the config is larger than a 64-bit signed integer (SQLite's
+# INTEGER, a C long): beyond it the store or the socket layer overflows.
+_MOST_INT = (1 << 63) - 1
+# The longest duration (100 years): a datetime this far back or ahead of now
+# still exists, and event-loop timers still take it.
+_MOST_SECONDS = 100 * 365 * 86400
 
 
 class ConfigError(Exception):
@@ -89,27 +127,41 @@ _SIZE_RE = re.compile(r"\A\s*(\d+)\s*([KMGT]i?B?|B)?\s*\Z", re.IGNORECASE)
 
 
 def parse_duration(value: object) -> dt.timedelta:
+    """A duration: a number of seconds or ``"250ms"``/``"1s"``/``"5m"``/``"2h"``/
+    ``"3d"``; never negative, NaN, infinite or past 100 years."""
+    seconds: float | None = None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return dt.timedelta(seconds=float(value))
-    if isinstance(value, str):
+        seconds = value if isinstance(value, float) else float(min(value, 1 << 64))
+    elif isinstance(value, str):
         match = _DURATION_RE.match(value)
         if match:
-            return dt.timedelta(seconds=float(match.group(1)) * _DURATION_UNITS[match.group(2)])
-    raise ValueError("not a duration (use e.g. 500ms, 1s, 5m, 2h, 3d)")
+            seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds is None or seconds != seconds or seconds < 0:
+        raise ValueError("not a duration (use e.g. 500ms, 1s, 5m, 2h, 3d)")
+    if seconds > _MOST_SECONDS:
+        raise ValueError("longer than 100 years (use e.g. 500ms, 1s, 5m, 2h, 3d)")
+    return dt.timedelta(seconds=seconds)
 
 
 def parse_size(value: object) -> int:
+    """A byte count: an integer or ``"64K"``/``"50M"``/``"1G"``; never
+    negative nor past 2**63 - 1."""
+    size: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str):
+        size = value
+    elif isinstance(value, str):
         match = _SIZE_RE.match(value)
         if match:
             unit = (match.group(2) or "B")[0].upper()
-            return (
+            size = (
                 int(match.group(1))
                 * {"B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit]
             )
-    raise ValueError("not a size (use bytes or e.g. 50M)")
+    if size is None or size < 0:
+        raise ValueError("not a size (use bytes or e.g. 50M)")
+    if size > _MOST_INT:
+        raise ValueError("larger than 2**63 - 1 bytes (use bytes or e.g. 50M)")
+    return size
 
 
 def parse_address(value: object) -> Address:
@@ -175,7 +227,7 @@ class ChannelConfig:
     any. Credentials and TLS as for the partner; empty: ``[sync]``'s."""
 
     sync_host: str = ""
-    sync_port: int = 2005
+    sync_port: Port = 2005
     sync_authname: str = ""
     sync_password: str = ""
     sync_tls: bool | None = None  # None: as [sync] sync_tls
@@ -185,13 +237,13 @@ class ChannelConfig:
 @dataclass(frozen=True, slots=True)
 class SyncConfig:
     sync_host: str = ""
-    sync_port: int = 2005
+    sync_port: Port = 2005
     sync_authname: str = ""
     sync_password: str = ""
     sync_compress: bool = False
     sync_log: bool = True
-    sync_repeat_interval: dt.timedelta = dt.timedelta(seconds=1)
-    sync_reconnect_maxwait: dt.timedelta = dt.timedelta(seconds=20)
+    sync_repeat_interval: PositiveDuration = dt.timedelta(seconds=1)
+    sync_reconnect_maxwait: PositiveDuration = dt.timedelta(seconds=20)
     # The sync connection's idle timeout: connecting, and each read of an
     # answer (a request that keeps moving is never cut).
     sync_timeout: dt.timedelta = dt.timedelta(seconds=30)
@@ -224,8 +276,8 @@ class PartnerConfig:
 
 @dataclass(frozen=True, slots=True)
 class LmtpConfig:
-    max_message_size: Size = 50 << 20
-    max_recipients: int = 1000
+    max_message_size: Annotated[Size, Bounds(1, say="must be at least 1 byte")] = 50 << 20
+    max_recipients: Annotated[int, Bounds(1, say="must be at least 1")] = 1000
     duplicate_window: dt.timedelta = dt.timedelta(days=3)
     duplicate_suppression: bool = True
     max_line: int = 4096
@@ -236,44 +288,46 @@ class LmtpConfig:
     idle_timeout: dt.timedelta = dt.timedelta(minutes=5)
     # Per LMTP process (each of [lmtp] workers counts its own); 0: no cap.
     # Clients on this host (the MTA beside the node) count only in all.
-    max_connections: int = 500
-    max_connections_per_ip: int = 100
+    max_connections: Cap = 500
+    max_connections_per_ip: Cap = 100
 
 
 @dataclass(frozen=True, slots=True)
 class ImapConfig:
-    max_line: int = 64 << 10
+    # Below a few hundred octets every ordinary command is refused (BYE).
+    max_line: Annotated[int, Bounds(512, say="must be at least 512 (octets)")] = 64 << 10
     max_literal: Size = 64 << 20
-    idle_timeout: dt.timedelta = dt.timedelta(minutes=30)
+    idle_timeout: PositiveDuration = dt.timedelta(minutes=30)
     login_failure_delay: dt.timedelta = dt.timedelta(seconds=2)
     max_login_failures: int = 3
     commands_per_second: int = 500
-    max_sessions_per_account: int = 50
+    max_sessions_per_account: Annotated[int, Bounds(1, say="must be at least 1")] = 50
     starttls: bool = True
     # LOGIN/AUTHENTICATE outside TLS; unset: allowed only when [tls] has no
     # certificate. A connection from the host's own address counts as secure.
     allow_plaintext_auth: bool | None = None
     # Before login: the time to log in, and the most one command line or
     # literal may hold (a password needs little).
-    login_timeout: dt.timedelta = dt.timedelta(seconds=60)
-    login_input_limit: Size = 8 << 10
+    login_timeout: PositiveDuration = dt.timedelta(seconds=60)
+    # A LOGIN with a long name and password must fit.
+    login_input_limit: Annotated[Size, Bounds(512, say="must be at least 512 (bytes)")] = 8 << 10
     # Open connections of the listener: in all, and per client address
     # (clients on this host, a local proxy, are not capped per address). 0: no cap.
-    max_connections: int = 5000
-    max_connections_per_ip: int = 100
+    max_connections: Cap = 5000
+    max_connections_per_ip: Cap = 100
 
 
 @dataclass(frozen=True, slots=True)
 class Pop3Config:
     max_line: int = 1024
-    idle_timeout: dt.timedelta = dt.timedelta(minutes=10)
+    idle_timeout: PositiveDuration = dt.timedelta(minutes=10)
     login_failure_delay: dt.timedelta = dt.timedelta(seconds=2)
     max_login_failures: int = 3
     # USER/PASS and AUTH outside TLS; unset: as [imap] allow_plaintext_auth.
     allow_plaintext_auth: bool | None = None
-    login_timeout: dt.timedelta = dt.timedelta(seconds=60)
-    max_connections: int = 2000
-    max_connections_per_ip: int = 100
+    login_timeout: PositiveDuration = dt.timedelta(seconds=60)
+    max_connections: Cap = 2000
+    max_connections_per_ip: Cap = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,13 +335,13 @@ class ManageSieveConfig:
     # Off unless set (RFC 5804's port is 4190).
     listen: Address | None = None
     starttls: bool = True  # offered only when [tls] has a certificate
-    idle_timeout: dt.timedelta = dt.timedelta(minutes=10)
+    idle_timeout: PositiveDuration = dt.timedelta(minutes=10)
     login_failure_delay: dt.timedelta = dt.timedelta(seconds=2)
     max_login_failures: int = 3
     max_scripts: int = 20
     # Open connections in all and per client address (0: no cap), as for POP3.
-    max_connections: int = 500
-    max_connections_per_ip: int = 20
+    max_connections: Cap = 500
+    max_connections_per_ip: Cap = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,13 +358,13 @@ class ProxyHook:
     name: str
     url: str = ""
     command: tuple[str, ...] = ()
-    timeout: dt.timedelta = dt.timedelta(seconds=5)
+    timeout: PositiveDuration = dt.timedelta(seconds=5)
 
 
 @dataclass(frozen=True, slots=True)
 class RoutingConfig:
     auth_http_secret: str = ""
-    auth_http_wait: int = 3
+    auth_http_wait: Annotated[int, Bounds(0, say="must not be negative (seconds)")] = 3
     imap_address: Address | None = None
     pop3_address: Address | None = None
     lmtp_address: Address | None = None
@@ -454,7 +508,12 @@ def _convert(value: object, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin is Annotated:
-        return parse_size(value) if "size" in hint.__metadata__ else _convert(value, args[0], where)
+        meta = hint.__metadata__
+        value = parse_size(value) if "size" in meta else _convert(value, args[0], where)
+        for bounds in meta:
+            if isinstance(bounds, Bounds):
+                bounds.check(value)
+        return value
     if origin in (types.UnionType, typing.Union):
         inner = [a for a in args if a is not type(None)]
         if value is None:
@@ -467,6 +526,8 @@ def _convert(value: object, hint: Any, where: str) -> Any:
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"expected an integer, got {_kind(value)}")
+        if abs(value) > _MOST_INT:
+            raise ValueError("too large (the most is 2**63 - 1)")
         return value
     if hint is str:
         if not isinstance(value, str):
@@ -475,6 +536,10 @@ def _convert(value: object, hint: Any, where: str) -> Any:
     if hint is Path:
         if not isinstance(value, str):
             raise ValueError(f"expected a path, got {_kind(value)}")
+        if not value or "\0" in value:
+            raise ValueError(
+                "not a path (empty, or with a NUL character); leave the key out for none"
+            )
         return Path(value)
     if hint is dt.timedelta:
         return parse_duration(value)
@@ -525,7 +590,9 @@ def parse_config(
     """The config ``data`` says, checked. ``schedules=False`` skips checking the
     crontab expressions, for a process that runs no scheduled job (the LMTP
     worker: APScheduler's cron parser is a third of its start-up imports)."""
-    if "node" not in data or "name" not in data.get("node", {}):
+    if not isinstance(data.get("node", {}), dict):
+        raise ConfigError("[node] must be a table")
+    if "name" not in data.get("node", {}):
         raise ConfigError("[node] name is required")
     sections = {f.name for f in dataclasses.fields(Config)} - {"path"}
     unknown = sorted(set(data) - sections)
@@ -575,11 +642,6 @@ def parse_config(
         raise ConfigError(f"[auth] scrypt_cost must be {MIN_LN} to {MAX_LN} (log2 of scrypt's N)")
     if config.lmtp.idle_timeout <= dt.timedelta(0):
         raise ConfigError("[lmtp] idle_timeout must be positive")
-    if min(config.lmtp.max_connections, config.lmtp.max_connections_per_ip) < 0:
-        raise ConfigError("[lmtp] max_connections and max_connections_per_ip must be >= 0")
-    sieve = config.managesieve
-    if min(sieve.max_connections, sieve.max_connections_per_ip) < 0:
-        raise ConfigError("[managesieve] max_connections and max_connections_per_ip must be >= 0")
     if not 0 <= config.lmtp.workers <= 64:
         raise ConfigError("[lmtp] workers must be 0 (LMTP in the daemon itself) to 64")
     if config.database.check_at_start not in ("quick", "full", "off"):
@@ -598,13 +660,49 @@ def parse_config(
         raise ConfigError(
             f"[database] url: {scheme!r} is not supported; use sqlite:/// or postgresql://"
         )
+    # What SQLAlchemy's make_url takes (not imported here: the LMTP worker
+    # reads this module and must not load SQLAlchemy): SCHEME://..., a port
+    # of digits.
+    try:
+        port = urllib.parse.urlsplit(config.database_url).port
+        usable = "://" in config.database_url and (port is None or port >= 0)
+    except ValueError:  # a port that is not a number, a broken IPv6 literal
+        usable = False
+    if not usable:
+        raise ConfigError(
+            "[database] url: not a database URL (e.g. sqlite:////var/lib/peerd/peerd.db"
+            " or postgresql+psycopg://peerd:PASSWORD@HOST/peerd)"
+        )
     if not re.fullmatch(r"[a-z0-9][a-z0-9\-]{0,62}", config.node.name):
         raise ConfigError("[node] name must be lower-case letters, digits and dashes")
+    hostname = config.node.hostname
+    if not hostname or not hostname.isascii() or not hostname.isprintable() or " " in hostname:
+        # LMTP says it in its greeting and LHLO reply (RFC 5321 4.1.3: a domain).
+        raise ConfigError(
+            "[node] hostname must be this host's name as mail sees it (printable ASCII,"
+            " no spaces; an IDN in its xn-- form)"
+        )
+    if config.partner.name and not re.fullmatch(r"[a-z0-9][a-z0-9\-]{0,62}", config.partner.name):
+        raise ConfigError(
+            "[partner] name must be the partner's [node] name (lower-case letters, digits"
+            " and dashes)"
+        )
     if config.partner.name and config.partner.name == config.node.name:
         raise ConfigError(
             f"[partner] name: {config.partner.name!r} is this node's own name;"
             " give the other node's [node] name"
         )
+    for where, token in (
+        ("[api] token", config.api.token),
+        ("[partner] token", config.partner.token),
+    ):
+        if token and not (token.isascii() and token.isprintable()):
+            # peerctl sends it as HTTP does (latin-1), the node compares UTF-8:
+            # a token with any other character is never accepted.
+            raise ConfigError(
+                f"{where} must be printable ASCII (e.g. python3 -c 'import secrets;"
+                " print(secrets.token_urlsafe(32))')"
+            )
     _check_api_url("[partner] api", config.partner.api)
     _check_api_url("[routing] api_url", config.routing.api_url)
     if config.listen.http is not None and not config.api.token:
@@ -619,8 +717,13 @@ def parse_config(
         raise ConfigError(
             "[routing] auth_http_secret is required when [listen] http is not on loopback"
         )
+    _check_sync_host("[sync] sync_host", config.sync.sync_host)
+    for name, channel in config.sync.channels.items():
+        _check_sync_host(f"[sync.channels.{name}] sync_host", channel.sync_host)
     _check_directory(config.routing)
+    _check_hooks(config.routing.hooks)
     _check_channels(config)
+    _check_listen_ports(config)
     sync_table = data.get("sync", {})
     if (
         config.sync.sync_host
@@ -665,6 +768,58 @@ def check_for_service(config: Config) -> None:
             " sync listener would refuse the partner; set both (the same on both nodes)"
         )
     _check_certificates(config)
+    _check_data_dir(config.node.data_dir)
+    _check_listen_addresses(config)
+
+
+def _check_data_dir(data_dir: Path) -> None:
+    """``data_dir`` must be a directory this user may write, or not exist yet
+    (the daemon makes it, and says so): the node keeps its lock, spool and
+    SQLite database there."""
+    place = data_dir
+    while not place.exists() and place != place.parent:
+        place = place.parent  # the nearest existing ancestor is where mkdir writes
+    if place.exists() and not place.is_dir():
+        raise ConfigError(
+            f"[node] data_dir {data_dir}: {place} is not a directory; give a directory"
+        )
+    if not os.access(place, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"[node] data_dir {data_dir}: {place} is not writable by this user"
+            " (run check-config as the service user; chown the directory to it)"
+        )
+
+
+def _check_listen_addresses(config: Config) -> None:
+    """Each listener's host resolves and is an address of this host, as the
+    listener will bind it. A port in use is not refused here: check-config
+    runs beside the node it checks."""
+    for key, address in listeners(config):
+        try:
+            infos = socket.getaddrinfo(
+                address.host or None,
+                address.port,
+                type=socket.SOCK_STREAM,
+                flags=socket.AI_PASSIVE,
+            )
+        except (socket.gaierror, UnicodeError) as exc:
+            raise ConfigError(
+                f"{key}: cannot resolve the host {address.host!r} ({exc}); give an address"
+                " of this host"
+            ) from exc
+        for family, kind, proto, _, sockaddr in infos:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind(sockaddr)
+                except OSError as exc:
+                    if exc.errno == errno.EADDRINUSE:
+                        continue
+                    raise ConfigError(
+                        f"{key}: cannot listen on {sockaddr[0]} port {address.port}:"
+                        f" {exc.strerror} (an address of this host, and a port below 1024"
+                        " needs CAP_NET_BIND_SERVICE)"
+                    ) from exc
 
 
 def _check_certificates(config: Config) -> None:
@@ -698,8 +853,21 @@ def _check_certificates(config: Config) -> None:
             except (ssl.SSLError, ValueError) as exc:
                 raise ConfigError(f"{where}: {path} holds no CA certificate in PEM: {exc}") from exc
     if tls.cert is not None and tls.key is not None:
+        key = tls.key
+
+        def passphrase() -> str:
+            # Without this OpenSSL asks on the terminal (check-config waited
+            # there, then died with OSError; under systemd there is none).
+            raise ConfigError(
+                f"[tls] key {key} is encrypted with a passphrase, which the node cannot"
+                f" ask for: store it without one (openssl pkey -in {key} -out NEW),"
+                " readable only by the service user"
+            )
+
         try:
-            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tls.cert, tls.key)
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                tls.cert, tls.key, password=passphrase
+            )
         except ssl.SSLError as exc:
             raise ConfigError(
                 f"[tls] cert {tls.cert} and key {tls.key} do not load as a pair (a PEM"
@@ -740,7 +908,96 @@ def _check_channels(config: Config) -> None:
             )
 
 
-def _check_api_url(where: str, url: str) -> None:
+# Hosts that listen on every address of their family: a port taken there is
+# taken on every address.
+_WILDCARDS = frozenset({"", "0.0.0.0", "::", "*"})
+
+
+def listeners(config: Config) -> list[tuple[str, Address]]:
+    """Every address the node listens on, with the key that sets it."""
+    listen = config.listen
+    named: list[tuple[str, Address | None]] = [
+        ("[listen] lmtp", listen.lmtp),
+        ("[listen] imap", listen.imap),
+        ("[listen] pop3", listen.pop3),
+        ("[listen] sync", listen.sync),
+        ("[listen] http", listen.http),
+        ("[listen] socketmap", listen.socketmap),
+        ("[managesieve] listen", config.managesieve.listen),
+    ]
+    return [(key, address) for key, address in named if address is not None]
+
+
+def _check_listen_ports(config: Config) -> None:
+    """Two listeners on one port: the second would find it taken at start."""
+
+    def families(host: str) -> set[int]:
+        try:
+            return {ipaddress.ip_address(host).version}
+        except ValueError:  # a name (localhost): it may resolve to either
+            return {4, 6}
+
+    def overlap(one: str, two: str) -> bool:
+        one, two = one.lower(), two.lower()
+        if one == two:
+            return True
+        # An IPv4 and an IPv6 socket never collide (the listeners bind IPv6
+        # only, as asyncio does).
+        if not families(one) & families(two):
+            return False
+        if {one, two} & _WILDCARDS:
+            return True
+        # localhost is the loopback addresses (127.0.0.1 and ::1)
+        return "localhost" in (one, two) and is_loopback(one) and is_loopback(two)
+
+    seen: list[tuple[str, Address]] = []
+    for key, address in listeners(config):
+        for other_key, other in seen:
+            if other.port == address.port and overlap(address.host, other.host):
+                raise ConfigError(
+                    f"{key} and {other_key} are both on port {address.port}: give each its own port"
+                )
+        seen.append((key, address))
+
+
+def _check_sync_host(where: str, host: str) -> None:
+    """A host name or an IP address, alone: ``"10.0.0.2:2005"`` or a name
+    with spaces would never connect (the client retries for ever)."""
+    if not host:
+        return
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return
+    except ValueError:
+        pass
+    if not re.fullmatch(r"[A-Za-z0-9_]([A-Za-z0-9_\-.]*[A-Za-z0-9_])?\.?", host):
+        raise ConfigError(
+            f"{where}: not a host name or IP address; give the host alone (the port goes"
+            " in sync_port)"
+        )
+
+
+def _check_hooks(hooks: tuple[ProxyHook, ...]) -> None:
+    """Each ``[[routing.hooks]]`` is one URL or one command, under a name of
+    its own (its retry state is kept by name): a mistake here otherwise
+    shows only at the next failover, as a hook that is never acknowledged."""
+    names: set[str] = set()
+    for hook in hooks:
+        where = f"[[routing.hooks]] {hook.name!r}"
+        if not hook.name.strip():
+            raise ConfigError("[[routing.hooks]] name: give each hook a name")
+        if hook.name in names:
+            raise ConfigError(f"{where}: two hooks have this name; give each its own")
+        names.add(hook.name)
+        if bool(hook.url) == bool(hook.command):
+            raise ConfigError(f"{where}: give it either url or command (not both, not neither)")
+        if hook.url:
+            _check_api_url(f"{where} url", hook.url, "an http:// or https:// URL")
+        if hook.command and not hook.command[0]:
+            raise ConfigError(f"{where} command: the first item is the program to run")
+
+
+def _check_api_url(where: str, url: str, what: str = "a control API URL") -> None:
     """A control API's address: ``http://`` or ``https://``, a host, maybe a port."""
     if not url:
         return
@@ -754,7 +1011,7 @@ def _check_api_url(where: str, url: str) -> None:
     except ValueError:  # a bad port or IPv6 literal
         usable = False
     if not usable:
-        raise ConfigError(f"{where}: {url!r} is not a control API URL (e.g. http://10.0.0.2:8080)")
+        raise ConfigError(f"{where}: {url!r} is not {what} (e.g. http://10.0.0.2:8080)")
 
 
 def _check_directory(routing: RoutingConfig) -> None:
@@ -779,24 +1036,46 @@ def _check_schedule(section: str, schedule: str) -> None:
     from apscheduler.triggers.cron import CronTrigger
 
     try:
-        CronTrigger.from_crontab(schedule, timezone="UTC")
+        trigger = CronTrigger.from_crontab(schedule, timezone=dt.UTC)
     except ValueError as exc:
         raise ConfigError(
             f'[{section}] schedule: not crontab syntax (e.g. "0 3 * * *"): {exc}'
         ) from exc
+    if trigger.get_next_fire_time(None, dt.datetime.now(dt.UTC)) is None:
+        # e.g. "0 0 31 2 *": APScheduler takes it and never runs the job.
+        raise ConfigError(
+            f'[{section}] schedule: {schedule!r} names no time that ever comes (e.g. "0 3 * * *")'
+        )
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DATABASE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+asyncpg")
 
 
+def load_for_service(path: Path | str) -> Config:
+    """The config at ``path`` as ``check-config``, ``run`` and a reload
+    (SIGHUP) take it: :func:`load_config` and :func:`check_for_service`,
+    every error naming the file."""
+    config = load_config(path)
+    try:
+        check_for_service(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return config
+
+
 def load_config(path: Path | str, *, schedules: bool = True) -> Config:
     """The config in the file at ``path`` (see :func:`parse_config`)."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))  # TOML is UTF-8 (TOML 1.0)
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}: line {line} is not UTF-8 text (a TOML file is UTF-8); save it as UTF-8"
+        ) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     try:

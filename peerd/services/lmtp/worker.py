@@ -58,6 +58,7 @@ import gc
 import json
 import logging
 import os
+import pickle
 import signal
 import socket
 import struct
@@ -323,9 +324,13 @@ class _Worker:
         log.info("LMTP worker %d %s (pid %d)", self.number, how, self.process.pid)
 
     async def _exec(self, listen_fd: int, pipe_fd: int) -> asyncio.subprocess.Process:
-        """A new interpreter: ``peerd lmtp-worker`` with the two sockets."""
+        """A new interpreter: ``peerd lmtp-worker`` with the two sockets, and
+        the config the daemon runs with on its stdin. Not the file: it may
+        have been edited since, to something a restart would refuse (the
+        worker died on it, again and again) or that only a restart applies
+        (this worker alone would have taken it)."""
         assert self.pool.config.path is not None
-        return await asyncio.create_subprocess_exec(
+        process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "peerd",
@@ -340,9 +345,18 @@ class _Worker:
             str(os.getpid()),
             "--log-format",
             self.pool.config.log.format,
-            stdin=subprocess.DEVNULL,
+            "--config-stdin",
+            stdin=subprocess.PIPE,
             pass_fds=(listen_fd, pipe_fd),
         )
+        assert process.stdin is not None
+        # The running config (reloaded keys included), pickled: a pipe from
+        # this process to its own child, nobody else's input.
+        process.stdin.write(pickle.dumps(self.pool.backend.node.config))
+        with contextlib.suppress(ConnectionError):  # it died at once: supervise says so
+            await process.stdin.drain()
+        process.stdin.close()
+        return process
 
     async def _serve(self, reader: asyncio.StreamReader, frames: FrameWriter) -> None:
         try:
@@ -576,12 +590,24 @@ def _use_uvloop() -> None:
 
 
 def worker_main(
-    config_path: str, listen_fd: int, pipe_fd: int, parent: int, log_format: str | None = None
+    config_path: str,
+    listen_fd: int,
+    pipe_fd: int,
+    parent: int,
+    log_format: str | None = None,
+    config_stdin: bool = False,
 ) -> int:
     """``peerd lmtp-worker``: started by the daemon, never by hand; ``log_format``
-    is the daemon's (``peerd run --log-format`` may override the file's)."""
+    is the daemon's (``peerd run --log-format`` may override the file's).
+    ``config_stdin``: the daemon's running config comes pickled on stdin
+    (``config_path`` only names it)."""
     _die_with_parent(parent)
-    config = load_config(config_path, schedules=False)  # the daemon checked them
+    if config_stdin:
+        config = pickle.loads(sys.stdin.buffer.read())
+        if not isinstance(config, Config):
+            raise SystemExit("peerd lmtp-worker: no config on stdin")
+    else:
+        config = load_config(config_path, schedules=False)  # the daemon checked them
     _log_as_worker(config, log_format)
     return _run_worker(config, listen_fd, pipe_fd)
 
