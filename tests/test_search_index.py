@@ -58,6 +58,14 @@ def indexed(node: Node, account: str, count: int) -> bool:
     return bool(found["messages"] == found["indexed"] == count)
 
 
+def _two_indexed(node: Node, first: bytes, second: bytes) -> None:
+    """alice made, ``first`` and ``second`` delivered to her and indexed."""
+    node.add_account("alice")
+    deliver(node, first)
+    deliver(node, second)
+    wait_until(lambda: indexed(node, "alice", 2), 20, "alice's two messages indexed")
+
+
 def search(node: Node, *criteria: str, literal: str | None = None) -> list[int]:
     with imaplib.IMAP4("127.0.0.1", node.ports["imap"], timeout=30) as imap:
         imap.login("alice", "secret")
@@ -194,10 +202,7 @@ def test_a_damaged_index_file_is_set_aside_and_refilled(tmp_path: Any, how: str)
     one is made and refilled), and nothing else of the node is affected."""
     node = make_single(tmp_path)
     with running(node):
-        node.add_account("alice")
-        deliver(node, MAIL)
-        deliver(node, PLAIN)
-        wait_until(lambda: indexed(node, "alice", 2), 20, "alice's mail indexed")
+        _two_indexed(node, MAIL, PLAIN)
     _damage_index(node, how)
     with running(node):
         # Every read works (a SELECT, a FETCH), and SEARCH answers as before.
@@ -226,10 +231,7 @@ def test_a_message_whose_text_decodes_to_surrogates_does_not_stop_the_indexer(
     )
     node = make_single(tmp_path)
     with running(node):
-        node.add_account("alice")
-        deliver(node, odd)
-        deliver(node, PLAIN)
-        wait_until(lambda: indexed(node, "alice", 2), 20, "both messages indexed")
+        _two_indexed(node, odd, PLAIN)
         assert search(node, "BODY", "marzipan") == [1]
         assert search(node, "BODY", "sweet") == [2]
         log = (node.workdir / f"{node.name}.log").read_text()

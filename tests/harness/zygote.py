@@ -92,6 +92,9 @@ PRELOAD = (
     "apscheduler.executors.asyncio",
     "email.generator",
     "smtplib",
+    # socket.getaddrinfo encodes a host with the idna codec: the listeners'
+    # check at start (peerd.node.config._check_listen_addresses) resolves each.
+    "encodings.idna",
 )
 
 _PR_SET_PDEATHSIG = 1

@@ -7,7 +7,6 @@ the server writes is 7-bit and parses back."""
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 
 import pytest
 
@@ -22,6 +21,7 @@ from peerd.protocols.imap.searchkey import MAX_STRING, check_charset
 from peerd.protocols.imap.sort import Criterion, SortKey, parse_criteria
 from peerd.protocols.imap.tokens import tokenize
 from peerd.protocols.imap.wildcard import MAX_PATTERNS, matches
+from tests.imap.test_fetchreply import Rec
 
 
 def pull(reader: CommandReader, data: bytes) -> list[Event]:
@@ -189,23 +189,13 @@ def test_a_list_of_more_patterns_than_the_cap_is_no_limit() -> None:
     assert isinstance(listed, c.List) and listed.patterns == ("*x0*", "*x1*", "*x2*")
 
 
-@dataclass(frozen=True, slots=True)
-class _Rec:
-    uid: int = 7
-    guid: str = "a" * 40
-    flags: str = ""
-    modseq: int = 1
-    size: int = 0
-    internaldate: dt.datetime = dt.datetime(2024, 5, 1, tzinfo=dt.UTC)
-
-
 @pytest.mark.parametrize("kind", [b"BINARY.PEEK[1]", b"BODY.PEEK[TEXT]", b"BODY.PEEK[]"])
 def test_fetch_items_may_not_ask_for_one_message_many_times_over(kind: bytes) -> None:
     # A few octets an item, each naming (nearly) the whole message: 300 of
     # them over a 2 MB message held 2.4 GB. What one message's items hold is
     # bounded by a multiple of the message: NO [LIMIT].
     raw = b"Subject: big\r\n\r\n" + b"x" * 998 * 2000 + b"\r\n"
-    record = _Rec(size=len(raw))
+    record = Rec(flags="", size=len(raw))
     many = b"(" + b" ".join(kind + b"<%d.%d>" % (k, len(raw)) for k in range(300)) + b")"
     renderer = FetchRenderer(parse_fetch_atts(tokenize(many)[0]))
     out: list[Segment] = []
