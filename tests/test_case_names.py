@@ -69,7 +69,15 @@ def test_names_are_case_insensitive_by_default(lone_node: LoneNode) -> None:
     assert node.add_account("ALICE")["name"] == "alice"
     assert _deliver(node, "ALICE@Example.Test") == {}
     assert _deliver(node, "Alice+Work@example.test") == {}
-    assert len(node.records("alice")) == 2
+    # A quoted local part is the same mailbox (RFC 5321 4.1.2), sent as
+    # written (smtplib's own quoting would take the quotes off).
+    with node.lmtp() as lmtp:
+        lmtp.ehlo("t")
+        assert lmtp.mail("me@example.test")[0] == 250
+        lmtp.putcmd('RCPT TO:<"ALICE"@example.test>')
+        assert lmtp.getreply()[0] == 250
+        assert lmtp.data(b"Subject: quoted\r\n\r\nhi\r\n")[0] == 250
+    assert len(node.records("alice")) == 3
     assert _imap_login(node, "ALICE") and _imap_login(node, "alice")
     assert _pop3_login(node, "Alice")
     # Space and tab around a typed name go; any other character str.strip()
