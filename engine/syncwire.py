@@ -100,14 +100,14 @@ def peer_protocol(value: str | None, here: str = "this node", there: str = "the 
     """The version a partner's request or answer says it speaks (its
     ``X-Sync-Protocol`` header; none: 1). Raises :class:`SyncVersionMismatch`
     when this node (``here``) does not speak it, naming the node to upgrade."""
-    if value is None:
-        version = 1
-    elif _VERSION.match(value.strip(" \t")):
-        # HTTP's optional whitespace is space and tab only: str.strip() would
-        # also take characters int() refuses (U+001F, U+0085, ...).
-        version = int(value.strip(" \t"))
-    else:
-        raise SyncProtocolError(f"{PROTOCOL_HEADER} must be a version number, not {value[:20]!r}")
+    version = 1
+    if value is not None:
+        given = _header_number(value, _VERSION)
+        if given is None:
+            raise SyncProtocolError(
+                f"{PROTOCOL_HEADER} must be a version number, not {value[:20]!r}"
+            )
+        version = given
     if not PROTOCOL_OLDEST <= version <= PROTOCOL_VERSION:
         older = here if version > PROTOCOL_VERSION else there
         raise SyncVersionMismatch(
@@ -127,9 +127,15 @@ _MAX_REQUEST = re.compile(r"\A[1-9][0-9]{0,15}\Z")
 def peer_max_request(value: str | None) -> int | None:
     """The partner's ``sync_max_request`` from :data:`MAX_REQUEST_HEADER`;
     None when the answer does not say (or says something else than a number)."""
-    if value is None or not _MAX_REQUEST.match(value.strip(" \t")):
-        return None
-    return int(value.strip(" \t"))
+    return None if value is None else _header_number(value, _MAX_REQUEST)
+
+
+def _header_number(value: str, digits: re.Pattern[str]) -> int | None:
+    """A header's number, when ``digits`` matches it; None when not. HTTP's
+    optional white space is space and tab only: str.strip() would also take
+    characters int() refuses (U+001F, U+0085, ...)."""
+    text = value.strip(" \t")
+    return int(text) if digits.match(text) else None
 
 
 def encode_json(value: Any) -> bytes:

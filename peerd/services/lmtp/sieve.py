@@ -330,8 +330,8 @@ def redirected_from(data: bytes, address: str) -> bool:
     """Whether the message's header holds an ``X-Sieve-Redirected-From``
     naming ``address`` (letter case aside): this recipient redirected it
     before."""
-    header_end = data.find(b"\r\n\r\n")
-    header = data[: header_end if header_end >= 0 else MAX_LOOP_HEADER][:MAX_LOOP_HEADER]
+    header_end = data.find(b"\r\n\r\n", 0, MAX_LOOP_HEADER)
+    header = data[: header_end if header_end >= 0 else MAX_LOOP_HEADER]
     wanted = address.lower()
     return any(
         m.group(1).strip().decode("utf-8", "replace").lower() == wanted
