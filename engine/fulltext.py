@@ -78,12 +78,13 @@ from email.message import Message
 from html.parser import HTMLParser
 from typing import Final, Literal
 
-from engine.mimetext import decode_text, decode_words
+from engine.mimetext import body_start, decode_text, decode_words
 
 __all__ = [
     "EXTRACT_VERSION",
     "MAX_BODY",
     "MAX_DEPTH",
+    "MAX_FIELDS_READ",
     "MAX_HEADER",
     "MAX_HTML",
     "MAX_INPUT",
@@ -115,6 +116,7 @@ MAX_DEPTH: Final = 16  # multipart and message/rfc822 levels followed
 MAX_HTML: Final = 1024 * 1024  # bytes of one HTML part rendered
 MAX_BODY: Final = 2 * 1024 * 1024  # characters of body text kept
 MAX_HEADER: Final = 256 * 1024  # characters of header text kept
+MAX_FIELDS_READ: Final = 1024 * 1024  # bytes of a header read for its fields (as IMAP reads them)
 
 # A trigram index helps strings of at least this many code points.
 MIN_INDEXED: Final = 3
@@ -209,16 +211,8 @@ _MESSAGES: Final = frozenset({("message", "rfc822"), ("message", "global")})  # 
 
 def _split(raw: bytes) -> tuple[bytes, bytes]:
     """Header (with the blank line) and body; no blank line: all header."""
-    if raw.startswith((b"\r\n", b"\n")):  # an empty header
-        n = 2 if raw.startswith(b"\r\n") else 1
-        return raw[:n], raw[n:]
-    crlf = raw.find(b"\r\n\r\n")
-    lf = raw.find(b"\n\n")
-    if crlf >= 0 and (lf < 0 or crlf < lf):
-        return raw[: crlf + 4], raw[crlf + 4 :]
-    if lf >= 0:
-        return raw[: lf + 2], raw[lf + 2 :]
-    return raw, b""
+    at = body_start(raw)
+    return raw[:at], raw[at:]
 
 
 def _text(data: bytes) -> str:
@@ -240,19 +234,23 @@ class _Head:
 
 
 def _head(header: bytes) -> _Head:
-    fields: list[tuple[str, bytes]] = []
+    if len(header) > MAX_FIELDS_READ:
+        header = header[: header.rfind(b"\n", 0, MAX_FIELDS_READ) + 1]
+    lines: list[tuple[str, list[bytes]]] = []
     for line in header.split(b"\n"):
         if line.endswith(b"\r"):
             line = line[:-1]
         if not line:
             break
         if line[:1] in (b" ", b"\t"):
-            if fields:  # RFC 5322 2.2.3: unfolding removes the line break only
-                fields[-1] = (fields[-1][0], fields[-1][1] + line)
+            if lines:  # RFC 5322 2.2.3: unfolding removes the line break only
+                lines[-1][1].append(line)
             continue
         label, colon, value = line.partition(b":")
         if colon:
-            fields.append((label.strip().decode("latin-1"), value))
+            lines.append((label.strip().decode("latin-1"), [value]))
+    # Joined once: a field folded over a million lines is linear, not quadratic.
+    fields = [(name, b"".join(values)) for name, values in lines]
     mime = Message()
     for name, value in fields:
         key = name.lower()
@@ -320,7 +318,11 @@ def extract(raw: bytes) -> Searchable:
     raw = raw[:MAX_INPUT]
     header, body = _split(raw)
     head = _head(header)
-    header_text = _text(header) + "\n" + _field_lines(head)
+    header_text = _text(header)
+    if len(header_text) < MAX_HEADER:
+        # Past MAX_HEADER the decoded field lines would be cut off whole:
+        # decoding a sender's megabytes of encoded words for nothing is not done.
+        header_text += "\n" + _field_lines(head)
     if len(header_text) > MAX_HEADER:
         header_text, complete = header_text[:MAX_HEADER], False
 

@@ -1,6 +1,6 @@
-"""Text in a message, as the full-text index, IMAP and Sieve read it: a MIME
-charset name to a Python text codec, bytes to text, RFC 2047 encoded words to
-text. Pure functions, no store: the one engine module the protocol cores may
+"""Text in a message, as the full-text index, IMAP and Sieve read it: where
+a part's header ends, a MIME charset name to a Python text codec, bytes to
+text, RFC 2047 encoded words to text. Pure functions, no store: the one engine module the protocol cores may
 import (tests/test_layers.py).
 
 None of these raises on what a sender wrote. Python knows many names that
@@ -26,9 +26,28 @@ import codecs
 import re
 from typing import Final
 
-__all__ = ["decode_text", "decode_words", "text_codec"]
+__all__ = ["body_start", "decode_text", "decode_words", "text_codec"]
 
 FALLBACK: Final = "utf-8"
+
+
+def body_start(data: bytes, start: int = 0, end: int | None = None) -> int:
+    """Where the body of the part ``data[start:end]`` begins: after the first
+    empty line (RFC 5322 2.1; CRLF or a bare LF), right away when the part
+    starts with one (an empty header), at ``end`` when it has none (all
+    header)."""
+    stop = len(data) if end is None else end
+    if data.startswith(b"\r\n", start, stop):
+        return start + 2
+    if data.startswith(b"\n", start, stop):
+        return start + 1
+    crlf = data.find(b"\r\n\r\n", start, stop)
+    lf = data.find(b"\n\n", start, stop)
+    if crlf >= 0 and (lf < 0 or crlf < lf):
+        return crlf + 4
+    return lf + 2 if lf >= 0 else stop
+
+
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 

@@ -25,7 +25,11 @@ from peerd.protocols.imap.sort import RECORD_VERSION, build_record
 
 __all__ = ["PARSE_VERSION", "Parsed", "Structure", "parse_message", "structures"]
 
-PARSE_VERSION: Final = 100 + RECORD_VERSION
+# The rendering of structures. 2: a part that starts with an empty line has
+# an empty header (BODY[1] of "--b CRLF CRLF one CRLF CRLF two" was "two");
+# nesting past the caps is a text/plain leaf.
+STRUCTURE_VERSION: Final = 2
+PARSE_VERSION: Final = 100 * STRUCTURE_VERSION + RECORD_VERSION
 
 Structure = tuple[bytes, bytes, bytes]
 """ENVELOPE, BODYSTRUCTURE and BODY, rendered."""

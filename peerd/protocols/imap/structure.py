@@ -1,12 +1,15 @@
 """Message structure for IMAP: parts, ENVELOPE, BODYSTRUCTURE, BODY[section], search text.
 
-How this works: :func:`parse` splits a message into a tree of :class:`Part`
-holding the exact bytes of each part's header and body (BODY[1.2] must return
-the bytes as stored, RFC 3501 6.4.5), using the stdlib header parser for
-header fields only. Multipart bodies are split on their boundary lines;
-``message/rfc822`` parts are parsed again. Broken MIME never raises: a missing
-boundary makes the part a leaf, nesting is capped, and a message without a
-header/body separator is all header. ENVELOPE and BODYSTRUCTURE (RFC 3501
+How this works: :func:`parse` splits a message into a tree of :class:`Part`,
+each a range of the message's bytes (BODY[1.2] must return the bytes as
+stored, RFC 3501 6.4.5; a range copies nothing, so deep nesting costs no
+memory), using the stdlib header parser for header fields only. Multipart
+bodies are split on their boundary lines; ``message/rfc822`` parts are
+parsed again. Broken MIME never raises: a missing boundary makes the part a
+leaf, and a message without a header/body separator is all header. What one
+message may cost is bounded whatever its shape: nesting (:data:`MAX_DEPTH`),
+parts (:data:`MAX_PARTS`) and header bytes read (:data:`MAX_HEADER_READ`);
+past them, a part is a text/plain leaf. ENVELOPE and BODYSTRUCTURE (RFC 3501
 7.4.2) are rendered once and cached per GUID by the session layer.
 """
 
@@ -46,85 +49,143 @@ __all__ = [
 ]
 
 MAX_DEPTH = 50
+# A sender chooses a message's structure: these bound what parsing one
+# message costs, whatever its shape (a message of empty parts, a header of
+# tiny fields). Past MAX_PARTS the rest of a multipart is its last part
+# (Dovecot's max_total_mime_parts is 10,000 too); past MAX_HEADER_READ, the
+# header fields of the message's later parts are not read (no type: a
+# text/plain leaf). What the client gets of the bytes (BODY[...], BINARY[...])
+# is never cut.
+MAX_PARTS: Final = 10_000
+MAX_HEADER_READ: Final = 1024 * 1024  # bytes of header fields read, the whole message's
 _BYTES_FOLD: Final = re.compile(rb"\r?\n(?=[ \t])")
 _HEADER_PARSER = BytesHeaderParser(policy=compat32)
+_NO_FIELDS: Final = _HEADER_PARSER.parsebytes(b"")
 
 
 @dataclass(slots=True)
 class Part:
-    header: bytes  # including the blank line that ends it
-    body: bytes
+    """One part of a message: a range of the message's bytes (``src``), so
+    a part nested fifty deep copies nothing of what it holds."""
+
+    src: bytes  # the whole message
+    start: int  # its header's first byte
+    body_start: int  # its body's first byte (after the blank line)
+    end: int
     fields: Message
     maintype: str
     subtype: str
     children: list[Part] = field(default_factory=list)
     message: Part | None = None
 
+    @property
+    def header(self) -> bytes:
+        """The header, including the blank line that ends it."""
+        return self.src[self.start : self.body_start]
 
-def _split(raw: bytes) -> tuple[bytes, bytes]:
-    for sep in (b"\r\n\r\n", b"\n\n"):
-        at = raw.find(sep)
-        if at >= 0 and (sep == b"\r\n\r\n" or raw.find(b"\r\n\r\n") < 0):
-            return raw[: at + len(sep)], raw[at + len(sep) :]
-    if raw.startswith((b"\r\n", b"\n")):
-        n = 2 if raw.startswith(b"\r\n") else 1
-        return raw[:n], raw[n:]
-    return raw, b""
+    @property
+    def body(self) -> bytes:
+        return self.src[self.body_start : self.end]
+
+    @property
+    def size(self) -> int:
+        return self.end - self.body_start
+
+    @property
+    def lines(self) -> int:
+        """Lines of the body (RFC 3501 7.4.2's size in text lines)."""
+        src, start, end = self.src, self.body_start, self.end
+        return src.count(b"\n", start, end) + (1 if end > start and src[end - 1] != 0x0A else 0)
 
 
-def parse(raw: bytes, depth: int = 0, default: str = "text/plain") -> Part:
-    header, body = _split(raw)
+@dataclass(slots=True)
+class _Budget:
+    parts: int = MAX_PARTS
+    header: int = MAX_HEADER_READ
+
+
+def _fields(src: bytes, start: int, body_start: int, budget: _Budget) -> Message:
+    """The header's fields, read from at most what is left of the budget
+    (cut at a line's end)."""
+    if budget.header <= 0:
+        return _NO_FIELDS
+    stop = body_start
+    if stop - start > budget.header:
+        stop = src.rfind(b"\n", start, start + budget.header) + 1
+        stop = max(stop, start)
+    budget.header -= stop - start
     # RFC 5322 2.2.3: a field's value is read unfolded (a fold's CRLF goes,
     # its white space stays), or a folded parameter keeps a CRLF inside it
     # (boundary="foo<CRLF> bar" would never match a boundary line).
-    fields = _HEADER_PARSER.parsebytes(_BYTES_FOLD.sub(b"", header))
+    return _HEADER_PARSER.parsebytes(_BYTES_FOLD.sub(b"", src[start:stop]))
+
+
+def parse(raw: bytes) -> Part:
+    """The message's parts (see the module's docstring)."""
+    return _parse(raw, 0, len(raw), 0, "text/plain", _Budget())
+
+
+def _parse(src: bytes, start: int, end: int, depth: int, default: str, budget: _Budget) -> Part:
+    body_start = mimetext.body_start(src, start, end)
+    fields = _fields(src, start, body_start, budget)
     ctype = fields.get_content_type() if fields.get("Content-Type") else default
     maintype, _, subtype = ctype.partition("/")
-    part = Part(header, body, fields, maintype.lower(), (subtype or "plain").lower())
-    if depth >= MAX_DEPTH:
+    part = Part(src, start, body_start, end, fields, maintype.lower(), (subtype or "plain").lower())
+    if depth >= MAX_DEPTH or budget.parts <= 0:
+        if part.maintype == "multipart":
+            part.maintype, part.subtype = "text", "plain"
         return part
     if part.maintype == "multipart":
         boundary = fields.get_param("boundary")
         if isinstance(boundary, str) and boundary:
             inner_default = "message/rfc822" if part.subtype == "digest" else "text/plain"
-            part.children = [
-                parse(chunk, depth + 1, inner_default)
-                for chunk in _multipart(body, boundary.encode())
-            ]
+            ranges = _multipart(src, body_start, end, boundary.encode(), budget.parts)
+            budget.parts -= len(ranges)
+            part.children = [_parse(src, s, e, depth + 1, inner_default, budget) for s, e in ranges]
         if not part.children:
             part.maintype, part.subtype = "text", "plain"
     elif (part.maintype, part.subtype) == ("message", "rfc822"):
-        part.message = parse(body, depth + 1)
+        budget.parts -= 1
+        part.message = _parse(src, body_start, end, depth + 1, "text/plain", budget)
     return part
 
 
-def _multipart(body: bytes, boundary: bytes) -> list[bytes]:
+def _multipart(
+    src: bytes, start: int, end: int, boundary: bytes, limit: int
+) -> list[tuple[int, int]]:
+    """The parts of the multipart body ``src[start:end]``, as ranges: at
+    most ``limit``, the last of them running to the body's end when there
+    are more."""
     delimiter = b"--" + boundary
-    chunks: list[bytes] = []
-    start: int | None = None
-    pos = 0
+    chunks: list[tuple[int, int]] = []
+    first: int | None = None
+    pos = start
     while True:
-        at = body.find(delimiter, pos)
+        at = src.find(delimiter, pos, end)
         if at < 0:
             break
-        if at != 0 and body[at - 1 : at] != b"\n":
+        if at != start and src[at - 1] != 0x0A:
             pos = at + 1
             continue
-        line_end = body.find(b"\n", at)
-        line_end = len(body) if line_end < 0 else line_end + 1
-        if start is not None:
-            end = at
-            if body[end - 2 : end] == b"\r\n":
-                end -= 2
-            elif body[end - 1 : end] == b"\n":
-                end -= 1
-            chunks.append(body[start:end])
-        if body[at + len(delimiter) : at + len(delimiter) + 2] == b"--":
+        line_end = src.find(b"\n", at, end)
+        line_end = end if line_end < 0 else line_end + 1
+        if first is not None:
+            stop = at
+            if stop - 2 >= first and src[stop - 2 : stop] == b"\r\n":
+                stop -= 2
+            elif stop - 1 >= first and src[stop - 1] == 0x0A:
+                stop -= 1
+            if len(chunks) == limit - 1:
+                chunks.append((first, end))  # the rest: one part
+                return chunks
+            chunks.append((first, stop))
+        after = at + len(delimiter)
+        if src[after : min(after + 2, end)] == b"--":
             return chunks
-        start = line_end
+        first = line_end
         pos = line_end
-    if start is not None and start < len(body):
-        chunks.append(body[start:])  # no closing delimiter: keep what is there
+    if first is not None and first < end:
+        chunks.append((first, end))  # no closing delimiter: keep what is there
     return chunks
 
 
@@ -295,10 +356,6 @@ def _disposition(fields: Message) -> bytes:
     return b"(" + nstring(kind.upper()) + b" " + _params(fields, "content-disposition") + b")"
 
 
-def _lines(data: bytes) -> int:
-    return data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
-
-
 def bodystructure(part: Part, extended: bool = True) -> bytes:
     f = part.fields
     if part.children:
@@ -315,16 +372,16 @@ def bodystructure(part: Part, extended: bool = True) -> bytes:
         nstring(_raw(f, "Content-ID")),
         nstring(_raw(f, "Content-Description")),
         nstring(encoding),
-        str(len(part.body)).encode(),
+        str(part.size).encode(),
     ]
     if part.message is not None:
         items += [
             envelope(part.message),
             bodystructure(part.message, extended),
-            str(_lines(part.body)).encode(),
+            str(part.lines).encode(),
         ]
     elif part.maintype == "text":
-        items.append(str(_lines(part.body)).encode())
+        items.append(str(part.lines).encode())
     if extended:
         items += [nstring(_raw(f, "Content-MD5")), _disposition(f), b"NIL", b"NIL"]
     return b"(" + b" ".join(items) + b")"
@@ -441,7 +498,7 @@ def binary_section(raw: bytes, path: tuple[int, ...] = ()) -> bytes | None:
     if encoding in _IDENTITY:
         body = part.body
     elif encoding == "base64":
-        data = bytes(b for b in part.body if b in _BASE64).rstrip(b"=")
+        data = part.body.translate(None, _NOT_BASE64).rstrip(b"=")
         # Whole groups of four only: a torn last group is dropped, not guessed.
         body = binascii.a2b_base64(data[: len(data) - len(data) % 4] + _padding(data))
     elif encoding == "quoted-printable":
@@ -457,7 +514,8 @@ def _padding(data: bytes) -> bytes:
     return rest + b"=" * (4 - len(rest)) if len(rest) >= 2 else b""
 
 
-_BASE64: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+_BASE64: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+_NOT_BASE64: Final = bytes(b for b in range(256) if b not in _BASE64)
 
 
 # -- text for SEARCH --------------------------------------------------------------------
