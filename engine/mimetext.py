@@ -42,10 +42,12 @@ def body_start(data: bytes, start: int = 0, end: int | None = None) -> int:
     if data.startswith(b"\n", start, stop):
         return start + 1
     crlf = data.find(b"\r\n\r\n", start, stop)
-    lf = data.find(b"\n\n", start, stop)
-    if crlf >= 0 and (lf < 0 or crlf < lf):
-        return crlf + 4
-    return lf + 2 if lf >= 0 else stop
+    # A bare-LF empty line counts only before the first CRLF one: looked for
+    # there only (a part nested fifty deep is not scanned fifty times over).
+    lf = data.find(b"\n\n", start, stop if crlf < 0 else crlf + 1)
+    if lf >= 0:
+        return lf + 2
+    return crlf + 4 if crlf >= 0 else stop
 
 
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")

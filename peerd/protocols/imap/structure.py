@@ -21,6 +21,7 @@ import email.header
 import email.utils
 import quopri
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import Message
 from email.parser import BytesHeaderParser
@@ -39,10 +40,12 @@ __all__ = [
     "bodystructure",
     "charset",
     "decode_words",
+    "decoded_body",
     "decoded_header",
     "decoded_headers",
     "envelope",
     "field_text",
+    "leaves",
     "parse",
     "search_text",
     "section",
@@ -555,7 +558,9 @@ def decode_words(value: str) -> str:
 _FOLD: Final = re.compile(r"\r?\n(?=[ \t])")
 
 
-def _decode_body(part: Part) -> str:
+def decoded_body(part: Part) -> bytes:
+    """The part's body with its transfer encoding (base64, quoted-printable)
+    undone; as sent when it is another or cannot be undone."""
     encoding = field_text(part, "Content-Transfer-Encoding", "").strip().lower()
     data = part.body
     try:
@@ -565,7 +570,25 @@ def _decode_body(part: Part) -> str:
             data = quopri.decodestring(data)
     except (binascii.Error, ValueError):
         pass
-    return mimetext.decode_text(data, charset(part))
+    return data
+
+
+def leaves(root: Part) -> Iterator[Part]:
+    """The parts that are neither multipart nor an attached message, in
+    message order; inside an attached message, its own."""
+    stack = [root]
+    while stack:
+        part = stack.pop()
+        if part.children:
+            stack.extend(reversed(part.children))
+        elif part.message is not None:
+            stack.append(part.message)
+        else:
+            yield part
+
+
+def _decode_body(part: Part) -> str:
+    return mimetext.decode_text(decoded_body(part), charset(part))
 
 
 def search_text(part: Part) -> str:
