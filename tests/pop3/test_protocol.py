@@ -405,6 +405,42 @@ def test_top_huge_line_count_is_cheap() -> None:
     assert top_text(MESSAGE, 10**12) == MESSAGE
 
 
+def _top_a_line_at_a_time(message: bytes, lines: int) -> bytes:
+    """RFC 1939 section 7's TOP, written plainly (and slowly)."""
+    data = message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    end = 2 if data.startswith(b"\r\n") else data.find(b"\r\n\r\n") + 4
+    if end < 4 and not data.startswith(b"\r\n"):
+        return data
+    for _ in range(lines):
+        newline = data.find(b"\r\n", end)
+        if newline < 0:
+            return data
+        end = newline + 2
+    return data[:end]
+
+
+@given(
+    st.lists(st.sampled_from([b"\r\n", b"a\r\n", b"\r", b"xx", b"\n", b"\r\n\r\n"]), max_size=3000),
+    st.sampled_from([b"", b"S: x\r\n\r\n", b"\r\n", b"S: x"]),
+    st.integers(0, 4000),
+)
+def test_top_cuts_where_a_line_at_a_time_would(
+    pieces: list[bytes], head: bytes, lines: int
+) -> None:
+    message = head + b"".join(pieces)
+    assert top_text(message, lines) == _top_a_line_at_a_time(message, lines)
+
+
+def test_top_of_millions_of_lines_does_not_hold_the_event_loop() -> None:
+    # TOP runs on the node's event loop. A line at a time in Python, TOP 1
+    # 24999999 of a 50 MB message of empty lines held it 3.5 s (every
+    # user of the node waited); halving with bytes.count, 0.2 s.
+    message = b"Subject: x\r\n\r\n" + b"\r\n" * 25_000_000
+    started = time.process_time()
+    assert len(top_text(message, 24_999_999)) == len(message) - 2
+    assert time.process_time() - started < 1.5
+
+
 def test_uidl_is_stable_and_rfc1939_shaped() -> None:
     uniqueid = "0123456789abcdef0123456789abcdef"
     # The form peerd has served all along: clients keep their "seen" lists.

@@ -194,12 +194,31 @@ def top_text(data: bytes, lines: int) -> bytes:
         if blank < 0:
             return data
         end = blank + 4
+    after = _after_lines(data, end, lines)
+    return data if after < 0 else data[:after]
+
+
+def _after_lines(data: bytes, start: int, lines: int) -> int:
+    """Where the ``lines``-th line from ``start`` ends (after its CRLF); -1
+    when fewer lines end. Halving with ``bytes.count``: a line at a time
+    in Python was 3.5 s on the event loop for ``TOP 1 24999999`` of a
+    message of empty lines."""
+    lo, hi = start, len(data)
+    if lines > data.count(b"\r\n", lo, hi):
+        return -1
+    while lines and hi - lo > 4096:  # count(lo, hi) >= lines all along
+        mid = (lo + hi) // 2
+        if data[mid - 1 : mid + 1] == b"\r\n":
+            mid += 1  # a CRLF is never cut in two
+        found = data.count(b"\r\n", lo, mid)
+        if found >= lines:
+            hi = mid
+        else:
+            lines -= found
+            lo = mid
     for _ in range(lines):
-        newline = data.find(b"\r\n", end)
-        if newline < 0:
-            return data
-        end = newline + 2
-    return data[:end]
+        lo = data.find(b"\r\n", lo) + 2
+    return lo
 
 
 def uidl(uniqueid: str, uid: int) -> str:
