@@ -419,7 +419,13 @@ def split_push(push: Push, budget: int) -> list[Push]:
     The first push is ``push`` without its records: the account's fields,
     the mailbox deletes, and every mailbox's summary (so renames and
     creates happen together, as :func:`engine.apply.apply_push` needs them).
-    Then the account's subscriptions, Sieve scripts, vacation records,
+    When the summaries alone outgrow ``budget`` (thousands of mailboxes
+    with long ACLs), the account's fields go first, then the deletes, then
+    the summaries of the mailboxes the replica holds (renames) and of the new
+    ones, as many a push as fit: a mailbox that sits on a name another one
+    takes in an earlier push steps aside (``Recovered/<uniqueid>``) until its
+    own push names it. A summary larger than ``budget`` goes alone (the
+    caller says whether the partner takes it). Then the account's subscriptions, Sieve scripts, vacation records,
     METADATA and import cursors, each alone, when they are large; then the
     records, mailbox by mailbox in UID order, each with its mailbox's
     summary. A mailbox is equal to the owner's once the last
@@ -458,6 +464,8 @@ def split_push(push: Push, budget: int) -> list[Push]:
         ),
         **apart,
     )
+    kept = sum(v for k, v in sizes.items() if k not in apart)
+    heads = _cut_head(head, overheads, budget - kept)
     alone = [replace(blank, **{k: sets[k]}) for k in apart]
     parts: list[list[MailboxPush]] = [[]]
     used = 0
@@ -482,7 +490,37 @@ def split_push(push: Push, budget: int) -> list[Push]:
             parts[-1].append(_records_part(mp, upserts, expunges))
             used += overhead + size
     rest = [Push(push.account, mailboxes=tuple(p)) for p in parts if p]
-    return [head, *alone, *rest]
+    return [*heads, *alone, *rest]
+
+
+# What one uniqueid costs in a push's deletes, at most (32 digits, quotes, comma).
+_DELETE_COST = 35
+
+
+def _cut_head(head: Push, overheads: list[int], budget: int) -> list[Push]:
+    """``head`` (a push without records), or its fields, deletes and
+    summaries in several pushes of at most ``budget`` when it is larger."""
+    base = len(encode_json(encode_push(Push(head.account))))
+    if base + len(head.deletes) * _DELETE_COST + sum(overheads) <= budget:
+        return [head]
+    out = [replace(head, deletes=(), mailboxes=())]
+    step = max(1, (budget - base) // _DELETE_COST)
+    for start in range(0, len(head.deletes), step):
+        out.append(Push(head.account, deletes=head.deletes[start : start + step]))
+    # The mailboxes the replica holds first: a rename frees a name a new
+    # mailbox may take.
+    order = sorted(range(len(head.mailboxes)), key=lambda i: head.mailboxes[i].create)
+    chunk: list[MailboxPush] = []
+    used = base
+    for i in order:
+        if chunk and used + overheads[i] > budget:
+            out.append(Push(head.account, mailboxes=tuple(chunk)))
+            chunk, used = [], base
+        chunk.append(head.mailboxes[i])
+        used += overheads[i]
+    if chunk:
+        out.append(Push(head.account, mailboxes=tuple(chunk)))
+    return out
 
 
 # What one record or expunged UID costs in a push's JSON, at most: the
