@@ -11,12 +11,19 @@ frame's SHA-1 must equal its GUID. Compression (zlib) wraps a whole body
 when the session asks for it. ``docs/protocol.md`` documents every request.
 
 Versions: every request and every answer carries ``X-Sync-Protocol: <n>``,
-the version its sender speaks (:data:`PROTOCOL_VERSION`). A node takes
-requests and answers of any version from :data:`PROTOCOL_OLDEST` to its own
-and refuses the rest with ``sync_version`` (:func:`peer_protocol`); a message
-with no header is version 1, the protocol as it was before the header. A
-release that changes a request's format raises :data:`PROTOCOL_VERSION` and
-keeps the previous one readable, so a pair upgrades one node at a time.
+the version it is written in. A node takes requests and answers of any
+version from :data:`PROTOCOL_OLDEST` to :data:`PROTOCOL_VERSION` and refuses
+the rest with ``sync_version`` (:func:`peer_protocol`); a message with no
+header is version 1, the protocol as it was before the header. A server
+answers in the version of the request; a client speaks the newest version
+both nodes speak (its first request offers its own, and a partner that does
+not speak it refuses, naming its newest in the header). A release that
+changes a request's format raises :data:`PROTOCOL_VERSION` and keeps the
+previous one readable, so a pair upgrades one node at a time.
+
+Version 2 adds USER_SOME in parts (:class:`UserPart`, :mod:`engine.userparts`):
+an account whose mailbox summaries do not fit in one request is sent in
+several, each answered in pages that fit the asker's limit.
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "USER_PARTS",
     "UserPart",
+    "answer_version",
     "body_budget",
     "compress",
     "decode_account_state",
@@ -97,7 +105,7 @@ OFF_LOOP = 256 << 10
 # The sync protocol's version: raised by a release that changes what a request
 # or an answer holds; the oldest still understood stays one behind it then.
 PROTOCOL_HEADER = "X-Sync-Protocol"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 PROTOCOL_OLDEST = 1
 # The first version with USER_SOME in parts (UserPart): a partner that speaks
 # only older ones takes an account's summaries in one request or not at all.
@@ -124,6 +132,16 @@ def peer_protocol(value: str | None, here: str = "this node", there: str = "the 
             f"{PROTOCOL_VERSION}: upgrade {older} (docs/upgrading.md)"
         )
     return version
+
+
+def answer_version(value: str | None) -> int:
+    """The version to answer a request in whose header is ``value``: the
+    request's own when this node speaks it (an older client reads its
+    answers), else this node's newest (a refusal then names it)."""
+    try:
+        return peer_protocol(value)
+    except SyncProtocolError:
+        return PROTOCOL_VERSION
 
 
 # Every authenticated answer says the largest request body its node takes

@@ -1,18 +1,31 @@
-"""USER_SOME in parts (engine.userparts): the cutting of an account's
-summaries into requests and of the replica's answer into pages.
+"""USER_SOME in parts (sync protocol 2, engine.userparts): an account whose
+mailbox summaries outgrow one request replicates, against a partner at the
+lowest ``sync_max_request`` its config allows.
 
-The owner's summaries go in requests that each fit (at the byte); a summary
-too large for any request is refused naming its mailbox; the replica's
-answer comes in pages that fit the asker and, put together, give what one
-answer would have, and a page always moves on.
+The cutting itself is tested on its own: the owner's summaries in requests
+that each fit (at the byte), a summary too large for any request refused
+naming its mailbox, and the replica's answer in pages that fit the asker
+and put together give what one answer would have. Then two real daemons:
+beta takes requests of 12,296 bytes (the least config validation accepts
+with messages of 8 KiB), alpha reads answers of 20,496; an account of
+300 mailboxes with long ACLs (some 330 KB of summaries) replicates in
+full, and again after a rename of them all, deletions and ACL changes.
+Mixed releases: a partner that speaks only version 1 still takes every
+account that fits in one request, and the one that does not fails with an
+error naming the reason and the node to upgrade, until it is upgraded; an
+owner that speaks only version 1 replicates to this release unchanged.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import imaplib
 import itertools
+import sys
+import uuid
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,8 +44,32 @@ from engine.syncwire import (
     encode_user_part,
 )
 from engine.userparts import Pages, part_overhead, read_page, split_summaries
+from peerd.node.config import ConfigError, parse_config
+from tests.harness.daemons import ModuleNodes
+from tests.nodes import Node, make_pair, running
+from tests.procs import Proc
+from tests.test_replication import open_store
 
 OWNERSHIP: dict[str, object] = {"owner": "alpha", "home": "alpha", "epoch": 1, "state": "normal"}
+
+# Messages of at most 8 KiB on beta, and the least sync_max_request its config
+# then takes (4 KiB and 0.1% of room for a message's framing); alpha's twice.
+SMALL = 8 << 10
+BETA_LIMIT = SMALL + SMALL // 1024 + 4096
+ALPHA_LIMIT = 2 * SMALL + 2 * SMALL // 1024 + 4096
+
+
+def limits(message: int, request: int) -> dict[str, dict[str, Any]]:
+    return {
+        "sync": {"sync_max_request": request, "sync_log": False},
+        "imap": {"max_literal": message},
+        "lmtp": {"max_message_size": message},
+    }
+
+
+# Rolling replication off on both: each test syncs with ``replicate`` and
+# reads the requests that one run made.
+PAIR = {"alpha": limits(2 * SMALL, ALPHA_LIMIT), "beta": limits(SMALL, BETA_LIMIT)}
 
 # An ACL of eight identifiers of 90 characters: about a kilobyte a summary.
 LONG_ACL = check_acl({f"user{n:02d}{'x' * 84}": "lrswipkxtecda" for n in range(8)})
@@ -163,3 +200,204 @@ def test_a_page_never_repeats_itself(sqlite_store: Store) -> None:
         seen.add(after)
         part = replace(part, resume=after)
     assert pages.state() == whole
+
+
+# -- two real daemons ---------------------------------------------------------
+
+
+@pytest.fixture
+def low_pair(module_nodes: ModuleNodes) -> tuple[Node, Node]:
+    return module_nodes.pair(PAIR)
+
+
+def seed(node: Node, account: str, count: int, acl: str = LONG_ACL, parent: str = "big") -> None:
+    """``count`` mailboxes ``parent/NNNN`` (and ``parent``) with ``acl``,
+    created through the engine in one write to the running node's store."""
+    store = open_store(node)
+    try:
+
+        def write(s: Any) -> None:
+            acct = accounts.get_account(s, account)
+            specs = [(parent, uuid.uuid4().hex, 999, acl)]
+            specs += [(f"{parent}/{n:04d}", uuid.uuid4().hex, 1000 + n, acl) for n in range(count)]
+            mailbox.create_mailboxes(s, acct, specs)
+
+        store.write_sync(write)
+    finally:
+        store.close()
+
+
+def change(node: Node, account: str, what: Any) -> None:
+    store = open_store(node)
+    try:
+        store.write_sync(lambda s: what(s, accounts.get_account(s, account)))
+    finally:
+        store.close()
+
+
+def state_of(node: Node, account: str) -> AccountState:
+    """The account as replication makes it equal: every live record, the
+    replica's own ``sync_base`` left out."""
+    store = open_store(node)
+    try:
+        state = store.read_sync(lambda s: read_account_state(s, account, records_for={}))
+    finally:
+        store.close()
+    boxes = tuple(replace(m, summary=replace(m.summary, sync_base=0)) for m in state.mailboxes)
+    return replace(state, mailboxes=boxes)
+
+
+def replicated(alpha: Node, account: str, **extra: Any) -> dict[str, Any]:
+    """``replicate`` of one account: its one report, every request within
+    beta's limit and every answer within alpha's."""
+    result = alpha.replicate(account, **extra)
+    assert result["errors"] == [], result["errors"]
+    (report,) = result["reports"]
+    for line in report["requests"]:
+        sent, got = (int(part.split(" bytes")[0]) for part in line.split("(")[1:3])
+        assert sent <= BETA_LIMIT and got <= ALPHA_LIMIT, line
+    return dict(report)
+
+
+def test_an_account_larger_than_a_request_replicates_and_keeps_replicating(
+    low_pair: tuple[Node, Node],
+) -> None:
+    alpha, beta = low_pair
+    # Each node's limit is the least its config takes.
+    for name, config in PAIR.items():
+        sync = config["sync"]
+        lower = {**config, "sync": {**sync, "sync_max_request": sync["sync_max_request"] - 1}}
+        with pytest.raises(ConfigError, match="sync_max_request"):
+            parse_config({"node": {"name": name}, **lower})
+        parse_config({"node": {"name": name}, **config})
+    alpha.add_account("many")
+    seed(alpha, "many", 300)
+    want = state_of(alpha, "many")
+    summaries = sum(len(encode_json(encode_summary(m.summary))) for m in want.mailboxes)
+    assert summaries > 25 * BETA_LIMIT, summaries
+
+    report = replicated(alpha, "many")
+    steps = report["steps"]
+    assert any(s.startswith("USER_SOME in ") for s in steps), steps
+    assert any(s.startswith("APPLY in ") for s in steps), steps
+    assert report["mailboxes_created"] == 302  # INBOX, big and its 300
+    assert state_of(beta, "many") == want
+    assert replicated(alpha, "many")["mailboxes_created"] == 0  # nothing left to do
+
+    # A rename of the parent of them all (one IMAP RENAME on the owner).
+    with imaplib.IMAP4("127.0.0.1", alpha.ports["imap"], timeout=30) as imap:
+        imap.login("many", "secret")
+        assert imap.rename("big", "moved")[0] == "OK"
+    replicated(alpha, "many")
+    assert state_of(beta, "many") == want_now(alpha, "many", "moved/0299")
+
+    # 100 deleted, 100 ACLs shortened: the replica's answer (its long ACLs)
+    # is larger than what the owner asked with, and comes in pages.
+    def delete_and_shorten(s: Any, acct: Any) -> None:
+        for n in range(100):
+            mailbox.delete_mailbox(s, acct, f"moved/{n:04d}")
+        for n in range(100, 200):
+            mailbox.set_acl(s, acct, f"moved/{n:04d}", {"many": "lrswipkxtecda"})
+
+    change(alpha, "many", delete_and_shorten)
+    report = replicated(alpha, "many")
+    assert report["mailboxes_deleted"] == 100
+    (cut,) = [s for s in report["steps"] if s.startswith("USER_SOME in ")]
+    requests, parts = (int(word.strip("(")) for word in cut.split()[2::2])
+    assert requests > parts > 1, cut
+    want = state_of(alpha, "many")
+    assert len(want.mailboxes) == 202
+    assert state_of(beta, "many") == want
+
+    # And the other way: ACLs made long again, on every mailbox.
+    def lengthen(s: Any, acct: Any) -> None:
+        for n in range(100, 300):
+            acl = {f"{n}-{i:02d}-{'z' * 80}": "lr" for i in range(8)}
+            mailbox.set_acl(s, acct, f"moved/{n:04d}", acl)
+
+    change(alpha, "many", lengthen)
+    replicated(alpha, "many")
+    assert state_of(beta, "many") == state_of(alpha, "many")
+
+
+def want_now(alpha: Node, account: str, expected: str) -> AccountState:
+    state = state_of(alpha, account)
+    assert expected in {m.summary.name for m in state.mailboxes}
+    return state
+
+
+# -- mixed releases -------------------------------------------------------------
+
+# The daemon as the release before this one: it speaks sync protocol 1 only.
+OLD = """
+import sys
+import engine.syncwire as wire
+wire.PROTOCOL_VERSION = 1
+wire.PROTOCOL_OLDEST = 1
+from peerd.app.main import main
+sys.exit(main(["run", "-c", sys.argv[1]]))
+"""
+
+
+def as_old_release(node: Node, tmp_path: Path) -> Proc:
+    proc = Proc(
+        [sys.executable, "-c", OLD, str(node.config)],
+        tmp_path / f"{node.name}-old.log",
+        cwd=tmp_path,
+    )
+    node.proc = proc.start()
+    return proc
+
+
+def test_a_pair_one_version_apart_replicates_both_ways_and_names_the_upgrade(
+    tmp_path: Path,
+) -> None:
+    alpha, beta = make_pair(tmp_path, PAIR)
+    alpha.start(wait=False)
+    old = as_old_release(beta, tmp_path)
+    try:
+        alpha.wait_ready()
+        beta.wait_ready()
+        alpha.add_account("fits")
+        seed(alpha, "fits", 3)
+        alpha.add_account("toolarge")
+        seed(alpha, "toolarge", 60)
+
+        # Alpha speaks version 1 to it: an account that fits goes in one request.
+        report = replicated(alpha, "fits")
+        assert [s for s in report["steps"] if s.startswith("USER_SOME")] == ["USER_SOME fits"]
+        assert state_of(beta, "fits") == state_of(alpha, "fits")
+
+        # One that does not is not sent at all: a clear refusal, every time.
+        for _ in range(2):
+            result = alpha.replicate("toolarge")
+            (error,) = result["errors"]
+            assert error["error"] == "partner_lacks_request", error
+            assert "summaries of its 62 mailboxes" in error["detail"], error
+            assert "sync protocol 2" in error["detail"] and "upgrade beta" in error["detail"]
+        assert "exceeds" not in beta.tail(200)
+    finally:
+        old.stop()
+        alpha.stop()
+    # beta upgraded: the account goes through, in parts.
+    with running(alpha, beta):
+        report = replicated(alpha, "toolarge")
+        assert any(s.startswith("USER_SOME in ") for s in report["steps"])
+        assert state_of(beta, "toolarge") == state_of(alpha, "toolarge")
+
+    # The other way: an owner of the older release replicates to this one
+    # (each answer is in version 1, which it reads).
+    beta.start(wait=False)
+    old = as_old_release(alpha, tmp_path)
+    try:
+        alpha.wait_ready()
+        beta.wait_ready()
+        alpha.add_account("older")
+        seed(alpha, "older", 3)
+        report = replicated(alpha, "older")
+        assert [s for s in report["steps"] if s.startswith("USER_SOME")] == ["USER_SOME older"]
+        assert state_of(beta, "older") == state_of(alpha, "older")
+        assert "sync_version" not in alpha.tail(200)
+    finally:
+        old.stop()
+        beta.stop()
