@@ -9,19 +9,23 @@ and put together give what one answer would have. Then two real daemons:
 beta takes requests of 12,296 bytes (the least config validation accepts
 with messages of 8 KiB), alpha reads answers of 20,496; an account of
 300 mailboxes with long ACLs (some 330 KB of summaries) replicates in
-full, and again after a rename of them all, deletions and ACL changes.
-Mixed releases: a partner that speaks only version 1 still takes every
-account that fits in one request, and the one that does not fails with an
-error naming the reason and the node to upgrade, until it is upgraded; an
-owner that speaks only version 1 replicates to this release unchanged.
+full, and again after a rename of them all, deletions and ACL changes; so
+does ``replicate --all``, which sends it alone, in parts. Mixed releases: a
+partner that speaks only version 1 still takes every account that fits in
+one request, and the one that does not fails with an error naming the
+reason and the node to upgrade, until it is upgraded; an owner that speaks
+only version 1 replicates to this release unchanged.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import imaplib
 import itertools
+import json
 import sys
+import urllib.request
 import uuid
 from dataclasses import replace
 from functools import partial
@@ -324,6 +328,50 @@ def want_now(alpha: Node, account: str, expected: str) -> AccountState:
     state = state_of(alpha, account)
     assert expected in {m.summary.name for m in state.mailboxes}
     return state
+
+
+def test_replicate_all_sends_an_account_too_large_for_a_batch_alone_in_parts(
+    low_pair: tuple[Node, Node],
+) -> None:
+    alpha, beta = low_pair
+    for name in ("batch-a", "batch-big", "batch-c"):
+        alpha.add_account(name)
+    seed(alpha, "batch-big", 120)
+    result = alpha.call("POST", "/v1/replicate", {"all": True})
+    assert result["errors"] == [], result["errors"]
+    reports = {r["account"]: r for r in result["reports"]}
+    assert {"batch-a", "batch-big", "batch-c"} <= set(reports)
+    # The others went together (the batch was not refused for the big one's sake).
+    for name in ("batch-a", "batch-c"):
+        assert any("batch_user_some" in line for line in reports[name]["requests"]), name
+    big = reports["batch-big"]
+    assert not any("batch_user_some" in line for line in big["requests"])
+    assert any(s.startswith("USER_SOME in ") for s in big["steps"]), big["steps"]
+    for name in ("batch-a", "batch-big", "batch-c"):
+        assert state_of(beta, name) == state_of(alpha, name), name
+
+    # A replica leaves out of a batch answer what would take it past the
+    # asker's limit (the asker then syncs those alone); an asker that does
+    # not say its limit (an older release) gets every account.
+    rows = {n: alpha.call("GET", f"/v1/owner/{n}") for n in ("batch-big", "batch-a")}
+    body = {"accounts": [{"account": n, "ownership": r, "summaries": []} for n, r in rows.items()]}
+    answered = _post_sync(beta, "batch_user_some", body, {"X-Sync-Max-Request": "20000"})
+    assert [a["account"] for a in answered["accounts"]] == ["batch-a"]
+    answered = _post_sync(beta, "batch_user_some", body, {})
+    assert [a["account"] for a in answered["accounts"]] == ["batch-big", "batch-a"]
+
+
+def _post_sync(node: Node, path: str, body: Any, headers: dict[str, str]) -> dict[str, Any]:
+    token = base64.b64encode(b"repl:repl-secret").decode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{node.ports['sync']}/sync/v1/{path}",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Basic {token}", "Content-Type": "application/json", **headers},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        answer: dict[str, Any] = json.loads(response.read())
+    return answer
 
 
 # -- mixed releases -------------------------------------------------------------

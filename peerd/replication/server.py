@@ -317,6 +317,8 @@ class SyncServer:
         me = self.node.name
         store = self.node.store
         refused: dict[str, SyncFenced] = {}
+        stated = peer_max_request(request.headers.get(MAX_REQUEST_HEADER))
+        budget = None if stated is None else body_budget(stated)
 
         def stale(session: Session) -> list[OwnershipView]:
             held = ownership_table.rows_of(session, (v.account for v, _ in items))
@@ -350,12 +352,23 @@ class SyncServer:
                 allowed.append(view.account)
             del held
             states = read_states(session, allowed, records_for=summaries)
-            return [
-                {"account": v.account, "state": encode_account_state(states[v.account])}
-                if v.account in states
-                else _refusal(v.account, refused[v.account])
-                for v, _ in items
-            ]
+            answers: list[dict[str, Any]] = []
+            used = 0
+            for v, _ in items:
+                if v.account not in states:
+                    answers.append(_refusal(v.account, refused[v.account]))
+                    continue
+                state = encode_account_state(states[v.account])
+                if budget is not None:
+                    # The asker reads answers of at most its limit: an account
+                    # that would take this one past it is left out, and the
+                    # asker syncs it alone, in parts.
+                    cost = len(encode_json(state)) + 64
+                    if used + cost > budget:
+                        continue
+                    used += cost
+                answers.append({"account": v.account, "state": state})
+            return answers
 
         answer = await store.read(read)
         self._count_refusals(refused)
