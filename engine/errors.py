@@ -33,7 +33,8 @@ status, IMAP ``NO``/``BAD``, POP3, LMTP and ManageSieve replies in exactly one p
         ├── SyncProtocolError          (a malformed or oversized request)
         │   └── SyncVersionMismatch    (the partner speaks a sync protocol version we do not)
         │   └── PartnerRejected        (the partner answered a 4xx: it refuses the account's data)
-        │       └── PartnerLacksRequest (404: the partner's release predates this request)
+        │       ├── PartnerLacksRequest (the partner's release predates this request)
+        │       └── TooLargeForPartner (one item is larger than the partner takes in a request)
         └── PartnerDown                (the partner did not answer on the sync channel)
 """
 
@@ -67,6 +68,7 @@ __all__ = [
     "SyncStale",
     "SyncVersionMismatch",
     "TemporaryFailure",
+    "TooLargeForPartner",
     "TooManyAnnotations",
     "TooManyScripts",
 ]
@@ -217,10 +219,21 @@ class PartnerRejected(SyncProtocolError):
 
 
 class PartnerLacksRequest(PartnerRejected):
-    """The partner answered 404: its release predates this request. The
-    sender uses the requests it has (``docs/protocol.md``, versions)."""
+    """The partner's release predates this request: it answered 404, or it
+    speaks no sync protocol version with the form an account needs (USER_SOME
+    in parts). The sender uses the requests it has (``docs/protocol.md``,
+    versions); what needs the newer one waits until the partner is upgraded."""
 
     code = "partner_lacks_request"
+
+
+class TooLargeForPartner(PartnerRejected):
+    """One item of an account's sync (a mailbox's summary, a record) is larger
+    than one request to the partner may be (the lower ``sync_max_request`` of
+    the two nodes), so no way of cutting the sync into requests sends it: it
+    is not sent, and will not be until the item or the limit changes."""
+
+    code = "too_large_for_partner"
 
 
 class PartnerDown(SyncError):

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from itertools import chain
 from typing import Any
 
@@ -48,12 +48,17 @@ __all__ = [
     "MailboxSummary",
     "RecordState",
     "account_digests",
+    "account_head",
+    "compare_mode",
     "known_guids",
     "local_records",
+    "mailbox_uniqueids",
     "owner_view",
     "read_account_state",
     "record_of",
     "records_of",
+    "records_page",
+    "summaries_by_id",
     "summary_of",
 ]
 
@@ -233,44 +238,96 @@ def read_account_state(
     else all live records. Mailboxes the other side did not mention get full
     records. ``include`` limits the mailboxes to these uniqueids.
     """
-    found = fastsql.rows(session, _ACCOUNT, {"name": name})
-    if not found:
-        return AccountState(name=name, exists=False)
-    account_id, account_name, password_hash, quota_limit, message_limit = found[0]
-    by_account = {"account_id": account_id}
+    account_id, head = account_head(session, name)
+    if account_id is None:
+        return head
     wanted = set(include) if include is not None else None
     mailboxes: list[MailboxState] = []
-    for mailbox_id, *columns in fastsql.rows(session, _MAILBOXES, by_account):
+    for mailbox_id, *columns in fastsql.rows(session, _MAILBOXES, {"account_id": account_id}):
         summary = MailboxSummary(*columns)
         if wanted is not None and summary.uniqueid not in wanted:
             continue
         if records_for is None:
             mailboxes.append(MailboxState(summary))
             continue
-        theirs = records_for.get(summary.uniqueid)
-        if theirs is not None and theirs.same_content(summary):
+        mode, since = compare_mode(summary, records_for.get(summary.uniqueid))
+        if mode == "none":
             mailboxes.append(MailboxState(summary))
-        elif theirs is not None and 0 < summary.sync_base <= theirs.highestmodseq:
-            records = records_of(session, mailbox_id, since=summary.sync_base)
-            mailboxes.append(MailboxState(summary, "delta", records))
         else:
-            mailboxes.append(MailboxState(summary, "full", records_of(session, mailbox_id)))
+            mailboxes.append(
+                MailboxState(summary, mode, records_of(session, mailbox_id, since=since))
+            )
+    return replace(head, mailboxes=tuple(mailboxes))
+
+
+def compare_mode(ours: MailboxSummary, theirs: MailboxSummary | None) -> tuple[str, int | None]:
+    """What a replica sends of a mailbox whose summary the owner sent as
+    ``theirs`` (None: the owner did not name it), and the modseq its records
+    start after: ``none`` (equal: no records), ``delta`` (the records and
+    tombstones changed since our ``sync_base``, when we hold one not beyond
+    the owner's highestmodseq), else ``full`` (every live record, None)."""
+    if theirs is not None and theirs.same_content(ours):
+        return "none", None
+    if theirs is not None and 0 < ours.sync_base <= theirs.highestmodseq:
+        return "delta", ours.sync_base
+    return "full", None
+
+
+def account_head(session: Session, name: str) -> tuple[int | None, AccountState]:
+    """The account's row id (None: no such account) and its state without
+    its mailboxes: fields, subscriptions, tombstones, Sieve, vacation
+    records, METADATA and import cursors."""
+    found = fastsql.rows(session, _ACCOUNT, {"name": name})
+    if not found:
+        return None, AccountState(name=name, exists=False)
+    account_id, account_name, password_hash, quota_limit, message_limit = found[0]
+    by_account = {"account_id": account_id}
     subscriptions = tuple(n for (n,) in fastsql.rows(session, _SUBSCRIPTIONS, by_account))
     tombstones = frozenset(u for (u,) in fastsql.rows(session, _TOMBSTONES, by_account))
-    return AccountState(
+    return account_id, AccountState(
         name=account_name,
         exists=True,
         password_hash=password_hash,
         quota_limit=quota_limit,
         message_limit=message_limit,
         subscriptions=subscriptions,
-        mailboxes=tuple(mailboxes),
         tombstones=tombstones,
         sieve=sieve_store.script_rows(session, account_id),
         vacations=sieve_store.vacation_rows(session, account_id),
         annotations=annotation_store.rows(session, account_id),
         import_cursors=importcursors.rows(session, account_id),
     )
+
+
+def mailbox_uniqueids(session: Session, account_id: int) -> list[tuple[int, str]]:
+    """(row id, uniqueid) of each of the account's mailboxes: which of them a
+    part of USER_SOME covers, without reading every summary (ACLs of up to
+    64 KB each)."""
+    return [(i, u) for i, u in fastsql.rows(session, _UNIQUEIDS, {"account_id": account_id})]
+
+
+def summaries_by_id(session: Session, ids: Sequence[int]) -> dict[int, MailboxSummary]:
+    """The summaries of these mailboxes (at most 512 row ids), by row id."""
+    found = fastsql.select_in(
+        session,
+        lambda values: select(Mailbox.id, *MAILBOX_STATE).where(Mailbox.id.in_(values)),
+        ids,
+    )
+    return {row[0]: MailboxSummary(*row[1:]) for row in found}
+
+
+def records_page(
+    session: Session, mailbox_id: int, *, since: int | None, after_uid: int, limit: int
+) -> tuple[RecordState, ...]:
+    """:func:`records_of` (no ``uids``) from the UID after ``after_uid`` on,
+    at most ``limit`` of them: a mailbox's records read a page at a time."""
+    query = select(*RECORD_COLUMNS).where(Message.mailbox_id == mailbox_id, Message.uid > after_uid)
+    if since is None:
+        query = query.where(Message.expunged.is_(False))
+    else:
+        query = query.where(Message.modseq > since)
+    found = session.execute(query.order_by(Message.uid).limit(limit))
+    return tuple(record_of(row) for row in found)
 
 
 # read_account_state's statements, run on the DB-API cursor (engine.fastsql:
@@ -299,6 +356,9 @@ _MAILBOXES = (
     select(Mailbox.id, *MAILBOX_STATE)
     .where(Mailbox.account_id == bindparam("account_id"))
     .order_by(Mailbox.name)
+)
+_UNIQUEIDS = select(Mailbox.id, Mailbox.uniqueid).where(
+    Mailbox.account_id == bindparam("account_id")
 )
 _SUBSCRIPTIONS = (
     select(Subscription.name)

@@ -11,12 +11,19 @@ frame's SHA-1 must equal its GUID. Compression (zlib) wraps a whole body
 when the session asks for it. ``docs/protocol.md`` documents every request.
 
 Versions: every request and every answer carries ``X-Sync-Protocol: <n>``,
-the version its sender speaks (:data:`PROTOCOL_VERSION`). A node takes
-requests and answers of any version from :data:`PROTOCOL_OLDEST` to its own
-and refuses the rest with ``sync_version`` (:func:`peer_protocol`); a message
-with no header is version 1, the protocol as it was before the header. A
-release that changes a request's format raises :data:`PROTOCOL_VERSION` and
-keeps the previous one readable, so a pair upgrades one node at a time.
+the version it is written in. A node takes requests and answers of any
+version from :data:`PROTOCOL_OLDEST` to :data:`PROTOCOL_VERSION` and refuses
+the rest with ``sync_version`` (:func:`peer_protocol`); a message with no
+header is version 1, the protocol as it was before the header. A server
+answers in the version of the request; a client speaks the newest version
+both nodes speak (its first request offers its own, and a partner that does
+not speak it refuses, naming its newest in the header). A release that
+changes a request's format raises :data:`PROTOCOL_VERSION` and keeps the
+previous one readable, so a pair upgrades one node at a time.
+
+Version 2 adds USER_SOME in parts (:class:`UserPart`, :mod:`engine.userparts`):
+an account whose mailbox summaries do not fit in one request is sent in
+several, each answered in pages that fit the asker's limit.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import json
 import re
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from engine import jsontext
@@ -61,6 +68,10 @@ __all__ = [
     "PROTOCOL_HEADER",
     "PROTOCOL_OLDEST",
     "PROTOCOL_VERSION",
+    "USER_PARTS",
+    "UserPart",
+    "answer_version",
+    "body_budget",
     "compress",
     "decode_account_state",
     "decode_delta",
@@ -69,6 +80,8 @@ __all__ = [
     "decode_json",
     "decode_push",
     "decode_summary",
+    "decode_user_page",
+    "decode_user_part",
     "decompress",
     "encode_account_state",
     "encode_delta",
@@ -76,6 +89,7 @@ __all__ = [
     "encode_json",
     "encode_push",
     "encode_summary",
+    "encode_user_part",
     "peer_max_request",
     "peer_protocol",
     "split_push",
@@ -91,8 +105,11 @@ OFF_LOOP = 256 << 10
 # The sync protocol's version: raised by a release that changes what a request
 # or an answer holds; the oldest still understood stays one behind it then.
 PROTOCOL_HEADER = "X-Sync-Protocol"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 PROTOCOL_OLDEST = 1
+# The first version with USER_SOME in parts (UserPart): a partner that speaks
+# only older ones takes an account's summaries in one request or not at all.
+USER_PARTS = 2
 _VERSION = re.compile(r"\A[1-9][0-9]{0,5}\Z")
 
 
@@ -117,6 +134,16 @@ def peer_protocol(value: str | None, here: str = "this node", there: str = "the 
     return version
 
 
+def answer_version(value: str | None) -> int:
+    """The version to answer a request in whose header is ``value``: the
+    request's own when this node speaks it (an older client reads its
+    answers), else this node's newest (a refusal then names it)."""
+    try:
+        return peer_protocol(value)
+    except SyncProtocolError:
+        return PROTOCOL_VERSION
+
+
 # Every authenticated answer says the largest request body its node takes
 # (its ``sync_max_request``), so the sender cuts its requests to the
 # partner's limit, not only its own; a sender of an older version ignores it.
@@ -128,6 +155,13 @@ def peer_max_request(value: str | None) -> int | None:
     """The partner's ``sync_max_request`` from :data:`MAX_REQUEST_HEADER`;
     None when the answer does not say (or says something else than a number)."""
     return None if value is None else _header_number(value, _MAX_REQUEST)
+
+
+def body_budget(limit: int) -> int:
+    """The most JSON one body may hold so that it stays within ``limit``
+    octets however it travels: zlib adds at most 5 octets per 16 KiB block
+    and a few more to data it cannot shrink (0.1% and 64 octets cover it)."""
+    return max(1, limit - limit // 1024 - 64)
 
 
 def _header_number(value: str, digits: re.Pattern[str]) -> int | None:
@@ -281,15 +315,28 @@ def encode_account_state(state: AccountState) -> dict[str, Any]:
         "vacations": [list(v) for v in state.vacations],
         "annotations": encode_annotations(state.annotations),
         "import_cursors": [list(c) for c in state.import_cursors],
-        "mailboxes": [
-            {
-                "summary": encode_summary(m.summary),
-                "mode": m.mode,
-                "records": [encode_record(r) for r in m.records],
-            }
-            for m in state.mailboxes
-        ],
+        "mailboxes": [encode_mailbox_state(m) for m in state.mailboxes],
     }
+
+
+def encode_mailbox_state(m: MailboxState) -> dict[str, Any]:
+    """A mailbox in an account state: its summary, mode and records (in
+    this order: :mod:`engine.userparts` writes the records after the rest)."""
+    return {
+        "summary": encode_summary(m.summary),
+        "mode": m.mode,
+        "records": [encode_record(r) for r in m.records],
+    }
+
+
+def decode_mailbox_state(item: Any) -> MailboxState:
+    if not isinstance(item, dict):
+        raise SyncProtocolError("a mailbox must be an object")
+    mode = item.get("mode", "none")
+    if mode not in ("none", "full", "delta"):
+        raise SyncProtocolError(f"unknown mailbox mode {shown(mode)}")
+    records = tuple(decode_record(r) for r in _list(item.get("records", []), "records"))
+    return MailboxState(decode_summary(item.get("summary")), mode, records)
 
 
 def decode_account_state(value: Any) -> AccountState:
@@ -297,15 +344,10 @@ def decode_account_state(value: Any) -> AccountState:
         raise SyncProtocolError("account state must be an object")
     quota = value.get("quota_limit")
     limit = value.get("message_limit")
-    mailboxes = []
-    for item in _list(value.get("mailboxes", []), "mailboxes", MAX_MAILBOXES):
-        if not isinstance(item, dict):
-            raise SyncProtocolError("a mailbox must be an object")
-        mode = item.get("mode", "none")
-        if mode not in ("none", "full", "delta"):
-            raise SyncProtocolError(f"unknown mailbox mode {shown(mode)}")
-        records = tuple(decode_record(r) for r in _list(item.get("records", []), "records"))
-        mailboxes.append(MailboxState(decode_summary(item.get("summary")), mode, records))
+    mailboxes = [
+        decode_mailbox_state(item)
+        for item in _list(value.get("mailboxes", []), "mailboxes", MAX_MAILBOXES)
+    ]
     return AccountState(
         name=_str(value.get("name"), "name", MAX_ACCOUNT_NAME),
         exists=bool(value.get("exists")),
@@ -325,6 +367,103 @@ def decode_account_state(value: Any) -> AccountState:
         annotations=decode_annotations(value.get("annotations", [])),
         import_cursors=decode_import_cursors(value.get("import_cursors", [])),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class UserPart:
+    """One request of USER_SOME in parts (version 2, ``docs/protocol.md``).
+
+    The owner's ``summaries`` of the mailboxes whose uniqueid is above
+    ``after`` and at most ``upto`` (None: no upper bound), in uniqueid order
+    (as ASCII strings). The replica answers for every mailbox it holds in
+    that range, named or not (one it holds that the owner did not name is
+    one the owner lacks: all its records); with ``named_only``, for the named
+    ones alone (``replicate -m``). The part with ``after == ""`` also carries
+    the account's own state (fields, subscriptions, Sieve, ...), once.
+    ``resume``: where the answer starts, a previous page's ``next``
+    (uniqueid, and the last UID of that mailbox already sent; 0: none).
+    """
+
+    summaries: tuple[MailboxSummary, ...] = ()
+    after: str = ""
+    upto: str | None = None
+    resume: tuple[str, int] | None = None
+    named_only: bool = False
+
+    def __post_init__(self) -> None:
+        if self.upto is not None and self.upto <= self.after:
+            raise SyncProtocolError("a part's upto must be above its after")
+        previous = self.after
+        for s in self.summaries:
+            if not previous < s.uniqueid or not self.covers(s.uniqueid):
+                raise SyncProtocolError(
+                    f"summaries must be in uniqueid order within the part ({s.uniqueid})"
+                )
+            previous = s.uniqueid
+        if self.resume is not None and not self.covers(self.resume[0]):
+            raise SyncProtocolError("a part resumes at a mailbox outside it")
+
+    def covers(self, uniqueid: str) -> bool:
+        return self.after < uniqueid and (self.upto is None or uniqueid <= self.upto)
+
+    @property
+    def first(self) -> bool:
+        """The part whose first page carries the account's own state."""
+        return self.after == ""
+
+
+def encode_user_part(account: str, ownership: dict[str, object], part: UserPart) -> dict[str, Any]:
+    return {
+        "account": account,
+        "ownership": ownership,
+        "summaries": [encode_summary(s) for s in part.summaries],
+        "after": part.after,
+        "upto": part.upto,
+        "from": None if part.resume is None else list(part.resume),
+        "named_only": part.named_only,
+    }
+
+
+def decode_user_part(body: dict[str, Any]) -> UserPart:
+    """The part a version 2 ``user_some`` asks about (its sender is read apart)."""
+    after = body.get("after", "")
+    upto = body.get("upto")
+    resume = body.get("from")
+    if resume is not None:
+        if not isinstance(resume, list) or len(resume) != 2:
+            raise SyncProtocolError("from is [mailbox uniqueid, uid]")
+        resume = (_uniqueid(resume[0]), _int(resume[1], "from uid"))
+    return UserPart(
+        summaries=tuple(
+            decode_summary(s) for s in _list(body.get("summaries", []), "summaries", MAX_MAILBOXES)
+        ),
+        after="" if after == "" else _uniqueid(after),
+        upto=None if upto is None else _uniqueid(upto),
+        resume=resume,
+        named_only=body.get("named_only") is True,
+    )
+
+
+def decode_user_page(
+    value: dict[str, Any],
+) -> tuple[AccountState | None, list[MailboxState], tuple[str, int] | None]:
+    """One page of a version 2 ``user_some`` answer: the account's own state
+    (the first page of the first part only; its ``mailboxes`` empty), the
+    mailboxes of the page, and where the next page starts (None: the part
+    is complete)."""
+    raw_state = value.get("state")
+    state = None if raw_state is None else decode_account_state(raw_state)
+    if state is not None and state.mailboxes:
+        raise SyncProtocolError("a page's account state holds no mailboxes")
+    mailboxes = [
+        decode_mailbox_state(m) for m in _list(value.get("mailboxes"), "mailboxes", MAX_MAILBOXES)
+    ]
+    after = value.get("next")
+    if after is None:
+        return state, mailboxes, None
+    if not isinstance(after, list) or len(after) != 2:
+        raise SyncProtocolError("next is [mailbox uniqueid, uid] or null")
+    return state, mailboxes, (_uniqueid(after[0]), _int(after[1], "next uid"))
 
 
 def encode_push(push: Push) -> dict[str, Any]:
@@ -419,7 +558,13 @@ def split_push(push: Push, budget: int) -> list[Push]:
     The first push is ``push`` without its records: the account's fields,
     the mailbox deletes, and every mailbox's summary (so renames and
     creates happen together, as :func:`engine.apply.apply_push` needs them).
-    Then the account's subscriptions, Sieve scripts, vacation records,
+    When the summaries alone outgrow ``budget`` (thousands of mailboxes
+    with long ACLs), the account's fields go first, then the deletes, then
+    the summaries of the mailboxes the replica holds (renames) and of the new
+    ones, as many a push as fit: a mailbox that sits on a name another one
+    takes in an earlier push steps aside (``Recovered/<uniqueid>``) until its
+    own push names it. A summary larger than ``budget`` goes alone (the
+    caller says whether the partner takes it). Then the account's subscriptions, Sieve scripts, vacation records,
     METADATA and import cursors, each alone, when they are large; then the
     records, mailbox by mailbox in UID order, each with its mailbox's
     summary. A mailbox is equal to the owner's once the last
@@ -458,6 +603,8 @@ def split_push(push: Push, budget: int) -> list[Push]:
         ),
         **apart,
     )
+    kept = sum(v for k, v in sizes.items() if k not in apart)
+    heads = _cut_head(head, overheads, budget - kept)
     alone = [replace(blank, **{k: sets[k]}) for k in apart]
     parts: list[list[MailboxPush]] = [[]]
     used = 0
@@ -482,7 +629,37 @@ def split_push(push: Push, budget: int) -> list[Push]:
             parts[-1].append(_records_part(mp, upserts, expunges))
             used += overhead + size
     rest = [Push(push.account, mailboxes=tuple(p)) for p in parts if p]
-    return [head, *alone, *rest]
+    return [*heads, *alone, *rest]
+
+
+# What one uniqueid costs in a push's deletes, at most (32 digits, quotes, comma).
+_DELETE_COST = 35
+
+
+def _cut_head(head: Push, overheads: list[int], budget: int) -> list[Push]:
+    """``head`` (a push without records), or its fields, deletes and
+    summaries in several pushes of at most ``budget`` when it is larger."""
+    base = len(encode_json(encode_push(Push(head.account))))
+    if base + len(head.deletes) * _DELETE_COST + sum(overheads) <= budget:
+        return [head]
+    out = [replace(head, deletes=(), mailboxes=())]
+    step = max(1, (budget - base) // _DELETE_COST)
+    for start in range(0, len(head.deletes), step):
+        out.append(Push(head.account, deletes=head.deletes[start : start + step]))
+    # The mailboxes the replica holds first: a rename frees a name a new
+    # mailbox may take.
+    order = sorted(range(len(head.mailboxes)), key=lambda i: head.mailboxes[i].create)
+    chunk: list[MailboxPush] = []
+    used = base
+    for i in order:
+        if chunk and used + overheads[i] > budget:
+            out.append(Push(head.account, mailboxes=tuple(chunk)))
+            chunk, used = [], base
+        chunk.append(head.mailboxes[i])
+        used += overheads[i]
+    if chunk:
+        out.append(Push(head.account, mailboxes=tuple(chunk)))
+    return out
 
 
 # What one record or expunged UID costs in a push's JSON, at most: the

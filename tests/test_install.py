@@ -196,7 +196,7 @@ def test_install_start_as_the_unit_would_stop_and_upgrade(wheel: Path, layout: P
     version = subprocess.run(
         [f"{layout}/usr/local/bin/peerd", "--version"], capture_output=True, text=True, check=True
     )
-    assert version.stdout.startswith("peerd 0.1.0 (sync protocol 1, schema ")
+    assert version.stdout.startswith("peerd 0.1.0 (sync protocol 1-2, schema ")
     assert version.stdout.strip() in first.stdout
 
     # The admin's edits: free loopback ports; the partner is not installed yet.

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from engine import accounts, mailbox
 from engine.apply import apply_push
 from engine.compare import MailboxPush, Push
-from engine.limits import MAX_TOMBSTONES
+from engine.limits import MAX_TOMBSTONES, check_acl
 from engine.models import MailboxTombstone
 from engine.store import Store
 from engine.syncstate import MailboxSummary, read_account_state
@@ -171,6 +171,37 @@ def test_large_account_sets_go_in_pushes_of_their_own() -> None:
     assert parts[0].mailboxes == push.mailboxes
     assert [p.subscriptions for p in parts if p.subscriptions is not None] == [push.subscriptions]
     assert [p.annotations for p in parts if p.annotations is not None] == [push.annotations]
+
+
+def _long_acl_summary(n: int) -> MailboxSummary:
+    acl = check_acl({f"user{i:02d}{'x' * 84}": "lrswipkxtecda" for i in range(8)})
+    return MailboxSummary(f"{n:032x}", f"box{n:04d}", 1, 0, 0, acl, 0, 0)
+
+
+def test_a_push_of_many_summaries_goes_in_requests_that_fit() -> None:
+    """APPLY's side: the summaries of a first sync (or a rename of them all)
+    in several pushes after the account's fields and deletes, the mailboxes
+    the replica holds before the new ones."""
+    boxes = tuple(MailboxPush(_long_acl_summary(n), create=n % 3 == 0) for n in range(40))
+    push = Push(
+        "amy",
+        account_fields=("x", None, None),
+        deletes=tuple(f"{n:032x}" for n in range(100, 400)),
+        mailboxes=boxes,
+    )
+    budget = 8000
+    parts = split_push(push, budget)
+    assert max(len(encode_json(encode_push(part))) for part in parts) <= budget
+    assert parts[0].account_fields == push.account_fields
+    assert [d for part in parts for d in part.deletes] == list(push.deletes)
+    assert not parts[0].mailboxes and not parts[0].deletes
+    named = [m for part in parts for m in part.mailboxes]
+    assert sorted(named, key=lambda m: m.summary.uniqueid) == list(boxes)
+    assert [m.create for m in named] == sorted(m.create for m in boxes)
+    first_mailbox = next(i for i, part in enumerate(parts) if part.mailboxes)
+    assert all(not part.deletes for part in parts[first_mailbox:])
+    # Within the budget, the push goes whole.
+    assert split_push(push, 10**6) == [push]
 
 
 def test_deleted_mailboxes_are_remembered_up_to_a_bound(sqlite_store: Store) -> None:

@@ -6,6 +6,7 @@ others with ``sync_version``, naming the node to upgrade. The pair test runs
 beta as a future release that speaks only version 2 (the real daemon with
 the module's constants raised before it starts): alpha's changes wait in its
 sync log with a clear error, and go through once beta runs this release.
+(A pair one version apart replicates both ways: tests/test_user_parts.py.)
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ from tests.procs import Proc, wait_until
 
 AUTH = "Basic " + base64.b64encode(b"repl:repl-secret").decode()
 
-# The daemon as a release whose sync protocol is 2 and no longer reads 1.
+# The daemon as a release whose sync protocol is 3 and no longer reads 1 or 2.
 FUTURE = """
 import sys
 import engine.syncwire as wire
-wire.PROTOCOL_VERSION = 2
-wire.PROTOCOL_OLDEST = 2
+wire.PROTOCOL_VERSION = 3
+wire.PROTOCOL_OLDEST = 3
 from peerd.app.main import main
 sys.exit(main(["run", "-c", sys.argv[1]]))
 """
@@ -106,15 +107,19 @@ def test_the_listener_says_its_version_and_refuses_one_it_does_not_speak(tmp_pat
     with running(alpha, beta):
         status, body, spoken = _post(beta, "hello", b"{}", {})
         assert (status, body["node"], spoken) == (200, "beta", "1")
+        # Each answer is in the request's version: a node of an older release reads it.
         status, body, spoken = _post(beta, "hello", b"{}", {"X-Sync-Protocol": "1"})
         assert (status, spoken) == (200, "1")
+        status, body, spoken = _post(beta, "hello", b"{}", {"X-Sync-Protocol": "2"})
+        assert (status, spoken) == (200, "2")
         rows = json.dumps(
             {"rows": [{"account": "x", "owner": "alpha", "home": "alpha", "epoch": 9}]}
         ).encode()
-        status, body, spoken = _post(beta, "ownership", rows, {"X-Sync-Protocol": "2"})
-        assert (status, body["error"], spoken) == (400, "sync_version", "1"), body
+        # A refusal says the newest version beta speaks.
+        status, body, spoken = _post(beta, "ownership", rows, {"X-Sync-Protocol": "3"})
+        assert (status, body["error"], spoken) == (400, "sync_version", "2"), body
         assert body["detail"] == (
-            "alpha speaks sync protocol 2, beta speaks 1 to 1: upgrade beta (docs/upgrading.md)"
+            "alpha speaks sync protocol 3, beta speaks 1 to 2: upgrade beta (docs/upgrading.md)"
         )
         # Refused before anything was read: beta adopted no row.
         with pytest.raises(urllib.error.HTTPError) as missing:
@@ -147,7 +152,7 @@ def test_a_mixed_version_pair_holds_changes_until_both_speak_one_version(tmp_pat
 
         wait_until(refused, 20, "alpha's sync refused for its protocol version")
         error = alpha.call("GET", "/v1/status")["replication"]["last_error"]
-        assert "beta speaks sync protocol 2, alpha speaks 1 to 1" in error, error
+        assert "beta speaks sync protocol 3, alpha speaks 1 to 2" in error, error
         assert alpha.call("GET", "/v1/status?account=amy")["sync_log_depth"] >= 1
         assert _count(beta, "amy") == 1
     finally:

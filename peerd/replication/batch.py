@@ -8,17 +8,22 @@ a batch of accounts at once):
    renames and account states (:func:`engine.bulkstate.read_states`). An
    account with a rename the partner has not taken leaves the batch.
    The batch is cut so that the messages it carries stay within
-   ``sync_batchsize`` (an account always goes whole).
+   ``sync_batchsize`` and its ``batch_user_some`` within one request (an
+   account always goes whole; one whose summaries alone outgrow a request
+   leaves the batch, and its USER_SOME goes alone, in parts).
 2. ``batch_user_some``: every account's summaries in one request; the
    replica answers each account's state, or that account's refusal (its
-   fence refused it: reported for that account, the others go on).
+   fence refused it: reported for that account, the others go on); it
+   leaves out an account that would take its answer past what we read,
+   which is then synced alone.
 3. One read: the owner's side of every compare
    (:func:`engine.bulkstate.owner_views`), then :func:`engine.compare.compare`
    per account. An account whose compare needs a repair here (the replica
    holds mail we never had, or a UID names two messages) leaves the batch.
 4. RESERVE every GUID the batch's pushes name, in one request; UPLOAD the
    missing ones in large frame batches.
-5. ``batch_apply``: every push in one request; the replica applies each
+5. ``batch_apply``: every push, in as few requests as the apply budget
+   allows (a push too large for one goes alone); the replica applies each
    account in its own savepoint of one transaction, fenced by that account's
    row, and answers each account's result or refusal. An account it reports
    still different leaves the batch.
@@ -82,6 +87,7 @@ class _Account:
     log_rows: list[tuple[int, int]]
     state: AccountState
     report: SyncReport
+    wire: bytes = b""  # the account's item of batch_user_some
     push: Push | None = None
     owner_state: AccountState | None = None
     replica_names: dict[str, str] = field(default_factory=dict)
@@ -103,9 +109,35 @@ async def sync_batch(
             client.mark(name, 0, None)
         use_zlib = client.compress_default if compressed is None else compressed
         items = await _local(client, names, outcome)
-        for group in _groups(items, client.node.config.sync.sync_batchsize):
+        # The partner's limit cuts the batches: learn it before the first
+        # (a partner that cannot be reached fails each batch, as it would).
+        with contextlib.suppress(EngineError):
+            await client.speak()
+        budget = client.part_budget - len(_BATCH_ENVELOPE)
+        fitting: list[_Account] = []
+        for item in items:
+            item.wire = encode_json(
+                {
+                    "account": item.name,
+                    "ownership": client.wire_row(item.row),
+                    "summaries": [encode_summary(m.summary) for m in item.state.mailboxes],
+                }
+            )
+            if len(item.wire) + 1 > budget:
+                outcome.alone.append(item.name)  # USER_SOME alone, in parts
+            else:
+                fitting.append(item)
+        for group in _groups(fitting, client.node.config.sync.sync_batchsize, budget):
             await _sync_group(client, group, use_zlib, outcome)
     return outcome
+
+
+# What a batch request adds to its accounts' items: {"accounts":[...]}.
+_BATCH_ENVELOPE = b'{"accounts":[]}'
+
+
+def _batch_body(pieces: Sequence[bytes]) -> bytes:
+    return b'{"accounts":[' + b",".join(pieces) + b"]}"
 
 
 async def _local(client: SyncClient, names: list[str], outcome: BatchOutcome) -> list[_Account]:
@@ -144,17 +176,21 @@ async def _local(client: SyncClient, names: list[str], outcome: BatchOutcome) ->
     return items
 
 
-def _groups(items: list[_Account], batchsize: int) -> list[list[_Account]]:
-    """Cut the batch so that the messages it holds stay within ``batchsize``."""
+def _groups(items: list[_Account], batchsize: int, budget: int) -> list[list[_Account]]:
+    """Cut the batch so that the messages it holds stay within ``batchsize``
+    and its ``batch_user_some`` within ``budget`` octets."""
     groups: list[list[_Account]] = [[]]
     held = 0
+    size = 0
     for item in items:
         count = sum(m.summary.exists for m in item.state.mailboxes)
-        if groups[-1] and held + count > batchsize:
+        cost = len(item.wire) + 1
+        if groups[-1] and (held + count > batchsize or size + cost > budget):
             groups.append([])
-            held = 0
+            held = size = 0
         groups[-1].append(item)
         held += count
+        size += cost
     return [g for g in groups if g]
 
 
@@ -198,17 +234,8 @@ async def _exchange(
 ) -> set[str]:
     """Steps 2 to 5 for one group; the accounts that landed."""
     by_name = {item.name: item for item in group}
-    request = {
-        "accounts": [
-            {
-                "account": item.name,
-                "ownership": client.wire_row(item.row),
-                "summaries": [encode_summary(m.summary) for m in item.state.mailboxes],
-            }
-            for item in group
-        ]
-    }
-    raw = await client.call("batch_user_some", encode_json(request), compressed=use_zlib)
+    request = _batch_body([item.wire for item in group])
+    raw = await client.call("batch_user_some", request, compressed=use_zlib)
     replicas: dict[str, AccountState] = {}
     for answer in _answers(decode_json(raw), by_name, outcome):
         item = by_name[answer["account"]]
@@ -238,6 +265,20 @@ async def _exchange(
             landed.add(name)
         else:
             sending.append(item)
+    # Each push as batch_apply carries it; one too large for a request of its
+    # own goes alone (the one-account path applies it in several).
+    pieces: dict[str, bytes] = {}
+    for item in list(sending):
+        pieces[item.name] = encode_json(
+            {
+                "account": item.name,
+                "ownership": client.wire_row(item.row),
+                "push": encode_push(_push(item)),
+            }
+        )
+        if len(pieces[item.name]) + 1 + len(_BATCH_ENVELOPE) > client.apply_budget:
+            sending.remove(item)
+            outcome.alone.append(item.name)
     if not sending:
         return landed
 
@@ -250,28 +291,35 @@ async def _exchange(
             await client.upload(sorted(missing), use_zlib, scratch)
     _account_for(client, sending, missing)
 
-    body = {
-        "accounts": [
-            {
-                "account": item.name,
-                "ownership": client.wire_row(item.row),
-                "push": encode_push(_push(item)),
-            }
-            for item in sending
-        ]
-    }
-    raw = await client.call("batch_apply", encode_json(body), compressed=use_zlib)
-    sent = {item.name: item for item in sending}
-    for answer in _answers(decode_json(raw), sent, outcome):
-        item = by_name[answer["account"]]
-        if "error" in answer:
-            outcome.errors.append((item.name, str(answer["error"]), str(answer.get("detail", ""))))
-        elif answer.get("mismatched"):
-            outcome.alone.append(item.name)  # a full compare, alone
-        else:
-            item.report.requests.append(f"POST /sync/v1/batch_apply ({len(sending)} accounts)")
-            landed.add(item.name)
+    for chunk in _by_size(sending, pieces, client.apply_budget - len(_BATCH_ENVELOPE)):
+        body = _batch_body([pieces[item.name] for item in chunk])
+        raw = await client.call("batch_apply", body, compressed=use_zlib)
+        sent = {item.name: item for item in chunk}
+        for answer in _answers(decode_json(raw), sent, outcome):
+            item = by_name[answer["account"]]
+            if "error" in answer:
+                detail = str(answer.get("detail", ""))
+                outcome.errors.append((item.name, str(answer["error"]), detail))
+            elif answer.get("mismatched"):
+                outcome.alone.append(item.name)  # a full compare, alone
+            else:
+                item.report.requests.append(f"POST /sync/v1/batch_apply ({len(chunk)} accounts)")
+                landed.add(item.name)
     return landed
+
+
+def _by_size(items: list[_Account], pieces: dict[str, bytes], budget: int) -> list[list[_Account]]:
+    """``items`` in runs whose pieces (with their commas) stay within ``budget``."""
+    runs: list[list[_Account]] = [[]]
+    size = 0
+    for item in items:
+        cost = len(pieces[item.name]) + 1
+        if runs[-1] and size + cost > budget:
+            runs.append([])
+            size = 0
+        runs[-1].append(item)
+        size += cost
+    return [r for r in runs if r]
 
 
 def _push(item: _Account) -> Push:

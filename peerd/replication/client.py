@@ -6,7 +6,11 @@ How this works, for one account (the steps are printed in Cyrus's words by
 1. MAILBOXES / USER_SOME: read our summaries and the sync-log rows we are
    about to cover; send the summaries; the replica answers with its own and,
    for each mailbox that differs, its records (all, or a delta since its
-   ``sync_base``). Equal mailboxes cost nothing more.
+   ``sync_base``). Equal mailboxes cost nothing more. Summaries that outgrow
+   one request go in parts, answered in pages that fit what we read
+   (:mod:`engine.userparts`, sync protocol 2); to a partner that speaks
+   only version 1 they go in one request, or the account waits for its
+   upgrade with an error that says so.
 2. Compare (:mod:`engine.compare`). If the replica holds mail we never had,
    or a UID names two messages, FETCH those bytes, repair here (copy in with
    new UIDs), and start again from 1 — our state changed (the rounds are
@@ -18,7 +22,10 @@ How this works, for one account (the steps are printed in Cyrus's words by
    in step 1 are acknowledged (rows changed meanwhile stay).
 
 One keep-alive HTTP session per partner; requests are batched, so a
-10,000-message account is a handful of round trips. ``replicate --all`` sends
+10,000-message account is a handful of round trips. The first request to a
+partner (a ``hello``) settles the protocol version both speak
+(:meth:`SyncClient.speak`) and learns its ``sync_max_request``; every
+request is cut to the lower limit of the two, every answer read is bounded. ``replicate --all`` sends
 the same steps for many accounts per request (:mod:`peerd.replication.batch`).
 
 Why one module of about 640 lines: the steps above share one session, one
@@ -73,18 +80,28 @@ from engine.errors import (
     SyncRefused,
     SyncVersionMismatch,
     TemporaryFailure,
+    TooLargeForPartner,
 )
 from engine.rounds import converge
-from engine.syncstate import AccountState, account_digests, owner_view, read_account_state
+from engine.syncstate import (
+    AccountState,
+    MailboxSummary,
+    account_digests,
+    owner_view,
+    read_account_state,
+)
 from engine.syncwire import (
     MAX_REQUEST_HEADER,
     OFF_LOOP,
     PROTOCOL_HEADER,
     PROTOCOL_VERSION,
+    USER_PARTS,
+    body_budget,
     compress,
     decode_account_state,
     decode_frames,
     decode_json,
+    decode_user_page,
     decompress,
     encode_account_state,
     encode_delta,
@@ -92,10 +109,12 @@ from engine.syncwire import (
     encode_json,
     encode_push,
     encode_summary,
+    encode_user_part,
     peer_max_request,
     peer_protocol,
     split_push,
 )
+from engine.userparts import Pages, split_summaries
 from ownership import table as ownership_table
 from ownership.errors import SyncFenced
 from ownership.rows import OwnershipView, parse_row, row_view
@@ -120,6 +139,13 @@ FETCH_BATCH = 10_000
 FRAME_HEADER = 64
 # UPLOAD requests at the partner at once (client.upload).
 UPLOADS_IN_FLIGHT = 2
+# The most JSON of summaries one request of USER_SOME in parts carries (each
+# is decoded at the partner on its event loop), and of one batch_user_some.
+PART_BATCH = 8 << 20
+# The most we read of one answer but a page of USER_SOME, which is cut to our
+# own sync_max_request (engine.userparts): the bound of every answer before
+# the pages, now also on the bytes as they arrive, not only once inflated.
+ANSWER_LIMIT = 1 << 31
 # A rolling delta's sync-log acknowledgement rides (Store.write's ``ride``)
 # for up to this long: it joins the next commit (on a busy owner the next
 # delivery's, a few milliseconds later) instead of adding a commit and a
@@ -216,6 +242,9 @@ class SyncClient:
         self.batches: bool | None = None
         # The partner's sync_max_request, as its last answer said (None: not yet).
         self.partner_max_request: int | None = None
+        # The sync protocol version spoken with the partner (speak(); None: not yet).
+        self.version: int | None = None
+        self._negotiating = asyncio.Lock()
 
     def add_reach_listener(self, listener: Callable[[bool, str], None]) -> None:
         self._reach_listeners.append(listener)
@@ -277,6 +306,7 @@ class SyncClient:
         config's TLS settings and timeout; the old one is closed once the
         requests it carries have had their time (``sync_timeout``)."""
         self.compress_default = self.node.config.sync.sync_compress
+        self.version = None
         old, self._session = self._session, None
         if old is None:
             return
@@ -307,6 +337,40 @@ class SyncClient:
         else:
             self._marks[account] = (epoch, mark_of(state))
 
+    async def speak(self) -> int:
+        """The sync protocol version to speak with the partner: the newest
+        both speak, learnt from one ``hello`` the first time (and again
+        after the partner refused a version: it may run another release)."""
+        if self.version is None:
+            async with self._negotiating:
+                if self.version is None:
+                    self.version = await self._negotiate()
+        return self.version
+
+    async def _negotiate(self) -> int:
+        """``hello`` in our newest version: a partner that speaks it answers;
+        one that does not refuses with ``sync_version`` and names its newest
+        in the answer's header (a node of an older release does the same:
+        it answers everything in its only version), which we then speak. A
+        partner newer than all we speak is refused by :meth:`_exchange`."""
+        status, raw, spoken = await self._exchange(
+            "hello", b"{}", compressed=False, version=PROTOCOL_VERSION
+        )
+        if status == 400 and spoken < PROTOCOL_VERSION:
+            try:
+                refused = decode_json(raw).get("error") == SyncVersionMismatch.code
+            except SyncProtocolError:
+                refused = False
+            if refused:
+                log.info(
+                    "%s speaks sync protocol %d: requests to it are in that version",
+                    self.node.partner or self.target,
+                    spoken,
+                )
+                return spoken
+        self._answer("hello", status, raw)
+        return PROTOCOL_VERSION
+
     async def call(
         self,
         path: str,
@@ -316,13 +380,46 @@ class SyncClient:
         report: SyncReport | None = None,
         content_type: str = "application/json",
         timeout: float | None = None,
+        version: int | None = None,
+        limit: int = ANSWER_LIMIT,
     ) -> bytes:
-        """POST one request; ``timeout``: seconds for this one instead of
-        ``sync_timeout`` (a verify reads whole accounts)."""
+        """POST one request in ``version`` (default: :meth:`speak`'s) and read
+        its answer of at most ``limit`` octets; ``timeout``: seconds for
+        this one instead of ``sync_timeout`` (a verify reads whole accounts)."""
+        if version is None:
+            version = await self.speak()
+        status, raw, _ = await self._exchange(
+            path,
+            body,
+            compressed=compressed,
+            report=report,
+            content_type=content_type,
+            timeout=timeout,
+            version=version,
+            limit=limit,
+        )
+        return self._answer(path, status, raw)
+
+    async def _exchange(
+        self,
+        path: str,
+        body: bytes,
+        *,
+        compressed: bool,
+        version: int,
+        report: SyncReport | None = None,
+        content_type: str = "application/json",
+        timeout: float | None = None,
+        limit: int = ANSWER_LIMIT,
+    ) -> tuple[int, bytes, int]:
+        """One request and its answer: (status, body, the answer's version)."""
         headers = {
             "Authorization": self._auth,
             "Content-Type": content_type,
-            PROTOCOL_HEADER: str(PROTOCOL_VERSION),
+            PROTOCOL_HEADER: str(version),
+            # The most we read of one answer: a partner answering USER_SOME in
+            # parts cuts its pages to it.
+            MAX_REQUEST_HEADER: str(self.node.config.sync.sync_max_request),
         }
         if compressed:
             # A large body (an 8 MB UPLOAD) is compressed in a thread: zlib lets
@@ -339,18 +436,18 @@ class SyncClient:
             async with session.post(
                 f"{self.base}/{path}", data=body, headers=headers, **options
             ) as response:
-                raw = await response.read()
+                raw = await _read_at_most(response, limit, path)
                 status = response.status
                 encoded = response.headers.get("X-Sync-Encoding") == "zlib"
                 spoken = response.headers.get(PROTOCOL_HEADER)
-                limit = peer_max_request(response.headers.get(MAX_REQUEST_HEADER))
+                theirs = peer_max_request(response.headers.get(MAX_REQUEST_HEADER))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             down = PartnerDown(f"partner {self.target} unreachable: {exc}")
             self._reached(False, down.message)
             raise down from exc
         self._reached(True)
-        if limit is not None:
-            self.partner_max_request = limit
+        if theirs is not None:
+            self.partner_max_request = theirs
         self.bytes_sent += len(body)
         self.bytes_received += len(raw)
         self.node.counters.inc("sync_bytes_sent", len(body))
@@ -363,12 +460,20 @@ class SyncClient:
             )
         if encoded:
             raw = (
-                decompress(raw, 1 << 31)
+                decompress(raw, limit)
                 if len(raw) < OFF_LOOP
-                else await asyncio.to_thread(decompress, raw, 1 << 31)
+                else await asyncio.to_thread(decompress, raw, limit)
             )
         # An answer in a version this node does not read is not read.
-        peer_protocol(spoken, self.node.name, self.node.partner or "the partner")
+        try:
+            answered = peer_protocol(spoken, self.node.name, self.node.partner or "the partner")
+        except SyncVersionMismatch:
+            self.version = None  # the partner runs another release: ask again next time
+            raise
+        return status, raw, answered
+
+    def _answer(self, path: str, status: int, raw: bytes) -> bytes:
+        """An answer's body, or the error its status says."""
         if status == 409:
             problem = decode_json(raw)
             try:
@@ -387,6 +492,7 @@ class SyncClient:
             except SyncProtocolError:
                 problem, detail = {}, raw[:200].decode("utf-8", "replace")
             if problem.get("error") == SyncVersionMismatch.code:
+                self.version = None  # the partner runs another release: ask again next time
                 raise SyncVersionMismatch(detail)
             if status == 404:
                 raise PartnerLacksRequest(f"partner answered 404 to {path}: {detail}")
@@ -502,15 +608,14 @@ class SyncClient:
             names = " ".join(summaries_names(summaries)) or account
             report.steps.append(f"MAILBOXES {names}")
             report.steps.append(f"USER_SOME {account}")
-            request = {
-                "account": account,
-                "ownership": self.wire_row(own_row),
-                "summaries": [encode_summary(s) for s in summaries],
-            }
-            raw = await self.call(
-                "user_some", encode_json(request), compressed=use_zlib, report=report
+            replica = await self.user_some(
+                account,
+                own_row,
+                summaries,
+                named_only=include is not None,
+                use_zlib=use_zlib,
+                report=report,
             )
-            replica = decode_account_state(decode_json(raw).get("state"))
             if include is not None:
                 replica = _restrict(replica, include)
             owner_state, owner_records, known = await store.read(
@@ -568,6 +673,75 @@ class SyncClient:
         report.steps.append("ENDUSER")
         if planned.rows and self.owns_sync_log:
             await store.write(partial(synclog.acknowledge, rows=planned.rows))
+
+    async def user_some(
+        self,
+        account: str,
+        own_row: OwnershipView,
+        summaries: Sequence[MailboxSummary],
+        *,
+        named_only: bool,
+        use_zlib: bool,
+        report: SyncReport,
+    ) -> AccountState:
+        """USER_SOME: the replica's state of ``account``, given our ``summaries``.
+
+        In parts (version 2, :mod:`engine.userparts`) when the partner speaks
+        it; to a partner that speaks only version 1, in one request, which
+        must fit in it: else :class:`PartnerLacksRequest` names the reason
+        (the account waits for the partner's upgrade, not for a limit)."""
+        ownership = self.wire_row(own_row)
+        version = await self.speak()
+        if version < USER_PARTS:
+            request = {
+                "account": account,
+                "ownership": ownership,
+                "summaries": [encode_summary(s) for s in summaries],
+            }
+            body = encode_json(request)
+            if len(body) <= self.request_limit:
+                raw = await self.call("user_some", body, compressed=use_zlib, report=report)
+                return decode_account_state(decode_json(raw).get("state"))
+            self.version = None  # upgraded since we asked?
+            version = await self.speak()
+            if version < USER_PARTS:
+                partner = self.node.partner or str(self.target)
+                raise PartnerLacksRequest(
+                    f"{account}: the summaries of its {len(summaries)} mailboxes take"
+                    f" {len(body)} bytes, more than one request to {partner} may"
+                    f" ({self.request_limit}: the lower sync_max_request of the two nodes);"
+                    f" sending them in parts needs sync protocol {USER_PARTS}, and {partner}"
+                    f" speaks {version}: upgrade {partner} (docs/upgrading.md)"
+                )
+        parts = split_summaries(
+            account, ownership, summaries, self.part_budget, named_only=named_only
+        )
+        pages = Pages(account)
+        requests = 0
+        for part in parts:
+            while True:
+                body = encode_json(encode_user_part(account, ownership, part))
+                raw = await self.call(
+                    "user_some",
+                    body,
+                    compressed=use_zlib,
+                    report=report,
+                    version=version,
+                    limit=self.node.config.sync.sync_max_request,
+                )
+                requests += 1
+                state, mailboxes, after = decode_user_page(decode_json(raw))
+                if any(not part.covers(m.summary.uniqueid) for m in mailboxes):
+                    raise SyncProtocolError(f"partner answered {account} outside the part asked")
+                pages.add(state, mailboxes)
+                if after is None:
+                    break
+                if not part.covers(after[0]) or (part.resume is not None and after <= part.resume):
+                    raise SyncProtocolError(f"partner's pages of {account} do not go forward")
+                part = replace(part, resume=after)
+        if requests > 1:
+            report.steps.append(f"USER_SOME in {requests} requests ({len(parts)} parts)")
+        return pages.state()
 
     def tally(self, report: SyncReport, push: Push) -> None:
         """Count what ``push`` does into ``report`` (one account's, alone or in a batch)."""
@@ -770,7 +944,18 @@ class SyncClient:
                 "ownership": self.wire_row(own_row),
                 "push": encode_push(part),
             }
-            raw = await self.call("apply", encode_json(body), compressed=use_zlib, report=report)
+            data = encode_json(body)
+            if len(data) > self.request_limit and len(part.mailboxes) == 1:
+                # One summary (with no more than one record: split_push cuts
+                # the rest) past the partner's limit: no way of cutting the
+                # push sends it.
+                box = part.mailboxes[0].summary
+                raise TooLargeForPartner(
+                    f"{account}: mailbox {box.name!r} ({box.uniqueid}, an ACL of {len(box.acl)}"
+                    f" characters) needs a request of {len(data)} bytes, more than"
+                    f" {self.request_limit} (the lower sync_max_request of the two nodes)"
+                )
+            raw = await self.call("apply", data, compressed=use_zlib, report=report)
             mismatched += [u for u in decode_json(raw).get("mismatched", []) if last.get(u) == i]
         if len(parts) > 1:
             report.steps.append(f"APPLY in {len(parts)} requests")
@@ -791,6 +976,13 @@ class SyncClient:
         own = self.node.config.sync.sync_max_request
         theirs = self.partner_max_request
         return own if theirs is None else min(own, theirs)
+
+    @property
+    def part_budget(self) -> int:
+        """The most JSON one request of USER_SOME in parts (or one
+        batch_user_some) carries: :data:`PART_BATCH`, or what the
+        :attr:`request_limit` leaves when that is less."""
+        return min(PART_BATCH, body_budget(self.request_limit))
 
     @property
     def apply_budget(self) -> int:
@@ -872,6 +1064,26 @@ class SyncClient:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+
+
+async def _read_at_most(response: aiohttp.ClientResponse, limit: int, path: str) -> bytes:
+    """An answer's body, refused past ``limit`` octets (as they arrive: a
+    partner never makes us hold more than that of one answer)."""
+    length = response.content_length
+    if length is not None and length > limit:
+        raise SyncProtocolError(
+            f"partner's answer to {path} is {length} bytes, more than the {limit} we read"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(1 << 20):
+        size += len(chunk)
+        if size > limit:
+            raise SyncProtocolError(
+                f"partner's answer to {path} is more than the {limit} bytes we read"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,10 @@ from engine.syncwire import (
     MAX_REQUEST_HEADER,
     OFF_LOOP,
     PROTOCOL_HEADER,
-    PROTOCOL_VERSION,
+    USER_PARTS,
+    UserPart,
+    answer_version,
+    body_budget,
     compress,
     decode_account_state,
     decode_delta,
@@ -49,13 +52,16 @@ from engine.syncwire import (
     decode_json,
     decode_push,
     decode_summary,
+    decode_user_part,
     decompress,
     encode_account_state,
     encode_frames,
     encode_json,
     encode_summary,
+    peer_max_request,
     peer_protocol,
 )
+from engine.userparts import read_page
 from ownership import table as ownership_table
 from ownership.errors import SyncFenced
 from ownership.fence import check_sync, needs_adoption
@@ -75,6 +81,11 @@ INLINE_STAGE = 256 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MAX_BODIES = 10_000  # GUIDs in one ``bodies`` request
+# The largest page of a USER_SOME answer in parts (engine.userparts): built
+# in a reader thread, compressed on the loop when the asker wants zlib.
+PAGE_BATCH = 8 << 20
+# Where the middleware leaves the version a request is written in.
+_VERSION = "sync_protocol"
 MAX_BATCH = 1_000  # accounts in one ``batch_user_some`` or ``batch_apply`` request
 
 
@@ -118,9 +129,13 @@ class SyncServer:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await self._checked(request, handler)
-        # Every answer says which protocol version this node speaks and, to
-        # the partner, the largest request it takes.
-        response.headers[PROTOCOL_HEADER] = str(PROTOCOL_VERSION)
+        # Every answer says the protocol version it is written in (the
+        # request's, so an older partner reads it; this node's newest when
+        # it refuses the request's) and, to the partner, the largest request
+        # this node takes.
+        response.headers[PROTOCOL_HEADER] = str(
+            answer_version(request.headers.get(PROTOCOL_HEADER))
+        )
         if response.status != 401:
             response.headers[MAX_REQUEST_HEADER] = str(self.max_request)
         return response
@@ -146,7 +161,7 @@ class SyncServer:
                 headers={"WWW-Authenticate": 'Basic realm="peerd-sync"'},
             )
         try:
-            peer_protocol(
+            request[_VERSION] = peer_protocol(
                 request.headers.get(PROTOCOL_HEADER), self.node.name, self.node.partner or "partner"
             )
             return await handler(request)
@@ -224,9 +239,18 @@ class SyncServer:
         await self.body(request)
         return self.reply(request, encode_json({"node": self.node.name, "service": "peerd-sync/1"}))
 
+    def answer_budget(self, request: web.Request) -> int:
+        """The most JSON one answer of a part of USER_SOME holds: what the
+        asker says it reads (its ``X-Sync-Max-Request``; else our own limit),
+        and at most :data:`PAGE_BATCH`."""
+        stated = peer_max_request(request.headers.get(MAX_REQUEST_HEADER))
+        return min(PAGE_BATCH, body_budget(stated or self.max_request))
+
     async def user_some(self, request: web.Request) -> web.Response:
         body = decode_json(await self.body(request))
         view = self.sender(body)
+        if request[_VERSION] >= USER_PARTS:
+            return await self.user_part(request, view, decode_user_part(body))
         summaries = {}
         for item in body.get("summaries", []) if isinstance(body.get("summaries"), list) else []:
             summary = decode_summary(item)
@@ -243,6 +267,20 @@ class SyncServer:
         await self._adopt_if_needed(view)
         state = await self.node.store.read(read)
         return self.reply(request, encode_json({"state": state}))
+
+    async def user_part(
+        self, request: web.Request, view: OwnershipView, part: UserPart
+    ) -> web.Response:
+        """USER_SOME in parts (version 2, :mod:`engine.userparts`): one page of
+        our answer to one part of the owner's summaries."""
+        budget = self.answer_budget(request)
+
+        def read(session: Session) -> bytes:
+            check_sync(session, self.node.name, view.account, view, adopt=False)
+            return read_page(session, view.account, part, budget)
+
+        await self._adopt_if_needed(view)
+        return self.reply(request, await self.node.store.read(read))
 
     async def _adopt_if_needed(self, view: OwnershipView) -> None:
         store = self.node.store
@@ -279,6 +317,8 @@ class SyncServer:
         me = self.node.name
         store = self.node.store
         refused: dict[str, SyncFenced] = {}
+        stated = peer_max_request(request.headers.get(MAX_REQUEST_HEADER))
+        budget = None if stated is None else body_budget(stated)
 
         def stale(session: Session) -> list[OwnershipView]:
             held = ownership_table.rows_of(session, (v.account for v, _ in items))
@@ -312,12 +352,23 @@ class SyncServer:
                 allowed.append(view.account)
             del held
             states = read_states(session, allowed, records_for=summaries)
-            return [
-                {"account": v.account, "state": encode_account_state(states[v.account])}
-                if v.account in states
-                else _refusal(v.account, refused[v.account])
-                for v, _ in items
-            ]
+            answers: list[dict[str, Any]] = []
+            used = 0
+            for v, _ in items:
+                if v.account not in states:
+                    answers.append(_refusal(v.account, refused[v.account]))
+                    continue
+                state = encode_account_state(states[v.account])
+                if budget is not None:
+                    # The asker reads answers of at most its limit: an account
+                    # that would take this one past it is left out, and the
+                    # asker syncs it alone, in parts.
+                    cost = len(encode_json(state)) + 64
+                    if used + cost > budget:
+                        continue
+                    used += cost
+                answers.append({"account": v.account, "state": state})
+            return answers
 
         answer = await store.read(read)
         self._count_refusals(refused)
