@@ -60,6 +60,7 @@ from peerd.protocols.imap.selected import (
 )
 from peerd.protocols.imap.sort import Criterion, RecordCache, SortItem
 from peerd.protocols.imap.states import ALLOWED, State
+from peerd.services import stall
 from peerd.services.imap.fanout import Fanout
 from peerd.services.mailstore import AccountStore
 from peerd.services.starttls import same_host
@@ -171,7 +172,19 @@ class Session:
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)
-        await self.writer.drain()
+        await stall.drain(self.writer, self.write_timeout(), "imap")
+
+    async def drain(self) -> None:
+        """Wait for the client to take what was written (see :meth:`write_timeout`)."""
+        await stall.drain(self.writer, self.write_timeout(), "imap")
+
+    def write_timeout(self) -> float:
+        """How long the client may take none of what we send: the time left
+        to log in, then the idle timeout (a client that never reads must not
+        hold its connection for ever, :mod:`peerd.services.stall`)."""
+        if self.state is State.NOT_AUTHENTICATED:
+            return self.login_by - time.monotonic()
+        return self.node.config.imap.idle_timeout.total_seconds()
 
     async def read_more(self, timeout: float) -> None:
         before_login = self.state is State.NOT_AUTHENTICATED
@@ -229,7 +242,7 @@ class Session:
             pass
         finally:
             self.server.leave(self)
-            self.writer.close()
+            stall.close(self.writer, self.write_timeout())
 
     async def admit(self, cmd: c.Command) -> bool:
         """The command rate (``[imap] commands_per_second``): run, refuse, or close."""
