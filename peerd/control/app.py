@@ -27,7 +27,7 @@ from peerd.control.call import Call, Parts, Route
 from peerd.control.routes import ROUTES
 from peerd.control.schema import decode_body, parse
 from peerd.node import maillog
-from peerd.node.errormap import http_status, problem_title
+from peerd.node.errormap import client_text, http_status, problem_title
 from peerd.node.httplimits import body_deadline, header_octets
 
 __all__ = ["MAX_BODY", "build_app", "problem"]
@@ -69,7 +69,8 @@ async def errors_middleware(request: web.Request, handler: Endpoint) -> web.Stre
             extensions = {"pending": exc.pending}
         elif isinstance(exc, TargetDamaged):
             extensions = {"damaged": exc.guids}
-        return problem(http_status(exc), problem_title(exc), exc.message, exc.code, extensions)
+        detail = client_text(exc, "control API")
+        return problem(http_status(exc), problem_title(exc), detail, exc.code, extensions)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -48,6 +48,7 @@ from ownership.errors import OwnershipError
 from peerd.control.call import Call
 from peerd.directory import Directory, Found
 from peerd.node.config import Address
+from peerd.node.errormap import client_text
 from peerd.node.httplimits import header_octets
 from peerd.node.node import Node
 from peerd.node.service import Service
@@ -335,7 +336,7 @@ class SocketmapServer:
                     try:
                         reply = await self.answer(query)
                     except TemporaryFailure as exc:
-                        reply = socketmap.temp(exc.message[:200])
+                        reply = socketmap.temp(client_text(exc, "socketmap"))
                     except (EngineError, OwnershipError, DBAPIError) as exc:
                         # A lookup the store could not answer: Postfix defers
                         # this mail, and the lookups queued behind it on the

@@ -34,7 +34,7 @@ from typing import Any, Final, Literal, Protocol
 
 from engine.errors import EngineError
 from ownership.errors import OwnershipError
-from peerd.node.errormap import imap_code
+from peerd.node.errormap import client_text, imap_code
 from peerd.node.node import Node
 from peerd.protocols.imap import commands as c
 from peerd.protocols.imap.capabilities import capabilities
@@ -282,7 +282,8 @@ class Session:
         except (EngineError, OwnershipError) as exc:
             status, code = imap_code(exc)
             result: Literal["NO", "BAD"] = "BAD" if status == "BAD" else "NO"
-            await self.send(tagged(cmd.tag, result, exc.message, code.encode() if code else None))
+            text = client_text(exc, "imap")
+            await self.send(tagged(cmd.tag, result, text, code.encode() if code else None))
             return
         if reply is not None:
             await self.send(tagged(cmd.tag, reply.status, reply.text, reply.code))
