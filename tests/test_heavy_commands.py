@@ -1,0 +1,172 @@
+"""One IMAP command that could hold the node for everyone. A CREATE of a
+500-level name made the levels one at a time, eight statements each, in the
+store's one writer: every other account's writes waited for it (1 s on
+SQLite, 2.5 s on PostgreSQL; the event loop and the health check never
+stalled). Now it is a few statements however deep the name."""
+
+from __future__ import annotations
+
+import functools
+import imaplib
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select
+from sqlalchemy.orm import Session
+
+from engine import accounts, mailbox, mailview, synclog
+from engine.errors import AlreadyExists
+from engine.models import Mailbox
+from engine.passwords import MIN_LN, hash_password
+from engine.store import Store
+from tests.harness.daemons import ModuleNodes, Node
+
+PW = hash_password("pw", MIN_LN)
+DEEP = "/".join(["a"] * 500)  # 999 characters: within MAX_MAILBOX_NAME
+
+
+@contextmanager
+def statements(store: Store) -> Iterator[list[str]]:
+    """The SQL statements ``store`` runs meanwhile (any thread)."""
+    seen: list[str] = []
+
+    def note(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        seen.append(statement)
+
+    engines = (store.engine, store.read_engine)  # the writer's and the readers'
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", note)
+    try:
+        yield seen
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", note)
+
+
+def test_create_of_a_deep_name_is_a_few_statements(store: Store) -> None:
+    store.write_sync(lambda s: accounts.create_account(s, "deep", password_hash=PW))
+
+    def create(name: str, inherit: bool = False) -> None:
+        store.write_sync(
+            lambda s: mailview.create_mailbox(
+                s, accounts.get_account(s, "deep"), name, inherit_acl=inherit
+            )
+        )
+
+    with statements(store) as seen:
+        create(DEEP)
+    assert len(seen) < 25, len(seen)  # was eight a level: 4,000
+
+    def rows(s: Session) -> list[tuple[str, int, str]]:
+        query = select(Mailbox.name, Mailbox.uidvalidity, Mailbox.acl).where(
+            Mailbox.name.like("a%")
+        )
+        return sorted(((n, int(u), a) for n, u, a in s.execute(query)), key=lambda r: len(r[0]))
+
+    made = store.read_sync(rows)
+    assert [name for name, _, _ in made] == ["/".join(["a"] * n) for n in range(1, 501)]
+    uidvalidities = [u for _, u, _ in made]
+    assert uidvalidities == sorted(set(uidvalidities))  # each its own, increasing
+    assert {acl for _, _, acl in made} == {'{"deep": "lrswipkxtecda"}'}
+    # Each new mailbox is logged for replication, as one CREATE logs it.
+    depth = store.read_sync(lambda s: synclog.depth(s, "deep"))
+    assert depth == 502  # the 500, and the account and its INBOX before
+    with pytest.raises(AlreadyExists):
+        create(DEEP)
+    # A superior's ACL is inherited when asked (another account's mailbox).
+    store.write_sync(
+        lambda s: mailbox.set_acl(
+            s, accounts.get_account(s, "deep"), "a/a", {"deep": "lrswipkxtecda", "bob": "lrsc"}
+        )
+    )
+    create("a/a/x/y", inherit=True)
+    create("z/q", inherit=True)
+    acls = dict((name, acl) for name, _, acl in store.read_sync(lambda s: _all(s)))
+    assert acls["a/a/x"] == acls["a/a/x/y"] == acls["a/a"] != acls["a"]
+    assert acls["z"] == acls["z/q"] == '{"deep": "lrswipkxtecda"}'
+
+
+def _all(s: Session) -> list[tuple[str, int, str]]:
+    query = select(Mailbox.name, Mailbox.uidvalidity, Mailbox.acl)
+    return [(n, int(u), a) for n, u, a in s.execute(query)]
+
+
+# --- on a running node: the other accounts do not wait -------------------------------
+
+
+@pytest.fixture
+def node(module_nodes: ModuleNodes) -> Node:
+    return module_nodes.single({"imap": {"commands_per_second": 0}})
+
+
+class Others(threading.Thread):
+    """Another account's session writing (a flag on and off), a login and
+    the health check, in a loop: the longest each took while it ran."""
+
+    def __init__(self, node: Node) -> None:
+        super().__init__(daemon=True)
+        self.node = node
+        self.stop = threading.Event()
+        self.worst: dict[str, float] = {"write": 0.0, "login": 0.0, "health": 0.0}
+        self.rounds = 0
+
+    def timed(self, what: str, fn: Any) -> None:
+        started = time.perf_counter()
+        fn()
+        self.worst[what] = max(self.worst[what], time.perf_counter() - started)
+
+    def run(self) -> None:
+        imap = imaplib.IMAP4("127.0.0.1", self.node.port("imap"), timeout=30)
+        imap.login("other", "secret")
+        imap.select("INBOX")
+        flags = ("+FLAGS", "-FLAGS")
+        while not self.stop.is_set():
+            change = functools.partial(imap.store, "1", flags[self.rounds % 2], "\\Flagged")
+            self.timed("write", change)
+            self.timed("login", lambda: self.login())
+            self.timed(
+                "health", lambda: urllib.request.urlopen(self.node.api + "/v1/health").read()
+            )
+            self.rounds += 1
+        imap.logout()
+
+    def login(self) -> None:
+        with imaplib.IMAP4("127.0.0.1", self.node.port("imap"), timeout=30) as other:
+            other.login("other", "secret")
+
+
+def test_heavy_commands_do_not_hold_other_accounts(node: Node) -> None:
+    node.add_account("heavy")
+    node.add_account("other")
+    with node.lmtp() as lmtp:
+        lmtp.sendmail("s@example.test", ["other@example.test"], b"Subject: o\r\n\r\no\r\n")
+    others = Others(node)
+    imap = imaplib.IMAP4("127.0.0.1", node.port("imap"), timeout=60)
+    took: dict[str, float] = {}
+    try:
+        imap.login("heavy", "secret")
+        imap.select("INBOX")
+        others.start()
+        time.sleep(0.3)  # a few rounds before
+        for what, args in (("create", ("CREATE", DEEP)),):
+            started = time.perf_counter()
+            status, data = imap._simple_command(*args)
+            took[what] = time.perf_counter() - started
+            if what == "keys":
+                assert status == "NO" and b"[LIMIT]" in data[0], (status, data)
+            else:
+                assert status == "OK", (what, status, data)
+        time.sleep(0.3)  # and a few after
+    finally:
+        others.stop.set()
+        others.join(30)
+        imap.logout()
+    assert others.rounds >= 3
+    # A second before: the CREATE held the writer (1 s here, idle).
+    assert took["create"] < 0.5, took
+    assert others.worst["write"] < 0.5 and others.worst["health"] < 0.5, (others.worst, took)
