@@ -24,7 +24,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pytest
+from sqlalchemy import text
 
+from engine.errors import TemporaryFailure
+from engine.store import Store
 from tests.harness.daemons import ModuleNodes, Node, make_single
 from tests.procs import free_port
 
@@ -191,3 +194,19 @@ def test_control_api(node: Node) -> None:
     assert status in (500, 503), (status, body)
     clean(body.replace("application/problem+json", ""))
     assert REFUSAL in logged(node, start)
+
+
+def test_a_write_the_database_refuses_is_a_temporary_failure(sqlite_store: Store) -> None:
+    """A write function whose statement the database refuses (a constraint,
+    a trigger) gave its caller SQLAlchemy's exception itself: an IMAP, POP3
+    or ManageSieve session that got it ended with a traceback, the client
+    cut off. It is a TemporaryFailure now, as when a whole batch fails."""
+    try:
+        with pytest.raises(TemporaryFailure) as failed:
+            sqlite_store.write_sync(
+                lambda s: s.execute(text("INSERT INTO mailboxes (account_id) VALUES (NULL)"))
+            )
+        assert "NOT NULL" in failed.value.message  # for the log, not the client
+        assert sqlite_store.write_sync(lambda s: s.execute(text("SELECT 1")).scalar()) == 1
+    finally:
+        sqlite_store.close()
