@@ -401,9 +401,11 @@ class LmtpSession(asyncio.Protocol):
                 elif isinstance(event, RcptRequested):
                     self._send()
                     core.answer_rcpt(await self.front.rcpt_reply(event.address))
+                    self._progress = self.loop.time()  # the wait was ours, not the client's
                 elif isinstance(event, MessageReceived):
                     self._send()
                     core.answer_message(await self.front.deliver(event))
+                    self._progress = self.loop.time()
                 elif isinstance(event, StartTlsRequested):
                     if not await self._start_tls(event):
                         return
