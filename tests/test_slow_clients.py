@@ -15,6 +15,8 @@ import asyncio
 import functools
 import select
 import socket
+import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -378,3 +380,28 @@ def test_a_fetch_the_client_never_reads_is_cut_off(slow: Node) -> None:
     finally:
         lines.close()
         sock.close()
+
+
+def test_lmtp_idle_time_starts_after_a_slow_delivery(slow: Node) -> None:
+    """A delivery that takes longer than [lmtp] idle_timeout (1 s here: the
+    database held by another writer for 1.5 s) is the server's time: the
+    MTA that waits a little before its next command on the connection is
+    answered. Before, the idle clock ran from the message's last byte and
+    the session was closed with 421 right after the delivery's reply."""
+    slow.add_account("lena")
+    holder = sqlite3.connect(slow.db_path, timeout=5, isolation_level=None, check_same_thread=False)
+    try:
+        with slow.lmtp(timeout=30) as lmtp:
+            lmtp.ehlo("x")
+            lmtp.mail("s@example.test")
+            assert lmtp.rcpt("lena@example.test")[0] == 250
+            holder.execute("BEGIN IMMEDIATE")
+            release = threading.Timer(1.5, lambda: holder.execute("ROLLBACK"))
+            release.start()
+            code, _ = lmtp.data(b"Subject: slow\r\n\r\nslow\r\n")
+            release.join()
+            assert code == 250
+            time.sleep(0.5)  # within the idle timeout, counted from the reply
+            assert lmtp.noop()[0] == 250
+    finally:
+        holder.close()
