@@ -34,11 +34,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engine import accounts, fastsql, mailbox, messages, walk
-from engine.errors import AlreadyExists, InvalidArgument, NoSuchMailbox
+from engine.errors import InvalidArgument, NoSuchMailbox
 from engine.mailbox import normalize_mailbox_name
 from engine.messages import CopyResult
 from engine.models import Account, Mailbox, Message
-from engine.syncstate import acl_dict
 
 __all__ = [
     "Appended",
@@ -401,16 +400,7 @@ def create_mailbox(
 ) -> None:
     """Create ``name`` and any superior that is missing (RFC 3501 6.3.3);
     with ``inherit_acl`` each new one takes the ACL of its superior."""
-    parts = name.split(mailbox.SEPARATOR)
-    for i in range(1, len(parts) + 1):
-        sub = mailbox.SEPARATOR.join(parts[:i])
-        if mailbox.find_mailbox(session, account, sub) is None:
-            mailbox.create_mailbox(session, account, sub)
-            parent = mailbox.find_mailbox(session, account, mailbox.SEPARATOR.join(parts[: i - 1]))
-            if inherit_acl and i > 1 and parent is not None:
-                mailbox.set_acl(session, account, sub, acl_dict(parent.acl))
-        elif sub == name:
-            raise AlreadyExists(f"mailbox {name} already exists")
+    mailbox.create_with_superiors(session, account, name, inherit_acl=inherit_acl)
 
 
 def delete_mailbox(session: Session, account: Account, name: str) -> None:

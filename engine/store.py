@@ -82,7 +82,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, event
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from engine import textindex
@@ -157,6 +157,18 @@ def translate_db_error(exc: BaseException) -> BaseException:
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return DatabaseBusy(f"database connection lost: {exc.orig}")
     return exc
+
+
+def _outcome(value: Any) -> Any:
+    """What a write's caller gets: an error of the database's own (a
+    constraint, a trigger, a value it refuses) is a temporary failure,
+    nothing of the write was committed, as when a whole batch fails; the
+    caller never sees SQLAlchemy's exception, whose text holds the statement
+    and its parameters (the log has it)."""
+    if isinstance(value, SQLAlchemyError):
+        log.error("write failed: %s", value)
+        return TemporaryFailure(f"write failed: {value}")
+    return value
 
 
 def _wake(
@@ -691,7 +703,7 @@ class Store:
                 isinstance(exc, DBAPIError) and exc.connection_invalidated
             ):
                 raise  # the database itself is in trouble: fail the batch
-            return False, exc
+            return False, _outcome(exc)
         changes.extend(session.info["changes"])
         return True, result
 
@@ -706,7 +718,7 @@ class Store:
         if not isinstance(value, list) or len(value) != len(ops):
             raise RuntimeError(f"{runner!r} returned a bad outcome list for {len(ops)} ops")
         changes.extend(session.info["changes"])
-        return [(not isinstance(v, Exception), v) for v in value]
+        return [(not isinstance(v, Exception), _outcome(v)) for v in value]
 
     def _run_group(
         self, session: Session, runner: GroupRunner, ops: list[Any], changes: list[Change]
@@ -714,7 +726,7 @@ class Store:
         """A runner's ops in one savepoint; if it raises, each op alone."""
         ok, value = self._run_one(session, lambda s: runner(s, ops), False, changes)
         if ok and isinstance(value, list) and len(value) == len(ops):
-            return [(not isinstance(v, Exception), v) for v in value]
+            return [(not isinstance(v, Exception), _outcome(v)) for v in value]
         if ok:
             raise RuntimeError(f"{runner!r} returned {len(value)} outcomes for {len(ops)} ops")
         if len(ops) == 1:

@@ -392,11 +392,17 @@ def ask(session: Session, mailbox_id: int, questions: Iterable[Question]) -> Ans
         {"mailbox": mailbox_id, "version": EXTRACT_VERSION},
     ).all()
     found: dict[Question, frozenset[str]] = {}
+    # Strings that fold alike ("Fox", "FOX") are one query: both sides of
+    # the search are folded (a SEARCH of a phrase's case variants asked the
+    # index once per variant).
+    asked: dict[Question, frozenset[str]] = {}
     for kind, string in dict.fromkeys(questions):
-        if sqlite:
-            found[kind, string] = _found_sqlite(session, mailbox_id, kind, string)
-        else:
-            found[kind, string] = _found_postgresql(session, mailbox_id, kind, string)
+        same = (kind, fold(string))
+        answer = asked.get(same)
+        if answer is None:
+            ask_one = _found_sqlite if sqlite else _found_postgresql
+            answer = asked[same] = ask_one(session, mailbox_id, kind, string)
+        found[kind, string] = answer
     return Answer(frozenset(unindexed), found)
 
 

@@ -5,7 +5,9 @@ bearer token (or ``--api URL`` and ``--token``/``$PEERD_TOKEN``). Each
 sub-command is one function that makes one or a few API calls and prints the
 answer for people, or the raw JSON with ``--json``. Any API problem is printed
 as ``peerctl: <title>: <detail>`` and the exit status is non-zero: 1 for a
-refused request, 2 for bad usage, 3 when the node cannot be reached.
+refused request, 2 for bad usage (and for a command that needs a partner on
+a node configured without one: the node's one line), 3 when the node cannot
+be reached.
 
 Why one module of about 700 lines: it is a flat table of sub-commands, each
 a short function next to its argparse entry, and nothing else; splitting it
@@ -39,11 +41,20 @@ __all__ = ["ApiError", "Client", "main"]
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 
 
+# The problem code of a command that needs a partner on a node without one
+# (peerd.control.app.NO_PARTNER): a usage error, said in the node's words.
+NO_PARTNER = "no_partner"
+
+
 class ApiError(Exception):
-    def __init__(self, status: int, title: str, detail: str = "", body: Any = None) -> None:
+    def __init__(
+        self, status: int, title: str, detail: str = "", body: Any = None, code: str = ""
+    ) -> None:
         super().__init__(f"{title}: {detail}" if detail else title)
         self.status = status
         self.body = body
+        self.code = code
+        self.detail = detail
 
 
 @dataclass(slots=True)
@@ -70,7 +81,10 @@ class Client:
             try:
                 problem = json.loads(exc.read())
                 raise ApiError(
-                    exc.code, problem.get("title", exc.reason), problem.get("detail", "")
+                    exc.code,
+                    problem.get("title", exc.reason),
+                    problem.get("detail", ""),
+                    code=str(problem.get("code", "")),
                 )
             except (json.JSONDecodeError, AttributeError):
                 raise ApiError(exc.code, str(exc.reason)) from exc
@@ -1187,6 +1201,9 @@ def _main(argv: list[str] | None) -> int:
         print(f"peerctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ApiError as exc:
+        if exc.code == NO_PARTNER:  # the command cannot work on this node at all
+            print(f"peerctl: {exc.detail}", file=sys.stderr)
+            return EXIT_USAGE
         print(f"peerctl: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     except ConnectionError as exc:

@@ -27,10 +27,10 @@ from peerd.control.call import Call, Parts, Route
 from peerd.control.routes import ROUTES
 from peerd.control.schema import decode_body, parse
 from peerd.node import maillog
-from peerd.node.errormap import http_status, problem_title
+from peerd.node.errormap import client_text, http_status, problem_title
 from peerd.node.httplimits import body_deadline, header_octets
 
-__all__ = ["MAX_BODY", "build_app", "problem"]
+__all__ = ["MAX_BODY", "NO_PARTNER", "build_app", "problem"]
 
 log = logging.getLogger("peerd.control.app")
 
@@ -69,7 +69,8 @@ async def errors_middleware(request: web.Request, handler: Endpoint) -> web.Stre
             extensions = {"pending": exc.pending}
         elif isinstance(exc, TargetDamaged):
             extensions = {"damaged": exc.guids}
-        return problem(http_status(exc), problem_title(exc), exc.message, exc.code, extensions)
+        detail = client_text(exc, "control API")
+        return problem(http_status(exc), problem_title(exc), detail, exc.code, extensions)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -220,6 +221,26 @@ def _backup_refuses(action: str) -> Endpoint:
     return refuse
 
 
+# The problem's code when a route needs a partner and the node has none.
+NO_PARTNER = "no_partner"
+
+
+def _no_partner(route: Route, node: str) -> Endpoint:
+    """The answer of a route that needs a partner, on a node configured
+    without one: 409 saying so (an absent route was a bare 404, which read as
+    if the command or the account did not exist)."""
+    what = route.action or route.path.split("/")[2]
+    detail = (
+        f"this node ({node}) has no partner configured ([sync] sync_host is not set);"
+        f" {what} needs one"
+    )
+
+    async def refuse(request: web.Request) -> web.StreamResponse:
+        return problem(409, "No Partner", detail, NO_PARTNER)
+
+    return refuse
+
+
 def build_app(parts: Parts, routes: tuple[Route, ...] = ROUTES) -> web.Application:
     public = frozenset(r.path for r in routes if r.public)
     app = web.Application(
@@ -236,6 +257,7 @@ def build_app(parts: Parts, routes: tuple[Route, ...] = ROUTES) -> web.Applicati
             app.router.add_route(route.method, route.path, _backup_refuses(route.action))
             continue
         if route.partner and parts.pair is None:
+            app.router.add_route(route.method, route.path, _no_partner(route, parts.node.name))
             continue
         if route.method == "GET":
             app.router.add_get(route.path, endpoint(route, parts))  # and HEAD

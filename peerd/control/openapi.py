@@ -51,6 +51,11 @@ def _operation(route: Route) -> dict[str, Any]:
                 for name, text in route.headers_out
             }
         responses[str(status)] = answer
+    if route.partner and "409" not in responses:
+        responses["409"] = {
+            "description": "problem (no_partner: this node has no partner configured)",
+            "content": {"application/problem+json": {"schema": {"type": "object"}}},
+        }
     if not route.public:
         responses["401"] = {
             "description": "missing or wrong bearer token",

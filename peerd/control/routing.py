@@ -10,7 +10,12 @@ nginx's ``auth_http_header X-Auth-Key``) is checked. The socketmap listener
 answers Postfix: ``transport`` → ``OK lmtp:inet:HOST:PORT`` of the owner,
 ``mailbox`` → ``OK <account>`` if it exists, ``NOTFOUND `` fast otherwise,
 ``TEMP`` when the database is unavailable; the daemon starts it
-(:func:`start_socketmap`).
+(:func:`start_socketmap`). The listener caps its connections
+(``[socketmap] max_connections``, ``max_connections_per_ip``: one over a cap
+is closed at once, and Postfix defers the lookup), gives each request
+``[socketmap] idle_timeout`` to arrive whole (a byte at a time does not
+hold a connection open) and cuts off a client that reads none of its
+replies for as long (:mod:`peerd.services.stall`).
 
 With a routing directory (``[routing] directory_url``, docs/directory.md)
 each lookup is answered locally first; an account this node does not hold is
@@ -43,10 +48,13 @@ from ownership.errors import OwnershipError
 from peerd.control.call import Call
 from peerd.directory import Directory, Found
 from peerd.node.config import Address
+from peerd.node.errormap import client_text
 from peerd.node.httplimits import header_octets
 from peerd.node.node import Node
 from peerd.node.service import Service
 from peerd.pair.hooks import AccountRoute, address_of, route_of
+from peerd.services import stall
+from peerd.services.gate import ConnectionGate, Refused
 
 __all__ = ["FORWARDED", "SocketmapServer", "nginx_auth", "route", "start_socketmap"]
 
@@ -251,6 +259,10 @@ class SocketmapServer:
     def __init__(self, node: Node, directory: Directory | None = None) -> None:
         self.node = node
         self.directory = directory
+        config = node.config.socketmap
+        self.gate = ConnectionGate(
+            "socketmap", config.max_connections, config.max_connections_per_ip
+        )
 
     def lookup(
         self, session: Session, query: socketmap.Lookup
@@ -302,17 +314,29 @@ class SocketmapServer:
         return socketmap.ok(f"lmtp:inet:{where}")
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            counted = self.gate.admit(writer)
+        except Refused:
+            # No greeting to refuse in: the connection ends, and Postfix
+            # defers what it wanted to look up (a temporary failure).
+            writer.close()
+            return
+        idle = self.node.config.socketmap.idle_timeout.total_seconds()
+        loop = asyncio.get_running_loop()
         decoder = socketmap.NetstringReader()
         try:
+            # The next request must be whole by then: a byte now and then
+            # is no progress (see the module's docstring).
+            deadline = loop.time() + idle
             while True:
-                data = await asyncio.wait_for(reader.read(4096), 600)
+                data = await asyncio.wait_for(reader.read(4096), max(deadline - loop.time(), 0.0))
                 if not data:
                     break
                 for query in decoder.feed(data):
                     try:
                         reply = await self.answer(query)
                     except TemporaryFailure as exc:
-                        reply = socketmap.temp(exc.message[:200])
+                        reply = socketmap.temp(client_text(exc, "socketmap"))
                     except (EngineError, OwnershipError, DBAPIError) as exc:
                         # A lookup the store could not answer: Postfix defers
                         # this mail, and the lookups queued behind it on the
@@ -320,13 +344,15 @@ class SocketmapServer:
                         log.warning("socketmap: %r failed: %s", query.key[:100], exc)
                         reply = socketmap.temp("lookup failed")
                     writer.write(reply.encode())
-                await writer.drain()
+                    deadline = loop.time() + idle
+                await stall.drain(writer, idle, "socketmap")
         except socketmap.NetstringError as exc:
             log.warning("socketmap: %s; closing", exc)
         except (TimeoutError, ConnectionError):
             pass
         finally:
-            writer.close()
+            self.gate.release(counted)
+            stall.close(writer, idle)
 
 
 async def start_socketmap(

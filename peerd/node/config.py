@@ -52,6 +52,7 @@ __all__ = [
     "RoutingConfig",
     "ScrubConfig",
     "SieveConfig",
+    "SocketmapConfig",
     "SyncConfig",
     "TlsConfig",
     "check_for_service",
@@ -336,12 +337,28 @@ class ManageSieveConfig:
     listen: Address | None = None
     starttls: bool = True  # offered only when [tls] has a certificate
     idle_timeout: PositiveDuration = dt.timedelta(minutes=10)
+    # Before login, the time to log in however active the client is (as IMAP's).
+    login_timeout: PositiveDuration = dt.timedelta(seconds=60)
     login_failure_delay: dt.timedelta = dt.timedelta(seconds=2)
     max_login_failures: int = 3
     max_scripts: int = 20
     # Open connections in all and per client address (0: no cap), as for POP3.
     max_connections: Cap = 500
     max_connections_per_ip: Cap = 20
+
+
+@dataclass(frozen=True, slots=True)
+class SocketmapConfig:
+    """The Postfix socketmap listener (``[listen] socketmap``)."""
+
+    # The next request must have arrived whole within this (Postfix's own
+    # clients drop an idle connection after ipc_idle, 5 s by default); a
+    # byte at a time does not hold the connection open.
+    idle_timeout: PositiveDuration = dt.timedelta(minutes=10)
+    # Open connections in all and per client address (0: no cap); clients on
+    # this host (Postfix beside the node) count only in all.
+    max_connections: Cap = 500
+    max_connections_per_ip: Cap = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,6 +423,9 @@ class HttpConfig:
     # An idle keep-alive connection (no request under way) is closed after
     # this; a later request's header must also end within it.
     keepalive_timeout: dt.timedelta = dt.timedelta(seconds=75)
+    # A client that takes none of an answer for this long (the socket's
+    # buffers full) is cut off.
+    send_timeout: dt.timedelta = dt.timedelta(seconds=120)
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,6 +475,7 @@ class Config:
     imap: ImapConfig = field(default_factory=ImapConfig)
     pop3: Pop3Config = field(default_factory=Pop3Config)
     managesieve: ManageSieveConfig = field(default_factory=ManageSieveConfig)
+    socketmap: SocketmapConfig = field(default_factory=SocketmapConfig)
     sieve: SieveConfig = field(default_factory=SieveConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -622,9 +643,11 @@ def parse_config(
     http = config.http
     if min(config.http.max_connections, config.http.max_connections_per_ip) < 1:
         raise ConfigError("[http] max_connections and max_connections_per_ip must be >= 1")
-    if min(http.header_timeout, http.body_timeout, http.keepalive_timeout) <= dt.timedelta(0):
+    timeouts = (http.header_timeout, http.body_timeout, http.keepalive_timeout, http.send_timeout)
+    if min(timeouts) <= dt.timedelta(0):
         raise ConfigError(
-            "[http] header_timeout, body_timeout and keepalive_timeout must be positive"
+            "[http] header_timeout, body_timeout, keepalive_timeout and send_timeout"
+            " must be positive"
         )
     if not 1 <= config.managesieve.max_scripts <= MAX_SCRIPTS:
         raise ConfigError(f"[managesieve] max_scripts must be 1 to {MAX_SCRIPTS} (the sync limit)")

@@ -10,13 +10,23 @@ Each table maps an error class to its reply; an exception gets the entry of
 the first class in its method resolution order that has one (:func:`_lookup`),
 so a subclass inherits its base's reply and the order of the entries does
 not matter (``NoSuchAccount`` finds its own entry before ``NotFound``'s).
+
+What a client reads of an error (:func:`client_text`) is its message only
+for the errors whose message is written for the client that asked: what it
+named and why that is refused (an account, a mailbox, a limit, the owner).
+Any other error's message is for the admin: the store's holds the SQL
+statement and its parameters and the database driver's words, the spool's
+file paths, a directory's or the partner's their own; the client gets a
+short text fixed by the error's class, and the whole message goes to the
+node's log.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from engine.errors import (
     AlreadyExists,
@@ -78,6 +88,7 @@ __all__ = [
     "S552_OVER_QUOTA",
     "S552_TOO_BIG",
     "S554_NUL",
+    "client_text",
     "http_status",
     "imap_code",
     "lmtp_reply",
@@ -90,6 +101,8 @@ __all__ = [
 
 T = TypeVar("T")
 
+log = logging.getLogger("peerd.node.errormap")
+
 
 def _lookup(table: Mapping[type[BaseException], T], exc: BaseException) -> T | None:
     """The entry of the nearest class of ``exc`` (in MRO order) that has one."""
@@ -98,6 +111,42 @@ def _lookup(table: Mapping[type[BaseException], T], exc: BaseException) -> T | N
         if found is not None:
             return found
     return None
+
+
+# The errors whose message is the client's to read (see the module's docstring).
+_TOLD: Final = (
+    NotFound,
+    AlreadyExists,
+    ScriptActive,
+    TooManyScripts,
+    InvalidArgument,
+    OverQuota,
+    MessageTooLarge,
+    SyncRefused,
+    SyncStale,
+    SyncProtocolError,
+    OwnershipError,
+)
+# What a client reads instead of any other error's message, by class.
+_UNTOLD: dict[type[BaseException], str] = {
+    StorageFull: "insufficient storage on the server; try again later",
+    DatabaseBusy: "the mail store's database is busy or unavailable; try again later",
+    TemporaryFailure: "temporary failure on the server; try again later",
+    PartnerDown: "the partner node did not answer; try again later",
+    Corrupt: "the message data is damaged on the server",
+    EngineError: "internal server error",
+}
+
+
+def client_text(exc: EngineError | OwnershipError, service: str = "") -> str:
+    """What a client may read of ``exc``: its message for the errors whose
+    message is written for it, else the fixed text of its class; the message
+    then goes to the log (``service`` names the listener there)."""
+    if isinstance(exc, _TOLD):
+        return exc.message
+    text = _lookup(_UNTOLD, exc) or "internal server error"
+    log.warning("%s: %s: %s (the client was told: %s)", service or "-", exc.code, exc.message, text)
+    return text
 
 
 def problem_title(exc: BaseException) -> str:
@@ -228,7 +277,7 @@ def pop3_reply(exc: EngineError | OwnershipError, prefix: str = "") -> Err:
     from peerd.protocols.pop3 import CODE_SYS_PERM, CODE_SYS_TEMP, Err
 
     code = CODE_SYS_PERM if isinstance(exc, _POP3_PERMANENT) else CODE_SYS_TEMP
-    return Err(_pop3_text(prefix + exc.message), code)
+    return Err(_pop3_text(prefix + client_text(exc, "pop3")), code)
 
 
 def pop3_account_moved(account: str) -> Err:
@@ -280,7 +329,7 @@ def managesieve_refusal(exc: EngineError | OwnershipError) -> tuple[str, str | N
             return "account is being handed over to another node", TRYLATER
         return f"account is served by {exc.owner} now", TRYLATER
     code = _lookup(_managesieve(), exc)
-    text = exc.message if isinstance(exc, EngineError) else str(exc)
+    text = client_text(exc, "managesieve")
     if code is None and not isinstance(exc, NoSuchAccount):
         return text, TRYLATER
     return text, code

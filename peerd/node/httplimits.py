@@ -21,7 +21,12 @@ connection is aborted with one log line, so a client that dribbles a body
 cannot hold the slot either. Between requests, aiohttp's own keep-alive timer
 (``keepalive_timeout``, from :func:`runner_options`) closes a connection that
 sits idle, or whose next request header does not end, for ``[http]
-keepalive_timeout``.
+keepalive_timeout``. Whenever the client takes none of what we send (the
+transport pauses writing: the socket's buffers are full) the guard runs a
+timer of ``[http] send_timeout``; it stops when writing resumes, and when
+it fires the connection is aborted with one log line: a client that sends
+requests and never reads the answers cannot hold a handler, and the slot,
+for ever (aiohttp's keep-alive timer does not run while a handler writes).
 """
 
 from __future__ import annotations
@@ -82,6 +87,7 @@ class _Guard(asyncio.Protocol):
         self._what = what
         self._ip = "-"
         self._timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
         self._tail = b""
         self._transport: asyncio.BaseTransport | None = None
         # Bytes the TLS layer decrypted before start_tls returned (a TLS 1.3
@@ -187,6 +193,9 @@ class _Guard(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
         self._transport = None
         if not self._counted:
             return
@@ -206,12 +215,30 @@ class _Guard(asyncio.Protocol):
         inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
+        if self._send_timer is None and self._transport is not None:
+            seconds = self._limits.send_timeout.total_seconds()
+            self._send_timer = asyncio.get_running_loop().call_later(seconds, self._not_read)
         if self._inner is not None:
             self._inner.pause_writing()
 
     def resume_writing(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
         if self._inner is not None:
             self._inner.resume_writing()
+
+    def _not_read(self) -> None:
+        self._send_timer = None
+        log.warning(
+            "%s: closed a connection from %s: it read nothing we sent for %gs",
+            self._what,
+            self._ip,
+            self._limits.send_timeout.total_seconds(),
+        )
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            _abort(transport)
 
 
 class GuardedSite(web.TCPSite):

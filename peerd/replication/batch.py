@@ -62,6 +62,7 @@ from engine.syncwire import (
 )
 from ownership import table as ownership_table
 from ownership.rows import OwnershipView
+from peerd.node.errormap import client_text
 from peerd.replication.client import SyncClient, SyncReport
 from peerd.replication.trace import push_steps
 
@@ -206,7 +207,8 @@ async def _sync_group(
         outcome.alone.extend(item.name for item in group)
         return
     except PartnerDown as exc:
-        outcome.errors.extend((item.name, exc.code, exc.message) for item in group)
+        detail = client_text(exc, "replicate")
+        outcome.errors.extend((item.name, exc.code, detail) for item in group)
         return
     except EngineError:
         # The batch failed as a whole (an error the replica could not pin on

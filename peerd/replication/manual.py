@@ -29,6 +29,7 @@ from engine.errors import EngineError, InvalidArgument
 from engine.mailbox import get_mailbox
 from ownership import table as ownership_table
 from peerd.node.config import Address, parse_address
+from peerd.node.errormap import client_text
 from peerd.node.node import Node
 from peerd.replication.batch import BATCH_ACCOUNTS, sync_batch
 from peerd.replication.client import SyncClient, SyncReport
@@ -135,7 +136,7 @@ async def replicate_now(
             try:
                 report = await client.sync_account(name, mailboxes=mailboxes, compressed=compressed)
             except EngineError as exc:
-                errors.append(SyncFailure(name, exc.code, exc.message))
+                errors.append(SyncFailure(name, exc.code, client_text(exc, "replicate")))
                 return
             reports.append(report)
 

@@ -66,7 +66,7 @@ from ownership import table as ownership_table
 from ownership.errors import SyncFenced
 from ownership.fence import check_sync, needs_adoption
 from ownership.rows import OwnershipView, parse_row
-from peerd.node.errormap import http_status
+from peerd.node.errormap import client_text, http_status
 from peerd.node.httplimits import GuardedSite, body_deadline, header_octets, runner_options
 from peerd.node.node import Node
 from peerd.replication.scrub import Scrubber
@@ -173,10 +173,10 @@ class SyncServer:
                 body["ownership"] = exc.current.to_json()
             return web.json_response(body, status=409)
         except EngineError as exc:
-            log.warning("sync: %s refused: %s", request.path, exc.message)
-            return web.json_response(
-                {"error": exc.code, "detail": exc.message}, status=http_status(exc)
-            )
+            detail = client_text(exc, "sync listener")  # logs what it does not tell
+            if detail == exc.message:
+                log.warning("sync: %s refused: %s", request.path, exc.message)
+            return web.json_response({"error": exc.code, "detail": detail}, status=http_status(exc))
         except ConnectionResetError as exc:
             # The peer went away mid-request (it restarted, the network cut):
             # nothing was applied, the client retries. One line, no traceback.
@@ -772,7 +772,8 @@ def _applied(account: str, result: ApplyResult) -> dict[str, Any]:
 def _refusal(account: str, exc: EngineError) -> dict[str, Any]:
     """One account's refusal inside a batch answer: what a request for it
     alone would have answered (``error``, ``detail``, and the fence's row)."""
-    item: dict[str, Any] = {"account": account, "error": exc.code, "detail": exc.message}
+    detail = client_text(exc, "sync listener")
+    item: dict[str, Any] = {"account": account, "error": exc.code, "detail": detail}
     if isinstance(exc, SyncFenced) and exc.current is not None:
         item["ownership"] = exc.current.to_json()
     return item

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 
 from sqlalchemy.orm import Session as DbSession
 
@@ -58,7 +59,9 @@ from peerd.protocols.managesieve import (
     Session,
     SetActive,
     StartTlsNow,
+    State,
 )
+from peerd.services import stall
 from peerd.services.gate import ConnectionGate
 from peerd.services.gate import Refused as OverCap
 from peerd.services.starttls import injected
@@ -75,6 +78,7 @@ _READ_SIZE = 64 << 10
 _INLINE_INPUT = 8 << 10
 _BYE_MOVED = b'BYE (TRYLATER) "the account moved to another node"\r\n'
 _BYE_IDLE = b'BYE "idle for too long"\r\n'
+_BYE_LOGIN = b'BYE "no login in time"\r\n'
 
 
 class _Closed(Exception):
@@ -102,10 +106,22 @@ class SieveSession:
         self.failures = 0
         self.busy = False
         self.moved = False
+        self.login_by = time.monotonic() + self.config.login_timeout.total_seconds()
+
+    @property
+    def logged_in(self) -> bool:
+        return self.core.state is not State.NON_AUTHENTICATED
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)
-        await self.writer.drain()
+        await stall.drain(self.writer, self.write_timeout(), "managesieve")
+
+    def write_timeout(self) -> float:
+        """How long the client may take none of what we send: the time left
+        to log in, then the idle timeout (:mod:`peerd.services.stall`)."""
+        if not self.logged_in:
+            return self.login_by - time.monotonic()
+        return self.config.idle_timeout.total_seconds()
 
     async def run(self) -> None:
         idle = self.config.idle_timeout.total_seconds()
@@ -122,10 +138,17 @@ class SieveSession:
                 unread = 0
                 if ended:
                     return
+                if self.account and not self.logged_in:
+                    # UNAUTHENTICATE (RFC 5804 2.14.1): logged out; a new login, in time.
+                    self.account = ""
+                    self.login_by = time.monotonic() + self.config.login_timeout.total_seconds()
+                # Before login, [managesieve] login_timeout in all, however
+                # active the client is (a byte at a time never ends a line).
+                wait = idle if self.logged_in else min(idle, self.write_timeout())
                 try:
-                    data = await asyncio.wait_for(self.reader.read(_READ_SIZE), idle)
+                    data = await asyncio.wait_for(self.reader.read(_READ_SIZE), max(wait, 0.0))
                 except TimeoutError:
-                    await self.send(_BYE_IDLE)
+                    await self.send(_BYE_IDLE if self.logged_in else _BYE_LOGIN)
                     return
                 ended = not data
                 unread += len(data)
@@ -257,7 +280,7 @@ class SieveServer:
                 continue  # it ends itself once this command's reply is out
             try:
                 session.writer.write(_BYE_MOVED)
-                session.writer.close()
+                stall.close(session.writer, session.write_timeout())
             except Exception:
                 log.exception("closing the ManageSieve session of %s failed", session.account)
 
@@ -282,7 +305,7 @@ class SieveServer:
         finally:
             self.gate.release(counted)
             self.sessions.discard(session)
-            writer.close()
+            stall.close(writer, session.write_timeout())
 
 
 async def start_managesieve(node: Node, host: str, port: int) -> asyncio.Server:

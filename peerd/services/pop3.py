@@ -75,6 +75,7 @@ from peerd.protocols.pop3 import (
     plain_credentials,
     top_text,
 )
+from peerd.services import stall
 from peerd.services.gate import ConnectionGate, Refused
 from peerd.services.mailstore import AccountStore
 from peerd.services.starttls import TlsFailed, injected, same_host, upgrade
@@ -130,7 +131,14 @@ class Pop3Session:
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)
-        await self.writer.drain()
+        await stall.drain(self.writer, self.write_timeout(), "pop3")
+
+    def write_timeout(self) -> float:
+        """How long the client may take none of what we send: the time left
+        to log in, then the idle timeout (:mod:`peerd.services.stall`)."""
+        if self.state is State.AUTHORIZATION:
+            return self.login_by - time.monotonic()
+        return self.node.config.pop3.idle_timeout.total_seconds()
 
     async def next_event(self, timeout: float) -> Event:
         """The core's next event, reading from the socket as long as it needs data."""
@@ -183,7 +191,7 @@ class Pop3Session:
             await self.send(pop3_account_moved(self.account).encode())
         except ConnectionError:
             pass
-        self.writer.close()
+        stall.close(self.writer, self.write_timeout())
         raise _Closed
 
     async def dispatch(self, command: Command) -> None:
@@ -365,7 +373,7 @@ class Pop3Server:
             # a client that does not read must not hold up the switchover.
             try:
                 session.writer.write(pop3_account_moved(session.account).encode())
-                session.writer.close()
+                stall.close(session.writer, session.write_timeout())
             except Exception:
                 log.exception("closing the POP3 session of %s failed", session.account)
 
@@ -391,7 +399,7 @@ class Pop3Server:
         finally:
             self.gate.release(counted)
             self.sessions.discard(session)
-            writer.close()
+            stall.close(writer, session.write_timeout())
 
 
 async def start_pop3(node: Node, host: str, port: int) -> asyncio.Server:

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import pytest
 
 from peerd.protocols.imap.parser import tokenize
-from peerd.protocols.imap.search import compile_search
-from peerd.protocols.imap.searchkey import parse_search_key
+from peerd.protocols.imap.responses import CODE_LIMIT, CommandError
+from peerd.protocols.imap.search import MAX_TEXT_KEYS, compile_search, text_questions
+from peerd.protocols.imap.searchkey import And, Body, Or, Text, parse_search_key
 
 
 @dataclass
@@ -188,3 +189,19 @@ def test_the_text_shortcut_never_hides_a_match(
             )
             full = full or needle in headers.casefold()
         assert matched == full, (key, data)
+
+
+def test_text_keys_past_the_cap_are_no_limit() -> None:
+    """Each distinct BODY/TEXT string is a query of the full-text index over
+    the node's messages: at most MAX_TEXT_KEYS of them (case folded) in one
+    search; case variants of one string count once (the index is asked once)."""
+    phrase = "thequickbrownfox"
+    variants = [
+        "".join(c.upper() if i >> n & 1 else c for n, c in enumerate(phrase)) for i in range(2500)
+    ]
+    assert len(list(text_questions(And(tuple(Text(v) for v in variants))))) == 2500
+    fits = [Text(f"a{n}") if n % 2 else Body(f"a{n}") for n in range(MAX_TEXT_KEYS)]
+    assert len(list(text_questions(And(tuple(fits))))) == MAX_TEXT_KEYS
+    with pytest.raises(CommandError) as refused:
+        list(text_questions(Or(And(tuple(fits)), Text("one more"))))
+    assert refused.value.code == CODE_LIMIT and refused.value.status == "NO"

@@ -37,6 +37,7 @@ from typing import Final, Literal
 from peerd.protocols.imap import structure
 from peerd.protocols.imap.partial import PartialRange, partial_data, runs
 from peerd.protocols.imap.records import Record
+from peerd.protocols.imap.responses import CODE_LIMIT, CommandError
 from peerd.protocols.imap.searchkey import (
     All,
     And,
@@ -56,6 +57,7 @@ from peerd.protocols.imap.searchkey import (
 from peerd.protocols.imap.sequence import SequenceSet, in_ranges, resolved
 
 __all__ = [
+    "MAX_TEXT_KEYS",
     "Loader",
     "Matcher",
     "Record",
@@ -71,6 +73,13 @@ __all__ = [
     "sort_response",
     "text_questions",
 ]
+
+# The distinct BODY and TEXT strings (case folded) one SEARCH, SORT or THREAD
+# may ask. Each is a query of the full-text index over the node's messages,
+# answered before the search: a 64 KiB SEARCH of 2,500 case variants of one
+# phrase found in every message kept a store reader busy for 4 s (two such
+# sessions held every read of the node); a person's search asks a handful.
+MAX_TEXT_KEYS: Final = 100
 
 Loader = Callable[[str], bytes]
 TextKind = Literal["BODY", "TEXT"]
@@ -199,20 +208,34 @@ def _compare(op: str, day: dt.date) -> Callable[[dt.date], bool]:
 
 
 def text_questions(key: SearchKey) -> Iterator[tuple[TextKind, str]]:
-    """Each BODY and TEXT key in ``key``, as (kind, string), in order."""
+    """Each BODY and TEXT key in ``key``, as (kind, string), in order; past
+    :data:`MAX_TEXT_KEYS` distinct ones (case folded), ``NO [LIMIT]``."""
+    distinct: set[tuple[TextKind, str]] = set()
+    for kind, string in _text_keys(key):
+        distinct.add((kind, string.casefold()))
+        if len(distinct) > MAX_TEXT_KEYS:
+            raise CommandError(
+                f"a search asks at most {MAX_TEXT_KEYS} different BODY and TEXT strings",
+                code=CODE_LIMIT,
+                status="NO",
+            )
+        yield kind, string
+
+
+def _text_keys(key: SearchKey) -> Iterator[tuple[TextKind, str]]:
     match key:
         case Body(value):
             yield "BODY", value
         case Text(value):
             yield "TEXT", value
         case Not(inner):
-            yield from text_questions(inner)
+            yield from _text_keys(inner)
         case Or(left, right):
-            yield from text_questions(left)
-            yield from text_questions(right)
+            yield from _text_keys(left)
+            yield from _text_keys(right)
         case And(keys):
             for inner in keys:
-                yield from text_questions(inner)
+                yield from _text_keys(inner)
         case _:
             return
 

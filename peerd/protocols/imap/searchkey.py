@@ -5,6 +5,10 @@ for the criteria (atoms as ``str``, strings as ``bytes``, groups as ``tuple``)
 with a cursor, one key at a time, recursing for ``NOT``, ``OR`` and groups
 (depth-capped: hostile input must not exhaust the stack). A list of keys
 means all of them (:class:`And`). It only parses; evaluating is the store's.
+An ``And`` inside an ``And`` is merged into it and a key given again (the
+same test: strings compared case folded, as they match) is dropped; past
+:data:`MAX_KEYS` keys left the search is ``NO [LIMIT]``: a search tests
+every key against every message, and a 64 KiB command holds thousands.
 
 The AST is deliberately small so an evaluator has few cases. Keys that are
 shorthand are written out when parsed:
@@ -35,6 +39,7 @@ from peerd.protocols.imap.tokens import Token
 
 __all__ = [
     "CHARSETS",
+    "MAX_KEYS",
     "All",
     "And",
     "Body",
@@ -62,6 +67,11 @@ MAX_MODSEQ: Final = 2**63 - 1  # RFC 7162 7, mod-sequence-value
 # no longer than a command line is plenty. A 20 MB TEXT string held the
 # full-text index's query for minutes and gigabytes.
 MAX_STRING: Final = 64 << 10
+# The keys one search may hold once repeats are dropped (NOT, OR and the
+# keys under them each count). Each is a test of every message: 5,000 keys
+# over a mailbox of 2,000 messages were ten million tests (seconds of a
+# thread), and 100,000 messages make that minutes. Clients send a handful.
+MAX_KEYS: Final = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +268,51 @@ def parse_search_key(tokens: Sequence[Token], *, charset: str = "US-ASCII") -> S
     check_charset(charset)
     cursor = _Cursor(tokens)
     keys = cursor.keys(0)
-    return keys[0] if len(keys) == 1 else And(keys)
+    key = _simplified(keys[0] if len(keys) == 1 else And(keys))
+    if _count(key) > MAX_KEYS:
+        raise CommandError(
+            f"a search holds at most {MAX_KEYS} different keys", code=CODE_LIMIT, status="NO"
+        )
+    return key
+
+
+def _same(key: SearchKey) -> object:
+    """What makes two keys the same test: strings match case folded."""
+    match key:
+        case Header(field, value):
+            return Header, field, value.casefold()
+        case Body(value) | Text(value):
+            return type(key), value.casefold()
+    return key
+
+
+def _simplified(key: SearchKey) -> SearchKey:
+    """``key`` with nested ``And`` merged and repeated keys dropped."""
+    match key:
+        case Not(inner):
+            return Not(_simplified(inner))
+        case Or(left, right):
+            return Or(_simplified(left), _simplified(right))
+        case And(keys):
+            merged: dict[object, SearchKey] = {}
+            for inner in keys:
+                simple = _simplified(inner)
+                for part in simple.keys if isinstance(simple, And) else (simple,):
+                    merged.setdefault(_same(part), part)
+            parts = tuple(merged.values())
+            return parts[0] if len(parts) == 1 else And(parts)
+    return key
+
+
+def _count(key: SearchKey) -> int:
+    match key:
+        case Not(inner):
+            return 1 + _count(inner)
+        case Or(left, right):
+            return 1 + _count(left) + _count(right)
+        case And(keys):
+            return sum(_count(k) for k in keys)
+    return 1
 
 
 class _Cursor:

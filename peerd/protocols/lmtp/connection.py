@@ -174,6 +174,9 @@ class LmtpConnection:
         self.sender: str | None = None
         self.recipients: list[str] = []
         self.bad_commands = 0
+        # Command lines read so far (over-long ones too): the server's idle
+        # timer counts a line as progress, a byte alone is not.
+        self.lines = 0
         self._buf = bytearray()
         self._scanned = 0  # command mode: bytes of _buf known to hold no LF
         self._discarding = False  # inside an over-long line, dropping to its LF
@@ -224,6 +227,7 @@ class LmtpConnection:
             line = self._read_line()
             if line is NEED_DATA:
                 return self._need_data()
+            self.lines += 1
             event = self._bad(S500_LINE_TOO_LONG) if line is None else self._run(line)
             if event is not None:
                 return event

@@ -94,6 +94,9 @@ _DIRECT_SPAN_FROM: Final = 16 << 10
 _IOV_MAX: Final = 1024
 # Above this many octets held by the transport, wait for the socket first.
 _HIGH_WATER: Final = 1 << 20
+# sendfile the transport's way in steps of this many octets: each one is
+# progress, bounded by the session's write timeout.
+_SENDFILE_STEP: Final = 4 << 20
 
 Opener = Callable[[str], tuple[BinaryIO, int]]
 """The message's file by GUID, open and verified, and its size."""
@@ -217,14 +220,14 @@ async def send_segments(session: Session, segments: list[bytes | Sendable]) -> N
             if isinstance(segment, bytes):
                 session.writer.write(segment)
                 continue
-            await session.writer.drain()
-            sent = await _sendfile(session.writer, segment)
+            await session.drain()
+            sent = await _sendfile(session, segment)
             if sent != segment.count:
                 # The literal announced more octets than the file gave (it
                 # shrank since): the framing is lost, so is the connection.
                 log.error("FETCH: a message file gave %d of %d octets", sent, segment.count)
                 raise Closed
-        await session.writer.drain()
+        await session.drain()
     finally:
         for segment in segments:
             if isinstance(segment, Sendable):
@@ -271,18 +274,18 @@ async def send_direct(session: Session, segments: list[bytes | Sendable]) -> Non
                 _write_run(transport, fd, run)
                 run = []
             if transport.get_write_buffer_size() > _HIGH_WATER:
-                await writer.drain()
+                await session.drain()
             sent = _sendfile_now(transport, fd, segment)
             if sent < segment.count:
                 rest = Sendable(segment.file, segment.offset + sent, segment.count - sent)
-                await writer.drain()
-                sent += await _sendfile(writer, rest)
+                await session.drain()
+                sent += await _sendfile(session, rest)
             if sent != segment.count:
                 log.error("FETCH: a message file gave %d of %d octets", sent, segment.count)
                 raise Closed
         if run:
             _write_run(transport, fd, run)
-        await writer.drain()
+        await session.drain()
     finally:
         for segment in segments:
             if isinstance(segment, Sendable):
@@ -338,17 +341,34 @@ def _fd(transport: asyncio.WriteTransport) -> int:
     return int(transport.get_extra_info("socket").fileno())
 
 
-async def _sendfile(writer: asyncio.StreamWriter, segment: Sendable) -> int:
+async def _sendfile(session: Session, segment: Sendable) -> int:
+    """``segment`` sent the transport's way, a step at a time: a step the
+    client does not take within the session's write timeout ends the
+    connection (:mod:`peerd.services.stall`; cancelled, not aborted under
+    it: an abort in mid-sendfile would leave the loop waiting on a closed
+    socket)."""
     loop = asyncio.get_running_loop()
-    transport = writer.transport
-    if transport.is_closing():
-        raise Closed
-    # fallback=True: where the transport cannot sendfile(2) (TLS), asyncio
-    # reads the file in chunks and writes them (RFC 3501 4.3: the literal's
-    # octets follow its CRLF whatever carries them).
-    return await loop.sendfile(
-        transport, segment.file, segment.offset, segment.count, fallback=True
-    )
+    transport = session.writer.transport
+    sent = 0
+    while sent < segment.count:
+        if transport.is_closing():
+            raise Closed
+        step = min(segment.count - sent, _SENDFILE_STEP)
+        # fallback=True: where the transport cannot sendfile(2) (TLS), asyncio
+        # reads the file in chunks and writes them (RFC 3501 4.3: the literal's
+        # octets follow its CRLF whatever carries them).
+        moving = loop.sendfile(transport, segment.file, segment.offset + sent, step, fallback=True)
+        seconds = max(session.write_timeout(), 1.0)
+        try:
+            n = await asyncio.wait_for(moving, seconds)
+        except TimeoutError:
+            log.info("FETCH: the client read nothing for %.0f s; connection aborted", seconds)
+            transport.abort()
+            raise Closed from None
+        sent += n
+        if n < step:  # the file is shorter than its record says
+            break
+    return sent
 
 
 def render_group(

@@ -29,6 +29,7 @@ from peerd.protocols.imap import commands as c
 from peerd.protocols.imap.fetchreply import RenderedGroups, StructureCache
 from peerd.protocols.imap.responses import CODE_UNAVAILABLE, untagged_status
 from peerd.protocols.imap.sort import RecordCache
+from peerd.services import stall
 from peerd.services.gate import ConnectionGate, Refused
 from peerd.services.imap import wakeup
 from peerd.services.imap.fanout import Fanout
@@ -121,7 +122,7 @@ class ImapServer:
                 # hold up the switchover; close() sends what is buffered.
                 try:
                     session.writer.write(untagged_status("BYE", session.closing, CODE_UNAVAILABLE))
-                    session.writer.close()
+                    stall.close(session.writer, session.write_timeout())
                 except Exception:
                     log.exception("closing the session of %s failed", session.account)
 
@@ -143,7 +144,7 @@ class ImapServer:
             writer.close()
         except Exception:
             log.exception("IMAP session failed")
-            writer.close()
+            stall.close(writer, session.write_timeout())
         finally:
             self.gate.release(counted)
 

@@ -34,7 +34,7 @@ from typing import Any, Final, Literal, Protocol
 
 from engine.errors import EngineError
 from ownership.errors import OwnershipError
-from peerd.node.errormap import imap_code
+from peerd.node.errormap import client_text, imap_code
 from peerd.node.node import Node
 from peerd.protocols.imap import commands as c
 from peerd.protocols.imap.capabilities import capabilities
@@ -60,6 +60,7 @@ from peerd.protocols.imap.selected import (
 )
 from peerd.protocols.imap.sort import Criterion, RecordCache, SortItem
 from peerd.protocols.imap.states import ALLOWED, State
+from peerd.services import stall
 from peerd.services.imap.fanout import Fanout
 from peerd.services.mailstore import AccountStore
 from peerd.services.starttls import same_host
@@ -171,7 +172,19 @@ class Session:
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)
-        await self.writer.drain()
+        await stall.drain(self.writer, self.write_timeout(), "imap")
+
+    async def drain(self) -> None:
+        """Wait for the client to take what was written (see :meth:`write_timeout`)."""
+        await stall.drain(self.writer, self.write_timeout(), "imap")
+
+    def write_timeout(self) -> float:
+        """How long the client may take none of what we send: the time left
+        to log in, then the idle timeout (a client that never reads must not
+        hold its connection for ever, :mod:`peerd.services.stall`)."""
+        if self.state is State.NOT_AUTHENTICATED:
+            return self.login_by - time.monotonic()
+        return self.node.config.imap.idle_timeout.total_seconds()
 
     async def read_more(self, timeout: float) -> None:
         before_login = self.state is State.NOT_AUTHENTICATED
@@ -229,7 +242,7 @@ class Session:
             pass
         finally:
             self.server.leave(self)
-            self.writer.close()
+            stall.close(self.writer, self.write_timeout())
 
     async def admit(self, cmd: c.Command) -> bool:
         """The command rate (``[imap] commands_per_second``): run, refuse, or close."""
@@ -269,7 +282,8 @@ class Session:
         except (EngineError, OwnershipError) as exc:
             status, code = imap_code(exc)
             result: Literal["NO", "BAD"] = "BAD" if status == "BAD" else "NO"
-            await self.send(tagged(cmd.tag, result, exc.message, code.encode() if code else None))
+            text = client_text(exc, "imap")
+            await self.send(tagged(cmd.tag, result, text, code.encode() if code else None))
             return
         if reply is not None:
             await self.send(tagged(cmd.tag, reply.status, reply.text, reply.code))

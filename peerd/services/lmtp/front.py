@@ -29,6 +29,14 @@ bounce). Every "yes" is forgotten (:meth:`LmtpHandler.forget_recipients`)
 when an ownership row changes, so a node that has just lost an account
 refuses it at the next RCPT.
 
+The idle timer (``[lmtp] idle_timeout``, RFC 5321 4.5.3.2.7) counts from the
+session's last progress: a command line read whole, or, in DATA, bytes of
+the message. Bytes of a command line that never ends are no progress, so a
+client that dribbles a byte now and then is closed like a silent one. A
+client that reads none of our replies (the socket's buffers full: writing
+paused) for as long is cut off too: its connection is aborted, since a
+``421`` could not reach it.
+
 The ``250`` replies of a pipelined group go out in one write with the reply
 that ends the group (the core holds them, RFC 2920 3.1); at shutdown every
 open session gets what was held and ``421`` (:meth:`LmtpHandler.goodbye`).
@@ -255,7 +263,10 @@ class LmtpSession(asyncio.Protocol):
         self._tls_pending = False  # start_tls called; the first bytes come over TLS
         self._upgrading = False  # start_tls has not returned: self.transport is the raw one
         self._task: asyncio.Task[None] | None = None
-        self._last_input = self.loop.time()
+        # The last progress (see the module's docstring) and when writing paused.
+        self._progress = self.loop.time()
+        self._lines = 0
+        self._paused_at = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._counted: str | None = None  # the gate's key while admitted
 
@@ -276,7 +287,7 @@ class LmtpSession(asyncio.Protocol):
             return
         self.front.sessions.add(self)
         idle = self.front.settings.idle_timeout
-        self._timer = self.loop.call_at(self._last_input + idle, self._check_idle)
+        self._timer = self.loop.call_at(self._progress + idle, self._check_idle)
         self._task = self.loop.create_task(self._run())
 
     def data_received(self, data: bytes) -> None:
@@ -286,7 +297,8 @@ class LmtpSession(asyncio.Protocol):
             self._tls_pending = False
             self.core.tls_started()
         self.core.receive_data(data)
-        self._last_input = self.loop.time()
+        if self.core.state is State.DATA:
+            self._progress = self.loop.time()
         self._fresh = True
         waiter = self._input
         if waiter is not None:
@@ -326,6 +338,7 @@ class LmtpSession(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self._writable is None:
             self._writable = self.loop.create_future()
+            self._paused_at = self.loop.time()
 
     def resume_writing(self) -> None:
         writable, self._writable = self._writable, None
@@ -343,6 +356,9 @@ class LmtpSession(asyncio.Protocol):
         if not self._upgrading:  # in mid-handshake the socket speaks TLS only
             transport.write(out)
         transport.close()
+        if transport.get_write_buffer_size():
+            # A client that reads nothing would keep the socket open for ever.
+            self.loop.call_later(self.front.settings.idle_timeout, transport.abort)
         return True
 
     def _end(self) -> None:
@@ -376,15 +392,20 @@ class LmtpSession(asyncio.Protocol):
             while True:
                 self._fresh = False
                 event = core.next_event()
+                if core.lines != self._lines:
+                    self._lines = core.lines
+                    self._progress = self.loop.time()
                 if event is NEED_DATA:
                     self._send()
                     await self._more_input()
                 elif isinstance(event, RcptRequested):
                     self._send()
                     core.answer_rcpt(await self.front.rcpt_reply(event.address))
+                    self._progress = self.loop.time()  # the wait was ours, not the client's
                 elif isinstance(event, MessageReceived):
                     self._send()
                     core.answer_message(await self.front.deliver(event))
+                    self._progress = self.loop.time()
                 elif isinstance(event, StartTlsRequested):
                     if not await self._start_tls(event):
                         return
@@ -443,13 +464,22 @@ class LmtpSession(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         now = self.loop.time()
-        due = self._last_input + self.front.settings.idle_timeout
-        if self._input is None or now < due:
-            # Busy (the backend is answering) or not idle long enough yet.
-            self._timer = self.loop.call_at(max(due, now + 1.0), self._check_idle)
-            return
-        log.info("LMTP %s idle for %.0f s; closing", self.peer, now - self._last_input)
-        self.close_with(S421_IDLE)
+        idle = self.front.settings.idle_timeout
+        if self._writable is not None:
+            # The client reads none of our replies: a 421 would not reach it either.
+            due = self._paused_at + idle
+            if now >= due:
+                log.info("LMTP %s read nothing we sent for %.0f s; aborted", self.peer, idle)
+                transport.abort()
+                return
+        else:
+            due = self._progress + idle
+            if self._input is not None and now >= due:
+                log.info("LMTP %s idle for %.0f s; closing", self.peer, now - self._progress)
+                self.close_with(S421_IDLE)
+                return
+        # Busy (the backend is answering) or not idle long enough yet.
+        self._timer = self.loop.call_at(max(due, now + 1.0), self._check_idle)
 
 
 async def serve_lmtp(handler: LmtpHandler, **where: Any) -> asyncio.Server:
