@@ -69,7 +69,7 @@ async def errors_middleware(request: web.Request, handler: Endpoint) -> web.Stre
             extensions = {"pending": exc.pending}
         elif isinstance(exc, TargetDamaged):
             extensions = {"damaged": exc.guids}
-        detail = client_text(exc, "control API")
+        detail = client_text(exc, "control API", admin=True)
         return problem(http_status(exc), problem_title(exc), detail, exc.code, extensions)
     except web.HTTPException as exc:
         if exc.status < 400:

@@ -46,6 +46,7 @@ from engine.errors import (
     ScriptActive,
     ScriptExists,
     StorageFull,
+    SyncError,
     SyncProtocolError,
     SyncRefused,
     SyncStale,
@@ -127,6 +128,8 @@ _TOLD: Final = (
     SyncProtocolError,
     OwnershipError,
 )
+# And those whose message is the administrator's to read as well.
+_TOLD_ADMIN: Final = (SyncError, Corrupt, StorageFull)
 # What a client reads instead of any other error's message, by class.
 _UNTOLD: dict[type[BaseException], str] = {
     StorageFull: "insufficient storage on the server; try again later",
@@ -138,11 +141,15 @@ _UNTOLD: dict[type[BaseException], str] = {
 }
 
 
-def client_text(exc: EngineError | OwnershipError, service: str = "") -> str:
+def client_text(exc: EngineError | OwnershipError, service: str = "", admin: bool = False) -> str:
     """What a client may read of ``exc``: its message for the errors whose
     message is written for it, else the fixed text of its class; the message
-    then goes to the log (``service`` names the listener there)."""
-    if isinstance(exc, _TOLD):
+    then goes to the log (``service`` names the listener there). ``admin``:
+    the reader is the node's administrator (the control API, ``peerctl``),
+    who also reads why the partner failed (a TLS certificate it does not
+    trust, its answer) and what is damaged or full; never a database's
+    own text."""
+    if isinstance(exc, _TOLD) or (admin and isinstance(exc, _TOLD_ADMIN)):
         return exc.message
     text = _lookup(_UNTOLD, exc) or "internal server error"
     log.warning("%s: %s: %s (the client was told: %s)", service or "-", exc.code, exc.message, text)

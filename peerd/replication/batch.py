@@ -207,7 +207,7 @@ async def _sync_group(
         outcome.alone.extend(item.name for item in group)
         return
     except PartnerDown as exc:
-        detail = client_text(exc, "replicate")
+        detail = client_text(exc, "replicate", admin=True)
         outcome.errors.extend((item.name, exc.code, detail) for item in group)
         return
     except EngineError:

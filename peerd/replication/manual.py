@@ -136,7 +136,9 @@ async def replicate_now(
             try:
                 report = await client.sync_account(name, mailboxes=mailboxes, compressed=compressed)
             except EngineError as exc:
-                errors.append(SyncFailure(name, exc.code, client_text(exc, "replicate")))
+                errors.append(
+                    SyncFailure(name, exc.code, client_text(exc, "replicate", admin=True))
+                )
                 return
             reports.append(report)
 
