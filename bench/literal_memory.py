@@ -1,7 +1,7 @@
 """What concurrent APPEND literals make the daemon hold (the input memory budget).
 
     .venv/bin/python -m bench.literal_memory [--connections 1,8,32] [--size 64M]
-        [--plus] [--accounts 1] [--config KEY=VALUE ...]
+        [--plus] [--accounts N] [--wait 5] [--config SECTION.KEY=VALUE ...]
 
 For each count N of ``--connections`` a fresh node starts; N logged-in
 connections each announce ``a APPEND INBOX {SIZE}`` (``--plus``:
@@ -14,7 +14,9 @@ a node that applies backpressure stops reading), the daemon's RSS
 idle, while held, after the cut, how many literals got their ``+`` (or
 were read to their last octet) and how many were refused.
 
-``--config imap.max_literal=8M`` (and more) set keys of the node's config.
+The connections log in as ``--accounts`` accounts in turn (default: one
+account per 40 connections). ``--config imap.max_literal=8M`` (and more)
+set keys of the node's config.
 The node and its clients are on loopback; the node is stopped by pid.
 """
 
@@ -106,12 +108,13 @@ async def one(
     return writer
 
 
-async def round_of(node: Node, count: int, size: int, plus: bool, wait: float) -> str:
+async def round_of(
+    node: Node, count: int, size: int, plus: bool, wait: float, accounts: int
+) -> str:
     pid = node.pid
     assert pid is not None
     idle = settle_rss(pid)
     outcomes = [Outcome() for _ in range(count)]
-    accounts = max(1, -(-count // 40))
     tasks = [
         asyncio.create_task(
             one(node.port("imap"), f"u{i % accounts}", size, plus, wait, outcomes[i])
@@ -153,6 +156,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", default="64M")
     parser.add_argument("--plus", action="store_true", help="non-synchronizing literals")
     parser.add_argument("--wait", type=float, default=5.0)
+    parser.add_argument(
+        "--accounts",
+        type=int,
+        default=0,
+        help="spread over this many (default: one per 40 connections)",
+    )
     parser.add_argument("--config", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args(argv)
     size = parse_size(args.size)
@@ -165,9 +174,11 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory(prefix="peerd-litmem-") as tmp:
             node = make_single(Path(tmp), overrides=overrides)
             with running(node):
-                for i in range(max(1, -(-count // 40))):
+                accounts = args.accounts or max(1, -(-count // 40))
+                for i in range(accounts):
                     node.add_account(f"u{i}")
-                print(asyncio.run(round_of(node, count, size, args.plus, args.wait)), flush=True)
+                line = asyncio.run(round_of(node, count, size, args.plus, args.wait, accounts))
+                print(f"{line} ({accounts} account(s))", flush=True)
 
 
 if __name__ == "__main__":
