@@ -13,6 +13,11 @@ own is refused with ``TRYLATER`` naming the owner), and the store: every
 script write goes through ``Node.write_owned`` (the fence in the same
 transaction) into :mod:`engine.sieve`, which logs it for replication. When
 the account moves to the other node an idle session is closed with ``BYE``.
+A literal (a script, after login) takes room in the node's input budget
+before its octets are kept (:mod:`peerd.node.inputbudget`; the socket is
+not read meanwhile); none within ``[limits] input_wait`` is ``NO
+(TRYLATER)``. The room goes back once the command is answered, and when
+the session ends.
 Store and ownership errors become ``NO`` replies in
 :func:`peerd.node.errormap.managesieve_refusal`.
 """
@@ -31,6 +36,7 @@ from engine.errors import EngineError
 from engine.models import Account
 from ownership.errors import OwnershipError
 from peerd.node.errormap import managesieve_refusal
+from peerd.node.inputbudget import NoRoom
 from peerd.node.maillog import peer_ip
 from peerd.node.node import Node
 from peerd.node.tls import server_context
@@ -52,6 +58,7 @@ from peerd.protocols.managesieve import (
     Reply,
     Request,
     Response,
+    RoomNeeded,
     ScriptContent,
     Scripts,
     Send,
@@ -96,7 +103,8 @@ class SieveSession:
         # PLAIN only over TLS when TLS is offered (RFC 5804 section 2.1); with
         # no certificate PLAIN goes in the clear, as IMAP's LOGIN does.
         tls = tls_context is not None
-        self.core = Session(Config(tls_available=tls, plain_needs_tls=tls))
+        self.core = Session(Config(tls_available=tls, plain_needs_tls=tls, ask_room=True))
+        self.hold = node.input_budget.hold()
         self.config = node.config.managesieve
         self.account = ""
         self.failures = 0
@@ -108,6 +116,21 @@ class SieveSession:
         await self.writer.drain()
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self.hold.release()
+
+    async def room(self, size: int) -> None:
+        """Room for a literal of ``size`` octets before the core keeps it; the
+        command is refused (TRYLATER) when none comes in time."""
+        try:
+            await self.hold.take(size)
+        except NoRoom as exc:
+            self.hold.release()
+            self.core.refuse_literal(managesieve_refusal(exc)[0])
+
+    async def _run(self) -> None:
         idle = self.config.idle_timeout.total_seconds()
         await self.send(self.core.greeting())
         ended = False
@@ -131,6 +154,11 @@ class SieveSession:
                 unread += len(data)
                 self.core.receive_data(data)  # b"": the end of input
                 continue
+            if isinstance(event, RoomNeeded):
+                await self.room(event.size)  # nothing is read meanwhile
+                continue
+            # The command the room was for is answered (or refused) now.
+            self.hold.release()
             if isinstance(event, Send):
                 await self.send(event.data)
             elif isinstance(event, Close):
@@ -156,6 +184,7 @@ class SieveSession:
                 finally:
                     self.busy = False
                 await self.send(self.core.answer(reply))
+                self.hold.release()
                 if self.moved:
                     await self.send(_BYE_MOVED)
                     return
@@ -183,6 +212,7 @@ class SieveSession:
         if result.owner is not None:
             return Refused(f"{result.account} is served by {result.owner}", TRYLATER)
         self.account = result.account
+        self.hold.rekey(result.account)  # its scripts' room counts as the account's
         return Done()
 
     async def store(self, request: Request) -> Reply:
