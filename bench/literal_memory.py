@@ -1,7 +1,7 @@
 """What concurrent APPEND literals make the daemon hold (the input memory budget).
 
     .venv/bin/python -m bench.literal_memory [--connections 1,8,32] [--size 64M]
-        [--plus] [--accounts N] [--wait 5] [--config SECTION.KEY=VALUE ...]
+        [--plus | --lmtp] [--accounts N] [--wait 5] [--config SECTION.KEY=VALUE ...]
 
 For each count N of ``--connections`` a fresh node starts; N logged-in
 connections each announce ``a APPEND INBOX {SIZE}`` (``--plus``:
@@ -12,7 +12,9 @@ a node that applies backpressure stops reading), the daemon's RSS
 (``/proc/PID/status`` VmRSS) is read, then every connection is cut off
 (RST, mid-literal) and the RSS read again. One line per N: the RSS at
 idle, while held, after the cut, how many literals got their ``+`` (or
-were read to their last octet) and how many were refused.
+were read to their last octet) and how many were refused. ``--lmtp``: N
+deliveries instead, each sending a message of SIZE but for its final dot,
+and the RSS is the LMTP worker's.
 
 The connections log in as ``--accounts`` accounts in turn (default: one
 account per 40 connections). ``--config imap.max_literal=8M`` (and more)
@@ -108,16 +110,52 @@ async def one(
     return writer
 
 
+async def one_lmtp(
+    port: int, user: str, size: int, wait: float, out: Outcome
+) -> asyncio.StreamWriter:
+    """A delivery whose message is sent but for its final dot."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await _line(reader)  # greeting
+    writer.write(b"LHLO bench\r\n")
+    while not (await _line(reader)).startswith(b"250 "):
+        pass
+    # SIZE= as Postfix sends it (RFC 1870): what the message will be.
+    mail = f"MAIL FROM:<b@example.test> SIZE={size}\r\nRCPT TO:<{user}@example.test>\r\n"
+    writer.write(mail.encode() + b"DATA\r\n")
+    for _ in range(3):
+        await _line(reader)
+    chunk = b"x" * (_CHUNK - 2) + b"\r\n"
+    deadline = time.monotonic() + wait
+    try:
+        while out.sent < size - 1:
+            n = min(len(chunk), size - 1 - out.sent)
+            writer.write(chunk[:n])
+            out.sent += n
+            await asyncio.wait_for(writer.drain(), max(deadline - time.monotonic(), 0.01))
+    except TimeoutError:
+        return writer  # the server stopped reading: backpressure
+    out.continued = True
+    return writer
+
+
+def lmtp_pids(node: Node) -> list[int]:
+    workers = node.call("GET", "/v1/status").get("lmtp", {}).get("workers", [])
+    return [int(w["pid"]) for w in workers if w.get("pid")]
+
+
 async def round_of(
-    node: Node, count: int, size: int, plus: bool, wait: float, accounts: int
+    node: Node, count: int, size: int, plus: bool, wait: float, accounts: int, lmtp: bool = False
 ) -> str:
-    pid = node.pid
+    # LMTP: the worker process holds the messages, not the daemon.
+    pid = lmtp_pids(node)[0] if lmtp else node.pid
     assert pid is not None
     idle = settle_rss(pid)
     outcomes = [Outcome() for _ in range(count)]
     tasks = [
         asyncio.create_task(
-            one(node.port("imap"), f"u{i % accounts}", size, plus, wait, outcomes[i])
+            one_lmtp(node.port("lmtp"), f"u{i % accounts}", size, wait, outcomes[i])
+            if lmtp
+            else one(node.port("imap"), f"u{i % accounts}", size, plus, wait, outcomes[i])
         )
         for i in range(count)
     ]
@@ -135,9 +173,11 @@ async def round_of(
     mib = sum(o.sent for o in outcomes) / (1 << 20)
     sample = next((o.refused.decode(errors="replace") for o in outcomes if o.refused), "")
     return (
-        f"N={count:3d} size={size >> 20} MiB {'{n+}' if plus else '{n} '}: RSS idle {idle:7.1f}"
+        f"N={count:3d} size={size >> 20} MiB {'LMTP' if lmtp else '{n+}' if plus else '{n} '}:"
+        f" RSS idle {idle:7.1f}"
         f" MiB, holding {holding:7.1f} MiB (+{holding - idle:.1f}), after the cut {after:7.1f}"
-        f" MiB (+{after - idle:.1f}); sent {mib:.0f} MiB, {got} literals under way,"
+        f" MiB (+{after - idle:.1f}); sent {mib:.0f} MiB, {got} {'messages' if lmtp else 'literals'}"
+        " under way,"
         f" {refused} refused{(': ' + sample[:90]) if sample else ''}"
     )
 
@@ -155,6 +195,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--connections", default="1,8,32")
     parser.add_argument("--size", default="64M")
     parser.add_argument("--plus", action="store_true", help="non-synchronizing literals")
+    parser.add_argument(
+        "--lmtp", action="store_true", help="LMTP messages (the worker's RSS) instead"
+    )
     parser.add_argument("--wait", type=float, default=5.0)
     parser.add_argument(
         "--accounts",
@@ -177,7 +220,9 @@ def main(argv: list[str] | None = None) -> None:
                 accounts = args.accounts or max(1, -(-count // 40))
                 for i in range(accounts):
                     node.add_account(f"u{i}")
-                line = asyncio.run(round_of(node, count, size, args.plus, args.wait, accounts))
+                line = asyncio.run(
+                    round_of(node, count, size, args.plus, args.wait, accounts, args.lmtp)
+                )
                 print(f"{line} ({accounts} account(s))", flush=True)
 
 

@@ -1,9 +1,9 @@
 """The input budget beyond IMAP, on the wire (peerd.node.inputbudget): ManageSieve
 scripts, control API and sync request bodies take room in the daemon's budget
-(filled here by IMAP literals).
+(filled here by IMAP literals); LMTP messages in the LMTP worker's own.
 
-One node: the daemon's budget 7940 KiB (IMAP literals of 2 MiB fill it), a
-wait of 1 s.
+One node: the daemon's budget 7940 KiB (IMAP literals of 2 MiB fill it), the LMTP
+worker's 3 MiB (one message of 1.5 MiB fits, a second waits), a wait of 1 s.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 
 from tests.harness.procs import free_port, wait_until
 from tests.nodes import Node
-from tests.test_imap_budget import holding, nothing_held
+from tests.test_imap_budget import holding, metric, nothing_held
 
 MiB = 1 << 20
 pytestmark = pytest.mark.node(
@@ -32,6 +32,7 @@ pytestmark = pytest.mark.node(
             "input_memory": "7940K",
             "input_memory_per_account": "6M",
             "input_wait": "1s",
+            "lmtp_input_memory": "3M",
         },
         "imap": {"max_literal": "2M"},
         "lmtp": {"max_message_size": "2M"},
@@ -140,3 +141,90 @@ def test_http_bodies_wait_for_room(budget_node: Node) -> None:
     assert status == 422, body  # read, and refused for what it is
     status, body = post(node, sync_url, junk, sync)
     assert status == 200, body
+
+
+# -- LMTP: the worker's own budget ------------------------------------------------
+
+
+class Lmtp:
+    """A raw LMTP transaction whose message is sent by the test, piece by piece."""
+
+    def __init__(self, node: Node, *recipients: str, size: int | None = None) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", node.port("lmtp")), timeout=10)
+        self.file = self.sock.makefile("rb")
+        self.recipients = recipients
+        assert self.reply().startswith(b"220")
+        self.sock.sendall(b"LHLO test\r\n")
+        while not (line := self.file.readline()).startswith(b"250 "):
+            assert line
+        declared = f" SIZE={size}" if size is not None else ""  # RFC 1870, as Postfix says it
+        self.sock.sendall(f"MAIL FROM:<s@example.test>{declared}\r\n".encode())
+        assert self.reply().startswith(b"250")
+        for rcpt in recipients:
+            self.sock.sendall(f"RCPT TO:<{rcpt}@example.test>\r\n".encode())
+            assert self.reply().startswith(b"250")
+        self.sock.sendall(b"DATA\r\n")
+        assert self.reply().startswith(b"354")
+
+    def reply(self) -> bytes:
+        return self.file.readline()
+
+    def send(self, data: bytes) -> bool:
+        """Send, unless the node stops reading for ``timeout`` (False)."""
+        try:
+            self.sock.sendall(data)
+        except TimeoutError:
+            return False
+        return True
+
+    def end(self) -> list[bytes]:
+        self.sock.settimeout(10)
+        self.sock.sendall(b"\r\n.\r\n")
+        return [self.reply() for _ in self.recipients]
+
+    def cut(self) -> None:
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        self.file.close()
+        self.sock.close()
+
+
+BODY = b"Subject: big\r\nContent-Type: application/octet-stream\r\n\r\n" + (
+    b"y" * 1022 + b"\r\n"
+) * (1536 - 1)
+
+
+def test_lmtp_messages_take_room_in_the_worker_and_a_refused_one_gets_452(
+    budget_node: Node,
+) -> None:
+    node = budget_node
+    waits = metric(node, "lmtp_input_memory_waits_total")
+    refusals = metric(node, "lmtp_input_memory_refusals_total")
+    # With SIZE the message takes its room at once; without, as it comes.
+    first = Lmtp(node, "alice", "bob", size=len(BODY) + 2)
+    assert first.send(BODY)  # 1.5 MiB held, and room taken ahead of it: most of the 3 MiB
+    second = Lmtp(node, "alice")
+    second.sock.settimeout(0.3)
+    sent = 0
+    while sent < len(BODY) and second.send(BODY[sent : sent + 65536]):
+        sent += 65536
+    # The worker stopped reading the second message; after the wait it drops it.
+    assert second.end() == [b"452 4.3.1 Insufficient system storage\r\n"]
+    assert [r[:3] for r in first.end()] == [b"250", b"250"]
+    wait_until(
+        lambda: metric(node, "lmtp_input_memory_refusals_total") == refusals + 1, 5, "a refusal"
+    )
+    assert metric(node, "lmtp_input_memory_waits_total") == waits + 1
+    # A message cut off mid-DATA gives its room back: the next one fits at once.
+    cut = Lmtp(node, "alice")
+    assert cut.send(BODY)
+    cut.cut()
+    started = time.monotonic()
+    again = Lmtp(node, "bob")
+    again.sock.settimeout(5)
+    assert again.send(BODY)
+    assert again.end() == [b"250 2.1.5 Delivered\r\n"]
+    assert time.monotonic() - started < 1.0
+    for lmtp in (first, second, again):
+        lmtp.cut()
+    assert [m["size"] for m in node.records("alice")] == [len(BODY) + 2]
+    assert [m["size"] for m in node.records("bob")] == [len(BODY) + 2] * 2

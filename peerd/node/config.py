@@ -776,10 +776,11 @@ def _check_limits(config: Config) -> None:
             "[limits] input_memory_per_account must be 0 (no share) or from [imap]"
             " max_literal to [limits] input_memory"
         )
-    # A message in DATA is held with its dot-stuffing (at most one octet a line).
-    if limits.lmtp_input_memory < config.lmtp.max_message_size + (64 << 10):
+    # A message in DATA takes room up to its size and two reads more
+    # (peerd.services.lmtp.front): one message of the largest size must fit.
+    if limits.lmtp_input_memory < config.lmtp.max_message_size + (512 << 10):
         raise ConfigError(
-            "[limits] lmtp_input_memory must be at least [lmtp] max_message_size and 64K"
+            "[limits] lmtp_input_memory must be at least [lmtp] max_message_size and 512K"
         )
 
 
