@@ -196,3 +196,28 @@ def test_rekey_only_between_commands() -> None:
             hold.rekey("bob")
 
     run(scenario)
+
+
+def test_a_wait_stops_when_the_connection_ends() -> None:
+    async def scenario() -> None:
+        budget = InputBudget(MiB, wait=30)
+        full = budget.hold("a")
+        await full.take(UNCOUNTED + MiB)
+        hold = budget.hold("b")
+        assert not hold.try_take(UNCOUNTED + 1)
+        assert hold.try_take(UNCOUNTED)  # the free octets need no room
+        ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiting = asyncio.create_task(hold.take_before(10, lambda: ended))
+        await turns()
+        assert budget.status().waiting == 1
+        ended.set_result(None)  # the client went away
+        assert await waiting is False
+        assert budget.status().waiting == 0 and budget.refusals == 0 and hold.reserved == 0
+
+        def never() -> asyncio.Future[None]:
+            raise AssertionError("no wait, so nothing to watch")
+
+        full.release()
+        assert await hold.take_before(10, never) is True and budget.used == 10
+
+    run(scenario)

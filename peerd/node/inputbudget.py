@@ -11,9 +11,10 @@ sync listener; each LMTP process has its own.
 
 - A connection holds its room through a :class:`Hold`. ``await
   hold.take(n)`` returns once ``n`` more octets are reserved, or raises
-  :class:`NoRoom` after the budget's ``wait``; :meth:`Hold.release` gives
-  back everything the connection holds (idempotent: call it when a command
-  ends and again when the connection ends).
+  :class:`NoRoom` after the budget's ``wait``; :meth:`Hold.take_before`
+  also stops waiting when the connection closes; :meth:`Hold.release`
+  gives back everything the connection holds (idempotent: call it when a
+  command ends and again when the connection ends).
 - What one command holds up to :data:`UNCOUNTED` octets is not asked for:
   a login, a flag list, a small APPEND never wait, as a command line (which
   ``max_line`` caps per connection) never does. So while big literals wait,
@@ -37,10 +38,11 @@ requests wait the budget logs one warning a minute at most.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -152,6 +154,12 @@ class InputBudget:
             self._by_key[key] = left
         else:
             del self._by_key[key]
+
+    def _try_grant(self, hold: Hold, size: int) -> bool:
+        if self._queue or self._over_share(hold.key, size) or self.used + size > self.limit:
+            return False
+        self._grant(hold, size)
+        return True
 
     def _serve(self) -> None:
         """Grant the waiters that fit, in order; one that does not fit the
@@ -270,6 +278,39 @@ class Hold:
         size -= free
         if size > 0:
             await self.budget._take(self, size)
+
+    def try_take(self, size: int) -> bool:
+        """Reserve ``size`` more octets if that needs no wait (nothing queued
+        ahead, room free); False, with nothing taken, otherwise."""
+        free = min(self._free, size)
+        if size > free and not self.budget._try_grant(self, size - free):
+            return False
+        self._free -= free
+        return True
+
+    async def take_before(self, size: int, ended: Callable[[], Awaitable[object]]) -> bool:
+        """:meth:`take`, unless ``ended()`` (the connection closing) comes
+        first: then the wait stops and False is returned, so a connection cut
+        while it waits lets go at once rather than when its wait ends.
+        ``ended`` is called only when there is a wait."""
+        if self.try_take(size):
+            return True
+        taking = asyncio.ensure_future(self.take(size))
+        end = asyncio.ensure_future(ended())
+        try:
+            await asyncio.wait({taking, end}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            end.cancel()
+            if not taking.done():
+                taking.cancel()
+                with contextlib.suppress(asyncio.CancelledError, NoRoom):
+                    await taking
+        if end.done() and not end.cancelled():
+            end.exception()  # how it ended does not matter here
+        if taking.cancelled():
+            return False
+        taking.result()  # NoRoom
+        return True
 
     def give_back(self, size: int) -> None:
         """Give back ``size`` of what is held (an estimate that was too high)."""

@@ -125,7 +125,10 @@ class SieveSession:
         """Room for a literal of ``size`` octets before the core keeps it; the
         command is refused (TRYLATER) when none comes in time."""
         try:
-            await self.hold.take(size)
+            # Shielded: the wait ending must not cancel the stream's own close waiter.
+            closing = self.writer.wait_closed
+            if not await self.hold.take_before(size, lambda: asyncio.shield(closing())):
+                raise _Closed  # cut off while it waited
         except NoRoom as exc:
             self.hold.release()
             self.core.refuse_literal(managesieve_refusal(exc)[0])

@@ -270,7 +270,10 @@ class Session:
         announced; False (the command refused, the client told or about to
         be) when none came in time."""
         try:
-            await self.hold.take(size)
+            # Shielded: the wait ending must not cancel the stream's own close waiter.
+            closing = self.writer.wait_closed
+            if not await self.hold.take_before(size, lambda: asyncio.shield(closing())):
+                raise Closed  # cut off while it waited
         except NoRoom as exc:
             self.hold.release()
             _, code = imap_code(exc)

@@ -421,24 +421,13 @@ class LmtpSession(asyncio.Protocol):
         want = min(max(short, _ROOM_STEP), self.front.most_room - self._room())
         if want <= 0:
             return  # as much as a message may be: the core refuses more itself
-        taking = asyncio.ensure_future(self.hold.take(want))
         try:
-            await asyncio.wait({taking, self.closed}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not taking.done():
-                taking.cancel()  # the connection is gone (or the session stops)
-                with contextlib.suppress(asyncio.CancelledError, NoRoom):
-                    await taking
-        if taking.cancelled():
-            self._fresh = True  # the core sees the end at its next look
-            return
-        error = taking.exception()
-        if isinstance(error, NoRoom):
+            if not await self.hold.take_before(want, lambda: asyncio.shield(self.closed)):
+                self._fresh = True  # the connection is gone: the core sees the end
+        except NoRoom as exc:
             self.hold.release()
-            core.refuse_data(lmtp_reply(error))
+            core.refuse_data(lmtp_reply(exc))
             self._fresh = True  # the core drops what it holds at its next look
-        elif error is not None:
-            raise error
 
     async def _more_input(self) -> None:
         """Wait for bytes (or the end) unless some came already."""
