@@ -14,7 +14,9 @@ a node that applies backpressure stops reading), the daemon's RSS
 idle, while held, after the cut, how many literals got their ``+`` (or
 were read to their last octet) and how many were refused. ``--lmtp``: N
 deliveries instead, each sending a message of SIZE but for its final dot,
-and the RSS is the LMTP worker's.
+and the RSS is the LMTP worker's. ``--appends N``: instead, N APPENDs of
+SIZE one after the other on one connection, timed (the ordinary path:
+wall time and the daemon's CPU).
 
 The connections log in as ``--accounts`` accounts in turn (default: one
 account per 40 connections). ``--config imap.max_literal=8M`` (and more)
@@ -26,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import imaplib
+import os
 import socket
 import struct
 import tempfile
@@ -182,6 +186,34 @@ async def round_of(
     )
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def appends(node: Node, count: int, size: int) -> str:
+    """``count`` APPENDs of ``size`` octets one after the other on one
+    connection: the ordinary path, timed (wall, and the daemon's CPU)."""
+    pid = node.pid
+    assert pid is not None
+    body = b"Subject: timed\r\nContent-Type: application/octet-stream\r\n\r\n"
+    line = b"z" * 1022 + b"\r\n"
+    body += line * max(0, (size - len(body)) // len(line))
+    client = imaplib.IMAP4("127.0.0.1", node.port("imap"), timeout=120)
+    client.login("u0", "secret")
+    cpu, started = cpu_seconds(pid), time.perf_counter()
+    for _ in range(count):
+        status, _ = client.append("INBOX", None, None, body)
+        assert status == "OK"
+    wall, used = time.perf_counter() - started, cpu_seconds(pid) - cpu
+    client.logout()
+    return (
+        f"{count} APPENDs of {len(body) / 1024:.0f} KiB: {wall:.2f} s wall"
+        f" ({count * len(body) / wall / (1 << 20):.1f} MiB/s), daemon CPU {used:.2f} s"
+        f" ({used / count * 1000:.1f} ms each)"
+    )
+
+
 def _value(text: str) -> Any:
     if text.isdigit():
         return int(text)
@@ -206,6 +238,9 @@ def main(argv: list[str] | None = None) -> None:
         help="spread over this many (default: one per 40 connections)",
     )
     parser.add_argument("--config", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument(
+        "--appends", type=int, default=0, help="instead: time this many APPENDs of --size, in turn"
+    )
     args = parser.parse_args(argv)
     size = parse_size(args.size)
     overrides: dict[str, dict[str, Any]] = {"imap": {"max_connections_per_ip": 0}}
@@ -213,6 +248,13 @@ def main(argv: list[str] | None = None) -> None:
         key, _, value = item.partition("=")
         section, _, name = key.partition(".")
         overrides.setdefault(section, {})[name] = _value(value)
+    if args.appends:
+        with tempfile.TemporaryDirectory(prefix="peerd-litmem-") as tmp:
+            node = make_single(Path(tmp), overrides=overrides)
+            with running(node):
+                node.add_account("u0")
+                print(appends(node, args.appends, size), flush=True)
+        return
     for count in (int(n) for n in args.connections.split(",")):
         with tempfile.TemporaryDirectory(prefix="peerd-litmem-") as tmp:
             node = make_single(Path(tmp), overrides=overrides)
