@@ -186,14 +186,17 @@ def test_waits_and_refusals_are_counted_and_warned_of_once_a_minute(
     assert "input_memory: 1048576 of 1048576 octets in use" in warnings[0].getMessage()
 
 
-def test_rekey_only_between_commands() -> None:
+def test_what_a_login_holds_moves_to_its_account() -> None:
     async def scenario() -> None:
         budget = InputBudget(MiB)
         hold = budget.hold()
+        await hold.take(UNCOUNTED + 100)  # a login's literal past the free octets
         hold.rekey("alice")
-        await hold.take(UNCOUNTED + 1)
-        with pytest.raises(RuntimeError):
-            hold.rekey("bob")
+        assert budget.held_by("alice") == 100 and budget.used == 100
+        hold.rekey("bob")
+        assert budget.held_by("alice") == 0 and budget.held_by("bob") == 100
+        hold.release()
+        assert budget.held_by("bob") == 0 and budget.used == 0
 
     run(scenario)
 

@@ -265,9 +265,15 @@ class Hold:
         self._free = UNCOUNTED
 
     def rekey(self, key: str) -> None:
-        """The connection logged in as ``key``: its next requests count there."""
+        """The connection logged in as ``key``: what it holds (a login's
+        literals, when ``login_input_limit`` lets them past the free octets)
+        and its next requests count there."""
+        budget = self.budget
         if self.reserved:
-            raise RuntimeError("rekey() while holding room")
+            if self.key:
+                budget._drop_key(self.key, self.reserved)
+            if key:
+                budget._by_key[key] += self.reserved
         self.key = key
 
     async def take(self, size: int) -> None:
