@@ -286,6 +286,19 @@ _INF, _NAN = float("inf"), float("nan")
         ({"sync": {"sync_max_request": 10**30}}, r"\[sync\] sync_max_request: larger than"),
         ({"lmtp": {"max_message_size": 0}}, r"\[lmtp\] max_message_size: must be at least 1"),
         ({"imap": {"login_input_limit": 0}}, r"\[imap\] login_input_limit: must be at least"),
+        # The input budget: whatever one command or request holds must fit.
+        ({"limits": {"input_memory": "64K"}}, r"\[limits\] input_memory: must be at least 1M"),
+        ({"limits": {"input_memory": "100M"}}, r"input_memory must be at least \[imap\] max"),
+        (
+            {"limits": {"input_memory_per_account": "1M"}},
+            r"input_memory_per_account must be 0 \(no share\) or from \[imap\] max_literal",
+        ),
+        (
+            {"limits": {"input_memory_per_account": "2G"}},
+            r"input_memory_per_account must be 0",
+        ),
+        ({"limits": {"lmtp_input_memory": "50M"}}, r"lmtp_input_memory must be at least \[lmtp\]"),
+        ({"limits": {"input_wait": -1}}, r"\[limits\] input_wait: not a duration"),
         # Integers: ports, caps, counts.
         ({"sync": {"sync_port": 0}}, r"\[sync\] sync_port: must be a TCP port"),
         ({"sync": {"sync_port": 99999}}, r"\[sync\] sync_port: must be a TCP port"),

@@ -261,7 +261,9 @@ async def _start_lmtp(node: Node, started: _Started) -> None:
     backend = StoreBackend(node, asker)
     workers = config.lmtp.workers if config.path is not None else 0
     if workers == 0:
-        handler = LmtpHandler(FrontSettings.of(config), node.store.spool, backend)
+        handler = LmtpHandler(
+            FrontSettings.of(config), node.store.spool, backend, count=node.counters.inc
+        )
         unwatch = backend.watch_ownership(handler.forget_recipients)
         server = await serve_lmtp(handler, host=address.host, port=address.port)
         log.info("LMTP listening on %s", address)

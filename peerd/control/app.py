@@ -28,7 +28,8 @@ from peerd.control.routes import ROUTES
 from peerd.control.schema import decode_body, parse
 from peerd.node import maillog
 from peerd.node.errormap import client_text, http_status, problem_title
-from peerd.node.httplimits import body_deadline, header_octets
+from peerd.node.httplimits import body_deadline, body_room, header_octets, room_release
+from peerd.node.inputbudget import InputBudget
 
 __all__ = ["MAX_BODY", "NO_PARTNER", "build_app", "problem"]
 
@@ -112,10 +113,16 @@ def refuse_content_encoding(request: web.Request) -> None:
         raise web.HTTPUnsupportedMediaType(reason="Content-Encoding is not accepted")
 
 
-async def json_body(request: web.Request, limit: int = MAX_BODY) -> dict[str, Any]:
+async def json_body(
+    request: web.Request, limit: int = MAX_BODY, budget: InputBudget | None = None
+) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > limit:
         raise InvalidArgument("request body too large")
     refuse_content_encoding(request)
+    if budget is not None:
+        # Room for the body before a byte of it is read; chunked: the most it may be.
+        length = request.content_length
+        await body_room(request, budget, limit if length is None else length)
     if limit != MAX_BODY:  # a route that takes more than the application's cap
         request = request.clone(client_max_size=limit)
     return decode_body(await request.read())
@@ -126,8 +133,11 @@ def endpoint(route: Route, parts: Parts) -> Endpoint:
 
     async def checked(request: web.Request) -> Call[Any, Any]:
         limit = route.max_body or MAX_BODY
+        budget = parts.node.input_budget
         body = (
-            parse(route.body, await json_body(request, limit)) if route.body is not None else None
+            parse(route.body, await json_body(request, limit, budget))
+            if route.body is not None
+            else None
         )
         query = (
             parse(route.query, request.query, others_ok=True) if route.query is not None else None
@@ -247,6 +257,7 @@ def build_app(parts: Parts, routes: tuple[Route, ...] = ROUTES) -> web.Applicati
         middlewares=[
             body_deadline(parts.node.config.http, "control API"),
             errors_middleware,
+            room_release,
             auth_middleware(parts.node.config.api.token, public),
         ],
         client_max_size=MAX_BODY,

@@ -4,8 +4,8 @@ How this works: :func:`render` turns the node's status
 (:class:`~peerd.control.status.NodeStatus`, the same object ``/v1/status``
 renders as JSON) into text at scrape time. Counters the node keeps become
 ``peerd_<name>_total``; gauges are the sync-log depth, replication lag,
-accounts owned per node, the last reconcile's figures and each proxy hook's
-state. No client library: the format is a few lines of text.
+accounts owned per node, the last reconcile's figures, each proxy hook's
+state and the input budget's use. No client library: the format is a few lines of text.
 """
 
 from __future__ import annotations
@@ -43,6 +43,10 @@ _HELP = {
     "sieve_rejected": "Recipients refused by a Sieve reject or ereject",
     "sieve_redirected": "Messages a Sieve redirect sent through the relay",
     "sieve_vacation_replies": "Sieve vacation replies sent",
+    "input_memory_waits": "Commands and requests that waited for room in the input budget",
+    "input_memory_refusals": "Commands and requests refused: no room in the input budget in time",
+    "lmtp_input_memory_waits": "LMTP messages that waited for room in an LMTP process's budget",
+    "lmtp_input_memory_refusals": "LMTP messages refused (452 4.3.1): no room in time",
 }
 
 
@@ -132,4 +136,12 @@ def render(status: NodeStatus) -> str:
         lines.append(_line("database_ok", 1 if status.database.ok else 0))
     lines += _gauge("inflight_deliveries", "LMTP deliveries in progress")
     lines.append(_line("inflight_deliveries", status.inflight_deliveries))
+    budget = status.input_memory
+    if budget is not None:
+        lines += _gauge("input_memory_bytes", "Client input the daemon holds in memory now")
+        lines.append(_line("input_memory_bytes", budget.used))
+        lines += _gauge("input_memory_limit_bytes", "The daemon's input budget ([limits])")
+        lines.append(_line("input_memory_limit_bytes", budget.limit))
+        lines += _gauge("input_memory_waiting", "Commands and requests waiting for room now")
+        lines.append(_line("input_memory_waiting", budget.waiting))
     return "\n".join(lines) + "\n"

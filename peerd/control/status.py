@@ -22,6 +22,7 @@ from engine import synclog
 from engine.dbcheck import DbCheck
 from ownership import table as ownership_table
 from peerd.control.call import Parts
+from peerd.node.inputbudget import BudgetStatus
 from peerd.pair.hooks import HookStatus
 from peerd.pair.sweep import SweepStatus
 from peerd.replication.reconcile import ReconcileStatus
@@ -74,6 +75,7 @@ class NodeStatus:
     lmtp: dict[str, Any] | None = None  # the LMTP worker pool's own report
     integrity: ScrubStatus | None = None  # damaged bodies and the scrub
     database: DbCheck | None = None  # the last database integrity check
+    input_memory: BudgetStatus | None = None  # the daemon's input budget (peerd.node.inputbudget)
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -112,6 +114,8 @@ class NodeStatus:
             body["integrity"] = self.integrity.to_json()
         if self.database is not None:
             body["database"] = self.database.to_json()
+        if self.input_memory is not None:
+            body["input_memory"] = self.input_memory.to_json()
         return body
 
 
@@ -149,6 +153,7 @@ async def node_status(parts: Parts) -> NodeStatus:
         lmtp=await parts.lmtp.status() if parts.lmtp else None,
         integrity=parts.scrubber.status() if parts.scrubber else None,
         database=node.db_check,
+        input_memory=node.input_budget.status(),
     )
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "ConfigError",
     "DatabaseConfig",
     "ImapConfig",
+    "LimitsConfig",
     "ListenConfig",
     "LmtpConfig",
     "LogConfig",
@@ -429,6 +430,23 @@ class HttpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """How much client input a process holds in memory at once, whatever
+    the number of connections (peerd.node.inputbudget): the daemon's IMAP
+    literals, ManageSieve literals, control API and sync request bodies;
+    each LMTP process's messages in DATA."""
+
+    input_memory: Annotated[Size, Bounds(1 << 20, say="must be at least 1M")] = 1 << 30
+    # Of which one account's connections (IMAP, ManageSieve) hold at most; 0: no share.
+    input_memory_per_account: Size = 256 << 20
+    # How long a command waits for room before it is refused (a temporary
+    # error: NO [UNAVAILABLE], 452 4.3.1, 503); 0: refused at once when full.
+    input_wait: dt.timedelta = dt.timedelta(seconds=20)
+    # Each LMTP process (every [lmtp] worker, or the daemon with workers = 0).
+    lmtp_input_memory: Annotated[Size, Bounds(1 << 20, say="must be at least 1M")] = 512 << 20
+
+
+@dataclass(frozen=True, slots=True)
 class AuthConfig:
     max_failures_per_account: int = 10
     max_failures_per_ip: int = 30
@@ -481,6 +499,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     accounts: AccountsConfig = field(default_factory=AccountsConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
     scrub: ScrubConfig = field(default_factory=ScrubConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -659,6 +678,7 @@ def parse_config(
             "[imap] max_literal and [lmtp] max_message_size must leave 4 KiB and 0.1%"
             " of room below [sync] sync_max_request (a message travels in one sync request)"
         )
+    _check_limits(config)
     if not 1 <= config.auth.max_concurrent_hashes <= 64:
         raise ConfigError("[auth] max_concurrent_hashes must be 1 to 64")
     if not MIN_LN <= config.auth.scrypt_cost <= MAX_LN:
@@ -761,6 +781,30 @@ def parse_config(
             " (or say sync_tls = false explicitly)"
         )
     return config
+
+
+def _check_limits(config: Config) -> None:
+    """Whatever one command or request may hold must fit in the budget it
+    takes room from, or it could never be read (a sync push never applied)."""
+    limits = config.limits
+    literal = config.imap.max_literal
+    if limits.input_memory < max(literal, config.sync.sync_max_request):
+        raise ConfigError(
+            "[limits] input_memory must be at least [imap] max_literal and [sync]"
+            " sync_max_request (one literal, one sync request must fit in it)"
+        )
+    share = limits.input_memory_per_account
+    if share and not literal <= share <= limits.input_memory:
+        raise ConfigError(
+            "[limits] input_memory_per_account must be 0 (no share) or from [imap]"
+            " max_literal to [limits] input_memory"
+        )
+    # A message in DATA takes room up to its size and two reads more
+    # (peerd.services.lmtp.front): one message of the largest size must fit.
+    if limits.lmtp_input_memory < config.lmtp.max_message_size + (512 << 10):
+        raise ConfigError(
+            "[limits] lmtp_input_memory must be at least [lmtp] max_message_size and 512K"
+        )
 
 
 # Values the shipped example holds for secrets: a node must not run with them.

@@ -65,6 +65,7 @@ from ownership.errors import (
     TargetDamaged,
     UnknownNode,
 )
+from peerd.node.inputbudget import AccountNoRoom, NoRoom
 from peerd.protocols.lmtp import S501_BAD_ADDRESS, S552_TOO_BIG, S554_NUL
 
 # The POP3 and ManageSieve protocol packages are imported where their replies
@@ -206,6 +207,8 @@ _LMTP: dict[type[BaseException], Callable[[BaseException], str]] = {
     LimitExceeded: lambda _: S552_LIMIT,
     NotOwner: _not_owner_lmtp,
     StorageFull: lambda _: S452_STORAGE,
+    # RFC 3463 X.3.1: no memory for the message now; the MTA retries.
+    NoRoom: lambda _: S452_STORAGE,
     InvalidArgument: lambda _: S501_BAD_ADDRESS,
 }
 
@@ -259,6 +262,9 @@ _IMAP: dict[type[BaseException], tuple[str, str | None]] = {
     NotOwner: ("NO", "UNAVAILABLE"),
     Corrupt: ("NO", "SERVERBUG"),
     TemporaryFailure: ("NO", "UNAVAILABLE"),
+    # RFC 5530 3: the node's input budget is full (a temporary failure,
+    # UNAVAILABLE), or this account holds its share of it (a limit).
+    AccountNoRoom: ("NO", "LIMIT"),
 }
 
 

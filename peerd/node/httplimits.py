@@ -27,6 +27,14 @@ timer of ``[http] send_timeout``; it stops when writing resumes, and when
 it fires the connection is aborted with one log line: a client that sends
 requests and never reads the answers cannot hold a handler, and the slot,
 for ever (aiohttp's keep-alive timer does not run while a handler writes).
+
+A handler that reads a body into memory first takes room for it in the
+node's input budget (:func:`body_room`, :mod:`peerd.node.inputbudget`):
+its ``Content-Length``, or the most the route takes when the body is
+chunked. Until there is room the body stays unread (aiohttp stops reading
+the socket when its buffer is full: TCP backpressure); none within
+``[limits] input_wait`` is a 503. :func:`room_release`, a middleware,
+gives the room back when the request is answered, however it ends.
 """
 
 from __future__ import annotations
@@ -41,8 +49,16 @@ from typing import Any
 from aiohttp import web
 
 from peerd.node.config import HttpConfig
+from peerd.node.inputbudget import Hold, InputBudget
 
-__all__ = ["GuardedSite", "body_deadline", "header_octets", "runner_options"]
+__all__ = [
+    "GuardedSite",
+    "body_deadline",
+    "body_room",
+    "header_octets",
+    "room_release",
+    "runner_options",
+]
 
 log = logging.getLogger("peerd.node.httplimits")
 
@@ -317,3 +333,27 @@ def body_deadline(limits: HttpConfig, what: str) -> Any:
 def runner_options(limits: HttpConfig) -> dict[str, Any]:
     """What each listener's ``web.AppRunner`` takes from ``[http]``."""
     return {"keepalive_timeout": limits.keepalive_timeout.total_seconds()}
+
+
+_HOLD = "peerd.input_hold"
+
+
+async def body_room(request: web.Request, budget: InputBudget, size: int) -> None:
+    """Take room in ``budget`` for ``size`` more octets this request holds
+    (:class:`~peerd.node.inputbudget.NoRoom` after the budget's wait); given
+    back by :func:`room_release` when the request is answered."""
+    hold = request.get(_HOLD)
+    if not isinstance(hold, Hold):
+        hold = request[_HOLD] = budget.hold()
+    await hold.take(size)
+
+
+@web.middleware
+async def room_release(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """Give back the room :func:`body_room` took for the request, once it is answered."""
+    try:
+        return await handler(request)
+    finally:
+        hold = request.get(_HOLD)
+        if isinstance(hold, Hold):
+            hold.release()

@@ -34,6 +34,7 @@ from peerd.node import maillog
 from peerd.node.config import Config
 from peerd.node.damage import DamageBook
 from peerd.node.fairqueue import FairSlots
+from peerd.node.inputbudget import InputBudget
 from peerd.node.throttle import FailureThrottle
 
 __all__ = ["AuthResult", "Node"]
@@ -98,6 +99,15 @@ class Node:
         # Password checks wait here, queued per client address (a flood from
         # one address waits behind itself, not in front of everyone).
         self._hashing = FairSlots(auth.max_concurrent_hashes)
+        # Client input held in memory, whatever the number of connections
+        # (IMAP and ManageSieve literals, control API and sync request bodies).
+        limits = config.limits
+        self.input_budget = InputBudget(
+            limits.input_memory,
+            per_key=limits.input_memory_per_account,
+            wait=limits.input_wait.total_seconds(),
+            count=self.counters.inc,
+        )
 
     # -- the fence ---------------------------------------------------------
 

@@ -67,7 +67,14 @@ from ownership.errors import SyncFenced
 from ownership.fence import check_sync, needs_adoption
 from ownership.rows import OwnershipView, parse_row
 from peerd.node.errormap import client_text, http_status
-from peerd.node.httplimits import GuardedSite, body_deadline, header_octets, runner_options
+from peerd.node.httplimits import (
+    GuardedSite,
+    body_deadline,
+    body_room,
+    header_octets,
+    room_release,
+    runner_options,
+)
 from peerd.node.node import Node
 from peerd.replication.scrub import Scrubber
 
@@ -195,6 +202,12 @@ class SyncServer:
             raise SyncProtocolError(
                 f"request of {request.content_length} bytes exceeds {self.max_request}"
             )
+        # Room in the node's input budget before a byte is read (chunked:
+        # the most a request may be); none in time is a 503, which the
+        # partner's client retries like any temporary failure.
+        budget = self.node.input_budget
+        length = request.content_length
+        await body_room(request, budget, self.max_request if length is None else length)
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge as exc:
@@ -211,8 +224,13 @@ class SyncServer:
             # zlib lets go of the interpreter lock: an 8 MB UPLOAD inflates
             # in a thread while the loop serves other requests.
             if len(raw) < OFF_LOOP:
-                return decompress(raw, self.max_request)
-            return await asyncio.to_thread(decompress, raw, self.max_request)
+                inflated = decompress(raw, self.max_request)
+            else:
+                inflated = await asyncio.to_thread(decompress, raw, self.max_request)
+            # Its size is known only now (at most sync_max_request): the
+            # request holds it as long as it runs, so it counts from here.
+            await body_room(request, budget, len(inflated))
+            return inflated
         return raw
 
     def reply(
@@ -740,7 +758,11 @@ class SyncServer:
 
     def app(self) -> web.Application:
         app = web.Application(
-            middlewares=[body_deadline(self.node.config.http, "sync listener"), self.middleware],
+            middlewares=[
+                body_deadline(self.node.config.http, "sync listener"),
+                room_release,
+                self.middleware,
+            ],
             client_max_size=self.max_request + 1024,
         )
         app.router.add_post("/sync/v1/hello", self.hello)

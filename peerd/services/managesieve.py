@@ -13,6 +13,11 @@ own is refused with ``TRYLATER`` naming the owner), and the store: every
 script write goes through ``Node.write_owned`` (the fence in the same
 transaction) into :mod:`engine.sieve`, which logs it for replication. When
 the account moves to the other node an idle session is closed with ``BYE``.
+A literal (a script, after login) takes room in the node's input budget
+before its octets are kept (:mod:`peerd.node.inputbudget`; the socket is
+not read meanwhile); none within ``[limits] input_wait`` is ``NO
+(TRYLATER)``. The room goes back once the command is answered, and when
+the session ends.
 Store and ownership errors become ``NO`` replies in
 :func:`peerd.node.errormap.managesieve_refusal`.
 """
@@ -32,6 +37,7 @@ from engine.errors import EngineError
 from engine.models import Account
 from ownership.errors import OwnershipError
 from peerd.node.errormap import managesieve_refusal
+from peerd.node.inputbudget import NoRoom
 from peerd.node.maillog import peer_ip
 from peerd.node.node import Node
 from peerd.node.tls import server_context
@@ -53,6 +59,7 @@ from peerd.protocols.managesieve import (
     Reply,
     Request,
     Response,
+    RoomNeeded,
     ScriptContent,
     Scripts,
     Send,
@@ -100,7 +107,8 @@ class SieveSession:
         # PLAIN only over TLS when TLS is offered (RFC 5804 section 2.1); with
         # no certificate PLAIN goes in the clear, as IMAP's LOGIN does.
         tls = tls_context is not None
-        self.core = Session(Config(tls_available=tls, plain_needs_tls=tls))
+        self.core = Session(Config(tls_available=tls, plain_needs_tls=tls, ask_room=True))
+        self.hold = node.input_budget.hold()
         self.config = node.config.managesieve
         self.account = ""
         self.failures = 0
@@ -124,6 +132,24 @@ class SieveSession:
         return self.config.idle_timeout.total_seconds()
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self.hold.release()
+
+    async def room(self, size: int) -> None:
+        """Room for a literal of ``size`` octets before the core keeps it; the
+        command is refused (TRYLATER) when none comes in time."""
+        try:
+            # Shielded: the wait ending must not cancel the stream's own close waiter.
+            closing = self.writer.wait_closed
+            if not await self.hold.take_before(size, lambda: asyncio.shield(closing())):
+                raise _Closed  # cut off while it waited
+        except NoRoom as exc:
+            self.hold.release()
+            self.core.refuse_literal(managesieve_refusal(exc)[0])
+
+    async def _run(self) -> None:
         idle = self.config.idle_timeout.total_seconds()
         await self.send(self.core.greeting())
         ended = False
@@ -154,6 +180,11 @@ class SieveSession:
                 unread += len(data)
                 self.core.receive_data(data)  # b"": the end of input
                 continue
+            if isinstance(event, RoomNeeded):
+                await self.room(event.size)  # nothing is read meanwhile
+                continue
+            # The command the room was for is answered (or refused) now.
+            self.hold.release()
             if isinstance(event, Send):
                 await self.send(event.data)
             elif isinstance(event, Close):
@@ -179,6 +210,7 @@ class SieveSession:
                 finally:
                     self.busy = False
                 await self.send(self.core.answer(reply))
+                self.hold.release()
                 if self.moved:
                     await self.send(_BYE_MOVED)
                     return
@@ -206,6 +238,7 @@ class SieveSession:
         if result.owner is not None:
             return Refused(f"{result.account} is served by {result.owner}", TRYLATER)
         self.account = result.account
+        self.hold.rekey(result.account)  # its scripts' room counts as the account's
         return Done()
 
     async def store(self, request: Request) -> Reply:

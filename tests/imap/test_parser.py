@@ -20,6 +20,7 @@ from peerd.protocols.imap.parser import (
     Event,
     Line,
     ProtocolError,
+    RoomNeeded,
     decode_sasl_response,
     plain_credentials,
 )
@@ -164,6 +165,68 @@ def test_literal8_is_for_append_only() -> None:
     [event] = pull(reader, b"b LOGIN ~{5+}\r\nalice secret\r\n")
     assert isinstance(event, ProtocolError) and "APPEND only" in event.text
     assert pull(reader, b"c NOOP\r\n") == [c.Noop("c")]
+
+
+# -- room for literals (the server's input budget) ---------------------------------------
+
+
+def test_with_ask_room_each_literal_is_announced_before_its_octets_are_taken() -> None:
+    reader = CommandReader(ask_room=True)
+    message = b"Subject: x\r\n\r\nbody\r\n"
+    # Octets of the literal already here are not taken before the server said.
+    reader.feed(b"a APPEND INBOX (\\Seen) {%d+}\r\n%b" % (len(message), message[:5]))
+    assert reader.next_event() == RoomNeeded(len(message))
+    assert bytes(reader._buf) == message[:5]
+    # The server found room and asks again: the octets are taken.
+    events = pull(reader, message[5:] + b" {3}\r\n")
+    assert events == [ContinuationNeeded(3)]  # a synchronizing one asks through "+"
+    [event] = pull(reader, b"abc\r\n")
+    assert isinstance(event, c.Append) and [m.message for m in event.messages] == [message, b"abc"]
+    # An empty literal needs no room; without ask_room nothing is asked.
+    assert pull(CommandReader(ask_room=True), b"b LOGIN {0+}\r\n pw\r\n") == [
+        c.Login("b", "", "pw")
+    ]
+
+
+def test_a_synchronizing_literal_without_room_is_answered_before_its_octets() -> None:
+    reader = CommandReader(ask_room=True)
+    assert pull(reader, b"a APPEND INBOX {5}\r\n") == [ContinuationNeeded(5)]
+    refusal = reader.refuse("server busy", r.CODE_UNAVAILABLE)
+    assert refusal is not None and refusal.reply() == b"a NO [UNAVAILABLE] server busy\r\n"
+    assert not reader.in_command  # the client sends no octets: the next command follows
+    assert pull(reader, b"b NOOP\r\n") == [c.Noop("b")]
+    with pytest.raises(RuntimeError):
+        reader.refuse("nothing announced")
+
+
+def test_a_non_synchronizing_literal_without_room_is_dropped_then_refused() -> None:
+    reader = CommandReader(ask_room=True)
+    reader.feed(b"a APPEND INBOX {3+}\r\nabc {1000+}\r\n")
+    assert reader.next_event() == RoomNeeded(3)
+    assert reader.next_event() == RoomNeeded(1000)
+    assert reader.refuse("server busy", r.CODE_UNAVAILABLE) is None
+    assert reader._literals == []  # what the command held goes at once
+    for _ in range(10):
+        assert pull(reader, b"x" * 100) == []
+        assert len(reader._buf) == 0  # dropped as it arrives
+    # A later literal of the same command is dropped too, without asking.
+    [event, after] = pull(reader, b" {4+}\r\nabcd\r\nb NOOP\r\n")
+    assert isinstance(event, ProtocolError) and not event.fatal
+    assert event.reply() == b"a NO [UNAVAILABLE] server busy\r\n"
+    assert after == c.Noop("b")
+
+
+def test_a_literal_grows_in_a_buffer_of_its_own_and_close_lets_go() -> None:
+    reader = CommandReader(ask_room=True)
+    reader.feed(b"a APPEND INBOX {300000+}\r\n")
+    assert reader.next_event() == RoomNeeded(300000)
+    for _ in range(29):
+        assert pull(reader, b"y" * 10000) == []
+        assert len(reader._buf) == 0  # the command text's buffer stays empty
+    assert reader._literal.tell() == 290000
+    reader.close()
+    assert reader._literal.tell() == 0 and not reader.in_command
+    assert pull(reader, b"b NOOP\r\n") == []  # closed
 
 
 def test_overlong_line_is_fatal() -> None:
@@ -587,6 +650,38 @@ def test_garbage_only_ever_yields_events(chunks: list[bytes], raw_lines: bool) -
             if event is None:
                 break
             assert isinstance(event, (c.Command, ContinuationNeeded, ProtocolError, Line))
+            if isinstance(event, ProtocolError):
+                assert event.reply().endswith(b"\r\n")
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(_SAMPLE)), max_size=20))
+def test_asking_for_room_changes_no_command(cuts: list[int]) -> None:
+    expected = pull(CommandReader(), _SAMPLE)
+    reader = CommandReader(ask_room=True)
+    got: list[Event] = []
+    bounds = [0, *sorted(cuts), len(_SAMPLE)]
+    for lo, hi in itertools.pairwise(bounds):
+        got += pull(reader, _SAMPLE[lo:hi])
+    assert [e for e in got if not isinstance(e, RoomNeeded)] == expected
+
+
+@given(_NOISE, st.lists(st.booleans(), max_size=20))
+def test_garbage_with_literals_refused_only_ever_yields_events(
+    chunks: list[bytes], refusals: list[bool]
+) -> None:
+    reader = CommandReader(max_line=200, max_literal=50, ask_room=True)
+    answers = iter(refusals)
+    for chunk in chunks:
+        reader.feed(chunk)
+        while (event := reader.next_event()) is not None:
+            assert isinstance(event, (c.Command, ContinuationNeeded, RoomNeeded, ProtocolError))
+            if isinstance(event, (ContinuationNeeded, RoomNeeded)) and next(answers, False):
+                refusal = reader.refuse("no room", r.CODE_UNAVAILABLE)
+                # Only a synchronizing literal's command is answered at once.
+                assert (refusal is None) == isinstance(event, RoomNeeded)
+                if refusal is not None:
+                    assert refusal.reply().endswith(b"NO [UNAVAILABLE] no room\r\n")
+                    assert not reader.in_command
             if isinstance(event, ProtocolError):
                 assert event.reply().endswith(b"\r\n")
 

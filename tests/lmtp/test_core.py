@@ -333,6 +333,38 @@ def test_a_message_over_the_limit_gets_552_per_recipient_and_is_not_kept() -> No
     assert len(event.data) == SETTINGS.max_message_size
 
 
+def test_a_message_the_server_has_no_room_for_is_read_to_its_end_and_refused() -> None:
+    conn = ready()
+    transaction(conn, "a@b", "c@b")
+    said(conn, b"DATA\r\n")
+    assert feed(conn, b"Subject: x\r\n\r\nhalf") is NEED_DATA
+    with pytest.raises(ValueError):
+        conn.refuse_data("not a reply")
+    storage = "452 4.3.1 Insufficient system storage"
+    conn.refuse_data(storage)
+    assert conn.refusing and conn.buffered <= 4  # what came of it is dropped at once
+    for _ in range(20):
+        assert feed(conn, b"x" * 998 + b"\r\n") is NEED_DATA
+        assert conn.buffered <= 4 + 1000
+    assert said(conn, b".\r\n") == (storage + "\r\n").encode() * 2
+    # The next message is kept again.
+    event = message(conn, [b"short\r\n.\r\n"])
+    assert event.data == b"short\r\n" and not conn.refusing
+    with pytest.raises(RuntimeError):
+        conn.refuse_data(storage)  # not in DATA
+
+
+def test_the_size_mail_declares_is_kept_for_the_transaction() -> None:
+    # RFC 1870: the server may use it to find room for the message first.
+    conn = ready()
+    assert said(conn, b"MAIL FROM:<a@b> SIZE=900\r\n").startswith(b"250")
+    assert conn.declared_size == 900
+    assert said(conn, b"RSET\r\n").startswith(b"250")
+    assert conn.declared_size is None
+    transaction(conn, "a@b")
+    assert conn.declared_size is None
+
+
 def test_eof_in_the_middle_of_a_message_delivers_nothing() -> None:
     conn = ready()
     transaction(conn, "a@b")

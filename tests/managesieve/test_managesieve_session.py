@@ -22,6 +22,7 @@ from peerd.protocols.managesieve import (
     PutScript,
     Refused,
     RenameScript,
+    RoomNeeded,
     ScriptContent,
     Scripts,
     Send,
@@ -89,6 +90,8 @@ def drive(session: Session, store: Store, data: bytes) -> tuple[bytes, list[obje
     out = bytearray()
     others: list[object] = []
     while (event := session.next_event()) is not NEED_DATA:
+        if isinstance(event, RoomNeeded):
+            continue  # room found at once
         if isinstance(event, Send):
             out += event.data
         elif isinstance(event, (StartTlsNow, Close)):
@@ -280,6 +283,27 @@ def test_byte_at_a_time_gives_the_same_replies() -> None:
     pieces = b"".join(drive(session, store, data[i : i + 1])[0] for i in range(len(data)))
     assert pieces == whole
     assert whole.endswith(b'"v" ACTIVE\r\nOK "Listscripts completed"\r\nOK "Logout completed"\r\n')
+
+
+def test_with_ask_room_a_literal_is_announced_and_may_be_refused() -> None:
+    session, store = logged_in(Config(tls_active=True, ask_room=True))
+    script = b"keep;\r\n"
+    session.receive_data(b'PUTSCRIPT "a" ' + literal(script)[:7])
+    # The literal is announced before a byte of it is kept.
+    assert session.next_event() == RoomNeeded(len(script))
+    out, _ = drive(session, store, literal(script)[7:] + b"\r\n")
+    assert out == b'OK "Completed"\r\n' and store.scripts == {"a": "keep;\r\n"}
+    # No room: the octets are dropped as they come, then NO (TRYLATER).
+    session.receive_data(b'PUTSCRIPT "b" {1000+}\r\n')
+    assert session.next_event() == RoomNeeded(1000)
+    session.refuse_literal("server busy")
+    for _ in range(10):
+        assert drive(session, store, b"x" * 100) == (b"", [])
+    out, _ = drive(session, store, b"\r\nNOOP\r\n")
+    assert out == b'NO (TRYLATER) "server busy"\r\nOK "Done"\r\n'
+    assert "b" not in store.scripts
+    with pytest.raises(RuntimeError):
+        session.refuse_literal("nothing announced")
 
 
 def test_a_request_must_be_answered_first() -> None:

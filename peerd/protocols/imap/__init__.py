@@ -89,6 +89,7 @@ from peerd.protocols.imap.parser import (
     Event,
     Line,
     ProtocolError,
+    RoomNeeded,
     decode_sasl_response,
     plain_credentials,
 )
@@ -215,6 +216,7 @@ __all__ = [
     "QResync",
     "Raw",
     "Rename",
+    "RoomNeeded",
     "Search",
     "SearchKey",
     "SectionKind",

@@ -9,7 +9,14 @@ How this works, in three layers:
    which may announce more literals. For a synchronizing ``{n}`` the reader
    returns :class:`ContinuationNeeded` and the server must write
    ``event.reply()`` (``+ Ready for literal data``) before the client sends the
-   octets (RFC 3501 7.5); ``{n+}`` needs nothing.
+   octets (RFC 3501 7.5); ``{n+}`` needs nothing, unless the server set
+   ``ask_room``: then the reader returns :class:`RoomNeeded` before it takes
+   the octets of any literal, so the server can find room for them first
+   (:mod:`peerd.node.inputbudget`; for ``{n}`` the :class:`ContinuationNeeded`
+   is the moment). A server that finds none calls :meth:`CommandReader.refuse`:
+   a synchronizing literal's command is answered at once (the client sends no
+   octets), a non-synchronizing one's octets are read and dropped as they
+   come and the command then answered, with the refusal.
 
 2. **Tokens** (:mod:`~peerd.protocols.imap.tokens`). The framed command becomes
    a list of :data:`~peerd.protocols.imap.tokens.Token`: atoms, strings, lists.
@@ -43,6 +50,10 @@ Limits (hostile input is capped in the core, STYLE.md rule 1):
   they arrive, never buffered), skip the rest of that command, then answer
   ``BAD [TOOBIG]``; the connection stays usable. A literal size that is not
   a 32-bit number (RFC 3501 9, ``number``) is fatal.
+- A literal's octets are gathered apart from the command text, in one buffer
+  that grows as they come (no copy of all of it until it is whole), so the
+  reader holds about the octets received; :meth:`CommandReader.close` lets
+  go of all of it at once when the connection ends.
 - Parentheses nest at most :data:`MAX_DEPTH` deep.
 
 Raw lines: during IDLE (RFC 2177, the client ends it with ``DONE``) and
@@ -55,6 +66,7 @@ switch, so pipelined input is never lost. :func:`decode_sasl_response`
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
@@ -69,7 +81,14 @@ from peerd.protocols.imap.responses import (
 )
 from peerd.protocols.imap.sasl import decode_sasl_response, plain_credentials
 from peerd.protocols.imap.sequence import MAX_NUMBER
-from peerd.protocols.imap.tokens import MAX_DEPTH, Literal8Data, Token, tag_of, tokenize
+from peerd.protocols.imap.tokens import (
+    MAX_DEPTH,
+    Literal8Data,
+    LiteralData,
+    Token,
+    tag_of,
+    tokenize,
+)
 
 __all__ = [
     "MAX_DEPTH",
@@ -78,6 +97,7 @@ __all__ = [
     "Event",
     "Line",
     "ProtocolError",
+    "RoomNeeded",
     "Token",
     "decode_sasl_response",
     "parse_command",
@@ -97,6 +117,15 @@ class ContinuationNeeded:
 
     def reply(self) -> bytes:
         return continuation("Ready for literal data")
+
+
+@dataclass(frozen=True, slots=True)
+class RoomNeeded:
+    """A non-synchronizing literal of ``size`` octets is on its way (only with
+    ``ask_room``): find room for it, then call ``next_event()`` again (or
+    :meth:`CommandReader.refuse`). Its octets are not taken before."""
+
+    size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +157,7 @@ class Line:
     data: bytes
 
 
-Event: TypeAlias = c.Command | ContinuationNeeded | ProtocolError
+Event: TypeAlias = c.Command | ContinuationNeeded | RoomNeeded | ProtocolError
 
 
 # -- framing ------------------------------------------------------------------------
@@ -162,9 +191,16 @@ class CommandReader:
     See the module docstring for literals, limits and raw lines.
     """
 
-    def __init__(self, max_line: int = 64 * 1024, max_literal: int = 64 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        max_line: int = 64 * 1024,
+        max_literal: int = 64 * 1024 * 1024,
+        *,
+        ask_room: bool = False,
+    ) -> None:
         self.max_line = max_line
         self.max_literal = max_literal
+        self.ask_room = ask_room
         self._buf = bytearray()
         self._scan = 0  # the newline search resumes here
         self._parts: list[bytes] = []  # the command's text, split at its literals
@@ -173,6 +209,9 @@ class CommandReader:
         self._literal_size = 0
         self._need = -1  # literal octets still to come, -1 when reading text
         self._eight = False  # the literal being read is a literal8 (RFC 3516 4.2)
+        self._sync = False  # ... and was announced synchronizing
+        self._asked = False  # RoomNeeded was returned for it; its octets may come
+        self._literal = io.BytesIO()  # its octets so far
         self._discard: CommandError | None = None  # skipping a command, then this error
         self._closed = False
 
@@ -199,6 +238,9 @@ class CommandReader:
         """The next command, continuation request or error; None when more bytes are needed."""
         while not self._closed:
             if self._need >= 0:
+                if self.ask_room and not self._asked and self._need and self._discard is None:
+                    self._asked = True
+                    return RoomNeeded(self._need)
                 if not self._take_literal():
                     return None
                 continue
@@ -239,11 +281,39 @@ class CommandReader:
                 self._discard = CommandError(text, code=CODE_TOOBIG)
             self._need = size
             self._eight = eight
+            self._sync = sync
             if self._discard is None:
                 self._literal_size += size
                 if sync:
+                    self._asked = True  # the server finds room before "+"
                     return ContinuationNeeded(size)
+                self._asked = False
         return None
+
+    def refuse(self, text: str, code: bytes | None = None) -> ProtocolError | None:
+        """The server found no room for the literal just announced
+        (:class:`ContinuationNeeded` or :class:`RoomNeeded`): the command is
+        refused with ``NO [code] text``. A synchronizing literal's command
+        ends now, and its reply is returned (the client sends no octets, RFC
+        3501 7.5); a non-synchronizing literal's octets are dropped as they
+        come, with the rest of its command, and ``next_event()`` returns the
+        reply then (RFC 7888 4). Either way the literals the command had
+        are let go of at once."""
+        if self._need < 0 or self._discard is not None:
+            raise RuntimeError("refuse() with no literal announced")
+        error = CommandError(text, code=code, status="NO")
+        if self._sync:
+            return self._abandon(error)
+        self._discard = error
+        self._literals = []
+        self._literal = io.BytesIO()
+        return None
+
+    def close(self) -> None:
+        """The connection is over: let go of everything held, and read nothing more."""
+        self._reset()
+        self._closed = True
+        self._buf = bytearray()
 
     def next_line(self) -> Line | ProtocolError | None:
         """A raw line, for IDLE's ``DONE`` and AUTHENTICATE responses; None for more bytes."""
@@ -274,25 +344,30 @@ class CommandReader:
 
     def _take_literal(self) -> bool:
         buf = self._buf
-        if self._discard is not None:
-            dropped = min(len(buf), self._need)
-            del buf[:dropped]
-            self._need -= dropped
-        else:
-            if len(buf) < self._need:
-                return False
-            data = bytes(buf[: self._need])
-            self._literals.append(Literal8Data(data) if self._eight else data)
-            del buf[: self._need]
-            self._need = 0
+        taken = min(len(buf), self._need)
+        if self._discard is None and taken:
+            # Into the literal's own buffer, which grows in place: the command
+            # text's buffer stays small, and the octets are copied once more
+            # only when the literal is whole.
+            with memoryview(buf) as view:
+                self._literal.write(view[:taken])
+        del buf[:taken]
+        self._need -= taken
         if self._need:
             return False
         self._need = -1
+        if self._discard is None:
+            # getvalue() hands over the buffer itself (no copy while nothing
+            # else views it); the grammar wants it marked as a literal.
+            data = self._literal.getvalue()
+            self._literal = io.BytesIO()
+            self._literals.append(Literal8Data(data) if self._eight else LiteralData(data))
         return True
 
     def _reset(self) -> None:
         self._parts = []
         self._literals = []
+        self._literal = io.BytesIO()
         self._text_size = 0
         self._literal_size = 0
         self._need = -1

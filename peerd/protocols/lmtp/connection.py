@@ -31,6 +31,9 @@ The limits, all enforced here:
   6.1); a message over it is read to its end keeping only a few bytes, and
   each recipient gets ``552``;
 - a message with NUL gets ``554`` per recipient (RFC 5322 2.3);
+- a message the server has no room for (:meth:`LmtpConnection.refuse_data`,
+  the server's input budget) is read to its end keeping nothing, like one
+  too big, and each recipient gets the server's reply (``452 4.3.1``);
 - ``max_bad_commands`` lines that are no command end the session with ``421``.
 
 STARTTLS (RFC 3207) where the server offers it: after ``220`` the core
@@ -172,6 +175,8 @@ class LmtpConnection:
         self.state = State.GREETED
         self.tls = False
         self.sender: str | None = None
+        # MAIL's SIZE= (RFC 1870): what the client says the message is.
+        self.declared_size: int | None = None
         self.recipients: list[str] = []
         self.bad_commands = 0
         # Command lines read so far (over-long ones too): the server's idle
@@ -181,7 +186,9 @@ class LmtpConnection:
         self._scanned = 0  # command mode: bytes of _buf known to hold no LF
         self._discarding = False  # inside an over-long line, dropping to its LF
         self._searched = 0  # DATA: where the next search for the terminator starts
-        self._too_big = False  # DATA: over the limit; reading to the end, keeping nothing
+        # DATA: refused (over the limit, or no room): read to the end keeping
+        # nothing, then this reply for every recipient.
+        self._refusal: str | None = None
         self._eof = False
         self._rcpt: str | None = None  # the recipient whose answer is due
         self._out: list[bytes] = [greeting(settings.hostname)]
@@ -265,6 +272,31 @@ class LmtpConnection:
         self._end_transaction()
         self.state = advance(self.state, Step.ANSWERED)
 
+    @property
+    def refusing(self) -> bool:
+        """In DATA, the message is refused already (read to its end, kept not)."""
+        return self._refusal is not None
+
+    def refuse_data(self, reply: str) -> None:
+        """The server cannot hold this message now (no room in its input
+        budget): what came of it is dropped, the rest is read and dropped as
+        it comes, and at its end every recipient gets ``reply`` (a 4xx: the
+        MTA keeps the message and tries again)."""
+        if self.state is not State.DATA:
+            raise RuntimeError("no message is being received")
+        _answer(reply)  # a final reply, or ValueError now rather than at the end
+        if self._refusal is None:
+            self._refusal = reply
+            end = self._buf.find(_TERMINATOR, self._searched)
+            if end < 0:
+                del self._buf[:-4]
+                self._searched = 0
+
+    def forget_input(self) -> None:
+        """The connection is over: let go of whatever input is buffered."""
+        self._buf = bytearray()
+        self._scanned = 0
+
     def tls_started(self) -> None:
         """The handshake after :class:`StartTlsRequested` is done: start over at LHLO."""
         if self.state is State.CLOSED:
@@ -334,6 +366,7 @@ class LmtpConnection:
                     self._reply(S552_SIZE_EXCEEDED)
                     return None
                 self.sender = sender
+                self.declared_size = size
                 self.state = advance(self.state, Step.MAIL)
                 self._reply(S250_SENDER_OK)
             case Lhlo():
@@ -366,7 +399,7 @@ class LmtpConnection:
                 # start (an empty message) like any other.
                 self._buf[0:0] = b"\r\n"
                 self._searched = 0
-                self._too_big = False
+                self._refusal = None
             case Vrfy():
                 self._reply(S252_CANNOT_VRFY)
             case Help():
@@ -386,6 +419,7 @@ class LmtpConnection:
 
     def _end_transaction(self) -> None:
         self.sender = None
+        self.declared_size = None
         self.recipients = []
 
     # -- replies -------------------------------------------------------------
@@ -444,18 +478,19 @@ class LmtpConnection:
         buf = self._buf
         end = buf.find(_TERMINATOR, self._searched)
         if end < 0:
-            if self._too_big or len(buf) > self.settings.max_message_size + _STUFFING_SLACK:
-                # Keep only what a terminator could straddle.
-                self._too_big = True
-                del buf[:-4]
+            if len(buf) > self.settings.max_message_size + _STUFFING_SLACK:
+                self._refusal = self._refusal or S552_TOO_BIG
+            if self._refusal is not None:
+                del buf[:-4]  # keep only what a terminator could straddle
             self._searched = max(0, len(buf) - 4)
             return NEED_DATA
         self.state = advance(self.state, Step.END_OF_DATA)
-        if self._too_big:
+        if self._refusal is not None:
             del buf[: end + 5]
-            self._refuse_message(S552_TOO_BIG)
+            self._refuse_message(self._refusal)
             return None
-        data = bytes(buf[2 : end + 2])
+        with memoryview(buf) as view:  # one copy, not a slice's and then another
+            data = bytes(view[2 : end + 2])
         del buf[: end + 5]
         # RFC 5321 4.5.2: a line starting with a dot had one more put in front.
         if b"\r\n.." in data:

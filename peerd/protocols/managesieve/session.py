@@ -12,6 +12,9 @@ TLS, timeouts, the login rules and the store. It drives a :class:`Session`:
       StartTlsNow()      -> stop reading in the clear, handshake,
                             then write(session.tls_started())
       Close()            -> close the connection
+      RoomNeeded(size)   -> (with Config.ask_room) find room for a literal
+                            of size octets, reading nothing meanwhile, then
+                            ask again, or session.refuse_literal(text)
       a request          -> do it, then write(session.answer(reply))
 
 The requests are the only things the core cannot do itself, each a frozen
@@ -57,7 +60,7 @@ from ..sieve import SUPPORTED, Limits, ScriptError, compile_script
 from . import commands as c
 from . import responses as r
 from .states import State, allowed
-from .wire import NEED_DATA, Bad, Closed, Line, NeedData, Reader, Str
+from .wire import NEED_DATA, Bad, Closed, Line, NeedData, Reader, RoomNeeded, Str
 
 __all__ = [
     "NEED_DATA",
@@ -69,6 +72,7 @@ __all__ = [
     "Refused",
     "Reply",
     "Request",
+    "RoomNeeded",
     "ScriptContent",
     "Scripts",
     "Send",
@@ -96,6 +100,8 @@ class Config:
     max_literal_before_login: int = 4096
     limits: Limits = field(default_factory=Limits)
     extensions: tuple[str, ...] = SUPPORTED
+    # Announce each literal (RoomNeeded) before its octets are kept.
+    ask_room: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +141,7 @@ Request: TypeAlias = (
     | c.DeleteScript
     | c.RenameScript
 )
-Event: TypeAlias = Send | StartTlsNow | Close | Request | NeedData
+Event: TypeAlias = Send | StartTlsNow | Close | Request | NeedData | RoomNeeded
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +196,7 @@ class Session:
         self.user: str | None = None
         self.tls = self.config.tls_active
         self._reader = Reader(self.config.max_line, self.config.max_literal_before_login)
+        self._reader.ask_room = self.config.ask_room
         self._events: deque[Event] = deque()
         self._pending: Request | None = None
         self._sasl = False  # the "" challenge went out; the next line is the response
@@ -217,11 +224,18 @@ class Session:
             event = self._reader.next_event()
             if isinstance(event, NeedData):
                 return NEED_DATA
+            if isinstance(event, RoomNeeded):
+                return event
             self._handle(event)
         out = self._events.popleft()
-        if not isinstance(out, (Send, StartTlsNow, Close, NeedData)):
+        if not isinstance(out, (Send, StartTlsNow, Close, NeedData, RoomNeeded)):
             self._pending = out  # every other event is a request
         return out
+
+    def refuse_literal(self, text: str) -> None:
+        """No room for the literal of the last :class:`RoomNeeded`: the
+        command is answered ``NO (TRYLATER) text`` once its octets are dropped."""
+        self._reader.refuse_literal(text)
 
     def answer(self, reply: Reply) -> bytes:
         request = self._pending
@@ -313,6 +327,8 @@ class Session:
             self._bye(bad.text)
         elif bad.too_big:
             self._reply(r.NO, bad.text, r.QUOTA_MAXSIZE)
+        elif bad.busy:
+            self._reply(r.NO, bad.text, r.TRYLATER)
         else:
             self._reply(r.NO, bad.text)
 

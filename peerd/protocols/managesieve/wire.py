@@ -21,6 +21,13 @@ Caps, all in the reader so memory stays bounded whatever the client sends:
   over ``SKIP_FACTOR`` times the cap is fatal (the session says BYE), and so
   is any oversized literal while ``skip_oversized`` is off (before login).
 - ``MAX_WORDS`` words per command.
+
+Room for literals: with ``ask_room`` set (the service sets it), the reader
+returns :class:`RoomNeeded` before it keeps a literal's octets, so the
+service can first find room in the node's input budget (reading nothing
+meanwhile: the client's octets wait in the socket). None found:
+:meth:`Reader.refuse_literal` skips the literal and the rest of its command
+like an oversized one, and reports it as ``busy`` (``NO (TRYLATER)``).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ __all__ = [
     "Line",
     "NeedData",
     "Reader",
+    "RoomNeeded",
     "Str",
     "Word",
 ]
@@ -87,6 +95,15 @@ class Bad:
     command: str = ""  # the command's name when it was read (upper-case)
     too_big: bool = False  # a literal over the cap (PUTSCRIPT: QUOTA/MAXSIZE)
     fatal: bool = False
+    busy: bool = False  # no room for a literal now (TRYLATER)
+
+
+@dataclass(frozen=True, slots=True)
+class RoomNeeded:
+    """A literal of ``size`` octets comes next (only with ``ask_room``): find
+    room for it, then ask again, or call :meth:`Reader.refuse_literal`."""
+
+    size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +117,7 @@ class NeedData(enum.Enum):
 
 NEED_DATA: Final = NeedData.NEED_DATA
 
-Event: TypeAlias = Line | Bad | Closed | NeedData
+Event: TypeAlias = Line | Bad | Closed | NeedData | RoomNeeded
 
 
 class _Refused(Exception):
@@ -165,6 +182,8 @@ class Reader:
         self.max_line = max_line
         self.max_literal = max_literal
         self.skip_oversized = False
+        self.ask_room = False
+        self._asked = False  # RoomNeeded was returned for the literal waited for
         self._buffer = bytearray()
         self._scanned = 0
         self._words: list[Word] = []
@@ -228,6 +247,9 @@ class Reader:
                     return pending
                 continue
             if self._literal is not None:
+                if self.ask_room and not self._asked and self._literal:
+                    self._asked = True
+                    return RoomNeeded(self._literal)
                 if len(self._buffer) < self._literal:
                     return Closed() if self._eof else NEED_DATA
                 data = bytes(self._buffer[: self._literal])
@@ -282,3 +304,18 @@ class Reader:
                 self._pending = bad
                 continue
             self._literal = literal
+            self._asked = False
+
+    def refuse_literal(self, text: str) -> None:
+        """No room for the literal :class:`RoomNeeded` announced: its octets
+        are dropped as they come, with the rest of its command, and the
+        command is reported as a ``busy`` :class:`Bad`."""
+        if self._literal is None:
+            raise RuntimeError("refuse_literal() with no literal announced")
+        skip = self._literal
+        self._pending = Bad(text, self._command_name(), busy=True)
+        self._words = []
+        self._literal = None
+        self._skip = skip
+        if not skip:
+            self._discard = True

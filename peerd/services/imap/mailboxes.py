@@ -272,7 +272,10 @@ async def _catenated(session: Session, parts: tuple[c.CatPart, ...], budget: int
             record = next((r for r in box.records if r.uid == url.uid), None)
             if record is None:
                 raise bad_url(url.text, "no such message")
+            # The whole message is read, then cut: room for all of it first.
+            await session.hold.take(record.size)
             data = cut(url, await mail.message(record.guid))
+            session.hold.give_back(record.size - len(data))
         size += len(data)
         if size > budget:
             raise _too_big(session)

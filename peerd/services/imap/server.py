@@ -40,6 +40,8 @@ __all__ = ["ImapServer", "start_imap"]
 
 log = logging.getLogger("peerd.services.imap")
 
+_STREAM_LIMIT = 64 << 10
+
 
 class ImapServer:
     def __init__(self, node: Node, handlers: Mapping[type[c.Command], Handler] = HANDLERS) -> None:
@@ -154,5 +156,7 @@ class ImapServer:
 
 async def start_imap(node: Node, host: str, port: int) -> tuple[ImapServer, asyncio.Server]:
     server = ImapServer(node)
-    listener = await asyncio.start_server(server.handle, host, port, limit=1 << 20)
+    # The stream buffers at most twice this before it stops reading the socket:
+    # what a connection holds outside the input budget while it waits for room.
+    listener = await asyncio.start_server(server.handle, host, port, limit=_STREAM_LIMIT)
     return server, listener

@@ -19,8 +19,21 @@ returns (:meth:`Session.report`). The store's change listener reaches the
 session through :meth:`Session.changed`, which also wakes IDLE.
 
 What stays here is what the core must not do: the socket, the idle timeout
-(RFC 3501 5.4: at least 30 minutes), time for the rate limit, and ending
-the session.
+(RFC 3501 5.4: at least 30 minutes), time for the rate limit, room in the
+node's input budget for literals, and ending the session.
+
+Literals and the input budget (:mod:`peerd.node.inputbudget`): the core
+says when a literal is announced, before it takes an octet of it. For a
+synchronizing ``{n}`` the session finds room before it writes ``+`` (the
+client waits for it: that is the backpressure); for a non-synchronizing
+``{n+}`` it reads nothing more from the socket until it has room (the
+client's octets wait in the socket buffers: TCP backpressure). No room
+within ``[limits] input_wait``: the command is refused, ``NO
+[UNAVAILABLE]`` (or ``[LIMIT]`` when the account's own connections hold
+its share), the client sends the octets of a synchronizing literal not at
+all and those of a non-synchronizing one are dropped as they come. What a
+command held is given back when it is answered, and whatever the session
+held when it ends, however it ends (the core lets go of its buffers too).
 """
 
 from __future__ import annotations
@@ -35,11 +48,17 @@ from typing import Any, Final, Literal, Protocol
 from engine.errors import EngineError
 from ownership.errors import OwnershipError
 from peerd.node.errormap import client_text, imap_code
+from peerd.node.inputbudget import NoRoom
 from peerd.node.node import Node
 from peerd.protocols.imap import commands as c
 from peerd.protocols.imap.capabilities import capabilities
 from peerd.protocols.imap.fetchreply import RenderedGroups, StructureCache
-from peerd.protocols.imap.parser import CommandReader, ContinuationNeeded, ProtocolError
+from peerd.protocols.imap.parser import (
+    CommandReader,
+    ContinuationNeeded,
+    ProtocolError,
+    RoomNeeded,
+)
 from peerd.protocols.imap.ratelimit import CommandRate, Verdict
 from peerd.protocols.imap.records import Record
 from peerd.protocols.imap.responses import (
@@ -143,7 +162,11 @@ class Session:
         config = self.node.config.imap
         # Before login a command is small: a stranger cannot make us hold more.
         prelogin = min(config.login_input_limit, config.max_line)
-        self.core = CommandReader(max_line=prelogin, max_literal=config.login_input_limit)
+        self.core = CommandReader(
+            max_line=prelogin, max_literal=config.login_input_limit, ask_room=True
+        )
+        # Room for literals in the node's input budget (an account's, after login).
+        self.hold = self.node.input_budget.hold()
         self.login_by = time.monotonic() + config.login_timeout.total_seconds()
         self.rate = CommandRate(config.commands_per_second)
         self.state = State.NOT_AUTHENTICATED
@@ -228,21 +251,50 @@ class Session:
                 if event is None:
                     await self.read_more(idle)
                 elif isinstance(event, ContinuationNeeded):
-                    await self.send(event.reply())  # RFC 3501 7.5
+                    if await self.room(event.size):
+                        await self.send(event.reply())  # RFC 3501 7.5
+                elif isinstance(event, RoomNeeded):
+                    # Nothing is read until there is room: TCP backpressure.
+                    await self.room(event.size)
                 elif isinstance(event, ProtocolError):
+                    self.hold.release()
                     await self.send(event.reply())
                     if event.fatal:
                         return
-                elif await self.admit(event):
-                    await self.dispatch(event)
+                else:
+                    if await self.admit(event):
+                        await self.dispatch(event)
+                    self.hold.release()
                     if self.closing:
                         await self.send(untagged_status("BYE", self.closing, CODE_UNAVAILABLE))
                         return
         except (Closed, ConnectionError):
             pass
         finally:
+            self.hold.release()
+            # A cut connection's session may wait for the garbage collector
+            # (its reader's exception holds the frames): its buffers go now.
+            self.core.close()
             self.server.leave(self)
             stall.close(self.writer, self.write_timeout())
+
+    async def room(self, size: int) -> bool:
+        """Room in the input budget for a literal of ``size`` octets the core
+        announced; False (the command refused, the client told or about to
+        be) when none came in time."""
+        try:
+            # Shielded: the wait ending must not cancel the stream's own close waiter.
+            closing = self.writer.wait_closed
+            if not await self.hold.take_before(size, lambda: asyncio.shield(closing())):
+                raise Closed  # cut off while it waited
+        except NoRoom as exc:
+            self.hold.release()
+            _, code = imap_code(exc)
+            refusal = self.core.refuse(exc.message, code.encode() if code else None)
+            if refusal is not None:
+                await self.send(refusal.reply())
+            return False
+        return True
 
     async def admit(self, cmd: c.Command) -> bool:
         """The command rate (``[imap] commands_per_second``): run, refuse, or close."""
@@ -304,6 +356,7 @@ class Session:
         """LOGIN/AUTHENTICATE succeeded for ``account``."""
         self.account = account
         self._mail = AccountStore(self.node, account, on_write=self._wrote)
+        self.hold.rekey(account)
         config = self.node.config.imap
         self.core.max_line = config.max_line
         self.core.max_literal = config.max_literal

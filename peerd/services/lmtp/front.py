@@ -43,6 +43,18 @@ open session gets what was held and ``421`` (:meth:`LmtpHandler.goodbye`).
 STARTTLS is offered when ``[tls]`` has a certificate and ``[lmtp]
 starttls`` is on; the switch to TLS happens before any byte the client sent
 after STARTTLS is read, and the core has thrown away what was read before.
+
+Memory: every LMTP process has its own input budget (``[limits]
+lmtp_input_memory``, :mod:`peerd.node.inputbudget`), since the core holds
+a message whole until its final dot. A session in DATA takes room for the
+whole message at once when MAIL said its ``SIZE=`` (RFC 1870; Postfix
+does), else as it grows (256 KiB at a time, past the 64 KiB any command
+has free), and stops reading the socket while it has none (TCP
+backpressure: the MTA's writes wait). Taking it all at once keeps
+messages from each holding part of the budget and waiting for each other. No room within ``[limits] input_wait``: the message is read
+to its end keeping nothing (:meth:`~peerd.protocols.lmtp.LmtpConnection.refuse_data`)
+and every recipient gets ``452 4.3.1`` (the MTA keeps it and retries). The
+room goes back once the message is answered, and when the session ends.
 """
 
 from __future__ import annotations
@@ -52,8 +64,9 @@ import contextlib
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 from engine.errors import EngineError
 from engine.msgid import message_id_of
@@ -67,6 +80,7 @@ from peerd.node.errormap import (
     S501_BAD_ADDRESS,
     lmtp_reply,
 )
+from peerd.node.inputbudget import UNCOUNTED, InputBudget, NoRoom
 from peerd.node.tls import server_context
 from peerd.protocols.lmtp import (
     NEED_DATA,
@@ -97,6 +111,9 @@ TLS_HANDSHAKE_TIMEOUT = 30.0
 _PAUSE_AT = 1 << 20
 # RFC 5321 4.5.3.1.4: a server accepts command lines of at least 512 octets.
 _MIN_LINE = 512
+# In DATA, room is taken this much at a time, and kept this far ahead of
+# what is buffered (one read of the transport brings at most 256 KiB).
+_ROOM_STEP: Final = 256 << 10
 
 
 class Backend(Protocol):
@@ -117,6 +134,9 @@ class FrontSettings:
     idle_timeout: float = 300.0  # RFC 5321 4.5.3.2.7: at least five minutes
     max_connections: int = 0  # 0: no cap
     max_connections_per_ip: int = 0
+    # This process's input budget ([limits] lmtp_input_memory, input_wait).
+    input_memory: int = 512 << 20
+    input_wait: float = 20.0
     # The server context STARTTLS uses; None: STARTTLS is not offered.
     tls: ssl.SSLContext | None = field(default=None, compare=False)
 
@@ -131,6 +151,8 @@ class FrontSettings:
             idle_timeout=config.lmtp.idle_timeout.total_seconds(),
             max_connections=config.lmtp.max_connections,
             max_connections_per_ip=config.lmtp.max_connections_per_ip,
+            input_memory=config.limits.lmtp_input_memory,
+            input_wait=config.limits.input_wait.total_seconds(),
             tls=server_context(config) if config.lmtp.starttls else None,
         )
 
@@ -148,7 +170,14 @@ class FrontSettings:
 class LmtpHandler:
     """The front: what its sessions share (recipient cache, spool, backend)."""
 
-    def __init__(self, settings: FrontSettings, spool: Spool, backend: Backend) -> None:
+    def __init__(
+        self,
+        settings: FrontSettings,
+        spool: Spool,
+        backend: Backend,
+        *,
+        count: Callable[[str], Any] | None = None,
+    ) -> None:
         self.settings = settings
         self.core_settings = settings.core()
         self.spool = spool
@@ -162,6 +191,15 @@ class LmtpHandler:
         self.gate = ConnectionGate(
             "lmtp", settings.max_connections, settings.max_connections_per_ip
         )
+        # ``count``: where this process's waits and refusals are counted.
+        self.budget = InputBudget(
+            settings.input_memory,
+            wait=settings.input_wait,
+            name="lmtp_input_memory",
+            count=count,
+        )
+        # Beyond this much a message is over max_message_size: the core drops it.
+        self.most_room = settings.max_message_size + 2 * _ROOM_STEP
 
     def forget_recipients(self) -> None:
         """Drop every cached "yes": an ownership row changed (a failover, a
@@ -269,6 +307,7 @@ class LmtpSession(asyncio.Protocol):
         self._paused_at = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._counted: str | None = None  # the gate's key while admitted
+        self.hold = front.budget.hold()  # room for the message in DATA
 
     # -- asyncio.Protocol ------------------------------------------------------
 
@@ -307,11 +346,15 @@ class LmtpSession(asyncio.Protocol):
                 waiter.set_result(None)
         elif (
             not self._reading_paused
-            and self.core.buffered > _PAUSE_AT
-            and self.core.state is not State.DATA
             and self.transport is not None
             and not self._upgrading
+            and (
+                self.core.buffered > self._room()
+                if self.core.state is State.DATA
+                else self.core.buffered > _PAUSE_AT
+            )
         ):
+            # Busy, or in DATA past the room it has: read on when it has more.
             self._reading_paused = True
             self.transport.pause_reading()
 
@@ -374,10 +417,39 @@ class LmtpSession(asyncio.Protocol):
         if out and transport is not None and not transport.is_closing():
             transport.write(out)
 
+    def _room(self) -> int:
+        """What the message in DATA may hold now (the free octets and the room taken)."""
+        return UNCOUNTED + self.hold.reserved
+
+    async def _find_room(self) -> None:
+        """In DATA, room for what is buffered and a read more (for all the
+        message at once when MAIL said its SIZE: messages do not split the
+        budget between them and wait for each other), before reading on;
+        none in time: the message is refused (452 4.3.1 per recipient). A
+        connection that ends meanwhile stops the wait."""
+        core = self.core
+        if core.state is not State.DATA or core.refusing:
+            return
+        expected = max(core.buffered, core.declared_size or 0)
+        short = expected + _ROOM_STEP - self._room()
+        if short <= 0:
+            return
+        want = min(max(short, _ROOM_STEP), self.front.most_room - self._room())
+        if want <= 0:
+            return  # as much as a message may be: the core refuses more itself
+        try:
+            if not await self.hold.take_before(want, lambda: asyncio.shield(self.closed)):
+                self._fresh = True  # the connection is gone: the core sees the end
+        except NoRoom as exc:
+            self.hold.release()
+            core.refuse_data(lmtp_reply(exc))
+            self._fresh = True  # the core drops what it holds at its next look
+
     async def _more_input(self) -> None:
         """Wait for bytes (or the end) unless some came already."""
         if self._writable is not None:
             await self._writable
+        await self._find_room()
         if self._fresh:
             return
         if self._reading_paused and self.transport is not None:
@@ -395,6 +467,9 @@ class LmtpSession(asyncio.Protocol):
                 if core.lines != self._lines:
                     self._lines = core.lines
                     self._progress = self.loop.time()
+                if core.state is not State.DATA and core.state is not State.DELIVERING:
+                    # No message held (answered, or refused by the core): its room goes.
+                    self.hold.release()
                 if event is NEED_DATA:
                     self._send()
                     await self._more_input()
@@ -415,6 +490,8 @@ class LmtpSession(asyncio.Protocol):
         except Exception:
             log.exception("LMTP session with %s failed", self.peer)
         finally:
+            self.hold.release()
+            self.core.forget_input()
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.close()
 

@@ -22,6 +22,9 @@ worker -> daemon           daemon -> worker
                            deliveries in progress, exit
 (nothing asked)            ``{"op": "forget"}``: an ownership row changed;
                            drop the recipients accepted recently
+``{"op": "count",          (no answer): one more of a counter the worker
+"name"}``                  keeps for the daemon's ``/metrics`` (its input
+                           budget's waits and refusals)
 ``{"op": "rcpt", "id",     ``{"id", "refusal": null | "451 ..."}``
 "address"}``
 ``{"op": "deliver", "id",  ``{"id", "replies": ["250 ...", ...]}``: one per
@@ -98,6 +101,8 @@ log = logging.getLogger("peerd.services.lmtp.front")
 MAX_FRAME = 1 << 20
 RESTART_MIN = 0.2
 RESTART_MAX = 10.0
+# The counters a worker may add to (``{"op": "count"}``): nothing else.
+WORKER_COUNTERS = frozenset({"lmtp_input_memory_waits", "lmtp_input_memory_refusals"})
 _HEADER = struct.Struct(">I")
 
 
@@ -364,6 +369,11 @@ class _Worker:
                 if frame.get("op") == "ready":
                     self.ready.set()
                     continue
+                if frame.get("op") == "count":
+                    name = frame.get("name")
+                    if name in WORKER_COUNTERS:
+                        self.pool.backend.node.counters.inc(str(name))
+                    continue
                 task = asyncio.create_task(self._answer(frame, frames))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -490,6 +500,11 @@ class PipeBackend:
         self._pending[self._next] = future
         return await future
 
+    def count(self, name: str) -> None:
+        """One more of counter ``name``, kept by the daemon (no answer)."""
+        if not self.closed.is_set() and not self.frames.is_closing():
+            self.frames.send({"op": "count", "name": name})
+
     async def check_rcpt(self, address: str) -> str | None:
         try:
             reply = await self.request({"op": "rcpt", "address": address})
@@ -543,7 +558,7 @@ async def _serve_worker(config: Config, listen_fd: int, pipe_fd: int) -> None:
     backend = PipeBackend(reader, writer)
     pipe_task = asyncio.create_task(backend.run())
     spool = Spool(config.node.data_dir / "spool", clean=False)
-    handler = LmtpHandler(FrontSettings.of(config), spool, backend)
+    handler = LmtpHandler(FrontSettings.of(config), spool, backend, count=backend.count)
     backend.on_forget = handler.forget_recipients
     listener = socket.socket(fileno=listen_fd)
     server = await serve_lmtp(handler, sock=listener)
