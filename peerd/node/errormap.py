@@ -128,6 +128,7 @@ _TOLD: Final = (
     SyncStale,
     SyncProtocolError,
     OwnershipError,
+    NoRoom,  # "server busy": no room in the input budget within the wait
 )
 # And those whose message is the administrator's to read as well.
 _TOLD_ADMIN: Final = (SyncError, Corrupt, StorageFull)
