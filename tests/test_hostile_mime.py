@@ -86,6 +86,16 @@ def test_parts_past_the_cap_are_the_last_parts_body() -> None:
     assert structures(raw)[1].count(b'("TEXT" "PLAIN"') == structure.MAX_PARTS
 
 
+def test_a_multipart_of_exactly_the_cap_ends_at_its_closing_delimiter() -> None:
+    # MAX_PARTS parts are allowed: the last one is its own bytes, not the
+    # closing delimiter too (the cut is for parts past the cap only).
+    raw = empty_parts(structure.MAX_PARTS)
+    root = structure.parse(raw)
+    assert len(root.children) == structure.MAX_PARTS
+    assert root.children[-1].body == b"x"
+    assert structure.section(raw, (structure.MAX_PARTS,)) == b"x"
+
+
 def test_the_part_cap_counts_every_level() -> None:
     # 200 multiparts of 100 parts each: the cap is the message's, not a level's.
     inner = b"".join(

@@ -178,8 +178,9 @@ def _multipart(
                 stop -= 2
             elif stop - 1 >= first and src[stop - 1] == 0x0A:
                 stop -= 1
-            if len(chunks) == limit - 1:
-                chunks.append((first, end))  # the rest: one part
+            closing = src[at + len(delimiter) : min(at + len(delimiter) + 2, end)] == b"--"
+            if len(chunks) == limit - 1 and not closing:
+                chunks.append((first, end))  # more parts past the cap: the rest is one
                 return chunks
             chunks.append((first, stop))
         after = at + len(delimiter)
