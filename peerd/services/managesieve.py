@@ -183,8 +183,10 @@ class SieveSession:
             if isinstance(event, RoomNeeded):
                 await self.room(event.size)  # nothing is read meanwhile
                 continue
-            # The command the room was for is answered (or refused) now.
-            self.hold.release()
+            if isinstance(event, (Send, Close, StartTlsNow)):
+                # The command the room was for is answered (or refused) now;
+                # a request holds its room until it is answered (below).
+                self.hold.release()
             if isinstance(event, Send):
                 await self.send(event.data)
             elif isinstance(event, Close):
