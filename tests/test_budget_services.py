@@ -3,7 +3,7 @@ scripts, control API and sync request bodies take room in the daemon's budget
 (filled here by IMAP literals); LMTP messages in the LMTP worker's own.
 
 One node: the daemon's budget 7940 KiB (IMAP literals of 2 MiB fill it), the LMTP
-worker's 3 MiB (one message of 1.5 MiB fits, a second waits), a wait of 1 s.
+worker's 3 MiB (one message of 1.5 MiB fits, a second waits), a wait of 2 s.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.node(
             # they leave 4 KiB.
             "input_memory": "7940K",
             "input_memory_per_account": "6M",
-            "input_wait": "1s",
+            "input_wait": "2s",
             "lmtp_input_memory": "3M",
         },
         "imap": {"max_literal": "2M"},
@@ -92,10 +92,10 @@ def test_managesieve_scripts_wait_for_room(budget_node: Node) -> None:
         with full(node):
             started = time.monotonic()
             assert sieve.putscript("small", b"keep;\r\n").startswith(b"OK")
-            assert time.monotonic() - started < 0.5, "a small script waited"
+            assert time.monotonic() - started < 1.5, "a small script waited"
             answer = sieve.putscript("big", big)
             assert answer.startswith(b'NO (TRYLATER) "server busy'), answer
-            assert time.monotonic() - started >= 0.9
+            assert time.monotonic() - started >= 1.9
             assert sieve.command(b"NOOP").startswith(b"OK")  # in step: the octets were dropped
         wait_until(lambda: nothing_held(node), 5, "no room held")
         assert sieve.putscript("big", big).startswith(b"OK")
@@ -131,7 +131,7 @@ def test_http_bodies_wait_for_room(budget_node: Node) -> None:
         with urllib.request.urlopen(f"{node.api}/v1/health", timeout=5) as health:
             assert health.status == 200
         node.add_account("carol")  # a small body: no wait
-        assert time.monotonic() - started < 0.5, "a small request waited"
+        assert time.monotonic() - started < 1.5, "a small request waited"
         status, body = post(node, import_url, junk, api)
         assert status == 503 and json.loads(body)["code"] == "input_memory_full", body
         status, body = post(node, sync_url, junk, sync)
@@ -223,7 +223,7 @@ def test_lmtp_messages_take_room_in_the_worker_and_a_refused_one_gets_452(
     again.sock.settimeout(5)
     assert again.send(BODY)
     assert again.end() == [b"250 2.1.5 Delivered\r\n"]
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 1.5
     for lmtp in (first, second, again):
         lmtp.cut()
     assert [m["size"] for m in node.records("alice")] == [len(BODY) + 2]

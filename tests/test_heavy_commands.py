@@ -221,9 +221,11 @@ def test_heavy_commands_do_not_hold_other_accounts(node: Node) -> None:
         imap.logout()
     assert others.rounds >= 3
     # Seconds before: the CREATE held the writer (1 s here, idle), the
-    # variants a reader and a thread (1-4 s).
-    assert took["create"] < 0.5 and took["variants"] < 0.5, took
-    assert others.worst["write"] < 0.5 and others.worst["health"] < 0.5, (others.worst, took)
+    # variants a reader and a thread (1-4 s); now about 0.05 s each. The
+    # bound leaves room for a loaded CI machine: the statement count
+    # (test_create_of_a_deep_name_is_a_few_statements) is the exact check.
+    assert took["create"] < 2.0 and took["variants"] < 2.0, took
+    assert others.worst["write"] < 2.0 and others.worst["health"] < 2.0, (others.worst, took)
 
 
 def test_a_store_on_many_messages_is_written_in_parts(node: Node) -> None:

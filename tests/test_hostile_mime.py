@@ -248,7 +248,7 @@ def test_the_html_rendered_is_capped_for_the_message_not_each_part() -> None:
     doc = fulltext.extract(raw)
     # Per part, sixteen such parts were 8.7 s of the indexer's CPU here;
     # now the message's HTML is rendered up to MAX_HTML in all.
-    assert time.process_time() - started < 2.0
+    assert time.process_time() - started < 3.0
     assert not doc.complete
     assert "last words" not in doc.body
     one = b"Content-Type: text/html\r\n\r\n<p>first</p>" + b"<br>" * 1000 + b"<p>last words</p>"

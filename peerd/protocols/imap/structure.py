@@ -55,7 +55,7 @@ MAX_DEPTH = 50
 # A sender chooses a message's structure: these bound what parsing one
 # message costs, whatever its shape (a message of empty parts, a header of
 # tiny fields). Past MAX_PARTS the rest of a multipart is its last part
-# (Dovecot's max_total_mime_parts is 10,000 too); past MAX_HEADER_READ, the
+# (Dovecot's message parser stops at 10,000 too); past MAX_HEADER_READ, the
 # header fields of the message's later parts are not read (no type: a
 # text/plain leaf). What the client gets of the bytes (BODY[...], BINARY[...])
 # is never cut.
