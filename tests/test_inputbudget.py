@@ -224,3 +224,30 @@ def test_a_wait_stops_when_the_connection_ends() -> None:
         assert await hold.take_before(10, never) is True and budget.used == 10
 
     run(scenario)
+
+
+def test_one_http_request_never_waits_for_more_than_the_whole_budget() -> None:
+    # A compressed sync request holds its bytes and, once inflated, theirs:
+    # with input_memory equal to sync_max_request, one that compresses
+    # badly wanted more than the budget and was refused (503) at every retry.
+    from aiohttp.test_utils import make_mocked_request
+
+    from peerd.node.httplimits import body_room, body_room_trim
+
+    async def scenario() -> None:
+        budget = InputBudget(4 * MiB, wait=0.2)
+        request = make_mocked_request("POST", "/sync/v1/apply")
+        await body_room(request, budget, 3 * MiB)  # the compressed bytes
+        await body_room(request, budget, 3 * MiB)  # inflated: capped at what is left
+        assert budget.used == 4 * MiB
+        other = make_mocked_request("POST", "/sync/v1/apply")
+        with pytest.raises(NoRoom):
+            await body_room(other, budget, MiB)  # the budget is still a bound for others
+
+        chunked = make_mocked_request("POST", "/sync/v1/upload")
+        fresh = InputBudget(4 * MiB, wait=0.2)
+        await body_room(chunked, fresh, 4 * MiB)  # no Content-Length: the most it may be
+        body_room_trim(chunked, MiB)  # what it turned out to be
+        assert fresh.used == MiB
+
+    run(scenario)

@@ -44,7 +44,7 @@ import logging
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -55,6 +55,7 @@ __all__ = [
     "GuardedSite",
     "body_deadline",
     "body_room",
+    "body_room_trim",
     "header_octets",
     "room_release",
     "runner_options",
@@ -335,7 +336,7 @@ def runner_options(limits: HttpConfig) -> dict[str, Any]:
     return {"keepalive_timeout": limits.keepalive_timeout.total_seconds()}
 
 
-_HOLD = "peerd.input_hold"
+_HOLD: Final = web.RequestKey("peerd.input_hold", Hold)
 
 
 async def body_room(request: web.Request, budget: InputBudget, size: int) -> None:
@@ -345,7 +346,19 @@ async def body_room(request: web.Request, budget: InputBudget, size: int) -> Non
     hold = request.get(_HOLD)
     if not isinstance(hold, Hold):
         hold = request[_HOLD] = budget.hold()
-    await hold.take(size)
+    # One request never holds more than the whole budget (a compressed sync
+    # request holds its bytes and, once inflated, theirs too): past it, it
+    # waits for the budget to empty instead of being refused at every retry
+    # for ever.
+    await hold.take(max(0, min(size, budget.limit - hold.reserved)))
+
+
+def body_room_trim(request: web.Request, held: int) -> None:
+    """The request holds ``held`` octets, not the most its route takes (a
+    chunked body, read): the rest of its room goes back."""
+    hold = request.get(_HOLD)
+    if isinstance(hold, Hold) and hold.reserved > held:
+        hold.give_back(hold.reserved - held)
 
 
 @web.middleware

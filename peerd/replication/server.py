@@ -21,7 +21,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 from sqlalchemy.exc import IntegrityError
@@ -71,6 +71,7 @@ from peerd.node.httplimits import (
     GuardedSite,
     body_deadline,
     body_room,
+    body_room_trim,
     header_octets,
     room_release,
     runner_options,
@@ -92,7 +93,7 @@ MAX_BODIES = 10_000  # GUIDs in one ``bodies`` request
 # in a reader thread, compressed on the loop when the asker wants zlib.
 PAGE_BATCH = 8 << 20
 # Where the middleware leaves the version a request is written in.
-_VERSION = "sync_protocol"
+_VERSION: Final = web.RequestKey("sync_protocol", int)
 MAX_BATCH = 1_000  # accounts in one ``batch_user_some`` or ``batch_apply`` request
 
 
@@ -218,6 +219,8 @@ class SyncServer:
             ) from exc
         if len(raw) > self.max_request:
             raise SyncProtocolError(f"request of {len(raw)} bytes exceeds {self.max_request}")
+        if length is None:
+            body_room_trim(request, len(raw))  # it took room for the most a request may be
         self.bytes_in += len(raw)
         self.node.counters.inc("sync_bytes_received", len(raw))
         if request.headers.get("X-Sync-Encoding") == "zlib":
