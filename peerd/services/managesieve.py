@@ -167,6 +167,7 @@ class SieveSession:
                 if self.account and not self.logged_in:
                     # UNAUTHENTICATE (RFC 5804 2.14.1): logged out; a new login, in time.
                     self.account = ""
+                    self.hold.rekey("")  # its room no longer counts as the account's
                     self.login_by = time.monotonic() + self.config.login_timeout.total_seconds()
                 # Before login, [managesieve] login_timeout in all, however
                 # active the client is (a byte at a time never ends a line).
