@@ -49,10 +49,11 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-def settle_rss(pid: int) -> float:
-    """RSS once it stops moving (allocations in flight land first)."""
+def settle_rss(pid: int, tries: int = 20) -> float:
+    """RSS once it stops moving (allocations in flight land first), looked
+    at every 0.25 s at most ``tries`` times."""
     last = rss_mib(pid)
-    for _ in range(20):
+    for _ in range(tries):
         time.sleep(0.25)
         now = rss_mib(pid)
         if abs(now - last) < 0.5:

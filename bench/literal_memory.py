@@ -38,31 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.hostile import settle_rss
 from peerd.node.config import parse_size
 from tests.nodes import Node, make_single, running
 
 __all__ = ["main"]
 
 _CHUNK = 1 << 20
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
-def settle_rss(pid: int) -> float:
-    """RSS once it stops moving (allocations in flight land first)."""
-    last = rss_mib(pid)
-    for _ in range(40):
-        time.sleep(0.25)
-        now = rss_mib(pid)
-        if abs(now - last) < 0.5:
-            return now
-        last = now
-    return last
 
 
 @dataclass
@@ -87,7 +69,6 @@ async def one(
     if not line.startswith(b"l OK"):
         raise RuntimeError(f"login failed: {line!r}")
     head = b"Subject: held\r\n\r\n"
-    chunk = b"x" * (_CHUNK - 2) + b"\r\n"
     writer.write(f"a APPEND INBOX {{{size}{'+' if plus else ''}}}\r\n".encode())
     if not plus:
         try:
@@ -100,16 +81,7 @@ async def one(
         out.continued = True
     writer.write(head)
     out.sent = len(head)
-    deadline = time.monotonic() + wait
-    try:
-        while out.sent < size - 1:
-            n = min(len(chunk), size - 1 - out.sent)
-            writer.write(chunk[:n])
-            out.sent += n
-            await asyncio.wait_for(writer.drain(), max(deadline - time.monotonic(), 0.01))
-    except TimeoutError:
-        return writer  # the server stopped reading: backpressure
-    if plus:
+    if await _all_but_the_last(writer, size, wait, out) and plus:
         out.continued = True
     return writer
 
@@ -128,6 +100,16 @@ async def one_lmtp(
     writer.write(mail.encode() + b"DATA\r\n")
     for _ in range(3):
         await _line(reader)
+    if await _all_but_the_last(writer, size, wait, out):
+        out.continued = True
+    return writer
+
+
+async def _all_but_the_last(
+    writer: asyncio.StreamWriter, size: int, wait: float, out: Outcome
+) -> bool:
+    """Send octets until all of ``size`` but the last went (True), or the
+    server stops reading for ``wait`` seconds (False: backpressure)."""
     chunk = b"x" * (_CHUNK - 2) + b"\r\n"
     deadline = time.monotonic() + wait
     try:
@@ -137,9 +119,8 @@ async def one_lmtp(
             out.sent += n
             await asyncio.wait_for(writer.drain(), max(deadline - time.monotonic(), 0.01))
     except TimeoutError:
-        return writer  # the server stopped reading: backpressure
-    out.continued = True
-    return writer
+        return False
+    return True
 
 
 def lmtp_pids(node: Node) -> list[int]:
@@ -153,7 +134,7 @@ async def round_of(
     # LMTP: the worker process holds the messages, not the daemon.
     pid = lmtp_pids(node)[0] if lmtp else node.pid
     assert pid is not None
-    idle = settle_rss(pid)
+    idle = settle_rss(pid, 40)
     outcomes = [Outcome() for _ in range(count)]
     tasks = [
         asyncio.create_task(
