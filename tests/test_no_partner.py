@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from peerd.control.routes import ROUTES
-from tests.harness.clients import peerctl
+from tests.harness.clients import peerctl, run_command
 from tests.harness.daemons import TOKEN, Node
 
 SAYS = "has no partner configured ([sync] sync_host is not set)"
@@ -63,3 +63,14 @@ def test_every_partner_route_answers_409_no_partner(solo: Node) -> None:
         refused.value.close()
         assert refused.value.code == 409, (route.path, body)
         assert body["code"] == "no_partner" and SAYS in body["detail"], (route.path, body)
+
+
+def test_peerd_rebuild_says_it_needs_a_partner_with_exit_status_2(solo: Node) -> None:
+    # A config without a partner is a config error, as for check-config (2);
+    # 1 is for a rebuild that started and stopped.
+    done = run_command(
+        "peerd", ["rebuild", "--from-partner", "-c", str(solo.config)], solo.workdir, timeout=60
+    )
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and "a rebuild needs the partner" in lines[0], done.stderr

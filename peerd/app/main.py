@@ -137,13 +137,13 @@ def _rebuild(config: Config) -> int:
     import asyncio
 
     from engine.errors import EngineError
-    from peerd.app.rebuild import RebuildRefused, rebuild_from_partner
+    from peerd.app.rebuild import RebuildNotConfigured, RebuildRefused, rebuild_from_partner
 
     try:
         asyncio.run(rebuild_from_partner(config, lambda line: print(line, flush=True)))
     except RebuildRefused as exc:
         print(f"peerd: rebuild refused: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, RebuildNotConfigured) else 1
     except ConnectionError as exc:
         print(f"peerd: rebuild stopped: the partner stopped answering ({exc})", file=sys.stderr)
         return 1

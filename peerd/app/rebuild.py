@@ -60,7 +60,7 @@ from peerd.pair.partner import exchange_rows
 from peerd.replication.client import SyncClient
 from peerd.replication.server import start_sync_listener
 
-__all__ = ["RebuildRefused", "Rebuilt", "rebuild_from_partner"]
+__all__ = ["RebuildNotConfigured", "RebuildRefused", "Rebuilt", "rebuild_from_partner"]
 
 # Passes of ``replicate --all`` on the partner before giving up on convergence.
 PASSES = 5
@@ -68,6 +68,11 @@ PASSES = 5
 
 class RebuildRefused(Exception):
     """The rebuild cannot go on; the message says why and what to do."""
+
+
+class RebuildNotConfigured(RebuildRefused):
+    """The node's config names no partner to rebuild from (exit status 2,
+    as for any config error)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +192,7 @@ async def rebuild_from_partner(config: Config, out: Callable[[str], None] = prin
     started = time.perf_counter()
     partner = config.partner.name or "the partner"
     if not config.partner.api or config.sync_partner is None or config.listen.sync is None:
-        raise RebuildRefused(
+        raise RebuildNotConfigured(
             "a rebuild needs the partner: [partner] api, [sync] sync_host and [listen] sync"
         )
     await _refuse_if_running(config)
