@@ -34,7 +34,7 @@ import datetime as dt
 import json
 import re
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -547,7 +547,7 @@ def decode_push(value: Any) -> Push:
     )
 
 
-def split_push(push: Push, budget: int) -> list[Push]:
+def split_push(push: Push, budget: int, held: Mapping[str, str] | None = None) -> list[Push]:
     """``push`` as pushes to apply one after another, each encoding to at most
     ``budget`` characters of JSON (as a bound on each record reckons it;
     ``push`` itself when it fits), so that no APPLY outgrows the
@@ -563,8 +563,11 @@ def split_push(push: Push, budget: int) -> list[Push]:
     the summaries of the mailboxes the replica holds (renames) and of the new
     ones, as many a push as fit: a mailbox that sits on a name another one
     takes in an earlier push steps aside (``Recovered/<uniqueid>``) until its
-    own push names it. A summary larger than ``budget`` goes alone (the
-    caller says whether the partner takes it). Then the account's subscriptions, Sieve scripts, vacation records,
+    own push names it. ``held`` (uniqueid to the replica's name of it) keeps
+    the mailboxes of each chain or cycle of renames in one push when they
+    fit in one, so no push leaves a mailbox aside: a sync cut short there
+    (and a failover then) shows no ``Recovered/`` mailbox. A summary larger
+    than ``budget`` goes alone (the caller says whether the partner takes it). Then the account's subscriptions, Sieve scripts, vacation records,
     METADATA and import cursors, each alone, when they are large; then the
     records, mailbox by mailbox in UID order, each with its mailbox's
     summary. A mailbox is equal to the owner's once the last
@@ -604,7 +607,7 @@ def split_push(push: Push, budget: int) -> list[Push]:
         **apart,
     )
     kept = sum(v for k, v in sizes.items() if k not in apart)
-    heads = _cut_head(head, overheads, budget - kept)
+    heads = _cut_head(head, overheads, budget - kept, held or {})
     alone = [replace(blank, **{k: sets[k]}) for k in apart]
     parts: list[list[MailboxPush]] = [[]]
     used = 0
@@ -636,7 +639,7 @@ def split_push(push: Push, budget: int) -> list[Push]:
 _DELETE_COST = 35
 
 
-def _cut_head(head: Push, overheads: list[int], budget: int) -> list[Push]:
+def _cut_head(head: Push, overheads: list[int], budget: int, held: Mapping[str, str]) -> list[Push]:
     """``head`` (a push without records), or its fields, deletes and
     summaries in several pushes of at most ``budget`` when it is larger."""
     base = len(encode_json(encode_push(Push(head.account))))
@@ -646,20 +649,52 @@ def _cut_head(head: Push, overheads: list[int], budget: int) -> list[Push]:
     step = max(1, (budget - base) // _DELETE_COST)
     for start in range(0, len(head.deletes), step):
         out.append(Push(head.account, deletes=head.deletes[start : start + step]))
-    # The mailboxes the replica holds first: a rename frees a name a new
-    # mailbox may take.
-    order = sorted(range(len(head.mailboxes)), key=lambda i: head.mailboxes[i].create)
     chunk: list[MailboxPush] = []
     used = base
-    for i in order:
-        if chunk and used + overheads[i] > budget:
+    for group in _rename_groups(head.mailboxes, held):
+        size = sum(overheads[i] for i in group)
+        if chunk and used + size > budget:
             out.append(Push(head.account, mailboxes=tuple(chunk)))
             chunk, used = [], base
-        chunk.append(head.mailboxes[i])
-        used += overheads[i]
+        # A group larger than a push goes in several: its mailboxes then
+        # step aside (Recovered/) until their own push names them.
+        for i in group:
+            if chunk and used + overheads[i] > budget:
+                out.append(Push(head.account, mailboxes=tuple(chunk)))
+                chunk, used = [], base
+            chunk.append(head.mailboxes[i])
+            used += overheads[i]
     if chunk:
         out.append(Push(head.account, mailboxes=tuple(chunk)))
     return out
+
+
+def _rename_groups(mailboxes: tuple[MailboxPush, ...], held: Mapping[str, str]) -> list[list[int]]:
+    """The indexes of ``mailboxes`` in groups to push together: the mailboxes
+    the replica holds first (a rename frees a name a new mailbox may take),
+    each chain or cycle of renames (one takes the name another holds there,
+    by ``held``) in one group, every other mailbox alone."""
+    parent = list(range(len(mailboxes)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    holder = {
+        held[m.summary.uniqueid]: i
+        for i, m in enumerate(mailboxes)
+        if not m.create and m.summary.uniqueid in held
+    }
+    for i, m in enumerate(mailboxes):
+        j = holder.get(m.summary.name)
+        if not m.create and j is not None and j != i:
+            parent[root(i)] = root(j)
+    groups: dict[int, list[int]] = {}
+    for i in sorted(range(len(mailboxes)), key=lambda i: mailboxes[i].create):
+        groups.setdefault(root(i), []).append(i)
+    return list(groups.values())
 
 
 # What one record or expunged UID costs in a push's JSON, at most: the

@@ -935,7 +935,7 @@ class SyncClient:
         # records are many): a mailbox is judged by the last one naming it.
         # In a thread: a push of a million records takes seconds to cut, and
         # the loop serves IMAP meanwhile (the interpreter switches every few ms).
-        parts = await asyncio.to_thread(split_push, push, self.apply_budget)
+        parts = await asyncio.to_thread(split_push, push, self.apply_budget, replica_names)
         last = {mp.summary.uniqueid: i for i, part in enumerate(parts) for mp in part.mailboxes}
         mismatched: list[str] = []
         for i, part in enumerate(parts):
