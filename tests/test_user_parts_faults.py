@@ -184,7 +184,9 @@ def _swap_and_cycle(s: Any, acct: Any) -> None:
         mailbox.create_mailbox(s, acct, old)
 
 
-@pytest.mark.parametrize("at", [2, 5, 9])
+# One kill in the middle of the APPLYs (at 2 and 9 too, each took 6 s and
+# behaved the same; the failover test below keeps two points).
+@pytest.mark.parametrize("at", [5])
 def test_swaps_and_cycles_in_several_applies_with_the_partner_killed_between(
     proxied: tuple[Node, Node, SyncProxy], at: int
 ) -> None:
