@@ -433,6 +433,27 @@ def test_a_pair_one_version_apart_replicates_both_ways_and_names_the_upgrade(
         assert any(s.startswith("USER_SOME in ") for s in report["steps"])
         assert state_of(beta, "toolarge") == state_of(alpha, "toolarge")
 
+    # beta back on the older release while alpha runs on: alpha learnt
+    # version 2 from it before, is refused in it now, asks again and syncs
+    # in version 1, within the same replicate.
+    alpha.start()
+    beta.start()
+    try:
+        replicated(alpha, "fits")
+        beta.stop()
+        old = as_old_release(beta, tmp_path)
+        try:
+            beta.wait_ready()
+            seed(alpha, "fits", 2, parent="more")
+            report = replicated(alpha, "fits")
+            assert any(s.startswith("VERSION ") for s in report["steps"]), report["steps"]
+            assert state_of(beta, "fits") == state_of(alpha, "fits")
+        finally:
+            old.stop()
+    finally:
+        alpha.stop()
+        beta.stop()
+
     # The other way: an owner of the older release replicates to this one
     # (each answer is in version 1, which it reads).
     beta.start(wait=False)

@@ -552,15 +552,14 @@ class SyncClient:
         started = time.perf_counter()
         async with self.lock(account):
             try:
-                # The delta's plan reads the renames too (one trip to a
-                # reader thread fewer on the rolling path): with any, it
-                # leaves the sync to the full path, which sends them first.
-                done = (
-                    fast and mailboxes is None and await self._sync_fast(account, use_zlib, report)
-                )
-                if not done:
-                    await self._send_renames(account, use_zlib, report)
-                    await self._sync(account, mailboxes, use_zlib, report)
+                try:
+                    await self._sync_once(account, mailboxes, use_zlib, fast, report)
+                except SyncVersionMismatch:
+                    # The partner was restarted into another release since we
+                    # asked which version it speaks: ask again and sync once
+                    # more (what the first try applied, the compare finds).
+                    report.steps.append("VERSION the partner speaks another version: asked again")
+                    await self._sync_once(account, mailboxes, use_zlib, fast, report)
             except BaseException:
                 self._marks.pop(account, None)
                 raise
@@ -568,6 +567,22 @@ class SyncClient:
                 report.seconds = time.perf_counter() - started
         self.node.counters.inc("syncs")
         return report
+
+    async def _sync_once(
+        self,
+        account: str,
+        mailboxes: list[str] | None,
+        use_zlib: bool,
+        fast: bool,
+        report: SyncReport,
+    ) -> None:
+        # The delta's plan reads the renames too (one trip to a reader
+        # thread fewer on the rolling path): with any, it leaves the sync to
+        # the full path, which sends them first.
+        done = fast and mailboxes is None and await self._sync_fast(account, use_zlib, report)
+        if not done:
+            await self._send_renames(account, use_zlib, report)
+            await self._sync(account, mailboxes, use_zlib, report)
 
     async def _send_renames(self, account: str, use_zlib: bool, report: SyncReport) -> None:
         """RENAME: the renames onto ``account`` the partner has not taken, before
