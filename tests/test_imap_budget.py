@@ -248,8 +248,11 @@ def test_rss_stays_near_the_budget_however_many_connections_send(budget_node: No
                 pass
         wait_until(lambda: status(node)["input_memory"]["used"] > 7 * MiB, 5, "a full budget")
         grown_mib = (rss_kib(pid) - before) / 1024
-        # The budget (8 MiB), each connection's free 64 KiB and stream buffer.
-        assert grown_mib < 20, f"RSS grew {grown_mib:.1f} MiB"
+        # The budget (8 MiB), each connection's free 64 KiB and stream buffer
+        # (about 19 MiB at most; 13-20 seen), and the allocator's slack. With
+        # no budget in the way (1 GiB) the same run grew 39 MiB; the 48 MiB
+        # of literals would all be held without one.
+        assert grown_mib < 28, f"RSS grew {grown_mib:.1f} MiB"
     finally:
         for raw in raws:
             raw.cut()
