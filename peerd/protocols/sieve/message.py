@@ -97,11 +97,6 @@ class Message:
         return any(header.name.lower() == lowered for header in self.headers)
 
 
-def _split(data: bytes) -> tuple[bytes, bytes]:
-    at = body_start(data)
-    return data[:at], data[at:]
-
-
 def raw_body(data: bytes) -> bytes:
     """The octets after the blank line that ends the header (RFC 5322 section 2.1)."""
     return data[body_start(data) :]
@@ -117,7 +112,8 @@ def _text(data: bytes) -> str:
 
 
 def _parse_headers(data: bytes) -> tuple[Header, ...]:
-    head = _split(data[: MAX_HEADER_BYTES + 4])[0]
+    head = data[: MAX_HEADER_BYTES + 4]
+    head = head[: body_start(head)]
     if len(head) > MAX_HEADER_BYTES:
         head = head[: head.rfind(b"\n", 0, MAX_HEADER_BYTES) + 1]  # whole lines only
     out: list[Header] = []
