@@ -359,7 +359,7 @@ class SyncServer:
 
             refused.update(await store.write(adopt, replaying=True))
 
-        def read(session: Session) -> list[dict[str, Any]]:
+        def read(session: Session) -> list[bytes]:
             allowed = []
             held = ownership_table.rows_of(session, (v.account for v, _ in items))
             for view, _ in items:
@@ -373,27 +373,30 @@ class SyncServer:
                 allowed.append(view.account)
             del held
             states = read_states(session, allowed, records_for=summaries)
-            answers: list[dict[str, Any]] = []
+            # Each answer encoded once: its size is what the budget counts.
+            answers: list[bytes] = []
             used = 0
             for v, _ in items:
                 if v.account not in states:
-                    answers.append(_refusal(v.account, refused[v.account]))
+                    answers.append(encode_json(_refusal(v.account, refused[v.account])))
                     continue
                 state = encode_account_state(states[v.account])
+                answer = encode_json({"account": v.account, "state": state})
                 if budget is not None:
                     # The asker reads answers of at most its limit: an account
                     # that would take this one past it is left out, and the
                     # asker syncs it alone, in parts.
-                    cost = len(encode_json(state)) + 64
+                    cost = len(answer) + 64
                     if used + cost > budget:
                         continue
                     used += cost
-                answers.append({"account": v.account, "state": state})
+                answers.append(answer)
             return answers
 
-        answer = await store.read(read)
+        answers = await store.read(read)
         self._count_refusals(refused)
-        return self.reply(request, encode_json({"accounts": answer}))
+        # encode_json({"accounts": [...]}), joined from the answers as encoded.
+        return self.reply(request, b'{"accounts":[' + b",".join(answers) + b"]}")
 
     async def batch_apply(self, request: web.Request) -> web.Response:
         """APPLY for many accounts in one write: each account in its own
