@@ -51,7 +51,7 @@ from engine.userparts import Pages, part_overhead, read_page, split_summaries
 from peerd.node.config import ConfigError, parse_config
 from tests.harness.daemons import ModuleNodes
 from tests.nodes import Node, make_pair, running
-from tests.procs import Proc
+from tests.procs import Proc, wait_until
 from tests.test_replication import open_store
 
 OWNERSHIP: dict[str, object] = {"owner": "alpha", "home": "alpha", "epoch": 1, "state": "normal"}
@@ -436,15 +436,19 @@ def test_a_pair_one_version_apart_replicates_both_ways_and_names_the_upgrade(
     # beta back on the older release while alpha runs on: alpha learnt
     # version 2 from it before, is refused in it now, asks again and syncs
     # in version 1, within the same replicate.
+    # The change is made before beta goes back: with a change waiting, the
+    # rolling worker would ask first and the replicate would find the
+    # version asked already.
     alpha.start()
     beta.start()
     try:
+        seed(alpha, "fits", 2, parent="more")
         replicated(alpha, "fits")
+        wait_until(lambda: alpha.call("GET", "/v1/status")["sync_log_depth"] == 0, 10, "the log")
         beta.stop()
         old = as_old_release(beta, tmp_path)
         try:
             beta.wait_ready()
-            seed(alpha, "fits", 2, parent="more")
             report = replicated(alpha, "fits")
             assert any(s.startswith("VERSION ") for s in report["steps"]), report["steps"]
             assert state_of(beta, "fits") == state_of(alpha, "fits")
